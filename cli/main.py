@@ -1,0 +1,113 @@
+"""The `vaekit` command: global options, error handling, and the command table.
+
+Commands live one group per file and import vaekit (and so torch) only when they run,
+which keeps `vaekit --help` instant. Every failure a user can cause ends as one line on
+stderr and a documented exit code (see EXIT CODES below), never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from vaekit_cli.output import err_console
+
+EXIT_OK, EXIT_ANOMALOUS, EXIT_BAD_INPUT, EXIT_FAILURE = 0, 1, 2, 3
+
+EPILOG = (
+    "Exit codes: 0 ok; 1 anomalies found (anomaly-score --fail-on-anomaly); "
+    "2 bad usage or input; 3 training or internal failure; 130 interrupted."
+)
+
+
+def exit_code_for(exc: BaseException) -> int:
+    # A mistake of the user's (a bad value, a missing or corrupt file) is a ValueError or an
+    # OSError somewhere inside vaekit; anything else is our failure.
+    if isinstance(exc, (ValueError, OSError, LookupError)):
+        return EXIT_BAD_INPUT
+    return EXIT_FAILURE
+
+
+class GuardedGroup(TyperGroup):
+    """Turns exceptions from any command into one clear line and an exit code."""
+
+    def list_commands(self, ctx):  # keep the order commands are registered in
+        return list(self.commands)
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except KeyboardInterrupt:
+            err_console.print("[red]interrupted[/red]")
+            raise typer.Exit(130) from None
+        except Exception as exc:  # noqa: BLE001 - this is the top-level handler
+            if os.environ.get("VAEKIT_DEBUG"):
+                raise
+            code = exit_code_for(exc)
+            label = "error" if code == EXIT_BAD_INPUT else "failed"
+            message = str(exc) or exc.__class__.__name__
+            if code == EXIT_FAILURE and not isinstance(exc, RuntimeError):
+                message = f"{exc.__class__.__name__}: {message} (set VAEKIT_DEBUG=1 for a traceback)"
+            err_console.print(f"[bold red]{label}:[/bold red] {message}", markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(code) from None
+
+
+app = typer.Typer(
+    cls=GuardedGroup,
+    name="vaekit",
+    help="Convolutional VAEs for your own images: train, compress, score anomalies, export to ONNX.",
+    epilog=EPILOG,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from vaekit import __version__
+
+        typer.echo(f"vaekit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    threads: int = typer.Option(0, "--threads", envvar="VAEKIT_THREADS", help="CPU threads for torch/onnxruntime (0: library default)."),
+) -> None:
+    """Convolutional VAEs for your own images."""
+    if threads:
+        os.environ["VAEKIT_THREADS"] = str(threads)
+
+
+def _register() -> None:
+    # one module per command group; each imports vaekit lazily inside its commands
+    from vaekit_cli import anomaly, codec, demo_cmd, export_cmd, train
+
+    for group in (train, codec, anomaly, export_cmd, demo_cmd):
+        group.register(app)
+
+
+_register()
+
+
+def main() -> None:
+    try:
+        app(prog_name="vaekit")
+    except SystemExit:
+        raise
+    except Exception as exc:  # noqa: BLE001 - errors outside a command (e.g. argument parsing)
+        err_console.print(f"[bold red]error:[/bold red] {exc}")
+        sys.exit(exit_code_for(exc))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""`vaekit train` and `vaekit sample-data`."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from vaekit_cli.output import apply_threads, console, err_console, progress_bar
+
+
+class Likelihood(str, Enum):
+    bernoulli = "bernoulli"
+    gaussian = "gaussian"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+def train(
+    images: Annotated[Path, typer.Argument(help="Folder of images (searched recursively), or one image file.", exists=True)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to create (or resume).")] = Path("runs/latest"),
+    image_size: Annotated[int, typer.Option(help="Images are resized to N×N (shorter side to N, centre crop); N >= 16.")] = 64,
+    channels: Annotated[str, typer.Option(help="auto (grayscale if every image is stored gray), 1 or 3.")] = "auto",
+    latent_dim: Annotated[int, typer.Option(help="Dimensions of the latent code z.")] = 32,
+    base_channels: Annotated[int, typer.Option(help="Feature maps of the first conv layer (doubles per stage).")] = 32,
+    likelihood: Annotated[Likelihood, typer.Option(help="Decoder distribution p(x|z).")] = Likelihood.bernoulli,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs (default 20; with --resume: the new total).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Global batch size (split across torchrun ranks).")] = 64,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-3,
+    beta: Annotated[float, typer.Option(help="Weight on the KL term (1 = the ELBO).")] = 1.0,
+    kl_warmup: Annotated[int, typer.Option(help="Epochs of linear KL warm-up from 0 to beta.")] = 0,
+    val_fraction: Annotated[float, typer.Option(help="Share of images held out for validation.")] = 0.1,
+    threshold_quantile: Annotated[float, typer.Option(help="Anomaly threshold: this quantile of validation scores.")] = 0.99,
+    seed: Annotated[int, typer.Option(help="Seed for split, init, shuffling and noise.")] = 0,
+    device: Annotated[Device, typer.Option(help="auto picks CUDA when available.")] = Device.auto,
+    amp: Annotated[bool, typer.Option(help="Mixed precision on CUDA (bf16, else fp16).")] = True,
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
+    workers: Annotated[int, typer.Option(help="Processes decoding images on the first pass (0: one).")] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out exactly where it stopped.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run in --out.")] = False,
+) -> None:
+    """Train a convolutional VAE on a folder of images."""
+    from vaekit.config import ModelConfig, TrainConfig
+    from vaekit.train import train as run_training
+
+    apply_threads()
+    ch = channels if channels == "auto" else _int_channels(channels)
+    model_cfg = ModelConfig(image_size=image_size, channels=ch if ch != "auto" else 1, latent_dim=latent_dim,
+                            base_channels=base_channels, max_channels=max(256, base_channels), likelihood=likelihood.value)
+    train_cfg = TrainConfig(epochs=epochs or 20, batch_size=batch_size, lr=lr, beta=beta, kl_warmup=kl_warmup,
+                            seed=seed, val_fraction=val_fraction, device=device.value, amp=amp, compile=compile,
+                            threshold_quantile=threshold_quantile)
+    with progress_bar() as bars:
+        reporter = _Reporter(bars)
+        result, data = run_training(images, out, model_cfg, train_cfg, channels=ch, resume=resume, overwrite=overwrite,
+                                    workers=workers, progress=reporter, resume_epochs=epochs)
+    _print_summary(result, data)
+
+
+def _int_channels(value: str) -> int:
+    if value not in ("1", "3"):
+        raise typer.BadParameter(f"must be auto, 1 or 3, got {value!r}", param_hint="--channels")
+    return int(value)
+
+
+class _Reporter:
+    """Feeds vaekit's progress(done, total, phase=..., **metrics) into rich bars."""
+
+    def __init__(self, bars):
+        self.bars, self.task, self.key = bars, None, None
+
+    def __call__(self, done: int, total: int, phase: str = "", **m) -> None:
+        if phase == "epoch":
+            self.bars.console.print(
+                f"epoch {m['epoch']:>3}  train {m['train_loss']:9.2f}  (recon {m['train_recon']:9.2f}  kl {m['train_kl']:7.2f})"
+                f"  val {m['val_loss']:9.2f}  {m['val_bits_per_dim']:.4f} bits/dim  {m['images_per_s']:7.0f} img/s"
+            )
+            return
+        key = (phase, m.get("epoch"))
+        if key != self.key:
+            if self.task is not None:
+                self.bars.remove_task(self.task)
+            desc = "decoding images" if phase == "decode" else f"epoch {m.get('epoch')}/{m.get('epochs')}"
+            self.task, self.key = self.bars.add_task(desc, total=total, info=""), key
+        info = ""
+        if phase == "train":
+            info = f"loss {m['loss']:.2f} recon {m['recon']:.2f} kl {m['kl']:.2f} {m['images_per_s']:.0f} img/s"
+        self.bars.update(self.task, completed=done, total=total, info=info)
+
+
+def _print_summary(result, data) -> None:
+    from rich.table import Table
+
+    for path, reason in data.skipped:
+        err_console.print(f"[yellow]skipped[/yellow] {path}: {reason}", highlight=False)
+    t = Table(title=f"trained {result.run_dir}", show_header=False)
+    t.add_row("images", f"{len(data.paths)} used, {len(data.skipped)} skipped" + (" (pixel cache hit)" if data.cache_hit else ""))
+    t.add_row("device", result.device)
+    t.add_row("epochs", f"{result.epochs_done} (best: epoch {result.best_epoch})")
+    t.add_row("best val -ELBO", f"{result.best_val:.2f} nats/image")
+    if result.threshold is not None:
+        t.add_row("anomaly threshold", f"{result.threshold:.2f} nats")
+    t.add_row("time", f"{result.seconds:.1f} s")
+    console.print(t)
+
+
+sample_data = typer.Typer(help="Write built-in sample image sets (no download).", no_args_is_help=True)
+
+
+@sample_data.command("digits")
+def digits(
+    out: Annotated[Path, typer.Argument(help="Folder to create.")],
+    normal: Annotated[int, typer.Option(help="Digit class used as 'normal' (train/ and test/normal/).")] = 0,
+    size: Annotated[int, typer.Option(help="Upscale the 8×8 digits to N×N.")] = 32,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace files written by an earlier call.")] = False,
+) -> None:
+    """scikit-learn's bundled handwritten digits: train/, test/normal/, test/anomalous/."""
+    from vaekit.sample_data import write_digits
+
+    report = write_digits(out, normal=normal, size=size, overwrite=overwrite)
+    _print_counts(report)
+
+
+@sample_data.command("shapes")
+def shapes(
+    out: Annotated[Path, typer.Argument(help="Folder to create.")],
+    size: Annotated[int, typer.Option(help="Image size N×N.")] = 64,
+    seed: Annotated[int, typer.Option(help="Seed for the generator.")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace files written by an earlier call.")] = False,
+) -> None:
+    """Synthetic parts with defects and masks: train/, test/normal/, test/anomalous/, test/masks/."""
+    from vaekit.sample_data import write_shapes
+
+    kwargs = {"overwrite": overwrite} if overwrite else {}
+    report = write_shapes(out, size=size, seed=seed, **kwargs)
+    _print_counts(report)
+
+
+def _print_counts(report) -> None:
+    for name, n in report.counts.items():
+        console.print(f"{n:6d}  {report.root / name}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)
+    app.add_typer(sample_data, name="sample-data")

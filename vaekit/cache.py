@@ -1,0 +1,179 @@
+"""Decoded-pixel cache: decode an image folder once, memory-map it on every later run.
+
+An entry is two files named by a key over the file list (path, size, mtime of each)
+and the decode settings: <key>.u8 holds the raw uint8 (N, C, H, W) array and
+<key>.json describes it. The JSON is written last, so its presence marks a complete
+entry. Numpy only, no torch: the torch Dataset wraps what this returns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import PIL
+
+from vaekit import images
+from vaekit.fileio import atomic_write_json
+
+# Bump when decoding or the entry layout changes, so old entries are never read as new ones.
+FORMAT_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    """$VAEKIT_CACHE_DIR, else $XDG_CACHE_HOME/vaekit, else ~/.cache/vaekit."""
+    if os.environ.get("VAEKIT_CACHE_DIR"):
+        return Path(os.environ["VAEKIT_CACHE_DIR"]).expanduser()
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "vaekit"
+    return Path.home() / ".cache" / "vaekit"
+
+
+def cache_key(paths: Sequence[Path], size: int, channels: int) -> str:
+    """24 hex digits of sha256 over the settings and each file's real path, byte size and mtime.
+
+    Any change, addition, removal or reordering of files gives a new key. The Pillow version
+    is part of it too, since a new Pillow may decode or resample differently.
+    """
+    return _fingerprint(paths, size, channels)[0]
+
+
+def _fingerprint(paths: Sequence[Path], size: int, channels: int) -> tuple[str, list[Path]]:
+    """The key, and each file's resolved path (which an entry records, so it holds from any cwd)."""
+    h = hashlib.sha256(f"vaekit-cache {FORMAT_VERSION} {PIL.__version__} {size} {channels}\n".encode())
+    reals = [Path(p).resolve() for p in paths]
+    for real in reals:
+        try:
+            st = real.stat()
+            stamp = f"{st.st_size} {st.st_mtime_ns}"
+        except OSError:
+            stamp = "missing"  # load_images will record it as skipped; the key must still exist
+        h.update(f"{real}\0{stamp}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()[:24], reals
+
+
+@dataclass
+class CachedImages:
+    images: np.ndarray  # (N, C, H, W) uint8: a read-only np.memmap, or in memory when uncacheable
+    paths: list[Path]  # the files behind `images`, same order
+    skipped: list[tuple[Path, str]]  # (file, reason) for each file that could not be decoded
+    key: str  # the cache key; entry files are <key>.u8 and <key>.json
+    hit: bool  # True when read from an existing entry without decoding anything
+
+
+def load_cached(
+    paths: Sequence[Path],
+    size: int,
+    channels: int,
+    cache_dir: Path | None = None,
+    progress: Callable[..., None] | None = None,
+    workers: int = 0,
+) -> CachedImages:
+    """`images.load_images`, but decoded at most once per unchanged set of files.
+
+    A missing, partial or corrupt entry is rebuilt. If the cache folder cannot be
+    written, the images are loaded in memory instead (hit False), without failing.
+    """
+    paths = [Path(p) for p in paths]
+    key, reals = _fingerprint(paths, size, channels)
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    mine = dict(zip(reals, paths))  # entries record real paths; callers get back their own spelling
+    found = _open_entry(root, key, size, channels, mine)
+    if found is not None:
+        return found
+    try:
+        return _build(root, key, paths, reals, size, channels, progress, workers)
+    except OSError:  # only cache writes raise OSError here; unreadable images are skipped
+        report = images.load_images(paths, size, channels, progress, workers)
+        return CachedImages(report.images, report.paths, report.skipped, key, hit=False)
+
+
+def _open_entry(
+    root: Path, key: str, size: int, channels: int, mine: dict[Path, Path]
+) -> CachedImages | None:
+    """The entry for `key` if it is complete and consistent, else None."""
+    try:
+        meta = json.loads((root / f"{key}.json").read_text(encoding="utf-8"))
+        shape = tuple(int(d) for d in meta["shape"])
+        data = root / f"{key}.u8"
+        if (
+            meta["version"] != FORMAT_VERSION
+            or meta["dtype"] != "uint8"
+            or len(shape) != 4
+            or shape[1:] != (channels, size, size)
+            or len(meta["paths"]) != shape[0]
+            or data.stat().st_size != math.prod(shape)
+        ):
+            return None
+        # mmap refuses empty files; an entry with no images is just an empty array
+        arr = np.memmap(data, np.uint8, "r", shape=shape) if shape[0] else np.zeros(shape, np.uint8)
+        loaded = [mine.get(Path(p), Path(p)) for p in meta["paths"]]
+        skipped = [(mine.get(Path(p), Path(p)), str(reason)) for p, reason in meta["skipped"]]
+        return CachedImages(arr, loaded, skipped, key, hit=True)
+    except (OSError, ValueError, KeyError, TypeError):  # missing or corrupt: rebuild
+        return None
+
+
+def _build(
+    root: Path,
+    key: str,
+    paths: list[Path],
+    reals: list[Path],
+    size: int,
+    channels: int,
+    progress: Callable[..., None] | None,
+    workers: int,
+) -> CachedImages:
+    results = images.iter_load(paths, size, channels, workers)  # checks the arguments first
+    loaded: list[Path] = []  # resolved, as the entry records them
+    skipped: list[tuple[Path, str]] = []
+    total, every = len(paths), max(1, len(paths) // 100)
+    # Each image goes straight to disk, so memory stays flat however large the folder.
+    with _streamed(root / f"{key}.u8") as f:
+        for done, (_, x, reason) in enumerate(results, 1):
+            if x is None:
+                skipped.append((reals[done - 1], reason or ""))
+            else:
+                f.write(memoryview(np.ascontiguousarray(x)).cast("B"))
+                loaded.append(reals[done - 1])
+            if progress is not None and (done % every == 0 or done == total):
+                progress(done, total)
+    meta = {
+        "version": FORMAT_VERSION,
+        "key": key,
+        "shape": [len(loaded), channels, size, size],
+        "dtype": "uint8",
+        "size": size,
+        "channels": channels,
+        "paths": [str(p) for p in loaded],
+        "skipped": [[str(p), r] for p, r in skipped],
+    }
+    atomic_write_json(root / f"{key}.json", meta)
+    entry = _open_entry(root, key, size, channels, dict(zip(reals, paths)))
+    if entry is None:  # written but unreadable: a broken file system, not a user mistake
+        raise OSError(f"cache entry {root / key} could not be read back")
+    return CachedImages(entry.images, entry.paths, entry.skipped, key, hit=False)
+
+
+@contextmanager
+def _streamed(path: Path) -> Iterator[BinaryIO]:
+    """Like fileio.atomic_write_bytes, for data written piece by piece: temp file, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)

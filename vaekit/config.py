@@ -1,0 +1,83 @@
+"""Configuration dataclasses: what the model is, and how it is trained.
+
+They are kept apart because a trained model is rebuilt from ModelConfig alone (stored in the
+run directory's config.json); TrainConfig only matters while fitting.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+LIKELIHOODS = ("bernoulli", "gaussian")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    image_size: int = 64  # images are square, image_size × image_size, any size >= 16
+    channels: int = 1  # 1 (grayscale) or 3 (RGB)
+    latent_dim: int = 32  # dimensions of z
+    base_channels: int = 32  # feature maps of the first conv; doubles per stage
+    max_channels: int = 256  # cap on feature maps, keeps deep stacks for large images affordable
+    likelihood: str = "bernoulli"  # p(x|z): "bernoulli" (BCE on logits) or "gaussian" (learned scale)
+    min_log_scale: float = -4.6  # floor on the Gaussian's log sigma (~0.01), stops the density blowing up
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.image_size, int) or self.image_size < 16:
+            raise ValueError(f"image size must be an integer >= 16, got {self.image_size!r}")
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {self.channels!r}")
+        if not isinstance(self.latent_dim, int) or self.latent_dim < 1:
+            raise ValueError(f"latent dim must be a positive integer, got {self.latent_dim!r}")
+        if self.base_channels < 1 or self.max_channels < self.base_channels:
+            raise ValueError(
+                f"need 1 <= base_channels <= max_channels, got {self.base_channels}, {self.max_channels}"
+            )
+        if self.likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 20  # passes over the training split
+    batch_size: int = 64  # global batch: under DDP it is split across ranks
+    lr: float = 1e-3  # AdamW learning rate
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
+    beta: float = 1.0  # weight on the KL term (1.0 is the true ELBO)
+    kl_warmup: int = 0  # epochs of linear ramp of the KL weight from 0 to beta
+    seed: int = 0  # seeds the split, initialisation, shuffling and noise
+    val_fraction: float = 0.1  # share of images held out for validation (normal images)
+    device: str = "auto"  # "auto" picks CUDA when available
+    amp: bool = True  # on CUDA: bf16 autocast where supported, else fp16 with a GradScaler
+    channels_last: bool = True  # on CUDA: NHWC memory format, faster convolutions
+    compile: bool = False  # torch.compile the model (CUDA mostly; slow first epoch)
+    threshold_quantile: float = 0.99  # anomaly threshold = this quantile of validation scores
+    grad_clip: float = 100.0  # clip the global gradient norm; guards against rare spikes
+
+    def __post_init__(self) -> None:
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size}
+        for name, value in positive.items():
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name.replace('_', ' ')} must be a positive integer, got {value!r}")
+        if not self.lr > 0:
+            raise ValueError(f"learning rate must be > 0, got {self.lr!r}")
+        if self.beta < 0:
+            raise ValueError(f"beta must be >= 0, got {self.beta!r}")
+        if self.kl_warmup < 0:
+            raise ValueError(f"KL warm-up must be >= 0 epochs, got {self.kl_warmup!r}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"validation fraction must be in [0, 1), got {self.val_fraction!r}")
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
+        if not 0.0 < self.threshold_quantile < 1.0:
+            raise ValueError(f"threshold quantile must be in (0, 1), got {self.threshold_quantile!r}")
+
+
+def to_dict(cfg) -> dict:
+    return asdict(cfg)
+
+
+def from_dict(cls, data: dict):
+    """Rebuild a config, ignoring unknown keys (newer files) and naming bad values."""
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})

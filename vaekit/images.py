@@ -1,0 +1,382 @@
+"""Image I/O for vaekit: find image files, decode them to uint8 arrays, resize, save.
+
+Numpy and Pillow only, never torch: training (through the pixel cache) and the
+onnxruntime engine both preprocess with `load_image`, so the two cannot drift.
+Each Pillow pitfall we know of (16-bit, palette transparency, EXIF rotation,
+truncated files, decompression bombs) is handled once, here.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from vaekit.fileio import atomic_write_bytes
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+_GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "F"})  # plus every "I;16*" variant
+_ALPHA_MODES = frozenset({"LA", "RGBA", "La", "RGBa"})
+_CHANNELS = ("auto", 1, 3, "1", "3")
+
+
+class ImageReadError(Exception):
+    """One file that could not be decoded; `reason` is short and meant for people."""
+
+    def __init__(self, path: str | Path, reason: str):
+        super().__init__(path, reason)  # both in args, so the error survives pickling from a worker
+        self.path, self.reason = Path(path), reason
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+class NoImagesError(ValueError):
+    """A folder or list of paths that holds no usable image."""
+
+
+def find_images(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
+    """Image files under `inputs` (files or folders), folders scanned recursively.
+
+    A file named explicitly is kept whatever its suffix. In folders, files with an
+    IMAGE_SUFFIXES suffix (any case) are kept; names starting with '.' are skipped;
+    symlinked folders are followed, each real folder once, so links cannot loop.
+    Each root's files come sorted by their relative posix path, roots in the order given.
+    """
+    roots = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    found: list[Path] = []
+    seen: set[Path] = set()
+    for root in map(Path, roots):
+        if not root.exists():
+            raise FileNotFoundError(f"no such file or folder: {root}")
+        if not root.is_dir():
+            found.append(root)
+            continue
+        rel: list[str] = []
+        _scan(root, "", seen, rel)
+        found += [root / r for r in sorted(rel)]
+    return found
+
+
+def _scan(folder: Path, prefix: str, seen: set[Path], out: list[str]) -> None:
+    real = folder.resolve()
+    if real in seen:
+        return
+    seen.add(real)
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        if not prefix:
+            raise  # the folder the caller named; only unreadable subfolders are skipped
+        return
+    for e in entries:
+        if e.name.startswith("."):
+            continue
+        if e.is_dir():  # follows symlinks; `seen` stops loops
+            _scan(Path(e.path), f"{prefix}{e.name}/", seen, out)
+        elif e.is_file() and Path(e.name).suffix.lower() in IMAGE_SUFFIXES:
+            out.append(prefix + e.name)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, Image.DecompressionBombError):  # not an OSError
+        return f"decompression bomb: {exc}"
+    if isinstance(exc, UnidentifiedImageError):  # an OSError, so test it before those below
+        return "not an image"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    if isinstance(exc, IsADirectoryError):
+        return "is a folder, not a file"
+    if isinstance(exc, FileNotFoundError):
+        return "file not found"
+    return f"truncated or corrupt: {str(exc) or type(exc).__name__}"
+
+
+def _read(path: Path, draft: int | None = None) -> Image.Image:
+    """Open, bomb-check, load the first frame and apply EXIF rotation; file closed after."""
+    try:
+        if path.stat().st_size == 0:
+            raise ImageReadError(path, "empty file")
+        with warnings.catch_warnings():
+            # Pillow only warns between 1x and 2x the limit; we reject anything over 1x below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                limit, (w, h) = Image.MAX_IMAGE_PIXELS, img.size
+                if limit is not None and w * h > limit:
+                    raise ImageReadError(path, f"decompression bomb: {w * h} pixels > limit {limit}")
+                if draft is not None and img.format == "JPEG":
+                    # JPEG can decode at 1/2, 1/4 or 1/8 scale; draft keeps both sides >= draft
+                    img.draft(None, (draft, draft))
+                img.load()  # first frame: a freshly opened animation sits on frame 0
+                try:
+                    return ImageOps.exif_transpose(img)
+                except Exception:  # broken EXIF should not cost us good pixels
+                    return img.copy()
+    except ImageReadError:
+        raise
+    except Exception as exc:  # Pillow's decoders raise a zoo of types on corrupt data
+        raise ImageReadError(path, _reason(exc)) from exc
+
+
+def _to_array(img: Image.Image) -> np.ndarray:
+    """Any Pillow mode -> uint8 (H, W, 1) gray or (H, W, 3) RGB."""
+    mode = img.mode
+    if mode == "P" or mode == "PA":
+        img, mode = img.convert("RGBA"), "RGBA"  # honours palette transparency
+    if mode == "1":
+        x = np.asarray(img.convert("L"))
+    elif mode == "I" or mode.startswith("I;16"):
+        # convert('L') clips at 255; scale 16-bit to 8-bit instead. 8-bit data stored as 'I' stays.
+        a = np.asarray(img).astype(np.float64)
+        if not (mode == "I" and a.size and a.max() <= 255):
+            a = np.clip(a, 0, 65535) / 257
+        x = np.rint(np.clip(a, 0, 255)).astype(np.uint8)
+    elif mode == "F":
+        a = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0)
+        x = np.rint(np.clip(a * 255 if a.size and a.max() <= 1.0 else a, 0, 255)).astype(np.uint8)
+    elif mode in _ALPHA_MODES:
+        a = np.asarray(img).astype(np.uint32)
+        color, alpha = a[..., :-1], a[..., -1:]
+        # Composite over black. Premultiplied modes ('La', 'RGBa') already are exactly that.
+        x = color if mode in ("La", "RGBa") else (color * alpha + 127) // 255
+        x = x.astype(np.uint8)
+    elif mode in ("L", "RGB"):
+        x = np.asarray(img)
+    else:  # CMYK, YCbCr, LAB, HSV, and any other colour mode Pillow can convert
+        x = np.asarray(img.convert("RGB"))
+    return x[..., None] if x.ndim == 2 else x
+
+
+def _luma(rgb: np.ndarray) -> np.ndarray:
+    # ITU-R 601-2 (299/587/114 per mille) in the 16-bit fixed point Pillow's convert('L') uses,
+    # so our gray equals Pillow's bit for bit.
+    r, g, b = (rgb[..., i].astype(np.uint32) for i in range(3))
+    return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).astype(np.uint8)[..., None]
+
+
+def _check_channels(channels: int) -> None:
+    if channels not in (1, 3) or isinstance(channels, bool):
+        raise ValueError(f"invalid channels {channels!r}: expected 1 (gray) or 3 (RGB)")
+
+
+def _check_size(size: int) -> None:
+    if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 16:
+        raise ValueError(f"invalid size {size!r}: expected an integer >= 16")
+
+
+def gray_mode(path: Path) -> bool:
+    """Whether `path` is stored as grayscale; reads the header only."""
+    try:
+        with Image.open(path) as img:
+            return img.mode in _GRAY_MODES or img.mode.startswith("I;16")
+    except Exception as exc:
+        raise ImageReadError(path, _reason(exc)) from exc
+
+
+def resolve_channels(paths: Sequence[Path], channels: str | int) -> int:
+    """1 or 3 from a user's `channels`; 'auto' is 1 when every readable image is stored gray."""
+    if channels not in _CHANNELS or isinstance(channels, bool):
+        raise ValueError(f"invalid channels {channels!r}: expected one of 'auto', 1, 3")
+    if channels != "auto":
+        return int(channels)
+    grays = []
+    for p in paths:
+        try:
+            grays.append(gray_mode(p))
+        except ImageReadError:
+            continue  # load_images reports it; it must not decide the colour mode
+    return 1 if grays and all(grays) else 3
+
+
+def _decode(path: Path, channels: int, draft: int | None = None) -> np.ndarray:
+    _check_channels(channels)
+    path = Path(path)
+    x = _to_array(_read(path, draft))
+    if channels == 1 and x.shape[-1] == 3:
+        return _luma(x)
+    return np.repeat(x, 3, axis=-1) if channels == 3 and x.shape[-1] == 1 else x
+
+
+def decode(path: Path, channels: int) -> np.ndarray:
+    """Full-resolution uint8 (H, W, channels); raises ImageReadError for an unusable file.
+
+    Animations give their first frame; EXIF rotation is applied; 16-bit and float images
+    are scaled, not clipped; transparent pixels are composited over black.
+    """
+    return _decode(path, channels)
+
+
+def resize(x: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (H, W, C) -> (size, size, C): shorter side to `size` (bicubic, antialiased), centre crop."""
+    _check_size(size)
+    if x.dtype != np.uint8 or x.ndim != 3 or x.shape[-1] not in (1, 3):
+        raise ValueError(f"expected a uint8 (H, W, 1|3) array, got {x.dtype} {x.shape}")
+    h, w = x.shape[:2]
+    if h == w == size:
+        return x
+    s = size / min(h, w)
+    nw, nh = max(size, round(w * s)), max(size, round(h * s))
+    img = Image.fromarray(x[..., 0] if x.shape[-1] == 1 else x)
+    y = np.asarray(img.resize((nw, nh), Image.Resampling.BICUBIC))
+    top, left = (nh - size) // 2, (nw - size) // 2
+    y = y[top : top + size, left : left + size]
+    return y[..., None] if y.ndim == 2 else y
+
+
+def load_image(path: Path, size: int, channels: int) -> np.ndarray:
+    """Decode and resize one file to uint8 (C, size, size): the one preprocessing both engines use.
+
+    Large JPEGs are decoded at reduced scale (never below `size` on either side) before the
+    bicubic resize, which is much faster and keeps the same shorter-side-then-crop policy.
+    """
+    _check_size(size)
+    return np.ascontiguousarray(resize(_decode(path, channels, draft=size), size).transpose(2, 0, 1))
+
+
+@dataclass
+class LoadReport:
+    images: np.ndarray  # (N, C, H, W) uint8, the loaded files in order
+    paths: list[Path]  # the files behind `images`, same order
+    skipped: list[tuple[Path, str]]  # (file, reason) for each file that could not be decoded
+
+
+def _load_chunk(paths: list[Path], size: int, channels: int) -> list[tuple[Path, np.ndarray | None, str | None]]:
+    out = []
+    for p in paths:
+        try:
+            out.append((p, load_image(p, size, channels), None))
+        except ImageReadError as e:
+            out.append((p, None, e.reason))
+    return out
+
+
+def iter_load(
+    paths: Sequence[Path], size: int, channels: int, workers: int = 0
+) -> Iterator[tuple[Path, np.ndarray | None, str | None]]:
+    """Yield (path, uint8 (C, size, size) or None, reason or None) per file, in input order.
+
+    With workers > 1, chunks decode in that many processes, a bounded number in flight,
+    so memory stays flat however many files there are.
+    """
+    _check_size(size)  # checked here, not in the generator, so a bad value fails at the call
+    _check_channels(channels)
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
+        raise ValueError(f"invalid workers {workers!r}: expected an integer >= 0")
+    return _iter_load([Path(p) for p in paths], size, channels, workers)
+
+
+def _iter_load(paths: list[Path], size: int, channels: int, workers: int) -> Iterator:
+    if workers <= 1:
+        for p in paths:
+            yield from _load_chunk([p], size, channels)
+        return
+    step = max(1, min(64, len(paths) // (workers * 4)))
+    chunks = iter([paths[i : i + step] for i in range(0, len(paths), step)])
+    with ProcessPoolExecutor(workers) as pool:
+        pending = deque(pool.submit(_load_chunk, c, size, channels) for c, _ in zip(chunks, range(2 * workers)))
+        while pending:
+            done = pending.popleft().result()
+            nxt = next(chunks, None)
+            if nxt is not None:
+                pending.append(pool.submit(_load_chunk, nxt, size, channels))
+            yield from done
+
+
+def load_images(
+    paths: Sequence[Path],
+    size: int,
+    channels: int,
+    progress: Callable[..., None] | None = None,
+    workers: int = 0,
+) -> LoadReport:
+    """Load every file with `load_image`, skipping (and recording) the unreadable ones."""
+    results = iter_load(paths, size, channels, workers)  # checks the arguments first
+    total = len(paths)
+    out = np.empty((total, channels, size, size), np.uint8)
+    loaded: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
+    every = max(1, total // 100)
+    for done, (p, x, reason) in enumerate(results, 1):
+        if x is None:
+            skipped.append((p, reason or ""))
+        else:
+            out[len(loaded)] = x
+            loaded.append(p)
+        if progress is not None and (done % every == 0 or done == total):
+            progress(done, total)
+    return LoadReport(out[: len(loaded)], loaded, skipped)
+
+
+def to_float(x: np.ndarray) -> np.ndarray:
+    """uint8 -> float32 in [0, 1]."""
+    return x.astype(np.float32) / 255
+
+
+def to_uint8(x: np.ndarray) -> np.ndarray:
+    """Float in [0, 1] -> uint8, clipped and rounded; NaN becomes 0."""
+    return np.rint(np.clip(np.nan_to_num(x, nan=0.0), 0, 1) * 255).astype(np.uint8)
+
+
+def _hwc(x: np.ndarray) -> np.ndarray:
+    if x.ndim != 3 or x.shape[0] not in (1, 3):
+        raise ValueError(f"expected a (C, H, W) array with C 1 or 3, got shape {x.shape}")
+    x = x if x.dtype == np.uint8 else to_uint8(x)
+    return x[0] if x.shape[0] == 1 else np.ascontiguousarray(x.transpose(1, 2, 0))
+
+
+def save_png(x: np.ndarray, path: Path) -> None:
+    """Save (C, H, W) uint8, or float in [0, 1], as a PNG; atomic, parent folders created."""
+    buf = io.BytesIO()
+    Image.fromarray(_hwc(x)).save(buf, format="PNG")
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def make_grid(xs: np.ndarray, ncol: int = 8, pad: int = 2) -> np.ndarray:
+    """(N, C, H, W) -> one (C, H', W') image, `ncol` per row, white gaps; dtype kept."""
+    if xs.ndim != 4 or len(xs) == 0:
+        raise ValueError(f"expected a non-empty (N, C, H, W) array, got shape {xs.shape}")
+    if ncol < 1 or pad < 0:
+        raise ValueError(f"invalid ncol {ncol!r} or pad {pad!r}: expected ncol >= 1, pad >= 0")
+    n, c, h, w = xs.shape
+    ncol = min(ncol, n)
+    nrow = -(-n // ncol)
+    white = 255 if xs.dtype == np.uint8 else 1.0
+    grid = np.full((c, nrow * (h + pad) + pad, ncol * (w + pad) + pad), white, xs.dtype)
+    for i, x in enumerate(xs):
+        top, left = pad + (i // ncol) * (h + pad), pad + (i % ncol) * (w + pad)
+        grid[:, top : top + h, left : left + w] = x
+    return grid
+
+
+# Nine stops of matplotlib's "inferno", interpolated linearly: perceptually ordered, dark = cold.
+_INFERNO = np.array(
+    [[0, 0, 4], [31, 12, 72], [85, 15, 109], [136, 34, 106], [186, 54, 85],
+     [227, 89, 51], [249, 140, 10], [249, 201, 50], [252, 255, 164]], np.float64,
+)  # fmt: skip
+
+
+def heatmap_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blend `heat` (H, W), scaled per image to 0..max, as an inferno colour map over `image` (C, H, W).
+
+    Returns (3, H, W) uint8; `alpha` is the weight of the colour map (0 shows only the image).
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"invalid alpha {alpha!r}: expected a number in [0, 1]")
+    if heat.shape != image.shape[1:]:
+        raise ValueError(f"heat shape {heat.shape} does not match image (C, H, W) shape {image.shape}")
+    base = _hwc(image).astype(np.float64)
+    base = np.repeat(base[..., None], 3, axis=-1) if base.ndim == 2 else base
+    h = np.clip(np.nan_to_num(heat.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0), 0, None)
+    h = h / h.max() if h.max() > 0 else h  # an all-zero map stays zero instead of dividing by 0
+    stops = np.linspace(0, 1, len(_INFERNO))
+    color = np.stack([np.interp(h, stops, _INFERNO[:, i]) for i in range(3)], axis=-1)
+    out = np.rint((1 - alpha) * base + alpha * color).astype(np.uint8)
+    return np.ascontiguousarray(out.transpose(2, 0, 1))
