@@ -1,7 +1,174 @@
-"""Commands of this group are registered here (filled in by their issue)."""
+"""`vaekit encode`, `decode`, `reconstruct`, `sample` and `interpolate`: images <-> latent codes.
+
+Each command parses its arguments, calls vaekit.codes / vaekit.quality, and prints. The model
+is any path `vaekit.load` opens (a run directory or an exported .onnx), so every command works
+with either engine.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
+from vaekit_cli.output import console, err_console, progress_bar
+
+ModelArg = Annotated[Path, typer.Argument(help="Run directory or exported .onnx file.", exists=True)]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")]
+JsonOut = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON to stdout only.")]
+
+
+class Precision(str, Enum):
+    f32 = "f32"
+    f16 = "f16"
+    q8 = "q8"
+
+
+class Size(str, Enum):
+    model = "model"
+    original = "original"
+
+
+@contextmanager
+def _progress(label: str, quiet: bool):
+    """A progress(done, total) callback drawing one rich bar on stderr (none with --json)."""
+    if quiet or not err_console.is_terminal:
+        yield None
+        return
+    with progress_bar(transient=True) as bars:
+        task = bars.add_task(label, total=None, info="")
+        yield lambda done, total, **_: bars.update(task, completed=done, total=total)
+
+
+def _skipped(skipped) -> None:
+    for path, reason in skipped:
+        err_console.print(f"[yellow]skipped[/yellow] {path}: {reason}", highlight=False)
+
+
+def _print_json(obj) -> None:
+    typer.echo(json.dumps(obj, indent=2))
+
+
+def encode(
+    model: ModelArg,
+    images: Annotated[Path, typer.Argument(help="Folder of images (searched recursively) or one image.", exists=True)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Code file to write.")],
+    precision: Annotated[Precision, typer.Option(help="q8: 8 bits per dimension; f16; f32: exact means.")] = Precision.q8,
+    overwrite: Overwrite = False,
+    as_json: JsonOut = False,
+) -> None:
+    """Compress images into one file of latent codes (posterior means; deterministic)."""
+    import vaekit
+    from vaekit.codes import encode_folder
+
+    m = vaekit.load(model)
+    with _progress("decoding images", as_json) as progress:
+        report = encode_folder(m, images, out, precision.value, overwrite=overwrite, progress=progress)
+    _skipped(report.skipped)
+    if as_json:
+        return _print_json(report.to_dict())
+    from rich.table import Table
+
+    t = Table(title=f"encoded {report.path}", show_header=False)
+    t.add_row("images", f"{report.count} encoded, {len(report.skipped)} skipped")
+    t.add_row("precision", f"{report.precision} ({m.info.latent_dim} dimensions)")
+    t.add_row("code file", f"{report.file_bytes:,} bytes")
+    t.add_row("per image", f"{report.bytes_per_image:,.1f} bytes")
+    t.add_row("bits per pixel", f"{report.bits_per_pixel:.4f} (of {report.image_size}×{report.image_size}); "
+                                f"{report.bits_per_source_pixel:.4f} (of the originals)")
+    t.add_row("vs. sources", f"{report.source_bytes:,} bytes, {report.ratio:.1f}× smaller")
+    console.print(t)
+
+
+def decode(
+    model: ModelArg,
+    codes: Annotated[Path, typer.Argument(help="Code file written by `vaekit encode`.", exists=True, dir_okay=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the PNGs (created).")],
+    size: Annotated[Size, typer.Option(help="model: the model's N×N; original: each source image's size.")] = Size.model,
+    overwrite: Overwrite = False,
+    as_json: JsonOut = False,
+) -> None:
+    """Decode a code file into PNGs named after the source images."""
+    import vaekit
+    from vaekit.codes import decode_file
+
+    m = vaekit.load(model)
+    with _progress("decoding codes", as_json) as progress:
+        report = decode_file(m, codes, out, size.value, overwrite=overwrite, progress=progress)
+    if as_json:
+        return _print_json({"out_dir": str(report.out_dir), "size": report.size, "files": [str(p) for p in report.written]})
+    console.print(f"wrote {len(report.written)} images ({report.size} size) to {report.out_dir}", highlight=False)
+
+
+def reconstruct(
+    model: ModelArg,
+    images: Annotated[Path, typer.Argument(help="Folder of images (searched recursively) or one image.", exists=True)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for reconstructions and comparison.png (created).")],
+    overwrite: Overwrite = False,
+    as_json: JsonOut = False,
+) -> None:
+    """Reconstruct images through the model; report PSNR and SSIM per image."""
+    import vaekit
+    from vaekit.quality import reconstruct_folder
+
+    m = vaekit.load(model)
+    with _progress("decoding images", as_json) as progress:
+        report = reconstruct_folder(m, images, out, overwrite=overwrite, progress=progress)
+    _skipped(report.skipped)
+    if as_json:
+        return _print_json(report.to_dict())
+    from rich.table import Table
+
+    t = Table(title=f"reconstructions in {report.out_dir}")
+    t.add_column("image")
+    t.add_column("PSNR (dB)", justify="right")
+    t.add_column("SSIM", justify="right")
+    for name, p, s in zip(report.names, report.psnr, report.ssim):
+        t.add_row(name, f"{p:.2f}", f"{s:.4f}")
+    t.add_section()
+    t.add_row(f"mean of {len(report.names)}", f"{report.psnr.mean():.2f}", f"{report.ssim.mean():.4f}", style="bold")
+    console.print(t)
+    console.print(f"comparison grid (input, reconstruction): {report.grid}", highlight=False)
+
+
+def sample(
+    model: ModelArg,
+    n: Annotated[int, typer.Option("-n", help="Number of images.", min=1)] = 64,
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG grid to write.")] = Path("samples.png"),
+    temperature: Annotated[float, typer.Option(help="Scales the prior's standard deviation.", min=0.0)] = 1.0,
+    seed: Annotated[int, typer.Option(help="Seed for the draws.")] = 0,
+    overwrite: Overwrite = False,
+) -> None:
+    """Draw images from the prior N(0, temperature² I) and save them as a grid."""
+    import vaekit
+    from vaekit.codes import write_grid
+
+    m = vaekit.load(model)
+    path = write_grid(m.sample(n, temperature, seed), out, ncol=8, overwrite=overwrite)
+    console.print(f"wrote {n} samples (temperature {temperature}, seed {seed}) to {path}", highlight=False)
+
+
+def interpolate(
+    model: ModelArg,
+    a: Annotated[Path, typer.Argument(help="First image.", exists=True, dir_okay=False)],
+    b: Annotated[Path, typer.Argument(help="Second image.", exists=True, dir_okay=False)],
+    n: Annotated[int, typer.Option("-n", help="Steps, both ends included.", min=2)] = 8,
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG strip to write.")] = Path("path.png"),
+    overwrite: Overwrite = False,
+) -> None:
+    """Decode evenly spaced points between two images' posterior means, as one strip."""
+    import vaekit
+    from vaekit.codes import interpolate as walk, write_grid
+
+    m = vaekit.load(model)
+    path = write_grid(walk(m, a, b, n), out, ncol=n, overwrite=overwrite)
+    console.print(f"wrote a {n}-step interpolation from {a.name} to {b.name} to {path}", highlight=False)
+
 
 def register(app: typer.Typer) -> None:
-    return None
+    for command in (encode, decode, reconstruct, sample, interpolate):
+        app.command(command.__name__)(command)

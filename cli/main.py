@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import sys
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -38,10 +37,10 @@ class GuardedGroup(TyperGroup):
     def list_commands(self, ctx):  # keep the order commands are registered in
         return list(self.commands)
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx: typer.Context):
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+        except (typer.Exit, typer.Abort, typer.TyperException):  # Typer's own usage errors (exit 2)
             raise
         except KeyboardInterrupt:
             err_console.print("[red]interrupted[/red]")

@@ -78,8 +78,9 @@ class _Reporter:
     def __call__(self, done: int, total: int, phase: str = "", **m) -> None:
         if phase == "epoch":
             self.bars.console.print(
-                f"epoch {m['epoch']:>3}  train {m['train_loss']:9.2f}  (recon {m['train_recon']:9.2f}  kl {m['train_kl']:7.2f})"
-                f"  val {m['val_loss']:9.2f}  {m['val_bits_per_dim']:.4f} bits/dim  {m['images_per_s']:7.0f} img/s"
+                f"epoch {m['epoch']:>3}  train {m['train_loss']:9.2f} (recon {m['train_recon']:9.2f} kl {m['train_kl']:7.2f})"
+                f"  val {m['val_loss']:9.2f}  {m['val_bits_per_dim']:.4f} bits/dim  {m['images_per_s']:7.0f} img/s",
+                soft_wrap=True, highlight=False,
             )
             return
         key = (phase, m.get("epoch"))
@@ -98,7 +99,7 @@ def _print_summary(result, data) -> None:
     from rich.table import Table
 
     for path, reason in data.skipped:
-        err_console.print(f"[yellow]skipped[/yellow] {path}: {reason}", highlight=False)
+        err_console.print(f"[yellow]skipped[/yellow] {path}: {reason}", highlight=False, soft_wrap=True)
     t = Table(title=f"trained {result.run_dir}", show_header=False)
     t.add_row("images", f"{len(data.paths)} used, {len(data.skipped)} skipped" + (" (pixel cache hit)" if data.cache_hit else ""))
     t.add_row("device", result.device)

@@ -49,7 +49,7 @@ def cache_key(paths: Sequence[Path], size: int, channels: int) -> str:
 
 def _fingerprint(paths: Sequence[Path], size: int, channels: int) -> tuple[str, list[Path]]:
     """The key, and each file's resolved path (which an entry records, so it holds from any cwd)."""
-    h = hashlib.sha256(f"vaekit-cache {FORMAT_VERSION} {PIL.__version__} {size} {channels}\n".encode())
+    h = hashlib.sha256(f"vaekit {FORMAT_VERSION} {PIL.__version__} {size} {channels}\n".encode())
     reals = [Path(p).resolve() for p in paths]
     for real in reals:
         try:

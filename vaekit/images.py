@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ class ImageReadError(Exception):
     """One file that could not be decoded; `reason` is short and meant for people."""
 
     def __init__(self, path: str | Path, reason: str):
-        super().__init__(path, reason)  # both in args, so the error survives pickling from a worker
+        super().__init__(path, reason)  # both in args, so the error survives pickling
         self.path, self.reason = Path(path), reason
 
     def __str__(self) -> str:
@@ -106,12 +107,14 @@ def _read(path: Path, draft: int | None = None) -> Image.Image:
         if path.stat().st_size == 0:
             raise ImageReadError(path, "empty file")
         with warnings.catch_warnings():
-            # Pillow only warns between 1x and 2x the limit; we reject anything over 1x below.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # Pillow warns of metadata it skips (bad EXIF) and of sizes between 1x and 2x its
+            # bomb limit; we judge the pixels ourselves and reject anything over 1x below.
+            warnings.simplefilter("ignore")
             with Image.open(path) as img:
                 limit, (w, h) = Image.MAX_IMAGE_PIXELS, img.size
                 if limit is not None and w * h > limit:
-                    raise ImageReadError(path, f"decompression bomb: {w * h} pixels > limit {limit}")
+                    reason = f"decompression bomb: {w * h} pixels > limit {limit}"
+                    raise ImageReadError(path, reason)  # before load(): no pixel is decoded
                 if draft is not None and img.format == "JPEG":
                     # JPEG can decode at 1/2, 1/4 or 1/8 scale; draft keeps both sides >= draft
                     img.draft(None, (draft, draft))
@@ -215,7 +218,12 @@ def decode(path: Path, channels: int) -> np.ndarray:
 
 
 def resize(x: np.ndarray, size: int) -> np.ndarray:
-    """uint8 (H, W, C) -> (size, size, C): shorter side to `size` (bicubic, antialiased), centre crop."""
+    """uint8 (H, W, C) -> uint8 (size, size, C), C 1 or 3.
+
+    Policy: scale so the shorter side is `size` (Pillow bicubic, antialiased when shrinking),
+    then crop the longer side to `size` around its centre. Square input of that size is
+    returned as is.
+    """
     _check_size(size)
     if x.dtype != np.uint8 or x.ndim != 3 or x.shape[-1] not in (1, 3):
         raise ValueError(f"expected a uint8 (H, W, 1|3) array, got {x.dtype} {x.shape}")
@@ -232,13 +240,14 @@ def resize(x: np.ndarray, size: int) -> np.ndarray:
 
 
 def load_image(path: Path, size: int, channels: int) -> np.ndarray:
-    """Decode and resize one file to uint8 (C, size, size): the one preprocessing both engines use.
+    """Decode and resize one file to uint8 (C, size, size): the preprocessing both engines use.
 
     Large JPEGs are decoded at reduced scale (never below `size` on either side) before the
     bicubic resize, which is much faster and keeps the same shorter-side-then-crop policy.
     """
     _check_size(size)
-    return np.ascontiguousarray(resize(_decode(path, channels, draft=size), size).transpose(2, 0, 1))
+    x = resize(_decode(path, channels, draft=size), size)  # (H, W, C)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
 @dataclass
@@ -248,8 +257,11 @@ class LoadReport:
     skipped: list[tuple[Path, str]]  # (file, reason) for each file that could not be decoded
 
 
-def _load_chunk(paths: list[Path], size: int, channels: int) -> list[tuple[Path, np.ndarray | None, str | None]]:
-    out = []
+_Loaded = tuple[Path, "np.ndarray | None", "str | None"]  # (path, pixels, reason): one is None
+
+
+def _load_chunk(paths: list[Path], size: int, channels: int) -> list[_Loaded]:
+    out: list[_Loaded] = []
     for p in paths:
         try:
             out.append((p, load_image(p, size, channels), None))
@@ -260,7 +272,7 @@ def _load_chunk(paths: list[Path], size: int, channels: int) -> list[tuple[Path,
 
 def iter_load(
     paths: Sequence[Path], size: int, channels: int, workers: int = 0
-) -> Iterator[tuple[Path, np.ndarray | None, str | None]]:
+) -> Iterator[_Loaded]:
     """Yield (path, uint8 (C, size, size) or None, reason or None) per file, in input order.
 
     With workers > 1, chunks decode in that many processes, a bounded number in flight,
@@ -273,15 +285,16 @@ def iter_load(
     return _iter_load([Path(p) for p in paths], size, channels, workers)
 
 
-def _iter_load(paths: list[Path], size: int, channels: int, workers: int) -> Iterator:
-    if workers <= 1:
+def _iter_load(paths: list[Path], size: int, channels: int, workers: int) -> Iterator[_Loaded]:
+    if workers <= 1 or len(paths) <= 1:  # a pool costs more than it saves here
         for p in paths:
             yield from _load_chunk([p], size, channels)
         return
     step = max(1, min(64, len(paths) // (workers * 4)))
     chunks = iter([paths[i : i + step] for i in range(0, len(paths), step)])
     with ProcessPoolExecutor(workers) as pool:
-        pending = deque(pool.submit(_load_chunk, c, size, channels) for c, _ in zip(chunks, range(2 * workers)))
+        first = islice(chunks, 2 * workers)  # bounded, so results cannot pile up in memory
+        pending = deque(pool.submit(_load_chunk, c, size, channels) for c in first)
         while pending:
             done = pending.popleft().result()
             nxt = next(chunks, None)
@@ -364,14 +377,15 @@ _INFERNO = np.array(
 
 
 def heatmap_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """Blend `heat` (H, W), scaled per image to 0..max, as an inferno colour map over `image` (C, H, W).
+    """Blend `heat` (H, W) as an inferno colour map over `image` (C, H, W) uint8 -> (3, H, W) uint8.
 
-    Returns (3, H, W) uint8; `alpha` is the weight of the colour map (0 shows only the image).
+    `heat` is scaled per image to 0..max (negative and non-finite values count as 0);
+    `alpha` is the weight of the colour map, 0 showing only the image.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"invalid alpha {alpha!r}: expected a number in [0, 1]")
     if heat.shape != image.shape[1:]:
-        raise ValueError(f"heat shape {heat.shape} does not match image (C, H, W) shape {image.shape}")
+        raise ValueError(f"heat shape {heat.shape} does not match image shape {image.shape}")
     base = _hwc(image).astype(np.float64)
     base = np.repeat(base[..., None], 3, axis=-1) if base.ndim == 2 else base
     h = np.clip(np.nan_to_num(heat.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0), 0, None)

@@ -316,7 +316,9 @@ def _missing_piece(rng: np.random.Generator, part: _Part) -> np.ndarray:
     dx, dy = part.xx - part.cx, part.yy - part.cy
     outward, along = dx * nx + dy * ny, -dx * ny + dy * nx
     ph = rng.uniform(0, 2 * np.pi, 2)
-    waves = [(0.05, 2.7), (0.025, 1.1)]  # (amplitude as a fraction of radius, wavelength / 2 pi in units of s)
+    # Two incommensurate waves (amplitude / radius, wavelength / 2 pi in units of s) read
+    # as a broken edge; one alone looks machined.
+    waves = [(0.05, 2.7), (0.025, 1.1)]
     jag = part.radius * sum(a * np.sin(along / (w * part.s) + p) for (a, w), p in zip(waves, ph))
     cut = np.clip(outward - (part.radius - depth + jag) + 0.5, 0, 1)
     before = part.alpha > 0.5

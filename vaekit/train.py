@@ -8,10 +8,15 @@ optional callback `progress(done, total, phase=..., **metrics)`; this module nev
 from __future__ import annotations
 
 import math
+import mmap
 import os
 import shutil
 import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
+from itertools import islice
 from pathlib import Path
 from typing import Callable
 
@@ -52,6 +57,7 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     threshold: float | None = None
     seconds: float = 0.0
+    rank: int = 0  # torchrun rank of this process; only rank 0 writes (and should print)
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -108,6 +114,7 @@ def pick_device(name: str) -> torch.device:
 class Dist:
     rank: int = 0
     world: int = 1
+    local_rank: int = 0  # rank within this machine
 
     @property
     def main(self) -> bool:
@@ -115,7 +122,11 @@ class Dist:
 
 
 def init_distributed(device: torch.device) -> Dist:
-    """Join the torchrun process group when launched by torchrun (WORLD_SIZE > 1)."""
+    """Join the torchrun process group when launched by torchrun (WORLD_SIZE > 1).
+
+    NCCL between GPUs, gloo between CPU processes; torchrun's environment (RANK, WORLD_SIZE,
+    MASTER_ADDR, ...) says where the others are. Calling it again returns the same group.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
@@ -125,7 +136,7 @@ def init_distributed(device: torch.device) -> Dist:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size())
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def _all_reduce_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:
@@ -134,6 +145,13 @@ def _all_reduce_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:
 
         dist.all_reduce(t)
     return t
+
+
+def _barrier(d: Dist) -> None:
+    if d.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
 
 
 # --- evaluation --------------------------------------------------------------------------------
@@ -157,11 +175,69 @@ def deterministic_scores(model: ConvVAE, images: np.ndarray, idx: np.ndarray, de
 
 
 def _to_input(images: np.ndarray, idx: np.ndarray, device: torch.device, channels_last: bool = False) -> torch.Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(images[idx]))  # (B, C, H, W) uint8
+    x = torch.from_numpy(_gather(images, idx))  # (B, C, H, W) uint8
     if device.type == "cuda":
-        x = x.pin_memory().to(device, non_blocking=True)
-    x = x.to(device).float().div_(255.0)
+        x = x.pin_memory()
+    return _to_device(x, device, channels_last)
+
+
+def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> float in [0, 1] on `device`; the copy is asynchronous from pinned memory."""
+    x = x.to(device, non_blocking=True).float().div_(255.0)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def _gather(images: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """images[idx] as a new array (N, C, H, W).
+
+    The pixel cache's memmap is read with pread rather than through the mapping: mapped pages
+    count toward the process's resident memory once touched, so an epoch over a large cache
+    would end up holding all of it, whereas read pages stay in the kernel's page cache,
+    shared and evictable. Peak memory then does not grow with the number of images.
+    """
+    idx = np.asarray(idx, dtype=np.int64)
+    if not (isinstance(images, np.memmap) and isinstance(images.base, mmap.mmap) and images.flags.c_contiguous
+            and images.filename and hasattr(os, "preadv") and len(idx)):
+        return np.ascontiguousarray(images[idx])  # in memory, a view of a memmap, or no preadv (Windows)
+    if idx.min() < 0 or idx.max() >= len(images):
+        raise IndexError(f"image index out of range for {len(images)} images")
+    row = images.itemsize * math.prod(images.shape[1:])
+    out = np.empty((len(idx), *images.shape[1:]), images.dtype)
+    rows = out.reshape(len(idx), -1).view(np.uint8)
+    cuts = (np.flatnonzero(np.diff(idx) != 1) + 1).tolist()  # one read per run of consecutive images
+    fd = os.open(images.filename, os.O_RDONLY)
+    try:
+        for s, e in zip([0, *cuts], [*cuts, len(idx)]):
+            got = os.preadv(fd, [rows[s:e]], images.offset + int(idx[s]) * row)
+            if got != (e - s) * row:
+                raise OSError(f"short read from {images.filename}: the pixel cache changed while training")
+    finally:
+        os.close(fd)
+    return out
+
+
+def _read_ahead(images: np.ndarray, batches: Iterator[np.ndarray], device: torch.device, depth: int = 2) -> Iterator[torch.Tensor]:
+    """The uint8 tensor of each index array in `batches`, read `depth` batches ahead in a thread.
+
+    Reads (pread releases the GIL) and pinning then overlap the training step, which keeps a
+    GPU busy; on the CPU it hides disk reads when the cache is not in the page cache.
+    """
+    cuda = device.type == "cuda"
+
+    def load(idx: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(_gather(images, idx))
+        return x.pin_memory() if cuda else x
+
+    # set_device in the thread, or pinning would open a CUDA context on GPU 0 for every rank
+    init = (lambda: torch.cuda.set_device(device)) if cuda else None
+    with ThreadPoolExecutor(1, thread_name_prefix="vaekit-read", initializer=init) as pool:
+        pending = deque(pool.submit(load, b) for b in islice(batches, depth))
+        while pending:
+            x = pending.popleft().result()
+            nxt = next(batches, None)
+            if nxt is not None:
+                pending.append(pool.submit(load, nxt))
+            yield x
 
 
 # --- state -------------------------------------------------------------------------------------
@@ -211,6 +287,32 @@ def kl_weight(epoch: int, cfg: TrainConfig) -> float:
     return cfg.beta * min(1.0, (epoch + 1) / (cfg.kl_warmup + 1))
 
 
+class _NoisyForward(torch.nn.Module):
+    """ConvVAE's forward with the reparameterisation noise passed in (see fit)."""
+
+    def __init__(self, model: ConvVAE):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mu, logvar = self.model.encode(x)  # (B, D) each
+        z = self.model.reparameterize(mu, logvar, eps)
+        return self.model.decode(z), mu, logvar
+
+
+def _share(batch: np.ndarray, d: Dist) -> tuple[np.ndarray, torch.Tensor, int]:
+    """This rank's images of a global batch (ascending, for sequential reads), the rows of the
+    global batch they hold (to pick their noise), and the global batch size."""
+    rows = np.arange(d.rank, len(batch), d.world)
+    order = np.argsort(batch[rows], kind="stable")
+    return batch[rows][order], torch.from_numpy(rows[order]), len(batch)
+
+
+def _noise_seed(seed: int, epoch: int, step: int) -> int:
+    """Seed of the noise of one global batch: the same on every rank, and after a resume."""
+    return int(np.random.SeedSequence([seed, epoch, step]).generate_state(1, np.uint64)[0])
+
+
 def fit(
     data: Dataset,
     out_dir: Path,
@@ -246,15 +348,21 @@ def fit(
     elif dist.main:
         _write_run_config(out_dir, data, model_cfg, train_cfg, device, len(train_idx), len(val_idx))
 
-    net = model
+    if cuda:
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
+    # DDP averages gradients only through the wrapped module's forward, so the noise goes in there
+    net: torch.nn.Module = _NoisyForward(model)
     if dist.world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if cuda else None)
     if train_cfg.compile:
         net = torch.compile(net)
+    noise = torch.Generator(device=device)
 
-    # Each rank takes an interleaved share of every global batch, so the global batch and
-    # hence the loss and gradients match a single-process run.
-    per_rank = max(1, train_cfg.batch_size // dist.world)
+    # Not DistributedSampler: it deals each rank its own slice of the epoch (padded to equal
+    # length), so the global batches, and with them the losses, differ from a single-process
+    # run. Here every rank shuffles the same way and takes an interleaved share of each global
+    # batch, and each image's noise is drawn by its place in the global batch, so one process
+    # or many train the same model (up to float rounding) and resume on any number of ranks.
     steps = math.ceil(len(train_idx) / train_cfg.batch_size)
     t_start = time.perf_counter()
     for epoch in range(start_epoch, train_cfg.epochs):
@@ -262,19 +370,23 @@ def fit(
         model.train()
         # a fresh generator per epoch: the shuffle needs no saved state to resume exactly
         perm = train_idx[np.random.default_rng([train_cfg.seed, epoch]).permutation(len(train_idx))]
-        sums = torch.zeros(4, device=device, dtype=torch.float64)  # recon, kl, total, count
+        shares = [_share(perm[s * train_cfg.batch_size : (s + 1) * train_cfg.batch_size], dist) for s in range(steps)]
+        reader = _read_ahead(data.images, (mine for mine, _, _ in shares), device)
+        sums = torch.zeros(3, device=device, dtype=torch.float64)  # recon, kl, total
+        count = 0
         t0 = time.perf_counter()
         report_every = max(1, steps // 50)
-        for step in range(steps):
-            batch = perm[step * train_cfg.batch_size : (step + 1) * train_cfg.batch_size]
-            mine = np.sort(batch[dist.rank :: dist.world])
-            x = _to_input(data.images, mine, device, channels_last)
+        for step, ((mine, rows, n_global), x) in enumerate(zip(shares, reader)):
+            x = _to_device(x, device, channels_last)
+            noise.manual_seed(_noise_seed(train_cfg.seed, epoch, step))
+            rows = rows.to(device, non_blocking=True)  # blocking would wait for the GPU every step
+            eps = torch.randn(n_global, model_cfg.latent_dim, device=device, generator=noise)[rows]  # (B, D)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                params, mu, logvar = net(x)
+                params, mu, logvar = net(x, eps)
             loss = negative_elbo(x, params, mu, logvar, model_cfg.likelihood, model.scale(), beta)
             # sum over my images / global batch * world: DDP's gradient mean then equals the
             # gradient of the mean over the global batch
-            objective = loss.total.sum() * (dist.world / len(batch))
+            objective = loss.total.sum() * (dist.world / n_global)
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None and scaler.is_enabled():
                 scaler.scale(objective).backward()
@@ -287,12 +399,14 @@ def fit(
                 torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
                 optimizer.step()
             with torch.no_grad():
-                sums += torch.stack([loss.recon.sum(), loss.kl.sum(), loss.total.sum(), torch.tensor(float(len(x)), device=device)]).double()
+                sums += torch.stack([loss.recon.sum(), loss.kl.sum(), loss.total.sum()]).double()
+            count += len(mine)  # a Python int: a device tensor here would sync every step
             if progress and dist.main and ((step + 1) % report_every == 0 or step + 1 == steps):
                 s = sums.tolist()
                 progress(step + 1, steps, phase="train", epoch=epoch + 1, epochs=train_cfg.epochs,
-                         loss=s[2] / s[3], recon=s[0] / s[3], kl=s[1] / s[3],
-                         images_per_s=s[3] * dist.world / (time.perf_counter() - t0))
+                         loss=s[2] / count, recon=s[0] / count, kl=s[1] / count,
+                         images_per_s=count * dist.world / (time.perf_counter() - t0))
+        sums = torch.cat([sums, torch.tensor([float(count)], dtype=torch.float64, device=device)])
         sums = _all_reduce_sum(sums, dist).tolist()
         if not math.isfinite(sums[2]):
             raise TrainingError(
@@ -315,13 +429,10 @@ def fit(
             progress(epoch + 1, train_cfg.epochs, phase="epoch", **row)
 
     result = TrainResult(out_dir, str(device), len(history), best["epoch"] + 1, best["val"], history,
-                         seconds=time.perf_counter() - t_start)
+                         seconds=time.perf_counter() - t_start, rank=dist.rank)
     if dist.main:
         result.threshold = _finish(out_dir, data, train_idx, val_idx, train_cfg, device)
-    if dist.world > 1:
-        import torch.distributed as tdist
-
-        tdist.barrier()
+    _barrier(dist)  # the run directory is complete when any rank returns
     return result
 
 
@@ -444,12 +555,24 @@ def train(
         channels = model_cfg.channels
     elif exists and not overwrite:
         raise FileExistsError(f"{out_dir} already holds a run; pass --resume to continue it or --overwrite to replace it")
-    elif exists and overwrite:
+
+    # Under torchrun every rank has made the checks above before rank 0 writes anything (it
+    # first passes the barrier below), so no rank takes rank 0's fresh files for an old run.
+    dist = init_distributed(pick_device(train_cfg.device))
+    if not dist.main:
+        progress = None
+    if exists and overwrite and not resume and dist.main:
         for name in (rundir.CONFIG, rundir.WEIGHTS, rundir.METRICS, rundir.PREVIEW):
             (out_dir / name).unlink(missing_ok=True)
         shutil.rmtree(out_dir / rundir.CHECKPOINT_DIR, ignore_errors=True)
 
-    data = load_dataset(data_dir, model_cfg.image_size, channels, cache_dir, workers, progress)
+    # The first rank on each machine fills the pixel cache; the others then find it there.
+    data = None
+    if dist.local_rank == 0:
+        data = load_dataset(data_dir, model_cfg.image_size, channels, cache_dir, workers, progress)
+    _barrier(dist)
+    if data is None:
+        data = load_dataset(data_dir, model_cfg.image_size, channels, cache_dir, workers)
     if resume and data.fingerprint != stored["data"]["fingerprint"]:
         raise rundir.RunError(
             f"the images in {data_dir} changed since {out_dir} was started; resume needs the same data"

@@ -1,0 +1,327 @@
+"""The vaekit web app: `build_app(model)` lays out the tabs and wires each button to a handler.
+
+Every handler lives in `handlers.py` as a plain function; this file only turns widgets into
+arguments, results into widgets, and user mistakes into messages in the page (gr.Error).
+The app serves on 127.0.0.1 with a cap on upload size; it serves only the files it writes
+(code files, CSVs, images) and never a file from a folder a user types in.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+import vaekit
+from vaekit import images as imageio
+from vaekit.engine import Model
+from vaekit_demo import figures, handlers
+
+MAX_UPLOAD = "25mb"  # per uploaded file
+# The models work on small images; show their pixels as squares instead of a blur.
+CSS = ".vk-pixels img, .vk-pixels canvas { image-rendering: pixelated; }"
+# Mistakes a user can make (bad file, missing folder, wrong model): shown as a message, not a crash.
+USER_ERRORS = (ValueError, OSError, LookupError, imageio.ImageReadError)
+
+
+def _guard(fn):
+    """Turn vaekit's exceptions for bad input into gr.Error, so the page shows the message."""
+
+    def error(e: BaseException) -> gr.Error:
+        return gr.Error(str(e) or type(e).__name__, print_exception=False)
+
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def gen(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except USER_ERRORS as e:
+                raise error(e) from None
+
+        return gen
+
+    @functools.wraps(fn)
+    def plain(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except USER_ERRORS as e:
+            raise error(e) from None
+
+    return plain
+
+
+class _State:
+    """What the app shares across browser tabs: the open model (a local tool has one user)."""
+
+    def __init__(self, model: Model | None, runs_dir: Path, workdir: Path):
+        self.model, self.runs_dir, self.workdir = model, runs_dir, workdir
+        self.stop = threading.Event()
+
+
+def _threshold_range(model: Model | None) -> dict:
+    """Slider settings spanning the model's validation scores, starting at its stored threshold."""
+    info = model.info if model else None
+    vals = list(info.val_scores) if info else []
+    thr = info.threshold if info and info.threshold is not None else (max(vals) if vals else 0.0)
+    lo, hi = min([thr, *vals]), max([thr, *vals])
+    span = max(hi - lo, abs(hi) * 0.1, 1.0)
+    return {"minimum": round(lo - span, 2), "maximum": round(hi + 3 * span, 2), "value": thr}
+
+
+def _histogram(model: Model | None, threshold: float | None, result: handlers.AnomalyResult | None = None):
+    vals = model.info.val_scores if model else []
+    if result is None:
+        return figures.score_histogram(vals, threshold)
+    return figures.score_histogram(vals, threshold, result.scores, result.anomalous)
+
+
+def _data_folder(model: Model | None) -> str:
+    """The folder a run was trained on (the latent-space tab's default), when the model knows it."""
+    return str(getattr(model, "config", {}).get("data", {}).get("root", "")) if model else ""
+
+
+def build_app(
+    model: str | Path | Model | None = None,
+    runs_dir: str | Path = "runs",
+    workdir: str | Path | None = None,
+) -> gr.Blocks:
+    """The whole app: a model (run directory, .onnx file, or loaded Model; None: train one first).
+
+    New runs from the Train tab go under `runs_dir`; files the app hands out (code files,
+    CSVs) are written under `workdir` (a fresh temporary folder by default).
+    """
+    if isinstance(model, (str, Path)):
+        model = vaekit.load(model)
+    workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="vaekit-demo-"))
+    st = _State(model, Path(runs_dir), workdir)
+
+    with gr.Blocks(title="vaekit", analytics_enabled=False, delete_cache=(3600, 24 * 3600)) as app:
+        gr.Markdown("# vaekit\nConvolutional VAEs on your own images: train, compress, score anomalies, generate.")
+        with gr.Row(equal_height=True):
+            model_md = gr.Markdown(handlers.describe(model), elem_id="model-info")
+        with gr.Row(equal_height=True):
+            model_path = gr.Textbox(label="Open a model", placeholder="runs/NAME  or  model.onnx", scale=4)
+            open_btn = gr.Button("Open", scale=1)
+
+        with gr.Tab("Train", id="train"):
+            gr.Markdown("Train a new model on a folder of normal images on this machine. "
+                        "When it finishes it becomes the app's model.")
+            train_folder = gr.Textbox(label="Folder of training images (searched recursively)",
+                                      placeholder="/path/to/images", elem_id="train-folder")
+            with gr.Row():
+                image_size = gr.Slider(16, 256, value=64, step=8, label="Image size (pixels)")
+                latent_dim = gr.Slider(2, 256, value=32, step=1, label="Latent dimensions")
+                epochs = gr.Slider(1, 200, value=20, step=1, label="Epochs")
+            with gr.Row():
+                train_btn = gr.Button("Train", variant="primary", elem_id="train-btn")
+                stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn")
+            train_status = gr.Markdown(elem_id="train-status")
+            loss_plot = gr.LinePlot(pd.DataFrame({"epoch": [], "loss": [], "split": []}), x="epoch", y="loss",
+                                    color="split", title="Loss (-ELBO, nats per image)", label="Loss curve")
+
+        with gr.Tab("Compress", id="compress"):
+            with gr.Row():
+                with gr.Column():
+                    comp_files = gr.File(label="Images", file_count="multiple", file_types=["image"], elem_id="compress-files")
+                    precision = gr.Radio(["q8", "f16", "f32"], value="q8", label="Code precision",
+                                         info="q8: one byte per latent dimension")
+                    comp_btn = gr.Button("Compress", variant="primary", elem_id="compress-btn")
+                with gr.Column():
+                    comp_summary = gr.Markdown(elem_id="compress-summary")
+                    code_out = gr.File(label="Code file (download)", elem_id="code-out")
+            comp_gallery = gr.Gallery(label="Input | reconstruction from the code", format="png", columns=4,
+                                      elem_classes=["vk-pixels"], elem_id="compress-gallery")
+            comp_table = gr.Dataframe(headers=["file", "PSNR (dB)", "SSIM"], label="Quality", interactive=False)
+            gr.Markdown("### Decode a code file")
+            with gr.Row():
+                code_in = gr.File(label="Code file", elem_id="code-in")
+                decode_btn = gr.Button("Decode", elem_id="decode-btn")
+            decoded = gr.Gallery(label="Decoded images", format="png", columns=6, elem_classes=["vk-pixels"])
+
+        with gr.Tab("Anomaly", id="anomaly"):
+            with gr.Row():
+                with gr.Column():
+                    anom_files = gr.File(label="Images to score", file_count="multiple", file_types=["image"],
+                                         elem_id="anomaly-files")
+                    threshold = gr.Slider(label="Threshold (nats): a score above it is anomalous", step=0.01,
+                                          elem_id="threshold", **_threshold_range(model))
+                    anom_btn = gr.Button("Score", variant="primary", elem_id="score-btn")
+                with gr.Column():
+                    anom_summary = gr.Markdown(elem_id="anomaly-summary")
+                    hist = gr.Plot(_histogram(model, _threshold_range(model)["value"] if model else None),
+                                   label="Scores", elem_id="histogram")
+            overlays = gr.Gallery(label="Per-pixel heat map (-log p(x|z))", format="png", columns=6,
+                                  elem_classes=["vk-pixels"], elem_id="heatmaps")
+            anom_table = gr.Dataframe(headers=handlers.ANOMALY_COLUMNS, label="Scores", interactive=False,
+                                      elem_id="anomaly-table")
+            csv_out = gr.File(label="CSV (download)", elem_id="csv-out")
+
+        with gr.Tab("Generate", id="generate"):
+            with gr.Row():
+                with gr.Column(scale=1):
+                    n_samples = gr.Slider(1, 64, value=16, step=1, label="Images")
+                    temperature = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Temperature")
+                    seed = gr.Number(0, precision=0, label="Seed")
+                    sample_btn = gr.Button("Sample", variant="primary", elem_id="sample-btn")
+                samples = gr.Image(label="Samples from the prior", format="png", type="numpy",
+                                   interactive=False, elem_classes=["vk-pixels"], scale=2)
+            gr.Markdown("### Interpolate between two images")
+            with gr.Row():
+                img_a = gr.Image(label="From", type="filepath", image_mode=None, sources=["upload"], elem_id="interp-a")
+                img_b = gr.Image(label="To", type="filepath", image_mode=None, sources=["upload"], elem_id="interp-b")
+                with gr.Column():
+                    steps = gr.Slider(2, 16, value=8, step=1, label="Steps")
+                    interp_btn = gr.Button("Interpolate", elem_id="interp-btn")
+            strip = gr.Image(label="Interpolation", format="png", type="numpy", interactive=False,
+                             elem_classes=["vk-pixels"])
+
+        with gr.Tab("Latent space", id="latent"):
+            with gr.Row():
+                lat_folder = gr.Textbox(_data_folder(model), label="Images to project (a folder on this machine)",
+                                        scale=3, elem_id="latent-folder")
+                method = gr.Radio(["PCA", "t-SNE"], value="PCA", label="Projection")
+                limit = gr.Slider(10, 2000, value=500, step=10, label="At most this many images")
+            lat_btn = gr.Button("Project", variant="primary", elem_id="latent-btn")
+            lat_state = gr.State(None)
+            scatter = gr.ScatterPlot(pd.DataFrame({"x": [], "y": [], "score": [], "file": []}), x="x", y="y",
+                                     color="score", tooltip=["file", "score"], height=420,
+                                     label="Codes in 2-D, coloured by anomaly score (hover: file; drag across: images)")
+            picked = gr.Gallery(label="Selected images", format="png", columns=8, elem_classes=["vk-pixels"])
+
+        # --- handlers: widgets in, library call, widgets out ------------------------------------
+        def model_outputs():
+            rng = _threshold_range(st.model)
+            return (handlers.describe(st.model), gr.Slider(**rng), _histogram(st.model, rng["value"]),
+                    _data_folder(st.model))
+
+        model_widgets = [model_md, threshold, hist, lat_folder]
+
+        @_guard
+        def open_model(path):
+            if not path:
+                raise ValueError("type the path of a run directory or an exported .onnx file")
+            st.model = vaekit.load(Path(path).expanduser())
+            return model_outputs()
+
+        @_guard
+        def train(folder, size, dim, n_epochs, progress=gr.Progress()):
+            name = f"{Path(folder or 'run').name}-{time.strftime('%Y%m%d-%H%M%S')}"
+            out = st.runs_dir / name
+            rows: list[dict] = []
+            keep = (gr.skip(),) * len(model_widgets)
+            for ev in handlers.train_events(folder, out, size, dim, n_epochs, st.stop):
+                m = ev.metrics
+                if ev.phase == "decode":
+                    progress((ev.done, ev.total), desc="decoding images", unit="images")
+                elif ev.phase == "train":
+                    progress((ev.done, ev.total), desc=f"epoch {m['epoch']}/{m['epochs']} · loss {m['loss']:.2f}",
+                             unit="batches")
+                elif ev.phase == "epoch":
+                    rows += [{"epoch": m["epoch"], "loss": m["train_loss"], "split": "train"},
+                             {"epoch": m["epoch"], "loss": m["val_loss"], "split": "validation"}]
+                    yield (f"Training `{out}`: epoch {m['epoch']}/{n_epochs}, validation loss "
+                           f"{m['val_loss']:.2f} nats/image", pd.DataFrame(rows), *keep)
+                elif ev.phase == "stopped":
+                    yield (f"**Stopped** after {len(rows) // 2} epoch(s). `{out}` keeps its last checkpoint: "
+                           f"continue it with `vaekit train {folder} --out {out} --resume`.", pd.DataFrame(rows), *keep)
+                elif ev.phase == "done":
+                    r = ev.result
+                    st.model = vaekit.load(r.run_dir)
+                    yield (f"**Done**: `{r.run_dir}`, {r.epochs_done} epochs in {r.seconds:.1f} s, best validation "
+                           f"loss {r.best_val:.2f} nats/image (epoch {r.best_epoch}); it is now the app's model.",
+                           pd.DataFrame(rows), *model_outputs())
+
+        def stop():
+            st.stop.set()
+            return "Stopping after the current batch…"
+
+        @_guard
+        def compress(files, prec):
+            r = handlers.compress(st.model, files, st.workdir, prec)
+            e = r.report
+            summary = (f"**{e.count} image(s)** → code file of **{e.file_bytes} bytes** ({e.bytes_per_image:.1f} "
+                       f"bytes/image, **{e.bits_per_pixel:.3f} bpp** at {e.image_size}×{e.image_size}; "
+                       f"the uploads were {e.source_bytes} bytes). Mean PSNR {r.psnr.mean():.2f} dB, "
+                       f"SSIM {r.ssim.mean():.3f}.")
+            _warn_skipped(e.skipped)
+            table = [[n, round(float(p), 2), round(float(s), 4)] for n, p, s in zip(r.names, r.psnr, r.ssim)]
+            gallery = [(handlers.hwc(x), n) for x, n in zip(r.pairs, r.names)]
+            return gallery, summary, str(e.path), table
+
+        @_guard
+        def decompress(code_file):
+            names, x = handlers.decompress(st.model, code_file)
+            return [(handlers.hwc(img), n) for img, n in zip(x, names)]
+
+        @_guard
+        def anomaly(files, thr):
+            r = handlers.anomaly(st.model, files, thr, st.workdir)
+            _warn_skipped(r.skipped)
+            n_bad = int(r.anomalous.sum())
+            lines = [f"**{n_bad} of {len(r.names)} anomalous** at threshold {r.threshold:.2f} nats"]
+            lines += [f"- `{n}`: score **{s:.2f}** nats → {'**anomalous**' if a else 'normal'}"
+                      for n, s, a in list(zip(r.names, r.scores, r.anomalous))[:10]]
+            gallery = [(handlers.hwc(o), f"{n}: {s:.1f}") for o, n, s in zip(r.overlays, r.names, r.scores)]
+            return "\n".join(lines), _histogram(st.model, r.threshold, r), gallery, r.rows(), str(r.csv)
+
+        def rethreshold(files, thr):
+            if files and st.model is not None:
+                return anomaly(files, thr)
+            return gr.skip(), _histogram(st.model, thr), gr.skip(), gr.skip(), gr.skip()
+
+        @_guard
+        def sample(n, temp, sd):
+            return handlers.hwc(handlers.sample_grid(st.model, n, temp, sd))
+
+        @_guard
+        def interpolate(a, b, n):
+            return handlers.hwc(handlers.interpolation_strip(st.model, a, b, n))
+
+        @_guard
+        def latent(folder, how, n):
+            m = handlers.latent_map(st.model, folder, how, n)
+            df = pd.DataFrame({"x": m.xy[:, 0], "y": m.xy[:, 1], "score": m.scores, "file": m.names})
+            return df, m, []
+
+        @_guard
+        def latent_select(m, evt: gr.SelectData):
+            if m is None or not isinstance(evt.index, (list, tuple)):
+                return []
+            return [(handlers.hwc(x), c) for x, c in handlers.latent_pick(st.model, m, *evt.index[:2])]
+
+        open_btn.click(open_model, model_path, model_widgets, api_name="open_model")
+        model_path.submit(open_model, model_path, model_widgets, api_visibility="private")
+        train_btn.click(train, [train_folder, image_size, latent_dim, epochs], [train_status, loss_plot, *model_widgets],
+                        api_name="train", show_progress_on=[train_status])
+        stop_btn.click(stop, None, train_status, api_name="stop", queue=False)
+        comp_btn.click(compress, [comp_files, precision], [comp_gallery, comp_summary, code_out, comp_table],
+                       api_name="compress")
+        decode_btn.click(decompress, code_in, decoded, api_name="decompress")
+        anom_outputs = [anom_summary, hist, overlays, anom_table, csv_out]
+        anom_btn.click(anomaly, [anom_files, threshold], anom_outputs, api_name="anomaly")
+        threshold.release(rethreshold, [anom_files, threshold], anom_outputs, api_name="threshold")
+        sample_btn.click(sample, [n_samples, temperature, seed], samples, api_name="sample")
+        interp_btn.click(interpolate, [img_a, img_b, steps], strip, api_name="interpolate")
+        lat_btn.click(latent, [lat_folder, method, limit], [scatter, lat_state, picked], api_name="latent")
+        scatter.select(latent_select, lat_state, picked, api_visibility="private")
+    return app
+
+
+def _warn_skipped(skipped) -> None:
+    if skipped:
+        shown = "; ".join(f"{p.name}: {r}" for p, r in skipped[:3])
+        gr.Warning(f"skipped {len(skipped)} unreadable file(s): {shown}")
+
+
+def launch(app: gr.Blocks, port: int = 7860, share: bool = False, max_file_size: str | int = MAX_UPLOAD,
+           prevent_thread_lock: bool = False, quiet: bool = False):
+    """Serve on 127.0.0.1 only (a share link only when asked), with uploads capped at `max_file_size`."""
+    return app.launch(server_name="127.0.0.1", server_port=port, share=share, max_file_size=max_file_size,
+                      prevent_thread_lock=prevent_thread_lock, quiet=quiet, ssr_mode=False, css=CSS,
+                      show_error=False, allowed_paths=None)

@@ -1,0 +1,37 @@
+"""The demo's one static chart: validation scores, the threshold, and the scores just computed.
+
+Built on a bare matplotlib Figure (no pyplot), which is safe to draw from Gradio's worker
+threads; gr.Plot renders it as an image.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def score_histogram(val_scores: Sequence[float], threshold: float | None, scores: Sequence[float] = (),
+                    anomalous: Sequence[bool] = ()):
+    """Histogram of the model's validation scores, a line at the threshold, a tick per scored image."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 3), layout="constrained")
+    ax = fig.add_subplot()
+    val = np.asarray(val_scores, dtype=float)
+    if len(val):
+        ax.hist(val, bins=min(40, max(5, len(val) // 3)), color="#9aa5b1", label=f"validation images ({len(val)})")
+    else:
+        ax.text(0.5, 0.6, "this model stores no validation scores", ha="center", transform=ax.transAxes)
+    if threshold is not None:
+        ax.axvline(threshold, color="#111", linestyle="--", label=f"threshold {threshold:.2f}")
+    for s, bad in zip(scores, anomalous):
+        ax.axvline(float(s), color="#d62728" if bad else "#2ca02c", linewidth=2)
+    if len(scores):
+        n_bad = int(np.sum(anomalous))
+        ax.plot([], [], color="#2ca02c", linewidth=2, label=f"normal ({len(scores) - n_bad})")
+        ax.plot([], [], color="#d62728", linewidth=2, label=f"anomalous ({n_bad})")
+    ax.set_xlabel("anomaly score: -ELBO (nats), higher = more anomalous")
+    ax.set_ylabel("images")
+    ax.legend(loc="upper right", fontsize="small")
+    return fig

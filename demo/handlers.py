@@ -1,0 +1,296 @@
+"""What the demo's buttons do: one plain function per action, each a thin call into vaekit.
+
+They take the model and plain values (file paths, numbers), return numpy images, tables and
+files, and raise vaekit's own exceptions; `app.py` turns those into messages in the page.
+Nothing here imports gradio, so tests call these functions directly.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from vaekit import codes, quality
+from vaekit import images as imageio
+from vaekit.engine import Model
+
+LATENT_MAX_SHOWN = 24  # images shown for one selection in the latent-space tab
+
+
+class NoModelError(LookupError):
+    """A tab that needs a model was used before one was opened or trained."""
+
+
+class TrainingStopped(Exception):
+    """Raised inside the training loop (through its progress callback) when Stop is pressed."""
+
+
+def need(model: Model | None) -> Model:
+    if model is None:
+        raise NoModelError("no model is open: train one on the Train tab, or open a run directory or .onnx file")
+    return model
+
+
+def describe(model: Model | None) -> str:
+    """One line of Markdown naming the model and what it expects."""
+    if model is None:
+        return "**No model open.** Train one on the *Train* tab, or open a run directory or `.onnx` file."
+    i = model.info
+    kind = "gray" if i.channels == 1 else "RGB"
+    thr = f"{i.threshold:.2f} nats" if i.threshold is not None else "none stored"
+    return (f"**Model** `{i.source}` · {i.engine} engine · {i.image_size}×{i.image_size} {kind} · "
+            f"latent {i.latent_dim} · {i.likelihood} · anomaly threshold {thr}")
+
+
+def hwc(x: np.ndarray) -> np.ndarray:
+    """(C, H, W) uint8 or float in [0, 1] -> what an image widget shows: (H, W) or (H, W, 3) uint8."""
+    x = x if x.dtype == np.uint8 else imageio.to_uint8(x)
+    return x[0] if x.shape[0] == 1 else np.ascontiguousarray(x.transpose(1, 2, 0))
+
+
+def load_uploads(model: Model, paths: Sequence[str | Path] | None) -> imageio.LoadReport:
+    """Decode uploaded files with the model's preprocessing; unreadable ones are skipped, none is an error."""
+    if not paths:
+        raise ValueError("no image given: upload one or more image files")
+    report = model.load_images([Path(p) for p in paths])
+    if not report.paths:
+        why = "; ".join(f"{p.name}: {r}" for p, r in report.skipped[:3])
+        raise imageio.NoImagesError(f"no usable image among the uploads ({why})")
+    return report
+
+
+def _new_file(out_dir: Path, name: str) -> Path:
+    """A fresh file name in its own folder, so concurrent users never overwrite each other."""
+    folder = Path(out_dir) / uuid.uuid4().hex
+    folder.mkdir(parents=True)
+    return folder / name
+
+
+# --- Compress ----------------------------------------------------------------------------------
+
+@dataclass
+class CompressResult:
+    names: list[str]
+    pairs: list[np.ndarray]  # per image: (C, H, 2W+pad) input next to its reconstruction, uint8
+    psnr: np.ndarray  # (N,) dB, input vs. the reconstruction decoded from the stored codes
+    ssim: np.ndarray  # (N,)
+    report: codes.EncodeReport  # the code file: path, bytes, bits per pixel
+
+
+def compress(model: Model, paths: Sequence[str | Path], out_dir: Path, precision: str = "q8") -> CompressResult:
+    """Encode uploads into one code file; reconstruct from exactly what the file stores."""
+    model = need(model)
+    report = load_uploads(model, paths)
+    names = [p.name for p in report.paths]
+    sizes = np.array([codes.original_size(p) for p in report.paths], dtype=np.int32)
+    cf = codes.encode_images(model, report.images, names, sizes, precision)
+    out = _new_file(out_dir, "images.codes")
+    n_bytes = codes.save(cf, out)
+    x, x_hat = report.images, imageio.to_uint8(model.decode(cf.latents()))
+    enc = codes.EncodeReport(out, len(names), n_bytes, sum(p.stat().st_size for p in report.paths),
+                             model.info.image_size, int(sizes.prod(1).sum()), precision, report.skipped)
+    pairs = [imageio.make_grid(np.stack([a, b]), ncol=2) for a, b in zip(x, x_hat)]
+    return CompressResult(names, pairs, quality.psnr(x, x_hat), quality.ssim(x, x_hat), enc)
+
+
+def decompress(model: Model, code_file: str | Path) -> tuple[list[str], np.ndarray]:
+    """A code file -> (names, decoded images (N, C, H, W) uint8) at the model's size."""
+    model = need(model)
+    if not code_file:
+        raise ValueError("no code file given: upload a file written by Compress or `vaekit encode`")
+    cf = codes.load(code_file)
+    codes.check_model(cf, model, f"code file {Path(code_file).name}")
+    return cf.names, imageio.to_uint8(model.decode(cf.latents()))
+
+
+# --- Anomaly -----------------------------------------------------------------------------------
+
+@dataclass
+class AnomalyResult:
+    names: list[str]
+    scores: np.ndarray  # (N,) -ELBO, nats; higher = more anomalous
+    bits_per_dim: np.ndarray  # (N,)
+    anomalous: np.ndarray  # (N,) bool: score > threshold
+    overlays: list[np.ndarray]  # per image: (3, H, W) uint8 heat map of per-pixel NLL over the input
+    threshold: float
+    csv: Path
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+    def rows(self) -> list[list]:
+        return [[n, round(float(s), 3), round(float(b), 5), "anomalous" if a else "normal"]
+                for n, s, b, a in zip(self.names, self.scores, self.bits_per_dim, self.anomalous)]
+
+
+ANOMALY_COLUMNS = ["file", "score (nats)", "bits/dim", "verdict"]
+
+
+def anomaly(model: Model, paths: Sequence[str | Path], threshold: float, out_dir: Path) -> AnomalyResult:
+    """Score uploads, judge them against `threshold`, draw per-pixel heat maps, write a CSV."""
+    model = need(model)
+    if threshold is None or not math.isfinite(threshold):
+        raise ValueError(f"invalid threshold {threshold!r}: expected a finite number of nats")
+    report = load_uploads(model, paths)
+    s = model.score(report.images)
+    overlays = [imageio.heatmap_overlay(x, m) for x, m in zip(report.images, s.pixel_map)]
+    names = [p.name for p in report.paths]
+    result = AnomalyResult(names, s.score, s.bits_per_dim, s.score > threshold, overlays, float(threshold),
+                           _new_file(out_dir, "scores.csv"), report.skipped)
+    _write_csv(result)
+    return result
+
+
+def _write_csv(r: AnomalyResult) -> None:
+    import csv
+    import io
+
+    from vaekit.fileio import atomic_write_text
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["file", "score", "bits_per_dim", "threshold", "anomalous"])
+    for n, s, b, a in zip(r.names, r.scores, r.bits_per_dim, r.anomalous):
+        w.writerow([n, repr(float(s)), repr(float(b)), repr(r.threshold), int(a)])
+    atomic_write_text(r.csv, buf.getvalue())
+
+
+# --- Generate ----------------------------------------------------------------------------------
+
+def sample_grid(model: Model, n: int, temperature: float, seed: int) -> np.ndarray:
+    """n draws from the prior as one grid image, (C, H, W) uint8."""
+    x = need(model).sample(int(n), float(temperature), int(seed))
+    return imageio.to_uint8(imageio.make_grid(x, ncol=math.ceil(math.sqrt(len(x)))))
+
+
+def interpolation_strip(model: Model, a: str | Path, b: str | Path, steps: int) -> np.ndarray:
+    """Decoded points between two images' codes as one strip, (C, H, W) uint8."""
+    model = need(model)
+    if not a or not b:
+        raise ValueError("interpolation needs two images: upload one on each side")
+    x = codes.interpolate(model, a, b, int(steps))
+    return imageio.to_uint8(imageio.make_grid(x, ncol=len(x)))
+
+
+# --- Latent space ------------------------------------------------------------------------------
+
+@dataclass
+class LatentMap:
+    paths: list[Path]  # the images projected (never sent to the browser: shown as `names`)
+    names: list[str]  # relative to the folder
+    xy: np.ndarray  # (N, 2) the 2-D projection of the posterior means
+    scores: np.ndarray  # (N,) anomaly score of each image, nats
+    method: str
+
+
+def latent_map(model: Model, folder: str | Path, method: str = "PCA", limit: int = 500) -> LatentMap:
+    """Encode up to `limit` images of a folder (spread evenly over it) and project their codes to 2-D."""
+    model = need(model)
+    if method not in ("PCA", "t-SNE"):
+        raise ValueError(f"invalid projection {method!r}: expected 'PCA' or 't-SNE'")
+    if not folder:
+        raise ValueError("no folder given: type the path of a folder of images on this machine")
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no such folder: {folder}")
+    paths = imageio.find_images(folder)
+    if not paths:
+        raise imageio.NoImagesError(f"no image files found in {folder}")
+    paths = paths[:: math.ceil(len(paths) / max(1, int(limit)))]
+    report = model.load_images(paths)
+    if len(report.paths) < 3:
+        raise imageio.NoImagesError(f"need at least 3 readable images in {folder} for a projection, got {len(report.paths)}")
+    mu, _ = model.encode(report.images)
+    xy = _project(mu, method)
+    names = codes.relative_names(report.paths, folder)
+    return LatentMap(report.paths, names, xy, model.score(report.images).score, method)
+
+
+def _project(mu: np.ndarray, method: str) -> np.ndarray:
+    if method == "t-SNE":
+        from sklearn.manifold import TSNE
+
+        return TSNE(2, perplexity=min(30.0, len(mu) - 1.0), init="pca", random_state=0).fit_transform(mu)
+    from sklearn.decomposition import PCA
+
+    return PCA(2, random_state=0).fit_transform(mu) if mu.shape[1] >= 2 else np.c_[mu[:, :1], np.zeros(len(mu))]
+
+
+def latent_pick(model: Model, m: LatentMap, x_lo: float, x_hi: float) -> list[tuple[np.ndarray, str]]:
+    """The images whose first coordinate lies in [x_lo, x_hi], nearest the middle first."""
+    model = need(model)
+    lo, hi = sorted((float(x_lo), float(x_hi)))
+    inside = np.flatnonzero((m.xy[:, 0] >= lo) & (m.xy[:, 0] <= hi))
+    inside = inside[np.argsort(np.abs(m.xy[inside, 0] - (lo + hi) / 2))][:LATENT_MAX_SHOWN]
+    if len(inside) == 0:
+        return []
+    x = model.load_images([m.paths[i] for i in inside]).images
+    return [(img, f"{m.names[i]} · {m.scores[i]:.1f}") for img, i in zip(x, inside)]
+
+
+# --- Train -------------------------------------------------------------------------------------
+
+@dataclass
+class TrainEvent:
+    phase: str  # "decode", "train", "epoch" (as vaekit.train reports), then "done" or "stopped"
+    done: int = 0
+    total: int = 0
+    metrics: dict = field(default_factory=dict)
+    result: object = None  # "done": the TrainResult
+
+
+def train_events(
+    folder: str | Path,
+    out_dir: str | Path,
+    image_size: int,
+    latent_dim: int,
+    epochs: int,
+    stop: threading.Event,
+) -> Iterator[TrainEvent]:
+    """Run `vaekit.train.train` in a worker thread and yield its progress as it comes.
+
+    Setting `stop` makes the next progress report raise TrainingStopped inside the loop: the
+    run directory keeps its last epoch's checkpoint, so `vaekit train --resume` continues it.
+    The last event is "done" (with the TrainResult) or "stopped"; errors are re-raised here.
+    """
+    from vaekit.config import ModelConfig, TrainConfig
+
+    if not folder:
+        raise ValueError("no folder given: type the path of a folder of images on this machine")
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no such folder: {folder}")
+    model_cfg = ModelConfig(image_size=int(image_size), latent_dim=int(latent_dim))
+    train_cfg = TrainConfig(epochs=int(epochs))
+    events: queue.Queue = queue.Queue()
+
+    def report(done: int, total: int, phase: str = "", **metrics) -> None:
+        if stop.is_set():
+            raise TrainingStopped
+        events.put(TrainEvent(phase, done, total, metrics))
+
+    def work() -> None:
+        from vaekit.train import train
+
+        try:
+            result, _ = train(folder, out_dir, model_cfg, train_cfg, channels="auto", progress=report)
+            events.put(TrainEvent("done", result=result))
+        except TrainingStopped:
+            events.put(TrainEvent("stopped"))
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread below
+            events.put(e)
+
+    stop.clear()
+    threading.Thread(target=work, name="vaekit-demo-train", daemon=True).start()
+    while True:
+        ev = events.get()
+        if isinstance(ev, BaseException):
+            raise ev
+        yield ev
+        if ev.phase in ("done", "stopped"):
+            return

@@ -1,0 +1,117 @@
+"""`vaekit train` / `sample-data` through Typer's runner and the installed executable."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from test_train import make_blobs
+from vaekit_cli.main import app
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+EXE = shutil.which("vaekit", path=str(Path(sys.executable).parent)) or "vaekit"
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_train_prints_epochs_and_a_summary(tmp_path):
+    make_blobs(tmp_path / "imgs", n=12)
+    r = invoke("--threads", 1, "train", tmp_path / "imgs", "--out", tmp_path / "run", "--image-size", 16,
+               "--latent-dim", 4, "--base-channels", 4, "--epochs", 2, "--batch-size", 4, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert "epoch   2" in r.output and "anomaly threshold" in r.output and "12 used, 0 skipped" in r.output
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["epochs"] == 2
+    # resume extends to 3 epochs using the stored config
+    r = invoke("train", tmp_path / "imgs", "--out", tmp_path / "run", "--resume", "--epochs", 3)
+    assert r.exit_code == 0, r.output
+    assert "epoch   3" in r.output and "epoch   1 " not in r.output
+
+
+def test_unreadable_files_are_skipped_and_named(tmp_path):
+    make_blobs(tmp_path / "imgs", n=6)
+    (tmp_path / "imgs" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    (tmp_path / "imgs" / "notes.jpg").write_text("not an image")
+    r = invoke("train", tmp_path / "imgs", "--out", tmp_path / "run", "--image-size", 16, "--latent-dim", 2,
+               "--base-channels", 2, "--epochs", 1)
+    assert r.exit_code == 0, r.output
+    assert "6 used, 2 skipped" in r.output
+    assert "broken.png" in r.output and "notes.jpg: not an image" in r.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "{empty}", "--out", "{tmp}/r"], "no image files found"),
+        (["train", "{junk}", "--out", "{tmp}/r"], "no usable image"),
+        (["train", "{tmp}/does-not-exist"], "does not exist"),
+        (["train", "{junk}", "--image-size", "8"], "image size must be an integer >= 16, got 8"),
+        (["train", "{junk}", "--channels", "2"], "must be auto, 1 or 3"),
+        (["train", "{junk}", "--device", "tpu"], "tpu"),
+        (["sample-data", "digits", "{tmp}/d", "--normal", "12"], "12"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, args, message):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "a.png").write_text("text")
+    args = [a.format(tmp=tmp_path, empty=tmp_path / "empty", junk=tmp_path / "junk") for a in args]
+    r = invoke(*args)
+    assert r.exit_code == 2, r.output
+    assert message in r.output
+    assert "Traceback" not in r.output
+
+
+def test_existing_run_needs_resume_or_overwrite(tmp_path):
+    make_blobs(tmp_path / "imgs", n=6)
+    base = ["train", tmp_path / "imgs", "--out", tmp_path / "run", "--image-size", 16, "--latent-dim", 2, "--base-channels", 2, "--epochs", 1]
+    assert invoke(*base).exit_code == 0
+    r = invoke(*base)
+    assert r.exit_code == 2 and "--resume" in r.output
+    assert invoke(*base, "--overwrite").exit_code == 0
+
+
+def test_sample_data_digits_layout(tmp_path):
+    r = invoke("sample-data", "digits", tmp_path / "d", "--normal", 3, "--size", 16)
+    assert r.exit_code == 0, r.output
+    for sub in ("train", "test/normal", "test/anomalous"):
+        assert any((tmp_path / "d" / sub).glob("*.png")), sub
+    assert all(p.name.startswith("digit3_") for p in (tmp_path / "d" / "train").glob("*.png"))
+
+
+def _no_heavy_imports(cmd):
+    # run the command inside a Python that records what got imported
+    code = (
+        "import sys, runpy; sys.argv = ['vaekit'] + sys.argv[1:]\n"
+        "try:\n    runpy.run_module('vaekit', run_name='__main__')\n"
+        "except SystemExit as e:\n    code = e.code\n"
+        "heavy = sorted(m for m in ('torch', 'gradio', 'onnxruntime', 'sklearn') if m in sys.modules)\n"
+        "print('HEAVY=' + ','.join(heavy))\n"
+    )
+    return subprocess.run([sys.executable, "-c", code, *cmd], capture_output=True, text=True, cwd=ROOT)
+
+
+def test_help_does_not_import_torch_or_gradio():
+    out = _no_heavy_imports(["--help"])
+    assert "HEAVY=\n" in out.stdout, out.stdout[-300:] + out.stderr
+    assert "train" in out.stdout and "sample-data" in out.stdout
+    out = _no_heavy_imports(["train", "--help"])
+    assert "HEAVY=\n" in out.stdout and "--image-size" in out.stdout
+
+
+def test_installed_executable_and_python_m_agree(tmp_path):
+    a = subprocess.run([EXE, "--help"], capture_output=True, text=True, cwd=tmp_path)
+    b = subprocess.run([sys.executable, "-m", "vaekit", "--help"], capture_output=True, text=True, cwd=tmp_path)
+    assert a.returncode == b.returncode == 0
+    assert a.stdout == b.stdout and "sample-data" in a.stdout
+    # errors come out the same way from the real executable: one line, exit code 2
+    c = subprocess.run([EXE, "train", str(tmp_path)], capture_output=True, text=True, cwd=tmp_path,
+                       env={**os.environ, "VAEKIT_THREADS": "1"})
+    assert c.returncode == 2 and "no image files found" in c.stderr and "Traceback" not in c.stderr

@@ -1,0 +1,48 @@
+"""The ConvVAE's shapes for any image size >= 16, and its deterministic paths."""
+
+import pytest
+import torch
+
+from vaekit.config import ModelConfig
+from vaekit.model import ConvVAE, stage_sizes
+
+
+@pytest.mark.parametrize("size", [16, 17, 24, 33, 50, 64])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_any_size_round_trips_to_the_same_shape(size, channels):
+    cfg = ModelConfig(image_size=size, channels=channels, latent_dim=5, base_channels=4)
+    model = ConvVAE(cfg)
+    x = torch.rand(2, channels, size, size)
+    params, mu, logvar = model(x)
+    assert params.shape == x.shape
+    assert mu.shape == logvar.shape == (2, 5)
+    assert stage_sizes(size)[-1] <= 4
+
+
+def test_reparameterize_is_mu_plus_sigma_eps():
+    mu, logvar, eps = torch.tensor([[1.0, -2.0]]), torch.tensor([[0.0, 2.0]]), torch.tensor([[0.5, 1.0]])
+    z = ConvVAE.reparameterize(mu, logvar, eps)
+    torch.testing.assert_close(z, torch.tensor([[1.5, -2.0 + torch.e]]))
+
+
+def test_encode_is_deterministic_and_batch_independent():
+    torch.manual_seed(0)
+    model = ConvVAE(ModelConfig(image_size=16, channels=1, latent_dim=3, base_channels=4)).eval()
+    x = torch.rand(5, 1, 16, 16)
+    with torch.no_grad():
+        a, _ = model.encode(x)
+        b, _ = model.encode(x[2:3])
+    torch.testing.assert_close(a[2:3], b)
+
+
+@pytest.mark.parametrize("bad", [dict(image_size=15), dict(channels=2), dict(latent_dim=0), dict(likelihood="poisson")])
+def test_bad_config_names_the_value(bad):
+    with pytest.raises(ValueError, match=str(list(bad.values())[0])):
+        ModelConfig(**bad)
+
+
+def test_mean_image_is_in_unit_range():
+    for lik in ("bernoulli", "gaussian"):
+        model = ConvVAE(ModelConfig(image_size=16, latent_dim=3, base_channels=4, likelihood=lik))
+        m = model.mean_image(torch.randn(2, 1, 16, 16) * 5)
+        assert m.min() >= 0 and m.max() <= 1

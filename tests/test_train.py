@@ -1,0 +1,152 @@
+"""Training end to end on a tiny generated folder: run directory, exact resume, errors."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from vaekit import run as rundir
+from vaekit.config import ModelConfig, TrainConfig
+from vaekit.train import TrainingError, kl_weight, split, train
+
+
+def make_blobs(folder, n=24, size=20, seed=0):
+    """Grey discs at random places: a tiny, learnable image set."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    for i in range(n):
+        cy, cx, r = rng.uniform(6, size - 6, 2).tolist() + [rng.uniform(3, 5)]
+        img = np.where((yy - cy) ** 2 + (xx - cx) ** 2 < r * r, 220, 30).astype(np.uint8)
+        Image.fromarray(img).save(folder / f"blob_{i:03d}.png")
+    return folder
+
+
+MODEL = ModelConfig(image_size=16, channels=1, latent_dim=4, base_channels=4)
+
+
+def tcfg(**kw):
+    return TrainConfig(**{"epochs": 2, "batch_size": 8, "lr": 3e-3, "seed": 0, "device": "cpu", **kw})
+
+
+@pytest.fixture(scope="module")
+def blobs(tmp_path_factory):
+    return make_blobs(tmp_path_factory.mktemp("blobs"))
+
+
+def test_run_directory_is_complete_and_self_describing(blobs, tmp_path):
+    result, data = train(blobs, tmp_path / "run", MODEL, tcfg(epochs=3))
+    run = tmp_path / "run"
+    for name in ("config.json", "model.safetensors", "metrics.jsonl", "preview.png", "checkpoint/resume.json"):
+        assert (run / name).is_file(), name
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["model"]["image_size"] == 16 and cfg["model"]["channels"] == 1
+    assert cfg["train"]["epochs"] == 3
+    assert cfg["data"]["images"] == 24 and cfg["data"]["val_images"] == 2 and cfg["data"]["train_images"] == 22
+    assert cfg["vaekit_version"] and cfg["torch_version"] == torch.__version__
+    assert len(cfg["data"]["fingerprint"]) >= 16
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    for r in rows:
+        assert math.isclose(r["train_loss"], r["train_recon"] + r["beta"] * r["train_kl"], rel_tol=1e-6)
+        assert r["val_bits_per_dim"] == pytest.approx(r["val_loss"] / (16 * 16 * math.log(2)))
+    # best-on-validation weights are the ones kept
+    assert result.best_val == min(r["val_loss"] for r in rows)
+    assert result.threshold == cfg["anomaly"]["threshold"]
+    model, _ = rundir.load_model(run)
+    assert cfg["fingerprint"] == rundir.fingerprint(model.state_dict())
+    # the files are plain safetensors/JSON: nothing to unpickle
+    assert set(load_file(run / "model.safetensors")) == set(model.state_dict())
+
+
+def test_training_reduces_the_loss(blobs, tmp_path):
+    result, _ = train(blobs, tmp_path / "run", MODEL, tcfg(epochs=15, lr=1e-2))
+    losses = [r["train_loss"] for r in result.history]
+    assert losses[-1] < 0.9 * losses[0]
+
+
+def test_same_seed_same_weights_and_resume_is_exact(blobs, tmp_path):
+    train(blobs, tmp_path / "full", MODEL, tcfg(epochs=4))
+    train(blobs, tmp_path / "again", MODEL, tcfg(epochs=4))
+    train(blobs, tmp_path / "parts", MODEL, tcfg(epochs=2))
+    train(blobs, tmp_path / "parts", MODEL, tcfg(epochs=2), resume=True, resume_epochs=4)
+    full = load_file(tmp_path / "full" / "checkpoint" / "epoch-0003.safetensors")
+    again = load_file(tmp_path / "again" / "checkpoint" / "epoch-0003.safetensors")
+    parts = load_file(tmp_path / "parts" / "checkpoint" / "epoch-0003.safetensors")
+    for k in full:
+        if k.startswith(("model.", "optim.")):
+            torch.testing.assert_close(full[k], again[k], rtol=0, atol=0)
+            torch.testing.assert_close(full[k], parts[k], rtol=0, atol=0)
+    a = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(x) for x in (tmp_path / "parts" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train_loss"] for r in a] == [r["train_loss"] for r in b]
+
+
+def test_an_existing_run_is_never_silently_replaced(blobs, tmp_path):
+    train(blobs, tmp_path / "run", MODEL, tcfg(epochs=1))
+    before = (tmp_path / "run" / "model.safetensors").read_bytes()
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(blobs, tmp_path / "run", MODEL, tcfg(epochs=1))
+    assert (tmp_path / "run" / "model.safetensors").read_bytes() == before
+    train(blobs, tmp_path / "run", MODEL, tcfg(epochs=1, seed=5), overwrite=True)
+    assert (tmp_path / "run" / "model.safetensors").read_bytes() != before
+
+
+def test_resume_refuses_changed_data_and_missing_state(blobs, tmp_path):
+    with pytest.raises(rundir.RunError):
+        train(blobs, tmp_path / "nothing", MODEL, tcfg(), resume=True)
+    other = make_blobs(tmp_path / "other", n=10, seed=3)
+    train(other, tmp_path / "run", MODEL, tcfg(epochs=1))
+    (other / "blob_000.png").unlink()
+    with pytest.raises(rundir.RunError, match="changed"):
+        train(other, tmp_path / "run", MODEL, tcfg(), resume=True, resume_epochs=2)
+
+
+def test_corrupt_or_foreign_files_are_clear_errors(blobs, tmp_path):
+    train(blobs, tmp_path / "run", MODEL, tcfg(epochs=1))
+    weights = tmp_path / "run" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(rundir.RunError, match="corrupt"):
+        rundir.load_model(tmp_path / "run")
+    (tmp_path / "run" / "config.json").write_text("{not json")
+    with pytest.raises(rundir.RunError, match="corrupt"):
+        rundir.load_model(tmp_path / "run")
+    with pytest.raises(rundir.RunError, match="not found"):
+        rundir.load_model(tmp_path / "missing")
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(blobs, tmp_path, monkeypatch):
+    train(blobs, tmp_path / "run", MODEL, tcfg(epochs=1))
+    good = (tmp_path / "run" / "checkpoint" / "resume.json").read_text()
+    import vaekit.train as t
+
+    real = t.negative_elbo
+
+    def poisoned(*a, **k):
+        loss = real(*a, **k)
+        loss.total = loss.total * float("nan")
+        return loss
+
+    monkeypatch.setattr(t, "negative_elbo", poisoned)
+    with pytest.raises(TrainingError, match="nan"):
+        train(blobs, tmp_path / "run", MODEL, tcfg(), resume=True, resume_epochs=3)
+    assert (tmp_path / "run" / "checkpoint" / "resume.json").read_text() == good
+
+
+def test_split_is_seeded_and_disjoint():
+    a_tr, a_va = split(50, 0.1, seed=1)
+    b_tr, b_va = split(50, 0.1, seed=1)
+    c_tr, c_va = split(50, 0.1, seed=2)
+    assert len(a_va) == 5 and not set(a_tr) & set(a_va) and len(a_tr) + len(a_va) == 50
+    assert (a_va == b_va).all() and not (a_va == c_va).all()
+    assert len(split(1, 0.1, 0)[1]) == 0
+
+
+def test_kl_warmup_ramps_linearly_to_beta():
+    cfg = TrainConfig(beta=2.0, kl_warmup=3)
+    assert [kl_weight(e, cfg) for e in range(5)] == [0.5, 1.0, 1.5, 2.0, 2.0]
+    assert kl_weight(0, TrainConfig(beta=0.5)) == 0.5
