@@ -1,7 +1,208 @@
-"""Commands of this group are registered here (filled in by their issue)."""
+"""`vaekit anomaly-score`, `vaekit evaluate` and `vaekit threshold`."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, List, Optional
 
 import typer
 
+from vaekit_cli.output import apply_threads, console, err_console, progress_bar
+
+MODEL_HELP = "A training run directory, or an exported .onnx model."
+TABLE_ROWS = 50  # the terminal shows at most this many images (the most anomalous); files get all
+
+
+class Score(str, Enum):
+    excess = "excess"
+    neg_elbo = "neg_elbo"
+    recon = "recon"
+    kl = "kl"
+
+
+SCORE_HELP = ("excess (default): -ELBO minus the image's own floor, the NLL of a perfect reconstruction "
+              "(removes the raw -ELBO's bias towards images with little grey); neg_elbo: the plain -ELBO; "
+              "recon / kl: its two terms. All in nats, higher = more anomalous.")
+SAMPLES_HELP = ("0: evaluate at the posterior mean (deterministic, the default). K: average K posterior draws, "
+                "each image's noise seeded by its pixels, so still the same on every run.")
+IWAE_HELP = ("Estimate -log p(x) with the importance-weighted bound over --samples draws (64 if not given): "
+             "tighter than the ELBO (Burda et al. 2016). Stored thresholds do not apply; pass --threshold.")
+
+
+def anomaly_score(
+    model: Annotated[Path, typer.Argument(help=MODEL_HELP, exists=True)],
+    inputs: Annotated[List[Path], typer.Argument(help="Image files or folders (searched recursively).", exists=True)],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write every row to a .csv or .json file.")] = None,
+    maps: Annotated[Optional[Path], typer.Option(help="Folder for per-pixel anomaly heat maps (PNG over each image).")] = None,
+    score: Annotated[Score, typer.Option(help=SCORE_HELP)] = Score.excess,
+    samples: Annotated[int, typer.Option(min=0, help=SAMPLES_HELP)] = 0,
+    iwae: Annotated[bool, typer.Option("--iwae", help=IWAE_HELP)] = False,
+    threshold: Annotated[Optional[float], typer.Option(help="Flag scores above this (nats) instead of the stored threshold.")] = None,
+    fail_on_anomaly: Annotated[bool, typer.Option("--fail-on-anomaly", help="Exit with code 1 when any image is anomalous.")] = False,
+) -> None:
+    """Score images (higher = more anomalous) and flag those above the model's threshold.
+
+    Images are converted by the model's own preprocessing (its channels; shorter side resized to
+    its size, centre crop); unreadable files are skipped and listed.
+    """
+    import vaekit
+    from vaekit import anomaly
+
+    apply_threads()
+    if out is not None:
+        anomaly.output_format(out)  # a bad name fails now, not after scoring
+    samples = samples or (64 if iwae else 0)
+    m = vaekit.load(model)
+    with progress_bar(transient=True) as bars:
+        report = anomaly.score_images(m, inputs, samples=samples, score=score.value, iwae=iwae,
+                                      threshold=threshold, progress=_bar(bars))
+    if fail_on_anomaly and report.threshold is None:
+        raise ValueError(f"--fail-on-anomaly needs a threshold, and there is {report.threshold_source}")
+    for path, reason in report.skipped:
+        err_console.print(f"[yellow]skipped[/yellow] {path}: {reason}", highlight=False)
+    if out is not None:
+        anomaly.write_scores(out, report, m)
+    if maps is not None:
+        anomaly.write_maps(maps, report)
+    _print_scores(report, m)
+    if out is not None:
+        console.print(f"wrote {out}", highlight=False)
+    if maps is not None:
+        console.print(f"wrote {len(report.rows)} heat maps to {maps}", highlight=False)
+    if fail_on_anomaly and report.n_anomalous:
+        raise typer.Exit(1)
+
+
+def _bar(bars):
+    tasks: dict[str, int] = {}
+
+    def progress(done: int, total: int, phase: str = "", **_) -> None:
+        if phase not in tasks:
+            tasks[phase] = bars.add_task("reading images" if phase == "load" else "scoring", total=total, info="")
+        bars.update(tasks[phase], completed=done, total=total)
+
+    return progress
+
+
+def _print_scores(report, m) -> None:
+    from rich.table import Table
+
+    rows = sorted(report.rows, key=lambda r: -r.score)
+    t = Table(title=f"{report.score} scores (nats; higher = more anomalous)", title_justify="left")
+    t.add_column("image", overflow="fold")
+    t.add_column("score", justify="right")
+    t.add_column("bits/dim", justify="right")
+    t.add_column("", justify="left")
+    for r in rows[:TABLE_ROWS]:
+        flag = "" if r.anomalous is None else ("[bold red]ANOMALOUS[/bold red]" if r.anomalous else "[green]normal[/green]")
+        t.add_row(r.path, f"{r.score:.2f}", f"{r.bits_per_dim:.4f}", flag)
+    console.print(t)
+    if len(rows) > TABLE_ROWS:
+        console.print(f"... and {len(rows) - TABLE_ROWS} more (the {TABLE_ROWS} highest shown; -o writes all)",
+                      highlight=False)
+    if report.threshold is None:
+        console.print(f"threshold: {report.threshold_source}", highlight=False)
+    else:
+        console.print(f"{report.n_anomalous} of {len(rows)} anomalous at threshold {report.threshold:.2f} nats "
+                      f"({report.threshold_source})", highlight=False)
+
+
+def evaluate(
+    model: Annotated[Path, typer.Argument(help=MODEL_HELP, exists=True)],
+    normal: Annotated[Path, typer.Option(help="Folder of normal images.", exists=True)],
+    anomalous: Annotated[Path, typer.Option(help="Folder of anomalous images.", exists=True)],
+    masks: Annotated[Optional[Path], typer.Option(help="Folder of ground-truth masks for the anomalous images "
+                                                       "(same name, or NAME_mask.png): adds pixel-level AUROC.",
+                                                  exists=True, file_okay=False)] = None,
+    score: Annotated[Score, typer.Option(help=SCORE_HELP)] = Score.excess,
+    samples: Annotated[int, typer.Option(min=0, help=SAMPLES_HELP)] = 0,
+    iwae: Annotated[bool, typer.Option("--iwae", help=IWAE_HELP)] = False,
+    threshold: Annotated[Optional[float], typer.Option(help="Threshold for the F1 at threshold (default: stored).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON instead of a table.")] = False,
+    plot: Annotated[Optional[Path], typer.Option(help="Save the ROC curve as a PNG (needs matplotlib).")] = None,
+) -> None:
+    """Measure detection on labelled folders: AUROC, AUPRC, F1 at the threshold, best F1, FPR at 95% TPR."""
+    import vaekit
+    from vaekit import anomaly
+
+    apply_threads()
+    samples = samples or (64 if iwae else 0)
+    m = vaekit.load(model)
+    with progress_bar(transient=True) as bars:
+        ev = anomaly.evaluate(m, normal, anomalous, masks=masks, samples=samples, score=score.value, iwae=iwae,
+                              threshold=threshold, progress=_bar(bars))
+    if plot is not None:
+        anomaly.plot_roc(ev, plot)
+    for path, reason in ev.skipped:
+        err_console.print(f"[yellow]skipped[/yellow] {path}: {reason}", highlight=False)
+    if as_json:
+        typer.echo(json.dumps(ev.to_dict(), indent=2))
+        return
+    _print_evaluation(ev)
+    if plot is not None:
+        console.print(f"wrote {plot}", highlight=False)
+
+
+def _print_evaluation(ev) -> None:
+    from rich.table import Table
+
+    def f(v, fmt=".4f"):
+        return "-" if v is None else format(v, fmt)
+
+    t = Table(title=f"{ev.n_normal} normal, {ev.n_anomalous} anomalous images; score {ev.score}", show_header=False,
+              title_justify="left")
+    t.add_row("AUROC", f(ev.auroc))
+    t.add_row("AUPRC", f(ev.auprc))
+    t.add_row("FPR at 95% TPR", f(ev.fpr_at_95_tpr))
+    t.add_row("best F1", f"{ev.best_f1:.4f} (threshold {ev.best_f1_threshold:.2f})")
+    if ev.threshold is None:
+        t.add_row("F1 at threshold", f"- ({ev.threshold_source})")
+    else:
+        t.add_row("F1 at threshold", f"{ev.f1_at_threshold:.4f} (threshold {ev.threshold:.2f}, {ev.threshold_source})")
+        t.add_row("  precision / recall / FPR",
+                  f"{ev.precision_at_threshold:.4f} / {ev.recall_at_threshold:.4f} / {ev.fpr_at_threshold:.4f}")
+    if ev.pixel_auroc is not None:
+        t.add_row("pixel AUROC", f"{ev.pixel_auroc:.4f} ({ev.n_masks} of {ev.n_anomalous} anomalous images have masks)")
+    console.print(t)
+
+
+def threshold(
+    run: Annotated[Path, typer.Argument(help="A training run directory.", exists=True, file_okay=False)],
+    quantile: Annotated[Optional[float], typer.Option(help="Threshold = this quantile of the validation scores.")] = None,
+    target_fpr: Annotated[Optional[float], typer.Option(help="Aim for this false-positive rate on normal images "
+                                                             "(= quantile 1 - rate).")] = None,
+    value: Annotated[Optional[float], typer.Option(help="A fixed threshold in nats.")] = None,
+) -> None:
+    """Show the run's anomaly threshold and validation score quantiles, or move the threshold."""
+    from vaekit import anomaly
+    from vaekit import run as rundir
+
+    if sum(v is not None for v in (quantile, target_fpr, value)) > 1:
+        raise typer.BadParameter("give at most one of --quantile, --target-fpr, --value")
+    if quantile is None and target_fpr is None and value is None:
+        section = rundir.read_config(run).get("anomaly")
+        if not section:
+            raise rundir.RunError(f"{run} stores no anomaly threshold (training did not finish)")
+    else:
+        section = anomaly.set_threshold(run, quantile=quantile, target_fpr=target_fpr, value=value)
+    _print_threshold(run, section)
+
+
+def _print_threshold(run, section) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"{run}: score {section.get('score')}, {section.get('n', len(section.get('scores', [])))} "
+                    f"{section.get('source', 'validation')} images", show_header=False, title_justify="left")
+    q = section.get("threshold_quantile")
+    t.add_row("threshold", f"{section['threshold']:.2f} nats" + (f" (quantile {q:.4g})" if q is not None else ""))
+    for k, v in section.get("quantiles", {}).items():
+        t.add_row(f"quantile {k}", f"{v:.2f}")
+    console.print(t)
+
 
 def register(app: typer.Typer) -> None:
-    return None
+    app.command("anomaly-score")(anomaly_score)
+    app.command("evaluate")(evaluate)
+    app.command("threshold")(threshold)

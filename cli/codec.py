@@ -46,7 +46,7 @@ def _progress(label: str, quiet: bool):
 
 def _skipped(skipped) -> None:
     for path, reason in skipped:
-        err_console.print(f"[yellow]skipped[/yellow] {path}: {reason}", highlight=False)
+        err_console.print(f"[yellow]skipped[/yellow] {path}: {reason}", highlight=False, soft_wrap=True)
 
 
 def _print_json(obj) -> None:
@@ -101,7 +101,7 @@ def decode(
         report = decode_file(m, codes, out, size.value, overwrite=overwrite, progress=progress)
     if as_json:
         return _print_json({"out_dir": str(report.out_dir), "size": report.size, "files": [str(p) for p in report.written]})
-    console.print(f"wrote {len(report.written)} images ({report.size} size) to {report.out_dir}", highlight=False)
+    console.print(f"wrote {len(report.written)} images ({report.size} size) to {report.out_dir}", highlight=False, soft_wrap=True)
 
 
 def reconstruct(
@@ -132,7 +132,7 @@ def reconstruct(
     t.add_section()
     t.add_row(f"mean of {len(report.names)}", f"{report.psnr.mean():.2f}", f"{report.ssim.mean():.4f}", style="bold")
     console.print(t)
-    console.print(f"comparison grid (input, reconstruction): {report.grid}", highlight=False)
+    console.print(f"comparison grid (input, reconstruction): {report.grid}", highlight=False, soft_wrap=True)
 
 
 def sample(
@@ -149,7 +149,7 @@ def sample(
 
     m = vaekit.load(model)
     path = write_grid(m.sample(n, temperature, seed), out, ncol=8, overwrite=overwrite)
-    console.print(f"wrote {n} samples (temperature {temperature}, seed {seed}) to {path}", highlight=False)
+    console.print(f"wrote {n} samples (temperature {temperature}, seed {seed}) to {path}", highlight=False, soft_wrap=True)
 
 
 def interpolate(
@@ -166,7 +166,7 @@ def interpolate(
 
     m = vaekit.load(model)
     path = write_grid(walk(m, a, b, n), out, ncol=n, overwrite=overwrite)
-    console.print(f"wrote a {n}-step interpolation from {a.name} to {b.name} to {path}", highlight=False)
+    console.print(f"wrote a {n}-step interpolation from {a.name} to {b.name} to {path}", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,7 +1,40 @@
-"""Commands of this group are registered here (filled in by their issue)."""
+"""`vaekit demo`: the local web app (Gradio) on a run directory or an exported .onnx model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
+from vaekit_cli.output import apply_threads, err_console
+
+DEFAULT_RUN = Path("runs/latest")  # where `vaekit train` writes when given no --out
+
+
+def demo(
+    model: Annotated[Optional[Path], typer.Argument(
+        help="A run directory (all tabs) or an exported .onnx file (all but Train). "
+             "Default: runs/latest if it exists, else start with no model and train one in the app.",
+        exists=True)] = None,
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 7860,
+    share: Annotated[bool, typer.Option("--share", help="Also open a public gradio.live link (off by default).")] = False,
+    runs_dir: Annotated[Path, typer.Option(help="Where the Train tab writes new runs.")] = Path("runs"),
+    max_file_size: Annotated[str, typer.Option(help="Largest accepted upload, e.g. 25mb.")] = "25mb",
+) -> None:
+    """Open the web app on http://127.0.0.1:PORT (train, compress, anomaly, generate, latent space)."""
+    try:
+        from vaekit_demo.app import build_app, launch
+    except ImportError as e:
+        raise RuntimeError(f"the demo needs gradio ({e}); install it with: pip install 'vaekit[demo]'") from None
+
+    apply_threads()
+    if model is None and (DEFAULT_RUN / "config.json").is_file():
+        model = DEFAULT_RUN
+    if share:
+        err_console.print("[yellow]--share: the app will be reachable by anyone with the link[/yellow]")
+    launch(build_app(model, runs_dir=runs_dir), port=port, share=share, max_file_size=max_file_size)
+
 
 def register(app: typer.Typer) -> None:
-    return None
+    app.command("demo")(demo)

@@ -1,7 +1,68 @@
-"""Commands of this group are registered here (filled in by their issue)."""
+"""`vaekit export`: a trained run -> ONNX files for torch-free CPU inference, parity-checked."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
+from vaekit_cli.output import apply_threads, console, err_console
+
+
+class Quantize(str, Enum):
+    int8 = "int8"
+
+
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory written by `vaekit train`.", exists=True, file_okay=False)],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Main ONNX file to write (default: RUN_DIR's name + .onnx, next to it). "
+                                                "NAME.encoder.onnx and NAME.decoder.onnx are written beside it.")] = None,
+    images: Annotated[Optional[Path], typer.Option(help="Images (file or folder; the first 64) to check parity on. "
+                                                   "Default: the model's own samples, noise and flat images.", exists=True)] = None,
+    quantize: Annotated[Optional[Quantize], typer.Option(help="Write int8 models (static QDQ, calibrated on --images or the model's own samples). "
+                                                             "The score change is reported; the stored threshold is the fp32 one.")] = None,
+    rtol: Annotated[float, typer.Option(help="Parity tolerance, relative to torch's value.")] = 1e-4,
+    atol: Annotated[float, typer.Option(help="Parity tolerance, absolute.")] = 1e-4,
+) -> None:
+    """Export to ONNX; succeeds only if onnxruntime reproduces the torch engine within tolerance.
+
+    Writes three self-contained files: NAME.onnx (the scorer, and the file to give every other
+    command: `vaekit anomaly-score NAME.onnx IMAGES`), NAME.encoder.onnx and NAME.decoder.onnx
+    (found next to it; keep the three together). They run with `pip install "vaekit[runtime]"`,
+    no torch. Nothing is written if the parity check fails.
+    """
+    from vaekit.export import export as run_export
+
+    apply_threads()
+    if out is None:
+        out = run_dir.resolve().with_name(run_dir.resolve().name + ".onnx")
+    with err_console.status("exporting to ONNX and checking parity against torch"):
+        report = run_export(run_dir, out, images=images, quantize=quantize.value if quantize else None, rtol=rtol, atol=atol)
+    _print_report(report)
+
+
+def _print_report(report) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"parity, onnxruntime vs torch, {report.samples} images",
+              caption=f"pass: {report.parity[0].tolerance}" if report.parity else None)
+    for col in ("output", "max abs diff", "max rel diff", ""):
+        t.add_column(col, justify="right" if "diff" in col else "left")
+    for p in report.parity:
+        t.add_row(p.name, f"{p.max_abs:.2e}", f"{p.max_rel:.2e}", "[green]ok[/green]" if p.ok else "[red]FAIL[/red]")
+    console.print(t)
+    q = report.quantization
+    if q is not None:
+        console.print(f"quantised: {q.method}; default score vs fp32 ONNX: max rel change {q.score_max_rel:.2e}, "
+                      f"mean {q.score_mean_rel:.2e}; size {q.bytes_before / 1e6:.2f} MB -> {q.bytes_after / 1e6:.2f} MB",
+                      highlight=False)
+    for role, path in report.files.items():
+        console.print(f"wrote {path}  ({role}, {report.bytes[role] / 1e6:.2f} MB)", highlight=False, soft_wrap=True)
+    console.print(f"[green]exported[/green] fingerprint {report.fingerprint}, opset {report.opset}, parity ok, "
+                  f"{report.seconds:.1f} s. Run it with: vaekit anomaly-score {report.files['scorer']} IMAGES", highlight=False)
+
 
 def register(app: typer.Typer) -> None:
-    return None
+    app.command("export")(export)

@@ -38,6 +38,10 @@ class GuardedGroup(TyperGroup):
         return list(self.commands)
 
     def invoke(self, ctx: typer.Context):
+        # File names need not be UTF-8 on Linux; printing one must not crash under a strict locale.
+        for stream in (sys.stdout, sys.stderr):
+            if hasattr(stream, "reconfigure"):
+                stream.reconfigure(errors="surrogateescape")
         try:
             return super().invoke(ctx)
         except (typer.Exit, typer.Abort, typer.TyperException):  # Typer's own usage errors (exit 2)

@@ -15,8 +15,10 @@ def apply_threads() -> None:
     """Honour --threads / VAEKIT_THREADS for torch (call after importing torch lazily)."""
     n = int(os.environ.get("VAEKIT_THREADS", "0") or 0)
     if n > 0:
-        import torch
-
+        try:
+            import torch
+        except ImportError:  # the torch-free runtime install: onnxruntime reads VAEKIT_THREADS itself
+            return
         torch.set_num_threads(n)
 
 

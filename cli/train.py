@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -41,7 +42,7 @@ def train(
     device: Annotated[Device, typer.Option(help="auto picks CUDA when available.")] = Device.auto,
     amp: Annotated[bool, typer.Option(help="Mixed precision on CUDA (bf16, else fp16).")] = True,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
-    workers: Annotated[int, typer.Option(help="Processes decoding images on the first pass (0: one).")] = 0,
+    workers: Annotated[int, typer.Option(help="Processes decoding images on the first pass (default: CPU cores, up to 8).")] = min(8, os.cpu_count() or 1),
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out exactly where it stopped.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run in --out.")] = False,
 ) -> None:
@@ -60,7 +61,8 @@ def train(
         reporter = _Reporter(bars)
         result, data = run_training(images, out, model_cfg, train_cfg, channels=ch, resume=resume, overwrite=overwrite,
                                     workers=workers, progress=reporter, resume_epochs=epochs)
-    _print_summary(result, data)
+    if result.rank == 0:  # under torchrun only rank 0 reports
+        _print_summary(result, data)
 
 
 def _int_channels(value: str) -> int:

@@ -8,8 +8,10 @@ The app serves on 127.0.0.1 with a cap on upload size; it serves only the files 
 
 from __future__ import annotations
 
+import atexit
 import functools
 import inspect
+import shutil
 import tempfile
 import threading
 import time
@@ -75,10 +77,10 @@ def _threshold_range(model: Model | None) -> dict:
 
 
 def _histogram(model: Model | None, threshold: float | None, result: handlers.AnomalyResult | None = None):
-    vals = model.info.val_scores if model else []
-    if result is None:
-        return figures.score_histogram(vals, threshold)
-    return figures.score_histogram(vals, threshold, result.scores, result.anomalous)
+    if model is None:
+        return figures.score_histogram([], threshold)
+    done = (result.scores, result.anomalous) if result else ((), ())
+    return figures.score_histogram(model.info.val_scores, threshold, *done, score=model.info.score)
 
 
 def _data_folder(model: Model | None) -> str:
@@ -98,16 +100,19 @@ def build_app(
     """
     if isinstance(model, (str, Path)):
         model = vaekit.load(model)
-    workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="vaekit-demo-"))
+    if workdir is None:  # ours, so ours to remove: gradio keeps its own copy of what it served
+        workdir = tempfile.mkdtemp(prefix="vaekit-demo-")
+        atexit.register(shutil.rmtree, workdir, True)
+    workdir = Path(workdir)
     st = _State(model, Path(runs_dir), workdir)
 
     with gr.Blocks(title="vaekit", analytics_enabled=False, delete_cache=(3600, 24 * 3600)) as app:
         gr.Markdown("# vaekit\nConvolutional VAEs on your own images: train, compress, score anomalies, generate.")
-        with gr.Row(equal_height=True):
-            model_md = gr.Markdown(handlers.describe(model), elem_id="model-info")
-        with gr.Row(equal_height=True):
-            model_path = gr.Textbox(label="Open a model", placeholder="runs/NAME  or  model.onnx", scale=4)
-            open_btn = gr.Button("Open", scale=1)
+        model_md = gr.Markdown(handlers.describe(model), elem_id="model-info")
+        with gr.Row():
+            model_path = gr.Textbox(show_label=False, placeholder="open another model: runs/NAME  or  model.onnx",
+                                    scale=5, container=False)
+            open_btn = gr.Button("Open", scale=1, min_width=80, size="md")
 
         with gr.Tab("Train", id="train"):
             gr.Markdown("Train a new model on a folder of normal images on this machine. "
@@ -115,14 +120,14 @@ def build_app(
             train_folder = gr.Textbox(label="Folder of training images (searched recursively)",
                                       placeholder="/path/to/images", elem_id="train-folder")
             with gr.Row():
-                image_size = gr.Slider(16, 256, value=64, step=8, label="Image size (pixels)")
+                image_size = gr.Slider(16, 256, value=64, step=8, label="Image size (pixels)", elem_id="train-size")
                 latent_dim = gr.Slider(2, 256, value=32, step=1, label="Latent dimensions")
-                epochs = gr.Slider(1, 200, value=20, step=1, label="Epochs")
+                epochs = gr.Slider(1, 200, value=20, step=1, label="Epochs", elem_id="train-epochs")
             with gr.Row():
                 train_btn = gr.Button("Train", variant="primary", elem_id="train-btn")
                 stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn")
             train_status = gr.Markdown(elem_id="train-status")
-            loss_plot = gr.LinePlot(pd.DataFrame({"epoch": [], "loss": [], "split": []}), x="epoch", y="loss",
+            loss_plot = gr.LinePlot(None, x="epoch", y="loss",
                                     color="split", title="Loss (-ELBO, nats per image)", label="Loss curve")
 
         with gr.Tab("Compress", id="compress"):
@@ -134,15 +139,17 @@ def build_app(
                     comp_btn = gr.Button("Compress", variant="primary", elem_id="compress-btn")
                 with gr.Column():
                     comp_summary = gr.Markdown(elem_id="compress-summary")
-                    code_out = gr.File(label="Code file (download)", elem_id="code-out")
-            comp_gallery = gr.Gallery(label="Input | reconstruction from the code", format="png", columns=4,
+                    code_out = gr.File(label="Code file (download)", elem_id="code-out", height=90)
+            comp_gallery = gr.Gallery(label="Input | reconstruction from the code", format="png", columns=6,
+                                      height=300, preview=False, object_fit="contain",
                                       elem_classes=["vk-pixels"], elem_id="compress-gallery")
             comp_table = gr.Dataframe(headers=["file", "PSNR (dB)", "SSIM"], label="Quality", interactive=False)
             gr.Markdown("### Decode a code file")
             with gr.Row():
-                code_in = gr.File(label="Code file", elem_id="code-in")
+                code_in = gr.File(label="Code file", elem_id="code-in", height=90)
                 decode_btn = gr.Button("Decode", elem_id="decode-btn")
-            decoded = gr.Gallery(label="Decoded images", format="png", columns=6, elem_classes=["vk-pixels"])
+            decoded = gr.Gallery(label="Decoded images", format="png", columns=8, height=260, preview=False,
+                                 elem_classes=["vk-pixels"], elem_id="decoded")
 
         with gr.Tab("Anomaly", id="anomaly"):
             with gr.Row():
@@ -156,11 +163,12 @@ def build_app(
                     anom_summary = gr.Markdown(elem_id="anomaly-summary")
                     hist = gr.Plot(_histogram(model, _threshold_range(model)["value"] if model else None),
                                    label="Scores", elem_id="histogram")
-            overlays = gr.Gallery(label="Per-pixel heat map (-log p(x|z))", format="png", columns=6,
+            overlays = gr.Gallery(label="Where each image is anomalous: per-pixel score over the image", format="png",
+                                  columns=8, height=260, preview=False, object_fit="contain",
                                   elem_classes=["vk-pixels"], elem_id="heatmaps")
             anom_table = gr.Dataframe(headers=handlers.ANOMALY_COLUMNS, label="Scores", interactive=False,
                                       elem_id="anomaly-table")
-            csv_out = gr.File(label="CSV (download)", elem_id="csv-out")
+            csv_out = gr.File(label="CSV (download)", elem_id="csv-out", height=90)
 
         with gr.Tab("Generate", id="generate"):
             with gr.Row():
@@ -169,17 +177,19 @@ def build_app(
                     temperature = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Temperature")
                     seed = gr.Number(0, precision=0, label="Seed")
                     sample_btn = gr.Button("Sample", variant="primary", elem_id="sample-btn")
-                samples = gr.Image(label="Samples from the prior", format="png", type="numpy",
-                                   interactive=False, elem_classes=["vk-pixels"], scale=2)
+                samples = gr.Image(label="Samples from the prior", format="png", type="numpy", interactive=False,
+                                   elem_classes=["vk-pixels"], scale=2, height=420, elem_id="samples")
             gr.Markdown("### Interpolate between two images")
             with gr.Row():
-                img_a = gr.Image(label="From", type="filepath", image_mode=None, sources=["upload"], elem_id="interp-a")
-                img_b = gr.Image(label="To", type="filepath", image_mode=None, sources=["upload"], elem_id="interp-b")
+                img_a = gr.Image(label="From", type="filepath", image_mode=None, sources=["upload"], height=200,
+                                 elem_classes=["vk-pixels"], elem_id="interp-a")
+                img_b = gr.Image(label="To", type="filepath", image_mode=None, sources=["upload"], height=200,
+                                 elem_classes=["vk-pixels"], elem_id="interp-b")
                 with gr.Column():
                     steps = gr.Slider(2, 16, value=8, step=1, label="Steps")
                     interp_btn = gr.Button("Interpolate", elem_id="interp-btn")
             strip = gr.Image(label="Interpolation", format="png", type="numpy", interactive=False,
-                             elem_classes=["vk-pixels"])
+                             elem_classes=["vk-pixels"], height=160, elem_id="strip")
 
         with gr.Tab("Latent space", id="latent"):
             with gr.Row():
@@ -190,9 +200,10 @@ def build_app(
             lat_btn = gr.Button("Project", variant="primary", elem_id="latent-btn")
             lat_state = gr.State(None)
             scatter = gr.ScatterPlot(pd.DataFrame({"x": [], "y": [], "score": [], "file": []}), x="x", y="y",
-                                     color="score", tooltip=["file", "score"], height=420,
+                                     color="score", tooltip=["file", "score"], height=420, elem_id="latent-plot",
                                      label="Codes in 2-D, coloured by anomaly score (hover: file; drag across: images)")
-            picked = gr.Gallery(label="Selected images", format="png", columns=8, elem_classes=["vk-pixels"])
+            picked = gr.Gallery(label="Selected images (file · score)", format="png", columns=8, height=260,
+                                preview=False, elem_classes=["vk-pixels"], elem_id="latent-picked")
 
         # --- handlers: widgets in, library call, widgets out ------------------------------------
         def model_outputs():
@@ -268,7 +279,7 @@ def build_app(
             lines += [f"- `{n}`: score **{s:.2f}** nats → {'**anomalous**' if a else 'normal'}"
                       for n, s, a in list(zip(r.names, r.scores, r.anomalous))[:10]]
             gallery = [(handlers.hwc(o), f"{n}: {s:.1f}") for o, n, s in zip(r.overlays, r.names, r.scores)]
-            return "\n".join(lines), _histogram(st.model, r.threshold, r), gallery, r.rows(), str(r.csv)
+            return "\n".join(lines), _histogram(st.model, r.threshold, r), gallery, r.table(), str(r.csv)
 
         def rethreshold(files, thr):
             if files and st.model is not None:

@@ -11,8 +11,12 @@ from typing import Sequence
 import numpy as np
 
 
+LABELS = {"excess": "-ELBO above the image's own floor", "neg_elbo": "-ELBO", "recon": "reconstruction NLL",
+          "kl": "KL term"}
+
+
 def score_histogram(val_scores: Sequence[float], threshold: float | None, scores: Sequence[float] = (),
-                    anomalous: Sequence[bool] = ()):
+                    anomalous: Sequence[bool] = (), score: str = "excess"):
     """Histogram of the model's validation scores, a line at the threshold, a tick per scored image."""
     from matplotlib.figure import Figure
 
@@ -22,7 +26,7 @@ def score_histogram(val_scores: Sequence[float], threshold: float | None, scores
     if len(val):
         ax.hist(val, bins=min(40, max(5, len(val) // 3)), color="#9aa5b1", label=f"validation images ({len(val)})")
     else:
-        ax.text(0.5, 0.6, "this model stores no validation scores", ha="center", transform=ax.transAxes)
+        ax.text(0.5, 0.6, "no validation scores stored with the model", ha="center", transform=ax.transAxes)
     if threshold is not None:
         ax.axvline(threshold, color="#111", linestyle="--", label=f"threshold {threshold:.2f}")
     for s, bad in zip(scores, anomalous):
@@ -31,7 +35,8 @@ def score_histogram(val_scores: Sequence[float], threshold: float | None, scores
         n_bad = int(np.sum(anomalous))
         ax.plot([], [], color="#2ca02c", linewidth=2, label=f"normal ({len(scores) - n_bad})")
         ax.plot([], [], color="#d62728", linewidth=2, label=f"anomalous ({n_bad})")
-    ax.set_xlabel("anomaly score: -ELBO (nats), higher = more anomalous")
+    ax.set_xlabel(f"anomaly score: {LABELS.get(score, score)} (nats); higher = more anomalous")
     ax.set_ylabel("images")
-    ax.legend(loc="upper right", fontsize="small")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper right", fontsize="small")
     return fig

@@ -105,8 +105,9 @@ def decompress(model: Model, code_file: str | Path) -> tuple[list[str], np.ndarr
     model = need(model)
     if not code_file:
         raise ValueError("no code file given: upload a file written by Compress or `vaekit encode`")
-    cf = codes.load(code_file)
-    codes.check_model(cf, model, f"code file {Path(code_file).name}")
+    name = f"code file {Path(code_file).name}"  # the upload's own name, not the server's temp path
+    cf = codes.from_bytes(Path(code_file).read_bytes(), source=name)
+    codes.check_model(cf, model, name)
     return cf.names, imageio.to_uint8(model.decode(cf.latents()))
 
 
@@ -114,50 +115,57 @@ def decompress(model: Model, code_file: str | Path) -> tuple[list[str], np.ndarr
 
 @dataclass
 class AnomalyResult:
-    names: list[str]
-    scores: np.ndarray  # (N,) -ELBO, nats; higher = more anomalous
-    bits_per_dim: np.ndarray  # (N,)
-    anomalous: np.ndarray  # (N,) bool: score > threshold
-    overlays: list[np.ndarray]  # per image: (3, H, W) uint8 heat map of per-pixel NLL over the input
+    rows: list  # vaekit.anomaly.ScoreRow per image, `path` being the upload's file name
+    overlays: list[np.ndarray]  # per image: (3, H, W) uint8 heat map of its per-pixel score over it
     threshold: float
-    csv: Path
+    score: str  # which score (the one the model's threshold and validation scores are about)
+    csv: Path  # the rows as vaekit writes them (`vaekit anomaly-score --out x.csv`)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
 
-    def rows(self) -> list[list]:
-        return [[n, round(float(s), 3), round(float(b), 5), "anomalous" if a else "normal"]
-                for n, s, b, a in zip(self.names, self.scores, self.bits_per_dim, self.anomalous)]
+    @property
+    def names(self) -> list[str]:
+        return [r.path for r in self.rows]
+
+    @property
+    def scores(self) -> np.ndarray:
+        return np.array([r.score for r in self.rows])
+
+    @property
+    def anomalous(self) -> np.ndarray:
+        return np.array([bool(r.anomalous) for r in self.rows])
+
+    def table(self) -> list[list]:
+        return [[r.path, round(r.score, 3), round(r.bits_per_dim, 5), "anomalous" if r.anomalous else "normal"]
+                for r in self.rows]
 
 
 ANOMALY_COLUMNS = ["file", "score (nats)", "bits/dim", "verdict"]
 
 
 def anomaly(model: Model, paths: Sequence[str | Path], threshold: float, out_dir: Path) -> AnomalyResult:
-    """Score uploads, judge them against `threshold`, draw per-pixel heat maps, write a CSV."""
-    model = need(model)
-    if threshold is None or not math.isfinite(threshold):
-        raise ValueError(f"invalid threshold {threshold!r}: expected a finite number of nats")
-    report = load_uploads(model, paths)
-    s = model.score(report.images)
-    overlays = [imageio.heatmap_overlay(x, m) for x, m in zip(report.images, s.pixel_map)]
-    names = [p.name for p in report.paths]
-    result = AnomalyResult(names, s.score, s.bits_per_dim, s.score > threshold, overlays, float(threshold),
-                           _new_file(out_dir, "scores.csv"), report.skipped)
-    _write_csv(result)
-    return result
+    """Score uploads against `threshold` (`vaekit anomaly-score`), with heat maps and a CSV."""
+    from dataclasses import replace
 
-
-def _write_csv(r: AnomalyResult) -> None:
-    import csv
-    import io
-
+    from vaekit import anomaly as detect
     from vaekit.fileio import atomic_write_text
 
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["file", "score", "bits_per_dim", "threshold", "anomalous"])
-    for n, s, b, a in zip(r.names, r.scores, r.bits_per_dim, r.anomalous):
-        w.writerow([n, repr(float(s)), repr(float(b)), repr(r.threshold), int(a)])
-    atomic_write_text(r.csv, buf.getvalue())
+    model = need(model)
+    if not paths:
+        raise ValueError("no image given: upload one or more image files")
+    if threshold is None or not math.isfinite(threshold):
+        raise ValueError(f"invalid threshold {threshold!r}: expected a finite number of nats")
+    score = model.info.score
+    try:
+        report = detect.score_images(model, [Path(p) for p in paths], score=score, threshold=float(threshold))
+    except imageio.NoImagesError:
+        load_uploads(model, paths)  # raises the same error, naming each upload and why it is unreadable
+        raise
+    # rows name the uploads, not the server's temporary copies of them
+    rows = [replace(r, path=n) for r, n in zip(report.rows, report.names)]
+    out = _new_file(out_dir, "scores.csv")
+    atomic_write_text(out, detect.rows_csv(rows))
+    overlays = [imageio.heatmap_overlay(x, m) for x, m in zip(report.images, report.pixel_maps)]
+    return AnomalyResult(rows, overlays, float(threshold), score, out, report.skipped)
 
 
 # --- Generate ----------------------------------------------------------------------------------
@@ -208,7 +216,7 @@ def latent_map(model: Model, folder: str | Path, method: str = "PCA", limit: int
     mu, _ = model.encode(report.images)
     xy = _project(mu, method)
     names = codes.relative_names(report.paths, folder)
-    return LatentMap(report.paths, names, xy, model.score(report.images).score, method)
+    return LatentMap(report.paths, names, xy, model.score(report.images, score=model.info.score).score, method)
 
 
 def _project(mu: np.ndarray, method: str) -> np.ndarray:

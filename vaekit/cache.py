@@ -13,6 +13,7 @@ import json
 import math
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -50,7 +51,8 @@ def cache_key(paths: Sequence[Path], size: int, channels: int) -> str:
 def _fingerprint(paths: Sequence[Path], size: int, channels: int) -> tuple[str, list[Path]]:
     """The key, and each file's resolved path (which an entry records, so it holds from any cwd)."""
     h = hashlib.sha256(f"vaekit {FORMAT_VERSION} {PIL.__version__} {size} {channels}\n".encode())
-    reals = [Path(p).resolve() for p in paths]
+    # os.path.realpath, not Path.resolve: the latter raises RuntimeError on a symlink loop
+    reals = [Path(os.path.realpath(p)) for p in paths]
     for real in reals:
         try:
             st = real.stat()
@@ -86,8 +88,7 @@ def load_cached(
     paths = [Path(p) for p in paths]
     key, reals = _fingerprint(paths, size, channels)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    mine = dict(zip(reals, paths))  # entries record real paths; callers get back their own spelling
-    found = _open_entry(root, key, size, channels, mine)
+    found = _open_entry(root, key, size, channels, reals, paths)
     if found is not None:
         return found
     try:
@@ -97,8 +98,26 @@ def load_cached(
         return CachedImages(report.images, report.paths, report.skipped, key, hit=False)
 
 
+def _respell(recorded: list, reals: list[Path], paths: list[Path]) -> list[Path]:
+    """The caller's spelling of each recorded real path, matched in order.
+
+    Entries record real paths; two of the caller's paths can share one (a symlink next to
+    its target), so they are matched by position, not looked up: the recorded paths are a
+    subsequence of `reals`. Raises ValueError if they are not (a foreign or stale entry).
+    """
+    out, i = [], 0
+    for r in map(Path, recorded):
+        while i < len(reals) and reals[i] != r:
+            i += 1
+        if i == len(reals):
+            raise ValueError(f"cache entry names {r}, which is not among the files asked for")
+        out.append(paths[i])
+        i += 1
+    return out
+
+
 def _open_entry(
-    root: Path, key: str, size: int, channels: int, mine: dict[Path, Path]
+    root: Path, key: str, size: int, channels: int, reals: list[Path], paths: list[Path]
 ) -> CachedImages | None:
     """The entry for `key` if it is complete and consistent, else None."""
     try:
@@ -116,8 +135,9 @@ def _open_entry(
             return None
         # mmap refuses empty files; an entry with no images is just an empty array
         arr = np.memmap(data, np.uint8, "r", shape=shape) if shape[0] else np.zeros(shape, np.uint8)
-        loaded = [mine.get(Path(p), Path(p)) for p in meta["paths"]]
-        skipped = [(mine.get(Path(p), Path(p)), str(reason)) for p, reason in meta["skipped"]]
+        loaded = _respell(meta["paths"], reals, paths)
+        reasons = [str(reason) for _, reason in meta["skipped"]]
+        skipped = list(zip(_respell([p for p, _ in meta["skipped"]], reals, paths), reasons))
         return CachedImages(arr, loaded, skipped, key, hit=True)
     except (OSError, ValueError, KeyError, TypeError):  # missing or corrupt: rebuild
         return None
@@ -137,6 +157,7 @@ def _build(
     loaded: list[Path] = []  # resolved, as the entry records them
     skipped: list[tuple[Path, str]] = []
     total, every = len(paths), max(1, len(paths) // 100)
+    _remove_strays(root, key)
     # Each image goes straight to disk, so memory stays flat however large the folder.
     with _streamed(root / f"{key}.u8") as f:
         for done, (_, x, reason) in enumerate(results, 1):
@@ -158,10 +179,25 @@ def _build(
         "skipped": [[str(p), r] for p, r in skipped],
     }
     atomic_write_json(root / f"{key}.json", meta)
-    entry = _open_entry(root, key, size, channels, dict(zip(reals, paths)))
+    entry = _open_entry(root, key, size, channels, reals, paths)
     if entry is None:  # written but unreadable: a broken file system, not a user mistake
         raise OSError(f"cache entry {root / key} could not be read back")
     return CachedImages(entry.images, entry.paths, entry.skipped, key, hit=False)
+
+
+# A partial entry left by a process that was killed (SIGKILL, out of memory) can be as large as
+# the whole folder decoded. One that nothing has written to for this long has no writer left.
+STRAY_SECONDS = 600
+
+
+def _remove_strays(root: Path, key: str) -> None:
+    now = time.time()
+    for stray in root.glob(f".{key}.u8.*.tmp"):
+        try:
+            if now - stray.stat().st_mtime > STRAY_SECONDS:
+                stray.unlink()
+        except OSError:
+            pass
 
 
 @contextmanager

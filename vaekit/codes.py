@@ -90,7 +90,8 @@ def quantize(z: np.ndarray, precision: str) -> tuple[np.ndarray, np.ndarray | No
     if precision == "f32":
         return z.copy(), None, None
     if precision == "f16":
-        codes = z.astype(np.float16)
+        with np.errstate(over="ignore"):  # checked just below, with a clearer message
+            codes = z.astype(np.float16)
         if not np.isfinite(codes).all():
             raise ValueError("latent codes exceed float16's range (65504); use --precision f32")
         return codes, None, None
@@ -117,10 +118,28 @@ def _digest(version: str, header: str, tensors: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def to_bytes(cf: CodeFile) -> bytes:
-    """Serialise a code file (safetensors with a JSON header and a checksum)."""
-    from safetensors.numpy import save
+_ST_DTYPES = {"float32": "F32", "float16": "F16", "uint8": "U8", "int32": "I32"}
 
+
+def _safetensors(tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> bytes:
+    """The safetensors layout, written here because safetensors' own writer orders the
+    metadata by a randomly seeded hash map: this way equal inputs give byte-equal files.
+    Tensors go widest dtype first, so each stays aligned to its item size."""
+    header: dict = {"__metadata__": metadata}
+    chunks, offset = [], 0
+    for name in sorted(tensors, key=lambda k: (-tensors[k].dtype.itemsize, k)):
+        a = np.ascontiguousarray(tensors[name])
+        raw = a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes()
+        header[name] = {"dtype": _ST_DTYPES[a.dtype.name], "shape": list(a.shape), "data_offsets": [offset, offset + len(raw)]}
+        chunks.append(raw)
+        offset += len(raw)
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)
+    return len(head).to_bytes(8, "little") + head + b"".join(chunks)
+
+
+def to_bytes(cf: CodeFile) -> bytes:
+    """Serialise a code file (safetensors with a JSON header and a checksum); deterministic."""
     _validate(cf)
     header = json.dumps({
         "precision": cf.precision, "fingerprint": cf.fingerprint, "latent_dim": cf.latent_dim,
@@ -129,7 +148,7 @@ def to_bytes(cf: CodeFile) -> bytes:
     }, sort_keys=True, separators=(",", ":"))
     tensors = _tensors(cf)
     meta = {"format": FORMAT, "version": str(VERSION), "header": header, "sha256": _digest(str(VERSION), header, tensors)}
-    return save(tensors, metadata=meta)
+    return _safetensors(tensors, meta)
 
 
 def from_bytes(data: bytes, source: str = "code file") -> CodeFile:
@@ -241,9 +260,12 @@ def load(path: str | Path) -> CodeFile:
 
 def original_size(path: Path) -> tuple[int, int]:
     """(height, width) of an image file as vaekit decodes it (EXIF rotation applied), header only."""
+    import warnings
+
     from PIL import Image
 
-    with Image.open(path) as img:
+    with warnings.catch_warnings(), Image.open(path) as img:
+        warnings.simplefilter("ignore")  # a big image's DecompressionBombWarning: we only read its header
         w, h = img.size
         try:
             orientation = img.getexif().get(0x0112, 1)

@@ -29,7 +29,9 @@ class ModelConfig:
             raise ValueError(f"channels must be 1 or 3, got {self.channels!r}")
         if not isinstance(self.latent_dim, int) or self.latent_dim < 1:
             raise ValueError(f"latent dim must be a positive integer, got {self.latent_dim!r}")
-        if self.base_channels < 1 or self.max_channels < self.base_channels:
+        if not all(isinstance(v, int) for v in (self.base_channels, self.max_channels)) or not (
+            1 <= self.base_channels <= self.max_channels
+        ):
             raise ValueError(
                 f"need 1 <= base_channels <= max_channels, got {self.base_channels}, {self.max_channels}"
             )

@@ -20,7 +20,10 @@ import numpy as np
 from vaekit import images as imageio
 
 Progress = Callable[..., None]
-SCORES = ("neg_elbo", "recon", "kl")
+# "excess" (the default) is the -ELBO minus the image's own floor, the NLL a perfect
+# reconstruction would get (see `pixel_floor`); the others are the ELBO and its two terms.
+SCORES = ("excess", "neg_elbo", "recon", "kl")
+DEFAULT_SCORE = "excess"
 
 
 @dataclass
@@ -36,20 +39,41 @@ class ModelInfo:
     threshold_quantile: float | None = None
     quantiles: dict[str, float] = field(default_factory=dict)  # validation score quantiles
     val_scores: list[float] = field(default_factory=list)  # validation scores, for histograms
+    log_scale: list[float] | None = None  # gaussian: per-channel log sigma (needed by "excess"); bernoulli: None
+    score: str = DEFAULT_SCORE  # the score `threshold`, `quantiles` and `val_scores` are about
+    thresholds: dict[str, float] = field(default_factory=dict)  # score name -> threshold, every score
 
     @property
     def dims(self) -> int:
         return self.channels * self.image_size * self.image_size
 
 
+def threshold_fields(anomaly: dict) -> dict:
+    """ModelInfo's threshold fields from a run's stored `anomaly` section (config.json, or the
+    export's metadata): one reader for both engines, so they agree on which threshold applies."""
+    score = anomaly.get("score", "neg_elbo")  # runs written before "excess" existed scored -ELBO
+    thresholds = {k: float(v["threshold"]) for k, v in anomaly.get("by_score", {}).items()}
+    if anomaly.get("threshold") is not None:
+        thresholds.setdefault(score, float(anomaly["threshold"]))
+    return {
+        "threshold": anomaly.get("threshold"), "threshold_quantile": anomaly.get("threshold_quantile"),
+        "quantiles": anomaly.get("quantiles", {}), "val_scores": anomaly.get("scores", []),
+        "score": score, "thresholds": thresholds,
+    }
+
+
 @dataclass
 class Scores:
     score: np.ndarray  # (N,) the chosen score, nats; higher = more anomalous
-    neg_elbo: np.ndarray  # (N,) -ELBO estimate, nats
+    neg_elbo: np.ndarray  # (N,) -ELBO estimate, nats (with iwae: the IWAE estimate of -log p(x))
     recon: np.ndarray  # (N,) reconstruction NLL, nats
     kl: np.ndarray  # (N,) KL(q(z|x) || p(z)), nats
-    pixel_map: np.ndarray  # (N, H, W) per-pixel reconstruction NLL summed over channels, nats
+    pixel_map: np.ndarray  # (N, H, W) per-pixel reconstruction NLL summed over channels, nats (see score)
     bits_per_dim: np.ndarray  # (N,) score / (C*H*W*ln 2)
+    excess: np.ndarray | None = None  # (N,) neg_elbo - floor, nats: the default score
+    floor: np.ndarray | None = None  # (N,) NLL of a perfect reconstruction of the image, nats
+    name: str = DEFAULT_SCORE  # which score `score` holds
+    estimator: str = "mean"  # "mean" (z = mu), "samples" (average over K draws) or "iwae"
 
 
 def image_seed(x: np.ndarray) -> int:
@@ -67,6 +91,30 @@ def posterior_noise(x: np.ndarray, k: int, latent_dim: int) -> np.ndarray:
 
 def log_normal(z: np.ndarray, mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
     return -0.5 * (math.log(2 * math.pi) + logvar + (z - mu) ** 2 * np.exp(-logvar)).sum(-1)
+
+
+def pixel_floor(x: np.ndarray, likelihood: str, log_scale: Sequence[float] | None = None) -> np.ndarray:
+    """-log p(x | x_hat = x) per pixel, summed over channels: (N, C, H, W) in [0, 1] -> (N, H, W).
+
+    The reconstruction NLL can never go below this, however good the model. For the Bernoulli
+    likelihood on grey levels it is the binary entropy H(x) of every pixel, so it grows with
+    the amount of grey (edges, anti-aliasing, texture) in the image: the raw -ELBO then ranks
+    images partly by how much grey they hold, which is the complexity bias that makes it a
+    weak detector (Serra et al. 2020). Subtracting it leaves sum KL(Bern(x) || Bern(x_hat)),
+    which is zero for a perfect reconstruction whatever the image. For the Gaussian (one sigma
+    per channel) it is the same constant for every image: log sigma + log(2 pi) / 2 per value.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if likelihood == "bernoulli":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            h = -(np.where(x > 0, x * np.log(x), 0.0) + np.where(x < 1, (1 - x) * np.log1p(-x), 0.0))
+        return h.sum(1)
+    if likelihood == "gaussian":
+        if log_scale is None:
+            raise ValueError("a gaussian model needs its log_scale (ModelInfo.log_scale) for the excess score")
+        per_channel = np.asarray(log_scale, dtype=np.float64) + 0.5 * math.log(2 * math.pi)  # (C,)
+        return np.broadcast_to(per_channel.sum(), (x.shape[0], *x.shape[2:])).copy()
+    raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {likelihood!r}")
 
 
 class Model:
@@ -139,57 +187,94 @@ class Model:
         z = np.random.default_rng(seed).standard_normal((n, self.info.latent_dim), dtype=np.float32) * temperature
         return self.decode(z)
 
-    def score(self, x: np.ndarray, samples: int = 0, score: str = "neg_elbo", progress: Progress | None = None) -> Scores:
-        """Per-image anomaly scores (higher = more anomalous) and per-pixel maps.
+    def score(
+        self,
+        x: np.ndarray,
+        samples: int = 0,
+        score: str = DEFAULT_SCORE,
+        iwae: bool = False,
+        progress: Progress | None = None,
+    ) -> Scores:
+        """Per-image anomaly scores (higher = more anomalous) and per-pixel maps, nats.
 
-        samples=0 (default): the -ELBO evaluated at the posterior mean (z = mu), fully
-        deterministic. samples=K: the average over K posterior draws, each image's noise
-        seeded by its own pixels, so the score still never changes between runs or batches.
+        score: "excess" (default) is the -ELBO minus the image's floor (`pixel_floor`), i.e. the
+        nats by which the model falls short of a perfect reconstruction plus the KL; it removes
+        the bias of the raw -ELBO towards images with little grey (benchmarks/one_class_digits.py
+        measures both). "neg_elbo" is the plain -ELBO; "recon" and "kl" its two terms.
+        Estimators, all deterministic: the same image gets the same score in every run, and in
+        any batch (up to float32 rounding, ~1e-7 relative, where kernels sum in another order):
+        samples=0 (default) evaluates at the posterior mean z = mu; samples=K averages K
+        posterior draws whose noise is seeded by the image's own pixels; iwae=True (needs K >= 1)
+        uses the importance-weighted bound of `iwae` for -log p(x) (neg_elbo and excess only).
+        pixel_map is the per-pixel reconstruction NLL; for "excess" it is measured above each
+        pixel's floor, so a perfectly reconstructed pixel is 0 and only misfit pixels light up.
         """
         if score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, got {score!r}")
-        if samples < 0:
-            raise ValueError(f"samples must be >= 0, got {samples}")
+        if not isinstance(samples, (int, np.integer)) or samples < 0:
+            raise ValueError(f"samples must be an integer >= 0, got {samples!r}")
+        if iwae and samples < 1:
+            raise ValueError(f"the IWAE estimate needs samples >= 1, got {samples}")
+        if iwae and score in ("recon", "kl"):
+            raise ValueError(f"the IWAE estimate bounds -log p(x) as a whole; use score neg_elbo or excess, not {score!r}")
         x = self._check(x)
         n, k = len(x), max(samples, 1)
-        recon, kl = np.zeros(n), np.zeros(n)
-        pmap = np.zeros((n, self.info.image_size, self.info.image_size))
+        s = self.info.image_size
+        recon, kl, nll, floor = np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n)
+        pmap = np.zeros((n, s, s))
         for sl in self._batches(n):
             xf = imageio.to_float(x[sl])
-            eps = posterior_noise(x[sl], k, self.info.latent_dim) if samples else np.zeros((1, len(xf), self.info.latent_dim), np.float32)
+            if samples:
+                eps = posterior_noise(x[sl], k, self.info.latent_dim)
+            else:
+                eps = np.zeros((1, len(xf), self.info.latent_dim), np.float32)
+            logw = []
             for e in eps:
-                r, q, m, _, _ = self._score_core(xf, e)
+                _, q, m, mu, logvar = self._score_core(xf, e)
+                # sum the map in float64 here rather than take the engine's float32 sum: the excess
+                # is a small difference of two large sums, and both engines then agree to the bit
+                r = m.astype(np.float64).reshape(len(m), -1).sum(1)
                 recon[sl] += r / k
                 kl[sl] += q / k
                 pmap[sl] += m / k
+                if iwae:
+                    z = mu + np.exp(0.5 * logvar) * e
+                    logw.append(-r + log_normal(z, 0.0 * z, 0.0 * z) - log_normal(z, mu, logvar))
+            if iwae:
+                nll[sl] = -_log_mean_exp(np.stack(logw).astype(np.float64))
+            else:
+                nll[sl] = recon[sl] + kl[sl]
+            if score == "excess" or not (self.info.likelihood == "gaussian" and self.info.log_scale is None):
+                fmap = pixel_floor(xf, self.info.likelihood, self.info.log_scale)
+                floor[sl] = fmap.reshape(len(xf), -1).sum(1)
+                if score == "excess":
+                    pmap[sl] -= fmap
+            else:  # a gaussian model that does not carry its sigma: only the excess needs it
+                floor[sl] = np.nan
             if progress:
                 progress(sl.stop, n)
-        neg_elbo = recon + kl
-        chosen = {"neg_elbo": neg_elbo, "recon": recon, "kl": kl}[score]
-        return Scores(chosen, neg_elbo, recon, kl, pmap.astype(np.float32), chosen / (self.info.dims * math.log(2)))
+        excess = nll - floor
+        chosen = {"excess": excess, "neg_elbo": nll, "recon": recon, "kl": kl}[score]
+        estimator = "iwae" if iwae else ("samples" if samples else "mean")
+        return Scores(chosen, nll, recon, kl, pmap.astype(np.float32), chosen / (self.info.dims * math.log(2)),
+                      excess=excess, floor=floor, name=score, estimator=estimator)
 
     def iwae(self, x: np.ndarray, samples: int = 64) -> np.ndarray:
         """-log p(x) estimated by the importance-weighted bound with K samples, nats (N,).
 
-        log p(x) >= log 1/K sum_k p(x|z_k) p(z_k) / q(z_k|x) (Burda et al. 2016): tighter than
-        the ELBO and tightening as K grows. Noise seeded per image, so deterministic.
+        log p(x) >= log 1/K sum_k p(x|z_k) p(z_k) / q(z_k|x) (Burda et al. 2016): a tighter
+        bound than the ELBO (the K=1 case), tightening as K grows, so the estimate never exceeds
+        the K-sample -ELBO in expectation. Noise seeded per image, so deterministic.
         """
-        if samples < 1:
-            raise ValueError(f"samples must be >= 1, got {samples}")
-        x = self._check(x)
-        out = np.zeros(len(x))
-        for sl in self._batches(len(x)):
-            xf = imageio.to_float(x[sl])
-            eps = posterior_noise(x[sl], samples, self.info.latent_dim)
-            logw = []
-            for e in eps:
-                r, _, _, mu, logvar = self._score_core(xf, e)
-                z = mu + np.exp(0.5 * logvar) * e
-                logw.append(-r + log_normal(z, 0.0 * z, 0.0 * z) - log_normal(z, mu, logvar))
-            logw = np.stack(logw).astype(np.float64)  # (K, B)
-            m = logw.max(0)
-            out[sl] = -(m + np.log(np.exp(logw - m).mean(0)))
-        return out
+        if not isinstance(samples, (int, np.integer)) or samples < 1:
+            raise ValueError(f"samples must be an integer >= 1, got {samples!r}")
+        return self.score(x, samples=samples, score="neg_elbo", iwae=True).neg_elbo
+
+
+def _log_mean_exp(a: np.ndarray) -> np.ndarray:
+    """log mean exp over axis 0, stable: (K, B) -> (B,)."""
+    m = a.max(0)
+    return m + np.log(np.exp(a - m).mean(0))
 
 
 def load(path: str | Path) -> Model:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from vaekit import run as rundir
-from vaekit.engine import Model, ModelInfo
+from vaekit.engine import Model, ModelInfo, threshold_fields
 from vaekit.objective import kl_divergence, pixel_nll
 
 
@@ -20,14 +20,15 @@ class TorchModel(Model):
             torch.set_num_threads(threads)
         self.device = torch.device(device)
         self.net, cfg = rundir.load_model(Path(run_dir), self.device)
-        m, a = self.net.cfg, cfg.get("anomaly", {})
+        m = self.net.cfg
         self.config = cfg
+        log_scale = self.net.scale()
         self.info = ModelInfo(
             image_size=m.image_size, channels=m.channels, latent_dim=m.latent_dim, likelihood=m.likelihood,
             fingerprint=cfg.get("fingerprint") or rundir.fingerprint(self.net.state_dict()),
             engine="torch", source=Path(run_dir),
-            threshold=a.get("threshold"), threshold_quantile=a.get("threshold_quantile"),
-            quantiles=a.get("quantiles", {}), val_scores=a.get("scores", []),
+            log_scale=None if log_scale is None else [float(v) for v in log_scale.detach().cpu()],
+            **threshold_fields(cfg.get("anomaly", {})),
         )
 
     def _t(self, a: np.ndarray) -> torch.Tensor:

@@ -8,6 +8,7 @@ truncated files, decompression bombs) is handled once, here.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import warnings
@@ -49,14 +50,16 @@ def find_images(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
 
     A file named explicitly is kept whatever its suffix. In folders, files with an
     IMAGE_SUFFIXES suffix (any case) are kept; names starting with '.' are skipped;
-    symlinked folders are followed, each real folder once, so links cannot loop.
+    symlinked folders are followed, each real folder once, so links cannot loop. A link
+    with an image suffix that leads nowhere (dangling, or a loop) is kept, so that loading
+    reports it as skipped instead of it vanishing silently.
     Each root's files come sorted by their relative posix path, roots in the order given.
     """
     roots = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     found: list[Path] = []
     seen: set[Path] = set()
     for root in map(Path, roots):
-        if not root.exists():
+        if not root.exists() and not root.is_symlink():  # a broken link is reported on load
             raise FileNotFoundError(f"no such file or folder: {root}")
         if not root.is_dir():
             found.append(root)
@@ -81,13 +84,24 @@ def _scan(folder: Path, prefix: str, seen: set[Path], out: list[str]) -> None:
     for e in entries:
         if e.name.startswith("."):
             continue
-        if e.is_dir():  # follows symlinks; `seen` stops loops
+        try:
+            is_dir = e.is_dir()  # follows symlinks; `seen` stops loops
+        except OSError:  # a link to itself raises ELOOP here: one bad name must not fail the scan
+            is_dir = False
+        if is_dir:
             _scan(Path(e.path), f"{prefix}{e.name}/", seen, out)
-        elif e.is_file() and Path(e.name).suffix.lower() in IMAGE_SUFFIXES:
-            out.append(prefix + e.name)
+        elif (e.is_symlink() or _is_file(e)) and Path(e.name).suffix.lower() in IMAGE_SUFFIXES:
+            out.append(prefix + e.name)  # a link that is neither: broken or looping, reported on load
 
 
-def _reason(exc: BaseException) -> str:
+def _is_file(e: os.DirEntry) -> bool:
+    try:
+        return e.is_file()
+    except OSError:
+        return False
+
+
+def _reason(exc: BaseException, path: Path | None = None) -> str:
     if isinstance(exc, Image.DecompressionBombError):  # not an OSError
         return f"decompression bomb: {exc}"
     if isinstance(exc, UnidentifiedImageError):  # an OSError, so test it before those below
@@ -96,8 +110,10 @@ def _reason(exc: BaseException) -> str:
         return "permission denied"
     if isinstance(exc, IsADirectoryError):
         return "is a folder, not a file"
+    if isinstance(exc, OSError) and exc.errno == errno.ELOOP:
+        return "symbolic link loop"
     if isinstance(exc, FileNotFoundError):
-        return "file not found"
+        return "broken symbolic link" if path is not None and path.is_symlink() else "file not found"
     return f"truncated or corrupt: {str(exc) or type(exc).__name__}"
 
 
@@ -111,13 +127,15 @@ def _read(path: Path, draft: int | None = None) -> Image.Image:
             # bomb limit; we judge the pixels ourselves and reject anything over 1x below.
             warnings.simplefilter("ignore")
             with Image.open(path) as img:
+                if draft is not None and img.format == "JPEG":
+                    # JPEG can decode at 1/2, 1/4 or 1/8 scale; draft keeps both sides >= draft.
+                    # It only sets the scale, so the check below judges what is really decoded:
+                    # a 100-megapixel photo read at 1/8 scale is no bomb.
+                    img.draft(None, (draft, draft))
                 limit, (w, h) = Image.MAX_IMAGE_PIXELS, img.size
                 if limit is not None and w * h > limit:
                     reason = f"decompression bomb: {w * h} pixels > limit {limit}"
                     raise ImageReadError(path, reason)  # before load(): no pixel is decoded
-                if draft is not None and img.format == "JPEG":
-                    # JPEG can decode at 1/2, 1/4 or 1/8 scale; draft keeps both sides >= draft
-                    img.draft(None, (draft, draft))
                 img.load()  # first frame: a freshly opened animation sits on frame 0
                 try:
                     return ImageOps.exif_transpose(img)
@@ -126,7 +144,7 @@ def _read(path: Path, draft: int | None = None) -> Image.Image:
     except ImageReadError:
         raise
     except Exception as exc:  # Pillow's decoders raise a zoo of types on corrupt data
-        raise ImageReadError(path, _reason(exc)) from exc
+        raise ImageReadError(path, _reason(exc, path)) from exc
 
 
 def _to_array(img: Image.Image) -> np.ndarray:
@@ -178,10 +196,12 @@ def _check_size(size: int) -> None:
 def gray_mode(path: Path) -> bool:
     """Whether `path` is stored as grayscale; reads the header only."""
     try:
-        with Image.open(path) as img:
-            return img.mode in _GRAY_MODES or img.mode.startswith("I;16")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's bomb warning: _read judges the size itself
+            with Image.open(path) as img:
+                return img.mode in _GRAY_MODES or img.mode.startswith("I;16")
     except Exception as exc:
-        raise ImageReadError(path, _reason(exc)) from exc
+        raise ImageReadError(path, _reason(exc, Path(path))) from exc
 
 
 def resolve_channels(paths: Sequence[Path], channels: str | int) -> int:

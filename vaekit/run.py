@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save
+from safetensors.torch import save
 
 from vaekit import __version__
 from vaekit.config import ModelConfig, from_dict
@@ -53,35 +53,64 @@ def fingerprint(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()[:16]
 
 
+def _body(data: bytes) -> tuple[dict, bytes]:
+    """(header, tensor bytes) of a safetensors file, checked by hand: 8-byte length, JSON."""
+    n = int.from_bytes(data[:8], "little")
+    if len(data) < 8 or 8 + n > len(data):
+        raise ValueError(f"header of {n} bytes in a file of {len(data)}: truncated")
+    header = json.loads(data[8 : 8 + n])
+    if not isinstance(header, dict):
+        raise ValueError("header is not a JSON object")
+    return header, data[8 + n :]
+
+
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> str:
-    """Write a safetensors file atomically; return its sha256."""
+    """Write a safetensors file atomically; return its sha256.
+
+    The header carries the sha256 of the tensor bytes, so a file whose weights were altered
+    (not only truncated) is refused on load rather than silently giving another model.
+    """
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     meta = {"format": FORMAT, "vaekit": __version__}
     if metadata:
         meta["json"] = json.dumps(metadata)
+    # the tensor bytes do not depend on the metadata, so hash them first, then write them once more
+    meta["data_sha256"] = hashlib.sha256(_body(save(tensors, metadata=meta))[1]).hexdigest()
     data = save(tensors, metadata=meta)
     atomic_write_bytes(path, data)
     return hashlib.sha256(data).hexdigest()
 
 
 def load_tensors(path: Path, what: str) -> tuple[dict[str, torch.Tensor], dict]:
-    """Read a safetensors file (never unpickles). Corrupt or foreign files raise RunError."""
-    from safetensors import safe_open
+    """Read a safetensors file (never unpickles). Corrupt, altered or foreign files raise RunError."""
+    from safetensors.torch import load
 
     path = Path(path)
     if not path.is_file():
         raise RunError(f"{what} not found: {path}")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        data = path.read_bytes()
+        header, body = _body(data)
+        meta = header.get("__metadata__") or {}
+        if not isinstance(meta, dict):
+            raise ValueError("metadata is not a JSON object")
+        end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
+    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError) as e:  # JSON errors are ValueErrors
         raise RunError(f"{what} is corrupt or not a safetensors file ({path}): {e}") from None
+    if len(body) < end:
+        raise RunError(f"{what} is truncated ({path}): {len(body)} of {end} bytes of weights")
     if meta.get("format") != FORMAT:
         raise RunError(f"{what} was not written by vaekit ({path})")
+    digest = meta.get("data_sha256")  # absent in files from before it was added
+    if digest is not None and hashlib.sha256(body).hexdigest() != digest:
+        raise RunError(f"{what} is damaged or was modified ({path}): its weights do not match its checksum")
+    try:
+        tensors = load(data)
+    except (SafetensorError, ValueError, RuntimeError) as e:
+        raise RunError(f"{what} is corrupt ({path}): {e}") from None
     try:
         extra = json.loads(meta.get("json", "{}"))
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, TypeError):
         raise RunError(f"{what} has corrupt metadata ({path})") from None
     return tensors, extra
 
@@ -100,7 +129,20 @@ def read_config(run_dir: Path) -> dict:
 
 
 def write_config(run_dir: Path, cfg: dict) -> None:
+    remove_strays(run_dir)  # written at a run's start and end: no other write is under way
     atomic_write_json(Path(run_dir) / CONFIG, {"format": FORMAT, **{k: v for k, v in cfg.items() if k != "format"}})
+
+
+def remove_strays(run_dir: Path) -> None:
+    """Delete the temporary files of writes a crash (SIGKILL, power loss) interrupted.
+
+    Only one process writes a run directory, and this is called between its writes.
+    """
+    run_dir = Path(run_dir)
+    ckpt_dir = run_dir / CHECKPOINT_DIR
+    for stray in [*ckpt_dir.glob(".epoch-*.tmp"), *ckpt_dir.glob(f".{RESUME}.*.tmp"),
+                  *(p for own in (CONFIG, WEIGHTS, METRICS, PREVIEW) for p in run_dir.glob(f".{own}.*.tmp"))]:
+        stray.unlink(missing_ok=True)
 
 
 def load_model(run_dir: Path, device: str | torch.device = "cpu"):
@@ -110,11 +152,16 @@ def load_model(run_dir: Path, device: str | torch.device = "cpu"):
     run_dir = Path(run_dir)
     cfg = read_config(run_dir)
     try:
+        if not isinstance(cfg["model"], dict):
+            raise TypeError(f"expected an object, got {cfg['model']!r}")
         model_cfg = from_dict(ModelConfig, cfg["model"])
     except (TypeError, ValueError) as e:
         raise RunError(f"run config has an invalid model section ({run_dir}): {e}") from None
     tensors, _ = load_tensors(run_dir / WEIGHTS, "model weights")
-    model = ConvVAE(model_cfg)
+    try:
+        model = ConvVAE(model_cfg)
+    except (TypeError, ValueError, RuntimeError) as e:  # e.g. a fractional channel count
+        raise RunError(f"run config describes a model that cannot be built ({run_dir}): {e}") from None
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as e:
@@ -128,9 +175,12 @@ def read_metrics(run_dir: Path) -> list[dict]:
     if not path.exists():
         return []
     out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            out.append(json.loads(line))
+    try:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                out.append(json.loads(line))
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise RunError(f"training metrics are corrupt ({path}): {e}") from None
     return out
 
 
@@ -150,6 +200,7 @@ def save_checkpoint(run_dir: Path, epoch: int, tensors: dict[str, torch.Tensor],
     for old in ckpt_dir.glob("epoch-*.safetensors"):
         if old.name != name:
             old.unlink(missing_ok=True)
+    remove_strays(run_dir)
 
 
 def load_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -157,7 +208,8 @@ def load_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict]:
     try:
         pointer = read_json(ckpt_dir / RESUME, "resume state")
     except FileNotFoundError:
-        raise RunError(f"nothing to resume in {run_dir}: no {CHECKPOINT_DIR}/{RESUME}") from None
+        raise RunError(f"nothing to resume in {run_dir}: no {CHECKPOINT_DIR}/{RESUME} (the run stopped before "
+                       "its first epoch ended, or is not a training run); start it again with --overwrite") from None
     except ValueError as e:
         raise RunError(str(e)) from None
     path = ckpt_dir / str(pointer.get("file", ""))

@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from itertools import islice
 from pathlib import Path
 from typing import Callable
@@ -30,7 +31,6 @@ from vaekit.objective import negative_elbo
 from vaekit import run as rundir
 
 Progress = Callable[..., None]
-QUANTILES = (0.5, 0.9, 0.95, 0.99, 0.999)
 
 
 class TrainingError(RuntimeError):
@@ -205,7 +205,10 @@ def _gather(images: np.ndarray, idx: np.ndarray) -> np.ndarray:
     out = np.empty((len(idx), *images.shape[1:]), images.dtype)
     rows = out.reshape(len(idx), -1).view(np.uint8)
     cuts = (np.flatnonzero(np.diff(idx) != 1) + 1).tolist()  # one read per run of consecutive images
-    fd = os.open(images.filename, os.O_RDONLY)
+    try:
+        fd = os.open(images.filename, os.O_RDONLY)
+    except FileNotFoundError:  # the cache was cleared meanwhile; the mapping still holds the data
+        return np.ascontiguousarray(images[idx])
     try:
         for s, e in zip([0, *cuts], [*cuts, len(idx)]):
             got = os.preadv(fd, [rows[s:e]], images.offset + int(idx[s]) * row)
@@ -228,8 +231,9 @@ def _read_ahead(images: np.ndarray, batches: Iterator[np.ndarray], device: torch
         x = torch.from_numpy(_gather(images, idx))
         return x.pin_memory() if cuda else x
 
-    # set_device in the thread, or pinning would open a CUDA context on GPU 0 for every rank
-    init = (lambda: torch.cuda.set_device(device)) if cuda else None
+    init = None
+    if cuda:  # set_device in the thread, or pinning would open a CUDA context on GPU 0 for every rank
+        init = partial(torch.cuda.set_device, torch.cuda.current_device() if device.index is None else device.index)
     with ThreadPoolExecutor(1, thread_name_prefix="vaekit-read", initializer=init) as pool:
         pending = deque(pool.submit(load, b) for b in islice(batches, depth))
         while pending:
@@ -366,6 +370,7 @@ def fit(
     steps = math.ceil(len(train_idx) / train_cfg.batch_size)
     t_start = time.perf_counter()
     for epoch in range(start_epoch, train_cfg.epochs):
+        t0 = time.perf_counter()
         beta = kl_weight(epoch, train_cfg)
         model.train()
         # a fresh generator per epoch: the shuffle needs no saved state to resume exactly
@@ -374,7 +379,6 @@ def fit(
         reader = _read_ahead(data.images, (mine for mine, _, _ in shares), device)
         sums = torch.zeros(3, device=device, dtype=torch.float64)  # recon, kl, total
         count = 0
-        t0 = time.perf_counter()
         report_every = max(1, steps // 50)
         for step, ((mine, rows, n_global), x) in enumerate(zip(shares, reader)):
             x = _to_device(x, device, channels_last)
@@ -409,10 +413,9 @@ def fit(
         sums = torch.cat([sums, torch.tensor([float(count)], dtype=torch.float64, device=device)])
         sums = _all_reduce_sum(sums, dist).tolist()
         if not math.isfinite(sums[2]):
-            raise TrainingError(
-                f"loss became {sums[2]} in epoch {epoch + 1}; try a lower --lr. "
-                f"The last good checkpoint (epoch {epoch}) is kept in {out_dir}"
-            )
+            kept = (f"the last good checkpoint (epoch {epoch}) is kept in {out_dir}; resume with --resume"
+                    if epoch > 0 else "nothing was saved yet; start again with --overwrite")
+            raise TrainingError(f"loss became {sums[2]} in epoch {epoch + 1}; try a lower --lr. {kept}")
         seconds = time.perf_counter() - t0
         row = _epoch_row(epoch, beta, sums, seconds, model, data, val_idx, train_idx, device, dist)
         history.append(row)
@@ -487,22 +490,22 @@ def _finish(out_dir, data, train_idx, val_idx, train_cfg, device) -> float:
     """Score the validation images with the best weights; store quantiles and the threshold."""
     from vaekit import images as imageio
 
-    model, cfg = rundir.load_model(out_dir, device)
+    from vaekit.anomaly import threshold_section
+    from vaekit.engine_torch import TorchModel
+
+    # Scored by the very code `vaekit anomaly-score` runs (the engine), so the stored threshold
+    # and the scores it is compared with cannot drift apart.
+    engine = TorchModel(out_dir, device=str(device))
+    model, cfg = engine.net, engine.config
     eval_idx, source = (val_idx, "validation") if len(val_idx) else (train_idx, "training")
-    scores = deterministic_scores(model, data.images, eval_idx, device)[:, 2]
-    threshold = float(np.quantile(scores, train_cfg.threshold_quantile))
-    cfg["anomaly"] = {
-        "score": "neg_elbo",
-        "threshold": threshold,
-        "threshold_quantile": train_cfg.threshold_quantile,
-        "source": source,
-        "quantiles": {str(q): float(np.quantile(scores, q)) for q in QUANTILES},
-        "scores": [float(s) for s in scores],
-    }
+    # in chunks read with _gather: memory stays flat however many validation images there are
+    parts = [engine.score(_gather(data.images, eval_idx[i : i + 1024])) for i in range(0, len(eval_idx), 1024)]
+    scores = {k: np.concatenate([getattr(s, k) for s in parts]) for k in ("excess", "neg_elbo", "recon", "kl")}
+    cfg["anomaly"] = threshold_section(scores, train_cfg.threshold_quantile, source)
     cfg["fingerprint"] = rundir.fingerprint(model.state_dict())
     rundir.write_config(out_dir, cfg)
     _write_preview(out_dir / rundir.PREVIEW, model, data, eval_idx, device, imageio)
-    return threshold
+    return cfg["anomaly"]["threshold"]
 
 
 @torch.no_grad()

@@ -1,0 +1,128 @@
+"""CPU inference speed: torch eager vs onnxruntime, same model, same thread count, one run.
+
+    python benchmarks/inference_speed.py                      # a 64x64 default-size model
+    python benchmarks/inference_speed.py --run runs/parts     # your own trained run
+
+Both engines are timed through the public API (`model.encode(x)`, `model.score(x)`), so the
+numbers are what a user gets, numpy conversion included. The two engines' repeats are
+interleaved, so a noisy neighbour on a shared machine slows both alike. Without --run, the
+model has random weights (speed does not depend on their values) and default architecture.
+Prints median latency, images/s and the onnxruntime/torch speed-up per thread count, op and
+batch, three ways: the ratio of the medians; "paired", the median ratio of back-to-back calls;
+"fastest", the ratio of the fastest calls (what an idle machine approaches). "fp32"/"int8"
+name the ONNX model timed against torch in that row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+
+def random_run(out: Path, image_size: int, channels: int, latent_dim: int, base_channels: int) -> Path:
+    """A run directory holding an untrained ConvVAE (enough to time it)."""
+    import torch
+
+    from vaekit import run as rundir
+    from vaekit.config import ModelConfig
+    from vaekit.model import ConvVAE
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(image_size=image_size, channels=channels, latent_dim=latent_dim, base_channels=base_channels)
+    net = ConvVAE(cfg).eval()
+    rundir.save_tensors(out / rundir.WEIGHTS, net.state_dict())
+    rundir.write_config(out, {"model": asdict(cfg), "fingerprint": rundir.fingerprint(net.state_dict()), "anomaly": {}})
+    return out
+
+
+def time_interleaved(fns: dict, repeats: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds per call for each function, one call of each in turn, `repeats` rounds."""
+    for _ in range(warmup):
+        for f in fns.values():
+            f()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+    return times
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", type=Path, help="trained run directory (default: a random-weight model)")
+    ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--channels", type=int, default=1)
+    ap.add_argument("--latent-dim", type=int, default=32)
+    ap.add_argument("--base-channels", type=int, default=32)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1], help="thread counts to compare at, e.g. 1 2")
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 64])
+    ap.add_argument("--ops", nargs="+", default=["encode", "score"], choices=["encode", "score", "decode"])
+    ap.add_argument("--quantize", choices=["int8"], help="also time an int8 export")
+    ap.add_argument("--repeats", type=int, default=0, help="timed calls per case (default: 200 at batch 1, 20 above)")
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="vaekit-inference-speed-") as tmp:
+        run_benchmark(args, Path(tmp))
+
+
+def run_benchmark(args, tmp: Path) -> None:
+    import onnxruntime as ort
+    import torch
+
+    from vaekit.engine_onnx import OnnxModel
+    from vaekit.engine_torch import TorchModel
+    from vaekit.export import export
+
+    torch.set_num_threads(max(args.threads))
+    run = args.run or random_run(tmp / "run", args.image_size, args.channels, args.latent_dim, args.base_channels)
+    files = {"fp32": export(run, tmp / "model.onnx").files["scorer"]}
+    if args.quantize:
+        files["int8"] = export(run, tmp / "model-int8.onnx", quantize=args.quantize).files["scorer"]
+
+    ref = TorchModel(run)
+    info = ref.info
+    print(f"model: {info.channels}x{info.image_size}x{info.image_size}, latent {info.latent_dim}, "
+          f"{sum(p.numel() for p in ref.net.parameters()) / 1e6:.2f} M parameters, likelihood {info.likelihood}")
+    print(f"torch {torch.__version__}, onnxruntime {ort.__version__}, python {platform.python_version()}, "
+          f"{platform.machine()} with {os.cpu_count()} CPUs ({platform.processor() or platform.platform()})")
+    header = (f"{'threads':>7} {'op':>6} {'batch':>5} {'engine':>9} {'torch ms':>9} {'ort ms':>8} {'torch img/s':>11} "
+              f"{'ort img/s':>9} {'speed-up':>8} {'paired':>7} {'fastest':>7}")
+    print(header)
+    print("-" * len(header))
+    rng = np.random.default_rng(0)
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        models = {name: OnnxModel(path, threads=threads) for name, path in files.items()}
+        for op in args.ops:
+            for batch in args.batches:
+                x = rng.integers(0, 256, (batch, info.channels, info.image_size, info.image_size), dtype=np.uint8)
+                z = rng.standard_normal((batch, info.latent_dim), dtype=np.float32)
+                call = {"encode": lambda m: (lambda: m.encode(x)), "score": lambda m: (lambda: m.score(x)),
+                        "decode": lambda m: (lambda: m.decode(z))}[op]
+                fns = {"torch": call(ref), **{name: call(m) for name, m in models.items()}}
+                repeats = args.repeats or (200 if batch == 1 else 20)
+                times = time_interleaved(fns, repeats, warmup=max(3, repeats // 10))
+                med = {k: statistics.median(v) for k, v in times.items()}
+                for name in models:
+                    # paired: the median of torch/ort over the rounds, each pair timed back to back,
+                    # so a burst of load from another process touches both sides of a ratio alike
+                    paired = statistics.median(a / b for a, b in zip(times["torch"], times[name]))
+                    fastest = min(times["torch"]) / min(times[name])
+                    print(f"{threads:>7} {op:>6} {batch:>5} {name:>9} {med['torch'] * 1e3:9.3f} {med[name] * 1e3:8.3f} "
+                          f"{batch / med['torch']:11.0f} {batch / med[name]:9.0f} {med['torch'] / med[name]:7.2f}x "
+                          f"{paired:6.2f}x {fastest:6.2f}x")
+                sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Shared by test_export.py and test_engine_onnx.py: one tiny trained run and its ONNX export,
+built once per test session (the dynamo trace is the slow part, ~5-10 s on two shared cores)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+_BUILT: dict[str, object] = {}
+
+
+@dataclass
+class Exported:
+    run: Path  # a trained run directory (16 px digits, latent 4)
+    onnx: Path  # its export's main file; .encoder.onnx and .decoder.onnx lie beside it
+    digits: Path  # the sample data: train/, test/normal/, test/anomalous/
+    report: object  # the vaekit.export.ExportReport
+
+
+def exported(tmp_path_factory) -> Exported:
+    if "main" not in _BUILT:
+        from vaekit.config import ModelConfig, TrainConfig
+        from vaekit.export import export
+        from vaekit.sample_data import write_digits
+        from vaekit.train import train
+
+        root = tmp_path_factory.mktemp("onnx-export")
+        write_digits(root / "digits", size=16, n_anomalous=12)
+        # beta 0.1: three epochs at beta 1 collapse the posterior (KL ~0.003 nats), and a wrong KL
+        # in the exported graph would then hide under any absolute tolerance; here KL is ~1 nat
+        train(root / "digits" / "train", root / "run", ModelConfig(image_size=16, latent_dim=4, base_channels=8),
+              TrainConfig(epochs=3, lr=5e-3, beta=0.1, device="cpu"), cache_dir=root / "cache")
+        report = export(root / "run", root / "export" / "digits.onnx")
+        _BUILT["main"] = Exported(root / "run", root / "export" / "digits.onnx", root / "digits", report)
+    return _BUILT["main"]  # type: ignore[return-value]
+
+
+def random_run(out: Path, **model) -> Path:
+    """A run directory holding an untrained ConvVAE (no training, no threshold): enough for parity."""
+    import torch
+
+    from vaekit import run as rundir
+    from vaekit.config import ModelConfig
+    from vaekit.model import ConvVAE
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(**model)
+    net = ConvVAE(cfg).eval()
+    if net.log_scale is not None:  # not the initial zeros, so a lost sigma would show
+        net.log_scale.data[:] = torch.linspace(-1.0, -0.5, cfg.channels)
+    rundir.save_tensors(out / rundir.WEIGHTS, net.state_dict())
+    rundir.write_config(out, {"model": asdict(cfg), "fingerprint": rundir.fingerprint(net.state_dict())})
+    return out

@@ -1,0 +1,328 @@
+"""Anomaly detection: deterministic scores, the IWAE bound, the entropy floor, thresholds stored
+in the run, CSV/JSON rows, heat maps, and evaluation metrics against scikit-learn."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from sklearn.metrics import average_precision_score, f1_score, roc_auc_score, roc_curve
+
+import vaekit
+from vaekit import anomaly
+from vaekit import run as rundir
+from vaekit.config import ModelConfig, TrainConfig
+from vaekit.engine import pixel_floor
+from vaekit.sample_data import write_shapes
+from vaekit.train import split, train
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    """Synthetic washers (RGB, 32 px) and a tiny VAE trained on the defect-free ones (~5 s)."""
+    root = tmp_path_factory.mktemp("parts")
+    write_shapes(root, n_train=48, n_test_normal=12, n_test_anomalous=12, size=SIZE, seed=0)
+    _, data = train(root / "train", root / "run", ModelConfig(image_size=SIZE, latent_dim=8, base_channels=8),
+                    TrainConfig(epochs=15, batch_size=16, lr=3e-3, seed=3, device="cpu"))
+    return root, data
+
+
+@pytest.fixture(scope="module")
+def model(parts):
+    return vaekit.load(parts[0] / "run")
+
+
+@pytest.fixture(scope="module")
+def test_images(parts, model):
+    root = parts[0]
+    good = model.load_images(root / "test" / "normal").images
+    bad = model.load_images(root / "test" / "anomalous").images
+    return good, bad
+
+
+# --- the score -------------------------------------------------------------------------------
+
+def test_scores_are_identical_across_runs_and_equal_across_batch_sizes(parts, model, test_images):
+    x = np.concatenate(test_images)  # (24, 3, 32, 32)
+    first = model.score(x)
+    again = vaekit.load(parts[0] / "run").score(x)  # a fresh load: a new "run" of the program
+    np.testing.assert_array_equal(first.score, again.score)
+    np.testing.assert_array_equal(first.pixel_map, again.pixel_map)
+    for batch_size in (1, 5, 64):
+        m = vaekit.load(parts[0] / "run")
+        m.batch_size = batch_size
+        s = m.score(x)
+        # conv/GEMM kernels may sum in another order for another batch size: float32 rounding only
+        np.testing.assert_allclose(s.score, first.score, rtol=1e-6)
+        np.testing.assert_allclose(s.pixel_map, first.pixel_map, rtol=1e-4, atol=1e-5)
+    # the sampled estimator draws each image's noise from its own pixels: same in any order or run
+    k = model.score(x, samples=4)
+    np.testing.assert_array_equal(k.score, vaekit.load(parts[0] / "run").score(x, samples=4).score)
+    rev = model.score(x[::-1].copy(), samples=4)
+    np.testing.assert_allclose(rev.score[::-1], k.score, rtol=1e-6)
+    assert not np.allclose(k.neg_elbo, first.neg_elbo)  # it really is another estimator
+
+
+def test_iwae_bound_is_at_least_the_elbo(model, test_images):
+    x = np.concatenate(test_images)
+    nll_iwae = model.iwae(x, samples=16)  # -log p(x) estimates, nats
+    elbo_k = model.score(x, samples=16, score="neg_elbo")
+    # same seeded draws: log mean exp(log w) >= mean log w (Jensen), image by image
+    assert np.all(nll_iwae <= elbo_k.neg_elbo + 1e-6)
+    assert np.mean(nll_iwae) < np.mean(elbo_k.neg_elbo)
+    # and it is the IWAE of the objective module, whose bound on log p(x) is never below the ELBO
+    np.testing.assert_array_equal(nll_iwae, model.iwae(x, samples=16))
+    via_score = model.score(x, samples=16, score="excess", iwae=True)
+    np.testing.assert_allclose(via_score.score, nll_iwae - via_score.floor)
+    with pytest.raises(ValueError, match="samples >= 1"):
+        model.score(x, samples=0, iwae=True)
+    with pytest.raises(ValueError, match="neg_elbo or excess"):
+        model.score(x, samples=4, score="recon", iwae=True)
+
+
+def test_the_floor_is_the_nll_of_a_perfect_reconstruction():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (3, 2, 4, 5)).astype(np.float32)
+    x[0, 0, 0, :3] = [0.0, 1.0, 0.5]
+    # Bernoulli: BCE(x, logit(x)) is the binary entropy; 0 and 1 cost nothing
+    xt = torch.from_numpy(x).double().clamp(1e-12, 1 - 1e-12)
+    expect = F.binary_cross_entropy(xt, torch.from_numpy(x).double(), reduction="none").sum(1).numpy()
+    np.testing.assert_allclose(pixel_floor(x, "bernoulli"), expect, rtol=1e-6, atol=1e-9)
+    assert pixel_floor(np.array([[[[0.0, 1.0]]]]), "bernoulli").tolist() == [[[0.0, 0.0]]]
+    assert pixel_floor(np.full((1, 1, 1, 1), 0.5), "bernoulli")[0, 0, 0] == pytest.approx(math.log(2))
+    # Gaussian: the same constant for every image, log sigma + log(2 pi) / 2 per channel
+    g = pixel_floor(x, "gaussian", [math.log(0.1), math.log(0.2)])
+    assert g.shape == (3, 4, 5)
+    np.testing.assert_allclose(g, math.log(0.1) + math.log(0.2) + math.log(2 * math.pi))
+    with pytest.raises(ValueError, match="log_scale"):
+        pixel_floor(x, "gaussian")
+
+
+def test_excess_is_neg_elbo_minus_the_floor_and_never_negative(model, test_images):
+    x = np.concatenate(test_images)
+    s = model.score(x)
+    assert s.name == "excess" and s.estimator == "mean"
+    np.testing.assert_allclose(s.excess, s.neg_elbo - s.floor)
+    np.testing.assert_array_equal(s.score, s.excess)
+    np.testing.assert_allclose(s.bits_per_dim, s.score / (3 * SIZE * SIZE * math.log(2)))
+    # recon - floor = sum of KL(Bern(x) || Bern(x_hat)) >= 0, so the excess map is >= 0 too
+    assert np.all(s.excess >= s.kl - 1e-3)
+    assert s.pixel_map.min() > -1e-4
+    np.testing.assert_allclose(s.pixel_map.reshape(len(x), -1).sum(1), s.recon - s.floor, rtol=1e-4)
+    raw = model.score(x, score="neg_elbo")
+    np.testing.assert_array_equal(raw.score, s.neg_elbo)
+    np.testing.assert_allclose(raw.pixel_map.reshape(len(x), -1).sum(1), s.recon, rtol=1e-5)
+
+
+def test_anomalous_parts_score_higher_than_normal_ones(model, test_images):
+    good, bad = test_images
+    g, b = model.score(good).score, model.score(bad).score
+    labels = np.r_[np.zeros(len(g)), np.ones(len(b))]
+    assert b.mean() > g.mean()
+    assert roc_auc_score(labels, np.r_[g, b]) > 0.7
+    # the plain -ELBO is the weaker detector here: the floor varies with each part's texture
+    raw = roc_auc_score(labels, np.r_[model.score(good, score="neg_elbo").score, model.score(bad, score="neg_elbo").score])
+    assert raw < roc_auc_score(labels, np.r_[g, b])
+
+
+# --- thresholds ------------------------------------------------------------------------------
+
+def test_threshold_round_trip_through_the_run_directory(parts, model):
+    root, data = parts
+    cfg = json.loads((root / "run" / "config.json").read_text())
+    section = cfg["anomaly"]
+    assert section["score"] == "excess" and section["estimator"] == "mean"
+    assert section["source"] == "validation" and section["threshold_quantile"] == 0.99
+    _, val_idx = split(len(data.paths), 0.1, seed=3)
+    assert section["n"] == len(val_idx) == 5
+    # the stored scores are what the engine gives the validation images now
+    val = model.score(np.asarray(data.images[val_idx]))
+    np.testing.assert_allclose(section["scores"], val.score, rtol=1e-9)
+    assert section["threshold"] == pytest.approx(np.quantile(val.score, 0.99))
+    assert set(section["by_score"]) == {"excess", "neg_elbo", "recon", "kl"}
+    np.testing.assert_allclose(section["by_score"]["kl"]["scores"], val.kl, rtol=1e-9)
+    assert model.info.threshold == section["threshold"] and model.info.score == "excess"
+    assert model.info.thresholds["neg_elbo"] == section["by_score"]["neg_elbo"]["threshold"]
+    assert section["quantiles"]["0.5"] == pytest.approx(np.median(val.score))
+
+
+def test_set_threshold_by_quantile_fpr_or_value(parts, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(parts[0] / "run", run)
+    scores = np.array(rundir.read_config(run)["anomaly"]["scores"])
+    new = anomaly.set_threshold(run, target_fpr=0.2)
+    assert new["threshold"] == pytest.approx(np.quantile(scores, 0.8)) and new["threshold_quantile"] == pytest.approx(0.8)
+    m = vaekit.load(run)
+    assert m.info.threshold == pytest.approx(np.quantile(scores, 0.8))
+    anomaly.set_threshold(run, quantile=0.5)
+    assert vaekit.load(run).info.threshold == pytest.approx(np.median(scores))
+    anomaly.set_threshold(run, value=float(np.sort(scores)[1]))
+    stored = rundir.read_config(run)["anomaly"]
+    assert stored["threshold"] == float(np.sort(scores)[1]) and stored["threshold_quantile"] == pytest.approx(2 / 5)
+    with pytest.raises(ValueError, match="exactly one"):
+        anomaly.set_threshold(run, quantile=0.9, target_fpr=0.1)
+    with pytest.raises(ValueError, match=r"in \(0, 1\), got 1.5"):
+        anomaly.set_threshold(run, quantile=1.5)
+
+
+def test_score_images_flags_against_the_threshold(parts, model):
+    root = parts[0]
+    report = anomaly.score_images(model, [root / "test" / "normal", root / "test" / "anomalous"])
+    assert len(report.rows) == 24 and report.skipped == []
+    assert report.threshold == model.info.threshold and report.threshold_source.startswith("stored")
+    for r in report.rows:
+        assert r.anomalous == (r.score > r.threshold) and r.threshold == report.threshold
+    assert report.names[0] == "normal/part_0000.png" and report.names[12] == "anomalous/part_0000.png"
+    given = anomaly.score_images(model, root / "test" / "anomalous", threshold=-1.0)
+    assert given.n_anomalous == 12 and given.threshold_source == "given"
+    assert given.names[0] == "part_0000.png"
+    # stored thresholds hold for the deterministic score only
+    sampled = anomaly.score_images(model, root / "test" / "normal", samples=2)
+    assert sampled.threshold is None and all(r.anomalous is None for r in sampled.rows)
+    assert "--threshold" in sampled.threshold_source
+
+
+def test_bad_files_are_skipped_and_other_sizes_converted(parts, model, tmp_path):
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    good = Image.open(parts[0] / "test" / "normal" / "part_0000.png")
+    good.resize((80, 64)).convert("L").save(folder / "gray_wide.png")  # other size, other channels
+    good.save(folder / "same.png")
+    (folder / "broken.png").write_text("not really a PNG")
+    report = anomaly.score_images(model, folder)
+    assert [r.path for r in report.rows] == [str(folder / "gray_wide.png"), str(folder / "same.png")]
+    assert [(p.name, why) for p, why in report.skipped] == [("broken.png", "not an image")]
+    assert report.images.shape == (2, 3, SIZE, SIZE)
+    with pytest.raises(ValueError, match="no readable image"):
+        anomaly.score_images(model, folder / "broken.png")
+
+
+# --- output files ----------------------------------------------------------------------------
+
+def test_csv_and_json_rows(parts, model, tmp_path):
+    report = anomaly.score_images(model, parts[0] / "test" / "anomalous")
+    anomaly.write_scores(tmp_path / "s.csv", report, model)
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "s.csv").read_text())))
+    assert list(rows[0]) == ["path", "score", "bits_per_dim", "threshold", "anomalous", "neg_elbo", "recon", "kl", "excess"]
+    assert len(rows) == 12
+    for row, r in zip(rows, report.rows):
+        assert row["path"] == r.path and float(row["score"]) == r.score and float(row["threshold"]) == r.threshold
+        assert row["anomalous"] == ("true" if r.anomalous else "false")
+        assert float(row["bits_per_dim"]) == pytest.approx(r.score / (3 * SIZE * SIZE * math.log(2)))
+    anomaly.write_scores(tmp_path / "s.json", report, model)
+    doc = json.loads((tmp_path / "s.json").read_text())
+    assert doc["score"] == "excess" and doc["threshold"] == report.threshold and doc["n_images"] == 12
+    assert doc["engine"] == "torch" and doc["fingerprint"] == model.info.fingerprint
+    assert set(doc["images"][0]) == set(anomaly.ROW_FIELDS)
+    assert doc["n_anomalous"] == sum(i["anomalous"] for i in doc["images"])
+    # without a threshold the flag is an empty cell / null
+    none = anomaly.score_images(model, parts[0] / "test" / "anomalous", samples=1)
+    assert anomaly.rows_csv(none.rows).splitlines()[1].split(",")[3:5] == ["", ""]
+    with pytest.raises(ValueError, match=r"\.csv or \.json"):
+        anomaly.write_scores(tmp_path / "s.txt", report)
+
+
+def test_heat_maps_mirror_the_input_names(parts, model, tmp_path):
+    import shutil
+
+    for side in ("a", "b"):  # two inputs whose folders have the same name
+        shutil.copytree(parts[0] / "test" / "anomalous", tmp_path / side / "incoming")
+    report = anomaly.score_images(model, [tmp_path / "a" / "incoming", tmp_path / "b" / "incoming"])
+    written = anomaly.write_maps(tmp_path / "maps", report)
+    assert len(written) == 24 and written[0] == tmp_path / "maps" / "incoming" / "part_0000.png"
+    assert written[12] == tmp_path / "maps" / "incoming" / "part_0000-1.png"  # kept apart, not overwritten
+    assert len(set(written)) == 24 and all(p.is_file() for p in written)
+    img = Image.open(written[0])
+    assert img.mode == "RGB" and img.size == (128, 128)  # 32 px enlarged 4x
+
+
+# --- evaluation ------------------------------------------------------------------------------
+
+def test_metrics_agree_with_scikit_learn_on_a_hand_made_case():
+    labels = [0, 0, 0, 1, 1, 1]
+    scores = [1.0, 2.0, 4.0, 3.0, 5.0, 6.0]
+    m = anomaly.image_metrics(labels, scores, threshold=3.5)
+    # by hand: 8 of the 9 (anomalous, normal) pairs are ordered right
+    assert m["auroc"] == pytest.approx(8 / 9) == roc_auc_score(labels, scores)
+    # precision at each anomaly in score order: 1/1, 2/2, 3/4
+    assert m["auprc"] == pytest.approx((1 + 1 + 0.75) / 3) == average_precision_score(labels, scores)
+    # flagging score > 3.5 takes 6, 5 and the normal 4
+    assert (m["precision"], m["recall"], m["fpr"]) == pytest.approx((2 / 3, 2 / 3, 1 / 3))
+    assert m["f1"] == pytest.approx(2 / 3) == f1_score(labels, np.array(scores) > 3.5)
+    # best F1: flag the top four (6, 5, 4, 3): P 3/4, R 1 -> 6/7; any T in [2, 3) does it
+    assert m["best_f1"] == pytest.approx(6 / 7)
+    assert 2.0 <= m["best_f1_threshold"] < 3.0
+    assert f1_score(labels, np.array(scores) > m["best_f1_threshold"]) == pytest.approx(6 / 7)
+    # all three anomalies flagged costs one false positive of three
+    fpr, tpr, _ = roc_curve(labels, scores)
+    assert m["fpr_at_95_tpr"] == pytest.approx(1 / 3) == min(fpr[tpr >= 0.95])
+    with pytest.raises(ValueError, match="at least one normal and one anomalous"):
+        anomaly.image_metrics([1, 1], [0.1, 0.2])
+
+
+def test_evaluate_on_labelled_folders_with_masks(parts, model):
+    root = parts[0]
+    ev = anomaly.evaluate(model, root / "test" / "normal", root / "test" / "anomalous", masks=root / "test" / "masks")
+    good = model.score(model.load_images(root / "test" / "normal").images).score
+    bad = model.score(model.load_images(root / "test" / "anomalous").images).score
+    labels = np.r_[np.zeros(12), np.ones(12)]
+    assert ev.auroc == pytest.approx(roc_auc_score(labels, np.r_[good, bad]))
+    assert ev.auprc == pytest.approx(average_precision_score(labels, np.r_[good, bad]))
+    assert ev.threshold == model.info.threshold
+    assert ev.f1_at_threshold == pytest.approx(f1_score(labels, np.r_[good, bad] > ev.threshold))
+    assert (ev.n_normal, ev.n_anomalous, ev.n_masks) == (12, 12, 12)
+    assert ev.pixel_auroc > 0.85  # the excess map lights up the defects
+    d = ev.to_dict()
+    assert "scores" not in d and d["pixel_auroc"] == ev.pixel_auroc
+    json.dumps(d)
+
+
+def test_masks_match_by_name_with_or_without_a_mask_suffix(parts, model, tmp_path):
+    root = parts[0]
+    masks = tmp_path / "ground_truth"
+    masks.mkdir()
+    for i, p in enumerate(sorted((root / "test" / "masks").glob("*.png"))[:5]):
+        target = masks / (p.stem + ("_mask" if i % 2 else "") + ".png")
+        target.write_bytes(p.read_bytes())
+    ev = anomaly.evaluate(model, root / "test" / "normal", root / "test" / "anomalous", masks=masks)
+    assert ev.n_masks == 5
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "unrelated.png").write_bytes((masks / "part_0000.png").read_bytes())
+    with pytest.raises(ValueError, match="no mask"):
+        anomaly.evaluate(model, root / "test" / "normal", root / "test" / "anomalous", masks=tmp_path / "empty")
+
+
+def test_roc_plot_is_a_png(parts, model, tmp_path):
+    root = parts[0]
+    ev = anomaly.evaluate(model, root / "test" / "normal", root / "test" / "anomalous")
+    anomaly.plot_roc(ev, tmp_path / "roc.png")
+    assert Image.open(tmp_path / "roc.png").format == "PNG"
+
+
+def test_anomaly_module_needs_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "class Block:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] == 'torch': raise ImportError('torch is blocked')\n"
+            "sys.meta_path.insert(0, Block())\n"
+            "import vaekit.anomaly, vaekit.engine\n"
+            "import numpy as np\n"
+            "print(vaekit.anomaly.image_metrics([0, 1], [0.0, 1.0])['auroc'], vaekit.engine.pixel_floor(np.ones((1, 1, 2, 2)), 'bernoulli').sum())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1.0", "0.0"]
+    assert "torch" not in out.stderr

@@ -1,0 +1,129 @@
+"""`vaekit anomaly-score`, `evaluate` and `threshold` through Typer's runner and the installed executable."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from vaekit.config import ModelConfig, TrainConfig
+from vaekit.sample_data import write_shapes
+from vaekit.train import train
+from vaekit_cli.main import app
+
+runner = CliRunner()
+EXE = shutil.which("vaekit", path=str(Path(sys.executable).parent)) or "vaekit"
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    """A tiny run on 16 px washers (quality does not matter here, only the plumbing)."""
+    root = tmp_path_factory.mktemp("cli-parts")
+    write_shapes(root, n_train=20, n_test_normal=4, n_test_anomalous=4, size=16, seed=1)
+    train(root / "train", root / "run", ModelConfig(image_size=16, latent_dim=4, base_channels=4),
+          TrainConfig(epochs=2, batch_size=8, device="cpu"))
+    return root
+
+
+def test_anomaly_score_prints_a_table_and_writes_csv_json_and_maps(parts, tmp_path):
+    r = invoke("--threads", 1, "anomaly-score", parts / "run", parts / "test" / "normal", parts / "test" / "anomalous",
+               "-o", tmp_path / "s.csv", "--maps", tmp_path / "maps")
+    assert r.exit_code == 0, r.output
+    assert "excess scores" in r.output and "anomalous at threshold" in r.output and "stored: quantile 0.99" in r.output
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "s.csv").read_text())))
+    assert len(rows) == 8 and {"path", "score", "bits_per_dim", "threshold", "anomalous"} <= set(rows[0])
+    assert all(row["anomalous"] == str(float(row["score"]) > float(row["threshold"])).lower() for row in rows)
+    maps = sorted(p.relative_to(tmp_path / "maps").as_posix() for p in (tmp_path / "maps").rglob("*.png"))
+    assert maps == [f"{d}/part_000{i}.png" for d in ("anomalous", "normal") for i in range(4)]
+    r = invoke("anomaly-score", parts / "run", parts / "test" / "normal", "-o", tmp_path / "s.json", "--score", "neg_elbo")
+    assert r.exit_code == 0, r.output
+    doc = json.loads((tmp_path / "s.json").read_text())
+    assert doc["score"] == "neg_elbo" and len(doc["images"]) == 4
+    assert all(i["score"] == i["neg_elbo"] for i in doc["images"])
+
+
+def test_threshold_override_and_fail_on_anomaly_exit_codes(parts):
+    folder = parts / "test" / "anomalous"
+    r = invoke("anomaly-score", parts / "run", folder, "--threshold", -1e9, "--fail-on-anomaly")
+    assert r.exit_code == 1, r.output
+    assert "4 of 4 anomalous at threshold -1000000000.00 nats (given)" in r.output
+    r = invoke("anomaly-score", parts / "run", folder, "--threshold", 1e9, "--fail-on-anomaly")
+    assert r.exit_code == 0, r.output
+    assert "0 of 4 anomalous" in r.output
+    # sampled scores have no stored threshold: the pipeline flag cannot work without one
+    r = invoke("anomaly-score", parts / "run", folder, "--samples", 2, "--fail-on-anomaly")
+    assert r.exit_code == 2 and "--threshold" in r.output
+    r = invoke("anomaly-score", parts / "run", folder, "--iwae", "--samples", 4, "--threshold", 1e9)
+    assert r.exit_code == 0, r.output
+
+
+def test_evaluate_table_json_and_roc_plot(parts, tmp_path):
+    args = ["evaluate", parts / "run", "--normal", parts / "test" / "normal", "--anomalous", parts / "test" / "anomalous"]
+    r = invoke(*args, "--masks", parts / "test" / "masks", "--plot", tmp_path / "roc.png")
+    assert r.exit_code == 0, r.output
+    for label in ("AUROC", "AUPRC", "FPR at 95% TPR", "best F1", "F1 at threshold", "pixel AUROC"):
+        assert label in r.output
+    assert Image.open(tmp_path / "roc.png").format == "PNG"
+    r = invoke(*args, "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["n_normal"] == 4 and doc["n_anomalous"] == 4 and 0.0 <= doc["auroc"] <= 1.0
+    assert doc["pixel_auroc"] is None and doc["threshold_source"].startswith("stored")
+
+
+def test_threshold_command_shows_and_moves_the_threshold(parts, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(parts / "run", run)
+    r = invoke("threshold", run)
+    assert r.exit_code == 0 and "quantile 0.99" in r.output
+    r = invoke("threshold", run, "--target-fpr", 0.5)
+    assert r.exit_code == 0, r.output
+    stored = json.loads((run / "config.json").read_text())["anomaly"]
+    assert stored["threshold_quantile"] == pytest.approx(0.5) and "quantile 0.5" in r.output
+    r = invoke("threshold", run, "--quantile", 0.9, "--value", 3)
+    assert r.exit_code == 2 and "at most one" in r.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["anomaly-score", "{tmp}/nope", "{tmp}"], "Invalid value"),
+        (["anomaly-score", "{tmp}", "{tmp}"], "run config not found"),  # a folder that is not a run
+        (["anomaly-score", "{run}", "{tmp}/empty"], "no image files found"),
+        (["anomaly-score", "{run}", "{tmp}/junk"], "no readable image"),
+        (["anomaly-score", "{run}", "{tmp}/junk", "-o", "{tmp}/s.txt"], ".csv or .json"),  # checked before scoring
+        (["anomaly-score", "{run}", "{normal}", "-o", "{tmp}/s.txt"], ".csv or .json"),
+        (["anomaly-score", "{run}", "{normal}", "--score", "loss"], "loss"),
+        (["evaluate", "{run}", "--normal", "{normal}", "--anomalous", "{tmp}/empty"], "no image files found"),
+        (["evaluate", "{run}", "--normal", "{normal}", "--anomalous", "{normal}", "--masks", "{tmp}/empty"], "no mask"),
+        (["threshold", "{run}", "--quantile", "1.5"], "in (0, 1), got 1.5"),
+    ],
+)
+def test_mistakes_are_one_line_and_exit_code_2(parts, tmp_path, args, message):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "a.png").write_text("not an image")
+    subs = {"tmp": tmp_path, "run": parts / "run", "normal": parts / "test" / "normal"}
+    r = invoke(*[a.format(**subs) for a in args])
+    assert r.exit_code == 2, r.output
+    assert message in r.output and "Traceback" not in r.output
+
+
+def test_installed_executable_fails_the_pipeline_on_anomalies(parts, tmp_path):
+    cmd = [EXE, "--threads", "1", "anomaly-score", str(parts / "run"), str(parts / "test" / "anomalous"),
+           "-o", str(tmp_path / "s.json"), "--fail-on-anomaly", "--threshold", "-1e9"]
+    bad = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1, bad.stderr
+    assert json.loads((tmp_path / "s.json").read_text())["n_anomalous"] == 4

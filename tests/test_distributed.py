@@ -1,0 +1,193 @@
+"""Distributed training under a real torchrun (2 CPU processes, gloo), and the batch reader.
+
+The torchrun runs are compared with single-process runs of the same seed and global batch:
+every rank shuffles alike, takes an interleaved share of each global batch, and draws each
+image's noise by its place in the global batch, so the losses agree up to float rounding.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import vaekit
+from vaekit import cache, images
+from vaekit.config import ModelConfig, TrainConfig
+from vaekit.train import Dist, _gather, _share, train
+
+# 37 images with val_fraction 0.1: 33 train, so the last global batch of 8 holds one image
+# and rank 1 gets none (it must still take part in the gradient all-reduce).
+N_IMAGES, SIZE, BATCH, EPOCHS = 37, 16, 8, 2
+ARGS = ["--image-size", str(SIZE), "--latent-dim", "4", "--base-channels", "8", "--batch-size", str(BATCH),
+        "--device", "cpu", "--seed", "3"]
+MODEL = ModelConfig(image_size=SIZE, channels=1, latent_dim=4, base_channels=8, max_channels=256)
+TRAIN = TrainConfig(epochs=EPOCHS, batch_size=BATCH, seed=3, device="cpu")
+RTOL = 1e-4
+
+
+def write_rectangles(root: Path, n: int) -> Path:
+    """Bright rectangles on a dark background: structure the VAE can learn in two epochs."""
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        x = np.full((SIZE, SIZE), 20, np.uint8)
+        r, c = rng.integers(0, SIZE - 6, 2)
+        h, w = rng.integers(3, 7, 2)
+        x[r : r + h, c : c + w] = rng.integers(150, 256)
+        Image.fromarray(x).save(root / f"rect{i:03d}.png")
+    return root
+
+
+def torchrun(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc_per_node 2 -m vaekit --threads 1 train ...` (a free port each time)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "vaekit", "--threads", "1", "train", *args]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """The image folder, single-process reference runs (2 epochs, and 1 to resume from), an env."""
+    root = tmp_path_factory.mktemp("ddp")
+    data = write_rectangles(root / "images", N_IMAGES)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ref, _ = train(data, root / "single", MODEL, TRAIN, cache_dir=root / "cache")
+        train(data, root / "single1", MODEL, TrainConfig(**{**TRAIN.__dict__, "epochs": 1}), cache_dir=root / "cache")
+    finally:
+        torch.set_num_threads(threads)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "VAEKIT_CACHE_DIR": str(root / "cache"), "COLUMNS": "200"}
+    env.pop("WORLD_SIZE", None)
+    return root, data, ref, env
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_same_training(run: Path, ref: Path) -> None:
+    got, want = metrics(run), metrics(ref)
+    assert [m["epoch"] for m in got] == list(range(1, EPOCHS + 1))
+    for g, w in zip(got, want):
+        for key in ("train_loss", "train_recon", "train_kl", "val_loss"):
+            assert g[key] == pytest.approx(w[key], rel=RTOL), (g["epoch"], key)
+    assert want[0]["train_loss"] - want[-1]["train_loss"] > 1.0  # it learned something to agree on
+    a = vaekit.load(run).info.threshold
+    b = vaekit.load(ref).info.threshold
+    assert a == pytest.approx(b, rel=RTOL)
+
+
+def test_torchrun_two_processes_match_one(setup):
+    root, data, ref, env = setup
+    run = root / "ddp"
+    done = torchrun([str(data), "--out", str(run), "--epochs", str(EPOCHS), *ARGS], env)
+
+    # the run directory is complete, has no temp files, and describes the same training
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint", "config.json", "metrics.jsonl",
+                                                     "model.safetensors", "preview.png"]
+    listing = [sorted(p.name for p in (r / "checkpoint").iterdir()) for r in (run, ref.run_dir)]
+    assert listing[0] == listing[1] and len(listing[0]) == 2  # the last checkpoint and resume.json
+    cfg, ref_cfg = (json.loads((r / "config.json").read_text()) for r in (run, ref.run_dir))
+    assert cfg["model"] == ref_cfg["model"] and cfg["train"] == ref_cfg["train"]
+    assert cfg["data"]["train_images"] == 33 and cfg["data"]["val_images"] == 4
+    assert_same_training(run, ref.run_dir)
+
+    # loadable, and it scores like the single-process model
+    x = images.load_images(sorted(data.iterdir())[:5], SIZE, 1).images
+    got = vaekit.load(run).score(x).score
+    want = vaekit.load(ref.run_dir).score(x).score
+    np.testing.assert_allclose(got, want, rtol=RTOL)
+
+    # only rank 0 reports progress: one line per epoch
+    for epoch in range(1, EPOCHS + 1):
+        assert (done.stdout + done.stderr).count(f"epoch {epoch:>3}  train") == 1, done.stderr
+    assert done.stdout.count("trained ") == 1, done.stdout
+
+
+def test_torchrun_resumes_a_single_process_run(setup):
+    root, data, ref, env = setup
+    run = root / "resumed"
+    shutil.copytree(root / "single1", run)
+    done = torchrun([str(data), "--out", str(run), "--resume", "--epochs", str(EPOCHS)], env)
+    out = done.stdout + done.stderr
+    assert "epoch   1  train" not in out and out.count("epoch   2  train") == 1
+    assert metrics(run)[0] == metrics(root / "single1")[0]  # the first epoch is kept as it was
+    assert_same_training(run, ref.run_dir)
+
+
+def test_every_image_gets_the_same_noise_row_on_any_number_of_ranks():
+    batch = np.random.default_rng(1).permutation(50)[:13]
+    single, rows, n = _share(batch, Dist())
+    assert n == 13 and list(single) == sorted(batch)
+    want = dict(zip(single.tolist(), rows.tolist()))
+    assert [want[i] for i in batch] == list(range(13))  # row = place in the global batch
+    for world in (2, 3, 8):
+        got = {}
+        for rank in range(world):
+            mine, rows, n = _share(batch, Dist(rank, world))
+            assert n == 13 and list(mine) == sorted(mine)
+            got.update(zip(mine.tolist(), rows.tolist()))
+        assert got == want
+
+
+def make_cache(tmp_path: Path, n: int = 300) -> np.memmap:
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i:04d}.png")
+    entry = cache.load_cached(images.find_images(folder), 32, 3, cache_dir=tmp_path / "cache")
+    entry = cache.load_cached(entry.paths, 32, 3, cache_dir=tmp_path / "cache")  # now a hit: a read-only memmap
+    assert entry.hit and isinstance(entry.images, np.memmap)
+    return entry.images
+
+
+def test_gather_reads_the_same_pixels_as_indexing(tmp_path):
+    arr = make_cache(tmp_path)
+    cases = [np.arange(300), np.array([5]), np.array([0, 1, 2, 7, 8, 299]), np.array([9, 3, 4, 3, 200]),
+             np.random.default_rng(2).permutation(300)[:64]]
+    for idx in cases:
+        got = _gather(arr, idx)
+        assert type(got) is np.ndarray and got.shape == (len(idx), 3, 32, 32)
+        np.testing.assert_array_equal(got, np.asarray(arr)[idx])
+    np.testing.assert_array_equal(_gather(np.asarray(arr).copy(), cases[-1]), np.asarray(arr)[cases[-1]])
+    np.testing.assert_array_equal(_gather(arr[10:20], np.array([0, 9])), np.asarray(arr)[[10, 19]])  # a view
+    with pytest.raises(IndexError, match="out of range for 300 images"):
+        _gather(arr, np.array([3, 300]))
+    want = np.asarray(arr)[cases[2]].copy()
+    Path(arr.filename).unlink()  # the cache cleared under a running training: the mapping still reads
+    np.testing.assert_array_equal(_gather(arr, cases[2]), want)
+
+
+def mapped_kib(path: Path) -> int:
+    """Resident KiB of this process's mappings of `path` (Linux /proc/self/smaps)."""
+    total, mine = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if re.match(r"[0-9a-f]+-[0-9a-f]+ ", line):  # a mapping's header line; the file name ends it
+            mine = line.split()[-1] == str(path)
+        elif mine and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+def test_reading_batches_leaves_the_cache_out_of_resident_memory(tmp_path):
+    arr = make_cache(tmp_path)
+    path = Path(arr.filename)
+    for s in range(0, 300, 64):
+        _gather(arr, np.arange(s, min(s + 64, 300)))
+    assert mapped_kib(path) == 0  # read through the page cache, not the mapping
+    np.asarray(arr)[np.arange(300)]
+    assert mapped_kib(path) >= 800  # what indexing the memmap would have cost: ~900 KiB

@@ -1,0 +1,174 @@
+"""`vaekit.export`: the three ONNX files, their metadata, the parity check that guards them,
+int8 quantisation and `vaekit export` on the command line."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from typer.testing import CliRunner
+
+from export_support import exported, random_run
+from vaekit_cli.main import app
+
+
+@pytest.fixture(scope="module")
+def ex(tmp_path_factory):
+    return exported(tmp_path_factory)
+
+
+def metadata(path) -> dict[str, str]:
+    return {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+
+
+def test_export_writes_three_self_contained_graphs_with_a_dynamic_batch(ex):
+    from vaekit.export import IO
+
+    folder = ex.onnx.parent
+    assert sorted(p.name for p in folder.iterdir()) == ["digits.decoder.onnx", "digits.encoder.onnx", "digits.onnx"]
+    assert ex.report.files == {"scorer": ex.onnx, "encoder": folder / "digits.encoder.onnx",
+                               "decoder": folder / "digits.decoder.onnx"}
+    for role, path in ex.report.files.items():
+        proto = onnx.load(str(path), load_external_data=False)
+        onnx.checker.check_model(proto)
+        # every weight inside the file: no tensor points to external data
+        assert all(t.data_location != onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
+        assert [i.name for i in proto.graph.input] == list(IO[role]["inputs"])
+        assert [o.name for o in proto.graph.output] == list(IO[role]["outputs"])
+        for v in [*proto.graph.input, *proto.graph.output]:
+            assert v.type.tensor_type.shape.dim[0].dim_param == "batch"
+        assert proto.opset_import[0].version == 20
+
+
+def test_metadata_carries_what_inference_needs_and_the_torch_fingerprint(ex):
+    from vaekit import run as rundir
+    from vaekit.engine_torch import TorchModel
+
+    torch_model = TorchModel(ex.run)
+    cfg = rundir.read_config(ex.run)
+    fp = rundir.fingerprint(torch_model.net.state_dict())
+    assert fp == cfg["fingerprint"] == torch_model.info.fingerprint == ex.report.fingerprint
+    for role, path in ex.report.files.items():
+        m = metadata(path)
+        assert m["vaekit.format"] == "vaekit-onnx/1" and m["vaekit.role"] == role
+        assert m["vaekit.fingerprint"] == fp
+        assert (m["vaekit.image_size"], m["vaekit.channels"], m["vaekit.latent_dim"], m["vaekit.likelihood"]) == ("16", "1", "4", "bernoulli")
+        assert json.loads(m["vaekit.log_scale"]) is None
+        assert json.loads(m["vaekit.preprocessing"])["scale"] == "uint8 pixels / 255 -> float32 in [0, 1]"
+        assert m["vaekit.version"] == __import__("vaekit").__version__ and m["vaekit.quantization"] == "none"
+        anomaly = json.loads(m["vaekit.anomaly"])
+        assert anomaly["threshold"] == cfg["anomaly"]["threshold"] == json.loads(m["vaekit.threshold"])
+        assert anomaly["quantiles"] == cfg["anomaly"]["quantiles"]
+        assert anomaly["scores"] == cfg["anomaly"]["scores"]
+        assert json.loads(m["vaekit.model"]) == cfg["model"]
+
+
+def test_parity_report_covers_every_output_within_tolerance(ex):
+    names = [p.name for p in ex.report.parity]
+    assert names[:3] == ["encode: mu", "encode: logvar", "decode: image"]
+    for tag in ("score", "score (samples=2)"):
+        assert [n for n in names if n.startswith(tag + ":")] == [
+            f"{tag}: excess (default score)", f"{tag}: neg_elbo", f"{tag}: recon", f"{tag}: kl", f"{tag}: pixel_map"]
+    assert all(p.ok for p in ex.report.parity)
+    scores = [p for p in ex.report.parity if "neg_elbo" in p.name]
+    assert max(p.max_rel for p in scores) < 1e-5  # float32 noise, far inside the 1e-4 tolerance
+    assert ex.report.samples == 13
+
+
+def test_a_drift_in_the_exported_maths_fails_the_export_and_writes_nothing(ex, tmp_path, monkeypatch):
+    import vaekit.objective
+    from vaekit.export import ExportError, export
+
+    real = vaekit.objective.pixel_nll
+    # the export traces vaekit.objective.pixel_nll; the torch engine keeps its own (correct) binding
+    monkeypatch.setattr(vaekit.objective, "pixel_nll", lambda *a, **k: real(*a, **k) * 1.001)
+    with pytest.raises(ExportError, match=r"ONNX model does not match torch, nothing written: .*neg_elbo"):
+        export(ex.run, tmp_path / "drift.onnx")
+    assert list(tmp_path.iterdir()) == []  # no files, no staging folder left behind
+
+
+def test_bad_arguments_are_refused_before_any_work(ex, tmp_path):
+    from vaekit.export import export
+
+    with pytest.raises(ValueError, match="must be a file name ending in .onnx, got '.*model.txt'"):
+        export(ex.run, tmp_path / "model.txt")
+    (tmp_path / "taken.encoder.onnx").mkdir()
+    with pytest.raises(ValueError, match="taken.encoder.onnx is a folder"):
+        export(ex.run, tmp_path / "taken.onnx")
+    with pytest.raises(ValueError, match="quantize must be one of \\('int8',\\) or None, got 'int4'"):
+        export(ex.run, tmp_path / "m.onnx", quantize="int4")
+    with pytest.raises(ValueError, match="not a vaekit run directory|run config not found"):
+        export(ex.digits, tmp_path / "m.onnx")
+    with pytest.raises(ValueError, match=r"expected images of shape \(N, 1, 16, 16\)"):
+        export(ex.run, tmp_path / "m.onnx", images=np.zeros((3, 1, 8, 8), np.uint8))
+
+
+def test_weights_that_are_not_the_ones_the_config_names_are_refused(ex, tmp_path):
+    from vaekit import run as rundir
+    from vaekit.export import export
+
+    run = shutil.copytree(ex.run, tmp_path / "run")
+    cfg = rundir.read_config(run)
+    cfg["fingerprint"] = "0123456789abcdef"
+    rundir.write_config(run, cfg)
+    with pytest.raises(rundir.RunError, match=r"are not the ones config.json names \(0123456789abcdef\)"):
+        export(run, tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_gaussian_rgb_odd_size_model_exports_its_sigma_and_matches_torch(tmp_path):
+    import vaekit
+    from vaekit.export import export
+
+    # 20 px: stages 20 -> 10 -> 5 -> 3, so the decoder needs output_padding 0 as well as 1
+    run = random_run(tmp_path / "run", image_size=20, channels=3, latent_dim=3, base_channels=4, likelihood="gaussian")
+    images = np.random.default_rng(0).integers(0, 256, (6, 3, 20, 20), dtype=np.uint8)
+    report = export(run, tmp_path / "g.onnx", images=images)
+    assert all(p.ok for p in report.parity)
+    t, o = vaekit.load(run), vaekit.load(tmp_path / "g.onnx")
+    assert o.info.log_scale == pytest.approx(t.info.log_scale, abs=0) and len(o.info.log_scale) == 3
+    assert o.info.log_scale[0] == pytest.approx(-1.0)
+    st, so = t.score(images), o.score(images)
+    np.testing.assert_allclose(so.score, st.score, rtol=1e-4)  # the default (excess) needs sigma
+    np.testing.assert_allclose(so.neg_elbo, st.neg_elbo, rtol=1e-5)
+    assert o.info.threshold is None and t.info.threshold is None  # an untrained run has none
+
+
+def squash(text: str) -> str:
+    return re.sub(r"[\s│╭╮╰╯─]+", " ", text)
+
+
+def test_cli_export_int8_reports_parity_and_the_score_change(ex):
+    import vaekit
+
+    # no -o: the run's name + .onnx, next to the run directory
+    out = ex.run.parent / "run.onnx"
+    r = CliRunner().invoke(app, ["--threads", "1", "export", str(ex.run), "--quantize", "int8",
+                                 "--images", str(ex.digits / "test" / "normal")])
+    assert r.exit_code == 0, r.output
+    assert "parity, onnxruntime vs torch" in r.output and "FAIL" not in r.output
+    assert "quantised: int8 static QDQ" in r.output and "calibrated on your images" in squash(r.output)
+    assert f"wrote {out} (scorer" in squash(r.output)
+    for role in ("scorer", "encoder", "decoder"):
+        p = {"scorer": out, "encoder": out.with_name("run.encoder.onnx"), "decoder": out.with_name("run.decoder.onnx")}[role]
+        assert metadata(p)["vaekit.quantization"] == "int8-static-qdq"
+    ops = {n.op_type for n in onnx.load(str(out.with_name("run.encoder.onnx"))).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    m = vaekit.load(out)
+    fp32 = vaekit.load(ex.onnx)
+    x = m.load_images(ex.digits / "test" / "normal").images
+    change = np.abs(m.score(x).neg_elbo / fp32.score(x).neg_elbo - 1)
+    assert 0 < change.max() < 0.02  # quantised for real, and still close
+    assert m.info.fingerprint == fp32.info.fingerprint  # the same weights, so code files interchange
+
+
+def test_cli_export_errors_are_one_line_and_exit_2(ex, tmp_path):
+    r = CliRunner().invoke(app, ["export", str(tmp_path / "missing")])
+    assert r.exit_code == 2 and "does not exist" in squash(r.output)
+    r = CliRunner().invoke(app, ["export", str(ex.run), "-o", str(tmp_path / "x.txt")])
+    assert r.exit_code == 2 and "error: output must be a file name ending in .onnx" in squash(r.output)
+    assert "Traceback" not in r.output

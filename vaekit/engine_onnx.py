@@ -1,0 +1,172 @@
+"""The onnxruntime engine: an exported model behind vaekit's Model interface, no torch.
+
+Opens the files `vaekit export` writes (see vaekit/export.py): the scorer `parts.onnx`,
+which `vaekit.load` is given, and `parts.encoder.onnx` / `parts.decoder.onnx` next to it,
+opened when first needed, so a machine that only scores needs only the one file. Imports
+numpy, json and onnxruntime (lazily) only: never torch, never onnx.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from vaekit.engine import Model, ModelInfo, threshold_fields
+
+CHECKSUM_KEY = "vaekit.sha256"  # sha256 of the file, computed with CHECKSUM_PLACEHOLDER in its place
+CHECKSUM_PLACEHOLDER = "0" * 64
+FORMAT = "vaekit-onnx/1"  # metadata "vaekit.format" of every file vaekit.export writes
+_INPUTS = {"scorer": ("x", "eps"), "encoder": ("x",), "decoder": ("z",)}
+_OUTPUTS = {"scorer": ("recon", "kl", "pixel_map", "mu", "logvar"), "encoder": ("mu", "logvar"), "decoder": ("image",)}
+
+
+class OnnxModelError(ValueError):
+    """A file that is not a (complete) vaekit ONNX export."""
+
+
+def part_paths(main: str | Path) -> dict[str, Path]:
+    """The files of an export named by its main file: parts.onnx -> parts.{encoder,decoder}.onnx."""
+    main = Path(main)
+    stem = main.name[: -len(".onnx")] if main.name.endswith(".onnx") else main.name
+    return {"scorer": main, "encoder": main.with_name(f"{stem}.encoder.onnx"),
+            "decoder": main.with_name(f"{stem}.decoder.onnx")}
+
+
+def session_options(role: str = "scorer", threads: int | None = None):
+    """onnxruntime settings, chosen by measurement (benchmarks/inference_speed.py).
+
+    What mattered: the graph optimisation level, per graph. ORT_ENABLE_ALL adds the NCHWc
+    layout transform, which makes the encoder's strided convolutions ~1.3-1.4x faster but
+    the decoder's ~1.1-1.2x slower (ConvTranspose has no NCHWc kernel, so every one is
+    wrapped in layout reorders); the scorer, mostly decoder, lost up to 1.7x at batch 1.
+    A fixed thread count (VAEKIT_THREADS / --threads) and sequential execution (each
+    graph is a single chain) do the rest.
+    """
+    import onnxruntime as ort
+
+    if threads is None:
+        threads = int(os.environ.get("VAEKIT_THREADS", "0") or 0)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if role == "encoder"
+                                   else ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.intra_op_num_threads = max(0, threads)  # 0: onnxruntime's default (one per physical core)
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3  # errors only: its warnings about unused initialisers are noise to a user
+    return so
+
+
+def _open(path: Path, role: str, threads: int | None):
+    """One onnxruntime session and its vaekit metadata; clear errors for anything else."""
+    import onnxruntime as ort
+
+    if not path.is_file():
+        raise FileNotFoundError(f"no such model file: {path}")
+    try:
+        sess = ort.InferenceSession(str(path), session_options(role, threads), providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own zoo of types for unreadable files
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise OnnxModelError(f"{path} is not a readable ONNX model (not ONNX, truncated or corrupt): {reason}") from None
+    meta = dict(sess.get_modelmeta().custom_metadata_map)
+    if meta.get("vaekit.format") != FORMAT:
+        found = meta.get("vaekit.format")
+        why = f"format {found!r}, this vaekit reads {FORMAT!r}" if found else "no vaekit metadata"
+        raise OnnxModelError(f"{path} is not a vaekit export ({why}); write one with `vaekit export RUN_DIR -o model.onnx`")
+    _verify_checksum(path, meta)
+    found = meta.get("vaekit.role")
+    if found != role:
+        if found not in _INPUTS:
+            raise OnnxModelError(f"{path} has missing or corrupt vaekit metadata 'vaekit.role' ({found!r})")
+        hint = f"; give the main file {path.name.replace(f'.{found}.onnx', '.onnx')}" if found != "scorer" else ""
+        raise OnnxModelError(f"{path} is the {found!r} part of a vaekit export, expected the {role}{hint}")
+    names_in = {i.name for i in sess.get_inputs()}
+    names_out = {o.name for o in sess.get_outputs()}
+    if not set(_INPUTS[role]) <= names_in or not set(_OUTPUTS[role]) <= names_out:
+        raise OnnxModelError(f"{path} does not have the {role} graph's inputs/outputs "
+                             f"(has {sorted(names_in)} -> {sorted(names_out)})")
+    return sess, meta
+
+
+def _verify_checksum(path: Path, meta: dict) -> None:
+    import hashlib
+
+    stored = meta.get(CHECKSUM_KEY, "")
+    data = path.read_bytes()
+    if len(stored) != 64 or data.count(stored.encode()) != 1:
+        raise OnnxModelError(f"{path} has no valid vaekit checksum; re-export it with `vaekit export`")
+    if hashlib.sha256(data.replace(stored.encode(), CHECKSUM_PLACEHOLDER.encode())).hexdigest() != stored:
+        raise OnnxModelError(f"{path} was damaged or modified after export (checksum mismatch)")
+
+
+def _json(meta: dict, key: str, path: Path):
+    try:
+        return json.loads(meta[key])
+    except (KeyError, json.JSONDecodeError):
+        raise OnnxModelError(f"{path} has missing or corrupt vaekit metadata {key!r}") from None
+
+
+class OnnxModel(Model):
+    """An exported model on onnxruntime's CPU provider."""
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        self.path = Path(path)
+        self.threads = threads
+        self.parts = part_paths(self.path)
+        self._scorer, self.metadata = _open(self.path, "scorer", threads)
+        self._sessions = {"scorer": self._scorer}
+        meta, p = self.metadata, self.path
+        try:
+            image_size, channels, latent_dim = int(meta["vaekit.image_size"]), int(meta["vaekit.channels"]), int(meta["vaekit.latent_dim"])
+            likelihood, fingerprint = meta["vaekit.likelihood"], meta["vaekit.fingerprint"]
+        except (KeyError, ValueError):
+            raise OnnxModelError(f"{p} has missing or corrupt vaekit metadata (image size, channels, latent dim)") from None
+        anomaly = _json(meta, "vaekit.anomaly", p)
+        log_scale = _json(meta, "vaekit.log_scale", p)
+        self.config = {"format": meta["vaekit.format"], "vaekit_version": meta.get("vaekit.version"),
+                       "model": _json(meta, "vaekit.model", p), "anomaly": anomaly, "fingerprint": fingerprint,
+                       "preprocessing": _json(meta, "vaekit.preprocessing", p),
+                       "quantization": meta.get("vaekit.quantization", "none")}
+        self.info = ModelInfo(
+            image_size=image_size, channels=channels, latent_dim=latent_dim, likelihood=likelihood,
+            fingerprint=fingerprint, engine="onnxruntime", source=p, log_scale=log_scale,
+            **threshold_fields(anomaly),
+        )
+        x_shape = next(i.shape for i in self._scorer.get_inputs() if i.name == "x")
+        if list(x_shape[1:]) != [channels, image_size, image_size]:
+            raise OnnxModelError(f"{p}: graph input x has shape {x_shape}, but its metadata says "
+                                 f"{channels}x{image_size}x{image_size}")
+
+    def _session(self, role: str):
+        """The encoder and decoder files are opened on first use, and must match the main file."""
+        if role not in self._sessions:
+            path = self.parts[role]
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"{path.name} is missing: {'encode' if role == 'encoder' else 'decode'} needs it. "
+                    f"`vaekit export` writes it next to {self.path.name}; copy the three files together")
+            sess, meta = _open(path, role, self.threads)
+            if meta.get("vaekit.fingerprint") != self.info.fingerprint:
+                raise OnnxModelError(
+                    f"{path} belongs to another model (fingerprint {meta.get('vaekit.fingerprint')}, "
+                    f"{self.path.name} has {self.info.fingerprint}); export again to get a matching set")
+            self._sessions[role] = sess
+        return self._sessions[role]
+
+    @staticmethod
+    def _f32(a: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(a, dtype=np.float32)
+
+    def _encode(self, x):
+        mu, logvar = self._session("encoder").run(["mu", "logvar"], {"x": self._f32(x)})
+        return mu, logvar
+
+    def _decode(self, z):
+        return self._session("decoder").run(["image"], {"z": self._f32(z)})[0]
+
+    def _score_core(self, x, eps):
+        recon, kl, pmap, mu, logvar = self._scorer.run(list(_OUTPUTS["scorer"]), {"x": self._f32(x), "eps": self._f32(eps)})
+        # the torch engine sums in float32 and hands back float64; so do we
+        return recon.astype(np.float64), kl.astype(np.float64), pmap, mu, logvar
