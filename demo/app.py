@@ -331,8 +331,9 @@ def _warn_skipped(skipped) -> None:
 
 
 def launch(app: gr.Blocks, port: int = 7860, share: bool = False, max_file_size: str | int = MAX_UPLOAD,
-           prevent_thread_lock: bool = False, quiet: bool = False):
-    """Serve on 127.0.0.1 only (a share link only when asked), with uploads capped at `max_file_size`."""
-    return app.launch(server_name="127.0.0.1", server_port=port, share=share, max_file_size=max_file_size,
+           prevent_thread_lock: bool = False, quiet: bool = False, host: str = "127.0.0.1"):
+    """Serve on 127.0.0.1 unless another host is given (a share link only when asked), with uploads
+    capped at `max_file_size`."""
+    return app.launch(server_name=host, server_port=port, share=share, max_file_size=max_file_size,
                       prevent_thread_lock=prevent_thread_lock, quiet=quiet, ssr_mode=False, css=CSS,
                       show_error=False, allowed_paths=None)

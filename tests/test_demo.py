@@ -375,7 +375,11 @@ def test_cli_demo_builds_and_launches_on_localhost(run, monkeypatch):
     result = CliRunner().invoke(app, ["demo", str(run), "--port", "7999"])
     assert result.exit_code == 0, result.output
     assert seen["port"] == 7999 and seen["share"] is False and seen["max_file_size"] == "25mb"
+    assert seen["host"] == "127.0.0.1"
     info = next(b for b in seen["app"].blocks.values() if getattr(b, "elem_id", None) == "model-info")
     assert str(run) in info.value
     result = CliRunner().invoke(app, ["demo", str(run / "missing")])
     assert result.exit_code == 2
+    # another address only when the user asks for it, with a warning
+    result = CliRunner().invoke(app, ["demo", str(run), "--host", "0.0.0.0"])
+    assert result.exit_code == 0 and seen["host"] == "0.0.0.0" and "reachable from other machines" in result.output
