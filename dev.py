@@ -69,9 +69,10 @@ def quickstart() -> None:
     out = ROOT / "out" / "quickstart"
     data, run, onnx = out / "digits", out / "run", out / "digits.onnx"
     shutil.rmtree(out, ignore_errors=True)
-    env_threads = ["--threads", os.environ.get("VAEKIT_THREADS", "2")]
+    # one thread: on a small shared machine torch's thread pool stalls when the cores are busy
+    env_threads = ["--threads", os.environ.get("VAEKIT_THREADS", "1")]
     vaekit("sample-data", "digits", data)
-    vaekit(*env_threads, "train", data / "train", "--out", run, "--image-size", "32", "--epochs", "30")
+    vaekit(*env_threads, "train", data / "train", "--out", run, "--image-size", "32")
     vaekit(*env_threads, "encode", run, data / "test" / "normal", "-o", out / "normal.codes", "--precision", "q8")
     vaekit(*env_threads, "decode", run, out / "normal.codes", "-o", out / "decoded")
     vaekit(*env_threads, "anomaly-score", run, data / "test", "-o", out / "scores.csv", "--maps", out / "maps")

@@ -12,7 +12,7 @@ import typer
 from vaekit_cli.output import apply_threads, console, err_console, progress_bar
 
 MODEL_HELP = "A training run directory, or an exported .onnx model."
-TABLE_ROWS = 50  # the terminal shows at most this many images (the most anomalous); files get all
+TABLE_ROWS = 20  # the terminal shows at most this many images (the most anomalous); files get all
 
 
 class Score(str, Enum):
@@ -66,7 +66,7 @@ def anomaly_score(
         anomaly.write_scores(out, report, m)
     if maps is not None:
         anomaly.write_maps(maps, report)
-    _print_scores(report, m)
+    _print_scores(report, m, inputs)
     if out is not None:
         console.print(f"wrote {out}", highlight=False)
     if maps is not None:
@@ -86,18 +86,23 @@ def _bar(bars):
     return progress
 
 
-def _print_scores(report, m) -> None:
+def _print_scores(report, m, inputs) -> None:
     from rich.table import Table
 
+    from vaekit.anomaly import relative_name
+
+    short = len(inputs) == 1 and inputs[0].is_dir()
+
     rows = sorted(report.rows, key=lambda r: -r.score)
-    t = Table(title=f"{report.score} scores (nats; higher = more anomalous)", title_justify="left")
+    where = f" in {inputs[0]}" if short else ""
+    t = Table(title=f"{report.score} scores{where} (nats; higher = more anomalous)", title_justify="left")
     t.add_column("image", overflow="fold")
     t.add_column("score", justify="right")
     t.add_column("bits/dim", justify="right")
     t.add_column("", justify="left")
     for r in rows[:TABLE_ROWS]:
         flag = "" if r.anomalous is None else ("[bold red]ANOMALOUS[/bold red]" if r.anomalous else "[green]normal[/green]")
-        t.add_row(r.path, f"{r.score:.2f}", f"{r.bits_per_dim:.4f}", flag)
+        t.add_row(relative_name(r.path, inputs) if short else r.path, f"{r.score:.2f}", f"{r.bits_per_dim:.4f}", flag)
     console.print(t)
     if len(rows) > TABLE_ROWS:
         console.print(f"... and {len(rows) - TABLE_ROWS} more (the {TABLE_ROWS} highest shown; -o writes all)",

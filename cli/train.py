@@ -31,7 +31,7 @@ def train(
     latent_dim: Annotated[int, typer.Option(help="Dimensions of the latent code z.")] = 32,
     base_channels: Annotated[int, typer.Option(help="Feature maps of the first conv layer (doubles per stage).")] = 32,
     likelihood: Annotated[Likelihood, typer.Option(help="Decoder distribution p(x|z).")] = Likelihood.bernoulli,
-    epochs: Annotated[Optional[int], typer.Option(help="Epochs (default 20; with --resume: the new total).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs (default: auto, ~300 optimizer steps, 20-200 epochs; with --resume: the new total).")] = None,
     batch_size: Annotated[int, typer.Option(help="Global batch size (split across torchrun ranks).")] = 64,
     lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-3,
     beta: Annotated[float, typer.Option(help="Weight on the KL term (1 = the ELBO).")] = 1.0,
@@ -54,7 +54,7 @@ def train(
     ch = channels if channels == "auto" else _int_channels(channels)
     model_cfg = ModelConfig(image_size=image_size, channels=ch if ch != "auto" else 1, latent_dim=latent_dim,
                             base_channels=base_channels, max_channels=max(256, base_channels), likelihood=likelihood.value)
-    train_cfg = TrainConfig(epochs=epochs or 20, batch_size=batch_size, lr=lr, beta=beta, kl_warmup=kl_warmup,
+    train_cfg = TrainConfig(epochs=epochs or 0, batch_size=batch_size, lr=lr, beta=beta, kl_warmup=kl_warmup,
                             seed=seed, val_fraction=val_fraction, device=device.value, amp=amp, compile=compile,
                             threshold_quantile=threshold_quantile)
     with progress_bar() as bars:
@@ -79,6 +79,10 @@ class _Reporter:
 
     def __call__(self, done: int, total: int, phase: str = "", **m) -> None:
         if phase == "epoch":
+            # long runs (small folders get up to 200 epochs) print ~30 lines, not one per epoch
+            every = max(1, -(-total // 30))
+            if m["epoch"] % every and m["epoch"] not in (1, total):
+                return
             self.bars.console.print(
                 f"epoch {m['epoch']:>3}  train {m['train_loss']:9.2f} (recon {m['train_recon']:9.2f} kl {m['train_kl']:7.2f})"
                 f"  val {m['val_loss']:9.2f}  {m['val_bits_per_dim']:.4f} bits/dim  {m['images_per_s']:7.0f} img/s",

@@ -96,3 +96,12 @@ def test_iwae_is_above_the_elbo_and_grows_with_k():
     with pytest.raises(ValueError):
         iwae_log_likelihood(model, x, 0)
     assert math.isfinite(bounds[2])
+
+
+def test_bernoulli_nll_is_exact_for_saturated_logits():
+    # the ONNX export once decomposed BCE-with-logits imprecisely here (0.0125 nats for 4e-6)
+    logits = torch.tensor([-30.0, -12.5, -1.0, 0.0, 2.0, 12.5, 30.0], dtype=torch.float32)
+    for target in (0.0, 0.3, 1.0):
+        x = torch.full_like(logits, target)
+        exact = torch.logaddexp(torch.zeros_like(logits, dtype=torch.float64), logits.double()) - target * logits.double()
+        torch.testing.assert_close(pixel_nll(x, logits, "bernoulli").double(), exact, rtol=1e-6, atol=1e-6)

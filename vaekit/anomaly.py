@@ -186,10 +186,10 @@ def _load(model: Model, inputs, progress: Progress | None) -> tuple[imageio.Load
     if not roots:
         raise ValueError("no inputs given: name image files or folders")
     report = model.load_images(roots, progress=progress)
-    return report, [_relative(p, roots) for p in report.paths]
+    return report, [relative_name(p, roots) for p in report.paths]
 
 
-def _relative(path: Path, roots: Sequence) -> str:
+def relative_name(path: Path, roots: Sequence) -> str:
     """Path under the folder it was found in; with several inputs, prefixed by that folder's name."""
     for root in map(Path, roots):
         if root.is_dir():

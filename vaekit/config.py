@@ -41,7 +41,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 20  # passes over the training split
+    epochs: int = 0  # passes over the training split; 0 = auto (~300 optimizer steps, 20..200 epochs)
     batch_size: int = 64  # global batch: under DDP it is split across ranks
     lr: float = 1e-3  # AdamW learning rate
     weight_decay: float = 0.0  # AdamW decoupled weight decay
@@ -57,10 +57,10 @@ class TrainConfig:
     grad_clip: float = 100.0  # clip the global gradient norm; guards against rare spikes
 
     def __post_init__(self) -> None:
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size}
-        for name, value in positive.items():
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name.replace('_', ' ')} must be a positive integer, got {value!r}")
+        if not isinstance(self.epochs, int) or self.epochs < 0:
+            raise ValueError(f"epochs must be a positive integer (or 0 for auto), got {self.epochs!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch size must be a positive integer, got {self.batch_size!r}")
         if not self.lr > 0:
             raise ValueError(f"learning rate must be > 0, got {self.lr!r}")
         if self.beta < 0:

@@ -261,11 +261,12 @@ def _compare(name: str, got, want, rtol: float, atol: float) -> Parity:
     got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
     if got.shape != want.shape:
         return Parity(name, math.inf, math.inf, f"shape {want.shape}", False)
-    tolerance = f"|onnx - torch| <= {atol:g} + {rtol:g} * |torch|"
     diff = np.abs(got - want)
     if diff.size == 0:
-        return Parity(name, 0.0, 0.0, tolerance, True)
-    ok = bool(np.all(diff <= atol + rtol * np.abs(want)))  # NaN fails too
+        return Parity(name, 0.0, 0.0, f"|onnx - torch| <= {atol:g} + {rtol:g} * |torch|", True)
+    tolerance = f"|onnx - torch| <= {atol:g} + {rtol:g} * |torch|"
+    scale = np.abs(want)
+    ok = bool(np.all(diff <= atol + rtol * scale))  # NaN fails too
     big = np.abs(want) > max(atol, 1e-12)  # relative error means little for values near zero
     max_rel = float((diff[big] / np.abs(want[big])).max()) if big.any() else 0.0
     return Parity(name, float(diff.max()), max_rel, tolerance, ok)

@@ -317,6 +317,21 @@ def _noise_seed(seed: int, epoch: int, step: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, step]).generate_state(1, np.uint64)[0])
 
 
+AUTO_MIN_STEPS, AUTO_MIN_EPOCHS, AUTO_MAX_EPOCHS = 300, 20, 200
+
+
+def resolve_epochs(cfg: TrainConfig, n_train: int) -> int:
+    """epochs=0 means auto: enough epochs for ~300 optimizer steps, at least 20, at most 200.
+
+    A small folder (a hundred images is 2-3 steps an epoch) needs many epochs before the
+    decoder is sharp enough for a useful anomaly score; a large one needs few.
+    """
+    if cfg.epochs > 0:
+        return cfg.epochs
+    steps = max(1, math.ceil(n_train / cfg.batch_size))
+    return min(AUTO_MAX_EPOCHS, max(AUTO_MIN_EPOCHS, math.ceil(AUTO_MIN_STEPS / steps)))
+
+
 def fit(
     data: Dataset,
     out_dir: Path,
@@ -342,6 +357,7 @@ def fit(
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
 
     train_idx, val_idx = split(len(data.paths), train_cfg.val_fraction, train_cfg.seed)
+    train_cfg = replace(train_cfg, epochs=resolve_epochs(train_cfg, len(train_idx)))
     start_epoch, history = 0, []
     best = {"epoch": -1, "val": math.inf}
     if resume:
