@@ -374,6 +374,15 @@ def test_damaged_or_foreign_onnx_is_one_clear_error_and_no_output(how, tmp_path,
 
 # --- exit codes, through the installed executable ----------------------------------------------
 
+def _child_setup():
+    # A runner started in the background (nohup, `cmd &`) hands its children SIGINT ignored,
+    # and Python then never raises KeyboardInterrupt: restore the default so Ctrl-C is real.
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    hostile.unprivileged_exec()
+
+
 @pytest.fixture(scope="module")
 def exe(run, corpus, clean, tmp_path_factory):
     """Start both commands at once (each spends seconds importing torch), then collect them.
@@ -399,7 +408,7 @@ def exe(run, corpus, clean, tmp_path_factory):
         logs[name] = (base / f"{i}.stdout", base / f"{i}.stderr")  # files, not pipes: nothing can block
         with open(logs[name][0], "wb") as o, open(logs[name][1], "wb") as e:
             procs[name] = subprocess.Popen([EXE, "--threads", "1", *map(str, args)], env=env, stdout=o, stderr=e,
-                                           preexec_fn=hostile.unprivileged_exec)
+                                           preexec_fn=_child_setup)
     # Ctrl-C once the long run has a checkpoint: it must stop cleanly and stay resumable
     long = procs["130: interrupted"]
     deadline = time.monotonic() + 300
