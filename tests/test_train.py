@@ -54,6 +54,7 @@ def test_run_directory_is_complete_and_self_describing(blobs, tmp_path):
     for r in rows:
         assert math.isclose(r["train_loss"], r["train_recon"] + r["beta"] * r["train_kl"], rel_tol=1e-6)
         assert r["val_bits_per_dim"] == pytest.approx(r["val_loss"] / (16 * 16 * math.log(2)))
+        assert r["train_bits_per_dim"] == pytest.approx((r["train_recon"] + r["train_kl"]) / (16 * 16 * math.log(2)))
     # best-on-validation weights are the ones kept
     assert result.best_val == min(r["val_loss"] for r in rows)
     assert result.threshold == cfg["anomaly"]["threshold"]

@@ -410,13 +410,15 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None and scaler.is_enabled():
                 scaler.scale(objective).backward()
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
+                if train_cfg.grad_clip > 0:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
                 scaler.step(optimizer)
                 scaler.update()
             else:
                 objective.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
+                if train_cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
                 optimizer.step()
             with torch.no_grad():
                 sums += torch.stack([loss.recon.sum(), loss.kl.sum(), loss.total.sum()]).double()
@@ -471,6 +473,8 @@ def _epoch_row(epoch, beta, sums, seconds, model, data, val_idx, train_idx, devi
         "train_loss": sums[2] / n,
         "train_recon": sums[0] / n,
         "train_kl": sums[1] / n,
+        # bits/dim of the true -ELBO (recon + KL, whatever the KL weight during warm-up)
+        "train_bits_per_dim": (sums[0] + sums[1]) / n / (pixels * math.log(2)),
         "val_loss": val_loss,
         "val_recon": vs[0] / max(vs[3], 1),
         "val_kl": vs[1] / max(vs[3], 1),
