@@ -55,6 +55,8 @@ class GuardedGroup(TyperGroup):
             code = exit_code_for(exc)
             label = "error" if code == EXIT_BAD_INPUT else "failed"
             message = str(exc) or exc.__class__.__name__
+            if isinstance(exc, LookupError):  # a bare KeyError says only 'threshold'
+                message = f"missing or unexpected entry {message} (a damaged or hand-edited file?)"
             if code == EXIT_FAILURE and not isinstance(exc, RuntimeError):
                 message = f"{exc.__class__.__name__}: {message} (set VAEKIT_DEBUG=1 for a traceback)"
             err_console.print(f"[bold red]{label}:[/bold red] {message}", markup=True, highlight=False, soft_wrap=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -14,11 +15,10 @@ err_console = Console(stderr=True)
 def apply_threads() -> None:
     """Honour --threads / VAEKIT_THREADS for torch (call after importing torch lazily)."""
     n = int(os.environ.get("VAEKIT_THREADS", "0") or 0)
-    if n > 0:
-        try:
-            import torch
-        except ImportError:  # the torch-free runtime install: onnxruntime reads VAEKIT_THREADS itself
-            return
+    # Only where torch is already loaded (training): the engines read VAEKIT_THREADS when they
+    # open a model, and an onnxruntime-only command must never import torch.
+    torch = sys.modules.get("torch")
+    if n > 0 and torch is not None:
         torch.set_num_threads(n)
 
 

@@ -35,7 +35,7 @@ def train(
     batch_size: Annotated[int, typer.Option(help="Global batch size (split across torchrun ranks).")] = 64,
     lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-3,
     beta: Annotated[float, typer.Option(help="Weight on the KL term (1 = the ELBO).")] = 1.0,
-    kl_warmup: Annotated[int, typer.Option(help="Epochs of linear KL warm-up from 0 to beta.")] = 0,
+    kl_warmup: Annotated[int, typer.Option(help="Epochs of linear KL warm-up up to beta (epoch e gets beta·(e+1)/(N+1)).")] = 0,
     val_fraction: Annotated[float, typer.Option(help="Share of images held out for validation.")] = 0.1,
     threshold_quantile: Annotated[float, typer.Option(help="Anomaly threshold: this quantile of validation scores.")] = 0.99,
     seed: Annotated[int, typer.Option(help="Seed for split, init, shuffling and noise.")] = 0,

@@ -115,3 +115,11 @@ def test_installed_executable_and_python_m_agree(tmp_path):
     c = subprocess.run([EXE, "train", str(tmp_path)], capture_output=True, text=True, cwd=tmp_path,
                        env={**os.environ, "VAEKIT_THREADS": "1"})
     assert c.returncode == 2 and "no image files found" in c.stderr and "Traceback" not in c.stderr
+
+
+def test_threads_option_never_imports_torch_by_itself():
+    # `vaekit --threads 1 anomaly-score model.onnx ...` must stay torch-free
+    code = ("import os, sys; os.environ['VAEKIT_THREADS'] = '2'\n"
+            "from vaekit_cli.output import apply_threads; apply_threads(); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.stdout.strip() == "False", out.stderr

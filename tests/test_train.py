@@ -151,3 +151,24 @@ def test_kl_warmup_ramps_linearly_to_beta():
     cfg = TrainConfig(beta=2.0, kl_warmup=3)
     assert [kl_weight(e, cfg) for e in range(5)] == [0.5, 1.0, 1.5, 2.0, 2.0]
     assert kl_weight(0, TrainConfig(beta=0.5)) == 0.5
+
+
+def test_resume_records_the_new_total_and_forgets_stale_thresholds(blobs, tmp_path):
+    train(blobs, tmp_path / "run", MODEL, tcfg(epochs=1))
+    train(blobs, tmp_path / "run", MODEL, tcfg(), resume=True, resume_epochs=2)
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["train"]["epochs"] == 2 and "anomaly" in cfg
+    with pytest.raises(ValueError, match="already trained 2 epochs"):
+        train(blobs, tmp_path / "run", MODEL, tcfg(), resume=True, resume_epochs=1)
+
+
+def test_torch_engine_refuses_weights_that_do_not_match_the_stored_threshold(blobs, tmp_path):
+    from vaekit.engine_torch import TorchModel
+
+    train(blobs, tmp_path / "a", MODEL, tcfg(epochs=1))
+    train(blobs, tmp_path / "b", MODEL, tcfg(epochs=1, seed=3))
+    TorchModel(tmp_path / "a")  # consistent: opens
+    # as after an interrupted resume: new weights, old config
+    (tmp_path / "a" / "model.safetensors").write_bytes((tmp_path / "b" / "model.safetensors").read_bytes())
+    with pytest.raises(rundir.RunError, match="weights changed"):
+        TorchModel(tmp_path / "a")

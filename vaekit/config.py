@@ -46,7 +46,7 @@ class TrainConfig:
     lr: float = 1e-3  # AdamW learning rate
     weight_decay: float = 0.0  # AdamW decoupled weight decay
     beta: float = 1.0  # weight on the KL term (1.0 is the true ELBO)
-    kl_warmup: int = 0  # epochs of linear ramp of the KL weight from 0 to beta
+    kl_warmup: int = 0  # epochs of linear ramp of the KL weight up to beta (epoch e gets beta*(e+1)/(warmup+1))
     seed: int = 0  # seeds the split, initialisation, shuffling and noise
     val_fraction: float = 0.1  # share of images held out for validation (normal images)
     device: str = "auto"  # "auto" picks CUDA when available
@@ -63,7 +63,7 @@ class TrainConfig:
             raise ValueError(f"batch size must be a positive integer, got {self.batch_size!r}")
         if not self.lr > 0:
             raise ValueError(f"learning rate must be > 0, got {self.lr!r}")
-        if self.beta < 0:
+        if not self.beta >= 0:  # also refuses NaN
             raise ValueError(f"beta must be >= 0, got {self.beta!r}")
         if self.kl_warmup < 0:
             raise ValueError(f"KL warm-up must be >= 0 epochs, got {self.kl_warmup!r}")

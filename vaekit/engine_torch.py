@@ -23,9 +23,13 @@ class TorchModel(Model):
         m = self.net.cfg
         self.config = cfg
         log_scale = self.net.scale()
+        actual = rundir.fingerprint(self.net.state_dict())
+        if cfg.get("fingerprint") not in (None, actual):
+            raise rundir.RunError(f"{run_dir}: the weights changed since its threshold was stored (an interrupted "
+                                  f"--resume?); finish the run with `vaekit train ... --resume`")
         self.info = ModelInfo(
             image_size=m.image_size, channels=m.channels, latent_dim=m.latent_dim, likelihood=m.likelihood,
-            fingerprint=cfg.get("fingerprint") or rundir.fingerprint(self.net.state_dict()),
+            fingerprint=actual,
             engine="torch", source=Path(run_dir),
             log_scale=None if log_scale is None else [float(v) for v in log_scale.detach().cpu()],
             **threshold_fields(cfg.get("anomaly", {})),

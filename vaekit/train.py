@@ -365,6 +365,8 @@ def fit(
         _unpack_state(tensors, meta, model, optimizer, scaler)
         start_epoch, best = meta["epoch"] + 1, meta["best"]
         history = rundir.read_metrics(out_dir)[: meta["history_len"]]
+        if train_cfg.epochs < start_epoch:
+            raise ValueError(f"{out_dir} has already trained {start_epoch} epochs; --epochs {train_cfg.epochs} would go back")
     elif dist.main:
         _write_run_config(out_dir, data, model_cfg, train_cfg, device, len(train_idx), len(val_idx))
 
@@ -441,6 +443,15 @@ def fit(
         if improved:
             best = {"epoch": epoch, "val": row["val_loss"]}
         if dist.main:
+            if resume and epoch == start_epoch:
+                # From here model.safetensors may change: the stored threshold and fingerprint no
+                # longer describe it until _finish writes new ones, and the new total number of
+                # epochs must survive another interruption.
+                cfg = rundir.read_config(out_dir)
+                cfg.pop("anomaly", None)
+                cfg.pop("fingerprint", None)
+                cfg["train"] = {**cfg["train"], "epochs": train_cfg.epochs}
+                rundir.write_config(out_dir, cfg)
             if improved:
                 rundir.save_tensors(out_dir / rundir.WEIGHTS, model.state_dict(), {"epoch": epoch})
             rundir.write_metrics(out_dir, history)
@@ -536,10 +547,10 @@ def _write_preview(path, model, data, idx, device, imageio) -> None:
     mu, _ = model.encode(x)
     recon = model.mean_image(model.decode(mu))
     g = torch.Generator(device="cpu").manual_seed(0)
-    z = torch.randn(8, model.cfg.latent_dim, generator=g).to(device)
+    z = torch.randn(len(idx), model.cfg.latent_dim, generator=g).to(device)
     samples = model.mean_image(model.decode(z))
     rows = torch.cat([x, recon, samples]).float().cpu().numpy()
-    imageio.save_png(imageio.make_grid(rows, ncol=max(len(idx), 8) if len(idx) == 8 else 8), path)
+    imageio.save_png(imageio.make_grid(rows, ncol=len(idx)), path)
 
 
 def _rel(p: Path, root: Path) -> str:
