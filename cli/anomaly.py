@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, List, Optional
 
 import typer
+from rich.markup import escape
 
 from vaekit_cli.output import apply_threads, console, err_console, progress_bar
 
@@ -61,16 +62,16 @@ def anomaly_score(
     if fail_on_anomaly and report.threshold is None:
         raise ValueError(f"--fail-on-anomaly needs a threshold, and there is {report.threshold_source}")
     for path, reason in report.skipped:
-        err_console.print(f"[yellow]skipped[/yellow] {path}: {reason}", highlight=False)
+        err_console.print(f"[yellow]skipped[/yellow] {escape(str(path))}: {escape(str(reason))}", highlight=False)
     if out is not None:
         anomaly.write_scores(out, report, m)
     if maps is not None:
         anomaly.write_maps(maps, report)
     _print_scores(report, m, inputs)
     if out is not None:
-        console.print(f"wrote {out}", highlight=False)
+        console.print(f"wrote {escape(str(out))}", highlight=False)
     if maps is not None:
-        console.print(f"wrote {len(report.rows)} heat maps to {maps}", highlight=False)
+        console.print(f"wrote {len(report.rows)} heat maps to {escape(str(maps))}", highlight=False)
     if fail_on_anomaly and report.n_anomalous:
         raise typer.Exit(1)
 
@@ -94,7 +95,7 @@ def _print_scores(report, m, inputs) -> None:
     short = len(inputs) == 1 and inputs[0].is_dir()
 
     rows = sorted(report.rows, key=lambda r: -r.score)
-    where = f" in {inputs[0]}" if short else ""
+    where = f" in {escape(str(inputs[0]))}" if short else ""
     t = Table(title=f"{report.score} scores{where} (nats; higher = more anomalous)", title_justify="left")
     t.add_column("image", overflow="fold")
     t.add_column("score", justify="right")
@@ -102,7 +103,7 @@ def _print_scores(report, m, inputs) -> None:
     t.add_column("", justify="left")
     for r in rows[:TABLE_ROWS]:
         flag = "" if r.anomalous is None else ("[bold red]ANOMALOUS[/bold red]" if r.anomalous else "[green]normal[/green]")
-        t.add_row(relative_name(r.path, inputs) if short else r.path, f"{r.score:.2f}", f"{r.bits_per_dim:.4f}", flag)
+        t.add_row(escape(relative_name(r.path, inputs) if short else r.path), f"{r.score:.2f}", f"{r.bits_per_dim:.4f}", flag)
     console.print(t)
     if len(rows) > TABLE_ROWS:
         console.print(f"... and {len(rows) - TABLE_ROWS} more (the {TABLE_ROWS} highest shown; -o writes all)",
@@ -141,13 +142,13 @@ def evaluate(
     if plot is not None:
         anomaly.plot_roc(ev, plot)
     for path, reason in ev.skipped:
-        err_console.print(f"[yellow]skipped[/yellow] {path}: {reason}", highlight=False)
+        err_console.print(f"[yellow]skipped[/yellow] {escape(str(path))}: {escape(str(reason))}", highlight=False)
     if as_json:
         typer.echo(json.dumps(ev.to_dict(), indent=2))
         return
     _print_evaluation(ev)
     if plot is not None:
-        console.print(f"wrote {plot}", highlight=False)
+        console.print(f"wrote {escape(str(plot))}", highlight=False)
 
 
 def _print_evaluation(ev) -> None:
@@ -198,7 +199,7 @@ def threshold(
 def _print_threshold(run, section) -> None:
     from rich.table import Table
 
-    t = Table(title=f"{run}: score {section.get('score')}, {section.get('n', len(section.get('scores', [])))} "
+    t = Table(title=f"{escape(str(run))}: score {section.get('score')}, {section.get('n', len(section.get('scores', [])))} "
                     f"{section.get('source', 'validation')} images", show_header=False, title_justify="left")
     q = section.get("threshold_quantile")
     t.add_row("threshold", f"{section['threshold']:.2f} nats" + (f" (quantile {q:.4g})" if q is not None else ""))

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from vaekit_cli.output import console, err_console, progress_bar
 
@@ -46,7 +47,7 @@ def _progress(label: str, quiet: bool):
 
 def _skipped(skipped) -> None:
     for path, reason in skipped:
-        err_console.print(f"[yellow]skipped[/yellow] {path}: {reason}", highlight=False, soft_wrap=True)
+        err_console.print(f"[yellow]skipped[/yellow] {escape(str(path))}: {escape(str(reason))}", highlight=False, soft_wrap=True)
 
 
 def _print_json(obj) -> None:
@@ -73,7 +74,7 @@ def encode(
         return _print_json(report.to_dict())
     from rich.table import Table
 
-    t = Table(title=f"encoded {report.path}", show_header=False)
+    t = Table(title=f"encoded {escape(str(report.path))}", show_header=False)
     t.add_row("images", f"{report.count} encoded, {len(report.skipped)} skipped")
     t.add_row("precision", f"{report.precision} ({m.info.latent_dim} dimensions)")
     t.add_row("code file", f"{report.file_bytes:,} bytes")
@@ -101,7 +102,7 @@ def decode(
         report = decode_file(m, codes, out, size.value, overwrite=overwrite, progress=progress)
     if as_json:
         return _print_json({"out_dir": str(report.out_dir), "size": report.size, "files": [str(p) for p in report.written]})
-    console.print(f"wrote {len(report.written)} images ({report.size} size) to {report.out_dir}", highlight=False, soft_wrap=True)
+    console.print(f"wrote {len(report.written)} images ({report.size} size) to {escape(str(report.out_dir))}", highlight=False, soft_wrap=True)
 
 
 def reconstruct(
@@ -123,16 +124,16 @@ def reconstruct(
         return _print_json(report.to_dict())
     from rich.table import Table
 
-    t = Table(title=f"reconstructions in {report.out_dir}")
+    t = Table(title=f"reconstructions in {escape(str(report.out_dir))}")
     t.add_column("image")
     t.add_column("PSNR (dB)", justify="right")
     t.add_column("SSIM", justify="right")
     for name, p, s in zip(report.names, report.psnr, report.ssim):
-        t.add_row(name, f"{p:.2f}", f"{s:.4f}")
+        t.add_row(escape(name), f"{p:.2f}", f"{s:.4f}")
     t.add_section()
     t.add_row(f"mean of {len(report.names)}", f"{report.psnr.mean():.2f}", f"{report.ssim.mean():.4f}", style="bold")
     console.print(t)
-    console.print(f"comparison grid (input, reconstruction): {report.grid}", highlight=False, soft_wrap=True)
+    console.print(f"comparison grid (input, reconstruction): {escape(str(report.grid))}", highlight=False, soft_wrap=True)
 
 
 def sample(
@@ -149,7 +150,7 @@ def sample(
 
     m = vaekit.load(model)
     path = write_grid(m.sample(n, temperature, seed), out, ncol=8, overwrite=overwrite)
-    console.print(f"wrote {n} samples (temperature {temperature}, seed {seed}) to {path}", highlight=False, soft_wrap=True)
+    console.print(f"wrote {n} samples (temperature {temperature}, seed {seed}) to {escape(str(path))}", highlight=False, soft_wrap=True)
 
 
 def interpolate(
@@ -166,7 +167,7 @@ def interpolate(
 
     m = vaekit.load(model)
     path = write_grid(walk(m, a, b, n), out, ncol=n, overwrite=overwrite)
-    console.print(f"wrote a {n}-step interpolation from {a.name} to {b.name} to {path}", highlight=False, soft_wrap=True)
+    console.print(f"wrote a {n}-step interpolation from {escape(str(a.name))} to {escape(str(b.name))} to {escape(str(path))}", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

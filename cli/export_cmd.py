@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from vaekit_cli.output import apply_threads, console, err_console
 
@@ -59,7 +60,7 @@ def _print_report(report) -> None:
                       f"mean {q.score_mean_rel:.2e}; size {q.bytes_before / 1e6:.2f} MB -> {q.bytes_after / 1e6:.2f} MB",
                       highlight=False)
     for role, path in report.files.items():
-        console.print(f"wrote {path}  ({role}, {report.bytes[role] / 1e6:.2f} MB)", highlight=False, soft_wrap=True)
+        console.print(f"wrote {escape(str(path))}  ({role}, {report.bytes[role] / 1e6:.2f} MB)", highlight=False, soft_wrap=True)
     console.print(f"[green]exported[/green] fingerprint {report.fingerprint}, opset {report.opset}, parity ok, "
                   f"{report.seconds:.1f} s. Run it with: vaekit anomaly-score {report.files['scorer']} IMAGES", highlight=False)
 

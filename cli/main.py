@@ -11,6 +11,7 @@ import os
 import sys
 
 import typer
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from vaekit_cli.output import err_console
@@ -21,6 +22,11 @@ EPILOG = (
     "Exit codes: 0 ok; 1 anomalies found (anomaly-score --fail-on-anomaly); "
     "2 bad usage or input; 3 training or internal failure; 130 interrupted."
 )
+
+
+# an optional dependency -> the extra that installs it
+EXTRAS = {"torch": "train", "sklearn": "train", "onnx": "onnx", "onnxscript": "onnx", "onnxruntime": "runtime",
+          "skimage": "metrics", "matplotlib": "plot", "gradio": "demo", "gradio_client": "demo"}
 
 
 def exit_code_for(exc: BaseException) -> int:
@@ -49,6 +55,15 @@ class GuardedGroup(TyperGroup):
         except KeyboardInterrupt:
             err_console.print("[red]interrupted[/red]")
             raise typer.Exit(130) from None
+        except ModuleNotFoundError as exc:
+            if os.environ.get("VAEKIT_DEBUG"):
+                raise
+            extra = EXTRAS.get((exc.name or "").split(".")[0])
+            if extra is None:
+                raise
+            err_console.print(f"[bold red]error:[/bold red] this command needs {exc.name}, which is not installed: "
+                              f"pip install 'vaekit\\[{extra}]'", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
         except Exception as exc:  # noqa: BLE001 - this is the top-level handler
             if os.environ.get("VAEKIT_DEBUG"):
                 raise
@@ -59,7 +74,8 @@ class GuardedGroup(TyperGroup):
                 message = f"missing or unexpected entry {message} (a damaged or hand-edited file?)"
             if code == EXIT_FAILURE and not isinstance(exc, RuntimeError):
                 message = f"{exc.__class__.__name__}: {message} (set VAEKIT_DEBUG=1 for a traceback)"
-            err_console.print(f"[bold red]{label}:[/bold red] {message}", markup=True, highlight=False, soft_wrap=True)
+            # escape: a message may hold brackets (paths, "vaekit[demo]") that rich would take as markup
+            err_console.print(f"[bold red]{label}:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
             raise typer.Exit(code) from None
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from vaekit_cli.output import apply_threads, console, err_console, progress_bar
 
@@ -105,8 +106,8 @@ def _print_summary(result, data) -> None:
     from rich.table import Table
 
     for path, reason in data.skipped:
-        err_console.print(f"[yellow]skipped[/yellow] {path}: {reason}", highlight=False, soft_wrap=True)
-    t = Table(title=f"trained {result.run_dir}", show_header=False)
+        err_console.print(f"[yellow]skipped[/yellow] {escape(str(path))}: {escape(str(reason))}", highlight=False, soft_wrap=True)
+    t = Table(title=f"trained {escape(str(result.run_dir))}", show_header=False)
     t.add_row("images", f"{len(data.paths)} used, {len(data.skipped)} skipped" + (" (pixel cache hit)" if data.cache_hit else ""))
     t.add_row("device", result.device)
     t.add_row("epochs", f"{result.epochs_done} (best: epoch {result.best_epoch})")
@@ -151,7 +152,7 @@ def shapes(
 
 def _print_counts(report) -> None:
     for name, n in report.counts.items():
-        console.print(f"{n:6d}  {report.root / name}", highlight=False)
+        console.print(f"{n:6d}  {escape(str(report.root / name))}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -123,3 +123,31 @@ def test_threads_option_never_imports_torch_by_itself():
             "from vaekit_cli.output import apply_threads; apply_threads(); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_paths_that_look_like_markup_are_printed_verbatim(tmp_path):
+    # rich would read "[/b]" as a closing tag and crash; every path printed must be escaped
+    folder = tmp_path / "scans[/b]"
+    make_blobs(folder, n=6)
+    (folder / "bad[red].png").write_text("not an image")
+    r = invoke("train", folder, "--out", tmp_path / "run[/i]", "--image-size", 16, "--latent-dim", 2,
+               "--base-channels", 2, "--epochs", 1)
+    assert r.exit_code == 0, r.output
+    assert "bad[red].png: not an image" in r.output and "run[/i]" in r.output
+
+
+def test_missing_optional_dependency_names_the_extra(monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_torch(name, *a, **k):
+        if name == "torch" or name.startswith("torch."):
+            raise ModuleNotFoundError("No module named 'torch'", name="torch")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_torch)
+    for mod in [m for m in sys.modules if m == "vaekit.train" or m.startswith("torch")]:
+        monkeypatch.delitem(sys.modules, mod)
+    r = invoke("train", ROOT / "tests")
+    assert r.exit_code == 2 and "pip install 'vaekit[train]'" in r.output, r.output
