@@ -1,0 +1,141 @@
+"""Training data: a folder of images as a uint8 array, the validation split, and batch reading.
+
+The pixels come from the decoded-pixel cache (vaekit.cache), usually a read-only memmap.
+Batches are read with positioned reads (see `_gather`) a couple of batches ahead in a thread,
+so memory stays flat however large the folder and a GPU is not kept waiting.
+"""
+
+from __future__ import annotations
+
+import math
+import mmap
+import os
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from itertools import islice
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+Progress = Callable[..., None]
+
+
+@dataclass
+class Dataset:
+    images: np.ndarray  # (N, C, H, W) uint8, usually a read-only memmap of the pixel cache
+    paths: list[Path]  # the N loaded files, in order
+    skipped: list[tuple[Path, str]]  # unreadable files and why
+    root: Path  # folder the paths are reported relative to
+    fingerprint: str  # names the exact decoded pixels (file list, sizes, mtimes, size, channels)
+    cache_hit: bool = False
+
+
+def load_dataset(
+    inputs: str | Path,
+    image_size: int,
+    channels: str | int = "auto",
+    cache_dir: Path | None = None,
+    workers: int = 0,
+    progress: Progress | None = None,
+) -> Dataset:
+    """Find, decode (once; cached) and resize every image under `inputs`."""
+    from vaekit import cache, images
+
+    root = Path(inputs)
+    paths = images.find_images(root)
+    if not paths:
+        raise images.NoImagesError(f"no image files found in {root}")
+    n_channels = images.resolve_channels(paths, channels)
+
+    def decode_progress(done, total, **kw):
+        if progress:
+            progress(done, total, phase="decode", **kw)
+
+    cached = cache.load_cached(paths, image_size, n_channels, cache_dir=cache_dir, progress=decode_progress, workers=workers)
+    if len(cached.paths) == 0:
+        reasons = "; ".join(f"{p.name}: {r}" for p, r in cached.skipped[:3])
+        raise images.NoImagesError(f"no usable image in {root} ({len(cached.skipped)} unreadable: {reasons})")
+    base = root if root.is_dir() else root.parent
+    return Dataset(cached.images, cached.paths, cached.skipped, base, cached.key, cached.hit)
+
+
+def split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded train/validation split of n indices; validation gets round(n * fraction), at least 1."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = 0 if val_fraction <= 0 or n < 2 else min(n - 1, max(1, round(n * val_fraction)))
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def _to_input(images: np.ndarray, idx: np.ndarray, device: torch.device, channels_last: bool = False) -> torch.Tensor:
+    x = torch.from_numpy(_gather(images, idx))  # (B, C, H, W) uint8
+    if device.type == "cuda":
+        x = x.pin_memory()
+    return _to_device(x, device, channels_last)
+
+
+def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> float in [0, 1] on `device`; the copy is asynchronous from pinned memory."""
+    x = x.to(device, non_blocking=True).float().div_(255.0)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def _gather(images: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """images[idx] as a new array (N, C, H, W).
+
+    The pixel cache's memmap is read with pread rather than through the mapping: mapped pages
+    count toward the process's resident memory once touched, so an epoch over a large cache
+    would end up holding all of it, whereas read pages stay in the kernel's page cache,
+    shared and evictable. Peak memory then does not grow with the number of images.
+    """
+    idx = np.asarray(idx, dtype=np.int64)
+    if not (isinstance(images, np.memmap) and isinstance(images.base, mmap.mmap) and images.flags.c_contiguous
+            and images.filename and hasattr(os, "preadv") and len(idx)):
+        return np.ascontiguousarray(images[idx])  # in memory, a view of a memmap, or no preadv (Windows)
+    if idx.min() < 0 or idx.max() >= len(images):
+        raise IndexError(f"image index out of range for {len(images)} images")
+    row = images.itemsize * math.prod(images.shape[1:])
+    out = np.empty((len(idx), *images.shape[1:]), images.dtype)
+    rows = out.reshape(len(idx), -1).view(np.uint8)
+    cuts = (np.flatnonzero(np.diff(idx) != 1) + 1).tolist()  # one read per run of consecutive images
+    try:
+        fd = os.open(images.filename, os.O_RDONLY)
+    except FileNotFoundError:  # the cache was cleared meanwhile; the mapping still holds the data
+        return np.ascontiguousarray(images[idx])
+    try:
+        for s, e in zip([0, *cuts], [*cuts, len(idx)]):
+            got = os.preadv(fd, [rows[s:e]], images.offset + int(idx[s]) * row)
+            if got != (e - s) * row:
+                raise OSError(f"short read from {images.filename}: the pixel cache changed while training")
+    finally:
+        os.close(fd)
+    return out
+
+
+def _read_ahead(images: np.ndarray, batches: Iterator[np.ndarray], device: torch.device, depth: int = 2) -> Iterator[torch.Tensor]:
+    """The uint8 tensor of each index array in `batches`, read `depth` batches ahead in a thread.
+
+    Reads (pread releases the GIL) and pinning then overlap the training step, which keeps a
+    GPU busy; on the CPU it hides disk reads when the cache is not in the page cache.
+    """
+    cuda = device.type == "cuda"
+
+    def load(idx: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(_gather(images, idx))
+        return x.pin_memory() if cuda else x
+
+    init = None
+    if cuda:  # set_device in the thread, or pinning would open a CUDA context on GPU 0 for every rank
+        init = partial(torch.cuda.set_device, torch.cuda.current_device() if device.index is None else device.index)
+    with ThreadPoolExecutor(1, thread_name_prefix="vaekit-read", initializer=init) as pool:
+        pending = deque(pool.submit(load, b) for b in islice(batches, depth))
+        while pending:
+            x = pending.popleft().result()
+            nxt = next(batches, None)
+            if nxt is not None:
+                pending.append(pool.submit(load, nxt))
+            yield x
