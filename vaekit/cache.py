@@ -12,19 +12,16 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import PIL
 
 from vaekit import images
-from vaekit.fileio import atomic_write_json
+from vaekit.fileio import atomic_write_json, atomic_writer
 
 # Bump when decoding or the entry layout changes, so old entries are never read as new ones.
 FORMAT_VERSION = 1
@@ -159,7 +156,7 @@ def _build(
     total, every = len(paths), max(1, len(paths) // 100)
     _remove_strays(root, key)
     # Each image goes straight to disk, so memory stays flat however large the folder.
-    with _streamed(root / f"{key}.u8") as f:
+    with atomic_writer(root / f"{key}.u8") as f:
         for done, (_, x, reason) in enumerate(results, 1):
             if x is None:
                 skipped.append((reals[done - 1], reason or ""))
@@ -198,18 +195,3 @@ def _remove_strays(root: Path, key: str) -> None:
                 stray.unlink()
         except OSError:
             pass
-
-
-@contextmanager
-def _streamed(path: Path) -> Iterator[BinaryIO]:
-    """Like fileio.atomic_write_bytes, for data written piece by piece: temp file, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
