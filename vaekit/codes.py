@@ -31,7 +31,7 @@ import numpy as np
 
 from vaekit import __version__
 from vaekit import images as imageio
-from vaekit.fileio import atomic_write_bytes
+from vaekit.fileio import atomic_write_bytes, split_safetensors
 
 if TYPE_CHECKING:  # the engine is passed in; importing it here would cost nothing but clarity
     from vaekit.engine import Model
@@ -194,10 +194,10 @@ def _safetensors_header(data: bytes, source: str) -> tuple[dict, int]:
     if 8 + n > len(data):
         raise CodeFileError(f"{source} is truncated or not a vaekit code file (header of {n} bytes, file of {len(data)})")
     try:
-        header = json.loads(bytes(data[8 : 8 + n]))
+        header, _ = split_safetensors(data)
         meta = header.pop("__metadata__", None) or {}
         end = max((int(t["data_offsets"][1]) for t in header.values()), default=0)
-    except (UnicodeDecodeError, ValueError, TypeError, KeyError, IndexError, AttributeError):
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
         raise CodeFileError(f"{source} is corrupt or not a vaekit code file (unreadable header)") from None
     if not isinstance(meta, dict):
         raise CodeFileError(f"{source} is corrupt (metadata is not a mapping)")

@@ -93,6 +93,21 @@ def atomic_write_json(path: Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def split_safetensors(data: bytes) -> tuple[dict, bytes]:
+    """(header, tensor bytes) of a safetensors file, checked by hand (8-byte little-endian
+    length, then a JSON object) so that a truncated or foreign file is a clear ValueError
+    rather than a parser's message."""
+    if len(data) < 8:
+        raise ValueError(f"{len(data)} bytes: truncated or not a safetensors file")
+    n = int.from_bytes(data[:8], "little")
+    if 8 + n > len(data):
+        raise ValueError(f"header of {n} bytes in a file of {len(data)}: truncated")
+    header = json.loads(bytes(data[8 : 8 + n]))
+    if not isinstance(header, dict):
+        raise ValueError("header is not a JSON object")
+    return header, data[8 + n :]
+
+
 def read_json(path: Path, what: str) -> dict:
     """Read a JSON object, turning a missing or corrupt file into a ValueError naming it."""
     path = Path(path)

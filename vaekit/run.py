@@ -25,7 +25,7 @@ from safetensors.torch import save
 
 from vaekit import __version__
 from vaekit.config import ModelConfig, from_dict
-from vaekit.fileio import atomic_write_bytes, atomic_write_json, read_json
+from vaekit.fileio import atomic_write_bytes, atomic_write_json, read_json, split_safetensors
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -53,17 +53,6 @@ def fingerprint(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()[:16]
 
 
-def _body(data: bytes) -> tuple[dict, bytes]:
-    """(header, tensor bytes) of a safetensors file, checked by hand: 8-byte length, JSON."""
-    n = int.from_bytes(data[:8], "little")
-    if len(data) < 8 or 8 + n > len(data):
-        raise ValueError(f"header of {n} bytes in a file of {len(data)}: truncated")
-    header = json.loads(data[8 : 8 + n])
-    if not isinstance(header, dict):
-        raise ValueError("header is not a JSON object")
-    return header, data[8 + n :]
-
-
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> str:
     """Write a safetensors file atomically; return its sha256.
 
@@ -75,7 +64,7 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | 
     if metadata:
         meta["json"] = json.dumps(metadata)
     # the tensor bytes do not depend on the metadata, so hash them first, then write them once more
-    meta["data_sha256"] = hashlib.sha256(_body(save(tensors, metadata=meta))[1]).hexdigest()
+    meta["data_sha256"] = hashlib.sha256(split_safetensors(save(tensors, metadata=meta))[1]).hexdigest()
     data = save(tensors, metadata=meta)
     atomic_write_bytes(path, data)
     return hashlib.sha256(data).hexdigest()
@@ -90,7 +79,7 @@ def load_tensors(path: Path, what: str) -> tuple[dict[str, torch.Tensor], dict]:
         raise RunError(f"{what} not found: {path}")
     try:
         data = path.read_bytes()
-        header, body = _body(data)
+        header, body = split_safetensors(data)
         meta = header.get("__metadata__") or {}
         if not isinstance(meta, dict):
             raise ValueError("metadata is not a JSON object")
