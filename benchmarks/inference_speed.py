@@ -11,6 +11,12 @@ Prints median latency, images/s and the onnxruntime/torch speed-up per thread co
 batch, three ways: the ratio of the medians; "paired", the median ratio of back-to-back calls;
 "fastest", the ratio of the fastest calls (what an idle machine approaches). "fp32"/"int8"
 name the ONNX model timed against torch in that row.
+
+Then the roofline: the multiply-accumulates (MACs) each op does per image, the rate each
+engine reaches, onnxruntime's own fp32 GEMM peak on this machine (a 512x512 MatMul, same
+threads, measured in this run), and the "ceiling": the speed-up over torch of an engine that
+ran every MAC at that peak with no overhead at all. No fp32 engine can beat the ceiling on
+this machine; where a target is above it, only fewer or cheaper operations (int8) reach it.
 """
 
 from __future__ import annotations
@@ -42,6 +48,55 @@ def random_run(out: Path, image_size: int, channels: int, latent_dim: int, base_
     rundir.save_tensors(out / rundir.WEIGHTS, net.state_dict())
     rundir.write_config(out, {"model": asdict(cfg), "fingerprint": rundir.fingerprint(net.state_dict()), "anomaly": {}})
     return out
+
+
+def macs_per_image(net, channels: int, image_size: int, latent_dim: int) -> dict[str, int]:
+    """Multiply-accumulates of one image through the encoder and the decoder (convs, linears)."""
+    import torch
+    from torch import nn
+
+    counts = {"n": 0}
+
+    def hook(mod, inp, out):
+        if isinstance(mod, nn.ConvTranspose2d):  # every input pixel feeds a k x k x C_out patch
+            k = mod.kernel_size[0] * mod.kernel_size[1]
+            counts["n"] += inp[0].numel() * mod.out_channels // mod.groups * k
+        elif isinstance(mod, nn.Conv2d):  # every output value sums a k x k x C_in / groups patch
+            k = mod.kernel_size[0] * mod.kernel_size[1]
+            counts["n"] += out.numel() * mod.in_channels // mod.groups * k
+        elif isinstance(mod, nn.Linear):
+            counts["n"] += out.numel() * mod.in_features
+
+    handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))]
+    try:
+        with torch.no_grad():
+            net.encode(torch.zeros(1, channels, image_size, image_size))
+            enc = counts["n"]
+            net.decode(torch.zeros(1, latent_dim))
+            dec = counts["n"] - enc
+    finally:
+        for h in handles:
+            h.remove()
+    return {"encode": enc, "decode": dec, "score": enc + dec}
+
+
+def gemm_peak(threads: int, n: int = 512, repeats: int = 30) -> float:
+    """onnxruntime's fp32 MatMul rate on this machine, MACs per second (the best of `repeats`)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "gemm",
+                              [helper.make_tensor_value_info(k, TensorProto.FLOAT, [n, n]) for k in "ab"],
+                              [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feeds = {k: rng.random((n, n), dtype=np.float32) for k in "ab"}
+    best = min(time_interleaved({"gemm": lambda: sess.run(None, feeds)}, repeats, warmup=3)["gemm"])
+    return n ** 3 / best
 
 
 def time_interleaved(fns: dict, repeats: int, warmup: int) -> dict[str, list[float]]:
@@ -100,6 +155,7 @@ def run_benchmark(args, tmp: Path) -> None:
     print(header)
     print("-" * len(header))
     rng = np.random.default_rng(0)
+    roof = []  # (threads, op, batch, torch s, ort s) of the fp32 rows, fastest calls
     for threads in args.threads:
         torch.set_num_threads(threads)
         models = {name: OnnxModel(path, threads=threads) for name, path in files.items()}
@@ -122,6 +178,26 @@ def run_benchmark(args, tmp: Path) -> None:
                           f"{batch / med['torch']:11.0f} {batch / med[name]:9.0f} {med['torch'] / med[name]:7.2f}x "
                           f"{paired:6.2f}x {fastest:6.2f}x")
                 sys.stdout.flush()
+                roof.append((threads, op, batch, min(times["torch"]), min(times["fp32"])))
+    print_roofline(roof, macs_per_image(ref.net, info.channels, info.image_size, info.latent_dim))
+
+
+def print_roofline(rows, macs: dict[str, int]) -> None:
+    print()
+    print("roofline: " + ", ".join(f"{op} {macs[op] / 1e6:.1f} M MAC/image" for op in ("encode", "decode", "score")))
+    peaks = {t: gemm_peak(t) for t in sorted({r[0] for r in rows})}
+    for t, peak in peaks.items():
+        print(f"onnxruntime fp32 GEMM peak, {t} thread{'s' if t > 1 else ''}: {peak / 1e9:.1f} GMAC/s (512x512 MatMul, fastest of 30)")
+    header = (f"{'threads':>7} {'op':>6} {'batch':>5} {'torch GMAC/s':>12} {'ort GMAC/s':>10} {'ort % peak':>10} "
+              f"{'speed-up':>8} {'ceiling':>7}")
+    print(header)
+    print("-" * len(header))
+    for threads, op, batch, t_torch, t_ort in rows:
+        work = macs[op] * batch
+        at_peak = work / peaks[threads]
+        print(f"{threads:>7} {op:>6} {batch:>5} {work / t_torch / 1e9:12.1f} {work / t_ort / 1e9:10.1f} "
+              f"{100 * at_peak / t_ort:9.0f}% {t_torch / t_ort:7.2f}x {t_torch / at_peak:6.2f}x")
+    print("(fastest calls; ceiling = torch's time / the time of every MAC at the GEMM peak)")
 
 
 if __name__ == "__main__":

@@ -139,6 +139,42 @@ def test_gaussian_rgb_odd_size_model_exports_its_sigma_and_matches_torch(tmp_pat
     assert o.info.threshold is None and t.info.threshold is None  # an untrained run has none
 
 
+@pytest.mark.parametrize("c_out, k, size, bias", [(1, 3, 64, True), (3, 3, 17, True), (2, 5, 9, False)])
+def test_tap_sum_rewrite_computes_the_same_convolution(c_out, k, size, bias):
+    import torch
+    from torch import nn
+
+    from vaekit.export_rewrite import TapSumConv
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(7, c_out, k, padding=k // 2, bias=bias)
+    x = torch.randn(3, 7, size, size)
+    with torch.no_grad():
+        want, got = conv(x), TapSumConv(conv)(x)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)  # same sums, another order
+    with pytest.raises(ValueError, match="stride-1 'same'"):
+        TapSumConv(nn.Conv2d(7, 1, 3, stride=2, padding=1))
+
+
+def test_export_traces_the_rewritten_decoder_and_leaves_the_torch_model_alone(ex):
+    from vaekit.engine_torch import TorchModel
+    from vaekit.export_rewrite import TapSumConv, for_onnx
+
+    net = TorchModel(ex.run).net
+    copy = for_onnx(net)
+    assert isinstance(copy.decoder.convs[-1], TapSumConv)
+    assert not isinstance(net.decoder.convs[-1], TapSumConv)  # the engine's own model is untouched
+    decoder = onnx.load(str(ex.report.files["decoder"]))
+    inits = {t.name: t for t in decoder.graph.initializer}
+    # the final 3x3 conv to C channels is gone; a 1x1 conv to 9*C tap maps is there instead
+    convs = [n for n in decoder.graph.node if n.op_type == "Conv"]
+    kernels = [list(inits[n.input[1]].dims) for n in convs if n.input[1] in inits]
+    c_in = net.decoder.convs[-1].in_channels
+    assert [9 * net.cfg.channels, c_in, 1, 1] in kernels
+    assert [net.cfg.channels, c_in, 3, 3] not in kernels
+
+
 def squash(text: str) -> str:
     return re.sub(r"[\s│╭╮╰╯─]+", " ", text)
 

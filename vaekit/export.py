@@ -21,7 +21,9 @@ The exporter's pitfalls, each handled on purpose: torch >= 2.9 exports with dyna
 onnxscript); external_data=False keeps the weights inside the file; a dynamic batch needs
 dynamic_shapes with torch.export.Dim (sample batch 2 and 3, so the exporter cannot
 specialise 1); the wrapper is put in eval(); one trace of one module covers all three graphs
-(dynamo tracing is the slow part), split with onnx.utils.Extractor; opset 20 is pinned (the
+(dynamo tracing is the slow part), split with onnx.utils.Extractor; layers that
+onnxruntime runs slowly are traced in an equivalent faster form (vaekit/export_rewrite.py),
+which the parity check then holds to torch like everything else; opset 20 is pinned (the
 default of torch 2.13's exporter, so no version conversion; the files need onnxruntime >=
 1.18 for their IR version 10); the exporter's chatter (stdout, logging, warnings) is silenced
 because a library never prints.
@@ -141,6 +143,8 @@ def _export_graphs(net, c: int, s: int, d: int) -> dict:
     import onnx.utils
     import torch
 
+    from vaekit.export_rewrite import for_onnx
+
     inputs = ["x", "eps", "z"]
     outputs = ["recon", "kl", "pixel_map", "mu", "logvar", "image", "params"]
     batch, batch_z = torch.export.Dim("batch"), torch.export.Dim("batch_z")
@@ -154,7 +158,7 @@ def _export_graphs(net, c: int, s: int, d: int) -> dict:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
-                _wrapper(net), args, dynamo=True, external_data=False, verbose=False, opset_version=OPSET,
+                _wrapper(for_onnx(net)), args, dynamo=True, external_data=False, verbose=False, opset_version=OPSET,
                 input_names=inputs, output_names=outputs,
                 dynamic_shapes={"x": {0: batch}, "eps": {0: batch}, "z": {0: batch_z}},
             )
