@@ -127,12 +127,19 @@ def reconstruct(
     t = Table(title=f"reconstructions in {escape(str(report.out_dir))}")
     t.add_column("image")
     t.add_column("PSNR (dB)", justify="right")
-    t.add_column("SSIM", justify="right")
-    for name, p, s in zip(report.names, report.psnr, report.ssim):
-        t.add_row(escape(name), f"{p:.2f}", f"{s:.4f}")
+    has_ssim = report.ssim is not None
+    if has_ssim:
+        t.add_column("SSIM", justify="right")
+    for i, (name, p) in enumerate(zip(report.names, report.psnr)):
+        t.add_row(escape(name), f"{p:.2f}", *([f"{report.ssim[i]:.4f}"] if has_ssim else []))
     t.add_section()
-    t.add_row(f"mean of {len(report.names)}", f"{report.psnr.mean():.2f}", f"{report.ssim.mean():.4f}", style="bold")
+    t.add_row(f"mean of {len(report.names)}", f"{report.psnr.mean():.2f}",
+              *([f"{report.ssim.mean():.4f}"] if has_ssim else []), style="bold")
     console.print(t)
+    if not has_ssim:
+        from vaekit.quality import SSIM_MISSING
+
+        console.print(f"no SSIM column: {escape(SSIM_MISSING)}", highlight=False, soft_wrap=True)
     console.print(f"comparison grid (input, reconstruction): {escape(str(report.grid))}", highlight=False, soft_wrap=True)
 
 

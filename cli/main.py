@@ -25,7 +25,7 @@ EPILOG = (
 
 
 # an optional dependency -> the extra that installs it
-EXTRAS = {"torch": "train", "sklearn": "train", "onnx": "onnx", "onnxscript": "onnx", "onnxruntime": "runtime",
+EXTRAS = {"torch": "train", "sklearn": "metrics", "onnx": "onnx", "onnxscript": "onnx", "onnxruntime": "runtime",
           "skimage": "metrics", "matplotlib": "plot", "gradio": "demo", "gradio_client": "demo"}
 
 

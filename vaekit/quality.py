@@ -3,6 +3,8 @@
 Both metrics are computed on 8-bit images (what a user sees in the PNGs) scaled to [0, 1].
 SSIM comes from scikit-image (the `metrics` extra) rather than a home-grown copy, with the
 settings of Wang et al. (2004): an 11×11 Gaussian window, sigma 1.5, population covariance.
+Without scikit-image (a `vaekit[runtime]` box) `vaekit reconstruct` still writes its images
+and PSNR, and says that SSIM needs the extra.
 No torch here: the onnxruntime engine uses this module too.
 """
 
@@ -50,12 +52,21 @@ def psnr(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return 10 * np.log10(1.0 / mse)
 
 
+SSIM_MISSING = "SSIM needs scikit-image: pip install 'vaekit[metrics]'"
+
+
+def ssim_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("skimage") is not None
+
+
 def ssim(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Structural similarity per image (mean over channels), in [-1, 1]. (N,) float64."""
     try:
         from skimage.metrics import structural_similarity
     except ImportError:
-        raise ImportError("SSIM needs scikit-image: pip install 'vaekit[metrics]'") from None
+        raise ImportError(SSIM_MISSING) from None
     x, y = _pair(x, y)
     if x.shape[-1] < 11 or x.shape[-2] < 11:
         raise ValueError(f"SSIM needs images of at least 11×11 pixels, got {x.shape[-2]}×{x.shape[-1]}")
@@ -73,18 +84,20 @@ class ReconstructReport:
     written: list[Path]  # the reconstruction PNGs, same order
     grid: Path  # inputs next to reconstructions
     psnr: np.ndarray  # (N,) dB
-    ssim: np.ndarray  # (N,)
+    ssim: np.ndarray | None  # (N,); None where scikit-image is not installed
     skipped: list[tuple[Path, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         def num(v: float) -> float | None:  # JSON has no infinity
             return float(v) if np.isfinite(v) else None
 
+        ssim = self.ssim if self.ssim is not None else np.full(len(self.names), np.nan)
         return {
             "out_dir": str(self.out_dir), "grid": str(self.grid),
             "images": [{"name": n, "file": str(w), "psnr": num(p), "ssim": num(s)}
-                       for n, w, p, s in zip(self.names, self.written, self.psnr, self.ssim)],
-            "mean_psnr": num(self.psnr.mean()), "mean_ssim": num(self.ssim.mean()),
+                       for n, w, p, s in zip(self.names, self.written, self.psnr, ssim)],
+            "mean_psnr": num(self.psnr.mean()), "mean_ssim": num(ssim.mean()),
+            "ssim_note": None if self.ssim is not None else SSIM_MISSING,
             "skipped": [{"file": str(p), "reason": r} for p, r in self.skipped],
         }
 
@@ -122,4 +135,5 @@ def reconstruct_folder(
     k = min(grid_max, len(x))
     pairs = np.stack([x[:k], x_hat[:k]], axis=1).reshape(2 * k, *x.shape[1:])  # input, recon, input, ...
     imageio.save_png(imageio.make_grid(pairs, ncol=8), grid)
-    return ReconstructReport(out_dir, names, targets, grid, psnr(x, x_hat), ssim(x, x_hat), report.skipped)
+    similarity = ssim(x, x_hat) if ssim_available() else None
+    return ReconstructReport(out_dir, names, targets, grid, psnr(x, x_hat), similarity, report.skipped)
