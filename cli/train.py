@@ -113,7 +113,15 @@ def _print_summary(result, data) -> None:
     t.add_row("epochs", f"{result.epochs_done} (best: epoch {result.best_epoch})")
     t.add_row("best val -ELBO", f"{result.best_val:.2f} nats/image")
     if result.threshold is not None:
-        t.add_row("anomaly threshold", f"{result.threshold:.2f} nats")
+        from vaekit import run as rundir
+        from vaekit.anomaly import few_scores_note
+
+        a = rundir.read_config(result.run_dir).get("anomaly") or {}
+        q, n = a.get("threshold_quantile"), a.get("n", 0)
+        t.add_row("anomaly threshold", f"{result.threshold:.2f} nats (quantile {q:g} of {n} {a.get('source', '')} scores)")
+        note = few_scores_note(n, q, a.get("source", "validation"))
+        if note:
+            t.add_row("", f"[yellow]{escape(note)}; hold out more with --val-fraction[/yellow]")
     t.add_row("time", f"{result.seconds:.1f} s")
     console.print(t)
 

@@ -176,6 +176,27 @@ def test_set_threshold_by_quantile_fpr_or_value(parts, tmp_path):
         anomaly.set_threshold(run, quantile=1.5)
 
 
+@pytest.mark.parametrize("n, q", [(5, 0.99), (14, 0.99), (40, 0.9), (200, 0.99)])
+def test_expected_false_positive_rate_matches_a_simulation(n, q):
+    # n normal validation scores and one new normal image, all from the same distribution
+    rng = np.random.default_rng(n)
+    trials = 40_000
+    scores = rng.standard_normal((trials, n + 1))
+    thresholds = np.quantile(scores[:, :n], q, axis=1)
+    simulated = float(np.mean(scores[:, n] > thresholds))
+    assert anomaly.expected_fpr(n, q) == pytest.approx(simulated, abs=4 * np.sqrt(simulated / trials) + 1e-3)
+    # the warning appears exactly when the rate is well above the one the quantile names
+    note = anomaly.few_scores_note(n, q)
+    assert (note is not None) == (anomaly.expected_fpr(n, q) > 1.5 * (1 - q))
+
+
+def test_a_threshold_from_few_scores_says_what_false_positive_rate_to_expect(model):
+    assert len(model.info.val_scores) == 5
+    _, source = anomaly.resolve_threshold(model, "excess", "mean", None)
+    assert source == ("stored: quantile 0.99 of 5 validation scores; 5 validation scores are too few "
+                      "for a 1% false-positive rate: expect ~17%")
+
+
 def test_score_images_flags_against_the_threshold(parts, model):
     root = parts[0]
     report = anomaly.score_images(model, [root / "test" / "normal", root / "test" / "anomalous"])

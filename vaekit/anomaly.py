@@ -44,6 +44,26 @@ def check_quantile(quantile: float | None = None, target_fpr: float | None = Non
     return float(quantile)
 
 
+def expected_fpr(n: int, quantile: float) -> float:
+    """The false-positive rate to expect on new normal images from the `quantile` of n normal
+    validation scores. A new normal score lands above the k-th smallest of n with probability
+    (n + 1 - k) / (n + 1) (the scores are exchangeable); np.quantile interpolates between the
+    order statistics around k = 1 + (n - 1) * quantile. Near 1 - quantile for large n, but
+    ~1 / (n + 1) once (n - 1) * quantile passes n - 2: 7.5% for the 0.99 quantile of 14 scores."""
+    if n < 1:
+        return math.nan
+    return (n - (n - 1) * quantile) / (n + 1)
+
+
+def few_scores_note(n: int, quantile: float, what: str = "validation") -> str | None:
+    """A warning when n scores are too few for the quantile's false-positive rate."""
+    fpr = expected_fpr(n, quantile)
+    if not fpr > 1.5 * (1.0 - quantile):
+        return None
+    return (f"{n} {what} scores are too few for a {100 * (1 - quantile):.3g}% false-positive rate: "
+            f"expect ~{100 * fpr:.2g}%")
+
+
 def threshold_section(scores: dict[str, np.ndarray], quantile: float, source: str, default: str = DEFAULT_SCORE) -> dict:
     """The `anomaly` section a run stores, from validation scores of normal images, per score name.
 
@@ -131,7 +151,11 @@ def resolve_threshold(model: Model, score: str, estimator: str, override: float 
     if t is None:
         return None, f"none: the model stores no threshold for the {score!r} score; pass --threshold"
     q = info.threshold_quantile
-    return float(t), (f"stored: quantile {q:g} of {len(info.val_scores)} validation scores" if q is not None else "stored")
+    if q is None:
+        return float(t), "stored"
+    n = len(info.val_scores)
+    note = few_scores_note(n, q)
+    return float(t), f"stored: quantile {q:g} of {n} validation scores" + (f"; {note}" if note else "")
 
 
 # --- scoring ----------------------------------------------------------------------------------
