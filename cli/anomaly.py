@@ -201,8 +201,13 @@ def _print_threshold(run, section) -> None:
 
     t = Table(title=f"{escape(str(run))}: score {section.get('score')}, {section.get('n', len(section.get('scores', [])))} "
                     f"{section.get('source', 'validation')} images", show_header=False, title_justify="left")
+    from vaekit.anomaly import few_scores_note
+
     q = section.get("threshold_quantile")
     t.add_row("threshold", f"{section['threshold']:.2f} nats" + (f" (quantile {q:.4g})" if q is not None else ""))
+    note = None if section.get("fixed") else few_scores_note(section.get("n", 0), q, section.get("source", "validation"))
+    if note:
+        t.add_row("", f"[yellow]{escape(note)}[/yellow]")
     for k, v in section.get("quantiles", {}).items():
         t.add_row(f"quantile {k}", f"{v:.2f}")
     console.print(t)

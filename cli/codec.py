@@ -112,7 +112,7 @@ def reconstruct(
     overwrite: Overwrite = False,
     as_json: JsonOut = False,
 ) -> None:
-    """Reconstruct images through the model; report PSNR and SSIM per image."""
+    """Reconstruct images through the model; report PSNR and SSIM per image (SSIM needs vaekit[metrics])."""
     import vaekit
     from vaekit.quality import reconstruct_folder
 

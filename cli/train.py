@@ -117,9 +117,10 @@ def _print_summary(result, data) -> None:
         from vaekit.anomaly import few_scores_note
 
         a = rundir.read_config(result.run_dir).get("anomaly") or {}
-        q, n = a.get("threshold_quantile"), a.get("n", 0)
-        t.add_row("anomaly threshold", f"{result.threshold:.2f} nats (quantile {q:g} of {n} {a.get('source', '')} scores)")
-        note = few_scores_note(n, q, a.get("source", "validation"))
+        q, n, source = a.get("threshold_quantile"), a.get("n", 0), a.get("source", "validation")
+        where = f" (quantile {q:g} of {n} {source} scores)" if q is not None else ""
+        t.add_row("anomaly threshold", f"{result.threshold:.2f} nats{where}")
+        note = few_scores_note(n, q, source)
         if note:
             t.add_row("", f"[yellow]{escape(note)}; hold out more with --val-fraction[/yellow]")
     t.add_row("time", f"{result.seconds:.1f} s")

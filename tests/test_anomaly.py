@@ -185,16 +185,31 @@ def test_expected_false_positive_rate_matches_a_simulation(n, q):
     thresholds = np.quantile(scores[:, :n], q, axis=1)
     simulated = float(np.mean(scores[:, n] > thresholds))
     assert anomaly.expected_fpr(n, q) == pytest.approx(simulated, abs=4 * np.sqrt(simulated / trials) + 1e-3)
-    # the warning appears exactly when the rate is well above the one the quantile names
-    note = anomaly.few_scores_note(n, q)
-    assert (note is not None) == (anomaly.expected_fpr(n, q) > 1.5 * (1 - q))
 
 
-def test_a_threshold_from_few_scores_says_what_false_positive_rate_to_expect(model):
+def test_the_few_scores_warning_appears_only_where_the_rate_is_well_above_the_named_one():
+    assert anomaly.few_scores_note(14, 0.99) == ("14 validation scores are too few for a 1% false-positive rate: "
+                                                 "expect ~7.5%")
+    assert anomaly.few_scores_note(1, 0.9, "training") == ("1 training score is too few for a 10% false-positive "
+                                                           "rate: expect ~50%")
+    assert anomaly.few_scores_note(1000, 0.99) is None and anomaly.few_scores_note(14, 0.5) is None
+    assert anomaly.few_scores_note(0, 0.99) is None and anomaly.few_scores_note(14, None) is None
+    assert anomaly.few_scores_note(14, 1.0) is None  # a fixed value above every score: no quantile rate
+
+
+def test_a_threshold_from_few_scores_says_what_false_positive_rate_to_expect(parts, model, tmp_path):
+    import shutil
+
     assert len(model.info.val_scores) == 5
     _, source = anomaly.resolve_threshold(model, "excess", "mean", None)
     assert source == ("stored: quantile 0.99 of 5 validation scores; 5 validation scores are too few "
                       "for a 1% false-positive rate: expect ~17%")
+    # a threshold set to a value is not a quantile estimate: no rate is promised, none is warned about
+    run = tmp_path / "run"
+    shutil.copytree(parts[0] / "run", run)
+    anomaly.set_threshold(run, value=max(model.info.val_scores) + 1.0)
+    _, source = anomaly.resolve_threshold(vaekit.load(run), "excess", "mean", None)
+    assert source == "stored: quantile 1 of 5 validation scores"
 
 
 def test_score_images_flags_against_the_threshold(parts, model):

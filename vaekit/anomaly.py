@@ -45,23 +45,28 @@ def check_quantile(quantile: float | None = None, target_fpr: float | None = Non
 
 
 def expected_fpr(n: int, quantile: float) -> float:
-    """The false-positive rate to expect on new normal images from the `quantile` of n normal
-    validation scores. A new normal score lands above the k-th smallest of n with probability
-    (n + 1 - k) / (n + 1) (the scores are exchangeable); np.quantile interpolates between the
-    order statistics around k = 1 + (n - 1) * quantile. Near 1 - quantile for large n, but
-    ~1 / (n + 1) once (n - 1) * quantile passes n - 2: 7.5% for the 0.99 quantile of 14 scores."""
-    if n < 1:
+    """About the false-positive rate to expect on new normal images from the `quantile` of n
+    normal validation scores.
+
+    A new normal score lands above the k-th smallest of n with probability (n + 1 - k) / (n + 1)
+    (it and the n are exchangeable), whatever their distribution. np.quantile's default sits at
+    position (n - 1) * quantile, interpolating between two order statistics; interpolating the
+    rate the same way is exact at whole positions and for uniform scores, and for right-skewed
+    scores (nats usually are) it slightly overstates the rate between them. Near 1 - quantile for
+    large n, but ~1 / (n + 1) for a high quantile of few scores: 7.5% for the 0.99 quantile of 14.
+    """
+    if n < 1 or not 0.0 < quantile < 1.0:
         return math.nan
     return (n - (n - 1) * quantile) / (n + 1)
 
 
-def few_scores_note(n: int, quantile: float, what: str = "validation") -> str | None:
-    """A warning when n scores are too few for the quantile's false-positive rate."""
-    fpr = expected_fpr(n, quantile)
-    if not fpr > 1.5 * (1.0 - quantile):
+def few_scores_note(n: int, quantile: float | None, what: str = "validation") -> str | None:
+    """A warning when n scores are too few for the quantile's false-positive rate (None if fine)."""
+    if quantile is None or not expected_fpr(n, quantile) > 1.5 * (1.0 - quantile):  # NaN: no scores or no rate
         return None
-    return (f"{n} {what} scores are too few for a {100 * (1 - quantile):.3g}% false-positive rate: "
-            f"expect ~{100 * fpr:.2g}%")
+    fpr = expected_fpr(n, quantile)
+    return (f"{n} {what} score{'s are' if n != 1 else ' is'} too few for a {100 * (1 - quantile):.3g}% "
+            f"false-positive rate: expect ~{100 * fpr:.2g}%")
 
 
 def threshold_section(scores: dict[str, np.ndarray], quantile: float, source: str, default: str = DEFAULT_SCORE) -> dict:
@@ -154,8 +159,8 @@ def resolve_threshold(model: Model, score: str, estimator: str, override: float 
     if q is None:
         return float(t), "stored"
     n = len(info.val_scores)
-    note = few_scores_note(n, q)
-    return float(t), f"stored: quantile {q:g} of {n} validation scores" + (f"; {note}" if note else "")
+    note = None if info.threshold_fixed else few_scores_note(n, q, info.threshold_from)
+    return float(t), f"stored: quantile {q:g} of {n} {info.threshold_from} scores" + (f"; {note}" if note else "")
 
 
 # --- scoring ----------------------------------------------------------------------------------

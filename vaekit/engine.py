@@ -42,6 +42,8 @@ class ModelInfo:
     log_scale: list[float] | None = None  # gaussian: per-channel log sigma (needed by "excess"); bernoulli: None
     score: str = DEFAULT_SCORE  # the score `threshold`, `quantiles` and `val_scores` are about
     thresholds: dict[str, float] = field(default_factory=dict)  # score name -> threshold, every score
+    threshold_from: str = "validation"  # whose scores the stored threshold is a quantile of ("training" without a split)
+    threshold_fixed: bool = False  # set to a value (`vaekit threshold --value`), not a quantile
 
     @property
     def dims(self) -> int:
@@ -59,6 +61,7 @@ def threshold_fields(anomaly: dict) -> dict:
         "threshold": anomaly.get("threshold"), "threshold_quantile": anomaly.get("threshold_quantile"),
         "quantiles": anomaly.get("quantiles", {}), "val_scores": anomaly.get("scores", []),
         "score": score, "thresholds": thresholds,
+        "threshold_from": anomaly.get("source", "validation"), "threshold_fixed": bool(anomaly.get("fixed", False)),
     }
 
 

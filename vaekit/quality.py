@@ -56,9 +56,11 @@ SSIM_MISSING = "SSIM needs scikit-image: pip install 'vaekit[metrics]'"
 
 
 def ssim_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("skimage") is not None
+    try:
+        import skimage.metrics  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def ssim(x: np.ndarray, y: np.ndarray) -> np.ndarray:
