@@ -2,7 +2,8 @@
 
 The torch model is never changed: export works on a copy whose layers compute the same
 function in a form onnxruntime runs faster, and the parity check then holds the ONNX
-graphs to the torch engine as always. Measured with benchmarks/inference_speed.py --layers.
+graphs to the torch engine as always. Timed A/B (old and new graphs from one run, calls
+interleaved, one thread); benchmarks/inference_speed.py shows the end result.
 
 The one rewrite so far: the decoder's last layer, a 3x3 "same" convolution from 32 feature
 maps to the 1 or 3 image channels at full resolution. With so few output channels it is a
@@ -10,12 +11,15 @@ matrix-vector product over an im2col buffer nine times the size of its input, an
 onnxruntime ran it at ~4 GMAC/s, a tenth of this CPU's fp32 GEMM rate: 0.27 of the scorer's
 1.96 ms at batch 1 for 3% of its arithmetic. As a 1x1 convolution to the 9 x C "tap" maps
 (one per kernel position and output channel) followed by nine shifted adds, the same
-arithmetic took 0.13-0.15 ms alone (and 9 instead of 19 ms at batch 64); in the whole graph,
-timed A/B, the scorer got 6% faster at batch 1 and 10% at batch 64, the decoder 14% and 12%. Other rewrites tried and
-dropped because onnxruntime ran them slower (same measurement): stride-2 ConvTranspose as a
-sub-pixel 2x2 convolution + DepthToSpace, or as four phase convolutions + interleave (its
-DepthToSpace moves data at ~2 GB/s, which ate the gain), and the NCHWc layout for the
-scorer (no ConvTranspose kernel in that layout, so reorders wrap every one).
+arithmetic took 0.13-0.15 ms (and 9 instead of 19 ms at batch 64). In the whole graph the
+scorer got 6% faster at batch 1 and 10% at batch 64, the decoder 14% and 12%.
+
+Tried and dropped, because the graphs ran slower: each stride-2 ConvTranspose as a sub-pixel
+2x2 convolution + DepthToSpace, or as four phase convolutions + an interleave (DepthToSpace
+moves data at ~2 GB/s here; a one-hot grouped ConvTranspose interleaves 4x faster, yet the
+decoder was still 4-24% slower, for the last stage or all four); and the NCHWc layout
+(ORT_ENABLE_ALL) for the scorer, a wash, since there is no ConvTranspose kernel in that
+layout and reorders wrap every one.
 """
 
 from __future__ import annotations
