@@ -137,6 +137,10 @@ def test_gaussian_rgb_odd_size_model_exports_its_sigma_and_matches_torch(tmp_pat
     np.testing.assert_allclose(so.score, st.score, rtol=1e-4)  # the default (excess) needs sigma
     np.testing.assert_allclose(so.neg_elbo, st.neg_elbo, rtol=1e-5)
     assert o.info.threshold is None and t.info.threshold is None  # an untrained run has none
+    # the int8 form (phase convolutions, crops for output_padding 0) exports and quantises too
+    q = export(run, tmp_path / "g8.onnx", images=images, quantize="int8")
+    assert all(p.ok for p in q.parity) and 0 < q.quantization.score_mean_rel < 0.05
+    assert vaekit.load(tmp_path / "g8.onnx").decode(np.zeros((2, 3), np.float32)).shape == (2, 3, 20, 20)
 
 
 @pytest.mark.parametrize("c_out, k, size, bias", [(1, 3, 64, True), (3, 3, 17, True), (2, 5, 9, False)])
@@ -155,6 +159,25 @@ def test_tap_sum_rewrite_computes_the_same_convolution(c_out, k, size, bias):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)  # same sums, another order
     with pytest.raises(ValueError, match="stride-1 'same'"):
         TapSumConv(nn.Conv2d(7, 1, 3, stride=2, padding=1))
+
+
+@pytest.mark.parametrize("c_in, c_out, h, w, output_padding", [(5, 3, 4, 4, 1), (8, 1, 5, 3, 0), (2, 4, 1, 1, 1)])
+def test_phase_rewrite_computes_the_same_transposed_convolution(c_in, c_out, h, w, output_padding):
+    import torch
+    from torch import nn
+
+    from vaekit.export_rewrite import PhaseConvTranspose
+
+    torch.manual_seed(0)
+    deconv = nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=output_padding)
+    x = torch.randn(3, c_in, h, w)
+    with torch.no_grad():
+        want = nn.functional.leaky_relu(deconv(x), 0.2)
+        got = PhaseConvTranspose(deconv, 0.2)(x)
+    assert got.shape == want.shape == (3, c_out, 2 * h - 1 + output_padding, 2 * w - 1 + output_padding)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="3x3 stride-2 padding-1"):
+        PhaseConvTranspose(nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1), 0.2)
 
 
 def test_export_traces_the_rewritten_decoder_and_leaves_the_torch_model_alone(ex):
@@ -195,6 +218,12 @@ def test_cli_export_int8_reports_parity_and_the_score_change(ex):
         assert metadata(p)["vaekit.quantization"] == "int8-static-qdq"
     ops = {n.op_type for n in onnx.load(str(out.with_name("run.encoder.onnx"))).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    # the decoder was quantised in its ConvTranspose-free form: the only ConvTranspose nodes left
+    # are the one-hot 2x2 interleaves; its 3x3 stride-2 upsamplings became quantised convolutions
+    decoder = onnx.load(str(out.with_name("run.decoder.onnx"))).graph.node
+    kernels = [[a.ints for a in n.attribute if a.name == "kernel_shape"] for n in decoder if n.op_type == "ConvTranspose"]
+    assert kernels and all(k == [[2, 2]] for k in kernels)
+    assert sum(n.op_type == "Conv" for n in decoder) >= 4 * len(kernels)
     m = vaekit.load(out)
     fp32 = vaekit.load(ex.onnx)
     x = m.load_images(ex.digits / "test" / "normal").images

@@ -138,8 +138,9 @@ def _wrapper(net):
     return Inference(net).eval()
 
 
-def _export_graphs(net, c: int, s: int, d: int) -> dict:
-    """torch -> {role: onnx ModelProto}, each with a dynamic batch and its weights inside."""
+def _export_graphs(net, c: int, s: int, d: int, int8: bool = False) -> dict:
+    """torch -> {role: onnx ModelProto}, each with a dynamic batch and its weights inside;
+    int8=True traces the form meant for quantisation (vaekit/export_rewrite.py)."""
     import onnx.utils
     import torch
 
@@ -158,7 +159,7 @@ def _export_graphs(net, c: int, s: int, d: int) -> dict:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
-                _wrapper(for_onnx(net)), args, dynamo=True, external_data=False, verbose=False, opset_version=OPSET,
+                _wrapper(for_onnx(net, int8=int8)), args, dynamo=True, external_data=False, verbose=False, opset_version=OPSET,
                 input_names=inputs, output_names=outputs,
                 dynamic_shapes={"x": {0: batch}, "eps": {0: batch}, "z": {0: batch_z}},
             )
@@ -313,7 +314,9 @@ def _quantize_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> 
     Static, not dynamic: dynamic quantisation turns Conv into ConvInteger and re-quantises
     activations on every call, which measured no faster than fp32 here (slower at batch 64);
     static QDQ lets onnxruntime fuse QLinearConv kernels (the encoder ran 2-3x faster).
-    Weights int8 per channel, activations uint8. ConvTranspose stays fp32.
+    Weights int8 per channel, activations uint8. `src` is the int8 form of the graphs, whose
+    decoder has convolutions where the fp32 export has ConvTranspose (no int8 kernel), and only
+    the one-hot interleaves stay fp32.
     """
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -436,11 +439,7 @@ def export(
             staged[role].write_bytes(_sealed(protos[role]))
         step(2, "parity")
         candidate = OnnxModel(staged["scorer"])
-        parity = check_parity(reference, candidate, images, rtol, atol)
-        bad = [p for p in parity if not p.ok]
-        if bad:
-            lines = "; ".join(f"{p.name} max abs diff {p.max_abs:.3g}, rel {p.max_rel:.3g}" for p in bad)
-            raise ExportError(f"ONNX model does not match torch, nothing written: {lines} (need {bad[0].tolerance})")
+        parity = _require(check_parity(reference, candidate, images, rtol, atol), "ONNX model")
         step(3, "parity")
 
         quant = None
@@ -451,9 +450,17 @@ def export(
             quantized = part_paths(qdir / out.name)
             import onnx
 
+            # quantised from the form whose decoder has no ConvTranspose (onnxruntime has no int8
+            # kernel for it), itself held to torch first like the fp32 export
+            (qdir / "fp32").mkdir()
+            forms = part_paths(qdir / "fp32" / out.name)
+            for role, proto in _export_graphs(net, info.channels, info.image_size, info.latent_dim, int8=True).items():
+                _set_metadata(proto, _metadata(role, cfg, fingerprint, info.log_scale, "none"))
+                forms[role].write_bytes(_sealed(proto))
+            _require(check_parity(reference, OnnxModel(forms["scorer"]), images, rtol, atol), "the int8 form of the model")
             feeds = _calibration_feeds(reference, user_images)
             for role in ROLES:
-                _quantize_int8(staged[role], quantized[role], feeds[role])
+                _quantize_int8(forms[role], quantized[role], feeds[role])
                 proto = onnx.load(str(quantized[role]))
                 _set_metadata(proto, _metadata(role, cfg, fingerprint, info.log_scale, "int8-static-qdq"))
                 quantized[role].write_bytes(_sealed(proto))
@@ -482,6 +489,14 @@ def export(
     return ExportReport(files=final, fingerprint=fingerprint, parity=parity, samples=len(images),
                         quantization=quant, seconds=time.perf_counter() - t0,
                         bytes={r: p.stat().st_size for r, p in final.items()})
+
+
+def _require(parity: list[Parity], what: str) -> list[Parity]:
+    bad = [p for p in parity if not p.ok]
+    if bad:
+        lines = "; ".join(f"{p.name} max abs diff {p.max_abs:.3g}, rel {p.max_rel:.3g}" for p in bad)
+        raise ExportError(f"{what} does not match torch, nothing written: {lines} (need {bad[0].tolerance})")
+    return parity
 
 
 def _load_parity_images(model, inputs, limit: int = 64) -> np.ndarray:
