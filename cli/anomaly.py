@@ -201,11 +201,11 @@ def _print_threshold(run, section) -> None:
 
     t = Table(title=f"{escape(str(run))}: score {section.get('score')}, {section.get('n', len(section.get('scores', [])))} "
                     f"{section.get('source', 'validation')} images", show_header=False, title_justify="left")
-    from vaekit.anomaly import few_scores_note
+    from vaekit.anomaly import section_note
 
     q = section.get("threshold_quantile")
     t.add_row("threshold", f"{section['threshold']:.2f} nats" + (f" (quantile {q:.4g})" if q is not None else ""))
-    note = None if section.get("fixed") else few_scores_note(section.get("n", 0), q, section.get("source", "validation"))
+    note = section_note(section)
     if note:
         t.add_row("", f"[yellow]{escape(note)}[/yellow]")
     for k, v in section.get("quantiles", {}).items():

@@ -114,13 +114,13 @@ def _print_summary(result, data) -> None:
     t.add_row("best val -ELBO", f"{result.best_val:.2f} nats/image")
     if result.threshold is not None:
         from vaekit import run as rundir
-        from vaekit.anomaly import few_scores_note
+        from vaekit.anomaly import section_note
 
         a = rundir.read_config(result.run_dir).get("anomaly") or {}
         q, n, source = a.get("threshold_quantile"), a.get("n", 0), a.get("source", "validation")
         where = f" (quantile {q:g} of {n} {source} scores)" if q is not None else ""
         t.add_row("anomaly threshold", f"{result.threshold:.2f} nats{where}")
-        note = few_scores_note(n, q, source)
+        note = section_note(a)
         if note:
             t.add_row("", f"[yellow]{escape(note)}; hold out more with --val-fraction[/yellow]")
     t.add_row("time", f"{result.seconds:.1f} s")

@@ -69,6 +69,13 @@ def few_scores_note(n: int, quantile: float | None, what: str = "validation") ->
             f"false-positive rate: expect ~{100 * fpr:.2g}%")
 
 
+def section_note(section: dict) -> str | None:
+    """`few_scores_note` for a run's stored `anomaly` section (none for a threshold set to a value)."""
+    if section.get("fixed"):
+        return None
+    return few_scores_note(section.get("n", 0), section.get("threshold_quantile"), section.get("source", "validation"))
+
+
 def threshold_section(scores: dict[str, np.ndarray], quantile: float, source: str, default: str = DEFAULT_SCORE) -> dict:
     """The `anomaly` section a run stores, from validation scores of normal images, per score name.
 
