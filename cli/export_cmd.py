@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
 
-from vaekit_cli.output import apply_threads, console, err_console
+from vaekit_cli.output import apply_threads, console, err_console, shown
 
 
 class Quantize(str, Enum):
@@ -26,6 +25,7 @@ def export(
                                                              "The score change is reported; the stored threshold is the fp32 one.")] = None,
     rtol: Annotated[float, typer.Option(help="Parity tolerance, relative to torch's value.")] = 1e-4,
     atol: Annotated[float, typer.Option(help="Parity tolerance, absolute.")] = 1e-4,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing files at the three output names.")] = False,
 ) -> None:
     """Export to ONNX; succeeds only if onnxruntime reproduces the torch engine within tolerance.
 
@@ -40,7 +40,8 @@ def export(
     if out is None:
         out = run_dir.resolve().with_name(run_dir.resolve().name + ".onnx")
     with err_console.status("exporting to ONNX and checking parity against torch"):
-        report = run_export(run_dir, out, images=images, quantize=quantize.value if quantize else None, rtol=rtol, atol=atol)
+        report = run_export(run_dir, out, images=images, quantize=quantize.value if quantize else None, rtol=rtol, atol=atol,
+                            overwrite=overwrite)
     _print_report(report)
 
 
@@ -60,9 +61,9 @@ def _print_report(report) -> None:
                       f"mean {q.score_mean_rel:.2e}; size {q.bytes_before / 1e6:.2f} MB -> {q.bytes_after / 1e6:.2f} MB",
                       highlight=False)
     for role, path in report.files.items():
-        console.print(f"wrote {escape(str(path))}  ({role}, {report.bytes[role] / 1e6:.2f} MB)", highlight=False, soft_wrap=True)
+        console.print(f"wrote {shown(path)}  ({role}, {report.bytes[role] / 1e6:.2f} MB)", highlight=False, soft_wrap=True)
     console.print(f"[green]exported[/green] fingerprint {report.fingerprint}, opset {report.opset}, parity ok, "
-                  f"{report.seconds:.1f} s. Run it with: vaekit anomaly-score {report.files['scorer']} IMAGES", highlight=False)
+                  f"{report.seconds:.1f} s. Run it with: vaekit anomaly-score {shown(report.files['scorer'])} IMAGES", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

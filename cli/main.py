@@ -11,10 +11,9 @@ import os
 import sys
 
 import typer
-from rich.markup import escape
 from typer.core import TyperGroup
 
-from vaekit_cli.output import err_console
+from vaekit_cli.output import err_console, shown
 
 EXIT_OK, EXIT_ANOMALOUS, EXIT_BAD_INPUT, EXIT_FAILURE = 0, 1, 2, 3
 
@@ -30,8 +29,13 @@ EXTRAS = {"torch": "train", "sklearn": "metrics", "onnx": "onnx", "onnxscript": 
 
 
 def exit_code_for(exc: BaseException) -> int:
-    # A mistake of the user's (a bad value, a missing or corrupt file) is a ValueError or an
-    # OSError somewhere inside vaekit; anything else is our failure.
+    # vaekit's own errors carry their code (vaekit/errors.py). Older code still raises plain
+    # ValueErrors and OSErrors for a user's mistake (a bad value, a missing or corrupt file);
+    # anything else is our failure.
+    from vaekit.errors import VaekitError
+
+    if isinstance(exc, VaekitError):
+        return exc.exit_code
     if isinstance(exc, (ValueError, OSError, LookupError)):
         return EXIT_BAD_INPUT
     return EXIT_FAILURE
@@ -75,7 +79,7 @@ class GuardedGroup(TyperGroup):
             if code == EXIT_FAILURE and not isinstance(exc, RuntimeError):
                 message = f"{exc.__class__.__name__}: {message} (set VAEKIT_DEBUG=1 for a traceback)"
             # escape: a message may hold brackets (paths, "vaekit[demo]") that rich would take as markup
-            err_console.print(f"[bold red]{label}:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]{label}:[/bold red] {shown(message)}", highlight=False, soft_wrap=True)
             raise typer.Exit(code) from None
 
 
@@ -126,7 +130,12 @@ def main() -> None:
     except SystemExit:
         raise
     except Exception as exc:  # noqa: BLE001 - errors outside a command (e.g. argument parsing)
-        err_console.print(f"[bold red]error:[/bold red] {exc}")
+        if os.environ.get("VAEKIT_DEBUG"):  # the command re-raised for this: show where it came from
+            import traceback
+
+            traceback.print_exc()
+        else:
+            err_console.print(f"[bold red]error:[/bold red] {shown(exc)}", highlight=False)
         sys.exit(exit_code_for(exc))
 
 

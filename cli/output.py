@@ -3,13 +3,38 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 console = Console()
 err_console = Console(stderr=True)
+
+# C0 and C1 controls (ESC starts terminal commands: ESC]52 writes the clipboard, ESC[2J clears
+# the screen) and the bidirectional overrides that make a name display as another
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def safe_text(text: str) -> str:
+    """`text` with every control character shown as an escape (\\x1b, \\n, \\u202e): a file name
+    can hold any of them, and printed raw they drive the terminal."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}", text)
+
+
+def dumps_json(obj) -> str:
+    """JSON for stdout: valid JSON (no bare NaN; see vaekit.fileio.finite_json), control
+    characters escaped as JSON always escapes them."""
+    from vaekit.fileio import dumps_json as dumps
+
+    return dumps(obj)
+
+
+def shown(value) -> str:
+    """Any name or message for rich output: control characters escaped, then rich markup."""
+    return escape(safe_text(str(value)))
 
 
 def apply_threads() -> None:

@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
 
-from vaekit_cli.output import apply_threads, console, err_console, progress_bar
+from vaekit_cli.output import apply_threads, console, err_console, progress_bar, shown
 
 
 class Likelihood(str, Enum):
@@ -25,9 +24,10 @@ class Device(str, Enum):
 
 
 def train(
+    ctx: typer.Context,
     images: Annotated[Path, typer.Argument(help="Folder of images (searched recursively), or one image file.", exists=True)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to create (or resume).")] = Path("runs/latest"),
-    image_size: Annotated[int, typer.Option(help="Images are resized to N×N (shorter side to N, centre crop); N >= 16.")] = 64,
+    image_size: Annotated[int, typer.Option(help="Images are resized to N×N (shorter side to N, centre crop); 16 <= N <= 1024.")] = 64,
     channels: Annotated[str, typer.Option(help="auto (grayscale if every image is stored gray), 1 or 3.")] = "auto",
     latent_dim: Annotated[int, typer.Option(help="Dimensions of the latent code z.")] = 32,
     base_channels: Annotated[int, typer.Option(help="Feature maps of the first conv layer (doubles per stage).")] = 32,
@@ -44,8 +44,9 @@ def train(
     amp: Annotated[bool, typer.Option(help="Mixed precision on CUDA (bf16, else fp16).")] = True,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
     workers: Annotated[int, typer.Option(help="Processes decoding images on the first pass (default: CPU cores, up to 8).")] = min(8, os.cpu_count() or 1),
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out exactly where it stopped.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run in --out.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out exactly where it stopped; "
+                                         "--epochs, --lr and --beta may change, other settings must match the run.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing vaekit run in --out (only the files vaekit wrote).")] = False,
 ) -> None:
     """Train a convolutional VAE on a folder of images."""
     from vaekit.config import ModelConfig, TrainConfig
@@ -53,6 +54,7 @@ def train(
 
     apply_threads()
     ch = channels if channels == "auto" else _int_channels(channels)
+    changes = _given(ctx, ch)
     model_cfg = ModelConfig(image_size=image_size, channels=ch if ch != "auto" else 1, latent_dim=latent_dim,
                             base_channels=base_channels, max_channels=max(256, base_channels), likelihood=likelihood.value)
     train_cfg = TrainConfig(epochs=epochs or 0, batch_size=batch_size, lr=lr, beta=beta, kl_warmup=kl_warmup,
@@ -61,9 +63,28 @@ def train(
     with progress_bar() as bars:
         reporter = _Reporter(bars)
         result, data = run_training(images, out, model_cfg, train_cfg, channels=ch, resume=resume, overwrite=overwrite,
-                                    workers=workers, progress=reporter, resume_epochs=epochs)
+                                    workers=workers, progress=reporter, resume_epochs=epochs,
+                                    resume_changes=changes if resume else None)
     if result.rank == 0:  # under torchrun only rank 0 reports
         _print_summary(result, data)
+
+
+# options that set a config field, for --resume to check against the run's own settings
+_CONFIG_OPTIONS = ("image_size", "latent_dim", "base_channels", "likelihood", "batch_size", "lr", "beta", "kl_warmup",
+                   "val_fraction", "threshold_quantile", "seed")
+
+
+def _given(ctx: typer.Context, channels) -> dict:
+    """The config settings the user typed (not defaults), by config field name."""
+    out = {}
+    for name in _CONFIG_OPTIONS:
+        source = ctx.get_parameter_source(name)  # an enum of the click Typer bundles: compare by name
+        if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"):
+            value = ctx.params[name]
+            out[name] = value.value if isinstance(value, Enum) else value
+    if channels != "auto":
+        out["channels"] = channels
+    return out
 
 
 def _int_channels(value: str) -> int:
@@ -106,8 +127,8 @@ def _print_summary(result, data) -> None:
     from rich.table import Table
 
     for path, reason in data.skipped:
-        err_console.print(f"[yellow]skipped[/yellow] {escape(str(path))}: {escape(str(reason))}", highlight=False, soft_wrap=True)
-    t = Table(title=f"trained {escape(str(result.run_dir))}", show_header=False)
+        err_console.print(f"[yellow]skipped[/yellow] {shown(path)}: {shown(reason)}", highlight=False, soft_wrap=True)
+    t = Table(title=f"trained {shown(result.run_dir)}", show_header=False)
     t.add_row("images", f"{len(data.paths)} used, {len(data.skipped)} skipped" + (" (pixel cache hit)" if data.cache_hit else ""))
     t.add_row("device", result.device)
     t.add_row("epochs", f"{result.epochs_done} (best: epoch {result.best_epoch})")
@@ -122,7 +143,7 @@ def _print_summary(result, data) -> None:
         t.add_row("anomaly threshold", f"{result.threshold:.2f} nats{where}")
         note = section_note(a)
         if note:
-            t.add_row("", f"[yellow]{escape(note)}; hold out more with --val-fraction[/yellow]")
+            t.add_row("", f"[yellow]{shown(note)}; hold out more with --val-fraction[/yellow]")
     t.add_row("time", f"{result.seconds:.1f} s")
     console.print(t)
 
@@ -161,7 +182,7 @@ def shapes(
 
 def _print_counts(report) -> None:
     for name, n in report.counts.items():
-        console.print(f"{n:6d}  {escape(str(report.root / name))}", highlight=False)
+        console.print(f"{n:6d}  {shown(report.root / name)}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -52,7 +52,7 @@ def test_unreadable_files_are_skipped_and_named(tmp_path):
         (["train", "{empty}", "--out", "{tmp}/r"], "no image files found"),
         (["train", "{junk}", "--out", "{tmp}/r"], "no usable image"),
         (["train", "{tmp}/does-not-exist"], "does not exist"),
-        (["train", "{junk}", "--image-size", "8"], "image size must be an integer >= 16, got 8"),
+        (["train", "{junk}", "--image-size", "8"], "image size must be an integer from 16 to 1024, got 8"),
         (["train", "{junk}", "--channels", "2"], "must be auto, 1 or 3"),
         (["train", "{junk}", "--device", "tpu"], "tpu"),
         (["sample-data", "digits", "{tmp}/d", "--normal", "12"], "12"),
@@ -112,9 +112,11 @@ def test_installed_executable_and_python_m_agree(tmp_path):
     assert a.returncode == b.returncode == 0
     assert a.stdout == b.stdout and "sample-data" in a.stdout
     # errors come out the same way from the real executable: one line, exit code 2
-    c = subprocess.run([EXE, "train", str(tmp_path)], capture_output=True, text=True, cwd=tmp_path,
+    (tmp_path / "empty").mkdir()
+    c = subprocess.run([EXE, "train", "empty"], capture_output=True, text=True, cwd=tmp_path,
                        env={**os.environ, "VAEKIT_THREADS": "1"})
     assert c.returncode == 2 and "no image files found" in c.stderr and "Traceback" not in c.stderr
+    assert not (tmp_path / "runs").exists()  # a refused run leaves no folder behind
 
 
 def test_threads_option_never_imports_torch_by_itself():

@@ -96,8 +96,8 @@ def test_torchrun_two_processes_match_one(setup):
     done = torchrun([str(data), "--out", str(run), "--epochs", str(EPOCHS), *ARGS], env)
 
     # the run directory is complete, has no temp files, and describes the same training
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoint", "config.json", "metrics.jsonl",
-                                                     "model.safetensors", "preview.png"]
+    assert sorted(p.name for p in run.iterdir()) == [".vaekit-run", ".vaekit.lock", "checkpoint", "config.json",
+                                                     "metrics.jsonl", "model.safetensors", "preview.png"]
     listing = [sorted(p.name for p in (r / "checkpoint").iterdir()) for r in (run, ref.run_dir)]
     assert listing[0] == listing[1] and len(listing[0]) == 2  # the last checkpoint and resume.json
     cfg, ref_cfg = (json.loads((r / "config.json").read_text()) for r in (run, ref.run_dir))

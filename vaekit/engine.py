@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from vaekit import images as imageio
+from vaekit.errors import BadInput, DamagedFile
 
 Progress = Callable[..., None]
 # "excess" (the default) is the -ELBO minus the image's own floor, the NLL a perfect
@@ -50,18 +51,52 @@ class ModelInfo:
         return self.channels * self.image_size * self.image_size
 
 
-def threshold_fields(anomaly: dict) -> dict:
+def threshold_fields(anomaly, source: str | Path = "the model") -> dict:
     """ModelInfo's threshold fields from a run's stored `anomaly` section (config.json, or the
-    export's metadata): one reader for both engines, so they agree on which threshold applies."""
+    export's metadata): one reader for both engines, so they agree on which threshold applies.
+
+    Fails closed: a section of the wrong shape, or a threshold that is not a finite number
+    (NaN flags nothing), is DamagedFile naming `source`, never a threshold that passes all.
+    """
+    def damaged(what: str) -> DamagedFile:
+        return DamagedFile(f"{source}: the stored anomaly section is damaged ({what}); "
+                           "set a threshold again with `vaekit threshold` or retrain")
+
+    def number(v, what: str) -> float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise damaged(f"{what} is {v!r}, not a finite number")
+        return float(v)
+
+    if anomaly is None:
+        anomaly = {}
+    if not isinstance(anomaly, dict):
+        raise damaged(f"expected an object, got {type(anomaly).__name__}")
     score = anomaly.get("score", "neg_elbo")  # runs written before "excess" existed scored -ELBO
-    thresholds = {k: float(v["threshold"]) for k, v in anomaly.get("by_score", {}).items()}
-    if anomaly.get("threshold") is not None:
-        thresholds.setdefault(score, float(anomaly["threshold"]))
+    if score not in SCORES:
+        raise damaged(f"unknown score {score!r}")
+    by_score = anomaly.get("by_score", {})
+    if not isinstance(by_score, dict) or not all(isinstance(v, dict) for v in by_score.values()):
+        raise damaged("'by_score' is not an object of objects")
+    thresholds = {k: number(v.get("threshold"), f"the {k} threshold") for k, v in by_score.items()}
+    threshold = anomaly.get("threshold")
+    if threshold is not None:
+        threshold = number(threshold, "the threshold")
+        thresholds.setdefault(score, threshold)
+    quantile = anomaly.get("threshold_quantile")
+    if quantile is not None:
+        quantile = number(quantile, "the threshold quantile")
+    quantiles, val_scores = anomaly.get("quantiles", {}), anomaly.get("scores", [])
+    if not isinstance(quantiles, dict) or not isinstance(val_scores, list):
+        raise damaged("'quantiles' or 'scores' has the wrong type")
+    quantiles = {str(k): number(v, "a stored quantile") for k, v in quantiles.items()}
+    val_scores = [number(v, "a stored validation score") for v in val_scores]
+    source_kind = anomaly.get("source", "validation")
     return {
-        "threshold": anomaly.get("threshold"), "threshold_quantile": anomaly.get("threshold_quantile"),
-        "quantiles": anomaly.get("quantiles", {}), "val_scores": anomaly.get("scores", []),
+        "threshold": threshold, "threshold_quantile": quantile,
+        "quantiles": quantiles, "val_scores": val_scores,
         "score": score, "thresholds": thresholds,
-        "threshold_from": anomaly.get("source", "validation"), "threshold_fixed": bool(anomaly.get("fixed", False)),
+        "threshold_from": source_kind if isinstance(source_kind, str) else "validation",
+        "threshold_fixed": anomaly.get("fixed") is True,
     }
 
 
@@ -287,8 +322,10 @@ def load(path: str | Path) -> Model:
         from vaekit.engine_torch import TorchModel
 
         return TorchModel(path)
-    if path.is_file():
+    if path.is_file():  # stat follows links: a FIFO or device is neither, and is never opened
         from vaekit.engine_onnx import OnnxModel
 
         return OnnxModel(path)
+    if path.exists():
+        raise BadInput(f"{path} is neither a run directory nor a regular .onnx file")
     raise FileNotFoundError(f"no such model: {path} (give a run directory or an exported .onnx file)")

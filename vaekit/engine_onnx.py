@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from vaekit.engine import Model, ModelInfo, threshold_fields
+from vaekit.errors import DamagedFile
+from vaekit.fileio import check_regular
 
 CHECKSUM_KEY = "vaekit.sha256"  # sha256 of the file, computed with CHECKSUM_PLACEHOLDER in its place
 CHECKSUM_PLACEHOLDER = "0" * 64
@@ -23,7 +25,7 @@ _INPUTS = {"scorer": ("x", "eps"), "encoder": ("x",), "decoder": ("z",)}
 _OUTPUTS = {"scorer": ("recon", "kl", "pixel_map", "mu", "logvar"), "encoder": ("mu", "logvar"), "decoder": ("image",)}
 
 
-class OnnxModelError(ValueError):
+class OnnxModelError(DamagedFile):
     """A file that is not a (complete) vaekit ONNX export."""
 
 
@@ -63,8 +65,7 @@ def _open(path: Path, role: str, threads: int | None):
     """One onnxruntime session and its vaekit metadata; clear errors for anything else."""
     import onnxruntime as ort
 
-    if not path.is_file():
-        raise FileNotFoundError(f"no such model file: {path}")
+    check_regular(path, "model file")  # a FIFO or device named .onnx is refused, never opened
     try:
         sess = ort.InferenceSession(str(path), session_options(role, threads), providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own zoo of types for unreadable files
@@ -123,8 +124,17 @@ class OnnxModel(Model):
             likelihood, fingerprint = meta["vaekit.likelihood"], meta["vaekit.fingerprint"]
         except (KeyError, ValueError):
             raise OnnxModelError(f"{p} has missing or corrupt vaekit metadata (image size, channels, latent dim)") from None
+        from vaekit.config import LIKELIHOODS, MAX_IMAGE_SIZE, MAX_LATENT_DIM
+
+        if not (16 <= image_size <= MAX_IMAGE_SIZE and channels in (1, 3) and 1 <= latent_dim <= MAX_LATENT_DIM
+                and likelihood in LIKELIHOODS):
+            raise OnnxModelError(f"{p} has out-of-range vaekit metadata (image size {image_size}, channels {channels}, "
+                                 f"latent dim {latent_dim}, likelihood {likelihood!r})")
         anomaly = _json(meta, "vaekit.anomaly", p)
         log_scale = _json(meta, "vaekit.log_scale", p)
+        if log_scale is not None and not (isinstance(log_scale, list) and len(log_scale) == channels and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in log_scale)):
+            raise OnnxModelError(f"{p} has corrupt vaekit metadata 'vaekit.log_scale' ({log_scale!r})")
         self.config = {"format": meta["vaekit.format"], "vaekit_version": meta.get("vaekit.version"),
                        "model": _json(meta, "vaekit.model", p), "anomaly": anomaly, "fingerprint": fingerprint,
                        "preprocessing": _json(meta, "vaekit.preprocessing", p),
@@ -132,12 +142,15 @@ class OnnxModel(Model):
         self.info = ModelInfo(
             image_size=image_size, channels=channels, latent_dim=latent_dim, likelihood=likelihood,
             fingerprint=fingerprint, engine="onnxruntime", source=p, log_scale=log_scale,
-            **threshold_fields(anomaly),
+            **threshold_fields(anomaly, p),
         )
         x_shape = next(i.shape for i in self._scorer.get_inputs() if i.name == "x")
         if list(x_shape[1:]) != [channels, image_size, image_size]:
             raise OnnxModelError(f"{p}: graph input x has shape {x_shape}, but its metadata says "
                                  f"{channels}x{image_size}x{image_size}")
+        eps_shape = next(i.shape for i in self._scorer.get_inputs() if i.name == "eps")
+        if list(eps_shape[1:]) != [latent_dim]:
+            raise OnnxModelError(f"{p}: graph input eps has shape {eps_shape}, but its metadata says latent dim {latent_dim}")
 
     def _session(self, role: str):
         """The encoder and decoder files are opened on first use, and must match the main file."""

@@ -32,7 +32,7 @@ class TorchModel(Model):
             fingerprint=actual,
             engine="torch", source=Path(run_dir),
             log_scale=None if log_scale is None else [float(v) for v in log_scale.detach().cpu()],
-            **threshold_fields(cfg.get("anomaly", {})),
+            **threshold_fields(cfg.get("anomaly"), Path(run_dir) / rundir.CONFIG),
         )
 
     def _t(self, a: np.ndarray) -> torch.Tensor:

@@ -35,13 +35,13 @@ every output is compared; above tolerance the export fails and leaves nothing be
 from __future__ import annotations
 
 import contextlib
+import glob
 import io
 import json
 import logging
 import math
 import os
 import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -51,6 +51,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from vaekit import __version__
+from vaekit.errors import BadInput
+from vaekit.fileio import refuse_existing
 from vaekit.engine_onnx import CHECKSUM_KEY, CHECKSUM_PLACEHOLDER, FORMAT, part_paths
 
 Progress = Callable[..., None]
@@ -362,14 +364,36 @@ def _calibration_feeds(reference, images: np.ndarray | None, n: int = 64, batch:
 
 # --- the whole job -------------------------------------------------------------------------------
 
-def _check_out(out: Path) -> Path:
+def _check_out(out: Path, overwrite: bool = False) -> Path:
     out = Path(out)
     if not out.name.endswith(".onnx") or out.name == ".onnx":
-        raise ValueError(f"output must be a file name ending in .onnx, got {str(out)!r}")
+        raise BadInput(f"output must be a file name ending in .onnx, got {str(out)!r}")
     for p in part_paths(out).values():
         if p.is_dir():
-            raise ValueError(f"output {p} is a folder; give a file name ending in .onnx")
+            raise BadInput(f"output {p} is a folder; give a file name ending in .onnx")
+    for p in part_paths(out).values():  # the two side files too: the user named only the main one
+        refuse_existing(p, overwrite)
     return out
+
+
+_STAGING = ".{name}.vaekit-export-{pid}.tmp"  # the staging folder, next to the output
+
+
+def _remove_stale_staging(out: Path) -> None:
+    """Delete staging folders of exports that were killed (SIGKILL leaves them): those whose
+    process is gone. A live export's folder is left alone."""
+    prefix, suffix = _STAGING.format(name=out.name, pid="|").split("|")
+    for d in out.parent.glob(f"{glob.escape(prefix)}*{suffix}"):
+        pid = d.name[len(prefix) : -len(suffix)]
+        if not pid.isdigit() or not d.is_dir() or d.is_symlink():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # still running
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except OSError:  # another user's live process
+            continue
 
 
 def export(
@@ -380,9 +404,11 @@ def export(
     rtol: float = 1e-4,
     atol: float = 1e-4,
     progress: Progress | None = None,
+    overwrite: bool = False,
 ) -> ExportReport:
     """Export the run in `run_dir` to `out` (+ .encoder.onnx, .decoder.onnx), verified.
 
+    Existing files at any of the three names are replaced only with `overwrite`.
     images: what to run the parity check on: uint8 (N, C, H, W) at the model's size, or
     image files / folders (the first 64 images, preprocessed as the model does); default
     `sample_inputs`. quantize="int8": write statically quantised (QDQ) models instead of
@@ -396,7 +422,7 @@ def export(
     from vaekit.engine_torch import TorchModel
 
     t0 = time.perf_counter()
-    out = _check_out(out)
+    out = _check_out(out, overwrite)
     if quantize is not None and quantize not in QUANTIZE:
         raise ValueError(f"quantize must be one of {QUANTIZE} or None, got {quantize!r}")
     if not (rtol >= 0 and atol >= 0):
@@ -431,7 +457,10 @@ def export(
     step(1, "export")
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    _remove_stale_staging(out)
+    staging = out.parent / _STAGING.format(name=out.name, pid=os.getpid())
+    shutil.rmtree(staging, ignore_errors=True)  # this process's own, from an export that failed
+    staging.mkdir()
     try:
         staged = part_paths(staging / out.name)
         for role in ROLES:

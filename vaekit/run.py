@@ -6,16 +6,23 @@
       metrics.jsonl        one JSON line per finished epoch
       preview.png          inputs | reconstructions, and samples from the prior
       checkpoint/          resume state: epoch-NNNN.safetensors + resume.json pointing at it
+      .vaekit-run          marker: vaekit made this folder (runs from before it have a vaekit config.json)
+      .vaekit.lock         flock'ed by the process training here, and names it
 
 Every file is written to a temporary name and renamed. resume.json is written last and
 names its checkpoint and that file's sha256, so a crash at any instant leaves a complete,
-verifiable state to resume from.
+verifiable state to resume from. vaekit replaces or deletes only these files, and only in a
+folder it made (docs/data-safety.md).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
+import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +32,9 @@ from safetensors.torch import save
 
 from vaekit import __version__
 from vaekit.config import ModelConfig, from_dict
-from vaekit.fileio import atomic_write_bytes, atomic_write_json, read_json, split_safetensors
+from vaekit.errors import BadInput, DamagedFile, InUse
+from vaekit.fileio import (atomic_write_bytes, atomic_write_json, loads_json, read_json, read_regular,
+                           split_safetensors)
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -33,11 +42,110 @@ METRICS = "metrics.jsonl"
 PREVIEW = "preview.png"
 CHECKPOINT_DIR = "checkpoint"
 RESUME = "resume.json"
+MARKER = ".vaekit-run"
+LOCK = ".vaekit.lock"
 FORMAT = "vaekit-run/1"
+_CHECKPOINT_NAME = re.compile(r"epoch-\d{4,9}\.safetensors")
 
 
-class RunError(ValueError):
+class RunError(DamagedFile):
     """A run directory that is missing, corrupt, foreign or inconsistent."""
+
+
+# --- which folders are vaekit's, and which files in them -----------------------------------------
+
+def is_run_dir(path: Path) -> bool:
+    """Whether vaekit made `path`: it holds the marker, or (runs written before the marker
+    existed) a config.json in vaekit's run format."""
+    path = Path(path)
+    if (path / MARKER).is_file():
+        return True
+    try:
+        cfg = read_json(path / CONFIG, "run config")
+    except (OSError, ValueError):
+        return False
+    return cfg.get("format") == FORMAT and isinstance(cfg.get("model"), dict)
+
+
+def own_files(run_dir: Path) -> list[Path]:
+    """The files vaekit writes in a run directory, as they exist now (lock file excluded)."""
+    run_dir = Path(run_dir)
+    ckpt = run_dir / CHECKPOINT_DIR
+    names = [run_dir / n for n in (CONFIG, WEIGHTS, METRICS, PREVIEW)]
+    names += [p for p in ckpt.glob("epoch-*.safetensors") if _CHECKPOINT_NAME.fullmatch(p.name)] + [ckpt / RESUME]
+    return [p for p in names + _strays(run_dir) if p.is_file() and not p.is_symlink()]
+
+
+def clear_run(run_dir: Path) -> None:
+    """Delete what vaekit wrote in a run directory (for --overwrite); anything else stays."""
+    for p in own_files(run_dir):
+        p.unlink(missing_ok=True)
+    try:
+        (Path(run_dir) / CHECKPOINT_DIR).rmdir()  # only if nothing else is in it
+    except OSError:
+        pass
+
+
+def prepare_out(out_dir: Path, overwrite: bool, write: bool = True) -> None:
+    """Make `out_dir` ready for a new run, by the output rule: a missing or empty folder is
+    created; a vaekit run is replaced only with `overwrite`, and then only vaekit's files go;
+    a folder holding anything else is refused, with or without `overwrite`.
+    write=False only makes the checks (torchrun ranks other than 0)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BadInput(f"--out {out_dir} is a file, not a folder")
+    if out_dir.is_dir() and any(p.name != LOCK for p in out_dir.iterdir()):
+        if not is_run_dir(out_dir):
+            raise BadInput(f"{out_dir} holds files vaekit did not write; give --out an empty or new folder "
+                           "(vaekit never replaces files it did not create)")
+        if (out_dir / CONFIG).exists() and not overwrite:
+            raise FileExistsError(f"{out_dir} already holds a run; pass --resume to continue it or --overwrite to replace it")
+        if write:
+            clear_run(out_dir)
+    if write:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out_dir / MARKER, {"format": FORMAT, "vaekit": __version__})
+
+
+@contextmanager
+def locked(run_dir: Path):
+    """Hold an exclusive lock on a run directory (flock on its lock file) while training there.
+
+    A second vaekit process on the same folder gets InUse naming the process that holds it,
+    instead of the two interleaving their files. The lock goes with the process, even on SIGKILL.
+    """
+    import fcntl
+
+    run_dir = Path(run_dir)
+    created = [d for d in (run_dir, *run_dir.parents) if not d.exists()]  # innermost first
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0), 0o644)
+    except OSError as e:
+        raise BadInput(f"cannot lock {run_dir}: {path} {e.strerror or e}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            raise InUse(f"{run_dir} is in use by process {holder} (another vaekit train); "
+                        "wait for it to finish or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield
+        except BaseException:
+            if created and not any(p.name != LOCK for p in run_dir.iterdir()):  # refused before writing
+                path.unlink(missing_ok=True)
+                for d in created:  # and the folders made for it, if nothing else went there
+                    try:
+                        d.rmdir()
+                    except OSError:
+                        break
+            raise
+    finally:
+        os.close(fd)  # releases the flock
 
 
 def fingerprint(tensors: dict[str, torch.Tensor]) -> str:
@@ -75,10 +183,11 @@ def load_tensors(path: Path, what: str) -> tuple[dict[str, torch.Tensor], dict]:
     from safetensors.torch import load
 
     path = Path(path)
-    if not path.is_file():
-        raise RunError(f"{what} not found: {path}")
     try:
-        data = path.read_bytes()
+        data = read_regular(path, what)
+    except FileNotFoundError:
+        raise RunError(f"{what} not found: {path}") from None
+    try:
         header, body = split_safetensors(data)
         meta = header.get("__metadata__") or {}
         if not isinstance(meta, dict):
@@ -98,9 +207,11 @@ def load_tensors(path: Path, what: str) -> tuple[dict[str, torch.Tensor], dict]:
     except (SafetensorError, ValueError, RuntimeError) as e:
         raise RunError(f"{what} is corrupt ({path}): {e}") from None
     try:
-        extra = json.loads(meta.get("json", "{}"))
-    except (json.JSONDecodeError, TypeError):
+        extra = loads_json(meta.get("json", "{}"))
+    except (ValueError, TypeError):
         raise RunError(f"{what} has corrupt metadata ({path})") from None
+    if not isinstance(extra, dict):
+        raise RunError(f"{what} has corrupt metadata ({path}): not a JSON object")
     return tensors, extra
 
 
@@ -114,6 +225,11 @@ def read_config(run_dir: Path) -> dict:
         raise RunError(str(e)) from None
     if cfg.get("format") != FORMAT or "model" not in cfg:
         raise RunError(f"not a vaekit run directory (no vaekit config.json): {run_dir}")
+    for key in ("model", "train", "data"):
+        if key in cfg and not isinstance(cfg[key], dict):
+            raise RunError(f"run config {run_dir / CONFIG} is damaged: {key!r} is not a JSON object")
+    if cfg.get("anomaly") is not None and not isinstance(cfg["anomaly"], dict):
+        raise RunError(f"run config {run_dir / CONFIG} is damaged: 'anomaly' is not a JSON object")
     return cfg
 
 
@@ -127,11 +243,15 @@ def remove_strays(run_dir: Path) -> None:
 
     Only one process writes a run directory, and this is called between its writes.
     """
+    for stray in _strays(run_dir):
+        stray.unlink(missing_ok=True)
+
+
+def _strays(run_dir: Path) -> list[Path]:
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / CHECKPOINT_DIR
-    for stray in [*ckpt_dir.glob(".epoch-*.tmp"), *ckpt_dir.glob(f".{RESUME}.*.tmp"),
-                  *(p for own in (CONFIG, WEIGHTS, METRICS, PREVIEW) for p in run_dir.glob(f".{own}.*.tmp"))]:
-        stray.unlink(missing_ok=True)
+    return [*ckpt_dir.glob(".epoch-*.tmp"), *ckpt_dir.glob(f".{RESUME}.*.tmp"),
+            *(p for own in (CONFIG, WEIGHTS, METRICS, PREVIEW, MARKER) for p in run_dir.glob(f".{own}.*.tmp"))]
 
 
 def load_model(run_dir: Path, device: str | torch.device = "cpu"):
@@ -148,8 +268,20 @@ def load_model(run_dir: Path, device: str | torch.device = "cpu"):
         raise RunError(f"run config has an invalid model section ({run_dir}): {e}") from None
     tensors, _ = load_tensors(run_dir / WEIGHTS, "model weights")
     try:
+        # first on the meta device, which allocates nothing: a config.json that names a huge
+        # model (latent_dim 4096, max_channels 4096) must not cost gigabytes before the
+        # weights file, far smaller, shows it is not the model they belong to
+        with torch.device("meta"):
+            shapes = {k: tuple(v.shape) for k, v in ConvVAE(model_cfg).state_dict().items()}
+        if shapes != {k: tuple(v.shape) for k, v in tensors.items()}:
+            raise RunError(f"weights do not match the config in {run_dir}: "
+                           f"{_shape_difference(shapes, {k: tuple(v.shape) for k, v in tensors.items()})}")
         model = ConvVAE(model_cfg)
-    except (TypeError, ValueError, RuntimeError) as e:  # e.g. a fractional channel count
+    except (TypeError, ValueError) as e:  # e.g. a fractional channel count
+        if isinstance(e, RunError):
+            raise
+        raise RunError(f"run config describes a model that cannot be built ({run_dir}): {e}") from None
+    except RuntimeError as e:
         raise RunError(f"run config describes a model that cannot be built ({run_dir}): {e}") from None
     try:
         model.load_state_dict(tensors, strict=True)
@@ -159,16 +291,24 @@ def load_model(run_dir: Path, device: str | torch.device = "cpu"):
     return model.to(device).eval(), cfg
 
 
+def _shape_difference(want: dict, got: dict) -> str:
+    missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+    if missing or extra:
+        return f"missing {missing[:3]}, unexpected {extra[:3]}"
+    k = next(k for k in sorted(want) if want[k] != got[k])
+    return f"{k} has shape {list(got[k])}, the config needs {list(want[k])}"
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / METRICS
     if not path.exists():
         return []
     out = []
     try:
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in read_regular(path, "training metrics").decode("utf-8").splitlines():
             if line.strip():
-                out.append(json.loads(line))
-    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+                out.append(loads_json(line))
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, too deep, not a regular file
         raise RunError(f"training metrics are corrupt ({path}): {e}") from None
     return out
 
@@ -201,7 +341,41 @@ def load_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict]:
                        "its first epoch ended, or is not a training run); start it again with --overwrite") from None
     except ValueError as e:
         raise RunError(str(e)) from None
-    path = ckpt_dir / str(pointer.get("file", ""))
-    if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != pointer.get("sha256"):
+    name = pointer.get("file")
+    # only a checkpoint of this run: a pointer to another folder would resume another run's state
+    if not isinstance(name, str) or not _CHECKPOINT_NAME.fullmatch(name):
+        raise RunError(f"resume state {ckpt_dir / RESUME} is damaged: 'file' must name an epoch-NNNN.safetensors "
+                       f"in {ckpt_dir}, got {name!r}")
+    path = ckpt_dir / name
+    try:
+        data = read_regular(path, "checkpoint")
+    except FileNotFoundError:
+        data = None
+    if data is None or hashlib.sha256(data).hexdigest() != pointer.get("sha256"):
         raise RunError(f"checkpoint {path} is missing or does not match resume.json")
-    return load_tensors(path, "checkpoint")
+    tensors, meta = load_tensors(path, "checkpoint")
+    _check_checkpoint_meta(meta, path)
+    return tensors, meta
+
+
+def _check_checkpoint_meta(meta: dict, path: Path) -> None:
+    """The fields training reads back, with their types: a hand-edited file is DamagedFile."""
+    def bad(what: str):
+        return RunError(f"checkpoint {path} is damaged: {what}")
+
+    def count(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    if not count(meta.get("epoch")) or not count(meta.get("history_len")):
+        raise bad("'epoch' and 'history_len' must be integers >= 0")
+    best = meta.get("best")
+    if not (isinstance(best, dict) and isinstance(best.get("epoch"), int) and not isinstance(best.get("epoch"), bool)
+            and isinstance(best.get("val"), (int, float)) and not isinstance(best.get("val"), bool)
+            and not math.isnan(best["val"])):
+        raise bad("'best' must be {'epoch': integer, 'val': number}")
+    groups = meta.get("param_groups")
+    if not (isinstance(groups, list) and groups and all(isinstance(g, dict) and isinstance(g.get("params"), list)
+                                                        for g in groups)):
+        raise bad("'param_groups' must be a list of optimizer parameter groups")
+    if meta.get("scaler") is not None and not isinstance(meta["scaler"], dict):
+        raise bad("'scaler' must be an object or null")

@@ -8,7 +8,7 @@ optional callback `progress(done, total, phase=..., **metrics)`; this module nev
 from __future__ import annotations
 
 import math
-import shutil
+import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -19,6 +19,8 @@ import torch
 
 from vaekit import __version__
 from vaekit.config import ModelConfig, TrainConfig, from_dict
+from vaekit.errors import BadInput
+from vaekit.fileio import refuse_inside
 from vaekit.model import ConvVAE
 from vaekit.objective import negative_elbo
 from vaekit import run as rundir
@@ -183,7 +185,13 @@ def fit(
     best = {"epoch": -1, "val": math.inf}
     if resume:
         tensors, meta = rundir.load_checkpoint(out_dir)
-        _unpack_state(tensors, meta, model, optimizer, scaler)
+        try:
+            _unpack_state(tensors, meta, model, optimizer, scaler)
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise rundir.RunError(f"the checkpoint in {out_dir / rundir.CHECKPOINT_DIR} does not fit this run: {first}") from None
+        for group in optimizer.param_groups:  # a --lr given with --resume applies from here on
+            group["lr"] = train_cfg.lr
         start_epoch, best = meta["epoch"] + 1, meta["best"]
         history = rundir.read_metrics(out_dir)[: meta["history_len"]]
         if train_cfg.epochs < start_epoch:
@@ -251,6 +259,7 @@ def fit(
                 progress(step + 1, steps, phase="train", epoch=epoch + 1, epochs=train_cfg.epochs,
                          loss=s[2] / count, recon=s[0] / count, kl=s[1] / count,
                          images_per_s=count * dist.world / (time.perf_counter() - t0))
+        reader.close()  # here, not later in the garbage collector, where a Ctrl-C would be swallowed
         sums = torch.cat([sums, torch.tensor([float(count)], dtype=torch.float64, device=device)])
         sums = _all_reduce_sum(sums, dist).tolist()
         if not math.isfinite(sums[2]):
@@ -271,7 +280,10 @@ def fit(
                 cfg = rundir.read_config(out_dir)
                 cfg.pop("anomaly", None)
                 cfg.pop("fingerprint", None)
-                cfg["train"] = {**cfg["train"], "epochs": train_cfg.epochs}
+                changed = {k: getattr(train_cfg, k) for k in RESUMABLE if cfg["train"].get(k) != getattr(train_cfg, k)}
+                if changed:  # what a --resume changed, and from which epoch on
+                    cfg["resumed"] = [*cfg.get("resumed", []), {"from_epoch": epoch + 1, **changed}]
+                cfg["train"] = {**cfg["train"], **{k: getattr(train_cfg, k) for k in RESUMABLE}}
                 rundir.write_config(out_dir, cfg)
             if improved:
                 rundir.save_tensors(out_dir / rundir.WEIGHTS, model.state_dict(), {"epoch": epoch})
@@ -383,6 +395,30 @@ def _rel(p: Path, root: Path) -> str:
 
 # --- the whole job -------------------------------------------------------------------------
 
+# settings a --resume may change (recorded in config.json); any other must match the run
+RESUMABLE = ("epochs", "lr", "beta")
+
+
+def _resumed_configs(stored: dict, out_dir: Path, changes: dict) -> tuple[ModelConfig, TrainConfig]:
+    """The stored configs, with the RESUMABLE `changes` applied; any other change is refused."""
+    try:
+        model_cfg = from_dict(ModelConfig, stored["model"])
+        old = from_dict(TrainConfig, stored.get("train", {}))
+    except (TypeError, ValueError) as e:
+        raise rundir.RunError(f"run config {out_dir / rundir.CONFIG} is damaged: {e}") from None
+    current = {**asdict(model_cfg), **asdict(old)}
+    refused = {k: v for k, v in changes.items() if k not in RESUMABLE and k in current and current[k] != v}
+    if refused:
+        names = ", ".join(f"--{k.replace('_', '-')} {v} (the run has {current[k]})" for k, v in refused.items())
+        raise BadInput(f"--resume continues {out_dir} with its own settings and cannot change {names}; only "
+                       f"--epochs, --lr and --beta can change on resume. Start a new run to change the others")
+    applied = {k: v for k, v in changes.items() if k in RESUMABLE and not (k == "epochs" and not v)}
+    try:
+        return model_cfg, replace(old, **applied)
+    except TypeError as e:
+        raise BadInput(str(e)) from None
+
+
 def train(
     data_dir: str | Path,
     out_dir: str | Path,
@@ -395,31 +431,46 @@ def train(
     workers: int = 0,
     progress: Progress | None = None,
     resume_epochs: int | None = None,
+    resume_changes: dict | None = None,
 ) -> tuple[TrainResult, Dataset]:
     """`vaekit train`: load the folder, then fit.
 
-    On resume the stored configs win, except the total number of epochs (`resume_epochs`,
-    to extend a run), and the decoded images must be unchanged, so the result is exact."""
+    On resume the stored configs win, except `resume_changes` (settings the user gave, by
+    config field name): epochs (to extend a run; also `resume_epochs`), lr and beta apply from
+    the next epoch and are recorded in config.json; a different value for any other setting
+    is refused. The decoded images must be unchanged, so the result is exact.
+
+    The output rule: `out_dir` must be new, empty or a vaekit run (replaced only with
+    `overwrite`, and then only the files vaekit wrote), and not inside `data_dir`; it is
+    locked while training, so a second process on it gets InUse.
+    """
     out_dir = Path(out_dir)
-    exists = (out_dir / rundir.CONFIG).exists()
+    refuse_inside(out_dir, data_dir, "--out")
+    if int(os.environ.get("RANK", "0") or 0) != 0:  # torchrun: rank 0 holds the lock for all
+        return _train(data_dir, out_dir, model_cfg, train_cfg, channels, resume, overwrite, cache_dir, workers,
+                      progress, resume_epochs, resume_changes)
+    with rundir.locked(out_dir):
+        return _train(data_dir, out_dir, model_cfg, train_cfg, channels, resume, overwrite, cache_dir, workers,
+                      progress, resume_epochs, resume_changes)
+
+
+def _train(data_dir, out_dir, model_cfg, train_cfg, channels, resume, overwrite, cache_dir, workers, progress,
+           resume_epochs, resume_changes):
     if resume:
         stored = rundir.read_config(out_dir)
-        model_cfg = from_dict(ModelConfig, stored["model"])
-        old = from_dict(TrainConfig, stored["train"])
-        train_cfg = replace(old, epochs=resume_epochs or old.epochs)
+        changes = dict(resume_changes or {})
+        if resume_epochs:
+            changes["epochs"] = resume_epochs
+        model_cfg, train_cfg = _resumed_configs(stored, out_dir, changes)
         channels = model_cfg.channels
-    elif exists and not overwrite:
-        raise FileExistsError(f"{out_dir} already holds a run; pass --resume to continue it or --overwrite to replace it")
+    else:
+        rundir.prepare_out(out_dir, overwrite, write=False)
 
     # Under torchrun every rank has made the checks above before rank 0 writes anything (it
     # first passes the barrier below), so no rank takes rank 0's fresh files for an old run.
     dist = init_distributed(pick_device(train_cfg.device))
     if not dist.main:
         progress = None
-    if exists and overwrite and not resume and dist.main:
-        for name in (rundir.CONFIG, rundir.WEIGHTS, rundir.METRICS, rundir.PREVIEW):
-            (out_dir / name).unlink(missing_ok=True)
-        shutil.rmtree(out_dir / rundir.CHECKPOINT_DIR, ignore_errors=True)
 
     # The first rank on each machine fills the pixel cache; the others then find it there.
     data = None
@@ -428,7 +479,9 @@ def train(
     _barrier(dist)
     if data is None:
         data = load_dataset(data_dir, model_cfg.image_size, channels, cache_dir, workers)
-    if resume and data.fingerprint != stored["data"]["fingerprint"]:
+    if not resume and dist.main:  # once the images are known to be usable: a refused run writes nothing
+        rundir.prepare_out(out_dir, overwrite)
+    if resume and data.fingerprint != stored.get("data", {}).get("fingerprint"):
         raise rundir.RunError(
             f"the images in {data_dir} changed since {out_dir} was started; resume needs the same data"
         )
