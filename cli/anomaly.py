@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, List, Optional
 
 import typer
-from rich.markup import escape
 
-from vaekit_cli.output import apply_threads, console, err_console, progress_bar
+from vaekit_cli.output import apply_threads, console, dumps_json, err_console, progress_bar, shown
 
 MODEL_HELP = "A training run directory, or an exported .onnx model."
 TABLE_ROWS = 20  # the terminal shows at most this many images (the most anomalous); files get all
@@ -42,6 +40,7 @@ def anomaly_score(
     iwae: Annotated[bool, typer.Option("--iwae", help=IWAE_HELP)] = False,
     threshold: Annotated[Optional[float], typer.Option(help="Flag scores above this (nats) instead of the stored threshold.")] = None,
     fail_on_anomaly: Annotated[bool, typer.Option("--fail-on-anomaly", help="Exit with code 1 when any image is anomalous.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing -o file and heat maps of the same names.")] = False,
 ) -> None:
     """Score images (higher = more anomalous) and flag those above the model's threshold.
 
@@ -52,8 +51,7 @@ def anomaly_score(
     from vaekit import anomaly
 
     apply_threads()
-    if out is not None:
-        anomaly.output_format(out)  # a bad name fails now, not after scoring
+    anomaly.check_outputs(inputs, out, maps, overwrite)  # a bad or taken name fails now, not after scoring
     samples = samples or (64 if iwae else 0)
     m = vaekit.load(model)
     with progress_bar(transient=True) as bars:
@@ -62,16 +60,16 @@ def anomaly_score(
     if fail_on_anomaly and report.threshold is None:
         raise ValueError(f"--fail-on-anomaly needs a threshold, and there is {report.threshold_source}")
     for path, reason in report.skipped:
-        err_console.print(f"[yellow]skipped[/yellow] {escape(str(path))}: {escape(str(reason))}", highlight=False)
+        err_console.print(f"[yellow]skipped[/yellow] {shown(path)}: {shown(reason)}", highlight=False)
     if out is not None:
-        anomaly.write_scores(out, report, m)
+        anomaly.write_scores(out, report, m, overwrite=overwrite)
     if maps is not None:
-        anomaly.write_maps(maps, report)
+        anomaly.write_maps(maps, report, overwrite=overwrite)
     _print_scores(report, m, inputs)
     if out is not None:
-        console.print(f"wrote {escape(str(out))}", highlight=False)
+        console.print(f"wrote {shown(out)}", highlight=False)
     if maps is not None:
-        console.print(f"wrote {len(report.rows)} heat maps to {escape(str(maps))}", highlight=False)
+        console.print(f"wrote {len(report.rows)} heat maps to {shown(maps)}", highlight=False)
     if fail_on_anomaly and report.n_anomalous:
         raise typer.Exit(1)
 
@@ -94,8 +92,9 @@ def _print_scores(report, m, inputs) -> None:
 
     short = len(inputs) == 1 and inputs[0].is_dir()
 
-    rows = sorted(report.rows, key=lambda r: -r.score)
-    where = f" in {escape(str(inputs[0]))}" if short else ""
+    # most anomalous first; a score that is not a number (a broken model) above all
+    rows = sorted(report.rows, key=lambda r: -r.score if r.score == r.score else -float("inf"))
+    where = f" in {shown(inputs[0])}" if short else ""
     t = Table(title=f"{report.score} scores{where} (nats; higher = more anomalous)", title_justify="left")
     t.add_column("image", overflow="fold")
     t.add_column("score", justify="right")
@@ -103,7 +102,7 @@ def _print_scores(report, m, inputs) -> None:
     t.add_column("", justify="left")
     for r in rows[:TABLE_ROWS]:
         flag = "" if r.anomalous is None else ("[bold red]ANOMALOUS[/bold red]" if r.anomalous else "[green]normal[/green]")
-        t.add_row(escape(relative_name(r.path, inputs) if short else r.path), f"{r.score:.2f}", f"{r.bits_per_dim:.4f}", flag)
+        t.add_row(shown(relative_name(r.path, inputs) if short else r.path), f"{r.score:.2f}", f"{r.bits_per_dim:.4f}", flag)
     console.print(t)
     if len(rows) > TABLE_ROWS:
         console.print(f"... and {len(rows) - TABLE_ROWS} more (the {TABLE_ROWS} highest shown; -o writes all)",
@@ -128,27 +127,32 @@ def evaluate(
     threshold: Annotated[Optional[float], typer.Option(help="Threshold for the F1 at threshold (default: stored).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON instead of a table.")] = False,
     plot: Annotated[Optional[Path], typer.Option(help="Save the ROC curve as a PNG (needs matplotlib).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --plot file.")] = False,
 ) -> None:
     """Measure detection on labelled folders: AUROC, AUPRC, F1 at the threshold, best F1, FPR at 95% TPR."""
     import vaekit
     from vaekit import anomaly
 
     apply_threads()
+    if plot is not None:
+        from vaekit.fileio import refuse_existing
+
+        refuse_existing(plot, overwrite, "--plot")  # before the work, not after it
     samples = samples or (64 if iwae else 0)
     m = vaekit.load(model)
     with progress_bar(transient=True) as bars:
         ev = anomaly.evaluate(m, normal, anomalous, masks=masks, samples=samples, score=score.value, iwae=iwae,
                               threshold=threshold, progress=_bar(bars))
     if plot is not None:
-        anomaly.plot_roc(ev, plot)
+        anomaly.plot_roc(ev, plot, overwrite=overwrite)
     for path, reason in ev.skipped:
-        err_console.print(f"[yellow]skipped[/yellow] {escape(str(path))}: {escape(str(reason))}", highlight=False)
+        err_console.print(f"[yellow]skipped[/yellow] {shown(path)}: {shown(reason)}", highlight=False)
     if as_json:
-        typer.echo(json.dumps(ev.to_dict(), indent=2))
+        typer.echo(dumps_json(ev.to_dict()))
         return
     _print_evaluation(ev)
     if plot is not None:
-        console.print(f"wrote {escape(str(plot))}", highlight=False)
+        console.print(f"wrote {shown(plot)}", highlight=False)
 
 
 def _print_evaluation(ev) -> None:
@@ -199,7 +203,7 @@ def threshold(
 def _print_threshold(run, section) -> None:
     from rich.table import Table
 
-    t = Table(title=f"{escape(str(run))}: score {section.get('score')}, {section.get('n', len(section.get('scores', [])))} "
+    t = Table(title=f"{shown(run)}: score {section.get('score')}, {section.get('n', len(section.get('scores', [])))} "
                     f"{section.get('source', 'validation')} images", show_header=False, title_justify="left")
     from vaekit.anomaly import section_note
 
@@ -207,7 +211,7 @@ def _print_threshold(run, section) -> None:
     t.add_row("threshold", f"{section['threshold']:.2f} nats" + (f" (quantile {q:.4g})" if q is not None else ""))
     note = section_note(section)
     if note:
-        t.add_row("", f"[yellow]{escape(note)}[/yellow]")
+        t.add_row("", f"[yellow]{shown(note)}[/yellow]")
     for k, v in section.get("quantiles", {}).items():
         t.add_row(f"quantile {k}", f"{v:.2f}")
     console.print(t)

@@ -7,16 +7,14 @@ with either engine.
 
 from __future__ import annotations
 
-import json
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
-from vaekit_cli.output import console, err_console, progress_bar
+from vaekit_cli.output import console, dumps_json, err_console, progress_bar, shown
 
 ModelArg = Annotated[Path, typer.Argument(help="Run directory or exported .onnx file.", exists=True)]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")]
@@ -47,11 +45,11 @@ def _progress(label: str, quiet: bool):
 
 def _skipped(skipped) -> None:
     for path, reason in skipped:
-        err_console.print(f"[yellow]skipped[/yellow] {escape(str(path))}: {escape(str(reason))}", highlight=False, soft_wrap=True)
+        err_console.print(f"[yellow]skipped[/yellow] {shown(path)}: {shown(reason)}", highlight=False, soft_wrap=True)
 
 
 def _print_json(obj) -> None:
-    typer.echo(json.dumps(obj, indent=2))
+    typer.echo(dumps_json(obj))
 
 
 def encode(
@@ -74,7 +72,7 @@ def encode(
         return _print_json(report.to_dict())
     from rich.table import Table
 
-    t = Table(title=f"encoded {escape(str(report.path))}", show_header=False)
+    t = Table(title=f"encoded {shown(report.path)}", show_header=False)
     t.add_row("images", f"{report.count} encoded, {len(report.skipped)} skipped")
     t.add_row("precision", f"{report.precision} ({m.info.latent_dim} dimensions)")
     t.add_row("code file", f"{report.file_bytes:,} bytes")
@@ -102,7 +100,7 @@ def decode(
         report = decode_file(m, codes, out, size.value, overwrite=overwrite, progress=progress)
     if as_json:
         return _print_json({"out_dir": str(report.out_dir), "size": report.size, "files": [str(p) for p in report.written]})
-    console.print(f"wrote {len(report.written)} images ({report.size} size) to {escape(str(report.out_dir))}", highlight=False, soft_wrap=True)
+    console.print(f"wrote {len(report.written)} images ({report.size} size) to {shown(report.out_dir)}", highlight=False, soft_wrap=True)
 
 
 def reconstruct(
@@ -124,14 +122,14 @@ def reconstruct(
         return _print_json(report.to_dict())
     from rich.table import Table
 
-    t = Table(title=f"reconstructions in {escape(str(report.out_dir))}")
+    t = Table(title=f"reconstructions in {shown(report.out_dir)}")
     t.add_column("image")
     t.add_column("PSNR (dB)", justify="right")
     has_ssim = report.ssim is not None
     if has_ssim:
         t.add_column("SSIM", justify="right")
     for i, (name, p) in enumerate(zip(report.names, report.psnr)):
-        t.add_row(escape(name), f"{p:.2f}", *([f"{report.ssim[i]:.4f}"] if has_ssim else []))
+        t.add_row(shown(name), f"{p:.2f}", *([f"{report.ssim[i]:.4f}"] if has_ssim else []))
     t.add_section()
     t.add_row(f"mean of {len(report.names)}", f"{report.psnr.mean():.2f}",
               *([f"{report.ssim.mean():.4f}"] if has_ssim else []), style="bold")
@@ -139,8 +137,8 @@ def reconstruct(
     if not has_ssim:
         from vaekit.quality import SSIM_MISSING
 
-        console.print(f"no SSIM column: {escape(SSIM_MISSING)}", highlight=False, soft_wrap=True)
-    console.print(f"comparison grid (input, reconstruction): {escape(str(report.grid))}", highlight=False, soft_wrap=True)
+        console.print(f"no SSIM column: {shown(SSIM_MISSING)}", highlight=False, soft_wrap=True)
+    console.print(f"comparison grid (input, reconstruction): {shown(report.grid)}", highlight=False, soft_wrap=True)
 
 
 def sample(
@@ -157,7 +155,7 @@ def sample(
 
     m = vaekit.load(model)
     path = write_grid(m.sample(n, temperature, seed), out, ncol=8, overwrite=overwrite)
-    console.print(f"wrote {n} samples (temperature {temperature}, seed {seed}) to {escape(str(path))}", highlight=False, soft_wrap=True)
+    console.print(f"wrote {n} samples (temperature {temperature}, seed {seed}) to {shown(path)}", highlight=False, soft_wrap=True)
 
 
 def interpolate(
@@ -174,7 +172,7 @@ def interpolate(
 
     m = vaekit.load(model)
     path = write_grid(walk(m, a, b, n), out, ncol=n, overwrite=overwrite)
-    console.print(f"wrote a {n}-step interpolation from {escape(str(a.name))} to {escape(str(b.name))} to {escape(str(path))}", highlight=False, soft_wrap=True)
+    console.print(f"wrote a {n}-step interpolation from {shown(a.name)} to {shown(b.name)} to {shown(path)}", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
 
-from vaekit_cli.output import apply_threads, err_console
+from vaekit_cli.output import apply_threads, err_console, shown
 
 DEFAULT_RUN = Path("runs/latest")  # where `vaekit train` writes when given no --out
 
@@ -37,7 +36,7 @@ def demo(
     if share:
         err_console.print("[yellow]--share: the app will be reachable by anyone with the link[/yellow]")
     if host != "127.0.0.1":
-        err_console.print(f"[yellow]--host {escape(str(host))}: the app will be reachable from other machines[/yellow]")
+        err_console.print(f"[yellow]--host {shown(host)}: the app will be reachable from other machines[/yellow]")
     launch(build_app(model, runs_dir=runs_dir), port=port, share=share, max_file_size=max_file_size, host=host)
 
 

@@ -357,7 +357,8 @@ def test_full_disk_while_writing_scores_keeps_the_old_file(tmp_path, monkeypatch
     out.parent.mkdir()
     out.write_text("the previous scores\n")
     _full_disk(monkeypatch, str(out.parent))
-    r = CliRunner().invoke(app, ["anomaly-score", str(trained), str(trained.parent / "images"), "-o", str(out)])
+    r = CliRunner().invoke(app, ["anomaly-score", str(trained), str(trained.parent / "images"), "-o", str(out),
+                                 "--overwrite"])
     assert r.exit_code == 2, r.output
     assert f"cannot write {out}: No space left on device" in " ".join(r.output.split())
     assert _snapshot(out.parent) == {"scores.csv": b"the previous scores\n"}

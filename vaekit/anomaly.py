@@ -21,7 +21,8 @@ import numpy as np
 
 from vaekit import images as imageio
 from vaekit.engine import DEFAULT_SCORE, SCORES, Model, Scores
-from vaekit.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
+from vaekit.errors import BadInput
+from vaekit.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, refuse_existing, refuse_inside
 
 Progress = Callable[..., None]
 QUANTILES = (0.5, 0.9, 0.95, 0.99, 0.999)  # stored with every run, for people and histograms
@@ -197,6 +198,7 @@ class ScoreReport:
     names: list[str] = field(default_factory=list)  # each row's path relative to its input folder
     images: np.ndarray | None = None  # (N, C, H, W) uint8 at the model's size, for maps
     pixel_maps: np.ndarray | None = None  # (N, H, W) float32, nats
+    inputs: list[Path] = field(default_factory=list)  # what was scored: no output may go inside it
 
     @property
     def n_anomalous(self) -> int:
@@ -268,15 +270,36 @@ def score_images(
     s = model.score(loaded.images, samples=samples, score=score, iwae=iwae, progress=phase("score"))
     t, source = resolve_threshold(model, score, s.estimator, threshold)
     rows = _rows(loaded.paths, s, t)
-    return ScoreReport(rows, loaded.skipped, score, s.estimator, samples, t, source, names, loaded.images, s.pixel_map)
+    roots = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    return ScoreReport(rows, loaded.skipped, score, s.estimator, samples, t, source, names, loaded.images, s.pixel_map,
+                       [Path(r) for r in roots])
 
 
 def _rows(paths: Sequence[Path], s: Scores, t: float | None) -> list[ScoreRow]:
+    # fail closed: a score that is not a finite number (NaN compares false with anything) is
+    # anomalous, never "normal"
     return [
-        ScoreRow(str(p), float(s.score[i]), float(s.bits_per_dim[i]), t, None if t is None else bool(s.score[i] > t),
+        ScoreRow(str(p), float(s.score[i]), float(s.bits_per_dim[i]), t,
+                 None if t is None else bool(s.score[i] > t or not np.isfinite(s.score[i])),
                  float(s.neg_elbo[i]), float(s.recon[i]), float(s.kl[i]), float(s.excess[i]))
         for i, p in enumerate(paths)
     ]
+
+
+def check_outputs(inputs, out: str | Path | None = None, maps: str | Path | None = None,
+                  overwrite: bool = False) -> None:
+    """The output rule for `score_images`' files, checked before any scoring: no output inside
+    an input folder, and an existing file only replaced with `overwrite`."""
+    roots = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    if out is not None:
+        output_format(out)
+        refuse_inside(Path(out), roots, "output")
+        refuse_existing(Path(out), overwrite)
+    if maps is not None:
+        maps = Path(maps)
+        if maps.exists() and not maps.is_dir():
+            raise BadInput(f"--maps {maps} is a file; give a folder")
+        refuse_inside(maps, roots, "--maps folder")
 
 
 def rows_csv(rows: Sequence[ScoreRow]) -> str:
@@ -299,9 +322,12 @@ def output_format(path: str | Path) -> str:
     return suffix[1:]
 
 
-def write_scores(path: str | Path, report: ScoreReport, model: Model | None = None) -> Path:
-    """Write the rows as CSV (.csv) or JSON (.json, with the settings and skipped files); atomic."""
+def write_scores(path: str | Path, report: ScoreReport, model: Model | None = None, overwrite: bool = False) -> Path:
+    """Write the rows as CSV (.csv) or JSON (.json, with the settings and skipped files); atomic.
+
+    An existing file is replaced only with `overwrite`; never inside a scored folder."""
     path = Path(path)
+    check_outputs(report.inputs, out=path, overwrite=overwrite)
     if output_format(path) == "csv":
         atomic_write_text(path, rows_csv(report.rows))
     else:
@@ -309,22 +335,31 @@ def write_scores(path: str | Path, report: ScoreReport, model: Model | None = No
     return path
 
 
-def write_maps(out_dir: str | Path, report: ScoreReport, alpha: float = 0.5) -> list[Path]:
+def write_maps(out_dir: str | Path, report: ScoreReport, alpha: float = 0.5, overwrite: bool = False) -> list[Path]:
     """One PNG per image: its per-pixel anomaly map as a heat map over the image.
 
     Files mirror the input names under `out_dir` (suffix .png). Colours are scaled per image
     (0 to that image's maximum), so compare the scores, not the colours, across images. Small
     models' images are enlarged (nearest neighbour) to at least MAP_MIN_SIDE pixels.
+    `out_dir` may not be (or be inside) a scored folder; existing files there are replaced
+    only with `overwrite`, and all are checked before the first is written.
     """
     if report.images is None or report.pixel_maps is None:
         raise ValueError("this report carries no images or maps to draw")
     out_dir = Path(out_dir)
-    written, used = [], set()
-    for name, x, heat in zip(report.names, report.images, report.pixel_maps):
+    check_outputs(report.inputs, maps=out_dir, overwrite=overwrite)
+    written, used, targets = [], set(), []
+    for name in report.names:
         rel, n = Path(name).with_suffix(".png"), 1
         while rel in used:  # a.jpg next to a.png, or two inputs with the same name
             rel, n = Path(name).with_name(f"{Path(name).stem}-{n}.png"), n + 1
         used.add(rel)
+        targets.append(rel)
+    taken = [out_dir / rel for rel in targets if (out_dir / rel).exists() or (out_dir / rel).is_symlink()]
+    if taken and not overwrite:
+        raise BadInput(f"{len(taken)} heat map file(s) already exist in {out_dir} (e.g. {taken[0]}); "
+                       "pass --overwrite to replace them")
+    for rel, x, heat in zip(targets, report.images, report.pixel_maps):
         overlay = imageio.heatmap_overlay(x, heat, alpha=alpha)  # (3, H, W) uint8
         k = max(1, -(-MAP_MIN_SIDE // overlay.shape[1]))
         imageio.save_png(overlay.repeat(k, axis=1).repeat(k, axis=2), out_dir / rel)
@@ -490,8 +525,10 @@ def _match_masks(root: Path, names: Sequence[str], size: int) -> list[np.ndarray
     return out
 
 
-def plot_roc(evaluation: Evaluation, path: str | Path) -> Path:
-    """Save the ROC curve (and the point at the threshold) as a PNG; needs matplotlib."""
+def plot_roc(evaluation: Evaluation, path: str | Path, overwrite: bool = False) -> Path:
+    """Save the ROC curve (and the point at the threshold) as a PNG; needs matplotlib.
+    An existing file is replaced only with `overwrite`."""
+    refuse_existing(Path(path), overwrite, "--plot")
     try:
         import matplotlib
 

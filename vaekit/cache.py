@@ -2,14 +2,15 @@
 
 An entry is two files named by a key over the file list (path, size, mtime of each)
 and the decode settings: <key>.u8 holds the raw uint8 (N, C, H, W) array and
-<key>.json describes it. The JSON is written last, so its presence marks a complete
-entry. Numpy only, no torch: the torch Dataset wraps what this returns.
+<key>.json describes it, with the sha256 of the .u8 file, checked on every open: a
+corrupted entry (a bad disk, a stray write) is rebuilt, never trained on. The JSON is
+written last, so its presence marks a complete entry. Numpy only, no torch: the torch
+Dataset wraps what this returns.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import time
@@ -21,9 +22,11 @@ import numpy as np
 import PIL
 
 from vaekit import images
-from vaekit.fileio import atomic_write_json, atomic_writer
+from vaekit.fileio import atomic_write_json, atomic_writer, check_regular, read_json
 
-# Bump when decoding or the entry layout changes, so old entries are never read as new ones.
+# Bump when decoding changes, so old entries are never read as new ones. (Not bumped when
+# entries gained their sha256: the version is part of every run's data fingerprint, which
+# --resume compares; an entry without a sha256 is simply rebuilt.)
 FORMAT_VERSION = 1
 
 
@@ -118,7 +121,7 @@ def _open_entry(
 ) -> CachedImages | None:
     """The entry for `key` if it is complete and consistent, else None."""
     try:
-        meta = json.loads((root / f"{key}.json").read_text(encoding="utf-8"))
+        meta = read_json(root / f"{key}.json", "cache entry")
         shape = tuple(int(d) for d in meta["shape"])
         data = root / f"{key}.u8"
         if (
@@ -127,7 +130,8 @@ def _open_entry(
             or len(shape) != 4
             or shape[1:] != (channels, size, size)
             or len(meta["paths"]) != shape[0]
-            or data.stat().st_size != math.prod(shape)
+            or check_regular(data, "cache data").st_size != math.prod(shape)
+            or _sha256(data) != meta.get("sha256")
         ):
             return None
         # mmap refuses empty files; an entry with no images is just an empty array
@@ -155,13 +159,16 @@ def _build(
     skipped: list[tuple[Path, str]] = []
     total, every = len(paths), max(1, len(paths) // 100)
     _remove_strays(root, key)
+    digest = hashlib.sha256()
     # Each image goes straight to disk, so memory stays flat however large the folder.
     with atomic_writer(root / f"{key}.u8") as f:
         for done, (_, x, reason) in enumerate(results, 1):
             if x is None:
                 skipped.append((reals[done - 1], reason or ""))
             else:
-                f.write(memoryview(np.ascontiguousarray(x)).cast("B"))
+                chunk = memoryview(np.ascontiguousarray(x)).cast("B")
+                f.write(chunk)
+                digest.update(chunk)
                 loaded.append(reals[done - 1])
             if progress is not None and (done % every == 0 or done == total):
                 progress(done, total)
@@ -170,6 +177,7 @@ def _build(
         "key": key,
         "shape": [len(loaded), channels, size, size],
         "dtype": "uint8",
+        "sha256": digest.hexdigest(),
         "size": size,
         "channels": channels,
         "paths": [str(p) for p in loaded],
@@ -180,6 +188,14 @@ def _build(
     if entry is None:  # written but unreadable: a broken file system, not a user mistake
         raise OSError(f"cache entry {root / key} could not be read back")
     return CachedImages(entry.images, entry.paths, entry.skipped, key, hit=False)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 # A partial entry left by a process that was killed (SIGKILL, out of memory) can be as large as

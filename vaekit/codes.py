@@ -31,7 +31,9 @@ import numpy as np
 
 from vaekit import __version__
 from vaekit import images as imageio
-from vaekit.fileio import atomic_write_bytes, split_safetensors
+from vaekit.config import MAX_IMAGE_SIZE
+from vaekit.errors import DamagedFile
+from vaekit.fileio import atomic_write_bytes, loads_json, read_regular, split_safetensors
 
 if TYPE_CHECKING:  # the engine is passed in; importing it here would cost nothing but clarity
     from vaekit.engine import Model
@@ -44,7 +46,13 @@ _LEVELS = 255  # q8: codes 0..255
 Progress = Callable[..., None]
 
 
-class CodeFileError(ValueError):
+# Twice Pillow's decompression-bomb limit, the largest image it opens at all (a big JPEG
+# loads at reduced scale, and its size is still recorded): `decode --size original` never
+# writes more than this per image, whatever a hand-made code file says.
+MAX_ORIG_PIXELS = 2 * 89_478_485
+
+
+class CodeFileError(DamagedFile):
     """A code file that is corrupt, truncated, tampered with, foreign, or for another model."""
 
 
@@ -170,7 +178,7 @@ def from_bytes(data: bytes, source: str = "code file") -> CodeFile:
     if meta.get("sha256") != _digest(meta["version"], header, tensors):
         raise CodeFileError(f"{source} is damaged or was modified: its checksum does not match its contents")
     try:
-        h = json.loads(header)
+        h = loads_json(header)
         cf = CodeFile(
             codes=tensors["codes"], names=list(h["names"]), orig_size=tensors["orig_size"],
             precision=h["precision"], fingerprint=h["fingerprint"], image_size=h["image_size"],
@@ -218,13 +226,18 @@ def _validate(cf: CodeFile, source: str = "code file") -> None:
         bad(f"{len(cf.names)} names for {n} codes")
     if cf.orig_size.shape != (n, 2) or cf.orig_size.dtype != np.int32 or (n and cf.orig_size.min() < 1):
         bad(f"orig_size must be positive int32 (N, 2), got {cf.orig_size.dtype} {cf.orig_size.shape}")
+    if n and int(cf.orig_size.astype(np.int64).prod(1).max()) > MAX_ORIG_PIXELS:
+        i = int(cf.orig_size.astype(np.int64).prod(1).argmax())
+        bad(f"orig_size {cf.orig_size[i, 0]}x{cf.orig_size[i, 1]} of {cf.names[i]!r} is larger than any image vaekit "
+            f"reads ({MAX_ORIG_PIXELS} pixels)")
     if cf.precision == "q8":
         for name, a in (("scale", cf.scale), ("offset", cf.offset)):
             if a is None or a.shape != (d,) or a.dtype != np.float32 or not np.isfinite(a).all():
                 bad(f"q8 needs a finite float32 {name} of shape ({d},)")
     elif cf.scale is not None or cf.offset is not None:
         bad(f"scale/offset are only stored for q8, not {cf.precision}")
-    if not isinstance(cf.image_size, int) or not isinstance(cf.channels, int) or cf.channels not in (1, 3):
+    if (not isinstance(cf.image_size, int) or isinstance(cf.image_size, bool) or not 16 <= cf.image_size <= MAX_IMAGE_SIZE
+            or not isinstance(cf.channels, int) or cf.channels not in (1, 3)):
         bad(f"image size {cf.image_size!r} / channels {cf.channels!r}")
     if not isinstance(cf.fingerprint, str) or not cf.fingerprint:
         bad("missing model fingerprint")
@@ -251,9 +264,7 @@ def save(cf: CodeFile, path: str | Path) -> int:
 def load(path: str | Path) -> CodeFile:
     """Read and verify a code file (numpy only)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"code file not found: {path}")
-    return from_bytes(path.read_bytes(), source=f"code file {path}")
+    return from_bytes(read_regular(path, "code file"), source=f"code file {path}")
 
 
 # --- encoding and decoding with a model ------------------------------------------------------
@@ -262,9 +273,7 @@ def original_size(path: Path) -> tuple[int, int]:
     """(height, width) of an image file as vaekit decodes it (EXIF rotation applied), header only."""
     import warnings
 
-    from PIL import Image
-
-    with warnings.catch_warnings(), Image.open(path) as img:
+    with warnings.catch_warnings(), imageio.open_image(path) as img:
         warnings.simplefilter("ignore")  # a big image's DecompressionBombWarning: we only read its header
         w, h = img.size
         try:

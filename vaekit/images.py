@@ -4,6 +4,11 @@ Numpy and Pillow only, never torch: training (through the pixel cache) and the
 onnxruntime engine both preprocess with `load_image`, so the two cannot drift.
 Each Pillow pitfall we know of (16-bit, palette transparency, EXIF rotation,
 truncated files, decompression bombs) is handled once, here.
+
+Every file is opened the same way (`_open`): `stat` first (following links) and only a
+regular file goes on, opened non-blocking, so a FIFO or device named x.png is skipped,
+never waited on; and Pillow may only use the documented formats (FORMATS), so a
+PostScript file named x.png is "not an image" instead of a Ghostscript run.
 """
 
 from __future__ import annotations
@@ -11,9 +16,11 @@ from __future__ import annotations
 import errno
 import io
 import os
+import stat
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
@@ -22,9 +29,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from vaekit.config import MAX_IMAGE_SIZE
+from vaekit.errors import BadInput
 from vaekit.fileio import atomic_write_bytes
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+# The only decoders Pillow may pick, whatever a file's bytes claim: the formats vaekit documents.
+# (Pillow's EPS plugin alone would run Ghostscript on a PostScript file named .png.)
+FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
+# The resize works on the image scaled so its shorter side is `size`: a 1 x 1,000,000 strip
+# would become 64 x 64,000,000 pixels first. Files needing more than this are skipped.
+MAX_RESIZE_PIXELS = 1 << 26  # 67 M pixels, ~200 MB for RGB
 _GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "F"})  # plus every "I;16*" variant
 _ALPHA_MODES = frozenset({"LA", "RGBA", "La", "RGBa"})
 _CHANNELS = ("auto", 1, 3, "1", "3")
@@ -45,7 +60,7 @@ class NoImagesError(ValueError):
     """A folder or list of paths that holds no usable image."""
 
 
-def find_images(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
+def find_images(inputs: str | Path | Sequence[str | Path], unreadable: list | None = None) -> list[Path]:
     """Image files under `inputs` (files or folders), folders scanned recursively.
 
     A file named explicitly is kept whatever its suffix. In folders, files with an
@@ -54,6 +69,8 @@ def find_images(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
     with an image suffix that leads nowhere (dangling, or a loop) is kept, so that loading
     reports it as skipped instead of it vanishing silently.
     Each root's files come sorted by their relative posix path, roots in the order given.
+    A sub-folder that cannot be read is skipped; with `unreadable` (a list) given, it is
+    appended there as (folder, reason), so the caller can name it.
     """
     roots = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     found: list[Path] = []
@@ -65,21 +82,25 @@ def find_images(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
             found.append(root)
             continue
         rel: list[str] = []
-        _scan(root, "", seen, rel)
+        bad: list[tuple[str, str]] = []
+        _scan(root, "", seen, rel, bad)
         found += [root / r for r in sorted(rel)]
+        if unreadable is not None:
+            unreadable += [(root / r, why) for r, why in sorted(bad)]
     return found
 
 
-def _scan(folder: Path, prefix: str, seen: set[Path], out: list[str]) -> None:
+def _scan(folder: Path, prefix: str, seen: set[Path], out: list[str], bad: list[tuple[str, str]]) -> None:
     real = folder.resolve()
     if real in seen:
         return
     seen.add(real)
     try:
         entries = list(os.scandir(folder))
-    except OSError:
+    except OSError as exc:
         if not prefix:
             raise  # the folder the caller named; only unreadable subfolders are skipped
+        bad.append((prefix.rstrip("/"), f"unreadable folder, its images skipped: {_reason(exc, folder)}"))
         return
     for e in entries:
         if e.name.startswith("."):
@@ -89,7 +110,7 @@ def _scan(folder: Path, prefix: str, seen: set[Path], out: list[str]) -> None:
         except OSError:  # a link to itself raises ELOOP here: one bad name must not fail the scan
             is_dir = False
         if is_dir:
-            _scan(Path(e.path), f"{prefix}{e.name}/", seen, out)
+            _scan(Path(e.path), f"{prefix}{e.name}/", seen, out, bad)
         elif (e.is_symlink() or _is_file(e)) and Path(e.name).suffix.lower() in IMAGE_SUFFIXES:
             out.append(prefix + e.name)  # a link that is neither: broken or looping, reported on load
 
@@ -105,7 +126,9 @@ def _reason(exc: BaseException, path: Path | None = None) -> str:
     if isinstance(exc, Image.DecompressionBombError):  # not an OSError
         return f"decompression bomb: {exc}"
     if isinstance(exc, UnidentifiedImageError):  # an OSError, so test it before those below
-        return "not an image"
+        return "not an image"  # or not one of FORMATS
+    if isinstance(exc, MemoryError):
+        return "not enough memory to decode it"
     if isinstance(exc, PermissionError):
         return "permission denied"
     if isinstance(exc, IsADirectoryError):
@@ -117,16 +140,47 @@ def _reason(exc: BaseException, path: Path | None = None) -> str:
     return f"truncated or corrupt: {str(exc) or type(exc).__name__}"
 
 
+def _open_file(path: Path):
+    """The file at `path` opened for reading, after checking (stat, following links) that it is
+    a regular file: a FIFO would block the open, a device may never end. Raises
+    ImageReadError for anything else, and for an empty file."""
+    st = os.stat(path)
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(errno.EISDIR, "is a folder", str(path))
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageReadError(path, "not a regular file (a FIFO, socket or device)")
+    if st.st_size == 0:
+        raise ImageReadError(path, "empty file")
+    # O_NONBLOCK: a file swapped for a FIFO between the stat and the open still cannot block
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    f = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        f.close()
+        raise ImageReadError(path, "not a regular file (a FIFO, socket or device)")
+    return f
+
+
+@contextmanager
+def open_image(path: str | Path) -> Iterator[Image.Image]:
+    """Image.open on a checked regular file (see _open_file), with only the FORMATS decoders
+    allowed; the image and the file are closed on exit. Every image vaekit reads goes through
+    here."""
+    f = _open_file(Path(path))
+    try:
+        with Image.open(f, formats=FORMATS) as img:
+            yield img
+    finally:
+        f.close()
+
+
 def _read(path: Path, draft: int | None = None) -> Image.Image:
     """Open, bomb-check, load the first frame and apply EXIF rotation; file closed after."""
     try:
-        if path.stat().st_size == 0:
-            raise ImageReadError(path, "empty file")
         with warnings.catch_warnings():
             # Pillow warns of metadata it skips (bad EXIF) and of sizes between 1x and 2x its
             # bomb limit; we judge the pixels ourselves and reject anything over 1x below.
             warnings.simplefilter("ignore")
-            with Image.open(path) as img:
+            with open_image(path) as img:
                 if draft is not None and img.format == "JPEG":
                     # JPEG can decode at 1/2, 1/4 or 1/8 scale; draft keeps both sides >= draft.
                     # It only sets the scale, so the check below judges what is really decoded:
@@ -189,8 +243,14 @@ def _check_channels(channels: int) -> None:
 
 
 def _check_size(size: int) -> None:
-    if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 16:
-        raise ValueError(f"invalid size {size!r}: expected an integer >= 16")
+    if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or not 16 <= size <= MAX_IMAGE_SIZE:
+        raise BadInput(f"invalid size {size!r}: expected an integer from 16 to {MAX_IMAGE_SIZE}")
+
+
+def resize_pixels(h: int, w: int, size: int) -> int:
+    """Pixels of the intermediate image `resize` makes of an h x w image (shorter side -> size)."""
+    s = size / min(h, w)
+    return max(size, round(w * s)) * max(size, round(h * s))
 
 
 def gray_mode(path: Path) -> bool:
@@ -198,8 +258,10 @@ def gray_mode(path: Path) -> bool:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow's bomb warning: _read judges the size itself
-            with Image.open(path) as img:
+            with open_image(path) as img:
                 return img.mode in _GRAY_MODES or img.mode.startswith("I;16")
+    except ImageReadError:
+        raise
     except Exception as exc:
         raise ImageReadError(path, _reason(exc, Path(path))) from exc
 
@@ -250,6 +312,9 @@ def resize(x: np.ndarray, size: int) -> np.ndarray:
     h, w = x.shape[:2]
     if h == w == size:
         return x
+    if resize_pixels(h, w, size) > MAX_RESIZE_PIXELS:
+        raise BadInput(f"a {w}x{h} image is too elongated to resize to {size}: the intermediate image would have "
+                       f"{resize_pixels(h, w, size)} pixels, at most {MAX_RESIZE_PIXELS}")
     s = size / min(h, w)
     nw, nh = max(size, round(w * s)), max(size, round(h * s))
     img = Image.fromarray(x[..., 0] if x.shape[-1] == 1 else x)
@@ -266,7 +331,15 @@ def load_image(path: Path, size: int, channels: int) -> np.ndarray:
     bicubic resize, which is much faster and keeps the same shorter-side-then-crop policy.
     """
     _check_size(size)
-    x = resize(_decode(path, channels, draft=size), size)  # (H, W, C)
+    x = _decode(path, channels, draft=size)
+    need = resize_pixels(*x.shape[:2], size)
+    if need > MAX_RESIZE_PIXELS:  # judged before anything is allocated for it
+        raise ImageReadError(path, f"aspect ratio too extreme: {x.shape[1]}x{x.shape[0]} resized to {size} would "
+                                   f"take {need} pixels, at most {MAX_RESIZE_PIXELS}")
+    try:
+        x = resize(x, size)  # (H, W, C)
+    except MemoryError:
+        raise ImageReadError(path, "not enough memory to resize it") from None
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
@@ -287,6 +360,8 @@ def _load_chunk(paths: list[Path], size: int, channels: int) -> list[_Loaded]:
             out.append((p, load_image(p, size, channels), None))
         except ImageReadError as e:
             out.append((p, None, e.reason))
+        except MemoryError:  # one file must never abort a whole run
+            out.append((p, None, "not enough memory to decode it"))
     return out
 
 
