@@ -302,15 +302,28 @@ def check_outputs(inputs, out: str | Path | None = None, maps: str | Path | None
         refuse_inside(maps, roots, "--maps folder")
 
 
+def csv_text(text: str) -> str:
+    """A text cell that is safe in a CSV: valid UTF-8, and not a spreadsheet formula.
+
+    A file name that is not UTF-8 (Linux allows any bytes) has each undecodable byte written
+    as \\xNN; a cell starting with = + - @ (or a tab or carriage return) gets a leading ',
+    so a spreadsheet shows it as text instead of running it (OWASP, CSV injection).
+    """
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
 def rows_csv(rows: Sequence[ScoreRow]) -> str:
-    """CSV text with a header of ROW_FIELDS; an absent threshold/flag is an empty cell."""
+    """CSV text with a header of ROW_FIELDS; an absent threshold/flag is an empty cell; names
+    through `csv_text`."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(ROW_FIELDS)
     for r in rows:
         d = asdict(r)
         w.writerow(["" if d[k] is None else (str(d[k]).lower() if isinstance(d[k], bool) else
-                                             (repr(d[k]) if isinstance(d[k], float) else d[k])) for k in ROW_FIELDS])
+                                             (repr(d[k]) if isinstance(d[k], float) else csv_text(str(d[k]))))
+                    for k in ROW_FIELDS])
     return buf.getvalue()
 
 

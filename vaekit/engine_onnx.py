@@ -8,7 +8,6 @@ numpy, json and onnxruntime (lazily) only: never torch, never onnx.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import numpy as np
 
 from vaekit.engine import Model, ModelInfo, threshold_fields
 from vaekit.errors import DamagedFile
-from vaekit.fileio import check_regular
+from vaekit.fileio import check_regular, loads_json
 
 CHECKSUM_KEY = "vaekit.sha256"  # sha256 of the file, computed with CHECKSUM_PLACEHOLDER in its place
 CHECKSUM_PLACEHOLDER = "0" * 64
@@ -104,8 +103,8 @@ def _verify_checksum(path: Path, meta: dict) -> None:
 
 def _json(meta: dict, key: str, path: Path):
     try:
-        return json.loads(meta[key])
-    except (KeyError, json.JSONDecodeError):
+        return loads_json(meta[key])
+    except (KeyError, ValueError):  # JSONDecodeError, nested too deeply
         raise OnnxModelError(f"{path} has missing or corrupt vaekit metadata {key!r}") from None
 
 

@@ -60,17 +60,16 @@ class NoImagesError(ValueError):
     """A folder or list of paths that holds no usable image."""
 
 
-def find_images(inputs: str | Path | Sequence[str | Path], unreadable: list | None = None) -> list[Path]:
+def find_images(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
     """Image files under `inputs` (files or folders), folders scanned recursively.
 
     A file named explicitly is kept whatever its suffix. In folders, files with an
     IMAGE_SUFFIXES suffix (any case) are kept; names starting with '.' are skipped;
     symlinked folders are followed, each real folder once, so links cannot loop. A link
     with an image suffix that leads nowhere (dangling, or a loop) is kept, so that loading
-    reports it as skipped instead of it vanishing silently.
+    reports it as skipped instead of it vanishing silently; so is a sub-folder that cannot
+    be read, which loading reports as "unreadable folder".
     Each root's files come sorted by their relative posix path, roots in the order given.
-    A sub-folder that cannot be read is skipped; with `unreadable` (a list) given, it is
-    appended there as (folder, reason), so the caller can name it.
     """
     roots = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     found: list[Path] = []
@@ -82,25 +81,22 @@ def find_images(inputs: str | Path | Sequence[str | Path], unreadable: list | No
             found.append(root)
             continue
         rel: list[str] = []
-        bad: list[tuple[str, str]] = []
-        _scan(root, "", seen, rel, bad)
+        _scan(root, "", seen, rel)
         found += [root / r for r in sorted(rel)]
-        if unreadable is not None:
-            unreadable += [(root / r, why) for r, why in sorted(bad)]
     return found
 
 
-def _scan(folder: Path, prefix: str, seen: set[Path], out: list[str], bad: list[tuple[str, str]]) -> None:
+def _scan(folder: Path, prefix: str, seen: set[Path], out: list[str]) -> None:
     real = folder.resolve()
     if real in seen:
         return
     seen.add(real)
     try:
         entries = list(os.scandir(folder))
-    except OSError as exc:
+    except OSError:
         if not prefix:
-            raise  # the folder the caller named; only unreadable subfolders are skipped
-        bad.append((prefix.rstrip("/"), f"unreadable folder, its images skipped: {_reason(exc, folder)}"))
+            raise  # the folder the caller named
+        out.append(prefix.rstrip("/"))  # named on load, with the reason, as a skipped entry
         return
     for e in entries:
         if e.name.startswith("."):
@@ -110,7 +106,7 @@ def _scan(folder: Path, prefix: str, seen: set[Path], out: list[str], bad: list[
         except OSError:  # a link to itself raises ELOOP here: one bad name must not fail the scan
             is_dir = False
         if is_dir:
-            _scan(Path(e.path), f"{prefix}{e.name}/", seen, out, bad)
+            _scan(Path(e.path), f"{prefix}{e.name}/", seen, out)
         elif (e.is_symlink() or _is_file(e)) and Path(e.name).suffix.lower() in IMAGE_SUFFIXES:
             out.append(prefix + e.name)  # a link that is neither: broken or looping, reported on load
 
@@ -146,6 +142,10 @@ def _open_file(path: Path):
     ImageReadError for anything else, and for an empty file."""
     st = os.stat(path)
     if stat.S_ISDIR(st.st_mode):
+        try:
+            os.scandir(path).close()
+        except OSError as exc:  # find_images lists a sub-folder it could not read, to name it here
+            raise ImageReadError(path, f"unreadable folder, its images were skipped ({_reason(exc, path)})") from None
         raise IsADirectoryError(errno.EISDIR, "is a folder", str(path))
     if not stat.S_ISREG(st.st_mode):
         raise ImageReadError(path, "not a regular file (a FIFO, socket or device)")

@@ -120,6 +120,7 @@ def locked(run_dir: Path):
     created = [d for d in (run_dir, *run_dir.parents) if not d.exists()]  # innermost first
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK
+    made_lock = not path.exists()
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0), 0o644)
     except OSError as e:
@@ -136,7 +137,9 @@ def locked(run_dir: Path):
         try:
             yield
         except BaseException:
-            if created and not any(p.name != LOCK for p in run_dir.iterdir()):  # refused before writing
+            # refused before anything was written: leave no trace, least of all a lock file in a
+            # folder of the user's
+            if made_lock and not (run_dir / MARKER).exists():
                 path.unlink(missing_ok=True)
                 for d in created:  # and the folders made for it, if nothing else went there
                     try:

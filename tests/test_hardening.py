@@ -1,0 +1,570 @@
+"""The second hardening pass (issue 15): each case a hostile user found, through the CLI.
+
+Grouped as the issue groups them: data loss, foreign programs, hangs, failing open, memory,
+resume and the cache, terminal output and damaged files. Web cases are in test_web_safety.py.
+A FIFO would hang the old code forever; `fifo_guard` opens its other end after a moment, so a
+reader that (wrongly) opened it gets end-of-file and the test fails on its reason, not on time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from vaekit_cli.main import app
+
+EXE = shutil.which("vaekit", path=str(Path(sys.executable).parent)) or "vaekit"
+TINY = ["--image-size", "16", "--latent-dim", "4", "--base-channels", "4", "--device", "cpu", "--batch-size", "8"]
+
+
+def invoke(*args, env=None):
+    from vaekit_cli import output
+
+    try:
+        return CliRunner().invoke(app, ["--threads", "1", *map(str, args)], env={"COLUMNS": "250", **(env or {})})
+    finally:
+        for c in (output.console, output.err_console):
+            c._buffer.clear()
+
+
+def flat(text: str) -> str:
+    return "".join(text.split())
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def write_images(folder: Path, n: int = 10, seed: int = 0) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        x = np.full((20, 20), 30, np.uint8)
+        r, c = rng.integers(2, 12, 2)
+        x[r : r + 6, c : c + 6] = 200
+        Image.fromarray(x).save(folder / f"img_{i:02d}.png")
+    return folder
+
+
+@contextmanager
+def fifo_guard(fifo: Path, after: float = 2.0):
+    """Open the FIFO's other end (O_RDWR never blocks on Linux) every `after` seconds, so a
+    reader blocked on it wakes up with end-of-file instead of hanging the test run."""
+    done = threading.Event()
+
+    def unblock():
+        while not done.wait(after):
+            try:
+                os.close(os.open(fifo, os.O_RDWR | os.O_NONBLOCK))
+            except OSError:
+                pass
+
+    t = threading.Thread(target=unblock, daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        done.set()
+        t.join()
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return tmp_path_factory.mktemp("hardening")
+
+
+@pytest.fixture(scope="module")
+def images(base):
+    return write_images(base / "images")
+
+
+@pytest.fixture(scope="module")
+def run(base, images):
+    """A tiny gray model, trained for 2 epochs, with a stored threshold."""
+    from vaekit.config import ModelConfig, TrainConfig
+    from vaekit.train import train
+
+    out = base / "run"
+    train(images, out, ModelConfig(image_size=16, channels=1, latent_dim=4, base_channels=4),
+          TrainConfig(epochs=2, batch_size=8, device="cpu"), channels=1, cache_dir=base / "cache")
+    return out
+
+
+@pytest.fixture
+def work(tmp_path, monkeypatch):
+    monkeypatch.setenv("VAEKIT_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path
+
+
+def copy_run(run: Path, dst: Path) -> Path:
+    return Path(shutil.copytree(run, dst))
+
+
+def edit_config(run: Path, change) -> None:
+    cfg = json.loads((run / "config.json").read_text())
+    change(cfg)
+    (run / "config.json").write_text(json.dumps(cfg))
+
+
+# --- 1. data loss ------------------------------------------------------------------------------
+
+def test_anomaly_score_never_writes_maps_into_its_input_or_replaces_a_users_csv(run, images, work):
+    imgs = Path(shutil.copytree(images, work / "imgs"))
+    before = tree(imgs)
+    (work / "results.csv").write_text("my own results\n")
+    for maps in (imgs, imgs / "maps"):  # not even with --overwrite
+        r = invoke("anomaly-score", run, imgs, "--maps", maps, "-o", work / "results.csv", "--overwrite")
+        assert r.exit_code == 2, r.output
+        assert "insidetheinputfolder" in flat(r.output)
+    r = invoke("anomaly-score", run, imgs, "-o", work / "results.csv")
+    assert r.exit_code == 2 and "alreadyexists;pass--overwrite" in flat(r.output), r.output
+    assert tree(imgs) == before and (work / "results.csv").read_text() == "my own results\n"
+    r = invoke("anomaly-score", run, imgs, "-o", work / "results.csv", "--overwrite", "--maps", work / "maps")
+    assert r.exit_code == 0, r.output
+    assert (work / "results.csv").read_text().startswith("path,score")
+    assert tree(imgs) == before
+    # the heat maps of a second run would replace the first run's: only with --overwrite
+    r = invoke("anomaly-score", run, imgs, "--maps", work / "maps")
+    assert r.exit_code == 2 and "heatmapfile(s)alreadyexist" in flat(r.output), r.output
+
+
+def test_evaluate_refuses_to_replace_an_existing_plot(run, images, work):
+    (work / "notes.txt").write_text("do not lose me")
+    r = invoke("evaluate", run, "--normal", images, "--anomalous", images, "--plot", work / "notes.txt")
+    assert r.exit_code == 2 and "--plot" in r.output and "already exists" in r.output, r.output
+    assert (work / "notes.txt").read_text() == "do not lose me"
+
+
+@pytest.mark.parametrize("taken", ["model.onnx", "model.encoder.onnx", "model.decoder.onnx"])
+def test_export_refuses_to_replace_any_of_its_three_files(run, work, taken):
+    (work / taken).write_text("someone else's model")
+    r = invoke("export", run, "-o", work / "model.onnx")
+    assert r.exit_code == 2, r.output
+    assert taken in r.output and "already exists" in r.output
+    assert (work / taken).read_text() == "someone else's model"
+    assert sorted(p.name for p in work.iterdir() if p.name != "cache") == [taken]  # no staging folder either
+
+
+def test_train_refuses_a_folder_vaekit_did_not_make_with_or_without_overwrite(images, work):
+    out = work / "mine"
+    (out / "checkpoint").mkdir(parents=True)
+    for name in ("model.safetensors", "preview.png", "metrics.jsonl", "checkpoint/epoch-0000.safetensors"):
+        (out / name).write_text(f"the user's {name}")
+    before = tree(out)
+    for extra in ([], ["--overwrite"]):
+        r = invoke("train", images, "--out", out, *TINY, "--epochs", "1", *extra)
+        assert r.exit_code == 2 and "holdsfilesvaekitdidnotwrite" in flat(r.output), r.output
+        assert tree(out) == before
+    # a config.json that is not vaekit's does not make it vaekit's
+    (out / "config.json").write_text(json.dumps({"format": "someone-else/3", "model": {}}))
+    r = invoke("train", images, "--out", out, *TINY, "--epochs", "1", "--overwrite")
+    assert r.exit_code == 2, r.output
+    assert (out / "model.safetensors").read_text() == "the user's model.safetensors"
+
+
+def test_overwrite_removes_only_the_files_vaekit_wrote(run, images, work):
+    out = copy_run(run, work / "run")
+    (out / "notes.txt").write_text("mine")
+    (out / "checkpoint" / "keep.txt").write_text("mine too")
+    r = invoke("train", images, "--out", out, *TINY, "--epochs", "1")
+    assert r.exit_code == 2 and "alreadyholdsarun" in flat(r.output), r.output
+    r = invoke("train", images, "--out", out, *TINY, "--epochs", "1", "--overwrite")
+    assert r.exit_code == 0, r.output
+    assert (out / "notes.txt").read_text() == "mine" and (out / "checkpoint" / "keep.txt").read_text() == "mine too"
+    assert json.loads((out / "config.json").read_text())["train"]["epochs"] == 1
+
+
+def test_runs_from_before_the_marker_still_load_resume_and_overwrite(run, images, work):
+    import vaekit
+
+    out = copy_run(run, work / "old")
+    (out / ".vaekit-run").unlink()
+    (out / ".vaekit.lock").unlink()
+    assert vaekit.load(out).info.threshold is not None
+    r = invoke("train", images, "--out", out, "--resume", "--epochs", "3")
+    assert r.exit_code == 0, r.output
+    r = invoke("train", images, "--out", out, *TINY, "--epochs", "1", "--overwrite")
+    assert r.exit_code == 0, r.output
+
+
+def test_a_run_directory_in_use_is_refused_naming_the_process(run, images, work):
+    from vaekit import run as rundir
+
+    out = copy_run(run, work / "busy")
+    before = tree(out / "checkpoint")
+    with rundir.locked(out):  # what a training process holds
+        for args in (["--resume", "--epochs", "3"], [*TINY, "--overwrite"]):
+            r = invoke("train", images, "--out", out, *args)
+            assert r.exit_code == 2, r.output
+            assert f"in use by process {os.getpid()}" in r.output
+    assert tree(out / "checkpoint") == before
+
+
+def test_out_inside_the_input_folder_is_refused(images, work):
+    imgs = Path(shutil.copytree(images, work / "imgs"))
+    for out in (imgs, imgs / "runs" / "a"):
+        r = invoke("train", imgs, "--out", out, *TINY, "--epochs", "1")
+        assert r.exit_code == 2 and "insidetheinputfolder" in flat(r.output), r.output
+    assert not (imgs / "runs").exists() and not (imgs / "preview.png").exists()
+
+
+# --- 2. foreign programs -----------------------------------------------------------------------
+
+EPS = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 20 20\n%%EndComments\n"
+       b"newpath 0 0 moveto 20 20 lineto stroke showpage\n%%EOF\n")
+
+
+def test_a_postscript_file_named_png_is_skipped_and_never_rendered(run, images, work, monkeypatch):
+    import PIL.EpsImagePlugin
+
+    from vaekit import images as imageio
+
+    ran = []
+    monkeypatch.setattr(PIL.EpsImagePlugin, "Ghostscript", lambda *a, **k: ran.append(a) or 1 / 0)
+    imgs = Path(shutil.copytree(images, work / "imgs"))
+    (imgs / "x.png").write_bytes(EPS)
+    report = imageio.load_images(imageio.find_images(imgs), 16, 1)
+    assert [(p.name, r) for p, r in report.skipped] == [("x.png", "not an image")]
+    assert imageio.gray_mode(imgs / "img_00.png") is True
+    with pytest.raises(imageio.ImageReadError, match="not an image"):
+        imageio.gray_mode(imgs / "x.png")
+    r = invoke("anomaly-score", run, imgs)
+    assert r.exit_code == 0 and "x.png: not an image" in r.output, r.output
+    assert ran == []
+
+
+# --- 3. hangs ----------------------------------------------------------------------------------
+
+def test_a_png_link_to_a_fifo_is_skipped_by_train_and_scoring(run, images, work):
+    imgs = Path(shutil.copytree(images, work / "imgs"))
+    fifo = work / "pipe"
+    os.mkfifo(fifo)
+    os.symlink(fifo, imgs / "pipe.png")
+    with fifo_guard(fifo):
+        r = invoke("anomaly-score", run, imgs)
+        assert r.exit_code == 0, r.output
+        assert "pipe.png:notaregularfile" in flat(r.output), r.output
+        r = invoke("train", imgs, "--out", work / "run", *TINY, "--epochs", "1", "--channels", "auto")
+        assert r.exit_code == 0, r.output
+    cfg = json.loads((work / "run" / "config.json").read_text())
+    assert cfg["data"]["skipped"] == [["pipe.png", "not a regular file (a FIFO, socket or device)"]]
+
+
+@pytest.mark.parametrize("where", ["config.json", "checkpoint/resume.json", "checkpoint/epoch-0001.safetensors"])
+def test_a_run_file_that_is_a_fifo_is_exit_2(run, images, work, where):
+    out = copy_run(run, work / "run")
+    (out / where).unlink()
+    os.mkfifo(out / where)
+    with fifo_guard(out / where):
+        r = invoke("train", images, "--out", out, "--resume", "--epochs", "3")
+        assert r.exit_code == 2 and "notaregularfile" in flat(r.output), r.output
+        if where == "config.json":
+            r = invoke("anomaly-score", out, images)
+            assert r.exit_code == 2 and "notaregularfile" in flat(r.output), r.output
+
+
+def test_a_model_or_code_file_that_is_a_fifo_is_exit_2(run, images, work):
+    fifo = work / "model.onnx"
+    os.mkfifo(fifo)
+    os.mkfifo(work / "x.codes")
+    with fifo_guard(fifo), fifo_guard(work / "x.codes"):
+        r = invoke("anomaly-score", fifo, images)
+        assert r.exit_code == 2 and "noraregular.onnxfile" in flat(r.output), r.output
+        r = invoke("decode", run, work / "x.codes", "-o", work / "out")
+        assert r.exit_code == 2 and "notaregularfile" in flat(r.output), r.output
+
+
+# --- 4. fail closed ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "0.5", [1.0]])
+def test_a_non_finite_or_malformed_threshold_in_config_json_is_exit_2(run, images, work, bad):
+    out = copy_run(run, work / "run")
+    edit_config(out, lambda c: c["anomaly"].update(threshold=bad))
+    r = invoke("anomaly-score", out, images, "--fail-on-anomaly")
+    assert r.exit_code == 2, r.output
+    assert "anomalysectionisdamaged" in flat(r.output) and "config.json" in flat(r.output), r.output
+
+
+def _nan_model(run: Path, dst: Path) -> Path:
+    """A run whose weights give NaN scores (every weight NaN), its fingerprint updated."""
+    import torch
+
+    from vaekit import run as rundir
+
+    out = copy_run(run, dst)
+    tensors, meta = rundir.load_tensors(out / rundir.WEIGHTS, "weights")
+    tensors = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in tensors.items()}
+    rundir.save_tensors(out / rundir.WEIGHTS, tensors, meta)
+    edit_config(out, lambda c: c.update(fingerprint=rundir.fingerprint(tensors)))
+    return out
+
+
+def test_nan_scores_are_anomalous_and_json_output_stays_valid_json(run, images, work):
+    out = _nan_model(run, work / "nan-run")
+    r = invoke("anomaly-score", out, images, "-o", work / "scores.json", "--fail-on-anomaly")
+    assert r.exit_code == 1, r.output  # anomalous, never "normal"
+    assert "ANOMALOUS" in r.output and "normal" not in r.output
+
+    def refuse(token):
+        raise AssertionError(f"bare {token} in JSON output")
+
+    doc = json.loads((work / "scores.json").read_text(), parse_constant=refuse)
+    assert doc["n_anomalous"] == len(doc["images"]) == 10
+    assert all(row["anomalous"] is True and row["score"] is None for row in doc["images"])
+
+
+# --- 5. memory bounds --------------------------------------------------------------------------
+
+def test_an_extremely_elongated_image_is_skipped_before_resizing(run, images, work):
+    imgs = Path(shutil.copytree(images, work / "imgs"))
+    Image.new("L", (1_000_000, 1), 128).save(imgs / "strip.png")  # 2 KB on disk
+    r = invoke("anomaly-score", run, imgs)
+    assert r.exit_code == 0, r.output
+    assert "strip.png:aspectratiotooextreme" in flat(r.output), r.output
+
+
+def test_one_file_that_runs_out_of_memory_is_skipped_not_the_run(images, monkeypatch):
+    from vaekit import images as imageio
+
+    real = imageio.resize
+
+    def resize(x, size):
+        if x.shape[1] == 21:
+            raise MemoryError
+        return real(x, size)
+
+    paths = imageio.find_images(images)
+    Image.new("L", (21, 20)).save(images.parent / "wide.png")
+    monkeypatch.setattr(imageio, "resize", resize)
+    report = imageio.load_images([*paths, images.parent / "wide.png"], 16, 1)
+    assert len(report.paths) == len(paths)
+    assert [(p.name, r) for p, r in report.skipped] == [("wide.png", "not enough memory to resize it")]
+
+
+def test_image_size_and_latent_dim_are_bounded(run, images, work):
+    r = invoke("train", images, "--out", work / "r", "--image-size", "100000")
+    assert r.exit_code == 2 and "image size must be an integer from 16 to 1024, got 100000" in r.output, r.output
+    out = copy_run(run, work / "run")
+    edit_config(out, lambda c: c["model"].update(latent_dim=100000))
+    r = invoke("anomaly-score", out, images)
+    assert r.exit_code == 2 and "latentdimmustbeanintegerfrom1to4096" in flat(r.output), r.output
+    # within the bound but not the weights' size: refused by shape, before the model is built
+    edit_config(out, lambda c: c["model"].update(latent_dim=4000))
+    r = invoke("anomaly-score", out, images)
+    assert r.exit_code == 2 and "weightsdonotmatchtheconfig" in flat(r.output), r.output
+
+
+def test_a_code_file_cannot_ask_decode_for_giant_originals(run, images, work, monkeypatch):
+    from vaekit import codes
+
+    r = invoke("encode", run, images, "-o", work / "a.codes")
+    assert r.exit_code == 0, r.output
+    cf = codes.load(work / "a.codes")
+    cf.orig_size[0] = (30000, 30000)
+    with monkeypatch.context() as m:  # forge it: vaekit itself would never write this
+        m.setattr(codes, "MAX_ORIG_PIXELS", 10**12)
+        codes.save(cf, work / "big.codes")
+    r = invoke("decode", run, work / "big.codes", "-o", work / "out", "--size", "original")
+    assert r.exit_code == 2 and "largerthananyimagevaekitreads" in flat(r.output), r.output
+    assert not (work / "out").exists()
+
+
+# --- 6. resume and the cache -------------------------------------------------------------------
+
+def test_resume_refuses_settings_it_cannot_change_and_records_those_it_can(run, images, work):
+    out = copy_run(run, work / "run")
+    r = invoke("train", images, "--out", out, "--resume", "--epochs", "3", "--latent-dim", "8", "--likelihood", "gaussian")
+    assert r.exit_code == 2, r.output
+    assert "--latent-dim8(therunhas4)" in flat(r.output) and "--likelihoodgaussian(therunhasbernoulli)" in flat(r.output)
+    r = invoke("train", images, "--out", out, "--resume", "--epochs", "3", "--lr", "0.0005", "--beta", "0.5",
+               "--image-size", "16")  # the run's own value: no change
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["train"]["lr"], cfg["train"]["beta"], cfg["train"]["epochs"]) == (0.0005, 0.5, 3)
+    assert cfg["resumed"] == [{"from_epoch": 3, "epochs": 3, "lr": 0.0005, "beta": 0.5}]
+
+
+def test_resume_json_must_point_inside_its_own_run(run, images, work):
+    import hashlib
+
+    other = copy_run(run, work / "other")
+    out = copy_run(run, work / "run")
+    target = next((other / "checkpoint").glob("epoch-*.safetensors"))
+    (out / "checkpoint" / "resume.json").write_text(json.dumps(
+        {"epoch": 1, "file": os.path.relpath(target, out / "checkpoint"),
+         "sha256": hashlib.sha256(target.read_bytes()).hexdigest()}))
+    r = invoke("train", images, "--out", out, "--resume", "--epochs", "3")
+    assert r.exit_code == 2 and "mustnameanepoch-NNNN.safetensors" in flat(r.output), r.output
+
+
+def test_a_corrupted_pixel_cache_is_rebuilt_not_trained_on(images, tmp_path):
+    from vaekit import cache
+    from vaekit import images as imageio
+
+    paths = imageio.find_images(images)
+    first = cache.load_cached(paths, 16, 1, tmp_path)
+    want = np.array(first.images)
+    data = tmp_path / f"{first.key}.u8"
+    raw = bytearray(data.read_bytes())
+    raw[100] ^= 0xFF
+    data.write_bytes(bytes(raw))
+    again = cache.load_cached(paths, 16, 1, tmp_path)
+    assert not again.hit
+    np.testing.assert_array_equal(np.array(again.images), want)
+
+
+# --- 8. terminal, CSV and damaged files --------------------------------------------------------
+
+def test_control_characters_in_names_are_escaped_on_the_terminal(run, images, work):
+    imgs = Path(shutil.copytree(images, work / "imgs"))
+    os.rename(imgs / "img_00.png", imgs / "a\x1b]52;c;aGk=\x07.png")
+    (imgs / "\x1b[2J.png").write_bytes(b"not pixels")
+    r = invoke("anomaly-score", run, imgs)
+    assert r.exit_code == 0, r.output
+    assert "\x1b" not in r.output and "\x07" not in r.output
+    assert "a\\x1b]52;c;aGk=\\x07.png" in r.output and "\\x1b[2J.png: not an image" in r.output
+
+
+def test_csv_is_valid_utf8_and_neutralises_formulas(run, images, work, monkeypatch):
+    imgs = Path(shutil.copytree(images, work / "imgs"))
+    os.rename(imgs / "img_00.png", imgs / os.fsdecode(b"caf\xe9.png"))
+    os.rename(imgs / "img_01.png", imgs / "=HYPERLINK(1).png")
+    os.rename(imgs / "img_02.png", imgs / "-2+3.png")
+    monkeypatch.chdir(imgs)  # `vaekit anomaly-score RUN .`: the names are the cells' first characters
+    r = invoke("anomaly-score", run, ".", "-o", work / "s.csv")
+    assert r.exit_code == 0, r.output
+    text = (work / "s.csv").read_bytes().decode("utf-8")  # strict: raises if not UTF-8
+    import csv
+
+    cells = [row[0] for row in csv.reader(text.splitlines())][1:]
+    assert "caf\\xe9.png" in cells
+    assert "'=HYPERLINK(1).png" in cells and "'-2+3.png" in cells
+    assert not [c for c in cells if c[0] in "=+-@"]
+
+
+def _deep(n: int = 100_000) -> str:
+    return "[" * n + "]" * n
+
+
+@pytest.mark.parametrize("how", ["anomaly a string", "anomaly a list", "deeply nested", "model a list"])
+def test_damaged_config_json_is_exit_2_naming_the_file(run, images, work, how):
+    out = copy_run(run, work / "run")
+    if how == "deeply nested":
+        (out / "config.json").write_text('{"format": "vaekit-run/1", "model": ' + _deep() + "}")
+    else:
+        edit_config(out, {"anomaly a string": lambda c: c.update(anomaly="high"),
+                          "anomaly a list": lambda c: c.update(anomaly=[1, 2]),
+                          "model a list": lambda c: c.update(model=[16])}[how])
+    r = invoke("anomaly-score", out, images)
+    assert r.exit_code == 2, r.output
+    assert "config.json" in flat(r.output) and "Traceback" not in r.output
+
+
+def test_deeply_nested_safetensors_header_is_exit_2(run, images, work):
+    out = copy_run(run, work / "run")
+    header = ('{"__metadata__": {"format": "vaekit-run/1"}, "x": ' + _deep() + "}").encode()
+    (out / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
+    r = invoke("anomaly-score", out, images)
+    assert r.exit_code == 2 and "model.safetensors" in flat(r.output), r.output
+
+
+@pytest.mark.parametrize("field,value", [("epoch", "1"), ("best", [0]), ("param_groups", {"lr": 1}),
+                                         ("history_len", -1)])
+def test_checkpoint_metadata_of_the_wrong_type_is_exit_2(run, images, work, field, value):
+    import hashlib
+
+    from vaekit import run as rundir
+
+    out = copy_run(run, work / "run")
+    pointer = json.loads((out / "checkpoint" / "resume.json").read_text())
+    path = out / "checkpoint" / pointer["file"]
+    tensors, meta = rundir.load_tensors(path, "checkpoint")
+    digest = rundir.save_tensors(path, tensors, {**meta, field: value})
+    (out / "checkpoint" / "resume.json").write_text(json.dumps({**pointer, "sha256": digest}))
+    assert digest == hashlib.sha256(path.read_bytes()).hexdigest()
+    r = invoke("train", images, "--out", out, "--resume", "--epochs", "3")
+    assert r.exit_code == 2, r.output
+    assert "checkpoint" in r.output and "isdamaged" in flat(r.output), r.output
+
+
+def _resealed(src: Path, dst: Path, **props: str) -> None:
+    """The export's main file with some vaekit metadata changed and its checksum redone, as
+    someone who read the format would forge it."""
+    import onnx
+
+    from vaekit.engine_onnx import part_paths
+    from vaekit.export import _sealed
+
+    for role, p in part_paths(src).items():
+        shutil.copy(p, part_paths(dst)[role])
+    proto = onnx.load(str(src))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    meta.update(props)
+    onnx.helper.set_model_props(proto, meta)
+    dst.write_bytes(_sealed(proto))
+
+
+@pytest.mark.parametrize("props", [{"vaekit.latent_dim": "7"}, {"vaekit.latent_dim": "100000"},
+                                   {"vaekit.anomaly": json.dumps({"threshold": "NaN"})},
+                                   {"vaekit.anomaly": '{"threshold": NaN}'},
+                                   {"vaekit.anomaly": '"high"'},
+                                   {"vaekit.anomaly": _deep(50_000)}])
+def test_forged_onnx_metadata_is_exit_2(props, tmp_path, tmp_path_factory):
+    from export_support import exported
+
+    ex = exported(tmp_path_factory)
+    main = tmp_path / "model.onnx"
+    _resealed(ex.onnx, main, **props)
+    r = invoke("anomaly-score", main, ex.digits / "test" / "normal", "--fail-on-anomaly")
+    assert r.exit_code == 2, r.output
+    assert "model.onnx" in flat(r.output) and "Traceback" not in r.output
+
+
+def test_an_unreadable_sub_folder_is_named_when_skipped(run, images, work):
+    import hostile
+
+    imgs = Path(shutil.copytree(images, work / "imgs"))
+    (imgs / "locked").mkdir()
+    shutil.copy(imgs / "img_00.png", imgs / "locked" / "inside.png")
+    (imgs / "locked").chmod(0)
+    try:
+        with hostile.unprivileged():
+            r = CliRunner().invoke(app, ["--threads", "1", "anomaly-score", str(run), str(imgs)],
+                                   env={"COLUMNS": "250"})
+    finally:
+        (imgs / "locked").chmod(0o755)
+    assert r.exit_code == 0, r.output
+    assert "imgs/locked:unreadablefolder" in flat(r.output), r.output
+
+
+def test_vaekit_debug_shows_the_traceback(run, images, work):
+    out = copy_run(run, work / "run")
+    (out / "config.json").write_text("{")
+    env = {**os.environ, "VAEKIT_THREADS": "1"}
+    quiet = subprocess.run([EXE, "anomaly-score", str(out), str(images)], capture_output=True, text=True, env=env)
+    loud = subprocess.run([EXE, "anomaly-score", str(out), str(images)], capture_output=True, text=True,
+                          env={**env, "VAEKIT_DEBUG": "1"})
+    assert quiet.returncode == loud.returncode == 2
+    assert "Traceback" not in quiet.stderr and "error: run config is corrupt" in quiet.stderr
+    assert "Traceback (most recent call last)" in loud.stderr and "run config is corrupt" in loud.stderr
+
+
+def test_export_removes_staging_folders_that_a_killed_export_left(run, work):
+    stale = work / ".model.onnx.vaekit-export-999999999.tmp"  # no such process
+    (stale / "int8").mkdir(parents=True)
+    (stale / "model.onnx").write_bytes(b"half")
+    r = invoke("export", run, "-o", work / "model.onnx")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in work.iterdir() if p.name != "cache") == [
+        "model.decoder.onnx", "model.encoder.onnx", "model.onnx"]
