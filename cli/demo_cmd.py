@@ -23,6 +23,12 @@ def demo(
     share: Annotated[bool, typer.Option("--share", help="Also open a public gradio.live link (off by default).")] = False,
     runs_dir: Annotated[Path, typer.Option(help="Where the Train tab writes new runs.")] = Path("runs"),
     max_file_size: Annotated[str, typer.Option(help="Largest accepted upload, e.g. 25mb.")] = "25mb",
+    data_root: Annotated[Optional[Path], typer.Option(help="Folders typed into the page (Train, Latent space, Open) "
+                                                           "must lie inside this one. Default: the current folder.",
+                                                      exists=True, file_okay=False)] = None,
+    allow_server_folders: Annotated[bool, typer.Option("--allow-server-folders", help="Allow typed-in folders even "
+                                                       "when --host exposes the app beyond this machine.")] = False,
+    auth: Annotated[Optional[str], typer.Option(help="Require this user name and password: USER:PASSWORD.")] = None,
 ) -> None:
     """Open the web app on http://127.0.0.1:PORT (train, compress, anomaly, generate, latent space)."""
     try:
@@ -30,6 +36,14 @@ def demo(
     except ImportError as e:
         raise RuntimeError(f"the demo needs gradio ({e}); install it with: pip install 'vaekit[demo]'") from None
 
+    from vaekit_demo.security import is_loopback
+
+    credentials = None
+    if auth is not None:
+        user, sep, password = auth.partition(":")
+        if not sep or not user or not password:
+            raise typer.BadParameter("expected USER:PASSWORD", param_hint="--auth")
+        credentials = (user, password)
     apply_threads()
     if model is None and (DEFAULT_RUN / "config.json").is_file():
         model = DEFAULT_RUN
@@ -37,7 +51,12 @@ def demo(
         err_console.print("[yellow]--share: the app will be reachable by anyone with the link[/yellow]")
     if host != "127.0.0.1":
         err_console.print(f"[yellow]--host {shown(host)}: the app will be reachable from other machines[/yellow]")
-    launch(build_app(model, runs_dir=runs_dir), port=port, share=share, max_file_size=max_file_size, host=host)
+    server_folders = allow_server_folders or (is_loopback(host) and not share)
+    if not server_folders:
+        err_console.print("[yellow]folders typed into the page are switched off (--allow-server-folders to allow "
+                          "them)[/yellow]")
+    launch(build_app(model, runs_dir=runs_dir, data_root=data_root or Path.cwd(), server_folders=server_folders),
+           port=port, share=share, max_file_size=max_file_size, host=host, auth=credentials)
 
 
 def register(app: typer.Typer) -> None:

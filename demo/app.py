@@ -3,12 +3,15 @@
 Every handler lives in `handlers.py` as a plain function; this file only turns widgets into
 arguments, results into widgets, and user mistakes into messages in the page (gr.Error).
 The app serves on 127.0.0.1 with a cap on upload size; it serves only the files it writes
-(code files, CSVs, images) and never a file from a folder a user types in.
+(code files, CSVs, images) and never a file from a folder a user types in. Requests for
+other host names and from other sites are refused, folders typed in stay inside the data
+root, and messages never show server paths (security.py).
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import inspect
 import shutil
@@ -23,20 +26,23 @@ import pandas as pd
 import vaekit
 from vaekit import images as imageio
 from vaekit.engine import Model
+from vaekit.errors import VaekitError
 from vaekit_demo import figures, handlers
+from vaekit_demo.security import confine, guarded_gradio, public_message
 
 MAX_UPLOAD = "25mb"  # per uploaded file
 # The models work on small images; show their pixels as squares instead of a blur.
 CSS = ".vk-pixels img, .vk-pixels canvas { image-rendering: pixelated; }"
 # Mistakes a user can make (bad file, missing folder, wrong model): shown as a message, not a crash.
-USER_ERRORS = (ValueError, OSError, LookupError, imageio.ImageReadError)
+USER_ERRORS = (VaekitError, ValueError, OSError, LookupError, imageio.ImageReadError)
 
 
-def _guard(fn):
-    """Turn vaekit's exceptions for bad input into gr.Error, so the page shows the message."""
+def _guard(fn, roots: tuple[Path, ...] = ()):
+    """Turn vaekit's exceptions for bad input into gr.Error, so the page shows the message
+    (without server paths: those under `roots` relative, any other cut to its last part)."""
 
     def error(e: BaseException) -> gr.Error:
-        return gr.Error(str(e) or type(e).__name__, print_exception=False)
+        return gr.Error(public_message(str(e) or type(e).__name__, list(roots)), print_exception=False)
 
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
@@ -61,8 +67,9 @@ def _guard(fn):
 class _State:
     """What the app shares across browser tabs: the open model (a local tool has one user)."""
 
-    def __init__(self, model: Model | None, runs_dir: Path, workdir: Path):
+    def __init__(self, model: Model | None, runs_dir: Path, workdir: Path, data_root: Path, server_folders: bool):
         self.model, self.runs_dir, self.workdir = model, runs_dir, workdir
+        self.data_root, self.server_folders = data_root, server_folders
         self.stop = threading.Event()
 
 
@@ -92,11 +99,15 @@ def build_app(
     model: str | Path | Model | None = None,
     runs_dir: str | Path = "runs",
     workdir: str | Path | None = None,
+    data_root: str | Path | None = None,
+    server_folders: bool = True,
 ) -> gr.Blocks:
     """The whole app: a model (run directory, .onnx file, or loaded Model; None: train one first).
 
     New runs from the Train tab go under `runs_dir`; files the app hands out (code files,
-    CSVs) are written under `workdir` (a fresh temporary folder by default).
+    CSVs) are written under `workdir` (a fresh temporary folder by default). Folders typed
+    into the page (Train, Latent space, Open) must lie inside `data_root` (default: the
+    current folder; Open also takes `runs_dir`); server_folders=False switches them off.
     """
     if isinstance(model, (str, Path)):
         model = vaekit.load(model)
@@ -104,7 +115,11 @@ def build_app(
         workdir = tempfile.mkdtemp(prefix="vaekit-demo-")
         atexit.register(shutil.rmtree, workdir, True)
     workdir = Path(workdir)
-    st = _State(model, Path(runs_dir), workdir)
+    st = _State(model, Path(runs_dir), workdir, Path(data_root or Path.cwd()).resolve(), server_folders)
+    roots = (st.data_root, st.runs_dir, workdir)
+
+    def guard(fn):
+        return _guard(fn, roots)
 
     with gr.Blocks(title="vaekit", analytics_enabled=False, delete_cache=(3600, 24 * 3600)) as app:
         gr.Markdown("# vaekit\nConvolutional VAEs on your own images: train, compress, score anomalies, generate.")
@@ -213,15 +228,16 @@ def build_app(
 
         model_widgets = [model_md, threshold, hist, lat_folder]
 
-        @_guard
+        @guard
         def open_model(path):
             if not path:
                 raise ValueError("type the path of a run directory or an exported .onnx file")
-            st.model = vaekit.load(Path(path).expanduser())
+            st.model = vaekit.load(confine(path, [st.data_root, st.runs_dir], st.server_folders, "model path"))
             return model_outputs()
 
-        @_guard
+        @guard
         def train(folder, size, dim, n_epochs, progress=gr.Progress()):
+            folder = confine(folder, [st.data_root], st.server_folders)
             name = f"{Path(folder or 'run').name}-{time.strftime('%Y%m%d-%H%M%S')}"
             out = st.runs_dir / name
             rows: list[dict] = []
@@ -252,7 +268,7 @@ def build_app(
             st.stop.set()
             return "Stopping after the current batch…"
 
-        @_guard
+        @guard
         def compress(files, prec):
             r = handlers.compress(st.model, files, st.workdir, prec)
             e = r.report
@@ -265,12 +281,12 @@ def build_app(
             gallery = [(handlers.hwc(x), n) for x, n in zip(r.pairs, r.names)]
             return gallery, summary, str(e.path), table
 
-        @_guard
+        @guard
         def decompress(code_file):
             names, x = handlers.decompress(st.model, code_file)
             return [(handlers.hwc(img), n) for img, n in zip(x, names)]
 
-        @_guard
+        @guard
         def anomaly(files, thr):
             r = handlers.anomaly(st.model, files, thr, st.workdir)
             _warn_skipped(r.skipped)
@@ -286,21 +302,21 @@ def build_app(
                 return anomaly(files, thr)
             return gr.skip(), _histogram(st.model, thr), gr.skip(), gr.skip(), gr.skip()
 
-        @_guard
+        @guard
         def sample(n, temp, sd):
             return handlers.hwc(handlers.sample_grid(st.model, n, temp, sd))
 
-        @_guard
+        @guard
         def interpolate(a, b, n):
             return handlers.hwc(handlers.interpolation_strip(st.model, a, b, n))
 
-        @_guard
+        @guard
         def latent(folder, how, n):
-            m = handlers.latent_map(st.model, folder, how, n)
+            m = handlers.latent_map(st.model, confine(folder, [st.data_root], st.server_folders), how, n)
             df = pd.DataFrame({"x": m.xy[:, 0], "y": m.xy[:, 1], "score": m.scores, "file": m.names})
             return df, m, []
 
-        @_guard
+        @guard
         def latent_select(m, evt: gr.SelectData):
             if m is None or not isinstance(evt.index, (list, tuple)):
                 return []
@@ -331,9 +347,13 @@ def _warn_skipped(skipped) -> None:
 
 
 def launch(app: gr.Blocks, port: int = 7860, share: bool = False, max_file_size: str | int = MAX_UPLOAD,
-           prevent_thread_lock: bool = False, quiet: bool = False, host: str = "127.0.0.1"):
+           prevent_thread_lock: bool = False, quiet: bool = False, host: str = "127.0.0.1",
+           auth: tuple[str, str] | None = None):
     """Serve on 127.0.0.1 unless another host is given (a share link only when asked), with uploads
-    capped at `max_file_size`."""
-    return app.launch(server_name=host, server_port=port, share=share, max_file_size=max_file_size,
-                      prevent_thread_lock=prevent_thread_lock, quiet=quiet, ssr_mode=False, css=CSS,
-                      show_error=False, allowed_paths=None)
+    capped at `max_file_size`, answering only requests for the bound address (security.HostGuard),
+    and behind a user name and password when `auth` is given."""
+    # a --share link comes in through Gradio's relay under its own host name: no guard there
+    with guarded_gradio(host) if not share else contextlib.nullcontext():
+        return app.launch(server_name=host, server_port=port, share=share, max_file_size=max_file_size,
+                          prevent_thread_lock=prevent_thread_lock, quiet=quiet, ssr_mode=False, css=CSS,
+                          show_error=False, allowed_paths=None, auth=auth)

@@ -22,6 +22,10 @@ from vaekit import images as imageio
 from vaekit.engine import Model
 
 LATENT_MAX_SHOWN = 24  # images shown for one selection in the latent-space tab
+# An uploaded code file is decoded in the server: a small file can name many images. The app
+# decodes at most this many per file, within this many seconds (`vaekit decode` has no limit).
+DECODE_MAX_ROWS = 1000
+DECODE_MAX_SECONDS = 60.0
 
 
 class NoModelError(LookupError):
@@ -105,10 +109,23 @@ def decompress(model: Model, code_file: str | Path) -> tuple[list[str], np.ndarr
     model = need(model)
     if not code_file:
         raise ValueError("no code file given: upload a file written by Compress or `vaekit encode`")
+    import time
+
+    from vaekit.errors import BadInput
+
     name = f"code file {Path(code_file).name}"  # the upload's own name, not the server's temp path
     cf = codes.from_bytes(Path(code_file).read_bytes(), source=name)
     codes.check_model(cf, model, name)
-    return cf.names, imageio.to_uint8(model.decode(cf.latents()))
+    if len(cf.names) > DECODE_MAX_ROWS:
+        raise BadInput(f"{name} holds {len(cf.names)} images; the web app decodes at most {DECODE_MAX_ROWS} "
+                       "per file (use `vaekit decode` for more)")
+    z, out, deadline = cf.latents(), [], time.monotonic() + DECODE_MAX_SECONDS
+    for s in range(0, len(z), 64):
+        if time.monotonic() > deadline:
+            raise BadInput(f"decoding {name} took over {DECODE_MAX_SECONDS:.0f} s; use `vaekit decode` for it")
+        out.append(imageio.to_uint8(model.decode(z[s : s + 64])))
+    s_, c = model.info.image_size, model.info.channels
+    return cf.names, np.concatenate(out) if out else np.zeros((0, c, s_, s_), np.uint8)
 
 
 # --- Anomaly -----------------------------------------------------------------------------------

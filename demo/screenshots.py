@@ -13,6 +13,7 @@ runs/shapes --image-size 64 --latent-dim 16 --epochs 30`, then
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import tempfile
 from pathlib import Path
@@ -32,7 +33,7 @@ def take(run: Path, data: Path, out: Path, runs_dir: Path | None = None, width: 
     normal = sorted((data / "test" / "normal").glob("*.png"))
     anomalous = sorted((data / "test" / "anomalous").glob("*.png"))
     tmp = Path(tempfile.mkdtemp(prefix="vaekit-shots-"))
-    app = build_app(run, runs_dir=runs_dir or tmp / "runs")
+    app = build_app(run, runs_dir=runs_dir or tmp / "runs", data_root=Path(os.path.commonpath([data, run])))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -227,7 +227,8 @@ def test_every_tab_but_train_works_on_the_onnx_engine(tmp_path_factory, tmp_path
 def served(run, tmp_path_factory):
     from vaekit_demo.app import build_app, launch
 
-    app = build_app(run, runs_dir=tmp_path_factory.mktemp("app-runs"))
+    # every test folder lies under pytest's base folder: the app's data root
+    app = build_app(run, runs_dir=tmp_path_factory.mktemp("app-runs"), data_root=tmp_path_factory.getbasetemp())
     _, url, _ = launch(app, port=_free_port(), prevent_thread_lock=True, quiet=True)
     yield app, url
     app.close()
@@ -337,7 +338,7 @@ def test_train_makes_the_new_run_the_apps_model_and_uploads_are_capped(data, tmp
 
     from vaekit_demo.app import build_app, launch
 
-    app = build_app(None, runs_dir=tmp_path / "runs")
+    app = build_app(None, runs_dir=tmp_path / "runs", data_root=data.parent.parent)
     _, url, _ = launch(app, port=_free_port(), prevent_thread_lock=True, quiet=True, max_file_size="2kb")
     try:
         c = Client(url, verbose=False)

@@ -1,0 +1,139 @@
+"""What keeps the web app to the people it was started for.
+
+A browser sends any site's requests to 127.0.0.1 if that site asks it to, and a DNS name an
+attacker controls can resolve to 127.0.0.1 (DNS rebinding): the app then sees a request with
+`Host: evil.example:PORT`, and Gradio's CORS middleware answers it as same-origin. So
+`HostGuard`, outermost in the ASGI stack (before CORS), answers only requests whose Host is
+a name of the bound address (400 otherwise), and refuses a request whose Origin is another
+site (403), without any CORS header.
+
+Folders typed into the page (Train, Latent space, Open) are resolved inside one data root
+(`confine`), and switched off when the app listens beyond this machine unless allowed.
+Error messages shown in the page lose server paths (`public_message`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import re
+import socket
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from vaekit.errors import BadInput
+
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def is_loopback(host: str) -> bool:
+    """Whether an address to bind keeps the app on this machine."""
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _hostname(value: str) -> str:
+    """The host name of a Host header ("a.b:80", "[::1]:80") or of an Origin URL, lowercased."""
+    if "://" in value:
+        return (urlsplit(value).hostname or "").lower()
+    return (urlsplit(f"//{value}").hostname or "").lower()
+
+
+class HostGuard:
+    """ASGI middleware: refuse requests for other host names and from other sites."""
+
+    def __init__(self, app, host: str):
+        self.app = app
+        self.host = host.lower().strip("[]")
+        self.wildcard = self.host in ("0.0.0.0", "::", "")
+        names = {self.host} | set(LOOPBACK_NAMES)
+        if self.wildcard:  # every address of this machine: its own names, and any IP literal
+            names |= {socket.gethostname().lower(), socket.getfqdn().lower()}
+        self.names = names
+
+    def allowed(self, name: str) -> bool:
+        if name in self.names:
+            return True
+        if self.wildcard:
+            with contextlib.suppress(ValueError):
+                ipaddress.ip_address(name)
+                return True  # a rebinding attack needs a DNS name; a literal address is not one
+        return False
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        headers = {k.lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        if not self.allowed(_hostname(headers.get(b"host", ""))):
+            return await _refuse(scope, receive, send, 400, "unknown Host: this app answers only on its own address")
+        origin = headers.get(b"origin")
+        if origin is not None and not self.allowed(_hostname(origin)):
+            return await _refuse(scope, receive, send, 403, "cross-site request refused")
+        await self.app(scope, receive, send)
+
+
+async def _refuse(scope, receive, send, status: int, text: str) -> None:
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    body = text.encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+@contextlib.contextmanager
+def guarded_gradio(host: str):
+    """While Gradio launches, every app it creates gets HostGuard as its outermost middleware.
+
+    Gradio builds its FastAPI app inside `launch` and adds its own CORS middleware there;
+    this is the one moment to add ours outside it (middleware cannot be added once serving).
+    """
+    from gradio.routes import App
+
+    original = App.__dict__["create_app"]
+
+    def create_app(*args, **kwargs):
+        server = original.__func__(*args, **kwargs)
+        server.add_middleware(HostGuard, host=host)  # inserted first: runs before CORS
+        return server
+
+    App.create_app = staticmethod(create_app)
+    try:
+        yield
+    finally:
+        App.create_app = original
+
+
+def confine(text: str, roots: list[Path], enabled: bool, what: str = "folder") -> Path:
+    """A path typed into the page, resolved (relative to the first root) and required to lie
+    inside one of `roots`; BadInput otherwise, or when server paths are switched off."""
+    if not enabled:
+        raise BadInput(f"{what}s on the server are switched off: the app listens beyond this machine "
+                       "(start it with --allow-server-folders to allow them)")
+    if not text or not str(text).strip():
+        raise BadInput(f"no {what} given: type a path inside the app's data folder")
+    p = Path(str(text).strip()).expanduser()
+    p = (roots[0] / p if not p.is_absolute() else p).resolve()
+    for root in roots:
+        try:
+            p.relative_to(root.resolve())
+            return p
+        except ValueError:
+            continue
+    raise BadInput(f"that {what} is outside the app's data folder (--data-root); give a path inside it")
+
+
+_ABSOLUTE = re.compile(r"(?<![\w.~])/(?:[^\s/'\"`(),;:]+/)*([^\s/'\"`(),;:]*)")
+
+
+def public_message(text: str, roots: list[Path]) -> str:
+    """An error message for the page: paths under `roots` made relative, and any other
+    absolute path cut to its last part, so the page never shows the server's folders."""
+    for root in sorted((str(r.resolve()) for r in roots), key=len, reverse=True):
+        text = text.replace(root.rstrip("/") + "/", "")
+    return _ABSOLUTE.sub(lambda m: m.group(1) or "/", text)
