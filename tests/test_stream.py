@@ -1,0 +1,80 @@
+"""The streaming core: shards, fixed batches, and the resumable row journal."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vaekit import stream
+from vaekit.errors import BadInput, DamagedFile
+
+
+def _folder(tmp_path, n=7, bad=(2, 5)):
+    paths = []
+    for i in range(n):
+        p = tmp_path / f"{i:02d}.png"
+        if i in bad:
+            p.write_bytes(b"not an image")
+        else:
+            Image.fromarray(np.full((10, 12), i * 30, np.uint8)).save(p)
+        paths.append(p)
+    return paths
+
+
+@pytest.mark.parametrize("n,batch,count", [(0, 4, 2), (7, 3, 2), (10, 4, 3), (9, 1, 4), (5, 8, 3)])
+def test_shards_are_whole_batches_that_cover_every_file_once(n, batch, count):
+    parts = [stream.shard(range(n), i, count, batch) for i in range(count)]
+    assert sorted(p for part in parts for p in part) == list(range(n))
+    for i, part in enumerate(parts):
+        assert {p // batch for p in part} == {b for b in range(-(-n // batch)) if b % count == i}
+
+
+@pytest.mark.parametrize("text", ["1", "2/2", "-1/3", "a/b", "0/0", "1/2/3"])
+def test_bad_shard_is_refused(text):
+    with pytest.raises(BadInput, match="shard"):
+        stream.parse_shard(text)
+
+
+def test_batches_are_fixed_slices_with_their_skipped_files(tmp_path):
+    paths = _folder(tmp_path)
+    batches = list(stream.iter_batches(paths, 16, 1, batch_size=3))
+    assert [b.index for b in batches] == [0, 1, 2]
+    assert [b.positions for b in batches] == [[0, 1], [3, 4], [6]]
+    assert [[p.name for p, _ in b.skipped] for b in batches] == [["02.png"], ["05.png"], []]
+    assert batches[1].images.shape == (2, 1, 16, 16) and batches[1].images.dtype == np.uint8
+    assert int(batches[1].images[1].mean()) == 4 * 30
+    # skipping batches never reads them, and the others keep their slices
+    again = list(stream.iter_batches(paths, 16, 1, batch_size=3, skip_batches={0, 2}))
+    assert [b.index for b in again] == [1] and again[0].positions == [3, 4]
+    np.testing.assert_array_equal(again[0].images, batches[1].images)
+
+
+def test_journal_resumes_after_a_line_cut_short(tmp_path):
+    out = tmp_path / "scores.csv"
+    j = stream.Journal(out, {"model": "m"}, resume=False)
+    j.append(0, [{"path": "a", "score": 1.5}], [("x.png", "corrupt")])
+    j.append(1, [{"path": "b", "score": float("nan")}])
+    with open(j.path, "ab") as f:  # a crash in the middle of the third batch's line
+        f.write(b'{"batch": 2, "rows": [{"pa')
+    with pytest.raises(BadInput, match="--resume"):
+        stream.Journal(out, {"model": "m"}, resume=False)
+    with pytest.raises(BadInput, match="other settings.*model"):
+        stream.Journal(out, {"model": "other"}, resume=True)
+    j2 = stream.Journal(out, {"model": "m"}, resume=True)
+    assert j2.done == {0, 1}
+    j2.append(2, [{"path": "c", "score": 3.0}])
+    assert [r["path"] for r in j2.rows()] == ["a", "b", "c"]
+    assert list(j2.rows())[1]["score"] is None  # JSON has no NaN: it is written as null
+    assert j2.skipped() == [("x.png", "corrupt")]
+    j2.finish(lambda f: f.write(json.dumps([r["path"] for r in j2.rows()]).encode()))
+    assert json.loads(out.read_text()) == ["a", "b", "c"] and not j2.path.exists()
+
+
+def test_journal_that_is_not_one_is_a_damaged_file(tmp_path):
+    out = tmp_path / "scores.csv"
+    (tmp_path / "scores.csv.partial").write_text("hello\n")
+    with pytest.raises(DamagedFile, match="not a vaekit journal"):
+        stream.Journal(out, {}, resume=True)

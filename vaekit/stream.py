@@ -1,0 +1,188 @@
+"""Streaming inference: decoded batches in, per-image rows out, in bounded memory and resumable.
+
+Three pieces, used by every inference command:
+- `shard`: this process's share of a file list, deterministic by file order (torchrun's
+  RANK / WORLD_SIZE, or an explicit `--shard i/n`).
+- `iter_batches`: fixed slices of the file list, decoded in worker processes with bounded
+  read-ahead. A batch is always the same slice of files, so a resumed job scores exactly the
+  batches an uninterrupted one would, and gets bit-identical numbers.
+- `Journal`: rows appended to `OUT.partial` one batch per line, flushed as they are produced;
+  `--resume` reads it back and skips the finished batches, and `finish` turns it into the
+  final file atomically. A line cut short by a crash is dropped, never half-read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterator, Sequence
+
+import numpy as np
+
+from vaekit import images as imageio
+from vaekit.errors import BadInput, DamagedFile
+from vaekit.fileio import atomic_writer, dumps_json
+
+PARTIAL_SUFFIX = ".partial"
+JOURNAL_VERSION = 1
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """"i/n" (0 <= i < n) -> (i, n); anything else is BadInput naming the value."""
+    try:
+        i, n = (int(v) for v in str(text).split("/"))
+    except ValueError:
+        raise BadInput(f"invalid shard {text!r}: expected INDEX/COUNT such as 0/4") from None
+    if not 0 <= i < n:
+        raise BadInput(f"invalid shard {text!r}: need 0 <= INDEX < COUNT")
+    return i, n
+
+
+def env_shard() -> tuple[int, int]:
+    """(rank, world size) under torchrun, else (0, 1)."""
+    try:
+        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        raise BadInput("RANK and WORLD_SIZE must be integers") from None
+    if not 0 <= rank < max(world, 1):
+        raise BadInput(f"RANK {rank} is not below WORLD_SIZE {world}")
+    return rank, max(world, 1)
+
+
+def shard(paths: Sequence, index: int, count: int, batch_size: int) -> list[int]:
+    """Positions in `paths` that shard `index` of `count` owns: whole batches, dealt round-robin,
+    so each shard's batches are the same slices an unsharded run would score."""
+    starts = range(0, len(paths), batch_size)
+    return [i for b, s in enumerate(starts) if b % count == index for i in range(s, min(s + batch_size, len(paths)))]
+
+
+@dataclass
+class Batch:
+    index: int  # which fixed slice of the file list (batch_size files each)
+    positions: list[int]  # positions in the full file list of the loaded images
+    paths: list[Path]  # the loaded files, in order
+    images: np.ndarray  # (B, C, H, W) uint8 at the model's size
+    skipped: list[tuple[Path, str]] = field(default_factory=list)  # files of this slice that failed
+
+
+def iter_batches(paths: Sequence[Path], size: int, channels: int, batch_size: int = 64, workers: int = 0,
+                 positions: Sequence[int] | None = None, skip_batches: set[int] | frozenset = frozenset()) -> Iterator[Batch]:
+    """Decode `paths[positions]` (default: all) in fixed slices of `batch_size` of the FULL list;
+    slices in `skip_batches` are not read at all. Memory: a few batches, whatever the count."""
+    if batch_size < 1:
+        raise BadInput(f"batch size must be >= 1, got {batch_size}")
+    positions = list(range(len(paths))) if positions is None else list(positions)
+    todo = [i for i in positions if i // batch_size not in skip_batches]
+    loaded = imageio.iter_load([Path(paths[i]) for i in todo], size, channels, workers)
+    current, pos, got, bad = None, [], [], []
+    for i, (path, x, reason) in zip(todo, loaded):
+        b = i // batch_size
+        if current is not None and b != current:
+            yield _batch(current, pos, got, bad, channels, size)
+            pos, got, bad = [], [], []
+        current = b
+        if x is None:
+            bad.append((path, reason or ""))
+        else:
+            pos.append(i)
+            got.append((path, x))
+    if current is not None:
+        yield _batch(current, pos, got, bad, channels, size)
+
+
+def _batch(index, pos, got, bad, channels, size) -> Batch:
+    images = np.stack([x for _, x in got]) if got else np.zeros((0, channels, size, size), np.uint8)
+    return Batch(index, list(pos), [p for p, _ in got], images, list(bad))
+
+
+class Journal:
+    """Rows of a long job, one batch per JSON line in `OUT.partial` (see the module docstring).
+
+    Only the indices of finished batches stay in memory; rows are read back from the file when
+    the job finishes. The first line records the job's settings: resuming with other settings
+    is refused, since rows of two different jobs would be mixed in one file."""
+
+    def __init__(self, out: Path, settings: dict, resume: bool):
+        self.out = Path(out)
+        self.path = self.out.with_name(self.out.name + PARTIAL_SUFFIX)
+        self.settings = json.loads(dumps_json({"vaekit_journal": JOURNAL_VERSION, **settings}, indent=None))
+        self.done: set[int] = set()
+        if self.path.exists() and not resume:
+            raise BadInput(f"{self.path} holds the rows of an unfinished job: pass --resume to continue it, "
+                           "or delete it to start again")
+        if not (self.path.exists() and self._read()):
+            self._start()
+
+    def _start(self) -> None:
+        with open(self.path, "w", encoding="utf-8", errors="surrogateescape") as f:
+            f.write(dumps_json(self.settings, indent=None) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _lines(self) -> Iterator[tuple[int, bytes]]:
+        """(offset after the line, line) for each complete line; a last line without its
+        newline was cut short by a crash and is not yielded."""
+        with open(self.path, "rb") as f:
+            offset = 0
+            for line in f:
+                if not line.endswith(b"\n"):
+                    return
+                offset += len(line)
+                yield offset, line
+
+    def _read(self) -> bool:
+        """Load the finished batches; False when the file holds not even its header."""
+        keep, header = 0, None
+        for offset, line in self._lines():
+            try:
+                entry = json.loads(line.decode("utf-8", "surrogateescape"))
+            except ValueError:
+                if header is None:
+                    raise DamagedFile(f"{self.path} is not a vaekit journal; delete it to start again") from None
+                break  # a damaged tail: redo from here
+            if header is None:
+                header = entry
+                if header != self.settings:
+                    changed = sorted(k for k in set(header) | set(self.settings) if header.get(k) != self.settings.get(k))
+                    raise BadInput(f"cannot resume {self.path}: it was started with other settings "
+                                   f"({', '.join(changed)}); use the same command, or delete it to start again")
+            elif isinstance(entry, dict) and isinstance(entry.get("batch"), int) and entry["batch"] not in self.done:
+                self.done.add(entry["batch"])
+            else:
+                break
+            keep = offset
+        if header is not None and keep < self.path.stat().st_size:  # cut what a crash left half-written
+            with open(self.path, "r+b") as f:
+                f.truncate(keep)
+        return header is not None
+
+    def append(self, batch: int, rows: list[dict], skipped: Sequence[tuple[str, str]] = ()) -> None:
+        entry = {"batch": batch, "rows": rows, "skipped": [[str(p), r] for p, r in skipped]}
+        with open(self.path, "a", encoding="utf-8", errors="surrogateescape") as f:
+            f.write(dumps_json(entry, indent=None) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.done.add(batch)
+
+    def _entries(self) -> Iterator[dict]:
+        lines = self._lines()
+        next(lines, None)  # the settings
+        for _, line in lines:
+            yield json.loads(line.decode("utf-8", "surrogateescape"))
+
+    def rows(self) -> Iterator[dict]:
+        """Every row, batch by batch in the order they were written (file order in one job)."""
+        for entry in self._entries():
+            yield from entry["rows"]
+
+    def skipped(self) -> list[tuple[str, str]]:
+        return [(p, r) for entry in self._entries() for p, r in entry["skipped"]]
+
+    def finish(self, write: Callable[[BinaryIO], None]) -> Path:
+        """Write the final file with `write(binary file)` atomically, then remove the journal."""
+        with atomic_writer(self.out) as f:
+            write(f)
+        self.path.unlink(missing_ok=True)
+        return self.out
