@@ -139,6 +139,16 @@ def test_anomaly_score_never_writes_maps_into_its_input_or_replaces_a_users_csv(
     assert r.exit_code == 2 and "heatmapfile(s)alreadyexist" in flat(r.output), r.output
 
 
+def test_reconstruct_and_encode_never_write_into_their_input(run, images, work):
+    imgs = Path(shutil.copytree(images, work / "imgs"))
+    before = tree(imgs)
+    r = invoke("reconstruct", run, imgs, "-o", imgs / "recon")
+    assert r.exit_code == 2 and "insidetheinputfolder" in flat(r.output), r.output
+    r = invoke("encode", run, imgs, "-o", imgs / "images.codes")
+    assert r.exit_code == 2 and "insidetheinputfolder" in flat(r.output), r.output
+    assert tree(imgs) == before
+
+
 def test_evaluate_refuses_to_replace_an_existing_plot(run, images, work):
     (work / "notes.txt").write_text("do not lose me")
     r = invoke("evaluate", run, "--normal", images, "--anomalous", images, "--plot", work / "notes.txt")

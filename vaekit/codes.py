@@ -33,7 +33,7 @@ from vaekit import __version__
 from vaekit import images as imageio
 from vaekit.config import MAX_IMAGE_SIZE
 from vaekit.errors import DamagedFile
-from vaekit.fileio import atomic_write_bytes, loads_json, read_regular, split_safetensors
+from vaekit.fileio import atomic_write_bytes, loads_json, read_regular, refuse_inside, split_safetensors
 
 if TYPE_CHECKING:  # the engine is passed in; importing it here would cost nothing but clarity
     from vaekit.engine import Model
@@ -376,6 +376,7 @@ def encode_folder(
         raise ValueError(f"invalid precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     if out.is_dir():
         raise IsADirectoryError(f"output {out} is a folder; give a file name such as {out / 'images.codes'}")
+    refuse_inside(out, source, "output")
     refuse_existing([out], overwrite)
     report, names = load_source(model, source, progress)
     sizes = np.array([original_size(p) for p in report.paths], dtype=np.int32)

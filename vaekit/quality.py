@@ -110,12 +110,14 @@ def reconstruct_folder(
     inputs, each followed by its reconstruction. Every target is checked before writing.
     """
     from vaekit import codes
+    from vaekit.fileio import refuse_inside
 
     if not isinstance(grid_max, int) or grid_max < 1:
         raise ValueError(f"invalid grid_max {grid_max!r}: expected an integer >= 1")
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"output {out_dir} exists and is not a folder")
+    refuse_inside(out_dir, source, "output folder")  # its PNGs would be read back as inputs
     report, names = codes.load_source(model, source, progress)
     targets = [out_dir / n for n in codes.png_names(names)]
     grid = out_dir / GRID
