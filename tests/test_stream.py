@@ -78,3 +78,19 @@ def test_journal_that_is_not_one_is_a_damaged_file(tmp_path):
     (tmp_path / "scores.csv.partial").write_text("hello\n")
     with pytest.raises(DamagedFile, match="not a vaekit journal"):
         stream.Journal(out, {}, resume=True)
+
+
+def test_inputs_are_named_relative_to_the_folder_they_were_found_in(tmp_path):
+    (tmp_path / "a" / "sub").mkdir(parents=True)
+    (tmp_path / "b").mkdir()
+    for p in ("a/sub/x.png", "a/y.png", "b/z.png"):
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / p)
+    one = stream.find_inputs(tmp_path / "a")
+    assert one.names == ["sub/x.png", "y.png"] and [p.name for p in one.paths] == ["x.png", "y.png"]
+    two = stream.find_inputs([tmp_path / "a", tmp_path / "b" / "z.png"])
+    assert two.names == ["a/sub/x.png", "a/y.png", "z.png"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BadInput, match="no image files found"):
+        stream.find_inputs(tmp_path / "empty")
+    with pytest.raises(BadInput, match="no inputs"):
+        stream.find_inputs([])

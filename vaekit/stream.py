@@ -1,6 +1,8 @@
 """Streaming inference: decoded batches in, per-image rows out, in bounded memory and resumable.
 
-Three pieces, used by every inference command:
+Four pieces, used by every inference command and the demo:
+- `find_inputs`: the image files under what the user named, each with its name relative to
+  the folder it was found in (the names every output uses).
 - `shard`: this process's share of a file list, deterministic by file order (torchrun's
   RANK / WORLD_SIZE, or an explicit `--shard i/n`).
 - `iter_batches`: fixed slices of the file list, decoded in worker processes with bounded
@@ -27,6 +29,39 @@ from vaekit.fileio import atomic_writer, dumps_json
 
 PARTIAL_SUFFIX = ".partial"
 JOURNAL_VERSION = 1
+
+
+@dataclass
+class Inputs:
+    roots: list[Path]  # what the user named: files and folders, in order
+    paths: list[Path]  # every image file found under them, in order
+    names: list[str]  # each file's name relative to the root it was found under
+
+
+def find_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> Inputs:
+    """The image files under `inputs` (see images.find_images) and their relative names.
+    Naming nothing, or folders that hold no image file, is BadInput (NoImagesError)."""
+    roots = [Path(inputs)] if isinstance(inputs, (str, os.PathLike)) else [Path(r) for r in inputs]
+    if not roots:
+        raise BadInput("no inputs given: name image files or folders")
+    paths = imageio.find_images(roots)
+    if not paths:
+        where = roots[0] if len(roots) == 1 else ", ".join(map(str, roots))
+        raise imageio.NoImagesError(f"no image files found in {where}")
+    return Inputs(roots, paths, [relative_name(p, roots) for p in paths])
+
+
+def relative_name(path: Path, roots: Sequence[Path]) -> str:
+    """`path` relative to the folder it was found in, posix style; with several inputs, prefixed
+    by that folder's name, so names stay unique; a file named directly is its own name."""
+    for root in map(Path, roots):
+        if root.is_dir():
+            try:
+                rel = Path(path).relative_to(root).as_posix()
+            except ValueError:
+                continue
+            return f"{root.resolve().name}/{rel}" if len(roots) > 1 else rel
+    return Path(path).name
 
 
 def parse_shard(text: str) -> tuple[int, int]:
