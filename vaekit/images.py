@@ -56,7 +56,7 @@ class ImageReadError(Exception):
         return f"{self.path}: {self.reason}"
 
 
-class NoImagesError(ValueError):
+class NoImagesError(BadInput):
     """A folder or list of paths that holds no usable image."""
 
 

@@ -113,8 +113,13 @@ def locked(run_dir: Path):
 
     A second vaekit process on the same folder gets InUse naming the process that holds it,
     instead of the two interleaving their files. The lock goes with the process, even on SIGKILL.
+    (Where there is no flock, on Windows, the folder is not locked.)
     """
-    import fcntl
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
 
     run_dir = Path(run_dir)
     created = [d for d in (run_dir, *run_dir.parents) if not d.exists()]  # innermost first
