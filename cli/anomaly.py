@@ -108,10 +108,10 @@ def _print_scores(report, m, inputs) -> None:
         console.print(f"... and {len(rows) - TABLE_ROWS} more (the {TABLE_ROWS} highest shown; -o writes all)",
                       highlight=False)
     if report.threshold is None:
-        console.print(f"threshold: {report.threshold_source}", highlight=False)
+        console.print(f"threshold: {shown(report.threshold_source)}", highlight=False)
     else:
         console.print(f"{report.n_anomalous} of {len(rows)} anomalous at threshold {report.threshold:.2f} nats "
-                      f"({report.threshold_source})", highlight=False)
+                      f"({shown(report.threshold_source)})", highlight=False)
 
 
 def evaluate(
@@ -168,9 +168,9 @@ def _print_evaluation(ev) -> None:
     t.add_row("FPR at 95% TPR", f(ev.fpr_at_95_tpr))
     t.add_row("best F1", f"{ev.best_f1:.4f} (threshold {ev.best_f1_threshold:.2f})")
     if ev.threshold is None:
-        t.add_row("F1 at threshold", f"- ({ev.threshold_source})")
+        t.add_row("F1 at threshold", f"- ({shown(ev.threshold_source)})")
     else:
-        t.add_row("F1 at threshold", f"{ev.f1_at_threshold:.4f} (threshold {ev.threshold:.2f}, {ev.threshold_source})")
+        t.add_row("F1 at threshold", f"{ev.f1_at_threshold:.4f} (threshold {ev.threshold:.2f}, {shown(ev.threshold_source)})")
         t.add_row("  precision / recall / FPR",
                   f"{ev.precision_at_threshold:.4f} / {ev.recall_at_threshold:.4f} / {ev.fpr_at_threshold:.4f}")
     if ev.pixel_auroc is not None:
@@ -192,9 +192,12 @@ def threshold(
     if sum(v is not None for v in (quantile, target_fpr, value)) > 1:
         raise typer.BadParameter("give at most one of --quantile, --target-fpr, --value")
     if quantile is None and target_fpr is None and value is None:
+        from vaekit.engine import threshold_fields
+
         section = rundir.read_config(run).get("anomaly")
         if not section:
             raise rundir.RunError(f"{run} stores no anomaly threshold (training did not finish)")
+        threshold_fields(section, run / rundir.CONFIG)  # a damaged section is an error, not a printout
     else:
         section = anomaly.set_threshold(run, quantile=quantile, target_fpr=target_fpr, value=value)
     _print_threshold(run, section)
@@ -203,8 +206,9 @@ def threshold(
 def _print_threshold(run, section) -> None:
     from rich.table import Table
 
-    t = Table(title=f"{shown(run)}: score {section.get('score')}, {section.get('n', len(section.get('scores', [])))} "
-                    f"{section.get('source', 'validation')} images", show_header=False, title_justify="left")
+    t = Table(title=f"{shown(run)}: score {shown(section.get('score'))}, "
+                    f"{shown(section.get('n', len(section.get('scores', []))))} "
+                    f"{shown(section.get('source', 'validation'))} images", show_header=False, title_justify="left")
     from vaekit.anomaly import section_note
 
     q = section.get("threshold_quantile")
@@ -213,7 +217,7 @@ def _print_threshold(run, section) -> None:
     if note:
         t.add_row("", f"[yellow]{shown(note)}[/yellow]")
     for k, v in section.get("quantiles", {}).items():
-        t.add_row(f"quantile {k}", f"{v:.2f}")
+        t.add_row(f"quantile {shown(k)}", f"{v:.2f}")
     console.print(t)
 
 

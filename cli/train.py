@@ -139,7 +139,7 @@ def _print_summary(result, data) -> None:
 
         a = rundir.read_config(result.run_dir).get("anomaly") or {}
         q, n, source = a.get("threshold_quantile"), a.get("n", 0), a.get("source", "validation")
-        where = f" (quantile {q:g} of {n} {source} scores)" if q is not None else ""
+        where = f" (quantile {q:g} of {n} {shown(source)} scores)" if q is not None else ""
         t.add_row("anomaly threshold", f"{result.threshold:.2f} nats{where}")
         note = section_note(a)
         if note:

@@ -306,6 +306,16 @@ def test_a_non_finite_or_malformed_threshold_in_config_json_is_exit_2(run, image
     assert "anomalysectionisdamaged" in flat(r.output) and "config.json" in flat(r.output), r.output
 
 
+def test_threshold_command_fails_closed_and_escapes_what_it_prints(run, work):
+    out = copy_run(run, work / "run")
+    edit_config(out, lambda c: c["anomaly"].update(source="\x1b[2Jvalidation"))
+    r = invoke("threshold", out)
+    assert r.exit_code == 0 and "\x1b" not in r.output and "\\x1b[2Jvalidation" in r.output, r.output
+    edit_config(out, lambda c: c["anomaly"].update(threshold=float("nan")))
+    r = invoke("threshold", out)
+    assert r.exit_code == 2 and "anomalysectionisdamaged" in flat(r.output), r.output
+
+
 def _nan_model(run: Path, dst: Path) -> Path:
     """A run whose weights give NaN scores (every weight NaN), its fingerprint updated."""
     import torch
