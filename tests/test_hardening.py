@@ -588,3 +588,19 @@ def test_export_removes_staging_folders_that_a_killed_export_left(run, work):
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in work.iterdir() if p.name != "cache") == [
         "model.decoder.onnx", "model.encoder.onnx", "model.onnx"]
+
+
+def test_vaekit_errors_carry_their_exit_codes_and_keep_the_old_base_types(run, work):
+    import vaekit
+    from vaekit import errors
+    from vaekit_cli.main import exit_code_for
+
+    for cls, base in ((errors.BadInput, ValueError), (errors.DamagedFile, ValueError),
+                      (errors.ForeignModel, ValueError), (errors.MissingExtra, ImportError), (errors.InUse, OSError)):
+        assert issubclass(cls, errors.VaekitError) and issubclass(cls, base)
+        assert exit_code_for(cls("x")) == cls.exit_code == 2
+    (work / "notes").mkdir()
+    (work / "notes" / "config.json").write_text('{"name": "resnet50"}')
+    with pytest.raises(errors.ForeignModel, match="not a vaekit run directory"):
+        vaekit.load(work / "notes")
+    assert exit_code_for(TypeError("a bug")) == 3

@@ -32,7 +32,7 @@ import numpy as np
 from vaekit import __version__
 from vaekit import images as imageio
 from vaekit.config import MAX_IMAGE_SIZE
-from vaekit.errors import DamagedFile
+from vaekit.errors import DamagedFile, ForeignModel
 from vaekit.fileio import atomic_write_bytes, loads_json, read_regular, refuse_inside, split_safetensors
 
 if TYPE_CHECKING:  # the engine is passed in; importing it here would cost nothing but clarity
@@ -56,7 +56,7 @@ class CodeFileError(DamagedFile):
     """A code file that is corrupt, truncated, tampered with, foreign, or for another model."""
 
 
-class FingerprintMismatch(CodeFileError):
+class FingerprintMismatch(CodeFileError, ForeignModel):
     """The code file was written by a different model than the one asked to decode it."""
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from vaekit.engine import Model, ModelInfo, threshold_fields
-from vaekit.errors import DamagedFile
+from vaekit.errors import DamagedFile, ForeignModel
 from vaekit.fileio import check_regular, loads_json
 
 CHECKSUM_KEY = "vaekit.sha256"  # sha256 of the file, computed with CHECKSUM_PLACEHOLDER in its place
@@ -26,6 +26,10 @@ _OUTPUTS = {"scorer": ("recon", "kl", "pixel_map", "mu", "logvar"), "encoder": (
 
 class OnnxModelError(DamagedFile):
     """A file that is not a (complete) vaekit ONNX export."""
+
+
+class ForeignOnnx(OnnxModelError, ForeignModel):
+    """An ONNX file that vaekit did not export."""
 
 
 def part_paths(main: str | Path) -> dict[str, Path]:
@@ -74,7 +78,7 @@ def _open(path: Path, role: str, threads: int | None):
     if meta.get("vaekit.format") != FORMAT:
         found = meta.get("vaekit.format")
         why = f"format {found!r}, this vaekit reads {FORMAT!r}" if found else "no vaekit metadata"
-        raise OnnxModelError(f"{path} is not a vaekit export ({why}); write one with `vaekit export RUN_DIR -o model.onnx`")
+        raise ForeignOnnx(f"{path} is not a vaekit export ({why}); write one with `vaekit export RUN_DIR -o model.onnx`")
     _verify_checksum(path, meta)
     found = meta.get("vaekit.role")
     if found != role:

@@ -32,7 +32,7 @@ from safetensors.torch import save
 
 from vaekit import __version__
 from vaekit.config import ModelConfig, from_dict
-from vaekit.errors import BadInput, DamagedFile, InUse
+from vaekit.errors import BadInput, DamagedFile, ForeignModel, InUse
 from vaekit.fileio import (atomic_write_bytes, atomic_write_json, loads_json, read_json, read_regular,
                            split_safetensors)
 
@@ -50,6 +50,10 @@ _CHECKPOINT_NAME = re.compile(r"epoch-\d{4,9}\.safetensors")
 
 class RunError(DamagedFile):
     """A run directory that is missing, corrupt, foreign or inconsistent."""
+
+
+class ForeignRun(RunError, ForeignModel):
+    """A folder or weights file that vaekit did not write."""
 
 
 # --- which folders are vaekit's, and which files in them -----------------------------------------
@@ -206,7 +210,7 @@ def load_tensors(path: Path, what: str) -> tuple[dict[str, torch.Tensor], dict]:
     if len(body) < end:
         raise RunError(f"{what} is truncated ({path}): {len(body)} of {end} bytes of weights")
     if meta.get("format") != FORMAT:
-        raise RunError(f"{what} was not written by vaekit ({path})")
+        raise ForeignRun(f"{what} was not written by vaekit ({path})")
     digest = meta.get("data_sha256")  # absent in files from before it was added
     if digest is not None and hashlib.sha256(body).hexdigest() != digest:
         raise RunError(f"{what} is damaged or was modified ({path}): its weights do not match its checksum")
@@ -232,7 +236,7 @@ def read_config(run_dir: Path) -> dict:
     except (FileNotFoundError, ValueError) as e:
         raise RunError(str(e)) from None
     if cfg.get("format") != FORMAT or "model" not in cfg:
-        raise RunError(f"not a vaekit run directory (no vaekit config.json): {run_dir}")
+        raise ForeignRun(f"not a vaekit run directory (no vaekit config.json): {run_dir}")
     for key in ("model", "train", "data"):
         if key in cfg and not isinstance(cfg[key], dict):
             raise RunError(f"run config {run_dir / CONFIG} is damaged: {key!r} is not a JSON object")
