@@ -134,10 +134,11 @@ def evaluate(
     from vaekit import anomaly
 
     apply_threads()
-    if plot is not None:
-        from vaekit.fileio import refuse_existing
+    if plot is not None:  # before the work, not after it
+        from vaekit.fileio import refuse_existing, refuse_inside
 
-        refuse_existing(plot, overwrite, "--plot")  # before the work, not after it
+        refuse_inside(plot, [normal, anomalous, *([masks] if masks else [])], "--plot")  # a PNG there is an input next time
+        refuse_existing(plot, overwrite, "--plot")
     samples = samples or (64 if iwae else 0)
     m = vaekit.load(model)
     with progress_bar(transient=True) as bars:

@@ -154,6 +154,9 @@ def test_evaluate_refuses_to_replace_an_existing_plot(run, images, work):
     r = invoke("evaluate", run, "--normal", images, "--anomalous", images, "--plot", work / "notes.txt")
     assert r.exit_code == 2 and "--plot" in r.output and "already exists" in r.output, r.output
     assert (work / "notes.txt").read_text() == "do not lose me"
+    r = invoke("evaluate", run, "--normal", images, "--anomalous", images, "--plot", images / "roc.png")
+    assert r.exit_code == 2 and "insidetheinputfolder" in flat(r.output), r.output
+    assert not (images / "roc.png").exists()
 
 
 @pytest.mark.parametrize("taken", ["model.onnx", "model.encoder.onnx", "model.decoder.onnx"])
