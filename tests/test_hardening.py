@@ -584,13 +584,15 @@ def test_vaekit_debug_shows_the_traceback(run, images, work):
 
 
 def test_export_removes_staging_folders_that_a_killed_export_left(run, work):
-    stale = work / ".model.onnx.vaekit-export-999999999.tmp"  # no such process
+    stale = work / ".model.onnx.vaekit-export-999999999-0a1b.tmp"  # no such process
     (stale / "int8").mkdir(parents=True)
     (stale / "model.onnx").write_bytes(b"half")
+    live = work / f".model.onnx.vaekit-export-{os.getpid()}-ffff.tmp"  # an export still running
+    live.mkdir()
     r = invoke("export", run, "-o", work / "model.onnx")
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in work.iterdir() if p.name != "cache") == [
-        "model.decoder.onnx", "model.encoder.onnx", "model.onnx"]
+        live.name, "model.decoder.onnx", "model.encoder.onnx", "model.onnx"]
 
 
 def test_vaekit_errors_carry_their_exit_codes_and_keep_the_old_base_types(run, work):

@@ -376,7 +376,7 @@ def _check_out(out: Path, overwrite: bool = False) -> Path:
     return out
 
 
-_STAGING = ".{name}.vaekit-export-{pid}.tmp"  # the staging folder, next to the output
+_STAGING = ".{name}.vaekit-export-{pid}.tmp"  # the staging folder, next to the output; pid as "PID-TOKEN"
 
 
 def _remove_stale_staging(out: Path) -> None:
@@ -384,7 +384,7 @@ def _remove_stale_staging(out: Path) -> None:
     process is gone. A live export's folder is left alone."""
     prefix, suffix = _STAGING.format(name=out.name, pid="|").split("|")
     for d in out.parent.glob(f"{glob.escape(prefix)}*{suffix}"):
-        pid = d.name[len(prefix) : -len(suffix)]
+        pid = d.name[len(prefix) : -len(suffix)].split("-")[0]
         if not pid.isdigit() or not d.is_dir() or d.is_symlink():
             continue
         try:
@@ -458,8 +458,7 @@ def export(
 
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_staging(out)
-    staging = out.parent / _STAGING.format(name=out.name, pid=os.getpid())
-    shutil.rmtree(staging, ignore_errors=True)  # this process's own, from an export that failed
+    staging = out.parent / _STAGING.format(name=out.name, pid=f"{os.getpid()}-{os.urandom(4).hex()}")
     staging.mkdir()
     try:
         staged = part_paths(staging / out.name)
