@@ -317,6 +317,9 @@ def test_threshold_command_fails_closed_and_escapes_what_it_prints(run, work):
     edit_config(out, lambda c: c["anomaly"].update(threshold=float("nan")))
     r = invoke("threshold", out)
     assert r.exit_code == 2 and "anomalysectionisdamaged" in flat(r.output), r.output
+    edit_config(out, lambda c: c["anomaly"].update(threshold=1.0, by_score={"excess": {"threshold": 1.0, "scores": "x"}}))
+    r = invoke("threshold", out, "--quantile", "0.9")
+    assert r.exit_code == 2 and "anomalysectionisdamaged" in flat(r.output), r.output
 
 
 def _nan_model(run: Path, dst: Path) -> Path:

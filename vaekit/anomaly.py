@@ -129,8 +129,17 @@ def set_threshold(run_dir: str | Path, quantile: float | None = None, target_fpr
     old = cfg.get("anomaly")
     if not old or not old.get("by_score"):
         raise rundir.RunError(f"{run_dir} stores no validation scores to set a threshold from (train it again)")
-    default = old["score"]
-    scores = {k: np.asarray(v["scores"]) for k, v in old["by_score"].items()}
+    from vaekit.engine import threshold_fields
+
+    where = Path(run_dir) / rundir.CONFIG
+    threshold_fields(old, where)  # the shape of the section; DamagedFile otherwise
+    try:
+        default = old["score"]
+        scores = {k: np.asarray(v["scores"], dtype=np.float64) for k, v in old["by_score"].items()}
+        if default not in scores or not all(a.ndim == 1 and len(a) and np.isfinite(a).all() for a in scores.values()):
+            raise ValueError("validation scores missing or not finite numbers")
+    except (KeyError, TypeError, ValueError) as e:
+        raise rundir.RunError(f"{where}: the stored anomaly section is damaged ({e})") from None
     if value is not None:
         if not math.isfinite(value):
             raise ValueError(f"threshold must be a finite number, got {value!r}")
