@@ -391,6 +391,13 @@ def test_image_size_and_latent_dim_are_bounded(run, images, work):
     assert r.exit_code == 2 and "weightsdonotmatchtheconfig" in flat(r.output), r.output
 
 
+def test_sample_data_sizes_are_bounded(work):
+    for kind in ("digits", "shapes"):
+        r = invoke("sample-data", kind, work / kind, "--size", "100000")
+        assert r.exit_code == 2 and "from" in r.output and "to 1024" in r.output, r.output
+        assert not (work / kind).exists()
+
+
 def test_a_code_file_cannot_ask_decode_for_giant_originals(run, images, work, monkeypatch):
     from vaekit import codes
 

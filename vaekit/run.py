@@ -320,6 +320,8 @@ def read_metrics(run_dir: Path) -> list[dict]:
         for line in read_regular(path, "training metrics").decode("utf-8").splitlines():
             if line.strip():
                 out.append(loads_json(line))
+                if not isinstance(out[-1], dict):
+                    raise ValueError(f"line {len(out)} is not a JSON object")
     except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, too deep, not a regular file
         raise RunError(f"training metrics are corrupt ({path}): {e}") from None
     return out

@@ -101,8 +101,11 @@ def write_digits(
     root = Path(root)
     if not isinstance(normal, (int, np.integer)) or not 0 <= normal <= 9:
         raise ValueError(f"normal class must be 0..9, got {normal!r}")
-    if not isinstance(size, (int, np.integer)) or size < 8:
-        raise ValueError(f"size must be an integer >= 8 (the digits are 8x8), got {size!r}")
+    from vaekit.config import MAX_IMAGE_SIZE  # here: the module's own imports stay numpy and Pillow
+    from vaekit.errors import BadInput
+
+    if not isinstance(size, (int, np.integer)) or not 8 <= size <= MAX_IMAGE_SIZE:
+        raise BadInput(f"size must be an integer from 8 to {MAX_IMAGE_SIZE} (the digits are 8x8), got {size!r}")
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be strictly between 0 and 1, got {test_fraction!r}")
     _check_seed(seed)
@@ -380,8 +383,11 @@ def write_shapes(
                     ("n_test_anomalous", n_test_anomalous)]:  # fmt: skip
         if not isinstance(n, (int, np.integer)) or n < 0:
             raise ValueError(f"{name} must be a non-negative integer, got {n!r}")
-    if not isinstance(size, (int, np.integer)) or size < 16:
-        raise ValueError(f"size must be an integer >= 16 (defects need a few pixels), got {size!r}")
+    from vaekit.config import MAX_IMAGE_SIZE
+    from vaekit.errors import BadInput
+
+    if not isinstance(size, (int, np.integer)) or not 16 <= size <= MAX_IMAGE_SIZE:
+        raise BadInput(f"size must be an integer from 16 to {MAX_IMAGE_SIZE} (defects need a few pixels), got {size!r}")
     _check_seed(seed)
 
     _prepare(root, _SHAPES_FOLDERS, overwrite)
