@@ -224,3 +224,30 @@ def test_a_postscript_upload_is_skipped_not_rendered(served, run, tree, tmp_path
     summary, *_ = c.predict([handle_file(str(eps)), handle_file(str(tree / "data" / "images" / "img_1.png"))],
                             vaekit.load(run).info.threshold, api_name="/anomaly")
     assert "of 1 anomalous" in summary and ran == []
+
+
+def test_the_train_tab_skips_a_fifo_named_png_instead_of_hanging(run, tree, tmp_path):
+    """The web Train tab reads folders with the same loader: a .png link to a FIFO is skipped."""
+    import os
+    import shutil
+
+    from gradio_client import Client
+
+    from test_hardening import fifo_guard
+
+    folder = tree / "data" / "with-fifo"
+    shutil.copytree(tree / "data" / "images", folder)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    os.symlink(fifo, folder / "pipe.png")
+    app, url = _serve(run, tree)
+    try:
+        with fifo_guard(fifo):
+            status, *_ = Client(url, verbose=False).predict("with-fifo", SIZE, 4, 1, api_name="/train")
+        assert status.startswith("**Done**")
+        import vaekit
+
+        new_run = vaekit.load(next((tree / "data" / "runs").glob("with-fifo-*")))
+        assert new_run.config["data"]["skipped"] == [["pipe.png", "not a regular file (a FIFO, socket or device)"]]
+    finally:
+        app.close()
