@@ -169,13 +169,13 @@ def read_regular(path: Path, what: str, max_bytes: int | None = None) -> bytes:
     check_regular(path, what, max_bytes)
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     try:
-        size = os.fstat(fd)
-        if not stat.S_ISREG(size.st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise DamagedFile(f"{what} is not a regular file: {path}")
-        limit = size.st_size if max_bytes is None else max_bytes + 1
         chunks, got = [], 0
-        while max_bytes is None or got < limit:
-            chunk = os.read(fd, max(1 << 20, limit - got))
+        while max_bytes is None or got <= max_bytes:
+            want = max(1 << 20, st.st_size - got)  # the whole file in one read, as a rule
+            chunk = os.read(fd, min(want, 1 << 30) if max_bytes is None else min(want, max_bytes + 1 - got))
             if not chunk:
                 break
             chunks.append(chunk)
