@@ -28,8 +28,13 @@ def forbid_decoding(monkeypatch) -> None:
     def boom(*args, **kwargs):
         raise AssertionError("decoded on a cache hit")
 
-    for name in ["decode", "_decode", "load_image", "load_images", "iter_load", "_read"]:
-        monkeypatch.setattr(images, name, boom)
+    from vaekit.images import load, read
+
+    # wherever each step is looked up: the package, and the module that calls it
+    for module in (images, load, read):
+        for name in ["decode", "_decode", "load_image", "load_images", "iter_load", "_iter_load", "_read"]:
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, boom)
 
 
 def test_miss_then_hit_without_decoding(tmp_path, monkeypatch):

@@ -372,7 +372,7 @@ def test_one_file_that_runs_out_of_memory_is_skipped_not_the_run(images, monkeyp
 
     paths = imageio.find_images(images)
     Image.new("L", (21, 20)).save(images.parent / "wide.png")
-    monkeypatch.setattr(imageio, "resize", resize)
+    monkeypatch.setattr(imageio.read, "resize", resize)  # where load_image looks it up
     report = imageio.load_images([*paths, images.parent / "wide.png"], 16, 1)
     assert len(report.paths) == len(paths)
     assert [(p.name, r) for p, r in report.skipped] == [("wide.png", "not enough memory to resize it")]

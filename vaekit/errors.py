@@ -33,3 +33,11 @@ class MissingExtra(VaekitError, ImportError):
 
 class InUse(VaekitError, OSError):
     """A run directory or output another vaekit process is writing right now."""
+
+
+class NotFound(BadInput, FileNotFoundError):
+    """A file or folder the user named that does not exist."""
+
+
+class OutputExists(BadInput, FileExistsError):
+    """An output that is already there, named without --overwrite."""

@@ -1,11 +1,11 @@
-"""Image I/O for vaekit: find image files, decode them to uint8 arrays, resize, save.
+"""Decoding one image file: open safely, convert any Pillow mode to uint8, resize to the model.
 
 Numpy and Pillow only, never torch: training (through the pixel cache) and the
 onnxruntime engine both preprocess with `load_image`, so the two cannot drift.
 Each Pillow pitfall we know of (16-bit, palette transparency, EXIF rotation,
 truncated files, decompression bombs) is handled once, here.
 
-Every file is opened the same way (`_open`): `stat` first (following links) and only a
+Every file is opened the same way (`open_image`): `stat` first (following links) and only a
 regular file goes on, opened non-blocking, so a FIFO or device named x.png is skipped,
 never waited on; and Pillow may only use the documented formats (FORMATS), so a
 PostScript file named x.png is "not an image" instead of a Ghostscript run.
@@ -14,16 +14,11 @@ PostScript file named x.png is "not an image" instead of a Ghostscript run.
 from __future__ import annotations
 
 import errno
-import io
 import os
 import stat
 import warnings
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +26,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from vaekit.config import MAX_IMAGE_SIZE
 from vaekit.errors import BadInput
-from vaekit.fileio import atomic_write_bytes
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 # The only decoders Pillow may pick, whatever a file's bytes claim: the formats vaekit documents.
 # (Pillow's EPS plugin alone would run Ghostscript on a PostScript file named .png.)
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
@@ -55,67 +48,6 @@ class ImageReadError(Exception):
     def __str__(self) -> str:
         return f"{self.path}: {self.reason}"
 
-
-class NoImagesError(BadInput):
-    """A folder or list of paths that holds no usable image."""
-
-
-def find_images(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
-    """Image files under `inputs` (files or folders), folders scanned recursively.
-
-    A file named explicitly is kept whatever its suffix. In folders, files with an
-    IMAGE_SUFFIXES suffix (any case) are kept; names starting with '.' are skipped;
-    symlinked folders are followed, each real folder once, so links cannot loop. A link
-    with an image suffix that leads nowhere (dangling, or a loop) is kept, so that loading
-    reports it as skipped instead of it vanishing silently; so is a sub-folder that cannot
-    be read, which loading reports as "unreadable folder".
-    Each root's files come sorted by their relative posix path, roots in the order given.
-    """
-    roots = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
-    found: list[Path] = []
-    seen: set[Path] = set()
-    for root in map(Path, roots):
-        if not root.exists() and not root.is_symlink():  # a broken link is reported on load
-            raise FileNotFoundError(f"no such file or folder: {root}")
-        if not root.is_dir():
-            found.append(root)
-            continue
-        rel: list[str] = []
-        _scan(root, "", seen, rel)
-        found += [root / r for r in sorted(rel)]
-    return found
-
-
-def _scan(folder: Path, prefix: str, seen: set[Path], out: list[str]) -> None:
-    real = folder.resolve()
-    if real in seen:
-        return
-    seen.add(real)
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        if not prefix:
-            raise  # the folder the caller named
-        out.append(prefix.rstrip("/"))  # named on load, with the reason, as a skipped entry
-        return
-    for e in entries:
-        if e.name.startswith("."):
-            continue
-        try:
-            is_dir = e.is_dir()  # follows symlinks; `seen` stops loops
-        except OSError:  # a link to itself raises ELOOP here: one bad name must not fail the scan
-            is_dir = False
-        if is_dir:
-            _scan(Path(e.path), f"{prefix}{e.name}/", seen, out)
-        elif (e.is_symlink() or _is_file(e)) and Path(e.name).suffix.lower() in IMAGE_SUFFIXES:
-            out.append(prefix + e.name)  # a link that is neither: broken or looping, reported on load
-
-
-def _is_file(e: os.DirEntry) -> bool:
-    try:
-        return e.is_file()
-    except OSError:
-        return False
 
 
 def _reason(exc: BaseException, path: Path | None = None) -> str:
@@ -239,7 +171,7 @@ def _luma(rgb: np.ndarray) -> np.ndarray:
 
 def _check_channels(channels: int) -> None:
     if channels not in (1, 3) or isinstance(channels, bool):
-        raise ValueError(f"invalid channels {channels!r}: expected 1 (gray) or 3 (RGB)")
+        raise BadInput(f"invalid channels {channels!r}: expected 1 (gray) or 3 (RGB)")
 
 
 def _check_size(size: int) -> None:
@@ -269,7 +201,7 @@ def gray_mode(path: Path) -> bool:
 def resolve_channels(paths: Sequence[Path], channels: str | int) -> int:
     """1 or 3 from a user's `channels`; 'auto' is 1 when every readable image is stored gray."""
     if channels not in _CHANNELS or isinstance(channels, bool):
-        raise ValueError(f"invalid channels {channels!r}: expected one of 'auto', 1, 3")
+        raise BadInput(f"invalid channels {channels!r}: expected one of 'auto', 1, 3")
     if channels != "auto":
         return int(channels)
     grays = []
@@ -308,7 +240,7 @@ def resize(x: np.ndarray, size: int) -> np.ndarray:
     """
     _check_size(size)
     if x.dtype != np.uint8 or x.ndim != 3 or x.shape[-1] not in (1, 3):
-        raise ValueError(f"expected a uint8 (H, W, 1|3) array, got {x.dtype} {x.shape}")
+        raise BadInput(f"expected a uint8 (H, W, 1|3) array, got {x.dtype} {x.shape}")
     h, w = x.shape[:2]
     if h == w == size:
         return x
@@ -343,86 +275,6 @@ def load_image(path: Path, size: int, channels: int) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
-@dataclass
-class LoadReport:
-    images: np.ndarray  # (N, C, H, W) uint8, the loaded files in order
-    paths: list[Path]  # the files behind `images`, same order
-    skipped: list[tuple[Path, str]]  # (file, reason) for each file that could not be decoded
-
-
-_Loaded = tuple[Path, "np.ndarray | None", "str | None"]  # (path, pixels, reason): one is None
-
-
-def _load_chunk(paths: list[Path], size: int, channels: int) -> list[_Loaded]:
-    out: list[_Loaded] = []
-    for p in paths:
-        try:
-            out.append((p, load_image(p, size, channels), None))
-        except ImageReadError as e:
-            out.append((p, None, e.reason))
-        except MemoryError:  # one file must never abort a whole run
-            out.append((p, None, "not enough memory to decode it"))
-    return out
-
-
-def iter_load(
-    paths: Sequence[Path], size: int, channels: int, workers: int = 0
-) -> Iterator[_Loaded]:
-    """Yield (path, uint8 (C, size, size) or None, reason or None) per file, in input order.
-
-    With workers > 1, chunks decode in that many processes, a bounded number in flight,
-    so memory stays flat however many files there are.
-    """
-    _check_size(size)  # checked here, not in the generator, so a bad value fails at the call
-    _check_channels(channels)
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
-        raise ValueError(f"invalid workers {workers!r}: expected an integer >= 0")
-    return _iter_load([Path(p) for p in paths], size, channels, workers)
-
-
-def _iter_load(paths: list[Path], size: int, channels: int, workers: int) -> Iterator[_Loaded]:
-    if workers <= 1 or len(paths) <= 1:  # a pool costs more than it saves here
-        for p in paths:
-            yield from _load_chunk([p], size, channels)
-        return
-    step = max(1, min(64, len(paths) // (workers * 4)))
-    chunks = iter([paths[i : i + step] for i in range(0, len(paths), step)])
-    with ProcessPoolExecutor(workers) as pool:
-        first = islice(chunks, 2 * workers)  # bounded, so results cannot pile up in memory
-        pending = deque(pool.submit(_load_chunk, c, size, channels) for c in first)
-        while pending:
-            done = pending.popleft().result()
-            nxt = next(chunks, None)
-            if nxt is not None:
-                pending.append(pool.submit(_load_chunk, nxt, size, channels))
-            yield from done
-
-
-def load_images(
-    paths: Sequence[Path],
-    size: int,
-    channels: int,
-    progress: Callable[..., None] | None = None,
-    workers: int = 0,
-) -> LoadReport:
-    """Load every file with `load_image`, skipping (and recording) the unreadable ones."""
-    results = iter_load(paths, size, channels, workers)  # checks the arguments first
-    total = len(paths)
-    out = np.empty((total, channels, size, size), np.uint8)
-    loaded: list[Path] = []
-    skipped: list[tuple[Path, str]] = []
-    every = max(1, total // 100)
-    for done, (p, x, reason) in enumerate(results, 1):
-        if x is None:
-            skipped.append((p, reason or ""))
-        else:
-            out[len(loaded)] = x
-            loaded.append(p)
-        if progress is not None and (done % every == 0 or done == total):
-            progress(done, total)
-    return LoadReport(out[: len(loaded)], loaded, skipped)
-
-
 def to_float(x: np.ndarray) -> np.ndarray:
     """uint8 -> float32 in [0, 1]."""
     return x.astype(np.float32) / 255
@@ -432,60 +284,3 @@ def to_uint8(x: np.ndarray) -> np.ndarray:
     """Float in [0, 1] -> uint8, clipped and rounded; NaN becomes 0."""
     return np.rint(np.clip(np.nan_to_num(x, nan=0.0), 0, 1) * 255).astype(np.uint8)
 
-
-def _hwc(x: np.ndarray) -> np.ndarray:
-    if x.ndim != 3 or x.shape[0] not in (1, 3):
-        raise ValueError(f"expected a (C, H, W) array with C 1 or 3, got shape {x.shape}")
-    x = x if x.dtype == np.uint8 else to_uint8(x)
-    return x[0] if x.shape[0] == 1 else np.ascontiguousarray(x.transpose(1, 2, 0))
-
-
-def save_png(x: np.ndarray, path: Path) -> None:
-    """Save (C, H, W) uint8, or float in [0, 1], as a PNG; atomic, parent folders created."""
-    buf = io.BytesIO()
-    Image.fromarray(_hwc(x)).save(buf, format="PNG")
-    atomic_write_bytes(Path(path), buf.getvalue())
-
-
-def make_grid(xs: np.ndarray, ncol: int = 8, pad: int = 2) -> np.ndarray:
-    """(N, C, H, W) -> one (C, H', W') image, `ncol` per row, white gaps; dtype kept."""
-    if xs.ndim != 4 or len(xs) == 0:
-        raise ValueError(f"expected a non-empty (N, C, H, W) array, got shape {xs.shape}")
-    if ncol < 1 or pad < 0:
-        raise ValueError(f"invalid ncol {ncol!r} or pad {pad!r}: expected ncol >= 1, pad >= 0")
-    n, c, h, w = xs.shape
-    ncol = min(ncol, n)
-    nrow = -(-n // ncol)
-    white = 255 if xs.dtype == np.uint8 else 1.0
-    grid = np.full((c, nrow * (h + pad) + pad, ncol * (w + pad) + pad), white, xs.dtype)
-    for i, x in enumerate(xs):
-        top, left = pad + (i // ncol) * (h + pad), pad + (i % ncol) * (w + pad)
-        grid[:, top : top + h, left : left + w] = x
-    return grid
-
-
-# Nine stops of matplotlib's "inferno", interpolated linearly: perceptually ordered, dark = cold.
-_INFERNO = np.array(
-    [[0, 0, 4], [31, 12, 72], [85, 15, 109], [136, 34, 106], [186, 54, 85],
-     [227, 89, 51], [249, 140, 10], [249, 201, 50], [252, 255, 164]], np.float64,
-)  # fmt: skip
-
-
-def heatmap_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """Blend `heat` (H, W) as an inferno colour map over `image` (C, H, W) uint8 -> (3, H, W) uint8.
-
-    `heat` is scaled per image to 0..max (negative and non-finite values count as 0);
-    `alpha` is the weight of the colour map, 0 showing only the image.
-    """
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"invalid alpha {alpha!r}: expected a number in [0, 1]")
-    if heat.shape != image.shape[1:]:
-        raise ValueError(f"heat shape {heat.shape} does not match image shape {image.shape}")
-    base = _hwc(image).astype(np.float64)
-    base = np.repeat(base[..., None], 3, axis=-1) if base.ndim == 2 else base
-    h = np.clip(np.nan_to_num(heat.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0), 0, None)
-    h = h / h.max() if h.max() > 0 else h  # an all-zero map stays zero instead of dividing by 0
-    stops = np.linspace(0, 1, len(_INFERNO))
-    color = np.stack([np.interp(h, stops, _INFERNO[:, i]) for i in range(3)], axis=-1)
-    out = np.rint((1 - alpha) * base + alpha * color).astype(np.uint8)
-    return np.ascontiguousarray(out.transpose(2, 0, 1))

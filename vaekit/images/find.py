@@ -1,0 +1,78 @@
+"""Finding image files: the folders vaekit scans and the names it keeps.
+
+A file named explicitly is kept whatever its suffix; folders are scanned recursively for the
+suffixes vaekit documents, following symlinked folders once each, so links cannot loop.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from vaekit.errors import BadInput, NotFound
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+
+
+class NoImagesError(BadInput):
+    """A folder or list of paths that holds no usable image."""
+
+
+def find_images(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
+    """Image files under `inputs` (files or folders), folders scanned recursively.
+
+    A file named explicitly is kept whatever its suffix. In folders, files with an
+    IMAGE_SUFFIXES suffix (any case) are kept; names starting with '.' are skipped;
+    symlinked folders are followed, each real folder once, so links cannot loop. A link
+    with an image suffix that leads nowhere (dangling, or a loop) is kept, so that loading
+    reports it as skipped instead of it vanishing silently; so is a sub-folder that cannot
+    be read, which loading reports as "unreadable folder".
+    Each root's files come sorted by their relative posix path, roots in the order given.
+    """
+    roots = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    found: list[Path] = []
+    seen: set[Path] = set()
+    for root in map(Path, roots):
+        if not root.exists() and not root.is_symlink():  # a broken link is reported on load
+            raise NotFound(f"no such file or folder: {root}")
+        if not root.is_dir():
+            found.append(root)
+            continue
+        rel: list[str] = []
+        _scan(root, "", seen, rel)
+        found += [root / r for r in sorted(rel)]
+    return found
+
+
+def _scan(folder: Path, prefix: str, seen: set[Path], out: list[str]) -> None:
+    real = folder.resolve()
+    if real in seen:
+        return
+    seen.add(real)
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        if not prefix:
+            raise  # the folder the caller named
+        out.append(prefix.rstrip("/"))  # named on load, with the reason, as a skipped entry
+        return
+    for e in entries:
+        if e.name.startswith("."):
+            continue
+        try:
+            is_dir = e.is_dir()  # follows symlinks; `seen` stops loops
+        except OSError:  # a link to itself raises ELOOP here: one bad name must not fail the scan
+            is_dir = False
+        if is_dir:
+            _scan(Path(e.path), f"{prefix}{e.name}/", seen, out)
+        elif (e.is_symlink() or _is_file(e)) and Path(e.name).suffix.lower() in IMAGE_SUFFIXES:
+            out.append(prefix + e.name)  # a link that is neither: broken or looping, reported on load
+
+
+def _is_file(e: os.DirEntry) -> bool:
+    try:
+        return e.is_file()
+    except OSError:
+        return False
+

@@ -1,0 +1,99 @@
+"""Loading many files: decode them in order, in worker processes with bounded read-ahead.
+
+One unreadable file is skipped and recorded, never fatal; memory stays flat however many
+files there are when iterating (`iter_load`); `load_images` gathers them into one array.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+
+from vaekit.errors import BadInput
+from vaekit.images.read import ImageReadError, _check_channels, _check_size, load_image
+
+@dataclass
+class LoadReport:
+    images: np.ndarray  # (N, C, H, W) uint8, the loaded files in order
+    paths: list[Path]  # the files behind `images`, same order
+    skipped: list[tuple[Path, str]]  # (file, reason) for each file that could not be decoded
+
+
+_Loaded = tuple[Path, "np.ndarray | None", "str | None"]  # (path, pixels, reason): one is None
+
+
+def _load_chunk(paths: list[Path], size: int, channels: int) -> list[_Loaded]:
+    out: list[_Loaded] = []
+    for p in paths:
+        try:
+            out.append((p, load_image(p, size, channels), None))
+        except ImageReadError as e:
+            out.append((p, None, e.reason))
+        except MemoryError:  # one file must never abort a whole run
+            out.append((p, None, "not enough memory to decode it"))
+    return out
+
+
+def iter_load(
+    paths: Sequence[Path], size: int, channels: int, workers: int = 0
+) -> Iterator[_Loaded]:
+    """Yield (path, uint8 (C, size, size) or None, reason or None) per file, in input order.
+
+    With workers > 1, chunks decode in that many processes, a bounded number in flight,
+    so memory stays flat however many files there are.
+    """
+    _check_size(size)  # checked here, not in the generator, so a bad value fails at the call
+    _check_channels(channels)
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
+        raise BadInput(f"invalid workers {workers!r}: expected an integer >= 0")
+    return _iter_load([Path(p) for p in paths], size, channels, workers)
+
+
+def _iter_load(paths: list[Path], size: int, channels: int, workers: int) -> Iterator[_Loaded]:
+    if workers <= 1 or len(paths) <= 1:  # a pool costs more than it saves here
+        for p in paths:
+            yield from _load_chunk([p], size, channels)
+        return
+    step = max(1, min(64, len(paths) // (workers * 4)))
+    chunks = iter([paths[i : i + step] for i in range(0, len(paths), step)])
+    with ProcessPoolExecutor(workers) as pool:
+        first = islice(chunks, 2 * workers)  # bounded, so results cannot pile up in memory
+        pending = deque(pool.submit(_load_chunk, c, size, channels) for c in first)
+        while pending:
+            done = pending.popleft().result()
+            nxt = next(chunks, None)
+            if nxt is not None:
+                pending.append(pool.submit(_load_chunk, nxt, size, channels))
+            yield from done
+
+
+def load_images(
+    paths: Sequence[Path],
+    size: int,
+    channels: int,
+    progress: Callable[..., None] | None = None,
+    workers: int = 0,
+) -> LoadReport:
+    """Load every file with `load_image`, skipping (and recording) the unreadable ones."""
+    results = iter_load(paths, size, channels, workers)  # checks the arguments first
+    total = len(paths)
+    out = np.empty((total, channels, size, size), np.uint8)
+    loaded: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
+    every = max(1, total // 100)
+    for done, (p, x, reason) in enumerate(results, 1):
+        if x is None:
+            skipped.append((p, reason or ""))
+        else:
+            out[len(loaded)] = x
+            loaded.append(p)
+        if progress is not None and (done % every == 0 or done == total):
+            progress(done, total)
+    return LoadReport(out[: len(loaded)], loaded, skipped)
+
