@@ -113,7 +113,9 @@ def test_excess_is_neg_elbo_minus_the_floor_and_never_negative(model, test_image
     assert s.name == "excess" and s.estimator == "mean"
     np.testing.assert_allclose(s.excess, s.neg_elbo - s.floor)
     np.testing.assert_array_equal(s.score, s.excess)
-    np.testing.assert_allclose(s.bits_per_dim, s.score / (3 * SIZE * SIZE * math.log(2)))
+    # bits/dim is the -ELBO's, whichever score is chosen (not the excess's)
+    np.testing.assert_allclose(s.bits_per_dim, s.neg_elbo / (3 * SIZE * SIZE * math.log(2)))
+    assert not np.allclose(s.bits_per_dim, s.score / (3 * SIZE * SIZE * math.log(2)))
     # recon - floor = sum of KL(Bern(x) || Bern(x_hat)) >= 0, so the excess map is >= 0 too
     assert np.all(s.excess >= s.kl - 1e-3)
     assert s.pixel_map.min() > -1e-4
@@ -255,7 +257,7 @@ def test_csv_and_json_rows(parts, model, tmp_path):
     for row, r in zip(rows, report.rows):
         assert row["path"] == r.path and float(row["score"]) == r.score and float(row["threshold"]) == r.threshold
         assert row["anomalous"] == ("true" if r.anomalous else "false")
-        assert float(row["bits_per_dim"]) == pytest.approx(r.score / (3 * SIZE * SIZE * math.log(2)))
+        assert float(row["bits_per_dim"]) == pytest.approx(r.neg_elbo / (3 * SIZE * SIZE * math.log(2)))
     anomaly.write_scores(tmp_path / "s.json", report, model)
     doc = json.loads((tmp_path / "s.json").read_text())
     assert doc["score"] == "excess" and doc["threshold"] == report.threshold and doc["n_images"] == 12

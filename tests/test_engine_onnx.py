@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+import vaekit
 from export_support import exported, random_run
 from vaekit_cli.main import app
 
@@ -89,7 +90,7 @@ def test_threads_come_from_the_argument_or_vaekit_threads(ex, monkeypatch):
 
     assert OnnxModel(ex.onnx, threads=1)._scorer.get_session_options().intra_op_num_threads == 1
     monkeypatch.setenv("VAEKIT_THREADS", "2")
-    m = OnnxModel(ex.onnx)
+    m = vaekit.load(ex.onnx)
     m.encode(np.zeros((1, 1, 16, 16), np.uint8))
     assert {s.get_session_options().intra_op_num_threads for s in m._sessions.values()} == {2}
     assert m._scorer.get_providers() == ["CPUExecutionProvider"]

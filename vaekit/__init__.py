@@ -8,8 +8,42 @@ by the functions that need them, so `import vaekit` stays cheap.
 __version__ = "0.1.0"
 
 
-def load(path):
-    """Open a trained model: a run directory (torch engine) or an exported .onnx (onnxruntime)."""
-    from vaekit.engine import load as _load
+DEVICES = ("auto", "cpu", "cuda")
 
-    return _load(path)
+
+def load(path, device: str = "auto", threads: int | None = None):
+    """Open a trained model: a run directory (torch engine) or an exported .onnx (onnxruntime).
+
+    device: "auto" uses CUDA when it is there (torch: a CUDA build and a GPU; onnxruntime: the
+    onnxruntime-gpu package and a GPU), else the CPU; "cuda" insists. threads: CPU threads for
+    onnxruntime's sessions; for torch, whose thread pool is per process, it is set only when
+    given. None: VAEKIT_THREADS if set (the CLI's --threads sets it), else the libraries'
+    defaults and the process left as it is.
+    """
+    import os
+    from pathlib import Path
+
+    from vaekit.errors import BadInput
+
+    if threads is None and os.environ.get("VAEKIT_THREADS"):  # the one place the variable is read
+        try:
+            threads = int(os.environ["VAEKIT_THREADS"])
+        except ValueError:
+            raise BadInput(f"VAEKIT_THREADS must be an integer, got {os.environ['VAEKIT_THREADS']!r}") from None
+
+    if device not in DEVICES:
+        raise BadInput(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 0):
+        raise BadInput(f"threads must be an integer >= 0, got {threads!r}")
+    path = Path(path)
+    if path.is_dir():
+        from vaekit.engine_torch import TorchModel
+
+        return TorchModel(path, device=device, threads=threads)
+    if path.is_file():  # stat follows links: a FIFO or device is neither, and is never opened
+        from vaekit.engine_onnx import OnnxModel
+
+        return OnnxModel(path, threads=threads, device=device)
+    if path.exists():
+        raise BadInput(f"{path} is neither a run directory nor a regular .onnx file")
+    raise FileNotFoundError(f"no such model: {path} (give a run directory or an exported .onnx file)")

@@ -1,7 +1,9 @@
-"""One interface, two engines: `load(path)` gives a Model whatever the path holds.
+"""The one interface of vaekit's two engines: what `vaekit.load(path)` returns.
 
-A run directory opens with the torch engine; an exported `.onnx` file with the onnxruntime
-engine, which never imports torch. Both engines only provide four primitives on float32
+A run directory opens with the torch engine (vaekit/engine_torch.py); an exported `.onnx`
+file with the onnxruntime engine (vaekit/engine_onnx.py), which never imports torch. The
+factory, `vaekit.load`, lives outside this file, so the interface never imports its
+implementations. Both engines only provide four primitives on float32
 arrays (`_encode`, `_decode`, `_score_core`, and their metadata); everything users call
 (encode, decode, reconstruct, score, iwae) is written once, here, in numpy, so the two
 engines cannot drift apart.
@@ -106,12 +108,14 @@ class Scores:
     neg_elbo: np.ndarray  # (N,) -ELBO estimate, nats (with iwae: the IWAE estimate of -log p(x))
     recon: np.ndarray  # (N,) reconstruction NLL, nats
     kl: np.ndarray  # (N,) KL(q(z|x) || p(z)), nats
-    pixel_map: np.ndarray  # (N, H, W) per-pixel reconstruction NLL summed over channels, nats (see score)
-    bits_per_dim: np.ndarray  # (N,) score / (C*H*W*ln 2)
+    pixel_map: np.ndarray | None  # (N, H, W) per-pixel reconstruction NLL over channels, nats; None unless maps=True
+    bits_per_dim: np.ndarray  # (N,) -ELBO / (C*H*W*ln 2)
     excess: np.ndarray | None = None  # (N,) neg_elbo - floor, nats: the default score
     floor: np.ndarray | None = None  # (N,) NLL of a perfect reconstruction of the image, nats
     name: str = DEFAULT_SCORE  # which score `score` holds
     estimator: str = "mean"  # "mean" (z = mu), "samples" (average over K draws) or "iwae"
+    paths: list[Path] | None = None  # scored from files: the file behind each row
+    skipped: list[tuple[Path, str]] = field(default_factory=list)  # scored from files: those that failed, and why
 
 
 def image_seed(x: np.ndarray) -> int:
@@ -175,11 +179,33 @@ class Model:
 
     # --- preprocessing ---------------------------------------------------------------------
     def load_images(self, inputs: str | Path | Sequence[str | Path], progress: Progress | None = None) -> imageio.LoadReport:
-        """Find and decode images with the model's own preprocessing (size, channels)."""
-        paths = imageio.find_images(inputs)
-        if not paths:
-            raise imageio.NoImagesError(f"no image files found in {inputs}")
+        """Find and decode images with the model's own preprocessing (size, channels), all at
+        once; `iter_batches` streams instead."""
+        from vaekit.stream import find_inputs
+
+        paths = find_inputs(inputs).paths
         return imageio.load_images(paths, self.info.image_size, self.info.channels, progress=progress)
+
+    def iter_batches(self, inputs: str | Path | Sequence[str | Path], batch_size: int | None = None,
+                     workers: int = 0):
+        """Decoded batches (vaekit.stream.Batch) of the images under `inputs`, in file order,
+        with the model's preprocessing; memory stays at a few batches however many files."""
+        from vaekit.stream import find_inputs, iter_batches
+
+        paths = find_inputs(inputs).paths
+        return iter_batches(paths, self.info.image_size, self.info.channels, batch_size or self.batch_size, workers)
+
+    def _images(self, x) -> tuple[np.ndarray, list[Path] | None, list[tuple[Path, str]]]:
+        """An array as it is, or files/folders decoded: (images, paths, skipped)."""
+        if isinstance(x, np.ndarray):
+            return self._check(x), None, []
+        if isinstance(x, (str, Path)) or (isinstance(x, (list, tuple)) and x and isinstance(x[0], (str, Path))):
+            report = self.load_images(x)
+            if not report.paths:
+                reasons = "; ".join(f"{p.name}: {r}" for p, r in report.skipped[:3])
+                raise imageio.NoImagesError(f"no readable image in {x} ({len(report.skipped)} unreadable: {reasons})")
+            return report.images, report.paths, report.skipped
+        return self._check(x), None, []
 
     def _check(self, x: np.ndarray) -> np.ndarray:
         want = (self.info.channels, self.info.image_size, self.info.image_size)
@@ -193,9 +219,10 @@ class Model:
             yield slice(s, min(n, s + self.batch_size))
 
     # --- what users call -------------------------------------------------------------------
-    def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """uint8 images -> posterior mean and log-variance, (N, D) float32 each. Deterministic."""
-        x = self._check(x)
+    def encode(self, x) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 images (or files/folders) -> posterior mean and log-variance, (N, D) float32
+        each. Deterministic."""
+        x = self._images(x)[0]
         mus, logvars = [], []
         for sl in self._batches(len(x)):
             mu, logvar = self._encode(imageio.to_float(x[sl]))
@@ -214,8 +241,9 @@ class Model:
         s, c = self.info.image_size, self.info.channels
         return np.concatenate(out) if out else np.zeros((0, c, s, s), np.float32)
 
-    def reconstruct(self, x: np.ndarray) -> np.ndarray:
-        """Decode the posterior mean: (N, C, H, W) float32 in [0, 1]. Deterministic."""
+    def reconstruct(self, x) -> np.ndarray:
+        """Decode the posterior mean of uint8 images (or files/folders): (N, C, H, W) float32
+        in [0, 1]. Deterministic."""
         return self.decode(self.encode(x)[0])
 
     def sample(self, n: int, temperature: float = 1.0, seed: int = 0) -> np.ndarray:
@@ -225,15 +253,37 @@ class Model:
         z = np.random.default_rng(seed).standard_normal((n, self.info.latent_dim), dtype=np.float32) * temperature
         return self.decode(z)
 
+    def iter_scores(self, inputs: str | Path | Sequence[str | Path], batch_size: int | None = None,
+                    samples: int = 0, score: str = DEFAULT_SCORE, iwae: bool = False, maps: bool = False,
+                    workers: int = 0):
+        """Scores of the images under `inputs`, one `Scores` per batch (with its `paths` and the
+        files it `skipped`), decoded and scored batch by batch: for folders too large for memory."""
+        for batch in self.iter_batches(inputs, batch_size, workers):
+            if len(batch.paths):
+                out = self.score(batch.images, samples=samples, score=score, iwae=iwae, maps=maps)
+            else:
+                out = self._empty_scores(score)
+            out.paths, out.skipped = batch.paths, batch.skipped
+            yield out
+
+    def _empty_scores(self, score: str) -> Scores:
+        e = np.zeros(0)
+        return Scores(e, e, e, e, None, e, excess=e, floor=e, name=score)
+
     def score(
         self,
-        x: np.ndarray,
+        x,
         samples: int = 0,
         score: str = DEFAULT_SCORE,
         iwae: bool = False,
         progress: Progress | None = None,
+        maps: bool = True,
     ) -> Scores:
-        """Per-image anomaly scores (higher = more anomalous) and per-pixel maps, nats.
+        """Per-image anomaly scores (higher = more anomalous) and, with maps=True, per-pixel maps, nats.
+
+        x: uint8 images (N, C, H, W) at the model's size, or an image file, a folder, or a list
+        of them (decoded with the model's preprocessing; `paths` and `skipped` of the result say
+        which files the rows are). For folders too large for memory use `iter_scores`.
 
         score: "excess" (default) is the -ELBO minus the image's floor (`pixel_floor`), i.e. the
         nats by which the model falls short of a perfect reconstruction plus the KL; it removes
@@ -255,11 +305,11 @@ class Model:
             raise ValueError(f"the IWAE estimate needs samples >= 1, got {samples}")
         if iwae and score in ("recon", "kl"):
             raise ValueError(f"the IWAE estimate bounds -log p(x) as a whole; use score neg_elbo or excess, not {score!r}")
-        x = self._check(x)
+        x, paths, skipped = self._images(x)
         n, k = len(x), max(samples, 1)
         s = self.info.image_size
         recon, kl, nll, floor = np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n)
-        pmap = np.zeros((n, s, s))
+        pmap = np.zeros((n, s, s)) if maps else None
         for sl in self._batches(n):
             xf = imageio.to_float(x[sl])
             if samples:
@@ -274,7 +324,8 @@ class Model:
                 r = m.astype(np.float64).reshape(len(m), -1).sum(1)
                 recon[sl] += r / k
                 kl[sl] += q / k
-                pmap[sl] += m / k
+                if maps:
+                    pmap[sl] += m / k
                 if iwae:
                     z = mu + np.exp(0.5 * logvar) * e
                     logw.append(-r + log_normal(z, 0.0 * z, 0.0 * z) - log_normal(z, mu, logvar))
@@ -285,7 +336,7 @@ class Model:
             if score == "excess" or not (self.info.likelihood == "gaussian" and self.info.log_scale is None):
                 fmap = pixel_floor(xf, self.info.likelihood, self.info.log_scale)
                 floor[sl] = fmap.reshape(len(xf), -1).sum(1)
-                if score == "excess":
+                if score == "excess" and maps:
                     pmap[sl] -= fmap
             else:  # a gaussian model that does not carry its sigma: only the excess needs it
                 floor[sl] = np.nan
@@ -294,8 +345,10 @@ class Model:
         excess = nll - floor
         chosen = {"excess": excess, "neg_elbo": nll, "recon": recon, "kl": kl}[score]
         estimator = "iwae" if iwae else ("samples" if samples else "mean")
-        return Scores(chosen, nll, recon, kl, pmap.astype(np.float32), chosen / (self.info.dims * math.log(2)),
-                      excess=excess, floor=floor, name=score, estimator=estimator)
+        # bits/dim is always the -ELBO's (or the IWAE estimate's), whatever score is chosen
+        return Scores(chosen, nll, recon, kl, None if pmap is None else pmap.astype(np.float32),
+                      nll / (self.info.dims * math.log(2)), excess=excess, floor=floor, name=score,
+                      estimator=estimator, paths=paths, skipped=skipped)
 
     def iwae(self, x: np.ndarray, samples: int = 64) -> np.ndarray:
         """-log p(x) estimated by the importance-weighted bound with K samples, nats (N,).
@@ -306,26 +359,10 @@ class Model:
         """
         if not isinstance(samples, (int, np.integer)) or samples < 1:
             raise ValueError(f"samples must be an integer >= 1, got {samples!r}")
-        return self.score(x, samples=samples, score="neg_elbo", iwae=True).neg_elbo
+        return self.score(x, samples=samples, score="neg_elbo", iwae=True, maps=False).neg_elbo
 
 
 def _log_mean_exp(a: np.ndarray) -> np.ndarray:
     """log mean exp over axis 0, stable: (K, B) -> (B,)."""
     m = a.max(0)
     return m + np.log(np.exp(a - m).mean(0))
-
-
-def load(path: str | Path) -> Model:
-    """A run directory -> torch engine; a .onnx file -> onnxruntime engine (no torch import)."""
-    path = Path(path)
-    if path.is_dir():
-        from vaekit.engine_torch import TorchModel
-
-        return TorchModel(path)
-    if path.is_file():  # stat follows links: a FIFO or device is neither, and is never opened
-        from vaekit.engine_onnx import OnnxModel
-
-        return OnnxModel(path)
-    if path.exists():
-        raise BadInput(f"{path} is neither a run directory nor a regular .onnx file")
-    raise FileNotFoundError(f"no such model: {path} (give a run directory or an exported .onnx file)")

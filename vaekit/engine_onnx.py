@@ -8,13 +8,12 @@ numpy, json and onnxruntime (lazily) only: never torch, never onnx.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from vaekit.engine import Model, ModelInfo, threshold_fields
-from vaekit.errors import DamagedFile, ForeignModel
+from vaekit.errors import BadInput, DamagedFile, ForeignModel
 from vaekit.fileio import check_regular, loads_json
 
 CHECKSUM_KEY = "vaekit.sha256"  # sha256 of the file, computed with CHECKSUM_PLACEHOLDER in its place
@@ -40,6 +39,19 @@ def part_paths(main: str | Path) -> dict[str, Path]:
             "decoder": main.with_name(f"{stem}.decoder.onnx")}
 
 
+def providers(device: str = "auto") -> list[str]:
+    """onnxruntime execution providers for a device: CUDA first when onnxruntime-gpu is
+    installed and asked for ("auto" or "cuda"), the CPU always as the fallback."""
+    import onnxruntime as ort
+
+    have = ort.get_available_providers()
+    if device in ("auto", "cuda") and "CUDAExecutionProvider" in have:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device == "cuda":
+        raise BadInput("--device cuda needs the onnxruntime-gpu package (onnxruntime has no CUDA provider here)")
+    return ["CPUExecutionProvider"]
+
+
 def session_options(role: str = "scorer", threads: int | None = None):
     """onnxruntime settings, chosen by measurement (benchmarks/inference_speed.py).
 
@@ -47,13 +59,12 @@ def session_options(role: str = "scorer", threads: int | None = None):
     layout transform, which makes the encoder's strided convolutions ~1.3-1.4x faster but
     the decoder's ~1.1-1.2x slower (ConvTranspose has no NCHWc kernel, so every one is
     wrapped in layout reorders); the scorer, mostly decoder, lost up to 1.7x at batch 1.
-    A fixed thread count (VAEKIT_THREADS / --threads) and sequential execution (each
-    graph is a single chain) do the rest.
+    A fixed thread count (`threads`, from --threads) and sequential execution (each graph
+    is a single chain) do the rest.
     """
     import onnxruntime as ort
 
-    if threads is None:
-        threads = int(os.environ.get("VAEKIT_THREADS", "0") or 0)
+    threads = threads or 0
     so = ort.SessionOptions()
     so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if role == "encoder"
                                    else ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
@@ -64,13 +75,13 @@ def session_options(role: str = "scorer", threads: int | None = None):
     return so
 
 
-def _open(path: Path, role: str, threads: int | None):
+def _open(path: Path, role: str, threads: int | None, device: str = "cpu"):
     """One onnxruntime session and its vaekit metadata; clear errors for anything else."""
     import onnxruntime as ort
 
     check_regular(path, "model file")  # a FIFO or device named .onnx is refused, never opened
     try:
-        sess = ort.InferenceSession(str(path), session_options(role, threads), providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(str(path), session_options(role, threads), providers=providers(device))
     except Exception as e:  # onnxruntime raises its own zoo of types for unreadable files
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise OnnxModelError(f"{path} is not a readable ONNX model (not ONNX, truncated or corrupt): {reason}") from None
@@ -113,13 +124,14 @@ def _json(meta: dict, key: str, path: Path):
 
 
 class OnnxModel(Model):
-    """An exported model on onnxruntime's CPU provider."""
+    """An exported model on onnxruntime: the CUDA provider where onnxruntime-gpu is installed
+    and the device allows, else the CPU."""
 
-    def __init__(self, path: str | Path, threads: int | None = None):
+    def __init__(self, path: str | Path, threads: int | None = None, device: str = "cpu"):
         self.path = Path(path)
-        self.threads = threads
+        self.threads, self.device = threads, device
         self.parts = part_paths(self.path)
-        self._scorer, self.metadata = _open(self.path, "scorer", threads)
+        self._scorer, self.metadata = _open(self.path, "scorer", threads, device)
         self._sessions = {"scorer": self._scorer}
         meta, p = self.metadata, self.path
         try:
@@ -163,7 +175,7 @@ class OnnxModel(Model):
                 raise FileNotFoundError(
                     f"{path.name} is missing: {'encode' if role == 'encoder' else 'decode'} needs it. "
                     f"`vaekit export` writes it next to {self.path.name}; copy the three files together")
-            sess, meta = _open(path, role, self.threads)
+            sess, meta = _open(path, role, self.threads, self.device)
             if meta.get("vaekit.fingerprint") != self.info.fingerprint:
                 raise OnnxModelError(
                     f"{path} belongs to another model (fingerprint {meta.get('vaekit.fingerprint')}, "

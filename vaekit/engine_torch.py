@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -10,15 +9,28 @@ import torch
 
 from vaekit import run as rundir
 from vaekit.engine import Model, ModelInfo, threshold_fields
+from vaekit.errors import BadInput
 from vaekit.objective import kl_divergence, pixel_nll
 
 
+def pick_device(device: str) -> torch.device:
+    """"auto" -> CUDA when torch sees a GPU, else CPU; "cuda" without one is BadInput."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise BadInput("--device cuda, but torch sees no CUDA device (a CPU-only build, or no GPU)")
+    return torch.device(device)
+
+
 class TorchModel(Model):
-    def __init__(self, run_dir: str | Path, device: str = "cpu"):
-        threads = int(os.environ.get("VAEKIT_THREADS", "0") or 0)
-        if threads > 0:
+    """A run directory on torch, on the CPU or a CUDA device. Scoring stays in float32 on the
+    GPU too (no autocast): a score must not depend on the machine beyond float rounding."""
+
+    def __init__(self, run_dir: str | Path, device: str = "cpu", threads: int | None = None):
+        if threads:  # only when asked: torch's thread pool belongs to the whole process
             torch.set_num_threads(threads)
-        self.device = torch.device(device)
+        self.device = pick_device(device)
+        self.batch_size = 256 if self.device.type == "cuda" else self.batch_size
         self.net, cfg = rundir.load_model(Path(run_dir), self.device)
         m = self.net.cfg
         self.config = cfg
