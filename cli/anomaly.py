@@ -30,6 +30,30 @@ IWAE_HELP = ("Estimate -log p(x) with the importance-weighted bound over --sampl
              "tighter than the ELBO (Burda et al. 2016). Stored thresholds do not apply; pass --threshold.")
 
 
+DEVICE_HELP = "auto: CUDA when there is a GPU for the engine, else the CPU; cpu; cuda (fails without one)."
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+def load_model(path: Path, device: "Device"):
+    """vaekit.load with the device where load takes one (the CLI's one way to open a model)."""
+    import inspect
+
+    import vaekit
+
+    if "device" in inspect.signature(vaekit.load).parameters:
+        return vaekit.load(path, device=device.value)
+    if device is Device.cuda:
+        from vaekit.errors import BadInput
+
+        raise BadInput("--device cuda: this vaekit's engines score on the CPU only")
+    return vaekit.load(path)
+
+
 def anomaly_score(
     model: Annotated[Path, typer.Argument(help=MODEL_HELP, exists=True)],
     inputs: Annotated[List[Path], typer.Argument(help="Image files or folders (searched recursively).", exists=True)],
@@ -41,77 +65,93 @@ def anomaly_score(
     threshold: Annotated[Optional[float], typer.Option(help="Flag scores above this (nats) instead of the stored threshold.")] = None,
     fail_on_anomaly: Annotated[bool, typer.Option("--fail-on-anomaly", help="Exit with code 1 when any image is anomalous.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing -o file and heat maps of the same names.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue a killed job from OUT.partial (same command).")] = False,
+    shard: Annotated[Optional[str], typer.Option(help="Score only share INDEX/COUNT of the files (e.g. 0/4); the "
+                                                      "last share to finish merges them into -o.")] = None,
+    device: Annotated[Device, typer.Option(help=DEVICE_HELP)] = Device.auto,
+    batch_size: Annotated[int, typer.Option(min=1, max=4096, help="Images decoded and scored at a time.")] = 64,
+    workers: Annotated[int, typer.Option(min=0, max=256, help="Processes decoding images ahead (0: in this one).")] = 0,
 ) -> None:
     """Score images (higher = more anomalous) and flag those above the model's threshold.
 
     Images are converted by the model's own preprocessing (its channels; shorter side resized to
-    its size, centre crop); unreadable files are skipped and listed.
+    its size, centre crop); unreadable files are skipped and listed. Rows are written as they are
+    scored (OUT.partial), so a killed job continues with --resume; under torchrun each rank
+    scores its share and rank 0 writes the one file.
     """
-    import vaekit
-    from vaekit import anomaly
+    from vaekit import anomaly, stream
 
     apply_threads()
     anomaly.check_outputs(inputs, out, maps, overwrite)  # a bad or taken name fails now, not after scoring
+    share = stream.parse_shard(shard) if shard is not None else None
+    if share is not None and stream.env_shard()[1] > 1:
+        raise typer.BadParameter("--shard cannot be combined with torchrun (each rank takes its share already)")
     samples = samples or (64 if iwae else 0)
-    m = vaekit.load(model)
+    m = load_model(model, device)
     with progress_bar(transient=True) as bars:
-        report = anomaly.score_images(m, inputs, samples=samples, score=score.value, iwae=iwae,
-                                      threshold=threshold, progress=_bar(bars))
-    if fail_on_anomaly and report.threshold is None:
-        raise ValueError(f"--fail-on-anomaly needs a threshold, and there is {report.threshold_source}")
+        report = anomaly.score_to_file(m, inputs, out, maps, samples=samples, score=score.value, iwae=iwae,
+                                       threshold=threshold, overwrite=overwrite, resume=resume, shard=share,
+                                       batch_size=batch_size, workers=workers, progress=_bar(bars), top=TABLE_ROWS)
+    if fail_on_anomaly and report.plan.threshold is None:
+        from vaekit.errors import BadInput
+
+        raise BadInput(f"--fail-on-anomaly needs a threshold, and there is {report.plan.source}")
     for path, reason in report.skipped:
         err_console.print(f"[yellow]skipped[/yellow] {shown(path)}: {shown(reason)}", highlight=False)
-    if out is not None:
-        anomaly.write_scores(out, report, m, overwrite=overwrite)
+    _print_scores(report, inputs)
+    if report.out is not None:
+        console.print(f"wrote {shown(report.out)}", highlight=False)
+    elif out is not None:
+        i, n = report.shard
+        console.print(f"share {i}/{n} scored; {shown(out)} is written when every share has finished "
+                      f"(waiting for {', '.join(map(str, report.pending)) or 'the merge'})", highlight=False)
     if maps is not None:
-        anomaly.write_maps(maps, report, overwrite=overwrite)
-    _print_scores(report, m, inputs)
-    if out is not None:
-        console.print(f"wrote {shown(out)}", highlight=False)
-    if maps is not None:
-        console.print(f"wrote {len(report.rows)} heat maps to {shown(maps)}", highlight=False)
+        console.print(f"wrote {report.maps} heat maps to {shown(maps)}", highlight=False)
     if fail_on_anomaly and report.n_anomalous:
         raise typer.Exit(1)
 
 
 def _bar(bars):
-    tasks: dict[str, int] = {}
+    import time
+
+    tasks: dict[str, tuple[int, float, int]] = {}
+    labels = {"score": "scoring", "load": "reading images", "merge": "waiting for the other ranks"}
 
     def progress(done: int, total: int, phase: str = "", **_) -> None:
         if phase not in tasks:
-            tasks[phase] = bars.add_task("reading images" if phase == "load" else "scoring", total=total, info="")
-        bars.update(tasks[phase], completed=done, total=total)
+            tasks[phase] = (bars.add_task(labels.get(phase, phase), total=total, info=""), time.monotonic(), done)
+        task, start, first = tasks[phase]
+        rate = (done - first) / max(time.monotonic() - start, 1e-9)
+        bars.update(task, completed=done, total=total, info=f"{rate:,.0f} img/s" if phase != "merge" else "")
 
     return progress
 
 
-def _print_scores(report, m, inputs) -> None:
+def _print_scores(report, inputs) -> None:
     from rich.table import Table
 
-    from vaekit.anomaly import relative_name
+    from vaekit.stream import relative_name
 
     short = len(inputs) == 1 and inputs[0].is_dir()
-
-    # most anomalous first; a score that is not a number (a broken model) above all
-    rows = sorted(report.rows, key=lambda r: -r.score if r.score == r.score else -float("inf"))
     where = f" in {shown(inputs[0])}" if short else ""
-    t = Table(title=f"{report.score} scores{where} (nats; higher = more anomalous)", title_justify="left")
+    t = Table(title=f"{report.plan.score} scores{where} (nats; higher = more anomalous)", title_justify="left")
     t.add_column("image", overflow="fold")
     t.add_column("score", justify="right")
     t.add_column("bits/dim", justify="right")
     t.add_column("", justify="left")
-    for r in rows[:TABLE_ROWS]:
+    for r in report.top:  # most anomalous first; a score that is not a number (a broken model) above all
         flag = "" if r.anomalous is None else ("[bold red]ANOMALOUS[/bold red]" if r.anomalous else "[green]normal[/green]")
-        t.add_row(shown(relative_name(r.path, inputs) if short else r.path), f"{r.score:.2f}", f"{r.bits_per_dim:.4f}", flag)
+        t.add_row(shown(relative_name(Path(r.path), inputs) if short else r.path), f"{r.score:.2f}",
+                  f"{r.bits_per_dim:.4f}", flag)
     console.print(t)
-    if len(rows) > TABLE_ROWS:
-        console.print(f"... and {len(rows) - TABLE_ROWS} more (the {TABLE_ROWS} highest shown; -o writes all)",
+    if report.count > len(report.top):
+        console.print(f"... and {report.count - len(report.top)} more (the {len(report.top)} highest shown; -o writes all)",
                       highlight=False)
-    if report.threshold is None:
-        console.print(f"threshold: {shown(report.threshold_source)}", highlight=False)
+    if report.plan.threshold is None:
+        console.print(f"threshold: {shown(report.plan.source)}", highlight=False)
     else:
-        console.print(f"{report.n_anomalous} of {len(rows)} anomalous at threshold {report.threshold:.2f} nats "
-                      f"({shown(report.threshold_source)})", highlight=False)
+        console.print(f"{report.n_anomalous} of {report.count} anomalous at threshold {report.plan.threshold:.2f} nats "
+                      f"({shown(report.plan.source)})", highlight=False)
 
 
 def evaluate(
@@ -128,9 +168,9 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON instead of a table.")] = False,
     plot: Annotated[Optional[Path], typer.Option(help="Save the ROC curve as a PNG (needs matplotlib).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --plot file.")] = False,
+    device: Annotated[Device, typer.Option(help=DEVICE_HELP)] = Device.auto,
 ) -> None:
     """Measure detection on labelled folders: AUROC, AUPRC, F1 at the threshold, best F1, FPR at 95% TPR."""
-    import vaekit
     from vaekit import anomaly
 
     apply_threads()
@@ -140,7 +180,7 @@ def evaluate(
         refuse_inside(plot, [normal, anomalous, *([masks] if masks else [])], "--plot")  # a PNG there is an input next time
         refuse_existing(plot, overwrite, "--plot")
     samples = samples or (64 if iwae else 0)
-    m = vaekit.load(model)
+    m = load_model(model, device)
     with progress_bar(transient=True) as bars:
         ev = anomaly.evaluate(m, normal, anomalous, masks=masks, samples=samples, score=score.value, iwae=iwae,
                               threshold=threshold, progress=_bar(bars))

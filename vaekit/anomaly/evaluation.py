@@ -1,0 +1,237 @@
+"""Evaluation on labelled folders: image-level detection metrics, pixel AUROC from masks, ROC plots.
+
+scikit-learn and matplotlib are imported only by the functions that need them. Scoring
+streams (vaekit.anomaly.score): per-pixel maps are kept only when masks ask for them, and only
+for the images a mask covers (all normal images, the masked anomalous ones), as float32.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from vaekit import images as imageio
+from vaekit.anomaly.score import Progress, iter_scored, scoring_plan
+from vaekit.engine import DEFAULT_SCORE, Model
+from vaekit.errors import BadInput, MissingExtra, NotFound
+from vaekit.fileio import atomic_write_bytes, refuse_existing
+from vaekit.stream import find_inputs
+
+
+def image_metrics(labels: Sequence[int], scores: Sequence[float], threshold: float | None = None) -> dict:
+    """Detection metrics for scores (higher = more anomalous) against labels (1 = anomalous).
+
+    auroc, auprc (average precision), fpr_at_95_tpr (the lowest false-positive rate with at
+    least 95% of anomalies flagged), best_f1 and best_f1_threshold (flag score > it), and,
+    given a threshold (flag score > threshold): precision, recall, f1, fpr at it.
+    """
+    from sklearn.metrics import average_precision_score, f1_score, precision_recall_curve, roc_auc_score, roc_curve
+
+    y = np.asarray(labels).astype(int)
+    s = np.asarray(scores, dtype=np.float64)
+    if y.shape != s.shape or y.ndim != 1:
+        raise BadInput(f"labels and scores must be 1-D and the same length, got {y.shape} and {s.shape}")
+    if not (y == 1).any() or not (y == 0).any():
+        raise BadInput("need at least one normal and one anomalous image to evaluate")
+    if not np.isfinite(s).all():
+        raise BadInput("scores must be finite")
+    fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
+    precision, recall, pr_thresholds = precision_recall_curve(y, s)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)[:-1]
+    best = int(np.argmax(f1))
+    out = {
+        "auroc": float(roc_auc_score(y, s)),
+        "auprc": float(average_precision_score(y, s)),
+        "fpr_at_95_tpr": float(fpr[np.searchsorted(tpr, 0.95, side="left")]),
+        "best_f1": float(f1[best]),
+        "best_f1_threshold": _strictly_below(s, pr_thresholds[best]),
+        "threshold": threshold,
+        "f1": None, "precision": None, "recall": None, "fpr": None,
+    }
+    if threshold is not None:
+        pred = (s > threshold).astype(int)
+        tp = int(((pred == 1) & (y == 1)).sum())
+        out["f1"] = float(f1_score(y, pred, zero_division=0))
+        out["precision"] = tp / int(pred.sum()) if pred.sum() else 0.0
+        out["recall"] = tp / int((y == 1).sum())
+        out["fpr"] = int(((pred == 1) & (y == 0)).sum()) / int((y == 0).sum())
+    return out
+
+
+def _strictly_below(scores: np.ndarray, t: float) -> float:
+    """sklearn flags score >= t; return a value T with {score > T} == {score >= t}: midway to the next lower score."""
+    lower = scores[scores < t]
+    return float((t + lower.max()) / 2) if len(lower) else float(np.nextafter(t, -np.inf))
+
+
+def pixel_auroc(maps: np.ndarray, masks: np.ndarray) -> float:
+    """AUROC of per-pixel scores (N, H, W) against boolean ground-truth masks (N, H, W)."""
+    from sklearn.metrics import roc_auc_score
+
+    m = np.asarray(masks, dtype=bool).ravel()
+    if m.all() or not m.any():
+        raise BadInput("the masks must mark some pixels anomalous and leave some normal")
+    return float(roc_auc_score(m, np.asarray(maps, dtype=np.float64).ravel()))
+
+
+@dataclass
+class Evaluation:
+    n_normal: int
+    n_anomalous: int
+    score: str
+    estimator: str
+    samples: int
+    auroc: float
+    auprc: float
+    fpr_at_95_tpr: float
+    best_f1: float
+    best_f1_threshold: float
+    threshold: float | None  # the threshold the *_at_threshold figures use
+    threshold_source: str
+    f1_at_threshold: float | None
+    precision_at_threshold: float | None
+    recall_at_threshold: float | None
+    fpr_at_threshold: float | None
+    pixel_auroc: float | None = None  # with masks: over normal images and masked anomalous ones
+    n_masks: int = 0  # anomalous images that had a mask
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    scores: dict[str, list[float]] = field(default_factory=dict)  # "normal" / "anomalous" -> scores
+
+    def to_dict(self, with_scores: bool = False) -> dict:
+        d = asdict(self)
+        d["skipped"] = [{"path": p, "reason": r} for p, r in self.skipped]
+        if not with_scores:
+            d.pop("scores")
+        return d
+
+
+
+def _scores_and_maps(model, inputs, samples, score, iwae, threshold, progress, keep_maps):
+    """(plan, names, scores, maps or None, skipped) of one labelled folder, streamed."""
+    found = find_inputs(inputs)
+    plan = scoring_plan(model, samples, score, iwae, threshold)
+    names, values, maps, skipped = [], [], [], []
+    for b in iter_scored(model, found, plan, maps=keep_maps is not None, progress=progress):
+        names += b.names
+        values += [r.score for r in b.rows]
+        skipped += b.skipped
+        if keep_maps is not None:
+            maps += [m.astype(np.float32) for n, m in zip(b.names, b.maps) if keep_maps(n)]
+    if not names:
+        reasons = "; ".join(f"{Path(p).name}: {r}" for p, r in skipped[:3])
+        raise imageio.NoImagesError(f"no readable image in {inputs} ({len(skipped)} unreadable: {reasons})")
+    return plan, names, values, maps, skipped
+
+
+def evaluate(
+    model: Model,
+    normal: str | Path | Sequence[str | Path],
+    anomalous: str | Path | Sequence[str | Path],
+    masks: str | Path | None = None,
+    samples: int = 0,
+    score: str = DEFAULT_SCORE,
+    iwae: bool = False,
+    threshold: float | None = None,
+    progress: Progress | None = None,
+) -> Evaluation:
+    """Score labelled folders and measure detection (see `image_metrics`); with `masks`, also
+    pixel-level AUROC. A mask matches an anomalous image by relative path or name, with or
+    without a `_mask` suffix (MVTec AD's layout); normal images count as all-normal pixels."""
+    if masks is not None and not Path(masks).is_dir():
+        raise NotFound(f"masks folder not found: {masks}")
+    mask_for: dict[str, np.ndarray] = {}
+    if masks is not None:
+        index = _mask_index(Path(masks))
+
+        def keep_anomalous(name: str) -> bool:
+            mk = _find_mask(index, name, model.info.image_size)
+            if mk is not None:
+                mask_for[name] = mk
+            return mk is not None
+    plan, _, good, good_maps, skipped_good = _scores_and_maps(
+        model, normal, samples, score, iwae, threshold, progress, (lambda n: True) if masks is not None else None)
+    _, bad_names, bad, bad_maps, skipped_bad = _scores_and_maps(
+        model, anomalous, samples, score, iwae, threshold, progress, keep_anomalous if masks is not None else None)
+    m = image_metrics([0] * len(good) + [1] * len(bad), good + bad, plan.threshold)
+    ev = Evaluation(
+        n_normal=len(good), n_anomalous=len(bad), score=score, estimator=plan.estimator, samples=samples,
+        auroc=m["auroc"], auprc=m["auprc"], fpr_at_95_tpr=m["fpr_at_95_tpr"], best_f1=m["best_f1"],
+        best_f1_threshold=m["best_f1_threshold"], threshold=plan.threshold, threshold_source=plan.source,
+        f1_at_threshold=m["f1"], precision_at_threshold=m["precision"], recall_at_threshold=m["recall"],
+        fpr_at_threshold=m["fpr"], skipped=[(str(p), r) for p, r in skipped_good + skipped_bad],
+        scores={"normal": good, "anomalous": bad},
+    )
+    if masks is not None:
+        if not bad_maps:
+            raise BadInput(f"no mask in {masks} matches an anomalous image "
+                           "(expected the same relative path or name, optionally with a _mask suffix)")
+        gt = np.concatenate([np.zeros((len(good_maps), *good_maps[0].shape), bool),
+                             np.stack([mask_for[n] for n in bad_names if n in mask_for])])
+        ev.pixel_auroc, ev.n_masks = pixel_auroc(np.stack(good_maps + bad_maps), gt), len(bad_maps)
+    return ev
+
+
+def _mask_index(root: Path) -> tuple[dict[str, Path], dict[str, list[Path]]]:
+    """Masks under `root` by relative path without suffix (and `_mask`), and by file stem."""
+    index: dict[str, Path] = {}
+    by_stem: dict[str, list[Path]] = {}
+    for p in imageio.find_images(root):
+        key = p.relative_to(root).with_suffix("").as_posix()
+        key = key[: -len("_mask")] if key.endswith("_mask") else key
+        index[key] = p
+        by_stem.setdefault(key.rsplit("/", 1)[-1], []).append(p)
+    return index, by_stem
+
+
+def _find_mask(index, name: str, size: int) -> np.ndarray | None:
+    """The mask (size, size) bool of the anomalous image `name`, at the model's geometry, or None."""
+    by_path, by_stem = index
+    key = Path(name).with_suffix("").as_posix()
+    path = by_path.get(key)
+    if path is None and len(by_stem.get(key.rsplit("/", 1)[-1], [])) == 1:
+        path = by_stem[key.rsplit("/", 1)[-1]][0]
+    if path is None:
+        return None
+    try:
+        # the same shorter-side resize and centre crop as the images, so pixels line up
+        return imageio.load_image(path, size, 1)[0] > 127
+    except imageio.ImageReadError as e:
+        raise BadInput(f"mask {e.path} cannot be read: {e.reason}") from None
+
+
+def plot_roc(evaluation: Evaluation, path: str | Path, overwrite: bool = False) -> Path:
+    """Save the ROC curve (and the point at the threshold) as a PNG; needs matplotlib.
+    An existing file is replaced only with `overwrite`."""
+    refuse_existing(Path(path), overwrite, "--plot")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise MissingExtra("the ROC plot needs matplotlib: pip install 'vaekit[plot]'") from e
+    from sklearn.metrics import roc_curve
+
+    s = evaluation.scores
+    y = np.r_[np.zeros(len(s["normal"])), np.ones(len(s["anomalous"]))]
+    fpr, tpr, _ = roc_curve(y, np.r_[s["normal"], s["anomalous"]])
+    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=120)
+    ax.plot(fpr, tpr, color="#c0392b", lw=2, label=f"{evaluation.score}: AUROC {evaluation.auroc:.3f}")
+    ax.plot([0, 1], [0, 1], color="#999", lw=1, ls="--")
+    if evaluation.fpr_at_threshold is not None:
+        ax.plot([evaluation.fpr_at_threshold], [evaluation.recall_at_threshold], "o", color="#111",
+                label=f"threshold {evaluation.threshold:.2f}")
+    ax.set(xlabel="false-positive rate", ylabel="true-positive rate", xlim=(0, 1), ylim=(0, 1.01),
+           title=f"{evaluation.n_normal} normal, {evaluation.n_anomalous} anomalous")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(Path(path), buf.getvalue())
+    return Path(path)

@@ -1,0 +1,179 @@
+"""Score files and heat maps: the CSV and JSON formats, the output rules, maps written batch by batch.
+
+The writers take rows as an iterable, so a job streams them from its journal to the final file
+without holding them all; the bytes are the same as writing a whole report at once.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import textwrap
+from dataclasses import asdict
+from pathlib import Path
+from typing import BinaryIO, Iterable, Sequence
+
+import numpy as np
+
+from vaekit import images as imageio
+from vaekit.anomaly.score import ROW_FIELDS, ScoreReport, report_header
+from vaekit.engine import Model
+from vaekit.errors import BadInput
+from vaekit.fileio import atomic_writer, dumps_json, refuse_existing, refuse_inside
+
+MAP_MIN_SIDE = 128  # heat maps are enlarged (nearest neighbour) to at least this many pixels
+
+
+def check_outputs(inputs, out: str | Path | None = None, maps: str | Path | None = None,
+                  overwrite: bool = False) -> None:
+    """The output rule for scoring's files, checked before any scoring: no output inside
+    an input folder, and an existing file only replaced with `overwrite`."""
+    roots = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    if out is not None:
+        output_format(out)
+        refuse_inside(Path(out), roots, "output")
+        refuse_existing(Path(out), overwrite)
+    if maps is not None:
+        maps = Path(maps)
+        if maps.exists() and not maps.is_dir():
+            raise BadInput(f"--maps {maps} is a file; give a folder")
+        refuse_inside(maps, roots, "--maps folder")
+
+
+def csv_text(text: str) -> str:
+    """A text cell that is safe in a CSV: valid UTF-8, and not a spreadsheet formula.
+
+    A file name that is not UTF-8 (Linux allows any bytes) has each undecodable byte written
+    as \\xNN; a cell starting with = + - @ (or a tab or carriage return) gets a leading ',
+    so a spreadsheet shows it as text instead of running it (OWASP, CSV injection).
+    """
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+def output_format(path: str | Path) -> str:
+    """"csv" or "json" from a file name; anything else is BadInput (check before scoring)."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in (".csv", ".json"):
+        raise BadInput(f"output file must end in .csv or .json, got {Path(path).name!r}")
+    return suffix[1:]
+
+
+def _csv_cells(d: dict) -> list[str]:
+    return ["" if d[k] is None else (str(d[k]).lower() if isinstance(d[k], bool) else
+                                     (repr(d[k]) if isinstance(d[k], float) else csv_text(str(d[k]))))
+            for k in ROW_FIELDS]
+
+
+def rows_csv(rows: Sequence) -> str:
+    """CSV text with a header of ROW_FIELDS; an absent threshold/flag is an empty cell; names
+    through `csv_text`. Rows: ScoreRow or their dicts."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(ROW_FIELDS)
+    for r in rows:
+        w.writerow(_csv_cells(r if isinstance(r, dict) else asdict(r)))
+    return buf.getvalue()
+
+
+def write_csv_rows(f: BinaryIO, rows: Iterable[dict]) -> None:
+    """`rows_csv`, streamed to a binary file a thousand rows at a time."""
+    batch: list[dict] = []
+    f.write(rows_csv([]).encode("utf-8"))
+    for r in rows:
+        batch.append(r)
+        if len(batch) == 1000:
+            f.write(rows_csv(batch).split("\n", 1)[1].encode("utf-8"))
+            batch = []
+    if batch:
+        f.write(rows_csv(batch).split("\n", 1)[1].encode("utf-8"))
+
+
+def _json_list(f: BinaryIO, items: Iterable[dict]) -> None:
+    # the layout json.dumps(indent=2) gives a list of objects one level down
+    first = True
+    for item in items:
+        f.write(("[\n" if first else ",\n").encode())
+        f.write(textwrap.indent(dumps_json(item), "    ").encode("utf-8", "surrogateescape"))
+        first = False
+    f.write(b"[]" if first else b"\n  ]")
+
+
+def write_json_rows(f: BinaryIO, header: dict, rows: Iterable[dict], skipped: Iterable[dict]) -> None:
+    """The JSON score file, streamed: `header`, then "images" and "skipped" as lists; the same
+    bytes as `atomic_write_json` of the whole dict."""
+    head = dumps_json(header)
+    f.write(head[:-2].encode("utf-8", "surrogateescape") + b',\n  "images": ')
+    _json_list(f, rows)
+    f.write(b',\n  "skipped": ')
+    _json_list(f, skipped)
+    f.write(b"\n}\n")
+
+
+def write_scores(path: str | Path, report: ScoreReport, model: Model | None = None, overwrite: bool = False) -> Path:
+    """Write the rows as CSV (.csv) or JSON (.json, with the settings and skipped files); atomic.
+
+    An existing file is replaced only with `overwrite`; never inside a scored folder."""
+    path = Path(path)
+    check_outputs(report.inputs, out=path, overwrite=overwrite)
+    rows = (asdict(r) for r in report.rows)
+    with atomic_writer(path) as f:
+        if output_format(path) == "csv":
+            write_csv_rows(f, rows)
+        else:
+            write_json_rows(f, report_header(report, model), rows,
+                            ({"path": str(p), "reason": r} for p, r in report.skipped))
+    return path
+
+
+def map_targets(names: Sequence[str]) -> list[Path]:
+    """Each heat map's path relative to the maps folder: the input name with .png, numbered
+    when two inputs would share one (a.jpg next to a.png, or two inputs with the same name)."""
+    used, targets = set(), []
+    for name in names:
+        rel, n = Path(name).with_suffix(".png"), 1
+        while rel in used:
+            rel, n = Path(name).with_name(f"{Path(name).stem}-{n}.png"), n + 1
+        used.add(rel)
+        targets.append(rel)
+    return targets
+
+
+def refuse_taken_maps(out_dir: Path, targets: Iterable[Path], overwrite: bool) -> None:
+    """BadInput when a heat map would replace a file, unless `overwrite`; all checked first."""
+    if overwrite:
+        return
+    taken = [out_dir / rel for rel in targets if (out_dir / rel).exists() or (out_dir / rel).is_symlink()]
+    if taken:
+        raise BadInput(f"{len(taken)} heat map file(s) already exist in {out_dir} (e.g. {taken[0]}); "
+                       "pass --overwrite to replace them")
+
+
+def save_maps(out_dir: Path, targets: Sequence[Path], images: np.ndarray, maps: np.ndarray,
+              alpha: float = 0.5) -> list[Path]:
+    """One PNG per image: its per-pixel map as a heat map over it, enlarged to MAP_MIN_SIDE."""
+    written = []
+    for rel, x, heat in zip(targets, images, maps):
+        overlay = imageio.heatmap_overlay(x, heat, alpha=alpha)  # (3, H, W) uint8
+        k = max(1, -(-MAP_MIN_SIDE // overlay.shape[1]))
+        imageio.save_png(overlay.repeat(k, axis=1).repeat(k, axis=2), out_dir / rel)
+        written.append(out_dir / rel)
+    return written
+
+
+def write_maps(out_dir: str | Path, report: ScoreReport, alpha: float = 0.5, overwrite: bool = False) -> list[Path]:
+    """One PNG per image: its per-pixel anomaly map as a heat map over the image.
+
+    Files mirror the input names under `out_dir` (suffix .png). Colours are scaled per image
+    (0 to that image's maximum), so compare the scores, not the colours, across images. Small
+    models' images are enlarged (nearest neighbour) to at least MAP_MIN_SIDE pixels.
+    `out_dir` may not be (or be inside) a scored folder; existing files there are replaced
+    only with `overwrite`, and all are checked before the first is written.
+    """
+    if report.images is None or report.pixel_maps is None:
+        raise BadInput("this report carries no images or maps to draw (score with maps=True)")
+    out_dir = Path(out_dir)
+    check_outputs(report.inputs, maps=out_dir, overwrite=overwrite)
+    targets = map_targets(report.names)
+    refuse_taken_maps(out_dir, targets, overwrite)
+    return save_maps(out_dir, targets, report.images, report.pixel_maps, alpha)

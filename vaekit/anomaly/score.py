@@ -1,0 +1,189 @@
+"""Scoring images against a threshold, streamed: fixed decoded batches in, per-image rows out.
+
+`iter_scored` is the one loop every scoring front end uses (the CLI's jobs, `evaluate`, the
+demo): batches come from vaekit.stream (the same fixed slices of the file list in every run,
+so a resumed or sharded job scores exactly what an uninterrupted one would), and per-pixel
+maps are computed only when asked for. `score_images` gathers the rows in memory for callers
+that want one report.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from vaekit import images as imageio
+from vaekit import stream
+from vaekit.anomaly.threshold import resolve_threshold
+from vaekit.engine import DEFAULT_SCORE, SCORES, Model, Scores
+from vaekit.errors import BadInput
+
+Progress = Callable[..., None]
+ROW_FIELDS = ("path", "score", "bits_per_dim", "threshold", "anomalous", "neg_elbo", "recon", "kl", "excess")
+BATCH_SIZE = 64  # images decoded and scored at a time: memory is a few batches, whatever the count
+
+
+@dataclass
+class ScoreRow:
+    path: str  # the file, as found under the inputs
+    score: float  # the chosen score, nats; higher = more anomalous
+    bits_per_dim: float  # score / (C*H*W*ln 2)
+    threshold: float | None  # None when no threshold applies
+    anomalous: bool | None  # score > threshold; None without a threshold
+    neg_elbo: float  # -ELBO (or the IWAE estimate of -log p(x)), nats
+    recon: float  # reconstruction NLL, nats
+    kl: float  # KL term, nats
+    excess: float  # neg_elbo minus the image's floor, nats (the default score)
+
+
+@dataclass
+class Plan:
+    """What a scoring job computes: checked before any image is read."""
+    samples: int
+    score: str
+    iwae: bool
+    estimator: str  # "mean", "samples" or "iwae"
+    threshold: float | None
+    source: str  # "stored: ...", "given", or why there is none
+
+
+def scoring_plan(model: Model, samples: int = 0, score: str = DEFAULT_SCORE, iwae: bool = False,
+                 threshold: float | None = None) -> Plan:
+    """Check the settings and resolve the threshold that applies (see resolve_threshold)."""
+    if threshold is not None and not math.isfinite(threshold):
+        raise BadInput(f"threshold must be a finite number, got {threshold!r}")
+    if score not in SCORES:
+        raise BadInput(f"score must be one of {SCORES}, got {score!r}")
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:
+        raise BadInput(f"samples must be an integer >= 0, got {samples!r}")
+    estimator = "iwae" if iwae else ("samples" if samples else "mean")
+    t, source = resolve_threshold(model, score, estimator, threshold)
+    return Plan(samples, score, iwae, estimator, t, source)
+
+
+@dataclass
+class ScoredBatch:
+    index: int  # the fixed slice of the file list (see vaekit.stream.iter_batches)
+    rows: list[ScoreRow]
+    names: list[str]  # each row's name relative to its input folder
+    images: np.ndarray  # (B, C, H, W) uint8 at the model's size
+    maps: np.ndarray | None  # (B, H, W) nats, only when asked for
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def _accepts_maps(model: Model) -> bool:
+    try:
+        return "maps" in inspect.signature(model.score).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def iter_scored(model: Model, inputs: stream.Inputs, plan: Plan, maps: bool = False, batch_size: int = BATCH_SIZE,
+                positions: Sequence[int] | None = None, skip_batches=frozenset(), workers: int = 0,
+                progress: Progress | None = None) -> Iterator[ScoredBatch]:
+    """Decode and score `inputs` batch by batch (only `positions`, without `skip_batches`).
+
+    progress(done, total, phase="score") counts files, including those of skipped batches."""
+    info = model.info
+    names = dict(zip(map(str, inputs.paths), inputs.names))
+    total = len(inputs.paths) if positions is None else len(positions)
+    done = 0 if not skip_batches else sum(1 for i in (positions or range(total)) if i // batch_size in skip_batches)
+    kw = {"maps": maps} if _accepts_maps(model) else {}
+    for b in stream.iter_batches(inputs.paths, info.image_size, info.channels, batch_size, workers, positions, skip_batches):
+        if len(b.paths):
+            s = model.score(b.images, samples=plan.samples, score=plan.score, iwae=plan.iwae, **kw)
+            rows, pmap = _rows(b.paths, s, plan.threshold), (s.pixel_map if maps else None)
+        else:
+            rows, pmap = [], (np.zeros((0, info.image_size, info.image_size)) if maps else None)
+        done += len(b.paths) + len(b.skipped)
+        if progress:
+            progress(done, total, phase="score")
+        yield ScoredBatch(b.index, rows, [names[str(p)] for p in b.paths], b.images, pmap, b.skipped)
+
+
+def _rows(paths: Sequence[Path], s: Scores, t: float | None) -> list[ScoreRow]:
+    # fail closed: a score that is not a finite number (NaN compares false with anything) is
+    # anomalous, never "normal"
+    return [
+        ScoreRow(str(p), float(s.score[i]), float(s.bits_per_dim[i]), t,
+                 None if t is None else bool(s.score[i] > t or not np.isfinite(s.score[i])),
+                 float(s.neg_elbo[i]), float(s.recon[i]), float(s.kl[i]), float(s.excess[i]))
+        for i, p in enumerate(paths)
+    ]
+
+
+@dataclass
+class ScoreReport:
+    rows: list[ScoreRow]  # one per loaded image, in input order
+    skipped: list[tuple[Path, str]]  # files that could not be read, and why
+    score: str  # which score
+    estimator: str  # "mean", "samples" or "iwae"
+    samples: int
+    threshold: float | None
+    threshold_source: str  # "stored: ...", "given", or why there is none
+    names: list[str] = field(default_factory=list)  # each row's path relative to its input folder
+    images: np.ndarray | None = None  # (N, C, H, W) uint8 at the model's size, for maps
+    pixel_maps: np.ndarray | None = None  # (N, H, W) nats
+    inputs: list[Path] = field(default_factory=list)  # what was scored: no output may go inside it
+
+    @property
+    def n_anomalous(self) -> int:
+        return sum(1 for r in self.rows if r.anomalous)
+
+    def to_dict(self, model: Model | None = None) -> dict:
+        return {**report_header(self, model), "images": [asdict(r) for r in self.rows],
+                "skipped": [{"path": str(p), "reason": r} for p, r in self.skipped]}
+
+
+def report_header(report, model: Model | None = None) -> dict:
+    """The fields of a JSON score file before its rows (report: anything with these attributes)."""
+    out = {
+        "score": report.score, "estimator": report.estimator, "samples": report.samples,
+        "threshold": report.threshold, "threshold_source": report.threshold_source,
+        "n_images": len(report.rows), "n_anomalous": report.n_anomalous,
+    }
+    if model is not None:
+        out = {"model": str(model.info.source), "engine": model.info.engine, "fingerprint": model.info.fingerprint, **out}
+    return out
+
+
+def score_images(
+    model: Model,
+    inputs: str | Path | Sequence[str | Path],
+    samples: int = 0,
+    score: str = DEFAULT_SCORE,
+    iwae: bool = False,
+    threshold: float | None = None,
+    progress: Progress | None = None,
+    maps: bool = True,
+    batch_size: int = BATCH_SIZE,
+) -> ScoreReport:
+    """Score every image under `inputs` and flag those above the threshold; rows in memory.
+
+    Files are read with the model's own preprocessing (converted to its channels, shorter side
+    resized to its size, centre crop); unreadable ones are skipped and reported. `threshold`
+    overrides the stored one. Stored thresholds hold for the default deterministic estimator
+    only: with samples > 0 or iwae there is none unless one is given. With maps=False the
+    report carries neither images nor maps (for large folders, or use vaekit.anomaly.score_to_file).
+    """
+    plan = scoring_plan(model, samples, score, iwae, threshold)
+    found = stream.find_inputs(inputs)
+    rows, names, skipped, images, pmaps = [], [], [], [], []
+    for b in iter_scored(model, found, plan, maps=maps, batch_size=batch_size, progress=progress):
+        rows += b.rows
+        names += b.names
+        skipped += b.skipped
+        if maps:
+            images.append(b.images)
+            pmaps.append(b.maps)
+    if not rows:
+        reasons = "; ".join(f"{Path(p).name}: {r}" for p, r in skipped[:3])
+        raise imageio.NoImagesError(f"no readable image in {inputs} ({len(skipped)} unreadable: {reasons})")
+    return ScoreReport(rows, skipped, score, plan.estimator, samples, plan.threshold, plan.source, names,
+                       np.concatenate(images) if maps else None, np.concatenate(pmaps) if maps else None,
+                       list(found.roots))
