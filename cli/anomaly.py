@@ -8,50 +8,29 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from vaekit_cli.output import apply_threads, console, dumps_json, err_console, progress_bar, shown
+from vaekit_cli.output import DEVICE_HELP, Device, load_model, apply_threads, console, dumps_json, err_console, progress_bar, shown
 
 MODEL_HELP = "A training run directory, or an exported .onnx model."
 TABLE_ROWS = 20  # the terminal shows at most this many images (the most anomalous); files get all
 
 
 class Score(str, Enum):
+    atypicality = "atypicality"
     excess = "excess"
     neg_elbo = "neg_elbo"
     recon = "recon"
     kl = "kl"
 
 
-SCORE_HELP = ("excess (default): -ELBO minus the image's own floor, the NLL of a perfect reconstruction "
-              "(removes the raw -ELBO's bias towards images with little grey); neg_elbo: the plain -ELBO; "
-              "recon / kl: its two terms. All in nats, higher = more anomalous.")
+SCORE_HELP = ("atypicality (default): how many standard deviations the image's most atypical part of the -ELBO "
+              "lies from normal images (reconstruction or KL too high, the -ELBO too low; per neighbourhood with a "
+              "latent grid); models from vaekit 0.1 score excess instead. excess: -ELBO minus the image's own "
+              "floor, the NLL of a perfect reconstruction; neg_elbo: the plain -ELBO; recon / kl: its two terms "
+              "(nats). Higher = more anomalous.")
 SAMPLES_HELP = ("0: evaluate at the posterior mean (deterministic, the default). K: average K posterior draws, "
                 "each image's noise seeded by its pixels, so still the same on every run.")
 IWAE_HELP = ("Estimate -log p(x) with the importance-weighted bound over --samples draws (64 if not given): "
              "tighter than the ELBO (Burda et al. 2016). Stored thresholds do not apply; pass --threshold.")
-
-
-DEVICE_HELP = "auto: CUDA when there is a GPU for the engine, else the CPU; cpu; cuda (fails without one)."
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
-def load_model(path: Path, device: "Device"):
-    """vaekit.load with the device where load takes one (the CLI's one way to open a model)."""
-    import inspect
-
-    import vaekit
-
-    if "device" in inspect.signature(vaekit.load).parameters:
-        return vaekit.load(path, device=device.value)
-    if device is Device.cuda:
-        from vaekit.errors import BadInput
-
-        raise BadInput("--device cuda: this vaekit's engines score on the CPU only")
-    return vaekit.load(path)
 
 
 def anomaly_score(

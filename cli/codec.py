@@ -14,11 +14,12 @@ from typing import Annotated
 
 import typer
 
-from vaekit_cli.output import console, dumps_json, err_console, progress_bar, shown
+from vaekit_cli.output import DEVICE_HELP, Device, load_model, console, dumps_json, err_console, progress_bar, shown
 
 ModelArg = Annotated[Path, typer.Argument(help="Run directory or exported .onnx file.", exists=True)]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON to stdout only.")]
+DeviceOpt = Annotated[Device, typer.Option(help=DEVICE_HELP)]
 
 
 class Precision(str, Enum):
@@ -59,14 +60,15 @@ def encode(
     precision: Annotated[Precision, typer.Option(help="q8: 8 bits per dimension; f16; f32: exact means.")] = Precision.q8,
     overwrite: Overwrite = False,
     as_json: JsonOut = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue a killed job from OUT.partial (same command).")] = False,
+    device: DeviceOpt = Device.auto,
 ) -> None:
     """Compress images into one file of latent codes (posterior means; deterministic)."""
-    import vaekit
     from vaekit.codes import encode_folder
 
-    m = vaekit.load(model)
+    m = load_model(model, device)
     with _progress("decoding images", as_json) as progress:
-        report = encode_folder(m, images, out, precision.value, overwrite=overwrite, progress=progress)
+        report = encode_folder(m, images, out, precision.value, overwrite=overwrite, progress=progress, resume=resume)
     _skipped(report.skipped)
     if as_json:
         return _print_json(report.to_dict())
@@ -90,12 +92,12 @@ def decode(
     size: Annotated[Size, typer.Option(help="model: the model's N×N; original: each source image's size.")] = Size.model,
     overwrite: Overwrite = False,
     as_json: JsonOut = False,
+    device: DeviceOpt = Device.auto,
 ) -> None:
     """Decode a code file into PNGs named after the source images."""
-    import vaekit
     from vaekit.codes import decode_file
 
-    m = vaekit.load(model)
+    m = load_model(model, device)
     with _progress("decoding codes", as_json) as progress:
         report = decode_file(m, codes, out, size.value, overwrite=overwrite, progress=progress)
     if as_json:
@@ -109,12 +111,12 @@ def reconstruct(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for reconstructions and comparison.png (created).")],
     overwrite: Overwrite = False,
     as_json: JsonOut = False,
+    device: DeviceOpt = Device.auto,
 ) -> None:
     """Reconstruct images through the model; report PSNR and SSIM per image (SSIM needs vaekit[metrics])."""
-    import vaekit
     from vaekit.quality import reconstruct_folder
 
-    m = vaekit.load(model)
+    m = load_model(model, device)
     with _progress("decoding images", as_json) as progress:
         report = reconstruct_folder(m, images, out, overwrite=overwrite, progress=progress)
     _skipped(report.skipped)
@@ -148,12 +150,12 @@ def sample(
     temperature: Annotated[float, typer.Option(help="Scales the prior's standard deviation.", min=0.0)] = 1.0,
     seed: Annotated[int, typer.Option(help="Seed for the draws.")] = 0,
     overwrite: Overwrite = False,
+    device: DeviceOpt = Device.auto,
 ) -> None:
     """Draw images from the prior N(0, temperature² I) and save them as a grid."""
-    import vaekit
     from vaekit.codes import write_grid
 
-    m = vaekit.load(model)
+    m = load_model(model, device)
     path = write_grid(m.sample(n, temperature, seed), out, ncol=8, overwrite=overwrite)
     console.print(f"wrote {n} samples (temperature {temperature}, seed {seed}) to {shown(path)}", highlight=False, soft_wrap=True)
 
@@ -165,12 +167,12 @@ def interpolate(
     n: Annotated[int, typer.Option("-n", help="Steps, both ends included.", min=2)] = 8,
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG strip to write.")] = Path("path.png"),
     overwrite: Overwrite = False,
+    device: DeviceOpt = Device.auto,
 ) -> None:
     """Decode evenly spaced points between two images' posterior means, as one strip."""
-    import vaekit
     from vaekit.codes import interpolate as walk, write_grid
 
-    m = vaekit.load(model)
+    m = load_model(model, device)
     path = write_grid(walk(m, a, b, n), out, ncol=n, overwrite=overwrite)
     console.print(f"wrote a {n}-step interpolation from {shown(a.name)} to {shown(b.name)} to {shown(path)}", highlight=False, soft_wrap=True)
 

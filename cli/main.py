@@ -23,22 +23,20 @@ EPILOG = (
 )
 
 
-# an optional dependency -> the extra that installs it
-EXTRAS = {"torch": "train", "sklearn": "metrics", "onnx": "onnx", "onnxscript": "onnx", "onnxruntime": "runtime",
-          "skimage": "metrics", "matplotlib": "plot", "gradio": "demo", "gradio_client": "demo"}
+BUG = "this is a bug in vaekit, not a problem with your input: please report it with the traceback above"
 
 
 def exit_code_for(exc: BaseException) -> int:
-    # vaekit's own errors carry their code (vaekit/errors.py). Older code still raises plain
-    # ValueErrors and OSErrors for a user's mistake (a bad value, a missing or corrupt file);
-    # anything else is our failure.
+    # vaekit's own errors carry their code (vaekit/errors.py). A plain FileNotFoundError or
+    # FileExistsError still means a path the user named, until every module raises vaekit's own
+    # types for them; anything else is our failure.
     from vaekit.errors import VaekitError
 
     if isinstance(exc, VaekitError):
         return exc.exit_code
-    if isinstance(exc, (ValueError, OSError, LookupError)):
+    if isinstance(exc, (FileNotFoundError, FileExistsError)):
         return EXIT_BAD_INPUT
-    return EXIT_FAILURE
+    return EXIT_FAILURE  # a bug, or a training failure (see _training_errors)
 
 
 class GuardedGroup(TyperGroup):
@@ -59,28 +57,38 @@ class GuardedGroup(TyperGroup):
         except KeyboardInterrupt:
             err_console.print("[red]interrupted[/red]")
             raise typer.Exit(130) from None
-        except ModuleNotFoundError as exc:
-            if os.environ.get("VAEKIT_DEBUG"):
-                raise
-            extra = EXTRAS.get((exc.name or "").split(".")[0])
-            if extra is None:
-                raise
-            err_console.print(f"[bold red]error:[/bold red] this command needs {exc.name}, which is not installed: "
-                              f"pip install 'vaekit\\[{extra}]'", highlight=False, soft_wrap=True)
-            raise typer.Exit(EXIT_BAD_INPUT) from None
         except Exception as exc:  # noqa: BLE001 - this is the top-level handler
             if os.environ.get("VAEKIT_DEBUG"):
                 raise
+            if isinstance(exc, ModuleNotFoundError):
+                from vaekit.errors import missing_extra
+
+                exc = missing_extra(exc) or exc
+            if not _classified(exc):  # a bug: keep its traceback, and say so
+                import traceback
+
+                traceback.print_exception(exc)
+                err_console.print(f"[bold red]failed:[/bold red] {shown(BUG)}", highlight=False, soft_wrap=True)
+                raise typer.Exit(EXIT_FAILURE) from None
             code = exit_code_for(exc)
             label = "error" if code == EXIT_BAD_INPUT else "failed"
-            message = str(exc) or exc.__class__.__name__
-            if isinstance(exc, LookupError):  # a bare KeyError says only 'threshold'
-                message = f"missing or unexpected entry {message} (a damaged or hand-edited file?)"
-            if code == EXIT_FAILURE and not isinstance(exc, RuntimeError):
-                message = f"{exc.__class__.__name__}: {message} (set VAEKIT_DEBUG=1 for a traceback)"
             # escape: a message may hold brackets (paths, "vaekit[demo]") that rich would take as markup
-            err_console.print(f"[bold red]{label}:[/bold red] {shown(message)}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]{label}:[/bold red] {shown(str(exc) or exc.__class__.__name__)}",
+                              highlight=False, soft_wrap=True)
             raise typer.Exit(code) from None
+
+
+def _classified(exc: BaseException) -> bool:
+    from vaekit.errors import VaekitError
+
+    return isinstance(exc, (VaekitError, FileNotFoundError, FileExistsError, *_training_errors()))
+
+
+def _training_errors() -> tuple[type, ...]:
+    # until vaekit.train's TrainingError derives from vaekit.errors.TrainingFailed: a diverging
+    # run is the user's data or settings, exit 3 without a traceback (never imports torch here)
+    train = sys.modules.get("vaekit.train")
+    return (train.TrainingError,) if train is not None and hasattr(train, "TrainingError") else ()
 
 
 app = typer.Typer(

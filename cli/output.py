@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from enum import Enum
 
 from rich.console import Console
 from rich.markup import escape
@@ -45,6 +46,30 @@ def apply_threads() -> None:
     torch = sys.modules.get("torch")
     if n > 0 and torch is not None:
         torch.set_num_threads(n)
+
+
+DEVICE_HELP = "auto: CUDA when there is a GPU for the engine, else the CPU; cpu; cuda (fails without one)."
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+def load_model(path, device: Device = Device.auto):
+    """vaekit.load with the device where load takes one (the CLI's one way to open a model)."""
+    import inspect
+
+    import vaekit
+
+    if "device" in inspect.signature(vaekit.load).parameters:
+        return vaekit.load(path, device=Device(device).value)
+    if Device(device) is Device.cuda:
+        from vaekit.errors import BadInput
+
+        raise BadInput("--device cuda: this vaekit's engines score on the CPU only")
+    return vaekit.load(path)
 
 
 def progress_bar(transient: bool = False) -> Progress:

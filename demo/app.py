@@ -18,6 +18,7 @@ import shutil
 import tempfile
 import threading
 import time
+import traceback
 from pathlib import Path
 
 import gradio as gr
@@ -26,22 +27,31 @@ import pandas as pd
 import vaekit
 from vaekit import images as imageio
 from vaekit.engine import Model
-from vaekit.errors import VaekitError
+from vaekit.errors import BadInput, VaekitError, missing_extra
 from vaekit_demo import figures, handlers
 from vaekit_demo.security import confine, guarded_gradio, public_message
 
 MAX_UPLOAD = "25mb"  # per uploaded file
 # The models work on small images; show their pixels as squares instead of a blur.
 CSS = ".vk-pixels img, .vk-pixels canvas { image-rendering: pixelated; }"
-# Mistakes a user can make (bad file, missing folder, wrong model): shown as a message, not a crash.
-USER_ERRORS = (VaekitError, ValueError, OSError, LookupError, imageio.ImageReadError)
+# Mistakes a user can make (bad file, missing folder, wrong model): shown as a message. The two
+# built-in types stay until every module raises vaekit's own (vaekit/errors.py) for them.
+USER_ERRORS = (VaekitError, FileNotFoundError, FileExistsError)
+BUG = ("internal error: this is a bug in vaekit, not a problem with your input; please report it "
+       "with the traceback printed in the server's log")
 
 
 def _guard(fn, roots: tuple[Path, ...] = ()):
     """Turn vaekit's exceptions for bad input into gr.Error, so the page shows the message
-    (without server paths: those under `roots` relative, any other cut to its last part)."""
+    (without server paths: those under `roots` relative, any other cut to its last part).
+    Anything else is a bug: its traceback goes to the server's log, the page asks to report it."""
 
     def error(e: BaseException) -> gr.Error:
+        if isinstance(e, ModuleNotFoundError) and missing_extra(e) is not None:
+            e = missing_extra(e)
+        elif not isinstance(e, USER_ERRORS):
+            traceback.print_exception(e)
+            return gr.Error(BUG, print_exception=False)
         return gr.Error(public_message(str(e) or type(e).__name__, list(roots)), print_exception=False)
 
     if inspect.isgeneratorfunction(fn):
@@ -49,7 +59,9 @@ def _guard(fn, roots: tuple[Path, ...] = ()):
         def gen(*args, **kwargs):
             try:
                 yield from fn(*args, **kwargs)
-            except USER_ERRORS as e:
+            except gr.Error:
+                raise
+            except Exception as e:  # noqa: BLE001 - classified in `error`
                 raise error(e) from None
 
         return gen
@@ -58,7 +70,9 @@ def _guard(fn, roots: tuple[Path, ...] = ()):
     def plain(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except USER_ERRORS as e:
+        except gr.Error:
+            raise
+        except Exception as e:  # noqa: BLE001 - classified in `error`
             raise error(e) from None
 
     return plain
@@ -231,7 +245,7 @@ def build_app(
         @guard
         def open_model(path):
             if not path:
-                raise ValueError("type the path of a run directory or an exported .onnx file")
+                raise BadInput("type the path of a run directory or an exported .onnx file")
             st.model = vaekit.load(confine(path, [st.data_root, st.runs_dir], st.server_folders, "model path"))
             return model_outputs()
 

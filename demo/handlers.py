@@ -11,7 +11,7 @@ import math
 import queue
 import threading
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -20,6 +20,7 @@ import numpy as np
 from vaekit import codes, quality
 from vaekit import images as imageio
 from vaekit.engine import Model
+from vaekit.errors import BadInput, NotFound
 
 LATENT_MAX_SHOWN = 24  # images shown for one selection in the latent-space tab
 # An uploaded code file is decoded in the server: a small file can name many images. The app
@@ -28,7 +29,7 @@ DECODE_MAX_ROWS = 1000
 DECODE_MAX_SECONDS = 60.0
 
 
-class NoModelError(LookupError):
+class NoModelError(BadInput):
     """A tab that needs a model was used before one was opened or trained."""
 
 
@@ -62,7 +63,7 @@ def hwc(x: np.ndarray) -> np.ndarray:
 def load_uploads(model: Model, paths: Sequence[str | Path] | None) -> imageio.LoadReport:
     """Decode uploaded files with the model's preprocessing; unreadable ones are skipped, none is an error."""
     if not paths:
-        raise ValueError("no image given: upload one or more image files")
+        raise BadInput("no image given: upload one or more image files")
     report = model.load_images([Path(p) for p in paths])
     if not report.paths:
         why = "; ".join(f"{p.name}: {r}" for p, r in report.skipped[:3])
@@ -89,29 +90,22 @@ class CompressResult:
 
 
 def compress(model: Model, paths: Sequence[str | Path], out_dir: Path, precision: str = "q8") -> CompressResult:
-    """Encode uploads into one code file; reconstruct from exactly what the file stores."""
+    """Encode uploads into one code file (`vaekit encode`); reconstruct from exactly what the file stores."""
     model = need(model)
-    report = load_uploads(model, paths)
-    names = [p.name for p in report.paths]
-    sizes = np.array([codes.original_size(p) for p in report.paths], dtype=np.int32)
-    cf = codes.encode_images(model, report.images, names, sizes, precision)
-    out = _new_file(out_dir, "images.codes")
-    n_bytes = codes.save(cf, out)
-    x, x_hat = report.images, imageio.to_uint8(model.decode(cf.latents()))
-    enc = codes.EncodeReport(out, len(names), n_bytes, sum(p.stat().st_size for p in report.paths),
-                             model.info.image_size, int(sizes.prod(1).sum()), precision, report.skipped)
+    report = load_uploads(model, paths)  # the inputs shown next to their reconstructions
+    enc = codes.encode_folder(model, report.paths, _new_file(out_dir, "images.codes"), precision)
+    x, x_hat = report.images, imageio.to_uint8(model.decode(codes.load(enc.path).latents()))
     pairs = [imageio.make_grid(np.stack([a, b]), ncol=2) for a, b in zip(x, x_hat)]
-    return CompressResult(names, pairs, quality.psnr(x, x_hat), quality.ssim(x, x_hat), enc)
+    names = [p.name for p in report.paths]
+    return CompressResult(names, pairs, quality.psnr(x, x_hat), quality.ssim(x, x_hat), replace(enc, skipped=report.skipped))
 
 
 def decompress(model: Model, code_file: str | Path) -> tuple[list[str], np.ndarray]:
     """A code file -> (names, decoded images (N, C, H, W) uint8) at the model's size."""
     model = need(model)
     if not code_file:
-        raise ValueError("no code file given: upload a file written by Compress or `vaekit encode`")
+        raise BadInput("no code file given: upload a file written by Compress or `vaekit encode`")
     import time
-
-    from vaekit.errors import BadInput
 
     name = f"code file {Path(code_file).name}"  # the upload's own name, not the server's temp path
     cf = codes.from_bytes(Path(code_file).read_bytes(), source=name)
@@ -161,16 +155,14 @@ ANOMALY_COLUMNS = ["file", "score (nats)", "bits/dim", "verdict"]
 
 def anomaly(model: Model, paths: Sequence[str | Path], threshold: float, out_dir: Path) -> AnomalyResult:
     """Score uploads against `threshold` (`vaekit anomaly-score`), with heat maps and a CSV."""
-    from dataclasses import replace
-
     from vaekit import anomaly as detect
     from vaekit.fileio import atomic_write_text
 
     model = need(model)
     if not paths:
-        raise ValueError("no image given: upload one or more image files")
+        raise BadInput("no image given: upload one or more image files")
     if threshold is None or not math.isfinite(threshold):
-        raise ValueError(f"invalid threshold {threshold!r}: expected a finite number of nats")
+        raise BadInput(f"invalid threshold {threshold!r}: expected a finite number of nats")
     score = model.info.score
     try:
         report = detect.score_images(model, [Path(p) for p in paths], score=score, threshold=float(threshold))
@@ -197,53 +189,22 @@ def interpolation_strip(model: Model, a: str | Path, b: str | Path, steps: int) 
     """Decoded points between two images' codes as one strip, (C, H, W) uint8."""
     model = need(model)
     if not a or not b:
-        raise ValueError("interpolation needs two images: upload one on each side")
+        raise BadInput("interpolation needs two images: upload one on each side")
     x = codes.interpolate(model, a, b, int(steps))
     return imageio.to_uint8(imageio.make_grid(x, ncol=len(x)))
 
 
 # --- Latent space ------------------------------------------------------------------------------
 
-@dataclass
-class LatentMap:
-    paths: list[Path]  # the images projected (never sent to the browser: shown as `names`)
-    names: list[str]  # relative to the folder
-    xy: np.ndarray  # (N, 2) the 2-D projection of the posterior means
-    scores: np.ndarray  # (N,) anomaly score of each image, nats
-    method: str
+LatentMap = codes.LatentMap
 
 
 def latent_map(model: Model, folder: str | Path, method: str = "PCA", limit: int = 500) -> LatentMap:
     """Encode up to `limit` images of a folder (spread evenly over it) and project their codes to 2-D."""
     model = need(model)
-    if method not in ("PCA", "t-SNE"):
-        raise ValueError(f"invalid projection {method!r}: expected 'PCA' or 't-SNE'")
     if not folder:
-        raise ValueError("no folder given: type the path of a folder of images on this machine")
-    folder = Path(folder).expanduser()
-    if not folder.is_dir():
-        raise FileNotFoundError(f"no such folder: {folder}")
-    paths = imageio.find_images(folder)
-    if not paths:
-        raise imageio.NoImagesError(f"no image files found in {folder}")
-    paths = paths[:: math.ceil(len(paths) / max(1, int(limit)))]
-    report = model.load_images(paths)
-    if len(report.paths) < 3:
-        raise imageio.NoImagesError(f"need at least 3 readable images in {folder} for a projection, got {len(report.paths)}")
-    mu, _ = model.encode(report.images)
-    xy = _project(mu, method)
-    names = codes.relative_names(report.paths, folder)
-    return LatentMap(report.paths, names, xy, model.score(report.images, score=model.info.score).score, method)
-
-
-def _project(mu: np.ndarray, method: str) -> np.ndarray:
-    if method == "t-SNE":
-        from sklearn.manifold import TSNE
-
-        return TSNE(2, perplexity=min(30.0, len(mu) - 1.0), init="pca", random_state=0).fit_transform(mu)
-    from sklearn.decomposition import PCA
-
-    return PCA(2, random_state=0).fit_transform(mu) if mu.shape[1] >= 2 else np.c_[mu[:, :1], np.zeros(len(mu))]
+        raise BadInput("no folder given: type the path of a folder of images on this machine")
+    return codes.latent_map(model, Path(folder).expanduser(), method, limit)
 
 
 def latent_pick(model: Model, m: LatentMap, x_lo: float, x_hi: float) -> list[tuple[np.ndarray, str]]:
@@ -286,10 +247,10 @@ def train_events(
     from vaekit.config import ModelConfig, TrainConfig
 
     if not folder:
-        raise ValueError("no folder given: type the path of a folder of images on this machine")
+        raise BadInput("no folder given: type the path of a folder of images on this machine")
     folder = Path(folder).expanduser()
     if not folder.is_dir():
-        raise FileNotFoundError(f"no such folder: {folder}")
+        raise NotFound(f"no such folder: {folder}")
     model_cfg = ModelConfig(image_size=int(image_size), latent_dim=int(latent_dim))
     train_cfg = TrainConfig(epochs=int(epochs))
     events: queue.Queue = queue.Queue()

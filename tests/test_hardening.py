@@ -406,7 +406,7 @@ def test_a_code_file_cannot_ask_decode_for_giant_originals(run, images, work, mo
     cf = codes.load(work / "a.codes")
     cf.orig_size[0] = (30000, 30000)
     with monkeypatch.context() as m:  # forge it: vaekit itself would never write this
-        m.setattr(codes, "MAX_ORIG_PIXELS", 10**12)
+        m.setattr(codes.format, "MAX_ORIG_PIXELS", 10**12)  # where _validate looks it up
         codes.save(cf, work / "big.codes")
     r = invoke("decode", run, work / "big.codes", "-o", work / "out", "--size", "original")
     assert r.exit_code == 2 and "largerthananyimagevaekitreads" in flat(r.output), r.output

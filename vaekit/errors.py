@@ -41,3 +41,41 @@ class NotFound(BadInput, FileNotFoundError):
 
 class OutputExists(BadInput, FileExistsError):
     """An output that is already there, named without --overwrite."""
+
+
+# an optional dependency -> the extra that installs it
+EXTRAS = {"torch": "train", "sklearn": "metrics", "onnx": "onnx", "onnxscript": "onnx", "onnxruntime": "runtime",
+          "skimage": "metrics", "matplotlib": "plot", "gradio": "demo", "gradio_client": "demo"}
+
+
+def missing_extra(exc: ModuleNotFoundError) -> MissingExtra | None:
+    """The MissingExtra naming the extra that installs the module `exc` lacks; None for a module
+    no extra provides (then the import error is a bug)."""
+    extra = EXTRAS.get((exc.name or "").split(".")[0])
+    if extra is None:
+        return None
+    return MissingExtra(f"this needs {exc.name}, which is not installed: pip install 'vaekit[{extra}]'")
+
+
+class TrainingFailed(VaekitError, RuntimeError):
+    """Training stopped on its own (a diverging loss, non-finite weights): exit code 3."""
+
+    exit_code = 3
+
+
+class CannotWrite(VaekitError, OSError):
+    """An output that cannot be written (a full disk, no permission, a read-only folder); the
+    message names the file. Each is also of the OSError subtype it came from (PermissionError...)."""
+
+
+_CANNOT_WRITE: dict[type, type] = {OSError: CannotWrite}
+
+
+def cannot_write(e: OSError, path) -> CannotWrite:
+    """`e` as a CannotWrite of the same OSError subtype, naming `path` (not a temporary name)."""
+    kind = type(e) if isinstance(e, OSError) and not isinstance(e, VaekitError) else OSError
+    if kind not in _CANNOT_WRITE:
+        _CANNOT_WRITE[kind] = type(f"CannotWrite{kind.__name__}", (CannotWrite, kind), {"__module__": __name__})
+    err = _CANNOT_WRITE[kind](f"cannot write {path}: {e.strerror or e}")
+    err.errno = e.errno
+    return err

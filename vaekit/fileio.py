@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from vaekit.errors import BadInput, DamagedFile
+from vaekit.errors import BadInput, DamagedFile, VaekitError, cannot_write
 
 MAX_JSON_BYTES = 64 << 20  # config.json, resume.json, metadata: a few KB in practice
 
@@ -56,10 +56,8 @@ def _mode(path: Path) -> int:
 
 def _named(e: OSError, path: Path) -> OSError:
     """The same kind of OSError, saying which file could not be written (the temporary name
-    in the original message means nothing to a user)."""
-    err = type(e)(f"cannot write {path}: {e.strerror or e}")
-    err.errno = e.errno
-    return err
+    in the original message means nothing to a user); a vaekit CannotWrite (errors.py)."""
+    return cannot_write(e, path)
 
 
 @contextmanager
@@ -228,3 +226,30 @@ def refuse_existing(path: Path, overwrite: bool, what: str = "output") -> None:
         raise BadInput(f"{what} {path} is a folder; give a file name")
     if not overwrite and (path.exists() or path.is_symlink()):
         raise BadInput(f"{what} {path} already exists; pass --overwrite to replace it")
+
+
+def open_journal(out: Path, settings: dict, resume: bool):
+    """vaekit.stream.Journal for `out` (OUT.partial), its folder created; a write that fails
+    (a full disk) names `out`, and a journal that could not even be started is removed."""
+    from vaekit import stream
+
+    out = Path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return stream.Journal(out, settings, resume)
+    except OSError as e:
+        if not resume:
+            out.with_name(out.name + stream.PARTIAL_SUFFIX).unlink(missing_ok=True)
+        raise cannot_write(e, out) from None
+
+
+@contextmanager
+def naming_failed_writes(out: Path) -> Iterator[None]:
+    """An OSError inside (appending to a journal) becomes CannotWrite naming `out`; the journal
+    stays, so the job continues with --resume once there is room."""
+    try:
+        yield
+    except OSError as e:
+        if isinstance(e, VaekitError):
+            raise
+        raise cannot_write(e, out) from None

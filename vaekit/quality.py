@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from vaekit import images as imageio
+from vaekit.errors import BadInput, MissingExtra
 
 if TYPE_CHECKING:
     from vaekit.engine import Model
@@ -30,14 +31,14 @@ def _unit(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x)
     x = x / 255.0 if x.dtype == np.uint8 else x.astype(np.float64)
     if x.ndim != 4:
-        raise ValueError(f"expected images of shape (N, C, H, W), got {x.shape}")
+        raise BadInput(f"expected images of shape (N, C, H, W), got {x.shape}")
     return x
 
 
 def _pair(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     x, y = _unit(x), _unit(y)
     if x.shape != y.shape:
-        raise ValueError(f"images differ in shape: {x.shape} vs {y.shape}")
+        raise BadInput(f"images differ in shape: {x.shape} vs {y.shape}")
     return x, y
 
 
@@ -60,10 +61,10 @@ def ssim(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     try:
         from skimage.metrics import structural_similarity
     except ImportError:
-        raise ImportError(SSIM_MISSING) from None
+        raise MissingExtra(SSIM_MISSING) from None
     x, y = _pair(x, y)
     if x.shape[-1] < 11 or x.shape[-2] < 11:
-        raise ValueError(f"SSIM needs images of at least 11×11 pixels, got {x.shape[-2]}×{x.shape[-1]}")
+        raise BadInput(f"SSIM needs images of at least 11×11 pixels, got {x.shape[-2]}×{x.shape[-1]}")
     return np.array([
         structural_similarity(a, b, data_range=1.0, channel_axis=0, gaussian_weights=True, sigma=1.5,
                               use_sample_covariance=False)
@@ -103,36 +104,55 @@ def reconstruct_folder(
     overwrite: bool = False,
     grid_max: int = 32,
     progress: Progress | None = None,
+    batch_size: int = 256,
+    workers: int = 0,
 ) -> ReconstructReport:
     """Reconstruct every image under `source` (z = posterior mean) into `out_dir` (`vaekit reconstruct`).
 
     Writes `<out_dir>/<name>.png` per image and `<out_dir>/comparison.png`: up to `grid_max`
     inputs, each followed by its reconstruction. Every target is checked before writing.
+    Streams: images are decoded, reconstructed and written a batch at a time.
     """
-    from vaekit import codes
+    from vaekit import codes, stream
     from vaekit.fileio import refuse_inside
 
-    if not isinstance(grid_max, int) or grid_max < 1:
-        raise ValueError(f"invalid grid_max {grid_max!r}: expected an integer >= 1")
+    if not isinstance(grid_max, int) or isinstance(grid_max, bool) or grid_max < 1:
+        raise BadInput(f"invalid grid_max {grid_max!r}: expected an integer >= 1")
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise NotADirectoryError(f"output {out_dir} exists and is not a folder")
+        raise BadInput(f"output {out_dir} exists and is not a folder")
     refuse_inside(out_dir, source, "output folder")  # its PNGs would be read back as inputs
-    report, names = codes.load_source(model, source, progress)
-    targets = [out_dir / n for n in codes.png_names(names)]
+    found = stream.find_inputs(source)
+    targets = dict(zip(map(str, found.paths), (out_dir / n for n in codes.png_names(found.names))))
+    names = dict(zip(map(str, found.paths), found.names))
     grid = out_dir / GRID
-    if grid in targets:
-        raise ValueError(f"an input image would be written to {grid}, the comparison grid; rename it or pick another input")
-    codes.refuse_existing([*targets, grid], overwrite)
-    x = report.images
-    x_hat = imageio.to_uint8(model.reconstruct(x))
-    for img, path in zip(x_hat, targets):
-        imageio.save_png(img, path)
-    k = min(grid_max, len(x))
-    pairs = np.stack([x[:k], x_hat[:k]], axis=1).reshape(2 * k, *x.shape[1:])  # input, recon, input, ...
-    imageio.save_png(imageio.make_grid(pairs, ncol=8), grid)
-    try:
-        similarity = ssim(x, x_hat)
-    except ImportError:  # a vaekit[runtime] box: PSNR only, and the CLI says why
-        similarity = None
-    return ReconstructReport(out_dir, names, targets, grid, psnr(x, x_hat), similarity, report.skipped)
+    if grid in targets.values():
+        raise BadInput(f"an input image would be written to {grid}, the comparison grid; rename it or pick another input")
+    codes.refuse_existing([*targets.values(), grid], overwrite)
+    info = model.info
+    kept, written, psnrs, ssims, shown, skipped, done = [], [], [], [], [], [], 0
+    for b in stream.iter_batches(found.paths, info.image_size, info.channels, batch_size, workers):
+        skipped += b.skipped
+        done += len(b.paths) + len(b.skipped)
+        if len(b.paths):
+            x = b.images
+            x_hat = imageio.to_uint8(model.reconstruct(x))
+            for img, path in zip(x_hat, b.paths):
+                imageio.save_png(img, targets[str(path)])
+            kept += [names[str(p)] for p in b.paths]
+            written += [targets[str(p)] for p in b.paths]
+            psnrs.append(psnr(x, x_hat))
+            try:
+                ssims.append(None if ssims and ssims[-1] is None else ssim(x, x_hat))
+            except ImportError:  # a vaekit[runtime] box: PSNR only, and the CLI says why
+                ssims.append(None)
+            room = grid_max - sum(len(p) for p in shown) // 2
+            if room > 0:
+                shown.append(np.stack([x[:room], x_hat[:room]], axis=1).reshape(-1, *x.shape[1:]))  # input, recon, ...
+        if progress:
+            progress(done, len(found.paths))
+    if not kept:
+        raise codes.jobs.no_usable_image(source, skipped)
+    imageio.save_png(imageio.make_grid(np.concatenate(shown), ncol=8), grid)
+    similarity = None if any(s is None for s in ssims) else np.concatenate(ssims)
+    return ReconstructReport(out_dir, kept, written, grid, np.concatenate(psnrs), similarity, skipped)

@@ -26,7 +26,7 @@ from vaekit.anomaly.outputs import (check_outputs, map_targets, output_format, r
 from vaekit.anomaly.score import BATCH_SIZE, Plan, Progress, ScoreRow, iter_scored, scoring_plan
 from vaekit.engine import DEFAULT_SCORE, Model
 from vaekit.errors import BadInput, DamagedFile, InUse
-from vaekit.fileio import atomic_writer, loads_json
+from vaekit.fileio import atomic_writer, loads_json, naming_failed_writes, open_journal
 
 _FLOATS = ("score", "bits_per_dim", "threshold", "neg_elbo", "recon", "kl", "excess")
 
@@ -82,8 +82,8 @@ def score_to_file(
     positions = stream.shard(found.paths, index, count, batch_size) if count > 1 else None
     journal = None
     if out is not None:
-        journal = stream.Journal(_share(Path(out), index, count), _settings(model, plan, found, batch_size, index, count),
-                                 resume)
+        journal = open_journal(_share(Path(out), index, count), _settings(model, plan, found, batch_size, index, count),
+                               resume)
     done = frozenset(journal.done) if journal else frozenset()
     targets = map_targets(found.names) if maps is not None else []
     if maps is not None:
@@ -96,7 +96,8 @@ def score_to_file(
         if maps is not None and b.rows:
             n_maps += len(save_maps(Path(maps), [targets[where[r.path]] for r in b.rows], b.images, b.maps))
         if journal is not None:
-            journal.append(b.index, [_encode(asdict(r)) for r in b.rows], [(str(p), r) for p, r in b.skipped])
+            with naming_failed_writes(Path(out)):
+                journal.append(b.index, [_encode(asdict(r)) for r in b.rows], [(str(p), r) for p, r in b.skipped])
         else:
             tally.add((asdict(r) for r in b.rows), [(str(p), r) for p, r in b.skipped])
     report = JobReport(None, 0, 0, [], [], plan, (index, count), False, n_maps, len(done))

@@ -1,0 +1,267 @@
+"""Folder jobs on code files: `vaekit encode` (streamed, resumable) and `vaekit decode`.
+
+Encoding reads fixed batches (vaekit.stream) and journals each batch's posterior means to
+`OUT.partial`; the code file is assembled from the journal at the end, chunk by chunk, so no
+step holds every code, and a killed job continues with `resume=True`.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+
+import numpy as np
+
+from vaekit import images as imageio
+from vaekit import stream
+from vaekit.codes.format import PRECISIONS, CodeFile, FingerprintMismatch, _validate, load, quantize
+from vaekit.codes.writer import write_streamed
+from vaekit.errors import BadInput, OutputExists
+from vaekit.fileio import naming_failed_writes, open_journal, refuse_inside
+
+if TYPE_CHECKING:  # the engine is passed in; importing it here would cost nothing but clarity
+    from vaekit.engine import Model
+
+Progress = Callable[..., None]
+BATCH_SIZE = 256  # images decoded and encoded at a time
+CHUNK = 4096  # codes assembled into the file at a time
+
+
+def original_size(path: Path) -> tuple[int, int]:
+    """(height, width) of an image file as vaekit decodes it (EXIF rotation applied), header only."""
+    import warnings
+
+    with warnings.catch_warnings(), imageio.open_image(path) as img:
+        warnings.simplefilter("ignore")  # a big image's DecompressionBombWarning: we only read its header
+        w, h = img.size
+        try:
+            orientation = img.getexif().get(0x0112, 1)
+        except Exception:  # a broken EXIF block: images.decode ignores it too
+            orientation = 1
+    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+
+
+
+def _check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise BadInput(f"invalid precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+
+
+def encode_images(model: "Model", x: np.ndarray, names: list[str], orig_size: np.ndarray, precision: str = "q8") -> CodeFile:
+    """uint8 images (N, C, H, W) at the model's size -> a CodeFile of their posterior means."""
+    _check_precision(precision)
+    mu, _ = model.encode(x)
+    codes, scale, offset = quantize(mu, precision)
+    info = model.info
+    cf = CodeFile(codes, list(names), np.asarray(orig_size, dtype=np.int32).reshape(-1, 2), precision,
+                  info.fingerprint, info.image_size, info.channels, scale, offset)
+    _validate(cf, "new code file")
+    return cf
+
+
+@dataclass
+class EncodeReport:
+    path: Path  # the code file written
+    count: int  # images encoded
+    file_bytes: int  # size of the code file
+    source_bytes: int  # total size of the source image files
+    image_size: int  # the model's size: codes describe image_size × image_size images
+    source_pixels: int  # total pixels of the source images at their original sizes
+    precision: str
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+    @property
+    def bytes_per_image(self) -> float:
+        return self.file_bytes / self.count
+
+    @property
+    def bits_per_pixel(self) -> float:
+        """Bits of code file per pixel of the model-sized image."""
+        return 8 * self.file_bytes / (self.count * self.image_size**2)
+
+    @property
+    def bits_per_source_pixel(self) -> float:
+        return 8 * self.file_bytes / self.source_pixels
+
+    @property
+    def ratio(self) -> float:
+        """Source files' total size / code file size."""
+        return self.source_bytes / self.file_bytes
+
+    def to_dict(self) -> dict:
+        return {
+            "code_file": str(self.path), "images": self.count, "skipped": len(self.skipped),
+            "precision": self.precision, "bytes": self.file_bytes, "bytes_per_image": self.bytes_per_image,
+            "bits_per_pixel": self.bits_per_pixel, "bits_per_source_pixel": self.bits_per_source_pixel,
+            "source_bytes": self.source_bytes, "compression_ratio": self.ratio,
+        }
+
+
+
+def refuse_existing(paths: Sequence[Path], overwrite: bool) -> None:
+    """OutputExists naming the first of `paths` that exists (and how many), unless `overwrite`."""
+    if overwrite:
+        return
+    existing = [p for p in paths if p.exists()]
+    if existing:
+        what = f"{existing[0]} and {len(existing) - 1} more files already exist" if len(existing) > 1 else f"{existing[0]} already exists"
+        raise OutputExists(f"{what}; pass --overwrite to replace")
+
+
+def no_usable_image(source, skipped: Sequence[tuple]) -> imageio.NoImagesError:
+    reasons = "; ".join(f"{Path(p).name}: {r}" for p, r in skipped[:3])
+    return imageio.NoImagesError(f"no usable image in {source} ({len(skipped)} unreadable: {reasons})")
+
+
+def encode_folder(
+    model: "Model",
+    source: str | Path | Sequence[str | Path],
+    out: str | Path,
+    precision: str = "q8",
+    overwrite: bool = False,
+    progress: Progress | None = None,
+    resume: bool = False,
+    batch_size: int = BATCH_SIZE,
+    workers: int = 0,
+) -> EncodeReport:
+    """Encode every image under `source` into the code file `out` (`vaekit encode`), in bounded memory.
+
+    Each batch's codes go to `out.partial` as they are computed; `resume` continues a killed job."""
+    out = Path(out)
+    _check_precision(precision)
+    if out.is_dir():
+        raise BadInput(f"output {out} is a folder; give a file name such as {out / 'images.codes'}")
+    found = stream.find_inputs(source)
+    refuse_inside(out, found.roots, "output")
+    refuse_existing([out], overwrite)
+    info = model.info
+    settings = {"job": "encode", "fingerprint": info.fingerprint, "batch_size": batch_size,
+                "files": len(found.paths), "inputs": [str(r) for r in found.roots]}
+    journal = open_journal(out, settings, resume)
+    names = dict(zip(map(str, found.paths), found.names))
+    done = len([i for i in range(len(found.paths)) if i // batch_size in journal.done])
+    for b in stream.iter_batches(found.paths, info.image_size, info.channels, batch_size, workers,
+                                 skip_batches=frozenset(journal.done)):
+        mu = model.encode(b.images)[0].astype(np.float32) if len(b.paths) else np.zeros((0, info.latent_dim), np.float32)
+        rows = [{"name": names[str(p)], "size": list(original_size(p)), "bytes": p.stat().st_size,
+                 "mu": base64.b64encode(np.ascontiguousarray(z, "<f4").tobytes()).decode()} for p, z in zip(b.paths, mu)]
+        with naming_failed_writes(out):
+            journal.append(b.index, rows, [(str(p), r) for p, r in b.skipped])
+        done += len(b.paths) + len(b.skipped)
+        if progress:
+            progress(done, len(found.paths))
+    skipped = [(Path(p), r) for p, r in journal.skipped()]
+    kept, sizes, source_bytes = [], [], 0
+    for r in journal.rows():
+        kept.append(r["name"])
+        sizes.append(r["size"])
+        source_bytes += r["bytes"]
+    if not kept:
+        journal.path.unlink(missing_ok=True)
+        raise no_usable_image(source, skipped)
+    sizes = np.array(sizes, dtype=np.int32).reshape(-1, 2)
+
+    def chunks() -> Iterator[np.ndarray]:
+        batch = []
+        for r in journal.rows():
+            batch.append(np.frombuffer(base64.b64decode(r["mu"]), "<f4"))
+            if len(batch) == CHUNK:
+                yield np.stack(batch).astype(np.float32)
+                batch = []
+        if batch:
+            yield np.stack(batch).astype(np.float32)
+
+    journal.finish(lambda f: write_streamed(f, chunks, kept, sizes, precision, info.fingerprint, info.image_size,
+                                            info.channels, info.latent_dim))
+    return EncodeReport(out, len(kept), out.stat().st_size, source_bytes, info.image_size, int(sizes.astype(np.int64).prod(1).sum()),
+                        precision, skipped)
+
+
+def check_model(cf: CodeFile, model: "Model", source: str = "code file") -> None:
+    """Raise FingerprintMismatch unless `model` is the one that wrote `cf`."""
+    info = model.info
+    if cf.fingerprint != info.fingerprint:
+        raise FingerprintMismatch(
+            f"{source} was encoded by model {cf.fingerprint}, but {info.source} is model {info.fingerprint}; "
+            "decode with the model that encoded it"
+        )
+    if (cf.latent_dim, cf.image_size, cf.channels) != (info.latent_dim, info.image_size, info.channels):
+        raise FingerprintMismatch(f"{source} does not match the shape of model {info.source}")
+
+
+def png_names(names: Sequence[str]) -> list[str]:
+    """Output file names: each source name with a .png suffix ("a/b.jpg" -> "a/b.png").
+
+    Two sources that would share a name ("a.jpg", "a.png") keep their whole name ("a.jpg.png").
+    """
+    first = [PurePosixPath(n).with_suffix(".png").as_posix() for n in names]
+    counts: dict[str, int] = {}
+    for f in first:
+        counts[f] = counts.get(f, 0) + 1
+    out = [f if counts[f] == 1 else n + ".png" for n, f in zip(names, first)]
+    if len(set(out)) != len(out):
+        dup = next(o for o in out if out.count(o) > 1)
+        raise BadInput(f"two images would be written to the same file {dup!r}")
+    return out
+
+
+def restore_size(x: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """Undo the model's preprocessing geometry: uint8 (C, s, s) -> (C, height, width).
+
+    The model saw the centre square of the source, its shorter side resized to s; that square
+    is resized back (bicubic) and put in the centre, and the margins the crop cut off, which no
+    code describes, repeat its edge pixels.
+    """
+    from PIL import Image
+
+    h, w = int(size[0]), int(size[1])
+    m = min(h, w)
+    img = Image.fromarray(x[0] if x.shape[0] == 1 else x.transpose(1, 2, 0))
+    y = np.asarray(img.resize((m, m), Image.Resampling.BICUBIC))
+    y = y[..., None] if y.ndim == 2 else y
+    top, left = (h - m) // 2, (w - m) // 2
+    y = np.pad(y, ((top, h - m - top), (left, w - m - left), (0, 0)), mode="edge")
+    return np.ascontiguousarray(y.transpose(2, 0, 1))
+
+
+@dataclass
+class DecodeReport:
+    out_dir: Path
+    written: list[Path]  # one PNG per image, in the code file's order
+    size: str  # "model" or "original"
+
+
+def decode_file(
+    model: "Model",
+    code_file: str | Path,
+    out_dir: str | Path,
+    size: str = "model",
+    overwrite: bool = False,
+    progress: Progress | None = None,
+    batch_size: int = 256,
+) -> DecodeReport:
+    """Decode a code file into PNGs under `out_dir`, named after the source images (`vaekit decode`).
+
+    size="model" writes the model's image_size × image_size; "original" each source's size.
+    Every target is checked before the first file is written.
+    """
+    if size not in ("model", "original"):
+        raise BadInput(f"invalid size {size!r}: expected 'model' or 'original'")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BadInput(f"output {out_dir} exists and is not a folder")
+    cf = load(code_file)
+    check_model(cf, model, f"code file {code_file}")
+    targets = [out_dir / n for n in png_names(cf.names)]
+    refuse_existing(targets, overwrite)
+    z, n = cf.latents(), len(targets)
+    for s in range(0, n, batch_size):
+        x = imageio.to_uint8(model.decode(z[s : s + batch_size]))
+        for i, img in enumerate(x, start=s):
+            imageio.save_png(img if size == "model" else restore_size(img, cf.orig_size[i]), targets[i])
+        if progress:
+            progress(min(n, s + batch_size), n)
+    return DecodeReport(out_dir, targets, size)
+

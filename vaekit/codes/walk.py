@@ -1,0 +1,90 @@
+"""Walks in latent space: interpolations between two images, grids, and 2-D maps of many codes."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from vaekit import images as imageio
+from vaekit import stream
+from vaekit.codes.jobs import refuse_existing
+from vaekit.errors import BadInput, NotFound
+
+if TYPE_CHECKING:
+    from vaekit.engine import Model
+
+PROJECTIONS = ("PCA", "t-SNE")
+
+
+def interpolate(model: "Model", a: str | Path, b: str | Path, n: int = 8) -> np.ndarray:
+    """Decode n evenly spaced points on the segment between two images' posterior means.
+
+    Returns float (n, C, H, W) in [0, 1]; the first and last are the two reconstructions.
+    """
+    if not isinstance(n, int) or n < 2:
+        raise BadInput(f"invalid n {n!r}: need at least 2 steps")
+    report = model.load_images([Path(a), Path(b)])
+    if report.skipped:
+        p, why = report.skipped[0]
+        raise BadInput(f"cannot read {p}: {why}")
+    mu, _ = model.encode(report.images)
+    t = np.linspace(0.0, 1.0, n, dtype=np.float32)[:, None]
+    return model.decode((1 - t) * mu[0] + t * mu[1])
+
+
+def write_grid(x: np.ndarray, path: str | Path, ncol: int = 8, overwrite: bool = False) -> Path:
+    """Save images (N, C, H, W) as one PNG grid; refuses to replace a file unless overwrite."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise BadInput(f"output {path} must be a .png file")
+    if path.is_dir():
+        raise BadInput(f"output {path} is a folder")
+    refuse_existing([path], overwrite)
+    imageio.save_png(imageio.make_grid(x, ncol=ncol), path)
+    return path
+
+
+@dataclass
+class LatentMap:
+    paths: list[Path]  # the images projected
+    names: list[str]  # relative to the folder
+    xy: np.ndarray  # (N, 2) the 2-D projection of the posterior means
+    scores: np.ndarray  # (N,) anomaly score of each image, nats (the model's default score)
+    method: str
+
+
+def project(mu: np.ndarray, method: str = "PCA") -> np.ndarray:
+    """Posterior means (N, D) -> (N, 2): PCA, or t-SNE (both scikit-learn, seeded)."""
+    if method not in PROJECTIONS:
+        raise BadInput(f"invalid projection {method!r}: expected 'PCA' or 't-SNE'")
+    if method == "t-SNE":
+        from sklearn.manifold import TSNE
+
+        return TSNE(2, perplexity=min(30.0, len(mu) - 1.0), init="pca", random_state=0).fit_transform(mu)
+    from sklearn.decomposition import PCA
+
+    return PCA(2, random_state=0).fit_transform(mu) if mu.shape[1] >= 2 else np.c_[mu[:, :1], np.zeros(len(mu))]
+
+
+def latent_map(model: "Model", folder: str | Path, method: str = "PCA", limit: int = 500) -> LatentMap:
+    """Encode up to `limit` images of a folder (spread evenly over it) and project their codes to 2-D."""
+    if method not in PROJECTIONS:
+        raise BadInput(f"invalid projection {method!r}: expected 'PCA' or 't-SNE'")
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise NotFound(f"no such folder: {folder}")
+    found = stream.find_inputs(folder)
+    step = math.ceil(len(found.paths) / max(1, int(limit)))
+    paths, names = found.paths[::step], found.names[::step]
+    report = model.load_images(paths)
+    if len(report.paths) < 3:
+        raise imageio.NoImagesError(f"need at least 3 readable images in {folder} for a projection, got {len(report.paths)}")
+    kept = set(map(str, report.paths))
+    names = [n for p, n in zip(paths, names) if str(p) in kept]
+    mu, _ = model.encode(report.images)
+    scores = model.score(report.images, score=model.info.score).score
+    return LatentMap(report.paths, names, project(mu, method), scores, method)
