@@ -3,6 +3,8 @@
 
     python3 dev.py quickstart   # venv + install, then the whole pipeline on built-in digits
     python3 dev.py test         # venv + dev install (+ Chromium for the browser test), then pytest
+    python3 dev.py test --fast  # the same without the slow tests (training, export, torchrun,
+                                # browser, web server): feedback in under a minute; CI runs all
 
 torch: the package asks for `torch>=2.4`; this script pins the release we test
 (TORCH_SPEC below, override with VAEKIT_TORCH_SPEC). pip then takes a CPU wheel where one
@@ -84,7 +86,10 @@ def quickstart() -> None:
 
 def test(pytest_args: list[str]) -> int:
     setup("dev")
-    ensure_chromium()
+    if "--fast" in pytest_args:  # tests marked slow (pyproject.toml) are left out
+        pytest_args = ["-m", "not slow", *(a for a in pytest_args if a != "--fast")]
+    else:
+        ensure_chromium()
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     return subprocess.run([str(PY), "-m", "pytest", *pytest_args], cwd=ROOT, env=env).returncode
 
@@ -98,7 +103,7 @@ def main() -> None:
     elif cmd == "setup":
         setup(rest[0] if rest else "all")
     else:
-        sys.exit("usage: python3 dev.py quickstart | test [pytest args] | setup [extras]")
+        sys.exit("usage: python3 dev.py quickstart | test [--fast] [pytest args] | setup [extras]")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from vaekit.errors import BadInput, DamagedFile, VaekitError, cannot_write
+from vaekit.errors import BadInput, DamagedFile, NotFound, cannot_write
 
 MAX_JSON_BYTES = 64 << 20  # config.json, resume.json, metadata: a few KB in practice
 
@@ -149,7 +149,7 @@ def check_regular(path: Path, what: str, max_bytes: int | None = None) -> os.sta
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise FileNotFoundError(f"{what} not found: {path}") from None
+        raise NotFound(f"{what} not found: {path}") from None
     except OSError as e:
         raise DamagedFile(f"{what} cannot be read ({path}): {e.strerror or e}") from None
     if not stat.S_ISREG(st.st_mode):
@@ -227,29 +227,3 @@ def refuse_existing(path: Path, overwrite: bool, what: str = "output") -> None:
     if not overwrite and (path.exists() or path.is_symlink()):
         raise BadInput(f"{what} {path} already exists; pass --overwrite to replace it")
 
-
-def open_journal(out: Path, settings: dict, resume: bool):
-    """vaekit.stream.Journal for `out` (OUT.partial), its folder created; a write that fails
-    (a full disk) names `out`, and a journal that could not even be started is removed."""
-    from vaekit import stream
-
-    out = Path(out)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        return stream.Journal(out, settings, resume)
-    except OSError as e:
-        if not resume:
-            out.with_name(out.name + stream.PARTIAL_SUFFIX).unlink(missing_ok=True)
-        raise cannot_write(e, out) from None
-
-
-@contextmanager
-def naming_failed_writes(out: Path) -> Iterator[None]:
-    """An OSError inside (appending to a journal) becomes CannotWrite naming `out`; the journal
-    stays, so the job continues with --resume once there is room."""
-    try:
-        yield
-    except OSError as e:
-        if isinstance(e, VaekitError):
-            raise
-        raise cannot_write(e, out) from None

@@ -26,7 +26,8 @@ from vaekit.anomaly.outputs import (check_outputs, map_targets, output_format, r
 from vaekit.anomaly.score import BATCH_SIZE, Plan, Progress, ScoreRow, iter_scored, scoring_plan
 from vaekit.engine import DEFAULT_SCORE, Model
 from vaekit.errors import BadInput, DamagedFile, InUse
-from vaekit.fileio import atomic_writer, loads_json, naming_failed_writes, open_journal
+from vaekit.fileio import atomic_writer, loads_json
+from vaekit.journals import naming_failed_writes, open_journal
 
 _FLOATS = ("score", "bits_per_dim", "threshold", "neg_elbo", "recon", "kl", "excess")
 

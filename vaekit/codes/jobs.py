@@ -19,7 +19,8 @@ from vaekit import stream
 from vaekit.codes.format import PRECISIONS, CodeFile, FingerprintMismatch, _validate, load, quantize
 from vaekit.codes.writer import write_streamed
 from vaekit.errors import BadInput, OutputExists
-from vaekit.fileio import naming_failed_writes, open_journal, refuse_inside
+from vaekit.fileio import refuse_inside
+from vaekit.journals import naming_failed_writes, open_journal
 
 if TYPE_CHECKING:  # the engine is passed in; importing it here would cost nothing but clarity
     from vaekit.engine import Model

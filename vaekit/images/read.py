@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from vaekit.config import MAX_IMAGE_SIZE
-from vaekit.errors import BadInput
+from vaekit.errors import BadInput, DamagedFile
 
 # The only decoders Pillow may pick, whatever a file's bytes claim: the formats vaekit documents.
 # (Pillow's EPS plugin alone would run Ghostscript on a PostScript file named .png.)
@@ -38,8 +38,9 @@ _ALPHA_MODES = frozenset({"LA", "RGBA", "La", "RGBa"})
 _CHANNELS = ("auto", 1, 3, "1", "3")
 
 
-class ImageReadError(Exception):
-    """One file that could not be decoded; `reason` is short and meant for people."""
+class ImageReadError(DamagedFile):
+    """One file that could not be decoded; `reason` is short and meant for people. Loading many
+    files skips such a file and reports it; reading one file alone raises it."""
 
     def __init__(self, path: str | Path, reason: str):
         super().__init__(path, reason)  # both in args, so the error survives pickling
