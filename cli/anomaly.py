@@ -38,10 +38,10 @@ def anomaly_score(
     inputs: Annotated[List[Path], typer.Argument(help="Image files or folders (searched recursively).", exists=True)],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write every row to a .csv or .json file.")] = None,
     maps: Annotated[Optional[Path], typer.Option(help="Folder for per-pixel anomaly heat maps (PNG over each image).")] = None,
-    score: Annotated[Score, typer.Option(help=SCORE_HELP)] = Score.excess,
+    score: Annotated[Score, typer.Option(help=SCORE_HELP)] = Score.atypicality,
     samples: Annotated[int, typer.Option(min=0, help=SAMPLES_HELP)] = 0,
     iwae: Annotated[bool, typer.Option("--iwae", help=IWAE_HELP)] = False,
-    threshold: Annotated[Optional[float], typer.Option(help="Flag scores above this (nats) instead of the stored threshold.")] = None,
+    threshold: Annotated[Optional[float], typer.Option(help="Flag scores above this (in the score's unit) instead of the stored threshold.")] = None,
     fail_on_anomaly: Annotated[bool, typer.Option("--fail-on-anomaly", help="Exit with code 1 when any image is anomalous.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing -o file and heat maps of the same names.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue a killed job from OUT.partial (same command).")] = False,
@@ -113,7 +113,10 @@ def _print_scores(report, inputs) -> None:
 
     short = len(inputs) == 1 and inputs[0].is_dir()
     where = f" in {shown(inputs[0])}" if short else ""
-    t = Table(title=f"{report.plan.score} scores{where} (nats; higher = more anomalous)", title_justify="left")
+    from vaekit.engine import score_unit
+
+    unit = score_unit(report.plan.score)
+    t = Table(title=f"{report.plan.score} scores{where} ({unit}; higher = more anomalous)", title_justify="left")
     t.add_column("image", overflow="fold")
     t.add_column("score", justify="right")
     t.add_column("bits/dim", justify="right")
@@ -129,7 +132,7 @@ def _print_scores(report, inputs) -> None:
     if report.plan.threshold is None:
         console.print(f"threshold: {shown(report.plan.source)}", highlight=False)
     else:
-        console.print(f"{report.n_anomalous} of {report.count} anomalous at threshold {report.plan.threshold:.2f} nats "
+        console.print(f"{report.n_anomalous} of {report.count} anomalous at threshold {report.plan.threshold:.2f} {unit} "
                       f"({shown(report.plan.source)})", highlight=False)
 
 
@@ -140,7 +143,7 @@ def evaluate(
     masks: Annotated[Optional[Path], typer.Option(help="Folder of ground-truth masks for the anomalous images "
                                                        "(same name, or NAME_mask.png): adds pixel-level AUROC.",
                                                   exists=True, file_okay=False)] = None,
-    score: Annotated[Score, typer.Option(help=SCORE_HELP)] = Score.excess,
+    score: Annotated[Score, typer.Option(help=SCORE_HELP)] = Score.atypicality,
     samples: Annotated[int, typer.Option(min=0, help=SAMPLES_HELP)] = 0,
     iwae: Annotated[bool, typer.Option("--iwae", help=IWAE_HELP)] = False,
     threshold: Annotated[Optional[float], typer.Option(help="Threshold for the F1 at threshold (default: stored).")] = None,

@@ -13,8 +13,15 @@ from vaekit_cli.output import apply_threads, console, err_console, progress_bar,
 
 
 class Likelihood(str, Enum):
+    auto = "auto"
     bernoulli = "bernoulli"
     gaussian = "gaussian"
+
+
+class Layout(str, Enum):
+    auto = "auto"
+    vector = "vector"
+    grid = "grid"
 
 
 class Device(str, Enum):
@@ -27,17 +34,22 @@ def train(
     ctx: typer.Context,
     images: Annotated[Path, typer.Argument(help="Folder of images (searched recursively), or one image file.", exists=True)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to create (or resume).")] = Path("runs/latest"),
-    image_size: Annotated[int, typer.Option(help="Images are resized to N×N (shorter side to N, centre crop); 16 <= N <= 1024.")] = 64,
+    image_size: Annotated[int, typer.Option(help="Images are resized to N×N (shorter side to N, centre crop); 16 <= N <= 1024. "
+                                                 "0 = auto: the images' median shorter side, at most 64.")] = 0,
     channels: Annotated[str, typer.Option(help="auto (grayscale if every image is stored gray), 1 or 3.")] = "auto",
-    latent_dim: Annotated[int, typer.Option(help="Dimensions of the latent code z.")] = 32,
-    base_channels: Annotated[int, typer.Option(help="Feature maps of the first conv layer (doubles per stage).")] = 32,
-    likelihood: Annotated[Likelihood, typer.Option(help="Decoder distribution p(x|z).")] = Likelihood.bernoulli,
-    epochs: Annotated[Optional[int], typer.Option(help="Epochs (default: auto, ~300 optimizer steps, 20-200 epochs; with --resume: the new total).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Global batch size (split across torchrun ranks).")] = 64,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-3,
+    latent_dim: Annotated[int, typer.Option(help="Latent dimensions (vector layout) or channels per cell (grid); 0 = auto: 16 / 8.")] = 0,
+    layout: Annotated[Layout, typer.Option(help="Latent layout: one vector per image, or a grid of cells (one per 4×4 pixels); "
+                                                "auto: a vector when the images are aligned objects, a grid for surfaces.")] = Layout.auto,
+    base_channels: Annotated[int, typer.Option(help="Feature maps of the first conv layer (doubles per stage).")] = 16,
+    likelihood: Annotated[Likelihood, typer.Option(help="Decoder distribution p(x|z); auto: Bernoulli for "
+                                                        "near-binary images, else Gaussian.")] = Likelihood.auto,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs (default: auto, a fixed compute budget, ~1 min on 2 cores; with --resume: the new total).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Global batch size (split across torchrun ranks); 0 = auto: 64 up to 32 px, else 32.")] = 0,
+    lr: Annotated[float, typer.Option(help="AdamW peak learning rate (warm-up, then cosine decay).")] = 2e-3,
     beta: Annotated[float, typer.Option(help="Weight on the KL term (1 = the ELBO).")] = 1.0,
     kl_warmup: Annotated[int, typer.Option(help="Epochs of linear KL warm-up up to beta (epoch e gets beta·(e+1)/(N+1)).")] = 0,
-    val_fraction: Annotated[float, typer.Option(help="Share of images held out for validation.")] = 0.1,
+    val_fraction: Annotated[float, typer.Option(help="Share of images held out to pick the best epoch and calibrate the score.")] = 0.1,
+    calibration_fraction: Annotated[float, typer.Option(help="Share of images held out, apart from those, to set the threshold.")] = 0.1,
     threshold_quantile: Annotated[float, typer.Option(help="Anomaly threshold: this quantile of validation scores.")] = 0.99,
     seed: Annotated[int, typer.Option(help="Seed for split, init, shuffling and noise.")] = 0,
     device: Annotated[Device, typer.Option(help="auto picks CUDA when available.")] = Device.auto,
@@ -56,9 +68,9 @@ def train(
     ch = channels if channels == "auto" else _int_channels(channels)
     changes = _given(ctx, ch)
     model_cfg = ModelConfig(image_size=image_size, channels=ch if ch != "auto" else 1, latent_dim=latent_dim,
-                            base_channels=base_channels, max_channels=max(256, base_channels), likelihood=likelihood.value)
+                            base_channels=base_channels, likelihood=likelihood.value, layout=layout.value)
     train_cfg = TrainConfig(epochs=epochs or 0, batch_size=batch_size, lr=lr, beta=beta, kl_warmup=kl_warmup,
-                            seed=seed, val_fraction=val_fraction, device=device.value, amp=amp, compile=compile,
+                            seed=seed, val_fraction=val_fraction, calibration_fraction=calibration_fraction, device=device.value, amp=amp, compile=compile,
                             threshold_quantile=threshold_quantile)
     with progress_bar() as bars:
         reporter = _Reporter(bars)
@@ -70,8 +82,8 @@ def train(
 
 
 # options that set a config field, for --resume to check against the run's own settings
-_CONFIG_OPTIONS = ("image_size", "latent_dim", "base_channels", "likelihood", "batch_size", "lr", "beta", "kl_warmup",
-                   "val_fraction", "threshold_quantile", "seed")
+_CONFIG_OPTIONS = ("image_size", "latent_dim", "layout", "base_channels", "likelihood", "batch_size", "lr", "beta", "kl_warmup",
+                   "val_fraction", "calibration_fraction", "threshold_quantile", "seed")
 
 
 def _given(ctx: typer.Context, channels) -> dict:
@@ -133,17 +145,23 @@ def _print_summary(result, data) -> None:
     t.add_row("device", result.device)
     t.add_row("epochs", f"{result.epochs_done} (best: epoch {result.best_epoch})")
     t.add_row("best val -ELBO", f"{result.best_val:.2f} nats/image")
+    from vaekit import run as rundir
+
+    cfg = rundir.read_config(result.run_dir)
+    m = cfg.get("model") or {}
+    t.add_row("model", shown(f"{m.get('image_size')} px, {m.get('layout', 'vector')} latent ({m.get('latent_dim')}), "
+                             f"{m.get('likelihood')}"))
     if result.threshold is not None:
-        from vaekit import run as rundir
         from vaekit.anomaly import section_note
 
-        a = rundir.read_config(result.run_dir).get("anomaly") or {}
+        a = cfg.get("anomaly") or {}
         q, n, source = a.get("threshold_quantile"), a.get("n", 0), a.get("source", "validation")
         where = f" (quantile {q:g} of {n} {shown(source)} scores)" if q is not None else ""
-        t.add_row("anomaly threshold", f"{result.threshold:.2f} nats{where}")
+        unit = "" if a.get("score") == "atypicality" else " nats"
+        t.add_row("anomaly threshold", f"{shown(a.get('score'))} {result.threshold:.2f}{unit}{where}")
         note = section_note(a)
         if note:
-            t.add_row("", f"[yellow]{shown(note)}; hold out more with --val-fraction[/yellow]")
+            t.add_row("", f"[yellow]{shown(note)}; hold out more with --calibration-fraction[/yellow]")
     t.add_row("time", f"{result.seconds:.1f} s")
     console.print(t)
 

@@ -28,7 +28,7 @@ def exported(tmp_path_factory) -> Exported:
         write_digits(root / "digits", size=16, n_anomalous=12)
         # beta 0.1: three epochs at beta 1 collapse the posterior (KL ~0.003 nats), and a wrong KL
         # in the exported graph would then hide under any absolute tolerance; here KL is ~1 nat
-        train(root / "digits" / "train", root / "run", ModelConfig(image_size=16, latent_dim=4, base_channels=8),
+        train(root / "digits" / "train", root / "run", ModelConfig(image_size=16, latent_dim=4, base_channels=8, likelihood="bernoulli"),
               TrainConfig(epochs=3, lr=5e-3, beta=0.1, device="cpu"), cache_dir=root / "cache")
         report = export(root / "run", root / "export" / "digits.onnx")
         _BUILT["main"] = Exported(root / "run", root / "export" / "digits.onnx", root / "digits", report)
@@ -49,5 +49,5 @@ def random_run(out: Path, **model) -> Path:
     if net.log_scale is not None:  # not the initial zeros, so a lost sigma would show
         net.log_scale.data[:] = torch.linspace(-1.0, -0.5, cfg.channels)
     rundir.save_tensors(out / rundir.WEIGHTS, net.state_dict())
-    rundir.write_config(out, {"model": asdict(cfg), "fingerprint": rundir.fingerprint(net.state_dict())})
+    rundir.write_config(out, {"model": asdict(net.cfg), "fingerprint": rundir.fingerprint(net.state_dict())})
     return out

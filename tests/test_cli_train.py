@@ -52,7 +52,7 @@ def test_unreadable_files_are_skipped_and_named(tmp_path):
         (["train", "{empty}", "--out", "{tmp}/r"], "no image files found"),
         (["train", "{junk}", "--out", "{tmp}/r"], "no usable image"),
         (["train", "{tmp}/does-not-exist"], "does not exist"),
-        (["train", "{junk}", "--image-size", "8"], "image size must be an integer from 16 to 1024, got 8"),
+        (["train", "{junk}", "--image-size", "8"], "image size must be an integer from 16 to 1024 (or 0 for auto), got 8"),
         (["train", "{junk}", "--channels", "2"], "must be auto, 1 or 3"),
         (["train", "{junk}", "--device", "tpu"], "tpu"),
         (["sample-data", "digits", "{tmp}/d", "--normal", "12"], "12"),
@@ -106,6 +106,7 @@ def test_help_does_not_import_torch_or_gradio():
     assert "HEAVY=\n" in out.stdout and "--image-size" in out.stdout
 
 
+@pytest.mark.slow
 def test_installed_executable_and_python_m_agree(tmp_path):
     a = subprocess.run([EXE, "--help"], capture_output=True, text=True, cwd=tmp_path)
     b = subprocess.run([sys.executable, "-m", "vaekit", "--help"], capture_output=True, text=True, cwd=tmp_path)

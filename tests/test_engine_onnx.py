@@ -22,6 +22,8 @@ import vaekit
 from export_support import exported, random_run
 from vaekit_cli.main import app
 
+pytestmark = pytest.mark.slow  # exports a model to ONNX (module fixture): left out by `dev.py test --fast`
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -66,7 +68,7 @@ def test_encode_decode_reconstruct_score_match_torch(engines, images):
     for kwargs in ({}, {"samples": 3}, {"score": "neg_elbo"}):
         so, st = o.score(images, **kwargs), t.score(images, **kwargs)
         assert so.name == st.name
-        np.testing.assert_allclose(so.score, st.score, rtol=1e-4)
+        np.testing.assert_allclose(so.score, st.score, rtol=1e-4, atol=1e-4)  # atypicality: a z-score, ~0 at times
         np.testing.assert_allclose(so.kl, st.kl, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(so.pixel_map, st.pixel_map, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(o.iwae(images[:3], samples=4), t.iwae(images[:3], samples=4), rtol=1e-4)

@@ -9,14 +9,31 @@ from vaekit.model import ConvVAE, stage_sizes
 
 @pytest.mark.parametrize("size", [16, 17, 24, 33, 50, 64])
 @pytest.mark.parametrize("channels", [1, 3])
-def test_any_size_round_trips_to_the_same_shape(size, channels):
-    cfg = ModelConfig(image_size=size, channels=channels, latent_dim=5, base_channels=4)
+@pytest.mark.parametrize("arch,layout", [("v2", "vector"), ("v2", "grid"), ("v1", "vector")])
+def test_any_size_round_trips_to_the_same_shape(size, channels, arch, layout):
+    cfg = ModelConfig(image_size=size, channels=channels, latent_dim=5, base_channels=4, arch=arch, layout=layout)
     model = ConvVAE(cfg)
     x = torch.rand(2, channels, size, size)
     params, mu, logvar = model(x)
     assert params.shape == x.shape
-    assert mu.shape == logvar.shape == (2, 5)
+    g = -(-(-(-size // 2)) // 2)  # a cell per 4x4 pixels, rounded up
+    assert mu.shape == logvar.shape == ((2, 5) if layout == "vector" else (2, 5 * g * g))
+    assert cfg.latent_shape == ((5,) if layout == "vector" else (5, g, g)) and cfg.z_dims == mu.shape[1]
     assert stage_sizes(size)[-1] <= 4
+
+
+def test_gaussian_sigma_keeps_its_gradient_at_the_bound_and_logvar_cannot_overflow():
+    model = ConvVAE(ModelConfig(image_size=16, latent_dim=3, base_channels=4, likelihood="gaussian"))
+    with torch.no_grad():
+        model.log_scale.fill_(-50.0)  # far below the bound, where a clamp would stop the gradient
+    log_sigma = model.scale()
+    assert torch.all(log_sigma > -6.01)  # the soft bound holds
+    log_sigma.sum().backward()
+    assert torch.all(model.log_scale.grad != 0)
+    with torch.no_grad():  # a wild encoder output cannot reach exp() unbounded
+        model.encoder.to_stats.bias.fill_(1e4)
+        _, logvar = model.encode(torch.rand(2, 1, 16, 16))
+    assert torch.isfinite(logvar.exp()).all() and logvar.max() <= 6.0
 
 
 def test_reparameterize_is_mu_plus_sigma_eps():
@@ -35,7 +52,7 @@ def test_encode_is_deterministic_and_batch_independent():
     torch.testing.assert_close(a[2:3], b)
 
 
-@pytest.mark.parametrize("bad", [dict(image_size=15), dict(channels=2), dict(latent_dim=0), dict(likelihood="poisson")])
+@pytest.mark.parametrize("bad", [dict(image_size=15), dict(channels=2), dict(latent_dim=-1), dict(likelihood="poisson"), dict(layout="spiral"), dict(arch="v9")])
 def test_bad_config_names_the_value(bad):
     with pytest.raises(ValueError, match=str(list(bad.values())[0])):
         ModelConfig(**bad)

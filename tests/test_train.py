@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from vaekit import run as rundir
 from vaekit.config import ModelConfig, TrainConfig
+from vaekit.train import learning_rate
 from vaekit.train import TrainingError, kl_weight, split, train
 
 
@@ -46,7 +47,9 @@ def test_run_directory_is_complete_and_self_describing(blobs, tmp_path):
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["model"]["image_size"] == 16 and cfg["model"]["channels"] == 1
     assert cfg["train"]["epochs"] == 3
-    assert cfg["data"]["images"] == 24 and cfg["data"]["val_images"] == 2 and cfg["data"]["train_images"] == 22
+    # 10% validation (best epoch, score statistics), 10% calibration (threshold), the rest trains
+    assert cfg["data"]["images"] == 24 and cfg["data"]["val_images"] == 2 and cfg["data"]["train_images"] == 20
+    assert cfg["data"]["calibration_images"] == 2 and cfg["anomaly"]["source"] == "calibration"
     assert cfg["vaekit_version"] and cfg["torch_version"] == torch.__version__
     assert len(cfg["data"]["fingerprint"]) >= 16
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -70,11 +73,21 @@ def test_training_reduces_the_loss(blobs, tmp_path):
     assert losses[-1] < 0.9 * losses[0]
 
 
-def test_same_seed_same_weights_and_resume_is_exact(blobs, tmp_path):
-    train(blobs, tmp_path / "full", MODEL, tcfg(epochs=4))
-    train(blobs, tmp_path / "again", MODEL, tcfg(epochs=4))
-    train(blobs, tmp_path / "parts", MODEL, tcfg(epochs=2))
-    train(blobs, tmp_path / "parts", MODEL, tcfg(epochs=2), resume=True, resume_epochs=4)
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_same_seed_same_weights_and_resume_is_exact(blobs, tmp_path, schedule):
+    train(blobs, tmp_path / "full", MODEL, tcfg(epochs=4, schedule=schedule))
+    train(blobs, tmp_path / "again", MODEL, tcfg(epochs=4, schedule=schedule))
+    if schedule == "constant":  # extending a finished run (2 epochs, then --epochs 4) is exact
+        train(blobs, tmp_path / "parts", MODEL, tcfg(epochs=2, schedule=schedule))
+    else:  # the cosine schedule spans the planned total: a run stopped at epoch 2 of 4 resumes exactly
+
+        def stop_after_two(done, total, phase="", **_):
+            if phase == "epoch" and done == 2:
+                raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            train(blobs, tmp_path / "parts", MODEL, tcfg(epochs=4, schedule=schedule), progress=stop_after_two)
+    train(blobs, tmp_path / "parts", MODEL, tcfg(epochs=2, schedule=schedule), resume=True, resume_epochs=4)
     full = load_file(tmp_path / "full" / "checkpoint" / "epoch-0003.safetensors")
     again = load_file(tmp_path / "again" / "checkpoint" / "epoch-0003.safetensors")
     parts = load_file(tmp_path / "parts" / "checkpoint" / "epoch-0003.safetensors")
@@ -85,6 +98,32 @@ def test_same_seed_same_weights_and_resume_is_exact(blobs, tmp_path):
     a = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     b = [json.loads(x) for x in (tmp_path / "parts" / "metrics.jsonl").read_text().splitlines()]
     assert [r["train_loss"] for r in a] == [r["train_loss"] for r in b]
+
+
+def test_the_learning_rate_warms_up_then_decays_to_zero():
+    cfg = TrainConfig(lr=1e-2)
+    lrs = [learning_rate(cfg, step, 100) for step in range(101)]
+    assert lrs[0] == pytest.approx(1e-2 / 3) and max(lrs) == pytest.approx(1e-2, rel=1e-3)
+    assert lrs[3] > lrs[50] > lrs[99] > lrs[100] == pytest.approx(0.0, abs=1e-12)
+    assert all(a >= b for a, b in zip(lrs[3:], lrs[4:]))  # monotone after the warm-up
+    assert learning_rate(TrainConfig(lr=1e-2, schedule="constant"), 77, 100) == 1e-2
+
+
+def test_automatic_settings_follow_the_images(tmp_path):
+    """A latent vector for aligned objects, a grid for surfaces; Bernoulli for near-binary images."""
+    from vaekit.data import choose_model, image_statistics
+
+    rng = np.random.default_rng(0)
+    digits = np.zeros((64, 1, 16, 16), np.uint8)
+    digits[:, :, 4:12, 7:9] = 255  # the same bar in the same place, black and white
+    surface = rng.integers(0, 256, (64, 1, 16, 16), dtype=np.uint8)  # no position is special
+    a = choose_model(ModelConfig(image_size=16), image_statistics(digits, np.arange(64)))
+    b = choose_model(ModelConfig(image_size=16), image_statistics(surface, np.arange(64)))
+    assert (a.layout, a.likelihood, a.latent_dim) == ("vector", "bernoulli", 16)
+    assert (b.layout, b.likelihood, b.latent_dim) == ("grid", "gaussian", 8)
+    given = choose_model(ModelConfig(image_size=16, layout="vector", likelihood="gaussian", latent_dim=3),
+                         image_statistics(surface, np.arange(64)))
+    assert (given.layout, given.likelihood, given.latent_dim) == ("vector", "gaussian", 3)
 
 
 def test_an_existing_run_is_never_silently_replaced(blobs, tmp_path):

@@ -12,12 +12,16 @@ from dataclasses import asdict, dataclass, fields
 from vaekit.errors import BadInput
 
 LIKELIHOODS = ("bernoulli", "gaussian")
+ARCHS = ("v1", "v2")
+LAYOUTS = ("vector", "grid")
 DEVICES = ("auto", "cpu", "cuda")
+SCHEDULES = ("cosine", "constant")
 # Upper bounds, checked before anything is allocated: a hand-edited config.json (or a typo'd
 # option) must be an error, not a model of many gigabytes. Far above any use vaekit is for.
 MAX_IMAGE_SIZE = 1024
 MAX_LATENT_DIM = 4096
 MAX_CHANNELS = 4096
+MAX_Z_DIMS = 1 << 16  # values in one latent code (a 1024 px grid model has 256 x 256 x C)
 
 
 def _int_in(value, low: int, high: int) -> bool:
@@ -26,43 +30,89 @@ def _int_in(value, low: int, high: int) -> bool:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    image_size: int = 64  # images are square, image_size × image_size, 16 <= size <= MAX_IMAGE_SIZE
+    image_size: int = 0  # images are square, image_size × image_size, 16..MAX_IMAGE_SIZE; 0 = auto (see below)
     channels: int = 1  # 1 (grayscale) or 3 (RGB)
-    latent_dim: int = 32  # dimensions of z
-    base_channels: int = 32  # feature maps of the first conv; doubles per stage
-    max_channels: int = 256  # cap on feature maps, keeps deep stacks for large images affordable
-    likelihood: str = "bernoulli"  # p(x|z): "bernoulli" (BCE on logits) or "gaussian" (learned scale)
-    min_log_scale: float = -4.6  # floor on the Gaussian's log sigma (~0.01), stops the density blowing up
+    latent_dim: int = 0  # vector layout: dimensions of z; grid layout: latent channels per cell; 0 = auto
+    base_channels: int = 16  # feature maps of the first conv; doubles per stage
+    max_channels: int = 128  # cap on feature maps (raised to base_channels if that is larger)
+    likelihood: str = "auto"  # p(x|z): "bernoulli" (BCE on logits), "gaussian" (learned sigma per channel), "auto"
+    min_log_scale: float = -4.6  # arch v1 only: floor on the Gaussian's log sigma
+    arch: str = "v2"  # "v2": residual stages, resize-then-conv decoder; "v1": vaekit 0.1's network (old runs)
+    layout: str = "auto"  # "vector": one latent vector for the image; "grid": a latent cell per 4x4 pixels; "auto"
 
     def __post_init__(self) -> None:
-        if not _int_in(self.image_size, 16, MAX_IMAGE_SIZE):
-            raise BadInput(f"image size must be an integer from 16 to {MAX_IMAGE_SIZE}, got {self.image_size!r}")
+        if not (self.image_size == 0 or _int_in(self.image_size, 16, MAX_IMAGE_SIZE)):
+            raise BadInput(f"image size must be an integer from 16 to {MAX_IMAGE_SIZE} (or 0 for auto), got {self.image_size!r}")
         if self.channels not in (1, 3) or isinstance(self.channels, bool):
             raise BadInput(f"channels must be 1 or 3, got {self.channels!r}")
-        if not _int_in(self.latent_dim, 1, MAX_LATENT_DIM):
-            raise BadInput(f"latent dim must be an integer from 1 to {MAX_LATENT_DIM}, got {self.latent_dim!r}")
-        if not (_int_in(self.base_channels, 1, MAX_CHANNELS) and _int_in(self.max_channels, 1, MAX_CHANNELS)) or not (
-            self.base_channels <= self.max_channels
-        ):
-            raise BadInput(
-                f"need 1 <= base_channels <= max_channels <= {MAX_CHANNELS}, got {self.base_channels!r}, {self.max_channels!r}"
-            )
-        if self.likelihood not in LIKELIHOODS:
-            raise BadInput(f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
+        if not (self.latent_dim == 0 or _int_in(self.latent_dim, 1, MAX_LATENT_DIM)):
+            raise BadInput(f"latent dim must be an integer from 1 to {MAX_LATENT_DIM} (or 0 for auto), got {self.latent_dim!r}")
+        if not (_int_in(self.base_channels, 1, MAX_CHANNELS) and _int_in(self.max_channels, 1, MAX_CHANNELS)):
+            raise BadInput(f"need 1 <= base_channels, max_channels <= {MAX_CHANNELS}, got {self.base_channels!r}, {self.max_channels!r}")
+        if self.likelihood not in (*LIKELIHOODS, "auto"):
+            raise BadInput(f"likelihood must be one of {LIKELIHOODS} or auto, got {self.likelihood!r}")
         if not isinstance(self.min_log_scale, (int, float)) or not math.isfinite(self.min_log_scale):
             raise BadInput(f"min_log_scale must be a finite number, got {self.min_log_scale!r}")
+        if self.arch not in ARCHS:
+            raise BadInput(f"arch must be one of {ARCHS}, got {self.arch!r}")
+        if self.layout not in (*LAYOUTS, "auto"):
+            raise BadInput(f"layout must be one of {LAYOUTS} or auto, got {self.layout!r}")
+        if self.arch == "v1" and self.layout == "grid":
+            raise BadInput("the grid layout needs arch v2")
+        if self.resolved and self.z_dims > MAX_Z_DIMS:
+            raise BadInput(f"a latent of {self.z_dims} values is more than {MAX_Z_DIMS}; use a smaller --latent-dim")
+
+    @property
+    def resolved(self) -> bool:
+        """Whether every "auto" has been decided (a model can be built)."""
+        return self.image_size > 0 and self.latent_dim > 0 and self.likelihood != "auto" and self.layout != "auto"
+
+    def with_fallbacks(self) -> "ModelConfig":
+        """Every "auto" but the image size replaced by the plain choice (Bernoulli, a vector of
+        16): what building a network straight from a config takes. `vaekit train` decides them
+        from the images instead (vaekit.data.choose_model)."""
+        from dataclasses import replace
+
+        return replace(self, likelihood="bernoulli" if self.likelihood == "auto" else self.likelihood,
+                       layout="vector" if self.layout == "auto" else self.layout,
+                       latent_dim=self.latent_dim or (16 if self.layout != "grid" else 8))
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        """(D,) for a vector, (C, G, G) for a grid of G x G cells (G = image_size / 4, rounded up)."""
+        if self.layout == "grid":
+            g = math.ceil(math.ceil(self.image_size / 2) / 2)
+            return (self.latent_dim, g, g)
+        return (self.latent_dim,)
+
+    @property
+    def z_dims(self) -> int:
+        return math.prod(self.latent_shape)
+
+
+def from_stored_model(data: dict) -> ModelConfig:
+    """A run's stored model section: runs written by vaekit 0.1 carry no `arch` (theirs is v1)."""
+    if not isinstance(data, dict):
+        raise BadInput(f"expected an object, got {type(data).__name__}")
+    data = {"arch": "v1", "layout": "vector", **data}
+    cfg = from_dict(ModelConfig, data)
+    if not cfg.resolved:
+        raise BadInput("the stored model has undecided (auto) settings")
+    return cfg
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 0  # passes over the training split; 0 = auto (~300 optimizer steps, 20..200 epochs)
-    batch_size: int = 64  # global batch: under DDP it is split across ranks
-    lr: float = 1e-3  # AdamW learning rate
+    epochs: int = 0  # passes over the training split; 0 = auto (a fixed compute budget, see train.resolve_epochs)
+    batch_size: int = 0  # global batch (under DDP split across ranks); 0 = auto: 64 up to 32x32 pixels, else 32
+    lr: float = 2e-3  # AdamW peak learning rate
+    schedule: str = "cosine"  # "cosine": linear warm-up over 3% of the steps, then cosine decay to 0; "constant"
     weight_decay: float = 0.0  # AdamW decoupled weight decay
     beta: float = 1.0  # weight on the KL term (1.0 is the true ELBO)
     kl_warmup: int = 0  # epochs of linear ramp of the KL weight up to beta (epoch e gets beta*(e+1)/(warmup+1))
     seed: int = 0  # seeds the split, initialisation, shuffling and noise
-    val_fraction: float = 0.1  # share of images held out for validation (normal images)
+    val_fraction: float = 0.1  # share of images held out to pick the best epoch and calibrate the score
+    calibration_fraction: float = 0.1  # share held out, apart from those, to set the anomaly threshold
     device: str = "auto"  # "auto" picks CUDA when available
     amp: bool = True  # on CUDA: bf16 autocast where supported, else fp16 with a GradScaler
     channels_last: bool = True  # on CUDA: NHWC memory format, faster convolutions
@@ -71,22 +121,27 @@ class TrainConfig:
     grad_clip: float = 0.0  # clip the global gradient norm to this (0: off, plain AdamW as in the paper)
 
     def __post_init__(self) -> None:
-        for name in ("lr", "weight_decay", "beta", "val_fraction", "threshold_quantile", "grad_clip"):
+        for name in ("lr", "weight_decay", "beta", "val_fraction", "calibration_fraction", "threshold_quantile",
+                     "grad_clip"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise BadInput(f"{name.replace('_', ' ')} must be a finite number, got {value!r}")
         if not isinstance(self.epochs, int) or self.epochs < 0:
             raise BadInput(f"epochs must be a positive integer (or 0 for auto), got {self.epochs!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise BadInput(f"batch size must be a positive integer, got {self.batch_size!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 0:
+            raise BadInput(f"batch size must be a positive integer (or 0 for auto), got {self.batch_size!r}")
+        if self.schedule not in SCHEDULES:
+            raise BadInput(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if not self.lr > 0:
             raise BadInput(f"learning rate must be > 0, got {self.lr!r}")
         if not self.beta >= 0:  # also refuses NaN
             raise BadInput(f"beta must be >= 0, got {self.beta!r}")
         if self.kl_warmup < 0:
             raise BadInput(f"KL warm-up must be >= 0 epochs, got {self.kl_warmup!r}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise BadInput(f"validation fraction must be in [0, 1), got {self.val_fraction!r}")
+        if not 0.0 <= self.val_fraction < 1.0 or not 0.0 <= self.calibration_fraction < 1.0 or (
+                self.val_fraction + self.calibration_fraction >= 1.0):
+            raise BadInput(f"validation and calibration fractions must be in [0, 1) and leave images to train on, "
+                           f"got {self.val_fraction!r} and {self.calibration_fraction!r}")
         if self.device not in DEVICES:
             raise BadInput(f"device must be one of {DEVICES}, got {self.device!r}")
         if not 0.0 < self.threshold_quantile < 1.0:

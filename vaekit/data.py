@@ -64,6 +64,67 @@ def load_dataset(
     return Dataset(cached.images, cached.paths, cached.skipped, base, cached.key, cached.hit)
 
 
+AUTO_MAX_SIZE = 64  # --image-size auto: the images' own size, at most this (and at least 16)
+SAMPLE = 512  # files or images looked at to choose the automatic settings
+
+
+def auto_image_size(paths: list[Path]) -> int:
+    """The median shorter side of (up to SAMPLE evenly spaced) files, from their headers only,
+    within [16, AUTO_MAX_SIZE]: a model at the images' own resolution when they are small
+    (28 px digits stay 28 px), and no more compute than 64 px when they are large."""
+    from vaekit import images
+
+    sides = []
+    for p in paths[:: max(1, len(paths) // SAMPLE)]:
+        try:
+            with images.open_image(p) as img:
+                sides.append(min(img.size))
+        except Exception:  # unreadable files are skipped, and reported, by the decoding pass
+            continue
+    side = int(np.median(sides)) if sides else AUTO_MAX_SIZE
+    return int(min(AUTO_MAX_SIZE, max(16, side)))
+
+
+LAYOUT_ALIGNED = 0.1  # aligned-ness at or above which one latent vector describes the images
+
+
+def image_statistics(images: np.ndarray, idx: np.ndarray) -> dict[str, float]:
+    """What the automatic model settings are chosen from, on up to SAMPLE images (grey levels in [0, 1]):
+    aligned: variance over positions of the mean image / mean per-pixel variance. Images of one kind
+      of object in one place (digits, parts on a fixture) have a structured mean image (0.5-5 for
+      MNIST and the sample data); crops of a surface, whose statistics do not depend on position,
+      a flat one (0.001-0.015 for the textures of benchmarks/texture_data.py).
+    binary: share of values within 0.1 of black or white (0.9 for MNIST, ~0 for photographs)."""
+    pick = idx[:: max(1, len(idx) // SAMPLE)]
+    x = _gather(images, np.sort(pick)).astype(np.float32).mean(1) / 255.0  # (n, H, W) grey
+    aligned = float(x.mean(0).var() / max(float(x.var(0).mean()), 1e-12))
+    binary = float(((x < 0.1) | (x > 0.9)).mean())
+    return {"aligned": aligned, "binary": binary}
+
+
+def choose_model(cfg, stats: dict[str, float]):
+    """Decide every "auto" of a ModelConfig from image_statistics (docs/detection.md has the
+    measurements): a latent vector for aligned images, a latent grid for surfaces; Bernoulli for
+    near-binary images (at least 80% black or white), else a Gaussian; 16 latent dimensions for a
+    vector, 8 channels per cell for a grid."""
+    from dataclasses import replace
+
+    layout = cfg.layout if cfg.layout != "auto" else ("vector" if stats["aligned"] >= LAYOUT_ALIGNED else "grid")
+    likelihood = cfg.likelihood if cfg.likelihood != "auto" else ("bernoulli" if stats["binary"] >= 0.8 else "gaussian")
+    latent_dim = cfg.latent_dim or (16 if layout == "vector" else 8)
+    return replace(cfg, layout=layout, likelihood=likelihood, latent_dim=latent_dim)
+
+
+def split3(n: int, val_fraction: float, cal_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seeded train / validation / calibration split of n indices. Validation picks the best
+    epoch and calibrates the score; calibration, which did neither, sets the threshold.
+    Each held-out split gets round(n * fraction), at least 1 while 3 images or more remain."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = 0 if val_fraction <= 0 or n < 2 else min(n - 1, max(1, round(n * val_fraction)))
+    n_cal = 0 if cal_fraction <= 0 or n - n_val < 2 else min(n - n_val - 1, max(1, round(n * cal_fraction)))
+    return np.sort(order[n_val + n_cal:]), np.sort(order[:n_val]), np.sort(order[n_val:n_val + n_cal])
+
+
 def split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Seeded train/validation split of n indices; validation gets round(n * fraction), at least 1."""
     order = np.random.default_rng(seed).permutation(n)

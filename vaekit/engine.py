@@ -21,12 +21,20 @@ import numpy as np
 
 from vaekit import images as imageio
 from vaekit.errors import BadInput, DamagedFile
+from vaekit.scoring import Calibration, Parts, kl_map, pixel_floor  # noqa: F401  (pixel_floor: public here too)
 
 Progress = Callable[..., None]
-# "excess" (the default) is the -ELBO minus the image's own floor, the NLL a perfect
-# reconstruction would get (see `pixel_floor`); the others are the ELBO and its two terms.
-SCORES = ("excess", "neg_elbo", "recon", "kl")
-DEFAULT_SCORE = "excess"
+# "atypicality" (the default; vaekit/scoring.py): how far the image's most atypical part of the
+# -ELBO lies from normal images, in standard deviations. "excess" is the -ELBO minus the image's
+# own floor, the NLL a perfect reconstruction would get (see `pixel_floor`); the others are the
+# -ELBO and its two terms.
+SCORES = ("atypicality", "excess", "neg_elbo", "recon", "kl")
+DEFAULT_SCORE = "atypicality"
+
+
+def score_unit(score: str) -> str:
+    """What a score is measured in: standard deviations of normal images, or nats."""
+    return "sd" if score == "atypicality" else "nats"
 
 
 @dataclass
@@ -47,10 +55,16 @@ class ModelInfo:
     thresholds: dict[str, float] = field(default_factory=dict)  # score name -> threshold, every score
     threshold_from: str = "validation"  # whose scores the stored threshold is a quantile of ("training" without a split)
     threshold_fixed: bool = False  # set to a value (`vaekit threshold --value`), not a quantile
+    latent_shape: tuple[int, ...] = ()  # (D,) for a vector latent, (C, G, G) for a grid; () = (latent_dim,)
+    calibration: dict | None = None  # the atypicality score's statistics of normal images (vaekit/scoring.py)
 
     @property
     def dims(self) -> int:
         return self.channels * self.image_size * self.image_size
+
+    def __post_init__(self) -> None:
+        if not self.latent_shape:
+            self.latent_shape = (self.latent_dim,)
 
 
 def threshold_fields(anomaly, source: str | Path = "the model") -> dict:
@@ -99,6 +113,7 @@ def threshold_fields(anomaly, source: str | Path = "the model") -> dict:
         "score": score, "thresholds": thresholds,
         "threshold_from": source_kind if isinstance(source_kind, str) else "validation",
         "threshold_fixed": anomaly.get("fixed") is True,
+        "calibration": anomaly.get("calibration"),
     }
 
 
@@ -133,30 +148,6 @@ def posterior_noise(x: np.ndarray, k: int, latent_dim: int) -> np.ndarray:
 
 def log_normal(z: np.ndarray, mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
     return -0.5 * (math.log(2 * math.pi) + logvar + (z - mu) ** 2 * np.exp(-logvar)).sum(-1)
-
-
-def pixel_floor(x: np.ndarray, likelihood: str, log_scale: Sequence[float] | None = None) -> np.ndarray:
-    """-log p(x | x_hat = x) per pixel, summed over channels: (N, C, H, W) in [0, 1] -> (N, H, W).
-
-    The reconstruction NLL can never go below this, however good the model. For the Bernoulli
-    likelihood on grey levels it is the binary entropy H(x) of every pixel, so it grows with
-    the amount of grey (edges, anti-aliasing, texture) in the image: the raw -ELBO then ranks
-    images partly by how much grey they hold, which is the complexity bias that makes it a
-    weak detector (Serra et al. 2020). Subtracting it leaves sum KL(Bern(x) || Bern(x_hat)),
-    which is zero for a perfect reconstruction whatever the image. For the Gaussian (one sigma
-    per channel) it is the same constant for every image: log sigma + log(2 pi) / 2 per value.
-    """
-    x = np.asarray(x, dtype=np.float64)
-    if likelihood == "bernoulli":
-        with np.errstate(divide="ignore", invalid="ignore"):
-            h = -(np.where(x > 0, x * np.log(x), 0.0) + np.where(x < 1, (1 - x) * np.log1p(-x), 0.0))
-        return h.sum(1)
-    if likelihood == "gaussian":
-        if log_scale is None:
-            raise ValueError("a gaussian model needs its log_scale (ModelInfo.log_scale) for the excess score")
-        per_channel = np.asarray(log_scale, dtype=np.float64) + 0.5 * math.log(2 * math.pi)  # (C,)
-        return np.broadcast_to(per_channel.sum(), (x.shape[0], *x.shape[2:])).copy()
-    raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {likelihood!r}")
 
 
 class Model:
@@ -285,47 +276,54 @@ class Model:
         of them (decoded with the model's preprocessing; `paths` and `skipped` of the result say
         which files the rows are). For folders too large for memory use `iter_scores`.
 
-        score: "excess" (default) is the -ELBO minus the image's floor (`pixel_floor`), i.e. the
-        nats by which the model falls short of a perfect reconstruction plus the KL; it removes
-        the bias of the raw -ELBO towards images with little grey (benchmarks/one_class_digits.py
-        measures both). "neg_elbo" is the plain -ELBO; "recon" and "kl" its two terms.
+        score: "atypicality" (default) is the largest of the standardised tests of the -ELBO's
+        parts against normal images (vaekit/scoring.py, Calibration); a model trained before it
+        existed has no calibration and scores "excess" instead (Scores.name says which).
+        "excess" is the -ELBO minus the image's floor (`pixel_floor`), i.e. the nats by which the
+        model falls short of a perfect reconstruction plus the KL. "neg_elbo" is the plain -ELBO;
+        "recon" and "kl" its two terms.
         Estimators, all deterministic: the same image gets the same score in every run, and in
         any batch (up to float32 rounding, ~1e-7 relative, where kernels sum in another order):
         samples=0 (default) evaluates at the posterior mean z = mu; samples=K averages K
         posterior draws whose noise is seeded by the image's own pixels; iwae=True (needs K >= 1)
         uses the importance-weighted bound of `iwae` for -log p(x) (neg_elbo and excess only).
-        pixel_map is the per-pixel reconstruction NLL; for "excess" it is measured above each
-        pixel's floor, so a perfectly reconstructed pixel is 0 and only misfit pixels light up.
+        pixel_map: for "atypicality" the per-pixel test (see Calibration.score); for "excess" the
+        reconstruction NLL above each pixel's floor, so a perfectly reconstructed pixel is 0;
+        otherwise the per-pixel reconstruction NLL.
         """
         if score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+        if score == "atypicality" and (iwae or self.calibration() is None):
+            score = "excess"  # the IWAE bound is of -log p(x) as a whole; old models have no calibration
         if not isinstance(samples, (int, np.integer)) or samples < 0:
             raise ValueError(f"samples must be an integer >= 0, got {samples!r}")
         if iwae and samples < 1:
             raise ValueError(f"the IWAE estimate needs samples >= 1, got {samples}")
-        if iwae and score in ("recon", "kl"):
+        if iwae and score not in ("neg_elbo", "excess"):
             raise ValueError(f"the IWAE estimate bounds -log p(x) as a whole; use score neg_elbo or excess, not {score!r}")
         x, paths, skipped = self._images(x)
         n, k = len(x), max(samples, 1)
         s = self.info.image_size
-        recon, kl, nll, floor = np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n)
-        pmap = np.zeros((n, s, s)) if maps else None
+        recon, kl, nll, floor, chosen = (np.zeros(n) for _ in range(5))
+        pmap = np.zeros((n, s, s), np.float32) if maps else None
         for sl in self._batches(n):
             xf = imageio.to_float(x[sl])
+            b = len(xf)
             if samples:
                 eps = posterior_noise(x[sl], k, self.info.latent_dim)
             else:
-                eps = np.zeros((1, len(xf), self.info.latent_dim), np.float32)
-            logw = []
+                eps = np.zeros((1, b, self.info.latent_dim), np.float32)
+            logw, m_sum, k_sum = [], np.zeros((b, s, s)), np.zeros((b, s, s))
             for e in eps:
                 _, q, m, mu, logvar = self._score_core(xf, e)
                 # sum the map in float64 here rather than take the engine's float32 sum: the excess
                 # is a small difference of two large sums, and both engines then agree to the bit
-                r = m.astype(np.float64).reshape(len(m), -1).sum(1)
+                r = m.astype(np.float64).reshape(b, -1).sum(1)
                 recon[sl] += r / k
                 kl[sl] += q / k
-                if maps:
-                    pmap[sl] += m / k
+                m_sum += m / k
+                if score == "atypicality":
+                    k_sum += kl_map(mu, logvar, self.info.latent_shape or (self.info.latent_dim,), s) / k
                 if iwae:
                     z = mu + np.exp(0.5 * logvar) * e
                     logw.append(-r + log_normal(z, 0.0 * z, 0.0 * z) - log_normal(z, mu, logvar))
@@ -333,22 +331,50 @@ class Model:
                 nll[sl] = -_log_mean_exp(np.stack(logw).astype(np.float64))
             else:
                 nll[sl] = recon[sl] + kl[sl]
-            if score == "excess" or not (self.info.likelihood == "gaussian" and self.info.log_scale is None):
+            fmap = None
+            if score in ("excess", "atypicality") or not (self.info.likelihood == "gaussian" and self.info.log_scale is None):
                 fmap = pixel_floor(xf, self.info.likelihood, self.info.log_scale)
-                floor[sl] = fmap.reshape(len(xf), -1).sum(1)
-                if score == "excess" and maps:
-                    pmap[sl] -= fmap
+                floor[sl] = fmap.reshape(b, -1).sum(1)
             else:  # a gaussian model that does not carry its sigma: only the excess needs it
                 floor[sl] = np.nan
+            if score == "atypicality":
+                parts = Parts(recon[sl], kl[sl], floor[sl], r_map=m_sum - fmap, k_map=k_sum)
+                chosen[sl], amap = self.calibration().score(parts, maps=maps)
+                if maps:
+                    pmap[sl] = amap
+            elif maps:
+                pmap[sl] = m_sum - fmap if score == "excess" else m_sum
             if progress:
                 progress(sl.stop, n)
         excess = nll - floor
-        chosen = {"excess": excess, "neg_elbo": nll, "recon": recon, "kl": kl}[score]
+        if score != "atypicality":
+            chosen = {"excess": excess, "neg_elbo": nll, "recon": recon, "kl": kl}[score]
         estimator = "iwae" if iwae else ("samples" if samples else "mean")
         # bits/dim is always the -ELBO's (or the IWAE estimate's), whatever score is chosen
-        return Scores(chosen, nll, recon, kl, None if pmap is None else pmap.astype(np.float32),
-                      nll / (self.info.dims * math.log(2)), excess=excess, floor=floor, name=score,
-                      estimator=estimator, paths=paths, skipped=skipped)
+        return Scores(chosen, nll, recon, kl, pmap, nll / (self.info.dims * math.log(2)), excess=excess, floor=floor,
+                      name=score, estimator=estimator, paths=paths, skipped=skipped)
+
+    def elbo_parts(self, x: np.ndarray) -> Parts:
+        """The -ELBO in parts at z = mu, with its R and KL maps (what Calibration is fitted on)."""
+        x = self._check(x)
+        s, shape = self.info.image_size, self.info.latent_shape or (self.info.latent_dim,)
+        out = []
+        for sl in self._batches(len(x)):
+            xf = imageio.to_float(x[sl])
+            recon, kl, m, mu, logvar = self._score_core(xf, np.zeros((len(xf), self.info.latent_dim), np.float32))
+            fmap = pixel_floor(xf, self.info.likelihood, self.info.log_scale)
+            out.append(Parts(m.astype(np.float64).reshape(len(m), -1).sum(1), kl, fmap.reshape(len(m), -1).sum(1),
+                             r_map=m - fmap, k_map=kl_map(mu, logvar, shape, s)))
+        cat = lambda k: np.concatenate([getattr(p, k) for p in out])  # noqa: E731
+        return Parts(cat("recon"), cat("kl"), cat("floor"), r_map=cat("r_map"), k_map=cat("k_map"))
+
+    def calibration(self) -> Calibration | None:
+        """The atypicality score's statistics of normal images, checked (None: the model has none)."""
+        if self.info.calibration is None:
+            return None
+        if getattr(self, "_calibration", None) is None:
+            self._calibration = Calibration.from_stored(self.info.calibration, self.info.image_size, self.info.source)
+        return self._calibration
 
     def iwae(self, x: np.ndarray, samples: int = 64) -> np.ndarray:
         """-log p(x) estimated by the importance-weighted bound with K samples, nats (N,).

@@ -139,9 +139,9 @@ class OnnxModel(Model):
             likelihood, fingerprint = meta["vaekit.likelihood"], meta["vaekit.fingerprint"]
         except (KeyError, ValueError):
             raise OnnxModelError(f"{p} has missing or corrupt vaekit metadata (image size, channels, latent dim)") from None
-        from vaekit.config import LIKELIHOODS, MAX_IMAGE_SIZE, MAX_LATENT_DIM
+        from vaekit.config import LIKELIHOODS, MAX_IMAGE_SIZE, MAX_Z_DIMS, from_stored_model
 
-        if not (16 <= image_size <= MAX_IMAGE_SIZE and channels in (1, 3) and 1 <= latent_dim <= MAX_LATENT_DIM
+        if not (16 <= image_size <= MAX_IMAGE_SIZE and channels in (1, 3) and 1 <= latent_dim <= MAX_Z_DIMS
                 and likelihood in LIKELIHOODS):
             raise OnnxModelError(f"{p} has out-of-range vaekit metadata (image size {image_size}, channels {channels}, "
                                  f"latent dim {latent_dim}, likelihood {likelihood!r})")
@@ -154,8 +154,16 @@ class OnnxModel(Model):
                        "model": _json(meta, "vaekit.model", p), "anomaly": anomaly, "fingerprint": fingerprint,
                        "preprocessing": _json(meta, "vaekit.preprocessing", p),
                        "quantization": meta.get("vaekit.quantization", "none")}
+        try:
+            stored = from_stored_model(self.config["model"])
+        except (ValueError, TypeError) as e:
+            raise OnnxModelError(f"{p} has corrupt vaekit metadata 'vaekit.model': {e}") from None
+        if (stored.image_size, stored.channels, stored.z_dims) != (image_size, channels, latent_dim):
+            raise OnnxModelError(f"{p}: vaekit metadata disagree (model {stored.image_size}/{stored.channels}/"
+                                 f"{stored.z_dims}, header {image_size}/{channels}/{latent_dim})")
         self.info = ModelInfo(
             image_size=image_size, channels=channels, latent_dim=latent_dim, likelihood=likelihood,
+            latent_shape=stored.latent_shape,
             fingerprint=fingerprint, engine="onnxruntime", source=p, log_scale=log_scale,
             **threshold_fields(anomaly, p),
         )

@@ -10,7 +10,6 @@ import torch
 from vaekit import run as rundir
 from vaekit.engine import Model, ModelInfo, threshold_fields
 from vaekit.errors import BadInput
-from vaekit.objective import kl_divergence, pixel_nll
 
 
 def pick_device(device: str) -> torch.device:
@@ -40,7 +39,8 @@ class TorchModel(Model):
             raise rundir.RunError(f"{run_dir}: the weights changed since its threshold was stored (an interrupted "
                                   f"--resume?); finish the run with `vaekit train ... --resume`")
         self.info = ModelInfo(
-            image_size=m.image_size, channels=m.channels, latent_dim=m.latent_dim, likelihood=m.likelihood,
+            image_size=m.image_size, channels=m.channels, latent_dim=m.z_dims, likelihood=m.likelihood,
+            latent_shape=m.latent_shape,
             fingerprint=actual,
             engine="torch", source=Path(run_dir),
             log_scale=None if log_scale is None else [float(v) for v in log_scale.detach().cpu()],
@@ -61,10 +61,6 @@ class TorchModel(Model):
 
     @torch.inference_mode()
     def _score_core(self, x, eps):
-        xt = self._t(x)
-        mu, logvar = self.net.encode(xt)
-        z = mu + torch.exp(0.5 * logvar) * self._t(eps)
-        nll = pixel_nll(xt, self.net.decode(z), self.net.cfg.likelihood, self.net.scale())  # (B, C, H, W)
-        pmap = nll.sum(1)
-        return (pmap.flatten(1).sum(1).double().cpu().numpy(), kl_divergence(mu, logvar).double().cpu().numpy(),
-                pmap.cpu().numpy(), mu.cpu().numpy(), logvar.cpu().numpy())
+        recon, kl, pmap, mu, logvar = self.net.score_parts(self._t(x), self._t(eps))
+        return (recon.double().cpu().numpy(), kl.double().cpu().numpy(), pmap.cpu().numpy(), mu.cpu().numpy(),
+                logvar.cpu().numpy())

@@ -117,10 +117,7 @@ class ExportReport:
 def _wrapper(net):
     """All three computations as one module, so one (slow) dynamo trace yields them all
     and the three files cannot hold different weights."""
-    import torch
     from torch import nn
-
-    from vaekit.objective import kl_divergence, pixel_nll
 
     class Inference(nn.Module):
         def __init__(self, net):
@@ -128,14 +125,11 @@ def _wrapper(net):
             self.net = net
 
         def forward(self, x, eps, z):
-            # the scorer: the torch engine's _score_core (vaekit/engine_torch.py), line for line
-            mu, logvar = self.net.encode(x)  # (B, D) each
-            z_x = mu + torch.exp(0.5 * logvar) * eps
-            nll = pixel_nll(x, self.net.decode(z_x), self.net.cfg.likelihood, self.net.scale())  # (B, C, H, W)
-            pmap = nll.sum(1)  # (B, H, W)
+            # the scorer: the very method the torch engine calls (ConvVAE.score_parts)
+            recon, kl, pmap, mu, logvar = self.net.score_parts(x, eps)
             # the decoder, on its own codes
             params = self.net.decode(z)  # (B_z, C, H, W)
-            return pmap.flatten(1).sum(1), kl_divergence(mu, logvar), pmap, mu, logvar, self.net.mean_image(params), params
+            return recon, kl, pmap, mu, logvar, self.net.mean_image(params), params
 
     return Inference(net).eval()
 
@@ -195,7 +189,10 @@ def _quantile_list(values: list) -> list[float]:
 
 
 def _metadata(role: str, cfg: dict, fingerprint: str, log_scale: list[float] | None, quantization: str) -> dict[str, str]:
+    from vaekit.config import from_stored_model
+
     m, a = cfg["model"], _cap_scores(dict(cfg.get("anomaly") or {}))
+    m = {**m, "arch": from_stored_model(m).arch, "layout": from_stored_model(m).layout}  # explicit, for old runs
     pre = {**PREPROCESSING, "image_size": m["image_size"], "channels": m["channels"]}
     return {
         "vaekit.format": FORMAT,
@@ -204,7 +201,7 @@ def _metadata(role: str, cfg: dict, fingerprint: str, log_scale: list[float] | N
         "vaekit.fingerprint": fingerprint,
         "vaekit.image_size": str(m["image_size"]),
         "vaekit.channels": str(m["channels"]),
-        "vaekit.latent_dim": str(m["latent_dim"]),
+        "vaekit.latent_dim": str(from_stored_model(m).z_dims),  # the flat z every graph takes
         "vaekit.likelihood": m["likelihood"],
         "vaekit.log_scale": json.dumps(log_scale),  # gaussian sigma per channel (the excess score needs it)
         "vaekit.preprocessing": json.dumps(pre),

@@ -1,7 +1,10 @@
 """The convolutional VAE of Kingma & Welling (2014), sized to any square image >= 16 pixels.
 
-Read bottom-up: `stage_sizes` plans the spatial sizes, Encoder and Decoder mirror each
-other stage by stage, and ConvVAE ties them together with the reparameterisation trick.
+Read bottom-up: `stage_sizes` plans the spatial sizes; Encoder/Decoder are vaekit 0.1's
+network (arch "v1", kept so old runs load); ResEncoder/ResDecoder are the default (arch
+"v2": a residual block per stage, a resize-then-conv decoder, the latent either one vector
+or a grid of cells, one per 4x4 pixels); ConvVAE ties them together with the
+reparameterisation trick. z is always handed out flat, (B, D), whatever its layout.
 No normalisation layers: scores then never depend on what else is in the batch, and the
 exported graph is plain convolutions that onnxruntime fuses with their activations.
 """
@@ -15,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vaekit.config import ModelConfig
+from vaekit.likelihood import get as get_likelihood
 
 
 def stage_sizes(image_size: int) -> list[int]:
@@ -82,18 +86,126 @@ class Decoder(nn.Module):
         return self.convs(F.leaky_relu(h, 0.2))  # (B, C, H, W)
 
 
+def soft_bound(v: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """v where it is well inside (lo, hi), smoothly saturating at the ends: unlike a clamp the
+    gradient never becomes exactly zero, and exp() of the result can never overflow."""
+    return lo + F.softplus(v - lo) - F.softplus(v - hi)
+
+
+LOGVAR_BOUNDS = (-12.0, 6.0)  # v2: posterior log-variance, so one bad batch cannot overflow exp()
+LOG_SIGMA_BOUNDS = (-6.0, 2.0)  # v2: the Gaussian likelihood's log sigma
+
+
+class Res(nn.Module):
+    """x + conv(act(conv(act(x)))): a residual block at constant width."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.c1 = nn.Conv2d(c, c, 3, padding=1)
+        self.c2 = nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.c2(F.leaky_relu(self.c1(F.leaky_relu(x, 0.2)), 0.2))
+
+
+class Up(nn.Module):
+    """Resize-then-conv: nearest upsampling to an exact size, then a 3x3 conv. No ConvTranspose:
+    no checkerboard artefacts, any size works, and onnxruntime runs it fast (and in int8)."""
+
+    def __init__(self, c_in: int, c_out: int, size: int):
+        super().__init__()
+        self.size = size
+        self.conv = nn.Conv2d(c_in, c_out, 3, padding=1)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(h, size=(self.size, self.size), mode="nearest"))
+
+
+def v2_plan(cfg: ModelConfig) -> tuple[list[int], list[int]]:
+    """Spatial sizes and widths of the v2 stages: halving to <= 4 pixels for a vector latent,
+    two stages (a cell per 4x4 pixels) for a grid."""
+    sizes = stage_sizes(cfg.image_size) if cfg.layout == "vector" else stage_sizes(cfg.image_size)[:3]
+    cap = max(cfg.max_channels, cfg.base_channels)
+    return sizes, [min(cfg.base_channels * 2**i, cap) for i in range(len(sizes) - 1)]
+
+
+class ResEncoder(nn.Module):
+    """x (B, C, H, W) -> mu, logvar (B, D) each, D = prod(cfg.latent_shape)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        sizes, widths = v2_plan(cfg)
+        layers: list[nn.Module] = [nn.Conv2d(cfg.channels, cfg.base_channels, 3, padding=1)]
+        c = cfg.base_channels
+        for w in widths:
+            layers += [nn.LeakyReLU(0.2), nn.Conv2d(c, w, 3, stride=2, padding=1), Res(w)]
+            c = w
+        layers.append(nn.LeakyReLU(0.2))
+        self.convs = nn.Sequential(*layers)
+        if cfg.layout == "vector":
+            self.to_stats = nn.Linear(c * sizes[-1] ** 2, 2 * cfg.latent_dim)
+        else:
+            self.to_stats = nn.Conv2d(c, 2 * cfg.latent_dim, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.convs(x)  # (B, C', s, s)
+        if self.cfg.layout == "vector":
+            mu, logvar = self.to_stats(h.flatten(1)).chunk(2, dim=1)  # (B, D) each
+        else:
+            mu, logvar = (t.flatten(1) for t in self.to_stats(h).chunk(2, dim=1))  # (B, Cz*g*g) each
+        return mu, soft_bound(logvar, *LOGVAR_BOUNDS)
+
+
+class ResDecoder(nn.Module):
+    """z (B, D) -> parameters of p(x|z) per pixel (B, C, H, W)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        sizes, widths = v2_plan(cfg)
+        self.sizes, self.widths = sizes, widths
+        c = widths[-1]
+        if cfg.layout == "vector":
+            self.from_z = nn.Linear(cfg.latent_dim, c * sizes[-1] ** 2)
+        else:
+            self.from_z = nn.Conv2d(cfg.latent_dim, c, 3, padding=1)
+        layers: list[nn.Module] = []
+        for i in range(len(widths) - 1, -1, -1):
+            c_out = widths[i - 1] if i > 0 else cfg.base_channels
+            layers += [Res(c), Up(c, c_out, sizes[i]), nn.LeakyReLU(0.2)]
+            c = c_out
+        layers.append(nn.Conv2d(c, cfg.channels, 3, padding=1))
+        self.convs = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        s = self.sizes[-1]
+        if self.cfg.layout == "vector":
+            h = self.from_z(z).view(-1, self.widths[-1], s, s)
+        else:
+            h = self.from_z(z.view(-1, self.cfg.latent_dim, s, s))
+        return self.convs(F.leaky_relu(h, 0.2))  # (B, C, H, W)
+
+
 class ConvVAE(nn.Module):
     """encode(x) -> (mu, logvar); reparameterize; decode(z) -> likelihood parameters."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        cfg = cfg.with_fallbacks()
+        if not cfg.resolved:
+            raise ValueError(f"cannot build a model without an image size: {cfg}")
         self.cfg = cfg
-        self.encoder = Encoder(cfg)
-        self.decoder = Decoder(cfg)
+        self.likelihood = get_likelihood(cfg.likelihood)
+        v2 = cfg.arch == "v2"
+        self.encoder = ResEncoder(cfg) if v2 else Encoder(cfg)
+        self.decoder = ResDecoder(cfg) if v2 else Decoder(cfg)
         # Gaussian p(x|z): one learned log sigma per channel. A per-pixel scale is more flexible
         # but lets the model buy likelihood by shrinking sigma on easy pixels, which makes the
         # score favour simple images even more.
         self.log_scale = nn.Parameter(torch.zeros(cfg.channels)) if cfg.likelihood == "gaussian" else None
+        if self.log_scale is not None and v2:
+            nn.init.constant_(self.log_scale, -1.0)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encoder(x)
@@ -109,16 +221,29 @@ class ConvVAE(nn.Module):
         return self.decoder(z)
 
     def scale(self) -> torch.Tensor | None:
-        """Gaussian log sigma per channel, floored; None for Bernoulli."""
+        """Gaussian log sigma per channel, softly bounded (v2; v1 clamps it from below, which
+        stops its gradient at the floor); None for Bernoulli."""
         if self.log_scale is None:
             return None
-        return self.log_scale.clamp(min=self.cfg.min_log_scale)
+        if self.cfg.arch == "v1":
+            return self.log_scale.clamp(min=self.cfg.min_log_scale)
+        return soft_bound(self.log_scale, *LOG_SIGMA_BOUNDS)
 
     def mean_image(self, params: torch.Tensor) -> torch.Tensor:
         """E[x|z] in [0, 1] from the decoder's parameters."""
-        if self.cfg.likelihood == "bernoulli":
-            return torch.sigmoid(params)
-        return params.clamp(0.0, 1.0)
+        return self.likelihood.mean(params)
+
+    def score_parts(self, x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """What scoring needs from the network, for one posterior draw z = mu + sigma * eps
+        (eps = 0: the posterior mean): recon NLL (B,), KL (B,), the recon NLL per pixel
+        (B, H, W), mu and logvar (B, D). The torch engine calls it and the ONNX export traces
+        it, so the two cannot compute different things; the scores themselves are numpy
+        (vaekit/scoring.py), shared by both engines."""
+        mu, logvar = self.encode(x)  # (B, D) each
+        z = mu + torch.exp(0.5 * logvar) * eps
+        pmap = self.likelihood.nll(x, self.decode(z), self.scale()).sum(1)  # (B, H, W)
+        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=1)
+        return pmap.flatten(1).sum(1), kl, pmap, mu, logvar
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mu, logvar = self.encode(x)

@@ -31,7 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import save
 
 from vaekit import __version__
-from vaekit.config import ModelConfig, from_dict
+from vaekit.config import ModelConfig, from_dict, from_stored_model
 from vaekit.errors import BadInput, DamagedFile, ForeignModel, InUse
 from vaekit.fileio import (atomic_write_bytes, atomic_write_json, loads_json, read_json, read_regular,
                            split_safetensors)
@@ -273,9 +273,7 @@ def load_model(run_dir: Path, device: str | torch.device = "cpu"):
     run_dir = Path(run_dir)
     cfg = read_config(run_dir)
     try:
-        if not isinstance(cfg["model"], dict):
-            raise TypeError(f"expected an object, got {cfg['model']!r}")
-        model_cfg = from_dict(ModelConfig, cfg["model"])
+        model_cfg = from_stored_model(cfg["model"])
     except (TypeError, ValueError) as e:
         raise RunError(f"run config has an invalid model section ({run_dir}): {e}") from None
     tensors, _ = load_tensors(run_dir / WEIGHTS, "model weights")

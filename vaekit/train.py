@@ -18,13 +18,14 @@ import numpy as np
 import torch
 
 from vaekit import __version__
-from vaekit.config import ModelConfig, TrainConfig, from_dict
+from vaekit.config import ModelConfig, TrainConfig, from_dict, from_stored_model
 from vaekit.errors import BadInput
 from vaekit.fileio import refuse_inside
 from vaekit.model import ConvVAE
 from vaekit.objective import negative_elbo
 from vaekit import run as rundir
-from vaekit.data import Dataset, _gather, _read_ahead, _to_device, _to_input, load_dataset, split  # noqa: F401
+from vaekit.data import (Dataset, _gather, _read_ahead, _to_device, _to_input, auto_image_size, choose_model,  # noqa: F401
+                         image_statistics, load_dataset, split, split3)
 from vaekit.distributed import Dist, _all_reduce_sum, _barrier, init_distributed, pick_device  # noqa: F401
 
 Progress = Callable[..., None]
@@ -140,19 +141,39 @@ def _noise_seed(seed: int, epoch: int, step: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, step]).generate_state(1, np.uint64)[0])
 
 
-AUTO_MIN_STEPS, AUTO_MIN_EPOCHS, AUTO_MAX_EPOCHS = 300, 20, 200
+# The automatic training length is a compute budget: about this many pixel-visits (images x
+# pixels per image over all steps), ~1400 steps of 64 at 28 px, ~550 steps of 32 at 64 px:
+# about a minute on two CPU cores. Measured in docs/detection.md: longer keeps helping a
+# little, shorter hurts quickly.
+AUTO_PIXEL_VISITS = 72_000_000
+AUTO_MIN_STEPS, AUTO_MAX_STEPS, AUTO_MAX_EPOCHS = 300, 3000, 300
 
 
-def resolve_epochs(cfg: TrainConfig, n_train: int) -> int:
-    """epochs=0 means auto: enough epochs for ~300 optimizer steps, at least 20, at most 200.
+def resolve_batch_size(cfg: TrainConfig, image_size: int) -> int:
+    """batch_size=0 means auto: 64 up to 32x32 pixels, 32 above (more, smaller steps)."""
+    return cfg.batch_size or (64 if image_size <= 32 else 32)
 
-    A small folder (a hundred images is 2-3 steps an epoch) needs many epochs before the
-    decoder is sharp enough for a useful anomaly score; a large one needs few.
-    """
+
+def resolve_epochs(cfg: TrainConfig, n_train: int, image_size: int = 32) -> int:
+    """epochs=0 means auto: enough epochs for the AUTO_PIXEL_VISITS budget (300 to 3000 steps),
+    at most AUTO_MAX_EPOCHS: a small folder needs many epochs before the decoder is sharp
+    enough for a useful score; a large one few."""
     if cfg.epochs > 0:
         return cfg.epochs
-    steps = max(1, math.ceil(n_train / cfg.batch_size))
-    return min(AUTO_MAX_EPOCHS, max(AUTO_MIN_EPOCHS, math.ceil(AUTO_MIN_STEPS / steps)))
+    batch = resolve_batch_size(cfg, image_size)
+    steps = min(AUTO_MAX_STEPS, max(AUTO_MIN_STEPS, AUTO_PIXEL_VISITS // (batch * image_size * image_size)))
+    per_epoch = max(1, math.ceil(n_train / batch))
+    return min(AUTO_MAX_EPOCHS, max(1, math.ceil(steps / per_epoch)))
+
+
+def learning_rate(cfg: TrainConfig, step: int, total: int) -> float:
+    """The learning rate at optimizer step `step` of `total`: "cosine" warms up linearly over the
+    first 3% of steps, then decays along a half cosine to 0; "constant" is cfg.lr throughout.
+    A pure function of the step, so a resumed run follows the same schedule."""
+    if cfg.schedule == "constant":
+        return cfg.lr
+    warm = max(1, total // 33)
+    return cfg.lr * min(1.0, (step + 1) / warm) * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
 
 
 def fit(
@@ -179,8 +200,10 @@ def fit(
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16) if cuda else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
 
-    train_idx, val_idx = split(len(data.paths), train_cfg.val_fraction, train_cfg.seed)
-    train_cfg = replace(train_cfg, epochs=resolve_epochs(train_cfg, len(train_idx)))
+    train_idx, val_idx, cal_idx = split3(len(data.paths), train_cfg.val_fraction, train_cfg.calibration_fraction,
+                                         train_cfg.seed)
+    train_cfg = replace(train_cfg, batch_size=resolve_batch_size(train_cfg, model_cfg.image_size))
+    train_cfg = replace(train_cfg, epochs=resolve_epochs(train_cfg, len(train_idx), model_cfg.image_size))
     start_epoch, history = 0, []
     best = {"epoch": -1, "val": math.inf}
     if resume:
@@ -197,7 +220,7 @@ def fit(
         if train_cfg.epochs < start_epoch:
             raise ValueError(f"{out_dir} has already trained {start_epoch} epochs; --epochs {train_cfg.epochs} would go back")
     elif dist.main:
-        _write_run_config(out_dir, data, model_cfg, train_cfg, device, len(train_idx), len(val_idx))
+        _write_run_config(out_dir, data, model_cfg, train_cfg, device, len(train_idx), len(val_idx), len(cal_idx))
 
     if cuda:
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
@@ -229,9 +252,11 @@ def fit(
         report_every = max(1, steps // 50)
         for step, ((mine, rows, n_global), x) in enumerate(zip(shares, reader)):
             x = _to_device(x, device, channels_last)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(train_cfg, epoch * steps + step, train_cfg.epochs * steps)
             noise.manual_seed(_noise_seed(train_cfg.seed, epoch, step))
             rows = rows.to(device, non_blocking=True)  # blocking would wait for the GPU every step
-            eps = torch.randn(n_global, model_cfg.latent_dim, device=device, generator=noise)[rows]  # (B, D)
+            eps = torch.randn(n_global, model_cfg.z_dims, device=device, generator=noise)[rows]  # (B, D)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 params, mu, logvar = net(x, eps)
             loss = negative_elbo(x, params, mu, logvar, model_cfg.likelihood, model.scale(), beta)
@@ -296,7 +321,7 @@ def fit(
     result = TrainResult(out_dir, str(device), len(history), best["epoch"] + 1, best["val"], history,
                          seconds=time.perf_counter() - t_start, rank=dist.rank)
     if dist.main:
-        result.threshold = _finish(out_dir, data, train_idx, val_idx, train_cfg, device)
+        result.threshold = _finish(out_dir, data, train_idx, val_idx, cal_idx, train_cfg, device)
     _barrier(dist)  # the run directory is complete when any rank returns
     return result
 
@@ -328,7 +353,7 @@ def _epoch_row(epoch, beta, sums, seconds, model, data, val_idx, train_idx, devi
     }
 
 
-def _write_run_config(out_dir, data, model_cfg, train_cfg, device, n_train, n_val) -> None:
+def _write_run_config(out_dir, data, model_cfg, train_cfg, device, n_train, n_val, n_cal=0) -> None:
     rundir.write_config(out_dir, {
         "vaekit_version": __version__,
         "torch_version": torch.__version__,
@@ -340,6 +365,7 @@ def _write_run_config(out_dir, data, model_cfg, train_cfg, device, n_train, n_va
             "images": len(data.paths),
             "train_images": n_train,
             "val_images": n_val,
+            "calibration_images": n_cal,
             "skipped": [[_rel(p, data.root), r] for p, r in data.skipped],
             "channels": model_cfg.channels,
             "image_size": model_cfg.image_size,
@@ -350,25 +376,43 @@ def _write_run_config(out_dir, data, model_cfg, train_cfg, device, n_train, n_va
     })
 
 
-def _finish(out_dir, data, train_idx, val_idx, train_cfg, device) -> float:
-    """Score the validation images with the best weights; store quantiles and the threshold."""
+CALIBRATION_MAX = 2000  # validation images the score statistics are fitted on, at most
+LOCAL_WINDOWS = (9, 17)  # a latent grid's local tests: windows of ~2 and ~4 cells (a cell is 4x4 pixels)
+COMBINE = "max"  # how the standardised tests make one score (vaekit.scoring.Calibration; docs/detection.md)
+
+
+def _finish(out_dir, data, train_idx, val_idx, cal_idx, train_cfg, device) -> float:
+    """With the best weights: fit the atypicality score's statistics on the validation images,
+    then set the threshold from the calibration images (which neither picked the epoch nor
+    fitted the statistics, so the false-positive rate they promise is not biased low)."""
     from vaekit import images as imageio
 
     from vaekit.anomaly import threshold_section
     from vaekit.engine_torch import TorchModel
+    from vaekit.scoring import Calibration
 
     # Scored by the very code `vaekit anomaly-score` runs (the engine), so the stored threshold
     # and the scores it is compared with cannot drift apart.
     engine = TorchModel(out_dir, device=str(device))
     model, cfg = engine.net, engine.config
-    eval_idx, source = (val_idx, "validation") if len(val_idx) else (train_idx, "training")
-    # in chunks read with _gather: memory stays flat however many validation images there are
-    parts = [engine.score(_gather(data.images, eval_idx[i : i + 1024])) for i in range(0, len(eval_idx), 1024)]
-    scores = {k: np.concatenate([getattr(s, k) for s in parts]) for k in ("excess", "neg_elbo", "recon", "kl")}
-    cfg["anomaly"] = threshold_section(scores, train_cfg.threshold_quantile, source)
+    fit_idx = val_idx if len(val_idx) else train_idx
+    parts = engine.elbo_parts(_gather(data.images, fit_idx[:: max(1, -(-len(fit_idx) // CALIBRATION_MAX))]))
+    calibration = Calibration.fit(parts, local=model.cfg.layout == "grid", windows=LOCAL_WINDOWS, combine=COMBINE)
+    engine.info.calibration = calibration.stats
+    if len(cal_idx):
+        eval_idx, source = cal_idx, "calibration"
+    else:
+        eval_idx, source = (val_idx, "validation") if len(val_idx) else (train_idx, "training")
+    # in chunks read with _gather: memory stays flat however many calibration images there are
+    names = ("atypicality", "excess", "neg_elbo", "recon", "kl")
+    chunks = [[engine.score(_gather(data.images, eval_idx[i : i + 1024]), score=name, maps=False).score for name in names]
+              for i in range(0, len(eval_idx), 1024)]
+    scores = {name: np.concatenate([c[k] for c in chunks]) for k, name in enumerate(names)}
+    cfg["anomaly"] = {**threshold_section(scores, train_cfg.threshold_quantile, source),
+                      "calibration": calibration.stats}
     cfg["fingerprint"] = rundir.fingerprint(model.state_dict())
     rundir.write_config(out_dir, cfg)
-    _write_preview(out_dir / rundir.PREVIEW, model, data, eval_idx, device, imageio)
+    _write_preview(out_dir / rundir.PREVIEW, model, data, fit_idx, device, imageio)
     return cfg["anomaly"]["threshold"]
 
 
@@ -380,7 +424,7 @@ def _write_preview(path, model, data, idx, device, imageio) -> None:
     mu, _ = model.encode(x)
     recon = model.mean_image(model.decode(mu))
     g = torch.Generator(device="cpu").manual_seed(0)
-    z = torch.randn(len(idx), model.cfg.latent_dim, generator=g).to(device)
+    z = torch.randn(len(idx), model.cfg.z_dims, generator=g).to(device)
     samples = model.mean_image(model.decode(z))
     rows = torch.cat([x, recon, samples]).float().cpu().numpy()
     imageio.save_png(imageio.make_grid(rows, ncol=len(idx)), path)
@@ -402,8 +446,9 @@ RESUMABLE = ("epochs", "lr", "beta")
 def _resumed_configs(stored: dict, out_dir: Path, changes: dict) -> tuple[ModelConfig, TrainConfig]:
     """The stored configs, with the RESUMABLE `changes` applied; any other change is refused."""
     try:
-        model_cfg = from_dict(ModelConfig, stored["model"])
-        old = from_dict(TrainConfig, stored.get("train", {}))
+        model_cfg = from_stored_model(stored["model"])
+        # runs of vaekit 0.1 trained at a constant learning rate, without a calibration split
+        old = from_dict(TrainConfig, {"schedule": "constant", "calibration_fraction": 0.0, **stored.get("train", {})})
     except (TypeError, ValueError) as e:
         raise rundir.RunError(f"run config {out_dir / rundir.CONFIG} is damaged: {e}") from None
     current = {**asdict(model_cfg), **asdict(old)}
@@ -472,6 +517,10 @@ def _train(data_dir, out_dir, model_cfg, train_cfg, channels, resume, overwrite,
     if not dist.main:
         progress = None
 
+    if not model_cfg.image_size:  # auto: from the files' headers, before anything is decoded
+        from vaekit import images
+
+        model_cfg = replace(model_cfg, image_size=auto_image_size(images.find_images(data_dir)))
     # The first rank on each machine fills the pixel cache; the others then find it there.
     data = None
     if dist.local_rank == 0:
@@ -486,4 +535,6 @@ def _train(data_dir, out_dir, model_cfg, train_cfg, channels, resume, overwrite,
             f"the images in {data_dir} changed since {out_dir} was started; resume needs the same data"
         )
     model_cfg = replace(model_cfg, channels=int(data.images.shape[1]))
+    if not model_cfg.resolved:  # the rest of "auto", from the decoded training pixels (the same on every rank)
+        model_cfg = choose_model(model_cfg, image_statistics(data.images, np.arange(len(data.paths))))
     return fit(data, out_dir, model_cfg, train_cfg, resume=resume, progress=progress), data

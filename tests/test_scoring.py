@@ -1,0 +1,77 @@
+"""The score maths in numpy (vaekit/scoring.py): KL maps, windows, and the atypicality test."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vaekit.errors import DamagedFile
+from vaekit.scoring import Calibration, Parts, kl_map, window_mean
+
+
+@pytest.mark.parametrize("w", [1, 3, 4, 9])
+def test_window_mean_is_the_mean_over_the_clipped_window_with_edges_replicated(w):
+    m = np.random.default_rng(0).random((2, 7, 9))
+    got = window_mean(m, w)
+    p = w // 2
+    padded = np.pad(m, ((0, 0), (p, w - 1 - p), (p, w - 1 - p)), mode="edge")
+    want = np.array([[[padded[n, y:y + w, x:x + w].mean() for x in range(9)] for y in range(7)] for n in range(2)])
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+@pytest.mark.parametrize("shape,size", [((5,), 16), ((2, 4, 4), 16), ((3, 5, 5), 17)])
+def test_kl_map_spreads_each_cells_kl_over_its_pixels(shape, size):
+    rng = np.random.default_rng(1)
+    d = int(np.prod(shape))
+    mu, logvar = rng.normal(size=(3, d)), rng.normal(size=(3, d)) * 0.3
+    m = kl_map(mu, logvar, shape, size)
+    total = 0.5 * (mu**2 + np.exp(logvar) - 1 - logvar).sum(1)
+    np.testing.assert_allclose(m.reshape(3, -1).sum(1), total, rtol=1e-10)  # nothing lost or doubled
+    if len(shape) == 3:  # the top-left pixel belongs to the top-left cell only
+        cell = 0.5 * (mu**2 + np.exp(logvar) - 1 - logvar).reshape(3, *shape)[:, :, 0, 0].sum(1)
+        per_side = -(-size // shape[1]) if size % shape[1] == 0 else None
+        if per_side:
+            np.testing.assert_allclose(m[:, 0, 0], cell / per_side**2)
+
+
+def _parts(rng, n, size=16, recon=100.0, kl=10.0, spot=None):
+    r_map = rng.gamma(4.0, 0.1, (n, size, size))
+    if spot is not None:
+        r_map[:, spot[0]:spot[0] + 3, spot[1]:spot[1] + 3] += spot[2]
+    k_map = np.full((n, size, size), kl / size**2) * rng.uniform(0.8, 1.2, (n, 1, 1))
+    rec = r_map.reshape(n, -1).sum(1) + 50.0
+    return Parts(rec, k_map.reshape(n, -1).sum(1), np.full(n, 50.0), r_map=r_map, k_map=k_map)
+
+
+@pytest.mark.parametrize("local", [False, True])
+@pytest.mark.parametrize("combine", ["max", "sumsq"])
+def test_atypicality_flags_too_high_and_too_low_but_not_normal(local, combine):
+    rng = np.random.default_rng(2)
+    cal = Calibration.fit(_parts(rng, 200), local=local, windows=(3, 5), combine=combine)
+    normal = cal.score(_parts(rng, 50))[0]
+    worse = cal.score(_parts(rng, 50, spot=(6, 6, 3.0)))[0]  # a local defect: recon too high
+    simple = _parts(rng, 50)
+    simple.recon = simple.recon - 40.0  # an image far simpler than normal: the -ELBO too LOW
+    simple.r_map = simple.r_map * 0.0
+    too_simple = cal.score(simple)[0]
+    threshold = np.quantile(normal, 0.95)
+    assert (worse > threshold).mean() > 0.9
+    assert (too_simple > threshold).mean() > 0.9  # one-sided scores would call these the most normal
+    s, amap = cal.score(_parts(rng, 4, spot=(6, 6, 3.0)), maps=True)
+    assert amap.shape == (4, 16, 16)
+    assert np.unravel_index(amap[0].argmax(), amap[0].shape)[0] in range(4, 11)  # the map points at the spot
+
+
+def test_a_damaged_stored_calibration_is_refused():
+    rng = np.random.default_rng(3)
+    good = Calibration.fit(_parts(rng, 20), local=True, windows=(3,)).stats
+    assert Calibration.from_stored(good, 16, "m").local
+    import copy
+
+    for damage in (lambda s: s.pop("tests"), lambda s: s["tests"]["sd"].__setitem__(0, float("nan")),
+                   lambda s: s.__setitem__("windows", [99]), lambda s: s["maps"]["r_map/3"].__setitem__("mean", [1, 2]),
+                   lambda s: s.__setitem__("combine", "avg")):
+        bad = copy.deepcopy(good)
+        damage(bad)
+        with pytest.raises(DamagedFile, match="calibration is damaged"):
+            Calibration.from_stored(bad, 16, "m")
