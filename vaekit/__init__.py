@@ -5,7 +5,7 @@ and export to ONNX for torch-free CPU inference. Heavy modules (torch) are impor
 by the functions that need them, so `import vaekit` stays cheap.
 """
 
-__version__ = "0.1.0"
+from vaekit.version import __version__  # noqa: F401
 
 
 DEVICES = ("auto", "cpu", "cuda")

@@ -50,7 +50,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from vaekit import __version__
+from vaekit.version import __version__
 from vaekit.errors import BadInput
 from vaekit.fileio import refuse_existing
 from vaekit.engine_onnx import CHECKSUM_KEY, CHECKSUM_PLACEHOLDER, FORMAT, part_paths

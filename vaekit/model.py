@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vaekit.config import ModelConfig
-from vaekit.likelihood import get as get_likelihood
+from vaekit.objective import get_likelihood
 
 
 def stage_sizes(image_size: int) -> list[int]:

@@ -30,7 +30,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import save
 
-from vaekit import __version__
+from vaekit.version import __version__
 from vaekit.config import ModelConfig, from_dict, from_stored_model
 from vaekit.errors import BadInput, DamagedFile, ForeignModel, InUse
 from vaekit.fileio import (atomic_write_bytes, atomic_write_json, loads_json, read_json, read_regular,

@@ -43,9 +43,9 @@ def pixel_floor(x: np.ndarray, likelihood: str, log_scale: Sequence[float] | Non
     which is zero for a perfect reconstruction whatever the image. For the Gaussian (one sigma
     per channel) it is the same constant for every image: log sigma + log(2 pi) / 2 per value.
     """
-    from vaekit.likelihood import get
+    from vaekit.likelihood import floor
 
-    return get(likelihood).floor(x, log_scale)
+    return floor(likelihood, x, log_scale)
 
 
 def kl_map(mu: np.ndarray, logvar: np.ndarray, latent_shape: Sequence[int], size: int) -> np.ndarray:

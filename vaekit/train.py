@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from vaekit import __version__
+from vaekit.version import __version__
 from vaekit.config import ModelConfig, TrainConfig, from_dict, from_stored_model
 from vaekit.errors import BadInput
 from vaekit.fileio import refuse_inside
