@@ -191,6 +191,7 @@ PLANS = [
 ]
 
 
+@pytest.mark.slow
 def test_sigkill_at_chosen_points_then_resume_is_exact(setup, forks):
     base, images = setup
     run, cache = base / "chosen", base / "chosen-cache"
@@ -205,6 +206,7 @@ def test_sigkill_at_chosen_points_then_resume_is_exact(setup, forks):
     assert_same_run(run, base / "reference")
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_is_exact(setup, forks):
     """Ten kills from outside after seeded random delays (a child that finishes first simply
     finishes; the next one resumes a finished run), then one last resume."""
@@ -238,7 +240,7 @@ def test_stray_partial_cache_entries_are_removed(tmp_path):
 
 def _poison(monkeypatch, value: float) -> None:
     """Every loss from now on multiplied by `value` (NaN or inf)."""
-    import vaekit.train as t
+    import vaekit.fit as t  # the training loop
 
     real = t.negative_elbo
 

@@ -23,7 +23,12 @@ from PIL import Image
 import vaekit
 from vaekit import cache, images
 from vaekit.config import ModelConfig, TrainConfig
-from vaekit.train import Dist, _gather, _share, train
+from vaekit.data import _gather
+from vaekit.distributed import Dist
+from vaekit.fit import _share
+from vaekit.train import train
+
+pytestmark = pytest.mark.slow  # torchrun and training: left out by `dev.py test --fast`
 
 # 37 images with val_fraction 0.1: 33 train, so the last global batch of 8 holds one image
 # and rank 1 gets none (it must still take part in the gradient all-reduce).

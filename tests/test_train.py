@@ -162,7 +162,7 @@ def test_corrupt_or_foreign_files_are_clear_errors(blobs, tmp_path):
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(blobs, tmp_path, monkeypatch):
     train(blobs, tmp_path / "run", MODEL, tcfg(epochs=1))
     good = (tmp_path / "run" / "checkpoint" / "resume.json").read_text()
-    import vaekit.train as t
+    import vaekit.fit as t  # the training loop
 
     real = t.negative_elbo
 

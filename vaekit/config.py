@@ -16,6 +16,7 @@ ARCHS = ("v1", "v2")
 LAYOUTS = ("vector", "grid")
 DEVICES = ("auto", "cpu", "cuda")
 SCHEDULES = ("cosine", "constant")
+RESUMABLE = ("epochs", "lr", "beta")  # TrainConfig fields a --resume may change (recorded); any other must match
 # Upper bounds, checked before anything is allocated: a hand-edited config.json (or a typo'd
 # option) must be an error, not a model of many gigabytes. Far above any use vaekit is for.
 MAX_IMAGE_SIZE = 1024

@@ -1,0 +1,307 @@
+"""The training loop: fit a ConvVAE on decoded images, with AMP, DDP, checkpoints and exact resume.
+
+`fit()` trains, checkpoints every epoch, keeps the best-on-validation weights and, at the end,
+has vaekit.finish calibrate the score and set the threshold. Progress is reported through an
+optional callback `progress(done, total, phase=..., **metrics)`; this module never prints.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from vaekit import run as rundir
+from vaekit.config import RESUMABLE, ModelConfig, TrainConfig
+from vaekit.data import Dataset, _read_ahead, _to_device, _to_input, split3
+from vaekit.distributed import Dist, _all_reduce_sum, _barrier, init_distributed, pick_device
+from vaekit.finish import finish, write_run_config
+from vaekit.model import ConvVAE
+from vaekit.objective import negative_elbo
+from vaekit.recipe import kl_weight, learning_rate, resolve_batch_size, resolve_epochs
+
+Progress = Callable[..., None]
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss became NaN); the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    device: str
+    epochs_done: int
+    best_epoch: int
+    best_val: float
+    history: list[dict] = field(default_factory=list)
+    threshold: float | None = None
+    seconds: float = 0.0
+    rank: int = 0  # torchrun rank of this process; only rank 0 writes (and should print)
+
+
+# --- evaluation --------------------------------------------------------------------------------
+
+@torch.no_grad()
+def deterministic_scores(model: ConvVAE, images: np.ndarray, idx: np.ndarray, device: torch.device, batch_size: int = 256) -> np.ndarray:
+    """Per-image -ELBO with z = mu (recon, kl, total as columns): (len(idx), 3) float64.
+
+    Using the posterior mean instead of a random draw makes the estimate deterministic, so
+    model selection and the anomaly threshold do not move with the noise.
+    """
+    model.eval()
+    out = np.zeros((len(idx), 3), dtype=np.float64)
+    for s in range(0, len(idx), batch_size):
+        x = _to_input(images, idx[s : s + batch_size], device)
+        mu, logvar = model.encode(x)
+        params = model.decode(mu)
+        loss = negative_elbo(x, params, mu, logvar, model.cfg.likelihood, model.scale())
+        out[s : s + len(x)] = torch.stack([loss.recon, loss.kl, loss.total], 1).double().cpu().numpy()
+    return out
+
+
+# --- state -------------------------------------------------------------------------------------
+
+def _pack_state(model, optimizer, scaler, epoch: int, best: dict, history_len: int) -> tuple[dict, dict]:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    opt = optimizer.state_dict()
+    for pid, st in opt["state"].items():
+        for k, v in st.items():
+            tensors[f"optim.{pid}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda{i}"] = s
+    meta = {
+        "epoch": epoch,
+        "best": best,
+        "history_len": history_len,
+        "param_groups": opt["param_groups"],
+        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+    }
+    return tensors, meta
+
+
+def _unpack_state(tensors: dict, meta: dict, model, optimizer, scaler) -> None:
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    state: dict[int, dict] = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, pid, name = k.split(".", 2)
+            state.setdefault(int(pid), {})[name] = v
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda")]
+    if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda_states)
+    if scaler is not None and meta.get("scaler"):
+        scaler.load_state_dict(meta["scaler"])
+
+
+
+class _NoisyForward(torch.nn.Module):
+    """ConvVAE's forward with the reparameterisation noise passed in (see fit)."""
+
+    def __init__(self, model: ConvVAE):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mu, logvar = self.model.encode(x)  # (B, D) each
+        z = self.model.reparameterize(mu, logvar, eps)
+        return self.model.decode(z), mu, logvar
+
+
+def _share(batch: np.ndarray, d: Dist) -> tuple[np.ndarray, torch.Tensor, int]:
+    """This rank's images of a global batch (ascending, for sequential reads), the rows of the
+    global batch they hold (to pick their noise), and the global batch size."""
+    rows = np.arange(d.rank, len(batch), d.world)
+    order = np.argsort(batch[rows], kind="stable")
+    return batch[rows][order], torch.from_numpy(rows[order]), len(batch)
+
+
+def _noise_seed(seed: int, epoch: int, step: int) -> int:
+    """Seed of the noise of one global batch: the same on every rank, and after a resume."""
+    return int(np.random.SeedSequence([seed, epoch, step]).generate_state(1, np.uint64)[0])
+
+
+def fit(
+    data: Dataset,
+    out_dir: Path,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    resume: bool = False,
+    progress: Progress | None = None,
+) -> TrainResult:
+    """Train, checkpoint every epoch, keep the best-on-validation weights, set the threshold."""
+    out_dir = Path(out_dir)
+    device = pick_device(train_cfg.device)
+    dist = init_distributed(device)
+    torch.manual_seed(train_cfg.seed)
+    model = ConvVAE(model_cfg).to(device)
+    cuda = device.type == "cuda"
+    channels_last = cuda and train_cfg.channels_last
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    amp_dtype = None
+    if cuda and train_cfg.amp:
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16) if cuda else None
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+
+    train_idx, val_idx, cal_idx = split3(len(data.paths), train_cfg.val_fraction, train_cfg.calibration_fraction,
+                                         train_cfg.seed)
+    train_cfg = replace(train_cfg, batch_size=resolve_batch_size(train_cfg, model_cfg.image_size))
+    train_cfg = replace(train_cfg, epochs=resolve_epochs(train_cfg, len(train_idx), model_cfg.image_size))
+    start_epoch, history = 0, []
+    best = {"epoch": -1, "val": math.inf}
+    if resume:
+        tensors, meta = rundir.load_checkpoint(out_dir)
+        try:
+            _unpack_state(tensors, meta, model, optimizer, scaler)
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise rundir.RunError(f"the checkpoint in {out_dir / rundir.CHECKPOINT_DIR} does not fit this run: {first}") from None
+        for group in optimizer.param_groups:  # a --lr given with --resume applies from here on
+            group["lr"] = train_cfg.lr
+        start_epoch, best = meta["epoch"] + 1, meta["best"]
+        history = rundir.read_metrics(out_dir)[: meta["history_len"]]
+        if train_cfg.epochs < start_epoch:
+            raise ValueError(f"{out_dir} has already trained {start_epoch} epochs; --epochs {train_cfg.epochs} would go back")
+    elif dist.main:
+        write_run_config(out_dir, data, model_cfg, train_cfg, device, len(train_idx), len(val_idx), len(cal_idx))
+
+    if cuda:
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
+    # DDP averages gradients only through the wrapped module's forward, so the noise goes in there
+    net: torch.nn.Module = _NoisyForward(model)
+    if dist.world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if cuda else None)
+    if train_cfg.compile:
+        net = torch.compile(net)
+    noise = torch.Generator(device=device)
+
+    # Not DistributedSampler: it deals each rank its own slice of the epoch (padded to equal
+    # length), so the global batches, and with them the losses, differ from a single-process
+    # run. Here every rank shuffles the same way and takes an interleaved share of each global
+    # batch, and each image's noise is drawn by its place in the global batch, so one process
+    # or many train the same model (up to float rounding) and resume on any number of ranks.
+    steps = math.ceil(len(train_idx) / train_cfg.batch_size)
+    t_start = time.perf_counter()
+    for epoch in range(start_epoch, train_cfg.epochs):
+        t0 = time.perf_counter()
+        beta = kl_weight(epoch, train_cfg)
+        model.train()
+        # a fresh generator per epoch: the shuffle needs no saved state to resume exactly
+        perm = train_idx[np.random.default_rng([train_cfg.seed, epoch]).permutation(len(train_idx))]
+        shares = [_share(perm[s * train_cfg.batch_size : (s + 1) * train_cfg.batch_size], dist) for s in range(steps)]
+        reader = _read_ahead(data.images, (mine for mine, _, _ in shares), device)
+        sums = torch.zeros(3, device=device, dtype=torch.float64)  # recon, kl, total
+        count = 0
+        report_every = max(1, steps // 50)
+        for step, ((mine, rows, n_global), x) in enumerate(zip(shares, reader)):
+            x = _to_device(x, device, channels_last)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(train_cfg, epoch * steps + step, train_cfg.epochs * steps)
+            noise.manual_seed(_noise_seed(train_cfg.seed, epoch, step))
+            rows = rows.to(device, non_blocking=True)  # blocking would wait for the GPU every step
+            eps = torch.randn(n_global, model_cfg.z_dims, device=device, generator=noise)[rows]  # (B, D)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                params, mu, logvar = net(x, eps)
+            loss = negative_elbo(x, params, mu, logvar, model_cfg.likelihood, model.scale(), beta)
+            # sum over my images / global batch * world: DDP's gradient mean then equals the
+            # gradient of the mean over the global batch
+            objective = loss.total.sum() * (dist.world / n_global)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None and scaler.is_enabled():
+                scaler.scale(objective).backward()
+                if train_cfg.grad_clip > 0:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                objective.backward()
+                if train_cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
+                optimizer.step()
+            with torch.no_grad():
+                sums += torch.stack([loss.recon.sum(), loss.kl.sum(), loss.total.sum()]).double()
+            count += len(mine)  # a Python int: a device tensor here would sync every step
+            if progress and dist.main and ((step + 1) % report_every == 0 or step + 1 == steps):
+                s = sums.tolist()
+                progress(step + 1, steps, phase="train", epoch=epoch + 1, epochs=train_cfg.epochs,
+                         loss=s[2] / count, recon=s[0] / count, kl=s[1] / count,
+                         images_per_s=count * dist.world / (time.perf_counter() - t0))
+        reader.close()  # here, not later in the garbage collector, where a Ctrl-C would be swallowed
+        sums = torch.cat([sums, torch.tensor([float(count)], dtype=torch.float64, device=device)])
+        sums = _all_reduce_sum(sums, dist).tolist()
+        if not math.isfinite(sums[2]):
+            kept = (f"the last good checkpoint (epoch {epoch}) is kept in {out_dir}; resume with --resume"
+                    if epoch > 0 else "nothing was saved yet; start again with --overwrite")
+            raise TrainingError(f"loss became {sums[2]} in epoch {epoch + 1}; try a lower --lr. {kept}")
+        seconds = time.perf_counter() - t0
+        row = _epoch_row(epoch, beta, sums, seconds, model, data, val_idx, train_idx, device, dist)
+        history.append(row)
+        improved = row["val_loss"] < best["val"]
+        if improved:
+            best = {"epoch": epoch, "val": row["val_loss"]}
+        if dist.main:
+            if resume and epoch == start_epoch:
+                # From here model.safetensors may change: the stored threshold and fingerprint no
+                # longer describe it until _finish writes new ones, and the new total number of
+                # epochs must survive another interruption.
+                cfg = rundir.read_config(out_dir)
+                cfg.pop("anomaly", None)
+                cfg.pop("fingerprint", None)
+                changed = {k: getattr(train_cfg, k) for k in RESUMABLE if cfg["train"].get(k) != getattr(train_cfg, k)}
+                if changed:  # what a --resume changed, and from which epoch on
+                    cfg["resumed"] = [*cfg.get("resumed", []), {"from_epoch": epoch + 1, **changed}]
+                cfg["train"] = {**cfg["train"], **{k: getattr(train_cfg, k) for k in RESUMABLE}}
+                rundir.write_config(out_dir, cfg)
+            if improved:
+                rundir.save_tensors(out_dir / rundir.WEIGHTS, model.state_dict(), {"epoch": epoch})
+            rundir.write_metrics(out_dir, history)
+            tensors, meta = _pack_state(model, optimizer, scaler, epoch, best, len(history))
+            rundir.save_checkpoint(out_dir, epoch, tensors, meta)
+        if progress and dist.main:
+            progress(epoch + 1, train_cfg.epochs, phase="epoch", **row)
+
+    result = TrainResult(out_dir, str(device), len(history), best["epoch"] + 1, best["val"], history,
+                         seconds=time.perf_counter() - t_start, rank=dist.rank)
+    if dist.main:
+        result.threshold = finish(out_dir, data, train_idx, val_idx, cal_idx, train_cfg, device)
+    _barrier(dist)  # the run directory is complete when any rank returns
+    return result
+
+
+def _epoch_row(epoch, beta, sums, seconds, model, data, val_idx, train_idx, device, dist) -> dict:
+    n = sums[3]
+    pixels = int(np.prod(data.images.shape[1:]))
+    # Validation by the deterministic -ELBO (z = mu); each rank scores its share.
+    eval_idx = val_idx if len(val_idx) else train_idx
+    mine = eval_idx[dist.rank :: dist.world]
+    v = deterministic_scores(model, data.images, mine, device)
+    vs = torch.tensor([v[:, 0].sum(), v[:, 1].sum(), v[:, 2].sum(), len(mine)], dtype=torch.float64, device=device)
+    vs = _all_reduce_sum(vs, dist).tolist()
+    val_loss = vs[2] / max(vs[3], 1)
+    return {
+        "epoch": epoch + 1,
+        "beta": beta,
+        "train_loss": sums[2] / n,
+        "train_recon": sums[0] / n,
+        "train_kl": sums[1] / n,
+        # bits/dim of the true -ELBO (recon + KL, whatever the KL weight during warm-up)
+        "train_bits_per_dim": (sums[0] + sums[1]) / n / (pixels * math.log(2)),
+        "val_loss": val_loss,
+        "val_recon": vs[0] / max(vs[3], 1),
+        "val_kl": vs[1] / max(vs[3], 1),
+        "val_bits_per_dim": val_loss / (pixels * math.log(2)),
+        "images_per_s": n / seconds,
+        "seconds": seconds,
+    }
