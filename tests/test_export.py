@@ -84,10 +84,10 @@ def test_parity_report_covers_every_output_within_tolerance(ex):
 def test_a_drift_in_the_exported_maths_fails_the_export_and_writes_nothing(ex, tmp_path, monkeypatch):
     import torch
 
-    import vaekit.export_rewrite
+    import vaekit.export.rewrite
     from vaekit.export import ExportError, export
 
-    real = vaekit.export_rewrite.for_onnx
+    real = vaekit.export.rewrite.for_onnx
 
     def drifted(net, int8=False):  # what the exporter traces, off by a little; the torch engine is untouched
         net = real(net, int8)
@@ -95,7 +95,7 @@ def test_a_drift_in_the_exported_maths_fails_the_export_and_writes_nothing(ex, t
             net.decoder.convs[-1].taps.mul_(1.01)
         return net
 
-    monkeypatch.setattr(vaekit.export_rewrite, "for_onnx", drifted)
+    monkeypatch.setattr(vaekit.export.rewrite, "for_onnx", drifted)
     with pytest.raises(ExportError, match=r"ONNX model does not match torch, nothing written: .*neg_elbo"):
         export(ex.run, tmp_path / "drift.onnx")
     assert list(tmp_path.iterdir()) == []  # no files, no staging folder left behind
@@ -160,7 +160,7 @@ def test_tap_sum_rewrite_computes_the_same_convolution(c_out, k, size, bias):
     import torch
     from torch import nn
 
-    from vaekit.export_rewrite import TapSumConv
+    from vaekit.export.rewrite import TapSumConv
 
     torch.manual_seed(0)
     conv = nn.Conv2d(7, c_out, k, padding=k // 2, bias=bias)
@@ -178,7 +178,7 @@ def test_phase_rewrite_computes_the_same_transposed_convolution(c_in, c_out, h, 
     import torch
     from torch import nn
 
-    from vaekit.export_rewrite import PhaseConvTranspose
+    from vaekit.export.rewrite import PhaseConvTranspose
 
     torch.manual_seed(0)
     deconv = nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=output_padding)
@@ -194,7 +194,7 @@ def test_phase_rewrite_computes_the_same_transposed_convolution(c_in, c_out, h, 
 
 def test_export_traces_the_rewritten_decoder_and_leaves_the_torch_model_alone(ex):
     from vaekit.engine_torch import TorchModel
-    from vaekit.export_rewrite import TapSumConv, for_onnx
+    from vaekit.export.rewrite import TapSumConv, for_onnx
 
     net = TorchModel(ex.run).net
     copy = for_onnx(net)

@@ -1,0 +1,101 @@
+"""The parity check: both engines on the same images, every output compared."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class ExportError(RuntimeError):
+    """The exported model does not reproduce the torch engine (nothing was written)."""
+
+
+@dataclass
+class Parity:
+    name: str  # what was compared, e.g. "score: neg_elbo"
+    max_abs: float  # max |onnx - torch|
+    max_rel: float  # max |onnx - torch| / |torch| over values with |torch| > atol
+    tolerance: str  # the criterion, for the report
+    ok: bool
+
+
+def sample_inputs(model, n: int = 13, seed: int = 0) -> np.ndarray:
+    """uint8 images to compare engines on: the model's own prior samples, noise and flat images.
+
+    Prior samples look like the training data; noise and flat images push the scores far
+    from it, where an error in the likelihood maths would show most.
+    """
+    rng = np.random.default_rng(seed)
+    c, s = model.info.channels, model.info.image_size
+    k = max(1, n - 4)
+    typical = np.rint(model.sample(k, seed=seed) * 255).astype(np.uint8)
+    noise = rng.integers(0, 256, (2, c, s, s), dtype=np.uint8)
+    flat = np.stack([np.zeros((c, s, s), np.uint8), np.full((c, s, s), 255, np.uint8)])
+    return np.concatenate([typical, noise, flat])[:n]
+
+
+def _compare(name: str, got, want, rtol: float, atol: float) -> Parity:
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    if got.shape != want.shape:
+        return Parity(name, math.inf, math.inf, f"shape {want.shape}", False)
+    diff = np.abs(got - want)
+    if diff.size == 0:
+        return Parity(name, 0.0, 0.0, f"|onnx - torch| <= {atol:g} + {rtol:g} * |torch|", True)
+    tolerance = f"|onnx - torch| <= {atol:g} + {rtol:g} * |torch|"
+    scale = np.abs(want)
+    ok = bool(np.all(diff <= atol + rtol * scale))  # NaN fails too
+    big = np.abs(want) > max(atol, 1e-12)  # relative error means little for values near zero
+    max_rel = float((diff[big] / np.abs(want[big])).max()) if big.any() else 0.0
+    return Parity(name, float(diff.max()), max_rel, tolerance, ok)
+
+
+def check_parity(reference, candidate, images: np.ndarray, rtol: float = 1e-4, atol: float = 1e-4) -> list[Parity]:
+    """Run both engines through the public API on `images` and compare every output.
+
+    Scores (hundreds to thousands of nats) are judged relatively, per the rtol; the
+    small quantities (codes, pixels) mostly by atol.
+    """
+    old = reference.batch_size, candidate.batch_size
+    # batches of 4 and a partial last one (1 with the default 13 images): the dynamic batch at work
+    reference.batch_size = candidate.batch_size = max(1, min(4, len(images) - 1))
+    try:
+        rows = []
+        mu_t, lv_t = reference.encode(images)
+        mu_o, lv_o = candidate.encode(images)
+        rows += [_compare("encode: mu", mu_o, mu_t, rtol, atol), _compare("encode: logvar", lv_o, lv_t, rtol, atol)]
+        z = np.concatenate([mu_t, np.random.default_rng(1).standard_normal(mu_t.shape, dtype=np.float32)])
+        rows.append(_compare("decode: image", candidate.decode(z), reference.decode(z), rtol, atol))
+        for samples in (0, 2):
+            st, so = reference.score(images, samples=samples), candidate.score(images, samples=samples)
+            tag = "score" if samples == 0 else f"score (samples={samples})"
+            rows += [_compare(f"{tag}: {st.name} (default score)", so.score, st.score, rtol, atol),
+                     _compare(f"{tag}: neg_elbo", so.neg_elbo, st.neg_elbo, rtol, atol),
+                     _compare(f"{tag}: recon", so.recon, st.recon, rtol, atol),
+                     _compare(f"{tag}: kl", so.kl, st.kl, rtol, atol),
+                     _compare(f"{tag}: pixel_map", so.pixel_map, st.pixel_map, rtol, atol)]
+    finally:
+        reference.batch_size, candidate.batch_size = old
+    return rows
+
+
+def _require(parity: list[Parity], what: str) -> list[Parity]:
+    bad = [p for p in parity if not p.ok]
+    if bad:
+        lines = "; ".join(f"{p.name} max abs diff {p.max_abs:.3g}, rel {p.max_rel:.3g}" for p in bad)
+        raise ExportError(f"{what} does not match torch, nothing written: {lines} (need {bad[0].tolerance})")
+    return parity
+
+
+def _load_parity_images(model, inputs, limit: int = 64) -> np.ndarray:
+    """Up to `limit` images from files or folders, preprocessed as the model does."""
+    from vaekit import images as imageio
+
+    paths = imageio.find_images(inputs)[:limit]
+    if not paths:
+        raise imageio.NoImagesError(f"no image files found in {inputs}")
+    report = imageio.load_images(paths, model.info.image_size, model.info.channels)
+    if len(report.images) == 0:
+        raise imageio.NoImagesError(f"no readable image among {len(paths)} files in {inputs}")
+    return report.images
