@@ -13,6 +13,8 @@ import vaekit
 from vaekit.config import ModelConfig, TrainConfig
 from vaekit.sample_data import write_digits
 
+pytestmark = pytest.mark.slow  # a real browser against a served app: left out by `dev.py test --fast`
+
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run"]

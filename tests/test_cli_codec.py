@@ -167,6 +167,7 @@ def test_sample_and_interpolate(run, source, tmp_path):
     assert Image.open(tmp_path / "path.png").size == (5 * 18 + 2, 18 + 2)
 
 
+@pytest.mark.slow
 def test_installed_executable(run, source, tmp_path):
     src, _ = source
     r = subprocess.run([EXE, "--threads", "1", "encode", str(run), str(src), "-o", str(tmp_path / "a.codes"), "--json"],

@@ -169,6 +169,7 @@ def test_latent_map_projects_codes_and_picks_by_range(model, data):
         handlers.latent_map(model, data / "missing", "PCA")
 
 
+@pytest.mark.slow
 def test_train_events_stream_epochs_then_the_result(data, tmp_path):
     events = list(handlers.train_events(data / "train", tmp_path / "run", SIZE, 3, 2, threading.Event()))
     assert [e.metrics["epoch"] for e in events if e.phase == "epoch"] == [1, 2]
@@ -177,6 +178,7 @@ def test_train_events_stream_epochs_then_the_result(data, tmp_path):
     assert vaekit.load(tmp_path / "run").info.latent_dim == 3
 
 
+@pytest.mark.slow
 def test_stop_ends_training_and_keeps_the_checkpoint(data, tmp_path):
     stop = threading.Event()
     phases = []
@@ -196,6 +198,7 @@ def test_train_with_a_missing_folder_says_so(tmp_path):
         next(handlers.train_events(tmp_path / "nope", tmp_path / "run", SIZE, 3, 1, threading.Event()))
 
 
+@pytest.mark.slow
 def test_every_tab_but_train_works_on_the_onnx_engine(tmp_path_factory, tmp_path):
     from export_support import exported  # the session's one export, shared with the export tests
 
@@ -255,11 +258,13 @@ def _files(paths):
     return [handle_file(str(p)) for p in paths]
 
 
+@pytest.mark.slow
 def test_app_listens_on_localhost_only_without_share(served):
     app, url = served
     assert url.startswith("http://127.0.0.1:") and app.server_name == "127.0.0.1" and not app.share
 
 
+@pytest.mark.slow
 def test_client_compress_then_decompress(client, model, uploads):
     from gradio_client import handle_file
 
@@ -277,6 +282,7 @@ def test_client_compress_then_decompress(client, model, uploads):
     np.testing.assert_array_equal(np.asarray(Image.open(out[2]["image"])), decoded[2, 0])
 
 
+@pytest.mark.slow
 def test_client_anomaly_and_threshold(client, model, uploads):
     want = model.score(model.load_images(uploads).images, score=model.info.score).score
     summary, plot, gallery, table, csv_path = client.predict(_files(uploads), float(want.max()) - 1e-3,
@@ -291,6 +297,7 @@ def test_client_anomaly_and_threshold(client, model, uploads):
     assert "3 of 3 anomalous" in summary
 
 
+@pytest.mark.slow
 def test_client_generate_and_latent(client, model, uploads, data):
     grid = np.asarray(Image.open(client.predict(4, 1.0, 7, api_name="/sample")))
     np.testing.assert_array_equal(grid, handlers.sample_grid(model, 4, 1.0, 7)[0])
@@ -300,6 +307,7 @@ def test_client_generate_and_latent(client, model, uploads, data):
     assert points["columns"] == ["x", "y", "score", "file"] and len(points["data"]) >= 10
 
 
+@pytest.mark.slow
 def test_bad_input_is_a_message_and_the_app_keeps_serving(client, model, uploads, not_an_image, tmp_path):
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
@@ -324,6 +332,7 @@ def test_bad_input_is_a_message_and_the_app_keeps_serving(client, model, uploads
     assert "of 3 anomalous" in summary
 
 
+@pytest.mark.slow
 def test_no_server_path_is_served(served, run, uploads):
     _, url = served
     for path in (run / "config.json", uploads[0], Path("/etc/passwd"), Path("pyproject.toml").resolve()):
@@ -332,6 +341,7 @@ def test_no_server_path_is_served(served, run, uploads):
         assert e.value.code in (403, 404)
 
 
+@pytest.mark.slow
 def test_train_makes_the_new_run_the_apps_model_and_uploads_are_capped(data, tmp_path):
     from gradio_client import Client
     from gradio_client.exceptions import AppError
@@ -365,6 +375,7 @@ def test_train_makes_the_new_run_the_apps_model_and_uploads_are_capped(data, tmp
         app.close()
 
 
+@pytest.mark.slow
 def test_cli_demo_builds_and_launches_on_localhost(run, monkeypatch):
     from typer.testing import CliRunner
 

@@ -424,6 +424,7 @@ def exe(run, corpus, clean, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_ctrl_c_exits_130_and_leaves_a_resumable_run(exe):
     from vaekit import run as rundir
 
@@ -439,6 +440,7 @@ def test_usage_error_exits_2(tmp_path):
     assert p.returncode == 2 and "does not exist" in p.stderr, p.stderr
 
 
+@pytest.mark.slow
 def test_installed_executable_over_the_corpus(exe, corpus):
     """Once through the real `vaekit`, unprivileged, in a strict UTF-8 locale: names that are
     not UTF-8 are printed, not a crash, and every good image is reconstructed."""

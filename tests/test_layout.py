@@ -7,6 +7,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -46,6 +48,7 @@ def test_no_pickle_anywhere():
                 assert "weights_only=True" in m.group(1), f"{path}: torch.load without weights_only=True"
 
 
+@pytest.mark.slow
 def test_wheel_installs_namespaced_packages_only(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],

@@ -67,6 +67,7 @@ def test_streamed_rows_are_those_of_score_images(setup, reference):
     assert len(report.rows) == N_IMAGES and [p.name for p, _ in report.skipped] == ["broken.png"]
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_at_random_moments_gives_the_same_rows(setup, reference, tmp_path):
     """Kill `vaekit anomaly-score` (SIGKILL: no clean-up) when its journal holds a random number
     of batches, again and again, then let --resume finish: the file equals an uninterrupted run's."""

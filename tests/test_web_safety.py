@@ -19,6 +19,8 @@ from PIL import Image
 
 from vaekit import codes
 
+pytestmark = pytest.mark.slow  # a served app over raw HTTP: left out by `dev.py test --fast`
+
 SIZE = 16
 
 
