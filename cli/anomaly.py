@@ -22,11 +22,11 @@ class Score(str, Enum):
     kl = "kl"
 
 
-SCORE_HELP = ("atypicality (default): how many standard deviations the image's most atypical part of the -ELBO "
-              "lies from normal images (reconstruction or KL too high, the -ELBO too low; per neighbourhood with a "
-              "latent grid); models from vaekit 0.1 score excess instead. excess: -ELBO minus the image's own "
-              "floor, the NLL of a perfect reconstruction; neg_elbo: the plain -ELBO; recon / kl: its two terms "
-              "(nats). Higher = more anomalous.")
+SCORE_HELP = ("atypicality (default): each part of the image's -ELBO compared with normal images as a z-score "
+              "(reconstruction or KL too high, the -ELBO too low; per neighbourhood with a latent grid), the squares "
+              "of those pointing the anomalous way added up (sd²); models from vaekit 0.1 score excess instead. "
+              "excess: -ELBO minus the image's own floor, the NLL of a perfect reconstruction; neg_elbo: the plain "
+              "-ELBO; recon / kl: its two terms (nats). Higher = more anomalous.")
 SAMPLES_HELP = ("0: evaluate at the posterior mean (deterministic, the default). K: average K posterior draws, "
                 "each image's noise seeded by its pixels, so still the same on every run.")
 IWAE_HELP = ("Estimate -log p(x) with the importance-weighted bound over --samples draws (64 if not given): "

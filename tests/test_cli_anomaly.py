@@ -41,7 +41,7 @@ def test_anomaly_score_prints_a_table_and_writes_csv_json_and_maps(parts, tmp_pa
     r = invoke("--threads", 1, "anomaly-score", parts / "run", parts / "test" / "normal", parts / "test" / "anomalous",
                "-o", tmp_path / "s.csv", "--maps", tmp_path / "maps")
     assert r.exit_code == 0, r.output
-    assert "atypicality scores" in r.output and "(sd; higher" in r.output and "anomalous at threshold" in r.output and "stored: quantile 0.99" in r.output
+    assert "atypicality scores" in r.output and "(sd²; higher" in r.output and "anomalous at threshold" in r.output and "stored: quantile 0.99" in r.output
     rows = list(csv.DictReader(io.StringIO((tmp_path / "s.csv").read_text())))
     assert len(rows) == 8 and {"path", "score", "bits_per_dim", "threshold", "anomalous"} <= set(rows[0])
     assert all(row["anomalous"] == str(float(row["score"]) > float(row["threshold"])).lower() for row in rows)
@@ -58,7 +58,7 @@ def test_threshold_override_and_fail_on_anomaly_exit_codes(parts):
     folder = parts / "test" / "anomalous"
     r = invoke("anomaly-score", parts / "run", folder, "--threshold", -1e9, "--fail-on-anomaly")
     assert r.exit_code == 1, r.output
-    assert "4 of 4 anomalous at threshold -1000000000.00 sd (given)" in r.output
+    assert "4 of 4 anomalous at threshold -1000000000.00 sd² (given)" in r.output
     r = invoke("anomaly-score", parts / "run", folder, "--threshold", 1e9, "--fail-on-anomaly")
     assert r.exit_code == 0, r.output
     assert "0 of 4 anomalous" in r.output

@@ -150,7 +150,9 @@ def test_missing_optional_dependency_names_the_extra(monkeypatch):
         return real(name, *a, **k)
 
     monkeypatch.setattr(builtins, "__import__", no_torch)
-    for mod in [m for m in sys.modules if m == "vaekit.train" or m.startswith("torch")]:
+    torch_users = ("vaekit.train", "vaekit.fit", "vaekit.finish", "vaekit.data", "vaekit.model", "vaekit.objective",
+                   "vaekit.distributed", "vaekit.run", "vaekit.engine_torch")
+    for mod in [m for m in sys.modules if m in torch_users or m.startswith("torch")]:
         monkeypatch.delitem(sys.modules, mod)
     r = invoke("train", ROOT / "tests")
     assert r.exit_code == 2 and "pip install 'vaekit[train]'" in r.output, r.output

@@ -23,7 +23,7 @@ def load(path, device: str = "auto", threads: int | None = None):
     import os
     from pathlib import Path
 
-    from vaekit.errors import BadInput
+    from vaekit.errors import BadInput, NotFound
 
     if threads is None and os.environ.get("VAEKIT_THREADS"):  # the one place the variable is read
         try:
@@ -46,4 +46,4 @@ def load(path, device: str = "auto", threads: int | None = None):
         return OnnxModel(path, threads=threads, device=device)
     if path.exists():
         raise BadInput(f"{path} is neither a run directory nor a regular .onnx file")
-    raise FileNotFoundError(f"no such model: {path} (give a run directory or an exported .onnx file)")
+    raise NotFound(f"no such model: {path} (give a run directory or an exported .onnx file)")

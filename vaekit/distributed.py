@@ -9,11 +9,12 @@ import os
 from dataclasses import dataclass
 
 import torch
+from vaekit.errors import BadInput
 
 
 def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but CUDA is not available (use --device cpu or auto)")
+        raise BadInput("device 'cuda' requested but CUDA is not available (use --device cpu or auto)")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and "LOCAL_RANK" in os.environ:

@@ -20,7 +20,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from vaekit import images as imageio
-from vaekit.errors import BadInput, DamagedFile
+from vaekit.errors import BadInput
+from vaekit.info import DEFAULT_SCORE, SCORES, ModelInfo, score_unit, threshold_fields  # noqa: F401  (public here too)
 from vaekit.scoring import Calibration, Parts, kl_map, pixel_floor  # noqa: F401  (pixel_floor: public here too)
 
 Progress = Callable[..., None]
@@ -28,95 +29,6 @@ Progress = Callable[..., None]
 # -ELBO lies from normal images, in standard deviations. "excess" is the -ELBO minus the image's
 # own floor, the NLL a perfect reconstruction would get (see `pixel_floor`); the others are the
 # -ELBO and its two terms.
-SCORES = ("atypicality", "excess", "neg_elbo", "recon", "kl")
-DEFAULT_SCORE = "atypicality"
-
-
-def score_unit(score: str) -> str:
-    """What a score is measured in: standard deviations of normal images, or nats."""
-    return "sd" if score == "atypicality" else "nats"
-
-
-@dataclass
-class ModelInfo:
-    image_size: int  # the model's input is image_size × image_size
-    channels: int  # 1 or 3
-    latent_dim: int
-    likelihood: str  # "bernoulli" or "gaussian"
-    fingerprint: str  # names the weights; code files record it
-    engine: str  # "torch" or "onnxruntime"
-    source: Path  # the run directory or .onnx file
-    threshold: float | None = None  # anomaly threshold on the default score (nats)
-    threshold_quantile: float | None = None
-    quantiles: dict[str, float] = field(default_factory=dict)  # validation score quantiles
-    val_scores: list[float] = field(default_factory=list)  # validation scores, for histograms
-    log_scale: list[float] | None = None  # gaussian: per-channel log sigma (needed by "excess"); bernoulli: None
-    score: str = DEFAULT_SCORE  # the score `threshold`, `quantiles` and `val_scores` are about
-    thresholds: dict[str, float] = field(default_factory=dict)  # score name -> threshold, every score
-    threshold_from: str = "validation"  # whose scores the stored threshold is a quantile of ("training" without a split)
-    threshold_fixed: bool = False  # set to a value (`vaekit threshold --value`), not a quantile
-    latent_shape: tuple[int, ...] = ()  # (D,) for a vector latent, (C, G, G) for a grid; () = (latent_dim,)
-    calibration: dict | None = None  # the atypicality score's statistics of normal images (vaekit/scoring.py)
-
-    @property
-    def dims(self) -> int:
-        return self.channels * self.image_size * self.image_size
-
-    def __post_init__(self) -> None:
-        if not self.latent_shape:
-            self.latent_shape = (self.latent_dim,)
-
-
-def threshold_fields(anomaly, source: str | Path = "the model") -> dict:
-    """ModelInfo's threshold fields from a run's stored `anomaly` section (config.json, or the
-    export's metadata): one reader for both engines, so they agree on which threshold applies.
-
-    Fails closed: a section of the wrong shape, or a threshold that is not a finite number
-    (NaN flags nothing), is DamagedFile naming `source`, never a threshold that passes all.
-    """
-    def damaged(what: str) -> DamagedFile:
-        return DamagedFile(f"{source}: the stored anomaly section is damaged ({what}); "
-                           "set a threshold again with `vaekit threshold` or retrain")
-
-    def number(v, what: str) -> float:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise damaged(f"{what} is {v!r}, not a finite number")
-        return float(v)
-
-    if anomaly is None:
-        anomaly = {}
-    if not isinstance(anomaly, dict):
-        raise damaged(f"expected an object, got {type(anomaly).__name__}")
-    score = anomaly.get("score", "neg_elbo")  # runs written before "excess" existed scored -ELBO
-    if score not in SCORES:
-        raise damaged(f"unknown score {score!r}")
-    by_score = anomaly.get("by_score", {})
-    if not isinstance(by_score, dict) or not all(isinstance(v, dict) for v in by_score.values()):
-        raise damaged("'by_score' is not an object of objects")
-    thresholds = {k: number(v.get("threshold"), f"the {k} threshold") for k, v in by_score.items()}
-    threshold = anomaly.get("threshold")
-    if threshold is not None:
-        threshold = number(threshold, "the threshold")
-        thresholds.setdefault(score, threshold)
-    quantile = anomaly.get("threshold_quantile")
-    if quantile is not None:
-        quantile = number(quantile, "the threshold quantile")
-    quantiles, val_scores = anomaly.get("quantiles", {}), anomaly.get("scores", [])
-    if not isinstance(quantiles, dict) or not isinstance(val_scores, list):
-        raise damaged("'quantiles' or 'scores' has the wrong type")
-    quantiles = {str(k): number(v, "a stored quantile") for k, v in quantiles.items()}
-    val_scores = [number(v, "a stored validation score") for v in val_scores]
-    source_kind = anomaly.get("source", "validation")
-    return {
-        "threshold": threshold, "threshold_quantile": quantile,
-        "quantiles": quantiles, "val_scores": val_scores,
-        "score": score, "thresholds": thresholds,
-        "threshold_from": source_kind if isinstance(source_kind, str) else "validation",
-        "threshold_fixed": anomaly.get("fixed") is True,
-        "calibration": anomaly.get("calibration"),
-    }
-
-
 @dataclass
 class Scores:
     score: np.ndarray  # (N,) the chosen score, nats; higher = more anomalous
@@ -202,7 +114,7 @@ class Model:
         want = (self.info.channels, self.info.image_size, self.info.image_size)
         x = np.asarray(x)
         if x.ndim != 4 or tuple(x.shape[1:]) != want:
-            raise ValueError(f"expected images of shape (N, {want[0]}, {want[1]}, {want[2]}), got {x.shape}")
+            raise BadInput(f"expected images of shape (N, {want[0]}, {want[1]}, {want[2]}), got {x.shape}")
         return x
 
     def _batches(self, n: int):
@@ -227,7 +139,7 @@ class Model:
         """Latent codes (N, D) -> mean images (N, C, H, W) float32 in [0, 1]."""
         z = np.asarray(z, dtype=np.float32)
         if z.ndim != 2 or z.shape[1] != self.info.latent_dim:
-            raise ValueError(f"expected latent codes of shape (N, {self.info.latent_dim}), got {z.shape}")
+            raise BadInput(f"expected latent codes of shape (N, {self.info.latent_dim}), got {z.shape}")
         out = [self._decode(z[sl]) for sl in self._batches(len(z))]
         s, c = self.info.image_size, self.info.channels
         return np.concatenate(out) if out else np.zeros((0, c, s, s), np.float32)
@@ -240,7 +152,7 @@ class Model:
     def sample(self, n: int, temperature: float = 1.0, seed: int = 0) -> np.ndarray:
         """Draw n images from the prior N(0, temperature^2 I)."""
         if n < 1 or temperature < 0:
-            raise ValueError(f"need n >= 1 and temperature >= 0, got n={n}, temperature={temperature}")
+            raise BadInput(f"need n >= 1 and temperature >= 0, got n={n}, temperature={temperature}")
         z = np.random.default_rng(seed).standard_normal((n, self.info.latent_dim), dtype=np.float32) * temperature
         return self.decode(z)
 
@@ -276,8 +188,8 @@ class Model:
         of them (decoded with the model's preprocessing; `paths` and `skipped` of the result say
         which files the rows are). For folders too large for memory use `iter_scores`.
 
-        score: "atypicality" (default) is the largest of the standardised tests of the -ELBO's
-        parts against normal images (vaekit/scoring.py, Calibration); a model trained before it
+        score: "atypicality" (default) combines standardised tests of the -ELBO's parts against
+        normal images (vaekit/scoring.py, Calibration); a model trained before it
         existed has no calibration and scores "excess" instead (Scores.name says which).
         "excess" is the -ELBO minus the image's floor (`pixel_floor`), i.e. the nats by which the
         model falls short of a perfect reconstruction plus the KL. "neg_elbo" is the plain -ELBO;
@@ -292,15 +204,15 @@ class Model:
         otherwise the per-pixel reconstruction NLL.
         """
         if score not in SCORES:
-            raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+            raise BadInput(f"score must be one of {SCORES}, got {score!r}")
         if score == "atypicality" and (iwae or self.calibration() is None):
             score = "excess"  # the IWAE bound is of -log p(x) as a whole; old models have no calibration
         if not isinstance(samples, (int, np.integer)) or samples < 0:
-            raise ValueError(f"samples must be an integer >= 0, got {samples!r}")
+            raise BadInput(f"samples must be an integer >= 0, got {samples!r}")
         if iwae and samples < 1:
-            raise ValueError(f"the IWAE estimate needs samples >= 1, got {samples}")
+            raise BadInput(f"the IWAE estimate needs samples >= 1, got {samples}")
         if iwae and score not in ("neg_elbo", "excess"):
-            raise ValueError(f"the IWAE estimate bounds -log p(x) as a whole; use score neg_elbo or excess, not {score!r}")
+            raise BadInput(f"the IWAE estimate bounds -log p(x) as a whole; use score neg_elbo or excess, not {score!r}")
         x, paths, skipped = self._images(x)
         n, k = len(x), max(samples, 1)
         s = self.info.image_size
@@ -384,7 +296,7 @@ class Model:
         the K-sample -ELBO in expectation. Noise seeded per image, so deterministic.
         """
         if not isinstance(samples, (int, np.integer)) or samples < 1:
-            raise ValueError(f"samples must be an integer >= 1, got {samples!r}")
+            raise BadInput(f"samples must be an integer >= 1, got {samples!r}")
         return self.score(x, samples=samples, score="neg_elbo", iwae=True, maps=False).neg_elbo
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from vaekit.engine import Model, ModelInfo, threshold_fields
-from vaekit.errors import BadInput, DamagedFile, ForeignModel
+from vaekit.errors import BadInput, DamagedFile, ForeignModel, NotFound
 from vaekit.fileio import check_regular, loads_json
 
 CHECKSUM_KEY = "vaekit.sha256"  # sha256 of the file, computed with CHECKSUM_PLACEHOLDER in its place
@@ -180,7 +180,7 @@ class OnnxModel(Model):
         if role not in self._sessions:
             path = self.parts[role]
             if not path.is_file():
-                raise FileNotFoundError(
+                raise NotFound(
                     f"{path.name} is missing: {'encode' if role == 'encoder' else 'decode'} needs it. "
                     f"`vaekit export` writes it next to {self.path.name}; copy the three files together")
             sess, meta = _open(path, role, self.threads, self.device)

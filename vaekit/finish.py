@@ -40,7 +40,7 @@ def write_run_config(out_dir, data, model_cfg, train_cfg, device, n_train, n_val
 
 CALIBRATION_MAX = 2000  # validation images the score statistics are fitted on, at most
 LOCAL_WINDOWS = (9, 17)  # a latent grid's local tests: windows of ~2 and ~4 cells (a cell is 4x4 pixels)
-COMBINE = "max"  # how the standardised tests make one score (vaekit.scoring.Calibration; docs/detection.md)
+COMBINE = "sumsq"  # how the standardised tests make one score (vaekit.scoring.Calibration; docs/detection.md)
 
 
 def finish(out_dir, data, train_idx, val_idx, cal_idx, train_cfg, device) -> float:

@@ -24,11 +24,12 @@ from vaekit.finish import finish, write_run_config
 from vaekit.model import ConvVAE
 from vaekit.objective import negative_elbo
 from vaekit.recipe import kl_weight, learning_rate, resolve_batch_size, resolve_epochs
+from vaekit.errors import BadInput, TrainingFailed
 
 Progress = Callable[..., None]
 
 
-class TrainingError(RuntimeError):
+class TrainingError(TrainingFailed):
     """Training cannot go on (e.g. the loss became NaN); the last good checkpoint is kept."""
 
 
@@ -172,7 +173,7 @@ def fit(
         start_epoch, best = meta["epoch"] + 1, meta["best"]
         history = rundir.read_metrics(out_dir)[: meta["history_len"]]
         if train_cfg.epochs < start_epoch:
-            raise ValueError(f"{out_dir} has already trained {start_epoch} epochs; --epochs {train_cfg.epochs} would go back")
+            raise BadInput(f"{out_dir} has already trained {start_epoch} epochs; --epochs {train_cfg.epochs} would go back")
     elif dist.main:
         write_run_config(out_dir, data, model_cfg, train_cfg, device, len(train_idx), len(val_idx), len(cal_idx))
 

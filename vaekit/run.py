@@ -31,8 +31,8 @@ from safetensors import SafetensorError
 from safetensors.torch import save
 
 from vaekit.version import __version__
-from vaekit.config import ModelConfig, from_dict, from_stored_model
-from vaekit.errors import BadInput, DamagedFile, ForeignModel, InUse
+from vaekit.config import from_stored_model
+from vaekit.errors import BadInput, DamagedFile, ForeignModel, InUse, OutputExists
 from vaekit.fileio import (atomic_write_bytes, atomic_write_json, loads_json, read_json, read_regular,
                            split_safetensors)
 
@@ -103,7 +103,7 @@ def prepare_out(out_dir: Path, overwrite: bool, write: bool = True) -> None:
             raise BadInput(f"{out_dir} holds files vaekit did not write; give --out an empty or new folder "
                            "(vaekit never replaces files it did not create)")
         if (out_dir / CONFIG).exists() and not overwrite:
-            raise FileExistsError(f"{out_dir} already holds a run; pass --resume to continue it or --overwrite to replace it")
+            raise OutputExists(f"{out_dir} already holds a run; pass --resume to continue it or --overwrite to replace it")
         if write:
             clear_run(out_dir)
     if write:

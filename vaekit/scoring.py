@@ -11,8 +11,8 @@ From those this module builds the parts of the -ELBO and the scores:
   R too high, the KL too high, or the whole -ELBO too LOW (Nalisnick et al. 2019: an image
   simpler than any normal one, such as a "1" under a model of "8"s, or a smudge that wipes out
   a texture's detail). With a latent grid the same tests run per neighbourhood, both ways, so
-  local defects count. The score is the largest of these z-scores: how many standard
-  deviations the image's most atypical part lies from normal.
+  local defects count. The score adds up the squares of the z-scores that point the anomalous
+  way, Σ max(z, 0)² (a part 3 standard deviations out adds 9; normal images stay near 0-2).
 """
 
 from __future__ import annotations

@@ -95,9 +95,9 @@ def export(
     t0 = time.perf_counter()
     out = _check_out(out, overwrite)
     if quantize is not None and quantize not in QUANTIZE:
-        raise ValueError(f"quantize must be one of {QUANTIZE} or None, got {quantize!r}")
+        raise BadInput(f"quantize must be one of {QUANTIZE} or None, got {quantize!r}")
     if not (rtol >= 0 and atol >= 0):
-        raise ValueError(f"tolerances must be >= 0, got rtol={rtol}, atol={atol}")
+        raise BadInput(f"tolerances must be >= 0, got rtol={rtol}, atol={atol}")
 
     def step(done: int, what: str) -> None:
         if progress:
@@ -115,7 +115,7 @@ def export(
     if isinstance(images, np.ndarray):
         user_images = reference._check(images)
         if user_images.dtype != np.uint8 or len(user_images) == 0:
-            raise ValueError(f"parity images must be a non-empty uint8 array, got {user_images.dtype} x {len(user_images)}")
+            raise BadInput(f"parity images must be a non-empty uint8 array, got {user_images.dtype} x {len(user_images)}")
     elif images is not None:
         user_images = _load_parity_images(reference, images)
     # at least 5 images, so that batches of 4 and 1 exercise the dynamic batch dimension

@@ -1,0 +1,98 @@
+"""What a model is and what its stored anomaly section says: ModelInfo, the score names, and the
+one reader of the `anomaly` section that both engines use (config.json or ONNX metadata)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vaekit.errors import DamagedFile
+
+SCORES = ("atypicality", "excess", "neg_elbo", "recon", "kl")
+DEFAULT_SCORE = "atypicality"
+
+
+def score_unit(score: str) -> str:
+    """What a score is measured in: squared standard deviations of normal images, or nats."""
+    return "sd²" if score == "atypicality" else "nats"
+
+
+@dataclass
+class ModelInfo:
+    image_size: int  # the model's input is image_size × image_size
+    channels: int  # 1 or 3
+    latent_dim: int
+    likelihood: str  # "bernoulli" or "gaussian"
+    fingerprint: str  # names the weights; code files record it
+    engine: str  # "torch" or "onnxruntime"
+    source: Path  # the run directory or .onnx file
+    threshold: float | None = None  # anomaly threshold on the default score (nats)
+    threshold_quantile: float | None = None
+    quantiles: dict[str, float] = field(default_factory=dict)  # validation score quantiles
+    val_scores: list[float] = field(default_factory=list)  # validation scores, for histograms
+    log_scale: list[float] | None = None  # gaussian: per-channel log sigma (needed by "excess"); bernoulli: None
+    score: str = DEFAULT_SCORE  # the score `threshold`, `quantiles` and `val_scores` are about
+    thresholds: dict[str, float] = field(default_factory=dict)  # score name -> threshold, every score
+    threshold_from: str = "validation"  # whose scores the stored threshold is a quantile of ("training" without a split)
+    threshold_fixed: bool = False  # set to a value (`vaekit threshold --value`), not a quantile
+    latent_shape: tuple[int, ...] = ()  # (D,) for a vector latent, (C, G, G) for a grid; () = (latent_dim,)
+    calibration: dict | None = None  # the atypicality score's statistics of normal images (vaekit/scoring.py)
+
+    @property
+    def dims(self) -> int:
+        return self.channels * self.image_size * self.image_size
+
+    def __post_init__(self) -> None:
+        if not self.latent_shape:
+            self.latent_shape = (self.latent_dim,)
+
+
+def threshold_fields(anomaly, source: str | Path = "the model") -> dict:
+    """ModelInfo's threshold fields from a run's stored `anomaly` section (config.json, or the
+    export's metadata): one reader for both engines, so they agree on which threshold applies.
+
+    Fails closed: a section of the wrong shape, or a threshold that is not a finite number
+    (NaN flags nothing), is DamagedFile naming `source`, never a threshold that passes all.
+    """
+    def damaged(what: str) -> DamagedFile:
+        return DamagedFile(f"{source}: the stored anomaly section is damaged ({what}); "
+                           "set a threshold again with `vaekit threshold` or retrain")
+
+    def number(v, what: str) -> float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise damaged(f"{what} is {v!r}, not a finite number")
+        return float(v)
+
+    if anomaly is None:
+        anomaly = {}
+    if not isinstance(anomaly, dict):
+        raise damaged(f"expected an object, got {type(anomaly).__name__}")
+    score = anomaly.get("score", "neg_elbo")  # runs written before "excess" existed scored -ELBO
+    if score not in SCORES:
+        raise damaged(f"unknown score {score!r}")
+    by_score = anomaly.get("by_score", {})
+    if not isinstance(by_score, dict) or not all(isinstance(v, dict) for v in by_score.values()):
+        raise damaged("'by_score' is not an object of objects")
+    thresholds = {k: number(v.get("threshold"), f"the {k} threshold") for k, v in by_score.items()}
+    threshold = anomaly.get("threshold")
+    if threshold is not None:
+        threshold = number(threshold, "the threshold")
+        thresholds.setdefault(score, threshold)
+    quantile = anomaly.get("threshold_quantile")
+    if quantile is not None:
+        quantile = number(quantile, "the threshold quantile")
+    quantiles, val_scores = anomaly.get("quantiles", {}), anomaly.get("scores", [])
+    if not isinstance(quantiles, dict) or not isinstance(val_scores, list):
+        raise damaged("'quantiles' or 'scores' has the wrong type")
+    quantiles = {str(k): number(v, "a stored quantile") for k, v in quantiles.items()}
+    val_scores = [number(v, "a stored validation score") for v in val_scores]
+    source_kind = anomaly.get("source", "validation")
+    return {
+        "threshold": threshold, "threshold_quantile": quantile,
+        "quantiles": quantiles, "val_scores": val_scores,
+        "score": score, "thresholds": thresholds,
+        "threshold_from": source_kind if isinstance(source_kind, str) else "validation",
+        "threshold_fixed": anomaly.get("fixed") is True,
+        "calibration": anomaly.get("calibration"),
+    }
