@@ -154,5 +154,7 @@ def test_missing_optional_dependency_names_the_extra(monkeypatch):
                    "vaekit.distributed", "vaekit.run", "vaekit.engine_torch")
     for mod in [m for m in sys.modules if m in torch_users or m.startswith("torch")]:
         monkeypatch.delitem(sys.modules, mod)
+        if mod.startswith("vaekit."):  # else `from vaekit import run` finds the package's attribute, no import
+            monkeypatch.delattr(sys.modules["vaekit"], mod.split(".", 1)[1], raising=False)
     r = invoke("train", ROOT / "tests")
     assert r.exit_code == 2 and "pip install 'vaekit[train]'" in r.output, r.output
