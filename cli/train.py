@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import threading
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -72,13 +75,38 @@ def train(
     train_cfg = TrainConfig(epochs=epochs or 0, batch_size=batch_size, lr=lr, beta=beta, kl_warmup=kl_warmup,
                             seed=seed, val_fraction=val_fraction, calibration_fraction=calibration_fraction, device=device.value, amp=amp, compile=compile,
                             threshold_quantile=threshold_quantile)
-    with progress_bar() as bars:
+    with progress_bar() as bars, _stop_on_ctrl_c() as stop:
         reporter = _Reporter(bars)
         result, data = run_training(images, out, model_cfg, train_cfg, channels=ch, resume=resume, overwrite=overwrite,
                                     workers=workers, progress=reporter, resume_epochs=epochs,
-                                    resume_changes=changes if resume else None)
+                                    resume_changes=changes if resume else None, should_stop=stop.is_set)
+    if result.stopped:
+        err_console.print(f"interrupted: {shown(out)} keeps its last finished epoch ({result.epochs_done}); "
+                          "continue with `vaekit train ... --resume`", highlight=False, soft_wrap=True)
+        raise typer.Exit(130)
     if result.rank == 0:  # under torchrun only rank 0 reports
         _print_summary(result, data)
+
+
+@contextmanager
+def _stop_on_ctrl_c():
+    """The first Ctrl-C asks training to stop after the current step (through the library's
+    should_stop), so the run stays resumable; a second one interrupts at once."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield stop
+        return
+
+    def on_sigint(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    old = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 # options that set a config field, for --resume to check against the run's own settings

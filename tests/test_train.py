@@ -211,3 +211,20 @@ def test_torch_engine_refuses_weights_that_do_not_match_the_stored_threshold(blo
     (tmp_path / "a" / "model.safetensors").write_bytes((tmp_path / "b" / "model.safetensors").read_bytes())
     with pytest.raises(rundir.RunError, match="weights changed"):
         TorchModel(tmp_path / "a")
+
+
+def test_should_stop_ends_training_cleanly_and_the_run_resumes(blobs, tmp_path):
+    """The library's stop hook (the demo's Stop button, the CLI's Ctrl-C): asked after every
+    step; the run keeps its last finished epoch and --resume completes it."""
+    calls = {"n": 0}
+
+    def stop_in_third_epoch():  # 20 training images, batch 8: 3 steps an epoch
+        calls["n"] += 1
+        return calls["n"] > 7
+
+    result, _ = train(blobs, tmp_path / "run", MODEL, tcfg(epochs=5), should_stop=stop_in_third_epoch)
+    assert result.stopped and result.epochs_done == 2 and result.threshold is None
+    assert rundir.load_checkpoint(tmp_path / "run")[1]["epoch"] == 1  # epochs 1 and 2 finished, 0-based
+    assert "anomaly" not in json.loads((tmp_path / "run" / "config.json").read_text())
+    done, _ = train(blobs, tmp_path / "run", MODEL, tcfg(epochs=5), resume=True)
+    assert not done.stopped and done.epochs_done == 5 and done.threshold is not None

@@ -44,6 +44,7 @@ class TrainResult:
     threshold: float | None = None
     seconds: float = 0.0
     rank: int = 0  # torchrun rank of this process; only rank 0 writes (and should print)
+    stopped: bool = False  # asked to stop (should_stop): no threshold yet; --resume continues
 
 
 # --- evaluation --------------------------------------------------------------------------------
@@ -118,6 +119,15 @@ class _NoisyForward(torch.nn.Module):
         return self.model.decode(z), mu, logvar
 
 
+def _agreed(flag: bool, dist: Dist, device: torch.device) -> bool:
+    """Under torchrun every rank must stop at the same step, or the others wait forever in the
+    next all-reduce: a stop asked on any rank is a stop everywhere."""
+    if dist.world == 1:
+        return bool(flag)
+    t = torch.tensor([float(bool(flag))], device=device)
+    return _all_reduce_sum(t, dist).item() > 0
+
+
 def _share(batch: np.ndarray, d: Dist) -> tuple[np.ndarray, torch.Tensor, int]:
     """This rank's images of a global batch (ascending, for sequential reads), the rows of the
     global batch they hold (to pick their noise), and the global batch size."""
@@ -138,8 +148,13 @@ def fit(
     train_cfg: TrainConfig,
     resume: bool = False,
     progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
-    """Train, checkpoint every epoch, keep the best-on-validation weights, set the threshold."""
+    """Train, checkpoint every epoch, keep the best-on-validation weights, set the threshold.
+
+    `should_stop()` is asked after every optimizer step (the demo's Stop button, the CLI's
+    Ctrl-C): when it says True the loop ends there and returns with `stopped` set, the run
+    directory holding the last finished epoch's checkpoint, ready for `--resume`."""
     out_dir = Path(out_dir)
     device = pick_device(train_cfg.device)
     dist = init_distributed(device)
@@ -193,7 +208,7 @@ def fit(
     # batch, and each image's noise is drawn by its place in the global batch, so one process
     # or many train the same model (up to float rounding) and resume on any number of ranks.
     steps = math.ceil(len(train_idx) / train_cfg.batch_size)
-    t_start = time.perf_counter()
+    t_start, stopped = time.perf_counter(), False
     for epoch in range(start_epoch, train_cfg.epochs):
         t0 = time.perf_counter()
         beta = kl_weight(epoch, train_cfg)
@@ -206,6 +221,9 @@ def fit(
         count = 0
         report_every = max(1, steps // 50)
         for step, ((mine, rows, n_global), x) in enumerate(zip(shares, reader)):
+            if should_stop is not None and _agreed(should_stop(), dist, device):
+                stopped = True
+                break
             x = _to_device(x, device, channels_last)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(train_cfg, epoch * steps + step, train_cfg.epochs * steps)
@@ -240,6 +258,8 @@ def fit(
                          loss=s[2] / count, recon=s[0] / count, kl=s[1] / count,
                          images_per_s=count * dist.world / (time.perf_counter() - t0))
         reader.close()  # here, not later in the garbage collector, where a Ctrl-C would be swallowed
+        if stopped:
+            break
         sums = torch.cat([sums, torch.tensor([float(count)], dtype=torch.float64, device=device)])
         sums = _all_reduce_sum(sums, dist).tolist()
         if not math.isfinite(sums[2]):
@@ -274,8 +294,8 @@ def fit(
             progress(epoch + 1, train_cfg.epochs, phase="epoch", **row)
 
     result = TrainResult(out_dir, str(device), len(history), best["epoch"] + 1, best["val"], history,
-                         seconds=time.perf_counter() - t_start, rank=dist.rank)
-    if dist.main:
+                         seconds=time.perf_counter() - t_start, rank=dist.rank, stopped=stopped)
+    if dist.main and not stopped:
         result.threshold = finish(out_dir, data, train_idx, val_idx, cal_idx, train_cfg, device)
     _barrier(dist)  # the run directory is complete when any rank returns
     return result

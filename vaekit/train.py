@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -61,8 +62,10 @@ def train(
     progress: Progress | None = None,
     resume_epochs: int | None = None,
     resume_changes: dict | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> tuple[TrainResult, Dataset]:
-    """`vaekit train`: load the folder, then fit.
+    """`vaekit train`: load the folder, then fit. `should_stop()`, asked after every step, ends
+    training early and cleanly (see vaekit.fit.fit): the demo's Stop, the CLI's Ctrl-C.
 
     On resume the stored configs win, except `resume_changes` (settings the user gave, by
     config field name): epochs (to extend a run; also `resume_epochs`), lr and beta apply from
@@ -77,14 +80,14 @@ def train(
     refuse_inside(out_dir, data_dir, "--out")
     if int(os.environ.get("RANK", "0") or 0) != 0:  # torchrun: rank 0 holds the lock for all
         return _train(data_dir, out_dir, model_cfg, train_cfg, channels, resume, overwrite, cache_dir, workers,
-                      progress, resume_epochs, resume_changes)
+                      progress, resume_epochs, resume_changes, should_stop)
     with rundir.locked(out_dir):
         return _train(data_dir, out_dir, model_cfg, train_cfg, channels, resume, overwrite, cache_dir, workers,
-                      progress, resume_epochs, resume_changes)
+                      progress, resume_epochs, resume_changes, should_stop)
 
 
 def _train(data_dir, out_dir, model_cfg, train_cfg, channels, resume, overwrite, cache_dir, workers, progress,
-           resume_epochs, resume_changes):
+           resume_epochs, resume_changes, should_stop=None):
     if resume:
         stored = rundir.read_config(out_dir)
         changes = dict(resume_changes or {})
@@ -121,4 +124,4 @@ def _train(data_dir, out_dir, model_cfg, train_cfg, channels, resume, overwrite,
     model_cfg = replace(model_cfg, channels=int(data.images.shape[1]))
     if not model_cfg.resolved:  # the rest of "auto", from the decoded training pixels (the same on every rank)
         model_cfg = choose_model(model_cfg, image_statistics(data.images, np.arange(len(data.paths))))
-    return fit(data, out_dir, model_cfg, train_cfg, resume=resume, progress=progress), data
+    return fit(data, out_dir, model_cfg, train_cfg, resume=resume, progress=progress, should_stop=should_stop), data
