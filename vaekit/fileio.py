@@ -20,12 +20,12 @@ import math
 import os
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from vaekit.errors import BadInput, DamagedFile, NotFound, cannot_write
+from vaekit.errors import BadInput, DamagedFile, NotFound, OutputExists, cannot_write
 
 MAX_JSON_BYTES = 64 << 20  # config.json, resume.json, metadata: a few KB in practice
 
@@ -219,11 +219,19 @@ def refuse_inside(output: Path, inputs, what: str) -> None:
             raise BadInput(f"{what} {output} is inside the input folder {root}; write it somewhere else")
 
 
-def refuse_existing(path: Path, overwrite: bool, what: str = "output") -> None:
-    """BadInput when `path` exists (even as a broken link) and the user did not pass --overwrite."""
-    path = Path(path)
-    if path.is_dir():
-        raise BadInput(f"{what} {path} is a folder; give a file name")
-    if not overwrite and (path.exists() or path.is_symlink()):
-        raise BadInput(f"{what} {path} already exists; pass --overwrite to replace it")
-
+def refuse_existing(paths: Path | Sequence[Path], overwrite: bool, what: str = "output") -> None:
+    """OutputExists when an output already exists (even as a broken link) and the user did not
+    pass --overwrite; BadInput when one is a folder. `paths`: one file, or every file a job will
+    write (all checked before the first is written)."""
+    many = not isinstance(paths, (str, os.PathLike))
+    paths = [Path(p) for p in paths] if many else [Path(paths)]
+    for path in paths:
+        if path.is_dir():
+            raise BadInput(f"{what} {path} is a folder; give a file name")
+    if overwrite:
+        return
+    taken = [p for p in paths if p.exists() or p.is_symlink()]
+    if len(taken) > 1:
+        raise OutputExists(f"{taken[0]} and {len(taken) - 1} more files already exist; pass --overwrite to replace them")
+    if taken:
+        raise OutputExists(f"{what} {taken[0]} already exists; pass --overwrite to replace it")

@@ -114,7 +114,7 @@ def reconstruct_folder(
     Streams: images are decoded, reconstructed and written a batch at a time.
     """
     from vaekit import codes, stream
-    from vaekit.fileio import refuse_inside
+    from vaekit.fileio import refuse_existing, refuse_inside
 
     if not isinstance(grid_max, int) or isinstance(grid_max, bool) or grid_max < 1:
         raise BadInput(f"invalid grid_max {grid_max!r}: expected an integer >= 1")
@@ -128,7 +128,7 @@ def reconstruct_folder(
     grid = out_dir / GRID
     if grid in targets.values():
         raise BadInput(f"an input image would be written to {grid}, the comparison grid; rename it or pick another input")
-    codes.refuse_existing([*targets.values(), grid], overwrite)
+    refuse_existing([*targets.values(), grid], overwrite)
     info = model.info
     kept, written, psnrs, ssims, shown, skipped, done = [], [], [], [], [], [], 0
     for b in stream.iter_batches(found.paths, info.image_size, info.channels, batch_size, workers):

@@ -10,8 +10,9 @@ from vaekit.codes.format import (FORMAT, MAX_ORIG_PIXELS, PRECISIONS, VERSION, C
                                  FingerprintMismatch, QuantizeError, check_name, from_bytes, load, quantize, save,
                                  to_bytes)
 from vaekit.codes.jobs import (DecodeReport, EncodeReport, check_model, decode_file, encode_folder, encode_images,
-                               original_size, png_names, refuse_existing, restore_size)
+                               original_size, png_names, restore_size)
 from vaekit.codes.walk import LatentMap, interpolate, latent_map, project, write_grid
+from vaekit.fileio import refuse_existing  # re-exported: older callers import it from here
 
 __all__ = [
     "FORMAT", "MAX_ORIG_PIXELS", "PRECISIONS", "VERSION", "CodeFile", "CodeFileError", "DecodeReport", "EncodeReport",

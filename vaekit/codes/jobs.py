@@ -18,8 +18,8 @@ from vaekit import images as imageio
 from vaekit import stream
 from vaekit.codes.format import PRECISIONS, CodeFile, FingerprintMismatch, _validate, load, quantize
 from vaekit.codes.writer import write_streamed
-from vaekit.errors import BadInput, OutputExists
-from vaekit.fileio import refuse_inside
+from vaekit.errors import BadInput
+from vaekit.fileio import refuse_existing, refuse_inside
 from vaekit.journals import naming_failed_writes, open_journal
 
 if TYPE_CHECKING:  # the engine is passed in; importing it here would cost nothing but clarity
@@ -99,16 +99,6 @@ class EncodeReport:
             "source_bytes": self.source_bytes, "compression_ratio": self.ratio,
         }
 
-
-
-def refuse_existing(paths: Sequence[Path], overwrite: bool) -> None:
-    """OutputExists naming the first of `paths` that exists (and how many), unless `overwrite`."""
-    if overwrite:
-        return
-    existing = [p for p in paths if p.exists()]
-    if existing:
-        what = f"{existing[0]} and {len(existing) - 1} more files already exist" if len(existing) > 1 else f"{existing[0]} already exists"
-        raise OutputExists(f"{what}; pass --overwrite to replace")
 
 
 def no_usable_image(source, skipped: Sequence[tuple]) -> imageio.NoImagesError:

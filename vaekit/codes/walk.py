@@ -11,8 +11,8 @@ import numpy as np
 
 from vaekit import images as imageio
 from vaekit import stream
-from vaekit.codes.jobs import refuse_existing
 from vaekit.errors import BadInput, NotFound
+from vaekit.fileio import refuse_existing
 
 if TYPE_CHECKING:
     from vaekit.engine import Model
