@@ -66,8 +66,7 @@ def load_uploads(model: Model, paths: Sequence[str | Path] | None) -> imageio.Lo
         raise BadInput("no image given: upload one or more image files")
     report = model.load_images([Path(p) for p in paths])
     if not report.paths:
-        why = "; ".join(f"{p.name}: {r}" for p, r in report.skipped[:3])
-        raise imageio.NoImagesError(f"no usable image among the uploads ({why})")
+        raise imageio.none_usable("among the uploads", report.skipped)
     return report
 
 

@@ -249,7 +249,7 @@ def test_bad_files_are_skipped_and_other_sizes_converted(parts, model, tmp_path)
     assert [r.path for r in report.rows] == [str(folder / "gray_wide.png"), str(folder / "same.png")]
     assert [(p.name, why) for p, why in report.skipped] == [("broken.png", "not an image")]
     assert report.images.shape == (2, 3, SIZE, SIZE)
-    with pytest.raises(ValueError, match="no readable image"):
+    with pytest.raises(ValueError, match="no usable image"):
         anomaly.score_images(model, folder / "broken.png")
 
 

@@ -102,7 +102,7 @@ def test_threshold_command_shows_and_moves_the_threshold(parts, tmp_path):
         (["anomaly-score", "{tmp}/nope", "{tmp}"], "Invalid value"),
         (["anomaly-score", "{tmp}", "{tmp}"], "run config not found"),  # a folder that is not a run
         (["anomaly-score", "{run}", "{tmp}/empty"], "no image files found"),
-        (["anomaly-score", "{run}", "{tmp}/junk"], "no readable image"),
+        (["anomaly-score", "{run}", "{tmp}/junk"], "no usable image"),
         (["anomaly-score", "{run}", "{tmp}/junk", "-o", "{tmp}/s.txt"], ".csv or .json"),  # checked before scoring
         (["anomaly-score", "{run}", "{normal}", "-o", "{tmp}/s.txt"], ".csv or .json"),
         (["anomaly-score", "{run}", "{normal}", "--score", "loss"], "loss"),

@@ -152,7 +152,7 @@ def reconstruct_folder(
         if progress:
             progress(done, len(found.paths))
     if not kept:
-        raise codes.jobs.no_usable_image(source, skipped)
+        raise imageio.none_usable(f"in {source}", skipped)
     imageio.save_png(imageio.make_grid(np.concatenate(shown), ncol=8), grid)
     similarity = None if any(s is None for s in ssims) else np.concatenate(ssims)
     return ReconstructReport(out_dir, kept, written, grid, np.concatenate(psnrs), similarity, skipped)

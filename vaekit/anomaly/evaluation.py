@@ -123,8 +123,7 @@ def _scores_and_maps(model, inputs, samples, score, iwae, threshold, progress, k
         if keep_maps is not None:
             maps += [m.astype(np.float32) for n, m in zip(b.names, b.maps) if keep_maps(n)]
     if not names:
-        reasons = "; ".join(f"{Path(p).name}: {r}" for p, r in skipped[:3])
-        raise imageio.NoImagesError(f"no readable image in {inputs} ({len(skipped)} unreadable: {reasons})")
+        raise imageio.none_usable(f"in {inputs}", skipped)
     return plan, names, values, maps, skipped
 
 

@@ -104,7 +104,7 @@ def score_to_file(
     report = JobReport(None, 0, 0, [], [], plan, (index, count), False, n_maps, len(done))
     if journal is None:
         if not tally.count:
-            _nothing_readable(inputs, tally.skipped)
+            raise imageio.none_usable(f"in {inputs}", tally.skipped)
         return tally.into(report)
     out = Path(out)
     shares = range(count) if count > 1 else [0]
@@ -225,7 +225,7 @@ def _finish(out: Path, model: Model, plan: Plan, journals: list[Path], tally: "_
         skipped = [tuple(s) for e in _merged(journals) for s in e["skipped"]]
         for j in journals:
             j.with_name(j.name + stream.PARTIAL_SUFFIX).unlink(missing_ok=True)
-        _nothing_readable(inputs, skipped)
+        raise imageio.none_usable(f"in {inputs}", skipped)
     info = model.info
     header = {"model": str(info.source), "engine": info.engine, "fingerprint": info.fingerprint, "score": plan.score,
               "estimator": plan.estimator, "samples": plan.samples, "threshold": plan.threshold,
@@ -243,11 +243,6 @@ def _finish(out: Path, model: Model, plan: Plan, journals: list[Path], tally: "_
             write_json_rows(f, header, rows(), ({"path": p, "reason": r} for p, r in tally.skipped))
     for j in journals:
         j.with_name(j.name + stream.PARTIAL_SUFFIX).unlink(missing_ok=True)
-
-
-def _nothing_readable(where, skipped) -> None:
-    reasons = "; ".join(f"{Path(p).name}: {r}" for p, r in skipped[:3])
-    raise imageio.NoImagesError(f"no readable image in {where} ({len(skipped)} unreadable: {reasons})")
 
 
 def _own_share(report: JobReport, out: Path, index: int, count: int, tally: "_Tally") -> JobReport:

@@ -182,8 +182,7 @@ def score_images(
             images.append(b.images)
             pmaps.append(b.maps)
     if not rows:
-        reasons = "; ".join(f"{Path(p).name}: {r}" for p, r in skipped[:3])
-        raise imageio.NoImagesError(f"no readable image in {inputs} ({len(skipped)} unreadable: {reasons})")
+        raise imageio.none_usable(f"in {inputs}", skipped)
     return ScoreReport(rows, skipped, score, plan.estimator, samples, plan.threshold, plan.source, names,
                        np.concatenate(images) if maps else None, np.concatenate(pmaps) if maps else None,
                        list(found.roots))

@@ -101,11 +101,6 @@ class EncodeReport:
 
 
 
-def no_usable_image(source, skipped: Sequence[tuple]) -> imageio.NoImagesError:
-    reasons = "; ".join(f"{Path(p).name}: {r}" for p, r in skipped[:3])
-    return imageio.NoImagesError(f"no usable image in {source} ({len(skipped)} unreadable: {reasons})")
-
-
 def encode_folder(
     model: "Model",
     source: str | Path | Sequence[str | Path],
@@ -151,7 +146,7 @@ def encode_folder(
         source_bytes += r["bytes"]
     if not kept:
         journal.path.unlink(missing_ok=True)
-        raise no_usable_image(source, skipped)
+        raise imageio.none_usable(f"in {source}", skipped)
     sizes = np.array(sizes, dtype=np.int32).reshape(-1, 2)
 
     def chunks() -> Iterator[np.ndarray]:

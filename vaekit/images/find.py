@@ -19,6 +19,13 @@ class NoImagesError(BadInput):
     """A folder or list of paths that holds no usable image."""
 
 
+def none_usable(where: str, skipped: Sequence[tuple]) -> NoImagesError:
+    """The error for inputs whose every file failed to load: `where` ("in FOLDER", "among the
+    uploads") and the first few (file, reason) of `skipped`."""
+    reasons = "; ".join(f"{Path(p).name}: {r}" for p, r in skipped[:3])
+    return NoImagesError(f"no usable image {where} ({len(skipped)} unreadable: {reasons})")
+
+
 def find_images(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
     """Image files under `inputs` (files or folders), folders scanned recursively.
 
