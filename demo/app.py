@@ -12,72 +12,25 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import functools
-import inspect
 import shutil
 import tempfile
 import threading
 import time
-import traceback
 from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 
 import vaekit
-from vaekit import images as imageio
 from vaekit.engine import Model
-from vaekit.errors import BadInput, VaekitError, missing_extra
+from vaekit.errors import BadInput
 from vaekit_demo import figures, handlers
-from vaekit_demo.security import confine, guarded_gradio, public_message
+from vaekit_demo.errors import _guard
+from vaekit_demo.security import confine, guarded_gradio
 
 MAX_UPLOAD = "25mb"  # per uploaded file
 # The models work on small images; show their pixels as squares instead of a blur.
 CSS = ".vk-pixels img, .vk-pixels canvas { image-rendering: pixelated; }"
-# Mistakes a user can make (bad file, missing folder, wrong model): shown as a message. The two
-# built-in types stay until every module raises vaekit's own (vaekit/errors.py) for them.
-USER_ERRORS = (VaekitError, FileNotFoundError, FileExistsError)
-BUG = ("internal error: this is a bug in vaekit, not a problem with your input; please report it "
-       "with the traceback printed in the server's log")
-
-
-def _guard(fn, roots: tuple[Path, ...] = ()):
-    """Turn vaekit's exceptions for bad input into gr.Error, so the page shows the message
-    (without server paths: those under `roots` relative, any other cut to its last part).
-    Anything else is a bug: its traceback goes to the server's log, the page asks to report it."""
-
-    def error(e: BaseException) -> gr.Error:
-        if isinstance(e, ModuleNotFoundError) and missing_extra(e) is not None:
-            e = missing_extra(e)
-        elif not isinstance(e, USER_ERRORS):
-            traceback.print_exception(e)
-            return gr.Error(BUG, print_exception=False)
-        return gr.Error(public_message(str(e) or type(e).__name__, list(roots)), print_exception=False)
-
-    if inspect.isgeneratorfunction(fn):
-        @functools.wraps(fn)
-        def gen(*args, **kwargs):
-            try:
-                yield from fn(*args, **kwargs)
-            except gr.Error:
-                raise
-            except Exception as e:  # noqa: BLE001 - classified in `error`
-                raise error(e) from None
-
-        return gen
-
-    @functools.wraps(fn)
-    def plain(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except gr.Error:
-            raise
-        except Exception as e:  # noqa: BLE001 - classified in `error`
-            raise error(e) from None
-
-    return plain
-
-
 class _State:
     """What the app shares across browser tabs: the open model (a local tool has one user)."""
 
@@ -85,23 +38,6 @@ class _State:
         self.model, self.runs_dir, self.workdir = model, runs_dir, workdir
         self.data_root, self.server_folders = data_root, server_folders
         self.stop = threading.Event()
-
-
-def _threshold_range(model: Model | None) -> dict:
-    """Slider settings spanning the model's validation scores, starting at its stored threshold."""
-    info = model.info if model else None
-    vals = list(info.val_scores) if info else []
-    thr = info.threshold if info and info.threshold is not None else (max(vals) if vals else 0.0)
-    lo, hi = min([thr, *vals]), max([thr, *vals])
-    span = max(hi - lo, abs(hi) * 0.1, 1.0)
-    return {"minimum": round(lo - span, 2), "maximum": round(hi + 3 * span, 2), "value": thr}
-
-
-def _histogram(model: Model | None, threshold: float | None, result: handlers.AnomalyResult | None = None):
-    if model is None:
-        return figures.score_histogram([], threshold)
-    done = (result.scores, result.anomalous) if result else ((), ())
-    return figures.score_histogram(model.info.val_scores, threshold, *done, score=model.info.score)
 
 
 def _data_folder(model: Model | None) -> str:
@@ -186,11 +122,11 @@ def build_app(
                     anom_files = gr.File(label="Images to score", file_count="multiple", file_types=["image"],
                                          elem_id="anomaly-files")
                     threshold = gr.Slider(label="Threshold (nats): a score above it is anomalous", step=0.01,
-                                          elem_id="threshold", **_threshold_range(model))
+                                          elem_id="threshold", **figures.threshold_range(model))
                     anom_btn = gr.Button("Score", variant="primary", elem_id="score-btn")
                 with gr.Column():
                     anom_summary = gr.Markdown(elem_id="anomaly-summary")
-                    hist = gr.Plot(_histogram(model, _threshold_range(model)["value"] if model else None),
+                    hist = gr.Plot(figures.model_histogram(model, figures.threshold_range(model)["value"] if model else None),
                                    label="Scores", elem_id="histogram")
             overlays = gr.Gallery(label="Where each image is anomalous: per-pixel score over the image", format="png",
                                   columns=8, height=260, preview=False, object_fit="contain",
@@ -236,8 +172,8 @@ def build_app(
 
         # --- handlers: widgets in, library call, widgets out ------------------------------------
         def model_outputs():
-            rng = _threshold_range(st.model)
-            return (handlers.describe(st.model), gr.Slider(**rng), _histogram(st.model, rng["value"]),
+            rng = figures.threshold_range(st.model)
+            return (handlers.describe(st.model), gr.Slider(**rng), figures.model_histogram(st.model, rng["value"]),
                     _data_folder(st.model))
 
         model_widgets = [model_md, threshold, hist, lat_folder]
@@ -309,12 +245,12 @@ def build_app(
             lines += [f"- `{n}`: score **{s:.2f}** nats → {'**anomalous**' if a else 'normal'}"
                       for n, s, a in list(zip(r.names, r.scores, r.anomalous))[:10]]
             gallery = [(handlers.hwc(o), f"{n}: {s:.1f}") for o, n, s in zip(r.overlays, r.names, r.scores)]
-            return "\n".join(lines), _histogram(st.model, r.threshold, r), gallery, r.table(), str(r.csv)
+            return "\n".join(lines), figures.model_histogram(st.model, r.threshold, r), gallery, r.table(), str(r.csv)
 
         def rethreshold(files, thr):
             if files and st.model is not None:
                 return anomaly(files, thr)
-            return gr.skip(), _histogram(st.model, thr), gr.skip(), gr.skip(), gr.skip()
+            return gr.skip(), figures.model_histogram(st.model, thr), gr.skip(), gr.skip(), gr.skip()
 
         @guard
         def sample(n, temp, sd):

@@ -23,8 +23,16 @@ def score_histogram(val_scores: Sequence[float], threshold: float | None, scores
     fig = Figure(figsize=(7, 3), layout="constrained")
     ax = fig.add_subplot()
     val = np.asarray(val_scores, dtype=float)
+    val = val[np.isfinite(val)]
     if len(val):
-        ax.hist(val, bins=min(40, max(5, len(val) // 3)), color="#9aa5b1", label=f"validation images ({len(val)})")
+        bins = min(40, max(5, len(val) // 3))
+        lo, hi = float(val.min()), float(val.max())
+        if not hi - lo > 1e-9 * max(1.0, abs(lo), abs(hi)):  # (nearly) equal scores: numpy cannot split them
+            pad = max(0.5, 1e-6 * abs(lo))
+            bins, rng = 1, (lo - pad, hi + pad)
+        else:
+            rng = None
+        ax.hist(val, bins=bins, range=rng, color="#9aa5b1", label=f"validation images ({len(val)})")
     else:
         ax.text(0.5, 0.6, "no validation scores stored with the model", ha="center", transform=ax.transAxes)
     if threshold is not None:
@@ -40,3 +48,21 @@ def score_histogram(val_scores: Sequence[float], threshold: float | None, scores
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="upper right", fontsize="small")
     return fig
+
+
+def threshold_range(model) -> dict:
+    """Slider settings spanning the model's validation scores, starting at its stored threshold."""
+    info = model.info if model else None
+    vals = list(info.val_scores) if info else []
+    thr = info.threshold if info and info.threshold is not None else (max(vals) if vals else 0.0)
+    lo, hi = min([thr, *vals]), max([thr, *vals])
+    span = max(hi - lo, abs(hi) * 0.1, 1.0)
+    return {"minimum": round(lo - span, 2), "maximum": round(hi + 3 * span, 2), "value": thr}
+
+
+def model_histogram(model, threshold: float | None, result=None):
+    """The validation-score histogram of `model` at `threshold`, with a scored batch (AnomalyResult) over it."""
+    if model is None:
+        return score_histogram([], threshold)
+    done = (result.scores, result.anomalous) if result else ((), ())
+    return score_histogram(model.info.val_scores, threshold, *done, score=model.info.score)

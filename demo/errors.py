@@ -1,0 +1,58 @@
+"""How the web app reports errors: a user's mistake (vaekit's own errors) as a message in the page,
+without server paths; a missing extra as the pip command; anything else as a bug, its traceback
+in the server's log and a request to report it in the page."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import traceback
+from pathlib import Path
+
+import gradio as gr
+
+from vaekit.errors import VaekitError, missing_extra
+from vaekit_demo.security import public_message
+
+# Mistakes a user can make (bad file, missing folder, wrong model): shown as a message. The two
+# built-in types stay until every module raises vaekit's own (vaekit/errors.py) for them.
+USER_ERRORS = (VaekitError, FileNotFoundError, FileExistsError)
+BUG = ("internal error: this is a bug in vaekit, not a problem with your input; please report it "
+       "with the traceback printed in the server's log")
+
+
+def _guard(fn, roots: tuple[Path, ...] = ()):
+    """Turn vaekit's exceptions for bad input into gr.Error, so the page shows the message
+    (without server paths: those under `roots` relative, any other cut to its last part).
+    Anything else is a bug: its traceback goes to the server's log, the page asks to report it."""
+
+    def error(e: BaseException) -> gr.Error:
+        if isinstance(e, ModuleNotFoundError) and missing_extra(e) is not None:
+            e = missing_extra(e)
+        elif not isinstance(e, USER_ERRORS):
+            traceback.print_exception(e)
+            return gr.Error(BUG, print_exception=False)
+        return gr.Error(public_message(str(e) or type(e).__name__, list(roots)), print_exception=False)
+
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def gen(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except gr.Error:
+                raise
+            except Exception as e:  # noqa: BLE001 - classified in `error`
+                raise error(e) from None
+
+        return gen
+
+    @functools.wraps(fn)
+    def plain(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except Exception as e:  # noqa: BLE001 - classified in `error`
+            raise error(e) from None
+
+    return plain
