@@ -30,12 +30,12 @@ from vaekit.train import train
 
 pytestmark = pytest.mark.slow  # torchrun and training: left out by `dev.py test --fast`
 
-# 37 images with val_fraction 0.1: 33 train, so the last global batch of 8 holds one image
+# 31 images with val_fraction and calibration_fraction 0.1: 3 + 3 held out, 25 train, so the last global batch of 8 holds one image
 # and rank 1 gets none (it must still take part in the gradient all-reduce).
-N_IMAGES, SIZE, BATCH, EPOCHS = 37, 16, 8, 2
+N_IMAGES, SIZE, BATCH, EPOCHS = 31, 16, 8, 2
 ARGS = ["--image-size", str(SIZE), "--latent-dim", "4", "--base-channels", "8", "--batch-size", str(BATCH),
         "--device", "cpu", "--seed", "3"]
-MODEL = ModelConfig(image_size=SIZE, channels=1, latent_dim=4, base_channels=8, max_channels=256)
+MODEL = ModelConfig(image_size=SIZE, channels=1, latent_dim=4, base_channels=8)  # what `vaekit train` ARGS build
 TRAIN = TrainConfig(epochs=EPOCHS, batch_size=BATCH, seed=3, device="cpu")
 RTOL = 1e-4
 
@@ -107,7 +107,7 @@ def test_torchrun_two_processes_match_one(setup):
     assert listing[0] == listing[1] and len(listing[0]) == 2  # the last checkpoint and resume.json
     cfg, ref_cfg = (json.loads((r / "config.json").read_text()) for r in (run, ref.run_dir))
     assert cfg["model"] == ref_cfg["model"] and cfg["train"] == ref_cfg["train"]
-    assert cfg["data"]["train_images"] == 33 and cfg["data"]["val_images"] == 4
+    assert (cfg["data"]["train_images"], cfg["data"]["val_images"], cfg["data"]["calibration_images"]) == (25, 3, 3)
     assert_same_training(run, ref.run_dir)
 
     # loadable, and it scores like the single-process model
