@@ -36,7 +36,7 @@ def exit_code_for(exc: BaseException) -> int:
         return exc.exit_code
     if isinstance(exc, (FileNotFoundError, FileExistsError)):
         return EXIT_BAD_INPUT
-    return EXIT_FAILURE  # a bug, or a training failure (see _training_errors)
+    return EXIT_FAILURE  # a bug
 
 
 class GuardedGroup(TyperGroup):
@@ -81,14 +81,7 @@ class GuardedGroup(TyperGroup):
 def _classified(exc: BaseException) -> bool:
     from vaekit.errors import VaekitError
 
-    return isinstance(exc, (VaekitError, FileNotFoundError, FileExistsError, *_training_errors()))
-
-
-def _training_errors() -> tuple[type, ...]:
-    # until vaekit.train's TrainingError derives from vaekit.errors.TrainingFailed: a diverging
-    # run is the user's data or settings, exit 3 without a traceback (never imports torch here)
-    train = sys.modules.get("vaekit.train")
-    return (train.TrainingError,) if train is not None and hasattr(train, "TrainingError") else ()
+    return isinstance(exc, (VaekitError, FileNotFoundError, FileExistsError))
 
 
 app = typer.Typer(
