@@ -64,14 +64,19 @@ def torchrun(args: list[str], env: dict[str, str]) -> subprocess.CompletedProces
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    """The image folder, single-process reference runs (2 epochs, and 1 to resume from), an env."""
+    """The image folder, single-process reference runs (2 epochs, and one stopped after 1 to resume from), an env."""
     root = tmp_path_factory.mktemp("ddp")
     data = write_rectangles(root / "images", N_IMAGES)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         ref, _ = train(data, root / "single", MODEL, TRAIN, cache_dir=root / "cache")
-        train(data, root / "single1", MODEL, TrainConfig(**{**TRAIN.__dict__, "epochs": 1}), cache_dir=root / "cache")
+        # the same 2-epoch run, stopped at the first step of epoch 2 (its schedule spans 2 epochs,
+        # as the reference's does): it keeps epoch 1, which torchrun then resumes from
+        steps = iter(range(10**6))
+        per_epoch = -(-(N_IMAGES - 6) // BATCH)
+        train(data, root / "single1", MODEL, TRAIN, cache_dir=root / "cache",
+              should_stop=lambda: next(steps) >= per_epoch)
     finally:
         torch.set_num_threads(threads)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "VAEKIT_CACHE_DIR": str(root / "cache"), "COLUMNS": "200"}
