@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,15 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-VAEKIT = Path(sys.executable).parent / "vaekit"
-
-
-def vaekit(threads: int, *args) -> str:
-    cmd = [str(VAEKIT), "--threads", str(threads), *map(str, args)]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    if res.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stderr[-2000:]}")
-    return res.stdout
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cli_runner import vaekit  # noqa: E402
 
 
 def write_pngs(folder: Path, images: np.ndarray, labels: np.ndarray) -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,16 +31,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import texture_data  # noqa: E402
+from cli_runner import vaekit  # noqa: E402
 
-VAEKIT = Path(sys.executable).parent / "vaekit"
-
-
-def vaekit(threads: int, *args) -> str:
-    cmd = [str(VAEKIT), "--threads", str(threads), *map(str, args)]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    if res.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stderr[-2000:]}")
-    return res.stdout
 
 
 def read_folder(folder: Path) -> tuple[list[str], np.ndarray]:
@@ -133,7 +124,7 @@ def main() -> None:
         print(f"{name}: image {r['image_auroc']:.4f} pixel {r['pixel_auroc']:.4f} ({r['train_seconds']:.0f} s)", flush=True)
 
     names = list(results)
-    print(f"\nReal textures, 64x64 crops, 120 normal + 120 defective test crops each; vaekit default settings")
+    print("\nReal textures, 64x64 crops, 120 normal + 120 defective test crops each; vaekit default settings")
     print(f"{'texture':<9}{'image':>8}{'-ELBO':>8}{'PCA-32':>8}{'local':>8}   {'pixel':>7}{'PCA-32':>8}{'local':>8}{'train s':>9}")
     for n in names:
         r, b = results[n], results[n]["baselines"]
