@@ -104,8 +104,8 @@ def main() -> None:
     t_train = time.perf_counter() - t0
     model = vaekit.load(work / "run")
     x_train = model.load_images(train_dir).images
-    x, _ = codes.load_source(model, test_dir)
-    x, n, d = x.images, len(x.images), args.latent_dim
+    x = model.load_images(test_dir).images
+    n, d = len(x), model.info.latent_dim
 
     rows = []  # (method, setting, payload B/img, file B/img, psnr, ssim)
     for p in ("q8", "f16", "f32"):

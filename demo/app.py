@@ -22,7 +22,7 @@ import gradio as gr
 import pandas as pd
 
 import vaekit
-from vaekit.engine import Model
+from vaekit.engine import Model, score_unit
 from vaekit.errors import BadInput
 from vaekit_demo import figures, handlers
 from vaekit_demo.errors import _guard
@@ -121,7 +121,8 @@ def build_app(
                 with gr.Column():
                     anom_files = gr.File(label="Images to score", file_count="multiple", file_types=["image"],
                                          elem_id="anomaly-files")
-                    threshold = gr.Slider(label="Threshold (nats): a score above it is anomalous", step=0.01,
+                    threshold = gr.Slider(label=f"Threshold ({score_unit(model.info.score) if model else 'score units'}): "
+                                                "a score above it is anomalous", step=0.01,
                                           elem_id="threshold", **figures.threshold_range(model))
                     anom_btn = gr.Button("Score", variant="primary", elem_id="score-btn")
                 with gr.Column():
@@ -241,8 +242,9 @@ def build_app(
             r = handlers.anomaly(st.model, files, thr, st.workdir)
             _warn_skipped(r.skipped)
             n_bad = int(r.anomalous.sum())
-            lines = [f"**{n_bad} of {len(r.names)} anomalous** at threshold {r.threshold:.2f} nats"]
-            lines += [f"- `{n}`: score **{s:.2f}** nats → {'**anomalous**' if a else 'normal'}"
+            unit = score_unit(st.model.info.score)
+            lines = [f"**{n_bad} of {len(r.names)} anomalous** at threshold {r.threshold:.2f} {unit}"]
+            lines += [f"- `{n}`: score **{s:.2f}** {unit} → {'**anomalous**' if a else 'normal'}"
                       for n, s, a in list(zip(r.names, r.scores, r.anomalous))[:10]]
             gallery = [(handlers.hwc(o), f"{n}: {s:.1f}") for o, n, s in zip(r.overlays, r.names, r.scores)]
             return "\n".join(lines), figures.model_histogram(st.model, r.threshold, r), gallery, r.table(), str(r.csv)

@@ -11,8 +11,8 @@ from typing import Sequence
 import numpy as np
 
 
-LABELS = {"excess": "-ELBO above the image's own floor", "neg_elbo": "-ELBO", "recon": "reconstruction NLL",
-          "kl": "KL term"}
+LABELS = {"atypicality": "atypicality of the -ELBO's parts", "excess": "-ELBO above the image's own floor",
+          "neg_elbo": "-ELBO", "recon": "reconstruction NLL", "kl": "KL term"}
 
 
 def score_histogram(val_scores: Sequence[float], threshold: float | None, scores: Sequence[float] = (),
@@ -43,7 +43,9 @@ def score_histogram(val_scores: Sequence[float], threshold: float | None, scores
         n_bad = int(np.sum(anomalous))
         ax.plot([], [], color="#2ca02c", linewidth=2, label=f"normal ({len(scores) - n_bad})")
         ax.plot([], [], color="#d62728", linewidth=2, label=f"anomalous ({n_bad})")
-    ax.set_xlabel(f"anomaly score: {LABELS.get(score, score)} (nats); higher = more anomalous")
+    from vaekit.engine import score_unit
+
+    ax.set_xlabel(f"anomaly score: {LABELS.get(score, score)} ({score_unit(score)}); higher = more anomalous")
     ax.set_ylabel("images")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="upper right", fontsize="small")

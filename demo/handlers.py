@@ -19,7 +19,7 @@ import numpy as np
 
 from vaekit import codes, quality
 from vaekit import images as imageio
-from vaekit.engine import Model
+from vaekit.engine import Model, score_unit
 from vaekit.errors import BadInput, NotFound
 
 LATENT_MAX_SHOWN = 24  # images shown for one selection in the latent-space tab
@@ -49,7 +49,7 @@ def describe(model: Model | None) -> str:
         return "**No model open.** Train one on the *Train* tab, or open a run directory or `.onnx` file."
     i = model.info
     kind = "gray" if i.channels == 1 else "RGB"
-    thr = f"{i.threshold:.2f} nats" if i.threshold is not None else "none stored"
+    thr = f"{i.threshold:.2f} {score_unit(i.score)}" if i.threshold is not None else "none stored"
     return (f"**Model** `{i.source}` · {i.engine} engine · {i.image_size}×{i.image_size} {kind} · "
             f"latent {i.latent_dim} · {i.likelihood} · anomaly threshold {thr}")
 
@@ -149,7 +149,7 @@ class AnomalyResult:
                 for r in self.rows]
 
 
-ANOMALY_COLUMNS = ["file", "score (nats)", "bits/dim", "verdict"]
+ANOMALY_COLUMNS = ["file", "score", "bits/dim", "verdict"]
 
 
 def anomaly(model: Model, paths: Sequence[str | Path], threshold: float, out_dir: Path) -> AnomalyResult:
@@ -161,7 +161,7 @@ def anomaly(model: Model, paths: Sequence[str | Path], threshold: float, out_dir
     if not paths:
         raise BadInput("no image given: upload one or more image files")
     if threshold is None or not math.isfinite(threshold):
-        raise BadInput(f"invalid threshold {threshold!r}: expected a finite number of nats")
+        raise BadInput(f"invalid threshold {threshold!r}: expected a finite number")
     score = model.info.score
     try:
         report = detect.score_images(model, [Path(p) for p in paths], score=score, threshold=float(threshold))

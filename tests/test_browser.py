@@ -11,6 +11,7 @@ from PIL import Image
 
 import vaekit
 from vaekit.config import ModelConfig, TrainConfig
+from vaekit.engine import score_unit
 from vaekit.sample_data import write_digits
 
 pytestmark = pytest.mark.slow  # a real browser against a served app: left out by `dev.py test --fast`
@@ -74,9 +75,10 @@ def test_anomaly_tab_shows_score_and_heat_map(served, page, tmp_path):
     page.locator("#score-btn").click()
 
     summary = page.locator("#anomaly-summary")
-    summary.get_by_text(f"score {want:.2f} nats").wait_for(timeout=30_000)
+    unit = score_unit(model.info.score)
+    summary.get_by_text(f"score {want:.2f} {unit}").wait_for(timeout=30_000)
     verdict = "anomalous" if want > model.info.threshold else "normal"
-    assert f"{image.name}: score {want:.2f} nats → {verdict}" in summary.inner_text()
+    assert f"{image.name}: score {want:.2f} {unit} → {verdict}" in summary.inner_text()
     table = page.locator("#anomaly-table")
     assert image.name in table.inner_text() and f"{want:.3f}".rstrip("0") in table.inner_text()
 

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 import vaekit
+from vaekit.engine import score_unit
 from vaekit import codes, quality
 from vaekit import images as imageio
 from vaekit.config import ModelConfig, TrainConfig
@@ -63,7 +64,7 @@ def not_an_image(tmp_path) -> Path:
 def test_describe_names_the_model_and_its_threshold(model, run):
     text = handlers.describe(model)
     assert str(run) in text and "torch engine" in text and f"{SIZE}×{SIZE} gray" in text
-    assert f"{model.info.threshold:.2f} nats" in text
+    assert f"{model.info.threshold:.2f} {score_unit(model.info.score)}" in text
     assert "No model open" in handlers.describe(None)
 
 

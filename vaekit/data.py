@@ -22,6 +22,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from vaekit.errors import DamagedFile
+
 Progress = Callable[..., None]
 
 
@@ -58,8 +60,7 @@ def load_dataset(
 
     cached = cache.load_cached(paths, image_size, n_channels, cache_dir=cache_dir, progress=decode_progress, workers=workers)
     if len(cached.paths) == 0:
-        reasons = "; ".join(f"{p.name}: {r}" for p, r in cached.skipped[:3])
-        raise images.NoImagesError(f"no usable image in {root} ({len(cached.skipped)} unreadable: {reasons})")
+        raise images.none_usable(f"in {root}", cached.skipped)
     base = root if root.is_dir() else root.parent
     return Dataset(cached.images, cached.paths, cached.skipped, base, cached.key, cached.hit)
 
@@ -171,7 +172,7 @@ def _gather(images: np.ndarray, idx: np.ndarray) -> np.ndarray:
         for s, e in zip([0, *cuts], [*cuts, len(idx)]):
             got = os.preadv(fd, [rows[s:e]], images.offset + int(idx[s]) * row)
             if got != (e - s) * row:
-                raise OSError(f"short read from {images.filename}: the pixel cache changed while training")
+                raise DamagedFile(f"short read from {images.filename}: the pixel cache changed while training")
     finally:
         os.close(fd)
     return out

@@ -105,8 +105,7 @@ class Model:
         if isinstance(x, (str, Path)) or (isinstance(x, (list, tuple)) and x and isinstance(x[0], (str, Path))):
             report = self.load_images(x)
             if not report.paths:
-                reasons = "; ".join(f"{p.name}: {r}" for p, r in report.skipped[:3])
-                raise imageio.NoImagesError(f"no readable image in {x} ({len(report.skipped)} unreadable: {reasons})")
+                raise imageio.none_usable(f"in {x}", report.skipped)
             return report.images, report.paths, report.skipped
         return self._check(x), None, []
 

@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 
+from vaekit.errors import BadInput, DamagedFile
+
 LOG_2PI = math.log(2 * math.pi)
 
 
@@ -25,7 +27,7 @@ def bernoulli_floor(x: np.ndarray, log_scale=None) -> np.ndarray:
 def gaussian_floor(x: np.ndarray, log_scale=None) -> np.ndarray:
     """log sigma + log(2 pi) / 2 per value, summed over channels: the same for every image."""
     if log_scale is None:
-        raise ValueError("a gaussian model needs its log_scale (ModelInfo.log_scale) for the excess score")
+        raise DamagedFile("a gaussian model needs its log_scale (ModelInfo.log_scale) for the excess score")
     per_channel = np.asarray(log_scale, dtype=np.float64) + 0.5 * LOG_2PI  # (C,)
     return np.broadcast_to(per_channel.sum(), (x.shape[0], *x.shape[2:])).copy()
 
@@ -37,5 +39,5 @@ def floor(likelihood: str, x: np.ndarray, log_scale=None) -> np.ndarray:
     try:
         fn = FLOORS[likelihood]
     except (KeyError, TypeError):
-        raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {likelihood!r}") from None
+        raise BadInput(f"likelihood must be 'bernoulli' or 'gaussian', got {likelihood!r}") from None
     return fn(x, log_scale)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vaekit.config import ModelConfig
+from vaekit.errors import BadInput
 from vaekit.objective import get_likelihood
 
 
@@ -194,7 +195,7 @@ class ConvVAE(nn.Module):
         super().__init__()
         cfg = cfg.with_fallbacks()
         if not cfg.resolved:
-            raise ValueError(f"cannot build a model without an image size: {cfg}")
+            raise BadInput(f"cannot build a model without an image size: {cfg}")
         self.cfg = cfg
         self.likelihood = get_likelihood(cfg.likelihood)
         v2 = cfg.arch == "v2"

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from vaekit.errors import BadInput
 from vaekit.likelihood import LOG_2PI, bernoulli_floor, gaussian_floor
 
 
@@ -68,7 +69,7 @@ def get_likelihood(name: str):
     try:
         return LIKELIHOODS[name]
     except (KeyError, TypeError):
-        raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {name!r}") from None
+        raise BadInput(f"likelihood must be 'bernoulli' or 'gaussian', got {name!r}") from None
 
 
 def pixel_nll(x: torch.Tensor, params: torch.Tensor, likelihood: str, log_scale: torch.Tensor | None = None) -> torch.Tensor:

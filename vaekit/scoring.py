@@ -113,7 +113,10 @@ class Calibration:
                 stats["maps"][f"{key}/{w}"] = {"mean": mean.tolist(), "sd": sd.tolist()}
         cal = cls(stats)
         tests = cal._tests(parts)  # (N, T) raw test statistics
-        stats["tests"] = {"mean": tests.mean(0).tolist(), "sd": (tests.std(0) + 1e-9).tolist()}
+        # the sd is floored at 1% of the statistic's size: a handful of validation images (or one)
+        # can agree to the last digit, and a z-score over ~0 would be astronomically large
+        sd = np.maximum(tests.std(0), 0.01 * np.abs(tests.mean(0)) + 1e-6)
+        stats["tests"] = {"mean": tests.mean(0).tolist(), "sd": sd.tolist()}
         return cal
 
     def _local_z(self, parts: Parts) -> list[np.ndarray]:

@@ -7,9 +7,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vaekit.errors import VaekitError
 
-class ExportError(RuntimeError):
-    """The exported model does not reproduce the torch engine (nothing was written)."""
+
+class ExportError(VaekitError, RuntimeError):
+    """The exported model does not reproduce the torch engine (nothing was written): exit 3."""
+
+    exit_code = 3
 
 
 @dataclass
@@ -97,5 +101,5 @@ def _load_parity_images(model, inputs, limit: int = 64) -> np.ndarray:
         raise imageio.NoImagesError(f"no image files found in {inputs}")
     report = imageio.load_images(paths, model.info.image_size, model.info.channels)
     if len(report.images) == 0:
-        raise imageio.NoImagesError(f"no readable image among {len(paths)} files in {inputs}")
+        raise imageio.none_usable(f"in {inputs}", report.skipped)
     return report.images
