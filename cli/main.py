@@ -13,6 +13,7 @@ import sys
 import typer
 from typer.core import TyperGroup
 
+from vaekit_cli import output
 from vaekit_cli.output import err_console, shown
 
 EXIT_OK, EXIT_ANOMALOUS, EXIT_BAD_INPUT, EXIT_FAILURE = 0, 1, 2, 3
@@ -110,8 +111,7 @@ def _root(
     threads: int = typer.Option(0, "--threads", envvar="VAEKIT_THREADS", help="CPU threads for torch/onnxruntime (0: library default)."),
 ) -> None:
     """Convolutional VAEs for your own images."""
-    if threads:
-        os.environ["VAEKIT_THREADS"] = str(threads)
+    output.set_threads(threads)
 
 
 def _register() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from enum import Enum
@@ -38,14 +37,21 @@ def shown(value) -> str:
     return escape(safe_text(str(value)))
 
 
+THREADS = 0  # --threads / VAEKIT_THREADS, parsed once by the CLI's callback (cli/main.py); 0: defaults
+
+
+def set_threads(n: int) -> None:
+    global THREADS
+    THREADS = n
+
+
 def apply_threads() -> None:
-    """Honour --threads / VAEKIT_THREADS for torch (call after importing torch lazily)."""
-    n = int(os.environ.get("VAEKIT_THREADS", "0") or 0)
-    # Only where torch is already loaded (training): the engines read VAEKIT_THREADS when they
-    # open a model, and an onnxruntime-only command must never import torch.
+    """Honour --threads for torch (call after importing torch lazily). Only where torch is
+    already loaded (training): models get the value through load_model, and an
+    onnxruntime-only command must never import torch."""
     torch = sys.modules.get("torch")
-    if n > 0 and torch is not None:
-        torch.set_num_threads(n)
+    if THREADS > 0 and torch is not None:
+        torch.set_num_threads(THREADS)
 
 
 DEVICE_HELP = "auto: CUDA when there is a GPU for the engine, else the CPU; cpu; cuda (fails without one)."
@@ -58,18 +64,10 @@ class Device(str, Enum):
 
 
 def load_model(path, device: Device = Device.auto):
-    """vaekit.load with the device where load takes one (the CLI's one way to open a model)."""
-    import inspect
-
+    """The CLI's one way to open a model: vaekit.load with --device and --threads as values."""
     import vaekit
 
-    if "device" in inspect.signature(vaekit.load).parameters:
-        return vaekit.load(path, device=Device(device).value)
-    if Device(device) is Device.cuda:
-        from vaekit.errors import BadInput
-
-        raise BadInput("--device cuda: this vaekit's engines score on the CPU only")
-    return vaekit.load(path)
+    return vaekit.load(path, device=Device(device).value, threads=THREADS or None)
 
 
 def progress_bar(transient: bool = False) -> Progress:

@@ -120,10 +120,28 @@ def test_installed_executable_and_python_m_agree(tmp_path):
     assert not (tmp_path / "runs").exists()  # a refused run leaves no folder behind
 
 
+def test_threads_are_parsed_once_and_reach_the_engine_as_a_value(tmp_path, monkeypatch):
+    """--threads is read by the CLI's callback alone and handed to vaekit.load as a value
+    (the onnxruntime sessions and torch's pool of the model a command opens)."""
+    import vaekit
+    from vaekit_cli import output
+
+    monkeypatch.delenv("VAEKIT_THREADS", raising=False)
+    seen = []
+    monkeypatch.setattr(vaekit, "load", lambda path, device="auto", threads=None: seen.append(threads))
+    try:
+        invoke("--threads", "3", "threshold", tmp_path / "no-such-run")  # the callback runs first
+        assert output.THREADS == 3 and "VAEKIT_THREADS" not in os.environ
+        output.load_model(tmp_path / "model.onnx")
+        assert seen == [3]
+    finally:
+        output.set_threads(0)
+
+
 def test_threads_option_never_imports_torch_by_itself():
     # `vaekit --threads 1 anomaly-score model.onnx ...` must stay torch-free
-    code = ("import os, sys; os.environ['VAEKIT_THREADS'] = '2'\n"
-            "from vaekit_cli.output import apply_threads; apply_threads(); print('torch' in sys.modules)")
+    code = ("import sys; from vaekit_cli import output; output.set_threads(2)\n"
+            "output.apply_threads(); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.stdout.strip() == "False", out.stderr
 
