@@ -59,6 +59,7 @@ def test_journal_resumes_after_a_line_cut_short(tmp_path):
     j.append(1, [{"path": "b", "score": float("nan")}])
     with open(j.path, "ab") as f:  # a crash in the middle of the third batch's line
         f.write(b'{"batch": 2, "rows": [{"pa')
+    j.close()  # the process died: its lock went with it
     with pytest.raises(BadInput, match="--resume"):
         stream.Journal(out, {"model": "m"}, resume=False)
     with pytest.raises(BadInput, match="other settings.*model"):
@@ -94,3 +95,21 @@ def test_inputs_are_named_relative_to_the_folder_they_were_found_in(tmp_path):
         stream.find_inputs(tmp_path / "empty")
     with pytest.raises(BadInput, match="no inputs"):
         stream.find_inputs([])
+
+
+def test_a_journal_in_use_by_another_writer_is_refused_not_shared(tmp_path):
+    """Two jobs writing one output (even with --resume) would interleave rows: the second gets
+    InUse while the first holds OUT.partial; once the first is done, the output can be resumed."""
+    from vaekit.errors import InUse
+
+    out = tmp_path / "scores.csv"
+    first = stream.Journal(out, {"model": "m"}, resume=False)
+    first.append(0, [{"path": "a"}])
+    for resume in (True, False):
+        with pytest.raises(InUse, match="another vaekit process"):
+            stream.Journal(out, {"model": "m"}, resume=resume)
+    assert [r["path"] for r in first.rows()] == ["a"]  # untouched by the refused ones
+    first.close()  # the process ended (a crash releases it the same way)
+    again = stream.Journal(out, {"model": "m"}, resume=True)
+    assert again.done == {0}
+    again.close()

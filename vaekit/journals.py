@@ -18,6 +18,8 @@ def open_journal(out: Path, settings: dict, resume: bool):
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         return stream.Journal(out, settings, resume)
+    except VaekitError:  # InUse: another process's journal, which must stay as it is
+        raise
     except OSError as e:
         if not resume:
             out.with_name(out.name + stream.PARTIAL_SUFFIX).unlink(missing_ok=True)

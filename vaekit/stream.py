@@ -24,7 +24,7 @@ from typing import BinaryIO, Callable, Iterator, Sequence
 import numpy as np
 
 from vaekit import images as imageio
-from vaekit.errors import BadInput, DamagedFile
+from vaekit.errors import BadInput, DamagedFile, InUse
 from vaekit.fileio import atomic_writer, dumps_json
 
 PARTIAL_SUFFIX = ".partial"
@@ -144,11 +144,41 @@ class Journal:
         self.path = self.out.with_name(self.out.name + PARTIAL_SUFFIX)
         self.settings = json.loads(dumps_json({"vaekit_journal": JOURNAL_VERSION, **settings}, indent=None))
         self.done: set[int] = set()
-        if self.path.exists() and not resume:
+        unfinished = self.path.exists() and self.path.stat().st_size > 0
+        self._lock()
+        if unfinished and not resume:
+            self.close()
             raise BadInput(f"{self.path} holds the rows of an unfinished job: pass --resume to continue it, "
                            "or delete it to start again")
-        if not (self.path.exists() and self._read()):
-            self._start()
+        try:
+            if not (self.path.exists() and self._read()):
+                self._start()
+        except BaseException:
+            self.close()
+            raise
+
+    def _lock(self) -> None:
+        """Hold an exclusive lock on OUT.partial for the job's life: a second process writing the
+        same output (even with --resume) gets InUse instead of interleaving rows. Released by the
+        kernel when this process ends, however it ends. No flock (Windows): no lock."""
+        try:
+            import fcntl
+        except ImportError:
+            self._fd = None
+            return
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            self._fd = None
+            raise InUse(f"{self.out} is being written by another vaekit process right now "
+                        f"({self.path.name} is locked); wait for it, or write elsewhere") from None
+
+    def close(self) -> None:
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def _start(self) -> None:
         with open(self.path, "w", encoding="utf-8", errors="surrogateescape") as f:
@@ -220,4 +250,5 @@ class Journal:
         with atomic_writer(self.out) as f:
             write(f)
         self.path.unlink(missing_ok=True)
+        self.close()
         return self.out

@@ -92,15 +92,19 @@ def score_to_file(
         refuse_taken_maps(Path(maps), [targets[i] for i in mine if i // batch_size not in done], overwrite)
     where = {str(p): i for i, p in enumerate(found.paths)}
     tally, n_maps = _Tally(top), 0
-    for b in iter_scored(model, found, plan, maps=maps is not None, batch_size=batch_size, positions=positions,
-                         skip_batches=done, workers=workers, progress=progress):
-        if maps is not None and b.rows:
-            n_maps += len(save_maps(Path(maps), [targets[where[r.path]] for r in b.rows], b.images, b.maps))
+    try:
+        for b in iter_scored(model, found, plan, maps=maps is not None, batch_size=batch_size, positions=positions,
+                             skip_batches=done, workers=workers, progress=progress):
+            if maps is not None and b.rows:
+                n_maps += len(save_maps(Path(maps), [targets[where[r.path]] for r in b.rows], b.images, b.maps))
+            if journal is not None:
+                with naming_failed_writes(Path(out)):
+                    journal.append(b.index, [_encode(asdict(r)) for r in b.rows], [(str(p), r) for p, r in b.skipped])
+            else:
+                tally.add((asdict(r) for r in b.rows), [(str(p), r) for p, r in b.skipped])
+    finally:  # this share is written (or the job stopped): the journal's lock goes
         if journal is not None:
-            with naming_failed_writes(Path(out)):
-                journal.append(b.index, [_encode(asdict(r)) for r in b.rows], [(str(p), r) for p, r in b.skipped])
-        else:
-            tally.add((asdict(r) for r in b.rows), [(str(p), r) for p, r in b.skipped])
+            journal.close()
     report = JobReport(None, 0, 0, [], [], plan, (index, count), False, n_maps, len(done))
     if journal is None:
         if not tally.count:

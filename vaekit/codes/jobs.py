@@ -128,16 +128,20 @@ def encode_folder(
     journal = open_journal(out, settings, resume)
     names = dict(zip(map(str, found.paths), found.names))
     done = len([i for i in range(len(found.paths)) if i // batch_size in journal.done])
-    for b in stream.iter_batches(found.paths, info.image_size, info.channels, batch_size, workers,
-                                 skip_batches=frozenset(journal.done)):
-        mu = model.encode(b.images)[0].astype(np.float32) if len(b.paths) else np.zeros((0, info.latent_dim), np.float32)
-        rows = [{"name": names[str(p)], "size": list(original_size(p)), "bytes": p.stat().st_size,
-                 "mu": base64.b64encode(np.ascontiguousarray(z, "<f4").tobytes()).decode()} for p, z in zip(b.paths, mu)]
-        with naming_failed_writes(out):
-            journal.append(b.index, rows, [(str(p), r) for p, r in b.skipped])
-        done += len(b.paths) + len(b.skipped)
-        if progress:
-            progress(done, len(found.paths))
+    try:
+        for b in stream.iter_batches(found.paths, info.image_size, info.channels, batch_size, workers,
+                                     skip_batches=frozenset(journal.done)):
+            mu = model.encode(b.images)[0].astype(np.float32) if len(b.paths) else np.zeros((0, info.latent_dim), np.float32)
+            rows = [{"name": names[str(p)], "size": list(original_size(p)), "bytes": p.stat().st_size,
+                     "mu": base64.b64encode(np.ascontiguousarray(z, "<f4").tobytes()).decode()} for p, z in zip(b.paths, mu)]
+            with naming_failed_writes(out):
+                journal.append(b.index, rows, [(str(p), r) for p, r in b.skipped])
+            done += len(b.paths) + len(b.skipped)
+            if progress:
+                progress(done, len(found.paths))
+    except BaseException:  # a stopped job releases its journal's lock at once (resumable in this process)
+        journal.close()
+        raise
     skipped = [(Path(p), r) for p, r in journal.skipped()]
     kept, sizes, source_bytes = [], [], 0
     for r in journal.rows():
