@@ -239,8 +239,9 @@ def train_events(
 ) -> Iterator[TrainEvent]:
     """Run `vaekit.train.train` in a worker thread and yield its progress as it comes.
 
-    Setting `stop` makes the next progress report raise TrainingStopped inside the loop: the
-    run directory keeps its last epoch's checkpoint, so `vaekit train --resume` continues it.
+    Setting `stop` ends training after the current step through the library's stop hook
+    (`should_stop`; while images are still being decoded, the next progress report stops it):
+    the run directory keeps its last epoch's checkpoint, so `vaekit train --resume` continues it.
     The last event is "done" (with the TrainResult) or "stopped"; errors are re-raised here.
     """
     from vaekit.config import ModelConfig, TrainConfig
@@ -255,7 +256,7 @@ def train_events(
     events: queue.Queue = queue.Queue()
 
     def report(done: int, total: int, phase: str = "", **metrics) -> None:
-        if stop.is_set():
+        if stop.is_set() and phase == "decode":  # before the loop, which asks should_stop itself
             raise TrainingStopped
         events.put(TrainEvent(phase, done, total, metrics))
 
@@ -263,8 +264,9 @@ def train_events(
         from vaekit.train import train
 
         try:
-            result, _ = train(folder, out_dir, model_cfg, train_cfg, channels="auto", progress=report)
-            events.put(TrainEvent("done", result=result))
+            result, _ = train(folder, out_dir, model_cfg, train_cfg, channels="auto", progress=report,
+                              should_stop=stop.is_set)
+            events.put(TrainEvent("stopped") if result.stopped else TrainEvent("done", result=result))
         except TrainingStopped:
             events.put(TrainEvent("stopped"))
         except BaseException as e:  # noqa: BLE001 - handed to the caller's thread below
