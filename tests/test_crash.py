@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 from safetensors.numpy import load_file
 
+from vaekit import checkpoint
 from vaekit import run as rundir
 from vaekit.config import ModelConfig, TrainConfig
 
@@ -385,7 +386,7 @@ def test_read_only_folder_while_writing_a_checkpoint(tmp_path, trained):
     after = _snapshot(run)
     assert {k: v for k, v in after.items() if k.startswith("checkpoint/")} == \
         {k: v for k, v in before.items() if k.startswith("checkpoint/")}
-    assert rundir.load_checkpoint(run)[1]["epoch"] == 1
+    assert checkpoint.load_checkpoint(run)[1]["epoch"] == 1
 
 
 def test_atomic_writes_honour_the_umask_and_keep_a_files_mode(tmp_path):

@@ -426,12 +426,12 @@ def exe(run, corpus, clean, tmp_path_factory):
 
 @pytest.mark.slow
 def test_ctrl_c_exits_130_and_leaves_a_resumable_run(exe):
-    from vaekit import run as rundir
+    from vaekit import checkpoint
 
     code, stdout, stderr, base = exe["130: interrupted"]
     assert code == 130, stdout + stderr
     assert "interrupted" in stderr and "Traceback" not in stderr
-    assert rundir.load_checkpoint(base / "long")[1]["epoch"] >= 0
+    assert checkpoint.load_checkpoint(base / "long")[1]["epoch"] >= 0
 
 
 def test_usage_error_exits_2(tmp_path):

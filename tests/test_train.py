@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from vaekit import checkpoint
 from vaekit import run as rundir
 from vaekit.config import ModelConfig, TrainConfig
 from vaekit.train import learning_rate
@@ -224,7 +225,7 @@ def test_should_stop_ends_training_cleanly_and_the_run_resumes(blobs, tmp_path):
 
     result, _ = train(blobs, tmp_path / "run", MODEL, tcfg(epochs=5), should_stop=stop_in_third_epoch)
     assert result.stopped and result.epochs_done == 2 and result.threshold is None
-    assert rundir.load_checkpoint(tmp_path / "run")[1]["epoch"] == 1  # epochs 1 and 2 finished, 0-based
+    assert checkpoint.load_checkpoint(tmp_path / "run")[1]["epoch"] == 1  # epochs 1 and 2 finished, 0-based
     assert "anomaly" not in json.loads((tmp_path / "run" / "config.json").read_text())
     done, _ = train(blobs, tmp_path / "run", MODEL, tcfg(epochs=5), resume=True)
     assert not done.stopped and done.epochs_done == 5 and done.threshold is not None

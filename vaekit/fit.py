@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from vaekit import checkpoint
 from vaekit import run as rundir
 from vaekit.config import RESUMABLE, ModelConfig, TrainConfig
 from vaekit.data import Dataset, _read_ahead, _to_device, _to_input, split3
@@ -177,7 +178,7 @@ def fit(
     start_epoch, history = 0, []
     best = {"epoch": -1, "val": math.inf}
     if resume:
-        tensors, meta = rundir.load_checkpoint(out_dir)
+        tensors, meta = checkpoint.load_checkpoint(out_dir)
         try:
             _unpack_state(tensors, meta, model, optimizer, scaler)
         except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
@@ -289,7 +290,7 @@ def fit(
                 rundir.save_tensors(out_dir / rundir.WEIGHTS, model.state_dict(), {"epoch": epoch})
             rundir.write_metrics(out_dir, history)
             tensors, meta = _pack_state(model, optimizer, scaler, epoch, best, len(history))
-            rundir.save_checkpoint(out_dir, epoch, tensors, meta)
+            checkpoint.save_checkpoint(out_dir, epoch, tensors, meta)
         if progress and dist.main:
             progress(epoch + 1, train_cfg.epochs, phase="epoch", **row)
 

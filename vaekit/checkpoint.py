@@ -1,0 +1,76 @@
+"""The resumable state of a run: checkpoint/epoch-NNNN.safetensors (weights, AdamW state, RNG
+state) and resume.json naming it with its sha256, written last, so a crash at any instant
+leaves a complete state that --resume can trust."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+
+import torch
+
+from vaekit.fileio import atomic_write_json, read_json, read_regular
+from vaekit.run import (CHECKPOINT_DIR, RESUME, _CHECKPOINT_NAME, RunError, load_tensors, remove_strays,
+                        save_tensors)
+
+
+def save_checkpoint(run_dir: Path, epoch: int, tensors: dict[str, torch.Tensor], state: dict) -> None:
+    """Write checkpoint/epoch-NNNN.safetensors, then resume.json naming it, then prune old ones."""
+    ckpt_dir = Path(run_dir) / CHECKPOINT_DIR
+    name = f"epoch-{epoch:04d}.safetensors"
+    digest = save_tensors(ckpt_dir / name, tensors, state)
+    atomic_write_json(ckpt_dir / RESUME, {"epoch": epoch, "file": name, "sha256": digest})
+    for old in ckpt_dir.glob("epoch-*.safetensors"):
+        if old.name != name:
+            old.unlink(missing_ok=True)
+    remove_strays(run_dir)
+
+
+def load_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    ckpt_dir = Path(run_dir) / CHECKPOINT_DIR
+    try:
+        pointer = read_json(ckpt_dir / RESUME, "resume state")
+    except FileNotFoundError:
+        raise RunError(f"nothing to resume in {run_dir}: no {CHECKPOINT_DIR}/{RESUME} (the run stopped before "
+                       "its first epoch ended, or is not a training run); start it again with --overwrite") from None
+    except ValueError as e:
+        raise RunError(str(e)) from None
+    name = pointer.get("file")
+    # only a checkpoint of this run: a pointer to another folder would resume another run's state
+    if not isinstance(name, str) or not _CHECKPOINT_NAME.fullmatch(name):
+        raise RunError(f"resume state {ckpt_dir / RESUME} is damaged: 'file' must name an epoch-NNNN.safetensors "
+                       f"in {ckpt_dir}, got {name!r}")
+    path = ckpt_dir / name
+    try:
+        data = read_regular(path, "checkpoint")
+    except FileNotFoundError:
+        data = None
+    if data is None or hashlib.sha256(data).hexdigest() != pointer.get("sha256"):
+        raise RunError(f"checkpoint {path} is missing or does not match resume.json")
+    tensors, meta = load_tensors(path, "checkpoint")
+    _check_checkpoint_meta(meta, path)
+    return tensors, meta
+
+
+def _check_checkpoint_meta(meta: dict, path: Path) -> None:
+    """The fields training reads back, with their types: a hand-edited file is DamagedFile."""
+    def bad(what: str):
+        return RunError(f"checkpoint {path} is damaged: {what}")
+
+    def count(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    if not count(meta.get("epoch")) or not count(meta.get("history_len")):
+        raise bad("'epoch' and 'history_len' must be integers >= 0")
+    best = meta.get("best")
+    if not (isinstance(best, dict) and isinstance(best.get("epoch"), int) and not isinstance(best.get("epoch"), bool)
+            and isinstance(best.get("val"), (int, float)) and not isinstance(best.get("val"), bool)
+            and not math.isnan(best["val"])):
+        raise bad("'best' must be {'epoch': integer, 'val': number}")
+    groups = meta.get("param_groups")
+    if not (isinstance(groups, list) and groups and all(isinstance(g, dict) and isinstance(g.get("params"), list)
+                                                        for g in groups)):
+        raise bad("'param_groups' must be a list of optimizer parameter groups")
+    if meta.get("scaler") is not None and not isinstance(meta["scaler"], dict):
+        raise bad("'scaler' must be an object or null")
