@@ -235,3 +235,13 @@ def unprivileged_exec() -> None:
         for cap in (_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH):
             if libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
                 raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+
+
+def flat(text: str) -> str:
+    """All whitespace removed: rich may wrap a long path anywhere."""
+    return "".join(text.split())
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` and its bytes: to show a command changed nothing."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}

@@ -38,12 +38,7 @@ def invoke(*args, env=None):
             c._buffer.clear()
 
 
-def flat(text: str) -> str:
-    return "".join(text.split())
-
-
-def tree(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+from hostile import flat, tree  # noqa: E402  (tests/hostile.py: shared with test_hostile)
 
 
 def write_images(folder: Path, n: int = 10, seed: int = 0) -> Path:

@@ -87,13 +87,7 @@ def invoke(*args):
             c._buffer.clear()
 
 
-def flat(text: str) -> str:
-    """All whitespace removed: rich may wrap a long path anywhere."""
-    return "".join(text.split())
-
-
-def tree(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+from hostile import flat, tree  # noqa: E402
 
 
 def _train_results(out: Path, root: Path):
