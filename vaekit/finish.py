@@ -66,10 +66,11 @@ def finish(out_dir, data, train_idx, val_idx, cal_idx, train_cfg, device) -> flo
     else:
         eval_idx, source = (val_idx, "validation") if len(val_idx) else (train_idx, "training")
     # in chunks read with _gather: memory stays flat however many calibration images there are
-    names = ("atypicality", "excess", "neg_elbo", "recon", "kl")
-    chunks = [[engine.score(_gather(data.images, eval_idx[i : i + 1024]), score=name, maps=False).score for name in names]
+    # one pass: the atypicality's Scores carry every other score too
+    chunks = [engine.score(_gather(data.images, eval_idx[i : i + 1024]), score="atypicality", maps=False)
               for i in range(0, len(eval_idx), 1024)]
-    scores = {name: np.concatenate([c[k] for c in chunks]) for k, name in enumerate(names)}
+    scores = {"atypicality": np.concatenate([c.score for c in chunks]),
+              **{name: np.concatenate([getattr(c, name) for c in chunks]) for name in ("excess", "neg_elbo", "recon", "kl")}}
     cfg["anomaly"] = {**threshold_section(scores, train_cfg.threshold_quantile, source),
                       "calibration": calibration.stats}
     cfg["fingerprint"] = rundir.fingerprint(model.state_dict())
