@@ -113,3 +113,55 @@ def test_a_journal_in_use_by_another_writer_is_refused_not_shared(tmp_path):
     again = stream.Journal(out, {"model": "m"}, resume=True)
     assert again.done == {0}
     again.close()
+
+
+def test_read_ahead_keeps_order_and_decodes_in_the_background(tmp_path):
+    import threading
+
+    paths = _folder(tmp_path, n=9, bad=(4,))
+    inline = list(stream.iter_batches(paths, 16, 1, batch_size=2, ahead=0))
+    ahead = list(stream.iter_batches(paths, 16, 1, batch_size=2, ahead=2))
+    assert [b.index for b in ahead] == [b.index for b in inline] == [0, 1, 2, 3, 4]
+    for a, b in zip(ahead, inline):
+        assert a.paths == b.paths and a.skipped == b.skipped and np.array_equal(a.images, b.images)
+    seen = []
+
+    def items():
+        for i in range(3):
+            seen.append(threading.current_thread().name)
+            yield i
+
+    assert list(stream.read_ahead(items(), 1)) == [0, 1, 2]
+    assert set(seen) == {"vaekit-read-ahead"}
+
+
+def test_read_ahead_raises_the_producers_error_in_the_consumer():
+    def items():
+        yield 1
+        raise OSError("disk gone")
+
+    it = stream.read_ahead(items(), 2)
+    assert next(it) == 1
+    with pytest.raises(OSError, match="disk gone"):
+        next(it)
+
+
+def test_closing_a_read_ahead_stops_its_producer():
+    import threading
+
+    produced, closed = [], threading.Event()
+
+    def items():
+        try:
+            for i in range(10_000):
+                produced.append(i)
+                yield i
+        finally:
+            closed.set()
+
+    it = stream.read_ahead(items(), 2)
+    assert next(it) == 0
+    it.close()
+    assert closed.wait(5)  # the producer's generator was closed, by its own thread
+    assert len(produced) < 10  # it stopped a few items ahead, not at the end
+    assert not any(t.name == "vaekit-read-ahead" for t in threading.enumerate())

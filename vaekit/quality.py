@@ -123,12 +123,11 @@ def reconstruct_folder(
         raise BadInput(f"output {out_dir} exists and is not a folder")
     refuse_inside(out_dir, source, "output folder")  # its PNGs would be read back as inputs
     found = stream.find_inputs(source)
-    targets = dict(zip(map(str, found.paths), (out_dir / n for n in codes.png_names(found.names))))
-    names = dict(zip(map(str, found.paths), found.names))
+    targets = codes.png_names(found.names)  # relative to out_dir
     grid = out_dir / GRID
-    if grid in targets.values():
+    if GRID in targets:
         raise BadInput(f"an input image would be written to {grid}, the comparison grid; rename it or pick another input")
-    refuse_existing([*targets.values(), grid], overwrite)
+    refuse_existing([*(out_dir / t for t in targets), grid], overwrite)
     info = model.info
     kept, written, psnrs, ssims, shown, skipped, done = [], [], [], [], [], [], 0
     for b in stream.iter_batches(found.paths, info.image_size, info.channels, batch_size, workers):
@@ -137,10 +136,10 @@ def reconstruct_folder(
         if len(b.paths):
             x = b.images
             x_hat = imageio.to_uint8(model.reconstruct(x))
-            for img, path in zip(x_hat, b.paths):
-                imageio.save_png(img, targets[str(path)])
-            kept += [names[str(p)] for p in b.paths]
-            written += [targets[str(p)] for p in b.paths]
+            for img, i in zip(x_hat, b.positions):
+                imageio.save_png(img, out_dir / targets[i])
+            kept += [found.names[i] for i in b.positions]
+            written += [out_dir / targets[i] for i in b.positions]
             psnrs.append(psnr(x, x_hat))
             try:
                 ssims.append(None if ssims and ssims[-1] is None else ssim(x, x_hat))

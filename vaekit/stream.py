@@ -5,8 +5,8 @@ Four pieces, used by every inference command and the demo:
   the folder it was found in (the names every output uses).
 - `shard`: this process's share of a file list, deterministic by file order (torchrun's
   RANK / WORLD_SIZE, or an explicit `--shard i/n`).
-- `iter_batches`: fixed slices of the file list, decoded in worker processes with bounded
-  read-ahead. A batch is always the same slice of files, so a resumed job scores exactly the
+- `iter_batches`: fixed slices of the file list, decoded ahead of the consumer (in a thread,
+  and in worker processes when asked) with bounded read-ahead. A batch is always the same slice of files, so a resumed job scores exactly the
   batches an uninterrupted one would, and gets bit-identical numbers.
 - `Journal`: rows appended to `OUT.partial` one batch per line, flushed as they are produced;
   `--resume` reads it back and skips the finished batches, and `finish` turns it into the
@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import json
 import os
+import queue
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Sequence
@@ -29,12 +32,36 @@ from vaekit.fileio import atomic_writer, dumps_json
 
 PARTIAL_SUFFIX = ".partial"
 JOURNAL_VERSION = 1
+SYNC_EVERY = 2.0  # seconds between a journal's fsyncs
+READ_AHEAD = 2  # batches decoded ahead of the consumer
+
+
+class PathList(Sequence[Path]):
+    """File paths kept as text and handed out as Paths: a list of a million files costs about
+    a fifth of the memory a list of Path objects would."""
+
+    def __init__(self, items: Sequence[str]):
+        self._items = list(items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [Path(p) for p in self._items[i]]
+        return Path(self._items[i])
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    def __repr__(self) -> str:
+        return f"PathList({len(self)} paths)"
 
 
 @dataclass
 class Inputs:
     roots: list[Path]  # what the user named: files and folders, in order
-    paths: list[Path]  # every image file found under them, in order
+    paths: Sequence[Path]  # every image file found under them, in order (a PathList)
     names: list[str]  # each file's name relative to the root it was found under
 
 
@@ -44,11 +71,17 @@ def find_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> Inpu
     roots = [Path(inputs)] if isinstance(inputs, (str, os.PathLike)) else [Path(r) for r in inputs]
     if not roots:
         raise BadInput("no inputs given: name image files or folders")
-    paths = imageio.find_images(roots)
+    found = imageio.scan_roots(roots)
+    paths = [f for _, files in found for f in files]
     if not paths:
         where = roots[0] if len(roots) == 1 else ", ".join(map(str, roots))
         raise imageio.NoImagesError(f"no image files found in {where}")
-    return Inputs(roots, paths, [relative_name(p, roots) for p in paths])
+    if len(roots) == 1 and roots[0].is_dir():  # the common case, without a Path per file
+        cut = len(paths[0]) - len(Path(paths[0]).relative_to(roots[0]).as_posix())
+        names = [f[cut:] for f in paths]
+    else:
+        names = [relative_name(Path(f), roots) for f in paths]
+    return Inputs(roots, PathList(paths), names)
 
 
 def relative_name(path: Path, roots: Sequence[Path]) -> str:
@@ -103,14 +136,39 @@ class Batch:
 
 
 def iter_batches(paths: Sequence[Path], size: int, channels: int, batch_size: int = 64, workers: int = 0,
-                 positions: Sequence[int] | None = None, skip_batches: set[int] | frozenset = frozenset()) -> Iterator[Batch]:
+                 positions: Sequence[int] | None = None, skip_batches: set[int] | frozenset = frozenset(),
+                 ahead: int = READ_AHEAD) -> Iterator[Batch]:
     """Decode `paths[positions]` (default: all) in fixed slices of `batch_size` of the FULL list;
-    slices in `skip_batches` are not read at all. Memory: a few batches, whatever the count."""
+    slices in `skip_batches` are not read at all. Memory: a few batches, whatever the count.
+
+    Decoding runs in a background thread up to `ahead` batches in front of the consumer (Pillow
+    and torch release the GIL, so it overlaps with scoring); ahead=0 decodes in the caller."""
     if batch_size < 1:
         raise BadInput(f"batch size must be >= 1, got {batch_size}")
-    positions = list(range(len(paths))) if positions is None else list(positions)
-    todo = [i for i in positions if i // batch_size not in skip_batches]
-    loaded = imageio.iter_load([Path(paths[i]) for i in todo], size, channels, workers)
+    positions = range(len(paths)) if positions is None else positions
+    todo = [i for i in positions if i // batch_size not in skip_batches] if skip_batches else positions
+    loaded = imageio.iter_load(_Picked(paths, todo), size, channels, workers)
+    batches = _slices(todo, loaded, batch_size, channels, size)
+    return read_ahead(batches, ahead) if ahead > 0 else batches
+
+
+
+class _Picked(Sequence[Path]):
+    """paths[todo[i]], looked up when read: no copy of a long file list."""
+
+    def __init__(self, paths: Sequence, todo: Sequence[int]):
+        self.paths, self.todo = paths, todo
+
+    def __len__(self) -> int:
+        return len(self.todo)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [Path(self.paths[j]) for j in self.todo[i]]
+        return Path(self.paths[self.todo[i]])
+
+
+def _slices(todo, loaded, batch_size, channels, size) -> Iterator[Batch]:
     current, pos, got, bad = None, [], [], []
     for i, (path, x, reason) in zip(todo, loaded):
         b = i // batch_size
@@ -125,6 +183,57 @@ def iter_batches(paths: Sequence[Path], size: int, channels: int, batch_size: in
             got.append((path, x))
     if current is not None:
         yield _batch(current, pos, got, bad, channels, size)
+
+
+_END = object()
+
+
+def read_ahead(items: Iterator, depth: int) -> Iterator:
+    """`items`, produced by a daemon thread at most `depth` ahead of the consumer. An error in
+    the producer is raised in the consumer; closing the iterator (or the consumer stopping)
+    stops the producer at its next item."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    break
+        except BaseException as e:  # handed to the consumer, raised there
+            put((_END, e))
+            return
+        finally:
+            close = getattr(items, "close", None)
+            if stop.is_set() and close is not None:
+                close()  # shuts a decoding pool down from its own thread
+        put((_END, None))
+
+    def consume() -> Iterator:
+        worker = threading.Thread(target=produce, name="vaekit-read-ahead", daemon=True)
+        worker.start()
+        try:
+            while True:
+                item, error = q.get()
+                if item is _END:
+                    if error is not None:
+                        raise error
+                    return
+                yield item
+        finally:
+            stop.set()
+            worker.join(timeout=5)
+
+    return consume()
 
 
 def _batch(index, pos, got, bad, channels, size) -> Batch:
@@ -144,6 +253,7 @@ class Journal:
         self.path = self.out.with_name(self.out.name + PARTIAL_SUFFIX)
         self.settings = json.loads(dumps_json({"vaekit_journal": JOURNAL_VERSION, **settings}, indent=None))
         self.done: set[int] = set()
+        self._file, self._synced = None, time.monotonic()
         unfinished = self.path.exists() and self.path.stat().st_size > 0
         self._lock()
         if unfinished and not resume:
@@ -176,6 +286,12 @@ class Journal:
                         f"({self.path.name} is locked); wait for it, or write elsewhere") from None
 
     def close(self) -> None:
+        if getattr(self, "_file", None) is not None:
+            try:
+                self._sync()
+            finally:
+                self._file.close()
+                self._file = None
         if getattr(self, "_fd", None) is not None:
             os.close(self._fd)
             self._fd = None
@@ -224,12 +340,21 @@ class Journal:
         return header is not None
 
     def append(self, batch: int, rows: list[dict], skipped: Sequence[tuple[str, str]] = ()) -> None:
+        """One batch's line, flushed (a killed process loses nothing written); synced to disk
+        at most every SYNC_EVERY seconds and on close (a power cut loses at most those batches,
+        which --resume scores again)."""
         entry = {"batch": batch, "rows": rows, "skipped": [[str(p), r] for p, r in skipped]}
-        with open(self.path, "a", encoding="utf-8", errors="surrogateescape") as f:
-            f.write(dumps_json(entry, indent=None) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        if self._file is None:
+            self._file = open(self.path, "a", encoding="utf-8", errors="surrogateescape")
+        self._file.write(dumps_json(entry, indent=None) + "\n")
+        self._file.flush()
+        if time.monotonic() - self._synced > SYNC_EVERY:
+            self._sync()
         self.done.add(batch)
+
+    def _sync(self) -> None:
+        os.fsync(self._file.fileno())
+        self._synced = time.monotonic()
 
     def _entries(self) -> Iterator[dict]:
         lines = self._lines()

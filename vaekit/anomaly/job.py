@@ -90,13 +90,12 @@ def score_to_file(
     if maps is not None:
         mine = range(len(found.paths)) if positions is None else positions
         refuse_taken_maps(Path(maps), [targets[i] for i in mine if i // batch_size not in done], overwrite)
-    where = {str(p): i for i, p in enumerate(found.paths)}
     tally, n_maps = _Tally(top), 0
     try:
         for b in iter_scored(model, found, plan, maps=maps is not None, batch_size=batch_size, positions=positions,
                              skip_batches=done, workers=workers, progress=progress):
             if maps is not None and b.rows:
-                n_maps += len(save_maps(Path(maps), [targets[where[r.path]] for r in b.rows], b.images, b.maps))
+                n_maps += len(save_maps(Path(maps), [targets[i] for i in b.positions], b.images, b.maps))
             if journal is not None:
                 with naming_failed_writes(Path(out)):
                     journal.append(b.index, [_encode(asdict(r)) for r in b.rows], [(str(p), r) for p, r in b.skipped])

@@ -126,20 +126,20 @@ def write_scores(path: str | Path, report: ScoreReport, model: Model | None = No
     return path
 
 
-def map_targets(names: Sequence[str]) -> list[Path]:
-    """Each heat map's path relative to the maps folder: the input name with .png, numbered
-    when two inputs would share one (a.jpg next to a.png, or two inputs with the same name)."""
+def map_targets(names: Sequence[str]) -> list[str]:
+    """Each heat map's path relative to the maps folder (posix text): the input name with .png,
+    numbered when two inputs would share one (a.jpg next to a.png, or two inputs with the same name)."""
     used, targets = set(), []
     for name in names:
-        rel, n = Path(name).with_suffix(".png"), 1
+        rel, n = Path(name).with_suffix(".png").as_posix(), 1
         while rel in used:
-            rel, n = Path(name).with_name(f"{Path(name).stem}-{n}.png"), n + 1
+            rel, n = Path(name).with_name(f"{Path(name).stem}-{n}.png").as_posix(), n + 1
         used.add(rel)
         targets.append(rel)
     return targets
 
 
-def refuse_taken_maps(out_dir: Path, targets: Iterable[Path], overwrite: bool) -> None:
+def refuse_taken_maps(out_dir: Path, targets: Iterable[str], overwrite: bool) -> None:
     """BadInput when a heat map would replace a file, unless `overwrite`; all checked first."""
     if overwrite:
         return
@@ -149,7 +149,7 @@ def refuse_taken_maps(out_dir: Path, targets: Iterable[Path], overwrite: bool) -
                        "pass --overwrite to replace them")
 
 
-def save_maps(out_dir: Path, targets: Sequence[Path], images: np.ndarray, maps: np.ndarray,
+def save_maps(out_dir: Path, targets: Sequence[str], images: np.ndarray, maps: np.ndarray,
               alpha: float = 0.5) -> list[Path]:
     """One PNG per image: its per-pixel map as a heat map over it, enlarged to MAP_MIN_SIDE."""
     written = []

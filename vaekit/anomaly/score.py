@@ -69,6 +69,7 @@ def scoring_plan(model: Model, samples: int = 0, score: str = DEFAULT_SCORE, iwa
 @dataclass
 class ScoredBatch:
     index: int  # the fixed slice of the file list (see vaekit.stream.iter_batches)
+    positions: list[int]  # each row's position in the file list
     rows: list[ScoreRow]
     names: list[str]  # each row's name relative to its input folder
     images: np.ndarray  # (B, C, H, W) uint8 at the model's size
@@ -90,7 +91,6 @@ def iter_scored(model: Model, inputs: stream.Inputs, plan: Plan, maps: bool = Fa
 
     progress(done, total, phase="score") counts files, including those of skipped batches."""
     info = model.info
-    names = dict(zip(map(str, inputs.paths), inputs.names))
     total = len(inputs.paths) if positions is None else len(positions)
     done = 0 if not skip_batches else sum(1 for i in (positions or range(total)) if i // batch_size in skip_batches)
     kw = {"maps": maps} if _accepts_maps(model) else {}
@@ -103,7 +103,7 @@ def iter_scored(model: Model, inputs: stream.Inputs, plan: Plan, maps: bool = Fa
         done += len(b.paths) + len(b.skipped)
         if progress:
             progress(done, total, phase="score")
-        yield ScoredBatch(b.index, rows, [names[str(p)] for p in b.paths], b.images, pmap, b.skipped)
+        yield ScoredBatch(b.index, b.positions, rows, [inputs.names[i] for i in b.positions], b.images, pmap, b.skipped)
 
 
 def _rows(paths: Sequence[Path], s: Scores, t: float | None) -> list[ScoreRow]:

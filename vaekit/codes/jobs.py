@@ -126,14 +126,14 @@ def encode_folder(
     settings = {"job": "encode", "fingerprint": info.fingerprint, "batch_size": batch_size,
                 "files": len(found.paths), "inputs": [str(r) for r in found.roots]}
     journal = open_journal(out, settings, resume)
-    names = dict(zip(map(str, found.paths), found.names))
     done = len([i for i in range(len(found.paths)) if i // batch_size in journal.done])
     try:
         for b in stream.iter_batches(found.paths, info.image_size, info.channels, batch_size, workers,
                                      skip_batches=frozenset(journal.done)):
             mu = model.encode(b.images)[0].astype(np.float32) if len(b.paths) else np.zeros((0, info.latent_dim), np.float32)
-            rows = [{"name": names[str(p)], "size": list(original_size(p)), "bytes": p.stat().st_size,
-                     "mu": base64.b64encode(np.ascontiguousarray(z, "<f4").tobytes()).decode()} for p, z in zip(b.paths, mu)]
+            rows = [{"name": found.names[i], "size": list(original_size(p)), "bytes": p.stat().st_size,
+                     "mu": base64.b64encode(np.ascontiguousarray(z, "<f4").tobytes()).decode()}
+                    for i, p, z in zip(b.positions, b.paths, mu)]
             with naming_failed_writes(out):
                 journal.append(b.index, rows, [(str(p), r) for p, r in b.skipped])
             done += len(b.paths) + len(b.skipped)

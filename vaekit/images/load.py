@@ -52,16 +52,17 @@ def iter_load(
     _check_channels(channels)
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
         raise BadInput(f"invalid workers {workers!r}: expected an integer >= 0")
-    return _iter_load([Path(p) for p in paths], size, channels, workers)
+    return _iter_load(paths if isinstance(paths, Sequence) else list(paths), size, channels, workers)
 
 
-def _iter_load(paths: list[Path], size: int, channels: int, workers: int) -> Iterator[_Loaded]:
+def _iter_load(paths: Sequence[Path], size: int, channels: int, workers: int) -> Iterator[_Loaded]:
+    # `paths` is read one slice at a time (it may be a lazy view of a million-file list)
     if workers <= 1 or len(paths) <= 1:  # a pool costs more than it saves here
-        for p in paths:
-            yield from _load_chunk([p], size, channels)
+        for i in range(len(paths)):
+            yield from _load_chunk([Path(paths[i])], size, channels)
         return
     step = max(1, min(64, len(paths) // (workers * 4)))
-    chunks = iter([paths[i : i + step] for i in range(0, len(paths), step)])
+    chunks = ([Path(p) for p in paths[i : i + step]] for i in range(0, len(paths), step))
     with ProcessPoolExecutor(workers) as pool:
         first = islice(chunks, 2 * workers)  # bounded, so results cannot pile up in memory
         pending = deque(pool.submit(_load_chunk, c, size, channels) for c in first)
