@@ -49,7 +49,7 @@ def anomaly_score(
                                                       "last share to finish merges them into -o.")] = None,
     device: Annotated[Device, typer.Option(help=DEVICE_HELP)] = Device.auto,
     batch_size: Annotated[int, typer.Option(min=1, max=4096, help="Images decoded and scored at a time.")] = 64,
-    workers: Annotated[int, typer.Option(min=0, max=256, help="Processes decoding images ahead (0: in this one).")] = 0,
+    workers: Annotated[int, typer.Option(min=0, max=256, help="Processes decoding images ahead (0 or 1: a thread of this one, overlapping scoring).")] = 0,
 ) -> None:
     """Score images (higher = more anomalous) and flag those above the model's threshold.
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vaekit import stream
+from vaekit import pipeline, stream
 from vaekit.errors import BadInput, DamagedFile
 
 
@@ -131,7 +131,7 @@ def test_read_ahead_keeps_order_and_decodes_in_the_background(tmp_path):
             seen.append(threading.current_thread().name)
             yield i
 
-    assert list(stream.read_ahead(items(), 1)) == [0, 1, 2]
+    assert list(pipeline.read_ahead(items(), 1)) == [0, 1, 2]
     assert set(seen) == {"vaekit-read-ahead"}
 
 
@@ -140,7 +140,7 @@ def test_read_ahead_raises_the_producers_error_in_the_consumer():
         yield 1
         raise OSError("disk gone")
 
-    it = stream.read_ahead(items(), 2)
+    it = pipeline.read_ahead(items(), 2)
     assert next(it) == 1
     with pytest.raises(OSError, match="disk gone"):
         next(it)
@@ -159,9 +159,50 @@ def test_closing_a_read_ahead_stops_its_producer():
         finally:
             closed.set()
 
-    it = stream.read_ahead(items(), 2)
+    it = pipeline.read_ahead(items(), 2)
     assert next(it) == 0
     it.close()
     assert closed.wait(5)  # the producer's generator was closed, by its own thread
     assert len(produced) < 10  # it stopped a few items ahead, not at the end
     assert not any(t.name == "vaekit-read-ahead" for t in threading.enumerate())
+
+
+def test_write_behind_writes_in_order_in_another_thread():
+    import threading
+
+    seen = []
+    with pipeline.WriteBehind(lambda item: seen.append((item, threading.current_thread().name)), depth=1) as w:
+        for i in range(20):
+            w.put(i)
+    assert seen == [(i, "vaekit-write-behind") for i in range(20)]
+
+
+def test_write_behind_raises_the_writers_error_in_the_caller():
+    def fn(item):
+        if item == 3:
+            raise OSError("disk full")
+
+    w = pipeline.WriteBehind(fn, depth=1)
+    with pytest.raises(OSError, match="disk full"):
+        for i in range(100):
+            w.put(i)
+        w.close()
+    assert i < 10  # raised at a put soon after, not only at close
+
+
+def test_write_behind_still_writes_what_it_was_given_when_the_caller_fails():
+    import threading
+
+    release, seen = threading.Event(), []
+
+    def fn(item):
+        release.wait(5)
+        seen.append(item)
+
+    with pytest.raises(KeyboardInterrupt):
+        with pipeline.WriteBehind(fn, depth=2) as w:
+            w.put(0)
+            w.put(1)
+            threading.Timer(0.2, release.set).start()
+            raise KeyboardInterrupt
+    assert seen == [0, 1]  # both were written before the error left the block

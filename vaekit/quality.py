@@ -113,7 +113,7 @@ def reconstruct_folder(
     inputs, each followed by its reconstruction. Every target is checked before writing.
     Streams: images are decoded, reconstructed and written a batch at a time.
     """
-    from vaekit import codes, stream
+    from vaekit import codes, pipeline, stream
     from vaekit.fileio import refuse_existing, refuse_inside
 
     if not isinstance(grid_max, int) or isinstance(grid_max, bool) or grid_max < 1:
@@ -130,26 +130,32 @@ def reconstruct_folder(
     refuse_existing([*(out_dir / t for t in targets), grid], overwrite)
     info = model.info
     kept, written, psnrs, ssims, shown, skipped, done = [], [], [], [], [], [], 0
-    for b in stream.iter_batches(found.paths, info.image_size, info.channels, batch_size, workers):
-        skipped += b.skipped
-        done += len(b.paths) + len(b.skipped)
-        if len(b.paths):
-            x = b.images
-            x_hat = imageio.to_uint8(model.reconstruct(x))
-            for img, i in zip(x_hat, b.positions):
-                imageio.save_png(img, out_dir / targets[i])
-            kept += [found.names[i] for i in b.positions]
-            written += [out_dir / targets[i] for i in b.positions]
-            psnrs.append(psnr(x, x_hat))
-            try:
-                ssims.append(None if ssims and ssims[-1] is None else ssim(x, x_hat))
-            except ImportError:  # a vaekit[runtime] box: PSNR only, and the CLI says why
-                ssims.append(None)
-            room = grid_max - sum(len(p) for p in shown) // 2
-            if room > 0:
-                shown.append(np.stack([x[:room], x_hat[:room]], axis=1).reshape(-1, *x.shape[1:]))  # input, recon, ...
-        if progress:
-            progress(done, len(found.paths))
+
+    def save(pngs) -> None:  # in a writing thread, while the next batch is reconstructed
+        for img, path in pngs:
+            imageio.save_png(img, path)
+
+    with pipeline.WriteBehind(save) as writer:
+        for b in stream.iter_batches(found.paths, info.image_size, info.channels, batch_size, workers):
+            skipped += b.skipped
+            done += len(b.paths) + len(b.skipped)
+            if len(b.paths):
+                x = b.images
+                x_hat = imageio.to_uint8(model.reconstruct(x))
+                paths = [out_dir / targets[i] for i in b.positions]
+                writer.put(list(zip(x_hat, paths)))
+                kept += [found.names[i] for i in b.positions]
+                written += paths
+                psnrs.append(psnr(x, x_hat))
+                try:
+                    ssims.append(None if ssims and ssims[-1] is None else ssim(x, x_hat))
+                except ImportError:  # a vaekit[runtime] box: PSNR only, and the CLI says why
+                    ssims.append(None)
+                room = grid_max - sum(len(p) for p in shown) // 2
+                if room > 0:
+                    shown.append(np.stack([x[:room], x_hat[:room]], axis=1).reshape(-1, *x.shape[1:]))  # input, recon, ...
+            if progress:
+                progress(done, len(found.paths))
     if not kept:
         raise imageio.none_usable(f"in {source}", skipped)
     imageio.save_png(imageio.make_grid(np.concatenate(shown), ncol=8), grid)

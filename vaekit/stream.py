@@ -5,9 +5,10 @@ Four pieces, used by every inference command and the demo:
   the folder it was found in (the names every output uses).
 - `shard`: this process's share of a file list, deterministic by file order (torchrun's
   RANK / WORLD_SIZE, or an explicit `--shard i/n`).
-- `iter_batches`: fixed slices of the file list, decoded ahead of the consumer (in a thread,
-  and in worker processes when asked) with bounded read-ahead. A batch is always the same slice of files, so a resumed job scores exactly the
-  batches an uninterrupted one would, and gets bit-identical numbers.
+- `iter_batches`: fixed slices of the file list, decoded ahead of the consumer (in a thread of
+  vaekit.pipeline, and in worker processes when asked). A batch is always the same slice of
+  files, so a resumed job scores exactly the batches an uninterrupted one would, and gets
+  bit-identical numbers.
 - `Journal`: rows appended to `OUT.partial` one batch per line, flushed as they are produced;
   `--resume` reads it back and skips the finished batches, and `finish` turns it into the
   final file atomically. A line cut short by a crash is dropped, never half-read.
@@ -17,8 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import queue
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,13 +26,14 @@ from typing import BinaryIO, Callable, Iterator, Sequence
 import numpy as np
 
 from vaekit import images as imageio
+from vaekit import pipeline
 from vaekit.errors import BadInput, DamagedFile, InUse
 from vaekit.fileio import atomic_writer, dumps_json
 
 PARTIAL_SUFFIX = ".partial"
 JOURNAL_VERSION = 1
 SYNC_EVERY = 2.0  # seconds between a journal's fsyncs
-READ_AHEAD = 2  # batches decoded ahead of the consumer
+READ_AHEAD = pipeline.DEPTH  # batches decoded ahead of the consumer
 
 
 class PathList(Sequence[Path]):
@@ -76,25 +76,35 @@ def find_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> Inpu
     if not paths:
         where = roots[0] if len(roots) == 1 else ", ".join(map(str, roots))
         raise imageio.NoImagesError(f"no image files found in {where}")
-    if len(roots) == 1 and roots[0].is_dir():  # the common case, without a Path per file
+    folders = _folders(roots)
+    if len(roots) == 1 and folders:  # the common case, without a Path per file
         cut = len(paths[0]) - len(Path(paths[0]).relative_to(roots[0]).as_posix())
         names = [f[cut:] for f in paths]
     else:
-        names = [relative_name(Path(f), roots) for f in paths]
+        names = [_name(Path(f), folders, len(roots)) for f in paths]
     return Inputs(roots, PathList(paths), names)
 
 
 def relative_name(path: Path, roots: Sequence[Path]) -> str:
     """`path` relative to the folder it was found in, posix style; with several inputs, prefixed
     by that folder's name, so names stay unique; a file named directly is its own name."""
-    for root in map(Path, roots):
-        if root.is_dir():
-            try:
-                rel = Path(path).relative_to(root).as_posix()
-            except ValueError:
-                continue
-            return f"{root.resolve().name}/{rel}" if len(roots) > 1 else rel
-    return Path(path).name
+    roots = [Path(r) for r in roots]
+    return _name(Path(path), _folders(roots), len(roots))
+
+
+def _folders(roots: Sequence[Path]) -> list[tuple[Path, str]]:
+    """(root, its real folder's name) for the roots that are folders: each looked at once."""
+    return [(r, r.resolve().name) for r in roots if r.is_dir()]
+
+
+def _name(path: Path, folders: list[tuple[Path, str]], n_roots: int) -> str:
+    for root, real in folders:
+        try:
+            rel = path.relative_to(root).as_posix()
+        except ValueError:
+            continue
+        return f"{real}/{rel}" if n_roots > 1 else rel
+    return path.name
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -149,7 +159,7 @@ def iter_batches(paths: Sequence[Path], size: int, channels: int, batch_size: in
     todo = [i for i in positions if i // batch_size not in skip_batches] if skip_batches else positions
     loaded = imageio.iter_load(_Picked(paths, todo), size, channels, workers)
     batches = _slices(todo, loaded, batch_size, channels, size)
-    return read_ahead(batches, ahead) if ahead > 0 else batches
+    return pipeline.read_ahead(batches, ahead) if ahead > 0 else batches
 
 
 
@@ -183,57 +193,6 @@ def _slices(todo, loaded, batch_size, channels, size) -> Iterator[Batch]:
             got.append((path, x))
     if current is not None:
         yield _batch(current, pos, got, bad, channels, size)
-
-
-_END = object()
-
-
-def read_ahead(items: Iterator, depth: int) -> Iterator:
-    """`items`, produced by a daemon thread at most `depth` ahead of the consumer. An error in
-    the producer is raised in the consumer; closing the iterator (or the consumer stopping)
-    stops the producer at its next item."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if not put((item, None)):
-                    break
-        except BaseException as e:  # handed to the consumer, raised there
-            put((_END, e))
-            return
-        finally:
-            close = getattr(items, "close", None)
-            if stop.is_set() and close is not None:
-                close()  # shuts a decoding pool down from its own thread
-        put((_END, None))
-
-    def consume() -> Iterator:
-        worker = threading.Thread(target=produce, name="vaekit-read-ahead", daemon=True)
-        worker.start()
-        try:
-            while True:
-                item, error = q.get()
-                if item is _END:
-                    if error is not None:
-                        raise error
-                    return
-                yield item
-        finally:
-            stop.set()
-            worker.join(timeout=5)
-
-    return consume()
 
 
 def _batch(index, pos, got, bad, channels, size) -> Batch:

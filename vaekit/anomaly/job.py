@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from vaekit import images as imageio
-from vaekit import stream
+from vaekit import pipeline, stream
 from vaekit.anomaly.outputs import (check_outputs, map_targets, output_format, refuse_taken_maps, save_maps,
                                     write_csv_rows, write_json_rows)
 from vaekit.anomaly.score import BATCH_SIZE, Plan, Progress, ScoreRow, iter_scored, scoring_plan
@@ -91,16 +91,22 @@ def score_to_file(
         mine = range(len(found.paths)) if positions is None else positions
         refuse_taken_maps(Path(maps), [targets[i] for i in mine if i // batch_size not in done], overwrite)
     tally, n_maps = _Tally(top), 0
+
+    def write(b) -> None:  # in a writing thread, batch by batch in order, while the next batch is scored
+        nonlocal n_maps
+        if maps is not None and b.rows:
+            n_maps += len(save_maps(Path(maps), [targets[i] for i in b.positions], b.images, b.maps))
+        if journal is not None:  # after its maps: a batch in the journal is a batch done
+            with naming_failed_writes(Path(out)):
+                journal.append(b.index, [_encode(asdict(r)) for r in b.rows], [(str(p), r) for p, r in b.skipped])
+        else:
+            tally.add((asdict(r) for r in b.rows), [(str(p), r) for p, r in b.skipped])
+
     try:
-        for b in iter_scored(model, found, plan, maps=maps is not None, batch_size=batch_size, positions=positions,
-                             skip_batches=done, workers=workers, progress=progress):
-            if maps is not None and b.rows:
-                n_maps += len(save_maps(Path(maps), [targets[i] for i in b.positions], b.images, b.maps))
-            if journal is not None:
-                with naming_failed_writes(Path(out)):
-                    journal.append(b.index, [_encode(asdict(r)) for r in b.rows], [(str(p), r) for p, r in b.skipped])
-            else:
-                tally.add((asdict(r) for r in b.rows), [(str(p), r) for p, r in b.skipped])
+        with pipeline.WriteBehind(write) as writer:
+            for b in iter_scored(model, found, plan, maps=maps is not None, batch_size=batch_size,
+                                 positions=positions, skip_batches=done, workers=workers, progress=progress):
+                writer.put(b)
     finally:  # this share is written (or the job stopped): the journal's lock goes
         if journal is not None:
             journal.close()
