@@ -1,7 +1,7 @@
 """Does `vaekit anomaly-score` stream? Peak memory at 6k vs 60k images, with and without --maps,
 and throughput against a bare engine loop over pre-decoded batches.
 
-    python benchmarks/score_scale.py [--small 6000] [--large 60000] [--workers 0] [--reps 3] [--out out/score_scale]
+    python benchmarks/score_scale.py [--small 6000] [--large 60000] [--workers 0] [--reps 5] [--out out/score_scale]
 
 The images are synthetic 64x64 gray PNGs (smooth noise, written once and kept in --out); the
 model is an untrained 64x64 ConvVAE (random weights: scoring costs the same). Peak RSS is the
@@ -77,15 +77,24 @@ def throughput(run: Path, folder: Path, workers: int, batch: int = 64, reps: int
     batches = [b.images for b in stream.iter_batches(found.paths, SIZE, 1, batch)]  # pre-decoded
     out = folder.parent / "throughput.csv"
     pairs = []
-    for _ in range(reps):
+    def bare() -> float:
         t = time.perf_counter()
         for x in batches:
             model.score(x, maps=False)
-        bare = len(found.paths) / (time.perf_counter() - t)
+        return len(found.paths) / (time.perf_counter() - t)
+
+    def job() -> float:
         out.unlink(missing_ok=True)
         t = time.perf_counter()
         anomaly.score_to_file(model, folder, out, threshold=0.0, batch_size=batch, workers=workers)
-        pairs.append((len(found.paths) / (time.perf_counter() - t), bare))
+        return len(found.paths) / (time.perf_counter() - t)
+
+    for rep in range(reps):  # the order alternates, so a drift in machine speed favours neither
+        if rep % 2:
+            j, b = job(), bare()
+        else:
+            b, j = bare(), job()
+        pairs.append((j, b))
     return pairs
 
 
@@ -94,7 +103,7 @@ def main() -> None:
     ap.add_argument("--small", type=int, default=6000)
     ap.add_argument("--large", type=int, default=60000)
     ap.add_argument("--workers", type=int, default=0, help="anomaly-score --workers (default 0, as the CLI's)")
-    ap.add_argument("--reps", type=int, default=3, help="throughput repetitions (median reported)")
+    ap.add_argument("--reps", type=int, default=5, help="throughput repetitions (median reported)")
     ap.add_argument("--out", type=Path, default=Path("out/score_scale"))
     a = ap.parse_args()
     run = random_model(a.out / "run")
@@ -105,14 +114,15 @@ def main() -> None:
             res = a.out / f"scores-{n}-{int(maps)}.csv"
             res.unlink(missing_ok=True)
             extra = ["--maps", str(a.out / f"maps-{n}"), "--overwrite"] if maps else []
+            t = time.perf_counter()
             rss = peak_rss_mb(["anomaly-score", str(run), str(folder), "-o", str(res), "--threshold", "0",
                                "--workers", str(a.workers), *extra])
-            rows.append((n, maps, rss))
-    print(f"{'images':>8} {'--maps':>6} {'peak RSS MB':>12}")
-    for n, maps, rss in rows:
-        print(f"{n:>8} {'yes' if maps else 'no':>6} {rss:>12.0f}")
+            rows.append((n, maps, rss, n / (time.perf_counter() - t)))
+    print(f"{'images':>8} {'--maps':>6} {'peak RSS MB':>12} {'img/s (whole command)':>22}")
+    for n, maps, rss, speed in rows:
+        print(f"{n:>8} {'yes' if maps else 'no':>6} {rss:>12.0f} {speed:>22.0f}")
     for maps in (False, True):
-        small, large = (r for n, m, r in rows if m == maps)
+        small, large = (r for n, m, r, _ in rows if m == maps)
         print(f"RSS ratio {a.large}/{a.small}{' with --maps' if maps else ''}: {large / small:.2f} (target <= 1.2)")
     pairs = throughput(run, a.out / f"images-{a.small}", a.workers, reps=a.reps)
     for i, (job, bare) in enumerate(pairs, 1):
