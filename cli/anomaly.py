@@ -8,7 +8,8 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from vaekit_cli.output import DEVICE_HELP, Device, load_model, apply_threads, console, dumps_json, err_console, progress_bar, shown
+from vaekit_cli.output import (DEVICE_HELP, Device, apply_threads, console, dumps_json, err_console, image_rate,
+                               load_model, progress_bar, shown)
 
 MODEL_HELP = "A training run directory, or an exported .onnx model."
 TABLE_ROWS = 20  # the terminal shows at most this many images (the most anomalous); files get all
@@ -91,19 +92,7 @@ def anomaly_score(
 
 
 def _bar(bars):
-    import time
-
-    tasks: dict[str, tuple[int, float, int]] = {}
-    labels = {"score": "scoring", "load": "reading images", "merge": "waiting for the other ranks"}
-
-    def progress(done: int, total: int, phase: str = "", **_) -> None:
-        if phase not in tasks:
-            tasks[phase] = (bars.add_task(labels.get(phase, phase), total=total, info=""), time.monotonic(), done)
-        task, start, first = tasks[phase]
-        rate = (done - first) / max(time.monotonic() - start, 1e-9)
-        bars.update(task, completed=done, total=total, info=f"{rate:,.0f} img/s" if phase != "merge" else "")
-
-    return progress
+    return image_rate(bars, {"score": "scoring", "load": "reading images", "merge": "waiting for the other ranks"})
 
 
 def _print_scores(report, inputs) -> None:

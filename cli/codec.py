@@ -14,7 +14,8 @@ from typing import Annotated
 
 import typer
 
-from vaekit_cli.output import DEVICE_HELP, Device, load_model, console, dumps_json, err_console, progress_bar, shown
+from vaekit_cli.output import (DEVICE_HELP, Device, console, dumps_json, err_console, image_rate, load_model,
+                               progress_bar, shown)
 
 ModelArg = Annotated[Path, typer.Argument(help="Run directory or exported .onnx file.", exists=True)]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")]
@@ -40,8 +41,10 @@ def _progress(label: str, quiet: bool):
         yield None
         return
     with progress_bar(transient=True) as bars:
-        task = bars.add_task(label, total=None, info="")
-        yield lambda done, total, **_: bars.update(task, completed=done, total=total)
+        yield image_rate(bars, {"": label})
+
+
+TABLE_ROWS = 20  # reconstruct's table shows every image up to this many, else the worst this many
 
 
 def _skipped(skipped) -> None:
@@ -124,18 +127,24 @@ def reconstruct(
         return _print_json(report.to_dict())
     from rich.table import Table
 
-    t = Table(title=f"reconstructions in {shown(report.out_dir)}")
-    t.add_column("image")
+    n = len(report.names)
+    worst = n > TABLE_ROWS  # a large folder: the worst reconstructions only, lowest PSNR first
+    title = f"reconstructions in {shown(report.out_dir)}" + (f" (the {TABLE_ROWS} lowest PSNR of {n})" if worst else "")
+    t = Table(title=title, title_justify="left")
+    t.add_column("image", overflow="fold")
     t.add_column("PSNR (dB)", justify="right")
     has_ssim = report.ssim is not None
     if has_ssim:
         t.add_column("SSIM", justify="right")
-    for i, (name, p) in enumerate(zip(report.names, report.psnr)):
-        t.add_row(shown(name), f"{p:.2f}", *([f"{report.ssim[i]:.4f}"] if has_ssim else []))
+    order = sorted(range(n), key=lambda i: report.psnr[i])[:TABLE_ROWS] if worst else range(n)
+    for i in order:
+        t.add_row(shown(report.names[i]), f"{report.psnr[i]:.2f}", *([f"{report.ssim[i]:.4f}"] if has_ssim else []))
     t.add_section()
     t.add_row(f"mean of {len(report.names)}", f"{report.psnr.mean():.2f}",
               *([f"{report.ssim.mean():.4f}"] if has_ssim else []), style="bold")
     console.print(t)
+    if worst:
+        console.print(f"... and {n - TABLE_ROWS} more (--json prints every image)", highlight=False)
     if not has_ssim:
         from vaekit.quality import SSIM_MISSING
 

@@ -70,6 +70,23 @@ def load_model(path, device: Device = Device.auto):
     return vaekit.load(path, device=Device(device).value, threads=THREADS or None)
 
 
+def image_rate(bars: Progress, labels: dict[str, str]):
+    """A progress(done, total, phase="") callback for `bars`: one bar per phase (labelled by
+    `labels`, else by the phase's name) showing images per second since that phase began."""
+    import time
+
+    tasks: dict[str, tuple[int, float, int]] = {}
+
+    def progress(done: int, total: int | None, phase: str = "", **_) -> None:
+        if phase not in tasks:
+            tasks[phase] = (bars.add_task(labels.get(phase, phase), total=total, info=""), time.monotonic(), done)
+        task, start, first = tasks[phase]
+        rate = (done - first) / max(time.monotonic() - start, 1e-9)
+        bars.update(task, completed=done, total=total, info=f"{rate:,.0f} img/s" if phase != "merge" else "")
+
+    return progress
+
+
 def progress_bar(transient: bool = False) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),

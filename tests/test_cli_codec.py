@@ -174,3 +174,18 @@ def test_installed_executable(run, source, tmp_path):
                        capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["images"] == 12 and "skipped" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_reconstruct_of_a_large_folder_shows_only_the_worst_rows(run, source, tmp_path, monkeypatch):
+    from vaekit_cli import codec
+
+    src, _ = source
+    r = invoke("reconstruct", run, src, "-o", tmp_path / "all", "--json")
+    psnr = {i["name"]: i["psnr"] for i in json.loads(r.stdout)["images"]}
+    monkeypatch.setattr(codec, "TABLE_ROWS", 3)
+    r = invoke("reconstruct", run, src, "-o", tmp_path / "rec")
+    assert r.exit_code == 0, r.output
+    assert f"the 3 lowest PSNR of {len(psnr)}" in r.stdout and f"and {len(psnr) - 3} more" in r.stdout
+    worst = sorted(psnr, key=psnr.get)[:3]
+    shown_names = [n for n in psnr if n in r.stdout]
+    assert sorted(shown_names) == sorted(worst)
