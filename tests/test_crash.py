@@ -367,6 +367,37 @@ def test_full_disk_while_writing_scores_keeps_the_old_file(tmp_path, monkeypatch
     assert _snapshot(out.parent) == {"scores.csv": b"the previous scores\n"}
 
 
+def test_a_journal_line_that_cannot_be_written_is_a_clear_error_and_resume_finishes(tmp_path, trained):
+    """The real thing for appends: a file size limit (RLIMIT_FSIZE) stops the journal mid-job."""
+    import resource
+    import subprocess
+    import sys
+
+    images, out = trained.parent / "images", tmp_path / "out" / "scores.csv"
+
+    def score(to: Path) -> list[str]:
+        return [sys.executable, "-m", "vaekit", "--threads", "1", "anomaly-score", str(trained), str(images), "-o", str(to),
+                "--batch-size", "1", "--threshold", "0"]
+
+    cmd = score(out)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "300"}
+
+    def limited():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1500, 1500))  # the settings line and a few batches
+
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, preexec_fn=limited)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert f"cannot write {out}" in " ".join(r.stderr.split()) and "Traceback" not in r.stderr
+    assert not out.exists() and out.with_name("scores.csv.partial").exists()
+    r = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    again = tmp_path / "again.csv"
+    r = subprocess.run(score(again), capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == again.read_bytes() and not out.with_name("scores.csv.partial").exists()
+
+
 def test_read_only_folder_while_writing_a_checkpoint(tmp_path, trained):
     """The real thing, not a patch: a folder without write permission (root's override dropped)."""
     import hostile

@@ -206,3 +206,46 @@ def test_write_behind_still_writes_what_it_was_given_when_the_caller_fails():
             threading.Timer(0.2, release.set).start()
             raise KeyboardInterrupt
     assert seen == [0, 1]  # both were written before the error left the block
+
+
+def test_a_ctrl_c_while_waiting_for_the_writer_leaves_no_writer_running():
+    import signal
+    import threading
+
+    release, seen = threading.Event(), []
+
+    def fn(item):
+        release.wait(5)
+        seen.append(item)
+
+    main = threading.main_thread().ident
+    threading.Timer(0.3, lambda: signal.pthread_kill(main, signal.SIGINT)).start()  # Ctrl-C during close's wait
+    threading.Timer(0.8, release.set).start()
+    with pytest.raises(KeyboardInterrupt):
+        with pipeline.WriteBehind(fn, depth=3) as w:
+            for i in range(3):
+                w.put(i)
+    assert not any(t.name == "vaekit-write-behind" for t in threading.enumerate())
+    assert seen == [0]  # the item in hand was finished; the queued ones were dropped, not written later
+
+
+def test_a_closed_journal_takes_no_more_rows_and_releases_its_lock(tmp_path):
+    out = tmp_path / "scores.csv"
+    j = stream.Journal(out, {"model": "m"}, resume=False)
+    j.append(0, [{"path": "a"}])
+    j.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        j.append(1, [{"path": "b"}])
+    again = stream.Journal(out, {"model": "m"}, resume=True)  # not "in use"
+    assert again.done == {0} and again.resumed
+    again.close()
+
+
+def test_reading_images_leaves_the_warning_filters_as_they_were(tmp_path):
+    import warnings
+
+    paths = _folder(tmp_path, n=9, bad=(3,))
+    before = list(warnings.filters)
+    for _ in stream.iter_batches(paths, 16, 1, batch_size=2):
+        assert warnings.filters == before  # while the read-ahead thread decodes, too
+    assert warnings.filters == before

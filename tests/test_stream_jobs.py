@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 import vaekit
 from export_support import random_run
 from vaekit import anomaly, codes, quality, stream
+from vaekit.errors import BadInput
 from vaekit_cli.main import app
 
 N_IMAGES = 90  # with --batch-size 4: 23 batches, the last one short
@@ -164,6 +165,35 @@ def test_heat_maps_are_written_batch_by_batch_and_resume_keeps_them(setup, tmp_p
     report = anomaly.score_to_file(model, data, out, maps, threshold=0.0, batch_size=4, resume=True)
     assert report.resumed == 3 and report.maps == N_IMAGES - first
     assert len(list(maps.rglob("*.png"))) == N_IMAGES and report.count == N_IMAGES
+
+
+def test_resume_rewrites_the_maps_of_a_batch_stopped_before_its_journal_line(setup, tmp_path):
+    _, run, data = setup
+    out, maps = tmp_path / "s.csv", tmp_path / "maps"
+    model = vaekit.load(run)
+    anomaly.score_to_file(model, data, tmp_path / "whole.csv", threshold=0.0, batch_size=4)
+    real, calls = model.score, []
+
+    def dying(x, **kw):  # stopped in the fourth batch
+        calls.append(len(x))
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(x, **kw)
+
+    model.score = dying
+    with pytest.raises(KeyboardInterrupt):
+        anomaly.score_to_file(model, data, out, maps, threshold=0.0, batch_size=4)
+    model.score = real
+    # as if the fourth batch's maps were written just before the stop, its journal line not
+    fourth = anomaly.map_targets(stream.find_inputs(data).names)[12:16]
+    for rel in fourth:
+        (maps / rel).write_bytes(b"written before the stop")
+    with pytest.raises(BadInput, match="heat map"):  # a new job may not replace them
+        anomaly.score_to_file(model, data, tmp_path / "other.csv", maps, threshold=0.0, batch_size=4)
+    report = anomaly.score_to_file(model, data, out, maps, threshold=0.0, batch_size=4, resume=True)
+    assert report.resumed == 3 and report.count == N_IMAGES
+    assert out.read_bytes() == (tmp_path / "whole.csv").read_bytes()
+    assert all((maps / rel).read_bytes().startswith(b"\x89PNG") for rel in fourth)
 
 
 @pytest.mark.slow

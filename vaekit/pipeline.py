@@ -68,26 +68,37 @@ def read_ahead(items: Iterator, depth: int = DEPTH) -> Iterator:
 class WriteBehind:
     """`fn(item)` for each item put, in order, in one daemon thread at most `depth` items behind
     the caller: a job's writing (heat maps, journal lines) overlaps its scoring. An error in
-    `fn` is raised in the caller at its next `put` or at `close`, and stops the writing. As a
-    context manager, every item put is written before the block is left, even when it is left
-    by an error or a Ctrl-C (a second Ctrl-C stops the wait)."""
+    `fn` is raised in the caller at its next `put` or at `close`, and stops the writing.
+
+    As a context manager, every item put is written before the block is left, even when it is
+    left by an error or a Ctrl-C. A Ctrl-C during that wait stops the writing after the item in
+    hand, which is always finished: when the block is left, the thread has ended and nothing
+    writes behind the caller's back (the caller may close its files)."""
 
     def __init__(self, fn: Callable, depth: int = DEPTH):
         self._fn, self._q = fn, queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
+        self._stop = threading.Event()
+        self._done = threading.Event()  # not Thread.is_alive: a join cut by Ctrl-C can leave that wrong (CPython 3.11)
         self._thread = threading.Thread(target=self._run, name="vaekit-write-behind", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while True:
-            item = self._q.get()
-            if item is _END:
-                return
-            try:
-                self._fn(item)
-            except BaseException as e:
-                self._error = e
-                return
+        try:
+            while not self._stop.is_set():
+                try:
+                    item = self._q.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                if item is _END:
+                    return
+                try:
+                    self._fn(item)
+                except BaseException as e:
+                    self._error = e
+                    return
+        finally:
+            self._done.set()
 
     def _raise(self) -> None:
         if self._error is not None:
@@ -97,7 +108,8 @@ class WriteBehind:
     def put(self, item) -> None:
         while True:
             self._raise()
-            if not self._thread.is_alive():
+            if self._done.is_set():
+                self._raise()  # it may have failed since the first look
                 raise RuntimeError("the writing thread has stopped")
             try:
                 self._q.put(item, timeout=0.1)
@@ -106,15 +118,35 @@ class WriteBehind:
                 continue
 
     def close(self) -> None:
-        """Wait until every item is written; raise the writer's error, if any."""
-        while self._thread.is_alive():
-            try:
-                self._q.put(_END, timeout=0.1)
-                break
-            except queue.Full:
-                continue
-        self._thread.join()
+        """Wait until every item is written; raise the writer's error, if any. Interrupted
+        (Ctrl-C), stop after the item in hand, wait for it, and raise the interruption."""
+        try:
+            while not self._done.is_set():
+                try:
+                    self._q.put(_END, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            self._done.wait()
+            self._thread.join(1)  # the thread's last step, after its work is done
+        except BaseException:
+            self.stop()
+            raise
         self._raise()
+
+    def stop(self) -> None:
+        """Stop after the item in hand (dropping those queued) and wait for it: one item's
+        writing is short, so further Ctrl-Cs wait too rather than leave a writer running."""
+        self._stop.set()
+        while not self._done.is_set():
+            try:
+                self._done.wait(0.1)
+            except KeyboardInterrupt:
+                continue
+        try:
+            self._thread.join(1)
+        except KeyboardInterrupt:
+            pass
 
     def __enter__(self) -> "WriteBehind":
         return self

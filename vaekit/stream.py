@@ -212,8 +212,9 @@ class Journal:
         self.path = self.out.with_name(self.out.name + PARTIAL_SUFFIX)
         self.settings = json.loads(dumps_json({"vaekit_journal": JOURNAL_VERSION, **settings}, indent=None))
         self.done: set[int] = set()
-        self._file, self._synced = None, time.monotonic()
+        self._file, self._synced, self._closed = None, time.monotonic(), False
         unfinished = self.path.exists() and self.path.stat().st_size > 0
+        self.resumed = unfinished and resume  # continues an earlier run's journal
         self._lock()
         if unfinished and not resume:
             self.close()
@@ -245,15 +246,20 @@ class Journal:
                         f"({self.path.name} is locked); wait for it, or write elsewhere") from None
 
     def close(self) -> None:
-        if getattr(self, "_file", None) is not None:
-            try:
-                self._sync()
-            finally:
-                self._file.close()
-                self._file = None
-        if getattr(self, "_fd", None) is not None:
-            os.close(self._fd)
-            self._fd = None
+        """Sync what was appended and release the lock (always, even when the sync fails);
+        appending after close is an error."""
+        self._closed = True
+        try:
+            if getattr(self, "_file", None) is not None:
+                try:
+                    self._sync()
+                finally:
+                    self._file.close()
+                    self._file = None
+        finally:
+            if getattr(self, "_fd", None) is not None:
+                os.close(self._fd)
+                self._fd = None
 
     def _start(self) -> None:
         with open(self.path, "w", encoding="utf-8", errors="surrogateescape") as f:
@@ -303,10 +309,14 @@ class Journal:
         at most every SYNC_EVERY seconds and on close (a power cut loses at most those batches,
         which --resume scores again)."""
         entry = {"batch": batch, "rows": rows, "skipped": [[str(p), r] for p, r in skipped]}
-        if self._file is None:
-            self._file = open(self.path, "a", encoding="utf-8", errors="surrogateescape")
-        self._file.write(dumps_json(entry, indent=None) + "\n")
-        self._file.flush()
+        if self._closed:
+            raise RuntimeError(f"{self.path} is closed: no more rows can be added to it")
+        if self._file is None:  # unbuffered: a failed write leaves nothing behind to flush again
+            self._file = open(self.path, "ab", buffering=0)
+        data = (dumps_json(entry, indent=None) + "\n").encode("utf-8", "surrogateescape")
+        view = memoryview(data)
+        while view:  # a raw write may take part of the line; a crash midway leaves a cut line
+            view = view[self._file.write(view):]
         if time.monotonic() - self._synced > SYNC_EVERY:
             self._sync()
         self.done.add(batch)
@@ -334,5 +344,8 @@ class Journal:
         with atomic_writer(self.out) as f:
             write(f)
         self.path.unlink(missing_ok=True)
+        if self._file is not None:  # nothing left to sync: the journal is gone
+            self._file.close()
+            self._file = None
         self.close()
         return self.out

@@ -89,7 +89,10 @@ def score_to_file(
     targets = map_targets(found.names) if maps is not None else []
     if maps is not None:
         mine = range(len(found.paths)) if positions is None else positions
-        refuse_taken_maps(Path(maps), [targets[i] for i in mine if i // batch_size not in done], overwrite)
+        # resuming, a batch not in the journal may have had its maps written just before the
+        # stop: they are this job's own, and are written again
+        resumed = journal is not None and journal.resumed
+        refuse_taken_maps(Path(maps), [targets[i] for i in mine if i // batch_size not in done], overwrite or resumed)
     tally, n_maps = _Tally(top), 0
 
     def write(b) -> None:  # in a writing thread, batch by batch in order, while the next batch is scored
@@ -107,9 +110,10 @@ def score_to_file(
             for b in iter_scored(model, found, plan, maps=maps is not None, batch_size=batch_size,
                                  positions=positions, skip_batches=done, workers=workers, progress=progress):
                 writer.put(b)
-    finally:  # this share is written (or the job stopped): the journal's lock goes
+    finally:  # this share is written (or the job stopped; the writer has ended): the journal's lock goes
         if journal is not None:
-            journal.close()
+            with naming_failed_writes(Path(out)):
+                journal.close()
     report = JobReport(None, 0, 0, [], [], plan, (index, count), False, n_maps, len(done))
     if journal is None:
         if not tally.count:

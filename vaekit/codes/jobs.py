@@ -140,7 +140,10 @@ def encode_folder(
             if progress:
                 progress(done, len(found.paths))
     except BaseException:  # a stopped job releases its journal's lock at once (resumable in this process)
-        journal.close()
+        try:
+            journal.close()
+        except OSError:
+            pass  # the error that stopped the job is the one to report
         raise
     skipped = [(Path(p), r) for p, r in journal.skipped()]
     kept, sizes, source_bytes = [], [], 0

@@ -27,6 +27,13 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from vaekit.config import MAX_IMAGE_SIZE
 from vaekit.errors import BadInput, DamagedFile
 
+# Pillow warns of metadata it skips (bad EXIF, palette transparency) and of sizes between 1x and
+# 2x its bomb limit; vaekit judges the pixels itself and rejects anything over 1x (see _read).
+# Filters installed once, for Pillow's own warnings only: `warnings.catch_warnings` is not
+# thread-safe, and images are decoded in a read-ahead thread while the caller goes on.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL(\.|$)")
+
 # The only decoders Pillow may pick, whatever a file's bytes claim: the formats vaekit documents.
 # (Pillow's EPS plugin alone would run Ghostscript on a PostScript file named .png.)
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
@@ -109,25 +116,21 @@ def open_image(path: str | Path) -> Iterator[Image.Image]:
 def _read(path: Path, draft: int | None = None) -> Image.Image:
     """Open, bomb-check, load the first frame and apply EXIF rotation; file closed after."""
     try:
-        with warnings.catch_warnings():
-            # Pillow warns of metadata it skips (bad EXIF) and of sizes between 1x and 2x its
-            # bomb limit; we judge the pixels ourselves and reject anything over 1x below.
-            warnings.simplefilter("ignore")
-            with open_image(path) as img:
-                if draft is not None and img.format == "JPEG":
-                    # JPEG can decode at 1/2, 1/4 or 1/8 scale; draft keeps both sides >= draft.
-                    # It only sets the scale, so the check below judges what is really decoded:
-                    # a 100-megapixel photo read at 1/8 scale is no bomb.
-                    img.draft(None, (draft, draft))
-                limit, (w, h) = Image.MAX_IMAGE_PIXELS, img.size
-                if limit is not None and w * h > limit:
-                    reason = f"decompression bomb: {w * h} pixels > limit {limit}"
-                    raise ImageReadError(path, reason)  # before load(): no pixel is decoded
-                img.load()  # first frame: a freshly opened animation sits on frame 0
-                try:
-                    return ImageOps.exif_transpose(img)
-                except Exception:  # broken EXIF should not cost us good pixels
-                    return img.copy()
+        with open_image(path) as img:
+            if draft is not None and img.format == "JPEG":
+                # JPEG can decode at 1/2, 1/4 or 1/8 scale; draft keeps both sides >= draft.
+                # It only sets the scale, so the check below judges what is really decoded:
+                # a 100-megapixel photo read at 1/8 scale is no bomb.
+                img.draft(None, (draft, draft))
+            limit, (w, h) = Image.MAX_IMAGE_PIXELS, img.size
+            if limit is not None and w * h > limit:
+                reason = f"decompression bomb: {w * h} pixels > limit {limit}"
+                raise ImageReadError(path, reason)  # before load(): no pixel is decoded
+            img.load()  # first frame: a freshly opened animation sits on frame 0
+            try:
+                return ImageOps.exif_transpose(img)
+            except Exception:  # broken EXIF should not cost us good pixels
+                return img.copy()
     except ImageReadError:
         raise
     except Exception as exc:  # Pillow's decoders raise a zoo of types on corrupt data
@@ -189,10 +192,8 @@ def resize_pixels(h: int, w: int, size: int) -> int:
 def gray_mode(path: Path) -> bool:
     """Whether `path` is stored as grayscale; reads the header only."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Pillow's bomb warning: _read judges the size itself
-            with open_image(path) as img:
-                return img.mode in _GRAY_MODES or img.mode.startswith("I;16")
+        with open_image(path) as img:
+            return img.mode in _GRAY_MODES or img.mode.startswith("I;16")
     except ImageReadError:
         raise
     except Exception as exc:
