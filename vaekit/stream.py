@@ -155,7 +155,7 @@ def iter_batches(paths: Sequence[Path], size: int, channels: int, batch_size: in
     and torch release the GIL, so it overlaps with scoring); ahead=0 decodes in the caller."""
     if batch_size < 1:
         raise BadInput(f"batch size must be >= 1, got {batch_size}")
-    positions = range(len(paths)) if positions is None else positions
+    positions = range(len(paths)) if positions is None else (positions if isinstance(positions, Sequence) else list(positions))
     todo = [i for i in positions if i // batch_size not in skip_batches] if skip_batches else positions
     loaded = imageio.iter_load(_Picked(paths, todo), size, channels, workers)
     batches = _slices(todo, loaded, batch_size, channels, size)
@@ -343,9 +343,9 @@ class Journal:
         """Write the final file with `write(binary file)` atomically, then remove the journal."""
         with atomic_writer(self.out) as f:
             write(f)
-        self.path.unlink(missing_ok=True)
-        if self._file is not None:  # nothing left to sync: the journal is gone
+        if self._file is not None:  # nothing left to sync: the journal goes now
             self._file.close()
             self._file = None
+        self.path.unlink(missing_ok=True)
         self.close()
         return self.out

@@ -69,12 +69,12 @@ def scoring_plan(model: Model, samples: int = 0, score: str = DEFAULT_SCORE, iwa
 @dataclass
 class ScoredBatch:
     index: int  # the fixed slice of the file list (see vaekit.stream.iter_batches)
-    positions: list[int]  # each row's position in the file list
     rows: list[ScoreRow]
     names: list[str]  # each row's name relative to its input folder
     images: np.ndarray  # (B, C, H, W) uint8 at the model's size
     maps: np.ndarray | None  # (B, H, W) nats, only when asked for
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)  # each row's position in the file list
 
 
 def _accepts_maps(model: Model) -> bool:
@@ -103,7 +103,7 @@ def iter_scored(model: Model, inputs: stream.Inputs, plan: Plan, maps: bool = Fa
         done += len(b.paths) + len(b.skipped)
         if progress:
             progress(done, total, phase="score")
-        yield ScoredBatch(b.index, b.positions, rows, [inputs.names[i] for i in b.positions], b.images, pmap, b.skipped)
+        yield ScoredBatch(b.index, rows, [inputs.names[i] for i in b.positions], b.images, pmap, b.skipped, b.positions)
 
 
 def _rows(paths: Sequence[Path], s: Scores, t: float | None) -> list[ScoreRow]:
