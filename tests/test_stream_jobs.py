@@ -143,25 +143,32 @@ def test_bad_shards_and_resume_without_output_are_refused(setup, tmp_path):
     assert r.exit_code == 2 and "-o" in r.output
 
 
-def test_heat_maps_are_written_batch_by_batch_and_resume_keeps_them(setup, tmp_path):
-    _, run, data = setup
-    out, maps = tmp_path / "s.csv", tmp_path / "maps"
-    model = vaekit.load(run)
-    calls = []
-    real = model.score
+def _stop_in_fourth_batch(model, data, out, maps) -> list[int]:
+    """Ctrl-C in the job's fourth batch (batch_size 4); the sizes of the batches scored."""
+    calls, real = [], model.score
 
-    def dying(x, **kw):  # the job dies in its fourth batch
+    def dying(x, **kw):
         calls.append(len(x))
         if len(calls) == 4:
             raise KeyboardInterrupt
         return real(x, **kw)
 
     model.score = dying
-    with pytest.raises(KeyboardInterrupt):
-        anomaly.score_to_file(model, data, out, maps, threshold=0.0, batch_size=4)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            anomaly.score_to_file(model, data, out, maps, threshold=0.0, batch_size=4)
+    finally:
+        model.score = real
+    return calls
+
+
+def test_heat_maps_are_written_batch_by_batch_and_resume_keeps_them(setup, tmp_path):
+    _, run, data = setup
+    out, maps = tmp_path / "s.csv", tmp_path / "maps"
+    model = vaekit.load(run)
+    calls = _stop_in_fourth_batch(model, data, out, maps)
     first = sum(calls[:3])  # 11: broken.png is in the first batch
     assert len(list(maps.rglob("*.png"))) == first and not out.exists()
-    model.score = real
     report = anomaly.score_to_file(model, data, out, maps, threshold=0.0, batch_size=4, resume=True)
     assert report.resumed == 3 and report.maps == N_IMAGES - first
     assert len(list(maps.rglob("*.png"))) == N_IMAGES and report.count == N_IMAGES
@@ -172,18 +179,7 @@ def test_resume_rewrites_the_maps_of_a_batch_stopped_before_its_journal_line(set
     out, maps = tmp_path / "s.csv", tmp_path / "maps"
     model = vaekit.load(run)
     anomaly.score_to_file(model, data, tmp_path / "whole.csv", threshold=0.0, batch_size=4)
-    real, calls = model.score, []
-
-    def dying(x, **kw):  # stopped in the fourth batch
-        calls.append(len(x))
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-        return real(x, **kw)
-
-    model.score = dying
-    with pytest.raises(KeyboardInterrupt):
-        anomaly.score_to_file(model, data, out, maps, threshold=0.0, batch_size=4)
-    model.score = real
+    _stop_in_fourth_batch(model, data, out, maps)
     # as if the fourth batch's maps were written just before the stop, its journal line not
     fourth = anomaly.map_targets(stream.find_inputs(data).names)[12:16]
     for rel in fourth:

@@ -246,8 +246,7 @@ class Journal:
                         f"({self.path.name} is locked); wait for it, or write elsewhere") from None
 
     def close(self) -> None:
-        """Sync what was appended and release the lock (always, even when the sync fails);
-        appending after close is an error."""
+        """Sync what was appended and release the lock, even when the sync fails; no appends after."""
         self._closed = True
         try:
             if getattr(self, "_file", None) is not None:
