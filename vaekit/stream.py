@@ -162,7 +162,6 @@ def iter_batches(paths: Sequence[Path], size: int, channels: int, batch_size: in
     return pipeline.read_ahead(batches, ahead) if ahead > 0 else batches
 
 
-
 class _Picked(Sequence[Path]):
     """paths[todo[i]], looked up when read: no copy of a long file list."""
 
@@ -214,14 +213,15 @@ class Journal:
         self.done: set[int] = set()
         self._file, self._synced, self._closed = None, time.monotonic(), False
         unfinished = self.path.exists() and self.path.stat().st_size > 0
-        self.resumed = unfinished and resume  # continues an earlier run's journal
+        self.resumed = False  # True: continues an earlier run's journal
         self._lock()
         if unfinished and not resume:
             self.close()
             raise BadInput(f"{self.path} holds the rows of an unfinished job: pass --resume to continue it, "
                            "or delete it to start again")
         try:
-            if not (self.path.exists() and self._read()):
+            self.resumed = self.path.exists() and self._read()
+            if not self.resumed:
                 self._start()
         except BaseException:
             self.close()
