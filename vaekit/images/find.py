@@ -37,18 +37,13 @@ def find_images(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
     be read, which loading reports as "unreadable folder".
     Each root's files come sorted by their relative posix path, roots in the order given.
     """
-    return [Path(p) for p in find_image_files(inputs)]
-
-
-def find_image_files(inputs: str | Path | Sequence[str | Path]) -> list[str]:
-    """`find_images` as path strings: about a fifth of the memory of Path objects, for folders
-    of millions of files."""
-    return [f for _, files in scan_roots(inputs) for f in files]
+    return [Path(f) for _, files in scan_roots(inputs) for f in files]
 
 
 def scan_roots(inputs: str | Path | Sequence[str | Path]) -> list[tuple[Path, list[str]]]:
     """(root, the image files found under it as path strings) for each root, in order; a root
-    that is a file holds just itself. See find_images."""
+    that is a file holds just itself. See find_images. Text, not Path objects: about a fifth of
+    the memory, for folders of millions of files."""
     roots = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     found: list[tuple[Path, list[str]]] = []
     seen: set[Path] = set()
