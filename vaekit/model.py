@@ -19,6 +19,7 @@ from torch import nn
 
 from vaekit.config import ModelConfig
 from vaekit.errors import BadInput
+from vaekit.likelihood import LOGISTIC_LOG_SCALE_BOUNDS
 from vaekit.objective import get_likelihood
 
 
@@ -28,6 +29,12 @@ def stage_sizes(image_size: int) -> list[int]:
     while sizes[-1] > 4:
         sizes.append(math.ceil(sizes[-1] / 2))
     return sizes
+
+
+def out_channels(cfg: ModelConfig) -> int:
+    """The decoder's output maps: one per image channel (logits, means), two for the discretised
+    logistic (mean and log scale per pixel)."""
+    return cfg.channels * getattr(get_likelihood(cfg.likelihood), "params_per_channel", 1)
 
 
 def stage_channels(cfg: ModelConfig) -> list[int]:
@@ -79,7 +86,7 @@ class Decoder(nn.Module):
                 nn.LeakyReLU(0.2),
             ]
             c_in = c_out
-        layers.append(nn.Conv2d(c_in, cfg.channels, 3, padding=1))
+        layers.append(nn.Conv2d(c_in, out_channels(cfg), 3, padding=1))
         self.convs = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -176,7 +183,7 @@ class ResDecoder(nn.Module):
             c_out = widths[i - 1] if i > 0 else cfg.base_channels
             layers += [Res(c), Up(c, c_out, sizes[i]), nn.LeakyReLU(0.2)]
             c = c_out
-        layers.append(nn.Conv2d(c, cfg.channels, 3, padding=1))
+        layers.append(nn.Conv2d(c, out_channels(cfg), 3, padding=1))
         self.convs = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -218,8 +225,14 @@ class ConvVAE(nn.Module):
         return mu + torch.exp(0.5 * logvar) * eps
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Likelihood parameters: Bernoulli logits, or the Gaussian mean."""
-        return self.decoder(z)
+        """Likelihood parameters: Bernoulli logits, the Gaussian mean, or the discretised
+        logistic's mean and log scale per pixel (B, 2C, H, W), the log scale softly bounded here
+        so that the exported `params` are what the likelihood (and vaekit.codec) use."""
+        params = self.decoder(z)
+        if self.cfg.likelihood != "logistic":
+            return params
+        mean, log_s = params.chunk(2, dim=1)
+        return torch.cat([mean, soft_bound(log_s, *LOGISTIC_LOG_SCALE_BOUNDS)], dim=1)
 
     def scale(self) -> torch.Tensor | None:
         """Gaussian log sigma per channel, softly bounded (v2; v1 clamps it from below, which
@@ -231,7 +244,7 @@ class ConvVAE(nn.Module):
         return soft_bound(self.log_scale, *LOG_SIGMA_BOUNDS)
 
     def mean_image(self, params: torch.Tensor) -> torch.Tensor:
-        """E[x|z] in [0, 1] from the decoder's parameters."""
+        """E[x|z] in [0, 1] from the decoder's parameters (the median for the discretised logistic)."""
         return self.likelihood.mean(params)
 
     def score_parts(self, x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -2,6 +2,8 @@
 
 -ELBO(x) = E_q[-log p(x|z)] + KL(q(z|x) || N(0, I)), with the KL in closed form
 (Appendix B): KL = 1/2 * sum(mu^2 + sigma^2 - 1 - log sigma^2). All values are nats per image.
+With the discretised logistic (`Logistic`) the -ELBO is a code length: the nats an ideal coder
+needs for the image's 8-bit pixels (vaekit.codec's bits-back archives spend it).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from vaekit.errors import BadInput
-from vaekit.likelihood import LOG_2PI, bernoulli_floor, gaussian_floor
+from vaekit.likelihood import LEVELS, LOG_2PI, bernoulli_floor, gaussian_floor, logistic_floor
 
 
 @dataclass
@@ -61,7 +63,40 @@ class Gaussian:
         return params.clamp(0.0, 1.0)
 
 
-LIKELIHOODS = {"bernoulli": Bernoulli, "gaussian": Gaussian}
+def _log_sigmoid(v: torch.Tensor) -> torch.Tensor:
+    return -F.softplus(-v)  # exports to ONNX as a stable Softplus (see Bernoulli.nll)
+
+
+class Logistic:
+    """Discretised logistic p(x|z) over the 256 levels of 8-bit pixels (Salimans et al. 2017,
+    PixelCNN++; Kingma et al. 2016, IAF-VAE): params (B, 2C, H, W) hold a mean (in [0, 1] pixel
+    units) and a log scale per pixel, the log scale already bounded by the decoder (ConvVAE.decode).
+    -log p(x|z) is the probability of x's bin, so it is never negative and the -ELBO is a code length."""
+
+    name = "logistic"
+    floor = staticmethod(logistic_floor)  # numpy: zero, a discretised likelihood has no floor above it
+    params_per_channel = 2
+
+    @staticmethod
+    def nll(x: torch.Tensor, params: torch.Tensor, log_sigma: torch.Tensor | None = None) -> torch.Tensor:
+        mean, log_s = params.chunk(2, dim=1)  # (B, C, H, W) each
+        x = torch.round(x * (LEVELS - 1)) / (LEVELS - 1)  # on the 8-bit grid whatever float noise came in
+        inv_s = torch.exp(-log_s)
+        plus = inv_s * (x - mean + 0.5 / (LEVELS - 1))  # the bin's upper edge, standardised
+        minus = inv_s * (x - mean - 0.5 / (LEVELS - 1))  # and its lower edge
+        # sigmoid(a) - sigmoid(b) = sigmoid(a) sigmoid(-b) (1 - e^(b - a)): no cancellation anywhere,
+        # so bins far in either tail keep an exact log probability (PixelCNN++ falls back to the pdf)
+        log_mid = _log_sigmoid(plus) + _log_sigmoid(-minus) + torch.log(-torch.expm1(-inv_s / (LEVELS - 1)))
+        log_p = torch.where(x <= 0.0, _log_sigmoid(plus), torch.where(x >= 1.0, _log_sigmoid(-minus), log_mid))
+        return -log_p
+
+    @staticmethod
+    def mean(params: torch.Tensor) -> torch.Tensor:
+        # the median of the clipped distribution: a logistic is symmetric, the edge bins take the tails
+        return params[:, : params.shape[1] // 2].clamp(0.0, 1.0)
+
+
+LIKELIHOODS = {"bernoulli": Bernoulli, "gaussian": Gaussian, "logistic": Logistic}
 
 
 def get_likelihood(name: str):
@@ -69,12 +104,13 @@ def get_likelihood(name: str):
     try:
         return LIKELIHOODS[name]
     except (KeyError, TypeError):
-        raise BadInput(f"likelihood must be 'bernoulli' or 'gaussian', got {name!r}") from None
+        raise BadInput(f"likelihood must be one of {', '.join(LIKELIHOODS)}, got {name!r}") from None
 
 
 def pixel_nll(x: torch.Tensor, params: torch.Tensor, likelihood: str, log_scale: torch.Tensor | None = None) -> torch.Tensor:
     """-log p(x|z) per value (B, C, H, W), x in [0, 1]: the likelihood object's `nll`.
-    Bernoulli: params are logits; Gaussian: means, log_scale (C,) the log sigma."""
+    Bernoulli: params are logits; Gaussian: means, log_scale (C,) the log sigma; Logistic: (B, 2C, H, W)
+    means and log scales."""
     return get_likelihood(likelihood).nll(x, params, log_scale)
 
 
