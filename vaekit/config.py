@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, fields
 
 from vaekit.errors import BadInput
 
-LIKELIHOODS = ("bernoulli", "gaussian")
+LIKELIHOODS = ("bernoulli", "gaussian", "logistic")  # logistic: discretised, 8-bit pixels (vaekit.objective.Logistic)
 ARCHS = ("v1", "v2")
 LAYOUTS = ("vector", "grid")
 DEVICES = ("auto", "cpu", "cuda")
@@ -36,7 +36,8 @@ class ModelConfig:
     latent_dim: int = 0  # vector layout: dimensions of z; grid layout: latent channels per cell; 0 = auto
     base_channels: int = 16  # feature maps of the first conv; doubles per stage
     max_channels: int = 128  # cap on feature maps (raised to base_channels if that is larger)
-    likelihood: str = "auto"  # p(x|z): "bernoulli" (BCE on logits), "gaussian" (learned sigma per channel), "auto"
+    likelihood: str = "auto"  # p(x|z): "bernoulli" (BCE on logits), "gaussian" (learned sigma per channel),
+    # "logistic" (discretised, mean and scale per pixel: -ELBO is a code length), "auto" (never picks logistic)
     min_log_scale: float = -4.6  # arch v1 only: floor on the Gaussian's log sigma
     arch: str = "v2"  # "v2": residual stages, resize-then-conv decoder; "v1": vaekit 0.1's network (old runs)
     layout: str = "auto"  # "vector": one latent vector for the image; "grid": a latent cell per 4x4 pixels; "auto"
