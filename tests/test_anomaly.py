@@ -156,7 +156,9 @@ def test_threshold_round_trip_through_the_run_directory(parts, model):
     # the stored scores are what the engine gives the calibration images now
     val = model.score(np.asarray(data.images[cal_idx]))
     np.testing.assert_allclose(section["scores"], val.score, rtol=1e-9)
-    assert section["threshold"] == pytest.approx(np.quantile(val.score, 0.99))
+    # the conformal order statistic: the ceil((n + 1) q)-th smallest, here (n = 5) the largest
+    assert section["threshold"] == pytest.approx(val.score.max())
+    assert section["expected_fpr"] == pytest.approx(1 / 6)
     assert set(section["by_score"]) == {"atypicality", "excess", "neg_elbo", "recon", "kl"}
     np.testing.assert_allclose(section["by_score"]["kl"]["scores"], val.kl, rtol=1e-9)
     assert model.info.threshold == section["threshold"] and model.info.score == "atypicality"
@@ -171,36 +173,40 @@ def test_set_threshold_by_quantile_fpr_or_value(parts, tmp_path):
     shutil.copytree(parts[0] / "run", run)
     scores = np.array(rundir.read_config(run)["anomaly"]["scores"])
     new = anomaly.set_threshold(run, target_fpr=0.2)
-    assert new["threshold"] == pytest.approx(np.quantile(scores, 0.8)) and new["threshold_quantile"] == pytest.approx(0.8)
+    k = int(np.ceil(6 * 0.8))  # 5 scores: the 5th smallest
+    assert new["threshold"] == pytest.approx(np.sort(scores)[k - 1]) and new["threshold_quantile"] == pytest.approx(0.8)
     m = vaekit.load(run)
-    assert m.info.threshold == pytest.approx(np.quantile(scores, 0.8))
+    assert m.info.threshold == pytest.approx(np.sort(scores)[k - 1])
     anomaly.set_threshold(run, quantile=0.5)
-    assert vaekit.load(run).info.threshold == pytest.approx(np.median(scores))
+    assert vaekit.load(run).info.threshold == pytest.approx(np.sort(scores)[2])  # ceil(6 * 0.5) = 3rd
     anomaly.set_threshold(run, value=float(np.sort(scores)[1]))
     stored = rundir.read_config(run)["anomaly"]
     assert stored["threshold"] == float(np.sort(scores)[1]) and stored["threshold_quantile"] == pytest.approx(2 / 5)
+    assert stored["expected_fpr"] == pytest.approx(4 / 6)  # 3 of 5 above it, and the new one: (1 + 3) / 6
     with pytest.raises(ValueError, match="exactly one"):
         anomaly.set_threshold(run, quantile=0.9, target_fpr=0.1)
     with pytest.raises(ValueError, match=r"in \(0, 1\), got 1.5"):
         anomaly.set_threshold(run, quantile=1.5)
 
 
-@pytest.mark.parametrize("n, q", [(5, 0.99), (14, 0.99), (40, 0.9), (200, 0.99)])
+@pytest.mark.parametrize("n, q", [(5, 0.99), (14, 0.99), (20, 0.99), (40, 0.9), (200, 0.99), (300, 0.95)])
 def test_expected_false_positive_rate_matches_a_simulation(n, q):
-    # n normal validation scores and one new normal image, all from the same distribution
+    # n normal calibration scores and one new normal image, all from the same distribution
     rng = np.random.default_rng(n)
     trials = 40_000
     scores = rng.standard_normal((trials, n + 1))
-    thresholds = np.quantile(scores[:, :n], q, axis=1)
+    thresholds = np.sort(scores[:, :n], axis=1)[:, anomaly.conformal_rank(n, q) - 1]
     simulated = float(np.mean(scores[:, n] > thresholds))
     assert anomaly.expected_fpr(n, q) == pytest.approx(simulated, abs=4 * np.sqrt(simulated / trials) + 1e-3)
+    assert anomaly.expected_fpr(n, q) <= 1 - q or anomaly.conformal_rank(n, q) == n  # the promise, or the largest
 
 
 def test_the_few_scores_warning_appears_only_where_the_rate_is_well_above_the_named_one():
-    assert anomaly.few_scores_note(14, 0.99) == ("14 validation scores are too few for a 1% false-positive rate: "
-                                                 "expect ~7.5%")
+    assert anomaly.few_scores_note(14, 0.99) == ("14 calibration scores are too few for a 1% false-positive rate "
+                                                 "(that needs 99): the threshold is the largest, expect 6.7%")
     assert anomaly.few_scores_note(1, 0.9, "training") == ("1 training score is too few for a 10% false-positive "
-                                                           "rate: expect ~50%")
+                                                           "rate (that needs 9): the threshold is the largest, expect 50%")
+    assert anomaly.few_scores_note(99, 0.99) is None and anomaly.few_scores_note(98, 0.99) is not None
     assert anomaly.few_scores_note(1000, 0.99) is None and anomaly.few_scores_note(14, 0.5) is None
     assert anomaly.few_scores_note(0, 0.99) is None and anomaly.few_scores_note(14, None) is None
     assert anomaly.few_scores_note(14, 1.0) is None  # a fixed value above every score: no quantile rate
@@ -212,7 +218,7 @@ def test_a_threshold_from_few_scores_says_what_false_positive_rate_to_expect(par
     assert len(model.info.val_scores) == 5
     _, source = anomaly.resolve_threshold(model, "excess", "mean", None)
     assert source == ("stored: quantile 0.99 of 5 calibration scores; 5 calibration scores are too few "
-                      "for a 1% false-positive rate: expect ~17%")
+                      "for a 1% false-positive rate (that needs 99): the threshold is the largest, expect 17%")
     # a threshold set to a value is not a quantile estimate: no rate is promised, none is warned about
     run = tmp_path / "run"
     shutil.copytree(parts[0] / "run", run)

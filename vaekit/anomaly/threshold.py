@@ -31,44 +31,54 @@ def check_quantile(quantile: float | None = None, target_fpr: float | None = Non
     return float(quantile)
 
 
+def conformal_rank(n: int, quantile: float) -> int:
+    """Which order statistic of n normal calibration scores is the threshold: the k-th smallest,
+    k = ceil((n + 1) * quantile) (split conformal prediction, Vovk et al. 2005; Angelopoulos &
+    Bates 2021), or the largest, k = n, when n is too small for the quantile."""
+    return int(min(n, max(1, math.ceil((n + 1) * quantile - 1e-9))))
+
+
 def expected_fpr(n: int, quantile: float) -> float:
-    """About the false-positive rate to expect on new normal images from the `quantile` of n
-    normal validation scores.
+    """The false-positive rate on new normal images of the threshold `conformal_rank` picks.
 
     A new normal score lands above the k-th smallest of n with probability (n + 1 - k) / (n + 1)
-    (it and the n are exchangeable), whatever their distribution. np.quantile's default sits at
-    position (n - 1) * quantile, interpolating between two order statistics; interpolating the
-    rate the same way is exact at whole positions and for uniform scores, and for right-skewed
-    scores (nats usually are) it slightly overstates the rate between them. Near 1 - quantile for
-    large n, but ~1 / (n + 1) for a high quantile of few scores: 7.5% for the 0.99 quantile of 14.
+    when it and the n are exchangeable (ties aside), whatever their distribution. That is at
+    most 1 - quantile when n is large enough, and 1 / (n + 1) at the largest score when it is
+    not: 4.8% for 20 calibration scores, whatever the quantile asked for.
     """
     if n < 1 or not 0.0 < quantile < 1.0:
         return math.nan
-    return (n - (n - 1) * quantile) / (n + 1)
+    return (n + 1 - conformal_rank(n, quantile)) / (n + 1)
 
 
-def few_scores_note(n: int, quantile: float | None, what: str = "validation") -> str | None:
-    """A warning when n scores are too few for the quantile's false-positive rate (None if fine)."""
-    if quantile is None or not expected_fpr(n, quantile) > 1.5 * (1.0 - quantile):  # NaN: no scores or no rate
+def needed_scores(quantile: float) -> int:
+    """The fewest calibration scores whose largest still promises a 1 - quantile rate."""
+    return max(1, math.ceil(1.0 / (1.0 - quantile) - 1.0 - 1e-9))
+
+
+def few_scores_note(n: int, quantile: float | None, what: str = "calibration") -> str | None:
+    """A note when n scores are too few for the quantile's false-positive rate (None if fine)."""
+    if quantile is None or not expected_fpr(n, quantile) > (1.0 - quantile) * (1 + 1e-9):  # NaN: no scores
         return None
     fpr = expected_fpr(n, quantile)
     return (f"{n} {what} score{'s are' if n != 1 else ' is'} too few for a {100 * (1 - quantile):.3g}% "
-            f"false-positive rate: expect ~{100 * fpr:.2g}%")
+            f"false-positive rate (that needs {needed_scores(quantile)}): the threshold is the largest, "
+            f"expect {100 * fpr:.2g}%")
 
 
 def section_note(section: dict) -> str | None:
     """`few_scores_note` for a run's stored `anomaly` section (none for a threshold set to a value)."""
     if section.get("fixed"):
         return None
-    return few_scores_note(section.get("n", 0), section.get("threshold_quantile"), section.get("source", "validation"))
+    return few_scores_note(section.get("n", 0), section.get("threshold_quantile"), section.get("source", "calibration"))
 
 
 def threshold_section(scores: dict[str, np.ndarray], quantile: float, source: str, default: str = DEFAULT_SCORE) -> dict:
     """The `anomaly` section a run stores, from validation scores of normal images, per score name.
 
-    An image is anomalous when its score is above the threshold, the `quantile` of the normal
-    scores, so about (1 - quantile) of normal images are flagged (the target false-positive
-    rate). With n validation images the empirical quantile cannot resolve rates below ~1/n.
+    An image is anomalous when its score is above the threshold, the k-th smallest of the n
+    normal scores (k from `conformal_rank`), so at most `expected_fpr(n, quantile)` of new
+    normal images are flagged: 1 - quantile when n is large enough, 1 / (n + 1) when it is not.
     """
     quantile = check_quantile(quantile)
     if default not in scores:
@@ -79,7 +89,7 @@ def threshold_section(scores: dict[str, np.ndarray], quantile: float, source: st
         if v.ndim != 1 or len(v) == 0 or not np.isfinite(v).all():
             raise BadInput(f"validation scores for {name!r} must be a non-empty list of finite numbers")
         by_score[name] = {
-            "threshold": float(np.quantile(v, quantile)),
+            "threshold": float(np.sort(v)[conformal_rank(len(v), quantile) - 1]),
             "quantiles": {str(q): float(np.quantile(v, q)) for q in QUANTILES},
             "scores": [float(s) for s in v],
         }
@@ -90,6 +100,7 @@ def threshold_section(scores: dict[str, np.ndarray], quantile: float, source: st
         "threshold": main["threshold"],
         "threshold_quantile": quantile,
         "target_fpr": 1.0 - quantile,
+        "expected_fpr": expected_fpr(len(main["scores"]), quantile),
         "source": source,
         "n": len(main["scores"]),
         "quantiles": main["quantiles"],
@@ -135,6 +146,9 @@ def set_threshold(run_dir: str | Path, quantile: float | None = None, target_fpr
         section["by_score"][default]["threshold"] = float(value)
         section["threshold_quantile"] = q
         section["target_fpr"] = 1.0 - q
+        # a new normal score lands above `value` about as often as the stored ones did, counted
+        # conformally (the new one among n + 1): (1 + #{s > value}) / (n + 1)
+        section["expected_fpr"] = float((1 + np.sum(scores[default] > value)) / (len(scores[default]) + 1))
         section["fixed"] = True  # the other scores' thresholds sit at the same validation quantile
     else:
         section = threshold_section(scores, check_quantile(quantile, target_fpr), old.get("source", "validation"), default)
