@@ -1,0 +1,124 @@
+"""The defect reader (vaekit/reader): its synthetic defects, network shapes, VAE features, and
+that training on the synthetic defects finds an obvious defect it never saw."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vaekit.config import ModelConfig
+from vaekit.model import ConvVAE
+from vaekit.reader.features import tiled, vae_features
+from vaekit.reader.net import ReaderConfig, ReaderNet
+from vaekit.reader.synth import SHAPES, make_defects
+from vaekit.reader.train import load_reader, read, train_reader
+
+
+def _surface(n: int, size: int = 32, channels: int = 1, seed: int = 0) -> np.ndarray:
+    """Mid-grey noisy 'surfaces' (N, C, size, size) uint8, away from 0 and 255 so every fill shows."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(128, 12, (n, channels, size, size)) + 20 * np.sin(np.arange(size) / 3)[None, None, None]
+    return np.clip(base, 60, 200).astype(np.uint8)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_synthetic_masks_are_exactly_where_the_pixels_changed(channels):
+    x = _surface(40, 48, channels)
+    bad, masks = make_defects(x, np.random.default_rng(1))
+    assert bad.shape == x.shape and bad.dtype == np.uint8
+    assert masks.shape == (40, 48, 48) and masks.dtype == np.float32
+    assert set(np.unique(masks)) <= {0.0, 1.0}
+    changed = np.abs(bad.astype(int) - x).max(1) > 0  # (N, H, W)
+    assert not (changed & (masks == 0)).any()  # nothing outside a mask moved
+    assert (masks.reshape(40, -1).sum(1) >= 2).all()  # every image got a defect
+    inside = np.abs(bad.astype(int) - x).max(1)[masks > 0]
+    assert inside.mean() > 6 and (inside > 0).mean() > 0.8  # and the defect is visible
+
+
+def test_synthetic_defects_repeat_with_the_seed_and_differ_without_it():
+    x = _surface(8)
+    a, ma = make_defects(x, np.random.default_rng(5))
+    b, mb = make_defects(x, np.random.default_rng(5))
+    c, mc = make_defects(x, np.random.default_rng(6))
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(ma, mb)
+    assert not np.array_equal(ma, mc)
+
+
+def test_leaving_out_the_line_family_leaves_no_thin_defects():
+    from scipy.ndimage import binary_erosion
+
+    x = _surface(60, 64)
+    _, lines = make_defects(x, np.random.default_rng(2), shapes=("line",))
+    _, blobs = make_defects(x, np.random.default_rng(2), shapes=tuple(s for s in SHAPES if s != "line"))
+    core = lambda m: binary_erosion(m > 0, np.ones((1, 5, 5))).reshape(len(m), -1).any(1)  # noqa: E731
+    assert core(lines).mean() < 0.1  # a line is at most ~3 px wide: a 5x5 erosion removes it
+    assert core(blobs).mean() > 0.3
+
+
+def test_make_defects_names_bad_input():
+    with pytest.raises(ValueError, match="uint8"):
+        make_defects(np.zeros((2, 1, 8, 8), np.float32), np.random.default_rng(0))
+    with pytest.raises(ValueError, match="unknown"):
+        make_defects(_surface(2), np.random.default_rng(0), shapes=("square",))
+
+
+@pytest.mark.parametrize("size", [(37, 51), (5, 9), (64, 64)])
+def test_the_network_maps_any_size_to_a_logit_per_pixel(size):
+    net = ReaderNet(4, ReaderConfig(width=4, depth=2)).eval()
+    assert net(torch.rand(2, 4, *size)).shape == (2, *size)
+    with pytest.raises(ValueError, match="expected"):
+        net(torch.rand(2, 3, *size))
+
+
+def test_vae_features_give_the_reconstruction_and_a_nonnegative_residual():
+    torch.manual_seed(0)
+    vae = ConvVAE(ModelConfig(image_size=16, channels=3, latent_dim=4, layout="grid", likelihood="gaussian"))
+    f = vae_features(vae, ("recon", "r", "kl"))(torch.rand(2, 3, 16, 16))
+    assert f.shape == (2, 5, 16, 16)
+    assert (f[:, 3:] >= 0).all() and torch.isfinite(f).all()
+    with pytest.raises(ValueError, match="grid"):
+        vae_features(ConvVAE(ModelConfig(image_size=16, layout="vector")), ("kl",))
+
+
+def test_tiling_a_fixed_size_feature_covers_any_larger_image_exactly():
+    def fn(x):  # a 'VAE' that only takes 16 x 16 tiles, pointwise so the answer is known
+        assert x.shape[-2:] == (16, 16)
+        return 2 * x
+
+    x = torch.rand(2, 1, 41, 23)
+    torch.testing.assert_close(tiled(fn, 16)(x), 2 * x)
+    with pytest.raises(ValueError, match="smaller than the tile"):
+        tiled(fn, 16)(torch.rand(1, 1, 8, 40))
+
+
+def test_a_reader_trained_on_synthetic_defects_finds_a_defect_it_never_saw():
+    """A dark 6x6 square (not a shape the generator draws) on held-out surfaces: the image
+    scores separate, and the map is higher on the square than off it."""
+    def features(x):  # a stand-in for the VAE's residual: distance from the local mean
+        return (x - torch.nn.functional.avg_pool2d(x, 7, 1, 3, count_include_pad=False)).abs()
+
+    cfg = ReaderConfig(width=8, depth=2, steps=150, batch=8, crop=32, lr=3e-3)
+    state = train_reader(_surface(64, 32, seed=1), features, cfg, seed=0)
+    net = load_reader(state, cfg)
+    clean = _surface(20, 32, seed=2)
+    bad = clean.copy()
+    bad[:, :, 12:18, 14:20] = 40
+    scores, maps = read(net, np.concatenate([clean, bad]), features)
+    assert maps.shape == (40, 32, 32)
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score([0] * 20 + [1] * 20, scores) > 0.9
+    square = np.zeros((32, 32), bool)
+    square[12:18, 14:20] = True
+    assert maps[20:, square].mean() > 1.5 * maps[20:, ~square].mean()
+
+
+def test_training_stops_when_asked_and_reports_progress():
+    seen = []
+    cfg = ReaderConfig(width=4, depth=1, steps=100, batch=2, crop=16)
+    state = train_reader(_surface(4, 16), lambda x: x, cfg, progress=lambda d, t, **m: seen.append((d, t)),
+                         should_stop=lambda: len(seen) >= 1)
+    assert seen == [(25, 100)]
+    assert load_reader(state, cfg)(torch.rand(1, 2, 16, 16)).shape == (1, 16, 16)

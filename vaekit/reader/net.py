@@ -1,0 +1,86 @@
+"""The defect reader's network: a small U-Net that maps the image and the VAE's per-pixel
+outputs to a defect logit per pixel (the discriminative half of DRAEM, Zavrtanik et al. 2021).
+
+Fully convolutional: any image size (padded to a multiple of 2**depth and cropped back). Its
+inputs are standardised by per-channel statistics of normal training images, stored as
+buffers in the state dict, so the same network reads features of any scale (a VAE whose
+residual is large everywhere, as on grass, and one whose residual is tiny). BatchNorm is in
+eval mode when reading, a fixed affine map: a score never depends on the rest of the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ReaderConfig:
+    width: int = 16  # feature maps at full resolution; doubles at each of the `depth` halvings
+    depth: int = 3  # halvings after the stem: 64 px crops reach 4 px, receptive field ~100 px
+    stem: int = 2  # pixel-unshuffle factor: the U-Net runs at 1/stem resolution on stem**2 x the
+    #              channels (no pixel is lost, a 1-px scratch is still seen) and is ~4x cheaper
+    steps: int = 800  # optimizer steps (batch `batch` crops each)
+    batch: int = 16  # crops per step
+    crop: int = 64  # training crop side (larger training images are cropped at random)
+    lr: float = 2e-3  # Adam peak; cosine decay to 0 after a short linear warm-up
+    clean_fraction: float = 0.3  # share of each batch left without a defect (teaches "nothing here")
+    loss: str = "focal"  # "focal" (DRAEM, gamma 2) or "bce_dice"
+    shapes: tuple[str, ...] = ("blob", "spots", "line")  # synthetic shape families drawn from
+    smooth: int = 5  # image score: max of the probability map averaged over smooth x smooth px
+
+
+class Block(nn.Module):
+    """conv-BN-ReLU twice at constant width."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+            nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class ReaderNet(nn.Module):
+    """(B, in_channels, H, W) -> defect logits (B, H, W)."""
+
+    def __init__(self, in_channels: int, cfg: ReaderConfig = ReaderConfig()):
+        super().__init__()
+        if in_channels < 1:
+            raise ValueError(f"in_channels must be >= 1, got {in_channels}")
+        self.cfg = cfg
+        self.in_channels = in_channels
+        # set by the trainer from normal images; identity until then
+        self.register_buffer("in_mean", torch.zeros(in_channels))
+        self.register_buffer("in_std", torch.ones(in_channels))
+        widths = [cfg.width * 2**i for i in range(cfg.depth + 1)]
+        self.down = nn.ModuleList([Block(in_channels * cfg.stem**2, widths[0])])
+        self.down.extend(Block(widths[i], widths[i + 1]) for i in range(cfg.depth))
+        self.up = nn.ModuleList(Block(widths[i + 1] + widths[i], widths[i]) for i in reversed(range(cfg.depth)))
+        self.head = nn.Conv2d(widths[0], cfg.stem**2, 1)  # a logit per pixel of each stem x stem cell
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        h, w = x.shape[-2:]
+        m = self.cfg.stem * 2**self.cfg.depth
+        ph, pw = -h % m, -w % m
+        x = (x - self.in_mean[:, None, None]) / self.in_std[:, None, None]
+        if ph or pw:  # reflect where it can (a 1-px image cannot), so the border looks like the image
+            x = F.pad(x, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate")
+        x = F.pixel_unshuffle(x, self.cfg.stem)
+        skips = []
+        for i, block in enumerate(self.down):
+            x = block(x if i == 0 else F.max_pool2d(x, 2))
+            skips.append(x)
+        x = skips.pop()
+        for block in self.up:
+            skip = skips.pop()
+            x = block(torch.cat([F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False), skip], 1))
+        return F.pixel_shuffle(self.head(x), self.cfg.stem)[:, 0, :h, :w]  # (B, H, W)

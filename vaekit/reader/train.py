@@ -1,0 +1,141 @@
+"""Training the defect reader on vaekit's own synthetic defects, and reading images with it.
+
+The VAE stays fixed (trained first, on normal images only). Each step draws crops of the normal
+training images, puts a synthetic defect (vaekit.reader.synth) on most of them, runs the VAE
+on the result (the `features` callable) and trains the U-Net to segment the defect from the
+image and the VAE's outputs together: where the VAE failed to reconstruct, and whether that
+failure looks like a defect or like the VAE's ordinary trouble on this surface.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vaekit.reader.net import ReaderConfig, ReaderNet
+from vaekit.reader.synth import make_defects
+
+Features = Callable[[torch.Tensor], torch.Tensor]
+LOSSES = ("focal", "bce_dice")
+
+
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+    """Focal loss (Lin et al. 2017), as DRAEM trains its segmentation head: BCE down-weighted by
+    (1 - p_t)^gamma, so the many easy normal pixels do not drown the few defect pixels."""
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    p_t = torch.exp(-bce)
+    return ((1 - p_t) ** gamma * bce).mean()
+
+
+def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """BCE plus soft Dice over the batch: Dice counts a defect's pixels relative to its size."""
+    p = torch.sigmoid(logits)
+    dice = 1 - (2 * (p * target).sum() + 1) / (p.sum() + target.sum() + 1)
+    return F.binary_cross_entropy_with_logits(logits, target) + dice
+
+
+def _crops(images: np.ndarray, idx: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A random size x size window of each chosen image (the image itself when it is that size)."""
+    _, _, h, w = images.shape
+    ys, xs = rng.integers(0, h - size + 1, len(idx)), rng.integers(0, w - size + 1, len(idx))
+    return np.stack([images[i, :, y:y + size, x:x + size] for i, y, x in zip(idx, ys, xs)])
+
+
+def _inputs(x_u8: np.ndarray, features: Features) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> the reader's input: the image and its features, (B, C + F, H, W)."""
+    x = torch.from_numpy(np.ascontiguousarray(x_u8)).float().div_(255.0)
+    with torch.no_grad():
+        f = features(x)
+    return torch.cat([x, f.to(x)], 1)
+
+
+def _check(crops: np.ndarray, cfg: ReaderConfig) -> None:
+    if not isinstance(crops, np.ndarray) or crops.dtype != np.uint8 or crops.ndim != 4 or len(crops) < 1:
+        raise ValueError(f"crops must be uint8 (N, C, H, W) with N >= 1, got {getattr(crops, 'dtype', type(crops))} "
+                         f"{getattr(crops, 'shape', '')}")
+    if cfg.loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {cfg.loss!r}")
+    if min(crops.shape[2:]) < 2**cfg.depth:
+        raise ValueError(f"crops of {crops.shape[2:]} px are smaller than 2**depth = {2**cfg.depth}")
+
+
+def _normalise(net: ReaderNet, crops: np.ndarray, features: Features, size: int, rng) -> None:
+    """Set the input standardisation from normal crops (up to 128), per channel."""
+    idx = rng.permutation(len(crops))[:128]
+    inp = torch.cat([_inputs(_crops(crops, idx[i:i + 32], size, rng), features) for i in range(0, len(idx), 32)])
+    net.in_mean.copy_(inp.mean((0, 2, 3)))
+    net.in_std.copy_(inp.std((0, 2, 3)).clamp(min=1e-3))
+
+
+def train_reader(crops: np.ndarray, features: Features, cfg: ReaderConfig = ReaderConfig(), seed: int = 0,
+                 progress: Callable[..., None] | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> dict[str, torch.Tensor]:
+    """Train a reader on normal uint8 crops (N, C, h, w) with synthetic defects; return its
+    state_dict (rebuild with `load_reader`). `features(x)` maps (B, C, h', w') in [0, 1] to the
+    VAE's per-pixel outputs (B, F, h', w') (see vaekit.reader.features). `progress(done, total,
+    loss=...)` is called every 25 steps; `should_stop()`, asked every step, ends training early
+    with the weights as they are."""
+    _check(crops, cfg)
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    size = min(cfg.crop, *crops.shape[2:])
+    probe = _inputs(crops[:1, :, :size, :size], features)
+    net = ReaderNet(probe.shape[1], cfg)
+    _normalise(net, crops, features, size, rng)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    loss_fn = focal_loss if cfg.loss == "focal" else bce_dice_loss
+    n_bad = max(1, round(cfg.batch * (1 - cfg.clean_fraction)))
+    warm = max(1, cfg.steps // 20)
+    net.train()
+    running = None
+    for step in range(cfg.steps):
+        if should_stop is not None and should_stop():
+            break
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * min(1.0, (step + 1) / warm) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
+        x = _crops(crops, rng.integers(0, len(crops), cfg.batch), size, rng)
+        bad, masks = make_defects(x[:n_bad], rng, shapes=cfg.shapes)
+        x = np.concatenate([bad, x[n_bad:]])
+        target = torch.from_numpy(np.concatenate([masks, np.zeros((len(x) - n_bad, size, size), np.float32)]))
+        loss = loss_fn(net(_inputs(x, features)), target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
+        if progress is not None and ((step + 1) % 25 == 0 or step + 1 == cfg.steps):
+            progress(step + 1, cfg.steps, loss=running)
+    net.eval()
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
+def load_reader(state: dict[str, torch.Tensor], cfg: ReaderConfig = ReaderConfig()) -> ReaderNet:
+    """A ReaderNet in eval mode from train_reader's state_dict (in_channels read from it)."""
+    net = ReaderNet(int(state["in_mean"].shape[0]), cfg)
+    net.load_state_dict(state)
+    return net.eval()
+
+
+@torch.no_grad()
+def read(net: ReaderNet, x, features: Features, smooth: int | None = None,
+         batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """(image scores (N,), defect probability maps (N, H, W)) for images x (N, C, H, W) in
+    [0, 1] (torch or numpy float; uint8 is divided by 255). The image score is the largest
+    mean of the map over `smooth` x `smooth` px (default cfg.smooth; DRAEM's mean-filtered
+    max): one confident pixel alone does not flag an image, a defect-sized patch does."""
+    net.eval()
+    smooth = net.cfg.smooth if smooth is None else smooth
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32))
+    scores, maps = [], []
+    for i in range(0, len(x), batch):
+        xb = x[i:i + batch].float()
+        p = torch.sigmoid(net(torch.cat([xb, features(xb).to(xb)], 1)))  # (B, H, W)
+        s = F.avg_pool2d(p[:, None], smooth, stride=1, padding=smooth // 2, count_include_pad=False) if smooth > 1 else p[:, None]
+        scores.append(s.flatten(1).max(1).values)
+        maps.append(p)
+    return torch.cat(scores).numpy(), torch.cat(maps).numpy()
