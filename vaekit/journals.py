@@ -1,28 +1,257 @@
-"""Opening and appending to a job's journal (vaekit.stream.Journal) with the output rules of fileio:
-folders created, failed writes naming the output, and no empty journal left behind."""
+"""The journal of a streaming job, `OUT.partial`: the job's contract, written as it goes and checked when read.
+
+Line 1 is the header: every setting that changes the output (the model's fingerprint, the
+score, the batch size, the digest of the input file list, the heat-map folder, ...). Each
+further line is one finished batch, flushed as it is written. Reading a journal back (`--resume`)
+checks the header against the job's settings, and every line against the header
+(vaekit.batches.check_entry): a journal started with other settings is refused naming each
+setting that differs, and a line that is not one of this job's batches is a damaged file
+(exit 2) naming the line. A last line without its newline was cut short by a crash: it is
+dropped, never half-read.
+
+`OUT.partial` must be a regular file. A FIFO, a folder, a device or a symbolic link there is
+refused before it is opened for anything (O_NOFOLLOW, O_NONBLOCK): nothing waits on a pipe, and
+nothing is written through a link.
+"""
 
 from __future__ import annotations
 
+import errno
+import json
+import os
+import stat
+import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Callable, Iterator, Sequence
 
-from vaekit import stream
-from vaekit.errors import VaekitError, cannot_write
+from vaekit.batches import Layout, RowCheck, changed, check_entry
+from vaekit.errors import BadInput, DamagedFile, InUse, VaekitError, cannot_write
+from vaekit.fileio import atomic_writer, dumps_json, loads_json
+
+PARTIAL_SUFFIX = ".partial"
+JOURNAL_VERSION = 2
+SYNC_EVERY = 2.0  # seconds between a journal's fsyncs
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 
 
-def open_journal(out: Path, settings: dict, resume: bool):
-    """vaekit.stream.Journal for `out` (OUT.partial), its folder created; a write that fails
-    (a full disk) names `out`, and a journal that could not even be started is removed."""
+def partial_path(out: Path) -> Path:
+    return Path(out).with_name(Path(out).name + PARTIAL_SUFFIX)
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    return "a socket or device"
+
+
+def open_regular(path: Path, write: bool, what: str = "journal") -> int | None:
+    """A file descriptor on `path`, a regular file (created when `write`); None when absent and
+    not `write`. Anything else at `path` (a link, a FIFO, a folder) is BadInput, never opened
+    in a way that could block or follow it."""
+    refuse = f"{path} is {{}}, not a {what} vaekit wrote; remove it or write the output elsewhere"
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    if st is None and not write:
+        return None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise BadInput(refuse.format(_kind(st.st_mode)))
+    flags = (os.O_RDWR | os.O_CREAT if write else os.O_RDONLY) | _NOFOLLOW | _NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):  # a link or FIFO put there since the lstat
+            raise BadInput(refuse.format("not a regular file")) from None
+        raise
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise BadInput(refuse.format(_kind(mode)))
+    return fd
+
+
+def read_lines(fd: int) -> Iterator[tuple[int, bytes]]:
+    """(offset after the line, line) for each complete line of the file open on `fd`, from its
+    start; a last line without its newline (cut short, or still being written) is not yielded."""
+    with os.fdopen(os.dup(fd), "rb") as f:
+        f.seek(0)
+        offset = 0
+        for line in f:
+            if not line.endswith(b"\n"):
+                return
+            offset += len(line)
+            yield offset, line
+
+
+def parse(line: bytes):
+    return loads_json(line.decode("utf-8", "surrogateescape"))
+
+
+class Journal:
+    """Rows of a long job, one batch per JSON line in `OUT.partial` (see the module docstring).
+
+    Only the indices of finished batches stay in memory; rows are read back from the file when
+    the job finishes. `layout` and `row_check` say which batches and rows this job may hold
+    (vaekit.batches); without them only the shape of each line is checked."""
+
+    def __init__(self, out: Path, settings: dict, resume: bool, layout: Layout | None = None,
+                 row_check: RowCheck | None = None):
+        self.out = Path(out)
+        self.path = partial_path(self.out)
+        self.settings = json.loads(dumps_json({"vaekit_journal": JOURNAL_VERSION, **settings}, indent=None))
+        self.layout, self.row_check = layout, row_check
+        self.done: set[int] = set()
+        self.resumed = False  # True: continues an earlier run's journal
+        self._synced, self._closed, self._dirty, locked = time.monotonic(), False, False, False
+        created = not os.path.lexists(self.path)
+        self._fd = open_regular(self.path, write=True)
+        try:
+            self._lock()
+            locked = True
+            size = os.fstat(self._fd).st_size
+            if size and not resume:
+                raise BadInput(f"{self.path} holds the rows of an unfinished job: pass --resume to continue it, "
+                               "or delete it to start again")
+            self.resumed = size > 0 and self._read()
+            if not self.resumed:
+                self._start()
+        except BaseException:
+            if created and locked:  # a journal that could not even be started (a full disk) goes
+                self.path.unlink(missing_ok=True)
+            self.close()
+            raise
+
+    def _lock(self) -> None:
+        """Hold an exclusive lock on OUT.partial for the job's life: a second process writing the
+        same output (even with --resume) gets InUse instead of interleaving rows. Released by the
+        kernel when this process ends, however it ends. No flock (Windows): no lock."""
+        try:
+            import fcntl
+        except ImportError:
+            return
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InUse(f"{self.out} is being written by another vaekit process right now "
+                        f"({self.path.name} is locked); wait for it, or write elsewhere") from None
+
+    def close(self) -> None:
+        """Sync what was appended and release the lock, even when the sync fails; no appends after."""
+        self._closed = True
+        fd, self._fd = getattr(self, "_fd", None), None
+        if fd is None:
+            return
+        try:
+            if self._dirty:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _start(self) -> None:
+        os.ftruncate(self._fd, 0)
+        self._write((dumps_json(self.settings, indent=None) + "\n").encode("utf-8", "surrogateescape"))
+        os.fsync(self._fd)
+
+    def _write(self, data: bytes) -> None:
+        # a raw write may take part of the line; a crash midway leaves a cut line, dropped on resume
+        os.lseek(self._fd, 0, os.SEEK_END)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view):]
+
+    def _read(self) -> bool:
+        """Check the header and every line, load the finished batches, and cut a line a crash
+        left half-written; False when the file holds not even a complete header."""
+        keep, header = 0, None
+        for n, (offset, line) in enumerate(read_lines(self._fd), 1):
+            try:
+                entry = parse(line)
+            except ValueError:
+                entry = ValueError
+            if header is None:
+                header = entry
+                self._check_header(header)
+            else:
+                why = "not JSON" if entry is ValueError else check_entry(entry, self.layout, self.row_check, self.done)
+                if why is not None:
+                    raise DamagedFile(f"{self.path} is damaged at line {n}: {why}; delete it to start again")
+                self.done.add(entry["batch"])
+            keep = offset
+        if keep < os.fstat(self._fd).st_size:  # cut what a crash left half-written
+            os.ftruncate(self._fd, keep)
+        return header is not None
+
+    def _check_header(self, header) -> None:
+        if not isinstance(header, dict) or "vaekit_journal" not in header:
+            raise DamagedFile(f"{self.path} is not a vaekit journal; delete it to start again")
+        if header != self.settings:
+            raise BadInput(f"cannot resume {self.path}: it was started with other settings "
+                           f"({'; '.join(changed(header, self.settings))}); use the same command, or delete it "
+                           "to start again")
+
+    def append(self, batch: int, rows: list[dict], skipped: Sequence[tuple[str, str]] = ()) -> None:
+        """One batch's line, written at once, unbuffered (a killed process loses nothing written);
+        synced to disk at most every SYNC_EVERY seconds and on close (a power cut loses at most
+        those batches, which --resume scores again)."""
+        if self._closed:
+            raise RuntimeError(f"{self.path} is closed: no more rows can be added to it")
+        entry = {"batch": batch, "rows": rows, "skipped": [[str(p), r] for p, r in skipped]}
+        self._write((dumps_json(entry, indent=None) + "\n").encode("utf-8", "surrogateescape"))
+        self._dirty = True
+        if time.monotonic() - self._synced > SYNC_EVERY:
+            os.fsync(self._fd)
+            self._synced, self._dirty = time.monotonic(), False
+        self.done.add(batch)
+
+    def entries(self) -> Iterator[dict]:
+        """Every batch entry, in the order written."""
+        lines = read_lines(self._fd)
+        next(lines, None)  # the settings
+        for _, line in lines:
+            yield parse(line)
+
+    def rows(self) -> Iterator[dict]:
+        """Every row, batch by batch in the order they were written (file order in one job)."""
+        for entry in self.entries():
+            yield from entry["rows"]
+
+    def skipped(self) -> list[tuple[str, str]]:
+        return [(p, r) for entry in self.entries() for p, r in entry["skipped"]]
+
+    def finish(self, write: Callable[[BinaryIO], None]) -> Path:
+        """Write the final file with `write(binary file)` atomically, then remove the journal."""
+        with atomic_writer(self.out) as f:
+            write(f)
+        self.remove()
+        return self.out
+
+    def remove(self) -> None:
+        """Delete the journal (its job is done, or had nothing to keep) and release its lock."""
+        self._dirty = False  # nothing left to sync: the journal goes now
+        self.path.unlink(missing_ok=True)
+        self.close()
+
+
+def open_journal(out: Path, settings: dict, resume: bool, layout: Layout | None = None,
+                 row_check: RowCheck | None = None) -> Journal:
+    """A Journal for `out` (OUT.partial), its folder created; a write that fails (a full disk)
+    names `out`."""
     out = Path(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        return stream.Journal(out, settings, resume)
-    except VaekitError:  # InUse: another process's journal, which must stay as it is
+        return Journal(out, settings, resume, layout, row_check)
+    except VaekitError:
         raise
     except OSError as e:
-        if not resume:
-            out.with_name(out.name + stream.PARTIAL_SUFFIX).unlink(missing_ok=True)
         raise cannot_write(e, out) from None
 
 

@@ -1,33 +1,33 @@
 """`vaekit anomaly-score` as a job: streamed, written as it goes, resumable, shardable.
 
-Rows go to a journal (vaekit.stream.Journal, `OUT.partial`) one batch at a time; the final
+Rows go to a journal (vaekit.journals, `OUT.partial`) one batch at a time; the final
 CSV/JSON is written atomically from the journal at the end, so a killed job loses at most the
-batch in flight and `resume=True` continues it. A share of the files (`shard=(i, n)`, or
-torchrun's RANK / WORLD_SIZE) journals to `OUT.shard-i-of-n.partial`; when every share's
-journal is complete, one process merges them into OUT in file order: under torchrun rank 0
-(it waits for the others), with explicit shards whichever finishes last.
+batch in flight and `resume=True` continues it. The journal's header holds every setting that
+changes the file (model, score, estimator, threshold, batch size, the file list's digest, the
+heat-map folder), and every row read back is checked against it. A share of the files
+(`shard=(i, n)`, or torchrun's RANK / WORLD_SIZE) journals on its own; vaekit.shares merges them.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
-import os
-import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 from vaekit import images as imageio
 from vaekit import pipeline, stream
 from vaekit.anomaly.outputs import (check_outputs, map_targets, output_format, refuse_taken_maps, save_maps,
                                     write_csv_rows, write_json_rows)
-from vaekit.anomaly.score import BATCH_SIZE, Plan, Progress, ScoreRow, iter_scored, scoring_plan
+from vaekit.anomaly.score import BATCH_SIZE, ROW_FIELDS, Plan, Progress, ScoreRow, iter_scored, scoring_plan
+from vaekit.batches import Layout, check_number, digest
 from vaekit.engine import DEFAULT_SCORE, Model
-from vaekit.errors import BadInput, DamagedFile, InUse
-from vaekit.fileio import atomic_writer, loads_json
+from vaekit.errors import BadInput
+from vaekit.fileio import atomic_writer
+from vaekit.images.arrays import check_batch_size
 from vaekit.journals import naming_failed_writes, open_journal
+from vaekit.shares import Shares, finish_when_complete, share_out
 
 _FLOATS = ("score", "bits_per_dim", "threshold", "neg_elbo", "recon", "kl", "excess")
 
@@ -72,28 +72,22 @@ def score_to_file(
     the other ranks' journals and merges them. progress(done, total, phase="score"|"merge").
     """
     plan = scoring_plan(model, samples, score, iwae, threshold)
+    batch_size = check_batch_size(batch_size)
     found = stream.find_inputs(inputs)
     torchrun = shard is None and stream.env_shard()[1] > 1
-    index, count = stream.env_shard() if shard is None else shard
-    if not 0 <= index < count:
-        raise BadInput(f"invalid shard {index}/{count}: need 0 <= INDEX < COUNT")
+    index, count = stream.check_shard(*(stream.env_shard() if shard is None else shard))
     if out is None and (resume or count > 1):
         raise BadInput("--resume and sharding need an output file (-o): the rows are kept there")
     check_outputs(found.roots, out, maps, overwrite)
-    positions = stream.shard(found.paths, index, count, batch_size) if count > 1 else None
-    journal = None
+    layout = Layout(_texts(found.paths), batch_size, index, count)
+    journal = shares = None
     if out is not None:
-        journal = open_journal(_share(Path(out), index, count), _settings(model, plan, found, batch_size, index, count),
-                               resume)
+        settings = _settings(model, plan, found, layout, maps)
+        shares = Shares(Path(out), settings, layout, _row_check(layout.paths, plan.threshold))
+        shares.check_headers()  # shares of another job: refused before any work
+        journal = open_journal(share_out(Path(out), index, count), settings, resume, layout, shares.row_check)
     done = frozenset(journal.done) if journal else frozenset()
-    targets = map_targets(found.names) if maps is not None else []
-    if maps is not None:
-        mine = range(len(found.paths)) if positions is None else positions
-        # resuming, a batch not in the journal may have had its maps written just before the
-        # stop: they are this job's own, and are written again
-        resumed = journal is not None and journal.resumed
-        refuse_taken_maps(Path(maps), [targets[i] for i in mine if i // batch_size not in done], overwrite or resumed)
-    tally, n_maps = _Tally(top), 0
+    tally, n_maps, targets = _Tally(top), 0, []
 
     def write(b) -> None:  # in a writing thread, batch by batch in order, while the next batch is scored
         nonlocal n_maps
@@ -105,49 +99,91 @@ def score_to_file(
         else:
             tally.add((asdict(r) for r in b.rows), [(str(p), r) for p, r in b.skipped])
 
+    positions = stream.shard(found.paths, index, count, batch_size) if count > 1 else None
     try:
+        targets[:] = _check_maps(found, maps, layout, done, overwrite, journal is not None and journal.resumed)
         with pipeline.WriteBehind(write) as writer:
             for b in iter_scored(model, found, plan, maps=maps is not None, batch_size=batch_size,
                                  positions=positions, skip_batches=done, workers=workers, progress=progress):
                 writer.put(b)
-    finally:  # this share is written (or the job stopped; the writer has ended): the journal's lock goes
-        if journal is not None:
-            with naming_failed_writes(Path(out)):
-                journal.close()
-    report = JobReport(None, 0, 0, [], [], plan, (index, count), False, n_maps, len(done))
-    if journal is None:
-        if not tally.count:
-            raise imageio.none_usable(f"in {inputs}", tally.skipped)
-        return tally.into(report)
-    out = Path(out)
-    shares = range(count) if count > 1 else [0]
-    if count > 1 and torchrun and index != 0:
-        return _own_share(report, out, index, count, tally)
-    if torchrun:
-        _wait(out, count, len(found.paths), batch_size, merge_timeout, progress)
-    report.pending = [j for j in shares if not _complete(out, j, count, len(found.paths), batch_size)]
-    if report.pending:
-        return _own_share(report, out, index, count, tally)
-    with _merge_lock(out) as mine:
-        # checked again under the lock: a share that finished at the same time may have merged
-        if mine and all(_complete(out, j, count, len(found.paths), batch_size) for j in shares):
-            _finish(out, model, plan, [_share(out, j, count) for j in shares], tally, inputs)
-            report.out, report.merged = out, True
+        report = JobReport(None, 0, 0, [], [], plan, (index, count), False, n_maps, len(done))
+        if journal is None:
+            if not tally.count:
+                raise imageio.none_usable(f"in {inputs}", tally.skipped)
             return tally.into(report)
-    return _own_share(report, out, index, count, tally)
+        if count > 1:  # this share is written: its lock goes, another share's process may merge it
+            _close(journal, out)
+        return _merge(model, plan, shares, report, tally, inputs, torchrun, merge_timeout, progress)
+    finally:  # done, or stopped (the writer has ended): the journal's lock goes (unsharded: after the merge)
+        if journal is not None:
+            _close(journal, out)
 
 
-def _share(out: Path, index: int, count: int) -> Path:
-    """The file a share journals for (its journal is this name + .partial)."""
-    return out if count == 1 else out.with_name(f"{out.name}.shard-{index}-of-{count}")
+def _close(journal, out) -> None:
+    with naming_failed_writes(Path(out)):
+        journal.close()
 
 
-def _settings(model: Model, plan: Plan, found: stream.Inputs, batch_size: int, index: int, count: int) -> dict:
+def _texts(paths) -> list[str]:
+    texts = getattr(paths, "texts", None)
+    return texts if texts is not None else [str(p) for p in paths]
+
+
+def _check_maps(found: stream.Inputs, maps, layout: Layout, done, overwrite: bool, resumed: bool) -> list[str]:
+    """Each image's heat-map target; refuses (before any work) a heat map that would replace a
+    file, unless `overwrite`. Resuming, the maps of the first unfinished batch may have been
+    written just before the stop (a batch's maps come before its journal line, in order): they
+    are this job's own, and are written again; any other file there is still refused."""
+    if maps is None:
+        return []
+    targets = map_targets(found.names)
+    todo = [b for b in layout.mine() if b not in done]
+    own = set(layout.positions(todo[0])) if resumed and todo else set()
+    refuse_taken_maps(Path(maps), [targets[i] for b in todo for i in layout.positions(b) if i not in own], overwrite)
+    return targets
+
+
+def _merge(model, plan, shares: Shares, report: JobReport, tally: "_Tally", inputs, torchrun, timeout,
+           progress) -> JobReport:
+    """Write OUT when every share is complete (this one merges), else report this share alone."""
+    report.merged, report.pending = finish_when_complete(
+        shares, torchrun, timeout, progress, lambda: _finish(shares, model, plan, tally, inputs))
+    if report.merged:
+        report.out = shares.out
+        return tally.into(report)
+    return _own_share(report, shares, report.shard[0], tally)
+
+
+def _settings(model: Model, plan: Plan, found: stream.Inputs, layout: Layout, maps) -> dict:
+    """Every setting that changes the output file or where the job writes."""
     info = model.info
     return {"job": "anomaly-score", "model": str(info.source), "engine": info.engine, "fingerprint": info.fingerprint,
             "score": plan.score, "estimator": plan.estimator, "samples": plan.samples, "iwae": plan.iwae,
-            "threshold": plan.threshold, "threshold_source": plan.source, "batch_size": batch_size,
-            "files": len(found.paths), "inputs": [str(r) for r in found.roots], "shard": [index, count]}
+            "threshold": plan.threshold, "threshold_source": plan.source, "batch_size": layout.batch_size,
+            "files": len(found.paths), "file_list": digest(layout.paths), "inputs": [str(r) for r in found.roots],
+            "maps": None if maps is None else str(Path(maps).resolve()), "shard": [layout.index, layout.count]}
+
+
+def _row_check(paths: Sequence[str], threshold: float | None):
+    """A journal row must be a score row of file `paths[i]`, flagged as this job flags it."""
+    fields = set(ROW_FIELDS)
+
+    def check(row, i: int) -> str | None:
+        if not isinstance(row, dict) or set(row) != fields:
+            return "not a score row"
+        if row["path"] != paths[i]:
+            return f"names {str(row['path'])[:80]!r}, not the batch's file {paths[i]!r}"
+        for k in _FLOATS[:2] + _FLOATS[3:]:
+            why = check_number(row, k)
+            if why:
+                return why
+        if row["threshold"] != threshold:
+            return f"threshold {row['threshold']!r} is not the job's {threshold!r}"
+        s = _decode(row)["score"]
+        want = None if threshold is None else bool(not math.isfinite(s) or s > threshold)
+        return None if row["anomalous"] is want else f"anomalous {row['anomalous']!r} does not follow from its score"
+
+    return check
 
 
 def _encode(row: dict) -> dict:
@@ -159,85 +195,15 @@ def _decode(row: dict) -> dict:
     return {k: (float(v) if k in _FLOATS and isinstance(v, str) else v) for k, v in row.items()}
 
 
-def _entries(path: Path) -> Iterator[dict]:
-    """The batch entries of a journal, read only (another process may be appending to it):
-    complete lines only, the settings line skipped."""
-    try:
-        f = open(path.with_name(path.name + stream.PARTIAL_SUFFIX), "rb")
-    except FileNotFoundError:
-        return
-    with f:
-        next(f, None)
-        for line in f:
-            if not line.endswith(b"\n"):
-                return
-            try:
-                entry = loads_json(line.decode("utf-8", "surrogateescape"))
-            except ValueError:
-                raise DamagedFile(f"{path}{stream.PARTIAL_SUFFIX} is damaged; delete it and score again") from None
-            yield entry
-
-
-def _complete(out: Path, index: int, count: int, files: int, batch_size: int) -> bool:
-    want = {b for b in range(-(-files // batch_size)) if b % count == index}
-    path = _share(out, index, count)
-    if not path.with_name(path.name + stream.PARTIAL_SUFFIX).exists():
-        return False
-    return want <= {e.get("batch") for e in _entries(path)}
-
-
-def _wait(out, count, files, batch_size, timeout, progress) -> None:
-    """Rank 0 under torchrun: wait until every rank's journal holds all its batches."""
-    start = time.monotonic()
-    while True:
-        ready = sum(_complete(out, j, count, files, batch_size) for j in range(count))
-        if progress:
-            progress(ready, count, phase="merge")
-        if ready == count:
-            return
-        if timeout is not None and time.monotonic() - start > timeout:
-            raise InUse(f"gave up after {timeout:.0f} s waiting for {count - ready} other rank(s) to finish {out}; "
-                        "rerun with --resume to continue")
-        time.sleep(0.5)
-
-
-@contextmanager
-def _merge_lock(out: Path):
-    """True when this process may merge: it holds the lock file's flock (no flock: always)."""
-    try:
-        import fcntl
-    except ImportError:
-        yield True
-        return
-    lock = out.with_name(out.name + ".merging")
-    fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            yield False
-            return
-        yield True
-    finally:
-        lock.unlink(missing_ok=True)
-        os.close(fd)
-
-
-def _merged(journals: list[Path]) -> Iterator[dict]:
-    """Every share's batch entries in file order (each journal holds its batches in order)."""
-    return heapq.merge(*(_entries(j) for j in journals), key=lambda e: e["batch"])
-
-
-def _finish(out: Path, model: Model, plan: Plan, journals: list[Path], tally: "_Tally", inputs) -> None:
+def _finish(shares: Shares, model: Model, plan: Plan, tally: "_Tally", inputs) -> None:
     """Write OUT from the journals, atomically, then remove them."""
     n = anomalous = 0
-    for e in _merged(journals):
+    for e in shares.merged():
         n += len(e["rows"])
         anomalous += sum(1 for r in e["rows"] if r.get("anomalous"))
     if not n:
-        skipped = [tuple(s) for e in _merged(journals) for s in e["skipped"]]
-        for j in journals:
-            j.with_name(j.name + stream.PARTIAL_SUFFIX).unlink(missing_ok=True)
+        skipped = [tuple(s) for e in shares.merged() for s in e["skipped"]]
+        shares.remove()
         raise imageio.none_usable(f"in {inputs}", skipped)
     info = model.info
     header = {"model": str(info.source), "engine": info.engine, "fingerprint": info.fingerprint, "score": plan.score,
@@ -245,21 +211,21 @@ def _finish(out: Path, model: Model, plan: Plan, journals: list[Path], tally: "_
               "threshold_source": plan.source, "n_images": n, "n_anomalous": anomalous}
 
     def rows():
-        for e in _merged(journals):
+        for e in shares.merged():
             tally.add((_decode(r) for r in e["rows"]), [tuple(s) for s in e["skipped"]])
             yield from (_decode(r) for r in e["rows"])
 
+    out = shares.out
     with atomic_writer(out) as f:
         if output_format(out) == "csv":
             write_csv_rows(f, rows())
         else:
             write_json_rows(f, header, rows(), ({"path": p, "reason": r} for p, r in tally.skipped))
-    for j in journals:
-        j.with_name(j.name + stream.PARTIAL_SUFFIX).unlink(missing_ok=True)
+    shares.remove()
 
 
-def _own_share(report: JobReport, out: Path, index: int, count: int, tally: "_Tally") -> JobReport:
-    for e in _entries(_share(out, index, count)):
+def _own_share(report: JobReport, shares: Shares, index: int, tally: "_Tally") -> JobReport:
+    for e in shares.entries(index):
         tally.add((_decode(r) for r in e["rows"]), [tuple(s) for s in e["skipped"]])
     return tally.into(report)
 

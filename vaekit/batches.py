@@ -1,0 +1,129 @@
+"""Which batches a streaming job has, which files each one covers, and whether a journal line is one of them.
+
+A job cuts its file list into fixed slices of `batch_size` files (vaekit.stream.iter_batches);
+share `index` of `count` owns every batch b with b % count == index. A journal line
+(vaekit.journals) claims one batch: `check_entry` accepts it only when its number is an integer
+in range, owned by this share and not seen before, and its rows and skipped files account for
+exactly the files of that slice, in order, each row of the job's own shape (`RowCheck`).
+So a journal cannot bring in rows of files that are not inputs, drop or repeat an input, or
+carry rows of another shape; and `digest` pins the file list itself in the journal's header.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+MAX_SHARDS = 4096  # --shard COUNT and torchrun's WORLD_SIZE: each share is a journal to read at the merge
+
+# (row, position of its file in the full list) -> what is wrong with the row, or None
+RowCheck = Callable[[object, int], "str | None"]
+
+
+def digest(paths: Sequence) -> str:
+    """sha256 of the file list (each path's bytes, NUL-separated): two runs with this digest
+    read the same files in the same order, so their batches are the same slices."""
+    h = hashlib.sha256()
+    texts = getattr(paths, "texts", None)
+    for p in (texts if texts is not None else map(str, paths)):
+        h.update(os.fsencode(p) + b"\0")
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The batches of one share of a job over `paths` (the full file list, as text)."""
+
+    paths: Sequence[str]  # every input file, as rows and skipped entries name it
+    batch_size: int
+    index: int = 0
+    count: int = 1
+
+    @property
+    def n_batches(self) -> int:
+        return -(-len(self.paths) // self.batch_size)
+
+    def owns(self, b: int) -> bool:
+        return 0 <= b < self.n_batches and b % self.count == self.index
+
+    def mine(self) -> range:
+        """This share's batches, in order."""
+        return range(self.index, self.n_batches, self.count)
+
+    def positions(self, b: int) -> range:
+        return range(b * self.batch_size, min(len(self.paths), (b + 1) * self.batch_size))
+
+    def share(self, index: int) -> "Layout":
+        return Layout(self.paths, self.batch_size, index, self.count)
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def check_entry(entry, layout: Layout | None, row_check: RowCheck | None, seen: set[int]) -> str | None:
+    """What is wrong with one journal line (parsed JSON), or None. Without a layout only its
+    shape is checked (a batch number >= 0 not seen before, rows a list of objects)."""
+    if not isinstance(entry, dict) or set(entry) != {"batch", "rows", "skipped"}:
+        return "not a batch entry (expected the fields batch, rows, skipped)"
+    b, rows, skipped = entry["batch"], entry["rows"], entry["skipped"]
+    if type(b) is not int:  # not a bool, a float or text
+        return f"batch number {b!r} is not an integer"
+    if layout is not None and not layout.owns(b):
+        share = f" owned by share {layout.index}/{layout.count}" if layout.count > 1 else ""
+        return f"batch {b} is not one of this job's batches (0 to {layout.n_batches - 1}{share})"
+    if b < 0:
+        return f"batch number {b} is negative"
+    if b in seen:
+        return f"batch {b} appears twice"
+    if not isinstance(rows, list) or not isinstance(skipped, list):
+        return f"batch {b}: rows and skipped must be lists"
+    for s in skipped:
+        if not (isinstance(s, list) and len(s) == 2 and all(isinstance(v, str) for v in s)):
+            return f"batch {b}: a skipped file must be [path, reason], got {s!r:.80}"
+    if layout is None:
+        return None if all(isinstance(r, dict) for r in rows) else f"batch {b}: a row is not an object"
+    return _accounts(b, rows, skipped, layout, row_check)
+
+
+def _accounts(b: int, rows: list, skipped: list, layout: Layout, row_check: RowCheck | None) -> str | None:
+    """Whether rows and skipped files name exactly the files of batch b, in order."""
+    r = s = 0
+    for i in layout.positions(b):
+        if s < len(skipped) and skipped[s][0] == layout.paths[i]:
+            s += 1
+            continue
+        if r < len(rows):
+            why = row_check(rows[r], i) if row_check is not None else None
+            if why is None:
+                r += 1
+                continue
+            return f"batch {b}, row {r}: {why}"
+        return f"batch {b} does not account for its file {layout.paths[i]!r}"
+    n = len(layout.positions(b))
+    if r != len(rows) or s != len(skipped):
+        return f"batch {b} holds {len(rows)} rows and {len(skipped)} skipped files, but has {n} files"
+    return None
+
+
+def check_number(row: dict, key: str) -> str | None:
+    """A float field of a row: a number, or "nan"/"inf"/"-inf" (JSON has no non-finite numbers)."""
+    v = row.get(key)
+    if _number(v) or v in ("nan", "inf", "-inf"):
+        return None
+    return f"{key} is not a number ({v!r:.40})"
+
+
+def changed(old: dict, new: dict, skip: Sequence[str] = ()) -> list[str]:
+    """'key (old → new)' for each setting that differs; long values are shortened."""
+    def show(v) -> str:
+        text = "absent" if v is _ABSENT else repr(v)
+        return text if len(text) <= 40 else text[:37] + "..."
+
+    keys = [k for k in {**old, **new} if k not in skip and old.get(k, _ABSENT) != new.get(k, _ABSENT)]
+    return [f"{k} {show(old.get(k, _ABSENT))} then, {show(new.get(k, _ABSENT))} now" for k in keys]
+
+
+_ABSENT = object()

@@ -1,0 +1,125 @@
+"""What a Python caller may pass as images, checked at the API edge like the CLI checks its options.
+
+`Model.encode`, `.score`, `.reconstruct` and `.iter_scores` take images as arrays or as files.
+`user_images` tells the two apart (a path, a folder, a list or any iterable of them; or array
+data) and `as_images` turns array data into what the engines expect, uint8 (N, C, H, W):
+
+- uint8 is taken as it is; other integer types only when every value lies in 0..255;
+- floats only when finite and in [0, 1] (what `Model.decode` returns), converted to uint8 by
+  rounding x * 255: never divided by 255 a second time, never silently rescaled;
+- bool, complex, text and object arrays are refused, and so is any other shape.
+
+Each refusal is a BadInput (a VaekitError) with a one-line message that names the value and
+what is allowed. Numpy only, no torch: both engines use it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from vaekit.errors import BadInput
+
+MAX_BATCH_SIZE = 1 << 16
+WHAT = "images: a uint8 array (N, C, H, W), floats in [0, 1], an image file, a folder, or a list of them"
+
+
+def check_int(value, name: str, minimum: int = 0, maximum: int | None = None) -> int:
+    """`value` as an int when it is an integer (not a bool, a float or text) in range; else BadInput."""
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    if ok and value >= minimum and (maximum is None or value <= maximum):
+        return int(value)
+    bound = f"an integer >= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
+    raise BadInput(f"{name} must be {bound}, got {value!r}")
+
+
+def check_batch_size(value, default: int | None = None) -> int:
+    """A batch size: an integer from 1 to MAX_BATCH_SIZE; None means `default` (when given).
+    0, 1.5, "8" and True are refused, not read as the default."""
+    if value is None and default is not None:
+        value = default
+    return check_int(value, "batch_size", 1, MAX_BATCH_SIZE)
+
+
+def _is_path(v) -> bool:
+    return isinstance(v, (str, os.PathLike))
+
+
+def user_images(x, channels: int, size: int) -> tuple[list[Path] | None, np.ndarray | None]:
+    """(paths, None) when `x` names image files or folders, (None, uint8 images) when it is array
+    data (checked by `as_images`). A generator is read once, here."""
+    if x is None:
+        raise BadInput(f"no images given (None); expected {WHAT}")
+    if _is_path(x):
+        return [Path(x)], None
+    if isinstance(x, np.ndarray):
+        return None, as_images(x, channels, size)
+    if isinstance(x, (bytes, bytearray, dict)) or not isinstance(x, Iterable):
+        raise BadInput(f"invalid images of type {type(x).__name__}; expected {WHAT}")
+    items = list(x)
+    if not items:
+        raise BadInput(f"no images given (an empty {type(x).__name__}); expected {WHAT}")
+    paths = [_is_path(v) for v in items]
+    if all(paths):
+        return [Path(v) for v in items], None
+    if any(paths):
+        raise BadInput("a list of images must hold only paths or only arrays, not both")
+    return None, as_images(items, channels, size)
+
+
+def as_images(x, channels: int, size: int) -> np.ndarray:
+    """Array data -> uint8 (N, channels, size, size); BadInput for any other dtype, value or shape."""
+    want = f"(N, {channels}, {size}, {size})"
+    if isinstance(x, (list, tuple)):
+        shapes = {np.shape(v) for v in x}
+        if len(shapes) > 1:
+            raise BadInput(f"the images differ in shape ({', '.join(map(str, sorted(shapes)[:3]))}); "
+                           f"every image must be ({channels}, {size}, {size})")
+    try:
+        a = np.asarray(x)
+    except (ValueError, TypeError) as e:
+        raise BadInput(f"images cannot be read as one array ({e}); expected {want}") from None
+    a = _as_uint8(a)
+    if a.ndim == 3 and a.shape == (channels, size, size):
+        raise BadInput(f"expected a batch of images {want}, got one image {a.shape}: pass x[None]")
+    if a.ndim != 4 or a.shape[1:] != (channels, size, size):
+        raise BadInput(f"expected images of shape {want}, got {a.shape}")
+    return a
+
+
+def _as_uint8(a: np.ndarray) -> np.ndarray:
+    kind = a.dtype.kind
+    if a.dtype == np.uint8:
+        return a
+    if kind in "iu":
+        if a.size and (a.min() < 0 or a.max() > 255):
+            raise BadInput(f"{a.dtype} images must hold values in 0..255, got {a.min()}..{a.max()}")
+        return a.astype(np.uint8)
+    if kind == "f":
+        if not np.isfinite(a).all():
+            raise BadInput("float images must be finite, got NaN or infinity")
+        if a.size and (a.min() < 0 or a.max() > 1):
+            raise BadInput(f"float images must lie in [0, 1] (as Model.decode returns them), got "
+                           f"{float(a.min()):.4g}..{float(a.max()):.4g}; for 0..255 data pass x.astype(np.uint8)")
+        return np.rint(a * 255).astype(np.uint8)  # as images.to_uint8 does
+    names = {"b": "bool", "c": "complex", "U": "text", "S": "bytes", "O": "object"}
+    raise BadInput(f"images of dtype {a.dtype} ({names.get(kind, kind)}) are not accepted; expected {WHAT}")
+
+
+def as_latents(z, latent_dim: int) -> np.ndarray:
+    """Latent codes -> float32 (N, latent_dim), finite; BadInput for complex, text or other shapes."""
+    try:
+        a = np.asarray(z)
+    except (ValueError, TypeError) as e:
+        raise BadInput(f"latent codes cannot be read as one array ({e})") from None
+    if a.dtype.kind not in "iuf" or a.dtype == np.bool_:
+        raise BadInput(f"latent codes must be real numbers, got dtype {a.dtype}")
+    if a.ndim != 2 or a.shape[1] != latent_dim:
+        raise BadInput(f"expected latent codes of shape (N, {latent_dim}), got {a.shape}")
+    a = a.astype(np.float32)
+    if not np.isfinite(a).all():
+        raise BadInput("latent codes must be finite, got NaN or infinity")
+    return a

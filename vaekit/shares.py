@@ -1,0 +1,226 @@
+"""Shares of a streaming job (`--shard i/n`, or torchrun's ranks): their journals, and the one merge.
+
+Share i of n journals to `OUT.shard-i-of-n.partial` (vaekit.journals). When every share's
+journal holds all its batches, one process merges them into OUT in file order: under torchrun
+rank 0 (it waits for the others), with explicit shards whichever finishes last. Another share's
+journal is read without taking its lock (its process may still be appending), and trusted only
+as far as it is checked: its header must equal this share's settings but for the share itself
+(the same model, score, batch size, file list...), and every line must be one of that share's
+batches (vaekit.batches). Shares of different jobs are refused (exit 2), naming what differs,
+instead of being merged into one file.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from vaekit.batches import Layout, RowCheck, changed, check_entry
+from vaekit.errors import BadInput, DamagedFile, InUse
+from vaekit.journals import JOURNAL_VERSION, open_regular, parse, partial_path, read_lines
+
+MERGING = ".merging"
+_LOCK_TEXT = b"vaekit shard merge lock\n"  # what makes OUT.merging vaekit's own
+
+
+def share_out(out: Path, index: int, count: int) -> Path:
+    """The file a share journals for (its journal is this name + .partial): OUT itself when unsharded."""
+    return out if count == 1 else out.with_name(f"{out.name}.shard-{index}-of-{count}")
+
+
+class Shares:
+    """The n shares of a job writing `out`, as this share (`settings`, `layout`) expects them."""
+
+    def __init__(self, out: Path, settings: dict, layout: Layout, row_check: RowCheck | None = None):
+        self.out, self.layout, self.row_check = Path(out), layout, row_check
+        self.settings = {"vaekit_journal": JOURNAL_VERSION, **settings}
+        self.count = layout.count
+
+    def journal(self, j: int) -> Path:
+        return partial_path(share_out(self.out, j, self.count))
+
+    def _lines(self, j: int) -> Iterator[tuple[int, bytes]] | None:
+        fd = open_regular(self.journal(j), write=False)
+        if fd is None:
+            return None
+
+        def lines():
+            try:
+                yield from read_lines(fd)
+            finally:
+                os.close(fd)
+
+        return lines()
+
+    def check_headers(self) -> None:
+        """Refuse now, before any work, when another share's journal was started by another job
+        (this share's own journal is checked when it is opened)."""
+        for j in range(self.count):
+            if j == self.layout.index:
+                continue
+            lines = self._lines(j)
+            if lines is not None:
+                with _closing(lines):
+                    first = next(lines, None)
+                if first is not None:
+                    self._check_header(j, first[1])
+
+    def _check_header(self, j: int, line: bytes) -> None:
+        try:
+            header = parse(line)
+        except ValueError:
+            header = None
+        if not isinstance(header, dict) or "vaekit_journal" not in header:
+            raise DamagedFile(f"{self.journal(j)} is not a vaekit journal; delete it and score that share again")
+        diff = changed(header, self.settings, skip=("shard",))
+        if diff or header.get("shard") != [j, self.count]:
+            raise BadInput(f"cannot merge share {j}/{self.count} ({self.journal(j).name}): it was started with "
+                           f"other settings ({'; '.join(diff) or 'shard'}); run every share with the same "
+                           "command, or delete that journal and score its share again")
+
+    def entries(self, j: int) -> Iterator[dict]:
+        """Share j's batch entries, each checked (header first): complete lines only."""
+        lines = self._lines(j)
+        if lines is None:
+            return
+        layout, seen = self.layout.share(j), set()
+        with _closing(lines):
+            for n, (_, line) in enumerate(lines, 1):
+                if n == 1:
+                    self._check_header(j, line)
+                    continue
+                try:
+                    entry = parse(line)
+                except ValueError:
+                    entry = None
+                why = "not JSON" if entry is None else check_entry(entry, layout, self.row_check, seen)
+                if why is not None:
+                    raise DamagedFile(f"{self.journal(j)} is damaged at line {n}: {why}; delete it and score "
+                                      "that share again")
+                seen.add(entry["batch"])
+                yield entry
+
+    def complete(self, j: int) -> bool:
+        """Whether share j's journal holds every batch it owns (each line checked)."""
+        want = set(self.layout.share(j).mine())
+        got = {e["batch"] for e in self.entries(j)} if self.journal(j).exists() else None
+        return got is not None and want <= got
+
+    def pending(self) -> list[int]:
+        return [j for j in range(self.count) if not self.complete(j)]
+
+    def merged(self) -> Iterator[dict]:
+        """Every share's entries in batch order, that is in file order."""
+        return heapq.merge(*(self.entries(j) for j in range(self.count)), key=lambda e: e["batch"])
+
+    def remove(self) -> None:
+        for j in range(self.count):
+            self.journal(j).unlink(missing_ok=True)
+
+    def wait(self, timeout: float | None, progress=None) -> None:
+        """Under torchrun, rank 0: wait until every rank's journal holds all its batches."""
+        start = time.monotonic()
+        while True:
+            ready = self.count - len(self.pending())
+            if progress:
+                progress(ready, self.count, phase="merge")
+            if ready == self.count:
+                return
+            if timeout is not None and time.monotonic() - start > timeout:
+                raise InUse(f"gave up after {timeout:.0f} s waiting for {self.count - ready} other rank(s) to finish "
+                            f"{self.out}; rerun with --resume to continue")
+            time.sleep(0.5)
+
+
+@contextmanager
+def _closing(gen):
+    try:
+        yield gen
+    finally:
+        gen.close()
+
+
+@contextmanager
+def merge_lock(out: Path):
+    """True when this process may merge: it holds the flock of OUT.merging (no flock: always).
+
+    OUT.merging is vaekit's when vaekit created it (it holds _LOCK_TEXT); a file of that name
+    that is not is refused (BadInput), never used or deleted. The lock file goes when the merge
+    is done, if it is still the one this process locked."""
+    try:
+        import fcntl
+    except ImportError:
+        yield True
+        return
+    lock = out.with_name(out.name + MERGING)
+    fd = _open_lock(lock)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            st, here = os.fstat(fd), _lstat(lock)
+            if here is not None and (here.st_dev, here.st_ino) == (st.st_dev, st.st_ino):
+                lock.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
+
+
+def _lstat(path: Path):
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+
+
+def _open_lock(lock: Path) -> int:
+    flags = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(lock, flags | os.O_CREAT | os.O_EXCL, 0o644)
+        os.write(fd, _LOCK_TEXT)
+        return fd
+    except FileExistsError:
+        pass
+    fd = open_regular(lock, write=False, what="shard merge lock")
+    if fd is None:  # removed since: a merge just finished; the next look finds the shares merged
+        return _open_lock(lock)
+    if os.pread(fd, len(_LOCK_TEXT) + 1, 0) != _LOCK_TEXT:
+        os.close(fd)
+        raise BadInput(f"{lock} exists and is not vaekit's shard merge lock; rename it, or write the output "
+                       "elsewhere")
+    return fd
+
+
+def finish_when_complete(shares: Shares, torchrun: bool, timeout: float | None, progress,
+                         finish) -> tuple[bool, list[int]]:
+    """Call `finish()` (write OUT from `shares.merged()`, then `shares.remove()`) when every share
+    is complete and this process is the one to merge: (merged, shares still pending).
+
+    Unsharded, the caller still holds its journal's lock, so no other process can be merging.
+    Under torchrun only rank 0 merges, after waiting for the others; with explicit shards
+    whichever share sees them all complete first takes OUT.merging's lock and merges."""
+    index, count = shares.layout.index, shares.count
+    if count > 1 and torchrun and index != 0:
+        return False, []
+    if torchrun:
+        shares.wait(timeout, progress)
+    pending = shares.pending()
+    if pending:
+        return False, pending
+    if count == 1:
+        finish()
+        return True, []
+    with merge_lock(shares.out) as mine:
+        # checked again under the lock: a share that finished at the same time may have merged
+        if mine and not shares.pending():
+            finish()
+            return True, []
+    return False, []
