@@ -10,17 +10,23 @@ from __future__ import annotations
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
-from vaekit_cli.output import (DEVICE_HELP, Device, console, dumps_json, err_console, image_rate, load_model,
-                               progress_bar, shown)
+from vaekit_cli.output import (DEVICE_HELP, Device, apply_threads, console, dumps_json, err_console, image_rate,
+                               load_model, progress_bar, shown)
 
 ModelArg = Annotated[Path, typer.Argument(help="Run directory or exported .onnx file.", exists=True)]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON to stdout only.")]
 DeviceOpt = Annotated[Device, typer.Option(help=DEVICE_HELP)]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue a killed job from OUT.partial (same command).")]
+Shard = Annotated[Optional[str], typer.Option(help="Process only share INDEX/COUNT of the files (e.g. 0/4); the last "
+                                                    "share to finish merges them into -o.")]
+BatchSize = Annotated[int, typer.Option(min=1, max=4096, help="Images decoded and processed at a time.")]
+Workers = Annotated[int, typer.Option(min=0, max=256, help="Processes decoding images ahead (0 or 1: a thread of "
+                                                           "this one, overlapping the model).")]
 
 
 class Precision(str, Enum):
@@ -63,16 +69,24 @@ def encode(
     precision: Annotated[Precision, typer.Option(help="q8: 8 bits per dimension; f16; f32: exact means.")] = Precision.q8,
     overwrite: Overwrite = False,
     as_json: JsonOut = False,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue a killed job from OUT.partial (same command).")] = False,
+    resume: Resume = False,
+    shard: Shard = None,
+    batch_size: BatchSize = 256,
+    workers: Workers = 0,
     device: DeviceOpt = Device.auto,
 ) -> None:
     """Compress images into one file of latent codes (posterior means; deterministic)."""
     from vaekit.codes import encode_folder
 
+    apply_threads()
+    share = _share(shard)
     m = load_model(model, device)
     with _progress("decoding images", as_json) as progress:
-        report = encode_folder(m, images, out, precision.value, overwrite=overwrite, progress=progress, resume=resume)
+        report = encode_folder(m, images, out, precision.value, overwrite=overwrite, progress=progress, resume=resume,
+                               batch_size=batch_size, workers=workers, shard=share)
     _skipped(report.skipped)
+    if not report.merged:
+        return _share_pending(report, out, as_json)
     if as_json:
         return _print_json(report.to_dict())
     from rich.table import Table
@@ -86,6 +100,25 @@ def encode(
                                 f"{report.bits_per_source_pixel:.4f} (of the originals)")
     t.add_row("vs. sources", f"{report.source_bytes:,} bytes, {report.ratio:.1f}× smaller")
     console.print(t)
+
+
+def _share(text):
+    """--shard INDEX/COUNT checked now; not with torchrun, whose ranks take their shares already."""
+    from vaekit import stream
+
+    share = stream.parse_shard(text) if text is not None else None
+    if share is not None and stream.env_shard()[1] > 1:
+        raise typer.BadParameter("--shard cannot be combined with torchrun (each rank takes its share already)")
+    return share
+
+
+def _share_pending(report, out, as_json: bool) -> None:
+    i, n = report.shard
+    waiting = ", ".join(map(str, report.pending[:10])) + (" ..." if len(report.pending) > 10 else "") or "the merge"
+    if as_json:
+        return _print_json({"shard": [i, n], "merged": False, "pending": report.pending, "out": str(out)})
+    console.print(f"share {i}/{n} done; {shown(out)} is written when every share has finished (waiting for {waiting})",
+                  highlight=False, soft_wrap=True)
 
 
 def decode(
@@ -114,14 +147,24 @@ def reconstruct(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for reconstructions and comparison.png (created).")],
     overwrite: Overwrite = False,
     as_json: JsonOut = False,
+    resume: Resume = False,
+    shard: Shard = None,
+    batch_size: BatchSize = 256,
+    workers: Workers = 0,
     device: DeviceOpt = Device.auto,
 ) -> None:
     """Reconstruct images through the model; report PSNR and SSIM per image (SSIM needs vaekit[metrics])."""
-    from vaekit.quality import reconstruct_folder
+    from vaekit.reconstruct_job import reconstruct_to_folder
 
+    apply_threads()
+    share = _share(shard)
     m = load_model(model, device)
     with _progress("decoding images", as_json) as progress:
-        report = reconstruct_folder(m, images, out, overwrite=overwrite, progress=progress)
+        report = reconstruct_to_folder(m, images, out, overwrite=overwrite, progress=progress, batch_size=batch_size,
+                                       workers=workers, resume=resume, shard=share)
+    if not report.merged:
+        _skipped(report.skipped)
+        return _share_pending(report, out, as_json)
     _skipped(report.skipped)
     if as_json:
         return _print_json(report.to_dict())

@@ -17,10 +17,13 @@ import numpy as np
 from vaekit import images as imageio
 from vaekit import stream
 from vaekit.codes.format import PRECISIONS, CodeFile, FingerprintMismatch, _validate, load, quantize
+from vaekit.batches import Layout, digest
 from vaekit.codes.writer import write_streamed
 from vaekit.errors import BadInput
-from vaekit.fileio import refuse_existing, refuse_inside
+from vaekit.fileio import atomic_writer, refuse_existing, refuse_inside
+from vaekit.images.arrays import check_batch_size
 from vaekit.journals import naming_failed_writes, open_journal
+from vaekit.shares import Shares, finish_when_complete, share_out
 
 if TYPE_CHECKING:  # the engine is passed in; importing it here would cost nothing but clarity
     from vaekit.engine import Model
@@ -72,6 +75,10 @@ class EncodeReport:
     source_pixels: int  # total pixels of the source images at their original sizes
     precision: str
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    shard: tuple[int, int] = (0, 1)  # (index, count) this process encoded
+    merged: bool = True  # False: a share whose code file another share's process writes
+    pending: list[int] = field(default_factory=list)  # shares not complete yet (merged False)
+    resumed: int = 0  # batches a previous run had finished
 
     @property
     def bytes_per_image(self) -> float:
@@ -111,65 +118,118 @@ def encode_folder(
     resume: bool = False,
     batch_size: int = BATCH_SIZE,
     workers: int = 0,
+    shard: tuple[int, int] | None = None,
+    merge_timeout: float | None = None,
 ) -> EncodeReport:
     """Encode every image under `source` into the code file `out` (`vaekit encode`), in bounded memory.
 
-    Each batch's codes go to `out.partial` as they are computed; `resume` continues a killed job."""
+    Each batch's codes go to `out.partial` as they are computed; `resume` continues a killed job.
+    shard=(i, n) (or torchrun's RANK / WORLD_SIZE) encodes share i of n; the share that finds
+    all complete writes `out` (report.merged), the same file an unsharded run writes."""
     out = Path(out)
     _check_precision(precision)
+    batch_size = check_batch_size(batch_size)
     if out.is_dir():
         raise BadInput(f"output {out} is a folder; give a file name such as {out / 'images.codes'}")
     found = stream.find_inputs(source)
     refuse_inside(out, found.roots, "output")
     refuse_existing([out], overwrite)
+    torchrun = shard is None and stream.env_shard()[1] > 1
+    index, count = stream.check_shard(*(stream.env_shard() if shard is None else shard))
     info = model.info
-    settings = {"job": "encode", "fingerprint": info.fingerprint, "batch_size": batch_size,
-                "files": len(found.paths), "inputs": [str(r) for r in found.roots]}
-    journal = open_journal(out, settings, resume)
-    done = len([i for i in range(len(found.paths)) if i // batch_size in journal.done])
+    layout = Layout(getattr(found.paths, "texts", None) or [str(p) for p in found.paths], batch_size, index, count)
+    settings = {"job": "encode", "engine": info.engine, "fingerprint": info.fingerprint, "batch_size": batch_size,
+                "files": len(found.paths), "file_list": digest(layout.paths), "inputs": [str(r) for r in found.roots],
+                "shard": [index, count]}
+    shares = Shares(out, settings, layout, _row_check(found.names, info.latent_dim))
+    shares.check_headers()
+    journal = open_journal(share_out(out, index, count), settings, resume, layout, shares.row_check)
     try:
-        for b in stream.iter_batches(found.paths, info.image_size, info.channels, batch_size, workers,
-                                     skip_batches=frozenset(journal.done)):
-            mu = model.encode(b.images)[0].astype(np.float32) if len(b.paths) else np.zeros((0, info.latent_dim), np.float32)
-            rows = [{"name": found.names[i], "size": list(original_size(p)), "bytes": p.stat().st_size,
-                     "mu": base64.b64encode(np.ascontiguousarray(z, "<f4").tobytes()).decode()}
-                    for i, p, z in zip(b.positions, b.paths, mu)]
-            with naming_failed_writes(out):
-                journal.append(b.index, rows, [(str(p), r) for p, r in b.skipped])
-            done += len(b.paths) + len(b.skipped)
-            if progress:
-                progress(done, len(found.paths))
-    except BaseException:  # a stopped job releases its journal's lock at once (resumable in this process)
-        try:
+        resumed = len(journal.done)
+        _encode_batches(model, found, journal, layout, workers, progress)
+        if count > 1:  # this share is written: its lock goes, another share's process may merge it
             journal.close()
-        except OSError:
-            pass  # the error that stopped the job is the one to report
-        raise
-    skipped = [(Path(p), r) for p, r in journal.skipped()]
-    kept, sizes, source_bytes = [], [], 0
-    for r in journal.rows():
-        kept.append(r["name"])
-        sizes.append(r["size"])
-        source_bytes += r["bytes"]
+        report = EncodeReport(out, 0, 0, 0, info.image_size, 0, precision, shard=(index, count), resumed=resumed)
+        report.merged, report.pending = finish_when_complete(
+            shares, torchrun, merge_timeout, progress, lambda: _write_code_file(shares, report, info, source))
+        return report
+    finally:  # done, or stopped: the journal's lock goes at once (resumable in this process)
+        journal.close()
+
+
+def _row_check(names: Sequence[str], latent_dim: int):
+    """A journal row must be the codes of file `names[i]`: its size, bytes and latent_dim means."""
+    def check(row, i: int) -> str | None:
+        if not isinstance(row, dict) or set(row) != {"name", "size", "bytes", "mu"}:
+            return "not a code row"
+        if row["name"] != names[i]:
+            return f"names {str(row['name'])[:80]!r}, not the batch's file {names[i]!r}"
+        size, n = row["size"], row["bytes"]
+        if not (isinstance(size, list) and len(size) == 2 and all(type(v) is int and 0 < v <= 1 << 31 for v in size)):
+            return f"size {size!r:.40} is not [height, width]"
+        if type(n) is not int or n < 0:
+            return f"bytes {n!r:.40} is not a file size"
+        try:
+            mu = np.frombuffer(base64.b64decode(row["mu"], validate=True), "<f4")
+        except (TypeError, ValueError):
+            return "mu is not base64 text"
+        if mu.shape != (latent_dim,) or not np.isfinite(mu).all():
+            return f"mu holds {mu.size} numbers, not {latent_dim} finite ones"
+        return None
+
+    return check
+
+
+def _encode_batches(model: "Model", found: stream.Inputs, journal, layout: Layout, workers: int,
+                    progress: Progress | None) -> None:
+    info, size = model.info, layout.batch_size
+    positions = stream.shard(found.paths, layout.index, layout.count, size) if layout.count > 1 else None
+    total = len(found.paths) if positions is None else len(positions)
+    done = sum(len(layout.positions(b)) for b in journal.done)
+    for b in stream.iter_batches(found.paths, info.image_size, info.channels, size, workers, positions,
+                                 skip_batches=frozenset(journal.done)):
+        mu = model.encode(b.images)[0].astype(np.float32) if len(b.paths) else np.zeros((0, info.latent_dim), np.float32)
+        rows = [{"name": found.names[i], "size": list(original_size(p)), "bytes": p.stat().st_size,
+                 "mu": base64.b64encode(np.ascontiguousarray(z, "<f4").tobytes()).decode()}
+                for i, p, z in zip(b.positions, b.paths, mu)]
+        with naming_failed_writes(journal.out):
+            journal.append(b.index, rows, [(str(p), r) for p, r in b.skipped])
+        done += len(b.paths) + len(b.skipped)
+        if progress:
+            progress(done, total)
+
+
+def _write_code_file(shares, report: EncodeReport, info, source) -> None:
+    """The code file from every share's journal, chunk by chunk, atomically; then the journals go."""
+    kept, sizes, skipped = [], [], []
+    for e in shares.merged():
+        skipped += [(Path(p), r) for p, r in e["skipped"]]
+        for r in e["rows"]:
+            kept.append(r["name"])
+            sizes.append(r["size"])
+            report.source_bytes += r["bytes"]
     if not kept:
-        journal.path.unlink(missing_ok=True)
+        shares.remove()
         raise imageio.none_usable(f"in {source}", skipped)
     sizes = np.array(sizes, dtype=np.int32).reshape(-1, 2)
 
     def chunks() -> Iterator[np.ndarray]:
         batch = []
-        for r in journal.rows():
-            batch.append(np.frombuffer(base64.b64decode(r["mu"]), "<f4"))
-            if len(batch) == CHUNK:
-                yield np.stack(batch).astype(np.float32)
-                batch = []
+        for e in shares.merged():
+            for r in e["rows"]:
+                batch.append(np.frombuffer(base64.b64decode(r["mu"]), "<f4"))
+                if len(batch) == CHUNK:
+                    yield np.stack(batch).astype(np.float32)
+                    batch = []
         if batch:
             yield np.stack(batch).astype(np.float32)
 
-    journal.finish(lambda f: write_streamed(f, chunks, kept, sizes, precision, info.fingerprint, info.image_size,
-                                            info.channels, info.latent_dim))
-    return EncodeReport(out, len(kept), out.stat().st_size, source_bytes, info.image_size, int(sizes.astype(np.int64).prod(1).sum()),
-                        precision, skipped)
+    with atomic_writer(report.path) as f:
+        write_streamed(f, chunks, kept, sizes, report.precision, info.fingerprint, info.image_size, info.channels,
+                       info.latent_dim)
+    shares.remove()
+    report.count, report.skipped, report.file_bytes = len(kept), skipped, report.path.stat().st_size
+    report.source_pixels = int(sizes.astype(np.int64).prod(1).sum())
 
 
 def check_model(cf: CodeFile, model: "Model", source: str = "code file") -> None:

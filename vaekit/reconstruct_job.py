@@ -1,0 +1,183 @@
+"""`vaekit reconstruct` as a job: streamed, written as it goes, resumable, shardable.
+
+Like `anomaly-score` and `encode` (vaekit.anomaly.job, vaekit.codes.jobs): images are decoded
+and reconstructed in fixed batches; each batch's PNGs are written, then its line (each image's
+name, PSNR and SSIM) goes to the journal `OUT.partial` beside the output folder, so a killed job
+continues with `resume=True` and a share (`shard=(i, n)`) journals on its own. When every
+share is complete, one process writes `OUT/comparison.png` (the first `grid_max` inputs beside
+their reconstructions, read back from the PNGs, so it is the same whichever process wrote
+them) and removes the journals.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from vaekit import images as imageio
+from vaekit import pipeline, stream
+from vaekit.batches import Layout, check_number, digest
+from vaekit.errors import BadInput
+from vaekit.fileio import refuse_existing, refuse_inside
+from vaekit.images.arrays import check_batch_size, check_int
+from vaekit.journals import naming_failed_writes, open_journal
+from vaekit.quality import GRID, ReconstructReport, psnr, ssim
+from vaekit.shares import Shares, finish_when_complete, share_out
+
+if TYPE_CHECKING:
+    from vaekit.engine import Model
+
+BATCH_SIZE = 256
+
+
+@dataclass
+class ReconstructJob(ReconstructReport):
+    shard: tuple[int, int] = (0, 1)  # (index, count) this process reconstructed
+    merged: bool = True  # False: a share whose grid another share's process writes (rows: this share's)
+    pending: list[int] = field(default_factory=list)  # shares not complete yet
+    resumed: int = 0  # batches a previous run had finished
+
+
+def reconstruct_to_folder(model: "Model", source: str | Path | Sequence[str | Path], out_dir: str | Path,
+                          overwrite: bool = False, grid_max: int = 32, progress=None, batch_size: int = BATCH_SIZE,
+                          workers: int = 0, resume: bool = False, shard: tuple[int, int] | None = None,
+                          merge_timeout: float | None = None) -> ReconstructJob:
+    """Reconstruct every image under `source` (z = posterior mean) into `out_dir`, in bounded memory.
+
+    Writes `<out_dir>/<name>.png` per image and `<out_dir>/comparison.png`; every target is
+    checked before the first is written (resuming, the PNGs of finished batches are this job's
+    own). shard: this process's share; None: torchrun's RANK / WORLD_SIZE, or all."""
+    from vaekit.codes import png_names
+
+    grid_max, batch_size = check_int(grid_max, "grid_max", 1), check_batch_size(batch_size)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BadInput(f"output {out_dir} exists and is not a folder")
+    found = stream.find_inputs(source)
+    refuse_inside(out_dir, found.roots, "output folder")  # its PNGs would be read back as inputs
+    targets = png_names(found.names)  # relative to out_dir
+    if GRID in targets:
+        raise BadInput(f"an input image would be written to {out_dir / GRID}, the comparison grid; rename it")
+    torchrun = shard is None and stream.env_shard()[1] > 1
+    index, count = stream.check_shard(*(stream.env_shard() if shard is None else shard))
+    info = model.info
+    layout = Layout(getattr(found.paths, "texts", None) or [str(p) for p in found.paths], batch_size, index, count)
+    settings = {"job": "reconstruct", "engine": info.engine, "fingerprint": info.fingerprint,
+                "batch_size": batch_size, "files": len(found.paths), "file_list": digest(layout.paths),
+                "inputs": [str(r) for r in found.roots], "grid_max": grid_max, "shard": [index, count]}
+    shares = Shares(out_dir, settings, layout, _row_check(found.names))
+    shares.check_headers()
+    journal = open_journal(share_out(out_dir, index, count), settings, resume, layout, shares.row_check)
+    try:
+        todo = [b for b in layout.mine() if b not in journal.done]
+        own = set(layout.positions(todo[0])) if journal.resumed and todo else set()  # see anomaly.job._check_maps
+        taken = [out_dir / targets[i] for b in todo for i in layout.positions(b) if i not in own]
+        refuse_existing([*taken, *([] if journal.resumed else [out_dir / GRID])], overwrite)
+        report = ReconstructJob(out_dir, [], [], out_dir / GRID, np.zeros(0), None, shard=(index, count),
+                                resumed=len(journal.done))
+        _run(model, found, journal, layout, [out_dir / t for t in targets], workers, progress)
+        if count > 1:  # this share is written: its lock goes, another share's process may merge it
+            journal.close()
+        report.merged, report.pending = finish_when_complete(
+            shares, torchrun, merge_timeout, progress, lambda: _finish(shares, report, model, out_dir, found, targets, grid_max))
+        if not report.merged:
+            _collect(shares.entries(index), report, out_dir, found, targets)
+        return report
+    finally:  # done, or stopped: the journal's lock goes at once (resumable in this process)
+        journal.close()
+
+
+def _row_check(names: Sequence[str]):
+    def check(row, i: int) -> str | None:
+        if not isinstance(row, dict) or set(row) != {"name", "psnr", "ssim"}:
+            return "not a reconstruction row"
+        if row["name"] != names[i]:
+            return f"names {str(row['name'])[:80]!r}, not the batch's file {names[i]!r}"
+        return check_number(row, "psnr") or (None if row["ssim"] is None else check_number(row, "ssim"))
+
+    return check
+
+
+def _num(v: float) -> float | str:
+    return float(v) if math.isfinite(v) else repr(float(v))  # JSON has no infinity: "inf" as text
+
+
+def _run(model: "Model", found: stream.Inputs, journal, layout: Layout, targets: list[Path], workers: int,
+         progress) -> None:
+    """Reconstruct this share's unfinished batches; a batch's PNGs, then its journal line, are
+    written in a thread behind the reconstruction (in order)."""
+    info = model.info
+    positions = stream.shard(found.paths, layout.index, layout.count, layout.batch_size) if layout.count > 1 else None
+    total = len(found.paths) if positions is None else len(positions)
+    done = sum(len(layout.positions(b)) for b in journal.done)
+    has_ssim = [True]
+
+    def write(item) -> None:
+        b, pngs, rows = item
+        for img, path in pngs:
+            imageio.save_png(img, path)
+        with naming_failed_writes(journal.out):  # after its PNGs: a batch in the journal is a batch done
+            journal.append(b.index, rows, [(str(p), r) for p, r in b.skipped])
+
+    with pipeline.WriteBehind(write) as writer:
+        for b in stream.iter_batches(found.paths, info.image_size, info.channels, layout.batch_size, workers,
+                                     positions, skip_batches=frozenset(journal.done)):
+            rows, pngs = [], []
+            if len(b.paths):
+                x_hat = imageio.to_uint8(model.reconstruct(b.images))
+                p = psnr(b.images, x_hat)
+                s = _ssim(b.images, x_hat, has_ssim)
+                rows = [{"name": found.names[i], "psnr": _num(p[k]), "ssim": None if s is None else _num(s[k])}
+                        for k, i in enumerate(b.positions)]
+                pngs = list(zip(x_hat, [targets[i] for i in b.positions]))
+            writer.put((b, pngs, rows))
+            done += len(b.paths) + len(b.skipped)
+            if progress:
+                progress(done, total)
+
+
+def _ssim(x, x_hat, has_ssim: list[bool]):
+    if not has_ssim[0]:
+        return None
+    try:
+        return ssim(x, x_hat)
+    except ImportError:  # a vaekit[runtime] box: PSNR only, and the CLI says why
+        has_ssim[0] = False
+        return None
+
+
+def _collect(entries, report: ReconstructJob, out_dir: Path, found: stream.Inputs, targets: list[str]) -> list[int]:
+    """The report's rows from journal entries; each row's position in the file list."""
+    names, ps, ss, skipped = [], [], [], []
+    for e in entries:
+        skipped += [(Path(p), r) for p, r in e["skipped"]]
+        for r in e["rows"]:
+            names.append(r["name"])
+            ps.append(float(r["psnr"]))
+            ss.append(None if r["ssim"] is None else float(r["ssim"]))
+    where = {n: i for i, n in enumerate(found.names)}  # unique: png_names refused any clash
+    at = [where[n] for n in names]
+    report.names, report.skipped, report.psnr = names, skipped, np.array(ps, dtype=np.float64)
+    report.written = [out_dir / targets[i] for i in at]
+    report.ssim = None if any(s is None for s in ss) else np.array(ss, dtype=np.float64)
+    return at
+
+
+def _finish(shares: Shares, report: ReconstructJob, model: "Model", out_dir: Path, found: stream.Inputs,
+            targets: list[str], grid_max: int) -> None:
+    """The comparison grid from the first `grid_max` images (inputs decoded again, reconstructions
+    read back from their PNGs), then the journals go."""
+    at = _collect(shares.merged(), report, out_dir, found, targets)
+    if not report.names:
+        shares.remove()
+        raise imageio.none_usable("in " + ", ".join(map(str, found.roots)), report.skipped)
+    info, shown = model.info, []
+    for i, png in zip(at[:grid_max], report.written[:grid_max]):
+        shown.append(imageio.load_image(found.paths[i], info.image_size, info.channels))
+        shown.append(imageio.load_image(png, info.image_size, info.channels))
+    imageio.save_png(imageio.make_grid(np.stack(shown), ncol=8), out_dir / GRID)
+    shares.remove()
