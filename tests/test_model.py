@@ -63,3 +63,23 @@ def test_mean_image_is_in_unit_range():
         model = ConvVAE(ModelConfig(image_size=16, latent_dim=3, base_channels=4, likelihood=lik))
         m = model.mean_image(torch.randn(2, 1, 16, 16) * 5)
         assert m.min() >= 0 and m.max() <= 1
+
+
+@pytest.mark.parametrize("hw", [(64, 64), (96, 80), (37, 53), (17, 16)])
+def test_a_grid_model_reads_images_of_any_size(hw):
+    # surfaces are trained on crops and scored whole, at their own resolution
+    torch.manual_seed(0)
+    model = ConvVAE(ModelConfig(image_size=32, layout="grid", likelihood="gaussian", channels=3)).eval()
+    x = torch.rand(2, 3, *hw)
+    with torch.no_grad():
+        recon, kl, pmap, mu, logvar = model.score_parts(x, torch.zeros(2, 8 * (-(-hw[0] // 4)) * (-(-hw[1] // 4))))
+    assert pmap.shape == (2, *hw) and mu.shape == (2, 8 * (-(-hw[0] // 4)) * (-(-hw[1] // 4)))
+    assert torch.isfinite(recon).all() and torch.isfinite(kl).all()
+
+
+def test_a_grid_model_at_its_own_size_decodes_the_same_with_or_without_a_size():
+    torch.manual_seed(0)
+    model = ConvVAE(ModelConfig(image_size=32, layout="grid", likelihood="bernoulli")).eval()
+    z = torch.randn(3, 8 * 8 * 8)
+    with torch.no_grad():
+        torch.testing.assert_close(model.decode(z), model.decode(z, (32, 32)))

@@ -125,8 +125,14 @@ class Up(nn.Module):
         self.size = size
         self.conv = nn.Conv2d(c_in, c_out, 3, padding=1)
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(h, size=(self.size, self.size), mode="nearest"))
+    def forward(self, h: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+        return self.conv(F.interpolate(h, size=size or (self.size, self.size), mode="nearest"))
+
+
+def grid_sizes(h: int, w: int) -> list[tuple[int, int]]:
+    """(height, width) after each of a grid model's two stride-2 stages: any image size works,
+    since a grid model is fully convolutional (a latent cell per 4x4 pixels)."""
+    return [(h, w), (-(-h // 2), -(-w // 2)), (-(-h // 4), -(-w // 4))]
 
 
 def v2_plan(cfg: ModelConfig) -> tuple[list[int], list[int]]:
@@ -186,13 +192,19 @@ class ResDecoder(nn.Module):
         layers.append(nn.Conv2d(c, out_channels(cfg), 3, padding=1))
         self.convs = nn.Sequential(*layers)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """`size` (grid layout only): the (H, W) of the image z came from, when it is not the
+        model's own image size (crops, whole surfaces at their native resolution)."""
         s = self.sizes[-1]
         if self.cfg.layout == "vector":
             h = self.from_z(z).view(-1, self.widths[-1], s, s)
-        else:
-            h = self.from_z(z.view(-1, self.cfg.latent_dim, s, s))
-        return self.convs(F.leaky_relu(h, 0.2))  # (B, C, H, W)
+            return self.convs(F.leaky_relu(h, 0.2))  # (B, C, H, W)
+        sizes = grid_sizes(*(size or (self.sizes[0], self.sizes[0])))
+        h = F.leaky_relu(self.from_z(z.view(-1, self.cfg.latent_dim, *sizes[-1])), 0.2)
+        targets = iter(sizes[-2::-1])  # the Up stages restore each encoder stage's size in turn
+        for layer in self.convs:
+            h = layer(h, next(targets)) if isinstance(layer, Up) else layer(h)
+        return h  # (B, C, H, W)
 
 
 class ConvVAE(nn.Module):
@@ -224,11 +236,12 @@ class ConvVAE(nn.Module):
             eps = torch.randn_like(mu)
         return mu + torch.exp(0.5 * logvar) * eps
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
         """Likelihood parameters: Bernoulli logits, the Gaussian mean, or the discretised
         logistic's mean and log scale per pixel (B, 2C, H, W), the log scale softly bounded here
-        so that the exported `params` are what the likelihood (and vaekit.codec) use."""
-        params = self.decoder(z)
+        so that the exported `params` are what the likelihood (and vaekit.codec) use.
+        `size`: a grid model's (H, W) when z encodes an image of another size than the model's."""
+        params = self.decoder(z, size) if size is not None else self.decoder(z)
         if self.cfg.likelihood != "logistic":
             return params
         mean, log_s = params.chunk(2, dim=1)
@@ -255,11 +268,17 @@ class ConvVAE(nn.Module):
         (vaekit/scoring.py), shared by both engines."""
         mu, logvar = self.encode(x)  # (B, D) each
         z = mu + torch.exp(0.5 * logvar) * eps
-        pmap = self.likelihood.nll(x, self.decode(z), self.scale()).sum(1)  # (B, H, W)
+        pmap = self.likelihood.nll(x, self.decode(z, self._size_of(x)), self.scale()).sum(1)  # (B, H, W)
         kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=1)
         return pmap.flatten(1).sum(1), kl, pmap, mu, logvar
+
+    def _size_of(self, x: torch.Tensor) -> tuple[int, int] | None:
+        """A grid model's input size when it is not the model's own (None otherwise)."""
+        if self.cfg.layout != "grid" or tuple(x.shape[-2:]) == (self.cfg.image_size, self.cfg.image_size):
+            return None
+        return int(x.shape[-2]), int(x.shape[-1])
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mu, logvar = self.encode(x)
         z = self.reparameterize(mu, logvar)
-        return self.decode(z), mu, logvar
+        return self.decode(z, self._size_of(x)), mu, logvar
