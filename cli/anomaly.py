@@ -78,6 +78,8 @@ def anomaly_score(
         raise BadInput(f"--fail-on-anomaly needs a threshold, and there is {report.plan.source}")
     for path, reason in report.skipped:
         err_console.print(f"[yellow]skipped[/yellow] {shown(path)}: {shown(reason)}", highlight=False)
+    if report.plan.note:
+        err_console.print(f"[yellow]note[/yellow]: {shown(report.plan.note)}", highlight=False)
     _print_scores(report, inputs)
     if report.out is not None:
         console.print(f"wrote {shown(report.out)}", highlight=False)
@@ -195,7 +197,7 @@ def threshold(
     quantile: Annotated[Optional[float], typer.Option(help="Threshold = this quantile of the validation scores.")] = None,
     target_fpr: Annotated[Optional[float], typer.Option(help="Aim for this false-positive rate on normal images "
                                                              "(= quantile 1 - rate).")] = None,
-    value: Annotated[Optional[float], typer.Option(help="A fixed threshold in nats.")] = None,
+    value: Annotated[Optional[float], typer.Option(help="A fixed threshold, in the unit of the run's score.")] = None,
 ) -> None:
     """Show the run's anomaly threshold and validation score quantiles, or move the threshold."""
     from vaekit import anomaly
@@ -222,9 +224,13 @@ def _print_threshold(run, section) -> None:
                     f"{shown(section.get('n', len(section.get('scores', []))))} "
                     f"{shown(section.get('source', 'validation'))} images", show_header=False, title_justify="left")
     from vaekit.anomaly import section_note
+    from vaekit.engine import score_unit
 
-    q = section.get("threshold_quantile")
-    t.add_row("threshold", f"{section['threshold']:.2f} nats" + (f" (quantile {q:.4g})" if q is not None else ""))
+    q, fpr = section.get("threshold_quantile"), section.get("expected_fpr")
+    t.add_row("threshold", f"{section['threshold']:.2f} {score_unit(section.get('score', ''))}"
+                           + (f" (quantile {q:.4g})" if q is not None else ""))
+    if isinstance(fpr, (int, float)):
+        t.add_row("expected false positives", f"{100 * fpr:.2g}% of normal images")
     note = section_note(section)
     if note:
         t.add_row("", f"[yellow]{shown(note)}[/yellow]")

@@ -128,3 +128,29 @@ def test_installed_executable_fails_the_pipeline_on_anomalies(parts, tmp_path):
     bad = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1, bad.stderr
     assert json.loads((tmp_path / "s.json").read_text())["n_anomalous"] == 4
+
+
+@pytest.mark.parametrize("flags", [("--iwae", "--samples", "4"), ("--samples", "3")])
+def test_iwae_and_samples_score_excess_and_say_so_in_every_label(parts, tmp_path, flags):
+    # the atypicality is calibrated at z = mu: other estimators score excess, in nats, and the
+    # table, the file and the note all name it (issue 19: the labels said sd² over nats)
+    out = tmp_path / "s.json"
+    r = invoke("anomaly-score", parts / "run", parts / "test" / "normal", "-o", out, *flags)
+    assert r.exit_code == 0, r.output
+    assert "excess scores" in r.output and "(nats; higher" in r.output and "sd²" not in r.output
+    assert "note: " in r.output and "excess (nats)" in r.output
+    doc = json.loads(out.read_text())
+    assert doc["score"] == "excess" and all(i["score"] == i["excess"] for i in doc["images"])
+
+
+def test_evaluate_with_samples_names_the_score_it_measured(parts):
+    r = invoke("evaluate", parts / "run", "--normal", parts / "test" / "normal", "--anomalous",
+               parts / "test" / "anomalous", "--samples", "2", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["score"] == "excess"
+
+
+def test_threshold_prints_the_unit_of_the_runs_score_and_the_rate_to_expect(parts):
+    r = invoke("threshold", parts / "run")
+    assert r.exit_code == 0, r.output
+    assert "sd²" in r.output and "nats" not in r.output and "expected false positives" in r.output

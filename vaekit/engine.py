@@ -202,12 +202,9 @@ class Model:
         reconstruction NLL above each pixel's floor, so a perfectly reconstructed pixel is 0;
         otherwise the per-pixel reconstruction NLL.
         """
-        if score not in SCORES:
-            raise BadInput(f"score must be one of {SCORES}, got {score!r}")
-        if score == "atypicality" and (iwae or self.calibration() is None):
-            score = "excess"  # the IWAE bound is of -log p(x) as a whole; old models have no calibration
-        if not isinstance(samples, (int, np.integer)) or samples < 0:
+        if not isinstance(samples, (int, np.integer)) or isinstance(samples, bool) or samples < 0:
             raise BadInput(f"samples must be an integer >= 0, got {samples!r}")
+        score = self.effective_score(score, samples, iwae)[0]
         if iwae and samples < 1:
             raise BadInput(f"the IWAE estimate needs samples >= 1, got {samples}")
         if iwae and score not in ("neg_elbo", "excess"):
@@ -264,6 +261,27 @@ class Model:
         # bits/dim is always the -ELBO's (or the IWAE estimate's), whatever score is chosen
         return Scores(chosen, nll, recon, kl, pmap, nll / (self.info.dims * math.log(2)), excess=excess, floor=floor,
                       name=score, estimator=estimator, paths=paths, skipped=skipped)
+
+    def effective_score(self, score: str, samples: int = 0, iwae: bool = False) -> tuple[str, str | None]:
+        """The score a request computes, and why when it is not the one asked for.
+
+        The atypicality is calibrated on the -ELBO's parts at the posterior mean (z = mu): with
+        posterior draws (`samples`) or the IWAE bound (which is of -log p(x) as a whole, not of
+        its parts) it would be measured against statistics of another estimator, so those score
+        `excess` (nats) instead, and say so. Models trained before the atypicality existed
+        have no calibration and score `excess` too."""
+        if score not in SCORES:
+            raise BadInput(f"score must be one of {SCORES}, got {score!r}")
+        if score != "atypicality":
+            return score, None
+        if iwae:
+            return "excess", "--iwae bounds -log p(x) as a whole, so the score is excess (nats), not the atypicality"
+        if samples:
+            return "excess", ("the atypicality is calibrated at the posterior mean; with posterior draws the score "
+                              "is excess (nats)")
+        if self.calibration() is None:
+            return "excess", "the model has no score calibration (trained by vaekit 0.1): the score is excess (nats)"
+        return score, None
 
     def elbo_parts(self, x: np.ndarray) -> Parts:
         """The -ELBO in parts at z = mu, with its R and KL maps (what Calibration is fitted on)."""

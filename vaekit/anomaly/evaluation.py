@@ -158,7 +158,7 @@ def evaluate(
         model, anomalous, samples, score, iwae, threshold, progress, keep_anomalous if masks is not None else None)
     m = image_metrics([0] * len(good) + [1] * len(bad), good + bad, plan.threshold)
     ev = Evaluation(
-        n_normal=len(good), n_anomalous=len(bad), score=score, estimator=plan.estimator, samples=samples,
+        n_normal=len(good), n_anomalous=len(bad), score=plan.score, estimator=plan.estimator, samples=samples,
         auroc=m["auroc"], auprc=m["auprc"], fpr_at_95_tpr=m["fpr_at_95_tpr"], best_f1=m["best_f1"],
         best_f1_threshold=m["best_f1_threshold"], threshold=plan.threshold, threshold_source=plan.source,
         f1_at_threshold=m["f1"], precision_at_threshold=m["precision"], recall_at_threshold=m["recall"],

@@ -50,6 +50,7 @@ class Plan:
     estimator: str  # "mean", "samples" or "iwae"
     threshold: float | None
     source: str  # "stored: ...", "given", or why there is none
+    note: str | None = None  # why `score` is not the score asked for (see Model.effective_score)
 
 
 def scoring_plan(model: Model, samples: int = 0, score: str = DEFAULT_SCORE, iwae: bool = False,
@@ -62,8 +63,9 @@ def scoring_plan(model: Model, samples: int = 0, score: str = DEFAULT_SCORE, iwa
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:
         raise BadInput(f"samples must be an integer >= 0, got {samples!r}")
     estimator = "iwae" if iwae else ("samples" if samples else "mean")
+    score, note = model.effective_score(score, samples, iwae)
     t, source = resolve_threshold(model, score, estimator, threshold)
-    return Plan(samples, score, iwae, estimator, t, source)
+    return Plan(samples, score, iwae, estimator, t, source, note)
 
 
 @dataclass
