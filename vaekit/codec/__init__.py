@@ -1,0 +1,21 @@
+"""A real codec: entropy-coded latents (lossy) and bits-back archives (lossless), in .vkc files.
+
+Read in this order, one idea per file:
+- `tables`: integer probability tables and the one way they reach constriction's ANS coder.
+- `prior`: the lossy codec's learned prior, a factorized density per latent channel, per quality.
+- `lossy`: quantised posterior means coded with those tables.
+- `bitsback`: lossless BB-ANS over the discretised logistic likelihood.
+- `net`: the network calls both make, one image at a time, on either engine.
+- `container`: the .vkc file (header, chunks, checksum).
+- `jobs`: folders in, .vkc out, and back (what the CLI calls).
+Numpy, constriction and Pillow only: the onnxruntime path never imports torch. docs/codec.md.
+"""
+
+from vaekit.codec.bitsback import Desynchronised
+from vaekit.codec.container import ArchiveError, ArchiveModelMismatch, Header
+from vaekit.codec.jobs import (DecodeResult, EncodeResult, decode, encode, fit_prior, read_info, save_prior,
+                               stored_prior)
+from vaekit.codec.prior import QUALITIES, Prior
+
+__all__ = ["QUALITIES", "ArchiveError", "ArchiveModelMismatch", "DecodeResult", "Desynchronised", "EncodeResult",
+           "Header", "Prior", "decode", "encode", "fit_prior", "read_info", "save_prior", "stored_prior"]

@@ -1,0 +1,293 @@
+"""Folder jobs of the codec: fit the tables, encode a folder into a .vkc, decode a .vkc into PNGs.
+
+What `vaekit encode --quality Q | --lossless` and `vaekit decode MODEL x.vkc` call. Memory stays
+flat in the number of images: images are read in batches (lossy) or one by one (lossless),
+coded in chunks of CHUNK images, and the chunks go to a spill file until the .vkc is written.
+Decoding verifies the whole file first, writes into a staging folder, and moves the PNGs into
+place only when every image decoded (and, lossless, passed its checksum): nothing half-written.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from vaekit import images as imageio
+from vaekit import stream
+from vaekit.codec import bitsback, container, lossy, tables
+from vaekit.codec import prior as priors
+from vaekit.codec.net import Net
+from vaekit.codes.jobs import original_size, png_names, restore_size
+from vaekit.errors import BadInput
+from vaekit.fileio import refuse_existing, refuse_inside
+from vaekit.version import __version__
+
+Progress = Callable[..., None]
+CHUNK = 1024  # images per ANS stream: bounded memory, and a lossless chunk's start costs < 0.01 bit per image
+BATCH = 256  # images through the network at a time (lossy)
+BITSBACK_TABLES = f"bbans:latent{bitsback.LATENT_BITS}:crc{bitsback.CHECK_BITS}:p{tables.PRECISION}"
+
+
+@dataclass
+class EncodeResult:
+    path: Path
+    mode: str  # "lossy" or "lossless"
+    quality: int | None
+    count: int  # images coded
+    file_bytes: int  # the whole .vkc, header included
+    header_bytes: int  # of which the header (names, sizes, chunk table) and the checksum
+    dims: int  # sub-pixels per image (C x H x W)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    source_bytes: int = 0  # the source files' total size
+    seconds: float = 0.0
+
+    @property
+    def bytes_per_image(self) -> float:
+        return self.file_bytes / self.count
+
+    @property
+    def bits_per_dim(self) -> float:
+        """File bits per sub-pixel of the model-sized images: the lossless rate."""
+        return 8 * self.file_bytes / (self.count * self.dims)
+
+
+@dataclass
+class DecodeResult:
+    out_dir: Path
+    written: list[Path]  # one PNG per image, in the file's order
+    mode: str
+    seconds: float = 0.0
+
+
+# --- the tables --------------------------------------------------------------------------------
+
+def stored_prior(model) -> priors.Prior | None:
+    """The lossy tables stored with a model (run config "codec" or ONNX metadata "vaekit.codec")."""
+    from vaekit.fileio import loads_json
+
+    section = (getattr(model, "config", None) or {}).get("codec")
+    if section is None and getattr(model, "metadata", None) is not None:
+        raw = model.metadata.get("vaekit.codec")
+        section = loads_json(raw) if raw and raw != "null" else None
+    if section is None:
+        return None
+    try:
+        prior = priors.from_dict(section, str(model.info.source))
+    except ValueError as e:
+        raise container.ArchiveError(str(e)) from None
+    if prior.fingerprint != model.info.fingerprint:
+        raise container.ArchiveModelMismatch(f"{model.info.source}: its entropy-coding tables were fitted for another "
+                                             f"model ({prior.fingerprint}); fit them again")
+    return prior
+
+
+def fit_prior(model, images: np.ndarray, steps: Sequence[float] | None = None) -> priors.Prior:
+    """Fit the lossy tables on uint8 images (N, C, H, W) of the training domain (the training split)."""
+    mu, logvar = model.encode(images)
+    return priors.fit(mu, logvar, model.info.latent_shape, model.info.fingerprint, steps)
+
+
+def save_prior(run_dir: str | Path, prior: priors.Prior, model=None) -> None:
+    """Store the tables in the run's config.json ("codec"), under the run's lock; `vaekit export`
+    then carries them into the ONNX metadata. `model`, if given, sees them at once."""
+    from vaekit import run as rundir
+
+    with rundir.locked(Path(run_dir)):
+        cfg = rundir.read_config(Path(run_dir))
+        if cfg.get("fingerprint") not in (None, prior.fingerprint):
+            raise BadInput(f"these tables are for model {prior.fingerprint}, not the run in {run_dir}")
+        cfg["codec"] = priors.to_dict(prior)
+        rundir.write_config(Path(run_dir), cfg)
+    if model is not None and isinstance(getattr(model, "config", None), dict):
+        model.config["codec"] = priors.to_dict(prior)
+
+
+# --- encode ------------------------------------------------------------------------------------
+
+def encode(model, source: str | Path | Sequence[str | Path], out: str | Path, quality: int | None = None,
+           lossless: bool = False, overwrite: bool = False, progress: Progress | None = None,
+           chunk: int = CHUNK) -> EncodeResult:
+    """Encode every image under `source` into the .vkc `out`: lossy at `quality` (1..8, the
+    model's stored tables), or `lossless` (a bits-back archive; needs a logistic-likelihood model
+    and images of exactly the model's size). progress(done, total) after each batch or image."""
+    t0 = time.perf_counter()
+    out = Path(out)
+    if lossless == (quality is not None):
+        raise BadInput("give either a quality (1..8) or lossless, not both and not neither")
+    if not isinstance(chunk, int) or chunk < 1:
+        raise BadInput(f"chunk must be a positive number of images, got {chunk!r}")
+    if lossless:
+        _check_lossless(model)
+        prior = None
+    else:
+        prior = stored_prior(model)
+        if prior is None:
+            raise BadInput(f"{model.info.source} has no entropy-coding tables yet; fit them on training images "
+                           "(vaekit.codec.fit_prior + save_prior) or use --precision for fixed-length codes")
+        priors.check_quality(quality, len(prior.steps))
+    if out.is_dir():
+        raise BadInput(f"output {out} is a folder; give a file name such as {out / 'images.vkc'}")
+    found = stream.find_inputs(source)
+    refuse_inside(out, found.roots, "output")
+    refuse_existing([out], overwrite)
+    info = model.info
+    header = container.Header("lossless" if lossless else "lossy", info.fingerprint,
+                              BITSBACK_TABLES if lossless else prior.hash, info.image_size, info.channels,
+                              info.latent_dim, [], [], quality=quality, vaekit_version=__version__)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    spill = container.Spill(out)
+    try:
+        skipped, source_bytes = (_encode_lossless(model, found, header, spill, chunk, progress) if lossless else
+                                 _encode_lossy(model, prior, quality, found, header, spill, chunk, progress))
+        if not header.names:
+            raise imageio.none_usable(f"in {source}", skipped)
+        header.chunks = spill.chunks
+        size = container.write(out, header, spill.finish())
+    finally:
+        spill.close()
+    payload = 4 * sum(c[1] for c in header.chunks)
+    return EncodeResult(out, header.mode, quality, len(header.names), size, size - payload, info.dims, skipped,
+                        source_bytes, time.perf_counter() - t0)
+
+
+def _check_lossless(model) -> None:
+    if model.info.likelihood != "logistic":
+        raise BadInput(f"lossless archives need a model with the discretised likelihood (train with --likelihood "
+                       f"logistic); {model.info.source} has {model.info.likelihood!r}")
+
+
+def _encode_lossy(model, prior, quality, found, header, spill, chunk, progress):
+    skipped, source_bytes, pending, total, done = [], 0, [], len(found.paths), 0
+    for b in stream.iter_batches(found.paths, model.info.image_size, model.info.channels, BATCH):
+        skipped += b.skipped
+        if len(b.paths):
+            mu = model.encode(b.images)[0]
+            pending.append(mu)
+            for i, p in zip(b.positions, b.paths):
+                header.names.append(found.names[i])
+                header.orig_size.append(list(original_size(p)))
+                source_bytes += p.stat().st_size
+        while sum(len(m) for m in pending) >= chunk:
+            pending = _flush_lossy(prior, quality, pending, spill, chunk)
+        done += len(b.paths) + len(b.skipped)
+        if progress:
+            progress(done, total)
+    while pending:
+        pending = _flush_lossy(prior, quality, pending, spill, chunk)
+    return skipped, source_bytes
+
+
+def _flush_lossy(prior, quality, pending, spill, chunk):
+    z = np.concatenate(pending)
+    words, _ = lossy.encode_chunk(prior, quality, z[:chunk])
+    spill.add(min(chunk, len(z)), words)
+    return [z[chunk:]] if len(z) > chunk else []
+
+
+def _encode_lossless(model, found, header, spill, chunk, progress):
+    net, info = Net(model), model.info
+    want = (info.channels, info.image_size, info.image_size)
+    header.engine = net.describe()
+    skipped, source_bytes, batch, total = [], 0, [], len(found.paths)
+    for k, (path, name) in enumerate(zip(found.paths, found.names)):
+        try:
+            x = np.ascontiguousarray(imageio.decode(path, info.channels).transpose(2, 0, 1))  # (C, H, W) as stored
+        except imageio.ImageReadError as e:
+            skipped.append((path, e.reason))
+            continue
+        if x.shape != want:
+            raise BadInput(f"{path} is {x.shape[2]}x{x.shape[1]} pixels; a lossless archive holds images of exactly "
+                           f"the model's size, {want[2]}x{want[1]}")
+        batch.append(x)
+        header.names.append(name)
+        header.orig_size.append([want[1], want[2]])
+        source_bytes += path.stat().st_size
+        if len(batch) == chunk:
+            spill.add(len(batch), bitsback.encode_chunk(net, batch)[0])
+            batch = []
+        if progress:
+            progress(k + 1, total)
+    if batch:
+        spill.add(len(batch), bitsback.encode_chunk(net, batch)[0])
+    return skipped, source_bytes
+
+
+# --- decode ------------------------------------------------------------------------------------
+
+def read_info(archive: str | Path) -> container.Header:
+    """The verified header of a .vkc (what `vaekit info x.vkc` would show)."""
+    return container.read_header(Path(archive))[0]
+
+
+def decode(model, archive: str | Path, out_dir: str | Path, size: str = "model", overwrite: bool = False,
+           progress: Progress | None = None) -> DecodeResult:
+    """Decode a .vkc into one PNG per image under `out_dir`, named after the sources.
+    size="original" restores each lossy image's source size (lossless images are the model's)."""
+    t0 = time.perf_counter()
+    if size not in ("model", "original"):
+        raise BadInput(f"invalid size {size!r}: expected 'model' or 'original'")
+    archive, out_dir = Path(archive), Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BadInput(f"output {out_dir} exists and is not a folder")
+    header, offset = container.read_header(archive)
+    _check_model(header, model, archive)
+    prior = None
+    if header.mode == "lossy":
+        prior = stored_prior(model)
+        if prior is None or prior.hash != header.tables:
+            raise container.ArchiveModelMismatch(
+                f"{archive} was coded with tables {header.tables}, but {model.info.source} has "
+                f"{'none' if prior is None else prior.hash}; decode with the model (and tables) that encoded it")
+    targets = [out_dir / n for n in png_names(header.names)]
+    refuse_existing(targets, overwrite)
+    staging = out_dir.parent / f".{out_dir.name}.vkc-{os.getpid()}-{os.urandom(3).hex()}"
+    try:
+        staged = [staging / t.relative_to(out_dir) for t in targets]
+        _decode_into(model, prior, header, archive, offset, staged, size, progress)
+        for s, t in zip(staged, targets):
+            t.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(s, t)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return DecodeResult(out_dir, targets, header.mode, time.perf_counter() - t0)
+
+
+def _check_model(header: container.Header, model, archive: Path) -> None:
+    info = model.info
+    if header.fingerprint != info.fingerprint:
+        raise container.ArchiveModelMismatch(f"{archive} was encoded by model {header.fingerprint}, but {info.source} "
+                                             f"is model {info.fingerprint}; decode with the model that encoded it")
+    if (header.image_size, header.channels, header.latent_dim) != (info.image_size, info.channels, info.latent_dim):
+        raise container.ArchiveModelMismatch(f"{archive} does not match the shape of model {info.source}")
+    if header.mode == "lossless":
+        _check_lossless(model)
+        if header.tables != BITSBACK_TABLES:
+            raise container.ArchiveError(f"{archive} uses bits-back settings {header.tables!r}; this vaekit reads "
+                                         f"{BITSBACK_TABLES!r}")
+
+
+def _decode_into(model, prior, header, archive, offset, staged, size, progress) -> None:
+    done, n = 0, len(staged)
+    net = Net(model) if header.mode == "lossless" else None
+    for count, words in container.iter_chunks(archive, header, offset):
+        if header.mode == "lossless":
+            for k, x in enumerate(bitsback.decode_chunk(net, words, count, source=str(archive))):
+                imageio.save_png(x, staged[done + count - 1 - k])  # a stack: last image first
+        else:
+            try:
+                z = lossy.decode_chunk(prior, header.quality, words, count)
+            except (ValueError, RuntimeError) as e:
+                raise container.ArchiveError(f"{archive} cannot be decoded: {e}") from None
+            for s in range(0, count, BATCH):
+                x = imageio.to_uint8(model.decode(z[s:s + BATCH]))
+                for i, img in enumerate(x, start=done + s):
+                    imageio.save_png(img if size == "model" else restore_size(img, header.orig_size[i]), staged[i])
+        done += count
+        if progress:
+            progress(done, n)

@@ -1,0 +1,160 @@
+"""The lossy codec's learned prior: one factorized density per latent channel, as integer tables.
+
+A latent value z is coded as the symbol round(z / (step_q * scale_c)): step_q is the quality's
+quantisation step, scale_c the channel's typical posterior standard deviation (a channel the
+decoder is sensitive to has a narrow posterior, so it gets a finer step; docs/codec.md has the
+measurements that chose this over one step for all). Each channel's symbols are counted on the
+training images' posterior means, smoothed, and stored as 24-bit integer tables (vaekit.codec.tables),
+one set per quality: computed once, stored with the run (config.json "codec") and in the exported
+ONNX metadata ("vaekit.codec"), never recomputed from floats when decoding.
+A channel is one dimension of a vector latent, or one latent channel of a grid (shared by its cells).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from vaekit.codec import tables
+from vaekit.errors import BadInput
+
+FORMAT = "vaekit-codec-prior/1"
+QUALITIES = tuple(range(1, 9))  # --quality 1..8: larger is better and bigger (CompressAI's convention)
+# step_q = STEP_1 * 2 ** (-(q - 1) / 2): each quality level halves the step every two levels (docs/codec.md)
+STEP_1 = 2.0
+MAX_SYMBOLS = 4096  # a channel's table covers at most this many symbols; values beyond are clipped
+SMOOTHING = 0.5  # pseudo-count per symbol in a channel's range (Krichevsky-Trofimov)
+MARGIN = 2  # symbols beyond the training range that every table still covers
+
+
+def default_steps() -> np.ndarray:
+    return (STEP_1 * 2.0 ** (-(np.asarray(QUALITIES, np.float64) - 1) / 2)).astype(np.float32)
+
+
+@dataclass
+class Prior:
+    fingerprint: str  # the model the tables were fitted for
+    latent_shape: tuple[int, ...]  # (D,) or (C, G, G)
+    steps: np.ndarray  # (Q,) float32: quality q's step, in units of each channel's scale
+    scale: np.ndarray  # (C,) float32: each channel's typical posterior sd
+    lo: np.ndarray  # (Q, C) int64: the integer that symbol 0 of channel c stands for at quality q
+    weights: list[np.ndarray]  # per quality: (C, K_q) int64 tables
+
+    @property
+    def channels(self) -> int:
+        return int(self.latent_shape[0])
+
+    @property
+    def hash(self) -> str:
+        return tables.digest(self.steps, self.scale, self.lo, *self.weights)
+
+    def channel_of(self) -> np.ndarray:
+        """The channel of each flat latent value: (D,) int64."""
+        per = int(np.prod(self.latent_shape[1:])) if len(self.latent_shape) > 1 else 1
+        return np.repeat(np.arange(self.channels), per) if len(self.latent_shape) > 1 else np.arange(self.channels)
+
+    def step_of(self, quality: int) -> np.ndarray:
+        """The quantisation step of each flat latent value at a quality: (D,) float64."""
+        q = check_quality(quality, len(self.steps))
+        return float(self.steps[q - 1]) * self.scale.astype(np.float64)[self.channel_of()]
+
+
+def check_quality(quality, levels: int = len(QUALITIES)) -> int:
+    if isinstance(quality, bool) or not isinstance(quality, (int, np.integer)) or not 1 <= quality <= levels:
+        raise BadInput(f"invalid quality {quality!r}: expected an integer from 1 (smallest files) to {levels} (best)")
+    return int(quality)
+
+
+def fit(mu: np.ndarray, logvar: np.ndarray, latent_shape, fingerprint: str, steps: np.ndarray | None = None) -> Prior:
+    """Tables from the posterior means and log-variances (N, D) of the training images."""
+    mu, logvar = np.asarray(mu, np.float64), np.asarray(logvar, np.float64)
+    if mu.ndim != 2 or mu.shape != logvar.shape or len(mu) < 1 or not np.isfinite(mu).all():
+        raise BadInput(f"need finite posterior means and log-variances (N, D), got {mu.shape}, {logvar.shape}")
+    shape = tuple(int(s) for s in latent_shape)
+    steps = default_steps() if steps is None else np.asarray(steps, np.float32)
+    c = shape[0]
+    # (N, C, cells): every channel's values over the images and cells
+    mu_c = mu.reshape(len(mu), c, -1)
+    sd = np.exp(0.5 * logvar.reshape(len(mu), c, -1))
+    scale = np.sqrt((sd**2).mean((0, 2))).astype(np.float32)  # root mean posterior variance per channel
+    los, weights = [], []
+    for step in steps:
+        s = np.rint(mu_c / (float(step) * scale.astype(np.float64)[None, :, None])).astype(np.int64)
+        lo, hi = s.min((0, 2)) - MARGIN, s.max((0, 2)) + MARGIN
+        k = int(min((hi - lo).max() + 1, MAX_SYMBOLS))
+        lo = np.where(hi - lo + 1 > k, (lo + hi) // 2 - k // 2, lo)  # too wide: the middle k symbols
+        hi = np.minimum(hi, lo + k - 1)
+        counts = np.full((c, k), SMOOTHING)
+        for ch in range(c):
+            idx = np.clip(s[:, ch].ravel() - lo[ch], 0, k - 1)
+            counts[ch] += np.bincount(idx, minlength=k)
+            counts[ch, (hi[ch] - lo[ch]) + 1:] = 0.0  # beyond this channel's range: constriction's floor only
+        los.append(lo)
+        weights.append(tables.quantise(counts))
+    return Prior(fingerprint, shape, steps, scale, np.stack(los), weights)
+
+
+def symbols(prior: Prior, z: np.ndarray, quality: int) -> np.ndarray:
+    """Latents (N, D) -> table indices (N, D) int64 at a quality, clipped to each table's range."""
+    q = check_quality(quality, len(prior.steps))
+    ch = prior.channel_of()
+    k = prior.weights[q - 1].shape[1]
+    s = np.rint(np.asarray(z, np.float64) / prior.step_of(q)).astype(np.int64) - prior.lo[q - 1][ch]
+    return np.clip(s, 0, k - 1)
+
+
+def latents(prior: Prior, sym: np.ndarray, quality: int) -> np.ndarray:
+    """Table indices (N, D) -> the latents they stand for, float32."""
+    q = check_quality(quality, len(prior.steps))
+    ch = prior.channel_of()
+    return ((sym + prior.lo[q - 1][ch]) * prior.step_of(q)).astype(np.float32)
+
+
+def row_tables(prior: Prior, quality: int) -> np.ndarray:
+    """The table of every flat latent value at a quality: (D, K) int64."""
+    q = check_quality(quality, len(prior.steps))
+    return prior.weights[q - 1][prior.channel_of()]
+
+
+# --- storage: one JSON object (config.json "codec", ONNX metadata "vaekit.codec") ----------------
+
+def _pack(a: np.ndarray, dtype: str) -> dict:
+    a = np.ascontiguousarray(a, dtype=dtype)
+    return {"dtype": dtype, "shape": list(a.shape), "data": base64.b64encode(zlib.compress(a.tobytes(), 9)).decode()}
+
+
+def _unpack(d: dict) -> np.ndarray:
+    if d.get("dtype") not in ("<f4", "<i8", "<i4"):
+        raise ValueError(f"dtype {d.get('dtype')!r}")
+    a = np.frombuffer(zlib.decompress(base64.b64decode(d["data"], validate=True), bufsize=1 << 16), d["dtype"])
+    return a.reshape([int(v) for v in d["shape"]]).astype(np.int64 if "i" in d["dtype"] else np.float32)
+
+
+def to_dict(prior: Prior) -> dict:
+    return {"format": FORMAT, "fingerprint": prior.fingerprint, "latent_shape": list(prior.latent_shape),
+            "hash": prior.hash, "steps": _pack(prior.steps, "<f4"), "scale": _pack(prior.scale, "<f4"),
+            "lo": _pack(prior.lo, "<i8"), "weights": [_pack(w, "<i4") for w in prior.weights]}
+
+
+def from_dict(d, source: str = "the model") -> Prior:
+    """Rebuild and verify stored tables; anything damaged is ValueError naming `source`."""
+    try:
+        if d.get("format") != FORMAT:
+            raise ValueError(f"format {d.get('format')!r}, expected {FORMAT!r}")
+        prior = Prior(str(d["fingerprint"]), tuple(int(v) for v in d["latent_shape"]), _unpack(d["steps"]),
+                      _unpack(d["scale"]), _unpack(d["lo"]), [tables.check(_unpack(w)) for w in d["weights"]])
+        if len(prior.weights) != len(prior.steps) or prior.lo.shape != (len(prior.steps), prior.channels):
+            raise ValueError("tables of the wrong shape")
+        if prior.hash != d["hash"]:
+            raise ValueError("the tables do not match their hash")
+    except (KeyError, TypeError, ValueError, AttributeError, zlib.error) as e:
+        raise ValueError(f"{source} has damaged entropy-coding tables: {e}") from None
+    return prior
+
+
+def dumps(prior: Prior) -> str:
+    return json.dumps(to_dict(prior), separators=(",", ":"))
