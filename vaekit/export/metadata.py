@@ -57,6 +57,9 @@ def _metadata(role: str, cfg: dict, fingerprint: str, log_scale: list[float] | N
         "vaekit.model": json.dumps(m),
         "vaekit.quantization": quantization,
         "vaekit.io": json.dumps(IO[role]),
+        # the lossy codec's integer tables (vaekit.codec.prior), stored with the run: a .vkc decodes
+        # to the same latent symbols from the export as from the run directory
+        "vaekit.codec": json.dumps(cfg.get("codec"), separators=(",", ":")),
     }
 
 

@@ -1,0 +1,147 @@
+"""vaekit.codec: integer tables, the learned prior, lossy and lossless (bits-back) round trips."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vaekit.codec import bitsback, lossy, tables
+from vaekit.codec import prior as priors
+
+
+def _digits(folder, n: int, size: int = 16, seed: int = 0) -> np.ndarray:
+    """n small gray images with structure (a blob and a bar) written as PNGs; some in a sub-folder."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    out = []
+    for i in range(n):
+        cy, cx, r = rng.uniform(4, size - 4, 2).tolist() + [rng.uniform(2, 5)]
+        img = 255.0 * (((yy - cy) ** 2 + (xx - cx) ** 2) < r * r)
+        img[:, int(rng.integers(0, size))] = rng.integers(60, 200)
+        x = np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8)
+        out.append(x[None])
+        path = folder / ("sub" if i % 3 == 0 else "") / f"img{i:03d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(x).save(path)
+    return np.stack(out)
+
+
+@pytest.fixture(scope="module")
+def logistic_run(tmp_path_factory):
+    from export_support import random_run
+
+    return random_run(tmp_path_factory.mktemp("codec") / "run", image_size=16, channels=1, latent_dim=6,
+                      base_channels=4, likelihood="logistic")
+
+
+# --- tables ------------------------------------------------------------------------------------
+
+def test_integer_tables_code_exactly_their_lengths_and_pop_undoes_push():
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.full(40, 0.2), size=3000)
+    w = tables.quantise(p)
+    assert (w.sum(1) == tables.TOTAL - 40).all() and (w >= 0).all()
+    sym = np.array([rng.choice(40, p=row) for row in p])
+    start = rng.integers(1, 2**32, 16, dtype=np.uint32)
+    coder = tables.ans(start)
+    tables.push(coder, sym, w)
+    spent = coder.num_bits() - 32 * len(start)
+    assert abs(spent - tables.bits(w, sym).sum()) < 64  # the ANS state's flush, nothing else
+    again = tables.ans(coder.get_compressed())
+    assert np.array_equal(tables.pop(again, w), sym)
+    assert np.array_equal(again.get_compressed(), start)  # and the stack is back where it began
+
+
+def test_a_table_that_is_not_normalised_is_refused():
+    w = tables.quantise(np.ones((2, 5)))
+    tables.check(w)
+    w[0, 0] += 1
+    with pytest.raises(ValueError, match="normalised"):
+        tables.check(w)
+
+
+# --- the prior ---------------------------------------------------------------------------------
+
+def _prior(d: int = 5, shape=None):
+    rng = np.random.default_rng(1)
+    mu = rng.normal(size=(400, d)) * np.linspace(0.2, 2.0, d)
+    return priors.fit(mu, np.full_like(mu, -3.0), shape or (d,), "f" * 16), rng
+
+
+def test_prior_round_trips_through_json_and_refuses_changed_tables():
+    prior, _ = _prior()
+    again = priors.from_dict(priors.to_dict(prior))
+    assert again.hash == prior.hash and all(np.array_equal(a, b) for a, b in zip(again.weights, prior.weights))
+    d = priors.to_dict(prior)
+    d["weights"][2] = priors.to_dict(_prior(5)[0])["weights"][3]
+    with pytest.raises(ValueError, match="damaged"):
+        priors.from_dict(d)
+
+
+@pytest.mark.parametrize("bad", [0, 9, 2.5, "4", True])
+def test_quality_is_checked_and_named(bad):
+    prior, _ = _prior()
+    with pytest.raises(ValueError, match="quality"):
+        priors.symbols(prior, np.zeros((1, 5)), bad)
+
+
+@pytest.mark.parametrize("shape", [(6,), (2, 3, 3)])
+def test_lossy_chunk_round_trip_is_exact_and_finer_quality_costs_more(shape):
+    d = int(np.prod(shape))
+    prior, rng = _prior(d, shape)
+    z = rng.normal(size=(50, d)) * np.linspace(0.2, 2.0, d)
+    sizes, errors = [], []
+    for q in priors.QUALITIES:
+        words, sym = lossy.encode_chunk(prior, q, z)
+        back = lossy.decode_chunk(prior, q, words, len(z))
+        assert np.array_equal(back, priors.latents(prior, sym, q))  # the very symbols, bit for bit
+        sizes.append(len(words))
+        errors.append(np.abs(back - z).mean())
+    assert sizes == sorted(sizes) and errors == sorted(errors, reverse=True) and sizes[-1] > sizes[0]
+
+
+# --- bits-back ---------------------------------------------------------------------------------
+
+def test_posterior_tables_follow_the_posterior():
+    _, centres = bitsback.latent_grid(8)
+
+    def moments(mu, sd):
+        w = bitsback.posterior_tables(np.asarray(mu, float), np.log(np.asarray(sd, float) ** 2), 8)
+        p = w / w.sum(1, keepdims=True)
+        return (p * centres).sum(1), -(p * np.log2(np.where(p > 0, p, 1))).sum(1)
+
+    mean, _ = moments([0.0, 1.5, -2.0], [0.1, 0.2, 1.0])
+    assert (np.abs(mean - [0.0, 1.5, -2.0]) < [0.01, 0.01, 0.15]).all()  # a wide one loses its far tail to the end bucket
+    _, entropy = moments([0.5] * 3, [0.05, 0.2, 1.0])
+    assert entropy[0] < entropy[1] < entropy[2]  # a narrow posterior pins z down, a wide one does not
+
+
+def test_lossless_round_trip_costs_the_elbo(tmp_path, logistic_run):
+    import vaekit
+    from vaekit.codec.net import Net
+
+    model = vaekit.load(logistic_run)
+    x = _digits(tmp_path / "src", 24)
+    net = Net(model)
+    words, spent = bitsback.encode_chunk(net, x)
+    back = list(bitsback.decode_chunk(net, words, len(x)))[::-1]
+    assert np.array_equal(np.stack(back), x)
+    elbo_bits = model.score(x, samples=8, score="neg_elbo", maps=False).neg_elbo.sum() / np.log(2)
+    checks = bitsback.CHECK_BITS * len(x)
+    assert spent - checks == pytest.approx(elbo_bits, rel=0.02)
+
+
+def test_a_desynchronised_decoder_refuses(tmp_path, logistic_run, monkeypatch):
+    import vaekit
+    from vaekit.codec.net import Net
+
+    model = vaekit.load(logistic_run)
+    x = _digits(tmp_path / "src", 6)
+    net = Net(model)
+    words, _ = bitsback.encode_chunk(net, x)
+    honest = net.likelihood
+    # another engine's floats: the same network, its outputs off in the last bits
+    monkeypatch.setattr(net, "likelihood", lambda z: honest(z) * np.float32(1 + 3e-7))
+    with pytest.raises(bitsback.Desynchronised):
+        list(bitsback.decode_chunk(net, words, len(x)))
