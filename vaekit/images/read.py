@@ -22,9 +22,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from vaekit.config import MAX_IMAGE_SIZE
+from vaekit.images import convert
 from vaekit.errors import BadInput, DamagedFile
 
 # Pillow warns of metadata it skips (bad EXIF, palette transparency) and of sizes between 1x and
@@ -40,8 +41,6 @@ FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
 # The resize works on the image scaled so its shorter side is `size`: a 1 x 1,000,000 strip
 # would become 64 x 64,000,000 pixels first. Files needing more than this are skipped.
 MAX_RESIZE_PIXELS = 1 << 26  # 67 M pixels, ~200 MB for RGB
-_GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "F"})  # plus every "I;16*" variant
-_ALPHA_MODES = frozenset({"LA", "RGBA", "La", "RGBa"})
 _CHANNELS = ("auto", 1, 3, "1", "3")
 
 
@@ -113,64 +112,11 @@ def open_image(path: str | Path) -> Iterator[Image.Image]:
         f.close()
 
 
-def _read(path: Path, draft: int | None = None) -> Image.Image:
-    """Open, bomb-check, load the first frame and apply EXIF rotation; file closed after."""
+def _orientation(img: Image.Image) -> int:
     try:
-        with open_image(path) as img:
-            if draft is not None and img.format == "JPEG":
-                # JPEG can decode at 1/2, 1/4 or 1/8 scale; draft keeps both sides >= draft.
-                # It only sets the scale, so the check below judges what is really decoded:
-                # a 100-megapixel photo read at 1/8 scale is no bomb.
-                img.draft(None, (draft, draft))
-            limit, (w, h) = Image.MAX_IMAGE_PIXELS, img.size
-            if limit is not None and w * h > limit:
-                reason = f"decompression bomb: {w * h} pixels > limit {limit}"
-                raise ImageReadError(path, reason)  # before load(): no pixel is decoded
-            img.load()  # first frame: a freshly opened animation sits on frame 0
-            try:
-                return ImageOps.exif_transpose(img)
-            except Exception:  # broken EXIF should not cost us good pixels
-                return img.copy()
-    except ImageReadError:
-        raise
-    except Exception as exc:  # Pillow's decoders raise a zoo of types on corrupt data
-        raise ImageReadError(path, _reason(exc, path)) from exc
-
-
-def _to_array(img: Image.Image) -> np.ndarray:
-    """Any Pillow mode -> uint8 (H, W, 1) gray or (H, W, 3) RGB."""
-    mode = img.mode
-    if mode == "P" or mode == "PA":
-        img, mode = img.convert("RGBA"), "RGBA"  # honours palette transparency
-    if mode == "1":
-        x = np.asarray(img.convert("L"))
-    elif mode == "I" or mode.startswith("I;16"):
-        # convert('L') clips at 255; scale 16-bit to 8-bit instead. 8-bit data stored as 'I' stays.
-        a = np.asarray(img).astype(np.float64)
-        if not (mode == "I" and a.size and a.max() <= 255):
-            a = np.clip(a, 0, 65535) / 257
-        x = np.rint(np.clip(a, 0, 255)).astype(np.uint8)
-    elif mode == "F":
-        a = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0)
-        x = np.rint(np.clip(a * 255 if a.size and a.max() <= 1.0 else a, 0, 255)).astype(np.uint8)
-    elif mode in _ALPHA_MODES:
-        a = np.asarray(img).astype(np.uint32)
-        color, alpha = a[..., :-1], a[..., -1:]
-        # Composite over black. Premultiplied modes ('La', 'RGBa') already are exactly that.
-        x = color if mode in ("La", "RGBa") else (color * alpha + 127) // 255
-        x = x.astype(np.uint8)
-    elif mode in ("L", "RGB"):
-        x = np.asarray(img)
-    else:  # CMYK, YCbCr, LAB, HSV, and any other colour mode Pillow can convert
-        x = np.asarray(img.convert("RGB"))
-    return x[..., None] if x.ndim == 2 else x
-
-
-def _luma(rgb: np.ndarray) -> np.ndarray:
-    # ITU-R 601-2 (299/587/114 per mille) in the 16-bit fixed point Pillow's convert('L') uses,
-    # so our gray equals Pillow's bit for bit.
-    r, g, b = (rgb[..., i].astype(np.uint32) for i in range(3))
-    return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).astype(np.uint8)[..., None]
+        return int(img.getexif().get(0x0112, 1))
+    except Exception:  # broken EXIF should not cost us good pixels
+        return 1
 
 
 def _check_channels(channels: int) -> None:
@@ -193,7 +139,7 @@ def gray_mode(path: Path) -> bool:
     """Whether `path` is stored as grayscale; reads the header only."""
     try:
         with open_image(path) as img:
-            return img.mode in _GRAY_MODES or img.mode.startswith("I;16")
+            return convert.is_gray(img.mode)
     except ImageReadError:
         raise
     except Exception as exc:
@@ -215,13 +161,34 @@ def resolve_channels(paths: Sequence[Path], channels: str | int) -> int:
     return 1 if grays and all(grays) else 3
 
 
-def _decode(path: Path, channels: int, draft: int | None = None) -> np.ndarray:
+def _decode(path: Path, channels: int, draft: int | None = None, expand: bool = True) -> np.ndarray:
+    """uint8 (H, W, C) of a file's first frame, EXIF rotation applied. C is `channels`, or with
+    expand=False 1 for a gray image (the caller repeats it after resizing, which is cheaper).
+
+    The file is opened (open_image), bomb-checked before any pixel is decoded, and converted
+    strip by strip (images.convert) while Pillow's copy is alive; that copy is freed before
+    the rotation, so memory peaks at Pillow's pixels plus one uint8 copy."""
     _check_channels(channels)
     path = Path(path)
-    x = _to_array(_read(path, draft))
-    if channels == 1 and x.shape[-1] == 3:
-        return _luma(x)
-    return np.repeat(x, 3, axis=-1) if channels == 3 and x.shape[-1] == 1 else x
+    try:
+        with open_image(path) as img:
+            if draft is not None and img.format == "JPEG":
+                # JPEG can decode at 1/2, 1/4 or 1/8 scale; draft keeps both sides >= draft.
+                # It only sets the scale, so the check below judges what is really decoded:
+                # a 100-megapixel photo read at 1/8 scale is no bomb.
+                img.draft(None, (draft, draft))
+            limit, (w, h) = Image.MAX_IMAGE_PIXELS, img.size
+            if limit is not None and w * h > limit:
+                raise ImageReadError(path, f"decompression bomb: {w * h} pixels > limit {limit}")
+            img.load()  # first frame: a freshly opened animation sits on frame 0
+            orientation = _orientation(img)
+            x = convert.to_uint8(img, channels)
+    except ImageReadError:
+        raise
+    except Exception as exc:  # Pillow's decoders raise a zoo of types on corrupt data
+        raise ImageReadError(path, _reason(exc, path)) from exc
+    x = convert.orient(x, orientation)
+    return np.repeat(x, 3, axis=-1) if expand and channels == 3 and x.shape[-1] == 1 else x
 
 
 def decode(path: Path, channels: int) -> np.ndarray:
@@ -265,7 +232,7 @@ def load_image(path: Path, size: int, channels: int) -> np.ndarray:
     bicubic resize, which is much faster and keeps the same shorter-side-then-crop policy.
     """
     _check_size(size)
-    x = _decode(path, channels, draft=size)
+    x = _decode(path, channels, draft=size, expand=False)  # gray stays one channel until resized
     need = resize_pixels(*x.shape[:2], size)
     if need > MAX_RESIZE_PIXELS:  # judged before anything is allocated for it
         raise ImageReadError(path, f"aspect ratio too extreme: {x.shape[1]}x{x.shape[0]} resized to {size} would "
@@ -274,6 +241,8 @@ def load_image(path: Path, size: int, channels: int) -> np.ndarray:
         x = resize(x, size)  # (H, W, C)
     except MemoryError:
         raise ImageReadError(path, "not enough memory to resize it") from None
+    if channels == 3 and x.shape[-1] == 1:  # the same pixels as resizing three equal channels
+        x = np.repeat(x, 3, axis=-1)
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 

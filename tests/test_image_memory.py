@@ -1,0 +1,83 @@
+"""Memory for one image is bounded by its pixels at one byte per channel (issue 21, item 4).
+
+A large RGBA or 16-bit PNG compresses to almost nothing, and converting it through uint32 or
+float64 copies of the whole image took 26-44 bytes a pixel. Each case runs in a fresh process
+and reads its peak RSS (getrusage) before and after decoding; the bound is generous (a few bytes
+per channel per pixel, which covers Pillow's own copy and the uint8 result) and far below what
+the wide copies cost. The same holds for `vaekit anomaly-score` itself, and so for the web
+app, which decodes uploads with the same function.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from export_support import random_run
+
+SIDE = 3000  # 9 M pixels: 36 MB as RGBA
+PER_CHANNEL = 5  # bytes per channel per pixel allowed above the process's baseline
+
+MEASURE = r"""
+import resource, sys
+import numpy as np
+from vaekit import images
+images.load_image(sys.argv[3], 16, 1)  # warm up: the decoders are imported
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+x = images.load_image(sys.argv[1], 64, int(sys.argv[2]))
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+assert x.shape == (int(sys.argv[2]), 64, 64) and x.dtype == np.uint8
+print((after - before) * 1024)
+"""
+
+
+def _big(tmp_path: Path, mode: str) -> Path:
+    if mode == "RGBA":
+        img = Image.new("RGBA", (SIDE, SIDE), (200, 100, 50, 128))
+    else:
+        img = Image.fromarray(np.full((SIDE, SIDE), 40000, np.uint16))
+    path = tmp_path / f"big-{mode.replace(';', '')}.png"
+    img.save(path)
+    return path
+
+
+@pytest.mark.parametrize("mode,channels,file_channels", [("RGBA", 3, 4), ("RGBA", 1, 4), ("I;16", 1, 1),
+                                                         ("I;16", 3, 1)])
+def test_decoding_a_large_image_costs_a_few_bytes_per_channel(tmp_path, mode, channels, file_channels):
+    big = _big(tmp_path, mode)
+    tiny = tmp_path / "tiny.png"
+    Image.new("L", (20, 20), 9).save(tiny)
+    r = subprocess.run([sys.executable, "-c", MEASURE, str(big), str(channels), str(tiny)], capture_output=True,
+                       text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert r.returncode == 0, r.stderr
+    grew = int(r.stdout.split()[-1])
+    assert grew <= PER_CHANNEL * SIDE * SIDE * file_channels, f"{grew / SIDE**2:.1f} bytes per pixel"
+
+
+def test_anomaly_score_on_a_large_rgba_png_stays_within_the_bound(tmp_path):
+    """The whole command, run twice (a tiny image, then the large one): the difference in peak RSS."""
+    run = random_run(tmp_path / "run", image_size=16, channels=3, latent_dim=4, base_channels=4)
+    exe = shutil.which("vaekit", path=str(Path(sys.executable).parent)) or "vaekit"
+    peaks = []
+    for name in ("small", "large"):
+        folder = tmp_path / name
+        folder.mkdir()
+        if name == "small":
+            Image.new("RGBA", (20, 20), (1, 2, 3, 4)).save(folder / "a.png")
+        else:
+            shutil.move(_big(tmp_path, "RGBA"), folder / "a.png")
+        code = (f"import resource, subprocess, sys; r = subprocess.run({[exe, '--threads', '1', 'anomaly-score', str(run), str(folder), '--threshold', '0']!r}, "
+                "capture_output=True); assert r.returncode == 0, r.stderr; "
+                "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)")
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert r.returncode == 0, r.stderr
+        peaks.append(int(r.stdout.split()[-1]))
+    assert peaks[1] - peaks[0] <= PER_CHANNEL * SIDE * SIDE * 4, f"{(peaks[1] - peaks[0]) / SIDE**2:.1f} bytes per pixel"

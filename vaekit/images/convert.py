@@ -1,0 +1,89 @@
+"""Any decoded Pillow image -> uint8 pixels, in bounded memory: strip by strip, never a wide copy.
+
+A 9400 × 9400 RGBA PNG is 350 MB as Pillow holds it; converting it whole through uint32 or
+float64 arrays took ten times that. Here each mode is converted a strip of rows at a time
+(STRIP_PIXELS pixels) into one uint8 array of the image's size, colour turned to gray (luma)
+in the same pass when the model wants gray, and EXIF rotation applied to the uint8 result as
+a view. Peak memory for one image is Pillow's own copy plus the uint8 result: about two bytes
+per channel per pixel. The numbers are those the whole-image conversion gave, bit for bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+STRIP_PIXELS = 1 << 18  # pixels converted at a time: 256 K, 2 MB as float64
+_GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "F"})  # plus every "I;16*" variant
+_ALPHA_MODES = frozenset({"LA", "RGBA", "La", "RGBa"})
+
+
+def is_gray(mode: str) -> bool:
+    """Whether Pillow's `mode` holds one colour channel (alpha aside)."""
+    return mode in _GRAY_MODES or mode.startswith("I;16")
+
+
+def to_uint8(img: Image.Image, channels: int) -> np.ndarray:
+    """uint8 (H, W, 1) for a gray image, (H, W, 3) for colour; with channels == 1 colour becomes
+    gray (ITU-R 601-2 luma, as Pillow's convert('L')). 16-bit and float images are scaled, not
+    clipped; transparent pixels are composited over black."""
+    mode, (w, h) = img.mode, img.size
+    c = 1 if is_gray(mode) or channels == 1 else 3
+    out = np.empty((h, w, c), np.uint8)
+    step = max(1, STRIP_PIXELS // max(w, 1))
+    strips = [(y, min(h, y + step)) for y in range(0, h, step)]
+    peak = max((_strip_max(img.crop((0, a, w, b)), mode) for a, b in strips), default=0.0) if mode in ("I", "F") else 0.0
+    for a, b in strips:
+        x = _strip(img.crop((0, a, w, b)), mode, peak if h * w else np.inf)
+        out[a:b] = luma(x) if c == 1 and x.shape[-1] == 3 else x
+    return out
+
+
+def _strip_max(s: Image.Image, mode: str) -> float:
+    a = np.asarray(s, dtype=np.float64)
+    return float(np.nan_to_num(a, nan=0.0).max()) if a.size else 0.0
+
+
+def _strip(s: Image.Image, mode: str, peak: float) -> np.ndarray:
+    """One strip of rows -> uint8 (h, W, 1|3). `peak`: the whole image's largest value (I and F)."""
+    if mode in ("P", "PA"):
+        s, mode = s.convert("RGBA"), "RGBA"  # honours palette transparency
+    if mode == "1":
+        x = np.asarray(s.convert("L"))
+    elif mode == "I" or mode.startswith("I;16"):
+        # convert('L') clips at 255; scale 16-bit to 8-bit instead. 8-bit data stored as 'I' stays.
+        a = np.asarray(s).astype(np.float64)
+        if not (mode == "I" and peak <= 255):
+            a = np.clip(a, 0, 65535) / 257
+        x = np.rint(np.clip(a, 0, 255)).astype(np.uint8)
+    elif mode == "F":
+        a = np.nan_to_num(np.asarray(s, dtype=np.float64), nan=0.0)
+        x = np.rint(np.clip(a * 255 if peak <= 1.0 else a, 0, 255)).astype(np.uint8)
+    elif mode in _ALPHA_MODES:
+        a = np.asarray(s).astype(np.uint32)
+        color, alpha = a[..., :-1], a[..., -1:]
+        # Composite over black. Premultiplied modes ('La', 'RGBa') already are exactly that.
+        x = (color if mode in ("La", "RGBa") else (color * alpha + 127) // 255).astype(np.uint8)
+    elif mode in ("L", "RGB"):
+        x = np.asarray(s)
+    else:  # CMYK, YCbCr, LAB, HSV, and any other colour mode Pillow can convert
+        x = np.asarray(s.convert("RGB"))
+    return x[..., None] if x.ndim == 2 else x
+
+
+def luma(rgb: np.ndarray) -> np.ndarray:
+    """(..., 3) uint8 -> (..., 1): ITU-R 601-2 (299/587/114 per mille) in the 16-bit fixed point
+    Pillow's convert('L') uses, so our gray equals Pillow's bit for bit."""
+    r, g, b = (rgb[..., i].astype(np.uint32) for i in range(3))
+    return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).astype(np.uint8)[..., None]
+
+
+def orient(x: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation (1-8) to (H, W, C) pixels, as ImageOps.exif_transpose does."""
+    views = {
+        2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+        5: lambda a: a.transpose(1, 0, 2), 6: lambda a: a.transpose(1, 0, 2)[:, ::-1],
+        7: lambda a: a[::-1, ::-1].transpose(1, 0, 2), 8: lambda a: a.transpose(1, 0, 2)[::-1],
+    }
+    view = views.get(orientation)
+    return x if view is None else np.ascontiguousarray(view(x))
