@@ -177,3 +177,45 @@ def test_golden_symbols_decode_without_torch():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+@pytest.mark.slow
+def test_the_onnx_export_decodes_what_torch_encoded(coded, tmp_path):
+    """The tables travel in the export's metadata; lossy symbols decode identically (pixels within
+    one grey level of torch's), a lossless archive is exact on its own engine and, on the other,
+    either exact or refused; and the onnxruntime path runs with torch blocked."""
+    from vaekit.export import export
+
+    model, src, lossy, lossless = coded
+    onnx_path = tmp_path / "m.onnx"
+    export(model.info.source, onnx_path)
+    onnx = vaekit.load(onnx_path)
+    assert codec.stored_prior(onnx).hash == codec.stored_prior(model).hash
+    a = _pixels(codec.decode(model, lossy.path, tmp_path / "torch").written).astype(int)
+    b = _pixels(codec.decode(onnx, lossy.path, tmp_path / "onnx").written).astype(int)
+    assert np.abs(a - b).max() <= 1
+    try:
+        across = codec.decode(onnx, lossless.path, tmp_path / "across")
+        assert np.array_equal(_pixels(across.written), _pixels(codec.decode(model, lossless.path, tmp_path / "t2").written))
+    except codec.Desynchronised:
+        assert not (tmp_path / "across").exists()
+    own = codec.encode(onnx, src, tmp_path / "onnx.vkc", lossless=True)
+    assert codec.read_info(own.path).engine["engine"] == "onnxruntime"
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'torch': raise ImportError('torch is blocked')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import vaekit\n"
+        "from vaekit import codec\n"
+        f"m = vaekit.load({str(onnx_path)!r})\n"
+        f"codec.decode(m, {str(own.path)!r}, {str(tmp_path / 'no_torch')!r})\n"
+        f"codec.decode(m, {str(lossy.path)!r}, {str(tmp_path / 'no_torch_lossy')!r})\n"
+        "assert 'torch' not in sys.modules\n"
+        "print('ok')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+    for p in (tmp_path / "no_torch").rglob("*.png"):
+        assert np.array_equal(np.asarray(Image.open(p)), np.asarray(Image.open(src / p.relative_to(tmp_path / "no_torch"))))
