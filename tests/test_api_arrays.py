@@ -1,0 +1,144 @@
+"""What the Python API accepts as images and batch sizes (issue 21, item 11): vaekit.images.arrays.
+
+Every bad argument is a BadInput (a VaekitError) with a one-line message; float images in [0, 1]
+(what Model.decode returns) become the uint8 images they stand for, never divided by 255 twice.
+The last tests drive vaekit.Model itself; they are marked xfail(strict) until engine.py calls
+these checks (the lead wires them): remove the marker with that change.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vaekit import images
+from vaekit.errors import BadInput, VaekitError
+from vaekit.images.arrays import as_images, as_latents, check_batch_size, user_images
+
+C, S = 1, 16
+
+
+def refused(fn, *args, match: str) -> str:
+    with pytest.raises(BadInput, match=match) as e:
+        fn(*args)
+    assert isinstance(e.value, VaekitError) and "\n" not in str(e.value)
+    return str(e.value)
+
+
+def test_uint8_images_pass_as_they_are():
+    x = np.random.default_rng(0).integers(0, 256, (3, C, S, S), dtype=np.uint8)
+    assert as_images(x, C, S) is x
+
+
+def test_float_images_in_0_1_become_the_uint8_images_they_stand_for():
+    x = np.random.default_rng(1).random((2, C, S, S)).astype(np.float32)  # what Model.decode returns
+    got = as_images(x, C, S)
+    assert got.dtype == np.uint8
+    np.testing.assert_array_equal(got, images.to_uint8(x))
+    assert got.mean() > 100  # not divided by 255 a second time (that would be near black)
+
+
+@pytest.mark.parametrize("bad,match", [(1.5, r"\[0, 1\]"), (-0.1, r"\[0, 1\]"), (np.nan, "finite"), (np.inf, "finite")])
+def test_float_images_outside_0_1_are_refused(bad, match):
+    x = np.zeros((1, C, S, S), np.float64)
+    x[0, 0, 0, 0] = bad
+    refused(as_images, x, C, S, match=match)
+
+
+def test_integer_images_must_hold_0_to_255():
+    x = np.full((1, C, S, S), 200, np.int64)
+    np.testing.assert_array_equal(as_images(x, C, S), x.astype(np.uint8))
+    x[0, 0, 0, 0] = 300
+    assert "300" in refused(as_images, x, C, S, match="0..255")
+    refused(as_images, -x, C, S, match="0..255")
+
+
+@pytest.mark.parametrize("dtype,name", [(np.complex64, "complex"), (bool, "bool"), (object, "object"), ("U3", "text")])
+def test_other_dtypes_are_refused(dtype, name):
+    refused(as_images, np.zeros((1, C, S, S), dtype), C, S, match=name)
+
+
+def test_shapes_are_checked_with_a_hint_for_one_image():
+    refused(as_images, np.zeros((2, 3, S, S), np.uint8), C, S, match=r"\(N, 1, 16, 16\)")
+    refused(as_images, np.zeros((C, S, S), np.uint8), C, S, match=r"x\[None\]")
+    refused(as_images, [np.zeros((C, S, S), np.uint8), np.zeros((C, 8, 8), np.uint8)], C, S, match="differ in shape")
+
+
+def test_user_images_tells_paths_from_arrays(tmp_path):
+    x = np.zeros((2, C, S, S), np.uint8)
+    assert user_images(x, C, S)[0] is None and user_images(x, C, S)[1] is x
+    assert user_images(str(tmp_path), C, S) == ([tmp_path], None)
+    assert user_images((p for p in [tmp_path / "a.png", tmp_path / "b.png"]), C, S)[0] == \
+        [tmp_path / "a.png", tmp_path / "b.png"]  # a generator of paths: read once
+    paths, arr = user_images([np.zeros((C, S, S), np.uint8)] * 3, C, S)
+    assert paths is None and arr.shape == (3, C, S, S)
+    refused(user_images, None, C, S, match="no images given")
+    refused(user_images, [], C, S, match="no images given")
+    refused(user_images, 7, C, S, match="type int")
+    refused(user_images, [str(tmp_path), np.zeros((C, S, S), np.uint8)], C, S, match="only paths or only arrays")
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "8", True, None, 1 << 20])
+def test_batch_size_is_an_integer_of_at_least_one(bad):
+    refused(check_batch_size, bad, match="batch_size must be an integer >= 1")
+
+
+def test_batch_size_accepts_integers_and_a_default():
+    assert check_batch_size(8) == 8 and check_batch_size(np.int64(3)) == 3 and check_batch_size(None, 64) == 64
+    with pytest.raises(BadInput):
+        check_batch_size(0, 64)  # 0 is refused, not read as the default
+
+
+def test_latents_are_real_finite_and_of_the_models_width():
+    np.testing.assert_array_equal(as_latents([[1, 2]], 2), np.array([[1, 2]], np.float32))
+    refused(as_latents, np.zeros((1, 2), np.complex64), 2, match="real numbers")
+    refused(as_latents, np.zeros((1, 3)), 2, match=r"\(N, 2\)")
+    refused(as_latents, np.full((1, 2), np.nan), 2, match="finite")
+
+
+# --- the Model, once engine.py calls the checks above ---------------------------------------------
+
+WIRED = pytest.mark.xfail(strict=True, reason="engine.py does not call vaekit.images.arrays yet (the lead wires it)")
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    import vaekit
+    from export_support import random_run
+
+    return vaekit.load(random_run(tmp_path_factory.mktemp("api") / "run", image_size=S, channels=C, latent_dim=4,
+                                  base_channels=4))
+
+
+@WIRED
+def test_model_scores_float_images_as_the_uint8_they_stand_for(model):
+    x = np.random.default_rng(2).random((2, C, S, S)).astype(np.float32)
+    np.testing.assert_allclose(model.score(x, maps=False).score, model.score(images.to_uint8(x), maps=False).score)
+
+
+@WIRED
+@pytest.mark.parametrize("call", ["score_int300", "score_complex", "iter_none", "iter_ndarray", "batch_text",
+                                  "batch_zero", "batch_float", "ragged"])
+def test_model_refuses_bad_arguments_with_one_line(model, call):
+    x = np.zeros((2, C, S, S), np.uint8)
+    calls = {
+        "score_int300": lambda: model.score(np.full((1, C, S, S), 300, np.int64)),
+        "score_complex": lambda: model.score(x.astype(np.complex64)),
+        "iter_none": lambda: list(model.iter_scores(None)),
+        "iter_ndarray": lambda: [s.score for s in model.iter_scores(np.full((1, C, S, S), 300))],
+        "batch_text": lambda: list(model.iter_scores(x, batch_size="8")),
+        "batch_zero": lambda: list(model.iter_scores(x, batch_size=0)),
+        "batch_float": lambda: list(model.iter_scores(x, batch_size=1.5)),
+        "ragged": lambda: model.encode([x[0], np.zeros((C, 8, 8), np.uint8)]),
+    }
+    with pytest.raises(BadInput) as e:
+        calls[call]()
+    assert "\n" not in str(e.value)
+
+
+@WIRED
+def test_model_iter_scores_takes_an_array_in_batches(model):
+    x = np.random.default_rng(3).integers(0, 256, (5, C, S, S), dtype=np.uint8)
+    parts = list(model.iter_scores(x, batch_size=2))
+    assert [len(p.score) for p in parts] == [2, 2, 1]
+    np.testing.assert_allclose(np.concatenate([p.score for p in parts]), model.score(x, maps=False).score, rtol=1e-5)
