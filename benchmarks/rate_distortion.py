@@ -1,24 +1,26 @@
-"""Rate-distortion of vaekit's latent codes on held-out digits, next to PCA, JPEG and WebP.
+"""vaekit's codec beside JPEG, WebP and AVIF (rate-distortion) and beside PNG, WebP, bz2, xz (lossless).
 
-    .venv/bin/python benchmarks/rate_distortion.py [--out benchmarks/out] [--epochs 30] [--latent-dim 8]
+    .venv/bin/python benchmarks/rate_distortion.py RUN --mnist ../shared/data/mnist.npz [--n 2000] [--out benchmarks/out]
+    .venv/bin/python benchmarks/rate_distortion.py RUN --folder held_out/ [--fit train/]
 
-Trains a VAE on the built-in digits (all ten classes, 80% of each), then compresses the held-out
-20% with vaekit's code files at q8, f16 and f32, and compares, at the same bytes per image:
-  PCA (scikit-learn), fitted on the same training images, with the same number of components,
-  each quantised to 8 bits exactly as vaekit's q8 codes are (per-dimension scale and offset);
-  JPEG and WebP (Pillow) at the quality whose mean file size is closest to vaekit's q8 file.
-Every method compresses the same pixels (the model's preprocessed image_size² images), and
-PSNR / SSIM come from vaekit.quality. Prints one table and saves a plot (matplotlib, Agg).
+RUN is a trained run directory (lossless needs --likelihood logistic). Held-out images: the MNIST
+test set (--mnist) or any folder (--folder, at the model's size). The lossy tables are the run's
+own; with --fit (a folder, or the MNIST training set with --mnist) they are fitted again first.
 
-Bytes per image: "payload" is the codes plus the quantisation parameters shared out over the
-images; "file" is the whole code file (its JSON header holds every image's name) over the images.
+Every per-image codec writes one file per image, its header included, because that is what a
+user stores; vaekit's bytes are the .vkc of the whole set over the images (its header, names and
+checksum included), and also a .vkc per image ("vaekit 1 file"). PSNR is the mean over images of
+vaekit.quality.psnr on the 8-bit pixels. Lossless: bits per sub-pixel of the set, header included.
+Prints markdown tables and writes the curve as a PNG plot (matplotlib, Agg).
 """
 
 from __future__ import annotations
 
 import argparse
+import bz2
 import io
-import shutil
+import lzma
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -26,150 +28,180 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-
-def digits_split(root: Path, size: int) -> tuple[Path, Path]:
-    """train/ and test/ holding all ten digit classes (write_digits' own 80/20 split per class)."""
-    from vaekit.sample_data import write_digits
-
-    train, test = root / "train", root / "test"
-    for k in range(10):
-        write_digits(root / f"class{k}", normal=k, size=size, n_anomalous=1)
-        for sub, dst in (("train", train), ("test/normal", test)):
-            dst.mkdir(parents=True, exist_ok=True)
-            for p in sorted((root / f"class{k}" / sub).glob("*.png")):
-                p.replace(dst / p.name)
-        shutil.rmtree(root / f"class{k}")
-    return train, test
+PILLOW = {"JPEG": range(1, 96, 6), "WebP": range(0, 101, 5), "AVIF": range(0, 101, 6)}
 
 
-def metrics(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+def write_folder(x: np.ndarray, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, img in enumerate(x):
+        Image.fromarray(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)).save(folder / f"{i:05d}.png")
+    return folder
+
+
+def psnr(x: np.ndarray, y: np.ndarray) -> float:
     from vaekit import quality
 
-    return float(quality.psnr(x, y).mean()), float(quality.ssim(x, y).mean())
+    return float(np.mean(np.minimum(quality.psnr(x, y), 100.0)))  # an exact image counts 100 dB, not +inf
 
 
-def pca_q8(train: np.ndarray, test: np.ndarray, k: int) -> tuple[np.ndarray, float]:
-    """PCA with k components, each quantised to 8 bits like vaekit's q8; (reconstructions, payload B/img)."""
-    from sklearn.decomposition import PCA
-
-    from vaekit import codes
-    from vaekit.images import to_uint8
-
-    n, shape = len(test), test.shape
-    pca = PCA(k, random_state=0).fit(train.reshape(len(train), -1) / 255.0)
-    s = pca.transform(test.reshape(n, -1) / 255.0).astype(np.float32)
-    c, scale, offset = codes.quantize(s, "q8")
-    x_hat = pca.inverse_transform(offset + scale * c.astype(np.float32)).reshape(shape)
-    return to_uint8(x_hat), (c.nbytes + scale.nbytes + offset.nbytes) / n
-
-
-def pillow_codec(x: np.ndarray, fmt: str, quality: int) -> tuple[np.ndarray, float]:
-    """Encode each (C, H, W) uint8 image with Pillow; (decoded images, mean file bytes)."""
-    out, sizes = [], []
+def pillow_point(x: np.ndarray, fmt: str, q: int, **kw) -> tuple[float, np.ndarray]:
+    """Each (C, H, W) uint8 image as its own file: (mean bytes, decoded images)."""
+    sizes, out = [], []
     for img in x:
         buf = io.BytesIO()
         pil = Image.fromarray(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0))
-        pil.save(buf, format=fmt, quality=quality)
+        pil.save(buf, format=fmt, quality=q, **kw)
         sizes.append(buf.tell())
         dec = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert(pil.mode))
         out.append(dec[None] if dec.ndim == 2 else dec.transpose(2, 0, 1))
-    return np.stack(out), float(np.mean(sizes))
+    return float(np.mean(sizes)), np.stack(out)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/out"), help="folder for the plot")
-    ap.add_argument("--image-size", type=int, default=16)
-    ap.add_argument("--latent-dim", type=int, default=8)
-    ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--threads", type=int, default=2, help="torch threads (few: the machine is shared)")
-    ap.add_argument("--workdir", type=Path, default=None, help="keep data and run here (default: a temp folder)")
-    args = ap.parse_args()
+def vaekit_curve(model, folder: Path, x: np.ndarray, work: Path) -> tuple[list, list]:
+    """(quality, bytes/img of the set's .vkc, PSNR) per quality; and one-image .vkc sizes."""
+    from vaekit import codec
+    from vaekit.codec import prior
 
-    import torch
-
-    import vaekit
-    from vaekit import codes
-    from vaekit.config import ModelConfig, TrainConfig
-    from vaekit.images import to_uint8
-    from vaekit.train import train as fit_folder
-
-    torch.set_num_threads(args.threads)
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="vaekit-rd-"))
-    t0 = time.perf_counter()
-    train_dir, test_dir = digits_split(work / "digits", args.image_size)
-    cfg = ModelConfig(image_size=args.image_size, channels=1, latent_dim=args.latent_dim, base_channels=16,
-                      likelihood="bernoulli")
-    fit_folder(train_dir, work / "run", cfg, TrainConfig(epochs=args.epochs, lr=2e-3, device="cpu"), cache_dir=work / "cache")
-    t_train = time.perf_counter() - t0
-    model = vaekit.load(work / "run")
-    x_train = model.load_images(train_dir).images
-    x = model.load_images(test_dir).images
-    n, d = len(x), model.info.latent_dim
-
-    rows = []  # (method, setting, payload B/img, file B/img, psnr, ssim)
-    for p in ("q8", "f16", "f32"):
-        rep = codes.encode_folder(model, test_dir, work / f"{p}.codes", p, overwrite=True)
-        cf = codes.load(rep.path)
-        payload = (cf.codes.nbytes + sum(a.nbytes for a in (cf.scale, cf.offset) if a is not None)) / n
-        rows.append(("vaekit", p, payload, rep.bytes_per_image, *metrics(x, to_uint8(model.decode(cf.latents())))))
-    target = rows[0][3]  # JPEG / WebP: the quality whose files are closest in size to vaekit's q8 file
-    pca_curve = {}
-    for k in sorted({1, 2, 4, 8, 16, 32, 64, d}):
-        y, size = pca_q8(x_train, x, min(k, args.image_size**2))
-        pca_curve[k] = (size, *metrics(x, y))
-    rows.append(("PCA", f"{d} × 8 bit", pca_curve[d][0], float("nan"), *pca_curve[d][1:]))
-    curves = {"PCA q8": [pca_curve[k] for k in sorted(pca_curve)]}
-    for fmt in ("JPEG", "WebP"):
-        curve = []
-        for q in range(1, 101):
-            y, size = pillow_codec(x, fmt, q)
-            curve.append((size, q, y))
-        size, q, y = min(curve, key=lambda c: abs(c[0] - target))
-        rows.append((fmt, f"quality {q}", size, size, *metrics(x, y)))
-        curves[fmt] = [(s, *metrics(x, yy)) for s, qq, yy in curve[::9] + [curve[-1]]]
-
-    print(f"rate-distortion on {n} held-out digits ({args.image_size}×{args.image_size} gray), "
-          f"VAE latent_dim {d}, {args.epochs} epochs on {len(x_train)} images ({t_train:.0f} s incl. data)")
-    print(f"{'method':8} {'setting':13} {'payload B/img':>13} {'file B/img':>10} {'PSNR dB':>8} {'SSIM':>7}")
-    for m, s, pb, fb, ps, ss in rows:
-        fbs = "-" if np.isnan(fb) else f"{fb:.1f}"
-        print(f"{m:8} {s:13} {pb:13.1f} {fbs:>10} {ps:8.2f} {ss:7.4f}")
-    vq8, pca = rows[0], rows[3]
-    verdict = "met" if vq8[4] >= pca[4] else "NOT met"
-    print(f"target vaekit q8 PSNR >= PCA at equal payload ({vq8[2]:.1f} vs {pca[2]:.1f} B/img): "
-          f"{vq8[4]:.2f} vs {pca[4]:.2f} dB -> {verdict}")
-    plot = plot_curves(args.out / "rate_distortion.png", rows, curves)
-    print(f"plot: {plot}   total {time.perf_counter() - t0:.0f} s")
-    if args.workdir is None:
-        shutil.rmtree(work, ignore_errors=True)
+    rows, single = [], []
+    order = sorted(range(len(x)), key=lambda i: f"{i:05d}.png")
+    one = work / "one"
+    write_folder(x[:1], one)
+    for q in prior.QUALITIES:
+        r = codec.encode(model, folder, work / f"q{q}.vkc", quality=q, overwrite=True)
+        d = codec.decode(model, r.path, work / f"dq{q}", overwrite=True)
+        y = np.stack([np.asarray(Image.open(p)) for p in d.written])
+        y = y[:, None] if y.ndim == 3 else y.transpose(0, 3, 1, 2)
+        rows.append((q, r.bytes_per_image, psnr(x[order], y)))
+        single.append(codec.encode(model, one, work / f"one{q}.vkc", quality=q, overwrite=True).file_bytes)
+    return rows, single
 
 
-def plot_curves(path: Path, rows, curves) -> Path:
+def lossless_table(model, folder: Path, x: np.ndarray, work: Path) -> list[tuple[str, float, str]]:
+    from vaekit import codec
+
+    dims = x[0].size * len(x)
+    rows = []
+    for name, fmt, kw in (("PNG (optimize)", "PNG", {"optimize": True}), ("WebP lossless", "WebP", {"lossless": True, "quality": 100, "method": 6})):
+        total = 0
+        for img in x:
+            buf = io.BytesIO()
+            Image.fromarray(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)).save(buf, format=fmt, **kw)
+            total += buf.tell()
+        rows.append((name, 8 * total / dims, "one file per image"))
+    raw = np.ascontiguousarray(x).tobytes()
+    rows.append(("bz2 -9 (whole set)", 8 * len(bz2.compress(raw, 9)) / dims, "raw pixels, one stream"))
+    rows.append(("xz -9e (whole set)", 8 * len(lzma.compress(raw, preset=9 | lzma.PRESET_EXTREME)) / dims, "raw pixels, one stream"))
+    if model.info.likelihood == "logistic":
+        t = time.perf_counter()
+        r = codec.encode(model, folder, work / "lossless.vkc", lossless=True, overwrite=True)
+        te = time.perf_counter() - t
+        d = codec.decode(model, r.path, work / "restored", overwrite=True)
+        exact = all(np.array_equal(np.asarray(Image.open(p)), np.asarray(Image.open(folder / p.name))) for p in d.written)
+        elbo = model.score(x, samples=4, score="neg_elbo", maps=False).bits_per_dim.mean()
+        rows.append(("vaekit bits-back", r.bits_per_dim,
+                     f"-ELBO (4 draws) {elbo:.4f}; cost/ELBO {r.bits_per_dim / elbo:.4f}; header {r.header_bytes} B; "
+                     f"encode {te:.0f} s, decode {d.seconds:.0f} s; {'every pixel exact' if exact else 'NOT EXACT'}"))
+    return rows
+
+
+def throughput(model, folder: Path, n: int, work: Path) -> tuple[float, float]:
+    """Images per second of encode + decode: vaekit lossy (quality 4) and the q8 code files."""
+    from vaekit import codec, codes
+
+    t = time.perf_counter()
+    r = codec.encode(model, folder, work / "speed.vkc", quality=4, overwrite=True)
+    codec.decode(model, r.path, work / "speed_vkc", overwrite=True)
+    vkc = n / (time.perf_counter() - t)
+    t = time.perf_counter()
+    rep = codes.encode_folder(model, folder, work / "speed.codes", "q8", overwrite=True)
+    codes.decode_file(model, rep.path, work / "speed_q8", overwrite=True)
+    return vkc, n / (time.perf_counter() - t)
+
+
+def plot(path: Path, curves: dict, title: str) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, col, label in ((axes[0], 1, "PSNR (dB)"), (axes[1], 2, "SSIM")):
-        for name, pts in curves.items():
-            pts = sorted(pts)
-            ax.plot([p[0] for p in pts], [p[col] for p in pts], marker=".", label=name)
-        for m, s, pb, fb, ps, ss in rows:
-            if m == "vaekit":
-                ax.scatter([pb], [ps if col == 1 else ss], marker="*", s=120, zorder=3, label=f"vaekit {s}")
-        ax.set_xscale("log")
-        ax.set_xlabel("bytes per image (payload)")
-        ax.set_ylabel(label)
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle("vaekit latent codes vs PCA, JPEG, WebP on held-out digits")
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for name, pts in curves.items():
+        pts = sorted(pts)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="*" if "vaekit" in name else ".", label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("bytes per image (header included)")
+    ax.set_ylabel("PSNR (dB)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def load_data(args, model) -> tuple[np.ndarray, np.ndarray | None]:
+    """(held-out uint8 (N, C, H, W), images to fit the tables on or None)."""
+    if args.mnist:
+        d = np.load(args.mnist)
+        fit = d["xtr"][:, None] if args.fit else None
+        return d["xte"][: args.n, None], fit
+    held = model.load_images(args.folder).images[: args.n]
+    return held, (model.load_images(args.fit).images if args.fit else None)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("run", type=Path, help="trained run directory")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--mnist", type=Path, help="mnist.npz (xte held out; xtr fits the tables with --fit)")
+    src.add_argument("--folder", type=Path, help="a folder of held-out images")
+    ap.add_argument("--fit", nargs="?", const=True, default=None, help="fit the tables again (on this folder, or xtr)")
+    ap.add_argument("--n", type=int, default=2000, help="held-out images for the curve")
+    ap.add_argument("--lossless-n", type=int, default=0, help="images in the lossless table (default: --n)")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/out"))
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
+    args = ap.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    import torch
+
+    import vaekit
+    from vaekit import codec
+
+    torch.set_num_threads(args.threads)
+    model = vaekit.load(args.run)
+    x, fit = load_data(args, model)
+    if fit is not None:
+        codec.save_prior(args.run, codec.fit_prior(model, fit), model)
+    work = Path(tempfile.mkdtemp(prefix="vaekit-rd-"))
+    folder = write_folder(x, work / "held_out")
+    t0 = time.perf_counter()
+    rows, single = vaekit_curve(model, folder, x, work)
+    curves = {"vaekit (.vkc of the set)": [(b, p) for _, b, p in rows],
+              "vaekit (one .vkc per image)": [(s, p) for s, (_, _, p) in zip(single, rows)]}
+    print(f"## Lossy, {len(x)} held-out images {x.shape[1]}x{x.shape[2]}x{x.shape[3]}, model {model.info.fingerprint} "
+          f"({model.info.likelihood}, latent {model.info.latent_shape})\n")
+    print("| codec | setting | bytes/image | PSNR dB |\n|---|---|---|---|")
+    for q, b, p in rows:
+        print(f"| vaekit | quality {q} | {b:.1f} (one-image file {single[q - 1]} B) | {p:.2f} |")
+    for fmt, qualities in PILLOW.items():
+        pts = []
+        for q in qualities:
+            b, y = pillow_point(x, fmt, q)
+            pts.append((b, psnr(x, y)))
+            print(f"| {fmt} | quality {q} | {b:.1f} | {pts[-1][1]:.2f} |")
+        curves[fmt] = pts
+    print(f"\nplot: {plot(args.out / 'rate_distortion.png', curves, f'{len(x)} held-out images')}  ({time.perf_counter() - t0:.0f} s)")
+    lx = x if not args.lossless_n else load_data(argparse.Namespace(**{**vars(args), "n": args.lossless_n}), model)[0]
+    lfolder = folder if lx is x else write_folder(lx, work / "lossless_set")
+    print(f"\n## Lossless, {len(lx)} images, bits per sub-pixel (header included)\n")
+    print("| codec | bits/dim | note |\n|---|---|---|")
+    for name, bpd, note in lossless_table(model, lfolder, lx, work):
+        print(f"| {name} | {bpd:.4f} | {note} |")
+    vkc, q8 = throughput(model, folder, len(x), work)
+    print(f"\nthroughput, encode + decode of {len(x)} images, {args.threads} thread(s): .vkc quality 4 {vkc:.0f} img/s, "
+          f"q8 code files {q8:.0f} img/s (ratio {vkc / q8:.2f}); load average {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
