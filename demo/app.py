@@ -26,7 +26,7 @@ from vaekit.engine import Model, score_unit
 from vaekit.errors import BadInput
 from vaekit_demo import figures, handlers
 from vaekit_demo.errors import _guard
-from vaekit_demo.security import confine, guarded_gradio
+from vaekit_demo.security import confine, guarded_gradio, public_path
 
 MAX_UPLOAD = "25mb"  # per uploaded file
 # The models work on small images; show their pixels as squares instead of a blur.
@@ -40,9 +40,14 @@ class _State:
         self.stop = threading.Event()
 
 
-def _data_folder(model: Model | None) -> str:
-    """The folder a run was trained on (the latent-space tab's default), when the model knows it."""
-    return str(getattr(model, "config", {}).get("data", {}).get("root", "")) if model else ""
+def _data_folder(model: Model | None, data_root: Path) -> str:
+    """The folder a run was trained on (the latent-space tab's default), relative to the data
+    root; empty when the model does not know it or it lies outside (the page shows no server paths)."""
+    folder = str(getattr(model, "config", {}).get("data", {}).get("root", "")) if model else ""
+    try:
+        return Path(folder).resolve().relative_to(data_root.resolve()).as_posix() if folder else ""
+    except (ValueError, OSError):
+        return ""
 
 
 def build_app(
@@ -71,9 +76,12 @@ def build_app(
     def guard(fn):
         return _guard(fn, roots)
 
+    def public(path) -> str:  # a server path as the page shows it (security.public_path)
+        return public_path(path, list(roots))
+
     with gr.Blocks(title="vaekit", analytics_enabled=False, delete_cache=(3600, 24 * 3600)) as app:
         gr.Markdown("# vaekit\nConvolutional VAEs on your own images: train, compress, score anomalies, generate.")
-        model_md = gr.Markdown(handlers.describe(model), elem_id="model-info")
+        model_md = gr.Markdown(handlers.describe(model, roots), elem_id="model-info")
         with gr.Row():
             model_path = gr.Textbox(show_label=False, placeholder="open another model: runs/NAME  or  model.onnx",
                                     scale=5, container=False)
@@ -159,7 +167,7 @@ def build_app(
 
         with gr.Tab("Latent space", id="latent"):
             with gr.Row():
-                lat_folder = gr.Textbox(_data_folder(model), label="Images to project (a folder on this machine)",
+                lat_folder = gr.Textbox(_data_folder(model, st.data_root), label="Images to project (a folder on this machine)",
                                         scale=3, elem_id="latent-folder")
                 method = gr.Radio(["PCA", "t-SNE"], value="PCA", label="Projection")
                 limit = gr.Slider(10, 2000, value=500, step=10, label="At most this many images")
@@ -174,8 +182,8 @@ def build_app(
         # --- handlers: widgets in, library call, widgets out ------------------------------------
         def model_outputs():
             rng = figures.threshold_range(st.model)
-            return (handlers.describe(st.model), gr.Slider(**rng), figures.model_histogram(st.model, rng["value"]),
-                    _data_folder(st.model))
+            return (handlers.describe(st.model, roots), gr.Slider(**rng),
+                    figures.model_histogram(st.model, rng["value"]), _data_folder(st.model, st.data_root))
 
         model_widgets = [model_md, threshold, hist, lat_folder]
 
@@ -203,15 +211,16 @@ def build_app(
                 elif ev.phase == "epoch":
                     rows += [{"epoch": m["epoch"], "loss": m["train_loss"], "split": "train"},
                              {"epoch": m["epoch"], "loss": m["val_loss"], "split": "validation"}]
-                    yield (f"Training `{out}`: epoch {m['epoch']}/{n_epochs}, validation loss "
+                    yield (f"Training `{public(out)}`: epoch {m['epoch']}/{n_epochs}, validation loss "
                            f"{m['val_loss']:.2f} nats/image", pd.DataFrame(rows), *keep)
                 elif ev.phase == "stopped":
-                    yield (f"**Stopped** after {len(rows) // 2} epoch(s). `{out}` keeps its last checkpoint: "
-                           f"continue it with `vaekit train {folder} --out {out} --resume`.", pd.DataFrame(rows), *keep)
+                    yield (f"**Stopped** after {len(rows) // 2} epoch(s). `{public(out)}` keeps its last checkpoint: "
+                           f"continue it with `vaekit train {public(folder)} --out {public(out)} --resume` "
+                           "(paths relative to the data folder).", pd.DataFrame(rows), *keep)
                 elif ev.phase == "done":
                     r = ev.result
                     st.model = vaekit.load(r.run_dir)
-                    yield (f"**Done**: `{r.run_dir}`, {r.epochs_done} epochs in {r.seconds:.1f} s, best validation "
+                    yield (f"**Done**: `{public(r.run_dir)}`, {r.epochs_done} epochs in {r.seconds:.1f} s, best validation "
                            f"loss {r.best_val:.2f} nats/image (epoch {r.best_epoch}); it is now the app's model.",
                            pd.DataFrame(rows), *model_outputs())
 

@@ -43,14 +43,17 @@ def need(model: Model | None) -> Model:
     return model
 
 
-def describe(model: Model | None) -> str:
-    """One line of Markdown naming the model and what it expects."""
+def describe(model: Model | None, roots: Sequence[Path] = ()) -> str:
+    """One line of Markdown naming the model and what it expects; its path relative to the first
+    of `roots` it lies in, else its last part (the page shows no server folders)."""
+    from vaekit_demo.security import public_path
+
     if model is None:
         return "**No model open.** Train one on the *Train* tab, or open a run directory or `.onnx` file."
     i = model.info
     kind = "gray" if i.channels == 1 else "RGB"
     thr = f"{i.threshold:.2f} {score_unit(i.score)}" if i.threshold is not None else "none stored"
-    return (f"**Model** `{i.source}` · {i.engine} engine · {i.image_size}×{i.image_size} {kind} · "
+    return (f"**Model** `{public_path(i.source, list(roots))}` · {i.engine} engine · {i.image_size}×{i.image_size} {kind} · "
             f"latent {i.latent_dim} · {i.likelihood} · anomaly threshold {thr}")
 
 

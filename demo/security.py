@@ -128,6 +128,22 @@ def confine(text: str, roots: list[Path], enabled: bool, what: str = "folder") -
     raise BadInput(f"that {what} is outside the app's data folder (--data-root); give a path inside it")
 
 
+def public_path(path: str | Path, roots: list[Path]) -> str:
+    """How the page shows a server path: relative to the first of `roots` it lies in (what the
+    path boxes accept back), else only its last part. Never the server's folders."""
+    p = Path(path)
+    try:
+        p = p.resolve()
+    except (OSError, RuntimeError):
+        pass
+    for root in roots:
+        try:
+            return p.relative_to(Path(root).resolve()).as_posix()
+        except ValueError:
+            continue
+    return p.name or "."
+
+
 _ABSOLUTE = re.compile(r"(?<![\w.~])/(?:[^\s/'\"`(),;:]+/)*([^\s/'\"`(),;:]*)")
 
 

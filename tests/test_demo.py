@@ -63,7 +63,8 @@ def not_an_image(tmp_path) -> Path:
 
 def test_describe_names_the_model_and_its_threshold(model, run):
     text = handlers.describe(model)
-    assert str(run) in text and "torch engine" in text and f"{SIZE}×{SIZE} gray" in text
+    assert f"`{run.name}`" in text and str(run.parent) not in text and "torch engine" in text  # no server folders
+    assert f"`{run.parent.name}/{run.name}`" in handlers.describe(model, [run.parent.parent]) and f"{SIZE}×{SIZE} gray" in text
     assert f"{model.info.threshold:.2f} {score_unit(model.info.score)}" in text
     assert "No model open" in handlers.describe(None)
 
@@ -360,7 +361,10 @@ def test_train_makes_the_new_run_the_apps_model_and_uploads_are_capped(data, tmp
         status, curve, model_md, threshold, _, folder = c.predict(str(data / "train"), SIZE, 3, 2, api_name="/train")
         assert status.startswith("**Done**") and [r[0] for r in curve["data"]] == [1, 1, 2, 2]
         run_dir = next((tmp_path / "runs").iterdir())
-        assert str(run_dir) in model_md and folder == str(data / "train")
+        root = data.parent.parent.resolve()  # the data root: paths are shown relative to it, never whole
+        shown = run_dir.resolve().relative_to(root) if run_dir.resolve().is_relative_to(root) else run_dir.name
+        assert f"`{Path(shown).as_posix()}`" in model_md and str(root) not in model_md + status
+        assert folder == (data / "train").relative_to(data.parent.parent).as_posix()  # as the box takes it back
         assert threshold["value"] == pytest.approx(vaekit.load(run_dir).info.threshold)
         c.predict(4, 1.0, 0, api_name="/sample")  # now works: the new run is the app's model
         big = tmp_path / "big.png"
@@ -391,7 +395,7 @@ def test_cli_demo_builds_and_launches_on_localhost(run, monkeypatch):
     assert seen["port"] == 7999 and seen["share"] is False and seen["max_file_size"] == "25mb"
     assert seen["host"] == "127.0.0.1"
     info = next(b for b in seen["app"].blocks.values() if getattr(b, "elem_id", None) == "model-info")
-    assert str(run) in info.value
+    assert f"`{run.name}`" in info.value and str(run.parent) not in info.value
     result = CliRunner().invoke(app, ["demo", str(run / "missing")])
     assert result.exit_code == 2
     # another address only when the user asks for it, with a warning

@@ -246,10 +246,34 @@ def test_the_train_tab_skips_a_fifo_named_png_instead_of_hanging(run, tree, tmp_
     try:
         with fifo_guard(fifo):
             status, *_ = Client(url, verbose=False).predict("with-fifo", SIZE, 4, 1, api_name="/train")
-        assert status.startswith("**Done**")
+        assert status.startswith("**Done**") and str(tree) not in status
         import vaekit
 
         new_run = vaekit.load(next((tree / "data" / "runs").glob("with-fifo-*")))
         assert new_run.config["data"]["skipped"] == [["pipe.png", "not a regular file (a FIFO, socket or device)"]]
+    finally:
+        app.close()
+
+
+def test_the_page_shows_no_server_paths_after_open_train_and_stop(run, tree):
+    """Open, the model line, the latent-space folder, the training status and the Stopped hint
+    show paths relative to the data root (what the boxes take back), never the server's folders."""
+    from gradio_client import Client
+
+    app, url = _serve(run, tree)
+    try:
+        info = next(b for b in app.blocks.values() if getattr(b, "elem_id", None) == "model-info")
+        assert "`runs/tiny`" in info.value and str(tree) not in info.value
+        c = Client(url, verbose=False)
+        model_md, _, _, folder = c.predict("runs/tiny", api_name="/open_model")
+        assert "`runs/tiny`" in model_md and str(tree) not in model_md and folder == "images"
+        job = c.submit("images", SIZE, 4, 200, api_name="/train")
+        while not job.outputs() and not job.done():  # the first epoch's status: training runs
+            job.status()
+        assert c.predict(api_name="/stop").startswith("Stopping")
+        status = job.result()[0]
+        assert status.startswith("**Stopped**") and str(tree) not in status, status
+        assert "vaekit train images --out runs/images-" in status
+        assert all(str(tree) not in str(o) for out in job.outputs() for o in (out if isinstance(out, tuple) else [out]))
     finally:
         app.close()
