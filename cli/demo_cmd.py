@@ -33,8 +33,11 @@ def demo(
     """Open the web app on http://127.0.0.1:PORT (train, compress, anomaly, generate, latent space)."""
     try:
         from vaekit_demo.app import build_app, launch
-    except ImportError as e:
-        raise RuntimeError(f"the demo needs gradio ({e}); install it with: pip install 'vaekit[demo]'") from None
+    except ImportError as e:  # gradio (or what it brings) is not installed: the extra's message, exit 2
+        from vaekit.errors import MissingExtra
+
+        missing = getattr(e, "name", None) or "gradio"
+        raise MissingExtra(f"vaekit demo needs {missing}, which is not installed: pip install 'vaekit[demo]'") from None
 
     from vaekit_demo.security import is_loopback
 

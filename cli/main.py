@@ -8,6 +8,7 @@ stderr and a documented exit code (see EXIT CODES below), never a traceback.
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 import typer
@@ -25,6 +26,24 @@ EPILOG = (
 
 
 BUG = "this is a bug in vaekit, not a problem with your input: please report it with the traceback above"
+
+
+def debug() -> bool:
+    """VAEKIT_DEBUG=1 (or true/yes/on) shows tracebacks; unset, empty, 0, false, no or off do not."""
+    return os.environ.get("VAEKIT_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+_PATH_REPR = r"(?:Posix|Windows|PurePosix|PureWindows)?Path\((?P<q>['\"])(?P<p>.*?)(?P=q)\)"
+_PATH_LIST = re.compile(r"\[\s*(" + _PATH_REPR.replace("?P<q>", "?:").replace("(?P=q)", "['\"]").replace("?P<p>", "?:")
+                        + r"(?:\s*,\s*" + _PATH_REPR.replace("?P<q>", "?:").replace("(?P=q)", "['\"]").replace("?P<p>", "?:")
+                        + r")*)\s*\]")
+
+
+def plain_paths(text: str) -> str:
+    """A message as users read it: `[PosixPath('a.png'), PosixPath('b')]` becomes `a.png, b`
+    (a list of paths formatted by repr somewhere below is still one readable line)."""
+    text = _PATH_LIST.sub(lambda m: m.group(1), text)
+    return re.sub(_PATH_REPR, lambda m: m.group("p"), text)
 
 
 def exit_code_for(exc: BaseException) -> int:
@@ -59,7 +78,7 @@ class GuardedGroup(TyperGroup):
             err_console.print("[red]interrupted[/red]")
             raise typer.Exit(130) from None
         except Exception as exc:  # noqa: BLE001 - this is the top-level handler
-            if os.environ.get("VAEKIT_DEBUG"):
+            if debug():
                 raise
             if isinstance(exc, ModuleNotFoundError):
                 from vaekit.errors import missing_extra
@@ -74,7 +93,7 @@ class GuardedGroup(TyperGroup):
             code = exit_code_for(exc)
             label = "error" if code == EXIT_BAD_INPUT else "failed"
             # escape: a message may hold brackets (paths, "vaekit[demo]") that rich would take as markup
-            err_console.print(f"[bold red]{label}:[/bold red] {shown(str(exc) or exc.__class__.__name__)}",
+            err_console.print(f"[bold red]{label}:[/bold red] {shown(plain_paths(str(exc)) or exc.__class__.__name__)}",
                               highlight=False, soft_wrap=True)
             raise typer.Exit(code) from None
 
@@ -131,12 +150,12 @@ def main() -> None:
     except SystemExit:
         raise
     except Exception as exc:  # noqa: BLE001 - errors outside a command (e.g. argument parsing)
-        if os.environ.get("VAEKIT_DEBUG"):  # the command re-raised for this: show where it came from
+        if debug():  # the command re-raised for this: show where it came from
             import traceback
 
             traceback.print_exc()
         else:
-            err_console.print(f"[bold red]error:[/bold red] {shown(exc)}", highlight=False)
+            err_console.print(f"[bold red]error:[/bold red] {shown(plain_paths(str(exc)))}", highlight=False)
         sys.exit(exit_code_for(exc))
 
 

@@ -174,7 +174,7 @@ def _finish(shares: Shares, report: ReconstructJob, model: "Model", out_dir: Pat
     at = _collect(shares.merged(), report, out_dir, found, targets)
     if not report.names:
         shares.remove()
-        raise imageio.none_usable("in " + ", ".join(map(str, found.roots)), report.skipped)
+        raise imageio.none_usable(f"in {stream.named(found.roots)}", report.skipped)
     info, shown = model.info, []
     for i, png in zip(at[:grid_max], report.written[:grid_max]):
         shown.append(imageio.load_image(found.paths[i], info.image_size, info.channels))

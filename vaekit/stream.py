@@ -86,6 +86,13 @@ def find_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> Inpu
     return Inputs(roots, PathList(paths), names)
 
 
+def named(inputs) -> str:
+    """What the user named, for a message: "a.png, b" (never a list's repr)."""
+    if isinstance(inputs, (str, os.PathLike)):
+        return str(inputs)
+    return ", ".join(map(str, inputs))
+
+
 def relative_name(path: Path, roots: Sequence[Path]) -> str:
     """`path` relative to the folder it was found in, posix style; with several inputs, prefixed
     by that folder's name, so names stay unique; a file named directly is its own name."""

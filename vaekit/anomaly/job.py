@@ -109,7 +109,7 @@ def score_to_file(
         report = JobReport(None, 0, 0, [], [], plan, (index, count), False, n_maps, len(done))
         if journal is None:
             if not tally.count:
-                raise imageio.none_usable(f"in {inputs}", tally.skipped)
+                raise imageio.none_usable(f"in {stream.named(inputs)}", tally.skipped)
             return tally.into(report)
         if count > 1:  # this share is written: its lock goes, another share's process may merge it
             _close(journal, out)
@@ -204,7 +204,7 @@ def _finish(shares: Shares, model: Model, plan: Plan, tally: "_Tally", inputs) -
     if not n:
         skipped = [tuple(s) for e in shares.merged() for s in e["skipped"]]
         shares.remove()
-        raise imageio.none_usable(f"in {inputs}", skipped)
+        raise imageio.none_usable(f"in {stream.named(inputs)}", skipped)
     info = model.info
     header = {"model": str(info.source), "engine": info.engine, "fingerprint": info.fingerprint, "score": plan.score,
               "estimator": plan.estimator, "samples": plan.samples, "threshold": plan.threshold,

@@ -210,7 +210,7 @@ def _write_code_file(shares, report: EncodeReport, info, source) -> None:
             report.source_bytes += r["bytes"]
     if not kept:
         shares.remove()
-        raise imageio.none_usable(f"in {source}", skipped)
+        raise imageio.none_usable(f"in {stream.named(source)}", skipped)
     sizes = np.array(sizes, dtype=np.int32).reshape(-1, 2)
 
     def chunks() -> Iterator[np.ndarray]:

@@ -1,0 +1,67 @@
+"""How the installed `vaekit` reports a user's mistakes (issue 21, item 13): VAEKIT_DEBUG=0 means
+off, paths are printed as paths (never `[PosixPath(...)]`), and a missing gradio is the
+missing-extra message with exit 2, not a traceback asking for a bug report."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from export_support import random_run
+from hostile import flat
+from vaekit_cli.main import plain_paths
+
+EXE = shutil.which("vaekit", path=str(Path(sys.executable).parent)) or "vaekit"
+
+
+def vaekit(*args, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([EXE, "--threads", "1", *map(str, args)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "300", **env})
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return random_run(tmp_path_factory.mktemp("messages") / "run", image_size=16, channels=1, latent_dim=4,
+                      base_channels=4)
+
+
+@pytest.mark.parametrize("off", ["0", "", "false", "no", "off"])
+def test_vaekit_debug_0_keeps_tracebacks_off(run, tmp_path, off):
+    (tmp_path / "x.png").write_bytes(b"not an image")
+    r = vaekit("anomaly-score", run, tmp_path / "x.png", VAEKIT_DEBUG=off)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.strip().startswith("error:"), r.stderr
+
+
+def test_vaekit_debug_1_shows_the_traceback(run, tmp_path):
+    (tmp_path / "x.png").write_bytes(b"not an image")
+    r = vaekit("anomaly-score", run, tmp_path / "x.png", VAEKIT_DEBUG="1")
+    assert r.returncode == 2 and "Traceback (most recent call last)" in r.stderr
+
+
+def test_no_usable_image_names_the_file_not_its_repr(run, tmp_path):
+    bomb = tmp_path / "hostile" / "bomb.png"
+    bomb.parent.mkdir()
+    bomb.write_bytes(b"not an image")
+    r = vaekit("anomaly-score", run, bomb)
+    assert r.returncode == 2 and "Path(" not in r.stderr and "[" not in r.stderr.split("error:")[1], r.stderr
+    assert flat(f"no usable image in {bomb}") in flat(r.stderr)
+
+
+def test_plain_paths_turns_reprs_of_paths_into_paths():
+    assert plain_paths("in [PosixPath('a b.png'), PosixPath('c')]: none") == "in a b.png, c: none"
+    assert plain_paths("see WindowsPath('C:/x') or Path(\"y\")") == "see C:/x or y"
+    assert plain_paths("pip install 'vaekit[demo]' [1, 2]") == "pip install 'vaekit[demo]' [1, 2]"  # untouched
+
+
+def test_a_missing_gradio_is_the_missing_extra_message_and_exit_2(tmp_path):
+    blocker = tmp_path / "sitecustomize.py"  # runs at start-up: gradio cannot be imported in that process
+    blocker.write_text("import sys\nsys.modules['gradio'] = None\n")
+    r = subprocess.run([EXE, "demo", "--port", "7999"], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                       env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert r.returncode == 2, r.stderr
+    assert "pip install 'vaekit[demo]'" in r.stderr and "Traceback" not in r.stderr and "bug" not in r.stderr
