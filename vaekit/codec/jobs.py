@@ -270,6 +270,12 @@ def _check_model(header: container.Header, model, archive: Path) -> None:
         if header.tables != BITSBACK_TABLES:
             raise container.ArchiveError(f"{archive} uses bits-back settings {header.tables!r}; this vaekit reads "
                                          f"{BITSBACK_TABLES!r}")
+        wrote = header.engine.get("engine")
+        if wrote != info.engine:  # measured: every image's tables differ between the engines (docs/codec.md)
+            raise bitsback.Desynchronised(
+                f"{archive} is a lossless archive written with the {wrote} engine; decode it with that engine "
+                f"({'the run directory' if wrote == 'torch' else 'the exported .onnx'}): the two engines' floats differ "
+                f"in the last bits, and bits-back decoding needs them identical")
 
 
 def _decode_into(model, prior, header, archive, offset, staged, size, progress) -> None:
