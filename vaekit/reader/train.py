@@ -1,10 +1,10 @@
 """Training the defect reader on vaekit's own synthetic defects, and reading images with it.
 
-The VAE stays fixed (trained first, on normal images only). Each step draws crops of the normal
-training images, puts a synthetic defect (vaekit.reader.synth) on most of them, runs the VAE
-on the result (the `features` callable) and trains the U-Net to segment the defect from the
-image and the VAE's outputs together: where the VAE failed to reconstruct, and whether that
-failure looks like a defect or like the VAE's ordinary trouble on this surface.
+Each step draws crops of the normal training images, puts a synthetic defect (vaekit.reader.synth)
+on most of them and trains the U-Net to segment it. The reader can also read the fixed VAE's
+per-pixel outputs on the same crops (the `features` callable: where the VAE failed to
+reconstruct); on the development textures that did not help (the grid VAE reconstructs most
+defects too), so the default reads the image alone (features=None).
 """
 
 from __future__ import annotations
@@ -46,9 +46,11 @@ def _crops(images: np.ndarray, idx: np.ndarray, size: int, rng: np.random.Genera
     return np.stack([images[i, :, y:y + size, x:x + size] for i, y, x in zip(idx, ys, xs)])
 
 
-def _inputs(x_u8: np.ndarray, features: Features) -> torch.Tensor:
+def _inputs(x_u8: np.ndarray, features: Features | None) -> torch.Tensor:
     """uint8 (B, C, H, W) -> the reader's input: the image and its features, (B, C + F, H, W)."""
     x = torch.from_numpy(np.ascontiguousarray(x_u8)).float().div_(255.0)
+    if features is None:
+        return x
     with torch.no_grad():
         f = features(x)
     return torch.cat([x, f.to(x)], 1)
@@ -72,12 +74,13 @@ def _normalise(net: ReaderNet, crops: np.ndarray, features: Features, size: int,
     net.in_std.copy_(inp.std((0, 2, 3)).clamp(min=1e-3))
 
 
-def train_reader(crops: np.ndarray, features: Features, cfg: ReaderConfig = ReaderConfig(), seed: int = 0,
+def train_reader(crops: np.ndarray, features: Features | None, cfg: ReaderConfig = ReaderConfig(), seed: int = 0,
                  progress: Callable[..., None] | None = None,
                  should_stop: Callable[[], bool] | None = None) -> dict[str, torch.Tensor]:
     """Train a reader on normal uint8 crops (N, C, h, w) with synthetic defects; return its
     state_dict (rebuild with `load_reader`). `features(x)` maps (B, C, h', w') in [0, 1] to the
-    VAE's per-pixel outputs (B, F, h', w') (see vaekit.reader.features). `progress(done, total,
+    VAE's per-pixel outputs (B, F, h', w') (see vaekit.reader.features); None: the reader reads
+    the image alone (the measured default, see ReaderConfig). `progress(done, total,
     loss=...)` is called every 25 steps; `should_stop()`, asked every step, ends training early
     with the weights as they are."""
     _check(crops, cfg)
@@ -120,22 +123,31 @@ def load_reader(state: dict[str, torch.Tensor], cfg: ReaderConfig = ReaderConfig
     return net.eval()
 
 
+def _box(p: torch.Tensor, w: int) -> torch.Tensor:
+    """Mean over the w x w window around each pixel (clipped at the border): (B, H, W)."""
+    if w <= 1:
+        return p
+    return F.avg_pool2d(p[:, None], w, stride=1, padding=w // 2, count_include_pad=False)[:, 0, :p.shape[1], :p.shape[2]]
+
+
 @torch.no_grad()
-def read(net: ReaderNet, x, features: Features, smooth: int | None = None,
-         batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """(image scores (N,), defect probability maps (N, H, W)) for images x (N, C, H, W) in
-    [0, 1] (torch or numpy float; uint8 is divided by 255). The image score is the largest
-    mean of the map over `smooth` x `smooth` px (default cfg.smooth; DRAEM's mean-filtered
-    max): one confident pixel alone does not flag an image, a defect-sized patch does."""
+def read(net: ReaderNet, x, features: Features | None = None, smooth: int | None = None,
+         map_smooth: int | None = None, batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """(image scores (N,), defect maps (N, H, W)) for images x (N, C, H, W): torch or numpy,
+    float in [0, 1] or uint8. The map is the defect probability averaged over map_smooth px
+    (defects are regions: a lone confident pixel says little); the image score is the largest
+    mean over `smooth` px (DRAEM's mean-filtered max; a smaller window, so a 1-px scratch still
+    counts). Both default to the net's config. `features` as given to train_reader."""
     net.eval()
     smooth = net.cfg.smooth if smooth is None else smooth
+    map_smooth = net.cfg.map_smooth if map_smooth is None else map_smooth
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32))
     scores, maps = [], []
     for i in range(0, len(x), batch):
         xb = x[i:i + batch].float()
-        p = torch.sigmoid(net(torch.cat([xb, features(xb).to(xb)], 1)))  # (B, H, W)
-        s = F.avg_pool2d(p[:, None], smooth, stride=1, padding=smooth // 2, count_include_pad=False) if smooth > 1 else p[:, None]
-        scores.append(s.flatten(1).max(1).values)
-        maps.append(p)
+        inp = xb if features is None else torch.cat([xb, features(xb).to(xb)], 1)
+        p = torch.sigmoid(net(inp))  # (B, H, W)
+        scores.append(_box(p, smooth).flatten(1).max(1).values)
+        maps.append(_box(p, map_smooth))
     return torch.cat(scores).numpy(), torch.cat(maps).numpy()
