@@ -17,6 +17,7 @@ photos join the confirm half: the lunar surface (moon) and the inside of a fundu
             image with the VAE features it is configured for (FEATURES)
   lofo      (--lofo) the reader trained without the "line" shape family: its scratches and cracks
             are defects of a family it never saw
+  reader+R  (--with-r) the reader given the VAE's residual log(1 + R) beside the image
 
 Every reader setting was chosen on the choose half (brick, gravel) only. With --work the data
 and VAE runs are kept and reused (a run directory with a config.json is not retrained).
@@ -116,7 +117,7 @@ def reader_scores(train_x, features, x, cfg, seed: int = 0) -> tuple[np.ndarray,
     return scores, maps, seconds
 
 
-def run_texture(name: str, work: Path, threads: int, lofo: bool) -> dict:
+def run_texture(name: str, work: Path, threads: int, lofo: bool, with_r: bool) -> dict:
     import torch
 
     import vaekit as vk
@@ -150,14 +151,16 @@ def run_texture(name: str, work: Path, threads: int, lofo: bool) -> dict:
     features = vae_features(engine.net, FEATURES) if FEATURES else None
     cfg = ReaderConfig()
     runs = {"reader": cfg, **({"lofo": replace(cfg, shapes=tuple(s for s in cfg.shapes if s != "line"))} if lofo else {})}
+    if with_r:
+        runs["reader+R"] = cfg
     for key, c in runs.items():
-        s, m, secs = reader_scores(train_x, features, x, c)
+        s, m, secs = reader_scores(train_x, r_only if key == "reader+R" else features, x, c)
         out[key] = {**by_kind(kinds, s), "pixel": auroc(gt, m.ravel()), "seconds": secs}
     return out
 
 
 def print_tables(results: dict, halves: dict[str, list[str]]) -> None:
-    methods = [m for m in ("default", "residual", "reader", "lofo") if all(m in r for r in results.values())]
+    methods = [m for m in ("default", "residual", "reader", "lofo", "reader+R") if all(m in r for r in results.values())]
     kinds = [k for k in next(iter(results.values()))["default"] if k not in ("image", "pixel", "cli_image")]
     for half, names in halves.items():
         names = [n for n in names if n in results]
@@ -186,6 +189,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", type=Path, default=None, help="keep data and VAE runs here, and reuse them")
     ap.add_argument("--lofo", action="store_true", help="also train a reader without line-shaped defects")
+    ap.add_argument("--with-r", action="store_true", help="also train a reader that reads the VAE's residual too")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     tmp = None if args.work else tempfile.TemporaryDirectory(prefix="vaekit-reader-")
@@ -193,8 +197,8 @@ def main() -> None:
     halves = {"choose": [n for n in args.choose.split(",") if n], "confirm": [n for n in args.confirm.split(",") if n]}
     results = {}
     for name in halves["choose"] + halves["confirm"]:
-        results[name] = r = run_texture(name, work, args.threads, args.lofo)
-        print(f"{name}: default {r['default']['image']:.4f}/{r['default']['pixel']:.4f}  reader "
+        results[name] = r = run_texture(name, work, args.threads, args.lofo, args.with_r)
+        print(f"{name}: default {r['default']['image']:.4f} (CLI {r['default']['cli_image']:.4f})/{r['default']['pixel']:.4f}  reader "
               f"{r['reader']['image']:.4f}/{r['reader']['pixel']:.4f} ({r['reader']['seconds']:.0f} s)", flush=True)
         if args.json:
             args.json.write_text(json.dumps(results, indent=2))

@@ -137,3 +137,12 @@ def test_read_without_smoothing_gives_the_networks_own_probabilities():
     np.testing.assert_allclose(scores, p.reshape(3, -1).max(1), rtol=1e-5)
     smoothed_scores, smoothed = read(net, x)  # the defaults: box means, never above the raw maximum
     assert smoothed.shape == (3, 20, 24) and (smoothed_scores <= scores + 1e-6).all()
+
+
+@pytest.mark.parametrize("bad", [{"width": 0}, {"loss": "mse"}, {"shapes": ("square",)}, {"clean_fraction": 1.0},
+                                 {"batch": 1}, {"steps": 2.5}])
+def test_reader_config_names_a_bad_value(bad):
+    from vaekit.errors import BadInput
+
+    with pytest.raises(BadInput, match=next(iter(bad))):
+        ReaderConfig(**bad)

@@ -16,6 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vaekit.errors import BadInput
+from vaekit.reader.synth import SHAPES
+
 
 @dataclass(frozen=True)
 class ReaderConfig:
@@ -32,6 +35,22 @@ class ReaderConfig:
     shapes: tuple[str, ...] = ("blob", "spots", "line")  # synthetic shape families drawn from
     smooth: int = 3  # image score: the largest mean of the probability over smooth x smooth px
     map_smooth: int = 5  # pixel map: the probability averaged over map_smooth x map_smooth px
+
+    def __post_init__(self) -> None:
+        ints = {"width": (1, 256), "depth": (0, 5), "stem": (1, 4), "steps": (1, 10**6), "batch": (2, 4096),
+                "crop": (8, 1024), "smooth": (1, 64), "map_smooth": (1, 64)}
+        for name, (lo, hi) in ints.items():
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                raise BadInput(f"reader {name} must be an integer from {lo} to {hi}, got {v!r}")
+        if not (isinstance(self.lr, (int, float)) and 0 < self.lr < 1):
+            raise BadInput(f"reader lr must be in (0, 1), got {self.lr!r}")
+        if not (isinstance(self.clean_fraction, (int, float)) and 0 <= self.clean_fraction < 1):
+            raise BadInput(f"reader clean_fraction must be in [0, 1), got {self.clean_fraction!r}")
+        if self.loss not in ("focal", "bce_dice"):
+            raise BadInput(f"reader loss must be 'focal' or 'bce_dice', got {self.loss!r}")
+        if not self.shapes or any(s not in SHAPES for s in self.shapes):
+            raise BadInput(f"reader shapes must be a non-empty subset of {SHAPES}, got {self.shapes!r}")
 
 
 class Block(nn.Module):

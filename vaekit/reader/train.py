@@ -21,7 +21,6 @@ from vaekit.reader.net import ReaderConfig, ReaderNet
 from vaekit.reader.synth import make_defects
 
 Features = Callable[[torch.Tensor], torch.Tensor]
-LOSSES = ("focal", "bce_dice")
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
@@ -60,8 +59,6 @@ def _check(crops: np.ndarray, cfg: ReaderConfig) -> None:
     if not isinstance(crops, np.ndarray) or crops.dtype != np.uint8 or crops.ndim != 4 or len(crops) < 1:
         raise ValueError(f"crops must be uint8 (N, C, H, W) with N >= 1, got {getattr(crops, 'dtype', type(crops))} "
                          f"{getattr(crops, 'shape', '')}")
-    if cfg.loss not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}, got {cfg.loss!r}")
     if min(crops.shape[2:]) < 2**cfg.depth:
         raise ValueError(f"crops of {crops.shape[2:]} px are smaller than 2**depth = {2**cfg.depth}")
 
