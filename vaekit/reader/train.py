@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vaekit.reader.features import tiled
 from vaekit.reader.net import ReaderConfig, ReaderNet
 from vaekit.reader.synth import make_defects
 
@@ -129,12 +130,14 @@ def _box(p: torch.Tensor, w: int) -> torch.Tensor:
 
 @torch.no_grad()
 def read(net: ReaderNet, x, features: Features | None = None, smooth: int | None = None,
-         map_smooth: int | None = None, batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
+         map_smooth: int | None = None, batch: int = 16, tile: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(image scores (N,), defect maps (N, H, W)) for images x (N, C, H, W): torch or numpy,
     float in [0, 1] or uint8. The map is the defect probability averaged over map_smooth px
     (defects are regions: a lone confident pixel says little); the image score is the largest
     mean over `smooth` px (DRAEM's mean-filtered max; a smaller window, so a 1-px scratch still
-    counts). Both default to the net's config. `features` as given to train_reader."""
+    counts). Both default to the net's config. `features` as given to train_reader. `tile`:
+    read images larger than tile x tile px in overlapping tiles (memory bounded by the tile;
+    the net sees ~100 px of context, so a quarter-tile overlap leaves no seams)."""
     net.eval()
     smooth = net.cfg.smooth if smooth is None else smooth
     map_smooth = net.cfg.map_smooth if map_smooth is None else map_smooth
@@ -144,7 +147,11 @@ def read(net: ReaderNet, x, features: Features | None = None, smooth: int | None
     for i in range(0, len(x), batch):
         xb = x[i:i + batch].float()
         inp = xb if features is None else torch.cat([xb, features(xb).to(xb)], 1)
-        p = torch.sigmoid(net(inp))  # (B, H, W)
+        if tile and max(inp.shape[-2:]) > tile:
+            t = min(tile, *inp.shape[-2:])
+            p = torch.sigmoid(tiled(lambda v: net(v)[:, None], t, t // 4)(inp)[:, 0])
+        else:
+            p = torch.sigmoid(net(inp))  # (B, H, W)
         scores.append(_box(p, smooth).flatten(1).max(1).values)
         maps.append(_box(p, map_smooth))
     return torch.cat(scores).numpy(), torch.cat(maps).numpy()
