@@ -155,7 +155,8 @@ class _Reporter:
         if key != self.key:
             if self.task is not None:
                 self.bars.remove_task(self.task)
-            desc = "decoding images" if phase == "decode" else f"epoch {m.get('epoch')}/{m.get('epochs')}"
+            desc = {"decode": "decoding images", "crossfit": "fold models for the threshold"}.get(
+                phase, f"epoch {m.get('epoch')}/{m.get('epochs')}")
             self.task, self.key = self.bars.add_task(desc, total=total, info=""), key
         info = ""
         if phase == "train":

@@ -48,9 +48,11 @@ def test_run_directory_is_complete_and_self_describing(blobs, tmp_path):
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["model"]["image_size"] == 16 and cfg["model"]["channels"] == 1
     assert cfg["train"]["epochs"] == 3
-    # 10% validation (best epoch, score statistics), 10% calibration (threshold), the rest trains
-    assert cfg["data"]["images"] == 24 and cfg["data"]["val_images"] == 2 and cfg["data"]["train_images"] == 20
-    assert cfg["data"]["calibration_images"] == 2 and cfg["anomaly"]["source"] == "calibration"
+    # few images (< 200): every image trains, and 5 fold models give each one an out-of-sample
+    # score for the statistics and the threshold
+    assert cfg["data"]["images"] == 24 and cfg["data"]["val_images"] == 0 and cfg["data"]["train_images"] == 24
+    assert cfg["data"]["calibration_images"] == 0 and cfg["data"]["crossfit_folds"] == 5
+    assert cfg["anomaly"]["source"] == "cross-fitted" and cfg["anomaly"]["n"] == 24
     assert cfg["vaekit_version"] and cfg["torch_version"] == torch.__version__
     assert len(cfg["data"]["fingerprint"]) >= 16
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -59,13 +61,21 @@ def test_run_directory_is_complete_and_self_describing(blobs, tmp_path):
         assert math.isclose(r["train_loss"], r["train_recon"] + r["beta"] * r["train_kl"], rel_tol=1e-6)
         assert r["val_bits_per_dim"] == pytest.approx(r["val_loss"] / (16 * 16 * math.log(2)))
         assert r["train_bits_per_dim"] == pytest.approx((r["train_recon"] + r["train_kl"]) / (16 * 16 * math.log(2)))
-    # best-on-validation weights are the ones kept
+    # best-on-validation weights are the ones kept (validation: the training images when cross-fitting)
     assert result.best_val == min(r["val_loss"] for r in rows)
     assert result.threshold == cfg["anomaly"]["threshold"]
     model, _ = rundir.load_model(run)
     assert cfg["fingerprint"] == rundir.fingerprint(model.state_dict())
     # the files are plain safetensors/JSON: nothing to unpickle
     assert set(load_file(run / "model.safetensors")) == set(model.state_dict())
+
+
+def test_held_out_splits_when_cross_fitting_is_off(blobs, tmp_path):
+    # 10% validation (best epoch, score statistics), 10% calibration (threshold), the rest trains
+    train(blobs, tmp_path / "run", MODEL, tcfg(folds=0))
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["data"]["val_images"] == 2 and cfg["data"]["train_images"] == 20 and cfg["data"]["calibration_images"] == 2
+    assert cfg["anomaly"]["source"] == "calibration" and cfg["anomaly"]["n"] == 2
 
 
 def test_training_reduces_the_loss(blobs, tmp_path):

@@ -121,6 +121,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (CUDA mostly; slow first epoch)
     threshold_quantile: float = 0.99  # anomaly threshold = this quantile of validation scores
     grad_clip: float = 0.0  # clip the global gradient norm to this (0: off, plain AdamW as in the paper)
+    folds: int = -1  # cross-fitting (vaekit.data.plan_splits): -1 auto (5 folds below 200 images), 0 off, K >= 2 folds
 
     def __post_init__(self) -> None:
         for name in ("lr", "weight_decay", "beta", "val_fraction", "calibration_fraction", "threshold_quantile",
@@ -144,6 +145,9 @@ class TrainConfig:
                 self.val_fraction + self.calibration_fraction >= 1.0):
             raise BadInput(f"validation and calibration fractions must be in [0, 1) and leave images to train on, "
                            f"got {self.val_fraction!r} and {self.calibration_fraction!r}")
+        if isinstance(self.folds, bool) or not isinstance(self.folds, int) or self.folds < -1 or self.folds == 1 \
+                or self.folds > 100:
+            raise BadInput(f"folds must be -1 (auto), 0 (off) or 2 to 100, got {self.folds!r}")
         if self.device not in DEVICES:
             raise BadInput(f"device must be one of {DEVICES}, got {self.device!r}")
         if not 0.0 < self.threshold_quantile < 1.0:

@@ -126,6 +126,56 @@ def split3(n: int, val_fraction: float, cal_fraction: float, seed: int) -> tuple
     return np.sort(order[n_val + n_cal:]), np.sort(order[:n_val]), np.sort(order[n_val:n_val + n_cal])
 
 
+CROSSFIT_BELOW = 200  # fewer images than this: cross-fitting instead of held-out splits (auto)
+CROSSFIT_FOLDS = 5
+MIN_VAL = 20  # a held-out split smaller than this fits the score's statistics on too few images
+
+
+@dataclass
+class Splits:
+    """Which images train the model, fit the score's statistics and set the threshold.
+
+    Many images: three disjoint splits (train, validation, calibration). Few: every image
+    trains the model, and `folds` partitions them for cross-fitting: one extra model per fold,
+    trained on the other folds, scores the fold's images as images it never saw, so that all
+    n images give out-of-sample scores for the statistics and the threshold (Barber et al.
+    2021's cross-conformal idea): with 20 images the threshold can then promise 1 / 21, where a
+    held-out split of 2 could promise only 1 / 3."""
+
+    train: np.ndarray
+    val: np.ndarray
+    cal: np.ndarray
+    folds: list[np.ndarray]
+
+    @property
+    def crossfit(self) -> bool:
+        return bool(self.folds)
+
+
+def plan_splits(n: int, val_fraction: float, cal_fraction: float, seed: int, folds: int = -1,
+                quantile: float = 0.99) -> Splits:
+    """The splits for n images (see Splits).
+
+    folds=-1 (auto): cross-fit with CROSSFIT_FOLDS folds below CROSSFIT_BELOW images; above,
+    hold out a validation and a calibration split of at least `val_fraction` and
+    `cal_fraction` of the images, at least MIN_VAL each, and for calibration as many as the
+    threshold's quantile needs (99 for 0.99), each at most 30% of the images. folds=0: hold
+    out by the fractions alone; K >= 2: cross-fit with K folds. Fractions of 0 turn the
+    held-out splits (and cross-fitting) off: the threshold then comes from training images."""
+    k = min(n, (CROSSFIT_FOLDS if n < CROSSFIT_BELOW else 0) if folds < 0 else folds)
+    if k >= 2 and val_fraction + cal_fraction > 0:  # a fold of one image: leave-one-out
+        order = np.random.default_rng(seed).permutation(n)
+        return Splits(np.arange(n), np.zeros(0, np.int64), np.zeros(0, np.int64),
+                      [np.sort(order[i::k]) for i in range(k)])
+    if folds < 0 and val_fraction > 0 and cal_fraction > 0:
+        from vaekit.anomaly.threshold import needed_scores
+
+        most = int(0.3 * n)
+        val_fraction = min(most, max(round(n * val_fraction), MIN_VAL)) / n
+        cal_fraction = min(most, max(round(n * cal_fraction), MIN_VAL, needed_scores(quantile))) / n
+    return Splits(*split3(n, val_fraction, cal_fraction, seed), [])
+
+
 def split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Seeded train/validation split of n indices; validation gets round(n * fraction), at least 1."""
     order = np.random.default_rng(seed).permutation(n)

@@ -47,6 +47,20 @@ class TorchModel(Model):
             **threshold_fields(cfg.get("anomaly"), Path(run_dir) / rundir.CONFIG),
         )
 
+    @classmethod
+    def from_net(cls, net, device: torch.device, source: str | Path = "<in memory>") -> "TorchModel":
+        """A network in memory behind the same interface, with no threshold or calibration:
+        what cross-fitting scores its fold models with (vaekit.crossfit)."""
+        self = cls.__new__(cls)
+        self.device, self.net, self.config = torch.device(device), net.eval(), {}
+        self.batch_size = 256 if self.device.type == "cuda" else Model.batch_size
+        m, log_scale = net.cfg, net.scale()
+        self.info = ModelInfo(
+            image_size=m.image_size, channels=m.channels, latent_dim=m.z_dims, likelihood=m.likelihood,
+            latent_shape=m.latent_shape, fingerprint=rundir.fingerprint(net.state_dict()), engine="torch",
+            source=Path(source), log_scale=None if log_scale is None else [float(v) for v in log_scale.detach().cpu()])
+        return self
+
     def _t(self, a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(self.device)
 

@@ -19,7 +19,7 @@ import torch
 from vaekit import checkpoint
 from vaekit import run as rundir
 from vaekit.config import RESUMABLE, ModelConfig, TrainConfig
-from vaekit.data import Dataset, _read_ahead, _to_device, _to_input, split3
+from vaekit.data import Dataset, _read_ahead, _to_device, _to_input, plan_splits
 from vaekit.distributed import Dist, _all_reduce_sum, _barrier, init_distributed, pick_device
 from vaekit.finish import finish, write_run_config
 from vaekit.model import ConvVAE
@@ -142,6 +142,114 @@ def _noise_seed(seed: int, epoch: int, step: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, step]).generate_state(1, np.uint64)[0])
 
 
+class Trainer:
+    """One model and its optimiser: AMP, channels-last, DDP and torch.compile where they apply,
+    and one epoch of training at a time. The run's model and the cross-fitting fold models
+    (vaekit.crossfit) are trained by the very same steps."""
+
+    def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, device: torch.device, dist: Dist,
+                 seed: int | None = None):
+        torch.manual_seed(train_cfg.seed if seed is None else seed)
+        self.cfg, self.model_cfg, self.device, self.dist = train_cfg, model_cfg, device, dist
+        self.model = ConvVAE(model_cfg).to(device)
+        cuda = device.type == "cuda"
+        self.channels_last = cuda and train_cfg.channels_last
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.amp_dtype = None
+        if cuda and train_cfg.amp:
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16) if cuda else None
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+        if cuda:
+            torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
+        # DDP averages gradients only through the wrapped module's forward, so the noise goes in there
+        self.net: torch.nn.Module = _NoisyForward(self.model)
+        if dist.world > 1:
+            self.net = torch.nn.parallel.DistributedDataParallel(self.net, device_ids=[device.index] if cuda else None)
+        if train_cfg.compile:
+            self.net = torch.compile(self.net)
+        self.noise = torch.Generator(device=device)
+
+    def steps(self, n_train: int) -> int:
+        return math.ceil(n_train / self.cfg.batch_size)
+
+    def epoch(self, images: np.ndarray, train_idx: np.ndarray, epoch: int, progress: Progress | None = None,
+              should_stop: Callable[[], bool] | None = None) -> list[float] | None:
+        """One pass over `train_idx`: [recon, kl, total, images] summed over all ranks, or None
+        when `should_stop()` said so (the epoch is then not finished).
+
+        Not DistributedSampler: it deals each rank its own slice of the epoch (padded to equal
+        length), so the global batches, and with them the losses, differ from a single-process
+        run. Here every rank shuffles the same way and takes an interleaved share of each global
+        batch, and each image's noise is drawn by its place in the global batch, so one process
+        or many train the same model (up to float rounding) and resume on any number of ranks."""
+        cfg, dist, device = self.cfg, self.dist, self.device
+        t0, steps = time.perf_counter(), self.steps(len(train_idx))
+        beta = kl_weight(epoch, cfg)
+        self.model.train()
+        # a fresh generator per epoch: the shuffle needs no saved state to resume exactly
+        perm = train_idx[np.random.default_rng([cfg.seed, epoch]).permutation(len(train_idx))]
+        shares = [_share(perm[s * cfg.batch_size : (s + 1) * cfg.batch_size], dist) for s in range(steps)]
+        reader = _read_ahead(images, (mine for mine, _, _ in shares), device)
+        sums = torch.zeros(3, device=device, dtype=torch.float64)  # recon, kl, total
+        count, report_every = 0, max(1, steps // 50)
+        try:
+            for step, ((mine, rows, n_global), x) in enumerate(zip(shares, reader)):
+                if should_stop is not None and _agreed(should_stop(), dist, device):
+                    return None
+                lr = learning_rate(cfg, epoch * steps + step, cfg.epochs * steps)
+                eps = self._noise(epoch, step, n_global, rows)
+                loss = self._step(_to_device(x, device, self.channels_last), eps, lr, beta, n_global)
+                with torch.no_grad():
+                    sums += torch.stack([loss.recon.sum(), loss.kl.sum(), loss.total.sum()]).double()
+                count += len(mine)  # a Python int: a device tensor here would sync every step
+                if progress and ((step + 1) % report_every == 0 or step + 1 == steps):
+                    s = sums.tolist()
+                    progress(step + 1, steps, phase="train", epoch=epoch + 1, epochs=cfg.epochs, loss=s[2] / count,
+                             recon=s[0] / count, kl=s[1] / count,
+                             images_per_s=count * dist.world / (time.perf_counter() - t0))
+        finally:
+            reader.close()  # here, not later in the garbage collector, where a Ctrl-C would be swallowed
+        sums = torch.cat([sums, torch.tensor([float(count)], dtype=torch.float64, device=device)])
+        return _all_reduce_sum(sums, dist).tolist()
+
+    def _noise(self, epoch: int, step: int, n_global: int, rows: torch.Tensor) -> torch.Tensor:
+        """eps of this rank's images, drawn for the whole global batch by a seed of the step."""
+        self.noise.manual_seed(_noise_seed(self.cfg.seed, epoch, step))
+        rows = rows.to(self.device, non_blocking=True)  # blocking would wait for the GPU every step
+        return torch.randn(n_global, self.model_cfg.z_dims, device=self.device, generator=self.noise)[rows]  # (B, D)
+
+    def _step(self, x: torch.Tensor, eps: torch.Tensor, lr: float, beta: float, n_global: int):
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            params, mu, logvar = self.net(x, eps)
+        loss = negative_elbo(x, params, mu, logvar, self.model_cfg.likelihood, self.model.scale(), beta)
+        # sum over my images / global batch * world: DDP's gradient mean then equals the
+        # gradient of the mean over the global batch
+        objective = loss.total.sum() * (self.dist.world / n_global)
+        self.optimizer.zero_grad(set_to_none=True)
+        scaled = self.scaler is not None and self.scaler.is_enabled()
+        (self.scaler.scale(objective) if scaled else objective).backward()
+        if self.cfg.grad_clip > 0:
+            if scaled:
+                self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        if scaled:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        return loss
+
+
+def resolved_train_config(train_cfg: TrainConfig, model_cfg: ModelConfig, n_train: int) -> TrainConfig:
+    """The automatic batch size and number of epochs decided (vaekit.recipe)."""
+    train_cfg = replace(train_cfg, batch_size=resolve_batch_size(train_cfg, model_cfg.image_size))
+    return replace(train_cfg, epochs=resolve_epochs(train_cfg, n_train, model_cfg.image_size))
+
+
 def fit(
     data: Dataset,
     out_dir: Path,
@@ -153,153 +261,101 @@ def fit(
 ) -> TrainResult:
     """Train, checkpoint every epoch, keep the best-on-validation weights, set the threshold.
 
-    `should_stop()` is asked after every optimizer step (the demo's Stop button, the CLI's
-    Ctrl-C): when it says True the loop ends there and returns with `stopped` set, the run
-    directory holding the last finished epoch's checkpoint, ready for `--resume`."""
+    With few images (vaekit.data.Splits) one extra model per fold is trained after the run's
+    own, for out-of-sample scores of every image (vaekit.crossfit). `should_stop()` is asked
+    after every optimizer step (the demo's Stop button, the CLI's Ctrl-C): when it says True
+    the loop ends there and returns with `stopped` set, the run directory holding the last
+    finished epoch's checkpoint, ready for `--resume`."""
     out_dir = Path(out_dir)
     device = pick_device(train_cfg.device)
     dist = init_distributed(device)
-    torch.manual_seed(train_cfg.seed)
-    model = ConvVAE(model_cfg).to(device)
-    cuda = device.type == "cuda"
-    channels_last = cuda and train_cfg.channels_last
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    amp_dtype = None
-    if cuda and train_cfg.amp:
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16) if cuda else None
-    optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
-
-    train_idx, val_idx, cal_idx = split3(len(data.paths), train_cfg.val_fraction, train_cfg.calibration_fraction,
-                                         train_cfg.seed)
-    train_cfg = replace(train_cfg, batch_size=resolve_batch_size(train_cfg, model_cfg.image_size))
-    train_cfg = replace(train_cfg, epochs=resolve_epochs(train_cfg, len(train_idx), model_cfg.image_size))
-    start_epoch, history = 0, []
-    best = {"epoch": -1, "val": math.inf}
-    if resume:
-        tensors, meta = checkpoint.load_checkpoint(out_dir)
-        try:
-            _unpack_state(tensors, meta, model, optimizer, scaler)
-        except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise rundir.RunError(f"the checkpoint in {out_dir / rundir.CHECKPOINT_DIR} does not fit this run: {first}") from None
-        for group in optimizer.param_groups:  # a --lr given with --resume applies from here on
-            group["lr"] = train_cfg.lr
-        start_epoch, best = meta["epoch"] + 1, meta["best"]
-        history = rundir.read_metrics(out_dir)[: meta["history_len"]]
-        if train_cfg.epochs < start_epoch:
-            raise BadInput(f"{out_dir} has already trained {start_epoch} epochs; --epochs {train_cfg.epochs} would go back")
-    elif dist.main:
-        write_run_config(out_dir, data, model_cfg, train_cfg, device, len(train_idx), len(val_idx), len(cal_idx))
-
-    if cuda:
-        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
-    # DDP averages gradients only through the wrapped module's forward, so the noise goes in there
-    net: torch.nn.Module = _NoisyForward(model)
-    if dist.world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if cuda else None)
-    if train_cfg.compile:
-        net = torch.compile(net)
-    noise = torch.Generator(device=device)
-
-    # Not DistributedSampler: it deals each rank its own slice of the epoch (padded to equal
-    # length), so the global batches, and with them the losses, differ from a single-process
-    # run. Here every rank shuffles the same way and takes an interleaved share of each global
-    # batch, and each image's noise is drawn by its place in the global batch, so one process
-    # or many train the same model (up to float rounding) and resume on any number of ranks.
-    steps = math.ceil(len(train_idx) / train_cfg.batch_size)
+    splits = plan_splits(len(data.paths), train_cfg.val_fraction, train_cfg.calibration_fraction, train_cfg.seed,
+                         train_cfg.folds, train_cfg.threshold_quantile)
+    train_cfg = resolved_train_config(train_cfg, model_cfg, len(splits.train))
+    trainer = Trainer(model_cfg, train_cfg, device, dist)
+    start_epoch, best, history = _begin(trainer, out_dir, data, splits, resume)
     t_start, stopped = time.perf_counter(), False
     for epoch in range(start_epoch, train_cfg.epochs):
         t0 = time.perf_counter()
-        beta = kl_weight(epoch, train_cfg)
-        model.train()
-        # a fresh generator per epoch: the shuffle needs no saved state to resume exactly
-        perm = train_idx[np.random.default_rng([train_cfg.seed, epoch]).permutation(len(train_idx))]
-        shares = [_share(perm[s * train_cfg.batch_size : (s + 1) * train_cfg.batch_size], dist) for s in range(steps)]
-        reader = _read_ahead(data.images, (mine for mine, _, _ in shares), device)
-        sums = torch.zeros(3, device=device, dtype=torch.float64)  # recon, kl, total
-        count = 0
-        report_every = max(1, steps // 50)
-        for step, ((mine, rows, n_global), x) in enumerate(zip(shares, reader)):
-            if should_stop is not None and _agreed(should_stop(), dist, device):
-                stopped = True
-                break
-            x = _to_device(x, device, channels_last)
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(train_cfg, epoch * steps + step, train_cfg.epochs * steps)
-            noise.manual_seed(_noise_seed(train_cfg.seed, epoch, step))
-            rows = rows.to(device, non_blocking=True)  # blocking would wait for the GPU every step
-            eps = torch.randn(n_global, model_cfg.z_dims, device=device, generator=noise)[rows]  # (B, D)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                params, mu, logvar = net(x, eps)
-            loss = negative_elbo(x, params, mu, logvar, model_cfg.likelihood, model.scale(), beta)
-            # sum over my images / global batch * world: DDP's gradient mean then equals the
-            # gradient of the mean over the global batch
-            objective = loss.total.sum() * (dist.world / n_global)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None and scaler.is_enabled():
-                scaler.scale(objective).backward()
-                if train_cfg.grad_clip > 0:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                objective.backward()
-                if train_cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
-                optimizer.step()
-            with torch.no_grad():
-                sums += torch.stack([loss.recon.sum(), loss.kl.sum(), loss.total.sum()]).double()
-            count += len(mine)  # a Python int: a device tensor here would sync every step
-            if progress and dist.main and ((step + 1) % report_every == 0 or step + 1 == steps):
-                s = sums.tolist()
-                progress(step + 1, steps, phase="train", epoch=epoch + 1, epochs=train_cfg.epochs,
-                         loss=s[2] / count, recon=s[0] / count, kl=s[1] / count,
-                         images_per_s=count * dist.world / (time.perf_counter() - t0))
-        reader.close()  # here, not later in the garbage collector, where a Ctrl-C would be swallowed
-        if stopped:
+        sums = trainer.epoch(data.images, splits.train, epoch, progress if dist.main else None, should_stop)
+        if sums is None:
+            stopped = True
             break
-        sums = torch.cat([sums, torch.tensor([float(count)], dtype=torch.float64, device=device)])
-        sums = _all_reduce_sum(sums, dist).tolist()
         if not math.isfinite(sums[2]):
             kept = (f"the last good checkpoint (epoch {epoch}) is kept in {out_dir}; resume with --resume"
                     if epoch > 0 else "nothing was saved yet; start again with --overwrite")
             raise TrainingError(f"loss became {sums[2]} in epoch {epoch + 1}; try a lower --lr. {kept}")
-        seconds = time.perf_counter() - t0
-        row = _epoch_row(epoch, beta, sums, seconds, model, data, val_idx, train_idx, device, dist)
+        row = _epoch_row(epoch, kl_weight(epoch, train_cfg), sums, time.perf_counter() - t0, trainer.model, data,
+                         splits.val, splits.train, device, dist)
         history.append(row)
         improved = row["val_loss"] < best["val"]
         if improved:
             best = {"epoch": epoch, "val": row["val_loss"]}
         if dist.main:
-            if resume and epoch == start_epoch:
-                # From here model.safetensors may change: the stored threshold and fingerprint no
-                # longer describe it until _finish writes new ones, and the new total number of
-                # epochs must survive another interruption.
-                cfg = rundir.read_config(out_dir)
-                cfg.pop("anomaly", None)
-                cfg.pop("fingerprint", None)
-                changed = {k: getattr(train_cfg, k) for k in RESUMABLE if cfg["train"].get(k) != getattr(train_cfg, k)}
-                if changed:  # what a --resume changed, and from which epoch on
-                    cfg["resumed"] = [*cfg.get("resumed", []), {"from_epoch": epoch + 1, **changed}]
-                cfg["train"] = {**cfg["train"], **{k: getattr(train_cfg, k) for k in RESUMABLE}}
-                rundir.write_config(out_dir, cfg)
-            if improved:
-                rundir.save_tensors(out_dir / rundir.WEIGHTS, model.state_dict(), {"epoch": epoch})
-            rundir.write_metrics(out_dir, history)
-            tensors, meta = _pack_state(model, optimizer, scaler, epoch, best, len(history))
-            checkpoint.save_checkpoint(out_dir, epoch, tensors, meta)
+            _save_epoch(trainer, out_dir, epoch, best, history, improved, resume and epoch == start_epoch)
         if progress and dist.main:
             progress(epoch + 1, train_cfg.epochs, phase="epoch", **row)
 
     result = TrainResult(out_dir, str(device), len(history), best["epoch"] + 1, best["val"], history,
                          seconds=time.perf_counter() - t_start, rank=dist.rank, stopped=stopped)
     if dist.main and not stopped:
-        result.threshold = finish(out_dir, data, train_idx, val_idx, cal_idx, train_cfg, device)
+        folds = None
+        if splits.crossfit:
+            from vaekit.crossfit import crossfit_parts
+
+            folds = crossfit_parts(data, splits, model_cfg, train_cfg, device, progress, should_stop)
+        if folds is None and splits.crossfit:
+            result.stopped = True  # asked to stop while cross-fitting: --resume does it again
+        else:
+            result.threshold = finish(out_dir, data, splits, train_cfg, device, folds)
     _barrier(dist)  # the run directory is complete when any rank returns
     return result
+
+
+def _begin(trainer: Trainer, out_dir: Path, data: Dataset, splits, resume: bool) -> tuple[int, dict, list]:
+    """(first epoch, best so far, history): a new run writes its config; a resumed one reloads
+    the exact state of its last finished epoch."""
+    cfg = trainer.cfg
+    if not resume:
+        if trainer.dist.main:
+            write_run_config(out_dir, data, trainer.model_cfg, cfg, trainer.device, len(splits.train),
+                             len(splits.val), len(splits.cal), len(splits.folds))
+        return 0, {"epoch": -1, "val": math.inf}, []
+    tensors, meta = checkpoint.load_checkpoint(out_dir)
+    try:
+        _unpack_state(tensors, meta, trainer.model, trainer.optimizer, trainer.scaler)
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise rundir.RunError(f"the checkpoint in {out_dir / rundir.CHECKPOINT_DIR} does not fit this run: {first}") from None
+    for group in trainer.optimizer.param_groups:  # a --lr given with --resume applies from here on
+        group["lr"] = cfg.lr
+    start_epoch = meta["epoch"] + 1
+    if cfg.epochs < start_epoch:
+        raise BadInput(f"{out_dir} has already trained {start_epoch} epochs; --epochs {cfg.epochs} would go back")
+    return start_epoch, meta["best"], rundir.read_metrics(out_dir)[: meta["history_len"]]
+
+
+def _save_epoch(trainer: Trainer, out_dir: Path, epoch: int, best: dict, history: list, improved: bool,
+                first_resumed: bool) -> None:
+    """The best weights, the metrics and the checkpoint of a finished epoch."""
+    if first_resumed:
+        # From here model.safetensors may change: the stored threshold and fingerprint no
+        # longer describe it until finish writes new ones, and the new total number of
+        # epochs must survive another interruption.
+        cfg = rundir.read_config(out_dir)
+        cfg.pop("anomaly", None)
+        cfg.pop("fingerprint", None)
+        train_cfg = trainer.cfg
+        changed = {k: getattr(train_cfg, k) for k in RESUMABLE if cfg["train"].get(k) != getattr(train_cfg, k)}
+        if changed:  # what a --resume changed, and from which epoch on
+            cfg["resumed"] = [*cfg.get("resumed", []), {"from_epoch": epoch + 1, **changed}]
+        cfg["train"] = {**cfg["train"], **{k: getattr(train_cfg, k) for k in RESUMABLE}}
+        rundir.write_config(out_dir, cfg)
+    if improved:
+        rundir.save_tensors(out_dir / rundir.WEIGHTS, trainer.model.state_dict(), {"epoch": epoch})
+    rundir.write_metrics(out_dir, history)
+    tensors, meta = _pack_state(trainer.model, trainer.optimizer, trainer.scaler, epoch, best, len(history))
+    checkpoint.save_checkpoint(out_dir, epoch, tensors, meta)
 
 
 def _epoch_row(epoch, beta, sums, seconds, model, data, val_idx, train_idx, device, dist) -> dict:

@@ -26,6 +26,7 @@ import numpy as np
 from vaekit.errors import DamagedFile
 
 SOFT_SD = 0.1  # per-position sd is softened by this share of the mean sd: no division by ~0
+FLOOR_SHARE = 0.5  # a test's sd is at least this share of its spread over the reference (training) images
 GLOBAL_TESTS = ("recon_high", "kl_high", "elbo_low")
 # A vector latent's heat map: the R map averaged over 5x5 pixels. On the shapes sample data the
 # pixel AUROC of the raw map is 0.967, averaged over 3 px 0.989, over 5 px 0.994 (docs/detection.md).
@@ -87,6 +88,14 @@ class Parts:
     def neg_elbo(self) -> np.ndarray:
         return self.recon + self.kl
 
+    def __len__(self) -> int:
+        return len(self.recon)
+
+    def take(self, idx) -> "Parts":
+        """The parts of the images `idx` (an index array or a boolean mask)."""
+        pick = lambda a: None if a is None else a[idx]  # noqa: E731
+        return Parts(self.recon[idx], self.kl[idx], self.floor[idx], pick(self.r_map), pick(self.k_map))
+
 
 class Calibration:
     """The "atypicality" score: fitted on normal images the model never trained on.
@@ -102,20 +111,31 @@ class Calibration:
         self.local = bool(stats.get("local"))
 
     @classmethod
-    def fit(cls, parts: Parts, local: bool, windows: Sequence[int] = (), combine: str = "max") -> "Calibration":
-        stats: dict = {"local": local, "windows": [int(w) for w in windows] if local else [], "combine": combine,
-                       "maps": {}}
-        for w in stats["windows"]:
+    def fit(cls, parts: Parts, local: bool, windows: Sequence[int] = (), combine: str = "max",
+            reference: Parts | None = None) -> "Calibration":
+        """Statistics of normal images the model never trained on (`parts`: validation images,
+        or out-of-sample cross-fitted ones), from which the tests are standardised.
+
+        `reference` (training images, scored in-sample; default: `parts`) sets two things that
+        need many images rather than unseen ones: the per-position mean and sd of the local maps
+        (so the largest local z of an image is standardised on other images than its map was),
+        and the floor of each test's spread, half its spread over the reference images: a few
+        held-out images can agree to the last digit, and a spread of ~0 would turn noise into
+        astronomically large scores. (vaekit 0.2 floored it at 1% of the mean, which depends on
+        where the mean sits, not on the scale.)"""
+        reference = parts if reference is None else reference
+        windows = [int(w) for w in windows] if local else []
+        stats: dict = {"local": local, "windows": windows, "combine": combine, "maps": {}}
+        for w in windows:
             for key in ("r_map", "k_map"):
-                lm = window_mean(getattr(parts, key), w)
+                lm = window_mean(getattr(reference, key), w)
                 mean, sd = lm.mean(0), lm.std(0)
                 sd = np.sqrt(sd**2 + (SOFT_SD * sd.mean()) ** 2 + 1e-12)
                 stats["maps"][f"{key}/{w}"] = {"mean": mean.tolist(), "sd": sd.tolist()}
         cal = cls(stats)
         tests = cal._tests(parts)  # (N, T) raw test statistics
-        # the sd is floored at 1% of the statistic's size: a handful of validation images (or one)
-        # can agree to the last digit, and a z-score over ~0 would be astronomically large
-        sd = np.maximum(tests.std(0), 0.01 * np.abs(tests.mean(0)) + 1e-6)
+        floor = FLOOR_SHARE * cal._tests(reference).std(0) if len(reference) > 1 else np.zeros(tests.shape[1])
+        sd = np.maximum(np.maximum(tests.std(0), floor), 1e-6)
         stats["tests"] = {"mean": tests.mean(0).tolist(), "sd": sd.tolist()}
         return cal
 

@@ -56,14 +56,46 @@ def needed_scores(quantile: float) -> int:
     return max(1, math.ceil(1.0 / (1.0 - quantile) - 1.0 - 1e-9))
 
 
+TAIL_MIN = 8  # scores needed to fit a tail beyond the largest (fewer: the largest is the threshold)
+
+
+def threshold_of(scores, quantile: float) -> tuple[float, float, float]:
+    """(threshold, expected false-positive rate, its distribution-free bound) from n normal
+    calibration scores.
+
+    With enough scores the threshold is the conformal order statistic (`conformal_rank`), and
+    the rate it promises holds whatever the distribution. With fewer than `needed_scores`, the
+    largest score promises only 1 / (n + 1) on average, and any single draw of n scores can do
+    much worse (the rate of the largest of 20 exceeds 5% one time in three). There the
+    threshold goes beyond the largest, to the `quantile` of an exponential tail fitted to the
+    upper half of the scores (the peaks-over-threshold method with a shape of 0); its rate is
+    an estimate, 1 - quantile, still never above the bound the largest score gives."""
+    v = np.sort(np.asarray(scores, dtype=np.float64))
+    n = len(v)
+    k = conformal_rank(n, quantile)
+    bound = expected_fpr(n, quantile)
+    if math.ceil((n + 1) * quantile - 1e-9) <= n or n < TAIL_MIN:
+        return float(v[k - 1]), bound, bound
+    median = float(np.median(v))
+    over = v[v > median] - median
+    tail = median + float(over.mean()) * math.log(0.5 / (1.0 - quantile)) if len(over) else float(v[-1])
+    if tail <= v[-1]:
+        return float(v[-1]), bound, bound
+    return tail, 1.0 - quantile, bound
+
+
 def few_scores_note(n: int, quantile: float | None, what: str = "calibration") -> str | None:
-    """A note when n scores are too few for the quantile's false-positive rate (None if fine)."""
+    """A note when n scores are too few for the quantile's false-positive rate by rank alone
+    (None if fine): what the threshold then is and the rate to expect."""
     if quantile is None or not expected_fpr(n, quantile) > (1.0 - quantile) * (1 + 1e-9):  # NaN: no scores
         return None
-    fpr = expected_fpr(n, quantile)
-    return (f"{n} {what} score{'s are' if n != 1 else ' is'} too few for a {100 * (1 - quantile):.3g}% "
-            f"false-positive rate (that needs {needed_scores(quantile)}): the threshold is the largest, "
-            f"expect {100 * fpr:.2g}%")
+    bound = expected_fpr(n, quantile)
+    head = (f"{n} {what} score{'s are' if n != 1 else ' is'} too few for a {100 * (1 - quantile):.3g}% "
+            f"false-positive rate by rank (that needs {needed_scores(quantile)})")
+    if n < TAIL_MIN:
+        return f"{head}: the threshold is the largest, expect {100 * bound:.2g}%"
+    return (f"{head}: the threshold extends their tail, expect about {100 * (1 - quantile):.3g}% "
+            f"(never more than {100 * bound:.2g}% on average)")
 
 
 def section_note(section: dict) -> str | None:
@@ -76,9 +108,9 @@ def section_note(section: dict) -> str | None:
 def threshold_section(scores: dict[str, np.ndarray], quantile: float, source: str, default: str = DEFAULT_SCORE) -> dict:
     """The `anomaly` section a run stores, from validation scores of normal images, per score name.
 
-    An image is anomalous when its score is above the threshold, the k-th smallest of the n
-    normal scores (k from `conformal_rank`), so at most `expected_fpr(n, quantile)` of new
-    normal images are flagged: 1 - quantile when n is large enough, 1 / (n + 1) when it is not.
+    An image is anomalous when its score is above the threshold (`threshold_of`): the k-th
+    smallest of the n normal scores, so that at most 1 - quantile of new normal images are
+    flagged when n is large enough; beyond the largest, along their fitted tail, when it is not.
     """
     quantile = check_quantile(quantile)
     if default not in scores:
@@ -89,7 +121,7 @@ def threshold_section(scores: dict[str, np.ndarray], quantile: float, source: st
         if v.ndim != 1 or len(v) == 0 or not np.isfinite(v).all():
             raise BadInput(f"validation scores for {name!r} must be a non-empty list of finite numbers")
         by_score[name] = {
-            "threshold": float(np.sort(v)[conformal_rank(len(v), quantile) - 1]),
+            "threshold": threshold_of(v, quantile)[0],
             "quantiles": {str(q): float(np.quantile(v, q)) for q in QUANTILES},
             "scores": [float(s) for s in v],
         }
@@ -100,7 +132,8 @@ def threshold_section(scores: dict[str, np.ndarray], quantile: float, source: st
         "threshold": main["threshold"],
         "threshold_quantile": quantile,
         "target_fpr": 1.0 - quantile,
-        "expected_fpr": expected_fpr(len(main["scores"]), quantile),
+        "expected_fpr": threshold_of(main["scores"], quantile)[1],
+        "fpr_bound": threshold_of(main["scores"], quantile)[2],
         "source": source,
         "n": len(main["scores"]),
         "quantiles": main["quantiles"],
