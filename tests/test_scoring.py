@@ -69,9 +69,49 @@ def test_a_damaged_stored_calibration_is_refused():
     import copy
 
     for damage in (lambda s: s.pop("tests"), lambda s: s["tests"]["sd"].__setitem__(0, float("nan")),
-                   lambda s: s.__setitem__("windows", [99]), lambda s: s["maps"]["r_map/3"].__setitem__("mean", [1, 2]),
+                   lambda s: s.__setitem__("windows", [99]), lambda s: s["profile"]["r_map/3"].__setitem__("mean", [1, 2]),
                    lambda s: s.__setitem__("combine", "avg")):
         bad = copy.deepcopy(good)
         damage(bad)
         with pytest.raises(DamagedFile, match="calibration is damaged"):
             Calibration.from_stored(bad, 16, "m")
+
+
+def test_edge_classes_depend_on_the_distance_to_the_nearer_edge_only():
+    from vaekit.scoring import edge_class
+
+    np.testing.assert_array_equal(edge_class(7, 2), [0, 1, 2, 2, 2, 3, 4])
+    np.testing.assert_array_equal(edge_class(3, 2), [0, 1, 4])
+    big, small = edge_class(100, 4), edge_class(20, 4)
+    assert big[:4].tolist() == small[:4].tolist() and big[-4:].tolist() == small[-4:].tolist()
+    assert set(big[4:-4]) == {4}
+
+
+def test_local_statistics_pool_positions_so_few_large_images_suffice():
+    # a surface at its native resolution: 8 normal images of 48 px fit the statistics (edge
+    # classes pool every interior position), and a small defect anywhere stands out
+    rng = np.random.default_rng(5)
+    cal = Calibration.fit(_parts(rng, 8, size=48), local=True, windows=(3, 5), combine="sumsq",
+                          reference=_parts(rng, 8, size=48))
+    assert len(cal.stats["profile"]["r_map/3"]["mean"]) == (2 * 16 + 1) ** 2  # not 48 x 48
+    normal = cal.score(_parts(rng, 40, size=48))[0]
+    for spot in ((30, 20, 3.0), (2, 40, 3.0), (44, 44, 3.0)):  # inside, at an edge, in a corner
+        defect = cal.score(_parts(rng, 20, size=48, spot=spot))[0]
+        assert (defect > np.quantile(normal, 0.95)).mean() > 0.9, spot
+    _, amap = cal.score(_parts(rng, 2, size=48, spot=(30, 20, 3.0)), maps=True)
+    assert amap.shape == (2, 48, 48) and abs(np.unravel_index(amap[0].argmax(), (48, 48))[0] - 31) <= 3
+
+
+def test_a_calibration_stored_by_vaekit_0_2_per_position_still_scores():
+    rng = np.random.default_rng(6)
+    ref = _parts(rng, 100)
+    maps = {}
+    for w in (3,):
+        for key in ("r_map", "k_map"):
+            lm = window_mean(getattr(ref, key), w)
+            maps[f"{key}/{w}"] = {"mean": lm.mean(0).tolist(), "sd": (lm.std(0) + 1e-3).tolist()}
+    old = Calibration({"local": True, "windows": [3], "combine": "sumsq", "maps": maps})
+    old.stats["tests"] = {"mean": old.tests(ref).mean(0).tolist(), "sd": old.tests(ref).std(0).tolist()}
+    loaded = Calibration.from_stored(old.stats, 16, "old run")
+    normal, worse = loaded.score(_parts(rng, 30))[0], loaded.score(_parts(rng, 30, spot=(6, 6, 3.0)))[0]
+    assert np.median(worse) > np.quantile(normal, 0.9)

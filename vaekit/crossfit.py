@@ -11,7 +11,6 @@ run's model. The run's own model still trains on all images.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -25,24 +24,19 @@ from vaekit.scoring import Parts
 Progress = Callable[..., None]
 
 
-@dataclass
-class Fold:
-    """One fold model's view: the parts of the images it never saw."""
-
-    held: np.ndarray  # image indices the fold model never saw
-    held_parts: Parts
-
-
-def crossfit_parts(data: Dataset, splits: Splits, model_cfg: ModelConfig, train_cfg: TrainConfig,
-                   device: torch.device, progress: Progress | None = None,
-                   should_stop: Callable[[], bool] | None = None) -> list[Fold] | None:
-    """One Fold per fold of `splits`; None when `should_stop()` ended it. The fold models follow
-    the run's resolved recipe (the same batch size and epochs) and seed, so a resumed run fits
-    the same ones."""
+def crossfit_scores(data: Dataset, splits: Splits, model_cfg: ModelConfig, train_cfg: TrainConfig,
+                    device: torch.device, summarise: Callable[[Parts], object], progress: Progress | None = None,
+                    should_stop: Callable[[], bool] | None = None) -> list[tuple[np.ndarray, object]] | None:
+    """(held-out image indices, summarise(their parts)) of each fold model, the parts computed a
+    pixel-bounded chunk at a time and summarised at once (no maps are kept); None when
+    `should_stop()` ended it. The fold models follow the run's resolved recipe (the same batch
+    size and epochs) and seed, so a resumed run fits the same ones."""
     from vaekit.engine_torch import TorchModel
+    from vaekit.finish import CHUNK_PIXELS, Scored
     from vaekit.fit import Trainer
 
     out = []
+    step = max(1, CHUNK_PIXELS // model_cfg.image_size**2)
     for i, held in enumerate(splits.folds):
         rest = np.setdiff1d(splits.train, held)
         trainer = Trainer(model_cfg, train_cfg, device, Dist(), seed=train_cfg.seed + 1 + i)
@@ -50,7 +44,9 @@ def crossfit_parts(data: Dataset, splits: Splits, model_cfg: ModelConfig, train_
             if trainer.epoch(data.images, rest, epoch, should_stop=should_stop) is None:
                 return None
         engine = TorchModel.from_net(trainer.model, device)
-        out.append(Fold(held, engine.elbo_parts(_gather(data.images, held))))
+        chunks = [summarise(engine.elbo_parts(_gather(data.images, held[j : j + step])))
+                  for j in range(0, len(held), step)]
+        out.append((held, Scored.cat(chunks)))
         if progress:
             progress(i + 1, len(splits.folds), phase="crossfit")
     return out

@@ -4,7 +4,7 @@ score's calibration, the anomaly threshold and the preview image."""
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +39,8 @@ def write_run_config(out_dir, data, model_cfg, train_cfg, device, n_train, n_val
     })
 
 
-CALIBRATION_MAX = 2000  # images the score statistics are fitted on, at most (per set)
+CALIBRATION_PIXELS = 2000 * 64 * 64  # images the score statistics are fitted on: at most this many pixels (per set)
+CHUNK_PIXELS = 256 * 64 * 64  # images scored at a time while calibrating: memory bounded by pixels
 LOCAL_WINDOWS = (9, 17)  # a latent grid's local tests: windows of ~2 and ~4 cells (a cell is 4x4 pixels)
 COMBINE = "sumsq"  # how the standardised tests make one score (vaekit.scoring.Calibration; docs/detection.md)
 THRESHOLD_SCORES = ("excess", "neg_elbo", "recon", "kl")  # stored with a threshold each, beside the default
@@ -50,28 +51,58 @@ def local_windows(image_size: int) -> tuple[int, ...]:
     return tuple(w for w in LOCAL_WINDOWS if w <= image_size) or (image_size,)
 
 
-def finish(out_dir, data, splits, train_cfg, device, folds=None) -> float:
+@dataclass
+class Scored:
+    """What calibrating needs of a set of images, without their maps: the raw tests of the
+    atypicality (vaekit.scoring.Calibration.tests) and the nats scores."""
+
+    tests: np.ndarray  # (N, T)
+    nats: dict[str, np.ndarray]  # THRESHOLD_SCORES -> (N,)
+
+    @classmethod
+    def of(cls, calibration, parts) -> "Scored":
+        values = {"excess": parts.neg_elbo - parts.floor, "neg_elbo": parts.neg_elbo, "recon": parts.recon,
+                  "kl": parts.kl}
+        return cls(calibration.tests(parts), values)
+
+    @classmethod
+    def cat(cls, items: list["Scored"]) -> "Scored":
+        return cls(np.concatenate([i.tests for i in items]),
+                   {k: np.concatenate([i.nats[k] for i in items]) for k in THRESHOLD_SCORES})
+
+
+def finish(out_dir, data, splits, train_cfg, device, crossfit=None) -> float | None:
     """With the best weights: fit the atypicality score's statistics on images the model never
     trained on, then set the threshold from the scores of images that fitted neither the model
     nor the statistics, so the false-positive rate it promises is not biased low.
 
-    Held-out splits: statistics on the validation images, threshold on the calibration images.
-    Cross-fitted (`folds`, vaekit.crossfit): every image's parts come from a model that did not
-    train on it; the statistics are fitted on all of them for later use, and each image's
-    calibration score is standardised by statistics fitted on the other folds only."""
+    The local maps' statistics come from training images; then, held-out splits: the tests'
+    statistics on the validation images, the threshold on the calibration images.
+    Cross-fitted (`crossfit(summarise)`, vaekit.crossfit.crossfit_scores): every image is scored
+    by a fold model that did not train on it; the stored statistics are fitted on all of them,
+    and each image's calibration score is standardised by those of the other folds only.
+    Returns the threshold, or None when the cross-fitting was asked to stop."""
     from vaekit.anomaly import threshold_section
     from vaekit.engine_torch import TorchModel
+    from vaekit.scoring import Calibration
 
     # Scored by the very code `vaekit anomaly-score` runs (the engine), so the stored threshold
     # and the scores it is compared with cannot drift apart.
     engine = TorchModel(out_dir, device=str(device))
     model, cfg = engine.net, engine.config
-    reference = engine.elbo_parts(_gather(data.images, _at_most(splits.train, CALIBRATION_MAX)))
-    if folds is not None:
-        calibration, scores = _crossfitted(engine, folds, splits, reference)
-        source = "cross-fitted"
+    size = engine.info.image_size
+    calibration = Calibration.empty(model.cfg.layout == "grid", local_windows(size), COMBINE)
+    reference_idx = _at_most(splits.train, max(1, CALIBRATION_PIXELS // size**2))
+    for parts in _parts(engine, data, reference_idx):
+        calibration.add_reference(parts)
+    reference = _scored(engine, data, reference_idx, calibration)
+    if crossfit is not None:
+        folds = crossfit(lambda parts: Scored.of(calibration, parts))
+        if folds is None:
+            return None
+        scores, source = _crossfitted(calibration, folds, reference), "cross-fitted"
     else:
-        calibration, scores, source = _held_out(engine, data, splits, reference)
+        scores, source = _held_out(engine, data, splits, calibration, reference)
     cfg["anomaly"] = {**threshold_section(scores, train_cfg.threshold_quantile, source),
                       "calibration": calibration.stats}
     cfg["fingerprint"] = rundir.fingerprint(model.state_dict())
@@ -80,63 +111,50 @@ def finish(out_dir, data, splits, train_cfg, device, folds=None) -> float:
     return cfg["anomaly"]["threshold"]
 
 
-def _fit_calibration(engine, parts, reference):
-    from vaekit.scoring import Calibration
+def _parts(engine, data, idx):
+    """The -ELBO parts of images `idx`, a pixel-bounded chunk at a time."""
+    step = max(1, CHUNK_PIXELS // engine.info.image_size**2)
+    for i in range(0, len(idx), step):
+        yield engine.elbo_parts(_gather(data.images, idx[i : i + step]))
 
-    local = engine.net.cfg.layout == "grid"
-    return Calibration.fit(parts, local=local, windows=local_windows(engine.info.image_size), combine=COMBINE,
-                           reference=reference)
+
+def _scored(engine, data, idx, calibration) -> Scored:
+    return Scored.cat([Scored.of(calibration, p) for p in _parts(engine, data, idx)])
 
 
-def _held_out(engine, data, splits, reference):
+def _held_out(engine, data, splits, calibration, reference: Scored):
     """Statistics on the validation split, scores of the calibration split (or what there is)."""
     fit_idx = splits.val if len(splits.val) else splits.train
-    calibration = _fit_calibration(engine, engine.elbo_parts(_gather(data.images, _at_most(fit_idx, CALIBRATION_MAX))),
-                                   reference)
-    engine.info.calibration = calibration.stats
+    fitted = _scored(engine, data, _at_most(fit_idx, max(1, CALIBRATION_PIXELS // engine.info.image_size**2)),
+                     calibration)
+    calibration.fit_tests(fitted.tests, reference.tests)
     if len(splits.cal):
         eval_idx, source = splits.cal, "calibration"
     else:
         eval_idx, source = (splits.val, "validation") if len(splits.val) else (splits.train, "training")
-    # in chunks read with _gather: memory stays flat however many calibration images there are;
-    # one pass: the atypicality's Scores carry every other score too
-    chunks = [engine.score(_gather(data.images, eval_idx[i : i + 1024]), score="atypicality", maps=False)
-              for i in range(0, len(eval_idx), 1024)]
-    scores = {"atypicality": np.concatenate([c.score for c in chunks]),
-              **{name: np.concatenate([getattr(c, name) for c in chunks]) for name in THRESHOLD_SCORES}}
-    return calibration, scores, source
+    held = _scored(engine, data, eval_idx, calibration)
+    return {"atypicality": calibration.score_tests(held.tests), **held.nats}, source
 
 
-def _crossfitted(engine, folds, splits, reference):
-    """Every image's parts come from the fold model that never saw it. The stored statistics
-    are fitted on all of them (they describe unseen normal images, as validation images
-    would); each image's calibration score is standardised by statistics fitted on the other
-    folds only, so no image standardises itself."""
-    n = sum(len(f.held) for f in folds)
-    everything = _concat([f.held_parts for f in folds], [f.held for f in folds], n)
-    calibration = _fit_calibration(engine, everything, reference)
-    scores = {"atypicality": np.zeros(n), "excess": everything.neg_elbo - everything.floor,
-              "neg_elbo": everything.neg_elbo, "recon": everything.recon, "kl": everything.kl}
-    for f in folds:
-        rest = everything.take(np.setdiff1d(np.arange(n), f.held))
+def _crossfitted(calibration, folds, reference: Scored) -> dict[str, np.ndarray]:
+    """The stored statistics from every out-of-sample image; each image's score from statistics
+    fitted on the other folds (so no image standardises itself)."""
+    from vaekit.scoring import Calibration
+
+    n = sum(len(held) for held, _ in folds)
+    every = Scored(np.zeros((n, reference.tests.shape[1])), {k: np.zeros(n) for k in THRESHOLD_SCORES})
+    for held, scored in folds:
+        every.tests[held] = scored.tests
+        for k in THRESHOLD_SCORES:
+            every.nats[k][held] = scored.nats[k]
+    calibration.fit_tests(every.tests, reference.tests)
+    atypicality = np.zeros(n)
+    for held, scored in folds:
+        rest = np.setdiff1d(np.arange(n), held)
         if len(rest):
-            scores["atypicality"][f.held] = _fit_calibration(engine, rest, reference).score(f.held_parts)[0]
-    return calibration, scores
-
-
-def _concat(parts, held, n):
-    """Parts of folds, back in image order."""
-    from vaekit.scoring import Parts
-
-    order = np.concatenate(held)  # the folds partition range(n)
-    inverse = np.empty(n, np.int64)
-    inverse[order] = np.arange(n)
-
-    def cat(name):
-        values = [getattr(p, name) for p in parts]
-        return None if values[0] is None else np.concatenate(values)[inverse]
-
-    return Parts(cat("recon"), cat("kl"), cat("floor"), r_map=cat("r_map"), k_map=cat("k_map"))
+            other = Calibration(dict(calibration.stats)).fit_tests(every.tests[rest], reference.tests)
+            atypicality[held] = other.score_tests(scored.tests)
+    return {"atypicality": atypicality, **every.nats}
 
 
 def _at_most(idx: np.ndarray, n: int) -> np.ndarray:

@@ -299,15 +299,14 @@ def fit(
     result = TrainResult(out_dir, str(device), len(history), best["epoch"] + 1, best["val"], history,
                          seconds=time.perf_counter() - t_start, rank=dist.rank, stopped=stopped)
     if dist.main and not stopped:
-        folds = None
+        crossfit = None
         if splits.crossfit:
-            from vaekit.crossfit import crossfit_parts
+            from vaekit.crossfit import crossfit_scores
 
-            folds = crossfit_parts(data, splits, model_cfg, train_cfg, device, progress, should_stop)
-        if folds is None and splits.crossfit:
-            result.stopped = True  # asked to stop while cross-fitting: --resume does it again
-        else:
-            result.threshold = finish(out_dir, data, splits, train_cfg, device, folds)
+            def crossfit(summarise):
+                return crossfit_scores(data, splits, model_cfg, train_cfg, device, summarise, progress, should_stop)
+        result.threshold = finish(out_dir, data, splits, train_cfg, device, crossfit)
+        result.stopped = result.threshold is None  # asked to stop while cross-fitting: --resume does it again
     _barrier(dist)  # the run directory is complete when any rank returns
     return result
 

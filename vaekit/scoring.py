@@ -97,13 +97,37 @@ class Parts:
         return Parts(self.recon[idx], self.kl[idx], self.floor[idx], pick(self.r_map), pick(self.k_map))
 
 
-class Calibration:
-    """The "atypicality" score: fitted on normal images the model never trained on.
+PROFILE_MARGIN = 16  # local statistics depend on the distance to the nearest edges, up to this many pixels
 
-    `local` (a latent grid) adds per-neighbourhood tests of the R and KL maps in both directions,
-    over windows of each width in `windows` (pixels), z-scored per position. `combine`: "max"
-    takes the largest standardised test; "sumsq" adds up the squares of those above 0 (every
-    part that is atypical in its own direction counts).
+
+def edge_class(n: int, m: int = PROFILE_MARGIN) -> np.ndarray:
+    """The class of each of n rows (or columns) in a (2m+1)-entry profile: the distance to the
+    top edge (0..m-1) near the top, 2m minus the distance to the bottom edge near the bottom,
+    and m everywhere in between. Local statistics then depend on where a pixel sits relative to
+    the edges (a model reconstructs borders worse) and not on the image size, so a surface
+    model's statistics hold for a crop and for a whole image at its native resolution."""
+    i = np.arange(n)
+    top, bottom = i, n - 1 - i
+    out = np.full(n, m)
+    near_top = (top < m) & (top <= bottom)
+    near_bottom = (bottom < m) & ~near_top
+    out[near_top], out[near_bottom] = top[near_top], 2 * m - bottom[near_bottom]
+    return out
+
+
+class Calibration:
+    """The "atypicality" score: statistics of normal images, and the tests they standardise.
+
+    Global tests on the -ELBO's parts (`GLOBAL_TESTS`): R too high, the KL too high, the -ELBO
+    too low. `local` (a latent grid) adds, for each window width in `windows` (pixels), the
+    window means of the R and KL maps too high or too low anywhere (their largest z over the
+    image), z-scored by statistics that depend on the distance to the edges only (`edge_class`).
+    `combine`: "max" takes the largest standardised test; "sumsq" adds up the squares of those
+    above 0 (every part that is atypical in its own direction counts).
+
+    Fitting has two levels, on different images: the local maps' statistics on a `reference`
+    (training images, many pixels), then each test's mean and sd on images the model never
+    trained on. Runs of vaekit 0.2 stored per-position map statistics ("maps"); they still load.
     """
 
     def __init__(self, stats: dict):
@@ -113,42 +137,83 @@ class Calibration:
     @classmethod
     def fit(cls, parts: Parts, local: bool, windows: Sequence[int] = (), combine: str = "max",
             reference: Parts | None = None) -> "Calibration":
-        """Statistics of normal images the model never trained on (`parts`: validation images,
-        or out-of-sample cross-fitted ones), from which the tests are standardised.
-
-        `reference` (training images, scored in-sample; default: `parts`) sets two things that
-        need many images rather than unseen ones: the per-position mean and sd of the local maps
-        (so the largest local z of an image is standardised on other images than its map was),
-        and the floor of each test's spread, half its spread over the reference images: a few
-        held-out images can agree to the last digit, and a spread of ~0 would turn noise into
-        astronomically large scores. (vaekit 0.2 floored it at 1% of the mean, which depends on
-        where the mean sits, not on the scale.)"""
+        """Fitted in memory: the local statistics on `reference` (default: `parts`), the tests
+        on `parts`. (Streamed: `empty`, `add_reference`, `fit_tests`.)"""
+        cal = cls.empty(local, windows, combine)
         reference = parts if reference is None else reference
+        cal.add_reference(reference)
+        return cal.fit_tests(cal.tests(parts), cal.tests(reference))
+
+    @classmethod
+    def empty(cls, local: bool, windows: Sequence[int] = (), combine: str = "max") -> "Calibration":
         windows = [int(w) for w in windows] if local else []
-        stats: dict = {"local": local, "windows": windows, "combine": combine, "maps": {}}
-        for w in windows:
+        return cls({"version": 2, "local": local, "windows": windows, "combine": combine, "margin": PROFILE_MARGIN,
+                    "profile": {}})
+
+    def add_reference(self, parts: Parts) -> None:
+        """Add a batch of reference images to the local statistics (sums per edge class)."""
+        m = self.stats["margin"]
+        for w in self.stats["windows"]:
             for key in ("r_map", "k_map"):
-                lm = window_mean(getattr(reference, key), w)
-                mean, sd = lm.mean(0), lm.std(0)
-                sd = np.sqrt(sd**2 + (SOFT_SD * sd.mean()) ** 2 + 1e-12)
-                stats["maps"][f"{key}/{w}"] = {"mean": mean.tolist(), "sd": sd.tolist()}
-        cal = cls(stats)
-        tests = cal._tests(parts)  # (N, T) raw test statistics
-        floor = FLOOR_SHARE * cal._tests(reference).std(0) if len(reference) > 1 else np.zeros(tests.shape[1])
+                lm = window_mean(getattr(parts, key), w)
+                h, wd = lm.shape[1:]
+                cell = edge_class(h, m)[:, None] * (2 * m + 1) + edge_class(wd, m)[None, :]
+                flat = np.broadcast_to(cell, lm.shape).ravel()
+                acc = self.stats["profile"].setdefault(f"{key}/{w}", {"n": [0.0] * (2 * m + 1) ** 2})
+                n = np.bincount(flat, minlength=(2 * m + 1) ** 2)
+                s1 = np.bincount(flat, lm.ravel(), minlength=(2 * m + 1) ** 2)
+                s2 = np.bincount(flat, (lm**2).ravel(), minlength=(2 * m + 1) ** 2)
+                for name, v in (("n", n), ("s1", s1), ("s2", s2)):
+                    acc[name] = (np.asarray(acc.get(name, 0.0)) + v).tolist()
+
+    def fit_tests(self, tests: np.ndarray, reference_tests: np.ndarray | None = None) -> "Calibration":
+        """Each test's mean and sd over `tests` (N, T) of images the model never trained on. The
+        sd is floored at half the test's spread over `reference_tests` (training images): a few
+        held-out images can agree to the last digit, and a spread of ~0 would turn noise into
+        astronomically large scores (vaekit 0.2 floored it at 1% of the mean, which depends on
+        where the mean sits, not on the scale)."""
+        self._finish_profile()
+        floor = np.zeros(tests.shape[1])
+        if reference_tests is not None and len(reference_tests) > 1:
+            floor = FLOOR_SHARE * reference_tests.std(0)
         sd = np.maximum(np.maximum(tests.std(0), floor), 1e-6)
-        stats["tests"] = {"mean": tests.mean(0).tolist(), "sd": sd.tolist()}
-        return cal
+        self.stats["tests"] = {"mean": tests.mean(0).tolist(), "sd": sd.tolist()}
+        return self
+
+    def _finish_profile(self) -> None:
+        """Sums per edge class -> mean and sd (softened by SOFT_SD of the mean sd: no division by ~0)."""
+        for entry in self.stats["profile"].values():
+            if "s1" not in entry:
+                continue
+            n = np.maximum(np.asarray(entry.pop("n")), 1.0)
+            mean = np.asarray(entry.pop("s1")) / n
+            sd = np.sqrt(np.maximum(np.asarray(entry.pop("s2")) / n - mean**2, 0.0))
+            entry["mean"], entry["sd"] = mean.tolist(), np.sqrt(sd**2 + (SOFT_SD * sd.mean()) ** 2 + 1e-12).tolist()
 
     def _local_z(self, parts: Parts) -> list[np.ndarray]:
         out = []
         for w in self.stats["windows"]:
             for key in ("r_map", "k_map"):
-                s = self.stats["maps"][f"{key}/{w}"]
-                z = (window_mean(getattr(parts, key), w) - np.asarray(s["mean"])) / np.asarray(s["sd"])
+                lm = window_mean(getattr(parts, key), w)
+                mean, sd = self._local_stats(f"{key}/{w}", lm.shape[1:])
+                z = (lm - mean) / sd
                 out += [z, -z]  # too high, too low
         return out
 
-    def _tests(self, parts: Parts) -> np.ndarray:
+    def _local_stats(self, name: str, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        if "maps" in self.stats:  # vaekit 0.2: per position, at the model's size
+            s = self.stats["maps"][name]
+            return np.asarray(s["mean"]), np.asarray(s["sd"])
+        self._finish_profile()
+        m = self.stats["margin"]
+        s = self.stats["profile"][name]
+        rows, cols = edge_class(shape[0], m), edge_class(shape[1], m)
+        pick = lambda v: np.asarray(v).reshape(2 * m + 1, 2 * m + 1)[rows][:, cols]  # noqa: E731
+        return pick(s["mean"]), pick(s["sd"])
+
+    def tests(self, parts: Parts) -> np.ndarray:
+        """The raw test statistics (N, T): GLOBAL_TESTS, then per window and map the largest z
+        too high and too low."""
         cols = [parts.recon - parts.floor, parts.kl, -parts.neg_elbo]
         if self.local:
             cols += [z.reshape(len(z), -1).max(1) for z in self._local_z(parts)]
@@ -160,15 +225,20 @@ class Calibration:
         pixels, in nats (a vector latent)."""
         t = self.stats["tests"]
         mean, sd = np.asarray(t["mean"]), np.asarray(t["sd"])
-        z = (self._tests(parts) - mean) / sd
         amap = None
         if maps and self.local:
             amap = np.stack([(m - mean[3 + j]) / sd[3 + j] for j, m in enumerate(self._local_z(parts))]).max(0)
         elif maps:  # one latent for the whole image: where it reconstructs worst, nats per pixel
             amap = window_mean(parts.r_map, MAP_WINDOW)
+        return self.score_tests(self.tests(parts)), amap
+
+    def score_tests(self, tests: np.ndarray) -> np.ndarray:
+        """The score of raw tests (N, T) (`tests`), standardised and combined."""
+        t = self.stats["tests"]
+        z = (tests - np.asarray(t["mean"])) / np.asarray(t["sd"])
         if self.stats.get("combine") == "sumsq":
-            return (np.clip(z, 0.0, None) ** 2).sum(1), amap
-        return z.max(1), amap
+            return (np.clip(z, 0.0, None) ** 2).sum(1)
+        return z.max(1)
 
     @classmethod
     def from_stored(cls, stats, size: int, source) -> "Calibration":
@@ -189,17 +259,23 @@ class Calibration:
             v = stats["tests"].get(key)
             if not (isinstance(v, list) and len(v) == n_tests and all(_finite(x) for x in v)):
                 raise bad(f"tests.{key}")
-        maps = stats.get("maps") if windows else {}
+        if "maps" in stats:
+            shape, table = (size, size), stats.get("maps")
+        else:
+            m = stats.get("margin")
+            if not (isinstance(m, int) and not isinstance(m, bool) and 1 <= m <= 256):
+                raise bad("margin")
+            shape, table = ((2 * m + 1) ** 2,), stats.get("profile")
         for w in windows:
             for key in ("r_map", "k_map"):
-                entry = maps.get(f"{key}/{w}") if isinstance(maps, dict) else None
+                entry = table.get(f"{key}/{w}") if isinstance(table, dict) else None
                 for part in ("mean", "sd"):
                     a = entry.get(part) if isinstance(entry, dict) else None
                     try:
                         arr = np.asarray(a, dtype=np.float64) if isinstance(a, list) else None
                     except (TypeError, ValueError):
                         arr = None
-                    if arr is None or arr.shape != (size, size) or not np.isfinite(arr).all():
+                    if arr is None or arr.shape != shape or not np.isfinite(arr).all() or (part == "sd" and arr.min() <= 0):
                         raise bad(f"{key}/{w}.{part}")
         return cls(stats)
 
