@@ -80,12 +80,7 @@ def score_to_file(
         raise BadInput("--resume and sharding need an output file (-o): the rows are kept there")
     check_outputs(found.roots, out, maps, overwrite)
     layout = Layout(_texts(found.paths), batch_size, index, count)
-    journal = shares = None
-    if out is not None:
-        settings = _settings(model, plan, found, layout, maps)
-        shares = Shares(Path(out), settings, layout, _row_check(layout.paths, plan.threshold))
-        shares.check_headers()  # shares of another job: refused before any work
-        journal = open_journal(share_out(Path(out), index, count), settings, resume, layout, shares.row_check)
+    shares, journal = _open(model, plan, found, layout, out, maps, resume) if out is not None else (None, None)
     done = frozenset(journal.done) if journal else frozenset()
     tally, n_maps, targets = _Tally(top), 0, []
 
@@ -117,6 +112,16 @@ def score_to_file(
     finally:  # done, or stopped (the writer has ended): the journal's lock goes (unsharded: after the merge)
         if journal is not None:
             _close(journal, out)
+
+
+def _open(model: Model, plan: Plan, found: stream.Inputs, layout: Layout, out, maps, resume: bool):
+    """(Shares, Journal) of this share of the job writing `out`; shares of another job are
+    refused before any work."""
+    settings = _settings(model, plan, found, layout, maps)
+    shares = Shares(Path(out), settings, layout, _row_check(layout.paths, plan.threshold))
+    shares.check_headers()
+    return shares, open_journal(share_out(Path(out), layout.index, layout.count), settings, resume, layout,
+                                shares.row_check)
 
 
 def _close(journal, out) -> None:
