@@ -66,7 +66,7 @@ def test_a_table_that_is_not_normalised_is_refused():
 def _prior(d: int = 5, shape=None):
     rng = np.random.default_rng(1)
     mu = rng.normal(size=(400, d)) * np.linspace(0.2, 2.0, d)
-    return priors.fit(mu, np.full_like(mu, -3.0), shape or (d,), "f" * 16), rng
+    return priors.fit(mu, np.full_like(mu, -3.0), shape or (d,), "f" * 16, steps=priors.STEPS), rng  # latents only
 
 
 def test_prior_round_trips_through_json_and_refuses_changed_tables():
@@ -74,7 +74,7 @@ def test_prior_round_trips_through_json_and_refuses_changed_tables():
     again = priors.from_dict(priors.to_dict(prior))
     assert again.hash == prior.hash and all(np.array_equal(a, b) for a, b in zip(again.weights, prior.weights))
     d = priors.to_dict(prior)
-    d["weights"][2] = priors.to_dict(_prior(5)[0])["weights"][3]
+    d["weights"][2] = priors.to_dict(_prior(5)[0])["weights"][0]  # another quality's (coarser) tables
     with pytest.raises(ValueError, match="damaged"):
         priors.from_dict(d)
 
@@ -93,9 +93,10 @@ def test_lossy_chunk_round_trip_is_exact_and_finer_quality_costs_more(shape):
     z = rng.normal(size=(50, d)) * np.linspace(0.2, 2.0, d)
     sizes, errors = [], []
     for q in priors.QUALITIES:
-        words, sym = lossy.encode_chunk(prior, q, z)
-        back = lossy.decode_chunk(prior, q, words, len(z))
-        assert np.array_equal(back, priors.latents(prior, sym, q))  # the very symbols, bit for bit
+        sym, z_hat = lossy.latent_symbols(prior, q, z)
+        words = lossy.encode_chunk(prior, q, sym)
+        back, res = lossy.decode_chunk(prior, q, words, len(z), (1, 4, 4))
+        assert np.array_equal(back, z_hat) and res is None  # the very symbols, bit for bit
         sizes.append(len(words))
         errors.append(np.abs(back - z).mean())
     assert sizes == sorted(sizes) and errors == sorted(errors, reverse=True) and sizes[-1] > sizes[0]
@@ -145,3 +146,20 @@ def test_a_desynchronised_decoder_refuses(tmp_path, logistic_run, monkeypatch):
     monkeypatch.setattr(net, "likelihood", lambda z: honest(z) * np.float32(1 + 3e-7))
     with pytest.raises(bitsback.Desynchronised):
         list(bitsback.decode_chunk(net, words, len(x)))
+
+
+def test_residual_rows_round_trip_and_bound_the_error():
+    from vaekit.codec import residual
+
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 256, (30, 3, 8, 8)).astype(np.uint8)
+    x_hat = np.clip(x.astype(np.int64) + rng.integers(-40, 41, x.shape), 0, 255)
+    for delta in (1, 4, 32):
+        sym = residual.quantise(x.astype(np.int64) - x_hat, delta)
+        w = residual.fit(sym, delta)
+        coder = tables.ans()
+        residual.push(coder, sym, w)
+        back = residual.pop(tables.ans(coder.get_compressed()), len(x), (3, 8, 8), w)
+        assert np.array_equal(back, sym)
+        err = np.abs(residual.reconstruct(x_hat, back, delta).astype(int) - x)
+        assert err.max() <= delta // 2 and (delta > 1 or err.max() == 0)  # delta 1 is exact

@@ -59,6 +59,28 @@ def test_lossy_folder_round_trip_keeps_names_and_gets_better_with_quality(coded,
     assert errors[-1] < 1.0  # quality 8 is within a grey level of the unquantised reconstruction on average
 
 
+def test_residual_qualities_hold_every_pixel_within_half_a_step(tmp_path):
+    from export_support import random_run
+
+    from vaekit.codec import prior as priors
+
+    run = random_run(tmp_path / "run", image_size=16, channels=1, latent_dim=4, base_channels=4, likelihood="logistic")
+    x = _digits(tmp_path / "src", 30, seed=5)
+    model = vaekit.load(run)
+    codec.save_prior(run, codec.fit_prior(model, x), model)  # the default ladder: residual from quality 4
+    index = {("sub/" if i % 3 == 0 else "") + f"img{i:03d}.png": i for i in range(len(x))}  # _digits' names
+    sizes = []
+    for q in (3, 4, 6, 8):
+        r = codec.encode(model, tmp_path / "src", tmp_path / f"{q}.vkc", quality=q)
+        d = codec.decode(model, r.path, tmp_path / f"d{q}")
+        want = x[[index[p.relative_to(tmp_path / f"d{q}").as_posix()] for p in d.written], 0].astype(int)
+        err = np.abs(_pixels(d.written).astype(int) - want).max()
+        delta = int(priors.DELTAS[q - 1])
+        assert err <= (delta // 2 + 1 if delta else 255), (q, err)  # +1: the network's own float rounding
+        sizes.append(r.file_bytes)
+    assert sizes == sorted(sizes)
+
+
 def test_original_size_is_restored(coded, tmp_path):
     model, _, _, _ = coded
     src = tmp_path / "src"
@@ -182,8 +204,9 @@ def test_golden_symbols_decode_without_torch():
         "h, off = container.read_header(root + '/lossy_q5.vkc')\n"
         "p = prior.from_dict(json.load(open(root + '/run/config.json'))['codec'])\n"
         "(n, w), = container.iter_chunks(root + '/lossy_q5.vkc', h, off)\n"
-        "z = lossy.decode_chunk(p, h.quality, w, n)\n"
-        "assert np.array_equal(z, np.load(root + '/expected.npz')['lossy_q5_latents'])\n"
+        "z, res = lossy.decode_chunk(p, h.quality, w, n, (1, 16, 16))\n"
+        "want = np.load(root + '/expected.npz')\n"
+        "assert np.array_equal(z, want['lossy_q5_latents']) and np.array_equal(res, want['lossy_q5_residual'])\n"
         "assert 'torch' not in sys.modules\n"
         "print('ok')\n"
     )

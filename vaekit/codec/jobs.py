@@ -20,7 +20,7 @@ import numpy as np
 
 from vaekit import images as imageio
 from vaekit import stream
-from vaekit.codec import bitsback, container, lossy, tables
+from vaekit.codec import bitsback, container, lossy, residual, tables
 from vaekit.codec import prior as priors
 from vaekit.codec.net import Net
 from vaekit.codes.jobs import original_size, png_names, restore_size
@@ -87,10 +87,23 @@ def stored_prior(model) -> priors.Prior | None:
     return prior
 
 
-def fit_prior(model, images: np.ndarray, steps: Sequence[float] | None = None) -> priors.Prior:
-    """Fit the lossy tables on uint8 images (N, C, H, W) of the training domain (the training split)."""
+def fit_prior(model, images: np.ndarray, steps: Sequence[float] | None = None,
+              deltas: Sequence[int] | None = None, residual_images: int = 10_000) -> priors.Prior:
+    """Fit the lossy tables on uint8 images (N, C, H, W) of the training domain (the training
+    split): the latent tables on all of them, the residual tables on the first `residual_images`."""
     mu, logvar = model.encode(images)
-    return priors.fit(mu, logvar, model.info.latent_shape, model.info.fingerprint, steps)
+    prior = priors.fit(mu, logvar, model.info.latent_shape, model.info.fingerprint, steps, deltas)
+    x = np.asarray(images)[:residual_images]
+    for q, delta in enumerate(prior.deltas, start=1):
+        if delta:
+            x_hat = _x_hat(model, lossy.latent_symbols(prior, q, mu[: len(x)])[1])
+            prior.residual[q - 1] = residual.fit(residual.quantise(x.astype(np.int64) - x_hat, int(delta)), int(delta))
+    return prior
+
+
+def _x_hat(model, z: np.ndarray) -> np.ndarray:
+    """The decoder's reconstruction of latents in 8 bits: what the residual is measured from."""
+    return imageio.to_uint8(model.decode(z)).astype(np.int64)
 
 
 def save_prior(run_dir: str | Path, prior: priors.Prior, model=None) -> None:
@@ -167,27 +180,28 @@ def _encode_lossy(model, prior, quality, found, header, spill, chunk, progress):
     for b in stream.iter_batches(found.paths, model.info.image_size, model.info.channels, BATCH):
         skipped += b.skipped
         if len(b.paths):
-            mu = model.encode(b.images)[0]
-            pending.append(mu)
+            pending.append((model.encode(b.images)[0], b.images))
             for i, p in zip(b.positions, b.paths):
                 header.names.append(found.names[i])
                 header.orig_size.append(list(original_size(p)))
                 source_bytes += p.stat().st_size
-        while sum(len(m) for m in pending) >= chunk:
-            pending = _flush_lossy(prior, quality, pending, spill, chunk)
+        while sum(len(m) for m, _ in pending) >= chunk:
+            pending = _flush_lossy(model, prior, quality, pending, spill, chunk)
         done += len(b.paths) + len(b.skipped)
         if progress:
             progress(done, total)
     while pending:
-        pending = _flush_lossy(prior, quality, pending, spill, chunk)
+        pending = _flush_lossy(model, prior, quality, pending, spill, chunk)
     return skipped, source_bytes
 
 
-def _flush_lossy(prior, quality, pending, spill, chunk):
-    z = np.concatenate(pending)
-    words, _ = lossy.encode_chunk(prior, quality, z[:chunk])
-    spill.add(min(chunk, len(z)), words)
-    return [z[chunk:]] if len(z) > chunk else []
+def _flush_lossy(model, prior, quality, pending, spill, chunk):
+    z, x = np.concatenate([m for m, _ in pending]), np.concatenate([i for _, i in pending])
+    sym, z_hat = lossy.latent_symbols(prior, quality, z[:chunk])
+    delta = int(prior.deltas[quality - 1])
+    res = residual.quantise(x[:chunk].astype(np.int64) - _x_hat(model, z_hat), delta) if delta else None
+    spill.add(len(sym), lossy.encode_chunk(prior, quality, sym, res))
+    return [(z[chunk:], x[chunk:])] if len(z) > chunk else []
 
 
 def _encode_lossless(model, found, header, spill, chunk, progress):
@@ -286,12 +300,15 @@ def _decode_into(model, prior, header, archive, offset, staged, size, progress) 
             for k, x in enumerate(bitsback.decode_chunk(net, words, count, source=str(archive))):
                 imageio.save_png(x, staged[done + count - 1 - k])  # a stack: last image first
         else:
+            shape = (header.channels, header.image_size, header.image_size)
             try:
-                z = lossy.decode_chunk(prior, header.quality, words, count)
+                z, res = lossy.decode_chunk(prior, header.quality, words, count, shape)
             except (ValueError, RuntimeError) as e:
                 raise container.ArchiveError(f"{archive} cannot be decoded: {e}") from None
+            delta = int(prior.deltas[header.quality - 1])
             for s in range(0, count, BATCH):
-                x = imageio.to_uint8(model.decode(z[s:s + BATCH]))
+                x = _x_hat(model, z[s:s + BATCH])
+                x = residual.reconstruct(x, res[s:s + BATCH], delta) if delta else x.astype(np.uint8)
                 for i, img in enumerate(x, start=done + s):
                     imageio.save_png(img if size == "model" else restore_size(img, header.orig_size[i]), staged[i])
         done += count

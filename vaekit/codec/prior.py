@@ -5,8 +5,9 @@ quantisation step, scale_c the channel's typical posterior standard deviation (a
 decoder is sensitive to has a narrow posterior, so it gets a finer step; docs/codec.md has the
 measurements that chose this over one step for all). Each channel's symbols are counted on the
 training images' posterior means, smoothed, and stored as 24-bit integer tables (vaekit.codec.tables),
-one set per quality: computed once, stored with the run (config.json "codec") and in the exported
-ONNX metadata ("vaekit.codec"), never recomputed from floats when decoding.
+one set per quality, with the residual's tables of the qualities that refine pixels
+(vaekit.codec.residual): computed once, stored with the run (config.json "codec") and in the
+exported ONNX metadata ("vaekit.codec"), never recomputed from floats when decoding.
 A channel is one dimension of a vector latent, or one latent channel of a grid (shared by its cells).
 """
 
@@ -24,16 +25,16 @@ from vaekit.errors import BadInput
 
 FORMAT = "vaekit-codec-prior/1"
 QUALITIES = tuple(range(1, 9))  # --quality 1..8: larger is better and bigger (CompressAI's convention)
-# step_q = STEP_1 * 2 ** (-(q - 1) / 2), in posterior sds: 8 at quality 1 down to 0.71 at 8. Measured on
-# MNIST (docs/codec.md): that spans 21.8 to 25.6 dB, and finer steps than 0.71 add bytes but no dB
-STEP_1 = 8.0
+# Chosen by measurement on MNIST (docs/codec.md): the latent step (in posterior sds) buys the first
+# dB; below 2 sds finer latents add bytes but hardly any dB (25.2 dB at 2, 25.6 at 0.35), so the
+# higher qualities add the quantised residual instead (vaekit.codec.residual), delta grey levels.
+STEPS = (8.0, 4.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0)
+DELTAS = (0, 0, 0, 64, 32, 16, 8, 4)  # 0: latents only
 MAX_SYMBOLS = 4096  # a channel's table covers at most this many symbols; values beyond are clipped
 SMOOTHING = 0.5  # pseudo-count per symbol in a channel's range (Krichevsky-Trofimov)
 MARGIN = 2  # symbols beyond the training range that every table still covers
 
 
-def default_steps() -> np.ndarray:
-    return (STEP_1 * 2.0 ** (-(np.asarray(QUALITIES, np.float64) - 1) / 2)).astype(np.float32)
 
 
 @dataclass
@@ -44,6 +45,13 @@ class Prior:
     scale: np.ndarray  # (C,) float32: each channel's typical posterior sd
     lo: np.ndarray  # (Q, C) int64: the integer that symbol 0 of channel c stands for at quality q
     weights: list[np.ndarray]  # per quality: (C, K_q) int64 tables
+    deltas: np.ndarray | None = None  # (Q,) int64: quality q's residual step in grey levels, 0 for none
+    residual: list[np.ndarray] | None = None  # per quality: (CONTEXTS, K) tables of the residual, (0, 0) for none
+
+    def __post_init__(self) -> None:
+        q = len(self.steps)
+        self.deltas = np.zeros(q, np.int64) if self.deltas is None else np.asarray(self.deltas, np.int64)
+        self.residual = [np.zeros((0, 0), np.int64)] * q if self.residual is None else self.residual
 
     @property
     def channels(self) -> int:
@@ -51,7 +59,7 @@ class Prior:
 
     @property
     def hash(self) -> str:
-        return tables.digest(self.steps, self.scale, self.lo, *self.weights)
+        return tables.digest(self.steps, self.scale, self.lo, *self.weights, self.deltas, *self.residual)
 
     def channel_of(self) -> np.ndarray:
         """The channel of each flat latent value: (D,) int64."""
@@ -70,13 +78,18 @@ def check_quality(quality, levels: int = len(QUALITIES)) -> int:
     return int(quality)
 
 
-def fit(mu: np.ndarray, logvar: np.ndarray, latent_shape, fingerprint: str, steps: np.ndarray | None = None) -> Prior:
-    """Tables from the posterior means and log-variances (N, D) of the training images."""
+def fit(mu: np.ndarray, logvar: np.ndarray, latent_shape, fingerprint: str, steps=None, deltas=None) -> Prior:
+    """Latent tables from the posterior means and log-variances (N, D) of the training images; the
+    residual tables (for qualities with a delta) are fitted afterwards, by vaekit.codec.jobs.fit_prior."""
     mu, logvar = np.asarray(mu, np.float64), np.asarray(logvar, np.float64)
     if mu.ndim != 2 or mu.shape != logvar.shape or len(mu) < 1 or not np.isfinite(mu).all():
         raise BadInput(f"need finite posterior means and log-variances (N, D), got {mu.shape}, {logvar.shape}")
     shape = tuple(int(s) for s in latent_shape)
-    steps = default_steps() if steps is None else np.asarray(steps, np.float32)
+    if deltas is None:
+        deltas = DELTAS if steps is None else [0] * len(steps)
+    steps, deltas = np.asarray(STEPS if steps is None else steps, np.float32), np.asarray(deltas, np.int64)
+    if deltas.shape != steps.shape or (deltas < 0).any() or (deltas > 255).any():
+        raise BadInput(f"need one residual step (0..255) per quality, got {deltas.tolist()} for {len(steps)} qualities")
     c = shape[0]
     # (N, C, cells): every channel's values over the images and cells
     mu_c = mu.reshape(len(mu), c, -1)
@@ -96,7 +109,7 @@ def fit(mu: np.ndarray, logvar: np.ndarray, latent_shape, fingerprint: str, step
             counts[ch, (hi[ch] - lo[ch]) + 1:] = 0.0  # beyond this channel's range: constriction's floor only
         los.append(lo)
         weights.append(tables.quantise(counts))
-    return Prior(fingerprint, shape, steps, scale, np.stack(los), weights)
+    return Prior(fingerprint, shape, steps, scale, np.stack(los), weights, deltas)
 
 
 def symbols(prior: Prior, z: np.ndarray, quality: int) -> np.ndarray:
@@ -138,7 +151,8 @@ def _unpack(d: dict) -> np.ndarray:
 def to_dict(prior: Prior) -> dict:
     return {"format": FORMAT, "fingerprint": prior.fingerprint, "latent_shape": list(prior.latent_shape),
             "hash": prior.hash, "steps": _pack(prior.steps, "<f4"), "scale": _pack(prior.scale, "<f4"),
-            "lo": _pack(prior.lo, "<i8"), "weights": [_pack(w, "<i4") for w in prior.weights]}
+            "lo": _pack(prior.lo, "<i8"), "weights": [_pack(w, "<i4") for w in prior.weights],
+            "deltas": _pack(prior.deltas, "<i8"), "residual": [_pack(w, "<i4") for w in prior.residual]}
 
 
 def from_dict(d, source: str = "the model") -> Prior:
@@ -147,14 +161,21 @@ def from_dict(d, source: str = "the model") -> Prior:
         if d.get("format") != FORMAT:
             raise ValueError(f"format {d.get('format')!r}, expected {FORMAT!r}")
         prior = Prior(str(d["fingerprint"]), tuple(int(v) for v in d["latent_shape"]), _unpack(d["steps"]),
-                      _unpack(d["scale"]), _unpack(d["lo"]), [tables.check(_unpack(w)) for w in d["weights"]])
-        if len(prior.weights) != len(prior.steps) or prior.lo.shape != (len(prior.steps), prior.channels):
+                      _unpack(d["scale"]), _unpack(d["lo"]), [tables.check(_unpack(w)) for w in d["weights"]],
+                      _unpack(d["deltas"]), [_residual_table(_unpack(w)) for w in d["residual"]])
+        q = len(prior.steps)
+        if len(prior.weights) != q or prior.lo.shape != (q, prior.channels) or len(prior.residual) != q or \
+                prior.deltas.shape != (q,) or any((dl > 0) != (r.size > 0) for dl, r in zip(prior.deltas, prior.residual)):
             raise ValueError("tables of the wrong shape")
         if prior.hash != d["hash"]:
             raise ValueError("the tables do not match their hash")
     except (KeyError, TypeError, ValueError, AttributeError, zlib.error) as e:
         raise ValueError(f"{source} has damaged entropy-coding tables: {e}") from None
     return prior
+
+
+def _residual_table(w: np.ndarray) -> np.ndarray:
+    return w if w.size == 0 else tables.check(w, "a residual table")
 
 
 def dumps(prior: Prior) -> str:
