@@ -22,7 +22,7 @@ RESUMABLE = ("epochs", "lr", "beta")  # TrainConfig fields a --resume may change
 MAX_IMAGE_SIZE = 1024
 MAX_LATENT_DIM = 4096
 MAX_CHANNELS = 4096
-MAX_Z_DIMS = 1 << 16  # values in one latent code (a 1024 px grid model has 256 x 256 x C)
+MAX_Z_DIMS = 1 << 20  # values in one latent code (a 1024 px grid model has 256 x 256 x C)
 
 
 def _int_in(value, low: int, high: int) -> bool:
@@ -121,6 +121,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (CUDA mostly; slow first epoch)
     threshold_quantile: float = 0.99  # anomaly threshold = this quantile of validation scores
     grad_clip: float = 0.0  # clip the global gradient norm to this (0: off, plain AdamW as in the paper)
+    crop: int = 0  # a grid (surface) model trains on random crops of this many pixels; 0 = auto (64 when larger)
     folds: int = -1  # cross-fitting (vaekit.data.plan_splits): -1 auto (5 folds below 200 images), 0 off, K >= 2 folds
 
     def __post_init__(self) -> None:
@@ -145,6 +146,9 @@ class TrainConfig:
                 self.val_fraction + self.calibration_fraction >= 1.0):
             raise BadInput(f"validation and calibration fractions must be in [0, 1) and leave images to train on, "
                            f"got {self.val_fraction!r} and {self.calibration_fraction!r}")
+        if isinstance(self.crop, bool) or not isinstance(self.crop, int) or not 0 <= self.crop <= MAX_IMAGE_SIZE \
+                or 0 < self.crop < 16:
+            raise BadInput(f"crop must be 0 (auto) or 16 to {MAX_IMAGE_SIZE} pixels, got {self.crop!r}")
         if isinstance(self.folds, bool) or not isinstance(self.folds, int) or self.folds < -1 or self.folds == 1 \
                 or self.folds > 100:
             raise BadInput(f"folds must be -1 (auto), 0 (off) or 2 to 100, got {self.folds!r}")

@@ -30,7 +30,7 @@ def crossfit_scores(data: Dataset, splits: Splits, model_cfg: ModelConfig, train
     """(held-out image indices, summarise(their parts)) of each fold model, the parts computed a
     pixel-bounded chunk at a time and summarised at once (no maps are kept); None when
     `should_stop()` ended it. The fold models follow the run's resolved recipe (the same batch
-    size and epochs) and seed, so a resumed run fits the same ones."""
+    size, epochs and seed), so a resumed run fits the same ones."""
     from vaekit.engine_torch import TorchModel
     from vaekit.finish import CHUNK_PIXELS, Scored
     from vaekit.fit import Trainer
@@ -39,7 +39,9 @@ def crossfit_scores(data: Dataset, splits: Splits, model_cfg: ModelConfig, train
     step = max(1, CHUNK_PIXELS // model_cfg.image_size**2)
     for i, held in enumerate(splits.folds):
         rest = np.setdiff1d(splits.train, held)
-        trainer = Trainer(model_cfg, train_cfg, device, Dist(), seed=train_cfg.seed + 1 + i)
+        # the run's own seed (initial weights, shuffles, noise): a fold model then differs from
+        # the run's model by the images it leaves out, not by chance
+        trainer = Trainer(model_cfg, train_cfg, device, Dist())
         for epoch in range(train_cfg.epochs):
             if trainer.epoch(data.images, rest, epoch, should_stop=should_stop) is None:
                 return None

@@ -65,14 +65,14 @@ def load_dataset(
     return Dataset(cached.images, cached.paths, cached.skipped, base, cached.key, cached.hit)
 
 
-AUTO_MAX_SIZE = 64  # --image-size auto: the images' own size, at most this (and at least 16)
+AUTO_MAX_SIZE = 64  # --image-size auto for aligned objects: the images' own size, at most this (and at least 16)
+SURFACE_MAX_SIZE = 1024  # ... for surfaces: their own resolution (a small defect must stay visible), up to this
 SAMPLE = 512  # files or images looked at to choose the automatic settings
+PROBE = 256  # files decoded (at a small size) to tell aligned objects from surfaces before choosing the size
 
 
-def auto_image_size(paths: list[Path]) -> int:
-    """The median shorter side of (up to SAMPLE evenly spaced) files, from their headers only,
-    within [16, AUTO_MAX_SIZE]: a model at the images' own resolution when they are small
-    (28 px digits stay 28 px), and no more compute than 64 px when they are large."""
+def median_side(paths: list[Path]) -> int | None:
+    """The median shorter side of (up to SAMPLE evenly spaced) files, from their headers only."""
     from vaekit import images
 
     sides = []
@@ -82,8 +82,28 @@ def auto_image_size(paths: list[Path]) -> int:
                 sides.append(min(img.size))
         except Exception:  # unreadable files are skipped, and reported, by the decoding pass
             continue
-    side = int(np.median(sides)) if sides else AUTO_MAX_SIZE
-    return int(min(AUTO_MAX_SIZE, max(16, side)))
+    return int(np.median(sides)) if sides else None
+
+
+def auto_image_size(paths: list[Path], layout: str = "vector") -> int:
+    """The images' median shorter side: for aligned objects within [16, AUTO_MAX_SIZE] (28 px
+    digits stay 28 px, and no more compute than 64 px when they are large); for surfaces
+    ("grid") their own resolution up to SURFACE_MAX_SIZE, since a defect of 1% of a 512 px
+    part is a few pixels at 64 px. A surface model trains on crops (TrainConfig.crop) and reads
+    whole images, so its compute per step does not grow with the size."""
+    side = median_side(paths) or AUTO_MAX_SIZE
+    return int(min(SURFACE_MAX_SIZE if layout == "grid" else AUTO_MAX_SIZE, max(16, side)))
+
+
+def probe_layout(paths: list[Path], channels: int) -> str:
+    """vector or grid from up to PROBE files decoded at <= AUTO_MAX_SIZE (see image_statistics)."""
+    from vaekit import images
+
+    side = min(AUTO_MAX_SIZE, max(16, median_side(paths) or AUTO_MAX_SIZE))
+    report = images.load_images(paths[:: max(1, len(paths) // PROBE)][:PROBE], side, channels)
+    if not len(report.paths):
+        return "vector"
+    return choose_layout(image_statistics(report.images, np.arange(len(report.paths))))
 
 
 LAYOUT_ALIGNED = 0.1  # aligned-ness at or above which one latent vector describes the images
@@ -98,9 +118,18 @@ def image_statistics(images: np.ndarray, idx: np.ndarray) -> dict[str, float]:
     binary: share of values within 0.1 of black or white (0.9 for MNIST, ~0 for photographs)."""
     pick = idx[:: max(1, len(idx) // SAMPLE)]
     x = _gather(images, np.sort(pick)).astype(np.float32).mean(1) / 255.0  # (n, H, W) grey
-    aligned = float(x.mean(0).var() / max(float(x.var(0).mean()), 1e-12))
+    variance = float(x.var(0).mean())
+    aligned = float(x.mean(0).var() / max(variance, 1e-12))
     binary = float(((x < 0.1) | (x > 0.9)).mean())
-    return {"aligned": aligned, "binary": binary}
+    return {"aligned": aligned, "binary": binary, "variance": variance}
+
+
+def choose_layout(stats: dict[str, float]) -> str:
+    """A latent vector for aligned images, a grid of latent cells for surfaces; identical images
+    (no variance at all: nothing to tell apart) get the vector."""
+    if stats.get("variance", 1.0) < 1e-8:
+        return "vector"
+    return "vector" if stats["aligned"] >= LAYOUT_ALIGNED else "grid"
 
 
 def choose_model(cfg, stats: dict[str, float]):
@@ -110,7 +139,7 @@ def choose_model(cfg, stats: dict[str, float]):
     vector, 8 channels per cell for a grid."""
     from dataclasses import replace
 
-    layout = cfg.layout if cfg.layout != "auto" else ("vector" if stats["aligned"] >= LAYOUT_ALIGNED else "grid")
+    layout = cfg.layout if cfg.layout != "auto" else choose_layout(stats)
     likelihood = cfg.likelihood if cfg.likelihood != "auto" else ("bernoulli" if stats["binary"] >= 0.8 else "gaussian")
     latent_dim = cfg.latent_dim or (16 if layout == "vector" else 8)
     return replace(cfg, layout=layout, likelihood=likelihood, latent_dim=latent_dim)

@@ -19,7 +19,7 @@ import torch
 from vaekit import checkpoint
 from vaekit import run as rundir
 from vaekit.config import RESUMABLE, ModelConfig, TrainConfig
-from vaekit.data import Dataset, _read_ahead, _to_device, _to_input, plan_splits
+from vaekit.data import Dataset, _gather, _read_ahead, _to_device, _to_input, plan_splits
 from vaekit.distributed import Dist, _all_reduce_sum, _barrier, init_distributed, pick_device
 from vaekit.finish import finish, write_run_config
 from vaekit.model import ConvVAE
@@ -50,19 +50,50 @@ class TrainResult:
 
 # --- evaluation --------------------------------------------------------------------------------
 
+CROP = 64  # TrainConfig.crop=0: a grid model larger than this trains on crops of this many pixels
+
+
+def training_crop(train_cfg: TrainConfig, model_cfg: ModelConfig) -> int | None:
+    """The crop a model trains on (None: whole images). Only a grid model crops: it is fully
+    convolutional, so what it learns of a 64 px window holds for the whole surface it reads."""
+    if model_cfg.layout != "grid":
+        return None
+    c = train_cfg.crop or CROP
+    return c if c < model_cfg.image_size else None
+
+
+def crop_batch(x: torch.Tensor, crop: int | None, seed) -> torch.Tensor:
+    """Random crop x crop windows of a uint8 batch (B, C, H, W), placed by `seed` (a step's,
+    or an image's for the fixed validation crops): the same windows after a resume."""
+    if crop is None:
+        return x
+    rng = np.random.default_rng(seed)
+    ys = rng.integers(0, x.shape[-2] - crop + 1, len(x))
+    xs = rng.integers(0, x.shape[-1] - crop + 1, len(x))
+    return torch.stack([x[i, :, y : y + crop, c : c + crop] for i, (y, c) in enumerate(zip(ys.tolist(), xs.tolist()))])
+
+
 @torch.no_grad()
-def deterministic_scores(model: ConvVAE, images: np.ndarray, idx: np.ndarray, device: torch.device, batch_size: int = 256) -> np.ndarray:
+def deterministic_scores(model: ConvVAE, images: np.ndarray, idx: np.ndarray, device: torch.device, batch_size: int = 256,
+                         crop: int | None = None) -> np.ndarray:
     """Per-image -ELBO with z = mu (recon, kl, total as columns): (len(idx), 3) float64.
 
     Using the posterior mean instead of a random draw makes the estimate deterministic, so
-    model selection and the anomaly threshold do not move with the noise.
+    model selection and the anomaly threshold do not move with the noise. With `crop`, each
+    image is measured on one fixed window of that size (placed by the image's index).
     """
     model.eval()
     out = np.zeros((len(idx), 3), dtype=np.float64)
     for s in range(0, len(idx), batch_size):
-        x = _to_input(images, idx[s : s + batch_size], device)
+        chunk = idx[s : s + batch_size]
+        if crop is None:
+            x = _to_input(images, chunk, device)
+        else:
+            x = torch.cat([crop_batch(torch.from_numpy(_gather(images, chunk[j : j + 1])), crop, [7, int(i)])
+                           for j, i in enumerate(chunk)])
+            x = _to_device(x, device)
         mu, logvar = model.encode(x)
-        params = model.decode(mu)
+        params = model.decode(mu, model.size_of(x))
         loss = negative_elbo(x, params, mu, logvar, model.cfg.likelihood, model.scale())
         out[s : s + len(x)] = torch.stack([loss.recon, loss.kl, loss.total], 1).double().cpu().numpy()
     return out
@@ -117,7 +148,7 @@ class _NoisyForward(torch.nn.Module):
     def forward(self, x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mu, logvar = self.model.encode(x)  # (B, D) each
         z = self.model.reparameterize(mu, logvar, eps)
-        return self.model.decode(z), mu, logvar
+        return self.model.decode(z, self.model.size_of(x)), mu, logvar
 
 
 def _agreed(flag: bool, dist: Dist, device: torch.device) -> bool:
@@ -170,6 +201,9 @@ class Trainer:
         if train_cfg.compile:
             self.net = torch.compile(self.net)
         self.noise = torch.Generator(device=device)
+        self.crop = training_crop(train_cfg, model_cfg)
+        # values of z per training image: a crop's latent grid is smaller than the whole image's
+        self.z_dims = model_cfg.z_dims if self.crop is None else model_cfg.latent_dim * (-(-self.crop // 4)) ** 2
 
     def steps(self, n_train: int) -> int:
         return math.ceil(n_train / self.cfg.batch_size)
@@ -200,6 +234,7 @@ class Trainer:
                     return None
                 lr = learning_rate(cfg, epoch * steps + step, cfg.epochs * steps)
                 eps = self._noise(epoch, step, n_global, rows)
+                x = crop_batch(x, self.crop, [cfg.seed, epoch, step])
                 loss = self._step(_to_device(x, device, self.channels_last), eps, lr, beta, n_global)
                 with torch.no_grad():
                     sums += torch.stack([loss.recon.sum(), loss.kl.sum(), loss.total.sum()]).double()
@@ -218,7 +253,7 @@ class Trainer:
         """eps of this rank's images, drawn for the whole global batch by a seed of the step."""
         self.noise.manual_seed(_noise_seed(self.cfg.seed, epoch, step))
         rows = rows.to(self.device, non_blocking=True)  # blocking would wait for the GPU every step
-        return torch.randn(n_global, self.model_cfg.z_dims, device=self.device, generator=self.noise)[rows]  # (B, D)
+        return torch.randn(n_global, self.z_dims, device=self.device, generator=self.noise)[rows]  # (B, D)
 
     def _step(self, x: torch.Tensor, eps: torch.Tensor, lr: float, beta: float, n_global: int):
         for group in self.optimizer.param_groups:
@@ -245,9 +280,11 @@ class Trainer:
 
 
 def resolved_train_config(train_cfg: TrainConfig, model_cfg: ModelConfig, n_train: int) -> TrainConfig:
-    """The automatic batch size and number of epochs decided (vaekit.recipe)."""
-    train_cfg = replace(train_cfg, batch_size=resolve_batch_size(train_cfg, model_cfg.image_size))
-    return replace(train_cfg, epochs=resolve_epochs(train_cfg, n_train, model_cfg.image_size))
+    """The automatic batch size and number of epochs decided (vaekit.recipe), for the size the
+    model trains on (its crops, for a surface)."""
+    size = training_crop(train_cfg, model_cfg) or model_cfg.image_size
+    train_cfg = replace(train_cfg, batch_size=resolve_batch_size(train_cfg, size))
+    return replace(train_cfg, epochs=resolve_epochs(train_cfg, n_train, size))
 
 
 def fit(
@@ -286,9 +323,11 @@ def fit(
                     if epoch > 0 else "nothing was saved yet; start again with --overwrite")
             raise TrainingError(f"loss became {sums[2]} in epoch {epoch + 1}; try a lower --lr. {kept}")
         row = _epoch_row(epoch, kl_weight(epoch, train_cfg), sums, time.perf_counter() - t0, trainer.model, data,
-                         splits.val, splits.train, device, dist)
+                         splits.val, splits.train, device, dist, train_cfg)
         history.append(row)
-        improved = row["val_loss"] < best["val"]
+        # cross-fitting: the fold models take their last epoch, so the run's model does too (its
+        # "validation" would be its own training images, which pick nothing of use)
+        improved = row["val_loss"] < best["val"] or splits.crossfit
         if improved:
             best = {"epoch": epoch, "val": row["val_loss"]}
         if dist.main:
@@ -357,13 +396,14 @@ def _save_epoch(trainer: Trainer, out_dir: Path, epoch: int, best: dict, history
     checkpoint.save_checkpoint(out_dir, epoch, tensors, meta)
 
 
-def _epoch_row(epoch, beta, sums, seconds, model, data, val_idx, train_idx, device, dist) -> dict:
+def _epoch_row(epoch, beta, sums, seconds, model, data, val_idx, train_idx, device, dist, train_cfg) -> dict:
     n = sums[3]
-    pixels = int(np.prod(data.images.shape[1:]))
+    crop = training_crop(train_cfg, model.cfg)
+    pixels = data.images.shape[1] * (crop or data.images.shape[2]) * (crop or data.images.shape[3])
     # Validation by the deterministic -ELBO (z = mu); each rank scores its share.
     eval_idx = val_idx if len(val_idx) else train_idx
     mine = eval_idx[dist.rank :: dist.world]
-    v = deterministic_scores(model, data.images, mine, device)
+    v = deterministic_scores(model, data.images, mine, device, crop=crop)
     vs = torch.tensor([v[:, 0].sum(), v[:, 1].sum(), v[:, 2].sum(), len(mine)], dtype=torch.float64, device=device)
     vs = _all_reduce_sum(vs, dist).tolist()
     val_loss = vs[2] / max(vs[3], 1)

@@ -268,11 +268,11 @@ class ConvVAE(nn.Module):
         (vaekit/scoring.py), shared by both engines."""
         mu, logvar = self.encode(x)  # (B, D) each
         z = mu + torch.exp(0.5 * logvar) * eps
-        pmap = self.likelihood.nll(x, self.decode(z, self._size_of(x)), self.scale()).sum(1)  # (B, H, W)
+        pmap = self.likelihood.nll(x, self.decode(z, self.size_of(x)), self.scale()).sum(1)  # (B, H, W)
         kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=1)
         return pmap.flatten(1).sum(1), kl, pmap, mu, logvar
 
-    def _size_of(self, x: torch.Tensor) -> tuple[int, int] | None:
+    def size_of(self, x: torch.Tensor) -> tuple[int, int] | None:
         """A grid model's input size when it is not the model's own (None otherwise)."""
         if self.cfg.layout != "grid" or tuple(x.shape[-2:]) == (self.cfg.image_size, self.cfg.image_size):
             return None
@@ -281,4 +281,4 @@ class ConvVAE(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mu, logvar = self.encode(x)
         z = self.reparameterize(mu, logvar)
-        return self.decode(z, self._size_of(x)), mu, logvar
+        return self.decode(z, self.size_of(x)), mu, logvar

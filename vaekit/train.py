@@ -16,7 +16,8 @@ import numpy as np
 
 from vaekit import run as rundir
 from vaekit.config import RESUMABLE, ModelConfig, TrainConfig, from_dict, from_stored_model
-from vaekit.data import Dataset, auto_image_size, choose_model, image_statistics, load_dataset, split, split3  # noqa: F401
+from vaekit.data import (Dataset, auto_image_size, choose_model, image_statistics, load_dataset, probe_layout,  # noqa: F401
+                         split, split3)
 from vaekit.distributed import _barrier, init_distributed, pick_device
 from vaekit.errors import BadInput
 from vaekit.fileio import refuse_inside
@@ -104,10 +105,14 @@ def _train(data_dir, out_dir, model_cfg, train_cfg, channels, resume, overwrite,
     if not dist.main:
         progress = None
 
-    if not model_cfg.image_size:  # auto: from the files' headers, before anything is decoded
+    if not model_cfg.image_size:  # auto: objects or surface first (a small probe), then the size from the headers
         from vaekit import images
 
-        model_cfg = replace(model_cfg, image_size=auto_image_size(images.find_images(data_dir)))
+        paths = images.find_images(data_dir)
+        layout = model_cfg.layout
+        if layout == "auto" and paths:
+            layout = probe_layout(paths, images.resolve_channels(paths, channels))
+        model_cfg = replace(model_cfg, layout=layout, image_size=auto_image_size(paths, layout))
     # The first rank on each machine fills the pixel cache; the others then find it there.
     data = None
     if dist.local_rank == 0:
