@@ -6,13 +6,14 @@ Read in this order, one idea per file:
 - `lossy`: quantised posterior means coded with those tables.
 - `bitsback`: lossless BB-ANS over the discretised logistic likelihood.
 - `net`: the network calls both make, one image at a time, on either engine.
-- `container`: the .vkc file (header, chunks, checksum).
+- `header`, `container`: the .vkc file (a compact header, chunks, checksum).
 - `jobs`: folders in, .vkc out, and back (what the CLI calls).
 Numpy, constriction and Pillow only: the onnxruntime path never imports torch. docs/codec.md.
 """
 
 from vaekit.codec.bitsback import Desynchronised
-from vaekit.codec.container import ArchiveError, ArchiveModelMismatch, Header
+from vaekit.codec.container import ArchiveError, ArchiveModelMismatch
+from vaekit.codec.header import Header
 from vaekit.codec.jobs import (DecodeResult, EncodeResult, decode, encode, fit_prior, read_info, save_prior,
                                stored_prior)
 from vaekit.codec.prior import QUALITIES, Prior

@@ -9,6 +9,7 @@ place only when every image decoded (and, lossless, passed its checksum): nothin
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import time
@@ -26,12 +27,12 @@ from vaekit.codec.net import Net
 from vaekit.codes.jobs import original_size, png_names, restore_size
 from vaekit.errors import BadInput
 from vaekit.fileio import refuse_existing, refuse_inside
-from vaekit.version import __version__
 
 Progress = Callable[..., None]
 CHUNK = 1024  # images per ANS stream: bounded memory, and a lossless chunk's start costs < 0.01 bit per image
 BATCH = 256  # images through the network at a time (lossy)
-BITSBACK_TABLES = f"bbans:latent{bitsback.LATENT_BITS}:crc{bitsback.CHECK_BITS}:p{tables.PRECISION}"
+BITSBACK = f"bbans:latent{bitsback.LATENT_BITS}:crc{bitsback.CHECK_BITS}:p{tables.PRECISION}"
+BITSBACK_TABLES = hashlib.sha256(BITSBACK.encode()).hexdigest()[:16]  # what a lossless header names
 
 
 @dataclass
@@ -152,7 +153,7 @@ def encode(model, source: str | Path | Sequence[str | Path], out: str | Path, qu
     info = model.info
     header = container.Header("lossless" if lossless else "lossy", info.fingerprint,
                               BITSBACK_TABLES if lossless else prior.hash, info.image_size, info.channels,
-                              info.latent_dim, [], [], quality=quality, vaekit_version=__version__)
+                              info.latent_dim, [], [], quality=quality)
     out.parent.mkdir(parents=True, exist_ok=True)
     spill = container.Spill(out)
     try:
@@ -282,8 +283,8 @@ def _check_model(header: container.Header, model, archive: Path) -> None:
     if header.mode == "lossless":
         _check_lossless(model)
         if header.tables != BITSBACK_TABLES:
-            raise container.ArchiveError(f"{archive} uses bits-back settings {header.tables!r}; this vaekit reads "
-                                         f"{BITSBACK_TABLES!r}")
+            raise container.ArchiveError(f"{archive} was written with other bits-back settings than this vaekit's "
+                                         f"({BITSBACK})")
         wrote = header.engine.get("engine")
         if wrote != info.engine:  # measured: every image's tables differ between the engines (docs/codec.md)
             raise bitsback.Desynchronised(

@@ -35,7 +35,9 @@ class Net:
         """What computed the tables: recorded in a lossless archive, shown when a decode refuses."""
         import platform
 
-        d = {"engine": self.engine, "machine": platform.machine()}
+        from vaekit.version import __version__
+
+        d = {"engine": self.engine, "machine": platform.machine(), "vaekit": __version__}
         if self.engine == "torch":
             import torch
 

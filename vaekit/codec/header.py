@@ -1,0 +1,127 @@
+"""The .vkc header, in as few bytes as a one-image file can afford.
+
+Fixed fields are single bytes, LEB128 varints and the two 64-bit hashes as raw bytes; what varies
+with the folder (names, original sizes where they differ from the model's, the engine of a
+lossless archive) is JSON, stored raw, raw-deflated or raw-LZMA2'd, whichever is smallest. A one-
+image header is ~40 bytes plus its name, where JSON with hex hashes cost ~320 (docs/codec.md);
+10,000 numbered names take ~0.3 bytes each (LZMA2).
+"""
+
+from __future__ import annotations
+
+import json
+import lzma
+import zlib
+from dataclasses import dataclass, field
+
+MODES = ("lossy", "lossless")
+MAX_META = 1 << 31  # bytes of the variable part once decompressed
+_LZMA2 = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
+
+
+@dataclass
+class Header:
+    mode: str  # "lossy" or "lossless"
+    fingerprint: str  # the encoding model's weights (ModelInfo.fingerprint), 16 hex digits
+    tables: str  # hash of the integer tables the symbols were coded with, 16 hex digits
+    image_size: int
+    channels: int
+    latent_dim: int
+    names: list[str]  # relative posix path of each image, in coding order
+    orig_size: list[list[int]]  # [height, width] of each source image
+    chunks: list[list[int]] = field(default_factory=list)  # [images, words] per chunk
+    quality: int | None = None  # lossy only
+    engine: dict = field(default_factory=dict)  # lossless: what computed the tables (engine, versions, threads)
+
+
+def _varint(n: int) -> bytes:
+    if n < 0:
+        raise ValueError(f"cannot store {n} as a varint")
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+class _Reader:
+    def __init__(self, data: bytes):
+        self.data, self.pos = data, 0
+
+    def take(self, n: int) -> bytes:
+        if n < 0 or self.pos + n > len(self.data):
+            raise ValueError("the header ends early")
+        self.pos += n
+        return self.data[self.pos - n : self.pos]
+
+    def varint(self, limit: int = 1 << 40) -> int:
+        n = shift = 0
+        while True:
+            b = self.take(1)[0]
+            n |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                break
+            if shift > 63:
+                raise ValueError("a number in the header is too long")
+        if n > limit:
+            raise ValueError(f"a number in the header is out of range ({n})")
+        return n
+
+
+def _compress(raw: bytes) -> bytes:
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    options = [b"\0" + raw, b"\1" + c.compress(raw) + c.flush(), b"\2" + lzma.compress(raw, lzma.FORMAT_RAW, filters=_LZMA2)]
+    return min(options, key=len)
+
+
+def _decompress(blob: bytes) -> bytes:
+    method, body = blob[:1], blob[1:]
+    if method == b"\0":
+        return body
+    if method == b"\1":
+        d = zlib.decompressobj(-15)
+        out = d.decompress(body, MAX_META)
+    elif method == b"\2":
+        d = lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=_LZMA2)
+        out = d.decompress(body, max_length=MAX_META)
+    else:
+        raise ValueError(f"unknown compression {method!r}")
+    if not d.eof:
+        raise ValueError("the header's names are truncated or too large")
+    return out
+
+
+def pack(h: Header) -> bytes:
+    """The header's bytes (ValueError for hashes that are not 16 hex digits)."""
+    meta: dict = {"names": h.names}
+    if any(list(s) != [h.image_size, h.image_size] for s in h.orig_size):
+        meta["sizes"] = h.orig_size
+    if h.engine:
+        meta["engine"] = h.engine
+    blob = _compress(json.dumps(meta, separators=(",", ":")).encode())
+    parts = [bytes([MODES.index(h.mode), h.quality or 0, h.channels]), _varint(h.image_size), _varint(h.latent_dim),
+             bytes.fromhex(h.fingerprint), bytes.fromhex(h.tables), _varint(len(h.chunks))]
+    if len(parts[3]) != 8 or len(parts[4]) != 8:
+        raise ValueError("fingerprint and table hash must be 16 hex digits")
+    parts += [_varint(v) for c in h.chunks for v in c]
+    return b"".join(parts) + _varint(len(blob)) + blob
+
+
+def unpack(data: bytes) -> Header:
+    """Parse header bytes; ValueError (or KeyError, TypeError) on anything malformed."""
+    from vaekit.fileio import loads_json
+
+    r = _Reader(data)
+    mode, quality, channels = r.take(3)
+    image_size, latent_dim = r.varint(1 << 20), r.varint(1 << 30)
+    fingerprint, tables = r.take(8).hex(), r.take(8).hex()
+    chunks = [[r.varint(), r.varint()] for _ in range(r.varint(1 << 32))]
+    meta = loads_json(_decompress(r.take(r.varint(len(data)))))
+    if r.pos != len(data) or mode >= len(MODES) or not isinstance(meta, dict):
+        raise ValueError("the header has extra bytes or an unknown mode")
+    names = meta["names"]
+    sizes = meta.get("sizes") or [[image_size, image_size]] * (len(names) if isinstance(names, list) else 0)
+    return Header(MODES[mode], fingerprint, tables, image_size, channels, latent_dim, names, sizes, chunks,
+                  quality or None, meta.get("engine") or {})
