@@ -72,6 +72,15 @@ def _normalise(net: ReaderNet, crops: np.ndarray, features: Features, size: int,
     net.in_std.copy_(inp.std((0, 2, 3)).clamp(min=1e-3))
 
 
+def _batch(crops, features, cfg: ReaderConfig, size: int, n_bad: int, rng) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training batch: random crops, the first n_bad with a synthetic defect; (inputs, masks)."""
+    x = _crops(crops, rng.integers(0, len(crops), cfg.batch), size, rng)
+    bad, masks = make_defects(x[:n_bad], rng, shapes=cfg.shapes)
+    x = np.concatenate([bad, x[n_bad:]])
+    target = torch.from_numpy(np.concatenate([masks, np.zeros((len(x) - n_bad, size, size), np.float32)]))
+    return _inputs(x, features), target
+
+
 def train_reader(crops: np.ndarray, features: Features | None, cfg: ReaderConfig = ReaderConfig(), seed: int = 0,
                  progress: Callable[..., None] | None = None,
                  should_stop: Callable[[], bool] | None = None) -> dict[str, torch.Tensor]:
@@ -99,11 +108,8 @@ def train_reader(crops: np.ndarray, features: Features | None, cfg: ReaderConfig
             break
         for g in opt.param_groups:
             g["lr"] = cfg.lr * min(1.0, (step + 1) / warm) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
-        x = _crops(crops, rng.integers(0, len(crops), cfg.batch), size, rng)
-        bad, masks = make_defects(x[:n_bad], rng, shapes=cfg.shapes)
-        x = np.concatenate([bad, x[n_bad:]])
-        target = torch.from_numpy(np.concatenate([masks, np.zeros((len(x) - n_bad, size, size), np.float32)]))
-        loss = loss_fn(net(_inputs(x, features)), target)
+        inputs, target = _batch(crops, features, cfg, size, n_bad, rng)
+        loss = loss_fn(net(inputs), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
