@@ -72,8 +72,8 @@ def test_a_grid_model_reads_images_of_any_size(hw):
     model = ConvVAE(ModelConfig(image_size=32, layout="grid", likelihood="gaussian", channels=3)).eval()
     x = torch.rand(2, 3, *hw)
     with torch.no_grad():
-        recon, kl, pmap, mu, logvar = model.score_parts(x, torch.zeros(2, 8 * (-(-hw[0] // 4)) * (-(-hw[1] // 4))))
-    assert pmap.shape == (2, *hw) and mu.shape == (2, 8 * (-(-hw[0] // 4)) * (-(-hw[1] // 4)))
+        recon, kl, pmap, mu, logvar, x_hat = model.score_parts(x, torch.zeros(2, 8 * (-(-hw[0] // 4)) * (-(-hw[1] // 4))))
+    assert pmap.shape == (2, *hw) and x_hat.shape == (2, 3, *hw) and mu.shape == (2, 8 * (-(-hw[0] // 4)) * (-(-hw[1] // 4)))
     assert torch.isfinite(recon).all() and torch.isfinite(kl).all()
 
 

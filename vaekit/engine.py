@@ -22,7 +22,7 @@ import numpy as np
 from vaekit import images as imageio
 from vaekit.errors import BadInput
 from vaekit.info import DEFAULT_SCORE, SCORES, ModelInfo, score_unit, threshold_fields  # noqa: F401  (public here too)
-from vaekit.scoring import Calibration, Parts, kl_map, pixel_floor  # noqa: F401  (pixel_floor: public here too)
+from vaekit.scoring import Calibration, Parts, error_map, kl_map, pixel_floor  # noqa: F401  (pixel_floor: public here too)
 
 Progress = Callable[..., None]
 # "atypicality" (the default; vaekit/scoring.py): how far the image's most atypical part of the
@@ -77,7 +77,8 @@ class Model:
         raise NotImplementedError
 
     def _score_core(self, x: np.ndarray, eps: np.ndarray) -> tuple[np.ndarray, ...]:
-        """x (B,C,H,W) in [0,1], eps (B, D) -> recon (B,), kl (B,), pixel_map (B,H,W), mu, logvar."""
+        """x (B,C,H,W) in [0,1], eps (B, D) -> recon (B,), kl (B,), pixel_map (B,H,W), mu, logvar,
+        and x_hat (B,C,H,W), the reconstruction (None from an export of vaekit < 0.3)."""
         raise NotImplementedError
 
     # --- preprocessing ---------------------------------------------------------------------
@@ -223,7 +224,7 @@ class Model:
                 eps = np.zeros((1, b, self.info.latent_dim), np.float32)
             logw, m_sum, k_sum = [], np.zeros((b, s, s)), np.zeros((b, s, s))
             for j, e in enumerate(eps):
-                _, q, m, mu, logvar = self._score_core(xf, e)
+                _, q, m, mu, logvar, x_hat = self._score_core(xf, e)
                 # sum the map in float64 here rather than take the engine's float32 sum: the excess
                 # is a small difference of two large sums, and both engines then agree to the bit
                 r = m.astype(np.float64).reshape(b, -1).sum(1)
@@ -246,7 +247,7 @@ class Model:
             else:  # a gaussian model that does not carry its sigma: only the excess needs it
                 floor[sl] = np.nan
             if score == "atypicality":
-                parts = Parts(recon[sl], kl[sl], floor[sl], r_map=m_sum - fmap, k_map=k_sum)
+                parts = Parts(recon[sl], kl[sl], floor[sl], r_map=m_sum - fmap, k_map=k_sum, **_object_parts(xf, x_hat, mu))
                 chosen[sl], amap = self.calibration().score(parts, maps=maps)
                 if maps:
                     pmap[sl] = amap
@@ -290,12 +291,12 @@ class Model:
         out = []
         for sl in self._batches(len(x)):
             xf = imageio.to_float(x[sl])
-            recon, kl, m, mu, logvar = self._score_core(xf, np.zeros((len(xf), self.info.latent_dim), np.float32))
+            recon, kl, m, mu, logvar, x_hat = self._score_core(xf, np.zeros((len(xf), self.info.latent_dim), np.float32))
             fmap = pixel_floor(xf, self.info.likelihood, self.info.log_scale)
             out.append(Parts(m.astype(np.float64).reshape(len(m), -1).sum(1), kl, fmap.reshape(len(m), -1).sum(1),
-                             r_map=m - fmap, k_map=kl_map(mu, logvar, shape, s)))
-        cat = lambda k: np.concatenate([getattr(p, k) for p in out])  # noqa: E731
-        return Parts(cat("recon"), cat("kl"), cat("floor"), r_map=cat("r_map"), k_map=cat("k_map"))
+                             r_map=m - fmap, k_map=kl_map(mu, logvar, shape, s), **_object_parts(xf, x_hat, mu)))
+        cat = lambda k: None if getattr(out[0], k) is None else np.concatenate([getattr(p, k) for p in out])  # noqa: E731
+        return Parts(*(cat(k) for k in ("recon", "kl", "floor", "r_map", "k_map", "e_map", "latent", "entropy")))
 
     def calibration(self) -> Calibration | None:
         """The atypicality score's statistics of normal images, checked (None: the model has none)."""
@@ -315,6 +316,18 @@ class Model:
         if not isinstance(samples, (int, np.integer)) or samples < 1:
             raise BadInput(f"samples must be an integer >= 1, got {samples!r}")
         return self.score(x, samples=samples, score="neg_elbo", iwae=True, maps=False).neg_elbo
+
+
+def _object_parts(x: np.ndarray, x_hat: np.ndarray | None, mu: np.ndarray) -> dict:
+    """What an aligned object's tests read besides the -ELBO (vaekit.scoring.OBJECT_TESTS): the
+    error map of the reconstruction, |mu|^2 and the image's own entropy. An export of
+    vaekit < 0.3 has no reconstruction output; its calibration does not need them."""
+    if x_hat is None:
+        return {}
+    from vaekit.likelihood import bernoulli_floor
+
+    entropy = bernoulli_floor(x).reshape(len(x), -1).sum(1)
+    return {"e_map": error_map(x, x_hat), "latent": (np.asarray(mu, np.float64) ** 2).sum(1), "entropy": entropy}
 
 
 def _log_mean_exp(a: np.ndarray) -> np.ndarray:

@@ -203,6 +203,9 @@ class OnnxModel(Model):
         return self._session("decoder").run(["image"], {"z": self._f32(z)})[0]
 
     def _score_core(self, x, eps):
-        recon, kl, pmap, mu, logvar = self._scorer.run(list(_OUTPUTS["scorer"]), {"x": self._f32(x), "eps": self._f32(eps)})
+        names = list(_OUTPUTS["scorer"])
+        with_x_hat = "x_hat" in {o.name for o in self._scorer.get_outputs()}  # exports of vaekit < 0.3 lack it
+        out = self._scorer.run(names + ["x_hat"] * with_x_hat, {"x": self._f32(x), "eps": self._f32(eps)})
+        recon, kl, pmap, mu, logvar = out[:5]
         # the torch engine sums in float32 and hands back float64; so do we
-        return recon.astype(np.float64), kl.astype(np.float64), pmap, mu, logvar
+        return recon.astype(np.float64), kl.astype(np.float64), pmap, mu, logvar, out[5] if with_x_hat else None

@@ -75,6 +75,6 @@ class TorchModel(Model):
 
     @torch.inference_mode()
     def _score_core(self, x, eps):
-        recon, kl, pmap, mu, logvar = self.net.score_parts(self._t(x), self._t(eps))
+        recon, kl, pmap, mu, logvar, x_hat = self.net.score_parts(self._t(x), self._t(eps))
         return (recon.double().cpu().numpy(), kl.double().cpu().numpy(), pmap.cpu().numpy(), mu.cpu().numpy(),
-                logvar.cpu().numpy())
+                logvar.cpu().numpy(), x_hat.cpu().numpy())

@@ -84,14 +84,15 @@ def finish(out_dir, data, splits, train_cfg, device, crossfit=None) -> float | N
     Returns the threshold, or None when the cross-fitting was asked to stop."""
     from vaekit.anomaly import threshold_section
     from vaekit.engine_torch import TorchModel
-    from vaekit.scoring import Calibration
+    from vaekit.scoring import GLOBAL_TESTS, OBJECT_TESTS, Calibration
 
     # Scored by the very code `vaekit anomaly-score` runs (the engine), so the stored threshold
     # and the scores it is compared with cannot drift apart.
     engine = TorchModel(out_dir, device=str(device))
     model, cfg = engine.net, engine.config
     size = engine.info.image_size
-    calibration = Calibration.empty(model.cfg.layout == "grid", local_windows(size), COMBINE)
+    grid = model.cfg.layout == "grid"
+    calibration = Calibration.empty(grid, local_windows(size), COMBINE, GLOBAL_TESTS if grid else OBJECT_TESTS)
     reference_idx = _at_most(splits.train, max(1, CALIBRATION_PIXELS // size**2))
     for parts in _parts(engine, data, reference_idx):
         calibration.add_reference(parts)

@@ -263,14 +263,15 @@ class ConvVAE(nn.Module):
     def score_parts(self, x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """What scoring needs from the network, for one posterior draw z = mu + sigma * eps
         (eps = 0: the posterior mean): recon NLL (B,), KL (B,), the recon NLL per pixel
-        (B, H, W), mu and logvar (B, D). The torch engine calls it and the ONNX export traces
+        (B, H, W), mu and logvar (B, D), and the reconstruction x_hat = E[x|z] (B, C, H, W). The torch engine calls it and the ONNX export traces
         it, so the two cannot compute different things; the scores themselves are numpy
         (vaekit/scoring.py), shared by both engines."""
         mu, logvar = self.encode(x)  # (B, D) each
         z = mu + torch.exp(0.5 * logvar) * eps
-        pmap = self.likelihood.nll(x, self.decode(z, self.size_of(x)), self.scale()).sum(1)  # (B, H, W)
+        params = self.decode(z, self.size_of(x))
+        pmap = self.likelihood.nll(x, params, self.scale()).sum(1)  # (B, H, W)
         kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=1)
-        return pmap.flatten(1).sum(1), kl, pmap, mu, logvar
+        return pmap.flatten(1).sum(1), kl, pmap, mu, logvar, self.mean_image(params)
 
     def size_of(self, x: torch.Tensor) -> tuple[int, int] | None:
         """A grid model's input size when it is not the model's own (None otherwise)."""

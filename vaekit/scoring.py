@@ -27,7 +27,7 @@ from vaekit.errors import DamagedFile
 
 SOFT_SD = 0.1  # per-position sd is softened by this share of the mean sd: no division by ~0
 FLOOR_SHARE = 0.5  # a test's sd is at least this share of its spread over the reference (training) images
-GLOBAL_TESTS = ("recon_high", "kl_high", "elbo_low")
+GLOBAL_TESTS = ("recon_high", "kl_high", "elbo_low")  # the global tests of a calibration that names none
 # A vector latent's heat map: the R map averaged over 5x5 pixels. On the shapes sample data the
 # pixel AUROC of the raw map is 0.967, averaged over 3 px 0.989, over 5 px 0.994 (docs/detection.md).
 MAP_WINDOW = 5
@@ -74,15 +74,39 @@ def window_mean(m: np.ndarray, w: int) -> np.ndarray:
     return s / (w * w)
 
 
+ERROR_EPS = 1e-4  # reconstructions are clipped to [eps, 1 - eps] for the error map: one pixel adds <= ~9 nats
+
+
+def error_map(x: np.ndarray, x_hat: np.ndarray) -> np.ndarray:
+    """How far the reconstruction is from the image, per pixel: sum over channels of
+    KL(Bern(x) || Bern(x_hat)), x and x_hat (N, C, H, W) in [0, 1] -> (N, H, W), nats.
+
+    For a Bernoulli model this is its own R (recon - floor); for any other likelihood it is the
+    same divergence of the reconstruction, which weighs an error by how certain the pixel is:
+    0.1 off a pixel at 0.02 counts ~20x more than 0.1 off a mid grey. An object's silhouette on
+    a dark background then outweighs the texture inside it, where a Gaussian's squared error
+    weighs both alike (docs/detection.md measures both)."""
+    x = np.asarray(x, dtype=np.float64)
+    q = np.clip(np.asarray(x_hat, dtype=np.float64), ERROR_EPS, 1 - ERROR_EPS)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kl = (np.where(x > 0, x * np.log(np.maximum(x, 1e-300) / q), 0.0)
+              + np.where(x < 1, (1 - x) * np.log(np.maximum(1 - x, 1e-300) / (1 - q)), 0.0))
+    return kl.sum(1)
+
+
 @dataclass
 class Parts:
-    """The -ELBO of a batch in parts, nats (z = mu or averaged over draws)."""
+    """The -ELBO of a batch in parts, nats (z = mu or averaged over draws), and what the
+    atypicality's tests read beside it."""
 
     recon: np.ndarray  # (N,) reconstruction NLL
     kl: np.ndarray  # (N,) KL(q(z|x) || p(z))
     floor: np.ndarray  # (N,) NLL of a perfect reconstruction
     r_map: np.ndarray | None = None  # (N, H, W) recon NLL - floor per pixel (channels summed)
     k_map: np.ndarray | None = None  # (N, H, W) KL per pixel (see kl_map)
+    e_map: np.ndarray | None = None  # (N, H, W) error_map of the reconstruction at z = mu
+    latent: np.ndarray | None = None  # (N,) |mu|^2: how far the code lies from the prior's centre
+    entropy: np.ndarray | None = None  # (N,) the image's own complexity: sum of the binary entropy of its values
 
     @property
     def neg_elbo(self) -> np.ndarray:
@@ -94,7 +118,20 @@ class Parts:
     def take(self, idx) -> "Parts":
         """The parts of the images `idx` (an index array or a boolean mask)."""
         pick = lambda a: None if a is None else a[idx]  # noqa: E731
-        return Parts(self.recon[idx], self.kl[idx], self.floor[idx], pick(self.r_map), pick(self.k_map))
+        return Parts(self.recon[idx], self.kl[idx], self.floor[idx], pick(self.r_map), pick(self.k_map),
+                     pick(self.e_map), pick(self.latent), pick(self.entropy))
+
+
+# The atypicality's global tests: each a statistic of the image that is large when it is atypical
+TESTS = {
+    "recon_high": lambda p: p.recon - p.floor,  # the decoder cannot rebuild it (R, nats)
+    "kl_high": lambda p: p.kl,  # it needs an unusual latent code (nats)
+    "elbo_low": lambda p: -p.neg_elbo,  # simpler than any normal image, by the model's own -ELBO
+    "error_high": lambda p: p.e_map.reshape(len(p.e_map), -1).sum(1),  # error_map summed: cannot rebuild it
+    "latent_high": lambda p: p.latent,  # its code lies farther from the prior's centre than normal codes
+    "entropy_low": lambda p: -p.entropy,  # simpler than normal, by the image's own pixels (no model involved)
+}
+OBJECT_TESTS = ("error_high", "latent_high", "entropy_low")  # an aligned object's (docs/detection.md)
 
 
 PROFILE_MARGIN = 16  # local statistics depend on the distance to the nearest edges, up to this many pixels
@@ -118,8 +155,10 @@ def edge_class(n: int, m: int = PROFILE_MARGIN) -> np.ndarray:
 class Calibration:
     """The "atypicality" score: statistics of normal images, and the tests they standardise.
 
-    Global tests on the -ELBO's parts (`GLOBAL_TESTS`): R too high, the KL too high, the -ELBO
-    too low. `local` (a latent grid) adds, for each window width in `windows` (pixels), the
+    Global tests (`TESTS`, the names stored in "global"): for an aligned object the error of its
+    reconstruction too high, its code too far from the prior's centre, the image simpler than
+    normal (`OBJECT_TESTS`); for a surface, and in runs of vaekit 0.2, R too high, the KL too
+    high, the -ELBO too low (`GLOBAL_TESTS`). `local` (a latent grid) adds, for each window width in `windows` (pixels), the
     window means of the R and KL maps too high or too low anywhere (their largest z over the
     image), z-scored by statistics that depend on the distance to the edges only (`edge_class`).
     `combine`: "max" takes the largest standardised test; "sumsq" adds up the squares of those
@@ -136,19 +175,24 @@ class Calibration:
 
     @classmethod
     def fit(cls, parts: Parts, local: bool, windows: Sequence[int] = (), combine: str = "max",
-            reference: Parts | None = None) -> "Calibration":
+            reference: Parts | None = None, tests: Sequence[str] = GLOBAL_TESTS) -> "Calibration":
         """Fitted in memory: the local statistics on `reference` (default: `parts`), the tests
         on `parts`. (Streamed: `empty`, `add_reference`, `fit_tests`.)"""
-        cal = cls.empty(local, windows, combine)
+        cal = cls.empty(local, windows, combine, tests)
         reference = parts if reference is None else reference
         cal.add_reference(reference)
         return cal.fit_tests(cal.tests(parts), cal.tests(reference))
 
     @classmethod
-    def empty(cls, local: bool, windows: Sequence[int] = (), combine: str = "max") -> "Calibration":
+    def empty(cls, local: bool, windows: Sequence[int] = (), combine: str = "max",
+              tests: Sequence[str] = GLOBAL_TESTS) -> "Calibration":
         windows = [int(w) for w in windows] if local else []
         return cls({"version": 2, "local": local, "windows": windows, "combine": combine, "margin": PROFILE_MARGIN,
-                    "profile": {}})
+                    "global": list(tests), "profile": {}})
+
+    @property
+    def global_tests(self) -> list[str]:
+        return list(self.stats.get("global", GLOBAL_TESTS))
 
     def add_reference(self, parts: Parts) -> None:
         """Add a batch of reference images to the local statistics (sums per edge class)."""
@@ -214,7 +258,7 @@ class Calibration:
     def tests(self, parts: Parts) -> np.ndarray:
         """The raw test statistics (N, T): GLOBAL_TESTS, then per window and map the largest z
         too high and too low."""
-        cols = [parts.recon - parts.floor, parts.kl, -parts.neg_elbo]
+        cols = [TESTS[name](parts) for name in self.global_tests]
         if self.local:
             cols += [z.reshape(len(z), -1).max(1) for z in self._local_z(parts)]
         return np.stack(cols, 1)
@@ -226,10 +270,11 @@ class Calibration:
         t = self.stats["tests"]
         mean, sd = np.asarray(t["mean"]), np.asarray(t["sd"])
         amap = None
+        g = len(self.global_tests)
         if maps and self.local:
-            amap = np.stack([(m - mean[3 + j]) / sd[3 + j] for j, m in enumerate(self._local_z(parts))]).max(0)
+            amap = np.stack([(m - mean[g + j]) / sd[g + j] for j, m in enumerate(self._local_z(parts))]).max(0)
         elif maps:  # one latent for the whole image: where it reconstructs worst, nats per pixel
-            amap = window_mean(parts.r_map, MAP_WINDOW)
+            amap = window_mean(parts.e_map if "error_high" in self.global_tests else parts.r_map, MAP_WINDOW)
         return self.score_tests(self.tests(parts)), amap
 
     def score_tests(self, tests: np.ndarray) -> np.ndarray:
@@ -254,7 +299,11 @@ class Calibration:
         if not (isinstance(windows, list) and len(windows) <= 8
                 and all(isinstance(w, int) and not isinstance(w, bool) and 1 <= w <= size for w in windows)):
             raise bad("windows")
-        n_tests = len(GLOBAL_TESTS) + 4 * len(windows)
+        names = stats.get("global", list(GLOBAL_TESTS))
+        if not (isinstance(names, list) and 1 <= len(names) <= len(TESTS) and all(n in TESTS for n in names)
+                and len(set(names)) == len(names)):
+            raise bad("global")
+        n_tests = len(names) + 4 * len(windows)
         for key in ("mean", "sd"):
             v = stats["tests"].get(key)
             if not (isinstance(v, list) and len(v) == n_tests and all(_finite(x) for x in v)):

@@ -13,7 +13,7 @@ IO = {
     "scorer": {"inputs": {"x": "(B,C,H,W) float32 in [0,1]", "eps": "(B,D) float32; zeros for the default score (z = mu)"},
                "outputs": {"recon": "(B,) -log p(x|z), nats", "kl": "(B,) KL(q(z|x)||p(z)), nats",
                            "pixel_map": "(B,H,W) per-pixel -log p(x|z) summed over channels, nats",
-                           "mu": "(B,D)", "logvar": "(B,D)"},
+                           "mu": "(B,D)", "logvar": "(B,D)", "x_hat": "(B,C,H,W) E[x|z] in [0,1] (vaekit >= 0.3)"},
                "scores": "computed in numpy by vaekit.engine.Model.score: neg_elbo = sum(pixel_map) + kl, "
                          "excess = neg_elbo - the image's own floor (vaekit.engine.pixel_floor)"},
     "encoder": {"inputs": {"x": "(B,C,H,W) float32 in [0,1]"}, "outputs": {"mu": "(B,D)", "logvar": "(B,D)"}},
@@ -34,10 +34,10 @@ def _wrapper(net):
 
         def forward(self, x, eps, z):
             # the scorer: the very method the torch engine calls (ConvVAE.score_parts)
-            recon, kl, pmap, mu, logvar = self.net.score_parts(x, eps)
+            recon, kl, pmap, mu, logvar, x_hat = self.net.score_parts(x, eps)
             # the decoder, on its own codes
             params = self.net.decode(z)  # (B_z, C, H, W)
-            return recon, kl, pmap, mu, logvar, self.net.mean_image(params), params
+            return recon, kl, pmap, mu, logvar, x_hat, self.net.mean_image(params), params
 
     return Inference(net).eval()
 
@@ -51,7 +51,7 @@ def _export_graphs(net, c: int, s: int, d: int, int8: bool = False) -> dict:
     from vaekit.export.rewrite import for_onnx
 
     inputs = ["x", "eps", "z"]
-    outputs = ["recon", "kl", "pixel_map", "mu", "logvar", "image", "params"]
+    outputs = ["recon", "kl", "pixel_map", "mu", "logvar", "x_hat", "image", "params"]
     batch, batch_z = torch.export.Dim("batch"), torch.export.Dim("batch_z")
     args = (torch.rand(2, c, s, s), torch.zeros(2, d), torch.zeros(3, d))  # not 1: that would be specialised
     # The exporter prints progress, logs that torchvision is absent and warns about its own
