@@ -9,8 +9,8 @@ own; with --fit (a folder, or the MNIST training set with --mnist) they are fitt
 
 Every per-image codec writes one file per image, its header included, because that is what a
 user stores; vaekit's bytes are the .vkc of the whole set over the images (its header, names and
-checksum included), and also a .vkc per image ("vaekit 1 file"). PSNR is the mean over images of
-vaekit.quality.psnr on the 8-bit pixels. Lossless: bits per sub-pixel of the set, header included.
+checksum included), and the mean size of a .vkc holding just one image (the first --single ones).
+PSNR is the mean over images of vaekit.quality.psnr on the 8-bit pixels. Lossless: bits per sub-pixel of the set, header included.
 Prints markdown tables and writes the curve as a PNG plot (matplotlib, Agg).
 """
 
@@ -57,23 +57,26 @@ def pillow_point(x: np.ndarray, fmt: str, q: int, **kw) -> tuple[float, np.ndarr
     return float(np.mean(sizes)), np.stack(out)
 
 
-def vaekit_curve(model, folder: Path, x: np.ndarray, work: Path) -> tuple[list, list]:
-    """(quality, bytes/img of the set's .vkc, PSNR) per quality; and one-image .vkc sizes."""
+def vaekit_curve(model, folder: Path, x: np.ndarray, work: Path, single: int) -> tuple[list, list]:
+    """(quality, bytes/img of the set's .vkc, PSNR) per quality; and (mean bytes, PSNR) of the
+    first `single` images each coded alone in its own .vkc (what one image costs as one file)."""
     from vaekit import codec
     from vaekit.codec import prior
 
-    rows, single = [], []
-    order = sorted(range(len(x)), key=lambda i: f"{i:05d}.png")
-    one = work / "one"
-    write_folder(x[:1], one)
+    rows, alone = [], []
+    names = sorted(f"{i:05d}.png" for i in range(len(x)))
+    order = [int(n[:5]) for n in names]
+    ones = [write_folder(x[i : i + 1], work / f"one{i}") for i in range(min(single, len(x)))]
     for q in prior.QUALITIES:
         r = codec.encode(model, folder, work / f"q{q}.vkc", quality=q, overwrite=True)
         d = codec.decode(model, r.path, work / f"dq{q}", overwrite=True)
         y = np.stack([np.asarray(Image.open(p)) for p in d.written])
         y = y[:, None] if y.ndim == 3 else y.transpose(0, 3, 1, 2)
         rows.append((q, r.bytes_per_image, psnr(x[order], y)))
-        single.append(codec.encode(model, one, work / f"one{q}.vkc", quality=q, overwrite=True).file_bytes)
-    return rows, single
+        sizes = [codec.encode(model, f, work / f"one{q}.vkc", quality=q, overwrite=True).file_bytes for f in ones]
+        first = [order.index(i) for i in range(len(ones))]
+        alone.append((float(np.mean(sizes)), psnr(x[: len(ones)], y[first])))
+    return rows, alone
 
 
 def lossless_table(model, folder: Path, x: np.ndarray, work: Path) -> list[tuple[str, float, str]]:
@@ -160,6 +163,7 @@ def main() -> None:
     ap.add_argument("--fit", nargs="?", const=True, default=None, help="fit the tables again (on this folder, or xtr)")
     ap.add_argument("--n", type=int, default=2000, help="held-out images for the curve")
     ap.add_argument("--lossless-n", type=int, default=0, help="images in the lossless table (default: --n)")
+    ap.add_argument("--single", type=int, default=100, help="images also coded one per .vkc file")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/out"))
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     args = ap.parse_args()
@@ -177,14 +181,14 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="vaekit-rd-"))
     folder = write_folder(x, work / "held_out")
     t0 = time.perf_counter()
-    rows, single = vaekit_curve(model, folder, x, work)
+    rows, alone = vaekit_curve(model, folder, x, work, args.single)
     curves = {"vaekit (.vkc of the set)": [(b, p) for _, b, p in rows],
-              "vaekit (one .vkc per image)": [(s, p) for s, (_, _, p) in zip(single, rows)]}
+              f"vaekit (one .vkc per image, first {min(args.single, len(x))})": alone}
     print(f"## Lossy, {len(x)} held-out images {x.shape[1]}x{x.shape[2]}x{x.shape[3]}, model {model.info.fingerprint} "
           f"({model.info.likelihood}, latent {model.info.latent_shape})\n")
     print("| codec | setting | bytes/image | PSNR dB |\n|---|---|---|---|")
     for q, b, p in rows:
-        print(f"| vaekit | quality {q} | {b:.1f} (one-image file {single[q - 1]} B) | {p:.2f} |")
+        print(f"| vaekit | quality {q} | {b:.1f} (alone: {alone[q - 1][0]:.1f} B, {alone[q - 1][1]:.2f} dB) | {p:.2f} |")
     for fmt, qualities in PILLOW.items():
         pts = []
         for q in qualities:
