@@ -96,10 +96,7 @@ def test_latents_are_real_finite_and_of_the_models_width():
     refused(as_latents, np.full((1, 2), np.nan), 2, match="finite")
 
 
-# --- the Model, once engine.py calls the checks above ---------------------------------------------
-
-WIRED = pytest.mark.xfail(strict=True, reason="engine.py does not call vaekit.images.arrays yet (the lead wires it)")
-
+# --- the Model calls the checks above ---------------------------------------------
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
@@ -110,13 +107,11 @@ def model(tmp_path_factory):
                                   base_channels=4))
 
 
-@WIRED
 def test_model_scores_float_images_as_the_uint8_they_stand_for(model):
     x = np.random.default_rng(2).random((2, C, S, S)).astype(np.float32)
     np.testing.assert_allclose(model.score(x, maps=False).score, model.score(images.to_uint8(x), maps=False).score)
 
 
-@WIRED
 @pytest.mark.parametrize("call", ["score_int300", "score_complex", "iter_none", "iter_ndarray", "batch_text",
                                   "batch_zero", "batch_float", "ragged"])
 def test_model_refuses_bad_arguments_with_one_line(model, call):
@@ -136,7 +131,6 @@ def test_model_refuses_bad_arguments_with_one_line(model, call):
     assert "\n" not in str(e.value)
 
 
-@WIRED
 def test_model_iter_scores_takes_an_array_in_batches(model):
     x = np.random.default_rng(3).integers(0, 256, (5, C, S, S), dtype=np.uint8)
     parts = list(model.iter_scores(x, batch_size=2))

@@ -21,6 +21,7 @@ import numpy as np
 
 from vaekit import images as imageio
 from vaekit.errors import BadInput
+from vaekit.images.arrays import as_images, as_latents, check_batch_size, check_int, user_images
 from vaekit.info import DEFAULT_SCORE, SCORES, ModelInfo, score_unit, threshold_fields  # noqa: F401  (public here too)
 from vaekit.scoring import Calibration, Parts, error_map, kl_map, pixel_floor  # noqa: F401  (pixel_floor: public here too)
 
@@ -96,26 +97,23 @@ class Model:
         with the model's preprocessing; memory stays at a few batches however many files."""
         from vaekit.stream import find_inputs, iter_batches
 
+        batch_size = check_batch_size(batch_size, self.batch_size)
         paths = find_inputs(inputs).paths
-        return iter_batches(paths, self.info.image_size, self.info.channels, batch_size or self.batch_size, workers)
+        return iter_batches(paths, self.info.image_size, self.info.channels, batch_size, workers)
 
     def _images(self, x) -> tuple[np.ndarray, list[Path] | None, list[tuple[Path, str]]]:
-        """An array as it is, or files/folders decoded: (images, paths, skipped)."""
-        if isinstance(x, np.ndarray):
-            return self._check(x), None, []
-        if isinstance(x, (str, Path)) or (isinstance(x, (list, tuple)) and x and isinstance(x[0], (str, Path))):
-            report = self.load_images(x)
-            if not report.paths:
-                raise imageio.none_usable(f"in {x}", report.skipped)
-            return report.images, report.paths, report.skipped
-        return self._check(x), None, []
+        """Array data checked (vaekit.images.arrays), or files/folders decoded: (images, paths, skipped)."""
+        paths, arr = user_images(x, self.info.channels, self.info.image_size)
+        if arr is not None:
+            return arr, None, []
+        report = self.load_images(paths)
+        if not report.paths:
+            raise imageio.none_usable(f"in {', '.join(map(str, paths))}", report.skipped)
+        return report.images, report.paths, report.skipped
 
-    def _check(self, x: np.ndarray) -> np.ndarray:
-        want = (self.info.channels, self.info.image_size, self.info.image_size)
-        x = np.asarray(x)
-        if x.ndim != 4 or tuple(x.shape[1:]) != want:
-            raise BadInput(f"expected images of shape (N, {want[0]}, {want[1]}, {want[2]}), got {x.shape}")
-        return x
+    def _check(self, x) -> np.ndarray:
+        """Array data as uint8 (N, C, H, W) at the model's size; BadInput naming what is wrong."""
+        return as_images(x, self.info.channels, self.info.image_size)
 
     def _batches(self, n: int):
         for s in range(0, n, self.batch_size):
@@ -137,9 +135,7 @@ class Model:
 
     def decode(self, z: np.ndarray) -> np.ndarray:
         """Latent codes (N, D) -> mean images (N, C, H, W) float32 in [0, 1]."""
-        z = np.asarray(z, dtype=np.float32)
-        if z.ndim != 2 or z.shape[1] != self.info.latent_dim:
-            raise BadInput(f"expected latent codes of shape (N, {self.info.latent_dim}), got {z.shape}")
+        z = as_latents(z, self.info.latent_dim)
         out = [self._decode(z[sl]) for sl in self._batches(len(z))]
         s, c = self.info.image_size, self.info.channels
         return np.concatenate(out) if out else np.zeros((0, c, s, s), np.float32)
@@ -151,8 +147,9 @@ class Model:
 
     def sample(self, n: int, temperature: float = 1.0, seed: int = 0) -> np.ndarray:
         """Draw n images from the prior N(0, temperature^2 I)."""
-        if n < 1 or temperature < 0:
-            raise BadInput(f"need n >= 1 and temperature >= 0, got n={n}, temperature={temperature}")
+        n = check_int(n, "n", 1)
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature < math.inf:
+            raise BadInput(f"temperature must be a finite number >= 0, got {temperature!r}")
         z = np.random.default_rng(seed).standard_normal((n, self.info.latent_dim), dtype=np.float32) * temperature
         return self.decode(z)
 
@@ -160,8 +157,15 @@ class Model:
                     samples: int = 0, score: str = DEFAULT_SCORE, iwae: bool = False, maps: bool = False,
                     workers: int = 0):
         """Scores of the images under `inputs`, one `Scores` per batch (with its `paths` and the
-        files it `skipped`), decoded and scored batch by batch: for folders too large for memory."""
-        for batch in self.iter_batches(inputs, batch_size, workers):
+        files it `skipped`), decoded and scored batch by batch: for folders too large for memory.
+        An array is scored in slices of `batch_size` images."""
+        batch_size = check_batch_size(batch_size, self.batch_size)
+        paths, arr = user_images(inputs, self.info.channels, self.info.image_size)
+        if arr is not None:
+            for sl in range(0, len(arr), batch_size):
+                yield self.score(arr[sl : sl + batch_size], samples=samples, score=score, iwae=iwae, maps=maps)
+            return
+        for batch in self.iter_batches(paths, batch_size, workers):
             if len(batch.paths):
                 out = self.score(batch.images, samples=samples, score=score, iwae=iwae, maps=maps)
             else:
