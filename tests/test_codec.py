@@ -163,3 +163,23 @@ def test_residual_rows_round_trip_and_bound_the_error():
         assert np.array_equal(back, sym)
         err = np.abs(residual.reconstruct(x_hat, back, delta).astype(int) - x)
         assert err.max() <= delta // 2 and (delta > 1 or err.max() == 0)  # delta 1 is exact
+
+
+def test_header_round_trips_compactly_and_refuses_garbage():
+    from vaekit.codec import header as hdr
+
+    many = hdr.Header("lossy", "0123456789abcdef", "fedcba9876543210", 28, 3, 392,
+                      [f"dir/{i:05d}.png" for i in range(3000)], [[28, 28]] * 2999 + [[480, 640]],
+                      [[1024, 9000], [1024, 1], [952, 123456789]], quality=7)
+    data = hdr.pack(many)
+    assert hdr.unpack(data) == many and len(data) < 3000  # names and sizes compress to < 1 byte each
+    one = hdr.Header("lossless", "0123456789abcdef", "0" * 16, 16, 1, 4, ["a.png"], [[16, 16]], [[1, 40]],
+                     engine={"engine": "torch", "threads": 1})
+    assert hdr.unpack(hdr.pack(one)) == one
+    assert len(hdr.pack(hdr.Header("lossy", "0" * 16, "0" * 16, 28, 1, 32, ["00000.png"], [[28, 28]], [[1, 3]],
+                                   quality=1))) < 60
+    for bad in (data[:-1], data + b"\0", b"\x09" + data[1:], data[:20]):
+        with pytest.raises((ValueError, KeyError, TypeError)):
+            hdr.unpack(bad)
+    with pytest.raises(ValueError, match="hex"):
+        hdr.pack(hdr.Header("lossy", "abc", "0" * 16, 28, 1, 32, [], [], [], quality=1))
