@@ -19,6 +19,7 @@ class Likelihood(str, Enum):
     auto = "auto"
     bernoulli = "bernoulli"
     gaussian = "gaussian"
+    logistic = "logistic"
 
 
 class Layout(str, Enum):
@@ -38,22 +39,30 @@ def train(
     images: Annotated[Path, typer.Argument(help="Folder of images (searched recursively), or one image file.", exists=True)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to create (or resume).")] = Path("runs/latest"),
     image_size: Annotated[int, typer.Option(help="Images are resized to N×N (shorter side to N, centre crop); 16 <= N <= 1024. "
-                                                 "0 = auto: the images' median shorter side, at most 64.")] = 0,
+                                                 "0 = auto: the images' median shorter side, at most 64 for aligned "
+                                                 "objects; a surface keeps its own resolution (up to 1024).")] = 0,
     channels: Annotated[str, typer.Option(help="auto (grayscale if every image is stored gray), 1 or 3.")] = "auto",
     latent_dim: Annotated[int, typer.Option(help="Latent dimensions (vector layout) or channels per cell (grid); 0 = auto: 16 / 8.")] = 0,
     layout: Annotated[Layout, typer.Option(help="Latent layout: one vector per image, or a grid of cells (one per 4×4 pixels); "
                                                 "auto: a vector when the images are aligned objects, a grid for surfaces.")] = Layout.auto,
     base_channels: Annotated[int, typer.Option(help="Feature maps of the first conv layer (doubles per stage).")] = 16,
     likelihood: Annotated[Likelihood, typer.Option(help="Decoder distribution p(x|z); auto: Bernoulli for "
-                                                        "near-binary images, else Gaussian.")] = Likelihood.auto,
+                                                        "near-binary images, else Gaussian; logistic: discretised, "
+                                                        "per pixel (-ELBO = code length of the 8-bit pixels).")] = Likelihood.auto,
     epochs: Annotated[Optional[int], typer.Option(help="Epochs (default: auto, a fixed compute budget, ~1 min on 2 cores; with --resume: the new total).")] = None,
     batch_size: Annotated[int, typer.Option(help="Global batch size (split across torchrun ranks); 0 = auto: 64 up to 32 px, else 32.")] = 0,
     lr: Annotated[float, typer.Option(help="AdamW peak learning rate (warm-up, then cosine decay).")] = 2e-3,
     beta: Annotated[float, typer.Option(help="Weight on the KL term (1 = the ELBO).")] = 1.0,
     kl_warmup: Annotated[int, typer.Option(help="Epochs of linear KL warm-up up to beta (epoch e gets beta·(e+1)/(N+1)).")] = 0,
-    val_fraction: Annotated[float, typer.Option(help="Share of images held out to pick the best epoch and calibrate the score.")] = 0.1,
-    calibration_fraction: Annotated[float, typer.Option(help="Share of images held out, apart from those, to set the threshold.")] = 0.1,
-    threshold_quantile: Annotated[float, typer.Option(help="Anomaly threshold: this quantile of validation scores.")] = 0.99,
+    val_fraction: Annotated[float, typer.Option(help="Share of images held out to pick the best epoch and calibrate the "
+                                                     "score (at least 20; below 200 images: cross-fitting instead).")] = 0.1,
+    calibration_fraction: Annotated[float, typer.Option(help="Share of images held out, apart from those, to set the "
+                                                             "threshold (at least as many as the quantile needs).")] = 0.1,
+    folds: Annotated[int, typer.Option(help="Cross-fitting: -1 auto (5 fold models below 200 images, so every image "
+                                            "gets an out-of-sample score), 0 off, K >= 2 folds.")] = -1,
+    crop: Annotated[int, typer.Option(help="A surface (grid) model trains on random crops of N px; 0 = auto (64).")] = 0,
+    threshold_quantile: Annotated[float, typer.Option(help="Anomaly threshold: this quantile of normal scores "
+                                                           "never used for training (the target false-positive rate is 1 - q).")] = 0.99,
     seed: Annotated[int, typer.Option(help="Seed for split, init, shuffling and noise.")] = 0,
     device: Annotated[Device, typer.Option(help="auto picks CUDA when available.")] = Device.auto,
     amp: Annotated[bool, typer.Option(help="Mixed precision on CUDA (bf16, else fp16).")] = True,
@@ -74,7 +83,7 @@ def train(
                             base_channels=base_channels, likelihood=likelihood.value, layout=layout.value)
     train_cfg = TrainConfig(epochs=epochs or 0, batch_size=batch_size, lr=lr, beta=beta, kl_warmup=kl_warmup,
                             seed=seed, val_fraction=val_fraction, calibration_fraction=calibration_fraction, device=device.value, amp=amp, compile=compile,
-                            threshold_quantile=threshold_quantile)
+                            threshold_quantile=threshold_quantile, folds=folds, crop=crop)
     with progress_bar() as bars, _stop_on_ctrl_c() as stop:
         reporter = _Reporter(bars)
         result, data = run_training(images, out, model_cfg, train_cfg, channels=ch, resume=resume, overwrite=overwrite,
@@ -111,7 +120,7 @@ def _stop_on_ctrl_c():
 
 # options that set a config field, for --resume to check against the run's own settings
 _CONFIG_OPTIONS = ("image_size", "latent_dim", "layout", "base_channels", "likelihood", "batch_size", "lr", "beta", "kl_warmup",
-                   "val_fraction", "calibration_fraction", "threshold_quantile", "seed")
+                   "val_fraction", "calibration_fraction", "threshold_quantile", "seed", "folds", "crop")
 
 
 def _given(ctx: typer.Context, channels) -> dict:
@@ -182,15 +191,18 @@ def _print_summary(result, data) -> None:
                              f"{m.get('likelihood')}"))
     if result.threshold is not None:
         from vaekit.anomaly import section_note
+        from vaekit.engine import score_unit
 
         a = cfg.get("anomaly") or {}
-        q, n, source = a.get("threshold_quantile"), a.get("n", 0), a.get("source", "validation")
+        q, n, source = a.get("threshold_quantile"), a.get("n", 0), a.get("source", "calibration")
         where = f" (quantile {q:g} of {n} {shown(source)} scores)" if q is not None else ""
-        unit = "" if a.get("score") == "atypicality" else " nats"
-        t.add_row("anomaly threshold", f"{shown(a.get('score'))} {result.threshold:.2f}{unit}{where}")
+        t.add_row("anomaly threshold", f"{shown(a.get('score'))} {result.threshold:.2f} {score_unit(a.get('score', ''))}{where}")
+        fpr = a.get("expected_fpr")
+        if isinstance(fpr, (int, float)):
+            t.add_row("expected false positives", f"{100 * fpr:.2g}% of normal images")
         note = section_note(a)
         if note:
-            t.add_row("", f"[yellow]{shown(note)}; hold out more with --calibration-fraction[/yellow]")
+            t.add_row("", f"[yellow]{shown(note)}[/yellow]")
     t.add_row("time", f"{result.seconds:.1f} s")
     console.print(t)
 
