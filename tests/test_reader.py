@@ -159,3 +159,27 @@ def test_reading_in_tiles_matches_reading_whole_images_away_from_tile_seams():
     assert tiles.shape == whole.shape and whole.std() > 0.05
     shifted = np.abs(np.roll(whole, 1, axis=2) - whole).mean()  # what a tile one pixel off would cost
     assert np.abs(tiles - whole).mean() < 0.2 * shifted  # only near the seams do they differ, and little
+
+
+@pytest.mark.parametrize("w", [1, 2, 3, 5])
+def test_box_mean_is_the_mean_over_the_window_clipped_to_the_image(w):
+    from vaekit.reader.score import box_mean
+
+    m = np.random.default_rng(0).random((2, 6, 9))
+    lo, hi = w // 2, w - 1 - w // 2
+    want = np.array([[[m[n, max(0, y - lo):y + hi + 1, max(0, x - lo):x + hi + 1].mean() for x in range(9)]
+                      for y in range(6)] for n in range(2)])
+    np.testing.assert_allclose(box_mean(m, w), want, rtol=1e-12)
+
+
+def test_the_reader_score_maths_runs_without_torch():
+    """An ONNX engine must turn the exported reader's logits into maps and scores with torch absent."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import numpy as np\n"
+            "from vaekit.reader.score import maps_and_scores\n"
+            "s, m = maps_and_scores(np.zeros((2, 8, 8)), 3, 5)\n"
+            "assert m.shape == (2, 8, 8) and np.allclose(s, 0.5)\n")
+    subprocess.run([sys.executable, "-c", code], check=True)

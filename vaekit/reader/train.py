@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from vaekit.reader.features import tiled
 from vaekit.reader.net import ReaderConfig, ReaderNet
+from vaekit.reader.score import maps_and_scores
 from vaekit.reader.synth import make_defects
 
 Features = Callable[[torch.Tensor], torch.Tensor]
@@ -127,13 +128,6 @@ def load_reader(state: dict[str, torch.Tensor], cfg: ReaderConfig = ReaderConfig
     return net.eval()
 
 
-def _box(p: torch.Tensor, w: int) -> torch.Tensor:
-    """Mean over the w x w window around each pixel (clipped at the border): (B, H, W)."""
-    if w <= 1:
-        return p
-    return F.avg_pool2d(p[:, None], w, stride=1, padding=w // 2, count_include_pad=False)[:, 0, :p.shape[1], :p.shape[2]]
-
-
 @torch.no_grad()
 def read(net: ReaderNet, x, features: Features | None = None, smooth: int | None = None,
          map_smooth: int | None = None, batch: int = 16, tile: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -141,7 +135,8 @@ def read(net: ReaderNet, x, features: Features | None = None, smooth: int | None
     float in [0, 1] or uint8. The map is the defect probability averaged over map_smooth px
     (defects are regions: a lone confident pixel says little); the image score is the largest
     mean over `smooth` px (DRAEM's mean-filtered max; a smaller window, so a 1-px scratch still
-    counts). Both default to the net's config. `features` as given to train_reader. `tile`:
+    counts). Both default to the net's config; the maths is vaekit.reader.score (numpy, shared
+    with an exported network). `features` as given to train_reader. `tile`:
     read images larger than tile x tile px in overlapping tiles (memory bounded by the tile;
     the net sees ~100 px of context, so a quarter-tile overlap leaves no seams)."""
     net.eval()
@@ -149,15 +144,13 @@ def read(net: ReaderNet, x, features: Features | None = None, smooth: int | None
     map_smooth = net.cfg.map_smooth if map_smooth is None else map_smooth
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32))
-    scores, maps = [], []
+    logits = []
     for i in range(0, len(x), batch):
         xb = x[i:i + batch].float()
         inp = xb if features is None else torch.cat([xb, features(xb).to(xb)], 1)
         if tile and max(inp.shape[-2:]) > tile:
             t = min(tile, *inp.shape[-2:])
-            p = torch.sigmoid(tiled(lambda v: net(v)[:, None], t, t // 4)(inp)[:, 0])
+            logits.append(tiled(lambda v: net(v)[:, None], t, t // 4)(inp)[:, 0])
         else:
-            p = torch.sigmoid(net(inp))  # (B, H, W)
-        scores.append(_box(p, smooth).flatten(1).max(1).values)
-        maps.append(_box(p, map_smooth))
-    return torch.cat(scores).numpy(), torch.cat(maps).numpy()
+            logits.append(net(inp))  # (B, H, W)
+    return maps_and_scores(torch.cat(logits).numpy(), smooth, map_smooth)
