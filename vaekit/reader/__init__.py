@@ -6,6 +6,7 @@ outputs, into a defect probability per pixel and a score per image.
     net.ReaderConfig      the network and its training recipe; net.ReaderNet the U-Net
     features              the VAE's per-pixel outputs as reader inputs; tiling for large images
     train.train_reader    train on normal crops -> state_dict; train.load_reader; train.read
+    score                 logits -> pixel maps and image scores, numpy only (for an ONNX engine too)
 
-torch is imported by the submodules, not here.
+torch is imported by the submodules that need it (not synth, score, or this file).
 """
