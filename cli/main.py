@@ -131,6 +131,7 @@ def _root(
 ) -> None:
     """Convolutional VAEs for your own images."""
     output.set_threads(threads)
+    output.sleeping_waits()  # before any command imports torch
 
 
 def _register() -> None:

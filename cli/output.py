@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from enum import Enum
@@ -43,6 +44,15 @@ THREADS = 0  # --threads / VAEKIT_THREADS, parsed once by the CLI's callback (cl
 def set_threads(n: int) -> None:
     global THREADS
     THREADS = n
+
+
+def sleeping_waits() -> None:
+    """Let torch's OpenMP threads sleep while they wait (OMP_WAIT_POLICY=PASSIVE) unless the user
+    chose a wait policy. Spinning threads fight any other busy process for the cores: on two
+    cores that cut training to a quarter beside one busy process (benchmarks/train_threads.py,
+    docs/scaling.md). OpenMP reads this once, when torch loads: call before importing torch."""
+    if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ and "torch" not in sys.modules:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 
 def apply_threads() -> None:
