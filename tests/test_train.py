@@ -239,3 +239,33 @@ def test_should_stop_ends_training_cleanly_and_the_run_resumes(blobs, tmp_path):
     assert "anomaly" not in json.loads((tmp_path / "run" / "config.json").read_text())
     done, _ = train(blobs, tmp_path / "run", MODEL, tcfg(epochs=5), resume=True)
     assert not done.stopped and done.epochs_done == 5 and done.threshold is not None
+
+
+def test_checkpoints_come_every_fifty_steps_or_so_and_always_first_and_last():
+    from vaekit.fit import checkpoint_due
+
+    cfg = tcfg(epochs=40)
+    due = [e for e in range(40) if checkpoint_due(e, cfg, steps_per_epoch=3)]  # every 17 epochs
+    assert due == [0, 16, 33, 39]
+    assert all(checkpoint_due(e, cfg, steps_per_epoch=60) for e in range(40))  # long epochs: each one
+    assert [e for e in range(40) if checkpoint_due(e, tcfg(epochs=40, checkpoint_every=10), 3)] == [0, 9, 19, 29, 39]
+
+
+def test_a_resume_from_an_older_checkpoint_still_ends_exactly_where_an_uninterrupted_run_does(blobs, tmp_path):
+    from safetensors.torch import load_file
+
+    train(blobs, tmp_path / "whole", MODEL, tcfg(epochs=8, checkpoint_every=3))
+    calls = {"n": 0}
+
+    def kill_in_epoch_seven():  # 3 steps an epoch; a SIGKILL loses what no checkpoint holds
+        calls["n"] += 1
+        if calls["n"] > 19:
+            raise KeyboardInterrupt
+        return False
+
+    with pytest.raises(KeyboardInterrupt):
+        train(blobs, tmp_path / "cut", MODEL, tcfg(epochs=8, checkpoint_every=3), should_stop=kill_in_epoch_seven)
+    assert checkpoint.load_checkpoint(tmp_path / "cut")[1]["epoch"] == 5  # epochs 0, 2, 5 were checkpointed
+    train(blobs, tmp_path / "cut", MODEL, tcfg(epochs=8, checkpoint_every=3), resume=True)
+    a, b = load_file(tmp_path / "whole" / "model.safetensors"), load_file(tmp_path / "cut" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)

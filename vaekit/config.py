@@ -122,6 +122,7 @@ class TrainConfig:
     threshold_quantile: float = 0.99  # anomaly threshold = this quantile of validation scores
     grad_clip: float = 0.0  # clip the global gradient norm to this (0: off, plain AdamW as in the paper)
     crop: int = 0  # a grid (surface) model trains on random crops of this many pixels; 0 = auto (64 when larger)
+    checkpoint_every: int = 0  # epochs between checkpoints (the first and last always); 0 = auto (~50 steps apart)
     folds: int = -1  # cross-fitting (vaekit.data.plan_splits): -1 auto (5 folds below 200 images), 0 off, K >= 2 folds
 
     def __post_init__(self) -> None:
@@ -149,6 +150,8 @@ class TrainConfig:
         if isinstance(self.crop, bool) or not isinstance(self.crop, int) or not 0 <= self.crop <= MAX_IMAGE_SIZE \
                 or 0 < self.crop < 16:
             raise BadInput(f"crop must be 0 (auto) or 16 to {MAX_IMAGE_SIZE} pixels, got {self.crop!r}")
+        if isinstance(self.checkpoint_every, bool) or not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
+            raise BadInput(f"checkpoint_every must be an integer >= 0 (0: auto), got {self.checkpoint_every!r}")
         if isinstance(self.folds, bool) or not isinstance(self.folds, int) or self.folds < -1 or self.folds == 1 \
                 or self.folds > 100:
             raise BadInput(f"folds must be -1 (auto), 0 (off) or 2 to 100, got {self.folds!r}")

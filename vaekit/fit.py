@@ -101,12 +101,15 @@ def deterministic_scores(model: ConvVAE, images: np.ndarray, idx: np.ndarray, de
 
 # --- state -------------------------------------------------------------------------------------
 
-def _pack_state(model, optimizer, scaler, epoch: int, best: dict, history_len: int) -> tuple[dict, dict]:
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+def _pack_state(model, optimizer, scaler, epoch: int, best: dict, history_len: int,
+                copy: bool = False) -> tuple[dict, dict]:
+    """What a checkpoint holds; `copy`: tensors cloned, to be written later (the state moves on)."""
+    keep = (lambda t: t.detach().clone()) if copy else (lambda t: t)  # noqa: E731
+    tensors = {f"model.{k}": keep(v) for k, v in model.state_dict().items()}
     opt = optimizer.state_dict()
     for pid, st in opt["state"].items():
         for k, v in st.items():
-            tensors[f"optim.{pid}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+            tensors[f"optim.{pid}.{k}"] = keep(v) if torch.is_tensor(v) else torch.tensor(v)
     tensors["rng.torch"] = torch.get_rng_state()
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
@@ -311,27 +314,32 @@ def fit(
     train_cfg = resolved_train_config(train_cfg, model_cfg, len(splits.train))
     trainer = Trainer(model_cfg, train_cfg, device, dist)
     start_epoch, best, history = _begin(trainer, out_dir, data, splits, resume)
-    t_start, stopped = time.perf_counter(), False
+    t_start, stopped, pending = time.perf_counter(), False, None
     for epoch in range(start_epoch, train_cfg.epochs):
         t0 = time.perf_counter()
         sums = trainer.epoch(data.images, splits.train, epoch, progress if dist.main else None, should_stop)
         if sums is None:
             stopped = True
+            if pending is not None and dist.main:  # asked to stop: keep the last finished epoch
+                _write_state(out_dir, *pending)
             break
         if not math.isfinite(sums[2]):
             kept = (f"the last good checkpoint (epoch {epoch}) is kept in {out_dir}; resume with --resume"
                     if epoch > 0 else "nothing was saved yet; start again with --overwrite")
             raise TrainingError(f"loss became {sums[2]} in epoch {epoch + 1}; try a lower --lr. {kept}")
         row = _epoch_row(epoch, kl_weight(epoch, train_cfg), sums, time.perf_counter() - t0, trainer.model, data,
-                         splits.val, splits.train, device, dist, train_cfg)
+                         splits.val, splits.train, device, dist, train_cfg, splits.crossfit)
         history.append(row)
+        saving = checkpoint_due(epoch, train_cfg, trainer.steps(len(splits.train))) or (resume and epoch == start_epoch)
         # cross-fitting: the fold models take their last epoch, so the run's model does too (its
         # "validation" would be its own training images, which pick nothing of use)
-        improved = row["val_loss"] < best["val"] or splits.crossfit
+        improved = saving if splits.crossfit else row["val_loss"] < best["val"]
         if improved:
             best = {"epoch": epoch, "val": row["val_loss"]}
         if dist.main:
-            _save_epoch(trainer, out_dir, epoch, best, history, improved, resume and epoch == start_epoch)
+            _save_epoch(trainer, out_dir, epoch, best, history, improved, resume and epoch == start_epoch, saving)
+            pending = None if saving else (epoch, *_pack_state(trainer.model, trainer.optimizer, trainer.scaler, epoch,
+                                                               best, len(history), copy=True), list(history))
         if progress and dist.main:
             progress(epoch + 1, train_cfg.epochs, phase="epoch", **row)
 
@@ -373,9 +381,21 @@ def _begin(trainer: Trainer, out_dir: Path, data: Dataset, splits, resume: bool)
     return start_epoch, meta["best"], rundir.read_metrics(out_dir)[: meta["history_len"]]
 
 
+CHECKPOINT_STEPS = 50  # TrainConfig.checkpoint_every=0: a checkpoint at least this many steps apart
+
+
+def checkpoint_due(epoch: int, cfg: TrainConfig, steps_per_epoch: int) -> bool:
+    """Whether epoch `epoch` (0-based) ends with a checkpoint: the first and the last always, and
+    every `checkpoint_every` epochs (auto: every ~CHECKPOINT_STEPS steps). A checkpoint of a
+    small model costs more than an epoch of a small folder (~0.15 s, mostly fsync); a resume
+    then redoes at most those epochs, exactly (the recipe is a function of the step)."""
+    every = cfg.checkpoint_every or max(1, -(-CHECKPOINT_STEPS // max(1, steps_per_epoch)))
+    return epoch == 0 or epoch == cfg.epochs - 1 or (epoch + 1) % every == 0
+
+
 def _save_epoch(trainer: Trainer, out_dir: Path, epoch: int, best: dict, history: list, improved: bool,
-                first_resumed: bool) -> None:
-    """The best weights, the metrics and the checkpoint of a finished epoch."""
+                first_resumed: bool, saving: bool = True) -> None:
+    """The best weights of a finished epoch; at a checkpoint, the metrics and the checkpoint."""
     if first_resumed:
         # From here model.safetensors may change: the stored threshold and fingerprint no
         # longer describe it until finish writes new ones, and the new total number of
@@ -391,21 +411,29 @@ def _save_epoch(trainer: Trainer, out_dir: Path, epoch: int, best: dict, history
         rundir.write_config(out_dir, cfg)
     if improved:
         rundir.save_tensors(out_dir / rundir.WEIGHTS, trainer.model.state_dict(), {"epoch": epoch})
+    if saving:
+        tensors, meta = _pack_state(trainer.model, trainer.optimizer, trainer.scaler, epoch, best, len(history))
+        _write_state(out_dir, epoch, tensors, meta, history)
+
+
+def _write_state(out_dir: Path, epoch: int, tensors: dict, meta: dict, history: list) -> None:
     rundir.write_metrics(out_dir, history)
-    tensors, meta = _pack_state(trainer.model, trainer.optimizer, trainer.scaler, epoch, best, len(history))
     checkpoint.save_checkpoint(out_dir, epoch, tensors, meta)
 
 
-def _epoch_row(epoch, beta, sums, seconds, model, data, val_idx, train_idx, device, dist, train_cfg) -> dict:
+def _epoch_row(epoch, beta, sums, seconds, model, data, val_idx, train_idx, device, dist, train_cfg,
+               crossfit: bool = False) -> dict:
     n = sums[3]
     crop = training_crop(train_cfg, model.cfg)
     pixels = data.images.shape[1] * (crop or data.images.shape[2]) * (crop or data.images.shape[3])
-    # Validation by the deterministic -ELBO (z = mu); each rank scores its share.
-    eval_idx = val_idx if len(val_idx) else train_idx
-    mine = eval_idx[dist.rank :: dist.world]
-    v = deterministic_scores(model, data.images, mine, device, crop=crop)
-    vs = torch.tensor([v[:, 0].sum(), v[:, 1].sum(), v[:, 2].sum(), len(mine)], dtype=torch.float64, device=device)
-    vs = _all_reduce_sum(vs, dist).tolist()
+    if crossfit:  # no validation split, and the last epoch is kept: the epoch's own loss stands in
+        vs = [sums[0], sums[1], sums[0] + sums[1], n]
+    else:  # validation by the deterministic -ELBO (z = mu); each rank scores its share
+        eval_idx = val_idx if len(val_idx) else train_idx
+        mine = eval_idx[dist.rank :: dist.world]
+        v = deterministic_scores(model, data.images, mine, device, crop=crop)
+        vs = torch.tensor([v[:, 0].sum(), v[:, 1].sum(), v[:, 2].sum(), len(mine)], dtype=torch.float64, device=device)
+        vs = _all_reduce_sum(vs, dist).tolist()
     val_loss = vs[2] / max(vs[3], 1)
     return {
         "epoch": epoch + 1,
