@@ -72,6 +72,9 @@ def session_options(role: str = "scorer", threads: int | None = None):
     so.intra_op_num_threads = max(0, threads)  # 0: onnxruntime's default (one per physical core)
     so.inter_op_num_threads = 1
     so.log_severity_level = 3  # errors only: its warnings about unused initialisers are noise to a user
+    # worker threads that spin between ops steal the cores from whatever else runs (the same
+    # collapse as torch's OpenMP spinning beside a busy process, docs/scaling.md): they sleep
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return so
 
 
