@@ -252,3 +252,27 @@ def test_the_onnx_export_decodes_what_torch_encoded(coded, tmp_path):
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
     for p in (tmp_path / "no_torch").rglob("*.png"):
         assert np.array_equal(np.asarray(Image.open(p)), np.asarray(Image.open(src / p.relative_to(tmp_path / "no_torch"))))
+
+
+def test_colour_images_and_a_latent_grid(tmp_path):
+    """Three channels and a grid latent (a table per latent channel, shared by its cells)."""
+    from export_support import random_run
+
+    run = random_run(tmp_path / "run", image_size=20, channels=3, latent_dim=3, base_channels=4, likelihood="logistic",
+                     layout="grid")
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (8, 3, 20, 20), dtype=np.uint8)
+    (tmp_path / "src").mkdir()
+    for i, img in enumerate(x):
+        Image.fromarray(img.transpose(1, 2, 0)).save(tmp_path / "src" / f"{i}.png")
+    model = vaekit.load(run)
+    codec.save_prior(run, codec.fit_prior(model, x), model)
+    for q, bound in ((5, 16), (8, 2)):
+        r = codec.encode(model, tmp_path / "src", tmp_path / f"{q}.vkc", quality=q)
+        d = codec.decode(model, r.path, tmp_path / f"out{q}")
+        y = np.stack([np.asarray(Image.open(tmp_path / f"out{q}" / f"{i}.png")).transpose(2, 0, 1) for i in range(8)])
+        assert np.abs(y.astype(int) - x).max() <= bound + 1
+    r = codec.encode(model, tmp_path / "src", tmp_path / "all.vkc", lossless=True)
+    d = codec.decode(model, r.path, tmp_path / "exact")
+    y = np.stack([np.asarray(Image.open(tmp_path / "exact" / f"{i}.png")).transpose(2, 0, 1) for i in range(8)])
+    assert np.array_equal(y, x)
