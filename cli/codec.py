@@ -65,7 +65,7 @@ def _print_json(obj) -> None:
 def encode(
     model: ModelArg,
     images: Annotated[Path, typer.Argument(help="Folder of images (searched recursively) or one image.", exists=True)],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Code file to write.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Code file (or .vkc with --quality / --lossless) to write.")],
     precision: Annotated[Precision, typer.Option(help="q8: 8 bits per dimension; f16; f32: exact means.")] = Precision.q8,
     overwrite: Overwrite = False,
     as_json: JsonOut = False,
@@ -74,8 +74,23 @@ def encode(
     batch_size: BatchSize = 256,
     workers: Workers = 0,
     device: DeviceOpt = Device.auto,
+    quality: Annotated[Optional[int], typer.Option(min=1, max=8, help="Write an entropy-coded .vkc instead: 1 (smallest) "
+                                                   "to 8 (best, every pixel within 2 grey levels); see docs/codec.md.")] = None,
+    lossless: Annotated[bool, typer.Option("--lossless", help="Write a lossless bits-back .vkc archive: every pixel "
+                                           "back (a --likelihood logistic model, images of its size).")] = False,
+    fit: Annotated[Optional[Path], typer.Option(help="With --quality: first fit the model's entropy-coding tables on "
+                                                "these training images and store them in the run.", exists=True)] = None,
 ) -> None:
-    """Compress images into one file of latent codes (posterior means; deterministic)."""
+    """Compress images into one file: latent codes (posterior means; deterministic), or with
+    --quality / --lossless an entropy-coded .vkc."""
+    if quality is not None or lossless or fit is not None:
+        if resume or shard is not None:
+            raise typer.BadParameter("--quality and --lossless write a .vkc in one pass: no --resume or --shard")
+        if lossless and (quality is not None or fit is not None):
+            raise typer.BadParameter("give --quality (with --fit) or --lossless, not both")
+        if quality is None and not lossless:
+            raise typer.BadParameter("--fit goes with --quality")
+        return _encode_vkc(model, images, out, quality, lossless, fit, overwrite, as_json, device)
     from vaekit.codes import encode_folder
 
     apply_threads()
@@ -102,6 +117,41 @@ def encode(
     console.print(t)
 
 
+def _encode_vkc(model, images, out, quality, lossless, fit, overwrite, as_json, device) -> None:
+    from vaekit import codec
+
+    m = load_model(model, device)
+    if fit is not None:
+        if m.info.engine != "torch":
+            raise typer.BadParameter("--fit stores the tables in a run directory: give the run (then export it again)")
+        with _progress("fitting the tables", as_json) as progress:
+            x = m.load_images(fit, progress=progress).images
+        codec.save_prior(model, codec.fit_prior(m, x), m)
+    with _progress("coding images", as_json) as progress:
+        r = codec.encode(m, images, out, quality=quality, lossless=lossless, overwrite=overwrite, progress=progress)
+    _skipped(r.skipped)
+    info = {"file": str(r.path), "mode": r.mode, "quality": r.quality, "images": r.count, "skipped": len(r.skipped),
+            "bytes": r.file_bytes, "bytes_per_image": r.bytes_per_image, "bits_per_dim": r.bits_per_dim,
+            "header_bytes": r.header_bytes, "source_bytes": r.source_bytes, "seconds": r.seconds}
+    if as_json:
+        return _print_json(info)
+    from rich.table import Table
+
+    t = Table(title=f"encoded {shown(r.path)}", show_header=False)
+    t.add_row("images", f"{r.count} encoded, {len(r.skipped)} skipped")
+    t.add_row("mode", "lossless (bits-back)" if lossless else f"lossy, quality {quality}")
+    t.add_row("file", f"{r.file_bytes:,} bytes ({r.header_bytes:,} of them header and checksum)")
+    t.add_row("per image", f"{r.bytes_per_image:,.1f} bytes, {r.bits_per_dim:.4f} bits per sub-pixel")
+    if r.source_bytes:
+        t.add_row("vs. sources", f"{r.source_bytes:,} bytes, {r.source_bytes / r.file_bytes:.1f}× smaller")
+    console.print(t)
+
+
+def _is_vkc(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(3) == b"VKC"
+
+
 def _share(text):
     """--shard INDEX/COUNT checked now; not with torchrun, whose ranks take their shares already."""
     from vaekit import stream
@@ -123,17 +173,26 @@ def _share_pending(report, out, as_json: bool) -> None:
 
 def decode(
     model: ModelArg,
-    codes: Annotated[Path, typer.Argument(help="Code file written by `vaekit encode`.", exists=True, dir_okay=False)],
+    codes: Annotated[Path, typer.Argument(help="Code file or .vkc written by `vaekit encode`.", exists=True, dir_okay=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the PNGs (created).")],
     size: Annotated[Size, typer.Option(help="model: the model's N×N; original: each source image's size.")] = Size.model,
     overwrite: Overwrite = False,
     as_json: JsonOut = False,
     device: DeviceOpt = Device.auto,
 ) -> None:
-    """Decode a code file into PNGs named after the source images."""
+    """Decode a code file or a .vkc into PNGs named after the source images."""
     from vaekit.codes import decode_file
 
     m = load_model(model, device)
+    if _is_vkc(codes):
+        from vaekit import codec
+
+        with _progress("decoding images", as_json) as progress:
+            r = codec.decode(m, codes, out, size.value, overwrite=overwrite, progress=progress)
+        if as_json:
+            return _print_json({"out_dir": str(r.out_dir), "mode": r.mode, "files": [str(p) for p in r.written]})
+        return console.print(f"wrote {len(r.written)} images ({r.mode}) to {shown(r.out_dir)}", highlight=False,
+                             soft_wrap=True)
     with _progress("decoding codes", as_json) as progress:
         report = decode_file(m, codes, out, size.value, overwrite=overwrite, progress=progress)
     if as_json:

@@ -100,14 +100,18 @@ def read_header(path: Path) -> tuple[Header, int]:
             raise ArchiveError(f"{source} is truncated or corrupt (a header of {n} bytes in a file of {size})")
         f.seek(offset)
         raw = f.read(n)
+        try:  # parsed before the checksum (bounded, no side effects) to tell a truncated file
+            header = unpack(raw)
+            expected = offset + n + 4 * sum(c[1] for c in header.chunks) + _DIGEST
+        except (ValueError, TypeError, KeyError, IndexError) as e:
+            header, expected = None, str(e)
+        if header is not None and expected != size:
+            raise ArchiveError(f"{source} is {'truncated' if size < expected else 'longer than it says'} "
+                               f"({size} bytes, its header describes {expected})")
         _verify(f, start[:offset] + raw, size, source)
-    try:
-        header = unpack(raw)
-    except (ValueError, TypeError, KeyError, IndexError) as e:
-        raise ArchiveError(f"{source} has an unreadable header: {e}") from None
+    if header is None:
+        raise ArchiveError(f"{source} has an unreadable header: {expected}")
     _check(header, source)
-    if offset + n + 4 * sum(c[1] for c in header.chunks) + _DIGEST != size:
-        raise ArchiveError(f"{source} is truncated or has extra bytes")
     return header, offset + n
 
 

@@ -77,6 +77,13 @@ def _compress(raw: bytes) -> bytes:
 
 
 def _decompress(blob: bytes) -> bytes:
+    try:
+        return _inflate(blob)
+    except (lzma.LZMAError, zlib.error) as e:
+        raise ValueError(f"the header's names are damaged ({e})") from None
+
+
+def _inflate(blob: bytes) -> bytes:
     method, body = blob[:1], blob[1:]
     if method == b"\0":
         return body

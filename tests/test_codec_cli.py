@@ -1,0 +1,84 @@
+"""`vaekit encode --quality / --lossless` and `vaekit decode` of a .vkc, through Typer's runner and
+once through the installed executable."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from test_codec import _digits
+from vaekit_cli.main import app
+
+runner = CliRunner()
+EXE = shutil.which("vaekit", path=str(Path(sys.executable).parent)) or "vaekit"
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from export_support import random_run
+
+    root = tmp_path_factory.mktemp("cli-vkc")
+    run = random_run(root / "run", image_size=16, channels=1, latent_dim=4, base_channels=4, likelihood="logistic")
+    _digits(root / "train", 30, seed=1)
+    _digits(root / "src", 12)
+    return root, run
+
+
+def test_encode_quality_fits_the_tables_and_decode_writes_the_images(setup, tmp_path):
+    root, run = setup
+    r = invoke("encode", run, root / "src", "-o", tmp_path / "a.vkc", "--quality", 8, "--fit", root / "train", "--json")
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.stdout)
+    assert info["images"] == 12 and info["mode"] == "lossy" and info["bytes"] == (tmp_path / "a.vkc").stat().st_size
+    r = invoke("decode", run, tmp_path / "a.vkc", "-o", tmp_path / "out")
+    assert r.exit_code == 0, r.output
+    for p in (root / "src").rglob("*.png"):
+        got = np.asarray(Image.open(tmp_path / "out" / p.relative_to(root / "src"))).astype(int)
+        assert np.abs(got - np.asarray(Image.open(p)).astype(int)).max() <= 3  # quality 8: within delta/2 (+1)
+    r = invoke("encode", run, root / "src", "-o", tmp_path / "b.vkc", "--quality", 2)  # the stored tables
+    assert r.exit_code == 0 and "quality 2" in r.output
+
+
+def test_lossless_round_trip_through_the_installed_executable(setup, tmp_path):
+    root, run = setup
+    subprocess.run([EXE, "encode", str(run), str(root / "src"), "-o", str(tmp_path / "l.vkc"), "--lossless"],
+                   check=True, capture_output=True, timeout=300)
+    subprocess.run([EXE, "decode", str(run), str(tmp_path / "l.vkc"), "-o", str(tmp_path / "out")], check=True,
+                   capture_output=True, timeout=300)
+    for p in (root / "src").rglob("*.png"):
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / p.relative_to(root / "src"))), np.asarray(Image.open(p)))
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--quality", "9"], "lessthanorequalto8"),
+    (["--quality", "3", "--lossless"], "notboth"),
+    (["--quality", "3", "--resume"], "resume"),
+    (["--fit", "TRAIN"], "--fitgoeswith--quality"),
+])
+def test_bad_codec_options_exit_2(setup, tmp_path, args, message):
+    root, run = setup
+    r = invoke("encode", run, root / "src", "-o", tmp_path / "x.vkc", *[str(root / "train") if a == "TRAIN" else a for a in args])
+    flat = "".join(r.output.replace("│", " ").split())  # rich wraps and boxes the message
+    assert r.exit_code == 2 and message in flat and not (tmp_path / "x.vkc").exists()
+
+
+def test_a_damaged_vkc_is_one_line_and_exit_2(setup, tmp_path):
+    root, run = setup
+    assert invoke("encode", run, root / "src", "-o", tmp_path / "a.vkc", "--lossless").exit_code == 0
+    data = (tmp_path / "a.vkc").read_bytes()
+    (tmp_path / "cut.vkc").write_bytes(data[: len(data) // 2])
+    r = invoke("decode", run, tmp_path / "cut.vkc", "-o", tmp_path / "out")
+    assert r.exit_code == 2 and "truncated" in r.output and r.output.strip().count("\n") == 0
+    assert not (tmp_path / "out").exists()
