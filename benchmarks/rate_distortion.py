@@ -21,6 +21,7 @@ import bz2
 import io
 import lzma
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -206,6 +207,7 @@ def main() -> None:
     vkc, q8 = throughput(model, folder, len(x), work)
     print(f"\nthroughput, encode + decode of {len(x)} images, {args.threads} thread(s): .vkc quality 4 {vkc:.0f} img/s, "
           f"q8 code files {q8:.0f} img/s (ratio {vkc / q8:.2f}); load average {os.getloadavg()[0]:.1f}")
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
