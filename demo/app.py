@@ -25,7 +25,7 @@ import vaekit
 from vaekit.engine import Model, score_unit
 from vaekit.errors import BadInput
 from vaekit_demo import figures, handlers
-from vaekit_demo.errors import _guard
+from vaekit_demo.errors import guard_errors
 from vaekit_demo.security import confine, guarded_gradio, public_path
 
 MAX_UPLOAD = "25mb"  # per uploaded file
@@ -74,7 +74,7 @@ def build_app(
     roots = (st.data_root, st.runs_dir, workdir)
 
     def guard(fn):
-        return _guard(fn, roots)
+        return guard_errors(fn, roots)
 
     def public(path) -> str:  # a server path as the page shows it (security.public_path)
         return public_path(path, list(roots))

@@ -21,7 +21,7 @@ BUG = ("internal error: this is a bug in vaekit, not a problem with your input; 
        "with the traceback printed in the server's log")
 
 
-def _guard(fn, roots: tuple[Path, ...] = ()):
+def guard_errors(fn, roots: tuple[Path, ...] = ()):
     """Turn vaekit's exceptions for bad input into gr.Error, so the page shows the message
     (without server paths: those under `roots` relative, any other cut to its last part).
     Anything else is a bug: its traceback goes to the server's log, the page asks to report it."""

@@ -12,6 +12,7 @@ from PIL import Image
 
 from vaekit import sample_data
 from vaekit.sample_data import write_digits, write_shapes
+from vaekit.sample_data.shapes import render_shape
 
 FOLDERS = ["train", "test/normal", "test/anomalous"]
 NAME = re.compile(r"digit(\d)_(\d{4})\.png")
@@ -198,7 +199,7 @@ def test_shapes_test_images_are_not_copies_of_training_images(shapes):
     for folder in ("test/normal", "test/anomalous"):
         assert not train & {p.read_bytes() for p in (root / folder).glob("*.png")}
     for i in range(12):  # not even the parts under the defects
-        clean, _ = sample_data._render(2, "test/anomalous", i, 64, defect=False)
+        clean, _ = render_shape(2, "test/anomalous", i, 64, defect=False)
         assert not any(np.array_equal(clean, _load(p)) for p in (root / "train").glob("*.png"))
 
 
@@ -237,7 +238,7 @@ def test_shapes_masks_cover_where_the_defect_changed_the_part(shapes):
     """Rebuild each anomalous part without its defect: the change must sit under the mask."""
     root, _ = shapes
     for i, path in enumerate(sorted((root / "test/anomalous").glob("*.png"))):
-        clean, _ = sample_data._render(2, "test/anomalous", i, 64, defect=False)
+        clean, _ = render_shape(2, "test/anomalous", i, 64, defect=False)
         diff = np.abs(_load(path).astype(float) - clean.astype(float)).max(axis=2)
         mask = _load(root / "test/masks" / path.name) > 0
         assert diff[mask].mean() > 25, path.name  # clearly visible (10% of full scale)
@@ -326,7 +327,7 @@ def test_module_imports_no_torch_and_sklearn_only_lazily():
                 top.add(node.module)
         outside = {m.split(".")[0] for m in top if not m.startswith("vaekit.")}
         assert outside <= {"__future__", "collections", "dataclasses", "pathlib", "numpy", "PIL"}, path
-        assert {m for m in top if m.startswith("vaekit.")} <= {"vaekit.errors", "vaekit.sample_data.common",
+        assert {m for m in top if m.startswith("vaekit.")} <= {"vaekit.errors", "vaekit.progress", "vaekit.sample_data.common",
                                                               "vaekit.sample_data.digits", "vaekit.sample_data.shapes"}
         everywhere = {
             (a.name if isinstance(n, ast.Import) else n.module or "").split(".")[0]

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from vaekit.fileio import atomic_write_json, read_json, read_regular
-from vaekit.run import (CHECKPOINT_DIR, RESUME, _CHECKPOINT_NAME, RunError, load_tensors, remove_strays,
+from vaekit.run import (CHECKPOINT_DIR, RESUME, CHECKPOINT_NAME, RunError, load_tensors, remove_strays,
                         save_tensors)
 
 
@@ -38,7 +38,7 @@ def load_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict]:
         raise RunError(str(e)) from None
     name = pointer.get("file")
     # only a checkpoint of this run: a pointer to another folder would resume another run's state
-    if not isinstance(name, str) or not _CHECKPOINT_NAME.fullmatch(name):
+    if not isinstance(name, str) or not CHECKPOINT_NAME.fullmatch(name):
         raise RunError(f"resume state {ckpt_dir / RESUME} is damaged: 'file' must name an epoch-NNNN.safetensors "
                        f"in {ckpt_dir}, got {name!r}")
     path = ckpt_dir / name

@@ -10,10 +10,14 @@ Reads first `stat` the path (following links) and require a regular file of boun
 so a FIFO, a device or a folder named like a vaekit file is an error, never a hang.
 The output rule (docs/data-safety.md): an existing file is replaced only when the user
 said --overwrite, and no output goes inside an input folder.
+
+The infrastructure every module shares lives here once: the safe open (`open_regular_file`),
+the safetensors header reader (`read_safetensors_header`) and the file lock (`try_lock`, filelock's).
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import math
@@ -22,6 +26,7 @@ import stat
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -127,10 +132,15 @@ def loads_json(text: str | bytes):
         raise ValueError("JSON nested too deeply") from None
 
 
-def split_safetensors(data: bytes) -> tuple[dict, bytes]:
-    """(header, tensor bytes) of a safetensors file, checked by hand (8-byte little-endian
-    length, then a JSON object) so that a truncated or foreign file is a clear ValueError
-    rather than a parser's message."""
+@dataclass
+class SafetensorsHeader:
+    metadata: dict  # the "__metadata__" object ({} when absent)
+    tensors: dict  # name -> {"dtype", "shape", "data_offsets"}, as stored
+    start: int  # offset of the tensor bytes in the file: 8 + the header's length
+    end: int  # the file's length as the header describes it (start + the last tensor's end)
+
+
+def _header_json(data: bytes) -> tuple[dict, int]:
     if len(data) < 8:
         raise ValueError(f"{len(data)} bytes: truncated or not a safetensors file")
     n = int.from_bytes(data[:8], "little")
@@ -139,7 +149,33 @@ def split_safetensors(data: bytes) -> tuple[dict, bytes]:
     header = loads_json(bytes(data[8 : 8 + n]))
     if not isinstance(header, dict):
         raise ValueError("header is not a JSON object")
-    return header, data[8 + n :]
+    return header, 8 + n
+
+
+def read_safetensors_header(data: bytes) -> SafetensorsHeader:
+    """The header of a safetensors file held in memory, checked so that a truncated or
+    foreign file is a ValueError that says what is wrong rather than a parser's message.
+
+    vaekit reads a file's bytes once (read_regular: never a FIFO, bounded) and hashes them,
+    so the header is read from those bytes; safetensors' own `safe_open` maps a path, and
+    safetensors has no reader of a header in memory. The tensors themselves are then read
+    by safetensors (`safetensors.numpy.load`, `safetensors.torch.load`)."""
+    header, start = _header_json(data)
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict):
+        raise ValueError("metadata is not a JSON object")
+    try:
+        end = max((int(t["data_offsets"][1]) for t in header.values()), default=0)
+    except (TypeError, KeyError, IndexError, ValueError, AttributeError):
+        raise ValueError("a tensor entry has no valid data_offsets") from None
+    return SafetensorsHeader(metadata, header, start, start + end)
+
+
+def split_safetensors(data: bytes) -> tuple[dict, bytes]:
+    """(header with its "__metadata__", tensor bytes): the raw form of read_safetensors_header,
+    kept for vaekit.codes.format until it reads headers with read_safetensors_header."""
+    header, start = _header_json(data)
+    return header, data[start:]
 
 
 def check_regular(path: Path, what: str, max_bytes: int | None = None) -> os.stat_result:
@@ -160,27 +196,59 @@ def check_regular(path: Path, what: str, max_bytes: int | None = None) -> os.sta
     return st
 
 
+class NotRegularFile(DamagedFile):
+    """A path that is not a regular file (a FIFO, socket or device): never opened for reading."""
+
+
+def open_regular_file(path: Path) -> BinaryIO:
+    """`path` opened for binary reading, only when it is a regular file: every file vaekit
+    reads by name is opened here. `stat` first (following links): opening a FIFO blocks
+    forever, a device may never end; then O_NONBLOCK, so that a file swapped for a FIFO
+    between the stat and the open still cannot block, and checked again on the open file.
+
+    Raises the stat's OSError (FileNotFoundError, PermissionError...), IsADirectoryError for
+    a folder, NotRegularFile for anything else."""
+    st = os.stat(path)
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(errno.EISDIR, "is a folder", str(path))
+    if not stat.S_ISREG(st.st_mode):
+        raise NotRegularFile(f"not a regular file (a FIFO, socket or device): {path}")
+    f = os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb")
+    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        f.close()
+        raise NotRegularFile(f"not a regular file (a FIFO, socket or device): {path}")
+    return f
+
+
 def read_regular(path: Path, what: str, max_bytes: int | None = None) -> bytes:
-    """The bytes of a regular file (see check_regular); O_NONBLOCK so that a file swapped
-    for a FIFO between the stat and the open still cannot block. At most max_bytes + 1 bytes
-    are read, so a caller can tell a file that grew past the bound."""
+    """The bytes of a regular file (see check_regular and open_regular_file). At most
+    max_bytes + 1 bytes are read, so a caller can tell a file that grew past the bound."""
     check_regular(path, what, max_bytes)
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise DamagedFile(f"{what} is not a regular file: {path}")
-        chunks, got = [], 0
-        while max_bytes is None or got <= max_bytes:
-            want = max(1 << 20, st.st_size - got)  # the whole file in one read, as a rule
-            chunk = os.read(fd, min(want, 1 << 30) if max_bytes is None else min(want, max_bytes + 1 - got))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            got += len(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
+        f = open_regular_file(path)
+    except (IsADirectoryError, NotRegularFile):  # swapped since the check
+        raise DamagedFile(f"{what} is not a regular file: {path}") from None
+    with f:
+        return f.read() if max_bytes is None else f.read(max_bytes + 1)
+
+
+def try_lock(fd: int) -> bool:
+    """Take the exclusive lock of the file open on `fd`, without waiting: True when this
+    descriptor now holds it, False when another one does (another process's, or another
+    descriptor of this process). Every lock vaekit takes is this one: filelock's native lock,
+    as pip and torch use it (flock on POSIX; LockFileEx on the file's first byte on Windows).
+    It goes when the descriptor is closed, and with the process however it ends (SIGKILL too).
+    On Windows the lock is mandatory: while it is held no other process can read that byte
+    (see held_elsewhere)."""
+    from filelock import lock_descriptor
+
+    return lock_descriptor(fd, blocking=False)
+
+
+def held_elsewhere(e: OSError) -> bool:
+    """Whether `e`, raised reading a file, says another process holds its lock (Windows'
+    ERROR_LOCK_VIOLATION). Never on POSIX, where the lock does not stop a reader."""
+    return getattr(e, "winerror", None) == 33
 
 
 def read_json(path: Path, what: str) -> dict:

@@ -27,7 +27,7 @@ from typing import BinaryIO, Callable, Iterator, Sequence
 
 from vaekit.batches import Layout, RowCheck, changed, check_entry
 from vaekit.errors import BadInput, DamagedFile, InUse, VaekitError, cannot_write
-from vaekit.fileio import atomic_writer, dumps_json, loads_json
+from vaekit.fileio import atomic_writer, dumps_json, loads_json, try_lock
 
 PARTIAL_SUFFIX = ".partial"
 JOURNAL_VERSION = 2
@@ -131,18 +131,12 @@ class Journal:
             raise
 
     def _lock(self) -> None:
-        """Hold an exclusive lock on OUT.partial for the job's life: a second process writing the
-        same output (even with --resume) gets InUse instead of interleaving rows. Released by the
-        kernel when this process ends, however it ends. No flock (Windows): no lock."""
-        try:
-            import fcntl
-        except ImportError:
-            return
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        """Hold an exclusive lock on OUT.partial for the job's life (vaekit.fileio.try_lock): a
+        second process writing the same output (even with --resume) gets InUse instead of
+        interleaving rows. Released when the journal is closed, and with the process however it ends."""
+        if not try_lock(self._fd):
             raise InUse(f"{self.out} is being written by another vaekit process right now "
-                        f"({self.path.name} is locked); wait for it, or write elsewhere") from None
+                        f"({self.path.name} is locked); wait for it, or write elsewhere")
 
     def close(self) -> None:
         """Sync what was appended and release the lock, even when the sync fails; no appends after."""

@@ -12,18 +12,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from vaekit import images as imageio
 from vaekit.errors import BadInput, MissingExtra
+from vaekit.progress import Progress
 
 if TYPE_CHECKING:
     from vaekit.engine import Model
 
 GRID = "comparison.png"
-Progress = Callable[..., None]
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -7,7 +7,7 @@
       preview.png          inputs | reconstructions, and samples from the prior
       checkpoint/          resume state: epoch-NNNN.safetensors + resume.json pointing at it
       .vaekit-run          marker: vaekit made this folder (runs from before it have a vaekit config.json)
-      .vaekit.lock         flock'ed by the process training here, and names it
+      .vaekit.lock         locked by the process training here (vaekit.fileio.try_lock), and names it
 
 Every file is written to a temporary name and renamed. resume.json is written last and
 names its checkpoint and that file's sha256, so a crash at any instant leaves a complete,
@@ -33,7 +33,7 @@ from vaekit.version import __version__
 from vaekit.config import from_stored_model
 from vaekit.errors import BadInput, DamagedFile, ForeignModel, InUse, OutputExists
 from vaekit.fileio import (atomic_write_bytes, atomic_write_json, loads_json, read_json, read_regular,
-                           split_safetensors)
+                           read_safetensors_header, try_lock)
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -44,7 +44,7 @@ RESUME = "resume.json"
 MARKER = ".vaekit-run"
 LOCK = ".vaekit.lock"
 FORMAT = "vaekit-run/1"
-_CHECKPOINT_NAME = re.compile(r"epoch-\d{4,9}\.safetensors")
+CHECKPOINT_NAME = re.compile(r"epoch-\d{4,9}\.safetensors")
 
 
 class RunError(DamagedFile):
@@ -75,7 +75,7 @@ def own_files(run_dir: Path) -> list[Path]:
     run_dir = Path(run_dir)
     ckpt = run_dir / CHECKPOINT_DIR
     names = [run_dir / n for n in (CONFIG, WEIGHTS, METRICS, PREVIEW)]
-    names += [p for p in ckpt.glob("epoch-*.safetensors") if _CHECKPOINT_NAME.fullmatch(p.name)] + [ckpt / RESUME]
+    names += [p for p in ckpt.glob("epoch-*.safetensors") if CHECKPOINT_NAME.fullmatch(p.name)] + [ckpt / RESUME]
     return [p for p in names + _strays(run_dir) if p.is_file() and not p.is_symlink()]
 
 
@@ -112,18 +112,11 @@ def prepare_out(out_dir: Path, overwrite: bool, write: bool = True) -> None:
 
 @contextmanager
 def locked(run_dir: Path):
-    """Hold an exclusive lock on a run directory (flock on its lock file) while training there.
+    """Hold an exclusive lock on a run directory (its lock file, vaekit.fileio.try_lock) while training there.
 
     A second vaekit process on the same folder gets InUse naming the process that holds it,
     instead of the two interleaving their files. The lock goes with the process, even on SIGKILL.
-    (Where there is no flock, on Windows, the folder is not locked.)
     """
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-
     run_dir = Path(run_dir)
     created = [d for d in (run_dir, *run_dir.parents) if not d.exists()]  # innermost first
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -134,14 +127,12 @@ def locked(run_dir: Path):
     except OSError as e:
         raise BadInput(f"cannot lock {run_dir}: {path} {e.strerror or e}") from None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-            raise InUse(f"{run_dir} is in use by process {holder} (another vaekit train); "
-                        "wait for it to finish or choose another --out") from None
+        if not try_lock(fd):
+            raise InUse(f"{run_dir} is in use by process {_holder(fd)} (another vaekit train); "
+                        "wait for it to finish or choose another --out")
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, f"{os.getpid()}\n".encode())
         try:
             yield
         except BaseException:
@@ -156,7 +147,17 @@ def locked(run_dir: Path):
                         break
             raise
     finally:
-        os.close(fd)  # releases the flock
+        os.close(fd)  # releases the lock
+
+
+def _holder(fd: int) -> str:
+    """The process id a lock file names; "unknown" when it cannot be read (on Windows the
+    holder's lock keeps others from reading it)."""
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        return os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+    except OSError:
+        return "unknown"
 
 
 def fingerprint(tensors: dict[str, torch.Tensor]) -> str:
@@ -183,7 +184,8 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | 
     if metadata:
         meta["json"] = json.dumps(metadata)
     # the tensor bytes do not depend on the metadata, so hash them first, then write them once more
-    meta["data_sha256"] = hashlib.sha256(split_safetensors(save(tensors, metadata=meta))[1]).hexdigest()
+    unsigned = save(tensors, metadata=meta)
+    meta["data_sha256"] = hashlib.sha256(unsigned[read_safetensors_header(unsigned).start:]).hexdigest()
     data = save(tensors, metadata=meta)
     atomic_write_bytes(path, data)
     return hashlib.sha256(data).hexdigest()
@@ -199,15 +201,12 @@ def load_tensors(path: Path, what: str) -> tuple[dict[str, torch.Tensor], dict]:
     except FileNotFoundError:
         raise RunError(f"{what} not found: {path}") from None
     try:
-        header, body = split_safetensors(data)
-        meta = header.get("__metadata__") or {}
-        if not isinstance(meta, dict):
-            raise ValueError("metadata is not a JSON object")
-        end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
-    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError) as e:  # JSON errors are ValueErrors
+        header = read_safetensors_header(data)
+    except ValueError as e:  # JSON errors are ValueErrors
         raise RunError(f"{what} is corrupt or not a safetensors file ({path}): {e}") from None
-    if len(body) < end:
-        raise RunError(f"{what} is truncated ({path}): {len(body)} of {end} bytes of weights")
+    meta, body = header.metadata, data[header.start:]
+    if len(data) < header.end:
+        raise RunError(f"{what} is truncated ({path}): {len(body)} of {header.end - header.start} bytes of weights")
     if meta.get("format") != FORMAT:
         raise ForeignRun(f"{what} was not written by vaekit ({path})")
     digest = meta.get("data_sha256")  # absent in files from before it was added

@@ -21,6 +21,7 @@ from typing import Iterator
 
 from vaekit.batches import Layout, RowCheck, changed, check_entry
 from vaekit.errors import BadInput, DamagedFile, InUse
+from vaekit.fileio import held_elsewhere, try_lock
 from vaekit.journals import JOURNAL_VERSION, open_regular, parse, partial_path, read_lines
 
 MERGING = ".merging"
@@ -51,6 +52,11 @@ class Shares:
         def lines():
             try:
                 yield from read_lines(fd)
+            except OSError as e:
+                if not held_elsewhere(e):
+                    raise
+                # Windows: its share is still writing it (and holds its lock): no lines yet, so
+                # it is not complete, and its header is checked at the merge
             finally:
                 os.close(fd)
 
@@ -146,22 +152,19 @@ def _closing(gen):
 
 @contextmanager
 def merge_lock(out: Path):
-    """True when this process may merge: it holds the flock of OUT.merging (no flock: always).
+    """True when this process may merge: it holds the lock of OUT.merging (vaekit.fileio.try_lock).
 
     OUT.merging is vaekit's when vaekit created it (it holds _LOCK_TEXT); a file of that name
     that is not is refused (BadInput), never used or deleted. The lock file goes when the merge
     is done, if it is still the one this process locked."""
-    try:
-        import fcntl
-    except ImportError:
-        yield True
-        return
     lock = out.with_name(out.name + MERGING)
     fd = _open_lock(lock)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+            mine = try_lock(fd)
+        except OSError:  # a file system without locks: leave the merge to a later look
+            mine = False
+        if not mine:
             yield False
             return
         try:
@@ -192,7 +195,14 @@ def _open_lock(lock: Path) -> int:
     fd = open_regular(lock, write=False, what="shard merge lock")
     if fd is None:  # removed since: a merge just finished; the next look finds the shares merged
         return _open_lock(lock)
-    if os.pread(fd, len(_LOCK_TEXT) + 1, 0) != _LOCK_TEXT:
+    try:
+        text = os.read(fd, len(_LOCK_TEXT) + 1)
+    except OSError as e:
+        if not held_elsewhere(e):
+            os.close(fd)
+            raise
+        return fd  # Windows: a merging process holds it, so it is vaekit's
+    if text != _LOCK_TEXT:
         os.close(fd)
         raise BadInput(f"{lock} exists and is not vaekit's shard merge lock; rename it, or write the output "
                        "elsewhere")

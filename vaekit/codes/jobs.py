@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 
@@ -23,12 +23,12 @@ from vaekit.errors import BadInput
 from vaekit.fileio import atomic_writer, refuse_existing, refuse_inside
 from vaekit.images.arrays import check_batch_size
 from vaekit.journals import naming_failed_writes, open_journal
+from vaekit.progress import Progress
 from vaekit.shares import Shares, finish_when_complete, share_out
 
 if TYPE_CHECKING:  # the engine is passed in; importing it here would cost nothing but clarity
     from vaekit.engine import Model
 
-Progress = Callable[..., None]
 BATCH_SIZE = 256  # images decoded and encoded at a time
 CHUNK = 4096  # codes assembled into the file at a time
 

@@ -8,7 +8,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -19,8 +19,8 @@ from vaekit.export.metadata import _metadata, _sealed, _set_metadata
 from vaekit.export.parity import Parity, _load_parity_images, _require, check_parity, sample_inputs
 from vaekit.export.quantize import QUANTIZE, Quantization, _calibration_feeds, _quantize_int8
 from vaekit.fileio import refuse_existing
+from vaekit.progress import Progress
 
-Progress = Callable[..., None]
 
 
 @dataclass

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from vaekit.errors import BadInput
-from vaekit.images.read import ImageReadError, _check_channels, _check_size, load_image
+from vaekit.images.read import ImageReadError, check_channels, check_size, load_image
 
 @dataclass
 class LoadReport:
@@ -48,8 +48,8 @@ def iter_load(
     With workers > 1, chunks decode in that many processes, a bounded number in flight,
     so memory stays flat however many files there are.
     """
-    _check_size(size)  # checked here, not in the generator, so a bad value fails at the call
-    _check_channels(channels)
+    check_size(size)  # checked here, not in the generator, so a bad value fails at the call
+    check_channels(channels)
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
         raise BadInput(f"invalid workers {workers!r}: expected an integer >= 0")
     return _iter_load(paths if isinstance(paths, Sequence) else list(paths), size, channels, workers)

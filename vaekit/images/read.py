@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -27,6 +26,7 @@ from PIL import Image, UnidentifiedImageError
 from vaekit.config import MAX_IMAGE_SIZE
 from vaekit.images import convert
 from vaekit.errors import BadInput, DamagedFile
+from vaekit.fileio import NotRegularFile, open_regular_file
 
 # Pillow warns of metadata it skips (bad EXIF, palette transparency) and of sizes between 1x and
 # 2x its bomb limit; vaekit judges the pixels itself and rejects anything over 1x (see _read).
@@ -76,26 +76,21 @@ def _reason(exc: BaseException, path: Path | None = None) -> str:
 
 
 def _open_file(path: Path):
-    """The file at `path` opened for reading, after checking (stat, following links) that it is
-    a regular file: a FIFO would block the open, a device may never end. Raises
-    ImageReadError for anything else, and for an empty file."""
-    st = os.stat(path)
-    if stat.S_ISDIR(st.st_mode):
+    """The file at `path` opened for reading (vaekit.fileio.open_regular_file: a regular file,
+    never a FIFO or a device); ImageReadError for anything else, and for an empty file."""
+    try:
+        f = open_regular_file(path)
+    except NotRegularFile:
+        raise ImageReadError(path, "not a regular file (a FIFO, socket or device)") from None
+    except IsADirectoryError:
         try:
             os.scandir(path).close()
         except OSError as exc:  # find_images lists a sub-folder it could not read, to name it here
             raise ImageReadError(path, f"unreadable folder, its images were skipped ({_reason(exc, path)})") from None
-        raise IsADirectoryError(errno.EISDIR, "is a folder", str(path))
-    if not stat.S_ISREG(st.st_mode):
-        raise ImageReadError(path, "not a regular file (a FIFO, socket or device)")
-    if st.st_size == 0:
-        raise ImageReadError(path, "empty file")
-    # O_NONBLOCK: a file swapped for a FIFO between the stat and the open still cannot block
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    f = os.fdopen(fd, "rb")
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        raise
+    if os.fstat(f.fileno()).st_size == 0:
         f.close()
-        raise ImageReadError(path, "not a regular file (a FIFO, socket or device)")
+        raise ImageReadError(path, "empty file")
     return f
 
 
@@ -119,12 +114,14 @@ def _orientation(img: Image.Image) -> int:
         return 1
 
 
-def _check_channels(channels: int) -> None:
+def check_channels(channels: int) -> None:
+    """BadInput unless `channels` is 1 (gray) or 3 (RGB)."""
     if channels not in (1, 3) or isinstance(channels, bool):
         raise BadInput(f"invalid channels {channels!r}: expected 1 (gray) or 3 (RGB)")
 
 
-def _check_size(size: int) -> None:
+def check_size(size: int) -> None:
+    """BadInput unless `size` is an integer from 16 to MAX_IMAGE_SIZE."""
     if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or not 16 <= size <= MAX_IMAGE_SIZE:
         raise BadInput(f"invalid size {size!r}: expected an integer from 16 to {MAX_IMAGE_SIZE}")
 
@@ -168,7 +165,7 @@ def _decode(path: Path, channels: int, draft: int | None = None, expand: bool = 
     The file is opened (open_image), bomb-checked before any pixel is decoded, and converted
     strip by strip (images.convert) while Pillow's copy is alive; that copy is freed before
     the rotation, so memory peaks at Pillow's pixels plus one uint8 copy."""
-    _check_channels(channels)
+    check_channels(channels)
     path = Path(path)
     try:
         with open_image(path) as img:
@@ -207,7 +204,7 @@ def resize(x: np.ndarray, size: int) -> np.ndarray:
     then crop the longer side to `size` around its centre. Square input of that size is
     returned as is.
     """
-    _check_size(size)
+    check_size(size)
     if x.dtype != np.uint8 or x.ndim != 3 or x.shape[-1] not in (1, 3):
         raise BadInput(f"expected a uint8 (H, W, 1|3) array, got {x.dtype} {x.shape}")
     h, w = x.shape[:2]
@@ -231,7 +228,7 @@ def load_image(path: Path, size: int, channels: int) -> np.ndarray:
     Large JPEGs are decoded at reduced scale (never below `size` on either side) before the
     bicubic resize, which is much faster and keeps the same shorter-side-then-crop policy.
     """
-    _check_size(size)
+    check_size(size)
     x = _decode(path, channels, draft=size, expand=False)  # gray stays one channel until resized
     need = resize_pixels(*x.shape[:2], size)
     if need > MAX_RESIZE_PIXELS:  # judged before anything is allocated for it

@@ -10,6 +10,6 @@ what they share in `common`.
 
 from vaekit.sample_data.common import SampleDataReport
 from vaekit.sample_data.digits import write_digits
-from vaekit.sample_data.shapes import _render, write_shapes
+from vaekit.sample_data.shapes import write_shapes
 
 __all__ = ["SampleDataReport", "write_digits", "write_shapes"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +9,6 @@ import numpy as np
 
 from vaekit.errors import BadInput, OutputExists
 
-Progress = Callable[[int, int], None]
 
 
 @dataclass
@@ -19,14 +17,15 @@ class SampleDataReport:
     counts: dict[str, int]  # images written per sub-folder, e.g. {"train": 142, "test/normal": 36}
 
 
-
-def _check_seed(seed: int) -> None:
+def check_seed(seed: int) -> None:
+    """BadInput unless `seed` is a non-negative integer."""
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise BadInput(f"seed must be a non-negative integer, got {seed!r}")
 
 
-def _prepare(root: Path, folders: list[str], overwrite: bool) -> None:
-    """Create the output folders; refuse to mix a new data set into an old one."""
+def prepare_folders(root: Path, folders: list[str], overwrite: bool) -> None:
+    """Create the output folders; refuse to mix a new data set into an old one (OutputExists
+    unless `overwrite`, and then only the PNGs of those folders go)."""
     existing = [p for f in folders if (root / f).is_dir() for p in sorted((root / f).glob("*.png"))]
     if existing and not overwrite:
         raise OutputExists(
@@ -40,6 +39,7 @@ def _prepare(root: Path, folders: list[str], overwrite: bool) -> None:
         (root / f).mkdir(parents=True, exist_ok=True)
 
 
-def _to_uint8(x: np.ndarray) -> np.ndarray:
+def to_uint8(x: np.ndarray) -> np.ndarray:
+    """Floats in [0, 1] (clipped) as uint8 pixels, rounded."""
     return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
 

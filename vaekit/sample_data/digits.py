@@ -8,7 +8,8 @@ import numpy as np
 from PIL import Image
 
 from vaekit.errors import BadInput, MissingExtra
-from vaekit.sample_data.common import Progress, SampleDataReport, _check_seed, _prepare, _to_uint8
+from vaekit.progress import Progress
+from vaekit.sample_data.common import SampleDataReport, check_seed, prepare_folders, to_uint8
 
 # digits
 
@@ -63,7 +64,7 @@ def write_digits(
         raise BadInput(f"size must be an integer from 8 to {MAX_IMAGE_SIZE} (the digits are 8x8), got {size!r}")
     if not 0.0 < test_fraction < 1.0:
         raise BadInput(f"test_fraction must be strictly between 0 and 1, got {test_fraction!r}")
-    _check_seed(seed)
+    check_seed(seed)
 
     # sklearn is heavy to import, only this function needs it, and it comes with the train extra.
     try:
@@ -94,12 +95,12 @@ def write_digits(
         "test/anomalous": _balanced_sample(rng, labels, others, n_anomalous),
     }
 
-    _prepare(root, _DIGIT_FOLDERS, overwrite)
+    prepare_folders(root, _DIGIT_FOLDERS, overwrite)
     total = sum(len(v) for v in splits.values())
     done = 0
     for folder, indices in splits.items():
         for i in indices:
-            pixels = _to_uint8(images[i] / 16.0)
+            pixels = to_uint8(images[i] / 16.0)
             img = Image.fromarray(pixels).resize((size, size), Image.Resampling.BICUBIC)
             img.save(root / folder / f"digit{labels[i]}_{i:04d}.png")
             done += 1

@@ -10,7 +10,8 @@ import numpy as np
 from PIL import Image
 
 from vaekit.errors import BadInput
-from vaekit.sample_data.common import Progress, SampleDataReport, _check_seed, _prepare, _to_uint8
+from vaekit.progress import Progress
+from vaekit.sample_data.common import SampleDataReport, check_seed, prepare_folders, to_uint8
 
 # shapes: synthetic metal washers on fabric, with defects
 #
@@ -104,7 +105,7 @@ def _composite(part: _Part) -> np.ndarray:
     shadow = _box_blur(shifted, 2 * o + 1)
     background = part.background * (1.0 - 0.5 * shadow)[..., None]
     a = part.alpha[..., None]
-    return _to_uint8(a * part.metal + (1.0 - a) * background)
+    return to_uint8(a * part.metal + (1.0 - a) * background)
 
 
 def _point_on_face(rng: np.random.Generator, part: _Part, margin: float) -> tuple[float, float]:
@@ -189,7 +190,7 @@ _DEFECTS: dict[str, Callable[[np.random.Generator, _Part], np.ndarray]] = {
 _STREAMS = {"train": 0, "test/normal": 1, "test/anomalous": 2}
 
 
-def _render(
+def render_shape(
     seed: int, folder: str, index: int, size: int, defect: bool
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """One image (H, W, 3) uint8 and, with a defect, its boolean mask (H, W).
@@ -234,16 +235,16 @@ def write_shapes(
 
     if not isinstance(size, (int, np.integer)) or not 16 <= size <= MAX_IMAGE_SIZE:
         raise BadInput(f"size must be an integer from 16 to {MAX_IMAGE_SIZE} (defects need a few pixels), got {size!r}")
-    _check_seed(seed)
+    check_seed(seed)
 
-    _prepare(root, _SHAPES_FOLDERS, overwrite)
+    prepare_folders(root, _SHAPES_FOLDERS, overwrite)
     plan = {"train": n_train, "test/normal": n_test_normal, "test/anomalous": n_test_anomalous}
     total = sum(plan.values())
     done = 0
     for folder, n in plan.items():
         for i in range(n):
             name = f"part_{i:04d}.png"
-            image, mask = _render(seed, folder, i, size, defect=folder == "test/anomalous")
+            image, mask = render_shape(seed, folder, i, size, defect=folder == "test/anomalous")
             Image.fromarray(image).save(root / folder / name)
             if mask is not None:
                 Image.fromarray(mask.astype(np.uint8) * 255).save(root / "test/masks" / name)
