@@ -13,8 +13,12 @@ from vaekit.errors import BadInput
 
 
 def pick_device(name: str) -> torch.device:
+    """The torch device for --device `name`, for training and the torch engine alike:
+    "auto" is CUDA when torch sees a GPU, else the CPU; "cuda" without one is BadInput. Under
+    torchrun a CUDA device is this process's own GPU (LOCAL_RANK)."""
     if name == "cuda" and not torch.cuda.is_available():
-        raise BadInput("device 'cuda' requested but CUDA is not available (use --device cpu or auto)")
+        raise BadInput("--device cuda, but torch sees no CUDA device (a CPU-only build, or no GPU); "
+                       "use --device cpu or auto")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and "LOCAL_RANK" in os.environ:
@@ -51,7 +55,8 @@ def init_distributed(device: torch.device) -> Dist:
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def _all_reduce_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:
+def all_reduce_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:
+    """`t` summed over every process of the group, in place (unchanged in a world of one)."""
     if d.world > 1:
         import torch.distributed as dist
 
@@ -59,8 +64,13 @@ def _all_reduce_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:
     return t
 
 
-def _barrier(d: Dist) -> None:
+def barrier(d: Dist) -> None:
+    """Wait until every process of the group gets here (returns at once in a world of one)."""
     if d.world > 1:
         import torch.distributed as dist
 
         dist.barrier()
+
+
+# the old private names, until vaekit/fit.py and vaekit/train.py import the public ones
+_all_reduce_sum, _barrier = all_reduce_sum, barrier

@@ -17,10 +17,11 @@ DEPTH = 2  # items in flight between a helper thread and its caller
 _END = object()
 
 
-def read_ahead(items: Iterator, depth: int = DEPTH) -> Iterator:
+def read_ahead(items: Iterator, depth: int = DEPTH, init: Callable[[], None] | None = None) -> Iterator:
     """`items`, produced by a daemon thread at most `depth` ahead of the consumer. An error in
     the producer is raised in the consumer; closing the iterator (or the consumer stopping)
-    stops the producer at its next item."""
+    stops the producer at its next item. `init()` runs first in that thread (training's batch
+    reader sets the thread's CUDA device there: vaekit.data)."""
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
@@ -35,6 +36,8 @@ def read_ahead(items: Iterator, depth: int = DEPTH) -> Iterator:
 
     def produce() -> None:
         try:
+            if init is not None:
+                init()
             for item in items:
                 if not put((item, None)):
                     break

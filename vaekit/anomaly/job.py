@@ -14,19 +14,21 @@ import heapq
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Sequence
 
 from vaekit import images as imageio
 from vaekit import pipeline, stream
 from vaekit.anomaly.outputs import (check_outputs, map_targets, output_format, refuse_taken_maps, save_maps,
                                     write_csv_rows, write_json_rows)
-from vaekit.anomaly.score import BATCH_SIZE, ROW_FIELDS, Plan, Progress, ScoreRow, iter_scored, scoring_plan
+from vaekit.anomaly.score import BATCH_SIZE, ROW_FIELDS, Plan, ScoreRow, iter_scored, report_header, scoring_plan
 from vaekit.batches import Layout, check_number, digest
 from vaekit.engine import DEFAULT_SCORE, Model
 from vaekit.errors import BadInput
 from vaekit.fileio import atomic_writer
 from vaekit.images.arrays import check_batch_size
 from vaekit.journals import naming_failed_writes, open_journal
+from vaekit.progress import Progress
 from vaekit.shares import Shares, finish_when_complete, share_out
 
 _FLOATS = ("score", "bits_per_dim", "threshold", "neg_elbo", "recon", "kl", "excess")
@@ -82,26 +84,16 @@ def score_to_file(
     layout = Layout(_texts(found.paths), batch_size, index, count)
     shares, journal = _open(model, plan, found, layout, out, maps, resume) if out is not None else (None, None)
     done = frozenset(journal.done) if journal else frozenset()
-    tally, n_maps, targets = _Tally(top), 0, []
-
-    def write(b) -> None:  # in a writing thread, batch by batch in order, while the next batch is scored
-        nonlocal n_maps
-        if maps is not None and b.rows:
-            n_maps += len(save_maps(Path(maps), [targets[i] for i in b.positions], b.images, b.maps))
-        if journal is not None:  # after its maps: a batch in the journal is a batch done
-            with naming_failed_writes(Path(out)):
-                journal.append(b.index, [_encode(asdict(r)) for r in b.rows], [(str(p), r) for p, r in b.skipped])
-        else:
-            tally.add((asdict(r) for r in b.rows), [(str(p), r) for p, r in b.skipped])
-
+    tally = _Tally(top)
+    sink = _Sink(journal, tally, None if maps is None else Path(maps), out)
     positions = stream.shard(found.paths, index, count, batch_size) if count > 1 else None
     try:
-        targets[:] = _check_maps(found, maps, layout, done, overwrite, journal is not None and journal.resumed)
-        with pipeline.WriteBehind(write) as writer:
+        sink.targets = _check_maps(found, maps, layout, done, overwrite, journal is not None and journal.resumed)
+        with pipeline.WriteBehind(sink.write) as writer:
             for b in iter_scored(model, found, plan, maps=maps is not None, batch_size=batch_size,
                                  positions=positions, skip_batches=done, workers=workers, progress=progress):
                 writer.put(b)
-        report = JobReport(None, 0, 0, [], [], plan, (index, count), False, n_maps, len(done))
+        report = JobReport(None, 0, 0, [], [], plan, (index, count), False, sink.maps, len(done))
         if journal is None:
             if not tally.count:
                 raise imageio.none_usable(f"in {stream.named(inputs)}", tally.skipped)
@@ -112,6 +104,27 @@ def score_to_file(
     finally:  # done, or stopped (the writer has ended): the journal's lock goes (unsharded: after the merge)
         if journal is not None:
             _close(journal, out)
+
+
+class _Sink:
+    """Where each scored batch goes, in a writing thread, batch by batch in order, while the next
+    batch is scored: its heat maps, then its journal line (a batch in the journal is a batch
+    done); without a journal, the tally."""
+
+    def __init__(self, journal, tally: "_Tally", maps: Path | None, out):
+        self.journal, self.tally, self.maps_dir, self.out = journal, tally, maps, out
+        self.targets: list[str] = []  # each image's heat-map path under maps_dir
+        self.maps = 0  # heat maps written
+
+    def write(self, b) -> None:
+        if self.maps_dir is not None and b.rows:
+            self.maps += len(save_maps(self.maps_dir, [self.targets[i] for i in b.positions], b.images, b.maps))
+        skipped = [(str(p), r) for p, r in b.skipped]
+        if self.journal is not None:
+            with naming_failed_writes(Path(self.out)):
+                self.journal.append(b.index, [_encode(asdict(r)) for r in b.rows], skipped)
+        else:
+            self.tally.add((asdict(r) for r in b.rows), skipped)
 
 
 def _open(model: Model, plan: Plan, found: stream.Inputs, layout: Layout, out, maps, resume: bool):
@@ -210,10 +223,10 @@ def _finish(shares: Shares, model: Model, plan: Plan, tally: "_Tally", inputs) -
         skipped = [tuple(s) for e in shares.merged() for s in e["skipped"]]
         shares.remove()
         raise imageio.none_usable(f"in {stream.named(inputs)}", skipped)
-    info = model.info
-    header = {"model": str(info.source), "engine": info.engine, "fingerprint": info.fingerprint, "score": plan.score,
-              "estimator": plan.estimator, "samples": plan.samples, "threshold": plan.threshold,
-              "threshold_source": plan.source, "n_images": n, "n_anomalous": anomalous}
+    # the header a whole report's JSON file has (anomaly.score.report_header reads these fields)
+    header = report_header(SimpleNamespace(score=plan.score, estimator=plan.estimator, samples=plan.samples,
+                                           threshold=plan.threshold, threshold_source=plan.source, rows=range(n),
+                                           n_anomalous=anomalous), model)
 
     def rows():
         for e in shares.merged():

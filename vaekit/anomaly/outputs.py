@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import textwrap
 from dataclasses import asdict
 from pathlib import Path
 from typing import BinaryIO, Iterable, Sequence
@@ -89,12 +88,15 @@ def write_csv_rows(f: BinaryIO, rows: Iterable[dict]) -> None:
         f.write(rows_csv(batch).split("\n", 1)[1].encode("utf-8"))
 
 
-def _json_list(f: BinaryIO, items: Iterable[dict]) -> None:
-    # the layout json.dumps(indent=2) gives a list of objects one level down
+def _json_list(f: BinaryIO, key: str, items: Iterable[dict]) -> None:
+    """`key`'s list, streamed item by item, each item's text exactly as json.dumps(indent=2) of
+    the whole file lays it out (encoded at its own depth, not re-indented)."""
+    head = dumps_json({key: []})[:-4]  # '{\n  "key": ' ...
     first = True
     for item in items:
-        f.write(("[\n" if first else ",\n").encode())
-        f.write(textwrap.indent(dumps_json(item), "    ").encode("utf-8", "surrogateescape"))
+        text = dumps_json({key: [item]})  # '{\n  "key": [\n    {...}\n  ]\n}'
+        f.write(b"[\n" if first else b",\n")
+        f.write(text[len(head) + 2 : -len("\n  ]\n}")].encode("utf-8", "surrogateescape"))
         first = False
     f.write(b"[]" if first else b"\n  ]")
 
@@ -104,9 +106,9 @@ def write_json_rows(f: BinaryIO, header: dict, rows: Iterable[dict], skipped: It
     bytes as `atomic_write_json` of the whole dict."""
     head = dumps_json(header)
     f.write(head[:-2].encode("utf-8", "surrogateescape") + b',\n  "images": ')
-    _json_list(f, rows)
+    _json_list(f, "images", rows)
     f.write(b',\n  "skipped": ')
-    _json_list(f, skipped)
+    _json_list(f, "skipped", skipped)
     f.write(b"\n}\n")
 
 
