@@ -534,7 +534,7 @@ def _resealed(src: Path, dst: Path, **props: str) -> None:
     import onnx
 
     from vaekit.engine_onnx import part_paths
-    from vaekit.export import _sealed
+    from vaekit.export.metadata import _sealed
 
     for role, p in part_paths(src).items():
         shutil.copy(p, part_paths(dst)[role])

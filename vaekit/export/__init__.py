@@ -37,6 +37,5 @@ metadata (what each file carries, and its seal), parity, quantize, and job (the 
 
 from vaekit.export.graphs import IO, OPSET, ROLES  # noqa: F401
 from vaekit.export.job import ExportReport, export  # noqa: F401
-from vaekit.export.metadata import _metadata, _sealed  # noqa: F401
 from vaekit.export.parity import ExportError, Parity, check_parity, sample_inputs  # noqa: F401
 from vaekit.export.quantize import QUANTIZE, Quantization  # noqa: F401

@@ -16,9 +16,10 @@ from vaekit.engine_onnx import part_paths
 from vaekit.errors import BadInput
 from vaekit.export.graphs import OPSET, ROLES, _export_graphs
 from vaekit.export.metadata import _metadata, _sealed, _set_metadata
-from vaekit.export.parity import Parity, _load_parity_images, _require, check_parity, sample_inputs
-from vaekit.export.quantize import QUANTIZE, Quantization, _calibration_feeds, _quantize_int8
+from vaekit.export.parity import Parity, check_parity, load_parity_images, require_parity, sample_inputs
+from vaekit.export.quantize import QUANTIZE, Quantization, calibration_feeds, quantize_int8
 from vaekit.fileio import refuse_existing
+from vaekit.images.arrays import as_images
 from vaekit.progress import Progress
 
 
@@ -88,9 +89,7 @@ def export(
     reported (not judged: that is the user's call, and the stored threshold stays fp32's).
     Raises ExportError when the ONNX engine does not match torch within rtol/atol.
     """
-    from vaekit import run as rundir
     from vaekit.engine_onnx import OnnxModel
-    from vaekit.engine_torch import TorchModel
 
     t0 = time.perf_counter()
     out = _check_out(out, overwrite)
@@ -103,88 +102,116 @@ def export(
         if progress:
             progress(done, 5, phase=what)
 
-    reference = TorchModel(run_dir)
-    net, cfg = reference.net, reference.config
-    fingerprint = rundir.fingerprint(net.state_dict())
-    if cfg.get("fingerprint") and cfg["fingerprint"] != fingerprint:
-        raise rundir.RunError(
-            f"the weights in {Path(run_dir) / rundir.WEIGHTS} (fingerprint {fingerprint}) are not the ones "
-            f"config.json names ({cfg['fingerprint']}); retrain or restore the run before exporting"
-        )
-    user_images = None  # the caller's images, if any: they also calibrate int8
-    if isinstance(images, np.ndarray):
-        user_images = reference._check(images)
-        if user_images.dtype != np.uint8 or len(user_images) == 0:
-            raise BadInput(f"parity images must be a non-empty uint8 array, got {user_images.dtype} x {len(user_images)}")
-    elif images is not None:
-        user_images = _load_parity_images(reference, images)
-    # at least 5 images, so that batches of 4 and 1 exercise the dynamic batch dimension
-    images = sample_inputs(reference) if user_images is None else \
-        (user_images if len(user_images) >= 5 else np.concatenate([user_images, sample_inputs(reference, 5)]))
-
-    info = reference.info
+    job = _Job(run_dir, rtol, atol)
+    user_images, images = job.parity_images(images)
     step(0, "export")
-    protos = _export_graphs(net, info.channels, info.image_size, info.latent_dim)
+    protos = job.graphs()
     step(1, "export")
-
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_staging(out)
     staging = out.parent / _STAGING.format(name=out.name, pid=f"{os.getpid()}-{os.urandom(4).hex()}")
     staging.mkdir()
     try:
-        staged = part_paths(staging / out.name)
-        for role in ROLES:
-            _set_metadata(protos[role], _metadata(role, cfg, fingerprint, info.log_scale, "none"))
-            staged[role].write_bytes(_sealed(protos[role]))
+        staged = job.write(protos, part_paths(staging / out.name), "none")
         step(2, "parity")
         candidate = OnnxModel(staged["scorer"])
-        parity = _require(check_parity(reference, candidate, images, rtol, atol), "ONNX model")
+        parity = require_parity(check_parity(job.reference, candidate, images, rtol, atol), "ONNX model")
         step(3, "parity")
-
         quant = None
         if quantize == "int8":
-            before = sum(p.stat().st_size for p in staged.values())
-            qdir = staging / "int8"
-            qdir.mkdir()
-            quantized = part_paths(qdir / out.name)
-            import onnx
-
-            # quantised from the form whose decoder has no ConvTranspose (onnxruntime has no int8
-            # kernel for it), itself held to torch first like the fp32 export
-            (qdir / "fp32").mkdir()
-            forms = part_paths(qdir / "fp32" / out.name)
-            for role, proto in _export_graphs(net, info.channels, info.image_size, info.latent_dim, int8=True).items():
-                _set_metadata(proto, _metadata(role, cfg, fingerprint, info.log_scale, "none"))
-                forms[role].write_bytes(_sealed(proto))
-            _require(check_parity(reference, OnnxModel(forms["scorer"]), images, rtol, atol), "the int8 form of the model")
-            feeds = _calibration_feeds(reference, user_images)
-            for role in ROLES:
-                _quantize_int8(forms[role], quantized[role], feeds[role])
-                proto = onnx.load(str(quantized[role]))
-                _set_metadata(proto, _metadata(role, cfg, fingerprint, info.log_scale, "int8-static-qdq"))
-                quantized[role].write_bytes(_sealed(proto))
-            # judged on the images a user scores: theirs, else the calibration-like prior samples
-            judge = user_images if user_images is not None else np.rint(reference.sample(32, seed=2) * 255).astype(np.uint8)
-            fp32_scores = candidate.score(judge).score
-            q_scores = OnnxModel(quantized["scorer"]).score(judge).score
-            rel = np.abs(q_scores - fp32_scores) / np.maximum(np.abs(fp32_scores), 1e-12)
-            source = "your images" if user_images is not None else "the model's own samples"
-            quant = Quantization(f"int8 static QDQ (int8 per-channel weights, uint8 activations, calibrated on {source})",
-                                 float(rel.max()), float(rel.mean()), before,
-                                 sum(p.stat().st_size for p in quantized.values()))
-            staged = quantized
+            staged, quant = job.int8(staging, out.name, staged, candidate, user_images, images)
         step(4, "write")
-
-        # side files first, the main file last: a reader never pairs a new main file with
-        # old parts unnoticed (the fingerprints would differ, and load says so)
-        final = part_paths(out)
-        for role in ("encoder", "decoder", "scorer"):
-            with open(staged[role], "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(staged[role], final[role])
+        final = _publish(staged, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     step(5, "write")
-    return ExportReport(files=final, fingerprint=fingerprint, parity=parity, samples=len(images),
+    return ExportReport(files=final, fingerprint=job.fingerprint, parity=parity, samples=len(images),
                         quantization=quant, seconds=time.perf_counter() - t0,
                         bytes={r: p.stat().st_size for r, p in final.items()})
+
+
+class _Job:
+    """One export's torch reference and the steps that use it."""
+
+    def __init__(self, run_dir, rtol: float, atol: float):
+        from vaekit import run as rundir
+        from vaekit.engine_torch import TorchModel
+
+        self.reference = TorchModel(run_dir)
+        self.net, self.cfg, self.info = self.reference.net, self.reference.config, self.reference.info
+        self.rtol, self.atol = rtol, atol
+        self.fingerprint = rundir.fingerprint(self.net.state_dict())
+        stored = self.cfg.get("fingerprint")
+        if stored and stored != self.fingerprint:
+            raise rundir.RunError(
+                f"the weights in {Path(run_dir) / rundir.WEIGHTS} (fingerprint {self.fingerprint}) are not the ones "
+                f"config.json names ({stored}); retrain or restore the run before exporting")
+
+    def parity_images(self, images) -> tuple[np.ndarray | None, np.ndarray]:
+        """(the caller's images, which also calibrate int8, or None; the images parity runs on)."""
+        user_images = None
+        if isinstance(images, np.ndarray):
+            user_images = as_images(images, self.info.channels, self.info.image_size)
+            if user_images.dtype != np.uint8 or len(user_images) == 0:
+                raise BadInput(f"parity images must be a non-empty uint8 array, got {user_images.dtype} x {len(user_images)}")
+        elif images is not None:
+            user_images = load_parity_images(self.reference, images)
+        if user_images is None:
+            return None, sample_inputs(self.reference)
+        # at least 5 images, so that batches of 4 and 1 exercise the dynamic batch dimension
+        if len(user_images) >= 5:
+            return user_images, user_images
+        return user_images, np.concatenate([user_images, sample_inputs(self.reference, 5)])
+
+    def graphs(self, int8: bool = False) -> dict:
+        return _export_graphs(self.net, self.info.channels, self.info.image_size, self.info.latent_dim, int8=int8)
+
+    def write(self, protos: dict, paths: dict[str, Path], quantization: str) -> dict[str, Path]:
+        """Each role's graph, with vaekit's metadata and its seal, to paths[role]."""
+        for role in ROLES:
+            _set_metadata(protos[role], _metadata(role, self.cfg, self.fingerprint, self.info.log_scale, quantization))
+            paths[role].write_bytes(_sealed(protos[role]))
+        return paths
+
+    def int8(self, staging: Path, name: str, fp32: dict[str, Path], candidate, user_images, images):
+        """(the int8 files, Quantization): quantised, sealed, and their score change measured."""
+        import onnx
+        from torch import nn
+
+        from vaekit.engine_onnx import OnnxModel
+
+        qdir, forms = staging / "int8", fp32
+        qdir.mkdir()
+        if any(isinstance(m, nn.ConvTranspose2d) for m in self.net.modules()):
+            # an arch v1 decoder's ConvTranspose has no int8 kernel in onnxruntime: quantise the
+            # form that has convolutions in its place, itself held to torch first like the fp32 export
+            (qdir / "fp32").mkdir()
+            forms = self.write(self.graphs(int8=True), part_paths(qdir / "fp32" / name), "none")
+            require_parity(check_parity(self.reference, OnnxModel(forms["scorer"]), images, self.rtol, self.atol),
+                           "the int8 form of the model")
+        feeds, quantized = calibration_feeds(self.reference, user_images), part_paths(qdir / name)
+        for role in ROLES:
+            quantize_int8(forms[role], quantized[role], feeds[role])
+        self.write({role: onnx.load(str(quantized[role])) for role in ROLES}, quantized, "int8-static-qdq")
+        # judged on the images a user scores: theirs, else the calibration-like prior samples
+        judge = user_images if user_images is not None else np.rint(self.reference.sample(32, seed=2) * 255).astype(np.uint8)
+        fp32_scores = candidate.score(judge).score
+        q_scores = OnnxModel(quantized["scorer"]).score(judge).score
+        rel = np.abs(q_scores - fp32_scores) / np.maximum(np.abs(fp32_scores), 1e-12)
+        source = "your images" if user_images is not None else "the model's own samples"
+        return quantized, Quantization(
+            f"int8 static QDQ (int8 per-channel weights, uint8 activations, calibrated on {source})",
+            float(rel.max()), float(rel.mean()), sum(p.stat().st_size for p in fp32.values()),
+            sum(p.stat().st_size for p in quantized.values()))
+
+
+def _publish(staged: dict[str, Path], out: Path) -> dict[str, Path]:
+    """Move the staged files to their names: side files first, the main file last, so a reader
+    never pairs a new main file with old parts unnoticed (the fingerprints would differ, and
+    load says so)."""
+    final = part_paths(out)
+    for role in ("encoder", "decoder", "scorer"):
+        with open(staged[role], "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(staged[role], final[role])
+    return final

@@ -84,7 +84,9 @@ def check_parity(reference, candidate, images: np.ndarray, rtol: float = 1e-4, a
     return rows
 
 
-def _require(parity: list[Parity], what: str) -> list[Parity]:
+def require_parity(parity: list[Parity], what: str) -> list[Parity]:
+    """`parity` when every output is within tolerance; else ExportError naming `what` and each
+    output that is not (so that nothing is written)."""
     bad = [p for p in parity if not p.ok]
     if bad:
         lines = "; ".join(f"{p.name} max abs diff {p.max_abs:.3g}, rel {p.max_rel:.3g}" for p in bad)
@@ -92,7 +94,7 @@ def _require(parity: list[Parity], what: str) -> list[Parity]:
     return parity
 
 
-def _load_parity_images(model, inputs, limit: int = 64) -> np.ndarray:
+def load_parity_images(model, inputs, limit: int = 64) -> np.ndarray:
     """Up to `limit` images from files or folders, preprocessed as the model does."""
     from vaekit import images as imageio
 

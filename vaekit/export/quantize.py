@@ -25,15 +25,16 @@ class Quantization:
     bytes_after: int
 
 
-def _quantize_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> None:
+def quantize_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> None:
     """Static int8 quantisation in QDQ form, calibrated on `feeds`.
 
     Static, not dynamic: dynamic quantisation turns Conv into ConvInteger and re-quantises
     activations on every call, which measured no faster than fp32 here (slower at batch 64);
     static QDQ lets onnxruntime fuse QLinearConv kernels (the encoder ran 2-3x faster).
-    Weights int8 per channel, activations uint8. `src` is the int8 form of the graphs, whose
-    decoder has convolutions where the fp32 export has ConvTranspose (no int8 kernel), and only
-    the one-hot interleaves stay fp32.
+    Weights int8 per channel, activations uint8. `src` is the fp32 export of an arch v2 model
+    (its decoder resizes, then convolves); for an arch v1 model, the int8 form of its graphs, whose
+    decoder has convolutions where the fp32 export has ConvTranspose (no int8 kernel), so that
+    only the one-hot interleaves stay fp32.
     """
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -60,7 +61,7 @@ def _quantize_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> 
         pre.unlink(missing_ok=True)
 
 
-def _calibration_feeds(reference, images: np.ndarray | None, n: int = 64, batch: int = 16) -> dict[str, list[dict]]:
+def calibration_feeds(reference, images: np.ndarray | None, n: int = 64, batch: int = 16) -> dict[str, list[dict]]:
     """Inputs each graph sees in use: the user's images, else the model's own prior samples
     (never the parity set's noise and flat images, which would stretch the int8 ranges)."""
     if images is None:
@@ -70,7 +71,7 @@ def _calibration_feeds(reference, images: np.ndarray | None, n: int = 64, batch:
     feeds: dict[str, list[dict]] = {role: [] for role in ROLES}
     for s in range(0, min(len(images), n), batch):
         x = imageio.to_float(images[s : s + batch])
-        mu, _ = reference._encode(x)
+        mu, _ = reference.encode(images[s : s + batch])
         feeds["scorer"].append({"x": x, "eps": np.zeros_like(mu)})
         feeds["encoder"].append({"x": x})
         feeds["decoder"].append({"z": mu})
