@@ -183,3 +183,21 @@ def test_the_reader_score_maths_runs_without_torch():
             "s, m = maps_and_scores(np.zeros((2, 8, 8)), 3, 5)\n"
             "assert m.shape == (2, 8, 8) and np.allclose(s, 0.5)\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_reader_exports_to_onnx_with_any_height_and_width(tmp_path):
+    """Exported once at 32 px, the graph must still pad, unshuffle and crop at other sizes."""
+    pytest.importorskip("onnxscript")
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    net = ReaderNet(3, ReaderConfig(width=4, depth=2)).eval()
+    dims = {0: torch.export.Dim("b", min=1, max=64), 2: torch.export.Dim("h", min=8, max=1024),
+            3: torch.export.Dim("w", min=8, max=1024)}
+    torch.onnx.export(net, (torch.rand(1, 3, 32, 32),), str(tmp_path / "reader.onnx"), dynamo=True,
+                      dynamic_shapes={"x": dims})
+    sess = ort.InferenceSession(str(tmp_path / "reader.onnx"), providers=["CPUExecutionProvider"])
+    for shape in [(2, 3, 32, 32), (1, 3, 37, 50)]:
+        x = torch.rand(*shape)
+        got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+        with torch.no_grad():
+            np.testing.assert_allclose(got, net(x).numpy(), atol=1e-4)

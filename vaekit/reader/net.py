@@ -93,8 +93,9 @@ class ReaderNet(nn.Module):
         m = self.cfg.stem * 2**self.cfg.depth
         ph, pw = -h % m, -w % m
         x = (x - self.in_mean[:, None, None]) / self.in_std[:, None, None]
-        if ph or pw:  # reflect where it can (a 1-px image cannot), so the border looks like the image
-            x = F.pad(x, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate")
+        # always (a zero-width pad is free): one graph for every size, so an ONNX export with
+        # dynamic height and width pads too; replicate works for any size, even 1 px
+        x = F.pad(x, (0, pw, 0, ph), mode="replicate")
         x = F.pixel_unshuffle(x, self.cfg.stem)
         skips = []
         for i, block in enumerate(self.down):
