@@ -10,7 +10,6 @@ defects too), so the default reads the image alone (features=None).
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from typing import Callable
 
 import numpy as np
