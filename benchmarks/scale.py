@@ -32,9 +32,9 @@ DECODE = (
     "load_dataset(sys.argv[1], int(sys.argv[2]), 'auto', workers=int(sys.argv[3])); "
     "print(time.perf_counter() - t)"
 )
-MMAP_PATCH = (
-    "import numpy as np, vaekit.train as t; "
-    "t._gather = lambda images, idx: np.ascontiguousarray(images[idx]); "
+MMAP_PATCH = (  # the old way, patched in for the A/B: batches read by indexing the memmap
+    "import numpy as np, vaekit.data, vaekit.fit; "
+    "vaekit.data._gather = vaekit.fit._gather = lambda images, idx: np.ascontiguousarray(images[idx]); "
     "from vaekit_cli.main import main; main()"
 )
 
@@ -132,7 +132,17 @@ def main() -> None:
         rows.append(row)
         print(f"  {n} images done", flush=True)
 
-    n_train = {n: n - round(n * 0.1) for n in sizes}
+    report(rows, sizes, args)
+
+
+def report(rows: list[dict], sizes: list[int], args) -> None:
+    """The table, the memory ratio and a linear fit of CPU time to the number of images."""
+    from vaekit.config import TrainConfig
+    from vaekit.data import plan_splits
+
+    cfg = TrainConfig()  # the images an epoch trains on, as `vaekit train` splits them by default
+    n_train = {n: len(plan_splits(n, cfg.val_fraction, cfg.calibration_fraction, cfg.seed, cfg.folds,
+                                  cfg.threshold_quantile).train) for n in sizes}
     print(f"\n{args.image_size}x{args.image_size} RGB PNGs, ConvVAE base_channels={args.base_channels}, "
           f"batch {args.batch_size}, {args.threads} torch thread(s), {args.workers} decode workers; 1 epoch each")
     head = ("| images | first pass: find + decode + cache (s) | epoch (s) | epoch µs/image | whole warm run (s) "

@@ -28,7 +28,9 @@ from PIL import Image
 from vaekit.config import ModelConfig, TrainConfig
 from vaekit.model import ConvVAE
 from vaekit.objective import negative_elbo
-from vaekit.train import fit, load_dataset, pick_device, split
+from vaekit.data import choose_model, image_statistics, load_dataset, plan_splits
+from vaekit.distributed import pick_device
+from vaekit.train import fit
 
 
 def write_images(folder: Path, n: int, size: int) -> None:
@@ -103,9 +105,11 @@ def main() -> None:
     write_images(folder, args.images, args.image_size)
     data = load_dataset(folder, args.image_size, "auto", cache_dir=args.work / "cache")
     model_cfg = ModelConfig(image_size=args.image_size, channels=int(data.images.shape[1]))
+    model_cfg = choose_model(model_cfg, image_statistics(data.images, np.arange(len(data.paths))))  # as `vaekit train`
     train_cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, device=args.device, compile=args.compile)
     device = pick_device(args.device)
-    train_idx, _ = split(len(data.paths), train_cfg.val_fraction, train_cfg.seed)
+    train_idx = plan_splits(len(data.paths), train_cfg.val_fraction, train_cfg.calibration_fraction, train_cfg.seed,
+                            train_cfg.folds, train_cfg.threshold_quantile).train  # the trainer's training images
     x = torch.from_numpy(np.asarray(data.images)[train_idx]).to(device).float().div_(255.0)
     bare = BareLoop(x, model_cfg, replace(train_cfg), device)
 
@@ -129,9 +133,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as out:
         fit(data, Path(out) / "run", model_cfg, train_cfg, progress=after)
 
-    n = len(train_idx)
+    report(rows, len(train_idx), len(data.paths), data.images.shape[1], device, args)
+
+
+def report(rows: list[tuple[float, float, float, float, float]], n: int, n_all: int, channels: int, device, args) -> None:
+    """The per-epoch table and the medians (the first epoch of each is warm-up)."""
     print(f"torch {torch.__version__}, device {device}, {args.threads} thread(s); {n} training images "
-          f"{data.images.shape[1]}x{args.image_size}x{args.image_size}, batch {args.batch_size}, ConvVAE defaults")
+          f"{channels}x{args.image_size}x{args.image_size}, batch {args.batch_size}, ConvVAE defaults")
     print("images/s per epoch (wall clock; CPU: images per CPU-second of this process)")
     print(f"{'epoch':>5} {'trainer':>8} {'bare':>8} {'ratio':>6} {'trainer CPU':>12} {'bare CPU':>9} {'ratio':>6} {'trainer whole epoch':>20}")
     for e, (tw, tc, w, bw, bc) in enumerate(rows, 1):
@@ -148,7 +156,7 @@ def main() -> None:
           f"ratio {wall:.3f} (target >= 0.95)")
     print(f"median of epochs 2-{len(rows)}, CPU time:   trainer {med(1):.0f} img/s, bare loop {med(4):.0f} img/s, "
           f"ratio {cpu:.3f}")
-    print(f"trainer's whole epoch incl. validation ({len(data.paths) - n} images) and checkpoint: "
+    print(f"trainer's whole epoch incl. validation ({n_all - n} images) and checkpoint: "
           f"{med(2):.0f} img/s, ratio {med(2) / med(3):.3f}")
 
 

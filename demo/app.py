@@ -184,6 +184,8 @@ def _wire_train(w: SimpleNamespace, ctx: _Context) -> None:
             elif ev.phase == "train":
                 progress((ev.done, ev.total), desc=f"epoch {m['epoch']}/{m['epochs']} · loss {m['loss']:.2f}",
                          unit="batches")
+            elif ev.phase == "crossfit":  # a few images: one more model per fold, for out-of-sample scores
+                progress((ev.done, ev.total), desc="training the fold models", unit="models")
             elif ev.phase == "epoch":
                 rows += [{"epoch": m["epoch"], "loss": m["train_loss"], "split": "train"},
                          {"epoch": m["epoch"], "loss": m["val_loss"], "split": "validation"}]

@@ -25,94 +25,125 @@ WAIT = 120_000  # ms: a busy CPU can be slow
 
 
 def take(run: Path, data: Path, out: Path, runs_dir: Path | None = None, width: int = 1280) -> list[Path]:
-    from playwright.sync_api import expect, sync_playwright
+    """One screenshot per tab (SHOTS, in order) of the app on `run`, written to `out`."""
+    from playwright.sync_api import sync_playwright
 
     from vaekit_demo.app import build_app, launch
 
     out.mkdir(parents=True, exist_ok=True)
-    normal = sorted((data / "test" / "normal").glob("*.png"))
-    anomalous = sorted((data / "test" / "anomalous").glob("*.png"))
     tmp = Path(tempfile.mkdtemp(prefix="vaekit-shots-"))
     app = build_app(run, runs_dir=runs_dir or tmp / "runs", data_root=Path(os.path.commonpath([data, run])))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     _, url, _ = launch(app, port=port, prevent_thread_lock=True, quiet=True)
-    shots = []
     try:
         with sync_playwright() as p:
             ctx = p.chromium.launch_persistent_context(str(tmp / "profile"), executable_path=CHROMIUM, args=FLAGS,
                                                        headless=True, viewport={"width": width, "height": 900})
-            page = ctx.new_page()
-            page.goto(url)
-
-            def tab(name: str):
-                page.get_by_role("tab", name=name).click()
-
-            def upload(elem: str, files):
-                page.locator(f"{elem} input[type=file]").set_input_files([str(f) for f in files])
-                expect(page.locator(f"{elem} .stem")).to_have_count(len(files), timeout=WAIT)  # uploaded
-
-            def shot(name: str):
-                page.wait_for_timeout(800)  # let plots finish drawing
-                page.evaluate("window.scrollTo(0, 0)")
-                path = out / f"{name}.png"
-                page.screenshot(path=str(path), full_page=True)
-                shots.append(path)
-
-            tab("Compress")
-            upload("#compress-files", normal[:4] + anomalous[4:6])
-            page.locator("#compress-btn").click()
-            page.locator("#compress-summary").get_by_text("bytes").first.wait_for(timeout=WAIT)
-            page.locator("#compress-gallery img").first.wait_for(timeout=WAIT)
-            shot("compress")
-
-            tab("Anomaly")
-            upload("#anomaly-files", normal[:4] + anomalous[4:8])
-            page.locator("#score-btn").click()
-            page.locator("#anomaly-summary").get_by_text("anomalous").first.wait_for(timeout=WAIT)
-            page.locator("#heatmaps img").first.wait_for(timeout=WAIT)
-            shot("anomaly")
-
-            tab("Generate")
-            page.locator("#sample-btn").click()
-            page.locator("#interp-a input[type=file]").set_input_files(str(normal[0]))
-            page.locator("#interp-b input[type=file]").set_input_files(str(anomalous[0]))
-            page.locator("#interp-b img").wait_for(timeout=WAIT)
-            page.locator("#interp-btn").click()
-            page.locator("#samples img").wait_for(timeout=WAIT)
-            page.locator("#strip img").wait_for(timeout=WAIT)
-            shot("generate")
-
-            tab("Latent space")
-            page.locator("#latent-folder textarea, #latent-folder input").first.fill(str(data / "train"))
-            page.locator("#latent-btn").click()
-            plot = page.locator("#latent-plot svg.marks")
-            page.locator("#latent-plot g.mark-symbol path").first.wait_for(timeout=WAIT)  # the points are drawn
-            page.wait_for_timeout(1500)
-            plot.scroll_into_view_if_needed()
-            box = plot.bounding_box()
-            if box:  # drag across the middle of the plot: the images there appear below it
-                y = box["y"] + box["height"] * 0.5
-                page.mouse.move(box["x"] + box["width"] * 0.55, y)
-                page.mouse.down()
-                page.mouse.move(box["x"] + box["width"] * 0.65, y + 20, steps=10)
-                page.mouse.up()
-                page.locator("#latent-picked img").first.wait_for(timeout=WAIT)
-            shot("latent")
-
-            tab("Train")
-            page.locator("#train-folder textarea, #train-folder input").first.fill(str(data / "train"))
-            for elem, value in (("#train-size", "32"), ("#train-epochs", "8")):
-                page.locator(f"{elem} input[type=number]").fill(value)
-                page.locator(f"{elem} input[type=number]").press("Enter")
-            page.locator("#train-btn").click()
-            page.locator("#train-status").get_by_text("Done").wait_for(timeout=10 * WAIT)
-            shot("train")
+            page = _Page(ctx.new_page(), out, data)
+            page.page.goto(url)
+            for shot in SHOTS:
+                shot(page)
             ctx.close()
     finally:
         app.close()
-    return shots
+    return page.shots
+
+
+class _Page:
+    """The app's page in the browser, with the steps every screenshot uses."""
+
+    def __init__(self, page, out: Path, data: Path):
+        self.page, self.out, self.data, self.shots = page, out, data, []
+        self.normal = sorted((data / "test" / "normal").glob("*.png"))
+        self.anomalous = sorted((data / "test" / "anomalous").glob("*.png"))
+
+    def tab(self, name: str) -> None:
+        self.page.get_by_role("tab", name=name).click()
+
+    def upload(self, elem: str, files) -> None:
+        from playwright.sync_api import expect
+
+        self.page.locator(f"{elem} input[type=file]").set_input_files([str(f) for f in files])
+        expect(self.page.locator(f"{elem} .stem")).to_have_count(len(files), timeout=WAIT)  # uploaded
+
+    def wait(self, selector: str, text: str | None = None, timeout: int = WAIT) -> None:
+        where = self.page.locator(selector)
+        (where.get_by_text(text) if text else where).first.wait_for(timeout=timeout)
+
+    def shot(self, name: str) -> None:
+        self.page.wait_for_timeout(800)  # let plots finish drawing
+        self.page.evaluate("window.scrollTo(0, 0)")
+        path = self.out / f"{name}.png"
+        self.page.screenshot(path=str(path), full_page=True)
+        self.shots.append(path)
+
+
+def _compress(pg: _Page) -> None:
+    pg.tab("Compress")
+    pg.upload("#compress-files", pg.normal[:4] + pg.anomalous[4:6])
+    pg.page.locator("#compress-btn").click()
+    pg.wait("#compress-summary", "bytes")
+    pg.wait("#compress-gallery img")
+    pg.shot("compress")
+
+
+def _anomaly(pg: _Page) -> None:
+    pg.tab("Anomaly")
+    pg.upload("#anomaly-files", pg.normal[:4] + pg.anomalous[4:8])
+    pg.page.locator("#score-btn").click()
+    pg.wait("#anomaly-summary", "anomalous")
+    pg.wait("#heatmaps img")
+    pg.shot("anomaly")
+
+
+def _generate(pg: _Page) -> None:
+    pg.tab("Generate")
+    pg.page.locator("#sample-btn").click()
+    pg.page.locator("#interp-a input[type=file]").set_input_files(str(pg.normal[0]))
+    pg.page.locator("#interp-b input[type=file]").set_input_files(str(pg.anomalous[0]))
+    pg.wait("#interp-b img")
+    pg.page.locator("#interp-btn").click()
+    pg.wait("#samples img")
+    pg.wait("#strip img")
+    pg.shot("generate")
+
+
+def _latent(pg: _Page) -> None:
+    page = pg.page
+    pg.tab("Latent space")
+    page.locator("#latent-folder textarea, #latent-folder input").first.fill(str(pg.data / "train"))
+    page.locator("#latent-btn").click()
+    plot = page.locator("#latent-plot svg.marks")
+    pg.wait("#latent-plot g.mark-symbol path")  # the points are drawn
+    page.wait_for_timeout(1500)
+    plot.scroll_into_view_if_needed()
+    box = plot.bounding_box()
+    if box:  # drag across the middle of the plot: the images there appear below it
+        y = box["y"] + box["height"] * 0.5
+        page.mouse.move(box["x"] + box["width"] * 0.55, y)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] * 0.65, y + 20, steps=10)
+        page.mouse.up()
+        pg.wait("#latent-picked img")
+    pg.shot("latent")
+
+
+def _train(pg: _Page) -> None:
+    page = pg.page
+    pg.tab("Train")
+    page.locator("#train-folder textarea, #train-folder input").first.fill(str(pg.data / "train"))
+    for elem, value in (("#train-size", "32"), ("#train-epochs", "8")):
+        page.locator(f"{elem} input[type=number]").fill(value)
+        page.locator(f"{elem} input[type=number]").press("Enter")
+    page.locator("#train-btn").click()
+    pg.wait("#train-status", "Done", timeout=10 * WAIT)
+    pg.shot("train")
+
+
+# the Train tab goes last: training makes its run the app's model
+SHOTS = (_compress, _anomaly, _generate, _latent, _train)
 
 
 def main() -> None:

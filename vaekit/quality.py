@@ -97,6 +97,26 @@ class ReconstructReport:
         }
 
 
+def _targets(source, out_dir: Path, overwrite: bool, grid_max: int):
+    """(the inputs, each one's PNG name relative to out_dir, the comparison grid's path), every
+    target checked by the output rule before anything is read."""
+    from vaekit import codes, stream
+    from vaekit.fileio import refuse_existing, refuse_inside
+
+    if not isinstance(grid_max, int) or isinstance(grid_max, bool) or grid_max < 1:
+        raise BadInput(f"invalid grid_max {grid_max!r}: expected an integer >= 1")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BadInput(f"output {out_dir} exists and is not a folder")
+    refuse_inside(out_dir, source, "output folder")  # its PNGs would be read back as inputs
+    found = stream.find_inputs(source)
+    targets = codes.png_names(found.names)
+    grid = out_dir / GRID
+    if GRID in targets:
+        raise BadInput(f"an input image would be written to {grid}, the comparison grid; rename it or pick another input")
+    refuse_existing([*(out_dir / t for t in targets), grid], overwrite)
+    return found, targets, grid
+
+
 def reconstruct_folder(
     model: "Model",
     source: str | Path,
@@ -113,21 +133,10 @@ def reconstruct_folder(
     inputs, each followed by its reconstruction. Every target is checked before writing.
     Streams: images are decoded, reconstructed and written a batch at a time.
     """
-    from vaekit import codes, pipeline, stream
-    from vaekit.fileio import refuse_existing, refuse_inside
+    from vaekit import pipeline, stream
 
-    if not isinstance(grid_max, int) or isinstance(grid_max, bool) or grid_max < 1:
-        raise BadInput(f"invalid grid_max {grid_max!r}: expected an integer >= 1")
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise BadInput(f"output {out_dir} exists and is not a folder")
-    refuse_inside(out_dir, source, "output folder")  # its PNGs would be read back as inputs
-    found = stream.find_inputs(source)
-    targets = codes.png_names(found.names)  # relative to out_dir
-    grid = out_dir / GRID
-    if GRID in targets:
-        raise BadInput(f"an input image would be written to {grid}, the comparison grid; rename it or pick another input")
-    refuse_existing([*(out_dir / t for t in targets), grid], overwrite)
+    found, targets, grid = _targets(source, out_dir, overwrite, grid_max)
     info = model.info
     kept, written, psnrs, ssims, shown, skipped, done = [], [], [], [], [], [], 0
 

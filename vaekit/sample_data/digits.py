@@ -56,45 +56,9 @@ def write_digits(
     images, unless `overwrite` is true.
     """
     root = Path(root)
-    if not isinstance(normal, (int, np.integer)) or not 0 <= normal <= 9:
-        raise BadInput(f"normal class must be 0..9, got {normal!r}")
-    from vaekit.config import MAX_IMAGE_SIZE  # here: the module's own imports stay numpy and Pillow
-
-    if not isinstance(size, (int, np.integer)) or not 8 <= size <= MAX_IMAGE_SIZE:
-        raise BadInput(f"size must be an integer from 8 to {MAX_IMAGE_SIZE} (the digits are 8x8), got {size!r}")
-    if not 0.0 < test_fraction < 1.0:
-        raise BadInput(f"test_fraction must be strictly between 0 and 1, got {test_fraction!r}")
-    check_seed(seed)
-
-    # sklearn is heavy to import, only this function needs it, and it comes with the train extra.
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError as e:
-        raise MissingExtra(
-            "write_digits needs scikit-learn: pip install 'vaekit[train]' or scikit-learn"
-        ) from e
-
-    digits = load_digits()
-    images, labels = digits.images, digits.target  # (1797, 8, 8) values 0..16, (1797,)
-    others = [c for c in range(10) if c != normal]
-    n_others = int(np.isin(labels, others).sum())
-    if n_anomalous is None:
-        n_anomalous = n_others
-    if not isinstance(n_anomalous, (int, np.integer)) or not 1 <= n_anomalous <= n_others:
-        raise BadInput(
-            f"n_anomalous must be None or between 1 and {n_others}, got {n_anomalous!r}"
-        )
-
-    rng = np.random.default_rng(seed)
-    normal_idx = rng.permutation(np.flatnonzero(labels == normal))
-    # Keep at least one image on each side, whatever the fraction.
-    n_test = min(max(round(len(normal_idx) * test_fraction), 1), len(normal_idx) - 1)
-    splits = {
-        "train": np.sort(normal_idx[n_test:]),
-        "test/normal": np.sort(normal_idx[:n_test]),
-        "test/anomalous": _balanced_sample(rng, labels, others, n_anomalous),
-    }
-
+    _check(normal, size, test_fraction, seed)
+    images, labels = _load_digits()  # (1797, 8, 8) values 0..16, (1797,)
+    splits = _splits(labels, normal, test_fraction, n_anomalous, seed)
     prepare_folders(root, _DIGIT_FOLDERS, overwrite)
     total = sum(len(v) for v in splits.values())
     done = 0
@@ -118,3 +82,50 @@ def write_digits(
         " sklearn.datasets.load_digits().\n"
     )
     return SampleDataReport(root=root, counts=counts)
+
+
+def _check(normal, size, test_fraction, seed) -> None:
+    if not isinstance(normal, (int, np.integer)) or not 0 <= normal <= 9:
+        raise BadInput(f"normal class must be 0..9, got {normal!r}")
+    from vaekit.config import MAX_IMAGE_SIZE  # here: the module's own imports stay numpy and Pillow
+
+    if not isinstance(size, (int, np.integer)) or not 8 <= size <= MAX_IMAGE_SIZE:
+        raise BadInput(f"size must be an integer from 8 to {MAX_IMAGE_SIZE} (the digits are 8x8), got {size!r}")
+    if not 0.0 < test_fraction < 1.0:
+        raise BadInput(f"test_fraction must be strictly between 0 and 1, got {test_fraction!r}")
+    check_seed(seed)
+
+
+def _load_digits() -> tuple[np.ndarray, np.ndarray]:
+    # sklearn is heavy to import, only this function needs it, and it comes with the train extra.
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as e:
+        raise MissingExtra(
+            "write_digits needs scikit-learn: pip install 'vaekit[train]' or scikit-learn"
+        ) from e
+
+    digits = load_digits()
+    return digits.images, digits.target
+
+
+def _splits(labels: np.ndarray, normal: int, test_fraction: float, n_anomalous: int | None,
+            seed: int) -> dict[str, np.ndarray]:
+    """Which images go to each folder (indices into load_digits()), drawn with `seed`."""
+    others = [c for c in range(10) if c != normal]
+    n_others = int(np.isin(labels, others).sum())
+    if n_anomalous is None:
+        n_anomalous = n_others
+    if not isinstance(n_anomalous, (int, np.integer)) or not 1 <= n_anomalous <= n_others:
+        raise BadInput(
+            f"n_anomalous must be None or between 1 and {n_others}, got {n_anomalous!r}"
+        )
+    rng = np.random.default_rng(seed)
+    normal_idx = rng.permutation(np.flatnonzero(labels == normal))
+    # Keep at least one image on each side, whatever the fraction.
+    n_test = min(max(round(len(normal_idx) * test_fraction), 1), len(normal_idx) - 1)
+    return {
+        "train": np.sort(normal_idx[n_test:]),
+        "test/normal": np.sort(normal_idx[:n_test]),
+        "test/anomalous": _balanced_sample(rng, labels, others, n_anomalous),
+    }
