@@ -1,4 +1,4 @@
-"""The demo's one static chart: validation scores, the threshold, and the scores just computed.
+"""The demo's one static chart: the scores the threshold was set on, the threshold, and the scores just computed.
 
 Built on a bare matplotlib Figure (no pyplot), which is safe to draw from Gradio's worker
 threads; gr.Plot renders it as an image.
@@ -17,7 +17,8 @@ LABELS = {"atypicality": "atypicality of the -ELBO's parts", "excess": "-ELBO ab
 
 def score_histogram(val_scores: Sequence[float], threshold: float | None, scores: Sequence[float] = (),
                     anomalous: Sequence[bool] = (), score: str = "excess"):
-    """Histogram of the model's validation scores, a line at the threshold, a tick per scored image."""
+    """Histogram of the scores the model's threshold was set on (`val_scores`: its calibration split's, or
+    cross-fitted), a line at the threshold, a tick per scored image."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7, 3), layout="constrained")
@@ -32,9 +33,9 @@ def score_histogram(val_scores: Sequence[float], threshold: float | None, scores
             bins, rng = 1, (lo - pad, hi + pad)
         else:
             rng = None
-        ax.hist(val, bins=bins, range=rng, color="#9aa5b1", label=f"validation images ({len(val)})")
+        ax.hist(val, bins=bins, range=rng, color="#9aa5b1", label=f"held-out normal images ({len(val)})")
     else:
-        ax.text(0.5, 0.6, "no validation scores stored with the model", ha="center", transform=ax.transAxes)
+        ax.text(0.5, 0.6, "no held-out scores stored with the model", ha="center", transform=ax.transAxes)
     if threshold is not None:
         ax.axvline(threshold, color="#111", linestyle="--", label=f"threshold {threshold:.2f}")
     for s, bad in zip(scores, anomalous):
@@ -53,7 +54,7 @@ def score_histogram(val_scores: Sequence[float], threshold: float | None, scores
 
 
 def threshold_range(model) -> dict:
-    """Slider settings spanning the model's validation scores, starting at its stored threshold."""
+    """Slider settings spanning the model's held-out scores, starting at its stored threshold."""
     info = model.info if model else None
     vals = list(info.val_scores) if info else []
     thr = info.threshold if info and info.threshold is not None else (max(vals) if vals else 0.0)
@@ -63,7 +64,7 @@ def threshold_range(model) -> dict:
 
 
 def model_histogram(model, threshold: float | None, result=None):
-    """The validation-score histogram of `model` at `threshold`, with a scored batch (AnomalyResult) over it."""
+    """The held-out-score histogram of `model` at `threshold`, with a scored batch (AnomalyResult) over it."""
     if model is None:
         return score_histogram([], threshold)
     done = (result.scores, result.anomalous) if result else ((), ())

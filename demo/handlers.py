@@ -131,7 +131,7 @@ class AnomalyResult:
     rows: list  # vaekit.anomaly.ScoreRow per image, `path` being the upload's file name
     overlays: list[np.ndarray]  # per image: (3, H, W) uint8 heat map of its per-pixel score over it
     threshold: float
-    score: str  # which score (the one the model's threshold and validation scores are about)
+    score: str  # which score (the one the model's threshold and held-out scores are about)
     csv: Path  # the rows as vaekit writes them (`vaekit anomaly-score --out x.csv`)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
 

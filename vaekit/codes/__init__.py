@@ -12,11 +12,10 @@ from vaekit.codes.format import (FORMAT, MAX_ORIG_PIXELS, PRECISIONS, VERSION, C
 from vaekit.codes.jobs import (DecodeReport, EncodeReport, check_model, decode_file, encode_folder, encode_images,
                                original_size, png_names, restore_size)
 from vaekit.codes.walk import LatentMap, interpolate, latent_map, project, write_grid
-from vaekit.fileio import refuse_existing  # re-exported: older callers import it from here
 
 __all__ = [
     "FORMAT", "MAX_ORIG_PIXELS", "PRECISIONS", "VERSION", "CodeFile", "CodeFileError", "DecodeReport", "EncodeReport",
     "FingerprintMismatch", "LatentMap", "QuantizeError", "check_model", "check_name", "decode_file", "encode_folder",
     "encode_images", "from_bytes", "interpolate", "latent_map", "load", "original_size", "png_names", "project",
-    "quantize", "refuse_existing", "restore_size", "save", "to_bytes", "write_grid",
+    "quantize", "restore_size", "save", "to_bytes", "write_grid",
 ]

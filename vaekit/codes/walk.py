@@ -53,7 +53,7 @@ class LatentMap:
     paths: list[Path]  # the images projected
     names: list[str]  # relative to the folder
     xy: np.ndarray  # (N, 2) the 2-D projection of the posterior means
-    scores: np.ndarray  # (N,) anomaly score of each image, nats (the model's default score)
+    scores: np.ndarray  # (N,) each image's anomaly score: the model's default score, in its score_unit
     method: str
 
 

@@ -14,7 +14,8 @@ onnxruntime ran it at ~4 GMAC/s, a tenth of this CPU's fp32 GEMM rate: 0.27 of t
 arithmetic took 0.13-0.15 ms (and 9 instead of 19 ms at batch 64). In the whole graph the
 scorer got 6% faster at batch 1 and 10% at batch 64, the decoder 14% and 12%.
 
-For int8 exports only, every stride-2 ConvTranspose (+ its LeakyReLU) becomes four "phase"
+For int8 exports of arch v1 models only (vaekit 0.1's network; the default v2 decoder resizes,
+then convolves, and has no ConvTranspose), every stride-2 ConvTranspose (+ its LeakyReLU) becomes four "phase"
 convolutions, one per output pixel parity, with exactly the taps that reach that parity, then
 an interleave (`PhaseConvTranspose`). onnxruntime has no int8 ConvTranspose kernel
 (microsoft/onnxruntime#8988), so quantisation left the decoder in fp32; as convolutions it is
@@ -118,7 +119,7 @@ class PhaseConvTranspose(nn.Module):
 
 def for_onnx(net: nn.Module, int8: bool = False) -> nn.Module:
     """A copy of a ConvVAE with its layers in their onnxruntime-friendly forms, in eval mode;
-    int8=True also replaces the decoder's ConvTranspose layers (the form to quantise)."""
+    int8=True also replaces an arch v1 decoder's ConvTranspose layers (the form to quantise)."""
     net = copy.deepcopy(net).eval()
     layers = list(net.decoder.convs)
     if isinstance(layers[-1], nn.Conv2d) and layers[-1].out_channels <= 4:
