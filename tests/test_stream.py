@@ -190,41 +190,62 @@ def test_write_behind_raises_the_writers_error_in_the_caller():
     assert i < 10  # raised at a put soon after, not only at close
 
 
+def _on_waits(w: pipeline.WriteBehind, closing, stopping=None) -> None:
+    """Run `closing()` when close() starts to wait for the writer, and `stopping()` when stop()
+    does (after a Ctrl-C): the tests order their steps by these, never by timers or by when a
+    signal happens to land, so that a loaded machine cannot reorder them."""
+    import threading
+
+    class Watched(threading.Event):
+        def wait(self, timeout=None):
+            hook = closing if timeout is None else stopping
+            if hook is not None:
+                hook()
+            return super().wait(timeout)
+
+    w._done = Watched()  # the writer sets it only when it ends, and it has not: it waits for items
+
+
 def test_write_behind_still_writes_what_it_was_given_when_the_caller_fails():
     import threading
 
     release, seen = threading.Event(), []
 
     def fn(item):
-        release.wait(5)
+        assert release.wait(10)
         seen.append(item)
 
+    w = pipeline.WriteBehind(fn, depth=2)
+    _on_waits(w, closing=release.set)  # the writer holds item 0 until the block is being left
     with pytest.raises(KeyboardInterrupt):
-        with pipeline.WriteBehind(fn, depth=2) as w:
+        with w:
             w.put(0)
             w.put(1)
-            threading.Timer(0.2, release.set).start()
             raise KeyboardInterrupt
-    assert seen == [0, 1]  # both were written before the error left the block
+    assert release.is_set() and seen == [0, 1]  # both were written before the error left the block
 
 
 def test_a_ctrl_c_while_waiting_for_the_writer_leaves_no_writer_running():
-    import signal
     import threading
 
-    release, seen = threading.Event(), []
+    in_hand, release, seen = threading.Event(), threading.Event(), []
 
     def fn(item):
-        release.wait(5)
+        in_hand.set()
+        assert release.wait(10)
         seen.append(item)
 
-    main = threading.main_thread().ident
-    threading.Timer(0.3, lambda: signal.pthread_kill(main, signal.SIGINT)).start()  # Ctrl-C during close's wait
-    threading.Timer(0.8, release.set).start()
+    def ctrl_c() -> None:  # what Python raises in close's wait when the user presses Ctrl-C
+        assert in_hand.wait(10)  # the writer holds item 0; items 1 and 2 are queued
+        raise KeyboardInterrupt
+
+    w = pipeline.WriteBehind(fn, depth=3)
+    _on_waits(w, closing=ctrl_c, stopping=release.set)  # the writer finishes its item once told to stop
     with pytest.raises(KeyboardInterrupt):
-        with pipeline.WriteBehind(fn, depth=3) as w:
+        with w:
             for i in range(3):
                 w.put(i)
+    assert release.is_set()  # stop() waited for the writer
     assert not any(t.name == "vaekit-write-behind" for t in threading.enumerate())
     assert seen == [0]  # the item in hand was finished; the queued ones were dropped, not written later
 
