@@ -269,3 +269,18 @@ def test_a_resume_from_an_older_checkpoint_still_ends_exactly_where_an_uninterru
     train(blobs, tmp_path / "cut", MODEL, tcfg(epochs=8, checkpoint_every=3), resume=True)
     a, b = load_file(tmp_path / "whole" / "model.safetensors"), load_file(tmp_path / "cut" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_finished_run_carries_the_codec_tables_so_encode_needs_no_fitting(blobs, tmp_path):
+    from typer.testing import CliRunner
+
+    from vaekit_cli.main import app
+
+    train(blobs, tmp_path / "run", MODEL, tcfg(epochs=2))
+    assert "codec" in json.loads((tmp_path / "run" / "config.json").read_text())
+    r = CliRunner().invoke(app, ["encode", str(tmp_path / "run"), str(blobs), "-o", str(tmp_path / "a.vkc"),
+                                 "--quality", "3"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["decode", str(tmp_path / "run"), str(tmp_path / "a.vkc"), "-o", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    assert len(list((tmp_path / "out").glob("*.png"))) == 24

@@ -107,9 +107,19 @@ def finish(out_dir, data, splits, train_cfg, device, crossfit=None) -> float | N
     cfg["anomaly"] = {**threshold_section(scores, train_cfg.threshold_quantile, source),
                       "calibration": calibration.stats}
     cfg["fingerprint"] = rundir.fingerprint(model.state_dict())
+    cfg["codec"] = _codec_tables(engine, data, reference_idx)
     rundir.write_config(out_dir, cfg)
     _write_preview(out_dir / rundir.PREVIEW, model, data, splits.val if len(splits.val) else splits.train, device)
     return cfg["anomaly"]["threshold"]
+
+
+def _codec_tables(engine, data, idx) -> dict:
+    """The entropy coder's tables (vaekit.codec), fitted once on training images, so that
+    `vaekit encode --quality` needs nothing more and decoding never refits them."""
+    from vaekit.codec import jobs
+    from vaekit.codec import prior as priors
+
+    return priors.to_dict(jobs.fit_prior(engine, _gather(data.images, idx)))
 
 
 def _parts(engine, data, idx):
