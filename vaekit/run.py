@@ -39,6 +39,7 @@ CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 METRICS = "metrics.jsonl"
 PREVIEW = "preview.png"
+READER = "reader.safetensors"  # a surface's defect reader (vaekit.reader), when it has one
 CHECKPOINT_DIR = "checkpoint"
 RESUME = "resume.json"
 MARKER = ".vaekit-run"
@@ -74,7 +75,7 @@ def own_files(run_dir: Path) -> list[Path]:
     """The files vaekit writes in a run directory, as they exist now (lock file excluded)."""
     run_dir = Path(run_dir)
     ckpt = run_dir / CHECKPOINT_DIR
-    names = [run_dir / n for n in (CONFIG, WEIGHTS, METRICS, PREVIEW)]
+    names = [run_dir / n for n in (CONFIG, WEIGHTS, METRICS, PREVIEW, READER)]
     names += [p for p in ckpt.glob("epoch-*.safetensors") if CHECKPOINT_NAME.fullmatch(p.name)] + [ckpt / RESUME]
     return [p for p in names + _strays(run_dir) if p.is_file() and not p.is_symlink()]
 
@@ -261,7 +262,7 @@ def _strays(run_dir: Path) -> list[Path]:
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / CHECKPOINT_DIR
     return [*ckpt_dir.glob(".epoch-*.tmp"), *ckpt_dir.glob(f".{RESUME}.*.tmp"),
-            *(p for own in (CONFIG, WEIGHTS, METRICS, PREVIEW, MARKER) for p in run_dir.glob(f".{own}.*.tmp"))]
+            *(p for own in (CONFIG, WEIGHTS, METRICS, PREVIEW, READER, MARKER) for p in run_dir.glob(f".{own}.*.tmp"))]
 
 
 def load_model(run_dir: Path, device: str | torch.device = "cpu"):
