@@ -1,0 +1,340 @@
+"""The web app's page, part by part: the header, then each tab's widgets and its wiring.
+
+Each tab is two plain functions: one lays out its widgets (a namespace of them), the other wires
+its buttons to handlers (vaekit_demo.handlers: widgets in, library call, widgets out). The
+wiring comes after every tab is laid out, because some outputs live on other tabs (a new model
+updates the Anomaly tab's threshold and the Latent tab's folder). `TABS` lists them in page order.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import gradio as gr
+import pandas as pd
+
+import vaekit
+from vaekit.engine import Model, score_unit
+from vaekit.errors import BadInput
+from vaekit_demo import figures, handlers
+from vaekit_demo.errors import guard_errors
+from vaekit_demo.security import confine, public_path
+
+
+def _data_folder(model: Model | None, data_root: Path) -> str:
+    """The folder a run was trained on (the latent-space tab's default), relative to the data
+    root; empty when the model does not know it or it lies outside (the page shows no server paths)."""
+    folder = str(getattr(model, "config", {}).get("data", {}).get("root", "")) if model else ""
+    try:
+        return Path(folder).resolve().relative_to(data_root.resolve()).as_posix() if folder else ""
+    except (ValueError, OSError):
+        return ""
+
+
+class Context:
+    """What every tab's handlers share: the app's state (vaekit_demo.app), the folders the page may
+    name, and the widgets that show the current model."""
+
+    def __init__(self, st):
+        self.st = st
+        self.roots = (st.data_root, st.runs_dir, st.workdir)
+        self.model_widgets: list = []
+
+    def guard(self, fn):
+        return guard_errors(fn, self.roots)
+
+    def public(self, path) -> str:  # a server path as the page shows it (security.public_path)
+        return public_path(path, list(self.roots))
+
+    def model_outputs(self) -> tuple:
+        rng = figures.threshold_range(self.st.model)
+        return (handlers.describe(self.st.model, self.roots), gr.Slider(**rng),
+                figures.model_histogram(self.st.model, rng["value"]), _data_folder(self.st.model, self.st.data_root))
+
+
+def header(ctx: Context) -> SimpleNamespace:
+    gr.Markdown("# vaekit\nConvolutional VAEs on your own images: train, compress, score anomalies, generate.")
+    model_md = gr.Markdown(handlers.describe(ctx.st.model, ctx.roots), elem_id="model-info")
+    with gr.Row():
+        model_path = gr.Textbox(show_label=False, placeholder="open another model: runs/NAME  or  model.onnx",
+                                scale=5, container=False)
+        open_btn = gr.Button("Open", scale=1, min_width=80, size="md")
+    return SimpleNamespace(model_md=model_md, model_path=model_path, open_btn=open_btn)
+
+
+def wire_open(w: SimpleNamespace, ctx: Context) -> None:
+    st = ctx.st
+
+    @ctx.guard
+    def open_model(path):
+        if not path:
+            raise BadInput("type the path of a run directory or an exported .onnx file")
+        st.model = vaekit.load(confine(path, [st.data_root, st.runs_dir], st.server_folders, "model path"))
+        return ctx.model_outputs()
+
+    w.open_btn.click(open_model, w.model_path, ctx.model_widgets, api_name="open_model")
+    w.model_path.submit(open_model, w.model_path, ctx.model_widgets, api_visibility="private")
+
+
+def _train_tab(ctx: Context) -> SimpleNamespace:
+    gr.Markdown("Train a new model on a folder of normal images on this machine. "
+                "When it finishes it becomes the app's model.")
+    train_folder = gr.Textbox(label="Folder of training images (searched recursively)",
+                              placeholder="/path/to/images", elem_id="train-folder")
+    with gr.Row():
+        image_size = gr.Slider(16, 256, value=64, step=8, label="Image size (pixels)", elem_id="train-size")
+        latent_dim = gr.Slider(2, 256, value=32, step=1, label="Latent dimensions")
+        epochs = gr.Slider(1, 200, value=20, step=1, label="Epochs", elem_id="train-epochs")
+    with gr.Row():
+        train_btn = gr.Button("Train", variant="primary", elem_id="train-btn")
+        stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn")
+    train_status = gr.Markdown(elem_id="train-status")
+    loss_plot = gr.LinePlot(None, x="epoch", y="loss",
+                            color="split", title="Loss (-ELBO, nats per image)", label="Loss curve")
+    return SimpleNamespace(train_folder=train_folder, image_size=image_size, latent_dim=latent_dim, epochs=epochs,
+                           train_btn=train_btn, stop_btn=stop_btn, train_status=train_status, loss_plot=loss_plot)
+
+
+def _train_message(ev, rows: list[dict], n_epochs, out: Path, folder, ctx: Context) -> str | None:
+    """What the Train tab says after event `ev` (None: nothing new to show)."""
+    m, public = ev.metrics, ctx.public
+    if ev.phase == "epoch":
+        return f"Training `{public(out)}`: epoch {m['epoch']}/{n_epochs}, validation loss {m['val_loss']:.2f} nats/image"
+    if ev.phase == "stopped":
+        return (f"**Stopped** after {len(rows) // 2} epoch(s). `{public(out)}` keeps its last checkpoint: "
+                f"continue it with `vaekit train {public(folder)} --out {public(out)} --resume` "
+                "(paths relative to the data folder).")
+    if ev.phase == "done":
+        r = ev.result
+        return (f"**Done**: `{public(r.run_dir)}`, {r.epochs_done} epochs in {r.seconds:.1f} s, best validation "
+                f"loss {r.best_val:.2f} nats/image (epoch {r.best_epoch}); it is now the app's model.")
+    return None
+
+
+def _wire_train(w: SimpleNamespace, ctx: Context) -> None:
+    st = ctx.st
+
+    @ctx.guard
+    def train(folder, size, dim, n_epochs, progress=gr.Progress()):
+        folder = confine(folder, [st.data_root], st.server_folders)
+        out = st.runs_dir / f"{Path(folder or 'run').name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        rows: list[dict] = []
+        keep = (gr.skip(),) * len(ctx.model_widgets)
+        for ev in handlers.train_events(folder, out, size, dim, n_epochs, st.stop):
+            m = ev.metrics
+            if ev.phase == "decode":
+                progress((ev.done, ev.total), desc="decoding images", unit="images")
+            elif ev.phase == "train":
+                progress((ev.done, ev.total), desc=f"epoch {m['epoch']}/{m['epochs']} · loss {m['loss']:.2f}",
+                         unit="batches")
+            elif ev.phase == "crossfit":  # a few images: one more model per fold, for out-of-sample scores
+                progress((ev.done, ev.total), desc="training the fold models", unit="models")
+            elif ev.phase == "epoch":
+                rows += [{"epoch": m["epoch"], "loss": m["train_loss"], "split": "train"},
+                         {"epoch": m["epoch"], "loss": m["val_loss"], "split": "validation"}]
+            if ev.phase == "done":
+                st.model = vaekit.load(ev.result.run_dir)
+            said = _train_message(ev, rows, n_epochs, out, folder, ctx)
+            if said is not None:
+                yield said, pd.DataFrame(rows), *(ctx.model_outputs() if ev.phase == "done" else keep)
+
+    def stop():
+        st.stop.set()
+        return "Stopping after the current batch…"
+
+    w.train_btn.click(train, [w.train_folder, w.image_size, w.latent_dim, w.epochs],
+                      [w.train_status, w.loss_plot, *ctx.model_widgets], api_name="train", show_progress_on=[w.train_status])
+    w.stop_btn.click(stop, None, w.train_status, api_name="stop", queue=False)
+
+
+def _compress_tab(ctx: Context) -> SimpleNamespace:
+    with gr.Row():
+        with gr.Column():
+            comp_files = gr.File(label="Images", file_count="multiple", file_types=["image"], elem_id="compress-files")
+            precision = gr.Radio(["q8", "f16", "f32"], value="q8", label="Code precision",
+                                 info="q8: one byte per latent dimension")
+            comp_btn = gr.Button("Compress", variant="primary", elem_id="compress-btn")
+        with gr.Column():
+            comp_summary = gr.Markdown(elem_id="compress-summary")
+            code_out = gr.File(label="Code file (download)", elem_id="code-out", height=90)
+    comp_gallery = gr.Gallery(label="Input | reconstruction from the code", format="png", columns=6,
+                              height=300, preview=False, object_fit="contain",
+                              elem_classes=["vk-pixels"], elem_id="compress-gallery")
+    comp_table = gr.Dataframe(headers=["file", "PSNR (dB)", "SSIM"], label="Quality", interactive=False)
+    gr.Markdown("### Decode a code file")
+    with gr.Row():
+        code_in = gr.File(label="Code file", elem_id="code-in", height=90)
+        decode_btn = gr.Button("Decode", elem_id="decode-btn")
+    decoded = gr.Gallery(label="Decoded images", format="png", columns=8, height=260, preview=False,
+                         elem_classes=["vk-pixels"], elem_id="decoded")
+    return SimpleNamespace(comp_files=comp_files, precision=precision, comp_btn=comp_btn, comp_summary=comp_summary,
+                           code_out=code_out, comp_gallery=comp_gallery, comp_table=comp_table, code_in=code_in,
+                           decode_btn=decode_btn, decoded=decoded)
+
+
+def _wire_compress(w: SimpleNamespace, ctx: Context) -> None:
+    st = ctx.st
+
+    @ctx.guard
+    def compress(files, prec):
+        r = handlers.compress(st.model, files, st.workdir, prec)
+        e = r.report
+        summary = (f"**{e.count} image(s)** → code file of **{e.file_bytes} bytes** ({e.bytes_per_image:.1f} "
+                   f"bytes/image, **{e.bits_per_pixel:.3f} bpp** at {e.image_size}×{e.image_size}; "
+                   f"the uploads were {e.source_bytes} bytes). Mean PSNR {r.psnr.mean():.2f} dB, "
+                   f"SSIM {r.ssim.mean():.3f}.")
+        _warn_skipped(e.skipped)
+        table = [[n, round(float(p), 2), round(float(s), 4)] for n, p, s in zip(r.names, r.psnr, r.ssim)]
+        gallery = [(handlers.hwc(x), n) for x, n in zip(r.pairs, r.names)]
+        return gallery, summary, str(e.path), table
+
+    @ctx.guard
+    def decompress(code_file):
+        names, x = handlers.decompress(st.model, code_file)
+        return [(handlers.hwc(img), n) for img, n in zip(x, names)]
+
+    w.comp_btn.click(compress, [w.comp_files, w.precision], [w.comp_gallery, w.comp_summary, w.code_out, w.comp_table],
+                     api_name="compress")
+    w.decode_btn.click(decompress, w.code_in, w.decoded, api_name="decompress")
+
+
+def _anomaly_tab(ctx: Context) -> SimpleNamespace:
+    model = ctx.st.model
+    with gr.Row():
+        with gr.Column():
+            anom_files = gr.File(label="Images to score", file_count="multiple", file_types=["image"],
+                                 elem_id="anomaly-files")
+            threshold = gr.Slider(label=f"Threshold ({score_unit(model.info.score) if model else 'score units'}): "
+                                        "a score above it is anomalous", step=0.01,
+                                  elem_id="threshold", **figures.threshold_range(model))
+            anom_btn = gr.Button("Score", variant="primary", elem_id="score-btn")
+        with gr.Column():
+            anom_summary = gr.Markdown(elem_id="anomaly-summary")
+            hist = gr.Plot(figures.model_histogram(model, figures.threshold_range(model)["value"] if model else None),
+                           label="Scores", elem_id="histogram")
+    overlays = gr.Gallery(label="Where each image is anomalous: per-pixel score over the image", format="png",
+                          columns=8, height=260, preview=False, object_fit="contain",
+                          elem_classes=["vk-pixels"], elem_id="heatmaps")
+    anom_table = gr.Dataframe(headers=handlers.ANOMALY_COLUMNS, label="Scores", interactive=False,
+                              elem_id="anomaly-table")
+    csv_out = gr.File(label="CSV (download)", elem_id="csv-out", height=90)
+    return SimpleNamespace(anom_files=anom_files, threshold=threshold, anom_btn=anom_btn, anom_summary=anom_summary,
+                           hist=hist, overlays=overlays, anom_table=anom_table, csv_out=csv_out)
+
+
+def _wire_anomaly(w: SimpleNamespace, ctx: Context) -> None:
+    st = ctx.st
+
+    @ctx.guard
+    def anomaly(files, thr):
+        r = handlers.anomaly(st.model, files, thr, st.workdir)
+        _warn_skipped(r.skipped)
+        n_bad = int(r.anomalous.sum())
+        unit = score_unit(st.model.info.score)
+        lines = [f"**{n_bad} of {len(r.names)} anomalous** at threshold {r.threshold:.2f} {unit}"]
+        lines += [f"- `{n}`: score **{s:.2f}** {unit} → {'**anomalous**' if a else 'normal'}"
+                  for n, s, a in list(zip(r.names, r.scores, r.anomalous))[:10]]
+        gallery = [(handlers.hwc(o), f"{n}: {s:.1f}") for o, n, s in zip(r.overlays, r.names, r.scores)]
+        return "\n".join(lines), figures.model_histogram(st.model, r.threshold, r), gallery, r.table(), str(r.csv)
+
+    def rethreshold(files, thr):
+        if files and st.model is not None:
+            return anomaly(files, thr)
+        return gr.skip(), figures.model_histogram(st.model, thr), gr.skip(), gr.skip(), gr.skip()
+
+    outputs = [w.anom_summary, w.hist, w.overlays, w.anom_table, w.csv_out]
+    w.anom_btn.click(anomaly, [w.anom_files, w.threshold], outputs, api_name="anomaly")
+    w.threshold.release(rethreshold, [w.anom_files, w.threshold], outputs, api_name="threshold")
+
+
+def _generate_tab(ctx: Context) -> SimpleNamespace:
+    with gr.Row():
+        with gr.Column(scale=1):
+            n_samples = gr.Slider(1, 64, value=16, step=1, label="Images")
+            temperature = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Temperature")
+            seed = gr.Number(0, precision=0, label="Seed")
+            sample_btn = gr.Button("Sample", variant="primary", elem_id="sample-btn")
+        samples = gr.Image(label="Samples from the prior", format="png", type="numpy", interactive=False,
+                           elem_classes=["vk-pixels"], scale=2, height=420, elem_id="samples")
+    gr.Markdown("### Interpolate between two images")
+    with gr.Row():
+        img_a = gr.Image(label="From", type="filepath", image_mode=None, sources=["upload"], height=200,
+                         elem_classes=["vk-pixels"], elem_id="interp-a")
+        img_b = gr.Image(label="To", type="filepath", image_mode=None, sources=["upload"], height=200,
+                         elem_classes=["vk-pixels"], elem_id="interp-b")
+        with gr.Column():
+            steps = gr.Slider(2, 16, value=8, step=1, label="Steps")
+            interp_btn = gr.Button("Interpolate", elem_id="interp-btn")
+    strip = gr.Image(label="Interpolation", format="png", type="numpy", interactive=False,
+                     elem_classes=["vk-pixels"], height=160, elem_id="strip")
+    return SimpleNamespace(n_samples=n_samples, temperature=temperature, seed=seed, sample_btn=sample_btn,
+                           samples=samples, img_a=img_a, img_b=img_b, steps=steps, interp_btn=interp_btn, strip=strip)
+
+
+def _wire_generate(w: SimpleNamespace, ctx: Context) -> None:
+    st = ctx.st
+
+    @ctx.guard
+    def sample(n, temp, sd):
+        return handlers.hwc(handlers.sample_grid(st.model, n, temp, sd))
+
+    @ctx.guard
+    def interpolate(a, b, n):
+        return handlers.hwc(handlers.interpolation_strip(st.model, a, b, n))
+
+    w.sample_btn.click(sample, [w.n_samples, w.temperature, w.seed], w.samples, api_name="sample")
+    w.interp_btn.click(interpolate, [w.img_a, w.img_b, w.steps], w.strip, api_name="interpolate")
+
+
+def _latent_tab(ctx: Context) -> SimpleNamespace:
+    with gr.Row():
+        lat_folder = gr.Textbox(_data_folder(ctx.st.model, ctx.st.data_root),
+                                label="Images to project (a folder on this machine)", scale=3, elem_id="latent-folder")
+        method = gr.Radio(["PCA", "t-SNE"], value="PCA", label="Projection")
+        limit = gr.Slider(10, 2000, value=500, step=10, label="At most this many images")
+    lat_btn = gr.Button("Project", variant="primary", elem_id="latent-btn")
+    lat_state = gr.State(None)
+    scatter = gr.ScatterPlot(pd.DataFrame({"x": [], "y": [], "score": [], "file": []}), x="x", y="y",
+                             color="score", tooltip=["file", "score"], height=420, elem_id="latent-plot",
+                             label="Codes in 2-D, coloured by anomaly score (hover: file; drag across: images)")
+    picked = gr.Gallery(label="Selected images (file · score)", format="png", columns=8, height=260,
+                        preview=False, elem_classes=["vk-pixels"], elem_id="latent-picked")
+    return SimpleNamespace(lat_folder=lat_folder, method=method, limit=limit, lat_btn=lat_btn, lat_state=lat_state,
+                           scatter=scatter, picked=picked)
+
+
+def _wire_latent(w: SimpleNamespace, ctx: Context) -> None:
+    st = ctx.st
+
+    @ctx.guard
+    def latent(folder, how, n):
+        m = handlers.latent_map(st.model, confine(folder, [st.data_root], st.server_folders), how, n)
+        df = pd.DataFrame({"x": m.xy[:, 0], "y": m.xy[:, 1], "score": m.scores, "file": m.names})
+        return df, m, []
+
+    @ctx.guard
+    def latent_select(m, evt: gr.SelectData):
+        if m is None or not isinstance(evt.index, (list, tuple)):
+            return []
+        return [(handlers.hwc(x), c) for x, c in handlers.latent_pick(st.model, m, *evt.index[:2])]
+
+    w.lat_btn.click(latent, [w.lat_folder, w.method, w.limit], [w.scatter, w.lat_state, w.picked], api_name="latent")
+    w.scatter.select(latent_select, w.lat_state, w.picked, api_visibility="private")
+
+
+# (tab title, tab id, its widgets, its wiring), in the order the page shows them
+TABS = (
+    ("Train", "train", _train_tab, _wire_train),
+    ("Compress", "compress", _compress_tab, _wire_compress),
+    ("Anomaly", "anomaly", _anomaly_tab, _wire_anomaly),
+    ("Generate", "generate", _generate_tab, _wire_generate),
+    ("Latent space", "latent", _latent_tab, _wire_latent),
+)
+
+
+def _warn_skipped(skipped) -> None:
+    if skipped:
+        shown = "; ".join(f"{p.name}: {r}" for p, r in skipped[:3])
+        gr.Warning(f"skipped {len(skipped)} unreadable file(s): {shown}")
