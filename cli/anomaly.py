@@ -17,17 +17,20 @@ TABLE_ROWS = 20  # the terminal shows at most this many images (the most anomalo
 
 class Score(str, Enum):
     atypicality = "atypicality"
+    defect = "defect"
     excess = "excess"
     neg_elbo = "neg_elbo"
     recon = "recon"
     kl = "kl"
 
 
-SCORE_HELP = ("atypicality (default): each part of the image's -ELBO compared with normal images as a z-score "
-              "(reconstruction or KL too high, the -ELBO too low; per neighbourhood with a latent grid), the squares "
-              "of those pointing the anomalous way added up (sd²); models from vaekit 0.1 score excess instead. "
-              "excess: -ELBO minus the image's own floor, the NLL of a perfect reconstruction; neg_elbo: the plain "
-              "-ELBO; recon / kl: its two terms (nats). Higher = more anomalous.")
+SCORE_HELP = ("Default: the model's own. defect (surfaces): the defect reader's largest smoothed defect probability. "
+              "atypicality (objects): typicality tests against normal images, each a z-score, the squares of those "
+              "pointing the anomalous way added up (sd²): the reconstruction's error too high, the code too far from "
+              "the prior's centre, the image simpler than normal (for surfaces: reconstruction and KL too high or too "
+              "low in any neighbourhood, the -ELBO too low); models from vaekit 0.1 score excess. excess: -ELBO minus "
+              "the image's own floor; neg_elbo: the plain -ELBO; recon / kl: its two terms (nats). "
+              "Higher = more anomalous.")
 SAMPLES_HELP = ("0: evaluate at the posterior mean (deterministic, the default). K: average K posterior draws, "
                 "each image's noise seeded by its pixels, so still the same on every run.")
 IWAE_HELP = ("Estimate -log p(x) with the importance-weighted bound over --samples draws (64 if not given): "
@@ -39,7 +42,7 @@ def anomaly_score(
     inputs: Annotated[List[Path], typer.Argument(help="Image files or folders (searched recursively).", exists=True)],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write every row to a .csv or .json file.")] = None,
     maps: Annotated[Optional[Path], typer.Option(help="Folder for per-pixel anomaly heat maps (PNG over each image).")] = None,
-    score: Annotated[Score, typer.Option(help=SCORE_HELP)] = Score.atypicality,
+    score: Annotated[Optional[Score], typer.Option(help=SCORE_HELP)] = None,
     samples: Annotated[int, typer.Option(min=0, help=SAMPLES_HELP)] = 0,
     iwae: Annotated[bool, typer.Option("--iwae", help=IWAE_HELP)] = False,
     threshold: Annotated[Optional[float], typer.Option(help="Flag scores above this (in the score's unit) instead of the stored threshold.")] = None,
@@ -69,7 +72,7 @@ def anomaly_score(
     samples = samples or (64 if iwae else 0)
     m = load_model(model, device)
     with progress_bar(transient=True) as bars:
-        report = anomaly.score_to_file(m, inputs, out, maps, samples=samples, score=score.value, iwae=iwae,
+        report = anomaly.score_to_file(m, inputs, out, maps, samples=samples, score=score.value if score else None, iwae=iwae,
                                        threshold=threshold, overwrite=overwrite, resume=resume, shard=share,
                                        batch_size=batch_size, workers=workers, progress=_bar(bars), top=TABLE_ROWS)
     if fail_on_anomaly and report.plan.threshold is None:
@@ -134,7 +137,7 @@ def evaluate(
     masks: Annotated[Optional[Path], typer.Option(help="Folder of ground-truth masks for the anomalous images "
                                                        "(same name, or NAME_mask.png): adds pixel-level AUROC.",
                                                   exists=True, file_okay=False)] = None,
-    score: Annotated[Score, typer.Option(help=SCORE_HELP)] = Score.atypicality,
+    score: Annotated[Optional[Score], typer.Option(help=SCORE_HELP)] = None,
     samples: Annotated[int, typer.Option(min=0, help=SAMPLES_HELP)] = 0,
     iwae: Annotated[bool, typer.Option("--iwae", help=IWAE_HELP)] = False,
     threshold: Annotated[Optional[float], typer.Option(help="Threshold for the F1 at threshold (default: stored).")] = None,
@@ -155,7 +158,7 @@ def evaluate(
     samples = samples or (64 if iwae else 0)
     m = load_model(model, device)
     with progress_bar(transient=True) as bars:
-        ev = anomaly.evaluate(m, normal, anomalous, masks=masks, samples=samples, score=score.value, iwae=iwae,
+        ev = anomaly.evaluate(m, normal, anomalous, masks=masks, samples=samples, score=score.value if score else None, iwae=iwae,
                               threshold=threshold, progress=_bar(bars))
     if plot is not None:
         anomaly.plot_roc(ev, plot, overwrite=overwrite)

@@ -61,6 +61,8 @@ def train(
     folds: Annotated[int, typer.Option(help="Cross-fitting: -1 auto (5 fold models below 200 images, so every image "
                                             "gets an out-of-sample score), 0 off, K >= 2 folds.")] = -1,
     crop: Annotated[int, typer.Option(help="A surface (grid) model trains on random crops of N px; 0 = auto (64).")] = 0,
+    reader: Annotated[bool, typer.Option(help="A surface (grid) model also trains a defect reader on synthetic "
+                                              "defects, which gives its default score (defect).")] = True,
     threshold_quantile: Annotated[float, typer.Option(help="Anomaly threshold: this quantile of normal scores "
                                                            "never used for training (the target false-positive rate is 1 - q).")] = 0.99,
     seed: Annotated[int, typer.Option(help="Seed for split, init, shuffling and noise.")] = 0,
@@ -83,7 +85,7 @@ def train(
                             base_channels=base_channels, likelihood=likelihood.value, layout=layout.value)
     train_cfg = TrainConfig(epochs=epochs or 0, batch_size=batch_size, lr=lr, beta=beta, kl_warmup=kl_warmup,
                             seed=seed, val_fraction=val_fraction, calibration_fraction=calibration_fraction, device=device.value, amp=amp, compile=compile,
-                            threshold_quantile=threshold_quantile, folds=folds, crop=crop)
+                            threshold_quantile=threshold_quantile, folds=folds, crop=crop, reader=reader)
     with progress_bar() as bars, _stop_on_ctrl_c() as stop:
         reporter = _Reporter(bars)
         result, data = run_training(images, out, model_cfg, train_cfg, channels=ch, resume=resume, overwrite=overwrite,
@@ -120,7 +122,7 @@ def _stop_on_ctrl_c():
 
 # options that set a config field, for --resume to check against the run's own settings
 _CONFIG_OPTIONS = ("image_size", "latent_dim", "layout", "base_channels", "likelihood", "batch_size", "lr", "beta", "kl_warmup",
-                   "val_fraction", "calibration_fraction", "threshold_quantile", "seed", "folds", "crop")
+                   "val_fraction", "calibration_fraction", "threshold_quantile", "seed", "folds", "crop", "reader")
 
 
 def _given(ctx: typer.Context, channels) -> dict:
@@ -164,7 +166,8 @@ class _Reporter:
         if key != self.key:
             if self.task is not None:
                 self.bars.remove_task(self.task)
-            desc = {"decode": "decoding images", "crossfit": "fold models for the threshold"}.get(
+            desc = {"decode": "decoding images", "crossfit": "fold models for the threshold",
+                     "reader": "defect reader"}.get(
                 phase, f"epoch {m.get('epoch')}/{m.get('epochs')}")
             self.task, self.key = self.bars.add_task(desc, total=total, info=""), key
         info = ""

@@ -123,6 +123,7 @@ class TrainConfig:
     grad_clip: float = 0.0  # clip the global gradient norm to this (0: off, plain AdamW as in the paper)
     crop: int = 0  # a grid (surface) model trains on random crops of this many pixels; 0 = auto (64 when larger)
     checkpoint_every: int = 0  # epochs between checkpoints (the first and last always); 0 = auto (~50 steps apart)
+    reader: bool = True  # a surface (grid) model also trains a defect reader (vaekit.reader), its default score
     folds: int = -1  # cross-fitting (vaekit.data.plan_splits): -1 auto (5 folds below 200 images), 0 off, K >= 2 folds
 
     def __post_init__(self) -> None:
@@ -152,6 +153,8 @@ class TrainConfig:
             raise BadInput(f"crop must be 0 (auto) or 16 to {MAX_IMAGE_SIZE} pixels, got {self.crop!r}")
         if isinstance(self.checkpoint_every, bool) or not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
             raise BadInput(f"checkpoint_every must be an integer >= 0 (0: auto), got {self.checkpoint_every!r}")
+        if not isinstance(self.reader, bool):
+            raise BadInput(f"reader must be true or false, got {self.reader!r}")
         if isinstance(self.folds, bool) or not isinstance(self.folds, int) or self.folds < -1 or self.folds == 1 \
                 or self.folds > 100:
             raise BadInput(f"folds must be -1 (auto), 0 (off) or 2 to 100, got {self.folds!r}")

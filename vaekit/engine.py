@@ -154,7 +154,7 @@ class Model:
         return self.decode(z)
 
     def iter_scores(self, inputs: str | Path | Sequence[str | Path], batch_size: int | None = None,
-                    samples: int = 0, score: str = DEFAULT_SCORE, iwae: bool = False, maps: bool = False,
+                    samples: int = 0, score: str | None = None, iwae: bool = False, maps: bool = False,
                     workers: int = 0):
         """Scores of the images under `inputs`, one `Scores` per batch (with its `paths` and the
         files it `skipped`), decoded and scored batch by batch: for folders too large for memory.
@@ -181,7 +181,7 @@ class Model:
         self,
         x,
         samples: int = 0,
-        score: str = DEFAULT_SCORE,
+        score: str | None = None,
         iwae: bool = False,
         progress: Progress | None = None,
         maps: bool = True,
@@ -192,8 +192,10 @@ class Model:
         of them (decoded with the model's preprocessing; `paths` and `skipped` of the result say
         which files the rows are). For folders too large for memory use `iter_scores`.
 
-        score: "atypicality" (default) combines standardised tests of the -ELBO's parts against
-        normal images (vaekit/scoring.py, Calibration); a model trained before it
+        score: None (default) is the model's own default score (ModelInfo.score): "defect" for a
+        surface model with a defect reader (the reader's largest smoothed defect probability,
+        vaekit.reader), else "atypicality", which combines standardised tests of the -ELBO's
+        parts against normal images (vaekit/scoring.py, Calibration); a model trained before it
         existed has no calibration and scores "excess" instead (Scores.name says which).
         "excess" is the -ELBO minus the image's floor (`pixel_floor`), i.e. the nats by which the
         model falls short of a perfect reconstruction plus the KL. "neg_elbo" is the plain -ELBO;
@@ -255,19 +257,31 @@ class Model:
                 chosen[sl], amap = self.calibration().score(parts, maps=maps)
                 if maps:
                     pmap[sl] = amap
-            elif maps:
+            elif maps and score != "defect":
                 pmap[sl] = m_sum - fmap if score == "excess" else m_sum
             if progress:
                 progress(sl.stop, n)
         excess = nll - floor
-        if score != "atypicality":
+        if score == "defect":
+            chosen, defect_map = self._read(x)
+            if maps:
+                pmap = defect_map.astype(np.float32)
+        elif score != "atypicality":
             chosen = {"excess": excess, "neg_elbo": nll, "recon": recon, "kl": kl}[score]
         estimator = "iwae" if iwae else ("samples" if samples else "mean")
         # bits/dim is always the -ELBO's (or the IWAE estimate's), whatever score is chosen
         return Scores(chosen, nll, recon, kl, pmap, nll / (self.info.dims * math.log(2)), excess=excess, floor=floor,
                       name=score, estimator=estimator, paths=paths, skipped=skipped)
 
-    def effective_score(self, score: str, samples: int = 0, iwae: bool = False) -> tuple[str, str | None]:
+    def _read(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The defect reader's (image scores (N,), maps (N, H, W)) of uint8 images (engines that have one)."""
+        raise NotImplementedError
+
+    @property
+    def has_reader(self) -> bool:
+        return False
+
+    def effective_score(self, score: str | None, samples: int = 0, iwae: bool = False) -> tuple[str, str | None]:
         """The score a request computes, and why when it is not the one asked for.
 
         The atypicality is calibrated on the -ELBO's parts at the posterior mean (z = mu): with
@@ -275,8 +289,17 @@ class Model:
         its parts) it would be measured against statistics of another estimator, so those score
         `excess` (nats) instead, and say so. Models trained before the atypicality existed
         have no calibration and score `excess` too."""
+        if score is None:
+            score = self.info.score if self.info.score in SCORES else DEFAULT_SCORE
         if score not in SCORES:
             raise BadInput(f"score must be one of {SCORES}, got {score!r}")
+        if score == "defect" and not self.has_reader:
+            why = ("this engine cannot run the defect reader (an ONNX export carries the VAE only)" if
+                   self.info.score == "defect" else "the model has no defect reader (surface models of vaekit >= 0.3 have one)")
+            fallback, note = self.effective_score("atypicality", samples, iwae)
+            return fallback, f"{why}: the score is {fallback}" + (f"; {note}" if note else "")
+        if score == "defect" and iwae:
+            return "excess", "--iwae bounds -log p(x) as a whole, so the score is excess (nats), not the defect score"
         if score != "atypicality":
             return score, None
         if iwae:

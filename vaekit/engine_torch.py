@@ -46,6 +46,34 @@ class TorchModel(Model):
             log_scale=None if log_scale is None else [float(v) for v in log_scale.detach().cpu()],
             **threshold_fields(cfg.get("anomaly"), Path(run_dir) / rundir.CONFIG),
         )
+        self.info.reader = cfg.get("reader")
+        if self.info.reader is not None and not (Path(run_dir) / rundir.READER).is_file():
+            raise rundir.RunError(f"{Path(run_dir) / rundir.READER} is missing (the run's defect reader); retrain the model")
+        self._reader = None
+
+    @property
+    def has_reader(self) -> bool:
+        return getattr(self.info, "reader", None) is not None
+
+    def _read(self, x):
+        """The defect reader's scores and maps of uint8 images, read on the CPU in tiles."""
+        from vaekit.finish_reader import READ_TILE
+        from vaekit.reader.net import ReaderConfig
+        from vaekit.reader.train import load_reader, read
+
+        if self._reader is None:
+            try:
+                cfg = ReaderConfig(**{**self.info.reader, "shapes": tuple(self.info.reader.get("shapes", ()))})
+            except (TypeError, ValueError) as e:
+                raise rundir.RunError(f"{self.info.source / rundir.CONFIG}: the stored reader settings are damaged "
+                                      f"({e}); retrain the model") from None
+            state, _ = rundir.load_tensors(self.info.source / rundir.READER, "defect reader")
+            try:
+                self._reader = load_reader(state, cfg)
+            except (RuntimeError, KeyError) as e:
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise rundir.RunError(f"{self.info.source / rundir.READER} does not fit this run: {first}") from None
+        return read(self._reader, x, tile=READ_TILE)
 
     @classmethod
     def from_net(cls, net, device: torch.device, source: str | Path = "<in memory>") -> "TorchModel":

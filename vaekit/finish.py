@@ -71,7 +71,7 @@ class Scored:
                    {k: np.concatenate([i.nats[k] for i in items]) for k in THRESHOLD_SCORES})
 
 
-def finish(out_dir, data, splits, train_cfg, device, crossfit=None) -> float | None:
+def finish(out_dir, data, splits, train_cfg, device, crossfit=None, progress=None, should_stop=None) -> float | None:
     """With the best weights: fit the atypicality score's statistics on images the model never
     trained on, then set the threshold from the scores of images that fitted neither the model
     nor the statistics, so the false-positive rate it promises is not biased low.
@@ -104,8 +104,20 @@ def finish(out_dir, data, splits, train_cfg, device, crossfit=None) -> float | N
         scores, source = _crossfitted(calibration, folds, reference), "cross-fitted"
     else:
         scores, source = _held_out(engine, data, splits, calibration, reference)
-    cfg["anomaly"] = {**threshold_section(scores, train_cfg.threshold_quantile, source),
+    default = "atypicality"
+    if grid and train_cfg.reader:
+        from vaekit.finish_reader import train_and_calibrate
+
+        reader = train_and_calibrate(out_dir, data, splits, train_cfg, progress, should_stop)
+        if reader is None:
+            return None
+        cfg["reader"], scores["defect"], default = reader.config, reader.scores, "defect"
+        # a threshold per score, each from images its score never trained on; "defect" from the
+        # reader's own held-out images, which may be fewer than the others'
+    cfg["anomaly"] = {**threshold_section(scores, train_cfg.threshold_quantile, source, default=default),
                       "calibration": calibration.stats}
+    if default == "defect":
+        cfg["anomaly"]["source"] = reader.source
     cfg["fingerprint"] = rundir.fingerprint(model.state_dict())
     cfg["codec"] = _codec_tables(engine, data, reference_idx)
     rundir.write_config(out_dir, cfg)

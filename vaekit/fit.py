@@ -346,13 +346,13 @@ def fit(
     result = TrainResult(out_dir, str(device), len(history), best["epoch"] + 1, best["val"], history,
                          seconds=time.perf_counter() - t_start, rank=dist.rank, stopped=stopped)
     if dist.main and not stopped:
-        crossfit = None
-        if splits.crossfit:
-            from vaekit.crossfit import crossfit_scores
+        from functools import partial
 
-            def crossfit(summarise):
-                return crossfit_scores(data, splits, model_cfg, train_cfg, device, summarise, progress, should_stop)
-        result.threshold = finish(out_dir, data, splits, train_cfg, device, crossfit)
+        from vaekit.crossfit import crossfit_scores
+
+        crossfit = partial(crossfit_scores, data, splits, model_cfg, train_cfg, device, progress=progress,
+                           should_stop=should_stop) if splits.crossfit else None
+        result.threshold = finish(out_dir, data, splits, train_cfg, device, crossfit, progress, should_stop)
         result.stopped = result.threshold is None  # asked to stop while cross-fitting: --resume does it again
     _barrier(dist)  # the run directory is complete when any rank returns
     return result

@@ -9,13 +9,14 @@ from pathlib import Path
 
 from vaekit.errors import DamagedFile
 
-SCORES = ("atypicality", "excess", "neg_elbo", "recon", "kl")
-DEFAULT_SCORE = "atypicality"
+SCORES = ("atypicality", "defect", "excess", "neg_elbo", "recon", "kl")
+DEFAULT_SCORE = "atypicality"  # a model's default score unless it says otherwise (ModelInfo.score)
 
 
 def score_unit(score: str) -> str:
-    """What a score is measured in: squared standard deviations of normal images, or nats."""
-    return "sd²" if score == "atypicality" else "nats"
+    """What a score is measured in: squared standard deviations of normal images, a probability
+    (the defect reader's), or nats."""
+    return {"atypicality": "sd²", "defect": "probability"}.get(score, "nats")
 
 
 @dataclass
@@ -38,6 +39,7 @@ class ModelInfo:
     threshold_fixed: bool = False  # set to a value (`vaekit threshold --value`), not a quantile
     latent_shape: tuple[int, ...] = ()  # (D,) for a vector latent, (C, G, G) for a grid; () = (latent_dim,)
     calibration: dict | None = None  # the atypicality score's statistics of normal images (vaekit/scoring.py)
+    reader: dict | None = None  # the defect reader's config, when the run has one (vaekit.reader)
 
     @property
     def dims(self) -> int:

@@ -16,7 +16,7 @@ import numpy as np
 
 from vaekit import images as imageio
 from vaekit.anomaly.score import Progress, iter_scored, scoring_plan
-from vaekit.engine import DEFAULT_SCORE, Model
+from vaekit.engine import Model
 from vaekit.errors import BadInput, MissingExtra, NotFound
 from vaekit.fileio import atomic_write_bytes, refuse_existing
 from vaekit.stream import find_inputs
@@ -133,7 +133,7 @@ def evaluate(
     anomalous: str | Path | Sequence[str | Path],
     masks: str | Path | None = None,
     samples: int = 0,
-    score: str = DEFAULT_SCORE,
+    score: str | None = None,
     iwae: bool = False,
     threshold: float | None = None,
     progress: Progress | None = None,

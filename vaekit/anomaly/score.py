@@ -20,7 +20,7 @@ import numpy as np
 from vaekit import images as imageio
 from vaekit import stream
 from vaekit.anomaly.threshold import resolve_threshold
-from vaekit.engine import DEFAULT_SCORE, SCORES, Model, Scores
+from vaekit.engine import SCORES, Model, Scores
 from vaekit.errors import BadInput
 
 Progress = Callable[..., None]
@@ -53,12 +53,12 @@ class Plan:
     note: str | None = None  # why `score` is not the score asked for (see Model.effective_score)
 
 
-def scoring_plan(model: Model, samples: int = 0, score: str = DEFAULT_SCORE, iwae: bool = False,
+def scoring_plan(model: Model, samples: int = 0, score: str | None = None, iwae: bool = False,
                  threshold: float | None = None) -> Plan:
     """Check the settings and resolve the threshold that applies (see resolve_threshold)."""
     if threshold is not None and not math.isfinite(threshold):
         raise BadInput(f"threshold must be a finite number, got {threshold!r}")
-    if score not in SCORES:
+    if score is not None and score not in SCORES:
         raise BadInput(f"score must be one of {SCORES}, got {score!r}")
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:
         raise BadInput(f"samples must be an integer >= 0, got {samples!r}")
@@ -158,7 +158,7 @@ def score_images(
     model: Model,
     inputs: str | Path | Sequence[str | Path],
     samples: int = 0,
-    score: str = DEFAULT_SCORE,
+    score: str | None = None,
     iwae: bool = False,
     threshold: float | None = None,
     progress: Progress | None = None,
@@ -185,6 +185,6 @@ def score_images(
             pmaps.append(b.maps)
     if not rows:
         raise imageio.none_usable(f"in {inputs}", skipped)
-    return ScoreReport(rows, skipped, score, plan.estimator, samples, plan.threshold, plan.source, names,
+    return ScoreReport(rows, skipped, plan.score, plan.estimator, samples, plan.threshold, plan.source, names,
                        np.concatenate(images) if maps else None, np.concatenate(pmaps) if maps else None,
                        list(found.roots))

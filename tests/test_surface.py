@@ -1,0 +1,82 @@
+"""A surface at its native resolution: a grid model trained on crops, its defect reader, and the
+default score it gives (vaekit/finish_reader.py, vaekit/engine_torch.py)."""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import vaekit
+from vaekit.config import ModelConfig, TrainConfig
+from vaekit.train import train
+
+
+def _texture(folder, n=24, size=48, seed=0):
+    """Stripes with noise: a surface (no object in one place), at 48 px."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    for i in range(n):
+        phase = rng.uniform(0, 6.3)
+        img = 128 + 60 * np.sin(xx / 2.0 + phase) + rng.normal(0, 12, (size, size))
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(folder / f"s_{i:03d}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def surface(tmp_path_factory):
+    import vaekit.reader.net as net
+
+    root = tmp_path_factory.mktemp("surface")
+    data = _texture(root / "train")
+    mp = pytest.MonkeyPatch()
+    mp.setattr(net, "ReaderConfig", functools.partial(net.ReaderConfig, steps=40, batch=8, crop=32))
+    try:
+        train(data, root / "run", ModelConfig(base_channels=4), TrainConfig(epochs=3, crop=32, device="cpu"))
+    finally:
+        mp.undo()
+    return root
+
+
+def test_auto_keeps_a_surfaces_own_size_and_trains_on_crops_and_a_reader(surface):
+    cfg = json.loads((surface / "run" / "config.json").read_text())
+    assert cfg["model"]["layout"] == "grid" and cfg["model"]["image_size"] == 48  # not shrunk
+    assert cfg["train"]["crop"] == 32 and cfg["reader"]["steps"] == 40
+    assert (surface / "run" / "reader.safetensors").is_file()
+    a = cfg["anomaly"]
+    assert a["score"] == "defect" and a["source"] == "held-out fold" and a["n"] == 5  # 24 images: a fold of 5
+    assert {"defect", "atypicality", "excess"} <= set(a["by_score"])
+
+
+def test_the_default_score_is_the_readers_with_maps_at_the_images_size(surface):
+    m = vaekit.load(surface / "run")
+    x = m.load_images(surface / "train").images[:4].copy()
+    s = m.score(x)
+    assert s.name == "defect" and s.pixel_map.shape == (4, 48, 48)
+    assert np.all((s.score >= 0) & (s.score <= 1))
+    other = m.score(x, score="atypicality")
+    assert other.name == "atypicality" and not np.allclose(other.score, s.score)
+    np.testing.assert_allclose(s.neg_elbo, other.neg_elbo)  # the ELBO columns do not depend on the score
+
+
+def test_a_run_whose_reader_is_gone_is_refused_not_scored_otherwise(surface, tmp_path):
+    import shutil
+
+    from vaekit.run import RunError
+
+    run = tmp_path / "run"
+    shutil.copytree(surface / "run", run)
+    (run / "reader.safetensors").unlink()
+    with pytest.raises(RunError, match="reader.safetensors is missing"):
+        vaekit.load(run)
+
+
+def test_an_engine_that_cannot_run_the_reader_says_so_and_scores_the_atypicality(surface):
+    m = vaekit.load(surface / "run")
+    m.info.reader = None  # what an ONNX export is: the VAE's graphs only
+    name, note = m.effective_score(None)
+    assert name == "atypicality" and "cannot run the defect reader" in note

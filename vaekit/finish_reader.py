@@ -1,0 +1,75 @@
+"""A surface model's defect reader (vaekit.reader), trained at the end of a run beside the VAE.
+
+The reader is a small segmentation network that learns, from vaekit's own synthetic defects on
+the training images, to point at what does not belong (DRAEM-style). On the development
+textures it beat the VAE's atypicality on both halves (docs/detection.md), so it gives a
+surface's default score, "defect": the largest smoothed defect probability in the image. Its
+threshold must come from images it never trained on: with held-out splits, the calibration
+split; when the run is cross-fitted (few images), the reader leaves out one fold and
+calibrates on it, since a reader per fold would cost five more trainings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from vaekit import run as rundir
+from vaekit.data import _gather
+
+READ_TILE = 256  # images larger than this are read in overlapping tiles: memory bounded by the tile
+CHUNK_PIXELS = 64 * 256 * 256  # images read at a time while calibrating
+
+
+@dataclass
+class TrainedReader:
+    config: dict  # asdict(ReaderConfig), stored in config.json as "reader"
+    scores: np.ndarray  # its image scores of held-out normal images
+    source: str  # which images those are ("calibration", "held-out fold")
+
+
+def train_and_calibrate(out_dir, data, splits, train_cfg, progress=None, should_stop=None) -> TrainedReader | None:
+    """Train the reader on the training images (all but one fold when cross-fitted), save it as
+    reader.safetensors, and score the held-out normal images; None when asked to stop."""
+    from vaekit.reader.net import ReaderConfig
+    from vaekit.reader.train import load_reader, train_reader
+
+    if splits.crossfit:
+        held, source = splits.folds[0], "held-out fold"
+        train_idx = np.setdiff1d(splits.train, held)
+    else:
+        held, source = (splits.cal, "calibration") if len(splits.cal) else (splits.val, "validation")
+        train_idx = splits.train
+    if len(held) == 0:  # nothing held out at all: the training images, as the other scores do
+        held, source = splits.train, "training"
+    cfg = ReaderConfig()
+    stopped = {"yes": False}
+
+    def stop() -> bool:
+        stopped["yes"] = bool(should_stop and should_stop())
+        return stopped["yes"]
+
+    report = (lambda done, total, **m: progress(done, total, phase="reader", **m)) if progress else None
+    state = train_reader(np.asarray(_gather(data.images, train_idx)), None, cfg, seed=train_cfg.seed, progress=report,
+                         should_stop=stop)
+    if stopped["yes"]:
+        return None
+    rundir.save_tensors(out_dir / rundir.READER, state, {"format": "vaekit-reader/1"})
+    scores = read_scores(load_reader(state, cfg), data.images, held)
+    return TrainedReader(_json_config(cfg), scores, source)
+
+
+def read_scores(net, images, idx) -> np.ndarray:
+    """The reader's image scores of images `idx`, a pixel-bounded chunk at a time."""
+    from vaekit.reader.train import read
+
+    step = max(1, CHUNK_PIXELS // int(np.prod(images.shape[2:])))
+    out = [read(net, _gather(images, idx[i : i + step]), tile=READ_TILE)[0] for i in range(0, len(idx), step)]
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def _json_config(cfg) -> dict:
+    d = asdict(cfg)
+    d["shapes"] = list(d["shapes"])
+    return d
