@@ -43,7 +43,9 @@ def random_run(out: Path, image_size: int, channels: int, latent_dim: int, base_
     from vaekit.model import ConvVAE
 
     torch.manual_seed(0)
-    cfg = ModelConfig(image_size=image_size, channels=channels, latent_dim=latent_dim, base_channels=base_channels)
+    # settings `vaekit train` would decide for an aligned photo-like folder (a run stores no "auto")
+    cfg = ModelConfig(image_size=image_size, channels=channels, latent_dim=latent_dim, base_channels=base_channels,
+                      layout="vector", likelihood="gaussian")
     net = ConvVAE(cfg).eval()
     rundir.save_tensors(out / rundir.WEIGHTS, net.state_dict())
     rundir.write_config(out, {"model": asdict(cfg), "fingerprint": rundir.fingerprint(net.state_dict()), "anomaly": {}})
