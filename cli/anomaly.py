@@ -197,12 +197,12 @@ def _print_evaluation(ev) -> None:
 
 def threshold(
     run: Annotated[Path, typer.Argument(help="A training run directory.", exists=True, file_okay=False)],
-    quantile: Annotated[Optional[float], typer.Option(help="Threshold = this quantile of the validation scores.")] = None,
+    quantile: Annotated[Optional[float], typer.Option(help="Threshold = this quantile of the held-out (calibration) scores.")] = None,
     target_fpr: Annotated[Optional[float], typer.Option(help="Aim for this false-positive rate on normal images "
                                                              "(= quantile 1 - rate).")] = None,
     value: Annotated[Optional[float], typer.Option(help="A fixed threshold, in the unit of the run's score.")] = None,
 ) -> None:
-    """Show the run's anomaly threshold and validation score quantiles, or move the threshold."""
+    """Show the run's anomaly threshold and its held-out score quantiles, or move the threshold."""
     from vaekit import anomaly
     from vaekit import run as rundir
 

@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from vaekit_cli.output import apply_threads, console, err_console, progress_bar, shown
+from vaekit_cli.output import Device, apply_threads, console, err_console, progress_bar, shown
 
 
 class Likelihood(str, Enum):
@@ -27,11 +27,6 @@ class Layout(str, Enum):
     vector = "vector"
     grid = "grid"
 
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
 
 
 def train(

@@ -401,7 +401,7 @@ def test_a_code_file_cannot_ask_decode_for_giant_originals(run, images, work, mo
     cf = codes.load(work / "a.codes")
     cf.orig_size[0] = (30000, 30000)
     with monkeypatch.context() as m:  # forge it: vaekit itself would never write this
-        m.setattr(codes.format, "MAX_ORIG_PIXELS", 10**12)  # where _validate looks it up
+        m.setattr(codes.format, "MAX_ORIG_PIXELS", 10**12)  # where validate looks it up
         codes.save(cf, work / "big.codes")
     r = invoke("decode", run, work / "big.codes", "-o", work / "out", "--size", "original")
     assert r.exit_code == 2 and "largerthananyimagevaekitreads" in flat(r.output), r.output
@@ -534,7 +534,7 @@ def _resealed(src: Path, dst: Path, **props: str) -> None:
     import onnx
 
     from vaekit.engine_onnx import part_paths
-    from vaekit.export.metadata import _sealed
+    from vaekit.export.metadata import sealed
 
     for role, p in part_paths(src).items():
         shutil.copy(p, part_paths(dst)[role])
@@ -542,7 +542,7 @@ def _resealed(src: Path, dst: Path, **props: str) -> None:
     meta = {p.key: p.value for p in proto.metadata_props}
     meta.update(props)
     onnx.helper.set_model_props(proto, meta)
-    dst.write_bytes(_sealed(proto))
+    dst.write_bytes(sealed(proto))
 
 
 @pytest.mark.parametrize("props", [{"vaekit.latent_dim": "7"}, {"vaekit.latent_dim": "100000"},

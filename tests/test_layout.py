@@ -83,14 +83,11 @@ def test_one_safetensors_header_reader():
     pattern = re.compile(r"from_bytes\(\w+\[:8\]")
     users = {path.relative_to(ROOT).as_posix() for folder in ("vaekit", "cli", "demo")
              for path in (ROOT / folder).rglob("*.py") if pattern.search(path.read_text(encoding="utf-8"))}
-    # codes/format.py keeps a length check of its own until it calls read_safetensors_header
-    assert users <= {"vaekit/fileio.py", "vaekit/codes/format.py"} and "vaekit/fileio.py" in users
+    assert users == {"vaekit/fileio.py"}
 
 
 # modules of other owners that still import a sibling's private names (issue #22); empty it as they go
-PRIVATE_IMPORTS_LEFT = {"vaekit/codec/container.py", "vaekit/codes/writer.py", "vaekit/codes/jobs.py",
-                        "vaekit/crossfit.py", "vaekit/finish.py", "vaekit/finish_reader.py", "vaekit/fit.py", "vaekit/train.py",
-                        "vaekit/export/job.py"}
+PRIVATE_IMPORTS_LEFT: set[str] = set()
 
 
 def test_no_module_imports_another_modules_private_names():

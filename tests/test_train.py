@@ -13,7 +13,7 @@ from vaekit import checkpoint
 from vaekit import run as rundir
 from vaekit.config import ModelConfig, TrainConfig
 from vaekit.train import learning_rate
-from vaekit.train import TrainingError, kl_weight, split, train
+from vaekit.train import TrainingError, kl_weight, train
 
 
 def make_blobs(folder, n=24, size=20, seed=0):
@@ -188,13 +188,18 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(blobs, tmp_p
     assert (tmp_path / "run" / "checkpoint" / "resume.json").read_text() == good
 
 
-def test_split_is_seeded_and_disjoint():
-    a_tr, a_va = split(50, 0.1, seed=1)
-    b_tr, b_va = split(50, 0.1, seed=1)
-    c_tr, c_va = split(50, 0.1, seed=2)
-    assert len(a_va) == 5 and not set(a_tr) & set(a_va) and len(a_tr) + len(a_va) == 50
-    assert (a_va == b_va).all() and not (a_va == c_va).all()
-    assert len(split(1, 0.1, 0)[1]) == 0
+def test_splits_are_seeded_disjoint_and_sized_for_what_they_do():
+    from vaekit.data import plan_splits
+
+    a, b, c = (plan_splits(400, 0.1, 0.1, seed) for seed in (1, 1, 2))
+    assert not a.crossfit and len(a.val) == 40 and len(a.cal) == 99  # as many as the 0.99 quantile needs
+    assert not (set(a.train) & set(a.val) or set(a.train) & set(a.cal) or set(a.val) & set(a.cal))
+    assert len(a.train) + len(a.val) + len(a.cal) == 400
+    assert (a.cal == b.cal).all() and not (a.cal == c.cal).all()
+    few = plan_splits(23, 0.1, 0.1, 0)
+    assert few.crossfit and len(few.train) == 23 and sorted(np.concatenate(few.folds).tolist()) == list(range(23))
+    assert plan_splits(3, 0.1, 0.1, 0).folds and not plan_splits(1, 0.1, 0.1, 0).folds  # leave-one-out; nothing
+    assert not plan_splits(50, 0.1, 0.1, 0, folds=0).crossfit
 
 
 def test_kl_warmup_ramps_linearly_to_beta():

@@ -119,7 +119,7 @@ class TrainConfig:
     amp: bool = True  # on CUDA: bf16 autocast where supported, else fp16 with a GradScaler
     channels_last: bool = True  # on CUDA: NHWC memory format, faster convolutions
     compile: bool = False  # torch.compile the model (CUDA mostly; slow first epoch)
-    threshold_quantile: float = 0.99  # anomaly threshold = this quantile of validation scores
+    threshold_quantile: float = 0.99  # anomaly threshold: this quantile of held-out normal scores (docs/thresholds.md)
     grad_clip: float = 0.0  # clip the global gradient norm to this (0: off, plain AdamW as in the paper)
     crop: int = 0  # a grid (surface) model trains on random crops of this many pixels; 0 = auto (64 when larger)
     checkpoint_every: int = 0  # epochs between checkpoints (the first and last always); 0 = auto (~50 steps apart)

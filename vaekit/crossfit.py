@@ -17,11 +17,11 @@ import numpy as np
 import torch
 
 from vaekit.config import ModelConfig, TrainConfig
-from vaekit.data import Dataset, Splits, _gather
+from vaekit.data import Dataset, Splits, gather
 from vaekit.distributed import Dist
 from vaekit.scoring import Parts
+from vaekit.progress import Progress
 
-Progress = Callable[..., None]
 
 
 def crossfit_scores(data: Dataset, splits: Splits, model_cfg: ModelConfig, train_cfg: TrainConfig,
@@ -46,7 +46,7 @@ def crossfit_scores(data: Dataset, splits: Splits, model_cfg: ModelConfig, train
             if trainer.epoch(data.images, rest, epoch, should_stop=should_stop) is None:
                 return None
         engine = TorchModel.from_net(trainer.model, device)
-        chunks = [summarise(engine.elbo_parts(_gather(data.images, held[j : j + step])))
+        chunks = [summarise(engine.elbo_parts(gather(data.images, held[j : j + step])))
                   for j in range(0, len(held), step)]
         out.append((held, Scored.cat(chunks)))
         if progress:

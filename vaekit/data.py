@@ -10,21 +10,17 @@ from __future__ import annotations
 import math
 import mmap
 import os
-from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from itertools import islice
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
 from vaekit.errors import DamagedFile
+from vaekit.progress import Progress
 
-Progress = Callable[..., None]
 
 
 @dataclass
@@ -117,7 +113,7 @@ def image_statistics(images: np.ndarray, idx: np.ndarray) -> dict[str, float]:
       a flat one (0.001-0.015 for the textures of benchmarks/texture_data.py).
     binary: share of values within 0.1 of black or white (0.9 for MNIST, ~0 for photographs)."""
     pick = idx[:: max(1, len(idx) // SAMPLE)]
-    x = _gather(images, np.sort(pick)).astype(np.float32).mean(1) / 255.0  # (n, H, W) grey
+    x = gather(images, np.sort(pick)).astype(np.float32).mean(1) / 255.0  # (n, H, W) grey
     variance = float(x.var(0).mean())
     aligned = float(x.mean(0).var() / max(variance, 1e-12))
     binary = float(((x < 0.1) | (x > 0.9)).mean())
@@ -205,27 +201,21 @@ def plan_splits(n: int, val_fraction: float, cal_fraction: float, seed: int, fol
     return Splits(*split3(n, val_fraction, cal_fraction, seed), [])
 
 
-def split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded train/validation split of n indices; validation gets round(n * fraction), at least 1."""
-    order = np.random.default_rng(seed).permutation(n)
-    n_val = 0 if val_fraction <= 0 or n < 2 else min(n - 1, max(1, round(n * val_fraction)))
-    return np.sort(order[n_val:]), np.sort(order[:n_val])
-
-
-def _to_input(images: np.ndarray, idx: np.ndarray, device: torch.device, channels_last: bool = False) -> torch.Tensor:
-    x = torch.from_numpy(_gather(images, idx))  # (B, C, H, W) uint8
+def to_input(images: np.ndarray, idx: np.ndarray, device: torch.device, channels_last: bool = False) -> torch.Tensor:
+    """Images `idx` as a float tensor in [0, 1] on `device` (pinned first for a GPU)."""
+    x = torch.from_numpy(gather(images, idx))  # (B, C, H, W) uint8
     if device.type == "cuda":
         x = x.pin_memory()
-    return _to_device(x, device, channels_last)
+    return to_device(x, device, channels_last)
 
 
-def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
+def to_device(x: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
     """uint8 (B, C, H, W) -> float in [0, 1] on `device`; the copy is asynchronous from pinned memory."""
     x = x.to(device, non_blocking=True).float().div_(255.0)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def _gather(images: np.ndarray, idx: np.ndarray) -> np.ndarray:
+def gather(images: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """images[idx] as a new array (N, C, H, W).
 
     The pixel cache's memmap is read with pread rather than through the mapping: mapped pages
@@ -257,26 +247,22 @@ def _gather(images: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return out
 
 
-def _read_ahead(images: np.ndarray, batches: Iterator[np.ndarray], device: torch.device, depth: int = 2) -> Iterator[torch.Tensor]:
-    """The uint8 tensor of each index array in `batches`, read `depth` batches ahead in a thread.
+def read_ahead(images: np.ndarray, batches: Iterator[np.ndarray], device: torch.device, depth: int = 2) -> Iterator[torch.Tensor]:
+    """The uint8 tensor of each index array in `batches`, read `depth` batches ahead in a thread
+    (vaekit.pipeline.read_ahead, the one read-ahead helper).
 
     Reads (pread releases the GIL) and pinning then overlap the training step, which keeps a
     GPU busy; on the CPU it hides disk reads when the cache is not in the page cache.
     """
+    from vaekit import pipeline
+
     cuda = device.type == "cuda"
 
     def load(idx: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(_gather(images, idx))
+        x = torch.from_numpy(gather(images, idx))
         return x.pin_memory() if cuda else x
 
     init = None
     if cuda:  # set_device in the thread, or pinning would open a CUDA context on GPU 0 for every rank
         init = partial(torch.cuda.set_device, torch.cuda.current_device() if device.index is None else device.index)
-    with ThreadPoolExecutor(1, thread_name_prefix="vaekit-read", initializer=init) as pool:
-        pending = deque(pool.submit(load, b) for b in islice(batches, depth))
-        while pending:
-            x = pending.popleft().result()
-            nxt = next(batches, None)
-            if nxt is not None:
-                pending.append(pool.submit(load, nxt))
-            yield x
+    return pipeline.read_ahead(map(load, batches), depth, init)

@@ -72,5 +72,3 @@ def barrier(d: Dist) -> None:
         dist.barrier()
 
 
-# the old private names, until vaekit/fit.py and vaekit/train.py import the public ones
-_all_reduce_sum, _barrier = all_reduce_sum, barrier

@@ -15,7 +15,7 @@ import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -24,21 +24,21 @@ from vaekit.errors import BadInput
 from vaekit.images.arrays import as_images, as_latents, check_batch_size, check_int, user_images
 from vaekit.info import DEFAULT_SCORE, SCORES, ModelInfo, score_unit, threshold_fields  # noqa: F401  (public here too)
 from vaekit.scoring import Calibration, Parts, error_map, kl_map, pixel_floor  # noqa: F401  (pixel_floor: public here too)
+from vaekit.progress import Progress
 
-Progress = Callable[..., None]
 # "atypicality" (the default; vaekit/scoring.py): how far the image's most atypical part of the
 # -ELBO lies from normal images, in standard deviations. "excess" is the -ELBO minus the image's
 # own floor, the NLL a perfect reconstruction would get (see `pixel_floor`); the others are the
 # -ELBO and its two terms.
 @dataclass
 class Scores:
-    score: np.ndarray  # (N,) the chosen score, nats; higher = more anomalous
+    score: np.ndarray  # (N,) the chosen score, in its unit (score_unit(name)); higher = more anomalous
     neg_elbo: np.ndarray  # (N,) -ELBO estimate, nats (with iwae: the IWAE estimate of -log p(x))
     recon: np.ndarray  # (N,) reconstruction NLL, nats
     kl: np.ndarray  # (N,) KL(q(z|x) || p(z)), nats
     pixel_map: np.ndarray | None  # (N, H, W) per-pixel reconstruction NLL over channels, nats; None unless maps=True
     bits_per_dim: np.ndarray  # (N,) -ELBO / (C*H*W*ln 2)
-    excess: np.ndarray | None = None  # (N,) neg_elbo - floor, nats: the default score
+    excess: np.ndarray | None = None  # (N,) neg_elbo - floor, nats
     floor: np.ndarray | None = None  # (N,) NLL of a perfect reconstruction of the image, nats
     name: str = DEFAULT_SCORE  # which score `score` holds
     estimator: str = "mean"  # "mean" (z = mu), "samples" (average over K draws) or "iwae"

@@ -1,6 +1,6 @@
 """The onnxruntime engine: an exported model behind vaekit's Model interface, no torch.
 
-Opens the files `vaekit export` writes (see vaekit/export.py): the scorer `parts.onnx`,
+Opens the files `vaekit export` writes (see vaekit/export/): the scorer `parts.onnx`,
 which `vaekit.load` is given, and `parts.encoder.onnx` / `parts.decoder.onnx` next to it,
 opened when first needed, so a machine that only scores needs only the one file. Imports
 numpy, json and onnxruntime (lazily) only: never torch, never onnx.
@@ -56,9 +56,9 @@ def session_options(role: str = "scorer", threads: int | None = None):
     """onnxruntime settings, chosen by measurement (benchmarks/inference_speed.py).
 
     What mattered: the graph optimisation level, per graph. ORT_ENABLE_ALL adds the NCHWc
-    layout transform, which makes the encoder's strided convolutions ~1.3-1.4x faster but
-    the decoder's ~1.1-1.2x slower (ConvTranspose has no NCHWc kernel, so every one is
-    wrapped in layout reorders); the scorer, mostly decoder, lost up to 1.7x at batch 1.
+    layout transform, which makes the encoder's strided convolutions ~1.3-1.4x faster; for arch
+    v1's ConvTranspose decoders (no NCHWc kernel, so each one wrapped in layout reorders) it made
+    the decoder ~1.1-1.2x and the scorer up to 1.7x slower, so those two keep EXTENDED.
     A fixed thread count (`threads`, from --threads) and sequential execution (each graph
     is a single chain) do the rest.
     """

@@ -8,17 +8,8 @@ import numpy as np
 import torch
 
 from vaekit import run as rundir
+from vaekit.distributed import pick_device
 from vaekit.engine import Model, ModelInfo, threshold_fields
-from vaekit.errors import BadInput
-
-
-def pick_device(device: str) -> torch.device:
-    """"auto" -> CUDA when torch sees a GPU, else CPU; "cuda" without one is BadInput."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise BadInput("--device cuda, but torch sees no CUDA device (a CPU-only build, or no GPU)")
-    return torch.device(device)
 
 
 class TorchModel(Model):

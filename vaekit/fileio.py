@@ -171,13 +171,6 @@ def read_safetensors_header(data: bytes) -> SafetensorsHeader:
     return SafetensorsHeader(metadata, header, start, start + end)
 
 
-def split_safetensors(data: bytes) -> tuple[dict, bytes]:
-    """(header with its "__metadata__", tensor bytes): the raw form of read_safetensors_header,
-    kept for vaekit.codes.format until it reads headers with read_safetensors_header."""
-    header, start = _header_json(data)
-    return header, data[start:]
-
-
 def check_regular(path: Path, what: str, max_bytes: int | None = None) -> os.stat_result:
     """stat `path` (following links) and require a regular file, before anything opens it:
     opening a FIFO blocks forever, a device may never end. FileNotFoundError if absent."""

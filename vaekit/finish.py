@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from vaekit import run as rundir
-from vaekit.data import _gather, _to_input
+from vaekit.data import gather, to_input
 from vaekit.version import __version__
 
 
@@ -131,14 +131,14 @@ def _codec_tables(engine, data, idx) -> dict:
     from vaekit.codec import jobs
     from vaekit.codec import prior as priors
 
-    return priors.to_dict(jobs.fit_prior(engine, _gather(data.images, idx)))
+    return priors.to_dict(jobs.fit_prior(engine, gather(data.images, idx)))
 
 
 def _parts(engine, data, idx):
     """The -ELBO parts of images `idx`, a pixel-bounded chunk at a time."""
     step = max(1, CHUNK_PIXELS // engine.info.image_size**2)
     for i in range(0, len(idx), step):
-        yield engine.elbo_parts(_gather(data.images, idx[i : i + step]))
+        yield engine.elbo_parts(gather(data.images, idx[i : i + step]))
 
 
 def _scored(engine, data, idx, calibration) -> Scored:
@@ -191,7 +191,7 @@ def _write_preview(path, model, data, idx, device) -> None:
     from vaekit import images as imageio
 
     idx = idx[:8]
-    x = _to_input(data.images, idx, device)
+    x = to_input(data.images, idx, device)
     mu, _ = model.encode(x)
     recon = model.mean_image(model.decode(mu))
     g = torch.Generator(device="cpu").manual_seed(0)

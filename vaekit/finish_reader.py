@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from vaekit import run as rundir
-from vaekit.data import _gather
+from vaekit.data import gather
 
 READ_TILE = 256  # images larger than this are read in overlapping tiles: memory bounded by the tile
 CHUNK_PIXELS = 64 * 256 * 256  # images read at a time while calibrating
@@ -51,7 +51,7 @@ def train_and_calibrate(out_dir, data, splits, train_cfg, progress=None, should_
         return stopped["yes"]
 
     report = (lambda done, total, **m: progress(done, total, phase="reader", **m)) if progress else None
-    state = train_reader(np.asarray(_gather(data.images, train_idx)), None, cfg, seed=train_cfg.seed, progress=report,
+    state = train_reader(np.asarray(gather(data.images, train_idx)), None, cfg, seed=train_cfg.seed, progress=report,
                          should_stop=stop)
     if stopped["yes"]:
         return None
@@ -65,7 +65,7 @@ def read_scores(net, images, idx) -> np.ndarray:
     from vaekit.reader.train import read
 
     step = max(1, CHUNK_PIXELS // int(np.prod(images.shape[2:])))
-    out = [read(net, _gather(images, idx[i : i + step]), tile=READ_TILE)[0] for i in range(0, len(idx), step)]
+    out = [read(net, gather(images, idx[i : i + step]), tile=READ_TILE)[0] for i in range(0, len(idx), step)]
     return np.concatenate(out) if out else np.zeros(0)
 
 

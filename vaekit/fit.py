@@ -19,15 +19,15 @@ import torch
 from vaekit import checkpoint
 from vaekit import run as rundir
 from vaekit.config import RESUMABLE, ModelConfig, TrainConfig
-from vaekit.data import Dataset, _gather, _read_ahead, _to_device, _to_input, plan_splits
-from vaekit.distributed import Dist, _all_reduce_sum, _barrier, init_distributed, pick_device
+from vaekit.data import Dataset, gather, read_ahead, to_device, to_input, plan_splits
+from vaekit.distributed import Dist, all_reduce_sum, barrier, init_distributed, pick_device
 from vaekit.finish import finish, write_run_config
 from vaekit.model import ConvVAE
 from vaekit.objective import negative_elbo
 from vaekit.recipe import kl_weight, learning_rate, resolve_batch_size, resolve_epochs
 from vaekit.errors import BadInput, TrainingFailed
+from vaekit.progress import Progress
 
-Progress = Callable[..., None]
 
 
 class TrainingError(TrainingFailed):
@@ -87,11 +87,11 @@ def deterministic_scores(model: ConvVAE, images: np.ndarray, idx: np.ndarray, de
     for s in range(0, len(idx), batch_size):
         chunk = idx[s : s + batch_size]
         if crop is None:
-            x = _to_input(images, chunk, device)
+            x = to_input(images, chunk, device)
         else:
-            x = torch.cat([crop_batch(torch.from_numpy(_gather(images, chunk[j : j + 1])), crop, [7, int(i)])
+            x = torch.cat([crop_batch(torch.from_numpy(gather(images, chunk[j : j + 1])), crop, [7, int(i)])
                            for j, i in enumerate(chunk)])
-            x = _to_device(x, device)
+            x = to_device(x, device)
         mu, logvar = model.encode(x)
         params = model.decode(mu, model.size_of(x))
         loss = negative_elbo(x, params, mu, logvar, model.cfg.likelihood, model.scale())
@@ -160,7 +160,7 @@ def _agreed(flag: bool, dist: Dist, device: torch.device) -> bool:
     if dist.world == 1:
         return bool(flag)
     t = torch.tensor([float(bool(flag))], device=device)
-    return _all_reduce_sum(t, dist).item() > 0
+    return all_reduce_sum(t, dist).item() > 0
 
 
 def _share(batch: np.ndarray, d: Dist) -> tuple[np.ndarray, torch.Tensor, int]:
@@ -228,7 +228,7 @@ class Trainer:
         # a fresh generator per epoch: the shuffle needs no saved state to resume exactly
         perm = train_idx[np.random.default_rng([cfg.seed, epoch]).permutation(len(train_idx))]
         shares = [_share(perm[s * cfg.batch_size : (s + 1) * cfg.batch_size], dist) for s in range(steps)]
-        reader = _read_ahead(images, (mine for mine, _, _ in shares), device)
+        reader = read_ahead(images, (mine for mine, _, _ in shares), device)
         sums = torch.zeros(3, device=device, dtype=torch.float64)  # recon, kl, total
         count, report_every = 0, max(1, steps // 50)
         try:
@@ -238,7 +238,7 @@ class Trainer:
                 lr = learning_rate(cfg, epoch * steps + step, cfg.epochs * steps)
                 eps = self._noise(epoch, step, n_global, rows)
                 x = crop_batch(x, self.crop, [cfg.seed, epoch, step])
-                loss = self._step(_to_device(x, device, self.channels_last), eps, lr, beta, n_global)
+                loss = self._step(to_device(x, device, self.channels_last), eps, lr, beta, n_global)
                 with torch.no_grad():
                     sums += torch.stack([loss.recon.sum(), loss.kl.sum(), loss.total.sum()]).double()
                 count += len(mine)  # a Python int: a device tensor here would sync every step
@@ -250,7 +250,7 @@ class Trainer:
         finally:
             reader.close()  # here, not later in the garbage collector, where a Ctrl-C would be swallowed
         sums = torch.cat([sums, torch.tensor([float(count)], dtype=torch.float64, device=device)])
-        return _all_reduce_sum(sums, dist).tolist()
+        return all_reduce_sum(sums, dist).tolist()
 
     def _noise(self, epoch: int, step: int, n_global: int, rows: torch.Tensor) -> torch.Tensor:
         """eps of this rank's images, drawn for the whole global batch by a seed of the step."""
@@ -354,7 +354,7 @@ def fit(
                            should_stop=should_stop) if splits.crossfit else None
         result.threshold = finish(out_dir, data, splits, train_cfg, device, crossfit, progress, should_stop)
         result.stopped = result.threshold is None  # asked to stop while cross-fitting: --resume does it again
-    _barrier(dist)  # the run directory is complete when any rank returns
+    barrier(dist)  # the run directory is complete when any rank returns
     return result
 
 
@@ -433,7 +433,7 @@ def _epoch_row(epoch, beta, sums, seconds, model, data, val_idx, train_idx, devi
         mine = eval_idx[dist.rank :: dist.world]
         v = deterministic_scores(model, data.images, mine, device, crop=crop)
         vs = torch.tensor([v[:, 0].sum(), v[:, 1].sum(), v[:, 2].sum(), len(mine)], dtype=torch.float64, device=device)
-        vs = _all_reduce_sum(vs, dist).tolist()
+        vs = all_reduce_sum(vs, dist).tolist()
     val_loss = vs[2] / max(vs[3], 1)
     return {
         "epoch": epoch + 1,

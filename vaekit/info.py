@@ -28,10 +28,10 @@ class ModelInfo:
     fingerprint: str  # names the weights; code files record it
     engine: str  # "torch" or "onnxruntime"
     source: Path  # the run directory or .onnx file
-    threshold: float | None = None  # anomaly threshold on the default score (nats)
+    threshold: float | None = None  # anomaly threshold on the default score, in its unit (score_unit)
     threshold_quantile: float | None = None
-    quantiles: dict[str, float] = field(default_factory=dict)  # validation score quantiles
-    val_scores: list[float] = field(default_factory=list)  # validation scores, for histograms
+    quantiles: dict[str, float] = field(default_factory=dict)  # quantiles of the held-out (calibration) scores
+    val_scores: list[float] = field(default_factory=list)  # the held-out (calibration) scores, for histograms
     log_scale: list[float] | None = None  # gaussian: per-channel log sigma (needed by "excess"); bernoulli: None
     score: str = DEFAULT_SCORE  # the score `threshold`, `quantiles` and `val_scores` are about
     thresholds: dict[str, float] = field(default_factory=dict)  # score name -> threshold, every score

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from vaekit.errors import BadInput
-from vaekit.likelihood import LEVELS, LOG_2PI, bernoulli_floor, gaussian_floor, logistic_floor
+from vaekit.likelihood import LEVELS, LOG_2PI
 
 
 @dataclass
@@ -33,7 +33,6 @@ class Bernoulli:
     """p(x|z) with logits from the decoder; for grey levels, the continuous-target BCE of pytorch/examples."""
 
     name = "bernoulli"
-    floor = staticmethod(bernoulli_floor)  # numpy: the binary entropy of each value
 
     @staticmethod
     def nll(x: torch.Tensor, params: torch.Tensor, log_sigma: torch.Tensor | None = None) -> torch.Tensor:
@@ -51,7 +50,6 @@ class Gaussian:
     """p(x|z) with means from the decoder and one learned log sigma per channel (`log_sigma`, (C,))."""
 
     name = "gaussian"
-    floor = staticmethod(gaussian_floor)  # numpy: log sigma + log(2 pi) / 2 per value
 
     @staticmethod
     def nll(x: torch.Tensor, params: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
@@ -74,7 +72,6 @@ class Logistic:
     -log p(x|z) is the probability of x's bin, so it is never negative and the -ELBO is a code length."""
 
     name = "logistic"
-    floor = staticmethod(logistic_floor)  # numpy: zero, a discretised likelihood has no floor above it
     params_per_channel = 2
 
     @staticmethod

@@ -17,8 +17,8 @@ import numpy as np
 from vaekit import run as rundir
 from vaekit.config import RESUMABLE, ModelConfig, TrainConfig, from_dict, from_stored_model
 from vaekit.data import (Dataset, auto_image_size, choose_model, image_statistics, load_dataset, probe_layout,  # noqa: F401
-                         split, split3)
-from vaekit.distributed import _barrier, init_distributed, pick_device
+                         split3)
+from vaekit.distributed import barrier, init_distributed, pick_device
 from vaekit.errors import BadInput
 from vaekit.fileio import refuse_inside
 from vaekit.fit import Progress, TrainingError, TrainResult, deterministic_scores, fit  # noqa: F401
@@ -117,7 +117,7 @@ def _train(data_dir, out_dir, model_cfg, train_cfg, channels, resume, overwrite,
     data = None
     if dist.local_rank == 0:
         data = load_dataset(data_dir, model_cfg.image_size, channels, cache_dir, workers, progress)
-    _barrier(dist)
+    barrier(dist)
     if data is None:
         data = load_dataset(data_dir, model_cfg.image_size, channels, cache_dir, workers)
     if not resume and dist.main:  # once the images are known to be usable: a refused run writes nothing

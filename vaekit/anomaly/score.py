@@ -22,8 +22,8 @@ from vaekit import stream
 from vaekit.anomaly.threshold import resolve_threshold
 from vaekit.engine import SCORES, Model, Scores
 from vaekit.errors import BadInput
+from vaekit.progress import Progress
 
-Progress = Callable[..., None]
 ROW_FIELDS = ("path", "score", "bits_per_dim", "threshold", "anomalous", "neg_elbo", "recon", "kl", "excess")
 BATCH_SIZE = 64  # images decoded and scored at a time: memory is a few batches, whatever the count
 
@@ -31,14 +31,14 @@ BATCH_SIZE = 64  # images decoded and scored at a time: memory is a few batches,
 @dataclass
 class ScoreRow:
     path: str  # the file, as found under the inputs
-    score: float  # the chosen score, nats; higher = more anomalous
+    score: float  # the chosen score, in its unit (vaekit.info.score_unit); higher = more anomalous
     bits_per_dim: float  # score / (C*H*W*ln 2)
     threshold: float | None  # None when no threshold applies
     anomalous: bool | None  # score > threshold; None without a threshold
     neg_elbo: float  # -ELBO (or the IWAE estimate of -log p(x)), nats
     recon: float  # reconstruction NLL, nats
     kl: float  # KL term, nats
-    excess: float  # neg_elbo minus the image's floor, nats (the default score)
+    excess: float  # neg_elbo minus the image's floor, nats
 
 
 @dataclass

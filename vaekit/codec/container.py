@@ -23,7 +23,7 @@ from typing import BinaryIO, Iterator
 
 import numpy as np
 
-from vaekit.codec.header import MODES, Header, _Reader, _varint, pack, unpack
+from vaekit.codec.header import MODES, Header, Reader, varint, pack, unpack
 from vaekit.codes.format import MAX_ORIG_PIXELS, CodeFileError, FingerprintMismatch, check_name
 from vaekit.config import MAX_IMAGE_SIZE, MAX_Z_DIMS
 from vaekit.fileio import atomic_writer, check_regular
@@ -70,7 +70,7 @@ def write(path: Path, header: Header, spill: Path) -> int:
     head = pack(header)
     h = hashlib.sha256()
     with atomic_writer(Path(path)) as f:
-        for part in (MAGIC, _varint(len(head)), head):
+        for part in (MAGIC, varint(len(head)), head):
             f.write(part)
             h.update(part)
         with open(spill, "rb") as src:
@@ -91,7 +91,7 @@ def read_header(path: Path) -> tuple[Header, int]:
             other = start[:3] == MAGIC[:3] and len(start) >= 4
             raise ArchiveError(f"{source} is not a .vkc file this vaekit reads" + (" (another format version)" if other else ""))
         try:
-            r = _Reader(start[4:])
+            r = Reader(start[4:])
             n = r.varint(MAX_HEADER)
         except ValueError:
             raise ArchiveError(f"{source} is truncated or corrupt (an unreadable header length)") from None

@@ -34,7 +34,8 @@ class Header:
     engine: dict = field(default_factory=dict)  # lossless: what computed the tables (engine, versions, threads)
 
 
-def _varint(n: int) -> bytes:
+def varint(n: int) -> bytes:
+    """n >= 0 as an unsigned LEB128 varint (7 bits a byte, low bits first)."""
     if n < 0:
         raise ValueError(f"cannot store {n} as a varint")
     out = bytearray()
@@ -45,7 +46,9 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-class _Reader:
+class Reader:
+    """Reads a header's fields in order from bytes, raising on a short or malformed field."""
+
     def __init__(self, data: bytes):
         self.data, self.pos = data, 0
 
@@ -108,19 +111,19 @@ def pack(h: Header) -> bytes:
     if h.engine:
         meta["engine"] = h.engine
     blob = _compress(json.dumps(meta, separators=(",", ":")).encode())
-    parts = [bytes([MODES.index(h.mode), h.quality or 0, h.channels]), _varint(h.image_size), _varint(h.latent_dim),
-             bytes.fromhex(h.fingerprint), bytes.fromhex(h.tables), _varint(len(h.chunks))]
+    parts = [bytes([MODES.index(h.mode), h.quality or 0, h.channels]), varint(h.image_size), varint(h.latent_dim),
+             bytes.fromhex(h.fingerprint), bytes.fromhex(h.tables), varint(len(h.chunks))]
     if len(parts[3]) != 8 or len(parts[4]) != 8:
         raise ValueError("fingerprint and table hash must be 16 hex digits")
-    parts += [_varint(v) for c in h.chunks for v in c]
-    return b"".join(parts) + _varint(len(blob)) + blob
+    parts += [varint(v) for c in h.chunks for v in c]
+    return b"".join(parts) + varint(len(blob)) + blob
 
 
 def unpack(data: bytes) -> Header:
     """Parse header bytes; ValueError (or KeyError, TypeError) on anything malformed."""
     from vaekit.fileio import loads_json
 
-    r = _Reader(data)
+    r = Reader(data)
     mode, quality, channels = r.take(3)
     image_size, latent_dim = r.varint(1 << 20), r.varint(1 << 30)
     fingerprint, tables = r.take(8).hex(), r.take(8).hex()

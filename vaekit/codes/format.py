@@ -31,12 +31,12 @@ import numpy as np
 from vaekit import __version__
 from vaekit.config import MAX_IMAGE_SIZE
 from vaekit.errors import BadInput, DamagedFile, ForeignModel
-from vaekit.fileio import atomic_write_bytes, loads_json, read_regular, split_safetensors
+from vaekit.fileio import atomic_write_bytes, loads_json, read_regular, read_safetensors_header
 
 FORMAT = "vaekit-codes"
 VERSION = 1
 PRECISIONS = ("f32", "f16", "q8")
-_DTYPES = {"f32": np.float32, "f16": np.float16, "q8": np.uint8}
+DTYPES = {"f32": np.float32, "f16": np.float16, "q8": np.uint8}  # the stored dtype of each precision
 _LEVELS = 255  # q8: codes 0..255
 
 
@@ -87,21 +87,22 @@ def quantize(z: np.ndarray, precision: str) -> tuple[np.ndarray, np.ndarray | No
     z = np.asarray(z, dtype=np.float32)
     if z.ndim != 2:
         raise BadInput(f"expected latents of shape (N, D), got {z.shape}")
-    _check_finite(z)
+    check_finite(z)
     if precision == "f32":
         return z.copy(), None, None
     if precision == "f16":
-        return _store(z, "f16", None, None), None, None
+        return store(z, "f16", None, None), None, None
     lo, hi = (z.min(0), z.max(0)) if len(z) else (np.zeros(z.shape[1], np.float32),) * 2
     scale, offset = q8_range(lo, hi)
-    return _store(z, "q8", scale, offset), scale, offset
+    return store(z, "q8", scale, offset), scale, offset
 
 
 class QuantizeError(BadInput):
     """Latents that cannot be stored: not finite (a broken model), or beyond float16's range."""
 
 
-def _check_finite(z: np.ndarray) -> None:
+def check_finite(z: np.ndarray) -> None:
+    """QuantizeError when latent codes hold NaN or infinity (a broken model)."""
     if not np.isfinite(z).all():
         raise QuantizeError("latent codes contain NaN or infinity; the model is broken")
 
@@ -113,7 +114,7 @@ def q8_range(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return scale, np.asarray(lo, np.float32)
 
 
-def _store(z: np.ndarray, precision: str, scale, offset) -> np.ndarray:
+def store(z: np.ndarray, precision: str, scale, offset) -> np.ndarray:
     """float32 latents (n, D) -> codes as stored, for a precision and (q8) a fixed range."""
     if precision == "f32":
         return z.copy()
@@ -145,7 +146,7 @@ def _digest(version: str, header: str, tensors: dict[str, np.ndarray]) -> str:
 _ST_DTYPES = {"float32": "F32", "float16": "F16", "uint8": "U8", "int32": "I32"}
 
 
-def _layout(tensors: dict[str, np.ndarray], shapes: dict[str, list[int]], metadata: dict[str, str]) -> tuple[bytes, list[str]]:
+def safetensors_layout(tensors: dict[str, np.ndarray], shapes: dict[str, list[int]], metadata: dict[str, str]) -> tuple[bytes, list[str]]:
     """The safetensors header (length + JSON) and the order of the tensors' bytes after it.
 
     Written here because safetensors' own writer orders the metadata by a randomly seeded hash
@@ -163,7 +164,8 @@ def _layout(tensors: dict[str, np.ndarray], shapes: dict[str, list[int]], metada
     return len(head).to_bytes(8, "little") + head, order
 
 
-def _header(cf: CodeFile) -> str:
+def header_json(cf: CodeFile) -> str:
+    """The code file's metadata as the JSON string its safetensors header carries."""
     return json.dumps({
         "precision": cf.precision, "fingerprint": cf.fingerprint, "latent_dim": cf.latent_dim,
         "image_size": cf.image_size, "channels": cf.channels, "count": len(cf.names),
@@ -173,12 +175,12 @@ def _header(cf: CodeFile) -> str:
 
 def to_bytes(cf: CodeFile) -> bytes:
     """Serialise a code file (safetensors with a JSON header and a checksum); deterministic."""
-    _validate(cf)
-    header = _header(cf)
+    validate(cf)
+    header = header_json(cf)
     tensors = _tensors(cf)
     meta = {"format": FORMAT, "version": str(VERSION), "header": header, "sha256": _digest(str(VERSION), header, tensors)}
-    head, order = _layout(tensors, {k: list(v.shape) for k, v in tensors.items()}, meta)
-    return head + b"".join(_le(tensors[k]) for k in order)
+    head, order = safetensors_layout(tensors, {k: list(v.shape) for k, v in tensors.items()}, meta)
+    return head + b"".join(little_endian(tensors[k]) for k in order)
 
 
 def from_bytes(data: bytes, source: str = "code file") -> CodeFile:
@@ -211,38 +213,29 @@ def from_bytes(data: bytes, source: str = "code file") -> CodeFile:
             raise ValueError("header does not match the tensors")  # caught just below
     except (KeyError, TypeError, ValueError, IndexError) as e:
         raise CodeFileError(f"{source} has an invalid header: {e}") from None
-    _validate(cf, source)
+    validate(cf, source)
     return cf
 
 
 def _safetensors_header(data: bytes, source: str) -> tuple[dict, int]:
-    """(metadata, expected file length) from a safetensors header, checked by hand first so
-    that a non-safetensors or truncated file gets a clear message instead of a parser's."""
-    if len(data) < 8:
-        raise CodeFileError(f"{source} is truncated or not a vaekit code file ({len(data)} bytes)")
-    n = int.from_bytes(data[:8], "little")
-    if 8 + n > len(data):
-        raise CodeFileError(f"{source} is truncated or not a vaekit code file (header of {n} bytes, file of {len(data)})")
+    """(metadata, expected file length) from the file's safetensors header (fileio's one reader),
+    so that a non-safetensors or truncated file gets a clear message instead of a parser's."""
     try:
-        header, _ = split_safetensors(data)
-        meta = header.pop("__metadata__", None) or {}
-        end = max((int(t["data_offsets"][1]) for t in header.values()), default=0)
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
-        raise CodeFileError(f"{source} is corrupt or not a vaekit code file (unreadable header)") from None
-    if not isinstance(meta, dict):
-        raise CodeFileError(f"{source} is corrupt (metadata is not a mapping)")
-    return meta, 8 + n + end
+        h = read_safetensors_header(data)
+    except ValueError as e:
+        raise CodeFileError(f"{source} is corrupt, truncated or not a vaekit code file ({e})") from None
+    return h.metadata, h.end
 
 
-def _validate(cf: CodeFile, source: str = "code file") -> None:
+def validate(cf: CodeFile, source: str = "code file") -> None:
     """Shapes, dtypes, values and names must be consistent; raises CodeFileError otherwise."""
     def bad(why: str):
         raise CodeFileError(f"{source} is invalid: {why}")
 
     if cf.precision not in PRECISIONS:
         bad(f"precision {cf.precision!r} is not one of {PRECISIONS}")
-    if cf.codes.ndim != 2 or cf.codes.dtype != _DTYPES[cf.precision]:
-        bad(f"codes must be ({_DTYPES[cf.precision].__name__}) (N, D), got {cf.codes.dtype} {cf.codes.shape}")
+    if cf.codes.ndim != 2 or cf.codes.dtype != DTYPES[cf.precision]:
+        bad(f"codes must be ({DTYPES[cf.precision].__name__}) (N, D), got {cf.codes.dtype} {cf.codes.shape}")
     n, d = cf.codes.shape
     if len(cf.names) != n:
         bad(f"{len(cf.names)} names for {n} codes")
@@ -289,6 +282,7 @@ def load(path: str | Path) -> CodeFile:
     return from_bytes(read_regular(path, "code file"), source=f"code file {path}")
 
 
-def _le(a: np.ndarray) -> bytes:
+def little_endian(a: np.ndarray) -> bytes:
+    """An array's bytes in little-endian order, as safetensors stores them."""
     a = np.ascontiguousarray(a)
     return a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes()

@@ -16,7 +16,7 @@ import numpy as np
 
 from vaekit import images as imageio
 from vaekit import stream
-from vaekit.codes.format import PRECISIONS, CodeFile, FingerprintMismatch, _validate, load, quantize
+from vaekit.codes.format import PRECISIONS, CodeFile, FingerprintMismatch, validate, load, quantize
 from vaekit.batches import Layout, digest
 from vaekit.codes.writer import write_streamed
 from vaekit.errors import BadInput
@@ -61,7 +61,7 @@ def encode_images(model: "Model", x: np.ndarray, names: list[str], orig_size: np
     info = model.info
     cf = CodeFile(codes, list(names), np.asarray(orig_size, dtype=np.int32).reshape(-1, 2), precision,
                   info.fingerprint, info.image_size, info.channels, scale, offset)
-    _validate(cf, "new code file")
+    validate(cf, "new code file")
     return cf
 
 

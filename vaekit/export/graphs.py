@@ -42,9 +42,9 @@ def _wrapper(net):
     return Inference(net).eval()
 
 
-def _export_graphs(net, c: int, s: int, d: int, int8: bool = False) -> dict:
+def export_graphs(net, c: int, s: int, d: int, int8: bool = False) -> dict:
     """torch -> {role: onnx ModelProto}, each with a dynamic batch and its weights inside;
-    int8=True traces the form meant for quantisation (vaekit/export_rewrite.py)."""
+    int8=True traces the form meant for quantisation (vaekit/export/rewrite.py, arch v1 runs)."""
     import onnx.utils
     import torch
 

@@ -14,8 +14,8 @@ import numpy as np
 
 from vaekit.engine_onnx import part_paths
 from vaekit.errors import BadInput
-from vaekit.export.graphs import OPSET, ROLES, _export_graphs
-from vaekit.export.metadata import _metadata, _sealed, _set_metadata
+from vaekit.export.graphs import OPSET, ROLES, export_graphs
+from vaekit.export.metadata import metadata_for, sealed, set_metadata
 from vaekit.export.parity import Parity, check_parity, load_parity_images, require_parity, sample_inputs
 from vaekit.export.quantize import QUANTIZE, Quantization, calibration_feeds, quantize_int8
 from vaekit.fileio import refuse_existing
@@ -164,13 +164,13 @@ class _Job:
         return user_images, np.concatenate([user_images, sample_inputs(self.reference, 5)])
 
     def graphs(self, int8: bool = False) -> dict:
-        return _export_graphs(self.net, self.info.channels, self.info.image_size, self.info.latent_dim, int8=int8)
+        return export_graphs(self.net, self.info.channels, self.info.image_size, self.info.latent_dim, int8=int8)
 
     def write(self, protos: dict, paths: dict[str, Path], quantization: str) -> dict[str, Path]:
         """Each role's graph, with vaekit's metadata and its seal, to paths[role]."""
         for role in ROLES:
-            _set_metadata(protos[role], _metadata(role, self.cfg, self.fingerprint, self.info.log_scale, quantization))
-            paths[role].write_bytes(_sealed(protos[role]))
+            set_metadata(protos[role], metadata_for(role, self.cfg, self.fingerprint, self.info.log_scale, quantization))
+            paths[role].write_bytes(sealed(protos[role]))
         return paths
 
     def int8(self, staging: Path, name: str, fp32: dict[str, Path], candidate, user_images, images):

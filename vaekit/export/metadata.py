@@ -34,7 +34,8 @@ def _quantile_list(values: list) -> list[float]:
     return [float(v) for v in np.quantile(np.asarray(values, np.float64), np.linspace(0, 1, MAX_STORED_SCORES))]
 
 
-def _metadata(role: str, cfg: dict, fingerprint: str, log_scale: list[float] | None, quantization: str) -> dict[str, str]:
+def metadata_for(role: str, cfg: dict, fingerprint: str, log_scale: list[float] | None, quantization: str) -> dict[str, str]:
+    """The vaekit.* metadata of one exported graph: model, preprocessing, anomaly section, codec tables."""
     from vaekit.config import from_stored_model
 
     m, a = cfg["model"], _cap_scores(dict(cfg.get("anomaly") or {}))
@@ -63,7 +64,8 @@ def _metadata(role: str, cfg: dict, fingerprint: str, log_scale: list[float] | N
     }
 
 
-def _set_metadata(proto, meta: dict[str, str]) -> None:
+def set_metadata(proto, meta: dict[str, str]) -> None:
+    """Replace the graph's vaekit.* metadata with `meta` (other keys are kept)."""
     import onnx
 
     keep = {p.key: p.value for p in proto.metadata_props if not p.key.startswith("vaekit.")}
@@ -72,7 +74,7 @@ def _set_metadata(proto, meta: dict[str, str]) -> None:
                         f"x{meta['vaekit.image_size']} VAE (fingerprint {meta['vaekit.fingerprint']}); see metadata_props")
 
 
-def _sealed(proto) -> bytes:
+def sealed(proto) -> bytes:
     """Serialise with a sha256 of the file itself in metadata "vaekit.sha256".
 
     The digest is computed with a fixed placeholder in its place, then written over the
