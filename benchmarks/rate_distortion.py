@@ -46,16 +46,11 @@ def psnr(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def pillow_point(x: np.ndarray, fmt: str, q: int, **kw) -> tuple[float, np.ndarray]:
-    """Each (C, H, W) uint8 image as its own file: (mean bytes, decoded images)."""
-    sizes, out = [], []
-    for img in x:
-        buf = io.BytesIO()
-        pil = Image.fromarray(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0))
-        pil.save(buf, format=fmt, quality=q, **kw)
-        sizes.append(buf.tell())
-        dec = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert(pil.mode))
-        out.append(dec[None] if dec.ndim == 2 else dec.transpose(2, 0, 1))
-    return float(np.mean(sizes)), np.stack(out)
+    """Each (C, H, W) uint8 image as its own file (vaekit.codec.compare): (mean bytes, decoded images)."""
+    from vaekit.codec.compare import pillow_file
+
+    files = [pillow_file(img, fmt, q, **kw) for img in x]
+    return float(np.mean([n for n, _ in files])), np.stack([dec for _, dec in files])
 
 
 def vaekit_curve(model, folder: Path, x: np.ndarray, work: Path, single: int) -> tuple[list, list]:

@@ -183,3 +183,35 @@ def test_header_round_trips_compactly_and_refuses_garbage():
             hdr.unpack(bad)
     with pytest.raises(ValueError, match="hex"):
         hdr.pack(hdr.Header("lossy", "abc", "0" * 16, 28, 1, 32, [], [], [], quality=1))
+
+
+# --- the comparison: Pillow files, WebP at a given size ----------------------------------------
+
+def test_webp_at_size_is_the_closest_webp_file_and_reports_its_own_numbers(tmp_path):
+    from vaekit import quality
+    from vaekit.codec import compare
+
+    x = _digits(tmp_path, 3, size=28)
+    rgb = np.random.default_rng(1).integers(0, 256, (3, 24, 24), dtype=np.uint8)
+    for img in (*x, rgb):
+        sizes = [compare.pillow_file(img, "WebP", q)[0] for q in compare.WEBP_QUALITIES]
+        for target in (1, min(sizes) + 7, int(np.median(sizes)), max(sizes) + 50):
+            r = compare.webp_at_size(img, target)
+            assert r.fmt == "WebP" and r.bytes == sizes[r.quality]  # the file the quality writes
+            assert abs(r.bytes - target) == min(abs(s - target) for s in sizes)  # none is closer
+            n, dec = compare.pillow_file(img, "WebP", r.quality)
+            assert n == r.bytes and np.array_equal(dec, r.decoded) and dec.shape == img.shape
+            assert r.psnr == pytest.approx(quality.psnr(img[None], dec[None])[0])
+
+
+def test_webp_at_size_refuses_what_is_not_one_image_or_a_size():
+    from vaekit.codec import compare
+    from vaekit.errors import BadInput
+
+    img = np.zeros((1, 16, 16), np.uint8)
+    with pytest.raises(BadInput, match="invalid target size 0"):
+        compare.webp_at_size(img, 0)
+    with pytest.raises(BadInput, match=r"expected one \(C, H, W\) uint8 image"):
+        compare.webp_at_size(img.astype(np.float32), 100)
+    with pytest.raises(BadInput, match="uint8 image with 1 or 3 channels"):
+        compare.pillow_file(np.zeros((2, 16, 16), np.uint8), "WebP", 50)
