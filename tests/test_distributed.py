@@ -23,7 +23,7 @@ from PIL import Image
 import vaekit
 from vaekit import cache, images
 from vaekit.config import ModelConfig, TrainConfig
-from vaekit.data import _gather
+from vaekit.data import gather
 from vaekit.distributed import Dist
 from vaekit.fit import _share
 from vaekit.train import train
@@ -170,16 +170,16 @@ def test_gather_reads_the_same_pixels_as_indexing(tmp_path):
     cases = [np.arange(300), np.array([5]), np.array([0, 1, 2, 7, 8, 299]), np.array([9, 3, 4, 3, 200]),
              np.random.default_rng(2).permutation(300)[:64]]
     for idx in cases:
-        got = _gather(arr, idx)
+        got = gather(arr, idx)
         assert type(got) is np.ndarray and got.shape == (len(idx), 3, 32, 32)
         np.testing.assert_array_equal(got, np.asarray(arr)[idx])
-    np.testing.assert_array_equal(_gather(np.asarray(arr).copy(), cases[-1]), np.asarray(arr)[cases[-1]])
-    np.testing.assert_array_equal(_gather(arr[10:20], np.array([0, 9])), np.asarray(arr)[[10, 19]])  # a view
+    np.testing.assert_array_equal(gather(np.asarray(arr).copy(), cases[-1]), np.asarray(arr)[cases[-1]])
+    np.testing.assert_array_equal(gather(arr[10:20], np.array([0, 9])), np.asarray(arr)[[10, 19]])  # a view
     with pytest.raises(IndexError, match="out of range for 300 images"):
-        _gather(arr, np.array([3, 300]))
+        gather(arr, np.array([3, 300]))
     want = np.asarray(arr)[cases[2]].copy()
     Path(arr.filename).unlink()  # the cache cleared under a running training: the mapping still reads
-    np.testing.assert_array_equal(_gather(arr, cases[2]), want)
+    np.testing.assert_array_equal(gather(arr, cases[2]), want)
 
 
 def mapped_kib(path: Path) -> int:
@@ -197,7 +197,7 @@ def test_reading_batches_leaves_the_cache_out_of_resident_memory(tmp_path):
     arr = make_cache(tmp_path)
     path = Path(arr.filename)
     for s in range(0, 300, 64):
-        _gather(arr, np.arange(s, min(s + 64, 300)))
+        gather(arr, np.arange(s, min(s + 64, 300)))
     assert mapped_kib(path) == 0  # read through the page cache, not the mapping
     np.asarray(arr)[np.arange(300)]
     assert mapped_kib(path) >= 800  # what indexing the memmap would have cost: ~900 KiB

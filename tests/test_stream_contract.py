@@ -93,7 +93,7 @@ def write_lines(path: Path, entries: list) -> None:
 # --- item 1: shares of different jobs ------------------------------------------------------------
 
 @pytest.mark.parametrize("other_model,extra,what", [(True, [], "fingerprint"), (False, ["--batch-size", "8"], "batch_size"),
-                                                    (False, ["--score", "neg_elbo"], "score")])
+                                                    (False, ["--score", "recon"], "score")])
 def test_shares_of_different_jobs_are_refused_not_merged(setup, tmp_path, other_model, extra, what):
     run_a, run_b, data = setup
     out = tmp_path / "mix.csv"
