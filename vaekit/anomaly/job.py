@@ -23,7 +23,7 @@ from vaekit.anomaly.outputs import (check_outputs, map_targets, output_format, r
                                     write_csv_rows, write_json_rows)
 from vaekit.anomaly.score import BATCH_SIZE, ROW_FIELDS, Plan, ScoreRow, iter_scored, report_header, scoring_plan
 from vaekit.batches import Layout, check_number, digest
-from vaekit.engine import DEFAULT_SCORE, Model
+from vaekit.engine import Model
 from vaekit.errors import BadInput
 from vaekit.fileio import atomic_writer
 from vaekit.images.arrays import check_batch_size
@@ -55,7 +55,7 @@ def score_to_file(
     out: str | Path | None = None,
     maps: str | Path | None = None,
     samples: int = 0,
-    score: str = DEFAULT_SCORE,
+    score: str | None = None,
     iwae: bool = False,
     threshold: float | None = None,
     overwrite: bool = False,
@@ -69,6 +69,7 @@ def score_to_file(
 ) -> JobReport:
     """Score every image under `inputs` in bounded memory; rows to `out` (.csv/.json), heat maps to `maps`.
 
+    score: None is the model's own (ModelInfo.score), as `vaekit anomaly-score` without --score.
     shard: this process's share (index, count); None: torchrun's RANK / WORLD_SIZE, or all.
     Under torchrun rank 0 waits (up to `merge_timeout` seconds, None: as long as it takes) for
     the other ranks' journals and merges them. progress(done, total, phase="score"|"merge").
