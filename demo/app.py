@@ -23,7 +23,8 @@ import gradio as gr
 import vaekit
 from vaekit.engine import Model
 from vaekit_demo.security import guarded_gradio
-from vaekit_demo.tabs import TABS, Context, header, wire_open
+from vaekit_demo.context import Context
+from vaekit_demo.tabs import TABS, header, wire_open
 
 MAX_UPLOAD = "25mb"  # per uploaded file
 # The models work on small images; show their pixels as squares instead of a blur.

@@ -20,7 +20,8 @@ import numpy as np
 from vaekit import codes, quality
 from vaekit import images as imageio
 from vaekit.engine import Model, score_unit
-from vaekit.errors import BadInput, NotFound
+from vaekit.codec.compare import PillowFile, webp_at_size
+from vaekit.errors import BadInput, MissingExtra, NotFound
 
 LATENT_MAX_SHOWN = 24  # images shown for one selection in the latent-space tab
 # An uploaded code file is decoded in the server: a small file can name many images. The app
@@ -122,6 +123,55 @@ def decompress(model: Model, code_file: str | Path) -> tuple[list[str], np.ndarr
         out.append(imageio.to_uint8(model.decode(z[s : s + 64])))
     s_, c = model.info.image_size, model.info.channels
     return cf.names, np.concatenate(out) if out else np.zeros((0, c, s_, s_), np.uint8)
+
+
+# --- Compress: the entropy-coded .vkc beside WebP at the same size ---------------------------
+
+@dataclass
+class VkcImage:
+    name: str
+    file: Path  # this image's own .vkc, as `vaekit encode --quality` writes it
+    bytes: int  # the whole file, header included
+    bits_per_pixel: float  # file bits per pixel of the model-sized image
+    psnr: float  # dB, input vs. the image decoded from the file
+    ssim: float | None  # None without scikit-image
+    webp: PillowFile  # the WebP file of the same (model-sized) image closest to `bytes`
+    webp_ssim: float | None
+    shown: np.ndarray  # (C, H, 3W+pad) input | decoded .vkc | decoded WebP, uint8
+
+
+VKC_COLUMNS = ["file", ".vkc bytes", "bits/px", "PSNR (dB)", "SSIM", "WebP quality", "WebP bytes", "WebP PSNR (dB)",
+               "WebP SSIM"]
+
+
+def encode_vkc(model: Model, paths: Sequence[str | Path], out_dir: Path,
+               level: int) -> tuple[list[VkcImage], list[tuple[Path, str]]]:
+    """Each upload as its own .vkc at quality `level` (one file per image, as WebP writes one),
+    decoded back from the file and set beside the WebP file of the same image closest to its size:
+    (one VkcImage per usable upload, the skipped ones)."""
+    from vaekit import codec
+
+    model = need(model)
+    if isinstance(level, float) and level.is_integer():  # a slider's 6.0
+        level = int(level)
+    report = load_uploads(model, paths)
+    shown = []
+    for path, x in zip(report.paths, report.images):
+        enc = codec.encode(model, [path], _new_file(out_dir, f"{path.stem}.vkc"), quality=level)
+        dec = codec.decode(model, enc.path, enc.path.parent / "decoded")
+        y = imageio.decode(dec.written[0], model.info.channels).transpose(2, 0, 1)  # (C, H, W) as the file holds it
+        webp = webp_at_size(x, enc.file_bytes)
+        shown.append(VkcImage(path.name, enc.path, enc.file_bytes, 8 * enc.file_bytes / (x.shape[1] * x.shape[2]),
+                              float(quality.psnr(x[None], y[None])[0]), _ssim(x, y), webp, _ssim(x, webp.decoded),
+                              imageio.make_grid(np.stack([x, y, webp.decoded]), ncol=3)))
+    return shown, report.skipped
+
+
+def _ssim(x: np.ndarray, y: np.ndarray) -> float | None:
+    try:
+        return float(quality.ssim(x[None], y[None])[0])
+    except MissingExtra:
+        return None
 
 
 # --- Anomaly -----------------------------------------------------------------------------------

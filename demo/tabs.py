@@ -16,42 +16,11 @@ import gradio as gr
 import pandas as pd
 
 import vaekit
-from vaekit.engine import Model, score_unit
+from vaekit.engine import score_unit
 from vaekit.errors import BadInput
-from vaekit_demo import figures, handlers
-from vaekit_demo.errors import guard_errors
-from vaekit_demo.security import confine, public_path
-
-
-def _data_folder(model: Model | None, data_root: Path) -> str:
-    """The folder a run was trained on (the latent-space tab's default), relative to the data
-    root; empty when the model does not know it or it lies outside (the page shows no server paths)."""
-    folder = str(getattr(model, "config", {}).get("data", {}).get("root", "")) if model else ""
-    try:
-        return Path(folder).resolve().relative_to(data_root.resolve()).as_posix() if folder else ""
-    except (ValueError, OSError):
-        return ""
-
-
-class Context:
-    """What every tab's handlers share: the app's state (vaekit_demo.app), the folders the page may
-    name, and the widgets that show the current model."""
-
-    def __init__(self, st):
-        self.st = st
-        self.roots = (st.data_root, st.runs_dir, st.workdir)
-        self.model_widgets: list = []
-
-    def guard(self, fn):
-        return guard_errors(fn, self.roots)
-
-    def public(self, path) -> str:  # a server path as the page shows it (security.public_path)
-        return public_path(path, list(self.roots))
-
-    def model_outputs(self) -> tuple:
-        rng = figures.threshold_range(self.st.model)
-        return (handlers.describe(self.st.model, self.roots), gr.Slider(**rng),
-                figures.model_histogram(self.st.model, rng["value"]), _data_folder(self.st.model, self.st.data_root))
+from vaekit_demo import compress_tab, figures, handlers
+from vaekit_demo.context import Context, data_folder, warn_skipped
+from vaekit_demo.security import confine
 
 
 def header(ctx: Context) -> SimpleNamespace:
@@ -149,57 +118,6 @@ def _wire_train(w: SimpleNamespace, ctx: Context) -> None:
     w.stop_btn.click(stop, None, w.train_status, api_name="stop", queue=False)
 
 
-def _compress_tab(ctx: Context) -> SimpleNamespace:
-    with gr.Row():
-        with gr.Column():
-            comp_files = gr.File(label="Images", file_count="multiple", file_types=["image"], elem_id="compress-files")
-            precision = gr.Radio(["q8", "f16", "f32"], value="q8", label="Code precision",
-                                 info="q8: one byte per latent dimension")
-            comp_btn = gr.Button("Compress", variant="primary", elem_id="compress-btn")
-        with gr.Column():
-            comp_summary = gr.Markdown(elem_id="compress-summary")
-            code_out = gr.File(label="Code file (download)", elem_id="code-out", height=90)
-    comp_gallery = gr.Gallery(label="Input | reconstruction from the code", format="png", columns=6,
-                              height=300, preview=False, object_fit="contain",
-                              elem_classes=["vk-pixels"], elem_id="compress-gallery")
-    comp_table = gr.Dataframe(headers=["file", "PSNR (dB)", "SSIM"], label="Quality", interactive=False)
-    gr.Markdown("### Decode a code file")
-    with gr.Row():
-        code_in = gr.File(label="Code file", elem_id="code-in", height=90)
-        decode_btn = gr.Button("Decode", elem_id="decode-btn")
-    decoded = gr.Gallery(label="Decoded images", format="png", columns=8, height=260, preview=False,
-                         elem_classes=["vk-pixels"], elem_id="decoded")
-    return SimpleNamespace(comp_files=comp_files, precision=precision, comp_btn=comp_btn, comp_summary=comp_summary,
-                           code_out=code_out, comp_gallery=comp_gallery, comp_table=comp_table, code_in=code_in,
-                           decode_btn=decode_btn, decoded=decoded)
-
-
-def _wire_compress(w: SimpleNamespace, ctx: Context) -> None:
-    st = ctx.st
-
-    @ctx.guard
-    def compress(files, prec):
-        r = handlers.compress(st.model, files, st.workdir, prec)
-        e = r.report
-        summary = (f"**{e.count} image(s)** → code file of **{e.file_bytes} bytes** ({e.bytes_per_image:.1f} "
-                   f"bytes/image, **{e.bits_per_pixel:.3f} bpp** at {e.image_size}×{e.image_size}; "
-                   f"the uploads were {e.source_bytes} bytes). Mean PSNR {r.psnr.mean():.2f} dB, "
-                   f"SSIM {r.ssim.mean():.3f}.")
-        _warn_skipped(e.skipped)
-        table = [[n, round(float(p), 2), round(float(s), 4)] for n, p, s in zip(r.names, r.psnr, r.ssim)]
-        gallery = [(handlers.hwc(x), n) for x, n in zip(r.pairs, r.names)]
-        return gallery, summary, str(e.path), table
-
-    @ctx.guard
-    def decompress(code_file):
-        names, x = handlers.decompress(st.model, code_file)
-        return [(handlers.hwc(img), n) for img, n in zip(x, names)]
-
-    w.comp_btn.click(compress, [w.comp_files, w.precision], [w.comp_gallery, w.comp_summary, w.code_out, w.comp_table],
-                     api_name="compress")
-    w.decode_btn.click(decompress, w.code_in, w.decoded, api_name="decompress")
-
-
 def _anomaly_tab(ctx: Context) -> SimpleNamespace:
     model = ctx.st.model
     with gr.Row():
@@ -230,7 +148,7 @@ def _wire_anomaly(w: SimpleNamespace, ctx: Context) -> None:
     @ctx.guard
     def anomaly(files, thr):
         r = handlers.anomaly(st.model, files, thr, st.workdir)
-        _warn_skipped(r.skipped)
+        warn_skipped(r.skipped)
         n_bad = int(r.anomalous.sum())
         unit = score_unit(st.model.info.score)
         lines = [f"**{n_bad} of {len(r.names)} anomalous** at threshold {r.threshold:.2f} {unit}"]
@@ -290,7 +208,7 @@ def _wire_generate(w: SimpleNamespace, ctx: Context) -> None:
 
 def _latent_tab(ctx: Context) -> SimpleNamespace:
     with gr.Row():
-        lat_folder = gr.Textbox(_data_folder(ctx.st.model, ctx.st.data_root),
+        lat_folder = gr.Textbox(data_folder(ctx.st.model, ctx.st.data_root),
                                 label="Images to project (a folder on this machine)", scale=3, elem_id="latent-folder")
         method = gr.Radio(["PCA", "t-SNE"], value="PCA", label="Projection")
         limit = gr.Slider(10, 2000, value=500, step=10, label="At most this many images")
@@ -327,14 +245,8 @@ def _wire_latent(w: SimpleNamespace, ctx: Context) -> None:
 # (tab title, tab id, its widgets, its wiring), in the order the page shows them
 TABS = (
     ("Train", "train", _train_tab, _wire_train),
-    ("Compress", "compress", _compress_tab, _wire_compress),
+    ("Compress", "compress", compress_tab.layout, compress_tab.wire),
     ("Anomaly", "anomaly", _anomaly_tab, _wire_anomaly),
     ("Generate", "generate", _generate_tab, _wire_generate),
     ("Latent space", "latent", _latent_tab, _wire_latent),
 )
-
-
-def _warn_skipped(skipped) -> None:
-    if skipped:
-        shown = "; ".join(f"{p.name}: {r}" for p, r in skipped[:3])
-        gr.Warning(f"skipped {len(skipped)} unreadable file(s): {shown}")

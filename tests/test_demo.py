@@ -94,8 +94,50 @@ def test_compress_writes_a_code_file_that_decodes_to_the_shown_reconstructions(m
     np.testing.assert_allclose(r.ssim, quality.ssim(x, decoded))
 
 
+def _panels(shown: np.ndarray) -> list[np.ndarray]:
+    """The three images of an input | .vkc | WebP row (make_grid, pad 2): (C, H, W) each."""
+    return [shown[..., 2 : 2 + SIZE, 2 + k * (SIZE + 2) : 2 + k * (SIZE + 2) + SIZE] for k in range(3)]
+
+
+def _check_vkc_image(model, x, name, vkc_bytes, psnr, webp_quality, webp_bytes, webp_psnr, decoded, webp_decoded,
+                     file, tmp_path):
+    """One image's .vkc and WebP numbers agree with a recomputation from the files themselves."""
+    from vaekit import codec
+
+    assert vkc_bytes > 0 and Path(file).stat().st_size == vkc_bytes and Path(file).name == Path(name).stem + ".vkc"
+    again = codec.decode(model, file, tmp_path / f"again-{Path(name).stem}")  # the download decodes to what is shown
+    np.testing.assert_array_equal(imageio.decode(again.written[0], 1).transpose(2, 0, 1), decoded)
+    assert psnr == pytest.approx(quality.psnr(x[None], decoded[None])[0], abs=0.006)
+    sizes = [codec.pillow_file(x, "WebP", q)[0] for q in range(101)]
+    assert webp_bytes == sizes[webp_quality]  # the file that quality writes ...
+    assert abs(webp_bytes - vkc_bytes) == min(abs(s - vkc_bytes) for s in sizes)  # ... and none is closer in size
+    np.testing.assert_array_equal(codec.pillow_file(x, "WebP", webp_quality)[1], webp_decoded)
+    assert webp_psnr == pytest.approx(quality.psnr(x[None], webp_decoded[None])[0], abs=0.006)
+
+
+def test_encode_vkc_codes_each_upload_beside_webp_at_the_same_size(model, uploads, tmp_path, not_an_image):
+    shown, skipped = handlers.encode_vkc(model, [*uploads, not_an_image], tmp_path, 6.0)  # a slider's float
+    assert [v.name for v in shown] == [p.name for p in uploads] and [p.name for p, _ in skipped] == ["notes.png"]
+    x = model.load_images(uploads).images
+    for v, xi in zip(shown, x):
+        inp, dec, webp = _panels(v.shown)
+        np.testing.assert_array_equal(inp, xi)
+        np.testing.assert_array_equal(webp, v.webp.decoded)
+        assert v.bits_per_pixel == pytest.approx(8 * v.bytes / SIZE**2)
+        assert v.ssim == pytest.approx(quality.ssim(xi[None], dec[None])[0])
+        assert v.webp_ssim == pytest.approx(quality.ssim(xi[None], webp[None])[0])
+        _check_vkc_image(model, xi, v.name, v.bytes, v.psnr, v.webp.quality, v.webp.bytes, v.webp.psnr, dec, webp,
+                         v.file, tmp_path)
+    small, _ = handlers.encode_vkc(model, uploads[:1], tmp_path, 1)
+    assert small[0].bytes < shown[0].bytes  # quality 1: the smallest files
+    with pytest.raises(ValueError, match="invalid quality 9"):
+        handlers.encode_vkc(model, uploads, tmp_path, 9)
+    with pytest.raises(handlers.NoModelError):
+        handlers.encode_vkc(None, uploads, tmp_path, 6)
+
+
 def test_decompress_refuses_garbage_and_another_models_codes(model, uploads, tmp_path, not_an_image):
-    with pytest.raises(codes.CodeFileError, match="code file notes.png is truncated or not a vaekit code file"):
+    with pytest.raises(codes.CodeFileError, match="code file notes.png is corrupt, truncated or not a vaekit code file"):
         handlers.decompress(model, not_an_image)
     x = model.load_images(uploads).images
     cf = codes.encode_images(model, x, ["a.png", "b.png", "c.png"], np.full((3, 2), SIZE), "q8")
@@ -286,6 +328,23 @@ def test_client_compress_then_decompress(client, model, uploads):
 
 
 @pytest.mark.slow
+def test_client_encode_vkc_beside_webp_at_the_same_size(client, model, uploads, tmp_path):
+    gallery, summary, files, table = client.predict(_files(uploads), 6, api_name="/encode_vkc")
+    assert table["headers"] == handlers.VKC_COLUMNS and [row[0] for row in table["data"]] == [p.name for p in uploads]
+    assert [g["caption"].split(":")[0] for g in gallery] == [p.name for p in uploads] and len(files) == 3
+    x = model.load_images(uploads).images
+    for xi, row, g, f in zip(x, table["data"], gallery, files):
+        name, vkc_bytes, bpp, psnr, ssim, webp_q, webp_bytes, webp_psnr, webp_ssim = row
+        assert bpp == pytest.approx(8 * vkc_bytes / SIZE**2, abs=1e-3)
+        _, dec, webp = _panels(np.asarray(Image.open(g["image"]))[None])  # the PNG shown holds the exact pixels
+        assert ssim == pytest.approx(quality.ssim(xi[None], dec[None])[0], abs=1e-4)
+        assert webp_ssim == pytest.approx(quality.ssim(xi[None], webp[None])[0], abs=1e-4)
+        _check_vkc_image(model, xi, name, vkc_bytes, psnr, webp_q, webp_bytes, webp_psnr, dec, webp, f, tmp_path)
+        assert f"`{name}`: .vkc **{vkc_bytes} bytes**" in summary and f"WebP quality {webp_q}: {webp_bytes} bytes" in summary
+    assert summary.startswith("**Quality 6**")
+
+
+@pytest.mark.slow
 def test_client_anomaly_and_threshold(client, model, uploads):
     want = model.score(model.load_images(uploads).images, score=model.info.score).score
     summary, plot, gallery, table, csv_path = client.predict(_files(uploads), float(want.max()) - 1e-3,
@@ -315,7 +374,7 @@ def test_bad_input_is_a_message_and_the_app_keeps_serving(client, model, uploads
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
 
-    with pytest.raises(AppError, match="code file notes.png is truncated or not a vaekit code file"):
+    with pytest.raises(AppError, match="code file notes.png is corrupt, truncated or not a vaekit code file"):
         client.predict(handle_file(str(not_an_image)), api_name="/decompress")
     x = model.load_images(uploads[:1]).images
     cf = codes.encode_images(model, x, ["a.png"], np.full((1, 2), SIZE), "q8")

@@ -1,0 +1,51 @@
+"""What every tab of the web app shares: the app's state, the folders the page may name, the
+widgets that show the current model, and the warning for uploads that could not be read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from vaekit.engine import Model
+from vaekit_demo import figures, handlers
+from vaekit_demo.errors import guard_errors
+from vaekit_demo.security import public_path
+
+
+def data_folder(model: Model | None, data_root: Path) -> str:
+    """The folder a run was trained on (the latent-space tab's default), relative to the data
+    root; empty when the model does not know it or it lies outside (the page shows no server paths)."""
+    folder = str(getattr(model, "config", {}).get("data", {}).get("root", "")) if model else ""
+    try:
+        return Path(folder).resolve().relative_to(data_root.resolve()).as_posix() if folder else ""
+    except (ValueError, OSError):
+        return ""
+
+
+class Context:
+    """What every tab's handlers share: the app's state (vaekit_demo.app), the folders the page may
+    name, and the widgets that show the current model."""
+
+    def __init__(self, st):
+        self.st = st
+        self.roots = (st.data_root, st.runs_dir, st.workdir)
+        self.model_widgets: list = []
+
+    def guard(self, fn):
+        return guard_errors(fn, self.roots)
+
+    def public(self, path) -> str:  # a server path as the page shows it (security.public_path)
+        return public_path(path, list(self.roots))
+
+    def model_outputs(self) -> tuple:
+        rng = figures.threshold_range(self.st.model)
+        return (handlers.describe(self.st.model, self.roots), gr.Slider(**rng),
+                figures.model_histogram(self.st.model, rng["value"]), data_folder(self.st.model, self.st.data_root))
+
+
+def warn_skipped(skipped) -> None:
+    """A toast naming the first few uploads that could not be read (the rest of the request went on)."""
+    if skipped:
+        shown = "; ".join(f"{p.name}: {r}" for p, r in skipped[:3])
+        gr.Warning(f"skipped {len(skipped)} unreadable file(s): {shown}")
