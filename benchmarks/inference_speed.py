@@ -38,9 +38,9 @@ def random_run(out: Path, image_size: int, channels: int, latent_dim: int, base_
     """A run directory holding an untrained ConvVAE (enough to time it)."""
     import torch
 
-    from vaekit import run as rundir
+    from vaekit.training import rundir
     from vaekit.config import ModelConfig
-    from vaekit.model import ConvVAE
+    from vaekit.model.vae import ConvVAE
 
     torch.manual_seed(0)
     # settings `vaekit train` would decide for an aligned photo-like folder (a run stores no "auto")
@@ -136,8 +136,8 @@ def run_benchmark(args, tmp: Path) -> None:
     import onnxruntime as ort
     import torch
 
-    from vaekit.engine_onnx import OnnxModel
-    from vaekit.engine_torch import TorchModel
+    from vaekit.inference.engine_onnx import OnnxModel
+    from vaekit.inference.engine_torch import TorchModel
     from vaekit.export import export
 
     torch.set_num_threads(max(args.threads))

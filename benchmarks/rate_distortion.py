@@ -40,7 +40,7 @@ def write_folder(x: np.ndarray, folder: Path) -> Path:
 
 
 def psnr(x: np.ndarray, y: np.ndarray) -> float:
-    from vaekit import quality
+    from vaekit.images import quality
 
     return float(np.mean(np.minimum(quality.psnr(x, y), 100.0)))  # an exact image counts 100 dB, not +inf
 

@@ -28,13 +28,13 @@ from pathlib import Path
 import numpy as np
 
 DECODE = (
-    "import sys, time; from vaekit.train import load_dataset; t = time.perf_counter(); "
+    "import sys, time; from vaekit.training.data import load_dataset; t = time.perf_counter(); "
     "load_dataset(sys.argv[1], int(sys.argv[2]), 'auto', workers=int(sys.argv[3])); "
     "print(time.perf_counter() - t)"
 )
 MMAP_PATCH = (  # the old way, patched in for the A/B: batches read by indexing the memmap
-    "import numpy as np, vaekit.data, vaekit.fit; "
-    "vaekit.data._gather = vaekit.fit._gather = lambda images, idx: np.ascontiguousarray(images[idx]); "
+    "import numpy as np, vaekit.training.data, vaekit.training.trainer; "
+    "vaekit.training.data._gather = vaekit.training.trainer._gather = lambda images, idx: np.ascontiguousarray(images[idx]); "
     "from vaekit_cli.main import main; main()"
 )
 
@@ -138,7 +138,7 @@ def main() -> None:
 def report(rows: list[dict], sizes: list[int], args) -> None:
     """The table, the memory ratio and a linear fit of CPU time to the number of images."""
     from vaekit.config import TrainConfig
-    from vaekit.data import plan_splits
+    from vaekit.training.data import plan_splits
 
     cfg = TrainConfig()  # the images an epoch trains on, as `vaekit train` splits them by default
     n_train = {n: len(plan_splits(n, cfg.val_fraction, cfg.calibration_fraction, cfg.seed, cfg.folds,

@@ -26,11 +26,11 @@ import torch
 from PIL import Image
 
 from vaekit.config import ModelConfig, TrainConfig
-from vaekit.model import ConvVAE
-from vaekit.objective import negative_elbo
-from vaekit.data import choose_model, image_statistics, load_dataset, plan_splits
-from vaekit.distributed import pick_device
-from vaekit.train import fit
+from vaekit.model.vae import ConvVAE
+from vaekit.model.objective import negative_elbo
+from vaekit.training.data import choose_model, image_statistics, load_dataset, plan_splits
+from vaekit.training.distributed import pick_device
+from vaekit.training.loop import fit
 
 
 def write_images(folder: Path, n: int, size: int) -> None:

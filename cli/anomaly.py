@@ -107,7 +107,7 @@ def _print_scores(report, inputs) -> None:
 
     short = len(inputs) == 1 and inputs[0].is_dir()
     where = f" in {shown(inputs[0])}" if short else ""
-    from vaekit.engine import score_unit
+    from vaekit.inference.engine import score_unit
 
     unit = score_unit(report.plan.score)
     t = Table(title=f"{report.plan.score} scores{where} ({unit}; higher = more anomalous)", title_justify="left")
@@ -204,12 +204,12 @@ def threshold(
 ) -> None:
     """Show the run's anomaly threshold and its held-out score quantiles, or move the threshold."""
     from vaekit import anomaly
-    from vaekit import run as rundir
+    from vaekit.training import rundir
 
     if sum(v is not None for v in (quantile, target_fpr, value)) > 1:
         raise typer.BadParameter("give at most one of --quantile, --target-fpr, --value")
     if quantile is None and target_fpr is None and value is None:
-        from vaekit.engine import threshold_fields
+        from vaekit.inference.engine import threshold_fields
 
         section = rundir.read_config(run).get("anomaly")
         if not section:
@@ -227,7 +227,7 @@ def _print_threshold(run, section) -> None:
                     f"{shown(section.get('n', len(section.get('scores', []))))} "
                     f"{shown(section.get('source', 'validation'))} images", show_header=False, title_justify="left")
     from vaekit.anomaly import section_note
-    from vaekit.engine import score_unit
+    from vaekit.inference.engine import score_unit
 
     q, fpr = section.get("threshold_quantile"), section.get("expected_fpr")
     t.add_row("threshold", f"{section['threshold']:.2f} {score_unit(section.get('score', ''))}"

@@ -1,6 +1,6 @@
 """`vaekit encode`, `decode`, `reconstruct`, `sample` and `interpolate`: images <-> latent codes.
 
-Each command parses its arguments, calls vaekit.codes / vaekit.quality, and prints. The model
+Each command parses its arguments, calls vaekit.codes / vaekit.images.quality, and prints. The model
 is any path `vaekit.load` opens (a run directory or an exported .onnx), so every command works
 with either engine.
 """
@@ -213,7 +213,7 @@ def reconstruct(
     device: DeviceOpt = Device.auto,
 ) -> None:
     """Reconstruct images through the model; report PSNR and SSIM per image (SSIM needs vaekit[metrics])."""
-    from vaekit.reconstruct_job import reconstruct_to_folder
+    from vaekit.inference.reconstruct import reconstruct_to_folder
 
     apply_threads()
     share = _share(shard)
@@ -248,7 +248,7 @@ def reconstruct(
     if worst:
         console.print(f"... and {n - TABLE_ROWS} more (--json prints every image)", highlight=False)
     if not has_ssim:
-        from vaekit.quality import SSIM_MISSING
+        from vaekit.images.quality import SSIM_MISSING
 
         console.print(f"no SSIM column: {shown(SSIM_MISSING)}", highlight=False, soft_wrap=True)
     console.print(f"comparison grid (input, reconstruction): {shown(report.grid)}", highlight=False, soft_wrap=True)

@@ -71,7 +71,7 @@ def train(
 ) -> None:
     """Train a convolutional VAE on a folder of images."""
     from vaekit.config import ModelConfig, TrainConfig
-    from vaekit.train import train as run_training
+    from vaekit.training.job import train as run_training
 
     apply_threads()
     ch = channels if channels == "auto" else _int_channels(channels)
@@ -86,6 +86,11 @@ def train(
         result, data = run_training(images, out, model_cfg, train_cfg, channels=ch, resume=resume, overwrite=overwrite,
                                     workers=workers, progress=reporter, resume_epochs=epochs,
                                     resume_changes=changes if resume else None, should_stop=stop.is_set)
+    _report(result, data, out)
+
+
+def _report(result, data, out: Path) -> None:
+    """The summary of a finished run; a run stopped by Ctrl-C says how to continue it (exit 130)."""
     if result.stopped:
         err_console.print(f"interrupted: {shown(out)} keeps its last finished epoch ({result.epochs_done}); "
                           "continue with `vaekit train ... --resume`", highlight=False, soft_wrap=True)
@@ -181,7 +186,7 @@ def _print_summary(result, data) -> None:
     t.add_row("device", result.device)
     t.add_row("epochs", f"{result.epochs_done} (best: epoch {result.best_epoch})")
     t.add_row("best val -ELBO", f"{result.best_val:.2f} nats/image")
-    from vaekit import run as rundir
+    from vaekit.training import rundir
 
     cfg = rundir.read_config(result.run_dir)
     m = cfg.get("model") or {}
@@ -189,7 +194,7 @@ def _print_summary(result, data) -> None:
                              f"{m.get('likelihood')}"))
     if result.threshold is not None:
         from vaekit.anomaly import section_note
-        from vaekit.engine import score_unit
+        from vaekit.inference.engine import score_unit
 
         a = cfg.get("anomaly") or {}
         q, n, source = a.get("threshold_quantile"), a.get("n", 0), a.get("source", "calibration")

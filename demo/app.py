@@ -21,7 +21,7 @@ from pathlib import Path
 import gradio as gr
 
 import vaekit
-from vaekit.engine import Model
+from vaekit.inference.engine import Model
 from vaekit_demo.security import guarded_gradio
 from vaekit_demo.context import Context
 from vaekit_demo.tabs import TABS, header, wire_open

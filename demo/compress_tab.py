@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import gradio as gr
 
 from vaekit.codec import QUALITIES
-from vaekit.quality import SSIM_MISSING
+from vaekit.images.quality import SSIM_MISSING
 from vaekit_demo import handlers
 from vaekit_demo.context import Context, warn_skipped
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from vaekit.engine import Model
+from vaekit.inference.engine import Model
 from vaekit_demo import figures, handlers
 from vaekit_demo.errors import guard_errors
 from vaekit_demo.security import public_path

@@ -44,7 +44,7 @@ def score_histogram(val_scores: Sequence[float], threshold: float | None, scores
         n_bad = int(np.sum(anomalous))
         ax.plot([], [], color="#2ca02c", linewidth=2, label=f"normal ({len(scores) - n_bad})")
         ax.plot([], [], color="#d62728", linewidth=2, label=f"anomalous ({n_bad})")
-    from vaekit.engine import score_unit
+    from vaekit.inference.engine import score_unit
 
     ax.set_xlabel(f"anomaly score: {LABELS.get(score, score)} ({score_unit(score)}); higher = more anomalous")
     ax.set_ylabel("images")

@@ -17,9 +17,10 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from vaekit import codes, quality
+from vaekit import codes
+from vaekit.images import quality
 from vaekit import images as imageio
-from vaekit.engine import Model, score_unit
+from vaekit.inference.engine import Model, score_unit
 from vaekit.codec.compare import PillowFile, webp_at_size
 from vaekit.errors import BadInput, MissingExtra, NotFound
 
@@ -275,7 +276,7 @@ def latent_pick(model: Model, m: LatentMap, x_lo: float, x_hi: float) -> list[tu
 
 @dataclass
 class TrainEvent:
-    phase: str  # "decode", "train", "epoch" (as vaekit.train reports), then "done" or "stopped"
+    phase: str  # "decode", "train", "epoch" (as vaekit.training.job reports), then "done" or "stopped"
     done: int = 0
     total: int = 0
     metrics: dict = field(default_factory=dict)
@@ -290,7 +291,7 @@ def train_events(
     epochs: int,
     stop: threading.Event,
 ) -> Iterator[TrainEvent]:
-    """Run `vaekit.train.train` in a worker thread and yield its progress as it comes.
+    """Run `vaekit.training.job.train` in a worker thread and yield its progress as it comes.
 
     Setting `stop` ends training after the current step through the library's stop hook
     (`should_stop`; while images are still being decoded, the next progress report stops it):
@@ -314,7 +315,7 @@ def train_events(
         events.put(TrainEvent(phase, done, total, metrics))
 
     def work() -> None:
-        from vaekit.train import train
+        from vaekit.training.job import train
 
         try:
             result, _ = train(folder, out_dir, model_cfg, train_cfg, channels="auto", progress=report,

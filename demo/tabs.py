@@ -16,7 +16,7 @@ import gradio as gr
 import pandas as pd
 
 import vaekit
-from vaekit.engine import score_unit
+from vaekit.inference.engine import score_unit
 from vaekit.errors import BadInput
 from vaekit_demo import compress_tab, figures, handlers
 from vaekit_demo.context import Context, data_folder, warn_skipped

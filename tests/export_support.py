@@ -39,9 +39,9 @@ def random_run(out: Path, **model) -> Path:
     """A run directory holding an untrained ConvVAE (no training, no threshold): enough for parity."""
     import torch
 
-    from vaekit import run as rundir
+    from vaekit.training import rundir
     from vaekit.config import ModelConfig
-    from vaekit.model import ConvVAE
+    from vaekit.model.vae import ConvVAE
 
     torch.manual_seed(0)
     cfg = ModelConfig(**model)

@@ -17,11 +17,12 @@ from sklearn.metrics import average_precision_score, f1_score, roc_auc_score, ro
 
 import vaekit
 from vaekit import anomaly
-from vaekit import run as rundir
+from vaekit.training import rundir
 from vaekit.config import ModelConfig, TrainConfig
-from vaekit.engine import pixel_floor
+from vaekit.inference.engine import pixel_floor
 from vaekit.sample_data import write_shapes
-from vaekit.train import split3, train
+from vaekit.train import train
+from vaekit.training.data import split3
 
 SIZE = 32
 
@@ -412,9 +413,9 @@ def test_anomaly_module_needs_no_torch():
             "    def find_spec(self, name, path=None, target=None):\n"
             "        if name.split('.')[0] == 'torch': raise ImportError('torch is blocked')\n"
             "sys.meta_path.insert(0, Block())\n"
-            "import vaekit.anomaly, vaekit.engine\n"
+            "import vaekit.anomaly, vaekit.inference.engine\n"
             "import numpy as np\n"
-            "print(vaekit.anomaly.image_metrics([0, 1], [0.0, 1.0])['auroc'], vaekit.engine.pixel_floor(np.ones((1, 1, 2, 2)), 'bernoulli').sum())")
+            "print(vaekit.anomaly.image_metrics([0, 1], [0.0, 1.0])['auroc'], vaekit.inference.engine.pixel_floor(np.ones((1, 1, 2, 2)), 'bernoulli').sum())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["1.0", "0.0"]

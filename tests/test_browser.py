@@ -11,7 +11,7 @@ from PIL import Image
 
 import vaekit
 from vaekit.config import ModelConfig, TrainConfig
-from vaekit.engine import score_unit
+from vaekit.inference.engine import score_unit
 from vaekit.sample_data import write_digits
 
 pytestmark = pytest.mark.slow  # a real browser against a served app: left out by `dev.py test --fast`

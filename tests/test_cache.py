@@ -1,4 +1,4 @@
-"""vaekit.cache: decode once, memory-map after; every change to the files is noticed."""
+"""vaekit.training.cache: decode once, memory-map after; every change to the files is noticed."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vaekit import cache, images
+from vaekit import images
+from vaekit.training import cache
 
 
 def make_folder(root: Path, n: int = 4) -> list[Path]:

@@ -168,11 +168,14 @@ def test_missing_optional_dependency_names_the_extra(monkeypatch):
         return real(name, *a, **k)
 
     monkeypatch.setattr(builtins, "__import__", no_torch)
-    torch_users = ("vaekit.train", "vaekit.fit", "vaekit.finish", "vaekit.data", "vaekit.model", "vaekit.objective",
-                   "vaekit.distributed", "vaekit.run", "vaekit.engine_torch")
+    torch_users = ("vaekit.train", "vaekit.training.job", "vaekit.training.loop", "vaekit.training.trainer",
+                   "vaekit.training.checkpoint", "vaekit.training.crossfit", "vaekit.training.finish",
+                   "vaekit.training.finish_reader", "vaekit.training.data", "vaekit.training.distributed",
+                   "vaekit.training.rundir", "vaekit.model.vae", "vaekit.model.objective", "vaekit.inference.engine_torch")
     for mod in [m for m in sys.modules if m in torch_users or m.startswith("torch")]:
         monkeypatch.delitem(sys.modules, mod)
-        if mod.startswith("vaekit."):  # else `from vaekit import run` finds the package's attribute, no import
-            monkeypatch.delattr(sys.modules["vaekit"], mod.split(".", 1)[1], raising=False)
+        if mod.startswith("vaekit."):  # else `from vaekit.training import rundir` finds the package's attribute, no import
+            parent, leaf = mod.rsplit(".", 1)
+            monkeypatch.delattr(sys.modules[parent], leaf, raising=False)
     r = invoke("train", ROOT / "tests")
     assert r.exit_code == 2 and "pip install 'vaekit[train]'" in r.output, r.output

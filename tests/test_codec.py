@@ -188,7 +188,7 @@ def test_header_round_trips_compactly_and_refuses_garbage():
 # --- the comparison: Pillow files, WebP at a given size ----------------------------------------
 
 def test_webp_at_size_is_the_closest_webp_file_and_reports_its_own_numbers(tmp_path):
-    from vaekit import quality
+    from vaekit.images import quality
     from vaekit.codec import compare
 
     x = _digits(tmp_path, 3, size=28)

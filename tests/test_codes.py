@@ -1,4 +1,4 @@
-"""vaekit.codes and vaekit.quality: the code-file format, encode/decode round trips, metrics."""
+"""vaekit.codes and vaekit.images.quality: the code-file format, encode/decode round trips, metrics."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ import pytest
 from PIL import Image
 
 import vaekit
-from vaekit import codes, quality
+from vaekit import codes
+from vaekit.images import quality
+from vaekit.inference import reconstruct
 from vaekit import images as imageio
 from vaekit.codes import CodeFile, CodeFileError, FingerprintMismatch
 
@@ -229,7 +231,8 @@ def test_codes_and_quality_run_without_torch(tmp_path):
     code = (
         "import sys; sys.modules['torch'] = None\n"
         "import numpy as np\n"
-        "from vaekit import codes, quality\n"
+        "from vaekit import codes\n"
+        "from vaekit.images import quality\n"
         f"cf = codes.load({str(path)!r})\n"
         "x = np.zeros((2, 1, 16, 16), np.uint8); y = x.copy(); y[1, 0, 0, 0] = 255\n"
         "print(cf.latents().shape, quality.psnr(x, y)[1].round(2), quality.ssim(x, y).shape)\n"
@@ -297,7 +300,7 @@ def test_encoding_is_deterministic(model, src, encoded, tmp_path):
 
 
 def test_round_trip_reproduces_reconstruct(model, src, names, encoded, tmp_path):
-    rec = quality.reconstruct_folder(model, src, tmp_path / "rec")
+    rec = reconstruct.reconstruct_folder(model, src, tmp_path / "rec")
     assert rec.names == names
     expected = np.stack([np.asarray(Image.open(p)) for p in rec.written])[:, None]  # (N, 1, 16, 16)
     x = model.load_images([src / n for n in names]).images
@@ -365,7 +368,7 @@ def test_existing_outputs_are_kept_unless_overwrite(model, src, names, encoded, 
     with pytest.raises(FileExistsError, match="comparison.png already exists"):
         (tmp_path / "rec").mkdir()
         (tmp_path / "rec" / "comparison.png").write_bytes(b"x")
-        quality.reconstruct_folder(model, src, tmp_path / "rec")
+        reconstruct.reconstruct_folder(model, src, tmp_path / "rec")
     assert [p.name for p in (tmp_path / "rec").iterdir()] == ["comparison.png"]
 
 

@@ -26,8 +26,8 @@ import torch
 from PIL import Image
 from safetensors.numpy import load_file
 
-from vaekit import checkpoint
-from vaekit import run as rundir
+from vaekit.training import checkpoint
+from vaekit.training import rundir
 from vaekit.config import ModelConfig, TrainConfig
 
 MODEL = ModelConfig(image_size=16, channels=1, latent_dim=4, base_channels=4)
@@ -133,7 +133,7 @@ def _job(folder: str, out: str, cache: str, plan: tuple | None) -> None:
 def forks():
     ctx = multiprocessing.get_context("forkserver")
     # what a training child would otherwise import itself (torch._dynamo alone: seconds, via AdamW)
-    ctx.set_forkserver_preload(["torch", "torch._dynamo", "numpy.ma", "vaekit.train", "vaekit.engine_torch",
+    ctx.set_forkserver_preload(["torch", "torch._dynamo", "numpy.ma", "vaekit.train", "vaekit.inference.engine_torch",
                                 "vaekit.anomaly", "test_crash"])
 
     def start(folder, out, cache, plan=None, kill_after: float | None = None) -> int:
@@ -221,7 +221,7 @@ def test_sigkill_at_random_moments_then_resume_is_exact(setup, forks):
 
 
 def test_stray_partial_cache_entries_are_removed(tmp_path):
-    from vaekit import cache
+    from vaekit.training import cache
 
     folder = make_images(tmp_path / "images", n=3)
     paths = sorted(folder.iterdir())
@@ -241,7 +241,7 @@ def test_stray_partial_cache_entries_are_removed(tmp_path):
 
 def _poison(monkeypatch, value: float) -> None:
     """Every loss from now on multiplied by `value` (NaN or inf)."""
-    import vaekit.fit as t  # the training loop
+    import vaekit.training.trainer as t  # the training steps
 
     real = t.negative_elbo
 
@@ -255,7 +255,8 @@ def _poison(monkeypatch, value: float) -> None:
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, value):
-    from vaekit.train import TrainingError, train
+    from vaekit.train import train
+    from vaekit.training.loop import TrainingError
 
     images = make_images(tmp_path / "images")
     cfg = TrainConfig(epochs=2, batch_size=4, seed=0, device="cpu")
@@ -277,7 +278,8 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoin
 
 def test_non_finite_loss_in_the_first_epoch_does_not_promise_a_checkpoint(tmp_path, monkeypatch):
     """Nothing has been saved yet: the message must not claim a checkpoint is kept."""
-    from vaekit.train import TrainingError, train
+    from vaekit.train import train
+    from vaekit.training.loop import TrainingError
 
     images = make_images(tmp_path / "images")
     _poison(monkeypatch, float("nan"))

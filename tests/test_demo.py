@@ -13,8 +13,9 @@ import pytest
 from PIL import Image
 
 import vaekit
-from vaekit.engine import score_unit
-from vaekit import codes, quality
+from vaekit.inference.engine import score_unit
+from vaekit import codes
+from vaekit.images import quality
 from vaekit import images as imageio
 from vaekit.config import ModelConfig, TrainConfig
 from vaekit.sample_data import write_digits
@@ -232,7 +233,7 @@ def test_stop_ends_training_and_keeps_the_checkpoint(data, tmp_path):
             stop.set()  # what the Stop button does
     assert phases[-1] == "stopped" and phases.count("epoch") == 1
     assert (tmp_path / "run" / "checkpoint" / "resume.json").is_file()
-    from vaekit import run as rundir
+    from vaekit.training import rundir
 
     assert rundir.read_metrics(tmp_path / "run")[-1]["epoch"] == 1
 

@@ -21,11 +21,12 @@ import torch
 from PIL import Image
 
 import vaekit
-from vaekit import cache, images
+from vaekit import images
+from vaekit.training import cache
 from vaekit.config import ModelConfig, TrainConfig
-from vaekit.data import gather
-from vaekit.distributed import Dist
-from vaekit.fit import _share
+from vaekit.training.data import gather
+from vaekit.training.distributed import Dist
+from vaekit.training.trainer import _share
 from vaekit.train import train
 
 pytestmark = pytest.mark.slow  # torchrun and training: left out by `dev.py test --fast`

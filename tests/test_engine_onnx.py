@@ -88,7 +88,7 @@ def test_scores_do_not_depend_on_the_batch(engines, images):
 
 
 def test_threads_come_from_the_argument_or_vaekit_threads(ex, monkeypatch):
-    from vaekit.engine_onnx import OnnxModel
+    from vaekit.inference.engine_onnx import OnnxModel
 
     assert OnnxModel(ex.onnx, threads=1)._scorer.get_session_options().intra_op_num_threads == 1
     monkeypatch.setenv("VAEKIT_THREADS", "2")
@@ -107,7 +107,7 @@ def test_the_runtime_path_never_imports_torch(ex, tmp_path):
         import sys
         for name in ("torch", "onnx", "onnxscript", "sklearn", "skimage", "matplotlib", "gradio"):
             sys.modules[name] = None  # `import name` now raises ImportError
-        import vaekit.engine_onnx
+        import vaekit.inference.engine_onnx
         assert "onnxruntime" not in sys.modules  # imported when a model is opened, not before
         import numpy as np, vaekit
         from vaekit import codes
@@ -154,7 +154,7 @@ def test_files_that_are_not_a_vaekit_export_get_a_clear_error(ex, tmp_path):
     from onnx import TensorProto, helper
 
     import vaekit
-    from vaekit.engine_onnx import OnnxModelError
+    from vaekit.inference.engine_onnx import OnnxModelError
 
     (tmp_path / "text.onnx").write_text("not a model")
     (tmp_path / "empty.onnx").write_bytes(b"")
@@ -183,7 +183,7 @@ def test_files_that_are_not_a_vaekit_export_get_a_clear_error(ex, tmp_path):
 
 def test_missing_or_foreign_side_files_are_named(ex, tmp_path):
     import vaekit
-    from vaekit.engine_onnx import OnnxModelError
+    from vaekit.inference.engine_onnx import OnnxModelError
     from vaekit.export import export
 
     alone = tmp_path / "alone"

@@ -47,8 +47,8 @@ def test_export_writes_three_self_contained_graphs_with_a_dynamic_batch(ex):
 
 
 def test_metadata_carries_what_inference_needs_and_the_torch_fingerprint(ex):
-    from vaekit import run as rundir
-    from vaekit.engine_torch import TorchModel
+    from vaekit.training import rundir
+    from vaekit.inference.engine_torch import TorchModel
 
     torch_model = TorchModel(ex.run)
     cfg = rundir.read_config(ex.run)
@@ -119,7 +119,7 @@ def test_bad_arguments_are_refused_before_any_work(ex, tmp_path):
 
 
 def test_weights_that_are_not_the_ones_the_config_names_are_refused(ex, tmp_path):
-    from vaekit import run as rundir
+    from vaekit.training import rundir
     from vaekit.export import export
 
     run = shutil.copytree(ex.run, tmp_path / "run")
@@ -194,7 +194,7 @@ def test_phase_rewrite_computes_the_same_transposed_convolution(c_in, c_out, h, 
 
 
 def test_export_traces_the_rewritten_decoder_and_leaves_the_torch_model_alone(ex):
-    from vaekit.engine_torch import TorchModel
+    from vaekit.inference.engine_torch import TorchModel
     from vaekit.export.rewrite import TapSumConv, for_onnx
 
     net = TorchModel(ex.run).net

@@ -195,7 +195,7 @@ RUN_META = st.fixed_dictionaries({"format": st.sampled_from(["vaekit-run/1", "x"
                                 st.dictionaries(st.text(min_size=1, max_size=6), TENSOR_META, max_size=3),
                                 st.binary(max_size=300))))
 def test_weights_reader_raises_only_RunError(tmp_path, data):
-    from vaekit import run as rundir
+    from vaekit.training import rundir
 
     p = tmp_path / "model.safetensors"
     p.write_bytes(data)
@@ -207,9 +207,9 @@ def test_weights_reader_raises_only_RunError(tmp_path, data):
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from vaekit import run as rundir
+    from vaekit.training import rundir
     from vaekit.config import ModelConfig
-    from vaekit.model import ConvVAE
+    from vaekit.model.vae import ConvVAE
 
     out = tmp_path_factory.mktemp("run")
     cfg = ModelConfig(image_size=16, channels=1, latent_dim=2, base_channels=2)
@@ -231,7 +231,7 @@ def tiny_run(tmp_path_factory):
 @example(config=json.dumps({"format": "vaekit-run/1", "model": [1, 2]}))
 @example(config=json.dumps({"format": "vaekit-run/1", "model": {"image_size": True}}))
 def test_run_config_reader_raises_only_RunError(tiny_run, config):
-    from vaekit import run as rundir
+    from vaekit.training import rundir
 
     folder, cfg = tiny_run
     (folder / rundir.CONFIG).write_text(config, encoding="utf-8")
@@ -247,7 +247,7 @@ def test_run_config_reader_raises_only_RunError(tiny_run, config):
 @fuzz(40)
 @given(data=st.one_of(st.binary(max_size=300), st.builds(lambda b: b"\x08\x07\x12\x06vaekit" + b, st.binary(max_size=200))))
 def test_onnx_engine_raises_only_OnnxModelError(tmp_path, data):
-    from vaekit.engine_onnx import OnnxModel, OnnxModelError
+    from vaekit.inference.engine_onnx import OnnxModel, OnnxModelError
 
     p = tmp_path / "model.onnx"
     p.write_bytes(data)

@@ -207,7 +207,7 @@ def test_runs_from_before_the_marker_still_load_resume_and_overwrite(run, images
 
 
 def test_a_run_directory_in_use_is_refused_naming_the_process(run, images, work):
-    from vaekit import run as rundir
+    from vaekit.training import rundir
 
     out = copy_run(run, work / "busy")
     before = tree(out / "checkpoint")
@@ -321,7 +321,7 @@ def _nan_model(run: Path, dst: Path) -> Path:
     """A run whose weights give NaN scores (every weight NaN), its fingerprint updated."""
     import torch
 
-    from vaekit import run as rundir
+    from vaekit.training import rundir
 
     out = copy_run(run, dst)
     tensors, meta = rundir.load_tensors(out / rundir.WEIGHTS, "weights")
@@ -439,7 +439,7 @@ def test_resume_json_must_point_inside_its_own_run(run, images, work):
 
 
 def test_a_corrupted_pixel_cache_is_rebuilt_not_trained_on(images, tmp_path):
-    from vaekit import cache
+    from vaekit.training import cache
     from vaekit import images as imageio
 
     paths = imageio.find_images(images)
@@ -514,7 +514,7 @@ def test_deeply_nested_safetensors_header_is_exit_2(run, images, work):
 def test_checkpoint_metadata_of_the_wrong_type_is_exit_2(run, images, work, field, value):
     import hashlib
 
-    from vaekit import run as rundir
+    from vaekit.training import rundir
 
     out = copy_run(run, work / "run")
     pointer = json.loads((out / "checkpoint" / "resume.json").read_text())
@@ -533,7 +533,7 @@ def _resealed(src: Path, dst: Path, **props: str) -> None:
     someone who read the format would forge it."""
     import onnx
 
-    from vaekit.engine_onnx import part_paths
+    from vaekit.inference.engine_onnx import part_paths
     from vaekit.export.metadata import sealed
 
     for role, p in part_paths(src).items():

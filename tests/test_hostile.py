@@ -165,7 +165,8 @@ def test_loader_reports_each_bad_file_with_its_reason(corpus, clean):
 
 def test_pixel_cache_reports_the_same_and_keeps_each_name(corpus, clean, work):
     """A symlink next to its target shares its real path: both names must come back."""
-    from vaekit import cache, images
+    from vaekit import images
+    from vaekit.training import cache
 
     paths = images.find_images(corpus.root)
     with hostile.unprivileged():
@@ -262,7 +263,7 @@ RUN_DAMAGE = {
 @pytest.mark.parametrize("how", list(RUN_DAMAGE))
 def test_damaged_or_foreign_run_directory_is_one_clear_error_and_no_output(how, run, clean, tmp_path):
     import vaekit
-    from vaekit.run import RunError
+    from vaekit.training.rundir import RunError
 
     damaged = tmp_path / "run"
     shutil.copytree(run, damaged)
@@ -278,7 +279,7 @@ def test_damaged_or_foreign_run_directory_is_one_clear_error_and_no_output(how, 
 
 def test_damaged_checkpoint_or_metrics_refuse_to_resume(run, clean, tmp_path):
     from vaekit.config import ModelConfig, TrainConfig
-    from vaekit.run import RunError
+    from vaekit.training.rundir import RunError
     from vaekit.train import train
 
     def attempt(folder):
@@ -344,7 +345,7 @@ def _altered_onnx(src: Path, dst: Path) -> None:
                                  pytest.param("altered", marks=pytest.mark.slow), "not onnx"])
 def test_damaged_or_foreign_onnx_is_one_clear_error_and_no_output(how, clean, tmp_path, tmp_path_factory):
     import vaekit
-    from vaekit.engine_onnx import OnnxModelError, part_paths
+    from vaekit.inference.engine_onnx import OnnxModelError, part_paths
 
     main = tmp_path / "model.onnx"
     if how in ("truncated", "altered"):
@@ -424,7 +425,7 @@ def exe(run, corpus, clean, tmp_path_factory):
 
 @pytest.mark.slow
 def test_ctrl_c_exits_130_and_leaves_a_resumable_run(exe):
-    from vaekit import checkpoint
+    from vaekit.training import checkpoint
 
     code, stdout, stderr, base = exe["130: interrupted"]
     assert code == 130, stdout + stderr

@@ -433,7 +433,7 @@ def test_heatmap_overlay():
 
 
 def test_images_and_cache_never_import_torch():
-    code = "import sys; sys.modules['torch'] = None; import vaekit.images, vaekit.cache; print('ok')"
+    code = "import sys; sys.modules['torch'] = None; import vaekit.images, vaekit.training.cache; print('ok')"
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root)}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root)

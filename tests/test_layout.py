@@ -100,3 +100,18 @@ def test_no_module_imports_another_modules_private_names():
                         a.name.startswith("_") and not a.name.startswith("__") for a in node.names):
                     found.add(path.relative_to(ROOT).as_posix())
     assert found <= PRIVATE_IMPORTS_LEFT, sorted(found - PRIVATE_IMPORTS_LEFT)
+
+
+def test_the_root_keeps_the_face_and_a_few_shared_leaves():
+    """The tree reads as the pipeline (model/, training/, inference/, stream/, ...): the root keeps
+    the package's face, the documented `vaekit.config` and `vaekit.train`, and the shared leaves."""
+    root = sorted(p.name for p in (ROOT / "vaekit").glob("*.py"))
+    assert root == ["__init__.py", "__main__.py", "config.py", "errors.py", "fileio.py", "progress.py", "train.py",
+                    "version.py"]
+
+
+def test_every_package_is_in_pyprojects_list():
+    tomllib = pytest.importorskip("tomllib")
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(("vaekit", *p.parent.relative_to(ROOT / "vaekit").parts)) for p in (ROOT / "vaekit").rglob("__init__.py")}
+    assert found <= listed, sorted(found - listed)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from vaekit.config import ModelConfig
-from vaekit.model import ConvVAE, stage_sizes
+from vaekit.model.vae import ConvVAE, stage_sizes
 
 
 @pytest.mark.parametrize("size", [16, 17, 24, 33, 50, 64])

@@ -7,8 +7,8 @@ import torch
 from torch.distributions import Bernoulli, Normal, kl_divergence as torch_kl
 
 from vaekit.config import ModelConfig
-from vaekit.model import ConvVAE
-from vaekit.objective import kl_divergence, negative_elbo, pixel_nll
+from vaekit.model.vae import ConvVAE
+from vaekit.model.objective import kl_divergence, negative_elbo, pixel_nll
 
 
 def test_closed_form_kl_matches_monte_carlo():
@@ -70,7 +70,7 @@ def test_gradients_flow_through_z_to_the_encoder(likelihood):
 
 
 def test_iwae_is_above_the_elbo_and_grows_with_k(tmp_path):
-    """The one IWAE, the engines' (vaekit.engine.Model.iwae): K = 1 is the ELBO estimate of one
+    """The one IWAE, the engines' (vaekit.inference.engine.Model.iwae): K = 1 is the ELBO estimate of one
     draw, and the bound does not decrease as K grows (on average over images)."""
     import numpy as np
 
@@ -140,7 +140,7 @@ def test_logistic_far_tails_keep_a_finite_exact_log_probability():
 def test_logistic_numpy_edges_match_the_torch_nll():
     import numpy as np
 
-    from vaekit.likelihood import logistic_cdf_edges
+    from vaekit.model.likelihood_np import logistic_cdf_edges
 
     g = torch.Generator().manual_seed(3)
     mean, log_s = torch.rand(50, generator=g) * 1.4 - 0.2, torch.rand(50, generator=g) * 6 - 6.5

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from vaekit.config import ModelConfig
-from vaekit.model import ConvVAE
+from vaekit.model.vae import ConvVAE
 from vaekit.reader.features import tiled, vae_features
 from vaekit.reader.net import ReaderConfig, ReaderNet
 from vaekit.reader.synth import SHAPES, make_defects

@@ -1,4 +1,4 @@
-"""The score maths in numpy (vaekit/scoring.py): KL maps, windows, and the atypicality test."""
+"""The score maths in numpy (vaekit/inference/atypicality.py): KL maps, windows, and the atypicality test."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from vaekit.errors import DamagedFile
-from vaekit.scoring import Calibration, Parts, kl_map, window_mean
+from vaekit.inference.atypicality import Calibration, Parts, kl_map, window_mean
 
 
 @pytest.mark.parametrize("w", [1, 3, 4, 9])
@@ -78,7 +78,7 @@ def test_a_damaged_stored_calibration_is_refused():
 
 
 def test_edge_classes_depend_on_the_distance_to_the_nearer_edge_only():
-    from vaekit.scoring import edge_class
+    from vaekit.inference.atypicality import edge_class
 
     np.testing.assert_array_equal(edge_class(7, 2), [0, 1, 2, 2, 2, 3, 4])
     np.testing.assert_array_equal(edge_class(3, 2), [0, 1, 4])

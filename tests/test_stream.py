@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vaekit import pipeline, stream
+from vaekit import stream
+from vaekit.stream import pipeline
 from vaekit.errors import BadInput, DamagedFile
 
 

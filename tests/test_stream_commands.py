@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 import vaekit
 from export_support import random_run
 from hostile import flat, tree
-from vaekit.reconstruct_job import reconstruct_to_folder
+from vaekit.inference.reconstruct import reconstruct_to_folder
 from vaekit_cli.main import app
 
 N_IMAGES = 22  # batch size 4: 6 batches

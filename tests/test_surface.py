@@ -1,5 +1,5 @@
 """A surface at its native resolution: a grid model trained on crops, its defect reader, and the
-default score it gives (vaekit/finish_reader.py, vaekit/engine_torch.py)."""
+default score it gives (vaekit/training/finish_reader.py, vaekit/inference/engine_torch.py)."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def test_the_default_score_is_the_readers_with_maps_at_the_images_size(surface):
 def test_a_run_whose_reader_is_gone_is_refused_not_scored_otherwise(surface, tmp_path):
     import shutil
 
-    from vaekit.run import RunError
+    from vaekit.training.rundir import RunError
 
     run = tmp_path / "run"
     shutil.copytree(surface / "run", run)

@@ -9,11 +9,13 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from vaekit import checkpoint
-from vaekit import run as rundir
+from vaekit.training import checkpoint
+from vaekit.training import rundir
 from vaekit.config import ModelConfig, TrainConfig
-from vaekit.train import learning_rate
-from vaekit.train import TrainingError, kl_weight, train
+from vaekit.training.recipe import learning_rate
+from vaekit.train import train
+from vaekit.training.loop import TrainingError
+from vaekit.training.recipe import kl_weight
 
 
 def make_blobs(folder, n=24, size=20, seed=0):
@@ -122,7 +124,7 @@ def test_the_learning_rate_warms_up_then_decays_to_zero():
 
 def test_automatic_settings_follow_the_images(tmp_path):
     """A latent vector for aligned objects, a grid for surfaces; Bernoulli for near-binary images."""
-    from vaekit.data import choose_model, image_statistics
+    from vaekit.training.data import choose_model, image_statistics
 
     rng = np.random.default_rng(0)
     digits = np.zeros((64, 1, 16, 16), np.uint8)
@@ -173,7 +175,7 @@ def test_corrupt_or_foreign_files_are_clear_errors(blobs, tmp_path):
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(blobs, tmp_path, monkeypatch):
     train(blobs, tmp_path / "run", MODEL, tcfg(epochs=1))
     good = (tmp_path / "run" / "checkpoint" / "resume.json").read_text()
-    import vaekit.fit as t  # the training loop
+    import vaekit.training.trainer as t  # the training steps
 
     real = t.negative_elbo
 
@@ -189,7 +191,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(blobs, tmp_p
 
 
 def test_splits_are_seeded_disjoint_and_sized_for_what_they_do():
-    from vaekit.data import plan_splits
+    from vaekit.training.data import plan_splits
 
     a, b, c = (plan_splits(400, 0.1, 0.1, seed) for seed in (1, 1, 2))
     assert not a.crossfit and len(a.val) == 40 and len(a.cal) == 99  # as many as the 0.99 quantile needs
@@ -218,7 +220,7 @@ def test_resume_records_the_new_total_and_forgets_stale_thresholds(blobs, tmp_pa
 
 
 def test_torch_engine_refuses_weights_that_do_not_match_the_stored_threshold(blobs, tmp_path):
-    from vaekit.engine_torch import TorchModel
+    from vaekit.inference.engine_torch import TorchModel
 
     train(blobs, tmp_path / "a", MODEL, tcfg(epochs=1))
     train(blobs, tmp_path / "b", MODEL, tcfg(epochs=1, seed=3))
@@ -247,7 +249,7 @@ def test_should_stop_ends_training_cleanly_and_the_run_resumes(blobs, tmp_path):
 
 
 def test_checkpoints_come_every_fifty_steps_or_so_and_always_first_and_last():
-    from vaekit.fit import checkpoint_due
+    from vaekit.training.loop import checkpoint_due
 
     cfg = tcfg(epochs=40)
     due = [e for e in range(40) if checkpoint_due(e, cfg, steps_per_epoch=3)]  # every 17 epochs

@@ -37,11 +37,11 @@ def load(path, device: str = "auto", threads: int | None = None):
         raise BadInput(f"threads must be an integer >= 0, got {threads!r}")
     path = Path(path)
     if path.is_dir():
-        from vaekit.engine_torch import TorchModel
+        from vaekit.inference.engine_torch import TorchModel
 
         return TorchModel(path, device=device, threads=threads)
     if path.is_file():  # stat follows links: a FIFO or device is neither, and is never opened
-        from vaekit.engine_onnx import OnnxModel
+        from vaekit.inference.engine_onnx import OnnxModel
 
         return OnnxModel(path, threads=threads, device=device)
     if path.exists():

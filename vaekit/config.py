@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, fields
 
 from vaekit.errors import BadInput
 
-LIKELIHOODS = ("bernoulli", "gaussian", "logistic")  # logistic: discretised, 8-bit pixels (vaekit.objective.Logistic)
+LIKELIHOODS = ("bernoulli", "gaussian", "logistic")  # logistic: discretised, 8-bit pixels (vaekit.model.objective.Logistic)
 ARCHS = ("v1", "v2")
 LAYOUTS = ("vector", "grid")
 DEVICES = ("auto", "cpu", "cuda")
@@ -72,7 +72,7 @@ class ModelConfig:
     def with_fallbacks(self) -> "ModelConfig":
         """Every "auto" but the image size replaced by the plain choice (Bernoulli, a vector of
         16): what building a network straight from a config takes. `vaekit train` decides them
-        from the images instead (vaekit.data.choose_model)."""
+        from the images instead (vaekit.training.data.choose_model)."""
         from dataclasses import replace
 
         return replace(self, likelihood="bernoulli" if self.likelihood == "auto" else self.likelihood,
@@ -124,7 +124,7 @@ class TrainConfig:
     crop: int = 0  # a grid (surface) model trains on random crops of this many pixels; 0 = auto (64 when larger)
     checkpoint_every: int = 0  # epochs between checkpoints (the first and last always); 0 = auto (~50 steps apart)
     reader: bool = True  # a surface (grid) model also trains a defect reader (vaekit.reader), its default score
-    folds: int = -1  # cross-fitting (vaekit.data.plan_splits): -1 auto (5 folds below 200 images), 0 off, K >= 2 folds
+    folds: int = -1  # cross-fitting (vaekit.training.data.plan_splits): -1 auto (5 folds below 200 images), 0 off, K >= 2 folds
 
     def __post_init__(self) -> None:
         for name in ("lr", "weight_decay", "beta", "val_fraction", "calibration_fraction", "threshold_quantile",

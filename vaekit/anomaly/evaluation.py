@@ -16,7 +16,7 @@ import numpy as np
 
 from vaekit import images as imageio
 from vaekit.anomaly.score import Progress, iter_scored, scoring_plan
-from vaekit.engine import Model
+from vaekit.inference.engine import Model
 from vaekit.errors import BadInput, MissingExtra, NotFound
 from vaekit.fileio import atomic_write_bytes, refuse_existing
 from vaekit.stream import find_inputs

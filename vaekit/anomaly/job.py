@@ -1,11 +1,11 @@
 """`vaekit anomaly-score` as a job: streamed, written as it goes, resumable, shardable.
 
-Rows go to a journal (vaekit.journals, `OUT.partial`) one batch at a time; the final
+Rows go to a journal (vaekit.stream.journals, `OUT.partial`) one batch at a time; the final
 CSV/JSON is written atomically from the journal at the end, so a killed job loses at most the
 batch in flight and `resume=True` continues it. The journal's header holds every setting that
 changes the file (model, score, estimator, threshold, batch size, the file list's digest, the
 heat-map folder), and every row read back is checked against it. A share of the files
-(`shard=(i, n)`, or torchrun's RANK / WORLD_SIZE) journals on its own; vaekit.shares merges them.
+(`shard=(i, n)`, or torchrun's RANK / WORLD_SIZE) journals on its own; vaekit.stream.shares merges them.
 """
 
 from __future__ import annotations
@@ -18,18 +18,19 @@ from types import SimpleNamespace
 from typing import Sequence
 
 from vaekit import images as imageio
-from vaekit import pipeline, stream
+from vaekit import stream
+from vaekit.stream import pipeline
 from vaekit.anomaly.outputs import (check_outputs, map_targets, output_format, refuse_taken_maps, save_maps,
                                     write_csv_rows, write_json_rows)
 from vaekit.anomaly.score import BATCH_SIZE, ROW_FIELDS, Plan, ScoreRow, iter_scored, report_header, scoring_plan
-from vaekit.batches import Layout, check_number, digest
-from vaekit.engine import Model
+from vaekit.stream.batches import Layout, check_number, digest
+from vaekit.inference.engine import Model
 from vaekit.errors import BadInput
 from vaekit.fileio import atomic_writer
 from vaekit.images.arrays import check_batch_size
-from vaekit.journals import naming_failed_writes, open_journal
+from vaekit.stream.journals import naming_failed_writes, open_journal
 from vaekit.progress import Progress
-from vaekit.shares import Shares, finish_when_complete, share_out
+from vaekit.stream.shares import Shares, finish_when_complete, share_out
 
 _FLOATS = ("score", "bits_per_dim", "threshold", "neg_elbo", "recon", "kl", "excess")
 

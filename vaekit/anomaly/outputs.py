@@ -16,7 +16,7 @@ import numpy as np
 
 from vaekit import images as imageio
 from vaekit.anomaly.score import ROW_FIELDS, ScoreReport, report_header
-from vaekit.engine import Model
+from vaekit.inference.engine import Model
 from vaekit.errors import BadInput
 from vaekit.fileio import atomic_writer, dumps_json, refuse_existing, refuse_inside
 

@@ -20,7 +20,7 @@ import numpy as np
 from vaekit import images as imageio
 from vaekit import stream
 from vaekit.anomaly.threshold import resolve_threshold
-from vaekit.engine import SCORES, Model, Scores
+from vaekit.inference.engine import SCORES, Model, Scores
 from vaekit.errors import BadInput
 from vaekit.progress import Progress
 
@@ -31,7 +31,7 @@ BATCH_SIZE = 64  # images decoded and scored at a time: memory is a few batches,
 @dataclass
 class ScoreRow:
     path: str  # the file, as found under the inputs
-    score: float  # the chosen score, in its unit (vaekit.info.score_unit); higher = more anomalous
+    score: float  # the chosen score, in its unit (vaekit.inference.info.score_unit); higher = more anomalous
     bits_per_dim: float  # score / (C*H*W*ln 2)
     threshold: float | None  # None when no threshold applies
     anomalous: bool | None  # score > threshold; None without a threshold

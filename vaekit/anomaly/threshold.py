@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vaekit.engine import DEFAULT_SCORE, Model
+from vaekit.inference.engine import DEFAULT_SCORE, Model
 from vaekit.errors import BadInput
 
 QUANTILES = (0.5, 0.9, 0.95, 0.99, 0.999)  # stored with every run, for people and histograms
@@ -150,7 +150,7 @@ def set_threshold(run_dir: str | Path, quantile: float | None = None, target_fpr
     quantile 1 - target_fpr), or a fixed `value` in nats (its quantile is then the share of
     validation scores at or below it). Applies to every score name the run stores.
     """
-    from vaekit import run as rundir
+    from vaekit.training import rundir
 
     given = [v is not None for v in (quantile, target_fpr, value)]
     if sum(given) != 1:
@@ -159,7 +159,7 @@ def set_threshold(run_dir: str | Path, quantile: float | None = None, target_fpr
     old = cfg.get("anomaly")
     if not old or not old.get("by_score"):
         raise rundir.RunError(f"{run_dir} stores no validation scores to set a threshold from (train it again)")
-    from vaekit.engine import threshold_fields
+    from vaekit.inference.engine import threshold_fields
 
     where = Path(run_dir) / rundir.CONFIG
     threshold_fields(old, where)  # the shape of the section; DamagedFile otherwise

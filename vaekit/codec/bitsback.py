@@ -7,7 +7,7 @@ runs the steps backwards and pushes z with q(z|x) again, which returns the borro
 
 Latents are discretised into 2**LATENT_BITS buckets of equal mass under the prior N(0, 1)
 (so p(z) is uniform: LATENT_BITS bits per value), z is the bucket's centre, and q(z|x) is the
-posterior's mass per bucket. Pixels use the discretised logistic's bins (vaekit.likelihood).
+posterior's mass per bucket. Pixels use the discretised logistic's bins (vaekit.model.likelihood_np).
 Every table is quantised to integers (vaekit.codec.tables) before it reaches the coder.
 
 Determinism: the tables come from network outputs, so the decoder must see the same floats the
@@ -29,7 +29,7 @@ import numpy as np
 
 from vaekit.codec import tables
 from vaekit.errors import DamagedFile
-from vaekit.likelihood import LEVELS, logistic_cdf_edges
+from vaekit.model.likelihood_np import LEVELS, logistic_cdf_edges
 
 LATENT_BITS = 10  # buckets per latent value: 2**10 (docs/codec.md: 8, 10 and 12 measured)
 CHECK_BITS = 16  # per-image CRC bits pushed on the stack

@@ -48,7 +48,7 @@ def webp_at_size(image: np.ndarray, target_bytes: int, **options) -> PillowFile:
     qualities 0..100 (ties: the higher quality). The closest of the qualities tried: a bisection
     for where the size crosses the target, then WINDOW qualities either side. Below WebP's
     smallest file (quality 0) or above its largest, that file is the answer."""
-    from vaekit.quality import psnr
+    from vaekit.images.quality import psnr
 
     if isinstance(target_bytes, bool) or not isinstance(target_bytes, (int, np.integer)) or target_bytes < 1:
         raise BadInput(f"invalid target size {target_bytes!r}: expected a positive number of bytes")

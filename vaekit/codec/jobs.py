@@ -110,7 +110,7 @@ def _x_hat(model, z: np.ndarray) -> np.ndarray:
 def save_prior(run_dir: str | Path, prior: priors.Prior, model=None) -> None:
     """Store the tables in the run's config.json ("codec"), under the run's lock; `vaekit export`
     then carries them into the ONNX metadata. `model`, if given, sees them at once."""
-    from vaekit import run as rundir
+    from vaekit.training import rundir
 
     with rundir.locked(Path(run_dir)):
         cfg = rundir.read_config(Path(run_dir))

@@ -17,17 +17,17 @@ import numpy as np
 from vaekit import images as imageio
 from vaekit import stream
 from vaekit.codes.format import PRECISIONS, CodeFile, FingerprintMismatch, validate, load, quantize
-from vaekit.batches import Layout, digest
+from vaekit.stream.batches import Layout, digest
 from vaekit.codes.writer import write_streamed
 from vaekit.errors import BadInput
 from vaekit.fileio import atomic_writer, refuse_existing, refuse_inside
 from vaekit.images.arrays import check_batch_size
-from vaekit.journals import naming_failed_writes, open_journal
+from vaekit.stream.journals import naming_failed_writes, open_journal
 from vaekit.progress import Progress
-from vaekit.shares import Shares, finish_when_complete, share_out
+from vaekit.stream.shares import Shares, finish_when_complete, share_out
 
 if TYPE_CHECKING:  # the engine is passed in; importing it here would cost nothing but clarity
-    from vaekit.engine import Model
+    from vaekit.inference.engine import Model
 
 BATCH_SIZE = 256  # images decoded and encoded at a time
 CHUNK = 4096  # codes assembled into the file at a time

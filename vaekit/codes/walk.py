@@ -15,7 +15,7 @@ from vaekit.errors import BadInput, NotFound
 from vaekit.fileio import refuse_existing
 
 if TYPE_CHECKING:
-    from vaekit.engine import Model
+    from vaekit.inference.engine import Model
 
 PROJECTIONS = ("PCA", "t-SNE")
 

@@ -15,7 +15,7 @@ would make `encode` pay for a decoder pass (or, fed empty batches, cost ~30% at 
 it, and a machine that only scores needs only it. Every file carries the same vaekit
 metadata (metadata_props), so a mixed-up set is caught at load. The scores themselves
 (neg_elbo, excess, ...) are computed from the scorer's outputs by the shared numpy code in
-vaekit.engine, exactly as for the torch engine.
+vaekit.inference.engine, exactly as for the torch engine.
 
 The exporter's pitfalls, each handled on purpose: torch >= 2.9 exports with dynamo (needs
 onnxscript); external_data=False keeps the weights inside the file; a dynamic batch needs

@@ -14,8 +14,8 @@ IO = {
                "outputs": {"recon": "(B,) -log p(x|z), nats", "kl": "(B,) KL(q(z|x)||p(z)), nats",
                            "pixel_map": "(B,H,W) per-pixel -log p(x|z) summed over channels, nats",
                            "mu": "(B,D)", "logvar": "(B,D)", "x_hat": "(B,C,H,W) E[x|z] in [0,1] (vaekit >= 0.3)"},
-               "scores": "computed in numpy by vaekit.engine.Model.score: neg_elbo = sum(pixel_map) + kl, "
-                         "excess = neg_elbo - the image's own floor (vaekit.engine.pixel_floor)"},
+               "scores": "computed in numpy by vaekit.inference.engine.Model.score: neg_elbo = sum(pixel_map) + kl, "
+                         "excess = neg_elbo - the image's own floor (vaekit.inference.engine.pixel_floor)"},
     "encoder": {"inputs": {"x": "(B,C,H,W) float32 in [0,1]"}, "outputs": {"mu": "(B,D)", "logvar": "(B,D)"}},
     "decoder": {"inputs": {"z": "(B,D) float32"},
                 "outputs": {"image": "(B,C,H,W) E[x|z] in [0,1]", "params": "(B,C,H,W) Bernoulli logits or Gaussian means"}},

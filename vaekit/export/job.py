@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from vaekit.engine_onnx import part_paths
+from vaekit.inference.engine_onnx import part_paths
 from vaekit.errors import BadInput
 from vaekit.export.graphs import OPSET, ROLES, export_graphs
 from vaekit.export.metadata import metadata_for, sealed, set_metadata
@@ -89,7 +89,7 @@ def export(
     reported (not judged: that is the user's call, and the stored threshold stays fp32's).
     Raises ExportError when the ONNX engine does not match torch within rtol/atol.
     """
-    from vaekit.engine_onnx import OnnxModel
+    from vaekit.inference.engine_onnx import OnnxModel
 
     t0 = time.perf_counter()
     out = _check_out(out, overwrite)
@@ -134,8 +134,8 @@ class _Job:
     """One export's torch reference and the steps that use it."""
 
     def __init__(self, run_dir, rtol: float, atol: float):
-        from vaekit import run as rundir
-        from vaekit.engine_torch import TorchModel
+        from vaekit.training import rundir
+        from vaekit.inference.engine_torch import TorchModel
 
         self.reference = TorchModel(run_dir)
         self.net, self.cfg, self.info = self.reference.net, self.reference.config, self.reference.info
@@ -178,7 +178,7 @@ class _Job:
         import onnx
         from torch import nn
 
-        from vaekit.engine_onnx import OnnxModel
+        from vaekit.inference.engine_onnx import OnnxModel
 
         qdir, forms = staging / "int8", fp32
         qdir.mkdir()

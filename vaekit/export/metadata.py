@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 
-from vaekit.engine_onnx import CHECKSUM_KEY, CHECKSUM_PLACEHOLDER, FORMAT
+from vaekit.inference.engine_onnx import CHECKSUM_KEY, CHECKSUM_PLACEHOLDER, FORMAT
 from vaekit.export.graphs import IO
 from vaekit.export.parity import ExportError
 from vaekit.version import __version__

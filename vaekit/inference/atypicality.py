@@ -44,7 +44,7 @@ def pixel_floor(x: np.ndarray, likelihood: str, log_scale: Sequence[float] | Non
     which is zero for a perfect reconstruction whatever the image. For the Gaussian (one sigma
     per channel) it is the same constant for every image: log sigma + log(2 pi) / 2 per value.
     """
-    from vaekit.likelihood import floor
+    from vaekit.model.likelihood_np import floor
 
     return floor(likelihood, x, log_scale)
 

@@ -1,17 +1,16 @@
 """The one interface of vaekit's two engines: what `vaekit.load(path)` returns.
 
-A run directory opens with the torch engine (vaekit/engine_torch.py); an exported `.onnx`
-file with the onnxruntime engine (vaekit/engine_onnx.py), which never imports torch. The
+A run directory opens with the torch engine (vaekit/inference/engine_torch.py); an exported `.onnx`
+file with the onnxruntime engine (vaekit/inference/engine_onnx.py), which never imports torch. The
 factory, `vaekit.load`, lives outside this file, so the interface never imports its
 implementations. Both engines only provide four primitives on float32
 arrays (`_encode`, `_decode`, `_score_core`, and their metadata); everything users call
-(encode, decode, reconstruct, score, iwae) is written once, here, in numpy, so the two
+(encode, decode, reconstruct, score, iwae) is written once, here and in estimate.py, in numpy, so the two
 engines cannot drift apart.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,12 +21,13 @@ import numpy as np
 from vaekit import images as imageio
 from vaekit.errors import BadInput
 from vaekit.images.arrays import as_images, as_latents, check_batch_size, check_int, user_images
-from vaekit.info import DEFAULT_SCORE, SCORES, ModelInfo, score_unit, threshold_fields  # noqa: F401  (public here too)
-from vaekit.scoring import Calibration, Parts, error_map, kl_map, pixel_floor  # noqa: F401  (pixel_floor: public here too)
+from vaekit.inference.info import DEFAULT_SCORE, SCORES, ModelInfo, score_unit, threshold_fields  # noqa: F401  (public here too)
+from vaekit.inference.estimate import Estimate, estimate
+from vaekit.inference.atypicality import Calibration, Parts, error_map, kl_map, pixel_floor  # noqa: F401  (pixel_floor: public here too)
 from vaekit.progress import Progress
 
-# "atypicality" (the default; vaekit/scoring.py): how far the image's most atypical part of the
-# -ELBO lies from normal images, in standard deviations. "excess" is the -ELBO minus the image's
+# "atypicality" (the default; vaekit/inference/atypicality.py): how far the image's most atypical
+# part of the -ELBO lies from normal images, in standard deviations. "excess" is the -ELBO minus the image's
 # own floor, the NLL a perfect reconstruction would get (see `pixel_floor`); the others are the
 # -ELBO and its two terms.
 @dataclass
@@ -44,23 +44,6 @@ class Scores:
     estimator: str = "mean"  # "mean" (z = mu), "samples" (average over K draws) or "iwae"
     paths: list[Path] | None = None  # scored from files: the file behind each row
     skipped: list[tuple[Path, str]] = field(default_factory=list)  # scored from files: those that failed, and why
-
-
-def image_seed(x: np.ndarray) -> int:
-    """A seed from an image's pixels: the same image gets the same noise in any batch."""
-    return int.from_bytes(hashlib.sha256(np.ascontiguousarray(x).tobytes()).digest()[:8], "little")
-
-
-def posterior_noise(x: np.ndarray, k: int, latent_dim: int) -> np.ndarray:
-    """eps ~ N(0, I) per image, seeded by the image's pixels: (k, N, D) float32."""
-    out = np.empty((k, len(x), latent_dim), dtype=np.float32)
-    for i in range(len(x)):
-        out[:, i] = np.random.default_rng(image_seed(x[i])).standard_normal((k, latent_dim), dtype=np.float32)
-    return out
-
-
-def log_normal(z: np.ndarray, mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
-    return -0.5 * (math.log(2 * math.pi) + logvar + (z - mu) ** 2 * np.exp(-logvar)).sum(-1)
 
 
 class Model:
@@ -177,15 +160,8 @@ class Model:
         e = np.zeros(0)
         return Scores(e, e, e, e, None, e, excess=e, floor=e, name=score)
 
-    def score(
-        self,
-        x,
-        samples: int = 0,
-        score: str | None = None,
-        iwae: bool = False,
-        progress: Progress | None = None,
-        maps: bool = True,
-    ) -> Scores:
+    def score(self, x, samples: int = 0, score: str | None = None, iwae: bool = False,
+              progress: Progress | None = None, maps: bool = True) -> Scores:
         """Per-image anomaly scores (higher = more anomalous) and, with maps=True, per-pixel maps, nats.
 
         x: uint8 images (N, C, H, W) at the model's size, or an image file, a folder, or a list
@@ -195,8 +171,9 @@ class Model:
         score: None (default) is the model's own default score (ModelInfo.score): "defect" for a
         surface model with a defect reader (the reader's largest smoothed defect probability,
         vaekit.reader), else "atypicality", which combines standardised tests of the -ELBO's
-        parts against normal images (vaekit/scoring.py, Calibration); a model trained before it
-        existed has no calibration and scores "excess" instead (Scores.name says which).
+        parts against normal images (vaekit/inference/atypicality.py, Calibration); a model
+        trained before it existed has no calibration and scores "excess" instead (Scores.name
+        says which).
         "excess" is the -ELBO minus the image's floor (`pixel_floor`), i.e. the nats by which the
         model falls short of a perfect reconstruction plus the KL. "neg_elbo" is the plain -ELBO;
         "recon" and "kl" its two terms.
@@ -209,56 +186,22 @@ class Model:
         reconstruction NLL above each pixel's floor, so a perfectly reconstructed pixel is 0;
         otherwise the per-pixel reconstruction NLL.
         """
-        if not isinstance(samples, (int, np.integer)) or isinstance(samples, bool) or samples < 0:
-            raise BadInput(f"samples must be an integer >= 0, got {samples!r}")
-        score = self.effective_score(score, samples, iwae)[0]
-        if iwae and samples < 1:
-            raise BadInput(f"the IWAE estimate needs samples >= 1, got {samples}")
-        if iwae and score not in ("neg_elbo", "excess"):
-            raise BadInput(f"the IWAE estimate bounds -log p(x) as a whole; use score neg_elbo or excess, not {score!r}")
+        score = self._requested(score, samples, iwae)
         x, paths, skipped = self._images(x)
-        n, k = len(x), max(samples, 1)
-        s = self.info.image_size
+        n, s = len(x), self.info.image_size
         recon, kl, nll, floor, chosen = (np.zeros(n) for _ in range(5))
         pmap = np.zeros((n, s, s), np.float32) if maps else None
         for sl in self._batches(n):
             xf = imageio.to_float(x[sl])
-            b = len(xf)
-            if samples:
-                eps = posterior_noise(x[sl], k, self.info.latent_dim)
-            else:
-                eps = np.zeros((1, b, self.info.latent_dim), np.float32)
-            logw, m_sum, k_sum = [], np.zeros((b, s, s)), np.zeros((b, s, s))
-            for j, e in enumerate(eps):
-                _, q, m, mu, logvar, x_hat = self._score_core(xf, e)
-                # sum the map in float64 here rather than take the engine's float32 sum: the excess
-                # is a small difference of two large sums, and both engines then agree to the bit
-                r = m.astype(np.float64).reshape(b, -1).sum(1)
-                recon[sl] += r / k
-                kl[sl] += q / k
-                m_sum += m / k
-                if score == "atypicality" and j == 0:  # the KL depends on mu and logvar only: once
-                    k_sum = kl_map(mu, logvar, self.info.latent_shape or (self.info.latent_dim,), s)
-                if iwae:
-                    z = mu + np.exp(0.5 * logvar) * e
-                    logw.append(-r + log_normal(z, 0.0 * z, 0.0 * z) - log_normal(z, mu, logvar))
-            if iwae:
-                nll[sl] = -_log_mean_exp(np.stack(logw).astype(np.float64))
-            else:
-                nll[sl] = recon[sl] + kl[sl]
-            fmap = None
-            if score in ("excess", "atypicality") or not (self.info.likelihood == "gaussian" and self.info.log_scale is None):
-                fmap = pixel_floor(xf, self.info.likelihood, self.info.log_scale)
-                floor[sl] = fmap.reshape(b, -1).sum(1)
-            else:  # a gaussian model that does not carry its sigma: only the excess needs it
-                floor[sl] = np.nan
-            if score == "atypicality":
-                parts = Parts(recon[sl], kl[sl], floor[sl], r_map=m_sum - fmap, k_map=k_sum, **_object_parts(xf, x_hat, mu))
-                chosen[sl], amap = self.calibration().score(parts, maps=maps)
-                if maps:
-                    pmap[sl] = amap
-            elif maps and score != "defect":
-                pmap[sl] = m_sum - fmap if score == "excess" else m_sum
+            est = estimate(self._score_core, x[sl], xf, self.info.latent_dim, samples, iwae)
+            recon[sl], kl[sl], nll[sl] = est.recon, est.kl, est.nll
+            fmap = self._floor_map(xf, score)
+            floor[sl] = fmap.reshape(len(xf), -1).sum(1) if fmap is not None else np.nan
+            batch_score, batch_map = self._batch_score(xf, est, fmap, score, maps)
+            if batch_score is not None:
+                chosen[sl] = batch_score
+            if batch_map is not None:
+                pmap[sl] = batch_map
             if progress:
                 progress(sl.stop, n)
         excess = nll - floor
@@ -272,6 +215,39 @@ class Model:
         # bits/dim is always the -ELBO's (or the IWAE estimate's), whatever score is chosen
         return Scores(chosen, nll, recon, kl, pmap, nll / (self.info.dims * math.log(2)), excess=excess, floor=floor,
                       name=score, estimator=estimator, paths=paths, skipped=skipped)
+
+    def _requested(self, score: str | None, samples: int, iwae: bool) -> str:
+        """The score a request computes (effective_score), once the estimator's settings are checked."""
+        if not isinstance(samples, (int, np.integer)) or isinstance(samples, bool) or samples < 0:
+            raise BadInput(f"samples must be an integer >= 0, got {samples!r}")
+        score = self.effective_score(score, samples, iwae)[0]
+        if iwae and samples < 1:
+            raise BadInput(f"the IWAE estimate needs samples >= 1, got {samples}")
+        if iwae and score not in ("neg_elbo", "excess"):
+            raise BadInput(f"the IWAE estimate bounds -log p(x) as a whole; use score neg_elbo or excess, not {score!r}")
+        return score
+
+    def _floor_map(self, xf: np.ndarray, score: str) -> np.ndarray | None:
+        """Each pixel's floor (B, H, W), or None for a gaussian model that does not carry its sigma
+        when the score does not need it (only the excess and the atypicality do)."""
+        if score in ("excess", "atypicality") or not (self.info.likelihood == "gaussian" and self.info.log_scale is None):
+            return pixel_floor(xf, self.info.likelihood, self.info.log_scale)
+        return None
+
+    def _batch_score(self, xf: np.ndarray, est: Estimate, fmap: np.ndarray | None, score: str,
+                     maps: bool) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """One batch's (atypicality score or None, pixel map or None). The other scores are
+        columns of the estimate; the defect score and its maps come from the reader afterwards."""
+        if score == "atypicality":  # at z = mu only (effective_score): one draw, its mu and logvar
+            shape = self.info.latent_shape or (self.info.latent_dim,)
+            parts = Parts(est.recon, est.kl, fmap.reshape(len(xf), -1).sum(1), r_map=est.r_map - fmap,
+                          k_map=kl_map(est.mu, est.logvar, shape, self.info.image_size),
+                          **_object_parts(xf, est.x_hat, est.mu))
+            chosen, amap = self.calibration().score(parts, maps=maps)
+            return chosen, amap if maps else None
+        if not maps or score == "defect":
+            return None, None
+        return None, est.r_map - fmap if score == "excess" else est.r_map
 
     def _read(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The defect reader's (image scores (N,), maps (N, H, W)) of uint8 images (engines that have one)."""
@@ -346,18 +322,12 @@ class Model:
 
 
 def _object_parts(x: np.ndarray, x_hat: np.ndarray | None, mu: np.ndarray) -> dict:
-    """What an aligned object's tests read besides the -ELBO (vaekit.scoring.OBJECT_TESTS): the
+    """What an aligned object's tests read besides the -ELBO (vaekit.inference.atypicality.OBJECT_TESTS): the
     error map of the reconstruction, |mu|^2 and the image's own entropy. An export of
     vaekit < 0.3 has no reconstruction output; its calibration does not need them."""
     if x_hat is None:
         return {}
-    from vaekit.likelihood import bernoulli_floor
+    from vaekit.model.likelihood_np import bernoulli_floor
 
     entropy = bernoulli_floor(x).reshape(len(x), -1).sum(1)
     return {"e_map": error_map(x, x_hat), "latent": (np.asarray(mu, np.float64) ** 2).sum(1), "entropy": entropy}
-
-
-def _log_mean_exp(a: np.ndarray) -> np.ndarray:
-    """log mean exp over axis 0, stable: (K, B) -> (B,)."""
-    m = a.max(0)
-    return m + np.log(np.exp(a - m).mean(0))

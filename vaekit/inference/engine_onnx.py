@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vaekit.engine import Model, ModelInfo, threshold_fields
+from vaekit.inference.engine import Model, ModelInfo, threshold_fields
 from vaekit.errors import BadInput, DamagedFile, ForeignModel, NotFound
 from vaekit.fileio import check_regular, loads_json
 

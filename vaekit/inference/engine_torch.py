@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vaekit import run as rundir
-from vaekit.distributed import pick_device
-from vaekit.engine import Model, ModelInfo, threshold_fields
+from vaekit.training import rundir
+from vaekit.training.distributed import pick_device
+from vaekit.inference.engine import Model, ModelInfo, threshold_fields
 
 
 class TorchModel(Model):
@@ -48,7 +48,7 @@ class TorchModel(Model):
 
     def _read(self, x):
         """The defect reader's scores and maps of uint8 images, read on the CPU in tiles."""
-        from vaekit.finish_reader import READ_TILE
+        from vaekit.training.finish_reader import READ_TILE
         from vaekit.reader.net import ReaderConfig
         from vaekit.reader.train import load_reader, read
 
@@ -69,7 +69,7 @@ class TorchModel(Model):
     @classmethod
     def from_net(cls, net, device: torch.device, source: str | Path = "<in memory>") -> "TorchModel":
         """A network in memory behind the same interface, with no threshold or calibration:
-        what cross-fitting scores its fold models with (vaekit.crossfit)."""
+        what cross-fitting scores its fold models with (vaekit.training.crossfit)."""
         self = cls.__new__(cls)
         self.device, self.net, self.config = torch.device(device), net.eval(), {}
         self.batch_size = 256 if self.device.type == "cuda" else Model.batch_size

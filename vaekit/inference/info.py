@@ -38,7 +38,7 @@ class ModelInfo:
     threshold_from: str = "validation"  # whose scores the stored threshold is a quantile of ("training" without a split)
     threshold_fixed: bool = False  # set to a value (`vaekit threshold --value`), not a quantile
     latent_shape: tuple[int, ...] = ()  # (D,) for a vector latent, (C, G, G) for a grid; () = (latent_dim,)
-    calibration: dict | None = None  # the atypicality score's statistics of normal images (vaekit/scoring.py)
+    calibration: dict | None = None  # the atypicality score's statistics of normal images (vaekit/inference/atypicality.py)
     reader: dict | None = None  # the defect reader's config, when the run has one (vaekit.reader)
 
     @property

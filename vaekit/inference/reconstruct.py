@@ -6,7 +6,7 @@ name, PSNR and SSIM) goes to the journal `OUT.partial` beside the output folder,
 continues with `resume=True` and a share (`shard=(i, n)`) journals on its own. When every
 share is complete, one process writes `OUT/comparison.png` (the first `grid_max` inputs beside
 their reconstructions, read back from the PNGs, so it is the same whichever process wrote
-them) and removes the journals.
+them) and removes the journals. `reconstruct_folder` is the same in one process, not journalled.
 """
 
 from __future__ import annotations
@@ -19,19 +19,119 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from vaekit import images as imageio
-from vaekit import pipeline, stream
-from vaekit.batches import Layout, check_number, digest
+from vaekit import stream
 from vaekit.errors import BadInput
 from vaekit.fileio import refuse_existing, refuse_inside
 from vaekit.images.arrays import check_batch_size, check_int
-from vaekit.journals import naming_failed_writes, open_journal
-from vaekit.quality import GRID, ReconstructReport, psnr, ssim
-from vaekit.shares import Shares, finish_when_complete, share_out
+from vaekit.images.quality import SSIM_MISSING, psnr, ssim
+from vaekit.progress import Progress
+from vaekit.stream import pipeline
+from vaekit.stream.batches import Layout, check_number, digest
+from vaekit.stream.journals import naming_failed_writes, open_journal
+from vaekit.stream.shares import Shares, finish_when_complete, share_out
 
 if TYPE_CHECKING:
-    from vaekit.engine import Model
+    from vaekit.inference.engine import Model
 
 BATCH_SIZE = 256
+GRID = "comparison.png"
+
+
+@dataclass
+class ReconstructReport:
+    out_dir: Path
+    names: list[str]  # source names, relative to the input folder
+    written: list[Path]  # the reconstruction PNGs, same order
+    grid: Path  # inputs next to reconstructions
+    psnr: np.ndarray  # (N,) dB
+    ssim: np.ndarray | None  # (N,); None where scikit-image is not installed
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        def num(v: float) -> float | None:  # JSON has no infinity
+            return float(v) if np.isfinite(v) else None
+
+        ssim = self.ssim if self.ssim is not None else np.full(len(self.names), np.nan)
+        return {
+            "out_dir": str(self.out_dir), "grid": str(self.grid),
+            "images": [{"name": n, "file": str(w), "psnr": num(p), "ssim": num(s)}
+                       for n, w, p, s in zip(self.names, self.written, self.psnr, ssim)],
+            "mean_psnr": num(self.psnr.mean()), "mean_ssim": num(ssim.mean()),
+            "ssim_note": None if self.ssim is not None else SSIM_MISSING,
+            "skipped": [{"file": str(p), "reason": r} for p, r in self.skipped],
+        }
+
+
+def _targets(source, out_dir: Path, overwrite: bool, grid_max: int):
+    """(the inputs, each one's PNG name relative to out_dir, the comparison grid's path), every
+    target checked by the output rule before anything is read."""
+    from vaekit import codes
+
+    if not isinstance(grid_max, int) or isinstance(grid_max, bool) or grid_max < 1:
+        raise BadInput(f"invalid grid_max {grid_max!r}: expected an integer >= 1")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BadInput(f"output {out_dir} exists and is not a folder")
+    refuse_inside(out_dir, source, "output folder")  # its PNGs would be read back as inputs
+    found = stream.find_inputs(source)
+    targets = codes.png_names(found.names)
+    grid = out_dir / GRID
+    if GRID in targets:
+        raise BadInput(f"an input image would be written to {grid}, the comparison grid; rename it or pick another input")
+    refuse_existing([*(out_dir / t for t in targets), grid], overwrite)
+    return found, targets, grid
+
+
+def reconstruct_folder(
+    model: "Model",
+    source: str | Path,
+    out_dir: str | Path,
+    overwrite: bool = False,
+    grid_max: int = 32,
+    progress: Progress | None = None,
+    batch_size: int = 256,
+    workers: int = 0,
+) -> ReconstructReport:
+    """Reconstruct every image under `source` (z = posterior mean) into `out_dir` (`vaekit reconstruct`).
+
+    Writes `<out_dir>/<name>.png` per image and `<out_dir>/comparison.png`: up to `grid_max`
+    inputs, each followed by its reconstruction. Every target is checked before writing.
+    Streams: images are decoded, reconstructed and written a batch at a time.
+    """
+    out_dir = Path(out_dir)
+    found, targets, grid = _targets(source, out_dir, overwrite, grid_max)
+    info = model.info
+    kept, written, psnrs, ssims, shown, skipped, done = [], [], [], [], [], [], 0
+
+    def save(pngs) -> None:  # in a writing thread, while the next batch is reconstructed
+        for img, path in pngs:
+            imageio.save_png(img, path)
+
+    with pipeline.WriteBehind(save) as writer:
+        for b in stream.iter_batches(found.paths, info.image_size, info.channels, batch_size, workers):
+            skipped += b.skipped
+            done += len(b.paths) + len(b.skipped)
+            if len(b.paths):
+                x = b.images
+                x_hat = imageio.to_uint8(model.reconstruct(x))
+                paths = [out_dir / targets[i] for i in b.positions]
+                writer.put(list(zip(x_hat, paths)))
+                kept += [found.names[i] for i in b.positions]
+                written += paths
+                psnrs.append(psnr(x, x_hat))
+                try:
+                    ssims.append(None if ssims and ssims[-1] is None else ssim(x, x_hat))
+                except ImportError:  # a vaekit[runtime] box: PSNR only, and the CLI says why
+                    ssims.append(None)
+                room = grid_max - sum(len(p) for p in shown) // 2
+                if room > 0:
+                    shown.append(np.stack([x[:room], x_hat[:room]], axis=1).reshape(-1, *x.shape[1:]))  # input, recon, ...
+            if progress:
+                progress(done, len(found.paths))
+    if not kept:
+        raise imageio.none_usable(f"in {source}", skipped)
+    imageio.save_png(imageio.make_grid(np.concatenate(shown), ncol=8), grid)
+    similarity = None if any(s is None for s in ssims) else np.concatenate(ssims)
+    return ReconstructReport(out_dir, kept, written, grid, np.concatenate(psnrs), similarity, skipped)
 
 
 @dataclass

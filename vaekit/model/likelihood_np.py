@@ -1,7 +1,7 @@
 """The floor of each likelihood p(x|z), in numpy: the NLL a perfect reconstruction still costs;
 and the discretised logistic's bin probabilities, which the bits-back coder turns into tables.
 
-The likelihood objects themselves (NLL and mean image, in torch) are vaekit.objective.Bernoulli,
+The likelihood objects themselves (NLL and mean image, in torch) are vaekit.model.objective.Bernoulli,
 .Gaussian and .Logistic, whose `floor` is the function here; this module imports no torch, so the
 onnxruntime engine's scores (and vaekit.codec) use the very same maths.
 """

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from vaekit.errors import BadInput
-from vaekit.likelihood import LEVELS, LOG_2PI
+from vaekit.model.likelihood_np import LEVELS, LOG_2PI
 
 
 @dataclass

@@ -19,8 +19,8 @@ from torch import nn
 
 from vaekit.config import ModelConfig
 from vaekit.errors import BadInput
-from vaekit.likelihood import LOGISTIC_LOG_SCALE_BOUNDS
-from vaekit.objective import get_likelihood
+from vaekit.model.likelihood_np import LOGISTIC_LOG_SCALE_BOUNDS
+from vaekit.model.objective import get_likelihood
 
 
 def stage_sizes(image_size: int) -> list[int]:
@@ -265,7 +265,7 @@ class ConvVAE(nn.Module):
         (eps = 0: the posterior mean): recon NLL (B,), KL (B,), the recon NLL per pixel
         (B, H, W), mu and logvar (B, D), and the reconstruction x_hat = E[x|z] (B, C, H, W). The torch engine calls it and the ONNX export traces
         it, so the two cannot compute different things; the scores themselves are numpy
-        (vaekit/scoring.py), shared by both engines."""
+        (vaekit/inference/atypicality.py), shared by both engines."""
         mu, logvar = self.encode(x)  # (B, D) each
         z = mu + torch.exp(0.5 * logvar) * eps
         params = self.decode(z, self.size_of(x))

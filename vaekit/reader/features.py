@@ -55,7 +55,7 @@ def vae_features(net, parts: Sequence[str] = ("recon", "r")) -> Features:
 
 
 def _floor(net, x: torch.Tensor) -> torch.Tensor:
-    """The NLL of a perfect reconstruction per pixel (vaekit.likelihood's floor, in torch)."""
+    """The NLL of a perfect reconstruction per pixel (vaekit.model.likelihood_np's floor, in torch)."""
     if net.cfg.likelihood == "gaussian":
         return (net.scale() + 0.5 * torch.log(torch.tensor(2 * torch.pi))).sum().expand(x.shape[0], *x.shape[2:])
     p = x.clamp(1e-7, 1 - 1e-7)

@@ -2,7 +2,7 @@
 
 A job cuts its file list into fixed slices of `batch_size` files (vaekit.stream.iter_batches);
 share `index` of `count` owns every batch b with b % count == index. A journal line
-(vaekit.journals) claims one batch: `check_entry` accepts it only when its number is an integer
+(vaekit.stream.journals) claims one batch: `check_entry` accepts it only when its number is an integer
 in range, owned by this share and not seen before, and its rows and skipped files account for
 exactly the files of that slice, in order, each row of the job's own shape (`RowCheck`).
 So a journal cannot bring in rows of files that are not inputs, drop or repeat an input, or

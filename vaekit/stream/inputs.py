@@ -1,18 +1,15 @@
-"""Streaming inference: decoded batches in, per-image rows out, in bounded memory and resumable.
+"""What a streaming job reads: the image files under what the user named, this process's share
+of them, and fixed batches of them decoded ahead of the consumer.
 
-Four pieces, used by every inference command and the demo:
 - `find_inputs`: the image files under what the user named, each with its name relative to
   the folder it was found in (the names every output uses).
 - `shard`: this process's share of a file list, deterministic by file order (torchrun's
   RANK / WORLD_SIZE, or an explicit `--shard i/n`).
 - `iter_batches`: fixed slices of the file list, decoded ahead of the consumer (in a thread of
-  vaekit.pipeline, and in worker processes when asked). A batch is always the same slice of
+  vaekit.stream.pipeline, and in worker processes when asked). A batch is always the same slice of
   files, so a resumed job scores exactly the batches an uninterrupted one would, and gets
   bit-identical numbers.
-- `Journal` (vaekit.journals, re-exported here): rows appended to `OUT.partial` one batch per
-  line, checked against the job's settings and file list when read back by `--resume`.
 """
-
 from __future__ import annotations
 
 import os
@@ -23,11 +20,10 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from vaekit import images as imageio
-from vaekit import pipeline
-from vaekit.batches import MAX_SHARDS
+from vaekit.stream import pipeline
+from vaekit.stream.batches import MAX_SHARDS
 from vaekit.errors import BadInput
 from vaekit.images.arrays import check_batch_size
-from vaekit.journals import JOURNAL_VERSION, PARTIAL_SUFFIX, SYNC_EVERY, Journal  # noqa: F401  (public here too)
 
 READ_AHEAD = pipeline.DEPTH  # batches decoded ahead of the consumer
 

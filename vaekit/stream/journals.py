@@ -4,7 +4,7 @@ Line 1 is the header: every setting that changes the output (the model's fingerp
 score, the batch size, the digest of the input file list, the heat-map folder, ...). Each
 further line is one finished batch, flushed as it is written. Reading a journal back (`--resume`)
 checks the header against the job's settings, and every line against the header
-(vaekit.batches.check_entry): a journal started with other settings is refused naming each
+(vaekit.stream.batches.check_entry): a journal started with other settings is refused naming each
 setting that differs, and a line that is not one of this job's batches is a damaged file
 (exit 2) naming the line. A last line without its newline was cut short by a crash: it is
 dropped, never half-read.
@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Sequence
 
-from vaekit.batches import Layout, RowCheck, changed, check_entry
+from vaekit.stream.batches import Layout, RowCheck, changed, check_entry
 from vaekit.errors import BadInput, DamagedFile, InUse, VaekitError, cannot_write
 from vaekit.fileio import atomic_writer, dumps_json, loads_json, try_lock
 
@@ -101,7 +101,7 @@ class Journal:
 
     Only the indices of finished batches stay in memory; rows are read back from the file when
     the job finishes. `layout` and `row_check` say which batches and rows this job may hold
-    (vaekit.batches); without them only the shape of each line is checked."""
+    (vaekit.stream.batches); without them only the shape of each line is checked."""
 
     def __init__(self, out: Path, settings: dict, resume: bool, layout: Layout | None = None,
                  row_check: RowCheck | None = None):

@@ -21,7 +21,7 @@ def read_ahead(items: Iterator, depth: int = DEPTH, init: Callable[[], None] | N
     """`items`, produced by a daemon thread at most `depth` ahead of the consumer. An error in
     the producer is raised in the consumer; closing the iterator (or the consumer stopping)
     stops the producer at its next item. `init()` runs first in that thread (training's batch
-    reader sets the thread's CUDA device there: vaekit.data)."""
+    reader sets the thread's CUDA device there: vaekit.training.data)."""
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 

@@ -1,12 +1,12 @@
 """Shares of a streaming job (`--shard i/n`, or torchrun's ranks): their journals, and the one merge.
 
-Share i of n journals to `OUT.shard-i-of-n.partial` (vaekit.journals). When every share's
+Share i of n journals to `OUT.shard-i-of-n.partial` (vaekit.stream.journals). When every share's
 journal holds all its batches, one process merges them into OUT in file order: under torchrun
 rank 0 (it waits for the others), with explicit shards whichever finishes last. Another share's
 journal is read without taking its lock (its process may still be appending), and trusted only
 as far as it is checked: its header must equal this share's settings but for the share itself
 (the same model, score, batch size, file list...), and every line must be one of that share's
-batches (vaekit.batches). Shares of different jobs are refused (exit 2), naming what differs,
+batches (vaekit.stream.batches). Shares of different jobs are refused (exit 2), naming what differs,
 instead of being merged into one file.
 """
 
@@ -19,10 +19,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from vaekit.batches import Layout, RowCheck, changed, check_entry
+from vaekit.stream.batches import Layout, RowCheck, changed, check_entry
 from vaekit.errors import BadInput, DamagedFile, InUse
 from vaekit.fileio import held_elsewhere, try_lock
-from vaekit.journals import JOURNAL_VERSION, open_regular, parse, partial_path, read_lines
+from vaekit.stream.journals import JOURNAL_VERSION, open_regular, parse, partial_path, read_lines
 
 MERGING = ".merging"
 _LOCK_TEXT = b"vaekit shard merge lock\n"  # what makes OUT.merging vaekit's own

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from vaekit.fileio import atomic_write_json, read_json, read_regular
-from vaekit.run import (CHECKPOINT_DIR, RESUME, CHECKPOINT_NAME, RunError, load_tensors, remove_strays,
+from vaekit.training.rundir import (CHECKPOINT_DIR, RESUME, CHECKPOINT_NAME, RunError, load_tensors, remove_strays,
                         save_tensors)
 
 
@@ -74,3 +74,44 @@ def _check_checkpoint_meta(meta: dict, path: Path) -> None:
         raise bad("'param_groups' must be a list of optimizer parameter groups")
     if meta.get("scaler") is not None and not isinstance(meta["scaler"], dict):
         raise bad("'scaler' must be an object or null")
+
+
+def pack_state(model, optimizer, scaler, epoch: int, best: dict, history_len: int,
+                copy: bool = False) -> tuple[dict, dict]:
+    """What a checkpoint holds, (tensors, meta): the weights, the optimiser's state, the RNG states
+    and the loop's bookkeeping; `copy`: tensors cloned, to be written later (the state moves on)."""
+    keep = (lambda t: t.detach().clone()) if copy else (lambda t: t)  # noqa: E731
+    tensors = {f"model.{k}": keep(v) for k, v in model.state_dict().items()}
+    opt = optimizer.state_dict()
+    for pid, st in opt["state"].items():
+        for k, v in st.items():
+            tensors[f"optim.{pid}.{k}"] = keep(v) if torch.is_tensor(v) else torch.tensor(v)
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda{i}"] = s
+    meta = {
+        "epoch": epoch,
+        "best": best,
+        "history_len": history_len,
+        "param_groups": opt["param_groups"],
+        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+    }
+    return tensors, meta
+
+
+def unpack_state(tensors: dict, meta: dict, model, optimizer, scaler) -> None:
+    """Put a checkpoint's state back into the model, optimiser, grad scaler and RNGs (pack_state's inverse)."""
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    state: dict[int, dict] = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, pid, name = k.split(".", 2)
+            state.setdefault(int(pid), {})[name] = v
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda")]
+    if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda_states)
+    if scaler is not None and meta.get("scaler"):
+        scaler.load_state_dict(meta["scaler"])

@@ -3,8 +3,8 @@
 A threshold (or a score's statistics) fitted on images the model trained on is biased: those
 images score lower than new normal ones, so more new normal images than promised end up above
 it (28.8% instead of 1% with 20 images, in vaekit 0.2). Holding images out costs what few
-images cannot spare. Instead, with K folds (vaekit.data.Splits), one extra model per fold is
-trained on the other folds by the run's own recipe (vaekit.fit.Trainer) and scores its fold's
+images cannot spare. Instead, with K folds (vaekit.training.data.Splits), one extra model per fold is
+trained on the other folds by the run's own recipe (vaekit.training.trainer.Trainer) and scores its fold's
 images: every image gets parts from a model that never saw it, as new images will from the
 run's model. The run's own model still trains on all images.
 """
@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from vaekit.config import ModelConfig, TrainConfig
-from vaekit.data import Dataset, Splits, gather
-from vaekit.distributed import Dist
-from vaekit.scoring import Parts
+from vaekit.training.data import Dataset, Splits, gather
+from vaekit.training.distributed import Dist
+from vaekit.inference.atypicality import Parts
 from vaekit.progress import Progress
 
 
@@ -31,9 +31,9 @@ def crossfit_scores(data: Dataset, splits: Splits, model_cfg: ModelConfig, train
     pixel-bounded chunk at a time and summarised at once (no maps are kept); None when
     `should_stop()` ended it. The fold models follow the run's resolved recipe (the same batch
     size, epochs and seed), so a resumed run fits the same ones."""
-    from vaekit.engine_torch import TorchModel
-    from vaekit.finish import CHUNK_PIXELS, Scored
-    from vaekit.fit import Trainer
+    from vaekit.inference.engine_torch import TorchModel
+    from vaekit.training.finish import CHUNK_PIXELS, Scored
+    from vaekit.training.trainer import Trainer
 
     out = []
     step = max(1, CHUNK_PIXELS // model_cfg.image_size**2)

@@ -1,6 +1,6 @@
 """Training data: a folder of images as a uint8 array, the validation split, and batch reading.
 
-The pixels come from the decoded-pixel cache (vaekit.cache), usually a read-only memmap.
+The pixels come from the decoded-pixel cache (vaekit.training.cache), usually a read-only memmap.
 Batches are read with positioned reads (see `_gather`) a couple of batches ahead in a thread,
 so memory stays flat however large the folder and a GPU is not kept waiting.
 """
@@ -42,7 +42,8 @@ def load_dataset(
     progress: Progress | None = None,
 ) -> Dataset:
     """Find, decode (once; cached) and resize every image under `inputs`."""
-    from vaekit import cache, images
+    from vaekit import images
+    from vaekit.training import cache
 
     root = Path(inputs)
     paths = images.find_images(root)
@@ -249,12 +250,12 @@ def gather(images: np.ndarray, idx: np.ndarray) -> np.ndarray:
 
 def read_ahead(images: np.ndarray, batches: Iterator[np.ndarray], device: torch.device, depth: int = 2) -> Iterator[torch.Tensor]:
     """The uint8 tensor of each index array in `batches`, read `depth` batches ahead in a thread
-    (vaekit.pipeline.read_ahead, the one read-ahead helper).
+    (vaekit.stream.pipeline.read_ahead, the one read-ahead helper).
 
     Reads (pread releases the GIL) and pinning then overlap the training step, which keeps a
     GPU busy; on the CPU it hides disk reads when the cache is not in the page cache.
     """
-    from vaekit import pipeline
+    from vaekit.stream import pipeline
 
     cuda = device.type == "cuda"
 

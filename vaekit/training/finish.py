@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vaekit import run as rundir
-from vaekit.data import gather, to_input
+from vaekit.training import rundir
+from vaekit.training.data import gather, to_input
 from vaekit.version import __version__
 
 
@@ -42,7 +42,7 @@ def write_run_config(out_dir, data, model_cfg, train_cfg, device, n_train, n_val
 CALIBRATION_PIXELS = 2000 * 64 * 64  # images the score statistics are fitted on: at most this many pixels (per set)
 CHUNK_PIXELS = 256 * 64 * 64  # images scored at a time while calibrating: memory bounded by pixels
 LOCAL_WINDOWS = (9, 17)  # a latent grid's local tests: windows of ~2 and ~4 cells (a cell is 4x4 pixels)
-COMBINE = "sumsq"  # how the standardised tests make one score (vaekit.scoring.Calibration; docs/detection.md)
+COMBINE = "sumsq"  # how the standardised tests make one score (vaekit.inference.atypicality.Calibration; docs/detection.md)
 THRESHOLD_SCORES = ("excess", "neg_elbo", "recon", "kl")  # stored with a threshold each, beside the default
 
 
@@ -54,7 +54,7 @@ def local_windows(image_size: int) -> tuple[int, ...]:
 @dataclass
 class Scored:
     """What calibrating needs of a set of images, without their maps: the raw tests of the
-    atypicality (vaekit.scoring.Calibration.tests) and the nats scores."""
+    atypicality (vaekit.inference.atypicality.Calibration.tests) and the nats scores."""
 
     tests: np.ndarray  # (N, T)
     nats: dict[str, np.ndarray]  # THRESHOLD_SCORES -> (N,)
@@ -78,13 +78,13 @@ def finish(out_dir, data, splits, train_cfg, device, crossfit=None, progress=Non
 
     The local maps' statistics come from training images; then, held-out splits: the tests'
     statistics on the validation images, the threshold on the calibration images.
-    Cross-fitted (`crossfit(summarise)`, vaekit.crossfit.crossfit_scores): every image is scored
+    Cross-fitted (`crossfit(summarise)`, vaekit.training.crossfit.crossfit_scores): every image is scored
     by a fold model that did not train on it; the stored statistics are fitted on all of them,
     and each image's calibration score is standardised by those of the other folds only.
     Returns the threshold, or None when the cross-fitting was asked to stop."""
     from vaekit.anomaly import threshold_section
-    from vaekit.engine_torch import TorchModel
-    from vaekit.scoring import GLOBAL_TESTS, OBJECT_TESTS, Calibration
+    from vaekit.inference.engine_torch import TorchModel
+    from vaekit.inference.atypicality import GLOBAL_TESTS, OBJECT_TESTS, Calibration
 
     # Scored by the very code `vaekit anomaly-score` runs (the engine), so the stored threshold
     # and the scores it is compared with cannot drift apart.
@@ -106,7 +106,7 @@ def finish(out_dir, data, splits, train_cfg, device, crossfit=None, progress=Non
         scores, source = _held_out(engine, data, splits, calibration, reference)
     default = "atypicality"
     if grid and train_cfg.reader:
-        from vaekit.finish_reader import train_and_calibrate
+        from vaekit.training.finish_reader import train_and_calibrate
 
         reader = train_and_calibrate(out_dir, data, splits, train_cfg, progress, should_stop)
         if reader is None:
@@ -162,7 +162,7 @@ def _held_out(engine, data, splits, calibration, reference: Scored):
 def _crossfitted(calibration, folds, reference: Scored) -> dict[str, np.ndarray]:
     """The stored statistics from every out-of-sample image; each image's score from statistics
     fitted on the other folds (so no image standardises itself)."""
-    from vaekit.scoring import Calibration
+    from vaekit.inference.atypicality import Calibration
 
     n = sum(len(held) for held, _ in folds)
     every = Scored(np.zeros((n, reference.tests.shape[1])), {k: np.zeros(n) for k in THRESHOLD_SCORES})

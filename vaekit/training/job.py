@@ -1,12 +1,13 @@
 """`vaekit train` as a library call: find and decode the images (once, into the pixel cache),
-decide the automatic settings, then `fit()` (vaekit/fit.py); or resume a run exactly.
+decide the automatic settings, then `fit()` (vaekit/training/loop.py); or resume a run exactly.
 
-The loop is vaekit.fit, the recipe vaekit.recipe, what the run directory records vaekit.finish;
-their public names are importable from here too.
+The loop is vaekit.training.loop, the recipe vaekit.training.recipe, what the run directory
+records vaekit.training.finish. Users import `train` from vaekit.train (README).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -14,15 +15,14 @@ from typing import Callable
 
 import numpy as np
 
-from vaekit import run as rundir
 from vaekit.config import RESUMABLE, ModelConfig, TrainConfig, from_dict, from_stored_model
-from vaekit.data import (Dataset, auto_image_size, choose_model, image_statistics, load_dataset, probe_layout,  # noqa: F401
-                         split3)
-from vaekit.distributed import barrier, init_distributed, pick_device
 from vaekit.errors import BadInput
 from vaekit.fileio import refuse_inside
-from vaekit.fit import Progress, TrainingError, TrainResult, deterministic_scores, fit  # noqa: F401
-from vaekit.recipe import kl_weight, learning_rate, resolve_batch_size, resolve_epochs  # noqa: F401
+from vaekit.progress import Progress
+from vaekit.training import rundir
+from vaekit.training.data import Dataset, auto_image_size, choose_model, image_statistics, load_dataset, probe_layout
+from vaekit.training.distributed import barrier, init_distributed, pick_device
+from vaekit.training.loop import TrainResult, fit
 
 
 # --- the whole job -------------------------------------------------------------------------
@@ -66,7 +66,7 @@ def train(
     should_stop: Callable[[], bool] | None = None,
 ) -> tuple[TrainResult, Dataset]:
     """`vaekit train`: load the folder, then fit. `should_stop()`, asked after every step, ends
-    training early and cleanly (see vaekit.fit.fit): the demo's Stop, the CLI's Ctrl-C.
+    training early and cleanly (see vaekit.training.loop.fit): the demo's Stop, the CLI's Ctrl-C.
 
     On resume the stored configs win, except `resume_changes` (settings the user gave, by
     config field name): epochs (to extend a run; also `resume_epochs`), lr and beta apply from
@@ -79,10 +79,8 @@ def train(
     """
     out_dir = Path(out_dir)
     refuse_inside(out_dir, data_dir, "--out")
-    if int(os.environ.get("RANK", "0") or 0) != 0:  # torchrun: rank 0 holds the lock for all
-        return _train(data_dir, out_dir, model_cfg, train_cfg, channels, resume, overwrite, cache_dir, workers,
-                      progress, resume_epochs, resume_changes, should_stop)
-    with rundir.locked(out_dir):
+    rank0 = int(os.environ.get("RANK", "0") or 0) == 0  # torchrun: rank 0 holds the lock for all
+    with rundir.locked(out_dir) if rank0 else contextlib.nullcontext():
         return _train(data_dir, out_dir, model_cfg, train_cfg, channels, resume, overwrite, cache_dir, workers,
                       progress, resume_epochs, resume_changes, should_stop)
 

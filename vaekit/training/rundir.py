@@ -267,7 +267,7 @@ def _strays(run_dir: Path) -> list[Path]:
 
 def load_model(run_dir: Path, device: str | torch.device = "cpu"):
     """Rebuild the ConvVAE from config.json and load the best weights. Returns (model, config)."""
-    from vaekit.model import ConvVAE
+    from vaekit.model.vae import ConvVAE
 
     run_dir = Path(run_dir)
     cfg = read_config(run_dir)
