@@ -202,6 +202,12 @@ def test_splits_are_seeded_disjoint_and_sized_for_what_they_do():
     assert few.crossfit and len(few.train) == 23 and sorted(np.concatenate(few.folds).tolist()) == list(range(23))
     assert plan_splits(3, 0.1, 0.1, 0).folds and not plan_splits(1, 0.1, 0.1, 0).folds  # leave-one-out; nothing
     assert not plan_splits(50, 0.1, 0.1, 0, folds=0).crossfit
+    # a surface model with the reader: one fold held out for calibration, no fold models
+    one = plan_splits(40, 0.1, 0.1, 0, one_fold=True)
+    assert not one.crossfit and len(one.cal) == 8 and len(one.train) == 32 and not len(one.val)
+    assert sorted(np.concatenate([one.train, one.cal]).tolist()) == list(range(40))
+    assert plan_splits(40, 0.1, 0.1, 0, folds=5, one_fold=True).crossfit  # asked for: cross-fitted
+    assert len(plan_splits(400, 0.1, 0.1, 0, one_fold=True).val) == 40  # many images: as before
 
 
 def test_kl_warmup_ramps_linearly_to_beta():

@@ -179,7 +179,7 @@ class Splits:
 
 
 def plan_splits(n: int, val_fraction: float, cal_fraction: float, seed: int, folds: int = -1,
-                quantile: float = 0.99) -> Splits:
+                quantile: float = 0.99, one_fold: bool = False) -> Splits:
     """The splits for n images (see Splits).
 
     folds=-1 (auto): cross-fit with CROSSFIT_FOLDS folds below CROSSFIT_BELOW images; above,
@@ -187,12 +187,19 @@ def plan_splits(n: int, val_fraction: float, cal_fraction: float, seed: int, fol
     `cal_fraction` of the images, at least MIN_VAL each, and for calibration as many as the
     threshold's quantile needs (99 for 0.99), each at most 30% of the images. folds=0: hold
     out by the fractions alone; K >= 2: cross-fit with K folds. Fractions of 0 turn the
-    held-out splits (and cross-fitting) off: the threshold then comes from training images."""
+    held-out splits (and cross-fitting) off: the threshold then comes from training images.
+
+    `one_fold`: where auto would cross-fit, hold out the first fold as the calibration split
+    instead and train on the others, with no fold models (a surface model whose default score,
+    the defect reader's, is calibrated on one held-out fold anyway: five more VAEs would only
+    serve its fallback score, at five times the training time)."""
     k = min(n, (CROSSFIT_FOLDS if n < CROSSFIT_BELOW else 0) if folds < 0 else folds)
     if k >= 2 and val_fraction + cal_fraction > 0:  # a fold of one image: leave-one-out
         order = np.random.default_rng(seed).permutation(n)
-        return Splits(np.arange(n), np.zeros(0, np.int64), np.zeros(0, np.int64),
-                      [np.sort(order[i::k]) for i in range(k)])
+        parts = [np.sort(order[i::k]) for i in range(k)]
+        if one_fold and folds < 0:
+            return Splits(np.sort(np.concatenate(parts[1:])), np.zeros(0, np.int64), parts[0], [])
+        return Splits(np.arange(n), np.zeros(0, np.int64), np.zeros(0, np.int64), parts)
     if folds < 0 and val_fraction > 0 and cal_fraction > 0:
         from vaekit.anomaly.threshold import needed_scores
 

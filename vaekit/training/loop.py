@@ -67,7 +67,8 @@ def fit(data: Dataset, out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCo
     device = pick_device(train_cfg.device)
     dist = init_distributed(device)
     splits = plan_splits(len(data.paths), train_cfg.val_fraction, train_cfg.calibration_fraction, train_cfg.seed,
-                         train_cfg.folds, train_cfg.threshold_quantile)
+                         train_cfg.folds, train_cfg.threshold_quantile,
+                         one_fold=model_cfg.layout == "grid" and train_cfg.reader)
     train_cfg = resolved_train_config(train_cfg, model_cfg, len(splits.train))
     trainer = Trainer(model_cfg, train_cfg, device, dist)
     start_epoch, best, history = _begin(trainer, out_dir, data, splits, resume)
