@@ -168,6 +168,7 @@ def test_threshold_round_trip_through_the_run_directory(parts, model):
     assert section["quantiles"]["0.5"] == pytest.approx(np.median(val.score))
 
 
+@pytest.mark.slow
 def test_few_images_are_cross_fitted_so_every_threshold_score_is_out_of_sample(tmp_path):
     # 20 images: all train the run's model, and each one's calibration score comes from a fold
     # model that never saw it; those score higher than the run's model scores its own training

@@ -51,6 +51,7 @@ def test_encode_quality_fits_the_tables_and_decode_writes_the_images(setup, tmp_
     assert r.exit_code == 0 and "quality 2" in r.output
 
 
+@pytest.mark.slow
 def test_lossless_round_trip_through_the_installed_executable(setup, tmp_path):
     root, run = setup
     subprocess.run([EXE, "encode", str(run), str(root / "src"), "-o", str(tmp_path / "l.vkc"), "--lossless"],

@@ -97,6 +97,7 @@ def _local_residual(x):  # a stand-in for the VAE's residual: distance from the 
     return (x - torch.nn.functional.avg_pool2d(x, 7, 1, 3, count_include_pad=False)).abs()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("features", [None, _local_residual])
 def test_a_reader_trained_on_synthetic_defects_finds_a_defect_it_never_saw(features):
     """A dark 6x6 square (not a shape the generator draws) on held-out surfaces: the image
@@ -185,6 +186,7 @@ def test_the_reader_score_maths_runs_without_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+@pytest.mark.slow
 def test_the_reader_exports_to_onnx_with_any_height_and_width(tmp_path):
     """Exported once at 32 px, the graph must still pad, unshuffle and crop at other sizes."""
     pytest.importorskip("onnxscript")

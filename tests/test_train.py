@@ -264,6 +264,7 @@ def test_checkpoints_come_every_fifty_steps_or_so_and_always_first_and_last():
     assert [e for e in range(40) if checkpoint_due(e, tcfg(epochs=40, checkpoint_every=10), 3)] == [0, 9, 19, 29, 39]
 
 
+@pytest.mark.slow
 def test_a_resume_from_an_older_checkpoint_still_ends_exactly_where_an_uninterrupted_run_does(blobs, tmp_path):
     from safetensors.torch import load_file
 
