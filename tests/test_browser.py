@@ -84,7 +84,9 @@ def test_anomaly_tab_shows_score_and_heat_map(served, page, tmp_path):
 
     heat = page.locator("#heatmaps img").first
     heat.wait_for()
-    assert heat.evaluate("img => img.complete && img.naturalWidth") == SIZE  # the PNG at the model's size
+    # the element exists before its PNG has loaded (a busy machine shows it): wait for the load
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=heat.element_handle(), timeout=30_000)
+    assert heat.evaluate("img => img.naturalWidth") == SIZE  # the PNG at the model's size
     shot = tmp_path / "anomaly.png"
     page.screenshot(path=str(shot), full_page=True)
     assert Image.open(shot).size[0] == 1280
