@@ -50,11 +50,12 @@ def train(
     beta: Annotated[float, typer.Option(help="Weight on the KL term (1 = the ELBO).")] = 1.0,
     kl_warmup: Annotated[int, typer.Option(help="Epochs of linear KL warm-up up to beta (epoch e gets beta·(e+1)/(N+1)).")] = 0,
     val_fraction: Annotated[float, typer.Option(help="Share of images held out to pick the best epoch and calibrate the "
-                                                     "score (at least 20; below 200 images: cross-fitting instead).")] = 0.1,
+                                                     "score (at least 20; below 200 images: cross-fitting or one held-out fold instead).")] = 0.1,
     calibration_fraction: Annotated[float, typer.Option(help="Share of images held out, apart from those, to set the "
                                                              "threshold (at least as many as the quantile needs).")] = 0.1,
     folds: Annotated[int, typer.Option(help="Cross-fitting: -1 auto (5 fold models below 200 images, so every image "
-                                            "gets an out-of-sample score), 0 off, K >= 2 folds.")] = -1,
+                                            "gets an out-of-sample score; a surface model with its defect reader holds "
+                                            "out one fold instead), 0 off, K >= 2 folds.")] = -1,
     crop: Annotated[int, typer.Option(help="A surface (grid) model trains on random crops of N px; 0 = auto (64).")] = 0,
     reader: Annotated[bool, typer.Option(help="A surface (grid) model also trains a defect reader on synthetic "
                                               "defects, which gives its default score (defect).")] = True,

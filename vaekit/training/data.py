@@ -111,7 +111,8 @@ def image_statistics(images: np.ndarray, idx: np.ndarray) -> dict[str, float]:
     aligned: variance over positions of the mean image / mean per-pixel variance. Images of one kind
       of object in one place (digits, parts on a fixture) have a structured mean image (0.5-5 for
       MNIST and the sample data); crops of a surface, whose statistics do not depend on position,
-      a flat one (0.001-0.015 for the textures of benchmarks/texture_data.py). The mean of n
+      a flat one (0.001-0.015 for the textures of benchmarks/texture_data.py, measured before
+      the correction below, which takes ~0.001 off 1000 crops). The mean of n
       images also varies by chance, by about variance / (n - 1): that share is taken off (40
       images of 256 px of each inspection texture of benchmarks/inspection.py: 0.078-0.082
       without it, 0.053-0.057 with it; the cut-off is LAYOUT_ALIGNED).
@@ -165,7 +166,8 @@ MIN_VAL = 20  # a held-out split smaller than this fits the score's statistics o
 class Splits:
     """Which images train the model, fit the score's statistics and set the threshold.
 
-    Many images: three disjoint splits (train, validation, calibration). Few: every image
+    Many images: three disjoint splits (train, validation, calibration). Few, for a surface
+    model with its defect reader: one fold held out as the calibration split. Few otherwise: every image
     trains the model, and `folds` partitions them for cross-fitting: one extra model per fold,
     trained on the other folds, scores the fold's images as images it never saw, so that all
     n images give out-of-sample scores for the statistics and the threshold (Barber et al.

@@ -33,8 +33,11 @@ def _resumed_configs(stored: dict, out_dir: Path, changes: dict) -> tuple[ModelC
     """The stored configs, with the RESUMABLE `changes` applied; any other change is refused."""
     try:
         model_cfg = from_stored_model(stored["model"])
-        # runs of vaekit 0.1 trained at a constant learning rate, without a calibration split
-        old = from_dict(TrainConfig, {"schedule": "constant", "calibration_fraction": 0.0, **stored.get("train", {})})
+        # runs of vaekit 0.1 trained at a constant learning rate, without a calibration split; runs
+        # of 0.1 and 0.2 held images out by the fractions alone (no cross-fitting) and had no reader,
+        # so a resume plans the very splits their checkpoints trained on
+        old = from_dict(TrainConfig, {"schedule": "constant", "calibration_fraction": 0.0, "folds": 0, "reader": False,
+                                      **stored.get("train", {})})
     except (TypeError, ValueError) as e:
         raise rundir.RunError(f"run config {out_dir / rundir.CONFIG} is damaged: {e}") from None
     current = {**asdict(model_cfg), **asdict(old)}

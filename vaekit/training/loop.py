@@ -59,7 +59,8 @@ def fit(data: Dataset, out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCo
     """Train, checkpoint every epoch, keep the best-on-validation weights, set the threshold.
 
     With few images (vaekit.training.data.Splits) one extra model per fold is trained after the run's
-    own, for out-of-sample scores of every image (vaekit.training.crossfit). `should_stop()` is asked
+    own, for out-of-sample scores of every image (vaekit.training.crossfit), unless the model is a
+    surface with a defect reader (one held-out fold). `should_stop()` is asked
     after every optimizer step (the demo's Stop button, the CLI's Ctrl-C): when it says True
     the loop ends there and returns with `stopped` set, the run directory holding the last
     finished epoch's checkpoint, ready for `--resume`."""
@@ -87,7 +88,8 @@ def fit(data: Dataset, out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCo
         history.append(row)
         saving = checkpoint_due(epoch, train_cfg, trainer.steps(len(splits.train))) or (resume and epoch == start_epoch)
         # cross-fitting: the fold models take their last epoch, so the run's model does too (its
-        # "validation" would be its own training images, which pick nothing of use)
+        # "validation" would be its own training images). Without a validation split otherwise (one
+        # held-out fold, or --val-fraction 0) the training images' deterministic -ELBO picks the epoch.
         improved = saving if splits.crossfit else row["val_loss"] < best["val"]
         if improved:
             best = {"epoch": epoch, "val": row["val_loss"]}
