@@ -312,3 +312,18 @@ def test_a_finished_run_carries_the_codec_tables_so_encode_needs_no_fitting(blob
     r = CliRunner().invoke(app, ["decode", str(tmp_path / "run"), str(tmp_path / "a.vkc"), "-o", str(tmp_path / "out")])
     assert r.exit_code == 0, r.output
     assert len(list((tmp_path / "out").glob("*.png"))) == 24
+
+
+def test_a_resumed_run_without_stored_folds_or_reader_keeps_the_splits_it_trained_on(tmp_path):
+    """Runs of vaekit 0.1 and 0.2 stored no `folds` or `reader`: they held images out by the
+    fractions and had no reader, so a resume must plan the same (not cross-fit, not add a reader)."""
+    from dataclasses import asdict
+
+    from vaekit.training.job import _resumed_configs
+
+    model = asdict(ModelConfig(image_size=16, layout="grid", likelihood="gaussian", latent_dim=4))
+    old_train = {k: v for k, v in asdict(TrainConfig()).items() if k not in ("folds", "reader")}
+    _, cfg = _resumed_configs({"model": model, "train": old_train}, tmp_path, {})
+    assert cfg.folds == 0 and cfg.reader is False
+    _, now = _resumed_configs({"model": model, "train": asdict(TrainConfig())}, tmp_path, {})
+    assert now.folds == -1 and now.reader is True  # a run that stored them keeps its own
