@@ -186,10 +186,12 @@ def _print_summary(result, data) -> None:
     t.add_row("images", f"{len(data.paths)} used, {len(data.skipped)} skipped" + (" (pixel cache hit)" if data.cache_hit else ""))
     t.add_row("device", result.device)
     t.add_row("epochs", f"{result.epochs_done} (best: epoch {result.best_epoch})")
-    t.add_row("best val -ELBO", f"{result.best_val:.2f} nats/image")
     from vaekit.training import rundir
 
     cfg = rundir.read_config(result.run_dir)
+    # no validation split (cross-fitted, one held-out fold, --val-fraction 0): the training images'
+    held_out = (cfg.get("data") or {}).get("val_images", 1)
+    t.add_row("best val -ELBO" if held_out else "-ELBO, training images", f"{result.best_val:.2f} nats/image")
     m = cfg.get("model") or {}
     t.add_row("model", shown(f"{m.get('image_size')} px, {m.get('layout', 'vector')} latent ({m.get('latent_dim')}), "
                              f"{m.get('likelihood')}"))

@@ -29,6 +29,8 @@ def test_train_prints_epochs_and_a_summary(tmp_path):
     assert r.exit_code == 0, r.output
     assert "epoch   2" in r.output and "anomaly threshold" in r.output and "12 used, 0 skipped" in r.output
     assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["epochs"] == 2
+    # 12 images are cross-fitted: no validation split, and the summary does not pretend one
+    assert "-ELBO, training images" in r.output and "best val -ELBO" not in r.output
     # resume extends to 3 epochs using the stored config
     r = invoke("train", tmp_path / "imgs", "--out", tmp_path / "run", "--resume", "--epochs", 3)
     assert r.exit_code == 0, r.output
