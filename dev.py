@@ -4,7 +4,8 @@
     python3 dev.py quickstart   # venv + install, then the whole pipeline on built-in digits
     python3 dev.py test         # venv + dev install (+ Chromium for the browser test), then pytest
     python3 dev.py test --fast  # the same without the slow tests (training, export, torchrun,
-                                # browser, web server): feedback in under a minute; CI runs all
+                                # browser, web server), on two workers: feedback in under a
+                                # minute; CI runs all, one at a time
 
 torch: the package asks for `torch>=2.4`; this script pins the release we test
 (TORCH_SPEC below, override with VAEKIT_TORCH_SPEC). pip then takes a CPU wheel where one
@@ -88,6 +89,8 @@ def test(pytest_args: list[str]) -> int:
     setup("dev")
     if "--fast" in pytest_args:  # tests marked slow (pyproject.toml) are left out
         pytest_args = ["-m", "not slow", *(a for a in pytest_args if a != "--fast")]
+        if (os.cpu_count() or 1) >= 2 and not any(a == "-n" or a.startswith("-n") for a in pytest_args):
+            pytest_args = ["-n", "2", *pytest_args]  # two pytest-xdist workers: feedback in under a minute
     else:
         ensure_chromium()
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}

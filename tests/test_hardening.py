@@ -248,7 +248,8 @@ def test_a_postscript_file_named_png_is_skipped_and_never_rendered(run, images, 
     with pytest.raises(imageio.ImageReadError, match="not an image"):
         imageio.gray_mode(imgs / "x.png")
     r = invoke("anomaly-score", run, imgs)
-    assert r.exit_code == 0 and "x.png: not an image" in r.output, r.output
+    # the terminal wraps long paths (a deeper temporary folder moves the break): read it unwrapped
+    assert r.exit_code == 0 and "x.png: not an image" in r.output.replace("\n", ""), r.output
     assert ran == []
 
 
@@ -463,7 +464,8 @@ def test_control_characters_in_names_are_escaped_on_the_terminal(run, images, wo
     r = invoke("anomaly-score", run, imgs)
     assert r.exit_code == 0, r.output
     assert "\x1b" not in r.output and "\x07" not in r.output
-    assert "a\\x1b]52;c;aGk=\\x07.png" in r.output and "\\x1b[2J.png: not an image" in r.output
+    flat = r.output.replace("\n", "")  # the terminal wraps long paths
+    assert "a\\x1b]52;c;aGk=\\x07.png" in flat and "\\x1b[2J.png: not an image" in flat
 
 
 def test_csv_is_valid_utf8_and_neutralises_formulas(run, images, work, monkeypatch):
