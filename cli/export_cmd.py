@@ -43,6 +43,12 @@ def export(
         report = run_export(run_dir, out, images=images, quantize=quantize.value if quantize else None, rtol=rtol, atol=atol,
                             overwrite=overwrite)
     _print_report(report)
+    from vaekit.training.rundir import READER
+
+    if (run_dir / READER).is_file():  # a surface's defect reader stays with the run (torch)
+        err_console.print(f"[yellow]note[/yellow]: the defect reader is not exported; {shown(report.files['scorer'])} "
+                          "scores 'atypicality' (the VAE's own tests), the run directory scores 'defect'",
+                          highlight=False, soft_wrap=True)
 
 
 def _print_report(report) -> None:

@@ -83,3 +83,17 @@ def test_an_engine_that_cannot_run_the_reader_says_so_and_scores_the_atypicality
     m.info.reader = None  # what an ONNX export is: the VAE's graphs only
     name, note = m.effective_score(None)
     assert name == "atypicality" and "cannot run the defect reader" in note
+
+
+@pytest.mark.slow
+def test_exporting_a_surface_says_the_reader_stays_behind_and_the_export_scores_atypicality(surface, tmp_path):
+    from typer.testing import CliRunner
+
+    from vaekit_cli.main import app
+
+    r = CliRunner().invoke(app, ["export", str(surface / "run"), "-o", str(tmp_path / "s.onnx")])
+    assert r.exit_code == 0, r.output
+    assert "the defect reader is not exported" in r.output.replace("\n", " ")
+    exported = vaekit.load(tmp_path / "s.onnx")
+    x = vaekit.load(surface / "run").load_images(surface / "train").images[:2].copy()
+    assert exported.score(x).name == "atypicality"
