@@ -189,7 +189,7 @@ def _print_summary(result, data) -> None:
     from vaekit.training import rundir
 
     cfg = rundir.read_config(result.run_dir)
-    # no validation split (cross-fitted, one held-out fold, --val-fraction 0): the training images'
+    # no validation split (cross-fitted, one held-out fold, --val-fraction 0): the loss is the training images'
     held_out = (cfg.get("data") or {}).get("val_images", 1)
     t.add_row("best val -ELBO" if held_out else "-ELBO, training images", f"{result.best_val:.2f} nats/image")
     m = cfg.get("model") or {}
