@@ -78,14 +78,14 @@ def check_parity(reference, candidate, images: np.ndarray, rtol: float = 1e-4, a
                 # scores) the VAE's own, which must then match the run's
                 st = reference.score(images, samples=samples, score=so.name)
             tag = "score" if samples == 0 else f"score (samples={samples})"
+            # a map against its own scale: a surface's map is standardised, and dividing by small
+            # spreads turns the engines' float noise into 1e-4 where the map is ~0
+            map_scale = max(1.0, float(np.abs(st.pixel_map).max())) if st.pixel_map is not None else 1.0
             rows += [_compare(f"{tag}: {st.name} (default score)", so.score, st.score, rtol, atol),
                      _compare(f"{tag}: neg_elbo", so.neg_elbo, st.neg_elbo, rtol, atol),
                      _compare(f"{tag}: recon", so.recon, st.recon, rtol, atol),
                      _compare(f"{tag}: kl", so.kl, st.kl, rtol, atol),
-                     # a map against its own scale: a surface's map is standardised, and dividing by
-                     # small spreads turns the engines' float noise into 1e-4 where the map is ~0
-                     _compare(f"{tag}: pixel_map", so.pixel_map, st.pixel_map, rtol,
-                              atol * max(1.0, float(np.abs(st.pixel_map).max()) if st.pixel_map is not None else 1.0))]
+                     _compare(f"{tag}: pixel_map", so.pixel_map, st.pixel_map, rtol, atol * map_scale)]
     finally:
         reference.batch_size, candidate.batch_size = old
     return rows
