@@ -28,6 +28,11 @@ class Layout(str, Enum):
     grid = "grid"
 
 
+class Augment(str, Enum):
+    auto = "auto"
+    on = "on"
+    off = "off"
+
 
 def train(
     ctx: typer.Context,
@@ -53,12 +58,15 @@ def train(
                                                      "score (at least 20; below 200 images: cross-fitting or one held-out fold instead).")] = 0.1,
     calibration_fraction: Annotated[float, typer.Option(help="Share of images held out, apart from those, to set the "
                                                              "threshold (at least as many as the quantile needs).")] = 0.1,
-    folds: Annotated[int, typer.Option(help="Cross-fitting: -1 auto (5 fold models below 200 images, so every image "
-                                            "gets an out-of-sample score; a surface model with its defect reader holds "
+    folds: Annotated[int, typer.Option(help="Cross-fitting: -1 auto (5 fold models below 200 images, the run's "
+                                            "own the first, so every image gets an out-of-sample score; a surface model with its defect reader holds "
                                             "out one fold instead), 0 off, K >= 2 folds.")] = -1,
     crop: Annotated[int, typer.Option(help="A surface (grid) model trains on random crops of N px; 0 = auto (64).")] = 0,
     reader: Annotated[bool, typer.Option(help="A surface (grid) model also trains a defect reader on synthetic "
                                               "defects, which gives its default score (defect).")] = True,
+    augment: Annotated[Augment, typer.Option(help="Train on slightly warped copies (rotated, scaled, sheared, "
+                                                  "shifted) of the images: auto = aligned objects below 200 training "
+                                                  "images, where a VAE would otherwise learn them by heart.")] = Augment.auto,
     threshold_quantile: Annotated[float, typer.Option(help="Anomaly threshold: this quantile of normal scores "
                                                            "never used for training (the target false-positive rate is 1 - q).")] = 0.99,
     seed: Annotated[int, typer.Option(help="Seed for split, init, shuffling and noise.")] = 0,
@@ -81,7 +89,8 @@ def train(
                             base_channels=base_channels, likelihood=likelihood.value, layout=layout.value)
     train_cfg = TrainConfig(epochs=epochs or 0, batch_size=batch_size, lr=lr, beta=beta, kl_warmup=kl_warmup,
                             seed=seed, val_fraction=val_fraction, calibration_fraction=calibration_fraction, device=device.value, amp=amp, compile=compile,
-                            threshold_quantile=threshold_quantile, folds=folds, crop=crop, reader=reader)
+                            threshold_quantile=threshold_quantile, folds=folds, crop=crop, reader=reader,
+                            augment=augment.value)
     with progress_bar() as bars, _stop_on_ctrl_c() as stop:
         reporter = _Reporter(bars)
         result, data = run_training(images, out, model_cfg, train_cfg, channels=ch, resume=resume, overwrite=overwrite,
@@ -123,7 +132,8 @@ def _stop_on_ctrl_c():
 
 # options that set a config field, for --resume to check against the run's own settings
 _CONFIG_OPTIONS = ("image_size", "latent_dim", "layout", "base_channels", "likelihood", "batch_size", "lr", "beta", "kl_warmup",
-                   "val_fraction", "calibration_fraction", "threshold_quantile", "seed", "folds", "crop", "reader")
+                   "val_fraction", "calibration_fraction", "threshold_quantile", "seed", "folds", "crop", "reader",
+                   "augment")
 
 
 def _given(ctx: typer.Context, channels) -> dict:

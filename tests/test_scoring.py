@@ -115,3 +115,56 @@ def test_a_calibration_stored_by_vaekit_0_2_per_position_still_scores():
     loaded = Calibration.from_stored(old.stats, 16, "old run")
     normal, worse = loaded.score(_parts(rng, 30))[0], loaded.score(_parts(rng, 30, spot=(6, 6, 3.0)))[0]
     assert np.median(worse) > np.quantile(normal, 0.9)
+
+
+def _object_parts(rng, mu):
+    """An aligned object's parts: ordinary error and entropy, codes `mu`."""
+    n = len(mu)
+    return Parts(np.full(n, 60.0), np.full(n, 5.0), np.full(n, 50.0), e_map=rng.gamma(4.0, 0.05, (n, 8, 8)),
+                 latent=(mu**2).sum(1), entropy=rng.normal(40.0, 1.0, n), mu=mu)
+
+
+def test_the_code_test_measures_from_the_nearest_training_code_not_the_prior_centre():
+    # normal codes sit on two clusters far from 0: a code between them, at the prior's centre, is
+    # the atypical one (|mu|^2 would call it the most normal of all), a code on a cluster is not
+    from vaekit.inference.atypicality import OBJECT_TESTS
+
+    rng = np.random.default_rng(7)
+    centres = np.array([[3.0, 0.0], [-3.0, 0.0]])
+    def codes(n):
+        return centres[rng.integers(0, 2, n)] + rng.normal(0, 0.3, (n, 2))
+
+    cal = Calibration.empty(False, tests=OBJECT_TESTS).with_codes(codes(200))
+    cal.fit_tests(cal.tests(_object_parts(rng, codes(100))))
+    normal = cal.score(_object_parts(rng, codes(50)))[0]
+    centre = cal.score(_object_parts(rng, rng.normal(0, 0.3, (50, 2))))[0]
+    assert np.median(centre) > 10 * max(np.quantile(normal, 0.9), 1.0)
+    # stored and loaded (config.json, ONNX metadata): the same scores; damaged codes are refused
+    import copy
+
+    loaded = Calibration.from_stored(copy.deepcopy(cal.stats), 8, "m", latent_dim=2)
+    np.testing.assert_array_equal(loaded.codes, cal.codes)
+    for damage in (lambda s: s.pop("codes"), lambda s: s["codes"].__setitem__("f32", "not base64!"),
+                   lambda s: s["codes"].__setitem__("shape", [3, 2]), lambda s: s["codes"].__setitem__("shape", [100, 4])):
+        bad = copy.deepcopy(cal.stats)
+        damage(bad)
+        with pytest.raises(DamagedFile, match="calibration is damaged"):
+            Calibration.from_stored(bad, 8, "m", latent_dim=2)
+    with pytest.raises(DamagedFile, match="4-dim latent"):
+        Calibration.from_stored(copy.deepcopy(cal.stats), 8, "m", latent_dim=4)
+
+
+def test_a_spread_of_float_rounding_does_not_turn_near_duplicates_into_anomalies():
+    # every held-out code a near-duplicate of a training code: the distances spread by ~1e-6, and
+    # float32 noise in a code (another batch size, the ONNX engine) must not move the score: the
+    # test's sd is floored by the latent's scale
+    from vaekit.inference.atypicality import OBJECT_TESTS
+
+    rng = np.random.default_rng(8)
+    bank = rng.normal(0, 1, (30, 4))
+    held = bank + rng.normal(0, 1e-3, bank.shape)
+    cal = Calibration.empty(False, tests=OBJECT_TESTS).with_codes(bank)
+    cal.fit_tests(cal.tests(_object_parts(rng, held)))
+    mean, sd = cal.stats["tests"]["mean"][1], cal.stats["tests"]["sd"][1]
+    z = lambda mu: (cal.tests(_object_parts(rng, mu))[:, 1] - mean) / sd  # noqa: E731
+    assert np.abs(z(held + 1e-5) - z(held)).max() < 1e-3

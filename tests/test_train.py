@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from vaekit.training import checkpoint
 from vaekit.training import rundir
 from vaekit.config import ModelConfig, TrainConfig
+from vaekit.errors import BadInput
 from vaekit.training.recipe import learning_rate
 from vaekit.train import train
 from vaekit.training.loop import TrainingError
@@ -50,11 +51,13 @@ def test_run_directory_is_complete_and_self_describing(blobs, tmp_path):
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["model"]["image_size"] == 16 and cfg["model"]["channels"] == 1
     assert cfg["train"]["epochs"] == 3
-    # few images (< 200): every image trains, and 5 fold models give each one an out-of-sample
-    # score for the statistics and the threshold
-    assert cfg["data"]["images"] == 24 and cfg["data"]["val_images"] == 0 and cfg["data"]["train_images"] == 24
+    # few images (< 200): the run's model trains on 4 of 5 folds and, with 4 fold models, gives
+    # each image an out-of-sample score for the statistics and the threshold
+    assert cfg["data"]["images"] == 24 and cfg["data"]["val_images"] == 0 and cfg["data"]["train_images"] == 19
     assert cfg["data"]["calibration_images"] == 0 and cfg["data"]["crossfit_folds"] == 5
     assert cfg["anomaly"]["source"] == "cross-fitted" and cfg["anomaly"]["n"] == 24
+    # the code test measures from the codes of the images the run's model trained on
+    assert cfg["anomaly"]["calibration"]["codes"]["shape"] == [19, 4]
     assert cfg["vaekit_version"] and cfg["torch_version"] == torch.__version__
     assert len(cfg["data"]["fingerprint"]) >= 16
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -213,7 +216,9 @@ def test_splits_are_seeded_disjoint_and_sized_for_what_they_do():
     assert len(a.train) + len(a.val) + len(a.cal) == 400
     assert (a.cal == b.cal).all() and not (a.cal == c.cal).all()
     few = plan_splits(23, 0.1, 0.1, 0)
-    assert few.crossfit and len(few.train) == 23 and sorted(np.concatenate(few.folds).tolist()) == list(range(23))
+    assert few.crossfit and sorted(np.concatenate(few.folds).tolist()) == list(range(23))
+    # the run's model is the first fold's: it trains on the other folds, as each fold model does
+    assert few.train.tolist() == sorted(np.concatenate(few.folds[1:]).tolist()) and len(few.train) == 18
     assert plan_splits(3, 0.1, 0.1, 0).folds and not plan_splits(1, 0.1, 0.1, 0).folds  # leave-one-out; nothing
     assert not plan_splits(50, 0.1, 0.1, 0, folds=0).crossfit
     # a surface model with the reader: one fold held out for calibration, no fold models
@@ -322,8 +327,43 @@ def test_a_resumed_run_without_stored_folds_or_reader_keeps_the_splits_it_traine
     from vaekit.training.job import _resumed_configs
 
     model = asdict(ModelConfig(image_size=16, layout="grid", likelihood="gaussian", latent_dim=4))
-    old_train = {k: v for k, v in asdict(TrainConfig()).items() if k not in ("folds", "reader")}
+    old_train = {k: v for k, v in asdict(TrainConfig()).items() if k not in ("folds", "reader", "augment")}
     _, cfg = _resumed_configs({"model": model, "train": old_train}, tmp_path, {})
-    assert cfg.folds == 0 and cfg.reader is False
+    assert cfg.folds == 0 and cfg.reader is False and cfg.augment == "off"  # nor warp what it trained on as it was
     _, now = _resumed_configs({"model": model, "train": asdict(TrainConfig())}, tmp_path, {})
-    assert now.folds == -1 and now.reader is True  # a run that stored them keeps its own
+    assert now.folds == -1 and now.reader is True and now.augment == "auto"  # a run that stored them keeps its own
+
+
+def test_cross_fitting_trains_one_model_per_fold_but_the_first_which_is_the_runs_own(blobs, tmp_path, monkeypatch):
+    # the run's model trained on folds 2..5 by the same recipe: it scores fold 1, and a fold model
+    # for fold 1 would be the same model trained again
+    from vaekit.training import trainer as trainer_module
+
+    made = []
+    real = trainer_module.Trainer
+    monkeypatch.setattr(trainer_module, "Trainer", lambda *a, **k: made.append(1) or real(*a, **k))
+    train(blobs, tmp_path / "run", MODEL, tcfg(epochs=1))
+    assert len(made) == 4
+
+
+def test_few_aligned_images_train_on_warped_copies_and_the_run_records_it(blobs, tmp_path):
+    from vaekit.training.augment import augment_on, warp_batch
+
+    # auto: aligned objects below 200 training images; a surface's crops serve it already
+    assert augment_on("auto", "vector", 150) and not augment_on("auto", "vector", 200)
+    assert not augment_on("auto", "grid", 20) and augment_on("on", "grid", 5000) and not augment_on("off", "vector", 5)
+    with pytest.raises(BadInput, match="augment must be one of"):
+        TrainConfig(augment="yes")
+    # each image its own warp, drawn from the step's seed: the same after a resume, another next step
+    x = torch.zeros(6, 1, 16, 16)
+    x[:, :, 4:12, 6:10] = 1.0
+    a, b, c = warp_batch(x, [0, 1, 2]), warp_batch(x, [0, 1, 2]), warp_batch(x, [0, 1, 3])
+    assert torch.equal(a, b) and not torch.equal(a, c) and a.shape == x.shape
+    assert all(not torch.allclose(a[i], x[i], atol=1e-3) for i in range(6))  # every image moved
+    assert not torch.allclose(a[0], a[1], atol=1e-3)
+    assert (a.sum((1, 2, 3)) / x.sum((1, 2, 3))).sub(1).abs().max() < 0.35  # warped, not destroyed
+    # the resolved setting is stored, so a resume warps exactly as the run did
+    train(blobs, tmp_path / "run", MODEL, tcfg(epochs=1))
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["augment"] == "on"
+    train(blobs, tmp_path / "off", MODEL, tcfg(epochs=1, augment="off"))
+    assert json.loads((tmp_path / "off" / "config.json").read_text())["train"]["augment"] == "off"

@@ -16,6 +16,7 @@ ARCHS = ("v1", "v2")
 LAYOUTS = ("vector", "grid")
 DEVICES = ("auto", "cpu", "cuda")
 SCHEDULES = ("cosine", "constant")
+AUGMENT = ("auto", "on", "off")
 RESUMABLE = ("epochs", "lr", "beta")  # TrainConfig fields a --resume may change (recorded); any other must match
 # Upper bounds, checked before anything is allocated: a hand-edited config.json (or a typo'd
 # option) must be an error, not a model of many gigabytes. Far above any use vaekit is for.
@@ -127,6 +128,9 @@ class TrainConfig:
     # cross-fitting (vaekit.training.data.plan_splits): -1 auto (5 folds below 200 images; a surface
     # model with its reader holds out one fold instead), 0 off, K >= 2 folds
     folds: int = -1
+    # small random warps of the training images (vaekit.training.augment): "auto" (aligned objects,
+    # fewer than 200 training images), "on", "off"
+    augment: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("lr", "weight_decay", "beta", "val_fraction", "calibration_fraction", "threshold_quantile",
@@ -160,6 +164,8 @@ class TrainConfig:
         if isinstance(self.folds, bool) or not isinstance(self.folds, int) or self.folds < -1 or self.folds == 1 \
                 or self.folds > 100:
             raise BadInput(f"folds must be -1 (auto), 0 (off) or 2 to 100, got {self.folds!r}")
+        if self.augment not in AUGMENT:
+            raise BadInput(f"augment must be one of {AUGMENT}, got {self.augment!r}")
         if self.device not in DEVICES:
             raise BadInput(f"device must be one of {DEVICES}, got {self.device!r}")
         if not 0.0 < self.threshold_quantile < 1.0:

@@ -6,11 +6,12 @@ From those this module builds the parts of the -ELBO and the scores:
 - `pixel_floor`: the NLL a perfect reconstruction would still cost; R = recon - floor is the
   reconstruction term with the image's own complexity taken out ("excess" = R + KL).
 - `kl_map`: the KL of each latent cell spread over the pixels it decodes (flat for a vector z).
-- `Calibration`: the default score, "atypicality". Each part of the -ELBO is compared with the
-  same part on normal images the model was not trained on (z-scores): the reconstruction term
-  R too high, the KL too high, or the whole -ELBO too LOW (Nalisnick et al. 2019: an image
-  simpler than any normal one, such as a "1" under a model of "8"s, or a smudge that wipes out
-  a texture's detail). With a latent grid the same tests run per neighbourhood, both ways, so
+- `Calibration`: the default score, "atypicality". Tests of the image are compared with the
+  same tests on normal images the model was not trained on (z-scores). An aligned object: its
+  reconstruction's error too high, its code too far from the nearest training code
+  (vaekit.inference.codebank), its own pixel entropy too LOW (Nalisnick et al. 2019: an image
+  simpler than any normal one, such as a "1" under a model of "8"s). A surface: R too high,
+  the KL too high, or the whole -ELBO too low (a smudge that wipes out a texture's detail). With a latent grid the same tests run per neighbourhood, both ways, so
   local defects count. The score adds up the squares of the z-scores that point the anomalous
   way, Σ max(z, 0)² (a part 3 standard deviations out adds 9; normal images stay near 0-2).
 """
@@ -24,9 +25,11 @@ from typing import Sequence
 import numpy as np
 
 from vaekit.errors import DamagedFile
+from vaekit.inference import codebank
 
 SOFT_SD = 0.1  # per-position sd is softened by this share of the mean sd: no division by ~0
 FLOOR_SHARE = 0.5  # a test's sd is at least this share of its spread over the reference (training) images
+CODE_SD_FLOOR = 1e-4  # the code test's sd is at least this share of d, the prior's mean squared distance from 0
 GLOBAL_TESTS = ("recon_high", "kl_high", "elbo_low")  # the global tests of a calibration that names none
 # A vector latent's heat map: the R map averaged over 5x5 pixels. On the shapes sample data the
 # pixel AUROC of the raw map is 0.967, averaged over 3 px 0.989, over 5 px 0.994 (docs/detection.md).
@@ -105,8 +108,9 @@ class Parts:
     r_map: np.ndarray | None = None  # (N, H, W) recon NLL - floor per pixel (channels summed)
     k_map: np.ndarray | None = None  # (N, H, W) KL per pixel (see kl_map)
     e_map: np.ndarray | None = None  # (N, H, W) error_map of the reconstruction at z = mu
-    latent: np.ndarray | None = None  # (N,) |mu|^2: how far the code lies from the prior's centre
+    latent: np.ndarray | None = None  # (N,) |mu|^2: how far the code lies from the prior's centre (vaekit 0.3.dev runs)
     entropy: np.ndarray | None = None  # (N,) the image's own complexity: sum of the binary entropy of its values
+    mu: np.ndarray | None = None  # (N, D) the posterior mean: the code the "code too far" test places
 
     @property
     def neg_elbo(self) -> np.ndarray:
@@ -119,7 +123,7 @@ class Parts:
         """The parts of the images `idx` (an index array or a boolean mask)."""
         pick = lambda a: None if a is None else a[idx]  # noqa: E731
         return Parts(self.recon[idx], self.kl[idx], self.floor[idx], pick(self.r_map), pick(self.k_map),
-                     pick(self.e_map), pick(self.latent), pick(self.entropy))
+                     pick(self.e_map), pick(self.latent), pick(self.entropy), pick(self.mu))
 
 
 # The atypicality's global tests: each a statistic of the image that is large when it is atypical
@@ -130,8 +134,9 @@ TESTS = {
     "error_high": lambda p: p.e_map.reshape(len(p.e_map), -1).sum(1),  # error_map summed: cannot rebuild it
     "latent_high": lambda p: p.latent,  # its code lies farther from the prior's centre than normal codes
     "entropy_low": lambda p: -p.entropy,  # simpler than normal, by the image's own pixels (no model involved)
+    "code_far": None,  # its code lies farther from the nearest training code than normal codes (Calibration.codes)
 }
-OBJECT_TESTS = ("error_high", "latent_high", "entropy_low")  # an aligned object's (docs/detection.md)
+OBJECT_TESTS = ("error_high", "code_far", "entropy_low")  # an aligned object's (docs/detection.md)
 
 
 PROFILE_MARGIN = 16  # local statistics depend on the distance to the nearest edges, up to this many pixels
@@ -156,7 +161,7 @@ class Calibration:
     """The "atypicality" score: statistics of normal images, and the tests they standardise.
 
     Global tests (`TESTS`, the names stored in "global"): for an aligned object the error of its
-    reconstruction too high, its code too far from the prior's centre, the image simpler than
+    reconstruction too high, its code too far from the nearest training code (`codes`), the image simpler than
     normal (`OBJECT_TESTS`); for a surface, and in runs of vaekit 0.2, R too high, the KL too
     high, the -ELBO too low (`GLOBAL_TESTS`). `local` (a latent grid) adds, for each window width in `windows` (pixels), the
     window means of the R and KL maps too high or too low anywhere (their largest z over the
@@ -194,6 +199,17 @@ class Calibration:
     def global_tests(self) -> list[str]:
         return list(self.stats.get("global", GLOBAL_TESTS))
 
+    @property
+    def codes(self) -> np.ndarray:
+        """The training codes the code test measures from (vaekit.inference.codebank)."""
+        if getattr(self, "_codes", None) is None:
+            self._codes = codebank.decode(self.stats["codes"])
+        return self._codes
+
+    def with_codes(self, codes: np.ndarray) -> "Calibration":
+        """The same statistics measuring the code test from `codes` (N, D): a fold model's own."""
+        return Calibration({**self.stats, "codes": codebank.encode(codes)})
+
     def add_reference(self, parts: Parts) -> None:
         """Add a batch of reference images to the local statistics (sums per edge class)."""
         m = self.stats["margin"]
@@ -220,6 +236,9 @@ class Calibration:
         floor = np.zeros(tests.shape[1])
         if reference_tests is not None and len(reference_tests) > 1:
             floor = FLOOR_SHARE * reference_tests.std(0)
+        if "code_far" in self.global_tests:  # near-duplicate images: a spread of float rounding, not information
+            i = self.global_tests.index("code_far")
+            floor[i] = max(floor[i], CODE_SD_FLOOR * self.codes.shape[1])
         sd = np.maximum(np.maximum(tests.std(0), floor), 1e-6)
         self.stats["tests"] = {"mean": tests.mean(0).tolist(), "sd": sd.tolist()}
         return self
@@ -258,7 +277,8 @@ class Calibration:
     def tests(self, parts: Parts) -> np.ndarray:
         """The raw test statistics (N, T): GLOBAL_TESTS, then per window and map the largest z
         too high and too low."""
-        cols = [TESTS[name](parts) for name in self.global_tests]
+        cols = [codebank.nearest(self.codes, parts.mu) if name == "code_far" else TESTS[name](parts)
+                for name in self.global_tests]
         if self.local:
             cols += [z.reshape(len(z), -1).max(1) for z in self._local_z(parts)]
         return np.stack(cols, 1)
@@ -286,7 +306,7 @@ class Calibration:
         return z.max(1)
 
     @classmethod
-    def from_stored(cls, stats, size: int, source) -> "Calibration":
+    def from_stored(cls, stats, size: int, source, latent_dim: int | None = None) -> "Calibration":
         """Check a stored section (config.json or ONNX metadata) before use: DamagedFile if wrong."""
         def bad(what):
             return DamagedFile(f"{source}: the stored score calibration is damaged ({what}); retrain the model")
@@ -303,6 +323,11 @@ class Calibration:
         if not (isinstance(names, list) and 1 <= len(names) <= len(TESTS) and all(n in TESTS for n in names)
                 and len(set(names)) == len(names)):
             raise bad("global")
+        if "code_far" in names:
+            try:
+                codebank.decode(stats.get("codes"), latent_dim)
+            except ValueError as e:
+                raise bad(f"codes: {e}") from None
         n_tests = len(names) + 4 * len(windows)
         for key in ("mean", "sd"):
             v = stats["tests"].get(key)

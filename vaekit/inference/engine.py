@@ -299,14 +299,15 @@ class Model:
             out.append(Parts(m.astype(np.float64).reshape(len(m), -1).sum(1), kl, fmap.reshape(len(m), -1).sum(1),
                              r_map=m - fmap, k_map=kl_map(mu, logvar, shape, s), **_object_parts(xf, x_hat, mu)))
         cat = lambda k: None if getattr(out[0], k) is None else np.concatenate([getattr(p, k) for p in out])  # noqa: E731
-        return Parts(*(cat(k) for k in ("recon", "kl", "floor", "r_map", "k_map", "e_map", "latent", "entropy")))
+        return Parts(*(cat(k) for k in ("recon", "kl", "floor", "r_map", "k_map", "e_map", "latent", "entropy", "mu")))
 
     def calibration(self) -> Calibration | None:
         """The atypicality score's statistics of normal images, checked (None: the model has none)."""
         if self.info.calibration is None:
             return None
         if getattr(self, "_calibration", None) is None:
-            self._calibration = Calibration.from_stored(self.info.calibration, self.info.image_size, self.info.source)
+            self._calibration = Calibration.from_stored(self.info.calibration, self.info.image_size, self.info.source,
+                                                        self.info.latent_dim)
         return self._calibration
 
     def iwae(self, x: np.ndarray, samples: int = 64) -> np.ndarray:
@@ -323,11 +324,12 @@ class Model:
 
 def _object_parts(x: np.ndarray, x_hat: np.ndarray | None, mu: np.ndarray) -> dict:
     """What an aligned object's tests read besides the -ELBO (vaekit.inference.atypicality.OBJECT_TESTS): the
-    error map of the reconstruction, |mu|^2 and the image's own entropy. An export of
+    error map of the reconstruction, |mu|^2, mu itself and the image's own entropy. An export of
     vaekit < 0.3 has no reconstruction output; its calibration does not need them."""
     if x_hat is None:
         return {}
     from vaekit.model.likelihood_np import bernoulli_floor
 
     entropy = bernoulli_floor(x).reshape(len(x), -1).sum(1)
-    return {"e_map": error_map(x, x_hat), "latent": (np.asarray(mu, np.float64) ** 2).sum(1), "entropy": entropy}
+    mu = np.asarray(mu).reshape(len(mu), -1)
+    return {"e_map": error_map(x, x_hat), "latent": (mu.astype(np.float64) ** 2).sum(1), "entropy": entropy, "mu": mu}

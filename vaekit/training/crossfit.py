@@ -6,7 +6,7 @@ it (28.8% instead of 1% with 20 images, in vaekit 0.2). Holding images out costs
 images cannot spare. Instead, with K folds (vaekit.training.data.Splits), one extra model per fold is
 trained on the other folds by the run's own recipe (vaekit.training.trainer.Trainer) and scores its fold's
 images: every image gets parts from a model that never saw it, as new images will from the
-run's model. The run's own model still trains on all images.
+run's model. The run's own model trains on every fold but the first, so it is the first fold's model.
 """
 
 from __future__ import annotations
@@ -25,28 +25,37 @@ from vaekit.progress import Progress
 
 
 def crossfit_scores(data: Dataset, splits: Splits, model_cfg: ModelConfig, train_cfg: TrainConfig,
-                    device: torch.device, summarise: Callable[[Parts], object], progress: Progress | None = None,
-                    should_stop: Callable[[], bool] | None = None) -> list[tuple[np.ndarray, object]] | None:
-    """(held-out image indices, summarise(their parts)) of each fold model, the parts computed a
+                    device: torch.device, summarise: Callable[[object, np.ndarray], Callable[[Parts], object]],
+                    progress: Progress | None = None,
+                    should_stop: Callable[[], bool] | None = None, run_engine=None) -> list[tuple[np.ndarray, object]] | None:
+    """(held-out image indices, summarise(fold engine, its training indices)(their parts)) of each
+    fold model, the parts computed a
     pixel-bounded chunk at a time and summarised at once (no maps are kept); None when
     `should_stop()` ended it. The fold models follow the run's resolved recipe (the same batch
-    size, epochs and seed), so a resumed run fits the same ones."""
+    size, epochs and seed), so a resumed run fits the same ones. The run's own model trained on
+    every fold but the first (vaekit.training.data.plan_splits), so it is the first fold's model:
+    `run_engine` scores that fold, and the others train."""
     from vaekit.inference.engine_torch import TorchModel
     from vaekit.training.finish import CHUNK_PIXELS, Scored
     from vaekit.training.trainer import Trainer
 
     out = []
     step = max(1, CHUNK_PIXELS // model_cfg.image_size**2)
+    every = np.sort(np.concatenate(splits.folds))
     for i, held in enumerate(splits.folds):
-        rest = np.setdiff1d(splits.train, held)
-        # the run's own seed (initial weights, shuffles, noise): a fold model then differs from
-        # the run's model by the images it leaves out, not by chance
-        trainer = Trainer(model_cfg, train_cfg, device, Dist())
-        for epoch in range(train_cfg.epochs):
-            if trainer.epoch(data.images, rest, epoch, should_stop=should_stop) is None:
-                return None
-        engine = TorchModel.from_net(trainer.model, device)
-        chunks = [summarise(engine.elbo_parts(gather(data.images, held[j : j + step])))
+        rest = np.setdiff1d(every, held)
+        if run_engine is not None and np.array_equal(rest, splits.train):
+            engine = run_engine
+        else:
+            # the run's own seed (initial weights, shuffles, noise): a fold model then differs from
+            # the run's model by the images it leaves out, not by chance
+            trainer = Trainer(model_cfg, train_cfg, device, Dist())
+            for epoch in range(train_cfg.epochs):
+                if trainer.epoch(data.images, rest, epoch, should_stop=should_stop) is None:
+                    return None
+            engine = TorchModel.from_net(trainer.model, device)
+        summary = summarise(engine, rest)
+        chunks = [summary(engine.elbo_parts(gather(data.images, held[j : j + step])))
                   for j in range(0, len(held), step)]
         out.append((held, Scored.cat(chunks)))
         if progress:

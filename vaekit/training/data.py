@@ -203,9 +203,10 @@ def plan_splits(n: int, val_fraction: float, cal_fraction: float, seed: int, fol
     if k >= 2 and val_fraction + cal_fraction > 0:  # a fold of one image: leave-one-out
         order = np.random.default_rng(seed).permutation(n)
         parts = [np.sort(order[i::k]) for i in range(k)]
+        rest = np.sort(np.concatenate(parts[1:]))
         if one_fold and folds < 0:
-            return Splits(np.sort(np.concatenate(parts[1:])), np.zeros(0, np.int64), parts[0], [])
-        return Splits(np.arange(n), np.zeros(0, np.int64), np.zeros(0, np.int64), parts)
+            return Splits(rest, np.zeros(0, np.int64), parts[0], [])
+        return Splits(rest, np.zeros(0, np.int64), np.zeros(0, np.int64), parts)
     if folds < 0 and val_fraction > 0 and cal_fraction > 0:
         from vaekit.anomaly.threshold import needed_scores
 

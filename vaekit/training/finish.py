@@ -93,12 +93,17 @@ def finish(out_dir, data, splits, train_cfg, device, crossfit=None, progress=Non
     size = engine.info.image_size
     grid = model.cfg.layout == "grid"
     calibration = Calibration.empty(grid, local_windows(size), COMBINE, GLOBAL_TESTS if grid else OBJECT_TESTS)
+    calibration = _with_codes(calibration, engine, data, splits.train)
     reference_idx = _at_most(splits.train, max(1, CALIBRATION_PIXELS // size**2))
     for parts in _parts(engine, data, reference_idx):
         calibration.add_reference(parts)
     reference = _scored(engine, data, reference_idx, calibration)
     if crossfit is not None:
-        folds = crossfit(lambda parts: Scored.of(calibration, parts))
+        def summarise(fold_engine, trained_on):  # each fold model's code test measures from its own codes
+            fold = _with_codes(calibration, fold_engine, data, trained_on)
+            return lambda parts: Scored.of(fold, parts)
+
+        folds = crossfit(summarise, run_engine=engine)
         if folds is None:
             return None
         scores, source = _crossfitted(calibration, folds, reference), "cross-fitted"
@@ -123,6 +128,16 @@ def finish(out_dir, data, splits, train_cfg, device, crossfit=None, progress=Non
     rundir.write_config(out_dir, cfg)
     _write_preview(out_dir / rundir.PREVIEW, model, data, splits.val if len(splits.val) else splits.train, device)
     return cfg["anomaly"]["threshold"]
+
+
+def _with_codes(calibration, engine, data, idx):
+    """`calibration` with the codes of (at most codebank.BANK_SIZE of) training images `idx`, where
+    its tests include the code test."""
+    from vaekit.inference import codebank
+
+    if "code_far" not in calibration.global_tests:
+        return calibration
+    return calibration.with_codes(engine.encode(gather(data.images, _at_most(idx, codebank.BANK_SIZE)))[0])
 
 
 def _codec_tables(engine, data, idx) -> dict:

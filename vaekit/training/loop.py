@@ -25,6 +25,7 @@ from vaekit.training.data import Dataset, plan_splits
 from vaekit.training.distributed import all_reduce_sum, barrier, init_distributed, pick_device
 from vaekit.training.finish import finish, write_run_config
 from vaekit.training.recipe import kl_weight, resolve_batch_size, resolve_epochs
+from vaekit.training.augment import augment_on
 from vaekit.training.trainer import Trainer, deterministic_scores, training_crop
 
 
@@ -48,9 +49,10 @@ class TrainResult:
 
 def resolved_train_config(train_cfg: TrainConfig, model_cfg: ModelConfig, n_train: int) -> TrainConfig:
     """The automatic batch size and number of epochs decided (vaekit.training.recipe), for the size the
-    model trains on (its crops, for a surface)."""
+    model trains on (its crops, for a surface), and whether it trains on warped images."""
     size = training_crop(train_cfg, model_cfg) or model_cfg.image_size
-    train_cfg = replace(train_cfg, batch_size=resolve_batch_size(train_cfg, size))
+    augment = "on" if augment_on(train_cfg.augment, model_cfg.layout, n_train) else "off"
+    train_cfg = replace(train_cfg, batch_size=resolve_batch_size(train_cfg, size), augment=augment)
     return replace(train_cfg, epochs=resolve_epochs(train_cfg, n_train, size))
 
 

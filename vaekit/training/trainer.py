@@ -18,6 +18,7 @@ from vaekit.config import ModelConfig, TrainConfig
 from vaekit.model.objective import negative_elbo
 from vaekit.model.vae import ConvVAE
 from vaekit.progress import Progress
+from vaekit.training.augment import warp_batch
 from vaekit.training.data import gather, read_ahead, to_device, to_input
 from vaekit.training.distributed import Dist, all_reduce_sum
 from vaekit.training.recipe import kl_weight, learning_rate
@@ -168,7 +169,10 @@ class Trainer:
                 lr = learning_rate(cfg, epoch * steps + step, cfg.epochs * steps)
                 eps = self._noise(epoch, step, n_global, rows)
                 x = crop_batch(x, self.crop, [cfg.seed, epoch, step])
-                loss = self._step(to_device(x, device, self.channels_last), eps, lr, beta, n_global)
+                x = to_device(x, device, self.channels_last)
+                if cfg.augment == "on":  # resolved by vaekit.training.loop.resolved_train_config
+                    x = warp_batch(x, [cfg.seed, epoch, step, 1])
+                loss = self._step(x, eps, lr, beta, n_global)
                 with torch.no_grad():
                     sums += torch.stack([loss.recon.sum(), loss.kl.sum(), loss.total.sum()]).double()
                 count += len(mine)  # a Python int: a device tensor here would sync every step
