@@ -362,6 +362,10 @@ def test_few_aligned_images_train_on_warped_copies_and_the_run_records_it(blobs,
     assert all(not torch.allclose(a[i], x[i], atol=1e-3) for i in range(6))  # every image moved
     assert not torch.allclose(a[0], a[1], atol=1e-3)
     assert (a.sum((1, 2, 3)) / x.sum((1, 2, 3))).sub(1).abs().max() < 0.35  # warped, not destroyed
+    # under DDP a rank warps its rows of the global batch as one process would; an empty share stays empty
+    rows = np.array([1, 4])
+    assert torch.equal(warp_batch(x[rows], [0, 1, 2], rows, 6), a[rows])
+    assert warp_batch(x[:0], [0, 1, 2], rows[:0], 6).shape == (0, 1, 16, 16)
     # the resolved setting is stored, so a resume warps exactly as the run did
     train(blobs, tmp_path / "run", MODEL, tcfg(epochs=1))
     assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["augment"] == "on"

@@ -27,11 +27,13 @@ def augment_on(setting: str, layout: str, n_train: int) -> bool:
     return layout != "grid" and n_train < AUGMENT_BELOW
 
 
-def warp_batch(x: torch.Tensor, seed) -> torch.Tensor:
+def warp_batch(x: torch.Tensor, seed, rows: np.ndarray | None = None, n_global: int | None = None) -> torch.Tensor:
     """Each image of a float batch (B, C, H, W) warped by its own random affine map, drawn from
-    `seed` (a step's: the same warps after a resume); borders extend the edge pixels."""
+    `seed` (a step's: the same warps after a resume); borders extend the edge pixels. Under DDP a
+    rank holds `rows` of a global batch of `n_global`: the maps are drawn for the whole global
+    batch, so one process or many warp each image alike."""
     g = np.random.default_rng(seed)
-    n = len(x)
+    n = len(x) if n_global is None else n_global
     rot = np.deg2rad(g.uniform(-ROTATE_DEG, ROTATE_DEG, n))
     scale = 1.0 + g.uniform(-SCALE, SCALE, n)
     shear = g.uniform(-SHEAR, SHEAR, n)
@@ -39,5 +41,9 @@ def warp_batch(x: torch.Tensor, seed) -> torch.Tensor:
     c, s = np.cos(rot), np.sin(rot)
     theta = np.stack([np.stack([c / scale, (shear - s) / scale, shift[:, 0]], 1),
                       np.stack([s / scale, c / scale, shift[:, 1]], 1)], 1)
+    if rows is not None:
+        theta = theta[np.asarray(rows)]
+    if not len(x):  # a rank's share of the last global batch can be empty
+        return x
     grid = F.affine_grid(torch.from_numpy(theta).to(x.device, x.dtype), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)

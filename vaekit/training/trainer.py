@@ -171,7 +171,7 @@ class Trainer:
                 x = crop_batch(x, self.crop, [cfg.seed, epoch, step])
                 x = to_device(x, device, self.channels_last)
                 if cfg.augment == "on":  # resolved by vaekit.training.loop.resolved_train_config
-                    x = warp_batch(x, [cfg.seed, epoch, step, 1])
+                    x = warp_batch(x, [cfg.seed, epoch, step, 1], rows.numpy(), n_global)
                 loss = self._step(x, eps, lr, beta, n_global)
                 with torch.no_grad():
                     sums += torch.stack([loss.recon.sum(), loss.kl.sum(), loss.total.sum()]).double()
