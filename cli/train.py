@@ -65,7 +65,7 @@ def train(
     reader: Annotated[bool, typer.Option(help="A surface (grid) model also trains a defect reader on synthetic "
                                               "defects, which gives its default score (defect).")] = True,
     augment: Annotated[Augment, typer.Option(help="Train on slightly warped copies (rotated, scaled, sheared, "
-                                                  "shifted) of the images: auto = aligned objects below 200 training "
+                                                  "shifted) of the images: auto = aligned objects below 50 training "
                                                   "images, where a VAE would otherwise learn them by heart.")] = Augment.auto,
     threshold_quantile: Annotated[float, typer.Option(help="Anomaly threshold: this quantile of normal scores "
                                                            "never used for training (the target false-positive rate is 1 - q).")] = 0.99,

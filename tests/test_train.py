@@ -349,8 +349,8 @@ def test_cross_fitting_trains_one_model_per_fold_but_the_first_which_is_the_runs
 def test_few_aligned_images_train_on_warped_copies_and_the_run_records_it(blobs, tmp_path):
     from vaekit.training.augment import augment_on, warp_batch
 
-    # auto: aligned objects below 200 training images; a surface's crops serve it already
-    assert augment_on("auto", "vector", 150) and not augment_on("auto", "vector", 200)
+    # auto: aligned objects below 50 training images; a surface's crops serve it already
+    assert augment_on("auto", "vector", 49) and not augment_on("auto", "vector", 50)
     assert not augment_on("auto", "grid", 20) and augment_on("on", "grid", 5000) and not augment_on("off", "vector", 5)
     with pytest.raises(BadInput, match="augment must be one of"):
         TrainConfig(augment="yes")

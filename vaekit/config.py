@@ -129,7 +129,7 @@ class TrainConfig:
     # model with its reader holds out one fold instead), 0 off, K >= 2 folds
     folds: int = -1
     # small random warps of the training images (vaekit.training.augment): "auto" (aligned objects,
-    # fewer than 200 training images), "on", "off"
+    # fewer than 50 training images), "on", "off"
     augment: str = "auto"
 
     def __post_init__(self) -> None:
