@@ -18,21 +18,23 @@ class Quantize(str, Enum):
 def export(
     run_dir: Annotated[Path, typer.Argument(help="Run directory written by `vaekit train`.", exists=True, file_okay=False)],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Main ONNX file to write (default: RUN_DIR's name + .onnx, next to it). "
-                                                "NAME.encoder.onnx and NAME.decoder.onnx are written beside it.")] = None,
+                                                "NAME.encoder.onnx and NAME.decoder.onnx are written beside it "
+                                                "(and NAME.reader.onnx for a surface model's defect reader).")] = None,
     images: Annotated[Optional[Path], typer.Option(help="Images (file or folder; the first 64) to check parity on. "
                                                    "Default: the model's own samples, noise and flat images.", exists=True)] = None,
     quantize: Annotated[Optional[Quantize], typer.Option(help="Write int8 models (static QDQ, calibrated on --images or the model's own samples). "
                                                              "The score change is reported; the stored threshold is the fp32 one.")] = None,
     rtol: Annotated[float, typer.Option(help="Parity tolerance, relative to torch's value.")] = 1e-4,
     atol: Annotated[float, typer.Option(help="Parity tolerance, absolute.")] = 1e-4,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing files at the three output names.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing files at the output names.")] = False,
 ) -> None:
     """Export to ONNX; succeeds only if onnxruntime reproduces the torch engine within tolerance.
 
-    Writes three self-contained files: NAME.onnx (the scorer, and the file to give every other
-    command: `vaekit anomaly-score NAME.onnx IMAGES`), NAME.encoder.onnx and NAME.decoder.onnx
-    (found next to it; keep the three together). They run with `pip install "vaekit[runtime]"`,
-    no torch. Nothing is written if the parity check fails.
+    Writes self-contained files: NAME.onnx (the scorer, and the file to give every other
+    command: `vaekit anomaly-score NAME.onnx IMAGES`), NAME.encoder.onnx and NAME.decoder.onnx,
+    and for a surface model NAME.reader.onnx, its defect reader, which gives the default score
+    (found next to it; keep them together). They run with `pip install "vaekit[runtime]"`, no
+    torch. Nothing is written if the parity check fails.
     """
     from vaekit.export import export as run_export
 
@@ -43,12 +45,6 @@ def export(
         report = run_export(run_dir, out, images=images, quantize=quantize.value if quantize else None, rtol=rtol, atol=atol,
                             overwrite=overwrite)
     _print_report(report)
-    from vaekit.training.rundir import READER
-
-    if (run_dir / READER).is_file():  # a surface's defect reader stays with the run (torch)
-        err_console.print(f"[yellow]note[/yellow]: the defect reader is not exported; {shown(report.files['scorer'])} "
-                          "scores 'atypicality' (the VAE's own tests), the run directory scores 'defect'",
-                          highlight=False, soft_wrap=True)
 
 
 def _print_report(report) -> None:

@@ -539,7 +539,8 @@ def _resealed(src: Path, dst: Path, **props: str) -> None:
     from vaekit.export.metadata import sealed
 
     for role, p in part_paths(src).items():
-        shutil.copy(p, part_paths(dst)[role])
+        if p.is_file():  # a reader file only for a surface model
+            shutil.copy(p, part_paths(dst)[role])
     proto = onnx.load(str(src))
     meta = {p.key: p.value for p in proto.metadata_props}
     meta.update(props)

@@ -353,7 +353,8 @@ def test_damaged_or_foreign_onnx_is_one_clear_error_and_no_output(how, clean, tm
 
         ex = exported(tmp_path_factory)
         for role, src in part_paths(ex.onnx).items():
-            shutil.copy(src, part_paths(main)[role])
+            if src.is_file():  # a reader file only for a surface model
+                shutil.copy(src, part_paths(main)[role])
     if how == "truncated":
         main.write_bytes(ex.onnx.read_bytes()[: ex.onnx.stat().st_size // 2])
     elif how == "foreign":

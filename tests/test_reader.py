@@ -203,3 +203,21 @@ def test_the_reader_exports_to_onnx_with_any_height_and_width(tmp_path):
         got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
         with torch.no_grad():
             np.testing.assert_allclose(got, net(x).numpy(), atol=1e-4)
+
+
+def test_the_numpy_tiling_both_engines_read_with_matches_the_torch_tiler():
+    # vaekit.reader.score.read_tiled is what the torch engine and an exported reader both use; it
+    # must blend windows as the torch tiler (vaekit.reader.features.tiled) does, at a quarter-tile overlap
+    from vaekit.reader.score import read_tiled
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(2, 1, 5, padding=2).eval()
+    fn = lambda v: conv(v)  # noqa: E731
+    x = torch.rand(2, 2, 45, 70)
+    with torch.no_grad():
+        want = tiled(fn, 16, 4)(x)[:, 0].numpy()
+        got = read_tiled(lambda v: conv(torch.from_numpy(v))[:, 0].numpy(), x.numpy(), 16)
+        whole = read_tiled(lambda v: conv(torch.from_numpy(v))[:, 0].numpy(), x.numpy(), 70)  # fits: one window
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    np.testing.assert_allclose(whole, conv(x)[:, 0].detach().numpy(), atol=1e-6)
+    assert got.shape == (2, 45, 70)

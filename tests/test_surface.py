@@ -86,14 +86,28 @@ def test_an_engine_that_cannot_run_the_reader_says_so_and_scores_the_atypicality
 
 
 @pytest.mark.slow
-def test_exporting_a_surface_says_the_reader_stays_behind_and_the_export_scores_atypicality(surface, tmp_path):
+def test_an_exported_surface_carries_its_reader_and_scores_defect_as_the_run_does(surface, tmp_path):
     from typer.testing import CliRunner
 
     from vaekit_cli.main import app
 
     r = CliRunner().invoke(app, ["export", str(surface / "run"), "-o", str(tmp_path / "s.onnx")])
     assert r.exit_code == 0, r.output
-    assert "the defect reader is not exported" in r.output.replace("\n", " ")
-    exported = vaekit.load(tmp_path / "s.onnx")
-    x = vaekit.load(surface / "run").load_images(surface / "train").images[:2].copy()
-    assert exported.score(x).name == "atypicality"
+    assert (tmp_path / "s.reader.onnx").is_file() and "(reader," in r.output
+    run, exported = vaekit.load(surface / "run"), vaekit.load(tmp_path / "s.onnx")
+    x = run.load_images(surface / "train").images[:5].copy()
+    want, got = run.score(x), exported.score(x)
+    assert got.name == want.name == "defect"
+    np.testing.assert_allclose(got.score, want.score, atol=1e-5)
+    np.testing.assert_allclose(got.pixel_map, want.pixel_map, atol=1e-5)
+    # only the main file copied: the VAE's own score, and it says why
+    (tmp_path / "s.reader.onnx").rename(tmp_path / "elsewhere.onnx")
+    name, note = vaekit.load(tmp_path / "s.onnx").effective_score(None)
+    assert name == "atypicality" and "s.reader.onnx" not in note and "NAME.reader.onnx" in note
+    # exporting a model without a reader over it with --overwrite leaves no stale reader file
+    (tmp_path / "elsewhere.onnx").rename(tmp_path / "s.reader.onnx")
+    train(surface / "train", tmp_path / "plain", ModelConfig(base_channels=4),
+          TrainConfig(epochs=1, crop=32, device="cpu", reader=False))
+    r = CliRunner().invoke(app, ["export", str(tmp_path / "plain"), "-o", str(tmp_path / "s.onnx"), "--overwrite"])
+    assert r.exit_code == 0, r.output
+    assert not (tmp_path / "s.reader.onnx").exists()

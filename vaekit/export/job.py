@@ -14,7 +14,7 @@ import numpy as np
 
 from vaekit.inference.engine_onnx import part_paths
 from vaekit.errors import BadInput
-from vaekit.export.graphs import OPSET, ROLES, export_graphs
+from vaekit.export.graphs import OPSET, ROLES, export_graphs, export_reader
 from vaekit.export.metadata import metadata_for, sealed, set_metadata
 from vaekit.export.parity import Parity, check_parity, load_parity_images, require_parity, sample_inputs
 from vaekit.export.quantize import QUANTIZE, Quantization, calibration_feeds, quantize_int8
@@ -164,14 +164,19 @@ class _Job:
         return user_images, np.concatenate([user_images, sample_inputs(self.reference, 5)])
 
     def graphs(self, int8: bool = False) -> dict:
-        return export_graphs(self.net, self.info.channels, self.info.image_size, self.info.latent_dim, int8=int8)
+        """{role: ModelProto}: the VAE's three graphs, and the defect reader's where the run has one."""
+        protos = export_graphs(self.net, self.info.channels, self.info.image_size, self.info.latent_dim, int8=int8)
+        if self.reference.has_reader and not int8:
+            protos["reader"] = export_reader(self.reference.reader(), self.info.channels)
+        return protos
 
     def write(self, protos: dict, paths: dict[str, Path], quantization: str) -> dict[str, Path]:
         """Each role's graph, with vaekit's metadata and its seal, to paths[role]."""
-        for role in ROLES:
-            set_metadata(protos[role], metadata_for(role, self.cfg, self.fingerprint, self.info.log_scale, quantization))
-            paths[role].write_bytes(sealed(protos[role]))
-        return paths
+        for role, proto in protos.items():
+            set_metadata(proto, metadata_for(role, self.cfg, self.fingerprint, self.info.log_scale,
+                                             "none" if role == "reader" else quantization))
+            paths[role].write_bytes(sealed(proto))
+        return {role: paths[role] for role in protos}
 
     def int8(self, staging: Path, name: str, fp32: dict[str, Path], candidate, user_images, images):
         """(the int8 files, Quantization): quantised, sealed, and their score change measured."""
@@ -192,7 +197,9 @@ class _Job:
         feeds, quantized = calibration_feeds(self.reference, user_images), part_paths(qdir / name)
         for role in ROLES:
             quantize_int8(forms[role], quantized[role], feeds[role])
-        self.write({role: onnx.load(str(quantized[role])) for role in ROLES}, quantized, "int8-static-qdq")
+        quantized = self.write({role: onnx.load(str(quantized[role])) for role in ROLES}, quantized, "int8-static-qdq")
+        if "reader" in fp32:  # the defect reader stays float32: its score is a probability, not a sum of thousands
+            shutil.copyfile(fp32["reader"], quantized.setdefault("reader", part_paths(qdir / name)["reader"]))
         # judged on the images a user scores: theirs, else the calibration-like prior samples
         judge = user_images if user_images is not None else np.rint(self.reference.sample(32, seed=2) * 255).astype(np.uint8)
         fp32_scores = candidate.score(judge).score
@@ -210,7 +217,13 @@ def _publish(staged: dict[str, Path], out: Path) -> dict[str, Path]:
     never pairs a new main file with old parts unnoticed (the fingerprints would differ, and
     load says so)."""
     final = part_paths(out)
-    for role in ("encoder", "decoder", "scorer"):
+    for role in ("encoder", "decoder", "reader", "scorer"):
+        if role not in staged:
+            # a reader file from an earlier export at this name (replaced only with --overwrite,
+            # which _check_out required) would not belong to this model
+            final[role].unlink(missing_ok=True)
+            del final[role]
+            continue
         with open(staged[role], "rb") as f:
             os.fsync(f.fileno())
         os.replace(staged[role], final[role])

@@ -61,6 +61,8 @@ def metadata_for(role: str, cfg: dict, fingerprint: str, log_scale: list[float] 
         # the lossy codec's integer tables (vaekit.codec.prior), stored with the run: a .vkc decodes
         # to the same latent symbols from the export as from the run directory
         "vaekit.codec": json.dumps(cfg.get("codec"), separators=(",", ":")),
+        # a surface model's defect reader settings (the score's smoothing windows), or null
+        "vaekit.reader": json.dumps(cfg.get("reader")),
     }
 
 

@@ -18,7 +18,6 @@ From those this module builds the parts of the -ELBO and the scores:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -308,51 +307,9 @@ class Calibration:
     @classmethod
     def from_stored(cls, stats, size: int, source, latent_dim: int | None = None) -> "Calibration":
         """Check a stored section (config.json or ONNX metadata) before use: DamagedFile if wrong."""
-        def bad(what):
-            return DamagedFile(f"{source}: the stored score calibration is damaged ({what}); retrain the model")
+        from vaekit.inference.stored import damage
 
-        if not isinstance(stats, dict) or not isinstance(stats.get("tests"), dict):
-            raise bad("expected an object with 'tests'")
-        if stats.get("combine", "max") not in ("max", "sumsq"):
-            raise bad("combine")
-        windows = stats.get("windows") if stats.get("local") else []
-        if not (isinstance(windows, list) and len(windows) <= 8
-                and all(isinstance(w, int) and not isinstance(w, bool) and 1 <= w <= size for w in windows)):
-            raise bad("windows")
-        names = stats.get("global", list(GLOBAL_TESTS))
-        if not (isinstance(names, list) and 1 <= len(names) <= len(TESTS) and all(n in TESTS for n in names)
-                and len(set(names)) == len(names)):
-            raise bad("global")
-        if "code_far" in names:
-            try:
-                codebank.decode(stats.get("codes"), latent_dim)
-            except ValueError as e:
-                raise bad(f"codes: {e}") from None
-        n_tests = len(names) + 4 * len(windows)
-        for key in ("mean", "sd"):
-            v = stats["tests"].get(key)
-            if not (isinstance(v, list) and len(v) == n_tests and all(_finite(x) for x in v)):
-                raise bad(f"tests.{key}")
-        if "maps" in stats:
-            shape, table = (size, size), stats.get("maps")
-        else:
-            m = stats.get("margin")
-            if not (isinstance(m, int) and not isinstance(m, bool) and 1 <= m <= 256):
-                raise bad("margin")
-            shape, table = ((2 * m + 1) ** 2,), stats.get("profile")
-        for w in windows:
-            for key in ("r_map", "k_map"):
-                entry = table.get(f"{key}/{w}") if isinstance(table, dict) else None
-                for part in ("mean", "sd"):
-                    a = entry.get(part) if isinstance(entry, dict) else None
-                    try:
-                        arr = np.asarray(a, dtype=np.float64) if isinstance(a, list) else None
-                    except (TypeError, ValueError):
-                        arr = None
-                    if arr is None or arr.shape != shape or not np.isfinite(arr).all() or (part == "sd" and arr.min() <= 0):
-                        raise bad(f"{key}/{w}.{part}")
+        what = damage(stats, size, TESTS, GLOBAL_TESTS, latent_dim)
+        if what is not None:
+            raise DamagedFile(f"{source}: the stored score calibration is damaged ({what}); retrain the model")
         return cls(stats)
-
-
-def _finite(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)

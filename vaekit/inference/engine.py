@@ -270,7 +270,7 @@ class Model:
         if score not in SCORES:
             raise BadInput(f"score must be one of {SCORES}, got {score!r}")
         if score == "defect" and not self.has_reader:
-            why = ("this engine cannot run the defect reader (an ONNX export carries the VAE only)" if
+            why = ("this engine cannot run the defect reader (an ONNX export without its NAME.reader.onnx)" if
                    self.info.score == "defect" else "the model has no defect reader (surface models of vaekit >= 0.3 have one)")
             fallback, note = self.effective_score("atypicality", samples, iwae)
             return fallback, f"{why}: the score is {fallback}" + (f"; {note}" if note else "")

@@ -2,7 +2,8 @@
 
 Opens the files `vaekit export` writes (see vaekit/export/): the scorer `parts.onnx`,
 which `vaekit.load` is given, and `parts.encoder.onnx` / `parts.decoder.onnx` next to it,
-opened when first needed, so a machine that only scores needs only the one file. Imports
+opened when first needed, so a machine that only scores needs only the one file; a surface
+model's defect reader, `parts.reader.onnx`, gives its default score where it is present. Imports
 numpy, json and onnxruntime (lazily) only: never torch, never onnx.
 """
 
@@ -19,8 +20,9 @@ from vaekit.fileio import check_regular, loads_json
 CHECKSUM_KEY = "vaekit.sha256"  # sha256 of the file, computed with CHECKSUM_PLACEHOLDER in its place
 CHECKSUM_PLACEHOLDER = "0" * 64
 FORMAT = "vaekit-onnx/1"  # metadata "vaekit.format" of every file vaekit.export writes
-_INPUTS = {"scorer": ("x", "eps"), "encoder": ("x",), "decoder": ("z",)}
-_OUTPUTS = {"scorer": ("recon", "kl", "pixel_map", "mu", "logvar"), "encoder": ("mu", "logvar"), "decoder": ("image",)}
+_INPUTS = {"scorer": ("x", "eps"), "encoder": ("x",), "decoder": ("z",), "reader": ("x",)}
+_OUTPUTS = {"scorer": ("recon", "kl", "pixel_map", "mu", "logvar"), "encoder": ("mu", "logvar"), "decoder": ("image",),
+            "reader": ("logits",)}
 
 
 class OnnxModelError(DamagedFile):
@@ -32,11 +34,11 @@ class ForeignOnnx(OnnxModelError, ForeignModel):
 
 
 def part_paths(main: str | Path) -> dict[str, Path]:
-    """The files of an export named by its main file: parts.onnx -> parts.{encoder,decoder}.onnx."""
+    """The files of an export named by its main file: parts.onnx -> parts.{encoder,decoder,reader}.onnx
+    (the reader only for a surface model with a defect reader)."""
     main = Path(main)
     stem = main.name[: -len(".onnx")] if main.name.endswith(".onnx") else main.name
-    return {"scorer": main, "encoder": main.with_name(f"{stem}.encoder.onnx"),
-            "decoder": main.with_name(f"{stem}.decoder.onnx")}
+    return {"scorer": main, **{role: main.with_name(f"{stem}.{role}.onnx") for role in ("encoder", "decoder", "reader")}}
 
 
 def providers(device: str = "auto") -> list[str]:
@@ -179,13 +181,13 @@ class OnnxModel(Model):
             raise OnnxModelError(f"{p}: graph input eps has shape {eps_shape}, but its metadata says latent dim {latent_dim}")
 
     def _session(self, role: str):
-        """The encoder and decoder files are opened on first use, and must match the main file."""
+        """The side files are opened on first use, and must match the main file."""
         if role not in self._sessions:
             path = self.parts[role]
             if not path.is_file():
-                raise NotFound(
-                    f"{path.name} is missing: {'encode' if role == 'encoder' else 'decode'} needs it. "
-                    f"`vaekit export` writes it next to {self.path.name}; copy the three files together")
+                need = {"encoder": "encode", "decoder": "decode", "reader": "the defect score"}[role]
+                raise NotFound(f"{path.name} is missing: {need} needs it. "
+                               f"`vaekit export` writes it next to {self.path.name}; copy the files together")
             sess, meta = _open(path, role, self.threads, self.device)
             if meta.get("vaekit.fingerprint") != self.info.fingerprint:
                 raise OnnxModelError(
@@ -197,6 +199,37 @@ class OnnxModel(Model):
     @staticmethod
     def _f32(a: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(a, dtype=np.float32)
+
+    @property
+    def has_reader(self) -> bool:
+        """A surface model's export carries its defect reader in parts.reader.onnx; without that
+        file (only the main one copied) the engine scores the VAE's own atypicality, and says so."""
+        return self.info.score == "defect" and self.parts["reader"].is_file()
+
+    def _read(self, x):
+        """The defect reader's (image scores, maps) of uint8 images: the very numpy maths the torch
+        engine's reader uses (vaekit.reader.score), around the exported network."""
+        from vaekit import images as imageio
+        from vaekit.reader.score import maps_and_scores, read_tiled
+
+        sess = self._session("reader")
+        if getattr(self, "_reader_smooth", None) is None:
+            cfg = _json(self._reader_meta(), "vaekit.reader", self.parts["reader"])
+            smooth = [cfg.get(k) if isinstance(cfg, dict) else None for k in ("smooth", "map_smooth")]
+            if not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 64 for v in smooth):
+                raise OnnxModelError(f"{self.parts['reader']} has corrupt vaekit metadata 'vaekit.reader' ({cfg!r})")
+            self._reader_smooth = smooth
+        run = lambda v: sess.run(["logits"], {"x": v})[0]  # noqa: E731
+        scores, maps = [], []
+        for i in range(0, len(x), 16):
+            s, m = maps_and_scores(read_tiled(run, imageio.to_float(x[i:i + 16])), *self._reader_smooth)
+            scores.append(s)
+            maps.append(m)
+        return np.concatenate(scores), np.concatenate(maps)
+
+    def _reader_meta(self) -> dict:
+        self._session("reader")
+        return dict(self._sessions["reader"].get_modelmeta().custom_metadata_map)
 
     def _encode(self, x):
         mu, logvar = self._session("encoder").run(["mu", "logvar"], {"x": self._f32(x)})

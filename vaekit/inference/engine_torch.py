@@ -48,9 +48,15 @@ class TorchModel(Model):
 
     def _read(self, x):
         """The defect reader's scores and maps of uint8 images, read on the CPU in tiles."""
-        from vaekit.training.finish_reader import READ_TILE
+        from vaekit.reader.score import READ_TILE
+        from vaekit.reader.train import read
+
+        return read(self.reader(), x, tile=READ_TILE)
+
+    def reader(self):
+        """The run's defect reader (vaekit.reader.net.ReaderNet, eval mode), loaded once and checked."""
         from vaekit.reader.net import ReaderConfig
-        from vaekit.reader.train import load_reader, read
+        from vaekit.reader.train import load_reader
 
         if self._reader is None:
             try:
@@ -64,7 +70,7 @@ class TorchModel(Model):
             except (RuntimeError, KeyError) as e:
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0]
                 raise rundir.RunError(f"{self.info.source / rundir.READER} does not fit this run: {first}") from None
-        return read(self._reader, x, tile=READ_TILE)
+        return self._reader
 
     @classmethod
     def from_net(cls, net, device: torch.device, source: str | Path = "<in memory>") -> "TorchModel":

@@ -16,12 +16,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vaekit.reader.features import tiled
+from vaekit.reader.features import Features
 from vaekit.reader.net import ReaderConfig, ReaderNet
-from vaekit.reader.score import maps_and_scores
+from vaekit.reader.score import maps_and_scores, read_tiled
 from vaekit.reader.synth import make_defects
 
-Features = Callable[[torch.Tensor], torch.Tensor]
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
@@ -147,9 +146,8 @@ def read(net: ReaderNet, x, features: Features | None = None, smooth: int | None
     for i in range(0, len(x), batch):
         xb = x[i:i + batch].float()
         inp = xb if features is None else torch.cat([xb, features(xb).to(xb)], 1)
-        if tile and max(inp.shape[-2:]) > tile:
-            t = min(tile, *inp.shape[-2:])
-            logits.append(tiled(lambda v: net(v)[:, None], t, t // 4)(inp)[:, 0])
+        if tile:  # the tiling an exported reader is read with (vaekit.reader.score.read_tiled)
+            logits.append(read_tiled(lambda v: net(torch.from_numpy(v)).numpy(), inp.numpy(), tile))
         else:
-            logits.append(net(inp))  # (B, H, W)
-    return maps_and_scores(torch.cat(logits).numpy(), smooth, map_smooth)
+            logits.append(net(inp).numpy())  # (B, H, W)
+    return maps_and_scores(np.concatenate(logits), smooth, map_smooth)

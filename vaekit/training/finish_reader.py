@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from vaekit.training import rundir
+from vaekit.reader.score import READ_TILE
 from vaekit.training.data import gather
 
-READ_TILE = 256  # images larger than this are read in overlapping tiles: memory bounded by the tile
 CHUNK_PIXELS = 64 * 256 * 256  # images read at a time while calibrating
 
 
