@@ -196,6 +196,8 @@ def test_set_threshold_by_quantile_fpr_or_value(parts, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(parts[0] / "run", run)
     scores = np.array(rundir.read_config(run)["anomaly"]["scores"])
+    x = vaekit.load(run).load_images(parts[0] / "test" / "anomalous").images[:6]
+    before = vaekit.load(run).score(x)
     new = anomaly.set_threshold(run, target_fpr=0.2)
     k = int(np.ceil(6 * 0.8))  # 5 scores: the 5th smallest
     assert new["threshold"] == pytest.approx(np.sort(scores)[k - 1]) and new["threshold_quantile"] == pytest.approx(0.8)
@@ -207,6 +209,10 @@ def test_set_threshold_by_quantile_fpr_or_value(parts, tmp_path):
     stored = rundir.read_config(run)["anomaly"]
     assert stored["threshold"] == float(np.sort(scores)[1]) and stored["threshold_quantile"] == pytest.approx(2 / 5)
     assert stored["expected_fpr"] == pytest.approx(4 / 6)  # 3 of 5 above it, and the new one: (1 + 3) / 6
+    # the threshold moved, the score did not: the atypicality keeps its statistics (they were dropped once)
+    after = vaekit.load(run).score(x)
+    assert after.name == before.name == "atypicality"
+    np.testing.assert_array_equal(after.score, before.score)
     with pytest.raises(ValueError, match="exactly one"):
         anomaly.set_threshold(run, quantile=0.9, target_fpr=0.1)
     with pytest.raises(ValueError, match=r"in \(0, 1\), got 1.5"):

@@ -185,6 +185,8 @@ def set_threshold(run_dir: str | Path, quantile: float | None = None, target_fpr
         section["fixed"] = True  # the other scores' thresholds sit at the same validation quantile
     else:
         section = threshold_section(scores, check_quantile(quantile, target_fpr), old.get("source", "validation"), default)
+    if "calibration" in old:  # the atypicality's statistics: moving the threshold does not change the score
+        section["calibration"] = old["calibration"]
     cfg["anomaly"] = section
     rundir.write_config(Path(run_dir), cfg)
     return section
