@@ -220,6 +220,8 @@ def test_splits_are_seeded_disjoint_and_sized_for_what_they_do():
     # the run's model is the first fold's: it trains on the other folds, as each fold model does
     assert few.train.tolist() == sorted(np.concatenate(few.folds[1:]).tolist()) and len(few.train) == 18
     assert plan_splits(3, 0.1, 0.1, 0).folds and not plan_splits(1, 0.1, 0.1, 0).folds  # leave-one-out; nothing
+    # two images: one score per fold would standardise the other's; both train, and the run says so
+    assert not plan_splits(2, 0.1, 0.1, 0).folds and len(plan_splits(2, 0.1, 0.1, 0).train) == 2
     assert not plan_splits(50, 0.1, 0.1, 0, folds=0).crossfit
     # a surface model with the reader: one fold held out for calibration, no fold models
     one = plan_splits(40, 0.1, 0.1, 0, one_fold=True)
@@ -371,3 +373,23 @@ def test_few_aligned_images_train_on_warped_copies_and_the_run_records_it(blobs,
     assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["augment"] == "on"
     train(blobs, tmp_path / "off", MODEL, tcfg(epochs=1, augment="off"))
     assert json.loads((tmp_path / "off" / "config.json").read_text())["train"]["augment"] == "off"
+
+
+def test_resuming_a_run_whose_model_trained_on_every_image_keeps_doing_so(blobs, tmp_path, monkeypatch):
+    # cross-fitted runs written before the run's model became the first fold's trained on all
+    # images (config.json data.train_images == every image): a resume must not then score fold 1
+    # with a model that saw it, so all five fold models train and the run keeps all its images
+    from vaekit.training import trainer as trainer_module
+
+    train(blobs, tmp_path / "run", MODEL, tcfg(epochs=1))
+    cfg_path = tmp_path / "run" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["data"]["train_images"] = 24
+    cfg_path.write_text(json.dumps(cfg))
+    made = []
+    real = trainer_module.Trainer
+    monkeypatch.setattr(trainer_module, "Trainer", lambda *a, **k: made.append(1) or real(*a, **k))
+    train(blobs, tmp_path / "run", MODEL, tcfg(epochs=1), resume=True, resume_epochs=2)
+    assert len(made) == 5
+    after = json.loads(cfg_path.read_text())
+    assert after["data"]["train_images"] == 24 and after["anomaly"]["calibration"]["codes"]["shape"] == [24, 4]

@@ -1,12 +1,14 @@
 """Export a trained run to ONNX for torch-free CPU inference, and prove it matches torch.
 
-`export(run_dir, "parts.onnx")` writes three self-contained ONNX models (weights inside,
+`export(run_dir, "parts.onnx")` writes three (a surface model: four) self-contained ONNX models (weights inside,
 no `.onnx.data` side file), each with a dynamic batch dimension:
 
     parts.onnx          scorer   x (B,C,H,W) in [0,1], eps (B,D) -> recon (B,), kl (B,),
                                  pixel_map (B,H,W), mu (B,D), logvar (B,D)
     parts.encoder.onnx  encoder  x (B,C,H,W) in [0,1] -> mu (B,D), logvar (B,D)
     parts.decoder.onnx  decoder  z (B,D) -> image (B,C,H,W) in [0,1], params (B,C,H,W)
+    parts.reader.onnx   reader   x (B,C,H,W) in [0,1], any H, W -> logits (B,H,W)
+                                 (a surface model's defect reader, traced on its own)
 
 Three files, not one: ONNX holds one graph per model, and onnxruntime runs every node of a
 graph whatever outputs are asked for (checked with its profiler), so one combined graph

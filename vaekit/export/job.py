@@ -1,4 +1,4 @@
-"""`vaekit export`: trace, check parity, optionally quantise, seal, and write the three files atomically."""
+"""`vaekit export`: trace, check parity, optionally quantise, seal, and write the files atomically."""
 
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def export(
 ) -> ExportReport:
     """Export the run in `run_dir` to `out` (+ .encoder.onnx, .decoder.onnx), verified.
 
-    Existing files at any of the three names are replaced only with `overwrite`.
+    Existing files at any of the names are replaced only with `overwrite`.
     images: what to run the parity check on: uint8 (N, C, H, W) at the model's size, or
     image files / folders (the first 64 images, preprocessed as the model does); default
     `sample_inputs`. quantize="int8": write statically quantised (QDQ) models instead of
@@ -202,14 +202,17 @@ class _Job:
             shutil.copyfile(fp32["reader"], quantized.setdefault("reader", part_paths(qdir / name)["reader"]))
         # judged on the images a user scores: theirs, else the calibration-like prior samples
         judge = user_images if user_images is not None else np.rint(self.reference.sample(32, seed=2) * 255).astype(np.uint8)
-        fp32_scores = candidate.score(judge).score
-        q_scores = OnnxModel(quantized["scorer"]).score(judge).score
+        # the VAE's own score: a surface's default, the reader's, stays float32 and would not move
+        which = "atypicality" if "reader" in fp32 else None
+        fp32_scores = candidate.score(judge, score=which).score
+        q_scores = OnnxModel(quantized["scorer"]).score(judge, score=which).score
         rel = np.abs(q_scores - fp32_scores) / np.maximum(np.abs(fp32_scores), 1e-12)
         source = "your images" if user_images is not None else "the model's own samples"
+        vae_bytes = lambda files: sum(p.stat().st_size for r, p in files.items() if r in ROLES)  # noqa: E731
         return quantized, Quantization(
-            f"int8 static QDQ (int8 per-channel weights, uint8 activations, calibrated on {source})",
-            float(rel.max()), float(rel.mean()), sum(p.stat().st_size for p in fp32.values()),
-            sum(p.stat().st_size for p in quantized.values()))
+            f"int8 static QDQ (int8 per-channel weights, uint8 activations, calibrated on {source})"
+            + ("; the defect reader stays float32, the score change is the atypicality's" if which else ""),
+            float(rel.max()), float(rel.mean()), vae_bytes(fp32), vae_bytes(quantized))
 
 
 def _publish(staged: dict[str, Path], out: Path) -> dict[str, Path]:

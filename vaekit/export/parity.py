@@ -86,6 +86,9 @@ def check_parity(reference, candidate, images: np.ndarray, rtol: float = 1e-4, a
                      _compare(f"{tag}: recon", so.recon, st.recon, rtol, atol),
                      _compare(f"{tag}: kl", so.kl, st.kl, rtol, atol),
                      _compare(f"{tag}: pixel_map", so.pixel_map, st.pixel_map, rtol, atol * map_scale)]
+            if samples == 0 and candidate.has_reader:  # what a copy without NAME.reader.onnx scores
+                rows.append(_compare("score: atypicality", candidate.score(images, score="atypicality").score,
+                                     reference.score(images, score="atypicality").score, rtol, atol))
     finally:
         reference.batch_size, candidate.batch_size = old
     return rows

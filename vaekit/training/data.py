@@ -167,10 +167,11 @@ class Splits:
     """Which images train the model, fit the score's statistics and set the threshold.
 
     Many images: three disjoint splits (train, validation, calibration). Few, for a surface
-    model with its defect reader: one fold held out as the calibration split. Few otherwise: every image
-    trains the model, and `folds` partitions them for cross-fitting: one extra model per fold,
-    trained on the other folds, scores the fold's images as images it never saw, so that all
-    n images give out-of-sample scores for the statistics and the threshold (Barber et al.
+    model with its defect reader: one fold held out as the calibration split. Few otherwise: `folds`
+    partitions them for cross-fitting: a model per fold, trained on the other folds, scores the
+    fold's images as images it never saw, and the run's model is the first fold's (it trains on
+    folds 2..K), so that all n images give out-of-sample scores for the statistics and the
+    threshold of the very kind of model new images meet (Barber et al.
     2021's cross-conformal idea): with 20 images the threshold can then promise 1 / 21, where a
     held-out split of 2 could promise only 1 / 3."""
 
@@ -200,7 +201,9 @@ def plan_splits(n: int, val_fraction: float, cal_fraction: float, seed: int, fol
     the defect reader's, is calibrated on one held-out fold anyway: five more VAEs would only
     serve its fallback score, at five times the training time)."""
     k = min(n, (CROSSFIT_FOLDS if n < CROSSFIT_BELOW else 0) if folds < 0 else folds)
-    if k >= 2 and val_fraction + cal_fraction > 0:  # a fold of one image: leave-one-out
+    # a fold of one image: leave-one-out, from 3 images (with 2, each fold's statistics would come
+    # from one score: a spread of 0 and thresholds of 1e16; they train on both and say so instead)
+    if k >= 2 and n >= 3 and val_fraction + cal_fraction > 0:
         order = np.random.default_rng(seed).permutation(n)
         parts = [np.sort(order[i::k]) for i in range(k)]
         rest = np.sort(np.concatenate(parts[1:]))

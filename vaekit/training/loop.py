@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from vaekit.config import RESUMABLE, ModelConfig, TrainConfig
@@ -60,8 +61,9 @@ def fit(data: Dataset, out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCo
         progress: Progress | None = None, should_stop: Callable[[], bool] | None = None) -> TrainResult:
     """Train, checkpoint every epoch, keep the best-on-validation weights, set the threshold.
 
-    With few images (vaekit.training.data.Splits) one extra model per fold is trained after the run's
-    own, for out-of-sample scores of every image (vaekit.training.crossfit), unless the model is a
+    With few images (vaekit.training.data.Splits) the run's model is the first fold's, and one
+    model per other fold is trained after it, for out-of-sample scores of every image
+    (vaekit.training.crossfit), unless the model is a
     surface with a defect reader (one held-out fold). `should_stop()` is asked
     after every optimizer step (the demo's Stop button, the CLI's Ctrl-C): when it says True
     the loop ends there and returns with `stopped` set, the run directory holding the last
@@ -72,6 +74,8 @@ def fit(data: Dataset, out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCo
     splits = plan_splits(len(data.paths), train_cfg.val_fraction, train_cfg.calibration_fraction, train_cfg.seed,
                          train_cfg.folds, train_cfg.threshold_quantile,
                          one_fold=model_cfg.layout == "grid" and train_cfg.reader)
+    if resume:
+        splits = _splits_trained_on(out_dir, splits, len(data.paths))
     train_cfg = resolved_train_config(train_cfg, model_cfg, len(splits.train))
     trainer = Trainer(model_cfg, train_cfg, device, dist)
     start_epoch, best, history = _begin(trainer, out_dir, data, splits, resume)
@@ -109,6 +113,19 @@ def fit(data: Dataset, out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCo
         result.stopped = result.threshold is None  # asked to stop while cross-fitting: --resume does it again
     barrier(dist)  # the run directory is complete when any rank returns
     return result
+
+
+def _splits_trained_on(out_dir: Path, splits, n: int):
+    """The splits a resumed run's checkpoint trained on. A cross-fitted run written before the run's
+    model became the first fold's (vaekit 0.3.dev, config.json data.train_images == every image)
+    trained on all n images: it goes on doing so, and its fold models score every fold (crossfit
+    reuses the run's model only when it trained on exactly the other folds)."""
+    if not splits.crossfit or len(splits.train) == n:
+        return splits
+    stored = rundir.read_config(out_dir).get("data") or {}
+    if stored.get("train_images") == n:
+        return replace(splits, train=np.arange(n))
+    return splits
 
 
 def _check_finite(sums: list[float], epoch: int, out_dir: Path) -> None:
