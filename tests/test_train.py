@@ -368,6 +368,11 @@ def test_few_aligned_images_train_on_warped_copies_and_the_run_records_it(blobs,
     rows = np.array([1, 4])
     assert torch.equal(warp_batch(x[rows], [0, 1, 2], rows, 6), a[rows])
     assert warp_batch(x[:0], [0, 1, 2], rows[:0], 6).shape == (0, 1, 16, 16)
+    # warped, a few tens of images may pass twice as often (the epoch cap), a large folder is unchanged
+    from vaekit.training.recipe import resolve_epochs
+
+    assert resolve_epochs(TrainConfig(), 16, 28) == 300 and resolve_epochs(TrainConfig(), 16, 28, warped=True) == 600
+    assert resolve_epochs(TrainConfig(), 5000, 28, warped=True) == resolve_epochs(TrainConfig(), 5000, 28)
     # the resolved setting is stored, so a resume warps exactly as the run did
     train(blobs, tmp_path / "run", MODEL, tcfg(epochs=1))
     assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["augment"] == "on"

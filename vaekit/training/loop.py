@@ -54,7 +54,7 @@ def resolved_train_config(train_cfg: TrainConfig, model_cfg: ModelConfig, n_trai
     size = training_crop(train_cfg, model_cfg) or model_cfg.image_size
     augment = "on" if augment_on(train_cfg.augment, model_cfg.layout, n_train) else "off"
     train_cfg = replace(train_cfg, batch_size=resolve_batch_size(train_cfg, size), augment=augment)
-    return replace(train_cfg, epochs=resolve_epochs(train_cfg, n_train, size))
+    return replace(train_cfg, epochs=resolve_epochs(train_cfg, n_train, size, warped=augment == "on"))
 
 
 def fit(data: Dataset, out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, resume: bool = False,
