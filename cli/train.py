@@ -34,6 +34,15 @@ class Augment(str, Enum):
     off = "off"
 
 
+LIKELIHOOD_HELP = ("Decoder distribution p(x|z); auto: Bernoulli for near-binary images, else Gaussian; logistic: "
+                   "discretised, per pixel (-ELBO = code length of the 8-bit pixels).")
+FOLDS_HELP = ("Cross-fitting: -1 auto (5 fold models below 200 images, the run's own the first, so every image gets "
+              "an out-of-sample score; a surface model with its defect reader holds out one fold instead), 0 off, "
+              "K >= 2 folds.")
+AUGMENT_HELP = ("Train on slightly warped copies (rotated, scaled, sheared, shifted) of the images: auto = aligned "
+                "objects below 50 training images, where a VAE would otherwise learn them by heart.")
+
+
 def train(
     ctx: typer.Context,
     images: Annotated[Path, typer.Argument(help="Folder of images (searched recursively), or one image file.", exists=True)],
@@ -46,9 +55,7 @@ def train(
     layout: Annotated[Layout, typer.Option(help="Latent layout: one vector per image, or a grid of cells (one per 4×4 pixels); "
                                                 "auto: a vector when the images are aligned objects, a grid for surfaces.")] = Layout.auto,
     base_channels: Annotated[int, typer.Option(help="Feature maps of the first conv layer (doubles per stage).")] = 16,
-    likelihood: Annotated[Likelihood, typer.Option(help="Decoder distribution p(x|z); auto: Bernoulli for "
-                                                        "near-binary images, else Gaussian; logistic: discretised, "
-                                                        "per pixel (-ELBO = code length of the 8-bit pixels).")] = Likelihood.auto,
+    likelihood: Annotated[Likelihood, typer.Option(help=LIKELIHOOD_HELP)] = Likelihood.auto,
     epochs: Annotated[Optional[int], typer.Option(help="Epochs (default: auto, a fixed compute budget, ~1 min on 2 cores; with --resume: the new total).")] = None,
     batch_size: Annotated[int, typer.Option(help="Global batch size (split across torchrun ranks); 0 = auto: 64 up to 32 px, else 32.")] = 0,
     lr: Annotated[float, typer.Option(help="AdamW peak learning rate (warm-up, then cosine decay).")] = 2e-3,
@@ -58,15 +65,11 @@ def train(
                                                      "score (at least 20; below 200 images: cross-fitting or one held-out fold instead).")] = 0.1,
     calibration_fraction: Annotated[float, typer.Option(help="Share of images held out, apart from those, to set the "
                                                              "threshold (at least as many as the quantile needs).")] = 0.1,
-    folds: Annotated[int, typer.Option(help="Cross-fitting: -1 auto (5 fold models below 200 images, the run's "
-                                            "own the first, so every image gets an out-of-sample score; a surface model with its defect reader holds "
-                                            "out one fold instead), 0 off, K >= 2 folds.")] = -1,
+    folds: Annotated[int, typer.Option(help=FOLDS_HELP)] = -1,
     crop: Annotated[int, typer.Option(help="A surface (grid) model trains on random crops of N px; 0 = auto (64).")] = 0,
     reader: Annotated[bool, typer.Option(help="A surface (grid) model also trains a defect reader on synthetic "
                                               "defects, which gives its default score (defect).")] = True,
-    augment: Annotated[Augment, typer.Option(help="Train on slightly warped copies (rotated, scaled, sheared, "
-                                                  "shifted) of the images: auto = aligned objects below 50 training "
-                                                  "images, where a VAE would otherwise learn them by heart.")] = Augment.auto,
+    augment: Annotated[Augment, typer.Option(help=AUGMENT_HELP)] = Augment.auto,
     threshold_quantile: Annotated[float, typer.Option(help="Anomaly threshold: this quantile of normal scores "
                                                            "never used for training (the target false-positive rate is 1 - q).")] = 0.99,
     seed: Annotated[int, typer.Option(help="Seed for split, init, shuffling and noise.")] = 0,
