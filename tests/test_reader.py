@@ -3,6 +3,8 @@ that training on the synthetic defects finds an obvious defect it never saw."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,7 @@ import torch
 from vaekit.config import ModelConfig
 from vaekit.model.vae import ConvVAE
 from vaekit.reader.features import tiled, vae_features
-from vaekit.reader.net import ReaderConfig, ReaderNet
+from vaekit.reader.net import ReaderConfig, ReaderEnsemble, ReaderNet
 from vaekit.reader.synth import SHAPES, make_defects
 from vaekit.reader.train import load_reader, read, train_reader
 
@@ -102,7 +104,7 @@ def _local_residual(x):  # a stand-in for the VAE's residual: distance from the 
 def test_a_reader_trained_on_synthetic_defects_finds_a_defect_it_never_saw(features):
     """A dark 6x6 square (not a shape the generator draws) on held-out surfaces: the image
     scores separate, and the map is higher on the square than off it."""
-    cfg = ReaderConfig(width=8, depth=2, steps=300, batch=8, crop=32, lr=3e-3)
+    cfg = ReaderConfig(width=8, depth=2, steps=300, batch=8, crop=32, lr=3e-3, members=1)
     state = train_reader(_surface(64, 32, seed=1), features, cfg, seed=0)
     net = load_reader(state, cfg)
     clean = _surface(20, 32, seed=2)
@@ -120,11 +122,52 @@ def test_a_reader_trained_on_synthetic_defects_finds_a_defect_it_never_saw(featu
 
 def test_training_stops_when_asked_and_reports_progress():
     seen = []
-    cfg = ReaderConfig(width=4, depth=1, steps=100, batch=2, crop=16)
+    cfg = ReaderConfig(width=4, depth=1, steps=100, batch=2, crop=16, members=3)
     state = train_reader(_surface(4, 16), lambda x: x, cfg, progress=lambda d, t, **m: seen.append((d, t)),
                          should_stop=lambda: len(seen) >= 1)
-    assert seen == [(25, 100)]
+    assert seen == [(25, 300)]  # steps counted over the three members
     assert load_reader(state, cfg)(torch.rand(1, 2, 16, 16)).shape == (1, 16, 16)
+
+
+def test_an_ensemble_reads_the_median_probability_of_its_members():
+    torch.manual_seed(0)
+    cfg = ReaderConfig(width=4, depth=1)
+    nets = [ReaderNet(1, cfg).eval() for _ in range(3)]
+    for i, net in enumerate(nets):  # members that disagree: shift each one's logits
+        net.head.bias.data += 3.0 * (i - 1)
+    x = torch.rand(2, 1, 20, 24)
+    with torch.no_grad():
+        got = torch.sigmoid(ReaderEnsemble(nets)(x))
+        each = torch.stack([torch.sigmoid(n(x)) for n in nets])
+        two = torch.sigmoid(ReaderEnsemble(nets[:2])(x))
+    torch.testing.assert_close(got, each.median(0).values, atol=1e-6, rtol=1e-5)  # the middle one, here net 1
+    torch.testing.assert_close(got, each[1], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(two, each[:2].mean(0), atol=1e-6, rtol=1e-5)  # even: the middle two's mean
+
+
+def test_members_are_trained_from_different_seeds_and_the_whole_reader_repeats():
+    cfg = ReaderConfig(width=4, depth=1, steps=5, batch=2, crop=16, members=2)
+    a = train_reader(_surface(4, 16), None, cfg, seed=3)
+    b = train_reader(_surface(4, 16), None, cfg, seed=3)
+    assert {k.split(".")[1] for k in a} == {"0", "1"}
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=0, rtol=0)
+    w = "down.0.body.0.weight"
+    assert not torch.equal(a[f"members.0.{w}"], a[f"members.1.{w}"])
+    assert len(load_reader(a, dataclasses.replace(cfg, members=3)).members) == 2  # the weights say how many
+
+
+def test_a_reader_saved_as_one_net_still_loads_and_reads_the_same():
+    # the first 0.3 runs stored one bare ReaderNet's state_dict in reader.safetensors
+    torch.manual_seed(1)
+    cfg = ReaderConfig(width=4, depth=1)
+    net = ReaderNet(1, cfg).eval()
+    loaded = load_reader({k: v.clone() for k, v in net.state_dict().items()}, cfg)
+    x = np.random.default_rng(0).integers(0, 256, (2, 1, 24, 24), dtype=np.uint8)
+    s0, m0 = read(net, x)
+    s1, m1 = read(loaded, x)
+    np.testing.assert_allclose(s1, s0, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(m1, m0, rtol=1e-5, atol=1e-6)
 
 
 def test_read_without_smoothing_gives_the_networks_own_probabilities():
@@ -141,7 +184,7 @@ def test_read_without_smoothing_gives_the_networks_own_probabilities():
 
 
 @pytest.mark.parametrize("bad", [{"width": 0}, {"loss": "mse"}, {"shapes": ("square",)}, {"clean_fraction": 1.0},
-                                 {"batch": 1}, {"steps": 2.5}])
+                                 {"batch": 1}, {"steps": 2.5}, {"members": 0}])
 def test_reader_config_names_a_bad_value(bad):
     from vaekit.errors import BadInput
 
@@ -192,7 +235,8 @@ def test_the_reader_exports_to_onnx_with_any_height_and_width(tmp_path):
     pytest.importorskip("onnxscript")
     ort = pytest.importorskip("onnxruntime")
     torch.manual_seed(0)
-    net = ReaderNet(3, ReaderConfig(width=4, depth=2)).eval()
+    cfg = ReaderConfig(width=4, depth=2)
+    net = ReaderEnsemble([ReaderNet(3, cfg) for _ in range(3)]).eval()  # what a run's reader is
     dims = {0: torch.export.Dim("b", min=1, max=64), 2: torch.export.Dim("h", min=8, max=1024),
             3: torch.export.Dim("w", min=8, max=1024)}
     torch.onnx.export(net, (torch.rand(1, 3, 32, 32),), str(tmp_path / "reader.onnx"), dynamo=True,

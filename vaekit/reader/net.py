@@ -1,7 +1,8 @@
 """The defect reader's network: a small U-Net that maps the image and the VAE's per-pixel
 outputs to a defect logit per pixel (the discriminative half of DRAEM, Zavrtanik et al. 2021).
 
-Fully convolutional: any image size (padded to a multiple of 2**depth and cropped back). Its
+A reader is `members` such networks trained from different seeds (ReaderEnsemble), read as
+one: the median of their defect probabilities. Fully convolutional: any image size (padded to a multiple of 2**depth and cropped back). Its
 inputs are standardised by per-channel statistics of normal training images, stored as
 buffers in the state dict, so the same network reads features of any scale (a VAE whose
 residual is large everywhere, as on grass, and one whose residual is tiny). BatchNorm is in
@@ -36,10 +37,13 @@ class ReaderConfig:
     shapes: tuple[str, ...] = ("blob", "spots", "line")  # synthetic shape families drawn from
     smooth: int = 3  # image score: the largest mean of the probability over smooth x smooth px
     map_smooth: int = 5  # pixel map: the probability averaged over map_smooth x map_smooth px
+    members: int = 3  # readers trained from different seeds, read as the median of their defect
+    #                   probabilities: one reader's false alarms on normal texture differ from seed
+    #                   to seed, and the median keeps what most of them agree on (docs/detection.md)
 
     def __post_init__(self) -> None:
         ints = {"width": (1, 256), "depth": (0, 5), "stem": (1, 4), "steps": (1, 10**6), "batch": (2, 4096),
-                "crop": (8, 1024), "smooth": (1, 64), "map_smooth": (1, 64)}
+                "crop": (8, 1024), "smooth": (1, 64), "map_smooth": (1, 64), "members": (1, 16)}
         for name, (lo, hi) in ints.items():
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
@@ -106,3 +110,26 @@ class ReaderNet(nn.Module):
             skip = skips.pop()
             x = block(torch.cat([F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False), skip], 1))
         return F.pixel_shuffle(self.head(x), self.cfg.stem)[:, 0, :h, :w]  # (B, H, W)
+
+
+class ReaderEnsemble(nn.Module):
+    """Several ReaderNets read as one: (B, C, H, W) -> the logit of their median defect
+    probability per pixel (B, H, W; with an even number, the mean of the middle two), so the
+    score maths downstream (vaekit.reader.score) is that of a single net and an ONNX export is
+    one graph. The median, not the mean: a false alarm of one member out of three does not
+    move it (measured against the mean in docs/detection.md)."""
+
+    def __init__(self, nets: list[ReaderNet]):
+        super().__init__()
+        if not nets:
+            raise ValueError("an ensemble needs at least one reader")
+        self.members = nn.ModuleList(nets)
+        self.cfg = nets[0].cfg
+        self.in_channels = nets[0].in_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = len(self.members)
+        p = torch.sort(torch.stack([torch.sigmoid(net(x)) for net in self.members]), dim=0).values
+        p = p[k // 2] if k % 2 else 0.5 * (p[k // 2 - 1] + p[k // 2])
+        p = p.clamp(1e-7, 1 - 1e-7)  # float32 sigmoid saturates at 1: keep the logit finite
+        return torch.log(p) - torch.log1p(-p)

@@ -10,6 +10,7 @@ defects too), so the default reads the image alone (features=None).
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Callable
 
 import numpy as np
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from vaekit.reader.features import Features
-from vaekit.reader.net import ReaderConfig, ReaderNet
+from vaekit.reader.net import ReaderConfig, ReaderEnsemble, ReaderNet
 from vaekit.reader.score import maps_and_scores, read_tiled
 from vaekit.reader.synth import make_defects
 
@@ -83,13 +84,24 @@ def _batch(crops, features, cfg: ReaderConfig, size: int, n_bad: int, rng) -> tu
 def train_reader(crops: np.ndarray, features: Features | None, cfg: ReaderConfig = ReaderConfig(), seed: int = 0,
                  progress: Callable[..., None] | None = None,
                  should_stop: Callable[[], bool] | None = None) -> dict[str, torch.Tensor]:
-    """Train a reader on normal uint8 crops (N, C, h, w) with synthetic defects; return its
-    state_dict (rebuild with `load_reader`). `features(x)` maps (B, C, h', w') in [0, 1] to the
-    VAE's per-pixel outputs (B, F, h', w') (see vaekit.reader.features); None: the reader reads
-    the image alone (the measured default, see ReaderConfig). `progress(done, total,
-    loss=...)` is called every 25 steps; `should_stop()`, asked every step, ends training early
-    with the weights as they are."""
+    """Train a reader, cfg.members nets from seeds derived from `seed`, on normal uint8 crops
+    (N, C, h, w) with synthetic defects; return its state_dict (rebuild with `load_reader`).
+    `features(x)` maps (B, C, h', w') in [0, 1] to the VAE's per-pixel outputs (B, F, h', w')
+    (see vaekit.reader.features); None: the reader reads the image alone (the measured default,
+    see ReaderConfig). `progress(done, total, loss=...)` is called every 25 steps, counted over
+    all members; `should_stop()`, asked every step, ends training early with the weights as they
+    are (members not begun are trained for no steps)."""
     _check(crops, cfg)
+    total = cfg.steps * cfg.members
+    nets = []
+    for k in range(cfg.members):
+        report = None if progress is None else (lambda done, _, k=k, **m: progress(k * cfg.steps + done, total, **m))
+        nets.append(_train_one(crops, features, cfg, seed + 1000 * k, report, should_stop))
+    return {k: v.detach().clone() for k, v in ReaderEnsemble(nets).state_dict().items()}
+
+
+def _train_one(crops, features, cfg: ReaderConfig, seed: int, progress, should_stop) -> ReaderNet:
+    """One member of the ensemble, in eval mode."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     size = min(cfg.crop, *crops.shape[2:])
@@ -115,19 +127,27 @@ def train_reader(crops: np.ndarray, features: Features | None, cfg: ReaderConfig
         running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
         if progress is not None and ((step + 1) % 25 == 0 or step + 1 == cfg.steps):
             progress(step + 1, cfg.steps, loss=running)
-    net.eval()
-    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+    return net.eval()
 
 
-def load_reader(state: dict[str, torch.Tensor], cfg: ReaderConfig = ReaderConfig()) -> ReaderNet:
-    """A ReaderNet in eval mode from train_reader's state_dict (in_channels read from it)."""
-    net = ReaderNet(int(state["in_mean"].shape[0]), cfg)
+def load_reader(state: dict[str, torch.Tensor], cfg: ReaderConfig = ReaderConfig()) -> ReaderEnsemble:
+    """A reader in eval mode from train_reader's state_dict (in_channels and the number of
+    members read from it; a state of one bare ReaderNet, as vaekit 0.3's first readers were
+    saved, loads as an ensemble of one)."""
+    if "in_mean" in state:  # one net, saved before ensembles
+        state = {f"members.0.{k}": v for k, v in state.items()}
+    n = len({k.split(".")[1] for k in state if k.startswith("members.")})
+    if n == 0:
+        raise KeyError("no reader weights (members.*) in the state")
+    cfg = replace(cfg, members=n)
+    nets = [ReaderNet(int(state[f"members.{k}.in_mean"].shape[0]), cfg) for k in range(n)]
+    net = ReaderEnsemble(nets)
     net.load_state_dict(state)
     return net.eval()
 
 
 @torch.no_grad()
-def read(net: ReaderNet, x, features: Features | None = None, smooth: int | None = None,
+def read(net: ReaderNet | ReaderEnsemble, x, features: Features | None = None, smooth: int | None = None,
          map_smooth: int | None = None, batch: int = 16, tile: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(image scores (N,), defect maps (N, H, W)) for images x (N, C, H, W): torch or numpy,
     float in [0, 1] or uint8. The map is the defect probability averaged over map_smooth px
