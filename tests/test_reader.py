@@ -139,10 +139,14 @@ def test_an_ensemble_reads_the_median_probability_of_its_members():
     with torch.no_grad():
         got = torch.sigmoid(ReaderEnsemble(nets)(x))
         each = torch.stack([torch.sigmoid(n(x)) for n in nets])
-        two = torch.sigmoid(ReaderEnsemble(nets[:2])(x))
+        two = ReaderEnsemble(nets[:2])(x)
+        one = ReaderEnsemble(nets[2:])(x)
+        want_two = 0.5 * (nets[0](x) + nets[1](x))
+        want_one = nets[2](x)
     torch.testing.assert_close(got, each.median(0).values, atol=1e-6, rtol=1e-5)  # the middle one, here net 1
     torch.testing.assert_close(got, each[1], atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(two, each[:2].mean(0), atol=1e-6, rtol=1e-5)  # even: the middle two's mean
+    torch.testing.assert_close(two, want_two, atol=1e-6, rtol=1e-5)  # even: the middle two logits' mean
+    assert torch.equal(one, want_one)  # one member: its own logits, however confident
 
 
 def test_members_are_trained_from_different_seeds_and_the_whole_reader_repeats():
@@ -164,10 +168,12 @@ def test_a_reader_saved_as_one_net_still_loads_and_reads_the_same():
     net = ReaderNet(1, cfg).eval()
     loaded = load_reader({k: v.clone() for k, v in net.state_dict().items()}, cfg)
     x = np.random.default_rng(0).integers(0, 256, (2, 1, 24, 24), dtype=np.uint8)
+    net.head.bias.data -= 30.0  # a confident net (p ~ 1e-13): a probability clamp would show here
+    loaded.members[0].head.bias.data -= 30.0
     s0, m0 = read(net, x)
     s1, m1 = read(loaded, x)
-    np.testing.assert_allclose(s1, s0, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(m1, m0, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(s1, s0)
+    np.testing.assert_array_equal(m1, m0)
 
 
 def test_read_without_smoothing_gives_the_networks_own_probabilities():

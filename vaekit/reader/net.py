@@ -2,7 +2,8 @@
 outputs to a defect logit per pixel (the discriminative half of DRAEM, Zavrtanik et al. 2021).
 
 A reader is `members` such networks trained from different seeds (ReaderEnsemble), read as
-one: the median of their defect probabilities. Fully convolutional: any image size (padded to a multiple of 2**depth and cropped back). Its
+one: the median of their defect probabilities. Fully convolutional: any image size (padded to a
+multiple of 2**depth and cropped back). Its
 inputs are standardised by per-channel statistics of normal training images, stored as
 buffers in the state dict, so the same network reads features of any scale (a VAE whose
 residual is large everywhere, as on grass, and one whose residual is tiny). BatchNorm is in
@@ -113,11 +114,13 @@ class ReaderNet(nn.Module):
 
 
 class ReaderEnsemble(nn.Module):
-    """Several ReaderNets read as one: (B, C, H, W) -> the logit of their median defect
-    probability per pixel (B, H, W; with an even number, the mean of the middle two), so the
-    score maths downstream (vaekit.reader.score) is that of a single net and an ONNX export is
-    one graph. The median, not the mean: a false alarm of one member out of three does not
-    move it (measured against the mean in docs/detection.md)."""
+    """Several ReaderNets read as one: (B, C, H, W) -> their median defect logit per pixel
+    (B, H, W). The logistic function is monotone, so with an odd number of members that is the
+    logit of their median probability, with no rounding at all (an ensemble of one reads exactly
+    as its net); with an even number, the mean of the middle two logits. The score maths
+    downstream (vaekit.reader.score) is that of a single net, and an ONNX export is one graph.
+    The median, not the mean: a false alarm of one member out of three does not move it
+    (measured against the mean in docs/detection.md)."""
 
     def __init__(self, nets: list[ReaderNet]):
         super().__init__()
@@ -129,7 +132,7 @@ class ReaderEnsemble(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k = len(self.members)
-        p = torch.sort(torch.stack([torch.sigmoid(net(x)) for net in self.members]), dim=0).values
-        p = p[k // 2] if k % 2 else 0.5 * (p[k // 2 - 1] + p[k // 2])
-        p = p.clamp(1e-7, 1 - 1e-7)  # float32 sigmoid saturates at 1: keep the logit finite
-        return torch.log(p) - torch.log1p(-p)
+        if k == 1:
+            return self.members[0](x)
+        logits = torch.sort(torch.stack([net(x) for net in self.members]), dim=0).values
+        return logits[k // 2] if k % 2 else 0.5 * (logits[k // 2 - 1] + logits[k // 2])
