@@ -176,8 +176,13 @@ def test_header_round_trips_compactly_and_refuses_garbage():
     one = hdr.Header("lossless", "0123456789abcdef", "0" * 16, 16, 1, 4, ["a.png"], [[16, 16]], [[1, 40]],
                      engine={"engine": "torch", "threads": 1})
     assert hdr.unpack(hdr.pack(one)) == one
-    assert len(hdr.pack(hdr.Header("lossy", "0" * 16, "0" * 16, 28, 1, 32, ["00000.png"], [[28, 28]], [[1, 3]],
-                                   quality=1))) < 60
+    single = hdr.Header("lossy", "0" * 16, "0" * 16, 28, 1, 32, ["00000.png"], [[28, 28]], [[1, 3]], quality=1)
+    assert len(hdr.pack(single)) <= 37  # 27 fixed bytes and the 9-byte name, raw
+    odd = hdr.Header("lossy", "0" * 16, "0" * 16, 28, 1, 32, ["a.png", "b/c.png"], [[28, 28], [5, 9]], [[2, 3]],
+                     quality=2)
+    assert hdr.unpack(hdr.pack(odd)) == odd
+    with pytest.raises(ValueError, match="NUL"):
+        hdr.pack(hdr.Header("lossy", "0" * 16, "0" * 16, 28, 1, 32, ["a\0b"], [[28, 28]], [[1, 3]], quality=1))
     for bad in (data[:-1], data + b"\0", b"\x09" + data[1:], data[:20]):
         with pytest.raises((ValueError, KeyError, TypeError)):
             hdr.unpack(bad)

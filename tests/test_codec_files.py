@@ -175,22 +175,26 @@ def test_existing_outputs_are_kept_without_overwrite(coded, tmp_path):
     assert out.written[0].read_bytes() == b"mine" and before != b"mine"
 
 
-def test_golden_bitstreams_decode_to_their_stored_pixels(tmp_path):
-    """Files written once and checked in: the format, the tables and the coder must not drift."""
+@pytest.mark.parametrize("fmt", ["", "_v2"])
+def test_golden_bitstreams_decode_to_their_stored_pixels(tmp_path, fmt):
+    """Files written once and checked in: the format, the tables and the coder must not drift.
+    The same symbols in format 3 (today's) and format 2 (still read)."""
     model = vaekit.load(GOLDEN / "run")
     want = np.load(GOLDEN / "expected.npz")
-    lossy = codec.decode(model, GOLDEN / "lossy_q5.vkc", tmp_path / "lossy")
+    assert (GOLDEN / f"lossy_q5{fmt}.vkc").read_bytes()[:4] == (b"VKC2" if fmt else b"VKC3")
+    lossy = codec.decode(model, GOLDEN / f"lossy_q5{fmt}.vkc", tmp_path / "lossy")
     assert [str(p.relative_to(tmp_path / "lossy")) for p in lossy.written] == list(want["lossy_q5_names"])
     diff = _pixels(lossy.written).astype(int) - want["lossy_q5"]
     assert np.abs(diff).max() <= 1  # the symbols are exact; the network's floats may differ in the last bits
     try:
-        lossless = codec.decode(model, GOLDEN / "lossless.vkc", tmp_path / "lossless")
+        lossless = codec.decode(model, GOLDEN / f"lossless{fmt}.vkc", tmp_path / "lossless")
     except codec.Desynchronised:  # another CPU's float rounding: refused, never wrong pixels
         pytest.skip("this machine's network outputs differ from the golden archive's (refused, as designed)")
     assert np.array_equal(_pixels(lossless.written), want["lossless"])
 
 
-def test_golden_symbols_decode_without_torch():
+@pytest.mark.parametrize("fmt", ["", "_v2"])
+def test_golden_symbols_decode_without_torch(fmt):
     """The .vkc reader, the tables and the lossy decoder run on the torch-free runtime."""
     code = (
         "import sys\n"
@@ -201,9 +205,9 @@ def test_golden_symbols_decode_without_torch():
         "import json, numpy as np\n"
         "from vaekit.codec import container, lossy, prior\n"
         f"root = {str(GOLDEN)!r}\n"
-        "h, off = container.read_header(root + '/lossy_q5.vkc')\n"
+        f"h, off = container.read_header(root + '/lossy_q5{fmt}.vkc')\n"
         "p = prior.from_dict(json.load(open(root + '/run/config.json'))['codec'])\n"
-        "(n, w), = container.iter_chunks(root + '/lossy_q5.vkc', h, off)\n"
+        f"(n, w), = container.iter_chunks(root + '/lossy_q5{fmt}.vkc', h, off)\n"
         "z, res = lossy.decode_chunk(p, h.quality, w, n, (1, 16, 16))\n"
         "want = np.load(root + '/expected.npz')\n"
         "assert np.array_equal(z, want['lossy_q5_latents']) and np.array_equal(res, want['lossy_q5_residual'])\n"

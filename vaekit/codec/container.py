@@ -1,13 +1,17 @@
 """The .vkc file: entropy-coded images (lossy latents or a lossless bits-back archive) in one file.
 
-    "VKC2"                      4 bytes, the magic (its last byte the format's version)
+    "VKC3"                      4 bytes, the magic (its last byte the format's version)
     header length               a LEB128 varint
     header                      vaekit.codec.header: mode, quality, channels, image size, latent
                                 size, the model's fingerprint and the table hash (8 bytes each),
-                                the chunk table [images, uint32 words], and the names, original
-                                sizes (where not the model's) and engine (lossless) as compressed JSON
+                                the chunk table [images, uint32 words], and the names (NUL-
+                                separated), original sizes (where not the model's) and engine
+                                (lossless, JSON), compressed
     chunks                      each chunk's ANS words, uint32 little-endian, one after another
-    checksum                    the first 16 bytes of the sha256 of everything before it
+    checksum                    the first 8 bytes of the sha256 of everything before it
+
+Format 2 ("VKC2": the names in the JSON, a 16-byte checksum) is still read; files are written in
+format 3, whose one-image files are 22 bytes smaller (docs/codec.md).
 
 Written from a spill file, so memory stays flat in the number of images; read chunk by chunk
 after the checksum is verified in one streaming pass, so a truncated, altered or foreign file is
@@ -28,9 +32,11 @@ from vaekit.codes.format import MAX_ORIG_PIXELS, CodeFileError, FingerprintMisma
 from vaekit.config import MAX_IMAGE_SIZE, MAX_Z_DIMS
 from vaekit.fileio import atomic_writer, check_regular
 
-MAGIC = b"VKC2"
+MAGIC = b"VKC3"
 MAX_HEADER = 1 << 30  # bytes of header: far above any folder, below a hostile file's claim
-_DIGEST = 16  # bytes of sha256 kept: against damage and tampering, not a signature
+# bytes of sha256 kept, per format version: against damage, not a signature (a file that anyone
+# could have rewritten, checksum included, is not authenticated by any length of it)
+DIGESTS = {b"VKC2": 16, b"VKC3": 8}
 
 
 class ArchiveError(CodeFileError):
@@ -77,7 +83,7 @@ def write(path: Path, header: Header, spill: Path) -> int:
             while block := src.read(1 << 20):
                 f.write(block)
                 h.update(block)
-        f.write(h.digest()[:_DIGEST])
+        f.write(h.digest()[:DIGESTS[MAGIC]])
     return Path(path).stat().st_size
 
 
@@ -87,44 +93,45 @@ def read_header(path: Path) -> tuple[Header, int]:
     size = check_regular(path, ".vkc file").st_size
     with open(path, "rb") as f:
         start = f.read(14)
-        if len(start) < 5 or start[:4] != MAGIC:
+        if len(start) < 5 or start[:4] not in DIGESTS:
             other = start[:3] == MAGIC[:3] and len(start) >= 4
             raise ArchiveError(f"{source} is not a .vkc file this vaekit reads" + (" (another format version)" if other else ""))
+        version, digest = start[3] - ord("0"), DIGESTS[start[:4]]
         try:
             r = Reader(start[4:])
             n = r.varint(MAX_HEADER)
         except ValueError:
             raise ArchiveError(f"{source} is truncated or corrupt (an unreadable header length)") from None
         offset = 4 + r.pos
-        if offset + n + _DIGEST > size:
+        if offset + n + digest > size:
             raise ArchiveError(f"{source} is truncated or corrupt (a header of {n} bytes in a file of {size})")
         f.seek(offset)
         raw = f.read(n)
         try:  # parsed before the checksum (bounded, no side effects) to tell a truncated file
-            header = unpack(raw)
-            expected = offset + n + 4 * sum(c[1] for c in header.chunks) + _DIGEST
+            header = unpack(raw, version)
+            expected = offset + n + 4 * sum(c[1] for c in header.chunks) + digest
         except (ValueError, TypeError, KeyError, IndexError) as e:
             header, expected = None, str(e)
         if header is not None and expected != size:
             raise ArchiveError(f"{source} is {'truncated' if size < expected else 'longer than it says'} "
                                f"({size} bytes, its header describes {expected})")
-        _verify(f, start[:offset] + raw, size, source)
+        _verify(f, start[:offset] + raw, size, source, digest)
     if header is None:
         raise ArchiveError(f"{source} has an unreadable header: {expected}")
     _check(header, source)
     return header, offset + n
 
 
-def _verify(f: BinaryIO, head: bytes, size: int, source: str) -> None:
+def _verify(f: BinaryIO, head: bytes, size: int, source: str, digest: int) -> None:
     h = hashlib.sha256(head)
-    left = size - len(head) - _DIGEST
+    left = size - len(head) - digest
     while left > 0:
         block = f.read(min(left, 1 << 20))
         if not block:
             raise ArchiveError(f"{source} is truncated")
         h.update(block)
         left -= len(block)
-    if f.read(_DIGEST) != h.digest()[:_DIGEST]:
+    if f.read(digest) != h.digest()[:digest]:
         raise ArchiveError(f"{source} is damaged or was modified: its checksum does not match its contents")
 
 

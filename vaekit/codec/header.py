@@ -1,10 +1,12 @@
 """The .vkc header, in as few bytes as a one-image file can afford.
 
 Fixed fields are single bytes, LEB128 varints and the two 64-bit hashes as raw bytes; what varies
-with the folder (names, original sizes where they differ from the model's, the engine of a
-lossless archive) is JSON, stored raw, raw-deflated or raw-LZMA2'd, whichever is smallest. A one-
-image header is ~40 bytes plus its name, where JSON with hex hashes cost ~320 (docs/codec.md);
-10,000 numbered names take ~0.3 bytes each (LZMA2).
+with the folder is stored raw, raw-deflated or raw-LZMA2'd, whichever is smallest: the names,
+NUL-separated (a name never holds a NUL), then only where there is any, two NULs and JSON of the
+original sizes that differ from the model's and a lossless archive's engine. A one-image header is
+~30 bytes plus its name, where JSON with hex hashes cost ~320 (docs/codec.md); 10,000 numbered
+names take ~0.3 bytes each (LZMA2). Format 2 (.vkc files of "VKC2") kept the names in the JSON too;
+`unpack(data, version=2)` still reads it.
 """
 
 from __future__ import annotations
@@ -103,14 +105,37 @@ def _inflate(blob: bytes) -> bytes:
     return out
 
 
-def pack(h: Header) -> bytes:
-    """The header's bytes (ValueError for hashes that are not 16 hex digits)."""
-    meta: dict = {"names": h.names}
+def _extras(h: Header) -> dict:
+    meta: dict = {}
     if any(list(s) != [h.image_size, h.image_size] for s in h.orig_size):
         meta["sizes"] = h.orig_size
     if h.engine:
         meta["engine"] = h.engine
-    blob = _compress(json.dumps(meta, separators=(",", ":")).encode())
+    return meta
+
+
+def _pack_names(h: Header) -> bytes:
+    """Format 3's variable part: NUL-separated names, then b"\0\0" + JSON of the extras, if any."""
+    if any(not n or "\0" in n for n in h.names):
+        raise ValueError("a stored name must be non-empty and hold no NUL")
+    extras = _extras(h)
+    raw = b"\0".join(n.encode() for n in h.names)
+    return raw + (b"\0\0" + json.dumps(extras, separators=(",", ":")).encode() if extras else b"")
+
+
+def _unpack_names(raw: bytes) -> dict:
+    from vaekit.fileio import loads_json
+
+    names, sep, extras = raw.partition(b"\0\0")
+    meta = loads_json(extras) if sep else {}
+    if not isinstance(meta, dict) or "names" in meta:
+        raise ValueError("the header's extra fields are not an object")
+    return {**meta, "names": [n.decode() for n in names.split(b"\0")] if names else []}
+
+
+def pack(h: Header) -> bytes:
+    """The header's bytes in format 3 (ValueError for hashes that are not 16 hex digits)."""
+    blob = _compress(_pack_names(h))
     parts = [bytes([MODES.index(h.mode), h.quality or 0, h.channels]), varint(h.image_size), varint(h.latent_dim),
              bytes.fromhex(h.fingerprint), bytes.fromhex(h.tables), varint(len(h.chunks))]
     if len(parts[3]) != 8 or len(parts[4]) != 8:
@@ -119,8 +144,9 @@ def pack(h: Header) -> bytes:
     return b"".join(parts) + varint(len(blob)) + blob
 
 
-def unpack(data: bytes) -> Header:
-    """Parse header bytes; ValueError (or KeyError, TypeError) on anything malformed."""
+def unpack(data: bytes, version: int = 3) -> Header:
+    """Parse header bytes of format `version` (2 or 3); ValueError (or KeyError, TypeError) on
+    anything malformed."""
     from vaekit.fileio import loads_json
 
     r = Reader(data)
@@ -128,7 +154,8 @@ def unpack(data: bytes) -> Header:
     image_size, latent_dim = r.varint(1 << 20), r.varint(1 << 30)
     fingerprint, tables = r.take(8).hex(), r.take(8).hex()
     chunks = [[r.varint(), r.varint()] for _ in range(r.varint(1 << 32))]
-    meta = loads_json(_decompress(r.take(r.varint(len(data)))))
+    raw = _decompress(r.take(r.varint(len(data))))
+    meta = loads_json(raw) if version == 2 else _unpack_names(raw)
     if r.pos != len(data) or mode >= len(MODES) or not isinstance(meta, dict):
         raise ValueError("the header has extra bytes or an unknown mode")
     names = meta["names"]
