@@ -11,7 +11,7 @@
     checksum                    the first 8 bytes of the sha256 of everything before it
 
 Format 2 ("VKC2": the names in the JSON, a 16-byte checksum) is still read; files are written in
-format 3, whose one-image files are 22 bytes smaller (docs/codec.md).
+format 3, whose one-image files are 22 bytes smaller (48 bytes of overhead with a 9-character name).
 
 Written from a spill file, so memory stays flat in the number of images; read chunk by chunk
 after the checksum is verified in one streaming pass, so a truncated, altered or foreign file is

@@ -4,7 +4,7 @@ Fixed fields are single bytes, LEB128 varints and the two 64-bit hashes as raw b
 with the folder is stored raw, raw-deflated or raw-LZMA2'd, whichever is smallest: the names,
 NUL-separated (a name never holds a NUL), then only where there is any, two NULs and JSON of the
 original sizes that differ from the model's and a lossless archive's engine. A one-image header is
-~30 bytes plus its name, where JSON with hex hashes cost ~320 (docs/codec.md); 10,000 numbered
+~31 bytes plus its name, where JSON with hex hashes cost ~320 (docs/codec.md); 10,000 numbered
 names take ~0.3 bytes each (LZMA2). Format 2 (.vkc files of "VKC2") kept the names in the JSON too;
 `unpack(data, version=2)` still reads it.
 """
