@@ -158,6 +158,20 @@ def _int_channels(value: str) -> int:
     return int(value)
 
 
+def _epoch_line(m: dict) -> str:
+    """One epoch's line, each number with its estimator: the training loss over one posterior draw
+    per image; the validation -ELBO at z = mu (the plug-in, not the ELBO), absent when nothing is
+    held out for it (it would repeat the training loss); bits/dim only where they are a code length
+    (the discretised likelihood)."""
+    line = (f"epoch {m['epoch']:>3}  train loss (1 draw) {m['train_loss']:9.2f} "
+            f"(recon {m['train_recon']:9.2f} kl {m['train_kl']:7.2f})")
+    if m.get("val_estimator", "z = mu") == "z = mu":
+        line += f"  val -ELBO (z = μ) {m['val_loss']:9.2f} nats"
+        if m.get("bits_are_code_length"):
+            line += f" = {m['val_bits_per_dim']:.4f} bits/dim"
+    return line + f"  {m['images_per_s']:7.0f} img/s"
+
+
 class _Reporter:
     """Feeds vaekit's progress(done, total, phase=..., **metrics) into rich bars."""
 
@@ -170,11 +184,7 @@ class _Reporter:
             every = max(1, -(-total // 30))
             if m["epoch"] % every and m["epoch"] not in (1, total):
                 return
-            self.bars.console.print(
-                f"epoch {m['epoch']:>3}  train {m['train_loss']:9.2f} (recon {m['train_recon']:9.2f} kl {m['train_kl']:7.2f})"
-                f"  val {m['val_loss']:9.2f}  {m['val_bits_per_dim']:.4f} bits/dim  {m['images_per_s']:7.0f} img/s",
-                soft_wrap=True, highlight=False,
-            )
+            self.bars.console.print(_epoch_line(m), soft_wrap=True, highlight=False)
             return
         key = (phase, m.get("epoch"))
         if key != self.key:
@@ -204,7 +214,7 @@ def _print_summary(result, data) -> None:
     cfg = rundir.read_config(result.run_dir)
     # no validation split (cross-fitted, one held-out fold, --val-fraction 0): the loss is the training images'
     held_out = (cfg.get("data") or {}).get("val_images", 1)
-    t.add_row("best val -ELBO" if held_out else "-ELBO, training images", f"{result.best_val:.2f} nats/image")
+    t.add_row("best val -ELBO (z = μ)" if held_out else "-ELBO, training images (1 draw)", f"{result.best_val:.2f} nats/image")
     m = cfg.get("model") or {}
     t.add_row("model", shown(f"{m.get('image_size')} px, {m.get('layout', 'vector')} latent ({m.get('latent_dim')}), "
                              f"{m.get('likelihood')}"))

@@ -31,6 +31,9 @@ def test_train_prints_epochs_and_a_summary(tmp_path):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["epochs"] == 2
     # 12 images are cross-fitted: no validation split, and the summary does not pretend one
     assert "-ELBO, training images" in r.output and "best val -ELBO" not in r.output
+    # each number names its estimator; no val column that repeats the training loss, and a
+    # Gaussian density's nats are not called bits/dim
+    assert "train loss (1 draw)" in r.output and "val -ELBO" not in r.output and "bits/dim" not in r.output
     # resume extends to 3 epochs using the stored config
     r = invoke("train", tmp_path / "imgs", "--out", tmp_path / "run", "--resume", "--epochs", 3)
     assert r.exit_code == 0, r.output
@@ -181,3 +184,16 @@ def test_missing_optional_dependency_names_the_extra(monkeypatch):
             monkeypatch.delattr(sys.modules[parent], leaf, raising=False)
     r = invoke("train", ROOT / "tests")
     assert r.exit_code == 2 and "pip install 'vaekit[train]'" in r.output, r.output
+
+
+def test_epoch_lines_name_their_estimators_and_print_bits_only_for_a_code_length():
+    from vaekit_cli.train import _epoch_line
+
+    row = {"epoch": 7, "train_loss": -10.0, "train_recon": -12.0, "train_kl": 2.0, "val_loss": -9.5,
+           "val_bits_per_dim": -0.02, "images_per_s": 100.0, "val_estimator": "z = mu", "bits_are_code_length": False}
+    gauss = _epoch_line(row)
+    assert "val -ELBO (z = μ)     -9.50 nats" in gauss and "bits/dim" not in gauss
+    logistic = _epoch_line({**row, "val_loss": 900.0, "val_bits_per_dim": 1.6531, "bits_are_code_length": True})
+    assert "900.00 nats = 1.6531 bits/dim" in logistic
+    crossfit = _epoch_line({**row, "val_estimator": "1 draw (training images)"})
+    assert "train loss (1 draw)" in crossfit and "val" not in crossfit

@@ -238,4 +238,9 @@ def _epoch_row(epoch, beta, sums, seconds, model, data, val_idx, train_idx, devi
         "val_bits_per_dim": val_loss / (pixels * math.log(2)),
         "images_per_s": n / seconds,
         "seconds": seconds,
+        # what the val columns are: the plug-in at z = mu (not the ELBO, docs/codec.md), or with no
+        # validation split the training loss itself (one posterior draw per image); bits/dim are a
+        # code length only under the discretised likelihood (a Gaussian density can go below 0)
+        "val_estimator": "1 draw (training images)" if crossfit else "z = mu",
+        "bits_are_code_length": getattr(getattr(model, "cfg", None), "likelihood", "") == "logistic",
     }
