@@ -7,6 +7,9 @@ Each set is split into a half that decisions are made on and a half that only co
     mnisttex   the same digits as grey textured objects: a thickened digit mask filled with a
                crop of a photo shipped with scikit-image, under a random illumination ramp, on a
                dark noisy background (a stand-in for grey product photos, which vaekit 0.2 lost on)
+    mnistshade the textured digits with what product photos vary in most: brightness (an object
+               from near black to white, x0.15-1.0) and pattern (its texture's contrast x0-1, so
+               some objects are plain grey), on a clean black background
     digits     scikit-learn's 8x8 digits at 32x32, half of each class for training
     lfw        scikit-image's 25x25 LFW subset: 70 faces train; 30 faces vs 100 non-faces test
 Nothing is downloaded: MNIST is a file you pass, the rest ships with scikit-learn/scikit-image.
@@ -19,12 +22,12 @@ from pathlib import Path
 import numpy as np
 
 CHOOSE, CONFIRM = "02468", "13579"
-SETS = ("mnist", "mnisttex", "digits", "lfw")
+SETS = ("mnist", "mnisttex", "mnistshade", "digits", "lfw")
 
 
 def load(name: str, k: int, mnist: Path | None = None, n_train: int | None = None):
     """(train uint8 (N, H, W), test uint8 (M, H, W), test is anomalous (M,) bool) for class k."""
-    if name in ("mnist", "mnisttex"):
+    if name in ("mnist", "mnisttex", "mnistshade"):
         if mnist is None:
             raise SystemExit(f"--data mnist.npz is needed for the {name} set")
         d = np.load(mnist)
@@ -34,6 +37,8 @@ def load(name: str, k: int, mnist: Path | None = None, n_train: int | None = Non
             tr = tr[np.random.default_rng(0).permutation(len(tr))[:n_train]]
         if name == "mnisttex":
             return textured(tr, seed=k), textured(xte, seed=100 + k), yte != k
+        if name == "mnistshade":
+            return shaded(tr, seed=k), shaded(xte, seed=100 + k), yte != k
         return tr, xte, yte != k
     if name == "digits":
         return _digits(k, n_train)
@@ -70,22 +75,41 @@ def _photos() -> list[np.ndarray]:
     return out
 
 
-def textured(digits: np.ndarray, seed: int) -> np.ndarray:
-    """MNIST digits as grey textured objects (see the module docstring)."""
+def _mask_and_patch(digit: np.ndarray, photos: list[np.ndarray], rng) -> tuple[np.ndarray, np.ndarray]:
+    """The digit thickened into an object mask in [0, 1], and a 28 x 28 crop (every other pixel of
+    56 x 56) of a random photo, the object's texture."""
     from scipy.ndimage import maximum_filter
 
+    m = maximum_filter(digit.astype(np.float32) / 255, 3)
+    t = photos[rng.integers(len(photos))]
+    r, c = rng.integers(0, t.shape[0] - 56), rng.integers(0, t.shape[1] - 56)
+    return m, t[r:r + 56:2, c:c + 56:2]
+
+
+def textured(digits: np.ndarray, seed: int) -> np.ndarray:
+    """MNIST digits as grey textured objects (see the module docstring)."""
     rng, photos = np.random.default_rng(seed), _photos()
     yy, xx = np.mgrid[0:28, 0:28] / 27
     out = np.empty_like(digits)
     for i, a in enumerate(digits):
-        m = maximum_filter(a.astype(np.float32) / 255, 3)
-        t = photos[rng.integers(len(photos))]
-        r, c = rng.integers(0, t.shape[0] - 56), rng.integers(0, t.shape[1] - 56)
-        patch = t[r:r + 56:2, c:c + 56:2]
+        m, patch = _mask_and_patch(a, photos, rng)
         patch = 0.35 + 0.65 * (patch - patch.min()) / (np.ptp(patch) + 1e-6)
         light = 0.75 + 0.25 * (rng.uniform(-1, 1) * yy + rng.uniform(-1, 1) * xx)
         background = 0.04 + 0.02 * rng.standard_normal((28, 28))
         img = m * patch * light * rng.uniform(0.7, 1.0) + (1 - m) * background
+        out[i] = np.clip(img * 255, 0, 255).astype(np.uint8)
+    return out
+
+
+def shaded(digits: np.ndarray, seed: int) -> np.ndarray:
+    """MNIST digits as grey objects of any brightness, plain or patterned (see the module docstring)."""
+    rng, photos = np.random.default_rng(seed), _photos()
+    out = np.empty_like(digits)
+    for i, a in enumerate(digits):
+        m, patch = _mask_and_patch(a, photos, rng)
+        patch = (patch - patch.mean()) / (patch.std() + 1e-6)
+        level, contrast = rng.uniform(0.15, 1.0), rng.uniform(0.0, 1.0)
+        img = m * np.clip(level * (1 + 0.25 * contrast * patch), 0.02, 1.0)
         out[i] = np.clip(img * 255, 0, 255).astype(np.uint8)
     return out
 
