@@ -113,12 +113,14 @@ def _print_scores(report, inputs) -> None:
     t = Table(title=f"{report.plan.score} scores{where} ({unit}; higher = more anomalous)", title_justify="left")
     t.add_column("image", overflow="fold")
     t.add_column("score", justify="right")
-    t.add_column("bits/dim", justify="right")
+    plan = report.plan  # the ELBO column names its estimator: z = mu is the plug-in, not the ELBO
+    est = {"mean": "z = μ", "samples": f"{plan.samples} draws", "iwae": f"IWAE, {plan.samples} draws"}.get(plan.estimator, plan.estimator)
+    t.add_column(f"-ELBO\n({est})", justify="right")
     t.add_column("", justify="left")
     for r in report.top:  # most anomalous first; a score that is not a number (a broken model) above all
         flag = "" if r.anomalous is None else ("[bold red]ANOMALOUS[/bold red]" if r.anomalous else "[green]normal[/green]")
         t.add_row(shown(relative_name(Path(r.path), inputs) if short else r.path), f"{r.score:.2f}",
-                  f"{r.bits_per_dim:.4f}", flag)
+                  f"{r.neg_elbo:.2f}", flag)
     console.print(t)
     if report.count > len(report.top):
         console.print(f"... and {report.count - len(report.top)} more (the {len(report.top)} highest shown; -o writes all)",

@@ -42,6 +42,7 @@ def test_anomaly_score_prints_a_table_and_writes_csv_json_and_maps(parts, tmp_pa
                "-o", tmp_path / "s.csv", "--maps", tmp_path / "maps")
     assert r.exit_code == 0, r.output
     assert "atypicality scores" in r.output and "(sd²; higher" in r.output and "anomalous at threshold" in r.output and "stored: quantile 0.99" in r.output
+    assert "(z = μ)" in r.output and "bits/dim" not in r.output  # the ELBO column names its estimator
     rows = list(csv.DictReader(io.StringIO((tmp_path / "s.csv").read_text())))
     assert len(rows) == 8 and {"path", "score", "bits_per_dim", "threshold", "anomalous"} <= set(rows[0])
     assert all(row["anomalous"] == str(float(row["score"]) > float(row["threshold"])).lower() for row in rows)
@@ -139,6 +140,7 @@ def test_iwae_and_samples_score_excess_and_say_so_in_every_label(parts, tmp_path
     assert r.exit_code == 0, r.output
     assert "excess scores" in r.output and "(nats; higher" in r.output and "sd²" not in r.output
     assert "note: " in r.output and "excess (nats)" in r.output
+    assert ("IWAE" if "--iwae" in flags else "draws)") in r.output and "(z = μ)" not in r.output
     doc = json.loads(out.read_text())
     assert doc["score"] == "excess" and all(i["score"] == i["excess"] for i in doc["images"])
 
