@@ -242,5 +242,5 @@ def _epoch_row(epoch, beta, sums, seconds, model, data, val_idx, train_idx, devi
         # validation split the training loss itself (one posterior draw per image); bits/dim are a
         # code length only under the discretised likelihood (a Gaussian density can go below 0)
         "val_estimator": "1 draw (training images)" if crossfit else "z = mu",
-        "bits_are_code_length": getattr(getattr(model, "cfg", None), "likelihood", "") == "logistic",
+        "bits_are_code_length": model.cfg.likelihood == "logistic",
     }
