@@ -44,7 +44,7 @@ def _parts(rng, n, size=16, recon=100.0, kl=10.0, spot=None):
 
 
 @pytest.mark.parametrize("local", [False, True])
-@pytest.mark.parametrize("combine", ["max", "sumsq"])
+@pytest.mark.parametrize("combine", ["max", "sumsq", "shifted"])
 def test_atypicality_flags_too_high_and_too_low_but_not_normal(local, combine):
     rng = np.random.default_rng(2)
     cal = Calibration.fit(_parts(rng, 200), local=local, windows=(3, 5), combine=combine)
@@ -60,6 +60,15 @@ def test_atypicality_flags_too_high_and_too_low_but_not_normal(local, combine):
     s, amap = cal.score(_parts(rng, 4, spot=(6, 6, 3.0)), maps=True)
     assert amap.shape == (4, 16, 16)
     assert np.unravel_index(amap[0].argmax(), amap[0].shape)[0] in range(4, 11)  # the map points at the spot
+
+
+def test_the_combinations_of_standardised_tests():
+    stats = {"tests": {"mean": [0.0, 0.0, 0.0], "sd": [1.0, 1.0, 1.0]}, "global": ["error_high", "code_far", "entropy_low"]}
+    z = np.array([[1.0, -1.0, -3.0], [1.0, 0.0, 0.0]])
+    score = {c: Calibration({**stats, "combine": c}).score_tests(z) for c in ("max", "sumsq", "shifted")}
+    np.testing.assert_allclose(score["max"], [1.0, 1.0])
+    np.testing.assert_allclose(score["sumsq"], [1.0, 1.0])  # a clearly typical test counts for nothing
+    np.testing.assert_allclose(score["shifted"], [9.0 + 1.0 + 0.0, 9.0 + 4.0 + 4.0])  # from 2 sd below the mean
 
 
 def test_a_damaged_stored_calibration_is_refused():

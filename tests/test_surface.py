@@ -52,6 +52,7 @@ def test_auto_keeps_a_surfaces_own_size_and_trains_on_crops_and_a_reader(surface
     assert a["score"] == "defect" and a["source"] == "calibration" and a["n"] == 5
     assert cfg["data"]["crossfit_folds"] == 0 and cfg["data"]["train_images"] == 19
     assert {"defect", "atypicality", "excess"} <= set(a["by_score"])
+    assert a["calibration"]["combine"] == "sumsq"  # a surface's eleven tests count only where atypical
     assert all(len(s["scores"]) == 5 for s in a["by_score"].values())
 
 

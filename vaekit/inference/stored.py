@@ -8,6 +8,7 @@ import math
 import numpy as np
 
 from vaekit.inference import codebank
+from vaekit.inference.atypicality import COMBINES
 
 
 def damage(stats, size: int, tests, default_tests, latent_dim: int | None = None) -> str | None:
@@ -15,7 +16,7 @@ def damage(stats, size: int, tests, default_tests, latent_dim: int | None = None
     `tests`: the test names a section may hold; `default_tests`: those of a section that names none."""
     if not isinstance(stats, dict) or not isinstance(stats.get("tests"), dict):
         return "expected an object with 'tests'"
-    if stats.get("combine", "max") not in ("max", "sumsq"):
+    if stats.get("combine", "max") not in COMBINES:
         return "combine"
     windows = stats.get("windows") if stats.get("local") else []
     if not (isinstance(windows, list) and len(windows) <= 8

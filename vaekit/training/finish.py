@@ -42,7 +42,10 @@ def write_run_config(out_dir, data, model_cfg, train_cfg, device, n_train, n_val
 CALIBRATION_PIXELS = 2000 * 64 * 64  # images the score statistics are fitted on: at most this many pixels (per set)
 CHUNK_PIXELS = 256 * 64 * 64  # images scored at a time while calibrating: memory bounded by pixels
 LOCAL_WINDOWS = (9, 17)  # a latent grid's local tests: windows of ~2 and ~4 cells (a cell is 4x4 pixels)
-COMBINE = "sumsq"  # how the standardised tests make one score (vaekit.inference.atypicality.Calibration; docs/detection.md)
+# how the standardised tests make one score (vaekit.inference.atypicality.Calibration; docs/detection.md):
+# an aligned object's three tests each counted from 2 sd below their normal mean; a surface's eleven
+# (global and per neighbourhood) only where they point the anomalous way
+COMBINE = {"vector": "shifted", "grid": "sumsq"}
 THRESHOLD_SCORES = ("excess", "neg_elbo", "recon", "kl")  # stored with a threshold each, beside the default
 
 
@@ -92,7 +95,8 @@ def finish(out_dir, data, splits, train_cfg, device, crossfit=None, progress=Non
     model, cfg = engine.net, engine.config
     size = engine.info.image_size
     grid = model.cfg.layout == "grid"
-    calibration = Calibration.empty(grid, local_windows(size), COMBINE, GLOBAL_TESTS if grid else OBJECT_TESTS)
+    calibration = Calibration.empty(grid, local_windows(size), COMBINE["grid" if grid else "vector"],
+                                    GLOBAL_TESTS if grid else OBJECT_TESTS)
     calibration = _with_codes(calibration, engine, data, splits.train)
     reference_idx = _at_most(splits.train, max(1, CALIBRATION_PIXELS // size**2))
     for parts in _parts(engine, data, reference_idx):
