@@ -58,6 +58,7 @@ def test_run_directory_is_complete_and_self_describing(blobs, tmp_path):
     assert cfg["anomaly"]["source"] == "cross-fitted" and cfg["anomaly"]["n"] == 24
     # the code test measures from the codes of the images the run's model trained on
     assert cfg["anomaly"]["calibration"]["codes"]["shape"] == [19, 4]
+    assert cfg["anomaly"]["calibration"]["combine"] == "shifted"  # an aligned object's tests, from 2 sd below
     assert cfg["vaekit_version"] and cfg["torch_version"] == torch.__version__
     assert len(cfg["data"]["fingerprint"]) >= 16
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -373,6 +374,12 @@ def test_few_aligned_images_train_on_warped_copies_and_the_run_records_it(blobs,
 
     assert resolve_epochs(TrainConfig(), 16, 28) == 300 and resolve_epochs(TrainConfig(), 16, 28, warped=True) == 600
     assert resolve_epochs(TrainConfig(), 5000, 28, warped=True) == resolve_epochs(TrainConfig(), 5000, 28)
+    # cross-fitted, five models share 2.1 models' budget: 20 digits of 28 px keep their 600 epochs,
+    # 40 images of 64 px (32 a model, one step an epoch) get 230 instead of 549
+    assert resolve_epochs(TrainConfig(), 16, 28, warped=True, models=5) == 600
+    assert resolve_epochs(TrainConfig(), 32, 64, warped=True) == 549
+    assert resolve_epochs(TrainConfig(), 32, 64, warped=True, models=5) == 230
+    assert resolve_epochs(TrainConfig(), 32, 64, warped=True, models=2) == 549  # within the budget
     # the resolved setting is stored, so a resume warps exactly as the run did
     train(blobs, tmp_path / "run", MODEL, tcfg(epochs=1))
     assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["augment"] == "on"

@@ -48,13 +48,14 @@ class TrainResult:
     stopped: bool = False  # asked to stop (should_stop): no threshold yet; --resume continues
 
 
-def resolved_train_config(train_cfg: TrainConfig, model_cfg: ModelConfig, n_train: int) -> TrainConfig:
+def resolved_train_config(train_cfg: TrainConfig, model_cfg: ModelConfig, n_train: int, models: int = 1) -> TrainConfig:
     """The automatic batch size and number of epochs decided (vaekit.training.recipe), for the size the
-    model trains on (its crops, for a surface), and whether it trains on warped images."""
+    model trains on (its crops, for a surface), whether it trains on warped images, and how many
+    models the run trains (cross-fitting: one per fold, sharing a budget)."""
     size = training_crop(train_cfg, model_cfg) or model_cfg.image_size
     augment = "on" if augment_on(train_cfg.augment, model_cfg.layout, n_train) else "off"
     train_cfg = replace(train_cfg, batch_size=resolve_batch_size(train_cfg, size), augment=augment)
-    return replace(train_cfg, epochs=resolve_epochs(train_cfg, n_train, size, warped=augment == "on"))
+    return replace(train_cfg, epochs=resolve_epochs(train_cfg, n_train, size, warped=augment == "on", models=models))
 
 
 def fit(data: Dataset, out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, resume: bool = False,
@@ -76,7 +77,7 @@ def fit(data: Dataset, out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCo
                          one_fold=model_cfg.layout == "grid" and train_cfg.reader)
     if resume:
         splits = _splits_trained_on(out_dir, splits, len(data.paths))
-    train_cfg = resolved_train_config(train_cfg, model_cfg, len(splits.train))
+    train_cfg = resolved_train_config(train_cfg, model_cfg, len(splits.train), models=len(splits.folds) or 1)
     trainer = Trainer(model_cfg, train_cfg, device, dist)
     start_epoch, best, history = _begin(trainer, out_dir, data, splits, resume)
     t_start, stopped, pending = time.perf_counter(), False, None
