@@ -40,7 +40,6 @@ MAP_WINDOW = 5
 # test far on the normal side still cannot cancel another's alarm (docs/detection.md: 15 of 15
 # choose-half classes of three digit sets went up, by 0.002-0.012 AUROC on average per set)
 COMBINE_SHIFT = 2.0
-COMBINES = ("max", "sumsq", "shifted")
 
 
 def pixel_floor(x: np.ndarray, likelihood: str, log_scale: Sequence[float] | None = None) -> np.ndarray:

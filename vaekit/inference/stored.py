@@ -8,7 +8,8 @@ import math
 import numpy as np
 
 from vaekit.inference import codebank
-from vaekit.inference.atypicality import COMBINES
+
+COMBINES = ("max", "sumsq", "shifted")  # the rules a calibration may name (vaekit.inference.atypicality.Calibration)
 
 
 def damage(stats, size: int, tests, default_tests, latent_dim: int | None = None) -> str | None:
