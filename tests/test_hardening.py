@@ -144,6 +144,22 @@ def test_reconstruct_and_encode_never_write_into_their_input(run, images, work):
     assert tree(imgs) == before
 
 
+def test_images_named_as_files_are_never_replaced_by_outputs(run, images, work):
+    """Inputs given as files: an output folder that holds one (its files are named after the
+    inputs) is refused, with or without --overwrite."""
+    imgs = Path(shutil.copytree(images, work / "imgs"))
+    before = tree(imgs)
+    a, b = sorted(p for p in imgs.rglob("*.png"))[:2]
+    for args in (["--maps", a.parent], ["--maps", a.parent, "--overwrite"]):
+        r = invoke("anomaly-score", run, a, b, *args)
+        assert r.exit_code == 2 and "holdstheinputimage" in flat(r.output), r.output
+    r = invoke("reconstruct", run, a, "-o", a.parent, "--overwrite")
+    assert r.exit_code == 2 and "holdstheinputimage" in flat(r.output), r.output
+    assert tree(imgs) == before
+    r = invoke("anomaly-score", run, a, b, "--maps", work / "maps")  # elsewhere: fine
+    assert r.exit_code == 0, r.output
+
+
 def test_evaluate_refuses_to_replace_an_existing_plot(run, images, work):
     (work / "notes.txt").write_text("do not lose me")
     r = invoke("evaluate", run, "--normal", images, "--anomalous", images, "--plot", work / "notes.txt")

@@ -271,13 +271,19 @@ def is_inside(path: Path, folder: Path) -> bool:
         return False
 
 
-def refuse_inside(output: Path, inputs, what: str) -> None:
+def refuse_inside(output: Path, inputs, what: str, folder: bool = False) -> None:
     """BadInput when `output` is, or lies inside, an input folder: an output there would be
-    read back as input next time, or replace the user's files."""
+    read back as input next time, or replace the user's files. Inputs given as image files:
+    `output` may not be one of them, and an output `folder` (whose files are named after the
+    inputs) may not hold one."""
     roots = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     for root in map(Path, roots):
-        if root.is_dir() and is_inside(output, root):
-            raise BadInput(f"{what} {output} is inside the input folder {root}; write it somewhere else")
+        if root.is_dir():
+            if is_inside(output, root):
+                raise BadInput(f"{what} {output} is inside the input folder {root}; write it somewhere else")
+        elif root.exists() and (is_inside(output, root) or (folder and is_inside(root, output))):
+            relation = "is" if is_inside(output, root) else "holds"
+            raise BadInput(f"{what} {output} {relation} the input image {root}; write it somewhere else")
 
 
 def refuse_existing(paths: Path | Sequence[Path], overwrite: bool, what: str = "output") -> None:

@@ -36,7 +36,7 @@ def check_outputs(inputs, out: str | Path | None = None, maps: str | Path | None
         maps = Path(maps)
         if maps.exists() and not maps.is_dir():
             raise BadInput(f"--maps {maps} is a file; give a folder")
-        refuse_inside(maps, roots, "--maps folder")
+        refuse_inside(maps, roots, "--maps folder", folder=True)
 
 
 def csv_text(text: str) -> str:

@@ -71,7 +71,7 @@ def _targets(source, out_dir: Path, overwrite: bool, grid_max: int):
         raise BadInput(f"invalid grid_max {grid_max!r}: expected an integer >= 1")
     if out_dir.exists() and not out_dir.is_dir():
         raise BadInput(f"output {out_dir} exists and is not a folder")
-    refuse_inside(out_dir, source, "output folder")  # its PNGs would be read back as inputs
+    refuse_inside(out_dir, source, "output folder", folder=True)  # its PNGs would be read back as inputs
     found = stream.find_inputs(source)
     targets = codes.png_names(found.names)
     grid = out_dir / GRID
@@ -158,7 +158,7 @@ def reconstruct_to_folder(model: "Model", source: str | Path | Sequence[str | Pa
     if out_dir.exists() and not out_dir.is_dir():
         raise BadInput(f"output {out_dir} exists and is not a folder")
     found = stream.find_inputs(source)
-    refuse_inside(out_dir, found.roots, "output folder")  # its PNGs would be read back as inputs
+    refuse_inside(out_dir, found.roots, "output folder", folder=True)  # its PNGs would be read back as inputs
     targets = png_names(found.names)  # relative to out_dir
     if GRID in targets:
         raise BadInput(f"an input image would be written to {out_dir / GRID}, the comparison grid; rename it")
