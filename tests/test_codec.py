@@ -35,6 +35,15 @@ def logistic_run(tmp_path_factory):
                       base_channels=4, likelihood="logistic")
 
 
+@pytest.fixture(scope="module")
+def independent_run(tmp_path_factory):
+    """A logistic model without a pixel context: pixels independent given z, as before vaekit 0.3."""
+    from export_support import random_run
+
+    return random_run(tmp_path_factory.mktemp("codec") / "run0", image_size=16, channels=1, latent_dim=6,
+                      base_channels=4, likelihood="logistic", pixel_context=0)
+
+
 # --- tables ------------------------------------------------------------------------------------
 
 def test_integer_tables_code_exactly_their_lengths_and_pop_undoes_push():
@@ -118,11 +127,12 @@ def test_posterior_tables_follow_the_posterior():
     assert entropy[0] < entropy[1] < entropy[2]  # a narrow posterior pins z down, a wide one does not
 
 
-def test_lossless_round_trip_costs_the_elbo(tmp_path, logistic_run):
+@pytest.mark.parametrize("run", ["logistic_run", "independent_run"])
+def test_lossless_round_trip_costs_the_elbo(tmp_path, run, request):
     import vaekit
     from vaekit.codec.net import Net
 
-    model = vaekit.load(logistic_run)
+    model = vaekit.load(request.getfixturevalue(run))
     x = _digits(tmp_path / "src", 24)
     net = Net(model)
     words, spent = bitsback.encode_chunk(net, x)
@@ -131,6 +141,44 @@ def test_lossless_round_trip_costs_the_elbo(tmp_path, logistic_run):
     elbo_bits = model.score(x, samples=8, score="neg_elbo", maps=False).neg_elbo.sum() / np.log(2)
     checks = bitsback.CHECK_BITS * len(x)
     assert spent - checks == pytest.approx(elbo_bits, rel=0.02)
+
+
+def test_waves_decode_every_pixel_after_its_neighbours():
+    for h, w in [(1, 1), (4, 9), (9, 4), (16, 16)]:
+        group = np.full((h, w), -1)
+        for t, (rows, cols) in enumerate(bitsback.waves(h, w)):
+            group[rows, cols] = t
+        assert (group >= 0).all() and sum(len(r) for r, _ in bitsback.waves(h, w)) == h * w
+        for i in range(h):
+            for j in range(w):
+                for dy, dx in bitsback.NEIGHBOURS:
+                    if 0 <= i + dy < h and 0 <= j + dx < w:
+                        assert group[i + dy, j + dx] < group[i, j]
+
+
+def test_pixel_context_codes_what_the_objective_counts():
+    """push_pixels / pop_pixels with a pixel context: exact, and the bits are the torch NLL that
+    training minimises (the coder and the objective read the same neighbours)."""
+    import torch
+
+    from vaekit.model.objective import Logistic
+
+    rng = np.random.default_rng(3)
+    c, h, w = 3, 7, 11
+    x = rng.integers(0, 256, (c, h, w)).astype(np.uint8)
+    x[:, 2:5, 3:8] = 128 + rng.integers(-3, 4, (c, 3, 5))  # a smooth patch the neighbours predict
+    mean = x / 255.0 + rng.normal(0, 0.05, x.shape)  # a roughly right decoder: no bin at a 16-bit table's floor
+    params = np.concatenate([mean, rng.uniform(-3.5, -2, (c, h, w)), rng.uniform(-1, 1, (4 * c, h, w))]).astype(np.float32)
+    start = bitsback.initial_words(4)
+    coder = tables.ans(start)
+    bitsback.push_pixels(coder, x, params)
+    spent = coder.num_bits() - 32 * len(start)
+    back = bitsback.pop_pixels(tables.ans(coder.get_compressed()), params, x.shape)
+    assert np.array_equal(back, x)
+    nll = Logistic.nll(torch.from_numpy(x[None] / 255.0), torch.from_numpy(params[None]).double()).sum().item()
+    assert spent == pytest.approx(nll / np.log(2), rel=0.01, abs=64)
+    independent = Logistic.nll(torch.from_numpy(x[None] / 255.0), torch.from_numpy(params[None, :2 * c]).double())
+    assert independent.sum().item() != pytest.approx(nll, rel=1e-3)  # the context changed the code
 
 
 def test_a_desynchronised_decoder_refuses(tmp_path, logistic_run, monkeypatch):

@@ -153,12 +153,19 @@ def test_logistic_numpy_edges_match_the_torch_nll():
     np.testing.assert_allclose(p_torch[big], probs[big], rtol=2e-4, atol=1e-7)
 
 
-def test_logistic_model_has_two_maps_per_channel_and_bounded_scale():
-    model = ConvVAE(ModelConfig(image_size=16, channels=3, latent_dim=4, base_channels=4, likelihood="logistic"))
+@pytest.mark.parametrize("context", [0, 4])
+def test_logistic_model_has_two_maps_per_channel_and_bounded_scale(context):
+    """Two maps per channel (mean, log scale), and with a pixel context four weights more."""
+    model = ConvVAE(ModelConfig(image_size=16, channels=3, latent_dim=4, base_channels=4, likelihood="logistic",
+                                pixel_context=context))
     x = torch.rand(2, 3, 16, 16)
     params, mu, logvar = model(x)
-    assert params.shape == (2, 6, 16, 16) and model.scale() is None
-    assert params[:, 3:].min() >= -7.01 and params[:, 3:].max() <= 2.01
+    assert params.shape == (2, 3 * (2 + context), 16, 16) and model.scale() is None
+    assert params[:, 3:6].min() >= -7.01 and params[:, 3:6].max() <= 2.01
+    if context:
+        assert params[:, 6:].abs().max() <= 1.0
+        model.context_gain = 0.0  # the start of training: the neighbours' weights are off
+        assert (model.decode(mu)[:, 6:] == 0).all()
     image = model.mean_image(params)
     assert image.shape == x.shape and image.min() >= 0 and image.max() <= 1
     loss = negative_elbo(x, params, mu, logvar, "logistic")
@@ -179,3 +186,22 @@ def test_bernoulli_and_gaussian_decoders_are_unchanged():
         again = ConvVAE(ModelConfig(image_size=16, channels=3, latent_dim=4, base_channels=4, likelihood=likelihood))
         z = torch.randn(2, 4)
         torch.testing.assert_close(model.decode(z), again.decoder(z), rtol=0, atol=0)
+
+
+def test_old_logistic_runs_keep_independent_pixels_and_others_ignore_the_context():
+    from vaekit.config import from_stored_model
+
+    stored = {"image_size": 16, "channels": 1, "latent_dim": 4, "likelihood": "logistic", "arch": "v2", "layout": "vector"}
+    assert from_stored_model(stored).context == 0  # written before the pixel context: 2 maps, as trained
+    assert from_stored_model({**stored, "pixel_context": 4}).context == 4
+    assert ModelConfig(likelihood="gaussian").context == 0
+    with pytest.raises(Exception, match="pixel_context"):
+        ModelConfig(pixel_context=3)
+
+
+def test_the_context_ramps_in_over_the_first_half_of_training():
+    from vaekit.training.recipe import context_gain
+
+    gains = [context_gain(s, 100) for s in range(100)]
+    assert gains[0] == 0.0 and gains[25] == pytest.approx(0.5) and gains[50:] == [1.0] * 50
+    assert gains == sorted(gains)

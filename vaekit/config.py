@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, fields
 
 from vaekit.errors import BadInput
 
+PIXEL_CONTEXT = 4  # causal neighbours of a logistic model's pixels (docs/codec.md#pixels-that-read-their-neighbours)
 LIKELIHOODS = ("bernoulli", "gaussian", "logistic")  # logistic: discretised, 8-bit pixels (vaekit.model.objective.Logistic)
 ARCHS = ("v1", "v2")
 LAYOUTS = ("vector", "grid")
@@ -42,6 +43,8 @@ class ModelConfig:
     min_log_scale: float = -4.6  # arch v1 only: floor on the Gaussian's log sigma
     arch: str = "v2"  # "v2": residual stages, resize-then-conv decoder; "v1": vaekit 0.1's network (old runs)
     layout: str = "auto"  # "vector": one latent vector for the image; "grid": a latent cell per 4x4 pixels; "auto"
+    pixel_context: int = PIXEL_CONTEXT  # logistic only: how many decoded neighbours each pixel's mean also reads
+    # (4: left, up-left, up, up-right; 0: pixels independent given z, as runs before vaekit 0.3 coded them)
 
     def __post_init__(self) -> None:
         if not (self.image_size == 0 or _int_in(self.image_size, 16, MAX_IMAGE_SIZE)):
@@ -60,10 +63,17 @@ class ModelConfig:
             raise BadInput(f"arch must be one of {ARCHS}, got {self.arch!r}")
         if self.layout not in (*LAYOUTS, "auto"):
             raise BadInput(f"layout must be one of {LAYOUTS} or auto, got {self.layout!r}")
+        if self.pixel_context not in (0, PIXEL_CONTEXT) or isinstance(self.pixel_context, bool):
+            raise BadInput(f"pixel_context must be 0 or {PIXEL_CONTEXT}, got {self.pixel_context!r}")
         if self.arch == "v1" and self.layout == "grid":
             raise BadInput("the grid layout needs arch v2")
         if self.resolved and self.z_dims > MAX_Z_DIMS:
             raise BadInput(f"a latent of {self.z_dims} values is more than {MAX_Z_DIMS}; use a smaller --latent-dim")
+
+    @property
+    def context(self) -> int:
+        """Causal neighbours each pixel's likelihood reads: pixel_context for a logistic model, else 0."""
+        return self.pixel_context if self.likelihood == "logistic" else 0
 
     @property
     def resolved(self) -> bool:
@@ -97,7 +107,7 @@ def from_stored_model(data: dict) -> ModelConfig:
     """A run's stored model section: runs written by vaekit 0.1 carry no `arch` (theirs is v1)."""
     if not isinstance(data, dict):
         raise BadInput(f"expected an object, got {type(data).__name__}")
-    data = {"arch": "v1", "layout": "vector", **data}
+    data = {"arch": "v1", "layout": "vector", "pixel_context": 0, **data}
     cfg = from_dict(ModelConfig, data)
     if not cfg.resolved:
         raise BadInput("the stored model has undecided (auto) settings")

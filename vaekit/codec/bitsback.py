@@ -7,7 +7,8 @@ runs the steps backwards and pushes z with q(z|x) again, which returns the borro
 
 Latents are discretised into 2**LATENT_BITS buckets of equal mass under the prior N(0, 1)
 (so p(z) is uniform: LATENT_BITS bits per value), z is the bucket's centre, and q(z|x) is the
-posterior's mass per bucket. Pixels use the discretised logistic's bins (vaekit.model.likelihood_np).
+posterior's mass per bucket. Pixels use the discretised logistic's bins (vaekit.model.likelihood_np);
+a model with a pixel context codes them in groups whose neighbours are already decoded (`waves`).
 Every table is quantised to integers (vaekit.codec.tables) before it reaches the coder.
 
 Determinism: the tables come from network outputs, so the decoder must see the same floats the
@@ -72,11 +73,64 @@ def posterior_tables(mu: np.ndarray, logvar: np.ndarray, bits: int = LATENT_BITS
 
 
 def pixel_tables(params: np.ndarray) -> np.ndarray:
-    """The discretised logistic's 256 bins for every sub-pixel: params (2C, H, W) -> (C*H*W, 256)."""
+    """The discretised logistic's 256 bins for every sub-pixel: params (2C, H, W) -> (C*H*W, 256)
+    (pixels independent given z; a pixel context's tables are `_wave_tables`)."""
     c = params.shape[0] // 2
     cdf = logistic_cdf_edges(params[:c].ravel(), params[c:].ravel())  # (P, 255)
     p = np.diff(cdf, axis=1, prepend=0.0, append=1.0)
     return tables.quantise(np.maximum(p, 0.0))
+
+
+NEIGHBOURS = ((0, -1), (-1, -1), (-1, 0), (-1, 1))  # (dy, dx) of a pixel context: vaekit.model.objective.causal_neighbours
+
+
+@lru_cache(maxsize=8)
+def waves(h: int, w: int) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """The pixels (rows, cols) in groups t = col + 2 row: every causal neighbour of a group's pixels
+    lies in an earlier group, so a decoder can pop a group at a time (w + 2h - 2 groups, not h w)."""
+    rows, cols = np.mgrid[:h, :w]
+    t = (cols + 2 * rows).ravel()
+    return tuple((rows.ravel()[t == k], cols.ravel()[t == k]) for k in range(int(t.max()) + 1))
+
+
+def _wave_tables(params: np.ndarray, x: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Tables (C * n, 256) of one group's sub-pixels from params (6C, H, W) and the pixels x
+    (C, H, W) decoded so far (only the group's causal neighbours are read): the mean reads their
+    residuals. Encoder and decoder both call it group by group, so they compute the same floats."""
+    c, _, w = x.shape
+    p = np.asarray(params, np.float64)
+    mean = p[:c, rows, cols]
+    for k, (dy, dx) in enumerate(NEIGHBOURS):
+        y, v = rows + dy, cols + dx
+        inside = (y >= 0) & (v >= 0) & (v < w)
+        y, v = np.where(inside, y, 0), np.where(inside, v, 0)
+        res = np.where(inside, x[:, y, v].astype(np.float64) / (LEVELS - 1) - p[:c, y, v], 0.0)
+        mean = mean + p[(2 + k) * c:(3 + k) * c, rows, cols] * res
+    cdf = logistic_cdf_edges(mean.ravel(), p[c:2 * c, rows, cols].ravel())
+    return tables.quantise(np.maximum(np.diff(cdf, axis=1, prepend=0.0, append=1.0), 0.0))
+
+
+def push_pixels(coder, x: np.ndarray, params: np.ndarray) -> None:
+    """Push an image's pixels (C, H, W) with p(x|z): at once when they are independent given z
+    (params of 2C maps), else one group of `waves` at a time, the last first, so that `pop_pixels`
+    can rebuild each group's tables from the groups before it."""
+    c = x.shape[0]
+    if params.shape[0] == 2 * c:
+        tables.push(coder, np.asarray(x).ravel(), pixel_tables(params))
+        return
+    for rows, cols in reversed(waves(*x.shape[1:])):
+        tables.push(coder, x[:, rows, cols].ravel(), _wave_tables(params, x, rows, cols))
+
+
+def pop_pixels(coder, params: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """The image (C, H, W) uint8 that `push_pixels` pushed with these params."""
+    c = shape[0]
+    if params.shape[0] == 2 * c:
+        return tables.pop(coder, pixel_tables(params)).astype(np.uint8).reshape(shape)
+    x = np.zeros(shape, np.uint8)
+    for rows, cols in waves(*shape[1:]):
+        x[:, rows, cols] = tables.pop(coder, _wave_tables(params, x, rows, cols)).reshape(c, -1)
+    return x
 
 
 def crc(x: np.ndarray) -> int:
@@ -101,7 +155,7 @@ def encode_chunk(net, images, bits: int = LATENT_BITS) -> tuple[np.ndarray, floa
     for x in images:
         mu, logvar = net.posterior(x)
         j = tables.pop(coder, posterior_tables(mu, logvar, bits))  # bits back: z ~ q(z|x)
-        tables.push(coder, np.asarray(x).ravel(), pixel_tables(net.likelihood(latent_grid(bits)[1][j])))
+        push_pixels(coder, np.asarray(x), net.likelihood(latent_grid(bits)[1][j]))
         tables.push_uniform(coder, j, 1 << bits)  # p(z): uniform over equal-mass buckets
         tables.push_uniform(coder, np.array([crc(x)]), 1 << CHECK_BITS)
     words = np.asarray(coder.get_compressed(), dtype=np.uint32)
@@ -118,7 +172,7 @@ def decode_chunk(net, words: np.ndarray, count: int, bits: int = LATENT_BITS, so
         try:
             check = int(tables.pop_uniform(coder, 1, 1 << CHECK_BITS)[0])
             j = tables.pop_uniform(coder, net.latent_dim, 1 << bits)
-            x = tables.pop(coder, pixel_tables(net.likelihood(centres[j]))).astype(np.uint8).reshape(shape)
+            x = pop_pixels(coder, net.likelihood(centres[j]), shape)
         except (ValueError, RuntimeError, OverflowError) as e:  # the coder ran dry: wrong or damaged data
             raise Desynchronised(f"{source} cannot be decoded ({e}); it is damaged or was written by another engine") from None
         if crc(x) != check:

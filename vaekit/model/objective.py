@@ -65,19 +65,37 @@ def _log_sigmoid(v: torch.Tensor) -> torch.Tensor:
     return -F.softplus(-v)  # exports to ONNX as a stable Softplus (see Bernoulli.nll)
 
 
+def causal_neighbours(t: torch.Tensor) -> list[torch.Tensor]:
+    """Each pixel's left, up-left, up and up-right neighbour, zero outside the image: (B, C, H, W)
+    -> four (B, C, H, W). The order the codec decodes in reads only pixels decoded before
+    (vaekit.codec.bitsback.waves, whose NEIGHBOURS are these offsets)."""
+    h, w = t.shape[-2:]
+    p = F.pad(t, (1, 1, 1, 0))
+    return [p[..., 1:h + 1, 0:w], p[..., 0:h, 0:w], p[..., 0:h, 1:w + 1], p[..., 0:h, 2:w + 2]]
+
+
 class Logistic:
     """Discretised logistic p(x|z) over the 256 levels of 8-bit pixels (Salimans et al. 2017,
     PixelCNN++; Kingma et al. 2016, IAF-VAE): params (B, 2C, H, W) hold a mean (in [0, 1] pixel
     units) and a log scale per pixel, the log scale already bounded by the decoder (ConvVAE.decode).
-    -log p(x|z) is the probability of x's bin, so it is never negative and the -ELBO is a code length."""
+    -log p(x|z) is the probability of x's bin, so it is never negative and the -ELBO is a code length.
+
+    With a pixel context (params (B, 6C, H, W): four weights in (-1, 1) per channel more) each
+    pixel's mean also reads its causal neighbours' residuals, mean + sum_k a_k (x_k - mean_k)
+    (left, up-left, up, up-right; zero outside the image), so p(x|z) = prod p(x_ij | z, x_<ij):
+    still a normalised code length, and texture the latent cannot hold costs less (docs/codec.md)."""
 
     name = "logistic"
     params_per_channel = 2
 
     @staticmethod
     def nll(x: torch.Tensor, params: torch.Tensor, log_sigma: torch.Tensor | None = None) -> torch.Tensor:
-        mean, log_s = params.chunk(2, dim=1)  # (B, C, H, W) each
+        c = x.shape[1]
+        mean, log_s, weights = params[:, :c], params[:, c:2 * c], params[:, 2 * c:]
         x = torch.round(x * (LEVELS - 1)) / (LEVELS - 1)  # on the 8-bit grid whatever float noise came in
+        if weights.shape[1]:  # a pixel context: (B, 4C, H, W), ordered (neighbour, channel)
+            res = [xn - mn for xn, mn in zip(causal_neighbours(x), causal_neighbours(mean))]
+            mean = mean + sum(weights[:, k * c:(k + 1) * c] * r for k, r in enumerate(res))
         inv_s = torch.exp(-log_s)
         plus = inv_s * (x - mean + 0.5 / (LEVELS - 1))  # the bin's upper edge, standardised
         minus = inv_s * (x - mean - 0.5 / (LEVELS - 1))  # and its lower edge
@@ -88,9 +106,12 @@ class Logistic:
         return -log_p
 
     @staticmethod
-    def mean(params: torch.Tensor) -> torch.Tensor:
-        # the median of the clipped distribution: a logistic is symmetric, the edge bins take the tails
-        return params[:, : params.shape[1] // 2].clamp(0.0, 1.0)
+    def mean(params: torch.Tensor, channels: int | None = None) -> torch.Tensor:
+        """The decoder's own mean (before any pixel context), the median of the clipped
+        distribution: a logistic is symmetric, the edge bins take the tails. `channels`: C, needed
+        when params carry a pixel context (6C maps); without it params are taken as 2C maps."""
+        c = params.shape[1] // 2 if channels is None else channels
+        return params[:, :c].clamp(0.0, 1.0)
 
 
 LIKELIHOODS = {"bernoulli": Bernoulli, "gaussian": Gaussian, "logistic": Logistic}

@@ -33,8 +33,8 @@ def stage_sizes(image_size: int) -> list[int]:
 
 def out_channels(cfg: ModelConfig) -> int:
     """The decoder's output maps: one per image channel (logits, means), two for the discretised
-    logistic (mean and log scale per pixel)."""
-    return cfg.channels * getattr(get_likelihood(cfg.likelihood), "params_per_channel", 1)
+    logistic (mean and log scale per pixel), and four more with a pixel context (its weights)."""
+    return cfg.channels * (getattr(get_likelihood(cfg.likelihood), "params_per_channel", 1) + cfg.context)
 
 
 def stage_channels(cfg: ModelConfig) -> list[int]:
@@ -224,6 +224,10 @@ class ConvVAE(nn.Module):
         # but lets the model buy likelihood by shrinking sigma on easy pixels, which makes the
         # score favour simple images even more.
         self.log_scale = nn.Parameter(torch.zeros(cfg.channels)) if cfg.likelihood == "gaussian" else None
+        # a pixel context's weights are scaled by this: 1 everywhere but in training, whose first
+        # steps ramp it from 0 (vaekit.training.trainer.context_gain), so that the latent learns
+        # the image before the neighbours can explain it instead (docs/codec.md)
+        self.context_gain = 1.0
         if self.log_scale is not None and v2:
             nn.init.constant_(self.log_scale, -1.0)
 
@@ -238,14 +242,17 @@ class ConvVAE(nn.Module):
 
     def decode(self, z: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
         """Likelihood parameters: Bernoulli logits, the Gaussian mean, or the discretised
-        logistic's mean and log scale per pixel (B, 2C, H, W), the log scale softly bounded here
+        logistic's mean and log scale per pixel (B, 2C, H, W; with a pixel context also its four
+        weights per channel, tanh-bounded and times `context_gain`: (B, 6C, H, W)), the log scale softly bounded here
         so that the exported `params` are what the likelihood (and vaekit.codec) use.
         `size`: a grid model's (H, W) when z encodes an image of another size than the model's."""
         params = self.decoder(z, size) if size is not None else self.decoder(z)
         if self.cfg.likelihood != "logistic":
             return params
-        mean, log_s = params.chunk(2, dim=1)
-        return torch.cat([mean, soft_bound(log_s, *LOGISTIC_LOG_SCALE_BOUNDS)], dim=1)
+        c = self.cfg.channels
+        mean, log_s, weights = params[:, :c], params[:, c:2 * c], params[:, 2 * c:]
+        weights = torch.tanh(weights) if self.context_gain == 1.0 else torch.tanh(weights) * self.context_gain
+        return torch.cat([mean, soft_bound(log_s, *LOGISTIC_LOG_SCALE_BOUNDS), weights], dim=1)
 
     def scale(self) -> torch.Tensor | None:
         """Gaussian log sigma per channel, softly bounded (v2; v1 clamps it from below, which
@@ -258,6 +265,8 @@ class ConvVAE(nn.Module):
 
     def mean_image(self, params: torch.Tensor) -> torch.Tensor:
         """E[x|z] in [0, 1] from the decoder's parameters (the median for the discretised logistic)."""
+        if self.cfg.likelihood == "logistic":
+            return self.likelihood.mean(params, self.cfg.channels)
         return self.likelihood.mean(params)
 
     def score_parts(self, x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, ...]:

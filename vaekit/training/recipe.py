@@ -60,6 +60,17 @@ def learning_rate(cfg: TrainConfig, step: int, total: int) -> float:
     return cfg.lr * min(1.0, (step + 1) / warm) * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
 
 
+CONTEXT_RAMP = 0.5  # share of the run over which a pixel context's weights grow from 0 to 1 (docs/codec.md)
+
+
+def context_gain(step: int, total: int) -> float:
+    """The scale of a pixel context's weights at optimizer step `step` of `total`: 0 to 1 over the
+    first CONTEXT_RAMP of the run, then 1. Without the ramp the neighbours explain the image before
+    the latent has learnt it, and on some seeds the latent collapses (docs/codec.md). A pure
+    function of the step, as the learning rate is, so a resumed run follows it."""
+    return min(1.0, step / max(1.0, CONTEXT_RAMP * total))
+
+
 def kl_weight(epoch: int, cfg: TrainConfig) -> float:
     """Linear warm-up of the KL weight over the first kl_warmup epochs (0-based epoch)."""
     if cfg.kl_warmup <= 0:

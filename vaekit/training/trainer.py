@@ -21,7 +21,7 @@ from vaekit.progress import Progress
 from vaekit.training.augment import warp_batch
 from vaekit.training.data import gather, read_ahead, to_device, to_input
 from vaekit.training.distributed import Dist, all_reduce_sum
-from vaekit.training.recipe import kl_weight, learning_rate
+from vaekit.training.recipe import context_gain, kl_weight, learning_rate
 
 CROP = 64  # TrainConfig.crop=0: a grid model larger than this trains on crops of this many pixels
 
@@ -167,6 +167,7 @@ class Trainer:
                 if should_stop is not None and _agreed(should_stop(), dist, device):
                     return None
                 lr = learning_rate(cfg, epoch * steps + step, cfg.epochs * steps)
+                self.model.context_gain = context_gain(epoch * steps + step, cfg.epochs * steps)
                 eps = self._noise(epoch, step, n_global, rows)
                 x = crop_batch(x, self.crop, [cfg.seed, epoch, step])
                 x = to_device(x, device, self.channels_last)
@@ -182,6 +183,7 @@ class Trainer:
                              recon=s[0] / count, kl=s[1] / count,
                              images_per_s=count * dist.world / (time.perf_counter() - t0))
         finally:
+            self.model.context_gain = 1.0  # validation, scores and exports read the model as it is
             reader.close()  # here, not later in the garbage collector, where a Ctrl-C would be swallowed
         sums = torch.cat([sums, torch.tensor([float(count)], dtype=torch.float64, device=device)])
         return all_reduce_sum(sums, dist).tolist()
