@@ -227,7 +227,8 @@ class ConvVAE(nn.Module):
         # a pixel context's weights are scaled by this: 1 everywhere but in training, whose first
         # steps ramp it from 0 (vaekit.training.trainer.context_gain), so that the latent learns
         # the image before the neighbours can explain it instead (docs/codec.md)
-        self.context_gain = 1.0
+        # (a buffer, not a float: a compiled model must not recompile as it changes; not saved)
+        self.register_buffer("context_gain", torch.ones(()), persistent=False)
         if self.log_scale is not None and v2:
             nn.init.constant_(self.log_scale, -1.0)
 
@@ -251,7 +252,7 @@ class ConvVAE(nn.Module):
             return params
         c = self.cfg.channels
         mean, log_s, weights = params[:, :c], params[:, c:2 * c], params[:, 2 * c:]
-        weights = torch.tanh(weights) if self.context_gain == 1.0 else torch.tanh(weights) * self.context_gain
+        weights = torch.tanh(weights) * self.context_gain
         return torch.cat([mean, soft_bound(log_s, *LOGISTIC_LOG_SCALE_BOUNDS), weights], dim=1)
 
     def scale(self) -> torch.Tensor | None:

@@ -167,7 +167,7 @@ class Trainer:
                 if should_stop is not None and _agreed(should_stop(), dist, device):
                     return None
                 lr = learning_rate(cfg, epoch * steps + step, cfg.epochs * steps)
-                self.model.context_gain = context_gain(epoch * steps + step, cfg.epochs * steps)
+                self.model.context_gain.fill_(context_gain(epoch * steps + step, cfg.epochs * steps))
                 eps = self._noise(epoch, step, n_global, rows)
                 x = crop_batch(x, self.crop, [cfg.seed, epoch, step])
                 x = to_device(x, device, self.channels_last)
@@ -183,7 +183,7 @@ class Trainer:
                              recon=s[0] / count, kl=s[1] / count,
                              images_per_s=count * dist.world / (time.perf_counter() - t0))
         finally:
-            self.model.context_gain = 1.0  # validation, scores and exports read the model as it is
+            self.model.context_gain.fill_(1.0)  # validation, scores and exports read the model as it is
             reader.close()  # here, not later in the garbage collector, where a Ctrl-C would be swallowed
         sums = torch.cat([sums, torch.tensor([float(count)], dtype=torch.float64, device=device)])
         return all_reduce_sum(sums, dist).tolist()
