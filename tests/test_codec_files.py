@@ -132,6 +132,27 @@ def test_lossless_needs_the_discretised_likelihood_and_the_models_size(coded, tm
         codec.encode(model, src, tmp_path / "z.vkc")
 
 
+def test_lossless_skips_images_whose_pixels_would_not_come_back_exactly(coded, tmp_path):
+    """16-bit, colour, alpha and palette files would be converted to 8-bit grey: not lossless."""
+    model, _, _, _ = coded
+    src, rng = tmp_path / "mixed", np.random.default_rng(3)
+    src.mkdir()
+    grey = rng.integers(0, 256, (16, 16), dtype=np.uint8)
+    Image.fromarray(grey).save(src / "grey.png")
+    Image.fromarray(rng.integers(0, 65536, (16, 16)).astype(np.uint16)).save(src / "deep.png")
+    assert Image.open(src / "deep.png").mode.startswith("I")
+    Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(src / "rgb.png")
+    Image.fromarray(rng.integers(0, 256, (16, 16, 4), dtype=np.uint8)).save(src / "rgba.png")
+    Image.fromarray(grey).convert("P").save(src / "palette.png")
+    r = codec.encode(model, src, tmp_path / "m.vkc", lossless=True)
+    assert r.count == 1 and codec.read_info(r.path).names == ["grey.png"]
+    assert sorted(p.name for p, _ in r.skipped) == ["deep.png", "palette.png", "rgb.png", "rgba.png"]
+    assert all("not 8-bit 'L'" in why for _, why in r.skipped)
+    out = codec.decode(model, r.path, tmp_path / "out")
+    assert np.array_equal(np.asarray(Image.open(out.written[0])), grey)
+    assert Image.open(out.written[0]).mode == "L"
+
+
 def _damaged(path: Path, tmp_path: Path) -> dict[str, Path]:
     data = path.read_bytes()
     cases = {"truncated": data[:-40], "cut in the header": data[:20], "one byte changed": bytearray(data),

@@ -212,6 +212,10 @@ def _encode_lossless(model, found, header, spill, chunk, progress):
     skipped, source_bytes, batch, total = [], 0, [], len(found.paths)
     for k, (path, name) in enumerate(zip(found.paths, found.names)):
         try:
+            inexact = imageio.not_exact(path, info.channels)  # only pixels that come back byte for byte
+            if inexact:
+                skipped.append((path, inexact))
+                continue
             x = np.ascontiguousarray(imageio.decode(path, info.channels).transpose(2, 0, 1))  # (C, H, W) as stored
         except imageio.ImageReadError as e:
             skipped.append((path, e.reason))

@@ -143,6 +143,29 @@ def gray_mode(path: Path) -> bool:
         raise ImageReadError(path, _reason(exc, Path(path))) from exc
 
 
+def not_exact(path: Path, channels: int) -> str | None:
+    """Why `decode(path, channels)` would not give the file's own pixel values (so a lossless
+    archive must refuse it), or None when it would: only a one-frame 8-bit 'L' (channels 1) or
+    'RGB' (channels 3) image without transparency qualifies; 16-bit, alpha, palettes (even
+    exact ones), 1-bit and colour converted to grey do not. Reads the header only."""
+    want = "L" if channels == 1 else "RGB"
+    try:
+        with open_image(path) as img:
+            mode, frames = img.mode, getattr(img, "n_frames", 1)
+            transparent = "transparency" in img.info
+    except ImageReadError:
+        raise
+    except Exception as exc:
+        raise ImageReadError(path, _reason(exc, Path(path))) from exc
+    if mode != want:
+        return f"stored as Pillow mode {mode!r}, not 8-bit {want!r}: its pixels would not come back exactly"
+    if transparent:
+        return "has transparency: its alpha would not come back"
+    if frames > 1:
+        return f"has {frames} frames: only the first would come back"
+    return None
+
+
 def resolve_channels(paths: Sequence[Path], channels: str | int) -> int:
     """1 or 3 from a user's `channels`; 'auto' is 1 when every readable image is stored gray."""
     if channels not in _CHANNELS or isinstance(channels, bool):
