@@ -62,6 +62,25 @@ def test_lossless_round_trip_through_the_installed_executable(setup, tmp_path):
         assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / p.relative_to(root / "src"))), np.asarray(Image.open(p)))
 
 
+@pytest.mark.parametrize("why", ["exists", "inside", "folder"])
+def test_a_refused_encode_with_fit_leaves_the_tables_alone(setup, tmp_path, why):
+    """--fit used to store the new tables before encode's checks; a refused encode then
+    stranded every .vkc the run had written."""
+    root, run = setup
+    shutil.copytree(run, tmp_path / "run")
+    run = tmp_path / "run"
+    out = {"exists": tmp_path / "there.vkc", "inside": root / "src" / "x.vkc", "folder": tmp_path}[why]
+    if why == "exists":
+        out.write_bytes(b"mine")
+    before = (run / "config.json").read_bytes()
+    r = invoke("encode", run, root / "src", "-o", out, "--quality", 3, "--fit", root / "train")
+    assert r.exit_code == 2 and (run / "config.json").read_bytes() == before, r.output
+    if why == "exists":
+        assert out.read_bytes() == b"mine"
+    elif why == "inside":
+        assert not out.exists()
+
+
 @pytest.mark.parametrize("args,message", [
     (["--quality", "9"], "lessthanorequalto8"),
     (["--quality", "3", "--lossless"], "notboth"),

@@ -81,6 +81,36 @@ def test_residual_qualities_hold_every_pixel_within_half_a_step(tmp_path):
     assert sizes == sorted(sizes)
 
 
+def test_a_refit_keeps_the_tables_older_files_were_coded_with(tmp_path):
+    """Refitting replaces the current tables but keeps the earlier set (by hash), so a .vkc coded
+    before decodes the same afterwards, from the run and from an export made after the refit."""
+    from export_support import random_run
+
+    from vaekit.export import export
+    from vaekit.training import rundir
+
+    run = random_run(tmp_path / "run", image_size=16, channels=1, latent_dim=4, base_channels=4, likelihood="logistic")
+    x = _digits(tmp_path / "src", 12, seed=2)
+    model = vaekit.load(run)
+    first = codec.fit_prior(model, x, steps=0.05 * 2.0 ** (-np.arange(8) / 2))
+    codec.save_prior(run, first, model)
+    old = codec.encode(model, tmp_path / "src", tmp_path / "old.vkc", quality=2)
+    before = _pixels(codec.decode(model, old.path, tmp_path / "before").written)
+    for steps in (0.3 * 2.0 ** (-np.arange(8) / 2), 0.05 * 2.0 ** (-np.arange(8) / 2)):  # a new set, then the first again
+        codec.save_prior(run, codec.fit_prior(model, x, steps=steps), model)
+    stored = rundir.read_config(run)["codec"]
+    assert stored["hash"] == first.hash  # current again: the set in between is kept once, first is not repeated
+    assert len(stored["earlier"]) == 1 and stored["earlier"][0]["hash"] != first.hash
+    codec.save_prior(run, codec.fit_prior(model, x, steps=0.3 * 2.0 ** (-np.arange(8) / 2)), model)
+    assert codec.read_info(old.path).tables == first.hash != codec.stored_prior(vaekit.load(run)).hash
+    for m in (vaekit.load(run), model):
+        after = _pixels(codec.decode(m, old.path, tmp_path / f"after{id(m)}").written)
+        assert np.array_equal(after, before)
+    export(run, tmp_path / "m.onnx")
+    onnx = vaekit.load(tmp_path / "m.onnx")
+    assert np.abs(_pixels(codec.decode(onnx, old.path, tmp_path / "onnx").written).astype(int) - before).max() <= 1
+
+
 def test_original_size_is_restored(coded, tmp_path):
     model, _, _, _ = coded
     src = tmp_path / "src"

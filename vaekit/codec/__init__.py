@@ -7,6 +7,7 @@ Read in this order, one idea per file:
 - `bitsback`: lossless BB-ANS over the discretised logistic likelihood.
 - `net`: the network calls both make, one image at a time, on either engine.
 - `header`, `container`: the .vkc file (a compact header, chunks, checksum).
+- `store`: the tables as a run keeps them (fitted, stored, earlier sets kept for old files).
 - `jobs`: folders in, .vkc out, and back (what the CLI calls).
 - `compare`: what it is measured against: one image as one Pillow file, WebP at a given size.
 Numpy, constriction and Pillow only: the onnxruntime path never imports torch. docs/codec.md.
@@ -16,10 +17,10 @@ from vaekit.codec.bitsback import Desynchronised
 from vaekit.codec.compare import PillowFile, pillow_file, webp_at_size
 from vaekit.codec.container import ArchiveError, ArchiveModelMismatch
 from vaekit.codec.header import Header
-from vaekit.codec.jobs import (DecodeResult, EncodeResult, decode, encode, fit_prior, read_info, save_prior,
-                               stored_prior)
+from vaekit.codec.jobs import (DecodeResult, EncodeResult, check_encode, decode, encode, fit_prior, read_info,
+                               save_prior, stored_prior)
 from vaekit.codec.prior import QUALITIES, Prior
 
 __all__ = ["QUALITIES", "ArchiveError", "ArchiveModelMismatch", "DecodeResult", "Desynchronised", "EncodeResult",
-           "Header", "PillowFile", "Prior", "decode", "encode", "fit_prior", "pillow_file", "read_info", "save_prior",
-           "stored_prior", "webp_at_size"]
+           "Header", "PillowFile", "Prior", "check_encode", "decode", "encode", "fit_prior", "pillow_file", "read_info",
+           "save_prior", "stored_prior", "webp_at_size"]

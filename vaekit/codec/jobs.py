@@ -24,6 +24,8 @@ from vaekit import stream
 from vaekit.codec import bitsback, container, lossy, residual, tables
 from vaekit.codec import prior as priors
 from vaekit.codec.net import Net
+from vaekit.codec.store import decoded as _x_hat
+from vaekit.codec.store import earlier_hashes, fit_prior, save_prior, stored_prior  # noqa: F401  (the API's)
 from vaekit.codes.jobs import original_size, png_names, restore_size
 from vaekit.errors import BadInput
 from vaekit.fileio import refuse_existing, refuse_inside
@@ -66,62 +68,6 @@ class DecodeResult:
     seconds: float = 0.0
 
 
-# --- the tables --------------------------------------------------------------------------------
-
-def stored_prior(model) -> priors.Prior | None:
-    """The lossy tables stored with a model (run config "codec" or ONNX metadata "vaekit.codec")."""
-    from vaekit.fileio import loads_json
-
-    section = (getattr(model, "config", None) or {}).get("codec")
-    if section is None and getattr(model, "metadata", None) is not None:
-        raw = model.metadata.get("vaekit.codec")
-        section = loads_json(raw) if raw and raw != "null" else None
-    if section is None:
-        return None
-    try:
-        prior = priors.from_dict(section, str(model.info.source))
-    except ValueError as e:
-        raise container.ArchiveError(str(e)) from None
-    if prior.fingerprint != model.info.fingerprint:
-        raise container.ArchiveModelMismatch(f"{model.info.source}: its entropy-coding tables were fitted for another "
-                                             f"model ({prior.fingerprint}); fit them again")
-    return prior
-
-
-def fit_prior(model, images: np.ndarray, steps: Sequence[float] | None = None,
-              deltas: Sequence[int] | None = None, residual_images: int = 10_000) -> priors.Prior:
-    """Fit the lossy tables on uint8 images (N, C, H, W) of the training domain (the training
-    split): the latent tables on all of them, the residual tables on the first `residual_images`."""
-    mu, logvar = model.encode(images)
-    prior = priors.fit(mu, logvar, model.info.latent_shape, model.info.fingerprint, steps, deltas)
-    x = np.asarray(images)[:residual_images]
-    for q, delta in enumerate(prior.deltas, start=1):
-        if delta:
-            x_hat = _x_hat(model, lossy.latent_symbols(prior, q, mu[: len(x)])[1])
-            prior.residual[q - 1] = residual.fit(residual.quantise(x.astype(np.int64) - x_hat, int(delta)), int(delta))
-    return prior
-
-
-def _x_hat(model, z: np.ndarray) -> np.ndarray:
-    """The decoder's reconstruction of latents in 8 bits: what the residual is measured from."""
-    return imageio.to_uint8(model.decode(z)).astype(np.int64)
-
-
-def save_prior(run_dir: str | Path, prior: priors.Prior, model=None) -> None:
-    """Store the tables in the run's config.json ("codec"), under the run's lock; `vaekit export`
-    then carries them into the ONNX metadata. `model`, if given, sees them at once."""
-    from vaekit.training import rundir
-
-    with rundir.locked(Path(run_dir)):
-        cfg = rundir.read_config(Path(run_dir))
-        if cfg.get("fingerprint") not in (None, prior.fingerprint):
-            raise BadInput(f"these tables are for model {prior.fingerprint}, not the run in {run_dir}")
-        cfg["codec"] = priors.to_dict(prior)
-        rundir.write_config(Path(run_dir), cfg)
-    if model is not None and isinstance(getattr(model, "config", None), dict):
-        model.config["codec"] = priors.to_dict(prior)
-
-
 # --- encode ------------------------------------------------------------------------------------
 
 def encode(model, source: str | Path | Sequence[str | Path], out: str | Path, quality: int | None = None,
@@ -132,24 +78,14 @@ def encode(model, source: str | Path | Sequence[str | Path], out: str | Path, qu
     and images of exactly the model's size). progress(done, total) after each batch or image."""
     t0 = time.perf_counter()
     out = Path(out)
-    if lossless == (quality is not None):
-        raise BadInput("give either a quality (1..8) or lossless, not both and not neither")
-    if not isinstance(chunk, int) or chunk < 1:
-        raise BadInput(f"chunk must be a positive number of images, got {chunk!r}")
-    if lossless:
-        _check_lossless(model)
-        prior = None
-    else:
+    found = check_encode(model, source, out, quality, lossless, overwrite, chunk)
+    prior = None
+    if not lossless:
         prior = stored_prior(model)
         if prior is None:
             raise BadInput(f"{model.info.source} has no entropy-coding tables yet; fit them on training images "
                            "(vaekit.codec.fit_prior + save_prior) or use --precision for fixed-length codes")
         priors.check_quality(quality, len(prior.steps))
-    if out.is_dir():
-        raise BadInput(f"output {out} is a folder; give a file name such as {out / 'images.vkc'}")
-    found = stream.find_inputs(source)
-    refuse_inside(out, found.roots, "output")
-    refuse_existing([out], overwrite)
     info = model.info
     header = container.Header("lossless" if lossless else "lossy", info.fingerprint,
                               BITSBACK_TABLES if lossless else prior.hash, info.image_size, info.channels,
@@ -168,6 +104,28 @@ def encode(model, source: str | Path | Sequence[str | Path], out: str | Path, qu
     payload = 4 * sum(c[1] for c in header.chunks)
     return EncodeResult(out, header.mode, quality, len(header.names), size, size - payload, info.dims, skipped,
                         source_bytes, time.perf_counter() - t0)
+
+
+def check_encode(model, source, out: str | Path, quality: int | None = None, lossless: bool = False,
+                 overwrite: bool = False, chunk: int = CHUNK) -> stream.Inputs:
+    """Every check of `encode` that needs no tables (the options, the inputs, the output rule),
+    so a caller that refits the tables first (`encode --fit`) changes nothing when one fails.
+    Returns the inputs found."""
+    out = Path(out)
+    if lossless == (quality is not None):
+        raise BadInput("give either a quality (1..8) or lossless, not both and not neither")
+    if not isinstance(chunk, int) or chunk < 1:
+        raise BadInput(f"chunk must be a positive number of images, got {chunk!r}")
+    if lossless:
+        _check_lossless(model)
+    else:
+        priors.check_quality(quality)
+    if out.is_dir():
+        raise BadInput(f"output {out} is a folder; give a file name such as {out / 'images.vkc'}")
+    found = stream.find_inputs(source)
+    refuse_inside(out, found.roots, "output")
+    refuse_existing([out], overwrite)
+    return found
 
 
 def _check_lossless(model) -> None:
@@ -256,13 +214,13 @@ def decode(model, archive: str | Path, out_dir: str | Path, size: str = "model",
         raise BadInput(f"output {out_dir} exists and is not a folder")
     header, offset = container.read_header(archive)
     _check_model(header, model, archive)
-    prior = None
-    if header.mode == "lossy":
-        prior = stored_prior(model)
-        if prior is None or prior.hash != header.tables:
-            raise container.ArchiveModelMismatch(
-                f"{archive} was coded with tables {header.tables}, but {model.info.source} has "
-                f"{'none' if prior is None else prior.hash}; decode with the model (and tables) that encoded it")
+    prior = stored_prior(model, header.tables) if header.mode == "lossy" else None
+    if header.mode == "lossy" and prior is None:
+        current = stored_prior(model)
+        raise container.ArchiveModelMismatch(
+            f"{archive} was coded with tables {header.tables}, but {model.info.source} has "
+            f"{'none' if current is None else current.hash} (and {len(earlier_hashes(model))} earlier sets); "
+            "decode with the model (and tables) that encoded it")
     targets = [out_dir / n for n in png_names(header.names)]
     refuse_existing(targets, overwrite)
     staging = out_dir.parent / f".{out_dir.name}.vkc-{os.getpid()}-{os.urandom(3).hex()}"

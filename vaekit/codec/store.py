@@ -1,0 +1,115 @@
+"""The lossy codec's tables as a run keeps them: fit them, store them, find the set a .vkc names.
+
+A run's config.json "codec" (and an export's metadata "vaekit.codec") holds the current table
+set and, under "earlier", every set it replaced, each with its hash: a refit (`encode --fit`)
+never strands the .vkc files coded before it, since `decode` picks the set whose hash the
+archive records. Sets are kept once per hash, so refitting on the same images adds nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from vaekit import images as imageio
+from vaekit.codec import container, lossy, residual
+from vaekit.codec import prior as priors
+from vaekit.errors import BadInput
+
+EARLIER = "earlier"  # the key, inside the codec section, of the table sets a refit replaced
+
+
+def _section(model) -> dict | None:
+    """The codec section stored with a model (run config "codec" or ONNX metadata "vaekit.codec")."""
+    from vaekit.fileio import loads_json
+
+    section = (getattr(model, "config", None) or {}).get("codec")
+    if section is None and getattr(model, "metadata", None) is not None:
+        raw = model.metadata.get("vaekit.codec")
+        try:
+            section = loads_json(raw) if raw and raw != "null" else None
+        except ValueError as e:
+            raise container.ArchiveError(f"{model.info.source} has damaged entropy-coding tables: {e}") from None
+    if section is not None and not (isinstance(section, dict) and isinstance(section.get(EARLIER, []), list)):
+        raise container.ArchiveError(f"{model.info.source} has damaged entropy-coding tables: the codec section is "
+                                     f"not a JSON object with a list of {EARLIER!r} sets")
+    return section
+
+
+def earlier_hashes(model) -> list[str]:
+    """The hashes of the table sets a refit replaced, oldest first ([] for none)."""
+    section = _section(model) or {}
+    return [str(s.get("hash")) for s in section.get(EARLIER, []) if isinstance(s, dict)]
+
+
+def stored_prior(model, table_hash: str | None = None) -> priors.Prior | None:
+    """The lossy tables stored with a model: the current set, or with `table_hash` the set (current
+    or earlier) of that hash; None when there is no such set."""
+    section = _section(model)
+    if section is None:
+        return None
+    if table_hash is not None and section.get("hash") != table_hash:
+        section = next((s for s in section.get(EARLIER, []) if isinstance(s, dict) and s.get("hash") == table_hash),
+                       None)
+        if section is None:
+            return None
+    try:
+        prior = priors.from_dict(section, str(model.info.source))
+    except ValueError as e:
+        raise container.ArchiveError(str(e)) from None
+    if prior.fingerprint != model.info.fingerprint:
+        raise container.ArchiveModelMismatch(f"{model.info.source}: its entropy-coding tables were fitted for another "
+                                             f"model ({prior.fingerprint}); fit them again")
+    return prior
+
+
+def fit_prior(model, images: np.ndarray, steps: Sequence[float] | None = None,
+              deltas: Sequence[int] | None = None, residual_images: int = 10_000) -> priors.Prior:
+    """Fit the lossy tables on uint8 images (N, C, H, W) of the training domain (the training
+    split): the latent tables on all of them, the residual tables on the first `residual_images`."""
+    mu, logvar = model.encode(images)
+    prior = priors.fit(mu, logvar, model.info.latent_shape, model.info.fingerprint, steps, deltas)
+    x = np.asarray(images)[:residual_images]
+    for q, delta in enumerate(prior.deltas, start=1):
+        if delta:
+            x_hat = decoded(model, lossy.latent_symbols(prior, q, mu[: len(x)])[1])
+            prior.residual[q - 1] = residual.fit(residual.quantise(x.astype(np.int64) - x_hat, int(delta)), int(delta))
+    return prior
+
+
+def decoded(model, z: np.ndarray) -> np.ndarray:
+    """The decoder's reconstruction of latents in 8 bits: what the residual is measured from."""
+    return imageio.to_uint8(model.decode(z)).astype(np.int64)
+
+
+def with_earlier(new: dict, old) -> dict:
+    """The codec section `new`, keeping `old`'s current and earlier table sets (once per hash,
+    oldest first) under EARLIER, so that .vkc files coded with them still decode."""
+    if not isinstance(old, dict):
+        return new
+    sets = [*(old.get(EARLIER) if isinstance(old.get(EARLIER), list) else []),
+            {k: v for k, v in old.items() if k != EARLIER}]
+    earlier, seen = [], {new.get("hash")}
+    for s in sets:
+        if isinstance(s, dict) and s.get("hash") not in seen:
+            seen.add(s.get("hash"))
+            earlier.append(s)
+    return {**new, EARLIER: earlier} if earlier else new
+
+
+def save_prior(run_dir: str | Path, prior: priors.Prior, model=None) -> None:
+    """Store the tables in the run's config.json ("codec"), under the run's lock, keeping the sets
+    they replace (with_earlier); `vaekit export` then carries them into the ONNX metadata.
+    `model`, if given, sees them at once."""
+    from vaekit.training import rundir
+
+    with rundir.locked(Path(run_dir)):
+        cfg = rundir.read_config(Path(run_dir))
+        if cfg.get("fingerprint") not in (None, prior.fingerprint):
+            raise BadInput(f"these tables are for model {prior.fingerprint}, not the run in {run_dir}")
+        cfg["codec"] = with_earlier(priors.to_dict(prior), cfg.get("codec"))
+        rundir.write_config(Path(run_dir), cfg)
+    if model is not None and isinstance(getattr(model, "config", None), dict):
+        model.config["codec"] = cfg["codec"]
