@@ -149,7 +149,10 @@ def _encode_vkc(model, images, out, quality, lossless, fit, overwrite, as_json, 
 
 
 def _is_vkc(path: Path) -> bool:
-    with open(path, "rb") as f:
+    from vaekit.fileio import check_regular, open_regular_file
+
+    check_regular(path, "code file")  # a FIFO or device is exit 2, never waited on
+    with open_regular_file(path) as f:
         return f.read(3) == b"VKC"
 
 

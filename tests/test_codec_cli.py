@@ -4,6 +4,7 @@ once through the installed executable."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -101,4 +102,14 @@ def test_a_damaged_vkc_is_one_line_and_exit_2(setup, tmp_path):
     (tmp_path / "cut.vkc").write_bytes(data[: len(data) // 2])
     r = invoke("decode", run, tmp_path / "cut.vkc", "-o", tmp_path / "out")
     assert r.exit_code == 2 and "truncated" in r.output and r.output.strip().count("\n") == 0
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_decoding_a_fifo_is_exit_2_and_never_waits(setup, tmp_path):
+    root, run = setup
+    os.mkfifo(tmp_path / "pipe.vkc")
+    p = subprocess.run([EXE, "--threads", "1", "decode", str(run), str(tmp_path / "pipe.vkc"), "-o", str(tmp_path / "out")],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "not a regular file" in p.stderr and "Traceback" not in p.stderr, p.stderr
     assert not (tmp_path / "out").exists()
