@@ -216,7 +216,7 @@ def threshold(
         section = rundir.read_config(run).get("anomaly")
         if not section:
             raise rundir.RunError(f"{run} stores no anomaly threshold (training did not finish)")
-        threshold_fields(section, run / rundir.CONFIG)  # a damaged section is an error, not a printout
+        threshold_fields(section, run / rundir.CONFIG, required=True)  # a damaged section is an error, not a printout
     else:
         section = anomaly.set_threshold(run, quantile=quantile, target_fpr=target_fpr, value=value)
     _print_threshold(run, section)

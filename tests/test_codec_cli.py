@@ -113,3 +113,40 @@ def test_decoding_a_fifo_is_exit_2_and_never_waits(setup, tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "not a regular file" in p.stderr and "Traceback" not in p.stderr, p.stderr
     assert not (tmp_path / "out").exists()
+
+
+def _with_quality(data: bytes, quality: int) -> bytes:
+    """A lossy .vkc with another quality byte and a valid checksum: "VKC3", the header's length
+    (a varint), then the mode and the quality."""
+    import hashlib
+
+    body = bytearray(data[:-8])
+    at = 6 + next(i for i in range(5) if body[4 + i] < 128)  # the varint ends at 4 + i; then the mode
+    body[at] = quality
+    return bytes(body) + hashlib.sha256(bytes(body)).digest()[:8]
+
+
+@pytest.mark.parametrize("damage,command,message", [
+    ("quality 9", "decode", "namesquality9"),
+    ("quality 200", "decode", "namesquality200"),
+    ("latent_shape []", "encode", "latent_shape[]"),
+    ("latent_shape ['x']", "encode", "latent_shape['x']"),
+    ("latent_shape [4, 1]", "decode", "latentshape[4,1]"),
+    ("earlier 'x'", "decode", "damagedentropy-codingtables"),
+])
+def test_a_damaged_archive_or_codec_section_is_one_line_and_exit_2(setup, tmp_path, damage, command, message):
+    root, run = setup
+    run = Path(shutil.copytree(run, tmp_path / "run"))
+    assert invoke("encode", run, root / "src", "-o", tmp_path / "a.vkc", "--quality", 3, "--fit", root / "train").exit_code == 0
+    key, value = damage.split(" ", 1)
+    if key == "quality":
+        (tmp_path / "a.vkc").write_bytes(_with_quality((tmp_path / "a.vkc").read_bytes(), int(value)))
+    else:
+        cfg = json.loads((run / "config.json").read_text())
+        cfg["codec"][key] = eval(value)
+        (run / "config.json").write_text(json.dumps(cfg))
+    args = ["-o", tmp_path / "out"] if command == "decode" else [root / "src", "-o", tmp_path / "b.vkc", "--quality", 3]
+    r = invoke(command, run, *([tmp_path / "a.vkc"] if command == "decode" else []), *args)
+    flat = "".join(r.output.replace("│", " ").split())
+    assert r.exit_code == 2 and message in flat and r.output.strip().count("\n") == 0, r.output
+    assert not (tmp_path / "out").exists() and not (tmp_path / "b.vkc").exists()

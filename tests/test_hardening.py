@@ -334,6 +334,17 @@ def test_threshold_command_fails_closed_and_escapes_what_it_prints(run, work):
     assert r.exit_code == 2 and "anomalysectionisdamaged" in flat(r.output), r.output
 
 
+@pytest.mark.parametrize("field,bad", [("n", None), ("n", "x"), ("n", True), ("n", -1), ("threshold", None)])
+def test_threshold_command_refuses_a_damaged_count_or_a_missing_threshold(run, work, field, bad):
+    """An 'n' that is not a count reached the few-scores note's arithmetic (TypeError), a null
+    threshold its formatting: both are a damaged config.json, one line and exit 2."""
+    out = copy_run(run, work / "run")
+    edit_config(out, lambda c: c["anomaly"].update({field: bad}))
+    r = invoke("threshold", out)
+    assert r.exit_code == 2, r.output  # a TypeError would be exit 1 here
+    assert "anomalysectionisdamaged" in flat(r.output) and "config.json" in flat(r.output), r.output
+
+
 def _nan_model(run: Path, dst: Path) -> Path:
     """A run whose weights give NaN scores (every weight NaN), its fingerprint updated."""
     import torch

@@ -221,6 +221,9 @@ def decode(model, archive: str | Path, out_dir: str | Path, size: str = "model",
             f"{archive} was coded with tables {header.tables}, but {model.info.source} has "
             f"{'none' if current is None else current.hash} (and {len(earlier_hashes(model))} earlier sets); "
             "decode with the model (and tables) that encoded it")
+    if prior is not None and not 1 <= header.quality <= len(prior.steps):
+        raise container.ArchiveError(f"{archive} is damaged or foreign: it names quality {header.quality}, but its "
+                                     f"tables have qualities 1 to {len(prior.steps)}")
     targets = [out_dir / n for n in png_names(header.names)]
     refuse_existing(targets, overwrite)
     staging = out_dir.parent / f".{out_dir.name}.vkc-{os.getpid()}-{os.urandom(3).hex()}"

@@ -160,16 +160,20 @@ def from_dict(d, source: str = "the model") -> Prior:
     try:
         if d.get("format") != FORMAT:
             raise ValueError(f"format {d.get('format')!r}, expected {FORMAT!r}")
-        prior = Prior(str(d["fingerprint"]), tuple(int(v) for v in d["latent_shape"]), _unpack(d["steps"]),
+        shape = d["latent_shape"]
+        if not isinstance(shape, list) or not shape or not all(type(v) is int and v >= 1 for v in shape):
+            raise ValueError(f"latent_shape {shape!r}, expected a list of positive integers")
+        prior = Prior(str(d["fingerprint"]), tuple(shape), _unpack(d["steps"]),
                       _unpack(d["scale"]), _unpack(d["lo"]), [tables.check(_unpack(w)) for w in d["weights"]],
                       _unpack(d["deltas"]), [_residual_table(_unpack(w)) for w in d["residual"]])
         q = len(prior.steps)
-        if len(prior.weights) != q or prior.lo.shape != (q, prior.channels) or len(prior.residual) != q or \
+        if prior.steps.shape != (q,) or prior.scale.shape != (prior.channels,) or len(prior.weights) != q or \
+                prior.lo.shape != (q, prior.channels) or len(prior.residual) != q or \
                 prior.deltas.shape != (q,) or any((dl > 0) != (r.size > 0) for dl, r in zip(prior.deltas, prior.residual)):
             raise ValueError("tables of the wrong shape")
         if prior.hash != d["hash"]:
             raise ValueError("the tables do not match their hash")
-    except (KeyError, TypeError, ValueError, AttributeError, zlib.error) as e:
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, zlib.error) as e:
         raise ValueError(f"{source} has damaged entropy-coding tables: {e}") from None
     return prior
 

@@ -59,6 +59,9 @@ def stored_prior(model, table_hash: str | None = None) -> priors.Prior | None:
         prior = priors.from_dict(section, str(model.info.source))
     except ValueError as e:
         raise container.ArchiveError(str(e)) from None
+    if prior.latent_shape != tuple(model.info.latent_shape):
+        raise container.ArchiveError(f"{model.info.source} has damaged entropy-coding tables: latent shape "
+                                     f"{list(prior.latent_shape)}, but the model's is {list(model.info.latent_shape)}")
     if prior.fingerprint != model.info.fingerprint:
         raise container.ArchiveModelMismatch(f"{model.info.source}: its entropy-coding tables were fitted for another "
                                              f"model ({prior.fingerprint}); fit them again")

@@ -50,12 +50,13 @@ class ModelInfo:
             self.latent_shape = (self.latent_dim,)
 
 
-def threshold_fields(anomaly, source: str | Path = "the model") -> dict:
+def threshold_fields(anomaly, source: str | Path = "the model", required: bool = False) -> dict:
     """ModelInfo's threshold fields from a run's stored `anomaly` section (config.json, or the
     export's metadata): one reader for both engines, so they agree on which threshold applies.
 
     Fails closed: a section of the wrong shape, or a threshold that is not a finite number
     (NaN flags nothing), is DamagedFile naming `source`, never a threshold that passes all.
+    required: a missing threshold is damaged too (`vaekit threshold` shows the stored one).
     """
     def damaged(what: str) -> DamagedFile:
         return DamagedFile(f"{source}: the stored anomaly section is damaged ({what}); "
@@ -78,9 +79,12 @@ def threshold_fields(anomaly, source: str | Path = "the model") -> dict:
         raise damaged("'by_score' is not an object of objects")
     thresholds = {k: number(v.get("threshold"), f"the {k} threshold") for k, v in by_score.items()}
     threshold = anomaly.get("threshold")
-    if threshold is not None:
+    if threshold is not None or required:  # required: a section that must show its threshold
         threshold = number(threshold, "the threshold")
         thresholds.setdefault(score, threshold)
+    n = anomaly.get("n", 0)  # how many scores the threshold came from (the few-scores note reads it)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise damaged(f"the score count 'n' is {n!r}, not a count")
     quantile = anomaly.get("threshold_quantile")
     if quantile is not None:
         quantile = number(quantile, "the threshold quantile")
