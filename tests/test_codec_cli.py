@@ -150,3 +150,20 @@ def test_a_damaged_archive_or_codec_section_is_one_line_and_exit_2(setup, tmp_pa
     flat = "".join(r.output.replace("│", " ").split())
     assert r.exit_code == 2 and message in flat and r.output.strip().count("\n") == 0, r.output
     assert not (tmp_path / "out").exists() and not (tmp_path / "b.vkc").exists()
+
+
+@pytest.mark.parametrize("command,target", [("decode", "."), ("decode", "sub"), ("encode", "x.vkc")])
+def test_no_codec_output_goes_into_the_run_directory(setup, tmp_path, command, target):
+    """decode -o RUN --overwrite could replace the run's own files (config.json, the weights)."""
+    root, run = setup
+    run = Path(shutil.copytree(run, tmp_path / "run"))
+    assert invoke("encode", run, root / "src", "-o", tmp_path / "a.vkc", "--quality", 3, "--fit", root / "train").exit_code == 0
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    out = run / target
+    if command == "decode":
+        r = invoke("decode", run, tmp_path / "a.vkc", "-o", out, "--overwrite")
+    else:
+        r = invoke("encode", run, root / "src", "-o", out, "--quality", 3, "--overwrite")
+    flat = "".join(r.output.replace("│", " ").split())
+    assert r.exit_code == 2 and "isinsidetheinputfolder" in flat, r.output
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before

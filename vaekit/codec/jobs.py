@@ -123,7 +123,7 @@ def check_encode(model, source, out: str | Path, quality: int | None = None, los
     if out.is_dir():
         raise BadInput(f"output {out} is a folder; give a file name such as {out / 'images.vkc'}")
     found = stream.find_inputs(source)
-    refuse_inside(out, found.roots, "output")
+    refuse_inside(out, [*found.roots, model.info.source], "output")  # nor into the model's run directory
     refuse_existing([out], overwrite)
     return found
 
@@ -212,6 +212,7 @@ def decode(model, archive: str | Path, out_dir: str | Path, size: str = "model",
     archive, out_dir = Path(archive), Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise BadInput(f"output {out_dir} exists and is not a folder")
+    refuse_inside(out_dir, model.info.source, "output folder")  # --overwrite would replace the run's own files
     header, offset = container.read_header(archive)
     _check_model(header, model, archive)
     prior = stored_prior(model, header.tables) if header.mode == "lossy" else None
