@@ -113,7 +113,7 @@ def encode(
     t.add_row("per image", f"{report.bytes_per_image:,.1f} bytes")
     t.add_row("bits per pixel", f"{report.bits_per_pixel:.4f} (of {report.image_size}×{report.image_size}); "
                                 f"{report.bits_per_source_pixel:.4f} (of the originals)")
-    t.add_row("vs. sources", f"{report.source_bytes:,} bytes, {report.ratio:.1f}× smaller")
+    t.add_row("vs. sources", vs_sources(report.source_bytes, report.file_bytes))
     console.print(t)
 
 
@@ -144,8 +144,15 @@ def _encode_vkc(model, images, out, quality, lossless, fit, overwrite, as_json, 
     t.add_row("file", f"{r.file_bytes:,} bytes ({r.header_bytes:,} of them header and checksum)")
     t.add_row("per image", f"{r.bytes_per_image:,.1f} bytes, {r.bits_per_dim:.4f} bits per sub-pixel")
     if r.source_bytes:
-        t.add_row("vs. sources", f"{r.source_bytes:,} bytes, {r.source_bytes / r.file_bytes:.1f}× smaller")
+        t.add_row("vs. sources", vs_sources(r.source_bytes, r.file_bytes))
     console.print(t)
+
+
+def vs_sources(source_bytes: int, file_bytes: int) -> str:
+    """The sources' size and how much smaller (or larger) the written file is."""
+    if source_bytes >= file_bytes:
+        return f"{source_bytes:,} bytes, {source_bytes / file_bytes:.1f}× smaller"
+    return f"{source_bytes:,} bytes, {file_bytes / source_bytes:.1f}× larger"
 
 
 def _is_vkc(path: Path) -> bool:

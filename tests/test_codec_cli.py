@@ -167,3 +167,21 @@ def test_no_codec_output_goes_into_the_run_directory(setup, tmp_path, command, t
     flat = "".join(r.output.replace("│", " ").split())
     assert r.exit_code == 2 and "isinsidetheinputfolder" in flat, r.output
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("target", ["a.vkc/x.vkc", "a.vkc/sub/x.vkc"])
+def test_an_output_under_a_file_is_one_line_saying_so(setup, tmp_path, target):
+    root, run = setup
+    (tmp_path / "a.vkc").write_bytes(b"mine")
+    r = invoke("encode", run, root / "src", "-o", tmp_path / target, "--quality", 3)
+    flat = "".join(r.output.replace("│", " ").split())
+    assert r.exit_code == 2 and "a.vkcisafile,notafolder" in flat and "Errno" not in r.output, r.output
+    assert (tmp_path / "a.vkc").read_bytes() == b"mine"
+
+
+def test_the_summary_says_larger_when_the_file_is_larger_than_its_sources():
+    from vaekit_cli.codec import vs_sources
+
+    assert vs_sources(1124, 1352) == "1,124 bytes, 1.2× larger"
+    assert vs_sources(5896, 92) == "5,896 bytes, 64.1× smaller"
+    assert vs_sources(100, 100) == "100 bytes, 1.0× smaller"

@@ -122,6 +122,9 @@ def check_encode(model, source, out: str | Path, quality: int | None = None, los
         priors.check_quality(quality)
     if out.is_dir():
         raise BadInput(f"output {out} is a folder; give a file name such as {out / 'images.vkc'}")
+    parent = next((p for p in out.parents if p.exists()), None)  # the nearest that exists must be a folder
+    if parent is not None and not parent.is_dir():
+        raise BadInput(f"output {out}: {parent} is a file, not a folder")
     found = stream.find_inputs(source)
     refuse_inside(out, [*found.roots, model.info.source], "output")  # nor into the model's run directory
     refuse_existing([out], overwrite)
