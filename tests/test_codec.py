@@ -268,3 +268,19 @@ def test_webp_at_size_refuses_what_is_not_one_image_or_a_size():
         compare.webp_at_size(img.astype(np.float32), 100)
     with pytest.raises(BadInput, match="uint8 image with 1 or 3 channels"):
         compare.pillow_file(np.zeros((2, 16, 16), np.uint8), "WebP", 50)
+
+
+def test_a_new_archive_removes_the_chunk_files_of_encodes_that_were_killed(tmp_path):
+    import os
+
+    from vaekit.codec import container
+
+    out = tmp_path / "a.vkc"
+    stale = tmp_path / ".a.vkc.999999999.chunks"  # no such process: a SIGKILLed encode's spill
+    live = tmp_path / f".a.vkc.{os.getppid()}.chunks"  # a process that runs: not ours to remove
+    other = tmp_path / ".b.vkc.999999999.chunks"  # another archive's
+    for p in (stale, live, other):
+        p.write_bytes(b"words")
+    spill = container.Spill(out)
+    spill.close()
+    assert not stale.exists() and live.exists() and other.exists() and not spill.path.exists()

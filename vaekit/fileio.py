@@ -271,6 +271,21 @@ def is_inside(path: Path, folder: Path) -> bool:
         return False
 
 
+def process_gone(pid: str) -> bool:
+    """Whether no process `pid` (a string of digits, as in a temporary file's name) runs: the
+    file it left (a SIGKILL cleans nothing up) is then stale and safe to remove. False when it
+    runs, when it is another user's, or when `pid` is not a number."""
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # another user's live process
+        return False
+    return False
+
+
 def refuse_inside(output: Path, inputs, what: str, folder: bool = False) -> None:
     """BadInput when `output` is, or lies inside, an input folder: an output there would be
     read back as input next time, or replace the user's files. Inputs given as image files:

@@ -18,7 +18,7 @@ from vaekit.export.graphs import OPSET, ROLES, export_graphs, export_reader
 from vaekit.export.metadata import metadata_for, sealed, set_metadata
 from vaekit.export.parity import Parity, check_parity, load_parity_images, require_parity, sample_inputs
 from vaekit.export.quantize import QUANTIZE, Quantization, calibration_feeds, quantize_int8
-from vaekit.fileio import refuse_existing
+from vaekit.fileio import process_gone, refuse_existing
 from vaekit.images.arrays import as_images
 from vaekit.progress import Progress
 
@@ -57,15 +57,8 @@ def _remove_stale_staging(out: Path) -> None:
     prefix, suffix = _STAGING.format(name=out.name, pid="|").split("|")
     for d in out.parent.glob(f"{glob.escape(prefix)}*{suffix}"):
         pid = d.name[len(prefix) : -len(suffix)].split("-")[0]
-        if not pid.isdigit() or not d.is_dir() or d.is_symlink():
-            continue
-        try:
-            os.kill(int(pid), 0)
-            continue  # still running
-        except ProcessLookupError:
+        if d.is_dir() and not d.is_symlink() and process_gone(pid):
             shutil.rmtree(d, ignore_errors=True)
-        except OSError:  # another user's live process
-            continue
 
 
 def export(
