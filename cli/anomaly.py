@@ -9,7 +9,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from vaekit_cli.output import (DEVICE_HELP, Device, apply_threads, console, dumps_json, err_console, image_rate,
-                               load_model, progress_bar, shown)
+                               load_model, percent, progress_bar, shown)
 
 MODEL_HELP = "A training run directory, or an exported .onnx model."
 TABLE_ROWS = 20  # the terminal shows at most this many images (the most anomalous); files get all
@@ -235,7 +235,7 @@ def _print_threshold(run, section) -> None:
     t.add_row("threshold", f"{section['threshold']:.2f} {score_unit(section.get('score', ''))}"
                            + (f" (quantile {q:.4g})" if q is not None else ""))
     if isinstance(fpr, (int, float)):
-        t.add_row("expected false positives", f"{100 * fpr:.2g}% of normal images")
+        t.add_row("expected false positives", f"{percent(fpr)} of normal images")
     note = section_note(section)
     if note:
         t.add_row("", f"[yellow]{shown(note)}[/yellow]")

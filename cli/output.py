@@ -38,6 +38,11 @@ def shown(value) -> str:
     return escape(safe_text(str(value)))
 
 
+def percent(rate: float) -> str:
+    """A rate in [0, 1] as a short percentage: '4.8%', '0.52%', '100%' (not '1e+02%')."""
+    return f"{100 * rate:.2g}%" if 100 * rate < 99.5 else f"{100 * rate:.0f}%"
+
+
 THREADS = 0  # --threads / VAEKIT_THREADS, parsed once by the CLI's callback (cli/main.py); 0: defaults
 
 

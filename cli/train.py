@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from vaekit_cli.output import Device, apply_threads, console, err_console, progress_bar, shown
+from vaekit_cli.output import Device, apply_threads, console, err_console, percent, progress_bar, shown
 
 
 class Likelihood(str, Enum):
@@ -228,7 +228,7 @@ def _print_summary(result, data) -> None:
         t.add_row("anomaly threshold", f"{shown(a.get('score'))} {result.threshold:.2f} {score_unit(a.get('score', ''))}{where}")
         fpr = a.get("expected_fpr")
         if isinstance(fpr, (int, float)):
-            t.add_row("expected false positives", f"{100 * fpr:.2g}% of normal images")
+            t.add_row("expected false positives", f"{percent(fpr)} of normal images")
         note = section_note(a)
         if note:
             t.add_row("", f"[yellow]{shown(note)}[/yellow]")

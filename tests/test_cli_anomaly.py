@@ -156,3 +156,9 @@ def test_threshold_prints_the_unit_of_the_runs_score_and_the_rate_to_expect(part
     r = invoke("threshold", parts / "run")
     assert r.exit_code == 0, r.output
     assert "sd²" in r.output and "nats" not in r.output and "expected false positives" in r.output
+
+
+def test_rates_print_as_plain_percentages():
+    from vaekit_cli.output import percent
+
+    assert [percent(r) for r in (0.0476, 0.0052, 0.0, 0.999, 1.0)] == ["4.8%", "0.52%", "0%", "100%", "100%"]
