@@ -225,9 +225,9 @@ class ConvVAE(nn.Module):
         # score favour simple images even more.
         self.log_scale = nn.Parameter(torch.zeros(cfg.channels)) if cfg.likelihood == "gaussian" else None
         # a pixel context's weights are scaled by this: 1 everywhere but in training, whose first
-        # steps ramp it from 0 (vaekit.training.trainer.context_gain), so that the latent learns
-        # the image before the neighbours can explain it instead (docs/codec.md)
-        # (a buffer, not a float: a compiled model must not recompile as it changes; not saved)
+        # steps ramp it from 0 (vaekit.training.recipe.context_gain), so that the latent learns
+        # the image before the neighbours can explain it instead (docs/codec.md). A buffer, not a
+        # float, so a compiled model does not recompile as it changes; not saved with the weights.
         self.register_buffer("context_gain", torch.ones(()), persistent=False)
         if self.log_scale is not None and v2:
             nn.init.constant_(self.log_scale, -1.0)
@@ -244,8 +244,9 @@ class ConvVAE(nn.Module):
     def decode(self, z: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
         """Likelihood parameters: Bernoulli logits, the Gaussian mean, or the discretised
         logistic's mean and log scale per pixel (B, 2C, H, W; with a pixel context also its four
-        weights per channel, tanh-bounded and times `context_gain`: (B, 6C, H, W)), the log scale softly bounded here
-        so that the exported `params` are what the likelihood (and vaekit.codec) use.
+        weights per channel, tanh-bounded, times `context_gain`: (B, 6C, H, W)), the log scale
+        softly bounded here so that the exported `params` are what the likelihood (and
+        vaekit.codec) use.
         `size`: a grid model's (H, W) when z encodes an image of another size than the model's."""
         params = self.decoder(z, size) if size is not None else self.decoder(z)
         if self.cfg.likelihood != "logistic":
