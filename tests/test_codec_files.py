@@ -131,6 +131,20 @@ def test_lossless_archive_gives_every_pixel_back(coded, tmp_path):
     assert h.mode == "lossless" and h.engine["engine"] == "torch" and [c[0] for c in h.chunks] == [16, 16, 8]
 
 
+def test_decode_removes_the_staging_folder_a_killed_decode_left(coded, tmp_path):
+    import os
+
+    model, _, lossy, _ = coded
+    stale = tmp_path / ".out.vkc-999999999-0a1b2c"  # no such process: a SIGKILLed decode's
+    live = tmp_path / f".out.vkc-{os.getppid()}-d4e5f6"  # a decode that still runs
+    for d in (stale, live):
+        d.mkdir()
+        (d / "img.png").write_bytes(b"half")
+    codec.decode(model, lossy.path, tmp_path / "out")
+    assert not stale.exists() and live.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "out"])
+
+
 def test_a_lossless_archive_from_the_other_engine_is_refused_up_front(coded, tmp_path, monkeypatch):
     from vaekit.codec.net import Net
 
