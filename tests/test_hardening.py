@@ -272,18 +272,21 @@ def test_a_postscript_file_named_png_is_skipped_and_never_rendered(run, images, 
 # --- 3. hangs ----------------------------------------------------------------------------------
 
 def test_a_png_link_to_a_fifo_is_skipped_by_train_and_scoring(run, images, work):
+    """A FIFO named like an image, or a link to one, is named as skipped, never opened."""
     imgs = Path(shutil.copytree(images, work / "imgs"))
     fifo = work / "pipe"
     os.mkfifo(fifo)
     os.symlink(fifo, imgs / "pipe.png")
-    with fifo_guard(fifo):
+    os.mkfifo(imgs / "zpipe.png")
+    with fifo_guard(fifo), fifo_guard(imgs / "zpipe.png"):
         r = invoke("anomaly-score", run, imgs)
         assert r.exit_code == 0, r.output
-        assert "pipe.png:notaregularfile" in flat(r.output), r.output
+        assert "pipe.png:notaregularfile" in flat(r.output) and "zpipe.png:notaregularfile" in flat(r.output), r.output
         r = invoke("train", imgs, "--out", work / "run", *TINY, "--epochs", "1", "--channels", "auto")
         assert r.exit_code == 0, r.output
     cfg = json.loads((work / "run" / "config.json").read_text())
-    assert cfg["data"]["skipped"] == [["pipe.png", "not a regular file (a FIFO, socket or device)"]]
+    why = "not a regular file (a FIFO, socket or device)"
+    assert cfg["data"]["skipped"] == [["pipe.png", why], ["zpipe.png", why]]
 
 
 @pytest.mark.parametrize("where", ["config.json", "checkpoint/resume.json", "checkpoint/epoch-0001.safetensors"])

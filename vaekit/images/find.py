@@ -32,9 +32,10 @@ def find_images(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
     A file named explicitly is kept whatever its suffix. In folders, files with an
     IMAGE_SUFFIXES suffix (any case) are kept; names starting with '.' are skipped;
     symlinked folders are followed, each real folder once, so links cannot loop. A link
-    with an image suffix that leads nowhere (dangling, or a loop) is kept, so that loading
-    reports it as skipped instead of it vanishing silently; so is a sub-folder that cannot
-    be read, which loading reports as "unreadable folder".
+    with an image suffix that leads nowhere (dangling, or a loop), or a FIFO, socket or
+    device with one, is kept, so that loading reports it as skipped instead of it vanishing
+    silently; so is a sub-folder that cannot be read, which loading reports as "unreadable
+    folder".
     Each root's files come sorted by their relative posix path, roots in the order given.
     """
     return [Path(f) for _, files in scan_roots(inputs) for f in files]
@@ -82,13 +83,10 @@ def _scan(folder: Path, prefix: str, seen: set[Path], out: list[str]) -> None:
             is_dir = False
         if is_dir:
             _scan(Path(e.path), f"{prefix}{e.name}/", seen, out)
-        elif (e.is_symlink() or _is_file(e)) and Path(e.name).suffix.lower() in IMAGE_SUFFIXES:
-            out.append(prefix + e.name)  # a link that is neither: broken or looping, reported on load
+        elif Path(e.name).suffix.lower() in IMAGE_SUFFIXES:
+            # a file; or a link that leads nowhere, a FIFO, socket or device: named on load as
+            # skipped, with the reason (loading never opens what is not a regular file)
+            out.append(prefix + e.name)
 
 
-def _is_file(e: os.DirEntry) -> bool:
-    try:
-        return e.is_file()
-    except OSError:
-        return False
 
