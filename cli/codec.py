@@ -124,7 +124,7 @@ def _encode_vkc(model, images, out, quality, lossless, fit, overwrite, as_json, 
     if fit is not None:
         if m.info.engine != "torch":
             raise typer.BadParameter("--fit stores the tables in a run directory: give the run (then export it again)")
-        codec.check_encode(m, images, out, quality=quality, overwrite=overwrite)  # a refused encode changes nothing
+        codec.check_encode(m, images, out, quality=quality, lossless=lossless, overwrite=overwrite)  # refused: nothing changed
         with _progress("fitting the tables", as_json) as progress:
             x = m.load_images(fit, progress=progress).images
         codec.save_prior(model, codec.fit_prior(m, x), m)
