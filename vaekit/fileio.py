@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import errno
 import functools
+import glob
 import json
 import math
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -286,6 +288,20 @@ def process_gone(pid: str) -> bool:
     return False
 
 
+def remove_stale(parent: Path, prefix: str, suffix: str = "", folders: bool = True) -> None:
+    """Remove what killed vaekit processes left in `parent`: folders (or, folders=False, files)
+    named PREFIX + PID[-TOKEN] + SUFFIX whose process is gone (a SIGKILL cleans nothing up).
+    Links and a live process's leftovers are left alone."""
+    for old in Path(parent).glob(f"{glob.escape(prefix)}*{glob.escape(suffix)}"):
+        pid = old.name[len(prefix):len(old.name) - len(suffix)].split("-")[0]
+        if old.is_symlink() or not (old.is_dir() if folders else old.is_file()) or not process_gone(pid):
+            continue
+        if folders:
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
+
+
 def refuse_inside(output: Path, inputs, what: str, folder: bool = False) -> None:
     """BadInput when `output` is, or lies inside, an input folder: an output there would be
     read back as input next time, or replace the user's files. Inputs given as image files:
@@ -296,9 +312,10 @@ def refuse_inside(output: Path, inputs, what: str, folder: bool = False) -> None
         if root.is_dir():
             if is_inside(output, root):
                 raise BadInput(f"{what} {output} is inside the input folder {root}; write it somewhere else")
-        elif root.exists() and (is_inside(output, root) or (folder and is_inside(root, output))):
-            relation = "is" if is_inside(output, root) else "holds"
-            raise BadInput(f"{what} {output} {relation} the input image {root}; write it somewhere else")
+        elif root.exists():
+            relation = "is" if is_inside(output, root) else "holds" if folder and is_inside(root, output) else None
+            if relation:
+                raise BadInput(f"{what} {output} {relation} the input image {root}; write it somewhere else")
 
 
 def refuse_existing(paths: Path | Sequence[Path], overwrite: bool, what: str = "output") -> None:

@@ -93,12 +93,12 @@ def waves(h: int, w: int) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
     return tuple((rows.ravel()[t == k], cols.ravel()[t == k]) for k in range(int(t.max()) + 1))
 
 
-def _wave_tables(params: np.ndarray, x: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """Tables (C * n, 256) of one group's sub-pixels from params (6C, H, W) and the pixels x
-    (C, H, W) decoded so far (only the group's causal neighbours are read): the mean reads their
-    residuals. Encoder and decoder both call it group by group, so they compute the same floats."""
+def _wave_tables(p: np.ndarray, x: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Tables (C * n, 256) of one group's sub-pixels from params p (6C, H, W, float64) and the
+    pixels x (C, H, W) decoded so far (only the group's causal neighbours are read): the mean
+    reads their residuals. Encoder and decoder both call it group by group, so they compute the
+    same floats."""
     c, _, w = x.shape
-    p = np.asarray(params, np.float64)
     mean = p[:c, rows, cols]
     for k, (dy, dx) in enumerate(NEIGHBOURS):
         y, v = rows + dy, cols + dx
@@ -118,8 +118,9 @@ def push_pixels(coder, x: np.ndarray, params: np.ndarray) -> None:
     if params.shape[0] == 2 * c:
         tables.push(coder, np.asarray(x).ravel(), pixel_tables(params))
         return
+    p = np.asarray(params, np.float64)  # once, not per group
     for rows, cols in reversed(waves(*x.shape[1:])):
-        tables.push(coder, x[:, rows, cols].ravel(), _wave_tables(params, x, rows, cols))
+        tables.push(coder, x[:, rows, cols].ravel(), _wave_tables(p, x, rows, cols))
 
 
 def pop_pixels(coder, params: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
@@ -127,9 +128,9 @@ def pop_pixels(coder, params: np.ndarray, shape: tuple[int, int, int]) -> np.nda
     c = shape[0]
     if params.shape[0] == 2 * c:
         return tables.pop(coder, pixel_tables(params)).astype(np.uint8).reshape(shape)
-    x = np.zeros(shape, np.uint8)
+    x, p = np.zeros(shape, np.uint8), np.asarray(params, np.float64)
     for rows, cols in waves(*shape[1:]):
-        x[:, rows, cols] = tables.pop(coder, _wave_tables(params, x, rows, cols)).reshape(c, -1)
+        x[:, rows, cols] = tables.pop(coder, _wave_tables(p, x, rows, cols)).reshape(c, -1)
     return x
 
 

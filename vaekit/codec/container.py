@@ -20,7 +20,6 @@ refused (one line, a CodeFileError like the fixed-length code files') before any
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import os
 from pathlib import Path
@@ -31,7 +30,7 @@ import numpy as np
 from vaekit.codec.header import MODES, Header, Reader, varint, pack, unpack
 from vaekit.codes.format import MAX_ORIG_PIXELS, CodeFileError, FingerprintMismatch, check_name
 from vaekit.config import MAX_IMAGE_SIZE, MAX_Z_DIMS
-from vaekit.fileio import atomic_writer, check_regular, process_gone
+from vaekit.fileio import atomic_writer, check_regular, remove_stale
 
 MAGIC = b"VKC3"
 MAX_HEADER = 1 << 30  # bytes of header: far above any folder, below a hostile file's claim
@@ -152,9 +151,7 @@ class Spill:
 
     def __init__(self, out: Path):
         self.path = Path(out).with_name(f".{Path(out).name}.{os.getpid()}.chunks")
-        for old in self.path.parent.glob(f".{glob.escape(Path(out).name)}.*.chunks"):  # left by a killed encode
-            if old.is_file() and not old.is_symlink() and process_gone(old.name[len(Path(out).name) + 2:-7]):
-                old.unlink(missing_ok=True)
+        remove_stale(self.path.parent, f".{Path(out).name}.", ".chunks", folders=False)  # a killed encode's
         self.chunks: list[list[int]] = []
         self._f = open(self.path, "wb")
 

@@ -9,7 +9,6 @@ place only when every image decoded (and, lossless, passed its checksum): nothin
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import os
 import shutil
@@ -29,7 +28,7 @@ from vaekit.codec.store import decoded as _x_hat
 from vaekit.codec.store import earlier_hashes, fit_prior, save_prior, stored_prior  # noqa: F401  (the API's)
 from vaekit.codes.jobs import original_size, png_names, restore_size
 from vaekit.errors import BadInput
-from vaekit.fileio import process_gone, refuse_existing, refuse_inside
+from vaekit.fileio import refuse_existing, refuse_inside, remove_stale
 
 from vaekit.progress import Progress  # noqa: E402  (the one alias)
 CHUNK = 1024  # images per ANS stream: bounded memory, and a lossless chunk's start costs < 0.01 bit per image
@@ -231,11 +230,8 @@ def decode(model, archive: str | Path, out_dir: str | Path, size: str = "model",
                                      f"tables have qualities 1 to {len(prior.steps)}")
     targets = [out_dir / n for n in png_names(header.names)]
     refuse_existing(targets, overwrite)
-    prefix = f".{out_dir.name}.vkc-"
-    for old in out_dir.parent.glob(f"{glob.escape(prefix)}*"):  # a killed decode's staging folder
-        if old.is_dir() and not old.is_symlink() and process_gone(old.name[len(prefix):].split("-")[0]):
-            shutil.rmtree(old, ignore_errors=True)
-    staging = out_dir.parent / f"{prefix}{os.getpid()}-{os.urandom(3).hex()}"
+    remove_stale(out_dir.parent, f".{out_dir.name}.vkc-")  # a killed decode's staging folder
+    staging = out_dir.parent / f".{out_dir.name}.vkc-{os.getpid()}-{os.urandom(3).hex()}"
     try:
         staged = [staging / t.relative_to(out_dir) for t in targets]
         _decode_into(model, prior, header, archive, offset, staged, size, progress)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 import os
 import shutil
 import time
@@ -18,7 +17,7 @@ from vaekit.export.graphs import OPSET, ROLES, export_graphs, export_reader
 from vaekit.export.metadata import metadata_for, sealed, set_metadata
 from vaekit.export.parity import Parity, check_parity, load_parity_images, require_parity, sample_inputs
 from vaekit.export.quantize import QUANTIZE, Quantization, calibration_feeds, quantize_int8
-from vaekit.fileio import process_gone, refuse_existing
+from vaekit.fileio import refuse_existing, remove_stale
 from vaekit.images.arrays import as_images
 from vaekit.progress import Progress
 
@@ -55,10 +54,7 @@ def _remove_stale_staging(out: Path) -> None:
     """Delete staging folders of exports that were killed (SIGKILL leaves them): those whose
     process is gone. A live export's folder is left alone."""
     prefix, suffix = _STAGING.format(name=out.name, pid="|").split("|")
-    for d in out.parent.glob(f"{glob.escape(prefix)}*{suffix}"):
-        pid = d.name[len(prefix) : -len(suffix)].split("-")[0]
-        if d.is_dir() and not d.is_symlink() and process_gone(pid):
-            shutil.rmtree(d, ignore_errors=True)
+    remove_stale(out.parent, prefix, suffix)
 
 
 def export(
