@@ -231,9 +231,8 @@ def _print_threshold(run, section) -> None:
     from vaekit.anomaly import section_note
     from vaekit.inference.engine import score_unit
 
-    q, fpr = section.get("threshold_quantile"), section.get("expected_fpr")
-    t.add_row("threshold", f"{section['threshold']:.2f} {score_unit(section.get('score', ''))}"
-                           + (f" (quantile {q:.4g})" if q is not None else ""))
+    t.add_row("threshold", f"{section['threshold']:.2f} {score_unit(section.get('score', ''))} {threshold_origin(section)}")
+    fpr = section.get("expected_fpr")
     if isinstance(fpr, (int, float)):
         t.add_row("expected false positives", f"{percent(fpr)} of normal images")
     note = section_note(section)
@@ -242,6 +241,17 @@ def _print_threshold(run, section) -> None:
     for k, v in section.get("quantiles", {}).items():
         t.add_row(f"quantile {shown(k)}", f"{v:.2f}")
     console.print(t)
+
+
+def threshold_origin(section) -> str:
+    """Where a stored threshold came from, in words: a quantile of the calibration scores, or a
+    fixed value and how many of them lie above it (a value below them all is not "quantile 0")."""
+    q = section.get("threshold_quantile")
+    scores = section.get("scores")
+    if section.get("fixed") and isinstance(scores, list):
+        above = sum(1 for s in scores if isinstance(s, (int, float)) and s > section["threshold"])
+        return f"(fixed; {above} of {len(scores)} calibration scores above)"
+    return f"(quantile {q:.4g})" if isinstance(q, (int, float)) else ""
 
 
 def register(app: typer.Typer) -> None:

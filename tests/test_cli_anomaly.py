@@ -95,6 +95,11 @@ def test_threshold_command_shows_and_moves_the_threshold(parts, tmp_path):
     assert stored["threshold_quantile"] == pytest.approx(0.5) and "quantile 0.5" in r.output
     r = invoke("threshold", run, "--quantile", 0.9, "--value", 3)
     assert r.exit_code == 2 and "at most one" in r.output
+    n = len(stored["scores"])
+    r = invoke("threshold", run, "--value", -5)  # below every score: not "quantile 0"
+    words = " ".join(r.output.replace("│", " ").split())
+    assert r.exit_code == 0 and f"(fixed; {n} of {n} calibration scores above)" in words, r.output
+    assert "(quantile" not in words
 
 
 @pytest.mark.parametrize(
