@@ -405,18 +405,3 @@ def test_resuming_a_run_whose_model_trained_on_every_image_keeps_doing_so(blobs,
     assert len(made) == 5
     after = json.loads(cfg_path.read_text())
     assert after["data"]["train_images"] == 24 and after["anomaly"]["calibration"]["codes"]["shape"] == [24, 4]
-
-
-def test_a_coder_trains_four_times_as_long():
-    """A logistic model's automatic budget (and step cap) is CODER_BUDGET times a detector's, and
-    the run's resolved settings say so; an explicit --epochs is kept."""
-    from vaekit.training.loop import resolved_train_config
-    from vaekit.training.recipe import resolve_epochs
-
-    # MNIST's 48,000 training images (after the splits) at 28 px: 2 epochs for a detector, 8 for a coder
-    assert resolve_epochs(TrainConfig(), 48000, 28) == 2 and resolve_epochs(TrainConfig(), 48000, 28, coder=True) == 8
-    assert resolve_epochs(TrainConfig(epochs=3), 48000, 28, coder=True) == 3
-    coder = ModelConfig(image_size=28, likelihood="logistic", layout="vector")
-    detector = ModelConfig(image_size=28, likelihood="gaussian", layout="vector")
-    assert resolved_train_config(TrainConfig(), coder, 48000).epochs == 8
-    assert resolved_train_config(TrainConfig(), detector, 48000).epochs == 2

@@ -28,13 +28,6 @@ AUTO_MAX_EPOCHS_WARPED = 600
 # a tenth, so that 20 digits of 28 px (600 warped epochs of one step: 30.1M pixel-visits a model,
 # the runs docs/detection.md measured) are unchanged.
 CROSSFIT_BUDGET = 2.1
-# A discretised-logistic model is trained to code images (its -ELBO is a code length), and every
-# step keeps paying in bits after a detector's score has settled: the whole MNIST test set as one
-# bits-back archive, 1.4444 bits/dim with a detector's budget (2 epochs of 48,000 images), 1.3433
-# with four times the steps; shaded digits (confirm) 1.9893 -> 1.9042 (2x) -> 1.8834 (4x)
-# (docs/codec.md). So a logistic model's automatic budget and step cap are this many times a
-# detector's: about four minutes on two cores instead of one.
-CODER_BUDGET = 4
 
 
 def resolve_batch_size(cfg: TrainConfig, image_size: int) -> int:
@@ -42,21 +35,17 @@ def resolve_batch_size(cfg: TrainConfig, image_size: int) -> int:
     return cfg.batch_size or (64 if image_size <= 32 else 32)
 
 
-def resolve_epochs(cfg: TrainConfig, n_train: int, image_size: int = 32, warped: bool = False, models: int = 1,
-                   coder: bool = False) -> int:
+def resolve_epochs(cfg: TrainConfig, n_train: int, image_size: int = 32, warped: bool = False, models: int = 1) -> int:
     """epochs=0 means auto: enough epochs for the AUTO_PIXEL_VISITS budget (300 to 3000 steps),
     at most AUTO_MAX_EPOCHS (AUTO_MAX_EPOCHS_WARPED when the images are `warped`): a small folder
     needs many epochs before the decoder is sharp enough for a useful score; a large one few.
     `models`: how many models the run trains this way (cross-fitting: one per fold); beyond
-    CROSSFIT_BUDGET of them, each gets that share of one model's budget. `coder`: a
-    discretised-logistic model, whose budget and step cap are CODER_BUDGET times as large."""
+    CROSSFIT_BUDGET of them, each gets that share of one model's budget."""
     if cfg.epochs > 0:
         return cfg.epochs
-    scale = CODER_BUDGET if coder else 1
     share = min(1.0, CROSSFIT_BUDGET / max(1, models))
     batch = resolve_batch_size(cfg, image_size)
-    budget = int(AUTO_PIXEL_VISITS * scale * share) // (batch * image_size * image_size)
-    steps = min(AUTO_MAX_STEPS * scale, max(round(AUTO_MIN_STEPS * share), budget))
+    steps = min(AUTO_MAX_STEPS, max(round(AUTO_MIN_STEPS * share), int(AUTO_PIXEL_VISITS * share) // (batch * image_size * image_size)))
     per_epoch = max(1, math.ceil(n_train / batch))
     return min(AUTO_MAX_EPOCHS_WARPED if warped else AUTO_MAX_EPOCHS, max(1, math.ceil(steps / per_epoch)))
 
