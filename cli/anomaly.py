@@ -231,7 +231,8 @@ def _print_threshold(run, section) -> None:
     from vaekit.anomaly import section_note
     from vaekit.inference.engine import score_unit
 
-    t.add_row("threshold", f"{section['threshold']:.2f} {score_unit(section.get('score', ''))} {threshold_origin(section)}")
+    parts = (f"{section['threshold']:.2f}", score_unit(section.get("score", "")), threshold_origin(section))
+    t.add_row("threshold", " ".join(p for p in parts if p))
     fpr = section.get("expected_fpr")
     if isinstance(fpr, (int, float)):
         t.add_row("expected false positives", f"{percent(fpr)} of normal images")

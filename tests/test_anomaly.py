@@ -276,8 +276,17 @@ def test_a_threshold_from_few_scores_says_what_false_positive_rate_to_expect(par
     run = tmp_path / "run"
     shutil.copytree(parts[0] / "run", run)
     anomaly.set_threshold(run, value=max(model.info.val_scores) + 1.0)
-    _, source = anomaly.resolve_threshold(vaekit.load(run), "excess", "mean", None)
+    fixed = vaekit.load(run)
+    _, source = anomaly.resolve_threshold(fixed, fixed.info.score, "mean", None)
+    assert source == "stored: a fixed value, 0 of 5 calibration scores above it"
+    # the other scores' thresholds sit at the same quantile of their own scores
+    assert fixed.info.score != "excess"
+    _, source = anomaly.resolve_threshold(fixed, "excess", "mean", None)
     assert source == "stored: quantile 1 of 5 calibration scores"
+    anomaly.set_threshold(run, value=-5.0)  # below every score: all five above, not "quantile 0"
+    fixed = vaekit.load(run)
+    _, source = anomaly.resolve_threshold(fixed, fixed.info.score, "mean", None)
+    assert source == "stored: a fixed value, 5 of 5 calibration scores above it"
 
 
 def test_score_images_flags_against_the_threshold(parts, model):
