@@ -17,9 +17,9 @@ from vaekit.codec.bitsback import Desynchronised
 from vaekit.codec.compare import PillowFile, pillow_file, webp_at_size
 from vaekit.codec.container import ArchiveError, ArchiveModelMismatch
 from vaekit.codec.header import Header
-from vaekit.codec.jobs import (DecodeResult, EncodeResult, check_encode, decode, encode, fit_prior, read_info,
-                               save_prior, stored_prior)
+from vaekit.codec.jobs import DecodeResult, EncodeResult, check_encode, decode, encode, read_info
 from vaekit.codec.prior import QUALITIES, Prior
+from vaekit.codec.store import fit_prior, save_prior, stored_prior
 
 __all__ = ["QUALITIES", "ArchiveError", "ArchiveModelMismatch", "DecodeResult", "Desynchronised", "EncodeResult",
            "Header", "PillowFile", "Prior", "check_encode", "decode", "encode", "fit_prior", "pillow_file", "read_info",

@@ -76,9 +76,13 @@ def pixel_tables(params: np.ndarray) -> np.ndarray:
     """The discretised logistic's 256 bins for every sub-pixel: params (2C, H, W) -> (C*H*W, 256)
     (pixels independent given z; a pixel context's tables are `_wave_tables`)."""
     c = params.shape[0] // 2
-    cdf = logistic_cdf_edges(params[:c].ravel(), params[c:].ravel())  # (P, 255)
-    p = np.diff(cdf, axis=1, prepend=0.0, append=1.0)
-    return tables.quantise(np.maximum(p, 0.0))
+    return _bins(params[:c].ravel(), params[c:].ravel())
+
+
+def _bins(mean: np.ndarray, log_s: np.ndarray) -> np.ndarray:
+    """Quantised tables (P, 256) of the discretised logistic's bins for P means and log scales."""
+    cdf = logistic_cdf_edges(mean, log_s)  # (P, 255)
+    return tables.quantise(np.maximum(np.diff(cdf, axis=1, prepend=0.0, append=1.0), 0.0))
 
 
 NEIGHBOURS = ((0, -1), (-1, -1), (-1, 0), (-1, 1))  # (dy, dx) of a pixel context: vaekit.model.objective.causal_neighbours
@@ -106,8 +110,7 @@ def _wave_tables(p: np.ndarray, x: np.ndarray, rows: np.ndarray, cols: np.ndarra
         y, v = np.where(inside, y, 0), np.where(inside, v, 0)
         res = np.where(inside, x[:, y, v].astype(np.float64) / (LEVELS - 1) - p[:c, y, v], 0.0)
         mean = mean + p[(2 + k) * c:(3 + k) * c, rows, cols] * res
-    cdf = logistic_cdf_edges(mean.ravel(), p[c:2 * c, rows, cols].ravel())
-    return tables.quantise(np.maximum(np.diff(cdf, axis=1, prepend=0.0, append=1.0), 0.0))
+    return _bins(mean.ravel(), p[c:2 * c, rows, cols].ravel())
 
 
 def push_pixels(coder, x: np.ndarray, params: np.ndarray) -> None:

@@ -24,8 +24,7 @@ from vaekit import stream
 from vaekit.codec import bitsback, container, lossy, residual, tables
 from vaekit.codec import prior as priors
 from vaekit.codec.net import Net
-from vaekit.codec.store import decoded as _x_hat
-from vaekit.codec.store import earlier_hashes, fit_prior, save_prior, stored_prior  # noqa: F401  (the API's)
+from vaekit.codec.store import decoded, earlier_hashes, stored_prior
 from vaekit.codes.jobs import original_size, png_names, restore_size
 from vaekit.errors import BadInput
 from vaekit.fileio import refuse_existing, refuse_inside, remove_stale
@@ -161,7 +160,7 @@ def _flush_lossy(model, prior, quality, pending, spill, chunk):
     z, x = np.concatenate([m for m, _ in pending]), np.concatenate([i for _, i in pending])
     sym, z_hat = lossy.latent_symbols(prior, quality, z[:chunk])
     delta = int(prior.deltas[quality - 1])
-    res = residual.quantise(x[:chunk].astype(np.int64) - _x_hat(model, z_hat), delta) if delta else None
+    res = residual.quantise(x[:chunk].astype(np.int64) - decoded(model, z_hat), delta) if delta else None
     spill.add(len(sym), lossy.encode_chunk(prior, quality, sym, res))
     return [(z[chunk:], x[chunk:])] if len(z) > chunk else []
 
@@ -278,7 +277,7 @@ def _decode_into(model, prior, header, archive, offset, staged, size, progress) 
                 raise container.ArchiveError(f"{archive} cannot be decoded: {e}") from None
             delta = int(prior.deltas[header.quality - 1])
             for s in range(0, count, BATCH):
-                x = _x_hat(model, z[s:s + BATCH])
+                x = decoded(model, z[s:s + BATCH])
                 x = residual.reconstruct(x, res[s:s + BATCH], delta) if delta else x.astype(np.uint8)
                 for i, img in enumerate(x, start=done + s):
                     imageio.save_png(img if size == "model" else restore_size(img, header.orig_size[i]), staged[i])

@@ -80,7 +80,7 @@ def check_quality(quality, levels: int = len(QUALITIES)) -> int:
 
 def fit(mu: np.ndarray, logvar: np.ndarray, latent_shape, fingerprint: str, steps=None, deltas=None) -> Prior:
     """Latent tables from the posterior means and log-variances (N, D) of the training images; the
-    residual tables (for qualities with a delta) are fitted afterwards, by vaekit.codec.jobs.fit_prior."""
+    residual tables (for qualities with a delta) are fitted afterwards, by vaekit.codec.store.fit_prior."""
     mu, logvar = np.asarray(mu, np.float64), np.asarray(logvar, np.float64)
     if mu.ndim != 2 or mu.shape != logvar.shape or len(mu) < 1 or not np.isfinite(mu).all():
         raise BadInput(f"need finite posterior means and log-variances (N, D), got {mu.shape}, {logvar.shape}")

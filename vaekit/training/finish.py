@@ -147,10 +147,10 @@ def _with_codes(calibration, engine, data, idx):
 def _codec_tables(engine, data, idx) -> dict:
     """The entropy coder's tables (vaekit.codec), fitted once on training images, so that
     `vaekit encode --quality` needs nothing more and decoding never refits them."""
-    from vaekit.codec import jobs
     from vaekit.codec import prior as priors
+    from vaekit.codec.store import fit_prior
 
-    return priors.to_dict(jobs.fit_prior(engine, gather(data.images, idx)))
+    return priors.to_dict(fit_prior(engine, gather(data.images, idx)))
 
 
 def _parts(engine, data, idx):
