@@ -87,6 +87,3 @@ def _scan(folder: Path, prefix: str, seen: set[Path], out: list[str]) -> None:
             # a file; or a link that leads nowhere, a FIFO, socket or device: named on load as
             # skipped, with the reason (loading never opens what is not a regular file)
             out.append(prefix + e.name)
-
-
-
