@@ -208,6 +208,51 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(blobs, tmp_p
     assert (tmp_path / "run" / "checkpoint" / "resume.json").read_text() == good
 
 
+def _steps_with_a_spike(monkeypatch, spike_clip: float, grad_clip: float = 0.0):
+    """Eight optimiser steps on the same batch, the sixth with a gradient 10^6 times the usual;
+    the norms of each step's gradient as AdamW took it, and its largest second moment after."""
+    from vaekit.training import trainer as t
+    from vaekit.training.distributed import Dist
+
+    real, calls, norms = t.negative_elbo, [], []
+
+    def spiky(*a, **k):
+        loss = real(*a, **k)
+        calls.append(1)
+        if len(calls) == 6:
+            loss.total = loss.total * 1e6
+        return loss
+
+    monkeypatch.setattr(t, "negative_elbo", spiky)
+    cfg = ModelConfig(image_size=16, channels=1, latent_dim=4, base_channels=4, likelihood="logistic", layout="vector")
+    tr = t.Trainer(cfg, tcfg(spike_clip=spike_clip, grad_clip=grad_clip), torch.device("cpu"), Dist())
+    x = torch.rand(8, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    real_step = tr.optimizer.step
+
+    def step(*a, **k):
+        norms.append(float(torch.nn.utils.get_total_norm([p.grad for p in tr.model.parameters() if p.grad is not None])))
+        return real_step(*a, **k)
+
+    tr.optimizer.step = step
+    for i in range(8):
+        tr._step(x, torch.randn(8, 4, generator=torch.Generator().manual_seed(i)), 1e-3, 1.0, 8)
+    return norms, max(float(s["exp_avg_sq"].max()) for s in tr.optimizer.state.values())
+
+
+def test_a_gradient_spike_is_clipped_to_a_few_times_the_running_norm(monkeypatch):
+    # Adam takes a spike's square into its second moment, which then shrinks every later step:
+    # a logistic model hit by one late in a long run sat frozen at a bad point (docs/codec.md)
+    norms, v_max = _steps_with_a_spike(monkeypatch, spike_clip=4.0)
+    usual = max(norms[:5])
+    assert norms[5] <= 4.0 * usual * 1.01  # the spike step: no more than spike_clip times the RMS norm seen
+    assert norms[5] > 0.5 * usual  # scaled down, not dropped
+    raw, v_raw = _steps_with_a_spike(monkeypatch, spike_clip=0.0)
+    assert raw[5] > 1e4 * usual and raw[:5] == pytest.approx(norms[:5])  # without it the spike goes through
+    assert v_raw > 1e6 * v_max
+    fixed, _ = _steps_with_a_spike(monkeypatch, spike_clip=4.0, grad_clip=1e-3)
+    assert max(fixed) <= 1e-3 * 1.01  # a fixed grad_clip wins over the spike clip
+
+
 def test_splits_are_seeded_disjoint_and_sized_for_what_they_do():
     from vaekit.training.data import plan_splits
 

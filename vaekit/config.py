@@ -131,7 +131,10 @@ class TrainConfig:
     channels_last: bool = True  # on CUDA: NHWC memory format, faster convolutions
     compile: bool = False  # torch.compile the model (CUDA mostly; slow first epoch)
     threshold_quantile: float = 0.99  # anomaly threshold: this quantile of held-out normal scores (docs/thresholds.md)
-    grad_clip: float = 0.0  # clip the global gradient norm to this (0: off, plain AdamW as in the paper)
+    grad_clip: float = 0.0  # clip the global gradient norm to this (0: off; then spike_clip applies)
+    # clip a gradient whose norm exceeds this many times the running RMS norm that AdamW keeps (its
+    # second moment): a rare spike cannot throw the model off (docs/codec.md); 0: off
+    spike_clip: float = 4.0
     crop: int = 0  # a grid (surface) model trains on random crops of this many pixels; 0 = auto (64 when larger)
     checkpoint_every: int = 0  # epochs between checkpoints (the first and last always); 0 = auto (~50 steps apart)
     reader: bool = True  # a surface (grid) model also trains a defect reader (vaekit.reader), its default score
@@ -144,7 +147,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("lr", "weight_decay", "beta", "val_fraction", "calibration_fraction", "threshold_quantile",
-                     "grad_clip"):
+                     "grad_clip", "spike_clip"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise BadInput(f"{name.replace('_', ' ')} must be a finite number, got {value!r}")

@@ -35,10 +35,9 @@ def _resumed_configs(stored: dict, out_dir: Path, changes: dict) -> tuple[ModelC
         model_cfg = from_stored_model(stored["model"])
         # runs of vaekit 0.1 trained at a constant learning rate, without a calibration split; runs
         # of 0.1 and 0.2 held images out by the fractions alone (no cross-fitting), had no reader and
-        # trained on the images as they were,
-        # so a resume plans the very splits their checkpoints trained on
+        # trained on the images as they were, with no spike clipping, so a resume plans the very splits their checkpoints trained on
         old = from_dict(TrainConfig, {"schedule": "constant", "calibration_fraction": 0.0, "folds": 0, "reader": False,
-                                      "augment": "off",
+                                      "augment": "off", "spike_clip": 0.0,
                                       **stored.get("train", {})})
     except (TypeError, ValueError) as e:
         raise rundir.RunError(f"run config {out_dir / rundir.CONFIG} is damaged: {e}") from None

@@ -188,6 +188,24 @@ class Trainer:
         sums = torch.cat([sums, torch.tensor([float(count)], dtype=torch.float64, device=device)])
         return all_reduce_sum(sums, dist).tolist()
 
+    def _clip(self) -> None:
+        """Scale the gradient down to grad_clip, or else to spike_clip times the RMS gradient norm
+        AdamW has seen (the square root of its bias-corrected second moments, summed): a spike
+        hundreds of times the usual norm (a logistic model with a pixel context can meet one
+        late in a long run) then moves the weights no further than a usual step. The limit
+        lives in the optimizer's state, so a resumed run clips the same; with no sync to the host."""
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads)
+        if self.cfg.grad_clip > 0:
+            limit = torch.tensor(self.cfg.grad_clip, device=norm.device)
+        else:
+            beta2 = self.optimizer.param_groups[0]["betas"][1]
+            sq = [s["exp_avg_sq"].sum() / (1 - beta2 ** s["step"]) for s in self.optimizer.state.values()]
+            limit = self.cfg.spike_clip * torch.stack(sq).sum().sqrt()
+        coef = torch.clamp(limit / (norm + 1e-6), max=1.0)
+        for g in grads:
+            g.mul_(coef.to(g.dtype))
+
     def _noise(self, epoch: int, step: int, n_global: int, rows: torch.Tensor) -> torch.Tensor:
         """eps of this rank's images, drawn for the whole global batch by a seed of the step."""
         self.noise.manual_seed(_noise_seed(self.cfg.seed, epoch, step))
@@ -206,10 +224,10 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         scaled = self.scaler is not None and self.scaler.is_enabled()
         (self.scaler.scale(objective) if scaled else objective).backward()
-        if self.cfg.grad_clip > 0:
+        if self.cfg.grad_clip > 0 or (self.cfg.spike_clip > 0 and self.optimizer.state):
             if scaled:
                 self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            self._clip()
         if scaled:
             self.scaler.step(self.optimizer)
             self.scaler.update()
