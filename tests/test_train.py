@@ -450,3 +450,23 @@ def test_resuming_a_run_whose_model_trained_on_every_image_keeps_doing_so(blobs,
     assert len(made) == 5
     after = json.loads(cfg_path.read_text())
     assert after["data"]["train_images"] == 24 and after["anomaly"]["calibration"]["codes"]["shape"] == [24, 4]
+
+
+def test_a_coder_with_many_images_trains_longer_and_one_with_few_does_not():
+    """A logistic model trains up to CODER_BUDGET times a detector's epochs while they stay at
+    most CODER_MAX_EPOCHS (more passes over a few thousand images learn those images); the
+    run's resolved settings say so; an explicit --epochs is kept."""
+    from vaekit.training.loop import resolved_train_config
+    from vaekit.training.recipe import resolve_epochs
+
+    # MNIST's 48,000 training images (after the splits) at 28 px: 2 epochs for a detector, 8 for a coder
+    assert resolve_epochs(TrainConfig(), 48000, 28) == 2 and resolve_epochs(TrainConfig(), 48000, 28, coder=True) == 8
+    # 4,800: 20 epochs either way (four times as many lost on the shaded digits); 12,000: 8 -> 20
+    assert resolve_epochs(TrainConfig(), 4800, 28) == resolve_epochs(TrainConfig(), 4800, 28, coder=True) == 20
+    assert resolve_epochs(TrainConfig(), 12000, 28) == 8 and resolve_epochs(TrainConfig(), 12000, 28, coder=True) == 20
+    assert resolve_epochs(TrainConfig(), 500, 28, coder=True) == resolve_epochs(TrainConfig(), 500, 28) == 180
+    assert resolve_epochs(TrainConfig(epochs=3), 48000, 28, coder=True) == 3
+    coder = ModelConfig(image_size=28, likelihood="logistic", layout="vector")
+    detector = ModelConfig(image_size=28, likelihood="gaussian", layout="vector")
+    assert resolved_train_config(TrainConfig(), coder, 48000).epochs == 8
+    assert resolved_train_config(TrainConfig(), detector, 48000).epochs == 2

@@ -51,11 +51,13 @@ class TrainResult:
 def resolved_train_config(train_cfg: TrainConfig, model_cfg: ModelConfig, n_train: int, models: int = 1) -> TrainConfig:
     """The automatic batch size and number of epochs decided (vaekit.training.recipe), for the size the
     model trains on (its crops, for a surface), whether it trains on warped images, and how many
-    models the run trains (cross-fitting: one per fold, sharing a budget)."""
+    models the run trains (cross-fitting: one per fold, sharing a budget), and whether it is a coder
+    (a logistic likelihood: with many images, more epochs)."""
     size = training_crop(train_cfg, model_cfg) or model_cfg.image_size
     augment = "on" if augment_on(train_cfg.augment, model_cfg.layout, n_train) else "off"
     train_cfg = replace(train_cfg, batch_size=resolve_batch_size(train_cfg, size), augment=augment)
-    return replace(train_cfg, epochs=resolve_epochs(train_cfg, n_train, size, warped=augment == "on", models=models))
+    return replace(train_cfg, epochs=resolve_epochs(train_cfg, n_train, size, warped=augment == "on", models=models,
+                                                    coder=model_cfg.likelihood == "logistic"))
 
 
 def fit(data: Dataset, out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, resume: bool = False,
