@@ -87,6 +87,27 @@ def test_scores_do_not_depend_on_the_batch(engines, images):
     assert o.encode(images[:0])[0].shape == (0, 4)
 
 
+def test_fp32_graphs_take_the_nchwc_layout_and_graphs_it_has_no_kernel_for_do_not(ex, tmp_path):
+    # arch v2's graphs are convolutions and nearest resizes, which NCHWc runs 1.4x faster;
+    # ConvTranspose (arch v1) and int8 QDQ graphs would be wrapped in reorders (docs/benchmarks.md)
+    import onnxruntime as ort
+
+    from vaekit.inference import engine_onnx
+
+    m = vaekit.load(ex.onnx)
+    m.encode(np.zeros((1, 1, 16, 16), np.uint8))
+    m.decode(np.zeros((1, 4), np.float32))
+    levels = {role: s.get_session_options().graph_optimization_level for role, s in m._sessions.items()}
+    assert set(levels) == {"scorer", "encoder", "decoder"}
+    assert set(levels.values()) == {ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+    for slow in engine_onnx.NCHWC_SLOW_OPS:
+        assert slow not in Path(ex.onnx).read_bytes()
+    so = engine_onnx.session_options("scorer", 1, nchwc=False)
+    assert so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    assert engine_onnx.session_options("encoder", 1, nchwc=False).graph_optimization_level == \
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+
+
 def test_threads_come_from_the_argument_or_vaekit_threads(ex, monkeypatch):
     from vaekit.inference.engine_onnx import OnnxModel
 

@@ -154,6 +154,12 @@ def test_gaussian_rgb_odd_size_model_exports_its_sigma_and_matches_torch(tmp_pat
     q = export(run, tmp_path / "g8.onnx", images=images, quantize="int8")
     assert all(p.ok for p in q.parity) and 0 < q.quantization.score_mean_rel < 0.05
     assert vaekit.load(tmp_path / "g8.onnx").decode(np.zeros((2, 3), np.float32)).shape == (2, 3, 20, 20)
+    # neither a ConvTranspose graph nor an int8 one takes the NCHWc layout, which has no kernel for them
+    import onnxruntime as ort
+
+    for f in ("g.onnx", "g8.onnx"):
+        level = vaekit.load(tmp_path / f)._scorer.get_session_options().graph_optimization_level
+        assert level == ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, f
 
 
 @pytest.mark.parametrize("c_out, k, size, bias", [(1, 3, 64, True), (3, 3, 17, True), (2, 5, 9, False)])

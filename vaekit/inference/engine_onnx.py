@@ -54,21 +54,31 @@ def providers(device: str = "auto") -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def session_options(role: str = "scorer", threads: int | None = None):
+# ops that the NCHWc layout (ORT_ENABLE_ALL) has no kernel for, so it wraps each in layout reorders:
+# a graph holding one keeps ORT_ENABLE_EXTENDED (arch v1's ConvTranspose decoders; int8 QDQ graphs)
+NCHWC_SLOW_OPS = (b"ConvTranspose", b"QuantizeLinear")
+
+
+def session_options(role: str = "scorer", threads: int | None = None, nchwc: bool | None = None):
     """onnxruntime settings, chosen by measurement (benchmarks/inference_speed.py).
 
-    What mattered: the graph optimisation level, per graph. ORT_ENABLE_ALL adds the NCHWc
-    layout transform, which makes the encoder's strided convolutions ~1.3-1.4x faster; for arch
-    v1's ConvTranspose decoders (no NCHWc kernel, so each one wrapped in layout reorders) it made
-    the decoder ~1.1-1.2x and the scorer up to 1.7x slower, so those two keep EXTENDED.
-    A fixed thread count (`threads`, from --threads) and sequential execution (each graph
-    is a single chain) do the rest.
+    What mattered: the graph optimisation level. ORT_ENABLE_ALL adds the NCHWc layout
+    transform, whose convolution kernels ran arch v2's graphs (convolutions and nearest
+    resizes only) 1.37-1.45x faster than ORT_ENABLE_EXTENDED (64 px vector and 128 px grid
+    models, batch 1 and 64, one thread; docs/benchmarks.md). For arch v1's ConvTranspose
+    decoders (no NCHWc kernel, so each one wrapped in layout reorders) it made the decoder
+    ~1.1-1.2x and the scorer up to 1.7x slower, and for int8 graphs 0-15% slower, so a graph
+    holding one of NCHWC_SLOW_OPS keeps EXTENDED (`nchwc=False`; None: by role, the encoder
+    always NCHWc). A fixed thread count (`threads`, from --threads) and sequential execution
+    (each graph is a single chain) do the rest.
     """
     import onnxruntime as ort
 
     threads = threads or 0
     so = ort.SessionOptions()
-    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if role == "encoder"
+    if nchwc is None:
+        nchwc = role == "encoder"
+    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if nchwc or role == "encoder"
                                    else ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.intra_op_num_threads = max(0, threads)  # 0: onnxruntime's default (one per physical core)
@@ -82,11 +92,10 @@ def session_options(role: str = "scorer", threads: int | None = None):
 
 def _open(path: Path, role: str, threads: int | None, device: str = "cpu"):
     """One onnxruntime session and its vaekit metadata; clear errors for anything else."""
-    import onnxruntime as ort
-
     check_regular(path, "model file")  # a FIFO or device named .onnx is refused, never opened
+    data = path.read_bytes()  # read once: the session and the checksum
     try:
-        sess = ort.InferenceSession(str(path), session_options(role, threads), providers=providers(device))
+        sess = graph_session(data, role, threads, device)
     except Exception as e:  # onnxruntime raises its own zoo of types for unreadable files
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise OnnxModelError(f"{path} is not a readable ONNX model (not ONNX, truncated or corrupt): {reason}") from None
@@ -95,7 +104,7 @@ def _open(path: Path, role: str, threads: int | None, device: str = "cpu"):
         found = meta.get("vaekit.format")
         why = f"format {found!r}, this vaekit reads {FORMAT!r}" if found else "no vaekit metadata"
         raise ForeignOnnx(f"{path} is not a vaekit export ({why}); write one with `vaekit export RUN_DIR -o model.onnx`")
-    _verify_checksum(path, meta)
+    _verify_checksum(path, meta, data)
     found = meta.get("vaekit.role")
     if found != role:
         if found not in _INPUTS:
@@ -110,11 +119,20 @@ def _open(path: Path, role: str, threads: int | None, device: str = "cpu"):
     return sess, meta
 
 
-def _verify_checksum(path: Path, meta: dict) -> None:
+def graph_session(data: bytes, role: str, threads: int | None = None, device: str = "cpu"):
+    """An onnxruntime session of one exported graph (the file's bytes) with vaekit's settings: the
+    NCHWc layout unless the graph holds one of NCHWC_SLOW_OPS (an op type is a plain string in
+    the protobuf). No checks of what the graph is: `vaekit.load` makes those."""
+    import onnxruntime as ort
+
+    nchwc = not any(op in data for op in NCHWC_SLOW_OPS)
+    return ort.InferenceSession(data, session_options(role, threads, nchwc), providers=providers(device))
+
+
+def _verify_checksum(path: Path, meta: dict, data: bytes) -> None:
     import hashlib
 
     stored = meta.get(CHECKSUM_KEY, "")
-    data = path.read_bytes()
     if len(stored) != 64 or data.count(stored.encode()) != 1:
         raise OnnxModelError(f"{path} has no valid vaekit checksum; re-export it with `vaekit export`")
     if hashlib.sha256(data.replace(stored.encode(), CHECKSUM_PLACEHOLDER.encode())).hexdigest() != stored:
