@@ -230,7 +230,7 @@ def _steps_with_a_spike(monkeypatch, spike_clip: float, grad_clip: float = 0.0):
     real_step = tr.optimizer.step
 
     def step(*a, **k):
-        norms.append(float(torch.nn.utils.get_total_norm([p.grad for p in tr.model.parameters() if p.grad is not None])))
+        norms.append(float(torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in tr.model.parameters() if p.grad is not None]))))
         return real_step(*a, **k)
 
     tr.optimizer.step = step

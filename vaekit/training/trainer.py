@@ -195,7 +195,7 @@ class Trainer:
         late in a long run) then moves the weights no further than a usual step. The limit
         lives in the optimizer's state, so a resumed run clips the same; with no sync to the host."""
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm(grads)
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
         if self.cfg.grad_clip > 0:
             limit = torch.tensor(self.cfg.grad_clip, device=norm.device)
         else:
