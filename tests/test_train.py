@@ -251,6 +251,8 @@ def test_a_gradient_spike_is_clipped_to_a_few_times_the_running_norm(monkeypatch
     assert v_raw > 1e6 * v_max
     fixed, _ = _steps_with_a_spike(monkeypatch, spike_clip=4.0, grad_clip=1e-3)
     assert max(fixed) <= 1e-3 * 1.01  # a fixed grad_clip wins over the spike clip
+    with pytest.raises(BadInput, match="spike clip must be >= 0"):
+        TrainConfig(spike_clip=-1.0)
 
 
 def test_splits_are_seeded_disjoint_and_sized_for_what_they_do():

@@ -133,7 +133,7 @@ class TrainConfig:
     threshold_quantile: float = 0.99  # anomaly threshold: this quantile of held-out normal scores (docs/thresholds.md)
     grad_clip: float = 0.0  # clip the global gradient norm to this (0: off; then spike_clip applies)
     # clip a gradient whose norm exceeds this many times the running RMS norm that AdamW keeps (its
-    # second moment): a rare spike cannot throw the model off (docs/codec.md); 0: off
+    # second moment): a rare spike cannot throw the model off (docs/model.md); 0: off
     spike_clip: float = 4.0
     crop: int = 0  # a grid (surface) model trains on random crops of this many pixels; 0 = auto (64 when larger)
     checkpoint_every: int = 0  # epochs between checkpoints (the first and last always); 0 = auto (~50 steps apart)
@@ -151,6 +151,8 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise BadInput(f"{name.replace('_', ' ')} must be a finite number, got {value!r}")
+        if self.grad_clip < 0 or self.spike_clip < 0:
+            raise BadInput(f"grad clip and spike clip must be >= 0 (0: off), got {self.grad_clip!r} and {self.spike_clip!r}")
         if not isinstance(self.epochs, int) or self.epochs < 0:
             raise BadInput(f"epochs must be a positive integer (or 0 for auto), got {self.epochs!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 0:

@@ -35,7 +35,8 @@ def _resumed_configs(stored: dict, out_dir: Path, changes: dict) -> tuple[ModelC
         model_cfg = from_stored_model(stored["model"])
         # runs of vaekit 0.1 trained at a constant learning rate, without a calibration split; runs
         # of 0.1 and 0.2 held images out by the fractions alone (no cross-fitting), had no reader and
-        # trained on the images as they were, with no spike clipping, so a resume plans the very splits their checkpoints trained on
+        # trained on the images as they were, with no spike clipping, so a resume plans the very
+        # splits and steps their checkpoints trained on
         old = from_dict(TrainConfig, {"schedule": "constant", "calibration_fraction": 0.0, "folds": 0, "reader": False,
                                       "augment": "off", "spike_clip": 0.0,
                                       **stored.get("train", {})})
