@@ -81,6 +81,7 @@ def test_residual_qualities_hold_every_pixel_within_half_a_step(tmp_path):
     assert sizes == sorted(sizes)
 
 
+@pytest.mark.slow  # exports
 def test_a_refit_keeps_the_tables_older_files_were_coded_with(tmp_path):
     """Refitting replaces the current tables but keeps the earlier set (by hash), so a .vkc coded
     before decodes the same afterwards, from the run and from an export made after the refit."""
