@@ -117,6 +117,19 @@ def test_same_seed_same_weights_and_resume_is_exact(blobs, tmp_path, schedule):
     assert [r["train_loss"] for r in a] == [r["train_loss"] for r in b]
 
 
+def test_a_run_from_before_the_spike_clip_resumes_without_it(tmp_path):
+    # its checkpoints trained unclipped: a resume must take the same steps (config.json has no key)
+    from dataclasses import asdict
+
+    from vaekit.training.job import _resumed_configs
+
+    stored = {"model": asdict(MODEL.with_fallbacks()), "train": {k: v for k, v in asdict(tcfg()).items() if k != "spike_clip"}}
+    _, old = _resumed_configs(stored, tmp_path, {})
+    assert old.spike_clip == 0.0
+    _, new = _resumed_configs({**stored, "train": asdict(tcfg())}, tmp_path, {})
+    assert new.spike_clip == TrainConfig().spike_clip == 4.0
+
+
 def test_the_learning_rate_warms_up_then_decays_to_zero():
     cfg = TrainConfig(lr=1e-2)
     lrs = [learning_rate(cfg, step, 100) for step in range(101)]
