@@ -158,13 +158,12 @@ def run_benchmark(args, tmp: Path) -> None:
     print("-" * len(header))
     rng = np.random.default_rng(0)
     roof = []  # (threads, op, batch, torch s, ort s, graph s) of the fp32 rows, fastest calls
-    graph_file = {"score": files["fp32"], **{op: part_paths(files["fp32"])[role]
-                                             for op, role in (("encode", "encoder"), ("decode", "decoder"))}}
+    roles = {"score": "scorer", "encode": "encoder", "decode": "decoder"}
     for threads in args.threads:
         torch.set_num_threads(threads)
         models = {name: OnnxModel(path, threads=threads) for name, path in files.items()}
-        graphs = {op: graph_session(Path(f).read_bytes(), {"score": "scorer", "encode": "encoder", "decode": "decoder"}[op],
-                                    threads) for op, f in graph_file.items()}
+        graphs = {op: graph_session(part_paths(files["fp32"])[role].read_bytes(), role, threads)
+                  for op, role in roles.items()}
         for op in args.ops:
             for batch in args.batches:
                 x = rng.integers(0, 256, (batch, info.channels, info.image_size, info.image_size), dtype=np.uint8)

@@ -76,8 +76,6 @@ def session_options(role: str = "scorer", threads: int | None = None, nchwc: boo
 
     threads = threads or 0
     so = ort.SessionOptions()
-    if nchwc is None:
-        nchwc = role == "encoder"
     so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if nchwc or role == "encoder"
                                    else ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
