@@ -47,12 +47,14 @@ def test_vaekit_debug_0_keeps_tracebacks_off(run, tmp_path, off):
     assert not isinstance(r.exception, ValueError)  # handled: not re-raised for a traceback
 
 
+@pytest.mark.slow  # the installed vaekit in a fresh process
 def test_the_installed_vaekit_keeps_tracebacks_off_with_vaekit_debug_0(run, tmp_path):
     (tmp_path / "x.png").write_bytes(b"not an image")
     r = vaekit("anomaly-score", run, tmp_path / "x.png", VAEKIT_DEBUG="0")
     assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.strip().startswith("error:"), r.stderr
 
 
+@pytest.mark.slow  # the installed vaekit in a fresh process
 def test_vaekit_debug_1_shows_the_traceback(run, tmp_path):
     (tmp_path / "x.png").write_bytes(b"not an image")
     r = vaekit("anomaly-score", run, tmp_path / "x.png", VAEKIT_DEBUG="1")

@@ -72,6 +72,7 @@ def test_decoding_a_large_image_costs_a_few_bytes_per_channel(tmp_path, mode, ch
     assert grew <= PER_CHANNEL * SIDE * SIDE * file_channels, f"{grew / SIDE**2:.1f} bytes per pixel"
 
 
+@pytest.mark.slow  # the installed vaekit in two fresh processes
 def test_anomaly_score_on_a_large_rgba_png_stays_within_the_bound(tmp_path):
     """The whole command, run twice (a tiny image, then the large one): the difference in peak RSS."""
     run = random_run(tmp_path / "run", image_size=16, channels=3, latent_dim=4, base_channels=4)

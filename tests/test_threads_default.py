@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # each test starts vaekit, and torch, in a fresh process
+
 # runs a real command (vaekit threshold on a folder that is no run: exit 2), then reports the
 # policy in the environment, where torch's OpenMP reads it when the command imports torch
 PROBE = r"""
