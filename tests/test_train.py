@@ -170,6 +170,32 @@ def test_a_few_images_of_a_surface_do_not_look_aligned_by_chance(n):
     assert choose_layout(image_statistics(objects.astype(np.uint8), np.arange(n))) == "vector"
 
 
+def test_a_large_surface_under_uneven_light_is_still_a_surface(tmp_path):
+    """A fixed lamp darkens every image of a surface towards one side: its mean image is then a
+    ramp, which the plain statistic takes for an aligned object. Large images are judged with
+    the lighting taken off; a shape is not a quadratic surface and stays aligned; small images
+    keep the plain statistic."""
+    from PIL import Image
+
+    from vaekit.training.data import LAYOUT_ALIGNED, choose_layout, image_statistics, probe_layout
+
+    rng = np.random.default_rng(0)
+    n, side = 40, 128
+    yy, xx = np.mgrid[0:side, 0:side] / (side - 1)
+    lamp = 1 - 0.5 * yy - 0.2 * (xx - 0.5) ** 2  # brighter at the top, darker at both sides
+    surface = np.clip(rng.normal(150, 30, (n, 1, side, side)) * lamp, 0, 255).astype(np.uint8)
+    stats = image_statistics(surface, np.arange(n))
+    assert stats["aligned"] > 2 * LAYOUT_ALIGNED  # the plain statistic would say "aligned"
+    assert abs(stats["aligned_unlit"]) < LAYOUT_ALIGNED / 2
+    assert choose_layout(stats, side) == "grid" and choose_layout(stats) == "vector"
+    ring = ((np.hypot(yy - 0.5, xx - 0.5) - 0.3) ** 2 < 0.003) * 120.0  # a part in a fixed place
+    parts = np.clip(surface * 0.3 + ring, 0, 255).astype(np.uint8)
+    assert choose_layout(image_statistics(parts, np.arange(n)), side) == "vector"
+    for i, img in enumerate(surface[:, 0]):  # through the files, as `vaekit train` probes them
+        Image.fromarray(img).save(tmp_path / f"{i:02d}.png")
+    assert probe_layout(sorted(tmp_path.glob("*.png")), 1) == "grid"
+
+
 def test_an_existing_run_is_never_silently_replaced(blobs, tmp_path):
     train(blobs, tmp_path / "run", MODEL, tcfg(epochs=1))
     before = (tmp_path / "run" / "model.safetensors").read_bytes()

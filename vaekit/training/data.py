@@ -96,11 +96,12 @@ def probe_layout(paths: list[Path], channels: int) -> str:
     """vector or grid from up to PROBE files decoded at <= AUTO_MAX_SIZE (see image_statistics)."""
     from vaekit import images
 
-    side = min(AUTO_MAX_SIZE, max(16, median_side(paths) or AUTO_MAX_SIZE))
+    native = median_side(paths)
+    side = min(AUTO_MAX_SIZE, max(16, native or AUTO_MAX_SIZE))
     report = images.load_images(paths[:: max(1, len(paths) // PROBE)][:PROBE], side, channels)
     if not len(report.paths):
         return "vector"
-    return choose_layout(image_statistics(report.images, np.arange(len(report.paths))))
+    return choose_layout(image_statistics(report.images, np.arange(len(report.paths))), native)
 
 
 LAYOUT_ALIGNED = 0.1  # aligned-ness at or above which one latent vector describes the images
@@ -116,22 +117,40 @@ def image_statistics(images: np.ndarray, idx: np.ndarray) -> dict[str, float]:
       images also varies by chance, by about variance / (n - 1): that share is taken off (40
       images of 256 px of each inspection texture of benchmarks/inspection.py: 0.078-0.082
       without it, 0.053-0.057 with it; the cut-off is LAYOUT_ALIGNED).
+    aligned_unlit: the same after taking the best quadratic surface in x and y off the mean image
+      first. A lamp or a lens lights every image of a fixed camera the same uneven way, and that
+      alone gives a surface a structured mean image (a 30% fall-off across 40 images of 256 px:
+      0.17-0.44); what a shape leaves in the mean is not quadratic (MNIST 0.24-0.82, faces 0.11).
     binary: share of values within 0.1 of black or white (0.9 for MNIST, ~0 for photographs)."""
     pick = idx[:: max(1, len(idx) // SAMPLE)]
     x = gather(images, np.sort(pick)).astype(np.float32).mean(1) / 255.0  # (n, H, W) grey
-    variance = float(x.var(0).mean())
+    variance = max(float(x.var(0).mean()), 1e-12)
     chance = 1.0 / (len(x) - 1) if len(x) > 1 else 0.0
-    aligned = float(x.mean(0).var() / max(variance, 1e-12)) - chance
-    binary = float(((x < 0.1) | (x > 0.9)).mean())
-    return {"aligned": aligned, "binary": binary, "variance": variance}
+    mean = x.mean(0)
+    return {"aligned": float(mean.var()) / variance - chance,
+            "aligned_unlit": float(unlit(mean).var()) / variance - chance,
+            "binary": float(((x < 0.1) | (x > 0.9)).mean()), "variance": float(x.var(0).mean())}
 
 
-def choose_layout(stats: dict[str, float]) -> str:
+def unlit(mean: np.ndarray) -> np.ndarray:
+    """An (H, W) image less its least-squares fit by 1, y, x, y², x², xy: what uneven lighting is not."""
+    h, w = mean.shape
+    yy, xx = np.mgrid[0:h, 0:w] / max(h - 1, w - 1, 1) - 0.5
+    basis = np.stack([np.ones_like(yy), yy, xx, yy * yy, xx * xx, yy * xx], -1).reshape(-1, 6)
+    flat = mean.reshape(-1).astype(np.float64)
+    return (flat - basis @ np.linalg.lstsq(basis, flat, rcond=None)[0]).reshape(h, w)
+
+
+def choose_layout(stats: dict[str, float], side: int | None = None) -> str:
     """A latent vector for aligned images, a grid of latent cells for surfaces; identical images
-    (no variance at all: nothing to tell apart) get the vector."""
+    (no variance at all: nothing to tell apart) get the vector. Images larger than AUTO_MAX_SIZE
+    (`side`, their median shorter side) are judged with the lighting taken off (aligned_unlit):
+    that is where a fixed camera and lamp photograph a surface, and where a small defect needs the
+    grid's native resolution (docs/detection.md, "Objects or surface")."""
     if stats.get("variance", 1.0) < 1e-8:
         return "vector"
-    return "vector" if stats["aligned"] >= LAYOUT_ALIGNED else "grid"
+    large = side is not None and side > AUTO_MAX_SIZE and "aligned_unlit" in stats
+    return "vector" if stats["aligned_unlit" if large else "aligned"] >= LAYOUT_ALIGNED else "grid"
 
 
 def choose_model(cfg, stats: dict[str, float]):
@@ -141,7 +160,7 @@ def choose_model(cfg, stats: dict[str, float]):
     vector, 8 channels per cell for a grid."""
     from dataclasses import replace
 
-    layout = cfg.layout if cfg.layout != "auto" else choose_layout(stats)
+    layout = cfg.layout if cfg.layout != "auto" else choose_layout(stats, cfg.image_size)
     likelihood = cfg.likelihood if cfg.likelihood != "auto" else ("bernoulli" if stats["binary"] >= 0.8 else "gaussian")
     latent_dim = cfg.latent_dim or (16 if layout == "vector" else 8)
     return replace(cfg, layout=layout, likelihood=likelihood, latent_dim=latent_dim)
