@@ -457,3 +457,23 @@ def trained(tmp_path_factory):
     train(images, base / "run", MODEL, TrainConfig(epochs=2, batch_size=4, seed=0, device="cpu"), channels=1,
           cache_dir=base / "cache")
     return base / "run"
+
+
+def test_a_model_whose_codes_overflow_is_a_failed_training_not_a_bug():
+    """A huge --lr can leave the loss finite for an epoch while the weights send the codes to
+    inf; the calibration then has no code bank to store: TrainingFailed (exit 1), not a ValueError."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import pytest
+
+    from vaekit.errors import TrainingFailed
+    from vaekit.training.finish import _with_codes
+
+    calibration = SimpleNamespace(global_tests=["error_high", "code_far"], with_codes=lambda codes: "stored")
+    data = SimpleNamespace(images=np.zeros((3, 1, 8, 8), np.uint8))
+    finite = SimpleNamespace(encode=lambda x: (np.zeros((len(x), 4), np.float32),))
+    assert _with_codes(calibration, finite, data, np.arange(3)) == "stored"
+    overflowed = SimpleNamespace(encode=lambda x: (np.full((len(x), 4), np.inf, np.float32),))
+    with pytest.raises(TrainingFailed, match="not finite"):
+        _with_codes(calibration, overflowed, data, np.arange(3))

@@ -24,7 +24,7 @@ def damage(stats, size: int, tests, default_tests, latent_dim: int | None = None
             and all(isinstance(w, int) and not isinstance(w, bool) and 1 <= w <= size for w in windows)):
         return "windows"
     names = stats.get("global", list(default_tests))
-    if not (isinstance(names, list) and 1 <= len(names) <= len(tests) and all(n in tests for n in names)
+    if not (isinstance(names, list) and 1 <= len(names) <= len(tests) and all(isinstance(n, str) and n in tests for n in names)
             and len(set(names)) == len(names)):
         return "global"
     if "code_far" in names:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vaekit.errors import TrainingFailed
 from vaekit.training import rundir
 from vaekit.training.data import gather, to_input
 from vaekit.version import __version__
@@ -141,7 +142,11 @@ def _with_codes(calibration, engine, data, idx):
 
     if "code_far" not in calibration.global_tests:
         return calibration
-    return calibration.with_codes(engine.encode(gather(data.images, _at_most(idx, codebank.BANK_SIZE)))[0])
+    codes = engine.encode(gather(data.images, _at_most(idx, codebank.BANK_SIZE)))[0]
+    if not np.isfinite(codes).all():  # trained to weights that overflow (a huge --lr): no model to keep
+        raise TrainingFailed("the trained model's codes of its training images are not finite numbers: "
+                             "training diverged; try a lower --lr")
+    return calibration.with_codes(codes)
 
 
 def _codec_tables(engine, data, idx) -> dict:
