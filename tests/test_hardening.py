@@ -235,6 +235,23 @@ def test_a_run_directory_in_use_is_refused_naming_the_process(run, images, work)
     assert tree(out / "checkpoint") == before
 
 
+def test_a_run_that_is_training_is_not_read_as_a_model(run, images, work):
+    """While a training holds the run's lock its weights and config are still changing: scoring,
+    exporting or sampling from it would use a half-trained model. Refused (exit 2) until the lock goes."""
+    import vaekit
+    from vaekit.errors import InUse
+    from vaekit.training import rundir
+
+    out = copy_run(run, work / "training")
+    with rundir.locked(out):
+        with pytest.raises(InUse, match=f"in use by process {os.getpid()}"):
+            vaekit.load(out)
+        r = invoke("anomaly-score", out, images)
+        assert r.exit_code == 2 and "in use by process" in r.output, r.output
+    assert vaekit.load(out).info.threshold is not None  # the lock gone, the run reads again
+    assert vaekit.load(out).info.threshold is not None  # and the probe itself left no lock behind
+
+
 def test_out_inside_the_input_folder_is_refused(images, work):
     imgs = Path(shutil.copytree(images, work / "imgs"))
     for out in (imgs, imgs / "runs" / "a"):

@@ -38,6 +38,9 @@ def load(path, device: str = "auto", threads: int | None = None):
     path = Path(path)
     if path.is_dir():
         from vaekit.inference.engine_torch import TorchModel
+        from vaekit.training.rundir import refuse_in_use
+
+        refuse_in_use(path)
 
         return TorchModel(path, device=device, threads=threads)
     if path.is_file():  # stat follows links: a FIFO or device is neither, and is never opened

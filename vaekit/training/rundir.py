@@ -151,6 +151,23 @@ def locked(run_dir: Path):
         os.close(fd)  # releases the lock
 
 
+def refuse_in_use(run_dir: Path) -> None:
+    """InUse when a training holds the run's lock (`locked`): its weights and config.json are
+    still changing, so a model read from it now would be half-trained. Probed without waiting;
+    the probe's own lock is let go at once."""
+    path = Path(run_dir) / LOCK
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:  # no lock file (a run no training is writing), or one that cannot be opened
+        return
+    try:
+        if not try_lock(fd):
+            raise InUse(f"{run_dir} is in use by process {_holder(fd)} (a vaekit train is writing it); "
+                        "wait for it to finish")
+    finally:
+        os.close(fd)
+
+
 def _holder(fd: int) -> str:
     """The process id a lock file names; "unknown" when it cannot be read (on Windows the
     holder's lock keeps others from reading it)."""
