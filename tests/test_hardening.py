@@ -252,6 +252,19 @@ def test_a_run_that_is_training_is_not_read_as_a_model(run, images, work):
     assert vaekit.load(out).info.threshold is not None  # and the probe itself left no lock behind
 
 
+def test_a_checkpoint_folder_from_another_run_is_not_resumed(run, images, work):
+    """Each run's config.json names it (run_id) and every resume.json repeats that name: a
+    checkpoint folder copied in from another run is refused, not trained on as if it were this one's."""
+    a, b = copy_run(run, work / "a"), copy_run(run, work / "b")
+    edit_config(b, lambda cfg: cfg.__setitem__("run_id", "0123456789abcdef"))  # another run with the same data
+    r = invoke("train", images, "--out", b, "--resume", "--epochs", "3")
+    assert r.exit_code == 2 and "belongstoanotherrun" in flat(r.output), r.output
+    r = invoke("train", images, "--out", a, "--resume", "--epochs", "3")  # its own checkpoint resumes
+    assert r.exit_code == 0, r.output
+    resume = json.loads((a / "checkpoint" / "resume.json").read_text())
+    assert resume["run"] == json.loads((a / "config.json").read_text())["run_id"]
+
+
 def test_out_inside_the_input_folder_is_refused(images, work):
     imgs = Path(shutil.copytree(images, work / "imgs"))
     for out in (imgs, imgs / "runs" / "a"):

@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 
 from vaekit.fileio import atomic_write_json, read_json, read_regular
-from vaekit.training.rundir import (CHECKPOINT_DIR, RESUME, CHECKPOINT_NAME, RunError, load_tensors, remove_strays,
-                        save_tensors)
+from vaekit.training.rundir import (CHECKPOINT_DIR, CONFIG, RESUME, CHECKPOINT_NAME, RunError, load_tensors,
+                                   remove_strays, save_tensors)
 
 
 def save_checkpoint(run_dir: Path, epoch: int, tensors: dict[str, torch.Tensor], state: dict) -> None:
@@ -20,7 +20,9 @@ def save_checkpoint(run_dir: Path, epoch: int, tensors: dict[str, torch.Tensor],
     ckpt_dir = Path(run_dir) / CHECKPOINT_DIR
     name = f"epoch-{epoch:04d}.safetensors"
     digest = save_tensors(ckpt_dir / name, tensors, state)
-    atomic_write_json(ckpt_dir / RESUME, {"epoch": epoch, "file": name, "sha256": digest})
+    pointer = {"epoch": epoch, "file": name, "sha256": digest}
+    run = run_id(run_dir)
+    atomic_write_json(ckpt_dir / RESUME, pointer if run is None else {**pointer, "run": run})
     for old in ckpt_dir.glob("epoch-*.safetensors"):
         if old.name != name:
             old.unlink(missing_ok=True)
@@ -41,6 +43,10 @@ def load_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict]:
     if not isinstance(name, str) or not CHECKPOINT_NAME.fullmatch(name):
         raise RunError(f"resume state {ckpt_dir / RESUME} is damaged: 'file' must name an epoch-NNNN.safetensors "
                        f"in {ckpt_dir}, got {name!r}")
+    if pointer.get("run") != run_id(run_dir):  # a checkpoint folder copied in from another run
+        raise RunError(f"the checkpoint in {ckpt_dir} belongs to another run (resume.json names run "
+                       f"{pointer.get('run')}, config.json run {run_id(run_dir)}); resume the run it came from, "
+                       "or start this one again with --overwrite")
     path = ckpt_dir / name
     try:
         data = read_regular(path, "checkpoint")
@@ -51,6 +57,15 @@ def load_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict]:
     tensors, meta = load_tensors(path, "checkpoint")
     _check_checkpoint_meta(meta, path)
     return tensors, meta
+
+
+def run_id(run_dir: Path) -> str | None:
+    """The id config.json gave the run when it began (None for runs written before ids, or none)."""
+    try:
+        value = read_json(Path(run_dir) / CONFIG, "run config").get("run_id")
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 def _check_checkpoint_meta(meta: dict, path: Path) -> None:

@@ -3,6 +3,7 @@ score's calibration, the anomaly threshold and the preview image."""
 
 from __future__ import annotations
 
+import secrets
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ def write_run_config(out_dir, data, model_cfg, train_cfg, device, n_train, n_val
         "vaekit_version": __version__,
         "torch_version": torch.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "run_id": secrets.token_hex(8),  # names the run in its checkpoints' resume.json
         "model": asdict(model_cfg),
         "train": asdict(train_cfg),
         "data": {
