@@ -2,7 +2,7 @@
 
 Fixed fields are single bytes, LEB128 varints and the two 64-bit hashes as raw bytes; what varies
 with the folder is stored raw, raw-deflated or raw-LZMA2'd, whichever is smallest: the names,
-NUL-separated (a name never holds a NUL), then only where there is any, two NULs and JSON of the
+NUL-separated (a name never holds a NUL; UTF-8, or the file's own bytes where it is not), then only where there is any, two NULs and JSON of the
 original sizes that differ from the model's and a lossless archive's engine. A one-image header is
 ~31 bytes plus its name, where JSON with hex hashes cost ~320 (docs/codec.md); 10,000 numbered
 names take ~0.3 bytes each (LZMA2). Format 2 (.vkc files of "VKC2") kept the names in the JSON too;
@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 
 MODES = ("lossy", "lossless")
 MAX_META = 1 << 31  # bytes of the variable part once decompressed
+# a file name that is not UTF-8 (POSIX allows any bytes) is a surrogate-escaped str in Python: its
+# bytes are stored as they are and come back as the same str, so decode writes the same file name
+NAMES = "surrogateescape"
 _LZMA2 = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
 
 
@@ -119,7 +122,7 @@ def _pack_names(h: Header) -> bytes:
     if any(not n or "\0" in n for n in h.names):
         raise ValueError("a stored name must be non-empty and hold no NUL")
     extras = _extras(h)
-    raw = b"\0".join(n.encode() for n in h.names)
+    raw = b"\0".join(n.encode("utf-8", NAMES) for n in h.names)
     return raw + (b"\0\0" + json.dumps(extras, separators=(",", ":")).encode() if extras else b"")
 
 
@@ -130,7 +133,7 @@ def _unpack_names(raw: bytes) -> dict:
     meta = loads_json(extras) if sep else {}
     if not isinstance(meta, dict) or "names" in meta:
         raise ValueError("the header's extra fields are not an object")
-    return {**meta, "names": [n.decode() for n in names.split(b"\0")] if names else []}
+    return {**meta, "names": [n.decode("utf-8", NAMES) for n in names.split(b"\0")] if names else []}
 
 
 def pack(h: Header) -> bytes:

@@ -23,7 +23,7 @@ from vaekit import images as imageio
 from vaekit import stream
 from vaekit.codec import bitsback, container, lossy, residual, tables
 from vaekit.codec import prior as priors
-from vaekit.codec.net import Net
+from vaekit.codec.net import CANONICAL_THREADS, Net
 from vaekit.codec.store import decoded, earlier_hashes, stored_prior
 from vaekit.codes.jobs import original_size, png_names, restore_size
 from vaekit.errors import BadInput
@@ -96,6 +96,7 @@ def encode(model, source: str | Path | Sequence[str | Path], out: str | Path, qu
                                  _encode_lossy(model, prior, quality, found, header, spill, chunk, progress))
         if not header.names:
             raise imageio.none_usable(f"in {source}", skipped)
+        decodable(header.names, source)  # the images stored, when a skipped one changed the output names
         header.chunks = spill.chunks
         size = container.write(out, header, spill.finish())
     finally:
@@ -125,9 +126,21 @@ def check_encode(model, source, out: str | Path, quality: int | None = None, los
     if parent is not None and not parent.is_dir():
         raise BadInput(f"output {out}: {parent} is a file, not a folder")
     found = stream.find_inputs(source)
+    decodable(found.names, source)
     refuse_inside(out, [*found.roots, model.info.source], "output")  # nor into the model's run directory
     refuse_existing([out], overwrite)
     return found
+
+
+def decodable(names: Sequence[str], source) -> None:
+    """Refuse names that decode could never write: it names each output after its source with a
+    .png suffix, the whole name where two would share one (`png_names`), and x.png, x.bmp and
+    x.png.png would still meet at x.png.png."""
+    try:
+        png_names(names)
+    except BadInput as e:
+        raise BadInput(f"cannot encode {source}: {e} when decoded (a .vkc decodes each image to its name with "
+                       f"a .png suffix, or its whole name plus .png where two share one); rename one of them") from None
 
 
 def _check_lossless(model) -> None:
@@ -166,9 +179,15 @@ def _flush_lossy(model, prior, quality, pending, spill, chunk):
 
 
 def _encode_lossless(model, found, header, spill, chunk, progress):
-    net, info = Net(model), model.info
+    net = Net(model)
+    with net.pinned(CANONICAL_THREADS):  # not --threads: the decoder must see the same floats (net.py)
+        header.engine = net.describe()
+        return _encode_images(net, found, header, spill, chunk, progress)
+
+
+def _encode_images(net, found, header, spill, chunk, progress):
+    info = net.model.info
     want = (info.channels, info.image_size, info.image_size)
-    header.engine = net.describe()
     skipped, source_bytes, batch, total = [], 0, [], len(found.paths)
     for k, (path, name) in enumerate(zip(found.paths, found.names)):
         try:
@@ -263,8 +282,27 @@ def _check_model(header: container.Header, model, archive: Path) -> None:
 
 
 def _decode_into(model, prior, header, archive, offset, staged, size, progress) -> None:
+    if header.mode == "lossless":
+        net = Net(model)
+        with net.pinned(_threads(header, archive)):  # the count the encoder's torch calls ran on
+            _decode_chunks(model, prior, header, archive, offset, staged, size, progress, net)
+    else:
+        _decode_chunks(model, prior, header, archive, offset, staged, size, progress, None)
+
+
+def _threads(header: container.Header, archive: Path) -> int:
+    """The torch thread count a lossless archive was written with: CANONICAL_THREADS since vaekit
+    pinned it, the user's --threads before (decoded on that count, so those files still decode)."""
+    threads = header.engine.get("threads", CANONICAL_THREADS)
+    if header.engine.get("engine") != "torch":
+        return CANONICAL_THREADS  # unused: onnxruntime's threads are its session's (and did not matter)
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 4096:
+        raise container.ArchiveError(f"{archive} is damaged or foreign: it names {threads!r:.20} torch threads")
+    return threads
+
+
+def _decode_chunks(model, prior, header, archive, offset, staged, size, progress, net) -> None:
     done, n = 0, len(staged)
-    net = Net(model) if header.mode == "lossless" else None
     for count, words in container.iter_chunks(archive, header, offset):
         if header.mode == "lossless":
             for k, x in enumerate(bitsback.decode_chunk(net, words, count, source=str(archive))):

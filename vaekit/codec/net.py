@@ -5,14 +5,23 @@ make every call exactly as the decoder of the archive will: one image per call, 
 batch size or batch neighbour changes a single float. Both engines already compute the
 parameters (the torch net's `decode`, the exported decoder graph's `params` output); this
 adapter reaches them. Imports no torch unless the model is a torch one.
+
+Torch's CPU floats also depend on its intra-op thread count (1 vs 2 threads changed the tables of
+every image of a 200-image archive), so lossless coding runs its torch calls on CANONICAL_THREADS
+whatever --threads says (`Net.pinned`), and an archive records the count it was written with.
+onnxruntime's outputs did not change with its thread count (1, 2, default; measured, docs/codec.md).
 """
 
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 import numpy as np
 
 from vaekit import images as imageio
 from vaekit.errors import BadInput
+
+CANONICAL_THREADS = 1  # torch intra-op threads of every lossless encode (and decode of a file that records it)
 
 
 class Net:
@@ -47,6 +56,22 @@ class Net:
 
             d.update(onnxruntime=onnxruntime.__version__, threads=self.model.threads or 0)
         return d
+
+    @contextmanager
+    def pinned(self, threads: int = CANONICAL_THREADS):
+        """Run the torch engine's calls on `threads` intra-op threads, restoring the count after
+        (torch's thread pool belongs to the whole process); nothing changes on onnxruntime."""
+        if self.engine != "torch":
+            yield
+            return
+        import torch
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
     def posterior(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """uint8 image (C, H, W) -> the posterior's mu and logvar (D,), float64."""
