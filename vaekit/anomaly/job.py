@@ -82,7 +82,7 @@ def score_to_file(
     index, count = stream.check_shard(*(stream.env_shard() if shard is None else shard))
     if out is None and (resume or count > 1):
         raise BadInput("--resume and sharding need an output file (-o): the rows are kept there")
-    check_outputs(found.roots, out, maps, overwrite)
+    check_outputs(found.roots, out, maps, overwrite, model.info.source)
     layout = Layout(_texts(found.paths), batch_size, index, count)
     shares, journal = _open(model, plan, found, layout, out, maps, resume) if out is not None else (None, None)
     done = frozenset(journal.done) if journal else frozenset()
@@ -103,9 +103,11 @@ def score_to_file(
         if count > 1:  # this share is written: its lock goes, another share's process may merge it
             _close(journal, out)
         return _merge(model, plan, shares, report, tally, inputs, torchrun, merge_timeout, progress)
+    except BaseException:  # refused or failed before its first batch: no OUT.partial to block the next run
+        _close(journal, out, abandon=True)
+        raise
     finally:  # done, or stopped (the writer has ended): the journal's lock goes (unsharded: after the merge)
-        if journal is not None:
-            _close(journal, out)
+        _close(journal, out)
 
 
 class _Sink:
@@ -139,8 +141,13 @@ def _open(model: Model, plan: Plan, found: stream.Inputs, layout: Layout, out, m
                                 shares.row_check)
 
 
-def _close(journal, out) -> None:
+def _close(journal, out, abandon: bool = False) -> None:
+    """Release the journal's lock; `abandon`: remove it first if this run started it and wrote no batch."""
+    if journal is None:
+        return
     with naming_failed_writes(Path(out)):
+        if abandon:
+            journal.abandon()
         journal.close()
 
 

@@ -18,25 +18,30 @@ from vaekit import images as imageio
 from vaekit.anomaly.score import ROW_FIELDS, ScoreReport, report_header
 from vaekit.inference.engine import Model
 from vaekit.errors import BadInput
-from vaekit.fileio import atomic_writer, dumps_json, refuse_existing, refuse_inside
+from vaekit.fileio import atomic_writer, dumps_json, refuse_existing, refuse_inside, refuse_model_files
 
 MAP_MIN_SIDE = 128  # heat maps are enlarged (nearest neighbour) to at least this many pixels
 
 
 def check_outputs(inputs, out: str | Path | None = None, maps: str | Path | None = None,
-                  overwrite: bool = False) -> None:
+                  overwrite: bool = False, model: str | Path | None = None) -> None:
     """The output rule for scoring's files, checked before any scoring: no output inside
-    an input folder, and an existing file only replaced with `overwrite`."""
+    an input folder or in the `model`'s files (its run directory, its .onnx), and an existing
+    file only replaced with `overwrite`."""
     roots = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     if out is not None:
         output_format(out)
         refuse_inside(Path(out), roots, "output")
+        if model is not None:
+            refuse_model_files(Path(out), model, "output")
         refuse_existing(Path(out), overwrite)
     if maps is not None:
         maps = Path(maps)
         if maps.exists() and not maps.is_dir():
             raise BadInput(f"--maps {maps} is a file; give a folder")
         refuse_inside(maps, roots, "--maps folder", folder=True)
+        if model is not None:
+            refuse_model_files(maps, model, "--maps folder")
 
 
 def csv_text(text: str) -> str:
@@ -117,7 +122,7 @@ def write_scores(path: str | Path, report: ScoreReport, model: Model | None = No
 
     An existing file is replaced only with `overwrite`; never inside a scored folder."""
     path = Path(path)
-    check_outputs(report.inputs, out=path, overwrite=overwrite)
+    check_outputs(report.inputs, out=path, overwrite=overwrite, model=None if model is None else model.info.source)
     rows = (asdict(r) for r in report.rows)
     with atomic_writer(path) as f:
         if output_format(path) == "csv":

@@ -21,7 +21,7 @@ import numpy as np
 from vaekit import images as imageio
 from vaekit import stream
 from vaekit.errors import BadInput
-from vaekit.fileio import refuse_existing, refuse_inside
+from vaekit.fileio import refuse_existing, refuse_inside, refuse_model_files
 from vaekit.images.arrays import check_batch_size, check_int
 from vaekit.images.quality import SSIM_MISSING, psnr, ssim
 from vaekit.progress import Progress
@@ -62,7 +62,7 @@ class ReconstructReport:
         }
 
 
-def _targets(source, out_dir: Path, overwrite: bool, grid_max: int):
+def _targets(model: "Model", source, out_dir: Path, overwrite: bool, grid_max: int):
     """(the inputs, each one's PNG name relative to out_dir, the comparison grid's path), every
     target checked by the output rule before anything is read."""
     from vaekit import codes
@@ -72,6 +72,7 @@ def _targets(source, out_dir: Path, overwrite: bool, grid_max: int):
     if out_dir.exists() and not out_dir.is_dir():
         raise BadInput(f"output {out_dir} exists and is not a folder")
     refuse_inside(out_dir, source, "output folder", folder=True)  # its PNGs would be read back as inputs
+    refuse_model_files(out_dir, model.info.source, "output folder")  # --overwrite would replace the run's files
     found = stream.find_inputs(source)
     targets = codes.png_names(found.names)
     grid = out_dir / GRID
@@ -98,7 +99,7 @@ def reconstruct_folder(
     Streams: images are decoded, reconstructed and written a batch at a time.
     """
     out_dir = Path(out_dir)
-    found, targets, grid = _targets(source, out_dir, overwrite, grid_max)
+    found, targets, grid = _targets(model, source, out_dir, overwrite, grid_max)
     info = model.info
     kept, written, psnrs, ssims, shown, skipped, done = [], [], [], [], [], [], 0
 
@@ -159,6 +160,7 @@ def reconstruct_to_folder(model: "Model", source: str | Path | Sequence[str | Pa
         raise BadInput(f"output {out_dir} exists and is not a folder")
     found = stream.find_inputs(source)
     refuse_inside(out_dir, found.roots, "output folder", folder=True)  # its PNGs would be read back as inputs
+    refuse_model_files(out_dir, model.info.source, "output folder")  # --overwrite would replace the run's files
     targets = png_names(found.names)  # relative to out_dir
     if GRID in targets:
         raise BadInput(f"an input image would be written to {out_dir / GRID}, the comparison grid; rename it")
@@ -187,6 +189,9 @@ def reconstruct_to_folder(model: "Model", source: str | Path | Sequence[str | Pa
         if not report.merged:
             _collect(shares.entries(index), report, out_dir, found, targets)
         return report
+    except BaseException:  # refused or failed before its first batch: no OUT.partial to block the next run
+        journal.abandon()
+        raise
     finally:  # done, or stopped: the journal's lock goes at once (resumable in this process)
         journal.close()
 

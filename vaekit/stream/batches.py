@@ -111,9 +111,15 @@ def _accounts(b: int, rows: list, skipped: list, layout: Layout, row_check: RowC
 def check_number(row: dict, key: str) -> str | None:
     """A float field of a row: a number, or "nan"/"inf"/"-inf" (JSON has no non-finite numbers)."""
     v = row.get(key)
-    if _number(v) or v in ("nan", "inf", "-inf"):
+    if v in ("nan", "inf", "-inf"):
         return None
-    return f"{key} is not a number ({v!r:.40})"
+    if not _number(v):
+        return f"{key} is not a number ({v!r:.40})"
+    try:  # JSON's integers are unbounded: one of 400 digits is no float, and no score vaekit wrote
+        float(v)
+    except OverflowError:
+        return f"{key} is out of range ({str(v)[:20]}... of {len(str(v))} digits)"
+    return None
 
 
 def changed(old: dict, new: dict, skip: Sequence[str] = ()) -> list[str]:

@@ -228,6 +228,14 @@ class Journal:
         self.remove()
         return self.out
 
+    def abandon(self) -> None:
+        """Remove the journal when this run started it and no batch is in it yet, so a job refused
+        or failed before its first batch (a heat map in the way, a model file of another model)
+        leaves no OUT.partial to block the next run: it holds no work. An earlier run's journal,
+        or one with batches, stays for --resume."""
+        if not self._closed and not self.resumed and not self.done:
+            self.remove()
+
     def remove(self) -> None:
         """Delete the journal (its job is done, or had nothing to keep) and release its lock."""
         self._dirty = False  # nothing left to sync: the journal goes now
