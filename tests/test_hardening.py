@@ -246,8 +246,10 @@ def test_a_run_that_is_training_is_not_read_as_a_model(run, images, work):
     with rundir.locked(out):
         with pytest.raises(InUse, match=f"in use by process {os.getpid()}"):
             vaekit.load(out)
-        r = invoke("anomaly-score", out, images)
-        assert r.exit_code == 2 and "in use by process" in r.output, r.output
+        for args in (["anomaly-score", out, images], ["export", out, "-o", work / "m.onnx"]):
+            r = invoke(*args)
+            assert r.exit_code == 2 and "inuseby" in flat(r.output), r.output
+        assert not (work / "m.onnx").exists()
     assert vaekit.load(out).info.threshold is not None  # the lock gone, the run reads again
     assert vaekit.load(out).info.threshold is not None  # and the probe itself left no lock behind
 

@@ -126,6 +126,7 @@ class _Job:
         from vaekit.training import rundir
         from vaekit.inference.engine_torch import TorchModel
 
+        rundir.refuse_in_use(run_dir)  # a training is still writing it: its weights are half-trained
         self.reference = TorchModel(run_dir)
         self.net, self.cfg, self.info = self.reference.net, self.reference.config, self.reference.info
         self.rtol, self.atol = rtol, atol
