@@ -364,6 +364,11 @@ def test_threshold_command_fails_closed_and_escapes_what_it_prints(run, work):
     edit_config(out, lambda c: c["anomaly"].update(threshold=float("nan")))
     r = invoke("threshold", out)
     assert r.exit_code == 2 and "anomalysectionisdamaged" in flat(r.output), r.output
+    for fix in (["--value", "40"], ["--quantile", "0.9"]):  # what the message tells the user to do mends it
+        edit_config(out, lambda c: c["anomaly"]["by_score"][c["anomaly"]["score"]].update(threshold=float("nan")))
+        r = invoke("threshold", out, *fix)
+        assert r.exit_code == 0, r.output
+        assert invoke("threshold", out).exit_code == 0
     edit_config(out, lambda c: c["anomaly"].update(threshold=1.0, by_score={"excess": {"threshold": 1.0, "scores": "x"}}))
     r = invoke("threshold", out, "--quantile", "0.9")
     assert r.exit_code == 2 and "anomalysectionisdamaged" in flat(r.output), r.output

@@ -142,6 +142,16 @@ def threshold_section(scores: dict[str, np.ndarray], quantile: float, source: st
     }
 
 
+def _without_thresholds(section: dict) -> dict:
+    """The anomaly section with its thresholds set aside: setting one anew is how a damaged one
+    (not a finite number) is mended, and the new ones come from the stored scores alone."""
+    by_score = section.get("by_score")
+    if not isinstance(by_score, dict) or not all(isinstance(v, dict) for v in by_score.values()):
+        return section  # threshold_fields names what is wrong
+    fixed = {k: {**v, "threshold": 0.0} for k, v in by_score.items()}
+    return {k: v for k, v in {**section, "by_score": fixed}.items() if k != "threshold"}
+
+
 def set_threshold(run_dir: str | Path, quantile: float | None = None, target_fpr: float | None = None,
                   value: float | None = None) -> dict:
     """Move a run's stored threshold; returns the new `anomaly` section.
@@ -162,7 +172,7 @@ def set_threshold(run_dir: str | Path, quantile: float | None = None, target_fpr
     from vaekit.inference.engine import threshold_fields
 
     where = Path(run_dir) / rundir.CONFIG
-    threshold_fields(old, where)  # the shape of the section; DamagedFile otherwise
+    threshold_fields(_without_thresholds(old), where)  # the shape of the section; DamagedFile otherwise
     try:
         default = old["score"]
         scores = {k: np.asarray(v["scores"], dtype=np.float64) for k, v in old["by_score"].items()}
