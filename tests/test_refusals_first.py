@@ -223,3 +223,26 @@ def test_a_400_digit_psnr_in_a_reconstruct_journal_is_a_damaged_journal(setup, t
     _inflate(partial(dest), "psnr")
     with pytest.raises(DamagedFile, match=r"damaged at line 2: .*out of range"):
         reconstruct.reconstruct_to_folder(vaekit.load(run), data, dest, batch_size=4, resume=True)
+
+
+# --- folders reached through a link are inputs too ------------------------------------------------
+
+def test_no_output_goes_into_a_folder_the_inputs_reach_through_a_link(setup, tmp_path):
+    """R/L links to T: T's images are read as inputs (R/L/sub/y.png), so writing into T would
+    replace an input (and the next run would read the outputs back). Refused like a root."""
+    run, data = setup
+    inputs, target = tmp_path / "R", tmp_path / "T"
+    (inputs / "sub").mkdir(parents=True)
+    (target / "sub").mkdir(parents=True)
+    shutil.copy(data / "img000.png", inputs / "sub" / "y.png")
+    shutil.copy(data / "img001.png", target / "sub" / "y.png")
+    (inputs / "L").symlink_to(Path("..") / "T", target_is_directory=True)
+    before = tree(target)
+    for args in (["reconstruct", run, inputs, "-o", target, "--overwrite"],
+                 ["anomaly-score", run, inputs, "-o", tmp_path / "x.csv", "--maps", target, "--overwrite"],
+                 ["anomaly-score", run, inputs, "-o", target / "scores.csv"],
+                 ["encode", run, inputs, "-o", target / "codes.vkc", "--quality", "4"]):
+        r = invoke(*args)
+        assert r.exit_code == 2 and (said(r, "inside the input") or said(r, "is the input")), (args, r.output)
+    assert tree(target) == before
+    assert not (tmp_path / "x.csv").exists()

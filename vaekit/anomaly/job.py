@@ -82,7 +82,7 @@ def score_to_file(
     index, count = stream.check_shard(*(stream.env_shard() if shard is None else shard))
     if out is None and (resume or count > 1):
         raise BadInput("--resume and sharding need an output file (-o): the rows are kept there")
-    check_outputs(found.roots, out, maps, overwrite, model.info.source)
+    check_outputs(found.sources, out, maps, overwrite, model.info.source)
     layout = Layout(_texts(found.paths), batch_size, index, count)
     shares, journal = _open(model, plan, found, layout, out, maps, resume) if out is not None else (None, None)
     done = frozenset(journal.done) if journal else frozenset()

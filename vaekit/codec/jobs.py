@@ -127,7 +127,7 @@ def check_encode(model, source, out: str | Path, quality: int | None = None, los
         raise BadInput(f"output {out}: {parent} is a file, not a folder")
     found = stream.find_inputs(source)
     decodable(found.names, source)
-    refuse_inside(out, [*found.roots, model.info.source], "output")  # nor into the model's run directory
+    refuse_inside(out, [*found.sources, model.info.source], "output")  # nor into the model's run directory
     refuse_existing([out], overwrite)
     return found
 

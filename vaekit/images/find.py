@@ -41,10 +41,12 @@ def find_images(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
     return [Path(f) for _, files in scan_roots(inputs) for f in files]
 
 
-def scan_roots(inputs: str | Path | Sequence[str | Path]) -> list[tuple[Path, list[str]]]:
+def scan_roots(inputs: str | Path | Sequence[str | Path],
+               linked: list[Path] | None = None) -> list[tuple[Path, list[str]]]:
     """(root, the image files found under it as path strings) for each root, in order; a root
     that is a file holds just itself. See find_images. Text, not Path objects: about a fifth of
-    the memory, for folders of millions of files."""
+    the memory, for folders of millions of files. `linked`, when given, gets the real folder of
+    every folder link followed under the roots: inputs too, where no output may go."""
     roots = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     found: list[tuple[Path, list[str]]] = []
     seen: set[Path] = set()
@@ -55,14 +57,14 @@ def scan_roots(inputs: str | Path | Sequence[str | Path]) -> list[tuple[Path, li
             found.append((root, [str(root)]))
             continue
         rel: list[str] = []
-        _scan(root, "", seen, rel)
+        _scan(root, "", seen, rel, linked)
         rel.sort()
         base = "" if str(root) == "." else str(root).rstrip("/") + "/"  # str(root / r), without a Path per file
         found.append((root, [base + r for r in rel]))
     return found
 
 
-def _scan(folder: Path, prefix: str, seen: set[Path], out: list[str]) -> None:
+def _scan(folder: Path, prefix: str, seen: set[Path], out: list[str], linked: list[Path] | None = None) -> None:
     real = folder.resolve()
     if real in seen:
         return
@@ -82,7 +84,9 @@ def _scan(folder: Path, prefix: str, seen: set[Path], out: list[str]) -> None:
         except OSError:  # a link to itself raises ELOOP here: one bad name must not fail the scan
             is_dir = False
         if is_dir:
-            _scan(Path(e.path), f"{prefix}{e.name}/", seen, out)
+            if linked is not None and e.is_symlink():
+                linked.append(Path(e.path).resolve())
+            _scan(Path(e.path), f"{prefix}{e.name}/", seen, out, linked)
         elif Path(e.name).suffix.lower() in IMAGE_SUFFIXES:
             # a file; or a link that leads nowhere, a FIFO, socket or device: named on load as
             # skipped, with the reason (loading never opens what is not a regular file)

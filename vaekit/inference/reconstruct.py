@@ -159,7 +159,7 @@ def reconstruct_to_folder(model: "Model", source: str | Path | Sequence[str | Pa
     if out_dir.exists() and not out_dir.is_dir():
         raise BadInput(f"output {out_dir} exists and is not a folder")
     found = stream.find_inputs(source)
-    refuse_inside(out_dir, found.roots, "output folder", folder=True)  # its PNGs would be read back as inputs
+    refuse_inside(out_dir, found.sources, "output folder", folder=True)  # its PNGs would be read back as inputs
     refuse_model_files(out_dir, model.info.source, "output folder")  # --overwrite would replace the run's files
     targets = png_names(found.names)  # relative to out_dir
     if GRID in targets:

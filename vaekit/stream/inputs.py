@@ -60,6 +60,13 @@ class Inputs:
     roots: list[Path]  # what the user named: files and folders, in order
     paths: Sequence[Path]  # every image file found under them, in order (a PathList)
     names: list[str]  # each file's name relative to the root it was found under
+    linked: list[Path] = field(default_factory=list)  # real folders reached through folder links under them
+
+    @property
+    def sources(self) -> list[Path]:
+        """Every folder or file the images were read from: the roots and the folders linked
+        under them. No output may go inside any of them (vaekit.fileio.refuse_inside)."""
+        return [*self.roots, *self.linked]
 
 
 def find_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> Inputs:
@@ -68,7 +75,8 @@ def find_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> Inpu
     roots = [Path(inputs)] if isinstance(inputs, (str, os.PathLike)) else [Path(r) for r in inputs]
     if not roots:
         raise BadInput("no inputs given: name image files or folders")
-    found = imageio.scan_roots(roots)
+    linked: list[Path] = []
+    found = imageio.scan_roots(roots, linked)
     paths = [f for _, files in found for f in files]
     if not paths:
         where = roots[0] if len(roots) == 1 else ", ".join(map(str, roots))
@@ -79,7 +87,7 @@ def find_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> Inpu
         names = [f[cut:] for f in paths]
     else:
         names = [_name(Path(f), folders, len(roots)) for f in paths]
-    return Inputs(roots, PathList(paths), names)
+    return Inputs(roots, PathList(paths), names, linked)
 
 
 def named(inputs) -> str:
