@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, List, Optional
@@ -71,10 +72,10 @@ def anomaly_score(
         raise typer.BadParameter("--shard cannot be combined with torchrun (each rank takes its share already)")
     samples = samples or (64 if iwae else 0)
     m = load_model(model, device)
-    with progress_bar(transient=True) as bars:
+    with _scoring_bar() as progress:
         report = anomaly.score_to_file(m, inputs, out, maps, samples=samples, score=score.value if score else None, iwae=iwae,
                                        threshold=threshold, overwrite=overwrite, resume=resume, shard=share,
-                                       batch_size=batch_size, workers=workers, progress=_bar(bars), top=TABLE_ROWS)
+                                       batch_size=batch_size, workers=workers, progress=progress, top=TABLE_ROWS)
     if fail_on_anomaly and report.plan.threshold is None:
         from vaekit.errors import BadInput
 
@@ -96,8 +97,15 @@ def anomaly_score(
         raise typer.Exit(1)
 
 
-def _bar(bars):
-    return image_rate(bars, {"score": "scoring", "load": "reading images", "merge": "waiting for the other ranks"})
+@contextmanager
+def _scoring_bar():
+    """A progress(done, total) callback drawing rich bars on stderr; None when stderr is not a
+    terminal, where a stopped bar still prints a blank line before an error's one line."""
+    if not err_console.is_terminal:
+        yield None
+        return
+    with progress_bar(transient=True) as bars:
+        yield image_rate(bars, {"score": "scoring", "load": "reading images", "merge": "waiting for the other ranks"})
 
 
 def _print_scores(report, inputs) -> None:
@@ -159,9 +167,9 @@ def evaluate(
         refuse_existing(plot, overwrite, "--plot")
     samples = samples or (64 if iwae else 0)
     m = load_model(model, device)
-    with progress_bar(transient=True) as bars:
+    with _scoring_bar() as progress:
         ev = anomaly.evaluate(m, normal, anomalous, masks=masks, samples=samples, score=score.value if score else None, iwae=iwae,
-                              threshold=threshold, progress=_bar(bars))
+                              threshold=threshold, progress=progress)
     if plot is not None:
         anomaly.plot_roc(ev, plot, overwrite=overwrite)
     for path, reason in ev.skipped:

@@ -267,18 +267,21 @@ def reconstruct(
 
 def sample(
     model: ModelArg,
-    n: Annotated[int, typer.Option("-n", help="Number of images.", min=1)] = 64,
+    n: Annotated[int, typer.Option("-n", help="Number of images (at most 10,000, and 64 Mi pixels in all).", min=1)] = 64,
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG grid to write.")] = Path("samples.png"),
     temperature: Annotated[float, typer.Option(help="Scales the prior's standard deviation.", min=0.0)] = 1.0,
-    seed: Annotated[int, typer.Option(help="Seed for the draws.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed for the draws (0 or more).", min=0)] = 0,
     overwrite: Overwrite = False,
     device: DeviceOpt = Device.auto,
 ) -> None:
     """Draw images from the prior N(0, temperature² I) and save them as a grid."""
-    from vaekit.codes import write_grid
+    from vaekit.codes import check_grid, check_grid_output, write_grid
 
     m = load_model(model, device)
-    path = write_grid(m.sample(n, temperature, seed), out, ncol=8, overwrite=overwrite)
+    check_grid(n, m.info.image_size)  # before drawing: the grid is held in memory at once
+    inputs = [m.info.source]  # never into the run directory, even with --overwrite
+    check_grid_output(out, overwrite, inputs)
+    path = write_grid(m.sample(n, temperature, seed), out, ncol=8, overwrite=overwrite, inputs=inputs)
     console.print(f"wrote {n} samples (temperature {temperature}, seed {seed}) to {shown(path)}", highlight=False, soft_wrap=True)
 
 
@@ -286,16 +289,20 @@ def interpolate(
     model: ModelArg,
     a: Annotated[Path, typer.Argument(help="First image.", exists=True, dir_okay=False)],
     b: Annotated[Path, typer.Argument(help="Second image.", exists=True, dir_okay=False)],
-    n: Annotated[int, typer.Option("-n", help="Steps, both ends included.", min=2)] = 8,
+    n: Annotated[int, typer.Option("-n", help="Steps, both ends included (at most 10,000, and 64 Mi pixels in all).",
+                                   min=2)] = 8,
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG strip to write.")] = Path("path.png"),
     overwrite: Overwrite = False,
     device: DeviceOpt = Device.auto,
 ) -> None:
     """Decode evenly spaced points between two images' posterior means, as one strip."""
-    from vaekit.codes import interpolate as walk, write_grid
+    from vaekit.codes import check_grid, check_grid_output, interpolate as walk, write_grid
 
     m = load_model(model, device)
-    path = write_grid(walk(m, a, b, n), out, ncol=n, overwrite=overwrite)
+    check_grid(n, m.info.image_size)
+    inputs = [a, b, m.info.source]  # the two images and the run are never replaced, even with --overwrite
+    check_grid_output(out, overwrite, inputs)
+    path = write_grid(walk(m, a, b, n), out, ncol=n, overwrite=overwrite, inputs=inputs)
     console.print(f"wrote a {n}-step interpolation from {shown(a.name)} to {shown(b.name)} to {shown(path)}", highlight=False, soft_wrap=True)
 
 

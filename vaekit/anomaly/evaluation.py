@@ -8,6 +8,7 @@ for the images a mask covers (all normal images, the masked anomalous ones), as 
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -111,9 +112,21 @@ class Evaluation:
 
 
 
-def _scores_and_maps(model, inputs, samples, score, iwae, threshold, progress, keep_maps):
-    """(plan, names, scores, maps or None, skipped) of one labelled folder, streamed."""
-    found = find_inputs(inputs)
+def _labelled_inputs(normal, anomalous):
+    """The images of both labelled sets; BadInput when one file is in both (the same folder twice,
+    `X` and `X/../X`, overlapping folders, a link): its two labels would make the metrics meaningless."""
+    good, bad = find_inputs(normal), find_inputs(anomalous)
+    seen = {os.path.realpath(p): p for p in getattr(good.paths, "texts", good.paths)}
+    for p in getattr(bad.paths, "texts", bad.paths):
+        same = seen.get(os.path.realpath(p))
+        if same is not None:
+            raise BadInput(f"{p} is both an anomalous and a normal image ({same}); "
+                           "give --normal and --anomalous sets that share no file")
+    return good, bad
+
+
+def _scores_and_maps(model, inputs, found, samples, score, iwae, threshold, progress, keep_maps):
+    """(plan, names, scores, maps or None, skipped) of one labelled folder (`found` in `inputs`), streamed."""
     plan = scoring_plan(model, samples, score, iwae, threshold)
     names, values, maps, skipped = [], [], [], []
     for b in iter_scored(model, found, plan, maps=keep_maps is not None, progress=progress):
@@ -140,22 +153,26 @@ def evaluate(
 ) -> Evaluation:
     """Score labelled folders and measure detection (see `image_metrics`); with `masks`, also
     pixel-level AUROC. A mask matches an anomalous image by relative path or name, with or
-    without a `_mask` suffix (MVTec AD's layout); normal images count as all-normal pixels."""
+    without a `_mask` suffix (MVTec AD's layout); normal images count as all-normal pixels.
+    The two sets may not share a file (BadInput)."""
     if masks is not None and not Path(masks).is_dir():
         raise NotFound(f"masks folder not found: {masks}")
     mask_for: dict[str, np.ndarray] = {}
     if masks is not None:
         index = _mask_index(Path(masks))
+        if not index[0]:  # no mask file at all: said before any scoring
+            raise BadInput(f"no mask in {masks} matches an anomalous image (the folder holds no image file)")
 
         def keep_anomalous(name: str) -> bool:
             mk = _find_mask(index, name, model.info.image_size)
             if mk is not None:
                 mask_for[name] = mk
             return mk is not None
+    found_good, found_bad = _labelled_inputs(normal, anomalous)
     plan, _, good, good_maps, skipped_good = _scores_and_maps(
-        model, normal, samples, score, iwae, threshold, progress, (lambda n: True) if masks is not None else None)
+        model, normal, found_good, samples, score, iwae, threshold, progress, (lambda n: True) if masks is not None else None)
     _, bad_names, bad, bad_maps, skipped_bad = _scores_and_maps(
-        model, anomalous, samples, score, iwae, threshold, progress, keep_anomalous if masks is not None else None)
+        model, anomalous, found_bad, samples, score, iwae, threshold, progress, keep_anomalous if masks is not None else None)
     m = image_metrics([0] * len(good) + [1] * len(bad), good + bad, plan.threshold)
     ev = Evaluation(
         n_normal=len(good), n_anomalous=len(bad), score=plan.score, estimator=plan.estimator, samples=samples,

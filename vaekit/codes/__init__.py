@@ -11,11 +11,12 @@ from vaekit.codes.format import (FORMAT, MAX_ORIG_PIXELS, PRECISIONS, VERSION, C
                                  to_bytes)
 from vaekit.codes.jobs import (DecodeReport, EncodeReport, check_model, decode_file, encode_folder, encode_images,
                                original_size, png_names, restore_size)
-from vaekit.codes.walk import LatentMap, interpolate, latent_map, project, write_grid
+from vaekit.codes.walk import (MAX_GRID_IMAGES, MAX_GRID_PIXELS, LatentMap, check_grid, check_grid_output, interpolate,
+                               latent_map, project, write_grid)
 
 __all__ = [
-    "FORMAT", "MAX_ORIG_PIXELS", "PRECISIONS", "VERSION", "CodeFile", "CodeFileError", "DecodeReport", "EncodeReport",
-    "FingerprintMismatch", "LatentMap", "QuantizeError", "check_model", "check_name", "decode_file", "encode_folder",
+    "FORMAT", "MAX_GRID_IMAGES", "MAX_GRID_PIXELS", "MAX_ORIG_PIXELS", "PRECISIONS", "VERSION", "CodeFile", "CodeFileError", "DecodeReport", "EncodeReport",
+    "FingerprintMismatch", "LatentMap", "QuantizeError", "check_grid", "check_grid_output", "check_model", "check_name", "decode_file", "encode_folder",
     "encode_images", "from_bytes", "interpolate", "latent_map", "load", "original_size", "png_names", "project",
     "quantize", "restore_size", "save", "to_bytes", "write_grid",
 ]

@@ -132,7 +132,7 @@ def encode_folder(
     if out.is_dir():
         raise BadInput(f"output {out} is a folder; give a file name such as {out / 'images.codes'}")
     found = stream.find_inputs(source)
-    refuse_inside(out, found.roots, "output")
+    refuse_inside(out, [*found.roots, model.info.source], "output")  # nor into the model's run directory
     refuse_existing([out], overwrite)
     torchrun = shard is None and stream.env_shard()[1] > 1
     index, count = stream.check_shard(*(stream.env_shard() if shard is None else shard))
@@ -305,6 +305,7 @@ def decode_file(
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise BadInput(f"output {out_dir} exists and is not a folder")
+    refuse_inside(out_dir, model.info.source, "output folder")  # --overwrite would replace the run's own files
     cf = load(code_file)
     check_model(cf, model, f"code file {code_file}")
     targets = [out_dir / n for n in png_names(cf.names)]

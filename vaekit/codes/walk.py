@@ -5,28 +5,59 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from vaekit import images as imageio
 from vaekit import stream
 from vaekit.errors import BadInput, NotFound
-from vaekit.fileio import refuse_existing
+from vaekit.fileio import refuse_existing, refuse_inside
 
 if TYPE_CHECKING:
     from vaekit.inference.engine import Model
 
 PROJECTIONS = ("PCA", "t-SNE")
+# A grid (`vaekit sample`, `interpolate`) is decoded and written in one piece, so its size is
+# bounded by pixels, as every image vaekit holds is: 2**26 (64 Mi, a 1024 px model's default 64
+# samples) tile pixels, ~256 MB as float32 per channel, and never more than 10,000 images.
+MAX_GRID_PIXELS = imageio.MAX_RESIZE_PIXELS
+MAX_GRID_IMAGES = 10_000
+
+
+def check_grid(n: int, image_size: int, what: str = "-n") -> None:
+    """BadInput unless `n` images of image_size × image_size fit one grid: at most MAX_GRID_IMAGES
+    images and MAX_GRID_PIXELS tile pixels. Call it before decoding anything."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise BadInput(f"invalid {what} {n!r}: expected a whole number of images, at least 1")
+    most = min(MAX_GRID_IMAGES, MAX_GRID_PIXELS // max(1, int(image_size) ** 2))
+    if n > most:
+        raise BadInput(f"{what} {n} is too many for one grid of {image_size}×{image_size} images: at most {most} "
+                       f"({MAX_GRID_IMAGES:,} images and {MAX_GRID_PIXELS:,} pixels in all)")
+
+
+def check_grid_output(path: str | Path, overwrite: bool = False, inputs: Sequence[str | Path] = ()) -> Path:
+    """The grid's PNG path, checked before any work: a .png file name, not one of `inputs` (the
+    images read, the model's run directory or .onnx) nor inside one, and new unless overwrite."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise BadInput(f"output {path} must be a .png file")
+    if path.is_dir():
+        raise BadInput(f"output {path} is a folder")
+    refuse_inside(path, list(inputs), "output")  # --overwrite must never replace an input or the run's files
+    refuse_existing([path], overwrite)
+    return path
 
 
 def interpolate(model: "Model", a: str | Path, b: str | Path, n: int = 8) -> np.ndarray:
     """Decode n evenly spaced points on the segment between two images' posterior means.
 
     Returns float (n, C, H, W) in [0, 1]; the first and last are the two reconstructions.
+    n is bounded like a grid's (check_grid), as the n decoded images are held at once.
     """
-    if not isinstance(n, int) or n < 2:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
         raise BadInput(f"invalid n {n!r}: need at least 2 steps")
+    check_grid(n, model.info.image_size, "n")
     report = model.load_images([Path(a), Path(b)])
     if report.skipped:
         p, why = report.skipped[0]
@@ -36,14 +67,15 @@ def interpolate(model: "Model", a: str | Path, b: str | Path, n: int = 8) -> np.
     return model.decode((1 - t) * mu[0] + t * mu[1])
 
 
-def write_grid(x: np.ndarray, path: str | Path, ncol: int = 8, overwrite: bool = False) -> Path:
-    """Save images (N, C, H, W) as one PNG grid; refuses to replace a file unless overwrite."""
-    path = Path(path)
-    if path.suffix.lower() != ".png":
-        raise BadInput(f"output {path} must be a .png file")
-    if path.is_dir():
-        raise BadInput(f"output {path} is a folder")
-    refuse_existing([path], overwrite)
+def write_grid(x: np.ndarray, path: str | Path, ncol: int = 8, overwrite: bool = False,
+               inputs: Sequence[str | Path] = ()) -> Path:
+    """Save images (N, C, H, W) as one PNG grid; refuses to replace a file unless overwrite, and
+    to write one of `inputs` (or into one) at all (see check_grid_output)."""
+    x = np.asarray(x)
+    if x.ndim != 4 or len(x) == 0:
+        raise BadInput(f"expected a non-empty (N, C, H, W) array, got shape {x.shape}")
+    check_grid(len(x), max(x.shape[2:]), "number of images")
+    path = check_grid_output(path, overwrite, inputs)
     imageio.save_png(imageio.make_grid(x, ncol=ncol), path)
     return path
 

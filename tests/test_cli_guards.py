@@ -1,0 +1,161 @@
+"""Guards on `vaekit sample / interpolate / decode / evaluate`: a bad seed, an output that is an
+input or lies in the run directory, a grid too large to hold, and labelled sets that share files
+are each one line on stderr and exit 2, with nothing written or changed."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from test_codes import trained_run
+from vaekit import codes
+from vaekit.errors import BadInput
+from vaekit_cli.main import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def refused(r, *words) -> None:
+    """Exit 2, one line on stderr naming `words`, no traceback."""
+    assert r.exit_code == 2, r.output
+    lines = r.stderr.splitlines()  # exactly one: no blank line left by a progress bar
+    assert len(lines) == 1 and "Traceback" not in r.output, r.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    return trained_run(tmp_path_factory, seed=0, epochs=1)
+
+
+@pytest.fixture
+def pair(run, tmp_path) -> tuple[Path, Path]:
+    normal = sorted((run.parent / "digits" / "test" / "normal").glob("*.png"))
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    shutil.copy(normal[0], a)
+    shutil.copy(normal[1], b)
+    return a, b
+
+
+# --- 1. seeds ------------------------------------------------------------------------------------
+
+def test_sample_negative_seed_is_refused(run, tmp_path):
+    r = invoke("sample", run, "-n", 4, "--seed", -1, "-o", tmp_path / "s.png")
+    assert r.exit_code == 2 and "Traceback" not in r.output and "non-negative" not in r.output
+    assert "--seed" in r.stderr and not (tmp_path / "s.png").exists()
+    assert invoke("sample", run, "-n", 4, "--seed", 0, "-o", tmp_path / "s.png").exit_code == 0
+
+
+# --- 2. outputs that are inputs or in the run ----------------------------------------------------
+
+def test_interpolate_never_overwrites_an_input(run, pair):
+    a, b = pair
+    before = a.read_bytes(), b.read_bytes()
+    for target in (a, b, a.parent / "x" / ".." / "a.png"):
+        refused(invoke("interpolate", run, a, b, "-o", target, "--overwrite"), "input image")
+    assert (a.read_bytes(), b.read_bytes()) == before
+
+
+@pytest.mark.parametrize("command", ["sample", "interpolate"])
+def test_grid_never_written_into_the_run(run, pair, command):
+    before = snapshot(run)
+    extra = [*pair] if command == "interpolate" else []
+    for name in ("grid.png", "sub/grid.png"):
+        refused(invoke(command, run, *extra, "-o", run / name, "--overwrite"), "inside the input folder")
+    assert snapshot(run) == before
+
+
+def test_write_grid_refuses_its_inputs(pair):
+    import numpy as np
+
+    a, _ = pair
+    before = a.read_bytes()
+    with pytest.raises(BadInput, match="is the input image"):
+        codes.write_grid(np.zeros((2, 1, 16, 16), np.float32), a, overwrite=True, inputs=[a])
+    assert a.read_bytes() == before
+
+
+def test_decode_codes_never_writes_into_the_run(run, pair, tmp_path):
+    a, _ = pair
+    src = a.parent / "src"
+    src.mkdir()
+    shutil.copy(a, src / "grid.png")  # a name a run could hold
+    r = invoke("encode", run, src, "-o", tmp_path / "x.codes")
+    assert r.exit_code == 0, r.output
+    before = snapshot(run)
+    for out in (run, run / "decoded"):
+        refused(invoke("decode", run, tmp_path / "x.codes", "-o", out, "--overwrite"), "inside the input folder")
+    refused(invoke("encode", run, src, "-o", run / "x.codes", "--overwrite"), "inside the input folder")
+    assert snapshot(run) == before
+    assert invoke("decode", run, tmp_path / "x.codes", "-o", tmp_path / "dec").exit_code == 0
+
+
+# --- 3. grid size ---------------------------------------------------------------------------------
+
+def test_huge_grids_are_refused_before_any_work(run, pair, tmp_path):
+    out = tmp_path / "g.png"
+    refused(invoke("sample", run, "-n", 1_000_000, "-o", out), "-n 1000000", "at most 10000")
+    refused(invoke("interpolate", run, *pair, "-n", 100_000_000, "-o", out), "-n 100000000", "at most 10000")
+    assert not out.exists()
+
+
+def test_grid_limit_is_by_pixels():
+    codes.check_grid(codes.MAX_GRID_IMAGES, 16)
+    with pytest.raises(BadInput, match="at most 10000"):
+        codes.check_grid(codes.MAX_GRID_IMAGES + 1, 16)
+    codes.check_grid(64, 1024)  # a 1024 px model's default 64 samples
+    with pytest.raises(BadInput, match="at most 64 "):
+        codes.check_grid(65, 1024)
+    with pytest.raises(BadInput, match="at most 256 "):
+        codes.check_grid(257, 512)
+    for bad in (0, -1, True, 2.5):
+        with pytest.raises(BadInput):
+            codes.check_grid(bad, 16)
+
+
+def test_interpolate_api_bounds_n(run, pair):
+    import vaekit
+
+    m = vaekit.load(run, device="cpu")
+    with pytest.raises(BadInput, match="too many for one grid"):
+        codes.interpolate(m, *pair, n=codes.MAX_GRID_IMAGES + 1)
+
+
+# --- 5. evaluate on sets that share files ---------------------------------------------------------
+
+def test_evaluate_refuses_shared_images(run, tmp_path):
+    test = run.parent / "digits" / "test"
+    normal, anomalous = test / "normal", test / "anomalous"
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    shutil.copy(sorted(anomalous.glob("*.png"))[0], mixed / "one.png")
+    (mixed / "link.png").symlink_to(sorted(normal.glob("*.png"))[0])
+    for n, a in ((normal, normal), (normal, normal / ".." / "normal"), (test, anomalous), (normal, mixed)):
+        refused(invoke("evaluate", run, "--normal", n, "--anomalous", a), "both an anomalous and a normal image")
+    r = invoke("evaluate", run, "--normal", normal, "--anomalous", anomalous, "--json")
+    assert r.exit_code == 0, r.output
+
+
+def test_evaluate_refuses_an_empty_masks_folder_before_scoring(run, tmp_path, monkeypatch):
+    from vaekit.anomaly import evaluation
+
+    def no_scoring(*a, **k):
+        raise AssertionError("scored before refusing the masks folder")
+
+    monkeypatch.setattr(evaluation, "iter_scored", no_scoring)
+    test = run.parent / "digits" / "test"
+    (tmp_path / "empty").mkdir()
+    refused(invoke("evaluate", run, "--normal", test / "normal", "--anomalous", test / "anomalous",
+                   "--masks", tmp_path / "empty"), "no mask in")
