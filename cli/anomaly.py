@@ -66,7 +66,7 @@ def anomaly_score(
     from vaekit import anomaly, stream
 
     apply_threads()
-    anomaly.check_outputs(inputs, out, maps, overwrite)  # a bad or taken name fails now, not after scoring
+    anomaly.check_outputs(inputs, out, maps, overwrite, model)  # a bad or taken name fails now, not after scoring
     share = stream.parse_shard(shard) if shard is not None else None
     if share is not None and stream.env_shard()[1] > 1:
         raise typer.BadParameter("--shard cannot be combined with torchrun (each rank takes its share already)")

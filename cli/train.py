@@ -72,7 +72,7 @@ def train(
     augment: Annotated[Augment, typer.Option(help=AUGMENT_HELP)] = Augment.auto,
     threshold_quantile: Annotated[float, typer.Option(help="Anomaly threshold: this quantile of normal scores "
                                                            "never used for training (the target false-positive rate is 1 - q).")] = 0.99,
-    seed: Annotated[int, typer.Option(help="Seed for split, init, shuffling and noise.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed for split, init, shuffling and noise (0 or more).", min=0)] = 0,
     device: Annotated[Device, typer.Option(help="auto picks CUDA when available.")] = Device.auto,
     amp: Annotated[bool, typer.Option(help="Mixed precision on CUDA (bf16, else fp16).")] = True,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
@@ -257,7 +257,7 @@ def digits(
 def shapes(
     out: Annotated[Path, typer.Argument(help="Folder to create.")],
     size: Annotated[int, typer.Option(help="Image size N×N.")] = 64,
-    seed: Annotated[int, typer.Option(help="Seed for the generator.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed for the generator (0 or more).", min=0)] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace files written by an earlier call.")] = False,
 ) -> None:
     """Synthetic parts with defects and masks: train/, test/normal/, test/anomalous/, test/masks/."""

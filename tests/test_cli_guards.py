@@ -58,6 +58,21 @@ def test_sample_negative_seed_is_refused(run, tmp_path):
     assert invoke("sample", run, "-n", 4, "--seed", 0, "-o", tmp_path / "s.png").exit_code == 0
 
 
+def test_train_seeds_are_refused_below_zero_and_model_sample_checks_its_arguments(run, tmp_path):
+    import vaekit
+
+    for args in (["train", tmp_path, "--out", tmp_path / "r", "--seed", -1],
+                 ["sample-data", "shapes", tmp_path / "s", "--seed", -1]):
+        r = invoke(*args)
+        assert r.exit_code == 2 and "--seed" in r.stderr and "Traceback" not in r.output, r.output
+    model = vaekit.load(run)
+    with pytest.raises(BadInput, match="seed"):
+        model.sample(2, seed=-1)
+    with pytest.raises(BadInput, match="too many"):
+        model.sample(10**9)  # refused before a single image is drawn
+    assert model.sample(2, seed=3).shape[0] == 2
+
+
 # --- 2. outputs that are inputs or in the run ----------------------------------------------------
 
 def test_interpolate_never_overwrites_an_input(run, pair):

@@ -131,6 +131,11 @@ class Model:
     def sample(self, n: int, temperature: float = 1.0, seed: int = 0) -> np.ndarray:
         """Draw n images from the prior N(0, temperature^2 I)."""
         n = check_int(n, "n", 1)
+        seed = check_int(seed, "seed", 0)
+        most = max(1, imageio.MAX_RESIZE_PIXELS // (self.info.image_size ** 2))  # the n images are held at once
+        if n > most:
+            raise BadInput(f"n {n} is too many images of {self.info.image_size} px to draw at once: at most {most} "
+                           f"({imageio.MAX_RESIZE_PIXELS:,} pixels in all)")
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature < math.inf:
             raise BadInput(f"temperature must be a finite number >= 0, got {temperature!r}")
         z = np.random.default_rng(seed).standard_normal((n, self.info.latent_dim), dtype=np.float32) * temperature
