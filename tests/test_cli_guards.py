@@ -174,3 +174,13 @@ def test_evaluate_refuses_an_empty_masks_folder_before_scoring(run, tmp_path, mo
     (tmp_path / "empty").mkdir()
     refused(invoke("evaluate", run, "--normal", test / "normal", "--anomalous", test / "anomalous",
                    "--masks", tmp_path / "empty"), "no mask in")
+
+
+def test_codes_encode_refuses_names_decode_could_never_write(run, pair, tmp_path):
+    """x.png, x.bmp and x.png.png would all decode to x.png.png: refused up front, as a .vkc is."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("x.png", "x.bmp", "x.png.png"):
+        shutil.copy(pair[0], src / name)
+    refused(invoke("encode", run, src, "-o", tmp_path / "c.codes"), "x.png.png")
+    assert not (tmp_path / "c.codes").exists()

@@ -25,7 +25,7 @@ from vaekit.codec import bitsback, container, lossy, residual, tables
 from vaekit.codec import prior as priors
 from vaekit.codec.net import CANONICAL_THREADS, Net
 from vaekit.codec.store import decoded, earlier_hashes, stored_prior
-from vaekit.codes.jobs import original_size, png_names, restore_size
+from vaekit.codes.jobs import decodable, original_size, png_names, restore_size
 from vaekit.errors import BadInput
 from vaekit.fileio import refuse_existing, refuse_inside, remove_stale
 
@@ -130,17 +130,6 @@ def check_encode(model, source, out: str | Path, quality: int | None = None, los
     refuse_inside(out, [*found.sources, model.info.source], "output")  # nor into the model's run directory
     refuse_existing([out], overwrite)
     return found
-
-
-def decodable(names: Sequence[str], source) -> None:
-    """Refuse names that decode could never write: it names each output after its source with a
-    .png suffix, the whole name where two would share one (`png_names`), and x.png, x.bmp and
-    x.png.png would still meet at x.png.png."""
-    try:
-        png_names(names)
-    except BadInput as e:
-        raise BadInput(f"cannot encode {source}: {e} when decoded (a .vkc decodes each image to its name with "
-                       f"a .png suffix, or its whole name plus .png where two share one); rename one of them") from None
 
 
 def _check_lossless(model) -> None:

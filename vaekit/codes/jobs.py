@@ -132,7 +132,8 @@ def encode_folder(
     if out.is_dir():
         raise BadInput(f"output {out} is a folder; give a file name such as {out / 'images.codes'}")
     found = stream.find_inputs(source)
-    refuse_inside(out, [*found.roots, model.info.source], "output")  # nor into the model's run directory
+    decodable(found.names, source)
+    refuse_inside(out, [*found.sources, model.info.source], "output")  # nor into the model's run directory
     refuse_existing([out], overwrite)
     torchrun = shard is None and stream.env_shard()[1] > 1
     index, count = stream.check_shard(*(stream.env_shard() if shard is None else shard))
@@ -258,6 +259,17 @@ def png_names(names: Sequence[str]) -> list[str]:
         dup = next(o for o in out if out.count(o) > 1)
         raise BadInput(f"two images would be written to the same file {dup!r}")
     return out
+
+
+def decodable(names: Sequence[str], source) -> None:
+    """Refuse names that decode could never write: it names each output after its source with a
+    .png suffix, the whole name where two would share one (`png_names`), and x.png, x.bmp and
+    x.png.png would still meet at x.png.png."""
+    try:
+        png_names(names)
+    except BadInput as e:
+        raise BadInput(f"cannot encode {source}: {e} when decoded (decode writes each image to its name with "
+                       f"a .png suffix, or its whole name plus .png where two share one); rename one of them") from None
 
 
 def restore_size(x: np.ndarray, size: Sequence[int]) -> np.ndarray:
