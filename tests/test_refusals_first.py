@@ -21,7 +21,7 @@ from export_support import random_run
 from hostile import flat, tree
 from vaekit import anomaly
 from vaekit.errors import BadInput, DamagedFile
-from vaekit.fileio import refuse_model_files
+from vaekit.inference.engine_onnx import refuse_model_files
 from vaekit.inference import reconstruct
 from vaekit_cli.main import app
 

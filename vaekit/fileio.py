@@ -318,20 +318,6 @@ def refuse_inside(output: Path, inputs, what: str, folder: bool = False) -> None
                 raise BadInput(f"{what} {output} {relation} the input image {root}; write it somewhere else")
 
 
-def refuse_model_files(output: Path, model: Path, what: str) -> None:
-    """BadInput when `output` is, or lies inside, the model's run directory, or is one of its
-    exported files (NAME.onnx and the parts beside it): with --overwrite it would replace the
-    model being used (its config.json, its weights)."""
-    from vaekit.inference.engine_onnx import part_paths  # not at import: engine_onnx imports this module
-
-    model = Path(model)
-    if model.is_dir():
-        if is_inside(output, model):
-            raise BadInput(f"{what} {output} is inside the model's run directory {model}; write it somewhere else")
-    elif any(is_inside(output, p) for p in part_paths(model).values()):
-        raise BadInput(f"{what} {output} is a file of the model {model}; write it somewhere else")
-
-
 def refuse_existing(paths: Path | Sequence[Path], overwrite: bool, what: str = "output") -> None:
     """OutputExists when an output already exists (even as a broken link) and the user did not
     pass --overwrite; BadInput when one is a folder. `paths`: one file, or every file a job will

@@ -18,7 +18,8 @@ from vaekit import images as imageio
 from vaekit.anomaly.score import ROW_FIELDS, ScoreReport, report_header
 from vaekit.inference.engine import Model
 from vaekit.errors import BadInput
-from vaekit.fileio import atomic_writer, dumps_json, refuse_existing, refuse_inside, refuse_model_files
+from vaekit.fileio import atomic_writer, dumps_json, refuse_existing, refuse_inside
+from vaekit.inference.engine_onnx import refuse_model_files
 
 MAP_MIN_SIDE = 128  # heat maps are enlarged (nearest neighbour) to at least this many pixels
 

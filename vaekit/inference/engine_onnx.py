@@ -15,7 +15,7 @@ import numpy as np
 
 from vaekit.inference.engine import Model, ModelInfo, threshold_fields
 from vaekit.errors import BadInput, DamagedFile, ForeignModel, NotFound
-from vaekit.fileio import check_regular, loads_json
+from vaekit.fileio import check_regular, is_inside, loads_json
 
 CHECKSUM_KEY = "vaekit.sha256"  # sha256 of the file, computed with CHECKSUM_PLACEHOLDER in its place
 CHECKSUM_PLACEHOLDER = "0" * 64
@@ -39,6 +39,18 @@ def part_paths(main: str | Path) -> dict[str, Path]:
     main = Path(main)
     stem = main.name[: -len(".onnx")] if main.name.endswith(".onnx") else main.name
     return {"scorer": main, **{role: main.with_name(f"{stem}.{role}.onnx") for role in ("encoder", "decoder", "reader")}}
+
+
+def refuse_model_files(output: Path, model: Path, what: str) -> None:
+    """BadInput when `output` is, or lies inside, the model's run directory, or is one of its
+    exported files (NAME.onnx and the parts beside it): with --overwrite it would replace the
+    model being used (its config.json, its weights)."""
+    model = Path(model)
+    if model.is_dir():
+        if is_inside(output, model):
+            raise BadInput(f"{what} {output} is inside the model's run directory {model}; write it somewhere else")
+    elif any(is_inside(output, p) for p in part_paths(model).values()):
+        raise BadInput(f"{what} {output} is a file of the model {model}; write it somewhere else")
 
 
 def providers(device: str = "auto") -> list[str]:

@@ -21,7 +21,8 @@ import numpy as np
 from vaekit import images as imageio
 from vaekit import stream
 from vaekit.errors import BadInput
-from vaekit.fileio import refuse_existing, refuse_inside, refuse_model_files
+from vaekit.fileio import refuse_existing, refuse_inside
+from vaekit.inference.engine_onnx import refuse_model_files
 from vaekit.images.arrays import check_batch_size, check_int
 from vaekit.images.quality import SSIM_MISSING, psnr, ssim
 from vaekit.progress import Progress
