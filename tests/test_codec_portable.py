@@ -149,3 +149,20 @@ def test_a_skipped_image_that_changes_the_names_is_refused_before_writing(run, t
     with pytest.raises(BadInput, match="x.png.png"):
         codec.encode(vaekit.load(run), src, tmp_path / "a.vkc", quality=6)
     assert not (tmp_path / "a.vkc").exists()
+
+
+def test_a_lossless_archive_of_an_int8_export_is_refused_by_the_float_one_up_front(tmp_path):
+    """An int8 export keeps its float model's fingerprint; its floats are another model's, so an
+    archive it wrote names its quantisation and the other export refuses it in one line."""
+    from types import SimpleNamespace
+
+    from vaekit.codec import bitsback
+    from vaekit.codec.jobs import _check_quantization
+
+    header = SimpleNamespace(engine={"engine": "onnxruntime", "quantization": "int8"})
+    fp32 = SimpleNamespace(config={"quantization": "none"}, info=SimpleNamespace(source=tmp_path / "m.onnx"))
+    with pytest.raises(bitsback.Desynchronised, match="quantised 'int8'"):
+        _check_quantization(header, fp32, tmp_path / "a.vkc")
+    _check_quantization(header, SimpleNamespace(config={"quantization": "int8"}, info=fp32.info), tmp_path / "a.vkc")
+    torch_header = SimpleNamespace(engine={"engine": "torch", "threads": 1})
+    _check_quantization(torch_header, fp32, tmp_path / "a.vkc")  # a torch archive has nothing to compare

@@ -268,6 +268,18 @@ def _check_model(header: container.Header, model, archive: Path) -> None:
                 f"{archive} is a lossless archive written with the {wrote} engine; decode it with that engine "
                 f"({'the run directory' if wrote == 'torch' else 'the exported .onnx'}): the two engines' floats differ "
                 f"in the last bits, and bits-back decoding needs them identical")
+        _check_quantization(header, model, archive)
+
+
+def _check_quantization(header: container.Header, model, archive: Path) -> None:
+    """An int8 export keeps its float model's fingerprint, but its floats are another model's."""
+    if header.engine.get("engine") != "onnxruntime":
+        return
+    wrote, have = header.engine.get("quantization", "none"), model.config.get("quantization", "none")
+    if wrote != have:
+        raise bitsback.Desynchronised(f"{archive} is a lossless archive written with an export quantised "
+                                      f"{wrote!r:.20}, but {model.info.source} is quantised {have!r:.20}; decode it "
+                                      "with the export that wrote it")
 
 
 def _decode_into(model, prior, header, archive, offset, staged, size, progress) -> None:

@@ -54,7 +54,8 @@ class Net:
         else:
             import onnxruntime
 
-            d.update(onnxruntime=onnxruntime.__version__, threads=self.model.threads or 0)
+            d.update(onnxruntime=onnxruntime.__version__, threads=self.model.threads or 0,
+                     quantization=self.model.config.get("quantization", "none"))
         return d
 
     @contextmanager
