@@ -76,7 +76,7 @@ def train(
     device: Annotated[Device, typer.Option(help="auto picks CUDA when available.")] = Device.auto,
     amp: Annotated[bool, typer.Option(help="Mixed precision on CUDA (bf16, else fp16).")] = True,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
-    workers: Annotated[int, typer.Option(help="Processes decoding images on the first pass (default: CPU cores, up to 8).")] = min(8, os.cpu_count() or 1),
+    workers: Annotated[int, typer.Option(min=0, max=256, help="Processes decoding images on the first pass (default: CPU cores, up to 8).")] = min(8, os.cpu_count() or 1),
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out exactly where it stopped; "
                                          "--epochs, --lr and --beta may change, other settings must match the run.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing vaekit run in --out (only the files vaekit wrote).")] = False,

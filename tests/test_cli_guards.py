@@ -184,3 +184,23 @@ def test_codes_encode_refuses_names_decode_could_never_write(run, pair, tmp_path
         shutil.copy(pair[0], src / name)
     refused(invoke("encode", run, src, "-o", tmp_path / "c.codes"), "x.png.png")
     assert not (tmp_path / "c.codes").exists()
+
+
+@pytest.mark.slow  # starts a pool of decoding processes
+def test_a_huge_number_of_decoding_processes_is_refused_before_any_starts(run, pair):
+    """A pool that forks starts all its processes at once: workers=10**6 was a fork bomb that
+    took the machine's memory. Refused up front; a sane count still scores, in file order."""
+    import vaekit
+    from vaekit.images.load import MAX_WORKERS
+
+    model = vaekit.load(run)
+    folder = pair[0].parent
+    with pytest.raises(BadInput, match="workers"):
+        list(model.iter_scores(folder, workers=10**6))
+    with pytest.raises(BadInput, match="workers"):
+        list(model.iter_scores(folder, workers=MAX_WORKERS + 1))
+    two = [s.score for s in model.iter_scores(folder, workers=2)]
+    one = [s.score for s in model.iter_scores(folder, workers=0)]
+    assert len(two) == len(one) and all((a == b).all() for a, b in zip(two, one))
+    r = invoke("train", folder, "--out", folder / "r", "--workers", 10**6)
+    assert r.exit_code == 2 and "--workers" in r.stderr

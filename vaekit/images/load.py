@@ -40,6 +40,9 @@ def _load_chunk(paths: list[Path], size: int, channels: int) -> list[_Loaded]:
     return out
 
 
+MAX_WORKERS = 256  # decoding processes: the CLI's bound too (`--workers`); each is a forked copy of this one
+
+
 def iter_load(
     paths: Sequence[Path], size: int, channels: int, workers: int = 0
 ) -> Iterator[_Loaded]:
@@ -50,8 +53,8 @@ def iter_load(
     """
     check_size(size)  # checked here, not in the generator, so a bad value fails at the call
     check_channels(channels)
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
-        raise BadInput(f"invalid workers {workers!r}: expected an integer >= 0")
+    if not isinstance(workers, int) or isinstance(workers, bool) or not 0 <= workers <= MAX_WORKERS:
+        raise BadInput(f"invalid workers {workers!r}: expected an integer from 0 to {MAX_WORKERS}")
     return _iter_load(paths if isinstance(paths, Sequence) else list(paths), size, channels, workers)
 
 
@@ -63,7 +66,8 @@ def _iter_load(paths: Sequence[Path], size: int, channels: int, workers: int) ->
         return
     step = max(1, min(64, len(paths) // (workers * 4)))
     chunks = ([Path(p) for p in paths[i : i + step]] for i in range(0, len(paths), step))
-    with ProcessPoolExecutor(workers) as pool:
+    # no more processes than chunks: a pool that forks starts every one of them at once
+    with ProcessPoolExecutor(min(workers, -(-len(paths) // step))) as pool:
         first = islice(chunks, 2 * workers)  # bounded, so results cannot pile up in memory
         pending = deque(pool.submit(_load_chunk, c, size, channels) for c in first)
         while pending:
