@@ -127,7 +127,8 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
-    threads: int = typer.Option(0, "--threads", envvar="VAEKIT_THREADS", help="CPU threads for torch/onnxruntime (0: library default)."),
+    threads: int = typer.Option(0, "--threads", envvar="VAEKIT_THREADS", min=0, max=1024,
+                                help="CPU threads for torch/onnxruntime (0: library default; at most 1024)."),
 ) -> None:
     """Convolutional VAEs for your own images."""
     output.set_threads(threads)

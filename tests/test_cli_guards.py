@@ -204,3 +204,25 @@ def test_a_huge_number_of_decoding_processes_is_refused_before_any_starts(run, p
     assert len(two) == len(one) and all((a == b).all() for a, b in zip(two, one))
     r = invoke("train", folder, "--out", folder / "r", "--workers", 10**6)
     assert r.exit_code == 2 and "--workers" in r.stderr
+
+
+def test_unbounded_draws_threads_and_odd_model_paths_are_refused(run, pair, tmp_path):
+    """--samples 10**9 asked numpy for 2 TiB ("this is a bug in vaekit"); --threads 99999 hung in
+    onnxruntime's pool; load(None), an over-long path and "" (read as the current folder) were
+    raw Python errors or the wrong folder. Each is BadInput now, exit 2 through the CLI."""
+    import vaekit
+
+    model = vaekit.load(run)
+    with pytest.raises(BadInput, match="samples"):
+        model.score(pair[0], samples=10**9)
+    for bad in (None, 5, b"r", "", "x" * 5000, "a\x00b"):
+        with pytest.raises(BadInput):
+            vaekit.load(bad)
+    with pytest.raises(BadInput, match="threads"):
+        vaekit.load(run, threads=99999)
+    with pytest.raises(BadInput, match="empty name"):  # not the current folder
+        model.score("")
+    r = invoke("anomaly-score", run, pair[0], "--samples", 10**9)
+    assert r.exit_code == 2 and "--samples" in r.stderr, r.output
+    r = invoke("--threads", 99999, "anomaly-score", run, pair[0])
+    assert r.exit_code == 2 and "--threads" in r.stderr, r.output

@@ -9,6 +9,7 @@ from vaekit.version import __version__  # noqa: F401
 
 
 DEVICES = ("auto", "cpu", "cuda")
+MAX_THREADS = 1024  # CPU threads a model may ask for (onnxruntime builds a pool of that many at once)
 
 
 def load(path, device: str = "auto", threads: int | None = None):
@@ -20,6 +21,7 @@ def load(path, device: str = "auto", threads: int | None = None):
     given. None: VAEKIT_THREADS if set (the CLI's --threads sets it), else the libraries'
     defaults and the process left as it is.
     """
+    import errno
     import os
     from pathlib import Path
 
@@ -33,9 +35,18 @@ def load(path, device: str = "auto", threads: int | None = None):
 
     if device not in DEVICES:
         raise BadInput(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 0):
-        raise BadInput(f"threads must be an integer >= 0, got {threads!r}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or not 0 <= threads <= MAX_THREADS):
+        raise BadInput(f"threads must be an integer from 0 to {MAX_THREADS}, got {threads!r}")
+    if not isinstance(path, (str, os.PathLike)) or isinstance(path, bytes) or not str(path):
+        raise BadInput(f"a model is a run directory or an .onnx file's path, got {path!r:.80}")
     path = Path(path)
+    try:
+        path.stat()
+    except OSError as e:
+        if e.errno == errno.ENAMETOOLONG:
+            raise BadInput(f"no such model: the path is too long ({len(str(path))} characters)") from None
+    except ValueError:  # a NUL in the path
+        raise BadInput(f"no such model: {str(path)!r:.80} is not a path") from None
     if path.is_dir():
         from vaekit.inference.engine_torch import TorchModel
         from vaekit.training.rundir import refuse_in_use

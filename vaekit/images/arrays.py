@@ -54,6 +54,8 @@ def user_images(x, channels: int, size: int) -> tuple[list[Path] | None, np.ndar
     if x is None:
         raise BadInput(f"no images given (None); expected {WHAT}")
     if _is_path(x):
+        if not str(x):  # Path("") is the current folder: never what an empty name meant
+            raise BadInput("no images given (an empty name is not the current folder)")
         return [Path(x)], None
     if isinstance(x, np.ndarray):
         return None, as_images(x, channels, size)
@@ -64,6 +66,8 @@ def user_images(x, channels: int, size: int) -> tuple[list[Path] | None, np.ndar
         raise BadInput(f"no images given (an empty {type(x).__name__}); expected {WHAT}")
     paths = [_is_path(v) for v in items]
     if all(paths):
+        if not all(str(v) for v in items):
+            raise BadInput("no images given (an empty name is not the current folder)")
         return [Path(v) for v in items], None
     if any(paths):
         raise BadInput("a list of images must hold only paths or only arrays, not both")

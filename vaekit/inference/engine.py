@@ -46,6 +46,9 @@ class Scores:
     skipped: list[tuple[Path, str]] = field(default_factory=list)  # scored from files: those that failed, and why
 
 
+MAX_SAMPLES = 4096  # posterior draws per image: each batch holds samples x its pixels at once
+
+
 class Model:
     """What `vaekit.load` returns. Inputs are uint8 (N, C, H, W) at the model's size, or paths."""
 
@@ -223,8 +226,8 @@ class Model:
 
     def _requested(self, score: str | None, samples: int, iwae: bool) -> str:
         """The score a request computes (effective_score), once the estimator's settings are checked."""
-        if not isinstance(samples, (int, np.integer)) or isinstance(samples, bool) or samples < 0:
-            raise BadInput(f"samples must be an integer >= 0, got {samples!r}")
+        if not isinstance(samples, (int, np.integer)) or isinstance(samples, bool) or not 0 <= samples <= MAX_SAMPLES:
+            raise BadInput(f"samples must be an integer from 0 to {MAX_SAMPLES}, got {samples!r}")
         score = self.effective_score(score, samples, iwae)[0]
         if iwae and samples < 1:
             raise BadInput(f"the IWAE estimate needs samples >= 1, got {samples}")

@@ -73,8 +73,8 @@ def find_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> Inpu
     """The image files under `inputs` (see images.find_images) and their relative names.
     Naming nothing, or folders that hold no image file, is BadInput (NoImagesError)."""
     roots = [Path(inputs)] if isinstance(inputs, (str, os.PathLike)) else [Path(r) for r in inputs]
-    if not roots:
-        raise BadInput("no inputs given: name image files or folders")
+    if not roots or any(not str(r) for r in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)):
+        raise BadInput("no inputs given: name image files or folders (an empty name is not the current folder)")
     linked: list[Path] = []
     found = imageio.scan_roots(roots, linked)
     paths = [f for _, files in found for f in files]
