@@ -117,8 +117,13 @@ def confine(text: str, roots: list[Path], enabled: bool, what: str = "folder") -
                        "(start it with --allow-server-folders to allow them)")
     if not text or not str(text).strip():
         raise BadInput(f"no {what} given: type a path inside the app's data folder")
-    p = Path(str(text).strip()).expanduser()
-    p = (roots[0] / p if not p.is_absolute() else p).resolve()
+    if "\0" in str(text) or len(str(text)) > 4096:
+        raise BadInput(f"that is not a {what} path (a NUL byte, or over 4096 characters)")
+    try:
+        p = Path(str(text).strip()).expanduser()
+        p = (roots[0] / p if not p.is_absolute() else p).resolve()
+    except (OSError, RuntimeError, ValueError) as e:  # a name too long for the file system, a link loop
+        raise BadInput(f"that {what} path cannot be read: {getattr(e, 'strerror', None) or e}") from None
     for root in roots:
         try:
             p.relative_to(root.resolve())

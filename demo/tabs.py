@@ -178,10 +178,10 @@ def _generate_tab(ctx: Context) -> SimpleNamespace:
                            elem_classes=["vk-pixels"], scale=2, height=420, elem_id="samples")
     gr.Markdown("### Interpolate between two images")
     with gr.Row():
-        img_a = gr.Image(label="From", type="filepath", image_mode=None, sources=["upload"], height=200,
-                         elem_classes=["vk-pixels"], elem_id="interp-a")
-        img_b = gr.Image(label="To", type="filepath", image_mode=None, sources=["upload"], height=200,
-                         elem_classes=["vk-pixels"], elem_id="interp-b")
+        # files, not gr.Image: gr.Image opens an upload with every format PIL has before vaekit sees
+        # it (an EPS named .png), and a file it cannot open became an error with no message
+        img_a = gr.File(label="From", file_types=["image"], type="filepath", height=120, elem_id="interp-a")
+        img_b = gr.File(label="To", file_types=["image"], type="filepath", height=120, elem_id="interp-b")
         with gr.Column():
             steps = gr.Slider(2, 16, value=8, step=1, label="Steps")
             interp_btn = gr.Button("Interpolate", elem_id="interp-btn")

@@ -391,6 +391,11 @@ def test_bad_input_is_a_message_and_the_app_keeps_serving(client, model, uploads
         client.predict(str(tmp_path / "nope"), "PCA", 20, api_name="/latent")
     with pytest.raises(AppError, match="no such folder"):
         client.predict(str(tmp_path / "nope"), 16, 4, 1, api_name="/train")
+    with pytest.raises(AppError, match="notes.png"):  # named, not an error with no message
+        client.predict(*_files([not_an_image, uploads[0]]), 4, api_name="/interpolate")
+    for bad in ("data/x\x00", "a" * 5000):  # a NUL byte, a name too long: a message, not "a bug in vaekit"
+        with pytest.raises(AppError, match="not a folder path|cannot be read"):
+            client.predict(bad, "PCA", 20, api_name="/latent")
     summary, *_ = client.predict(_files(uploads), model.info.threshold, api_name="/anomaly")  # still serving
     assert "of 3 anomalous" in summary
 
