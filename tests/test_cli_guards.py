@@ -226,3 +226,31 @@ def test_unbounded_draws_threads_and_odd_model_paths_are_refused(run, pair, tmp_
     assert r.exit_code == 2 and "--samples" in r.stderr, r.output
     r = invoke("--threads", 99999, "anomaly-score", run, pair[0])
     assert r.exit_code == 2 and "--threads" in r.stderr, r.output
+
+
+def test_the_api_says_what_is_wrong_in_its_own_words(run, pair):
+    """Raw TypeError / IndexError / RuntimeError from the public API, found by an attack: each a
+    BadInput now, and the right kinds of value still accepted."""
+    import numpy as np
+    import torch
+
+    import vaekit
+    from vaekit import anomaly
+
+    model = vaekit.load(run)
+    x = model.load_images([pair[0]]).images
+    for bad in (x, None, 3, b"a.png", [x[0]]):  # arrays belong to Model.score, not the folder jobs
+        with pytest.raises(BadInput):
+            anomaly.score_images(model, bad)
+    with pytest.raises(BadInput):
+        model.load_images(None)
+    with pytest.raises(BadInput, match="at least one image"):
+        model.elbo_parts(x[:0])
+    with pytest.raises(BadInput):
+        model.encode(torch.rand(1, *x.shape[1:], requires_grad=True))
+    with pytest.raises(BadInput, match="iwae"):
+        model.score(x, samples=2, iwae="yes")
+    with pytest.raises(BadInput, match="temperature"):
+        model.sample(2, temperature=1e300)
+    assert model.sample(2, temperature=np.float32(0.5), seed=1).shape[0] == 2
+    assert len(anomaly.score_images(model, (str(pair[0]), pair[1])).rows) == 2  # a tuple of paths is fine

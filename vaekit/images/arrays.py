@@ -84,7 +84,7 @@ def as_images(x, channels: int, size: int) -> np.ndarray:
                            f"every image must be ({channels}, {size}, {size})")
     try:
         a = np.asarray(x)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, RuntimeError) as e:  # RuntimeError: a torch tensor that needs grad
         raise BadInput(f"images cannot be read as one array ({e}); expected {want}") from None
     a = _as_uint8(a)
     if a.ndim == 3 and a.shape == (channels, size, size):

@@ -139,8 +139,9 @@ class Model:
         if n > most:
             raise BadInput(f"n {n} is too many images of {self.info.image_size} px to draw at once: at most {most} "
                            f"({imageio.MAX_RESIZE_PIXELS:,} pixels in all)")
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature < math.inf:
-            raise BadInput(f"temperature must be a finite number >= 0, got {temperature!r}")
+        if isinstance(temperature, (bool, np.bool_)) or not isinstance(temperature, (int, float, np.integer, np.floating)) \
+                or not 0 <= temperature <= 1e6:
+            raise BadInput(f"temperature must be a number from 0 to 1e6, got {temperature!r}")
         z = np.random.default_rng(seed).standard_normal((n, self.info.latent_dim), dtype=np.float32) * temperature
         return self.decode(z)
 
@@ -228,6 +229,8 @@ class Model:
         """The score a request computes (effective_score), once the estimator's settings are checked."""
         if not isinstance(samples, (int, np.integer)) or isinstance(samples, bool) or not 0 <= samples <= MAX_SAMPLES:
             raise BadInput(f"samples must be an integer from 0 to {MAX_SAMPLES}, got {samples!r}")
+        if not isinstance(iwae, (bool, np.bool_)):
+            raise BadInput(f"iwae must be True or False, got {iwae!r:.40}")
         score = self.effective_score(score, samples, iwae)[0]
         if iwae and samples < 1:
             raise BadInput(f"the IWAE estimate needs samples >= 1, got {samples}")
@@ -298,6 +301,8 @@ class Model:
     def elbo_parts(self, x: np.ndarray) -> Parts:
         """The -ELBO in parts at z = mu, with its R and KL maps (what Calibration is fitted on)."""
         x = self._check(x)
+        if not len(x):
+            raise BadInput("no images given: the -ELBO parts need at least one image")
         s, shape = self.info.image_size, self.info.latent_shape or (self.info.latent_dim,)
         out = []
         for sl in self._batches(len(x)):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -69,12 +69,26 @@ class Inputs:
         return [*self.roots, *self.linked]
 
 
+def _named(inputs) -> list:
+    """What the user named, as a list of paths; BadInput for anything else (an array, bytes, None)."""
+    if isinstance(inputs, (str, os.PathLike)):
+        return [inputs]
+    if isinstance(inputs, (bytes, bytearray, np.ndarray)) or not isinstance(inputs, Iterable):
+        raise BadInput(f"inputs are image files or folders (a path or a list of paths), got {type(inputs).__name__}"
+                       " (images in an array: Model.score takes them)")
+    items = list(inputs)
+    if not all(isinstance(r, (str, os.PathLike)) for r in items):
+        raise BadInput("inputs are image files or folders: every item must be a path")
+    return items
+
+
 def find_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> Inputs:
     """The image files under `inputs` (see images.find_images) and their relative names.
     Naming nothing, or folders that hold no image file, is BadInput (NoImagesError)."""
-    roots = [Path(inputs)] if isinstance(inputs, (str, os.PathLike)) else [Path(r) for r in inputs]
-    if not roots or any(not str(r) for r in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)):
+    items = _named(inputs)
+    if not items or any(not str(r) for r in items):
         raise BadInput("no inputs given: name image files or folders (an empty name is not the current folder)")
+    roots = [Path(r) for r in items]
     linked: list[Path] = []
     found = imageio.scan_roots(roots, linked)
     paths = [f for _, files in found for f in files]
