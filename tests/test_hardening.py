@@ -273,6 +273,11 @@ def test_out_inside_the_input_folder_is_refused(images, work):
         r = invoke("train", imgs, "--out", out, *TINY, "--epochs", "1")
         assert r.exit_code == 2 and "insidetheinputfolder" in flat(r.output), r.output
     assert not (imgs / "runs").exists() and not (imgs / "preview.png").exists()
+    other = Path(shutil.copytree(images, work / "other"))  # reached through a folder link: an input too
+    (imgs / "more").symlink_to(other, target_is_directory=True)
+    r = invoke("train", imgs, "--out", other / "run", *TINY, "--epochs", "1")
+    assert r.exit_code == 2 and "insidetheinputfolder" in flat(r.output), r.output
+    assert not (other / "run").exists()
 
 
 # --- 2. foreign programs -----------------------------------------------------------------------

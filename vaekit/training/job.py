@@ -83,11 +83,22 @@ def train(
     locked while training, so a second process on it gets InUse.
     """
     out_dir = Path(out_dir)
-    refuse_inside(out_dir, data_dir, "--out")
+    refuse_inside(out_dir, [data_dir, *_linked_folders(data_dir)], "--out")
     rank0 = int(os.environ.get("RANK", "0") or 0) == 0  # torchrun: rank 0 holds the lock for all
     with rundir.locked(out_dir) if rank0 else contextlib.nullcontext():
         return _train(data_dir, out_dir, model_cfg, train_cfg, channels, resume, overwrite, cache_dir, workers,
                       progress, resume_epochs, resume_changes, should_stop)
+
+
+def _linked_folders(data_dir) -> list[Path]:
+    """The real folders the training folder reaches through folder links: inputs too, where no
+    run may go (its preview.png would become training data)."""
+    from vaekit import images
+
+    linked: list[Path] = []
+    if Path(data_dir).is_dir():
+        images.scan_roots([data_dir], linked)
+    return linked
 
 
 def _train(data_dir, out_dir, model_cfg, train_cfg, channels, resume, overwrite, cache_dir, workers, progress,
