@@ -82,9 +82,15 @@ def test_a_taken_reconstruction_is_refused_without_a_journal_and_overwrite_then_
     assert (dest / "comparison.png").exists() and not partial(dest).exists()
 
 
-def _stop_at_first_call(model, method: str):
-    def dying(*a, **kw):
-        raise KeyboardInterrupt
+def stops_at_call(model, method: str, n: int):
+    """`model` whose `method` raises KeyboardInterrupt (a Ctrl-C) on its n-th call, mid-job."""
+    real, calls = getattr(model, method), []
+
+    def dying(x, **kw):
+        calls.append(len(x))
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real(x, **kw)
 
     setattr(model, method, dying)
     return model
@@ -96,9 +102,9 @@ def test_a_job_stopped_before_its_first_batch_leaves_no_journal(setup, tmp_path)
     run, data = setup
     out, dest = tmp_path / "s.csv", tmp_path / "rec"
     with pytest.raises(KeyboardInterrupt):
-        anomaly.score_to_file(_stop_at_first_call(vaekit.load(run), "score"), data, out, batch_size=4)
+        anomaly.score_to_file(stops_at_call(vaekit.load(run), "score", 1), data, out, batch_size=4)
     with pytest.raises(KeyboardInterrupt):
-        reconstruct.reconstruct_to_folder(_stop_at_first_call(vaekit.load(run), "reconstruct"), data, dest, batch_size=4)
+        reconstruct.reconstruct_to_folder(stops_at_call(vaekit.load(run), "reconstruct", 1), data, dest, batch_size=4)
     assert not partial(out).exists() and not partial(dest).exists()
     assert anomaly.score_to_file(vaekit.load(run), data, out, batch_size=4).count == N_IMAGES
     assert len(reconstruct.reconstruct_to_folder(vaekit.load(run), data, dest, batch_size=4).names) == N_IMAGES
@@ -172,16 +178,7 @@ def test_the_api_refuses_outputs_in_the_models_files(setup, tmp_path):
 
 def stopped_score(run, data, out) -> None:
     """An anomaly-score job stopped (Ctrl-C) in its second batch: OUT.partial holds one batch."""
-    model, calls = vaekit.load(run), []
-    real = model.score
-
-    def dying(x, **kw):
-        calls.append(len(x))
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(x, **kw)
-
-    model.score = dying
+    model = stops_at_call(vaekit.load(run), "score", 2)
     with pytest.raises(KeyboardInterrupt):
         anomaly.score_to_file(model, data, out, threshold=0.0, batch_size=4)
 
@@ -208,16 +205,7 @@ def test_a_400_digit_score_in_a_journal_is_a_damaged_journal(setup, tmp_path, ke
 def test_a_400_digit_psnr_in_a_reconstruct_journal_is_a_damaged_journal(setup, tmp_path):
     run, data = setup
     dest = tmp_path / "rec"
-    model, calls = vaekit.load(run), []
-    real = model.reconstruct
-
-    def dying(x, **kw):
-        calls.append(len(x))
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(x, **kw)
-
-    model.reconstruct = dying
+    model = stops_at_call(vaekit.load(run), "reconstruct", 2)
     with pytest.raises(KeyboardInterrupt):
         reconstruct.reconstruct_to_folder(model, data, dest, batch_size=4)
     _inflate(partial(dest), "psnr")
