@@ -211,6 +211,9 @@ def threshold(
     target_fpr: Annotated[Optional[float], typer.Option(help="Aim for this false-positive rate on normal images "
                                                              "(= quantile 1 - rate).")] = None,
     value: Annotated[Optional[float], typer.Option(help="A fixed threshold, in the unit of the run's score.")] = None,
+    normal: Annotated[Optional[Path], typer.Option(help="Set the thresholds anew from this folder of normal images the "
+                                                        "model never saw (of the kind met in use), at the stored "
+                                                        "quantile or the one given.", exists=True)] = None,
 ) -> None:
     """Show the run's anomaly threshold and its held-out score quantiles, or move the threshold."""
     from vaekit import anomaly
@@ -218,7 +221,12 @@ def threshold(
 
     if sum(v is not None for v in (quantile, target_fpr, value)) > 1:
         raise typer.BadParameter("give at most one of --quantile, --target-fpr, --value")
-    if quantile is None and target_fpr is None and value is None:
+    if normal is not None and value is not None:
+        raise typer.BadParameter("--value fixes the threshold; --normal sets it from images: give one of them")
+    if normal is not None:
+        apply_threads()
+        section = anomaly.threshold_from_normal(run, normal, quantile=quantile, target_fpr=target_fpr)
+    elif quantile is None and target_fpr is None and value is None:
         from vaekit.inference.engine import threshold_fields
 
         section = rundir.read_config(run).get("anomaly")

@@ -222,6 +222,42 @@ def test_set_threshold_by_quantile_fpr_or_value(parts, tmp_path):
         anomaly.set_threshold(run, quantile=1.5)
 
 
+def test_thresholds_set_anew_from_new_normal_images(parts, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(parts[0] / "run", run)
+    before = rundir.read_config(run)["anomaly"]
+    normal = parts[0] / "test" / "normal"
+    m = vaekit.load(run)
+    scores = m.score(normal, maps=False)
+    # without a quantile: the stored one (0.99), here beyond the largest of 12 new scores
+    first = anomaly.threshold_from_normal(run, normal)
+    assert first["threshold_quantile"] == 0.99 and first["threshold"] >= scores.score.max()
+    new = anomaly.threshold_from_normal(run, normal, quantile=0.5)
+    # the threshold is the conformal order statistic of the new images' scores, for every score
+    k = int(np.ceil(13 * 0.5))  # 12 new scores: the 7th smallest
+    assert new["source"] == "new normal" and new["n"] == 12 and new["threshold_quantile"] == 0.5
+    assert new["threshold"] == pytest.approx(np.sort(scores.score)[k - 1])
+    assert new["by_score"]["neg_elbo"]["threshold"] == pytest.approx(np.sort(scores.neg_elbo)[k - 1])
+    assert new["expected_fpr"] == pytest.approx(6 / 13)
+    assert vaekit.load(run).info.threshold == pytest.approx(new["threshold"])
+    # the score itself is unchanged: its statistics stay
+    assert rundir.read_config(run)["anomaly"]["calibration"] == before["calibration"]
+    np.testing.assert_array_equal(vaekit.load(run).score(normal, maps=False).score, scores.score)
+    # images the model trained on, or a folder holding the run, are refused; nothing is written
+    stored = (run / "config.json").read_bytes()
+    with pytest.raises(ValueError, match="holds images the model trained on"):
+        anomaly.threshold_from_normal(run, parts[0] / "train")
+    with pytest.raises(ValueError, match="holds the run"):
+        anomaly.threshold_from_normal(run, tmp_path)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="cannot read .*broken.png"):
+        anomaly.threshold_from_normal(run, tmp_path / "bad")
+    assert (run / "config.json").read_bytes() == stored
+
+
 @pytest.mark.parametrize("n, q", [(5, 0.99), (40, 0.9), (200, 0.99), (300, 0.95)])
 def test_expected_false_positive_rate_matches_a_simulation(n, q):
     # enough scores (or too few for a tail): the threshold is an order statistic, and the rate

@@ -100,6 +100,15 @@ def test_threshold_command_shows_and_moves_the_threshold(parts, tmp_path):
     words = " ".join(r.output.replace("│", " ").split())
     assert r.exit_code == 0 and f"(fixed; {n} of {n} calibration scores above)" in words, r.output
     assert "(quantile" not in words
+    # from new normal images: the thresholds come from their scores, at the quantile given
+    r = invoke("threshold", run, "--normal", parts / "test" / "normal", "--quantile", 0.5)
+    words = " ".join(r.output.replace("│", " ").split())
+    assert r.exit_code == 0 and "4 new normal images" in words and "(quantile 0.5)" in words, r.output
+    assert json.loads((run / "config.json").read_text())["anomaly"]["source"] == "new normal"
+    r = invoke("threshold", run, "--normal", parts / "test" / "normal", "--value", 3)
+    assert r.exit_code == 2 and "give one of them" in r.output
+    r = invoke("threshold", run, "--normal", parts / "train")
+    assert r.exit_code == 2 and "trained on" in r.output
 
 
 @pytest.mark.parametrize(

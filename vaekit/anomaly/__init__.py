@@ -14,13 +14,13 @@ from vaekit.anomaly.outputs import (MAP_MIN_SIDE, check_outputs, csv_text, map_t
 from vaekit.anomaly.score import (BATCH_SIZE, ROW_FIELDS, Plan, ScoredBatch, ScoreReport, ScoreRow, iter_scored,
                                   score_images, scoring_plan)
 from vaekit.anomaly.threshold import (QUANTILES, check_quantile, conformal_rank, expected_fpr, few_scores_note,
-                                      needed_scores, resolve_threshold, section_note, set_threshold, threshold_of,
-                                      threshold_section)
+                                      needed_scores, resolve_threshold, section_note, set_threshold, threshold_from_normal,
+                                      threshold_of, threshold_section)
 
 __all__ = [
     "BATCH_SIZE", "MAP_MIN_SIDE", "QUANTILES", "ROW_FIELDS", "Evaluation", "JobReport", "Plan", "ScoreReport",
     "ScoreRow", "ScoredBatch", "check_outputs", "check_quantile", "conformal_rank", "csv_text", "evaluate", "expected_fpr",
     "few_scores_note", "image_metrics", "iter_scored", "map_targets", "needed_scores", "output_format", "pixel_auroc", "plot_roc",
     "resolve_threshold", "rows_csv", "score_images", "score_to_file", "scoring_plan", "section_note",
-    "set_threshold", "threshold_of", "threshold_section", "write_maps", "write_scores",
+    "set_threshold", "threshold_from_normal", "threshold_of", "threshold_section", "write_maps", "write_scores",
 ]

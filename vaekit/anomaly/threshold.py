@@ -195,11 +195,78 @@ def set_threshold(run_dir: str | Path, quantile: float | None = None, target_fpr
         section["fixed"] = True  # the other scores' thresholds sit at the same validation quantile
     else:
         section = threshold_section(scores, check_quantile(quantile, target_fpr), old.get("source", "validation"), default)
-    if "calibration" in old:  # the atypicality's statistics: moving the threshold does not change the score
+    return _store(Path(run_dir), cfg, old, section)
+
+
+def _store(run_dir: Path, cfg: dict, old: dict, section: dict) -> dict:
+    """Write the new anomaly `section` into the run's config; the atypicality's statistics stay
+    (moving the threshold does not change the score)."""
+    from vaekit.training import rundir
+
+    if "calibration" in old:
         section["calibration"] = old["calibration"]
     cfg["anomaly"] = section
-    rundir.write_config(Path(run_dir), cfg)
+    rundir.write_config(run_dir, cfg)
     return section
+
+
+NEW_NORMAL = "new normal"  # the `source` of a threshold set from a folder of new normal images
+
+
+def threshold_from_normal(run_dir: str | Path, normal, quantile: float | None = None,
+                          target_fpr: float | None = None) -> dict:
+    """Set a run's thresholds anew from normal images it never saw; returns the new `anomaly` section.
+
+    A threshold promises its false-positive rate for new normal images like the ones it was set
+    from. When the images met in use differ from the held-out ones (another light, another
+    batch of parts, or held-out images that overlap the training images, as crops of one large
+    photo do), score a folder of new normal images of the kind met in use instead: every stored
+    score's threshold becomes the quantile (the stored one unless given) of their scores, by the
+    same rule as at training (`threshold_section`). The scores' statistics do not change.
+    BadInput when `normal` holds the training images or the run, or an image that cannot be read."""
+    from vaekit.fileio import is_inside
+    from vaekit.training import rundir
+
+    run_dir = Path(run_dir)
+    cfg = rundir.read_config(run_dir)
+    old = cfg.get("anomaly")
+    if not old or not isinstance(old.get("by_score"), dict) or old.get("score") not in old["by_score"]:
+        raise rundir.RunError(f"{run_dir} stores no anomaly section to set thresholds in (train it again)")
+    if quantile is None and target_fpr is None:  # the stored quantile (0.99 after a fixed value)
+        stored = old.get("threshold_quantile")
+        quantile = stored if isinstance(stored, float) and 0 < stored < 1 and not old.get("fixed") else 0.99
+    q = check_quantile(quantile, target_fpr)
+    root = (cfg.get("data") or {}).get("root")
+    for folder in [normal] if isinstance(normal, (str, Path)) else list(normal):
+        if root and (is_inside(folder, root) or is_inside(root, folder)):
+            raise BadInput(f"{folder} holds images the model trained on ({root}); a threshold needs normal images it never saw")
+        if is_inside(run_dir, folder):
+            raise BadInput(f"{folder} holds the run {run_dir}; give a folder of normal images only")
+    scores = _new_normal_scores(run_dir, normal, old["score"], list(old["by_score"]))
+    return _store(run_dir, cfg, old, threshold_section(scores, q, NEW_NORMAL, old["score"]))
+
+
+def _new_normal_scores(run_dir: Path, normal, default: str, names: list[str]) -> dict[str, np.ndarray]:
+    """Every stored score's values on the images under `normal` (the model's default score, and
+    the atypicality in a second pass when the default is the reader's)."""
+    import vaekit
+
+    model = vaekit.load(run_dir, device="cpu")
+    out: dict[str, list] = {k: [] for k in names}
+    passes = [None] + (["atypicality"] if "atypicality" in names and model.info.score != "atypicality" else [])
+    for score in passes:
+        for s in model.iter_scores(normal, score=score):
+            if s.skipped:
+                path, why = s.skipped[0]
+                raise BadInput(f"cannot read {path} ({why}); every new normal image must be readable")
+            columns = {s.name: s.score} if score else {s.name: s.score, "excess": s.excess, "neg_elbo": s.neg_elbo,
+                                                       "recon": s.recon, "kl": s.kl}
+            for k, v in columns.items():
+                if k in out:
+                    out[k].append(np.asarray(v, dtype=np.float64))
+    if not sum(map(len, out[default])):
+        raise BadInput(f"no image in {normal} to set a threshold from")
+    return {k: np.concatenate(v) for k, v in out.items() if v}
 
 
 def resolve_threshold(model: Model, score: str, estimator: str, override: float | None) -> tuple[float | None, str]:
