@@ -241,9 +241,10 @@ def threshold(
 def _print_threshold(run, section) -> None:
     from rich.table import Table
 
-    t = Table(title=f"{shown(run)}: score {shown(section.get('score'))}, "
-                    f"{shown(section.get('n', len(section.get('scores', []))))} "
-                    f"{shown(section.get('source', 'validation'))} images", show_header=False, title_justify="left")
+    n = section.get("n", len(section.get("scores", [])))
+    t = Table(title=f"{shown(run)}: score {shown(section.get('score'))}, {shown(n)} "
+                    f"{shown(section.get('source', 'validation'))} image{'' if n == 1 else 's'}", show_header=False,
+              title_justify="left")
     from vaekit.anomaly import section_note
     from vaekit.inference.engine import score_unit
 

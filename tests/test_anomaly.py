@@ -249,7 +249,7 @@ def test_thresholds_set_anew_from_new_normal_images(parts, tmp_path):
     stored = (run / "config.json").read_bytes()
     with pytest.raises(ValueError, match="holds images the model trained on"):
         anomaly.threshold_from_normal(run, parts[0] / "train")
-    with pytest.raises(ValueError, match="holds the run"):
+    with pytest.raises(ValueError, match="is or holds the run directory"):
         anomaly.threshold_from_normal(run, tmp_path)
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "broken.png").write_bytes(b"not a png")

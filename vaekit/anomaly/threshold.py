@@ -241,7 +241,7 @@ def threshold_from_normal(run_dir: str | Path, normal, quantile: float | None = 
         if root and (is_inside(folder, root) or is_inside(root, folder)):
             raise BadInput(f"{folder} holds images the model trained on ({root}); a threshold needs normal images it never saw")
         if is_inside(run_dir, folder):
-            raise BadInput(f"{folder} holds the run {run_dir}; give a folder of normal images only")
+            raise BadInput(f"{folder} is or holds the run directory {run_dir}; give a folder of normal images only")
     scores = _new_normal_scores(run_dir, normal, old["score"], list(old["by_score"]))
     return _store(run_dir, cfg, old, threshold_section(scores, q, NEW_NORMAL, old["score"]))
 
