@@ -44,7 +44,7 @@ def _parts(rng, n, size=16, recon=100.0, kl=10.0, spot=None):
 
 
 @pytest.mark.parametrize("local", [False, True])
-@pytest.mark.parametrize("combine", ["max", "sumsq", "shifted"])
+@pytest.mark.parametrize("combine", ["max", "sumsq", "shifted", "floored"])
 def test_atypicality_flags_too_high_and_too_low_but_not_normal(local, combine):
     rng = np.random.default_rng(2)
     cal = Calibration.fit(_parts(rng, 200), local=local, windows=(3, 5), combine=combine)
@@ -65,10 +65,13 @@ def test_atypicality_flags_too_high_and_too_low_but_not_normal(local, combine):
 def test_the_combinations_of_standardised_tests():
     stats = {"tests": {"mean": [0.0, 0.0, 0.0], "sd": [1.0, 1.0, 1.0]}, "global": ["error_high", "code_far", "entropy_low"]}
     z = np.array([[1.0, -1.0, -3.0], [1.0, 0.0, 0.0]])
-    score = {c: Calibration({**stats, "combine": c}).score_tests(z) for c in ("max", "sumsq", "shifted")}
+    score = {c: Calibration({**stats, "combine": c}).score_tests(z) for c in ("max", "sumsq", "shifted", "floored")}
     np.testing.assert_allclose(score["max"], [1.0, 1.0])
     np.testing.assert_allclose(score["sumsq"], [1.0, 1.0])  # a clearly typical test counts for nothing
     np.testing.assert_allclose(score["shifted"], [9.0 + 1.0 + 0.0, 9.0 + 4.0 + 4.0])  # from 2 sd below the mean
+    # the image-too-simple test never counts less than at its normal mean: an image more complex
+    # than normal (z = -3) looks no more normal on it than an average one
+    np.testing.assert_allclose(score["floored"], [9.0 + 1.0 + 4.0, 9.0 + 4.0 + 4.0])
 
 
 def test_a_damaged_stored_calibration_is_refused():

@@ -58,7 +58,7 @@ def test_run_directory_is_complete_and_self_describing(blobs, tmp_path):
     assert cfg["anomaly"]["source"] == "cross-fitted" and cfg["anomaly"]["n"] == 24
     # the code test measures from the codes of the images the run's model trained on
     assert cfg["anomaly"]["calibration"]["codes"]["shape"] == [19, 4]
-    assert cfg["anomaly"]["calibration"]["combine"] == "shifted"  # an aligned object's tests, from 2 sd below
+    assert cfg["anomaly"]["calibration"]["combine"] == "floored"  # from 2 sd below; image-too-simple from its mean
     assert cfg["vaekit_version"] and cfg["torch_version"] == torch.__version__
     assert len(cfg["data"]["fingerprint"]) >= 16
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -13,8 +13,8 @@ From those this module builds the parts of the -ELBO and the scores:
   simpler than any normal one, such as a "1" under a model of "8"s). A surface: R too high,
   the KL too high, or the whole -ELBO too low (a smudge that wipes out a texture's detail). With a latent grid the same tests run per neighbourhood, both ways, so
   local defects count. An aligned object's score adds up each test's squared distance from 2 sd
-  below its normal mean, Σ max(z + 2, 0)² ("shifted": a normal image scores ~12, a test 3 sd out
-  adds 25); a surface's adds up the squares of the z-scores that point the anomalous way,
+  below its normal mean, Σ max(z + 2, 0)², the image-too-simple test's from its mean at least
+  ("floored": a normal image scores ~13, a test 3 sd out adds 25); a surface's adds up the squares of the z-scores that point the anomalous way,
   Σ max(z, 0)² ("sumsq": its eleven tests would each add ~5 from the shift).
 """
 
@@ -40,6 +40,11 @@ MAP_WINDOW = 5
 # test far on the normal side still cannot cancel another's alarm (docs/detection.md: 15 of 15
 # choose-half classes of three digit sets went up, by 0.002-0.012 AUROC on average per set)
 COMBINE_SHIFT = 2.0
+# "floored": as "shifted", but a test whose anomalous side depends on the class never counts less
+# than at its normal mean. The image-too-simple test points the wrong way for the simplest class
+# (every other object of a "1"'s set is more complex): shifted, it added ~4 sd² to normal images
+# and none to complex anomalies; floored, both get at least 4 (docs/detection.md, Combining the tests)
+FLOORED_TESTS = ("entropy_low",)
 
 
 def pixel_floor(x: np.ndarray, likelihood: str, log_scale: Sequence[float] | None = None) -> np.ndarray:
@@ -174,7 +179,9 @@ class Calibration:
     image), z-scored by statistics that depend on the distance to the edges only (`edge_class`).
     `combine`: "max" takes the largest standardised test (vaekit 0.2); "sumsq" adds up the
     squares of those above 0 (every part that is atypical in its own direction counts);
-    "shifted" adds up max(z + COMBINE_SHIFT, 0)² (an aligned object's, from vaekit 0.3).
+    "shifted" adds up max(z + COMBINE_SHIFT, 0)² (an aligned object's in vaekit 0.3's first
+    runs); "floored" the same with the tests of `FLOORED_TESTS` counted from their normal mean at
+    least (an aligned object's now).
 
     Fitting has two levels, on different images: the local maps' statistics on a `reference`
     (training images, many pixels), then each test's mean and sd on images the model never
@@ -313,6 +320,10 @@ class Calibration:
             return (np.clip(z, 0.0, None) ** 2).sum(1)
         if combine == "shifted":
             return (np.clip(z + COMBINE_SHIFT, 0.0, None) ** 2).sum(1)
+        if combine == "floored":
+            names = self.global_tests + [""] * (z.shape[1] - len(self.global_tests))
+            low = np.array([COMBINE_SHIFT if n in FLOORED_TESTS else 0.0 for n in names])
+            return (np.maximum(z + COMBINE_SHIFT, low) ** 2).sum(1)
         return z.max(1)
 
     @classmethod

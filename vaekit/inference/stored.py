@@ -9,7 +9,7 @@ import numpy as np
 
 from vaekit.inference import codebank
 
-COMBINES = ("max", "sumsq", "shifted")  # the rules a calibration may name (vaekit.inference.atypicality.Calibration)
+COMBINES = ("max", "sumsq", "shifted", "floored")  # the rules a calibration may name (vaekit.inference.atypicality.Calibration)
 
 
 def damage(stats, size: int, tests, default_tests, latent_dim: int | None = None) -> str | None:

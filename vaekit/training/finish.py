@@ -46,9 +46,10 @@ CALIBRATION_PIXELS = 2000 * 64 * 64  # images the score statistics are fitted on
 CHUNK_PIXELS = 256 * 64 * 64  # images scored at a time while calibrating: memory bounded by pixels
 LOCAL_WINDOWS = (9, 17)  # a latent grid's local tests: windows of ~2 and ~4 cells (a cell is 4x4 pixels)
 # how the standardised tests make one score (vaekit.inference.atypicality.Calibration; docs/detection.md):
-# an aligned object's three tests each counted from 2 sd below their normal mean; a surface's eleven
-# (global and per neighbourhood) only where they point the anomalous way
-COMBINE = {"vector": "shifted", "grid": "sumsq"}
+# an aligned object's three tests each counted from 2 sd below their normal mean, the image-too-simple
+# test from its normal mean at least ("floored"); a surface's eleven (global and per neighbourhood)
+# only where they point the anomalous way
+COMBINE = {"vector": "floored", "grid": "sumsq"}
 THRESHOLD_SCORES = ("excess", "neg_elbo", "recon", "kl")  # stored with a threshold each, beside the default
 
 
