@@ -48,7 +48,7 @@ def _pixels(folder: Path) -> dict[str, np.ndarray]:
 
 @pytest.mark.parametrize("enc, dec", [(1, 2), (2, 1)])
 def test_a_lossless_archive_decodes_exactly_on_another_thread_count(run, tmp_path, threads, enc, dec):
-    _digits(tmp_path / "src", 60)
+    _digits(tmp_path / "src", 24)
     torch.set_num_threads(enc)
     r = codec.encode(vaekit.load(run), tmp_path / "src", tmp_path / "a.vkc", lossless=True)
     assert torch.get_num_threads() == enc  # restored after the pinned calls
@@ -66,7 +66,7 @@ def test_through_the_cli_with_other_threads_options(run, tmp_path, threads, monk
 
     monkeypatch.setattr(output, "THREADS", output.THREADS)  # --threads sets it for the process
     monkeypatch.delenv("VAEKIT_THREADS", raising=False)
-    _digits(tmp_path / "src", 40, seed=3)
+    _digits(tmp_path / "src", 20, seed=3)
     cli = CliRunner()
     r = cli.invoke(app, ["--threads", "2", "encode", str(run), str(tmp_path / "src"), "-o", str(tmp_path / "a.vkc"),
                          "--lossless"])
@@ -79,7 +79,7 @@ def test_through_the_cli_with_other_threads_options(run, tmp_path, threads, monk
 
 def test_an_archive_written_before_the_pin_decodes_on_its_recorded_count(run, tmp_path, threads, monkeypatch):
     """vaekit < this fix coded on --threads; such a file records the count and still decodes."""
-    _digits(tmp_path / "src", 40, seed=4)
+    _digits(tmp_path / "src", 20, seed=4)
     monkeypatch.setattr(jobs, "CANONICAL_THREADS", 2)  # what `--threads 2` wrote then
     r = codec.encode(vaekit.load(run), tmp_path / "src", tmp_path / "old.vkc", lossless=True)
     monkeypatch.undo()

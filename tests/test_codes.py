@@ -26,7 +26,8 @@ _RUNS: dict = {}  # the digits folder and trained runs, shared by both test file
 # --- fixtures shared with test_cli_codec.py --------------------------------------------------
 
 def trained_run(tmp_path_factory, seed: int = 0, epochs: int = 30) -> Path:
-    """A tiny 16 px VAE of the digit 0 (seconds on one thread), trained once per session per seed.
+    """A tiny 16 px VAE of the digit 0 (seconds on one thread), trained once per session per seed,
+    without fold models (its codes are what these tests are about, not its threshold).
 
     Its parent folder holds the digits (`digits/train`, `digits/test/...`) it was trained on."""
     from vaekit.config import ModelConfig, TrainConfig
@@ -39,7 +40,7 @@ def trained_run(tmp_path_factory, seed: int = 0, epochs: int = 30) -> Path:
     root, key = _RUNS["root"], (seed, epochs)
     if key not in _RUNS:
         train(root / "digits" / "train", root / f"run-{seed}-{epochs}", ModelConfig(image_size=16, latent_dim=8, base_channels=8),
-              TrainConfig(epochs=epochs, lr=5e-3, seed=seed, device="cpu"), cache_dir=root / "cache")
+              TrainConfig(epochs=epochs, lr=5e-3, seed=seed, device="cpu", folds=0), cache_dir=root / "cache")
         _RUNS[key] = root / f"run-{seed}-{epochs}"
     return _RUNS[key]
 

@@ -262,7 +262,7 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoin
     from vaekit.training.loop import TrainingError
 
     images = make_images(tmp_path / "images")
-    cfg = TrainConfig(epochs=2, batch_size=4, seed=0, device="cpu")
+    cfg = TrainConfig(epochs=2, batch_size=4, seed=0, device="cpu", folds=0)  # no fold models: the loop is the subject
     train(images, tmp_path / "run", MODEL, cfg, channels=1)
     before = {p.relative_to(tmp_path / "run"): p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
     _poison(monkeypatch, value)

@@ -85,17 +85,17 @@ def test_held_out_splits_when_cross_fitting_is_off(blobs, tmp_path):
 
 
 def test_training_reduces_the_loss(blobs, tmp_path):
-    result, _ = train(blobs, tmp_path / "run", MODEL, tcfg(epochs=15, lr=1e-2))
+    result, _ = train(blobs, tmp_path / "run", MODEL, tcfg(epochs=15, lr=1e-2, folds=0))
     losses = [r["train_loss"] for r in result.history]
     assert losses[-1] < 0.9 * losses[0]
 
 
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])
 def test_same_seed_same_weights_and_resume_is_exact(blobs, tmp_path, schedule):
-    train(blobs, tmp_path / "full", MODEL, tcfg(epochs=4, schedule=schedule))
-    train(blobs, tmp_path / "again", MODEL, tcfg(epochs=4, schedule=schedule))
+    train(blobs, tmp_path / "full", MODEL, tcfg(epochs=4, schedule=schedule, folds=0))
+    train(blobs, tmp_path / "again", MODEL, tcfg(epochs=4, schedule=schedule, folds=0))
     if schedule == "constant":  # extending a finished run (2 epochs, then --epochs 4) is exact
-        train(blobs, tmp_path / "parts", MODEL, tcfg(epochs=2, schedule=schedule))
+        train(blobs, tmp_path / "parts", MODEL, tcfg(epochs=2, schedule=schedule, folds=0))
     else:  # the cosine schedule spans the planned total: a run stopped at epoch 2 of 4 resumes exactly
 
         def stop_after_two(done, total, phase="", **_):
@@ -103,8 +103,8 @@ def test_same_seed_same_weights_and_resume_is_exact(blobs, tmp_path, schedule):
                 raise KeyboardInterrupt
 
         with pytest.raises(KeyboardInterrupt):
-            train(blobs, tmp_path / "parts", MODEL, tcfg(epochs=4, schedule=schedule), progress=stop_after_two)
-    train(blobs, tmp_path / "parts", MODEL, tcfg(epochs=2, schedule=schedule), resume=True, resume_epochs=4)
+            train(blobs, tmp_path / "parts", MODEL, tcfg(epochs=4, schedule=schedule, folds=0), progress=stop_after_two)
+    train(blobs, tmp_path / "parts", MODEL, tcfg(epochs=2, schedule=schedule, folds=0), resume=True, resume_epochs=4)
     full = load_file(tmp_path / "full" / "checkpoint" / "epoch-0003.safetensors")
     again = load_file(tmp_path / "again" / "checkpoint" / "epoch-0003.safetensors")
     parts = load_file(tmp_path / "parts" / "checkpoint" / "epoch-0003.safetensors")
