@@ -179,6 +179,10 @@ def split3(n: int, val_fraction: float, cal_fraction: float, seed: int) -> tuple
 CROSSFIT_BELOW = 200  # fewer images than this: cross-fitting instead of held-out splits (auto)
 CROSSFIT_FOLDS = 5
 MIN_VAL = 20  # a held-out split smaller than this fits the score's statistics on too few images
+# a surface's held-out fold holds at least this many images (while half the images still train): the
+# largest of 4 scores flags a fifth of new normal images, and 8 are the fewest that
+# vaekit.anomaly.threshold fits a tail beyond the largest to (TAIL_MIN; docs/thresholds.md)
+ONE_FOLD_MIN = 8
 
 
 @dataclass
@@ -205,7 +209,7 @@ class Splits:
 
 
 def plan_splits(n: int, val_fraction: float, cal_fraction: float, seed: int, folds: int = -1,
-                quantile: float = 0.99, one_fold: bool = False) -> Splits:
+                quantile: float = 0.99, one_fold: bool = False, min_cal: int = ONE_FOLD_MIN) -> Splits:
     """The splits for n images (see Splits).
 
     folds=-1 (auto): cross-fit with CROSSFIT_FOLDS folds below CROSSFIT_BELOW images; above,
@@ -218,7 +222,9 @@ def plan_splits(n: int, val_fraction: float, cal_fraction: float, seed: int, fol
     `one_fold`: where auto would cross-fit, hold out the first fold as the calibration split
     instead and train on the others, with no fold models (a surface model whose default score,
     the defect reader's, is calibrated on one held-out fold anyway: five more VAEs would only
-    serve its fallback score, at five times the training time)."""
+    serve its fallback score, at five times the training time). That fold holds at least
+    `min_cal` images while half the images still train: with 20 images, 8 instead of 4 (see
+    ONE_FOLD_MIN)."""
     k = min(n, (CROSSFIT_FOLDS if n < CROSSFIT_BELOW else 0) if folds < 0 else folds)
     # a fold of one image: leave-one-out, from 3 images (with 2, each fold's statistics would come
     # from one score: a spread of 0 and thresholds of 1e16; they train on both and say so instead)
@@ -227,7 +233,8 @@ def plan_splits(n: int, val_fraction: float, cal_fraction: float, seed: int, fol
         parts = [np.sort(order[i::k]) for i in range(k)]
         rest = np.sort(np.concatenate(parts[1:]))
         if one_fold and folds < 0:
-            return Splits(rest, np.zeros(0, np.int64), parts[0], [])
+            cal = parts[0] if len(parts[0]) >= min(min_cal, n // 2) else np.sort(order[:min(min_cal, n // 2)])
+            return Splits(np.setdiff1d(np.arange(n), cal), np.zeros(0, np.int64), cal, [])
         return Splits(rest, np.zeros(0, np.int64), np.zeros(0, np.int64), parts)
     if folds < 0 and val_fraction > 0 and cal_fraction > 0:
         from vaekit.anomaly.threshold import needed_scores

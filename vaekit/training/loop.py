@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -74,11 +75,12 @@ def fit(data: Dataset, out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCo
     out_dir = Path(out_dir)
     device = pick_device(train_cfg.device)
     dist = init_distributed(device)
-    splits = plan_splits(len(data.paths), train_cfg.val_fraction, train_cfg.calibration_fraction, train_cfg.seed,
-                         train_cfg.folds, train_cfg.threshold_quantile,
-                         one_fold=model_cfg.layout == "grid" and train_cfg.reader)
+    plan = partial(plan_splits, len(data.paths), train_cfg.val_fraction, train_cfg.calibration_fraction,
+                   train_cfg.seed, train_cfg.folds, train_cfg.threshold_quantile,
+                   one_fold=model_cfg.layout == "grid" and train_cfg.reader)
+    splits = plan()
     if resume:
-        splits = _splits_trained_on(out_dir, splits, len(data.paths))
+        splits = _splits_trained_on(out_dir, splits, len(data.paths), plan)
     train_cfg = resolved_train_config(train_cfg, model_cfg, len(splits.train), models=len(splits.folds) or 1)
     trainer = Trainer(model_cfg, train_cfg, device, dist)
     start_epoch, best, history = _begin(trainer, out_dir, data, splits, resume)
@@ -118,16 +120,26 @@ def fit(data: Dataset, out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCo
     return result
 
 
-def _splits_trained_on(out_dir: Path, splits, n: int):
-    """The splits a resumed run's checkpoint trained on. A cross-fitted run written before the run's
-    model became the first fold's (vaekit 0.3.dev, config.json data.train_images == every image)
-    trained on all n images: it goes on doing so, and its fold models score every fold (crossfit
-    reuses the run's model only when it trained on exactly the other folds)."""
-    if not splits.crossfit or len(splits.train) == n:
-        return splits
-    stored = rundir.read_config(out_dir).get("data") or {}
-    if stored.get("train_images") == n:
-        return replace(splits, train=np.arange(n))
+def _splits_trained_on(out_dir: Path, splits, n: int, plan: Callable[..., object]):
+    """The splits a resumed run's checkpoint trained on (`plan(**kw)`: plan_splits for this run).
+    A cross-fitted run written before the run's model became the first fold's (vaekit 0.3.dev,
+    config.json data.train_images == every image) trained on all n images: it goes on doing so,
+    and its fold models score every fold (crossfit reuses the run's model only when it trained on
+    exactly the other folds). A surface run written before its held-out fold held at least
+    ONE_FOLD_MIN images keeps the fold it trained without."""
+
+    def stored() -> int | None:  # the number of images the checkpoint trained on, as config.json says
+        return (rundir.read_config(out_dir).get("data") or {}).get("train_images")
+
+    if splits.crossfit and len(splits.train) != n:
+        if stored() == n:
+            return replace(splits, train=np.arange(n))
+    elif not splits.crossfit and len(splits.cal) and not len(splits.val):  # one held-out fold
+        trained = stored()
+        if trained not in (None, len(splits.train)):
+            before = plan(min_cal=0)
+            if len(before.train) == trained:
+                return before
     return splits
 
 
@@ -141,7 +153,6 @@ def _check_finite(sums: list[float], epoch: int, out_dir: Path) -> None:
 def _finish(out_dir, data, splits, model_cfg, train_cfg, device, progress, should_stop) -> float | None:
     """vaekit.training.finish with the fold models' scores when cross-fitted: the threshold, or
     None when asked to stop while the fold models trained."""
-    from functools import partial
 
     from vaekit.training.crossfit import crossfit_scores
 
