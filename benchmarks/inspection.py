@@ -1,6 +1,7 @@
 """Few large images with small defects (an inspection setting), through the CLI at default settings.
 
-    python benchmarks/inspection.py [--choose brick,gravel] [--confirm grass,ihc] [--side 256] [--threads 1] [--work DIR]
+    python benchmarks/inspection.py [--choose brick,gravel] [--confirm grass,ihc] [--side 256] [--train-images 40]
+                                    [--threads 1] [--work DIR]
 
 Per photograph (benchmarks/reader_large.py builds the data: 40 normal training images of
 256 x 256 px; 30 normal and 30 defective test images from rows the training never saw, one
@@ -62,11 +63,12 @@ def main() -> None:
     ap.add_argument("--choose", default="brick,gravel")
     ap.add_argument("--confirm", default="grass,ihc")
     ap.add_argument("--side", type=int, default=reader_large.SIDE, help="image side in px (the photo needs twice as many rows)")
+    ap.add_argument("--train-images", type=int, default=reader_large.N_TRAIN, help="normal training images per photo")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
-    reader_large.SIDE = args.side
+    reader_large.SIDE, reader_large.N_TRAIN = args.side, args.train_images
     tmp = None if args.work else tempfile.TemporaryDirectory(prefix="vaekit-inspection-")
     work = args.work or Path(tmp.name)
     results = {}
