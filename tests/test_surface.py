@@ -48,7 +48,7 @@ def test_auto_keeps_a_surfaces_own_size_and_trains_on_crops_and_a_reader(surface
     assert cfg["train"]["crop"] == 32 and cfg["reader"]["steps"] == 40
     assert (surface / "run" / "reader.safetensors").is_file()
     a = cfg["anomaly"]
-    # 24 images: 8 held out (one fold of 5 would be too few to fit a tail to) for every score's threshold, no fold models
+    # 24 images: 8 held out for every score's threshold (a fold of 5 is too few for a tail), no fold models
     assert a["score"] == "defect" and a["source"] == "calibration" and a["n"] == 8
     assert cfg["data"]["crossfit_folds"] == 0 and cfg["data"]["train_images"] == 16
     assert {"defect", "atypicality", "excess"} <= set(a["by_score"])
