@@ -258,6 +258,20 @@ def test_thresholds_set_anew_from_new_normal_images(parts, tmp_path):
     assert (run / "config.json").read_bytes() == stored
 
 
+def test_an_older_runs_relative_training_folder_is_still_refused_from_another_directory(parts, tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    shutil.copytree(parts[0], tmp_path / "p")
+    run = tmp_path / "p" / "run"
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["data"]["root"] = "train"  # as typed in p/ (runs before 2026-12-04 stored the path as typed)
+    (run / "config.json").write_text(json.dumps(cfg))
+    monkeypatch.chdir(tmp_path)  # not where it trained
+    with pytest.raises(ValueError, match="holds images the model trained on"):
+        anomaly.threshold_from_normal(run, tmp_path / "p" / "train" / ".")
+
+
 @pytest.mark.parametrize("n, q", [(5, 0.99), (40, 0.9), (200, 0.99), (300, 0.95)])
 def test_expected_false_positive_rate_matches_a_simulation(n, q):
     # enough scores (or too few for a tail): the threshold is an order statistic, and the rate

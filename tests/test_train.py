@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -76,10 +77,12 @@ def test_run_directory_is_complete_and_self_describing(blobs, tmp_path):
     assert set(load_file(run / "model.safetensors")) == set(model.state_dict())
 
 
-def test_held_out_splits_when_cross_fitting_is_off(blobs, tmp_path):
+def test_held_out_splits_when_cross_fitting_is_off(blobs, tmp_path, monkeypatch):
     # 10% validation (best epoch, score statistics), 10% calibration (threshold), the rest trains
-    train(blobs, tmp_path / "run", MODEL, tcfg(folds=0))
+    monkeypatch.chdir(blobs.parent)
+    train(Path(blobs.name), tmp_path / "run", MODEL, tcfg(folds=0))  # a folder named relative to the cwd
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["data"]["root"] == str(blobs)  # stored absolute: valid from any directory
     assert cfg["data"]["val_images"] == 2 and cfg["data"]["train_images"] == 20 and cfg["data"]["calibration_images"] == 2
     assert cfg["anomaly"]["source"] == "calibration" and cfg["anomaly"]["n"] == 2
 

@@ -236,14 +236,25 @@ def threshold_from_normal(run_dir: str | Path, normal, quantile: float | None = 
         stored = old.get("threshold_quantile")
         quantile = stored if isinstance(stored, float) and 0 < stored < 1 and not old.get("fixed") else 0.99
     q = check_quantile(quantile, target_fpr)
-    root = (cfg.get("data") or {}).get("root")
+    roots = _training_roots(cfg, run_dir)
     for folder in [normal] if isinstance(normal, (str, Path)) else list(normal):
-        if root and (is_inside(folder, root) or is_inside(root, folder)):
-            raise BadInput(f"{folder} holds images the model trained on ({root}); a threshold needs normal images it never saw")
+        for root in roots:
+            if is_inside(folder, root) or is_inside(root, folder):
+                raise BadInput(f"{folder} holds images the model trained on ({root}); a threshold needs normal images it never saw")
         if is_inside(run_dir, folder):
             raise BadInput(f"{folder} is or holds the run directory {run_dir}; give a folder of normal images only")
     scores = _new_normal_scores(run_dir, normal, old["score"], list(old["by_score"]))
     return _store(run_dir, cfg, old, threshold_section(scores, q, NEW_NORMAL, old["score"]))
+
+
+def _training_roots(cfg: dict, run_dir: Path) -> list[Path]:
+    """Where the run's training images were: config.json's data.root. Runs written before it was
+    stored absolute hold the path as typed, relative to a working directory no longer known: both
+    the current one and the run's parent are then taken for it."""
+    root = (cfg.get("data") or {}).get("root")
+    if not isinstance(root, str) or not root:
+        return []
+    return [Path(root)] if Path(root).is_absolute() else [Path.cwd() / root, run_dir.parent / root]
 
 
 def _new_normal_scores(run_dir: Path, normal, default: str, names: list[str]) -> dict[str, np.ndarray]:

@@ -26,7 +26,7 @@ def write_run_config(out_dir, data, model_cfg, train_cfg, device, n_train, n_val
         "model": asdict(model_cfg),
         "train": asdict(train_cfg),
         "data": {
-            "root": str(data.root),
+            "root": str(Path(data.root).absolute()),  # absolute: `threshold --normal` compares folders with it
             "images": len(data.paths),
             "train_images": n_train,
             "val_images": n_val,
