@@ -57,7 +57,7 @@ class BareLoop:
         cuda = device.type == "cuda"
         self.amp = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda and train_cfg.amp else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16) if cuda else None
-        if cuda and train_cfg.channels_last:
+        if train_cfg.channels_last:  # as vaekit's Trainer: on any device
             self.model = self.model.to(memory_format=torch.channels_last)
             self.x = self.x.contiguous(memory_format=torch.channels_last)
         self.net = torch.compile(self.model) if train_cfg.compile else self.model

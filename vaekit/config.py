@@ -128,7 +128,7 @@ class TrainConfig:
     calibration_fraction: float = 0.1  # share held out, apart from those, to set the anomaly threshold
     device: str = "auto"  # "auto" picks CUDA when available
     amp: bool = True  # on CUDA: bf16 autocast where supported, else fp16 with a GradScaler
-    channels_last: bool = True  # on CUDA: NHWC memory format, faster convolutions
+    channels_last: bool = True  # NHWC memory format while training: faster convolutions (CUDA and CPU)
     compile: bool = False  # torch.compile the model (CUDA mostly; slow first epoch)
     threshold_quantile: float = 0.99  # anomaly threshold: this quantile of held-out normal scores (docs/thresholds.md)
     grad_clip: float = 0.0  # clip the global gradient norm to this (0: off; then spike_clip applies)

@@ -69,9 +69,11 @@ def stored_prior(model, table_hash: str | None = None) -> priors.Prior | None:
 
 
 def fit_prior(model, images: np.ndarray, steps: Sequence[float] | None = None,
-              deltas: Sequence[int] | None = None, residual_images: int = 10_000) -> priors.Prior:
+              deltas: Sequence[int] | None = None, residual_images: int = 2_000) -> priors.Prior:
     """Fit the lossy tables on uint8 images (N, C, H, W) of the training domain (the training
-    split): the latent tables on all of them, the residual tables on the first `residual_images`."""
+    split): the latent tables on all of them, the residual tables on the first `residual_images`
+    (each is decoded once per quality; 2,000 instead of 10,000 cost 0.1% more bytes and saved
+    4.6 s of a 190 s training run: docs/codec.md)."""
     mu, logvar = model.encode(images)
     prior = priors.fit(mu, logvar, model.info.latent_shape, model.info.fingerprint, steps, deltas)
     x = np.asarray(images)[:residual_images]

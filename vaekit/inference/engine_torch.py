@@ -77,6 +77,9 @@ class TorchModel(Model):
         """A network in memory behind the same interface, with no threshold or calibration:
         what cross-fitting scores its fold models with (vaekit.training.crossfit)."""
         self = cls.__new__(cls)
+        # trained in NHWC (vaekit.training.trainer); scored in the layout a loaded model has, so its
+        # scores are the ones the same weights give from disk
+        net = net.to(memory_format=torch.contiguous_format)
         self.device, self.net, self.config = torch.device(device), net.eval(), {}
         self.batch_size = 256 if self.device.type == "cuda" else Model.batch_size
         m, log_scale = net.cfg, net.scale()

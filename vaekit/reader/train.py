@@ -108,6 +108,7 @@ def _train_one(crops, features, cfg: ReaderConfig, seed: int, progress, should_s
     probe = _inputs(crops[:1, :, :size, :size], features)
     net = ReaderNet(probe.shape[1], cfg)
     _normalise(net, crops, features, size, rng)
+    net = net.to(memory_format=torch.channels_last)  # NHWC trains ~1.2x faster on one grey channel
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     loss_fn = focal_loss if cfg.loss == "focal" else bce_dice_loss
     n_bad = max(1, round(cfg.batch * (1 - cfg.clean_fraction)))
@@ -120,14 +121,14 @@ def _train_one(crops, features, cfg: ReaderConfig, seed: int, progress, should_s
         for g in opt.param_groups:
             g["lr"] = cfg.lr * min(1.0, (step + 1) / warm) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
         inputs, target = _batch(crops, features, cfg, size, n_bad, rng)
-        loss = loss_fn(net(inputs), target)
+        loss = loss_fn(net(inputs.contiguous(memory_format=torch.channels_last)), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
         if progress is not None and ((step + 1) % 25 == 0 or step + 1 == cfg.steps):
             progress(step + 1, cfg.steps, loss=running)
-    return net.eval()
+    return net.to(memory_format=torch.contiguous_format).eval()
 
 
 def load_reader(state: dict[str, torch.Tensor], cfg: ReaderConfig = ReaderConfig()) -> ReaderEnsemble:

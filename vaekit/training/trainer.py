@@ -118,7 +118,9 @@ class Trainer:
         self.cfg, self.model_cfg, self.device, self.dist = train_cfg, model_cfg, device, dist
         self.model = ConvVAE(model_cfg).to(device)
         cuda = device.type == "cuda"
-        self.channels_last = cuda and train_cfg.channels_last
+        # NHWC on CPU too: oneDNN's convolutions skip their layout reorders, 1.1-1.4x a step
+        # (docs/benchmarks.md, "Channels-last on the CPU")
+        self.channels_last = train_cfg.channels_last
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.amp_dtype = None
