@@ -13,7 +13,7 @@ from vaekit.config import ModelConfig
 from vaekit.model.vae import ConvVAE
 from vaekit.reader.features import tiled, vae_features
 from vaekit.reader.net import ReaderConfig, ReaderEnsemble, ReaderNet
-from vaekit.reader.synth import SHAPES, make_defects
+from vaekit.reader.synth import SHAPES, _stroke, make_defects
 from vaekit.reader.train import load_reader, read, train_reader
 
 
@@ -57,6 +57,27 @@ def test_leaving_out_the_line_family_leaves_no_thin_defects():
     core = lambda m: binary_erosion(m > 0, np.ones((1, 5, 5))).reshape(len(m), -1).any(1)  # noqa: E731
     assert core(lines).mean() < 0.1  # a line is at most ~3 px wide: a 5x5 erosion removes it
     assert core(blobs).mean() > 0.3
+
+
+def _stroke_point_by_point(pts, h, w, radius):
+    """The pen as a plain loop over the path's points (what _stroke computes in chunks)."""
+    out = np.zeros((h, w))
+    r = int(np.ceil(radius + 1))
+    for py, px in pts:
+        y0, y1, x0, x1 = max(0, int(py) - r), min(h, int(py) + r + 2), max(0, int(px) - r), min(w, int(px) + r + 2)
+        if y0 < y1 and x0 < x1:
+            yy, xx = np.mgrid[y0:y1, x0:x1]
+            out[y0:y1, x0:x1] = np.maximum(out[y0:y1, x0:x1], np.clip(radius + 0.5 - np.hypot(yy - py, xx - px), 0, 1))
+    return out
+
+
+def test_a_stroke_inks_exactly_what_a_point_by_point_pen_would():
+    rng = np.random.default_rng(5)
+    for h, w in ((64, 64), (37, 90)):
+        for _ in range(20):  # paths that start inside and wander out of the image on any side
+            pts = np.cumsum(rng.normal(0, 0.4, (int(rng.integers(1, 200)), 2)), 0) + rng.uniform(-5, [h + 5, w + 5])
+            radius = rng.uniform(0.5, 1.6)
+            assert np.array_equal(_stroke(pts, h, w, radius), _stroke_point_by_point(pts, h, w, radius))
 
 
 def test_make_defects_names_bad_input():
