@@ -181,3 +181,24 @@ def test_a_spread_of_float_rounding_does_not_turn_near_duplicates_into_anomalies
     mean, sd = cal.stats["tests"]["mean"][1], cal.stats["tests"]["sd"][1]
     z = lambda mu: (cal.tests(_object_parts(rng, mu))[:, 1] - mean) / sd  # noqa: E731
     assert np.abs(z(held + 1e-5) - z(held)).max() < 1e-3
+
+
+def test_one_network_pass_holds_a_bounded_number_of_pixels_whatever_the_image_size():
+    import torch
+
+    from vaekit.config import ModelConfig
+    from vaekit.inference.engine import FORWARD_SIDE
+    from vaekit.inference.engine_torch import TorchModel
+    from vaekit.model.vae import ConvVAE
+
+    torch.manual_seed(0)
+    for side, per_pass in ((32, 64), (256, 4), (512, 1)):
+        net = ConvVAE(ModelConfig(image_size=side, channels=1, latent_dim=4, layout="grid", likelihood="gaussian"))
+        engine = TorchModel.from_net(net, torch.device("cpu"))
+        seen, core = [], engine._score_core
+        engine._score_core = lambda x, eps: seen.append(x.shape[0]) or core(x, eps)  # noqa: B023
+        x = np.random.default_rng(0).integers(0, 256, (9, 1, side, side), dtype=np.uint8)
+        parts = engine.elbo_parts(x)
+        assert len(parts.recon) == 9 and np.isfinite(parts.recon).all()
+        assert max(seen) == min(per_pass, 9) and sum(seen) == 9
+        assert max(seen) * side * side <= max(engine.batch_size * FORWARD_SIDE**2, side * side)

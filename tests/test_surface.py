@@ -112,3 +112,22 @@ def test_an_exported_surface_carries_its_reader_and_scores_defect_as_the_run_doe
     r = CliRunner().invoke(app, ["export", str(tmp_path / "plain"), "-o", str(tmp_path / "s.onnx"), "--overwrite"])
     assert r.exit_code == 0, r.output
     assert not (tmp_path / "s.reader.onnx").exists()
+
+
+def test_a_large_surfaces_preview_shows_windows_of_its_images_not_whole_images(tmp_path):
+    from types import SimpleNamespace
+
+    import torch
+    from PIL import Image
+
+    from vaekit.config import ModelConfig
+    from vaekit.model.vae import ConvVAE
+    from vaekit.training.finish import PREVIEW_SIDE, _write_preview
+
+    torch.manual_seed(0)
+    net = ConvVAE(ModelConfig(image_size=200, channels=1, latent_dim=4, layout="grid", likelihood="gaussian")).eval()
+    images = np.random.default_rng(0).integers(0, 256, (3, 1, 200, 200), dtype=np.uint8)
+    _write_preview(tmp_path / "preview.png", net, SimpleNamespace(images=images), np.arange(3), torch.device("cpu"))
+    with Image.open(tmp_path / "preview.png") as im:
+        w, h = im.size
+    assert 3 * PREVIEW_SIDE <= h < 3 * 200 and 3 * PREVIEW_SIDE <= w < 3 * 200  # inputs, reconstructions, samples

@@ -46,6 +46,7 @@ class Scores:
     skipped: list[tuple[Path, str]] = field(default_factory=list)  # scored from files: those that failed, and why
 
 
+FORWARD_SIDE = 64  # a network pass holds at most batch_size images of this many pixels' worth
 MAX_SAMPLES = 4096  # posterior draws per image: each batch holds samples x its pixels at once
 
 
@@ -102,8 +103,12 @@ class Model:
         return as_images(x, self.info.channels, self.info.image_size)
 
     def _batches(self, n: int):
-        for s in range(0, n, self.batch_size):
-            yield slice(s, min(n, s + self.batch_size))
+        """Slices of at most batch_size images and batch_size x 64 x 64 pixels: what one network
+        pass holds in memory is then bounded by pixels, not by the image count (64 images of
+        1024 px in one pass would take ~16 GB; now one at a time)."""
+        per = max(1, min(self.batch_size, self.batch_size * FORWARD_SIDE**2 // self.info.image_size**2))
+        for s in range(0, n, per):
+            yield slice(s, min(n, s + per))
 
     # --- what users call -------------------------------------------------------------------
     def encode(self, x) -> tuple[np.ndarray, np.ndarray]:

@@ -212,18 +212,28 @@ def _at_most(idx: np.ndarray, n: int) -> np.ndarray:
     return idx[:: max(1, -(-len(idx) // n))]
 
 
+PREVIEW_SIDE = 128  # a surface model's preview shows windows this large: a whole 1024 px image
+#                   would cost seconds and a 24-megapixel PNG, and a window shows the texture
+
+
 @torch.no_grad()
 def _write_preview(path, model, data, idx, device) -> None:
-    """Top: inputs; middle: reconstructions (z = mu); bottom: samples from the prior."""
+    """Top: inputs; middle: reconstructions (z = mu); bottom: samples from the prior. A grid model
+    (fully convolutional) larger than PREVIEW_SIDE shows the central window of each image."""
     from vaekit import images as imageio
 
     idx = idx[:8]
     x = to_input(data.images, idx, device)
+    size, z_dims = None, model.cfg.z_dims
+    if model.cfg.layout == "grid" and max(x.shape[-2:]) > PREVIEW_SIDE:
+        y0, x0 = ((n - PREVIEW_SIDE) // 2 // 4 * 4 for n in x.shape[-2:])  # on the latent grid's 4 px cells
+        x = x[..., y0 : y0 + PREVIEW_SIDE, x0 : x0 + PREVIEW_SIDE]
+        size, z_dims = (PREVIEW_SIDE, PREVIEW_SIDE), model.cfg.latent_dim * (PREVIEW_SIDE // 4) ** 2
     mu, _ = model.encode(x)
-    recon = model.mean_image(model.decode(mu))
+    recon = model.mean_image(model.decode(mu, size))
     g = torch.Generator(device="cpu").manual_seed(0)
-    z = torch.randn(len(idx), model.cfg.z_dims, generator=g).to(device)
-    samples = model.mean_image(model.decode(z))
+    z = torch.randn(len(idx), z_dims, generator=g).to(device)
+    samples = model.mean_image(model.decode(z, size))
     rows = torch.cat([x, recon, samples]).float().cpu().numpy()
     imageio.save_png(imageio.make_grid(rows, ncol=len(idx)), path)
 
