@@ -57,6 +57,8 @@ def deterministic_scores(model: ConvVAE, images: np.ndarray, idx: np.ndarray, de
     """
     model.eval()
     out = np.zeros((len(idx), 3), dtype=np.float64)
+    side = crop or max(images.shape[-2:])
+    batch_size = max(1, min(batch_size, batch_size * 64 * 64 // side**2))  # a pass holds <= batch x 64 x 64 px
     for s in range(0, len(idx), batch_size):
         chunk = idx[s : s + batch_size]
         if crop is None:
