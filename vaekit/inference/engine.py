@@ -46,7 +46,7 @@ class Scores:
     skipped: list[tuple[Path, str]] = field(default_factory=list)  # scored from files: those that failed, and why
 
 
-FORWARD_SIDE = 64  # a network pass holds at most batch_size images of this many pixels' worth
+FORWARD_SIDE = 64  # one network pass: <= batch_size x FORWARD_SIDE**2 pixels (docs/scaling.md, large images)
 MAX_SAMPLES = 4096  # posterior draws per image: each batch holds samples x its pixels at once
 
 
@@ -103,9 +103,7 @@ class Model:
         return as_images(x, self.info.channels, self.info.image_size)
 
     def _batches(self, n: int):
-        """Slices of at most batch_size images and batch_size x 64 x 64 pixels: what one network
-        pass holds in memory is then bounded by pixels, not by the image count (64 images of
-        1024 px in one pass would take ~16 GB; now one at a time)."""
+        """Slices of at most batch_size images and batch_size x FORWARD_SIDE**2 pixels."""
         per = max(1, min(self.batch_size, self.batch_size * FORWARD_SIDE**2 // self.info.image_size**2))
         for s in range(0, n, per):
             yield slice(s, min(n, s + per))
@@ -333,8 +331,7 @@ class Model:
 
         log p(x) >= log 1/K sum_k p(x|z_k) p(z_k) / q(z_k|x) (Burda et al. 2016): a tighter
         bound than the ELBO (the K=1 case), tightening as K grows, so the estimate never exceeds
-        the K-sample -ELBO in expectation. Noise seeded per image, so deterministic.
-        """
+        the K-sample -ELBO in expectation. Noise seeded per image, so deterministic."""
         if not isinstance(samples, (int, np.integer)) or samples < 1:
             raise BadInput(f"samples must be an integer >= 1, got {samples!r}")
         return self.score(x, samples=samples, score="neg_elbo", iwae=True, maps=False).neg_elbo
