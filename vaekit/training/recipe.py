@@ -13,8 +13,8 @@ from vaekit.config import TrainConfig
 
 # The automatic training length is a compute budget: about this many pixel-visits (images x
 # pixels per image over all steps), ~1400 steps of 64 at 28 px, ~550 steps of 32 at 64 px:
-# about two minutes of training on two shared CPU cores (a full MNIST class, 2026-12-04). Measured in docs/detection.md: longer keeps helping a
-# little, shorter hurts quickly.
+# about two minutes of training on two shared CPU cores (a full MNIST class, 2026-12-04).
+# Measured in docs/detection.md: longer keeps helping a little, shorter hurts quickly.
 AUTO_PIXEL_VISITS = 72_000_000
 AUTO_MIN_STEPS, AUTO_MAX_STEPS, AUTO_MAX_EPOCHS = 300, 3000, 300
 # With warped copies (vaekit.training.augment) every epoch shows new images, so a few tens of
