@@ -108,8 +108,8 @@ def _stroke(pts: np.ndarray, h: int, w: int, radius: float, chunk: int = 32) -> 
     out = np.zeros((h, w))
     r = int(math.ceil(radius + 1))
     pts = np.asarray(pts, dtype=np.float64).reshape(-1, 2)
-    lo = np.maximum(0, pts.astype(np.int64) - r)  # int() truncates towards zero, as astype does
-    hi = np.minimum([h, w], pts.astype(np.int64) + r + 2)
+    at = pts.astype(np.int64)  # truncated towards zero, as int() does
+    lo, hi = np.maximum(0, at - r), np.minimum([h, w], at + r + 2)
     keep = (lo < hi).all(1)
     pts, lo, hi = pts[keep], lo[keep], hi[keep]
     for i in range(0, len(pts), chunk):

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from vaekit.config import ModelConfig, TrainConfig
+from vaekit.inference.engine import FORWARD_SIDE
 from vaekit.model.objective import negative_elbo
 from vaekit.model.vae import ConvVAE
 from vaekit.progress import Progress
@@ -58,7 +59,7 @@ def deterministic_scores(model: ConvVAE, images: np.ndarray, idx: np.ndarray, de
     model.eval()
     out = np.zeros((len(idx), 3), dtype=np.float64)
     side = crop or max(images.shape[-2:])
-    batch_size = max(1, min(batch_size, batch_size * 64 * 64 // side**2))  # a pass holds <= batch x 64 x 64 px
+    batch_size = max(1, min(batch_size, batch_size * FORWARD_SIDE**2 // side**2))  # bounded by pixels, as scoring
     for s in range(0, len(idx), batch_size):
         chunk = idx[s : s + batch_size]
         if crop is None:
