@@ -87,6 +87,21 @@ def test_held_out_splits_when_cross_fitting_is_off(blobs, tmp_path, monkeypatch)
     assert cfg["anomaly"]["source"] == "calibration" and cfg["anomaly"]["n"] == 2
 
 
+def test_without_a_validation_split_the_last_epoch_is_kept_and_nothing_is_validated(blobs, tmp_path, monkeypatch):
+    # no images held out to validate on: no pass over the training images after each epoch (a
+    # surface of few images trains an epoch per step); the last epoch's weights are the run's
+    from vaekit.training import loop
+
+    passes = []
+    monkeypatch.setattr(loop, "deterministic_scores", lambda *a, **k: passes.append(1) or np.zeros((1, 3)))
+    result, _ = train(blobs, tmp_path / "run", MODEL, tcfg(epochs=5, folds=0, val_fraction=0.0))
+    assert not passes
+    assert result.best_epoch == 5 and {r["val_estimator"] for r in result.history} == {"1 draw (training images)"}
+    stored = load_file(str(tmp_path / "run" / "checkpoint" / "epoch-0004.safetensors"))
+    weights = load_file(str(tmp_path / "run" / "model.safetensors"))
+    assert all(torch.equal(weights[k], stored[f"model.{k}"]) for k in weights)
+
+
 def test_training_reduces_the_loss(blobs, tmp_path):
     result, _ = train(blobs, tmp_path / "run", MODEL, tcfg(epochs=15, lr=1e-2, folds=0))
     losses = [r["train_loss"] for r in result.history]

@@ -84,6 +84,11 @@ def fit(data: Dataset, out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCo
     train_cfg = resolved_train_config(train_cfg, model_cfg, len(splits.train), models=len(splits.folds) or 1)
     trainer = Trainer(model_cfg, train_cfg, device, dist)
     start_epoch, best, history = _begin(trainer, out_dir, data, splits, resume)
+    # Without a validation split (cross-fitting, a surface's one held-out fold, --val-fraction 0)
+    # the last epoch is kept, as the fold models keep theirs: the learning rate has decayed to 0 by
+    # then, and "validating" on the training images cost a pass per epoch (a surface of few
+    # images trains an epoch per step: 300 passes, ~6% of its training) to pick a near-final epoch.
+    keep_last = splits.crossfit or not len(splits.val)
     t_start, stopped, pending = time.perf_counter(), False, None
     for epoch in range(start_epoch, train_cfg.epochs):
         t0 = time.perf_counter()
@@ -95,13 +100,10 @@ def fit(data: Dataset, out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCo
             break
         _check_finite(sums, epoch, out_dir)
         row = _epoch_row(epoch, kl_weight(epoch, train_cfg), sums, time.perf_counter() - t0, trainer.model, data,
-                         splits.val, splits.train, device, dist, train_cfg, splits.crossfit)
+                         splits.val, device, dist, train_cfg, keep_last)
         history.append(row)
         saving = checkpoint_due(epoch, train_cfg, trainer.steps(len(splits.train))) or (resume and epoch == start_epoch)
-        # cross-fitting: the fold models take their last epoch, so the run's model does too (its
-        # "validation" would be its own training images). Without a validation split otherwise (one
-        # held-out fold, or --val-fraction 0) the training images' deterministic -ELBO picks the epoch.
-        improved = saving if splits.crossfit else row["val_loss"] < best["val"]
+        improved = saving if keep_last else row["val_loss"] < best["val"]
         if improved:
             best = {"epoch": epoch, "val": row["val_loss"]}
         if dist.main:
@@ -224,16 +226,15 @@ def _write_state(out_dir: Path, epoch: int, tensors: dict, meta: dict, history: 
     checkpoint.save_checkpoint(out_dir, epoch, tensors, meta)
 
 
-def _epoch_row(epoch, beta, sums, seconds, model, data, val_idx, train_idx, device, dist, train_cfg,
-               crossfit: bool = False) -> dict:
+def _epoch_row(epoch, beta, sums, seconds, model, data, val_idx, device, dist, train_cfg,
+               keep_last: bool = False) -> dict:
     n = sums[3]
     crop = training_crop(train_cfg, model.cfg)
     pixels = data.images.shape[1] * (crop or data.images.shape[2]) * (crop or data.images.shape[3])
-    if crossfit:  # no validation split, and the last epoch is kept: the epoch's own loss stands in
+    if keep_last:  # no validation split, and the last epoch is kept: the epoch's own loss stands in
         vs = [sums[0], sums[1], sums[0] + sums[1], n]
     else:  # validation by the deterministic -ELBO (z = mu); each rank scores its share
-        eval_idx = val_idx if len(val_idx) else train_idx
-        mine = eval_idx[dist.rank :: dist.world]
+        mine = val_idx[dist.rank :: dist.world]
         v = deterministic_scores(model, data.images, mine, device, crop=crop)
         vs = torch.tensor([v[:, 0].sum(), v[:, 1].sum(), v[:, 2].sum(), len(mine)], dtype=torch.float64, device=device)
         vs = all_reduce_sum(vs, dist).tolist()
@@ -255,6 +256,6 @@ def _epoch_row(epoch, beta, sums, seconds, model, data, val_idx, train_idx, devi
         # what the val columns are: the plug-in at z = mu (not the ELBO, docs/codec.md), or with no
         # validation split the training loss itself (one posterior draw per image); bits/dim are a
         # code length only under the discretised likelihood (a Gaussian density can go below 0)
-        "val_estimator": "1 draw (training images)" if crossfit else "z = mu",
+        "val_estimator": "1 draw (training images)" if keep_last else "z = mu",
         "bits_are_code_length": model.cfg.likelihood == "logistic",
     }
