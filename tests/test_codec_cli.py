@@ -179,6 +179,22 @@ def test_an_output_under_a_file_is_one_line_saying_so(setup, tmp_path, target):
     assert (tmp_path / "a.vkc").read_bytes() == b"mine"
 
 
+@pytest.mark.parametrize("name", [b"a\\b.png", b"caf\xe9.png"])
+@pytest.mark.parametrize("how", [["--quality", 3], ["--lossless"], []])
+def test_a_name_that_decode_could_not_write_back_is_refused_before_encoding(setup, tmp_path, name, how):
+    # a backslash, or bytes that are not UTF-8: an archive holding it would decode nothing
+    root, run = setup
+    src = tmp_path / "src"
+    shutil.copytree(root / "src", src)
+    first = sorted(src.rglob("*.png"))[0]
+    shutil.copy(first, os.path.join(os.fsencode(first.parent), name))
+    out = tmp_path / ("a.codes" if not how else "a.vkc")
+    r = invoke("encode", run, src, "-o", out, *how)
+    flat = "".join(r.output.replace("│", " ").split())
+    assert r.exit_code == 2 and "cannotencode" in flat and "renameit" in flat and "Traceback" not in r.output, r.output
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
 def test_the_summary_says_larger_when_the_file_is_larger_than_its_sources():
     from vaekit_cli.codec import vs_sources
 
