@@ -275,12 +275,20 @@ def test_a_new_archive_removes_the_chunk_files_of_encodes_that_were_killed(tmp_p
 
     from vaekit.codec import container
 
+    from vaekit.fileio import partial_tag
+
     out = tmp_path / "a.vkc"
     stale = tmp_path / ".a.vkc.999999999.chunks"  # no such process: a SIGKILLed encode's spill
     live = tmp_path / f".a.vkc.{os.getppid()}.chunks"  # a process that runs: not ours to remove
     other = tmp_path / ".b.vkc.999999999.chunks"  # another archive's
-    for p in (stale, live, other):
-        p.write_bytes(b"words")
+    for p in (stale, other):
+        p.write_bytes(partial_tag(999999999) + b"words")
+    live.write_bytes(partial_tag(os.getppid()) + b"words")
+    users = tmp_path / ".a.vkc.999999998.chunks"  # only named like one: a user's file, never vaekit's to remove
+    users.write_bytes(b"precious")
+    foreign = tmp_path / ".a.vkc.999999997.chunks"  # the tag of another process than its name says
+    foreign.write_bytes(partial_tag(999999999) + b"words")
     spill = container.Spill(out)
     spill.close()
     assert not stale.exists() and live.exists() and other.exists() and not spill.path.exists()
+    assert users.read_bytes() == b"precious" and foreign.exists()

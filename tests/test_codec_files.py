@@ -136,14 +136,19 @@ def test_decode_removes_the_staging_folder_a_killed_decode_left(coded, tmp_path)
     import os
 
     model, _, lossy, _ = coded
+    from vaekit.fileio import PARTIAL_MARK, partial_tag
+
     stale = tmp_path / ".out.vkc-999999999-0a1b2c"  # no such process: a SIGKILLed decode's
     live = tmp_path / f".out.vkc-{os.getppid()}-d4e5f6"  # a decode that still runs
-    for d in (stale, live):
+    users = tmp_path / ".out.vkc-999999998-abc"  # a user's folder only named like one
+    for d in (stale, live, users):
         d.mkdir()
         (d / "img.png").write_bytes(b"half")
+    (stale / PARTIAL_MARK).write_bytes(partial_tag(999999999))
+    (live / PARTIAL_MARK).write_bytes(partial_tag(os.getppid()))
     codec.decode(model, lossy.path, tmp_path / "out")
-    assert not stale.exists() and live.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "out"])
+    assert not stale.exists() and live.exists() and (users / "img.png").read_bytes() == b"half"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, users.name, "out"])
 
 
 def test_a_lossless_archive_from_the_other_engine_is_refused_up_front(coded, tmp_path, monkeypatch):

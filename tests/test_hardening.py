@@ -669,15 +669,23 @@ def test_vaekit_debug_shows_the_traceback(run, images, work):
 
 @pytest.mark.slow
 def test_export_removes_staging_folders_that_a_killed_export_left(run, work):
+    from vaekit.fileio import PARTIAL_MARK, partial_tag
+
     stale = work / ".model.onnx.vaekit-export-999999999-0a1b.tmp"  # no such process
     (stale / "int8").mkdir(parents=True)
     (stale / "model.onnx").write_bytes(b"half")
+    (stale / PARTIAL_MARK).write_bytes(partial_tag(999999999))
     live = work / f".model.onnx.vaekit-export-{os.getpid()}-ffff.tmp"  # an export still running
     live.mkdir()
+    (live / PARTIAL_MARK).write_bytes(partial_tag())
+    users = work / ".model.onnx.vaekit-export-999999998-mine.tmp"  # a user's folder, only named like one
+    users.mkdir()
+    (users / "notes.txt").write_text("precious")
     r = invoke("export", run, "-o", work / "model.onnx")
     assert r.exit_code == 0, r.output
-    assert sorted(p.name for p in work.iterdir() if p.name != "cache") == [
-        live.name, "model.decoder.onnx", "model.encoder.onnx", "model.onnx"]
+    assert sorted(p.name for p in work.iterdir() if p.name != "cache") == sorted([
+        live.name, users.name, "model.decoder.onnx", "model.encoder.onnx", "model.onnx"])
+    assert (users / "notes.txt").read_text() == "precious"
 
 
 def test_vaekit_errors_carry_their_exit_codes_and_keep_the_old_base_types(run, work):

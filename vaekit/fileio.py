@@ -24,8 +24,8 @@ import json
 import math
 import os
 import shutil
+import socket
 import stat
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -73,9 +73,22 @@ def atomic_writer(path: Path) -> Iterator[BinaryIO]:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
         raise _named(e, path) from None
+    # The temporary name is chosen before the file exists, and every exception from here on
+    # (a Ctrl-C between creating the file and using it included) removes it by that name:
+    # tempfile.mkstemp returns the name only after creating the file, which left an interrupt a
+    # window in which the file existed and nobody knew it.
+    tmp = path.parent / f".{path.name}.{os.urandom(5).hex()}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
+    except FileExistsError as e:  # another writer's file: 40 random bits met twice; never remove it
+        raise _named(e, path) from None
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise _named(e, path) from None
+        raise
     try:
         with os.fdopen(fd, "wb") as f:
             if hasattr(os, "fchmod"):
@@ -288,13 +301,43 @@ def process_gone(pid: str) -> bool:
     return False
 
 
+PARTIAL_MARK = ".vaekit-partial"  # inside a staging folder: the tag of the process writing it
+
+
+def partial_tag(pid: int | str | None = None) -> bytes:
+    """What marks a staging folder (a file PARTIAL_MARK holding it) or a spill file (its first
+    bytes) as vaekit's, written by process `pid` (this one) on this machine: remove_stale
+    removes nothing without it, and a process id is only checked on the machine that owns it."""
+    return f"vaekit partial output of process {pid or os.getpid()} on {socket.gethostname()}\n".encode()
+
+
+def mark_partial(folder: Path) -> Path:
+    """Create staging `folder` (new) with its PARTIAL_MARK; returns it."""
+    folder = Path(folder)
+    folder.mkdir()
+    (folder / PARTIAL_MARK).write_bytes(partial_tag())
+    return folder
+
+
 def remove_stale(parent: Path, prefix: str, suffix: str = "", folders: bool = True) -> None:
     """Remove what killed vaekit processes left in `parent`: folders (or, folders=False, files)
-    named PREFIX + PID[-TOKEN] + SUFFIX whose process is gone (a SIGKILL cleans nothing up).
-    Links and a live process's leftovers are left alone."""
+    named PREFIX + PID[-TOKEN] + SUFFIX whose process is gone (a SIGKILL cleans nothing up),
+    and only those that carry this machine's partial_tag of that process (a staging folder its
+    PARTIAL_MARK file, a spill file its first bytes): a user's file or folder that merely has
+    such a name, a link, another machine's and a live process's leftovers are left alone."""
     for old in Path(parent).glob(f"{glob.escape(prefix)}*{glob.escape(suffix)}"):
         pid = old.name[len(prefix):len(old.name) - len(suffix)].split("-")[0]
         if old.is_symlink() or not (old.is_dir() if folders else old.is_file()) or not process_gone(pid):
+            continue
+        tag = partial_tag(pid)
+        mark = old / PARTIAL_MARK if folders else old
+        try:
+            if mark.is_symlink() or not mark.is_file():
+                continue
+            with open(mark, "rb") as f:
+                if f.read(len(tag) + (0 if not folders else 1)) != tag:
+                    continue
+        except OSError:
             continue
         if folders:
             shutil.rmtree(old, ignore_errors=True)

@@ -30,7 +30,7 @@ import numpy as np
 from vaekit.codec.header import MODES, Header, Reader, varint, pack, unpack
 from vaekit.codes.format import MAX_ORIG_PIXELS, CodeFileError, FingerprintMismatch, check_name
 from vaekit.config import MAX_IMAGE_SIZE, MAX_Z_DIMS
-from vaekit.fileio import atomic_writer, check_regular, remove_stale
+from vaekit.fileio import atomic_writer, check_regular, partial_tag, remove_stale
 
 MAGIC = b"VKC3"
 MAX_HEADER = 1 << 30  # bytes of header: far above any folder, below a hostile file's claim
@@ -71,8 +71,9 @@ def _check(h: Header, source: str) -> None:
         bad("its chunks hold another number of images than it names")
 
 
-def write(path: Path, header: Header, spill: Path) -> int:
-    """Write the .vkc at `path` atomically from the header and the spill file of chunk words."""
+def write(path: Path, header: Header, spill: Path, skip: int = 0) -> int:
+    """Write the .vkc at `path` atomically from the header and the spill file of chunk words
+    (which begin `skip` bytes into it)."""
     head = pack(header)
     h = hashlib.sha256()
     with atomic_writer(Path(path)) as f:
@@ -80,6 +81,7 @@ def write(path: Path, header: Header, spill: Path) -> int:
             f.write(part)
             h.update(part)
         with open(spill, "rb") as src:
+            src.seek(skip)
             while block := src.read(1 << 20):
                 f.write(block)
                 h.update(block)
@@ -154,6 +156,9 @@ class Spill:
         remove_stale(self.path.parent, f".{Path(out).name}.", ".chunks", folders=False)  # a killed encode's
         self.chunks: list[list[int]] = []
         self._f = open(self.path, "wb")
+        tag = partial_tag()  # what lets a later encode know the file for a killed one's (remove_stale)
+        self._f.write(tag)
+        self.start = len(tag)
 
     def add(self, count: int, words: np.ndarray) -> None:
         self._f.write(np.ascontiguousarray(words, "<u4").tobytes())

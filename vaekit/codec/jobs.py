@@ -27,7 +27,7 @@ from vaekit.codec.net import CANONICAL_THREADS, Net
 from vaekit.codec.store import decoded, earlier_hashes, stored_prior
 from vaekit.codes.jobs import decodable, original_size, png_names, restore_size
 from vaekit.errors import BadInput
-from vaekit.fileio import refuse_existing, refuse_inside, remove_stale
+from vaekit.fileio import mark_partial, refuse_existing, refuse_inside, remove_stale
 
 from vaekit.progress import Progress  # noqa: E402  (the one alias)
 CHUNK = 1024  # images per ANS stream: bounded memory, and a lossless chunk's start costs < 0.01 bit per image
@@ -98,7 +98,7 @@ def encode(model, source: str | Path | Sequence[str | Path], out: str | Path, qu
             raise imageio.none_usable(f"in {source}", skipped)
         decodable(header.names, source)  # the images stored, when a skipped one changed the output names
         header.chunks = spill.chunks
-        size = container.write(out, header, spill.finish())
+        size = container.write(out, header, spill.finish(), skip=spill.start)
     finally:
         spill.close()
     payload = 4 * sum(c[1] for c in header.chunks)
@@ -240,6 +240,7 @@ def decode(model, archive: str | Path, out_dir: str | Path, size: str = "model",
     remove_stale(out_dir.parent, f".{out_dir.name}.vkc-")  # a killed decode's staging folder
     staging = out_dir.parent / f".{out_dir.name}.vkc-{os.getpid()}-{os.urandom(3).hex()}"
     try:
+        mark_partial(staging)
         staged = [staging / t.relative_to(out_dir) for t in targets]
         _decode_into(model, prior, header, archive, offset, staged, size, progress)
         for s, t in zip(staged, targets):

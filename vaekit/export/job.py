@@ -17,7 +17,7 @@ from vaekit.export.graphs import OPSET, ROLES, export_graphs, export_reader
 from vaekit.export.metadata import metadata_for, sealed, set_metadata
 from vaekit.export.parity import Parity, check_parity, load_parity_images, require_parity, sample_inputs
 from vaekit.export.quantize import QUANTIZE, Quantization, calibration_feeds, quantize_int8
-from vaekit.fileio import refuse_existing, remove_stale
+from vaekit.fileio import mark_partial, refuse_existing, remove_stale
 from vaekit.images.arrays import as_images
 from vaekit.progress import Progress
 
@@ -98,8 +98,7 @@ def export(
     step(1, "export")
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_staging(out)
-    staging = out.parent / _STAGING.format(name=out.name, pid=f"{os.getpid()}-{os.urandom(4).hex()}")
-    staging.mkdir()
+    staging = mark_partial(out.parent / _STAGING.format(name=out.name, pid=f"{os.getpid()}-{os.urandom(4).hex()}"))
     try:
         staged = job.write(protos, part_paths(staging / out.name), "none")
         step(2, "parity")
