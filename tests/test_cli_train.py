@@ -74,6 +74,17 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, args, message):
     assert "Traceback" not in r.output
 
 
+@pytest.mark.parametrize("out", ["notes.txt", "notes.txt/sub", "notes.txt/sub/run"])
+def test_an_out_that_is_or_lies_under_a_file_is_one_line_and_exit_2(tmp_path, out):
+    make_blobs(tmp_path / "imgs", n=6)
+    (tmp_path / "notes.txt").write_text("precious")
+    r = invoke("train", tmp_path / "imgs", "--out", tmp_path / out, "--epochs", 1)
+    flat = "".join(r.output.split())
+    assert r.exit_code == 2 and "notes.txtisafile,notafolder" in flat, r.output
+    assert "Traceback" not in r.output and "Errno" not in r.output
+    assert (tmp_path / "notes.txt").read_text() == "precious"
+
+
 def test_existing_run_needs_resume_or_overwrite(tmp_path):
     make_blobs(tmp_path / "imgs", n=6)
     base = ["train", tmp_path / "imgs", "--out", tmp_path / "run", "--image-size", 16, "--latent-dim", 2, "--base-channels", 2, "--epochs", 1]

@@ -160,6 +160,14 @@ def test_images_named_as_files_are_never_replaced_by_outputs(run, images, work):
     assert r.exit_code == 0, r.output
 
 
+def test_an_output_under_a_file_names_that_file(run, images, work):
+    (work / "notes.txt").write_text("mine")
+    r = invoke("anomaly-score", run, images, "-o", work / "notes.txt" / "x.csv")
+    flat = "".join(r.output.split())
+    assert r.exit_code == 2 and "notes.txtisafile,notafolder" in flat and "Fileexists" not in flat, r.output
+    assert (work / "notes.txt").read_text() == "mine"
+
+
 def test_evaluate_refuses_to_replace_an_existing_plot(run, images, work):
     (work / "notes.txt").write_text("do not lose me")
     r = invoke("evaluate", run, "--normal", images, "--anomalous", images, "--plot", work / "notes.txt")

@@ -7,6 +7,8 @@ code the CLI documents. Anything that is not a VaekitError is a bug and keeps it
 
 from __future__ import annotations
 
+import errno
+
 
 class VaekitError(Exception):
     """A problem the user can fix: bad input, a damaged or foreign file, a missing extra."""
@@ -76,6 +78,13 @@ def cannot_write(e: OSError, path) -> CannotWrite:
     kind = type(e) if isinstance(e, OSError) and not isinstance(e, VaekitError) else OSError
     if kind not in _CANNOT_WRITE:
         _CANNOT_WRITE[kind] = type(f"CannotWrite{kind.__name__}", (CannotWrite, kind), {"__module__": __name__})
-    err = _CANNOT_WRITE[kind](f"cannot write {path}: {e.strerror or e}")
+    reason = e.strerror or e
+    if e.errno in (errno.EEXIST, errno.ENOTDIR):  # the OS's words when a folder above is a file
+        from pathlib import Path
+
+        above = next((p for p in Path(path).parents if p.exists() or p.is_symlink()), None)
+        if above is not None and not above.is_dir():
+            reason = f"{above} is a file, not a folder"
+    err = _CANNOT_WRITE[kind](f"cannot write {path}: {reason}")
     err.errno = e.errno
     return err

@@ -74,6 +74,7 @@ def atomic_writer(path: Path) -> Iterator[BinaryIO]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
+        refuse_under_file(path)
         raise _named(e, path) from None
     # The temporary name is chosen before the file exists, and every exception from here on
     # (a Ctrl-C between creating the file and using it included) removes it by that name:
@@ -343,6 +344,14 @@ def remove_stale(parent: Path, prefix: str, suffix: str = "", folders: bool = Tr
             shutil.rmtree(old, ignore_errors=True)
         else:
             old.unlink(missing_ok=True)
+
+
+def refuse_under_file(path: Path, what: str = "output") -> None:
+    """BadInput when the nearest existing folder above `path` is a file: nothing can be created
+    under it (the OS says only "File exists" or "Not a directory")."""
+    parent = next((p for p in Path(path).parents if p.exists() or p.is_symlink()), None)
+    if parent is not None and not parent.is_dir():
+        raise BadInput(f"{what} {path}: {parent} is a file, not a folder")
 
 
 def refuse_inside(output: Path, inputs, what: str, folder: bool = False) -> None:

@@ -27,7 +27,7 @@ from vaekit.codec.net import CANONICAL_THREADS, Net
 from vaekit.codec.store import decoded, earlier_hashes, stored_prior
 from vaekit.codes.jobs import decodable, original_size, png_names, restore_size
 from vaekit.errors import BadInput
-from vaekit.fileio import mark_partial, refuse_existing, refuse_inside, remove_stale
+from vaekit.fileio import mark_partial, refuse_existing, refuse_inside, refuse_under_file, remove_stale
 
 from vaekit.progress import Progress  # noqa: E402  (the one alias)
 CHUNK = 1024  # images per ANS stream: bounded memory, and a lossless chunk's start costs < 0.01 bit per image
@@ -122,9 +122,7 @@ def check_encode(model, source, out: str | Path, quality: int | None = None, los
         priors.check_quality(quality)
     if out.is_dir():
         raise BadInput(f"output {out} is a folder; give a file name such as {out / 'images.vkc'}")
-    parent = next((p for p in out.parents if p.exists()), None)  # the nearest that exists must be a folder
-    if parent is not None and not parent.is_dir():
-        raise BadInput(f"output {out}: {parent} is a file, not a folder")
+    refuse_under_file(out)
     found = stream.find_inputs(source)
     decodable(found.names, source)
     refuse_inside(out, [*found.sources, model.info.source], "output")  # nor into the model's run directory

@@ -33,7 +33,7 @@ from vaekit.version import __version__
 from vaekit.config import from_stored_model
 from vaekit.errors import BadInput, DamagedFile, ForeignModel, InUse, OutputExists
 from vaekit.fileio import (atomic_write_bytes, atomic_write_json, loads_json, read_json, read_regular,
-                           read_safetensors_header, try_lock)
+                           read_safetensors_header, refuse_under_file, try_lock)
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -119,6 +119,9 @@ def locked(run_dir: Path):
     instead of the two interleaving their files. The lock goes with the process, even on SIGKILL.
     """
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise BadInput(f"--out {run_dir} is a file, not a folder")
+    refuse_under_file(run_dir, "--out")
     created = [d for d in (run_dir, *run_dir.parents) if not d.exists()]  # innermost first
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK
