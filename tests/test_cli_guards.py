@@ -4,6 +4,7 @@ are each one line on stderr and exit 2, with nothing written or changed."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -157,7 +158,11 @@ def test_evaluate_refuses_shared_images(run, tmp_path):
     mixed.mkdir()
     shutil.copy(sorted(anomalous.glob("*.png"))[0], mixed / "one.png")
     (mixed / "link.png").symlink_to(sorted(normal.glob("*.png"))[0])
-    for n, a in ((normal, normal), (normal, normal / ".." / "normal"), (test, anomalous), (normal, mixed)):
+    hard = tmp_path / "hard"  # a hard link: the very same file under another name
+    hard.mkdir()
+    shutil.copy(sorted(anomalous.glob("*.png"))[0], hard / "one.png")
+    os.link(sorted(normal.glob("*.png"))[1], hard / "h.png")
+    for n, a in ((normal, normal), (normal, normal / ".." / "normal"), (test, anomalous), (normal, mixed), (normal, hard)):
         refused(invoke("evaluate", run, "--normal", n, "--anomalous", a), "both an anomalous and a normal image")
     r = invoke("evaluate", run, "--normal", normal, "--anomalous", anomalous, "--json")
     assert r.exit_code == 0, r.output

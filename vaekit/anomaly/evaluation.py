@@ -114,15 +114,25 @@ class Evaluation:
 
 def _labelled_inputs(normal, anomalous):
     """The images of both labelled sets; BadInput when one file is in both (the same folder twice,
-    `X` and `X/../X`, overlapping folders, a link): its two labels would make the metrics meaningless."""
+    `X` and `X/../X`, overlapping folders, a symbolic or a hard link): its two labels would make
+    the metrics meaningless. A file is known by its device and inode (its path where it cannot
+    be stat'ed), so a hard link, another name of the very same file, is caught too."""
     good, bad = find_inputs(normal), find_inputs(anomalous)
-    seen = {os.path.realpath(p): p for p in getattr(good.paths, "texts", good.paths)}
+    seen = {_identity(p): p for p in getattr(good.paths, "texts", good.paths)}
     for p in getattr(bad.paths, "texts", bad.paths):
-        same = seen.get(os.path.realpath(p))
+        same = seen.get(_identity(p))
         if same is not None:
             raise BadInput(f"{p} is both an anomalous and a normal image ({same}); "
                            "give --normal and --anomalous sets that share no file")
     return good, bad
+
+
+def _identity(path) -> tuple:
+    try:
+        st = os.stat(path)
+        return ("inode", st.st_dev, st.st_ino)
+    except OSError:
+        return ("path", os.path.realpath(path))
 
 
 def _scores_and_maps(model, inputs, found, samples, score, iwae, threshold, progress, keep_maps):
