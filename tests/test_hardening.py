@@ -569,7 +569,8 @@ def _deep(n: int = 100_000) -> str:
     return "[" * n + "]" * n
 
 
-@pytest.mark.parametrize("how", ["anomaly a string", "anomaly a list", "deeply nested", "model a list"])
+@pytest.mark.parametrize("how", ["anomaly a string", "anomaly a list", "deeply nested", "model a list",
+                                 "atypicality without its calibration"])
 def test_damaged_config_json_is_exit_2_naming_the_file(run, images, work, how):
     out = copy_run(run, work / "run")
     if how == "deeply nested":
@@ -577,7 +578,9 @@ def test_damaged_config_json_is_exit_2_naming_the_file(run, images, work, how):
     else:
         edit_config(out, {"anomaly a string": lambda c: c.update(anomaly="high"),
                           "anomaly a list": lambda c: c.update(anomaly=[1, 2]),
-                          "model a list": lambda c: c.update(model=[16])}[how])
+                          "model a list": lambda c: c.update(model=[16]),
+                          # would have scored `excess` against no threshold, saying so in one line only
+                          "atypicality without its calibration": lambda c: c["anomaly"].pop("calibration")}[how])
     r = invoke("anomaly-score", out, images)
     assert r.exit_code == 2, r.output
     assert "config.json" in flat(r.output) and "Traceback" not in r.output

@@ -73,8 +73,7 @@ def atomic_writer(path: Path) -> Iterator[BinaryIO]:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        refuse_under_file(path)
+    except OSError as e:  # named by vaekit.errors.cannot_write, which says which folder above is a file
         raise _named(e, path) from None
     # The temporary name is chosen before the file exists, and every exception from here on
     # (a Ctrl-C between creating the file and using it included) removes it by that name:

@@ -264,33 +264,23 @@ def png_names(names: Sequence[str]) -> list[str]:
 def decodable(names: Sequence[str], source) -> None:
     """Refuse names that decode could never write: it names each output after its source with a
     .png suffix, the whole name where two would share one (`png_names`), and x.png, x.bmp and
-    x.png.png would still meet at x.png.png. A name is stored as UTF-8 and must be a plain
-    relative path without a backslash (codes.format.check_name, which decode applies): one that
-    is not would make an archive that decodes nothing, so it is refused before anything is encoded."""
+    x.png.png would still meet at x.png.png. A name must be a plain relative path without a
+    backslash (codes.format.check_name, which decode applies): one that is not would make an
+    archive that decodes nothing, so it is refused before anything is encoded."""
     from vaekit.codes.format import CodeFileError, check_name
 
     for name in names:
-        why = None if _utf8(name) else "is not valid UTF-8"
         try:
-            why or check_name(name)
+            check_name(name)
         except CodeFileError:
-            why = "holds a backslash or is not a plain relative path"
-        if why:
-            raise BadInput(f"cannot encode {source}: the file name {name!r} {why}, and a code file stores names "
-                           f"that decode writes back; rename it or move it out of the folder") from None
+            raise BadInput(f"cannot encode {source}: the file name {name!r} holds a backslash or is not a plain "
+                           f"relative path, which decode would refuse to write back; rename it or move it out of "
+                           f"the folder") from None
     try:
         png_names(names)
     except BadInput as e:
         raise BadInput(f"cannot encode {source}: {e} when decoded (decode writes each image to its name with "
                        f"a .png suffix, or its whole name plus .png where two share one); rename one of them") from None
-
-
-def _utf8(name: str) -> bool:
-    try:
-        name.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
 
 
 def restore_size(x: np.ndarray, size: Sequence[int]) -> np.ndarray:
