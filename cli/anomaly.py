@@ -161,8 +161,10 @@ def evaluate(
 
     apply_threads()
     if plot is not None:  # before the work, not after it
+        from vaekit.anomaly.evaluation import check_plot_name
         from vaekit.fileio import refuse_existing, refuse_inside
 
+        check_plot_name(plot)
         refuse_inside(plot, [normal, anomalous, *([masks] if masks else [])], "--plot")  # a PNG there is an input next time
         refuse_existing(plot, overwrite, "--plot")
     samples = samples or (64 if iwae else 0)

@@ -169,10 +169,14 @@ def test_an_output_under_a_file_names_that_file(run, images, work):
 
 
 def test_evaluate_refuses_to_replace_an_existing_plot(run, images, work):
-    (work / "notes.txt").write_text("do not lose me")
-    r = invoke("evaluate", run, "--normal", images, "--anomalous", images, "--plot", work / "notes.txt")
+    (work / "notes.png").write_text("do not lose me")
+    r = invoke("evaluate", run, "--normal", images, "--anomalous", images, "--plot", work / "notes.png")
     assert r.exit_code == 2 and "--plot" in r.output and "already exists" in r.output, r.output
-    assert (work / "notes.txt").read_text() == "do not lose me"
+    assert (work / "notes.png").read_text() == "do not lose me"
+    for name in ("roc.pdf", "roc.txt", "roc"):  # the plot is a PNG: a name that says otherwise is refused
+        r = invoke("evaluate", run, "--normal", images, "--anomalous", images, "--plot", work / name)
+        assert r.exit_code == 2 and "mustbea.pngfile" in flat(r.output), r.output
+        assert not (work / name).exists()
     r = invoke("evaluate", run, "--normal", images, "--anomalous", images, "--plot", images / "roc.png")
     assert r.exit_code == 2 and "insidetheinputfolder" in flat(r.output), r.output
     assert not (images / "roc.png").exists()

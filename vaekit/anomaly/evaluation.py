@@ -230,9 +230,16 @@ def _find_mask(index, name: str, size: int) -> np.ndarray | None:
         raise BadInput(f"mask {e.path} cannot be read: {e.reason}") from None
 
 
+def check_plot_name(path: str | Path) -> None:
+    """BadInput unless `path` names a .png file: the plot is a PNG, whatever the name says."""
+    if Path(path).suffix.lower() != ".png":
+        raise BadInput(f"--plot {path} must be a .png file (the ROC curve is written as a PNG)")
+
+
 def plot_roc(evaluation: Evaluation, path: str | Path, overwrite: bool = False) -> Path:
     """Save the ROC curve (and the point at the threshold) as a PNG; needs matplotlib.
-    An existing file is replaced only with `overwrite`."""
+    An existing file is replaced only with `overwrite`; the name must end in .png."""
+    check_plot_name(path)
     refuse_existing(Path(path), overwrite, "--plot")
     try:
         import matplotlib
