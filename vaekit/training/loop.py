@@ -87,7 +87,7 @@ def fit(data: Dataset, out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCo
     # Without a validation split (cross-fitting, a surface's one held-out fold, --val-fraction 0)
     # the last epoch is kept, as the fold models keep theirs: the learning rate has decayed to 0 by
     # then, and "validating" on the training images cost a pass per epoch (a surface of few
-    # images trains an epoch per step: 300 passes, ~6% of its training) to pick a near-final epoch.
+    # images trains an epoch per step: 300 passes) to pick a near-final epoch.
     keep_last = splits.crossfit or not len(splits.val)
     t_start, stopped, pending = time.perf_counter(), False, None
     for epoch in range(start_epoch, train_cfg.epochs):
