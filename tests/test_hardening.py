@@ -258,10 +258,12 @@ def test_a_run_that_is_training_is_not_read_as_a_model(run, images, work):
     with rundir.locked(out):
         with pytest.raises(InUse, match=f"in use by process {os.getpid()}"):
             vaekit.load(out)
-        for args in (["anomaly-score", out, images], ["export", out, "-o", work / "m.onnx"]):
+        before = (out / "config.json").read_bytes()
+        for args in (["anomaly-score", out, images], ["export", out, "-o", work / "m.onnx"],
+                     ["threshold", out, "--value", "5"], ["threshold", out, "--quantile", "0.9"]):
             r = invoke(*args)
             assert r.exit_code == 2 and "inuseby" in flat(r.output), r.output
-        assert not (work / "m.onnx").exists()
+        assert not (work / "m.onnx").exists() and (out / "config.json").read_bytes() == before
     assert vaekit.load(out).info.threshold is not None  # the lock gone, the run reads again
     assert vaekit.load(out).info.threshold is not None  # and the probe itself left no lock behind
 

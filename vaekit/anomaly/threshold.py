@@ -165,6 +165,7 @@ def set_threshold(run_dir: str | Path, quantile: float | None = None, target_fpr
     given = [v is not None for v in (quantile, target_fpr, value)]
     if sum(given) != 1:
         raise BadInput("give exactly one of quantile, target_fpr or value")
+    rundir.refuse_in_use(Path(run_dir))  # a training still writes its config.json: nothing to move yet
     cfg = rundir.read_config(Path(run_dir))
     old = cfg.get("anomaly")
     if not old or not old.get("by_score"):
