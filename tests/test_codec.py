@@ -275,7 +275,7 @@ def test_a_new_archive_removes_the_chunk_files_of_encodes_that_were_killed(tmp_p
 
     from vaekit.codec import container
 
-    from vaekit.fileio import partial_tag
+    from vaekit.fileio.leftovers import partial_tag
 
     out = tmp_path / "a.vkc"
     stale = tmp_path / ".a.vkc.999999999.chunks"  # no such process: a SIGKILLed encode's spill

@@ -136,7 +136,7 @@ def test_decode_removes_the_staging_folder_a_killed_decode_left(coded, tmp_path)
     import os
 
     model, _, lossy, _ = coded
-    from vaekit.fileio import PARTIAL_MARK, partial_tag
+    from vaekit.fileio.leftovers import PARTIAL_MARK, partial_tag
 
     stale = tmp_path / ".out.vkc-999999999-0a1b2c"  # no such process: a SIGKILLed decode's
     live = tmp_path / f".out.vkc-{os.getppid()}-d4e5f6"  # a decode that still runs

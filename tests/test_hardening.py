@@ -686,7 +686,7 @@ def test_vaekit_debug_shows_the_traceback(run, images, work):
 
 @pytest.mark.slow
 def test_export_removes_staging_folders_that_a_killed_export_left(run, work):
-    from vaekit.fileio import PARTIAL_MARK, partial_tag
+    from vaekit.fileio.leftovers import PARTIAL_MARK, partial_tag
 
     stale = work / ".model.onnx.vaekit-export-999999999-0a1b.tmp"  # no such process
     (stale / "int8").mkdir(parents=True)

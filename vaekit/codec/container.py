@@ -30,7 +30,8 @@ import numpy as np
 from vaekit.codec.header import MODES, Header, Reader, varint, pack, unpack
 from vaekit.codes.format import MAX_ORIG_PIXELS, CodeFileError, FingerprintMismatch, check_name
 from vaekit.config import MAX_IMAGE_SIZE, MAX_Z_DIMS
-from vaekit.fileio import atomic_writer, check_regular, partial_tag, remove_stale
+from vaekit.fileio import atomic_writer, check_regular
+from vaekit.fileio.leftovers import partial_tag, remove_stale
 
 MAGIC = b"VKC3"
 MAX_HEADER = 1 << 30  # bytes of header: far above any folder, below a hostile file's claim

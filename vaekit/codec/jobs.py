@@ -27,7 +27,8 @@ from vaekit.codec.net import CANONICAL_THREADS, Net
 from vaekit.codec.store import decoded, earlier_hashes, stored_prior
 from vaekit.codes.jobs import decodable, original_size, png_names, restore_size
 from vaekit.errors import BadInput
-from vaekit.fileio import mark_partial, refuse_existing, refuse_inside, refuse_under_file, remove_stale
+from vaekit.fileio import refuse_existing, refuse_inside, refuse_under_file
+from vaekit.fileio.leftovers import mark_partial, remove_stale
 
 from vaekit.progress import Progress  # noqa: E402  (the one alias)
 CHUNK = 1024  # images per ANS stream: bounded memory, and a lossless chunk's start costs < 0.01 bit per image

@@ -17,7 +17,8 @@ from vaekit.export.graphs import OPSET, ROLES, export_graphs, export_reader
 from vaekit.export.metadata import metadata_for, sealed, set_metadata
 from vaekit.export.parity import Parity, check_parity, load_parity_images, require_parity, sample_inputs
 from vaekit.export.quantize import QUANTIZE, Quantization, calibration_feeds, quantize_int8
-from vaekit.fileio import mark_partial, refuse_existing, remove_stale
+from vaekit.fileio import refuse_existing
+from vaekit.fileio.leftovers import mark_partial, remove_stale
 from vaekit.images.arrays import as_images
 from vaekit.progress import Progress
 

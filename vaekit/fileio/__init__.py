@@ -19,12 +19,9 @@ from __future__ import annotations
 
 import errno
 import functools
-import glob
 import json
 import math
 import os
-import shutil
-import socket
 import stat
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -284,65 +281,6 @@ def is_inside(path: Path, folder: Path) -> bool:
         return True
     except ValueError:
         return False
-
-
-def process_gone(pid: str) -> bool:
-    """Whether no process `pid` (a string of digits, as in a temporary file's name) runs: the
-    file it left (a SIGKILL cleans nothing up) is then stale and safe to remove. False when it
-    runs, when it is another user's, or when `pid` is not a number."""
-    if not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # another user's live process
-        return False
-    return False
-
-
-PARTIAL_MARK = ".vaekit-partial"  # inside a staging folder: the tag of the process writing it
-
-
-def partial_tag(pid: int | str | None = None) -> bytes:
-    """What marks a staging folder (a file PARTIAL_MARK holding it) or a spill file (its first
-    bytes) as vaekit's, written by process `pid` (this one) on this machine: remove_stale
-    removes nothing without it, and a process id is only checked on the machine that owns it."""
-    return f"vaekit partial output of process {pid or os.getpid()} on {socket.gethostname()}\n".encode()
-
-
-def mark_partial(folder: Path) -> Path:
-    """Create staging `folder` (new) with its PARTIAL_MARK; returns it."""
-    folder = Path(folder)
-    folder.mkdir()
-    (folder / PARTIAL_MARK).write_bytes(partial_tag())
-    return folder
-
-
-def remove_stale(parent: Path, prefix: str, suffix: str = "", folders: bool = True) -> None:
-    """Remove what killed vaekit processes left in `parent`: folders (or, folders=False, files)
-    named PREFIX + PID[-TOKEN] + SUFFIX whose process is gone (a SIGKILL cleans nothing up),
-    and only those that carry this machine's partial_tag of that process (a staging folder its
-    PARTIAL_MARK file, a spill file its first bytes): a user's file or folder that merely has
-    such a name, a link, another machine's and a live process's leftovers are left alone."""
-    for old in Path(parent).glob(f"{glob.escape(prefix)}*{glob.escape(suffix)}"):
-        pid = old.name[len(prefix):len(old.name) - len(suffix)].split("-")[0]
-        if old.is_symlink() or not (old.is_dir() if folders else old.is_file()) or not process_gone(pid):
-            continue
-        tag = partial_tag(pid)
-        mark = old / PARTIAL_MARK if folders else old
-        try:
-            if mark.is_symlink() or not mark.is_file():
-                continue
-            with open(mark, "rb") as f:
-                if f.read(len(tag) + (0 if not folders else 1)) != tag:
-                    continue
-        except OSError:
-            continue
-        if folders:
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink(missing_ok=True)
 
 
 def refuse_under_file(path: Path, what: str = "output") -> None:
