@@ -61,6 +61,7 @@ def test_unreadable_files_are_skipped_and_named(tmp_path):
         (["train", "{junk}", "--channels", "2"], "must be auto, 1 or 3"),
         (["train", "{junk}", "--device", "tpu"], "tpu"),
         (["sample-data", "digits", "{tmp}/d", "--normal", "12"], "12"),
+        (["sample-data", "digits", "{junk}/a.png/d"], "a.png is a file, not a folder"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, args, message):

@@ -289,6 +289,7 @@ def test_a_new_archive_removes_the_chunk_files_of_encodes_that_were_killed(tmp_p
     foreign = tmp_path / ".a.vkc.999999997.chunks"  # the tag of another process than its name says
     foreign.write_bytes(partial_tag(999999999) + b"words")
     spill = container.Spill(out)
+    assert spill.path.read_bytes() == partial_tag()  # on disk before any work: a SIGKILL now leaves a known file
     spill.close()
     assert not stale.exists() and live.exists() and other.exists() and not spill.path.exists()
     assert users.read_bytes() == b"precious" and foreign.exists()

@@ -195,6 +195,16 @@ def test_a_name_that_decode_could_not_write_back_is_refused_before_encoding(setu
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["src"]
 
 
+def test_a_decode_under_a_file_is_one_line_saying_so(setup, tmp_path):
+    root, run = setup
+    assert invoke("encode", run, root / "src", "-o", tmp_path / "a.vkc", "--quality", 3, "--fit", root / "train").exit_code == 0
+    (tmp_path / "f").write_bytes(b"mine")
+    r = invoke("decode", run, tmp_path / "a.vkc", "-o", tmp_path / "f" / "out")
+    flat = "".join(r.output.replace("│", " ").split())
+    assert r.exit_code == 2 and "fisafile,notafolder" in flat and "Traceback" not in r.output, r.output
+    assert (tmp_path / "f").read_bytes() == b"mine" and sorted(p.name for p in tmp_path.iterdir()) == ["a.vkc", "f"]
+
+
 def test_the_summary_says_larger_when_the_file_is_larger_than_its_sources():
     from vaekit_cli.codec import vs_sources
 

@@ -260,7 +260,8 @@ def test_a_run_that_is_training_is_not_read_as_a_model(run, images, work):
             vaekit.load(out)
         before = (out / "config.json").read_bytes()
         for args in (["anomaly-score", out, images], ["export", out, "-o", work / "m.onnx"],
-                     ["threshold", out, "--value", "5"], ["threshold", out, "--quantile", "0.9"]):
+                     ["threshold", out, "--value", "5"], ["threshold", out, "--quantile", "0.9"],
+                     ["threshold", out, "--normal", images]):
             r = invoke(*args)
             assert r.exit_code == 2 and "inuseby" in flat(r.output), r.output
         assert not (work / "m.onnx").exists() and (out / "config.json").read_bytes() == before

@@ -229,6 +229,7 @@ def threshold_from_normal(run_dir: str | Path, normal, quantile: float | None = 
     from vaekit.training import rundir
 
     run_dir = Path(run_dir)
+    rundir.refuse_in_use(run_dir)  # a training still writes its config.json: nothing to set yet
     cfg = rundir.read_config(run_dir)
     old = cfg.get("anomaly")
     if not old or not isinstance(old.get("by_score"), dict) or old.get("score") not in old["by_score"]:

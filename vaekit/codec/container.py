@@ -31,7 +31,7 @@ from vaekit.codec.header import MODES, Header, Reader, varint, pack, unpack
 from vaekit.codes.format import MAX_ORIG_PIXELS, CodeFileError, FingerprintMismatch, check_name
 from vaekit.config import MAX_IMAGE_SIZE, MAX_Z_DIMS
 from vaekit.fileio import atomic_writer, check_regular
-from vaekit.fileio.leftovers import partial_tag, remove_stale
+from vaekit.fileio.leftovers import open_spill, partial_tag, remove_stale
 
 MAGIC = b"VKC3"
 MAX_HEADER = 1 << 30  # bytes of header: far above any folder, below a hostile file's claim
@@ -153,13 +153,11 @@ class Spill:
     """The chunk words of a .vkc being written, in a temporary file beside it (removed on close)."""
 
     def __init__(self, out: Path):
-        self.path = Path(out).with_name(f".{Path(out).name}.{os.getpid()}.chunks")
+        self.path = Path(out).with_name(f".{Path(out).name}.{os.getpid()}-{os.urandom(3).hex()}.chunks")
         remove_stale(self.path.parent, f".{Path(out).name}.", ".chunks", folders=False)  # a killed encode's
         self.chunks: list[list[int]] = []
-        self._f = open(self.path, "wb")
-        tag = partial_tag()  # what lets a later encode know the file for a killed one's (remove_stale)
-        self._f.write(tag)
-        self.start = len(tag)
+        self._f = open_spill(self.path)  # begins with the tag that lets a later encode know a killed one's
+        self.start = len(partial_tag())
 
     def add(self, count: int, words: np.ndarray) -> None:
         self._f.write(np.ascontiguousarray(words, "<u4").tobytes())

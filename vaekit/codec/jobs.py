@@ -221,6 +221,7 @@ def decode(model, archive: str | Path, out_dir: str | Path, size: str = "model",
     archive, out_dir = Path(archive), Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise BadInput(f"output {out_dir} exists and is not a folder")
+    refuse_under_file(out_dir)
     refuse_inside(out_dir, model.info.source, "output folder")  # --overwrite would replace the run's own files
     header, offset = container.read_header(archive)
     _check_model(header, model, archive)

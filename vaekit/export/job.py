@@ -17,7 +17,7 @@ from vaekit.export.graphs import OPSET, ROLES, export_graphs, export_reader
 from vaekit.export.metadata import metadata_for, sealed, set_metadata
 from vaekit.export.parity import Parity, check_parity, load_parity_images, require_parity, sample_inputs
 from vaekit.export.quantize import QUANTIZE, Quantization, calibration_feeds, quantize_int8
-from vaekit.fileio import refuse_existing
+from vaekit.fileio import refuse_existing, refuse_under_file
 from vaekit.fileio.leftovers import mark_partial, remove_stale
 from vaekit.images.arrays import as_images
 from vaekit.progress import Progress
@@ -97,6 +97,7 @@ def export(
     step(0, "export")
     protos = job.graphs()
     step(1, "export")
+    refuse_under_file(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_staging(out)
     staging = mark_partial(out.parent / _STAGING.format(name=out.name, pid=f"{os.getpid()}-{os.urandom(4).hex()}"))

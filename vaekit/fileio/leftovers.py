@@ -42,11 +42,43 @@ def partial_tag(pid: int | str | None = None) -> bytes:
 
 
 def mark_partial(folder: Path) -> Path:
-    """Create staging `folder` (new) with its PARTIAL_MARK; returns it."""
+    """Create staging `folder` (new) with its PARTIAL_MARK; returns it. An OSError (a folder
+    above that is a file, a read-only or full disk) leaves nothing and names `folder`."""
+    from vaekit.errors import cannot_write
+
     folder = Path(folder)
-    folder.mkdir()
-    (folder / PARTIAL_MARK).write_bytes(partial_tag())
+    try:
+        folder.mkdir()
+    except OSError as e:
+        raise cannot_write(e, folder) from None
+    try:
+        (folder / PARTIAL_MARK).write_bytes(partial_tag())
+    except BaseException as e:
+        shutil.rmtree(folder, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise cannot_write(e, folder) from None
+        raise
     return folder
+
+
+def open_spill(path: Path):
+    """A new spill file at `path` (never an existing one: "xb"), its partial_tag already on disk,
+    so a SIGKILL at any later point leaves a file the next run knows for a killed one's."""
+    from vaekit.errors import cannot_write
+
+    try:
+        f = open(path, "xb")
+    except OSError as e:
+        raise cannot_write(e, path) from None
+    try:
+        f.write(partial_tag())
+        f.flush()
+        os.fsync(f.fileno())
+    except BaseException:
+        f.close()
+        Path(path).unlink(missing_ok=True)
+        raise
+    return f
 
 
 def remove_stale(parent: Path, prefix: str, suffix: str = "", folders: bool = True) -> None:

@@ -75,7 +75,8 @@ def threshold_fields(anomaly, source: str | Path = "the model", required: bool =
     if score not in SCORES:
         raise damaged(f"unknown score {score!r}")
     if score == "atypicality" and anomaly.get("calibration") is None:  # only a damaged file names it without one
-        raise damaged("the atypicality score is named but its calibration is missing")
+        raise DamagedFile(f"{source}: the stored anomaly section is damaged (the atypicality score is named but "
+                          "its calibration is missing); train the model again")
     by_score = anomaly.get("by_score", {})
     if not isinstance(by_score, dict) or not all(isinstance(v, dict) for v in by_score.values()):
         raise damaged("'by_score' is not an object of objects")

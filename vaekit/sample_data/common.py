@@ -26,6 +26,11 @@ def check_seed(seed: int) -> None:
 def prepare_folders(root: Path, folders: list[str], overwrite: bool) -> None:
     """Create the output folders; refuse to mix a new data set into an old one (OutputExists
     unless `overwrite`, and then only the PNGs of those folders go)."""
+    from vaekit.fileio import refuse_under_file  # here: the sample data's module imports only what it must
+
+    if Path(root).exists() and not Path(root).is_dir():
+        raise BadInput(f"{root} is a file, not a folder")
+    refuse_under_file(Path(root))
     existing = [p for f in folders if (root / f).is_dir() for p in sorted((root / f).glob("*.png"))]
     if existing and not overwrite:
         raise OutputExists(
