@@ -8,6 +8,7 @@ code the CLI documents. Anything that is not a VaekitError is a bug and keeps it
 from __future__ import annotations
 
 import errno
+from pathlib import Path
 
 
 class VaekitError(Exception):
@@ -73,6 +74,13 @@ class CannotWrite(VaekitError, OSError):
 _CANNOT_WRITE: dict[type, type] = {OSError: CannotWrite}
 
 
+def file_above(path) -> "Path | None":
+    """The nearest existing path above `path` when it is a file (nothing can be created under
+    it; the OS says only "File exists" or "Not a directory"), else None."""
+    parent = next((p for p in Path(path).parents if p.exists() or p.is_symlink()), None)
+    return parent if parent is not None and not parent.is_dir() else None
+
+
 def cannot_write(e: OSError, path) -> CannotWrite:
     """`e` as a CannotWrite of the same OSError subtype, naming `path` (not a temporary name)."""
     kind = type(e) if isinstance(e, OSError) and not isinstance(e, VaekitError) else OSError
@@ -80,10 +88,8 @@ def cannot_write(e: OSError, path) -> CannotWrite:
         _CANNOT_WRITE[kind] = type(f"CannotWrite{kind.__name__}", (CannotWrite, kind), {"__module__": __name__})
     reason = e.strerror or e
     if e.errno in (errno.EEXIST, errno.ENOTDIR):  # the OS's words when a folder above is a file
-        from pathlib import Path
-
-        above = next((p for p in Path(path).parents if p.exists() or p.is_symlink()), None)
-        if above is not None and not above.is_dir():
+        above = file_above(path)
+        if above is not None:
             reason = f"{above} is a file, not a folder"
     err = _CANNOT_WRITE[kind](f"cannot write {path}: {reason}")
     err.errno = e.errno

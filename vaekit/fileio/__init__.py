@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from vaekit.errors import BadInput, DamagedFile, NotFound, OutputExists, cannot_write
+from vaekit.errors import BadInput, DamagedFile, NotFound, OutputExists, cannot_write, file_above
 
 MAX_JSON_BYTES = 64 << 20  # config.json, resume.json, metadata: a few KB in practice
 
@@ -284,11 +284,10 @@ def is_inside(path: Path, folder: Path) -> bool:
 
 
 def refuse_under_file(path: Path, what: str = "output") -> None:
-    """BadInput when the nearest existing folder above `path` is a file: nothing can be created
-    under it (the OS says only "File exists" or "Not a directory")."""
-    parent = next((p for p in Path(path).parents if p.exists() or p.is_symlink()), None)
-    if parent is not None and not parent.is_dir():
-        raise BadInput(f"{what} {path}: {parent} is a file, not a folder")
+    """BadInput when a file stands where a folder above `path` would have to be."""
+    above = file_above(path)
+    if above is not None:
+        raise BadInput(f"{what} {path}: {above} is a file, not a folder")
 
 
 def refuse_inside(output: Path, inputs, what: str, folder: bool = False) -> None:
