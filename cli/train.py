@@ -232,7 +232,7 @@ def _print_summary(result, data) -> None:
         note = section_note(a)
         if note:
             t.add_row("", f"[yellow]{shown(note)}[/yellow]")
-    t.add_row("time", f"{result.seconds:.1f} s")
+    t.add_row("time", f"{result.seconds:.1f} s ({result.epoch_seconds:.1f} s of them epochs)")
     console.print(t)
 
 

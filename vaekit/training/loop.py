@@ -44,7 +44,8 @@ class TrainResult:
     best_val: float
     history: list[dict] = field(default_factory=list)
     threshold: float | None = None
-    seconds: float = 0.0
+    seconds: float = 0.0  # the whole training: epochs, then fold models, reader and calibration
+    epoch_seconds: float = 0.0  # the epochs alone
     rank: int = 0  # torchrun rank of this process; only rank 0 writes (and should print)
     stopped: bool = False  # asked to stop (should_stop): no threshold yet; --resume continues
 
@@ -113,11 +114,13 @@ def fit(data: Dataset, out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCo
         if progress and dist.main:
             progress(epoch + 1, train_cfg.epochs, phase="epoch", **row)
 
+    epochs_done = time.perf_counter() - t_start
     result = TrainResult(out_dir, str(device), len(history), best["epoch"] + 1, best["val"], history,
-                         seconds=time.perf_counter() - t_start, rank=dist.rank, stopped=stopped)
+                         seconds=epochs_done, epoch_seconds=epochs_done, rank=dist.rank, stopped=stopped)
     if dist.main and not stopped:
         result.threshold = _finish(out_dir, data, splits, model_cfg, train_cfg, device, progress, should_stop)
         result.stopped = result.threshold is None  # asked to stop while cross-fitting: --resume does it again
+        result.seconds = time.perf_counter() - t_start
     barrier(dist)  # the run directory is complete when any rank returns
     return result
 
