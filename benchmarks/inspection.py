@@ -1,7 +1,7 @@
 """Few large images with small defects (an inspection setting), through the CLI at default settings.
 
-    python benchmarks/inspection.py [--choose brick,gravel] [--confirm grass,ihc] [--side 256] [--train-images 40]
-                                    [--threads 1] [--work DIR]
+    python benchmarks/inspection.py [--choose brick,gravel] [--confirm grass,ihc] [--side 256] [--width W]
+                                    [--train-images 40] [--threads 1] [--work DIR]
 
 Per photograph (benchmarks/reader_large.py builds the data: 40 normal training images of
 256 x 256 px; 30 normal and 30 defective test images from rows the training never saw, one
@@ -31,6 +31,9 @@ import reader_large  # noqa: E402
 from cli_runner import vaekit  # noqa: E402
 
 
+WIDTH: list[int | None] = [None]  # --width: test and training images this wide (None: square)
+
+
 def write(folder: Path, images: np.ndarray, names: list[str]) -> None:
     from PIL import Image
 
@@ -40,7 +43,7 @@ def write(folder: Path, images: np.ndarray, names: list[str]) -> None:
 
 
 def run_photo(name: str, work: Path, threads: int) -> dict:
-    d = reader_large.build(name)
+    d = reader_large.build(name, width=WIDTH[0])
     root = work / "inspection" / name
     n = len(d["labels"]) // 2
     write(root / "train", d["train"], [f"{i:03d}.png" for i in range(len(d["train"]))])
@@ -63,12 +66,15 @@ def main() -> None:
     ap.add_argument("--choose", default="brick,gravel")
     ap.add_argument("--confirm", default="grass,ihc")
     ap.add_argument("--side", type=int, default=reader_large.SIDE, help="image side in px (the photo needs twice as many rows)")
+    ap.add_argument("--width", type=int, default=None, help="image width in px (default: --side; wider images "
+                    "are scored whole, in tiles, and their defects lie anywhere)")
     ap.add_argument("--train-images", type=int, default=reader_large.N_TRAIN, help="normal training images per photo")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     reader_large.SIDE, reader_large.N_TRAIN = args.side, args.train_images
+    WIDTH[0] = args.width
     tmp = None if args.work else tempfile.TemporaryDirectory(prefix="vaekit-inspection-")
     work = args.work or Path(tmp.name)
     results = {}

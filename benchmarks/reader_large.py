@@ -35,14 +35,25 @@ import texture_data  # noqa: E402
 SIDE, N_TRAIN, N_TEST, MAX_AREA = 256, 40, 30, 0.01
 
 
-def windows(photo: np.ndarray, rows: tuple[int, int], n: int, rng) -> np.ndarray:
-    """n SIDE x SIDE windows starting at row rows[0] (rows[1] - rows[0] == SIDE), random columns."""
-    xs = rng.integers(0, photo.shape[1] - SIDE + 1, n)
-    return np.stack([photo[rows[0]:rows[1], x:x + SIDE] for x in xs])
+def windows(photo: np.ndarray, rows: tuple[int, int], n: int, rng, width: int | None = None) -> np.ndarray:
+    """n windows of SIDE rows (rows[1] - rows[0] == SIDE) and `width` columns (default SIDE),
+    starting at row rows[0], at random columns."""
+    width = width or SIDE
+    if width > photo.shape[1]:
+        raise SystemExit(f"the photo has {photo.shape[1]} columns; --width {width} needs as many")
+    xs = rng.integers(0, photo.shape[1] - width + 1, n)
+    return np.stack([photo[rows[0]:rows[1], x:x + width] for x in xs])
 
 
 def small_defect(img: np.ndarray, donors: list[np.ndarray], rng) -> tuple[np.ndarray, np.ndarray]:
-    """One benchmark defect covering at most MAX_AREA of the image (drawn again until it does)."""
+    """One benchmark defect covering at most MAX_AREA of the image (drawn again until it does);
+    in an image wider than tall, inside a square window of it at a random column."""
+    if img.shape[1] > img.shape[0]:
+        h, x = img.shape[0], int(rng.integers(0, img.shape[1] - img.shape[0] + 1))
+        bad, window_mask = small_defect(img[:, x : x + h], donors, rng)
+        out, mask = img.copy(), np.zeros(img.shape[:2], bool)
+        out[:, x : x + h], mask[:, x : x + h] = bad, window_mask
+        return out, mask
     while True:
         kind = texture_data.DEFECTS[int(rng.integers(len(texture_data.DEFECTS)))]
         donor = donors[int(rng.integers(len(donors)))]
@@ -51,20 +62,21 @@ def small_defect(img: np.ndarray, donors: list[np.ndarray], rng) -> tuple[np.nda
             return bad, mask
 
 
-def build(name: str, seed: int = 0) -> dict[str, np.ndarray]:
-    """train uint8 (N, C, S, S), test (M, C, S, S), labels (M,), masks bool (M, S, S)."""
+def build(name: str, seed: int = 0, width: int | None = None) -> dict[str, np.ndarray]:
+    """train uint8 (N, C, S, W), test (M, C, S, W), labels (M,), masks bool (M, S, W); W is
+    `width`, default S (square images)."""
     rng = np.random.default_rng([seed, 7, sum(map(ord, name))])
     photo = texture_data.load_photo(name)
     half = photo.shape[0] // 2
     if half < SIDE:
         raise SystemExit(f"{name}: the photo has {photo.shape[0]} rows; need {2 * SIDE}")
-    train = windows(photo, (half - SIDE, half), N_TRAIN, rng)
-    test = windows(photo, (half, half + SIDE), 2 * N_TEST, rng)
+    train = windows(photo, (half - SIDE, half), N_TRAIN, rng, width)
+    test = windows(photo, (half, half + SIDE), 2 * N_TEST, rng, width)
     others = [texture_data.load_photo(k) for k in texture_data.PHOTOS if k != name]
     donors = [windows(o, (0, SIDE), 1, rng)[0] for o in others for _ in range(2)]
     donors = [d if d.ndim == photo.ndim else (d.mean(-1).astype(np.uint8) if photo.ndim == 2
                                                else np.repeat(d[..., None], 3, -1)) for d in donors]
-    masks = np.zeros((2 * N_TEST, SIDE, SIDE), bool)
+    masks = np.zeros(test.shape[:3], bool)
     for i in range(N_TEST, 2 * N_TEST):
         test[i], masks[i] = small_defect(test[i], donors, rng)
     chw = (lambda a: a[:, None]) if photo.ndim == 2 else (lambda a: a.transpose(0, 3, 1, 2))

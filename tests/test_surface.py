@@ -131,3 +131,114 @@ def test_a_large_surfaces_preview_shows_windows_of_its_images_not_whole_images(t
     with Image.open(tmp_path / "preview.png") as im:
         w, h = im.size
     assert 3 * PREVIEW_SIDE <= h < 3 * 200 and 3 * PREVIEW_SIDE <= w < 3 * 200  # inputs, reconstructions, samples
+
+
+def _wide(folder, size=48, width=120, defect=None, seed=5):
+    """One surface photo wider than the model's size, optionally with a dark square at columns defect..defect+14."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :width]
+    img = 128 + 60 * np.sin(xx / 2.0 + 1.0) + rng.normal(0, 12, (size, width))
+    if defect is not None:
+        img[17:31, defect : defect + 14] = 5
+    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(folder / "wide.png")
+    return folder / "wide.png"
+
+
+def test_tiles_cover_an_image_and_put_it_back_together():
+    from vaekit.images.tiles import starts, tiling
+
+    assert starts(48, 48) == [0] and starts(120, 48) == [0, 36, 72] and starts(96, 48) == [0, 48]
+    x = np.random.default_rng(0).integers(0, 256, (3, 48, 131), dtype=np.uint8)
+    t = tiling(x, 48)
+    tiles = t.cut(x)
+    assert tiles.shape == (3, 3, 48, 48) and t.boxes[-1] == (0, 83)
+    np.testing.assert_array_equal(t.paste(tiles), x)
+    maps = np.stack([np.full((48, 48), v, np.float32) for v in (1.0, 2.0, 4.0)])
+    avg = t.average(maps)
+    assert avg.shape == (48, 131) and avg[0, 0] == 1.0 and avg[0, 130] == 4.0
+    assert avg[0, 45] == 1.5  # columns 42..47 lie in the first two tiles
+    assert t.area_share() == 48 * 131 / (3 * 48 * 48)
+
+
+def test_a_surface_scores_the_whole_of_a_wider_image_not_its_centre_square(surface, tmp_path):
+    """A defect in the band the centre crop cuts off changes the score and the map, and only the
+    map's columns under the tile that holds it; a square image scores as it always did."""
+    from vaekit.anomaly import score_images
+
+    m = vaekit.load(surface / "run")
+    clean = score_images(m, _wide(tmp_path / "clean", defect=None), score="atypicality")
+    bad = score_images(m, _wide(tmp_path / "bad", defect=100), score="atypicality")
+    assert bad.images[0].shape == (1, 48, 120) and bad.pixel_maps[0].shape == (48, 120)
+    assert bad.rows[0].neg_elbo != clean.rows[0].neg_elbo  # the centre square (cols 36..83) is the same
+    diff = np.abs(bad.pixel_maps[0] - clean.pixel_maps[0]).max(axis=0)
+    assert diff[:72].max() == 0 and diff[96:110].max() > 0  # tiles at 0, 36, 72: the defect is in the last
+    np.testing.assert_array_equal(bad.images[0][0, 17:31, 100:114], 5)
+    # the Python API reads files the same way: Model.score and Model.iter_scores
+    api = m.score(tmp_path / "bad", score="atypicality")
+    assert api.pixel_map.shape == (1, 48, 120) and api.paths == [tmp_path / "bad" / "wide.png"]
+    np.testing.assert_allclose(api.neg_elbo, [bad.rows[0].neg_elbo])
+    both = m.score([tmp_path / "bad" / "wide.png", sorted((surface / "train").glob("*.png"))[0]], score="atypicality")
+    assert [p.shape for p in both.pixel_map] == [(48, 120), (48, 48)]  # two shapes: a list
+    (part,) = list(m.iter_scores(tmp_path / "bad", score="atypicality"))
+    np.testing.assert_allclose(part.score, api.score)
+    # square images of the model's size: one tile each, the same numbers as Model.score
+    x = m.load_images(surface / "train").images[:3].copy()
+    rep = score_images(m, sorted((surface / "train").glob("*.png"))[:3], score="atypicality")
+    np.testing.assert_allclose([r.score for r in rep.rows], m.score(x, score="atypicality").score, rtol=1e-6)
+    assert isinstance(rep.images, np.ndarray) and rep.pixel_maps.shape == (3, 48, 48)  # one shape: one array
+
+
+def test_anomaly_score_and_evaluate_read_wide_images_whole(surface, tmp_path):
+    from typer.testing import CliRunner
+
+    from vaekit_cli.main import app
+
+    normal, bad = tmp_path / "normal", tmp_path / "bad"
+    _wide(normal, defect=None)
+    _wide(bad, defect=100)
+    mask = np.zeros((48, 120), np.uint8)
+    mask[17:31, 100:114] = 255
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(mask).save(tmp_path / "masks" / "wide.png")
+    r = CliRunner().invoke(app, ["anomaly-score", str(surface / "run"), str(bad), "-o", str(tmp_path / "s.csv"),
+                                 "--maps", str(tmp_path / "maps")])
+    assert r.exit_code == 0, r.output
+    with Image.open(tmp_path / "maps" / "wide.png") as im:
+        assert im.size == (120 * 3, 48 * 3)  # the whole image, enlarged to >= 128 px
+    r = CliRunner().invoke(app, ["evaluate", str(surface / "run"), "--normal", str(normal), "--anomalous", str(bad),
+                                 "--masks", str(tmp_path / "masks"), "--json"])
+    assert r.exit_code == 0, r.output
+    assert 0.0 <= json.loads(r.output)["pixel_auroc"] <= 1.0
+    Image.fromarray(mask[:, :100]).save(tmp_path / "masks" / "wide.png")  # another shape than its image
+    r = CliRunner().invoke(app, ["evaluate", str(surface / "run"), "--normal", str(normal), "--anomalous", str(bad),
+                                 "--masks", str(tmp_path / "masks")])
+    assert r.exit_code == 2 and "must have its image's shape" in r.output
+
+
+def test_a_surface_trained_on_wide_images_sets_its_threshold_from_whole_images(tmp_path):
+    """The stored defect scores of the held-out images are those anomaly-score gives their whole
+    files (the largest tile's), not their centre squares'."""
+    import vaekit.reader.net as net
+    from vaekit.anomaly import score_images
+
+    data = tmp_path / "wide"
+    data.mkdir()
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:48, :96]
+    for i in range(24):
+        img = 128 + 60 * np.sin(xx / 2.0 + rng.uniform(0, 6.3)) + rng.normal(0, 12, (48, 96))
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(data / f"w_{i:03d}.png")
+    mp = pytest.MonkeyPatch()
+    mp.setattr(net, "ReaderConfig", functools.partial(net.ReaderConfig, steps=20, batch=8, crop=32))
+    try:
+        train(data, tmp_path / "run", ModelConfig(base_channels=4), TrainConfig(epochs=2, crop=32, device="cpu"))
+    finally:
+        mp.undo()
+    m = vaekit.load(tmp_path / "run")
+    stored = json.loads((tmp_path / "run" / "config.json").read_text())["anomaly"]["by_score"]["defect"]["scores"]
+    whole = np.array([r.score for r in score_images(m, data).rows])
+    centre = m.score(m.load_images(data).images).score  # the centre squares, as the old calibration read them
+    assert len(stored) == 8
+    assert all(np.abs(whole - s).min() < 1e-5 for s in stored)
+    assert not all(np.abs(centre - s).min() < 1e-5 for s in stored)

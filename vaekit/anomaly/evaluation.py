@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from vaekit import images as imageio
-from vaekit.anomaly.score import Progress, iter_scored, scoring_plan
+from vaekit.anomaly.score import Progress, iter_scored, scoring_plan, tiled
 from vaekit.inference.engine import Model
 from vaekit.errors import BadInput, MissingExtra, NotFound
 from vaekit.fileio import atomic_write_bytes, refuse_existing
@@ -174,7 +174,7 @@ def evaluate(
             raise BadInput(f"no mask in {masks} matches an anomalous image (the folder holds no image file)")
 
         def keep_anomalous(name: str) -> bool:
-            mk = _find_mask(index, name, model.info.image_size)
+            mk = _find_mask(index, name, model.info.image_size, crop=not tiled(model))
             if mk is not None:
                 mask_for[name] = mk
             return mk is not None
@@ -196,9 +196,14 @@ def evaluate(
         if not bad_maps:
             raise BadInput(f"no mask in {masks} matches an anomalous image "
                            "(expected the same relative path or name, optionally with a _mask suffix)")
-        gt = np.concatenate([np.zeros((len(good_maps), *good_maps[0].shape), bool),
-                             np.stack([mask_for[n] for n in bad_names if n in mask_for])])
-        ev.pixel_auroc, ev.n_masks = pixel_auroc(np.stack(good_maps + bad_maps), gt), len(bad_maps)
+        masked = [n for n in bad_names if n in mask_for]
+        for n, m in zip(masked, bad_maps):
+            if mask_for[n].shape != m.shape:  # a tiled model's map has its image's own shape
+                raise BadInput(f"the mask of {n} is {mask_for[n].shape[1]}x{mask_for[n].shape[0]} at the model's scale, "
+                               f"its image {m.shape[1]}x{m.shape[0]}: a mask must have its image's shape")
+        gt = [np.zeros(m.shape, bool) for m in good_maps] + [mask_for[n] for n in masked]
+        flat = np.concatenate([m.ravel() for m in good_maps + bad_maps])
+        ev.pixel_auroc, ev.n_masks = pixel_auroc(flat, np.concatenate([g.ravel() for g in gt])), len(bad_maps)
     return ev
 
 
@@ -214,8 +219,9 @@ def _mask_index(root: Path) -> tuple[dict[str, Path], dict[str, list[Path]]]:
     return index, by_stem
 
 
-def _find_mask(index, name: str, size: int) -> np.ndarray | None:
-    """The mask (size, size) bool of the anomalous image `name`, at the model's geometry, or None."""
+def _find_mask(index, name: str, size: int, crop: bool = True) -> np.ndarray | None:
+    """The mask (size, size) bool of the anomalous image `name`, at the model's geometry, or None
+    (crop=False: the whole mask, its shorter side `size`, as a tiled model's maps)."""
     by_path, by_stem = index
     key = Path(name).with_suffix("").as_posix()
     path = by_path.get(key)
@@ -225,7 +231,7 @@ def _find_mask(index, name: str, size: int) -> np.ndarray | None:
         return None
     try:
         # the same shorter-side resize and centre crop as the images, so pixels line up
-        return imageio.load_image(path, size, 1)[0] > 127
+        return imageio.load_image(path, size, 1, crop)[0] > 127
     except imageio.ImageReadError as e:
         raise BadInput(f"mask {e.path} cannot be read: {e.reason}") from None
 

@@ -22,6 +22,7 @@ from vaekit import stream
 from vaekit.anomaly.threshold import resolve_threshold
 from vaekit.inference.engine import SCORES, Model, Scores
 from vaekit.errors import BadInput
+from vaekit.inference.tiled import merge, tiled
 from vaekit.progress import Progress
 
 ROW_FIELDS = ("path", "score", "bits_per_dim", "threshold", "anomalous", "neg_elbo", "recon", "kl", "excess")
@@ -73,8 +74,8 @@ class ScoredBatch:
     index: int  # the fixed slice of the file list (see vaekit.stream.iter_batches)
     rows: list[ScoreRow]
     names: list[str]  # each row's name relative to its input folder
-    images: np.ndarray  # (B, C, H, W) uint8 at the model's size
-    maps: np.ndarray | None  # (B, H, W) nats, only when asked for
+    images: np.ndarray | list[np.ndarray]  # (B, C, H, W) uint8 at the model's size; tiled: each whole image
+    maps: np.ndarray | list[np.ndarray] | None  # (B, H, W) nats (tiled: one (H, W) each), only when asked for
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)  # each row's position in the file list
 
@@ -90,22 +91,27 @@ def iter_scored(model: Model, inputs: stream.Inputs, plan: Plan, maps: bool = Fa
                 positions: Sequence[int] | None = None, skip_batches=frozenset(), workers: int = 0,
                 progress: Progress | None = None) -> Iterator[ScoredBatch]:
     """Decode and score `inputs` batch by batch (only `positions`, without `skip_batches`).
+    A surface model scores each whole image in tiles (vaekit.inference.tiled); an object model, its centre square.
 
     progress(done, total, phase="score") counts files, including those of skipped batches."""
     info = model.info
     total = len(inputs.paths) if positions is None else len(positions)
     done = 0 if not skip_batches else sum(1 for i in (positions or range(total)) if i // batch_size in skip_batches)
     kw = {"maps": maps} if _accepts_maps(model) else {}
-    for b in stream.iter_batches(inputs.paths, info.image_size, info.channels, batch_size, workers, positions, skip_batches):
+    tiles = tiled(model)
+    for b in stream.iter_batches(inputs.paths, info.image_size, info.channels, batch_size, workers, positions,
+                                 skip_batches, tiles=tiles):
+        images, pmap = b.images, (np.zeros((0, info.image_size, info.image_size)) if maps else None)
+        rows = []
         if len(b.paths):
             s = model.score(b.images, samples=plan.samples, score=plan.score, iwae=plan.iwae, **kw)
+            if tiles:
+                s, images = merge(s, b.tilings, b.images)
             rows, pmap = _rows(b.paths, s, plan.threshold), (s.pixel_map if maps else None)
-        else:
-            rows, pmap = [], (np.zeros((0, info.image_size, info.image_size)) if maps else None)
         done += len(b.paths) + len(b.skipped)
         if progress:
             progress(done, total, phase="score")
-        yield ScoredBatch(b.index, rows, [inputs.names[i] for i in b.positions], b.images, pmap, b.skipped, b.positions)
+        yield ScoredBatch(b.index, rows, [inputs.names[i] for i in b.positions], images, pmap, b.skipped, b.positions)
 
 
 def _rows(paths: Sequence[Path], s: Scores, t: float | None) -> list[ScoreRow]:
@@ -129,8 +135,8 @@ class ScoreReport:
     threshold: float | None
     threshold_source: str  # "stored: ...", "given", or why there is none
     names: list[str] = field(default_factory=list)  # each row's path relative to its input folder
-    images: np.ndarray | None = None  # (N, C, H, W) uint8 at the model's size, for maps
-    pixel_maps: np.ndarray | None = None  # (N, H, W) nats
+    images: np.ndarray | list | None = None  # (N, C, H, W) uint8 at the model's size, for maps (tiled: a list)
+    pixel_maps: np.ndarray | list | None = None  # (N, H, W) nats (tiled: a list of (H, W))
     inputs: list[Path] = field(default_factory=list)  # what was scored: no output may go inside it
 
     @property
@@ -168,7 +174,8 @@ def score_images(
     """Score every image under `inputs` and flag those above the threshold; rows in memory.
 
     Files are read with the model's own preprocessing (converted to its channels, shorter side
-    resized to its size, centre crop); unreadable ones are skipped and reported. `threshold`
+    resized to its size, centre crop; a surface model reads the whole image, in tiles:
+    vaekit.inference.tiled); unreadable ones are skipped and reported. `threshold`
     overrides the stored one. Stored thresholds hold for the default deterministic estimator
     only: with samples > 0 or iwae there is none unless one is given. With maps=False the
     report carries neither images nor maps (for large folders, or use vaekit.anomaly.score_to_file).
@@ -181,10 +188,11 @@ def score_images(
         names += b.names
         skipped += b.skipped
         if maps:
-            images.append(b.images)
-            pmaps.append(b.maps)
+            images += list(b.images)
+            pmaps += list(b.maps)
     if not rows:
         raise imageio.none_usable(f"in {inputs}", skipped)
+    if maps and len({x.shape for x in images}) == 1:  # one array each, unless images of several shapes were tiled
+        images, pmaps = np.stack(images), np.stack(pmaps)
     return ScoreReport(rows, skipped, plan.score, plan.estimator, samples, plan.threshold, plan.source, names,
-                       np.concatenate(images) if maps else None, np.concatenate(pmaps) if maps else None,
-                       list(found.roots))
+                       images if maps else None, pmaps if maps else None, list(found.roots))

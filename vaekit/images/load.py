@@ -28,11 +28,11 @@ class LoadReport:
 _Loaded = tuple[Path, "np.ndarray | None", "str | None"]  # (path, pixels, reason): one is None
 
 
-def _load_chunk(paths: list[Path], size: int, channels: int) -> list[_Loaded]:
+def _load_chunk(paths: list[Path], size: int, channels: int, crop: bool = True) -> list[_Loaded]:
     out: list[_Loaded] = []
     for p in paths:
         try:
-            out.append((p, load_image(p, size, channels), None))
+            out.append((p, load_image(p, size, channels, crop), None))
         except ImageReadError as e:
             out.append((p, None, e.reason))
         except MemoryError:  # one file must never abort a whole run
@@ -44,9 +44,10 @@ MAX_WORKERS = 256  # decoding processes: the CLI's bound too (`--workers`); each
 
 
 def iter_load(
-    paths: Sequence[Path], size: int, channels: int, workers: int = 0
+    paths: Sequence[Path], size: int, channels: int, workers: int = 0, crop: bool = True
 ) -> Iterator[_Loaded]:
-    """Yield (path, uint8 (C, size, size) or None, reason or None) per file, in input order.
+    """Yield (path, uint8 (C, size, size) or None, reason or None) per file, in input order
+    (crop=False: each whole image, its shorter side `size`).
 
     With workers > 1, chunks decode in that many processes, a bounded number in flight,
     so memory stays flat however many files there are.
@@ -55,26 +56,26 @@ def iter_load(
     check_channels(channels)
     if not isinstance(workers, int) or isinstance(workers, bool) or not 0 <= workers <= MAX_WORKERS:
         raise BadInput(f"invalid workers {workers!r}: expected an integer from 0 to {MAX_WORKERS}")
-    return _iter_load(paths if isinstance(paths, Sequence) else list(paths), size, channels, workers)
+    return _iter_load(paths if isinstance(paths, Sequence) else list(paths), size, channels, workers, crop)
 
 
-def _iter_load(paths: Sequence[Path], size: int, channels: int, workers: int) -> Iterator[_Loaded]:
+def _iter_load(paths: Sequence[Path], size: int, channels: int, workers: int, crop: bool) -> Iterator[_Loaded]:
     # `paths` is read one slice at a time (it may be a lazy view of a million-file list)
     if workers <= 1 or len(paths) <= 1:  # a pool costs more than it saves here
         for i in range(len(paths)):
-            yield from _load_chunk([Path(paths[i])], size, channels)
+            yield from _load_chunk([Path(paths[i])], size, channels, crop)
         return
     step = max(1, min(64, len(paths) // (workers * 4)))
     chunks = ([Path(p) for p in paths[i : i + step]] for i in range(0, len(paths), step))
     # no more processes than chunks: a pool that forks starts every one of them at once
     with ProcessPoolExecutor(min(workers, -(-len(paths) // step))) as pool:
         first = islice(chunks, 2 * workers)  # bounded, so results cannot pile up in memory
-        pending = deque(pool.submit(_load_chunk, c, size, channels) for c in first)
+        pending = deque(pool.submit(_load_chunk, c, size, channels, crop) for c in first)
         while pending:
             done = pending.popleft().result()
             nxt = next(chunks, None)
             if nxt is not None:
-                pending.append(pool.submit(_load_chunk, nxt, size, channels))
+                pending.append(pool.submit(_load_chunk, nxt, size, channels, crop))
             yield from done
 
 

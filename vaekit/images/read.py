@@ -220,12 +220,12 @@ def decode(path: Path, channels: int) -> np.ndarray:
     return _decode(path, channels)
 
 
-def resize(x: np.ndarray, size: int) -> np.ndarray:
+def resize(x: np.ndarray, size: int, crop: bool = True) -> np.ndarray:
     """uint8 (H, W, C) -> uint8 (size, size, C), C 1 or 3.
 
     Policy: scale so the shorter side is `size` (Pillow bicubic, antialiased when shrinking),
     then crop the longer side to `size` around its centre. Square input of that size is
-    returned as is.
+    returned as is. crop=False keeps the whole image: (H', W', C), its shorter side `size`.
     """
     check_size(size)
     if x.dtype != np.uint8 or x.ndim != 3 or x.shape[-1] not in (1, 3):
@@ -239,14 +239,17 @@ def resize(x: np.ndarray, size: int) -> np.ndarray:
     s = size / min(h, w)
     nw, nh = max(size, round(w * s)), max(size, round(h * s))
     img = Image.fromarray(x[..., 0] if x.shape[-1] == 1 else x)
-    y = np.asarray(img.resize((nw, nh), Image.Resampling.BICUBIC))
-    top, left = (nh - size) // 2, (nw - size) // 2
-    y = y[top : top + size, left : left + size]
+    y = np.asarray(img.resize((nw, nh), Image.Resampling.BICUBIC) if (nw, nh) != (w, h) else img)
+    if crop:
+        top, left = (nh - size) // 2, (nw - size) // 2
+        y = y[top : top + size, left : left + size]
     return y[..., None] if y.ndim == 2 else y
 
 
-def load_image(path: Path, size: int, channels: int) -> np.ndarray:
+def load_image(path: Path, size: int, channels: int, crop: bool = True) -> np.ndarray:
     """Decode and resize one file to uint8 (C, size, size): the preprocessing both engines use.
+    crop=False keeps the whole image, (C, H, W) with its shorter side `size` (a surface model
+    scores it in tiles: vaekit.images.tiles).
 
     Large JPEGs are decoded at reduced scale (never below `size` on either side) before the
     bicubic resize, which is much faster and keeps the same shorter-side-then-crop policy.
@@ -258,7 +261,7 @@ def load_image(path: Path, size: int, channels: int) -> np.ndarray:
         raise ImageReadError(path, f"aspect ratio too extreme: {x.shape[1]}x{x.shape[0]} resized to {size} would "
                                    f"take {need} pixels, at most {MAX_RESIZE_PIXELS}")
     try:
-        x = resize(x, size)  # (H, W, C)
+        x = resize(x, size, crop)  # (H, W, C)
     except MemoryError:
         raise ImageReadError(path, "not enough memory to resize it") from None
     if channels == 3 and x.shape[-1] == 1:  # the same pixels as resizing three equal channels

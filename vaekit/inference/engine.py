@@ -22,8 +22,9 @@ from vaekit import images as imageio
 from vaekit.errors import BadInput
 from vaekit.images.arrays import as_images, as_latents, check_batch_size, check_int, user_images
 from vaekit.inference.info import DEFAULT_SCORE, SCORES, ModelInfo, score_unit, threshold_fields  # noqa: F401  (public here too)
-from vaekit.inference.estimate import Estimate, estimate
-from vaekit.inference.atypicality import Calibration, Parts, error_map, kl_map, pixel_floor  # noqa: F401  (pixel_floor: public here too)
+from vaekit.inference.estimate import Estimate, estimate, object_parts
+from vaekit.inference.tiled import iter_scores as tiled_scores, score_files, tiled
+from vaekit.inference.atypicality import Calibration, Parts, kl_map, pixel_floor  # noqa: F401  (pixel_floor: public here too)
 from vaekit.progress import Progress
 
 # "atypicality" (the default; vaekit/inference/atypicality.py): how far the image's most atypical
@@ -160,15 +161,19 @@ class Model:
             for sl in range(0, len(arr), batch_size):
                 yield self.score(arr[sl : sl + batch_size], samples=samples, score=score, iwae=iwae, maps=maps)
             return
+        if tiled(self):
+            yield from tiled_scores(self, paths, batch_size, workers, samples=samples, score=score, iwae=iwae, maps=maps)
+            return
         for batch in self.iter_batches(paths, batch_size, workers):
             if len(batch.paths):
                 out = self.score(batch.images, samples=samples, score=score, iwae=iwae, maps=maps)
             else:
-                out = self._empty_scores(score)
+                out = self.empty_scores(score)
             out.paths, out.skipped = batch.paths, batch.skipped
             yield out
 
-    def _empty_scores(self, score: str) -> Scores:
+    def empty_scores(self, score: str) -> Scores:
+        """The Scores of a batch whose every file was skipped."""
         e = np.zeros(0)
         return Scores(e, e, e, e, None, e, excess=e, floor=e, name=score)
 
@@ -199,6 +204,9 @@ class Model:
         otherwise the per-pixel reconstruction NLL.
         """
         score = self._requested(score, samples, iwae)
+        if tiled(self) and user_images(x, self.info.channels, self.info.image_size)[1] is None:  # whole files, tiled
+            return score_files(self, user_images(x, self.info.channels, self.info.image_size)[0], samples=samples,
+                               score=score, iwae=iwae, maps=maps)
         x, paths, skipped = self._images(x)
         n, s = len(x), self.info.image_size
         recon, kl, nll, floor, chosen = (np.zeros(n) for _ in range(5))
@@ -256,7 +264,7 @@ class Model:
             shape = self.info.latent_shape or (self.info.latent_dim,)
             parts = Parts(est.recon, est.kl, fmap.reshape(len(xf), -1).sum(1), r_map=est.r_map - fmap,
                           k_map=kl_map(est.mu, est.logvar, shape, self.info.image_size),
-                          **_object_parts(xf, est.x_hat, est.mu))
+                          **object_parts(xf, est.x_hat, est.mu))
             chosen, amap = self.calibration().score(parts, maps=maps)
             return chosen, amap if maps else None
         if not maps or score == "defect":
@@ -313,7 +321,7 @@ class Model:
             recon, kl, m, mu, logvar, x_hat = self._score_core(xf, np.zeros((len(xf), self.info.latent_dim), np.float32))
             fmap = pixel_floor(xf, self.info.likelihood, self.info.log_scale)
             out.append(Parts(m.astype(np.float64).reshape(len(m), -1).sum(1), kl, fmap.reshape(len(m), -1).sum(1),
-                             r_map=m - fmap, k_map=kl_map(mu, logvar, shape, s), **_object_parts(xf, x_hat, mu)))
+                             r_map=m - fmap, k_map=kl_map(mu, logvar, shape, s), **object_parts(xf, x_hat, mu)))
         cat = lambda k: None if getattr(out[0], k) is None else np.concatenate([getattr(p, k) for p in out])  # noqa: E731
         return Parts(*(cat(k) for k in ("recon", "kl", "floor", "r_map", "k_map", "e_map", "latent", "entropy", "mu")))
 
@@ -336,15 +344,3 @@ class Model:
             raise BadInput(f"samples must be an integer >= 1, got {samples!r}")
         return self.score(x, samples=samples, score="neg_elbo", iwae=True, maps=False).neg_elbo
 
-
-def _object_parts(x: np.ndarray, x_hat: np.ndarray | None, mu: np.ndarray) -> dict:
-    """What an aligned object's tests read besides the -ELBO (vaekit.inference.atypicality.OBJECT_TESTS): the
-    error map of the reconstruction, |mu|^2, mu itself and the image's own entropy. An export of
-    vaekit < 0.3 has no reconstruction output; its calibration does not need them."""
-    if x_hat is None:
-        return {}
-    from vaekit.model.likelihood_np import bernoulli_floor
-
-    entropy = bernoulli_floor(x).reshape(len(x), -1).sum(1)
-    mu = np.asarray(mu).reshape(len(mu), -1)
-    return {"e_map": error_map(x, x_hat), "latent": (mu.astype(np.float64) ** 2).sum(1), "entropy": entropy, "mu": mu}

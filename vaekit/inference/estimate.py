@@ -15,6 +15,8 @@ from typing import Callable
 
 import numpy as np
 
+from vaekit.inference.atypicality import error_map
+
 
 @dataclass
 class Estimate:
@@ -74,3 +76,16 @@ def estimate(score_core: Callable, x: np.ndarray, xf: np.ndarray, latent_dim: in
             logw.append(-r + log_normal(z, 0.0 * z, 0.0 * z) - log_normal(z, mu, logvar))
     nll = -log_mean_exp(np.stack(logw).astype(np.float64)) if iwae else recon + kl
     return Estimate(recon, kl, nll, r_map, mu, logvar, x_hat)
+
+
+def object_parts(x: np.ndarray, x_hat: np.ndarray | None, mu: np.ndarray) -> dict:
+    """What an aligned object's tests read besides the -ELBO (vaekit.inference.atypicality.OBJECT_TESTS): the
+    error map of the reconstruction, |mu|^2, mu itself and the image's own entropy. An export of
+    vaekit < 0.3 has no reconstruction output; its calibration does not need them."""
+    if x_hat is None:
+        return {}
+    from vaekit.model.likelihood_np import bernoulli_floor
+
+    entropy = bernoulli_floor(x).reshape(len(x), -1).sum(1)
+    mu = np.asarray(mu).reshape(len(mu), -1)
+    return {"e_map": error_map(x, x_hat), "latent": (mu.astype(np.float64) ** 2).sum(1), "entropy": entropy, "mu": mu}

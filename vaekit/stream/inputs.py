@@ -24,6 +24,7 @@ from vaekit.stream import pipeline
 from vaekit.stream.batches import MAX_SHARDS
 from vaekit.errors import BadInput
 from vaekit.images.arrays import check_batch_size
+from vaekit.images.tiles import Tiling, tiling
 
 READ_AHEAD = pipeline.DEPTH  # batches decoded ahead of the consumer
 
@@ -179,23 +180,25 @@ class Batch:
     index: int  # which fixed slice of the file list (batch_size files each)
     positions: list[int]  # positions in the full file list of the loaded images
     paths: list[Path]  # the loaded files, in order
-    images: np.ndarray  # (B, C, H, W) uint8 at the model's size
+    images: np.ndarray  # (B, C, H, W) uint8 at the model's size; with tiles, every file's tiles in turn
     skipped: list[tuple[Path, str]] = field(default_factory=list)  # files of this slice that failed
+    tilings: list[Tiling] | None = None  # with tiles: where each file's tiles lie (vaekit.images.tiles)
 
 
 def iter_batches(paths: Sequence[Path], size: int, channels: int, batch_size: int = 64, workers: int = 0,
                  positions: Sequence[int] | None = None, skip_batches: set[int] | frozenset = frozenset(),
-                 ahead: int = READ_AHEAD) -> Iterator[Batch]:
+                 ahead: int = READ_AHEAD, tiles: bool = False) -> Iterator[Batch]:
     """Decode `paths[positions]` (default: all) in fixed slices of `batch_size` of the FULL list;
     slices in `skip_batches` are not read at all. Memory: a few batches, whatever the count.
+    tiles: each whole image (not its centre square) cut into square tiles of `size`.
 
     Decoding runs in a background thread up to `ahead` batches in front of the consumer (Pillow
     and torch release the GIL, so it overlaps with scoring); ahead=0 decodes in the caller."""
     batch_size = check_batch_size(batch_size)
     positions = range(len(paths)) if positions is None else (positions if isinstance(positions, Sequence) else list(positions))
     todo = [i for i in positions if i // batch_size not in skip_batches] if skip_batches else positions
-    loaded = imageio.iter_load(_Picked(paths, todo), size, channels, workers)
-    batches = _slices(todo, loaded, batch_size, channels, size)
+    loaded = imageio.iter_load(_Picked(paths, todo), size, channels, workers, crop=not tiles)
+    batches = _slices(todo, loaded, batch_size, channels, size, tiles)
     return pipeline.read_ahead(batches, ahead) if ahead > 0 else batches
 
 
@@ -214,12 +217,12 @@ class _Picked(Sequence[Path]):
         return Path(self.paths[self.todo[i]])
 
 
-def _slices(todo, loaded, batch_size, channels, size) -> Iterator[Batch]:
+def _slices(todo, loaded, batch_size, channels, size, tiles) -> Iterator[Batch]:
     current, pos, got, bad = None, [], [], []
     for i, (path, x, reason) in zip(todo, loaded):
         b = i // batch_size
         if current is not None and b != current:
-            yield _batch(current, pos, got, bad, channels, size)
+            yield _batch(current, pos, got, bad, channels, size, tiles)
             pos, got, bad = [], [], []
         current = b
         if x is None:
@@ -228,9 +231,14 @@ def _slices(todo, loaded, batch_size, channels, size) -> Iterator[Batch]:
             pos.append(i)
             got.append((path, x))
     if current is not None:
-        yield _batch(current, pos, got, bad, channels, size)
+        yield _batch(current, pos, got, bad, channels, size, tiles)
 
 
-def _batch(index, pos, got, bad, channels, size) -> Batch:
-    images = np.stack([x for _, x in got]) if got else np.zeros((0, channels, size, size), np.uint8)
-    return Batch(index, list(pos), [p for p, _ in got], images, list(bad))
+def _batch(index, pos, got, bad, channels, size, tiles) -> Batch:
+    if not tiles:
+        images = np.stack([x for _, x in got]) if got else np.zeros((0, channels, size, size), np.uint8)
+        return Batch(index, list(pos), [p for p, _ in got], images, list(bad))
+    tilings = [tiling(x, size) for _, x in got]
+    images = (np.concatenate([t.cut(x) for t, (_, x) in zip(tilings, got)]) if got
+              else np.zeros((0, channels, size, size), np.uint8))
+    return Batch(index, list(pos), [p for p, _ in got], images, list(bad), tilings)

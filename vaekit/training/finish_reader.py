@@ -57,17 +57,40 @@ def train_and_calibrate(out_dir, data, splits, train_cfg, progress=None, should_
     if stopped["yes"]:
         return None
     rundir.save_tensors(out_dir / rundir.READER, state, {"format": "vaekit-reader/1"})
-    scores = read_scores(load_reader(state, cfg), data.images, held)
+    scores = read_scores(load_reader(state, cfg), data, held)
     return TrainedReader(_json_config(cfg), scores, source)
 
 
-def read_scores(net, images, idx) -> np.ndarray:
-    """The reader's image scores of images `idx`, a pixel-bounded chunk at a time."""
+def read_scores(net, data, idx) -> np.ndarray:
+    """The reader's image scores of images `idx`, each read whole as `anomaly-score` reads its
+    file (vaekit.inference.tiled: a wider image in square tiles, its score the largest tile's),
+    a pixel-bounded chunk of tiles at a time."""
     from vaekit.reader.train import read
 
-    step = max(1, CHUNK_PIXELS // int(np.prod(images.shape[2:])))
-    out = [read(net, gather(images, idx[i : i + step]), tile=READ_TILE)[0] for i in range(0, len(idx), step)]
-    return np.concatenate(out) if out else np.zeros(0)
+    tiles = [_tiles(data, i) for i in idx]
+    counts = [len(t) for t in tiles]
+    flat = [t for ts in tiles for t in ts]
+    step = max(1, CHUNK_PIXELS // int(np.prod(data.images.shape[2:])))
+    out = [read(net, np.stack(flat[i : i + step]), tile=READ_TILE)[0] for i in range(0, len(flat), step)]
+    per_tile = np.concatenate(out) if out else np.zeros(0)
+    cuts = np.cumsum([0, *counts])
+    return np.array([per_tile[a:b].max() for a, b in zip(cuts[:-1], cuts[1:])])
+
+
+def _tiles(data, i: int) -> list[np.ndarray]:
+    """Image i as the square tiles of its whole file, or its cached centre square when the file
+    is square (or can no longer be read: the cached pixels are what was trained on)."""
+    from vaekit.images import ImageReadError, load_image
+    from vaekit.images.tiles import tiling
+
+    size, channels = data.images.shape[-1], data.images.shape[1]
+    try:
+        x = load_image(data.paths[i], size, channels, crop=False)
+    except (ImageReadError, OSError):
+        x = None
+    if x is None or x.shape[1:] == (size, size):
+        return [np.asarray(data.images[i])]
+    return list(tiling(x, size).cut(x))
 
 
 def _json_config(cfg) -> dict:

@@ -1,0 +1,79 @@
+"""A surface model's scores of whole images of any shape, from the scores of their tiles.
+
+A surface model (a latent grid, vaekit.images.tiles) scores files in square tiles of its size
+and puts each image back together here, for `Model.score` / `Model.iter_scores` on files and
+for every scoring job (vaekit.anomaly.score). An array of the model's size is scored as given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from vaekit.images.tiles import Tiling
+
+
+def tiled(model) -> bool:
+    """Whether `model` scores files as whole images in tiles: a surface model (a latent grid),
+    which reads any part of a surface alike; object models see the centre square they were trained on."""
+    return len(model.info.latent_shape) == 3
+
+
+def merge(s, tilings: Sequence[Tiling], tiles: np.ndarray) -> tuple[object, list[np.ndarray]]:
+    """Per-tile Scores -> per-image Scores, and the whole images. An image's score is its most
+    anomalous tile's (NaN stays NaN: fail closed); its nats (neg_elbo, recon, kl, excess,
+    floor) are its tiles' sums scaled by the image's pixels over the tiles' (exact without
+    overlap), so bits/dim is the tiles' mean; its map, the tiles' maps averaged where they
+    overlap, one (H, W) array per image."""
+    cuts = np.cumsum([0, *(len(t) for t in tilings)])
+    parts = list(zip(tilings, cuts[:-1], cuts[1:]))
+
+    def nats(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else np.array([a[i:j].sum() * t.area_share() for t, i, j in parts])
+
+    merged = replace(
+        s, score=np.array([np.max(s.score[i:j]) for _, i, j in parts]),
+        neg_elbo=nats(s.neg_elbo), recon=nats(s.recon), kl=nats(s.kl), excess=nats(s.excess), floor=nats(s.floor),
+        bits_per_dim=np.array([s.bits_per_dim[i:j].mean() for _, i, j in parts]),
+        pixel_map=None if s.pixel_map is None else [t.average(s.pixel_map[i:j]) for t, i, j in parts])
+    return merged, [t.paste(tiles[i:j]) for t, i, j in parts]
+
+
+def iter_scores(model, paths: Sequence, batch_size: int, workers: int = 0, **kw) -> Iterator:
+    """`Model.iter_scores` of files and folders for a tiled model: one Scores per batch of files."""
+    from vaekit.stream import find_inputs, iter_batches
+
+    info = model.info
+    for b in iter_batches(find_inputs(paths).paths, info.image_size, info.channels, batch_size, workers, tiles=True):
+        if len(b.paths):
+            out = merge(model.score(b.images, **kw), b.tilings, b.images)[0]
+        else:
+            out = model.empty_scores(kw.get("score"))
+        out.paths, out.skipped = b.paths, b.skipped
+        yield out
+
+
+def score_files(model, paths: Sequence, **kw):
+    """`Model.score` of files for a tiled model: the batches of `iter_scores` joined. pixel_map
+    is one array when every image has the same shape, else a list of (H, W) arrays."""
+    from vaekit import images as imageio
+
+    parts = list(iter_scores(model, paths, model.batch_size, **kw))
+    got = [p for p in parts if len(p.score)]
+    skipped = [s for p in parts for s in p.skipped]
+    if not got:
+        raise imageio.none_usable(f"in {', '.join(map(str, paths))}", skipped)
+
+    def join(name: str):
+        vals = [getattr(p, name) for p in got]
+        return None if vals[0] is None else np.concatenate(vals)
+
+    maps = None
+    if got[0].pixel_map is not None:
+        maps = [m for p in got for m in p.pixel_map]
+        maps = np.stack(maps) if len({m.shape for m in maps}) == 1 else maps
+    return replace(got[0], score=join("score"), neg_elbo=join("neg_elbo"), recon=join("recon"), kl=join("kl"),
+                   excess=join("excess"), floor=join("floor"), bits_per_dim=join("bits_per_dim"), pixel_map=maps,
+                   paths=[q for p in got for q in p.paths], skipped=skipped)
