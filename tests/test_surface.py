@@ -242,3 +242,15 @@ def test_a_surface_trained_on_wide_images_sets_its_threshold_from_whole_images(t
     assert len(stored) == 8
     assert all(np.abs(whole - s).min() < 1e-5 for s in stored)
     assert not all(np.abs(centre - s).min() < 1e-5 for s in stored)
+
+
+def test_a_scoring_job_takes_fewer_large_images_at_a_time():
+    from types import SimpleNamespace
+
+    from vaekit.anomaly.score import BATCH_PIXELS, default_batch
+
+    def batch(size):
+        return default_batch(SimpleNamespace(info=SimpleNamespace(image_size=size)))
+
+    assert batch(28) == batch(256) == 64 and batch(512) == 16 and batch(1024) == 4
+    assert all(batch(s) * s * s <= BATCH_PIXELS for s in (300, 512, 700, 1024))

@@ -22,7 +22,7 @@ from vaekit import stream
 from vaekit.stream import pipeline
 from vaekit.anomaly.outputs import (check_outputs, map_targets, output_format, refuse_taken_maps, save_maps,
                                     write_csv_rows, write_json_rows)
-from vaekit.anomaly.score import BATCH_SIZE, ROW_FIELDS, Plan, ScoreRow, iter_scored, report_header, scoring_plan
+from vaekit.anomaly.score import ROW_FIELDS, Plan, ScoreRow, default_batch, iter_scored, report_header, scoring_plan
 from vaekit.stream.batches import Layout, check_number, digest
 from vaekit.inference.engine import Model
 from vaekit.errors import BadInput
@@ -62,7 +62,7 @@ def score_to_file(
     overwrite: bool = False,
     resume: bool = False,
     shard: tuple[int, int] | None = None,
-    batch_size: int = BATCH_SIZE,
+    batch_size: int | None = None,
     workers: int = 0,
     progress: Progress | None = None,
     top: int = 20,
@@ -76,7 +76,7 @@ def score_to_file(
     the other ranks' journals and merges them. progress(done, total, phase="score"|"merge").
     """
     plan = scoring_plan(model, samples, score, iwae, threshold)
-    batch_size = check_batch_size(batch_size)
+    batch_size = check_batch_size(batch_size, default_batch(model))
     found = stream.find_inputs(inputs)
     torchrun = shard is None and stream.env_shard()[1] > 1
     index, count = stream.check_shard(*(stream.env_shard() if shard is None else shard))

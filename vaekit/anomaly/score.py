@@ -22,11 +22,20 @@ from vaekit import stream
 from vaekit.anomaly.threshold import resolve_threshold
 from vaekit.inference.engine import SCORES, Model, Scores
 from vaekit.errors import BadInput
+from vaekit.images.arrays import check_batch_size
 from vaekit.inference.tiled import merge, tiled
 from vaekit.progress import Progress
 
 ROW_FIELDS = ("path", "score", "bits_per_dim", "threshold", "anomalous", "neg_elbo", "recon", "kl", "excess")
 BATCH_SIZE = 64  # images decoded and scored at a time: memory is a few batches, whatever the count
+BATCH_PIXELS = 64 * 256 * 256  # ... and at most this many pixels at the model's size (4 images of 1024 px)
+
+
+def default_batch(model: Model) -> int:
+    """Files a scoring job decodes and scores at a time when none is asked for: BATCH_SIZE, fewer
+    for a large model, so a batch holds at most BATCH_PIXELS at the model's size (a surface's
+    wider images hold more: their tiles)."""
+    return max(1, min(BATCH_SIZE, BATCH_PIXELS // model.info.image_size**2))
 
 
 @dataclass
@@ -87,14 +96,16 @@ def _accepts_maps(model: Model) -> bool:
         return False
 
 
-def iter_scored(model: Model, inputs: stream.Inputs, plan: Plan, maps: bool = False, batch_size: int = BATCH_SIZE,
+def iter_scored(model: Model, inputs: stream.Inputs, plan: Plan, maps: bool = False, batch_size: int | None = None,
                 positions: Sequence[int] | None = None, skip_batches=frozenset(), workers: int = 0,
                 progress: Progress | None = None) -> Iterator[ScoredBatch]:
     """Decode and score `inputs` batch by batch (only `positions`, without `skip_batches`).
     A surface model scores each whole image in tiles (vaekit.inference.tiled); an object model, its centre square.
 
-    progress(done, total, phase="score") counts files, including those of skipped batches."""
+    progress(done, total, phase="score") counts files, including those of skipped batches.
+    batch_size: None is `default_batch(model)`."""
     info = model.info
+    batch_size = check_batch_size(batch_size, default_batch(model))
     total = len(inputs.paths) if positions is None else len(positions)
     done = 0 if not skip_batches else sum(1 for i in (positions or range(total)) if i // batch_size in skip_batches)
     kw = {"maps": maps} if _accepts_maps(model) else {}
@@ -169,7 +180,7 @@ def score_images(
     threshold: float | None = None,
     progress: Progress | None = None,
     maps: bool = True,
-    batch_size: int = BATCH_SIZE,
+    batch_size: int | None = None,
 ) -> ScoreReport:
     """Score every image under `inputs` and flag those above the threshold; rows in memory.
 
