@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -254,3 +255,16 @@ def test_a_scoring_job_takes_fewer_large_images_at_a_time():
 
     assert batch(28) == batch(256) == 64 and batch(512) == 16 and batch(1024) == 4
     assert all(batch(s) * s * s <= BATCH_PIXELS for s in (300, 512, 700, 1024))
+
+
+def test_a_strip_too_long_to_score_whole_is_skipped_with_its_reason(surface, tmp_path):
+    from vaekit.anomaly import score_images
+    from vaekit.images.read import MAX_WHOLE_PIXELS
+
+    folder = tmp_path / "strips"
+    _wide(folder)  # 48 x 120: fine
+    long = MAX_WHOLE_PIXELS // 48 + 48
+    Image.new("L", (long, 48), 128).save(folder / "strip.png")
+    rep = score_images(vaekit.load(surface / "run"), folder, score="atypicality")
+    assert [Path(r.path).name for r in rep.rows] == ["wide.png"]
+    assert [(p.name, "too elongated to score whole" in why) for p, why in rep.skipped] == [("strip.png", True)]

@@ -41,6 +41,9 @@ FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
 # The resize works on the image scaled so its shorter side is `size`: a 1 x 1,000,000 strip
 # would become 64 x 64,000,000 pixels first. Files needing more than this are skipped.
 MAX_RESIZE_PIXELS = 1 << 26  # 67 M pixels, ~200 MB for RGB
+# A surface model reads a whole image (crop=False) and keeps it, its tiles and their maps at once:
+# at most 16 tiles of 1024 px (256 of 256 px); a longer strip is skipped, with that reason.
+MAX_WHOLE_PIXELS = 1 << 24
 _CHANNELS = ("auto", 1, 3, "1", "3")
 
 
@@ -260,6 +263,9 @@ def load_image(path: Path, size: int, channels: int, crop: bool = True) -> np.nd
     if need > MAX_RESIZE_PIXELS:  # judged before anything is allocated for it
         raise ImageReadError(path, f"aspect ratio too extreme: {x.shape[1]}x{x.shape[0]} resized to {size} would "
                                    f"take {need} pixels, at most {MAX_RESIZE_PIXELS}")
+    if not crop and need > MAX_WHOLE_PIXELS:
+        raise ImageReadError(path, f"too elongated to score whole: {x.shape[1]}x{x.shape[0]} at the model's {size} px "
+                                   f"would be {need} pixels, at most {MAX_WHOLE_PIXELS}; cut it into shorter pieces")
     try:
         x = resize(x, size, crop)  # (H, W, C)
     except MemoryError:
