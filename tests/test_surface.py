@@ -243,6 +243,12 @@ def test_a_surface_trained_on_wide_images_sets_its_threshold_from_whole_images(t
     assert len(stored) == 8
     assert all(np.abs(whole - s).min() < 1e-5 for s in stored)
     assert not all(np.abs(centre - s).min() < 1e-5 for s in stored)
+    # the VAE's own scores' thresholds too: the atypicality of the most atypical tile, the nats area-scaled
+    by_score = json.loads((tmp_path / "run" / "config.json").read_text())["anomaly"]["by_score"]
+    for name in ("atypicality", "neg_elbo"):
+        rows = score_images(m, data, score=name).rows
+        got = np.array([r.score for r in rows])
+        assert all(np.abs(got - s).min() <= 1e-4 * abs(s) + 1e-6 for s in by_score[name]["scores"]), name
 
 
 def test_a_scoring_job_takes_fewer_large_images_at_a_time():

@@ -259,6 +259,23 @@ def to_device(x: torch.Tensor, device: torch.device, channels_last: bool = False
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
+def whole_tiles(data: Dataset, i: int) -> np.ndarray:
+    """Image i as a surface model scores its file (vaekit.images.tiles): its square tiles
+    (k, C, S, S). A square file, or one that can no longer be read, is its cached pixels, one
+    tile (what was trained on)."""
+    from vaekit.images import ImageReadError, load_image
+    from vaekit.images.tiles import tiling
+
+    size, channels = data.images.shape[-1], data.images.shape[1]
+    try:
+        x = load_image(data.paths[i], size, channels, crop=False)
+    except (ImageReadError, OSError):
+        x = None
+    if x is None or x.shape[1:] == (size, size):
+        return gather(data.images, np.array([i]))
+    return tiling(x, size).cut(x)
+
+
 def gather(images: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """images[idx] as a new array (N, C, H, W).
 

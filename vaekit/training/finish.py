@@ -13,7 +13,7 @@ import torch
 
 from vaekit.errors import TrainingFailed
 from vaekit.training import rundir
-from vaekit.training.data import gather, to_input
+from vaekit.training.data import gather, to_input, whole_tiles
 from vaekit.version import __version__
 
 
@@ -168,6 +168,13 @@ def _parts(engine, data, idx):
         yield engine.elbo_parts(gather(data.images, idx[i : i + step]))
 
 
+def _parts_of(engine, images: np.ndarray):
+    """The -ELBO parts of an array of images, a pixel-bounded chunk at a time."""
+    step = max(1, CHUNK_PIXELS // engine.info.image_size**2)
+    for i in range(0, len(images), step):
+        yield engine.elbo_parts(images[i : i + step])
+
+
 def _scored(engine, data, idx, calibration) -> Scored:
     return Scored.cat([Scored.of(calibration, p) for p in _parts(engine, data, idx)])
 
@@ -182,8 +189,36 @@ def _held_out(engine, data, splits, calibration, reference: Scored):
         eval_idx, source = splits.cal, "calibration"
     else:
         eval_idx, source = (splits.val, "validation") if len(splits.val) else (splits.train, "training")
+    if engine.net.cfg.layout == "grid":  # a surface model scores each file whole, in tiles
+        return _whole_scores(engine, data, eval_idx, calibration), source
     held = _scored(engine, data, eval_idx, calibration)
     return {"atypicality": calibration.score_tests(held.tests), **held.nats}, source
+
+
+def _whole_scores(engine, data, idx, calibration) -> dict[str, np.ndarray]:
+    """The scores of images `idx` as `anomaly-score` gives a surface model's files
+    (vaekit.inference.tiled): each score its most anomalous tile's; a pixel-bounded chunk of
+    tiles at a time."""
+    per_tile, counts = [], []
+    pending: list[np.ndarray] = []
+
+    def flush() -> None:
+        if pending:
+            per_tile.extend(Scored.of(calibration, p) for p in _parts_of(engine, np.concatenate(pending)))
+            pending.clear()
+
+    for i in idx:
+        tiles = whole_tiles(data, i)
+        counts.append(len(tiles))
+        pending.append(tiles)
+        if sum(len(t) for t in pending) * engine.info.image_size**2 >= CHUNK_PIXELS:
+            flush()
+    flush()
+    held = Scored.cat(per_tile)
+    atyp = calibration.score_tests(held.tests)
+    cuts = np.cumsum([0, *counts])
+    spans = list(zip(cuts[:-1], cuts[1:]))
+    return {k: np.array([v[a:b].max() for a, b in spans]) for k, v in {"atypicality": atyp, **held.nats}.items()}
 
 
 def _crossfitted(calibration, folds, reference: Scored) -> dict[str, np.ndarray]:

@@ -18,7 +18,7 @@ import numpy as np
 
 from vaekit.training import rundir
 from vaekit.reader.score import READ_TILE
-from vaekit.training.data import gather
+from vaekit.training.data import gather, whole_tiles
 
 CHUNK_PIXELS = 64 * 256 * 256  # images read at a time while calibrating
 
@@ -67,7 +67,7 @@ def read_scores(net, data, idx) -> np.ndarray:
     a pixel-bounded chunk of tiles at a time."""
     from vaekit.reader.train import read
 
-    tiles = [_tiles(data, i) for i in idx]
+    tiles = [whole_tiles(data, i) for i in idx]
     counts = [len(t) for t in tiles]
     flat = [t for ts in tiles for t in ts]
     step = max(1, CHUNK_PIXELS // int(np.prod(data.images.shape[2:])))
@@ -75,22 +75,6 @@ def read_scores(net, data, idx) -> np.ndarray:
     per_tile = np.concatenate(out) if out else np.zeros(0)
     cuts = np.cumsum([0, *counts])
     return np.array([per_tile[a:b].max() for a, b in zip(cuts[:-1], cuts[1:])])
-
-
-def _tiles(data, i: int) -> list[np.ndarray]:
-    """Image i as the square tiles of its whole file, or its cached centre square when the file
-    is square (or can no longer be read: the cached pixels are what was trained on)."""
-    from vaekit.images import ImageReadError, load_image
-    from vaekit.images.tiles import tiling
-
-    size, channels = data.images.shape[-1], data.images.shape[1]
-    try:
-        x = load_image(data.paths[i], size, channels, crop=False)
-    except (ImageReadError, OSError):
-        x = None
-    if x is None or x.shape[1:] == (size, size):
-        return [np.asarray(data.images[i])]
-    return list(tiling(x, size).cut(x))
 
 
 def _json_config(cfg) -> dict:
