@@ -183,7 +183,9 @@ class Model:
 
         x: uint8 images (N, C, H, W) at the model's size, or an image file, a folder, or a list
         of them (decoded with the model's preprocessing; `paths` and `skipped` of the result say
-        which files the rows are). For folders too large for memory use `iter_scores`.
+        which files the rows are; a surface model reads each file whole, in tiles, and its
+        pixel_map is a list where shapes differ: vaekit.inference.tiled). For folders too large
+        for memory use `iter_scores`.
 
         score: None (default) is the model's own default score (ModelInfo.score): "defect" for a
         surface model with a defect reader (the reader's largest smoothed defect probability,
