@@ -49,6 +49,9 @@ class TrainResult:
     rank: int = 0  # torchrun rank of this process; only rank 0 writes (and should print)
     stopped: bool = False  # asked to stop (should_stop): no threshold yet; --resume continues
 
+    def __post_init__(self) -> None:
+        self.seconds = self.seconds or self.epoch_seconds  # until the finish step adds its time
+
 
 def resolved_train_config(train_cfg: TrainConfig, model_cfg: ModelConfig, n_train: int, models: int = 1) -> TrainConfig:
     """The automatic batch size and number of epochs decided (vaekit.training.recipe), for the size the
@@ -114,9 +117,8 @@ def fit(data: Dataset, out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCo
         if progress and dist.main:
             progress(epoch + 1, train_cfg.epochs, phase="epoch", **row)
 
-    epochs_done = time.perf_counter() - t_start
-    result = TrainResult(out_dir, str(device), len(history), best["epoch"] + 1, best["val"], history,
-                         seconds=epochs_done, epoch_seconds=epochs_done, rank=dist.rank, stopped=stopped)
+    result = TrainResult(out_dir, str(device), len(history), best["epoch"] + 1, best["val"], history, rank=dist.rank,
+                         stopped=stopped, epoch_seconds=time.perf_counter() - t_start)
     if dist.main and not stopped:
         result.threshold = _finish(out_dir, data, splits, model_cfg, train_cfg, device, progress, should_stop)
         result.stopped = result.threshold is None  # asked to stop while cross-fitting: --resume does it again
