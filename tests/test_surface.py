@@ -214,7 +214,7 @@ def test_anomaly_score_and_evaluate_read_wide_images_whole(surface, tmp_path):
     Image.fromarray(mask[:, :100]).save(tmp_path / "masks" / "wide.png")  # another shape than its image
     r = CliRunner().invoke(app, ["evaluate", str(surface / "run"), "--normal", str(normal), "--anomalous", str(bad),
                                  "--masks", str(tmp_path / "masks")])
-    assert r.exit_code == 2 and "must have its image's shape" in r.output
+    assert r.exit_code == 2 and "must have its image's aspect ratio" in r.output
 
 
 def test_a_surface_trained_on_wide_images_sets_its_threshold_from_whole_images(tmp_path):

@@ -198,9 +198,7 @@ def evaluate(
                            "(expected the same relative path or name, optionally with a _mask suffix)")
         masked = [n for n in bad_names if n in mask_for]
         for n, m in zip(masked, bad_maps):
-            if mask_for[n].shape != m.shape:  # a tiled model's map has its image's own shape
-                raise BadInput(f"the mask of {n} is {mask_for[n].shape[1]}x{mask_for[n].shape[0]} at the model's scale, "
-                               f"its image {m.shape[1]}x{m.shape[0]}: a mask must have its image's shape")
+            mask_for[n] = _fit_mask(mask_for[n], m.shape, n)
         gt = [np.zeros(m.shape, bool) for m in good_maps] + [mask_for[n] for n in masked]
         flat = np.concatenate([m.ravel() for m in good_maps + bad_maps])
         ev.pixel_auroc, ev.n_masks = pixel_auroc(flat, np.concatenate([g.ravel() for g in gt])), len(bad_maps)
@@ -234,6 +232,24 @@ def _find_mask(index, name: str, size: int, crop: bool = True) -> np.ndarray | N
         return imageio.load_image(path, size, 1, crop)[0] > 127
     except imageio.ImageReadError as e:
         raise BadInput(f"mask {e.path} cannot be read: {e.reason}") from None
+
+
+MASK_ASPECT_SLACK = 0.03  # a mask's aspect ratio may differ from its image's by this much (rounding, JPEG draft)
+
+
+def _fit_mask(mask: np.ndarray, shape: tuple[int, int], name: str) -> np.ndarray:
+    """The mask at its image's map shape: a surface's map has the image's own shape, which a mask
+    of another resolution (or a JPEG decoded at reduced scale) misses by a pixel; a mask of
+    another aspect ratio is refused."""
+    if mask.shape == shape:
+        return mask
+    (mh, mw), (h, w) = mask.shape, shape
+    if abs((mw / mh) / (w / h) - 1) > MASK_ASPECT_SLACK:
+        raise BadInput(f"the mask of {name} is {mw}x{mh} at the model's scale, its image {w}x{h}: "
+                       "a mask must have its image's aspect ratio")
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((w, h), Image.Resampling.NEAREST)) > 127
 
 
 def check_plot_name(path: str | Path) -> None:

@@ -23,19 +23,18 @@ from vaekit.anomaly.threshold import resolve_threshold
 from vaekit.inference.engine import SCORES, Model, Scores
 from vaekit.errors import BadInput
 from vaekit.images.arrays import check_batch_size
-from vaekit.inference.tiled import merge, tiled
+from vaekit.inference.tiled import BATCH_PIXELS, file_batch, merge, tiled  # noqa: F401  (BATCH_PIXELS: public here too)
 from vaekit.progress import Progress
 
 ROW_FIELDS = ("path", "score", "bits_per_dim", "threshold", "anomalous", "neg_elbo", "recon", "kl", "excess")
 BATCH_SIZE = 64  # images decoded and scored at a time: memory is a few batches, whatever the count
-BATCH_PIXELS = 64 * 256 * 256  # ... and at most this many pixels at the model's size (4 images of 1024 px)
 
 
 def default_batch(model: Model) -> int:
     """Files a scoring job decodes and scores at a time when none is asked for: BATCH_SIZE, fewer
     for a large model, so a batch holds at most BATCH_PIXELS at the model's size (a surface's
     wider images hold more: their tiles)."""
-    return max(1, min(BATCH_SIZE, BATCH_PIXELS // model.info.image_size**2))
+    return file_batch(model, BATCH_SIZE)
 
 
 @dataclass

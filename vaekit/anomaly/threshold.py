@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from vaekit.inference.engine import DEFAULT_SCORE, Model
+from vaekit.inference.tiled import tiled
 from vaekit.errors import BadInput
 
 QUANTILES = (0.5, 0.9, 0.95, 0.99, 0.999)  # stored with every run, for people and histograms
@@ -267,13 +268,16 @@ def _new_normal_scores(run_dir: Path, normal, default: str, names: list[str]) ->
     model = vaekit.load(run_dir, device="cpu")
     out: dict[str, list] = {k: [] for k in names}
     passes = [None] + (["atypicality"] if "atypicality" in names and model.info.score != "atypicality" else [])
+    whole = tiled(model)
+    if whole:  # an image's every score is its most anomalous tile's, not its nats columns: one pass each
+        passes = [None] + [k for k in names if k != model.info.score]
     for score in passes:
         for s in model.iter_scores(normal, score=score):
             if s.skipped:
                 path, why = s.skipped[0]
                 raise BadInput(f"cannot read {path} ({why}); every new normal image must be readable")
-            columns = {s.name: s.score} if score else {s.name: s.score, "excess": s.excess, "neg_elbo": s.neg_elbo,
-                                                       "recon": s.recon, "kl": s.kl}
+            columns = {s.name: s.score} if score or whole else {s.name: s.score, "excess": s.excess,
+                                                                "neg_elbo": s.neg_elbo, "recon": s.recon, "kl": s.kl}
             for k, v in columns.items():
                 if k in out:
                     out[k].append(np.asarray(v, dtype=np.float64))

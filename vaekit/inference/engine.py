@@ -23,7 +23,7 @@ from vaekit.errors import BadInput
 from vaekit.images.arrays import as_images, as_latents, check_batch_size, check_int, user_images
 from vaekit.inference.info import DEFAULT_SCORE, SCORES, ModelInfo, score_unit, threshold_fields  # noqa: F401  (public here too)
 from vaekit.inference.estimate import Estimate, estimate, object_parts
-from vaekit.inference.tiled import iter_scores as tiled_scores, score_files, tiled
+from vaekit.inference.tiled import file_batch, iter_scores as tiled_scores, score_files, tiled
 from vaekit.inference.atypicality import Calibration, Parts, kl_map, pixel_floor  # noqa: F401  (pixel_floor: public here too)
 from vaekit.progress import Progress
 
@@ -91,7 +91,9 @@ class Model:
 
     def _images(self, x) -> tuple[np.ndarray, list[Path] | None, list[tuple[Path, str]]]:
         """Array data checked (vaekit.images.arrays), or files/folders decoded: (images, paths, skipped)."""
-        paths, arr = user_images(x, self.info.channels, self.info.image_size)
+        return self._loaded(*user_images(x, self.info.channels, self.info.image_size))
+
+    def _loaded(self, paths, arr) -> tuple[np.ndarray, list[Path] | None, list[tuple[Path, str]]]:
         if arr is not None:
             return arr, None, []
         report = self.load_images(paths)
@@ -155,7 +157,7 @@ class Model:
         """Scores of the images under `inputs`, one `Scores` per batch (with its `paths` and the
         files it `skipped`), decoded and scored batch by batch: for folders too large for memory.
         An array is scored in slices of `batch_size` images."""
-        batch_size = check_batch_size(batch_size, self.batch_size)
+        batch_size = check_batch_size(batch_size, file_batch(self, self.batch_size) if tiled(self) else self.batch_size)
         paths, arr = user_images(inputs, self.info.channels, self.info.image_size)
         if arr is not None:
             for sl in range(0, len(arr), batch_size):
@@ -206,10 +208,10 @@ class Model:
         otherwise the per-pixel reconstruction NLL.
         """
         score = self._requested(score, samples, iwae)
-        if tiled(self) and user_images(x, self.info.channels, self.info.image_size)[1] is None:  # whole files, tiled
-            return score_files(self, user_images(x, self.info.channels, self.info.image_size)[0], samples=samples,
-                               score=score, iwae=iwae, maps=maps)
-        x, paths, skipped = self._images(x)
+        paths, arr = user_images(x, self.info.channels, self.info.image_size)  # read once: x may be a generator
+        if arr is None and tiled(self):  # whole files, tiled
+            return score_files(self, paths, samples=samples, score=score, iwae=iwae, maps=maps, progress=progress)
+        x, paths, skipped = self._loaded(paths, arr)
         n, s = len(x), self.info.image_size
         recon, kl, nll, floor, chosen = (np.zeros(n) for _ in range(5))
         pmap = np.zeros((n, s, s), np.float32) if maps else None

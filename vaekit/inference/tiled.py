@@ -15,6 +15,15 @@ import numpy as np
 from vaekit.images.tiles import Tiling
 
 
+BATCH_PIXELS = 64 * 256 * 256  # pixels at the model's size decoded at a time by default (4 files of 1024 px)
+
+
+def file_batch(model, most: int) -> int:
+    """Files decoded and scored at a time when none is asked for: at most `most`, and at most
+    BATCH_PIXELS at the model's size (a surface's wider files hold more: their tiles)."""
+    return max(1, min(most, BATCH_PIXELS // model.info.image_size**2))
+
+
 def tiled(model) -> bool:
     """Whether `model` scores files as whole images in tiles: a surface model (a latent grid),
     which reads any part of a surface alike; object models see the centre square they were trained on."""
@@ -55,12 +64,18 @@ def iter_scores(model, paths: Sequence, batch_size: int, workers: int = 0, **kw)
         yield out
 
 
-def score_files(model, paths: Sequence, **kw):
+def score_files(model, paths: Sequence, progress=None, **kw):
     """`Model.score` of files for a tiled model: the batches of `iter_scores` joined. pixel_map
-    is one array when every image has the same shape, else a list of (H, W) arrays."""
+    is one array when every image has the same shape, else a list of (H, W) arrays.
+    progress(done, total) counts files."""
     from vaekit import images as imageio
+    from vaekit.stream import find_inputs
 
-    parts = list(iter_scores(model, paths, model.batch_size, **kw))
+    files, parts = find_inputs(paths).paths, []
+    for part in iter_scores(model, files, file_batch(model, model.batch_size), **kw):
+        parts.append(part)
+        if progress:
+            progress(sum(len(p.paths) + len(p.skipped) for p in parts), len(files))
     got = [p for p in parts if len(p.score)]
     skipped = [s for p in parts for s in p.skipped]
     if not got:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from vaekit.config import ModelConfig, TrainConfig
-from vaekit.training.data import Dataset, Splits, gather
+from vaekit.training.data import Dataset, Splits, gather, whole_tiles
 from vaekit.training.distributed import Dist
 from vaekit.inference.atypicality import Parts
 from vaekit.progress import Progress
@@ -27,9 +27,10 @@ from vaekit.progress import Progress
 def crossfit_scores(data: Dataset, splits: Splits, model_cfg: ModelConfig, train_cfg: TrainConfig,
                     device: torch.device, summarise: Callable[[object, np.ndarray], Callable[[Parts], object]],
                     progress: Progress | None = None,
-                    should_stop: Callable[[], bool] | None = None, run_engine=None) -> list[tuple[np.ndarray, object]] | None:
-    """(held-out image indices, summarise(fold engine, its training indices)(their parts)) of each
-    fold model, the parts computed a
+                    should_stop: Callable[[], bool] | None = None, run_engine=None) -> list[tuple[np.ndarray, object, list[int]]] | None:
+    """(held-out image indices, summarise(fold engine, its training indices)(their parts), the rows
+    of each image) of each fold model: a row per image, or for a surface model a row per tile of
+    its whole file (vaekit.images.tiles). The parts are computed a
     pixel-bounded chunk at a time and summarised at once (no maps are kept); None when
     `should_stop()` ended it. The fold models follow the run's resolved recipe (the same batch
     size, epochs and seed), so a resumed run fits the same ones. The run's own model trained on
@@ -55,9 +56,15 @@ def crossfit_scores(data: Dataset, splits: Splits, model_cfg: ModelConfig, train
                     return None
             engine = TorchModel.from_net(trainer.model, device)
         summary = summarise(engine, rest)
-        chunks = [summary(engine.elbo_parts(gather(data.images, held[j : j + step])))
-                  for j in range(0, len(held), step)]
-        out.append((held, Scored.cat(chunks)))
+        if model_cfg.layout == "grid":  # a surface model scores each file whole: a row per tile
+            tiles = [whole_tiles(data, j) for j in held]
+            counts, flat = [len(t) for t in tiles], np.concatenate(tiles)
+            chunks = [summary(engine.elbo_parts(flat[j : j + step])) for j in range(0, len(flat), step)]
+        else:
+            counts = [1] * len(held)
+            chunks = [summary(engine.elbo_parts(gather(data.images, held[j : j + step])))
+                      for j in range(0, len(held), step)]
+        out.append((held, Scored.cat(chunks), counts))
         if progress:
             progress(i + 1, len(splits.folds), phase="crossfit")
     return out

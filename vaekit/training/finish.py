@@ -223,23 +223,31 @@ def _whole_scores(engine, data, idx, calibration) -> dict[str, np.ndarray]:
 
 def _crossfitted(calibration, folds, reference: Scored) -> dict[str, np.ndarray]:
     """The stored statistics from every out-of-sample image; each image's score from statistics
-    fitted on the other folds (so no image standardises itself)."""
+    fitted on the other folds (so no image standardises itself). A fold's rows are its images, or
+    a surface's tiles (crossfit_scores): an image's score is then its most anomalous tile's."""
     from vaekit.inference.atypicality import Calibration
 
-    n = sum(len(held) for held, _ in folds)
-    every = Scored(np.zeros((n, reference.tests.shape[1])), {k: np.zeros(n) for k in THRESHOLD_SCORES})
-    for held, scored in folds:
-        every.tests[held] = scored.tests
+    n, rows = sum(len(held) for held, _, _ in folds), sum(len(s.tests) for _, s, _ in folds)
+    every = Scored(np.zeros((rows, reference.tests.shape[1])), {k: np.zeros(rows) for k in THRESHOLD_SCORES})
+    spans = np.split(np.arange(rows), np.cumsum([len(s.tests) for _, s, _ in folds])[:-1])
+    for r, (_, scored, _) in zip(spans, folds):
+        every.tests[r] = scored.tests
         for k in THRESHOLD_SCORES:
-            every.nats[k][held] = scored.nats[k]
+            every.nats[k][r] = scored.nats[k]
     calibration.fit_tests(every.tests, reference.tests)
-    atypicality = np.zeros(n)
-    for held, scored in folds:
-        rest = np.setdiff1d(np.arange(n), held)
+    per_row = {"atypicality": np.zeros(rows), **every.nats}
+    for r, (_, scored, _) in zip(spans, folds):
+        rest = np.setdiff1d(np.arange(rows), r)
         if len(rest):
             other = Calibration(dict(calibration.stats)).fit_tests(every.tests[rest], reference.tests)
-            atypicality[held] = other.score_tests(scored.tests)
-    return {"atypicality": atypicality, **every.nats}
+            per_row["atypicality"][r] = other.score_tests(scored.tests)
+    out = {k: np.zeros(n) for k in per_row}
+    for r, (held, _, counts) in zip(spans, folds):
+        cuts = np.cumsum([0, *counts])
+        for image, a, b in zip(held, cuts[:-1], cuts[1:]):
+            for k, v in per_row.items():
+                out[k][image] = v[r[a:b]].max()
+    return out
 
 
 def _at_most(idx: np.ndarray, n: int) -> np.ndarray:
