@@ -3,7 +3,6 @@ default score it gives (vaekit/training/finish_reader.py, vaekit/inference/engin
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 
@@ -14,6 +13,8 @@ from PIL import Image
 import vaekit
 from vaekit.config import ModelConfig, TrainConfig
 from vaekit.train import train
+
+from surface_support import train_surface
 
 
 def _texture(folder, n=24, size=48, seed=0):
@@ -30,16 +31,8 @@ def _texture(folder, n=24, size=48, seed=0):
 
 @pytest.fixture(scope="module")
 def surface(tmp_path_factory):
-    import vaekit.reader.net as net
-
     root = tmp_path_factory.mktemp("surface")
-    data = _texture(root / "train")
-    mp = pytest.MonkeyPatch()
-    mp.setattr(net, "ReaderConfig", functools.partial(net.ReaderConfig, steps=40, batch=8, crop=32))
-    try:
-        train(data, root / "run", ModelConfig(base_channels=4), TrainConfig(epochs=3, crop=32, device="cpu"))
-    finally:
-        mp.undo()
+    train_surface(_texture(root / "train"), root / "run")
     return root
 
 
@@ -220,7 +213,6 @@ def test_anomaly_score_and_evaluate_read_wide_images_whole(surface, tmp_path):
 def test_a_surface_trained_on_wide_images_sets_its_threshold_from_whole_images(tmp_path):
     """The stored defect scores of the held-out images are those anomaly-score gives their whole
     files (the largest tile's), not their centre squares'."""
-    import vaekit.reader.net as net
     from vaekit.anomaly import score_images
 
     data = tmp_path / "wide"
@@ -230,13 +222,7 @@ def test_a_surface_trained_on_wide_images_sets_its_threshold_from_whole_images(t
     for i in range(24):
         img = 128 + 60 * np.sin(xx / 2.0 + rng.uniform(0, 6.3)) + rng.normal(0, 12, (48, 96))
         Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(data / f"w_{i:03d}.png")
-    mp = pytest.MonkeyPatch()
-    mp.setattr(net, "ReaderConfig", functools.partial(net.ReaderConfig, steps=20, batch=8, crop=32))
-    try:
-        train(data, tmp_path / "run", ModelConfig(base_channels=4), TrainConfig(epochs=2, crop=32, device="cpu"))
-    finally:
-        mp.undo()
-    m = vaekit.load(tmp_path / "run")
+    m = vaekit.load(train_surface(data, tmp_path / "run", epochs=2, reader_steps=20))
     stored = json.loads((tmp_path / "run" / "config.json").read_text())["anomaly"]["by_score"]["defect"]["scores"]
     whole = np.array([r.score for r in score_images(m, data).rows])
     centre = m.score(m.load_images(data).images).score  # the centre squares, as the old calibration read them

@@ -4,7 +4,6 @@ masks, the thresholds a surface stores or is given, the ONNX export."""
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import shutil
@@ -18,6 +17,8 @@ import vaekit
 from vaekit.config import ModelConfig, TrainConfig
 from vaekit.train import train
 
+from surface_support import train_surface
+
 os.environ.setdefault("VAEKIT_THREADS", "1")
 S = 48  # the surface model's size
 
@@ -26,18 +27,6 @@ def _stripes(h, w, rng, phase=None):
     yy, xx = np.mgrid[:h, :w]
     p = rng.uniform(0, 6.3) if phase is None else phase
     return np.clip(128 + 60 * np.sin(xx / 2.0 + p) + rng.normal(0, 12, (h, w)), 0, 255).astype(np.uint8)
-
-
-def _train_surface(root: Path, data: Path, **train_kw) -> Path:
-    import vaekit.reader.net as net
-
-    mp = pytest.MonkeyPatch()
-    mp.setattr(net, "ReaderConfig", functools.partial(net.ReaderConfig, steps=40, batch=8, crop=32))
-    try:
-        train(data, root / "run", ModelConfig(base_channels=4), TrainConfig(epochs=3, crop=32, device="cpu", **train_kw))
-    finally:
-        mp.undo()
-    return root / "run"
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +38,7 @@ def run(tmp_path_factory) -> Path:
     rng = np.random.default_rng(0)
     for i in range(24):
         Image.fromarray(_stripes(S, S, rng)).save(data / f"s_{i:03d}.png")
-    return _train_surface(root, data)
+    return train_surface(data, root / "run")
 
 
 @pytest.fixture(scope="module")
@@ -214,15 +203,7 @@ def test_gray_and_palette_files_under_an_rgb_surface(tmp_path):
     for i in range(24):
         g = _stripes(S, S, rng)
         Image.fromarray(np.stack([g, 255 - g, g // 2], -1)).save(data / f"c_{i:03d}.png")
-    import vaekit.reader.net as net
-
-    mp = pytest.MonkeyPatch()
-    mp.setattr(net, "ReaderConfig", functools.partial(net.ReaderConfig, steps=10, batch=8, crop=32))
-    try:
-        train(data, tmp_path / "run", ModelConfig(base_channels=4), TrainConfig(epochs=1, crop=32, device="cpu"))
-    finally:
-        mp.undo()
-    m = vaekit.load(tmp_path / "run")
+    m = vaekit.load(train_surface(data, tmp_path / "run", epochs=1, reader_steps=10))
     assert m.info.channels == 3 and len(m.info.latent_shape) == 3
     odd = tmp_path / "odd"
     odd.mkdir()
@@ -329,12 +310,22 @@ def _labelled(root: Path, h: int, w: int, suffix: str) -> tuple[Path, Path, np.n
     return normal, bad, mask
 
 
-def test_square_masks_at_another_resolution_still_work_in_a_tiled_run(model, tmp_path):
+@pytest.mark.parametrize("h, w, suffix, resize", [
+    (96, 96, ".png", None),  # a square image's mask at another resolution than the model's
+    # an 803 x 401 JPEG is decoded at 1/8 scale (draft: 101 x 51) and comes out 95 x 48; its PNG mask of
+    # exactly its size, decoded in full, 96 x 48: resized to the map (it was once refused)
+    (401, 803, ".jpg", None),
+    # a half-resolution mask (151 x 50 of 301 x 100) becomes 145 x 48, its image 144 x 48: one pixel of
+    # rounding is resized away, as an object model (centre squares) accepts the same mask
+    (100, 301, ".png", (151, 50)),
+])
+def test_a_mask_of_its_images_aspect_is_fitted_to_the_map(model, tmp_path, h, w, suffix, resize):
     from vaekit.anomaly import evaluate
 
-    normal, bad, mask = _labelled(tmp_path, 96, 96, ".png")
+    normal, bad, mask = _labelled(tmp_path, h, w, suffix)
     (tmp_path / "masks").mkdir()
-    Image.fromarray(mask).save(tmp_path / "masks" / "b_mask.png")
+    img = Image.fromarray(mask)
+    (img.resize(resize, Image.Resampling.NEAREST) if resize else img).save(tmp_path / "masks" / "b_mask.png")
     ev = evaluate(model, normal, bad, masks=tmp_path / "masks")
     assert ev.n_masks == 1 and 0.0 <= ev.pixel_auroc <= 1.0
 
@@ -348,32 +339,6 @@ def test_a_wide_mask_of_another_aspect_is_refused_with_a_reason(model, tmp_path)
     Image.fromarray(mask[:, :200]).save(tmp_path / "masks" / "b.png")
     with pytest.raises(BadInput, match="must have its image's aspect ratio"):
         evaluate(model, normal, bad, masks=tmp_path / "masks")
-
-
-def test_a_png_mask_of_exactly_its_jpeg_images_size_is_accepted(model, tmp_path):
-    """An 803 x 401 JPEG is decoded at 1/8 scale (draft: 101 x 51) and comes out 95 x 48; its
-    803 x 401 PNG mask, decoded in full, 96 x 48. The mask has exactly its image's size: it is
-    resized to the map (it was once refused: "a mask must have its image's shape")."""
-    from vaekit.anomaly import evaluate
-
-    normal, bad, mask = _labelled(tmp_path, 401, 803, ".jpg")
-    (tmp_path / "masks").mkdir()
-    Image.fromarray(mask).save(tmp_path / "masks" / "b_mask.png")
-    ev = evaluate(model, normal, bad, masks=tmp_path / "masks")
-    assert ev.n_masks == 1 and 0.0 <= ev.pixel_auroc <= 1.0
-
-
-def test_a_half_resolution_mask_of_the_same_aspect_is_accepted(model, tmp_path):
-    """A 151 x 50 mask of a 301 x 100 image (half resolution, rounded up) becomes 145 x 48, its
-    image 144 x 48: one pixel of rounding is resized away, as an object model (centre squares)
-    accepts the same mask."""
-    from vaekit.anomaly import evaluate
-
-    normal, bad, mask = _labelled(tmp_path, 100, 301, ".png")
-    (tmp_path / "masks").mkdir()
-    Image.fromarray(mask).resize((151, 50), Image.Resampling.NEAREST).save(tmp_path / "masks" / "b.png")
-    ev = evaluate(model, normal, bad, masks=tmp_path / "masks")
-    assert ev.n_masks == 1 and 0.0 <= ev.pixel_auroc <= 1.0
 
 
 # --- thresholds: every one must be about the score anomaly-score computes ---------------------

@@ -1,0 +1,26 @@
+"""Shared by test_surface.py and test_tiles_hostile.py: a tiny surface model (a latent grid with its
+defect reader) trained in seconds on a folder of textures."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import pytest
+
+from vaekit.config import ModelConfig, TrainConfig
+from vaekit.train import train
+
+
+def train_surface(data: Path, out: Path, epochs: int = 3, reader_steps: int = 40, **train_kw) -> Path:
+    """`vaekit.train` of a 4-channel grid model on 32 px crops, its reader shortened to
+    `reader_steps` steps of batch 8; returns `out`."""
+    import vaekit.reader.net as net
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(net, "ReaderConfig", functools.partial(net.ReaderConfig, steps=reader_steps, batch=8, crop=32))
+    try:
+        train(data, out, ModelConfig(base_channels=4), TrainConfig(epochs=epochs, crop=32, device="cpu", **train_kw))
+    finally:
+        mp.undo()
+    return out
