@@ -5,7 +5,6 @@ masks, the thresholds a surface stores or is given, the ONNX export."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -19,7 +18,6 @@ from vaekit.train import train
 
 from surface_support import train_surface
 
-os.environ.setdefault("VAEKIT_THREADS", "1")
 S = 48  # the surface model's size
 
 
@@ -416,3 +414,20 @@ def test_an_onnx_export_scores_a_mixed_folder_whole_as_the_run_does(run, mixed, 
     r = CliRunner().invoke(app, ["anomaly-score", str(tmp_path / "m.onnx"), str(mixed), "-o", str(tmp_path / "o.csv")])
     assert r.exit_code == 0, r.output
     assert len((tmp_path / "o.csv").read_text().splitlines()) == 1 + len(WANT_SHAPES)
+
+
+def test_a_jpeg_read_at_reduced_scale_keeps_its_full_aspect_ratio(tmp_path):
+    """An 803 x 401 JPEG decoded at 1/8 scale is 101 x 51 (sides rounded up): read whole at 48 px it
+    is 96 x 48, as the same image saved as PNG, not 95 x 48; EXIF rotation swaps the sides alike."""
+    from vaekit.images import load_image
+
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(_stripes(401, 803, rng))
+    img.save(tmp_path / "a.jpg", quality=95)
+    img.save(tmp_path / "a.png")
+    assert load_image(tmp_path / "a.jpg", S, 1, crop=False).shape == load_image(tmp_path / "a.png", S, 1, crop=False).shape
+    assert load_image(tmp_path / "a.png", S, 1, crop=False).shape == (1, 48, 96)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees: the image stands 803 tall
+    img.save(tmp_path / "r.jpg", quality=95, exif=exif)
+    assert load_image(tmp_path / "r.jpg", S, 1, crop=False).shape == (1, 96, 48)

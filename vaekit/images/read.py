@@ -191,10 +191,18 @@ def _decode(path: Path, channels: int, draft: int | None = None, expand: bool = 
     The file is opened (open_image), bomb-checked before any pixel is decoded, and converted
     strip by strip (images.convert) while Pillow's copy is alive; that copy is freed before
     the rotation, so memory peaks at Pillow's pixels plus one uint8 copy."""
+    return _decode_full(path, channels, draft, expand)[0]
+
+
+def _decode_full(path: Path, channels: int, draft: int | None = None,
+                 expand: bool = True) -> tuple[np.ndarray, tuple[int, int]]:
+    """`_decode`, and the (H, W) of the whole image at full resolution, rotated alike: a JPEG
+    decoded at 1/8 scale rounds its sides up, so its aspect ratio is read from this."""
     check_channels(channels)
     path = Path(path)
     try:
         with open_image(path) as img:
+            full = img.size
             if draft is not None and img.format == "JPEG":
                 # JPEG can decode at 1/2, 1/4 or 1/8 scale; draft keeps both sides >= draft.
                 # It only sets the scale, so the check below judges what is really decoded:
@@ -211,7 +219,8 @@ def _decode(path: Path, channels: int, draft: int | None = None, expand: bool = 
     except Exception as exc:  # Pillow's decoders raise a zoo of types on corrupt data
         raise ImageReadError(path, _reason(exc, path)) from exc
     x = convert.orient(x, orientation)
-    return np.repeat(x, 3, axis=-1) if expand and channels == 3 and x.shape[-1] == 1 else x
+    hw = (full[0], full[1]) if orientation in (5, 6, 7, 8) else (full[1], full[0])  # these swap the sides
+    return (np.repeat(x, 3, axis=-1) if expand and channels == 3 and x.shape[-1] == 1 else x), hw
 
 
 def decode(path: Path, channels: int) -> np.ndarray:
@@ -223,12 +232,13 @@ def decode(path: Path, channels: int) -> np.ndarray:
     return _decode(path, channels)
 
 
-def resize(x: np.ndarray, size: int, crop: bool = True) -> np.ndarray:
+def resize(x: np.ndarray, size: int, crop: bool = True, full: tuple[int, int] | None = None) -> np.ndarray:
     """uint8 (H, W, C) -> uint8 (size, size, C), C 1 or 3.
 
     Policy: scale so the shorter side is `size` (Pillow bicubic, antialiased when shrinking),
     then crop the longer side to `size` around its centre. Square input of that size is
     returned as is. crop=False keeps the whole image: (H', W', C), its shorter side `size`.
+    full: the (H, W) whose aspect ratio the result keeps, when `x` is a reduced decode of it.
     """
     check_size(size)
     if x.dtype != np.uint8 or x.ndim != 3 or x.shape[-1] not in (1, 3):
@@ -239,8 +249,9 @@ def resize(x: np.ndarray, size: int, crop: bool = True) -> np.ndarray:
     if resize_pixels(h, w, size) > MAX_RESIZE_PIXELS:
         raise BadInput(f"a {w}x{h} image is too elongated to resize to {size}: the intermediate image would have "
                        f"{resize_pixels(h, w, size)} pixels, at most {MAX_RESIZE_PIXELS}")
-    s = size / min(h, w)
-    nw, nh = max(size, round(w * s)), max(size, round(h * s))
+    fh, fw = full or (h, w)
+    s = size / min(fh, fw)
+    nw, nh = max(size, round(fw * s)), max(size, round(fh * s))
     img = Image.fromarray(x[..., 0] if x.shape[-1] == 1 else x)
     y = np.asarray(img.resize((nw, nh), Image.Resampling.BICUBIC) if (nw, nh) != (w, h) else img)
     if crop:
@@ -258,16 +269,16 @@ def load_image(path: Path, size: int, channels: int, crop: bool = True) -> np.nd
     bicubic resize, which is much faster and keeps the same shorter-side-then-crop policy.
     """
     check_size(size)
-    x = _decode(path, channels, draft=size, expand=False)  # gray stays one channel until resized
-    need = resize_pixels(*x.shape[:2], size)
+    x, full = _decode_full(path, channels, draft=size, expand=False)  # gray stays one channel until resized
+    need = resize_pixels(*full, size)
     if need > MAX_RESIZE_PIXELS:  # judged before anything is allocated for it
-        raise ImageReadError(path, f"aspect ratio too extreme: {x.shape[1]}x{x.shape[0]} resized to {size} would "
+        raise ImageReadError(path, f"aspect ratio too extreme: {full[1]}x{full[0]} resized to {size} would "
                                    f"take {need} pixels, at most {MAX_RESIZE_PIXELS}")
     if not crop and need > MAX_WHOLE_PIXELS:
-        raise ImageReadError(path, f"too elongated to score whole: {x.shape[1]}x{x.shape[0]} at the model's {size} px "
+        raise ImageReadError(path, f"too elongated to score whole: {full[1]}x{full[0]} at the model's {size} px "
                                    f"would be {need} pixels, at most {MAX_WHOLE_PIXELS}; cut it into shorter pieces")
     try:
-        x = resize(x, size, crop)  # (H, W, C)
+        x = resize(x, size, crop, full)  # (H, W, C), the full image's aspect ratio
     except MemoryError:
         raise ImageReadError(path, "not enough memory to resize it") from None
     if channels == 3 and x.shape[-1] == 1:  # the same pixels as resizing three equal channels
