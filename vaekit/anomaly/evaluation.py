@@ -16,7 +16,8 @@ from typing import Sequence
 import numpy as np
 
 from vaekit import images as imageio
-from vaekit.anomaly.score import Progress, iter_scored, scoring_plan, tiled
+from vaekit.anomaly.score import Progress, iter_scored, scoring_plan
+from vaekit.inference.tiled import tiled
 from vaekit.inference.engine import Model
 from vaekit.errors import BadInput, MissingExtra, NotFound
 from vaekit.fileio import atomic_write_bytes, refuse_existing
