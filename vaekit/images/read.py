@@ -278,7 +278,9 @@ def load_image(path: Path, size: int, channels: int, crop: bool = True) -> np.nd
         raise ImageReadError(path, f"too elongated to score whole: {full[1]}x{full[0]} at the model's {size} px "
                                    f"would be {need} pixels, at most {MAX_WHOLE_PIXELS}; cut it into shorter pieces")
     try:
-        x = resize(x, size, crop, full)  # (H, W, C), the full image's aspect ratio
+        # whole, the full image's aspect ratio; the centre square as vaekit always cut it (the
+        # pixel cache's entries and every run's data fingerprint depend on it)
+        x = resize(x, size, crop, None if crop else full)  # (H, W, C)
     except MemoryError:
         raise ImageReadError(path, "not enough memory to resize it") from None
     if channels == 3 and x.shape[-1] == 1:  # the same pixels as resizing three equal channels
