@@ -77,7 +77,7 @@ def _train_message(ev, rows: list[dict], n_epochs, out: Path, folder, ctx: Conte
                 "(paths relative to the data folder).")
     if ev.phase == "done":
         r = ev.result
-        return (f"**Done**: `{public(r.run_dir)}`, {r.epochs_done} epochs in {r.seconds:.1f} s, best validation "
+        return (f"**Done**: `{public(r.run_dir)}`, {r.epochs_done} epochs, trained in {r.seconds:.1f} s, best validation "
                 f"loss {r.best_val:.2f} nats/image (epoch {r.best_epoch}); it is now the app's model.")
     return None
 

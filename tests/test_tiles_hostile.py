@@ -431,3 +431,33 @@ def test_a_jpeg_read_at_reduced_scale_keeps_its_full_aspect_ratio(tmp_path):
     exif[0x0112] = 6  # rotate 90 degrees: the image stands 803 tall
     img.save(tmp_path / "r.jpg", quality=95, exif=exif)
     assert load_image(tmp_path / "r.jpg", S, 1, crop=False).shape == (1, 96, 48)
+
+
+def test_a_journal_from_when_a_surface_read_centre_squares_is_not_resumed(model, mixed, tmp_path):
+    """Rows of centre squares and rows of whole images must not mix in one file: a journal whose
+    settings do not say the files are read whole (written before) is refused, naming why."""
+    from vaekit import anomaly
+    from vaekit.errors import BadInput
+
+    real, calls = type(model).score, []
+
+    def dying(self, x, **kw):
+        calls.append(len(x))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, x, **kw)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(type(model), "score", dying)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            anomaly.score_to_file(model, mixed, tmp_path / "s.csv", batch_size=2)
+    finally:
+        mp.undo()
+    partial = tmp_path / "s.csv.partial"
+    lines = partial.read_bytes().split(b"\n")
+    header = json.loads(lines[0])
+    assert header.pop("read") == "whole, in tiles"
+    partial.write_bytes(b"\n".join([json.dumps(header).encode(), *lines[1:]]))
+    with pytest.raises(BadInput, match="read absent then, 'whole, in tiles' now"):
+        anomaly.score_to_file(model, mixed, tmp_path / "s.csv", batch_size=2, resume=True)

@@ -554,3 +554,23 @@ def test_a_coder_with_many_images_trains_longer_and_one_with_few_does_not():
     detector = ModelConfig(image_size=28, likelihood="gaussian", layout="vector")
     assert resolved_train_config(TrainConfig(), coder, 48000).epochs == 8
     assert resolved_train_config(TrainConfig(), detector, 48000).epochs == 2
+
+
+def test_a_checkpoint_does_not_carry_the_optimisers_fused_setting_to_another_machine():
+    """A CUDA run's optimiser is fused, a CPU one's not: resuming takes this machine's choice, not the file's."""
+    import torch
+
+    from vaekit.training.checkpoint import pack_state, unpack_state
+
+    net = torch.nn.Linear(3, 2)
+    fused = torch.optim.AdamW(net.parameters(), lr=1e-3, fused=True)
+    net(torch.ones(4, 3)).sum().backward()
+    fused.step()
+    tensors, meta = pack_state(net, fused, None, 0, {"epoch": 0, "val": 1.0}, 1)
+    assert meta["param_groups"][0]["fused"] is True
+    plain = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    unpack_state(tensors, meta, net, plain, None)
+    assert plain.param_groups[0]["fused"] is None and plain.param_groups[0]["lr"] == 1e-3
+    net(torch.ones(4, 3)).sum().backward()
+    plain.step()  # the restored moments step on this machine's kernels
+    assert int(plain.state[net.weight]["step"]) == 2

@@ -28,6 +28,7 @@ from vaekit.inference.engine import Model
 from vaekit.errors import BadInput
 from vaekit.fileio import atomic_writer
 from vaekit.images.arrays import check_batch_size
+from vaekit.inference.tiled import tiled
 from vaekit.stream.journals import naming_failed_writes, open_journal
 from vaekit.progress import Progress
 from vaekit.stream.shares import Shares, finish_when_complete, share_out
@@ -188,7 +189,9 @@ def _settings(model: Model, plan: Plan, found: stream.Inputs, layout: Layout, ma
             "score": plan.score, "estimator": plan.estimator, "samples": plan.samples, "iwae": plan.iwae,
             "threshold": plan.threshold, "threshold_source": plan.source, "batch_size": layout.batch_size,
             "files": len(found.paths), "file_list": digest(layout.paths), "inputs": [str(r) for r in found.roots],
-            "maps": None if maps is None else str(Path(maps).resolve()), "shard": [layout.index, layout.count]}
+            "maps": None if maps is None else str(Path(maps).resolve()), "shard": [layout.index, layout.count],
+            # a surface reads each file whole, in tiles (journals from before read its centre square)
+            **({"read": "whole, in tiles"} if tiled(model) else {})}
 
 
 def _row_check(paths: Sequence[str], threshold: float | None):

@@ -244,7 +244,7 @@ def resize(x: np.ndarray, size: int, crop: bool = True, full: tuple[int, int] | 
     if x.dtype != np.uint8 or x.ndim != 3 or x.shape[-1] not in (1, 3):
         raise BadInput(f"expected a uint8 (H, W, 1|3) array, got {x.dtype} {x.shape}")
     h, w = x.shape[:2]
-    if h == w == size:
+    if h == w == size and (full is None or full[0] == full[1]):
         return x
     if resize_pixels(h, w, size) > MAX_RESIZE_PIXELS:
         raise BadInput(f"a {w}x{h} image is too elongated to resize to {size}: the intermediate image would have "

@@ -123,7 +123,10 @@ def unpack_state(tensors: dict, meta: dict, model, optimizer, scaler) -> None:
         if k.startswith("optim."):
             _, pid, name = k.split(".", 2)
             state.setdefault(int(pid), {})[name] = v
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    # how the optimiser runs is this machine's choice (fused on CUDA), not the checkpoint's
+    groups = [{**g, **{k: live[k] for k in ("fused", "foreach", "capturable") if k in live}}
+              for g, live in zip(meta["param_groups"], optimizer.param_groups)]
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
     torch.set_rng_state(tensors["rng.torch"])
     cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda")]
     if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():

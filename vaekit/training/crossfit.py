@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from vaekit.config import ModelConfig, TrainConfig
-from vaekit.training.data import Dataset, Splits, gather, whole_tiles
+from vaekit.training.data import Dataset, Splits, gather, iter_whole_tiles
 from vaekit.training.distributed import Dist
 from vaekit.inference.atypicality import Parts
 from vaekit.progress import Progress
@@ -57,9 +57,10 @@ def crossfit_scores(data: Dataset, splits: Splits, model_cfg: ModelConfig, train
             engine = TorchModel.from_net(trainer.model, device)
         summary = summarise(engine, rest)
         if model_cfg.layout == "grid":  # a surface model scores each file whole: a row per tile
-            tiles = [whole_tiles(data, j) for j in held]
-            counts, flat = [len(t) for t in tiles], np.concatenate(tiles)
-            chunks = [summary(engine.elbo_parts(flat[j : j + step])) for j in range(0, len(flat), step)]
+            chunks, counts = [], []
+            for tiles, n in iter_whole_tiles(data, held, CHUNK_PIXELS):
+                chunks.append(summary(engine.elbo_parts(tiles)))
+                counts += n
         else:
             counts = [1] * len(held)
             chunks = [summary(engine.elbo_parts(gather(data.images, held[j : j + step])))

@@ -13,7 +13,7 @@ import torch
 
 from vaekit.errors import TrainingFailed
 from vaekit.training import rundir
-from vaekit.training.data import gather, to_input, whole_tiles
+from vaekit.training.data import gather, iter_whole_tiles, per_image_max, to_input
 from vaekit.version import __version__
 
 
@@ -199,26 +199,12 @@ def _whole_scores(engine, data, idx, calibration) -> dict[str, np.ndarray]:
     """The scores of images `idx` as `anomaly-score` gives a surface model's files
     (vaekit.inference.tiled): each score its most anomalous tile's; a pixel-bounded chunk of
     tiles at a time."""
-    per_tile, counts = [], []
-    pending: list[np.ndarray] = []
-
-    def flush() -> None:
-        if pending:
-            per_tile.extend(Scored.of(calibration, p) for p in _parts_of(engine, np.concatenate(pending)))
-            pending.clear()
-
-    for i in idx:
-        tiles = whole_tiles(data, i)
-        counts.append(len(tiles))
-        pending.append(tiles)
-        if sum(len(t) for t in pending) * engine.info.image_size**2 >= CHUNK_PIXELS:
-            flush()
-    flush()
-    held = Scored.cat(per_tile)
-    atyp = calibration.score_tests(held.tests)
-    cuts = np.cumsum([0, *counts])
-    spans = list(zip(cuts[:-1], cuts[1:]))
-    return {k: np.array([v[a:b].max() for a, b in spans]) for k, v in {"atypicality": atyp, **held.nats}.items()}
+    out: dict[str, list] = {}
+    for tiles, counts in iter_whole_tiles(data, idx, CHUNK_PIXELS):
+        held = Scored.cat([Scored.of(calibration, p) for p in _parts_of(engine, tiles)])
+        for k, v in {"atypicality": calibration.score_tests(held.tests), **held.nats}.items():
+            out.setdefault(k, []).append(per_image_max(v, counts))
+    return {k: np.concatenate(v) for k, v in out.items()}
 
 
 def _crossfitted(calibration, folds, reference: Scored) -> dict[str, np.ndarray]:
@@ -243,10 +229,8 @@ def _crossfitted(calibration, folds, reference: Scored) -> dict[str, np.ndarray]
             per_row["atypicality"][r] = other.score_tests(scored.tests)
     out = {k: np.zeros(n) for k in per_row}
     for r, (held, _, counts) in zip(spans, folds):
-        cuts = np.cumsum([0, *counts])
-        for image, a, b in zip(held, cuts[:-1], cuts[1:]):
-            for k, v in per_row.items():
-                out[k][image] = v[r[a:b]].max()
+        for k, v in per_row.items():
+            out[k][held] = per_image_max(v[r], counts)
     return out
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from vaekit.training import rundir
 from vaekit.reader.score import READ_TILE
-from vaekit.training.data import gather, whole_tiles
+from vaekit.training.data import gather, iter_whole_tiles, per_image_max
 
 CHUNK_PIXELS = 64 * 256 * 256  # images read at a time while calibrating
 
@@ -67,14 +67,9 @@ def read_scores(net, data, idx) -> np.ndarray:
     a pixel-bounded chunk of tiles at a time."""
     from vaekit.reader.train import read
 
-    tiles = [whole_tiles(data, i) for i in idx]
-    counts = [len(t) for t in tiles]
-    flat = [t for ts in tiles for t in ts]
-    step = max(1, CHUNK_PIXELS // int(np.prod(data.images.shape[2:])))
-    out = [read(net, np.stack(flat[i : i + step]), tile=READ_TILE)[0] for i in range(0, len(flat), step)]
-    per_tile = np.concatenate(out) if out else np.zeros(0)
-    cuts = np.cumsum([0, *counts])
-    return np.array([per_tile[a:b].max() for a, b in zip(cuts[:-1], cuts[1:])])
+    out = [per_image_max(read(net, tiles, tile=READ_TILE)[0], counts)
+           for tiles, counts in iter_whole_tiles(data, idx, CHUNK_PIXELS)]
+    return np.concatenate(out) if out else np.zeros(0)
 
 
 def _json_config(cfg) -> dict:
