@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from vaekit.config import ModelConfig, TrainConfig
-from vaekit.training.data import Dataset, Splits, gather, iter_whole_tiles
+from vaekit.training.data import Dataset, Splits, gather
+from vaekit.training.whole import iter_whole_tiles
 from vaekit.training.distributed import Dist
 from vaekit.inference.atypicality import Parts
 from vaekit.progress import Progress

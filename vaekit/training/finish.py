@@ -13,7 +13,8 @@ import torch
 
 from vaekit.errors import TrainingFailed
 from vaekit.training import rundir
-from vaekit.training.data import gather, iter_whole_tiles, per_image_max, to_input
+from vaekit.training.data import gather, to_input
+from vaekit.training.whole import iter_whole_tiles, per_image_max
 from vaekit.version import __version__
 
 

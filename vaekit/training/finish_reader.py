@@ -18,7 +18,8 @@ import numpy as np
 
 from vaekit.training import rundir
 from vaekit.reader.score import READ_TILE
-from vaekit.training.data import gather, iter_whole_tiles, per_image_max
+from vaekit.training.data import gather
+from vaekit.training.whole import iter_whole_tiles, per_image_max
 
 CHUNK_PIXELS = 64 * 256 * 256  # images read at a time while calibrating
 
