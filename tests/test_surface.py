@@ -260,3 +260,26 @@ def test_a_strip_too_long_to_score_whole_is_skipped_with_its_reason(surface, tmp
     rep = score_images(vaekit.load(surface / "run"), folder, score="atypicality")
     assert [Path(r.path).name for r in rep.rows] == ["wide.png"]
     assert [(p.name, "too elongated to score whole" in why) for p, why in rep.skipped] == [("strip.png", True)]
+
+
+def test_a_batch_of_long_files_is_scored_a_bounded_run_of_files_at_a_time(surface, tmp_path, monkeypatch):
+    """The tiles of a batch go through the model a few files at a time (BATCH_PIXELS), with the same rows."""
+    import vaekit.inference.tiled as tiled
+    from vaekit.anomaly import score_images
+
+    folder = tmp_path / "mixed"
+    for i, w in enumerate((120, 48, 200, 96)):
+        _wide(folder / f"{i}", width=w, defect=None if i % 2 else 20, seed=i)
+    m = vaekit.load(surface / "run")
+    whole = score_images(m, folder, score="atypicality")
+    calls = []
+    real = type(m).score
+    monkeypatch.setattr(type(m), "score", lambda self, x, **kw: calls.append(len(x)) or real(self, x, **kw))
+    monkeypatch.setattr(tiled, "BATCH_PIXELS", 3 * 48 * 48)
+    parts = score_images(m, folder, score="atypicality", batch_size=4)
+    assert max(calls) <= 5 and len(calls) > 1  # the 200 px file alone is 5 tiles
+    # the same numbers, up to float32 rounding where kernels sum other batches in another order
+    np.testing.assert_allclose([r.score for r in parts.rows], [r.score for r in whole.rows], rtol=1e-4)
+    for a, b in zip(parts.pixel_maps, whole.pixel_maps):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)

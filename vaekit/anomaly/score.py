@@ -23,7 +23,7 @@ from vaekit.anomaly.threshold import resolve_threshold
 from vaekit.inference.engine import SCORES, Model, Scores
 from vaekit.errors import BadInput
 from vaekit.images.arrays import check_batch_size
-from vaekit.inference.tiled import BATCH_PIXELS, file_batch, merge, tiled  # noqa: F401  (BATCH_PIXELS: public here too)
+from vaekit.inference.tiled import BATCH_PIXELS, file_batch, score_tiles, tiled  # noqa: F401  (BATCH_PIXELS: public here too)
 from vaekit.progress import Progress
 
 ROW_FIELDS = ("path", "score", "bits_per_dim", "threshold", "anomalous", "neg_elbo", "recon", "kl", "excess")
@@ -114,9 +114,11 @@ def iter_scored(model: Model, inputs: stream.Inputs, plan: Plan, maps: bool = Fa
         images, pmap = b.images, (np.zeros((0, info.image_size, info.image_size)) if maps else None)
         rows = []
         if len(b.paths):
-            s = model.score(b.images, samples=plan.samples, score=plan.score, iwae=plan.iwae, **kw)
             if tiles:
-                s, images = merge(s, b.tilings, b.images)
+                s, images = score_tiles(model, b.images, b.tilings, samples=plan.samples, score=plan.score,
+                                        iwae=plan.iwae, **kw)
+            else:
+                s = model.score(b.images, samples=plan.samples, score=plan.score, iwae=plan.iwae, **kw)
             rows, pmap = _rows(b.paths, s, plan.threshold), (s.pixel_map if maps else None)
         done += len(b.paths) + len(b.skipped)
         if progress:

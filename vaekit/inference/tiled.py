@@ -50,6 +50,37 @@ def merge(s, tilings: Sequence[Tiling], tiles: np.ndarray) -> tuple[object, list
     return merged, [t.paste(tiles[i:j]) for t, i, j in parts]
 
 
+def score_tiles(model, tiles: np.ndarray, tilings: Sequence[Tiling], **kw) -> tuple[object, list[np.ndarray]]:
+    """Score a batch's tiles (files in turn, as vaekit.stream gives them) and merge them per image:
+    `merge` of `model.score`, a run of whole files of at most BATCH_PIXELS at a time (at least
+    one file), so the float maps in flight stay bounded however long the files are."""
+    parts, start, group = [], 0, []
+    for k, t in enumerate(tilings):
+        group.append(t)
+        if k + 1 == len(tilings) or sum(map(len, group + [tilings[k + 1]])) * model.info.image_size**2 > BATCH_PIXELS:
+            n = sum(map(len, group))
+            parts.append(merge(model.score(tiles[start : start + n], **kw), group, tiles[start : start + n]))
+            start, group = start + n, []
+    if len(parts) == 1:
+        return parts[0]
+    return _joined([p[0] for p in parts]), [x for p in parts for x in p[1]]
+
+
+def _joined(scores: list):
+    """One Scores of consecutive ones: arrays concatenated; maps one array where every image has
+    the same shape, else a list of (H, W) arrays."""
+    def join(name: str):
+        vals = [getattr(p, name) for p in scores]
+        return None if vals[0] is None else np.concatenate(vals)
+
+    maps = None
+    if scores[0].pixel_map is not None:
+        maps = [m for p in scores for m in p.pixel_map]
+        maps = np.stack(maps) if len({m.shape for m in maps}) == 1 else maps
+    return replace(scores[0], score=join("score"), neg_elbo=join("neg_elbo"), recon=join("recon"), kl=join("kl"),
+                   excess=join("excess"), floor=join("floor"), bits_per_dim=join("bits_per_dim"), pixel_map=maps)
+
+
 def iter_scores(model, paths: Sequence, batch_size: int, workers: int = 0, **kw) -> Iterator:
     """`Model.iter_scores` of files and folders for a tiled model: one Scores per batch of files."""
     from vaekit.stream import find_inputs, iter_batches
@@ -57,7 +88,7 @@ def iter_scores(model, paths: Sequence, batch_size: int, workers: int = 0, **kw)
     info = model.info
     for b in iter_batches(find_inputs(paths).paths, info.image_size, info.channels, batch_size, workers, tiles=True):
         if len(b.paths):
-            out = merge(model.score(b.images, **kw), b.tilings, b.images)[0]
+            out = score_tiles(model, b.images, b.tilings, **kw)[0]
         else:
             out = model.empty_scores(kw.get("score"))
         out.paths, out.skipped = b.paths, b.skipped
@@ -80,15 +111,4 @@ def score_files(model, paths: Sequence, progress=None, **kw):
     skipped = [s for p in parts for s in p.skipped]
     if not got:
         raise imageio.none_usable(f"in {', '.join(map(str, paths))}", skipped)
-
-    def join(name: str):
-        vals = [getattr(p, name) for p in got]
-        return None if vals[0] is None else np.concatenate(vals)
-
-    maps = None
-    if got[0].pixel_map is not None:
-        maps = [m for p in got for m in p.pixel_map]
-        maps = np.stack(maps) if len({m.shape for m in maps}) == 1 else maps
-    return replace(got[0], score=join("score"), neg_elbo=join("neg_elbo"), recon=join("recon"), kl=join("kl"),
-                   excess=join("excess"), floor=join("floor"), bits_per_dim=join("bits_per_dim"), pixel_map=maps,
-                   paths=[q for p in got for q in p.paths], skipped=skipped)
+    return replace(_joined(got), paths=[q for p in got for q in p.paths], skipped=skipped)
