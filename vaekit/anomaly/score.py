@@ -23,6 +23,7 @@ from vaekit.anomaly.threshold import resolve_threshold
 from vaekit.inference.engine import SCORES, Model, Scores
 from vaekit.errors import BadInput
 from vaekit.images.arrays import check_batch_size
+from vaekit.images.tiles import stacked
 from vaekit.inference.tiled import BATCH_PIXELS, file_batch, score_tiles, tiled  # noqa: F401  (BATCH_PIXELS: public here too)
 from vaekit.progress import Progress
 
@@ -204,7 +205,5 @@ def score_images(
             pmaps += list(b.maps)
     if not rows:
         raise imageio.none_usable(f"in {inputs}", skipped)
-    if maps and len({x.shape for x in images}) == 1:  # one array each, unless images of several shapes were tiled
-        images, pmaps = np.stack(images), np.stack(pmaps)
     return ScoreReport(rows, skipped, plan.score, plan.estimator, samples, plan.threshold, plan.source, names,
-                       images if maps else None, pmaps if maps else None, list(found.roots))
+                       stacked(images) if maps else None, stacked(pmaps) if maps else None, list(found.roots))

@@ -12,6 +12,7 @@ A square image of the model's size is one tile, scored exactly as before.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -32,7 +33,7 @@ class Tiling:
     shape: tuple[int, int]
     size: int
 
-    @property
+    @cached_property
     def boxes(self) -> list[tuple[int, int]]:
         h, w = self.shape
         return [(t, left) for t in starts(h, self.size) for left in starts(w, self.size)]
@@ -76,3 +77,9 @@ def tiling(x: np.ndarray, size: int) -> Tiling:
     if min(h, w) < size:
         raise ValueError(f"a {w}x{h} image has a side shorter than the tile size {size}")
     return Tiling((int(h), int(w)), size)
+
+
+def stacked(arrays: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
+    """Per-image arrays as one array where they all have the same shape, else the list as it is
+    (whole images of several shapes)."""
+    return np.stack(arrays) if len({a.shape for a in arrays}) == 1 else arrays

@@ -12,7 +12,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from vaekit.images.tiles import Tiling
+from vaekit.images.tiles import Tiling, stacked
 
 
 BATCH_PIXELS = 64 * 256 * 256  # pixels at the model's size decoded at a time by default (4 files of 1024 px)
@@ -54,13 +54,14 @@ def score_tiles(model, tiles: np.ndarray, tilings: Sequence[Tiling], **kw) -> tu
     """Score a batch's tiles (files in turn, as vaekit.stream gives them) and merge them per image:
     `merge` of `model.score`, a run of whole files of at most BATCH_PIXELS at a time (at least
     one file), so the float maps in flight stay bounded however long the files are."""
-    parts, start, group = [], 0, []
+    most = max(1, BATCH_PIXELS // model.info.image_size**2)  # tiles at a time
+    parts, start, group, n = [], 0, [], 0
     for k, t in enumerate(tilings):
         group.append(t)
-        if k + 1 == len(tilings) or sum(map(len, group + [tilings[k + 1]])) * model.info.image_size**2 > BATCH_PIXELS:
-            n = sum(map(len, group))
+        n += len(t)
+        if k + 1 == len(tilings) or n + len(tilings[k + 1]) > most:
             parts.append(merge(model.score(tiles[start : start + n], **kw), group, tiles[start : start + n]))
-            start, group = start + n, []
+            start, group, n = start + n, [], 0
     if len(parts) == 1:
         return parts[0]
     return _joined([p[0] for p in parts]), [x for p in parts for x in p[1]]
@@ -73,10 +74,7 @@ def _joined(scores: list):
         vals = [getattr(p, name) for p in scores]
         return None if vals[0] is None else np.concatenate(vals)
 
-    maps = None
-    if scores[0].pixel_map is not None:
-        maps = [m for p in scores for m in p.pixel_map]
-        maps = np.stack(maps) if len({m.shape for m in maps}) == 1 else maps
+    maps = None if scores[0].pixel_map is None else stacked([m for p in scores for m in p.pixel_map])
     return replace(scores[0], score=join("score"), neg_elbo=join("neg_elbo"), recon=join("recon"), kl=join("kl"),
                    excess=join("excess"), floor=join("floor"), bits_per_dim=join("bits_per_dim"), pixel_map=maps)
 
