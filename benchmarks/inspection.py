@@ -1,7 +1,8 @@
 """Few large images with small defects (an inspection setting), through the CLI at default settings.
 
     python benchmarks/inspection.py [--choose brick,gravel] [--confirm grass,ihc] [--side 256] [--width W]
-                                    [--train-images 40] [--threads 1] [--work DIR]
+                                    [--train-images 40] [--test-images 30] [--enlarge K] [--image-size N]
+                                    [--threads 1] [--work DIR]
 
 Per photograph (benchmarks/reader_large.py builds the data: 40 normal training images of
 256 x 256 px; 30 normal and 30 defective test images from rows the training never saw, one
@@ -12,13 +13,16 @@ a user would:
     vaekit evaluate RUN --normal ... --anomalous ... --masks ... --json
 
 and reports image and pixel AUROC of the default score, of `--score atypicality` (the VAE's own
-tests), the false-positive rate at the stored threshold, and the training time.
+tests), the false-positive rate at the stored threshold, the training time and its peak memory.
+--enlarge K enlarges the photos K times first (images larger than the 512 px photos: a test of
+cost, and of reading them at their own size); --image-size N is passed to `vaekit train`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import tempfile
 import time
@@ -32,6 +36,7 @@ from cli_runner import vaekit  # noqa: E402
 
 
 WIDTH: list[int | None] = [None]  # --width: test and training images this wide (None: square)
+TRAIN_FLAGS: list[str] = []  # --image-size N: passed to vaekit train
 
 
 def write(folder: Path, images: np.ndarray, names: list[str]) -> None:
@@ -50,9 +55,11 @@ def run_photo(name: str, work: Path, threads: int) -> dict:
     write(root / "normal", d["test"][:n], [f"{i:03d}.png" for i in range(n)])
     write(root / "anomalous", d["test"][n:], [f"{i:03d}.png" for i in range(n)])
     write(root / "masks", (d["masks"][n:, None] * 255).astype(np.uint8), [f"{i:03d}.png" for i in range(n)])
-    t0 = time.perf_counter()
-    vaekit(threads, "train", root / "train", "--out", root / "run", "--overwrite")
-    out = {"train_s": time.perf_counter() - t0, "area": float(d["masks"][n:].mean())}
+    t0, rss0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    vaekit(threads, "train", root / "train", "--out", root / "run", "--overwrite", *TRAIN_FLAGS)
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB, the largest child so far
+    out = {"train_s": time.perf_counter() - t0, "area": float(d["masks"][n:].mean()),
+           "train_gb": rss / 2**20 if rss > rss0 else None}
     for score in ("default", "atypicality"):
         extra = [] if score == "default" else ["--score", score]
         ev = json.loads(vaekit(threads, "evaluate", root / "run", "--normal", root / "normal", "--anomalous",
@@ -69,16 +76,22 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=None, help="image width in px (default: --side; wider images "
                     "are scored whole, in tiles, and their defects lie anywhere)")
     ap.add_argument("--train-images", type=int, default=reader_large.N_TRAIN, help="normal training images per photo")
+    ap.add_argument("--test-images", type=int, default=reader_large.N_TEST, help="normal and defective test images each")
+    ap.add_argument("--enlarge", type=int, default=1, help="enlarge the photos this many times first")
+    ap.add_argument("--image-size", type=int, default=0, help="passed to vaekit train (0: its auto)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
-    reader_large.SIDE, reader_large.N_TRAIN = args.side, args.train_images
+    reader_large.SIDE, reader_large.N_TRAIN, reader_large.N_TEST = args.side, args.train_images, args.test_images
+    reader_large.ENLARGE = args.enlarge
+    TRAIN_FLAGS[:] = ["--image-size", str(args.image_size)] if args.image_size else []
     WIDTH[0] = args.width
     tmp = None if args.work else tempfile.TemporaryDirectory(prefix="vaekit-inspection-")
     work = args.work or Path(tmp.name)
     results = {}
-    print(f"{'half':<8}{'photo':<8}{'default img / pix':>20}{'atypicality img / pix':>24}{'FPR':>7}{'area':>7}{'train s':>9}")
+    print(f"{'half':<8}{'photo':<8}{'default img / pix':>20}{'atypicality img / pix':>24}{'FPR':>7}{'area':>7}{'train s':>9}"
+          f"{'peak GB':>9}")
     for half, names in (("choose", args.choose), ("confirm", args.confirm)):
         rows = []
         for name in [n for n in names.split(",") if n]:
@@ -86,7 +99,8 @@ def main() -> None:
             rows.append(r)
             print(f"{half:<8}{name:<8}{r['default']['image']:>12.4f} / {r['default']['pixel']:.3f}"
                   f"{r['atypicality']['image']:>16.4f} / {r['atypicality']['pixel']:.3f}{r['default']['fpr']:>7.3f}"
-                  f"{r['area']:>7.2%}{r['train_s']:>9.0f}   ({r['default']['name']})", flush=True)
+                  f"{r['area']:>7.2%}{r['train_s']:>9.0f}{r['train_gb'] or float('nan'):>9.2f}   ({r['default']['name']})",
+                  flush=True)
         if rows:
             m = lambda s, k: np.mean([r[s][k] for r in rows])  # noqa: E731
             print(f"{half:<8}{'mean':<8}{m('default', 'image'):>12.4f} / {m('default', 'pixel'):.3f}"

@@ -33,6 +33,18 @@ import reader_textures as rt  # noqa: E402  (also adds the extra photos to textu
 import texture_data  # noqa: E402
 
 SIDE, N_TRAIN, N_TEST, MAX_AREA = 256, 40, 30, 0.01
+ENLARGE = 1  # the photos enlarged this many times (bicubic) first: images larger than the photos, for a cost test
+
+
+def photo_of(name: str) -> np.ndarray:
+    """texture_data's photo, enlarged ENLARGE times."""
+    photo = texture_data.load_photo(name)
+    if ENLARGE == 1:
+        return photo
+    from PIL import Image
+
+    h, w = photo.shape[:2]
+    return np.asarray(Image.fromarray(photo).resize((w * ENLARGE, h * ENLARGE), Image.Resampling.BICUBIC))
 
 
 def windows(photo: np.ndarray, rows: tuple[int, int], n: int, rng, width: int | None = None) -> np.ndarray:
@@ -66,13 +78,13 @@ def build(name: str, seed: int = 0, width: int | None = None) -> dict[str, np.nd
     """train uint8 (N, C, S, W), test (M, C, S, W), labels (M,), masks bool (M, S, W); W is
     `width`, default S (square images)."""
     rng = np.random.default_rng([seed, 7, sum(map(ord, name))])
-    photo = texture_data.load_photo(name)
+    photo = photo_of(name)
     half = photo.shape[0] // 2
     if half < SIDE:
         raise SystemExit(f"{name}: the photo has {photo.shape[0]} rows; need {2 * SIDE}")
     train = windows(photo, (half - SIDE, half), N_TRAIN, rng, width)
     test = windows(photo, (half, half + SIDE), 2 * N_TEST, rng, width)
-    others = [texture_data.load_photo(k) for k in texture_data.PHOTOS if k != name]
+    others = [photo_of(k) for k in texture_data.PHOTOS if k != name]
     donors = [windows(o, (0, SIDE), 1, rng)[0] for o in others for _ in range(2)]
     donors = [d if d.ndim == photo.ndim else (d.mean(-1).astype(np.uint8) if photo.ndim == 2
                                                else np.repeat(d[..., None], 3, -1)) for d in donors]

@@ -43,13 +43,26 @@ AUGMENT_HELP = ("Train on slightly warped copies (rotated, scaled, sheared, shif
                 "objects below 50 training images, where a VAE would otherwise learn them by heart.")
 
 
+def _sizes(image_size: int) -> dict[str, int]:
+    """--image-size N: the model's size; above MAX_IMAGE_SIZE (a surface only), the size its files
+    are read at, in tiles of MAX_IMAGE_SIZE."""
+    from vaekit.config import MAX_IMAGE_SIZE, MAX_READ_SIZE, surface_sizes
+    from vaekit.errors import BadInput
+
+    if image_size > MAX_READ_SIZE:
+        raise BadInput(f"--image-size must be from 16 to {MAX_READ_SIZE} (or 0 for auto), got {image_size}")
+    return surface_sizes(image_size) if image_size > MAX_IMAGE_SIZE else {"image_size": image_size}
+
+
 def train(
     ctx: typer.Context,
     images: Annotated[Path, typer.Argument(help="Folder of images (searched recursively), or one image file.", exists=True)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to create (or resume).")] = Path("runs/latest"),
-    image_size: Annotated[int, typer.Option(help="Images are resized to N×N (shorter side to N, centre crop); 16 <= N <= 1024. "
+    image_size: Annotated[int, typer.Option(help="Images are resized to N×N (shorter side to N, centre crop); 16 <= N <= 1024; "
+                                                 "a surface (--layout grid) up to 3072: read whole at N, in 1024 px tiles. "
                                                  "0 = auto: the images' median shorter side, at most 64 for aligned "
-                                                 "objects; a surface keeps its own resolution (up to 1024).")] = 0,
+                                                 "objects; a surface keeps its own resolution (up to 3072: read "
+                                                 "whole, in tiles of at most 1024).")] = 0,
     channels: Annotated[str, typer.Option(help="auto (grayscale if every image is stored gray), 1 or 3.")] = "auto",
     latent_dim: Annotated[int, typer.Option(help="Latent dimensions (vector layout) or channels per cell (grid); 0 = auto: 16 / 8.")] = 0,
     layout: Annotated[Layout, typer.Option(help="Latent layout: one vector per image, or a grid of cells (one per 4×4 pixels); "
@@ -88,7 +101,7 @@ def train(
     apply_threads()
     ch = channels if channels == "auto" else _int_channels(channels)
     changes = _given(ctx, ch)
-    model_cfg = ModelConfig(image_size=image_size, channels=ch if ch != "auto" else 1, latent_dim=latent_dim,
+    model_cfg = ModelConfig(**_sizes(image_size), channels=ch if ch != "auto" else 1, latent_dim=latent_dim,
                             base_channels=base_channels, likelihood=likelihood.value, layout=layout.value)
     train_cfg = TrainConfig(epochs=epochs or 0, batch_size=batch_size, lr=lr, beta=beta, kl_warmup=kl_warmup,
                             seed=seed, val_fraction=val_fraction, calibration_fraction=calibration_fraction, device=device.value, amp=amp, compile=compile,
@@ -216,7 +229,8 @@ def _print_summary(result, data) -> None:
     held_out = (cfg.get("data") or {}).get("val_images", 1)
     t.add_row("best val -ELBO (z = μ)" if held_out else "-ELBO, training images (1 draw)", f"{result.best_val:.2f} nats/image")
     m = cfg.get("model") or {}
-    t.add_row("model", shown(f"{m.get('image_size')} px, {m.get('layout', 'vector')} latent ({m.get('latent_dim')}), "
+    read = f" (tiles of images read at {m['read_size']} px)" if (m.get("read_size") or 0) > (m.get("image_size") or 0) else ""
+    t.add_row("model", shown(f"{m.get('image_size')} px{read}, {m.get('layout', 'vector')} latent ({m.get('latent_dim')}), "
                              f"{m.get('likelihood')}"))
     if result.threshold is not None:
         from vaekit.anomaly import section_note

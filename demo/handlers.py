@@ -55,8 +55,9 @@ def describe(model: Model | None, roots: Sequence[Path] = ()) -> str:
     i = model.info
     kind = "gray" if i.channels == 1 else "RGB"
     thr = f"{i.threshold:.2f} {score_unit(i.score)}" if i.threshold is not None else "none stored"
-    return (f"**Model** `{public_path(i.source, list(roots))}` · {i.engine} engine · {i.image_size}×{i.image_size} {kind} · "
-            f"latent {i.latent_dim} · {i.likelihood} · anomaly threshold {thr}")
+    read = f" (images read at {i.read_size} px, in tiles)" if i.read_size > i.image_size else ""
+    return (f"**Model** `{public_path(i.source, list(roots))}` · {i.engine} engine · {i.image_size}×{i.image_size}{read} "
+            f"{kind} · latent {i.latent_dim} · {i.likelihood} · anomaly threshold {thr}")
 
 
 def hwc(x: np.ndarray) -> np.ndarray:

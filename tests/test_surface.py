@@ -242,11 +242,12 @@ def test_a_scoring_job_takes_fewer_large_images_at_a_time():
 
     from vaekit.anomaly.score import BATCH_PIXELS, default_batch
 
-    def batch(size):
-        return default_batch(SimpleNamespace(info=SimpleNamespace(image_size=size)))
+    def batch(size, read=0):
+        return default_batch(SimpleNamespace(info=SimpleNamespace(image_size=size, read_size=read or size)))
 
     assert batch(28) == batch(256) == 64 and batch(512) == 16 and batch(1024) == 4
     assert all(batch(s) * s * s <= BATCH_PIXELS for s in (300, 512, 700, 1024))
+    assert batch(1024, 2048) == 1 and batch(512, 1536) == 1  # files read larger than the model hold more pixels
 
 
 def test_a_strip_too_long_to_score_whole_is_skipped_with_its_reason(surface, tmp_path):

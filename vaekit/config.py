@@ -22,6 +22,7 @@ RESUMABLE = ("epochs", "lr", "beta")  # TrainConfig fields a --resume may change
 # Upper bounds, checked before anything is allocated: a hand-edited config.json (or a typo'd
 # option) must be an error, not a model of many gigabytes. Far above any use vaekit is for.
 MAX_IMAGE_SIZE = 1024
+MAX_READ_SIZE = 3072  # a surface's files are read at their own scale up to this shorter side (12 MP photos whole)
 MAX_LATENT_DIM = 4096
 MAX_CHANNELS = 4096
 MAX_Z_DIMS = 1 << 20  # values in one latent code (a 1024 px grid model has 256 x 256 x C)
@@ -45,6 +46,8 @@ class ModelConfig:
     layout: str = "auto"  # "vector": one latent vector for the image; "grid": a latent cell per 4x4 pixels; "auto"
     pixel_context: int = PIXEL_CONTEXT  # logistic only: how many decoded neighbours each pixel's mean also reads
     # (4: left, up-left, up, up-right; 0: pixels independent given z, as runs before vaekit 0.3 coded them)
+    read_size: int = 0  # grid only: files are read with their shorter side at read_size (> image_size) and
+    # scored in image_size tiles, so a surface keeps its resolution beyond the network's size; 0 = image_size
 
     def __post_init__(self) -> None:
         if not (self.image_size == 0 or _int_in(self.image_size, 16, MAX_IMAGE_SIZE)):
@@ -65,10 +68,21 @@ class ModelConfig:
             raise BadInput(f"layout must be one of {LAYOUTS} or auto, got {self.layout!r}")
         if self.pixel_context not in (0, PIXEL_CONTEXT) or isinstance(self.pixel_context, bool):
             raise BadInput(f"pixel_context must be 0 or {PIXEL_CONTEXT}, got {self.pixel_context!r}")
+        if not (self.read_size == 0 or _int_in(self.read_size, max(16, self.image_size), MAX_READ_SIZE)):
+            raise BadInput(f"read size must be 0 or an integer from the image size to {MAX_READ_SIZE}, got {self.read_size!r}")
+        if self.read_size > self.image_size and self.layout == "vector":
+            raise BadInput(f"only a surface model (the grid layout) reads its files at a larger size ({self.read_size} px) "
+                           f"than its own ({self.image_size} px): give --layout grid, or an image size of at most "
+                           f"{MAX_IMAGE_SIZE}")
         if self.arch == "v1" and self.layout == "grid":
             raise BadInput("the grid layout needs arch v2")
         if self.resolved and self.z_dims > MAX_Z_DIMS:
             raise BadInput(f"a latent of {self.z_dims} values is more than {MAX_Z_DIMS}; use a smaller --latent-dim")
+
+    @property
+    def reads_at(self) -> int:
+        """The shorter side files are resized to: read_size, else the model's own image_size."""
+        return self.read_size or self.image_size
 
     @property
     def context(self) -> int:
@@ -101,6 +115,12 @@ class ModelConfig:
     @property
     def z_dims(self) -> int:
         return math.prod(self.latent_shape)
+
+
+def surface_sizes(side: int) -> dict[str, int]:
+    """ModelConfig sizes for a surface read at `side` px: the model's own size (at most
+    MAX_IMAGE_SIZE: the tiles it reads) and, beyond that, the read size its files keep."""
+    return {"image_size": min(side, MAX_IMAGE_SIZE), "read_size": side if side > MAX_IMAGE_SIZE else 0}
 
 
 def from_stored_model(data: dict) -> ModelConfig:

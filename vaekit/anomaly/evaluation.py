@@ -175,7 +175,8 @@ def evaluate(
             raise BadInput(f"no mask in {masks} matches an anomalous image (the folder holds no image file)")
 
         def keep_anomalous(name: str) -> bool:
-            mk = _find_mask(index, name, model.info.image_size, crop=not tiled(model))
+            mk = _find_mask(index, name, model.info.read_size if tiled(model) else model.info.image_size,
+                            crop=not tiled(model))
             if mk is not None:
                 mask_for[name] = mk
             return mk is not None

@@ -191,7 +191,8 @@ def _settings(model: Model, plan: Plan, found: stream.Inputs, layout: Layout, ma
             "files": len(found.paths), "file_list": digest(layout.paths), "inputs": [str(r) for r in found.roots],
             "maps": None if maps is None else str(Path(maps).resolve()), "shard": [layout.index, layout.count],
             # a surface reads each file whole, in tiles (journals from before read its centre square)
-            **({"read": "whole, in tiles"} if tiled(model) else {})}
+            **({"read": "whole, in tiles" if info.read_size == info.image_size else
+                f"whole at {info.read_size} px, in {info.image_size} px tiles"} if tiled(model) else {})}
 
 
 def _row_check(paths: Sequence[str], threshold: float | None):

@@ -110,8 +110,8 @@ def iter_scored(model: Model, inputs: stream.Inputs, plan: Plan, maps: bool = Fa
     done = 0 if not skip_batches else sum(1 for i in (positions or range(total)) if i // batch_size in skip_batches)
     kw = {"maps": maps} if _accepts_maps(model) else {}
     tiles = tiled(model)
-    for b in stream.iter_batches(inputs.paths, info.image_size, info.channels, batch_size, workers, positions,
-                                 skip_batches, tiles=tiles):
+    for b in stream.iter_batches(inputs.paths, info.read_size if tiles else info.image_size, info.channels, batch_size,
+                                 workers, positions, skip_batches, tiles=info.image_size if tiles else 0):
         images, pmap = b.images, (np.zeros((0, info.image_size, info.image_size)) if maps else None)
         rows = []
         if len(b.paths):

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from vaekit.config import MAX_IMAGE_SIZE
+from vaekit.config import MAX_READ_SIZE
 from vaekit.images import convert
 from vaekit.errors import BadInput, DamagedFile
 from vaekit.fileio import NotRegularFile, open_regular_file
@@ -124,9 +124,10 @@ def check_channels(channels: int) -> None:
 
 
 def check_size(size: int) -> None:
-    """BadInput unless `size` is an integer from 16 to MAX_IMAGE_SIZE."""
-    if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or not 16 <= size <= MAX_IMAGE_SIZE:
-        raise BadInput(f"invalid size {size!r}: expected an integer from 16 to {MAX_IMAGE_SIZE}")
+    """BadInput unless `size` is an integer from 16 to MAX_READ_SIZE (a model's own size is at most
+    MAX_IMAGE_SIZE; a surface model reads its files at up to MAX_READ_SIZE)."""
+    if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or not 16 <= size <= MAX_READ_SIZE:
+        raise BadInput(f"invalid size {size!r}: expected an integer from 16 to {MAX_READ_SIZE}")
 
 
 def resize_pixels(h: int, w: int, size: int) -> int:

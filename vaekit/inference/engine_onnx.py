@@ -196,7 +196,7 @@ class OnnxModel(Model):
                                  f"{stored.z_dims}, header {image_size}/{channels}/{latent_dim})")
         self.info = ModelInfo(
             image_size=image_size, channels=channels, latent_dim=latent_dim, likelihood=likelihood,
-            latent_shape=stored.latent_shape,
+            latent_shape=stored.latent_shape, read_size=stored.reads_at,
             fingerprint=fingerprint, engine="onnxruntime", source=p, log_scale=log_scale,
             **threshold_fields(anomaly, p),
         )

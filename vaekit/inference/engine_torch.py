@@ -31,7 +31,7 @@ class TorchModel(Model):
                                   f"--resume?); finish the run with `vaekit train ... --resume`")
         self.info = ModelInfo(
             image_size=m.image_size, channels=m.channels, latent_dim=m.z_dims, likelihood=m.likelihood,
-            latent_shape=m.latent_shape,
+            latent_shape=m.latent_shape, read_size=m.reads_at,
             fingerprint=actual,
             engine="torch", source=Path(run_dir),
             log_scale=None if log_scale is None else [float(v) for v in log_scale.detach().cpu()],
@@ -85,7 +85,7 @@ class TorchModel(Model):
         m, log_scale = net.cfg, net.scale()
         self.info = ModelInfo(
             image_size=m.image_size, channels=m.channels, latent_dim=m.z_dims, likelihood=m.likelihood,
-            latent_shape=m.latent_shape, fingerprint=rundir.fingerprint(net.state_dict()), engine="torch",
+            latent_shape=m.latent_shape, read_size=m.reads_at, fingerprint=rundir.fingerprint(net.state_dict()), engine="torch",
             source=Path(source), log_scale=None if log_scale is None else [float(v) for v in log_scale.detach().cpu()])
         return self
 

@@ -40,6 +40,7 @@ class ModelInfo:
     latent_shape: tuple[int, ...] = ()  # (D,) for a vector latent, (C, G, G) for a grid; () = (latent_dim,)
     calibration: dict | None = None  # the atypicality score's statistics of normal images (vaekit/inference/atypicality.py)
     reader: dict | None = None  # the defect reader's config, when the run has one (vaekit.reader)
+    read_size: int = 0  # files' shorter side when read whole (a surface read larger than its tiles); 0 = image_size
 
     @property
     def dims(self) -> int:
@@ -48,6 +49,7 @@ class ModelInfo:
     def __post_init__(self) -> None:
         if not self.latent_shape:
             self.latent_shape = (self.latent_dim,)
+        self.read_size = self.read_size or self.image_size
 
 
 def threshold_fields(anomaly, source: str | Path = "the model", required: bool = False) -> dict:

@@ -20,8 +20,8 @@ BATCH_PIXELS = 64 * 256 * 256  # pixels at the model's size decoded at a time by
 
 def file_batch(model, most: int) -> int:
     """Files decoded and scored at a time when none is asked for: at most `most`, and at most
-    BATCH_PIXELS at the model's size (a surface's wider files hold more: their tiles)."""
-    return max(1, min(most, BATCH_PIXELS // model.info.image_size**2))
+    BATCH_PIXELS at the size files are read at (a surface's wider files hold more: their tiles)."""
+    return max(1, min(most, BATCH_PIXELS // model.info.read_size**2))
 
 
 def tiled(model) -> bool:
@@ -84,7 +84,8 @@ def iter_scores(model, paths: Sequence, batch_size: int, workers: int = 0, **kw)
     from vaekit.stream import find_inputs, iter_batches
 
     info = model.info
-    for b in iter_batches(find_inputs(paths).paths, info.image_size, info.channels, batch_size, workers, tiles=True):
+    for b in iter_batches(find_inputs(paths).paths, info.read_size, info.channels, batch_size, workers,
+                          tiles=info.image_size):
         if len(b.paths):
             out = score_tiles(model, b.images, b.tilings, **kw)[0]
         else:

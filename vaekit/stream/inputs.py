@@ -187,10 +187,11 @@ class Batch:
 
 def iter_batches(paths: Sequence[Path], size: int, channels: int, batch_size: int = 64, workers: int = 0,
                  positions: Sequence[int] | None = None, skip_batches: set[int] | frozenset = frozenset(),
-                 ahead: int = READ_AHEAD, tiles: bool = False) -> Iterator[Batch]:
+                 ahead: int = READ_AHEAD, tiles: int = 0) -> Iterator[Batch]:
     """Decode `paths[positions]` (default: all) in fixed slices of `batch_size` of the FULL list;
     slices in `skip_batches` are not read at all. Memory: a few batches, whatever the count.
-    tiles: each whole image (not its centre square) cut into square tiles of `size`.
+    tiles: each whole image (not its centre square), its shorter side `size`, cut into square tiles
+    of this many pixels (a surface model's own size); 0: the centre square of `size`.
 
     Decoding runs in a background thread up to `ahead` batches in front of the consumer (Pillow
     and torch release the GIL, so it overlaps with scoring); ahead=0 decodes in the caller."""
@@ -238,7 +239,7 @@ def _batch(index, pos, got, bad, channels, size, tiles) -> Batch:
     if not tiles:
         images = np.stack([x for _, x in got]) if got else np.zeros((0, channels, size, size), np.uint8)
         return Batch(index, list(pos), [p for p, _ in got], images, list(bad))
-    tilings = [tiling(x, size) for _, x in got]
+    tilings = [tiling(x, tiles) for _, x in got]
     images = (np.concatenate([t.cut(x) for t, (_, x) in zip(tilings, got)]) if got
-              else np.zeros((0, channels, size, size), np.uint8))
+              else np.zeros((0, channels, tiles, tiles), np.uint8))
     return Batch(index, list(pos), [p for p, _ in got], images, list(bad), tilings)

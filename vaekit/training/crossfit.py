@@ -59,7 +59,7 @@ def crossfit_scores(data: Dataset, splits: Splits, model_cfg: ModelConfig, train
         summary = summarise(engine, rest)
         if model_cfg.layout == "grid":  # a surface model scores each file whole: a row per tile
             chunks, counts = [], []
-            for tiles, n in iter_whole_tiles(data, held, CHUNK_PIXELS):
+            for tiles, n in iter_whole_tiles(data, held, CHUNK_PIXELS, model_cfg.image_size):
                 chunks.append(summary(engine.elbo_parts(tiles)))
                 counts += n
         else:

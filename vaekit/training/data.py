@@ -63,7 +63,7 @@ def load_dataset(
 
 
 AUTO_MAX_SIZE = 64  # --image-size auto for aligned objects: the images' own size, at most this (and at least 16)
-SURFACE_MAX_SIZE = 1024  # ... for surfaces: their own resolution (a small defect must stay visible), up to this
+SURFACE_MAX_SIZE = 3072  # ... for surfaces: their own resolution (a small defect must stay visible), up to this
 SAMPLE = 512  # files or images looked at to choose the automatic settings
 PROBE = 256  # files decoded (at a small size) to tell aligned objects from surfaces before choosing the size
 
@@ -104,6 +104,7 @@ def probe_layout(paths: list[Path], channels: int) -> str:
     return choose_layout(image_statistics(report.images, np.arange(len(report.paths))), native)
 
 
+STATISTICS_SIDE = 1024  # image_statistics looks at images up to this side, larger ones at every k-th pixel
 LAYOUT_ALIGNED = 0.1  # aligned-ness at or above which one latent vector describes the images
 
 
@@ -122,8 +123,10 @@ def image_statistics(images: np.ndarray, idx: np.ndarray) -> dict[str, float]:
       alone gives a surface a structured mean image (a 30% fall-off across 40 images of 256 px:
       0.17-0.44); what a shape leaves in the mean is not quadratic (MNIST 0.24-0.82, faces 0.11).
     binary: share of values within 0.1 of black or white (0.9 for MNIST, ~0 for photographs)."""
-    pick = idx[:: max(1, len(idx) // SAMPLE)]
-    x = gather(images, np.sort(pick)).astype(np.float32).mean(1) / 255.0  # (n, H, W) grey
+    pick = np.sort(idx[:: max(1, len(idx) // SAMPLE)])
+    step = -(-images.shape[-1] // STATISTICS_SIDE)  # every step-th pixel of images larger than that
+    x = np.stack([gather(images, pick[i : i + 1])[0, :, ::step, ::step] for i in range(len(pick))])
+    x = x.astype(np.float32).mean(1) / 255.0  # (n, H, W) grey
     variance = max(float(x.var(0).mean()), 1e-12)
     chance = 1.0 / (len(x) - 1) if len(x) > 1 else 0.0
     mean = x.mean(0)

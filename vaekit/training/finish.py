@@ -13,8 +13,8 @@ import torch
 
 from vaekit.errors import TrainingFailed
 from vaekit.training import rundir
-from vaekit.training.data import gather, to_input
-from vaekit.training.whole import iter_whole_tiles, per_image_max
+from vaekit.training.data import gather, to_device
+from vaekit.training.whole import iter_whole_tiles, model_tiles, per_image_max
 from vaekit.version import __version__
 
 
@@ -36,8 +36,11 @@ def write_run_config(out_dir, data, model_cfg, train_cfg, device, n_train, n_val
             "skipped": [[_rel(p, data.root), r] for p, r in data.skipped],
             "channels": model_cfg.channels,
             "image_size": model_cfg.image_size,
+            "read_size": model_cfg.reads_at,
             "fingerprint": data.fingerprint,
-            "preprocessing": "shorter side resized to image_size (bicubic), centre crop; pixels / 255",
+            "preprocessing": ("shorter side resized to read_size (bicubic), the whole image in image_size tiles; "
+                              "pixels / 255") if model_cfg.reads_at > model_cfg.image_size else
+                             "shorter side resized to image_size (bicubic), centre crop; pixels / 255",
         },
         "device": str(device),
     })
@@ -103,7 +106,7 @@ def finish(out_dir, data, splits, train_cfg, device, crossfit=None, progress=Non
     calibration = Calibration.empty(grid, local_windows(size), COMBINE["grid" if grid else "vector"],
                                     GLOBAL_TESTS if grid else OBJECT_TESTS)
     calibration = _with_codes(calibration, engine, data, splits.train)
-    reference_idx = _at_most(splits.train, max(1, CALIBRATION_PIXELS // size**2))
+    reference_idx = _at_most(splits.train, max(1, CALIBRATION_PIXELS // data.images.shape[-1] ** 2))
     for parts in _parts(engine, data, reference_idx):
         calibration.add_reference(parts)
     reference = _scored(engine, data, reference_idx, calibration)
@@ -122,7 +125,7 @@ def finish(out_dir, data, splits, train_cfg, device, crossfit=None, progress=Non
     if grid and train_cfg.reader:
         from vaekit.training.finish_reader import train_and_calibrate
 
-        reader = train_and_calibrate(out_dir, data, splits, train_cfg, progress, should_stop)
+        reader = train_and_calibrate(out_dir, data, splits, train_cfg, size, progress, should_stop)
         if reader is None:
             return None
         cfg["reader"], scores["defect"], default = reader.config, reader.scores, "defect"
@@ -146,7 +149,7 @@ def _with_codes(calibration, engine, data, idx):
 
     if "code_far" not in calibration.global_tests:
         return calibration
-    codes = engine.encode(gather(data.images, _at_most(idx, codebank.BANK_SIZE)))[0]
+    codes = engine.encode(gather(data.images, _at_most(idx, codebank.BANK_SIZE)))[0]  # aligned objects only
     if not np.isfinite(codes).all():  # trained to weights that overflow (a huge --lr): no model to keep
         raise TrainingFailed("the trained model's codes of its training images are not finite numbers: "
                              "training diverged; try a lower --lr")
@@ -159,14 +162,15 @@ def _codec_tables(engine, data, idx) -> dict:
     from vaekit.codec import prior as priors
     from vaekit.codec.store import fit_prior
 
-    return priors.to_dict(fit_prior(engine, gather(data.images, idx)))
+    return priors.to_dict(fit_prior(engine, model_tiles(data, idx, engine.info.image_size)))
 
 
 def _parts(engine, data, idx):
-    """The -ELBO parts of images `idx`, a pixel-bounded chunk at a time."""
-    step = max(1, CHUNK_PIXELS // engine.info.image_size**2)
+    """The -ELBO parts of images `idx` (their tiles, for a surface read larger than the model), a
+    pixel-bounded chunk at a time."""
+    step = max(1, CHUNK_PIXELS // data.images.shape[-1] ** 2)
     for i in range(0, len(idx), step):
-        yield engine.elbo_parts(gather(data.images, idx[i : i + step]))
+        yield engine.elbo_parts(model_tiles(data, idx[i : i + step], engine.info.image_size))
 
 
 def _parts_of(engine, images: np.ndarray):
@@ -183,7 +187,7 @@ def _scored(engine, data, idx, calibration) -> Scored:
 def _held_out(engine, data, splits, calibration, reference: Scored):
     """Statistics on the validation split, scores of the calibration split (or what there is)."""
     fit_idx = splits.val if len(splits.val) else splits.train
-    fitted = _scored(engine, data, _at_most(fit_idx, max(1, CALIBRATION_PIXELS // engine.info.image_size**2)),
+    fitted = _scored(engine, data, _at_most(fit_idx, max(1, CALIBRATION_PIXELS // data.images.shape[-1] ** 2)),
                      calibration)
     calibration.fit_tests(fitted.tests, reference.tests)
     if len(splits.cal):
@@ -201,7 +205,7 @@ def _whole_scores(engine, data, idx, calibration) -> dict[str, np.ndarray]:
     (vaekit.inference.tiled): each score its most anomalous tile's; a pixel-bounded chunk of
     tiles at a time."""
     out: dict[str, list] = {}
-    for tiles, counts in iter_whole_tiles(data, idx, CHUNK_PIXELS):
+    for tiles, counts in iter_whole_tiles(data, idx, CHUNK_PIXELS, engine.info.image_size):
         held = Scored.cat([Scored.of(calibration, p) for p in _parts_of(engine, tiles)])
         for k, v in {"atypicality": calibration.score_tests(held.tests), **held.nats}.items():
             out.setdefault(k, []).append(per_image_max(v, counts))
@@ -251,12 +255,14 @@ def _write_preview(path, model, data, idx, device) -> None:
     from vaekit import images as imageio
 
     idx = idx[:8]
-    x = to_input(data.images, idx, device)
-    size, z_dims = None, model.cfg.z_dims
-    if model.cfg.layout == "grid" and max(x.shape[-2:]) > PREVIEW_SIDE:
-        y0, x0 = ((n - PREVIEW_SIDE) // 2 // 4 * 4 for n in x.shape[-2:])  # on the latent grid's 4 px cells
-        x = x[..., y0 : y0 + PREVIEW_SIDE, x0 : x0 + PREVIEW_SIDE]
-        size, z_dims = (PREVIEW_SIDE, PREVIEW_SIDE), model.cfg.latent_dim * (PREVIEW_SIDE // 4) ** 2
+    size, z_dims, window, side = None, model.cfg.z_dims, (slice(None), slice(None)), data.images.shape[-1]
+    if model.cfg.layout == "grid" and side > PREVIEW_SIDE:
+        y0, x0 = ((n - PREVIEW_SIDE) // 2 // 4 * 4 for n in data.images.shape[-2:])  # on the latent grid's 4 px cells
+        window, side = (slice(y0, y0 + PREVIEW_SIDE), slice(x0, x0 + PREVIEW_SIDE)), PREVIEW_SIDE
+    if side != model.cfg.image_size:  # a window, or a surface cached at its read size
+        size, z_dims = (side, side), model.cfg.latent_dim * (-(-side // 4)) ** 2
+    x = to_device(torch.from_numpy(np.stack([gather(data.images, idx[j : j + 1])[0][:, window[0], window[1]]
+                                             for j in range(len(idx))])), device)
     mu, _ = model.encode(x)
     recon = model.mean_image(model.decode(mu, size))
     g = torch.Generator(device="cpu").manual_seed(0)

@@ -22,6 +22,8 @@ from vaekit.training.data import gather
 from vaekit.training.whole import iter_whole_tiles, per_image_max
 
 CHUNK_PIXELS = 64 * 256 * 256  # images read at a time while calibrating
+READER_PIXELS = 1 << 25  # a surface read larger than the model's size: the reader trains on windows of at most this many pixels
+WINDOW = 256  # ... each this many pixels square, drawn at random from every training image
 
 
 @dataclass
@@ -31,9 +33,10 @@ class TrainedReader:
     source: str  # which images those are ("calibration", "held-out fold")
 
 
-def train_and_calibrate(out_dir, data, splits, train_cfg, progress=None, should_stop=None) -> TrainedReader | None:
+def train_and_calibrate(out_dir, data, splits, train_cfg, tile: int, progress=None, should_stop=None) -> TrainedReader | None:
     """Train the reader on the training images (all but one fold when cross-fitted), save it as
-    reader.safetensors, and score the held-out normal images; None when asked to stop."""
+    reader.safetensors, and score the held-out normal images (read whole, in `tile` px tiles, the
+    model's size); None when asked to stop."""
     from vaekit.reader.net import ReaderConfig
     from vaekit.reader.train import load_reader, train_reader
 
@@ -53,23 +56,41 @@ def train_and_calibrate(out_dir, data, splits, train_cfg, progress=None, should_
         return stopped["yes"]
 
     report = (lambda done, total, **m: progress(done, total, phase="reader", **m)) if progress else None
-    state = train_reader(np.asarray(gather(data.images, train_idx)), None, cfg, seed=train_cfg.seed, progress=report,
+    state = train_reader(training_images(data, train_idx, tile, train_cfg.seed), None, cfg, seed=train_cfg.seed,
+                         progress=report,
                          should_stop=stop)
     if stopped["yes"]:
         return None
     rundir.save_tensors(out_dir / rundir.READER, state, {"format": "vaekit-reader/1"})
-    scores = read_scores(load_reader(state, cfg), data, held)
+    scores = read_scores(load_reader(state, cfg), data, held, tile)
     return TrainedReader(_json_config(cfg), scores, source)
 
 
-def read_scores(net, data, idx) -> np.ndarray:
+def training_images(data, idx, tile: int, seed: int) -> np.ndarray:
+    """What the reader trains on (it draws its crops from them): the training images as cached, or,
+    when they are cached larger than the model's `tile` and hold more than READER_PIXELS in all (a
+    surface read at its own large size), WINDOW px windows drawn at random from every one of them,
+    as many as fit."""
+    n, side = len(idx), data.images.shape[-1]
+    if side <= tile or n * side**2 <= READER_PIXELS or side <= WINDOW:
+        return np.asarray(gather(data.images, idx))
+    k, rng = max(1, READER_PIXELS // (n * WINDOW**2)), np.random.default_rng(seed)
+    out = []
+    for i in idx:
+        x = gather(data.images, np.array([i]))[0]
+        for y0, x0 in rng.integers(0, side - WINDOW + 1, (k, 2)):
+            out.append(x[:, y0 : y0 + WINDOW, x0 : x0 + WINDOW])
+    return np.stack(out)
+
+
+def read_scores(net, data, idx, tile: int) -> np.ndarray:
     """The reader's image scores of images `idx`, each read whole as `anomaly-score` reads its
     file (vaekit.inference.tiled: a wider image in square tiles, its score the largest tile's),
     a pixel-bounded chunk of tiles at a time."""
     from vaekit.reader.train import read
 
     out = [per_image_max(read(net, tiles, tile=READ_TILE)[0], counts)
-           for tiles, counts in iter_whole_tiles(data, idx, CHUNK_PIXELS)]
+           for tiles, counts in iter_whole_tiles(data, idx, CHUNK_PIXELS, tile)]
     return np.concatenate(out) if out else np.zeros(0)
 
 

@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from vaekit.config import RESUMABLE, ModelConfig, TrainConfig, from_dict, from_stored_model
+from vaekit.config import RESUMABLE, ModelConfig, TrainConfig, from_dict, from_stored_model, surface_sizes
 from vaekit.errors import BadInput
 from vaekit.fileio import refuse_inside
 from vaekit.progress import Progress
@@ -126,14 +126,16 @@ def _train(data_dir, out_dir, model_cfg, train_cfg, channels, resume, overwrite,
         layout = model_cfg.layout
         if layout == "auto" and paths:
             layout = probe_layout(paths, images.resolve_channels(paths, channels))
-        model_cfg = replace(model_cfg, layout=layout, image_size=auto_image_size(paths, layout))
+        side = auto_image_size(paths, layout)
+        sizes = surface_sizes(side) if layout == "grid" else {"image_size": side}
+        model_cfg = replace(model_cfg, layout=layout, **sizes)
     # The first rank on each machine fills the pixel cache; the others then find it there.
     data = None
     if dist.local_rank == 0:
-        data = load_dataset(data_dir, model_cfg.image_size, channels, cache_dir, workers, progress)
+        data = load_dataset(data_dir, model_cfg.reads_at, channels, cache_dir, workers, progress)
     barrier(dist)
     if data is None:
-        data = load_dataset(data_dir, model_cfg.image_size, channels, cache_dir, workers)
+        data = load_dataset(data_dir, model_cfg.reads_at, channels, cache_dir, workers)
     if not resume and dist.main:  # once the images are known to be usable: a refused run writes nothing
         rundir.prepare_out(out_dir, overwrite)
     if resume and data.fingerprint != stored.get("data", {}).get("fingerprint"):

@@ -29,11 +29,12 @@ CROP = 64  # TrainConfig.crop=0: a grid model larger than this trains on crops o
 
 def training_crop(train_cfg: TrainConfig, model_cfg: ModelConfig) -> int | None:
     """The crop a model trains on (None: whole images). Only a grid model crops: it is fully
-    convolutional, so what it learns of a 64 px window holds for the whole surface it reads."""
+    convolutional, so what it learns of a 64 px window holds for the whole surface it reads.
+    A crop is at most the model's size, whatever the size its images are read at."""
     if model_cfg.layout != "grid":
         return None
-    c = train_cfg.crop or CROP
-    return c if c < model_cfg.image_size else None
+    c = min(train_cfg.crop or CROP, model_cfg.image_size)
+    return c if c < model_cfg.reads_at else None
 
 
 def crop_batch(x: torch.Tensor, crop: int | None, seed) -> torch.Tensor:

@@ -11,32 +11,46 @@ import numpy as np
 from vaekit.training.data import Dataset, gather
 
 
-def whole_tiles(data: Dataset, i: int) -> np.ndarray:
-    """Image i as a surface model scores its file (vaekit.images.tiles): its square tiles
-    (k, C, S, S). A file that comes out square (judged from its header), or one that can no
-    longer be read, is its cached pixels, one tile (what was trained on)."""
+def whole_tiles(data: Dataset, i: int, tile: int) -> np.ndarray:
+    """Image i as a surface model scores its file (vaekit.images.tiles): its `tile` px square
+    tiles (k, C, tile, tile). A file that comes out square at the read size (judged from its
+    header), or one that can no longer be read, is cut from its cached pixels."""
     from vaekit.images import ImageReadError, load_image, open_image
     from vaekit.images.tiles import tiling
 
     size, channels = data.images.shape[-1], data.images.shape[1]
+    x = None
     try:
         with open_image(data.paths[i]) as img:
             w, h = img.size
-        if max(size, round(max(w, h) * size / min(w, h))) == size:  # square at the model's size
-            return gather(data.images, np.array([i]))
-        x = load_image(data.paths[i], size, channels, crop=False)
+        if max(size, round(max(w, h) * size / min(w, h))) != size:  # not square at the read size
+            x = load_image(data.paths[i], size, channels, crop=False)
     except (ImageReadError, OSError, ZeroDivisionError):
-        return gather(data.images, np.array([i]))
-    return tiling(x, size).cut(x)
+        pass
+    if x is None:
+        x = gather(data.images, np.array([i]))[0]
+    return tiling(x, tile).cut(x)
 
 
-def iter_whole_tiles(data: Dataset, idx, pixels: int) -> Iterator[tuple[np.ndarray, list[int]]]:
-    """The tiles of images `idx` read whole (`whole_tiles`), in chunks of about `pixels` (at least
-    one image each): (tiles (T, C, S, S), how many tiles each image of the chunk has)."""
-    most = max(1, pixels // int(np.prod(data.images.shape[2:])))
+def model_tiles(data: Dataset, idx, tile: int) -> np.ndarray:
+    """The cached (centre square) images `idx` as the model sees them: as they are when cached at
+    its size, else each cut into its `tile` px tiles (a surface read at a larger size)."""
+    from vaekit.images.tiles import Tiling
+
+    images = gather(data.images, np.asarray(idx))
+    if images.shape[-1] == tile:
+        return images
+    cut = Tiling(images.shape[-2:], tile)
+    return np.concatenate([cut.cut(x) for x in images]) if len(images) else images[:, :, :tile, :tile]
+
+
+def iter_whole_tiles(data: Dataset, idx, pixels: int, tile: int) -> Iterator[tuple[np.ndarray, list[int]]]:
+    """The `tile` px tiles of images `idx` read whole (`whole_tiles`), in chunks of about `pixels`
+    (at least one image each): (tiles (T, C, tile, tile), how many tiles each image of the chunk has)."""
+    most = max(1, pixels // tile**2)
     pending: list[np.ndarray] = []
     for i in idx:
-        pending.append(whole_tiles(data, i))
+        pending.append(whole_tiles(data, i, tile))
         if sum(map(len, pending)) >= most:
             yield np.concatenate(pending), [len(t) for t in pending]
             pending = []
