@@ -119,16 +119,21 @@ def _train(data_dir, out_dir, model_cfg, train_cfg, channels, resume, overwrite,
     if not dist.main:
         progress = None
 
-    if not model_cfg.image_size:  # auto: objects or surface first (a small probe), then the size from the headers
+    # auto: objects or surface first (a small probe), then the size from the headers; a size above
+    # the network's (read_size) is for a surface only, so it is probed before anything is read
+    if not model_cfg.image_size or (model_cfg.read_size and model_cfg.layout == "auto"):
         from vaekit import images
 
         paths = images.find_images(data_dir)
         layout = model_cfg.layout
         if layout == "auto" and paths:
             layout = probe_layout(paths, images.resolve_channels(paths, channels))
-        side = auto_image_size(paths, layout)
-        sizes = surface_sizes(side) if layout == "grid" else {"image_size": side}
-        model_cfg = replace(model_cfg, layout=layout, **sizes)
+        if model_cfg.image_size:
+            model_cfg = replace(model_cfg, layout=layout)  # BadInput if the images are aligned objects
+        else:
+            side = auto_image_size(paths, layout)
+            model_cfg = replace(model_cfg, layout=layout,
+                                **(surface_sizes(side) if layout == "grid" else {"image_size": side}))
     # The first rank on each machine fills the pixel cache; the others then find it there.
     data = None
     if dist.local_rank == 0:
