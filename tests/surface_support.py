@@ -24,3 +24,36 @@ def train_surface(data: Path, out: Path, epochs: int = 3, reader_steps: int = 40
     finally:
         mp.undo()
     return out
+
+
+def train_read_larger(data: Path, out: Path, limit: int = 48, **kw) -> Path:
+    """`train_surface` with the network's largest size (vaekit.config.MAX_IMAGE_SIZE) lowered to
+    `limit` px, so that larger images take the read-size path in seconds: files read whole at
+    their own size, in tiles of the model's."""
+    import vaekit.config
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(vaekit.config, "MAX_IMAGE_SIZE", limit)
+    try:
+        return train_surface(data, out, **kw)
+    finally:
+        mp.undo()
+
+
+def killed_at_batch(n: int, model, job) -> None:
+    """Run `job` with Ctrl-C arriving as `model` scores its n-th batch."""
+    real, calls = type(model).score, []
+
+    def dying(self, x, **kw):
+        calls.append(len(x))
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real(self, x, **kw)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(type(model), "score", dying)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            job()
+    finally:
+        mp.undo()

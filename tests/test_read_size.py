@@ -13,7 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import vaekit
-from surface_support import train_surface
+from surface_support import train_read_larger
 from vaekit.config import ModelConfig
 from vaekit.errors import BadInput
 
@@ -34,15 +34,8 @@ def _textures(folder, n=24, h=96, w=144, seed=0, defect=False):
 @pytest.fixture(scope="module")
 def large(tmp_path_factory):
     """A surface of 96 x 144 px images trained with --image-size auto while the network's limit is 48 px."""
-    import vaekit.config
-
     root = tmp_path_factory.mktemp("large")
-    mp = pytest.MonkeyPatch()
-    mp.setattr(vaekit.config, "MAX_IMAGE_SIZE", 48)
-    try:
-        train_surface(_textures(root / "train"), root / "run", epochs=2, reader_steps=20)
-    finally:
-        mp.undo()
+    train_read_larger(_textures(root / "train"), root / "run", epochs=2, reader_steps=20)
     return root
 
 

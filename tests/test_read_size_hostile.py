@@ -14,7 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import vaekit
-from surface_support import train_surface
+from surface_support import killed_at_batch, train_read_larger
 
 
 def _textures(folder, n=24, h=96, w=144, seed=0, defect=False, rgb=False, prefix="t"):
@@ -61,15 +61,8 @@ def _one_line_error(r, code=2):
 
 @pytest.fixture(scope="module")
 def large(tmp_path_factory):
-    import vaekit.config
-
     root = tmp_path_factory.mktemp("hostile_large")
-    mp = pytest.MonkeyPatch()
-    mp.setattr(vaekit.config, "MAX_IMAGE_SIZE", 48)
-    try:
-        train_surface(_textures(root / "train"), root / "run", epochs=2, reader_steps=20)
-    finally:
-        mp.undo()
+    train_read_larger(_textures(root / "train"), root / "run", epochs=2, reader_steps=20)
     return root
 
 
@@ -142,25 +135,6 @@ def test_shards_of_a_large_surface_merge_to_the_whole_jobs_scores(large, tmp_pat
         assert by_name[k.rsplit("/", 1)[-1]] == pytest.approx(v, rel=1e-5, abs=1e-6)
 
 
-def _killed_at_batch(n: int, model, job) -> None:
-    """Run `job` with Ctrl-C arriving as the model scores its n-th batch."""
-    real, calls = type(model).score, []
-
-    def dying(self, x, **kw):
-        calls.append(len(x))
-        if len(calls) == n:
-            raise KeyboardInterrupt
-        return real(self, x, **kw)
-
-    mp = pytest.MonkeyPatch()
-    mp.setattr(type(model), "score", dying)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            job()
-    finally:
-        mp.undo()
-
-
 def test_resume_of_a_killed_scoring_job_gives_the_same_file_and_maps(large, tmp_path):
     from vaekit import anomaly
 
@@ -169,7 +143,7 @@ def test_resume_of_a_killed_scoring_job_gives_the_same_file_and_maps(large, tmp_
     _textures(inp, n=2, seed=22, h=60, w=200, rgb=True, prefix="w")
     m = vaekit.load(large / "run")
     anomaly.score_to_file(m, inp, tmp_path / "whole.csv", tmp_path / "m1", batch_size=2)
-    _killed_at_batch(2, m, lambda: anomaly.score_to_file(m, inp, tmp_path / "s.csv", tmp_path / "m2", batch_size=2))
+    killed_at_batch(2, m, lambda: anomaly.score_to_file(m, inp, tmp_path / "s.csv", tmp_path / "m2", batch_size=2))
     assert not (tmp_path / "s.csv").exists()
     rep = anomaly.score_to_file(m, inp, tmp_path / "s.csv", tmp_path / "m2", batch_size=2, resume=True)
     assert rep.resumed == 1 and rep.count == 6
@@ -192,7 +166,7 @@ def test_a_journal_of_the_same_weights_read_at_another_size_is_not_resumed(large
     (run / "config.json").write_text(json.dumps(cfg))
     inp = _textures(tmp_path / "in", n=6, seed=23)
     old = vaekit.load(run)
-    _killed_at_batch(2, old, lambda: anomaly.score_to_file(old, inp, tmp_path / "s.csv", batch_size=2))
+    killed_at_batch(2, old, lambda: anomaly.score_to_file(old, inp, tmp_path / "s.csv", batch_size=2))
     with pytest.raises(BadInput):
         anomaly.score_to_file(vaekit.load(large / "run"), inp, tmp_path / "s.csv", batch_size=2, resume=True)
 
@@ -408,16 +382,13 @@ def test_the_export_scores_odd_shapes_as_the_run_does_with_the_default_score(lar
     assert onnx.info.threshold == pytest.approx(run.info.threshold)
 
 
-def test_an_rgb_surface_read_at_a_size_no_multiple_of_four_or_the_tile(tmp_path, monkeypatch):
+def test_an_rgb_surface_read_at_a_size_no_multiple_of_four_or_the_tile(tmp_path):
     """RGB textures of 98 x 147 under a 48 px limit: read at 98 (tiles at 0, 25, 50 overlapping), the
     stored held-out scores are the scores `score_images` gives their files."""
-    import vaekit.config
     from vaekit.anomaly import score_images
 
-    monkeypatch.setattr(vaekit.config, "MAX_IMAGE_SIZE", 48)
-    train_surface(_textures(tmp_path / "train", n=16, h=98, w=147, rgb=True), tmp_path / "run", epochs=1,
-                  reader_steps=10)
-    monkeypatch.undo()
+    train_read_larger(_textures(tmp_path / "train", n=16, h=98, w=147, rgb=True), tmp_path / "run", epochs=1,
+                      reader_steps=10)
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     assert (cfg["model"]["image_size"], cfg["model"]["read_size"], cfg["model"]["channels"]) == (48, 98, 3)
     m = vaekit.load(tmp_path / "run")

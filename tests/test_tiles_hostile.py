@@ -16,7 +16,7 @@ import vaekit
 from vaekit.config import ModelConfig, TrainConfig
 from vaekit.train import train
 
-from surface_support import train_surface
+from surface_support import killed_at_batch, train_surface
 
 S = 48  # the surface model's size
 
@@ -263,30 +263,11 @@ def test_two_shards_with_maps_merge_into_the_single_runs_file(model, mixed, tmp_
     assert all(a.read_bytes() == b.read_bytes() for a, b in zip(one, two))
 
 
-def _killed_at_batch(n: int, model, job) -> None:
-    """Run `job` with Ctrl-C arriving as the model scores its n-th batch."""
-    real, calls = type(model).score, []
-
-    def dying(self, x, **kw):
-        calls.append(len(x))
-        if len(calls) == n:
-            raise KeyboardInterrupt
-        return real(self, x, **kw)
-
-    mp = pytest.MonkeyPatch()
-    mp.setattr(type(model), "score", dying)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            job()
-    finally:
-        mp.undo()
-
-
 def test_resume_after_a_stop_mid_job_gives_the_same_file_and_maps(model, mixed, tmp_path):
     from vaekit import anomaly
 
     anomaly.score_to_file(model, mixed, tmp_path / "whole.csv", tmp_path / "m1", batch_size=2)
-    _killed_at_batch(3, model, lambda: anomaly.score_to_file(model, mixed, tmp_path / "s.csv", tmp_path / "m2",
+    killed_at_batch(3, model, lambda: anomaly.score_to_file(model, mixed, tmp_path / "s.csv", tmp_path / "m2",
                                                              batch_size=2))
     assert not (tmp_path / "s.csv").exists()
     rep = anomaly.score_to_file(model, mixed, tmp_path / "s.csv", tmp_path / "m2", batch_size=2, resume=True)
@@ -445,7 +426,7 @@ def test_a_journal_from_when_a_surface_read_centre_squares_is_not_resumed(model,
     from vaekit import anomaly
     from vaekit.errors import BadInput
 
-    _killed_at_batch(2, model, lambda: anomaly.score_to_file(model, mixed, tmp_path / "s.csv", batch_size=2))
+    killed_at_batch(2, model, lambda: anomaly.score_to_file(model, mixed, tmp_path / "s.csv", batch_size=2))
     partial = tmp_path / "s.csv.partial"
     lines = partial.read_bytes().split(b"\n")
     header = json.loads(lines[0])
