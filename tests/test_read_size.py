@@ -143,3 +143,15 @@ def test_an_image_size_above_the_networks_is_a_surfaces_read_size(tmp_path):
         r = CliRunner().invoke(app, ["train", str(tmp_path / "d"), "--out", str(tmp_path / "r"), *args])
         assert r.exit_code == 2 and says in r.output and "Traceback" not in r.output, r.output
         assert not (tmp_path / "r").exists()
+
+
+def test_a_resume_takes_the_image_size_the_run_was_asked_for(large, tmp_path):
+    """`train --resume --image-size N` with the N the run was trained with: above the network's size
+    that N is the read size, so it is no change; another N is refused as a change."""
+    from vaekit.training.job import _resumed_configs
+
+    stored = json.loads((large / "run" / "config.json").read_text())
+    model_cfg, _ = _resumed_configs(stored, large / "run", {"image_size": 96})
+    assert (model_cfg.image_size, model_cfg.read_size) == (48, 96)
+    with pytest.raises(BadInput, match="cannot change --image-size 48 \\(the run has 96\\)"):
+        _resumed_configs(stored, large / "run", {"image_size": 48})

@@ -42,7 +42,8 @@ def _resumed_configs(stored: dict, out_dir: Path, changes: dict) -> tuple[ModelC
                                       **stored.get("train", {})})
     except (TypeError, ValueError) as e:
         raise rundir.RunError(f"run config {out_dir / rundir.CONFIG} is damaged: {e}") from None
-    current = {**asdict(model_cfg), **asdict(old)}
+    # --image-size as the user gave it: above the network's size, a surface's read size
+    current = {**asdict(model_cfg), "image_size": model_cfg.reads_at, **asdict(old)}
     refused = {k: v for k, v in changes.items() if k not in RESUMABLE and k in current and current[k] != v}
     if refused:
         names = ", ".join(f"--{k.replace('_', '-')} {v} (the run has {current[k]})" for k, v in refused.items())
