@@ -38,7 +38,7 @@ def crossfit_scores(data: Dataset, splits: Splits, model_cfg: ModelConfig, train
     every fold but the first (vaekit.training.data.plan_splits), so it is the first fold's model:
     `run_engine` scores that fold, and the others train."""
     from vaekit.inference.engine_torch import TorchModel
-    from vaekit.training.finish import CHUNK_PIXELS, Scored
+    from vaekit.training.finish import CHUNK_PIXELS, Scored, parts_of
     from vaekit.training.trainer import Trainer
 
     out = []
@@ -60,7 +60,7 @@ def crossfit_scores(data: Dataset, splits: Splits, model_cfg: ModelConfig, train
         if model_cfg.layout == "grid":  # a surface model scores each file whole: a row per tile
             chunks, counts = [], []
             for tiles, n in iter_whole_tiles(data, held, CHUNK_PIXELS, model_cfg.image_size):
-                chunks.append(summary(engine.elbo_parts(tiles)))
+                chunks += [summary(parts) for parts in parts_of(engine, tiles)]
                 counts += n
         else:
             counts = [1] * len(held)
