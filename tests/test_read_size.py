@@ -72,6 +72,7 @@ def test_a_large_surface_stores_thresholds_from_whole_files_read_at_their_size(l
         assert all(np.abs(got - s).min() <= 1e-4 * abs(s) + 1e-6 for s in by_score[name]["scores"]), name
 
 
+@pytest.mark.slow  # exports
 def test_the_cli_and_an_export_read_a_large_surface_alike(large, tmp_path):
     from vaekit_cli.main import app
 

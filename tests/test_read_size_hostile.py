@@ -366,6 +366,7 @@ def test_a_read_size_that_is_no_multiple_of_the_tile_scores_whole(large, tmp_pat
     assert np.asarray(s.pixel_map).shape == (2, read_size, round(144 * read_size / 96))
 
 
+@pytest.mark.slow  # exports
 def test_the_export_scores_odd_shapes_as_the_run_does_with_the_default_score(large, tmp_path):
     inp = tmp_path / "in"
     _textures(inp, n=1, seed=91, defect=True)
