@@ -255,3 +255,21 @@ def test_cli_export_errors_are_one_line_and_exit_2(ex, tmp_path):
     r = CliRunner().invoke(app, ["export", str(ex.run), "-o", str(tmp_path / "x.txt")])
     assert r.exit_code == 2 and "error: output must be a file name ending in .onnx" in squash(r.output)
     assert "Traceback" not in r.output
+
+
+def test_a_large_latent_grid_keeps_its_kl_exact_on_a_flat_image(tmp_path):
+    # a 512 px grid model has 128 x 128 x C latent terms, all alike on a flat image: a float32
+    # sum of them in onnxruntime drifted by ~6e-4 of the total (a 1600 px surface's export failed
+    # its own parity check on it); the graph sums in float64
+    import vaekit
+    from vaekit.export import export
+
+    run = random_run(tmp_path / "run", image_size=512, layout="grid", channels=3, likelihood="gaussian")
+    flat = np.full((2, 3, 512, 512), 255, np.uint8)
+    flat[1] = 0
+    export(run, tmp_path / "g.onnx", images=flat)
+    o = vaekit.load(tmp_path / "g.onnx")
+    mu, logvar = (v.astype(np.float64) for v in o.encode(flat))
+    want = 0.5 * (mu**2 + np.exp(logvar) - 1.0 - logvar).sum(1)
+    assert mu.shape[1] >= 128 * 128
+    np.testing.assert_allclose(o.score(flat).kl, want, rtol=2e-6)

@@ -24,9 +24,14 @@ class Loss:
     total: torch.Tensor  # (B,) recon + beta * kl
 
 
+def kl_terms(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Closed-form KL(N(mu, sigma^2) || N(0, 1)) of each latent dim: (..., D) -> (..., D)."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
+
+
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """Closed-form KL(N(mu, sigma^2) || N(0, I)) summed over latent dims: (B, D) -> (B,)."""
-    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=1)
+    return kl_terms(mu, logvar).sum(dim=1)
 
 
 class Bernoulli:

@@ -22,6 +22,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from vaekit.model.objective import kl_terms
+
 PARTS = ("recon", "r", "kl")
 Features = Callable[[torch.Tensor], torch.Tensor]
 
@@ -47,7 +49,7 @@ def vae_features(net, parts: Sequence[str] = ("recon", "r")) -> Features:
             out.append(torch.log1p((nll - _floor(net, x)).clamp(min=0))[:, None])
         if "kl" in parts:
             c, g, _ = net.cfg.latent_shape
-            kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).view(-1, c, g, g).sum(1, keepdim=True)
+            kl = kl_terms(mu, logvar).view(-1, c, g, g).sum(1, keepdim=True)
             out.append(torch.log1p(F.interpolate(kl, size=x.shape[-2:], mode="nearest")))
         return torch.cat(out, 1).float()
 
