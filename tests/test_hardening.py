@@ -722,3 +722,33 @@ def test_vaekit_errors_carry_their_exit_codes_and_keep_the_old_base_types(run, w
     with pytest.raises(errors.ForeignModel, match="not a vaekit run directory"):
         vaekit.load(work / "notes")
     assert exit_code_for(TypeError("a bug")) == 3
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc, where no file can be created")
+@pytest.mark.parametrize("command, out", [("anomaly-score", "s.csv"), ("encode", "x.codes"), ("reconstruct", "rec")])
+def test_an_output_whose_journal_cannot_be_created_is_one_line_and_exit_2(run, images, command, out):
+    # /proc/OUT.partial cannot be created (ENOENT): the journal was opened as None and locked,
+    # a TypeError and exit 3 with a traceback
+    r = invoke(command, run, images, "-o", f"/proc/{out}")
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output and "bug in vaekit" not in r.output
+    assert "/proc/" in r.output and len(r.output.strip().splitlines()) <= 2, r.output
+
+
+def test_train_into_a_folder_that_cannot_be_created_is_one_line_and_exit_2(images, work, monkeypatch):
+    # a read-only file system: mkdir's OSError (EROFS) was exit 3, "a bug in vaekit"
+    import errno
+
+    real = Path.mkdir
+    target = work / "ro" / "run"
+
+    def mkdir(self, *a, **k):
+        if str(self).startswith(str(work / "ro")):
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    r = invoke("train", images, "--out", target, *TINY, "--epochs", "1")
+    assert r.exit_code == 2, r.output
+    assert "Read-only file system" in r.output and "bug in vaekit" not in r.output, r.output
+    assert not (work / "ro").exists()

@@ -67,6 +67,8 @@ def open_regular(path: Path, write: bool, what: str = "journal") -> int | None:
     try:
         fd = os.open(path, flags, 0o666)
     except FileNotFoundError:
+        if write:  # its folder cannot hold it (gone, or a /proc that creates nothing): the caller's OSError
+            raise
         return None
     except OSError as e:
         if e.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):  # a link or FIFO put there since the lstat

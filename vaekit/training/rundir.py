@@ -123,7 +123,10 @@ def locked(run_dir: Path):
         raise BadInput(f"--out {run_dir} is a file, not a folder")
     refuse_under_file(run_dir, "--out")
     created = [d for d in (run_dir, *run_dir.parents) if not d.exists()]  # innermost first
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a read-only file system, a full disk
+        raise BadInput(f"cannot create --out {run_dir}: {e.strerror or e}") from None
     path = run_dir / LOCK
     made_lock = not path.exists()
     try:
