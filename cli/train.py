@@ -49,8 +49,9 @@ def _sizes(image_size: int) -> dict[str, int]:
     from vaekit.config import MAX_IMAGE_SIZE, MAX_READ_SIZE, surface_sizes
     from vaekit.errors import BadInput
 
-    if image_size > MAX_READ_SIZE:
-        raise BadInput(f"--image-size must be from 16 to {MAX_READ_SIZE} (or 0 for auto), got {image_size}")
+    if image_size > MAX_READ_SIZE or 0 != image_size < 16:  # one message for both ends
+        raise BadInput(f"--image-size must be from 16 to {MAX_IMAGE_SIZE}, or up to {MAX_READ_SIZE} for a surface "
+                       f"(or 0 for auto), got {image_size}")
     return surface_sizes(image_size) if image_size > MAX_IMAGE_SIZE else {"image_size": image_size}
 
 

@@ -57,7 +57,7 @@ def test_unreadable_files_are_skipped_and_named(tmp_path):
         (["train", "{empty}", "--out", "{tmp}/r"], "no image files found"),
         (["train", "{junk}", "--out", "{tmp}/r"], "no usable image"),
         (["train", "{tmp}/does-not-exist"], "does not exist"),
-        (["train", "{junk}", "--image-size", "8"], "image size must be an integer from 16 to 1024 (or 0 for auto), got 8"),
+        (["train", "{junk}", "--image-size", "8"], "--image-size must be from 16 to 1024, or up to 3072 for a surface (or 0 for auto), got 8"),
         (["train", "{junk}", "--channels", "2"], "must be auto, 1 or 3"),
         (["train", "{junk}", "--device", "tpu"], "tpu"),
         (["sample-data", "digits", "{tmp}/d", "--normal", "12"], "12"),

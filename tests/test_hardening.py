@@ -463,9 +463,10 @@ def test_one_file_that_runs_out_of_memory_is_skipped_not_the_run(images, monkeyp
 
 def test_image_size_and_latent_dim_are_bounded(run, images, work):
     r = invoke("train", images, "--out", work / "r", "--image-size", "100000")
-    assert r.exit_code == 2 and "--image-size must be from 16 to 3072 (or 0 for auto), got 100000" in r.output, r.output
+    assert r.exit_code == 2 and "--image-size must be from 16 to 1024, or up to 3072 for a surface (or 0 for auto), got 100000" in r.output, r.output
     r = invoke("train", images, "--out", work / "r", "--image-size", "8")
-    assert r.exit_code == 2 and "image size must be an integer from 16 to 1024 (or 0 for auto), got 8" in r.output, r.output
+    # both ends in one message (they were "16 to 1024" and "16 to 3072")
+    assert r.exit_code == 2 and "--image-size must be from 16 to 1024, or up to 3072 for a surface (or 0 for auto), got 8" in r.output, r.output
     out = copy_run(run, work / "run")
     edit_config(out, lambda c: c["model"].update(latent_dim=100000))
     r = invoke("anomaly-score", out, images)
