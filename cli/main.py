@@ -65,6 +65,15 @@ class GuardedGroup(TyperGroup):
     def list_commands(self, ctx):  # keep the order commands are registered in
         return list(self.commands)
 
+    def _resume_hint(self, ctx: typer.Context) -> str:
+        """How to go on after Ctrl-C, for a job that keeps its finished batches (OUT.partial);
+        `train` says its own."""
+        name = ctx.invoked_subcommand
+        cmd = self.commands.get(name) if name and name != "train" else None
+        if cmd is None or not any(p.name == "resume" for p in cmd.params):
+            return ""
+        return ": its finished batches are kept; run the same command with --resume to go on from them"
+
     def invoke(self, ctx: typer.Context):
         # File names need not be UTF-8 on Linux; printing one must not crash under a strict locale.
         for stream in (sys.stdout, sys.stderr):
@@ -75,7 +84,7 @@ class GuardedGroup(TyperGroup):
         except (typer.Exit, typer.Abort, typer.TyperException):  # Typer's own usage errors (exit 2)
             raise
         except KeyboardInterrupt:
-            err_console.print("[red]interrupted[/red]")
+            err_console.print(f"[red]interrupted[/red]{self._resume_hint(ctx)}", highlight=False)
             raise typer.Exit(130) from None
         except Exception as exc:  # noqa: BLE001 - this is the top-level handler
             if debug():

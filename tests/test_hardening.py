@@ -753,3 +753,16 @@ def test_train_into_a_folder_that_cannot_be_created_is_one_line_and_exit_2(image
     assert r.exit_code == 2, r.output
     assert "Read-only file system" in r.output and "bug in vaekit" not in r.output, r.output
     assert not (work / "ro").exists()
+
+
+def test_ctrl_c_in_a_scoring_job_says_how_to_go_on(run, images, work, monkeypatch):
+    # it printed "interrupted" alone; train said how to continue, the jobs with journals did not
+    import vaekit.stream.journals as journals
+
+    def interrupted(self, *a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(journals.Journal, "append", interrupted)
+    r = invoke("anomaly-score", run, images, "-o", work / "s.csv")
+    assert r.exit_code == 130, r.output
+    assert "interrupted: its finished batches are kept; run the same command with --resume" in r.output, r.output
