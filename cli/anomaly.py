@@ -134,11 +134,12 @@ def _print_scores(report, inputs) -> None:
     if report.count > len(report.top):
         console.print(f"... and {report.count - len(report.top)} more (the {len(report.top)} highest shown; -o writes all)",
                       highlight=False)
+    skipped = f"; {len(report.skipped)} skipped (unreadable, named above)" if report.skipped else ""
     if report.plan.threshold is None:
-        console.print(f"threshold: {shown(report.plan.source)}", highlight=False)
+        console.print(f"threshold: {shown(report.plan.source)}{skipped}", highlight=False)
     else:
         console.print(f"{report.n_anomalous} of {report.count} anomalous at threshold {report.plan.threshold:.2f} {unit} "
-                      f"({shown(report.plan.source)})", highlight=False)
+                      f"({shown(report.plan.source)}){skipped}", highlight=False)
 
 
 def evaluate(

@@ -146,6 +146,8 @@ def test_command_skips_bad_files_and_keeps_good_results(command, corpus, clean, 
     for name, reason in corpus.bad.items():
         assert flat(f"{name}: {reason}") in said, f"{command} did not report {name} ({reason}):\n{r.stderr}"
     assert "cycle/" not in r.output  # the folder that contains itself was scanned once
+    if command == "anomaly-score":  # the summary line counts them too (docs/preprocessing.md)
+        assert flat(f"; {len(corpus.bad)} skipped (unreadable, named above)") in flat(r.stdout), r.stdout
     mixed, clean_results = (results(*outs[k], c.root) for k, c in (("mixed", corpus), ("clean", clean)))
     assert mixed == clean_results
 
