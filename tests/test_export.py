@@ -82,6 +82,33 @@ def test_parity_report_covers_every_output_within_tolerance(ex):
     assert ex.report.samples == 13
 
 
+def test_parity_in_chunks_reports_the_same_outputs_and_catches_one_bad_image(ex, monkeypatch):
+    # a 1024 px model's parity held every output of 13 images in float64 at once (6.4 GB); it goes
+    # a few images at a time now, and one image's mismatch still fails the whole output
+    import vaekit
+    import vaekit.export.parity as parity
+
+    t, o = vaekit.load(ex.run), vaekit.load(ex.onnx)
+    images = parity.sample_inputs(t)
+    whole = parity.check_parity(t, o, images)
+    monkeypatch.setattr(parity, "PARITY_PIXELS", 2 * 16 * 16)  # two images a chunk
+    chunked = parity.check_parity(t, o, images)
+    # (the differences themselves move with the batch's make-up: float noise, far inside the tolerance)
+    assert [p.name for p in chunked] == [p.name for p in whole] and all(p.ok for p in chunked)
+    real = o.score
+
+    def off_on_the_last_image(x, *a, **k):  # the last chunk (image 13 alone) drifts
+        s = real(x, *a, **k)
+        if len(x) == 1:
+            s.neg_elbo = s.neg_elbo * 1.01
+        return s
+
+    monkeypatch.setattr(o, "score", off_on_the_last_image)
+    bad = {p.name: p for p in parity.check_parity(t, o, images)}
+    assert not bad["score: neg_elbo"].ok and bad["score: neg_elbo"].max_rel == pytest.approx(0.01, rel=1e-3)
+    assert bad["encode: mu"].ok
+
+
 def test_a_drift_in_the_exported_maths_fails_the_export_and_writes_nothing(ex, tmp_path, monkeypatch):
     import torch
 

@@ -40,27 +40,47 @@ def sample_inputs(model, n: int = 13, seed: int = 0) -> np.ndarray:
     return np.concatenate([typical, noise, flat])[:n]
 
 
-def _compare(name: str, got, want, rtol: float, atol: float) -> Parity:
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+def _compare(name: str, got, want, rtol: float, atol: float, chunk: int = 1 << 20) -> Parity:
+    """Parity of one output, `chunk` values at a time: the decoded images of a 1024 px model are
+    hundreds of MB, and float64 copies of them all at once took the export past 6 GB."""
+    got, want = np.asarray(got), np.asarray(want)
+    tolerance = f"|onnx - torch| <= {atol:g} + {rtol:g} * |torch|"
     if got.shape != want.shape:
         return Parity(name, math.inf, math.inf, f"shape {want.shape}", False)
-    diff = np.abs(got - want)
-    if diff.size == 0:
-        return Parity(name, 0.0, 0.0, f"|onnx - torch| <= {atol:g} + {rtol:g} * |torch|", True)
-    tolerance = f"|onnx - torch| <= {atol:g} + {rtol:g} * |torch|"
-    scale = np.abs(want)
-    ok = bool(np.all(diff <= atol + rtol * scale))  # NaN fails too
-    big = np.abs(want) > max(atol, 1e-12)  # relative error means little for values near zero
-    max_rel = float((diff[big] / np.abs(want[big])).max()) if big.any() else 0.0
-    return Parity(name, float(diff.max()), max_rel, tolerance, ok)
+    got, want = got.reshape(-1), want.reshape(-1)
+    ok, max_abs, max_rel = True, 0.0, 0.0
+    for i in range(0, want.size, chunk):
+        g, w = got[i : i + chunk].astype(np.float64), want[i : i + chunk].astype(np.float64)
+        diff, scale = np.abs(g - w), np.abs(w)
+        ok &= bool(np.all(diff <= atol + rtol * scale))  # NaN fails too
+        max_abs = float(np.maximum(max_abs, diff.max()))  # a NaN stays NaN
+        big = scale > max(atol, 1e-12)  # relative error means little for values near zero
+        if big.any():
+            max_rel = max(max_rel, float((diff[big] / scale[big]).max()))
+    return Parity(name, max_abs, max_rel, tolerance, ok)
+
+
+PARITY_PIXELS = 1 << 22  # images compared at a time (4 of 1024 px): memory bounded whatever the model's size
 
 
 def check_parity(reference, candidate, images: np.ndarray, rtol: float = 1e-4, atol: float = 1e-4) -> list[Parity]:
-    """Run both engines through the public API on `images` and compare every output.
+    """Run both engines through the public API on `images` and compare every output, a chunk of
+    at most PARITY_PIXELS at a time (each output's rows merged over the chunks).
 
     Scores (hundreds to thousands of nats) are judged relatively, per the rtol; the
     small quantities (codes, pixels) mostly by atol.
     """
+    per = max(1, PARITY_PIXELS // max(1, images.shape[-2] * images.shape[-1]))
+    rows: dict[str, Parity] = {}
+    for i in range(0, len(images), per):
+        for p in _check_chunk(reference, candidate, images[i : i + per], rtol, atol):
+            q = rows.get(p.name)
+            rows[p.name] = p if q is None else Parity(p.name, float(np.maximum(q.max_abs, p.max_abs)),
+                                                      max(q.max_rel, p.max_rel), p.tolerance, q.ok and p.ok)
+    return list(rows.values())
+
+
+def _check_chunk(reference, candidate, images: np.ndarray, rtol: float, atol: float) -> list[Parity]:
     old = reference.batch_size, candidate.batch_size
     # batches of 4 and a partial last one (1 with the default 13 images): the dynamic batch at work
     reference.batch_size = candidate.batch_size = max(1, min(4, len(images) - 1))
@@ -72,26 +92,30 @@ def check_parity(reference, candidate, images: np.ndarray, rtol: float = 1e-4, a
         z = np.concatenate([mu_t, np.random.default_rng(1).standard_normal(mu_t.shape, dtype=np.float32)])
         rows.append(_compare("decode: image", candidate.decode(z), reference.decode(z), rtol, atol))
         for samples in (0, 2):
-            st, so = reference.score(images, samples=samples), candidate.score(images, samples=samples)
-            if st.name != so.name and reference.has_reader and not candidate.has_reader:
-                # a surface's defect reader stays with the run: the export scores (and says it
-                # scores) the VAE's own, which must then match the run's
-                st = reference.score(images, samples=samples, score=so.name)
-            tag = "score" if samples == 0 else f"score (samples={samples})"
-            # a map against its own scale: a surface's map is standardised, and dividing by small
-            # spreads turns the engines' float noise into 1e-4 where the map is ~0
-            map_scale = max(1.0, float(np.abs(st.pixel_map).max())) if st.pixel_map is not None else 1.0
-            rows += [_compare(f"{tag}: {st.name} (default score)", so.score, st.score, rtol, atol),
-                     _compare(f"{tag}: neg_elbo", so.neg_elbo, st.neg_elbo, rtol, atol),
-                     _compare(f"{tag}: recon", so.recon, st.recon, rtol, atol),
-                     _compare(f"{tag}: kl", so.kl, st.kl, rtol, atol),
-                     _compare(f"{tag}: pixel_map", so.pixel_map, st.pixel_map, rtol, atol * map_scale)]
+            rows += _compare_scores(reference, candidate, images, samples, rtol, atol)
             if samples == 0 and candidate.has_reader:  # what a copy without NAME.reader.onnx scores
                 rows.append(_compare("score: atypicality", candidate.score(images, score="atypicality").score,
                                      reference.score(images, score="atypicality").score, rtol, atol))
     finally:
         reference.batch_size, candidate.batch_size = old
     return rows
+
+
+def _compare_scores(reference, candidate, images: np.ndarray, samples: int, rtol: float, atol: float) -> list[Parity]:
+    st, so = reference.score(images, samples=samples), candidate.score(images, samples=samples)
+    if st.name != so.name and reference.has_reader and not candidate.has_reader:
+        # a surface's defect reader stays with the run: the export scores (and says it
+        # scores) the VAE's own, which must then match the run's
+        st = reference.score(images, samples=samples, score=so.name)
+    tag = "score" if samples == 0 else f"score (samples={samples})"
+    # a map against its own scale: a surface's map is standardised, and dividing by small
+    # spreads turns the engines' float noise into 1e-4 where the map is ~0
+    map_scale = max(1.0, float(np.abs(st.pixel_map).max())) if st.pixel_map is not None else 1.0
+    return [_compare(f"{tag}: {st.name} (default score)", so.score, st.score, rtol, atol),
+            _compare(f"{tag}: neg_elbo", so.neg_elbo, st.neg_elbo, rtol, atol),
+            _compare(f"{tag}: recon", so.recon, st.recon, rtol, atol),
+            _compare(f"{tag}: kl", so.kl, st.kl, rtol, atol),
+            _compare(f"{tag}: pixel_map", so.pixel_map, st.pixel_map, rtol, atol * map_scale)]
 
 
 def require_parity(parity: list[Parity], what: str) -> list[Parity]:
