@@ -123,16 +123,13 @@ def locked(run_dir: Path):
         raise BadInput(f"--out {run_dir} is a file, not a folder")
     refuse_under_file(run_dir, "--out")
     created = [d for d in (run_dir, *run_dir.parents) if not d.exists()]  # innermost first
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:  # a read-only file system, a full disk
-        raise BadInput(f"cannot create --out {run_dir}: {e.strerror or e}") from None
     path = run_dir / LOCK
     made_lock = not path.exists()
-    try:
+    try:  # either can fail on a read-only file system or a full disk
+        run_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0), 0o644)
     except OSError as e:
-        raise BadInput(f"cannot lock {run_dir}: {path} {e.strerror or e}") from None
+        raise BadInput(f"cannot create or lock --out {run_dir}: {e.filename or path} {e.strerror or e}") from None
     try:
         if not try_lock(fd):
             raise InUse(f"{run_dir} is in use by process {_holder(fd)} (another vaekit train); "
