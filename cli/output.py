@@ -15,14 +15,21 @@ console = Console()
 err_console = Console(stderr=True)
 
 # C0 and C1 controls (ESC starts terminal commands: ESC]52 writes the clipboard, ESC[2J clears
-# the screen) and the bidirectional overrides that make a name display as another
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# the screen), the bidirectional overrides that make a name display as another, and the bytes of
+# a name that is not UTF-8 (Python holds them as surrogates; printed, each became "?", so two
+# names differing only there looked the same): shown as \xNN, as the CSV writes them
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\udc80-\udcff]")
+
+
+def _escaped(c: str) -> str:
+    n = ord(c)
+    return f"\\x{n - 0xDC00:02x}" if n >= 0xDC80 else f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}"
 
 
 def safe_text(text: str) -> str:
     """`text` with every control character shown as an escape (\\x1b, \\n, \\u202e): a file name
     can hold any of them, and printed raw they drive the terminal."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}", text)
+    return _CONTROL.sub(lambda m: _escaped(m.group()), text)
 
 
 def dumps_json(obj) -> str:

@@ -558,6 +558,16 @@ def test_control_characters_in_names_are_escaped_on_the_terminal(run, images, wo
     assert "a\\x1b]52;c;aGk=\\x07.png" in flat and "\\x1b[2J.png: not an image" in flat
 
 
+def test_a_name_that_is_not_utf8_shows_its_byte_on_the_terminal(run, images, work):
+    # each undecodable byte printed as one "?" (two names differing only there looked alike);
+    # now as \xNN, as the CSV writes it
+    imgs = Path(shutil.copytree(images, work / "imgs"))
+    os.rename(os.fsencode(imgs / "img_00.png"), os.fsencode(imgs) + b"/caf\xe9.png")
+    r = invoke("anomaly-score", run, imgs)
+    assert r.exit_code == 0, r.output
+    assert "caf\\xe9.png" in r.output.replace("\n", ""), r.output
+
+
 def test_csv_is_valid_utf8_and_neutralises_formulas(run, images, work, monkeypatch):
     imgs = Path(shutil.copytree(images, work / "imgs"))
     os.rename(imgs / "img_00.png", imgs / os.fsdecode(b"caf\xe9.png"))
