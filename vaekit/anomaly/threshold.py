@@ -262,22 +262,27 @@ def _training_roots(cfg: dict, run_dir: Path) -> list[Path]:
 
 def _new_normal_scores(run_dir: Path, normal, default: str, names: list[str]) -> dict[str, np.ndarray]:
     """Every stored score's values on the images under `normal` (the model's default score, and
-    the atypicality in a second pass when the default is the reader's)."""
+    the atypicality in a second pass when the default is the reader's). A surface's image scores
+    are its most anomalous tile's, whichever score, so its nats columns are taken that way
+    (tiled.merge, nats="max"): the same two passes, not one per score."""
     import vaekit
+    from vaekit.images.arrays import user_images
+    from vaekit.inference.tiled import file_batch, iter_scores
 
     model = vaekit.load(run_dir, device="cpu")
     out: dict[str, list] = {k: [] for k in names}
     passes = [None] + (["atypicality"] if "atypicality" in names and model.info.score != "atypicality" else [])
-    whole = tiled(model)
-    if whole:  # an image's every score is its most anomalous tile's, not its nats columns: one pass each
-        passes = [None] + [k for k in names if k != model.info.score]
+    paths, arr = user_images(normal, model.info.channels, model.info.image_size)
+    whole = tiled(model) and arr is None  # an array of the model's size is scored as given
     for score in passes:
-        for s in model.iter_scores(normal, score=score):
+        batches = (iter_scores(model, paths, file_batch(model, model.batch_size), nats="max", score=score) if whole
+                   else model.iter_scores(normal if arr is None else arr, score=score))
+        for s in batches:
             if s.skipped:
                 path, why = s.skipped[0]
                 raise BadInput(f"cannot read {path} ({why}); every new normal image must be readable")
-            columns = {s.name: s.score} if score or whole else {s.name: s.score, "excess": s.excess,
-                                                                "neg_elbo": s.neg_elbo, "recon": s.recon, "kl": s.kl}
+            columns = {s.name: s.score} if score else {s.name: s.score, "excess": s.excess,
+                                                       "neg_elbo": s.neg_elbo, "recon": s.recon, "kl": s.kl}
             for k, v in columns.items():
                 if k in out:
                     out[k].append(np.asarray(v, dtype=np.float64))

@@ -30,37 +30,43 @@ def tiled(model) -> bool:
     return len(model.info.latent_shape) == 3
 
 
-def merge(s, tilings: Sequence[Tiling], tiles: np.ndarray) -> tuple[object, list[np.ndarray]]:
+def merge(s, tilings: Sequence[Tiling], tiles: np.ndarray, nats: str = "sum") -> tuple[object, list[np.ndarray]]:
     """Per-tile Scores -> per-image Scores, and the whole images. An image's score is its most
     anomalous tile's (NaN stays NaN: fail closed); its nats (neg_elbo, recon, kl, excess,
     floor) are its tiles' sums scaled by the image's pixels over the tiles' (exact without
-    overlap), so bits/dim is the tiles' mean; its map, the tiles' maps averaged where they
-    overlap, one (H, W) array per image."""
+    overlap), so bits/dim is the tiles' mean; with nats="max" each is its most anomalous tile's
+    instead, the image's `--score neg_elbo` (recon, kl, excess): every score of a pass at once.
+    Its map, the tiles' maps averaged where they overlap, one (H, W) array per image."""
     cuts = np.cumsum([0, *(len(t) for t in tilings)])
     parts = list(zip(tilings, cuts[:-1], cuts[1:]))
 
-    def nats(a: np.ndarray | None) -> np.ndarray | None:
-        return None if a is None else np.array([a[i:j].sum() * t.area_share() for t, i, j in parts])
+    def column(a: np.ndarray | None) -> np.ndarray | None:
+        if a is None:
+            return None
+        if nats == "max":
+            return np.array([np.max(a[i:j]) for _, i, j in parts])
+        return np.array([a[i:j].sum() * t.area_share() for t, i, j in parts])
 
     merged = replace(
         s, score=np.array([np.max(s.score[i:j]) for _, i, j in parts]),
-        neg_elbo=nats(s.neg_elbo), recon=nats(s.recon), kl=nats(s.kl), excess=nats(s.excess), floor=nats(s.floor),
+        neg_elbo=column(s.neg_elbo), recon=column(s.recon), kl=column(s.kl), excess=column(s.excess), floor=column(s.floor),
         bits_per_dim=np.array([s.bits_per_dim[i:j].mean() for _, i, j in parts]),
         pixel_map=None if s.pixel_map is None else [t.average(s.pixel_map[i:j]) for t, i, j in parts])
     return merged, [t.paste(tiles[i:j]) for t, i, j in parts]
 
 
-def score_tiles(model, tiles: np.ndarray, tilings: Sequence[Tiling], **kw) -> tuple[object, list[np.ndarray]]:
+def score_tiles(model, tiles: np.ndarray, tilings: Sequence[Tiling], nats: str = "sum",
+                **kw) -> tuple[object, list[np.ndarray]]:
     """Score a batch's tiles (files in turn, as vaekit.stream gives them) and merge them per image:
-    `merge` of `model.score`, a run of whole files of at most BATCH_PIXELS at a time (at least
-    one file), so the float maps in flight stay bounded however long the files are."""
+    `merge` of `model.score` (its `nats`), a run of whole files of at most BATCH_PIXELS at a time
+    (at least one file), so the float maps in flight stay bounded however long the files are."""
     most = max(1, BATCH_PIXELS // model.info.image_size**2)  # tiles at a time
     parts, start, group, n = [], 0, [], 0
     for k, t in enumerate(tilings):
         group.append(t)
         n += len(t)
         if k + 1 == len(tilings) or n + len(tilings[k + 1]) > most:
-            parts.append(merge(model.score(tiles[start : start + n], **kw), group, tiles[start : start + n]))
+            parts.append(merge(model.score(tiles[start : start + n], **kw), group, tiles[start : start + n], nats))
             start, group, n = start + n, [], 0
     if len(parts) == 1:
         return parts[0]
@@ -79,15 +85,16 @@ def _joined(scores: list):
                    excess=join("excess"), floor=join("floor"), bits_per_dim=join("bits_per_dim"), pixel_map=maps)
 
 
-def iter_scores(model, paths: Sequence, batch_size: int, workers: int = 0, **kw) -> Iterator:
-    """`Model.iter_scores` of files and folders for a tiled model: one Scores per batch of files."""
+def iter_scores(model, paths: Sequence, batch_size: int, workers: int = 0, nats: str = "sum", **kw) -> Iterator:
+    """`Model.iter_scores` of files and folders for a tiled model: one Scores per batch of files
+    (their nats columns as `merge` makes them)."""
     from vaekit.stream import find_inputs, iter_batches
 
     info = model.info
     for b in iter_batches(find_inputs(paths).paths, info.read_size, info.channels, batch_size, workers,
                           tiles=info.image_size):
         if len(b.paths):
-            out = score_tiles(model, b.images, b.tilings, **kw)[0]
+            out = score_tiles(model, b.images, b.tilings, nats, **kw)[0]
         else:
             out = model.empty_scores(kw.get("score"))
         out.paths, out.skipped = b.paths, b.skipped
