@@ -10,8 +10,6 @@ place only when every image decoded (and, lossless, passed its checksum): nothin
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +23,11 @@ from vaekit.codec import bitsback, container, lossy, residual, tables
 from vaekit.codec import prior as priors
 from vaekit.codec.net import CANONICAL_THREADS, Net
 from vaekit.codec.store import decoded, earlier_hashes, stored_prior
-from vaekit.codes.jobs import decodable, original_size, png_names, restore_size
+from vaekit.codec.staging import staged
+from vaekit.codes.jobs import decodable, original_size, restore_size
+from vaekit.codes.targets import check_targets, png_names
 from vaekit.errors import BadInput
 from vaekit.fileio import refuse_existing, refuse_inside, refuse_under_file
-from vaekit.fileio.leftovers import mark_partial, remove_stale
 
 from vaekit.progress import Progress  # noqa: E402  (the one alias)
 CHUNK = 1024  # images per ANS stream: bounded memory, and a lossless chunk's start costs < 0.01 bit per image
@@ -236,18 +235,9 @@ def decode(model, archive: str | Path, out_dir: str | Path, size: str = "model",
         raise container.ArchiveError(f"{archive} is damaged or foreign: it names quality {header.quality}, but its "
                                      f"tables have qualities 1 to {len(prior.steps)}")
     targets = [out_dir / n for n in png_names(header.names)]
-    refuse_existing(targets, overwrite)
-    remove_stale(out_dir.parent, f".{out_dir.name}.vkc-")  # a killed decode's staging folder
-    staging = out_dir.parent / f".{out_dir.name}.vkc-{os.getpid()}-{os.urandom(3).hex()}"
-    try:
-        mark_partial(staging)
-        staged = [staging / t.relative_to(out_dir) for t in targets]
-        _decode_into(model, prior, header, archive, offset, staged, size, progress)
-        for s, t in zip(staged, targets):
-            t.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(s, t)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    check_targets(out_dir, targets, overwrite)  # every one, before the first is written
+    with staged(out_dir, targets) as paths:
+        _decode_into(model, prior, header, archive, offset, paths, size, progress)
     return DecodeResult(out_dir, targets, header.mode, time.perf_counter() - t0)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
@@ -18,6 +18,7 @@ from vaekit import images as imageio
 from vaekit import stream
 from vaekit.codes.format import PRECISIONS, CodeFile, FingerprintMismatch, validate, load, quantize
 from vaekit.stream.batches import Layout, digest
+from vaekit.codes.targets import check_targets, decodable, png_names  # noqa: F401  (png_names: re-exported)
 from vaekit.codes.writer import write_streamed
 from vaekit.errors import BadInput
 from vaekit.fileio import atomic_writer, refuse_existing, refuse_inside
@@ -245,44 +246,6 @@ def check_model(cf: CodeFile, model: "Model", source: str = "code file") -> None
         raise FingerprintMismatch(f"{source} does not match the shape of model {info.source}")
 
 
-def png_names(names: Sequence[str]) -> list[str]:
-    """Output file names: each source name with a .png suffix ("a/b.jpg" -> "a/b.png").
-
-    Two sources that would share a name ("a.jpg", "a.png") keep their whole name ("a.jpg.png").
-    """
-    first = [PurePosixPath(n).with_suffix(".png").as_posix() for n in names]
-    counts: dict[str, int] = {}
-    for f in first:
-        counts[f] = counts.get(f, 0) + 1
-    out = [f if counts[f] == 1 else n + ".png" for n, f in zip(names, first)]
-    if len(set(out)) != len(out):
-        dup = next(o for o in out if out.count(o) > 1)
-        raise BadInput(f"two images would be written to the same file {dup!r}")
-    return out
-
-
-def decodable(names: Sequence[str], source) -> None:
-    """Refuse names that decode could never write: it names each output after its source with a
-    .png suffix, the whole name where two would share one (`png_names`), and x.png, x.bmp and
-    x.png.png would still meet at x.png.png. A name must be a plain relative path without a
-    backslash (codes.format.check_name, which decode applies): one that is not would make an
-    archive that decodes nothing, so it is refused before anything is encoded."""
-    from vaekit.codes.format import CodeFileError, check_name
-
-    for name in names:
-        try:
-            check_name(name)
-        except CodeFileError:
-            raise BadInput(f"cannot encode {source}: the file name {name!r} holds a backslash or is not a plain "
-                           f"relative path, which decode would refuse to write back; rename it or move it out of "
-                           f"the folder") from None
-    try:
-        png_names(names)
-    except BadInput as e:
-        raise BadInput(f"cannot encode {source}: {e} when decoded (decode writes each image to its name with "
-                       f"a .png suffix, or its whole name plus .png where two share one); rename one of them") from None
-
-
 def restore_size(x: np.ndarray, size: Sequence[int]) -> np.ndarray:
     """Undo the model's preprocessing geometry: uint8 (C, s, s) -> (C, height, width).
 
@@ -332,7 +295,7 @@ def decode_file(
     cf = load(code_file)
     check_model(cf, model, f"code file {code_file}")
     targets = [out_dir / n for n in png_names(cf.names)]
-    refuse_existing(targets, overwrite)
+    check_targets(out_dir, targets, overwrite)
     z, n = cf.latents(), len(targets)
     for s in range(0, n, batch_size):
         x = imageio.to_uint8(model.decode(z[s : s + batch_size]))

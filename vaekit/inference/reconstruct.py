@@ -67,6 +67,7 @@ def _targets(model: "Model", source, out_dir: Path, overwrite: bool, grid_max: i
     """(the inputs, each one's PNG name relative to out_dir, the comparison grid's path), every
     target checked by the output rule before anything is read."""
     from vaekit import codes
+    from vaekit.codes.targets import check_targets
 
     if not isinstance(grid_max, int) or isinstance(grid_max, bool) or grid_max < 1:
         raise BadInput(f"invalid grid_max {grid_max!r}: expected an integer >= 1")
@@ -79,7 +80,7 @@ def _targets(model: "Model", source, out_dir: Path, overwrite: bool, grid_max: i
     grid = out_dir / GRID
     if GRID in targets:
         raise BadInput(f"an input image would be written to {grid}, the comparison grid; rename it or pick another input")
-    refuse_existing([*(out_dir / t for t in targets), grid], overwrite)
+    check_targets(out_dir, [*(out_dir / t for t in targets), grid], overwrite)
     return found, targets, grid
 
 
@@ -153,7 +154,7 @@ def reconstruct_to_folder(model: "Model", source: str | Path | Sequence[str | Pa
     Writes `<out_dir>/<name>.png` per image and `<out_dir>/comparison.png`; every target is
     checked before the first is written (resuming, the PNGs of finished batches are this job's
     own). shard: this process's share; None: torchrun's RANK / WORLD_SIZE, or all."""
-    from vaekit.codes import png_names
+    from vaekit.codes.targets import check_targets, png_names
 
     grid_max, batch_size = check_int(grid_max, "grid_max", 1), check_batch_size(batch_size)
     out_dir = Path(out_dir)
@@ -179,6 +180,7 @@ def reconstruct_to_folder(model: "Model", source: str | Path | Sequence[str | Pa
         todo = [b for b in layout.mine() if b not in journal.done]
         own = set(layout.positions(todo[0])) if journal.resumed and todo else set()  # see anomaly.job._check_maps
         taken = [out_dir / targets[i] for b in todo for i in layout.positions(b) if i not in own]
+        check_targets(out_dir, [*(out_dir / t for t in targets), out_dir / GRID], overwrite=True)  # in the way
         refuse_existing([*taken, *([] if journal.resumed else [out_dir / GRID])], overwrite)
         report = ReconstructJob(out_dir, [], [], out_dir / GRID, np.zeros(0), None, shard=(index, count),
                                 resumed=len(journal.done))

@@ -1,0 +1,147 @@
+"""What a hostile tester found in the codec and code-file paths: outputs that decode could never
+write, refusals that left half an output behind, staging across filesystems, --fit storing tables
+for a refused encode, a names bomb, batch-dependent code files and options silently ignored."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+import vaekit
+from test_codec import _digits
+from vaekit import codec, codes
+from vaekit.errors import BadInput
+from vaekit_cli.main import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A logistic run with tables, its 12 source images (4 under sub/), a .vkc and a .codes of them."""
+    from export_support import random_run
+
+    root = tmp_path_factory.mktemp("hostile")
+    run = random_run(root / "run", image_size=16, channels=1, latent_dim=4, base_channels=4, likelihood="logistic")
+    x = _digits(root / "src", 12)
+    model = vaekit.load(run)
+    codec.save_prior(run, codec.fit_prior(model, x), model)
+    vkc = codec.encode(model, root / "src", root / "a.vkc", quality=4).path
+    codes.encode_folder(model, root / "src", root / "a.codes", precision="f32")
+    return root, run, model, vkc, root / "a.codes"
+
+
+def _clash(folder: Path) -> Path:
+    """x.jpg (decoded to x.png) beside a folder x.png holding y.png."""
+    (folder / "x.png").mkdir(parents=True)
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(folder / "x.jpg")
+    Image.fromarray(np.full((16, 16), 9, np.uint8)).save(folder / "x.png" / "y.png")
+    return folder
+
+
+def test_a_file_name_that_another_output_needs_as_a_folder_is_refused():
+    with pytest.raises(BadInput, match="'x.jpg'.*'x.png/y.png'"):
+        codes.png_names(["x.jpg", "x.png/y.png"])
+    assert codes.png_names(["x.jpg", "x/y.png"]) == ["x.png", "x/y.png"]  # x and x.png are apart
+
+
+@pytest.mark.parametrize("how", [["--lossless"], ["--quality", "3"], ["--precision", "f32"]])
+def test_encode_refuses_a_folder_whose_outputs_clash_with_a_folder(setup, tmp_path, how):
+    root, run, *_ = setup
+    src = _clash(tmp_path / "clash")
+    r = invoke("--threads", 1, "encode", run, src, "-o", tmp_path / "c.vkc", *how)
+    assert r.exit_code == 2 and "'x.jpg'" in r.output and "'x.png/y.png'" in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "c.vkc").exists()
+
+
+def _in_the_way(out: Path, kind: str) -> None:
+    out.mkdir()
+    if kind == "file":
+        (out / "sub").write_text("mine")  # where decode needs the folder sub/
+    else:
+        (out / "img001.png").mkdir()  # where decode needs the file img001.png
+
+
+@pytest.mark.parametrize("kind", ["file", "folder"])
+@pytest.mark.parametrize("job", ["vkc", "codes", "reconstruct", "reconstruct_to_folder"])
+def test_a_refused_decode_or_reconstruct_writes_nothing(setup, tmp_path, job, kind):
+    from vaekit.inference.reconstruct import reconstruct_folder, reconstruct_to_folder
+
+    root, run, model, vkc, cf = setup
+    out = tmp_path / "out"
+    _in_the_way(out, kind)
+    before = sorted(p.name for p in out.iterdir())
+    call = {"vkc": lambda: codec.decode(model, vkc, out), "codes": lambda: codes.decode_file(model, cf, out),
+            "reconstruct": lambda: reconstruct_folder(model, root / "src", out),
+            "reconstruct_to_folder": lambda: reconstruct_to_folder(model, root / "src", out)}[job]
+    with pytest.raises(BadInput, match=f"{'sub' if kind == 'file' else 'img001.png'}"):
+        call()
+    assert sorted(p.name for p in out.iterdir()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no journal, no staging folder
+
+
+def test_a_refused_decode_is_one_line_without_errno_text(setup, tmp_path):
+    root, run, model, vkc, cf = setup
+    for i, archive in enumerate((vkc, cf)):
+        out = tmp_path / f"o{i}"
+        _in_the_way(out, "file")
+        r = invoke("--threads", 1, "decode", run, archive, "-o", out)
+        assert r.exit_code == 2 and "Errno" not in r.output and f"{out / 'sub'} is a file" in r.output, r.output
+        assert sorted(p.name for p in out.iterdir()) == ["sub"]
+
+
+def test_decode_stages_inside_the_output_folder_and_leaves_nothing_else(setup, tmp_path, monkeypatch):
+    root, run, model, vkc, cf = setup
+    seen = []
+    real = os.replace
+    monkeypatch.setattr(os, "replace", lambda s, t: (seen.append(Path(s)), real(s, t))[1])
+    r = codec.decode(model, vkc, tmp_path / "out")
+    assert len(r.written) == 12 and all(s.is_relative_to(tmp_path / "out") for s in seen[-12:])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+
+
+def test_decode_across_filesystems_copies_instead_of_failing(setup, tmp_path, monkeypatch):
+    """A target folder on another filesystem (a link, a mount point): os.replace fails with EXDEV."""
+    root, run, model, vkc, cf = setup
+    real = os.replace
+
+    def cross(s, t):
+        if ".vaekit-decode-" in str(s) and ".vaekit-decode-" not in str(t):  # staging -> target
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real(s, t)
+
+    monkeypatch.setattr(os, "replace", cross)
+    r = codec.decode(model, vkc, tmp_path / "out")
+    monkeypatch.setattr(os, "replace", real)
+    again = codec.decode(model, vkc, tmp_path / "ref")
+    for a, b in zip(r.written, again.written):
+        assert a.read_bytes() == b.read_bytes()
+    assert not [p for p in (tmp_path / "out").rglob(".*")]
+
+
+def test_decode_through_a_link_to_another_filesystem(setup, tmp_path):
+    root, run, model, vkc, cf = setup
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("no second filesystem at /dev/shm")
+    target = shm / f"vaekit-test-{os.getpid()}-{tmp_path.name}"
+    target.mkdir()
+    try:
+        (tmp_path / "link").symlink_to(target)
+        r = invoke("--threads", 1, "decode", run, vkc, "-o", tmp_path / "link")
+        assert r.exit_code == 0, r.output
+        assert len(list(target.rglob("*.png"))) == 12 and not list(target.glob(".*"))
+    finally:
+        shutil.rmtree(target, ignore_errors=True)

@@ -1,0 +1,77 @@
+"""Decode's staging folder: every PNG is written there first and moved into place only when all
+decoded, so a refused or failed decode leaves nothing half-written.
+
+The staging folder lies inside the output folder, so each move is a rename on the targets' own
+filesystem (an output folder that is a mount point, or a link to another disk, would make a rename
+from its parent fail with EXDEV). Its name starts with a dot, so `find_inputs` never reads it as an
+image folder, and it carries the partial tag (vaekit.fileio.leftovers) by which the next decode into
+the same folder knows a killed one's and removes it. A target whose own folder is on yet another
+filesystem (a link inside the output folder) is copied, synced, then renamed into place.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from vaekit.errors import cannot_write
+from vaekit.fileio.leftovers import mark_partial, remove_stale
+
+STAGE = ".vaekit-decode-"  # the staging folder's name inside the output folder: STAGE + PID-TOKEN
+
+
+@contextmanager
+def staged(out_dir: Path, targets: Sequence[Path]) -> Iterator[list[Path]]:
+    """The paths to write each target to; on a clean exit they are moved onto `targets`. On an
+    error the staging folder goes, and so does `out_dir` where this created it (empty)."""
+    out_dir = Path(out_dir)
+    created = not (out_dir.exists() or out_dir.is_symlink())
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise cannot_write(e, out_dir) from None
+    remove_stale(out_dir, STAGE)  # a killed decode's
+    remove_stale(out_dir.parent, f".{out_dir.name}.vkc-")  # one left beside it by an earlier vaekit (staged beside)
+    staging = out_dir / f"{STAGE}{os.getpid()}-{os.urandom(3).hex()}"
+    done = False
+    try:
+        mark_partial(staging)
+        paths = [staging / Path(t).relative_to(out_dir) for t in targets]
+        yield paths
+        for s, t in zip(paths, targets):
+            _move(s, Path(t))
+        done = True
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created and not done:
+            try:
+                out_dir.rmdir()
+            except OSError:
+                pass
+
+
+def _move(src: Path, dst: Path) -> None:
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dst)
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise cannot_write(e, dst) from None
+        _copy_into_place(src, dst)
+
+
+def _copy_into_place(src: Path, dst: Path) -> None:
+    """A move across filesystems: copied beside `dst`, synced, then renamed onto it."""
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}-{os.urandom(3).hex()}.tmp")
+    try:
+        shutil.copyfile(src, tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise cannot_write(e, dst) from None

@@ -1,0 +1,84 @@
+"""Where decode and reconstruct write each image, and the check of every target before the first.
+
+An output is named after its source with a .png suffix (`png_names`); `decodable` refuses, at
+encode time, sources whose outputs decode could never write apart; `check_targets` refuses, before
+anything is written, an output folder where a file stands in the way of a folder an image needs, or
+a folder in the way of an image.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+from typing import Sequence
+
+from vaekit.errors import BadInput
+from vaekit.fileio import refuse_existing, refuse_under_file
+
+
+def png_names(names: Sequence[str]) -> list[str]:
+    """Output file names: each source name with a .png suffix ("a/b.jpg" -> "a/b.png").
+
+    Two sources that would share a name ("a.jpg", "a.png") keep their whole name ("a.jpg.png").
+    BadInput when two would still meet, or when one output would be the folder of another
+    ("x.jpg" -> x.png, and "x.png/y.png").
+    """
+    first = [PurePosixPath(n).with_suffix(".png").as_posix() for n in names]
+    counts: dict[str, int] = {}
+    for f in first:
+        counts[f] = counts.get(f, 0) + 1
+    out = [f if counts[f] == 1 else n + ".png" for n, f in zip(names, first)]
+    if len(set(out)) != len(out):
+        dup = next(o for o in out if out.count(o) > 1)
+        raise BadInput(f"two images would be written to the same file {dup!r}")
+    folders = {str(p): n for n, o in zip(names, out) for p in PurePosixPath(o).parents if str(p) != "."}
+    for n, o in zip(names, out):
+        if o in folders:
+            raise BadInput(f"the image {n!r} would be written to the file {o!r}, which the image {folders[o]!r} "
+                           "needs as a folder")
+    return out
+
+
+def decodable(names: Sequence[str], source) -> None:
+    """Refuse names that decode could never write: it names each output after its source with a
+    .png suffix, the whole name where two would share one (`png_names`), and x.png, x.bmp and
+    x.png.png would still meet at x.png.png, as x.jpg (to x.png) and x.png/y.png would at the
+    folder x.png. A name must be a plain relative path without a backslash
+    (codes.format.check_name, which decode applies): one that is not would make an archive that
+    decodes nothing, so it is refused before anything is encoded."""
+    from vaekit.codes.format import CodeFileError, check_name
+
+    for name in names:
+        try:
+            check_name(name)
+        except CodeFileError:
+            raise BadInput(f"cannot encode {source}: the file name {name!r} holds a backslash or is not a plain "
+                           f"relative path, which decode would refuse to write back; rename it or move it out of "
+                           f"the folder") from None
+    try:
+        png_names(names)
+    except BadInput as e:
+        raise BadInput(f"cannot encode {source}: {e} when decoded (decode writes each image to its name with "
+                       f"a .png suffix, or its whole name plus .png where two share one); rename one of them") from None
+
+
+def check_targets(out_dir: Path, targets: Sequence[Path], overwrite: bool) -> None:
+    """Every check of the files a job will write under `out_dir`, before the first is written:
+    no file above or in place of a folder they need, no folder where one must go, and (without
+    `overwrite`) none there already. BadInput (OutputExists) naming the path."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BadInput(f"output {out_dir} exists and is not a folder")
+    refuse_under_file(out_dir)
+    needed: dict[Path, Path] = {}
+    for t in targets:
+        for p in Path(t).parents:
+            if p == out_dir or p in needed:
+                break
+            needed[p] = t
+    for folder in sorted(needed, key=lambda p: len(p.parts)):
+        if (folder.exists() or folder.is_symlink()) and not folder.is_dir():
+            raise BadInput(f"cannot write {needed[folder]}: {folder} is a file, not a folder; move it away")
+    for t in targets:
+        if Path(t).is_dir():
+            raise BadInput(f"cannot write {t}: a folder of that name is in the way; move it away")
+    refuse_existing(targets, overwrite)
