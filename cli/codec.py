@@ -66,7 +66,8 @@ def encode(
     model: ModelArg,
     images: Annotated[Path, typer.Argument(help="Folder of images (searched recursively) or one image.", exists=True)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Code file (or .vkc with --quality / --lossless) to write.")],
-    precision: Annotated[Precision, typer.Option(help="q8: 8 bits per dimension; f16; f32: exact means.")] = Precision.q8,
+    precision: Annotated[Optional[Precision], typer.Option(help="q8 (the default): 8 bits per dimension; f16; f32: "
+                                                           "exact means. Code files only.", show_default=False)] = None,
     overwrite: Overwrite = False,
     as_json: JsonOut = False,
     resume: Resume = False,
@@ -90,6 +91,11 @@ def encode(
             raise typer.BadParameter("give --quality (with --fit) or --lossless, not both")
         if quality is None and not lossless:
             raise typer.BadParameter("--fit goes with --quality")
+        if precision is not None:
+            from vaekit.errors import BadInput
+
+            raise BadInput(f"--precision {precision.value} sets a code file's numbers; a .vkc (--quality, --lossless) "
+                           "is entropy-coded at its quality instead: leave out one or the other")
         return _encode_vkc(model, images, out, quality, lossless, fit, overwrite, as_json, device)
     from vaekit.codes import encode_folder
 
@@ -97,7 +103,7 @@ def encode(
     share = _share(shard)
     m = load_model(model, device)
     with _progress("decoding images", as_json) as progress:
-        report = encode_folder(m, images, out, precision.value, overwrite=overwrite, progress=progress, resume=resume,
+        report = encode_folder(m, images, out, (precision or Precision.q8).value, overwrite=overwrite, progress=progress, resume=resume,
                                batch_size=batch_size, workers=workers, shard=share)
     _skipped(report.skipped)
     if not report.merged:
@@ -120,16 +126,27 @@ def encode(
 def _encode_vkc(model, images, out, quality, lossless, fit, overwrite, as_json, device) -> None:
     from vaekit import codec
 
-    m = load_model(model, device)
+    m, prior = load_model(model, device), None
     if fit is not None:
         if m.info.engine != "torch":
             raise typer.BadParameter("--fit stores the tables in a run directory: give the run (then export it again)")
         codec.check_encode(m, images, out, quality=quality, lossless=lossless, overwrite=overwrite)  # refused: nothing changed
         with _progress("fitting the tables", as_json) as progress:
-            x = m.load_images(fit, progress=progress).images
-        codec.save_prior(model, codec.fit_prior(m, x), m)
+            loaded = m.load_images(fit, progress=progress)
+        if not len(loaded.images):
+            from vaekit.images import none_usable
+
+            raise none_usable(f"in {fit} to fit the tables on", loaded.skipped)
+        prior = codec.fit_prior(m, loaded.images)
     with _progress("coding images", as_json) as progress:
-        r = codec.encode(m, images, out, quality=quality, lossless=lossless, overwrite=overwrite, progress=progress)
+        r = codec.encode(m, images, out, quality=quality, lossless=lossless, overwrite=overwrite, progress=progress,
+                         prior=prior)
+    if prior is not None:  # stored only once the file is written: a refused encode changes nothing
+        try:
+            codec.save_prior(model, prior, m)
+        except BaseException:
+            r.path.unlink(missing_ok=True)  # its tables are nowhere: it would decode nothing
+            raise
     _skipped(r.skipped)
     info = {"file": str(r.path), "mode": r.mode, "quality": r.quality, "images": r.count, "skipped": len(r.skipped),
             "bytes": r.file_bytes, "bytes_per_image": r.bytes_per_image, "bits_per_dim": r.bits_per_dim,

@@ -145,3 +145,44 @@ def test_decode_through_a_link_to_another_filesystem(setup, tmp_path):
         assert len(list(target.rglob("*.png"))) == 12 and not list(target.glob(".*"))
     finally:
         shutil.rmtree(target, ignore_errors=True)
+
+
+def _junk(folder: Path) -> Path:
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"not a png")
+    return folder
+
+
+@pytest.mark.parametrize("which", ["images", "fit"])
+def test_a_fit_for_a_refused_encode_stores_nothing(setup, tmp_path, which):
+    """--fit stored its tables, then the encode found no usable image; and a --fit folder of no
+    usable image gave a numpy shape error."""
+    root, run, *_ = setup
+    shutil.copytree(run, tmp_path / "run")
+    before = (tmp_path / "run" / "config.json").read_bytes()
+    junk = _junk(tmp_path / "junk")
+    _digits(tmp_path / "train", 20, seed=3)  # other tables than the run's
+    images, fit = (junk, tmp_path / "train") if which == "images" else (root / "src", junk)
+    r = invoke("--threads", 1, "encode", tmp_path / "run", images, "-o", tmp_path / "x.vkc", "--quality", 3, "--fit", fit)
+    assert r.exit_code == 2 and f"no usable image in {junk}" in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1 and "posterior" not in r.output
+    assert (tmp_path / "run" / "config.json").read_bytes() == before and not (tmp_path / "x.vkc").exists()
+
+
+def test_a_fit_is_stored_once_the_file_is_written_and_decodes(setup, tmp_path):
+    root, run, *_ = setup
+    shutil.copytree(run, tmp_path / "run")
+    r = invoke("--threads", 1, "encode", tmp_path / "run", root / "src", "-o", tmp_path / "x.vkc", "--quality", 3,
+               "--fit", root / "src")
+    assert r.exit_code == 0, r.output
+    model = vaekit.load(tmp_path / "run")
+    assert codec.read_info(tmp_path / "x.vkc").tables == codec.stored_prior(model).hash
+    assert len(codec.decode(model, tmp_path / "x.vkc", tmp_path / "out").written) == 12
+
+
+@pytest.mark.parametrize("mode", [["--quality", "3"], ["--lossless"]])
+def test_precision_with_a_vkc_is_refused(setup, tmp_path, mode):
+    root, run, *_ = setup
+    r = invoke("--threads", 1, "encode", run, root / "src", "-o", tmp_path / "x.vkc", *mode, "--precision", "f32")
+    assert r.exit_code == 2 and "--precision" in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert not (tmp_path / "x.vkc").exists()

@@ -71,16 +71,18 @@ class DecodeResult:
 
 def encode(model, source: str | Path | Sequence[str | Path], out: str | Path, quality: int | None = None,
            lossless: bool = False, overwrite: bool = False, progress: Progress | None = None,
-           chunk: int = CHUNK) -> EncodeResult:
+           chunk: int = CHUNK, prior: priors.Prior | None = None) -> EncodeResult:
     """Encode every image under `source` into the .vkc `out`: lossy at `quality` (1..8, the
-    model's stored tables), or `lossless` (a bits-back archive; needs a logistic-likelihood model
-    and images of exactly the model's size). progress(done, total) after each batch or image."""
+    model's stored tables, or `prior`, tables not stored yet: `encode --fit` stores them only
+    once the file is written), or `lossless` (a bits-back archive; needs a logistic-likelihood
+    model and images of exactly the model's size). progress(done, total) after each batch or image."""
     t0 = time.perf_counter()
     out = Path(out)
     found = check_encode(model, source, out, quality, lossless, overwrite, chunk)
-    prior = None
+    if lossless and prior is not None:
+        raise BadInput("a lossless archive uses no lossy tables: give no prior")
     if not lossless:
-        prior = stored_prior(model)
+        prior = prior or stored_prior(model)
         if prior is None:
             raise BadInput(f"{model.info.source} has no entropy-coding tables yet; fit them on training images "
                            "(vaekit.codec.fit_prior + save_prior) or use --precision for fixed-length codes")

@@ -78,6 +78,8 @@ def fit_prior(model, images: np.ndarray, steps: Sequence[float] | None = None,
     `residual_pixels` (at least one image; each is decoded once per quality, and the tables count
     symbols, so it is pixels that make them precise: 2,000 MNIST digits instead of 10,000 cost
     0.1% more bytes and saved 4.6 s of a 190 s training run, docs/codec.md)."""
+    if len(images) == 0:
+        raise BadInput("no image to fit the entropy-coding tables on")
     mu, logvar = model.encode(images)
     prior = priors.fit(mu, logvar, model.info.latent_shape, model.info.fingerprint, steps, deltas)
     x = np.asarray(images)[: max(1, residual_pixels // int(np.prod(np.shape(images)[2:])))]
