@@ -186,3 +186,15 @@ def test_precision_with_a_vkc_is_refused(setup, tmp_path, mode):
     r = invoke("--threads", 1, "encode", run, root / "src", "-o", tmp_path / "x.vkc", *mode, "--precision", "f32")
     assert r.exit_code == 2 and "--precision" in r.output and len(r.output.strip().splitlines()) == 1, r.output
     assert not (tmp_path / "x.vkc").exists()
+
+
+@pytest.mark.parametrize("precision", ["f32", "q8"])
+def test_a_code_file_is_the_same_bytes_at_any_batch_size(setup, tmp_path, precision):
+    """docs/code-files.md: the same images and model give a byte-identical file."""
+    root, run, model, *_ = setup
+    _digits(tmp_path / "more", 40, seed=5)
+    files = []
+    for bs in (1, 7, 256):
+        files.append(codes.encode_folder(model, tmp_path / "more", tmp_path / f"b{bs}.codes", precision=precision,
+                                         batch_size=bs).path.read_bytes())
+    assert files[0] == files[1] == files[2]
