@@ -198,3 +198,39 @@ def test_a_code_file_is_the_same_bytes_at_any_batch_size(setup, tmp_path, precis
         files.append(codes.encode_folder(model, tmp_path / "more", tmp_path / f"b{bs}.codes", precision=precision,
                                          batch_size=bs).path.read_bytes())
     assert files[0] == files[1] == files[2]
+
+
+def _bomb(path: Path, fingerprint: str, names: int, images: int) -> Path:
+    """A valid .vkc (checksum right) whose LZMA'd names expand to `names` names, for a chunk table of
+    `images` images and no words."""
+    import hashlib
+    import lzma
+
+    from vaekit.codec import header as H
+
+    raw = b"a.png" + b"\0a" * (names - 1)
+    blob = b"\2" + lzma.compress(raw, lzma.FORMAT_RAW, filters=H._LZMA2)
+    head = b"".join([bytes([0, 5, 1]), H.varint(16), H.varint(4), bytes.fromhex(fingerprint), bytes(8), H.varint(1),
+                     H.varint(images), H.varint(0), H.varint(len(blob)), blob])
+    data = b"VKC3" + H.varint(len(head)) + head
+    path.write_bytes(data + hashlib.sha256(data).digest()[:8])
+    return path
+
+
+def test_a_names_bomb_is_refused_before_its_names_are_expanded(setup, tmp_path, monkeypatch):
+    from vaekit.codec import container, header
+
+    root, run, model, *_ = setup
+    foreign = _bomb(tmp_path / "foreign.vkc", "00" * 8, 2_000_000, 2_000_000)
+    calls = []
+    real = header.expand
+    monkeypatch.setattr(container, "expand", lambda *a: (calls.append(1), real(*a))[1])
+    with pytest.raises(container.ArchiveModelMismatch, match="0000000000000000"):
+        codec.decode(model, foreign, tmp_path / "out")
+    assert not calls and not (tmp_path / "out").exists()
+    ours = _bomb(tmp_path / "ours.vkc", model.info.fingerprint, 2_000_000, 1)  # names far beyond one image's
+    with pytest.raises(container.ArchiveError, match="larger than"):
+        codec.decode(model, ours, tmp_path / "out")
+    with pytest.raises(container.ArchiveError, match="larger than"):
+        codec.read_info(ours)
+    assert not (tmp_path / "out").exists()

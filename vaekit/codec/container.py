@@ -23,11 +23,11 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 import numpy as np
 
-from vaekit.codec.header import MODES, Header, Reader, varint, pack, unpack
+from vaekit.codec.header import MODES, Header, Reader, expand, pack, unpack_fixed, varint
 from vaekit.codes.format import MAX_ORIG_PIXELS, CodeFileError, FingerprintMismatch, check_name
 from vaekit.config import MAX_IMAGE_SIZE, MAX_Z_DIMS
 from vaekit.fileio import atomic_writer, check_regular
@@ -90,8 +90,10 @@ def write(path: Path, header: Header, spill: Path, skip: int = 0) -> int:
     return Path(path).stat().st_size
 
 
-def read_header(path: Path) -> tuple[Header, int]:
-    """Verify the whole file (length, checksum) and parse its header: (header, offset of the chunks)."""
+def read_header(path: Path, check: Callable[[Header], None] | None = None) -> tuple[Header, int]:
+    """Verify the whole file (length, checksum) and parse its header: (header, offset of the chunks).
+    `check(header)`, before the names are expanded (the header has none yet), may refuse the file
+    cheaply: a foreign model's file costs nothing however many names it claims."""
     source = f"{path}"
     size = check_regular(path, ".vkc file").st_size
     with open(path, "rb") as f:
@@ -111,7 +113,7 @@ def read_header(path: Path) -> tuple[Header, int]:
         f.seek(offset)
         raw = f.read(n)
         try:  # parsed before the checksum (bounded, no side effects) to tell a truncated file
-            header = unpack(raw, version)
+            header, blob = unpack_fixed(raw)
             expected = offset + n + 4 * sum(c[1] for c in header.chunks) + digest
         except (ValueError, TypeError, KeyError, IndexError) as e:
             header, expected = None, str(e)
@@ -121,6 +123,12 @@ def read_header(path: Path) -> tuple[Header, int]:
         _verify(f, start[:offset] + raw, size, source, digest)
     if header is None:
         raise ArchiveError(f"{source} has an unreadable header: {expected}")
+    if check is not None:
+        check(header)
+    try:
+        expand(header, blob, version)
+    except (ValueError, TypeError, KeyError, IndexError) as e:
+        raise ArchiveError(f"{source} has an unreadable header: {e}") from None
     _check(header, source)
     return header, offset + n
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 MODES = ("lossy", "lossless")
 MAX_META = 1 << 31  # bytes of the variable part once decompressed
+NAME_BYTES = 4096  # the longest stored name, in bytes (Linux's PATH_MAX)
 # a file name that is not UTF-8 (POSIX allows any bytes) is a surrogate-escaped str in Python: its
 # bytes are stored as they are and come back as the same str, so decode writes the same file name
 NAMES = "surrogateescape"
@@ -84,28 +85,35 @@ def _compress(raw: bytes) -> bytes:
     return min(options, key=len)
 
 
-def _decompress(blob: bytes) -> bytes:
+def _decompress(blob: bytes, limit: int = MAX_META) -> bytes:
     try:
-        return _inflate(blob)
+        return _inflate(blob, limit)
     except (lzma.LZMAError, zlib.error) as e:
         raise ValueError(f"the header's names are damaged ({e})") from None
 
 
-def _inflate(blob: bytes) -> bytes:
+def _inflate(blob: bytes, limit: int) -> bytes:
     method, body = blob[:1], blob[1:]
     if method == b"\0":
         return body
     if method == b"\1":
         d = zlib.decompressobj(-15)
-        out = d.decompress(body, MAX_META)
+        out = d.decompress(body, limit)
     elif method == b"\2":
         d = lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=_LZMA2)
-        out = d.decompress(body, max_length=MAX_META)
+        out = d.decompress(body, max_length=limit)
     else:
         raise ValueError(f"unknown compression {method!r}")
     if not d.eof:
-        raise ValueError("the header's names are truncated or too large")
+        raise ValueError(f"the header's names are truncated or larger than its {limit} bytes for its images")
     return out
+
+
+def names_limit(images: int) -> int:
+    """The most bytes the variable part may expand to for a file of `images` images: a name of up
+    to NAME_BYTES, its original size in JSON, and room for the engine. A small file whose names
+    claim millions of images (a names bomb) is refused at this size, not after expanding them."""
+    return min(MAX_META, images * (NAME_BYTES + 64) + (1 << 16))
 
 
 def _extras(h: Header) -> dict:
@@ -150,18 +158,36 @@ def pack(h: Header) -> bytes:
 def unpack(data: bytes, version: int = 3) -> Header:
     """Parse header bytes of format `version` (2 or 3); ValueError (or KeyError, TypeError) on
     anything malformed."""
-    from vaekit.fileio import loads_json
+    h, blob = unpack_fixed(data)
+    expand(h, blob, version)
+    return h
 
+
+def unpack_fixed(data: bytes) -> tuple[Header, bytes]:
+    """The fixed fields (no names yet: `expand` adds them) and the compressed variable part;
+    cheap, so a caller can check the model before expanding names."""
     r = Reader(data)
     mode, quality, channels = r.take(3)
     image_size, latent_dim = r.varint(1 << 20), r.varint(1 << 30)
     fingerprint, tables = r.take(8).hex(), r.take(8).hex()
     chunks = [[r.varint(), r.varint()] for _ in range(r.varint(1 << 32))]
-    raw = _decompress(r.take(r.varint(len(data))))
-    meta = loads_json(raw) if version == 2 else _unpack_names(raw)
-    if r.pos != len(data) or mode >= len(MODES) or not isinstance(meta, dict):
+    blob = r.take(r.varint(len(data)))
+    if r.pos != len(data) or mode >= len(MODES):
         raise ValueError("the header has extra bytes or an unknown mode")
+    return Header(MODES[mode], fingerprint, tables, image_size, channels, latent_dim, [], [], chunks,
+                  quality or None), blob
+
+
+def expand(h: Header, blob: bytes, version: int = 3) -> None:
+    """Fill in `h`'s names, original sizes and engine from the variable part `blob`, expanded to
+    at most names_limit(the images its chunk table holds)."""
+    from vaekit.fileio import loads_json
+
+    raw = _decompress(blob, names_limit(sum(c[0] for c in h.chunks)))
+    meta = loads_json(raw) if version == 2 else _unpack_names(raw)
+    if not isinstance(meta, dict):
+        raise ValueError("the header's variable part is not an object")
     names = meta["names"]
-    sizes = meta.get("sizes") or [[image_size, image_size]] * (len(names) if isinstance(names, list) else 0)
-    return Header(MODES[mode], fingerprint, tables, image_size, channels, latent_dim, names, sizes, chunks,
-                  quality or None, meta.get("engine") or {})
+    h.names = names
+    h.orig_size = meta.get("sizes") or [[h.image_size, h.image_size]] * (len(names) if isinstance(names, list) else 0)
+    h.engine = meta.get("engine") or {}

@@ -224,7 +224,7 @@ def decode(model, archive: str | Path, out_dir: str | Path, size: str = "model",
         raise BadInput(f"output {out_dir} exists and is not a folder")
     refuse_under_file(out_dir)
     refuse_inside(out_dir, model.info.source, "output folder")  # --overwrite would replace the run's own files
-    header, offset = container.read_header(archive)
+    header, offset = container.read_header(archive, lambda h: _check_fingerprint(h, model, archive))  # names after
     _check_model(header, model, archive)
     prior = stored_prior(model, header.tables) if header.mode == "lossy" else None
     if header.mode == "lossy" and prior is None:
@@ -243,13 +243,18 @@ def decode(model, archive: str | Path, out_dir: str | Path, size: str = "model",
     return DecodeResult(out_dir, targets, header.mode, time.perf_counter() - t0)
 
 
-def _check_model(header: container.Header, model, archive: Path) -> None:
+def _check_fingerprint(header: container.Header, model, archive: Path) -> None:
     info = model.info
     if header.fingerprint != info.fingerprint:
         raise container.ArchiveModelMismatch(f"{archive} was encoded by model {header.fingerprint}, but {info.source} "
                                              f"is model {info.fingerprint}; decode with the model that encoded it")
     if (header.image_size, header.channels, header.latent_dim) != (info.image_size, info.channels, info.latent_dim):
         raise container.ArchiveModelMismatch(f"{archive} does not match the shape of model {info.source}")
+
+
+def _check_model(header: container.Header, model, archive: Path) -> None:
+    _check_fingerprint(header, model, archive)
+    info = model.info
     if header.mode == "lossless":
         _check_lossless(model)
         if header.tables != BITSBACK_TABLES:
