@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
+import threading
 
 import typer
 from typer.core import TyperGroup
 
 from vaekit_cli import output
-from vaekit_cli.output import err_console, shown
+from vaekit_cli.output import EXIT_TERMINATED, Terminated, err_console, shown
 
 EXIT_OK, EXIT_ANOMALOUS, EXIT_BAD_INPUT, EXIT_FAILURE = 0, 1, 2, 3
-
 EPILOG = (
     "Exit codes: 0 ok; 1 anomalies found (anomaly-score --fail-on-anomaly); "
-    "2 bad usage or input; 3 training or internal failure; 130 interrupted."
+    "2 bad usage or input; 3 training or internal failure; 130 interrupted (Ctrl-C); 143 terminated (SIGTERM)."
 )
 
 
@@ -83,9 +84,10 @@ class GuardedGroup(TyperGroup):
             return super().invoke(ctx)
         except (typer.Exit, typer.Abort, typer.TyperException):  # Typer's own usage errors (exit 2)
             raise
-        except KeyboardInterrupt:
-            err_console.print(f"[red]interrupted[/red]{self._resume_hint(ctx)}", highlight=False)
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as exc:
+            what, code = ("terminated", EXIT_TERMINATED) if isinstance(exc, Terminated) else ("interrupted", 130)
+            err_console.print(f"[red]{what}[/red]{self._resume_hint(ctx)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code) from None
         except Exception as exc:  # noqa: BLE001 - this is the top-level handler
             if debug():
                 raise
@@ -140,6 +142,8 @@ def _root(
                                 help="CPU threads for torch/onnxruntime (0: library default; at most 1024)."),
 ) -> None:
     """Convolutional VAEs for your own images."""
+    if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+        signal.signal(signal.SIGTERM, output.on_sigterm)
     output.set_threads(threads)
     output.sleeping_waits()  # before any command imports torch
 

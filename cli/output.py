@@ -14,6 +14,19 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 console = Console()
 err_console = Console(stderr=True)
 
+EXIT_TERMINATED = 143  # 128 + SIGTERM, what a shell reports for a process SIGTERM ended
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what Slurm, Kubernetes, Docker and `kill` send), taken like Ctrl-C: every job's
+    clean-up for an interrupt runs (a run keeps its checkpoint, a streaming job its finished
+    batches), then vaekit exits with 143."""
+
+
+def on_sigterm(signum, frame) -> None:
+    """The SIGTERM handler every command runs under (set by the root callback)."""
+    raise Terminated()
+
 # C0 and C1 controls (ESC starts terminal commands: ESC]52 writes the clipboard, ESC[2J clears
 # the screen), the bidirectional overrides that make a name display as another, and the bytes of
 # a name that is not UTF-8 (Python holds them as surrogates; printed, each became "?", so two

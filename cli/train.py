@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from vaekit_cli.output import Device, apply_threads, console, err_console, percent, progress_bar, shown
+from vaekit_cli.output import EXIT_TERMINATED, Device, Terminated, apply_threads, console, err_console, percent, progress_bar, shown
 
 
 class Likelihood(str, Enum):
@@ -113,38 +113,47 @@ def train(
         result, data = run_training(images, out, model_cfg, train_cfg, channels=ch, resume=resume, overwrite=overwrite,
                                     workers=workers, progress=reporter, resume_epochs=epochs,
                                     resume_changes=changes if resume else None, should_stop=stop.is_set)
-    _report(result, data, out)
+    _report(result, data, out, stop.code)
 
 
-def _report(result, data, out: Path) -> None:
-    """The summary of a finished run; a run stopped by Ctrl-C says how to continue it (exit 130)."""
+def _report(result, data, out: Path, code: int = 130) -> None:
+    """The summary of a finished run; a run stopped by Ctrl-C (or SIGTERM) says how to continue it
+    (exit 130, or 143)."""
     if result.stopped:
-        err_console.print(f"interrupted: {shown(out)} keeps its last finished epoch ({result.epochs_done}); "
+        what = "terminated" if code == EXIT_TERMINATED else "interrupted"
+        err_console.print(f"{what}: {shown(out)} keeps its last finished epoch ({result.epochs_done}); "
                           "continue with `vaekit train ... --resume`", highlight=False, soft_wrap=True)
-        raise typer.Exit(130)
+        raise typer.Exit(code)
     if result.rank == 0:  # under torchrun only rank 0 reports
         _print_summary(result, data)
 
 
+class _Stop(threading.Event):
+    code = 130  # the exit code of a stop: 130 for Ctrl-C, 143 for SIGTERM
+
+
 @contextmanager
 def _stop_on_ctrl_c():
-    """The first Ctrl-C asks training to stop after the current step (through the library's
-    should_stop), so the run stays resumable; a second one interrupts at once."""
-    stop = threading.Event()
+    """The first Ctrl-C (or SIGTERM, what a scheduler sends) asks training to stop after the
+    current step (through the library's should_stop), so the run stays resumable; a second one
+    interrupts at once."""
+    stop = _Stop()
     if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
         yield stop
         return
 
-    def on_sigint(signum, frame):
+    def on_signal(signum, frame):
         if stop.is_set():
-            raise KeyboardInterrupt
+            raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+        stop.code = EXIT_TERMINATED if signum == signal.SIGTERM else 130
         stop.set()
 
-    old = signal.signal(signal.SIGINT, on_sigint)
+    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield stop
     finally:
-        signal.signal(signal.SIGINT, old)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 # options that set a config field, for --resume to check against the run's own settings

@@ -6,6 +6,10 @@ files there are when iterating (`iter_load`); `load_images` gathers them into on
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -40,6 +44,22 @@ def _load_chunk(paths: list[Path], size: int, channels: int, crop: bool = True) 
     return out
 
 
+def _watch_parent(parent: int) -> None:
+    """In each decoding process: exit as soon as the process that started it is gone. A pool's
+    processes otherwise outlive a parent killed by SIGKILL, waiting for work forever, and hold
+    what they inherited from it: the lock of its journal or run folder, which would refuse
+    the --resume that is to go on from it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # handles it and shuts the pool down; no tracebacks here
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="vaekit-parent-watch", daemon=True).start()
+
+
 MAX_WORKERS = 256  # decoding processes: the CLI's bound too (`--workers`); each is a forked copy of this one
 
 
@@ -68,7 +88,8 @@ def _iter_load(paths: Sequence[Path], size: int, channels: int, workers: int, cr
     step = max(1, min(64, len(paths) // (workers * 4)))
     chunks = ([Path(p) for p in paths[i : i + step]] for i in range(0, len(paths), step))
     # no more processes than chunks: a pool that forks starts every one of them at once
-    with ProcessPoolExecutor(min(workers, -(-len(paths) // step))) as pool:
+    with ProcessPoolExecutor(min(workers, -(-len(paths) // step)), initializer=_watch_parent,
+                             initargs=(os.getpid(),)) as pool:
         first = islice(chunks, 2 * workers)  # bounded, so results cannot pile up in memory
         pending = deque(pool.submit(_load_chunk, c, size, channels, crop) for c in first)
         while pending:

@@ -23,12 +23,19 @@ RowCheck = Callable[[object, int], "str | None"]
 
 
 def digest(paths: Sequence) -> str:
-    """sha256 of the file list (each path's bytes, NUL-separated): two runs with this digest
-    read the same files in the same order, so their batches are the same slices."""
+    """sha256 of the file list: each path's bytes with its size and modification time
+    (NUL-separated). Two runs with this digest read the same files in the same order, so their
+    batches are the same slices; a file replaced under the same name (another size or time)
+    changes it, so a resume or a merge never keeps the rows of the image that was there before."""
     h = hashlib.sha256()
     texts = getattr(paths, "texts", None)
     for p in (texts if texts is not None else map(str, paths)):
-        h.update(os.fsencode(p) + b"\0")
+        try:
+            st = os.stat(p)
+            stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:  # gone or unreadable: scored as a skipped file, and pinned as such
+            stamp = "-"
+        h.update(os.fsencode(p) + b"\0" + stamp.encode() + b"\0")
     return h.hexdigest()
 
 
@@ -129,7 +136,11 @@ def changed(old: dict, new: dict, skip: Sequence[str] = ()) -> list[str]:
         return text if len(text) <= 40 else text[:37] + "..."
 
     keys = [k for k in {**old, **new} if k not in skip and old.get(k, _ABSENT) != new.get(k, _ABSENT)]
-    return [f"{k} {show(old.get(k, _ABSENT))} then, {show(new.get(k, _ABSENT))} now" for k in keys]
+    return [_SAID.get(k) or f"{k} {show(old.get(k, _ABSENT))} then, {show(new.get(k, _ABSENT))} now" for k in keys]
+
+
+_SAID = {"file_list": "the input files changed (a file added, removed, renamed, or replaced: another size or "
+                      "modification time)"}
 
 
 _ABSENT = object()

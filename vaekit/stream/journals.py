@@ -94,6 +94,16 @@ def read_lines(fd: int) -> Iterator[tuple[int, bytes]]:
             yield offset, line
 
 
+_HEAD = b'{"vaekit_journal": '  # how every journal vaekit writes begins (dumps_json of its header)
+
+
+def _begins_as_journal(fd: int) -> bool:
+    """Whether the file's first bytes are (a prefix of) the start of a journal's header: even a
+    header a crash cut short is vaekit's, and anything else is a file vaekit did not write."""
+    start = os.pread(fd, len(_HEAD), 0)
+    return _HEAD.startswith(start) if len(start) < len(_HEAD) else start == _HEAD
+
+
 def parse(line: bytes):
     return loads_json(line.decode("utf-8", "surrogateescape"))
 
@@ -120,6 +130,9 @@ class Journal:
             self._lock()
             locked = True
             size = os.fstat(self._fd).st_size
+            if size and not _begins_as_journal(self._fd):  # someone's own file: never touched
+                raise BadInput(f"{self.path} exists and is not a vaekit journal; vaekit leaves it as it is: move it "
+                               "away, or write the output elsewhere")
             if size and not resume:
                 raise BadInput(f"{self.path} holds the rows of an unfinished job: pass --resume to continue it, "
                                "or delete it to start again")

@@ -1,0 +1,166 @@
+"""The third hardening pass: what hostile users found in journals, shares, resume and signals.
+
+Each test is one case they reported, through the CLI where a user meets it: a killed job's
+decoding processes must not keep its lock; a file vaekit did not write, named like a journal,
+is never touched; a file replaced under the same name is never scored from the old rows; SIGTERM
+(what a scheduler sends) is taken like Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from export_support import random_run
+from vaekit.fileio import try_lock
+from vaekit_cli.main import app
+
+N_IMAGES = 40
+BATCH = "4"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hardening3")
+    run = random_run(root / "run", image_size=16, channels=1, latent_dim=4, base_channels=4)
+    data = root / "images"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(N_IMAGES):
+        Image.fromarray(rng.integers(0, 256, (16, 16), np.uint8)).save(data / f"img{i:03d}.png")
+    return root, run, data
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, ["--threads", "1", *map(str, args)])
+
+
+def score(run, data, out, *extra):
+    return invoke("anomaly-score", run, data, "-o", out, "--batch-size", BATCH, "--threshold", "0", *extra)
+
+
+def test_a_file_named_like_the_journal_that_vaekit_did_not_write_is_left_alone(setup, tmp_path):
+    _, run, data = setup
+    out = tmp_path / "notes.csv"
+    mine = tmp_path / "notes.csv.partial"
+    for text in (b"my notes, no newline", b"my notes\nand more\n"):
+        mine.write_bytes(text)
+        for extra in ((), ("--resume",)):
+            r = score(run, data, out, *extra)
+            assert r.exit_code == 2 and "is not a vaekit journal" in r.output, r.output
+            assert len(r.output.strip().splitlines()) == 1, r.output
+            assert mine.read_bytes() == text and not out.exists()
+
+
+def test_a_journal_header_cut_by_a_crash_is_still_vaekits_and_resumes(setup, tmp_path):
+    _, run, data = setup
+    whole = score(run, data, tmp_path / "whole.csv")
+    assert whole.exit_code == 0, whole.output
+    out = tmp_path / "s.csv"
+    (tmp_path / "s.csv.partial").write_bytes(b'{"vaekit_jou')  # the crash came mid-header
+    r = score(run, data, out, "--resume")
+    assert r.exit_code == 0, r.output
+    assert out.read_bytes() == (tmp_path / "whole.csv").read_bytes()
+
+
+def test_a_share_cannot_merge_rows_of_a_file_replaced_under_the_same_name(setup, tmp_path):
+    """Share 0 scores its batches; then one of share 1's files is replaced by other pixels of the
+    same name. Merging would mix rows of two different folders: refused, naming the change."""
+    _, run, src = setup
+    data = tmp_path / "images"
+    data.mkdir()
+    for p in src.iterdir():
+        (data / p.name).write_bytes(p.read_bytes())
+    out = tmp_path / "s.csv"
+    r = score(run, data, out, "--shard", "0/2")
+    assert r.exit_code == 0 and not out.exists(), r.output
+    victim = data / "img039.png"
+    before = victim.stat()
+    Image.fromarray(np.full((16, 16), 255, np.uint8)).save(victim)
+    os.utime(victim, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000_000))
+    r = score(run, data, out, "--shard", "1/2")
+    assert r.exit_code == 2 and "input files changed" in r.output, r.output
+    assert not out.exists()
+    r = score(run, data, out, "--shard", "0/2", "--resume")  # its own resume is refused too
+    assert r.exit_code == 2 and "input files changed" in r.output, r.output
+
+
+def test_sigterm_is_taken_like_ctrl_c_and_the_job_resumes(setup, tmp_path, monkeypatch):
+    """SIGTERM after two finished batches: exit 143 with one line, the journal kept, and --resume
+    writes what an uninterrupted job writes."""
+    from vaekit.stream.journals import Journal
+
+    _, run, data = setup
+    whole = score(run, data, tmp_path / "whole.csv")
+    assert whole.exit_code == 0, whole.output
+    append, seen = Journal.append, []
+
+    def append_then_term(self, *a, **k):
+        append(self, *a, **k)
+        seen.append(1)
+        if len(seen) == 2:
+            signal.raise_signal(signal.SIGTERM)
+
+    old = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(Journal, "append", append_then_term)
+    out = tmp_path / "s.csv"
+    try:
+        r = score(run, data, out)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    assert r.exit_code == 143, r.output
+    assert "terminated" in r.output and "--resume" in r.output and len(r.output.strip().splitlines()) == 1
+    assert not out.exists() and (tmp_path / "s.csv.partial").exists()
+    monkeypatch.setattr(Journal, "append", append)
+    r = score(run, data, out, "--resume")
+    assert r.exit_code == 0, r.output
+    assert out.read_bytes() == (tmp_path / "whole.csv").read_bytes()
+
+
+_HOLDER = textwrap.dedent("""
+    import os, sys, time
+    from pathlib import Path
+    from vaekit.fileio import try_lock
+    from vaekit.images.load import iter_load
+    fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+    assert try_lock(fd)
+    files = sorted(Path(sys.argv[2]).iterdir())
+    it = iter_load(files, 16, 1, workers=2)
+    next(it)  # the pool is up, its processes forked while the lock is held
+    print("ready", flush=True)
+    time.sleep(600)
+""")
+
+
+def test_decoding_processes_of_a_killed_job_exit_and_free_its_lock(setup, tmp_path):
+    """A job decoding with --workers is killed (SIGKILL: nothing of it runs again). Its worker
+    processes were forked holding the job's lock; they must go with it, or --resume is refused
+    as 'in use' for as long as they wait for work, which is forever."""
+    _, _, data = setup
+    lock = tmp_path / "job.lock"
+    p = subprocess.Popen([sys.executable, "-c", _HOLDER, str(lock), str(data)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        p.kill()
+        p.wait()
+        fd = os.open(lock, os.O_RDWR)
+        try:  # wait (bounded) for the orphans to notice; without the fix they never do
+            deadline_polls = 600
+            while not try_lock(fd) and deadline_polls:
+                deadline_polls -= 1
+                os.sched_yield()
+                subprocess.run(["sleep", "0.05"])
+            assert deadline_polls, "the killed job's decoding processes still hold its lock"
+        finally:
+            os.close(fd)
+    finally:
+        p.kill()
