@@ -164,3 +164,16 @@ def test_decoding_processes_of_a_killed_job_exit_and_free_its_lock(setup, tmp_pa
             os.close(fd)
     finally:
         p.kill()
+
+
+@pytest.mark.parametrize("job", ["anomaly-score", "encode", "encode-vkc"])
+def test_overwrite_never_replaces_a_fifo_or_device_by_a_file(setup, tmp_path, job):
+    """`-o /dev/null --overwrite` as root deleted the system's /dev/null and wrote a file there;
+    a FIFO (which needs no root) stands in for every such node."""
+    _, run, data = setup
+    out = tmp_path / ("out.csv" if job == "anomaly-score" else "out.vkc" if job == "encode-vkc" else "out.codes")
+    os.mkfifo(out)
+    extra = ["--threshold", "0"] if job == "anomaly-score" else ["--quality", "3"] if job == "encode-vkc" else []
+    r = invoke(job.split("-vkc")[0], run, data, "-o", out, "--overwrite", *extra)
+    assert r.exit_code == 2 and "is a FIFO, not a file" in r.output, r.output
+    assert out.is_fifo()

@@ -306,6 +306,20 @@ def refuse_inside(output: Path, inputs, what: str, folder: bool = False) -> None
                 raise BadInput(f"{what} {output} {relation} the input image {root}; write it somewhere else")
 
 
+def _special_file(path: Path) -> str | None:
+    """'a FIFO', 'a device' or 'a socket' for what is at `path` (links not followed: a link is
+    replaced, never written through), None for a regular file, a link or nothing."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a socket" if stat.S_ISSOCK(mode) else None
+
+
 def refuse_existing(paths: Path | Sequence[Path], overwrite: bool, what: str = "output") -> None:
     """OutputExists when an output already exists (even as a broken link) and the user did not
     pass --overwrite; BadInput when one is a folder. `paths`: one file, or every file a job will
@@ -315,6 +329,9 @@ def refuse_existing(paths: Path | Sequence[Path], overwrite: bool, what: str = "
     for path in paths:
         if path.is_dir():
             raise BadInput(f"{what} {path} is a folder; give a file name")
+        special = _special_file(path)
+        if special:  # --overwrite would replace /dev/null (as root) or a user's pipe by a file
+            raise BadInput(f"{what} {path} is {special}, not a file; vaekit writes only regular files: give a file name")
     if overwrite:
         return
     taken = [p for p in paths if p.exists() or p.is_symlink()]
