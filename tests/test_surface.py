@@ -73,6 +73,25 @@ def test_a_run_whose_reader_is_gone_is_refused_not_scored_otherwise(surface, tmp
         vaekit.load(run)
 
 
+def test_another_reader_copied_into_a_run_is_refused_and_never_scores_with_its_threshold(surface, tmp_path):
+    """A hostile user copied another run's reader.safetensors into this one: a valid file, but its
+    scores would be read against a threshold set with other weights, and the shares of one job
+    scored before and after the copy would merge into one file."""
+    import shutil
+
+    from vaekit.training import rundir
+
+    run = tmp_path / "run"
+    shutil.copytree(surface / "run", run)
+    assert json.loads((run / "config.json").read_text())["reader_fingerprint"]
+    state, meta = rundir.load_tensors(run / rundir.READER, "defect reader")
+    first = sorted(state)[0]
+    state[first] = state[first] + 0.01  # another reader of the same shape
+    rundir.save_tensors(run / rundir.READER, state, meta)
+    with pytest.raises(rundir.RunError, match="not the defect reader this run was calibrated with"):
+        vaekit.load(run)
+
+
 def test_an_engine_that_cannot_run_the_reader_says_so_and_scores_the_atypicality(surface):
     m = vaekit.load(surface / "run")
     m.info.reader = None  # what an ONNX export is: the VAE's graphs only

@@ -190,6 +190,7 @@ def _settings(model: Model, plan: Plan, found: stream.Inputs, layout: Layout, ma
             "threshold": plan.threshold, "threshold_source": plan.source, "batch_size": layout.batch_size,
             "files": len(found.paths), "file_list": digest(layout.paths), "inputs": [str(r) for r in found.roots],
             "maps": None if maps is None else str(Path(maps).resolve()), "shard": [layout.index, layout.count],
+            **({"reader": info.reader_fingerprint} if getattr(info, "reader_fingerprint", None) else {}),
             # a surface reads each file whole, in tiles (journals from before read its centre square)
             **({"read": "whole, in tiles" if info.read_size == info.image_size else
                 f"whole at {info.read_size} px, in {info.image_size} px tiles"} if tiled(model) else {})}

@@ -37,10 +37,21 @@ class TorchModel(Model):
             log_scale=None if log_scale is None else [float(v) for v in log_scale.detach().cpu()],
             **threshold_fields(cfg.get("anomaly"), Path(run_dir) / rundir.CONFIG),
         )
-        self.info.reader = cfg.get("reader")
-        if self.info.reader is not None and not (Path(run_dir) / rundir.READER).is_file():
-            raise rundir.RunError(f"{Path(run_dir) / rundir.READER} is missing (the run's defect reader); retrain the model")
-        self._reader = None
+        self.info.reader, self.info.reader_fingerprint = cfg.get("reader"), cfg.get("reader_fingerprint")
+        self._reader = self._reader_state = None
+        if self.info.reader is not None:
+            self._check_reader(Path(run_dir) / rundir.READER)
+
+    def _check_reader(self, path: Path) -> None:
+        """The run's reader file is there and is the reader its threshold was set with: another
+        run's reader.safetensors copied in would score with a threshold that is not its own."""
+        if not path.is_file():
+            raise rundir.RunError(f"{path} is missing (the run's defect reader); retrain the model")
+        if self.info.reader_fingerprint is not None:
+            self._reader_state, _ = rundir.load_tensors(path, "defect reader")
+            if rundir.fingerprint(self._reader_state) != self.info.reader_fingerprint:
+                raise rundir.RunError(f"{path} is not the defect reader this run was calibrated with (its weights "
+                                      "differ); restore the run's own, or retrain the model")
 
     @property
     def has_reader(self) -> bool:
@@ -64,7 +75,9 @@ class TorchModel(Model):
             except (TypeError, ValueError) as e:
                 raise rundir.RunError(f"{self.info.source / rundir.CONFIG}: the stored reader settings are damaged "
                                       f"({e}); retrain the model") from None
-            state, _ = rundir.load_tensors(self.info.source / rundir.READER, "defect reader")
+            state = self._reader_state
+            if state is None:
+                state, _ = rundir.load_tensors(self.info.source / rundir.READER, "defect reader")
             try:
                 self._reader = load_reader(state, cfg)
             except (RuntimeError, KeyError) as e:

@@ -40,6 +40,7 @@ class ModelInfo:
     latent_shape: tuple[int, ...] = ()  # (D,) for a vector latent, (C, G, G) for a grid; () = (latent_dim,)
     calibration: dict | None = None  # the atypicality score's statistics of normal images (vaekit/inference/atypicality.py)
     reader: dict | None = None  # the defect reader's config, when the run has one (vaekit.reader)
+    reader_fingerprint: str | None = None  # its weights' fingerprint (runs from before: None, unchecked)
     read_size: int = 0  # files' shorter side when read whole (a surface read larger than its tiles); 0 = image_size
 
     @property

@@ -129,6 +129,7 @@ def finish(out_dir, data, splits, train_cfg, device, crossfit=None, progress=Non
         if reader is None:
             return None
         cfg["reader"], scores["defect"], default = reader.config, reader.scores, "defect"
+        cfg["reader_fingerprint"] = reader.fingerprint  # the reader its threshold is of
         # a threshold per score, each from images its score never trained on; "defect" from the
         # reader's own held-out images, which may be fewer than the others'
     cfg["anomaly"] = {**threshold_section(scores, train_cfg.threshold_quantile, source, default=default),

@@ -31,6 +31,7 @@ class TrainedReader:
     config: dict  # asdict(ReaderConfig), stored in config.json as "reader"
     scores: np.ndarray  # its image scores of held-out normal images
     source: str  # which images those are ("calibration", "held-out fold")
+    fingerprint: str  # of its weights (vaekit.training.rundir.fingerprint), stored in config.json
 
 
 def train_and_calibrate(out_dir, data, splits, train_cfg, tile: int, progress=None, should_stop=None) -> TrainedReader | None:
@@ -63,7 +64,7 @@ def train_and_calibrate(out_dir, data, splits, train_cfg, tile: int, progress=No
         return None
     rundir.save_tensors(out_dir / rundir.READER, state, {"format": "vaekit-reader/1"})
     scores = read_scores(load_reader(state, cfg), data, held, tile)
-    return TrainedReader(_json_config(cfg), scores, source)
+    return TrainedReader(_json_config(cfg), scores, source, rundir.fingerprint(state))
 
 
 def training_images(data, idx, tile: int, seed: int) -> np.ndarray:
