@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -251,6 +252,13 @@ def test_thresholds_set_anew_from_new_normal_images(parts, tmp_path):
         anomaly.threshold_from_normal(run, parts[0] / "train")
     with pytest.raises(ValueError, match="is or holds the run directory"):
         anomaly.threshold_from_normal(run, tmp_path)
+    train = sorted((parts[0] / "train").rglob("*.png"))
+    for i, how in enumerate(("copy", "link")):  # a training image under another name: a copy, a hard link
+        other = tmp_path / f"new_{how}"
+        shutil.copytree(normal, other)
+        (shutil.copyfile if how == "copy" else os.link)(train[i], other / f"z_{how}.png")
+        with pytest.raises(ValueError, match=f"z_{how}.png is a training image"):
+            anomaly.threshold_from_normal(run, other)
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "broken.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match="cannot read .*broken.png"):

@@ -8,7 +8,6 @@ for the images a mask covers (all normal images, the masked anomalous ones), as 
 from __future__ import annotations
 
 import io
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -16,6 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from vaekit import images as imageio
+from vaekit.anomaly.overlap import file_identity
 from vaekit.anomaly.score import Progress, iter_scored, scoring_plan
 from vaekit.inference.tiled import tiled
 from vaekit.inference.engine import Model
@@ -119,21 +119,13 @@ def _labelled_inputs(normal, anomalous):
     the metrics meaningless. A file is known by its device and inode (its path where it cannot
     be stat'ed), so a hard link, another name of the very same file, is caught too."""
     good, bad = find_inputs(normal), find_inputs(anomalous)
-    seen = {_identity(p): p for p in getattr(good.paths, "texts", good.paths)}
+    seen = {file_identity(p): p for p in getattr(good.paths, "texts", good.paths)}
     for p in getattr(bad.paths, "texts", bad.paths):
-        same = seen.get(_identity(p))
+        same = seen.get(file_identity(p))
         if same is not None:
             raise BadInput(f"{p} is both an anomalous and a normal image ({same}); "
                            "give --normal and --anomalous sets that share no file")
     return good, bad
-
-
-def _identity(path) -> tuple:
-    try:
-        st = os.stat(path)
-        return ("inode", st.st_dev, st.st_ino)
-    except OSError:
-        return ("path", os.path.realpath(path))
 
 
 def _scores_and_maps(model, inputs, found, samples, score, iwae, threshold, progress, keep_maps):

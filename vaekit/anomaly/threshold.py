@@ -257,8 +257,25 @@ def threshold_from_normal(run_dir: str | Path, normal, quantile: float | None = 
                 raise BadInput(f"{folder} holds images the model trained on ({root}); a threshold needs normal images it never saw")
         if is_inside(run_dir, folder):
             raise BadInput(f"{folder} is or holds the run directory {run_dir}; give a folder of normal images only")
+    _refuse_training_copies(normal, roots)
     scores = _new_normal_scores(run_dir, normal, old["score"], list(old["by_score"]))
     return _store(run_dir, cfg, old, threshold_section(scores, q, NEW_NORMAL, old["score"]))
+
+
+def _refuse_training_copies(normal, roots: list[Path]) -> None:
+    """BadInput when an image under `normal` is one the model trained on under another name: a
+    hard link, or a copy (the same bytes). Their scores are lower than new images', and a
+    threshold from them flags more than it promises."""
+    from vaekit.anomaly.overlap import first_shared
+    from vaekit.stream import find_inputs
+
+    there = [r for r in roots if r.is_dir()]
+    if not there or isinstance(normal, np.ndarray):  # the training folder is gone, or images in memory
+        return
+    shared = first_shared(find_inputs(normal).paths, find_inputs(there).paths)
+    if shared:
+        raise BadInput(f"{shared[0]} is a training image ({shared[1]}, the same file or the same bytes); a "
+                       "threshold needs normal images the model never saw")
 
 
 def _training_roots(cfg: dict, run_dir: Path) -> list[Path]:

@@ -1,0 +1,62 @@
+"""Whether two sets of images share a file: by identity (the same file under two names) or by
+content (a copy). A threshold set from the images a model trained on, or metrics whose normal
+and anomalous sets share an image, would measure nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterable
+
+
+def file_identity(path) -> tuple:
+    """A file's device and inode (its resolved path where it cannot be stat'ed): two names of
+    the very same file, a hard or a symbolic link, have the same identity."""
+    try:
+        st = os.stat(path)
+        return ("inode", st.st_dev, st.st_ino)
+    except OSError:
+        return ("path", os.path.realpath(path))
+
+
+def _sha256(path) -> bytes | None:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError:
+        return None
+    return h.digest()
+
+
+def first_shared(mine: Iterable, theirs: Iterable) -> tuple[Path, Path] | None:
+    """(a file of `mine`, the file of `theirs` it is) for the first file of `mine` that is one of
+    `theirs` or holds the same bytes; None when they share none. Only files of a size that both
+    sets hold are read, so two unrelated folders cost a stat per file."""
+    ids, by_size = {}, defaultdict(list)
+    for p in theirs:
+        ids[file_identity(p)] = p
+        try:
+            by_size[os.stat(p).st_size].append(p)
+        except OSError:
+            continue
+    hashes: dict = {}
+    for p in mine:
+        same = ids.get(file_identity(p))
+        if same is not None:
+            return Path(p), Path(same)
+        try:
+            candidates = by_size.get(os.stat(p).st_size, [])
+        except OSError:
+            continue
+        if candidates:
+            digest = _sha256(p)
+            for q in candidates:
+                if q not in hashes:
+                    hashes[q] = _sha256(q)
+                if digest is not None and hashes[q] == digest:
+                    return Path(p), Path(q)
+    return None
