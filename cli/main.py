@@ -161,9 +161,18 @@ _register()
 
 def main() -> None:
     try:
-        app(prog_name="vaekit")
+        code = app(prog_name="vaekit", standalone_mode=False)
     except SystemExit:
         raise
+    except typer.TyperException as exc:  # Typer's (vendored click's) usage errors
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `vaekit` alone: the help, as before
+            exc.show()
+        else:  # one line, not Typer's box of five
+            err_console.print(f"[bold red]error:[/bold red] {shown(usage_line(exc))}", highlight=False, soft_wrap=True)
+        sys.exit(getattr(exc, "exit_code", EXIT_BAD_INPUT))
+    except typer.Abort:  # Ctrl-C at a prompt, before any command ran
+        err_console.print("[red]interrupted[/red]", highlight=False)
+        sys.exit(130)
     except Exception as exc:  # noqa: BLE001 - errors outside a command (e.g. argument parsing)
         if debug():  # the command re-raised for this: show where it came from
             import traceback
@@ -172,6 +181,15 @@ def main() -> None:
         else:
             err_console.print(f"[bold red]error:[/bold red] {shown(plain_paths(str(exc)))}", highlight=False)
         sys.exit(exit_code_for(exc))
+    sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+def usage_line(exc) -> str:
+    """A usage error as one line, with where to read the usage: "Invalid value for '--quality':
+    0 is not in the range 1<=x<=8 (see `vaekit encode --help`)"."""
+    text = " ".join(str(exc.format_message()).split()).rstrip(".")
+    ctx = getattr(exc, "ctx", None)
+    return f"{text} (see `{ctx.command_path} --help`)" if ctx is not None else text
 
 
 if __name__ == "__main__":

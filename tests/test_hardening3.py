@@ -177,3 +177,30 @@ def test_overwrite_never_replaces_a_fifo_or_device_by_a_file(setup, tmp_path, jo
     r = invoke(job.split("-vkc")[0], run, data, "-o", out, "--overwrite", *extra)
     assert r.exit_code == 2 and "is a FIFO, not a file" in r.output, r.output
     assert out.is_fifo()
+
+
+EXE = [sys.executable, "-m", "vaekit", "--threads", "1"]
+
+
+@pytest.mark.parametrize("args, said", [
+    (["decode", "RUN"], "Missing argument 'codes'"),
+    (["encode", "RUN", "IMAGES", "-o", "x.vkc", "--quality", "0"], "'--quality'"),
+    (["anomaly-score", "RUN", "nowhere", "-o", "a.csv"], "'nowhere' does not exist"),
+    (["anomaly-score", "RUN", "IMAGES", "--batch-size", "abc"], "'--batch-size'"),
+    (["frobnicate"], "No such command 'frobnicate'"),
+    (["encode", "RUN", "IMAGES", "-o", "x.codes", "--bogus"], "--bogus"),
+])
+def test_a_usage_error_is_one_line_naming_the_problem_and_where_the_usage_is(setup, tmp_path, args, said):
+    """Typer draws a usage error as a box of five lines; vaekit's errors are one line (exit 2)."""
+    _, run, data = setup
+    args = [str(run) if a == "RUN" else str(data) if a == "IMAGES" else a for a in args]
+    r = subprocess.run([*EXE, *args], cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "COLUMNS": "80"})
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and said in lines[0] and "--help`" in lines[0], r.stderr
+    assert not r.stdout
+
+
+def test_vaekit_alone_still_shows_its_help(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "vaekit"], cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 2 and "Usage: vaekit" in r.stdout + r.stderr and "anomaly-score" in r.stdout + r.stderr
