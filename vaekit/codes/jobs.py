@@ -49,24 +49,6 @@ def original_size(path: Path) -> tuple[int, int]:
 
 
 
-MICRO = 16  # images per network call when encoding codes: always this many (padded), whatever --batch-size
-
-
-def means(model: "Model", x: np.ndarray) -> np.ndarray:
-    """Posterior means (N, D) float32 of uint8 images (N, C, H, W), computed MICRO at a time with
-    the last call padded to MICRO: a CPU kernel's float rounding can depend on the batch size
-    (--batch-size 1 and 256 differed by 7e-8), not on a row's neighbours, so a code file is the
-    same bytes at any --batch-size (measured: the same to the bit at any composition, shuffled,
-    offset, 1 or 2 threads; MICRO 16 ran as fast as batches of 256 on a 32 px model)."""
-    out = []
-    for s in range(0, len(x), MICRO):
-        part = x[s:s + MICRO]
-        if len(part) < MICRO:
-            part = np.concatenate([part, np.zeros((MICRO - len(part), *x.shape[1:]), x.dtype)])
-        out.append(model.encode(part)[0][: min(MICRO, len(x) - s)].astype(np.float32))
-    return np.concatenate(out) if out else np.zeros((0, model.info.latent_dim), np.float32)
-
-
 def _check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
         raise BadInput(f"invalid precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
@@ -75,7 +57,7 @@ def _check_precision(precision: str) -> None:
 def encode_images(model: "Model", x: np.ndarray, names: list[str], orig_size: np.ndarray, precision: str = "q8") -> CodeFile:
     """uint8 images (N, C, H, W) at the model's size -> a CodeFile of their posterior means."""
     _check_precision(precision)
-    mu = means(model, x)
+    mu, _ = model.encode(x)
     codes, scale, offset = quantize(mu, precision)
     info = model.info
     cf = CodeFile(codes, list(names), np.asarray(orig_size, dtype=np.int32).reshape(-1, 2), precision,
@@ -208,7 +190,7 @@ def _encode_batches(model: "Model", found: stream.Inputs, journal, layout: Layou
     done = sum(len(layout.positions(b)) for b in journal.done)
     for b in stream.iter_batches(found.paths, info.image_size, info.channels, size, workers, positions,
                                  skip_batches=frozenset(journal.done)):
-        mu = means(model, b.images) if len(b.paths) else np.zeros((0, info.latent_dim), np.float32)
+        mu = model.encode(b.images)[0].astype(np.float32) if len(b.paths) else np.zeros((0, info.latent_dim), np.float32)
         rows = [{"name": found.names[i], "size": list(original_size(p)), "bytes": p.stat().st_size,
                  "mu": base64.b64encode(np.ascontiguousarray(z, "<f4").tobytes()).decode()}
                 for i, p, z in zip(b.positions, b.paths, mu)]
