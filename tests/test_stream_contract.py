@@ -157,7 +157,7 @@ def test_resume_after_inputs_were_renamed_is_refused(setup, tmp_path):
     for i in (20, 25):  # the same count, other names
         (mine / f"img{i:03d}.png").rename(mine / f"renamed{i:03d}.png")
     r = score(run_a, mine, out, "--resume")
-    assert r.exit_code == 2 and said(r, "file_list") and not out.exists(), r.output
+    assert r.exit_code == 2 and said(r, "input files changed") and not out.exists(), r.output
 
 
 def test_resume_with_the_same_inputs_gives_the_uninterrupted_file(setup, reference, tmp_path):

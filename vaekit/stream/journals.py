@@ -131,8 +131,8 @@ class Journal:
             locked = True
             size = os.fstat(self._fd).st_size
             if size and not _begins_as_journal(self._fd):  # someone's own file: never touched
-                raise BadInput(f"{self.path} exists and is not a vaekit journal; vaekit leaves it as it is: move it "
-                               "away, or write the output elsewhere")
+                raise DamagedFile(f"{self.path} exists and is not a vaekit journal; vaekit leaves it as it is: move "
+                                  "it away, or write the output elsewhere")
             if size and not resume:
                 raise BadInput(f"{self.path} holds the rows of an unfinished job: pass --resume to continue it, "
                                "or delete it to start again")
