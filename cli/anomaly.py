@@ -47,7 +47,7 @@ def anomaly_score(
     samples: Annotated[int, typer.Option(min=0, max=4096, help=SAMPLES_HELP)] = 0,
     iwae: Annotated[bool, typer.Option("--iwae", help=IWAE_HELP)] = False,
     threshold: Annotated[Optional[float], typer.Option(help="Flag scores above this (in the score's unit) instead of the stored threshold.")] = None,
-    fail_on_anomaly: Annotated[bool, typer.Option("--fail-on-anomaly", help="Exit with code 1 when any image is anomalous.")] = False,
+    fail_on_anomaly: Annotated[bool, typer.Option("--fail-on-anomaly", help="Exit with code 1 when any image is anomalous or cannot be read.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing -o file and heat maps of the same names.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue a killed job from OUT.partial (same command).")] = False,
     shard: Annotated[Optional[str], typer.Option(help="Score only share INDEX/COUNT of the files (e.g. 0/4); the "
@@ -94,7 +94,11 @@ def anomaly_score(
                       f"(waiting for {', '.join(map(str, report.pending)) or 'the merge'})", highlight=False)
     if maps is not None:
         console.print(f"wrote {report.maps} heat maps to {shown(maps)}", highlight=False)
-    if fail_on_anomaly and report.n_anomalous:
+    if fail_on_anomaly and (report.n_anomalous or report.skipped):
+        if report.skipped:  # a gate fails closed: an image it could not read is not one it passed
+            err_console.print(f"[red]failed the check[/red]: {len(report.skipped)} file(s) could not be read "
+                              "(named above); with --fail-on-anomaly an unreadable image fails it", highlight=False,
+                              soft_wrap=True)
         raise typer.Exit(1)
 
 

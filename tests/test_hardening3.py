@@ -8,6 +8,7 @@ is never touched; a file replaced under the same name is never scored from the o
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -204,3 +205,26 @@ def test_a_usage_error_is_one_line_naming_the_problem_and_where_the_usage_is(set
 def test_vaekit_alone_still_shows_its_help(tmp_path):
     r = subprocess.run([sys.executable, "-m", "vaekit"], cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 2 and "Usage: vaekit" in r.stdout + r.stderr and "anomaly-score" in r.stdout + r.stderr
+
+
+def test_fail_on_anomaly_fails_closed_on_an_unreadable_image(setup, tmp_path):
+    _, run, data = setup
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    (gate / "good.png").write_bytes((data / "img000.png").read_bytes())
+    r = invoke("anomaly-score", run, gate, "--threshold", "1e30", "--fail-on-anomaly")
+    assert r.exit_code == 0, r.output  # nothing above a huge threshold, nothing unreadable
+    (gate / "cut.png").write_bytes((data / "img001.png").read_bytes()[:40])  # a truncated PNG
+    r = invoke("anomaly-score", run, gate, "--threshold", "1e30", "--fail-on-anomaly")
+    assert r.exit_code == 1 and "could not be read" in r.output, r.output
+
+
+def test_export_refuses_infinite_tolerances_as_bad_input(setup, tmp_path):
+    from vaekit.errors import BadInput
+    from vaekit.export import export
+
+    _, run, _ = setup
+    for rtol, atol in ((math.inf, 1e-4), (1e-4, math.inf), (math.nan, 1e-4)):
+        with pytest.raises(BadInput, match="finite"):
+            export(run, tmp_path / "m.onnx", rtol=rtol, atol=atol)
+    assert not list(tmp_path.iterdir())

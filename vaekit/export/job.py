@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import os
 import shutil
 import time
@@ -85,8 +87,8 @@ def export(
     out = _check_out(out, overwrite)
     if quantize is not None and quantize not in QUANTIZE:
         raise BadInput(f"quantize must be one of {QUANTIZE} or None, got {quantize!r}")
-    if not (rtol >= 0 and atol >= 0):
-        raise BadInput(f"tolerances must be >= 0, got rtol={rtol}, atol={atol}")
+    if not (0 <= rtol < math.inf and 0 <= atol < math.inf):  # inf * 0 is NaN: no tolerance could pass
+        raise BadInput(f"tolerances must be finite numbers >= 0, got rtol={rtol}, atol={atol}")
 
     def step(done: int, what: str) -> None:
         if progress:
