@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from vaekit_cli.output import (DEVICE_HELP, Device, apply_threads, console, dumps_json, err_console, image_rate,
+from vaekit_cli.output import (EXIT_TERMINATED, Terminated, DEVICE_HELP, Device, apply_threads, console, dumps_json, err_console, image_rate,
                                load_model, progress_bar, shown)
 
 ModelArg = Annotated[Path, typer.Argument(help="Run directory or exported .onnx file.", exists=True)]
@@ -27,6 +27,19 @@ Shard = Annotated[Optional[str], typer.Option(help="Process only share INDEX/COU
 BatchSize = Annotated[int, typer.Option(min=1, max=4096, help="Images decoded and processed at a time.")]
 Workers = Annotated[int, typer.Option(min=0, max=256, help="Processes decoding images ahead (0 or 1: a thread of "
                                                            "this one, overlapping the model).")]
+
+
+@contextmanager
+def _one_pass(out: Path):
+    """Ctrl-C (or SIGTERM) while a .vkc is written: it is written in one pass, so nothing was
+    kept to resume from (the general message would suggest --resume, which a .vkc refuses)."""
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        what, code = ("terminated", EXIT_TERMINATED) if isinstance(exc, Terminated) else ("interrupted", 130)
+        err_console.print(f"[red]{what}[/red]: a .vkc is written in one pass, so nothing of {shown(out)} was kept; "
+                          "run the command again", highlight=False, soft_wrap=True)
+        raise typer.Exit(code) from None
 
 
 class Precision(str, Enum):
@@ -96,7 +109,8 @@ def encode(
 
             raise BadInput(f"--precision {precision.value} sets a code file's numbers; a .vkc (--quality, --lossless) "
                            "is entropy-coded at its quality instead: leave out one or the other")
-        return _encode_vkc(model, images, out, quality, lossless, fit, overwrite, as_json, device)
+        with _one_pass(out):
+            return _encode_vkc(model, images, out, quality, lossless, fit, overwrite, as_json, device)
     from vaekit.codes import encode_folder
 
     apply_threads()

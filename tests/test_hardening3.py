@@ -228,3 +228,17 @@ def test_export_refuses_infinite_tolerances_as_bad_input(setup, tmp_path):
         with pytest.raises(BadInput, match="finite"):
             export(run, tmp_path / "m.onnx", rtol=rtol, atol=atol)
     assert not list(tmp_path.iterdir())
+
+
+def test_ctrl_c_while_writing_a_vkc_does_not_suggest_a_resume_it_would_refuse(setup, tmp_path, monkeypatch):
+    from vaekit import codec
+
+    _, run, data = setup
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(codec, "encode", interrupted)
+    r = invoke("encode", run, data, "-o", tmp_path / "x.vkc", "--lossless")
+    assert r.exit_code == 130 and "one pass" in r.output and "--resume" not in r.output, r.output
+    assert not (tmp_path / "x.vkc").exists()
