@@ -10,7 +10,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from vaekit_cli.output import (DEVICE_HELP, Device, apply_threads, console, dumps_json, err_console, image_rate,
-                               load_model, percent, progress_bar, shown)
+                               load_model, percent, progress_bar, shown, tidy_outputs)
 
 MODEL_HELP = "A training run directory, or an exported .onnx model."
 TABLE_ROWS = 20  # the terminal shows at most this many images (the most anomalous); files get all
@@ -38,6 +38,7 @@ IWAE_HELP = ("Estimate -log p(x) with the importance-weighted bound over --sampl
              "tighter than the ELBO (Burda et al. 2016). Stored thresholds do not apply; pass --threshold.")
 
 
+@tidy_outputs('out', 'maps')
 def anomaly_score(
     model: Annotated[Path, typer.Argument(help=MODEL_HELP, exists=True)],
     inputs: Annotated[List[Path], typer.Argument(help="Image files or folders (searched recursively).", exists=True)],
@@ -146,6 +147,7 @@ def _print_scores(report, inputs) -> None:
                       f"({shown(report.plan.source)}){skipped}", highlight=False)
 
 
+@tidy_outputs('plot')
 def evaluate(
     model: Annotated[Path, typer.Argument(help=MODEL_HELP, exists=True)],
     normal: Annotated[Path, typer.Option(help="Folder of normal images.", exists=True)],

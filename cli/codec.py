@@ -14,8 +14,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from vaekit_cli.output import (EXIT_TERMINATED, Terminated, DEVICE_HELP, Device, apply_threads, console, dumps_json, err_console, image_rate,
-                               load_model, progress_bar, shown)
+from vaekit_cli.output import (DEVICE_HELP, EXIT_TERMINATED, Device, Terminated, apply_threads, console, dumps_json,
+                               err_console, image_rate, load_model, progress_bar, shown, tidy_outputs)
 
 ModelArg = Annotated[Path, typer.Argument(help="Run directory or exported .onnx file.", exists=True)]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")]
@@ -75,6 +75,7 @@ def _print_json(obj) -> None:
     typer.echo(dumps_json(obj))
 
 
+@tidy_outputs('out')
 def encode(
     model: ModelArg,
     images: Annotated[Path, typer.Argument(help="Folder of images (searched recursively) or one image.", exists=True)],
@@ -213,6 +214,7 @@ def _share_pending(report, out, as_json: bool) -> None:
                   highlight=False, soft_wrap=True)
 
 
+@tidy_outputs('out')
 def decode(
     model: ModelArg,
     codes: Annotated[Path, typer.Argument(help="Code file or .vkc written by `vaekit encode`.", exists=True, dir_okay=False)],
@@ -242,6 +244,7 @@ def decode(
     console.print(f"wrote {len(report.written)} images ({report.size} size) to {shown(report.out_dir)}", highlight=False, soft_wrap=True)
 
 
+@tidy_outputs('out')
 def reconstruct(
     model: ModelArg,
     images: Annotated[Path, typer.Argument(help="Folder of images (searched recursively) or one image.", exists=True)],
@@ -296,6 +299,7 @@ def reconstruct(
     console.print(f"comparison grid (input, reconstruction): {shown(report.grid)}", highlight=False, soft_wrap=True)
 
 
+@tidy_outputs('out')
 def sample(
     model: ModelArg,
     n: Annotated[int, typer.Option("-n", help="Number of images (at most 10,000, and 64 Mi pixels in all).", min=1)] = 64,
@@ -316,6 +320,7 @@ def sample(
     console.print(f"wrote {n} samples (temperature {temperature}, seed {seed}) to {shown(path)}", highlight=False, soft_wrap=True)
 
 
+@tidy_outputs('out')
 def interpolate(
     model: ModelArg,
     a: Annotated[Path, typer.Argument(help="First image.", exists=True, dir_okay=False)],

@@ -8,13 +8,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from vaekit_cli.output import apply_threads, console, err_console, shown
+from vaekit_cli.output import apply_threads, console, err_console, shown, tidy_outputs
 
 
 class Quantize(str, Enum):
     int8 = "int8"
 
 
+@tidy_outputs('out')
 def export(
     run_dir: Annotated[Path, typer.Argument(help="Run directory written by `vaekit train`.", exists=True, file_okay=False)],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Main ONNX file to write (default: RUN_DIR's name + .onnx, next to it). "

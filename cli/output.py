@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import sys
+from pathlib import Path
 from enum import Enum
 
+import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -21,6 +24,39 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM (what Slurm, Kubernetes, Docker and `kill` send), taken like Ctrl-C: every job's
     clean-up for an interrupt runs (a run keeps its checkpoint, a streaming job its finished
     batches), then vaekit exits with 143."""
+
+
+def tidy_outputs(*names: str):
+    """A command's decorator: the folders its path options `names` would create that do not exist
+    yet are removed again, while still empty, when the command fails (a refused job left
+    `-o new/sub/x.csv`'s new/sub/ behind). A folder that holds anything is kept, so a journal
+    kept for --resume keeps its own."""
+    def wrap(command):
+        @functools.wraps(command)
+        def run(*args, **kwargs):
+            made = [m for n in names if kwargs.get(n) is not None for m in _missing_folders(Path(kwargs[n]))]
+            try:
+                return command(*args, **kwargs)
+            except BaseException as exc:
+                if not (isinstance(exc, typer.Exit) and exc.exit_code == 0):
+                    for folder in sorted(set(made), key=lambda p: len(p.parts), reverse=True):
+                        try:
+                            folder.rmdir()
+                        except OSError:
+                            pass
+                raise
+        return run
+    return wrap
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """The folders above `path` (and `path` itself, for a folder output) that do not exist now."""
+    out = []
+    for p in [path.absolute(), *path.absolute().parents]:
+        if os.path.lexists(p):
+            break
+        out.append(p)
+    return out
 
 
 def on_sigterm(signum, frame) -> None:

@@ -242,3 +242,15 @@ def test_ctrl_c_while_writing_a_vkc_does_not_suggest_a_resume_it_would_refuse(se
     r = invoke("encode", run, data, "-o", tmp_path / "x.vkc", "--lossless")
     assert r.exit_code == 130 and "one pass" in r.output and "--resume" not in r.output, r.output
     assert not (tmp_path / "x.vkc").exists()
+
+
+@pytest.mark.parametrize("job", ["anomaly-score", "encode", "reconstruct"])
+def test_a_refused_job_leaves_no_folder_it_created(setup, tmp_path, job):
+    _, run, _ = setup
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "a.png").write_bytes(b"not an image")
+    out = tmp_path / "new" / "deep" / {"anomaly-score": "x.csv", "encode": "x.codes", "reconstruct": "r"}[job]
+    r = invoke(job, run, junk, "-o", out)
+    assert r.exit_code == 2 and "no usable image" in r.output, r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["junk"]
