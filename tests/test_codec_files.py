@@ -176,6 +176,11 @@ def test_lossless_needs_the_discretised_likelihood_and_the_models_size(coded, tm
     with pytest.raises(vaekit.errors.BadInput, match="exactly the model's size"):
         codec.encode(model, odd, tmp_path / "y.vkc", lossless=True)
     assert not (tmp_path / "y.vkc").exists() and not list(tmp_path.glob(".y.vkc*"))
+    for p in sorted(Path(src).rglob("*.png"))[:3]:  # beside images of its size: skipped and named, the rest coded
+        (odd / p.name).write_bytes(p.read_bytes())
+    report = codec.encode(model, odd, tmp_path / "y.vkc", lossless=True)
+    assert [p.name for p, why in report.skipped] == ["a.png"] and "exactly the model's size" in report.skipped[0][1]
+    assert len(codec.read_info(tmp_path / "y.vkc").names) == 3
     with pytest.raises(vaekit.errors.BadInput, match="quality"):
         codec.encode(model, src, tmp_path / "z.vkc", quality=12)
     with pytest.raises(vaekit.errors.BadInput, match="either"):

@@ -188,9 +188,10 @@ def _encode_images(net, found, header, spill, chunk, progress):
         except imageio.ImageReadError as e:
             skipped.append((path, e.reason))
             continue
-        if x.shape != want:
-            raise BadInput(f"{path} is {x.shape[2]}x{x.shape[1]} pixels; a lossless archive holds images of exactly "
-                           f"the model's size, {want[2]}x{want[1]}")
+        if x.shape != want:  # skipped and named, as every file it cannot hold exactly; the others go on
+            skipped.append((path, f"{x.shape[2]}x{x.shape[1]} pixels; a lossless archive holds images of exactly "
+                                  f"the model's size, {want[2]}x{want[1]}"))
+            continue
         batch.append(x)
         header.names.append(name)
         header.orig_size.append([want[1], want[2]])
