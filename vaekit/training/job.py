@@ -146,7 +146,9 @@ def _train(data_dir, out_dir, model_cfg, train_cfg, channels, resume, overwrite,
         rundir.prepare_out(out_dir, overwrite)
     if resume and data.fingerprint != stored.get("data", {}).get("fingerprint"):
         raise rundir.RunError(
-            f"the images in {data_dir} changed since {out_dir} was started; resume needs the same data"
+            f"the images in {data_dir} are not those {out_dir} was started on (their names, sizes or modification "
+            "times differ: a file added, removed, replaced or touched, or the folder copied without its times); "
+            "resume needs the same data"
         )
     model_cfg = replace(model_cfg, channels=int(data.images.shape[1]))
     if not model_cfg.resolved:  # the rest of "auto", from the decoded training pixels (the same on every rank)
