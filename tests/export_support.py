@@ -51,3 +51,18 @@ def random_run(out: Path, **model) -> Path:
     rundir.save_tensors(out / rundir.WEIGHTS, net.state_dict())
     rundir.write_config(out, {"model": asdict(net.cfg), "fingerprint": rundir.fingerprint(net.state_dict())})
     return out
+
+
+def random_job(root: Path, n_images: int) -> tuple[Path, Path]:
+    """(run, folder): an untrained 16 px grey model (`random_run`) and `n_images` images of noise
+    for it, img000.png ...: what a streaming job's tests need when detection is not the point."""
+    import numpy as np
+    from PIL import Image
+
+    run = random_run(root / "run", image_size=16, channels=1, latent_dim=4, base_channels=4)
+    data = root / "images"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n_images):
+        Image.fromarray(rng.integers(0, 256, (16, 16), np.uint8)).save(data / f"img{i:03d}.png")
+    return run, data

@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from export_support import random_run
+from export_support import random_job
 from vaekit.fileio import try_lock
 from vaekit_cli.main import app
 
@@ -32,13 +32,7 @@ BATCH = "4"
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("hardening3")
-    run = random_run(root / "run", image_size=16, channels=1, latent_dim=4, base_channels=4)
-    data = root / "images"
-    data.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(N_IMAGES):
-        Image.fromarray(rng.integers(0, 256, (16, 16), np.uint8)).save(data / f"img{i:03d}.png")
-    return root, run, data
+    return (root, *random_job(root, N_IMAGES))
 
 
 def invoke(*args):

@@ -11,13 +11,11 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 from typer.testing import CliRunner
 
 import vaekit
-from export_support import random_run
+from export_support import random_job, random_run
 from hostile import flat, tree
 from vaekit import anomaly
 from vaekit.errors import BadInput, DamagedFile
@@ -30,14 +28,7 @@ N_IMAGES = 10  # batch size 4: 3 batches
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("refusals")
-    run = random_run(root / "run", image_size=16, channels=1, latent_dim=4, base_channels=4)
-    data = root / "images"
-    data.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(N_IMAGES):
-        Image.fromarray(rng.integers(0, 256, (16, 16), np.uint8)).save(data / f"img{i:03d}.png")
-    return run, data
+    return random_job(tmp_path_factory.mktemp("refusals"), N_IMAGES)
 
 
 def invoke(*args):
