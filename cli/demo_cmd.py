@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from vaekit_cli import output
 from vaekit_cli.output import apply_threads, err_console, shown
 
 DEFAULT_RUN = Path("runs/latest")  # where `vaekit train` writes when given no --out
@@ -60,6 +61,8 @@ def demo(
                           "them)[/yellow]")
     launch(build_app(model, runs_dir=runs_dir, data_root=data_root or Path.cwd(), server_folders=server_folders),
            port=port, share=share, max_file_size=max_file_size, host=host, auth=credentials)
+    if output.terminated:  # Gradio takes the SIGTERM's interrupt, closes its server and returns
+        raise typer.Exit(output.EXIT_TERMINATED)
 
 
 def register(app: typer.Typer) -> None:

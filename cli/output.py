@@ -59,8 +59,13 @@ def _missing_folders(path: Path) -> list[Path]:
     return out
 
 
+terminated = False  # a SIGTERM arrived (for code that catches the interrupt itself, as Gradio does)
+
+
 def on_sigterm(signum, frame) -> None:
     """The SIGTERM handler every command runs under (set by the root callback)."""
+    global terminated
+    terminated = True
     raise Terminated()
 
 # C0 and C1 controls (ESC starts terminal commands: ESC]52 writes the clipboard, ESC[2J clears

@@ -112,7 +112,7 @@ def train(
         reporter = _Reporter(bars)
         result, data = run_training(images, out, model_cfg, train_cfg, channels=ch, resume=resume, overwrite=overwrite,
                                     workers=workers, progress=reporter, resume_epochs=epochs,
-                                    resume_changes=changes if resume else None, should_stop=stop.is_set)
+                                    resume_changes=changes if resume else None, should_stop=stop.asked)
     _report(result, data, out, stop.code)
 
 
@@ -130,20 +130,27 @@ def _report(result, data, out: Path, code: int = 130) -> None:
 
 class _Stop(threading.Event):
     code = 130  # the exit code of a stop: 130 for Ctrl-C, 143 for SIGTERM
+    stepping = False  # training asks whether to stop between steps: a stop can wait for the step
+
+    def asked(self) -> bool:
+        """The library's should_stop: asked between training steps."""
+        self.stepping = True
+        return self.is_set()
 
 
 @contextmanager
 def _stop_on_ctrl_c():
     """The first Ctrl-C (or SIGTERM, what a scheduler sends) asks training to stop after the
     current step (through the library's should_stop), so the run stays resumable; a second one
-    interrupts at once."""
+    interrupts at once, and so does the first while the images are still being decoded (no step
+    to wait for: decoding 60,000 files took longer than a scheduler's grace period)."""
     stop = _Stop()
     if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
         yield stop
         return
 
     def on_signal(signum, frame):
-        if stop.is_set():
+        if stop.is_set() or not stop.stepping:
             raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
         stop.code = EXIT_TERMINATED if signum == signal.SIGTERM else 130
         stop.set()

@@ -166,7 +166,7 @@ def test_threshold_round_trip_through_the_run_directory(parts, model):
     val = model.score(np.asarray(data.images[cal_idx]))
     np.testing.assert_allclose(section["scores"], val.score, rtol=1e-9)
     # the conformal order statistic: the ceil((n + 1) q)-th smallest, here (n = 5) the largest
-    assert section["threshold"] == pytest.approx(val.score.max())
+    assert section["threshold"] == pytest.approx(val.score.max(), rel=2e-5)
     assert section["expected_fpr"] == pytest.approx(1 / 6)
     assert set(section["by_score"]) == {"atypicality", "excess", "neg_elbo", "recon", "kl"}
     np.testing.assert_allclose(section["by_score"]["kl"]["scores"], val.kl, rtol=1e-9)
@@ -204,11 +204,11 @@ def test_set_threshold_by_quantile_fpr_or_value(parts, tmp_path):
     before = vaekit.load(run).score(x)
     new = anomaly.set_threshold(run, target_fpr=0.2)
     k = int(np.ceil(6 * 0.8))  # 5 scores: the 5th smallest
-    assert new["threshold"] == pytest.approx(np.sort(scores)[k - 1]) and new["threshold_quantile"] == pytest.approx(0.8)
+    assert new["threshold"] == pytest.approx(np.sort(scores)[k - 1], rel=2e-5) and new["threshold_quantile"] == pytest.approx(0.8)
     m = vaekit.load(run)
-    assert m.info.threshold == pytest.approx(np.sort(scores)[k - 1])
+    assert m.info.threshold == pytest.approx(np.sort(scores)[k - 1], rel=2e-5)
     anomaly.set_threshold(run, quantile=0.5)
-    assert vaekit.load(run).info.threshold == pytest.approx(np.sort(scores)[2])  # ceil(6 * 0.5) = 3rd
+    assert vaekit.load(run).info.threshold == pytest.approx(np.sort(scores)[2], rel=2e-5)  # ceil(6 * 0.5) = 3rd
     anomaly.set_threshold(run, value=float(np.sort(scores)[1]))
     stored = rundir.read_config(run)["anomaly"]
     assert stored["threshold"] == float(np.sort(scores)[1]) and stored["threshold_quantile"] == pytest.approx(2 / 5)
@@ -239,8 +239,8 @@ def test_thresholds_set_anew_from_new_normal_images(parts, tmp_path):
     # the threshold is the conformal order statistic of the new images' scores, for every score
     k = int(np.ceil(13 * 0.5))  # 12 new scores: the 7th smallest
     assert new["source"] == "new normal" and new["n"] == 12 and new["threshold_quantile"] == 0.5
-    assert new["threshold"] == pytest.approx(np.sort(scores.score)[k - 1])
-    assert new["by_score"]["neg_elbo"]["threshold"] == pytest.approx(np.sort(scores.neg_elbo)[k - 1])
+    assert new["threshold"] == pytest.approx(np.sort(scores.score)[k - 1], rel=2e-5)
+    assert new["by_score"]["neg_elbo"]["threshold"] == pytest.approx(np.sort(scores.neg_elbo)[k - 1], rel=2e-5)
     assert new["expected_fpr"] == pytest.approx(6 / 13)
     assert vaekit.load(run).info.threshold == pytest.approx(new["threshold"])
     # the score itself is unchanged: its statistics stay
@@ -291,7 +291,7 @@ def test_expected_false_positive_rate_matches_a_simulation(n, q):
     simulated = float(np.mean(scores[:, n] > thresholds))
     assert anomaly.expected_fpr(n, q) == pytest.approx(simulated, abs=4 * np.sqrt(simulated / trials) + 1e-3)
     # the order statistic, a hair above it (the same image scored again moves in the last bits)
-    assert thresholds[0] < anomaly.threshold_of(scores[0, :n], q)[0] == pytest.approx(thresholds[0], rel=2e-7, abs=2e-7)
+    assert thresholds[0] < anomaly.threshold_of(scores[0, :n], q)[0] == pytest.approx(thresholds[0], rel=2e-5, abs=2e-5)
     assert anomaly.expected_fpr(n, q) <= 1 - q or anomaly.conformal_rank(n, q) == n  # the promise, or the largest
 
 
@@ -509,5 +509,5 @@ def test_a_normal_image_scored_again_is_not_flagged_where_the_calibration_scores
     flagged. The threshold sits a hair above the tie."""
     tie = np.full(30, 12.0)
     t = anomaly.threshold_of(tie, 0.99)[0]
-    assert 12.0 + 1e-9 < t < 12.0 + 1e-5
+    assert 12.0 + 1e-5 < t < 12.0 + 1e-3  # above what a batch size moves a score (1.2e-6 relative)
     assert anomaly.threshold_of(np.full(30, -500.0), 0.9)[0] > -500.0 + 1e-9  # negative nats too

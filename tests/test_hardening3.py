@@ -172,6 +172,21 @@ def test_overwrite_never_replaces_a_fifo_or_device_by_a_file(setup, tmp_path, jo
     r = invoke(job.split("-vkc")[0], run, data, "-o", out, "--overwrite", *extra)
     assert r.exit_code == 2 and "is a FIFO, not a file" in r.output, r.output
     assert out.is_fifo()
+    link = tmp_path / ("l" + out.name)  # a link is replaced, never written through: not one to a FIFO
+    link.symlink_to(out)
+    r = invoke(job.split("-vkc")[0], run, data, "-o", link, "--overwrite", *extra)
+    assert r.exit_code == 2 and "is a link to a FIFO" in r.output, r.output
+    assert link.is_symlink() and out.is_fifo()
+
+
+def test_no_output_goes_into_dev_or_proc(setup):
+    """/dev/stdout is a link to /proc/self/fd/1, a regular file when the output is redirected:
+    `-o /dev/stdout --overwrite` replaced the system's link by a file."""
+    _, run, data = setup
+    for out in ("/dev/vaekit-test-never.csv", "/proc/vaekit-test-never.csv"):
+        r = invoke("anomaly-score", run, data, "-o", out, "--overwrite", "--threshold", "0")
+        assert r.exit_code == 2 and "not a file of yours" in r.output, r.output
+        assert not os.path.lexists(out)
 
 
 EXE = [sys.executable, "-m", "vaekit", "--threads", "1"]
@@ -248,3 +263,38 @@ def test_a_refused_job_leaves_no_folder_it_created(setup, tmp_path, job):
     r = invoke(job, run, junk, "-o", out)
     assert r.exit_code == 2 and "no usable image" in r.output, r.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["junk"]
+
+
+def test_a_signal_before_the_first_training_step_stops_at_once_and_after_it_waits_for_the_step():
+    """While the images are decoded there is no step to wait for (decoding 60,000 files outlasted
+    a scheduler's grace period): the first SIGTERM interrupts. Once steps run, the first asks
+    for a stop after the step, and the second interrupts."""
+    from vaekit_cli.output import Terminated
+    from vaekit_cli.train import _stop_on_ctrl_c
+
+    with pytest.raises(Terminated), _stop_on_ctrl_c():
+        signal.raise_signal(signal.SIGTERM)
+    with _stop_on_ctrl_c() as stop:
+        assert not stop.asked()  # the first step asks
+        signal.raise_signal(signal.SIGTERM)
+        assert stop.asked() and stop.code == 143
+        with pytest.raises(Terminated):
+            signal.raise_signal(signal.SIGTERM)
+
+
+_FORKSERVER = textwrap.dedent("""
+    import multiprocessing as mp, sys
+    from pathlib import Path
+    mp.set_start_method("forkserver")
+    from vaekit.images.load import iter_load
+    files = sorted(Path(sys.argv[1]).iterdir())
+    print(sum(x is not None for _, x, _ in iter_load(files, 16, 1, workers=2)))
+""")
+
+
+def test_decoding_processes_work_under_the_forkserver_start_method(setup):
+    """Their parent is then the forkserver, not the job: a watch on the parent's pid alone made
+    every one of them exit at once (Python 3.14's default start method on Linux)."""
+    _, _, data = setup
+    r = subprocess.run([sys.executable, "-c", _FORKSERVER, str(data)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == str(N_IMAGES), r.stderr

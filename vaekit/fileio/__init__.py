@@ -307,17 +307,36 @@ def refuse_inside(output: Path, inputs, what: str, folder: bool = False) -> None
 
 
 def _special_file(path: Path) -> str | None:
-    """'a FIFO', 'a device' or 'a socket' for what is at `path` (links not followed: a link is
-    replaced, never written through), None for a regular file, a link or nothing."""
-    try:
-        mode = os.lstat(path).st_mode
-    except OSError:
-        return None
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    return "a socket" if stat.S_ISSOCK(mode) else None
+    """'a FIFO', 'a device', 'a socket' for what is at `path`, or 'a link to a device' (...) for
+    a link to one: a link is replaced, never written through, but replacing /dev/stdout (a
+    link to the terminal) breaks the system as surely as replacing /dev/null. None for a
+    regular file, a link to one (or to nothing), or nothing."""
+    for follow, prefix in ((False, ""), (True, "a link to ")):
+        try:
+            mode = os.stat(path).st_mode if follow else os.lstat(path).st_mode
+        except OSError:
+            return None
+        kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else None)
+        if kind:
+            return prefix + kind
+        if not stat.S_ISLNK(mode):
+            return None
+    return None
+
+
+_SYSTEM = ("/dev", "/proc", "/sys")  # folders of devices and kernel files: /dev/stdout, /proc/self/fd/1
+
+
+def _system_folder(path: Path) -> str | None:
+    """'in /dev' (or /proc, /sys) for an output there, whatever it is now: /dev/stdout is a link to
+    /proc/self/fd/1, which a redirected command sees as a regular file, and replacing it breaks
+    the system."""
+    where = os.path.abspath(path)
+    for top in _SYSTEM:
+        if where == top or where.startswith(top + "/"):
+            return f"in {top}"
+    return None
 
 
 def refuse_existing(paths: Path | Sequence[Path], overwrite: bool, what: str = "output") -> None:
@@ -329,9 +348,10 @@ def refuse_existing(paths: Path | Sequence[Path], overwrite: bool, what: str = "
     for path in paths:
         if path.is_dir():
             raise BadInput(f"{what} {path} is a folder; give a file name")
-        special = _special_file(path)
+        special = _special_file(path) or _system_folder(path)
         if special:  # --overwrite would replace /dev/null (as root) or a user's pipe by a file
-            raise BadInput(f"{what} {path} is {special}, not a file; vaekit writes only regular files: give a file name")
+            raise BadInput(f"{what} {path} is {special}, not a file of yours; vaekit writes only regular files: give a "
+                           "file name")
     if overwrite:
         return
     taken = [p for p in paths if p.exists() or p.is_symlink()]

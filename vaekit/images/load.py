@@ -49,11 +49,25 @@ def _watch_parent(parent: int) -> None:
     processes otherwise outlive a parent killed by SIGKILL, waiting for work forever, and hold
     what they inherited from it: the lock of its journal or run folder, which would refuse
     the --resume that is to go on from it."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # handles it and shuts the pool down; no tracebacks here
+    # Ctrl-C and a scheduler's SIGTERM reach the whole process group: the parent handles them and
+    # shuts the pool down (a worker that died of one would break the pool: a traceback, exit 3)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    first = os.getppid()  # the job itself when forked; a forkserver under that start method
+
+    def gone() -> bool:
+        if os.getppid() != first:  # re-parented: whoever started this process has exited
+            return True
+        try:
+            os.kill(parent, 0)  # the job, whatever the start method
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # alive, another user's: cannot be ours
+            return False
+        return False
 
     def watch() -> None:
-        while os.getppid() == parent:
+        while not gone():
             time.sleep(0.2)
         os._exit(1)
 
