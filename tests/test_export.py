@@ -75,7 +75,8 @@ def test_parity_report_covers_every_output_within_tolerance(ex):
     # the default score at z = mu is the atypicality; with posterior draws it is excess (nats)
     for tag, name in (("score", "atypicality"), ("score (samples=2)", "excess")):
         assert [n for n in names if n.startswith(tag + ":")] == [
-            f"{tag}: {name} (default score)", f"{tag}: neg_elbo", f"{tag}: recon", f"{tag}: kl", f"{tag}: pixel_map"]
+            f"{tag}: {name} (default score{'; √, sd' if name == 'atypicality' else ''})", f"{tag}: neg_elbo",
+            f"{tag}: recon", f"{tag}: kl", f"{tag}: pixel_map"]
     assert all(p.ok for p in ex.report.parity)
     scores = [p for p in ex.report.parity if "neg_elbo" in p.name]
     assert max(p.max_rel for p in scores) < 1e-5  # float32 noise, far inside the 1e-4 tolerance
@@ -300,3 +301,15 @@ def test_a_large_latent_grid_keeps_its_kl_exact_on_a_flat_image(tmp_path):
     want = 0.5 * (mu**2 + np.exp(logvar) - 1.0 - logvar).sum(1)
     assert mu.shape[1] >= 128 * 128
     np.testing.assert_allclose(o.score(flat).kl, want, rtol=2e-6)
+
+
+def test_the_atypicality_is_compared_as_a_distance_in_sd():
+    """A 2-epoch surface's export was refused: a prior sample's 6,827 sd² differed by 1.1e-4
+    (0.005 sd) while every ELBO column agreed to 4e-7. Compared as its square root, float noise
+    passes and a real disagreement (1%) does not."""
+    from vaekit.export.parity import _compare, _distances
+
+    torch_side = np.array([6827.086, 8095.7, 522190.7])
+    assert not _compare("sd2", torch_side * (1 + 1.13e-4), torch_side, 1e-4, 1e-4).ok  # as sd², refused
+    assert _compare("sd", *_distances(torch_side * (1 + 1.13e-4), torch_side), 1e-4, 1e-4).ok
+    assert not _compare("sd", *_distances(torch_side * 1.01, torch_side), 1e-4, 1e-4).ok
