@@ -121,8 +121,12 @@ def _report(result, data, out: Path, code: int = 130) -> None:
     (exit 130, or 143)."""
     if result.stopped:
         what = "terminated" if code == EXIT_TERMINATED else "interrupted"
-        err_console.print(f"{what}: {shown(out)} keeps its last finished epoch ({result.epochs_done}); "
-                          "continue with `vaekit train ... --resume`", highlight=False, soft_wrap=True)
+        if result.epochs_done:
+            err_console.print(f"{what}: {shown(out)} keeps its last finished epoch ({result.epochs_done}); "
+                              "continue with `vaekit train ... --resume`", highlight=False, soft_wrap=True)
+        else:  # no checkpoint yet: --resume would find nothing
+            err_console.print(f"{what} before the first epoch ended: {shown(out)} holds nothing to resume; start it "
+                              "again with `vaekit train ... --overwrite`", highlight=False, soft_wrap=True)
         raise typer.Exit(code)
     if result.rank == 0:  # under torchrun only rank 0 reports
         _print_summary(result, data)

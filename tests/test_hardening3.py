@@ -298,3 +298,19 @@ def test_decoding_processes_work_under_the_forkserver_start_method(setup):
     _, _, data = setup
     r = subprocess.run([sys.executable, "-c", _FORKSERVER, str(data)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip() == str(N_IMAGES), r.stderr
+
+
+@pytest.mark.parametrize("epochs, said", [(0, "nothing to resume"), (3, "keeps its last finished epoch (3)")])
+def test_a_stopped_run_says_how_to_go_on_from_where_it_is(epochs, said, capsys, tmp_path):
+    """Stopped before its first epoch ended, a run has no checkpoint: it said to --resume, which
+    then found nothing to resume."""
+    import typer
+    from types import SimpleNamespace
+
+    from vaekit_cli.train import _report
+
+    with pytest.raises(typer.Exit) as stopped:
+        _report(SimpleNamespace(stopped=True, epochs_done=epochs), None, tmp_path / "run", 143)
+    text = capsys.readouterr().err
+    assert stopped.value.exit_code == 143 and said in " ".join(text.split()) and "terminated" in text
+    assert ("--overwrite" in text) == (epochs == 0) and ("--resume" in text) == (epochs > 0)
