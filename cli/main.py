@@ -142,6 +142,7 @@ def _root(
                                 help="CPU threads for torch/onnxruntime (0: library default; at most 1024)."),
 ) -> None:
     """Convolutional VAEs for your own images."""
+    output.terminated = False  # this command's own (a process may run several: tests, the API)
     if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
         signal.signal(signal.SIGTERM, output.on_sigterm)
     output.set_threads(threads)
