@@ -6,8 +6,8 @@ import functools
 import os
 import re
 import sys
-from pathlib import Path
 from enum import Enum
+from pathlib import Path
 
 import typer
 from rich.console import Console

@@ -100,7 +100,8 @@ _HEAD = b'{"vaekit_journal": '  # how every journal vaekit writes begins (dumps_
 def _begins_as_journal(fd: int) -> bool:
     """Whether the file's first bytes are (a prefix of) the start of a journal's header: even a
     header a crash cut short is vaekit's, and anything else is a file vaekit did not write."""
-    start = os.pread(fd, len(_HEAD), 0)
+    os.lseek(fd, 0, os.SEEK_SET)  # (os.pread is not on Windows); every write seeks to the end itself
+    start = os.read(fd, len(_HEAD))
     return _HEAD.startswith(start) if len(start) < len(_HEAD) else start == _HEAD
 
 
