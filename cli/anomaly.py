@@ -95,11 +95,18 @@ def anomaly_score(
                       f"(waiting for {', '.join(map(str, report.pending)) or 'the merge'})", highlight=False)
     if maps is not None:
         console.print(f"wrote {report.maps} heat maps to {shown(maps)}", highlight=False)
-    if fail_on_anomaly and (report.n_anomalous or report.skipped):
-        if report.skipped:  # a gate fails closed: an image it could not read is not one it passed
-            err_console.print(f"[red]failed the check[/red]: {len(report.skipped)} file(s) could not be read "
-                              "(named above); with --fail-on-anomaly an unreadable image fails it", highlight=False,
-                              soft_wrap=True)
+    if fail_on_anomaly:
+        _gate(report)
+
+
+def _gate(report) -> None:
+    """--fail-on-anomaly: exit 1 when an image is anomalous, or could not be read (a gate fails
+    closed: an image it could not read is not one it passed)."""
+    if report.skipped:
+        err_console.print(f"[red]failed the check[/red]: {len(report.skipped)} file(s) could not be read "
+                          "(named above); with --fail-on-anomaly an unreadable image fails it", highlight=False,
+                          soft_wrap=True)
+    if report.n_anomalous or report.skipped:
         raise typer.Exit(1)
 
 

@@ -1,0 +1,66 @@
+"""What an output path may be: never a folder, a FIFO, a device or a socket (nor a link to one),
+nor anything in /dev, /proc or /sys; and an existing file only with --overwrite."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Sequence
+
+from vaekit.errors import BadInput, OutputExists
+
+
+def _special_file(path: Path) -> str | None:
+    """'a FIFO', 'a device', 'a socket' for what is at `path`, or 'a link to a device' (...) for
+    a link to one: a link is replaced, never written through, but replacing /dev/stdout (a
+    link to the terminal) breaks the system as surely as replacing /dev/null. None for a
+    regular file, a link to one (or to nothing), or nothing."""
+    for follow, prefix in ((False, ""), (True, "a link to ")):
+        try:
+            mode = os.stat(path).st_mode if follow else os.lstat(path).st_mode
+        except OSError:
+            return None
+        kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else None)
+        if kind:
+            return prefix + kind
+        if not stat.S_ISLNK(mode):
+            return None
+    return None
+
+
+_SYSTEM = ("/dev", "/proc", "/sys")  # folders of devices and kernel files: /dev/stdout, /proc/self/fd/1
+
+
+def _system_folder(path: Path) -> str | None:
+    """'in /dev' (or /proc, /sys) for an output there, whatever it is now: /dev/stdout is a link to
+    /proc/self/fd/1, which a redirected command sees as a regular file, and replacing it breaks
+    the system."""
+    where = os.path.abspath(path)
+    for top in _SYSTEM:
+        if where == top or where.startswith(top + "/"):
+            return f"in {top}"
+    return None
+
+
+def refuse_existing(paths: Path | Sequence[Path], overwrite: bool, what: str = "output") -> None:
+    """OutputExists when an output already exists (even as a broken link) and the user did not
+    pass --overwrite; BadInput when one is a folder. `paths`: one file, or every file a job will
+    write (all checked before the first is written)."""
+    many = not isinstance(paths, (str, os.PathLike))
+    paths = [Path(p) for p in paths] if many else [Path(paths)]
+    for path in paths:
+        if path.is_dir():
+            raise BadInput(f"{what} {path} is a folder; give a file name")
+        special = _special_file(path) or _system_folder(path)
+        if special:  # --overwrite would replace /dev/null (as root) or a user's pipe by a file
+            raise BadInput(f"{what} {path} is {special}, not a file of yours; vaekit writes only regular files: give a "
+                           "file name")
+    if overwrite:
+        return
+    taken = [p for p in paths if p.exists() or p.is_symlink()]
+    if len(taken) > 1:
+        raise OutputExists(f"{taken[0]} and {len(taken) - 1} more files already exist; pass --overwrite to replace them")
+    if taken:
+        raise OutputExists(f"{what} {taken[0]} already exists; pass --overwrite to replace it")
