@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -148,13 +149,12 @@ def test_decoding_processes_of_a_killed_job_exit_and_free_its_lock(setup, tmp_pa
         p.kill()
         p.wait()
         fd = os.open(lock, os.O_RDWR)
-        try:  # wait (bounded) for the orphans to notice; without the fix they never do
-            deadline_polls = 600
-            while not try_lock(fd) and deadline_polls:
-                deadline_polls -= 1
-                os.sched_yield()
-                subprocess.run(["sleep", "0.05"])
-            assert deadline_polls, "the killed job's decoding processes still hold its lock"
+        try:  # wait (at most 600 polls) for the orphans to notice; without the fix they never do
+            polls = 600
+            while not try_lock(fd) and polls:
+                polls -= 1
+                time.sleep(0.05)
+            assert polls, "the killed job's decoding processes still hold its lock"
         finally:
             os.close(fd)
     finally:
