@@ -209,7 +209,8 @@ def _bomb(path: Path, fingerprint: str, names: int, images: int) -> Path:
     from vaekit.codec import header as H
 
     raw = b"a.png" + b"\0a" * (names - 1)
-    blob = b"\2" + lzma.compress(raw, lzma.FORMAT_RAW, filters=H._LZMA2)
+    # a small dictionary encodes fast; the reader's larger one decodes it all the same
+    blob = b"\2" + lzma.compress(raw, lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2, "preset": 1}])
     head = b"".join([bytes([0, 5, 1]), H.varint(16), H.varint(4), bytes.fromhex(fingerprint), bytes(8), H.varint(1),
                      H.varint(images), H.varint(0), H.varint(len(blob)), blob])
     data = b"VKC3" + H.varint(len(head)) + head
@@ -234,3 +235,20 @@ def test_a_names_bomb_is_refused_before_its_names_are_expanded(setup, tmp_path, 
     with pytest.raises(container.ArchiveError, match="larger than"):
         codec.read_info(ours)
     assert not (tmp_path / "out").exists()
+
+
+def test_names_that_claim_millions_of_images_expand_to_at_most_a_multiple_of_the_file(setup, tmp_path, monkeypatch):
+    """A chunk table may claim 2,000,000 images (up to 2 GiB of names); a 7 KB file's names still
+    stop at 4096 times its size (at least 1 MiB), not at 48 MB, however many images it claims."""
+    from vaekit.codec import header
+
+    root, run, model, *_ = setup
+    seen = []
+    real = header._inflate
+    monkeypatch.setattr(header, "_inflate", lambda blob, limit: (seen.append(limit), real(blob, limit))[1])
+    bomb = _bomb(tmp_path / "bomb.vkc", model.info.fingerprint, 24_000_000, 2_000_000)
+    size = bomb.stat().st_size
+    with pytest.raises(codec.ArchiveError, match="larger than"):
+        codec.read_info(bomb)
+    assert seen == [max(1 << 20, header.EXPANSION * size)] and seen[0] < 48_000_000
+    assert header.names_limit(2_000_000) == header.MAX_META  # what the chunk table alone allowed

@@ -126,7 +126,7 @@ def read_header(path: Path, check: Callable[[Header], None] | None = None) -> tu
     if check is not None:
         check(header)
     try:
-        expand(header, blob, version)
+        expand(header, blob, version, size)
     except (ValueError, TypeError, KeyError, IndexError) as e:
         raise ArchiveError(f"{source} has an unreadable header: {e}") from None
     _check(header, source)

@@ -19,6 +19,10 @@ from dataclasses import dataclass, field
 MODES = ("lossy", "lossless")
 MAX_META = 1 << 31  # bytes of the variable part once decompressed
 NAME_BYTES = 4096  # the longest stored name, in bytes (Linux's PATH_MAX)
+# the most the names may expand to, per byte of the whole file: every image costs payload bytes
+# besides its compressed name; 20,000 names under one 3,000-byte folder path expand 1,650 times
+# their LZMA'd bytes (docs/codec.md), and a real file holds more than its names
+EXPANSION = 4096
 # a file name that is not UTF-8 (POSIX allows any bytes) is a surrogate-escaped str in Python: its
 # bytes are stored as they are and come back as the same str, so decode writes the same file name
 NAMES = "surrogateescape"
@@ -109,11 +113,13 @@ def _inflate(blob: bytes, limit: int) -> bytes:
     return out
 
 
-def names_limit(images: int) -> int:
+def names_limit(images: int, file_bytes: int | None = None) -> int:
     """The most bytes the variable part may expand to for a file of `images` images: a name of up
-    to NAME_BYTES, its original size in JSON, and room for the engine. A small file whose names
-    claim millions of images (a names bomb) is refused at this size, not after expanding them."""
-    return min(MAX_META, images * (NAME_BYTES + 64) + (1 << 16))
+    to NAME_BYTES, its original size in JSON, and room for the engine; and, given the file's size,
+    at most EXPANSION times it (at least 1 MiB). A small file whose names claim millions of images
+    (a names bomb) is refused at this size, not after expanding them."""
+    limit = min(MAX_META, images * (NAME_BYTES + 64) + (1 << 16))
+    return limit if file_bytes is None else min(limit, max(1 << 20, EXPANSION * file_bytes))
 
 
 def _extras(h: Header) -> dict:
@@ -178,12 +184,12 @@ def unpack_fixed(data: bytes) -> tuple[Header, bytes]:
                   quality or None), blob
 
 
-def expand(h: Header, blob: bytes, version: int = 3) -> None:
+def expand(h: Header, blob: bytes, version: int = 3, file_bytes: int | None = None) -> None:
     """Fill in `h`'s names, original sizes and engine from the variable part `blob`, expanded to
-    at most names_limit(the images its chunk table holds)."""
+    at most names_limit(the images its chunk table holds, the file's size)."""
     from vaekit.fileio import loads_json
 
-    raw = _decompress(blob, names_limit(sum(c[0] for c in h.chunks)))
+    raw = _decompress(blob, names_limit(sum(c[0] for c in h.chunks), file_bytes))
     meta = loads_json(raw) if version == 2 else _unpack_names(raw)
     if not isinstance(meta, dict):
         raise ValueError("the header's variable part is not an object")
