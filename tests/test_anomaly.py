@@ -458,9 +458,42 @@ def test_evaluate_on_labelled_folders_with_masks(parts, model):
     assert ev.f1_at_threshold == pytest.approx(f1_score(labels, np.r_[good, bad] > ev.threshold))
     assert (ev.n_normal, ev.n_anomalous, ev.n_masks) == (12, 12, 12)
     assert ev.pixel_auroc > 0.85  # the excess map lights up the defects
+    # counted in buckets as the maps stream by, it is the exact AUROC of every pixel
+    maps = [model.score(model.load_images(root / "test" / k).images).pixel_map for k in ("normal", "anomalous")]
+    truth = [np.asarray(Image.open(p).convert("L").resize(maps[1].shape[1:][::-1], Image.NEAREST)) > 127
+             for p in sorted((root / "test" / "masks").glob("*.png"))]
+    exact = anomaly.pixel_auroc(np.concatenate([maps[0].ravel(), maps[1].ravel()]),
+                                np.concatenate([np.zeros(maps[0].size, bool), np.ravel(truth)]))
+    assert ev.pixel_auroc == pytest.approx(exact, abs=1e-4)
     d = ev.to_dict()
     assert "scores" not in d and d["pixel_auroc"] == ev.pixel_auroc
     json.dumps(d)
+
+
+def test_pixel_roc_in_buckets_is_the_exact_auroc_up_to_values_within_one_part_in_2048():
+    from vaekit.anomaly.pixel_roc import PixelRoc
+
+    rng = np.random.default_rng(0)
+    maps = rng.normal(0, 3, (6, 40, 50)).astype(np.float32)  # negative values too
+    masks = np.zeros(maps.shape, bool)
+    masks[3:, 10:20, 5:30] = True
+    maps[masks] += 2.0
+    maps[0, :5] = maps[4, 12, 7]  # ties across a normal and an anomalous pixel
+    roc = PixelRoc()
+    for m, k in zip(maps, masks):
+        roc.add(m, k if k.any() else None)
+    assert roc.counts() == (masks.sum(), (~masks).sum()) and roc.masked == 3
+    exact = roc_auc_score(masks.ravel(), maps.ravel())
+    assert roc.auroc() == pytest.approx(exact, abs=2e-4)
+    coarse = PixelRoc()  # values that never share a bucket: equal to the last digit
+    ints = np.arange(-500, 500, dtype=np.float32)[rng.permutation(1000)]
+    label = ints > 100 + rng.normal(0, 200, 1000)
+    coarse.add(ints, label)
+    assert coarse.auroc() == pytest.approx(roc_auc_score(label, ints), abs=1e-12)
+    with pytest.raises(ValueError, match="NaN"):
+        coarse.add(np.array([np.nan], np.float32))
+    with pytest.raises(ValueError, match="anomalous and normal"):
+        PixelRoc().auroc()
 
 
 def test_masks_match_by_name_with_or_without_a_mask_suffix(parts, model, tmp_path):

@@ -16,6 +16,7 @@ import numpy as np
 
 from vaekit import images as imageio
 from vaekit.anomaly.overlap import file_identity
+from vaekit.anomaly.pixel_roc import PixelRoc
 from vaekit.anomaly.score import Progress, iter_scored, scoring_plan
 from vaekit.inference.tiled import tiled
 from vaekit.inference.engine import Model
@@ -128,19 +129,21 @@ def _labelled_inputs(normal, anomalous):
     return good, bad
 
 
-def _scores_and_maps(model, inputs, found, samples, score, iwae, threshold, progress, keep_maps):
-    """(plan, names, scores, maps or None, skipped) of one labelled folder (`found` in `inputs`), streamed."""
+def _scores_and_maps(model, inputs, found, samples, score, iwae, threshold, progress, on_map):
+    """(plan, scores, skipped) of one labelled folder (`found` in `inputs`), streamed; with
+    `on_map`, each image's map is handed to on_map(name, map) as it comes, and not kept."""
     plan = scoring_plan(model, samples, score, iwae, threshold)
-    names, values, maps, skipped = [], [], [], []
-    for b in iter_scored(model, found, plan, maps=keep_maps is not None, progress=progress):
-        names += b.names
+    names, values, skipped = 0, [], []
+    for b in iter_scored(model, found, plan, maps=on_map is not None, progress=progress):
+        names += len(b.names)
         values += [r.score for r in b.rows]
         skipped += b.skipped
-        if keep_maps is not None:
-            maps += [m.astype(np.float32) for n, m in zip(b.names, b.maps) if keep_maps(n)]
+        if on_map is not None:
+            for n, m in zip(b.names, b.maps):
+                on_map(n, m)
     if not names:
         raise imageio.none_usable(f"in {inputs}", skipped)
-    return plan, names, values, maps, skipped
+    return plan, values, skipped
 
 
 def evaluate(
@@ -160,23 +163,13 @@ def evaluate(
     The two sets may not share a file (BadInput)."""
     if masks is not None and not Path(masks).is_dir():
         raise NotFound(f"masks folder not found: {masks}")
-    mask_for: dict[str, np.ndarray] = {}
-    if masks is not None:
-        index = _mask_index(Path(masks))
-        if not index[0]:  # no mask file at all: said before any scoring
-            raise BadInput(f"no mask in {masks} matches an anomalous image (the folder holds no image file)")
-
-        def keep_anomalous(name: str) -> bool:
-            mk = _find_mask(index, name, model.info.read_size if tiled(model) else model.info.image_size,
-                            crop=not tiled(model))
-            if mk is not None:
-                mask_for[name] = mk
-            return mk is not None
+    roc, mask_of = (None, None) if masks is None else (PixelRoc(), _masks_for(model, Path(masks)))
     found_good, found_bad = _labelled_inputs(normal, anomalous)
-    plan, _, good, good_maps, skipped_good = _scores_and_maps(
-        model, normal, found_good, samples, score, iwae, threshold, progress, (lambda n: True) if masks is not None else None)
-    _, bad_names, bad, bad_maps, skipped_bad = _scores_and_maps(
-        model, anomalous, found_bad, samples, score, iwae, threshold, progress, keep_anomalous if masks is not None else None)
+    plan, good, skipped_good = _scores_and_maps(
+        model, normal, found_good, samples, score, iwae, threshold, progress, None if roc is None else _counter(roc))
+    _, bad, skipped_bad = _scores_and_maps(
+        model, anomalous, found_bad, samples, score, iwae, threshold, progress,
+        None if roc is None else _counter(roc, mask_of))
     m = image_metrics([0] * len(good) + [1] * len(bad), good + bad, plan.threshold)
     ev = Evaluation(
         n_normal=len(good), n_anomalous=len(bad), score=plan.score, estimator=plan.estimator, samples=samples,
@@ -186,17 +179,41 @@ def evaluate(
         fpr_at_threshold=m["fpr"], skipped=[(str(p), r) for p, r in skipped_good + skipped_bad],
         scores={"normal": good, "anomalous": bad},
     )
-    if masks is not None:
-        if not bad_maps:
-            raise BadInput(f"no mask in {masks} matches an anomalous image "
-                           "(expected the same relative path or name, optionally with a _mask suffix)")
-        masked = [n for n in bad_names if n in mask_for]
-        for n, m in zip(masked, bad_maps):
-            mask_for[n] = _fit_mask(mask_for[n], m.shape, n)
-        gt = [np.zeros(m.shape, bool) for m in good_maps] + [mask_for[n] for n in masked]
-        flat = np.concatenate([m.ravel() for m in good_maps + bad_maps])
-        ev.pixel_auroc, ev.n_masks = pixel_auroc(flat, np.concatenate([g.ravel() for g in gt])), len(bad_maps)
+    if roc is not None:
+        ev.pixel_auroc, ev.n_masks = _pixel_auroc(roc, masks), roc.masked
     return ev
+
+
+def _masks_for(model, masks: Path):
+    """name -> the anomalous image's mask at its map's geometry, or None; BadInput at once when
+    the folder holds no image file."""
+    index = _mask_index(masks)
+    if not index[0]:  # no mask file at all: said before any scoring
+        raise BadInput(f"no mask in {masks} matches an anomalous image (the folder holds no image file)")
+    size = model.info.read_size if tiled(model) else model.info.image_size
+    return lambda name: _find_mask(index, name, size, crop=not tiled(model))
+
+
+def _counter(roc: PixelRoc, mask_of=None):
+    """on_map for _scores_and_maps: every pixel of a normal image (mask_of None) counts as normal;
+    an anomalous image counts with its mask, and without one it is left out."""
+    def count(name: str, m: np.ndarray) -> None:
+        if mask_of is None:
+            roc.add(m)
+            return
+        mask = mask_of(name)
+        if mask is not None:
+            roc.add(m, _fit_mask(mask, m.shape, name))
+    return count
+
+
+def _pixel_auroc(roc: PixelRoc, masks) -> float:
+    if not roc.masked:
+        raise BadInput(f"no mask in {masks} matches an anomalous image "
+                       "(expected the same relative path or name, optionally with a _mask suffix)")
+    if 0 in roc.counts():
+        raise BadInput("the masks must mark some pixels anomalous and leave some normal")
+    return roc.auroc()
 
 
 def _mask_index(root: Path) -> tuple[dict[str, Path], dict[str, list[Path]]]:
