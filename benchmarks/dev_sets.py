@@ -12,6 +12,8 @@ Each set is split into a half that decisions are made on and a half that only co
                some objects are plain grey), on a clean black background
     digits     scikit-learn's 8x8 digits at 32x32, half of each class for training
     lfw        scikit-image's 25x25 LFW subset: 70 faces train; 30 faces vs 100 non-faces test
+    garments   synthetic grey product photos, ten kinds of garment, shoe and bag (benchmarks/garments.py;
+               confirm-only, added after the defaults were set)
 Nothing is downloaded: MNIST is a file you pass, the rest ships with scikit-learn/scikit-image.
 """
 
@@ -22,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 CHOOSE, CONFIRM = "02468", "13579"
-SETS = ("mnist", "mnisttex", "mnistshade", "digits", "lfw")
+SETS = ("mnist", "mnisttex", "mnistshade", "digits", "lfw", "garments")
 
 
 def load(name: str, k: int, mnist: Path | None = None, n_train: int | None = None):
@@ -42,6 +44,10 @@ def load(name: str, k: int, mnist: Path | None = None, n_train: int | None = Non
         return tr, xte, yte != k
     if name == "digits":
         return _digits(k, n_train)
+    if name == "garments":
+        from garments import load as garments
+
+        return garments(k, _photos(), n_train)
     if name == "lfw":
         import skimage.data
 
