@@ -1,0 +1,72 @@
+"""What a hostile tester found feeding odd image files and names to the commands that read images:
+names near the file system's length limit, ..."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from vaekit_cli.main import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, ["--threads", "1", *map(str, args)])
+
+
+def _images(folder: Path, n: int = 12) -> Path:
+    """`n` small RGB discs at seeded places."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:20, :20]
+    for i in range(n):
+        cy, cx, r = rng.uniform(6, 14), rng.uniform(6, 14), rng.uniform(3, 5)
+        disc = np.where((yy - cy) ** 2 + (xx - cx) ** 2 < r * r, 220, 30).astype(np.uint8)
+        Image.fromarray(np.stack([disc, disc // 2, 255 - disc], -1)).save(folder / f"img{i:02d}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A tiny RGB model trained on `_images`."""
+    import torch
+
+    from vaekit.config import ModelConfig, TrainConfig
+    from vaekit.train import train
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("inputs4")
+    train(_images(root / "train"), root / "run", ModelConfig(image_size=16, channels=3, latent_dim=4, base_channels=4),
+          TrainConfig(epochs=1, batch_size=8, seed=0, device="cpu"), channels=3)
+    return root / "run"
+
+
+def _one_line_error(r, code: int = 2) -> str:
+    assert r.exit_code == code, r.output
+    assert "Traceback" not in r.output
+    return r.output
+
+
+# --- names near the 255-byte limit --------------------------------------------------------------
+
+def test_an_output_named_near_the_length_limit_is_written(run, tmp_path):
+    """A 254-byte name is a valid file name; its temporary name 16 bytes longer was not, and every
+    command writing it (decode, reconstruct, --maps) failed with a traceback, exit 3."""
+    src = _images(tmp_path / "src", 2)
+    long = src / ("L" * 250 + ".png")
+    (src / "img00.png").rename(long)
+    assert invoke("encode", run, src, "-o", tmp_path / "a.codes").exit_code == 0
+    for args in (["decode", run, tmp_path / "a.codes", "-o", tmp_path / "dec"],
+                 ["reconstruct", run, src, "-o", tmp_path / "rec"],
+                 ["anomaly-score", run, src, "-o", tmp_path / "s.csv", "--maps", tmp_path / "maps"]):
+        r = invoke(*args)
+        assert r.exit_code == 0, r.output
+    for folder in ("dec", "rec", "maps"):
+        assert (tmp_path / folder / long.name).is_file()
+        assert not [p for p in os.listdir(tmp_path / folder) if p.endswith(".tmp")]
