@@ -70,3 +70,29 @@ def test_an_output_named_near_the_length_limit_is_written(run, tmp_path):
     for folder in ("dec", "rec", "maps"):
         assert (tmp_path / folder / long.name).is_file()
         assert not [p for p in os.listdir(tmp_path / folder) if p.endswith(".tmp")]
+
+
+def _long_pair(src: Path) -> str:
+    """Two images whose outputs meet (x.png, x.jpg), so each keeps its whole name plus .png: with
+    a 253-byte stem, 259 bytes, more than any file system holds. Returns the stem."""
+    stem = "M" * 251
+    (src / "img00.png").rename(src / f"{stem}.png")
+    (src / "img01.png").rename(src / f"{stem}.jpg")
+    return stem
+
+
+@pytest.mark.parametrize("command", ["reconstruct", "maps", "encode", "vkc"])
+def test_outputs_named_beyond_the_length_limit_are_refused_before_anything_is_written(run, tmp_path, command):
+    """reconstruct and --maps wrote some files, then stopped at the first name too long (exit 2, a
+    half-written output folder); encode wrote a code file that decode could never write back."""
+    src = _images(tmp_path / "src", 4)
+    stem = _long_pair(src)
+    out = tmp_path / "out"
+    args = {"reconstruct": ["reconstruct", run, src, "-o", out],
+            "maps": ["anomaly-score", run, src, "-o", out / "s.csv", "--maps", out / "maps"],
+            "encode": ["encode", run, src, "-o", out / "a.codes"],
+            "vkc": ["encode", run, src, "-o", out / "a.vkc", "--quality", "4"]}[command]
+    said = _one_line_error(invoke(*args))
+    too_long = f"{stem}-1.png" if command == "maps" else f"{stem}.jpg.png"  # maps are numbered instead
+    assert too_long in said.replace("\n", "") and "255 bytes" in said
+    assert not out.exists() or not [p for p in out.rglob("*") if p.is_file()]

@@ -18,7 +18,7 @@ from vaekit import images as imageio
 from vaekit.anomaly.score import ROW_FIELDS, ScoreReport, report_header
 from vaekit.inference.engine import Model
 from vaekit.errors import BadInput
-from vaekit.fileio import atomic_writer, dumps_json, refuse_existing, refuse_inside
+from vaekit.fileio import atomic_writer, dumps_json, refuse_existing, refuse_inside, refuse_long_names
 from vaekit.inference.engine_onnx import refuse_model_files
 
 MAP_MIN_SIDE = 128  # heat maps are enlarged (nearest neighbour) to at least this many pixels
@@ -136,7 +136,8 @@ def write_scores(path: str | Path, report: ScoreReport, model: Model | None = No
 
 def map_targets(names: Sequence[str]) -> list[str]:
     """Each heat map's path relative to the maps folder (posix text): the input name with .png,
-    numbered when two inputs would share one (a.jpg next to a.png, or two inputs with the same name)."""
+    numbered when two inputs would share one (a.jpg next to a.png, or two inputs with the same name).
+    BadInput for a name too long for a file system."""
     used, targets = set(), []
     for name in names:
         rel, n = Path(name).with_suffix(".png").as_posix(), 1
@@ -144,6 +145,7 @@ def map_targets(names: Sequence[str]) -> list[str]:
             rel, n = Path(name).with_name(f"{Path(name).stem}-{n}.png").as_posix(), n + 1
         used.add(rel)
         targets.append(rel)
+    refuse_long_names(names, targets)
     return targets
 
 

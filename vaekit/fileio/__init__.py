@@ -309,4 +309,4 @@ def refuse_inside(output: Path, inputs, what: str, folder: bool = False) -> None
                 raise BadInput(f"{what} {output} {relation} the input image {root}; write it somewhere else")
 
 
-from vaekit.fileio.outputs import refuse_existing  # noqa: E402  (a sibling; re-exported here)
+from vaekit.fileio.outputs import refuse_existing, refuse_long_names  # noqa: E402  (a sibling; re-exported here)
