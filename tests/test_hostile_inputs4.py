@@ -96,3 +96,22 @@ def test_outputs_named_beyond_the_length_limit_are_refused_before_anything_is_wr
     too_long = f"{stem}-1.png" if command == "maps" else f"{stem}.jpg.png"  # maps are numbered instead
     assert too_long in said.replace("\n", "") and "255 bytes" in said
     assert not out.exists() or not [p for p in out.rglob("*") if p.is_file()]
+
+
+# --- heat maps of long strips --------------------------------------------------------------------
+
+def test_a_strips_heat_map_is_not_enlarged_into_gigabytes(tmp_path):
+    """A surface model reads a 1 x 25,000 strip whole at 24 x 600,000 pixels; its heat map was
+    enlarged 6 times to reach 128 px, 2 GB of pixels and 5.9 GB of memory for a 25 KB file.
+    A small model's map is still enlarged."""
+    from vaekit.anomaly.outputs import MAP_MIN_SIDE, save_maps
+
+    rng = np.random.default_rng(0)
+    for name, (h, w) in {"long.png": (24, 20000), "small.png": (16, 16)}.items():
+        save_maps(tmp_path, [name], rng.integers(0, 256, (1, 3, h, w), dtype=np.uint8),
+                  rng.random((1, h, w)).astype(np.float32))
+    with Image.open(tmp_path / "long.png") as im:  # 6 times (144 x 120,000) before
+        k = im.size[1] // 24
+        assert im.size == (20000 * k, 24 * k) and im.size[0] * im.size[1] <= 1 << 22  # 4 M pixels
+    with Image.open(tmp_path / "small.png") as im:
+        assert im.size == (MAP_MIN_SIDE, MAP_MIN_SIDE)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from dataclasses import asdict
 from pathlib import Path
 from typing import BinaryIO, Iterable, Sequence
@@ -22,6 +23,9 @@ from vaekit.fileio import atomic_writer, dumps_json, refuse_existing, refuse_ins
 from vaekit.inference.engine_onnx import refuse_model_files
 
 MAP_MIN_SIDE = 128  # heat maps are enlarged (nearest neighbour) to at least this many pixels
+# ... unless that makes more than this many pixels: a surface reads a 1 x 25,000 strip whole at
+# 24 x 600,000, which enlarged 6 times would take gigabytes; such a map keeps its own size
+MAP_MAX_ENLARGED = 1 << 22
 
 
 def check_outputs(inputs, out: str | Path | None = None, maps: str | Path | None = None,
@@ -165,7 +169,8 @@ def save_maps(out_dir: Path, targets: Sequence[str], images: np.ndarray, maps: n
     written = []
     for rel, x, heat in zip(targets, images, maps):
         overlay = imageio.heatmap_overlay(x, heat, alpha=alpha)  # (3, H, W) uint8
-        k = max(1, -(-MAP_MIN_SIDE // overlay.shape[1]))
+        h, w = overlay.shape[1:]
+        k = max(1, min(-(-MAP_MIN_SIDE // h), math.isqrt(MAP_MAX_ENLARGED // (h * w))))
         imageio.save_png(overlay.repeat(k, axis=1).repeat(k, axis=2), out_dir / rel)
         written.append(out_dir / rel)
     return written
