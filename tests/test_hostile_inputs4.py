@@ -115,3 +115,30 @@ def test_a_strips_heat_map_is_not_enlarged_into_gigabytes(tmp_path):
         assert im.size == (20000 * k, 24 * k) and im.size[0] * im.size[1] <= 1 << 22  # 4 M pixels
     with Image.open(tmp_path / "small.png") as im:
         assert im.size == (MAP_MIN_SIDE, MAP_MIN_SIDE)
+
+
+# --- EXIF orientation -----------------------------------------------------------------------------
+
+def _exif_ascii_orientation(value: bytes) -> bytes:
+    """An EXIF block whose orientation tag is stored as text (type ASCII) instead of a number."""
+    import struct
+
+    entry = struct.pack("<HHI", 0x0112, 2, len(value) + 1) + value + b"\0" * (4 - len(value))
+    return b"Exif\0\0II*\0" + struct.pack("<IH", 8, 1) + entry + struct.pack("<I", 0)
+
+
+def test_the_original_size_of_a_rotated_photo_is_read_as_its_pixels_are(run, tmp_path):
+    """Decoding applied an orientation stored as text ("6": turn 90 degrees), the original size
+    for `decode --size original` did not: the image came back stretched to its unturned shape."""
+    from vaekit import images
+    from vaekit.codes import original_size
+
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.fromarray(np.zeros((16, 40, 3), np.uint8)).save(src / "turned.jpg", exif=_exif_ascii_orientation(b"6"))
+    assert images.decode(src / "turned.jpg", 3).shape[:2] == original_size(src / "turned.jpg") == (40, 16)
+    assert invoke("encode", run, src, "-o", tmp_path / "a.codes").exit_code == 0
+    r = invoke("decode", run, tmp_path / "a.codes", "-o", tmp_path / "dec", "--size", "original")
+    assert r.exit_code == 0, r.output
+    with Image.open(tmp_path / "dec" / "turned.png") as im:
+        assert im.size == (16, 40)
