@@ -142,3 +142,20 @@ def test_the_original_size_of_a_rotated_photo_is_read_as_its_pixels_are(run, tmp
     assert r.exit_code == 0, r.output
     with Image.open(tmp_path / "dec" / "turned.png") as im:
         assert im.size == (16, 40)
+
+
+# --- threshold --normal: the check against the training images -----------------------------------
+
+def test_the_training_copy_check_never_reads_a_device_or_a_fifo(tmp_path):
+    """`threshold --normal` looks for copies of training images by hashing files of equal size.
+    It opened them with a plain open(): a FIFO (size 0) beside an empty training file hung the
+    command forever, a link to /dev/zero read without end. A link to /dev/null, which ends at
+    once, shows the same fault without a hang: it was hashed and taken for the empty file."""
+    from vaekit.anomaly.overlap import first_shared
+
+    (tmp_path / "train").mkdir()
+    (tmp_path / "new").mkdir()
+    (tmp_path / "train" / "empty.png").write_bytes(b"")
+    os.symlink("/dev/null", tmp_path / "new" / "null.png")
+    assert first_shared([tmp_path / "new" / "null.png"], [tmp_path / "train" / "empty.png"]) is None
+    assert first_shared([tmp_path / "train" / "empty.png"], [tmp_path / "new" / "null.png"]) is None

@@ -10,6 +10,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterable
 
+from vaekit.fileio import NotRegularFile, open_regular_file
+
 
 def file_identity(path) -> tuple:
     """A file's device and inode (its resolved path where it cannot be stat'ed): two names of
@@ -22,12 +24,14 @@ def file_identity(path) -> tuple:
 
 
 def _sha256(path) -> bytes | None:
+    """The sha256 of a regular file's bytes; None for anything else (a FIFO would block the open
+    forever, /dev/zero never ends) or a file that cannot be read."""
     h = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
+        with open_regular_file(Path(path)) as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
-    except OSError:
+    except (OSError, NotRegularFile):
         return None
     return h.digest()
 
