@@ -20,10 +20,10 @@ def invoke(*args):
     return runner.invoke(app, ["--threads", "1", *map(str, args)])
 
 
-def _images(folder: Path, n: int = 12) -> Path:
+def _images(folder: Path, n: int = 12, seed: int = 0) -> Path:
     """`n` small RGB discs at seeded places."""
     folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:20, :20]
     for i in range(n):
         cy, cx, r = rng.uniform(6, 14), rng.uniform(6, 14), rng.uniform(3, 5)
@@ -159,3 +159,19 @@ def test_the_training_copy_check_never_reads_a_device_or_a_fifo(tmp_path):
     os.symlink("/dev/null", tmp_path / "new" / "null.png")
     assert first_shared([tmp_path / "new" / "null.png"], [tmp_path / "train" / "empty.png"]) is None
     assert first_shared([tmp_path / "train" / "empty.png"], [tmp_path / "new" / "null.png"]) is None
+
+
+def test_an_empty_file_is_not_called_a_copy_of_an_empty_training_file(run, tmp_path):
+    """An empty x.png in --normal, beside an empty file skipped in training, was refused as "a
+    training image (the same bytes)"; it is an unreadable file, and said so."""
+    import json
+
+    train = Path(json.loads((run / "config.json").read_text())["data"]["root"])
+    (train / "empty.png").write_bytes(b"")
+    try:
+        new = _images(tmp_path / "new", 3, seed=1)
+        (new / "e.png").write_bytes(b"")
+        said = _one_line_error(invoke("threshold", run, "--normal", new))
+        assert "e.png (empty file)" in said and "training image" not in said
+    finally:
+        (train / "empty.png").unlink()

@@ -38,15 +38,17 @@ def _sha256(path) -> bytes | None:
 
 def first_shared(mine: Iterable, theirs: Iterable) -> tuple[Path, Path] | None:
     """(a file of `mine`, the file of `theirs` it is) for the first file of `mine` that is one of
-    `theirs` or holds the same bytes; None when they share none. Only files of a size that both
-    sets hold are read, so two unrelated folders cost a stat per file."""
+    `theirs` or holds the same bytes (two empty files do not); None when they share none. Only
+    files of a size that both sets hold are read, so two unrelated folders cost a stat per file."""
     ids, by_size = {}, defaultdict(list)
     for p in theirs:
         ids[file_identity(p)] = p
         try:
-            by_size[os.stat(p).st_size].append(p)
+            size = os.stat(p).st_size
         except OSError:
             continue
+        if size:  # two empty files hold no image, so neither is a copy of a training image
+            by_size[size].append(p)
     hashes: dict = {}
     for p in mine:
         same = ids.get(file_identity(p))
