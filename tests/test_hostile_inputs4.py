@@ -175,3 +175,19 @@ def test_an_empty_file_is_not_called_a_copy_of_an_empty_training_file(run, tmp_p
         assert "e.png (empty file)" in said and "training image" not in said
     finally:
         (train / "empty.png").unlink()
+
+
+# --- heat-map names -----------------------------------------------------------------------------
+
+def test_a_heat_map_named_like_another_maps_folder_is_numbered_not_half_written(run, tmp_path):
+    """a.jpg's map is a.png, and a.png/b.png's map goes in a folder a.png: the job wrote a.png,
+    then stopped at the folder (exit 2, no CSV, one map left behind)."""
+    src = _images(tmp_path / "src", 3)
+    (src / "img00.png").rename(src / "a.jpg")
+    (src / "a.png").mkdir()
+    (src / "img01.png").rename(src / "a.png" / "b.png")
+    r = invoke("anomaly-score", run, src, "-o", tmp_path / "s.csv", "--maps", tmp_path / "maps")
+    assert r.exit_code == 0, r.output
+    maps = sorted(p.relative_to(tmp_path / "maps").as_posix() for p in (tmp_path / "maps").rglob("*") if p.is_file())
+    assert maps == ["a-1.png", "a.png/b.png", "img02.png"]
+    assert (tmp_path / "s.csv").is_file()

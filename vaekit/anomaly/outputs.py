@@ -140,9 +140,11 @@ def write_scores(path: str | Path, report: ScoreReport, model: Model | None = No
 
 def map_targets(names: Sequence[str]) -> list[str]:
     """Each heat map's path relative to the maps folder (posix text): the input name with .png,
-    numbered when two inputs would share one (a.jpg next to a.png, or two inputs with the same name).
+    numbered when two inputs would share one (a.jpg next to a.png, or two inputs with the same name)
+    or when it names a folder that another input's map goes in (a.jpg next to a.png/b.png).
     BadInput for a name too long for a file system."""
-    used, targets = set(), []
+    used = {p.as_posix() for name in names for p in Path(name).parents}  # folders: never a map's name
+    targets = []
     for name in names:
         rel, n = Path(name).with_suffix(".png").as_posix(), 1
         while rel in used:
