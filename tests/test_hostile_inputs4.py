@@ -1,5 +1,7 @@
 """What a hostile tester found feeding odd image files and names to the commands that read images:
-names near the file system's length limit, ..."""
+names near or past the file system's 255-byte limit, a long strip's heat map, an EXIF orientation
+stored as text, a FIFO, a device or an empty file met by `threshold --normal`'s copy check, and a
+heat map named like another map's folder."""
 
 from __future__ import annotations
 
