@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from dataclasses import asdict
 from pathlib import Path
 from typing import BinaryIO, Iterable, Sequence
@@ -18,10 +19,13 @@ from vaekit import images as imageio
 from vaekit.anomaly.score import ROW_FIELDS, ScoreReport, report_header
 from vaekit.inference.engine import Model
 from vaekit.errors import BadInput
-from vaekit.fileio import atomic_writer, dumps_json, refuse_existing, refuse_inside
+from vaekit.fileio import atomic_writer, dumps_json, refuse_existing, refuse_inside, refuse_long_names
 from vaekit.inference.engine_onnx import refuse_model_files
 
 MAP_MIN_SIDE = 128  # heat maps are enlarged (nearest neighbour) to at least this many pixels
+# ... unless that makes more than this many pixels: a surface reads a 1 x 25,000 strip whole at
+# 24 x 600,000, which enlarged 6 times would take gigabytes; such a map keeps its own size
+MAP_MAX_ENLARGED = 1 << 22
 
 
 def check_outputs(inputs, out: str | Path | None = None, maps: str | Path | None = None,
@@ -136,14 +140,18 @@ def write_scores(path: str | Path, report: ScoreReport, model: Model | None = No
 
 def map_targets(names: Sequence[str]) -> list[str]:
     """Each heat map's path relative to the maps folder (posix text): the input name with .png,
-    numbered when two inputs would share one (a.jpg next to a.png, or two inputs with the same name)."""
-    used, targets = set(), []
+    numbered when two inputs would share one (a.jpg next to a.png, or two inputs with the same name)
+    or when it names a folder that another input's map goes in (a.jpg next to a.png/b.png).
+    BadInput for a name too long for a file system."""
+    used = {p.as_posix() for name in names for p in Path(name).parents}  # folders: never a map's name
+    targets = []
     for name in names:
         rel, n = Path(name).with_suffix(".png").as_posix(), 1
         while rel in used:
             rel, n = Path(name).with_name(f"{Path(name).stem}-{n}.png").as_posix(), n + 1
         used.add(rel)
         targets.append(rel)
+    refuse_long_names(names, targets)
     return targets
 
 
@@ -163,7 +171,8 @@ def save_maps(out_dir: Path, targets: Sequence[str], images: np.ndarray, maps: n
     written = []
     for rel, x, heat in zip(targets, images, maps):
         overlay = imageio.heatmap_overlay(x, heat, alpha=alpha)  # (3, H, W) uint8
-        k = max(1, -(-MAP_MIN_SIDE // overlay.shape[1]))
+        h, w = overlay.shape[1:]
+        k = max(1, min(-(-MAP_MIN_SIDE // h), math.isqrt(MAP_MAX_ENLARGED // (h * w))))
         imageio.save_png(overlay.repeat(k, axis=1).repeat(k, axis=2), out_dir / rel)
         written.append(out_dir / rel)
     return written

@@ -10,6 +10,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterable
 
+from vaekit.fileio import NotRegularFile, open_regular_file
+
 
 def file_identity(path) -> tuple:
     """A file's device and inode (its resolved path where it cannot be stat'ed): two names of
@@ -22,27 +24,31 @@ def file_identity(path) -> tuple:
 
 
 def _sha256(path) -> bytes | None:
+    """The sha256 of a regular file's bytes; None for anything else (a FIFO would block the open
+    forever, /dev/zero never ends) or a file that cannot be read."""
     h = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
+        with open_regular_file(Path(path)) as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
-    except OSError:
+    except (OSError, NotRegularFile):
         return None
     return h.digest()
 
 
 def first_shared(mine: Iterable, theirs: Iterable) -> tuple[Path, Path] | None:
     """(a file of `mine`, the file of `theirs` it is) for the first file of `mine` that is one of
-    `theirs` or holds the same bytes; None when they share none. Only files of a size that both
-    sets hold are read, so two unrelated folders cost a stat per file."""
+    `theirs` or holds the same bytes (two empty files do not); None when they share none. Only
+    files of a size that both sets hold are read, so two unrelated folders cost a stat per file."""
     ids, by_size = {}, defaultdict(list)
     for p in theirs:
         ids[file_identity(p)] = p
         try:
-            by_size[os.stat(p).st_size].append(p)
+            size = os.stat(p).st_size
         except OSError:
             continue
+        if size:  # two empty files hold no image, so neither is a copy of a training image
+            by_size[size].append(p)
     hashes: dict = {}
     for p in mine:
         same = ids.get(file_identity(p))

@@ -41,10 +41,7 @@ def original_size(path: Path) -> tuple[int, int]:
     with warnings.catch_warnings(), imageio.open_image(path) as img:
         warnings.simplefilter("ignore")  # a big image's DecompressionBombWarning: we only read its header
         w, h = img.size
-        try:
-            orientation = img.getexif().get(0x0112, 1)
-        except Exception:  # a broken EXIF block: images.decode ignores it too
-            orientation = 1
+        orientation = imageio.exif_orientation(img)  # as decoding reads it, a broken EXIF block included
     return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
 
 

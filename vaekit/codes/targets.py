@@ -12,15 +12,15 @@ from pathlib import Path, PurePosixPath
 from typing import Sequence
 
 from vaekit.errors import BadInput
-from vaekit.fileio import refuse_existing, refuse_under_file
+from vaekit.fileio import refuse_existing, refuse_long_names, refuse_under_file
 
 
 def png_names(names: Sequence[str]) -> list[str]:
     """Output file names: each source name with a .png suffix ("a/b.jpg" -> "a/b.png").
 
     Two sources that would share a name ("a.jpg", "a.png") keep their whole name ("a.jpg.png").
-    BadInput when two would still meet, or when one output would be the folder of another
-    ("x.jpg" -> x.png, and "x.png/y.png").
+    BadInput when two would still meet, when one output would be the folder of another
+    ("x.jpg" -> x.png, and "x.png/y.png"), or when a name would be too long for a file system.
     """
     first = [PurePosixPath(n).with_suffix(".png").as_posix() for n in names]
     counts: dict[str, int] = {}
@@ -30,6 +30,7 @@ def png_names(names: Sequence[str]) -> list[str]:
     if len(set(out)) != len(out):
         dup = next(o for o in out if out.count(o) > 1)
         raise BadInput(f"two images would be written to the same file {dup!r}")
+    refuse_long_names(names, out)
     folders = {str(p): n for n, o in zip(names, out) for p in PurePosixPath(o).parents if str(p) != "."}
     for n, o in zip(names, out):
         if o in folders:

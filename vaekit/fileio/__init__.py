@@ -76,7 +76,10 @@ def atomic_writer(path: Path) -> Iterator[BinaryIO]:
     # (a Ctrl-C between creating the file and using it included) removes it by that name:
     # tempfile.mkstemp returns the name only after creating the file, which left an interrupt a
     # window in which the file existed and nobody knew it.
-    tmp = path.parent / f".{path.name}.{os.urandom(5).hex()}.tmp"
+    # A name near the file system's 255-byte limit is valid, its temporary name 16 bytes longer
+    # would not be: a long one keeps only its first 50 characters (at most 200 bytes).
+    stem = path.name if len(os.fsencode(path.name)) <= 200 else path.name[:50]
+    tmp = path.parent / f".{stem}.{os.urandom(5).hex()}.tmp"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
     except FileExistsError as e:  # another writer's file: 40 random bits met twice; never remove it
@@ -306,4 +309,4 @@ def refuse_inside(output: Path, inputs, what: str, folder: bool = False) -> None
                 raise BadInput(f"{what} {output} {relation} the input image {root}; write it somewhere else")
 
 
-from vaekit.fileio.outputs import refuse_existing  # noqa: E402  (a sibling; re-exported here)
+from vaekit.fileio.outputs import refuse_existing, refuse_long_names  # noqa: E402  (a sibling; re-exported here)

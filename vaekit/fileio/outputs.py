@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import os
 import stat
-from pathlib import Path
-from typing import Sequence
+from pathlib import Path, PurePosixPath
+from typing import Iterable, Sequence
 
 from vaekit.errors import BadInput, OutputExists
 
@@ -28,6 +28,20 @@ def _special_file(path: Path) -> str | None:
         if not stat.S_ISLNK(mode):
             return None
     return None
+
+
+MAX_NAME_BYTES = 255  # the longest file name Linux, macOS and Windows file systems hold (NAME_MAX)
+
+
+def refuse_long_names(sources: Iterable[str], targets: Iterable[str]) -> None:
+    """BadInput naming the first of `targets` (relative posix paths, each named after its image
+    in `sources`) with a part longer than MAX_NAME_BYTES: refused before the first file is
+    written, not met half way through a job."""
+    for source, target in zip(sources, targets):
+        for part in PurePosixPath(target).parts:
+            if len(os.fsencode(part)) > MAX_NAME_BYTES:
+                raise BadInput(f"the image {source!r} would be written to {target!r}, a name longer than "
+                               f"{MAX_NAME_BYTES} bytes (the most a file system holds)")
 
 
 _SYSTEM = ("/dev", "/proc", "/sys")  # folders of devices and kernel files: /dev/stdout, /proc/self/fd/1

@@ -110,7 +110,9 @@ def open_image(path: str | Path) -> Iterator[Image.Image]:
         f.close()
 
 
-def _orientation(img: Image.Image) -> int:
+def exif_orientation(img: Image.Image) -> int:
+    """The EXIF orientation (1-8) decoding applies to `img`; 1 when there is none or it is broken.
+    Every reader of an image's displayed size asks here, so sizes and pixels cannot disagree."""
     try:
         return int(img.getexif().get(0x0112, 1))
     except Exception:  # broken EXIF should not cost us good pixels
@@ -213,7 +215,7 @@ def _decode_full(path: Path, channels: int, draft: int | None = None,
             if limit is not None and w * h > limit:
                 raise ImageReadError(path, f"decompression bomb: {w * h} pixels > limit {limit}")
             img.load()  # first frame: a freshly opened animation sits on frame 0
-            orientation = _orientation(img)
+            orientation = exif_orientation(img)
             x = convert.to_uint8(img, channels)
     except ImageReadError:
         raise
