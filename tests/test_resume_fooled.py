@@ -7,6 +7,7 @@ Real components: an untrained 16 px model, noise PNGs in tmp_path, the CLI throu
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,36 @@ def test_an_untouched_journal_still_resumes_to_the_uninterrupted_file(setup, tmp
     stopped_job(run, data, out)
     assert score(run, data, out, "--resume").exit_code == 0
     assert out.read_bytes() == (tmp_path / "whole.csv").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def exports(setup, tmp_path_factory):
+    """The same run exported twice: as float, and as int8 (which keeps the float model's fingerprint)."""
+    from vaekit.export import export
+
+    run, data = setup
+    root = tmp_path_factory.mktemp("exports")
+    export(run, root / "float" / "m.onnx", images=data)
+    export(run, root / "int8" / "m.onnx", images=data, quantize="int8")
+    return root / "float", root / "int8"
+
+
+@pytest.mark.parametrize("command", ["anomaly-score", "encode", "reconstruct"])
+def test_a_float_export_replaced_by_its_int8_export_does_not_resume_the_job(setup, exports, tmp_path, command):
+    # the same path, engine and fingerprint: the resume took int8 scores after float ones, exit 0
+    _, data = setup
+    model = tmp_path / "model"
+    shutil.copytree(exports[0], model)
+    out = tmp_path / {"anomaly-score": "scores.csv", "encode": "codes.npz", "reconstruct": "recon"}[command]
+    extra = ["--threshold", "0"] if command == "anomaly-score" else []
+    r = invoke(command, model / "m.onnx", data, "-o", out, "--batch-size", "4", *extra, "--shard", "0/2")
+    assert r.exit_code == 0, r.output  # share 0 of 2: its journal stays, as a killed job's does
+    journal = next(tmp_path.glob("*.partial"))
+    before = journal.read_bytes()
+    shutil.copytree(exports[1], model, dirs_exist_ok=True)
+    r = invoke(command, model / "m.onnx", data, "-o", out, "--batch-size", "4", *extra, "--shard", "1/2")
+    assert one_line_refusal(r) and "quantization" in r.output, r.output
+    r = invoke(command, model / "m.onnx", data, "-o", out, "--batch-size", "4", *extra, "--shard", "0/2", "--resume")
+    assert one_line_refusal(r) and "quantization" in r.output, r.output
+    assert journal.read_bytes() == before
+    assert command == "reconstruct" or not out.exists()  # (reconstruct's output is the folder of share 0's PNGs)

@@ -36,6 +36,15 @@ _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 
 
+def model_settings(model) -> dict:
+    """The header's fields that name the numbers a model computes: its engine, its weights'
+    fingerprint, and an int8 export's quantisation (it keeps its float model's fingerprint, but
+    its scores are another model's: a float export replaced by it must not resume the job)."""
+    info, quantization = model.info, model.config.get("quantization", "none")
+    return {"engine": info.engine, "fingerprint": info.fingerprint,
+            **({"quantization": quantization} if quantization != "none" else {})}
+
+
 def partial_path(out: Path) -> Path:
     return Path(out).with_name(Path(out).name + PARTIAL_SUFFIX)
 
