@@ -113,3 +113,22 @@ def test_a_float_export_replaced_by_its_int8_export_does_not_resume_the_job(setu
     assert one_line_refusal(r) and "quantization" in r.output, r.output
     assert journal.read_bytes() == before
     assert command == "reconstruct" or not out.exists()  # (reconstruct's output is the folder of share 0's PNGs)
+
+
+def test_a_job_started_by_another_vaekit_release_does_not_resume_or_merge(setup, tmp_path, monkeypatch):
+    # a release may change a score's maths under the same name: a resume after an upgrade, or
+    # shares on machines with different releases, mixed the two with exit 0
+    from vaekit.stream import journals
+
+    run, data = setup
+    out = tmp_path / "scores.csv"
+    monkeypatch.setattr(journals, "__version__", "0.1.9", raising=False)
+    assert score(run, data, out, "--shard", "0/2").exit_code == 0
+    monkeypatch.undo()
+    r = score(run, data, out, "--shard", "1/2")
+    assert one_line_refusal(r) and "'0.1.9' then" in r.output, r.output
+    journal = stopped_job(run, data, tmp_path / "other.csv")
+    monkeypatch.setattr(journals, "__version__", "0.1.9", raising=False)
+    r = score(run, data, tmp_path / "other.csv", "--resume")
+    assert one_line_refusal(r) and "'0.1.9' now" in r.output, r.output
+    assert journal.exists() and not out.exists() and not (tmp_path / "other.csv").exists()
