@@ -29,7 +29,7 @@ from vaekit.errors import BadInput
 from vaekit.fileio import atomic_writer
 from vaekit.images.arrays import check_batch_size
 from vaekit.inference.tiled import tiled
-from vaekit.stream.journals import naming_failed_writes, open_journal
+from vaekit.stream.journals import model_settings, naming_failed_writes, open_journal
 from vaekit.progress import Progress
 from vaekit.stream.shares import Shares, finish_when_complete, share_out
 
@@ -185,7 +185,7 @@ def _merge(model, plan, shares: Shares, report: JobReport, tally: "_Tally", inpu
 def _settings(model: Model, plan: Plan, found: stream.Inputs, layout: Layout, maps) -> dict:
     """Every setting that changes the output file or where the job writes."""
     info = model.info
-    return {"job": "anomaly-score", "model": str(info.source), "engine": info.engine, "fingerprint": info.fingerprint,
+    return {"job": "anomaly-score", "model": str(info.source), **model_settings(model),
             "score": plan.score, "estimator": plan.estimator, "samples": plan.samples, "iwae": plan.iwae,
             "threshold": plan.threshold, "threshold_source": plan.source, "batch_size": layout.batch_size,
             "files": len(found.paths), "file_list": digest(layout.paths), "inputs": [str(r) for r in found.roots],

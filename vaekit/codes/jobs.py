@@ -23,7 +23,7 @@ from vaekit.codes.writer import write_streamed
 from vaekit.errors import BadInput
 from vaekit.fileio import atomic_writer, refuse_existing, refuse_inside
 from vaekit.images.arrays import check_batch_size
-from vaekit.stream.journals import naming_failed_writes, open_journal
+from vaekit.stream.journals import model_settings, naming_failed_writes, open_journal
 from vaekit.progress import Progress
 from vaekit.stream.shares import Shares, finish_when_complete, share_out
 
@@ -137,7 +137,7 @@ def encode_folder(
     index, count = stream.check_shard(*(stream.env_shard() if shard is None else shard))
     info = model.info
     layout = Layout(getattr(found.paths, "texts", None) or [str(p) for p in found.paths], batch_size, index, count)
-    settings = {"job": "encode", "engine": info.engine, "fingerprint": info.fingerprint, "batch_size": batch_size,
+    settings = {"job": "encode", **model_settings(model), "batch_size": batch_size,
                 "files": len(found.paths), "file_list": digest(layout.paths), "inputs": [str(r) for r in found.roots],
                 "shard": [index, count]}
     shares = Shares(out, settings, layout, _row_check(found.names, info.latent_dim))

@@ -28,7 +28,7 @@ from vaekit.images.quality import SSIM_MISSING, psnr, ssim
 from vaekit.progress import Progress
 from vaekit.stream import pipeline
 from vaekit.stream.batches import Layout, check_number, digest
-from vaekit.stream.journals import naming_failed_writes, open_journal
+from vaekit.stream.journals import model_settings, naming_failed_writes, open_journal
 from vaekit.stream.shares import Shares, finish_when_complete, share_out
 
 if TYPE_CHECKING:
@@ -170,7 +170,7 @@ def reconstruct_to_folder(model: "Model", source: str | Path | Sequence[str | Pa
     index, count = stream.check_shard(*(stream.env_shard() if shard is None else shard))
     info = model.info
     layout = Layout(getattr(found.paths, "texts", None) or [str(p) for p in found.paths], batch_size, index, count)
-    settings = {"job": "reconstruct", "engine": info.engine, "fingerprint": info.fingerprint,
+    settings = {"job": "reconstruct", **model_settings(model),
                 "batch_size": batch_size, "files": len(found.paths), "file_list": digest(layout.paths),
                 "inputs": [str(r) for r in found.roots], "grid_max": grid_max, "shard": [index, count]}
     shares = Shares(out_dir, settings, layout, _row_check(found.names))

@@ -3,7 +3,8 @@
 A job cuts its file list into fixed slices of `batch_size` files (vaekit.stream.iter_batches);
 share `index` of `count` owns every batch b with b % count == index. A journal line
 (vaekit.stream.journals) claims one batch: `check_entry` accepts it only when its number is an integer
-in range, owned by this share and not seen before, and its rows and skipped files account for
+in range, owned by this share and the next of its batches (a job writes them in file order, so
+its output is in file order too), and its rows and skipped files account for
 exactly the files of that slice, in order, each row of the job's own shape (`RowCheck`).
 So a journal cannot bring in rows of files that are not inputs, drop or repeat an input, or
 carry rows of another shape; and `digest` pins the file list itself in the journal's header.
@@ -85,6 +86,8 @@ def check_entry(entry, layout: Layout | None, row_check: RowCheck | None, seen: 
         return f"batch number {b} is negative"
     if b in seen:
         return f"batch {b} appears twice"
+    if layout is not None and b != layout.mine()[len(seen)]:  # a job writes its batches in turn, each after the last
+        return f"batch {b} is out of order (batch {layout.mine()[len(seen)]} comes next)"
     if not isinstance(rows, list) or not isinstance(skipped, list):
         return f"batch {b}: rows and skipped must be lists"
     for s in skipped:

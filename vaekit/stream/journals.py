@@ -1,7 +1,7 @@
 """The journal of a streaming job, `OUT.partial`: the job's contract, written as it goes and checked when read.
 
-Line 1 is the header: every setting that changes the output (the model's fingerprint, the
-score, the batch size, the digest of the input file list, the heat-map folder, ...). Each
+Line 1 is the header: every setting that changes the output (the vaekit release, the model's
+fingerprint, the score, the batch size, the digest of the input file list, the heat-map folder, ...). Each
 further line is one finished batch, flushed as it is written. Reading a journal back (`--resume`)
 checks the header against the job's settings, and every line against the header
 (vaekit.stream.batches.check_entry): a journal started with other settings is refused naming each
@@ -28,12 +28,29 @@ from typing import BinaryIO, Callable, Iterator, Sequence
 from vaekit.stream.batches import Layout, RowCheck, changed, check_entry
 from vaekit.errors import BadInput, DamagedFile, InUse, VaekitError, cannot_write
 from vaekit.fileio import atomic_writer, dumps_json, loads_json, try_lock
+from vaekit.version import __version__
 
 PARTIAL_SUFFIX = ".partial"
 JOURNAL_VERSION = 2
 SYNC_EVERY = 2.0  # seconds between a journal's fsyncs
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+
+
+def journal_header(settings: dict) -> dict:
+    """A journal's first line: its format, the vaekit that wrote it (a release may change a
+    score's maths: a resume or a share under another vaekit is refused, never mixed), and the
+    job's settings."""
+    return {"vaekit_journal": JOURNAL_VERSION, "vaekit": __version__, **settings}
+
+
+def model_settings(model) -> dict:
+    """The header's fields that name the numbers a model computes: its engine, its weights'
+    fingerprint, and an int8 export's quantisation (it keeps its float model's fingerprint, but
+    its scores are another model's: a float export replaced by it must not resume the job)."""
+    info, quantization = model.info, model.config.get("quantization", "none")
+    return {"engine": info.engine, "fingerprint": info.fingerprint,
+            **({"quantization": quantization} if quantization != "none" else {})}
 
 
 def partial_path(out: Path) -> Path:
@@ -120,7 +137,7 @@ class Journal:
                  row_check: RowCheck | None = None):
         self.out = Path(out)
         self.path = partial_path(self.out)
-        self.settings = json.loads(dumps_json({"vaekit_journal": JOURNAL_VERSION, **settings}, indent=None))
+        self.settings = json.loads(dumps_json(journal_header(settings), indent=None))
         self.layout, self.row_check = layout, row_check
         self.done: set[int] = set()
         self.resumed = False  # True: continues an earlier run's journal

@@ -22,7 +22,7 @@ from typing import Iterator
 from vaekit.stream.batches import Layout, RowCheck, changed, check_entry
 from vaekit.errors import BadInput, DamagedFile, InUse
 from vaekit.fileio import held_elsewhere, try_lock
-from vaekit.stream.journals import JOURNAL_VERSION, open_regular, parse, partial_path, read_lines
+from vaekit.stream.journals import journal_header, open_regular, parse, partial_path, read_lines
 
 MERGING = ".merging"
 _LOCK_TEXT = b"vaekit shard merge lock\n"  # what makes OUT.merging vaekit's own
@@ -38,7 +38,7 @@ class Shares:
 
     def __init__(self, out: Path, settings: dict, layout: Layout, row_check: RowCheck | None = None):
         self.out, self.layout, self.row_check = Path(out), layout, row_check
-        self.settings = {"vaekit_journal": JOURNAL_VERSION, **settings}
+        self.settings = journal_header(settings)
         self.count = layout.count
 
     def journal(self, j: int) -> Path:

@@ -1,0 +1,134 @@
+"""Journals, shares and resume that cannot be fooled: cases a hostile tester found after the third
+hardening pass. A resumed or merged job gives the file an uninterrupted job gives, or refuses
+with one line and exit 2; it never mixes rows it cannot vouch for.
+
+Real components: an untrained 16 px model, noise PNGs in tmp_path, the CLI through Typer's runner.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import vaekit
+from export_support import random_job
+from vaekit import anomaly
+from vaekit_cli.main import app
+
+N_IMAGES = 24  # batch size 4: 6 batches
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    return random_job(tmp_path_factory.mktemp("fooled"), N_IMAGES)
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, ["--threads", "1", *map(str, args)], env={"COLUMNS": "300"})
+
+
+def score(run, data, out, *extra):
+    return invoke("anomaly-score", run, data, "-o", out, "--batch-size", "4", "--threshold", "0", *extra)
+
+
+def one_line_refusal(r) -> bool:
+    return r.exit_code == 2 and len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output
+
+
+def stopped_job(run, data, out: Path, after: int = 3) -> Path:
+    """OUT.partial of an anomaly-score job stopped (Ctrl-C) in its batch `after` + 1."""
+    model = vaekit.load(run)
+    real, calls = model.score, []
+
+    def dying(x, **kw):
+        calls.append(len(x))
+        if len(calls) == after + 1:
+            raise KeyboardInterrupt
+        return real(x, **kw)
+
+    model.score = dying
+    with pytest.raises(KeyboardInterrupt):
+        anomaly.score_to_file(model, data, out, threshold=0.0, batch_size=4)
+    return Path(f"{out}.partial")
+
+
+@pytest.mark.parametrize("edit", ["swap", "drop"])
+def test_a_journal_whose_batches_are_out_of_order_is_refused(setup, tmp_path, edit):
+    # two batches swapped, or a middle one deleted (the resume scored it again and appended it
+    # last): the CSV came out in journal order, not file order, with exit 0
+    run, data = setup
+    out = tmp_path / "scores.csv"
+    journal = stopped_job(run, data, out)
+    header, *batches = journal.read_text().splitlines(keepends=True)
+    assert len(batches) == 3
+    journal.write_text(header + "".join([batches[1], batches[0]] if edit == "swap" else [batches[0], batches[2]]))
+    r = score(run, data, out, "--resume")
+    assert one_line_refusal(r) and "out of order" in r.output, r.output
+    assert not out.exists()
+
+
+def test_an_untouched_journal_still_resumes_to_the_uninterrupted_file(setup, tmp_path):
+    run, data = setup
+    assert score(run, data, tmp_path / "whole.csv").exit_code == 0
+    out = tmp_path / "scores.csv"
+    stopped_job(run, data, out)
+    assert score(run, data, out, "--resume").exit_code == 0
+    assert out.read_bytes() == (tmp_path / "whole.csv").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def exports(setup, tmp_path_factory):
+    """The same run exported twice: as float, and as int8 (which keeps the float model's fingerprint)."""
+    from vaekit.export import export
+
+    run, data = setup
+    root = tmp_path_factory.mktemp("exports")
+    export(run, root / "float" / "m.onnx", images=data)
+    export(run, root / "int8" / "m.onnx", images=data, quantize="int8")
+    return root / "float", root / "int8"
+
+
+@pytest.mark.parametrize("command", ["anomaly-score", "encode", "reconstruct"])
+def test_a_float_export_replaced_by_its_int8_export_does_not_resume_the_job(setup, exports, tmp_path, command):
+    # the same path, engine and fingerprint: the resume took int8 scores after float ones, exit 0
+    _, data = setup
+    model = tmp_path / "model"
+    shutil.copytree(exports[0], model)
+    out = tmp_path / {"anomaly-score": "scores.csv", "encode": "codes.npz", "reconstruct": "recon"}[command]
+    extra = ["--threshold", "0"] if command == "anomaly-score" else []
+    r = invoke(command, model / "m.onnx", data, "-o", out, "--batch-size", "4", *extra, "--shard", "0/2")
+    assert r.exit_code == 0, r.output  # share 0 of 2: its journal stays, as a killed job's does
+    journal = next(tmp_path.glob("*.partial"))
+    before = journal.read_bytes()
+    shutil.copytree(exports[1], model, dirs_exist_ok=True)
+    r = invoke(command, model / "m.onnx", data, "-o", out, "--batch-size", "4", *extra, "--shard", "1/2")
+    assert one_line_refusal(r) and "quantization" in r.output, r.output
+    r = invoke(command, model / "m.onnx", data, "-o", out, "--batch-size", "4", *extra, "--shard", "0/2", "--resume")
+    assert one_line_refusal(r) and "quantization" in r.output, r.output
+    assert journal.read_bytes() == before
+    assert command == "reconstruct" or not out.exists()  # (reconstruct's output is the folder of share 0's PNGs)
+
+
+def test_a_job_started_by_another_vaekit_release_does_not_resume_or_merge(setup, tmp_path, monkeypatch):
+    # a release may change a score's maths under the same name: a resume after an upgrade, or
+    # shares on machines with different releases, mixed the two with exit 0
+    from vaekit.stream import journals
+
+    run, data = setup
+    out = tmp_path / "scores.csv"
+    monkeypatch.setattr(journals, "__version__", "0.1.9", raising=False)
+    assert score(run, data, out, "--shard", "0/2").exit_code == 0
+    monkeypatch.undo()
+    r = score(run, data, out, "--shard", "1/2")
+    assert one_line_refusal(r) and "'0.1.9' then" in r.output, r.output
+    journal = stopped_job(run, data, tmp_path / "other.csv")
+    monkeypatch.setattr(journals, "__version__", "0.1.9", raising=False)
+    r = score(run, data, tmp_path / "other.csv", "--resume")
+    assert one_line_refusal(r) and "'0.1.9' now" in r.output, r.output
+    assert journal.exists() and not out.exists() and not (tmp_path / "other.csv").exists()
