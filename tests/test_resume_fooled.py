@@ -41,7 +41,7 @@ def one_line_refusal(r) -> bool:
     return r.exit_code == 2 and len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output
 
 
-def stopped_job(run, data, out: Path, after: int = 3) -> Path:
+def stopped_job(run, data, out: Path, after: int = 3, **kw) -> Path:
     """OUT.partial of an anomaly-score job stopped (Ctrl-C) in its batch `after` + 1."""
     model = vaekit.load(run)
     real, calls = model.score, []
@@ -54,7 +54,7 @@ def stopped_job(run, data, out: Path, after: int = 3) -> Path:
 
     model.score = dying
     with pytest.raises(KeyboardInterrupt):
-        anomaly.score_to_file(model, data, out, threshold=0.0, batch_size=4)
+        anomaly.score_to_file(model, data, out, threshold=0.0, batch_size=4, **kw)
     return Path(f"{out}.partial")
 
 
@@ -132,3 +132,18 @@ def test_a_job_started_by_another_vaekit_release_does_not_resume_or_merge(setup,
     r = score(run, data, tmp_path / "other.csv", "--resume")
     assert one_line_refusal(r) and "'0.1.9' now" in r.output, r.output
     assert journal.exists() and not out.exists() and not (tmp_path / "other.csv").exists()
+
+
+def test_an_output_beside_an_unfinished_journal_names_both_options(setup, tmp_path):
+    # the output of an earlier job, and the journal of a later one stopped before the end: --resume
+    # said to pass --overwrite, --overwrite said to pass --resume, and neither said both
+    run, data = setup
+    out = tmp_path / "scores.csv"
+    assert score(run, data, out).exit_code == 0
+    before = out.read_bytes()
+    stopped_job(run, data, out, overwrite=True)
+    r = score(run, data, out, "--overwrite")
+    assert one_line_refusal(r) and "--resume" in r.output and "--overwrite" in r.output, r.output
+    assert out.read_bytes() == before
+    assert score(run, data, out, "--resume", "--overwrite").exit_code == 0
+    assert out.read_bytes() == before and not Path(f"{out}.partial").exists()

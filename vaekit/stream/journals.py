@@ -152,8 +152,8 @@ class Journal:
                 raise DamagedFile(f"{self.path} exists and is not a vaekit journal; vaekit leaves it as it is: move "
                                   "it away, or write the output elsewhere")
             if size and not resume:
-                raise BadInput(f"{self.path} holds the rows of an unfinished job: pass --resume to continue it, "
-                               "or delete it to start again")
+                raise BadInput(f"{self.path} holds the rows of an unfinished job: pass --resume to continue it "
+                               "(and --overwrite when the output it was writing exists too), or delete it to start again")
             self.resumed = size > 0 and self._read()
             if not self.resumed:
                 self._start()
