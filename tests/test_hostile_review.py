@@ -1,0 +1,57 @@
+"""A hostile review of pixel AUROC in buckets (vaekit/anomaly/pixel_roc.py) and `evaluate --masks`:
+a broken model's maps, signed zeros, against scikit-learn's exact AUROC."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+from typer.testing import CliRunner
+
+from vaekit.anomaly.pixel_roc import PixelRoc
+from vaekit.config import ModelConfig, TrainConfig
+from vaekit.sample_data import write_shapes
+from vaekit.train import train
+from vaekit.training import rundir
+from vaekit_cli.main import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    """A tiny run on 16 px washers with masks."""
+    root = tmp_path_factory.mktemp("review-parts")
+    write_shapes(root, n_train=20, n_test_normal=4, n_test_anomalous=4, size=16, seed=1)
+    train(root / "train", root / "run", ModelConfig(image_size=16, latent_dim=4, base_channels=4),
+          TrainConfig(epochs=2, batch_size=8, device="cpu"))
+    return root
+
+
+def _broken_copy(run, out):
+    """The run with one decoder bias NaN (its weights' checksum and fingerprint kept consistent)."""
+    import shutil
+
+    shutil.copytree(run, out)
+    tensors, meta = rundir.load_tensors(out / "model.safetensors", "weights")
+    name = next(k for k in tensors if k.startswith("decoder") and k.endswith("bias"))
+    tensors[name] = tensors[name] * float("nan")
+    rundir.save_tensors(out / "model.safetensors", tensors, meta)
+    config = json.loads((out / "config.json").read_text())
+    config["fingerprint"] = rundir.fingerprint(tensors)
+    (out / "config.json").write_text(json.dumps(config))
+    return out
+
+
+def test_a_broken_models_nan_maps_are_one_line_and_exit_2_with_masks_as_without(parts, tmp_path):
+    broken = _broken_copy(parts / "run", tmp_path / "broken")
+    base = ["evaluate", str(broken), "--normal", str(parts / "test" / "normal"),
+            "--anomalous", str(parts / "test" / "anomalous")]
+    without = runner.invoke(app, base)
+    with_masks = runner.invoke(app, base + ["--masks", str(parts / "test" / "masks")])
+    assert without.exit_code == 2 and "finite" in without.output
+    assert with_masks.exit_code == 2, with_masks.output
+    assert "Traceback" not in with_masks.output and len(with_masks.output.strip().splitlines()) == 1
+    assert "NaN" in with_masks.output
