@@ -55,3 +55,13 @@ def test_a_broken_models_nan_maps_are_one_line_and_exit_2_with_masks_as_without(
     assert with_masks.exit_code == 2, with_masks.output
     assert "Traceback" not in with_masks.output and len(with_masks.output.strip().splitlines()) == 1
     assert "NaN" in with_masks.output
+
+
+def test_minus_zero_ties_with_zero_as_in_the_exact_auroc():
+    mask = np.zeros((4, 4), bool)
+    mask[1:3, 1:3] = True
+    for anomalous, normal in ((-0.0, 0.0), (0.0, -0.0)):
+        values = np.where(mask, np.float32(anomalous), np.float32(normal)).astype(np.float32)
+        roc = PixelRoc()
+        roc.add(values, mask)
+        assert roc.auroc() == roc_auc_score(mask.ravel(), values.ravel()) == 0.5

@@ -34,7 +34,8 @@ class PixelRoc:
 
     def add(self, values: np.ndarray, mask: np.ndarray | None = None) -> None:
         """Count one map's pixels; `mask` (the map's shape, True where anomalous), None: all normal."""
-        values = np.asarray(values, dtype=np.float32).ravel()
+        # + 0: -0.0 becomes 0.0, which it equals (a tie in the exact AUROC), not a bucket below it
+        values = np.asarray(values, dtype=np.float32).ravel() + np.float32(0)
         if np.isnan(values).any():
             # a broken model, as a non-finite image score is (image_metrics): the user's to fix, exit 2
             raise BadInput("a pixel map holds NaN (a broken model?): scores must be finite")
