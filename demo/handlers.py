@@ -113,7 +113,11 @@ def decompress(model: Model, code_file: str | Path) -> tuple[list[str], np.ndarr
     import time
 
     name = f"code file {Path(code_file).name}"  # the upload's own name, not the server's temp path
-    cf = codes.from_bytes(Path(code_file).read_bytes(), source=name)
+    data = Path(code_file).read_bytes()
+    if data[:3] == b"VKC":  # the .vkc that Encode .vkc and `vaekit encode --quality` write: not a code file
+        raise BadInput(f"{name} is an entropy-coded .vkc archive; this box decodes code files written by Compress "
+                       "(decode a .vkc with `vaekit decode MODEL FILE.vkc --out DIR`)")
+    cf = codes.from_bytes(data, source=name)
     codes.check_model(cf, model, name)
     if len(cf.names) > DECODE_MAX_ROWS:
         raise BadInput(f"{name} holds {len(cf.names)} images; the web app decodes at most {DECODE_MAX_ROWS} "

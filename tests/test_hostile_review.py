@@ -65,3 +65,16 @@ def test_minus_zero_ties_with_zero_as_in_the_exact_auroc():
         roc = PixelRoc()
         roc.add(values, mask)
         assert roc.auroc() == roc_auc_score(mask.ravel(), values.ravel()) == 0.5
+
+
+def test_the_web_apps_decode_box_says_a_vkc_is_a_vkc_not_a_corrupt_code_file(parts, tmp_path):
+    import vaekit
+    from vaekit import codec
+    from vaekit.errors import BadInput
+    from vaekit_demo import handlers
+
+    model = vaekit.load(parts / "run")
+    enc = codec.encode(model, [parts / "test" / "normal"], tmp_path / "normal.vkc", quality=3)
+    with pytest.raises(BadInput, match=r"\.vkc archive.*vaekit decode") as e:
+        handlers.decompress(model, enc.path)
+    assert "corrupt" not in str(e.value) and "\n" not in str(e.value)
