@@ -78,3 +78,24 @@ def test_the_web_apps_decode_box_says_a_vkc_is_a_vkc_not_a_corrupt_code_file(par
     with pytest.raises(BadInput, match=r"\.vkc archive.*vaekit decode") as e:
         handlers.decompress(model, enc.path)
     assert "corrupt" not in str(e.value) and "\n" not in str(e.value)
+
+
+def test_evaluate_refuses_a_mask_of_another_aspect_ratio_for_an_object_model_too(parts, tmp_path):
+    """An object model centre-crops image and mask alike, which hid a 2:1 mask of a square image
+    (misaligned pixels, a wrong pixel AUROC, exit 0); the mask files' own shapes are compared."""
+    from PIL import Image
+
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for p in sorted((parts / "test" / "masks").glob("*.png")):
+        Image.open(p).resize((32, 16), Image.Resampling.NEAREST).save(masks / p.name)
+    out = runner.invoke(app, ["evaluate", str(parts / "run"), "--normal", str(parts / "test" / "normal"),
+                              "--anomalous", str(parts / "test" / "anomalous"), "--masks", str(masks)])
+    assert out.exit_code == 2, out.output
+    assert "aspect ratio" in out.output and len(out.output.strip().splitlines()) == 1
+    for p in sorted((parts / "test" / "masks").glob("*.png")):  # a mask at twice its image's size is fine
+        Image.open(p).resize((32, 32), Image.Resampling.NEAREST).save(masks / p.name)
+    out = runner.invoke(app, ["evaluate", str(parts / "run"), "--normal", str(parts / "test" / "normal"),
+                              "--anomalous", str(parts / "test" / "anomalous"), "--masks", str(masks), "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["n_masks"] == 4
