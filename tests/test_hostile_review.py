@@ -99,3 +99,18 @@ def test_evaluate_refuses_a_mask_of_another_aspect_ratio_for_an_object_model_too
                               "--anomalous", str(parts / "test" / "anomalous"), "--masks", str(masks), "--json"])
     assert out.exit_code == 0, out.output
     assert json.loads(out.output)["n_masks"] == 4
+
+
+def test_help_into_a_pipe_closed_early_ends_quietly_not_with_a_traceback(tmp_path):
+    """`vaekit train --help | head -60`: the reader leaves before the help is all written."""
+    import shlex
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = shutil.which("vaekit", path=str(Path(sys.executable).parent)) or "vaekit"
+    err = tmp_path / "stderr.txt"
+    script = f"{shlex.quote(exe)} train --help 2>{shlex.quote(str(err))} | head -60 >/dev/null; exit ${{PIPESTATUS[0]}}"
+    code = subprocess.run(["bash", "-c", script]).returncode
+    assert code == 1 and err.read_text() == "", (code, err.read_text())
