@@ -114,3 +114,21 @@ def test_help_into_a_pipe_closed_early_ends_quietly_not_with_a_traceback(tmp_pat
     script = f"{shlex.quote(exe)} train --help 2>{shlex.quote(str(err))} | head -60 >/dev/null; exit ${{PIPESTATUS[0]}}"
     code = subprocess.run(["bash", "-c", script]).returncode
     assert code == 1 and err.read_text() == "", (code, err.read_text())
+
+
+def test_the_web_apps_generate_handlers_refuse_nan_counts_as_bad_input(parts):
+    """A request can send NaN past a slider's bounds; int(NaN) was reported as a vaekit bug."""
+    import vaekit
+    from vaekit.errors import BadInput
+    from vaekit_demo import handlers
+
+    model = vaekit.load(parts / "run")
+    image = sorted((parts / "test" / "normal").glob("*.png"))[0]
+    with pytest.raises(BadInput, match="steps must be a whole number"):
+        handlers.interpolation_strip(model, image, image, float("nan"))
+    with pytest.raises(BadInput, match="samples must be a whole number"):
+        handlers.sample_grid(model, float("nan"), 1.0, 0)
+    with pytest.raises(BadInput, match="seed must be a whole number"):
+        handlers.sample_grid(model, 4, 1.0, float("inf"))
+    assert handlers.interpolation_strip(model, image, image, 3.0).shape[0] == model.info.channels  # a slider's 3.0
+    assert handlers.sample_grid(model, 4.0, 1.0, 0.0).shape[0] == model.info.channels
