@@ -84,6 +84,9 @@ class GuardedGroup(TyperGroup):
             return super().invoke(ctx)
         except (typer.Exit, typer.Abort, typer.TyperException):  # Typer's own usage errors (exit 2)
             raise
+        except BrokenPipeError:  # `vaekit ... --help | head`: the reader left; end quietly as rich does for output
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
+            raise typer.Exit(1) from None
         except KeyboardInterrupt as exc:
             what, code = ("terminated", EXIT_TERMINATED) if isinstance(exc, Terminated) else ("interrupted", 130)
             err_console.print(f"[red]{what}[/red]{self._resume_hint(ctx)}", highlight=False, soft_wrap=True)

@@ -113,7 +113,11 @@ def decompress(model: Model, code_file: str | Path) -> tuple[list[str], np.ndarr
     import time
 
     name = f"code file {Path(code_file).name}"  # the upload's own name, not the server's temp path
-    cf = codes.from_bytes(Path(code_file).read_bytes(), source=name)
+    data = Path(code_file).read_bytes()
+    if data[:3] == b"VKC":  # the .vkc that Encode .vkc and `vaekit encode --quality` write: not a code file
+        raise BadInput(f"{name} is an entropy-coded .vkc archive; this box decodes code files written by Compress "
+                       "(decode a .vkc with `vaekit decode MODEL FILE.vkc --out DIR`)")
+    cf = codes.from_bytes(data, source=name)
     codes.check_model(cf, model, name)
     if len(cf.names) > DECODE_MAX_ROWS:
         raise BadInput(f"{name} holds {len(cf.names)} images; the web app decodes at most {DECODE_MAX_ROWS} "
@@ -233,9 +237,17 @@ def anomaly(model: Model, paths: Sequence[str | Path], threshold: float, out_dir
 
 # --- Generate ----------------------------------------------------------------------------------
 
+def _whole(value, what: str) -> int:
+    """A widget's whole number (a slider sends 6.0) as an int; BadInput for NaN, infinity or a fraction,
+    which a request can send past the slider's bounds (NaN compares false with both)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value != int(value):
+        raise BadInput(f"{what} must be a whole number, got {value!r:.40}")
+    return int(value)
+
+
 def sample_grid(model: Model, n: int, temperature: float, seed: int) -> np.ndarray:
     """n draws from the prior as one grid image, (C, H, W) uint8."""
-    x = need(model).sample(int(n), float(temperature), int(seed))
+    x = need(model).sample(_whole(n, "the number of samples"), float(temperature), _whole(seed, "the seed"))
     return imageio.to_uint8(imageio.make_grid(x, ncol=math.ceil(math.sqrt(len(x)))))
 
 
@@ -244,7 +256,7 @@ def interpolation_strip(model: Model, a: str | Path, b: str | Path, steps: int) 
     model = need(model)
     if not a or not b:
         raise BadInput("interpolation needs two images: upload one on each side")
-    x = codes.interpolate(model, a, b, int(steps))
+    x = codes.interpolate(model, a, b, _whole(steps, "the number of steps"))
     return imageio.to_uint8(imageio.make_grid(x, ncol=len(x)))
 
 

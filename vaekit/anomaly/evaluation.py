@@ -139,8 +139,8 @@ def _scores_and_maps(model, inputs, found, samples, score, iwae, threshold, prog
         values += [r.score for r in b.rows]
         skipped += b.skipped
         if on_map is not None:
-            for n, m in zip(b.names, b.maps):
-                on_map(n, m)
+            for n, r, m in zip(b.names, b.rows, b.maps):
+                on_map(n, m, r.path)
     if not names:
         raise imageio.none_usable(f"in {inputs}", skipped)
     return plan, values, skipped
@@ -191,17 +191,17 @@ def _masks_for(model, masks: Path):
     if not index[0]:  # no mask file at all: said before any scoring
         raise BadInput(f"no mask in {masks} matches an anomalous image (the folder holds no image file)")
     size = model.info.read_size if tiled(model) else model.info.image_size
-    return lambda name: _find_mask(index, name, size, crop=not tiled(model))
+    return lambda name, image: _find_mask(index, name, size, crop=not tiled(model), image=image)
 
 
 def _counter(roc: PixelRoc, mask_of=None):
     """on_map for _scores_and_maps: every pixel of a normal image (mask_of None) counts as normal;
     an anomalous image counts with its mask, and without one it is left out."""
-    def count(name: str, m: np.ndarray) -> None:
+    def count(name: str, m: np.ndarray, image: str) -> None:
         if mask_of is None:
             roc.add(m)
             return
-        mask = mask_of(name)
+        mask = mask_of(name, image)
         if mask is not None:
             roc.add(m, _fit_mask(mask, m.shape, name))
     return count
@@ -228,7 +228,7 @@ def _mask_index(root: Path) -> tuple[dict[str, Path], dict[str, list[Path]]]:
     return index, by_stem
 
 
-def _find_mask(index, name: str, size: int, crop: bool = True) -> np.ndarray | None:
+def _find_mask(index, name: str, size: int, crop: bool = True, image: str | None = None) -> np.ndarray | None:
     """The mask (size, size) bool of the anomalous image `name`, at the model's geometry, or None
     (crop=False: the whole mask, its shorter side `size`, as a tiled model's maps)."""
     by_path, by_stem = index
@@ -240,9 +240,23 @@ def _find_mask(index, name: str, size: int, crop: bool = True) -> np.ndarray | N
         return None
     try:
         # the same shorter-side resize and centre crop as the images, so pixels line up
-        return imageio.load_image(path, size, 1, crop)[0] > 127
+        mask = imageio.load_image(path, size, 1, crop)[0] > 127
     except imageio.ImageReadError as e:
         raise BadInput(f"mask {e.path} cannot be read: {e.reason}") from None
+    if crop and image is not None:  # the centre crop would hide another aspect ratio, and its pixels miss the image's
+        (mw, mh), (w, h) = _shown_size(path), _shown_size(image)
+        if abs((mw / mh) / (w / h) - 1) > MASK_ASPECT_SLACK:
+            raise BadInput(f"the mask of {name} is {mw}x{mh}, its image {w}x{h}: a mask must have its image's aspect ratio")
+    return mask
+
+
+def _shown_size(path) -> tuple[int, int]:
+    """(width, height) of an image file as vaekit reads it (EXIF rotation applied), from its header."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        w, h = img.size
+        return (h, w) if imageio.exif_orientation(img) in (5, 6, 7, 8) else (w, h)
 
 
 MASK_ASPECT_SLACK = 0.03  # a mask's aspect ratio may differ from its image's by this much (rounding, JPEG draft)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from vaekit.errors import BadInput
+
 BITS = 20  # buckets = 2**BITS
 
 
@@ -32,9 +34,11 @@ class PixelRoc:
 
     def add(self, values: np.ndarray, mask: np.ndarray | None = None) -> None:
         """Count one map's pixels; `mask` (the map's shape, True where anomalous), None: all normal."""
-        values = np.asarray(values, dtype=np.float32).ravel()
+        # + 0: -0.0 becomes 0.0, which it equals (a tie in the exact AUROC), not a bucket below it
+        values = np.asarray(values, dtype=np.float32).ravel() + np.float32(0)
         if np.isnan(values).any():
-            raise ValueError("a map holds NaN")
+            # a broken model, as a non-finite image score is (image_metrics): the user's to fix, exit 2
+            raise BadInput("a pixel map holds NaN (a broken model?): scores must be finite")
         key = sortable(values) >> np.uint32(32 - BITS)
         if mask is None:
             self.normal += np.bincount(key, minlength=1 << BITS)
