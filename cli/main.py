@@ -17,12 +17,12 @@ import typer
 from typer.core import TyperGroup
 
 from vaekit_cli import output
-from vaekit_cli.output import EXIT_TERMINATED, Terminated, err_console, shown
+from vaekit_cli.output import EXIT_BROKEN_PIPE, EXIT_TERMINATED, Terminated, err_console, shown
 
 EXIT_OK, EXIT_ANOMALOUS, EXIT_BAD_INPUT, EXIT_FAILURE = 0, 1, 2, 3
 EPILOG = (
     "Exit codes: 0 ok; 1 anomalies found (anomaly-score --fail-on-anomaly); "
-    "2 bad usage or input; 3 training or internal failure; 130 interrupted (Ctrl-C); 143 terminated (SIGTERM)."
+    "2 bad usage or input; 3 training or internal failure; 130 interrupted (Ctrl-C); 141 output pipe closed; 143 terminated (SIGTERM)."
 )
 
 
@@ -84,9 +84,9 @@ class GuardedGroup(TyperGroup):
             return super().invoke(ctx)
         except (typer.Exit, typer.Abort, typer.TyperException):  # Typer's own usage errors (exit 2)
             raise
-        except BrokenPipeError:  # `vaekit ... --help | head`: the reader left; end quietly as rich does for output
+        except BrokenPipeError:  # `vaekit ... --help | head`: the reader left; end quietly, 128 + SIGPIPE
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
-            raise typer.Exit(1) from None
+            raise typer.Exit(EXIT_BROKEN_PIPE) from None
         except KeyboardInterrupt as exc:
             what, code = ("terminated", EXIT_TERMINATED) if isinstance(exc, Terminated) else ("interrupted", 130)
             err_console.print(f"[red]{what}[/red]{self._resume_hint(ctx)}", highlight=False, soft_wrap=True)

@@ -14,10 +14,22 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+EXIT_TERMINATED = 143  # 128 + SIGTERM, what a shell reports for a process SIGTERM ended
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the output's reader left (`vaekit ... | head`)
+
+
+def _on_broken_pipe(self) -> None:
+    """The reader of the output left: end quietly with 141, as a shell reports a process that
+    SIGPIPE ended (rich's own exit 1 is vaekit's "anomalies found"). Set on rich's Console class,
+    rich's documented hook, so that Typer's help console (not ours) ends the same way."""
+    self.quiet = True
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    raise SystemExit(EXIT_BROKEN_PIPE)
+
+
+Console.on_broken_pipe = _on_broken_pipe
 console = Console()
 err_console = Console(stderr=True)
-
-EXIT_TERMINATED = 143  # 128 + SIGTERM, what a shell reports for a process SIGTERM ended
 
 
 class Terminated(KeyboardInterrupt):
