@@ -108,8 +108,8 @@ def fit(data: Dataset, out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCo
         history.append(row)
         saving = checkpoint_due(epoch, train_cfg, trainer.steps(len(splits.train))) or (resume and epoch == start_epoch)
         improved = saving if keep_last else row["val_loss"] < best["val"]
-        if improved:
-            best = {"epoch": epoch, "val": row["val_loss"]}
+        if improved:  # the weights named, so a model.safetensors replaced since is caught (_check_best_weights)
+            best = {"epoch": epoch, "val": row["val_loss"], "weights": rundir.fingerprint(trainer.model.state_dict())}
         if dist.main:
             _save_epoch(trainer, out_dir, epoch, best, history, improved, resume and epoch == start_epoch, saving)
             pending = None if saving else (epoch, *pack_state(trainer.model, trainer.optimizer, trainer.scaler, epoch,
@@ -120,6 +120,7 @@ def fit(data: Dataset, out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCo
     result = TrainResult(out_dir, str(device), len(history), best["epoch"] + 1, best["val"], history, rank=dist.rank,
                          stopped=stopped, epoch_seconds=time.perf_counter() - t_start)
     if dist.main and not stopped:
+        _check_best_weights(out_dir, best)
         result.threshold = _finish(out_dir, data, splits, model_cfg, train_cfg, device, progress, should_stop)
         result.stopped = result.threshold is None  # asked to stop while cross-fitting: --resume does it again
         result.seconds = time.perf_counter() - t_start
@@ -148,6 +149,20 @@ def _splits_trained_on(out_dir: Path, splits, n: int, plan: Callable[..., object
             if len(before.train) == trained:
                 return before
     return splits
+
+
+def _check_best_weights(out_dir: Path, best: dict) -> None:
+    """model.safetensors must hold the best epoch's weights, which the checkpoint names by their
+    fingerprint: another run's weights of the same shapes, copied in, would otherwise be calibrated,
+    given a threshold and kept as this run's model. Checkpoints from before the fingerprint name none."""
+    want = best.get("weights")
+    if want is None:
+        return
+    tensors, _ = rundir.load_tensors(out_dir / rundir.WEIGHTS, "model weights")
+    if rundir.fingerprint(tensors) != want:
+        raise rundir.RunError(f"{out_dir / rundir.WEIGHTS} does not hold the weights of the run's best epoch "
+                              f"({best['epoch'] + 1}): it was replaced, perhaps by another run's; start the run "
+                              "again with --overwrite")
 
 
 def _check_finite(sums: list[float], epoch: int, out_dir: Path) -> None:
