@@ -120,8 +120,7 @@ def fit(data: Dataset, out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCo
     result = TrainResult(out_dir, str(device), len(history), best["epoch"] + 1, best["val"], history, rank=dist.rank,
                          stopped=stopped, epoch_seconds=time.perf_counter() - t_start)
     if dist.main and not stopped:
-        _check_best_weights(out_dir, best)
-        result.threshold = _finish(out_dir, data, splits, model_cfg, train_cfg, device, progress, should_stop)
+        result.threshold = _finish(out_dir, data, splits, model_cfg, train_cfg, device, progress, should_stop, best)
         result.stopped = result.threshold is None  # asked to stop while cross-fitting: --resume does it again
         result.seconds = time.perf_counter() - t_start
     barrier(dist)  # the run directory is complete when any rank returns
@@ -172,10 +171,10 @@ def _check_finite(sums: list[float], epoch: int, out_dir: Path) -> None:
         raise TrainingError(f"loss became {sums[2]} in epoch {epoch + 1}; try a lower --lr. {kept}")
 
 
-def _finish(out_dir, data, splits, model_cfg, train_cfg, device, progress, should_stop) -> float | None:
-    """vaekit.training.finish with the fold models' scores when cross-fitted: the threshold, or
-    None when asked to stop while the fold models trained."""
-
+def _finish(out_dir, data, splits, model_cfg, train_cfg, device, progress, should_stop, best: dict) -> float | None:
+    """vaekit.training.finish, of the `best` epoch's weights, with the fold models' scores when
+    cross-fitted: the threshold, or None when asked to stop while the fold models trained."""
+    _check_best_weights(out_dir, best)
     from vaekit.training.crossfit import crossfit_scores
 
     crossfit = partial(crossfit_scores, data, splits, model_cfg, train_cfg, device, progress=progress,
