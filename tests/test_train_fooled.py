@@ -9,6 +9,7 @@ Real components: a 16 px model trained on generated grey discs in tmp_path.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -71,3 +72,10 @@ def test_an_untouched_stopped_run_still_resumes_to_the_uninterrupted_model(discs
     assert resumed.threshold == whole.threshold
     a, b = (load_file(tmp_path / name / "model.safetensors") for name in ("run", "whole"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_resume_from_a_moved_copy_of_the_images_says_where_the_run_was_started(discs, tmp_path):
+    stopped_after_its_epochs(discs, tmp_path / "run")
+    copy = shutil.copytree(discs, tmp_path / "copy")  # the same names, sizes and modification times
+    with pytest.raises(DamagedFile, match=re.escape(f"was started on the images in {discs}, not {copy}")):
+        train(copy, tmp_path / "run", MODEL, tcfg(), resume=True)

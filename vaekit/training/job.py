@@ -91,6 +91,18 @@ def train(
                       progress, resume_epochs, resume_changes, should_stop)
 
 
+def _other_images(data: Dataset, out_dir: Path, root) -> str:
+    """Why a resume's images are not the run's: the fingerprint names each file by its real path,
+    so a folder moved or copied elsewhere counts as other images, however alike its files."""
+    here = os.path.realpath(data.root)
+    if isinstance(root, str) and os.path.realpath(root) != here:
+        return (f"{out_dir} was started on the images in {root}, not {here}; resume needs the very files it "
+                "trained on, in that folder (a moved or copied folder counts as other images)")
+    return (f"the images in {data.root} are not those {out_dir} was started on (their names, sizes or modification "
+            "times differ: a file added, removed, replaced or touched, or the folder copied without its times); "
+            "resume needs the same data")
+
+
 def _linked_folders(data_dir) -> list[Path]:
     """The real folders the training folder reaches through folder links: inputs too, where no
     run may go (its preview.png would become training data)."""
@@ -145,11 +157,7 @@ def _train(data_dir, out_dir, model_cfg, train_cfg, channels, resume, overwrite,
     if not resume and dist.main:  # once the images are known to be usable: a refused run writes nothing
         rundir.prepare_out(out_dir, overwrite)
     if resume and data.fingerprint != stored.get("data", {}).get("fingerprint"):
-        raise rundir.RunError(
-            f"the images in {data_dir} are not those {out_dir} was started on (their names, sizes or modification "
-            "times differ: a file added, removed, replaced or touched, or the folder copied without its times); "
-            "resume needs the same data"
-        )
+        raise rundir.RunError(_other_images(data, out_dir, stored.get("data", {}).get("root")))
     model_cfg = replace(model_cfg, channels=int(data.images.shape[1]))
     if not model_cfg.resolved:  # the rest of "auto", from the decoded training pixels (the same on every rank)
         model_cfg = choose_model(model_cfg, image_statistics(data.images, np.arange(len(data.paths))))
