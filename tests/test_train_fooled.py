@@ -79,3 +79,18 @@ def test_a_resume_from_a_moved_copy_of_the_images_says_where_the_run_was_started
     copy = shutil.copytree(discs, tmp_path / "copy")  # the same names, sizes and modification times
     with pytest.raises(DamagedFile, match=re.escape(f"was started on the images in {discs}, not {copy}")):
         train(copy, tmp_path / "run", MODEL, tcfg(), resume=True)
+
+
+@pytest.mark.parametrize("edit, said", [
+    (lambda c: c["train"].update(lr=1e308), "learning rate must be > 0 and at most"),
+    (lambda c: c["train"].update(seed=-1), "seed must be an integer >= 0"),
+    (lambda c: c.pop("train"), "has no 'train' section"),
+])
+def test_a_hand_edited_train_section_is_a_damaged_run_not_a_bug(discs, tmp_path, edit, said):
+    stopped_after_its_epochs(discs, tmp_path / "run")
+    config = tmp_path / "run" / "config.json"
+    cfg = json.loads(config.read_text())
+    edit(cfg)
+    config.write_text(json.dumps(cfg))
+    with pytest.raises(DamagedFile, match=said):
+        train(discs, tmp_path / "run", MODEL, tcfg(), resume=True)

@@ -31,6 +31,8 @@ from vaekit.training.loop import TrainResult, fit
 
 def _resumed_configs(stored: dict, out_dir: Path, changes: dict) -> tuple[ModelConfig, TrainConfig]:
     """The stored configs, with the RESUMABLE `changes` applied; any other change is refused."""
+    if not isinstance(stored.get("train"), dict):  # every run records it: without it, a resume would guess
+        raise rundir.RunError(f"run config {out_dir / rundir.CONFIG} is damaged: it has no 'train' section")
     try:
         model_cfg = from_stored_model(stored["model"])
         # runs of vaekit 0.1 trained at a constant learning rate, without a calibration split; runs
@@ -39,7 +41,7 @@ def _resumed_configs(stored: dict, out_dir: Path, changes: dict) -> tuple[ModelC
         # splits and steps their checkpoints trained on
         old = from_dict(TrainConfig, {"schedule": "constant", "calibration_fraction": 0.0, "folds": 0, "reader": False,
                                       "augment": "off", "spike_clip": 0.0,
-                                      **stored.get("train", {})})
+                                      **stored["train"]})
     except (TypeError, ValueError) as e:
         raise rundir.RunError(f"run config {out_dir / rundir.CONFIG} is damaged: {e}") from None
     # --image-size as the user gave it: above the network's size, a surface's read size
