@@ -18,6 +18,7 @@ LAYOUTS = ("vector", "grid")
 DEVICES = ("auto", "cpu", "cuda")
 SCHEDULES = ("cosine", "constant")
 AUGMENT = ("auto", "on", "off")
+FLOAT32_MAX = 3.4028234663852886e38
 RESUMABLE = ("epochs", "lr", "beta")  # TrainConfig fields a --resume may change (recorded); any other must match
 # Upper bounds, checked before anything is allocated: a hand-edited config.json (or a typo'd
 # option) must be an error, not a model of many gigabytes. Far above any use vaekit is for.
@@ -179,8 +180,10 @@ class TrainConfig:
             raise BadInput(f"batch size must be a positive integer (or 0 for auto), got {self.batch_size!r}")
         if self.schedule not in SCHEDULES:
             raise BadInput(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if not self.lr > 0:
-            raise BadInput(f"learning rate must be > 0, got {self.lr!r}")
+        if not 0 < self.lr <= FLOAT32_MAX:  # the optimiser steps in float32: a larger one overflows it
+            raise BadInput(f"learning rate must be > 0 and at most {FLOAT32_MAX:.4g}, got {self.lr!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise BadInput(f"seed must be an integer >= 0, got {self.seed!r}")
         if not self.beta >= 0:  # also refuses NaN
             raise BadInput(f"beta must be >= 0, got {self.beta!r}")
         if self.kl_warmup < 0:

@@ -31,6 +31,8 @@ from vaekit.training.loop import TrainResult, fit
 
 def _resumed_configs(stored: dict, out_dir: Path, changes: dict) -> tuple[ModelConfig, TrainConfig]:
     """The stored configs, with the RESUMABLE `changes` applied; any other change is refused."""
+    if not isinstance(stored.get("train"), dict):  # every run records it: without it, a resume would guess
+        raise rundir.RunError(f"run config {out_dir / rundir.CONFIG} is damaged: it has no 'train' section")
     try:
         model_cfg = from_stored_model(stored["model"])
         # runs of vaekit 0.1 trained at a constant learning rate, without a calibration split; runs
@@ -39,7 +41,7 @@ def _resumed_configs(stored: dict, out_dir: Path, changes: dict) -> tuple[ModelC
         # splits and steps their checkpoints trained on
         old = from_dict(TrainConfig, {"schedule": "constant", "calibration_fraction": 0.0, "folds": 0, "reader": False,
                                       "augment": "off", "spike_clip": 0.0,
-                                      **stored.get("train", {})})
+                                      **stored["train"]})
     except (TypeError, ValueError) as e:
         raise rundir.RunError(f"run config {out_dir / rundir.CONFIG} is damaged: {e}") from None
     # --image-size as the user gave it: above the network's size, a surface's read size
@@ -89,6 +91,18 @@ def train(
     with rundir.locked(out_dir) if rank0 else contextlib.nullcontext():
         return _train(data_dir, out_dir, model_cfg, train_cfg, channels, resume, overwrite, cache_dir, workers,
                       progress, resume_epochs, resume_changes, should_stop)
+
+
+def _other_images(data: Dataset, out_dir: Path, root) -> str:
+    """Why a resume's images are not the run's: the fingerprint names each file by its real path,
+    so a folder moved or copied elsewhere counts as other images, however alike its files."""
+    here = os.path.realpath(data.root)
+    if isinstance(root, str) and os.path.realpath(root) != here:
+        return (f"{out_dir} was started on the images in {root}, not {here}; resume needs the very files it "
+                "trained on, in that folder (a moved or copied folder counts as other images)")
+    return (f"the images in {data.root} are not those {out_dir} was started on (their names, sizes or modification "
+            "times differ: a file added, removed, replaced or touched, or the folder copied without its times); "
+            "resume needs the same data")
 
 
 def _linked_folders(data_dir) -> list[Path]:
@@ -145,11 +159,7 @@ def _train(data_dir, out_dir, model_cfg, train_cfg, channels, resume, overwrite,
     if not resume and dist.main:  # once the images are known to be usable: a refused run writes nothing
         rundir.prepare_out(out_dir, overwrite)
     if resume and data.fingerprint != stored.get("data", {}).get("fingerprint"):
-        raise rundir.RunError(
-            f"the images in {data_dir} are not those {out_dir} was started on (their names, sizes or modification "
-            "times differ: a file added, removed, replaced or touched, or the folder copied without its times); "
-            "resume needs the same data"
-        )
+        raise rundir.RunError(_other_images(data, out_dir, stored.get("data", {}).get("root")))
     model_cfg = replace(model_cfg, channels=int(data.images.shape[1]))
     if not model_cfg.resolved:  # the rest of "auto", from the decoded training pixels (the same on every rank)
         model_cfg = choose_model(model_cfg, image_statistics(data.images, np.arange(len(data.paths))))

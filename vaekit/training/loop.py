@@ -108,8 +108,8 @@ def fit(data: Dataset, out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCo
         history.append(row)
         saving = checkpoint_due(epoch, train_cfg, trainer.steps(len(splits.train))) or (resume and epoch == start_epoch)
         improved = saving if keep_last else row["val_loss"] < best["val"]
-        if improved:
-            best = {"epoch": epoch, "val": row["val_loss"]}
+        if improved:  # the weights named, so a model.safetensors replaced since is caught (_check_best_weights)
+            best = {"epoch": epoch, "val": row["val_loss"], "weights": rundir.fingerprint(trainer.model.state_dict())}
         if dist.main:
             _save_epoch(trainer, out_dir, epoch, best, history, improved, resume and epoch == start_epoch, saving)
             pending = None if saving else (epoch, *pack_state(trainer.model, trainer.optimizer, trainer.scaler, epoch,
@@ -120,7 +120,7 @@ def fit(data: Dataset, out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCo
     result = TrainResult(out_dir, str(device), len(history), best["epoch"] + 1, best["val"], history, rank=dist.rank,
                          stopped=stopped, epoch_seconds=time.perf_counter() - t_start)
     if dist.main and not stopped:
-        result.threshold = _finish(out_dir, data, splits, model_cfg, train_cfg, device, progress, should_stop)
+        result.threshold = _finish(out_dir, data, splits, model_cfg, train_cfg, device, progress, should_stop, best)
         result.stopped = result.threshold is None  # asked to stop while cross-fitting: --resume does it again
         result.seconds = time.perf_counter() - t_start
     barrier(dist)  # the run directory is complete when any rank returns
@@ -150,6 +150,20 @@ def _splits_trained_on(out_dir: Path, splits, n: int, plan: Callable[..., object
     return splits
 
 
+def _check_best_weights(out_dir: Path, best: dict) -> None:
+    """model.safetensors must hold the best epoch's weights, which the checkpoint names by their
+    fingerprint: another run's weights of the same shapes, copied in, would otherwise be calibrated,
+    given a threshold and kept as this run's model. Checkpoints from before the fingerprint name none."""
+    want = best.get("weights")
+    if want is None:
+        return
+    tensors, _ = rundir.load_tensors(out_dir / rundir.WEIGHTS, "model weights")
+    if rundir.fingerprint(tensors) != want:
+        raise rundir.RunError(f"{out_dir / rundir.WEIGHTS} does not hold the weights of the run's best epoch "
+                              f"({best['epoch'] + 1}): it was replaced, perhaps by another run's; start the run "
+                              "again with --overwrite")
+
+
 def _check_finite(sums: list[float], epoch: int, out_dir: Path) -> None:
     if not math.isfinite(sums[2]):
         kept = (f"the last good checkpoint (epoch {epoch}) is kept in {out_dir}; resume with --resume"
@@ -157,10 +171,10 @@ def _check_finite(sums: list[float], epoch: int, out_dir: Path) -> None:
         raise TrainingError(f"loss became {sums[2]} in epoch {epoch + 1}; try a lower --lr. {kept}")
 
 
-def _finish(out_dir, data, splits, model_cfg, train_cfg, device, progress, should_stop) -> float | None:
-    """vaekit.training.finish with the fold models' scores when cross-fitted: the threshold, or
-    None when asked to stop while the fold models trained."""
-
+def _finish(out_dir, data, splits, model_cfg, train_cfg, device, progress, should_stop, best: dict) -> float | None:
+    """vaekit.training.finish, of the `best` epoch's weights, with the fold models' scores when
+    cross-fitted: the threshold, or None when asked to stop while the fold models trained."""
+    _check_best_weights(out_dir, best)
     from vaekit.training.crossfit import crossfit_scores
 
     crossfit = partial(crossfit_scores, data, splits, model_cfg, train_cfg, device, progress=progress,

@@ -1,0 +1,96 @@
+"""Training runs that cannot be fooled: run directories mixed or edited between an interruption and
+its --resume, found by a hostile tester. A resumed run ends with the model an uninterrupted run
+reaches, or is refused with one line and exit 2; it never calibrates and keeps weights it cannot
+vouch for.
+
+Real components: a 16 px model trained on generated grey discs in tmp_path.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from vaekit.config import ModelConfig, TrainConfig
+from vaekit.errors import DamagedFile
+from vaekit.train import train
+from vaekit.training import checkpoint
+
+torch.set_num_threads(1)
+
+MODEL = ModelConfig(image_size=16, channels=1, latent_dim=4, base_channels=4)
+
+
+def tcfg(**kw) -> TrainConfig:
+    return TrainConfig(**{"epochs": 2, "batch_size": 8, "lr": 3e-3, "seed": 0, "device": "cpu", **kw})
+
+
+@pytest.fixture(scope="module")
+def discs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("discs")
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:20, :20]
+    for i in range(24):
+        cy, cx, r = rng.uniform(6, 14, 2).tolist() + [rng.uniform(3, 5)]
+        img = np.where((yy - cy) ** 2 + (xx - cx) ** 2 < r * r, 220, 30).astype(np.uint8)
+        Image.fromarray(img).save(folder / f"disc_{i:03d}.png")
+    return folder
+
+
+def stopped_after_its_epochs(data, out) -> None:
+    """A run stopped once its last epoch is checkpointed, while the fold models for its threshold
+    train (as a kill in the finish leaves it): resume.json at the last epoch, no threshold yet."""
+    done = {"epochs": False}
+
+    def progress(i, total, phase="", **_):
+        done["epochs"] |= phase == "epoch" and i == total
+
+    result, _ = train(data, out, MODEL, tcfg(), progress=progress, should_stop=lambda: done["epochs"])
+    assert result.stopped and checkpoint.load_checkpoint(out)[1]["epoch"] == 1
+
+
+def test_another_runs_weights_copied_in_before_the_resume_are_refused_not_calibrated(discs, tmp_path):
+    train(discs, tmp_path / "other", MODEL, tcfg(seed=1))
+    stopped_after_its_epochs(discs, tmp_path / "run")
+    shutil.copy(tmp_path / "other" / "model.safetensors", tmp_path / "run" / "model.safetensors")
+    with pytest.raises(DamagedFile, match="does not hold the weights of the run's best epoch"):
+        train(discs, tmp_path / "run", MODEL, tcfg(), resume=True)
+    assert "anomaly" not in json.loads((tmp_path / "run" / "config.json").read_text())
+
+
+def test_an_untouched_stopped_run_still_resumes_to_the_uninterrupted_model(discs, tmp_path):
+    whole, _ = train(discs, tmp_path / "whole", MODEL, tcfg())
+    stopped_after_its_epochs(discs, tmp_path / "run")
+    resumed, _ = train(discs, tmp_path / "run", MODEL, tcfg(), resume=True)
+    assert resumed.threshold == whole.threshold
+    a, b = (load_file(tmp_path / name / "model.safetensors") for name in ("run", "whole"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_resume_from_a_moved_copy_of_the_images_says_where_the_run_was_started(discs, tmp_path):
+    stopped_after_its_epochs(discs, tmp_path / "run")
+    copy = shutil.copytree(discs, tmp_path / "copy")  # the same names, sizes and modification times
+    with pytest.raises(DamagedFile, match=re.escape(f"was started on the images in {discs}, not {copy}")):
+        train(copy, tmp_path / "run", MODEL, tcfg(), resume=True)
+
+
+@pytest.mark.parametrize("edit, said", [
+    (lambda c: c["train"].update(lr=1e308), "learning rate must be > 0 and at most"),
+    (lambda c: c["train"].update(seed=-1), "seed must be an integer >= 0"),
+    (lambda c: c.pop("train"), "has no 'train' section"),
+])
+def test_a_hand_edited_train_section_is_a_damaged_run_not_a_bug(discs, tmp_path, edit, said):
+    stopped_after_its_epochs(discs, tmp_path / "run")
+    config = tmp_path / "run" / "config.json"
+    cfg = json.loads(config.read_text())
+    edit(cfg)
+    config.write_text(json.dumps(cfg))
+    with pytest.raises(DamagedFile, match=said):
+        train(discs, tmp_path / "run", MODEL, tcfg(), resume=True)
