@@ -92,7 +92,7 @@ def train(
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
     workers: Annotated[int, typer.Option(min=0, max=256, help="Processes decoding images on the first pass (default: CPU cores, up to 8).")] = min(8, os.cpu_count() or 1),
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out exactly where it stopped; "
-                                         "--epochs, --lr and --beta may change, other settings must match the run.")] = False,
+                                         "--epochs, --lr and --beta may change (and --device, for this session), other settings must match the run.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing vaekit run in --out (only the files vaekit wrote).")] = False,
 ) -> None:
     """Train a convolutional VAE on a folder of images."""
@@ -170,7 +170,7 @@ def _stop_on_ctrl_c():
 # options that set a config field, for --resume to check against the run's own settings
 _CONFIG_OPTIONS = ("image_size", "latent_dim", "layout", "base_channels", "likelihood", "batch_size", "lr", "beta", "kl_warmup",
                    "val_fraction", "calibration_fraction", "threshold_quantile", "seed", "folds", "crop", "reader",
-                   "augment")
+                   "augment", "device")
 
 
 def _given(ctx: typer.Context, channels) -> dict:

@@ -94,3 +94,20 @@ def test_a_hand_edited_train_section_is_a_damaged_run_not_a_bug(discs, tmp_path,
     config.write_text(json.dumps(cfg))
     with pytest.raises(DamagedFile, match=said):
         train(discs, tmp_path / "run", MODEL, tcfg(), resume=True)
+
+
+def test_a_device_given_with_resume_is_the_one_used(discs, tmp_path, monkeypatch):
+    # --device was left out of what a resume applies: `--resume --device cuda` on a machine without
+    # CUDA went on with the run's stored device, exit 0 (and a run started with "auto" on a GPU
+    # machine, resumed with `--device cpu`, would have trained on the GPU)
+    from typer.testing import CliRunner
+
+    from vaekit_cli.main import app
+
+    out = tmp_path / "run"
+    stopped_after_its_epochs(discs, out)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    r = CliRunner().invoke(app, ["--threads", "1", "train", str(discs), "--out", str(out), "--resume", "--device", "cuda"])
+    assert r.exit_code == 2 and "torch sees no CUDA device" in r.output, r.output
+    r = CliRunner().invoke(app, ["--threads", "1", "train", str(discs), "--out", str(out), "--resume", "--device", "cpu"])
+    assert r.exit_code == 0, r.output  # the device the run was started with, given again: it finishes

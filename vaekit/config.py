@@ -20,6 +20,7 @@ SCHEDULES = ("cosine", "constant")
 AUGMENT = ("auto", "on", "off")
 FLOAT32_MAX = 3.4028234663852886e38
 RESUMABLE = ("epochs", "lr", "beta")  # TrainConfig fields a --resume may change (recorded); any other must match
+SESSION = ("device",)  # TrainConfig fields a --resume takes for its own session (a resumed run may move machine)
 # Upper bounds, checked before anything is allocated: a hand-edited config.json (or a typo'd
 # option) must be an error, not a model of many gigabytes. Far above any use vaekit is for.
 MAX_IMAGE_SIZE = 1024

@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from vaekit.config import RESUMABLE, ModelConfig, TrainConfig, from_dict, from_stored_model, surface_sizes
+from vaekit.config import RESUMABLE, SESSION, ModelConfig, TrainConfig, from_dict, from_stored_model, surface_sizes
 from vaekit.errors import BadInput
 from vaekit.fileio import refuse_inside
 from vaekit.progress import Progress
@@ -30,7 +30,8 @@ from vaekit.training.loop import TrainResult, fit
 
 
 def _resumed_configs(stored: dict, out_dir: Path, changes: dict) -> tuple[ModelConfig, TrainConfig]:
-    """The stored configs, with the RESUMABLE `changes` applied; any other change is refused."""
+    """The stored configs, with the RESUMABLE `changes` applied (and SESSION ones: the device,
+    for this session only); any other change is refused."""
     if not isinstance(stored.get("train"), dict):  # every run records it: without it, a resume would guess
         raise rundir.RunError(f"run config {out_dir / rundir.CONFIG} is damaged: it has no 'train' section")
     try:
@@ -46,12 +47,12 @@ def _resumed_configs(stored: dict, out_dir: Path, changes: dict) -> tuple[ModelC
         raise rundir.RunError(f"run config {out_dir / rundir.CONFIG} is damaged: {e}") from None
     # --image-size as the user gave it: above the network's size, a surface's read size
     current = {**asdict(model_cfg), "image_size": model_cfg.reads_at, **asdict(old)}
-    refused = {k: v for k, v in changes.items() if k not in RESUMABLE and k in current and current[k] != v}
+    refused = {k: v for k, v in changes.items() if k not in RESUMABLE + SESSION and k in current and current[k] != v}
     if refused:
         names = ", ".join(f"--{k.replace('_', '-')} {v} (the run has {current[k]})" for k, v in refused.items())
         raise BadInput(f"--resume continues {out_dir} with its own settings and cannot change {names}; only "
                        f"--epochs, --lr and --beta can change on resume. Start a new run to change the others")
-    applied = {k: v for k, v in changes.items() if k in RESUMABLE and not (k == "epochs" and not v)}
+    applied = {k: v for k, v in changes.items() if k in RESUMABLE + SESSION and not (k == "epochs" and not v)}
     try:
         return model_cfg, replace(old, **applied)
     except TypeError as e:
