@@ -111,3 +111,17 @@ def test_a_device_given_with_resume_is_the_one_used(discs, tmp_path, monkeypatch
     assert r.exit_code == 2 and "torch sees no CUDA device" in r.output, r.output
     r = CliRunner().invoke(app, ["--threads", "1", "train", str(discs), "--out", str(out), "--resume", "--device", "cpu"])
     assert r.exit_code == 0, r.output  # the device the run was started with, given again: it finishes
+
+
+def test_a_refused_switch_is_named_as_typed(discs, tmp_path):
+    # `--resume --no-reader` said "cannot change --reader False (the run has True)"
+    from typer.testing import CliRunner
+
+    from vaekit_cli.main import app
+
+    out = tmp_path / "run"
+    stopped_after_its_epochs(discs, out)
+    r = CliRunner().invoke(app, ["--threads", "1", "train", str(discs), "--out", str(out), "--resume", "--no-reader",
+                                 "--latent-dim", "8"])
+    assert r.exit_code == 2 and "--no-reader (the run has --reader)" in r.output, r.output
+    assert "--latent-dim 8 (the run has 4)" in r.output, r.output

@@ -49,7 +49,8 @@ def _resumed_configs(stored: dict, out_dir: Path, changes: dict) -> tuple[ModelC
     current = {**asdict(model_cfg), "image_size": model_cfg.reads_at, **asdict(old)}
     refused = {k: v for k, v in changes.items() if k not in RESUMABLE + SESSION and k in current and current[k] != v}
     if refused:
-        names = ", ".join(f"--{k.replace('_', '-')} {v} (the run has {current[k]})" for k, v in refused.items())
+        names = ", ".join(f"{_option(k, v)} (the run has {_option(k, current[k]) if isinstance(v, bool) else current[k]})"
+                          for k, v in refused.items())
         raise BadInput(f"--resume continues {out_dir} with its own settings and cannot change {names}; only "
                        f"--epochs, --lr and --beta can change on resume. Start a new run to change the others")
     applied = {k: v for k, v in changes.items() if k in RESUMABLE + SESSION and not (k == "epochs" and not v)}
@@ -57,6 +58,12 @@ def _resumed_configs(stored: dict, out_dir: Path, changes: dict) -> tuple[ModelC
         return model_cfg, replace(old, **applied)
     except TypeError as e:
         raise BadInput(str(e)) from None
+
+
+def _option(name: str, value) -> str:
+    """An option as typed: --image-size 64; a switch as --reader or --no-reader."""
+    flag = "--" + name.replace("_", "-")
+    return (flag if value else "--no-" + flag[2:]) if isinstance(value, bool) else f"{flag} {value}"
 
 
 def train(
