@@ -10,7 +10,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from vaekit_cli.output import (DEVICE_HELP, Device, apply_threads, console, dumps_json, err_console, image_rate,
-                               load_model, percent, progress_bar, shown, tidy_outputs)
+                               load_model, progress_bar, promise_rows, shown, tidy_outputs)
 
 MODEL_HELP = "A training run directory, or an exported .onnx model."
 TABLE_ROWS = 20  # the terminal shows at most this many images (the most anomalous); files get all
@@ -262,17 +262,11 @@ def _print_threshold(run, section) -> None:
     t = Table(title=f"{shown(run)}: score {shown(section.get('score'))}, {shown(n)} "
                     f"{shown(section.get('source', 'validation'))} image{'' if n == 1 else 's'}", show_header=False,
               title_justify="left")
-    from vaekit.anomaly import section_note
     from vaekit.inference.engine import score_unit
 
     parts = (f"{section['threshold']:.2f}", score_unit(section.get("score", "")), threshold_origin(section))
     t.add_row("threshold", " ".join(p for p in parts if p))
-    fpr = section.get("expected_fpr")
-    if isinstance(fpr, (int, float)):
-        t.add_row("expected false positives", f"{percent(fpr)} of normal images")
-    note = section_note(section)
-    if note:
-        t.add_row("", f"[yellow]{shown(note)}[/yellow]")
+    promise_rows(t, section)
     for k, v in section.get("quantiles", {}).items():
         t.add_row(f"quantile {shown(k)}", f"{v:.2f}")
     console.print(t)

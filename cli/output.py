@@ -116,6 +116,19 @@ def percent(rate: float) -> str:
     return f"{100 * rate:.2g}%" if 100 * rate < 99.5 else f"{100 * rate:.0f}%"
 
 
+def promise_rows(table, section: dict) -> None:
+    """The rows below a threshold in a table: the false-positive rate it promises, and its note
+    (few calibration images, a tail beyond the largest) where there is one."""
+    from vaekit.anomaly import section_note
+
+    fpr = section.get("expected_fpr")
+    if isinstance(fpr, (int, float)):
+        table.add_row("expected false positives", f"{percent(fpr)} of normal images")
+    note = section_note(section)
+    if note:
+        table.add_row("", f"[yellow]{shown(note)}[/yellow]")
+
+
 THREADS = 0  # --threads / VAEKIT_THREADS, parsed once by the CLI's callback (cli/main.py); 0: defaults
 
 

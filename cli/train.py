@@ -12,7 +12,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from vaekit_cli.output import EXIT_TERMINATED, Device, Terminated, apply_threads, console, err_console, percent, progress_bar, shown
+from vaekit_cli.output import (EXIT_TERMINATED, Device, Terminated, apply_threads, console, err_console, progress_bar,
+                               promise_rows, shown)
 
 
 class Likelihood(str, Enum):
@@ -254,19 +255,13 @@ def _print_summary(result, data) -> None:
     t.add_row("model", shown(f"{m.get('image_size')} px{read}, {m.get('layout', 'vector')} latent ({m.get('latent_dim')}), "
                              f"{m.get('likelihood')}"))
     if result.threshold is not None:
-        from vaekit.anomaly import section_note
         from vaekit.inference.engine import score_unit
 
         a = cfg.get("anomaly") or {}
         q, n, source = a.get("threshold_quantile"), a.get("n", 0), a.get("source", "calibration")
         where = f" (quantile {q:g} of {n} {shown(source)} scores)" if q is not None else ""
         t.add_row("anomaly threshold", f"{shown(a.get('score'))} {result.threshold:.2f} {score_unit(a.get('score', ''))}{where}")
-        fpr = a.get("expected_fpr")
-        if isinstance(fpr, (int, float)):
-            t.add_row("expected false positives", f"{percent(fpr)} of normal images")
-        note = section_note(a)
-        if note:
-            t.add_row("", f"[yellow]{shown(note)}[/yellow]")
+        promise_rows(t, a)
     t.add_row("time", f"{result.seconds:.1f} s ({result.epoch_seconds:.1f} s of them epochs)")
     console.print(t)
 
