@@ -143,11 +143,25 @@ def _pack_names(h: Header) -> bytes:
 def _unpack_names(raw: bytes) -> dict:
     from vaekit.fileio import loads_json
 
-    names, sep, extras = raw.partition(b"\0\0")
-    meta = loads_json(extras) if sep else {}
+    end = raw.find(b"\0\0")
+    meta = loads_json(raw[end + 2:]) if end >= 0 else {}
     if not isinstance(meta, dict) or "names" in meta:
         raise ValueError("the header's extra fields are not an object")
-    return {**meta, "names": [n.decode("utf-8", NAMES) for n in names.split(b"\0")] if names else []}
+    return {**meta, "names": _split_names(raw, end if end >= 0 else len(raw))}
+
+
+def _split_names(raw: bytes, stop: int) -> list[str]:
+    """The NUL-separated names in raw[:stop], one slice at a time: no copy of all of them as bytes
+    beside the strings (names that expand to hundreds of MB held four copies at once)."""
+    out: list[str] = []
+    start = 0
+    while stop:
+        i = raw.find(b"\0", start, stop)
+        out.append(raw[start:stop if i < 0 else i].decode("utf-8", NAMES))
+        if i < 0:
+            break
+        start = i + 1
+    return out
 
 
 def pack(h: Header) -> bytes:
