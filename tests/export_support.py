@@ -66,3 +66,26 @@ def random_job(root: Path, n_images: int) -> tuple[Path, Path]:
     for i in range(n_images):
         Image.fromarray(rng.integers(0, 256, (16, 16), np.uint8)).save(data / f"img{i:03d}.png")
     return run, data
+
+
+def stopped_job(run, data, out, maps=None, after: int = 3, **kw) -> Path:
+    """OUT.partial of an anomaly-score job stopped (Ctrl-C) in its batch `after` + 1: it holds
+    `after` batches. `kw` goes to anomaly.score_to_file (overwrite=True over an earlier output)."""
+    import pytest
+
+    import vaekit
+    from vaekit import anomaly
+
+    model, calls = vaekit.load(run), []
+    real = model.score
+
+    def dying(x, **kw):
+        calls.append(len(x))
+        if len(calls) == after + 1:
+            raise KeyboardInterrupt
+        return real(x, **kw)
+
+    model.score = dying
+    with pytest.raises(KeyboardInterrupt):
+        anomaly.score_to_file(model, data, out, maps, threshold=0.0, batch_size=4, **kw)
+    return Path(f"{out}.partial")

@@ -14,9 +14,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import vaekit
-from export_support import random_job
-from vaekit import anomaly
+from export_support import random_job, stopped_job
 from vaekit_cli.main import app
 
 N_IMAGES = 24  # batch size 4: 6 batches
@@ -39,23 +37,6 @@ def score(run, data, out, *extra):
 
 def one_line_refusal(r) -> bool:
     return r.exit_code == 2 and len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output
-
-
-def stopped_job(run, data, out: Path, after: int = 3, **kw) -> Path:
-    """OUT.partial of an anomaly-score job stopped (Ctrl-C) in its batch `after` + 1."""
-    model = vaekit.load(run)
-    real, calls = model.score, []
-
-    def dying(x, **kw):
-        calls.append(len(x))
-        if len(calls) == after + 1:
-            raise KeyboardInterrupt
-        return real(x, **kw)
-
-    model.score = dying
-    with pytest.raises(KeyboardInterrupt):
-        anomaly.score_to_file(model, data, out, threshold=0.0, batch_size=4, **kw)
-    return Path(f"{out}.partial")
 
 
 @pytest.mark.parametrize("edit", ["swap", "drop"])

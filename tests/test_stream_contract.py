@@ -21,9 +21,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import vaekit
-from export_support import random_run
+from export_support import random_run, stopped_job as stopped
 from hostile import flat, tree
-from vaekit import anomaly, codes
+from vaekit import codes
 from vaekit_cli.main import app
 
 N_IMAGES = 30  # batch size 4: 8 batches, the last one short
@@ -67,19 +67,7 @@ def reference(setup, tmp_path_factory):
 
 def stopped_job(run, data, out, maps=None, after: int = 3) -> None:
     """An anomaly-score job stopped (Ctrl-C) in its batch `after` + 1: OUT.partial holds `after` batches."""
-    model, calls = vaekit.load(run), []
-    real = model.score
-
-    def dying(x, **kw):
-        calls.append(len(x))
-        if len(calls) == after + 1:
-            raise KeyboardInterrupt
-        return real(x, **kw)
-
-    model.score = dying
-    with pytest.raises(KeyboardInterrupt):
-        anomaly.score_to_file(model, data, out, maps, threshold=0.0, batch_size=4)
-    assert Path(f"{out}.partial").exists() and not Path(out).exists()
+    assert stopped(run, data, out, maps, after).exists() and not Path(out).exists()
 
 
 def lines(path: Path) -> list[dict]:
