@@ -101,6 +101,7 @@ def test_evaluate_refuses_a_mask_of_another_aspect_ratio_for_an_object_model_too
     assert json.loads(out.output)["n_masks"] == 4
 
 
+@pytest.mark.slow  # the installed vaekit in fresh processes
 def test_help_into_a_pipe_closed_early_ends_quietly_not_with_a_traceback(tmp_path):
     """`vaekit train --help | head`: the reader leaves before the help is all written. Here the
     pipe's reading end is closed before vaekit starts, so every write fails (no race with head)."""

@@ -75,6 +75,7 @@ def exports(setup, tmp_path_factory):
     return root / "float", root / "int8"
 
 
+@pytest.mark.slow  # exports twice (int8 calibration included)
 @pytest.mark.parametrize("command", ["anomaly-score", "encode", "reconstruct"])
 def test_a_float_export_replaced_by_its_int8_export_does_not_resume_the_job(setup, exports, tmp_path, command):
     # the same path, engine and fingerprint: the resume took int8 scores after float ones, exit 0
