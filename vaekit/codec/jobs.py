@@ -254,7 +254,7 @@ def _check_fingerprint(header: container.Header, model, archive: Path) -> None:
 
 
 def _check_model(header: container.Header, model, archive: Path) -> None:
-    _check_fingerprint(header, model, archive)
+    """What the archive needs of the model beyond its fingerprint (read_header's check, before the names)."""
     info = model.info
     if header.mode == "lossless":
         _check_lossless(model)
