@@ -149,8 +149,8 @@ def test_decoding_processes_of_a_killed_job_exit_and_free_its_lock(setup, tmp_pa
         p.kill()
         p.wait()
         fd = os.open(lock, os.O_RDWR)
-        try:  # wait (at most 600 polls) for the orphans to notice; without the fix they never do
-            polls = 600
+        try:  # wait (at most 2,400 polls: 2 minutes, for a busy box) for the orphans to notice; without the fix they never do
+            polls = 2400
             while not try_lock(fd) and polls:
                 polls -= 1
                 time.sleep(0.05)
