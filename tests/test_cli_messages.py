@@ -76,6 +76,7 @@ def test_plain_paths_turns_reprs_of_paths_into_paths():
     assert plain_paths("pip install 'vaekit[demo]' [1, 2]") == "pip install 'vaekit[demo]' [1, 2]"  # untouched
 
 
+@pytest.mark.slow  # starts the installed vaekit in a fresh process
 def test_a_missing_gradio_is_the_missing_extra_message_and_exit_2(tmp_path):
     blocker = tmp_path / "sitecustomize.py"  # runs at start-up: gradio cannot be imported in that process
     blocker.write_text("import sys\nsys.modules['gradio'] = None\n")

@@ -106,6 +106,7 @@ def test_a_damaged_vkc_is_one_line_and_exit_2(setup, tmp_path):
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+@pytest.mark.slow  # starts the installed vaekit in a fresh process
 def test_decoding_a_fifo_is_exit_2_and_never_waits(setup, tmp_path):
     root, run = setup
     os.mkfifo(tmp_path / "pipe.vkc")

@@ -372,6 +372,7 @@ def test_full_disk_while_writing_scores_keeps_the_old_file(tmp_path, monkeypatch
     assert _snapshot(out.parent) == {"scores.csv": b"the previous scores\n"}
 
 
+@pytest.mark.slow  # starts the installed vaekit in a fresh process
 def test_a_journal_line_that_cannot_be_written_is_a_clear_error_and_resume_finishes(tmp_path, trained):
     """The real thing for appends: a file size limit (RLIMIT_FSIZE) stops the journal mid-job."""
     import resource

@@ -200,6 +200,7 @@ EXE = [sys.executable, "-m", "vaekit", "--threads", "1"]
     (["frobnicate"], "No such command 'frobnicate'"),
     (["encode", "RUN", "IMAGES", "-o", "x.codes", "--bogus"], "--bogus"),
 ])
+@pytest.mark.slow  # starts the installed vaekit in a fresh process
 def test_a_usage_error_is_one_line_naming_the_problem_and_where_the_usage_is(setup, tmp_path, args, said):
     """Typer draws a usage error as a box of five lines; vaekit's errors are one line (exit 2)."""
     _, run, data = setup
@@ -211,6 +212,7 @@ def test_a_usage_error_is_one_line_naming_the_problem_and_where_the_usage_is(set
     assert not r.stdout
 
 
+@pytest.mark.slow  # starts the installed vaekit in a fresh process
 def test_vaekit_alone_still_shows_its_help(tmp_path):
     r = subprocess.run([sys.executable, "-m", "vaekit"], cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 2 and "Usage: vaekit" in r.stdout + r.stderr and "anomaly-score" in r.stdout + r.stderr

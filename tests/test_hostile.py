@@ -436,6 +436,7 @@ def test_ctrl_c_exits_130_and_leaves_a_resumable_run(exe):
     assert checkpoint.load_checkpoint(base / "long")[1]["epoch"] >= 0
 
 
+@pytest.mark.slow  # starts the installed vaekit in a fresh process
 def test_usage_error_exits_2(tmp_path):
     p = subprocess.run([EXE, "encode", str(tmp_path / "no-such-run"), str(tmp_path), "-o", str(tmp_path / "x")],
                        capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "250"})

@@ -224,6 +224,7 @@ def test_an_unsharded_job_ignores_a_merging_file(setup, reference, tmp_path):
 # --- item 7: a huge shard count ------------------------------------------------------------------
 
 @pytest.mark.parametrize("shard", ["0/1000000000", "0/4097"])
+@pytest.mark.slow  # starts the installed vaekit in a fresh process
 def test_shard_count_is_bounded(setup, tmp_path, shard):
     run_a, _, data = setup
     r = _cli(run_a, data, tmp_path / "s.csv", "--shard", shard)  # a subprocess: the old code looped for ever
