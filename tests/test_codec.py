@@ -238,6 +238,21 @@ def test_header_round_trips_compactly_and_refuses_garbage():
         hdr.pack(hdr.Header("lossy", "abc", "0" * 16, 28, 1, 32, [], [], [], quality=1))
 
 
+
+def test_names_compress_to_the_same_bytes_as_with_the_presets_whole_window():
+    """The names' LZMA2 window is sized to the names (the preset's 64 MiB one cost ~60 ms an
+    encode to set up): the same bytes as the preset gives, so the format does not move."""
+    import json
+    import lzma
+
+    from vaekit.codec import header as hdr
+
+    for n in (300, 5000):  # (a handful of names goes to zlib)
+        raw = json.dumps([[f"photos/set_{i // 500}/IMG_{i:05d}.JPG", [640 + i % 7, 480]] for i in range(n)]).encode()
+        packed = hdr._compress(raw)
+        assert packed == b"\2" + lzma.compress(raw, lzma.FORMAT_RAW, filters=hdr._LZMA2), n
+        assert hdr._decompress(packed) == raw
+
 # --- the comparison: Pillow files, WebP at a given size ----------------------------------------
 
 def test_webp_at_size_is_the_closest_webp_file_and_reports_its_own_numbers(tmp_path):
