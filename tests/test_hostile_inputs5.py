@@ -1,0 +1,74 @@
+"""What a hostile tester found in round five: stored score calibrations, the torch-free path, masks
+for `evaluate`, option edges of `sample`, `reconstruct` and `threshold`, and the Python API."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from vaekit_cli.main import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, ["--threads", "1", *map(str, args)])
+
+
+def _images(folder: Path, n: int = 12, seed: int = 0) -> Path:
+    """`n` small RGB discs at seeded places."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:20, :20]
+    for i in range(n):
+        cy, cx, r = rng.uniform(6, 14), rng.uniform(6, 14), rng.uniform(3, 5)
+        disc = np.where((yy - cy) ** 2 + (xx - cx) ** 2 < r * r, 220, 30).astype(np.uint8)
+        Image.fromarray(np.stack([disc, disc // 2, 255 - disc], -1)).save(folder / f"img{i:02d}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A tiny RGB model trained on `_images`."""
+    import torch
+
+    from vaekit.config import ModelConfig, TrainConfig
+    from vaekit.train import train
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("inputs5")
+    train(_images(root / "train"), root / "run", ModelConfig(image_size=16, channels=3, latent_dim=4, base_channels=4),
+          TrainConfig(epochs=1, batch_size=8, seed=0, device="cpu"), channels=3)
+    return root / "run"
+
+
+def _one_line_error(r, code: int = 2) -> str:
+    assert r.exit_code == code, r.output
+    assert "Traceback" not in r.output
+    return r.output
+
+
+def _copy_run(run: Path, dest: Path) -> Path:
+    shutil.copytree(run, dest, ignore=shutil.ignore_patterns(".vaekit.lock"))
+    return dest
+
+
+# --- a stored calibration's standard deviations ---------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sd", [0.0, -1.0])
+def test_a_stored_test_sd_that_is_not_positive_is_a_damaged_run(run, tmp_path, sd):
+    # a negative sd flipped every z-score (an anomaly read as normal, exit 0); a zero one divided to inf
+    edited = _copy_run(run, tmp_path / "run")
+    cfg = json.loads((edited / "config.json").read_text())
+    tests = cfg["anomaly"]["calibration"]["tests"]
+    tests["sd"] = [sd * abs(v) if sd else 0.0 for v in tests["sd"]]
+    (edited / "config.json").write_text(json.dumps(cfg))
+    out = _one_line_error(invoke("anomaly-score", edited, _images(tmp_path / "imgs", 2)))
+    assert "tests.sd" in out
