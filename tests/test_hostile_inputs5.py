@@ -72,3 +72,26 @@ def test_a_stored_test_sd_that_is_not_positive_is_a_damaged_run(run, tmp_path, s
     (edited / "config.json").write_text(json.dumps(cfg))
     out = _one_line_error(invoke("anomaly-score", edited, _images(tmp_path / "imgs", 2)))
     assert "tests.sd" in out
+
+
+# --- thresholds and quantiles given to the Python API as strings ----------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("call", ["score_images", "evaluate", "value", "quantile", "target_fpr"])
+def test_a_threshold_or_quantile_that_is_a_string_is_bad_input(run, tmp_path, call):
+    # these raised TypeError ("must be real number, not str"): a bug's traceback for a caller's mistake
+    import vaekit
+    from vaekit import anomaly
+    from vaekit.errors import BadInput
+
+    edited = _copy_run(run, tmp_path / "run")
+    before = (edited / "config.json").read_bytes()
+    good, bad = _images(tmp_path / "a", 2), _images(tmp_path / "b", 2, seed=1)
+    with pytest.raises(BadInput, match="got '"):
+        if call == "score_images":
+            anomaly.score_images(vaekit.load(edited), good, threshold="5")
+        elif call == "evaluate":
+            anomaly.evaluate(vaekit.load(edited), good, bad, threshold="5")
+        else:
+            anomaly.set_threshold(edited, **{call: "0.5"})
+    assert (edited / "config.json").read_bytes() == before
