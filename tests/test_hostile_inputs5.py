@@ -95,3 +95,44 @@ def test_a_threshold_or_quantile_that_is_a_string_is_bad_input(run, tmp_path, ca
         else:
             anomaly.set_threshold(edited, **{call: "0.5"})
     assert (edited / "config.json").read_bytes() == before
+
+
+# --- evaluate --masks: a mask serves one image ------------------------------------------------------
+
+def _mask(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    m = np.zeros((20, 20), np.uint8)
+    m[5:10, 5:10] = 255
+    Image.fromarray(m).save(path)
+
+
+@pytest.mark.slow
+def test_an_anomalous_image_without_a_mask_does_not_take_another_images_mask_of_the_same_name(run, tmp_path):
+    # MVTec's layout with one mask missing: hole/000.png was matched by name to crack/000's mask
+    import vaekit
+    from vaekit import anomaly
+
+    normal = _images(tmp_path / "good", 3)
+    for kind, seed in (("crack", 1), ("hole", 2)):
+        _images(tmp_path / "test" / kind, 1, seed=seed)
+        (tmp_path / "test" / kind / "img00.png").rename(tmp_path / "test" / kind / "000.png")
+    _mask(tmp_path / "gt" / "crack" / "000_mask.png")
+    ev = anomaly.evaluate(vaekit.load(run), normal, tmp_path / "test", masks=tmp_path / "gt")
+    assert ev.n_masks == 1
+    # given the crack masks alone, "000" names two anomalous images: neither is guessed
+    with pytest.raises(vaekit.errors.BadInput, match="no mask in"):
+        anomaly.evaluate(vaekit.load(run), normal, tmp_path / "test", masks=tmp_path / "gt" / "crack")
+
+
+@pytest.mark.slow
+def test_a_mask_matched_by_name_alone_still_serves_its_image(run, tmp_path):
+    # the name fallback stays for a flat masks folder beside nested images with distinct names
+    import vaekit
+    from vaekit import anomaly
+
+    normal = _images(tmp_path / "good", 3)
+    bad = _images(tmp_path / "test" / "crack", 2, seed=1)
+    _mask(tmp_path / "gt" / "img00_mask.png")
+    _mask(tmp_path / "gt" / "img01.png")
+    ev = anomaly.evaluate(vaekit.load(run), normal, bad.parent, masks=tmp_path / "gt")
+    assert ev.n_masks == 2
