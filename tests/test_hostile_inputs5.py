@@ -14,6 +14,8 @@ from typer.testing import CliRunner
 
 from vaekit_cli.main import app
 
+from export_support import exported
+
 runner = CliRunner()
 
 
@@ -136,3 +138,30 @@ def test_a_mask_matched_by_name_alone_still_serves_its_image(run, tmp_path):
     _mask(tmp_path / "gt" / "img01.png")
     ev = anomaly.evaluate(vaekit.load(run), normal, bad.parent, masks=tmp_path / "gt")
     assert ev.n_masks == 2
+
+
+# --- the torch-free path: an export's side files --------------------------------------------------
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory):
+    return exported(tmp_path_factory)
+
+
+def _main_file_alone(export, folder: Path) -> Path:
+    folder.mkdir()
+    return Path(shutil.copy(export.onnx, folder / export.onnx.name))
+
+
+@pytest.mark.slow
+def test_encode_without_the_encoder_file_leaves_no_journal(export, tmp_path):
+    # the job failed on its first batch and left OUT.partial, so the next run was refused without --resume
+    model = _main_file_alone(export, tmp_path / "m")
+    images = export.digits / "test" / "normal"
+    out = tmp_path / "codes" / "n.codes"
+    out.parent.mkdir()
+    assert "encoder.onnx is missing" in _one_line_error(invoke("encode", model, images, "-o", out))
+    assert sorted(p.name for p in out.parent.iterdir()) == []
+    shutil.copy(export.onnx.with_name(export.onnx.stem + ".encoder.onnx"), tmp_path / "m")
+    r = invoke("encode", model, images, "-o", out)
+    assert r.exit_code == 0, r.output
+    assert out.is_file()
