@@ -165,3 +165,18 @@ def test_encode_without_the_encoder_file_leaves_no_journal(export, tmp_path):
     r = invoke("encode", model, images, "-o", out)
     assert r.exit_code == 0, r.output
     assert out.is_file()
+
+
+@pytest.mark.slow
+def test_a_part_in_the_wrong_place_is_not_told_to_give_itself_as_the_main_file(export, tmp_path):
+    # "m.encoder.onnx is the 'decoder' part ...; give the main file m.encoder.onnx" sent the user in a circle
+    model = _main_file_alone(export, tmp_path / "m")
+    parts = {role: export.onnx.with_name(f"{export.onnx.stem}.{role}.onnx") for role in ("encoder", "decoder")}
+    shutil.copy(parts["decoder"], model.with_name(parts["encoder"].name))
+    out = _one_line_error(invoke("encode", model, export.digits / "test" / "normal", "-o", tmp_path / "n.codes"))
+    assert "'decoder' part" in out and "give the main file" not in out
+    renamed = Path(shutil.copy(parts["encoder"], tmp_path / "enc.onnx"))
+    out = _one_line_error(invoke("anomaly-score", renamed, export.digits / "test" / "normal"))
+    assert "'encoder' part" in out and "give the main file enc.onnx" not in out
+    out = _one_line_error(invoke("anomaly-score", parts["encoder"], export.digits / "test" / "normal"))
+    assert f"give the main file {export.onnx.name}" in out

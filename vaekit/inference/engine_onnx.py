@@ -119,7 +119,9 @@ def _open(path: Path, role: str, threads: int | None, device: str = "cpu"):
     if found != role:
         if found not in _INPUTS:
             raise OnnxModelError(f"{path} has missing or corrupt vaekit metadata 'vaekit.role' ({found!r})")
-        hint = f"; give the main file {path.name.replace(f'.{found}.onnx', '.onnx')}" if found != "scorer" else ""
+        part = f".{found}.onnx"  # named as an export names its parts: the main file lies beside it
+        hint = (f"; give the main file {path.name[: -len(part)]}.onnx" if role == "scorer" and path.name.endswith(part)
+                else "" if role == "scorer" else "; export again to get a matching set")
         raise OnnxModelError(f"{path} is the {found!r} part of a vaekit export, expected the {role}{hint}")
     names_in = {i.name for i in sess.get_inputs()}
     names_out = {o.name for o in sess.get_outputs()}
