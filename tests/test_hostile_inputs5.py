@@ -180,3 +180,16 @@ def test_a_part_in_the_wrong_place_is_not_told_to_give_itself_as_the_main_file(e
     assert "'encoder' part" in out and "give the main file enc.onnx" not in out
     out = _one_line_error(invoke("anomaly-score", parts["encoder"], export.digits / "test" / "normal"))
     assert f"give the main file {export.onnx.name}" in out
+
+
+@pytest.mark.slow
+def test_label_masks_of_zeros_and_ones_are_told_what_a_mask_pixel_must_be(run, tmp_path):
+    # they were read as all normal, and the error said only "must mark some pixels anomalous"
+    normal, bad = _images(tmp_path / "good", 3), _images(tmp_path / "bad", 2, seed=1)
+    for name in ("img00", "img01"):
+        m = np.zeros((20, 20), np.uint8)
+        m[5:10, 5:10] = 1
+        (tmp_path / "masks").mkdir(exist_ok=True)
+        Image.fromarray(m).save(tmp_path / "masks" / f"{name}.png")
+    out = _one_line_error(invoke("evaluate", run, "--normal", normal, "--anomalous", bad, "--masks", tmp_path / "masks"))
+    assert "above 127 of 255" in out
