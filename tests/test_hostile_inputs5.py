@@ -193,3 +193,33 @@ def test_label_masks_of_zeros_and_ones_are_told_what_a_mask_pixel_must_be(run, t
         Image.fromarray(m).save(tmp_path / "masks" / f"{name}.png")
     out = _one_line_error(invoke("evaluate", run, "--normal", normal, "--anomalous", bad, "--masks", tmp_path / "masks"))
     assert "above 127 of 255" in out
+
+
+def _forged_part(real: Path, dst: Path, latent: int) -> None:
+    """A decoder graph of another latent size carrying `real`'s vaekit metadata (fingerprint too)
+    and a checksum made the way vaekit makes it: what an edited side file can be."""
+    import hashlib
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["z"], ["image"])], "forged",
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", latent])],
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", latent])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    for p in onnx.load(str(real)).metadata_props:
+        model.metadata_props.add(key=p.key, value="0" * 64 if p.key == "vaekit.sha256" else p.value)
+    data = model.SerializeToString()
+    dst.write_bytes(data.replace(b"0" * 64, hashlib.sha256(data).hexdigest().encode()))
+
+
+@pytest.mark.slow
+def test_a_side_file_whose_graph_does_not_fit_the_model_is_a_damaged_file(export, tmp_path):
+    # a decoder of another latent size under this model's fingerprint failed inside onnxruntime: exit 3, traceback
+    model = _main_file_alone(export, tmp_path / "m")
+    _forged_part(export.onnx.with_name(f"{export.onnx.stem}.decoder.onnx"),
+                 model.with_name(f"{model.stem}.decoder.onnx"), latent=7)
+    out = _one_line_error(invoke("sample", model, "-n", 2, "-o", tmp_path / "s.png"))
+    assert "does not fit" in out and "'z': [7]" in out
+    assert not (tmp_path / "s.png").exists()

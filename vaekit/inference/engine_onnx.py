@@ -223,8 +223,20 @@ class OnnxModel(Model):
                 raise OnnxModelError(
                     f"{path} belongs to another model (fingerprint {meta.get('vaekit.fingerprint')}, "
                     f"{self.path.name} has {self.info.fingerprint}); export again to get a matching set")
+            self._check_part_graph(sess, role, path)
             self._sessions[role] = sess
         return self._sessions[role]
+
+    def _check_part_graph(self, sess, role: str, path: Path) -> None:
+        """A part's graph must take and give this model's shapes, as the main file's must: a part of
+        another model under this fingerprint (edited metadata) failed inside onnxruntime (exit 3)."""
+        c, s, d = self.info.channels, self.info.image_size, self.info.latent_dim
+        want = {"encoder": {"x": [c, s, s], "mu": [d]}, "decoder": {"z": [d], "image": [c, s, s]}, "reader": {"x": [c]}}[role]
+        shapes = {v.name: list(v.shape[1:]) for v in (*sess.get_inputs(), *sess.get_outputs())}
+        if any(shapes.get(name, [])[: len(w)] != w for name, w in want.items()):
+            got = {name: shapes.get(name) for name in want}
+            raise OnnxModelError(f"{path} does not fit {self.path.name}: its graph has shapes {got}, expected {want} "
+                                 "after the batch; export again to get a matching set")
 
     @staticmethod
     def _f32(a: np.ndarray) -> np.ndarray:
