@@ -223,3 +223,14 @@ def test_a_side_file_whose_graph_does_not_fit_the_model_is_a_damaged_file(export
     out = _one_line_error(invoke("sample", model, "-n", 2, "-o", tmp_path / "s.png"))
     assert "does not fit" in out and "'z': [7]" in out
     assert not (tmp_path / "s.png").exists()
+
+
+@pytest.mark.slow
+def test_device_cuda_without_onnxruntime_gpu_does_not_call_the_export_unreadable(export):
+    # the BadInput from choosing the provider was wrapped as "not a readable ONNX model (... corrupt)"
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("onnxruntime-gpu is installed here: --device cuda is fine")
+    out = _one_line_error(invoke("anomaly-score", export.onnx, export.digits / "test" / "normal", "--device", "cuda"))
+    assert "onnxruntime-gpu" in out and "not a readable ONNX model" not in out
