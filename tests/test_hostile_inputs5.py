@@ -234,3 +234,15 @@ def test_device_cuda_without_onnxruntime_gpu_does_not_call_the_export_unreadable
         pytest.skip("onnxruntime-gpu is installed here: --device cuda is fine")
     out = _one_line_error(invoke("anomaly-score", export.onnx, export.digits / "test" / "normal", "--device", "cuda"))
     assert "onnxruntime-gpu" in out and "not a readable ONNX model" not in out
+
+
+def test_an_onnx_file_larger_than_protobuf_allows_is_refused_before_it_is_read(tmp_path):
+    # it was read whole into memory first: a MemoryError (exit 3, "a bug in vaekit") or the OOM killer
+    import vaekit
+    from vaekit.errors import DamagedFile
+
+    big = tmp_path / "big.onnx"
+    with open(big, "wb") as f:  # sparse: no disk used
+        f.truncate((1 << 31) + 1)
+    with pytest.raises(DamagedFile, match="too large"):
+        vaekit.load(big)

@@ -20,6 +20,7 @@ from vaekit.fileio import check_regular, is_inside, loads_json
 CHECKSUM_KEY = "vaekit.sha256"  # sha256 of the file, computed with CHECKSUM_PLACEHOLDER in its place
 CHECKSUM_PLACEHOLDER = "0" * 64
 FORMAT = "vaekit-onnx/1"  # metadata "vaekit.format" of every file vaekit.export writes
+MAX_BYTES = (1 << 31) - 1  # protobuf's limit for one message: an ONNX file without external data is never larger
 _INPUTS = {"scorer": ("x", "eps"), "encoder": ("x",), "decoder": ("z",), "reader": ("x",)}
 _OUTPUTS = {"scorer": ("recon", "kl", "pixel_map", "mu", "logvar"), "encoder": ("mu", "logvar"), "decoder": ("image",),
             "reader": ("logits",)}
@@ -102,7 +103,8 @@ def session_options(role: str = "scorer", threads: int | None = None, nchwc: boo
 
 def _open(path: Path, role: str, threads: int | None, device: str = "cpu"):
     """One onnxruntime session and its vaekit metadata; clear errors for anything else."""
-    check_regular(path, "model file")  # a FIFO or device named .onnx is refused, never opened
+    # a FIFO or device named .onnx is refused, never opened; a 30 GB file is not read into memory
+    check_regular(path, "model file", max_bytes=MAX_BYTES)
     data = path.read_bytes()  # read once: the session and the checksum
     try:
         sess = graph_session(data, role, threads, device)
