@@ -246,3 +246,24 @@ def test_an_onnx_file_larger_than_protobuf_allows_is_refused_before_it_is_read(t
         f.truncate((1 << 31) + 1)
     with pytest.raises(DamagedFile, match="too large"):
         vaekit.load(big)
+
+
+# --- the metrics helpers of vaekit.anomaly, called directly -----------------------------------------
+
+@pytest.mark.parametrize("call, message", [
+    (lambda a: a.pixel_auroc(np.full((2, 4, 4), np.nan), np.eye(4, dtype=bool)[None].repeat(2, 0)), "holds NaN"),
+    (lambda a: a.pixel_auroc(np.zeros((2, 4, 4)), np.eye(5, dtype=bool)[None].repeat(2, 0)), "same shape"),
+    (lambda a: a.pixel_auroc("x", np.eye(4, dtype=bool)), "must be numbers"),
+    (lambda a: a.image_metrics([0, 1], ["a", "b"]), "must be numbers"),
+    (lambda a: a.image_metrics([0, 0.7, 1], [0.1, 0.2, 0.3]), "0 \\(normal\\) or 1"),
+    (lambda a: a.image_metrics([0, 1], [0.1, 0.2], threshold=float("nan")), "finite number"),
+    (lambda a: a.image_metrics([0, 1], [0.1, 0.2], threshold="x"), "finite number"),
+], ids=["nan-map", "shapes", "map-text", "score-text", "label-0.7", "threshold-nan", "threshold-text"])
+def test_the_metrics_helpers_refuse_bad_arrays_with_bad_input(call, message):
+    # sklearn's ValueError/UFuncTypeError escaped; a label of 0.7 was silently made normal, a NaN
+    # threshold flagged nothing, and maps and masks of other shapes were said to "mark no pixel"
+    from vaekit import anomaly
+    from vaekit.errors import BadInput
+
+    with pytest.raises(BadInput, match=message):
+        call(anomaly)

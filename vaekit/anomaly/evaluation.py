@@ -19,6 +19,7 @@ from vaekit import images as imageio
 from vaekit.anomaly.overlap import file_identity
 from vaekit.anomaly.pixel_roc import PixelRoc
 from vaekit.anomaly.score import Progress, iter_scored, scoring_plan
+from vaekit.anomaly.threshold import check_threshold
 from vaekit.inference.tiled import tiled
 from vaekit.inference.engine import Model
 from vaekit.errors import BadInput, MissingExtra, NotFound
@@ -35,10 +36,13 @@ def image_metrics(labels: Sequence[int], scores: Sequence[float], threshold: flo
     """
     from sklearn.metrics import average_precision_score, f1_score, precision_recall_curve, roc_auc_score, roc_curve
 
-    y = np.asarray(labels).astype(int)
-    s = np.asarray(scores, dtype=np.float64)
+    y, s = _numbers(labels, "labels"), _numbers(scores, "scores")
     if y.shape != s.shape or y.ndim != 1:
         raise BadInput(f"labels and scores must be 1-D and the same length, got {y.shape} and {s.shape}")
+    if not np.isin(y, (0, 1)).all():  # astype(int) made 0.7 a normal image and 2 neither
+        raise BadInput(f"labels must be 0 (normal) or 1 (anomalous), got {sorted(set(y.tolist()) - {0, 1})[:3]}")
+    y = y.astype(int)
+    threshold = None if threshold is None else check_threshold(threshold)
     if not (y == 1).any() or not (y == 0).any():
         raise BadInput("need at least one normal and one anomalous image to evaluate")
     if not np.isfinite(s).all():
@@ -67,6 +71,13 @@ def image_metrics(labels: Sequence[int], scores: Sequence[float], threshold: flo
     return out
 
 
+def _numbers(values, what: str) -> np.ndarray:
+    try:
+        return np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise BadInput(f"{what} must be numbers, got {str(values)[:40]!r}") from None
+
+
 def _strictly_below(scores: np.ndarray, t: float) -> float:
     """sklearn flags score >= t; return a value T with {score > T} == {score >= t}: midway to the next lower score."""
     lower = scores[scores < t]
@@ -77,10 +88,14 @@ def pixel_auroc(maps: np.ndarray, masks: np.ndarray) -> float:
     """AUROC of per-pixel scores (N, H, W) against boolean ground-truth masks (N, H, W)."""
     from sklearn.metrics import roc_auc_score
 
-    m = np.asarray(masks, dtype=bool).ravel()
+    values, m = _numbers(maps, "pixel maps"), np.asarray(masks, dtype=bool)
+    if values.shape != m.shape:
+        raise BadInput(f"pixel maps and masks must have the same shape, got {values.shape} and {m.shape}")
+    if np.isnan(values).any():  # as PixelRoc says it, not sklearn's "Input contains NaN"
+        raise BadInput("a pixel map holds NaN (a broken model?): scores must be finite")
     if m.all() or not m.any():
         raise BadInput("the masks must mark some pixels anomalous and leave some normal")
-    return float(roc_auc_score(m, np.asarray(maps, dtype=np.float64).ravel()))
+    return float(roc_auc_score(m.ravel(), values.ravel()))
 
 
 @dataclass
