@@ -267,3 +267,17 @@ def test_the_metrics_helpers_refuse_bad_arrays_with_bad_input(call, message):
 
     with pytest.raises(BadInput, match=message):
         call(anomaly)
+
+
+@pytest.mark.slow
+def test_a_threshold_from_normal_images_in_an_array(run, tmp_path):
+    # images in memory are meant to work (the copy check skips them), but each image was taken for
+    # a folder and handed to Path(): TypeError
+    from vaekit import anomaly
+
+    edited = _copy_run(run, tmp_path / "run")
+    x = np.stack([np.asarray(Image.open(p).resize((16, 16))).transpose(2, 0, 1)
+                  for p in sorted(_images(tmp_path / "new", 4, seed=3).iterdir())])
+    section = anomaly.threshold_from_normal(edited, x, quantile=0.5)
+    assert section["n"] == 4
+    assert json.loads((edited / "config.json").read_text())["anomaly"]["threshold"] == section["threshold"]

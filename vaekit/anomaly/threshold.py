@@ -258,7 +258,7 @@ def threshold_from_normal(run_dir: str | Path, normal, quantile: float | None = 
         quantile = stored if isinstance(stored, float) and 0 < stored < 1 and not old.get("fixed") else 0.99
     q = check_quantile(quantile, target_fpr)
     roots = _training_roots(cfg, run_dir)
-    for folder in [normal] if isinstance(normal, (str, Path)) else list(normal):
+    for folder in [] if isinstance(normal, np.ndarray) else [normal] if isinstance(normal, (str, Path)) else normal:
         for root in roots:
             if is_inside(folder, root) or is_inside(root, folder):
                 raise BadInput(f"{folder} holds images the model trained on ({root}); a threshold needs normal images it never saw")
