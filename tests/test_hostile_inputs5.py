@@ -281,3 +281,22 @@ def test_a_threshold_from_normal_images_in_an_array(run, tmp_path):
     section = anomaly.threshold_from_normal(edited, x, quantile=0.5)
     assert section["n"] == 4
     assert json.loads((edited / "config.json").read_text())["anomaly"]["threshold"] == section["threshold"]
+
+
+@pytest.mark.slow
+def test_an_empty_batch_scores_to_nothing_on_a_surface_model_too(tmp_path_factory):
+    # a vector model gave empty Scores; a surface model's reader raised numpy's "need at least one array"
+    import vaekit
+    from surface_support import train_surface
+
+    root = tmp_path_factory.mktemp("surface5")
+    folder = root / "train"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(24):
+        Image.fromarray(rng.integers(60, 200, (48, 48), dtype=np.uint8)).save(folder / f"s{i:02d}.png")
+    model = vaekit.load(train_surface(folder, root / "run", epochs=1, reader_steps=4))
+    assert model.info.score == "defect"
+    s = model.info.image_size
+    out = model.score(np.zeros((0, model.info.channels, s, s), np.uint8))
+    assert out.score.shape == (0,) and out.pixel_map.shape == (0, s, s)
