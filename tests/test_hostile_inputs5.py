@@ -300,3 +300,36 @@ def test_an_empty_batch_scores_to_nothing_on_a_surface_model_too(tmp_path_factor
     s = model.info.image_size
     out = model.score(np.zeros((0, model.info.channels, s, s), np.uint8))
     assert out.score.shape == (0,) and out.pixel_map.shape == (0, s, s)
+
+
+# --- sample-data into a folder that holds the user's files -----------------------------------------
+
+def test_sample_data_never_replaces_a_users_readme_or_deletes_their_images(tmp_path):
+    # README.txt was replaced without a word, and --overwrite deleted every PNG of train/ and test/*
+    from vaekit.errors import OutputExists
+    from vaekit.sample_data import write_digits, write_shapes
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "README.txt").write_text("my notes")
+    with pytest.raises(OutputExists, match="README.txt was not written by"):
+        write_digits(tmp_path / "a", size=8, n_anomalous=4)
+    assert (tmp_path / "a" / "README.txt").read_text() == "my notes"
+    assert not (tmp_path / "a" / "train").exists()
+
+    mine = _images(tmp_path / "b" / "train", 1)
+    with pytest.raises(OutputExists, match="img00.png was not written by"):
+        write_shapes(tmp_path / "b", n_train=2, n_test_normal=1, n_test_anomalous=1, size=32, overwrite=True)
+    assert (mine / "img00.png").is_file()
+
+    write_digits(tmp_path / "c", size=8, n_anomalous=4)  # its own files are replaced, with overwrite
+    write_shapes(tmp_path / "c", n_train=2, n_test_normal=1, n_test_anomalous=1, size=32, overwrite=True)
+    assert sorted(p.name for p in (tmp_path / "c" / "train").iterdir()) == ["part_0000.png", "part_0001.png"]
+    assert (tmp_path / "c" / "README.txt").read_text().startswith("vaekit sample data: synthetic")
+
+
+def test_sample_data_tells_the_command_line_its_own_option(tmp_path):
+    # the refusal said "pass overwrite=True", the Python argument, to a user of the CLI
+    from vaekit.sample_data import write_digits
+
+    write_digits(tmp_path, size=8, n_anomalous=4)
+    assert "--overwrite" in _one_line_error(invoke("sample-data", "digits", tmp_path))
