@@ -8,6 +8,7 @@ for the images a mask covers (all normal images, the masked anomalous ones), as 
 from __future__ import annotations
 
 import io
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -18,6 +19,7 @@ from vaekit import images as imageio
 from vaekit.anomaly.overlap import file_identity
 from vaekit.anomaly.pixel_roc import PixelRoc
 from vaekit.anomaly.score import Progress, iter_scored, scoring_plan
+from vaekit.anomaly.threshold import check_threshold
 from vaekit.inference.tiled import tiled
 from vaekit.inference.engine import Model
 from vaekit.errors import BadInput, MissingExtra, NotFound
@@ -34,10 +36,13 @@ def image_metrics(labels: Sequence[int], scores: Sequence[float], threshold: flo
     """
     from sklearn.metrics import average_precision_score, f1_score, precision_recall_curve, roc_auc_score, roc_curve
 
-    y = np.asarray(labels).astype(int)
-    s = np.asarray(scores, dtype=np.float64)
+    y, s = _numbers(labels, "labels"), _numbers(scores, "scores")
     if y.shape != s.shape or y.ndim != 1:
         raise BadInput(f"labels and scores must be 1-D and the same length, got {y.shape} and {s.shape}")
+    if not np.isin(y, (0, 1)).all():  # astype(int) made 0.7 a normal image and 2 neither
+        raise BadInput(f"labels must be 0 (normal) or 1 (anomalous), got {sorted(set(y.tolist()) - {0, 1})[:3]}")
+    y = y.astype(int)
+    threshold = None if threshold is None else check_threshold(threshold)
     if not (y == 1).any() or not (y == 0).any():
         raise BadInput("need at least one normal and one anomalous image to evaluate")
     if not np.isfinite(s).all():
@@ -66,6 +71,13 @@ def image_metrics(labels: Sequence[int], scores: Sequence[float], threshold: flo
     return out
 
 
+def _numbers(values, what: str) -> np.ndarray:
+    try:
+        return np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise BadInput(f"{what} must be numbers, got {str(values)[:40]!r}") from None
+
+
 def _strictly_below(scores: np.ndarray, t: float) -> float:
     """sklearn flags score >= t; return a value T with {score > T} == {score >= t}: midway to the next lower score."""
     lower = scores[scores < t]
@@ -76,10 +88,14 @@ def pixel_auroc(maps: np.ndarray, masks: np.ndarray) -> float:
     """AUROC of per-pixel scores (N, H, W) against boolean ground-truth masks (N, H, W)."""
     from sklearn.metrics import roc_auc_score
 
-    m = np.asarray(masks, dtype=bool).ravel()
+    values, m = _numbers(maps, "pixel maps"), np.asarray(masks, dtype=bool)
+    if values.shape != m.shape:
+        raise BadInput(f"pixel maps and masks must have the same shape, got {values.shape} and {m.shape}")
+    if np.isnan(values).any():  # as PixelRoc says it, not sklearn's "Input contains NaN"
+        raise BadInput("a pixel map holds NaN (a broken model?): scores must be finite")
     if m.all() or not m.any():
         raise BadInput("the masks must mark some pixels anomalous and leave some normal")
-    return float(roc_auc_score(m, np.asarray(maps, dtype=np.float64).ravel()))
+    return float(roc_auc_score(m.ravel(), values.ravel()))
 
 
 @dataclass
@@ -158,13 +174,15 @@ def evaluate(
     progress: Progress | None = None,
 ) -> Evaluation:
     """Score labelled folders and measure detection (see `image_metrics`); with `masks`, also
-    pixel-level AUROC. A mask matches an anomalous image by relative path or name, with or
-    without a `_mask` suffix (MVTec AD's layout); normal images count as all-normal pixels.
+    pixel-level AUROC. A mask matches an anomalous image by relative path, or by name where only
+    one mask and one anomalous image have it, with or without a `_mask` suffix (MVTec AD's
+    layout); normal images count as all-normal pixels.
     The two sets may not share a file (BadInput)."""
     if masks is not None and not Path(masks).is_dir():
         raise NotFound(f"masks folder not found: {masks}")
-    roc, mask_of = (None, None) if masks is None else (PixelRoc(), _masks_for(model, Path(masks)))
+    index = None if masks is None else _mask_index(Path(masks))  # a folder without masks: said first
     found_good, found_bad = _labelled_inputs(normal, anomalous)
+    roc, mask_of = (None, None) if masks is None else (PixelRoc(), _masks_for(model, index, found_bad.names))
     plan, good, skipped_good = _scores_and_maps(
         model, normal, found_good, samples, score, iwae, threshold, progress, None if roc is None else _counter(roc))
     _, bad, skipped_bad = _scores_and_maps(
@@ -184,14 +202,24 @@ def evaluate(
     return ev
 
 
-def _masks_for(model, masks: Path):
-    """name -> the anomalous image's mask at its map's geometry, or None; BadInput at once when
-    the folder holds no image file."""
-    index = _mask_index(masks)
-    if not index[0]:  # no mask file at all: said before any scoring
-        raise BadInput(f"no mask in {masks} matches an anomalous image (the folder holds no image file)")
+def _masks_for(model, index, names: Sequence[str]):
+    """name -> the anomalous image's mask at its map's geometry, or None. A mask is an image's by
+    its relative path, else by its name alone when neither another mask nor another anomalous image
+    has that name and no image claims the mask by path: crack/000.png without a mask must not take
+    crack/000's for hole/000.png."""
+    by_path, by_stem = index
+    keys = {n: Path(n).with_suffix("").as_posix() for n in names}
+    stems = Counter(k.rsplit("/", 1)[-1] for k in keys.values())
+    claimed = {by_path[k] for k in keys.values() if k in by_path}
+    paths = {}
+    for name, key in keys.items():
+        stem = key.rsplit("/", 1)[-1]
+        if key in by_path:
+            paths[name] = by_path[key]
+        elif stems[stem] == 1 and len(by_stem.get(stem, [])) == 1 and by_stem[stem][0] not in claimed:
+            paths[name] = by_stem[stem][0]
     size = model.info.read_size if tiled(model) else model.info.image_size
-    return lambda name, image: _find_mask(index, name, size, crop=not tiled(model), image=image)
+    return lambda name, image: _read_mask(paths.get(name), name, size, crop=not tiled(model), image=image)
 
 
 def _counter(roc: PixelRoc, mask_of=None):
@@ -211,13 +239,17 @@ def _pixel_auroc(roc: PixelRoc, masks) -> float:
     if not roc.masked:
         raise BadInput(f"no mask in {masks} matches an anomalous image "
                        "(expected the same relative path or name, optionally with a _mask suffix)")
+    if not roc.counts()[0]:  # 0/1 label masks read as all normal: say what a mask pixel must be
+        raise BadInput(f"the masks in {masks} mark no pixel anomalous: a mask pixel is anomalous above "
+                       "127 of 255 (scale 0/1 label masks to 0/255)")
     if 0 in roc.counts():
         raise BadInput("the masks must mark some pixels anomalous and leave some normal")
     return roc.auroc()
 
 
 def _mask_index(root: Path) -> tuple[dict[str, Path], dict[str, list[Path]]]:
-    """Masks under `root` by relative path without suffix (and `_mask`), and by file stem."""
+    """Masks under `root` by relative path without suffix (and `_mask`), and by file stem;
+    BadInput when the folder holds no image file."""
     index: dict[str, Path] = {}
     by_stem: dict[str, list[Path]] = {}
     for p in imageio.find_images(root):
@@ -225,17 +257,14 @@ def _mask_index(root: Path) -> tuple[dict[str, Path], dict[str, list[Path]]]:
         key = key[: -len("_mask")] if key.endswith("_mask") else key
         index[key] = p
         by_stem.setdefault(key.rsplit("/", 1)[-1], []).append(p)
+    if not index:
+        raise BadInput(f"no mask in {root} matches an anomalous image (the folder holds no image file)")
     return index, by_stem
 
 
-def _find_mask(index, name: str, size: int, crop: bool = True, image: str | None = None) -> np.ndarray | None:
-    """The mask (size, size) bool of the anomalous image `name`, at the model's geometry, or None
-    (crop=False: the whole mask, its shorter side `size`, as a tiled model's maps)."""
-    by_path, by_stem = index
-    key = Path(name).with_suffix("").as_posix()
-    path = by_path.get(key)
-    if path is None and len(by_stem.get(key.rsplit("/", 1)[-1], [])) == 1:
-        path = by_stem[key.rsplit("/", 1)[-1]][0]
+def _read_mask(path: Path | None, name: str, size: int, crop: bool = True, image: str | None = None) -> np.ndarray | None:
+    """The mask at `path` (size, size) bool, of the anomalous image `name`, at the model's geometry,
+    or None without a path (crop=False: the whole mask, its shorter side `size`, as a tiled model's maps)."""
     if path is None:
         return None
     try:

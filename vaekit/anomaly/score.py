@@ -10,7 +10,6 @@ that want one report.
 from __future__ import annotations
 
 import inspect
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -19,7 +18,7 @@ import numpy as np
 
 from vaekit import images as imageio
 from vaekit import stream
-from vaekit.anomaly.threshold import resolve_threshold
+from vaekit.anomaly.threshold import check_threshold, resolve_threshold
 from vaekit.inference.engine import SCORES, Model, Scores
 from vaekit.errors import BadInput
 from vaekit.images.arrays import check_batch_size
@@ -66,8 +65,8 @@ class Plan:
 def scoring_plan(model: Model, samples: int = 0, score: str | None = None, iwae: bool = False,
                  threshold: float | None = None) -> Plan:
     """Check the settings and resolve the threshold that applies (see resolve_threshold)."""
-    if threshold is not None and not math.isfinite(threshold):
-        raise BadInput(f"threshold must be a finite number, got {threshold!r}")
+    if threshold is not None:
+        threshold = check_threshold(threshold)
     if score is not None and score not in SCORES:
         raise BadInput(f"score must be one of {SCORES}, got {score!r}")
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:

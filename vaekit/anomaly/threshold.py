@@ -8,6 +8,7 @@ target false-positive rate); `resolve_threshold` says which one applies to a sco
 from __future__ import annotations
 
 import math
+import numbers
 from pathlib import Path
 
 import numpy as np
@@ -19,15 +20,22 @@ from vaekit.errors import BadInput
 QUANTILES = (0.5, 0.9, 0.95, 0.99, 0.999)  # stored with every run, for people and histograms
 
 
+def check_threshold(value) -> float:
+    """`value` as a float; BadInput unless it is a finite real number (not a bool, not a string)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise BadInput(f"threshold must be a finite number, got {value!r}")
+    return float(value)
+
+
 def check_quantile(quantile: float | None = None, target_fpr: float | None = None) -> float:
     """The threshold quantile from exactly one of `quantile` or `target_fpr` (= 1 - quantile)."""
     if (quantile is None) == (target_fpr is None):
         raise BadInput("give exactly one of a threshold quantile or a target false-positive rate")
     if target_fpr is not None:
-        if not 0.0 < target_fpr < 1.0:
+        if not (isinstance(target_fpr, numbers.Real) and 0.0 < target_fpr < 1.0):
             raise BadInput(f"target false-positive rate must be in (0, 1), got {target_fpr!r}")
         return 1.0 - float(target_fpr)
-    if not 0.0 < quantile < 1.0:
+    if not (isinstance(quantile, numbers.Real) and 0.0 < quantile < 1.0):
         raise BadInput(f"threshold quantile must be in (0, 1), got {quantile!r}")
     return float(quantile)
 
@@ -194,8 +202,7 @@ def set_threshold(run_dir: str | Path, quantile: float | None = None, target_fpr
     except (KeyError, TypeError, ValueError) as e:
         raise rundir.RunError(f"{where}: the stored anomaly section is damaged ({e})") from None
     if value is not None:
-        if not math.isfinite(value):
-            raise BadInput(f"threshold must be a finite number, got {value!r}")
+        value = check_threshold(value)
         q = float(np.mean(scores[default] <= value))
         section = threshold_section(scores, min(max(q, 1e-9), 1 - 1e-9), old.get("source", "validation"), default)
         section["threshold"] = float(value)
@@ -251,7 +258,7 @@ def threshold_from_normal(run_dir: str | Path, normal, quantile: float | None = 
         quantile = stored if isinstance(stored, float) and 0 < stored < 1 and not old.get("fixed") else 0.99
     q = check_quantile(quantile, target_fpr)
     roots = _training_roots(cfg, run_dir)
-    for folder in [normal] if isinstance(normal, (str, Path)) else list(normal):
+    for folder in [] if isinstance(normal, np.ndarray) else [normal] if isinstance(normal, (str, Path)) else normal:
         for root in roots:
             if is_inside(folder, root) or is_inside(root, folder):
                 raise BadInput(f"{folder} holds images the model trained on ({root}); a threshold needs normal images it never saw")
@@ -322,9 +329,7 @@ def _new_normal_scores(run_dir: Path, normal, default: str, names: list[str]) ->
 def resolve_threshold(model: Model, score: str, estimator: str, override: float | None) -> tuple[float | None, str]:
     """The threshold that applies to this score and estimator, and where it comes from."""
     if override is not None:
-        if not math.isfinite(override):
-            raise BadInput(f"threshold must be a finite number, got {override!r}")
-        return float(override), "given"
+        return check_threshold(override), "given"
     info = model.info
     if estimator != "mean":
         return None, ("none: the stored thresholds are for the deterministic score (no --samples/--iwae); "

@@ -152,6 +152,9 @@ def encode_folder(
         report.merged, report.pending = finish_when_complete(
             shares, torchrun, merge_timeout, progress, lambda: _write_code_file(shares, report, info, source))
         return report
+    except BaseException:  # refused or failed before its first batch (a missing encoder file): no OUT.partial left
+        journal.abandon()
+        raise
     finally:  # done, or stopped: the journal's lock goes at once (resumable in this process)
         journal.close()
 

@@ -229,8 +229,8 @@ class Model:
             if progress:
                 progress(sl.stop, n)
         excess = nll - floor
-        if score == "defect":
-            chosen, defect_map = self._read(x)
+        if score == "defect":  # the reader concatenates its batches: an empty one has none to read
+            chosen, defect_map = self._read(x) if n else (chosen, pmap)
             if maps:
                 pmap = defect_map.astype(np.float32)
         elif score != "atypicality":

@@ -14,12 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from vaekit.inference.engine import Model, ModelInfo, threshold_fields
-from vaekit.errors import BadInput, DamagedFile, ForeignModel, NotFound
+from vaekit.errors import BadInput, DamagedFile, ForeignModel, NotFound, VaekitError
 from vaekit.fileio import check_regular, is_inside, loads_json
 
 CHECKSUM_KEY = "vaekit.sha256"  # sha256 of the file, computed with CHECKSUM_PLACEHOLDER in its place
 CHECKSUM_PLACEHOLDER = "0" * 64
 FORMAT = "vaekit-onnx/1"  # metadata "vaekit.format" of every file vaekit.export writes
+MAX_BYTES = (1 << 31) - 1  # protobuf's limit for one message: an ONNX file without external data is never larger
 _INPUTS = {"scorer": ("x", "eps"), "encoder": ("x",), "decoder": ("z",), "reader": ("x",)}
 _OUTPUTS = {"scorer": ("recon", "kl", "pixel_map", "mu", "logvar"), "encoder": ("mu", "logvar"), "decoder": ("image",),
             "reader": ("logits",)}
@@ -102,10 +103,13 @@ def session_options(role: str = "scorer", threads: int | None = None, nchwc: boo
 
 def _open(path: Path, role: str, threads: int | None, device: str = "cpu"):
     """One onnxruntime session and its vaekit metadata; clear errors for anything else."""
-    check_regular(path, "model file")  # a FIFO or device named .onnx is refused, never opened
+    # a FIFO or device named .onnx is refused, never opened; a 30 GB file is not read into memory
+    check_regular(path, "model file", max_bytes=MAX_BYTES)
     data = path.read_bytes()  # read once: the session and the checksum
     try:
         sess = graph_session(data, role, threads, device)
+    except VaekitError:  # ours (--device cuda without onnxruntime-gpu) says what is wrong; the file may be fine
+        raise
     except Exception as e:  # onnxruntime raises its own zoo of types for unreadable files
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise OnnxModelError(f"{path} is not a readable ONNX model (not ONNX, truncated or corrupt): {reason}") from None
@@ -119,7 +123,9 @@ def _open(path: Path, role: str, threads: int | None, device: str = "cpu"):
     if found != role:
         if found not in _INPUTS:
             raise OnnxModelError(f"{path} has missing or corrupt vaekit metadata 'vaekit.role' ({found!r})")
-        hint = f"; give the main file {path.name.replace(f'.{found}.onnx', '.onnx')}" if found != "scorer" else ""
+        part = f".{found}.onnx"  # named as an export names its parts: the main file lies beside it
+        hint = (f"; give the main file {path.name[: -len(part)]}.onnx" if role == "scorer" and path.name.endswith(part)
+                else "" if role == "scorer" else "; export again to get a matching set")
         raise OnnxModelError(f"{path} is the {found!r} part of a vaekit export, expected the {role}{hint}")
     names_in = {i.name for i in sess.get_inputs()}
     names_out = {o.name for o in sess.get_outputs()}
@@ -221,8 +227,20 @@ class OnnxModel(Model):
                 raise OnnxModelError(
                     f"{path} belongs to another model (fingerprint {meta.get('vaekit.fingerprint')}, "
                     f"{self.path.name} has {self.info.fingerprint}); export again to get a matching set")
+            self._check_part_graph(sess, role, path)
             self._sessions[role] = sess
         return self._sessions[role]
+
+    def _check_part_graph(self, sess, role: str, path: Path) -> None:
+        """A part's graph must take and give this model's shapes, as the main file's must: a part of
+        another model under this fingerprint (edited metadata) failed inside onnxruntime (exit 3)."""
+        c, s, d = self.info.channels, self.info.image_size, self.info.latent_dim
+        want = {"encoder": {"x": [c, s, s], "mu": [d]}, "decoder": {"z": [d], "image": [c, s, s]}, "reader": {"x": [c]}}[role]
+        shapes = {v.name: list(v.shape[1:]) for v in (*sess.get_inputs(), *sess.get_outputs())}
+        if any(shapes.get(name, [])[: len(w)] != w for name, w in want.items()):
+            got = {name: shapes.get(name) for name in want}
+            raise OnnxModelError(f"{path} does not fit {self.path.name}: its graph has shapes {got}, expected {want} "
+                                 "after the batch; export again to get a matching set")
 
     @staticmethod
     def _f32(a: np.ndarray) -> np.ndarray:

@@ -35,7 +35,8 @@ def damage(stats, size: int, tests, default_tests, latent_dim: int | None = None
     n_tests = len(names) + 4 * len(windows)
     for key in ("mean", "sd"):
         v = stats["tests"].get(key)
-        if not (isinstance(v, list) and len(v) == n_tests and all(_finite(x) for x in v)):
+        # an sd of 0 divides to inf, a negative one flips every z-score: an anomaly would read as normal
+        if not (isinstance(v, list) and len(v) == n_tests and all(_finite(x) and (key == "mean" or x > 0) for x in v)):
             return f"tests.{key}"
     if "maps" in stats:  # vaekit 0.2: per position, at the model's size
         shape, table = (size, size), stats.get("maps")

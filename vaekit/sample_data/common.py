@@ -9,6 +9,7 @@ import numpy as np
 
 from vaekit.errors import BadInput, OutputExists
 
+README_START = b"vaekit sample data:"  # how the README.txt both write begins
 
 
 @dataclass
@@ -25,23 +26,47 @@ def check_seed(seed: int) -> None:
 
 def prepare_folders(root: Path, folders: list[str], overwrite: bool) -> None:
     """Create the output folders; refuse to mix a new data set into an old one (OutputExists
-    unless `overwrite`, and then only the PNGs of those folders go)."""
+    unless `overwrite`, and then only the sample PNGs of those folders go), and refuse a folder
+    holding images or a README.txt that the sample data did not write (OutputExists, always)."""
     from vaekit.fileio import refuse_under_file  # here: the sample data's module imports only what it must
 
     if Path(root).exists() and not Path(root).is_dir():
         raise BadInput(f"{root} is a file, not a folder")
     refuse_under_file(Path(root))
     existing = [p for f in folders if (root / f).is_dir() for p in sorted((root / f).glob("*.png"))]
+    # a user's own images or README.txt there are neither deleted nor replaced, with overwrite too
+    foreign = [p for p in existing if not _sample_name(p.name)] + _foreign_readme(Path(root))
+    if foreign:
+        raise OutputExists(f"{foreign[0]} was not written by `vaekit sample-data`; give an empty folder "
+                           "or one that an earlier `vaekit sample-data` wrote")
     if existing and not overwrite:
         raise OutputExists(
             f"{root} already holds sample images (e.g. {existing[0]}); "
-            "pass overwrite=True to replace them"
+            "pass --overwrite (overwrite=True) to replace them"
         )
     # Only the files this module writes are removed, so a user's other files survive.
     for path in existing:
         path.unlink()
     for f in folders:
         (root / f).mkdir(parents=True, exist_ok=True)
+
+
+def _sample_name(name: str) -> bool:
+    """Whether `name` is one the data sets write: digit<label>_<index>.png or part_<index>.png."""
+    head, _, index = name[: -len(".png")].rpartition("_") if name.endswith(".png") else ("", "", "")
+    digit = len(head) == 6 and head.startswith("digit") and head[5] in "0123456789"
+    return (head == "part" or digit) and len(index) == 4 and all(c in "0123456789" for c in index)
+
+
+def _foreign_readme(root: Path) -> list[Path]:
+    """[root/README.txt] when it is there and not the one the sample data writes, else []."""
+    readme = root / "README.txt"
+    if not readme.exists() and not readme.is_symlink():
+        return []
+    if not readme.is_file():  # a folder, a FIFO (never opened), a dangling link
+        return [readme]
+    with open(readme, "rb") as f:
+        return [] if f.read(len(README_START)) == README_START else [readme]
 
 
 def to_uint8(x: np.ndarray) -> np.ndarray:

@@ -53,7 +53,7 @@ def write_digits(
     go to test/anomalous/. Files are `digit{label}_{index:04d}.png`, where index is the image's
     position in `sklearn.datasets.load_digits()`. Images are 8-bit grayscale, upscaled
     (bicubic) from 8x8 to size x size. Raises FileExistsError if `root` already holds sample
-    images, unless `overwrite` is true.
+    images, unless `overwrite` is true, and always if it holds images or a README.txt it did not write.
     """
     root = Path(root)
     _check(normal, size, test_fraction, seed)

@@ -224,7 +224,8 @@ def write_shapes(
     hole, stain or missing piece) whose pixels are white in the same-named mode-L PNG in
     test/masks/. Files are `part_{i:04d}.png`. Each image comes from its own seeded
     generator, so changing one count does not change the other folders' images.
-    Raises FileExistsError if `root` already holds sample images, unless `overwrite` is true.
+    Raises FileExistsError if `root` already holds sample images, unless `overwrite` is true, and
+    always if it holds images or a README.txt it did not write.
     """
     root = Path(root)
     for name, n in [("n_train", n_train), ("n_test_normal", n_test_normal),
