@@ -130,7 +130,7 @@ COMMANDS = {
 }
 
 
-@pytest.mark.parametrize("command", list(COMMANDS))
+@pytest.mark.parametrize("command", [pytest.param(c, marks=pytest.mark.slow) if c == "train" else c for c in COMMANDS])
 def test_command_skips_bad_files_and_keeps_good_results(command, corpus, clean, run, anomalous, work):
     args, results = COMMANDS[command]
     outs = {}

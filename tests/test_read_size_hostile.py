@@ -326,6 +326,7 @@ def test_image_size_above_the_limit_on_aligned_objects_with_auto_layout(tmp_path
         assert not out.exists(), sorted(p.name for p in out.iterdir())
 
 
+@pytest.mark.slow  # trains its own surface model and readers
 def test_resume_of_a_large_surface_run_keeps_its_sizes(large, tmp_path):
     """`train --resume` (one more epoch) of a surface read larger than the network, with the limit
     back at its real value: the run keeps image_size 48, read_size 96, and scores as before in shape."""
@@ -383,6 +384,7 @@ def test_the_export_scores_odd_shapes_as_the_run_does_with_the_default_score(lar
     assert onnx.info.threshold == pytest.approx(run.info.threshold)
 
 
+@pytest.mark.slow  # trains its own surface model and readers
 def test_an_rgb_surface_read_at_a_size_no_multiple_of_four_or_the_tile(tmp_path):
     """RGB textures of 98 x 147 under a 48 px limit: read at 98 (tiles at 0, 25, 50 overlapping), the
     stored held-out scores are the scores `score_images` gives their files."""

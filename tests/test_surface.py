@@ -229,6 +229,7 @@ def test_anomaly_score_and_evaluate_read_wide_images_whole(surface, tmp_path):
     assert r.exit_code == 2 and "must have its image's aspect ratio" in r.output
 
 
+@pytest.mark.slow  # trains its own surface model and readers
 def test_a_surface_trained_on_wide_images_sets_its_threshold_from_whole_images(tmp_path):
     """The stored defect scores of the held-out images are those anomaly-score gives their whole
     files (the largest tile's), not their centre squares'."""

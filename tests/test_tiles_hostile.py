@@ -193,6 +193,7 @@ def test_a_nan_tile_makes_its_image_nan_and_anomalous_fail_closed(model, mixed, 
     assert np.isnan(r.score) and r.anomalous is True
 
 
+@pytest.mark.slow  # trains its own surface model and readers
 def test_gray_and_palette_files_under_an_rgb_surface(tmp_path):
     """An RGB surface reads a gray, a palette-with-transparency and a 16-bit file whole, at their shapes."""
     data = tmp_path / "rgb"
