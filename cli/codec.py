@@ -112,6 +112,11 @@ def encode(
                            "is entropy-coded at its quality instead: leave out one or the other")
         with _one_pass(out):
             return _encode_vkc(model, images, out, quality, lossless, fit, overwrite, as_json, device)
+    if out.suffix.lower() == ".vkc":  # the user meant the codec: a fixed-length code file under that name surprises
+        from vaekit.errors import BadInput
+
+        raise BadInput(f"{out.name} names an entropy-coded archive: give --quality 1..8 or --lossless, "
+                       f"or name it {out.with_suffix('.codes').name} for fixed-length codes")
     from vaekit.codes import encode_folder
 
     apply_threads()

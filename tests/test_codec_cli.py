@@ -87,6 +87,7 @@ def test_a_refused_encode_with_fit_leaves_the_tables_alone(setup, tmp_path, why)
     (["--quality", "3", "--lossless"], "notboth"),
     (["--quality", "3", "--resume"], "resume"),
     (["--fit", "TRAIN"], "--fitgoeswith--quality"),
+    ([], "x.vkcnamesanentropy-codedarchive:give--quality1..8or--lossless,ornameitx.codes"),  # not fixed-length codes
 ])
 def test_bad_codec_options_exit_2(setup, tmp_path, args, message):
     root, run = setup
