@@ -98,6 +98,8 @@ def encode(
 ) -> None:
     """Compress images into one file: latent codes (posterior means; deterministic), or with
     --quality / --lossless an entropy-coded .vkc."""
+    from vaekit.errors import BadInput
+
     if quality is not None or lossless or fit is not None:
         if resume or shard is not None:
             raise typer.BadParameter("--quality and --lossless write a .vkc in one pass: no --resume or --shard")
@@ -106,15 +108,11 @@ def encode(
         if quality is None and not lossless:
             raise typer.BadParameter("--fit goes with --quality")
         if precision is not None:
-            from vaekit.errors import BadInput
-
             raise BadInput(f"--precision {precision.value} sets a code file's numbers; a .vkc (--quality, --lossless) "
                            "is entropy-coded at its quality instead: leave out one or the other")
         with _one_pass(out):
             return _encode_vkc(model, images, out, quality, lossless, fit, overwrite, as_json, device)
     if out.suffix.lower() == ".vkc":  # the user meant the codec: a fixed-length code file under that name surprises
-        from vaekit.errors import BadInput
-
         raise BadInput(f"{out.name} names an entropy-coded archive: give --quality 1..8 or --lossless, "
                        f"or name it {out.with_suffix('.codes').name} for fixed-length codes")
     from vaekit.codes import encode_folder
