@@ -181,6 +181,18 @@ def test_evaluate_refuses_an_empty_masks_folder_before_scoring(run, tmp_path, mo
                    "--masks", tmp_path / "empty"), "no mask in")
 
 
+
+def test_evaluate_refuses_masks_that_are_images_it_scores(run, tmp_path, monkeypatch):
+    """--masks given the anomalous (or normal) folder by mistake read each image as its own mask
+    and reported a pixel AUROC as if it meant something; refused before anything is scored."""
+    from vaekit.anomaly import evaluation
+
+    monkeypatch.setattr(evaluation, "iter_scored", lambda *a, **k: pytest.fail("scored before refusing the masks"))
+    test = run.parent / "digits" / "test"
+    for masks in (test / "anomalous", test / "normal", test):
+        refused(invoke("evaluate", run, "--normal", test / "normal", "--anomalous", test / "anomalous", "--masks", masks),
+                "is both a mask and an image to score")
+
 def test_codes_encode_refuses_names_decode_could_never_write(run, pair, tmp_path):
     """x.png, x.bmp and x.png.png would all decode to x.png.png: refused up front, as a .vkc is."""
     src = tmp_path / "src"

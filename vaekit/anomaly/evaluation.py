@@ -130,18 +130,22 @@ class Evaluation:
 
 
 
-def _labelled_inputs(normal, anomalous):
+def _labelled_inputs(normal, anomalous, masks: Sequence[Path] = ()):
     """The images of both labelled sets; BadInput when one file is in both (the same folder twice,
     `X` and `X/../X`, overlapping folders, a symbolic or a hard link): its two labels would make
-    the metrics meaningless. A file is known by its device and inode (its path where it cannot
-    be stat'ed), so a hard link, another name of the very same file, is caught too."""
+    the metrics meaningless; or when a mask is one of them (--masks given an image folder). A file
+    is known by its device and inode (its path where it cannot be stat'ed): hard links too."""
     good, bad = find_inputs(normal), find_inputs(anomalous)
     seen = {file_identity(p): p for p in getattr(good.paths, "texts", good.paths)}
-    for p in getattr(bad.paths, "texts", bad.paths):
-        same = seen.get(file_identity(p))
-        if same is not None:
-            raise BadInput(f"{p} is both an anomalous and a normal image ({same}); "
+    bad_ids = {file_identity(p): p for p in getattr(bad.paths, "texts", bad.paths)}
+    for i, p in bad_ids.items():
+        if i in seen:
+            raise BadInput(f"{p} is both an anomalous and a normal image ({seen[i]}); "
                            "give --normal and --anomalous sets that share no file")
+    seen.update(bad_ids)
+    for m in masks:
+        if file_identity(m) in seen:
+            raise BadInput(f"{m} is both a mask and an image to score ({seen[file_identity(m)]}); give --masks a folder of masks only")
     return good, bad
 
 
@@ -181,7 +185,7 @@ def evaluate(
     if masks is not None and not Path(masks).is_dir():
         raise NotFound(f"masks folder not found: {masks}")
     index = None if masks is None else _mask_index(Path(masks))  # a folder without masks: said first
-    found_good, found_bad = _labelled_inputs(normal, anomalous)
+    found_good, found_bad = _labelled_inputs(normal, anomalous, [] if index is None else index[0].values())
     roc, mask_of = (None, None) if masks is None else (PixelRoc(), _masks_for(model, index, found_bad.names))
     plan, good, skipped_good = _scores_and_maps(
         model, normal, found_good, samples, score, iwae, threshold, progress, None if roc is None else _counter(roc))
