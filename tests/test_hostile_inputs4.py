@@ -34,19 +34,22 @@ def _images(folder: Path, n: int = 12, seed: int = 0) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A tiny RGB model trained on `_images`."""
+def tiny_rgb_run(root: Path) -> Path:
+    """A tiny RGB model trained on `_images` (root/train), in root/run (also tests/test_hostile_inputs5.py's)."""
     import torch
 
     from vaekit.config import ModelConfig, TrainConfig
     from vaekit.train import train
 
     torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("inputs4")
     train(_images(root / "train"), root / "run", ModelConfig(image_size=16, channels=3, latent_dim=4, base_channels=4),
           TrainConfig(epochs=1, batch_size=8, seed=0, device="cpu"), channels=3)
     return root / "run"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return tiny_rgb_run(tmp_path_factory.mktemp("inputs4"))
 
 
 def _one_line_error(r, code: int = 2) -> str:

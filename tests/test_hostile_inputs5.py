@@ -10,50 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
-
-from vaekit_cli.main import app
 
 from export_support import exported
-
-runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(app, ["--threads", "1", *map(str, args)])
-
-
-def _images(folder: Path, n: int = 12, seed: int = 0) -> Path:
-    """`n` small RGB discs at seeded places."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:20, :20]
-    for i in range(n):
-        cy, cx, r = rng.uniform(6, 14), rng.uniform(6, 14), rng.uniform(3, 5)
-        disc = np.where((yy - cy) ** 2 + (xx - cx) ** 2 < r * r, 220, 30).astype(np.uint8)
-        Image.fromarray(np.stack([disc, disc // 2, 255 - disc], -1)).save(folder / f"img{i:02d}.png")
-    return folder
+from test_hostile_inputs4 import _images, _one_line_error, invoke, tiny_rgb_run
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """A tiny RGB model trained on `_images`."""
-    import torch
-
-    from vaekit.config import ModelConfig, TrainConfig
-    from vaekit.train import train
-
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("inputs5")
-    train(_images(root / "train"), root / "run", ModelConfig(image_size=16, channels=3, latent_dim=4, base_channels=4),
-          TrainConfig(epochs=1, batch_size=8, seed=0, device="cpu"), channels=3)
-    return root / "run"
-
-
-def _one_line_error(r, code: int = 2) -> str:
-    assert r.exit_code == code, r.output
-    assert "Traceback" not in r.output
-    return r.output
+    return tiny_rgb_run(tmp_path_factory.mktemp("inputs5"))
 
 
 def _copy_run(run: Path, dest: Path) -> Path:
