@@ -10,7 +10,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from vaekit_cli.output import (DEVICE_HELP, Device, apply_threads, console, dumps_json, err_console, image_rate,
-                               load_model, progress_bar, promise_rows, shown, tidy_outputs)
+                               load_model, parse_share, progress_bar, promise_rows, shown, tidy_outputs)
 
 MODEL_HELP = "A training run directory, or an exported .onnx model."
 TABLE_ROWS = 20  # the terminal shows at most this many images (the most anomalous); files get all
@@ -65,13 +65,11 @@ def anomaly_score(
     scored (OUT.partial), so a killed job continues with --resume; under torchrun each rank
     scores its share and rank 0 writes the one file.
     """
-    from vaekit import anomaly, stream
+    from vaekit import anomaly
 
     apply_threads()
     anomaly.check_outputs(inputs, out, maps, overwrite, model)  # a bad or taken name fails now, not after scoring
-    share = stream.parse_shard(shard) if shard is not None else None
-    if share is not None and stream.env_shard()[1] > 1:
-        raise typer.BadParameter("--shard cannot be combined with torchrun (each rank takes its share already)")
+    share = parse_share(shard)
     samples = samples or (64 if iwae else 0)
     m = load_model(model, device)
     with _scoring_bar() as progress:

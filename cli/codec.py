@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 import typer
 
 from vaekit_cli.output import (DEVICE_HELP, EXIT_TERMINATED, Device, Terminated, apply_threads, console, dumps_json,
-                               err_console, image_rate, load_model, progress_bar, shown, tidy_outputs)
+                               err_console, image_rate, load_model, parse_share, progress_bar, shown, tidy_outputs)
 
 ModelArg = Annotated[Path, typer.Argument(help="Run directory or exported .onnx file.", exists=True)]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")]
@@ -98,27 +98,13 @@ def encode(
 ) -> None:
     """Compress images into one file: latent codes (posterior means; deterministic), or with
     --quality / --lossless an entropy-coded .vkc."""
-    from vaekit.errors import BadInput
-
-    if quality is not None or lossless or fit is not None:
-        if resume or shard is not None:
-            raise typer.BadParameter("--quality and --lossless write a .vkc in one pass: no --resume or --shard")
-        if lossless and (quality is not None or fit is not None):
-            raise typer.BadParameter("give --quality (with --fit) or --lossless, not both")
-        if quality is None and not lossless:
-            raise typer.BadParameter("--fit goes with --quality")
-        if precision is not None:
-            raise BadInput(f"--precision {precision.value} sets a code file's numbers; a .vkc (--quality, --lossless) "
-                           "is entropy-coded at its quality instead: leave out one or the other")
+    if _wants_vkc(out, precision, resume, shard, quality, lossless, fit):
         with _one_pass(out):
             return _encode_vkc(model, images, out, quality, lossless, fit, overwrite, as_json, device)
-    if out.suffix.lower() == ".vkc":  # the user meant the codec: a fixed-length code file under that name surprises
-        raise BadInput(f"{out.name} names an entropy-coded archive: give --quality 1..8 or --lossless, "
-                       f"or name it {out.with_suffix('.codes').name} for fixed-length codes")
     from vaekit.codes import encode_folder
 
     apply_threads()
-    share = _share(shard)
+    share = parse_share(shard)
     m = load_model(model, device)
     with _progress("decoding images", as_json) as progress:
         report = encode_folder(m, images, out, (precision or Precision.q8).value, overwrite=overwrite, progress=progress, resume=resume,
@@ -139,6 +125,27 @@ def encode(
                                 f"{report.bits_per_source_pixel:.4f} (of the originals)")
     t.add_row("vs. sources", vs_sources(report.source_bytes, report.file_bytes))
     console.print(t)
+
+
+def _wants_vkc(out: Path, precision, resume, shard, quality, lossless, fit) -> bool:
+    """Whether encode's options ask for a .vkc; BadParameter/BadInput for options that do not go together."""
+    from vaekit.errors import BadInput
+
+    if quality is None and not lossless and fit is None:
+        if out.suffix.lower() == ".vkc":  # the user meant the codec: fixed-length codes under that name surprise
+            raise BadInput(f"{out.name} names an entropy-coded archive: give --quality 1..8 or --lossless, "
+                           f"or name it {out.with_suffix('.codes').name} for fixed-length codes")
+        return False
+    if resume or shard is not None:
+        raise typer.BadParameter("--quality and --lossless write a .vkc in one pass: no --resume or --shard")
+    if lossless and (quality is not None or fit is not None):
+        raise typer.BadParameter("give --quality (with --fit) or --lossless, not both")
+    if quality is None and not lossless:
+        raise typer.BadParameter("--fit goes with --quality")
+    if precision is not None:
+        raise BadInput(f"--precision {precision.value} sets a code file's numbers; a .vkc (--quality, --lossless) "
+                       "is entropy-coded at its quality instead: leave out one or the other")
+    return True
 
 
 def _encode_vkc(model, images, out, quality, lossless, fit, overwrite, as_json, device) -> None:
@@ -198,16 +205,6 @@ def _is_vkc(path: Path) -> bool:
         return f.read(3) == b"VKC"
 
 
-def _share(text):
-    """--shard INDEX/COUNT checked now; not with torchrun, whose ranks take their shares already."""
-    from vaekit import stream
-
-    share = stream.parse_shard(text) if text is not None else None
-    if share is not None and stream.env_shard()[1] > 1:
-        raise typer.BadParameter("--shard cannot be combined with torchrun (each rank takes its share already)")
-    return share
-
-
 def _share_pending(report, out, as_json: bool) -> None:
     i, n = report.shard
     waiting = ", ".join(map(str, report.pending[:10])) + (" ..." if len(report.pending) > 10 else "") or "the merge"
@@ -264,7 +261,7 @@ def reconstruct(
     from vaekit.inference.reconstruct import reconstruct_to_folder
 
     apply_threads()
-    share = _share(shard)
+    share = parse_share(shard)
     m = load_model(model, device)
     with _progress("decoding images", as_json) as progress:
         report = reconstruct_to_folder(m, images, out, overwrite=overwrite, progress=progress, batch_size=batch_size,

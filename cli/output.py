@@ -171,6 +171,17 @@ def load_model(path, device: Device = Device.auto):
     return vaekit.load(path, device=Device(device).value, threads=THREADS or None)
 
 
+def parse_share(text: str | None):
+    """--shard INDEX/COUNT checked now (vaekit.stream.parse_shard); not with torchrun, whose ranks
+    take their shares already."""
+    from vaekit import stream
+
+    share = stream.parse_shard(text) if text is not None else None
+    if share is not None and stream.env_shard()[1] > 1:
+        raise typer.BadParameter("--shard cannot be combined with torchrun (each rank takes its share already)")
+    return share
+
+
 def image_rate(bars: Progress, labels: dict[str, str]):
     """A progress(done, total, phase="") callback for `bars`: one bar per phase (labelled by
     `labels`, else by the phase's name) showing images per second since that phase began."""
