@@ -150,12 +150,15 @@ def _wants_vkc(out: Path, precision, resume, shard, quality, lossless, fit) -> b
 
 def _encode_vkc(model, images, out, quality, lossless, fit, overwrite, as_json, device) -> None:
     from vaekit import codec
+    from vaekit.fileio import is_inside
 
     m, prior = load_model(model, device), None
     if fit is not None:
         if m.info.engine != "torch":
             raise typer.BadParameter("--fit stores the tables in a run directory: give the run (then export it again)")
         codec.check_encode(m, images, out, quality=quality, lossless=lossless, overwrite=overwrite)  # refused: nothing changed
+        if is_inside(fit, m.info.source):  # its preview.png would be the tables' only image
+            raise typer.BadParameter(f"--fit {fit} is the run directory: give the training images to fit the tables on")
         with _progress("fitting the tables", as_json) as progress:
             loaded = m.load_images(fit, progress=progress)
         if not len(loaded.images):

@@ -87,11 +87,12 @@ def test_a_refused_encode_with_fit_leaves_the_tables_alone(setup, tmp_path, why)
     (["--quality", "3", "--lossless"], "notboth"),
     (["--quality", "3", "--resume"], "resume"),
     (["--fit", "TRAIN"], "--fitgoeswith--quality"),
+    (["--quality", "3", "--fit", "RUN"], "istherundirectory:givethetrainingimages"),  # its preview.png is no training set
     ([], "x.vkcnamesanentropy-codedarchive:give--quality1..8or--lossless,ornameitx.codes"),  # not fixed-length codes
 ])
 def test_bad_codec_options_exit_2(setup, tmp_path, args, message):
     root, run = setup
-    r = invoke("encode", run, root / "src", "-o", tmp_path / "x.vkc", *[str(root / "train") if a == "TRAIN" else a for a in args])
+    r = invoke("encode", run, root / "src", "-o", tmp_path / "x.vkc", *[{"TRAIN": str(root / "train"), "RUN": str(run)}.get(a, a) for a in args])
     flat = "".join(r.output.replace("│", " ").split())  # rich wraps and boxes the message
     assert r.exit_code == 2 and message in flat and not (tmp_path / "x.vkc").exists()
 
