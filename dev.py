@@ -4,7 +4,7 @@
     python3 dev.py quickstart   # venv + install, then the whole pipeline on built-in digits
     python3 dev.py test         # venv + dev install (+ Chromium for the browser test), then pytest
     python3 dev.py test --fast  # the same without the slow tests (training, export, torchrun,
-                                # browser, web server), on two workers: feedback in under a
+                                # browser, web server), on two workers: feedback in about a
                                 # minute; CI runs all, one at a time
 
 torch: the package asks for `torch>=2.4`; this script pins the release we test
