@@ -59,3 +59,20 @@ def test_launch_checks_the_address_before_gradio_does():
             launch(gr.Blocks(), port=busy.getsockname()[1], prevent_thread_lock=True, quiet=True)
     with pytest.raises(BadInput, match="invalid port 0"):
         launch(gr.Blocks(), port=0, prevent_thread_lock=True, quiet=True)
+
+
+# --- vaekit train --seed: bounded where torch can take it ------------------------------------------
+
+def test_train_refuses_a_seed_torch_cannot_take_before_creating_the_run(tmp_path):
+    from vaekit.config import SEED_MAX, TrainConfig
+
+    assert TrainConfig(seed=SEED_MAX).seed == SEED_MAX
+    with pytest.raises(BadInput, match="seed must be an integer >= 0 and at most 2\\*\\*63 - 1"):
+        TrainConfig(seed=2**64)  # torch.manual_seed: "Overflow when unpacking long long", exit 3
+    from vaekit.sample_data import write_digits
+
+    write_digits(tmp_path / "digits", size=16)
+    r = _cli("--threads", "1", "train", str(tmp_path / "digits" / "train"), "--out", str(tmp_path / "run"),
+             "--image-size", "16", "--epochs", "1", "--seed", str(10**20))
+    assert r.exit_code == 2 and "seed must be an integer >= 0 and at most 2**63 - 1" in r.output, r.output
+    assert not (tmp_path / "run").exists()  # was left holding .vaekit-run and .vaekit.lock
