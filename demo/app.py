@@ -68,6 +68,9 @@ def build_app(
             with gr.Tab(title, id=tab_id):
                 vars(w).update(vars(layout(ctx)))
         ctx.model_widgets = [w.model_md, w.threshold, w.hist, w.lat_folder]
+        # the widgets above were drawn for the model open at build time: a page opened after Open or
+        # Train showed "No model open" and a threshold slider for the old model (its range enforced)
+        app.load(ctx.model_outputs, None, ctx.model_widgets, api_name="model", show_progress="hidden")
         wire_open(w, ctx)
         for *_, wire in TABS:
             wire(w, ctx)

@@ -76,3 +76,87 @@ def test_train_refuses_a_seed_torch_cannot_take_before_creating_the_run(tmp_path
              "--image-size", "16", "--epochs", "1", "--seed", str(10**20))
     assert r.exit_code == 2 and "seed must be an integer >= 0 and at most 2**63 - 1" in r.output, r.output
     assert not (tmp_path / "run").exists()  # was left holding .vaekit-run and .vaekit.lock
+
+
+# --- the web app: a page opened after Open or Train shows the model that is open now ---------------
+
+SIZE = 16
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    from vaekit.sample_data import write_digits
+
+    root = tmp_path_factory.mktemp("digits")
+    write_digits(root, size=SIZE)
+    return root
+
+
+@pytest.fixture(scope="module")
+def run(digits, tmp_path_factory):
+    from vaekit.config import ModelConfig, TrainConfig
+    from vaekit.train import train
+
+    out = digits / "runs" / "tiny"  # inside the app's data root, so Open takes it
+    train(digits / "train", out, ModelConfig(image_size=SIZE, latent_dim=4, base_channels=8),
+          TrainConfig(epochs=2, batch_size=32), cache_dir=tmp_path_factory.mktemp("cache"))
+    return out
+
+
+@pytest.fixture()
+def empty_app(digits, tmp_path):
+    """The app started with no model (`vaekit demo` before any run), served on 127.0.0.1."""
+    from vaekit_demo.app import build_app, launch
+
+    app = build_app(None, runs_dir=tmp_path / "runs", data_root=digits)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    _, url, _ = launch(app, port=port, prevent_thread_lock=True, quiet=True)
+    yield url
+    app.close()
+
+
+@pytest.mark.slow
+def test_a_new_session_after_open_gets_the_open_models_widgets(empty_app, run, digits):
+    from gradio_client import Client, handle_file
+
+    import vaekit
+
+    thr = vaekit.load(run).info.threshold
+    first = Client(empty_app, verbose=False)
+    first.predict("runs/tiny", api_name="/open_model")
+    image = handle_file(str(sorted((digits / "test" / "normal").glob("*.png"))[0]))
+    later = Client(empty_app, verbose=False)  # another browser tab, or the same page reloaded
+    model_md, slider, *_ = later.predict(api_name="/model")  # what the page asks for as it loads
+    assert "`runs/tiny`" in model_md and "No model open" not in model_md
+    # the slider was drawn for no model (-1 to 3, at 0) and Gradio enforced that range in this session:
+    # "Value 56.8 is greater than maximum value 3.0", and at 0 every image was "anomalous"
+    summary = later.predict([image], thr, api_name="/anomaly")[0]
+    assert f"at threshold {thr:.2f}" in summary
+
+
+@pytest.mark.slow
+def test_a_page_loaded_after_open_shows_the_model_and_its_threshold(empty_app, run):
+    from playwright.sync_api import sync_playwright
+    from gradio_client import Client
+
+    import vaekit
+
+    Client(empty_app, verbose=False).predict("runs/tiny", api_name="/open_model")
+    thr = vaekit.load(run).info.threshold
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
+                                    args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page()
+            page.goto(empty_app)
+            page.locator("#model-info").get_by_text("runs/tiny").wait_for(timeout=30_000)  # was "No model open"
+            assert "No model open" not in page.locator("#model-info").inner_text()
+            page.get_by_role("tab", name="Anomaly").click()
+            box = page.locator("#threshold input[type=number]")
+            page.wait_for_function("v => Math.abs(Number(document.querySelector('#threshold input[type=number]').value)"
+                                   " - v) < 0.01", arg=thr, timeout=30_000)  # was 0, the no-model default
+            assert abs(float(box.input_value()) - thr) < 0.01
+        finally:
+            browser.close()
