@@ -270,7 +270,7 @@ def latent_map(model: Model, folder: str | Path, method: str = "PCA", limit: int
     model = need(model)
     if not folder:
         raise BadInput("no folder given: type the path of a folder of images on this machine")
-    return codes.latent_map(model, Path(folder).expanduser(), method, limit)
+    return codes.latent_map(model, Path(folder).expanduser(), method, _whole(limit, "the number of images"))
 
 
 def latent_pick(model: Model, m: LatentMap, x_lo: float, x_hi: float) -> list[tuple[np.ndarray, str]]:

@@ -160,3 +160,17 @@ def test_a_page_loaded_after_open_shows_the_model_and_its_threshold(empty_app, r
             assert abs(float(box.input_value()) - thr) < 0.01
         finally:
             browser.close()
+
+
+# --- handlers: what a crafted request can send is a message, never "internal error" -----------------
+
+def test_latent_limit_that_is_not_a_whole_number_is_bad_input(run, digits):
+    import vaekit
+    from vaekit_demo import handlers
+
+    model = vaekit.load(run)
+    # JSON's NaN passes Gradio's slider bounds (NaN compares false): int(nan) raised ValueError, shown as a bug
+    with pytest.raises(BadInput, match="the number of images must be a whole number"):
+        handlers.latent_map(model, digits / "test", "PCA", float("nan"))
+    assert len(handlers.latent_map(model, digits / "test", "PCA", 20.0).names) == 20  # a slider's float
+
