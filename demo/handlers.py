@@ -17,7 +17,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from vaekit import codes
+from vaekit import codes, fileio
 from vaekit.images import quality
 from vaekit import images as imageio
 from vaekit.inference.engine import Model, score_unit
@@ -113,7 +113,7 @@ def decompress(model: Model, code_file: str | Path) -> tuple[list[str], np.ndarr
     import time
 
     name = f"code file {Path(code_file).name}"  # the upload's own name, not the server's temp path
-    data = Path(code_file).read_bytes()
+    data = fileio.read_regular(Path(code_file), name)  # a request can name a folder: "is a folder", not a bug
     if data[:3] == b"VKC":  # the .vkc that Encode .vkc and `vaekit encode --quality` write: not a code file
         raise BadInput(f"{name} is an entropy-coded .vkc archive; this box decodes code files written by Compress "
                        "(decode a .vkc with `vaekit decode MODEL FILE.vkc --out DIR`)")

@@ -174,3 +174,18 @@ def test_latent_limit_that_is_not_a_whole_number_is_bad_input(run, digits):
         handlers.latent_map(model, digits / "test", "PCA", float("nan"))
     assert len(handlers.latent_map(model, digits / "test", "PCA", 20.0).names) == 20  # a slider's float
 
+
+def test_a_code_file_that_is_a_folder_is_a_message(run, tmp_path):
+    import vaekit
+    from vaekit.errors import VaekitError
+    from vaekit_demo import handlers
+    from vaekit_demo.errors import guard_errors
+
+    # Gradio lets a request name its upload folder itself as the "uploaded" code file
+    with pytest.raises(VaekitError, match="is a folder"):  # was IsADirectoryError: "internal error ... a bug"
+        handlers.decompress(vaekit.load(run), tmp_path)
+    import gradio as gr
+
+    with pytest.raises(gr.Error) as e:
+        guard_errors(handlers.decompress, (tmp_path,))(vaekit.load(run), tmp_path)
+    assert "bug" not in e.value.message and "is a folder" in e.value.message
