@@ -189,3 +189,15 @@ def test_a_code_file_that_is_a_folder_is_a_message(run, tmp_path):
     with pytest.raises(gr.Error) as e:
         guard_errors(handlers.decompress, (tmp_path,))(vaekit.load(run), tmp_path)
     assert "bug" not in e.value.message and "is a folder" in e.value.message
+
+
+@pytest.mark.parametrize("size, dim, epochs", [(float("nan"), 4, 1), (16, float("inf"), 1), (16, 4, float("nan")),
+                                               (16.5, 4, 1)])
+def test_train_tab_numbers_that_are_not_whole_are_bad_input_and_train_nothing(size, dim, epochs, digits, tmp_path):
+    import threading
+
+    from vaekit_demo import handlers
+
+    with pytest.raises(BadInput, match="must be a whole number"):  # int(nan): ValueError, "a bug in vaekit"
+        next(handlers.train_events(digits / "train", tmp_path / "run", size, dim, epochs, threading.Event()))
+    assert not (tmp_path / "run").exists()  # 16.5 was trained as 16
