@@ -201,3 +201,29 @@ def test_train_tab_numbers_that_are_not_whole_are_bad_input_and_train_nothing(si
     with pytest.raises(BadInput, match="must be a whole number"):  # int(nan): ValueError, "a bug in vaekit"
         next(handlers.train_events(digits / "train", tmp_path / "run", size, dim, epochs, threading.Event()))
     assert not (tmp_path / "run").exists()  # 16.5 was trained as 16
+
+
+# --- the web app with a threshold or scores near the float limit -----------------------------------
+
+def test_the_app_opens_a_model_whose_threshold_is_near_the_float_limit(run, tmp_path):
+    import io
+    import shutil
+
+    import gradio as gr
+
+    import vaekit
+    from vaekit_demo import figures
+    from vaekit_demo.app import build_app
+
+    moved = tmp_path / "run"
+    shutil.copytree(run, moved)
+    r = _cli("--threads", "1", "threshold", str(moved), "--value", "1.7e308")  # accepted: a finite number
+    assert r.exit_code == 0, r.output
+    model = vaekit.load(moved)
+    rng = figures.threshold_range(model)
+    gr.Slider(**rng)  # was max = inf: OverflowError in Gradio's step, so `vaekit demo RUN` was exit 3
+    assert rng["minimum"] <= rng["value"] <= rng["maximum"] and rng["value"] > 1e299
+    build_app(model)  # was matplotlib's "arange: cannot compute length" from the histogram
+    for scores in ([1.7e308], [-1.7e308], [float("inf")]):  # a broken model's uploads, drawn over the histogram
+        fig = figures.score_histogram([1.0, 2.0, 1.7e308], 1.7e308, scores, [True], score=model.info.score)
+        fig.savefig(io.BytesIO(), format="png")
