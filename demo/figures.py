@@ -56,7 +56,11 @@ def score_histogram(val_scores: Sequence[float], threshold: float | None, scores
 
 
 def threshold_range(model) -> dict:
-    """Slider settings spanning the model's held-out scores, starting at its stored threshold."""
+    """Slider settings spanning the model's held-out scores, starting at its stored threshold, labelled
+    with its unit (an update after Open or Train sets every one of them: the label said "sd²" for a
+    surface model opened after a vector one, "score units" for a model trained in the app)."""
+    from vaekit.inference.engine import score_unit
+
     info = model.info if model else None
     # Gradio takes log10(max - min), which overflowed for a threshold set with `vaekit threshold --value
     # 1.7e308`; the slider holds ±1e300 at most, which flags nothing (or everything) as that one did
@@ -65,8 +69,9 @@ def threshold_range(model) -> dict:
     thr = float(np.clip(thr, -SHOWN, SHOWN))
     lo, hi = min([thr, *vals]), max([thr, *vals])
     span = max(hi - lo, abs(hi) * 0.1, 1.0)
+    unit = score_unit(info.score) if info else "score units"
     return {"minimum": round(max(lo - span, -4 * SHOWN), 2), "maximum": round(min(hi + 3 * span, 4 * SHOWN), 2),
-            "value": thr}
+            "value": thr, "label": f"Threshold ({unit}): a score above it is anomalous"}
 
 
 def model_histogram(model, threshold: float | None, result=None):

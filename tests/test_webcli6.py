@@ -227,3 +227,18 @@ def test_the_app_opens_a_model_whose_threshold_is_near_the_float_limit(run, tmp_
     for scores in ([1.7e308], [-1.7e308], [float("inf")]):  # a broken model's uploads, drawn over the histogram
         fig = figures.score_histogram([1.0, 2.0, 1.7e308], 1.7e308, scores, [True], score=model.info.score)
         fig.savefig(io.BytesIO(), format="png")
+
+
+def test_the_threshold_slider_is_relabelled_with_the_unit_of_the_model_opened(run, digits, tmp_path):
+    import vaekit
+    from vaekit.inference.engine import score_unit
+    from vaekit_demo.app import _State
+    from vaekit_demo.context import Context
+
+    st = _State(None, tmp_path / "runs", tmp_path / "work", digits, True)  # started empty: "score units"
+    ctx = Context(st)
+    assert "score units" in ctx.model_outputs()[1].label
+    st.model = vaekit.load(run)  # what Open or Train does
+    _, slider, *_ = ctx.model_outputs()
+    assert f"Threshold ({score_unit(st.model.info.score)})" in slider.label  # the update kept "score units"
+    assert slider.value == pytest.approx(st.model.info.threshold)
