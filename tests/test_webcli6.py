@@ -242,3 +242,45 @@ def test_the_threshold_slider_is_relabelled_with_the_unit_of_the_model_opened(ru
     _, slider, *_ = ctx.model_outputs()
     assert f"Threshold ({score_unit(st.model.info.score)})" in slider.label  # the update kept "score units"
     assert slider.value == pytest.approx(st.model.info.threshold)
+
+
+# --- the Compress tab: an image reconstructed exactly ----------------------------------------------
+
+@pytest.mark.slow
+def test_compress_tab_says_exact_for_an_exact_reconstruction(run, digits, tmp_path, monkeypatch):
+    import dataclasses
+
+    import numpy as np
+    from gradio_client import Client, handle_file
+
+    from vaekit_demo import handlers
+    from vaekit_demo.app import build_app, launch
+
+    real_compress, real_vkc = handlers.compress, handlers.encode_vkc
+
+    def compress(*a, **kw):  # the first image comes back exactly (a flat image often does): PSNR +inf
+        r = real_compress(*a, **kw)
+        return dataclasses.replace(r, psnr=np.array([np.inf, *r.psnr[1:]]))
+
+    def encode_vkc(*a, **kw):
+        shown, skipped = real_vkc(*a, **kw)
+        v = shown[0]
+        return [dataclasses.replace(v, psnr=np.inf, webp=dataclasses.replace(v.webp, psnr=np.inf))], skipped
+
+    monkeypatch.setattr(handlers, "compress", compress)
+    monkeypatch.setattr(handlers, "encode_vkc", encode_vkc)
+    app = build_app(run, runs_dir=tmp_path / "runs", data_root=digits)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    _, url, _ = launch(app, port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        c = Client(url, verbose=False)
+        files = [handle_file(str(p)) for p in sorted((digits / "test" / "normal").glob("*.png"))[:2]]
+        _, summary, _, table = c.predict(files, "q8", api_name="/compress")
+        assert table["data"][0][1] == "exact" and isinstance(table["data"][1][1], float)  # was None: a blank cell
+        assert "inf" not in summary and "(1 exact)" in summary  # was "Mean PSNR inf dB"
+        _, summary, _, _ = c.predict(files[:1], 6, api_name="/encode_vkc")
+        assert "inf" not in summary and "nan" not in summary and "both exact" in summary  # was "+nan dB for the .vkc"
+    finally:
+        app.close()
