@@ -84,14 +84,13 @@ def check_address(host: str, port: int) -> None:
 
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise BadInput(f"invalid port {port!r}: expected a whole number from 1 to 65535")
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    except (socket.gaierror, UnicodeError) as e:
-        raise BadInput(f"cannot serve on host {host!r}: {getattr(e, 'strerror', None) or e}") from None
-    with socket.socket(family, kind, proto) as s:
+    # the socket uvicorn binds: IPv6 for an address with a colon, else IPv4 ("localhost" too)
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will: a closing socket is no obstacle
         try:
-            s.bind(address)
+            s.bind((host, port))
+        except (socket.gaierror, UnicodeError) as e:
+            raise BadInput(f"cannot serve on host {host!r}: {getattr(e, 'strerror', None) or e}") from None
         except OSError as e:
             raise BadInput(f"cannot serve on {host}:{port}: {e.strerror or e} (pick another --port or --host)") from None
 
