@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -11,6 +12,7 @@ from vaekit_cli import output
 from vaekit_cli.output import apply_threads, err_console, shown
 
 DEFAULT_RUN = Path("runs/latest")  # where `vaekit train` writes when given no --out
+FILE_SIZE = re.compile(r"\s*0*[1-9][0-9]*\s*(b|kb|mb|gb|tb)\s*", re.IGNORECASE)  # Gradio's max_file_size, above 0
 
 
 def demo(
@@ -18,7 +20,7 @@ def demo(
         help="A run directory (all tabs) or an exported .onnx file (all but Train). "
              "Default: runs/latest if it exists, else start with no model and train one in the app.",
         exists=True)] = None,
-    port: Annotated[int, typer.Option(help="Port to serve on.")] = 7860,
+    port: Annotated[int, typer.Option(help="Port to serve on.", min=1, max=65535)] = 7860,
     host: Annotated[str, typer.Option(help="Address to bind; the default keeps the app on this machine. "
                                            "0.0.0.0 exposes it to your network.")] = "127.0.0.1",
     share: Annotated[bool, typer.Option("--share", help="Also open a public gradio.live link (off by default).")] = False,
@@ -42,6 +44,11 @@ def demo(
 
     from vaekit_demo.security import is_loopback
 
+    if not host.strip():
+        raise typer.BadParameter("expected an address such as 127.0.0.1 or 0.0.0.0, got ''", param_hint="--host")
+    if not FILE_SIZE.fullmatch(max_file_size):  # Gradio's own parse failed with a traceback (exit 3)
+        raise typer.BadParameter(f"expected a size above 0 with a unit b, kb, mb, gb or tb, such as 25mb, got "
+                                 f"{shown(max_file_size)}", param_hint="--max-file-size")
     credentials = None
     if auth is not None:
         user, sep, password = auth.partition(":")

@@ -87,7 +87,7 @@ def train(
     augment: Annotated[Augment, typer.Option(help=AUGMENT_HELP)] = Augment.auto,
     threshold_quantile: Annotated[float, typer.Option(help="Anomaly threshold: this quantile of normal scores "
                                                            "never used for training (the target false-positive rate is 1 - q).")] = 0.99,
-    seed: Annotated[int, typer.Option(help="Seed for split, init, shuffling and noise (0 or more).", min=0)] = 0,
+    seed: Annotated[int, typer.Option(help="Seed for split, init, shuffling and noise (0 to 2**63 - 1).", min=0)] = 0,
     device: Annotated[Device, typer.Option(help="auto picks CUDA when available.")] = Device.auto,
     amp: Annotated[bool, typer.Option(help="Mixed precision on CUDA (bf16, else fp16).")] = True,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import shutil
+import socket
 import tempfile
 import threading
 from pathlib import Path
@@ -67,10 +68,31 @@ def build_app(
             with gr.Tab(title, id=tab_id):
                 vars(w).update(vars(layout(ctx)))
         ctx.model_widgets = [w.model_md, w.threshold, w.hist, w.lat_folder]
+        # the widgets above were drawn for the model open at build time: a page opened after Open or
+        # Train showed "No model open" and a threshold slider for the old model (its range enforced)
+        app.load(ctx.model_outputs, None, ctx.model_widgets, api_name="model", show_progress="hidden")
         wire_open(w, ctx)
         for *_, wire in TABS:
             wire(w, ctx)
     return app
+
+
+def check_address(host: str, port: int) -> None:
+    """BadInput unless this process can listen on host:port now. Gradio tries only the port on
+    127.0.0.1 and reports any failure, an unknown host too, as "Cannot find empty port" (exit 3)."""
+    from vaekit.errors import BadInput
+
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise BadInput(f"invalid port {port!r}: expected a whole number from 1 to 65535")
+    # the socket uvicorn binds: IPv6 for an address with a colon, else IPv4 ("localhost" too)
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will: a closing socket is no obstacle
+        try:
+            s.bind((host, port))
+        except (socket.gaierror, UnicodeError) as e:
+            raise BadInput(f"cannot serve on host {host!r}: {getattr(e, 'strerror', None) or e}") from None
+        except OSError as e:
+            raise BadInput(f"cannot serve on {host}:{port}: {e.strerror or e} (pick another --port or --host)") from None
 
 
 def launch(app: gr.Blocks, port: int = 7860, share: bool = False, max_file_size: str | int = MAX_UPLOAD,
@@ -79,6 +101,7 @@ def launch(app: gr.Blocks, port: int = 7860, share: bool = False, max_file_size:
     """Serve on 127.0.0.1 unless another host is given (a share link only when asked), with uploads
     capped at `max_file_size`, answering only requests for the bound address (security.HostGuard),
     and behind a user name and password when `auth` is given."""
+    check_address(host, port)
     # a --share link comes in through Gradio's relay under its own host name: no guard there
     with guarded_gradio(host) if not share else contextlib.nullcontext():
         return app.launch(server_name=host, server_port=port, share=share, max_file_size=max_file_size,

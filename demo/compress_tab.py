@@ -7,6 +7,7 @@ import math
 from types import SimpleNamespace
 
 import gradio as gr
+import numpy as np
 
 from vaekit.codec import QUALITIES
 from vaekit.images.quality import SSIM_MISSING
@@ -64,10 +65,10 @@ def wire(w: SimpleNamespace, ctx: Context) -> None:
         e = r.report
         summary = (f"**{e.count} image(s)** → code file of **{e.file_bytes} bytes** ({e.bytes_per_image:.1f} "
                    f"bytes/image, **{e.bits_per_pixel:.3f} bpp** at {e.image_size}×{e.image_size}; "
-                   f"the uploads were {e.source_bytes} bytes). Mean PSNR {r.psnr.mean():.2f} dB, "
+                   f"the uploads were {e.source_bytes} bytes). Mean PSNR {_mean_db(r.psnr)}, "
                    f"SSIM {r.ssim.mean():.3f}.")
         warn_skipped(e.skipped)
-        table = [[n, round(float(p), 2), round(float(s), 4)] for n, p, s in zip(r.names, r.psnr, r.ssim)]
+        table = [[n, _db(float(p)), round(float(s), 4)] for n, p, s in zip(r.names, r.psnr, r.ssim)]
         gallery = [(handlers.hwc(x), n) for x, n in zip(r.pairs, r.names)]
         return gallery, summary, str(e.path), table
 
@@ -94,6 +95,25 @@ def _db(v: float) -> float | str:
     return round(v, 2) if math.isfinite(v) else "exact"
 
 
+def _mean_db(psnr) -> str:
+    """Mean PSNR of the images not reconstructed exactly (an exact one's is infinite: the table showed
+    a blank cell, the summary "inf dB"), and how many were exact."""
+    exact = int(np.sum(~np.isfinite(psnr)))
+    if exact == len(psnr):
+        return "exact (every image)"
+    return f"{np.mean(psnr[np.isfinite(psnr)]):.2f} dB" + (f" ({exact} exact)" if exact else "")
+
+
+def _shown_db(v: float) -> str:
+    return f"{v:.2f} dB" if math.isfinite(v) else "exact"
+
+
+def _gain(v: handlers.VkcImage) -> str:
+    if math.isfinite(v.psnr) and math.isfinite(v.webp.psnr):
+        return f"{v.psnr - v.webp.psnr:+.2f} dB for the .vkc"
+    return "both exact" if v.psnr == v.webp.psnr else (".vkc exact" if not math.isfinite(v.psnr) else "WebP exact")
+
+
 def _vkc_row(v: handlers.VkcImage) -> list:
     """One row of the table, in handlers.VKC_COLUMNS order (SSIM blank without scikit-image)."""
     ssim = [round(s, 4) if s is not None else "" for s in (v.ssim, v.webp_ssim)]
@@ -107,6 +127,6 @@ def _vkc_summary(shown: list, level: int) -> str:
     for v in shown[:10]:
         ssim = f", SSIM {v.ssim:.3f}" if v.ssim is not None else ""
         lines.append(f"- `{v.name}`: .vkc **{v.bytes} bytes** ({v.bits_per_pixel:.2f} bits/px), PSNR "
-                     f"**{v.psnr:.2f} dB**{ssim} · WebP quality {v.webp.quality}: {v.webp.bytes} bytes, "
-                     f"{v.webp.psnr:.2f} dB ({v.psnr - v.webp.psnr:+.2f} dB for the .vkc)")
+                     f"**{_shown_db(v.psnr)}**{ssim} · WebP quality {v.webp.quality}: {v.webp.bytes} bytes, "
+                     f"{_shown_db(v.webp.psnr)} ({_gain(v)})")
     return "\n".join(lines)

@@ -11,6 +11,8 @@ from typing import Sequence
 import numpy as np
 
 
+SHOWN = 1e300  # the largest score or threshold the slider and the histogram show
+
 LABELS = {"atypicality": "atypicality of the -ELBO's parts", "excess": "-ELBO above the image's own floor",
           "neg_elbo": "-ELBO", "recon": "reconstruction NLL", "kl": "KL term"}
 
@@ -24,7 +26,7 @@ def score_histogram(val_scores: Sequence[float], threshold: float | None, scores
     fig = Figure(figsize=(7, 3), layout="constrained")
     ax = fig.add_subplot()
     val = np.asarray(val_scores, dtype=float)
-    val = val[np.isfinite(val)]
+    val = np.clip(val[np.isfinite(val)], -SHOWN, SHOWN)  # matplotlib's ticks overflow near the float limit
     if len(val):
         bins = min(40, max(5, len(val) // 3))
         lo, hi = float(val.min()), float(val.max())
@@ -37,9 +39,9 @@ def score_histogram(val_scores: Sequence[float], threshold: float | None, scores
     else:
         ax.text(0.5, 0.6, "no held-out scores stored with the model", ha="center", transform=ax.transAxes)
     if threshold is not None:
-        ax.axvline(threshold, color="#111", linestyle="--", label=f"threshold {threshold:.2f}")
+        ax.axvline(np.clip(threshold, -SHOWN, SHOWN), color="#111", linestyle="--", label=f"threshold {threshold:.2f}")
     for s, bad in zip(scores, anomalous):
-        ax.axvline(float(s), color="#d62728" if bad else "#2ca02c", linewidth=2)
+        ax.axvline(np.clip(float(s), -SHOWN, SHOWN), color="#d62728" if bad else "#2ca02c", linewidth=2)
     if len(scores):
         n_bad = int(np.sum(anomalous))
         ax.plot([], [], color="#2ca02c", linewidth=2, label=f"normal ({len(scores) - n_bad})")
@@ -54,13 +56,22 @@ def score_histogram(val_scores: Sequence[float], threshold: float | None, scores
 
 
 def threshold_range(model) -> dict:
-    """Slider settings spanning the model's held-out scores, starting at its stored threshold."""
+    """Slider settings spanning the model's held-out scores, starting at its stored threshold, labelled
+    with its unit (an update after Open or Train sets every one of them: the label said "sd²" for a
+    surface model opened after a vector one, "score units" for a model trained in the app)."""
+    from vaekit.inference.engine import score_unit
+
     info = model.info if model else None
-    vals = list(info.val_scores) if info else []
+    # Gradio takes log10(max - min), which overflowed for a threshold set with `vaekit threshold --value
+    # 1.7e308`; the slider holds ±1e300 at most, which flags nothing (or everything) as that one did
+    vals = [float(np.clip(v, -SHOWN, SHOWN)) for v in (info.val_scores if info else [])]
     thr = info.threshold if info and info.threshold is not None else (max(vals) if vals else 0.0)
+    thr = float(np.clip(thr, -SHOWN, SHOWN))
     lo, hi = min([thr, *vals]), max([thr, *vals])
     span = max(hi - lo, abs(hi) * 0.1, 1.0)
-    return {"minimum": round(lo - span, 2), "maximum": round(hi + 3 * span, 2), "value": thr}
+    unit = score_unit(info.score) if info else "score units"
+    return {"minimum": round(max(lo - span, -4 * SHOWN), 2), "maximum": round(min(hi + 3 * span, 4 * SHOWN), 2),
+            "value": thr, "label": f"Threshold ({unit}): a score above it is anomalous"}
 
 
 def model_histogram(model, threshold: float | None, result=None):

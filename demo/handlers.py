@@ -17,12 +17,13 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from vaekit import codes
+from vaekit import codes, fileio
 from vaekit.images import quality
 from vaekit import images as imageio
 from vaekit.inference.engine import Model, score_unit
 from vaekit.codec.compare import PillowFile, webp_at_size
 from vaekit.errors import BadInput, MissingExtra, NotFound
+from vaekit_demo.inputs import whole as _whole
 
 LATENT_MAX_SHOWN = 24  # images shown for one selection in the latent-space tab
 # An uploaded code file is decoded in the server: a small file can name many images. The app
@@ -113,7 +114,7 @@ def decompress(model: Model, code_file: str | Path) -> tuple[list[str], np.ndarr
     import time
 
     name = f"code file {Path(code_file).name}"  # the upload's own name, not the server's temp path
-    data = Path(code_file).read_bytes()
+    data = fileio.read_regular(Path(code_file), name)  # a request can name a folder: "is a folder", not a bug
     if data[:3] == b"VKC":  # the .vkc that Encode .vkc and `vaekit encode --quality` write: not a code file
         raise BadInput(f"{name} is an entropy-coded .vkc archive; this box decodes code files written by Compress "
                        "(decode a .vkc with `vaekit decode MODEL FILE.vkc --out DIR`)")
@@ -237,14 +238,6 @@ def anomaly(model: Model, paths: Sequence[str | Path], threshold: float, out_dir
 
 # --- Generate ----------------------------------------------------------------------------------
 
-def _whole(value, what: str) -> int:
-    """A widget's whole number (a slider sends 6.0) as an int; BadInput for NaN, infinity or a fraction,
-    which a request can send past the slider's bounds (NaN compares false with both)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value != int(value):
-        raise BadInput(f"{what} must be a whole number, got {value!r:.40}")
-    return int(value)
-
-
 def sample_grid(model: Model, n: int, temperature: float, seed: int) -> np.ndarray:
     """n draws from the prior as one grid image, (C, H, W) uint8."""
     x = need(model).sample(_whole(n, "the number of samples"), float(temperature), _whole(seed, "the seed"))
@@ -270,7 +263,7 @@ def latent_map(model: Model, folder: str | Path, method: str = "PCA", limit: int
     model = need(model)
     if not folder:
         raise BadInput("no folder given: type the path of a folder of images on this machine")
-    return codes.latent_map(model, Path(folder).expanduser(), method, limit)
+    return codes.latent_map(model, Path(folder).expanduser(), method, _whole(limit, "the number of images"))
 
 
 def latent_pick(model: Model, m: LatentMap, x_lo: float, x_hi: float) -> list[tuple[np.ndarray, str]]:
@@ -318,8 +311,10 @@ def train_events(
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise NotFound(f"no such folder: {folder}")
-    model_cfg = ModelConfig(image_size=int(image_size), latent_dim=int(latent_dim))
-    train_cfg = TrainConfig(epochs=int(epochs))
+    # int(nan), from a request made by hand, raised ValueError: shown as a bug in vaekit
+    model_cfg = ModelConfig(image_size=_whole(image_size, "the image size"),
+                            latent_dim=_whole(latent_dim, "the latent dimensions"))
+    train_cfg = TrainConfig(epochs=_whole(epochs, "the number of epochs"))
     events: queue.Queue = queue.Queue()
 
     def report(done: int, total: int, phase: str = "", **metrics) -> None:

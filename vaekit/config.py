@@ -19,6 +19,7 @@ DEVICES = ("auto", "cpu", "cuda")
 SCHEDULES = ("cosine", "constant")
 AUGMENT = ("auto", "on", "off")
 FLOAT32_MAX = 3.4028234663852886e38
+SEED_MAX = 2**63 - 1  # torch seeds up to 2**64 - 1; the defect reader seeds its members seed + 1000 k
 RESUMABLE = ("epochs", "lr", "beta")  # TrainConfig fields a --resume may change (recorded); any other must match
 SESSION = ("device",)  # TrainConfig fields a --resume takes for its own session (a resumed run may move machine)
 # Upper bounds, checked before anything is allocated: a hand-edited config.json (or a typo'd
@@ -183,8 +184,8 @@ class TrainConfig:
             raise BadInput(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if not 0 < self.lr <= FLOAT32_MAX:  # the optimiser steps in float32: a larger one overflows it
             raise BadInput(f"learning rate must be > 0 and at most {FLOAT32_MAX:.4g}, got {self.lr!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise BadInput(f"seed must be an integer >= 0, got {self.seed!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= SEED_MAX:
+            raise BadInput(f"seed must be an integer >= 0 and at most 2**63 - 1 ({SEED_MAX}), got {self.seed!r}")
         if not self.beta >= 0:  # also refuses NaN
             raise BadInput(f"beta must be >= 0, got {self.beta!r}")
         if self.kl_warmup < 0:
