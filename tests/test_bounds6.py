@@ -40,3 +40,57 @@ def test_overlap_check_is_not_quadratic_in_same_size_files(tmp_path, monkeypatch
     (theirs / "zz-second.bmp").write_bytes(b"t" + (7).to_bytes(4, "big"))
     found = overlap.first_shared(sorted(mine.iterdir()), sorted(theirs.iterdir()))
     assert found == (mine / "zz.bmp", theirs / "0007.bmp")
+
+
+@pytest.fixture(scope="module")
+def coder(tmp_path_factory):
+    """(model, folder): an untrained 16 px grey logistic model with lossy tables, and 10 images."""
+    from PIL import Image
+
+    import vaekit
+    from export_support import random_run
+    from vaekit import codec
+
+    root = tmp_path_factory.mktemp("coder")
+    run = random_run(root / "run", image_size=16, channels=1, latent_dim=4, base_channels=4, likelihood="logistic")
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir()
+    for i in range(10):
+        Image.fromarray(rng.integers(0, 256, (16, 16), np.uint8)).save(root / "images" / f"i{i}.png")
+    model = vaekit.load(run)
+    codec.save_prior(run, codec.fit_prior(model, model.load_images(root / "images").images), model)
+    return vaekit.load(run), root / "images"
+
+
+@pytest.mark.parametrize("mode", [{"quality": 8}, {"lossless": True}])
+def test_a_chunk_holds_a_bounded_number_of_pixels(coder, tmp_path, monkeypatch, mode):
+    """A chunk was 1024 images whatever their size, and a lossy one is coded and decoded whole:
+    1024 images of 128 px RGB took 2.6 GB to encode and 1.5 GB to decode (70 images: 0.8 GB).
+    Now a chunk holds at most CHUNK_SUBPIXELS sub-pixels (here four 16 px grey images)."""
+    from vaekit import codec
+    from vaekit.codec import container
+
+    model, images = coder
+    monkeypatch.setattr(container, "CHUNK_SUBPIXELS", 4 * 16 * 16, raising=False)
+    out = tmp_path / "x.vkc"
+    codec.encode(model, images, out, **mode)
+    header, _ = container.read_header(out)
+    assert [c[0] for c in header.chunks] == [4, 4, 2]
+    assert len(codec.decode(model, out, tmp_path / "back").written) == 10
+
+
+def test_a_lossy_chunk_larger_than_any_vaekit_writes_is_refused(coder, tmp_path, monkeypatch):
+    """A crafted .vkc can name all its images in one chunk of a few words, and the decoder
+    allocated every image's residual symbols at once (8 bytes a sub-pixel): refused, exit 2."""
+    from vaekit import codec
+    from vaekit.codec import container
+
+    model, images = coder
+    out = tmp_path / "x.vkc"
+    codec.encode(model, images, out, quality=8)  # one chunk of 10
+    monkeypatch.setattr(container, "CHUNK", 4)
+    monkeypatch.setattr(container, "CHUNK_SUBPIXELS", 4 * 16 * 16, raising=False)
+    with pytest.raises(container.ArchiveError, match="a chunk of 10 images; vaekit writes at most 4") as e:
+        codec.decode(model, out, tmp_path / "back")
+    assert e.value.exit_code == 2
+    assert not (tmp_path / "back").exists()
