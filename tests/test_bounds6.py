@@ -94,3 +94,53 @@ def test_a_lossy_chunk_larger_than_any_vaekit_writes_is_refused(coder, tmp_path,
         codec.decode(model, out, tmp_path / "back")
     assert e.value.exit_code == 2
     assert not (tmp_path / "back").exists()
+
+
+def _tiny_folder(folder, n=6):
+    from PIL import Image
+
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (16, 16), np.uint8)).save(folder / f"i{i}.png")
+    return sorted(folder.iterdir())
+
+
+def test_a_pixel_cache_that_cannot_be_written_does_not_move_the_folder_into_memory(tmp_path, monkeypatch):
+    """When the cache could not be written (a full or read-only disk), every image was decoded into
+    memory instead: 4096 images of 256 px RGB peaked at 808 MB instead of 48, and 200k would need
+    39 GB. Past MEMORY_FALLBACK bytes that is now a one-line CannotWrite (exit 2) naming the cache;
+    a small folder is still loaded in memory."""
+    from vaekit.errors import CannotWrite
+    from vaekit.training import cache
+
+    paths = _tiny_folder(tmp_path / "imgs")
+    (tmp_path / "afile").write_text("x")
+    unwritable = tmp_path / "afile" / "cache"  # nothing can be created under a file
+    small = cache.load_cached(paths, 16, 1, cache_dir=unwritable)
+    assert not small.hit and small.images.shape == (6, 1, 16, 16)
+    monkeypatch.setattr(cache, "MEMORY_FALLBACK", 5 * 16 * 16, raising=False)
+    with pytest.raises(CannotWrite, match="pixel cache .* cannot hold these images decoded .*VAEKIT_CACHE_DIR") as e:
+        cache.load_cached(paths, 16, 1, cache_dir=unwritable)
+    assert e.value.exit_code == 2
+
+
+def test_a_disk_without_room_for_the_cache_is_said_before_decoding(tmp_path, monkeypatch):
+    """A disk with less room than the entry needs is told before the first image is decoded, not
+    when it is full (hours later, for a large folder)."""
+    import collections
+
+    from vaekit.errors import CannotWrite
+    from vaekit.training import cache
+
+    paths = _tiny_folder(tmp_path / "imgs")
+    monkeypatch.setattr(cache, "MEMORY_FALLBACK", 5 * 16 * 16, raising=False)
+    monkeypatch.setattr(cache.shutil, "disk_usage", lambda p: collections.namedtuple("U", "total used free")(1, 1, 100))
+
+    def no_decoding(*a, **k):
+        raise AssertionError("decoded before the room was checked")
+
+    monkeypatch.setattr(cache.images, "iter_load", no_decoding)
+    with pytest.raises(CannotWrite, match="0.0 GB free"):
+        cache.load_cached(paths, 16, 1, cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
