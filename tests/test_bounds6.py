@@ -144,3 +144,26 @@ def test_a_disk_without_room_for_the_cache_is_said_before_decoding(tmp_path, mon
     with pytest.raises(CannotWrite, match="0.0 GB free"):
         cache.load_cached(paths, 16, 1, cache_dir=tmp_path / "cache")
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
+@pytest.mark.parametrize("action", ["anomaly", "compress"])
+def test_the_web_app_takes_a_bounded_number_of_uploads_at_once(tmp_path, monkeypatch, action):
+    """Gradio bounds each upload's size, not how many there are, and a request's uploads were all
+    decoded, scored and drawn together: 2,000 uploads at 128 px RGB peaked at 1.05 GB (13 MB an
+    upload at 1024 px). Past the limit the request is refused before anything is decoded."""
+    import vaekit
+    from export_support import random_job
+    from vaekit.errors import BadInput
+    from vaekit_demo import handlers, security
+
+    run, images = random_job(tmp_path, 5)
+    model = vaekit.load(run)
+    uploads = sorted(images.iterdir())
+    monkeypatch.setattr(security, "UPLOAD_MAX_FILES", 4, raising=False)
+    call = {"anomaly": lambda: handlers.anomaly(model, uploads, 1e9, tmp_path / "out"),
+            "compress": lambda: handlers.compress(model, uploads, tmp_path / "out")}[action]
+    with pytest.raises(BadInput, match="5 images uploaded; the web app takes at most 4 at a time"):
+        call()
+    assert not (tmp_path / "out").exists()
+    {"anomaly": lambda: handlers.anomaly(model, uploads[:4], 1e9, tmp_path / "out"),
+     "compress": lambda: handlers.compress(model, uploads[:4], tmp_path / "out")}[action]()
