@@ -208,3 +208,40 @@ def test_the_torch_defect_reader_holds_its_maps_not_whole_float64_copies(tmp_pat
     assert run.returncode == 0, run.stderr
     per_pixel = float(run.stdout.split()[-1])
     assert per_pixel < 16, f"{per_pixel:.1f} bytes a pixel (was 48)"
+
+
+OVERLAY_MEMORY = r"""
+import numpy as np
+from vaekit.images import heatmap_overlay
+
+
+def peak() -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+
+
+image = np.random.default_rng(0).integers(0, 256, (1, 16, 250_000), dtype=np.uint8)  # 4 M pixels
+heat = np.random.default_rng(1).random((16, 250_000), dtype=np.float32)
+heatmap_overlay(image[:, :, :1000], heat[:, :1000])
+before = peak()
+out = heatmap_overlay(image, heat)
+assert out.shape == (3, 16, 250_000)
+print((peak() - before) / heat.size)
+"""
+
+
+def test_a_heat_map_overlay_costs_its_output_not_float64_copies(tmp_path):
+    """`--maps` colours each image's heat map over it. A surface's map of a long strip is read whole
+    (a 1 x 60,000 PNG under a 16 px model: 16 x 960,000 pixels), and the colouring took float64
+    copies of the whole image, map and colours: ~150 bytes a pixel. Now run by run: the uint8
+    overlay (3 bytes a pixel) and a bounded run."""
+    import os
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", OVERLAY_MEMORY], capture_output=True, text=True, cwd=tmp_path,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert run.returncode == 0, run.stderr
+    per_pixel = float(run.stdout.split()[-1])
+    assert per_pixel < 16, f"{per_pixel:.1f} bytes a pixel"
