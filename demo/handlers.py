@@ -69,9 +69,9 @@ def hwc(x: np.ndarray) -> np.ndarray:
 
 def load_uploads(model: Model, paths: Sequence[str | Path] | None) -> imageio.LoadReport:
     """Decode uploaded files with the model's preprocessing; unreadable ones are skipped, none is an error."""
-    if not paths:
-        raise BadInput("no image given: upload one or more image files")
-    report = model.load_images([Path(p) for p in paths])
+    from vaekit_demo.security import upload_paths
+
+    report = model.load_images(upload_paths(paths, model.info.channels, model.info.read_size))
     if not report.paths:
         raise imageio.none_usable("among the uploads", report.skipped)
     return report
@@ -216,15 +216,15 @@ def anomaly(model: Model, paths: Sequence[str | Path], threshold: float, out_dir
     """Score uploads against `threshold` (`vaekit anomaly-score`), with heat maps and a CSV."""
     from vaekit import anomaly as detect
     from vaekit.fileio import atomic_write_text
+    from vaekit_demo.security import upload_paths
 
     model = need(model)
-    if not paths:
-        raise BadInput("no image given: upload one or more image files")
+    paths = upload_paths(paths, model.info.channels, model.info.read_size)
     if threshold is None or not math.isfinite(threshold):
         raise BadInput(f"invalid threshold {threshold!r}: expected a finite number")
     score = model.info.score
     try:
-        report = detect.score_images(model, [Path(p) for p in paths], score=score, threshold=float(threshold))
+        report = detect.score_images(model, paths, score=score, threshold=float(threshold))
     except imageio.NoImagesError:
         load_uploads(model, paths)  # raises the same error, naming each upload and why it is unreadable
         raise

@@ -24,6 +24,23 @@ from urllib.parse import urlsplit
 from vaekit.errors import BadInput
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+# A request's uploads are decoded together, with their heat maps and overlays (~0.2 MB an upload
+# at 128 px RGB: 2,000 uploads peaked at 1.05 GB, 1,000 at 0.89; 13 MB each at 1024 px); Gradio bounds each
+# file's size (app.MAX_UPLOAD), not how many there are.
+UPLOAD_SUBPIXELS = 1 << 26  # of one request's uploads at the model's reading size
+UPLOAD_MAX_FILES = 256  # a gallery of more shows nothing a CSV would not
+
+
+def upload_paths(paths, channels: int, read_size: int) -> list[Path]:
+    """One request's uploads as paths; BadInput when there are none, or more than the app takes at
+    once at this model's size (UPLOAD_SUBPIXELS of them, UPLOAD_MAX_FILES at most, 4 at least)."""
+    if not paths:
+        raise BadInput("no image given: upload one or more image files")
+    most = max(4, min(UPLOAD_MAX_FILES, UPLOAD_SUBPIXELS // (channels * read_size**2)))
+    if len(paths) > most:
+        raise BadInput(f"{len(paths)} images uploaded; the web app takes at most {most} at a time for this model "
+                       "(`vaekit anomaly-score`, `encode` and `reconstruct` take folders of any size)")
+    return [Path(p) for p in paths]
 
 
 def is_loopback(host: str) -> bool:

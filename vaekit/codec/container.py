@@ -34,6 +34,10 @@ from vaekit.fileio import atomic_writer, check_regular
 from vaekit.fileio.leftovers import open_spill, partial_tag, remove_stale
 
 MAGIC = b"VKC3"
+CHUNK = 1024  # images per ANS stream: bounded memory, and a lossless chunk's start costs < 0.01 bit per image
+# ... and at most this many sub-pixels (1024 images of 32 x 32 RGB): a lossy chunk is decoded whole,
+# ~40 bytes a sub-pixel (1024 images of 128 px RGB took 2.6 GB to encode, 1.5 GB to decode)
+CHUNK_SUBPIXELS = CHUNK * 32 * 32 * 3
 MAX_HEADER = 1 << 30  # bytes of header: far above any folder, below a hostile file's claim
 # bytes of sha256 kept, per format version: against damage, not a signature (a file that anyone
 # could have rewritten, checksum included, is not authenticated by any length of it)
@@ -70,6 +74,17 @@ def _check(h: Header, source: str) -> None:
         check_name(name, source)
     if sum(c[0] for c in h.chunks) != len(h.names):
         bad("its chunks hold another number of images than it names")
+    most = max(CHUNK, chunk_images(h.channels, h.image_size))  # what any vaekit wrote (1024 before the bound)
+    if h.mode == "lossy" and any(c[0] > most for c in h.chunks):
+        bad(f"a chunk of {max(c[0] for c in h.chunks)} images; vaekit writes at most {most} at "
+            f"{h.image_size} px (a lossy chunk is decoded whole)")
+
+
+def chunk_images(channels: int, image_size: int, chunk: int | None = None) -> int:
+    """Images per chunk at this size: `chunk` (all of CHUNK_SUBPIXELS when None), at most
+    CHUNK_SUBPIXELS sub-pixels, one image at least."""
+    fit = max(1, CHUNK_SUBPIXELS // (channels * image_size * image_size))
+    return fit if chunk is None else min(chunk, fit)
 
 
 def write(path: Path, header: Header, spill: Path, skip: int = 0) -> int:

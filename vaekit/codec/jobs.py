@@ -2,7 +2,8 @@
 
 What `vaekit encode --quality Q | --lossless` and `vaekit decode MODEL x.vkc` call. Memory stays
 flat in the number of images: images are read in batches (lossy) or one by one (lossless),
-coded in chunks of CHUNK images, and the chunks go to a spill file until the .vkc is written.
+coded in chunks of CHUNK images (fewer above 32 px RGB: container.CHUNK_SUBPIXELS), and the
+chunks go to a spill file until the .vkc is written.
 Decoding verifies the whole file first, writes into a staging folder, and moves the PNGs into
 place only when every image decoded (and, lossless, passed its checksum): nothing half-written.
 """
@@ -30,7 +31,7 @@ from vaekit.errors import BadInput
 from vaekit.fileio import refuse_existing, refuse_inside, refuse_under_file
 
 from vaekit.progress import Progress  # noqa: E402  (the one alias)
-CHUNK = 1024  # images per ANS stream: bounded memory, and a lossless chunk's start costs < 0.01 bit per image
+CHUNK = container.CHUNK  # images per ANS stream, at most container.CHUNK_SUBPIXELS sub-pixels
 BATCH = 256  # images through the network at a time (lossy)
 BITSBACK = f"bbans:latent{bitsback.LATENT_BITS}:crc{bitsback.CHECK_BITS}:p{tables.PRECISION}"
 BITSBACK_TABLES = hashlib.sha256(BITSBACK.encode()).hexdigest()[:16]  # what a lossless header names
@@ -79,6 +80,7 @@ def encode(model, source: str | Path | Sequence[str | Path], out: str | Path, qu
     t0 = time.perf_counter()
     out = Path(out)
     found = check_encode(model, source, out, quality, lossless, overwrite, chunk)
+    chunk = container.chunk_images(model.info.channels, model.info.image_size, chunk)  # memory bounded by pixels
     if lossless and prior is not None:
         raise BadInput("a lossless archive uses no lossy tables: give no prior")
     if not lossless:

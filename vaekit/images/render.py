@@ -60,11 +60,27 @@ def heatmap_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> 
         raise BadInput(f"invalid alpha {alpha!r}: expected a number in [0, 1]")
     if heat.shape != image.shape[1:]:
         raise BadInput(f"heat shape {heat.shape} does not match image shape {image.shape}")
-    base = _hwc(image).astype(np.float64)
-    base = np.repeat(base[..., None], 3, axis=-1) if base.ndim == 2 else base
-    h = np.clip(np.nan_to_num(heat.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0), 0, None)
-    h = h / h.max() if h.max() > 0 else h  # an all-zero map stays zero instead of dividing by 0
+    c, hh, ww = image.shape
+    pixels, heat = np.ascontiguousarray(image).reshape(c, -1), heat.reshape(-1)
+    # in runs of OVERLAY_RUN pixels: the float64 maths of a whole map took ~150 bytes a pixel (a
+    # surface's heat map of a 1 x 60,000 strip is 15 M pixels); the same maths, run by run
+    top = max((float(_clipped(heat[i:i + OVERLAY_RUN]).max(initial=0.0)) for i in range(0, heat.size, OVERLAY_RUN)),
+              default=0.0)
     stops = np.linspace(0, 1, len(_INFERNO))
-    color = np.stack([np.interp(h, stops, _INFERNO[:, i]) for i in range(3)], axis=-1)
-    out = np.rint((1 - alpha) * base + alpha * color).astype(np.uint8)
-    return np.ascontiguousarray(out.transpose(2, 0, 1))
+    out = np.empty((3, heat.size), np.uint8)
+    for i in range(0, heat.size, OVERLAY_RUN):
+        h = _clipped(heat[i:i + OVERLAY_RUN])
+        h = h / top if top > 0 else h  # an all-zero map stays zero instead of dividing by 0
+        base = pixels[:, i:i + OVERLAY_RUN].astype(np.float64)
+        base = np.repeat(base, 3, axis=0) if c == 1 else base
+        color = np.stack([np.interp(h, stops, _INFERNO[:, k]) for k in range(3)])
+        out[:, i:i + OVERLAY_RUN] = np.rint((1 - alpha) * base + alpha * color).astype(np.uint8)
+    return out.reshape(3, hh, ww)
+
+
+OVERLAY_RUN = 1 << 18  # pixels of a heat map coloured at a time
+
+
+def _clipped(heat: np.ndarray) -> np.ndarray:
+    """A heat map's values as float64, negative and non-finite ones 0."""
+    return np.clip(np.nan_to_num(heat.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0), 0, None)

@@ -161,14 +161,20 @@ def read(net: ReaderNet | ReaderEnsemble, x, features: Features | None = None, s
     net.eval()
     smooth = net.cfg.smooth if smooth is None else smooth
     map_smooth = net.cfg.map_smooth if map_smooth is None else map_smooth
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32))
-    logits = []
+    scores, maps = [], []
+    # batch by batch, floats and maps too, as the ONNX engine reads: whole-array float64 maps of a
+    # 1 x 60,000 strip's 60,000 tiles under a 16 px surface took 1 GB (maps_and_scores is per image)
     for i in range(0, len(x), batch):
-        xb = x[i:i + batch].float()
+        xb = x[i:i + batch]
+        if isinstance(xb, np.ndarray):
+            xb = torch.from_numpy(xb.astype(np.float32) / 255.0 if xb.dtype == np.uint8 else xb.astype(np.float32))
+        xb = xb.float()
         inp = xb if features is None else torch.cat([xb, features(xb).to(xb)], 1)
         if tile:  # the tiling an exported reader is read with (vaekit.reader.score.read_tiled)
-            logits.append(read_tiled(lambda v: net(torch.from_numpy(v)).numpy(), inp.numpy(), tile))
+            logits = read_tiled(lambda v: net(torch.from_numpy(v)).numpy(), inp.numpy(), tile)
         else:
-            logits.append(net(inp).numpy())  # (B, H, W)
-    return maps_and_scores(np.concatenate(logits), smooth, map_smooth)
+            logits = net(inp).numpy()  # (B, H, W)
+        s, m = maps_and_scores(logits, smooth, map_smooth)
+        scores.append(s)
+        maps.append(m)
+    return np.concatenate(scores), np.concatenate(maps)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,12 +23,16 @@ import numpy as np
 import PIL
 
 from vaekit import images
+from vaekit.errors import CannotWrite
 from vaekit.fileio import atomic_write_json, atomic_writer, check_regular, read_json
 
 # Bump when decoding changes, so old entries are never read as new ones. (Not bumped when
 # entries gained their sha256: the version is part of every run's data fingerprint, which
 # --resume compares; an entry without a sha256 is simply rebuilt.)
 FORMAT_VERSION = 1
+# Decoded bytes loaded in memory instead when the cache cannot be written (a read-only or full disk):
+# past this, a full disk would turn into the whole folder in RAM (200k images of 256 px RGB: 39 GB)
+MEMORY_FALLBACK = 1 << 30
 
 
 def default_cache_dir() -> Path:
@@ -83,7 +88,9 @@ def load_cached(
     """`images.load_images`, but decoded at most once per unchanged set of files.
 
     A missing, partial or corrupt entry is rebuilt. If the cache folder cannot be
-    written, the images are loaded in memory instead (hit False), without failing.
+    written, the images are loaded in memory instead (hit False), without failing,
+    when they take at most MEMORY_FALLBACK bytes; more is CannotWrite (exit 2), also
+    before any decoding when the disk has less room free than the entry needs.
     """
     paths = [Path(p) for p in paths]
     key, reals = _fingerprint(paths, size, channels)
@@ -91,11 +98,28 @@ def load_cached(
     found = _open_entry(root, key, size, channels, reals, paths)
     if found is not None:
         return found
+    need = len(paths) * channels * size * size  # the entry's bytes when every file decodes
     try:
+        free = _free_bytes(root)
+        if free is not None and need > free:
+            raise OSError(f"{free / 1e9:.1f} GB free")  # said before hours of decoding fill the disk
         return _build(root, key, paths, reals, size, channels, progress, workers)
-    except OSError:  # only cache writes raise OSError here; unreadable images are skipped
+    except OSError as e:  # only cache writes raise OSError here; unreadable images are skipped
+        if need > MEMORY_FALLBACK:  # the folder in memory instead would be the same bytes in RAM
+            raise CannotWrite(f"the pixel cache {root} cannot hold these images decoded ({need / 1e9:.1f} GB at "
+                              f"{size} px; {getattr(e, 'strerror', None) or e}): make room there, or set "
+                              "VAEKIT_CACHE_DIR to a folder on a disk that has it") from None
         report = images.load_images(paths, size, channels, progress, workers)
         return CachedImages(report.images, report.paths, report.skipped, key, hit=False)
+
+
+def _free_bytes(root: Path) -> int | None:
+    """Bytes free on the disk that holds (or will hold) `root`; None when it cannot be told."""
+    at = next((p for p in (root, *root.parents) if p.is_dir()), None)
+    try:
+        return shutil.disk_usage(at).free if at is not None else None
+    except OSError:
+        return None
 
 
 def _respell(recorded: list, reals: list[Path], paths: list[Path]) -> list[Path]:
