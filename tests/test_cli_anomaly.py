@@ -27,14 +27,18 @@ def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
-@pytest.fixture(scope="module")
-def parts(tmp_path_factory):
-    """A tiny run on 16 px washers (quality does not matter here, only the plumbing)."""
-    root = tmp_path_factory.mktemp("cli-parts")
+def washer_run(root: Path) -> Path:
+    """A tiny run (root/run) on 16 px washers with masks (root/train, root/test); quality does not
+    matter here, only the plumbing. Also tests/test_hostile_review.py's."""
     write_shapes(root, n_train=20, n_test_normal=4, n_test_anomalous=4, size=16, seed=1)
     train(root / "train", root / "run", ModelConfig(image_size=16, latent_dim=4, base_channels=4),
           TrainConfig(epochs=2, batch_size=8, device="cpu"))
     return root
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    return washer_run(tmp_path_factory.mktemp("cli-parts"))
 
 
 def test_anomaly_score_prints_a_table_and_writes_csv_json_and_maps(parts, tmp_path):

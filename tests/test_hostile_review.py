@@ -11,23 +11,17 @@ from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 from vaekit.anomaly.pixel_roc import PixelRoc
-from vaekit.config import ModelConfig, TrainConfig
-from vaekit.sample_data import write_shapes
-from vaekit.train import train
 from vaekit.training import rundir
 from vaekit_cli.main import app
+
+from test_cli_anomaly import washer_run
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory):
-    """A tiny run on 16 px washers with masks."""
-    root = tmp_path_factory.mktemp("review-parts")
-    write_shapes(root, n_train=20, n_test_normal=4, n_test_anomalous=4, size=16, seed=1)
-    train(root / "train", root / "run", ModelConfig(image_size=16, latent_dim=4, base_channels=4),
-          TrainConfig(epochs=2, batch_size=8, device="cpu"))
-    return root
+    return washer_run(tmp_path_factory.mktemp("review-parts"))
 
 
 def _broken_copy(run, out):
