@@ -50,6 +50,9 @@ _INFERNO = np.array(
 )  # fmt: skip
 
 
+OVERLAY_RUN = 1 << 18  # pixels of a heat map coloured at a time
+
+
 def heatmap_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """Blend `heat` (H, W) as an inferno colour map over `image` (C, H, W) uint8 -> (3, H, W) uint8.
 
@@ -76,9 +79,6 @@ def heatmap_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> 
         color = np.stack([np.interp(h, stops, _INFERNO[:, k]) for k in range(3)])
         out[:, i:i + OVERLAY_RUN] = np.rint((1 - alpha) * base + alpha * color).astype(np.uint8)
     return out.reshape(3, hh, ww)
-
-
-OVERLAY_RUN = 1 << 18  # pixels of a heat map coloured at a time
 
 
 def _clipped(heat: np.ndarray) -> np.ndarray:
