@@ -193,6 +193,7 @@ print((peak() - before) / x.size)
 """
 
 
+@pytest.mark.slow  # a fresh interpreter with torch, reading 10 M pixels: ~3.5 s
 def test_the_torch_defect_reader_holds_its_maps_not_whole_float64_copies(tmp_path):
     """A surface model reads one long strip whole, as many tiles (a 1 x 60,000 PNG of 60 KB under a
     16 px model: 60,000 tiles). The torch engine's reader turned all of them into float32, then
