@@ -16,7 +16,6 @@ import contextlib
 import shutil
 import socket
 import tempfile
-import threading
 from pathlib import Path
 
 import gradio as gr
@@ -33,12 +32,12 @@ CSS = ".vk-pixels img, .vk-pixels canvas { image-rendering: pixelated; }"
 
 
 class _State:
-    """What the app shares across browser tabs: the open model (a local tool has one user)."""
+    """What the app shares across browser tabs: its folders, and the model a page opened now starts
+    with (the one opened or trained last). Each page's own model and Stop are its session's (sessions.py)."""
 
     def __init__(self, model: Model | None, runs_dir: Path, workdir: Path, data_root: Path, server_folders: bool):
         self.model, self.runs_dir, self.workdir = model, runs_dir, workdir
         self.data_root, self.server_folders = data_root, server_folders
-        self.stop = threading.Event()
 
 
 def build_app(
@@ -74,6 +73,11 @@ def build_app(
         wire_open(w, ctx)
         for *_, wire in TABS:
             wire(w, ctx)
+
+        def end_session(request: gr.Request):  # the page was closed or reloaded
+            ctx.sessions.end(request)
+
+        app.unload(end_session)
     return app
 
 

@@ -1,5 +1,6 @@
-"""What every tab of the web app shares: the app's state, the folders the page may name, the
-widgets that show the current model, and the warning for uploads that could not be read."""
+"""What every tab of the web app shares: the app's state, each page's session (sessions.py), the
+folders the page may name, the widgets that show a session's model, and the warning for uploads
+that could not be read."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from vaekit.inference.engine import Model
 from vaekit_demo import figures, handlers
 from vaekit_demo.errors import guard_errors
 from vaekit_demo.security import public_path
+from vaekit_demo.sessions import Session, Sessions
 
 
 def data_folder(model: Model | None, data_root: Path) -> str:
@@ -24,13 +26,23 @@ def data_folder(model: Model | None, data_root: Path) -> str:
 
 
 class Context:
-    """What every tab's handlers share: the app's state (vaekit_demo.app), the folders the page may
-    name, and the widgets that show the current model."""
+    """What every tab's handlers share: the app's state (vaekit_demo.app), the sessions, the folders
+    the page may name, and the widgets that show a session's model."""
 
     def __init__(self, st):
         self.st = st
         self.roots = (st.data_root, st.runs_dir, st.workdir)
         self.model_widgets: list = []
+        self.sessions = Sessions(st)
+
+    def session(self, request) -> Session:  # the session of a handler's `request: gr.Request`
+        return self.sessions.get(request)
+
+    def outputs(self, request, button: str) -> Path:
+        """A fresh folder for one button's files in the request's session (its last ones deleted)."""
+        s = self.session(request)
+        self.sessions.trim(s)
+        return s.outputs(button)
 
     def guard(self, fn):
         return guard_errors(fn, self.roots)
@@ -38,10 +50,12 @@ class Context:
     def public(self, path) -> str:  # a server path as the page shows it (security.public_path)
         return public_path(path, list(self.roots))
 
-    def model_outputs(self) -> tuple:
-        rng = figures.threshold_range(self.st.model)
-        return (handlers.describe(self.st.model, self.roots), gr.Slider(**rng),
-                figures.model_histogram(self.st.model, rng["value"]), data_folder(self.st.model, self.st.data_root))
+    def model_outputs(self, request: gr.Request = None) -> tuple:
+        """The model widgets for the request's session (a page loading: the model opened last)."""
+        model = self.session(request).model
+        rng = figures.threshold_range(model)
+        return (handlers.describe(model, self.roots), gr.Slider(**rng),
+                figures.model_histogram(model, rng["value"]), data_folder(model, self.st.data_root))
 
 
 def warn_skipped(skipped) -> None:

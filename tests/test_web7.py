@@ -1,0 +1,194 @@
+"""The web app used by several tabs at once, and its work folder over many requests (round 7).
+
+Each test failed before its fix: the app had one model and one Stop flag for every tab, so Open in
+one tab changed the model under another, and one tab's Stop stopped another tab's training; a second
+Train press queued a second run behind the first; and every request left its files in the work
+folder until the app exited.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from test_webcli6 import SIZE, digits, run  # noqa: F401 - the tiny run inside the data root, as fixtures
+from vaekit.errors import BadInput
+from vaekit_demo import sessions as sessions_mod
+from vaekit_demo.sessions import Sessions
+
+DEADLINE = 120.0  # seconds a test waits for a served app to get somewhere before it fails
+
+
+def _until(cond, what: str):
+    """Poll `cond` until it is true (a generous deadline: the box is shared), else fail naming `what`."""
+    end = time.monotonic() + DEADLINE
+    while not cond():
+        assert time.monotonic() < end, f"gave up waiting for {what}"
+        time.sleep(0.05)
+
+
+def _req(session_hash: str | None):
+    return SimpleNamespace(session_hash=session_hash)
+
+
+@pytest.fixture()
+def st(tmp_path):
+    return SimpleNamespace(workdir=tmp_path / "work", model="model-a")
+
+
+# --- sessions, directly ---------------------------------------------------------------------------
+
+def test_each_session_has_its_own_model_and_a_client_cannot_choose_its_folder(st):
+    s = Sessions(st)
+    a, b = s.get(_req("a")), s.get(_req("b"))
+    assert s.get(_req("a")) is a and a.model == b.model == "model-a"
+    s.set_model(a, "model-b")  # Open in tab a
+    assert a.model == "model-b" and b.model == "model-a"  # tab b keeps what it shows
+    assert s.get(_req("c")).model == "model-b" and st.model == "model-b"  # a page opened later: the new one
+    evil = s.get(_req("../../../etc/x"))  # the session hash comes from the request
+    assert evil.folder.parent == st.workdir and ".." not in evil.folder.name
+
+
+def test_a_button_pressed_again_replaces_only_its_own_last_files(st):
+    s = Sessions(st)
+    a, b = s.get(_req("a")), s.get(_req("b"))
+    first = a.outputs("compress") / "one.codes"
+    first.write_bytes(b"1")
+    csv = a.outputs("anomaly") / "scores.csv"
+    csv.write_bytes(b"2")
+    theirs = b.outputs("compress") / "theirs.codes"
+    theirs.write_bytes(b"3")
+    again = a.outputs("compress")
+    assert list(again.iterdir()) == [] and not first.exists()  # was kept until the app exited
+    assert csv.exists() and theirs.exists()
+
+
+def test_a_closed_page_stops_its_training_and_loses_its_files(st):
+    s = Sessions(st)
+    a = s.get(_req("a"))
+    (a.outputs("vkc") / "x.vkc").write_bytes(b"x")
+    a.begin_training()
+    s.end(_req("a"))
+    assert a.stop.is_set() and not a.folder.exists()
+    assert s.get(_req("a")) is not a  # a reloaded page is a new session
+
+
+def test_the_work_folder_is_trimmed_least_recently_used_session_first(st, monkeypatch):
+    monkeypatch.setattr(sessions_mod, "MAX_BYTES", 1500)
+    s = Sessions(st)
+    old, mid, cur = (s.get(_req(k)) for k in ("old", "mid", "cur"))
+    for sess in (old, mid, cur):
+        (sess.outputs("compress") / "f").write_bytes(b"x" * 700)
+    s.get(_req("mid"))  # used again: now newer than "old"
+    s.trim(cur)
+    assert not old.folder.exists() and mid.folder.exists() and cur.folder.exists()
+
+
+def test_sessions_beyond_the_limit_are_forgotten_except_a_training_one(st, monkeypatch):
+    monkeypatch.setattr(sessions_mod, "MAX_SESSIONS", 2)
+    s = Sessions(st)
+    busy = s.get(_req("busy"))
+    busy.begin_training()
+    idle = s.get(_req("idle"))
+    (idle.outputs("anomaly") / "f").write_bytes(b"x")
+    s.get(_req("new"))
+    assert s.get(_req("busy")) is busy and not busy.stop.is_set()  # its run goes on
+    assert not idle.folder.exists() and idle.stop.is_set()
+
+
+def test_a_second_training_in_one_session_is_refused_and_a_stale_stop_is_not_kept(st):
+    s = Sessions(st)
+    a = s.get(_req("a"))
+    a.stop.set()  # pressed before this run began
+    a.begin_training()
+    assert not a.stop.is_set()
+    with pytest.raises(BadInput, match="already going in this tab"):
+        a.begin_training()
+
+
+# --- the served app, several clients at once ------------------------------------------------------
+
+def _serve(run, digits, workdir):  # noqa: F811 - fixtures by value
+    from vaekit_demo.app import build_app, launch
+
+    app = build_app(run, runs_dir=digits / "runs", data_root=digits, workdir=workdir)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    _, url, _ = launch(app, port=port, prevent_thread_lock=True, quiet=True)
+    return app, url
+
+
+@pytest.fixture()
+def served(run, digits, tmp_path):  # noqa: F811
+    app, url = _serve(run, digits, tmp_path / "work")
+    yield url, tmp_path / "work"
+    app.close()
+
+
+@pytest.mark.slow
+def test_open_in_one_tab_leaves_a_tab_already_open_its_model(served, run, digits):  # noqa: F811
+    from gradio_client import Client
+
+    shutil.copytree(run, digits / "runs" / "other", dirs_exist_ok=True)
+    url, _ = served
+    a, b = Client(url, verbose=False), Client(url, verbose=False)
+    assert "`runs/tiny`" in b.predict(api_name="/model")[0]  # tab b loaded
+    assert "`runs/other`" in a.predict("runs/other", api_name="/open_model")[0]  # tab a opens another
+    assert "`runs/tiny`" in b.predict(api_name="/model")[0]  # was runs/other: changed under tab b
+    later = Client(url, verbose=False)
+    assert "`runs/other`" in later.predict(api_name="/model")[0]  # a page opened now: the model opened last
+
+
+def _epoch(job) -> int:
+    said = [o[0] for o in job.outputs() if isinstance(o, (list, tuple)) and isinstance(o[0], str)]
+    found = [int(m.group(1)) for s in said for m in [re.search(r"epoch (\d+)/", s)] if m]
+    return max(found, default=0)
+
+
+@pytest.mark.slow
+def test_stop_stops_only_its_own_tabs_training_and_a_second_train_is_refused(served, digits):  # noqa: F811
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    url, _ = served
+    a, b = Client(url, verbose=False), Client(url, verbose=False)
+    job = a.submit("train", SIZE, 3, 200, api_name="/train")
+    _until(lambda: _epoch(job) >= 1 or job.done(), "the first epoch")
+    said = b.predict(api_name="/stop")  # tab b's Stop, with nothing training in tab b
+    seen = _epoch(job)
+    _until(lambda: _epoch(job) > seen or job.done(), "another epoch")
+    assert not job.done(), job.outputs()[-1]  # was "**Stopped**": tab b's Stop stopped tab a's run
+    assert said == "Stopping: nothing is training in this tab."
+    with pytest.raises(AppError, match="already going in this tab"):  # was queued behind the first
+        a.predict("train", SIZE, 3, 1, api_name="/train")
+    assert a.predict(api_name="/stop").startswith("Stopping after")
+    assert job.result()[0].startswith("**Stopped**")
+
+
+@pytest.mark.slow
+def test_a_new_result_replaces_the_last_files_and_old_downloads_still_work(served, digits):  # noqa: F811
+    import httpx
+    from gradio_client import Client, handle_file
+
+    from vaekit import codes
+
+    url, work = served
+    image = handle_file(str(sorted((digits / "test" / "normal").glob("*.png"))[0]))
+    a = Client(url, verbose=False, download_files=False)
+    links = [a.predict([image], prec, api_name="/compress")[2]["url"] for prec in ("q8", "f32", "f16")]
+    made = sorted(p.name for p in work.rglob("*.codes"))
+    assert made == ["images.codes"], made  # was one code file per press, kept until the app exited
+    for link, prec in zip(links, ("q8", "f32", "f16")):  # each download link on the page still works
+        r = httpx.get(link, timeout=60)
+        assert r.status_code == 200 and codes.from_bytes(r.content, source="download").precision == prec
+    folder = next(work.rglob("images.codes")).parent.parent.parent
+    with httpx.stream("GET", f"{url}gradio_api/heartbeat/{a.session_hash}", timeout=60) as beat:
+        next(beat.iter_lines())  # the page is open ...
+    _until(lambda: not folder.exists(), "the closed page's files to go")  # ... and now closed
