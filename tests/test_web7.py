@@ -192,3 +192,33 @@ def test_a_new_result_replaces_the_last_files_and_old_downloads_still_work(serve
     with httpx.stream("GET", f"{url}gradio_api/heartbeat/{a.session_hash}", timeout=60) as beat:
         next(beat.iter_lines())  # the page is open ...
     _until(lambda: not folder.exists(), "the closed page's files to go")  # ... and now closed
+
+
+@pytest.mark.slow
+def test_a_request_naming_the_upload_folder_does_not_end_gradios_cache_cleanup(served, digits):  # noqa: F811
+    import httpx
+    from gradio import route_utils
+    from gradio.utils import get_upload_folder
+
+    url, _ = served
+    folder = {"path": get_upload_folder(), "meta": {"_type": "gradio.FileData"}}
+    for api, data in (("decompress", [folder]), ("anomaly", [[folder], 1.0])):  # a file box, an image box
+        r = httpx.post(f"{url}gradio_api/call/{api}", json={"data": data}, timeout=60)
+        said = httpx.get(f"{url}gradio_api/call/{api}/{r.json()['event_id']}", timeout=DEADLINE).text
+        assert "event: error" in said and "bug" not in said, said  # a message: "is a folder", "Invalid file type"
+    app = next(a for a in _apps() if a.local_url == url)
+    named = {f for files in app.temp_file_sets for f in files if Path(f).is_dir()}
+    assert named  # what the requests left in the app's list of files to delete
+    # what Gradio's hourly cleanup (delete_cache) and its shutdown run over that list (only those
+    # entries here: the rest are cached files other tests share): os.remove on the folder raised
+    # IsADirectoryError, which ended the cleanup for good (the cache grew until exit) and failed the shutdown
+    route_utils.delete_files_created_by_app(SimpleNamespace(blocks={}, temp_file_sets=[named]), None)
+    assert Path(get_upload_folder()).is_dir()
+
+
+def _apps():
+    import gc
+
+    import gradio as gr
+
+    return [o for o in gc.get_objects() if isinstance(o, gr.Blocks) and getattr(o, "local_url", None)]
