@@ -4,6 +4,7 @@ each upload as an entropy-coded .vkc at a chosen quality beside the WebP file of
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import gradio as gr
@@ -73,6 +74,8 @@ def wire(w: SimpleNamespace, ctx: Context) -> None:
     @ctx.guard
     def decompress(code_file, request: gr.Request = None):
         names, x = handlers.decompress(ctx.session(request).model, code_file)
+        if not names:  # a valid file of no images: the gallery stayed empty without a word
+            gr.Warning(f"code file {Path(code_file).name} holds no images: nothing to decode")
         return [(handlers.hwc(img), n) for img, n in zip(x, names)]
 
     @ctx.guard

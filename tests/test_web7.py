@@ -222,3 +222,39 @@ def _apps():
     import gradio as gr
 
     return [o for o in gc.get_objects() if isinstance(o, gr.Blocks) and getattr(o, "local_url", None)]
+
+
+@pytest.mark.slow
+def test_presses_in_quick_succession_each_get_their_files(served, digits):  # noqa: F811
+    import httpx
+    from gradio_client import Client, handle_file
+
+    url, _ = served
+    images = [handle_file(str(p)) for p in sorted((digits / "test" / "normal").glob("*.png"))[:2]]
+    a = Client(url, verbose=False, download_files=False)
+    thr = a.predict(api_name="/model")[1]["value"]  # the slider takes the model's range
+    jobs = [a.submit(images, "q8", api_name="/compress"), a.submit(images, "f16", api_name="/compress"),
+            a.submit(images, thr, api_name="/anomaly"), a.submit(images, thr, api_name="/threshold"),
+            a.submit(images, 3, api_name="/encode_vkc"), a.submit(images, 4, api_name="/encode_vkc")]
+    files = [j.result()[2]["url"] for j in jobs[:2]] + [j.result()[4]["url"] for j in jobs[2:4]]
+    files += [f["url"] for j in jobs[4:] for f in j.result()[2]]  # a second press deleted no file still to serve
+    assert all(httpx.get(f, timeout=60).status_code == 200 for f in files)
+
+
+def _handler(app, api_name: str):
+    return next(f.fn for f in app.fns.values() if f.api_name == api_name)
+
+
+def test_a_code_file_of_no_images_says_so(run, tmp_path):  # noqa: F811
+    import numpy as np
+
+    import vaekit
+    from vaekit import codes
+    from vaekit_demo.app import build_app
+
+    model = vaekit.load(run)
+    empty = codes.encode_images(model, np.zeros((0, 1, SIZE, SIZE), np.uint8), [], np.zeros((0, 2), int), "q8")
+    codes.save(empty, tmp_path / "empty.codes")
+    decompress = _handler(build_app(model, runs_dir=tmp_path / "runs", workdir=tmp_path / "work"), "decompress")
+    with pytest.warns(UserWarning, match="empty.codes holds no images"):  # was an empty gallery, no word
+        assert decompress(str(tmp_path / "empty.codes")) == []
