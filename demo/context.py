@@ -4,6 +4,8 @@ that could not be read."""
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import gradio as gr
@@ -34,6 +36,8 @@ class Context:
         self.roots = (st.data_root, st.runs_dir, st.workdir)
         self.model_widgets: list = []
         self.sessions = Sessions(st)
+        self._run_dirs: set[Path] = set()  # given to a Train press by this app
+        self._run_dirs_lock = threading.Lock()
 
     def session(self, request) -> Session:  # the session of a handler's `request: gr.Request`
         return self.sessions.get(request)
@@ -49,6 +53,17 @@ class Context:
 
     def public(self, path) -> str:  # a server path as the page shows it (security.public_path)
         return public_path(path, list(self.roots))
+
+    def new_run_dir(self, folder) -> Path:
+        """Where a Train press writes: runs_dir/FOLDER-TIMESTAMP, with -2, -3 ... when taken (tabs train
+        side by side: two presses in one second got one folder, and the second "is in use")."""
+        base = f"{Path(folder or 'run').name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        with self._run_dirs_lock:
+            out, n = self.st.runs_dir / base, 2
+            while out in self._run_dirs or out.exists():
+                out, n = self.st.runs_dir / f"{base}-{n}", n + 1
+            self._run_dirs.add(out)
+        return out
 
     def model_outputs(self, request: gr.Request = None) -> tuple:
         """The model widgets for the request's session (a page loading: the model opened last)."""

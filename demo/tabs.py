@@ -8,7 +8,6 @@ updates the Anomaly tab's threshold and the Latent tab's folder). `TABS` lists t
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -113,8 +112,7 @@ def _wire_train(w: SimpleNamespace, ctx: Context) -> None:
 
 def _train_run(folder, size, dim, n_epochs, session, request, progress, ctx: Context):
     """The Train button's updates for one run in `session` (stopped by its Stop button only)."""
-    st = ctx.st
-    out = st.runs_dir / f"{Path(folder or 'run').name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = ctx.new_run_dir(folder)
     rows: list[dict] = []
     keep = (gr.skip(),) * len(ctx.model_widgets)
     for ev in handlers.train_events(folder, out, size, dim, n_epochs, session.stop):

@@ -258,3 +258,14 @@ def test_a_code_file_of_no_images_says_so(run, tmp_path):  # noqa: F811
     decompress = _handler(build_app(model, runs_dir=tmp_path / "runs", workdir=tmp_path / "work"), "decompress")
     with pytest.warns(UserWarning, match="empty.codes holds no images"):  # was an empty gallery, no word
         assert decompress(str(tmp_path / "empty.codes")) == []
+
+
+def test_two_train_presses_in_one_second_get_two_run_folders(tmp_path, monkeypatch):
+    from vaekit_demo import context
+    from vaekit_demo.app import _State
+
+    ctx = context.Context(_State(None, tmp_path / "runs", tmp_path / "work", tmp_path, True))
+    monkeypatch.setattr(context.time, "strftime", lambda fmt: "20261205-070000")  # one second
+    (tmp_path / "runs" / "cats-20261205-070000").mkdir(parents=True)  # a run of an earlier press
+    got = [ctx.new_run_dir(tmp_path / "cats") for _ in range(2)]  # two tabs train side by side
+    assert [p.name for p in got] == ["cats-20261205-070000-2", "cats-20261205-070000-3"]
