@@ -7,8 +7,8 @@ training. A session writes its files (code files, CSVs, .vkc files) in its own f
 folder, one folder per button: pressing it again replaces the last result's files. Gradio copies
 every file it serves into its own cache as the handler returns, so a download link on the page
 keeps working when the file it was made from is gone. A session's folder goes when its page is
-closed, and the least recently used sessions' folders go once the work folder holds more than
-MAX_BYTES, or there are more than MAX_SESSIONS sessions (a script's sessions never close).
+closed, and the least recently used sessions' folders go once more than MAX_FOLDERS sessions have
+files or the work folder holds more than MAX_BYTES (a script's sessions never close).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import shutil
 import threading
-import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,10 @@ from pathlib import Path
 from vaekit.errors import BadInput
 from vaekit.inference.engine import Model
 
-MAX_SESSIONS = 64  # sessions remembered at once; the least recently used one is forgotten first
+# Sessions remembered at once, as many as Gradio keeps state for (a REST call is a session of its own,
+# so a few thousand calls would otherwise forget an open page's model); least recently used first.
+MAX_SESSIONS = 10_000
+MAX_FOLDERS = 64  # sessions whose files are kept; an older session's go (its page's links still work)
 MAX_BYTES = 256 << 20  # of the work folder: the least recently used other sessions' files go first
 
 
@@ -36,7 +38,7 @@ class Session:
     model: Model | None
     stop: threading.Event = field(default_factory=threading.Event)  # its Stop button
     training: threading.Lock = field(default_factory=threading.Lock)  # held while its training runs
-    used: float = field(default_factory=time.monotonic)
+    has_files: bool = False
 
     def outputs(self, button: str) -> Path:
         """An empty folder for one button's results: the last press's files are deleted first (a
@@ -44,6 +46,7 @@ class Session:
         out = self.folder / button
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
+        self.has_files = True
         return out
 
     def begin_training(self) -> None:
@@ -77,7 +80,6 @@ class Sessions:
             if s is None:
                 s = self._known[key] = Session(self.st.workdir / _folder_name(key), self.st.model)
             self._known.move_to_end(key)
-            s.used = time.monotonic()
             forgotten = self._overflow()
         for old in forgotten:
             self._forget(old)
@@ -98,7 +100,9 @@ class Sessions:
     def _overflow(self) -> list[Session]:
         """Sessions beyond MAX_SESSIONS, least recently used first, that are not training (under the lock)."""
         extra = len(self._known) - MAX_SESSIONS
-        idle = [k for k, s in self._known.items() if not s.training.locked()][: max(extra, 0)]
+        if extra <= 0:
+            return []
+        idle = [k for k, s in self._known.items() if not s.training.locked()][:extra]
         return [self._known.pop(k) for k in idle]
 
     @staticmethod
@@ -107,13 +111,15 @@ class Sessions:
         shutil.rmtree(s.folder, ignore_errors=True)
 
     def trim(self, current: Session) -> None:
-        """Keep the work folder under MAX_BYTES: other sessions' files first, least recently used first."""
-        with self._lock:
-            others = sorted((s for s in self._known.values() if s is not current), key=lambda s: s.used)
-        for s in others:
-            if _size(self.st.workdir) <= MAX_BYTES:
+        """Keep the files of the MAX_FOLDERS most recently used sessions only, and the work folder
+        under MAX_BYTES: other sessions' files go, least recently used first."""
+        with self._lock:  # _known runs from the least recently used
+            others = [s for s in self._known.values() if s is not current and s.has_files]
+        for i, s in enumerate(others):
+            if len(others) - i < MAX_FOLDERS and _size(self.st.workdir) <= MAX_BYTES:
                 return
             shutil.rmtree(s.folder, ignore_errors=True)
+            s.has_files = False
 
 
 def _size(folder: Path) -> int:

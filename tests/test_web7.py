@@ -90,6 +90,17 @@ def test_the_work_folder_is_trimmed_least_recently_used_session_first(st, monkey
     assert not old.folder.exists() and mid.folder.exists() and cur.folder.exists()
 
 
+def test_only_the_most_recently_used_sessions_keep_files(st, monkeypatch):
+    monkeypatch.setattr(sessions_mod, "MAX_FOLDERS", 2)  # a script's REST calls are a session each
+    s = Sessions(st)
+    made = [s.get(_req(k)) for k in "abc"]
+    for sess in made:
+        (sess.outputs("anomaly") / "scores.csv").write_bytes(b"x")
+    s.trim(made[2])
+    assert [sess.folder.exists() for sess in made] == [False, True, True]
+    assert s.get(_req("a")) is made[0]  # its model is remembered all the same
+
+
 def test_sessions_beyond_the_limit_are_forgotten_except_a_training_one(st, monkeypatch):
     monkeypatch.setattr(sessions_mod, "MAX_SESSIONS", 2)
     s = Sessions(st)
