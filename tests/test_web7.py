@@ -280,3 +280,21 @@ def test_two_train_presses_in_one_second_get_two_run_folders(tmp_path, monkeypat
     (tmp_path / "runs" / "cats-20261205-070000").mkdir(parents=True)  # a run of an earlier press
     got = [ctx.new_run_dir(tmp_path / "cats") for _ in range(2)]  # two tabs train side by side
     assert [p.name for p in got] == ["cats-20261205-070000-2", "cats-20261205-070000-3"]
+
+
+def test_uploads_too_many_pixels_to_decode_are_refused_before_decoding(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from vaekit_demo import security
+
+    # 256 flat 9400 x 9400 PNGs (280 KB each, under the upload cap) took 13 minutes to decode, the
+    # button's queue held for every user; here the same at a smaller limit
+    monkeypatch.setattr(security, "UPLOAD_SOURCE_PIXELS", 1000)
+    paths = []
+    for i in range(2):
+        paths.append(tmp_path / f"big{i}.png")
+        Image.new("L", (30, 20), 80).save(paths[-1])
+    (tmp_path / "notes.png").write_text("not an image")  # unreadable: counted by the loader, not here
+    assert security.upload_paths([paths[0], tmp_path / "notes.png"], 1, 16) == [paths[0], tmp_path / "notes.png"]
+    with pytest.raises(BadInput, match="the 2 uploaded images hold 0 million pixels; the web app decodes at most 0 mil"):
+        security.upload_paths(paths, 1, 16)
