@@ -298,3 +298,32 @@ def test_uploads_too_many_pixels_to_decode_are_refused_before_decoding(tmp_path,
     assert security.upload_paths([paths[0], tmp_path / "notes.png"], 1, 16) == [paths[0], tmp_path / "notes.png"]
     with pytest.raises(BadInput, match="the 2 uploaded images hold 0 million pixels; the web app decodes at most 0 mil"):
         security.upload_paths(paths, 1, 16)
+
+
+@pytest.mark.slow
+def test_in_the_browser_another_tabs_stop_leaves_a_training_run_alone(served):
+    from playwright.sync_api import sync_playwright
+
+    url, _ = served
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
+                                    args=["--no-sandbox", "--disable-gpu"])
+        try:
+            a, b = browser.new_page(), browser.new_page()  # two tabs on the app
+            for page in (a, b):
+                page.goto(url)
+                page.get_by_role("tab", name="Train").click()
+            a.locator("#train-folder textarea, #train-folder input").first.fill("train")
+            epochs = a.locator("#train-epochs input[type=number]")
+            epochs.fill("200")
+            epochs.press("Enter")
+            a.locator("#train-btn").click()
+            a.locator("#train-status").get_by_text(re.compile(r"epoch 1/200")).wait_for(timeout=DEADLINE * 1000)
+            b.locator("#stop-btn").click()
+            b.locator("#train-status").get_by_text("nothing is training in this tab").wait_for(timeout=DEADLINE * 1000)
+            # tab a trains on: was "Stopped after 1 epoch(s)"
+            a.locator("#train-status").get_by_text(re.compile(r"epoch [2-9]/200")).wait_for(timeout=DEADLINE * 1000)
+            a.locator("#stop-btn").click()
+            a.locator("#train-status").get_by_text("Stopped").wait_for(timeout=DEADLINE * 1000)
+        finally:
+            browser.close()
