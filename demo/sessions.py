@@ -51,7 +51,7 @@ class Session:
 
     def begin_training(self) -> None:
         if not self.training.acquire(blocking=False):
-            raise BadInput("a training run is already going in this tab: press Stop, or wait until it is done")
+            raise BadInput("a training run is already going on this page: press Stop, or wait until it is done")
         self.stop.clear()  # a Stop pressed before this run began is not meant for it
 
 

@@ -49,7 +49,7 @@ def wire_open(w: SimpleNamespace, ctx: Context) -> None:
 
 def _train_tab(ctx: Context) -> SimpleNamespace:
     gr.Markdown("Train a new model on a folder of normal images on this machine. "
-                "When it finishes it becomes the app's model.")
+                "When it finishes it becomes this page's model, and the model of pages opened after.")
     train_folder = gr.Textbox(label="Folder of training images (searched recursively)",
                               placeholder="/path/to/images", elem_id="train-folder")
     with gr.Row():
@@ -78,7 +78,7 @@ def _train_message(ev, rows: list[dict], n_epochs, out: Path, folder, ctx: Conte
     if ev.phase == "done":
         r = ev.result
         return (f"**Done**: `{public(r.run_dir)}`, {r.epochs_done} epochs, trained in {r.seconds:.1f} s, best validation "
-                f"loss {r.best_val:.2f} nats/image (epoch {r.best_epoch}); it is now the app's model.")
+                f"loss {r.best_val:.2f} nats/image (epoch {r.best_epoch}); it is now this page's model.")
     return None
 
 
@@ -99,7 +99,7 @@ def _wire_train(w: SimpleNamespace, ctx: Context) -> None:
     def stop(request: gr.Request = None):
         session = ctx.session(request)
         if not session.training.locked():  # a stale press must not stop this page's next run
-            return "Stopping: nothing is training in this tab."
+            return "Stopping: nothing is training on this page."
         session.stop.set()
         return "Stopping after the current batch…"
 

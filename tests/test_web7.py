@@ -119,7 +119,7 @@ def test_a_second_training_in_one_session_is_refused_and_a_stale_stop_is_not_kep
     a.stop.set()  # pressed before this run began
     a.begin_training()
     assert not a.stop.is_set()
-    with pytest.raises(BadInput, match="already going in this tab"):
+    with pytest.raises(BadInput, match="already going on this page"):
         a.begin_training()
 
 
@@ -176,8 +176,8 @@ def test_stop_stops_only_its_own_tabs_training_and_a_second_train_is_refused(ser
     seen = _epoch(job)
     _until(lambda: _epoch(job) > seen or job.done(), "another epoch")
     assert not job.done(), job.outputs()[-1]  # was "**Stopped**": tab b's Stop stopped tab a's run
-    assert said == "Stopping: nothing is training in this tab."
-    with pytest.raises(AppError, match="already going in this tab"):  # was queued behind the first
+    assert said == "Stopping: nothing is training on this page."
+    with pytest.raises(AppError, match="already going on this page"):  # was queued behind the first
         a.predict("train", SIZE, 3, 1, api_name="/train")
     assert a.predict(api_name="/stop").startswith("Stopping after")
     assert job.result()[0].startswith("**Stopped**")
@@ -320,7 +320,7 @@ def test_in_the_browser_another_tabs_stop_leaves_a_training_run_alone(served):
             a.locator("#train-btn").click()
             a.locator("#train-status").get_by_text(re.compile(r"epoch 1/200")).wait_for(timeout=DEADLINE * 1000)
             b.locator("#stop-btn").click()
-            b.locator("#train-status").get_by_text("nothing is training in this tab").wait_for(timeout=DEADLINE * 1000)
+            b.locator("#train-status").get_by_text("nothing is training on this page").wait_for(timeout=DEADLINE * 1000)
             # tab a trains on: was "Stopped after 1 epoch(s)"
             a.locator("#train-status").get_by_text(re.compile(r"epoch [2-9]/200")).wait_for(timeout=DEADLINE * 1000)
             a.locator("#stop-btn").click()
