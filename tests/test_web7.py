@@ -1,9 +1,11 @@
 """The web app used by several tabs at once, and its work folder over many requests (round 7).
 
-Each test failed before its fix: the app had one model and one Stop flag for every tab, so Open in
-one tab changed the model under another, and one tab's Stop stopped another tab's training; a second
-Train press queued a second run behind the first; and every request left its files in the work
-folder until the app exited.
+The tests of a bug failed before its fix: the app had one model and one Stop flag for every tab, so
+Open in one tab changed the model under another, and one tab's Stop stopped another tab's training; a
+second Train press queued a second run behind the first; every request left its files in the work
+folder until the app exited; a request naming Gradio's upload folder ended Gradio's cache cleanup;
+an empty code file decoded to a silent empty gallery; uploads of huge flat images held a button for
+minutes. The others guard the sessions' own bounds (vaekit_demo/sessions.py).
 """
 
 from __future__ import annotations
