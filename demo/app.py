@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import os
 import shutil
 import socket
 import tempfile
-import threading
 from pathlib import Path
 
 import gradio as gr
@@ -33,12 +33,12 @@ CSS = ".vk-pixels img, .vk-pixels canvas { image-rendering: pixelated; }"
 
 
 class _State:
-    """What the app shares across browser tabs: the open model (a local tool has one user)."""
+    """What the app shares across browser tabs: its folders, and the model a page opened now starts
+    with (the one opened or trained last). Each page's own model and Stop are its session's (sessions.py)."""
 
     def __init__(self, model: Model | None, runs_dir: Path, workdir: Path, data_root: Path, server_folders: bool):
         self.model, self.runs_dir, self.workdir = model, runs_dir, workdir
         self.data_root, self.server_folders = data_root, server_folders
-        self.stop = threading.Event()
 
 
 def build_app(
@@ -74,6 +74,11 @@ def build_app(
         wire_open(w, ctx)
         for *_, wire in TABS:
             wire(w, ctx)
+
+        def end_session(request: gr.Request):  # the page was closed or reloaded
+            ctx.sessions.end(request)
+
+        app.unload(end_session)
     return app
 
 
@@ -95,6 +100,26 @@ def check_address(host: str, port: int) -> None:
             raise BadInput(f"cannot serve on {host}:{port}: {e.strerror or e} (pick another --port or --host)") from None
 
 
+def _cache_cleanup_skips_folders() -> None:
+    """Gradio's cache cleanup (delete_cache, and at shutdown) calls os.remove on every path a request
+    named inside its upload folder, and a request can name that folder itself as an uploaded file:
+    IsADirectoryError then ended the hourly cleanup for good (the cache grew until the app exited)
+    and failed the shutdown. Folders leave the list first; files are deleted as Gradio does."""
+    from gradio import route_utils
+
+    original = route_utils.delete_files_created_by_app
+    if getattr(original, "skips_folders", False):
+        return
+
+    def cleanup(blocks, age):
+        for files in blocks.temp_file_sets:
+            files -= {f for f in list(files) if os.path.isdir(f)}
+        return original(blocks, age)
+
+    cleanup.skips_folders = True
+    route_utils.delete_files_created_by_app = cleanup  # looked up by name on each run
+
+
 def launch(app: gr.Blocks, port: int = 7860, share: bool = False, max_file_size: str | int = MAX_UPLOAD,
            prevent_thread_lock: bool = False, quiet: bool = False, host: str = "127.0.0.1",
            auth: tuple[str, str] | None = None):
@@ -102,6 +127,7 @@ def launch(app: gr.Blocks, port: int = 7860, share: bool = False, max_file_size:
     capped at `max_file_size`, answering only requests for the bound address (security.HostGuard),
     and behind a user name and password when `auth` is given."""
     check_address(host, port)
+    _cache_cleanup_skips_folders()
     # a --share link comes in through Gradio's relay under its own host name: no guard there
     with guarded_gradio(host) if not share else contextlib.nullcontext():
         return app.launch(server_name=host, server_port=port, share=share, max_file_size=max_file_size,

@@ -4,6 +4,7 @@ each upload as an entropy-coded .vkc at a chosen quality beside the WebP file of
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import gradio as gr
@@ -57,11 +58,9 @@ def layout(ctx: Context) -> SimpleNamespace:
 
 
 def wire(w: SimpleNamespace, ctx: Context) -> None:
-    st = ctx.st
-
     @ctx.guard
-    def compress(files, prec):
-        r = handlers.compress(st.model, files, st.workdir, prec)
+    def compress(files, prec, request: gr.Request = None):
+        r = handlers.compress(ctx.session(request).model, files, ctx.outputs(request, "compress"), prec)
         e = r.report
         summary = (f"**{e.count} image(s)** → code file of **{e.file_bytes} bytes** ({e.bytes_per_image:.1f} "
                    f"bytes/image, **{e.bits_per_pixel:.3f} bpp** at {e.image_size}×{e.image_size}; "
@@ -73,13 +72,15 @@ def wire(w: SimpleNamespace, ctx: Context) -> None:
         return gallery, summary, str(e.path), table
 
     @ctx.guard
-    def decompress(code_file):
-        names, x = handlers.decompress(st.model, code_file)
+    def decompress(code_file, request: gr.Request = None):
+        names, x = handlers.decompress(ctx.session(request).model, code_file)
+        if not names:  # a valid file of no images: the gallery stayed empty without a word
+            gr.Warning(f"code file {Path(code_file).name} holds no images: nothing to decode")
         return [(handlers.hwc(img), n) for img, n in zip(x, names)]
 
     @ctx.guard
-    def encode_vkc(files, level):
-        shown, skipped = handlers.encode_vkc(st.model, files, st.workdir, level)
+    def encode_vkc(files, level, request: gr.Request = None):
+        shown, skipped = handlers.encode_vkc(ctx.session(request).model, files, ctx.outputs(request, "vkc"), level)
         warn_skipped(skipped)
         gallery = [(handlers.hwc(v.shown), f"{v.name}: .vkc {v.bytes} B | WebP {v.webp.bytes} B") for v in shown]
         return gallery, _vkc_summary(shown, int(level)), [str(v.file) for v in shown], [_vkc_row(v) for v in shown]

@@ -1,8 +1,11 @@
-"""What every tab of the web app shares: the app's state, the folders the page may name, the
-widgets that show the current model, and the warning for uploads that could not be read."""
+"""What every tab of the web app shares: the app's state, each page's session (sessions.py), the
+folders the page may name, the widgets that show a session's model, and the warning for uploads
+that could not be read."""
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import gradio as gr
@@ -11,6 +14,7 @@ from vaekit.inference.engine import Model
 from vaekit_demo import figures, handlers
 from vaekit_demo.errors import guard_errors
 from vaekit_demo.security import public_path
+from vaekit_demo.sessions import Session, Sessions
 
 
 def data_folder(model: Model | None, data_root: Path) -> str:
@@ -24,13 +28,25 @@ def data_folder(model: Model | None, data_root: Path) -> str:
 
 
 class Context:
-    """What every tab's handlers share: the app's state (vaekit_demo.app), the folders the page may
-    name, and the widgets that show the current model."""
+    """What every tab's handlers share: the app's state (vaekit_demo.app), the sessions, the folders
+    the page may name, and the widgets that show a session's model."""
 
     def __init__(self, st):
         self.st = st
         self.roots = (st.data_root, st.runs_dir, st.workdir)
         self.model_widgets: list = []
+        self.sessions = Sessions(st)
+        self._run_dirs: set[Path] = set()  # given to a Train press by this app
+        self._run_dirs_lock = threading.Lock()
+
+    def session(self, request) -> Session:  # the session of a handler's `request: gr.Request`
+        return self.sessions.get(request)
+
+    def outputs(self, request, button: str) -> Path:
+        """A fresh folder for one button's files in the request's session (its last ones deleted)."""
+        s = self.session(request)
+        self.sessions.trim(s)
+        return s.outputs(button)
 
     def guard(self, fn):
         return guard_errors(fn, self.roots)
@@ -38,10 +54,23 @@ class Context:
     def public(self, path) -> str:  # a server path as the page shows it (security.public_path)
         return public_path(path, list(self.roots))
 
-    def model_outputs(self) -> tuple:
-        rng = figures.threshold_range(self.st.model)
-        return (handlers.describe(self.st.model, self.roots), gr.Slider(**rng),
-                figures.model_histogram(self.st.model, rng["value"]), data_folder(self.st.model, self.st.data_root))
+    def new_run_dir(self, folder) -> Path:
+        """Where a Train press writes: runs_dir/FOLDER-TIMESTAMP, with -2, -3 ... when taken (tabs train
+        side by side: two presses in one second got one folder, and the second "is in use")."""
+        base = f"{Path(folder or 'run').name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        with self._run_dirs_lock:
+            out, n = self.st.runs_dir / base, 2
+            while out in self._run_dirs or out.exists():
+                out, n = self.st.runs_dir / f"{base}-{n}", n + 1
+            self._run_dirs.add(out)
+        return out
+
+    def model_outputs(self, request: gr.Request = None) -> tuple:
+        """The model widgets for the request's session (a page loading: the model opened last)."""
+        model = self.session(request).model
+        rng = figures.threshold_range(model)
+        return (handlers.describe(model, self.roots), gr.Slider(**rng),
+                figures.model_histogram(model, rng["value"]), data_folder(model, self.st.data_root))
 
 
 def warn_skipped(skipped) -> None:

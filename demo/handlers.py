@@ -299,7 +299,7 @@ def train_events(
 ) -> Iterator[TrainEvent]:
     """Run `vaekit.training.job.train` in a worker thread and yield its progress as it comes.
 
-    Setting `stop` ends training after the current step through the library's stop hook
+    Setting `stop` ends training after the current step (a `stop` already set stops it at once) through the library's stop hook
     (`should_stop`; while images are still being decoded, the next progress report stops it):
     the run directory keeps its last epoch's checkpoint, so `vaekit train --resume` continues it.
     The last event is "done" (with the TrainResult) or "stopped"; errors are re-raised here.
@@ -334,7 +334,6 @@ def train_events(
         except BaseException as e:  # noqa: BLE001 - handed to the caller's thread below
             events.put(e)
 
-    stop.clear()
     threading.Thread(target=work, name="vaekit-demo-train", daemon=True).start()
     while True:
         ev = events.get()

@@ -4,7 +4,7 @@
 
 RUN is a trained run, DATA a sample-data folder (`vaekit sample-data shapes DATA`: train/,
 test/normal/, test/anomalous/), OUT the folder for train.png, compress.png, anomaly.png,
-generate.png and latent.png. The Train tab goes last: training makes its run the app's model.
+generate.png and latent.png. The Train tab goes last: training makes its run the page's model.
 The README's set: `vaekit sample-data shapes data/shapes`, `vaekit train data/shapes/train --out
 runs/shapes --image-size 64 --latent-dim 16 --epochs 30`, then
 `python -m vaekit_demo.screenshots runs/shapes data/shapes docs/screenshots --runs-dir runs`.
@@ -142,7 +142,7 @@ def _train(pg: _Page) -> None:
     pg.shot("train")
 
 
-# the Train tab goes last: training makes its run the app's model
+# the Train tab goes last: training makes its run the page's model
 SHOTS = (_compress, _anomaly, _generate, _latent, _train)
 
 

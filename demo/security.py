@@ -29,18 +29,42 @@ LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 # file's size (app.MAX_UPLOAD), not how many there are.
 UPLOAD_SUBPIXELS = 1 << 26  # of one request's uploads at the model's reading size
 UPLOAD_MAX_FILES = 256  # a gallery of more shows nothing a CSV would not
+# Of one request's uploads as stored: decoding takes ~35 ns a pixel on one core, so a 280 KB PNG of
+# 9400 x 9400 took 3 s and 256 of them 13 minutes, the button's queue held for everyone (~75 s here).
+UPLOAD_SOURCE_PIXELS = 1 << 31
 
 
 def upload_paths(paths, channels: int, read_size: int) -> list[Path]:
     """One request's uploads as paths; BadInput when there are none, or more than the app takes at
-    once at this model's size (UPLOAD_SUBPIXELS of them, UPLOAD_MAX_FILES at most, 4 at least)."""
+    once at this model's size (UPLOAD_SUBPIXELS of them, UPLOAD_MAX_FILES at most, 4 at least), or
+    more than UPLOAD_SOURCE_PIXELS to decode."""
     if not paths:
         raise BadInput("no image given: upload one or more image files")
     most = max(4, min(UPLOAD_MAX_FILES, UPLOAD_SUBPIXELS // (channels * read_size**2)))
     if len(paths) > most:
         raise BadInput(f"{len(paths)} images uploaded; the web app takes at most {most} at a time for this model "
                        "(`vaekit anomaly-score`, `encode` and `reconstruct` take folders of any size)")
-    return [Path(p) for p in paths]
+    paths = [Path(p) for p in paths]
+    total = _source_pixels(paths)
+    if total > UPLOAD_SOURCE_PIXELS:
+        raise BadInput(f"the {len(paths)} uploaded images hold {total / 1e6:,.0f} million pixels; the web app decodes "
+                       f"at most {UPLOAD_SOURCE_PIXELS / 1e6:,.0f} million at a time (upload fewer or smaller images, "
+                       "or use `vaekit anomaly-score`, `encode` or `reconstruct` on a folder)")
+    return paths
+
+
+def _source_pixels(paths: list[Path]) -> int:
+    """The pixels the uploads hold as stored, from their headers (vaekit's own open: no pixels decoded)."""
+    from vaekit.images import open_image
+
+    total = 0
+    for p in paths:
+        try:
+            with open_image(p) as img:
+                total += img.width * img.height
+        except Exception:  # noqa: BLE001 - unreadable: the loader skips it and says why
+            continue
+    return total
 
 
 def is_loopback(host: str) -> bool:

@@ -8,7 +8,6 @@ updates the Anomaly tab's threshold and the Latent tab's folder). `TABS` lists t
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -37,11 +36,12 @@ def wire_open(w: SimpleNamespace, ctx: Context) -> None:
     st = ctx.st
 
     @ctx.guard
-    def open_model(path):
+    def open_model(path, request: gr.Request = None):
         if not path:
             raise BadInput("type the path of a run directory or an exported .onnx file")
-        st.model = vaekit.load(confine(path, [st.data_root, st.runs_dir], st.server_folders, "model path"))
-        return ctx.model_outputs()
+        model = vaekit.load(confine(path, [st.data_root, st.runs_dir], st.server_folders, "model path"))
+        ctx.sessions.set_model(ctx.session(request), model)  # this page's, and pages opened from now on
+        return ctx.model_outputs(request)
 
     w.open_btn.click(open_model, w.model_path, ctx.model_widgets, api_name="open_model")
     w.model_path.submit(open_model, w.model_path, ctx.model_widgets, api_visibility="private")
@@ -49,7 +49,7 @@ def wire_open(w: SimpleNamespace, ctx: Context) -> None:
 
 def _train_tab(ctx: Context) -> SimpleNamespace:
     gr.Markdown("Train a new model on a folder of normal images on this machine. "
-                "When it finishes it becomes the app's model.")
+                "When it finishes it becomes this page's model, and the model of pages opened after.")
     train_folder = gr.Textbox(label="Folder of training images (searched recursively)",
                               placeholder="/path/to/images", elem_id="train-folder")
     with gr.Row():
@@ -78,7 +78,7 @@ def _train_message(ev, rows: list[dict], n_epochs, out: Path, folder, ctx: Conte
     if ev.phase == "done":
         r = ev.result
         return (f"**Done**: `{public(r.run_dir)}`, {r.epochs_done} epochs, trained in {r.seconds:.1f} s, best validation "
-                f"loss {r.best_val:.2f} nats/image (epoch {r.best_epoch}); it is now the app's model.")
+                f"loss {r.best_val:.2f} nats/image (epoch {r.best_epoch}); it is now this page's model.")
     return None
 
 
@@ -86,36 +86,52 @@ def _wire_train(w: SimpleNamespace, ctx: Context) -> None:
     st = ctx.st
 
     @ctx.guard
-    def train(folder, size, dim, n_epochs, progress=gr.Progress()):
+    def train(folder, size, dim, n_epochs, request: gr.Request = None, progress=gr.Progress()):
         folder = confine(folder, [st.data_root], st.server_folders)
-        out = st.runs_dir / f"{Path(folder or 'run').name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        rows: list[dict] = []
-        keep = (gr.skip(),) * len(ctx.model_widgets)
-        for ev in handlers.train_events(folder, out, size, dim, n_epochs, st.stop):
-            m = ev.metrics
-            if ev.phase == "decode":
-                progress((ev.done, ev.total), desc="decoding images", unit="images")
-            elif ev.phase == "train":
-                progress((ev.done, ev.total), desc=f"epoch {m['epoch']}/{m['epochs']} · loss {m['loss']:.2f}",
-                         unit="batches")
-            elif ev.phase == "crossfit":  # a few images: one more model per fold, for out-of-sample scores
-                progress((ev.done, ev.total), desc="training the fold models", unit="models")
-            elif ev.phase == "epoch":
-                rows += [{"epoch": m["epoch"], "loss": m["train_loss"], "split": "train"},
-                         {"epoch": m["epoch"], "loss": m["val_loss"], "split": "validation"}]
-            if ev.phase == "done":
-                st.model = vaekit.load(ev.result.run_dir)
-            said = _train_message(ev, rows, n_epochs, out, folder, ctx)
-            if said is not None:
-                yield said, pd.DataFrame(rows), *(ctx.model_outputs() if ev.phase == "done" else keep)
+        session = ctx.session(request)
+        session.begin_training()  # a second press while one runs is refused, not queued behind it
+        try:
+            yield from _train_run(folder, size, dim, n_epochs, session, request, progress, ctx)
+        finally:  # also when Gradio closes this generator (the page went away): its run stops too
+            session.stop.set()
+            session.training.release()
 
-    def stop():
-        st.stop.set()
+    def stop(request: gr.Request = None):
+        session = ctx.session(request)
+        if not session.training.locked():  # a stale press must not stop this page's next run
+            return "Stopping: nothing is training on this page."
+        session.stop.set()
         return "Stopping after the current batch…"
 
+    # concurrency_limit=None: a run in one tab does not hold another tab's Train (or its Stop) in the queue
     w.train_btn.click(train, [w.train_folder, w.image_size, w.latent_dim, w.epochs],
-                      [w.train_status, w.loss_plot, *ctx.model_widgets], api_name="train", show_progress_on=[w.train_status])
+                      [w.train_status, w.loss_plot, *ctx.model_widgets], api_name="train", show_progress_on=[w.train_status],
+                      concurrency_limit=None)
     w.stop_btn.click(stop, None, w.train_status, api_name="stop", queue=False)
+
+
+def _train_run(folder, size, dim, n_epochs, session, request, progress, ctx: Context):
+    """The Train button's updates for one run in `session` (stopped by its Stop button only)."""
+    out = ctx.new_run_dir(folder)
+    rows: list[dict] = []
+    keep = (gr.skip(),) * len(ctx.model_widgets)
+    for ev in handlers.train_events(folder, out, size, dim, n_epochs, session.stop):
+        m = ev.metrics
+        if ev.phase == "decode":
+            progress((ev.done, ev.total), desc="decoding images", unit="images")
+        elif ev.phase == "train":
+            progress((ev.done, ev.total), desc=f"epoch {m['epoch']}/{m['epochs']} · loss {m['loss']:.2f}",
+                     unit="batches")
+        elif ev.phase == "crossfit":  # a few images: one more model per fold, for out-of-sample scores
+            progress((ev.done, ev.total), desc="training the fold models", unit="models")
+        elif ev.phase == "epoch":
+            rows += [{"epoch": m["epoch"], "loss": m["train_loss"], "split": "train"},
+                     {"epoch": m["epoch"], "loss": m["val_loss"], "split": "validation"}]
+        if ev.phase == "done":
+            ctx.sessions.set_model(session, vaekit.load(ev.result.run_dir))
+        said = _train_message(ev, rows, n_epochs, out, folder, ctx)
+        if said is not None:
+            yield said, pd.DataFrame(rows), *(ctx.model_outputs(request) if ev.phase == "done" else keep)
 
 
 def _anomaly_tab(ctx: Context) -> SimpleNamespace:
@@ -141,24 +157,24 @@ def _anomaly_tab(ctx: Context) -> SimpleNamespace:
 
 
 def _wire_anomaly(w: SimpleNamespace, ctx: Context) -> None:
-    st = ctx.st
-
     @ctx.guard
-    def anomaly(files, thr):
-        r = handlers.anomaly(st.model, files, thr, st.workdir)
+    def anomaly(files, thr, request: gr.Request = None, button: str = "anomaly"):
+        model = ctx.session(request).model
+        r = handlers.anomaly(model, files, thr, ctx.outputs(request, button))
         warn_skipped(r.skipped)
         n_bad = int(r.anomalous.sum())
-        unit = score_unit(st.model.info.score)
+        unit = score_unit(model.info.score)
         lines = [f"**{n_bad} of {len(r.names)} anomalous** at threshold {r.threshold:.2f} {unit}"]
         lines += [f"- `{n}`: score **{s:.2f}** {unit} → {'**anomalous**' if a else 'normal'}"
                   for n, s, a in list(zip(r.names, r.scores, r.anomalous))[:10]]
         gallery = [(handlers.hwc(o), f"{n}: {s:.1f}") for o, n, s in zip(r.overlays, r.names, r.scores)]
-        return "\n".join(lines), figures.model_histogram(st.model, r.threshold, r), gallery, r.table(), str(r.csv)
+        return "\n".join(lines), figures.model_histogram(model, r.threshold, r), gallery, r.table(), str(r.csv)
 
-    def rethreshold(files, thr):
-        if files and st.model is not None:
-            return anomaly(files, thr)
-        return gr.skip(), figures.model_histogram(st.model, thr), gr.skip(), gr.skip(), gr.skip()
+    def rethreshold(files, thr, request: gr.Request = None):
+        model = ctx.session(request).model
+        if files and model is not None:  # its own folder: the slider's event can run beside the button's
+            return anomaly(files, thr, request, "threshold")
+        return gr.skip(), figures.model_histogram(model, thr), gr.skip(), gr.skip(), gr.skip()
 
     outputs = [w.anom_summary, w.hist, w.overlays, w.anom_table, w.csv_out]
     w.anom_btn.click(anomaly, [w.anom_files, w.threshold], outputs, api_name="anomaly")
@@ -190,15 +206,13 @@ def _generate_tab(ctx: Context) -> SimpleNamespace:
 
 
 def _wire_generate(w: SimpleNamespace, ctx: Context) -> None:
-    st = ctx.st
+    @ctx.guard
+    def sample(n, temp, sd, request: gr.Request = None):
+        return handlers.hwc(handlers.sample_grid(ctx.session(request).model, n, temp, sd))
 
     @ctx.guard
-    def sample(n, temp, sd):
-        return handlers.hwc(handlers.sample_grid(st.model, n, temp, sd))
-
-    @ctx.guard
-    def interpolate(a, b, n):
-        return handlers.hwc(handlers.interpolation_strip(st.model, a, b, n))
+    def interpolate(a, b, n, request: gr.Request = None):
+        return handlers.hwc(handlers.interpolation_strip(ctx.session(request).model, a, b, n))
 
     w.sample_btn.click(sample, [w.n_samples, w.temperature, w.seed], w.samples, api_name="sample")
     w.interp_btn.click(interpolate, [w.img_a, w.img_b, w.steps], w.strip, api_name="interpolate")
@@ -225,16 +239,16 @@ def _wire_latent(w: SimpleNamespace, ctx: Context) -> None:
     st = ctx.st
 
     @ctx.guard
-    def latent(folder, how, n):
-        m = handlers.latent_map(st.model, confine(folder, [st.data_root], st.server_folders), how, n)
+    def latent(folder, how, n, request: gr.Request = None):
+        m = handlers.latent_map(ctx.session(request).model, confine(folder, [st.data_root], st.server_folders), how, n)
         df = pd.DataFrame({"x": m.xy[:, 0], "y": m.xy[:, 1], "score": m.scores, "file": m.names})
         return df, m, []
 
     @ctx.guard
-    def latent_select(m, evt: gr.SelectData):
+    def latent_select(m, evt: gr.SelectData, request: gr.Request = None):
         if m is None or not isinstance(evt.index, (list, tuple)):
             return []
-        return [(handlers.hwc(x), c) for x, c in handlers.latent_pick(st.model, m, *evt.index[:2])]
+        return [(handlers.hwc(x), c) for x, c in handlers.latent_pick(ctx.session(request).model, m, *evt.index[:2])]
 
     w.lat_btn.click(latent, [w.lat_folder, w.method, w.limit], [w.scatter, w.lat_state, w.picked], api_name="latent")
     w.scatter.select(latent_select, w.lat_state, w.picked, api_visibility="private")
