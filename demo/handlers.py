@@ -240,7 +240,8 @@ def anomaly(model: Model, paths: Sequence[str | Path], threshold: float, out_dir
 
 def sample_grid(model: Model, n: int, temperature: float, seed: int) -> np.ndarray:
     """n draws from the prior as one grid image, (C, H, W) uint8."""
-    x = need(model).sample(_whole(n, "the number of samples"), float(temperature), _whole(seed, "the seed"))
+    # the temperature as sent: Model.sample names a missing or non-number one (float(None) was a TypeError)
+    x = need(model).sample(_whole(n, "the number of samples"), temperature, _whole(seed, "the seed"))
     return imageio.to_uint8(imageio.make_grid(x, ncol=math.ceil(math.sqrt(len(x)))))
 
 

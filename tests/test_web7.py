@@ -329,3 +329,14 @@ def test_in_the_browser_another_tabs_stop_leaves_a_training_run_alone(served):
             a.locator("#train-status").get_by_text("Stopped").wait_for(timeout=DEADLINE * 1000)
         finally:
             browser.close()
+
+
+@pytest.mark.parametrize("temperature", [None, "hot", float("nan")])
+def test_sampling_with_a_temperature_that_is_no_number_is_bad_input(run, temperature):  # noqa: F811
+    """A request made by hand can send null for the slider: float(None) was a TypeError (exit 3's
+    "a bug in vaekit" on the page); Model.sample names what is allowed."""
+    import vaekit
+    from vaekit_demo import handlers
+
+    with pytest.raises(BadInput, match="temperature must be a number from 0 to 1e6"):
+        handlers.sample_grid(vaekit.load(run), 4, temperature, 0)
