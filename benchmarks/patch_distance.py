@@ -239,9 +239,9 @@ def main() -> None:
             results[name] = r = run_texture(name, work, args.threads, args.bank)
             kept.parent.mkdir(parents=True, exist_ok=True)
             kept.write_text(json.dumps(r, indent=2))
-        best_pd = max((k for k in r if k.startswith("pd:")), key=lambda k: r[k]["image"])
-        print(f"{name}: reader {r['reader']['image']:.4f}/{r['reader']['pixel']:.4f}  best nearest-patch {best_pd} "
-              f"{r[best_pd]['image']:.4f}/{r[best_pd]['pixel']:.4f} ({r['pd_seconds']:.0f} s)", flush=True)
+        pds = "  ".join(f"{f} {r[f'pd:{f}:max']['image']:.4f}" for f in FEATURES)
+        print(f"{name}: reader {r['reader']['image']:.4f}/{r['reader']['pixel']:.4f}  nearest-patch (image) {pds} "
+              f"({r['pd_seconds']:.0f} s)", flush=True)
         if args.json:
             args.json.write_text(json.dumps(results, indent=2))
     chosen = choose(results, [n for n in halves["choose"] if n in results]) if any(n in results for n in halves["choose"]) else []
