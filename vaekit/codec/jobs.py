@@ -24,7 +24,7 @@ from vaekit.codec import bitsback, container, lossy, residual, tables
 from vaekit.codec import prior as priors
 from vaekit.codec.net import CANONICAL_THREADS, Net
 from vaekit.codec.store import decoded, earlier_hashes, stored_prior
-from vaekit.codec.staging import staged
+from vaekit.fileio.staging import staged
 from vaekit.codes.jobs import decodable, original_size, restore_size
 from vaekit.codes.targets import check_targets, png_names
 from vaekit.errors import BadInput

@@ -22,6 +22,7 @@ from vaekit.codes.targets import check_targets, decodable, png_names  # noqa: F4
 from vaekit.codes.writer import write_streamed
 from vaekit.errors import BadInput
 from vaekit.fileio import atomic_writer, refuse_existing, refuse_inside
+from vaekit.fileio.staging import staged
 from vaekit.images.arrays import check_batch_size
 from vaekit.stream.journals import model_settings, naming_failed_writes, open_journal
 from vaekit.progress import Progress
@@ -284,7 +285,8 @@ def decode_file(
     """Decode a code file into PNGs under `out_dir`, named after the source images (`vaekit decode`).
 
     size="model" writes the model's image_size × image_size; "original" each source's size.
-    Every target is checked before the first file is written.
+    Every target is checked before the first file is written, and every PNG is written to a
+    staging folder first (vaekit.fileio.staging): an interrupted decode leaves none of them.
     """
     if size not in ("model", "original"):
         raise BadInput(f"invalid size {size!r}: expected 'model' or 'original'")
@@ -297,11 +299,14 @@ def decode_file(
     targets = [out_dir / n for n in png_names(cf.names)]
     check_targets(out_dir, targets, overwrite)
     z, n = cf.latents(), len(targets)
-    for s in range(0, n, batch_size):
-        x = imageio.to_uint8(model.decode(z[s : s + batch_size]))
-        for i, img in enumerate(x, start=s):
-            imageio.save_png(img if size == "model" else restore_size(img, cf.orig_size[i]), targets[i])
-        if progress:
-            progress(min(n, s + batch_size), n)
+    # staged as a .vkc's decode is: a Ctrl-C or a failure halfway left some PNGs, which the next
+    # decode then refused as existing outputs
+    with staged(out_dir, targets) as paths:
+        for s in range(0, n, batch_size):
+            x = imageio.to_uint8(model.decode(z[s : s + batch_size]))
+            for i, img in enumerate(x, start=s):
+                imageio.save_png(img if size == "model" else restore_size(img, cf.orig_size[i]), paths[i])
+            if progress:
+                progress(min(n, s + batch_size), n)
     return DecodeReport(out_dir, targets, size)
 

@@ -1,0 +1,131 @@
+"""What a hostile tester found in round 7: decodes interrupted halfway (while the PNGs were
+written, and while they were moved into place), threshold options at the edge of floating point,
+and ... (each test names what it did before)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from test_hostile_inputs4 import _images, invoke, tiny_rgb_run
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return tiny_rgb_run(tmp_path_factory.mktemp("inputs7"))
+
+
+@pytest.fixture(scope="module")
+def archives(run, tmp_path_factory):
+    """A code file and a lossy .vkc of 12 images, written by the tiny run."""
+    root = tmp_path_factory.mktemp("archives7")
+    src = _images(root / "src", 12, seed=3)
+    for name, extra in (("a.codes", []), ("a.vkc", ["--quality", "4"])):
+        r = invoke("encode", run, src, "-o", root / name, *extra)
+        assert r.exit_code == 0, r.output
+    return {"codes": root / "a.codes", "vkc": root / "a.vkc"}
+
+
+def _one_line_error(r, code: int = 2) -> str:
+    assert r.exit_code == code, r.output
+    assert "Traceback" not in r.output
+    return r.output
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
+
+
+# --- decode interrupted halfway ------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["codes", "vkc"])
+@pytest.mark.parametrize("phase", ["decoding", "moving"])
+def test_a_decode_interrupted_halfway_leaves_no_output(run, archives, tmp_path, monkeypatch, kind, phase):
+    """A code file's decode wrote each PNG straight to its name: a Ctrl-C halfway left the first
+    ones, and the next decode refused them as existing outputs. A .vkc's decode staged its PNGs,
+    but a Ctrl-C while they were moved into place left those moved so far (18 of 2,000 in one try)."""
+    import vaekit.fileio.staging as staging
+    import vaekit.images as imageio
+
+    calls = {"n": 0}
+    target = (imageio, "save_png") if phase == "decoding" else (staging, "_move")
+    real = getattr(*target)
+
+    def third_interrupts(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(*target, third_interrupts)
+    out = tmp_path / "out"
+    r = invoke("decode", run, archives[kind], "-o", out)
+    assert r.exit_code == 130, r.output
+    assert calls["n"] == 3  # it was stopped halfway, after two files
+    assert _files(out) == [] and not out.exists()  # the folder it made goes too
+    monkeypatch.setattr(*target, real)
+    r = invoke("decode", run, archives[kind], "-o", out)  # no --overwrite needed: nothing was left
+    assert r.exit_code == 0, r.output
+    assert len([p for p in out.iterdir() if p.suffix == ".png"]) == 12
+
+
+def test_a_move_interrupted_into_an_existing_folder_takes_back_only_its_own_files(run, archives, tmp_path, monkeypatch):
+    """Into a folder that holds the user's files and sub-folders: the files it moved go again, the
+    folders it made for them too, and what was there before stays."""
+    import vaekit.fileio.staging as staging
+
+    src = _images(tmp_path / "src", 3)
+    (src / "sub").mkdir()
+    (src / "img02.png").rename(src / "sub" / "img02.png")
+    r = invoke("encode", run, src, "-o", tmp_path / "n.codes")
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    before = _files(out)
+    real, calls = staging._move, {"n": 0}
+
+    def last_interrupts(s, t):
+        calls["n"] += 1
+        if calls["n"] == 3:  # img00, img01 moved; sub/ made for sub/img02 is not yet
+            raise KeyboardInterrupt
+        return real(s, t)
+
+    monkeypatch.setattr(staging, "_move", last_interrupts)
+    r = invoke("decode", run, tmp_path / "n.codes", "-o", out)
+    assert r.exit_code == 130, r.output
+    assert _files(out) == before and (out / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["codes", "vkc"])
+def test_ctrl_c_on_a_decode_in_a_fresh_process_leaves_all_or_nothing(run, tmp_path, kind):
+    """Through the executable: Ctrl-C as soon as a PNG exists anywhere under the output (staged or
+    not). Either the decode finished first (exit 0, every image) or nothing is left (exit 130)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    one = next(iter(sorted(_images(tmp_path / "one", 1).iterdir())))
+    for i in range(1500):
+        shutil.copyfile(one, src / f"t{i:04d}.png")
+    archive = tmp_path / f"a.{kind}"
+    r = invoke("encode", run, src, "-o", archive, *(["--quality", "4"] if kind == "vkc" else []))
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "out"
+    exe = Path(sys.executable).with_name("vaekit")
+    p = subprocess.Popen([str(exe), "--threads", "1", "decode", str(run), str(archive), "-o", str(out), "--size", "original"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    while p.poll() is None and not (out.is_dir() and next(out.rglob("*.png"), None)):
+        time.sleep(0.001)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=300)
+    assert p.returncode in (0, 130), err
+    pngs = [f for f in out.rglob("*.png")] if out.exists() else []
+    assert len(pngs) == (1500 if p.returncode == 0 else 0), (p.returncode, len(pngs))
