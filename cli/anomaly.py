@@ -278,7 +278,9 @@ def threshold_origin(section) -> str:
     if section.get("fixed") and isinstance(scores, list):
         above = sum(1 for s in scores if isinstance(s, (int, float)) and s > section["threshold"])
         return f"(fixed; {above} of {len(scores)} calibration scores above)"
-    return f"(quantile {q:.4g})" if isinstance(q, (int, float)) else ""
+    from vaekit.anomaly.threshold import quantile_text
+
+    return f"(quantile {quantile_text(q)})" if isinstance(q, (int, float)) else ""
 
 
 def register(app: typer.Typer) -> None:

@@ -129,3 +129,32 @@ def test_ctrl_c_on_a_decode_in_a_fresh_process_leaves_all_or_nothing(run, tmp_pa
     assert p.returncode in (0, 130), err
     pngs = [f for f in out.rglob("*.png")] if out.exists() else []
     assert len(pngs) == (1500 if p.returncode == 0 else 0), (p.returncode, len(pngs))
+
+
+# --- threshold options at the edge of floating point ---------------------------------------------
+
+@pytest.fixture
+def own_run(run, tmp_path):
+    """A copy of the module's run that a test may move the threshold of."""
+    return Path(shutil.copytree(run, tmp_path / "run"))
+
+
+def test_a_target_fpr_too_small_for_a_float_is_named_as_given(own_run):
+    """--target-fpr 1e-300 is in (0, 1), but 1 - 1e-300 is 1.0: it was refused as 'threshold
+    quantile must be in (0, 1), got 1.0', an option and a value the user never gave."""
+    before = (own_run / "config.json").read_bytes()
+    said = _one_line_error(invoke("threshold", own_run, "--target-fpr", "1e-300"))
+    assert "target false-positive rate 1e-300" in said and "quantile" not in said
+    assert (own_run / "config.json").read_bytes() == before
+    assert invoke("threshold", own_run, "--target-fpr", "1e-16").exit_code == 0
+
+
+def test_a_quantile_just_below_one_is_not_printed_as_one(own_run):
+    """--quantile 0.99999999999 was shown as 'quantile 1', a quantile that is refused."""
+    r = invoke("threshold", own_run, "--quantile", "0.99999999999")
+    assert r.exit_code == 0, r.output
+    assert "(quantile 0.99999999999)" in r.output and "quantile 1)" not in r.output
+    src = _images(own_run.parent / "imgs", 1)
+    r = invoke("anomaly-score", own_run, src)
+    assert r.exit_code == 0, r.output
+    assert "quantile 0.99999999999 of" in r.output.replace("\n", " ")
