@@ -158,3 +158,33 @@ def test_a_quantile_just_below_one_is_not_printed_as_one(own_run):
     r = invoke("anomaly-score", own_run, src)
     assert r.exit_code == 0, r.output
     assert "quantile 0.99999999999 of" in r.output.replace("\n", " ")
+
+
+# --- a source removed while the job runs ---------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["codes", "vkc"])
+def test_a_source_removed_after_it_was_read_is_skipped_and_named(run, tmp_path, monkeypatch, kind):
+    """encode decodes a batch, encodes it, then reads each file's header again for its original
+    size and bytes: a file removed meanwhile (a folder another process empties) ended the whole
+    job with 'error: [Errno 2] No such file or directory', the .codes journal left behind."""
+    from vaekit import stream
+
+    src = _images(tmp_path / "src", 6)
+    victim = src / "img02.png"
+    real = stream.iter_batches
+
+    def read_then_remove(*a, **k):
+        for b in real(*a, **k):
+            victim.unlink(missing_ok=True)  # after its batch was read, before its size is
+            yield b
+
+    monkeypatch.setattr(stream, "iter_batches", read_then_remove)
+    out = tmp_path / f"a.{kind}"
+    r = invoke("encode", run, src, "-o", out, *(["--quality", "4"] if kind == "vkc" else []))
+    assert r.exit_code == 0, r.output
+    assert "img02.png: removed or replaced while the job ran" in r.output.replace("\n", "")
+    assert "5 encoded, 1 skipped" in r.output and not Path(f"{out}.partial").exists()
+    monkeypatch.setattr(stream, "iter_batches", real)
+    r = invoke("decode", run, out, "-o", tmp_path / "dec")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "dec").iterdir()) == [f"img0{i}.png" for i in (0, 1, 3, 4, 5)]

@@ -25,7 +25,7 @@ from vaekit.codec import prior as priors
 from vaekit.codec.net import CANONICAL_THREADS, Net
 from vaekit.codec.store import decoded, earlier_hashes, stored_prior
 from vaekit.fileio.staging import staged
-from vaekit.codes.jobs import decodable, original_size, restore_size
+from vaekit.codes.jobs import decodable, restore_size, source_facts
 from vaekit.codes.targets import check_targets, png_names
 from vaekit.errors import BadInput
 from vaekit.fileio import refuse_existing, refuse_inside, refuse_under_file
@@ -144,12 +144,15 @@ def _encode_lossy(model, prior, quality, found, header, spill, chunk, progress):
     skipped, source_bytes, pending, total, done = [], 0, [], len(found.paths), 0
     for b in stream.iter_batches(found.paths, model.info.image_size, model.info.channels, BATCH):
         skipped += b.skipped
-        if len(b.paths):
-            pending.append((model.encode(b.images)[0], b.images))
-            for i, p in zip(b.positions, b.paths):
+        facts = [source_facts(p) for p in b.paths]
+        keep = np.array([not isinstance(f, str) for f in facts], dtype=bool)
+        skipped += [(p, f) for p, f in zip(b.paths, facts) if isinstance(f, str)]
+        if keep.any():
+            pending.append((model.encode(b.images[keep])[0], b.images[keep]))
+            for i, f in zip(np.asarray(b.positions)[keep], [f for f in facts if not isinstance(f, str)]):
                 header.names.append(found.names[i])
-                header.orig_size.append(list(original_size(p)))
-                source_bytes += p.stat().st_size
+                header.orig_size.append(list(f[0]))
+                source_bytes += f[1]
         while sum(len(m) for m, _ in pending) >= chunk:
             pending = _flush_lossy(model, prior, quality, pending, spill, chunk)
         done += len(b.paths) + len(b.skipped)
@@ -194,10 +197,14 @@ def _encode_images(net, found, header, spill, chunk, progress):
             skipped.append((path, f"{x.shape[2]}x{x.shape[1]} pixels; a lossless archive holds images of exactly "
                                   f"the model's size, {want[2]}x{want[1]}"))
             continue
+        facts = source_facts(path)
+        if isinstance(facts, str):
+            skipped.append((path, facts))
+            continue
         batch.append(x)
         header.names.append(name)
         header.orig_size.append([want[1], want[2]])
-        source_bytes += path.stat().st_size
+        source_bytes += facts[1]
         if len(batch) == chunk:
             spill.add(len(batch), bitsback.encode_chunk(net, batch)[0])
             batch = []

@@ -46,6 +46,19 @@ def original_size(path: Path) -> tuple[int, int]:
     return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
 
 
+GONE = "removed or replaced while the job ran"
+
+
+def source_facts(path: Path) -> tuple[tuple[int, int], int] | str:
+    """((height, width), bytes) of a source file decoded a moment ago, or why they cannot be had
+    now: a file removed or replaced since is skipped and named, as an unreadable one is (a folder
+    emptied by another process ended the whole job with '[Errno 2] No such file or directory')."""
+    try:
+        return original_size(path), path.stat().st_size
+    except (OSError, ValueError):  # not found, not an image any more (ImageReadError is a ValueError)
+        return GONE
+
+
 
 def _check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
@@ -192,11 +205,18 @@ def _encode_batches(model: "Model", found: stream.Inputs, journal, layout: Layou
     for b in stream.iter_batches(found.paths, info.image_size, info.channels, size, workers, positions,
                                  skip_batches=frozenset(journal.done)):
         mu = model.encode(b.images)[0].astype(np.float32) if len(b.paths) else np.zeros((0, info.latent_dim), np.float32)
-        rows = [{"name": found.names[i], "size": list(original_size(p)), "bytes": p.stat().st_size,
+        facts = [source_facts(p) for p in b.paths]
+        rows = [{"name": found.names[i], "size": list(f[0]), "bytes": f[1],
                  "mu": base64.b64encode(np.ascontiguousarray(z, "<f4").tobytes()).decode()}
-                for i, p, z in zip(b.positions, b.paths, mu)]
+                for i, f, z in zip(b.positions, facts, mu) if not isinstance(f, str)]
+        gone = [(i, p, f) for i, p, f in zip(b.positions, b.paths, facts) if isinstance(f, str)]
+        if gone:  # the journal lists a batch's skipped files in the file list's order
+            at = {p: i for i, p in enumerate(found.paths) if p in dict(b.skipped)}
+            skipped = sorted([*((at[p], p, r) for p, r in b.skipped), *gone], key=lambda t: t[0])
+        else:
+            skipped = [(0, p, r) for p, r in b.skipped]
         with naming_failed_writes(journal.out):
-            journal.append(b.index, rows, [(str(p), r) for p, r in b.skipped])
+            journal.append(b.index, rows, [(str(p), r) for _, p, r in skipped])
         done += len(b.paths) + len(b.skipped)
         if progress:
             progress(done, total)
