@@ -179,6 +179,9 @@ def evaluate(
 
         check_plot_name(plot)
         refuse_inside(plot, [normal, anomalous, *([masks] if masks else [])], "--plot")  # a PNG there is an input next time
+        from vaekit.inference.engine_onnx import refuse_model_files
+
+        refuse_model_files(plot, model, "--plot")  # --overwrite would replace the run's preview.png
         refuse_existing(plot, overwrite, "--plot")
     samples = samples or (64 if iwae else 0)
     m = load_model(model, device)

@@ -188,3 +188,44 @@ def test_a_source_removed_after_it_was_read_is_skipped_and_named(run, tmp_path, 
     r = invoke("decode", run, out, "-o", tmp_path / "dec")
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in (tmp_path / "dec").iterdir()) == [f"img0{i}.png" for i in (0, 1, 3, 4, 5)]
+
+
+# --- outputs that are the model's own files ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory):
+    from export_support import exported
+
+    return exported(tmp_path_factory)
+
+
+@pytest.mark.parametrize("part", ["encoder", "decoder"])
+def test_encode_never_writes_over_a_part_of_the_export_it_encodes_with(export, tmp_path, part):
+    """`encode digits.onnx IMGS -o digits.decoder.onnx --overwrite` replaced the export's own
+    decoder with the archive (a .vkc or a code file), and the export never loaded again; the
+    same -o is refused for anomaly-score and reconstruct (docs/data-safety.md)."""
+    from vaekit.inference.engine_onnx import part_paths
+
+    victim = part_paths(export.onnx)[part]
+    before = victim.read_bytes()
+    src = export.digits / "test" / "normal"
+    for extra in (["--quality", "3"], []):
+        said = _one_line_error(invoke("encode", export.onnx, src, "-o", victim, "--overwrite", *extra))
+        assert f"is a file of the model {export.onnx}" in said.replace("\n", "")
+    assert victim.read_bytes() == before
+
+
+def test_outputs_inside_the_run_are_named_as_the_model_not_an_input_folder(run, archives, tmp_path):
+    """encode -o RUN/x.vkc said 'inside the input folder RUN' (the run is the model), and evaluate
+    --plot RUN/preview.png --overwrite replaced the run's preview."""
+    src = _images(tmp_path / "src", 2)
+    for args in (["encode", run, src, "-o", run / "x.vkc", "--quality", "3"], ["encode", run, src, "-o", run / "x.codes"],
+                 ["decode", run, archives["vkc"], "-o", run / "x"], ["decode", run, archives["codes"], "-o", run / "x"]):
+        said = _one_line_error(invoke(*args)).replace("\n", "")
+        assert f"inside the model's run directory {run}" in said, said
+    before = (run / "preview.png").read_bytes()
+    normal, anomalous = _images(tmp_path / "n", 3), _images(tmp_path / "a", 3, seed=5)
+    said = _one_line_error(invoke("evaluate", run, "--normal", normal, "--anomalous", anomalous,
+                                  "--plot", run / "preview.png", "--overwrite"))
+    assert "inside the model's run directory" in said.replace("\n", "")
+    assert (run / "preview.png").read_bytes() == before

@@ -25,6 +25,7 @@ from vaekit.codec import prior as priors
 from vaekit.codec.net import CANONICAL_THREADS, Net
 from vaekit.codec.store import decoded, earlier_hashes, stored_prior
 from vaekit.fileio.staging import staged
+from vaekit.inference.engine_onnx import refuse_model_files
 from vaekit.codes.jobs import decodable, restore_size, source_facts
 from vaekit.codes.targets import check_targets, png_names
 from vaekit.errors import BadInput
@@ -129,7 +130,8 @@ def check_encode(model, source, out: str | Path, quality: int | None = None, los
     refuse_under_file(out)
     found = stream.find_inputs(source)
     decodable(found.names, source)
-    refuse_inside(out, [*found.sources, model.info.source], "output")  # nor into the model's run directory
+    refuse_inside(out, found.sources, "output")
+    refuse_model_files(out, model.info.source, "output")  # its run directory, or an export's part with --overwrite
     refuse_existing([out], overwrite)
     return found
 
@@ -233,7 +235,7 @@ def decode(model, archive: str | Path, out_dir: str | Path, size: str = "model",
     if out_dir.exists() and not out_dir.is_dir():
         raise BadInput(f"output {out_dir} exists and is not a folder")
     refuse_under_file(out_dir)
-    refuse_inside(out_dir, model.info.source, "output folder")  # --overwrite would replace the run's own files
+    refuse_model_files(out_dir, model.info.source, "output folder")  # --overwrite would replace the run's own files
     header, offset = container.read_header(archive, lambda h: _check_fingerprint(h, model, archive))  # names after
     _check_model(header, model, archive)
     prior = stored_prior(model, header.tables) if header.mode == "lossy" else None
