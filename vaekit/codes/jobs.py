@@ -146,8 +146,8 @@ def encode_folder(
         raise BadInput(f"output {out} is a folder; give a file name such as {out / 'images.codes'}")
     found = stream.find_inputs(source)
     decodable(found.names, source)
-    refuse_inside(out, found.sources, "output")
-    refuse_model_files(out, model.info.source, "output")  # its run directory, or an export's part with --overwrite
+    refuse_inside(out, [*found.sources, model.info.source], "output")  # nor into the model's run directory
+    refuse_model_files(out, model.info.source, "output")  # nor onto an export's part (with --overwrite)
     refuse_existing([out], overwrite)
     torchrun = shard is None and stream.env_shard()[1] > 1
     index, count = stream.check_shard(*(stream.env_shard() if shard is None else shard))
@@ -315,7 +315,7 @@ def decode_file(
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise BadInput(f"output {out_dir} exists and is not a folder")
-    refuse_model_files(out_dir, model.info.source, "output folder")  # --overwrite would replace the run's own files
+    refuse_inside(out_dir, model.info.source, "output folder")  # --overwrite would replace the run's own files
     cf = load(code_file)
     check_model(cf, model, f"code file {code_file}")
     targets = [out_dir / n for n in png_names(cf.names)]
