@@ -224,3 +224,30 @@ def test_evaluate_never_plots_into_the_run(run, tmp_path):
                                   "--plot", run / "preview.png", "--overwrite"))
     assert f"inside the model's run directory {run}" in said.replace("\n", "")
     assert (run / "preview.png").read_bytes() == before
+
+
+# --- a run whose training was stopped before its finish ------------------------------------------
+
+def _stopped_before_finish(run: Path, dest: Path) -> Path:
+    """A copy of `run` as a Ctrl-C during the fold models leaves it (measured: every epoch's
+    checkpoint and model.safetensors written; config.json without anomaly, fingerprint, codec)."""
+    import json
+
+    stopped = Path(shutil.copytree(run, dest))
+    cfg = json.loads((stopped / "config.json").read_text())
+    for key in ("anomaly", "fingerprint", "codec"):
+        cfg.pop(key, None)
+    (stopped / "config.json").write_text(json.dumps(cfg))
+    return stopped
+
+
+def test_a_run_stopped_before_its_finish_is_not_exported_or_coded(run, tmp_path):
+    """export wrote an .onnx of it, 'parity ok', exit 0, with no threshold and no coding tables;
+    encode --quality told a command-line user to call vaekit.codec.fit_prior + save_prior. Both now
+    say the training did not finish and give the --resume that finishes it."""
+    stopped = _stopped_before_finish(run, tmp_path / "stopped")
+    src = _images(tmp_path / "src", 2)
+    for args in (["export", stopped, "-o", tmp_path / "s.onnx"], ["encode", stopped, src, "-o", tmp_path / "s.vkc", "--quality", "3"]):
+        said = _one_line_error(invoke(*args)).replace("\n", "")
+        assert "stopped before it finished" in said and f"--out {stopped} --resume" in said, said
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src", "stopped"]

@@ -87,8 +87,7 @@ def encode(model, source: str | Path | Sequence[str | Path], out: str | Path, qu
     if not lossless:
         prior = prior or stored_prior(model)
         if prior is None:
-            raise BadInput(f"{model.info.source} has no entropy-coding tables yet; fit them on training images "
-                           "(vaekit.codec.fit_prior + save_prior) or use --precision for fixed-length codes")
+            raise BadInput(_no_tables(model))
         priors.check_quality(quality, len(prior.steps))
     info = model.info
     header = container.Header("lossless" if lossless else "lossy", info.fingerprint,
@@ -109,6 +108,20 @@ def encode(model, source: str | Path | Sequence[str | Path], out: str | Path, qu
     payload = 4 * sum(c[1] for c in header.chunks)
     return EncodeResult(out, header.mode, quality, len(header.names), size, size - payload, info.dims, skipped,
                         source_bytes, time.perf_counter() - t0)
+
+
+def _no_tables(model) -> str:
+    """Why a model has no lossy tables, and what to do: a run whose training was stopped before
+    its finish stored them is resumed (fitting tables on it would code with unfinished weights)."""
+    source = Path(model.info.source)
+    if model.info.engine == "torch" and source.is_dir():
+        from vaekit.training import rundir
+
+        stopped = rundir.stopped_before_finish(source, rundir.read_config(source))
+        if stopped:
+            return stopped
+    return (f"{source} has no entropy-coding tables yet; fit them on training images (vaekit encode ... --fit "
+            "IMAGES, or vaekit.codec.fit_prior + save_prior) or write fixed-length codes (a .codes file)")
 
 
 def check_encode(model, source, out: str | Path, quality: int | None = None, lossless: bool = False,
