@@ -154,6 +154,8 @@ def test_a_quantile_just_below_one_is_not_printed_as_one(own_run):
     r = invoke("threshold", own_run, "--quantile", "0.99999999999")
     assert r.exit_code == 0, r.output
     assert "(quantile 0.99999999999)" in r.output and "quantile 1)" not in r.output
+    flat = "".join(r.output.replace("│", " ").split())
+    assert "(thatneeds99999999999)" in flat, flat  # was 99999991725: 1 - q in floats
     src = _images(own_run.parent / "imgs", 1)
     r = invoke("anomaly-score", own_run, src)
     assert r.exit_code == 0, r.output

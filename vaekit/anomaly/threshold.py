@@ -71,8 +71,13 @@ def expected_fpr(n: int, quantile: float) -> float:
 
 
 def needed_scores(quantile: float) -> int:
-    """The fewest calibration scores whose largest still promises a 1 - quantile rate."""
-    return max(1, math.ceil(1.0 / (1.0 - quantile) - 1.0 - 1e-9))
+    """The fewest calibration scores whose largest still promises a 1 - quantile rate. The rate is
+    taken from the quantile as written (its shortest repr), not as 1 - quantile in floats: for
+    0.99999999999 that float is 1.0000000827e-11, and 99999991725 scores were said to be needed."""
+    from decimal import Decimal
+
+    rate = 1 - Decimal(repr(float(quantile)))
+    return max(1, math.ceil(1 / rate - 1 - Decimal("1e-9")))
 
 
 TAIL_MIN = 8  # scores needed to fit a tail beyond the largest (fewer: the largest is the threshold)
