@@ -253,3 +253,15 @@ def test_a_run_stopped_before_its_finish_is_not_exported_or_coded(run, tmp_path)
         said = _one_line_error(invoke(*args)).replace("\n", "")
         assert "stopped before it finished" in said and f"--out {stopped} --resume" in said, said
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src", "stopped"]
+
+
+def test_tables_are_not_fitted_into_a_run_stopped_before_its_finish(run, tmp_path):
+    """encode --fit stored its tables in such a run and wrote the .vkc; `train --resume` then
+    finished the run, whose finish stores freshly fitted tables in their place (no earlier set
+    kept), and the .vkc decoded no more ('coded with tables X, but RUN has Y')."""
+    stopped = _stopped_before_finish(run, tmp_path / "stopped")
+    before = (stopped / "config.json").read_bytes()
+    src = _images(tmp_path / "src", 2)
+    said = _one_line_error(invoke("encode", stopped, src, "-o", tmp_path / "s.vkc", "--quality", "3", "--fit", src))
+    assert "stopped before it finished" in said.replace("\n", "")
+    assert (stopped / "config.json").read_bytes() == before and not (tmp_path / "s.vkc").exists()
