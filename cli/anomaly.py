@@ -179,6 +179,9 @@ def evaluate(
 
         check_plot_name(plot)
         refuse_inside(plot, [normal, anomalous, *([masks] if masks else [])], "--plot")  # a PNG there is an input next time
+        from vaekit.inference.engine_onnx import refuse_model_files
+
+        refuse_model_files(plot, model, "--plot")  # --overwrite would replace the run's preview.png
         refuse_existing(plot, overwrite, "--plot")
     samples = samples or (64 if iwae else 0)
     m = load_model(model, device)
@@ -278,7 +281,9 @@ def threshold_origin(section) -> str:
     if section.get("fixed") and isinstance(scores, list):
         above = sum(1 for s in scores if isinstance(s, (int, float)) and s > section["threshold"])
         return f"(fixed; {above} of {len(scores)} calibration scores above)"
-    return f"(quantile {q:.4g})" if isinstance(q, (int, float)) else ""
+    from vaekit.anomaly.threshold import quantile_text
+
+    return f"(quantile {quantile_text(q)})" if isinstance(q, (int, float)) else ""
 
 
 def register(app: typer.Typer) -> None:

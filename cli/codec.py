@@ -157,6 +157,7 @@ def _encode_vkc(model, images, out, quality, lossless, fit, overwrite, as_json, 
         if m.info.engine != "torch":
             raise typer.BadParameter("--fit stores the tables in a run directory: give the run (then export it again)")
         codec.check_encode(m, images, out, quality=quality, lossless=lossless, overwrite=overwrite)  # refused: nothing changed
+        codec.check_fit_target(m.info.source)  # a stopped run's finish would replace the tables the file needs
         if is_inside(fit, m.info.source):  # its preview.png would be the tables' only image
             raise typer.BadParameter(f"--fit {fit} is the run directory: give the training images to fit the tables on")
         with _progress("fitting the tables", as_json) as progress:

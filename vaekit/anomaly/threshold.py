@@ -34,10 +34,20 @@ def check_quantile(quantile: float | None = None, target_fpr: float | None = Non
     if target_fpr is not None:
         if not (isinstance(target_fpr, numbers.Real) and 0.0 < target_fpr < 1.0):
             raise BadInput(f"target false-positive rate must be in (0, 1), got {target_fpr!r}")
+        if 1.0 - float(target_fpr) == 1.0:  # it was refused as "threshold quantile ... got 1.0", a value never given
+            raise BadInput(f"target false-positive rate {target_fpr!r} is too small to tell from 0 (1 - rate is 1.0 "
+                           "in floating point); give 1e-16 or more")
         return 1.0 - float(target_fpr)
     if not (isinstance(quantile, numbers.Real) and 0.0 < quantile < 1.0):
         raise BadInput(f"threshold quantile must be in (0, 1), got {quantile!r}")
     return float(quantile)
+
+
+def quantile_text(q: float) -> str:
+    """A quantile as printed: 4 significant digits, more where those would round it to 0 or 1
+    (0.99999999999 read "quantile 1", a quantile that is refused)."""
+    text = f"{q:.4g}"
+    return f"{q:.15g}" if float(text) in (0.0, 1.0) and float(text) != q else text
 
 
 def conformal_rank(n: int, quantile: float) -> int:
@@ -61,8 +71,13 @@ def expected_fpr(n: int, quantile: float) -> float:
 
 
 def needed_scores(quantile: float) -> int:
-    """The fewest calibration scores whose largest still promises a 1 - quantile rate."""
-    return max(1, math.ceil(1.0 / (1.0 - quantile) - 1.0 - 1e-9))
+    """The fewest calibration scores whose largest still promises a 1 - quantile rate. The rate is
+    taken from the quantile as written (its shortest repr), not as 1 - quantile in floats: for
+    0.99999999999 that float is 1.0000000827e-11, and 99999991725 scores were said to be needed."""
+    from decimal import Decimal
+
+    rate = 1 - Decimal(repr(float(quantile)))
+    return max(1, math.ceil(1 / rate - 1 - Decimal("1e-9")))
 
 
 TAIL_MIN = 8  # scores needed to fit a tail beyond the largest (fewer: the largest is the threshold)
@@ -347,4 +362,4 @@ def resolve_threshold(model: Model, score: str, estimator: str, override: float 
         above = int(np.sum(np.asarray(info.val_scores) > t))
         return float(t), f"stored: a fixed value, {above} of {n} {info.threshold_from} scores above it"
     note = None if info.threshold_fixed else few_scores_note(n, q, info.threshold_from)
-    return float(t), f"stored: quantile {q:g} of {n} {info.threshold_from} scores" + (f"; {note}" if note else "")
+    return float(t), f"stored: quantile {quantile_text(q)} of {n} {info.threshold_from} scores" + (f"; {note}" if note else "")

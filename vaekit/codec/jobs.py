@@ -24,8 +24,9 @@ from vaekit.codec import bitsback, container, lossy, residual, tables
 from vaekit.codec import prior as priors
 from vaekit.codec.net import CANONICAL_THREADS, Net
 from vaekit.codec.store import decoded, earlier_hashes, stored_prior
-from vaekit.codec.staging import staged
-from vaekit.codes.jobs import decodable, original_size, restore_size
+from vaekit.fileio.staging import staged
+from vaekit.inference.engine_onnx import refuse_model_files
+from vaekit.codes.jobs import decodable, restore_size, source_facts
 from vaekit.codes.targets import check_targets, png_names
 from vaekit.errors import BadInput
 from vaekit.fileio import refuse_existing, refuse_inside, refuse_under_file
@@ -86,8 +87,7 @@ def encode(model, source: str | Path | Sequence[str | Path], out: str | Path, qu
     if not lossless:
         prior = prior or stored_prior(model)
         if prior is None:
-            raise BadInput(f"{model.info.source} has no entropy-coding tables yet; fit them on training images "
-                           "(vaekit.codec.fit_prior + save_prior) or use --precision for fixed-length codes")
+            raise BadInput(_no_tables(model))
         priors.check_quality(quality, len(prior.steps))
     info = model.info
     header = container.Header("lossless" if lossless else "lossy", info.fingerprint,
@@ -110,6 +110,20 @@ def encode(model, source: str | Path | Sequence[str | Path], out: str | Path, qu
                         source_bytes, time.perf_counter() - t0)
 
 
+def _no_tables(model) -> str:
+    """Why a model has no lossy tables, and what to do: a run whose training was stopped before
+    its finish stored them is resumed (fitting tables on it would code with unfinished weights)."""
+    source = Path(model.info.source)
+    if model.info.engine == "torch" and source.is_dir():
+        from vaekit.training import rundir
+
+        stopped = rundir.stopped_before_finish(source, rundir.read_config(source))
+        if stopped:
+            return stopped
+    return (f"{source} has no entropy-coding tables yet; fit them on training images (vaekit encode ... --fit "
+            "IMAGES, or vaekit.codec.fit_prior + save_prior) or write fixed-length codes (a .codes file)")
+
+
 def check_encode(model, source, out: str | Path, quality: int | None = None, lossless: bool = False,
                  overwrite: bool = False, chunk: int = CHUNK) -> stream.Inputs:
     """Every check of `encode` that needs no tables (the options, the inputs, the output rule),
@@ -130,6 +144,7 @@ def check_encode(model, source, out: str | Path, quality: int | None = None, los
     found = stream.find_inputs(source)
     decodable(found.names, source)
     refuse_inside(out, [*found.sources, model.info.source], "output")  # nor into the model's run directory
+    refuse_model_files(out, model.info.source, "output")  # nor onto an export's part (with --overwrite)
     refuse_existing([out], overwrite)
     return found
 
@@ -144,12 +159,15 @@ def _encode_lossy(model, prior, quality, found, header, spill, chunk, progress):
     skipped, source_bytes, pending, total, done = [], 0, [], len(found.paths), 0
     for b in stream.iter_batches(found.paths, model.info.image_size, model.info.channels, BATCH):
         skipped += b.skipped
-        if len(b.paths):
-            pending.append((model.encode(b.images)[0], b.images))
-            for i, p in zip(b.positions, b.paths):
+        facts = [source_facts(p) for p in b.paths]
+        keep = np.array([not isinstance(f, str) for f in facts], dtype=bool)
+        skipped += [(p, f) for p, f in zip(b.paths, facts) if isinstance(f, str)]
+        if keep.any():
+            pending.append((model.encode(b.images[keep])[0], b.images[keep]))
+            for i, f in zip(np.asarray(b.positions)[keep], [f for f in facts if not isinstance(f, str)]):
                 header.names.append(found.names[i])
-                header.orig_size.append(list(original_size(p)))
-                source_bytes += p.stat().st_size
+                header.orig_size.append(list(f[0]))
+                source_bytes += f[1]
         while sum(len(m) for m, _ in pending) >= chunk:
             pending = _flush_lossy(model, prior, quality, pending, spill, chunk)
         done += len(b.paths) + len(b.skipped)
@@ -194,10 +212,14 @@ def _encode_images(net, found, header, spill, chunk, progress):
             skipped.append((path, f"{x.shape[2]}x{x.shape[1]} pixels; a lossless archive holds images of exactly "
                                   f"the model's size, {want[2]}x{want[1]}"))
             continue
+        facts = source_facts(path)
+        if isinstance(facts, str):
+            skipped.append((path, facts))
+            continue
         batch.append(x)
         header.names.append(name)
         header.orig_size.append([want[1], want[2]])
-        source_bytes += path.stat().st_size
+        source_bytes += facts[1]
         if len(batch) == chunk:
             spill.add(len(batch), bitsback.encode_chunk(net, batch)[0])
             batch = []

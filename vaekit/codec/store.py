@@ -110,6 +110,16 @@ def with_earlier(new: dict, old) -> dict:
     return {**new, EARLIER: earlier} if earlier else new
 
 
+def check_fit_target(run_dir: str | Path) -> None:
+    """BadInput when `run_dir` is a run whose training stopped before its finish: the finish
+    fits and stores its own tables in their place, and files coded with these would decode no more."""
+    from vaekit.training import rundir
+
+    stopped = rundir.stopped_before_finish(Path(run_dir), rundir.read_config(Path(run_dir)))
+    if stopped:
+        raise BadInput(stopped)
+
+
 def save_prior(run_dir: str | Path, prior: priors.Prior, model=None) -> None:
     """Store the tables in the run's config.json ("codec"), under the run's lock, keeping the sets
     they replace (with_earlier); `vaekit export` then carries them into the ONNX metadata.
@@ -117,6 +127,7 @@ def save_prior(run_dir: str | Path, prior: priors.Prior, model=None) -> None:
     from vaekit.training import rundir
 
     with rundir.locked(Path(run_dir)):
+        check_fit_target(run_dir)
         cfg = rundir.read_config(Path(run_dir))
         if cfg.get("fingerprint") not in (None, prior.fingerprint):
             raise BadInput(f"these tables are for model {prior.fingerprint}, not the run in {run_dir}")

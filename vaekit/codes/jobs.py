@@ -22,6 +22,8 @@ from vaekit.codes.targets import check_targets, decodable, png_names  # noqa: F4
 from vaekit.codes.writer import write_streamed
 from vaekit.errors import BadInput
 from vaekit.fileio import atomic_writer, refuse_existing, refuse_inside
+from vaekit.fileio.staging import staged
+from vaekit.inference.engine_onnx import refuse_model_files
 from vaekit.images.arrays import check_batch_size
 from vaekit.stream.journals import model_settings, naming_failed_writes, open_journal
 from vaekit.progress import Progress
@@ -43,6 +45,19 @@ def original_size(path: Path) -> tuple[int, int]:
         w, h = img.size
         orientation = imageio.exif_orientation(img)  # as decoding reads it, a broken EXIF block included
     return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+
+
+GONE = "removed or replaced while the job ran"
+
+
+def source_facts(path: Path) -> tuple[tuple[int, int], int] | str:
+    """((height, width), bytes) of a source file decoded a moment ago, or why they cannot be had
+    now: a file removed or replaced since is skipped and named, as an unreadable one is (a folder
+    emptied by another process ended the whole job with '[Errno 2] No such file or directory')."""
+    try:
+        return original_size(path), path.stat().st_size
+    except (OSError, ValueError):  # not found, not an image any more (ImageReadError is a ValueError)
+        return GONE
 
 
 
@@ -132,6 +147,7 @@ def encode_folder(
     found = stream.find_inputs(source)
     decodable(found.names, source)
     refuse_inside(out, [*found.sources, model.info.source], "output")  # nor into the model's run directory
+    refuse_model_files(out, model.info.source, "output")  # nor onto an export's part (with --overwrite)
     refuse_existing([out], overwrite)
     torchrun = shard is None and stream.env_shard()[1] > 1
     index, count = stream.check_shard(*(stream.env_shard() if shard is None else shard))
@@ -191,11 +207,18 @@ def _encode_batches(model: "Model", found: stream.Inputs, journal, layout: Layou
     for b in stream.iter_batches(found.paths, info.image_size, info.channels, size, workers, positions,
                                  skip_batches=frozenset(journal.done)):
         mu = model.encode(b.images)[0].astype(np.float32) if len(b.paths) else np.zeros((0, info.latent_dim), np.float32)
-        rows = [{"name": found.names[i], "size": list(original_size(p)), "bytes": p.stat().st_size,
+        facts = [source_facts(p) for p in b.paths]
+        rows = [{"name": found.names[i], "size": list(f[0]), "bytes": f[1],
                  "mu": base64.b64encode(np.ascontiguousarray(z, "<f4").tobytes()).decode()}
-                for i, p, z in zip(b.positions, b.paths, mu)]
+                for i, f, z in zip(b.positions, facts, mu) if not isinstance(f, str)]
+        gone = [(i, p, f) for i, p, f in zip(b.positions, b.paths, facts) if isinstance(f, str)]
+        if gone:  # the journal lists a batch's skipped files in the file list's order
+            at = {p: i for i, p in enumerate(found.paths) if p in dict(b.skipped)}
+            skipped = sorted([*((at[p], p, r) for p, r in b.skipped), *gone], key=lambda t: t[0])
+        else:
+            skipped = [(0, p, r) for p, r in b.skipped]
         with naming_failed_writes(journal.out):
-            journal.append(b.index, rows, [(str(p), r) for p, r in b.skipped])
+            journal.append(b.index, rows, [(str(p), r) for _, p, r in skipped])
         done += len(b.paths) + len(b.skipped)
         if progress:
             progress(done, total)
@@ -284,7 +307,8 @@ def decode_file(
     """Decode a code file into PNGs under `out_dir`, named after the source images (`vaekit decode`).
 
     size="model" writes the model's image_size × image_size; "original" each source's size.
-    Every target is checked before the first file is written.
+    Every target is checked before the first file is written, and every PNG is written to a
+    staging folder first (vaekit.fileio.staging): an interrupted decode leaves none of them.
     """
     if size not in ("model", "original"):
         raise BadInput(f"invalid size {size!r}: expected 'model' or 'original'")
@@ -297,11 +321,14 @@ def decode_file(
     targets = [out_dir / n for n in png_names(cf.names)]
     check_targets(out_dir, targets, overwrite)
     z, n = cf.latents(), len(targets)
-    for s in range(0, n, batch_size):
-        x = imageio.to_uint8(model.decode(z[s : s + batch_size]))
-        for i, img in enumerate(x, start=s):
-            imageio.save_png(img if size == "model" else restore_size(img, cf.orig_size[i]), targets[i])
-        if progress:
-            progress(min(n, s + batch_size), n)
+    # staged as a .vkc's decode is: a Ctrl-C or a failure halfway left some PNGs, which the next
+    # decode then refused as existing outputs
+    with staged(out_dir, targets) as paths:
+        for s in range(0, n, batch_size):
+            x = imageio.to_uint8(model.decode(z[s : s + batch_size]))
+            for i, img in enumerate(x, start=s):
+                imageio.save_png(img if size == "model" else restore_size(img, cf.orig_size[i]), paths[i])
+            if progress:
+                progress(min(n, s + batch_size), n)
     return DecodeReport(out_dir, targets, size)
 

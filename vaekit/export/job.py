@@ -130,6 +130,9 @@ class _Job:
         from vaekit.inference.engine_torch import TorchModel
 
         rundir.refuse_in_use(run_dir)  # a training is still writing it: its weights are half-trained
+        stopped = rundir.stopped_before_finish(Path(run_dir), rundir.read_config(Path(run_dir)))
+        if stopped:  # an export of it carried no threshold and no tables, and said "parity ok"
+            raise rundir.RunError(stopped)
         self.reference = TorchModel(run_dir)
         self.net, self.cfg, self.info = self.reference.net, self.reference.config, self.reference.info
         self.rtol, self.atol = rtol, atol

@@ -246,6 +246,20 @@ def load_tensors(path: Path, what: str) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, extra
 
 
+def stopped_before_finish(run_dir: Path, cfg: dict) -> str | None:
+    """Why a run cannot serve yet, when its training stopped (Ctrl-C, SIGTERM, a kill) after its
+    epochs began but before the finish stored the threshold, the score's calibration and the
+    coding tables; None for a finished run (and for a config written by hand, without a train
+    section). Its weights load, but they are not the finished model's promise."""
+    run_dir = Path(run_dir)
+    if "anomaly" in cfg or not isinstance(cfg.get("train"), dict) or not (run_dir / CHECKPOINT_DIR / RESUME).is_file():
+        return None
+    data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
+    images = data.get("root") if isinstance(data.get("root"), str) else "IMAGES"
+    return (f"the training of {run_dir} stopped before it finished (no threshold, score calibration or coding "
+            f"tables stored yet); finish it first: vaekit train {images} --out {run_dir} --resume")
+
+
 def read_config(run_dir: Path) -> dict:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

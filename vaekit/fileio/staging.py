@@ -1,5 +1,6 @@
 """Decode's staging folder: every PNG is written there first and moved into place only when all
-decoded, so a refused or failed decode leaves nothing half-written.
+decoded, so a refused, failed or interrupted decode leaves nothing half-written. Both decoders
+use it: a .vkc's (vaekit.codec.jobs) and a code file's (vaekit.codes.jobs).
 
 The staging folder lies inside the output folder, so each move is a rename on the targets' own
 filesystem (an output folder that is a mount point, or a link to another disk, would make a rename
@@ -42,8 +43,7 @@ def staged(out_dir: Path, targets: Sequence[Path]) -> Iterator[list[Path]]:
         mark_partial(staging)
         paths = [staging / Path(t).relative_to(out_dir) for t in targets]
         yield paths
-        for s, t in zip(paths, targets):
-            _move(s, Path(t))
+        _move_all(out_dir, paths, [Path(t) for t in targets])
         done = True
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -52,6 +52,29 @@ def staged(out_dir: Path, targets: Sequence[Path]) -> Iterator[list[Path]]:
                 out_dir.rmdir()
             except OSError:
                 pass
+
+
+def _move_all(out_dir: Path, paths: Sequence[Path], targets: Sequence[Path]) -> None:
+    """Move every staged file onto its target; a Ctrl-C, SIGTERM or write error halfway takes
+    back the targets that did not exist before, and the folders made for them, so the output is
+    all or nothing (it was the first files moved: the next decode refused them as existing)."""
+    new_dirs = sorted({d for t in targets for d in t.parents if d != out_dir and out_dir in d.parents
+                       and not (d.exists() or d.is_symlink())}, key=lambda d: len(d.parts), reverse=True)
+    moved: list[Path] = []
+    try:
+        for s, t in zip(paths, targets):
+            if not (t.exists() or t.is_symlink()):
+                moved.append(t)  # before the move: an interrupt right after it still takes it back
+            _move(s, t)
+    except BaseException:
+        for t in moved:
+            t.unlink(missing_ok=True)
+        for d in new_dirs:  # deepest first; a folder something else now holds stays
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+        raise
 
 
 def _move(src: Path, dst: Path) -> None:
@@ -72,6 +95,8 @@ def _copy_into_place(src: Path, dst: Path) -> None:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, dst)
-    except OSError as e:
+    except BaseException as e:  # a Ctrl-C mid-copy too: no temporary file stays
         tmp.unlink(missing_ok=True)
-        raise cannot_write(e, dst) from None
+        if isinstance(e, OSError):
+            raise cannot_write(e, dst) from None
+        raise
