@@ -11,7 +11,7 @@ stored threshold's false-positive rate mixes two things: the threshold rule and 
 change from band to band. This script separates them. Per photo it scores the 30 normal and 30
 defective test images with the run's default score, then, `--draws` times, takes n of the
 normal test images (n: as many as the run calibrated on) as the calibration scores, sets the
-threshold from them exactly as training does (vaekit.anomaly.threshold.threshold_of), and
+threshold from them exactly as training does (vaekit.anomaly.quantiles.threshold_of), and
 counts the other normal images above it (FPR) and the defective ones above it (TPR). Those
 draws are exchangeable, the case the threshold's promise is made for. `--n 4,8` draws those
 calibration sizes instead (what one fold of 20 images gives, and the fewest a tail is fitted to).
@@ -43,7 +43,7 @@ def main() -> None:
     import torch
 
     import vaekit as vk
-    from vaekit.anomaly.threshold import expected_fpr, threshold_of
+    from vaekit.anomaly.quantiles import expected_fpr, threshold_of
 
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)

@@ -281,7 +281,7 @@ def threshold_origin(section) -> str:
     if section.get("fixed") and isinstance(scores, list):
         above = sum(1 for s in scores if isinstance(s, (int, float)) and s > section["threshold"])
         return f"(fixed; {above} of {len(scores)} calibration scores above)"
-    from vaekit.anomaly.threshold import quantile_text
+    from vaekit.anomaly.quantiles import quantile_text
 
     return f"(quantile {quantile_text(q)})" if isinstance(q, (int, float)) else ""
 

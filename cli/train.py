@@ -259,7 +259,7 @@ def _print_summary(result, data) -> None:
 
         a = cfg.get("anomaly") or {}
         q, n, source = a.get("threshold_quantile"), a.get("n", 0), a.get("source", "calibration")
-        from vaekit.anomaly.threshold import quantile_text
+        from vaekit.anomaly.quantiles import quantile_text
 
         where = f" (quantile {quantile_text(q)} of {n} {shown(source)} scores)" if q is not None else ""
         t.add_row("anomaly threshold", f"{shown(a.get('score'))} {result.threshold:.2f} {score_unit(a.get('score', ''))}{where}")

@@ -235,11 +235,11 @@ def test_runs_from_before_the_marker_still_load_resume_and_overwrite(run, images
 
 
 def test_a_run_directory_in_use_is_refused_naming_the_process(run, images, work):
-    from vaekit.training import rundir
+    from vaekit.training import runlock
 
     out = copy_run(run, work / "busy")
     before = tree(out / "checkpoint")
-    with rundir.locked(out):  # what a training process holds
+    with runlock.locked(out):  # what a training process holds
         for args in (["--resume", "--epochs", "3"], [*TINY, "--overwrite"]):
             r = invoke("train", images, "--out", out, *args)
             assert r.exit_code == 2, r.output
@@ -252,10 +252,10 @@ def test_a_run_that_is_training_is_not_read_as_a_model(run, images, work):
     exporting or sampling from it would use a half-trained model. Refused (exit 2) until the lock goes."""
     import vaekit
     from vaekit.errors import InUse
-    from vaekit.training import rundir
+    from vaekit.training import runlock
 
     out = copy_run(run, work / "training")
-    with rundir.locked(out):
+    with runlock.locked(out):
         with pytest.raises(InUse, match=f"in use by process {os.getpid()}"):
             vaekit.load(out)
         before = (out / "config.json").read_bytes()

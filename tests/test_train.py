@@ -335,7 +335,7 @@ def test_splits_are_seeded_disjoint_and_sized_for_what_they_do():
     assert plan_splits(40, 0.1, 0.1, 0, folds=5, one_fold=True).crossfit  # asked for: cross-fitted
     assert len(plan_splits(400, 0.1, 0.1, 0, one_fold=True).val) == 40  # many images: as before
     # the held-out fold holds at least 8 images (a tail can be fitted to 8 scores) while half train
-    from vaekit.anomaly.threshold import TAIL_MIN
+    from vaekit.anomaly.quantiles import TAIL_MIN
     from vaekit.training.data import ONE_FOLD_MIN
 
     assert ONE_FOLD_MIN == TAIL_MIN

@@ -49,7 +49,7 @@ def load(path, device: str = "auto", threads: int | None = None):
         raise BadInput(f"no such model: {str(path)!r:.80} is not a path") from None
     if path.is_dir():
         from vaekit.inference.engine_torch import TorchModel
-        from vaekit.training.rundir import refuse_in_use
+        from vaekit.training.runlock import refuse_in_use
 
         refuse_in_use(path)
 

@@ -13,9 +13,10 @@ from vaekit.anomaly.outputs import (MAP_MIN_SIDE, check_outputs, csv_text, map_t
                                     write_maps, write_scores)
 from vaekit.anomaly.score import (BATCH_SIZE, ROW_FIELDS, Plan, ScoredBatch, ScoreReport, ScoreRow, iter_scored,
                                   score_images, scoring_plan)
-from vaekit.anomaly.threshold import (QUANTILES, check_quantile, conformal_rank, expected_fpr, few_scores_note,
-                                      needed_scores, resolve_threshold, section_note, set_threshold, threshold_from_normal,
-                                      threshold_of, threshold_section)
+from vaekit.anomaly.quantiles import (QUANTILES, check_quantile, conformal_rank, expected_fpr, few_scores_note,
+                                      needed_scores, threshold_of)
+from vaekit.anomaly.threshold import (resolve_threshold, section_note, set_threshold, threshold_from_normal,
+                                      threshold_section)
 
 __all__ = [
     "BATCH_SIZE", "MAP_MIN_SIDE", "QUANTILES", "ROW_FIELDS", "Evaluation", "JobReport", "Plan", "ScoreReport",

@@ -19,7 +19,7 @@ from vaekit import images as imageio
 from vaekit.anomaly.overlap import file_identity
 from vaekit.anomaly.pixel_roc import PixelRoc
 from vaekit.anomaly.score import Progress, iter_scored, scoring_plan
-from vaekit.anomaly.threshold import check_threshold
+from vaekit.anomaly.quantiles import check_threshold
 from vaekit.inference.tiled import tiled
 from vaekit.inference.engine import Model
 from vaekit.errors import BadInput, MissingExtra, NotFound

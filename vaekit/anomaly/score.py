@@ -18,7 +18,8 @@ import numpy as np
 
 from vaekit import images as imageio
 from vaekit import stream
-from vaekit.anomaly.threshold import check_threshold, resolve_threshold
+from vaekit.anomaly.quantiles import check_threshold
+from vaekit.anomaly.threshold import resolve_threshold
 from vaekit.inference.engine import SCORES, Model, Scores
 from vaekit.errors import BadInput
 from vaekit.images.arrays import check_batch_size

@@ -125,8 +125,9 @@ def save_prior(run_dir: str | Path, prior: priors.Prior, model=None) -> None:
     they replace (with_earlier); `vaekit export` then carries them into the ONNX metadata.
     `model`, if given, sees them at once."""
     from vaekit.training import rundir
+    from vaekit.training.runlock import locked
 
-    with rundir.locked(Path(run_dir)):
+    with locked(Path(run_dir)):
         check_fit_target(run_dir)
         cfg = rundir.read_config(Path(run_dir))
         if cfg.get("fingerprint") not in (None, prior.fingerprint):

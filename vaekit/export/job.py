@@ -127,9 +127,10 @@ class _Job:
 
     def __init__(self, run_dir, rtol: float, atol: float):
         from vaekit.training import rundir
+        from vaekit.training.runlock import refuse_in_use
         from vaekit.inference.engine_torch import TorchModel
 
-        rundir.refuse_in_use(run_dir)  # a training is still writing it: its weights are half-trained
+        refuse_in_use(run_dir)  # a training is still writing it: its weights are half-trained
         stopped = rundir.stopped_before_finish(Path(run_dir), rundir.read_config(Path(run_dir)))
         if stopped:  # an export of it carried no threshold and no tables, and said "parity ok"
             raise rundir.RunError(stopped)

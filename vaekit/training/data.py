@@ -184,7 +184,7 @@ CROSSFIT_FOLDS = 5
 MIN_VAL = 20  # a held-out split smaller than this fits the score's statistics on too few images
 # a surface's held-out fold holds at least this many images (while half the images still train): the
 # largest of 4 scores flags a fifth of new normal images, and 8 are the fewest that
-# vaekit.anomaly.threshold fits a tail beyond the largest to (TAIL_MIN; docs/thresholds.md)
+# vaekit.anomaly.quantiles fits a tail beyond the largest to (TAIL_MIN; docs/thresholds.md)
 ONE_FOLD_MIN = 8
 
 
@@ -240,7 +240,7 @@ def plan_splits(n: int, val_fraction: float, cal_fraction: float, seed: int, fol
             return Splits(np.setdiff1d(np.arange(n), cal), np.zeros(0, np.int64), cal, [])
         return Splits(rest, np.zeros(0, np.int64), np.zeros(0, np.int64), parts)
     if folds < 0 and val_fraction > 0 and cal_fraction > 0:
-        from vaekit.anomaly.threshold import needed_scores
+        from vaekit.anomaly.quantiles import needed_scores
 
         most = int(0.3 * n)
         val_fraction = min(most, max(round(n * val_fraction), MIN_VAL)) / n

@@ -23,6 +23,7 @@ from vaekit.training import rundir
 from vaekit.training.data import Dataset, auto_image_size, choose_model, image_statistics, load_dataset, probe_layout
 from vaekit.training.distributed import barrier, init_distributed, pick_device
 from vaekit.training.loop import TrainResult, fit
+from vaekit.training.runlock import locked
 
 
 # --- the whole job -------------------------------------------------------------------------
@@ -96,7 +97,7 @@ def train(
     out_dir = Path(out_dir)
     refuse_inside(out_dir, [data_dir, *_linked_folders(data_dir)], "--out")
     rank0 = int(os.environ.get("RANK", "0") or 0) == 0  # torchrun: rank 0 holds the lock for all
-    with rundir.locked(out_dir) if rank0 else contextlib.nullcontext():
+    with locked(out_dir) if rank0 else contextlib.nullcontext():
         return _train(data_dir, out_dir, model_cfg, train_cfg, channels, resume, overwrite, cache_dir, workers,
                       progress, resume_epochs, resume_changes, should_stop)
 

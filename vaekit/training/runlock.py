@@ -1,0 +1,88 @@
+"""The lock a training holds on its run directory, and the probe every reader of a run makes.
+
+`locked` is held by `vaekit train` (and by `encode --fit`, which stores tables in the run) for
+as long as it writes there; `refuse_in_use` lets a command that reads a run (load, export,
+threshold) refuse one whose weights and config.json are still changing. The lock is
+vaekit.fileio.try_lock's (flock on POSIX, LockFileEx on Windows) on the run's lock file, which
+names the holding process; it goes with the process, even on SIGKILL.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+from vaekit.errors import BadInput, InUse
+from vaekit.fileio import refuse_under_file, try_lock
+from vaekit.training.rundir import LOCK, MARKER
+
+
+@contextmanager
+def locked(run_dir: Path):
+    """Hold an exclusive lock on a run directory (its lock file, vaekit.fileio.try_lock) while training there.
+
+    A second vaekit process on the same folder gets InUse naming the process that holds it,
+    instead of the two interleaving their files. The lock goes with the process, even on SIGKILL.
+    """
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise BadInput(f"--out {run_dir} is a file, not a folder")
+    refuse_under_file(run_dir, "--out")
+    created = [d for d in (run_dir, *run_dir.parents) if not d.exists()]  # innermost first
+    path = run_dir / LOCK
+    made_lock = not path.exists()
+    try:  # either can fail on a read-only file system or a full disk
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0), 0o644)
+    except OSError as e:
+        raise BadInput(f"cannot create or lock --out {run_dir}: {e.filename or path} {e.strerror or e}") from None
+    try:
+        if not try_lock(fd):
+            raise InUse(f"{run_dir} is in use by process {_holder(fd)} (another vaekit train); "
+                        "wait for it to finish or choose another --out")
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            yield
+        except BaseException:
+            # refused before anything was written: leave no trace, least of all a lock file in a
+            # folder of the user's
+            if made_lock and not (run_dir / MARKER).exists():
+                path.unlink(missing_ok=True)
+                for d in created:  # and the folders made for it, if nothing else went there
+                    try:
+                        d.rmdir()
+                    except OSError:
+                        break
+            raise
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def refuse_in_use(run_dir: Path) -> None:
+    """InUse when a training holds the run's lock (`locked`): its weights and config.json are
+    still changing, so a model read from it now would be half-trained. Probed without waiting;
+    the probe's own lock is let go at once."""
+    path = Path(run_dir) / LOCK
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:  # no lock file (a run no training is writing), or one that cannot be opened
+        return
+    try:
+        if not try_lock(fd):
+            raise InUse(f"{run_dir} is in use by process {_holder(fd)} (a vaekit train is writing it); "
+                        "wait for it to finish")
+    finally:
+        os.close(fd)
+
+
+def _holder(fd: int) -> str:
+    """The process id a lock file names; "unknown" when it cannot be read (on Windows the
+    holder's lock keeps others from reading it)."""
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        return os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+    except OSError:
+        return "unknown"
