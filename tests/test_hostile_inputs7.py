@@ -265,3 +265,21 @@ def test_tables_are_not_fitted_into_a_run_stopped_before_its_finish(run, tmp_pat
     said = _one_line_error(invoke("encode", stopped, src, "-o", tmp_path / "s.vkc", "--quality", "3", "--fit", src))
     assert "stopped before it finished" in said.replace("\n", "")
     assert (stopped / "config.json").read_bytes() == before and not (tmp_path / "s.vkc").exists()
+
+
+def test_the_default_score_of_a_run_stopped_before_its_finish_is_refused_a_named_score_runs(run, tmp_path):
+    """anomaly-score of such a run fell back to the -ELBO with 'threshold: none: the model stores
+    no threshold for the neg_elbo score', not a word of the training that did not finish. The
+    default score (and evaluate's) now says so and names the --resume; --score neg_elbo still
+    scores its weights as they are."""
+    stopped = _stopped_before_finish(run, tmp_path / "stopped")
+    src, other = _images(tmp_path / "src", 2), _images(tmp_path / "other", 2)
+    for args in (["anomaly-score", stopped, src, "-o", tmp_path / "s.csv"],
+                 ["evaluate", stopped, "--normal", src, "--anomalous", other]):
+        said = _one_line_error(invoke(*args)).replace("\n", "")
+        assert "stopped before it finished" in said and f"--out {stopped} --resume" in said, said
+        assert "--score neg_elbo" in said
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other", "src", "stopped"]
+    r = invoke("anomaly-score", stopped, src, "-o", tmp_path / "s.csv", "--score", "neg_elbo")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "s.csv").read_text().count("\n") == 3  # the header and a row for each image

@@ -73,9 +73,25 @@ def scoring_plan(model: Model, samples: int = 0, score: str | None = None, iwae:
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:
         raise BadInput(f"samples must be an integer >= 0, got {samples!r}")
     estimator = "iwae" if iwae else ("samples" if samples else "mean")
+    if score is None:
+        _refuse_unfinished(model)
     score, note = model.effective_score(score, samples, iwae)
     t, source = resolve_threshold(model, score, estimator, threshold)
     return Plan(samples, score, iwae, estimator, t, source, note)
+
+
+def _refuse_unfinished(model: Model) -> None:
+    """BadInput for the default score of a run whose training stopped before its finish: it has
+    no threshold and no calibration yet, and its default score fell back to the -ELBO with no
+    word of why. A score asked for by name still runs on its weights as they are."""
+    run = model.info.source
+    if not (isinstance(getattr(model, "config", None), dict) and Path(run).is_dir()):
+        return  # an export (vaekit export refuses an unfinished run) or a model made in memory
+    from vaekit.training.rundir import stopped_before_finish  # a run directory: the torch engine, torch is here
+
+    why = stopped_before_finish(Path(run), model.config)
+    if why:
+        raise BadInput(f"{why}; or score its weights as they are with --score neg_elbo")
 
 
 @dataclass
