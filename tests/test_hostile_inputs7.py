@@ -283,3 +283,21 @@ def test_the_default_score_of_a_run_stopped_before_its_finish_is_refused_a_named
     r = invoke("anomaly-score", stopped, src, "-o", tmp_path / "s.csv", "--score", "neg_elbo")
     assert r.exit_code == 0, r.output
     assert (tmp_path / "s.csv").read_text().count("\n") == 3  # the header and a row for each image
+
+
+def test_a_name_decode_could_not_write_is_named_with_the_files_given_not_their_list(run, tmp_path):
+    """Given a list of files (as the web app does), the refusal read 'cannot encode
+    [PosixPath('...')]: the file name ...'."""
+    import vaekit
+    from vaekit import codes
+    from vaekit.errors import BadInput
+
+    src = _images(tmp_path / "src", 2)
+    odd = src / "a\\b.png"
+    next(src.iterdir()).rename(odd)
+    files = sorted(src.iterdir())
+    with pytest.raises(BadInput) as e:
+        codes.encode_folder(vaekit.load(run), files, tmp_path / "x.codes")
+    said = str(e.value)
+    assert said.startswith("cannot encode 2 files: the file name 'a\\\\b.png' holds a backslash"), said
+    assert "PosixPath" not in said and not (tmp_path / "x.codes").exists()

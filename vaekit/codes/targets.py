@@ -8,6 +8,7 @@ a folder in the way of an image.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path, PurePosixPath
 from typing import Sequence
 
@@ -48,6 +49,8 @@ def decodable(names: Sequence[str], source) -> None:
     decodes nothing, so it is refused before anything is encoded."""
     from vaekit.codes.format import CodeFileError, check_name
 
+    if not isinstance(source, (str, os.PathLike)):  # a list of files (the web app's uploads) was printed as [PosixPath(...)]
+        source = f"{len(source)} files" if len(source) != 1 else str(source[0])
     for name in names:
         try:
             check_name(name)
