@@ -13,9 +13,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from vaekit.images.tiles import Tiling, stacked
-
-
-BATCH_PIXELS = 64 * 256 * 256  # pixels at the model's size decoded at a time by default (4 files of 1024 px)
+from vaekit.stream.inputs import BATCH_PIXELS  # pixels at the model's size decoded at a time (4 files of 1024 px)
 
 
 def file_batch(model, most: int) -> int:
