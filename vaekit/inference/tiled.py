@@ -84,8 +84,8 @@ def _joined(scores: list):
 
 
 def iter_scores(model, paths: Sequence, batch_size: int, workers: int = 0, nats: str = "sum", **kw) -> Iterator:
-    """`Model.iter_scores` of files and folders for a tiled model: one Scores per batch of files
-    (their nats columns as `merge` makes them)."""
+    """`Model.iter_scores` of files and folders for a tiled model: one Scores per batch of files, or
+    per part of one whose tiles pass BATCH_PIXELS (vaekit.stream.iter_batches); nats as `merge` makes them."""
     from vaekit.stream import find_inputs, iter_batches
 
     info = model.info
