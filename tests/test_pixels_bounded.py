@@ -195,3 +195,28 @@ def test_encode_of_a_large_batch_encodes_in_parts_to_the_same_codes(tmp_path, mo
     a, b = codes.load(tmp_path / "ref.codes"), codes.load(tmp_path / "big.codes")
     assert a.names == b.names and (a.orig_size == b.orig_size).all()
     np.testing.assert_allclose(a.latents(), b.latents(), rtol=1e-5, atol=1e-6)
+
+
+def test_decode_refuses_an_original_size_no_image_vaekit_reads_could_have(tmp_path, monkeypatch):
+    """A forged code file claiming a 1 x 5,000,000 strip: vaekit's reader refuses such a file (its resize
+    to 16 px would take 80 M x 16 pixels), so no code file of vaekit's holds it, and decode --size
+    original would build it whole (at 1 x 178,956,970 Pillow ran out of memory: a traceback, exit 3)."""
+    from vaekit.images import read
+
+    run = random_run(tmp_path / "run", image_size=16, channels=1, latent_dim=4, base_channels=4)
+    codes.encode_folder(vaekit.load(run), _squares(tmp_path / "q", 3), tmp_path / "a.codes")
+    cf = codes.load(tmp_path / "a.codes")
+    cf.orig_size[1] = (1, 5_000_000)
+    with monkeypatch.context() as m:  # forge it: vaekit itself would never write this
+        m.setattr(read, "MAX_RESIZE_PIXELS", 10**13)  # where the code file's check looks it up
+        codes.save(cf, tmp_path / "strip.codes")
+    r = CliRunner().invoke(app, ["--threads", "1", "decode", str(run), str(tmp_path / "strip.codes"), "-o",
+                                 str(tmp_path / "out"), "--size", "original"])
+    assert r.exit_code == 2 and "too elongated" in r.output and str(read.MAX_RESIZE_PIXELS) in r.output, r.output
+    assert "Traceback" not in r.output and not (tmp_path / "out").exists()
+    cf.orig_size[1] = (16, 5_000)  # long, but a file vaekit reads: decoded at its size
+    codes.save(cf, tmp_path / "long.codes")
+    r = CliRunner().invoke(app, ["--threads", "1", "decode", str(run), str(tmp_path / "long.codes"), "-o",
+                                 str(tmp_path / "out"), "--size", "original"])
+    assert r.exit_code == 0, r.output
+    assert Image.open(tmp_path / "out" / "q001.png").size == (5_000, 16)
