@@ -199,8 +199,8 @@ def iter_batches(paths: Sequence[Path], size: int, channels: int, batch_size: in
     """Decode `paths[positions]` (default: all) in fixed slices of `batch_size` of the FULL list;
     slices in `skip_batches` are not read at all. A slice whose decoded pixels (its tiles' with
     `tiles`) pass `pixels` (None: BATCH_PIXELS) comes in parts, consecutive Batches of its index,
-    each holding at most `pixels` or a single file. Memory: a few parts, whatever the count, the batch size or the
-    images' shape.
+    each holding at most `pixels` or a single file. Memory: a few parts, whatever the count, the
+    batch size or the images' shape.
     tiles: each whole image (not its centre square), its shorter side `size`, cut into square tiles
     of this many pixels (a surface model's own size); 0: the centre square of `size`.
 
