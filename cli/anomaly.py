@@ -54,8 +54,9 @@ def anomaly_score(
     shard: Annotated[Optional[str], typer.Option(help="Score only share INDEX/COUNT of the files (e.g. 0/4); the "
                                                       "last share to finish merges them into -o.")] = None,
     device: Annotated[Device, typer.Option(help=DEVICE_HELP)] = Device.auto,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, max=4096, help="Images decoded and scored at a time "
-                                                      "(default: 64, fewer for models over 256 px: at most 4 M pixels).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, max=4096, help="Files per batch, the journal's unit "
+                                                      "(default: 64, fewer for models over 256 px); a batch over 4 M decoded pixels is "
+                                                      "scored in parts, so memory is bounded whatever its size.")] = None,
     workers: Annotated[int, typer.Option(min=0, max=256, help="Processes decoding images ahead (0 or 1: a thread of this one, overlapping scoring).")] = 0,
 ) -> None:
     """Score images (higher = more anomalous) and flag those above the model's threshold.

@@ -24,7 +24,7 @@ DeviceOpt = Annotated[Device, typer.Option(help=DEVICE_HELP)]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue a killed job from OUT.partial (same command).")]
 Shard = Annotated[Optional[str], typer.Option(help="Process only share INDEX/COUNT of the files (e.g. 0/4); the last "
                                                     "share to finish merges them into -o.")]
-BatchSize = Annotated[int, typer.Option(min=1, max=4096, help="Images decoded and processed at a time.")]
+BatchSize = Annotated[int, typer.Option(min=1, max=4096, help="Files per batch, the journal's unit; one over 4 M decoded pixels goes in parts.")]
 Workers = Annotated[int, typer.Option(min=0, max=256, help="Processes decoding images ahead (0 or 1: a thread of "
                                                            "this one, overlapping the model).")]
 

@@ -254,10 +254,29 @@ def validate(cf: CodeFile, source: str = "code file") -> None:
     if (not isinstance(cf.image_size, int) or isinstance(cf.image_size, bool) or not 16 <= cf.image_size <= MAX_IMAGE_SIZE
             or not isinstance(cf.channels, int) or cf.channels not in (1, 3)):
         bad(f"image size {cf.image_size!r} / channels {cf.channels!r}")
+    _check_shapes(cf, bad)
     if not isinstance(cf.fingerprint, str) or not cf.fingerprint:
         bad("missing model fingerprint")
     for name in cf.names:
         check_name(name, source)
+
+
+def _check_shapes(cf: CodeFile, bad) -> None:
+    """Every orig_size must be a shape vaekit could have encoded: one its reader resizes to the
+    model's size in at most MAX_RESIZE_PIXELS (vaekit.images.read.load_image refuses longer strips).
+    `decode --size original` builds each image whole: a forged 1 x 178,956,970 strip would not fit in
+    memory (a traceback from Pillow); the square of MAX_ORIG_PIXELS is the largest it builds."""
+    from vaekit.images.read import MAX_RESIZE_PIXELS
+
+    if not len(cf.orig_size):
+        return
+    h, w = cf.orig_size[:, 0].astype(np.int64), cf.orig_size[:, 1].astype(np.int64)
+    s = cf.image_size / np.minimum(h, w)  # as vaekit.images.read.resize_pixels
+    need = np.maximum(cf.image_size, np.rint(w * s)) * np.maximum(cf.image_size, np.rint(h * s))
+    if need.max() > MAX_RESIZE_PIXELS:
+        i = int(need.argmax())
+        bad(f"orig_size {h[i]}x{w[i]} of {cf.names[i]!r} is too elongated for an image vaekit encodes (resized to "
+            f"{cf.image_size} px it would take {int(need[i])} pixels, at most {MAX_RESIZE_PIXELS})")
 
 
 def check_name(name: str, source: str = "code file") -> None:

@@ -75,6 +75,9 @@ def _watch_parent(parent: int) -> None:
 
 
 MAX_WORKERS = 256  # decoding processes: the CLI's bound too (`--workers`); each is a forked copy of this one
+# decoded pixels a streaming job holds in one batch (vaekit.stream: a slice over it comes in parts) and
+# in one worker's chunk of files here; a single file may hold more (up to read.MAX_WHOLE_PIXELS read whole)
+BATCH_PIXELS = 64 * 256 * 256
 
 
 def iter_load(
@@ -83,8 +86,9 @@ def iter_load(
     """Yield (path, uint8 (C, size, size) or None, reason or None) per file, in input order
     (crop=False: each whole image, its shorter side `size`).
 
-    With workers > 1, chunks decode in that many processes, a bounded number in flight,
-    so memory stays flat however many files there are.
+    With workers > 1, chunks decode in that many processes, 2 x workers chunks in flight, each of
+    at most BATCH_PIXELS (or one file: every whole image is a chunk of its own, its size unknown
+    until decoded), so memory stays flat however many files there are and however large.
     """
     check_size(size)  # checked here, not in the generator, so a bad value fails at the call
     check_channels(channels)
@@ -99,7 +103,7 @@ def _iter_load(paths: Sequence[Path], size: int, channels: int, workers: int, cr
         for i in range(len(paths)):
             yield from _load_chunk([Path(paths[i])], size, channels, crop)
         return
-    step = max(1, min(64, len(paths) // (workers * 4)))
+    step = max(1, min(64, len(paths) // (workers * 4), BATCH_PIXELS // size**2 if crop else 1))
     chunks = ([Path(p) for p in paths[i : i + step]] for i in range(0, len(paths), step))
     # no more processes than chunks: a pool that forks starts every one of them at once
     with ProcessPoolExecutor(min(workers, -(-len(paths) // step)), initializer=_watch_parent,

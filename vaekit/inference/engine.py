@@ -81,8 +81,8 @@ class Model:
 
     def iter_batches(self, inputs: str | Path | Sequence[str | Path], batch_size: int | None = None,
                      workers: int = 0):
-        """Decoded batches (vaekit.stream.Batch) of the images under `inputs`, in file order,
-        with the model's preprocessing; memory stays at a few batches however many files."""
+        """Decoded batches (vaekit.stream.Batch; one over BATCH_PIXELS in parts) of the images under
+        `inputs`, in file order, with the model's preprocessing; memory is a few parts, whatever the count."""
         from vaekit.stream import find_inputs, iter_batches
 
         batch_size = check_batch_size(batch_size, self.batch_size)
@@ -154,8 +154,8 @@ class Model:
     def iter_scores(self, inputs: str | Path | Sequence[str | Path], batch_size: int | None = None,
                     samples: int = 0, score: str | None = None, iwae: bool = False, maps: bool = False,
                     workers: int = 0):
-        """Scores of the images under `inputs`, one `Scores` per batch (with its `paths` and the
-        files it `skipped`), decoded and scored batch by batch: for folders too large for memory.
+        """Scores of the images under `inputs`, one `Scores` per batch or part of one (with its `paths`
+        and the files it `skipped`), decoded and scored in turn: for folders too large for memory.
         An array is scored in slices of `batch_size` images."""
         batch_size = check_batch_size(batch_size, file_batch(self, self.batch_size) if tiled(self) else self.batch_size)
         paths, arr = user_images(inputs, self.info.channels, self.info.image_size)

@@ -13,9 +13,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from vaekit.images.tiles import Tiling, stacked
-
-
-BATCH_PIXELS = 64 * 256 * 256  # pixels at the model's size decoded at a time by default (4 files of 1024 px)
+from vaekit.stream.inputs import BATCH_PIXELS  # pixels at the model's size decoded at a time (4 files of 1024 px)
 
 
 def file_batch(model, most: int) -> int:
@@ -86,8 +84,8 @@ def _joined(scores: list):
 
 
 def iter_scores(model, paths: Sequence, batch_size: int, workers: int = 0, nats: str = "sum", **kw) -> Iterator:
-    """`Model.iter_scores` of files and folders for a tiled model: one Scores per batch of files
-    (their nats columns as `merge` makes them)."""
+    """`Model.iter_scores` of files and folders for a tiled model: one Scores per batch of files, or
+    per part of one whose tiles pass BATCH_PIXELS (vaekit.stream.iter_batches); nats as `merge` makes them."""
     from vaekit.stream import find_inputs, iter_batches
 
     info = model.info

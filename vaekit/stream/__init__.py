@@ -10,9 +10,9 @@ What every folder command (anomaly-score, encode, reconstruct, the codec) and th
 Numpy and Pillow only: the onnxruntime engine's jobs import no torch.
 """
 
-from vaekit.stream.inputs import (READ_AHEAD, Batch, Inputs, PathList, check_shard, env_shard, find_inputs,
-                                  iter_batches, named, parse_shard, relative_name, shard)
+from vaekit.stream.inputs import (BATCH_PIXELS, READ_AHEAD, Batch, Inputs, PathList, check_shard, env_shard,
+                                  find_inputs, iter_batches, named, parse_shard, relative_name, shard)
 from vaekit.stream.journals import JOURNAL_VERSION, PARTIAL_SUFFIX, SYNC_EVERY, Journal
 
-__all__ = ["JOURNAL_VERSION", "PARTIAL_SUFFIX", "READ_AHEAD", "SYNC_EVERY", "Batch", "Inputs", "Journal", "PathList",
-           "check_shard", "env_shard", "find_inputs", "iter_batches", "named", "parse_shard", "relative_name", "shard"]
+__all__ = ["BATCH_PIXELS", "JOURNAL_VERSION", "PARTIAL_SUFFIX", "READ_AHEAD", "SYNC_EVERY", "Batch", "Inputs",
+           "Journal", "PathList", "check_shard", "env_shard", "find_inputs", "iter_batches", "named", "parse_shard", "relative_name", "shard"]

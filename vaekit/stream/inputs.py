@@ -8,7 +8,10 @@ of them, and fixed batches of them decoded ahead of the consumer.
 - `iter_batches`: fixed slices of the file list, decoded ahead of the consumer (in a thread of
   vaekit.stream.pipeline, and in worker processes when asked). A batch is always the same slice of
   files, so a resumed job scores exactly the batches an uninterrupted one would, and gets
-  bit-identical numbers.
+  bit-identical numbers. A slice whose decoded pixels would pass BATCH_PIXELS comes in parts
+  (consecutive `Batch`es of the same index, each at most BATCH_PIXELS or one file), so what is
+  held at once is bounded by pixels, whatever `batch_size` and the images' shape; the journal
+  writes a slice's line once its last part is in (vaekit.stream.journals).
 """
 from __future__ import annotations
 
@@ -24,9 +27,12 @@ from vaekit.stream import pipeline
 from vaekit.stream.batches import MAX_SHARDS
 from vaekit.errors import BadInput
 from vaekit.images.arrays import check_batch_size
+# decoded pixels in one Batch: a slice of the file list holding more comes in parts of at most this
+# many (or one file: a file read whole has at most vaekit.images.read.MAX_WHOLE_PIXELS)
+from vaekit.images.load import BATCH_PIXELS
 from vaekit.images.tiles import Tiling, tiling
 
-READ_AHEAD = pipeline.DEPTH  # batches decoded ahead of the consumer
+READ_AHEAD = pipeline.DEPTH  # batches (parts) decoded ahead of the consumer
 
 
 class PathList(Sequence[Path]):
@@ -177,19 +183,24 @@ def shard(paths: Sequence, index: int, count: int, batch_size: int) -> list[int]
 
 @dataclass
 class Batch:
-    index: int  # which fixed slice of the file list (batch_size files each)
+    index: int  # which fixed slice of the file list (batch_size files each); its parts share it
     positions: list[int]  # positions in the full file list of the loaded images
     paths: list[Path]  # the loaded files, in order
     images: np.ndarray  # (B, C, H, W) uint8 at the model's size; with tiles, every file's tiles in turn
     skipped: list[tuple[Path, str]] = field(default_factory=list)  # files of this slice that failed
     tilings: list[Tiling] | None = None  # with tiles: where each file's tiles lie (vaekit.images.tiles)
+    part: int = 0  # which part of its slice (a slice over BATCH_PIXELS comes in several, in order)
+    last: bool = True  # the slice's last part
 
 
 def iter_batches(paths: Sequence[Path], size: int, channels: int, batch_size: int = 64, workers: int = 0,
                  positions: Sequence[int] | None = None, skip_batches: set[int] | frozenset = frozenset(),
-                 ahead: int = READ_AHEAD, tiles: int = 0) -> Iterator[Batch]:
+                 ahead: int = READ_AHEAD, tiles: int = 0, pixels: int | None = None) -> Iterator[Batch]:
     """Decode `paths[positions]` (default: all) in fixed slices of `batch_size` of the FULL list;
-    slices in `skip_batches` are not read at all. Memory: a few batches, whatever the count.
+    slices in `skip_batches` are not read at all. A slice whose decoded pixels (its tiles' with
+    `tiles`) pass `pixels` (None: BATCH_PIXELS) comes in parts, consecutive Batches of its index,
+    each holding at most `pixels` or a single file. Memory: a few parts, whatever the count, the
+    batch size or the images' shape.
     tiles: each whole image (not its centre square), its shorter side `size`, cut into square tiles
     of this many pixels (a surface model's own size); 0: the centre square of `size`.
 
@@ -199,7 +210,7 @@ def iter_batches(paths: Sequence[Path], size: int, channels: int, batch_size: in
     positions = range(len(paths)) if positions is None else (positions if isinstance(positions, Sequence) else list(positions))
     todo = [i for i in positions if i // batch_size not in skip_batches] if skip_batches else positions
     loaded = imageio.iter_load(_Picked(paths, todo), size, channels, workers, crop=not tiles)
-    batches = _slices(todo, loaded, batch_size, channels, size, tiles)
+    batches = _slices(todo, loaded, batch_size, _Shape(channels, size, tiles, max(1, int(pixels or BATCH_PIXELS))))
     return pipeline.read_ahead(batches, ahead) if ahead > 0 else batches
 
 
@@ -218,28 +229,50 @@ class _Picked(Sequence[Path]):
         return Path(self.paths[self.todo[i]])
 
 
-def _slices(todo, loaded, batch_size, channels, size, tiles) -> Iterator[Batch]:
-    current, pos, got, bad = None, [], [], []
+@dataclass(frozen=True)
+class _Shape:
+    channels: int
+    size: int  # the centre square's side; with tiles, the shorter side images are read at
+    tiles: int  # the tile side; 0: no tiles
+    pixels: int  # most pixels in one part (at least one file)
+
+    def held(self, x: np.ndarray) -> int:
+        """Pixels a decoded image takes in a Batch: its tiles', or its own."""
+        return len(tiling(x, self.tiles)) * self.tiles**2 if self.tiles else x.shape[-2] * x.shape[-1]
+
+
+def _slices(todo, loaded, batch_size, shape: _Shape) -> Iterator[Batch]:
+    """The decoded files, slice by slice; a slice in parts of at most shape.pixels (or one file)."""
+    current, part, pos, got, bad, held = None, 0, [], [], [], 0
     for i, (path, x, reason) in zip(todo, loaded):
         b = i // batch_size
-        if current is not None and b != current:
-            yield _batch(current, pos, got, bad, channels, size, tiles)
-            pos, got, bad = [], [], []
+        n = 0 if x is None else shape.held(x)
+        if current is not None and (b != current or (got and held + n > shape.pixels)):
+            yield _batch(current, part, pos, got, bad, shape, last=b != current)
+            part = 0 if b != current else part + 1
+            pos, got, bad, held = [], [], [], 0
         current = b
         if x is None:
             bad.append((path, reason or ""))
         else:
             pos.append(i)
             got.append((path, x))
+            held += n
     if current is not None:
-        yield _batch(current, pos, got, bad, channels, size, tiles)
+        yield _batch(current, part, pos, got, bad, shape, last=True)
 
 
-def _batch(index, pos, got, bad, channels, size, tiles) -> Batch:
-    if not tiles:
-        images = np.stack([x for _, x in got]) if got else np.zeros((0, channels, size, size), np.uint8)
-        return Batch(index, list(pos), [p for p, _ in got], images, list(bad))
-    tilings = [tiling(x, tiles) for _, x in got]
-    images = (np.concatenate([t.cut(x) for t, (_, x) in zip(tilings, got)]) if got
-              else np.zeros((0, channels, tiles, tiles), np.uint8))
-    return Batch(index, list(pos), [p for p, _ in got], images, list(bad), tilings)
+def _batch(index, part, pos, got, bad, shape: _Shape, last: bool) -> Batch:
+    paths, c, s, t = [p for p, _ in got], shape.channels, shape.size, shape.tiles
+    if not t:
+        images = np.stack([x for _, x in got]) if got else np.zeros((0, c, s, s), np.uint8)
+        return Batch(index, list(pos), paths, images, list(bad), None, part, last)
+    tilings = [tiling(x, t) for _, x in got]
+    images = np.empty((sum(map(len, tilings)), c, t, t), np.uint8)
+    k = 0
+    for j, tl in enumerate(tilings):  # each whole image let go once cut: tiles and images are not both held whole
+        x, got[j] = got[j][1], None
+        for top, left in tl.boxes:
+            images[k] = x[:, top : top + t, left : left + t]
+            k += 1
+    return Batch(index, list(pos), paths, images, list(bad), tilings, part, last)

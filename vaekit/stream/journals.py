@@ -140,6 +140,7 @@ class Journal:
         self.settings = json.loads(dumps_json(journal_header(settings), indent=None))
         self.layout, self.row_check = layout, row_check
         self.done: set[int] = set()
+        self._part: tuple[int, list, list] | None = None  # a batch whose parts are not all in yet
         self.resumed = False  # True: continues an earlier run's journal
         self._synced, self._closed, self._dirty, locked = time.monotonic(), False, False, False
         created = not os.path.lexists(self.path)
@@ -228,16 +229,38 @@ class Journal:
     def append(self, batch: int, rows: list[dict], skipped: Sequence[tuple[str, str]] = ()) -> None:
         """One batch's line, written at once, unbuffered (a killed process loses nothing written);
         synced to disk at most every SYNC_EVERY seconds and on close (a power cut loses at most
-        those batches, which --resume scores again)."""
+        those batches, which --resume scores again). With a layout, a batch that came in parts
+        (vaekit.stream.iter_batches bounds the pixels held at once) is appended part by part: its
+        line is written once its rows and skipped files account for all its files."""
         if self._closed:
             raise RuntimeError(f"{self.path} is closed: no more rows can be added to it")
-        entry = {"batch": batch, "rows": rows, "skipped": [[str(p), r] for p, r in skipped]}
+        rows, listed = self._gathered(batch, list(rows), [[str(p), r] for p, r in skipped])
+        if rows is None:
+            return
+        entry = {"batch": batch, "rows": rows, "skipped": listed}
         self._write((dumps_json(entry, indent=None) + "\n").encode("utf-8", "surrogateescape"))
         self._dirty = True
         if time.monotonic() - self._synced > SYNC_EVERY:
             os.fsync(self._fd)
             self._synced, self._dirty = time.monotonic(), False
         self.done.add(batch)
+
+    def _gathered(self, batch: int, rows: list, skipped: list) -> tuple[list | None, list | None]:
+        """The batch's rows and skipped files with those of its earlier parts, or (None, None)
+        while some of its files are still to come. Only rows wait here (a few numbers a file),
+        never pixels; a part of another batch before this one is whole is a bug of the caller."""
+        if self.layout is None:
+            return rows, skipped
+        if self._part is not None:
+            b, r, s = self._part
+            if b != batch:
+                raise RuntimeError(f"batch {batch} appended while batch {b} still misses some of its files")
+            rows, skipped = r + rows, s + skipped
+        if len(rows) + len(skipped) < len(self.layout.positions(batch)):
+            self._part = (batch, rows, skipped)
+            return None, None
+        self._part = None
+        return rows, skipped
 
     def entries(self) -> Iterator[dict]:
         """Every batch entry, in the order written."""
