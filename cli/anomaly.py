@@ -61,8 +61,9 @@ def anomaly_score(
 ) -> None:
     """Score images (higher = more anomalous) and flag those above the model's threshold.
 
-    Images are converted by the model's own preprocessing (its channels; shorter side resized to
-    its size, centre crop); unreadable files are skipped and listed. Rows are written as they are
+    Images are converted by the model's own preprocessing (its channels; an object model resizes
+    the shorter side to its size and takes the centre square, a surface model reads the whole
+    image in tiles); unreadable files are skipped and listed. Rows are written as they are
     scored (OUT.partial), so a killed job continues with --resume; under torchrun each rank
     scores its share and rank 0 writes the one file.
     """

@@ -1,4 +1,4 @@
-"""`vaekit encode`, `decode`, `reconstruct`, `sample` and `interpolate`: images <-> latent codes.
+"""`vaekit encode`, `decode` and `reconstruct`: images <-> latent codes (sample and interpolate: generate.py).
 
 Each command parses its arguments, calls vaekit.codes / vaekit.images.quality, and prints. The model
 is any path `vaekit.load` opens (a run directory or an exported .onnx), so every command works
@@ -142,6 +142,9 @@ def _wants_vkc(out: Path, precision, resume, shard, quality, lossless, fit) -> b
         raise typer.BadParameter("give --quality (with --fit) or --lossless, not both")
     if quality is None and not lossless:
         raise typer.BadParameter("--fit goes with --quality")
+    if out.suffix.lower() == ".codes":  # the reverse of the refusal above: a .vkc under a code file's name
+        raise BadInput(f"{out.name} names a fixed-length code file: leave out --quality/--lossless, "
+                       f"or name it {out.with_suffix('.vkc').name} for an entropy-coded archive")
     if precision is not None:
         raise BadInput(f"--precision {precision.value} sets a code file's numbers; a .vkc (--quality, --lossless) "
                        "is entropy-coded at its quality instead: leave out one or the other")
@@ -303,49 +306,6 @@ def reconstruct(
     console.print(f"comparison grid (input, reconstruction): {shown(report.grid)}", highlight=False, soft_wrap=True)
 
 
-@tidy_outputs('out')
-def sample(
-    model: ModelArg,
-    n: Annotated[int, typer.Option("-n", help="Number of images (at most 10,000, and 64 Mi pixels in all).", min=1)] = 64,
-    out: Annotated[Path, typer.Option("--out", "-o", help="PNG grid to write.")] = Path("samples.png"),
-    temperature: Annotated[float, typer.Option(help="Scales the prior's standard deviation.", min=0.0)] = 1.0,
-    seed: Annotated[int, typer.Option(help="Seed for the draws (0 or more).", min=0)] = 0,
-    overwrite: Overwrite = False,
-    device: DeviceOpt = Device.auto,
-) -> None:
-    """Draw images from the prior N(0, temperature² I) and save them as a grid."""
-    from vaekit.codes import check_grid, check_grid_output, write_grid
-
-    m = load_model(model, device)
-    check_grid(n, m.info.image_size)  # before drawing: the grid is held in memory at once
-    inputs = [m.info.source]  # never into the run directory, even with --overwrite
-    check_grid_output(out, overwrite, inputs)
-    path = write_grid(m.sample(n, temperature, seed), out, ncol=8, overwrite=overwrite, inputs=inputs)
-    console.print(f"wrote {n} samples (temperature {temperature}, seed {seed}) to {shown(path)}", highlight=False, soft_wrap=True)
-
-
-@tidy_outputs('out')
-def interpolate(
-    model: ModelArg,
-    a: Annotated[Path, typer.Argument(help="First image.", exists=True, dir_okay=False)],
-    b: Annotated[Path, typer.Argument(help="Second image.", exists=True, dir_okay=False)],
-    n: Annotated[int, typer.Option("-n", help="Steps, both ends included (at most 10,000, and 64 Mi pixels in all).",
-                                   min=2)] = 8,
-    out: Annotated[Path, typer.Option("--out", "-o", help="PNG strip to write.")] = Path("path.png"),
-    overwrite: Overwrite = False,
-    device: DeviceOpt = Device.auto,
-) -> None:
-    """Decode evenly spaced points between two images' posterior means, as one strip."""
-    from vaekit.codes import check_grid, check_grid_output, interpolate as walk, write_grid
-
-    m = load_model(model, device)
-    check_grid(n, m.info.image_size)
-    inputs = [a, b, m.info.source]  # the two images and the run are never replaced, even with --overwrite
-    check_grid_output(out, overwrite, inputs)
-    path = write_grid(walk(m, a, b, n), out, ncol=n, overwrite=overwrite, inputs=inputs)
-    console.print(f"wrote a {n}-step interpolation from {shown(a.name)} to {shown(b.name)} to {shown(path)}", highlight=False, soft_wrap=True)
-
-
 def register(app: typer.Typer) -> None:
-    for command in (encode, decode, reconstruct, sample, interpolate):
+    for command in (encode, decode, reconstruct):
         app.command(command.__name__)(command)

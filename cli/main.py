@@ -7,6 +7,7 @@ stderr and a documented exit code (see EXIT CODES below), never a traceback.
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import signal
@@ -14,6 +15,7 @@ import sys
 import threading
 
 import typer
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from vaekit_cli import output
@@ -154,10 +156,19 @@ def _root(
 
 def _register() -> None:
     # one module per command group; each imports vaekit lazily inside its commands
-    from vaekit_cli import anomaly, codec, demo_cmd, export_cmd, train
+    from vaekit_cli import anomaly, codec, demo_cmd, export_cmd, generate, train
 
-    for group in (train, codec, anomaly, export_cmd, demo_cmd):
+    for group in (train, codec, generate, anomaly, export_cmd, demo_cmd):
         group.register(app)
+    for info in [*app.registered_commands, *train.sample_data.registered_commands]:
+        info.help = info.help or _reflowed(inspect.getdoc(info.callback) or "")
+
+
+def _reflowed(doc: str) -> str:
+    """A command's docstring as --help shows it: each paragraph one line, for rich to wrap to the
+    terminal (it kept the source's line breaks, so every line ended in a stray one-word line), and
+    brackets escaped (rich took `pip install "vaekit[runtime]"` as markup and printed "vaekit")."""
+    return escape("\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in doc.split("\n\n")))
 
 
 _register()

@@ -84,3 +84,23 @@ def test_a_missing_gradio_is_the_missing_extra_message_and_exit_2(tmp_path):
                        env={**os.environ, "PYTHONPATH": str(tmp_path)})
     assert r.returncode == 2, r.stderr
     assert "pip install 'vaekit[demo]'" in r.stderr and "Traceback" not in r.stderr and "bug" not in r.stderr
+
+
+@pytest.mark.parametrize("command, said", [
+    (["export"], 'They run with `pip install "vaekit[runtime]"`, no torch.'),
+    (["reconstruct"], "(SSIM needs vaekit[metrics])."),
+    (["anomaly-score"], "a surface model reads the whole image in tiles"),
+])
+def test_help_shows_brackets_and_reflows_each_paragraph(command, said):
+    """rich took "vaekit[runtime]" as markup and printed `pip install "vaekit"`, a command that
+    installs no onnxruntime; and each docstring line break stayed, leaving one-word lines."""
+    from typer.testing import CliRunner
+
+    from vaekit_cli.main import app
+
+    r = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    assert said in text, text
+    lines = [ln.strip() for ln in r.output.splitlines() if ln.strip() and not ln.strip().startswith(("│", "╭", "╰"))]
+    assert all(len(ln.split()) > 1 for ln in lines[1:]), lines  # no stray one-word line under the usage

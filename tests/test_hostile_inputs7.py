@@ -301,3 +301,13 @@ def test_a_name_decode_could_not_write_is_named_with_the_files_given_not_their_l
     said = str(e.value)
     assert said.startswith("cannot encode 2 files: the file name 'a\\\\b.png' holds a backslash"), said
     assert "PosixPath" not in said and not (tmp_path / "x.codes").exists()
+
+
+@pytest.mark.parametrize("how", [["--quality", "4"], ["--lossless"]])
+def test_an_archive_is_not_written_under_a_code_files_name(run, tmp_path, how):
+    """`encode --quality 4 -o x.codes` wrote a .vkc named .codes, though a .vkc name without
+    --quality is refused; the two kinds of file keep their own names."""
+    src = _images(tmp_path / "src", 2)
+    said = _one_line_error(invoke("encode", run, src, "-o", tmp_path / "x.codes", *how)).replace("\n", "")
+    assert "x.codes names a fixed-length code file" in said and "name it x.vkc" in said, said
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
