@@ -311,3 +311,25 @@ def test_an_archive_is_not_written_under_a_code_files_name(run, tmp_path, how):
     said = _one_line_error(invoke("encode", run, src, "-o", tmp_path / "x.codes", *how)).replace("\n", "")
     assert "x.codes names a fixed-length code file" in said and "name it x.vkc" in said, said
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_a_vkc_whose_header_claims_a_strip_no_reader_could_read_is_refused(run, tmp_path):
+    """The .vkc's header had only the 179 M-pixel bound: a forged 1 x 5,000,000 original size
+    passed it, and decode --size original would build the strip whole (a code file's own check,
+    vaekit.codes.format.too_elongated, now guards both)."""
+    from vaekit import codec
+    from vaekit.codec import container
+
+    src = _images(tmp_path / "src", 1)
+    r = invoke("encode", run, src, "-o", tmp_path / "a.vkc", "--quality", "4")
+    assert r.exit_code == 0, r.output
+    header, offset = container.read_header(tmp_path / "a.vkc")
+    data = (tmp_path / "a.vkc").read_bytes()
+    (tmp_path / "words").write_bytes(data[offset:len(data) - container.DIGESTS[container.MAGIC]])
+    header.orig_size[0] = [1, 5_000_000]  # forged: vaekit's reader refuses a file of that shape
+    container.write(tmp_path / "strip.vkc", header, tmp_path / "words")
+    said = _one_line_error(invoke("decode", run, tmp_path / "strip.vkc", "-o", tmp_path / "out", "--size", "original"))
+    assert "too elongated for an image vaekit encodes" in said.replace("\n", ""), said
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(container.ArchiveError, match="too elongated"):
+        codec.read_info(tmp_path / "strip.vkc")

@@ -28,7 +28,7 @@ from typing import BinaryIO, Callable, Iterator
 import numpy as np
 
 from vaekit.codec.header import MODES, Header, Reader, expand, pack, unpack_fixed, varint
-from vaekit.codes.format import MAX_ORIG_PIXELS, CodeFileError, FingerprintMismatch, check_name
+from vaekit.codes.format import MAX_ORIG_PIXELS, CodeFileError, FingerprintMismatch, check_name, too_elongated
 from vaekit.config import MAX_IMAGE_SIZE, MAX_Z_DIMS
 from vaekit.fileio import atomic_writer, check_regular
 from vaekit.fileio.leftovers import open_spill, partial_tag, remove_stale
@@ -70,6 +70,10 @@ def _check(h: Header, source: str) -> None:
         if not (isinstance(size, list) and len(size) == 2 and all(type(v) is int and v > 0 for v in size)
                 and size[0] * size[1] <= MAX_ORIG_PIXELS):
             bad(f"original size {size!r:.40}")
+    hit = too_elongated(h.orig_size, h.image_size)
+    if hit is not None:  # decode --size original would build it whole: a forged strip was Pillow's MemoryError
+        bad(f"original size {h.orig_size[hit[0]]} is too elongated for an image vaekit encodes ({hit[1]} pixels "
+            f"at {h.image_size} px)")
     for name in h.names:
         check_name(name, source)
     if sum(c[0] for c in h.chunks) != len(h.names):

@@ -262,21 +262,34 @@ def validate(cf: CodeFile, source: str = "code file") -> None:
 
 
 def _check_shapes(cf: CodeFile, bad) -> None:
-    """Every orig_size must be a shape vaekit could have encoded: one its reader resizes to the
-    model's size in at most MAX_RESIZE_PIXELS (vaekit.images.read.load_image refuses longer strips).
-    `decode --size original` builds each image whole: a forged 1 x 178,956,970 strip would not fit in
-    memory (a traceback from Pillow); the square of MAX_ORIG_PIXELS is the largest it builds."""
+    """Every orig_size must be a shape vaekit could have encoded (`too_elongated`)."""
+    hit = too_elongated(cf.orig_size, cf.image_size)
+    if hit is not None:
+        i, need = hit
+        bad(f"orig_size {cf.orig_size[i][0]}x{cf.orig_size[i][1]} of {cf.names[i]!r} is too elongated for an image "
+            f"vaekit encodes (resized to {cf.image_size} px it would take {need} pixels, at most {_max_resize()})")
+
+
+def _max_resize() -> int:
     from vaekit.images.read import MAX_RESIZE_PIXELS
 
-    if not len(cf.orig_size):
-        return
-    h, w = cf.orig_size[:, 0].astype(np.int64), cf.orig_size[:, 1].astype(np.int64)
-    s = cf.image_size / np.minimum(h, w)  # as vaekit.images.read.resize_pixels
-    need = np.maximum(cf.image_size, np.rint(w * s)) * np.maximum(cf.image_size, np.rint(h * s))
-    if need.max() > MAX_RESIZE_PIXELS:
-        i = int(need.argmax())
-        bad(f"orig_size {h[i]}x{w[i]} of {cf.names[i]!r} is too elongated for an image vaekit encodes (resized to "
-            f"{cf.image_size} px it would take {int(need[i])} pixels, at most {MAX_RESIZE_PIXELS})")
+    return MAX_RESIZE_PIXELS
+
+
+def too_elongated(sizes, image_size: int) -> tuple[int, int] | None:
+    """(index, pixels) of the first recorded [height, width] that vaekit's reader could never have
+    resized to `image_size` within MAX_RESIZE_PIXELS (vaekit.images.read.load_image refuses longer
+    strips), or None. Decoding at the original size builds each image whole: a forged 1 x
+    178,956,970 strip would not fit in memory (a traceback from Pillow); the square of
+    MAX_ORIG_PIXELS is the largest it builds. Code files and .vkc headers both check it."""
+    sizes = np.asarray(sizes, dtype=np.int64).reshape(-1, 2)
+    if not len(sizes):
+        return None
+    h, w = sizes[:, 0], sizes[:, 1]
+    s = image_size / np.minimum(h, w)  # as vaekit.images.read.resize_pixels
+    need = np.maximum(image_size, np.rint(w * s)) * np.maximum(image_size, np.rint(h * s))
+    i = int(need.argmax())
+    return (i, int(need[i])) if need[i] > _max_resize() else None
 
 
 def check_name(name: str, source: str = "code file") -> None:
