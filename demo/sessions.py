@@ -52,7 +52,10 @@ class Session:
     def begin_training(self) -> None:
         if not self.training.acquire(blocking=False):
             raise BadInput("a training run is already going on this page: press Stop, or wait until it is done")
-        self.stop.clear()  # a Stop pressed before this run began is not meant for it
+        # A flag of this run's own, not the last one's cleared: a Stop pressed before this run began is
+        # not meant for it, and a run whose page let go of it (a cancelled request: the lock is free
+        # before its worker sees the flag) must stay stopped, not train on unseen beside this one.
+        self.stop = threading.Event()
 
 
 def _folder_name(session_hash: str) -> str:
