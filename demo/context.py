@@ -4,6 +4,7 @@ that could not be read."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from pathlib import Path
@@ -42,11 +43,21 @@ class Context:
     def session(self, request) -> Session:  # the session of a handler's `request: gr.Request`
         return self.sessions.get(request)
 
-    def outputs(self, request, button: str) -> Path:
-        """A fresh folder for one button's files in the request's session (its last ones deleted)."""
+    @contextlib.contextmanager
+    def outputs(self, request, button: str):
+        """A fresh folder for one button's files in the request's session (its last ones deleted), which
+        other sessions' trimming and the page closing leave alone until the block ends: hand Gradio its
+        copies (`served`) inside it."""
         s = self.session(request)
-        self.sessions.trim(s)
-        return s.outputs(button)
+        with self.sessions.using(s):
+            self.sessions.trim(s)
+            yield s.outputs(button)
+
+    @staticmethod
+    def served(component, path) -> str:
+        """Gradio's own copy of a file a handler wrote (for `component` to show), made now: Gradio made it
+        only after the handler returned, when trimming could already have deleted the file."""
+        return component.move_resource_to_block_cache(str(path))
 
     def guard(self, fn):
         return guard_errors(fn, self.roots)

@@ -13,6 +13,7 @@ files or the work folder holds more than MAX_BYTES (a script's sessions never cl
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shutil
 import threading
@@ -39,6 +40,8 @@ class Session:
     stop: threading.Event = field(default_factory=threading.Event)  # its Stop button
     training: threading.Lock = field(default_factory=threading.Lock)  # held while its training runs
     has_files: bool = False
+    busy: int = 0  # its requests writing files now (Sessions.using): trimming and closing leave its folder alone
+    closed: bool = False  # its page was closed: the last request still writing deletes its folder
 
     def outputs(self, button: str) -> Path:
         """An empty folder for one button's results: the last press's files are deleted first (a
@@ -100,18 +103,36 @@ class Sessions:
         if s is not None:
             self._forget(s)
 
+    @contextlib.contextmanager
+    def using(self, s: Session):
+        """While a request of `s` writes its files and hands them to Gradio: another session's request
+        (trimming) or the page closing deleted them under it, and the download link led nowhere."""
+        with self._lock:
+            s.busy += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                s.busy -= 1
+                gone = s.closed and not s.busy
+            if gone:  # the page closed meanwhile: what this request wrote went on the disk for good
+                shutil.rmtree(s.folder, ignore_errors=True)
+
     def _overflow(self) -> list[Session]:
         """Sessions beyond MAX_SESSIONS, least recently used first, that are not training (under the lock)."""
         extra = len(self._known) - MAX_SESSIONS
         if extra <= 0:
             return []
-        idle = [k for k, s in self._known.items() if not s.training.locked()][:extra]
+        idle = [k for k, s in self._known.items() if not s.training.locked() and not s.busy][:extra]
         return [self._known.pop(k) for k in idle]
 
-    @staticmethod
-    def _forget(s: Session) -> None:
+    def _forget(self, s: Session) -> None:
+        with self._lock:
+            s.closed = True
+            busy = s.busy
         s.stop.set()
-        shutil.rmtree(s.folder, ignore_errors=True)
+        if not busy:  # else the last request writing deletes it (using)
+            shutil.rmtree(s.folder, ignore_errors=True)
 
     def trim(self, current: Session) -> None:
         """Keep the files of the MAX_FOLDERS most recently used sessions only, and the work folder
@@ -121,8 +142,11 @@ class Sessions:
         for i, s in enumerate(others):
             if len(others) - i < MAX_FOLDERS and _size(self.st.workdir) <= MAX_BYTES:
                 return
-            shutil.rmtree(s.folder, ignore_errors=True)
-            s.has_files = False
+            with self._lock:  # a request of s starting now waits: it would write into a folder going away
+                if s.busy:
+                    continue
+                shutil.rmtree(s.folder, ignore_errors=True)
+                s.has_files = False
 
 
 def _size(folder: Path) -> int:

@@ -160,7 +160,9 @@ def _wire_anomaly(w: SimpleNamespace, ctx: Context) -> None:
     @ctx.guard
     def anomaly(files, thr, request: gr.Request = None, button: str = "anomaly"):
         model = ctx.session(request).model
-        r = handlers.anomaly(model, files, thr, ctx.outputs(request, button))
+        with ctx.outputs(request, button) as out:
+            r = handlers.anomaly(model, files, thr, out)
+            csv = ctx.served(w.csv_out, r.csv)
         warn_skipped(r.skipped)
         n_bad = int(r.anomalous.sum())
         unit = score_unit(model.info.score)
@@ -168,7 +170,7 @@ def _wire_anomaly(w: SimpleNamespace, ctx: Context) -> None:
         lines += [f"- `{n}`: score **{s:.2f}** {unit} → {'**anomalous**' if a else 'normal'}"
                   for n, s, a in list(zip(r.names, r.scores, r.anomalous))[:10]]
         gallery = [(handlers.hwc(o), f"{n}: {s:.1f}") for o, n, s in zip(r.overlays, r.names, r.scores)]
-        return "\n".join(lines), figures.model_histogram(model, r.threshold, r), gallery, r.table(), str(r.csv)
+        return "\n".join(lines), figures.model_histogram(model, r.threshold, r), gallery, r.table(), csv
 
     def rethreshold(files, thr, request: gr.Request = None):
         model = ctx.session(request).model

@@ -1,12 +1,15 @@
 """A review of the web app's sessions (round 7): each test failed before its fix.
 
 A page that let go of a training run (its request cancelled) and pressed Train again revived the old
-run: both shared one Stop flag, which the new run cleared.
+run: both shared one Stop flag, which the new run cleared. A request's files were deleted before Gradio
+copied them (it copies only after the handler returns) when another session's request trimmed the work
+folder, or the session ended meanwhile: the download link led nowhere.
 """
 
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 import time
 from types import SimpleNamespace
 
@@ -76,3 +79,78 @@ def test_a_cancelled_run_stays_stopped_when_its_page_trains_again(tmp_path, monk
     second.close()
     _until(lambda: fake.ended[1] is not None, "the second run's worker to end")
     assert fake.ended[1]
+
+
+# --- the work folder: one session's request against another's trimming, and its page closing ---------
+
+from test_webcli6 import digits, run  # noqa: E402,F401 - the tiny run inside the data root, as fixtures
+
+
+class Paused:
+    """Wraps a handlers function: its first call, once it has written its files, waits for `go`."""
+
+    def __init__(self, fn):
+        self.fn, self.written, self.go = fn, threading.Event(), threading.Event()
+
+    def __call__(self, *args, **kwargs):
+        out = self.fn(*args, **kwargs)
+        if not self.written.is_set():
+            self.written.set()
+            self.go.wait(DEADLINE)
+        return out
+
+
+def _in_thread(fn, *args, **kwargs) -> dict:
+    got: dict = {}
+
+    def work():
+        try:
+            got["value"] = fn(*args, **kwargs)
+        except BaseException as e:  # noqa: BLE001 - the test reads it
+            got["error"] = e
+
+    t = threading.Thread(target=work, daemon=True)
+    t.start()
+    got["thread"] = t
+    return got
+
+
+def test_trimming_for_another_session_leaves_a_running_requests_files(run, digits, tmp_path, monkeypatch):  # noqa: F811
+    from vaekit_demo import handlers, sessions
+    from vaekit_demo.app import build_app
+
+    monkeypatch.setattr(sessions, "MAX_FOLDERS", 1)  # as 64 script calls in the meantime
+    paused = Paused(handlers.compress)
+    monkeypatch.setattr(handlers, "compress", paused)
+    app = build_app(run, runs_dir=digits / "runs", data_root=digits, workdir=tmp_path / "work")
+    images = [str(p) for p in sorted((digits / "test" / "normal").glob("*.png"))[:2]]
+    slow = _in_thread(_handler(app, "compress"), images, "q8", request=_req("slow"))
+    assert paused.written.wait(DEADLINE), slow
+    _handler(app, "anomaly")(images, 1.0, request=_req("other"))  # trims the work folder for its own files
+    paused.go.set()
+    slow["thread"].join(DEADLINE)
+    assert "error" not in slow, slow.get("error")
+    code_file = slow["value"][2]  # what the handler hands Gradio to serve, after it returned
+    assert Path(code_file).is_file()  # was deleted by the other request: the download link led nowhere
+
+
+def test_a_session_ended_during_a_request_still_serves_its_files_then_leaves_none(run, digits, tmp_path, monkeypatch):  # noqa: F811
+    from vaekit_demo import handlers
+    from vaekit_demo.app import build_app
+
+    paused = Paused(handlers.encode_vkc)
+    monkeypatch.setattr(handlers, "encode_vkc", paused)
+    app = build_app(run, runs_dir=digits / "runs", data_root=digits, workdir=tmp_path / "work")
+    images = [str(p) for p in sorted((digits / "test" / "normal").glob("*.png"))[:2]]
+    page = _req("page")
+    pressed = _in_thread(_handler(app, "encode_vkc"), images, 6, request=page)
+    assert paused.written.wait(DEADLINE), pressed
+    end = next(f.fn for f in app.fns.values() if any(t[1] == "unload" for t in f.targets))
+    end(page)  # its heartbeat dropped (a page closed, a script's connection lost) while its request runs
+    paused.go.set()
+    pressed["thread"].join(DEADLINE)
+    assert "error" not in pressed, pressed.get("error")
+    assert all(Path(f).is_file() for f in pressed["value"][2])  # were deleted under it: links to nothing
+    left = sorted(p.relative_to(tmp_path / "work").as_posix() for p in (tmp_path / "work").rglob("*.vkc"))
+    assert left == [], left  # and none stays in the work folder once it is done
+
