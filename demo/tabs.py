@@ -71,6 +71,8 @@ def _train_message(ev, rows: list[dict], n_epochs, out: Path, folder, ctx: Conte
     m, public = ev.metrics, ctx.public
     if ev.phase == "epoch":
         return f"Training `{public(out)}`: epoch {m['epoch']}/{n_epochs}, validation loss {m['val_loss']:.2f} nats/image"
+    if ev.phase == "stopped" and not rows:  # no checkpoint yet: --resume says "nothing to resume"
+        return f"**Stopped** before the first epoch ended: `{public(out)}` holds no checkpoint; press Train to start again."
     if ev.phase == "stopped":
         return (f"**Stopped** after {len(rows) // 2} epoch(s). `{public(out)}` keeps its last checkpoint: "
                 f"continue it with `vaekit train {public(folder)} --out {public(out)} --resume` "

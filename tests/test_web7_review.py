@@ -3,7 +3,8 @@
 A page that let go of a training run (its request cancelled) and pressed Train again revived the old
 run: both shared one Stop flag, which the new run cleared. A request's files were deleted before Gradio
 copied them (it copies only after the handler returns) when another session's request trimmed the work
-folder, or the session ended meanwhile: the download link led nowhere.
+folder, or the session ended meanwhile: the download link led nowhere. A run stopped before its first
+epoch ended said it kept a checkpoint to resume.
 """
 
 from __future__ import annotations
@@ -154,3 +155,19 @@ def test_a_session_ended_during_a_request_still_serves_its_files_then_leaves_non
     left = sorted(p.relative_to(tmp_path / "work").as_posix() for p in (tmp_path / "work").rglob("*.vkc"))
     assert left == [], left  # and none stays in the work folder once it is done
 
+
+def test_a_run_stopped_before_its_first_epoch_offers_no_resume(tmp_path, monkeypatch):
+    from vaekit.training import job
+    from vaekit_demo.app import build_app
+
+    def stopped_while_decoding(folder, out_dir, model_cfg, train_cfg, channels, progress, should_stop):
+        return SimpleNamespace(stopped=True), None  # as the library: Stop pressed while decoding images
+
+    monkeypatch.setattr(job, "train", stopped_while_decoding)
+    (tmp_path / "images").mkdir()
+    train = _handler(build_app(None, runs_dir=tmp_path / "runs", workdir=tmp_path / "work", data_root=tmp_path),
+                     "train")
+    said = [out[0] for out in train("images", 16, 2, 3, request=_req("page"), progress=_no_progress)]
+    # was "Stopped after 0 epoch(s). ... keeps its last checkpoint: continue it with ... --resume", which
+    # `vaekit train --resume` answers with "nothing to resume"
+    assert len(said) == 1 and "--resume" not in said[0] and "no checkpoint" in said[0], said
