@@ -4,11 +4,12 @@ Gradio gives every page load a session (`gr.Request.session_hash`; a gradio_clie
 one too). Open and Train change the model of the session that asked and the model pages opened
 later start with, never the model of a page already open; Stop stops only its own session's
 training. A session writes its files (code files, CSVs, .vkc files) in its own folder of the work
-folder, one folder per button: pressing it again replaces the last result's files. Gradio copies
-every file it serves into its own cache as the handler returns, so a download link on the page
+folder, one folder per button: pressing it again replaces the last result's files. A handler hands
+Gradio its own copy of each file before it returns (Context.served), so a download link on the page
 keeps working when the file it was made from is gone. A session's folder goes when its page is
 closed, and the least recently used sessions' folders go once more than MAX_FOLDERS sessions have
-files or the work folder holds more than MAX_BYTES (a script's sessions never close).
+files or the work folder holds more than MAX_BYTES (a script's sessions never close); never while a
+request of that session is writing them (Sessions.using).
 """
 
 from __future__ import annotations
