@@ -4,7 +4,9 @@ A page that let go of a training run (its request cancelled) and pressed Train a
 run: both shared one Stop flag, which the new run cleared. A request's files were deleted before Gradio
 copied them (it copies only after the handler returns) when another session's request trimmed the work
 folder, or the session ended meanwhile: the download link led nowhere. A run stopped before its first
-epoch ended said it kept a checkpoint to resume.
+epoch ended said it kept a checkpoint to resume. With the runs folder outside the data folder, the page
+named a run by a path that Open refused, and a stopped run's resume command by paths "relative to the
+data folder" that were not.
 """
 
 from __future__ import annotations
@@ -171,3 +173,17 @@ def test_a_run_stopped_before_its_first_epoch_offers_no_resume(tmp_path, monkeyp
     # was "Stopped after 0 epoch(s). ... keeps its last checkpoint: continue it with ... --resume", which
     # `vaekit train --resume` answers with "nothing to resume"
     assert len(said) == 1 and "--resume" not in said[0] and "no checkpoint" in said[0], said
+
+
+# --- a runs folder outside the data folder (`vaekit demo --runs-dir ELSEWHERE`) ---------------------------
+
+def test_a_run_in_a_runs_folder_outside_the_data_folder_opens_by_the_name_the_page_shows(run, tmp_path):  # noqa: F811
+    from vaekit_demo.app import build_app
+
+    (tmp_path / "data").mkdir()
+    app = build_app(run, runs_dir=run.parent, data_root=tmp_path / "data", workdir=tmp_path / "work")
+    shown = _handler(app, "model")(request=_req("page"))[0]
+    assert "`tiny`" in shown, shown  # the run, relative to the runs folder (no server paths)
+    opened = _handler(app, "open_model")("tiny", request=_req("page"))[0]  # was "no such ... data/tiny"
+    assert "`tiny`" in opened, opened
+
