@@ -76,12 +76,22 @@ def _train_message(ev, rows: list[dict], n_epochs, out: Path, folder, ctx: Conte
     if ev.phase == "stopped":
         return (f"**Stopped** after {len(rows) // 2} epoch(s). `{public(out)}` keeps its last checkpoint: "
                 f"continue it with `vaekit train {public(folder)} --out {public(out)} --resume` "
-                "(paths relative to the data folder).")
+                f"({_relative_to(out, ctx)}).")
     if ev.phase == "done":
         r = ev.result
         return (f"**Done**: `{public(r.run_dir)}`, {r.epochs_done} epochs, trained in {r.seconds:.1f} s, best validation "
                 f"loss {r.best_val:.2f} nats/image (epoch {r.best_epoch}); it is now this page's model.")
     return None
+
+
+def _relative_to(out: Path, ctx: Context) -> str:
+    """What the paths of a resume command are relative to (`public` shows a run in --runs-dir outside the
+    data folder relative to the runs folder: "relative to the data folder" sent the command elsewhere)."""
+    try:
+        out.resolve().relative_to(ctx.st.data_root.resolve())
+        return "paths relative to the data folder"
+    except ValueError:
+        return "the images' path relative to the data folder, the run's to the runs folder (--runs-dir)"
 
 
 def _wire_train(w: SimpleNamespace, ctx: Context) -> None:

@@ -187,3 +187,19 @@ def test_a_run_in_a_runs_folder_outside_the_data_folder_opens_by_the_name_the_pa
     opened = _handler(app, "open_model")("tiny", request=_req("page"))[0]  # was "no such ... data/tiny"
     assert "`tiny`" in opened, opened
 
+
+def test_a_stopped_runs_resume_command_says_what_its_paths_are_relative_to(tmp_path, monkeypatch):
+    from vaekit.training import job
+    from vaekit_demo.app import build_app
+
+    def one_epoch_then_stopped(folder, out_dir, model_cfg, train_cfg, channels, progress, should_stop):
+        progress(1, train_cfg.epochs, phase="epoch", epoch=1, epochs=train_cfg.epochs, train_loss=1.0, val_loss=1.0)
+        return SimpleNamespace(stopped=True), None
+
+    monkeypatch.setattr(job, "train", one_epoch_then_stopped)
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    for runs, relative in ((tmp_path / "data" / "runs", "paths relative to the data folder"),
+                           (tmp_path / "elsewhere", "the run's to the runs folder")):
+        app = build_app(None, runs_dir=runs, workdir=tmp_path / "work", data_root=tmp_path / "data")
+        said = [o[0] for o in _handler(app, "train")("images", 16, 2, 3, request=_req("p"), progress=_no_progress)]
+        assert said[-1].startswith("**Stopped** after 1 epoch(s)") and relative in said[-1], said[-1]
