@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import shutil
 import threading
 from collections import OrderedDict
@@ -74,6 +75,8 @@ class Sessions:
         self.st = st
         self._lock = threading.Lock()
         self._known: OrderedDict[str, Session] = OrderedDict()
+        self._made = itertools.count()  # a folder per Session, not per hash: an ended one's last request
+        # deletes its folder when done, and a request of that hash meanwhile starts a new Session
         self._local = Session(st.workdir / "local", st.model)  # calls with no request: tests, scripts
 
     def get(self, request) -> Session:
@@ -85,7 +88,7 @@ class Sessions:
         with self._lock:
             s = self._known.get(key)
             if s is None:
-                s = self._known[key] = Session(self.st.workdir / _folder_name(key), self.st.model)
+                s = self._known[key] = Session(self.st.workdir / f"{_folder_name(key)}-{next(self._made)}", self.st.model)
             self._known.move_to_end(key)
             forgotten = self._overflow()
         for old in forgotten:

@@ -203,3 +203,18 @@ def test_a_stopped_runs_resume_command_says_what_its_paths_are_relative_to(tmp_p
         app = build_app(None, runs_dir=runs, workdir=tmp_path / "work", data_root=tmp_path / "data")
         said = [o[0] for o in _handler(app, "train")("images", 16, 2, 3, request=_req("p"), progress=_no_progress)]
         assert said[-1].startswith("**Stopped** after 1 epoch(s)") and relative in said[-1], said[-1]
+
+
+def test_a_session_ended_mid_request_and_begun_again_keeps_its_new_files(tmp_path):
+    from vaekit_demo.sessions import Sessions
+
+    s = Sessions(SimpleNamespace(workdir=tmp_path / "work", model="m"))
+    old = s.get(_req("a"))
+    with s.using(old):
+        (old.outputs("compress") / "old.codes").write_bytes(b"1")
+        s.end(_req("a"))  # its heartbeat dropped ...
+        new = s.get(_req("a"))  # ... and came back: a request of the same hash
+        kept = new.outputs("compress") / "new.codes"
+        kept.write_bytes(b"2")
+    assert kept.exists()  # the old request's end deleted the folder both shared
+    assert not old.folder.exists()
