@@ -6,17 +6,20 @@ copied them (it copies only after the handler returns) when another session's re
 folder, or the session ended meanwhile: the download link led nowhere. A run stopped before its first
 epoch ended said it kept a checkpoint to resume. With the runs folder outside the data folder, the page
 named a run by a path that Open refused, and a stopped run's resume command by paths "relative to the
-data folder" that were not.
+data folder" that were not. An ended session's last request, when done, deleted the folder that a
+new session of the same hash was writing into.
 """
 
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+
+from test_webcli6 import digits, run  # noqa: F401 - the tiny run inside the data root, as fixtures
 
 DEADLINE = 120.0  # seconds a test waits for a worker thread before it fails
 
@@ -86,8 +89,6 @@ def test_a_cancelled_run_stays_stopped_when_its_page_trains_again(tmp_path, monk
 
 # --- the work folder: one session's request against another's trimming, and its page closing ---------
 
-from test_webcli6 import digits, run  # noqa: E402,F401 - the tiny run inside the data root, as fixtures
-
 
 class Paused:
     """Wraps a handlers function: its first call, once it has written its files, waits for `go`."""
@@ -118,6 +119,7 @@ def _in_thread(fn, *args, **kwargs) -> dict:
     return got
 
 
+@pytest.mark.slow  # trains the tiny run (a fixture)
 def test_trimming_for_another_session_leaves_a_running_requests_files(run, digits, tmp_path, monkeypatch):  # noqa: F811
     from vaekit_demo import handlers, sessions
     from vaekit_demo.app import build_app
@@ -137,6 +139,7 @@ def test_trimming_for_another_session_leaves_a_running_requests_files(run, digit
     assert Path(code_file).is_file()  # was deleted by the other request: the download link led nowhere
 
 
+@pytest.mark.slow  # trains the tiny run (a fixture)
 def test_a_session_ended_during_a_request_still_serves_its_files_then_leaves_none(run, digits, tmp_path, monkeypatch):  # noqa: F811
     from vaekit_demo import handlers
     from vaekit_demo.app import build_app
@@ -177,6 +180,7 @@ def test_a_run_stopped_before_its_first_epoch_offers_no_resume(tmp_path, monkeyp
 
 # --- a runs folder outside the data folder (`vaekit demo --runs-dir ELSEWHERE`) ---------------------------
 
+@pytest.mark.slow  # trains the tiny run (a fixture)
 def test_a_run_in_a_runs_folder_outside_the_data_folder_opens_by_the_name_the_page_shows(run, tmp_path):  # noqa: F811
     from vaekit_demo.app import build_app
 
