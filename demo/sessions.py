@@ -88,7 +88,8 @@ class Sessions:
         with self._lock:
             s = self._known.get(key)
             if s is None:
-                s = self._known[key] = Session(self.st.workdir / f"{_folder_name(key)}-{next(self._made)}", self.st.model)
+                folder = self.st.workdir / f"{_folder_name(key)}-{next(self._made)}"
+                s = self._known[key] = Session(folder, self.st.model)
             self._known.move_to_end(key)
             forgotten = self._overflow()
         for old in forgotten:

@@ -140,7 +140,7 @@ def test_trimming_for_another_session_leaves_a_running_requests_files(run, digit
 
 
 @pytest.mark.slow  # trains the tiny run (a fixture)
-def test_a_session_ended_during_a_request_still_serves_its_files_then_leaves_none(run, digits, tmp_path, monkeypatch):  # noqa: F811
+def test_a_session_ended_mid_request_still_serves_its_files_then_leaves_none(run, digits, tmp_path, monkeypatch):  # noqa: F811
     from vaekit_demo import handlers
     from vaekit_demo.app import build_app
 
