@@ -78,7 +78,9 @@ class Context:
 
     def model_outputs(self, request: gr.Request = None) -> tuple:
         """The model widgets for the request's session (a page loading: the model opened last)."""
-        model = self.session(request).model
+        s = self.session(request)
+        s.page = True  # a page (or a script that loads as one): kept over bare REST calls' sessions
+        model = s.model
         rng = figures.threshold_range(model)
         return (handlers.describe(model, self.roots), gr.Slider(**rng),
                 figures.model_histogram(model, rng["value"]), data_folder(model, self.st.data_root))

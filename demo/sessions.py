@@ -44,6 +44,7 @@ class Session:
     has_files: bool = False
     busy: int = 0  # its requests writing files now (Sessions.using): trimming and closing leave its folder alone
     closed: bool = False  # its page was closed: the last request still writing deletes its folder
+    page: bool = False  # it loaded the page's model widgets (a page, a gradio_client script), not a bare REST call
 
     def outputs(self, button: str) -> Path:
         """An empty folder for one button's results: the last press's files are deleted first (a
@@ -124,12 +125,14 @@ class Sessions:
                 shutil.rmtree(s.folder, ignore_errors=True)
 
     def _overflow(self) -> list[Session]:
-        """Sessions beyond MAX_SESSIONS, least recently used first, that are not training (under the lock)."""
+        """Sessions beyond MAX_SESSIONS that are not training nor writing (under the lock): bare REST calls'
+        first, then pages', each least recently used first. A script's thousands of REST calls (a session
+        each) forgot an open page's session: the page showed the model it opened and used another."""
         extra = len(self._known) - MAX_SESSIONS
         if extra <= 0:
             return []
-        idle = [k for k, s in self._known.items() if not s.training.locked() and not s.busy][:extra]
-        return [self._known.pop(k) for k in idle]
+        idle = [(s.page, k) for k, s in self._known.items() if not s.training.locked() and not s.busy]
+        return [self._known.pop(k) for _, k in sorted(idle, key=lambda pk: pk[0])[:extra]]
 
     def _forget(self, s: Session) -> None:
         with self._lock:

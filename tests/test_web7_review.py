@@ -7,7 +7,8 @@ folder, or the session ended meanwhile: the download link led nowhere. A run sto
 epoch ended said it kept a checkpoint to resume. With the runs folder outside the data folder, the page
 named a run by a path that Open refused, and a stopped run's resume command by paths "relative to the
 data folder" that were not. An ended session's last request, when done, deleted the folder that a
-new session of the same hash was writing into.
+new session of the same hash was writing into. A script's thousands of bare REST calls (a session
+each) made the app forget an open page's session: the page showed its model and used another.
 """
 
 from __future__ import annotations
@@ -222,3 +223,21 @@ def test_a_session_ended_mid_request_and_begun_again_keeps_its_new_files(tmp_pat
         kept.write_bytes(b"2")
     assert kept.exists()  # the old request's end deleted the folder both shared
     assert not old.folder.exists()
+
+
+def test_a_scripts_many_rest_calls_do_not_forget_an_open_pages_model(tmp_path, monkeypatch):
+    from vaekit_demo import context, sessions
+    from vaekit_demo.app import _State
+
+    monkeypatch.setattr(sessions, "MAX_SESSIONS", 3)  # 10,000 in the app
+    figures = SimpleNamespace(threshold_range=lambda m: {"value": 0.0}, model_histogram=lambda *a: None)
+    monkeypatch.setattr(context, "figures", figures)
+    monkeypatch.setattr(context.handlers, "describe", lambda model, roots: f"model {model}")
+    ctx = context.Context(_State("started-with", tmp_path / "runs", tmp_path / "work", tmp_path, True))
+    ctx.model_outputs(_req("page"))  # the page loads ...
+    ctx.sessions.set_model(ctx.session(_req("page")), "opened")  # ... and opens another model
+    ctx.sessions.set_model(ctx.session(_req("script")), "scored-with")  # the script opens its own
+    for i in range(5):  # a script's bare REST calls (/gradio_api/call/anomaly), a session each
+        ctx.session(_req(f"rest-{i}"))
+    assert ctx.model_outputs(_req("page"))[0] == "model opened"  # was "scored-with": the page was forgotten
+    assert len(ctx.sessions._known) == 3
