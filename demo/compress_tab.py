@@ -60,7 +60,9 @@ def layout(ctx: Context) -> SimpleNamespace:
 def wire(w: SimpleNamespace, ctx: Context) -> None:
     @ctx.guard
     def compress(files, prec, request: gr.Request = None):
-        r = handlers.compress(ctx.session(request).model, files, ctx.outputs(request, "compress"), prec)
+        with ctx.outputs(request, "compress") as out:
+            r = handlers.compress(ctx.session(request).model, files, out, prec)
+            code_file = ctx.served(w.code_out, r.report.path)
         e = r.report
         summary = (f"**{e.count} image(s)** → code file of **{e.file_bytes} bytes** ({e.bytes_per_image:.1f} "
                    f"bytes/image, **{e.bits_per_pixel:.3f} bpp** at {e.image_size}×{e.image_size}; "
@@ -69,7 +71,7 @@ def wire(w: SimpleNamespace, ctx: Context) -> None:
         warn_skipped(e.skipped)
         table = [[n, _db(float(p)), round(float(s), 4)] for n, p, s in zip(r.names, r.psnr, r.ssim)]
         gallery = [(handlers.hwc(x), n) for x, n in zip(r.pairs, r.names)]
-        return gallery, summary, str(e.path), table
+        return gallery, summary, code_file, table
 
     @ctx.guard
     def decompress(code_file, request: gr.Request = None):
@@ -80,10 +82,12 @@ def wire(w: SimpleNamespace, ctx: Context) -> None:
 
     @ctx.guard
     def encode_vkc(files, level, request: gr.Request = None):
-        shown, skipped = handlers.encode_vkc(ctx.session(request).model, files, ctx.outputs(request, "vkc"), level)
+        with ctx.outputs(request, "vkc") as out:
+            shown, skipped = handlers.encode_vkc(ctx.session(request).model, files, out, level)
+            vkc = [ctx.served(w.vkc_files, v.file) for v in shown]
         warn_skipped(skipped)
         gallery = [(handlers.hwc(v.shown), f"{v.name}: .vkc {v.bytes} B | WebP {v.webp.bytes} B") for v in shown]
-        return gallery, _vkc_summary(shown, int(level)), [str(v.file) for v in shown], [_vkc_row(v) for v in shown]
+        return gallery, _vkc_summary(shown, int(level)), vkc, [_vkc_row(v) for v in shown]
 
     w.comp_btn.click(compress, [w.comp_files, w.precision], [w.comp_gallery, w.comp_summary, w.code_out, w.comp_table],
                      api_name="compress")

@@ -4,6 +4,7 @@ that could not be read."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from pathlib import Path
@@ -42,11 +43,21 @@ class Context:
     def session(self, request) -> Session:  # the session of a handler's `request: gr.Request`
         return self.sessions.get(request)
 
-    def outputs(self, request, button: str) -> Path:
-        """A fresh folder for one button's files in the request's session (its last ones deleted)."""
+    @contextlib.contextmanager
+    def outputs(self, request, button: str):
+        """A fresh folder for one button's files in the request's session (its last ones deleted), which
+        other sessions' trimming and the page closing leave alone until the block ends: hand Gradio its
+        copies (`served`) inside it."""
         s = self.session(request)
-        self.sessions.trim(s)
-        return s.outputs(button)
+        with self.sessions.using(s):
+            self.sessions.trim(s)
+            yield s.outputs(button)
+
+    @staticmethod
+    def served(component, path) -> str:
+        """Gradio's own copy of a file a handler wrote (for `component` to show), made now: Gradio made it
+        only after the handler returned, when trimming could already have deleted the file."""
+        return component.move_resource_to_block_cache(str(path))
 
     def guard(self, fn):
         return guard_errors(fn, self.roots)
@@ -67,7 +78,9 @@ class Context:
 
     def model_outputs(self, request: gr.Request = None) -> tuple:
         """The model widgets for the request's session (a page loading: the model opened last)."""
-        model = self.session(request).model
+        s = self.session(request)
+        s.page = True  # a page (or a script that loads as one): kept over bare REST calls' sessions
+        model = s.model
         rng = figures.threshold_range(model)
         return (handlers.describe(model, self.roots), gr.Slider(**rng),
                 figures.model_histogram(model, rng["value"]), data_folder(model, self.st.data_root))

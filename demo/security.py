@@ -151,8 +151,9 @@ def guarded_gradio(host: str):
 
 
 def confine(text: str, roots: list[Path], enabled: bool, what: str = "folder") -> Path:
-    """A path typed into the page, resolved (relative to the first root) and required to lie
-    inside one of `roots`; BadInput otherwise, or when server paths are switched off."""
+    """A path typed into the page, resolved (a relative one against the first root that holds it, else
+    the first) and required to lie inside one of `roots`; BadInput otherwise, or when server paths are
+    switched off."""
     if not enabled:
         raise BadInput(f"{what}s on the server are switched off: the app listens beyond this machine "
                        "(start it with --allow-server-folders to allow them)")
@@ -162,7 +163,9 @@ def confine(text: str, roots: list[Path], enabled: bool, what: str = "folder") -
         raise BadInput(f"that is not a {what} path (a NUL byte, or over 4096 characters)")
     try:
         p = Path(str(text).strip()).expanduser()
-        p = (roots[0] / p if not p.is_absolute() else p).resolve()
+        if not p.is_absolute():  # the page names a run in --runs-dir relative to it (public_path)
+            p = next((r / p for r in roots if (r / p).exists()), roots[0] / p)
+        p = p.resolve()
     except (OSError, RuntimeError, ValueError) as e:  # a name too long for the file system, a link loop
         raise BadInput(f"that {what} path cannot be read: {getattr(e, 'strerror', None) or e}") from None
     for root in roots:

@@ -4,16 +4,19 @@ Gradio gives every page load a session (`gr.Request.session_hash`; a gradio_clie
 one too). Open and Train change the model of the session that asked and the model pages opened
 later start with, never the model of a page already open; Stop stops only its own session's
 training. A session writes its files (code files, CSVs, .vkc files) in its own folder of the work
-folder, one folder per button: pressing it again replaces the last result's files. Gradio copies
-every file it serves into its own cache as the handler returns, so a download link on the page
+folder, one folder per button: pressing it again replaces the last result's files. A handler hands
+Gradio its own copy of each file before it returns (Context.served), so a download link on the page
 keeps working when the file it was made from is gone. A session's folder goes when its page is
 closed, and the least recently used sessions' folders go once more than MAX_FOLDERS sessions have
-files or the work folder holds more than MAX_BYTES (a script's sessions never close).
+files or the work folder holds more than MAX_BYTES (a script's sessions never close); never while a
+request of that session is writing them (Sessions.using).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import itertools
 import shutil
 import threading
 from collections import OrderedDict
@@ -39,6 +42,9 @@ class Session:
     stop: threading.Event = field(default_factory=threading.Event)  # its Stop button
     training: threading.Lock = field(default_factory=threading.Lock)  # held while its training runs
     has_files: bool = False
+    busy: int = 0  # its requests writing files now (Sessions.using): trimming and closing leave its folder alone
+    closed: bool = False  # its page was closed: the last request still writing deletes its folder
+    page: bool = False  # it loaded the page's model widgets (a page, a gradio_client script), not a bare REST call
 
     def outputs(self, button: str) -> Path:
         """An empty folder for one button's results: the last press's files are deleted first (a
@@ -52,7 +58,10 @@ class Session:
     def begin_training(self) -> None:
         if not self.training.acquire(blocking=False):
             raise BadInput("a training run is already going on this page: press Stop, or wait until it is done")
-        self.stop.clear()  # a Stop pressed before this run began is not meant for it
+        # A flag of this run's own, not the last one's cleared: a Stop pressed before this run began is
+        # not meant for it, and a run whose page let go of it (a cancelled request: the lock is free
+        # before its worker sees the flag) must stay stopped, not train on unseen beside this one.
+        self.stop = threading.Event()
 
 
 def _folder_name(session_hash: str) -> str:
@@ -67,6 +76,8 @@ class Sessions:
         self.st = st
         self._lock = threading.Lock()
         self._known: OrderedDict[str, Session] = OrderedDict()
+        self._made = itertools.count()  # a folder per Session, not per hash: an ended one's last request
+        # deletes its folder when done, and a request of that hash meanwhile starts a new Session
         self._local = Session(st.workdir / "local", st.model)  # calls with no request: tests, scripts
 
     def get(self, request) -> Session:
@@ -78,7 +89,8 @@ class Sessions:
         with self._lock:
             s = self._known.get(key)
             if s is None:
-                s = self._known[key] = Session(self.st.workdir / _folder_name(key), self.st.model)
+                folder = self.st.workdir / f"{_folder_name(key)}-{next(self._made)}"
+                s = self._known[key] = Session(folder, self.st.model)
             self._known.move_to_end(key)
             forgotten = self._overflow()
         for old in forgotten:
@@ -97,18 +109,38 @@ class Sessions:
         if s is not None:
             self._forget(s)
 
+    @contextlib.contextmanager
+    def using(self, s: Session):
+        """While a request of `s` writes its files and hands them to Gradio: another session's request
+        (trimming) or the page closing deleted them under it, and the download link led nowhere."""
+        with self._lock:
+            s.busy += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                s.busy -= 1
+                gone = s.closed and not s.busy
+            if gone:  # the page closed meanwhile: what this request wrote went on the disk for good
+                shutil.rmtree(s.folder, ignore_errors=True)
+
     def _overflow(self) -> list[Session]:
-        """Sessions beyond MAX_SESSIONS, least recently used first, that are not training (under the lock)."""
+        """Sessions beyond MAX_SESSIONS that are not training nor writing (under the lock): bare REST calls'
+        first, then pages', each least recently used first. A script's thousands of REST calls (a session
+        each) forgot an open page's session: the page showed the model it opened and used another."""
         extra = len(self._known) - MAX_SESSIONS
         if extra <= 0:
             return []
-        idle = [k for k, s in self._known.items() if not s.training.locked()][:extra]
-        return [self._known.pop(k) for k in idle]
+        idle = [(s.page, k) for k, s in self._known.items() if not s.training.locked() and not s.busy]
+        return [self._known.pop(k) for _, k in sorted(idle, key=lambda pk: pk[0])[:extra]]
 
-    @staticmethod
-    def _forget(s: Session) -> None:
+    def _forget(self, s: Session) -> None:
+        with self._lock:
+            s.closed = True
+            busy = s.busy
         s.stop.set()
-        shutil.rmtree(s.folder, ignore_errors=True)
+        if not busy:  # else the last request writing deletes it (using)
+            shutil.rmtree(s.folder, ignore_errors=True)
 
     def trim(self, current: Session) -> None:
         """Keep the files of the MAX_FOLDERS most recently used sessions only, and the work folder
@@ -118,8 +150,11 @@ class Sessions:
         for i, s in enumerate(others):
             if len(others) - i < MAX_FOLDERS and _size(self.st.workdir) <= MAX_BYTES:
                 return
-            shutil.rmtree(s.folder, ignore_errors=True)
-            s.has_files = False
+            with self._lock:  # a request of s starting now waits: it would write into a folder going away
+                if s.busy:
+                    continue
+                shutil.rmtree(s.folder, ignore_errors=True)
+                s.has_files = False
 
 
 def _size(folder: Path) -> int:

@@ -71,15 +71,27 @@ def _train_message(ev, rows: list[dict], n_epochs, out: Path, folder, ctx: Conte
     m, public = ev.metrics, ctx.public
     if ev.phase == "epoch":
         return f"Training `{public(out)}`: epoch {m['epoch']}/{n_epochs}, validation loss {m['val_loss']:.2f} nats/image"
+    if ev.phase == "stopped" and not rows:  # no checkpoint yet: --resume says "nothing to resume"
+        return f"**Stopped** before the first epoch ended: `{public(out)}` holds no checkpoint; press Train to start again."
     if ev.phase == "stopped":
         return (f"**Stopped** after {len(rows) // 2} epoch(s). `{public(out)}` keeps its last checkpoint: "
                 f"continue it with `vaekit train {public(folder)} --out {public(out)} --resume` "
-                "(paths relative to the data folder).")
+                f"({_relative_to(out, ctx)}).")
     if ev.phase == "done":
         r = ev.result
         return (f"**Done**: `{public(r.run_dir)}`, {r.epochs_done} epochs, trained in {r.seconds:.1f} s, best validation "
                 f"loss {r.best_val:.2f} nats/image (epoch {r.best_epoch}); it is now this page's model.")
     return None
+
+
+def _relative_to(out: Path, ctx: Context) -> str:
+    """What the paths of a resume command are relative to (`public` shows a run in --runs-dir outside the
+    data folder relative to the runs folder: "relative to the data folder" sent the command elsewhere)."""
+    try:
+        out.resolve().relative_to(ctx.st.data_root.resolve())
+        return "paths relative to the data folder"
+    except ValueError:
+        return "the images' path relative to the data folder, the run's to the runs folder (--runs-dir)"
 
 
 def _wire_train(w: SimpleNamespace, ctx: Context) -> None:
@@ -160,7 +172,9 @@ def _wire_anomaly(w: SimpleNamespace, ctx: Context) -> None:
     @ctx.guard
     def anomaly(files, thr, request: gr.Request = None, button: str = "anomaly"):
         model = ctx.session(request).model
-        r = handlers.anomaly(model, files, thr, ctx.outputs(request, button))
+        with ctx.outputs(request, button) as out:
+            r = handlers.anomaly(model, files, thr, out)
+            csv = ctx.served(w.csv_out, r.csv)
         warn_skipped(r.skipped)
         n_bad = int(r.anomalous.sum())
         unit = score_unit(model.info.score)
@@ -168,7 +182,7 @@ def _wire_anomaly(w: SimpleNamespace, ctx: Context) -> None:
         lines += [f"- `{n}`: score **{s:.2f}** {unit} → {'**anomalous**' if a else 'normal'}"
                   for n, s, a in list(zip(r.names, r.scores, r.anomalous))[:10]]
         gallery = [(handlers.hwc(o), f"{n}: {s:.1f}") for o, n, s in zip(r.overlays, r.names, r.scores)]
-        return "\n".join(lines), figures.model_histogram(model, r.threshold, r), gallery, r.table(), str(r.csv)
+        return "\n".join(lines), figures.model_histogram(model, r.threshold, r), gallery, r.table(), csv
 
     def rethreshold(files, thr, request: gr.Request = None):
         model = ctx.session(request).model
