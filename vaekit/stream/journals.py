@@ -288,8 +288,9 @@ class Journal:
         """Remove the journal when this run started it and no batch is in it yet, so a job refused
         or failed before its first batch (a heat map in the way, a model file of another model)
         leaves no OUT.partial to block the next run: it holds no work. An earlier run's journal,
-        or one with batches, stays for --resume."""
-        if not self._closed and not self.resumed and not self.done:
+        or one with batches, stays for --resume; so does one with a part of its first batch in:
+        that part's heat maps or PNGs are on disk, and only a resume takes them as the job's own."""
+        if not self._closed and not self.resumed and not self.done and self._part is None:
             self.remove()
 
     def remove(self) -> None:
