@@ -7,6 +7,7 @@ own functions, and the CLI through Typer's runner for the resume a user types.
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import numpy as np
@@ -82,5 +83,51 @@ def test_reconstructions_of_a_part_written_before_a_failure_in_the_first_slice_a
             reconstruct_to_folder(model, images, out, batch_size=8)
     assert sorted(p.name for p in out.glob("*.png")) == ["f00.png", "f01.png"]
     r = _cli("reconstruct", run, images, "-o", out, "--batch-size", 8, "--resume")
+    assert r.exit_code == 0, r.output
+    assert len(list(out.glob("f*.png"))) == 6 and (out / "comparison.png").exists()
+
+
+def _disk_full_at(n: int, monkeypatch) -> None:
+    """Every PNG vaekit writes from the n-th on fails as on a full disk."""
+    from vaekit import images as imageio
+
+    real, calls = imageio.save_png, []
+
+    def full(x, path):
+        calls.append(path)
+        if len(calls) >= n:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(x, path)
+
+    monkeypatch.setattr(imageio, "save_png", full)
+
+
+def test_a_disk_full_among_the_first_heat_maps_says_so_and_keeps_the_journal_for_resume(runs, tmp_path, monkeypatch):
+    """The 2nd heat map of the first slice failed: an OSError traceback, exit 3 (the heat maps were
+    written outside the journal's naming of failed writes), the journal abandoned, and the resume
+    then refused the first heat map as a file in the way (exit 2)."""
+    run, images = runs[1], _images(tmp_path / "q", 6)
+    out, maps = tmp_path / "o.csv", tmp_path / "maps"
+    args = ["anomaly-score", run, images, "-o", out, "--maps", maps, "--batch-size", 4, "--score", "neg_elbo"]
+    with monkeypatch.context() as m:
+        _disk_full_at(2, m)
+        r = _cli(*args)
+    assert r.exit_code == 2 and f"cannot write {maps}: No space left on device" in r.output, r.output
+    assert "Traceback" not in r.output and Path(f"{out}.partial").exists()
+    r = _cli(*args, "--resume")
+    assert r.exit_code == 0, r.output
+    assert out.read_text().count("\n") == 7 and len(list(maps.rglob("*.png"))) == 6
+
+
+def test_a_disk_full_among_the_first_reconstructions_says_so_and_keeps_the_journal_for_resume(runs, tmp_path,
+                                                                                               monkeypatch):
+    run, images = runs[1], _images(tmp_path / "q", 6)
+    out = tmp_path / "rec"
+    args = ["reconstruct", run, images, "-o", out, "--batch-size", 4]
+    with monkeypatch.context() as m:
+        _disk_full_at(2, m)
+        r = _cli(*args)
+    assert r.exit_code == 2 and f"cannot write {out / 'f01.png'}: No space left on device" in r.output, r.output
+    r = _cli(*args, "--resume")
     assert r.exit_code == 0, r.output
     assert len(list(out.glob("f*.png"))) == 6 and (out / "comparison.png").exists()
