@@ -1,5 +1,6 @@
 """Review of memory bounded by pixels (vaekit.stream: a slice over BATCH_PIXELS comes in parts):
-what a job stopped or failing between the parts of a slice leaves behind, and what it reads back.
+what a job stopped or failing between the parts of a slice, or halfway through a batch's heat maps
+or PNGs (a full disk), leaves behind, what it says, and what its --resume reads back.
 
 Real components: PNGs in tmp_path, untrained 16 px models (export_support.random_run), the jobs'
 own functions, and the CLI through Typer's runner for the resume a user types.
@@ -131,3 +132,12 @@ def test_a_disk_full_among_the_first_reconstructions_says_so_and_keeps_the_journ
     r = _cli(*args, "--resume")
     assert r.exit_code == 0, r.output
     assert len(list(out.glob("f*.png"))) == 6 and (out / "comparison.png").exists()
+
+
+def test_a_disk_full_among_heat_maps_without_an_output_file_says_so(runs, tmp_path, monkeypatch):
+    """Without -o (no journal) the same failure was a traceback and exit 3 too."""
+    run, images, maps = runs[1], _images(tmp_path / "q", 3), tmp_path / "maps"
+    with monkeypatch.context() as m:
+        _disk_full_at(2, m)
+        r = _cli("anomaly-score", run, images, "--maps", maps, "--score", "neg_elbo")
+    assert r.exit_code == 2 and f"cannot write {maps}: No space left on device" in r.output, r.output
