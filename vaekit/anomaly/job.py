@@ -123,7 +123,9 @@ class _Sink:
 
     def write(self, b) -> None:
         if self.maps_dir is not None and b.rows:
-            self.maps += len(save_maps(self.maps_dir, [self.targets[i] for i in b.positions], b.images, b.maps))
+            where = self.maps_dir  # a full disk is "cannot write MAPS" (exit 2), and the journal stays
+            with self.journal.writing(where) if self.journal is not None else naming_failed_writes(where):
+                self.maps += len(save_maps(self.maps_dir, [self.targets[i] for i in b.positions], b.images, b.maps))
         skipped = [(str(p), r) for p, r in b.skipped]
         if self.journal is not None:
             with naming_failed_writes(Path(self.out)):

@@ -227,7 +227,8 @@ def _run(model: "Model", found: stream.Inputs, journal, layout: Layout, targets:
     def write(item) -> None:
         b, pngs, rows = item
         for img, path in pngs:
-            imageio.save_png(img, path)
+            with journal.writing(path):
+                imageio.save_png(img, path)
         with naming_failed_writes(journal.out):  # after its PNGs: a batch in the journal is a batch done
             journal.append(b.index, rows, [(str(p), r) for p, r in b.skipped])
 

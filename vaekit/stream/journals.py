@@ -141,6 +141,7 @@ class Journal:
         self.layout, self.row_check = layout, row_check
         self.done: set[int] = set()
         self._part: tuple[int, list, list] | None = None  # a batch whose parts are not all in yet
+        self._wrote = False  # a batch's own files (heat maps, PNGs) were begun: kept for --resume (`abandon`)
         self.resumed = False  # True: continues an earlier run's journal
         self._synced, self._closed, self._dirty, locked = time.monotonic(), False, False, False
         created = not os.path.lexists(self.path)
@@ -262,6 +263,15 @@ class Journal:
         self._part = None
         return rows, skipped
 
+    @contextmanager
+    def writing(self, where: Path) -> Iterator[None]:
+        """Around the writing of a batch's own files (heat maps, PNGs), before its line: from then on
+        the journal stays for --resume, which writes them again as its own, even if no line follows
+        (a stop between two parts, a full disk); an OSError inside is CannotWrite naming `where`."""
+        self._wrote = True
+        with naming_failed_writes(where):
+            yield
+
     def entries(self) -> Iterator[dict]:
         """Every batch entry, in the order written."""
         lines = read_lines(self._fd)
@@ -288,8 +298,10 @@ class Journal:
         """Remove the journal when this run started it and no batch is in it yet, so a job refused
         or failed before its first batch (a heat map in the way, a model file of another model)
         leaves no OUT.partial to block the next run: it holds no work. An earlier run's journal,
-        or one with batches, stays for --resume."""
-        if not self._closed and not self.resumed and not self.done:
+        or one with batches, stays for --resume; so does one whose job has begun writing a batch's
+        files (`writing`: a part of its first slice, or a disk that filled up halfway through its
+        heat maps): they are on disk, and only a resume takes them as the job's own."""
+        if not self._closed and not self.resumed and not self.done and not self._wrote:
             self.remove()
 
     def remove(self) -> None:
