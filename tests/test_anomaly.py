@@ -14,7 +14,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from sklearn.metrics import average_precision_score, f1_score, roc_auc_score, roc_curve
 
 import vaekit
 from vaekit import anomaly
@@ -136,6 +135,8 @@ def test_excess_is_neg_elbo_minus_the_floor_and_never_negative(model, test_image
 
 
 def test_anomalous_parts_score_higher_than_normal_ones(model, test_images):
+    from sklearn.metrics import roc_auc_score
+
     good, bad = test_images
     g, b = model.score(good).score, model.score(bad).score
     # another object (here the normal parts in negative) is what the default score is built to find
@@ -425,6 +426,8 @@ def test_heat_maps_mirror_the_input_names(parts, model, tmp_path):
 # --- evaluation ------------------------------------------------------------------------------
 
 def test_metrics_agree_with_scikit_learn_on_a_hand_made_case():
+    from sklearn.metrics import average_precision_score, f1_score, roc_auc_score, roc_curve
+
     labels = [0, 0, 0, 1, 1, 1]
     scores = [1.0, 2.0, 4.0, 3.0, 5.0, 6.0]
     m = anomaly.image_metrics(labels, scores, threshold=3.5)
@@ -447,6 +450,8 @@ def test_metrics_agree_with_scikit_learn_on_a_hand_made_case():
 
 
 def test_evaluate_on_labelled_folders_with_masks(parts, model):
+    from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
+
     root = parts[0]
     ev = anomaly.evaluate(model, root / "test" / "normal", root / "test" / "anomalous", masks=root / "test" / "masks")
     good = model.score(model.load_images(root / "test" / "normal").images).score
@@ -471,6 +476,8 @@ def test_evaluate_on_labelled_folders_with_masks(parts, model):
 
 
 def test_pixel_roc_in_buckets_is_the_exact_auroc_up_to_values_within_one_part_in_2048():
+    from sklearn.metrics import roc_auc_score
+
     from vaekit.anomaly.pixel_roc import PixelRoc
 
     rng = np.random.default_rng(0)

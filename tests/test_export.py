@@ -8,7 +8,6 @@ import re
 import shutil
 
 import numpy as np
-import onnx
 import pytest
 from typer.testing import CliRunner
 
@@ -24,10 +23,14 @@ def ex(tmp_path_factory):
 
 
 def metadata(path) -> dict[str, str]:
+    import onnx  # here, not at the top: `dev.py test --fast` collects this slow module too (onnx: ~1.5 s a worker)
+
     return {p.key: p.value for p in onnx.load(str(path)).metadata_props}
 
 
 def test_export_writes_three_self_contained_graphs_with_a_dynamic_batch(ex):
+    import onnx
+
     from vaekit.export import IO
 
     folder = ex.onnx.parent
@@ -228,6 +231,8 @@ def test_phase_rewrite_computes_the_same_transposed_convolution(c_in, c_out, h, 
 
 
 def test_export_traces_the_rewritten_decoder_and_leaves_the_torch_model_alone(ex):
+    import onnx
+
     from vaekit.inference.engine_torch import TorchModel
     from vaekit.export.rewrite import TapSumConv, for_onnx
 
@@ -250,6 +255,8 @@ def squash(text: str) -> str:
 
 
 def test_cli_export_int8_reports_parity_and_the_score_change(ex):
+    import onnx
+
     import vaekit
 
     # no -o: the run's name + .onnx, next to the run directory
