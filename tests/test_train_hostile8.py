@@ -1,18 +1,25 @@
 """`vaekit train` attacked by a careless or hostile user: torchrun ranks that must fail together
-when rank 0 refuses."""
+when rank 0 refuses, and a resume that must not adopt another run's metrics.jsonl."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from test_distributed import write_rectangles
+from test_train import MODEL, make_blobs, tcfg
+from vaekit.train import train
+from vaekit_cli.main import app
 
+runner = CliRunner()
 ARGS = ["--image-size", "16", "--latent-dim", "4", "--base-channels", "4", "--batch-size", "8", "--device", "cpu",
         "--folds", "0", "--layout", "vector", "--epochs", "1"]
 
@@ -62,3 +69,49 @@ def test_under_torchrun_an_empty_folder_is_one_line_on_every_rank(tmp_path, env)
     lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert done.returncode != 0 and len(lines) == 2 and "no image files" in lines[0], done.stderr
     assert not (tmp_path / "run").exists()
+
+
+def _stopped_run(blobs: Path, out: Path, seed: int = 0) -> None:
+    """A run of 3 epochs stopped in its second (20 training images, batch 8: 3 steps an epoch)."""
+    steps = iter(range(100))
+    result, _ = train(blobs, out, MODEL, tcfg(epochs=3, seed=seed), should_stop=lambda: next(steps) >= 4)
+    assert result.stopped and result.epochs_done == 1
+
+
+@pytest.fixture(scope="module")
+def blobs(tmp_path_factory):
+    return make_blobs(tmp_path_factory.mktemp("blobs"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["another run's", "edited", "cut short"])
+def test_resume_refuses_a_metrics_file_the_checkpoint_was_not_written_with(blobs, tmp_path, how):
+    """--resume kept the first history_len rows of whatever metrics.jsonl it found and appended to
+    them: a file copied in from another run became this run's history."""
+    run = tmp_path / "run"
+    _stopped_run(blobs, run)
+    metrics = run / "metrics.jsonl"
+    if how == "another run's":
+        _stopped_run(blobs, tmp_path / "other", seed=1)
+        shutil.copyfile(tmp_path / "other" / "metrics.jsonl", metrics)
+    elif how == "edited":
+        row = json.loads(metrics.read_text())
+        metrics.write_text(json.dumps({**row, "train_loss": row["train_loss"] / 2}) + "\n")
+    else:
+        metrics.write_text("")
+    before = metrics.read_bytes()
+    done = runner.invoke(app, ["train", str(blobs), "--out", str(run), "--resume"])
+    assert done.exit_code == 2, done.output
+    assert "metrics.jsonl" in done.output and "Traceback" not in done.output
+    assert metrics.read_bytes() == before
+
+
+@pytest.mark.slow
+def test_resume_with_its_own_metrics_still_appends_to_them(blobs, tmp_path):
+    run = tmp_path / "run"
+    _stopped_run(blobs, run)
+    first = (run / "metrics.jsonl").read_text()
+    done = runner.invoke(app, ["train", str(blobs), "--out", str(run), "--resume"])
+    assert done.exit_code == 0, done.output
+    rows = (run / "metrics.jsonl").read_text()
+    assert rows.startswith(first) and [json.loads(r)["epoch"] for r in rows.splitlines()] == [1, 2, 3]
