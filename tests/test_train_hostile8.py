@@ -115,3 +115,18 @@ def test_resume_with_its_own_metrics_still_appends_to_them(blobs, tmp_path):
     assert done.exit_code == 0, done.output
     rows = (run / "metrics.jsonl").read_text()
     assert rows.startswith(first) and [json.loads(r)["epoch"] for r in rows.splitlines()] == [1, 2, 3]
+
+
+def test_ctrl_c_while_the_lock_is_taken_leaves_no_folder_behind(blobs, tmp_path, monkeypatch):
+    """A Ctrl-C right after the lock file was made (while its holder is written) left --out
+    behind, holding .vaekit.lock: a stray folder, and a lock file in it."""
+    from vaekit.training import runlock
+
+    def interrupted(fd, length):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runlock.os, "ftruncate", interrupted)
+    out = tmp_path / "new" / "run"
+    done = runner.invoke(app, ["train", str(blobs), "--out", str(out), *ARGS])
+    assert done.exit_code != 0 and isinstance(done.exception, (KeyboardInterrupt, SystemExit)), done.output
+    assert not (tmp_path / "new").exists()
