@@ -5,6 +5,7 @@ leaves a complete state that --resume can trust."""
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from pathlib import Path
 
@@ -92,7 +93,7 @@ def _check_checkpoint_meta(meta: dict, path: Path) -> None:
 
 
 def pack_state(model, optimizer, scaler, epoch: int, best: dict, history_len: int,
-                copy: bool = False) -> tuple[dict, dict]:
+               copy: bool = False, history: list[dict] | None = None) -> tuple[dict, dict]:
     """What a checkpoint holds, (tensors, meta): the weights, the optimiser's state, the RNG states
     and the loop's bookkeeping; `copy`: tensors cloned, to be written later (the state moves on)."""
     keep = (lambda t: t.detach().clone()) if copy else (lambda t: t)  # noqa: E731
@@ -109,10 +110,29 @@ def pack_state(model, optimizer, scaler, epoch: int, best: dict, history_len: in
         "epoch": epoch,
         "best": best,
         "history_len": history_len,
+        # names the metrics.jsonl rows (`history`) written with it: another run's file is refused on resume
+        "history_sha256": None if history is None else history_digest(history[:history_len]),
         "param_groups": opt["param_groups"],
         "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
     }
     return tensors, meta
+
+
+def history_digest(rows: list[dict]) -> str:
+    """sha256 of metric rows as metrics.jsonl holds them (one JSON object a line)."""
+    return hashlib.sha256("".join(json.dumps(r) + "\n" for r in rows).encode()).hexdigest()
+
+
+def resumed_history(rows: list[dict], meta: dict, path: Path) -> list[dict]:
+    """The rows of metrics.jsonl (`rows`, read from `path`) the checkpoint was written with: fewer,
+    or others (a file copied in from another run, or edited), is RunError rather than a history
+    a resume would append to. A checkpoint from before the digest only counts them."""
+    kept = rows[: meta["history_len"]]
+    digest = meta.get("history_sha256")
+    if len(kept) < meta["history_len"] or (digest is not None and history_digest(kept) != digest):
+        raise RunError(f"{path} is not the one this run's checkpoint was written with (another run's, or edited); "
+                       "--resume appends to its own metrics only: put the run's own file back, or start a new run")
+    return kept
 
 
 def unpack_state(tensors: dict, meta: dict, model, optimizer, scaler) -> None:

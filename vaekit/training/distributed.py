@@ -72,3 +72,28 @@ def barrier(d: Dist) -> None:
         dist.barrier()
 
 
+
+
+def agree(d: Dist, error: Exception | None) -> None:
+    """Every process says whether its part failed; if any did, every one raises: the failing
+    process its own exception, the others the first failure's VaekitError (the same one line
+    and exit code), so under torchrun no rank is left waiting on one that has given up (rank 0
+    alone takes the run's lock and reads the images). In a world of one, `error` is raised."""
+    if d.world <= 1:
+        if error is not None:
+            raise error
+        return
+    import torch.distributed as dist
+
+    from vaekit.errors import VaekitError
+
+    said = [None] * d.world
+    mine = None if error is None else (error if isinstance(error, VaekitError) else f"{type(error).__name__}: {error}")
+    dist.all_gather_object(said, mine)
+    if error is not None:
+        raise error
+    rank, first = next(((r, e) for r, e in enumerate(said) if e is not None), (None, None))
+    if isinstance(first, VaekitError):
+        raise first
+    if first is not None:  # a bug on that rank: its traceback is there, not here
+        raise RuntimeError(f"rank {rank} failed: {first}")

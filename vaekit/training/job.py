@@ -16,12 +16,12 @@ from typing import Callable
 import numpy as np
 
 from vaekit.config import RESUMABLE, SESSION, ModelConfig, TrainConfig, from_dict, from_stored_model, surface_sizes
-from vaekit.errors import BadInput
+from vaekit.errors import BadInput, VaekitError
 from vaekit.fileio import refuse_inside
 from vaekit.progress import Progress
 from vaekit.training import rundir
 from vaekit.training.data import Dataset, auto_image_size, choose_model, image_statistics, load_dataset, probe_layout
-from vaekit.training.distributed import barrier, init_distributed, pick_device
+from vaekit.training.distributed import agree, init_distributed, pick_device
 from vaekit.training.loop import TrainResult, fit
 from vaekit.training.runlock import locked
 
@@ -95,11 +95,45 @@ def train(
     locked while training, so a second process on it gets InUse.
     """
     out_dir = Path(out_dir)
-    refuse_inside(out_dir, [data_dir, *_linked_folders(data_dir)], "--out")
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     rank0 = int(os.environ.get("RANK", "0") or 0) == 0  # torchrun: rank 0 holds the lock for all
-    with locked(out_dir) if rank0 else contextlib.nullcontext():
-        return _train(data_dir, out_dir, model_cfg, train_cfg, channels, resume, overwrite, cache_dir, workers,
-                      progress, resume_epochs, resume_changes, should_stop)
+    with contextlib.ExitStack() as held:
+        failed = None
+        try:
+            refuse_inside(out_dir, [data_dir, *_linked_folders(data_dir)], "--out")
+            if rank0:
+                held.enter_context(locked(out_dir))
+        except VaekitError as e:
+            if world <= 1:
+                raise
+            failed = e  # told to the other ranks below, which would otherwise wait for rank 0
+        try:  # read-only; under torchrun rank 0 makes them even when refused, to join on the same device
+            stored, model_cfg, train_cfg, channels = _checked(out_dir, model_cfg, train_cfg, channels, resume, overwrite,
+                                                              resume_epochs, resume_changes)
+        except VaekitError as e:
+            if world <= 1:
+                raise
+            failed, stored = failed or e, None
+        # Every rank has made the checks above before rank 0 writes anything (agree waits for
+        # all), so no rank takes rank 0's fresh files for an old run.
+        dist = init_distributed(pick_device(train_cfg.device))
+        agree(dist, failed)
+        return _train(data_dir, out_dir, dist, stored, model_cfg, train_cfg, channels, resume, overwrite, cache_dir,
+                      workers, progress, should_stop)
+
+
+def _checked(out_dir, model_cfg, train_cfg, channels, resume, overwrite, resume_epochs, resume_changes):
+    """(stored config or None, model config, train config, channels): on resume the run's own,
+    with the changes it allows; else the given ones, once --out is known to take a new run."""
+    if not resume:
+        rundir.prepare_out(out_dir, overwrite, write=False)
+        return None, model_cfg, train_cfg, channels
+    stored = rundir.read_config(out_dir)
+    changes = dict(resume_changes or {})
+    if resume_epochs:
+        changes["epochs"] = resume_epochs
+    model_cfg, train_cfg = _resumed_configs(stored, out_dir, changes)
+    return stored, model_cfg, train_cfg, model_cfg.channels
 
 
 def _other_images(data: Dataset, out_dir: Path, root) -> str:
@@ -125,21 +159,8 @@ def _linked_folders(data_dir) -> list[Path]:
     return linked
 
 
-def _train(data_dir, out_dir, model_cfg, train_cfg, channels, resume, overwrite, cache_dir, workers, progress,
-           resume_epochs, resume_changes, should_stop=None):
-    if resume:
-        stored = rundir.read_config(out_dir)
-        changes = dict(resume_changes or {})
-        if resume_epochs:
-            changes["epochs"] = resume_epochs
-        model_cfg, train_cfg = _resumed_configs(stored, out_dir, changes)
-        channels = model_cfg.channels
-    else:
-        rundir.prepare_out(out_dir, overwrite, write=False)
-
-    # Under torchrun every rank has made the checks above before rank 0 writes anything (it
-    # first passes the barrier below), so no rank takes rank 0's fresh files for an old run.
-    dist = init_distributed(pick_device(train_cfg.device))
+def _train(data_dir, out_dir, dist, stored, model_cfg, train_cfg, channels, resume, overwrite, cache_dir, workers,
+           progress, should_stop=None):
     if not dist.main:
         progress = None
 
@@ -159,10 +180,13 @@ def _train(data_dir, out_dir, model_cfg, train_cfg, channels, resume, overwrite,
             model_cfg = replace(model_cfg, layout=layout,
                                 **(surface_sizes(side) if layout == "grid" else {"image_size": side}))
     # The first rank on each machine fills the pixel cache; the others then find it there.
-    data = None
+    data, failed = None, None
     if dist.local_rank == 0:
-        data = load_dataset(data_dir, model_cfg.reads_at, channels, cache_dir, workers, progress)
-    barrier(dist)
+        try:
+            data = load_dataset(data_dir, model_cfg.reads_at, channels, cache_dir, workers, progress)
+        except Exception as e:  # noqa: BLE001 - agree re-raises it here and tells the others
+            failed = e
+    agree(dist, failed)
     if data is None:
         data = load_dataset(data_dir, model_cfg.reads_at, channels, cache_dir, workers)
     if not resume and dist.main:  # once the images are known to be usable: a refused run writes nothing

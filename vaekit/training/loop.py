@@ -112,8 +112,8 @@ def fit(data: Dataset, out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCo
             best = {"epoch": epoch, "val": row["val_loss"], "weights": rundir.fingerprint(trainer.model.state_dict())}
         if dist.main:
             _save_epoch(trainer, out_dir, epoch, best, history, improved, resume and epoch == start_epoch, saving)
-            pending = None if saving else (epoch, *pack_state(trainer.model, trainer.optimizer, trainer.scaler, epoch,
-                                                               best, len(history), copy=True), list(history))
+            pending = None if saving else (epoch, *pack_state(trainer.model, trainer.optimizer, trainer.scaler, epoch, best,
+                                                               len(history), copy=True, history=history), list(history))
         if progress and dist.main:
             progress(epoch + 1, train_cfg.epochs, phase="epoch", **row)
 
@@ -202,7 +202,8 @@ def _begin(trainer: Trainer, out_dir: Path, data: Dataset, splits, resume: bool)
     start_epoch = meta["epoch"] + 1
     if cfg.epochs < start_epoch:
         raise BadInput(f"{out_dir} has already trained {start_epoch} epochs; --epochs {cfg.epochs} would go back")
-    return start_epoch, meta["best"], rundir.read_metrics(out_dir)[: meta["history_len"]]
+    return start_epoch, meta["best"], checkpoint.resumed_history(rundir.read_metrics(out_dir), meta,
+                                                                 out_dir / rundir.METRICS)
 
 
 CHECKPOINT_STEPS = 50  # TrainConfig.checkpoint_every=0: a checkpoint at least this many steps apart
@@ -236,7 +237,8 @@ def _save_epoch(trainer: Trainer, out_dir: Path, epoch: int, best: dict, history
     if improved:
         rundir.save_tensors(out_dir / rundir.WEIGHTS, trainer.model.state_dict(), {"epoch": epoch})
     if saving:
-        tensors, meta = pack_state(trainer.model, trainer.optimizer, trainer.scaler, epoch, best, len(history))
+        tensors, meta = pack_state(trainer.model, trainer.optimizer, trainer.scaler, epoch, best, len(history),
+                                   history=history)
         _write_state(out_dir, epoch, tensors, meta, history)
 
 

@@ -41,14 +41,14 @@ def locked(run_dir: Path):
         if not try_lock(fd):
             raise InUse(f"{run_dir} is in use by process {_holder(fd)} (another vaekit train); "
                         "wait for it to finish or choose another --out")
-        os.ftruncate(fd, 0)
-        os.lseek(fd, 0, os.SEEK_SET)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        try:
+        try:  # a Ctrl-C while the holder is written is cleaned up too
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, f"{os.getpid()}\n".encode())
             yield
         except BaseException:
-            # refused before anything was written: leave no trace, least of all a lock file in a
-            # folder of the user's
+            # refused or interrupted before anything was written: leave no trace, least of all a
+            # lock file in a folder of the user's
             if made_lock and not (run_dir / MARKER).exists():
                 path.unlink(missing_ok=True)
                 for d in created:  # and the folders made for it, if nothing else went there
