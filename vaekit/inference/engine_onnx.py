@@ -227,6 +227,13 @@ class OnnxModel(Model):
                 raise OnnxModelError(
                     f"{path} belongs to another model (fingerprint {meta.get('vaekit.fingerprint')}, "
                     f"{self.path.name} has {self.info.fingerprint}); export again to get a matching set")
+            # an int8 export and an fp32 export of one run share the fingerprint: a part of the one beside the
+            # main file of the other was used unnoticed (the reader stays float32 in both, so it may come from either)
+            quant = meta.get("vaekit.quantization", "none")
+            if role != "reader" and quant != self.config["quantization"]:
+                raise OnnxModelError(
+                    f"{path} is from another export of this model (quantization {quant!r}, {self.path.name} has "
+                    f"{self.config['quantization']!r}); export again to get a matching set")
             self._check_part_graph(sess, role, path)
             self._sessions[role] = sess
         return self._sessions[role]
