@@ -5,7 +5,10 @@ and nothing is written."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -90,3 +93,49 @@ def test_an_output_inside_the_run_directory_is_refused_before_the_trace(tmp_path
     r = _cli("export", run, "-o", run / "m.onnx")
     assert r.exit_code == 2 and "inside the model's run directory" in r.output and "Traceback" not in r.output
     assert sorted(p.name for p in run.rglob("*")) == before
+
+
+def _reseal(path: Path, **meta) -> None:
+    """Rewrite `path` with some vaekit metadata changed and a valid seal: what another export
+    (of the same weights, with other settings) would have written."""
+    import onnx
+
+    from vaekit.export.metadata import sealed
+
+    proto = onnx.load(str(path))
+    props = {p.key: p.value for p in proto.metadata_props}
+    onnx.helper.set_model_props(proto, {**props, **meta})
+    path.write_bytes(sealed(proto))
+
+
+@pytest.mark.slow
+def test_a_defect_reader_of_another_export_of_the_same_weights_is_refused(tmp_path):
+    """Two runs trained alike but with other reader settings share the VAE's weights and its
+    fingerprint (seen: two surfaces, readers of 40 and 20 steps): the one's s.reader.onnx beside
+    the other's s.onnx scored with the other's threshold, 0.50 against a threshold of 0.5003."""
+    import json
+
+    from PIL import Image
+
+    from surface_support import train_surface
+    from vaekit.export import export
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "train").mkdir()
+    for i in range(24):
+        img = 128 + 60 * np.sin(np.arange(48) / 2.0 + rng.uniform(0, 6.3))[None, :] + rng.normal(0, 12, (48, 48))
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(tmp_path / "train" / f"s_{i:03d}.png")
+    run = train_surface(tmp_path / "train", tmp_path / "run", epochs=1, reader_steps=10)
+    export(run, tmp_path / "e" / "s.onnx")
+    own = json.loads((run / "config.json").read_text())["reader_fingerprint"]
+    model = vaekit.load(tmp_path / "e" / "s.onnx")
+    x = model.load_images(tmp_path / "train").images[:2].copy()
+    assert model.score(x).name == "defect"
+    _reseal(tmp_path / "e" / "s.reader.onnx", **{"vaekit.reader_fingerprint": json.dumps("0123456789abcdef")})
+    with pytest.raises(DamagedFile, match="not the defect reader s.onnx was calibrated with"):
+        vaekit.load(tmp_path / "e" / "s.onnx").score(x)
+    r = _cli("anomaly-score", tmp_path / "e" / "s.onnx", tmp_path / "train", "-o", tmp_path / "s.csv")
+    assert r.exit_code == 2 and "not the defect reader" in r.output and not (tmp_path / "s.csv").exists()
+    assert model.info.reader_fingerprint == own  # the one the torch engine checks reader.safetensors against
+
+

@@ -162,6 +162,17 @@ def _json(meta: dict, key: str, path: Path):
         raise OnnxModelError(f"{path} has missing or corrupt vaekit metadata {key!r}") from None
 
 
+def _reader_fingerprint(meta: dict, path: Path) -> str | None:
+    """The fingerprint of the defect reader the export's threshold was set with; None in exports of
+    runs without one, and of vaekit before it was stored (then a reader part is not checked)."""
+    if "vaekit.reader_fingerprint" not in meta:
+        return None
+    found = _json(meta, "vaekit.reader_fingerprint", path)
+    if found is not None and not isinstance(found, str):
+        raise OnnxModelError(f"{path} has corrupt vaekit metadata 'vaekit.reader_fingerprint' ({found!r})")
+    return found
+
+
 class OnnxModel(Model):
     """An exported model on onnxruntime: the CUDA provider where onnxruntime-gpu is installed
     and the device allows, else the CPU."""
@@ -206,6 +217,7 @@ class OnnxModel(Model):
             fingerprint=fingerprint, engine="onnxruntime", source=p, log_scale=log_scale,
             **threshold_fields(anomaly, p),
         )
+        self.info.reader_fingerprint = _reader_fingerprint(meta, p)
         x_shape = next(i.shape for i in self._scorer.get_inputs() if i.name == "x")
         if list(x_shape[1:]) != [channels, image_size, image_size]:
             raise OnnxModelError(f"{p}: graph input x has shape {x_shape}, but its metadata says "
@@ -234,6 +246,11 @@ class OnnxModel(Model):
                 raise OnnxModelError(
                     f"{path} is from another export of this model (quantization {quant!r}, {self.path.name} has "
                     f"{self.config['quantization']!r}); export again to get a matching set")
+            if role == "reader" and self.info.reader_fingerprint != _reader_fingerprint(meta, path):
+                raise OnnxModelError(
+                    f"{path} is not the defect reader {self.path.name} was calibrated with (reader fingerprint "
+                    f"{_reader_fingerprint(meta, path)}, expected {self.info.reader_fingerprint}); export again to get "
+                    "a matching set")
             self._check_part_graph(sess, role, path)
             self._sessions[role] = sess
         return self._sessions[role]
