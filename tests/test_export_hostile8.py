@@ -139,3 +139,9 @@ def test_a_defect_reader_of_another_export_of_the_same_weights_is_refused(tmp_pa
     assert model.info.reader_fingerprint == own  # the one the torch engine checks reader.safetensors against
 
 
+
+def test_exporting_the_root_folder_without_o_is_one_line_not_a_traceback():
+    """`vaekit export /`: the default output is named after the run's folder, and / has no name."""
+    r = _cli("export", "/")
+    assert r.exit_code == 2 and "name the file with -o" in r.output and "Traceback" not in r.output
+
