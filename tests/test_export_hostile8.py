@@ -145,3 +145,36 @@ def test_exporting_the_root_folder_without_o_is_one_line_not_a_traceback():
     r = _cli("export", "/")
     assert r.exit_code == 2 and "name the file with -o" in r.output and "Traceback" not in r.output
 
+
+@pytest.mark.slow
+def test_a_foreign_onnx_that_onnxruntime_cannot_initialise_is_one_line_without_its_log(tmp_path):
+    """A plain ONNX file whose weight lies in "external data" (not a vaekit export, which holds its
+    weights inside): onnxruntime logged its own error to stderr before vaekit's line."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.zeros(4, np.float32), "w")
+    w.data_location = TensorProto.EXTERNAL
+    for k, v in (("location", "weights.bin"), ("offset", "0"), ("length", "16")):
+        e = w.external_data.add()
+        e.key, e.value = k, v
+    w.ClearField("raw_data")
+    graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 10
+    (tmp_path / "weights.bin").write_bytes(bytes(16))
+    (tmp_path / "other.onnx").write_bytes(model.SerializeToString())
+    assert onnx.load(str(tmp_path / "other.onnx")).graph.node  # a valid ONNX file
+    from PIL import Image
+
+    (tmp_path / "images").mkdir()
+    Image.new("L", (16, 16)).save(tmp_path / "images" / "a.png")
+    # a fresh process run where the file lies (so its data path passes onnxruntime's first check and fails
+    # its second, which it logged); in-process, an earlier onnxruntime set-up kept the log quiet
+    r = subprocess.run([str(Path(sys.executable).with_name("vaekit")), "anomaly-score", "other.onnx", "images", "-o",
+                        "s.csv"], capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                       timeout=300)
+    assert r.returncode == 2 and r.stderr.startswith("error:") and "is not a readable ONNX model" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "s.csv").exists()

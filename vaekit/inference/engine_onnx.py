@@ -94,7 +94,9 @@ def session_options(role: str = "scorer", threads: int | None = None, nchwc: boo
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.intra_op_num_threads = max(0, threads)  # 0: onnxruntime's default (one per physical core)
     so.inter_op_num_threads = 1
-    so.log_severity_level = 3  # errors only: its warnings about unused initialisers are noise to a user
+    # fatal only: its warnings about unused initialisers are noise to a user, and an error it logs (a foreign
+    # file's external data, say) is raised as well, which vaekit turns into one line: logged, it made two
+    so.log_severity_level = 4
     # worker threads that spin between ops steal the cores from whatever else runs (the same
     # collapse as torch's OpenMP spinning beside a busy process, docs/scaling.md): they sleep
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
