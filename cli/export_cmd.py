@@ -37,10 +37,13 @@ def export(
     (found next to it; keep them together). They run with `pip install "vaekit[runtime]"`, no
     torch. Nothing is written if the parity check fails.
     """
+    from vaekit.errors import BadInput
     from vaekit.export import export as run_export
 
     apply_threads()
     if out is None:
+        if not run_dir.resolve().name:  # the root folder: nothing to name the export after, nowhere beside it
+            raise BadInput(f"{run_dir} has no name to give its export; name the file with -o NAME.onnx")
         out = run_dir.resolve().with_name(run_dir.resolve().name + ".onnx")
     with err_console.status("exporting to ONNX and checking parity against torch"):
         report = run_export(run_dir, out, images=images, quantize=quantize.value if quantize else None, rtol=rtol, atol=atol,

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from vaekit.inference.engine_onnx import part_paths
+from vaekit.inference.engine_onnx import part_paths, refuse_model_files
 from vaekit.errors import BadInput
 from vaekit.export.graphs import OPSET, ROLES, export_graphs, export_reader
 from vaekit.export.metadata import metadata_for, sealed, set_metadata
@@ -38,10 +38,14 @@ class ExportReport:
     bytes: dict[str, int] = field(default_factory=dict)
 
 
-def _check_out(out: Path, overwrite: bool = False) -> Path:
+def _check_out(out: Path, run_dir: Path, overwrite: bool = False) -> Path:
     out = Path(out)
     if not out.name.endswith(".onnx") or out.name == ".onnx":
         raise BadInput(f"output must be a file name ending in .onnx, got {str(out)!r}")
+    # an export inside its run would outlive a `train --out RUN --overwrite` there as if it were the new
+    # run's, and its staging folder (.model.safetensors.onnx.vaekit-export-*.tmp) could match the run's own
+    # temporary-file names, which training deletes as strays of its writes
+    refuse_model_files(out, Path(run_dir), "output")
     for p in part_paths(out).values():
         if p.is_dir():
             raise BadInput(f"output {p} is a folder; give a file name ending in .onnx")
@@ -84,7 +88,7 @@ def export(
     from vaekit.inference.engine_onnx import OnnxModel
 
     t0 = time.perf_counter()
-    out = _check_out(out, overwrite)
+    out = _check_out(out, run_dir, overwrite)
     if quantize is not None and quantize not in QUANTIZE:
         raise BadInput(f"quantize must be one of {QUANTIZE} or None, got {quantize!r}")
     if not (0 <= rtol < math.inf and 0 <= atol < math.inf):  # inf * 0 is NaN: no tolerance could pass

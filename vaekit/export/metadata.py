@@ -63,6 +63,9 @@ def metadata_for(role: str, cfg: dict, fingerprint: str, log_scale: list[float] 
         "vaekit.codec": json.dumps(cfg.get("codec"), separators=(",", ":")),
         # a surface model's defect reader settings (the score's smoothing windows), or null
         "vaekit.reader": json.dumps(cfg.get("reader")),
+        # the reader its threshold was set with: two runs can share the VAE's weights (and fingerprint) and
+        # differ only in their readers, so NAME.reader.onnx of the one beside NAME.onnx of the other is refused
+        "vaekit.reader_fingerprint": json.dumps(cfg.get("reader_fingerprint")),
     }
 
 

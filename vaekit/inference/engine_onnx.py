@@ -94,7 +94,9 @@ def session_options(role: str = "scorer", threads: int | None = None, nchwc: boo
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.intra_op_num_threads = max(0, threads)  # 0: onnxruntime's default (one per physical core)
     so.inter_op_num_threads = 1
-    so.log_severity_level = 3  # errors only: its warnings about unused initialisers are noise to a user
+    # fatal only: its warnings about unused initialisers are noise to a user, and an error it logs (a foreign
+    # file's external data, say) is raised as well, which vaekit turns into one line: logged, it made two
+    so.log_severity_level = 4
     # worker threads that spin between ops steal the cores from whatever else runs (the same
     # collapse as torch's OpenMP spinning beside a busy process, docs/scaling.md): they sleep
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -162,6 +164,17 @@ def _json(meta: dict, key: str, path: Path):
         raise OnnxModelError(f"{path} has missing or corrupt vaekit metadata {key!r}") from None
 
 
+def _reader_fingerprint(meta: dict, path: Path) -> str | None:
+    """The fingerprint of the defect reader the export's threshold was set with; None in exports of
+    runs without one, and of vaekit before it was stored (then a reader part is not checked)."""
+    if "vaekit.reader_fingerprint" not in meta:
+        return None
+    found = _json(meta, "vaekit.reader_fingerprint", path)
+    if found is not None and not isinstance(found, str):
+        raise OnnxModelError(f"{path} has corrupt vaekit metadata 'vaekit.reader_fingerprint' ({found!r})")
+    return found
+
+
 class OnnxModel(Model):
     """An exported model on onnxruntime: the CUDA provider where onnxruntime-gpu is installed
     and the device allows, else the CPU."""
@@ -206,6 +219,7 @@ class OnnxModel(Model):
             fingerprint=fingerprint, engine="onnxruntime", source=p, log_scale=log_scale,
             **threshold_fields(anomaly, p),
         )
+        self.info.reader_fingerprint = _reader_fingerprint(meta, p)
         x_shape = next(i.shape for i in self._scorer.get_inputs() if i.name == "x")
         if list(x_shape[1:]) != [channels, image_size, image_size]:
             raise OnnxModelError(f"{p}: graph input x has shape {x_shape}, but its metadata says "
@@ -227,6 +241,18 @@ class OnnxModel(Model):
                 raise OnnxModelError(
                     f"{path} belongs to another model (fingerprint {meta.get('vaekit.fingerprint')}, "
                     f"{self.path.name} has {self.info.fingerprint}); export again to get a matching set")
+            # an int8 export and an fp32 export of one run share the fingerprint: a part of the one beside the
+            # main file of the other was used unnoticed (the reader stays float32 in both, so it may come from either)
+            quant = meta.get("vaekit.quantization", "none")
+            if role != "reader" and quant != self.config["quantization"]:
+                raise OnnxModelError(
+                    f"{path} is from another export of this model (quantization {quant!r}, {self.path.name} has "
+                    f"{self.config['quantization']!r}); export again to get a matching set")
+            if role == "reader" and self.info.reader_fingerprint != _reader_fingerprint(meta, path):
+                raise OnnxModelError(
+                    f"{path} is not the defect reader {self.path.name} was calibrated with (reader fingerprint "
+                    f"{_reader_fingerprint(meta, path)}, expected {self.info.reader_fingerprint}); export again to get "
+                    "a matching set")
             self._check_part_graph(sess, role, path)
             self._sessions[role] = sess
         return self._sessions[role]
