@@ -130,3 +130,22 @@ def test_ctrl_c_while_the_lock_is_taken_leaves_no_folder_behind(blobs, tmp_path,
     done = runner.invoke(app, ["train", str(blobs), "--out", str(out), *ARGS])
     assert done.exit_code != 0 and isinstance(done.exception, (KeyboardInterrupt, SystemExit)), done.output
     assert not (tmp_path / "new").exists()
+
+
+def test_stray_cleanup_removes_only_vaekits_own_temporary_files(tmp_path):
+    """remove_strays unlinked everything named like .config.json.*.tmp: a folder of that shape (an
+    export staged in the run: .config.json.onnx.vaekit-export-1-ab.tmp) raised IsADirectoryError,
+    and a user's file of that shape was deleted. Now only .NAME.<10 hex>.tmp files go."""
+    from vaekit.training import rundir
+
+    (tmp_path / "checkpoint").mkdir()
+    ours = [tmp_path / ".config.json.0123456789.tmp", tmp_path / "checkpoint" / ".epoch-0002.safetensors.abcdef0123.tmp"]
+    for p in ours:
+        p.write_bytes(b"half-written")
+    folder = tmp_path / ".config.json.onnx.vaekit-export-1-ab.tmp"
+    folder.mkdir()
+    users = tmp_path / ".metrics.jsonl.my-notes.tmp"
+    users.write_text("mine")
+    rundir.remove_strays(tmp_path)
+    assert not any(p.exists() for p in ours)
+    assert folder.is_dir() and users.read_text() == "mine"
