@@ -201,6 +201,7 @@ def export(tmp_path_factory):
     return exported(tmp_path_factory)
 
 
+@pytest.mark.slow  # trains and exports a model (export_support.exported), ~9 s
 @pytest.mark.parametrize("part", ["encoder", "decoder"])
 def test_encode_never_writes_over_a_part_of_the_export_it_encodes_with(export, tmp_path, part):
     """`encode digits.onnx IMGS -o digits.decoder.onnx --overwrite` replaced the export's own
