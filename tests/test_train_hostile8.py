@@ -132,10 +132,10 @@ def test_ctrl_c_while_the_lock_is_taken_leaves_no_folder_behind(blobs, tmp_path,
     assert not (tmp_path / "new").exists()
 
 
-def test_stray_cleanup_removes_only_vaekits_own_temporary_files(tmp_path):
+def test_stray_cleanup_removes_files_never_folders_or_links(tmp_path):
     """remove_strays unlinked everything named like .config.json.*.tmp: a folder of that shape (an
-    export staged in the run: .config.json.onnx.vaekit-export-1-ab.tmp) raised IsADirectoryError,
-    and a user's file of that shape was deleted. Now only .NAME.<10 hex>.tmp files go."""
+    export staged in the run: .config.json.onnx.vaekit-export-1-ab.tmp) raised IsADirectoryError.
+    Now only files go; a link of that shape stays too (what it points to is not the run's)."""
     from vaekit.training import rundir
 
     (tmp_path / "checkpoint").mkdir()
@@ -144,8 +144,9 @@ def test_stray_cleanup_removes_only_vaekits_own_temporary_files(tmp_path):
         p.write_bytes(b"half-written")
     folder = tmp_path / ".config.json.onnx.vaekit-export-1-ab.tmp"
     folder.mkdir()
-    users = tmp_path / ".metrics.jsonl.my-notes.tmp"
-    users.write_text("mine")
+    (tmp_path / "elsewhere").write_text("mine")
+    link = tmp_path / ".metrics.jsonl.x.tmp"
+    link.symlink_to(tmp_path / "elsewhere")
     rundir.remove_strays(tmp_path)
     assert not any(p.exists() for p in ours)
-    assert folder.is_dir() and users.read_text() == "mine"
+    assert folder.is_dir() and link.is_symlink() and (tmp_path / "elsewhere").read_text() == "mine"

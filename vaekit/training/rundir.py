@@ -220,17 +220,15 @@ def remove_strays(run_dir: Path) -> None:
         stray.unlink(missing_ok=True)
 
 
-_TMP = re.compile(r"\.(?P<own>.+)\.[0-9a-f]{10}\.tmp")  # vaekit.fileio's temporary name: .NAME.<10 hex>.tmp
-
-
 def _strays(run_dir: Path) -> list[Path]:
-    """Temporary files of vaekit's own atomic writes to the run's files, and nothing else: a folder
-    or a link of that shape (an export staged there, a user's) was unlinked, a traceback."""
+    """Temporary files of vaekit's atomic writes to the run's files (.NAME.<tag>.tmp), and only
+    files: a folder of that shape (an export staged in the run) was unlinked, IsADirectoryError,
+    and a link was removed in place of a file."""
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / CHECKPOINT_DIR
     found = [*ckpt_dir.glob(".epoch-*.tmp"), *ckpt_dir.glob(f".{RESUME}.*.tmp"),
              *(p for own in (CONFIG, WEIGHTS, METRICS, PREVIEW, READER, MARKER) for p in run_dir.glob(f".{own}.*.tmp"))]
-    return [p for p in found if _TMP.fullmatch(p.name) and p.is_file() and not p.is_symlink()]
+    return [p for p in found if p.is_file() and not p.is_symlink()]
 
 
 def load_model(run_dir: Path, device: str | torch.device = "cpu"):
