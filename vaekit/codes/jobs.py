@@ -213,7 +213,8 @@ def _encode_batches(model: "Model", found: stream.Inputs, journal, layout: Layou
                 for i, f, z in zip(b.positions, facts, mu) if not isinstance(f, str)]
         gone = [(i, p, f) for i, p, f in zip(b.positions, b.paths, facts) if isinstance(f, str)]
         if gone:  # the journal lists a batch's skipped files in the file list's order
-            at = {p: i for i, p in enumerate(found.paths) if p in dict(b.skipped)}
+            listed = dict(b.skipped)  # their positions lie in this batch's slice: not the whole list, once per file
+            at = {found.paths[i]: i for i in layout.positions(b.index) if found.paths[i] in listed}
             skipped = sorted([*((at[p], p, r) for p, r in b.skipped), *gone], key=lambda t: t[0])
         else:
             skipped = [(0, p, r) for p, r in b.skipped]
