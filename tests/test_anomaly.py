@@ -525,6 +525,7 @@ def test_roc_plot_is_a_png(parts, model, tmp_path):
     assert Image.open(tmp_path / "roc.png").format == "PNG"
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_anomaly_module_needs_no_torch():
     import subprocess
     import sys

@@ -59,6 +59,7 @@ def _big(tmp_path: Path, mode: str) -> Path:
     return path
 
 
+@pytest.mark.slow  # each case measures a fresh interpreter's peak memory
 @pytest.mark.parametrize("mode,channels,file_channels", [("RGBA", 3, 4), ("RGBA", 1, 4), ("I;16", 1, 1),
                                                          ("I;16", 3, 1)])
 def test_decoding_a_large_image_costs_a_few_bytes_per_channel(tmp_path, mode, channels, file_channels):

@@ -1,6 +1,7 @@
 """The shape of the system: who may import what, no pickle, and how the package installs."""
 
 import ast
+import functools
 import re
 import subprocess
 import sys
@@ -12,8 +13,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@functools.cache
+def _tree(path: Path) -> ast.Module:
+    """A source file's syntax tree, parsed once for all the tests here."""
+    return ast.parse(path.read_text(encoding="utf-8"))
+
+
 def imported_modules(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text(encoding="utf-8"))
+    tree = _tree(path)
     names = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -95,7 +102,7 @@ def test_no_module_imports_another_modules_private_names():
     found = set()
     for folder in ("vaekit", "cli", "demo"):
         for path in (ROOT / folder).rglob("*.py"):
-            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            for node in ast.walk(_tree(path)):
                 if isinstance(node, ast.ImportFrom) and any(
                         a.name.startswith("_") and not a.name.startswith("__") for a in node.names):
                     found.add(path.relative_to(ROOT).as_posix())

@@ -16,6 +16,10 @@ from typer.testing import CliRunner
 import vaekit
 from surface_support import killed_at_batch, train_read_larger
 
+# every test reads one trained surface model and its readers; test_read_size.py keeps the fast tier's
+# large-surface tests
+pytestmark = pytest.mark.slow
+
 
 def _textures(folder, n=24, h=96, w=144, seed=0, defect=False, rgb=False, prefix="t"):
     """Stripes with noise at a random phase; `defect`: a dark square at rows 60-72, cols 120-132 of a 96 x 144 image

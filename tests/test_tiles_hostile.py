@@ -18,6 +18,10 @@ from vaekit.train import train
 
 from surface_support import killed_at_batch, train_surface
 
+# every test reads one trained surface model and its readers; test_surface.py and test_read_size.py keep
+# the fast tier's surface tests
+pytestmark = pytest.mark.slow
+
 S = 48  # the surface model's size
 
 
