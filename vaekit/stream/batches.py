@@ -142,7 +142,9 @@ def changed(old: dict, new: dict, skip: Sequence[str] = ()) -> list[str]:
     return [_SAID.get(k) or f"{k} {show(old.get(k, _ABSENT))} then, {show(new.get(k, _ABSENT))} now" for k in keys]
 
 
-_SAID = {"file_list": "the input files changed (a file added, removed, renamed, or replaced: another size or "
+_SAID = {"vaekit_journal": "it is in another journal format (an older vaekit's, whose lines carry no "
+                           "checksum, or a newer one's)",
+         "file_list": "the input files changed (a file added, removed, renamed, or replaced: another size or "
                       "modification time)"}
 
 

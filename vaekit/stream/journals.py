@@ -2,7 +2,8 @@
 
 Line 1 is the header: every setting that changes the output (the vaekit release, the model's
 fingerprint, the score, the batch size, the digest of the input file list, the heat-map folder, ...). Each
-further line is one finished batch, flushed as it is written. Reading a journal back (`--resume`)
+further line is one finished batch, flushed as it is written, with a checksum of its own bytes
+(vaekit.stream.lines: a line edited or damaged while still valid JSON is refused). Reading a journal back (`--resume`)
 checks the header against the job's settings, and every line against the header
 (vaekit.stream.batches.check_entry): a journal started with other settings is refused naming each
 setting that differs, and a line that is not one of this job's batches is a damaged file
@@ -25,13 +26,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Sequence
 
+from vaekit.stream import lines as journal_lines
 from vaekit.stream.batches import Layout, RowCheck, changed, check_entry
 from vaekit.errors import BadInput, DamagedFile, InUse, VaekitError, cannot_write
 from vaekit.fileio import atomic_writer, dumps_json, loads_json, try_lock
 from vaekit.version import __version__
 
 PARTIAL_SUFFIX = ".partial"
-JOURNAL_VERSION = 2
+JOURNAL_VERSION = 3  # 3: batch lines carry a checksum (vaekit.stream.lines); a journal of 2 is refused
 SYNC_EVERY = 2.0  # seconds between a journal's fsyncs
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
@@ -126,6 +128,13 @@ def parse(line: bytes):
     return loads_json(line.decode("utf-8", "surrogateescape"))
 
 
+def _parse_header(line: bytes):
+    try:
+        return parse(line)
+    except ValueError:
+        return None
+
+
 class Journal:
     """Rows of a long job, one batch per JSON line in `OUT.partial` (see the module docstring).
 
@@ -202,15 +211,12 @@ class Journal:
         left half-written; False when the file holds not even a complete header."""
         keep, header = 0, None
         for n, (offset, line) in enumerate(read_lines(self._fd), 1):
-            try:
-                entry = parse(line)
-            except ValueError:
-                entry = ValueError
             if header is None:
-                header = entry
+                header = _parse_header(line)
                 self._check_header(header)
             else:
-                why = "not JSON" if entry is ValueError else check_entry(entry, self.layout, self.row_check, self.done)
+                entry, why = journal_lines.decode(line)
+                why = why or check_entry(entry, self.layout, self.row_check, self.done)
                 if why is not None:
                     raise DamagedFile(f"{self.path} is damaged at line {n}: {why}; delete it to start again")
                 self.done.add(entry["batch"])
@@ -238,8 +244,7 @@ class Journal:
         rows, listed = self._gathered(batch, list(rows), [[str(p), r] for p, r in skipped])
         if rows is None:
             return
-        entry = {"batch": batch, "rows": rows, "skipped": listed}
-        self._write((dumps_json(entry, indent=None) + "\n").encode("utf-8", "surrogateescape"))
+        self._write(journal_lines.encode({"batch": batch, "rows": rows, "skipped": listed}))
         self._dirty = True
         if time.monotonic() - self._synced > SYNC_EVERY:
             os.fsync(self._fd)
@@ -277,7 +282,7 @@ class Journal:
         lines = read_lines(self._fd)
         next(lines, None)  # the settings
         for _, line in lines:
-            yield parse(line)
+            yield journal_lines.decode(line)[0]  # each checked when read (`_read`) or written by this run
 
     def rows(self) -> Iterator[dict]:
         """Every row, batch by batch in the order they were written (file order in one job)."""

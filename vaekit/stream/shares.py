@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from vaekit.stream import lines as journal_lines
 from vaekit.stream.batches import Layout, RowCheck, changed, check_entry
 from vaekit.errors import BadInput, DamagedFile, InUse
 from vaekit.fileio import held_elsewhere, try_lock
@@ -99,11 +100,8 @@ class Shares:
                 if n == 1:
                     self._check_header(j, line)
                     continue
-                try:
-                    entry = parse(line)
-                except ValueError:
-                    entry = None
-                why = "not JSON" if entry is None else check_entry(entry, layout, self.row_check, seen)
+                entry, why = journal_lines.decode(line)
+                why = why or check_entry(entry, layout, self.row_check, seen)
                 if why is not None:
                     raise DamagedFile(f"{self.journal(j)} is damaged at line {n}: {why}; delete it and score "
                                       "that share again")

@@ -1,0 +1,94 @@
+"""Journals, shares and resume that cannot be fooled, round 9: a source replaced under the same
+name, size and modification time; the same file named twice; a journal line edited by hand into
+another well-formed row; and what a hostile tester found after them. A resumed or merged job
+gives the file an uninterrupted job gives, or refuses with one line and exit 2.
+
+Real components: an untrained 16 px model, noise PNGs in tmp_path, the CLI through Typer's runner.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from export_support import random_job, stopped_job
+from vaekit_cli.main import app
+
+N_IMAGES = 24  # batch size 4: 6 batches
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    return random_job(tmp_path_factory.mktemp("resume9"), N_IMAGES)
+
+
+@pytest.fixture
+def data(setup, tmp_path):
+    """A copy of the images this test may change."""
+    copy = tmp_path / "images"
+    shutil.copytree(setup[1], copy)
+    return copy
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, ["--threads", "1", *map(str, args)], env={"COLUMNS": "300"})
+
+
+def score(run, data, out, *extra):
+    return invoke("anomaly-score", run, data, "-o", out, "--batch-size", "4", "--threshold", "0", *extra)
+
+
+def one_line_refusal(r, code: int = 2) -> bool:
+    return r.exit_code == code and len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output
+
+
+def test_a_score_edited_by_hand_in_a_well_formed_line_is_refused(setup, data, tmp_path):
+    # the line keeps its shape and its types: before its checksum, the edited score was merged as written
+    run, _ = setup
+    out = tmp_path / "scores.csv"
+    journal = stopped_job(run, data, out)
+    header, *batches = journal.read_bytes().splitlines(keepends=True)
+    entry = json.loads(batches[1])
+    entry["rows"][0]["score"] = entry["rows"][0]["score"] - 1e-3
+    batches[1] = json.dumps(entry).encode() + b"\n"
+    journal.write_bytes(header + b"".join(batches))
+    r = score(run, data, out, "--resume")
+    assert one_line_refusal(r) and "damaged at line 3" in r.output and "checksum" in r.output, r.output
+    assert not out.exists()
+
+
+def test_a_flipped_digit_is_refused_and_an_untouched_journal_resumes(setup, data, tmp_path):
+    run, _ = setup
+    assert score(run, data, tmp_path / "whole.csv").exit_code == 0
+    out = tmp_path / "scores.csv"
+    journal = stopped_job(run, data, out)
+    raw = journal.read_bytes()
+    assert score(run, data, out, "--resume").exit_code == 0  # untouched: the uninterrupted file
+    assert out.read_bytes() == (tmp_path / "whole.csv").read_bytes()
+    out.unlink()
+    first = raw.index(b"\n") + 1  # past the header, which names the score too
+    at = raw.index(b'"score": ', first) + len(b'"score": ') + 3  # a digit of the first row's score
+    flipped = raw[:at] + (b"1" if raw[at:at + 1] != b"1" else b"2") + raw[at + 1:]
+    journal.write_bytes(flipped)
+    r = score(run, data, out, "--resume")
+    assert one_line_refusal(r) and "checksum" in r.output, r.output
+
+
+def test_a_journal_from_before_checksums_is_refused_with_a_clear_line(setup, data, tmp_path):
+    run, _ = setup
+    out = tmp_path / "scores.csv"
+    journal = stopped_job(run, data, out)
+    header, *batches = journal.read_text().splitlines()
+    old = {**json.loads(header), "vaekit_journal": 2}
+    unchecked = [json.dumps({k: v for k, v in json.loads(b).items() if k != "check"}) for b in batches]
+    journal.write_text("\n".join([json.dumps(old), *unchecked]) + "\n")
+    r = score(run, data, out, "--resume")
+    assert one_line_refusal(r) and "journal format" in r.output and "delete it" in r.output, r.output
