@@ -92,3 +92,68 @@ def test_a_journal_from_before_checksums_is_refused_with_a_clear_line(setup, dat
     journal.write_text("\n".join([json.dumps(old), *unchecked]) + "\n")
     r = score(run, data, out, "--resume")
     assert one_line_refusal(r) and "journal format" in r.output and "delete it" in r.output, r.output
+
+
+# --- a source replaced under the same name, size and modification time ----------------------------
+
+def _same_size_png(path: Path, seed: int) -> bytes:
+    """An uncompressed 16 px PNG of noise: every such file has the same size, whatever its pixels."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (16, 16), np.uint8)).save(buf, "PNG", compress_level=0)
+    return buf.getvalue()
+
+
+def _replace(path: Path, how: str) -> None:
+    st = os.stat(path)
+    new = _same_size_png(path, 99)
+    assert len(new) == st.st_size
+    if how == "renamed over":  # touch -r old new; mv new old
+        tmp = path.with_name("new.tmp")
+        tmp.write_bytes(new)
+        os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+        os.replace(tmp, path)
+    else:  # rewritten in place, its time set back
+        with open(path, "r+b") as f:
+            f.write(new)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (os.stat(path).st_size, os.stat(path).st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+
+
+@pytest.mark.parametrize("how", ["renamed over", "rewritten in place"])
+def test_a_source_replaced_with_the_same_size_and_time_does_not_resume(setup, data, tmp_path, how):
+    # batches.digest pinned each file by size and mtime only: the resume kept the old image's rows
+    run, _ = setup
+    (data / "img005.png").write_bytes(_same_size_png(data / "img005.png", 5))  # in batch 1, finished below
+    out = tmp_path / "scores.csv"
+    journal = stopped_job(run, data, out)
+    before = journal.read_bytes()
+    _replace(data / "img005.png", how)
+    r = score(run, data, out, "--resume")
+    assert one_line_refusal(r) and "replaced or rewritten" in r.output, r.output
+    assert journal.read_bytes() == before and not out.exists()
+
+
+@pytest.mark.parametrize("how", ["renamed over", "rewritten in place"])
+def test_the_pixel_cache_never_serves_a_source_replaced_with_the_same_size_and_time(data, tmp_path, how):
+    # its key (also training's data fingerprint, which train --resume compares) stays size and mtime;
+    # the entry records the files' inodes and change times and is rebuilt when they differ
+    import numpy as np
+
+    from vaekit import images
+    from vaekit.training import cache
+
+    target = data / "img005.png"
+    target.write_bytes(_same_size_png(target, 5))
+    paths = images.find_images(data)
+    first = cache.load_cached(paths, 16, 1, cache_dir=tmp_path / "cache")
+    assert cache.load_cached(paths, 16, 1, cache_dir=tmp_path / "cache").hit  # unchanged: a hit
+    _replace(target, how)
+    again = cache.load_cached(paths, 16, 1, cache_dir=tmp_path / "cache")
+    fresh = images.load_images(paths, 16, 1)
+    assert again.key == first.key and not again.hit
+    np.testing.assert_array_equal(np.asarray(again.images), fresh.images)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Sequence
 
 from vaekit.stream import lines as journal_lines
-from vaekit.stream.batches import Layout, RowCheck, changed, check_entry
+from vaekit.stream.batches import Layout, RowCheck, changed, check_entry, sources
 from vaekit.errors import BadInput, DamagedFile, InUse, VaekitError, cannot_write
 from vaekit.fileio import atomic_writer, dumps_json, loads_json, try_lock
 from vaekit.version import __version__
@@ -146,7 +146,8 @@ class Journal:
                  row_check: RowCheck | None = None):
         self.out = Path(out)
         self.path = partial_path(self.out)
-        self.settings = json.loads(dumps_json(journal_header(settings), indent=None))
+        pinned = {} if layout is None else {"sources": sources(layout.paths)}  # the files this machine sees
+        self.settings = json.loads(dumps_json({**journal_header(settings), **pinned}, indent=None))
         self.layout, self.row_check = layout, row_check
         self.done: set[int] = set()
         self._part: tuple[int, list, list] | None = None  # a batch whose parts are not all in yet

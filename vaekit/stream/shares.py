@@ -83,7 +83,8 @@ class Shares:
             header = None
         if not isinstance(header, dict) or "vaekit_journal" not in header:
             raise DamagedFile(f"{self.journal(j)} is not a vaekit journal; delete it and score that share again")
-        diff = changed(header, self.settings, skip=("shard",))
+        # `sources` is the files as that share's machine saw them (its own copy, maybe): its own resume checks it
+        diff = changed(header, self.settings, skip=("shard", "sources"))
         if diff or header.get("shard") != [j, self.count]:
             raise BadInput(f"cannot merge share {j}/{self.count} ({self.journal(j).name}): it was started with "
                            f"other settings ({'; '.join(diff) or 'shard'}); run every share with the same "
