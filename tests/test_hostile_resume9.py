@@ -157,3 +157,47 @@ def test_the_pixel_cache_never_serves_a_source_replaced_with_the_same_size_and_t
     fresh = images.load_images(paths, 16, 1)
     assert again.key == first.key and not again.hit
     np.testing.assert_array_equal(np.asarray(again.images), fresh.images)
+
+
+# --- the same file named twice -------------------------------------------------------------------
+
+def _csv_paths(out: Path) -> list[str]:
+    import csv
+
+    with open(out, newline="") as f:
+        return [row["path"] for row in csv.DictReader(f)]
+
+
+@pytest.mark.parametrize("named", ["twice", "spelled two ways", "with its folder", "folder through a link"])
+def test_a_file_named_twice_is_scored_once(setup, data, tmp_path, named):
+    run, _ = setup
+    a = data / "img003.png"
+    (tmp_path / "link").symlink_to(data, target_is_directory=True)
+    args = {"twice": [a, a], "spelled two ways": [a, data / ".." / data.name / a.name],
+            "with its folder": [a, data], "folder through a link": [data, tmp_path / "link"]}[named]
+    out = tmp_path / "s.csv"
+    r = invoke("anomaly-score", run, *args, "-o", out, "--batch-size", "4", "--threshold", "0")
+    assert r.exit_code == 0, r.output
+    if named != "folder through a link":  # (a folder seen twice was scanned once already)
+        from vaekit import anomaly
+        import vaekit
+
+        report = anomaly.score_to_file(vaekit.load(run), args, tmp_path / "api.csv", threshold=0.0, batch_size=4)
+        assert len(report.repeated) == 1
+    paths = _csv_paths(out)
+    assert len(paths) == len(set(map(os.path.realpath, paths))), paths
+    assert len(paths) == (1 if named in ("twice", "spelled two ways") else N_IMAGES)
+
+
+def test_anomaly_score_and_encode_read_a_file_named_twice_once(setup, data, tmp_path):
+    import vaekit
+    from vaekit import codes, stream
+
+    run, _ = setup
+    a = data / "img003.png"
+    found = stream.find_inputs([a, data, a], once=True)
+    assert len(found.paths) == N_IMAGES and found.paths[0] == a and len(found.names) == N_IMAGES
+    assert found.repeated == [str(data / a.name), str(a)]
+    report = codes.encode_folder(vaekit.load(run), [a, data], tmp_path / "c.codes", batch_size=4)
+    assert report.count == N_IMAGES and report.repeated == [str(data / a.name)]
+    assert len(stream.find_inputs([a, a]).paths) == 2  # Model.load_images([a, a]): one image each, as asked

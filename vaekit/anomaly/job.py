@@ -49,6 +49,7 @@ class JobReport:
     maps: int = 0  # heat maps written by this process
     resumed: int = 0  # batches a previous run had finished
     pending: list[int] = field(default_factory=list)  # shares whose journal is not complete yet
+    repeated: list[str] = field(default_factory=list)  # files named again after their first time, scored once
 
 
 def score_to_file(
@@ -78,7 +79,7 @@ def score_to_file(
     """
     plan = scoring_plan(model, samples, score, iwae, threshold)
     batch_size = check_batch_size(batch_size, default_batch(model))
-    found = stream.find_inputs(inputs)
+    found = stream.find_inputs(inputs, once=True)
     torchrun = shard is None and stream.env_shard()[1] > 1
     index, count = stream.check_shard(*(stream.env_shard() if shard is None else shard))
     if out is None and (resume or count > 1):
@@ -96,7 +97,8 @@ def score_to_file(
             for b in iter_scored(model, found, plan, maps=maps is not None, batch_size=batch_size,
                                  positions=positions, skip_batches=done, workers=workers, progress=progress):
                 writer.put(b)
-        report = JobReport(None, 0, 0, [], [], plan, (index, count), False, sink.maps, len(done))
+        report = JobReport(None, 0, 0, [], [], plan, (index, count), False, sink.maps, len(done),
+                           repeated=found.repeated)
         if journal is None:
             if not tally.count:
                 raise imageio.none_usable(f"in {stream.named(inputs)}", tally.skipped)
