@@ -201,3 +201,33 @@ def test_anomaly_score_and_encode_read_a_file_named_twice_once(setup, data, tmp_
     report = codes.encode_folder(vaekit.load(run), [a, data], tmp_path / "c.codes", batch_size=4)
     assert report.count == N_IMAGES and report.repeated == [str(data / a.name)]
     assert len(stream.find_inputs([a, a]).paths) == 2  # Model.load_images([a, a]): one image each, as asked
+
+
+# --- two processes on one journal ----------------------------------------------------------------
+
+@pytest.mark.parametrize("first_does", ["gives up", "finishes"])
+def test_a_journal_removed_between_its_open_and_its_lock_is_not_written_unseen(tmp_path, monkeypatch, first_does):
+    # process B opened OUT.partial just before process A, holding its lock, removed it (A gave up
+    # before its first batch, or finished and wrote OUT); B then took the lock of a file no longer
+    # there and wrote its rows where nothing would read them (its job then found no journal to merge)
+    from vaekit.errors import InUse
+    from vaekit.stream import journals
+
+    out, layout = tmp_path / "scores.csv", None
+    first = journals.open_journal(out, {"model": "m"}, resume=False)
+    if first_does == "finishes":
+        first.append(0, [{"path": "a"}])
+    real = journals.try_lock
+
+    def after_the_first_lets_go(fd):
+        if first_does == "finishes":
+            first.finish(lambda f: f.write(b"done\n"))
+        else:
+            first.abandon()
+        return real(fd)
+
+    monkeypatch.setattr(journals, "try_lock", after_the_first_lets_go)
+    with pytest.raises(InUse, match="another vaekit process") as e:
+        journals.open_journal(out, {"model": "m"}, resume=True)
+    assert "\n" not in str(e.value)
+    assert not journals.partial_path(out).exists()  # nothing created in its place either

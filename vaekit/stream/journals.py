@@ -10,23 +10,22 @@ setting that differs, and a line that is not one of this job's batches is a dama
 (exit 2) naming the line. A last line without its newline was cut short by a crash: it is
 dropped, never half-read.
 
-`OUT.partial` must be a regular file. A FIFO, a folder, a device or a symbolic link there is
-refused before it is opened for anything (O_NOFOLLOW, O_NONBLOCK): nothing waits on a pipe, and
-nothing is written through a link.
+`OUT.partial` must be a regular file (vaekit.stream.files): a FIFO, a folder, a device or a
+symbolic link there is refused before it is opened for anything. A journal removed by the process
+that held it (its job done, or given up) while this one was opening it is InUse, never written unseen.
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import os
-import stat
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Sequence
 
 from vaekit.stream import lines as journal_lines
+from vaekit.stream.files import open_regular, read_lines, same_file
 from vaekit.stream.batches import Layout, RowCheck, changed, check_entry, sources
 from vaekit.errors import BadInput, DamagedFile, InUse, VaekitError, cannot_write
 from vaekit.fileio import atomic_writer, dumps_json, loads_json, try_lock
@@ -35,8 +34,6 @@ from vaekit.version import __version__
 PARTIAL_SUFFIX = ".partial"
 JOURNAL_VERSION = 3  # 3: batch lines carry a checksum (vaekit.stream.lines); a journal of 2 is refused
 SYNC_EVERY = 2.0  # seconds between a journal's fsyncs
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 
 
 def journal_header(settings: dict) -> dict:
@@ -57,60 +54,6 @@ def model_settings(model) -> dict:
 
 def partial_path(out: Path) -> Path:
     return Path(out).with_name(Path(out).name + PARTIAL_SUFFIX)
-
-
-def _kind(mode: int) -> str:
-    if stat.S_ISLNK(mode):
-        return "a symbolic link"
-    if stat.S_ISDIR(mode):
-        return "a folder"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    return "a socket or device"
-
-
-def open_regular(path: Path, write: bool, what: str = "journal") -> int | None:
-    """A file descriptor on `path`, a regular file (created when `write`); None when absent and
-    not `write`. Anything else at `path` (a link, a FIFO, a folder) is BadInput, never opened
-    in a way that could block or follow it."""
-    refuse = f"{path} is {{}}, not a {what} vaekit wrote; remove it or write the output elsewhere"
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        st = None
-    if st is None and not write:
-        return None
-    if st is not None and not stat.S_ISREG(st.st_mode):
-        raise BadInput(refuse.format(_kind(st.st_mode)))
-    flags = (os.O_RDWR | os.O_CREAT if write else os.O_RDONLY) | _NOFOLLOW | _NONBLOCK | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(path, flags, 0o666)
-    except FileNotFoundError:
-        if write:  # its folder cannot hold it (gone, or a /proc that creates nothing): the caller's OSError
-            raise
-        return None
-    except OSError as e:
-        if e.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):  # a link or FIFO put there since the lstat
-            raise BadInput(refuse.format("not a regular file")) from None
-        raise
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        raise BadInput(refuse.format(_kind(mode)))
-    return fd
-
-
-def read_lines(fd: int) -> Iterator[tuple[int, bytes]]:
-    """(offset after the line, line) for each complete line of the file open on `fd`, from its
-    start; a last line without its newline (cut short, or still being written) is not yielded."""
-    with os.fdopen(os.dup(fd), "rb") as f:
-        f.seek(0)
-        offset = 0
-        for line in f:
-            if not line.endswith(b"\n"):
-                return
-            offset += len(line)
-            yield offset, line
 
 
 _HEAD = b'{"vaekit_journal": '  # how every journal vaekit writes begins (dumps_json of its header)
@@ -182,6 +125,9 @@ class Journal:
         if not try_lock(self._fd):
             raise InUse(f"{self.out} is being written by another vaekit process right now "
                         f"({self.path.name} is locked); wait for it, or write elsewhere")
+        if not same_file(self._fd, self.path):  # its holder removed it (done, or gave up) before letting go
+            raise InUse(f"{self.path.name} was removed by another vaekit process while this one opened it (it "
+                        f"finished or gave up {self.out.name}); look at {self.out}, or run again")
 
     def close(self) -> None:
         """Sync what was appended and release the lock, even when the sync fails; no appends after."""
