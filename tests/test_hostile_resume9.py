@@ -231,3 +231,40 @@ def test_a_journal_removed_between_its_open_and_its_lock_is_not_written_unseen(t
         journals.open_journal(out, {"model": "m"}, resume=True)
     assert "\n" not in str(e.value)
     assert not journals.partial_path(out).exists()  # nothing created in its place either
+
+
+@pytest.mark.parametrize("ends", ["finish", "abandon", "remove"])
+def test_a_journal_never_deletes_a_file_put_in_its_place_while_it_ran(tmp_path, ends):
+    # the journal was moved away (or deleted) while its job ran, and a file of the user's (or a
+    # second job's journal) now has its name: the end of the job unlinked that name, whatever it was
+    from vaekit.stream import journals
+
+    out = tmp_path / "scores.csv"
+    journal = journals.open_journal(out, {"model": "m"}, resume=False)
+    os.rename(journal.path, tmp_path / "moved.partial")
+    journal.path.write_text("the user's own notes\n")
+    if ends == "finish":
+        journal.finish(lambda f: f.write(b"rows\n"))
+    else:
+        getattr(journal, ends)()
+    assert journal.path.read_text() == "the user's own notes\n"
+
+
+def test_a_merge_never_deletes_a_file_put_at_a_journals_name_after_it_was_read(setup, tmp_path, monkeypatch):
+    from vaekit.stream import shares as shares_module
+
+    run, data = setup
+    out = tmp_path / "s.csv"
+    assert score(run, data, out, "--shard", "0/2").exit_code == 0
+    share0 = tmp_path / "s.csv.shard-0-of-2.partial"
+    real = shares_module.Shares.remove
+
+    def swapped_then_removed(self):  # share 0's journal moved away after the merge read it
+        os.rename(share0, tmp_path / "moved.partial")
+        share0.write_text("the user's own notes\n")
+        real(self)
+
+    monkeypatch.setattr(shares_module.Shares, "remove", swapped_then_removed)
+    assert score(run, data, out, "--shard", "1/2").exit_code == 0 and out.exists()
+    assert share0.read_text() == "the user's own notes\n"
+    assert not (tmp_path / "s.csv.shard-1-of-2.partial").exists()  # the journals it read go, as ever

@@ -257,9 +257,11 @@ class Journal:
             self.remove()
 
     def remove(self) -> None:
-        """Delete the journal (its job is done, or had nothing to keep) and release its lock."""
+        """Delete the journal (its job is done, or had nothing to keep) and release its lock; a file
+        put at its name since (the journal moved away while the job ran) is not the journal, and stays."""
         self._dirty = False  # nothing left to sync: the journal goes now
-        self.path.unlink(missing_ok=True)
+        if self._fd is not None and same_file(self._fd, self.path):
+            self.path.unlink(missing_ok=True)
         self.close()
 
 

@@ -23,7 +23,8 @@ from vaekit.stream import lines as journal_lines
 from vaekit.stream.batches import Layout, RowCheck, changed, check_entry
 from vaekit.errors import BadInput, DamagedFile, InUse
 from vaekit.fileio import held_elsewhere, try_lock
-from vaekit.stream.journals import journal_header, open_regular, parse, partial_path, read_lines
+from vaekit.stream.files import open_regular, read_lines
+from vaekit.stream.journals import journal_header, parse, partial_path
 
 MERGING = ".merging"
 _LOCK_TEXT = b"vaekit shard merge lock\n"  # what makes OUT.merging vaekit's own
@@ -41,6 +42,7 @@ class Shares:
         self.out, self.layout, self.row_check = Path(out), layout, row_check
         self.settings = journal_header(settings)
         self.count = layout.count
+        self._read: dict[int, tuple[int, int]] = {}  # share -> (device, inode) of the journal read for it
 
     def journal(self, j: int) -> Path:
         return partial_path(share_out(self.out, j, self.count))
@@ -49,6 +51,8 @@ class Shares:
         fd = open_regular(self.journal(j), write=False)
         if fd is None:
             return None
+        st = os.fstat(fd)
+        self._read[j] = (st.st_dev, st.st_ino)
 
         def lines():
             try:
@@ -123,8 +127,14 @@ class Shares:
         return heapq.merge(*(self.entries(j) for j in range(self.count)), key=lambda e: e["batch"])
 
     def remove(self) -> None:
+        """Delete the journals merged: each only if it is still the file read (not one put at its name since)."""
         for j in range(self.count):
-            self.journal(j).unlink(missing_ok=True)
+            try:
+                st = os.lstat(self.journal(j))
+            except FileNotFoundError:
+                continue
+            if self._read.get(j) == (st.st_dev, st.st_ino):
+                self.journal(j).unlink(missing_ok=True)
 
     def wait(self, timeout: float | None, progress=None) -> None:
         """Under torchrun, rank 0: wait until every rank's journal holds all its batches."""
