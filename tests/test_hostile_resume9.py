@@ -268,3 +268,45 @@ def test_a_merge_never_deletes_a_file_put_at_a_journals_name_after_it_was_read(s
     assert score(run, data, out, "--shard", "1/2").exit_code == 0 and out.exists()
     assert share0.read_text() == "the user's own notes\n"
     assert not (tmp_path / "s.csv.shard-1-of-2.partial").exists()  # the journals it read go, as ever
+
+
+# --- a merge of many shares --------------------------------------------------------------------
+
+def test_a_merge_of_more_shares_than_open_files_allowed_goes_through(tmp_path):
+    # heapq.merge opened every share's journal at once: 4096 shares (the documented most) passed a
+    # limit of 1024 open files (256 on macOS) with "Too many open files" at the merge
+    resource = pytest.importorskip("resource")
+    from vaekit.stream.batches import Layout
+    from vaekit.stream.journals import open_journal
+    from vaekit.stream.shares import Shares, share_out
+
+    n, out = 300, tmp_path / "o.csv"
+    layout = Layout([f"f{i}" for i in range(n + 5)], 1, 0, n)
+    for j in range(n):
+        journal = open_journal(share_out(out, j, n), {"m": 1, "shard": [j, n]}, False, layout.share(j))
+        for b in layout.share(j).mine():
+            journal.append(b, [{"path": f"f{b}"}])
+        journal.close()
+    shares = Shares(out, {"m": 1, "shard": [0, n]}, layout)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    in_use = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else 64
+    resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + 40, hard))
+    try:
+        rows = [r["path"] for e in shares.merged() for r in e["rows"]]
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert rows == list(layout.paths)
+
+
+def test_a_journal_replaced_while_it_is_merged_is_a_damaged_file_not_a_mix(tmp_path):
+    from vaekit.errors import DamagedFile
+    from vaekit.stream.files import lines_reopened, open_regular
+
+    path = tmp_path / "o.csv.shard-0-of-2.partial"
+    path.write_bytes(b"one\ntwo\n")
+    lines = lines_reopened(path, open_regular(path, write=False))
+    assert next(lines) == (4, b"one\n")
+    os.rename(path, tmp_path / "away")
+    path.write_bytes(b"one\nTWO\n")
+    with pytest.raises(DamagedFile, match="replaced while it was being merged"):
+        next(lines)

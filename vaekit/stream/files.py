@@ -15,7 +15,7 @@ import stat
 from pathlib import Path
 from typing import Iterator
 
-from vaekit.errors import BadInput
+from vaekit.errors import BadInput, DamagedFile
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
@@ -73,6 +73,35 @@ def read_lines(fd: int) -> Iterator[tuple[int, bytes]]:
                 return
             offset += len(line)
             yield offset, line
+
+
+def lines_reopened(path: Path, fd: int) -> Iterator[tuple[int, bytes]]:
+    """`read_lines` of the file open on `fd` (closed here), holding no descriptor between two lines:
+    `path` is opened again for each, and must still be that file, else DamagedFile. A merge reads
+    up to 4096 share journals in turn this way, within any limit of open files (often 1024, or 256)."""
+    ident, offset = _ident(os.fstat(fd)), 0
+    try:
+        while True:
+            with os.fdopen(os.dup(fd), "rb") as f:
+                f.seek(offset)
+                line = f.readline()
+            os.close(fd)
+            fd = None
+            if not line.endswith(b"\n"):
+                return
+            offset += len(line)
+            yield offset, line
+            fd = open_regular(path, write=False)
+            if fd is None or _ident(os.fstat(fd)) != ident:
+                raise DamagedFile(f"{path} was removed or replaced while it was being merged; run that share "
+                                  "again with --resume to merge")
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _ident(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
 
 
 def same_file(fd: int, path: Path) -> bool:

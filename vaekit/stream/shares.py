@@ -23,7 +23,7 @@ from vaekit.stream import lines as journal_lines
 from vaekit.stream.batches import Layout, RowCheck, changed, check_entry
 from vaekit.errors import BadInput, DamagedFile, InUse
 from vaekit.fileio import held_elsewhere, try_lock
-from vaekit.stream.files import open_regular, read_lines
+from vaekit.stream.files import lines_reopened, open_regular, read_lines
 from vaekit.stream.journals import journal_header, parse, partial_path
 
 MERGING = ".merging"
@@ -47,7 +47,9 @@ class Shares:
     def journal(self, j: int) -> Path:
         return partial_path(share_out(self.out, j, self.count))
 
-    def _lines(self, j: int) -> Iterator[tuple[int, bytes]] | None:
+    def _lines(self, j: int, hold: bool = True) -> Iterator[tuple[int, bytes]] | None:
+        """Share j's complete lines; None without a journal. hold=False: no file held open between
+        two lines (vaekit.stream.files.lines_reopened), for the merge, which reads every share in turn."""
         fd = open_regular(self.journal(j), write=False)
         if fd is None:
             return None
@@ -56,14 +58,15 @@ class Shares:
 
         def lines():
             try:
-                yield from read_lines(fd)
+                yield from read_lines(fd) if hold else lines_reopened(self.journal(j), fd)  # which closes fd
             except OSError as e:
                 if not held_elsewhere(e):
                     raise
                 # Windows: its share is still writing it (and holds its lock): no lines yet, so
                 # it is not complete, and its header is checked at the merge
             finally:
-                os.close(fd)
+                if hold:
+                    os.close(fd)
 
         return lines()
 
@@ -94,9 +97,9 @@ class Shares:
                            f"other settings ({'; '.join(diff) or 'shard'}); run every share with the same "
                            "command, or delete that journal and score its share again")
 
-    def entries(self, j: int) -> Iterator[dict]:
-        """Share j's batch entries, each checked (header first): complete lines only."""
-        lines = self._lines(j)
+    def entries(self, j: int, hold: bool = True) -> Iterator[dict]:
+        """Share j's batch entries, each checked (header first): complete lines only (hold: see _lines)."""
+        lines = self._lines(j, hold)
         if lines is None:
             return
         layout, seen = self.layout.share(j), set()
@@ -124,7 +127,7 @@ class Shares:
 
     def merged(self) -> Iterator[dict]:
         """Every share's entries in batch order, that is in file order."""
-        return heapq.merge(*(self.entries(j) for j in range(self.count)), key=lambda e: e["batch"])
+        return heapq.merge(*(self.entries(j, hold=False) for j in range(self.count)), key=lambda e: e["batch"])
 
     def remove(self) -> None:
         """Delete the journals merged: each only if it is still the file read (not one put at its name since)."""
