@@ -310,3 +310,44 @@ def test_a_journal_replaced_while_it_is_merged_is_a_damaged_file_not_a_mix(tmp_p
     path.write_bytes(b"one\nTWO\n")
     with pytest.raises(DamagedFile, match="replaced while it was being merged"):
         next(lines)
+
+
+def test_another_shares_journal_this_user_cannot_read_is_one_line_not_a_traceback(setup, data, tmp_path):
+    # shares run by two users on one shared folder (umask 077): share 0 could not open share 1's
+    # journal, and the PermissionError came out as a traceback calling itself a bug of vaekit
+    from hostile import unprivileged
+
+    run, _ = setup
+    out = tmp_path / "s.csv"
+    assert score(run, data, out, "--shard", "1/2").exit_code == 0
+    other = tmp_path / "s.csv.shard-1-of-2.partial"
+    os.chmod(other, 0o600)
+    if os.geteuid() == 0:
+        os.chown(other, 1234, 1234)
+    before = other.read_bytes()
+    with unprivileged():
+        r = score(run, data, out, "--shard", "0/2")
+    assert one_line_refusal(r) and "cannot read" in r.output and "shard-1-of-2" in r.output, r.output
+    assert other.read_bytes() == before and not out.exists()
+
+
+def test_a_merge_lock_this_user_cannot_open_is_one_line_and_the_share_resumes(setup, data, tmp_path):
+    # another user's merge (or its leftover, umask 077): the PermissionError was a traceback
+    from hostile import unprivileged
+    from vaekit.stream.shares import _LOCK_TEXT
+
+    run, _ = setup
+    out = tmp_path / "s.csv"
+    assert score(run, data, out, "--shard", "1/2").exit_code == 0
+    lock = tmp_path / "s.csv.merging"
+    lock.write_bytes(_LOCK_TEXT)
+    os.chmod(lock, 0o600)
+    if os.geteuid() == 0:
+        os.chown(lock, 1234, 1234)
+    with unprivileged():
+        r = score(run, data, out, "--shard", "0/2")
+    assert one_line_refusal(r) and "s.csv.merging" in r.output, r.output
+    assert not out.exists() and (tmp_path / "s.csv.shard-0-of-2.partial").exists()  # kept: a resume merges
+    lock.unlink()
+    r = score(run, data, out, "--shard", "0/2", "--resume")
+    assert r.exit_code == 0 and out.exists(), r.output

@@ -21,7 +21,7 @@ from typing import Iterator
 
 from vaekit.stream import lines as journal_lines
 from vaekit.stream.batches import Layout, RowCheck, changed, check_entry
-from vaekit.errors import BadInput, DamagedFile, InUse
+from vaekit.errors import BadInput, DamagedFile, InUse, VaekitError
 from vaekit.fileio import held_elsewhere, try_lock
 from vaekit.stream.files import lines_reopened, open_regular, read_lines
 from vaekit.stream.journals import journal_header, parse, partial_path
@@ -50,7 +50,10 @@ class Shares:
     def _lines(self, j: int, hold: bool = True) -> Iterator[tuple[int, bytes]] | None:
         """Share j's complete lines; None without a journal. hold=False: no file held open between
         two lines (vaekit.stream.files.lines_reopened), for the merge, which reads every share in turn."""
-        fd = open_regular(self.journal(j), write=False)
+        try:
+            fd = open_regular(self.journal(j), write=False)
+        except OSError as e:
+            raise self._unreadable(j, e) from None
         if fd is None:
             return None
         st = os.fstat(fd)
@@ -61,7 +64,7 @@ class Shares:
                 yield from read_lines(fd) if hold else lines_reopened(self.journal(j), fd)  # which closes fd
             except OSError as e:
                 if not held_elsewhere(e):
-                    raise
+                    raise self._unreadable(j, e) from None
                 # Windows: its share is still writing it (and holds its lock): no lines yet, so
                 # it is not complete, and its header is checked at the merge
             finally:
@@ -69,6 +72,13 @@ class Shares:
                     os.close(fd)
 
         return lines()
+
+    def _unreadable(self, j: int, e: OSError) -> Exception:
+        if isinstance(e, VaekitError):
+            return e
+        return BadInput(f"cannot read {self.journal(j)} (the journal of share {j}/{self.count}): "
+                        f"{e.strerror or e}; every share must be able to read the others' journals (run them "
+                        "as one user, or with a umask that lets the others read)")
 
     def check_headers(self) -> None:
         """Refuse now, before any work, when another share's journal was started by another job
@@ -170,7 +180,13 @@ def merge_lock(out: Path):
     that is not is refused (BadInput), never used or deleted. The lock file goes when the merge
     is done, if it is still the one this process locked."""
     lock = out.with_name(out.name + MERGING)
-    fd = _open_lock(lock)
+    try:
+        fd = _open_lock(lock)
+    except OSError as e:
+        if isinstance(e, VaekitError):
+            raise
+        raise BadInput(f"cannot open {lock}, the lock of the shard merge: {e.strerror or e} (another user's merge, "
+                       "or its leftover); once it is gone, run any share again with --resume to merge") from None
     try:
         try:
             mine = try_lock(fd)
