@@ -351,3 +351,29 @@ def test_a_merge_lock_this_user_cannot_open_is_one_line_and_the_share_resumes(se
     lock.unlink()
     r = score(run, data, out, "--shard", "0/2", "--resume")
     assert r.exit_code == 0 and out.exists(), r.output
+
+
+def test_a_chmod_of_an_input_refuses_the_resume_naming_it_as_documented(setup, data, tmp_path):
+    # the deliberate price of pinning change times: a rescore, never a row of an image not vouched for
+    run, _ = setup
+    out = tmp_path / "scores.csv"
+    stopped_job(run, data, out)
+    os.chmod(data / "img000.png", 0o600)
+    r = score(run, data, out, "--resume")
+    assert one_line_refusal(r) and "chmod" in r.output and "delete it to start again" in r.output, r.output
+
+
+def test_another_shares_sources_are_not_compared_at_the_merge(setup, data, tmp_path):
+    # share 1 ran on another machine, reading its own copy of the files: other inodes, other change times
+    run, _ = setup
+    out = tmp_path / "s.csv"
+    assert score(run, data, out).exit_code == 0
+    whole = out.read_bytes()
+    out.unlink()
+    assert score(run, data, out, "--shard", "1/2").exit_code == 0
+    other = tmp_path / "s.csv.shard-1-of-2.partial"
+    header, rest = other.read_bytes().split(b"\n", 1)
+    elsewhere = {**json.loads(header), "sources": "0" * 64}
+    other.write_bytes(json.dumps(elsewhere).encode() + b"\n" + rest)
+    r = score(run, data, out, "--shard", "0/2")
+    assert r.exit_code == 0 and out.read_bytes() == whole, r.output
