@@ -377,3 +377,84 @@ def test_another_shares_sources_are_not_compared_at_the_merge(setup, data, tmp_p
     other.write_bytes(json.dumps(elsewhere).encode() + b"\n" + rest)
     r = score(run, data, out, "--shard", "0/2")
     assert r.exit_code == 0 and out.read_bytes() == whole, r.output
+
+
+def test_waiting_for_shares_reads_each_journal_line_once_and_follows_a_replaced_journal(tmp_path, monkeypatch):
+    # rank 0 under torchrun polls twice a second: every poll read and checked every share's whole
+    # journal again (0.9 s a poll for 100k rows: a core kept busy while the other ranks score)
+    from vaekit.stream import shares as shares_module
+    from vaekit.stream.batches import Layout
+    from vaekit.stream.journals import open_journal
+    from vaekit.stream.shares import Shares, share_out
+
+    n, out = 2, tmp_path / "o.csv"
+    layout = Layout([f"f{i}" for i in range(40)], 1, 0, n)
+    journals = [open_journal(share_out(out, j, n), {"m": 1, "shard": [j, n]}, False, layout.share(j)) for j in range(n)]
+    for j, journal in enumerate(journals):
+        for b in list(layout.share(j).mine())[: 15 if j else 20]:  # share 1 still has 5 batches to go
+            journal.append(b, [{"path": f"f{b}"}])
+    shares = Shares(out, {"m": 1, "shard": [0, n]}, layout)
+    decoded = []
+    real = shares_module.journal_lines.decode
+    monkeypatch.setattr(shares_module.journal_lines, "decode", lambda line: decoded.append(line) or real(line))
+    assert shares.pending() == [1] and len(decoded) == 35
+    assert shares.pending() == [1] and len(decoded) == 35  # nothing new: nothing read again
+    for b in list(layout.share(1).mine())[15:]:
+        journals[1].append(b, [{"path": f"f{b}"}])
+    assert shares.pending() == [] and len(decoded) == 40  # only the 5 lines appended since
+    journals[1].close()
+    share1 = tmp_path / "o.csv.shard-1-of-2.partial"
+    kept = share1.read_bytes().splitlines(keepends=True)[:3]  # a shorter journal in its place
+    share1.unlink()
+    share1.write_bytes(b"".join(kept))
+    assert shares.pending() == [1]
+    journals[0].close()
+
+
+def test_a_share_journal_rewritten_in_place_between_two_polls_is_read_again(tmp_path):
+    # the same inode (a number the file system gave again, or a rewrite), as long or longer, other lines
+    from vaekit.stream.batches import Layout
+    from vaekit.stream.journals import open_journal
+    from vaekit.stream.shares import Shares, share_out
+
+    n, out = 2, tmp_path / "o.csv"
+    layout = Layout([f"f{i}" for i in range(8)], 1, 0, n)
+    for j in range(n):
+        journal = open_journal(share_out(out, j, n), {"m": 1, "shard": [j, n]}, False, layout.share(j))
+        for b in layout.share(j).mine():
+            journal.append(b, [{"path": f"f{b}"}])
+        journal.close()
+    shares = Shares(out, {"m": 1, "shard": [0, n]}, layout)
+    assert shares.pending() == []
+    share1 = tmp_path / "o.csv.shard-1-of-2.partial"
+    header, *lines = share1.read_bytes().splitlines(keepends=True)
+    with open(share1, "r+b") as f:  # lines 2 and 3 swapped: as long, same inode, out of order
+        f.write(header + lines[1] + lines[0] + b"".join(lines[2:]))
+    with pytest.raises(Exception, match="out of order"):  # a poll reads only past its last line; the merge all
+        list(shares.merged())
+    with open(share1, "r+b") as f:  # only its first batch, then padding as long as the rest
+        f.truncate(0)
+        f.write(header + lines[0] + b" " * 200 + b"\n")
+    with pytest.raises(Exception, match="damaged at line 3"):
+        shares.pending()
+
+
+def test_a_share_journal_that_lost_batches_during_the_merge_stops_it(tmp_path, monkeypatch):
+    from vaekit.errors import InUse
+    from vaekit.stream.batches import Layout
+    from vaekit.stream.journals import open_journal
+    from vaekit.stream.shares import Shares, share_out
+
+    n, out = 2, tmp_path / "o.csv"
+    layout = Layout([f"f{i}" for i in range(8)], 1, 0, n)
+    for j in range(n):
+        journal = open_journal(share_out(out, j, n), {"m": 1, "shard": [j, n]}, False, layout.share(j))
+        for b in layout.share(j).mine():
+            journal.append(b, [{"path": f"f{b}"}])
+        journal.close()
+    shares = Shares(out, {"m": 1, "shard": [0, n]}, layout)
+    assert shares.pending() == []
+    share1 = tmp_path / "o.csv.shard-1-of-2.partial"
+    share1.write_bytes(b"".join(share1.read_bytes().splitlines(keepends=True)[:3]))  # restarted meanwhile
+    with pytest.raises(InUse, match="changed while the shares were being merged"):
+        list(shares.merged())

@@ -62,12 +62,13 @@ def open_regular(path: Path, write: bool, what: str = "journal") -> int | None:
     return fd
 
 
-def read_lines(fd: int) -> Iterator[tuple[int, bytes]]:
-    """(offset after the line, line) for each complete line of the file open on `fd`, from its
-    start; a last line without its newline (cut short, or still being written) is not yielded."""
+def read_lines(fd: int, start: int = 0) -> Iterator[tuple[int, bytes]]:
+    """(offset after the line, line) for each complete line of the file open on `fd`, from offset
+    `start` (a line's start); a last line without its newline (cut short, or still being written)
+    is not yielded."""
     with os.fdopen(os.dup(fd), "rb") as f:
-        f.seek(0)
-        offset = 0
+        f.seek(start)
+        offset = start
         for line in f:
             if not line.endswith(b"\n"):
                 return
