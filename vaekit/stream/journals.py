@@ -1,7 +1,8 @@
 """The journal of a streaming job, `OUT.partial`: the job's contract, written as it goes and checked when read.
 
 Line 1 is the header: every setting that changes the output (the vaekit release, the model's
-fingerprint, the score, the batch size, the digest of the input file list, the heat-map folder, ...). Each
+fingerprint, the score, the batch size, the digests of the input file list and of its files' inodes and
+change times (`sources`, vaekit.stream.batches), the heat-map folder, ...). Each
 further line is one finished batch, flushed as it is written, with a checksum of its own bytes
 (vaekit.stream.lines: a line edited or damaged while still valid JSON is refused). Reading a journal back (`--resume`)
 checks the header against the job's settings, and every line against the header
