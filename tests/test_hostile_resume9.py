@@ -458,3 +458,18 @@ def test_a_share_journal_that_lost_batches_during_the_merge_stops_it(tmp_path, m
     share1.write_bytes(b"".join(share1.read_bytes().splitlines(keepends=True)[:3]))  # restarted meanwhile
     with pytest.raises(InUse, match="changed while the shares were being merged"):
         list(shares.merged())
+
+
+# --- the files of finished batches ---------------------------------------------------------------
+
+def test_a_resume_whose_finished_heat_maps_are_gone_is_refused_not_silently_short(setup, data, tmp_path):
+    # the maps folder emptied (or a map deleted) after the stop: the resume wrote only the maps of
+    # the batches left, said "wrote N heat maps" and exit 0, with a third of the maps missing
+    run, _ = setup
+    out, maps = tmp_path / "scores.csv", tmp_path / "maps"
+    stopped_job(run, data, out, maps)
+    gone = sorted(maps.iterdir())[2]
+    gone.unlink()
+    r = score(run, data, out, "--maps", maps, "--resume")
+    assert one_line_refusal(r) and gone.name in r.output and "to start again" in r.output, r.output
+    assert not out.exists() and Path(f"{out}.partial").exists()
