@@ -473,3 +473,29 @@ def test_a_resume_whose_finished_heat_maps_are_gone_is_refused_not_silently_shor
     r = score(run, data, out, "--maps", maps, "--resume")
     assert one_line_refusal(r) and gone.name in r.output and "to start again" in r.output, r.output
     assert not out.exists() and Path(f"{out}.partial").exists()
+
+
+def test_a_share_pins_only_its_own_files(setup, data, tmp_path):
+    # a file of share 1 replaced after share 0 stopped: share 0's rows do not depend on it, and its
+    # resume goes on (each share stats only its own files: 1/n of the cost under torchrun)
+    run, _ = setup
+    out = tmp_path / "s.csv"
+    import vaekit
+    from vaekit import anomaly
+
+    model, calls = vaekit.load(run), []
+    real = model.score
+
+    def dying(x, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(x, **kw)
+
+    model.score = dying
+    (data / "img005.png").write_bytes(_same_size_png(data / "img005.png", 5))  # batch 1: share 1's
+    with pytest.raises(KeyboardInterrupt):
+        anomaly.score_to_file(model, data, out, threshold=0.0, batch_size=4, shard=(0, 2))
+    _replace(data / "img005.png", "rewritten in place")
+    r = score(run, data, out, "--shard", "0/2", "--resume")
+    assert r.exit_code == 0, r.output

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 MAX_SHARDS = 4096  # --shard COUNT and torchrun's WORLD_SIZE: each share is a journal to read at the merge
 
@@ -31,7 +31,7 @@ def digest(paths: Sequence) -> str:
     return _pinned(paths, lambda st: f"{st.st_size}:{st.st_mtime_ns}")
 
 
-def sources(paths: Sequence) -> str:
+def sources(paths: Iterable) -> str:
     """sha256 of what no user can set back on each file of the list: its inode number and its
     change time (st_ctime_ns, which the system sets on every write, rename over it, `touch`,
     `chmod` or `chown`). It tells a file replaced or rewritten under the same name, size and
@@ -46,7 +46,7 @@ def identity(st: os.stat_result) -> str:
     return f"{st.st_ino}:{st.st_ctime_ns}"
 
 
-def _pinned(paths: Sequence, stamp: Callable[[os.stat_result], str]) -> str:
+def _pinned(paths: Iterable, stamp: Callable[[os.stat_result], str]) -> str:
     h = hashlib.sha256()
     texts = getattr(paths, "texts", None)
     for p in (texts if texts is not None else map(str, paths)):

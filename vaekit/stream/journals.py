@@ -90,7 +90,9 @@ class Journal:
                  row_check: RowCheck | None = None):
         self.out = Path(out)
         self.path = partial_path(self.out)
-        pinned = {} if layout is None else {"sources": sources(layout.paths)}  # the files this machine sees
+        # the files whose rows this journal holds (its share's), as this machine sees them
+        pinned = {} if layout is None else {"sources": sources(layout.paths[i] for b in layout.mine()
+                                                               for i in layout.positions(b))}
         self.settings = json.loads(dumps_json({**journal_header(settings), **pinned}, indent=None))
         self.layout, self.row_check = layout, row_check
         self.done: set[int] = set()
