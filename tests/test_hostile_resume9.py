@@ -499,3 +499,32 @@ def test_a_share_pins_only_its_own_files(setup, data, tmp_path):
     _replace(data / "img005.png", "rewritten in place")
     r = score(run, data, out, "--shard", "0/2", "--resume")
     assert r.exit_code == 0, r.output
+
+
+def test_a_resume_after_the_input_list_changed_order_names_the_list_not_a_replaced_file(setup, tmp_path):
+    # the sources digest changes with the list too: the refusal also said a file was replaced
+    # "keeping its name, size and modification time", which was not what happened
+    run, data = setup
+    import vaekit
+    from vaekit import anomaly
+
+    a, b = tmp_path / "A", tmp_path / "B"
+    a.mkdir(), b.mkdir()
+    for i in range(8):
+        shutil.copy(data / f"img{i:03d}.png", (a if i < 4 else b) / f"x{i}.png")
+    model, calls = vaekit.load(run), []
+    real = model.score
+
+    def dying(x, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(x, **kw)
+
+    model.score = dying
+    out = tmp_path / "o.csv"
+    with pytest.raises(KeyboardInterrupt):
+        anomaly.score_to_file(model, [a, b], out, threshold=0.0, batch_size=4)
+    r = invoke("anomaly-score", run, b, a, "-o", out, "--batch-size", "4", "--threshold", "0", "--resume")
+    assert one_line_refusal(r) and "the input files changed" in r.output, r.output
+    assert "keeping its name" not in r.output
