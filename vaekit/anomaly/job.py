@@ -49,6 +49,7 @@ class JobReport:
     maps: int = 0  # heat maps written by this process
     resumed: int = 0  # batches a previous run had finished
     pending: list[int] = field(default_factory=list)  # shares whose journal is not complete yet
+    repeated: list[str] = field(default_factory=list)  # files named again after their first time, scored once
 
 
 def score_to_file(
@@ -78,7 +79,7 @@ def score_to_file(
     """
     plan = scoring_plan(model, samples, score, iwae, threshold)
     batch_size = check_batch_size(batch_size, default_batch(model))
-    found = stream.find_inputs(inputs)
+    found = stream.find_inputs(inputs, once=True)
     torchrun = shard is None and stream.env_shard()[1] > 1
     index, count = stream.check_shard(*(stream.env_shard() if shard is None else shard))
     if out is None and (resume or count > 1):
@@ -91,12 +92,13 @@ def score_to_file(
     sink = _Sink(journal, tally, None if maps is None else Path(maps), out)
     positions = stream.shard(found.paths, index, count, batch_size) if count > 1 else None
     try:
-        sink.targets = _check_maps(found, maps, layout, done, overwrite, journal is not None and journal.resumed)
+        sink.targets = _check_maps(found, maps, layout, journal, overwrite)
         with pipeline.WriteBehind(sink.write) as writer:
             for b in iter_scored(model, found, plan, maps=maps is not None, batch_size=batch_size,
                                  positions=positions, skip_batches=done, workers=workers, progress=progress):
                 writer.put(b)
-        report = JobReport(None, 0, 0, [], [], plan, (index, count), False, sink.maps, len(done))
+        report = JobReport(None, 0, 0, [], [], plan, (index, count), False, sink.maps, len(done),
+                           repeated=found.repeated)
         if journal is None:
             if not tally.count:
                 raise imageio.none_usable(f"in {stream.named(inputs)}", tally.skipped)
@@ -159,18 +161,34 @@ def _texts(paths) -> list[str]:
     return texts if texts is not None else [str(p) for p in paths]
 
 
-def _check_maps(found: stream.Inputs, maps, layout: Layout, done, overwrite: bool, resumed: bool) -> list[str]:
+def _check_maps(found: stream.Inputs, maps, layout: Layout, journal, overwrite: bool) -> list[str]:
     """Each image's heat-map target; refuses (before any work) a heat map that would replace a
     file, unless `overwrite`. Resuming, the maps of the first unfinished batch may have been
     written just before the stop (a batch's maps come before its journal line, in order): they
-    are this job's own, and are written again; any other file there is still refused."""
+    are this job's own, and are written again; any other file there is still refused; and each
+    map of a finished batch must still be there."""
     if maps is None:
         return []
+    done, resumed = (journal.done, journal.resumed) if journal is not None else (frozenset(), False)
     targets = map_targets(found.names)
+    if resumed:
+        _refuse_lost_maps(journal, Path(maps), targets, layout)
     todo = [b for b in layout.mine() if b not in done]
     own = set(layout.positions(todo[0])) if resumed and todo else set()
     refuse_taken_maps(Path(maps), [targets[i] for b in todo for i in layout.positions(b) if i not in own], overwrite)
     return targets
+
+
+def _refuse_lost_maps(journal, maps: Path, targets: list[str], layout: Layout) -> None:
+    """BadInput naming the first heat map of a finished batch that is gone since the stop: the
+    resume would write only the others' and call the job done."""
+    for e in journal.entries():
+        at = {layout.paths[i]: i for i in layout.positions(e["batch"])}
+        for r in e["rows"]:
+            t = maps / targets[at[r["path"]]]
+            if not (t.exists() or t.is_symlink()):
+                raise BadInput(f"cannot resume {journal.path}: the heat map {t} of a finished batch is gone (removed "
+                               "since the job stopped?); put it back, or delete the journal to start again")
 
 
 def _merge(model, plan, shares: Shares, report: JobReport, tally: "_Tally", inputs, torchrun, timeout,

@@ -92,6 +92,7 @@ class EncodeReport:
     merged: bool = True  # False: a share whose code file another share's process writes
     pending: list[int] = field(default_factory=list)  # shares not complete yet (merged False)
     resumed: int = 0  # batches a previous run had finished
+    repeated: list[str] = field(default_factory=list)  # files named again after their first time, encoded once
 
     @property
     def bytes_per_image(self) -> float:
@@ -144,7 +145,7 @@ def encode_folder(
     batch_size = check_batch_size(batch_size)
     if out.is_dir():
         raise BadInput(f"output {out} is a folder; give a file name such as {out / 'images.codes'}")
-    found = stream.find_inputs(source)
+    found = stream.find_inputs(source, once=True)
     decodable(found.names, source)
     refuse_inside(out, [*found.sources, model.info.source], "output")  # nor into the model's run directory
     refuse_model_files(out, model.info.source, "output")  # nor onto an export's part (with --overwrite)
@@ -164,7 +165,8 @@ def encode_folder(
         _encode_batches(model, found, journal, layout, workers, progress)
         if count > 1:  # this share is written: its lock goes, another share's process may merge it
             journal.close()
-        report = EncodeReport(out, 0, 0, 0, info.image_size, 0, precision, shard=(index, count), resumed=resumed)
+        report = EncodeReport(out, 0, 0, 0, info.image_size, 0, precision, shard=(index, count), resumed=resumed,
+                              repeated=found.repeated)
         report.merged, report.pending = finish_when_complete(
             shares, torchrun, merge_timeout, progress, lambda: _write_code_file(shares, report, info, source))
         return report

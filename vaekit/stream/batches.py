@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 MAX_SHARDS = 4096  # --shard COUNT and torchrun's WORLD_SIZE: each share is a journal to read at the merge
 
@@ -28,15 +28,33 @@ def digest(paths: Sequence) -> str:
     (NUL-separated). Two runs with this digest read the same files in the same order, so their
     batches are the same slices; a file replaced under the same name (another size or time)
     changes it, so a resume or a merge never keeps the rows of the image that was there before."""
+    return _pinned(paths, lambda st: f"{st.st_size}:{st.st_mtime_ns}")
+
+
+def sources(paths: Iterable) -> str:
+    """sha256 of what no user can set back on each file of the list: its inode number and its
+    change time (st_ctime_ns, which the system sets on every write, rename over it, `touch`,
+    `chmod` or `chown`). It tells a file replaced or rewritten under the same name, size and
+    modification time (`touch -r old new; mv new old`, `os.utime(ns=...)`) from the file
+    `digest` saw. The same files seen from another machine (their own copy) differ here, so only
+    a job's own journal is held to it, never another share's (vaekit.stream.shares)."""
+    return _pinned(paths, identity)
+
+
+def identity(st: os.stat_result) -> str:
+    """A file's inode number and change time, as `sources` pins them."""
+    return f"{st.st_ino}:{st.st_ctime_ns}"
+
+
+def _pinned(paths: Iterable, stamp: Callable[[os.stat_result], str]) -> str:
     h = hashlib.sha256()
     texts = getattr(paths, "texts", None)
     for p in (texts if texts is not None else map(str, paths)):
         try:
-            st = os.stat(p)
-            stamp = f"{st.st_size}:{st.st_mtime_ns}"
+            pin = stamp(os.stat(p))
         except OSError:  # gone or unreadable: scored as a skipped file, and pinned as such
-            stamp = "-"
-        h.update(os.fsencode(p) + b"\0" + stamp.encode() + b"\0")
+            pin = "-"
+        h.update(os.fsencode(p) + b"\0" + pin.encode() + b"\0")
     return h.hexdigest()
 
 
@@ -139,10 +157,16 @@ def changed(old: dict, new: dict, skip: Sequence[str] = ()) -> list[str]:
         return text if len(text) <= 40 else text[:37] + "..."
 
     keys = [k for k in {**old, **new} if k not in skip and old.get(k, _ABSENT) != new.get(k, _ABSENT)]
+    if "file_list" in keys and "sources" in keys:  # another list pins other files: not one replaced in place
+        keys.remove("sources")
     return [_SAID.get(k) or f"{k} {show(old.get(k, _ABSENT))} then, {show(new.get(k, _ABSENT))} now" for k in keys]
 
 
-_SAID = {"file_list": "the input files changed (a file added, removed, renamed, or replaced: another size or "
+_SAID = {"vaekit_journal": "it is in another journal format (an older vaekit's, whose lines carry no "
+                           "checksum, or a newer one's)",
+         "sources": "an input file was replaced or rewritten since, keeping its name, size and modification time "
+                    "(its inode or change time differs; a chmod, a chown or a copy of the folder changes them too)",
+         "file_list": "the input files changed (a file added, removed, renamed, or replaced: another size or "
                       "modification time)"}
 
 

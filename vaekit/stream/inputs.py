@@ -2,7 +2,8 @@
 of them, and fixed batches of them decoded ahead of the consumer.
 
 - `find_inputs`: the image files under what the user named, each with its name relative to
-  the folder it was found in (the names every output uses).
+  the folder it was found in (the names every output uses); for a job, each file once however
+  often it was named.
 - `shard`: this process's share of a file list, deterministic by file order (torchrun's
   RANK / WORLD_SIZE, or an explicit `--shard i/n`).
 - `iter_batches`: fixed slices of the file list, decoded ahead of the consumer (in a thread of
@@ -68,6 +69,7 @@ class Inputs:
     paths: Sequence[Path]  # every image file found under them, in order (a PathList)
     names: list[str]  # each file's name relative to the root it was found under
     linked: list[Path] = field(default_factory=list)  # real folders reached through folder links under them
+    repeated: list[str] = field(default_factory=list)  # files named again after their first time, left out
 
     @property
     def sources(self) -> list[Path]:
@@ -89,9 +91,16 @@ def _named(inputs) -> list:
     return items
 
 
-def find_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> Inputs:
+def find_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike], once: bool = False) -> Inputs:
     """The image files under `inputs` (see images.find_images) and their relative names.
-    Naming nothing, or folders that hold no image file, is BadInput (NoImagesError)."""
+    Naming nothing, or folders that hold no image file, is BadInput (NoImagesError).
+
+    once: each file once however often it is named (`a.png a.png`, `a.png ./a.png`, a file and
+    its folder), at its first place and name, each later one listed in `repeated`: what the
+    streaming jobs read, so no job scores, encodes or writes one file twice. (Without it, a file
+    named twice is two inputs: Model.load_images([a, b]) gives one image each, even when a is b.)
+    Two names of one file inside the folders (a link beside its target, a hard link) stay two
+    inputs either way, and a folder named twice is scanned once either way."""
     items = _named(inputs)
     if not items or any(not str(r) for r in items):
         raise BadInput("no inputs given: name image files or folders (an empty name is not the current folder)")
@@ -99,6 +108,9 @@ def find_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> Inpu
     linked: list[Path] = []
     found = imageio.scan_roots(roots, linked)
     paths = [f for _, files in found for f in files]
+    keep, repeated = _once(paths) if once and len(roots) > 1 else (None, [])
+    if keep is not None:
+        paths = [paths[i] for i in keep]
     if not paths:
         where = roots[0] if len(roots) == 1 else ", ".join(map(str, roots))
         raise imageio.NoImagesError(f"no image files found in {where}")
@@ -108,7 +120,27 @@ def find_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> Inpu
         names = [f[cut:] for f in paths]
     else:
         names = [_name(Path(f), folders, len(roots)) for f in paths]
-    return Inputs(roots, PathList(paths), names, linked)
+    return Inputs(roots, PathList(paths), names, linked, repeated)
+
+
+def _once(paths: list[str]) -> tuple[list[int] | None, list[str]]:
+    """(positions of each file's first appearance, or None when no file appears twice; the later
+    appearances). A file is its real folder and its own name: `a.png`, `./a.png`, `d/../a.png`
+    and `a.png` through a link to its folder are one file; a link named `b.png` to it is another."""
+    real: dict[str, str] = {}  # folder -> its real path: folders are few, files many
+    seen: set[tuple[str, str]] = set()
+    keep, repeated = [], []
+    for i, p in enumerate(paths):
+        folder, name = os.path.split(p)
+        if folder not in real:
+            real[folder] = os.path.realpath(folder or ".")
+        key = (real[folder], name)
+        if key in seen:
+            repeated.append(p)
+        else:
+            seen.add(key)
+            keep.append(i)
+    return (keep if repeated else None), repeated
 
 
 def named(inputs) -> str:

@@ -1,40 +1,40 @@
 """The journal of a streaming job, `OUT.partial`: the job's contract, written as it goes and checked when read.
 
 Line 1 is the header: every setting that changes the output (the vaekit release, the model's
-fingerprint, the score, the batch size, the digest of the input file list, the heat-map folder, ...). Each
-further line is one finished batch, flushed as it is written. Reading a journal back (`--resume`)
+fingerprint, the score, the batch size, the digests of the input file list and of its files' inodes and
+change times (`sources`, vaekit.stream.batches), the heat-map folder, ...). Each
+further line is one finished batch, flushed as it is written, with a checksum of its own bytes
+(vaekit.stream.lines: a line edited or damaged while still valid JSON is refused). Reading a journal back (`--resume`)
 checks the header against the job's settings, and every line against the header
 (vaekit.stream.batches.check_entry): a journal started with other settings is refused naming each
 setting that differs, and a line that is not one of this job's batches is a damaged file
 (exit 2) naming the line. A last line without its newline was cut short by a crash: it is
 dropped, never half-read.
 
-`OUT.partial` must be a regular file. A FIFO, a folder, a device or a symbolic link there is
-refused before it is opened for anything (O_NOFOLLOW, O_NONBLOCK): nothing waits on a pipe, and
-nothing is written through a link.
+`OUT.partial` must be a regular file (vaekit.stream.files): a FIFO, a folder, a device or a
+symbolic link there is refused before it is opened for anything. A journal removed by the process
+that held it (its job done, or given up) while this one was opening it is InUse, never written unseen.
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import os
-import stat
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Sequence
 
-from vaekit.stream.batches import Layout, RowCheck, changed, check_entry
+from vaekit.stream import lines as journal_lines
+from vaekit.stream.files import open_regular, read_lines, same_file
+from vaekit.stream.batches import Layout, RowCheck, changed, check_entry, sources
 from vaekit.errors import BadInput, DamagedFile, InUse, VaekitError, cannot_write
 from vaekit.fileio import atomic_writer, dumps_json, loads_json, try_lock
 from vaekit.version import __version__
 
 PARTIAL_SUFFIX = ".partial"
-JOURNAL_VERSION = 2
+JOURNAL_VERSION = 3  # 3: batch lines carry a checksum (vaekit.stream.lines); a journal of 2 is refused
 SYNC_EVERY = 2.0  # seconds between a journal's fsyncs
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 
 
 def journal_header(settings: dict) -> dict:
@@ -57,60 +57,6 @@ def partial_path(out: Path) -> Path:
     return Path(out).with_name(Path(out).name + PARTIAL_SUFFIX)
 
 
-def _kind(mode: int) -> str:
-    if stat.S_ISLNK(mode):
-        return "a symbolic link"
-    if stat.S_ISDIR(mode):
-        return "a folder"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    return "a socket or device"
-
-
-def open_regular(path: Path, write: bool, what: str = "journal") -> int | None:
-    """A file descriptor on `path`, a regular file (created when `write`); None when absent and
-    not `write`. Anything else at `path` (a link, a FIFO, a folder) is BadInput, never opened
-    in a way that could block or follow it."""
-    refuse = f"{path} is {{}}, not a {what} vaekit wrote; remove it or write the output elsewhere"
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        st = None
-    if st is None and not write:
-        return None
-    if st is not None and not stat.S_ISREG(st.st_mode):
-        raise BadInput(refuse.format(_kind(st.st_mode)))
-    flags = (os.O_RDWR | os.O_CREAT if write else os.O_RDONLY) | _NOFOLLOW | _NONBLOCK | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(path, flags, 0o666)
-    except FileNotFoundError:
-        if write:  # its folder cannot hold it (gone, or a /proc that creates nothing): the caller's OSError
-            raise
-        return None
-    except OSError as e:
-        if e.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):  # a link or FIFO put there since the lstat
-            raise BadInput(refuse.format("not a regular file")) from None
-        raise
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        raise BadInput(refuse.format(_kind(mode)))
-    return fd
-
-
-def read_lines(fd: int) -> Iterator[tuple[int, bytes]]:
-    """(offset after the line, line) for each complete line of the file open on `fd`, from its
-    start; a last line without its newline (cut short, or still being written) is not yielded."""
-    with os.fdopen(os.dup(fd), "rb") as f:
-        f.seek(0)
-        offset = 0
-        for line in f:
-            if not line.endswith(b"\n"):
-                return
-            offset += len(line)
-            yield offset, line
-
-
 _HEAD = b'{"vaekit_journal": '  # how every journal vaekit writes begins (dumps_json of its header)
 
 
@@ -126,6 +72,13 @@ def parse(line: bytes):
     return loads_json(line.decode("utf-8", "surrogateescape"))
 
 
+def _parse_header(line: bytes):
+    try:
+        return parse(line)
+    except ValueError:
+        return None
+
+
 class Journal:
     """Rows of a long job, one batch per JSON line in `OUT.partial` (see the module docstring).
 
@@ -137,7 +90,10 @@ class Journal:
                  row_check: RowCheck | None = None):
         self.out = Path(out)
         self.path = partial_path(self.out)
-        self.settings = json.loads(dumps_json(journal_header(settings), indent=None))
+        # the files whose rows this journal holds (its share's), as this machine sees them
+        pinned = {} if layout is None else {"sources": sources(layout.paths[i] for b in layout.mine()
+                                                               for i in layout.positions(b))}
+        self.settings = json.loads(dumps_json({**journal_header(settings), **pinned}, indent=None))
         self.layout, self.row_check = layout, row_check
         self.done: set[int] = set()
         self._part: tuple[int, list, list] | None = None  # a batch whose parts are not all in yet
@@ -172,6 +128,9 @@ class Journal:
         if not try_lock(self._fd):
             raise InUse(f"{self.out} is being written by another vaekit process right now "
                         f"({self.path.name} is locked); wait for it, or write elsewhere")
+        if not same_file(self._fd, self.path):  # its holder removed it (done, or gave up) before letting go
+            raise InUse(f"{self.path.name} was removed by another vaekit process while this one opened it (it "
+                        f"finished or gave up {self.out.name}); look at {self.out}, or run again")
 
     def close(self) -> None:
         """Sync what was appended and release the lock, even when the sync fails; no appends after."""
@@ -202,15 +161,12 @@ class Journal:
         left half-written; False when the file holds not even a complete header."""
         keep, header = 0, None
         for n, (offset, line) in enumerate(read_lines(self._fd), 1):
-            try:
-                entry = parse(line)
-            except ValueError:
-                entry = ValueError
             if header is None:
-                header = entry
+                header = _parse_header(line)
                 self._check_header(header)
             else:
-                why = "not JSON" if entry is ValueError else check_entry(entry, self.layout, self.row_check, self.done)
+                entry, why = journal_lines.decode(line)
+                why = why or check_entry(entry, self.layout, self.row_check, self.done)
                 if why is not None:
                     raise DamagedFile(f"{self.path} is damaged at line {n}: {why}; delete it to start again")
                 self.done.add(entry["batch"])
@@ -238,8 +194,7 @@ class Journal:
         rows, listed = self._gathered(batch, list(rows), [[str(p), r] for p, r in skipped])
         if rows is None:
             return
-        entry = {"batch": batch, "rows": rows, "skipped": listed}
-        self._write((dumps_json(entry, indent=None) + "\n").encode("utf-8", "surrogateescape"))
+        self._write(journal_lines.encode({"batch": batch, "rows": rows, "skipped": listed}))
         self._dirty = True
         if time.monotonic() - self._synced > SYNC_EVERY:
             os.fsync(self._fd)
@@ -277,7 +232,7 @@ class Journal:
         lines = read_lines(self._fd)
         next(lines, None)  # the settings
         for _, line in lines:
-            yield parse(line)
+            yield journal_lines.decode(line)[0]  # each checked when read (`_read`) or written by this run
 
     def rows(self) -> Iterator[dict]:
         """Every row, batch by batch in the order they were written (file order in one job)."""
@@ -305,9 +260,11 @@ class Journal:
             self.remove()
 
     def remove(self) -> None:
-        """Delete the journal (its job is done, or had nothing to keep) and release its lock."""
+        """Delete the journal (its job is done, or had nothing to keep) and release its lock; a file
+        put at its name since (the journal moved away while the job ran) is not the journal, and stays."""
         self._dirty = False  # nothing left to sync: the journal goes now
-        self.path.unlink(missing_ok=True)
+        if self._fd is not None and same_file(self._fd, self.path):
+            self.path.unlink(missing_ok=True)
         self.close()
 
 

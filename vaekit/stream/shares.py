@@ -19,10 +19,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from vaekit.stream import lines as journal_lines
 from vaekit.stream.batches import Layout, RowCheck, changed, check_entry
-from vaekit.errors import BadInput, DamagedFile, InUse
+from vaekit.errors import BadInput, DamagedFile, InUse, VaekitError
 from vaekit.fileio import held_elsewhere, try_lock
-from vaekit.stream.journals import journal_header, open_regular, parse, partial_path, read_lines
+from vaekit.stream.files import lines_reopened, open_regular, read_lines
+from vaekit.stream.journals import journal_header, parse, partial_path
 
 MERGING = ".merging"
 _LOCK_TEXT = b"vaekit shard merge lock\n"  # what makes OUT.merging vaekit's own
@@ -40,27 +42,49 @@ class Shares:
         self.out, self.layout, self.row_check = Path(out), layout, row_check
         self.settings = journal_header(settings)
         self.count = layout.count
+        self._read: dict[int, tuple[int, int]] = {}  # share -> (device, inode) of the journal read for it
+        self._polls: dict[int, _Read] = {}  # share -> how far `complete` has read its journal
 
     def journal(self, j: int) -> Path:
         return partial_path(share_out(self.out, j, self.count))
 
-    def _lines(self, j: int) -> Iterator[tuple[int, bytes]] | None:
-        fd = open_regular(self.journal(j), write=False)
+    def _lines(self, j: int, hold: bool, at: "_Read") -> Iterator[tuple[int, bytes]] | None:
+        """Share j's complete lines after those `at` has read (all, when it read another file or a
+        longer one); None without a journal. hold=False: no file held open between two lines
+        (vaekit.stream.files.lines_reopened), for the merge, which reads every share in turn."""
+        try:
+            fd = open_regular(self.journal(j), write=False)
+        except OSError as e:
+            raise self._unreadable(j, e) from None
+        st = None if fd is None else os.fstat(fd)
+        ident = None if st is None else (st.st_dev, st.st_ino)
+        if ident is None or ident != at.ident or st.st_size < at.offset or not _still(fd, at):
+            at.__init__(ident)  # another file (an inode number used again, too), or cut: from its start
         if fd is None:
             return None
+        self._read[j] = ident
+        start = at.offset
 
         def lines():
             try:
-                yield from read_lines(fd)
+                yield from read_lines(fd, start) if hold else lines_reopened(self.journal(j), fd)  # which closes fd
             except OSError as e:
                 if not held_elsewhere(e):
-                    raise
+                    raise self._unreadable(j, e) from None
                 # Windows: its share is still writing it (and holds its lock): no lines yet, so
                 # it is not complete, and its header is checked at the merge
             finally:
-                os.close(fd)
+                if hold:
+                    os.close(fd)
 
         return lines()
+
+    def _unreadable(self, j: int, e: OSError) -> Exception:
+        if isinstance(e, VaekitError):
+            return e
+        return BadInput(f"cannot read {self.journal(j)} (the journal of share {j}/{self.count}): "
+                        f"{e.strerror or e}; every share must be able to read the others' journals (run them "
+                        "as one user, or with a umask that lets the others read)")
 
     def check_headers(self) -> None:
         """Refuse now, before any work, when another share's journal was started by another job
@@ -68,7 +92,7 @@ class Shares:
         for j in range(self.count):
             if j == self.layout.index:
                 continue
-            lines = self._lines(j)
+            lines = self._lines(j, True, _Read())
             if lines is not None:
                 with _closing(lines):
                     first = next(lines, None)
@@ -82,50 +106,70 @@ class Shares:
             header = None
         if not isinstance(header, dict) or "vaekit_journal" not in header:
             raise DamagedFile(f"{self.journal(j)} is not a vaekit journal; delete it and score that share again")
-        diff = changed(header, self.settings, skip=("shard",))
+        # `sources` is the files as that share's machine saw them (its own copy, maybe): its own resume checks it
+        diff = changed(header, self.settings, skip=("shard", "sources"))
         if diff or header.get("shard") != [j, self.count]:
             raise BadInput(f"cannot merge share {j}/{self.count} ({self.journal(j).name}): it was started with "
                            f"other settings ({'; '.join(diff) or 'shard'}); run every share with the same "
                            "command, or delete that journal and score its share again")
 
-    def entries(self, j: int) -> Iterator[dict]:
-        """Share j's batch entries, each checked (header first): complete lines only."""
-        lines = self._lines(j)
+    def entries(self, j: int, hold: bool = True, at: "_Read | None" = None) -> Iterator[dict]:
+        """Share j's batch entries, each checked (header first): complete lines only (hold: see
+        _lines). `at`: go on from where it stopped reading the same file, and record how far."""
+        at = _Read() if at is None else at
+        lines = self._lines(j, hold, at)
         if lines is None:
             return
-        layout, seen = self.layout.share(j), set()
+        layout = self.layout.share(j)
         with _closing(lines):
-            for n, (_, line) in enumerate(lines, 1):
+            for offset, line in lines:
+                n, entry = at.n + 1, None
                 if n == 1:
                     self._check_header(j, line)
-                    continue
-                try:
-                    entry = parse(line)
-                except ValueError:
-                    entry = None
-                why = "not JSON" if entry is None else check_entry(entry, layout, self.row_check, seen)
-                if why is not None:
-                    raise DamagedFile(f"{self.journal(j)} is damaged at line {n}: {why}; delete it and score "
-                                      "that share again")
-                seen.add(entry["batch"])
-                yield entry
+                else:
+                    entry, why = journal_lines.decode(line)
+                    why = why or check_entry(entry, layout, self.row_check, at.seen)
+                    if why is not None:
+                        raise DamagedFile(f"{self.journal(j)} is damaged at line {n}: {why}; delete it and score "
+                                          "that share again")
+                    at.seen.add(entry["batch"])
+                at.n, at.offset, at.last = n, offset, line
+                if entry is not None:
+                    yield entry
 
     def complete(self, j: int) -> bool:
-        """Whether share j's journal holds every batch it owns (each line checked)."""
-        want = set(self.layout.share(j).mine())
-        got = {e["batch"] for e in self.entries(j)} if self.journal(j).exists() else None
-        return got is not None and want <= got
+        """Whether share j's journal holds every batch it owns, each line checked once: a poll (rank 0
+        waiting under torchrun, twice a second) reads only the lines appended since the last."""
+        at = self._polls.setdefault(j, _Read())
+        for _ in self.entries(j, at=at):
+            pass
+        return at.ident is not None and set(self.layout.share(j).mine()) <= at.seen
 
     def pending(self) -> list[int]:
         return [j for j in range(self.count) if not self.complete(j)]
 
     def merged(self) -> Iterator[dict]:
-        """Every share's entries in batch order, that is in file order."""
-        return heapq.merge(*(self.entries(j) for j in range(self.count)), key=lambda e: e["batch"])
+        """Every share's entries in batch order, that is in file order; each share's journal must
+        still hold all its batches (it was complete when the merge began), else InUse."""
+        return heapq.merge(*(self._whole(j) for j in range(self.count)), key=lambda e: e["batch"])
+
+    def _whole(self, j: int) -> Iterator[dict]:
+        at = _Read()
+        yield from self.entries(j, hold=False, at=at)
+        missing = set(self.layout.share(j).mine()) - at.seen
+        if missing:
+            raise InUse(f"{self.journal(j)} changed while the shares were being merged (it no longer holds batch "
+                        f"{min(missing)}): another process is writing it; run that share again with --resume")
 
     def remove(self) -> None:
+        """Delete the journals merged: each only if it is still the file read (not one put at its name since)."""
         for j in range(self.count):
-            self.journal(j).unlink(missing_ok=True)
+            try:
+                st = os.lstat(self.journal(j))
+            except FileNotFoundError:
+                continue
+            if self._read.get(j) == (st.st_dev, st.st_ino):
+                self.journal(j).unlink(missing_ok=True)
 
     def wait(self, timeout: float | None, progress=None) -> None:
         """Under torchrun, rank 0: wait until every rank's journal holds all its batches."""
@@ -140,6 +184,21 @@ class Shares:
                 raise InUse(f"gave up after {timeout:.0f} s waiting for {self.count - ready} other rank(s) to finish "
                             f"{self.out}; rerun with --resume to continue")
             time.sleep(0.5)
+
+
+class _Read:
+    """How far one share's journal was read: its file (device, inode), the offset and line number
+    reached, and the batches seen. A journal only grows (vaekit.stream.journals), so the next read
+    of the same file, no shorter, goes on from there."""
+
+    def __init__(self, ident: tuple[int, int] | None = None):
+        self.ident, self.offset, self.n, self.seen, self.last = ident, 0, 0, set(), b""
+
+
+def _still(fd: int, at: _Read) -> bool:
+    """Whether the file open on `fd` still holds, just before at.offset, the last line `at` read."""
+    os.lseek(fd, at.offset - len(at.last), os.SEEK_SET)
+    return os.read(fd, len(at.last)) == at.last
 
 
 @contextmanager
@@ -158,7 +217,13 @@ def merge_lock(out: Path):
     that is not is refused (BadInput), never used or deleted. The lock file goes when the merge
     is done, if it is still the one this process locked."""
     lock = out.with_name(out.name + MERGING)
-    fd = _open_lock(lock)
+    try:
+        fd = _open_lock(lock)
+    except OSError as e:
+        if isinstance(e, VaekitError):
+            raise
+        raise BadInput(f"cannot open {lock}, the lock of the shard merge: {e.strerror or e} (another user's merge, "
+                       "or its leftover); once it is gone, run any share again with --resume to merge") from None
     try:
         try:
             mine = try_lock(fd)

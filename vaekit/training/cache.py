@@ -3,7 +3,9 @@
 An entry is two files named by a key over the file list (path, size, mtime of each)
 and the decode settings: <key>.u8 holds the raw uint8 (N, C, H, W) array and
 <key>.json describes it, with the sha256 of the .u8 file, checked on every open: a
-corrupted entry (a bad disk, a stray write) is rebuilt, never trained on. The JSON is
+corrupted entry (a bad disk, a stray write) is rebuilt, never trained on. The JSON also
+pins the files' inode numbers and change times (vaekit.stream.batches.sources): a file
+replaced under the same name, size and mtime (which the key cannot tell) rebuilds the entry. The JSON is
 written last, so its presence marks a complete entry. Numpy only, no torch: the torch
 Dataset wraps what this returns.
 """
@@ -25,6 +27,7 @@ import PIL
 from vaekit import images
 from vaekit.errors import CannotWrite
 from vaekit.fileio import atomic_write_json, atomic_writer, check_regular, read_json
+from vaekit.stream.batches import identity
 
 # Bump when decoding changes, so old entries are never read as new ones. (Not bumped when
 # entries gained their sha256: the version is part of every run's data fingerprint, which
@@ -53,19 +56,25 @@ def cache_key(paths: Sequence[Path], size: int, channels: int) -> str:
     return _fingerprint(paths, size, channels)[0]
 
 
-def _fingerprint(paths: Sequence[Path], size: int, channels: int) -> tuple[str, list[Path]]:
-    """The key, and each file's resolved path (which an entry records, so it holds from any cwd)."""
+def _fingerprint(paths: Sequence[Path], size: int, channels: int) -> tuple[str, list[Path], str]:
+    """The key, each file's resolved path (which an entry records, so it holds from any cwd), and
+    the sha256 of the files' inodes and change times. Those are kept out of the key on purpose: the
+    key is training's data fingerprint, which `train --resume` compares, and a chmod or a copy of
+    the folder (a new inode and change time, the same pixels) must not refuse a resume; a stale
+    entry costs only a decode."""
     h = hashlib.sha256(f"vaekit {FORMAT_VERSION} {PIL.__version__} {size} {channels}\n".encode())
     # os.path.realpath, not Path.resolve: the latter raises RuntimeError on a symlink loop
     reals = [Path(os.path.realpath(p)) for p in paths]
+    pins = hashlib.sha256()
     for real in reals:
         try:
             st = real.stat()
-            stamp = f"{st.st_size} {st.st_mtime_ns}"
+            stamp, pin = f"{st.st_size} {st.st_mtime_ns}", identity(st)
         except OSError:
-            stamp = "missing"  # load_images will record it as skipped; the key must still exist
+            stamp = pin = "missing"  # load_images will record it as skipped; the key must still exist
         h.update(f"{real}\0{stamp}\n".encode("utf-8", "surrogateescape"))
-    return h.hexdigest()[:24], reals
+        pins.update(f"{pin}\n".encode())
+    return h.hexdigest()[:24], reals, pins.hexdigest()
 
 
 @dataclass
@@ -93,9 +102,9 @@ def load_cached(
     before any decoding when the disk has less room free than the entry needs.
     """
     paths = [Path(p) for p in paths]
-    key, reals = _fingerprint(paths, size, channels)
+    key, reals, pins = _fingerprint(paths, size, channels)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    found = _open_entry(root, key, size, channels, reals, paths)
+    found = _open_entry(root, key, size, channels, reals, paths, pins)
     if found is not None:
         return found
     need = len(paths) * channels * size * size  # the entry's bytes when every file decodes
@@ -103,7 +112,7 @@ def load_cached(
         free = _free_bytes(root)
         if free is not None and need > free:
             raise OSError(f"{free / 1e9:.1f} GB free")  # said before hours of decoding fill the disk
-        return _build(root, key, paths, reals, size, channels, progress, workers)
+        return _build(root, (key, pins), paths, reals, size, channels, progress, workers)
     except OSError as e:  # only cache writes raise OSError here; unreadable images are skipped
         if need > MEMORY_FALLBACK:  # the folder in memory instead would be the same bytes in RAM
             raise CannotWrite(f"the pixel cache {root} cannot hold these images decoded ({need / 1e9:.1f} GB at "
@@ -141,9 +150,9 @@ def _respell(recorded: list, reals: list[Path], paths: list[Path]) -> list[Path]
 
 
 def _open_entry(
-    root: Path, key: str, size: int, channels: int, reals: list[Path], paths: list[Path]
+    root: Path, key: str, size: int, channels: int, reals: list[Path], paths: list[Path], pins: str
 ) -> CachedImages | None:
-    """The entry for `key` if it is complete and consistent, else None."""
+    """The entry for `key` if it is complete, consistent and of these very files (`pins`), else None."""
     try:
         meta = read_json(root / f"{key}.json", "cache entry")
         shape = tuple(int(d) for d in meta["shape"])
@@ -151,6 +160,7 @@ def _open_entry(
         if (
             meta["version"] != FORMAT_VERSION
             or meta["dtype"] != "uint8"
+            or meta.get("sources") != pins  # an entry from before it was recorded is rebuilt too
             or len(shape) != 4
             or shape[1:] != (channels, size, size)
             or len(meta["paths"]) != shape[0]
@@ -170,7 +180,7 @@ def _open_entry(
 
 def _build(
     root: Path,
-    key: str,
+    named: tuple[str, str],  # (key, pins): see _fingerprint
     paths: list[Path],
     reals: list[Path],
     size: int,
@@ -178,6 +188,7 @@ def _build(
     progress: Callable[..., None] | None,
     workers: int,
 ) -> CachedImages:
+    key, pins = named
     results = images.iter_load(paths, size, channels, workers)  # checks the arguments first
     loaded: list[Path] = []  # resolved, as the entry records them
     skipped: list[tuple[Path, str]] = []
@@ -202,13 +213,14 @@ def _build(
         "shape": [len(loaded), channels, size, size],
         "dtype": "uint8",
         "sha256": digest.hexdigest(),
+        "sources": pins,
         "size": size,
         "channels": channels,
         "paths": [str(p) for p in loaded],
         "skipped": [[str(p), r] for p, r in skipped],
     }
     atomic_write_json(root / f"{key}.json", meta)
-    entry = _open_entry(root, key, size, channels, reals, paths)
+    entry = _open_entry(root, key, size, channels, reals, paths, pins)
     if entry is None:  # written but unreadable: a broken file system, not a user mistake
         raise OSError(f"cache entry {root / key} could not be read back")
     return CachedImages(entry.images, entry.paths, entry.skipped, key, hit=False)

@@ -1,0 +1,48 @@
+"""One batch line of a journal: a JSON object that carries a checksum of its own bytes.
+
+A line reads as it always did, one JSON object, with one more field at its end:
+
+    {"batch": 3, "rows": [...], "skipped": [], "check": "9f2c0a51d3e87b64"}
+
+`check` is the first 16 hex digits of the sha256 of the line's bytes as they would read without
+that field (everything before `, "check"`, closed by `}`). Reading a line checks it against
+those bytes as written, not against a re-serialisation, so any change inside the line, even one
+that keeps the JSON valid and the row well-formed (bit rot in a digit, a score edited by hand),
+makes the line damaged. It guards against damage and edits, not against forgery: whoever
+rewrites a line can compute its checksum too. The header line has none: it must equal the job's
+settings field by field, which any edit already breaks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from vaekit.fileio import dumps_json, loads_json
+
+FIELD = "check"
+_TAIL = re.compile(rb', "check": "([0-9a-f]{16})"\}\n?\Z')
+
+
+def _sum(body: bytes) -> bytes:
+    return hashlib.sha256(body).hexdigest()[:16].encode()
+
+
+def encode(entry: dict) -> bytes:
+    """`entry` as one journal line (newline included), its checksum last."""
+    body = dumps_json(entry, indent=None).encode("utf-8", "surrogateescape")
+    return body[:-1] + b', "check": "' + _sum(body) + b'"}\n'
+
+
+def decode(line: bytes) -> tuple[object, str | None]:
+    """(the entry, without its checksum, None), or (None, what is wrong with the line)."""
+    tail = _TAIL.search(line)
+    if tail is None:
+        return None, "it has no checksum at its end (edited by hand, or damaged)"
+    body = line[: tail.start()] + b"}"
+    if _sum(body) != tail.group(1):
+        return None, "its checksum does not match its contents (edited by hand, or damaged)"
+    try:
+        return loads_json(body.decode("utf-8", "surrogateescape")), None
+    except ValueError:
+        return None, "not JSON"
