@@ -10,7 +10,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from vaekit_cli.output import (DEVICE_HELP, Device, apply_threads, console, dumps_json, err_console, image_rate,
-                               load_model, parse_share, progress_bar, promise_rows, shown, tidy_outputs)
+                               load_model, note_repeated, parse_share, progress_bar, promise_rows, shown, tidy_outputs)
 
 MODEL_HELP = "A training run directory, or an exported .onnx model."
 TABLE_ROWS = 20  # the terminal shows at most this many images (the most anomalous); files get all
@@ -84,6 +84,7 @@ def anomaly_score(
         raise BadInput(f"--fail-on-anomaly needs a threshold, and there is {report.plan.source}")
     for path, reason in report.skipped:
         err_console.print(f"[yellow]skipped[/yellow] {shown(path)}: {shown(reason)}", highlight=False)
+    note_repeated(report.repeated, "scored")
     if report.plan.note:
         err_console.print(f"[yellow]note[/yellow]: {shown(report.plan.note)}", highlight=False)
     _print_scores(report, inputs)

@@ -15,7 +15,8 @@ from typing import Annotated, Optional
 import typer
 
 from vaekit_cli.output import (DEVICE_HELP, EXIT_TERMINATED, Device, Terminated, apply_threads, console, dumps_json,
-                               err_console, image_rate, load_model, parse_share, progress_bar, shown, tidy_outputs)
+                               err_console, image_rate, load_model, note_repeated, parse_share, progress_bar, shown,
+                               tidy_outputs)
 
 ModelArg = Annotated[Path, typer.Argument(help="Run directory or exported .onnx file.", exists=True)]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")]
@@ -110,6 +111,7 @@ def encode(
         report = encode_folder(m, images, out, (precision or Precision.q8).value, overwrite=overwrite, progress=progress, resume=resume,
                                batch_size=batch_size, workers=workers, shard=share)
     _skipped(report.skipped)
+    note_repeated(report.repeated, "encoded")
     if not report.merged:
         return _share_pending(report, out, as_json)
     if as_json:

@@ -111,6 +111,15 @@ def shown(value) -> str:
     return escape(safe_text(str(value)))
 
 
+def note_repeated(repeated, did: str) -> None:
+    """One note for the files named more than once (a file twice, a file and its folder): each
+    was `did` once, at its first place; the later mentions are listed."""
+    if repeated:
+        names = ", ".join(shown(p) for p in repeated[:5]) + (f" and {len(repeated) - 5} more" if len(repeated) > 5 else "")
+        err_console.print(f"[yellow]note[/yellow]: {len(repeated)} file(s) named again after their first "
+                          f"mention were {did} once: {names}", highlight=False, soft_wrap=True)
+
+
 def percent(rate: float) -> str:
     """A rate in [0, 1] as a short percentage: '4.8%', '0.52%', '100%' (not '1e+02%')."""
     return f"{100 * rate:.2g}%" if 100 * rate < 99.5 else f"{100 * rate:.0f}%"
