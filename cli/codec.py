@@ -275,6 +275,7 @@ def reconstruct(
     with _progress("decoding images", as_json) as progress:
         report = reconstruct_to_folder(m, images, out, overwrite=overwrite, progress=progress, batch_size=batch_size,
                                        workers=workers, resume=resume, shard=share)
+    note_repeated(report.repeated, "reconstructed")
     if not report.merged:
         _skipped(report.skipped)
         return _share_pending(report, out, as_json)

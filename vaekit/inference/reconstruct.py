@@ -47,6 +47,7 @@ class ReconstructReport:
     psnr: np.ndarray  # (N,) dB
     ssim: np.ndarray | None  # (N,); None where scikit-image is not installed
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    repeated: list[str] = field(default_factory=list)  # files named again after their first time, read once
 
     def to_dict(self) -> dict:
         def num(v: float) -> float | None:  # JSON has no infinity
@@ -75,7 +76,7 @@ def _targets(model: "Model", source, out_dir: Path, overwrite: bool, grid_max: i
         raise BadInput(f"output {out_dir} exists and is not a folder")
     refuse_inside(out_dir, source, "output folder", folder=True)  # its PNGs would be read back as inputs
     refuse_model_files(out_dir, model.info.source, "output folder")  # --overwrite would replace the run's files
-    found = stream.find_inputs(source)
+    found = stream.find_inputs(source, once=True)
     targets = codes.png_names(found.names)
     grid = out_dir / GRID
     if GRID in targets:
@@ -134,7 +135,7 @@ def reconstruct_folder(
         raise imageio.none_usable(f"in {source}", skipped)
     imageio.save_png(imageio.make_grid(np.concatenate(shown), ncol=8), grid)
     similarity = None if any(s is None for s in ssims) else np.concatenate(ssims)
-    return ReconstructReport(out_dir, kept, written, grid, np.concatenate(psnrs), similarity, skipped)
+    return ReconstructReport(out_dir, kept, written, grid, np.concatenate(psnrs), similarity, skipped, found.repeated)
 
 
 @dataclass
@@ -160,7 +161,7 @@ def reconstruct_to_folder(model: "Model", source: str | Path | Sequence[str | Pa
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise BadInput(f"output {out_dir} exists and is not a folder")
-    found = stream.find_inputs(source)
+    found = stream.find_inputs(source, once=True)  # a file named twice is one PNG, not a clash of two
     refuse_inside(out_dir, found.sources, "output folder", folder=True)  # its PNGs would be read back as inputs
     refuse_model_files(out_dir, model.info.source, "output folder")  # --overwrite would replace the run's files
     targets = png_names(found.names)  # relative to out_dir
@@ -177,13 +178,15 @@ def reconstruct_to_folder(model: "Model", source: str | Path | Sequence[str | Pa
     shares.check_headers()
     journal = open_journal(share_out(out_dir, index, count), settings, resume, layout, shares.row_check)
     try:
+        if journal.resumed:
+            _refuse_lost_pngs(journal, out_dir, found.names, targets, layout)
         todo = [b for b in layout.mine() if b not in journal.done]
         own = set(layout.positions(todo[0])) if journal.resumed and todo else set()  # see anomaly.job._check_maps
         taken = [out_dir / targets[i] for b in todo for i in layout.positions(b) if i not in own]
         check_targets(out_dir, [*(out_dir / t for t in targets), out_dir / GRID], overwrite=True)  # in the way
         refuse_existing([*taken, *([] if journal.resumed else [out_dir / GRID])], overwrite)
         report = ReconstructJob(out_dir, [], [], out_dir / GRID, np.zeros(0), None, shard=(index, count),
-                                resumed=len(journal.done))
+                                resumed=len(journal.done), repeated=found.repeated)
         _run(model, found, journal, layout, [out_dir / t for t in targets], workers, progress)
         if count > 1:  # this share is written: its lock goes, another share's process may merge it
             journal.close()
@@ -197,6 +200,18 @@ def reconstruct_to_folder(model: "Model", source: str | Path | Sequence[str | Pa
         raise
     finally:  # done, or stopped: the journal's lock goes at once (resumable in this process)
         journal.close()
+
+
+def _refuse_lost_pngs(journal, out_dir: Path, names: list[str], targets: list[str], layout: Layout) -> None:
+    """BadInput naming the first reconstruction of a finished batch that is gone since the stop:
+    the resume would write only the others' and call the job done (as anomaly.job's heat maps)."""
+    for e in journal.entries():
+        at = {names[i]: i for i in layout.positions(e["batch"])}
+        for r in e["rows"]:
+            t = out_dir / targets[at[r["name"]]]
+            if not (t.exists() or t.is_symlink()):
+                raise BadInput(f"cannot resume {journal.path}: the reconstruction {t} of a finished batch is gone "
+                               "(removed since the job stopped?); put it back, or delete the journal to start again")
 
 
 def _row_check(names: Sequence[str]):

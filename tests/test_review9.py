@@ -1,0 +1,81 @@
+"""Review of round 9 (journal checksums, inode/ctime pins, `once`, incremental share reads), and
+the two items it left for `reconstruct`: a file named twice is reconstructed once, and a resume
+whose finished PNGs were deleted is refused naming the first, not completed with holes.
+
+Real components: an untrained 16 px model, noise PNGs in tmp_path, the CLI through Typer's runner.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import vaekit
+from export_support import random_job
+from vaekit.inference.reconstruct import reconstruct_to_folder
+from vaekit_cli.main import app
+
+N_IMAGES = 24  # batch size 4: 6 batches
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    return random_job(tmp_path_factory.mktemp("review9"), N_IMAGES)
+
+
+@pytest.fixture
+def data(setup, tmp_path):
+    copy = tmp_path / "images"
+    shutil.copytree(setup[1], copy)
+    return copy
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, ["--threads", "1", *map(str, args)], env={"COLUMNS": "300"})
+
+
+def one_line_refusal(r, code: int = 2) -> bool:
+    return r.exit_code == code and len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output
+
+
+def stop_reconstruct(run, data, out, after: int = 3):
+    """OUT.partial of a reconstruct job stopped (Ctrl-C) in its batch `after` + 1."""
+    model, calls = vaekit.load(run), []
+    real = model.reconstruct
+
+    def dying(x):
+        calls.append(len(x))
+        if len(calls) == after + 1:
+            raise KeyboardInterrupt
+        return real(x)
+
+    model.reconstruct = dying
+    with pytest.raises(KeyboardInterrupt):
+        reconstruct_to_folder(model, data, out, batch_size=4)
+
+
+def test_reconstruct_reads_a_file_named_twice_once(setup, data, tmp_path):
+    run, _ = setup
+    named = [data / "img000.png", data, data / "img001.png"]
+    report = reconstruct_to_folder(vaekit.load(run), named, tmp_path / "rec", batch_size=4)
+    assert len(report.names) == N_IMAGES and len(set(report.written)) == N_IMAGES
+    assert report.repeated == [str(data / "img000.png"), str(data / "img001.png")]
+    assert sorted(p.name for p in (tmp_path / "rec").rglob("*.png")).count("img000.png") == 1
+
+
+def test_a_reconstruct_resume_whose_finished_pngs_were_deleted_is_refused_naming_the_first(setup, data, tmp_path):
+    run, _ = setup
+    out = tmp_path / "rec"
+    stop_reconstruct(run, data, out)
+    (out / "img005.png").unlink()  # batch 1's, finished
+    (out / "img009.png").unlink()  # batch 2's
+    before = sorted(p.name for p in out.iterdir())
+    r = invoke("reconstruct", run, data, "-o", out, "--batch-size", "4", "--resume")
+    assert one_line_refusal(r), r.output
+    assert "img005.png" in r.output and "img009.png" not in r.output
+    assert sorted(p.name for p in out.iterdir()) == before and (tmp_path / "rec.partial").exists()
