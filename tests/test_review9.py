@@ -79,3 +79,16 @@ def test_a_reconstruct_resume_whose_finished_pngs_were_deleted_is_refused_naming
     assert one_line_refusal(r), r.output
     assert "img005.png" in r.output and "img009.png" not in r.output
     assert sorted(p.name for p in out.iterdir()) == before and (tmp_path / "rec.partial").exists()
+
+
+def test_a_file_without_a_header_at_a_share_journal_that_owns_no_batch_is_neither_merged_nor_deleted(tmp_path):
+    """4 images in one batch, 2 shares: share 1 owns no batch. A file at its journal's name
+    that holds no complete header line is not its journal: share 0 waits for share 1, and the
+    file stays (it was taken as complete, merged unchecked, and deleted)."""
+    run, data = random_job(tmp_path, 4)
+    out = tmp_path / "o.csv"
+    notes = tmp_path / "o.csv.shard-1-of-2.partial"
+    notes.write_text("my notes, no newline")
+    r = invoke("anomaly-score", run, data, "-o", out, "--batch-size", "4", "--threshold", "0", "--shard", "0/2")
+    assert r.exit_code == 0 and "waiting for 1" in r.output, r.output
+    assert notes.read_text() == "my notes, no newline" and not out.exists()

@@ -143,7 +143,9 @@ class Shares:
         at = self._polls.setdefault(j, _Read())
         for _ in self.entries(j, at=at):
             pass
-        return at.ident is not None and set(self.layout.share(j).mine()) <= at.seen
+        # its header read too: a share that owns no batch (more shares than batches) is complete
+        # with its header alone, and a file without one at its name is not its journal
+        return at.ident is not None and at.n >= 1 and set(self.layout.share(j).mine()) <= at.seen
 
     def pending(self) -> list[int]:
         return [j for j in range(self.count) if not self.complete(j)]
@@ -157,9 +159,10 @@ class Shares:
         at = _Read()
         yield from self.entries(j, hold=False, at=at)
         missing = set(self.layout.share(j).mine()) - at.seen
-        if missing:
-            raise InUse(f"{self.journal(j)} changed while the shares were being merged (it no longer holds batch "
-                        f"{min(missing)}): another process is writing it; run that share again with --resume")
+        if missing or at.n < 1:
+            lost = f"batch {min(missing)}" if missing else "its header"
+            raise InUse(f"{self.journal(j)} changed while the shares were being merged (it no longer holds {lost}): "
+                        "another process is writing it; run that share again with --resume")
 
     def remove(self) -> None:
         """Delete the journals merged: each only if it is still the file read (not one put at its name since)."""
