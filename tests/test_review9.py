@@ -92,3 +92,21 @@ def test_a_file_without_a_header_at_a_share_journal_that_owns_no_batch_is_neithe
     r = invoke("anomaly-score", run, data, "-o", out, "--batch-size", "4", "--threshold", "0", "--shard", "0/2")
     assert r.exit_code == 0 and "waiting for 1" in r.output, r.output
     assert notes.read_text() == "my notes, no newline" and not out.exists()
+
+
+def test_a_journal_line_changed_after_the_resume_read_it_is_damage_not_a_traceback(tmp_path):
+    """Rows are read back from the file at the end of a job: a line edited after the resume's
+    check must be refused as damage (it was a TypeError on the None of a failed checksum)."""
+    from vaekit.errors import DamagedFile
+    from vaekit.stream.journals import Journal
+
+    out = tmp_path / "o.csv"
+    j = Journal(out, {"job": "t"}, resume=False)
+    j.append(0, [{"path": "a.png", "score": 1.0}])
+    j.close()
+    j = Journal(out, {"job": "t"}, resume=True)  # checked here
+    path = j.path
+    path.write_bytes(path.read_bytes().replace(b'"score": 1.0', b'"score": 9.0').replace(b'"score":1.0', b'"score":9.0'))
+    with pytest.raises(DamagedFile, match="damaged at line 2: its checksum does not match"):
+        list(j.rows())
+    j.close()

@@ -231,8 +231,11 @@ class Journal:
         """Every batch entry, in the order written."""
         lines = read_lines(self._fd)
         next(lines, None)  # the settings
-        for _, line in lines:
-            yield journal_lines.decode(line)[0]  # each checked when read (`_read`) or written by this run
+        for n, (_, line) in enumerate(lines, 2):
+            entry, why = journal_lines.decode(line)  # checked when read (`_read`) or written by this run,
+            if why is not None:  # unless the file was changed since
+                raise DamagedFile(f"{self.path} is damaged at line {n}: {why}; delete it to start again")
+            yield entry
 
     def rows(self) -> Iterator[dict]:
         """Every row, batch by batch in the order they were written (file order in one job)."""
