@@ -1,5 +1,6 @@
 """The surface path's shortcuts give the very numbers of the long way: windows read from the pixel
-cache row by row are the windows cut from whole images."""
+cache row by row are the windows cut from whole images, and calibration's scores without maps are
+read()'s scores."""
 
 from __future__ import annotations
 
@@ -41,3 +42,17 @@ def test_read_ahead_with_crops_reads_each_batch_s_windows(tmp_path):
     got = list(read_ahead(images, iter(batches), torch.device("cpu"), crop=32, seeds=iter(seeds)))
     for x, idx, seed in zip(got, batches, seeds):
         assert torch.equal(x, crop_batch(torch.from_numpy(gather(images, idx)), 32, seed))
+
+
+def test_calibration_scores_are_read_s_scores():
+    from vaekit.reader.net import ReaderConfig, ReaderEnsemble, ReaderNet
+    from vaekit.reader.train import read, score_images
+
+    torch.manual_seed(0)
+    net = ReaderEnsemble([ReaderNet(1, ReaderConfig()) for _ in range(3)]).eval()
+    x = np.random.default_rng(2).integers(0, 256, (3, 1, 80, 72), dtype=np.uint8)
+    for tile in (None, 48):
+        scores, maps = read(net, x, tile=tile, batch=2)
+        assert maps.shape == (3, 80, 72)
+        np.testing.assert_array_equal(score_images(net, x, tile=tile, batch=2), scores)
+    assert score_images(net, x[:0]).shape == (0,)
