@@ -60,6 +60,18 @@ def maps_and_scores(logits: np.ndarray, smooth: int, map_smooth: int) -> tuple[n
     """(image scores (N,), defect maps (N, H, W)) from the network's logits (N, H, W): the map is
     the defect probability averaged over map_smooth px, the score the largest mean over smooth px
     (DRAEM's mean-filtered maximum)."""
-    p = 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
-    scores = box_mean(p, smooth).reshape(len(p), -1).max(1)
-    return scores.astype(np.float32), box_mean(p, map_smooth).astype(np.float32)
+    p = _probability(logits)
+    return _largest_mean(p, smooth), box_mean(p, map_smooth).astype(np.float32)
+
+
+def image_scores(logits: np.ndarray, smooth: int) -> np.ndarray:
+    """maps_and_scores's image scores (N,) alone, with no map (what calibration needs)."""
+    return _largest_mean(_probability(logits), smooth)
+
+
+def _probability(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
+
+
+def _largest_mean(p: np.ndarray, smooth: int) -> np.ndarray:
+    return box_mean(p, smooth).reshape(len(p), -1).max(1).astype(np.float32)

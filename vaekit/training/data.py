@@ -294,22 +294,25 @@ def gather(images: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return out
 
 
-def read_ahead(images: np.ndarray, batches: Iterator[np.ndarray], device: torch.device, depth: int = 2) -> Iterator[torch.Tensor]:
+def read_ahead(images: np.ndarray, batches: Iterator[np.ndarray], device: torch.device, depth: int = 2,
+               crop: int | None = None, seeds: Iterator | None = None) -> Iterator[torch.Tensor]:
     """The uint8 tensor of each index array in `batches`, read `depth` batches ahead in a thread
-    (vaekit.stream.pipeline.read_ahead, the one read-ahead helper).
+    (vaekit.stream.pipeline.read_ahead, the one read-ahead helper); with `crop`, each batch's
+    crop x crop windows placed by its seed from `seeds` (vaekit.training.crops.gather_crops).
 
     Reads (pread releases the GIL) and pinning then overlap the training step, which keeps a
     GPU busy; on the CPU it hides disk reads when the cache is not in the page cache.
     """
     from vaekit.stream import pipeline
+    from vaekit.training.crops import gather_crops
 
     cuda = device.type == "cuda"
 
-    def load(idx: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(gather(images, idx))
+    def load(idx: np.ndarray, seed=None) -> torch.Tensor:
+        x = torch.from_numpy(gather(images, idx)) if crop is None else gather_crops(images, idx, crop, seed)
         return x.pin_memory() if cuda else x
 
     init = None
     if cuda:  # set_device in the thread, or pinning would open a CUDA context on GPU 0 for every rank
         init = partial(torch.cuda.set_device, torch.cuda.current_device() if device.index is None else device.index)
-    return pipeline.read_ahead(map(load, batches), depth, init)
+    return pipeline.read_ahead(map(load, batches) if crop is None else map(load, batches, seeds), depth, init)

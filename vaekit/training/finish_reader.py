@@ -88,9 +88,9 @@ def read_scores(net, data, idx, tile: int) -> np.ndarray:
     """The reader's image scores of images `idx`, each read whole as `anomaly-score` reads its
     file (vaekit.inference.tiled: a wider image in square tiles, its score the largest tile's),
     a pixel-bounded chunk of tiles at a time."""
-    from vaekit.reader.train import read
+    from vaekit.reader.train import score_images
 
-    out = [per_image_max(read(net, tiles, tile=READ_TILE)[0], counts)
+    out = [per_image_max(score_images(net, tiles, tile=READ_TILE), counts)
            for tiles, counts in iter_whole_tiles(data, idx, CHUNK_PIXELS, tile)]
     return np.concatenate(out) if out else np.zeros(0)
 

@@ -1,8 +1,8 @@
 """One model and its optimiser, trained an epoch at a time: AMP, channels-last, DDP, torch.compile.
 
 The run's model (vaekit.training.loop) and the cross-fitting fold models (vaekit.training.crossfit)
-are trained by the very same steps. Also here: the crops a surface model trains on, and the
-deterministic -ELBO (z = mu) by which each epoch is validated.
+are trained by the very same steps. Also here: the crop a surface model trains on (its windows:
+vaekit.training.crops), and the deterministic -ELBO (z = mu) by which each epoch is validated.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from vaekit.model.objective import negative_elbo
 from vaekit.model.vae import ConvVAE
 from vaekit.progress import Progress
 from vaekit.training.augment import warp_batch
-from vaekit.training.data import gather, read_ahead, to_device, to_input
+from vaekit.training.crops import gather_crops
+from vaekit.training.data import read_ahead, to_device, to_input
 from vaekit.training.distributed import Dist, all_reduce_sum
 from vaekit.training.recipe import context_gain, kl_weight, learning_rate
 
@@ -35,17 +36,6 @@ def training_crop(train_cfg: TrainConfig, model_cfg: ModelConfig) -> int | None:
         return None
     c = min(train_cfg.crop or CROP, model_cfg.image_size)
     return c if c < model_cfg.reads_at else None
-
-
-def crop_batch(x: torch.Tensor, crop: int | None, seed) -> torch.Tensor:
-    """Random crop x crop windows of a uint8 batch (B, C, H, W), placed by `seed` (a step's,
-    or an image's for the fixed validation crops): the same windows after a resume."""
-    if crop is None:
-        return x
-    rng = np.random.default_rng(seed)
-    ys = rng.integers(0, x.shape[-2] - crop + 1, len(x))
-    xs = rng.integers(0, x.shape[-1] - crop + 1, len(x))
-    return torch.stack([x[i, :, y : y + crop, c : c + crop] for i, (y, c) in enumerate(zip(ys.tolist(), xs.tolist()))])
 
 
 @torch.no_grad()
@@ -66,8 +56,7 @@ def deterministic_scores(model: ConvVAE, images: np.ndarray, idx: np.ndarray, de
         if crop is None:
             x = to_input(images, chunk, device)
         else:
-            x = torch.cat([crop_batch(torch.from_numpy(gather(images, chunk[j : j + 1])), crop, [7, int(i)])
-                           for j, i in enumerate(chunk)])
+            x = torch.cat([gather_crops(images, chunk[j : j + 1], crop, [7, int(i)]) for j, i in enumerate(chunk)])
             x = to_device(x, device)
         mu, logvar = model.encode(x)
         params = model.decode(mu, model.size_of(x))
@@ -167,7 +156,8 @@ class Trainer:
         # a fresh generator per epoch: the shuffle needs no saved state to resume exactly
         perm = train_idx[np.random.default_rng([cfg.seed, epoch]).permutation(len(train_idx))]
         shares = [_share(perm[s * cfg.batch_size : (s + 1) * cfg.batch_size], dist) for s in range(steps)]
-        reader = read_ahead(images, (mine for mine, _, _ in shares), device)
+        reader = read_ahead(images, (mine for mine, _, _ in shares), device, crop=self.crop,
+                            seeds=([cfg.seed, epoch, step] for step in range(steps)))
         sums = torch.zeros(3, device=device, dtype=torch.float64)  # recon, kl, total
         count, report_every = 0, max(1, steps // 50)
         try:
@@ -177,7 +167,6 @@ class Trainer:
                 lr = learning_rate(cfg, epoch * steps + step, cfg.epochs * steps)
                 self.model.context_gain.fill_(context_gain(epoch * steps + step, cfg.epochs * steps))
                 eps = self._noise(epoch, step, n_global, rows)
-                x = crop_batch(x, self.crop, [cfg.seed, epoch, step])
                 x = to_device(x, device, self.channels_last)
                 if cfg.augment == "on":  # resolved by vaekit.training.loop.resolved_train_config
                     x = warp_batch(x, [cfg.seed, epoch, step, 1], rows.numpy(), n_global)
