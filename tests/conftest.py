@@ -29,6 +29,27 @@ def _fsync_checked_not_flushed(fd: int) -> None:
 os.fsync = _fsync_checked_not_flushed
 
 
+# The modules that import gradio (through the web app): `--dist loadscope` (dev.py test --fast)
+# gives them to one pytest-xdist worker, so that only one pays its ~2.5 s import.
+WEB_MODULES = {"test_demo.py", "test_web7.py", "test_web7_review.py", "test_webcli6.py"}
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: unknown, and never called, without it
+def pytest_xdist_make_scheduler(config, log):
+    """Each module's tests on one worker, as `loadscope` has it (its trained model once), with
+    the web app's modules as one unit."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class WebTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            scope = super()._split_scope(nodeid)
+            return "web" if scope.rsplit("/", 1)[-1] in WEB_MODULES else scope
+
+    return WebTogether(config, log)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _quiet_machine(tmp_path_factory):
     # torch's intra-op threads slow ~100x when another process holds the cores: use one.

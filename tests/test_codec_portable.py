@@ -60,6 +60,7 @@ def test_a_lossless_archive_decodes_exactly_on_another_thread_count(run, tmp_pat
     assert got.keys() == want.keys() and all(np.array_equal(got[k], want[k]) for k in want)
 
 
+@pytest.mark.slow  # codes at 2 torch threads beside the other worker
 def test_through_the_cli_with_other_threads_options(run, tmp_path, threads, monkeypatch):
     from vaekit_cli import output
     from vaekit_cli.main import app
@@ -77,6 +78,7 @@ def test_through_the_cli_with_other_threads_options(run, tmp_path, threads, monk
     assert got.keys() == want.keys() and all(np.array_equal(got[k], want[k]) for k in want)
 
 
+@pytest.mark.slow  # codes at 2 torch threads beside the other worker
 def test_an_archive_written_before_the_pin_decodes_on_its_recorded_count(run, tmp_path, threads, monkeypatch):
     """vaekit < this fix coded on --threads; such a file records the count and still decodes."""
     _digits(tmp_path / "src", 20, seed=4)

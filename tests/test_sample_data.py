@@ -117,6 +117,7 @@ def test_digits_pixels_are_the_source_scaled_to_8_bit(tmp_path, digits_source):
         np.testing.assert_array_equal(pixels, np.rint(images[index] * 255 / 16).astype(np.uint8))
 
 
+@pytest.mark.slow  # writes the whole scikit-learn digits set again
 def test_digits_all_anomalies_when_n_anomalous_is_none(tmp_path, digits_source):
     _, labels = digits_source
     report = write_digits(tmp_path, normal=0, size=8, n_anomalous=None)
@@ -124,6 +125,7 @@ def test_digits_all_anomalies_when_n_anomalous_is_none(tmp_path, digits_source):
     assert len(_names(tmp_path / "test/anomalous")) == int((labels != 0).sum())
 
 
+@pytest.mark.slow  # writes the whole scikit-learn digits set again
 def test_digits_are_deterministic_for_a_seed(tmp_path):
     kwargs = dict(normal=5, size=16, n_anomalous=30, seed=11)
     write_digits(tmp_path / "a", **kwargs)

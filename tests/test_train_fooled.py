@@ -65,6 +65,7 @@ def test_another_runs_weights_copied_in_before_the_resume_are_refused_not_calibr
     assert "anomaly" not in json.loads((tmp_path / "run" / "config.json").read_text())
 
 
+@pytest.mark.slow  # trains the same model twice
 def test_an_untouched_stopped_run_still_resumes_to_the_uninterrupted_model(discs, tmp_path):
     whole, _ = train(discs, tmp_path / "whole", MODEL, tcfg())
     stopped_after_its_epochs(discs, tmp_path / "run")

@@ -35,6 +35,7 @@ def test_demo_refuses_bad_options_with_exit_2_and_serves_nothing(args, said, tmp
     assert served == []  # Gradio's parse of "abc" raised ValueError: exit 3, "a bug in vaekit"
 
 
+@pytest.mark.slow  # builds the whole web app twice
 def test_demo_on_a_port_in_use_or_an_unknown_host_is_one_line_and_exit_2(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with socket.socket() as busy:
@@ -205,6 +206,7 @@ def test_train_tab_numbers_that_are_not_whole_are_bad_input_and_train_nothing(si
 
 # --- the web app with a threshold or scores near the float limit -----------------------------------
 
+@pytest.mark.slow  # builds the whole web app
 def test_the_app_opens_a_model_whose_threshold_is_near_the_float_limit(run, tmp_path):
     import io
     import shutil
