@@ -42,6 +42,7 @@ class Session:
     stop: threading.Event = field(default_factory=threading.Event)  # its Stop button
     training: threading.Lock = field(default_factory=threading.Lock)  # held while its training runs
     has_files: bool = False
+    ended: bool = False  # its last training ended (Done or Stopped), and the page says how
     busy: int = 0  # its requests writing files now (Sessions.using): trimming and closing leave its folder alone
     closed: bool = False  # its page was closed: the last request still writing deletes its folder
     page: bool = False  # it loaded the page's model widgets (a page, a gradio_client script), not a bare REST call

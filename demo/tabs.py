@@ -111,7 +111,8 @@ def _wire_train(w: SimpleNamespace, ctx: Context) -> None:
     def stop(request: gr.Request = None):
         session = ctx.session(request)
         if not session.training.locked():  # a stale press must not stop this page's next run
-            return "Stopping: nothing is training on this page."
+            # after a run ended, its Done or Stopped message stays (a late press replaced it)
+            return gr.skip() if session.ended else "Stopping: nothing is training on this page."
         session.stop.set()
         return "Stopping after the current batch…"
 
@@ -142,6 +143,7 @@ def _train_run(folder, size, dim, n_epochs, session, request, progress, ctx: Con
         if ev.phase == "done":
             ctx.sessions.set_model(session, vaekit.load(ev.result.run_dir))
         said = _train_message(ev, rows, n_epochs, out, folder, ctx)
+        session.ended = ev.phase in ("done", "stopped")
         if said is not None:
             yield said, pd.DataFrame(rows), *(ctx.model_outputs(request) if ev.phase == "done" else keep)
 

@@ -31,7 +31,7 @@ os.fsync = _fsync_checked_not_flushed
 
 # The modules that import gradio (through the web app): `--dist loadscope` (dev.py test --fast)
 # gives them to one pytest-xdist worker, so that only one pays its ~2.5 s import.
-WEB_MODULES = {"test_demo.py", "test_web7.py", "test_web7_review.py", "test_webcli6.py"}
+WEB_MODULES = {"test_demo.py", "test_web7.py", "test_web7_review.py", "test_web_stop.py", "test_webcli6.py"}
 
 
 @pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: unknown, and never called, without it
