@@ -175,3 +175,18 @@ def test_default_cache_dir(monkeypatch, tmp_path):
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert cache.default_cache_dir() == tmp_path / "home" / ".cache" / "vaekit"
+
+
+def test_a_stale_entry_gives_its_room_back_before_the_rebuild(tmp_path, monkeypatch):
+    """A chmod of an input makes its entry stale (inode and change times are pinned); on a disk
+    with room for one entry the rebuild was refused (CannotWrite) while the stale one held it."""
+    paths = make_folder(tmp_path / "data")
+    first = cache.load_cached(paths, 16, 3, cache_dir=tmp_path / "c")
+    os.chmod(paths[0], 0o600)
+    need = len(paths) * 3 * 16 * 16
+    monkeypatch.setattr(cache, "MEMORY_FALLBACK", 0)
+    monkeypatch.setattr(cache, "_free_bytes", lambda root: need - 1)  # the stale entry's bytes are taken
+    again = cache.load_cached(paths, 16, 3, cache_dir=tmp_path / "c")
+    assert not again.hit and again.key == first.key  # rebuilt in its place, under the same key
+    np.testing.assert_array_equal(again.images, first.images)
+    assert sorted(f.name for f in (tmp_path / "c").iterdir()) == [f"{first.key}.json", f"{first.key}.u8"]

@@ -110,8 +110,9 @@ def load_cached(
     need = len(paths) * channels * size * size  # the entry's bytes when every file decodes
     try:
         free = _free_bytes(root)
-        if free is not None and need > free:
+        if free is not None and need > free + _stale_bytes(root, key):
             raise OSError(f"{free / 1e9:.1f} GB free")  # said before hours of decoding fill the disk
+        _drop(root, key)
         return _build(root, (key, pins), paths, reals, size, channels, progress, workers)
     except OSError as e:  # only cache writes raise OSError here; unreadable images are skipped
         if need > MEMORY_FALLBACK:  # the folder in memory instead would be the same bytes in RAM
@@ -120,6 +121,25 @@ def load_cached(
                               "VAEKIT_CACHE_DIR to a folder on a disk that has it") from None
         report = images.load_images(paths, size, channels, progress, workers)
         return CachedImages(report.images, report.paths, report.skipped, key, hit=False)
+
+
+def _stale_bytes(root: Path, key: str) -> int:
+    """The bytes of an entry of `key` that was not used (stale: its files' inodes or change times
+    moved, or damaged): the rebuild gives them back first (`_drop`)."""
+    try:
+        return (root / f"{key}.u8").stat().st_size
+    except OSError:
+        return 0
+
+
+def _drop(root: Path, key: str) -> None:
+    """Remove the unused entry of `key` before it is built again, so that a disk with room for one
+    entry holds the new one (a run still reading the old keeps its open file)."""
+    for name in (f"{key}.json", f"{key}.u8"):
+        try:
+            (root / name).unlink()
+        except OSError:  # absent, or held open on a system that will not unlink it: the rename replaces it
+            pass
 
 
 def _free_bytes(root: Path) -> int | None:
