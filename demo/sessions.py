@@ -42,7 +42,7 @@ class Session:
     stop: threading.Event = field(default_factory=threading.Event)  # its Stop button
     training: threading.Lock = field(default_factory=threading.Lock)  # held while its training runs
     has_files: bool = False
-    ended: bool = False  # its last training ended (Done or Stopped), and the page says how
+    ended: bool = False  # its last training ended (done, stopped or failed), and the page says how
     busy: int = 0  # its requests writing files now (Sessions.using): trimming and closing leave its folder alone
     closed: bool = False  # its page was closed: the last request still writing deletes its folder
     page: bool = False  # it loaded the page's model widgets (a page, a gradio_client script), not a bare REST call
@@ -63,6 +63,7 @@ class Session:
         # not meant for it, and a run whose page let go of it (a cancelled request: the lock is free
         # before its worker sees the flag) must stay stopped, not train on unseen beside this one.
         self.stop = threading.Event()
+        self.ended = False
 
 
 def _folder_name(session_hash: str) -> str:

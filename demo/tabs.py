@@ -106,6 +106,7 @@ def _wire_train(w: SimpleNamespace, ctx: Context) -> None:
             yield from _train_run(folder, size, dim, n_epochs, session, request, progress, ctx)
         finally:  # also when Gradio closes this generator (the page went away): its run stops too
             session.stop.set()
+            session.ended = True  # a late Stop leaves what the page says of it (Done, Stopped, an error)
             session.training.release()
 
     def stop(request: gr.Request = None):
@@ -143,7 +144,6 @@ def _train_run(folder, size, dim, n_epochs, session, request, progress, ctx: Con
         if ev.phase == "done":
             ctx.sessions.set_model(session, vaekit.load(ev.result.run_dir))
         said = _train_message(ev, rows, n_epochs, out, folder, ctx)
-        session.ended = ev.phase in ("done", "stopped")
         if said is not None:
             yield said, pd.DataFrame(rows), *(ctx.model_outputs(request) if ev.phase == "done" else keep)
 

@@ -110,3 +110,11 @@ def test_a_journal_line_changed_after_the_resume_read_it_is_damage_not_a_traceba
     with pytest.raises(DamagedFile, match="damaged at line 2: its checksum does not match"):
         list(j.rows())
     j.close()
+
+
+def test_a_journal_of_another_format_is_refused_for_its_format_alone():
+    """A format-2 header pinned no sources: its refusal also said an input was replaced."""
+    from vaekit.stream.batches import changed
+
+    said = changed({"vaekit_journal": 2, "file_list": "aa"}, {"vaekit_journal": 3, "file_list": "aa", "sources": "bb"})
+    assert len(said) == 1 and "another journal format" in said[0], said

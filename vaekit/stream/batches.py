@@ -157,8 +157,8 @@ def changed(old: dict, new: dict, skip: Sequence[str] = ()) -> list[str]:
         return text if len(text) <= 40 else text[:37] + "..."
 
     keys = [k for k in {**old, **new} if k not in skip and old.get(k, _ABSENT) != new.get(k, _ABSENT)]
-    if "file_list" in keys and "sources" in keys:  # another list pins other files: not one replaced in place
-        keys.remove("sources")
+    if "sources" in keys and ("file_list" in keys or "vaekit_journal" in keys):
+        keys.remove("sources")  # another list, or a journal format that pinned no sources: not a file replaced
     return [_SAID.get(k) or f"{k} {show(old.get(k, _ABSENT))} then, {show(new.get(k, _ABSENT))} now" for k in keys]
 
 
