@@ -118,3 +118,30 @@ def test_a_journal_of_another_format_is_refused_for_its_format_alone():
 
     said = changed({"vaekit_journal": 2, "file_list": "aa"}, {"vaekit_journal": 3, "file_list": "aa", "sources": "bb"})
     assert len(said) == 1 and "another journal format" in said[0], said
+
+
+def test_a_full_disk_as_the_merge_lock_is_made_leaves_no_lock_and_says_so(tmp_path, monkeypatch):
+    """os.write of the lock's marker failed with ENOSPC: the fd leaked, an empty OUT.merging stayed
+    (every later merge refused it as not vaekit's) and the error blamed another user's merge."""
+    import errno
+    import os
+
+    from vaekit.errors import CannotWrite
+    from vaekit.stream import shares
+
+    real = os.write
+
+    def full(fd, data):
+        if data == shares._LOCK_TEXT:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data)
+
+    monkeypatch.setattr(shares.os, "write", full)
+    out = tmp_path / "s.csv"
+    with pytest.raises(CannotWrite, match="s.csv.merging: No space left"):
+        with shares.merge_lock(out):
+            pass
+    monkeypatch.undo()
+    assert not (tmp_path / "s.csv.merging").exists()
+    with shares.merge_lock(out) as mine:  # the next merge takes the lock
+        assert mine

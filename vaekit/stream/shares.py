@@ -12,6 +12,7 @@ instead of being merged into one file.
 
 from __future__ import annotations
 
+import errno
 import heapq
 import os
 import time
@@ -21,7 +22,7 @@ from typing import Iterator
 
 from vaekit.stream import lines as journal_lines
 from vaekit.stream.batches import Layout, RowCheck, changed, check_entry
-from vaekit.errors import BadInput, DamagedFile, InUse, VaekitError
+from vaekit.errors import BadInput, DamagedFile, InUse, VaekitError, cannot_write
 from vaekit.fileio import held_elsewhere, try_lock
 from vaekit.stream.files import lines_reopened, open_regular, read_lines
 from vaekit.stream.journals import journal_header, parse, partial_path
@@ -225,6 +226,8 @@ def merge_lock(out: Path):
     except OSError as e:
         if isinstance(e, VaekitError):
             raise
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):  # not another user's: this disk's
+            raise cannot_write(e, lock) from None
         raise BadInput(f"cannot open {lock}, the lock of the shard merge: {e.strerror or e} (another user's merge, "
                        "or its leftover); once it is gone, run any share again with --resume to merge") from None
     try:
@@ -256,10 +259,16 @@ def _open_lock(lock: Path) -> int:
     flags = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(lock, flags | os.O_CREAT | os.O_EXCL, 0o644)
-        os.write(fd, _LOCK_TEXT)
-        return fd
     except FileExistsError:
-        pass
+        fd = None
+    if fd is not None:
+        try:
+            os.write(fd, _LOCK_TEXT)
+        except OSError:  # a full disk: no empty lock left behind for every later merge to refuse
+            os.close(fd)
+            lock.unlink(missing_ok=True)
+            raise
+        return fd
     fd = open_regular(lock, write=False, what="shard merge lock")
     if fd is None:  # removed since: a merge just finished; the next look finds the shares merged
         return _open_lock(lock)
