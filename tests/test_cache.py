@@ -190,3 +190,22 @@ def test_a_stale_entry_gives_its_room_back_before_the_rebuild(tmp_path, monkeypa
     assert not again.hit and again.key == first.key  # rebuilt in its place, under the same key
     np.testing.assert_array_equal(again.images, first.images)
     assert sorted(f.name for f in (tmp_path / "c").iterdir()) == [f"{first.key}.json", f"{first.key}.u8"]
+
+
+def test_reads_by_name_never_take_an_entry_rebuilt_under_the_same_name(tmp_path):
+    """Training reads the cache with pread by file name; an entry rebuilt meanwhile (another
+    run after a chmod, or files changed) under the same name gave this run the new file's rows."""
+    from vaekit.training.crops import gather_crops
+    from vaekit.training.data import gather
+
+    paths = make_folder(tmp_path / "data")
+    got = cache.load_cached(paths, 16, 3, cache_dir=tmp_path / "c")
+    mine = np.array(got.images)  # the run's own pixels
+    data = Path(got.images.filename)
+    other = tmp_path / "other.u8"
+    other.write_bytes(bytes(255 - b for b in data.read_bytes()))
+    os.replace(other, data)  # what a rebuild's atomic rename does
+    idx = np.array([2, 0, 3])
+    np.testing.assert_array_equal(gather(got.images, idx), mine[idx])
+    want = gather_crops(np.asarray(mine), idx, 8, seed=5)  # the same windows, from memory
+    assert np.array_equal(gather_crops(got.images, idx, 8, seed=5).numpy(), want.numpy())

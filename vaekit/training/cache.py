@@ -123,6 +123,17 @@ def load_cached(
         return CachedImages(report.images, report.paths, report.skipped, key, hit=False)
 
 
+def _mapped(data: Path, shape: tuple) -> np.memmap:
+    """The entry's pixels, mapped read-only, pinned to the very file mapped (`pinned`: its device
+    and inode), so that reads by name (vaekit.training.crops.open_mapped) never take a file
+    rebuilt under the same name since."""
+    with open(data, "rb") as f:
+        arr = np.memmap(f, np.uint8, "r", shape=shape)
+        st = os.fstat(f.fileno())
+    arr.pinned = (st.st_dev, st.st_ino)
+    return arr
+
+
 def _stale_bytes(root: Path, key: str) -> int:
     """The bytes of an entry of `key` that was not used (stale: its files' inodes or change times
     moved, or damaged): the rebuild gives them back first (`_drop`)."""
@@ -189,7 +200,7 @@ def _open_entry(
         ):
             return None
         # mmap refuses empty files; an entry with no images is just an empty array
-        arr = np.memmap(data, np.uint8, "r", shape=shape) if shape[0] else np.zeros(shape, np.uint8)
+        arr = _mapped(data, shape) if shape[0] else np.zeros(shape, np.uint8)
         loaded = _respell(meta["paths"], reals, paths)
         reasons = [str(reason) for _, reason in meta["skipped"]]
         skipped = list(zip(_respell([p for p, _ in meta["skipped"]], reals, paths), reasons))

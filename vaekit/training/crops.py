@@ -46,9 +46,8 @@ def gather_crops(images: np.ndarray, idx: np.ndarray, crop: int, seed) -> torch.
     n, (c, h, w) = len(idx), images.shape[1:]
     ys, xs = crop_places(n, (h, w), crop, seed)
     rows = np.empty((n, c, crop, w), np.uint8)  # each window's rows, whole width
-    try:
-        fd = os.open(images.filename, os.O_RDONLY)
-    except FileNotFoundError:  # the cache was cleared meanwhile; the mapping still holds the data
+    fd = open_mapped(images)
+    if fd is None:
         return whole()
     try:
         for k, (i, y) in enumerate(zip(idx.tolist(), ys.tolist())):
@@ -64,3 +63,20 @@ def gather_crops(images: np.ndarray, idx: np.ndarray, crop: int, seed) -> torch.
 def _preadable(images: np.ndarray) -> bool:
     return (isinstance(images, np.memmap) and isinstance(images.base, mmap.mmap) and images.flags.c_contiguous
             and images.dtype == np.uint8 and bool(images.filename) and hasattr(os, "preadv"))
+
+
+def open_mapped(images: np.memmap) -> int | None:
+    """A read-only descriptor of the file `images` maps, for pread; None when that file is no
+    longer at its name (the cache was cleared, or the entry rebuilt for other files): the mapping
+    still holds the run's own pixels, and a rebuilt file may hold others. The pixel cache records
+    the mapped file's (device, inode) as `images.pinned`."""
+    try:
+        fd = os.open(images.filename, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    pinned = getattr(images, "pinned", None)
+    st = os.fstat(fd)
+    if pinned is not None and (st.st_dev, st.st_ino) != pinned:
+        os.close(fd)
+        return None
+    return fd

@@ -20,6 +20,7 @@ import torch
 
 from vaekit.errors import DamagedFile
 from vaekit.progress import Progress
+from vaekit.training.crops import open_mapped
 
 
 
@@ -280,9 +281,8 @@ def gather(images: np.ndarray, idx: np.ndarray) -> np.ndarray:
     out = np.empty((len(idx), *images.shape[1:]), images.dtype)
     rows = out.reshape(len(idx), -1).view(np.uint8)
     cuts = (np.flatnonzero(np.diff(idx) != 1) + 1).tolist()  # one read per run of consecutive images
-    try:
-        fd = os.open(images.filename, os.O_RDONLY)
-    except FileNotFoundError:  # the cache was cleared meanwhile; the mapping still holds the data
+    fd = open_mapped(images)
+    if fd is None:  # the cache was cleared or rebuilt meanwhile; the mapping still holds the data
         return np.ascontiguousarray(images[idx])
     try:
         for s, e in zip([0, *cuts], [*cuts, len(idx)]):
