@@ -89,3 +89,25 @@ def stopped_job(run, data, out, maps=None, after: int = 3, **kw) -> Path:
     with pytest.raises(KeyboardInterrupt):
         anomaly.score_to_file(model, data, out, maps, threshold=0.0, batch_size=4, **kw)
     return Path(f"{out}.partial")
+
+
+def stopped_reconstruct(run, data, out, after: int) -> None:
+    """A reconstruct job into folder `out` stopped (Ctrl-C) in its batch `after` + 1 (batches of
+    4 files): its journal holds `after` batches."""
+    import pytest
+
+    import vaekit
+    from vaekit.inference.reconstruct import reconstruct_to_folder
+
+    model, calls = vaekit.load(run), []
+    real = model.reconstruct
+
+    def dying(x):
+        calls.append(len(x))
+        if len(calls) == after + 1:
+            raise KeyboardInterrupt
+        return real(x)
+
+    model.reconstruct = dying
+    with pytest.raises(KeyboardInterrupt):
+        reconstruct_to_folder(model, data, out, batch_size=4)

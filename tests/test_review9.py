@@ -14,7 +14,7 @@ import torch
 from typer.testing import CliRunner
 
 import vaekit
-from export_support import random_job
+from export_support import random_job, stopped_reconstruct
 from vaekit.inference.reconstruct import reconstruct_to_folder
 from vaekit_cli.main import app
 
@@ -43,22 +43,6 @@ def one_line_refusal(r, code: int = 2) -> bool:
     return r.exit_code == code and len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output
 
 
-def stop_reconstruct(run, data, out, after: int = 3):
-    """OUT.partial of a reconstruct job stopped (Ctrl-C) in its batch `after` + 1."""
-    model, calls = vaekit.load(run), []
-    real = model.reconstruct
-
-    def dying(x):
-        calls.append(len(x))
-        if len(calls) == after + 1:
-            raise KeyboardInterrupt
-        return real(x)
-
-    model.reconstruct = dying
-    with pytest.raises(KeyboardInterrupt):
-        reconstruct_to_folder(model, data, out, batch_size=4)
-
-
 def test_reconstruct_reads_a_file_named_twice_once(setup, data, tmp_path):
     run, _ = setup
     named = [data / "img000.png", data, data / "img001.png"]
@@ -71,7 +55,7 @@ def test_reconstruct_reads_a_file_named_twice_once(setup, data, tmp_path):
 def test_a_reconstruct_resume_whose_finished_pngs_were_deleted_is_refused_naming_the_first(setup, data, tmp_path):
     run, _ = setup
     out = tmp_path / "rec"
-    stop_reconstruct(run, data, out)
+    stopped_reconstruct(run, data, out, after=3)
     (out / "img005.png").unlink()  # batch 1's, finished
     (out / "img009.png").unlink()  # batch 2's
     before = sorted(p.name for p in out.iterdir())

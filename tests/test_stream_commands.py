@@ -5,17 +5,14 @@ the file(s) an uninterrupted, unsharded run writes, byte for byte."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-import vaekit
-from export_support import random_run
+from export_support import random_run, stopped_reconstruct
 from hostile import flat, tree
-from vaekit.inference.reconstruct import reconstruct_to_folder
 from vaekit_cli.main import app
 
 N_IMAGES = 22  # batch size 4: 6 batches
@@ -54,28 +51,13 @@ def test_encode_shards_merge_into_the_unsharded_code_file(setup, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["parts.codes", "whole.codes"]
 
 
-def _stop_reconstruct(run, data, out, after: int = 2) -> None:
-    model, calls = vaekit.load(run), []
-    real = model.reconstruct
-
-    def dying(x):
-        calls.append(len(x))
-        if len(calls) == after + 1:
-            raise KeyboardInterrupt
-        return real(x)
-
-    model.reconstruct = dying
-    with pytest.raises(KeyboardInterrupt):
-        reconstruct_to_folder(model, data, out, batch_size=4)
-
-
 def test_reconstruct_resumes_a_stopped_job_to_the_same_files(setup, tmp_path):
     run, data = setup
     r = invoke("reconstruct", run, data, "-o", tmp_path / "whole", "--batch-size", "4", "--json")
     assert r.exit_code == 0, r.output
     whole = json.loads(r.stdout)
     out = tmp_path / "rec"
-    _stop_reconstruct(run, data, out)
+    stopped_reconstruct(run, data, out, after=2)
     assert (tmp_path / "rec.partial").exists() and not (out / "comparison.png").exists()
     r = invoke("reconstruct", run, data, "-o", out, "--batch-size", "4")
     assert r.exit_code == 2 and "--resume" in flat(r.output)
@@ -103,7 +85,7 @@ def test_reconstruct_shards_write_the_same_folder(setup, tmp_path):
 def test_reconstruct_resume_never_replaces_a_users_png(setup, tmp_path):
     run, data = setup
     out = tmp_path / "rec"
-    _stop_reconstruct(run, data, out)  # batches 0 and 1 done; batch 2 (files 8..11) in hand
+    stopped_reconstruct(run, data, out, after=2)  # batches 0 and 1 done; batch 2 (files 8..11) in hand
     (out / "img017.png").write_bytes(b"mine")  # batch 4: never written by the stopped job
     r = invoke("reconstruct", run, data, "-o", out, "--batch-size", "4", "--resume")
     assert r.exit_code == 2 and "img017.png" in flat(r.output) and (out / "img017.png").read_bytes() == b"mine"
@@ -112,7 +94,7 @@ def test_reconstruct_resume_never_replaces_a_users_png(setup, tmp_path):
 def test_a_tampered_reconstruct_journal_is_exit_2(setup, tmp_path):
     run, data = setup
     out = tmp_path / "rec"
-    _stop_reconstruct(run, data, out)
+    stopped_reconstruct(run, data, out, after=2)
     j = tmp_path / "rec.partial"
     entries = [json.loads(line) for line in j.read_text().splitlines()]
     entries[1]["rows"][0]["name"] = "../../etc/passwd"
