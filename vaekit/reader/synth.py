@@ -28,13 +28,15 @@ def perlin(h: int, w: int, cells: tuple[int, int], rng: np.random.Generator) -> 
     gy, gx = cells
     angles = rng.uniform(0, 2 * np.pi, (gy + 1, gx + 1))
     grad = np.stack([np.cos(angles), np.sin(angles)], -1)  # (gy+1, gx+1, 2)
-    y = np.linspace(0, gy, h, endpoint=False)[:, None] + np.zeros((1, w))
-    x = np.linspace(0, gx, w, endpoint=False)[None, :] + np.zeros((h, 1))
+    # a column of rows and a row of columns, broadcast: each pixel's numbers are those of a full
+    # (h, w) grid, bit for bit, at a fraction of the indexing
+    y = np.linspace(0, gy, h, endpoint=False)[:, None]
+    x = np.linspace(0, gx, w, endpoint=False)[None, :]
     y0, x0 = y.astype(int), x.astype(int)
     fy, fx = y - y0, x - x0
 
     def dot(dy, dx):  # gradient at lattice corner (y0+dy, x0+dx) . offset to the pixel
-        g = grad[y0 + dy, x0 + dx]
+        g = grad[y0[:, 0] + dy][:, x0[0] + dx]  # (h, w, 2)
         return g[..., 0] * (fy - dy) + g[..., 1] * (fx - dx)
 
     fade = lambda t: t * t * t * (t * (t * 6 - 15) + 10)  # noqa: E731 (Perlin 2002's quintic)
