@@ -1,7 +1,7 @@
 """One-class detection on the development sets, through the CLI at default settings.
 
     python benchmarks/one_class.py --set mnist --data mnist.npz --classes 13579 [--threads 1]
-                                   [--work DIR] [--json out.json] [--v01 CHECKOUT]
+                                   [--n-train N [--draw D]] [--work DIR] [--json out.json] [--v01 CHECKOUT]
 
 For each class k (benchmarks/dev_sets.py: even classes choose, odd ones confirm) the script
 writes the training images of k as PNGs and runs what a user would:
@@ -64,11 +64,15 @@ def main() -> None:
     ap.add_argument("--data", type=Path, help="mnist.npz (xtr, ytr, xte, yte) for the mnist and mnisttex sets")
     ap.add_argument("--classes", default=CONFIRM, help="which classes are normal, one run each (default: the confirm half)")
     ap.add_argument("--n-train", type=int, default=None, help="train on this many images of the class (default: all)")
+    ap.add_argument("--draw", type=int, default=0,
+                    help="with --n-train N: train on the D-th disjoint N images of the class (default 0: the first N)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--v01", type=Path, default=None, help="a checkout of vaekit 0.1 to run beside")
     args = ap.parse_args()
+    if args.draw and not args.n_train:
+        ap.error("--draw needs --n-train")
     from sklearn.metrics import roc_auc_score
 
     tmp = None if args.work else tempfile.TemporaryDirectory(prefix="vaekit-oneclass-")
@@ -76,8 +80,13 @@ def main() -> None:
     classes = [0] if args.set == "lfw" else [int(c) for c in args.classes]
     results = {}
     for k in classes:
-        tr, te, anomalous = load(args.set, k, args.data, args.n_train)
-        base = work / (f"{args.set}-{k}" + ("" if not args.n_train else f"-n{args.n_train}"))
+        tr, te, anomalous = load(args.set, k, args.data, args.n_train and args.n_train * (args.draw + 1))
+        if args.draw:  # the sets draw their N images as the first N of one order: the D-th block of it
+            tr = tr[args.draw * args.n_train:]
+            if len(tr) != args.n_train:
+                raise SystemExit(f"{args.set} {k}: {len(tr)} images in draw {args.draw}, not {args.n_train}")
+        base = work / (f"{args.set}-{k}" + ("" if not args.n_train else f"-n{args.n_train}")
+                       + (f"-d{args.draw}" if args.draw else ""))
         write_pngs(base / "train", tr)
         write_pngs(base / "test", te)
         t0 = time.perf_counter()
