@@ -23,6 +23,7 @@ import json
 import math
 import os
 import stat
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -139,10 +140,18 @@ def atomic_write_json(path: Path, obj) -> None:
     atomic_write_text(path, dumps_json(obj) + "\n")
 
 
+def _json_int(text: str) -> int | float:
+    """A JSON integer; one beyond a float's range reads as a float (inf), so the checks for a
+    finite number refuse it instead of overflowing (math.isfinite(10**400) raises)."""
+    value = int(text)
+    return value if abs(value) <= sys.float_info.max else float(text)
+
+
 def loads_json(text: str | bytes):
-    """json.loads, with nesting too deep for Python's parser (RecursionError) a ValueError."""
+    """json.loads, with nesting too deep for Python's parser (RecursionError) a ValueError, and
+    integers too large for a float read as inf (see _json_int)."""
     try:
-        return json.loads(text)
+        return json.loads(text, parse_int=_json_int)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
 

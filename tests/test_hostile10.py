@@ -1,0 +1,52 @@
+"""Hostile checks, round 10: evaluate, threshold, sample / interpolate, decode and sample-data
+given what earlier rounds did not try. Each refusal is one line and exit code 2, never a
+traceback; nothing vaekit did not create is changed.
+
+Real components: a tiny trained run on 16 px washers (tests/test_cli_anomaly.py's), the CLI
+through Typer's runner.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from test_cli_anomaly import washer_run
+from vaekit_cli.main import app
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    return washer_run(tmp_path_factory.mktemp("hostile10"))
+
+
+@pytest.fixture
+def run(parts, tmp_path):
+    """A copy of the trained run this test may change."""
+    copy = tmp_path / "run"
+    shutil.copytree(parts / "run", copy)
+    return copy
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, ["--threads", "1", *map(str, args)], env={"COLUMNS": "300"})
+
+
+def one_line_refusal(r, code: int = 2) -> bool:
+    return r.exit_code == code and len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("field", ["threshold", "threshold_quantile", "n"])
+def test_an_integer_too_large_for_a_float_in_the_config_is_a_damaged_file(run, parts, field):
+    # math.isfinite(10**400) raises OverflowError: `threshold` and `anomaly-score` crashed with exit 3
+    config = run / "config.json"
+    doc = json.loads(config.read_text())
+    doc["anomaly"][field] = "HUGE"
+    config.write_text(json.dumps(doc).replace('"HUGE"', "1" + "0" * 400))
+    for r in (invoke("threshold", run), invoke("anomaly-score", run, parts / "test" / "normal")):
+        assert one_line_refusal(r), r.output
+        assert "anomaly section is damaged" in r.output and "is inf" in r.output
+
