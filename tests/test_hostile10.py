@@ -50,3 +50,22 @@ def test_an_integer_too_large_for_a_float_in_the_config_is_a_damaged_file(run, p
         assert one_line_refusal(r), r.output
         assert "anomaly section is damaged" in r.output and "is inf" in r.output
 
+
+def test_a_code_file_name_too_deep_to_create_is_refused_before_writing(parts, tmp_path):
+    # a forged code file (its checksum recomputed by the writer) naming an image 2,000 folders deep:
+    # mkdir(parents=True) recursed once per folder, a RecursionError with exit 3
+    import dataclasses
+
+    from vaekit.codes import format as codefile
+
+    real = tmp_path / "real.codes"
+    assert invoke("encode", parts / "run", parts / "test" / "normal", "-o", real).exit_code == 0
+    cf = codefile.load(real)
+    deep = ["d/" * 2000 + "a.png", *cf.names[1:]]
+    codefile.save(dataclasses.replace(cf, names=deep), tmp_path / "deep.codes")
+    out = tmp_path / "decoded"
+    r = invoke("decode", parts / "run", tmp_path / "deep.codes", "-o", out)
+    assert one_line_refusal(r), r.output[-2000:]
+    assert "2000 folders deep" in r.output and "at most 256 folders" in r.output
+    assert not out.exists()
+
