@@ -69,3 +69,32 @@ def test_a_code_file_name_too_deep_to_create_is_refused_before_writing(parts, tm
     assert "2000 folders deep" in r.output and "at most 256 folders" in r.output
     assert not out.exists()
 
+
+def test_a_threshold_is_written_under_the_runs_lock(run, monkeypatch):
+    # two `vaekit threshold` at once: write_config removed the other's temporary config.json as a
+    # crash's stray, and one failed with "cannot write run/config.json: No such file or directory".
+    # Under the lock, a second one is refused (exit 2) before it writes or removes anything.
+    from vaekit.errors import InUse
+    from vaekit.training import rundir
+    from vaekit.training.runlock import locked, refuse_in_use
+
+    held, write = [], rundir.write_config
+
+    def checked(run_dir, cfg):
+        try:
+            refuse_in_use(run_dir)  # a second open of the lock file: refused while the lock is held
+            held.append(False)
+        except InUse:
+            held.append(True)
+        write(run_dir, cfg)
+
+    monkeypatch.setattr(rundir, "write_config", checked)
+    r = invoke("threshold", run, "--value", "1")
+    assert r.exit_code == 0, r.output
+    assert held == [True]
+    assert json.loads((run / "config.json").read_text())["anomaly"]["threshold"] == 1.0
+    before = (run / "config.json").read_bytes()
+    with locked(run):  # another threshold writing: refused, nothing changed
+        r = invoke("threshold", run, "--value", "2")
+    assert one_line_refusal(r) and "in use by process" in r.output, r.output
+    assert (run / "config.json").read_bytes() == before
