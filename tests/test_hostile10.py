@@ -98,3 +98,13 @@ def test_a_threshold_is_written_under_the_runs_lock(run, monkeypatch):
         r = invoke("threshold", run, "--value", "2")
     assert one_line_refusal(r) and "in use by process" in r.output, r.output
     assert (run / "config.json").read_bytes() == before
+
+
+def test_sample_data_into_a_link_to_nothing_names_the_link(tmp_path):
+    # mkdir through a dangling link said only "[Errno 17] File exists: 'data'"
+    link = tmp_path / "data"
+    link.symlink_to(tmp_path / "gone")
+    r = invoke("sample-data", "digits", link)
+    assert one_line_refusal(r), r.output
+    assert "is a link to nothing" in r.output and "Errno" not in r.output
+    assert link.is_symlink() and not (tmp_path / "gone").exists()
