@@ -108,3 +108,18 @@ def test_sample_data_into_a_link_to_nothing_names_the_link(tmp_path):
     assert one_line_refusal(r), r.output
     assert "is a link to nothing" in r.output and "Errno" not in r.output
     assert link.is_symlink() and not (tmp_path / "gone").exists()
+
+
+@pytest.mark.parametrize("name", ["config.json", "model.safetensors"])
+def test_a_run_file_without_read_permission_is_named(run, parts, name):
+    # stat allowed it, open refused it: PermissionError with its traceback, exit 3
+    import hostile
+
+    (run / name).chmod(0)
+    try:
+        with hostile.unprivileged():
+            r = invoke("anomaly-score", run, parts / "test" / "normal")
+    finally:
+        (run / name).chmod(0o644)
+    assert one_line_refusal(r), r.output
+    assert "cannot be read" in r.output and name in r.output and "Permission denied" in r.output, r.output

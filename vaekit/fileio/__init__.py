@@ -245,6 +245,10 @@ def read_regular(path: Path, what: str, max_bytes: int | None = None) -> bytes:
         f = open_regular_file(path)
     except (IsADirectoryError, NotRegularFile):  # swapped since the check
         raise DamagedFile(f"{what} is not a regular file: {path}") from None
+    except FileNotFoundError:  # removed since the check
+        raise NotFound(f"{what} not found: {path}") from None
+    except OSError as e:  # what stat allows and open refuses: a file without read permission
+        raise DamagedFile(f"{what} cannot be read ({path}): {e.strerror or e}") from None
     with f:
         return f.read() if max_bytes is None else f.read(max_bytes + 1)
 
