@@ -123,3 +123,12 @@ def test_a_run_file_without_read_permission_is_named(run, parts, name):
         (run / name).chmod(0o644)
     assert one_line_refusal(r), r.output
     assert "cannot be read" in r.output and name in r.output and "Permission denied" in r.output, r.output
+
+
+def test_a_huge_fixed_threshold_is_printed_short(run, parts):
+    # `threshold --value 1e308` printed all 309 digits, cut off in its table cell
+    r = invoke("threshold", run, "--value", "1e308")
+    assert r.exit_code == 0, r.output
+    assert "1e+308" in r.output and "0" * 20 not in r.output, r.output
+    r = invoke("anomaly-score", run, parts / "test" / "normal")
+    assert r.exit_code == 0 and "at threshold 1e+308" in r.output and "0" * 20 not in r.output, r.output
