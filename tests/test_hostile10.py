@@ -132,3 +132,19 @@ def test_a_huge_fixed_threshold_is_printed_short(run, parts):
     assert "1e+308" in r.output and "0" * 20 not in r.output, r.output
     r = invoke("anomaly-score", run, parts / "test" / "normal")
     assert r.exit_code == 0 and "at threshold 1e+308" in r.output and "0" * 20 not in r.output, r.output
+
+
+def test_a_threshold_on_a_run_whose_lock_cannot_be_opened_names_the_run_not_out(run):
+    # the lock threshold now takes said "cannot create or lock --out RUN", an option threshold lacks
+    import hostile
+
+    before = (run / "config.json").read_bytes()
+    (run / ".vaekit.lock").chmod(0)
+    try:
+        with hostile.unprivileged():
+            r = invoke("threshold", run, "--value", "1")
+    finally:
+        (run / ".vaekit.lock").chmod(0o644)
+    assert one_line_refusal(r), r.output
+    assert "cannot create or lock the run directory" in r.output and "--out" not in r.output, r.output
+    assert (run / "config.json").read_bytes() == before

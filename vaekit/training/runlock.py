@@ -37,7 +37,7 @@ def locked(run_dir: Path, hint: str = "another vaekit train; wait for it to fini
         run_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0), 0o644)
     except OSError as e:
-        raise BadInput(f"cannot create or lock --out {run_dir}: {e.filename or path} {e.strerror or e}") from None
+        raise BadInput(f"cannot create or lock the run directory {run_dir}: {e.filename or path} {e.strerror or e}") from None
     try:
         if not try_lock(fd):
             raise InUse(f"{run_dir} is in use by process {_holder(fd)} ({hint})")
