@@ -148,3 +148,29 @@ def test_a_threshold_on_a_run_whose_lock_cannot_be_opened_names_the_run_not_out(
     assert one_line_refusal(r), r.output
     assert "cannot create or lock the run directory" in r.output and "--out" not in r.output, r.output
     assert (run / "config.json").read_bytes() == before
+
+
+def test_sample_data_stopped_half_way_leaves_no_part_of_the_set(tmp_path, monkeypatch):
+    # Ctrl-C (or SIGTERM) half way left the images written so far, and a truncated PNG: `train`
+    # took them for a data set, and the next call for an earlier call's images
+    from vaekit.sample_data import shapes
+
+    calls, render = [], shapes.render_shape
+
+    def stopping(*args, **kw):
+        calls.append(1)
+        if len(calls) == 7:  # after 6 training images
+            raise KeyboardInterrupt
+        return render(*args, **kw)
+
+    monkeypatch.setattr(shapes, "render_shape", stopping)
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    r = CliRunner().invoke(app, ["sample-data", "shapes", str(out), "--size", "16"])
+    assert r.exit_code == 130, r.output
+    assert len(calls) == 7
+    assert sorted(p.name for p in out.rglob("*") if p.is_file()) == ["notes.txt"]
+    monkeypatch.setattr(shapes, "render_shape", render)
+    r = CliRunner().invoke(app, ["sample-data", "shapes", str(out), "--size", "16"])  # no --overwrite needed
+    assert r.exit_code == 0, r.output

@@ -56,6 +56,26 @@ def prepare_folders(root: Path, folders: list[str], overwrite: bool) -> None:
             raise cannot_write(e, root / f) from None
 
 
+class removed_if_stopped:
+    """`with removed_if_stopped(written):` around the block that writes a data set, each file's
+    path added to `written` before it is written; when the block stops (Ctrl-C, SIGTERM, a full
+    disk), those files go, the one being written included: a stopped call left a part of the set
+    and a truncated PNG, which the next call took for an earlier call's images and `train` for a
+    data set. (A class: this package imports no more of the standard library than it must.)"""
+
+    def __init__(self, written: list[Path]) -> None:
+        self.written = written
+
+    def __enter__(self) -> list[Path]:
+        return self.written
+
+    def __exit__(self, kind, value, traceback) -> bool:
+        if kind is not None:
+            for path in self.written:
+                path.unlink(missing_ok=True)
+        return False
+
+
 def _sample_name(name: str) -> bool:
     """Whether `name` is one the data sets write: digit<label>_<index>.png or part_<index>.png."""
     head, _, index = name[: -len(".png")].rpartition("_") if name.endswith(".png") else ("", "", "")
