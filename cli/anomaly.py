@@ -151,7 +151,7 @@ def _print_scores(report, inputs) -> None:
     if report.plan.threshold is None:
         console.print(f"threshold: {shown(report.plan.source)}{skipped}", highlight=False)
     else:
-        console.print(f"{report.n_anomalous} of {report.count} anomalous at threshold {report.plan.threshold:.2f} {unit} "
+        console.print(f"{report.n_anomalous} of {report.count} anomalous at threshold {number(report.plan.threshold)} {unit} "
                       f"({shown(report.plan.source)}){skipped}", highlight=False)
 
 
@@ -214,11 +214,11 @@ def _print_evaluation(ev) -> None:
     t.add_row("AUROC", f(ev.auroc))
     t.add_row("AUPRC", f(ev.auprc))
     t.add_row("FPR at 95% TPR", f(ev.fpr_at_95_tpr))
-    t.add_row("best F1", f"{ev.best_f1:.4f} (threshold {ev.best_f1_threshold:.2f})")
+    t.add_row("best F1", f"{ev.best_f1:.4f} (threshold {number(ev.best_f1_threshold)})")
     if ev.threshold is None:
         t.add_row("F1 at threshold", f"- ({shown(ev.threshold_source)})")
     else:
-        t.add_row("F1 at threshold", f"{ev.f1_at_threshold:.4f} (threshold {ev.threshold:.2f}, {shown(ev.threshold_source)})")
+        t.add_row("F1 at threshold", f"{ev.f1_at_threshold:.4f} (threshold {number(ev.threshold)}, {shown(ev.threshold_source)})")
         t.add_row("  precision / recall / FPR",
                   f"{ev.precision_at_threshold:.4f} / {ev.recall_at_threshold:.4f} / {ev.fpr_at_threshold:.4f}")
     if ev.pixel_auroc is not None:
@@ -268,12 +268,18 @@ def _print_threshold(run, section) -> None:
               title_justify="left")
     from vaekit.inference.engine import score_unit
 
-    parts = (f"{section['threshold']:.2f}", score_unit(section.get("score", "")), threshold_origin(section))
+    parts = (number(section["threshold"]), score_unit(section.get("score", "")), threshold_origin(section))
     t.add_row("threshold", " ".join(p for p in parts if p))
     promise_rows(t, section)
     for k, v in section.get("quantiles", {}).items():
-        t.add_row(f"quantile {shown(k)}", f"{v:.2f}")
+        t.add_row(f"quantile {shown(k)}", number(v))
     console.print(t)
+
+
+def number(x: float) -> str:
+    """A threshold or score for people: two decimals, or four digits and an exponent from 1e15 on
+    (`vaekit threshold --value 1e308` printed all 309 digits, cut off in its table cell)."""
+    return f"{x:.2f}" if abs(x) < 1e15 else f"{x:.4g}"
 
 
 def threshold_origin(section) -> str:

@@ -15,7 +15,7 @@ from vaekit.inference.engine import DEFAULT_SCORE, Model
 from vaekit.inference.tiled import tiled
 from vaekit.anomaly.quantiles import (QUANTILES, check_quantile, check_threshold, few_scores_note, quantile_text,
                                      threshold_of)
-from vaekit.errors import BadInput
+from vaekit.errors import BadInput, InUse
 
 def section_note(section: dict) -> str | None:
     """`few_scores_note` for a run's stored `anomaly` section (none for a threshold set to a value)."""
@@ -119,14 +119,22 @@ def set_threshold(run_dir: str | Path, quantile: float | None = None, target_fpr
 
 
 def _store(run_dir: Path, cfg: dict, old: dict, section: dict) -> dict:
-    """Write the new anomaly `section` into the run's config; the atypicality's statistics stay
-    (moving the threshold does not change the score)."""
+    """Write the new anomaly `section` into the run's config, under the run's lock: a second
+    `vaekit threshold` at the same time removed this one's temporary file as a crash's stray
+    (rundir.write_config) and failed with "No such file or directory". The config is read again
+    under the lock, so another writer's change since (encode --fit's tables) stays. The
+    atypicality's statistics stay (moving the threshold does not change the score)."""
     from vaekit.training import rundir
+    from vaekit.training.runlock import locked
 
     if "calibration" in old:
         section["calibration"] = old["calibration"]
-    cfg["anomaly"] = section
-    rundir.write_config(run_dir, cfg)
+    with locked(run_dir, hint="another vaekit command writes it; set the threshold again when it is done"):
+        now = rundir.read_config(run_dir)
+        if now.get("fingerprint") != cfg.get("fingerprint"):
+            raise InUse(f"{run_dir} was trained again while its threshold was set; set the threshold again")
+        now["anomaly"] = section
+        rundir.write_config(run_dir, now)
     return section
 
 

@@ -23,6 +23,7 @@ import json
 import math
 import os
 import stat
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -139,10 +140,18 @@ def atomic_write_json(path: Path, obj) -> None:
     atomic_write_text(path, dumps_json(obj) + "\n")
 
 
+def _json_int(text: str) -> int | float:
+    """A JSON integer; one beyond a float's range reads as a float (inf), so the checks for a
+    finite number refuse it instead of overflowing (math.isfinite(10**400) raises)."""
+    value = int(text)
+    return value if abs(value) <= sys.float_info.max else float(text)
+
+
 def loads_json(text: str | bytes):
-    """json.loads, with nesting too deep for Python's parser (RecursionError) a ValueError."""
+    """json.loads, with nesting too deep for Python's parser (RecursionError) a ValueError, and
+    integers too large for a float read as inf (see _json_int)."""
     try:
-        return json.loads(text)
+        return json.loads(text, parse_int=_json_int)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
 
@@ -236,6 +245,10 @@ def read_regular(path: Path, what: str, max_bytes: int | None = None) -> bytes:
         f = open_regular_file(path)
     except (IsADirectoryError, NotRegularFile):  # swapped since the check
         raise DamagedFile(f"{what} is not a regular file: {path}") from None
+    except FileNotFoundError:  # removed since the check
+        raise NotFound(f"{what} not found: {path}") from None
+    except OSError as e:  # what stat allows and open refuses: a file without read permission
+        raise DamagedFile(f"{what} cannot be read ({path}): {e.strerror or e}") from None
     with f:
         return f.read() if max_bytes is None else f.read(max_bytes + 1)
 

@@ -31,14 +31,22 @@ def _special_file(path: Path) -> str | None:
 
 
 MAX_NAME_BYTES = 255  # the longest file name Linux, macOS and Windows file systems hold (NAME_MAX)
+MAX_PATH_BYTES = 4095  # the longest path Linux takes (PATH_MAX, less its NUL)
+MAX_DEPTH = 256  # folders an output may lie under: mkdir(parents=True) recurses once per missing folder
 
 
 def refuse_long_names(sources: Iterable[str], targets: Iterable[str]) -> None:
     """BadInput naming the first of `targets` (relative posix paths, each named after its image
-    in `sources`) with a part longer than MAX_NAME_BYTES: refused before the first file is
-    written, not met half way through a job."""
+    in `sources`) with a part longer than MAX_NAME_BYTES, or itself longer than MAX_PATH_BYTES or
+    deeper than MAX_DEPTH folders (a forged code file's name: a RecursionError from mkdir): refused
+    before the first file is written, not met half way through a job."""
     for source, target in zip(sources, targets):
-        for part in PurePosixPath(target).parts:
+        parts = PurePosixPath(target).parts
+        if len(os.fsencode(target)) > MAX_PATH_BYTES or len(parts) > MAX_DEPTH + 1:
+            shown = source if len(source) <= 80 else source[:77] + "..."
+            raise BadInput(f"the image {shown!r} would be written {len(parts) - 1} folders deep, to a path of "
+                           f"{len(os.fsencode(target))} bytes (at most {MAX_DEPTH} folders and {MAX_PATH_BYTES} bytes)")
+        for part in parts:
             if len(os.fsencode(part)) > MAX_NAME_BYTES:
                 raise BadInput(f"the image {source!r} would be written to {target!r}, a name longer than "
                                f"{MAX_NAME_BYTES} bytes (the most a file system holds)")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vaekit.errors import BadInput, OutputExists
+from vaekit.errors import BadInput, OutputExists, cannot_write
 
 README_START = b"vaekit sample data:"  # how the README.txt both write begins
 
@@ -32,6 +32,8 @@ def prepare_folders(root: Path, folders: list[str], overwrite: bool) -> None:
 
     if Path(root).exists() and not Path(root).is_dir():
         raise BadInput(f"{root} is a file, not a folder")
+    if Path(root).is_symlink() and not Path(root).exists():  # mkdir said only "[Errno 17] File exists"
+        raise BadInput(f"{root} is a link to nothing ({Path(root).readlink()}); give a folder, or a link to one")
     refuse_under_file(Path(root))
     existing = [p for f in folders if (root / f).is_dir() for p in sorted((root / f).glob("*.png"))]
     # a user's own images or README.txt there are neither deleted nor replaced, with overwrite too
@@ -48,7 +50,30 @@ def prepare_folders(root: Path, folders: list[str], overwrite: bool) -> None:
     for path in existing:
         path.unlink()
     for f in folders:
-        (root / f).mkdir(parents=True, exist_ok=True)
+        try:
+            (root / f).mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # a read-only or missing place (/proc/self/x): the OS's words named no file
+            raise cannot_write(e, root / f) from None
+
+
+class removed_if_stopped:
+    """`with removed_if_stopped(written):` around the block that writes a data set, each file's
+    path added to `written` before it is written; when the block stops (Ctrl-C, SIGTERM, a full
+    disk), those files go, the one being written included: a stopped call left a part of the set
+    and a truncated PNG, which the next call took for an earlier call's images and `train` for a
+    data set. (A class: this package imports no more of the standard library than it must.)"""
+
+    def __init__(self, written: list[Path]) -> None:
+        self.written = written
+
+    def __enter__(self) -> list[Path]:
+        return self.written
+
+    def __exit__(self, kind, value, traceback) -> bool:
+        if kind is not None:
+            for path in self.written:
+                path.unlink(missing_ok=True)
+        return False
 
 
 def _sample_name(name: str) -> bool:

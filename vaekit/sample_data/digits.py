@@ -9,7 +9,7 @@ from PIL import Image
 
 from vaekit.errors import BadInput, MissingExtra
 from vaekit.progress import Progress
-from vaekit.sample_data.common import SampleDataReport, check_seed, prepare_folders, to_uint8
+from vaekit.sample_data.common import SampleDataReport, check_seed, prepare_folders, removed_if_stopped, to_uint8
 
 # digits
 
@@ -61,26 +61,27 @@ def write_digits(
     splits = _splits(labels, normal, test_fraction, n_anomalous, seed)
     prepare_folders(root, _DIGIT_FOLDERS, overwrite)
     total = sum(len(v) for v in splits.values())
-    done = 0
-    for folder, indices in splits.items():
-        for i in indices:
-            pixels = to_uint8(images[i] / 16.0)
-            img = Image.fromarray(pixels).resize((size, size), Image.Resampling.BICUBIC)
-            img.save(root / folder / f"digit{labels[i]}_{i:04d}.png")
-            done += 1
-            if progress is not None:
-                progress(done, total)
-
     counts = {folder: len(v) for folder, v in splits.items()}
-    (root / "README.txt").write_text(
-        f"vaekit sample data: scikit-learn's 8x8 handwritten digits as {size}x{size} grayscale PNGs"
-        f" (seed {seed}).\n"
-        f"train/           {counts['train']} images of digit {normal}, the normal class\n"
-        f"test/normal/     {counts['test/normal']} held-out images of digit {normal}\n"
-        f"test/anomalous/  {counts['test/anomalous']} images of the other digits (the anomalies)\n"
-        "Names are digit<label>_<index>.png; index is the position in"
-        " sklearn.datasets.load_digits().\n"
-    )
+    written: list[Path] = []
+    with removed_if_stopped(written):
+        for folder, indices in splits.items():
+            for i in indices:
+                pixels = to_uint8(images[i] / 16.0)
+                img = Image.fromarray(pixels).resize((size, size), Image.Resampling.BICUBIC)
+                written.append(root / folder / f"digit{labels[i]}_{i:04d}.png")
+                img.save(written[-1])
+                if progress is not None:
+                    progress(len(written), total)
+        written.append(root / "README.txt")
+        written[-1].write_text(
+            f"vaekit sample data: scikit-learn's 8x8 handwritten digits as {size}x{size} grayscale PNGs"
+            f" (seed {seed}).\n"
+            f"train/           {counts['train']} images of digit {normal}, the normal class\n"
+            f"test/normal/     {counts['test/normal']} held-out images of digit {normal}\n"
+            f"test/anomalous/  {counts['test/anomalous']} images of the other digits (the anomalies)\n"
+            "Names are digit<label>_<index>.png; index is the position in"
+            " sklearn.datasets.load_digits().\n"
+        )
     return SampleDataReport(root=root, counts=counts)
 
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from vaekit.errors import BadInput
 from vaekit.progress import Progress
-from vaekit.sample_data.common import SampleDataReport, check_seed, prepare_folders, to_uint8
+from vaekit.sample_data.common import SampleDataReport, check_seed, prepare_folders, removed_if_stopped, to_uint8
 
 # shapes: synthetic metal washers on fabric, with defects
 #
@@ -242,25 +242,29 @@ def write_shapes(
     plan = {"train": n_train, "test/normal": n_test_normal, "test/anomalous": n_test_anomalous}
     total = sum(plan.values())
     done = 0
-    for folder, n in plan.items():
-        for i in range(n):
-            name = f"part_{i:04d}.png"
-            image, mask = render_shape(seed, folder, i, size, defect=folder == "test/anomalous")
-            Image.fromarray(image).save(root / folder / name)
-            if mask is not None:
-                Image.fromarray(mask.astype(np.uint8) * 255).save(root / "test/masks" / name)
-            done += 1
-            if progress is not None:
-                progress(done, total)
-
-    (root / "README.txt").write_text(
-        f"vaekit sample data: synthetic metal washers on fabric, {size}x{size} RGB PNGs"
-        f" (seed {seed}).\n"
-        f"train/           {n_train} defect-free parts\n"
-        f"test/normal/     {n_test_normal} defect-free parts\n"
-        f"test/anomalous/  {n_test_anomalous} parts with one defect: scratch, extra hole, stain"
-        " or missing piece\n"
-        "test/masks/      a mask per anomalous image, same name: white = defect pixels\n"
-    )
+    written: list[Path] = []
+    with removed_if_stopped(written):
+        for folder, n in plan.items():
+            for i in range(n):
+                name = f"part_{i:04d}.png"
+                image, mask = render_shape(seed, folder, i, size, defect=folder == "test/anomalous")
+                written.append(root / folder / name)
+                Image.fromarray(image).save(written[-1])
+                if mask is not None:
+                    written.append(root / "test/masks" / name)
+                    Image.fromarray(mask.astype(np.uint8) * 255).save(written[-1])
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+        written.append(root / "README.txt")
+        written[-1].write_text(
+            f"vaekit sample data: synthetic metal washers on fabric, {size}x{size} RGB PNGs"
+            f" (seed {seed}).\n"
+            f"train/           {n_train} defect-free parts\n"
+            f"test/normal/     {n_test_normal} defect-free parts\n"
+            f"test/anomalous/  {n_test_anomalous} parts with one defect: scratch, extra hole, stain"
+            " or missing piece\n"
+            "test/masks/      a mask per anomalous image, same name: white = defect pixels\n"
+        )
     counts = {**plan, "test/masks": n_test_anomalous}
     return SampleDataReport(root=root, counts=counts)

@@ -19,11 +19,12 @@ from vaekit.training.rundir import LOCK, MARKER
 
 
 @contextmanager
-def locked(run_dir: Path):
+def locked(run_dir: Path, hint: str = "another vaekit train; wait for it to finish or choose another --out"):
     """Hold an exclusive lock on a run directory (its lock file, vaekit.fileio.try_lock) while training there.
 
-    A second vaekit process on the same folder gets InUse naming the process that holds it,
-    instead of the two interleaving their files. The lock goes with the process, even on SIGKILL.
+    A second vaekit process on the same folder gets InUse naming the process that holds it (and
+    `hint`, what to do), instead of the two interleaving their files. The lock goes with the
+    process, even on SIGKILL.
     """
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
@@ -36,11 +37,10 @@ def locked(run_dir: Path):
         run_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0), 0o644)
     except OSError as e:
-        raise BadInput(f"cannot create or lock --out {run_dir}: {e.filename or path} {e.strerror or e}") from None
+        raise BadInput(f"cannot create or lock the run directory {run_dir}: {e.filename or path} {e.strerror or e}") from None
     try:
         if not try_lock(fd):
-            raise InUse(f"{run_dir} is in use by process {_holder(fd)} (another vaekit train); "
-                        "wait for it to finish or choose another --out")
+            raise InUse(f"{run_dir} is in use by process {_holder(fd)} ({hint})")
         try:  # a Ctrl-C while the holder is written is cleaned up too
             os.ftruncate(fd, 0)
             os.lseek(fd, 0, os.SEEK_SET)
@@ -62,7 +62,7 @@ def locked(run_dir: Path):
 
 
 def refuse_in_use(run_dir: Path) -> None:
-    """InUse when a training holds the run's lock (`locked`): its weights and config.json are
+    """InUse when a training (or a threshold) holds the run's lock (`locked`): its weights and config.json are
     still changing, so a model read from it now would be half-trained. Probed without waiting;
     the probe's own lock is let go at once."""
     path = Path(run_dir) / LOCK
@@ -72,8 +72,8 @@ def refuse_in_use(run_dir: Path) -> None:
         return
     try:
         if not try_lock(fd):
-            raise InUse(f"{run_dir} is in use by process {_holder(fd)} (a vaekit train is writing it); "
-                        "wait for it to finish")
+            raise InUse(f"{run_dir} is in use by process {_holder(fd)} (a vaekit train, threshold or encode --fit "
+                        "is writing it); wait for it to finish")
     finally:
         os.close(fd)
 
