@@ -13,6 +13,7 @@ carry rows of another shape; and `digest` pins the file list itself in the journ
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
@@ -144,9 +145,11 @@ def check_number(row: dict, key: str) -> str | None:
     if not _number(v):
         return f"{key} is not a number ({v!r:.40})"
     try:  # JSON's integers are unbounded: one of 400 digits is no float, and no score vaekit wrote
-        float(v)
+        f = float(v)
     except OverflowError:
         return f"{key} is out of range ({str(v)[:20]}... of {len(str(v))} digits)"
+    if not math.isfinite(f):  # vaekit writes these as text; a number this large (fileio.loads_json reads
+        return f"{key} is out of range (a number beyond a float's, read as {f})"  # one as inf) or NaN is not its
     return None
 
 
