@@ -42,13 +42,15 @@ def one_line_refusal(r, code: int = 2) -> bool:
 @pytest.mark.parametrize("field", ["threshold", "threshold_quantile", "n"])
 def test_an_integer_too_large_for_a_float_in_the_config_is_a_damaged_file(run, parts, field):
     # math.isfinite(10**400) raises OverflowError: `threshold` and `anomaly-score` crashed with exit 3
+    # (fileio.finite_number); the message shows the number cut short
     config = run / "config.json"
     doc = json.loads(config.read_text())
     doc["anomaly"][field] = "HUGE"
     config.write_text(json.dumps(doc).replace('"HUGE"', "1" + "0" * 400))
     for r in (invoke("threshold", run), invoke("anomaly-score", run, parts / "test" / "normal")):
         assert one_line_refusal(r), r.output
-        assert "anomaly section is damaged" in r.output and "is inf" in r.output
+        assert "anomaly section is damaged" in r.output and len(r.output) < 400
+        assert ("not a count" if field == "n" else "not a finite number") in r.output, r.output
 
 
 def test_a_code_file_name_too_deep_to_create_is_refused_before_writing(parts, tmp_path):
@@ -99,6 +101,27 @@ def test_a_threshold_is_written_under_the_runs_lock(run, monkeypatch):
     assert one_line_refusal(r) and "in use by process" in r.output, r.output
     assert (run / "config.json").read_bytes() == before
 
+
+
+def test_a_threshold_whose_run_was_trained_again_before_the_lock_is_refused(run, monkeypatch):
+    # a training that finished between the threshold's first read of config.json and its lock:
+    # the new section (from the old model's scores) must not land in the new model's config
+    from vaekit.anomaly import threshold
+    from vaekit.errors import InUse
+    from vaekit.training import runlock
+
+    real = runlock.locked
+
+    def retrained_first(run_dir, **kw):
+        cfg = json.loads((run / "config.json").read_text())
+        cfg["fingerprint"] = "0" * len(cfg["fingerprint"])
+        (run / "config.json").write_text(json.dumps(cfg))
+        return real(run_dir, **kw)
+
+    monkeypatch.setattr(runlock, "locked", retrained_first)
+    with pytest.raises(InUse, match="trained again"):
+        threshold.set_threshold(run, value=3.0)
+    assert json.loads((run / "config.json").read_text())["anomaly"].get("threshold") != 3.0
 
 def test_sample_data_into_a_link_to_nothing_names_the_link(tmp_path):
     # mkdir through a dangling link said only "[Errno 17] File exists: 'data'"

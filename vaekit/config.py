@@ -10,6 +10,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 
 from vaekit.errors import BadInput
+from vaekit.fileio import finite_number
 
 PIXEL_CONTEXT = 4  # causal neighbours of a logistic model's pixels (docs/codec.md#pixels-that-read-their-neighbours)
 LIKELIHOODS = ("bernoulli", "gaussian", "logistic")  # logistic: discretised, 8-bit pixels (vaekit.model.objective.Logistic)
@@ -63,8 +64,8 @@ class ModelConfig:
             raise BadInput(f"need 1 <= base_channels, max_channels <= {MAX_CHANNELS}, got {self.base_channels!r}, {self.max_channels!r}")
         if self.likelihood not in (*LIKELIHOODS, "auto"):
             raise BadInput(f"likelihood must be one of {LIKELIHOODS} or auto, got {self.likelihood!r}")
-        if not isinstance(self.min_log_scale, (int, float)) or not math.isfinite(self.min_log_scale):
-            raise BadInput(f"min_log_scale must be a finite number, got {self.min_log_scale!r}")
+        if not finite_number(self.min_log_scale):
+            raise BadInput(f"min_log_scale must be a finite number, got {self.min_log_scale!r:.40}")
         if self.arch not in ARCHS:
             raise BadInput(f"arch must be one of {ARCHS}, got {self.arch!r}")
         if self.layout not in (*LAYOUTS, "auto"):
@@ -172,8 +173,8 @@ class TrainConfig:
         for name in ("lr", "weight_decay", "beta", "val_fraction", "calibration_fraction", "threshold_quantile",
                      "grad_clip", "spike_clip"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise BadInput(f"{name.replace('_', ' ')} must be a finite number, got {value!r}")
+            if not finite_number(value):
+                raise BadInput(f"{name.replace('_', ' ')} must be a finite number, got {value!r:.40}")
         if self.grad_clip < 0 or self.spike_clip < 0:
             raise BadInput(f"grad clip and spike clip must be >= 0 (0: off), got {self.grad_clip!r} and {self.spike_clip!r}")
         if not isinstance(self.epochs, int) or self.epochs < 0:

@@ -12,14 +12,15 @@ import numbers
 import numpy as np
 
 from vaekit.errors import BadInput
+from vaekit.fileio import finite_number
 
 QUANTILES = (0.5, 0.9, 0.95, 0.99, 0.999)  # stored with every run, for people and histograms
 
 
 def check_threshold(value) -> float:
     """`value` as a float; BadInput unless it is a finite real number (not a bool, not a string)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise BadInput(f"threshold must be a finite number, got {value!r}")
+    if not finite_number(value, numbers.Real):
+        raise BadInput(f"threshold must be a finite number, got {value!r:.40}")
     return float(value)
 
 

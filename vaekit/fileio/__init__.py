@@ -23,7 +23,6 @@ import json
 import math
 import os
 import stat
-import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -140,18 +139,22 @@ def atomic_write_json(path: Path, obj) -> None:
     atomic_write_text(path, dumps_json(obj) + "\n")
 
 
-def _json_int(text: str) -> int | float:
-    """A JSON integer; one beyond a float's range reads as a float (inf), so the checks for a
-    finite number refuse it instead of overflowing (math.isfinite(10**400) raises)."""
-    value = int(text)
-    return value if abs(value) <= sys.float_info.max else float(text)
+def finite_number(v, kinds: type | tuple = (int, float)) -> bool:
+    """Whether `v`, read from JSON, is a finite number of `kinds`: not a bool, not NaN or infinite,
+    and not one of JSON's unbounded integers beyond a float's range (math.isfinite(10**400) raises
+    OverflowError, and a config.json edited to hold one was a traceback)."""
+    if isinstance(v, bool) or not isinstance(v, kinds):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
 
 
 def loads_json(text: str | bytes):
-    """json.loads, with nesting too deep for Python's parser (RecursionError) a ValueError, and
-    integers too large for a float read as inf (see _json_int)."""
+    """json.loads, with nesting too deep for Python's parser (RecursionError) a ValueError."""
     try:
-        return json.loads(text, parse_int=_json_int)
+        return json.loads(text)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
 

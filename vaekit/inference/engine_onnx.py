@@ -15,7 +15,7 @@ import numpy as np
 
 from vaekit.inference.engine import Model, ModelInfo, threshold_fields
 from vaekit.errors import BadInput, DamagedFile, ForeignModel, NotFound, VaekitError
-from vaekit.fileio import check_regular, is_inside, loads_json
+from vaekit.fileio import check_regular, finite_number, is_inside, loads_json
 
 CHECKSUM_KEY = "vaekit.sha256"  # sha256 of the file, computed with CHECKSUM_PLACEHOLDER in its place
 CHECKSUM_PLACEHOLDER = "0" * 64
@@ -200,7 +200,7 @@ class OnnxModel(Model):
         anomaly = _json(meta, "vaekit.anomaly", p)
         log_scale = _json(meta, "vaekit.log_scale", p)
         if log_scale is not None and not (isinstance(log_scale, list) and len(log_scale) == channels and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in log_scale)):
+                finite_number(v) for v in log_scale)):
             raise OnnxModelError(f"{p} has corrupt vaekit metadata 'vaekit.log_scale' ({log_scale!r})")
         self.config = {"format": meta["vaekit.format"], "vaekit_version": meta.get("vaekit.version"),
                        "model": _json(meta, "vaekit.model", p), "anomaly": anomaly, "fingerprint": fingerprint,

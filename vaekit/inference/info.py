@@ -3,11 +3,11 @@ one reader of the `anomaly` section that both engines use (config.json or ONNX m
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vaekit.errors import DamagedFile
+from vaekit.fileio import finite_number
 
 SCORES = ("atypicality", "defect", "excess", "neg_elbo", "recon", "kl")
 DEFAULT_SCORE = "atypicality"  # a model's default score unless it says otherwise (ModelInfo.score)
@@ -66,8 +66,8 @@ def threshold_fields(anomaly, source: str | Path = "the model", required: bool =
                            "set a threshold again with `vaekit threshold` or retrain")
 
     def number(v, what: str) -> float:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise damaged(f"{what} is {v!r}, not a finite number")
+        if not finite_number(v):
+            raise damaged(f"{what} is {v!r:.40}, not a finite number")
         return float(v)
 
     if anomaly is None:
@@ -89,8 +89,8 @@ def threshold_fields(anomaly, source: str | Path = "the model", required: bool =
         threshold = number(threshold, "the threshold")
         thresholds.setdefault(score, threshold)
     n = anomaly.get("n", 0)  # how many scores the threshold came from (the few-scores note reads it)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise damaged(f"the score count 'n' is {n!r}, not a count")
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= 2**53:  # beyond: no float holds it
+        raise damaged(f"the score count 'n' is {n!r:.40}, not a count")
     quantile = anomaly.get("threshold_quantile")
     if quantile is not None:
         quantile = number(quantile, "the threshold quantile")

@@ -3,10 +3,10 @@ used: what a damaged or hand-edited config.json or ONNX metadata section can hol
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
+from vaekit.fileio import finite_number
 from vaekit.inference import codebank
 
 COMBINES = ("max", "sumsq", "shifted", "floored")  # the rules a calibration may name (vaekit.inference.atypicality.Calibration)
@@ -63,4 +63,4 @@ def _good_array(a, shape, positive: bool) -> bool:
 
 
 def _finite(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return finite_number(v)

@@ -46,8 +46,9 @@ def prepare_folders(root: Path, folders: list[str], overwrite: bool) -> None:
             f"{root} already holds sample images (e.g. {existing[0]}); "
             "pass --overwrite (overwrite=True) to replace them"
         )
-    # Only the files this module writes are removed, so a user's other files survive.
-    for path in existing:
+    # Only the files this module writes are removed, so a user's other files survive; the old
+    # set's README goes with its images (a call stopped before its own README would leave it)
+    for path in existing + [p for p in [Path(root) / "README.txt"] if p.is_file()]:
         path.unlink()
     for f in folders:
         try:
@@ -72,7 +73,10 @@ class removed_if_stopped:
     def __exit__(self, kind, value, traceback) -> bool:
         if kind is not None:
             for path in self.written:
-                path.unlink(missing_ok=True)
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError:  # the rest still go, and the error that stopped the call is the one raised
+                    pass
         return False
 
 

@@ -102,7 +102,7 @@ def train(
         try:
             refuse_inside(out_dir, [data_dir, *_linked_folders(data_dir)], "--out")
             if rank0:
-                held.enter_context(locked(out_dir))
+                held.enter_context(locked(out_dir, hint="another vaekit train; wait for it to finish or choose another --out"))
         except VaekitError as e:
             if world <= 1:
                 raise

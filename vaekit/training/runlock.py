@@ -19,7 +19,7 @@ from vaekit.training.rundir import LOCK, MARKER
 
 
 @contextmanager
-def locked(run_dir: Path, hint: str = "another vaekit train; wait for it to finish or choose another --out"):
+def locked(run_dir: Path, hint: str = "another vaekit command is writing it; wait for it to finish"):
     """Hold an exclusive lock on a run directory (its lock file, vaekit.fileio.try_lock) while training there.
 
     A second vaekit process on the same folder gets InUse naming the process that holds it (and
