@@ -197,3 +197,25 @@ def test_sample_data_stopped_half_way_leaves_no_part_of_the_set(tmp_path, monkey
     monkeypatch.setattr(shapes, "render_shape", render)
     r = CliRunner().invoke(app, ["sample-data", "shapes", str(out), "--size", "16"])  # no --overwrite needed
     assert r.exit_code == 0, r.output
+
+
+def test_sample_data_overwrite_stopped_half_way_leaves_no_readme_of_the_old_set(tmp_path, monkeypatch):
+    # --overwrite removed the old set's images but not its README, and a call stopped before its
+    # own README left the old one describing images that were gone
+    from vaekit.sample_data import shapes
+
+    out = tmp_path / "data"
+    assert CliRunner().invoke(app, ["sample-data", "shapes", str(out), "--size", "16"]).exit_code == 0
+    assert (out / "README.txt").is_file()
+    calls, render = [], shapes.render_shape
+
+    def stopping(*args, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return render(*args, **kw)
+
+    monkeypatch.setattr(shapes, "render_shape", stopping)
+    r = CliRunner().invoke(app, ["sample-data", "shapes", str(out), "--size", "16", "--seed", "1", "--overwrite"])
+    assert r.exit_code == 130, r.output
+    assert [p for p in out.rglob("*") if p.is_file()] == []
