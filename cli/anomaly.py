@@ -227,7 +227,7 @@ def _print_evaluation(ev) -> None:
 
 
 def threshold(
-    run: Annotated[Path, typer.Argument(help="A training run directory.", exists=True, file_okay=False)],
+    run: Annotated[Path, typer.Argument(help="A training run directory.", exists=True)],
     quantile: Annotated[Optional[float], typer.Option(help="Threshold = this quantile of the held-out (calibration) scores.")] = None,
     target_fpr: Annotated[Optional[float], typer.Option(help="Aim for this false-positive rate on normal images "
                                                              "(= quantile 1 - rate).")] = None,
@@ -240,10 +240,18 @@ def threshold(
     from vaekit import anomaly
     from vaekit.training import rundir
 
+    if not run.is_dir():  # an export: its threshold is in its metadata, fixed when it was written
+        from vaekit.errors import BadInput
+
+        raise BadInput(f"{run} is a file; `vaekit threshold` reads and moves a run directory's threshold. An exported "
+                       "model keeps the one it was exported with: move it in the run and export again, or give "
+                       "`anomaly-score --threshold T`")
     if sum(v is not None for v in (quantile, target_fpr, value)) > 1:
         raise typer.BadParameter("give at most one of --quantile, --target-fpr, --value")
     if normal is not None and value is not None:
         raise typer.BadParameter("--value fixes the threshold; --normal sets it from images: give one of them")
+    moving = normal is not None or any(v is not None for v in (quantile, target_fpr, value))
+    before = (rundir.read_config(run).get("anomaly") or {}).get("threshold") if moving else None
     if normal is not None:
         apply_threads()
         section = anomaly.threshold_from_normal(run, normal, quantile=quantile, target_fpr=target_fpr)
@@ -257,6 +265,18 @@ def threshold(
     else:
         section = anomaly.set_threshold(run, quantile=quantile, target_fpr=target_fpr, value=value)
     _print_threshold(run, section)
+    if moving:
+        _print_moved(run, before, section)
+
+
+def _print_moved(run: Path, before, section: dict) -> None:
+    """What moving the threshold changed: the old and new value, the file written, and that an
+    export made before keeps the old one."""
+    from vaekit.training import rundir
+
+    was = number(before) if isinstance(before, (int, float)) and not isinstance(before, bool) else "none"
+    console.print(f"threshold {was} -> {number(section['threshold'])}, written to {shown(run / rundir.CONFIG)}; "
+                  "an .onnx exported before keeps its own: export again to carry it", highlight=False)
 
 
 def _print_threshold(run, section) -> None:
@@ -272,7 +292,7 @@ def _print_threshold(run, section) -> None:
     t.add_row("threshold", " ".join(p for p in parts if p))
     promise_rows(t, section)
     for k, v in section.get("quantiles", {}).items():
-        t.add_row(f"quantile {shown(k)}", number(v))
+        t.add_row(f"calibration scores' quantile {shown(k)}", number(v))
     console.print(t)
 
 

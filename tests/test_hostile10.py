@@ -219,3 +219,22 @@ def test_sample_data_overwrite_stopped_half_way_leaves_no_readme_of_the_old_set(
     r = CliRunner().invoke(app, ["sample-data", "shapes", str(out), "--size", "16", "--seed", "1", "--overwrite"])
     assert r.exit_code == 130, r.output
     assert [p for p in out.rglob("*") if p.is_file()] == []
+
+
+def test_threshold_on_a_file_says_what_an_export_keeps(run, tmp_path):
+    # an .onnx given to `vaekit threshold` was typer's "dir ... is a file", as if a model could not be a file
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"not read")
+    r = invoke("threshold", onnx, "--value", "3")
+    assert one_line_refusal(r) and "is a file" in r.output and "export again" in r.output, r.output
+    assert onnx.read_bytes() == b"not read"
+
+
+def test_moving_the_threshold_says_from_what_to_what_and_where(run):
+    before = json.loads((run / "config.json").read_text())["anomaly"]["threshold"]
+    r = invoke("threshold", run, "--value", "7.5")
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    assert f"threshold {before:.2f} -> 7.50, written to" in text and "config.json" in text, r.output
+    r = invoke("threshold", run)  # showing it moves nothing and says nothing of it
+    assert r.exit_code == 0 and "written to" not in r.output, r.output
