@@ -243,12 +243,13 @@ def _print_summary(result, data) -> None:
     t = Table(title=f"trained {shown(result.run_dir)}", show_header=False)
     t.add_row("images", f"{len(data.paths)} used, {len(data.skipped)} skipped" + (" (pixel cache hit)" if data.cache_hit else ""))
     t.add_row("device", result.device)
-    t.add_row("epochs", f"{result.epochs_done} (best: epoch {result.best_epoch})")
     from vaekit.training import rundir
 
     cfg = rundir.read_config(result.run_dir)
-    # no validation split (cross-fitted, one held-out fold, --val-fraction 0): the loss is the training images'
+    # no validation split (cross-fitted, one held-out fold, --val-fraction 0): the loss is the training
+    # images', and no epoch was chosen on held-out images ("best" would mean the last)
     held_out = (cfg.get("data") or {}).get("val_images", 1)
+    t.add_row("epochs", f"{result.epochs_done}" + (f" (best: epoch {result.best_epoch})" if held_out else ""))
     t.add_row("best val -ELBO (z = μ)" if held_out else "-ELBO, training images (1 draw)", f"{result.best_val:.2f} nats/image")
     m = cfg.get("model") or {}
     read = f" (tiles of images read at {m['read_size']} px)" if (m.get("read_size") or 0) > (m.get("image_size") or 0) else ""

@@ -31,6 +31,7 @@ def test_train_prints_epochs_and_a_summary(tmp_path):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["epochs"] == 2
     # 12 images are cross-fitted: no validation split, and the summary does not pretend one
     assert "-ELBO, training images" in r.output and "best val -ELBO" not in r.output
+    assert "best: epoch" not in r.output  # no epoch was chosen on held-out images
     # each number names its estimator; no val column that repeats the training loss, and a
     # Gaussian density's nats are not called bits/dim
     assert "train loss (1 draw)" in r.output and "val -ELBO" not in r.output and "bits/dim" not in r.output
