@@ -35,7 +35,7 @@ def demo(
 ) -> None:
     """Open the web app on http://127.0.0.1:PORT (train, compress, anomaly, generate, latent space)."""
     try:
-        from vaekit_demo.app import build_app, launch
+        from vaekit_demo.app import build_app, check_address, launch
     except ImportError as e:  # gradio (or what it brings) is not installed: the extra's message, exit 2
         from vaekit.errors import MissingExtra
 
@@ -66,8 +66,12 @@ def demo(
     if not server_folders:
         err_console.print("[yellow]folders typed into the page are switched off (--allow-server-folders to allow "
                           "them)[/yellow]")
-    launch(build_app(model, runs_dir=runs_dir, data_root=data_root or Path.cwd(), server_folders=server_folders),
-           port=port, share=share, max_file_size=max_file_size, host=host, auth=credentials)
+    app = build_app(model, runs_dir=runs_dir, data_root=data_root or Path.cwd(), server_folders=server_folders)
+    if not share:  # Gradio's own lines end with a hint to call launch(share=True), which no CLI user can
+        check_address(host, port)
+        output.console.print(f"vaekit demo on http://{'[' + host + ']' if ':' in host else host}:{port} "
+                             "(Ctrl-C to stop)", highlight=False)
+    launch(app, port=port, share=share, max_file_size=max_file_size, host=host, auth=credentials, quiet=not share)
     if output.terminated:  # Gradio takes the SIGTERM's interrupt, closes its server and returns
         raise typer.Exit(output.EXIT_TERMINATED)
 

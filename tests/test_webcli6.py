@@ -286,3 +286,20 @@ def test_compress_tab_says_exact_for_an_exact_reconstruction(run, digits, tmp_pa
         assert "inf" not in summary and "nan" not in summary and "both exact" in summary  # was "+nan dB for the .vkc"
     finally:
         app.close()
+
+
+def test_demo_prints_its_own_address_not_gradios_share_hint(tmp_path, monkeypatch):
+    # Gradio's start-up lines end with "To create a public link, set `share=True` in `launch()`",
+    # which a CLI user cannot act on: the CLI prints the address itself and Gradio stays quiet
+    import vaekit_demo.app as demo_app
+
+    monkeypatch.chdir(tmp_path)
+    served = []
+    monkeypatch.setattr(demo_app.gr.Blocks, "launch", lambda self, **kw: served.append(kw))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = _cli("demo", "--port", str(port))
+    assert r.exit_code == 0, r.output
+    assert f"vaekit demo on http://127.0.0.1:{port}" in r.output and "share=True" not in r.output
+    assert len(served) == 1 and served[0]["quiet"] is True and served[0]["server_port"] == port
