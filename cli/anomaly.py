@@ -219,8 +219,9 @@ def _print_evaluation(ev) -> None:
         t.add_row("F1 at threshold", f"- ({shown(ev.threshold_source)})")
     else:
         t.add_row("F1 at threshold", f"{ev.f1_at_threshold:.4f} (threshold {number(ev.threshold)}, {shown(ev.threshold_source)})")
-        t.add_row("  precision / recall / FPR",
-                  f"{ev.precision_at_threshold:.4f} / {ev.recall_at_threshold:.4f} / {ev.fpr_at_threshold:.4f}")
+        flagged = ev.recall_at_threshold > 0 or ev.fpr_at_threshold > 0  # precision of no flag is 0/0
+        precision = f"{ev.precision_at_threshold:.4f}" if flagged else "n/a (none flagged)"
+        t.add_row("  precision / recall / FPR", f"{precision} / {ev.recall_at_threshold:.4f} / {ev.fpr_at_threshold:.4f}")
     if ev.pixel_auroc is not None:
         t.add_row("pixel AUROC", f"{ev.pixel_auroc:.4f} ({ev.n_masks} of {ev.n_anomalous} anomalous images have masks)")
     console.print(t)

@@ -238,3 +238,13 @@ def test_moving_the_threshold_says_from_what_to_what_and_where(run):
     assert f"threshold {before:.2f} -> 7.50, written to" in text and "config.json" in text, r.output
     r = invoke("threshold", run)  # showing it moves nothing and says nothing of it
     assert r.exit_code == 0 and "written to" not in r.output, r.output
+
+
+def test_evaluate_with_nothing_flagged_shows_no_precision(parts):
+    # a threshold above every score flags nothing: precision is 0/0, and printing 0.0000 said the flags were all wrong
+    t = parts / "test"
+    r = invoke("evaluate", parts / "run", "--normal", t / "normal", "--anomalous", t / "anomalous", "--threshold", "1e12")
+    assert r.exit_code == 0, r.output
+    assert "n/a (none flagged) / 0.0000 / 0.0000" in " ".join(r.output.split()), r.output
+    r = invoke("evaluate", parts / "run", "--normal", t / "normal", "--anomalous", t / "anomalous", "--threshold", "-1e12")
+    assert r.exit_code == 0 and "n/a" not in r.output and "0.5000 / 1.0000 / 1.0000" in " ".join(r.output.split()), r.output
