@@ -277,7 +277,7 @@ def _print_moved(run: Path, before, section: dict) -> None:
 
     was = number(before) if isinstance(before, (int, float)) and not isinstance(before, bool) else "none"
     console.print(f"threshold {was} -> {number(section['threshold'])}, written to {shown(run / rundir.CONFIG)}; "
-                  "an .onnx exported before keeps its own: export again to carry it", highlight=False)
+                  "an .onnx exported before keeps its own: export again to carry it", highlight=False, soft_wrap=True)
 
 
 def _print_threshold(run, section) -> None:
