@@ -257,14 +257,15 @@ def write_shapes(
                 if progress is not None:
                     progress(done, total)
         written.append(root / "README.txt")
-        written[-1].write_text(
-            f"vaekit sample data: synthetic metal washers on fabric, {size}x{size} RGB PNGs"
-            f" (seed {seed}).\n"
-            f"train/           {n_train} defect-free parts\n"
-            f"test/normal/     {n_test_normal} defect-free parts\n"
-            f"test/anomalous/  {n_test_anomalous} parts with one defect: scratch, extra hole, stain"
-            " or missing piece\n"
-            "test/masks/      a mask per anomalous image, same name: white = defect pixels\n"
-        )
+        written[-1].write_text(_readme(plan, size, seed))
     counts = {**plan, "test/masks": n_test_anomalous}
     return SampleDataReport(root=root, counts=counts)
+
+
+def _readme(plan: dict[str, int], size: int, seed: int) -> str:
+    return (f"vaekit sample data: synthetic metal washers on fabric, {size}x{size} RGB PNGs (seed {seed}).\n"
+            f"train/           {plan['train']} defect-free parts\n"
+            f"test/normal/     {plan['test/normal']} defect-free parts\n"
+            f"test/anomalous/  {plan['test/anomalous']} parts with one defect: scratch, extra hole, stain"
+            " or missing piece\n"
+            "test/masks/      a mask per anomalous image, same name: white = defect pixels\n")
