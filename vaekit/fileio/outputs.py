@@ -44,8 +44,8 @@ def refuse_long_names(sources: Iterable[str], targets: Iterable[str]) -> None:
         parts = PurePosixPath(target).parts
         if len(os.fsencode(target)) > MAX_PATH_BYTES or len(parts) > MAX_DEPTH + 1:
             shown = source if len(source) <= 80 else source[:77] + "..."
-            raise BadInput(f"the image {shown!r} would be written {len(parts) - 1} folders deep, to a path of "
-                           f"{len(os.fsencode(target))} bytes (at most {MAX_DEPTH} folders and {MAX_PATH_BYTES} bytes)")
+            raise BadInput(f"the image {shown!r} would be written to a path of {len(os.fsencode(target))} bytes, "
+                           f"{len(parts) - 1} folders deep (at most {MAX_PATH_BYTES} bytes and {MAX_DEPTH} folders)")
         for part in parts:
             if len(os.fsencode(part)) > MAX_NAME_BYTES:
                 raise BadInput(f"the image {source!r} would be written to {target!r}, a name longer than "

@@ -148,8 +148,8 @@ def check_number(row: dict, key: str) -> str | None:
         f = float(v)
     except OverflowError:
         return f"{key} is out of range ({str(v)[:20]}... of {len(str(v))} digits)"
-    if not math.isfinite(f):  # vaekit writes these as text; a number this large (fileio.loads_json reads
-        return f"{key} is out of range (a number beyond a float's, read as {f})"  # one as inf) or NaN is not its
+    if not math.isfinite(f):  # JSON's NaN and Infinity tokens: vaekit writes those values as text
+        return f"{key} is out of range ({f}, where vaekit writes \"{f}\" as text)"
     return None
 
 
