@@ -270,24 +270,29 @@ def test_a_merge_never_deletes_a_file_put_at_a_journals_name_after_it_was_read(s
     assert not (tmp_path / "s.csv.shard-1-of-2.partial").exists()  # the journals it read go, as ever
 
 
+def finished_shares(out: Path, n: int, n_files: int):
+    """Shares (as share 0 sees them) of a job over files f0..f{n_files-1}, one file a batch, cut
+    into n shares whose journals are all finished."""
+    from vaekit.stream.batches import Layout
+    from vaekit.stream.journals import open_journal
+    from vaekit.stream.shares import Shares, share_out
+
+    layout = Layout([f"f{i}" for i in range(n_files)], 1, 0, n)
+    for j in range(n):
+        journal = open_journal(share_out(out, j, n), {"m": 1, "shard": [j, n]}, False, layout.share(j))
+        for b in layout.share(j).mine():
+            journal.append(b, [{"path": f"f{b}"}])
+        journal.close()
+    return Shares(out, {"m": 1, "shard": [0, n]}, layout)
+
+
 # --- a merge of many shares --------------------------------------------------------------------
 
 def test_a_merge_of_more_shares_than_open_files_allowed_goes_through(tmp_path):
     # heapq.merge opened every share's journal at once: 4096 shares (the documented most) passed a
     # limit of 1024 open files (256 on macOS) with "Too many open files" at the merge
     resource = pytest.importorskip("resource")
-    from vaekit.stream.batches import Layout
-    from vaekit.stream.journals import open_journal
-    from vaekit.stream.shares import Shares, share_out
-
-    n, out = 300, tmp_path / "o.csv"
-    layout = Layout([f"f{i}" for i in range(n + 5)], 1, 0, n)
-    for j in range(n):
-        journal = open_journal(share_out(out, j, n), {"m": 1, "shard": [j, n]}, False, layout.share(j))
-        for b in layout.share(j).mine():
-            journal.append(b, [{"path": f"f{b}"}])
-        journal.close()
-    shares = Shares(out, {"m": 1, "shard": [0, n]}, layout)
+    shares = finished_shares(tmp_path / "o.csv", 300, 305)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     in_use = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else 64
     resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + 40, hard))
@@ -295,7 +300,7 @@ def test_a_merge_of_more_shares_than_open_files_allowed_goes_through(tmp_path):
         rows = [r["path"] for e in shares.merged() for r in e["rows"]]
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    assert rows == list(layout.paths)
+    assert rows == [f"f{i}" for i in range(305)]
 
 
 def test_a_journal_replaced_while_it_is_merged_is_a_damaged_file_not_a_mix(tmp_path):
@@ -413,18 +418,7 @@ def test_waiting_for_shares_reads_each_journal_line_once_and_follows_a_replaced_
 
 def test_a_share_journal_rewritten_in_place_between_two_polls_is_read_again(tmp_path):
     # the same inode (a number the file system gave again, or a rewrite), as long or longer, other lines
-    from vaekit.stream.batches import Layout
-    from vaekit.stream.journals import open_journal
-    from vaekit.stream.shares import Shares, share_out
-
-    n, out = 2, tmp_path / "o.csv"
-    layout = Layout([f"f{i}" for i in range(8)], 1, 0, n)
-    for j in range(n):
-        journal = open_journal(share_out(out, j, n), {"m": 1, "shard": [j, n]}, False, layout.share(j))
-        for b in layout.share(j).mine():
-            journal.append(b, [{"path": f"f{b}"}])
-        journal.close()
-    shares = Shares(out, {"m": 1, "shard": [0, n]}, layout)
+    shares = finished_shares(tmp_path / "o.csv", 2, 8)
     assert shares.pending() == []
     share1 = tmp_path / "o.csv.shard-1-of-2.partial"
     header, *lines = share1.read_bytes().splitlines(keepends=True)
@@ -441,18 +435,8 @@ def test_a_share_journal_rewritten_in_place_between_two_polls_is_read_again(tmp_
 
 def test_a_share_journal_that_lost_batches_during_the_merge_stops_it(tmp_path, monkeypatch):
     from vaekit.errors import InUse
-    from vaekit.stream.batches import Layout
-    from vaekit.stream.journals import open_journal
-    from vaekit.stream.shares import Shares, share_out
 
-    n, out = 2, tmp_path / "o.csv"
-    layout = Layout([f"f{i}" for i in range(8)], 1, 0, n)
-    for j in range(n):
-        journal = open_journal(share_out(out, j, n), {"m": 1, "shard": [j, n]}, False, layout.share(j))
-        for b in layout.share(j).mine():
-            journal.append(b, [{"path": f"f{b}"}])
-        journal.close()
-    shares = Shares(out, {"m": 1, "shard": [0, n]}, layout)
+    shares = finished_shares(tmp_path / "o.csv", 2, 8)
     assert shares.pending() == []
     share1 = tmp_path / "o.csv.shard-1-of-2.partial"
     share1.write_bytes(b"".join(share1.read_bytes().splitlines(keepends=True)[:3]))  # restarted meanwhile
