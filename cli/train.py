@@ -214,6 +214,12 @@ class _Reporter:
         self.bars, self.task, self.key = bars, None, None
 
     def __call__(self, done: int, total: int, phase: str = "", **m) -> None:
+        if phase == "plan":  # every "auto" decided, before the first step
+            from vaekit.training.loop import plan_text
+
+            head = f"resuming after epoch {done} of {total}:" if done else "training"
+            self.bars.console.print(f"{head} {shown(plan_text(m))}", soft_wrap=True, highlight=False)
+            return
         if phase == "epoch":
             # long runs (small folders get up to 200 epochs) print ~30 lines, not one per epoch
             every = max(1, -(-total // 30))

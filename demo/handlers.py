@@ -283,7 +283,7 @@ def latent_pick(model: Model, m: LatentMap, x_lo: float, x_hi: float) -> list[tu
 
 @dataclass
 class TrainEvent:
-    phase: str  # "decode", "train", "epoch" (as vaekit.training.job reports), then "done" or "stopped"
+    phase: str  # "decode", "plan", "train", "epoch" (as vaekit.training.job reports), then "done" or "stopped"
     done: int = 0
     total: int = 0
     metrics: dict = field(default_factory=dict)

@@ -69,6 +69,10 @@ def _train_tab(ctx: Context) -> SimpleNamespace:
 def _train_message(ev, rows: list[dict], n_epochs, out: Path, folder, ctx: Context) -> str | None:
     """What the Train tab says after event `ev` (None: nothing new to show)."""
     m, public = ev.metrics, ctx.public
+    if ev.phase == "plan":  # every "auto" decided, before the first step
+        from vaekit.training.loop import plan_text
+
+        return f"Training `{public(out)}`: {plan_text(m)}"
     if ev.phase == "epoch":
         return f"Training `{public(out)}`: epoch {m['epoch']}/{n_epochs}, validation loss {m['val_loss']:.2f} nats/image"
     if ev.phase == "stopped" and not rows:  # no checkpoint yet: --resume says "nothing to resume"

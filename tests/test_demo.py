@@ -218,7 +218,10 @@ def test_latent_map_projects_codes_and_picks_by_range(model, data):
 def test_train_events_stream_epochs_then_the_result(data, tmp_path):
     events = list(handlers.train_events(data / "train", tmp_path / "run", SIZE, 3, 2, threading.Event()))
     assert [e.metrics["epoch"] for e in events if e.phase == "epoch"] == [1, 2]
-    assert {e.phase for e in events[:-1]} <= {"decode", "train", "epoch", "crossfit"} and events[-1].phase == "done"
+    assert {e.phase for e in events[:-1]} <= {"decode", "plan", "train", "epoch", "crossfit"} and events[-1].phase == "done"
+    plans = [e for e in events if e.phase == "plan"]  # once, before the first step, every "auto" decided
+    assert len(plans) == 1 and events.index(plans[0]) < [e.phase for e in events].index("train")
+    assert plans[0].metrics["latent_dim"] == 3 and plans[0].metrics["epochs"] == 2 and plans[0].metrics["image_size"] == SIZE
     assert events[-1].result.run_dir == tmp_path / "run"
     assert vaekit.load(tmp_path / "run").info.latent_dim == 3
 

@@ -88,10 +88,10 @@ def fit(data: Dataset, out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCo
     train_cfg = resolved_train_config(train_cfg, model_cfg, len(splits.train), models=len(splits.folds) or 1)
     trainer = Trainer(model_cfg, train_cfg, device, dist)
     start_epoch, best, history = _begin(trainer, out_dir, data, splits, resume)
-    # Without a validation split (cross-fitting, a surface's one held-out fold, --val-fraction 0)
-    # the last epoch is kept, as the fold models keep theirs: the learning rate has decayed to 0 by
-    # then, and "validating" on the training images cost a pass per epoch (a surface of few
-    # images trains an epoch per step: 300 passes) to pick a near-final epoch.
+    if progress and dist.main:
+        progress(start_epoch, train_cfg.epochs, phase="plan", **training_plan(trainer, data, splits))
+    # No validation split (cross-fitting, one held-out fold, --val-fraction 0): keep the last epoch, as the
+    # fold models do (the learning rate has decayed to 0; validating on training images cost a pass an epoch)
     keep_last = splits.crossfit or not len(splits.val)
     t_start, stopped, pending = time.perf_counter(), False, None
     for epoch in range(start_epoch, train_cfg.epochs):
@@ -125,6 +125,40 @@ def fit(data: Dataset, out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCo
         result.seconds = time.perf_counter() - t_start
     barrier(dist)  # the run directory is complete when any rank returns
     return result
+
+
+def training_plan(trainer: Trainer, data: Dataset, splits) -> dict:
+    """What this run trains, with every "auto" decided, for the progress event "plan" that comes
+    before the first step (the CLI prints it as one line, the demo shows it): the images and how
+    they are split, the model, the recipe, the device, and how many defect readers follow."""
+    from vaekit.reader.net import ReaderConfig
+
+    cfg, m = trainer.cfg, trainer.model_cfg
+    readers = ReaderConfig().members if m.layout == "grid" and cfg.reader else 0
+    return {"images": len(data.paths), "train": len(splits.train), "val": len(splits.val), "cal": len(splits.cal),
+            "folds": len(splits.folds), "image_size": m.image_size, "reads_at": m.reads_at, "layout": m.layout,
+            "latent_dim": m.latent_dim, "likelihood": m.likelihood, "crop": training_crop(cfg, m),
+            "epochs": cfg.epochs, "batch_size": cfg.batch_size, "augment": cfg.augment, "readers": readers,
+            "device": str(trainer.device)}
+
+
+def plan_text(p: dict) -> str:
+    """One line for a training_plan: what trains, on what, for how long, where; e.g. "142 images
+    (5 folds, cross-fitted) · 32 px, vector latent (16), gaussian · 231 epochs, batch 64, warped copies ·
+    cpu"."""
+    if p["folds"]:
+        split = f"{p['folds']} folds, cross-fitted"
+    elif p["cal"] and not p["val"]:
+        split = f"{p['train']} train, {p['cal']} held out"
+    else:
+        split = f"{p['train']} train, {p['val']} validation, {p['cal']} calibration"
+    model = f"{p['image_size']} px, vector latent ({p['latent_dim']}), {p['likelihood']}"
+    if p["layout"] == "grid":
+        crops = f" trained on {p['crop']} px crops" if p["crop"] else ""
+        model = f"surface at {p['reads_at']} px, latent grid ({p['latent_dim']} per cell){crops}, {p['likelihood']}"
+    recipe = f"{p['epochs']} epochs, batch {p['batch_size']}" + (", warped copies" if p["augment"] == "on" else "")
+    readers = f" · then {p['readers']} defect reader{'s' if p['readers'] > 1 else ''}" if p["readers"] else ""
+    return f"{p['images']} images ({split}) · {model} · {recipe}{readers} · {p['device']}"
 
 
 def _splits_trained_on(out_dir: Path, splits, n: int, plan: Callable[..., object]):
