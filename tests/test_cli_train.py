@@ -28,6 +28,9 @@ def test_train_prints_epochs_and_a_summary(tmp_path):
                "--latent-dim", 4, "--base-channels", 4, "--epochs", 2, "--batch-size", 4, "--device", "cpu")
     assert r.exit_code == 0, r.output
     assert "epoch   2" in r.output and "anomaly threshold" in r.output and "12 used, 0 skipped" in r.output
+    # first the plan, every "auto" decided (under 50 aligned images: warped copies)
+    assert r.output.splitlines()[0] == ("training 12 images (5 folds, cross-fitted) · 16 px, vector latent (4), "
+                                        "gaussian · 2 epochs, batch 4, warped copies · cpu")
     assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["epochs"] == 2
     # 12 images are cross-fitted: no validation split, and the summary does not pretend one
     assert "-ELBO, training images" in r.output and "best val -ELBO" not in r.output
@@ -39,6 +42,7 @@ def test_train_prints_epochs_and_a_summary(tmp_path):
     r = invoke("train", tmp_path / "imgs", "--out", tmp_path / "run", "--resume", "--epochs", 3)
     assert r.exit_code == 0, r.output
     assert "epoch   3" in r.output and "epoch   1 " not in r.output
+    assert r.output.splitlines()[0].startswith("resuming after epoch 2 of 3: 12 images (5 folds")
 
 
 def test_unreadable_files_are_skipped_and_named(tmp_path):

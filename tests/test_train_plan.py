@@ -1,31 +1,7 @@
-"""`vaekit train` says what it will train, with every "auto" decided, before the first step."""
+"""`vaekit train` says what it will train, with every "auto" decided, before the first step
+(the line itself through the CLI: tests/test_cli_train.py)."""
 
-from typer.testing import CliRunner
-
-from test_train import make_blobs
 from vaekit.training.loop import plan_text
-from vaekit_cli.main import app
-
-runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def test_train_prints_its_plan_before_the_first_epoch_and_again_on_resume(tmp_path):
-    make_blobs(tmp_path / "imgs", n=12)
-    r = invoke("--threads", 1, "train", tmp_path / "imgs", "--out", tmp_path / "run", "--image-size", 16,
-               "--latent-dim", 4, "--base-channels", 4, "--epochs", 2, "--batch-size", 4, "--device", "cpu")
-    assert r.exit_code == 0, r.output
-    lines = r.output.splitlines()
-    plan = [i for i, line in enumerate(lines) if line.startswith("training 12 images")]
-    assert len(plan) == 1 and plan[0] < next(i for i, line in enumerate(lines) if line.startswith("epoch   1"))
-    assert ("training 12 images (5 folds, cross-fitted) · 16 px, vector latent (4), "
-            "gaussian · 2 epochs, batch 4, warped copies · cpu") in lines[plan[0]]  # under 50 aligned images: warped
-    r = invoke("--threads", 1, "train", tmp_path / "imgs", "--out", tmp_path / "run", "--resume", "--epochs", 3)
-    assert r.exit_code == 0, r.output
-    assert r.output.splitlines()[0].startswith("resuming after epoch 2 of 3: 12 images (5 folds")
 
 
 def _plan(**kw) -> dict:
