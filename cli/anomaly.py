@@ -178,9 +178,10 @@ def evaluate(
     apply_threads()
     if plot is not None:  # before the work, not after it
         from vaekit.anomaly.evaluation import check_plot_name
-        from vaekit.fileio import refuse_existing, refuse_inside
+        from vaekit.fileio import refuse_existing, refuse_inside, refuse_under_file
 
         check_plot_name(plot)
+        refuse_under_file(plot, "--plot")  # a read-only folder: said now, not after scoring every image
         refuse_inside(plot, [normal, anomalous, *([masks] if masks else [])], "--plot")  # a PNG there is an input next time
         from vaekit.inference.engine_onnx import refuse_model_files
 
