@@ -138,7 +138,7 @@ def _print_scores(report, inputs) -> None:
     plan = report.plan  # the ELBO column names its estimator: z = mu is the plug-in, not the ELBO
     est = {"mean": "z = μ", "samples": f"{plan.samples} draws", "iwae": f"IWAE, {plan.samples} draws"}.get(plan.estimator, plan.estimator)
     t.add_column(f"-ELBO\n({est})", justify="right")
-    t.add_column("", justify="left")
+    t.add_column("verdict", justify="left")  # the -o file's `anomalous` field (true / false), in words
     for r in report.top:  # most anomalous first; a score that is not a number (a broken model) above all
         flag = "" if r.anomalous is None else ("[bold red]ANOMALOUS[/bold red]" if r.anomalous else "[green]normal[/green]")
         t.add_row(shown(relative_name(Path(r.path), inputs) if short else r.path), f"{r.score:.2f}",
@@ -178,9 +178,10 @@ def evaluate(
     apply_threads()
     if plot is not None:  # before the work, not after it
         from vaekit.anomaly.evaluation import check_plot_name
-        from vaekit.fileio import refuse_existing, refuse_inside
+        from vaekit.fileio import refuse_existing, refuse_inside, refuse_under_file
 
         check_plot_name(plot)
+        refuse_under_file(plot, "--plot")  # a read-only folder: said now, not after scoring every image
         refuse_inside(plot, [normal, anomalous, *([masks] if masks else [])], "--plot")  # a PNG there is an input next time
         from vaekit.inference.engine_onnx import refuse_model_files
 

@@ -257,7 +257,8 @@ def decode(
 def reconstruct(
     model: ModelArg,
     images: Annotated[Path, typer.Argument(help="Folder of images (searched recursively) or one image.", exists=True)],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for reconstructions and comparison.png (created).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for reconstructions (NAME.png each) and comparison.png, the grid "
+                                                     "(comparison-1.png when an input is named comparison; created).")],
     overwrite: Overwrite = False,
     as_json: JsonOut = False,
     resume: Resume = False,

@@ -25,6 +25,7 @@ def sample(
     """Draw images from the prior N(0, temperature² I) and save them as a grid."""
     from vaekit.codes import check_grid, check_grid_output, write_grid
 
+    check_grid_output(out, overwrite, [model])  # a bad or unwritable -o: said before the model is loaded
     m = load_model(model, device)
     check_grid(n, m.info.image_size)  # before drawing: the grid is held in memory at once
     inputs = [m.info.source]  # never into the run directory, even with --overwrite
@@ -47,6 +48,7 @@ def interpolate(
     """Decode evenly spaced points between two images' posterior means, as one strip."""
     from vaekit.codes import check_grid, check_grid_output, interpolate as walk, write_grid
 
+    check_grid_output(out, overwrite, [a, b, model])  # a bad or unwritable -o: said before the model is loaded
     m = load_model(model, device)
     check_grid(n, m.info.image_size)
     inputs = [a, b, m.info.source]  # the two images and the run are never replaced, even with --overwrite

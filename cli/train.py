@@ -72,7 +72,8 @@ def train(
     base_channels: Annotated[int, typer.Option(help="Feature maps of the first conv layer (doubles per stage).")] = 16,
     likelihood: Annotated[Likelihood, typer.Option(help=LIKELIHOOD_HELP)] = Likelihood.auto,
     epochs: Annotated[Optional[int], typer.Option(help="Epochs (default: auto, a fixed compute budget, ~1 min on 2 cores; up to 4x, at most 20 epochs, for a logistic model with many images; with --resume: the new total).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Global batch size (split across torchrun ranks); 0 = auto: 64 up to 32 px, else 32.")] = 0,
+    batch_size: Annotated[int, typer.Option(min=0, max=4096, help="Global batch size (split across torchrun ranks), at most 4096 "
+                                                                  "as in the other commands; 0 = auto: 64 up to 32 px, else 32.")] = 0,
     lr: Annotated[float, typer.Option(help="AdamW peak learning rate (warm-up, then cosine decay).")] = 2e-3,
     beta: Annotated[float, typer.Option(help="Weight on the KL term (1 = the ELBO).")] = 1.0,
     kl_warmup: Annotated[int, typer.Option(help="Epochs of linear KL warm-up up to beta (epoch e gets beta·(e+1)/(N+1)).")] = 0,

@@ -274,7 +274,7 @@ def test_the_default_score_of_a_run_stopped_before_its_finish_is_refused_a_named
     default score (and evaluate's) now says so and names the --resume; --score neg_elbo still
     scores its weights as they are."""
     stopped = _stopped_before_finish(run, tmp_path / "stopped")
-    src, other = _images(tmp_path / "src", 2), _images(tmp_path / "other", 2)
+    src, other = _images(tmp_path / "src", 2), _images(tmp_path / "other", 2, seed=1)  # not copies of src
     for args in (["anomaly-score", stopped, src, "-o", tmp_path / "s.csv"],
                  ["evaluate", stopped, "--normal", src, "--anomalous", other]):
         said = _one_line_error(invoke(*args)).replace("\n", "")

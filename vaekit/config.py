@@ -29,6 +29,7 @@ MAX_IMAGE_SIZE = 1024
 MAX_READ_SIZE = 3072  # a surface's files are read at their own scale up to this shorter side (12 MP photos whole)
 MAX_LATENT_DIM = 4096
 MAX_CHANNELS = 4096
+MAX_BATCH_SIZE = 1 << 16  # images in one batch, training or scoring (the CLI takes at most 4096)
 MAX_Z_DIMS = 1 << 20  # values in one latent code (a 1024 px grid model has 256 x 256 x C)
 
 
@@ -179,8 +180,8 @@ class TrainConfig:
             raise BadInput(f"grad clip and spike clip must be >= 0 (0: off), got {self.grad_clip!r} and {self.spike_clip!r}")
         if not isinstance(self.epochs, int) or self.epochs < 0:
             raise BadInput(f"epochs must be a positive integer (or 0 for auto), got {self.epochs!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 0:
-            raise BadInput(f"batch size must be a positive integer (or 0 for auto), got {self.batch_size!r}")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or not 0 <= self.batch_size <= MAX_BATCH_SIZE:
+            raise BadInput(f"batch size must be an integer from 1 to {MAX_BATCH_SIZE} (or 0 for auto), got {self.batch_size!r:.40}")
         if self.schedule not in SCHEDULES:
             raise BadInput(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if not 0 < self.lr <= FLOAT32_MAX:  # the optimiser steps in float32: a larger one overflows it

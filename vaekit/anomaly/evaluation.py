@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from vaekit import images as imageio
-from vaekit.anomaly.overlap import file_identity
+from vaekit.anomaly.overlap import file_identity, shared_files
 from vaekit.anomaly.pixel_roc import PixelRoc
 from vaekit.anomaly.score import Progress, iter_scored, scoring_plan
 from vaekit.anomaly.quantiles import check_threshold
@@ -142,11 +142,23 @@ def _labelled_inputs(normal, anomalous, masks: Sequence[Path] = ()):
         if i in seen:
             raise BadInput(f"{p} is both an anomalous and a normal image ({seen[i]}); "
                            "give --normal and --anomalous sets that share no file")
+    _refuse_copies(bad, good)
     seen.update(bad_ids)
     for m in masks:
         if file_identity(m) in seen:
             raise BadInput(f"{m} is both a mask and an image to score ({seen[file_identity(m)]}); give --masks a folder of masks only")
     return good, bad
+
+
+def _refuse_copies(bad, good) -> None:
+    """BadInput when anomalous images hold the same bytes as normal ones (copies under other
+    names): one image cannot be both, and its two labels would skew every metric. Only files of
+    a size both sets hold are read (overlap.shared_files), so distinct sets cost a stat each."""
+    pairs = list(shared_files(getattr(bad.paths, "texts", bad.paths), getattr(good.paths, "texts", good.paths)))
+    if pairs:
+        a, n = pairs[0], len(pairs)
+        raise BadInput(f"{n} anomalous image{'s hold' if n > 1 else ' holds'} the same bytes as a normal image "
+                       f"(e.g. {a[0]} and {a[1]}); an image cannot be both: remove the copies from one set")
 
 
 def _scores_and_maps(model, inputs, found, samples, score, iwae, threshold, progress, on_map):
@@ -181,7 +193,7 @@ def evaluate(
     pixel-level AUROC. A mask matches an anomalous image by relative path, or by name where only
     one mask and one anomalous image have it, with or without a `_mask` suffix (MVTec AD's
     layout); normal images count as all-normal pixels.
-    The two sets may not share a file (BadInput)."""
+    The two sets may not share a file, nor two files the same bytes (BadInput)."""
     if masks is not None and not Path(masks).is_dir():
         raise NotFound(f"masks folder not found: {masks}")
     index = None if masks is None else _mask_index(Path(masks))  # a folder without masks: said first

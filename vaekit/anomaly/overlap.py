@@ -8,7 +8,7 @@ import hashlib
 import os
 from collections import defaultdict
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from vaekit.fileio import NotRegularFile, open_regular_file
 
@@ -38,8 +38,14 @@ def _sha256(path) -> bytes | None:
 
 def first_shared(mine: Iterable, theirs: Iterable) -> tuple[Path, Path] | None:
     """(a file of `mine`, the file of `theirs` it is) for the first file of `mine` that is one of
-    `theirs` or holds the same bytes (two empty files do not); None when they share none. Only
-    files of a size that both sets hold are read, so two unrelated folders cost a stat per file."""
+    `theirs` or holds the same bytes (two empty files do not); None when they share none."""
+    return next(shared_files(mine, theirs), None)
+
+
+def shared_files(mine: Iterable, theirs: Iterable) -> Iterator[tuple[Path, Path]]:
+    """(a file of `mine`, the file of `theirs` it is), for each file of `mine` that is one of
+    `theirs` or holds the same bytes (two empty files do not). Only files of a size that both
+    sets hold are read, so two unrelated folders cost a stat per file."""
     ids, by_size = {}, defaultdict(list)
     for p in theirs:
         ids[file_identity(p)] = p
@@ -56,7 +62,8 @@ def first_shared(mine: Iterable, theirs: Iterable) -> tuple[Path, Path] | None:
     for p in mine:
         same = ids.get(file_identity(p))
         if same is not None:
-            return Path(p), Path(same)
+            yield Path(p), Path(same)
+            continue
         try:
             size = os.stat(p).st_size
         except OSError:
@@ -66,5 +73,4 @@ def first_shared(mine: Iterable, theirs: Iterable) -> tuple[Path, Path] | None:
                 digests[size] = {d: q for q in reversed(by_size[size]) if (d := _sha256(q)) is not None}
             same = digests[size].get(_sha256(p))
             if same is not None:
-                return Path(p), Path(same)
-    return None
+                yield Path(p), Path(same)

@@ -12,7 +12,7 @@ import numpy as np
 from vaekit import images as imageio
 from vaekit import stream
 from vaekit.errors import BadInput, NotFound
-from vaekit.fileio import refuse_existing, refuse_inside
+from vaekit.fileio import refuse_existing, refuse_inside, refuse_under_file
 
 if TYPE_CHECKING:
     from vaekit.inference.engine import Model
@@ -45,6 +45,7 @@ def check_grid_output(path: str | Path, overwrite: bool = False, inputs: Sequenc
     if path.is_dir():
         raise BadInput(f"output {path} is a folder")
     refuse_inside(path, list(inputs), "output")  # --overwrite must never replace an input or the run's files
+    refuse_under_file(path)  # a file above it, or a folder this process may not write in
     refuse_existing([path], overwrite)
     return path
 

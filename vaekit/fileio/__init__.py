@@ -303,10 +303,16 @@ def is_inside(path: Path, folder: Path) -> bool:
 
 
 def refuse_under_file(path: Path, what: str = "output") -> None:
-    """BadInput when a file stands where a folder above `path` would have to be."""
+    """BadInput when a file stands where a folder above `path` would have to be, or when the
+    nearest folder that exists (`path` itself, or one above it) is one this process may not
+    write in (read-only, not ours): said before the work, not when its result is written."""
     above = file_above(path)
     if above is not None:
         raise BadInput(f"{what} {path}: {above} is a file, not a folder")
+    here = Path(path).absolute()
+    folder = next((p for p in (here, *here.parents) if p.is_dir()), None)  # an output folder: itself
+    if folder is not None and not os.access(folder, os.W_OK | os.X_OK):
+        raise BadInput(f"{what} {path}: cannot write in {folder} (permission denied or a read-only file system)")
 
 
 def refuse_inside(output: Path, inputs, what: str, folder: bool = False) -> None:

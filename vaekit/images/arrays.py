@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from vaekit.config import MAX_BATCH_SIZE
 from vaekit.errors import BadInput
 
-MAX_BATCH_SIZE = 1 << 16
 WHAT = "images: a uint8 array (N, C, H, W), floats in [0, 1], an image file, a folder, or a list of them"
 
 

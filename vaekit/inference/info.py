@@ -94,6 +94,10 @@ def threshold_fields(anomaly, source: str | Path = "the model", required: bool =
     quantile = anomaly.get("threshold_quantile")
     if quantile is not None:
         quantile = number(quantile, "the threshold quantile")
+        fixed = anomaly.get("fixed") is True  # a fixed value's share of scores below it: 0 and 1 too
+        if not (0.0 <= quantile <= 1.0 if fixed else 0.0 < quantile < 1.0):  # a hand edit: "quantile 2"
+            raise damaged(f"'threshold_quantile' is {anomaly['threshold_quantile']!r:.40}, "
+                          f"not in {'[0, 1]' if fixed else '(0, 1)'}")
     quantiles, val_scores = anomaly.get("quantiles", {}), anomaly.get("scores", [])
     if not isinstance(quantiles, dict) or not isinstance(val_scores, list):
         raise damaged("'quantiles' or 'scores' has the wrong type")

@@ -4,7 +4,8 @@ Like `anomaly-score` and `encode` (vaekit.anomaly.job, vaekit.codes.jobs): image
 and reconstructed in fixed batches; each batch's PNGs are written, then its line (each image's
 name, PSNR and SSIM) goes to the journal `OUT.partial` beside the output folder, so a killed job
 continues with `resume=True` and a share (`shard=(i, n)`) journals on its own. When every
-share is complete, one process writes `OUT/comparison.png` (the first `grid_max` inputs beside
+share is complete, one process writes `OUT/comparison.png` (`grid_name`: comparison-1.png when an
+input's reconstruction takes that name; the first `grid_max` inputs beside
 their reconstructions, read back from the PNGs, so it is the same whichever process wrote
 them) and removes the journals. `reconstruct_folder` is the same in one process, not journalled.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -36,6 +37,17 @@ if TYPE_CHECKING:
 
 BATCH_SIZE = 256
 GRID = "comparison.png"
+
+
+def grid_name(targets: Sequence[str]) -> str:
+    """The comparison grid's name in the output folder: GRID, or comparison-1.png (-2, ...) when
+    an input's reconstruction takes that name (an image called comparison.png) or a folder of them
+    does: a user's image is never refused for its name, nor its reconstruction replaced."""
+    taken = set(targets) | {p.as_posix() for t in targets for p in PurePosixPath(t).parents}
+    name, n = GRID, 1
+    while name in taken:
+        name, n = f"comparison-{n}.png", n + 1
+    return name
 
 
 @dataclass
@@ -78,9 +90,7 @@ def _targets(model: "Model", source, out_dir: Path, overwrite: bool, grid_max: i
     refuse_model_files(out_dir, model.info.source, "output folder")  # --overwrite would replace the run's files
     found = stream.find_inputs(source, once=True)
     targets = codes.png_names(found.names)
-    grid = out_dir / GRID
-    if GRID in targets:
-        raise BadInput(f"an input image would be written to {grid}, the comparison grid; rename it or pick another input")
+    grid = out_dir / grid_name(targets)
     check_targets(out_dir, [*(out_dir / t for t in targets), grid], overwrite)
     return found, targets, grid
 
@@ -165,8 +175,7 @@ def reconstruct_to_folder(model: "Model", source: str | Path | Sequence[str | Pa
     refuse_inside(out_dir, found.sources, "output folder", folder=True)  # its PNGs would be read back as inputs
     refuse_model_files(out_dir, model.info.source, "output folder")  # --overwrite would replace the run's files
     targets = png_names(found.names)  # relative to out_dir
-    if GRID in targets:
-        raise BadInput(f"an input image would be written to {out_dir / GRID}, the comparison grid; rename it")
+    grid = out_dir / grid_name(targets)
     torchrun = shard is None and stream.env_shard()[1] > 1
     index, count = stream.check_shard(*(stream.env_shard() if shard is None else shard))
     info = model.info
@@ -183,9 +192,9 @@ def reconstruct_to_folder(model: "Model", source: str | Path | Sequence[str | Pa
         todo = [b for b in layout.mine() if b not in journal.done]
         own = set(layout.positions(todo[0])) if journal.resumed and todo else set()  # see anomaly.job._check_maps
         taken = [out_dir / targets[i] for b in todo for i in layout.positions(b) if i not in own]
-        check_targets(out_dir, [*(out_dir / t for t in targets), out_dir / GRID], overwrite=True)  # in the way
-        refuse_existing([*taken, *([] if journal.resumed else [out_dir / GRID])], overwrite)
-        report = ReconstructJob(out_dir, [], [], out_dir / GRID, np.zeros(0), None, shard=(index, count),
+        check_targets(out_dir, [*(out_dir / t for t in targets), grid], overwrite=True)  # in the way
+        refuse_existing([*taken, *([] if journal.resumed else [grid])], overwrite)
+        report = ReconstructJob(out_dir, [], [], grid, np.zeros(0), None, shard=(index, count),
                                 resumed=len(journal.done), repeated=found.repeated)
         _run(model, found, journal, layout, [out_dir / t for t in targets], workers, progress)
         if count > 1:  # this share is written: its lock goes, another share's process may merge it
@@ -303,5 +312,5 @@ def _finish(shares: Shares, report: ReconstructJob, model: "Model", out_dir: Pat
     for i, png in zip(at[:grid_max], report.written[:grid_max]):
         shown.append(imageio.load_image(found.paths[i], info.image_size, info.channels))
         shown.append(imageio.load_image(png, info.image_size, info.channels))
-    imageio.save_png(imageio.make_grid(np.stack(shown), ncol=8), out_dir / GRID)
+    imageio.save_png(imageio.make_grid(np.stack(shown), ncol=8), report.grid)
     shares.remove()
