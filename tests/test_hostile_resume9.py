@@ -309,7 +309,7 @@ def test_a_journal_replaced_while_it_is_merged_is_a_damaged_file_not_a_mix(tmp_p
 
     path = tmp_path / "o.csv.shard-0-of-2.partial"
     path.write_bytes(b"one\ntwo\n")
-    lines = lines_reopened(path, open_regular(path, write=False))
+    lines = lines_reopened(path, open_regular(path, write=False), 1 << 20)
     assert next(lines) == (4, b"one\n")
     os.rename(path, tmp_path / "away")
     path.write_bytes(b"one\nTWO\n")

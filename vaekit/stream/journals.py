@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Sequence
 
 from vaekit.stream import lines as journal_lines
-from vaekit.stream.files import open_regular, read_lines, same_file
+from vaekit.stream.files import LineTooLong, open_regular, read_lines, same_file
 from vaekit.stream.batches import Layout, RowCheck, changed, check_entry, sources
 from vaekit.errors import BadInput, DamagedFile, InUse, VaekitError, cannot_write
 from vaekit.fileio import atomic_writer, dumps_json, loads_json, try_lock
@@ -95,6 +95,7 @@ class Journal:
                                                                for i in layout.positions(b))}
         self.settings = json.loads(dumps_json({**journal_header(settings), **pinned}, indent=None))
         self.layout, self.row_check = layout, row_check
+        self.limit = journal_lines.line_limit(None if layout is None else layout.batch_size)
         self.done: set[int] = set()
         self._part: tuple[int, list, list] | None = None  # a batch whose parts are not all in yet
         self._wrote = False  # a batch's own files (heat maps, PNGs) were begun: kept for --resume (`abandon`)
@@ -160,7 +161,7 @@ class Journal:
         """Check the header and every line, load the finished batches, and cut a line a crash
         left half-written; False when the file holds not even a complete header."""
         keep, header = 0, None
-        for n, (offset, line) in enumerate(read_lines(self._fd), 1):
+        for n, (offset, line) in self._numbered(0):
             if header is None:
                 header = _parse_header(line)
                 self._check_header(header)
@@ -168,12 +169,26 @@ class Journal:
                 entry, why = journal_lines.decode(line)
                 why = why or check_entry(entry, self.layout, self.row_check, self.done)
                 if why is not None:
-                    raise DamagedFile(f"{self.path} is damaged at line {n}: {why}; delete it to start again")
+                    raise self._damaged(n, why)
                 self.done.add(entry["batch"])
             keep = offset
         if keep < os.fstat(self._fd).st_size:  # cut what a crash left half-written
             os.ftruncate(self._fd, keep)
         return header is not None
+
+    def _numbered(self, skip: int) -> Iterator[tuple[int, tuple[int, bytes]]]:
+        """(line number, (offset after it, line)) from line `skip` + 1 on (the first `skip` lines
+        read, not yielded); a line longer than vaekit writes is damage, never read whole."""
+        n = 0
+        try:
+            for n, item in enumerate(read_lines(self._fd, self.limit), 1):
+                if n > skip:
+                    yield n, item
+        except LineTooLong as e:
+            raise self._damaged(n + 1, str(e)) from None
+
+    def _damaged(self, n: int, why: str) -> DamagedFile:
+        return DamagedFile(f"{self.path} is damaged at line {n}: {why}; delete it to start again")
 
     def _check_header(self, header) -> None:
         if not isinstance(header, dict) or "vaekit_journal" not in header:
@@ -229,12 +244,10 @@ class Journal:
 
     def entries(self) -> Iterator[dict]:
         """Every batch entry, in the order written."""
-        lines = read_lines(self._fd)
-        next(lines, None)  # the settings
-        for n, (_, line) in enumerate(lines, 2):
+        for n, (_, line) in self._numbered(1):  # past the settings
             entry, why = journal_lines.decode(line)  # checked when read (`_read`) or written by this run,
             if why is not None:  # unless the file was changed since
-                raise DamagedFile(f"{self.path} is damaged at line {n}: {why}; delete it to start again")
+                raise self._damaged(n, why)
             yield entry
 
     def rows(self) -> Iterator[dict]:
