@@ -27,13 +27,13 @@ from typing import BinaryIO, Callable, Iterator, Sequence
 
 from vaekit.stream import lines as journal_lines
 from vaekit.stream.files import LineTooLong, open_regular, read_lines, same_file
-from vaekit.stream.batches import Layout, RowCheck, changed, check_entry, sources
+from vaekit.stream.batches import Layout, RowCheck, changed, check_entry, contents, sources
 from vaekit.errors import BadInput, DamagedFile, InUse, VaekitError, cannot_write
 from vaekit.fileio import atomic_writer, dumps_json, loads_json, try_lock
 from vaekit.version import __version__
 
 PARTIAL_SUFFIX = ".partial"
-JOURNAL_VERSION = 3  # 3: batch lines carry a checksum (vaekit.stream.lines); a journal of 2 is refused
+JOURNAL_VERSION = 4  # 3: batch lines carry a checksum (vaekit.stream.lines); 4: their files' sha256; older: refused
 SYNC_EVERY = 2.0  # seconds between a journal's fsyncs
 
 
@@ -100,6 +100,7 @@ class Journal:
         self._part: tuple[int, list, list] | None = None  # a batch whose parts are not all in yet
         self._wrote = False  # a batch's own files (heat maps, PNGs) were begun: kept for --resume (`abandon`)
         self.resumed = False  # True: continues an earlier run's journal
+        self._moved = False  # the header's `sources` differ: finished batches' files are checked by content
         self._synced, self._closed, self._dirty, locked = time.monotonic(), False, False, False
         created = not os.path.lexists(self.path)
         self._fd = open_regular(self.path, write=True)
@@ -170,6 +171,8 @@ class Journal:
                 why = why or check_entry(entry, self.layout, self.row_check, self.done)
                 if why is not None:
                     raise self._damaged(n, why)
+                if self._moved:
+                    self._check_contents(entry)
                 self.done.add(entry["batch"])
             keep = offset
         if keep < os.fstat(self._fd).st_size:  # cut what a crash left half-written
@@ -193,10 +196,21 @@ class Journal:
     def _check_header(self, header) -> None:
         if not isinstance(header, dict) or "vaekit_journal" not in header:
             raise DamagedFile(f"{self.path} is not a vaekit journal; delete it to start again")
-        if header != self.settings:
-            raise BadInput(f"cannot resume {self.path}: it was started with other settings "
-                           f"({'; '.join(changed(header, self.settings))}); use the same command, or delete it "
-                           "to start again")
+        # `sources` (inodes, change times) tell where the files live: when only they differ (the
+        # folder copied with `cp -a`, a chmod), the finished batches' bytes decide (`_check_contents`)
+        diff = changed(header, self.settings, skip=("sources",))
+        if diff:
+            raise BadInput(f"cannot resume {self.path}: it was started with other settings ({'; '.join(diff)}); "
+                           "use the same command, or delete it to start again")
+        self._moved = header != self.settings
+
+    def _check_contents(self, entry: dict) -> None:
+        """BadInput naming the first file of a finished batch whose bytes are not those it was scored from."""
+        names = [self.layout.paths[i] for i in self.layout.positions(entry["batch"])]
+        for name, was, now in zip(names, entry["sha256"], contents(names)):
+            if was != now:
+                raise BadInput(f"cannot resume {self.path}: the input {name} was replaced or rewritten since its "
+                               "batch was scored (its bytes differ); use the same files, or delete it to start again")
 
     def append(self, batch: int, rows: list[dict], skipped: Sequence[tuple[str, str]] = ()) -> None:
         """One batch's line, written at once, unbuffered (a killed process loses nothing written);
@@ -209,7 +223,8 @@ class Journal:
         rows, listed = self._gathered(batch, list(rows), [[str(p), r] for p, r in skipped])
         if rows is None:
             return
-        self._write(journal_lines.encode({"batch": batch, "rows": rows, "skipped": listed}))
+        sums = [] if self.layout is None else contents(self.layout.paths[i] for i in self.layout.positions(batch))
+        self._write(journal_lines.encode({"batch": batch, "rows": rows, "skipped": listed, "sha256": sums}))
         self._dirty = True
         if time.monotonic() - self._synced > SYNC_EVERY:
             os.fsync(self._fd)
