@@ -1,4 +1,9 @@
-"""What both sample data sets share: the report, seed checks, and refusing to mix data sets."""
+"""What both sample data sets share: the report, seed checks, and refusing to mix data sets.
+
+Each set lists what it wrote in `vaekit-sample-data.sha256` (sha256sum's format: `sha256sum -c`
+checks it), so `overwrite` replaces only PNGs that a call wrote and nobody changed since: a
+user's own file that merely has a sample's name is refused, never deleted.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,8 @@ import numpy as np
 from vaekit.errors import BadInput, OutputExists, cannot_write
 
 README_START = b"vaekit sample data:"  # how the README.txt both write begins
+MANIFEST = "vaekit-sample-data.sha256"  # one "<sha256>  <folder/name.png>" line per PNG written
+_MANIFEST_LINE = 64 + 2 + 64 + 1  # a hash, two spaces, "test/anomalous/digit3_0123.png" with room, "\n"
 
 
 @dataclass
@@ -37,18 +44,20 @@ def prepare_folders(root: Path, folders: list[str], overwrite: bool) -> None:
     refuse_under_file(Path(root))
     existing = [p for f in folders if (root / f).is_dir() for p in sorted((root / f).glob("*.png"))]
     # a user's own images or README.txt there are neither deleted nor replaced, with overwrite too
-    foreign = [p for p in existing if not _sample_name(p.name)] + _foreign_readme(Path(root))
+    foreign = [p for p in existing if not _sample_name(p.name)] + _foreign_readme(Path(root)) + _foreign_manifest(Path(root))
+    if not foreign and existing and overwrite:  # a sample's name is not enough: the manifest must vouch for it
+        foreign = _unlisted(Path(root), existing)
     if foreign:
-        raise OutputExists(f"{foreign[0]} was not written by `vaekit sample-data`; give an empty folder "
-                           "or one that an earlier `vaekit sample-data` wrote")
+        raise OutputExists(f"{foreign[0]} was not written by `vaekit sample-data` (or was changed since); give an "
+                           "empty folder or one that an earlier `vaekit sample-data` wrote, and move that file away")
     if existing and not overwrite:
         raise OutputExists(
             f"{root} already holds sample images (e.g. {existing[0]}); "
             "pass --overwrite (overwrite=True) to replace them"
         )
     # Only the files this module writes are removed, so a user's other files survive; the old
-    # set's README goes with its images (a call stopped before its own README would leave it)
-    for path in existing + [p for p in [Path(root) / "README.txt"] if p.is_file()]:
+    # set's README and manifest go with its images (a call stopped before its own would leave them)
+    for path in existing + [p for p in [Path(root) / "README.txt", Path(root) / MANIFEST] if p.is_file()]:
         path.unlink()
     for f in folders:
         try:
@@ -85,6 +94,58 @@ def _sample_name(name: str) -> bool:
     head, _, index = name[: -len(".png")].rpartition("_") if name.endswith(".png") else ("", "", "")
     digit = len(head) == 6 and head.startswith("digit") and head[5] in "0123456789"
     return (head == "part" or digit) and len(index) == 4 and all(c in "0123456789" for c in index)
+
+
+def write_manifest(root: Path, written: list[Path]) -> None:
+    """List the PNGs of `written` (all under `root`), each with its sha256, in root/MANIFEST; the
+    manifest goes into `written` first, so a call stopped while writing it removes it too."""
+    lines = [f"{_sha256(p)}  {p.relative_to(root).as_posix()}\n" for p in written if p.suffix == ".png"]
+    written.append(root / MANIFEST)
+    written[-1].write_text("".join(lines))
+
+
+def _unlisted(root: Path, existing: list[Path]) -> list[Path]:
+    """The PNGs of `existing` that root/MANIFEST does not list with their current sha256 (all of
+    them without a readable manifest). Only the listed hashes of `existing` are kept, and each
+    line is read with a bound: memory follows the folder, not the manifest's size."""
+    wanted = {p.relative_to(root).as_posix(): p for p in existing}
+    listed: dict[str, str] = {}
+    manifest = root / MANIFEST
+    if manifest.is_file() and not manifest.is_symlink():
+        with open(manifest, "rb") as f:
+            while (line := f.readline(_MANIFEST_LINE + 1)).endswith(b"\n"):
+                digest, sep, name = line[:-1].decode("utf-8", "replace").partition("  ")
+                if name in wanted and sep and len(digest) == 64:
+                    listed[name] = digest
+    return [p for name, p in wanted.items() if name not in listed or listed[name] != _sha256(p)]
+
+
+def _foreign_manifest(root: Path) -> list[Path]:
+    """[root/MANIFEST] when it is there and does not begin as the one the sample data writes (empty,
+    or a first line "<sha256>  <folder>/<sample name>"), else []."""
+    manifest = root / MANIFEST
+    if not manifest.exists() and not manifest.is_symlink():
+        return []
+    if not manifest.is_file() or manifest.is_symlink():
+        return [manifest]
+    with open(manifest, "rb") as f:
+        line = f.readline(_MANIFEST_LINE + 1)
+    digest, sep, name = line[:-1].decode("utf-8", "replace").partition("  ")
+    ours = sep and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest) and _sample_name(Path(name).name)
+    return [] if line == b"" or (line.endswith(b"\n") and ours) else [manifest]
+
+
+def _sha256(path: Path) -> str | None:
+    """The file's sha256; None for anything but a regular file (a link, a FIFO: never a sample's)."""
+    import hashlib  # here: the sample data's module imports only what it must
+
+    if path.is_symlink() or not path.is_file():
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _foreign_readme(root: Path) -> list[Path]:

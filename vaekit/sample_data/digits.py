@@ -9,7 +9,8 @@ from PIL import Image
 
 from vaekit.errors import BadInput, MissingExtra
 from vaekit.progress import Progress
-from vaekit.sample_data.common import SampleDataReport, check_seed, prepare_folders, removed_if_stopped, to_uint8
+from vaekit.sample_data.common import (SampleDataReport, check_seed, prepare_folders, removed_if_stopped, to_uint8,
+                                      write_manifest)
 
 # digits
 
@@ -82,6 +83,7 @@ def write_digits(
             "Names are digit<label>_<index>.png; index is the position in"
             " sklearn.datasets.load_digits().\n"
         )
+        write_manifest(root, written)
     return SampleDataReport(root=root, counts=counts)
 
 

@@ -11,7 +11,8 @@ from PIL import Image
 
 from vaekit.errors import BadInput
 from vaekit.progress import Progress
-from vaekit.sample_data.common import SampleDataReport, check_seed, prepare_folders, removed_if_stopped, to_uint8
+from vaekit.sample_data.common import (SampleDataReport, check_seed, prepare_folders, removed_if_stopped, to_uint8,
+                                      write_manifest)
 
 # shapes: synthetic metal washers on fabric, with defects
 #
@@ -258,6 +259,7 @@ def write_shapes(
                     progress(done, total)
         written.append(root / "README.txt")
         written[-1].write_text(_readme(plan, size, seed))
+        write_manifest(root, written)
     counts = {**plan, "test/masks": n_test_anomalous}
     return SampleDataReport(root=root, counts=counts)
 

@@ -47,6 +47,27 @@ def identity(st: os.stat_result) -> str:
     return f"{st.st_ino}:{st.st_ctime_ns}"
 
 
+def contents(paths: Iterable) -> list[str]:
+    """The sha256 of each file's bytes, as a journal line pins its batch's files ("-" for one
+    that cannot be read as a regular file: a skipped file). What a file IS, not where it lives:
+    a resume whose `sources` differ (the folder copied with `cp -a`, a chmod) checks the
+    finished batches' files against these, and goes on when their bytes are the same."""
+    return [_content(p) for p in paths]
+
+
+def _content(path) -> str:
+    from vaekit.fileio import open_regular_file  # here: vaekit.fileio is not needed to plan batches
+
+    h = hashlib.sha256()
+    try:
+        with open_regular_file(path) as f:
+            while chunk := f.read(1 << 20):  # bounded memory, whatever the file's size
+                h.update(chunk)
+    except (OSError, ValueError):  # gone, unreadable, a folder or a FIFO (NotRegularFile)
+        return "-"
+    return h.hexdigest()
+
+
 def _pinned(paths: Iterable, stamp: Callable[[os.stat_result], str]) -> str:
     h = hashlib.sha256()
     texts = getattr(paths, "texts", None)
@@ -93,8 +114,8 @@ def _number(v) -> bool:
 def check_entry(entry, layout: Layout | None, row_check: RowCheck | None, seen: set[int]) -> str | None:
     """What is wrong with one journal line (parsed JSON), or None. Without a layout only its
     shape is checked (a batch number >= 0 not seen before, rows a list of objects)."""
-    if not isinstance(entry, dict) or set(entry) != {"batch", "rows", "skipped"}:
-        return "not a batch entry (expected the fields batch, rows, skipped)"
+    if not isinstance(entry, dict) or set(entry) != {"batch", "rows", "skipped", "sha256"}:
+        return "not a batch entry (expected the fields batch, rows, skipped, sha256)"
     b, rows, skipped = entry["batch"], entry["rows"], entry["skipped"]
     if type(b) is not int:  # not a bool, a float or text
         return f"batch number {b!r} is not an integer"
@@ -112,6 +133,9 @@ def check_entry(entry, layout: Layout | None, row_check: RowCheck | None, seen: 
     for s in skipped:
         if not (isinstance(s, list) and len(s) == 2 and all(isinstance(v, str) for v in s)):
             return f"batch {b}: a skipped file must be [path, reason], got {s!r:.80}"
+    sums, n = entry["sha256"], None if layout is None else len(layout.positions(b))
+    if not (isinstance(sums, list) and all(isinstance(v, str) for v in sums) and len(sums) == (n or 0)):
+        return f"batch {b}: sha256 must list one digest per file of the batch"
     if layout is None:
         return None if all(isinstance(r, dict) for r in rows) else f"batch {b}: a row is not an object"
     return _accounts(b, rows, skipped, layout, row_check)

@@ -62,21 +62,34 @@ def open_regular(path: Path, write: bool, what: str = "journal") -> int | None:
     return fd
 
 
-def read_lines(fd: int, start: int = 0) -> Iterator[tuple[int, bytes]]:
+class LineTooLong(DamagedFile):
+    """A line longer than its reader's limit, more than vaekit writes in one: a foreign or damaged
+    file. Raised before the line is held whole, so a line of gigabytes costs `limit` bytes of memory."""
+
+    def __init__(self, limit: int):
+        super().__init__(f"a line is longer than {limit:,} bytes, more than vaekit writes in one")
+
+
+def _line(f, limit: int) -> bytes:
+    line = f.readline(limit + 1)
+    if len(line) > limit:
+        raise LineTooLong(limit)
+    return line
+
+
+def read_lines(fd: int, limit: int, start: int = 0) -> Iterator[tuple[int, bytes]]:
     """(offset after the line, line) for each complete line of the file open on `fd`, from offset
     `start` (a line's start); a last line without its newline (cut short, or still being written)
-    is not yielded."""
+    is not yielded. A line over `limit` bytes, newline included, is LineTooLong."""
     with os.fdopen(os.dup(fd), "rb") as f:
         f.seek(start)
         offset = start
-        for line in f:
-            if not line.endswith(b"\n"):
-                return
+        while (line := _line(f, limit)).endswith(b"\n"):
             offset += len(line)
             yield offset, line
 
 
-def lines_reopened(path: Path, fd: int) -> Iterator[tuple[int, bytes]]:
+def lines_reopened(path: Path, fd: int, limit: int) -> Iterator[tuple[int, bytes]]:
     """`read_lines` of the file open on `fd` (closed here), holding no descriptor between two lines:
     `path` is opened again for each, and must still be that file, else DamagedFile. A merge reads
     up to 4096 share journals in turn this way, within any limit of open files (often 1024, or 256)."""
@@ -85,7 +98,7 @@ def lines_reopened(path: Path, fd: int) -> Iterator[tuple[int, bytes]]:
         while True:
             with os.fdopen(os.dup(fd), "rb") as f:
                 f.seek(offset)
-                line = f.readline()
+                line = _line(f, limit)
             os.close(fd)
             fd = None
             if not line.endswith(b"\n"):

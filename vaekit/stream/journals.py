@@ -26,14 +26,14 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Sequence
 
 from vaekit.stream import lines as journal_lines
-from vaekit.stream.files import open_regular, read_lines, same_file
-from vaekit.stream.batches import Layout, RowCheck, changed, check_entry, sources
+from vaekit.stream.files import LineTooLong, open_regular, read_lines, same_file
+from vaekit.stream.batches import Layout, RowCheck, changed, check_entry, contents, sources
 from vaekit.errors import BadInput, DamagedFile, InUse, VaekitError, cannot_write
 from vaekit.fileio import atomic_writer, dumps_json, loads_json, try_lock
 from vaekit.version import __version__
 
 PARTIAL_SUFFIX = ".partial"
-JOURNAL_VERSION = 3  # 3: batch lines carry a checksum (vaekit.stream.lines); a journal of 2 is refused
+JOURNAL_VERSION = 4  # 3: batch lines carry a checksum (vaekit.stream.lines); 4: their files' sha256; older: refused
 SYNC_EVERY = 2.0  # seconds between a journal's fsyncs
 
 
@@ -95,10 +95,12 @@ class Journal:
                                                                for i in layout.positions(b))}
         self.settings = json.loads(dumps_json({**journal_header(settings), **pinned}, indent=None))
         self.layout, self.row_check = layout, row_check
+        self.limit = journal_lines.line_limit(None if layout is None else layout.batch_size)
         self.done: set[int] = set()
         self._part: tuple[int, list, list] | None = None  # a batch whose parts are not all in yet
         self._wrote = False  # a batch's own files (heat maps, PNGs) were begun: kept for --resume (`abandon`)
         self.resumed = False  # True: continues an earlier run's journal
+        self._moved = False  # the header's `sources` differ: finished batches' files are checked by content
         self._synced, self._closed, self._dirty, locked = time.monotonic(), False, False, False
         created = not os.path.lexists(self.path)
         self._fd = open_regular(self.path, write=True)
@@ -160,7 +162,7 @@ class Journal:
         """Check the header and every line, load the finished batches, and cut a line a crash
         left half-written; False when the file holds not even a complete header."""
         keep, header = 0, None
-        for n, (offset, line) in enumerate(read_lines(self._fd), 1):
+        for n, (offset, line) in self._numbered(0):
             if header is None:
                 header = _parse_header(line)
                 self._check_header(header)
@@ -168,20 +170,47 @@ class Journal:
                 entry, why = journal_lines.decode(line)
                 why = why or check_entry(entry, self.layout, self.row_check, self.done)
                 if why is not None:
-                    raise DamagedFile(f"{self.path} is damaged at line {n}: {why}; delete it to start again")
+                    raise self._damaged(n, why)
+                if self._moved:
+                    self._check_contents(entry)
                 self.done.add(entry["batch"])
             keep = offset
         if keep < os.fstat(self._fd).st_size:  # cut what a crash left half-written
             os.ftruncate(self._fd, keep)
         return header is not None
 
+    def _numbered(self, skip: int) -> Iterator[tuple[int, tuple[int, bytes]]]:
+        """(line number, (offset after it, line)) from line `skip` + 1 on (the first `skip` lines
+        read, not yielded); a line longer than vaekit writes is damage, never read whole."""
+        n = 0
+        try:
+            for n, item in enumerate(read_lines(self._fd, self.limit), 1):
+                if n > skip:
+                    yield n, item
+        except LineTooLong as e:
+            raise self._damaged(n + 1, str(e)) from None
+
+    def _damaged(self, n: int, why: str) -> DamagedFile:
+        return DamagedFile(f"{self.path} is damaged at line {n}: {why}; delete it to start again")
+
     def _check_header(self, header) -> None:
         if not isinstance(header, dict) or "vaekit_journal" not in header:
             raise DamagedFile(f"{self.path} is not a vaekit journal; delete it to start again")
-        if header != self.settings:
-            raise BadInput(f"cannot resume {self.path}: it was started with other settings "
-                           f"({'; '.join(changed(header, self.settings))}); use the same command, or delete it "
-                           "to start again")
+        # `sources` (inodes, change times) tell where the files live: when only they differ (the
+        # folder copied with `cp -a`, a chmod), the finished batches' bytes decide (`_check_contents`)
+        diff = changed(header, self.settings, skip=("sources",))
+        if diff:
+            raise BadInput(f"cannot resume {self.path}: it was started with other settings ({'; '.join(diff)}); "
+                           "use the same command, or delete it to start again")
+        self._moved = header != self.settings
+
+    def _check_contents(self, entry: dict) -> None:
+        """BadInput naming the first file of a finished batch whose bytes are not those it was scored from."""
+        names = [self.layout.paths[i] for i in self.layout.positions(entry["batch"])]
+        for name, was, now in zip(names, entry["sha256"], contents(names)):
+            if was != now:
+                raise BadInput(f"cannot resume {self.path}: the input {name} was replaced or rewritten since its "
+                               "batch was scored (its bytes differ); use the same files, or delete it to start again")
 
     def append(self, batch: int, rows: list[dict], skipped: Sequence[tuple[str, str]] = ()) -> None:
         """One batch's line, written at once, unbuffered (a killed process loses nothing written);
@@ -194,7 +223,8 @@ class Journal:
         rows, listed = self._gathered(batch, list(rows), [[str(p), r] for p, r in skipped])
         if rows is None:
             return
-        self._write(journal_lines.encode({"batch": batch, "rows": rows, "skipped": listed}))
+        sums = [] if self.layout is None else contents(self.layout.paths[i] for i in self.layout.positions(batch))
+        self._write(journal_lines.encode({"batch": batch, "rows": rows, "skipped": listed, "sha256": sums}))
         self._dirty = True
         if time.monotonic() - self._synced > SYNC_EVERY:
             os.fsync(self._fd)
@@ -229,12 +259,10 @@ class Journal:
 
     def entries(self) -> Iterator[dict]:
         """Every batch entry, in the order written."""
-        lines = read_lines(self._fd)
-        next(lines, None)  # the settings
-        for n, (_, line) in enumerate(lines, 2):
+        for n, (_, line) in self._numbered(1):  # past the settings
             entry, why = journal_lines.decode(line)  # checked when read (`_read`) or written by this run,
             if why is not None:  # unless the file was changed since
-                raise DamagedFile(f"{self.path} is damaged at line {n}: {why}; delete it to start again")
+                raise self._damaged(n, why)
             yield entry
 
     def rows(self) -> Iterator[dict]:

@@ -21,7 +21,20 @@ import re
 from vaekit.fileio import dumps_json, loads_json
 
 FIELD = "check"
+# The longest line vaekit writes, with a wide margin, so a reader never holds more (a foreign
+# file's line of gigabytes is refused after this many bytes, vaekit.stream.files.LineTooLong).
+# A file's part of a batch line holds at most four of its paths JSON-escaped (6 characters a byte
+# of 4095: 98 KB, its row's and a skipped file's path and reason), the 4096 means of the widest
+# latent in base64 (22 KB), and a few numbers; the header holds the settings (paths, digests).
+MAX_FILE_BYTES = 1 << 18  # 256 KiB
+MAX_HEADER_BYTES = 1 << 20
+UNSIZED_LIMIT = 1 << 26  # a journal read without its job's layout (its shape only checked)
 _TAIL = re.compile(rb', "check": "([0-9a-f]{16})"\}\n?\Z')
+
+
+def line_limit(batch_size: int | None) -> int:
+    """The most bytes a journal line of a job with batches of `batch_size` files may hold."""
+    return UNSIZED_LIMIT if batch_size is None else MAX_HEADER_BYTES + batch_size * MAX_FILE_BYTES
 
 
 def _sum(body: bytes) -> bytes:

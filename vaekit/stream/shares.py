@@ -24,7 +24,7 @@ from vaekit.stream import lines as journal_lines
 from vaekit.stream.batches import Layout, RowCheck, changed, check_entry
 from vaekit.errors import BadInput, DamagedFile, InUse, VaekitError, cannot_write
 from vaekit.fileio import held_elsewhere, try_lock
-from vaekit.stream.files import lines_reopened, open_regular, read_lines
+from vaekit.stream.files import LineTooLong, lines_reopened, open_regular, read_lines
 from vaekit.stream.journals import journal_header, parse, partial_path
 
 MERGING = ".merging"
@@ -43,6 +43,7 @@ class Shares:
         self.out, self.layout, self.row_check = Path(out), layout, row_check
         self.settings = journal_header(settings)
         self.count = layout.count
+        self.limit = journal_lines.line_limit(layout.batch_size)
         self._read: dict[int, tuple[int, int]] = {}  # share -> (device, inode) of the journal read for it
         self._polls: dict[int, _Read] = {}  # share -> how far `complete` has read its journal
 
@@ -68,7 +69,10 @@ class Shares:
 
         def lines():
             try:
-                yield from read_lines(fd, start) if hold else lines_reopened(self.journal(j), fd)  # which closes fd
+                yield from (read_lines(fd, self.limit, start) if hold
+                            else lines_reopened(self.journal(j), fd, self.limit))  # which closes fd
+            except LineTooLong as e:
+                raise DamagedFile(f"{self.journal(j)} is damaged: {e}; delete it and score that share again") from None
             except OSError as e:
                 if not held_elsewhere(e):
                     raise self._unreadable(j, e) from None

@@ -1,0 +1,99 @@
+"""A resume after the inputs moved on disk but kept their bytes: the folder copied away and back
+with `cp -a` (same names, sizes and modification times; new inodes and change times), or chmod-ed.
+The journal's `sources` (inodes, change times) differ, so the finished batches' files are checked
+against the sha256 each journal line holds: the same bytes resume to the uninterrupted file, and
+a finished file whose bytes changed (same size and modification time) is still refused.
+
+Real components: an untrained 16 px model, noise PNGs in tmp_path, the CLI through Typer's runner.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from export_support import random_job, stopped_job
+from vaekit_cli.main import app
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    return random_job(tmp_path_factory.mktemp("moved"), 24)  # batch size 4: 6 batches
+
+
+@pytest.fixture
+def data(setup, tmp_path):
+    copy = tmp_path / "images"
+    shutil.copytree(setup[1], copy)
+    return copy
+
+
+def score(run, data, out, *extra):
+    args = ["--threads", "1", "anomaly-score", run, data, "-o", out, "--batch-size", "4", "--threshold", "0", *extra]
+    return CliRunner().invoke(app, list(map(str, args)), env={"COLUMNS": "300"})
+
+
+def cp_a_away_and_back(folder) -> None:
+    """`cp -a images /elsewhere; mv images old; cp -a /elsewhere images`: other inodes and change
+    times, the same bytes and modification times."""
+    away, old = folder.with_name("away"), folder.with_name("old")
+    shutil.copytree(folder, away, copy_function=shutil.copy2)
+    before = {p.name: os.stat(p) for p in folder.iterdir()}
+    folder.rename(old)  # kept while the copy is made: its inodes are not given out again
+    shutil.copytree(away, folder, copy_function=shutil.copy2)
+    after = {p.name: os.stat(p) for p in folder.iterdir()}
+    shutil.rmtree(old)
+    assert all(after[n].st_mtime_ns == s.st_mtime_ns and after[n].st_size == s.st_size for n, s in before.items())
+    assert all(after[n].st_ino != s.st_ino for n, s in before.items())
+
+
+@pytest.mark.parametrize("how", ["cp -a", "chmod"])
+def test_inputs_with_the_same_bytes_resume_to_the_uninterrupted_file(setup, data, tmp_path, how):
+    run, _ = setup
+    assert score(run, data, tmp_path / "whole.csv").exit_code == 0  # its rows name this test's copy
+    whole, out = (tmp_path / "whole.csv").read_bytes(), tmp_path / "scores.csv"
+    stopped_job(run, data, out)
+    if how == "cp -a":
+        cp_a_away_and_back(data)
+    else:
+        for p in data.iterdir():
+            os.chmod(p, 0o600)
+    r = score(run, data, out, "--resume")
+    assert r.exit_code == 0 and out.read_bytes() == whole, r.output
+
+
+def test_a_finished_file_rewritten_with_its_size_and_time_after_cp_a_is_refused(setup, data, tmp_path):
+    run, _ = setup
+    out = tmp_path / "scores.csv"
+    journal = stopped_job(run, data, out)  # 3 batches done: img000 to img011
+    cp_a_away_and_back(data)
+    victim = data / "img005.png"  # in batch 1, finished
+    st, raw = victim.stat(), bytearray(victim.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # one byte of its pixels: the same size
+    with open(victim, "r+b") as f:
+        f.write(raw)
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (victim.stat().st_size, victim.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    before = journal.read_bytes()
+    r = score(run, data, out, "--resume")
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    assert "img005.png was replaced or rewritten" in r.output and "delete it to start again" in r.output, r.output
+    assert journal.read_bytes() == before and not out.exists()
+
+
+def test_each_journal_line_holds_the_sha256_of_its_files(setup, data, tmp_path):
+    import hashlib
+
+    run, _ = setup
+    journal = stopped_job(run, data, tmp_path / "scores.csv")
+    lines = journal.read_bytes().splitlines()[1:]
+    first = json.loads(lines[0])
+    names = sorted(data.iterdir())[:4]
+    assert first["sha256"] == [hashlib.sha256(p.read_bytes()).hexdigest() for p in names]
