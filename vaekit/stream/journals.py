@@ -95,7 +95,7 @@ class Journal:
                                                                for i in layout.positions(b))}
         self.settings = json.loads(dumps_json({**journal_header(settings), **pinned}, indent=None))
         self.layout, self.row_check = layout, row_check
-        self.limit = journal_lines.line_limit(None if layout is None else layout.batch_size)
+        self.limit = journal_lines.line_limit(None if layout is None else layout.batch_size, self.settings)
         self.done: set[int] = set()
         self._part: tuple[int, list, list] | None = None  # a batch whose parts are not all in yet
         self._wrote = False  # a batch's own files (heat maps, PNGs) were begun: kept for --resume (`abandon`)
