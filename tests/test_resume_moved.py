@@ -97,3 +97,11 @@ def test_each_journal_line_holds_the_sha256_of_its_files(setup, data, tmp_path):
     first = json.loads(lines[0])
     names = sorted(data.iterdir())[:4]
     assert first["sha256"] == [hashlib.sha256(p.read_bytes()).hexdigest() for p in names]
+
+
+def test_a_format_3_journal_is_refused_saying_what_the_format_lacks():
+    # format 3 lines do carry a checksum: the refusal said they carry none
+    from vaekit.stream.batches import changed
+
+    said = changed({"vaekit_journal": 3, "file_list": "aa"}, {"vaekit_journal": 4, "file_list": "aa", "sources": "bb"})
+    assert len(said) == 1 and "another journal format" in said[0] and "sha256" in said[0], said
