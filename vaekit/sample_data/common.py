@@ -7,6 +7,7 @@ user's own file that merely has a sample's name is refused, never deleted.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +48,10 @@ def prepare_folders(root: Path, folders: list[str], overwrite: bool) -> None:
     foreign = [p for p in existing if not _sample_name(p.name)] + _foreign_readme(Path(root)) + _foreign_manifest(Path(root))
     if not foreign and existing and overwrite:  # a sample's name is not enough: the manifest must vouch for it
         foreign = _unlisted(Path(root), existing)
+        if foreign and (root / "README.txt").is_file() and not os.path.lexists(root / MANIFEST):  # an older vaekit's set
+            raise OutputExists(f"{root} holds a sample data set without {MANIFEST} (an older vaekit wrote it): its "
+                               "PNGs cannot be told from your own, so --overwrite replaces none; delete its "
+                               f"{' and '.join(sorted({f.split('/')[0] for f in folders}))} folders yourself, or give another folder")
     if foreign:
         raise OutputExists(f"{foreign[0]} was not written by `vaekit sample-data` (or was changed since); give an "
                            "empty folder or one that an earlier `vaekit sample-data` wrote, and move that file away")
