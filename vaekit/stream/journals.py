@@ -206,9 +206,10 @@ class Journal:
 
     def _check_contents(self, entry: dict) -> None:
         """BadInput naming the first file of a finished batch whose bytes are not those it was scored from."""
+        skipped = {str(s[0]) for s in entry["skipped"]}  # never read when written (`append`): not checked
         names = [self.layout.paths[i] for i in self.layout.positions(entry["batch"])]
-        for name, was, now in zip(names, entry["sha256"], contents(names)):
-            if was != now:
+        for name, was, now in zip(names, entry["sha256"], contents(names, skipped)):
+            if name not in skipped and was != now:
                 raise BadInput(f"cannot resume {self.path}: the input {name} was replaced or rewritten since its "
                                "batch was scored (its bytes differ); use the same files, or delete it to start again")
 
@@ -223,7 +224,8 @@ class Journal:
         rows, listed = self._gathered(batch, list(rows), [[str(p), r] for p, r in skipped])
         if rows is None:
             return
-        sums = [] if self.layout is None else contents(self.layout.paths[i] for i in self.layout.positions(batch))
+        sums = [] if self.layout is None else contents((self.layout.paths[i] for i in self.layout.positions(batch)),
+                                                       {str(p) for p, _ in listed})
         self._write(journal_lines.encode({"batch": batch, "rows": rows, "skipped": listed, "sha256": sums}))
         self._dirty = True
         if time.monotonic() - self._synced > SYNC_EVERY:
