@@ -48,9 +48,10 @@ def prepare_folders(root: Path, folders: list[str], overwrite: bool) -> None:
     if not foreign and existing and overwrite:  # a sample's name is not enough: the manifest must vouch for it
         foreign = _unlisted(Path(root), existing)
         if foreign and (root / "README.txt").is_file() and not _present(root / MANIFEST):  # an older vaekit's set
+            tops = " and ".join(sorted({f.split("/")[0] for f in folders}))
             raise OutputExists(f"{root} holds a sample data set without {MANIFEST} (an older vaekit wrote it): its "
-                               "PNGs cannot be told from your own, so --overwrite replaces none; delete its "
-                               f"{' and '.join(sorted({f.split('/')[0] for f in folders}))} folders yourself, or give another folder")
+                               f"PNGs cannot be told from your own, so --overwrite replaces none; delete its {tops} "
+                               "folders yourself, or give another folder")
     if foreign:
         raise OutputExists(f"{foreign[0]} was not written by `vaekit sample-data` (or was changed since); give an "
                            "empty folder or one that an earlier `vaekit sample-data` wrote, and move that file away")
