@@ -93,3 +93,18 @@ def test_read_lines_takes_a_line_of_exactly_the_limit_and_refuses_one_byte_more(
             next(lines)
     finally:
         os.close(fd)
+
+
+def test_a_job_naming_many_inputs_reads_its_own_long_header_back(setup, tmp_path):
+    # the header lists every input named (a shell glob of thousands of files): with batches of 1
+    # it is longer than 1 MiB + 256 KiB, and the job's own merge refused it as damaged
+    run, data = setup
+    out = tmp_path / "many.csv"
+    for c in "ab":  # two links to their own folder: 400 names of one folder, 3.6 KB each (1.4 MB in all)
+        (tmp_path / (c * 250)).symlink_to(".")
+    (tmp_path / "images").symlink_to(data)
+    roots = [tmp_path.joinpath(*("ab"[i >> k & 1] * 250 for k in range(14)), "images") for i in range(400)]
+    args = ["--threads", "1", "anomaly-score", run, *roots, "-o", out, "--batch-size", "1", "--threshold", "0"]
+    r = CliRunner().invoke(app, list(map(str, args)), env={"COLUMNS": "300"})
+    assert r.exit_code == 0 and out.exists(), r.output
+    assert len(out.read_text().splitlines()) == 17  # a header and the 16 images, each once

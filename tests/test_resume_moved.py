@@ -97,3 +97,30 @@ def test_each_journal_line_holds_the_sha256_of_its_files(setup, data, tmp_path):
     first = json.loads(lines[0])
     names = sorted(data.iterdir())[:4]
     assert first["sha256"] == [hashlib.sha256(p.read_bytes()).hexdigest() for p in names]
+
+
+def test_a_format_3_journal_is_refused_saying_what_the_format_lacks():
+    # format 3 lines do carry a checksum: the refusal said they carry none
+    from vaekit.stream.batches import changed
+
+    said = changed({"vaekit_journal": 3, "file_list": "aa"}, {"vaekit_journal": 4, "file_list": "aa", "sources": "bb"})
+    assert len(said) == 1 and "another journal format" in said[0] and "sha256" in said[0], said
+
+
+def test_a_skipped_files_bytes_are_not_read_for_the_journal(tmp_path, monkeypatch):
+    # a file that is not an image may be gigabytes (a sparse terabyte named .png): it is skipped
+    # at once, and hashing it for the journal line read it all (an 8 GB one: 2 s of job, 22 s)
+    from vaekit.stream import batches
+    from vaekit.stream.journals import Journal
+
+    paths = [str(tmp_path / n) for n in ("a.png", "huge.png")]
+    for p in paths:
+        open(p, "wb").write(b"not an image")
+    read, real = [], batches._content
+    monkeypatch.setattr(batches, "_content", lambda p: read.append(p) or real(p))
+    j = Journal(tmp_path / "out.csv", {"job": "test"}, False, batches.Layout(paths, 2))
+    j.append(0, [{}], [(paths[1], "not an image")])
+    j.close()
+    assert read == [paths[0]]
+    line = json.loads((tmp_path / "out.csv.partial").read_text().splitlines()[1])
+    assert line["sha256"][1] == "-" and len(line["sha256"][0]) == 64, line

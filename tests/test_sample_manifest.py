@@ -72,3 +72,16 @@ def test_a_users_file_at_the_manifests_name_is_refused_not_replaced(tmp_path):
     r = invoke("digits", out, "--size", "8")
     assert r.exit_code != 0 and f"{MANIFEST} was not written by" in r.output, r.output
     assert (out / MANIFEST).read_text() == "my checksums\n"
+
+
+def test_overwrite_of_an_older_vaekits_set_without_a_manifest_says_so(tmp_path):
+    # the set's README is vaekit's, only the manifest is missing: the refusal said its first PNG
+    # "was not written by `vaekit sample-data`" and to move that one file away (then the next, ...)
+    out = tmp_path / "data"
+    assert invoke("digits", out).exit_code == 0
+    (out / MANIFEST).unlink()  # as a vaekit before the manifest left it
+    before = sorted(p.relative_to(out) for p in out.rglob("*.png"))
+    r = invoke("digits", out, "--overwrite")
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output, r.output
+    assert "without vaekit-sample-data.sha256" in r.output and "older vaekit" in r.output, r.output
+    assert "was not written by" not in r.output and sorted(p.relative_to(out) for p in out.rglob("*.png")) == before

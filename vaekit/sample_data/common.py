@@ -47,6 +47,11 @@ def prepare_folders(root: Path, folders: list[str], overwrite: bool) -> None:
     foreign = [p for p in existing if not _sample_name(p.name)] + _foreign_readme(Path(root)) + _foreign_manifest(Path(root))
     if not foreign and existing and overwrite:  # a sample's name is not enough: the manifest must vouch for it
         foreign = _unlisted(Path(root), existing)
+        if foreign and (root / "README.txt").is_file() and not _present(root / MANIFEST):  # an older vaekit's set
+            tops = " and ".join(sorted({f.split("/")[0] for f in folders}))
+            raise OutputExists(f"{root} holds a sample data set without {MANIFEST} (an older vaekit wrote it): its "
+                               f"PNGs cannot be told from your own, so --overwrite replaces none; delete its {tops} "
+                               "folders yourself, or give another folder")
     if foreign:
         raise OutputExists(f"{foreign[0]} was not written by `vaekit sample-data` (or was changed since); give an "
                            "empty folder or one that an earlier `vaekit sample-data` wrote, and move that file away")
@@ -118,6 +123,10 @@ def _unlisted(root: Path, existing: list[Path]) -> list[Path]:
                 if name in wanted and sep and len(digest) == 64:
                     listed[name] = digest
     return [p for name, p in wanted.items() if name not in listed or listed[name] != _sha256(p)]
+
+
+def _present(path: Path) -> bool:
+    return path.exists() or path.is_symlink()
 
 
 def _foreign_manifest(root: Path) -> list[Path]:

@@ -16,7 +16,7 @@ import hashlib
 import math
 import os
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Container, Iterable, Sequence
 
 MAX_SHARDS = 4096  # --shard COUNT and torchrun's WORLD_SIZE: each share is a journal to read at the merge
 
@@ -47,12 +47,13 @@ def identity(st: os.stat_result) -> str:
     return f"{st.st_ino}:{st.st_ctime_ns}"
 
 
-def contents(paths: Iterable) -> list[str]:
+def contents(paths: Iterable, skipped: Container = ()) -> list[str]:
     """The sha256 of each file's bytes, as a journal line pins its batch's files ("-" for one
-    that cannot be read as a regular file: a skipped file). What a file IS, not where it lives:
+    that cannot be read as a regular file, and for one of `skipped`, not read: a file that is
+    not an image may be gigabytes, even a sparse terabyte). What a file IS, not where it lives:
     a resume whose `sources` differ (the folder copied with `cp -a`, a chmod) checks the
-    finished batches' files against these, and goes on when their bytes are the same."""
-    return [_content(p) for p in paths]
+    finished batches' scored files against these, and goes on when their bytes are the same."""
+    return ["-" if p in skipped else _content(p) for p in paths]
 
 
 def _content(path) -> str:
@@ -190,7 +191,7 @@ def changed(old: dict, new: dict, skip: Sequence[str] = ()) -> list[str]:
 
 
 _SAID = {"vaekit_journal": "it is in another journal format (an older vaekit's, whose lines carry no "
-                           "checksum, or a newer one's)",
+                           "checksum or no sha256 of their files, or a newer one's)",
          "sources": "an input file was replaced or rewritten since, keeping its name, size and modification time "
                     "(its inode or change time differs; a chmod, a chown or a copy of the folder changes them too)",
          "file_list": "the input files changed (a file added, removed, renamed, or replaced: another size or "

@@ -95,7 +95,7 @@ class Journal:
                                                                for i in layout.positions(b))}
         self.settings = json.loads(dumps_json({**journal_header(settings), **pinned}, indent=None))
         self.layout, self.row_check = layout, row_check
-        self.limit = journal_lines.line_limit(None if layout is None else layout.batch_size)
+        self.limit = journal_lines.line_limit(None if layout is None else layout.batch_size, self.settings)
         self.done: set[int] = set()
         self._part: tuple[int, list, list] | None = None  # a batch whose parts are not all in yet
         self._wrote = False  # a batch's own files (heat maps, PNGs) were begun: kept for --resume (`abandon`)
@@ -206,9 +206,10 @@ class Journal:
 
     def _check_contents(self, entry: dict) -> None:
         """BadInput naming the first file of a finished batch whose bytes are not those it was scored from."""
+        skipped = {str(s[0]) for s in entry["skipped"]}  # never read when written (`append`): not checked
         names = [self.layout.paths[i] for i in self.layout.positions(entry["batch"])]
-        for name, was, now in zip(names, entry["sha256"], contents(names)):
-            if was != now:
+        for name, was, now in zip(names, entry["sha256"], contents(names, skipped)):
+            if name not in skipped and was != now:
                 raise BadInput(f"cannot resume {self.path}: the input {name} was replaced or rewritten since its "
                                "batch was scored (its bytes differ); use the same files, or delete it to start again")
 
@@ -223,7 +224,8 @@ class Journal:
         rows, listed = self._gathered(batch, list(rows), [[str(p), r] for p, r in skipped])
         if rows is None:
             return
-        sums = [] if self.layout is None else contents(self.layout.paths[i] for i in self.layout.positions(batch))
+        sums = [] if self.layout is None else contents((self.layout.paths[i] for i in self.layout.positions(batch)),
+                                                       {str(p) for p, _ in listed})
         self._write(journal_lines.encode({"batch": batch, "rows": rows, "skipped": listed, "sha256": sums}))
         self._dirty = True
         if time.monotonic() - self._synced > SYNC_EVERY:

@@ -25,16 +25,22 @@ FIELD = "check"
 # file's line of gigabytes is refused after this many bytes, vaekit.stream.files.LineTooLong).
 # A file's part of a batch line holds at most four of its paths JSON-escaped (6 characters a byte
 # of 4095: 98 KB, its row's and a skipped file's path and reason), the 4096 means of the widest
-# latent in base64 (22 KB), and a few numbers; the header holds the settings (paths, digests).
+# latent in base64 (22 KB), and a few numbers; the header holds the settings (digests, and every
+# input the user named: as long as the job's own header, `header_bytes`, plus a margin).
 MAX_FILE_BYTES = 1 << 18  # 256 KiB
 MAX_HEADER_BYTES = 1 << 20
 UNSIZED_LIMIT = 1 << 26  # a journal read without its job's layout (its shape only checked)
 _TAIL = re.compile(rb', "check": "([0-9a-f]{16})"\}\n?\Z')
 
 
-def line_limit(batch_size: int | None) -> int:
-    """The most bytes a journal line of a job with batches of `batch_size` files may hold."""
-    return UNSIZED_LIMIT if batch_size is None else MAX_HEADER_BYTES + batch_size * MAX_FILE_BYTES
+def line_limit(batch_size: int | None, header: dict | None = None) -> int:
+    """The most bytes a journal line of a job with batches of `batch_size` files may hold; `header`:
+    the job's own journal header, whose `inputs` list every file or folder named (thousands of
+    files from a shell glob), so a header as long as it is never refused."""
+    if batch_size is None:
+        return UNSIZED_LIMIT
+    own = 0 if header is None else len(dumps_json(header, indent=None).encode("utf-8", "surrogateescape"))
+    return MAX_HEADER_BYTES + own + batch_size * MAX_FILE_BYTES
 
 
 def _sum(body: bytes) -> bytes:

@@ -43,7 +43,7 @@ class Shares:
         self.out, self.layout, self.row_check = Path(out), layout, row_check
         self.settings = journal_header(settings)
         self.count = layout.count
-        self.limit = journal_lines.line_limit(layout.batch_size)
+        self.limit = journal_lines.line_limit(layout.batch_size, self.settings)
         self._read: dict[int, tuple[int, int]] = {}  # share -> (device, inode) of the journal read for it
         self._polls: dict[int, _Read] = {}  # share -> how far `complete` has read its journal
 
