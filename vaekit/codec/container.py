@@ -76,6 +76,10 @@ def _check(h: Header, source: str) -> None:
             f"at {h.image_size} px)")
     for name in h.names:
         check_name(name, source)
+    if not h.chunks:
+        bad("it holds no image (vaekit writes none such)")
+    if any(c[0] < 1 or c[1] < 1 for c in h.chunks):  # each still walked every residual context: a DoS
+        bad("an empty chunk (no images or no words; vaekit writes none)")
     if sum(c[0] for c in h.chunks) != len(h.names):
         bad("its chunks hold another number of images than it names")
     most = max(CHUNK, chunk_images(h.channels, h.image_size))  # what any vaekit wrote (1024 before the bound)
