@@ -29,6 +29,12 @@ def setup(tmp_path_factory):
     return root, model, vkc
 
 
+@pytest.fixture(scope="module")
+def lossless(setup):
+    root, model, _ = setup
+    return codec.encode(model, root / "src", root / "b.vkc", lossless=True).path
+
+
 def _forge(vkc: Path, out: Path, payload: bytes | None = None, **change) -> Path:
     """`vkc` with its header's fields changed (and a checksum that fits): a forged, not a damaged, file."""
     header, offset = container.read_header(vkc)
@@ -60,4 +66,17 @@ def test_an_archive_of_no_images_is_refused_not_decoded_into_an_empty_folder(set
     forged = _forge(vkc, tmp_path / "f.vkc", b"", names=[], orig_size=[], chunks=[])
     with pytest.raises(container.ArchiveError, match="no image"):
         codec.decode(model, forged, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("engine", [[], {"engine": {"a": 1}}, {"engine": "x" * 5000}, {"engine": None}])
+def test_a_lossless_archive_naming_no_engine_vaekit_has_is_called_damaged_not_another_engines(setup, lossless, tmp_path,
+                                                                                             engine):
+    # was "a lossless archive written with the None engine; decode it with that engine (the exported
+    # .onnx)", or the 5000 x's in full: a forged or damaged engine is named as such, in one short line
+    root, model, _ = setup
+    forged = _forge(lossless, tmp_path / "f.vkc", engine=engine)
+    with pytest.raises(container.ArchiveError, match="damaged or foreign") as e:
+        codec.decode(model, forged, tmp_path / "out")
+    assert len(str(e.value)) < 300 and "decode it with that engine" not in str(e.value)
     assert not (tmp_path / "out").exists()
