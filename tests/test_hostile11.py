@@ -80,3 +80,48 @@ def test_a_lossless_archive_naming_no_engine_vaekit_has_is_called_damaged_not_an
         codec.decode(model, forged, tmp_path / "out")
     assert len(str(e.value)) < 300 and "decode it with that engine" not in str(e.value)
     assert not (tmp_path / "out").exists()
+
+
+def _forge_codes(cf, out: Path) -> Path:
+    """The code file `cf` written as vaekit would, without validating it first: a forged file."""
+    from vaekit.codes import format as F
+
+    header, tensors = F.header_json(cf), F._tensors(cf)
+    meta = {"format": F.FORMAT, "version": str(F.VERSION), "header": header,
+            "sha256": F._digest(str(F.VERSION), header, tensors)}
+    head, order = F.safetensors_layout(tensors, {k: list(v.shape) for k, v in tensors.items()}, meta)
+    out.write_bytes(head + b"".join(F.little_endian(tensors[k]) for k in order))
+    return out
+
+
+@pytest.mark.parametrize("how", ["q8 overflow", "f32 nan", "f16 inf"])
+def test_a_code_file_whose_latents_are_not_finite_is_a_damaged_file_named_in_one_line(setup, tmp_path, how):
+    # a q8 scale of 3e38 printed numpy's "RuntimeWarning: overflow encountered in multiply" (two
+    # lines with a source line of vaekit's) before "error: latent codes must be finite", which
+    # named no file; NaN codes the same without the warning
+    import dataclasses
+    import warnings
+
+    import numpy as np
+    from typer.testing import CliRunner
+
+    from vaekit import codes
+    from vaekit_cli.main import app
+
+    root, model, _ = setup
+    cf = codes.load(codes.encode_folder(model, root / "src", tmp_path / "a.codes").path)
+    if how == "q8 overflow":
+        bad = dataclasses.replace(cf, scale=np.full_like(cf.scale, 3e38), offset=np.full_like(cf.offset, 3e38))
+    else:
+        dtype, value = (np.float32, np.nan) if how == "f32 nan" else (np.float16, np.inf)
+        bad = dataclasses.replace(cf, codes=np.full(cf.codes.shape, value, dtype), precision=how[:3], scale=None,
+                                  offset=None)
+    forged = _forge_codes(bad, tmp_path / "f.codes")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(codes.CodeFileError, match="f.codes.*not finite"):
+            codes.decode_file(model, forged, tmp_path / "out")
+    r = CliRunner().invoke(app, ["--threads", "1", "decode", str(model.info.source), str(forged), "-o",
+                                 str(tmp_path / "out")])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1 and "f.codes" in r.output, r.output
+    assert not (tmp_path / "out").exists()
