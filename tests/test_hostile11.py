@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import vaekit
@@ -125,3 +126,39 @@ def test_a_code_file_whose_latents_are_not_finite_is_a_damaged_file_named_in_one
                                  str(tmp_path / "out")])
     assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1 and "f.codes" in r.output, r.output
     assert not (tmp_path / "out").exists()
+
+
+def test_an_export_named_so_that_a_part_would_be_too_long_is_refused_in_one_line_before_the_trace(tmp_path):
+    # a 250-byte main name: NAME.encoder.onnx is 258 bytes; `p.is_dir()` on it raised ENAMETOOLONG,
+    # a traceback and exit 3
+    from typer.testing import CliRunner
+
+    from export_support import random_run
+    from vaekit.errors import BadInput
+    from vaekit.export import export
+    from vaekit_cli.main import app
+
+    run = random_run(tmp_path / "run", image_size=16, channels=1, latent_dim=4, base_channels=4)
+    out = tmp_path / "out" / ("x" * 245 + ".onnx")
+    with pytest.raises(BadInput, match="255 bytes"):
+        export(run, out)
+    r = CliRunner().invoke(app, ["--threads", "1", "export", str(run), "-o", str(out)])
+    assert r.exit_code == 2 and "Traceback" not in r.output and "255 bytes" in r.output, r.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_export_named_near_the_length_limit_is_written(tmp_path):
+    # a 230-byte name fits, and so do its parts (238 bytes), but its staging folder
+    # (.NAME.vaekit-export-PID-TOKEN.tmp) did not: "cannot write ...: File name too long" after the trace
+    from export_support import random_run
+    from vaekit.export import export
+    from vaekit.inference.engine_onnx import part_paths
+
+    run = random_run(tmp_path / "run", image_size=16, channels=1, latent_dim=4, base_channels=4)
+    out = tmp_path / "out" / ("y" * 225 + ".onnx")
+    images = np.random.default_rng(0).integers(0, 256, (4, 1, 16, 16), dtype=np.uint8)
+    export(run, out, images=images)
+    assert out.is_file() and part_paths(out)["encoder"].is_file() and part_paths(out)["decoder"].is_file()
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted(p.name for p in [out, part_paths(out)["encoder"],
+                                                                                   part_paths(out)["decoder"]])
+    assert vaekit.load(out).info.fingerprint == vaekit.load(run).info.fingerprint
