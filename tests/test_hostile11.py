@@ -162,3 +162,15 @@ def test_an_export_named_near_the_length_limit_is_written(tmp_path):
     assert sorted(p.name for p in out.parent.iterdir()) == sorted(p.name for p in [out, part_paths(out)["encoder"],
                                                                                    part_paths(out)["decoder"]])
     assert vaekit.load(out).info.fingerprint == vaekit.load(run).info.fingerprint
+
+
+@pytest.mark.parametrize("mode", ["lossy", "lossless"])
+def test_a_vkc_named_near_the_length_limit_is_written(setup, tmp_path, mode):
+    # a 250-byte name fits a file system, but its spill file (.NAME.PID-TOKEN.chunks) did not:
+    # "cannot write .NAME...chunks: File name too long", naming a file the user never gave
+    root, model, _ = setup
+    out = tmp_path / ("v" * 246 + ".vkc")
+    kw = {"lossless": True} if mode == "lossless" else {"quality": 3}
+    codec.encode(model, root / "src", out, **kw)
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]
+    assert len(codec.decode(model, out, tmp_path / "dec").written) == 12
