@@ -174,3 +174,21 @@ def test_a_vkc_named_near_the_length_limit_is_written(setup, tmp_path, mode):
     codec.encode(model, root / "src", out, **kw)
     assert [p.name for p in tmp_path.iterdir()] == [out.name]
     assert len(codec.decode(model, out, tmp_path / "dec").written) == 12
+
+
+def test_a_stored_name_whose_staged_path_would_pass_path_max_is_refused_before_writing(setup, tmp_path):
+    # a name whose output path fits in 4,095 bytes, by 10, passed every check, but written inside
+    # the output folder's staging folder its path did not: ENAMETOOLONG, a traceback, exit 3
+    from typer.testing import CliRunner
+
+    from vaekit_cli.main import app
+
+    root, model, vkc = setup
+    names = container.read_header(vkc)[0].names
+    out = tmp_path / "out"
+    room = 4095 - len(str(out)) - 1 - 10  # the target itself fits, by 10 bytes
+    deep = "/".join(["d" * 200] * (room // 201)) + "/" + "e" * (room % 201 - 5) + ".png"
+    forged = _forge(vkc, tmp_path / "f.vkc", names=[deep, *names[1:]])
+    r = CliRunner().invoke(app, ["--threads", "1", "decode", str(model.info.source), str(forged), "-o", str(out)])
+    assert r.exit_code == 2 and "Traceback" not in r.output and "4095 bytes" in r.output.replace("\n", ""), r.output
+    assert not out.exists()
