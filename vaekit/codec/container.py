@@ -31,6 +31,7 @@ from vaekit.codec.header import MODES, Header, Reader, expand, pack, unpack_fixe
 from vaekit.codes.format import MAX_ORIG_PIXELS, CodeFileError, FingerprintMismatch, check_name, too_elongated
 from vaekit.config import MAX_IMAGE_SIZE, MAX_Z_DIMS
 from vaekit.fileio import atomic_writer, check_regular
+from vaekit.fileio.outputs import MAX_NAME_BYTES
 from vaekit.fileio.leftovers import open_spill, partial_tag, remove_stale
 
 MAGIC = b"VKC3"
@@ -76,6 +77,10 @@ def _check(h: Header, source: str) -> None:
             f"at {h.image_size} px)")
     for name in h.names:
         check_name(name, source)
+    if not h.chunks:
+        bad("it holds no image (vaekit writes none such)")
+    if any(c[0] < 1 or c[1] < 1 for c in h.chunks):  # each still walked every residual context: a DoS
+        bad("an empty chunk (no images or no words; vaekit writes none)")
     if sum(c[0] for c in h.chunks) != len(h.names):
         bad("its chunks hold another number of images than it names")
     most = max(CHUNK, chunk_images(h.channels, h.image_size))  # what any vaekit wrote (1024 before the bound)
@@ -176,12 +181,20 @@ def iter_chunks(path: Path, header: Header, offset: int) -> Iterator[tuple[int, 
             yield count, np.frombuffer(data, "<u4").astype(np.uint32)
 
 
+def _spill_name(out: Path) -> str:
+    """The output's name as its spill file carries it: cut to leave room for the spill's own
+    bytes (a process id, a token, .chunks), so any name a file system holds can be written (a
+    250-byte one was refused: "cannot write .NAME.PID-TOKEN.chunks: File name too long")."""
+    return os.fsdecode(os.fsencode(out.name)[:MAX_NAME_BYTES - 48])
+
+
 class Spill:
     """The chunk words of a .vkc being written, in a temporary file beside it (removed on close)."""
 
     def __init__(self, out: Path):
-        self.path = Path(out).with_name(f".{Path(out).name}.{os.getpid()}-{os.urandom(3).hex()}.chunks")
-        remove_stale(self.path.parent, f".{Path(out).name}.", ".chunks", folders=False)  # a killed encode's
+        name = _spill_name(Path(out))
+        self.path = Path(out).with_name(f".{name}.{os.getpid()}-{os.urandom(3).hex()}.chunks")
+        remove_stale(self.path.parent, f".{name}.", ".chunks", folders=False)  # a killed encode's
         self.chunks: list[list[int]] = []
         self._f = open_spill(self.path)  # begins with the tag that lets a later encode know a killed one's
         self.start = len(partial_tag())

@@ -251,6 +251,9 @@ def validate(cf: CodeFile, source: str = "code file") -> None:
                 bad(f"q8 needs a finite float32 {name} of shape ({d},)")
     elif cf.scale is not None or cf.offset is not None:
         bad(f"scale/offset are only stored for q8, not {cf.precision}")
+    with np.errstate(over="ignore", invalid="ignore"):  # a forged q8 scale overflowed with numpy's two-line warning
+        if not np.isfinite(cf.latents()).all():
+            bad("its latents are not finite (NaN, infinity, or a q8 scale and offset that overflow float32)")
     if (not isinstance(cf.image_size, int) or isinstance(cf.image_size, bool) or not 16 <= cf.image_size <= MAX_IMAGE_SIZE
             or not isinstance(cf.channels, int) or cf.channels not in (1, 3)):
         bad(f"image size {cf.image_size!r} / channels {cf.channels!r}")

@@ -14,6 +14,9 @@ from typing import Sequence
 
 from vaekit.errors import BadInput
 from vaekit.fileio import refuse_existing, refuse_long_names, refuse_under_file
+from vaekit.fileio.outputs import MAX_PATH_BYTES
+
+STAGED_BYTES = 64  # what a target's path gains while written: /.vaekit-decode-PID-TOKEN and a temporary name
 
 
 def png_names(names: Sequence[str]) -> list[str]:
@@ -82,6 +85,11 @@ def check_targets(out_dir: Path, targets: Sequence[Path], overwrite: bool) -> No
     for folder in sorted(needed, key=lambda p: len(p.parts)):
         if (folder.exists() or folder.is_symlink()) and not folder.is_dir():
             raise BadInput(f"cannot write {needed[folder]}: {folder} is a file, not a folder; move it away")
+    for t in targets:  # as written: inside decode's staging folder, under a temporary name (ENAMETOOLONG, exit 3)
+        if len(os.fsencode(str(t))) + STAGED_BYTES > MAX_PATH_BYTES:
+            raise BadInput(f"cannot write {str(t)[:60]!r}...: its path of {len(os.fsencode(str(t)))} bytes, written "
+                           f"through a staging folder, would pass {MAX_PATH_BYTES} bytes (the longest path Linux takes); "
+                           "write into a folder with a shorter path")
     for t in targets:
         if Path(t).is_dir():
             raise BadInput(f"cannot write {t}: a folder of that name is in the way; move it away")

@@ -20,6 +20,7 @@ from vaekit.export.metadata import metadata_for, sealed, set_metadata
 from vaekit.export.parity import Parity, check_parity, load_parity_images, require_parity, sample_inputs
 from vaekit.export.quantize import QUANTIZE, Quantization, calibration_feeds, quantize_int8
 from vaekit.fileio import refuse_existing, refuse_under_file
+from vaekit.fileio.outputs import MAX_NAME_BYTES
 from vaekit.fileio.leftovers import mark_partial, remove_stale
 from vaekit.images.arrays import as_images
 from vaekit.progress import Progress
@@ -46,6 +47,10 @@ def _check_out(out: Path, run_dir: Path, overwrite: bool = False) -> Path:
     # run's, and its staging folder (.model.safetensors.onnx.vaekit-export-*.tmp) could match the run's own
     # temporary-file names, which training deletes as strays of its writes
     refuse_model_files(out, Path(run_dir), "output")
+    for p in part_paths(out).values():  # the parts' names are longer than the one given (is_dir raised ENAMETOOLONG)
+        if len(os.fsencode(p.name)) > MAX_NAME_BYTES:
+            raise BadInput(f"output name {out.name[:40]!r}... is too long: its part {p.name[-16:]!r} would be named in "
+                           f"{len(os.fsencode(p.name))} bytes, more than {MAX_NAME_BYTES} bytes (the most a file system holds)")
     for p in part_paths(out).values():
         if p.is_dir():
             raise BadInput(f"output {p} is a folder; give a file name ending in .onnx")
@@ -55,12 +60,20 @@ def _check_out(out: Path, run_dir: Path, overwrite: bool = False) -> Path:
 
 
 _STAGING = ".{name}.vaekit-export-{pid}.tmp"  # the staging folder, next to the output; pid as "PID-TOKEN"
+_STAGING_EXTRA = 64  # bytes _STAGING adds to a name, at most (a pid of 20 digits and its token)
+
+
+def _staging_name(out: Path) -> str:
+    """The output's name as the staging folder carries it: cut to leave room for _STAGING's own
+    bytes, so a name that fits a file system stages too (a 230-byte one did not)."""
+    name = os.fsencode(out.name)
+    return os.fsdecode(name[:MAX_NAME_BYTES - _STAGING_EXTRA])
 
 
 def _remove_stale_staging(out: Path) -> None:
     """Delete staging folders of exports that were killed (SIGKILL leaves them): those whose
     process is gone. A live export's folder is left alone."""
-    prefix, suffix = _STAGING.format(name=out.name, pid="|").split("|")
+    prefix, suffix = _STAGING.format(name=_staging_name(out), pid="|").split("|")
     remove_stale(out.parent, prefix, suffix)
 
 
@@ -106,7 +119,7 @@ def export(
     refuse_under_file(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_staging(out)
-    staging = mark_partial(out.parent / _STAGING.format(name=out.name, pid=f"{os.getpid()}-{os.urandom(4).hex()}"))
+    staging = mark_partial(out.parent / _STAGING.format(name=_staging_name(out), pid=f"{os.getpid()}-{os.urandom(4).hex()}"))
     try:
         staged = job.write(protos, part_paths(staging / out.name), "none")
         step(2, "parity")
