@@ -81,6 +81,26 @@ def file_above(path) -> "Path | None":
     return parent if parent is not None and not parent.is_dir() else None
 
 
+def not_a_folder(path) -> str:
+    """Why nothing can be made under `path`, in words: "P is a file, not a folder", or, for a
+    link that leads nowhere (where the OS says only "File exists"), a symbolic link loop or a
+    link to nothing."""
+    import os
+
+    p = Path(path)
+    if p.is_symlink() and not p.exists():
+        try:
+            os.stat(p)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                return f"{p} is a symbolic link loop"
+        try:
+            return f"{p} is a link to nothing ({os.readlink(p)})"
+        except OSError:
+            return f"{p} is a link to nothing"
+    return f"{p} is a file, not a folder"
+
+
 def cannot_write(e: OSError, path) -> CannotWrite:
     """`e` as a CannotWrite of the same OSError subtype, naming `path` (not a temporary name)."""
     kind = type(e) if isinstance(e, OSError) and not isinstance(e, VaekitError) else OSError
@@ -90,7 +110,9 @@ def cannot_write(e: OSError, path) -> CannotWrite:
     if e.errno in (errno.EEXIST, errno.ENOTDIR):  # the OS's words when a folder above is a file
         above = file_above(path)
         if above is not None:
-            reason = f"{above} is a file, not a folder"
+            reason = not_a_folder(above)
+        elif Path(path).is_symlink() and not Path(path).exists():  # a folder to make is a link to nowhere
+            reason = "it " + not_a_folder(path).removeprefix(f"{path} ")
     err = _CANNOT_WRITE[kind](f"cannot write {path}: {reason}")
     err.errno = e.errno
     return err

@@ -12,7 +12,7 @@ import os
 from pathlib import Path, PurePosixPath
 from typing import Sequence
 
-from vaekit.errors import BadInput
+from vaekit.errors import BadInput, not_a_folder
 from vaekit.fileio import refuse_existing, refuse_long_names, refuse_under_file
 from vaekit.fileio.outputs import MAX_PATH_BYTES
 
@@ -75,6 +75,8 @@ def check_targets(out_dir: Path, targets: Sequence[Path], overwrite: bool) -> No
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise BadInput(f"output {out_dir} exists and is not a folder")
+    if out_dir.is_symlink() and not out_dir.exists():  # a loop, or a link to nothing: no folder to write in
+        raise BadInput(f"output {not_a_folder(out_dir)}")
     refuse_under_file(out_dir)
     needed: dict[Path, Path] = {}
     for t in targets:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from vaekit.errors import BadInput, DamagedFile, NotFound, cannot_write, file_above
+from vaekit.errors import BadInput, DamagedFile, NotFound, cannot_write, file_above, not_a_folder
 
 MAX_JSON_BYTES = 64 << 20  # config.json, resume.json, metadata: a few KB in practice
 
@@ -294,12 +294,22 @@ def read_json(path: Path, what: str) -> dict:
 # --- the output rule -----------------------------------------------------------------------------
 
 def is_inside(path: Path, folder: Path) -> bool:
-    """Whether `path` is `folder` or lies under it (both resolved, links followed)."""
+    """Whether `path` is `folder` or lies under it (both resolved, links followed); BadInput when
+    either is, or lies under, a symbolic link loop (`ln -s loop loop`)."""
     try:
-        Path(path).resolve().relative_to(Path(folder).resolve())
+        resolved(path).relative_to(resolved(folder))
         return True
     except ValueError:
         return False
+
+
+def resolved(path) -> Path:
+    """Path(path).resolve(), links followed; a symbolic link loop on the way (RuntimeError up to
+    Python 3.12, OSError in strict mode) is BadInput naming the path, not a traceback."""
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError) as e:
+        raise BadInput(f"{path} cannot be followed: a symbolic link loop on the way ({e})") from None
 
 
 def refuse_under_file(path: Path, what: str = "output") -> None:
@@ -308,7 +318,7 @@ def refuse_under_file(path: Path, what: str = "output") -> None:
     write in (read-only, not ours): said before the work, not when its result is written."""
     above = file_above(path)
     if above is not None:
-        raise BadInput(f"{what} {path}: {above} is a file, not a folder")
+        raise BadInput(f"{what} {path}: {not_a_folder(above)}")
     here = Path(path).absolute()
     folder = next((p for p in (here, *here.parents) if p.is_dir()), None)  # an output folder: itself
     if folder is not None and not os.access(folder, os.W_OK | os.X_OK):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vaekit.errors import BadInput, OutputExists, cannot_write
+from vaekit.errors import BadInput, OutputExists, cannot_write, not_a_folder
 
 README_START = b"vaekit sample data:"  # how the README.txt both write begins
 MANIFEST = "vaekit-sample-data.sha256"  # one "<sha256>  <folder/name.png>" line per PNG written
@@ -37,10 +37,8 @@ def prepare_folders(root: Path, folders: list[str], overwrite: bool) -> None:
     holding images or a README.txt that the sample data did not write (OutputExists, always)."""
     from vaekit.fileio import refuse_under_file  # here: the sample data's module imports only what it must
 
-    if Path(root).exists() and not Path(root).is_dir():
-        raise BadInput(f"{root} is a file, not a folder")
-    if Path(root).is_symlink() and not Path(root).exists():  # mkdir said only "[Errno 17] File exists"
-        raise BadInput(f"{root} is a link to nothing ({Path(root).readlink()}); give a folder, or a link to one")
+    if (Path(root).exists() or Path(root).is_symlink()) and not Path(root).is_dir():  # mkdir said only "File exists"
+        raise BadInput(f"{not_a_folder(root)}; give a folder, or a link to one")
     refuse_under_file(Path(root))
     existing = [p for f in folders if (root / f).is_dir() for p in sorted((root / f).glob("*.png"))]
     # a user's own images or README.txt there are neither deleted nor replaced, with overwrite too

@@ -30,6 +30,7 @@ from vaekit.stream.files import LineTooLong, open_regular, read_lines, same_file
 from vaekit.stream.batches import Layout, RowCheck, changed, check_entry, contents, sources
 from vaekit.errors import BadInput, DamagedFile, InUse, VaekitError, cannot_write
 from vaekit.fileio import atomic_writer, dumps_json, loads_json, try_lock
+from vaekit.fileio.outputs import MAX_NAME_BYTES
 from vaekit.version import __version__
 
 PARTIAL_SUFFIX = ".partial"
@@ -90,6 +91,10 @@ class Journal:
                  row_check: RowCheck | None = None):
         self.out = Path(out)
         self.path = partial_path(self.out)
+        if len(os.fsencode(self.path.name)) > MAX_NAME_BYTES:  # the OS said "File name too long" of a name that fits
+            raise BadInput(f"output {str(self.out)[:60]!r}...: its journal beside it, {self.path.name[:20]}...{PARTIAL_SUFFIX}, "
+                           f"would be a name of {len(os.fsencode(self.path.name))} bytes, more than the {MAX_NAME_BYTES} a "
+                           "file system holds; give a shorter name")
         # the files whose rows this journal holds (its share's), as this machine sees them
         pinned = {} if layout is None else {"sources": sources(layout.paths[i] for b in layout.mine()
                                                                for i in layout.positions(b))}

@@ -13,7 +13,7 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
-from vaekit.errors import BadInput, InUse
+from vaekit.errors import BadInput, InUse, not_a_folder
 from vaekit.fileio import refuse_under_file, try_lock
 from vaekit.training.rundir import LOCK, MARKER
 
@@ -27,8 +27,8 @@ def locked(run_dir: Path, hint: str = "another vaekit command is writing it; wai
     process, even on SIGKILL.
     """
     run_dir = Path(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise BadInput(f"--out {run_dir} is a file, not a folder")
+    if (run_dir.exists() or run_dir.is_symlink()) and not run_dir.is_dir():  # a link to nowhere too
+        raise BadInput(f"--out {not_a_folder(run_dir)}")
     refuse_under_file(run_dir, "--out")
     created = [d for d in (run_dir, *run_dir.parents) if not d.exists()]  # innermost first
     path = run_dir / LOCK
