@@ -1,6 +1,7 @@
 """Real-texture defect detection through the CLI: vaekit at default settings against simple baselines.
 
     python benchmarks/textures.py [--textures brick,grass,gravel,ihc] [--threads 1] [--work DIR] [--json out.json]
+                                  [--generator bench|alt] [--reuse-runs]
 
 For each photograph (see texture_data.py: train on crops of its top 60%, test on 120 normal and
 120 defective crops of its bottom 40%), the script runs what a user would run:
@@ -13,6 +14,10 @@ and fits two baselines on the same training crops in the same run:
   PCA-32   reconstruction error with 32 components (image: sum of squares; pixel: squared error)
   local    per-pixel mean and standard deviation over a 7×7 window, each standardised by its
            training distribution; pixel score max(|z_mean|, |z_std|), image score its maximum
+--generator alt draws the defects with texture_data_alt.py (eight kinds modelled on real
+inspection sets; the same normal crops) into WORK/data_alt, scores to WORK/NAME_alt_scores.csv;
+the VAE runs stay WORK/runs/NAME and one that holds a config.json is reused, not retrained (both
+generators' runs train on the same crops). --reuse-runs does the same for the default generator.
 Targets (issue 12): vaekit's mean image AUROC and mean pixel AUROC >= 0.90, no defect kind
 below chance (AUROC of normal crops vs that kind's crops).
 """
@@ -31,6 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import texture_data  # noqa: E402
+import texture_data_alt  # noqa: E402
 from cli_runner import vaekit  # noqa: E402
 
 
@@ -71,14 +77,18 @@ def auroc(labels, scores) -> float:
     return float(roc_auc_score(labels, scores))
 
 
-def run_texture(name: str, work: Path, threads: int) -> dict:
-    root = texture_data.build(name, work / "data")
+def run_texture(name: str, work: Path, threads: int, generator: str = "bench", reuse_runs: bool = False) -> dict:
+    if generator == "alt":
+        root = texture_data_alt.build(name, work / "data_alt")
+    else:
+        root = texture_data.build(name, work / "data")
     test = root / "test"
     run = work / "runs" / name
     t0 = time.perf_counter()
-    vaekit(threads, "train", root / "train", "--out", run, "--overwrite")
+    if not ((reuse_runs or generator == "alt") and (run / "config.json").exists()):
+        vaekit(threads, "train", root / "train", "--out", run, "--overwrite")
     seconds = time.perf_counter() - t0
-    scores_csv = work / f"{name}_scores.csv"
+    scores_csv = work / (f"{name}_alt_scores.csv" if generator == "alt" else f"{name}_scores.csv")
     scores_csv.unlink(missing_ok=True)  # ours, from an earlier run with the same --work
     vaekit(threads, "anomaly-score", run, test / "normal", test / "anomalous", "-o", scores_csv)
     ev = json.loads(vaekit(threads, "evaluate", run, "--normal", test / "normal", "--anomalous", test / "anomalous",
@@ -115,16 +125,20 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core box)")
     ap.add_argument("--work", type=Path, default=None, help="keep data and runs here (default: a temp folder)")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--generator", choices=("bench", "alt"), default="bench",
+                    help="defects from texture_data.py (bench) or texture_data_alt.py (alt)")
+    ap.add_argument("--reuse-runs", action="store_true", help="do not retrain a run directory with a config.json (always so with --generator alt)")
     args = ap.parse_args()
     tmp = None if args.work else tempfile.TemporaryDirectory(prefix="vaekit-textures-")
     work = args.work or Path(tmp.name)
     results = {}
     for name in args.textures.split(","):
-        results[name] = r = run_texture(name, work, args.threads)
+        results[name] = r = run_texture(name, work, args.threads, args.generator, args.reuse_runs)
         print(f"{name}: image {r['image_auroc']:.4f} pixel {r['pixel_auroc']:.4f} ({r['train_seconds']:.0f} s)", flush=True)
 
     names = list(results)
-    print("\nReal textures, 64x64 crops, 120 normal + 120 defective test crops each; vaekit default settings")
+    gen = "texture_data_alt.py" if args.generator == "alt" else "texture_data.py"
+    print(f"\nReal textures, 64x64 crops, 120 normal + 120 defective test crops each ({gen}); vaekit default settings")
     print(f"{'texture':<9}{'image':>8}{'-ELBO':>8}{'PCA-32':>8}{'local':>8}   {'pixel':>7}{'PCA-32':>8}{'local':>8}{'train s':>9}")
     for n in names:
         r, b = results[n], results[n]["baselines"]
@@ -140,10 +154,11 @@ def main() -> None:
           f"{mean(lambda r: r['baselines']['local']['pixel']):>8.4f}")
     kinds = [k for k in results[names[0]]["by_kind"] if k != "all"]
     print("\nimage AUROC by defect kind (vaekit default score; normal crops vs that kind)")
-    print(f"{'kind':<9}" + "".join(f"{n:>9}" for n in names) + f"{'mean':>9}")
+    kw = max(9, max(map(len, kinds)) + 1)
+    print(f"{'kind':<{kw}}" + "".join(f"{n:>9}" for n in names) + f"{'mean':>9}")
     for k in kinds:
         vals = [results[n]["by_kind"][k]["score"] for n in names]
-        print(f"{k:<9}" + "".join(f"{v:>9.4f}" for v in vals) + f"{np.mean(vals):>9.4f}")
+        print(f"{k:<{kw}}" + "".join(f"{v:>9.4f}" for v in vals) + f"{np.mean(vals):>9.4f}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     if tmp is not None:

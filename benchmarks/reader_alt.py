@@ -1,0 +1,131 @@
+"""The defect reader alone on both texture generators, with its default fills or with an extra fill.
+
+    python benchmarks/reader_alt.py --work DIR [--textures brick,gravel] [--seeds 0,1] [--out results.json]
+
+DIR is a benchmarks/textures.py work folder that holds data/NAME (texture_data.py) and
+data_alt/NAME (texture_data_alt.py, made here when missing) and runs/NAME (a VAE run, used
+only for its channel count). Per texture and seed, two readers are trained on data/NAME/train
+exactly as benchmarks/reader_textures.py trains its "reader" (train_reader(crops, None,
+ReaderConfig(), seed), reading the image alone): "base" with vaekit.reader.synth's default
+fills, and "warp" with one more fill, WARP below (the surface displaced by a smooth random field
+inside the defect's shape; measured and not kept in vaekit, docs/detection.md "A third defect
+generator"), patched into vaekit.reader.synth for that reader's training only.
+Each reads both generators' 120 normal + 120 defective test crops: image AUROC, pixel AUROC and
+image AUROC per defect kind. Results are written after every reader; a reader already in --out
+is not trained again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import texture_data_alt  # noqa: E402
+from reader_textures import by_kind, read_folder, auroc  # noqa: E402
+
+
+def warp_fill(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The surface itself displaced by a smooth random field (a fold, a crease, a bent grid):
+    each pixel samples the image 1.5-5 px away along two Perlin fields of 2-8 cells, bilinear,
+    edges clamped. No intensity is added; only the geometry changes. (C, H, W) grey levels."""
+    from vaekit.reader.synth import perlin
+
+    c, h, w = img.shape
+    cells = int(rng.choice([2, 4, 8]))
+    amp = rng.uniform(1.5, 5.0)
+    sy = np.clip(np.arange(h)[:, None] + amp * perlin(h, w, (cells, cells), rng), 0, h - 1)
+    sx = np.clip(np.arange(w)[None, :] + amp * perlin(h, w, (cells, cells), rng), 0, w - 1)
+    y0 = np.minimum(sy.astype(int), h - 2) if h > 1 else np.zeros((h, w), int)
+    x0 = np.minimum(sx.astype(int), w - 2) if w > 1 else np.zeros((h, w), int)
+    fy, fx = sy - y0, sx - x0
+    y1, x1 = np.minimum(y0 + 1, h - 1), np.minimum(x0 + 1, w - 1)
+    return (img[:, y0, x0] * (1 - fy) * (1 - fx) + img[:, y0, x1] * (1 - fy) * fx
+            + img[:, y1, x0] * fy * (1 - fx) + img[:, y1, x1] * fy * fx)
+
+
+class warp_patched:
+    """Within the block, vaekit.reader.synth knows the fill "warp" and the reader's training
+    draws from FILLS + ("warp",); everything else as before."""
+
+    def __enter__(self):
+        import functools
+
+        from vaekit.reader import synth, train
+
+        self.saved = synth.FILLS, synth.fill, train.make_defects
+        fills, fill = synth.FILLS + ("warp",), synth.fill
+        synth.FILLS = fills
+        synth.fill = lambda kind, img, donor, rng: warp_fill(img, rng) if kind == "warp" else fill(kind, img, donor, rng)
+        train.make_defects = functools.partial(synth.make_defects, fills=fills)
+
+    def __exit__(self, *exc):
+        from vaekit.reader import synth, train
+
+        synth.FILLS, synth.fill, train.make_defects = self.saved
+
+
+def test_set(root: Path, channels: int):
+    test = root / "test"
+    _, normal = read_folder(test / "normal", channels)
+    names, bad = read_folder(test / "anomalous", channels)
+    _, masks = read_folder(test / "masks", 1)
+    kinds = np.array(["normal"] * len(normal) + [n.split("_")[0] for n in names])
+    gt = np.concatenate([np.zeros((len(normal), *masks.shape[2:]), bool), masks[:, 0] > 127]).ravel()
+    return np.concatenate([normal, bad]), kinds, gt
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--textures", default="brick,gravel")
+    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--arms", default="base,warp")
+    ap.add_argument("--out", type=Path, default=Path("reader_alt.json"))
+    args = ap.parse_args()
+
+    import torch
+
+    import vaekit as vk
+    from vaekit.reader.net import ReaderConfig
+    from vaekit.reader.train import load_reader, read, train_reader
+
+    torch.set_num_threads(1)
+    results = json.loads(args.out.read_text()) if args.out.exists() else {}
+    for name in args.textures.split(","):
+        if not (args.work / "data_alt" / name / "test" / "masks").is_dir():
+            texture_data_alt.build(name, args.work / "data_alt", train=False)
+        ch = vk.load(args.work / "runs" / name, device="cpu").net.cfg.channels
+        _, train_x = read_folder(args.work / "data" / name / "train", ch)
+        sets = {g: test_set(args.work / d / name, ch) for g, d in (("bench", "data"), ("alt", "data_alt"))}
+        for seed in map(int, args.seeds.split(",")):
+            for arm in args.arms.split(","):
+                key = f"{name}/{seed}/{arm}"
+                if key in results:
+                    continue
+                cfg = ReaderConfig()
+                t0 = time.perf_counter()
+                if arm == "warp":
+                    with warp_patched():
+                        state = train_reader(train_x, None, cfg, seed)
+                else:
+                    state = train_reader(train_x, None, cfg, seed)
+                secs = time.perf_counter() - t0
+                reader = load_reader(state, cfg)
+                results[key] = {"seconds": secs}
+                for g, (x, kinds, gt) in sets.items():
+                    s, m = read(reader, x, None)
+                    results[key][g] = {**by_kind(kinds, s), "pixel": auroc(gt, m.ravel())}
+                r = results[key]
+                print(f"{key}: bench {r['bench']['image']:.4f}/{r['bench']['pixel']:.4f}  alt {r['alt']['image']:.4f}/"
+                      f"{r['alt']['pixel']:.4f}  ({secs:.0f} s)", flush=True)
+                args.out.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
