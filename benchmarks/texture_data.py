@@ -145,8 +145,10 @@ def build(name: str, out: Path, crop: int = 64, n_train: int = 1000, n_test: int
     return root
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(make=None, doc: str | None = None) -> None:
+    """The command line of a generator: `make` is its build (this module's by default)."""
+    make = make or build
+    ap = argparse.ArgumentParser(description=(doc or __doc__).split("\n")[0])
     ap.add_argument("out", type=Path)
     ap.add_argument("--textures", default=",".join(PHOTOS))
     ap.add_argument("--crop", type=int, default=64)
@@ -155,7 +157,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     for name in args.textures.split(","):
-        print(build(name, args.out, args.crop, args.n_train, args.n_test, args.seed))
+        print(make(name, args.out, args.crop, args.n_train, args.n_test, args.seed))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ anomalous and mask files named KIND_NNNN.png); deterministic from --seed.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -256,16 +255,7 @@ def build(name: str, out: Path, crop: int = 64, n_train: int = 1000, n_test: int
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("out", type=Path)
-    ap.add_argument("--textures", default=",".join(texture_data.PHOTOS))
-    ap.add_argument("--crop", type=int, default=64)
-    ap.add_argument("--n-train", type=int, default=1000)
-    ap.add_argument("--n-test", type=int, default=120, help="normal test crops; as many anomalous ones")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
-    for name in args.textures.split(","):
-        print(build(name, args.out, args.crop, args.n_train, args.n_test, args.seed))
+    texture_data.main(build, __doc__)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from vaekit import images as imageio
-from vaekit.anomaly.overlap import file_identity, shared_files
+from vaekit.anomaly.overlap import file_identity, refuse_copies
 from vaekit.anomaly.pixel_roc import PixelRoc
 from vaekit.anomaly.score import Progress, iter_scored, scoring_plan
 from vaekit.anomaly.quantiles import check_threshold
@@ -129,12 +129,11 @@ class Evaluation:
         return d
 
 
-
 def _labelled_inputs(normal, anomalous, masks: Sequence[Path] = ()):
     """The images of both labelled sets; BadInput when one file is in both (the same folder twice,
     `X` and `X/../X`, overlapping folders, a symbolic or a hard link): its two labels would make
-    the metrics meaningless; or when a mask is one of them (--masks given an image folder). A file
-    is known by its device and inode (its path where it cannot be stat'ed): hard links too."""
+    the metrics meaningless, and so when a file holds another's bytes; or when a mask is one of them
+    (--masks given an image folder). A file is known by its device and inode: hard links too."""
     good, bad = find_inputs(normal), find_inputs(anomalous)
     seen = {file_identity(p): p for p in getattr(good.paths, "texts", good.paths)}
     bad_ids = {file_identity(p): p for p in getattr(bad.paths, "texts", bad.paths)}
@@ -142,23 +141,12 @@ def _labelled_inputs(normal, anomalous, masks: Sequence[Path] = ()):
         if i in seen:
             raise BadInput(f"{p} is both an anomalous and a normal image ({seen[i]}); "
                            "give --normal and --anomalous sets that share no file")
-    _refuse_copies(bad, good)
+    refuse_copies(getattr(bad.paths, "texts", bad.paths), getattr(good.paths, "texts", good.paths))
     seen.update(bad_ids)
     for m in masks:
         if file_identity(m) in seen:
             raise BadInput(f"{m} is both a mask and an image to score ({seen[file_identity(m)]}); give --masks a folder of masks only")
     return good, bad
-
-
-def _refuse_copies(bad, good) -> None:
-    """BadInput when anomalous images hold the same bytes as normal ones (copies under other
-    names): one image cannot be both, and its two labels would skew every metric. Only files of
-    a size both sets hold are read (overlap.shared_files), so distinct sets cost a stat each."""
-    pairs = list(shared_files(getattr(bad.paths, "texts", bad.paths), getattr(good.paths, "texts", good.paths)))
-    if pairs:
-        a, n = pairs[0], len(pairs)
-        raise BadInput(f"{n} anomalous image{'s hold' if n > 1 else ' holds'} the same bytes as a normal image "
-                       f"(e.g. {a[0]} and {a[1]}); an image cannot be both: remove the copies from one set")
 
 
 def _scores_and_maps(model, inputs, found, samples, score, iwae, threshold, progress, on_map):

@@ -10,6 +10,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from vaekit.errors import BadInput
 from vaekit.fileio import NotRegularFile, open_regular_file
 
 
@@ -74,3 +75,14 @@ def shared_files(mine: Iterable, theirs: Iterable) -> Iterator[tuple[Path, Path]
             same = digests[size].get(_sha256(p))
             if same is not None:
                 yield Path(p), Path(same)
+
+
+def refuse_copies(anomalous: Iterable, normal: Iterable) -> None:
+    """BadInput when images of `anomalous` hold the same bytes as images of `normal` (copies under
+    other names): one image cannot be both, and its two labels would skew every metric. Only files
+    of a size both sets hold are read (shared_files), so distinct sets cost a stat each."""
+    pairs = list(shared_files(anomalous, normal))
+    if pairs:
+        a, n = pairs[0], len(pairs)
+        raise BadInput(f"{n} anomalous image{'s hold' if n > 1 else ' holds'} the same bytes as a normal image "
+                       f"(e.g. {a[0]} and {a[1]}); an image cannot be both: remove the copies from one set")

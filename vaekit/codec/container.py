@@ -35,6 +35,7 @@ from vaekit.fileio.outputs import MAX_NAME_BYTES
 from vaekit.fileio.leftovers import open_spill, partial_tag, remove_stale
 
 MAGIC = b"VKC3"
+ENGINES = ("torch", "onnxruntime")  # what a lossless header's engine may name (ModelInfo.engine)
 CHUNK = 1024  # images per ANS stream: bounded memory, and a lossless chunk's start costs < 0.01 bit per image
 # ... and at most this many sub-pixels (1024 images of 32 x 32 RGB): a lossy chunk is decoded whole,
 # ~40 bytes a sub-pixel (1024 images of 128 px RGB took 2.6 GB to encode, 1.5 GB to decode)
@@ -65,6 +66,8 @@ def _check(h: Header, source: str) -> None:
             bad(f"{name} {v!r}")
     if (h.mode == "lossy") != (h.quality is not None) or not isinstance(h.engine, dict):
         bad("quality or engine does not fit the mode")
+    if h.mode == "lossless" and h.engine.get("engine") not in ENGINES:  # else "written with the None engine"
+        bad(f"it names the engine {h.engine.get('engine')!r:.40}, not one of {', '.join(ENGINES)}")
     if not isinstance(h.names, list) or not isinstance(h.orig_size, list) or len(h.names) != len(h.orig_size):
         bad("names and sizes do not match")
     for size in h.orig_size:
