@@ -1,6 +1,7 @@
 """The defect reader alone on both texture generators, with its default fills or with an extra fill.
 
-    python benchmarks/reader_alt.py --work DIR [--textures brick,gravel] [--seeds 0,1] [--out results.json]
+    python benchmarks/reader_alt.py --work DIR [--textures brick,gravel] [--seeds 0,1] [--variant warp|faint]
+                                   [--arms base,VARIANT] [--out results.json]
 
 DIR is a benchmarks/textures.py work folder that holds data/NAME (texture_data.py) and
 data_alt/NAME (texture_data_alt.py, made here when missing) and runs/NAME (a VAE run, used
@@ -9,7 +10,10 @@ exactly as benchmarks/reader_textures.py trains its "reader" (train_reader(crops
 ReaderConfig(), seed), reading the image alone): "base" with vaekit.reader.synth's default
 fills, and "warp" with one more fill, WARP below (the surface displaced by a smooth random field
 inside the defect's shape; measured and not kept in vaekit, docs/detection.md "A third defect
-generator"), patched into vaekit.reader.synth for that reader's training only.
+generator"), patched into vaekit.reader.synth for that reader's training only. With --variant faint the
+second reader is "faint" instead: vaekit.reader.synth's defects allowed to be fainter (the
+optional opacity factor drawn from 0.25-1 instead of 0.6-1, and MIN_VISIBLE 3 instead of 6;
+FAINT below), patched in the same way; also measured and not kept.
 Each reads both generators' 120 normal + 120 defective test crops: image AUROC, pixel AUROC and
 image AUROC per defect kind. Results are written after every reader; a reader already in --out
 is not trained again.
@@ -70,6 +74,58 @@ class warp_patched:
         synth.FILLS, synth.fill, train.make_defects = self.saved
 
 
+FAINT = {"opacity_low": 0.25, "min_visible": 3.0}  # today: 0.6 and synth.MIN_VISIBLE (6)
+
+
+def one_defect_with(opacity_low: float):
+    """vaekit.reader.synth.one_defect line for line, except that the opacity factor drawn with
+    probability 0.3 is uniform(opacity_low, 1) (0.6 in vaekit). MIN_VISIBLE is read from synth
+    at call time, so the floor is whatever synth.MIN_VISIBLE holds then. Same draws, same order."""
+    from vaekit.reader import synth
+
+    def one_defect(img, donor, rng, shapes=synth.SHAPES, fills=synth.FILLS):
+        x = img.astype(np.float64)
+        _, h, w = img.shape
+        for _ in range(8):
+            alpha = synth.SHAPE_FNS[shapes[int(rng.integers(len(shapes)))]](h, w, rng)
+            if rng.random() < 0.3:
+                alpha = np.clip(synth.blur(alpha[None], rng.uniform(0.5, 1.5))[0] * 1.5, 0, 1)
+            alpha = alpha * rng.uniform(opacity_low, 1.0) if rng.random() < 0.3 else alpha
+            mask = alpha > 0.5
+            if mask.sum() < 2:
+                continue
+            a = np.where(mask, alpha, 0.0)[None]
+            f = synth.fill(fills[int(rng.integers(len(fills)))], x, donor.astype(np.float64), rng)
+            out = np.clip(x * (1 - a) + f * a, 0, 255)
+            if np.abs(np.rint(out) - x).max(0)[mask].mean() >= synth.MIN_VISIBLE:
+                return out, mask
+        return x, np.zeros((h, w), bool)
+
+    return one_defect
+
+
+class faint_patched:
+    """Within the block, vaekit.reader.synth draws fainter defects (FAINT); make_defects (which
+    the reader's training calls) looks one_defect and MIN_VISIBLE up in synth, so both apply."""
+
+    def __init__(self, opacity_low: float = FAINT["opacity_low"], min_visible: float = FAINT["min_visible"]):
+        self.opacity_low, self.min_visible = opacity_low, min_visible
+
+    def __enter__(self):
+        from vaekit.reader import synth
+
+        self.saved = synth.one_defect, synth.MIN_VISIBLE
+        synth.one_defect, synth.MIN_VISIBLE = one_defect_with(self.opacity_low), self.min_visible
+
+    def __exit__(self, *exc):
+        from vaekit.reader import synth
+
+        synth.one_defect, synth.MIN_VISIBLE = self.saved
+
+
+PATCHES = {"warp": warp_patched, "faint": faint_patched}
+
+
 def test_set(root: Path, channels: int):
     test = root / "test"
     _, normal = read_folder(test / "normal", channels)
@@ -85,9 +141,14 @@ def main() -> None:
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--textures", default="brick,gravel")
     ap.add_argument("--seeds", default="0,1")
-    ap.add_argument("--arms", default="base,warp")
+    ap.add_argument("--variant", choices=sorted(PATCHES), default="warp",
+                    help="the extra reader next to base (default warp, as before)")
+    ap.add_argument("--arms", default=None, help="comma list of base and/or the variant (default base,VARIANT)")
     ap.add_argument("--out", type=Path, default=Path("reader_alt.json"))
     args = ap.parse_args()
+    arms = (args.arms or f"base,{args.variant}").split(",")
+    if set(arms) - {"base", args.variant}:
+        ap.error(f"--arms must be base and/or {args.variant}, got {args.arms}")
 
     import torch
 
@@ -104,14 +165,14 @@ def main() -> None:
         _, train_x = read_folder(args.work / "data" / name / "train", ch)
         sets = {g: test_set(args.work / d / name, ch) for g, d in (("bench", "data"), ("alt", "data_alt"))}
         for seed in map(int, args.seeds.split(",")):
-            for arm in args.arms.split(","):
+            for arm in arms:
                 key = f"{name}/{seed}/{arm}"
                 if key in results:
                     continue
                 cfg = ReaderConfig()
                 t0 = time.perf_counter()
-                if arm == "warp":
-                    with warp_patched():
+                if arm != "base":
+                    with PATCHES[arm]():
                         state = train_reader(train_x, None, cfg, seed)
                 else:
                     state = train_reader(train_x, None, cfg, seed)
