@@ -78,10 +78,22 @@ def is_loopback(host: str) -> bool:
 
 
 def _hostname(value: str) -> str:
-    """The host name of a Host header ("a.b:80", "[::1]:80") or of an Origin URL, lowercased."""
+    """The host name of a Host header ("a.b:80", "[::1]:80") or of an Origin URL, lowercased ("" for
+    one with a user part: "evil.example@127.0.0.1" named 127.0.0.1)."""
+    if "@" in value:
+        return ""
     if "://" in value:
         return (urlsplit(value).hostname or "").lower()
     return (urlsplit(f"//{value}").hostname or "").lower()
+
+
+def _port(value: str, default: int = 80) -> int | None:
+    """The port of a Host header or an Origin URL (its scheme's when it names none); None if malformed."""
+    try:
+        parts = urlsplit(value if "://" in value else f"//{value}")
+        return parts.port or {"http": 80, "https": 443}.get(parts.scheme, default)
+    except ValueError:
+        return None
 
 
 class HostGuard:
@@ -112,7 +124,10 @@ class HostGuard:
         if not self.allowed(_hostname(headers.get(b"host", ""))):
             return await _refuse(scope, receive, send, 400, "unknown Host: this app answers only on its own address")
         origin = headers.get(b"origin")
-        if origin is not None and not self.allowed(_hostname(origin)):
+        # the same origin as the Host the browser asked for: a page another program serves on this
+        # machine (another port, or https) is another site, and got Gradio's CORS grant for localhost
+        if origin is not None and not (self.allowed(_hostname(origin)) and origin.lower().startswith("http://")
+                                       and _port(origin) == _port(headers.get(b"host", ""))):
             return await _refuse(scope, receive, send, 403, "cross-site request refused")
         await self.app(scope, receive, send)
 
