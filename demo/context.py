@@ -14,7 +14,7 @@ import gradio as gr
 from vaekit.inference.engine import Model
 from vaekit_demo import figures, handlers
 from vaekit_demo.errors import guard_errors
-from vaekit_demo.security import public_path
+from vaekit_demo.security import html_text, public_path
 from vaekit_demo.sessions import Session, Sessions
 
 
@@ -90,4 +90,4 @@ def warn_skipped(skipped) -> None:
     """A toast naming the first few uploads that could not be read (the rest of the request went on)."""
     if skipped:
         shown = "; ".join(f"{p.name}: {r}" for p, r in skipped[:3])
-        gr.Warning(f"skipped {len(skipped)} unreadable file(s): {shown}")
+        gr.Warning(html_text(f"skipped {len(skipped)} unreadable file(s): {shown}"))

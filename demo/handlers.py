@@ -49,7 +49,7 @@ def need(model: Model | None) -> Model:
 def describe(model: Model | None, roots: Sequence[Path] = ()) -> str:
     """One line of Markdown naming the model and what it expects; its path relative to the first
     of `roots` it lies in, else its last part (the page shows no server folders)."""
-    from vaekit_demo.security import public_path
+    from vaekit_demo.security import md_code, public_path
 
     if model is None:
         return "**No model open.** Train one on the *Train* tab, or open a run directory or `.onnx` file."
@@ -57,7 +57,7 @@ def describe(model: Model | None, roots: Sequence[Path] = ()) -> str:
     kind = "gray" if i.channels == 1 else "RGB"
     thr = f"{i.threshold:.2f} {score_unit(i.score)}" if i.threshold is not None else "none stored"
     read = f" (images read at {i.read_size} px, in tiles)" if i.read_size > i.image_size else ""
-    return (f"**Model** `{public_path(i.source, list(roots))}` · {i.engine} engine · {i.image_size}×{i.image_size}{read} "
+    return (f"**Model** {md_code(public_path(i.source, list(roots)))} · {i.engine} engine · {i.image_size}×{i.image_size}{read} "
             f"{kind} · latent {i.latent_dim} · {i.likelihood} · anomaly threshold {thr}")
 
 

@@ -9,7 +9,8 @@ site (403), without any CORS header.
 
 Folders typed into the page (Train, Latent space, Open) are resolved inside one data root
 (`confine`), and switched off when the app listens beyond this machine unless allowed.
-Error messages shown in the page lose server paths (`public_message`).
+Error messages shown in the page lose server paths (`public_message`). A name the page shows
+(a folder, a run, an upload) is text, never Markdown or HTML (`md_code`, `html_text`).
 """
 
 from __future__ import annotations
@@ -217,3 +218,18 @@ def public_message(text: str, roots: list[Path]) -> str:
     for root in sorted((str(r.resolve()) for r in roots), key=len, reverse=True):
         text = text.replace(root.rstrip("/") + "/", "")
     return _ABSOLUTE.sub(lambda m: m.group(1) or "/", text)
+
+
+def md_code(text) -> str:
+    """`text` as a Markdown code span the page shows as it is: fenced by one more backtick than its
+    longest run of them (one backtick in a folder name closed the span, and the rest rendered as a
+    link or an image), line breaks shown as "\\uFFFD" (a new line ended the paragraph)."""
+    text = re.sub(r"[\r\n]", "\uFFFD", str(text))
+    fence = "`" * (max(map(len, re.findall("`+", text)), default=0) + 1)
+    pad = " " if "`" in text or text[:1] == " " or text[-1:] == " " else ""  # one space each side is dropped
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def html_text(text: str) -> str:
+    """A message for a toast (gr.Error, gr.Warning), which the page renders as HTML: shown as text."""
+    return text.replace("&", "&amp;").replace("<", "&lt;")

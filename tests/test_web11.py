@@ -1,9 +1,11 @@
-"""The web app against a careless or hostile user (attack round 11): a page served from another
-port of this machine is another site."""
+"""The web app against a careless or hostile user (attack round 11): names that are Markdown or
+HTML stay text on the page (the Train tab's plan and Done lines, the model line, the Anomaly
+summary, error toasts), and a page served from another port of this machine is another site."""
 
 from __future__ import annotations
 
 import http.client
+import shutil
 import socket
 
 import pytest
@@ -11,6 +13,8 @@ import pytest
 from test_webcli6 import SIZE, digits, run  # noqa: F401 - the tiny run inside the data root, as fixtures
 
 DEADLINE = 120.0  # seconds a test waits for the served app to get somewhere before it fails
+# A folder name that breaks out of a one-backtick code span into a link and an image
+HOSTILE = "x`[ln](http:\\\\evil.example)<img src=x id=pwn>`y"
 
 
 def _serve(run, digits, workdir):  # noqa: F811 - fixtures by value
@@ -59,3 +63,56 @@ def test_a_page_on_another_port_of_this_machine_is_another_site(served):
             assert r.getheader("access-control-allow-origin") is None
     # a Host with a user part names the host after the "@": no browser sends one, and it is no name of ours
     assert _raw(served, [("Host", f"evil.example@127.0.0.1:{port}")]).status == 400
+
+
+@pytest.mark.slow
+def test_names_that_are_markdown_or_html_stay_text_on_the_page(served, digits, tmp_path):  # noqa: F811
+    """A folder or upload name was pasted into the page's Markdown inside one pair of backticks: a
+    backtick in it closed the code span, and what followed rendered as a link and an image; an
+    error message went into the toast as HTML."""
+    from playwright.sync_api import sync_playwright
+
+    folder = digits / HOSTILE
+    shutil.copytree(digits / "train", folder, dirs_exist_ok=True)
+    upload = tmp_path / f"{HOSTILE}.png"
+    shutil.copy(next((digits / "train").rglob("*.png")), upload)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
+                                    args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page()
+            page.goto(served)
+            page.get_by_role("tab", name="Train").click()
+            # every state of the status line (the plan line shows only until the first epoch ends)
+            page.evaluate("""() => { window.seen = [];
+                new MutationObserver(() => window.seen.push(document.querySelector('#train-status').innerHTML))
+                    .observe(document.querySelector('#train-status'), {subtree: true, childList: true, characterData: true}); }""")
+            page.locator("#train-folder textarea").fill(HOSTILE)
+            for box, value in (("#train-size", SIZE), ("#train-epochs", 1)):
+                page.locator(f"{box} input[type=number]").fill(str(value))
+                page.locator(f"{box} input[type=number]").press("Enter")
+            page.locator("#train-btn").click()
+            page.locator("#train-status").get_by_text("Done").wait_for(timeout=DEADLINE * 1000)
+            seen = page.evaluate("window.seen")
+            assert any("images (" in s for s in seen), "the plan line was never shown"
+            for html in seen + [page.locator("#model-info").inner_html()]:
+                assert "<a " not in html and "<img" not in html, html
+            for box in ("#train-status", "#model-info"):
+                assert f"{HOSTILE}-" in page.locator(box).inner_text()  # the run's name, as it is
+
+            page.get_by_role("tab", name="Anomaly").click()
+            page.locator("#anomaly-files input[type=file]").set_input_files(str(upload))
+            page.locator("#score-btn").click()
+            page.locator("#anomaly-summary").get_by_text("anomalous").first.wait_for(timeout=DEADLINE * 1000)
+            # Gradio's upload keeps only a file name's safe characters; the summary fences it all the same
+            assert page.locator("#anomaly-summary").locator("a, img").count() == 0
+
+            page.get_by_role("tab", name="Train").click()
+            page.locator("#train-folder textarea").fill("<img src=x id=pwn>")  # no such folder: an error toast
+            page.locator("#train-btn").click()
+            toast = page.get_by_test_id("toast-text").filter(has_text="no such folder")
+            toast.wait_for(timeout=DEADLINE * 1000)
+            assert "<img src=x id=pwn>" in toast.inner_text()
+            assert page.locator("#pwn").count() == 0
+        finally:
+            browser.close()
