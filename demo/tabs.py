@@ -110,6 +110,7 @@ def _wire_train(w: SimpleNamespace, ctx: Context) -> None:
     @ctx.guard
     def train(folder, size, dim, n_epochs, request: gr.Request = None, progress=gr.Progress()):
         folder = confine(folder, [st.data_root], st.server_folders)
+        _refuse_a_folder_holding_the_runs(folder, ctx)
         session = ctx.session(request)
         session.begin_training()  # a second press while one runs is refused, not queued behind it
         try:
@@ -132,6 +133,19 @@ def _wire_train(w: SimpleNamespace, ctx: Context) -> None:
                       [w.train_status, w.loss_plot, *ctx.model_widgets], api_name="train", show_progress_on=[w.train_status],
                       concurrency_limit=None)
     w.stop_btn.click(stop, None, w.train_status, api_name="stop", queue=False)
+
+
+def _refuse_a_folder_holding_the_runs(folder: Path, ctx: Context) -> None:
+    """BadInput when the runs folder lies inside `folder` (the data root itself, with the default --runs-dir):
+    the library's refusal named an option the page has not ("--out runs-DATE is inside the input folder")."""
+    runs = ctx.st.runs_dir.resolve()
+    try:
+        runs.relative_to(folder)
+    except ValueError:
+        return
+    where = "is the app's runs folder" if runs == folder else f"holds the app's runs folder {md_code(ctx.public(runs) + '/')}"
+    raise BadInput(f"{md_code(ctx.public(folder))} {where}, and a run's files would become training images: "
+                   "give the folder of your images")
 
 
 def _train_run(folder, size, dim, n_epochs, session, request, progress, ctx: Context):

@@ -116,3 +116,18 @@ def test_names_that_are_markdown_or_html_stay_text_on_the_page(served, digits, t
             assert page.locator("#pwn").count() == 0
         finally:
             browser.close()
+
+
+def test_training_on_the_folder_that_holds_the_runs_folder_says_so_in_the_pages_words(served, digits):  # noqa: F811
+    """`.` (the data root, which holds the default runs folder) was refused with the library's
+    "--out runs-DATE is inside the input folder root; write it somewhere else": an option the page has not."""
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    c = Client(served, verbose=False)
+    before = sorted((digits / "runs").iterdir())
+    for folder in (".", "runs", str(digits)):
+        with pytest.raises(AppError, match="(holds|is) the app's runs folder") as e:
+            c.predict(folder, SIZE, 4, 1, api_name="/train")
+        assert "--out" not in str(e.value) and str(digits) not in str(e.value)
+    assert sorted((digits / "runs").iterdir()) == before  # nothing begun
