@@ -17,6 +17,10 @@ from vaekit_demo.errors import guard_errors
 from vaekit_demo.security import html_text, public_path
 from vaekit_demo.sessions import Session, Sessions
 
+# Trainings the app runs at once, all sessions together (a REST call is a session of its own): each holds
+# its images and model in memory, and 8 at once at 128 px, latent 256, peaked at 4.0 GB (2026-12-05)
+MAX_TRAININGS = 4
+
 
 def data_folder(model: Model | None, data_root: Path) -> str:
     """The folder a run was trained on (the latent-space tab's default), relative to the data
@@ -39,6 +43,8 @@ class Context:
         self.sessions = Sessions(st)
         self._run_dirs: set[Path] = set()  # given to a Train press by this app
         self._run_dirs_lock = threading.Lock()
+        self.max_trainings = MAX_TRAININGS
+        self.trainings = threading.BoundedSemaphore(MAX_TRAININGS)  # a slot per running training's worker
 
     def session(self, request) -> Session:  # the session of a handler's `request: gr.Request`
         return self.sessions.get(request)

@@ -114,6 +114,9 @@ def _wire_train(w: SimpleNamespace, ctx: Context) -> None:
         session = ctx.session(request)
         session.begin_training()  # a second press while one runs is refused, not queued behind it
         try:
+            if not ctx.trainings.acquire(blocking=False):  # released by the worker when it ends
+                raise BadInput(f"the app is running {ctx.max_trainings} training(s) already, the most it runs at once (each "
+                               "holds its images and model in memory): wait for one to end, or use `vaekit train`")
             yield from _train_run(folder, size, dim, n_epochs, session, request, progress, ctx)
         finally:  # also when Gradio closes this generator (the page went away): its run stops too
             session.stop.set()
@@ -153,7 +156,7 @@ def _train_run(folder, size, dim, n_epochs, session, request, progress, ctx: Con
     out = ctx.new_run_dir(folder)
     rows: list[dict] = []
     keep = (gr.skip(),) * len(ctx.model_widgets)
-    for ev in handlers.train_events(folder, out, size, dim, n_epochs, session.stop):
+    for ev in handlers.train_events(folder, out, size, dim, n_epochs, session.stop, slot=ctx.trainings):
         m = ev.metrics
         if ev.phase == "decode":
             progress((ev.done, ev.total), desc="decoding images", unit="images")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import shutil
 import socket
+import time
 
 import pytest
 
@@ -131,3 +132,38 @@ def test_training_on_the_folder_that_holds_the_runs_folder_says_so_in_the_pages_
             c.predict(folder, SIZE, 4, 1, api_name="/train")
         assert "--out" not in str(e.value) and str(digits) not in str(e.value)
     assert sorted((digits / "runs").iterdir()) == before  # nothing begun
+
+
+@pytest.mark.slow
+def test_the_app_runs_a_bounded_number_of_trainings_at_once(run, digits, tmp_path, monkeypatch):  # noqa: F811
+    """Every session could train at once (a REST call is a session of its own): 8 trainings at 128 px
+    held 4 GB. One more than the app's limit is refused with a message, and the slot comes back
+    when a training ends."""
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    from vaekit_demo import context
+
+    monkeypatch.setattr(context, "MAX_TRAININGS", 1, raising=False)
+    app, url = _serve(run, digits, tmp_path / "work")
+    try:
+        a, b = Client(url, verbose=False), Client(url, verbose=False)
+        job = a.submit("train", SIZE, 4, 200, api_name="/train")
+        end = time.monotonic() + DEADLINE
+        while not any("epoch 1/200" in str(o[0]) for o in job.outputs() if isinstance(o, (list, tuple))):
+            assert time.monotonic() < end, "gave up waiting for the first epoch"
+            time.sleep(0.05)
+        with pytest.raises(AppError, match=r"the app is running 1 training\(s\) already"):
+            b.predict("train", SIZE, 4, 1, api_name="/train")
+        a.predict(api_name="/stop")
+        assert "Stopped" in job.result(timeout=DEADLINE)[0]
+        end = time.monotonic() + DEADLINE
+        while True:  # the slot is free once a's worker has ended (just after its Stopped message)
+            try:
+                assert "**Done**" in b.predict("train", SIZE, 4, 1, api_name="/train")[0]
+                break
+            except AppError as e:
+                assert "the most it runs at once" in str(e) and time.monotonic() < end, e
+                time.sleep(0.2)
+    finally:
+        app.close()
