@@ -73,8 +73,10 @@ class Context:
 
     def new_run_dir(self, folder) -> Path:
         """Where a Train press writes: runs_dir/FOLDER-TIMESTAMP, with -2, -3 ... when taken (tabs train
-        side by side: two presses in one second got one folder, and the second "is in use")."""
-        base = f"{Path(folder or 'run').name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        side by side: two presses in one second got one folder, and the second "is in use"). FOLDER is cut
+        to 200 bytes: a folder name near the file system's 255 failed with "File name too long", shown as a bug."""
+        name = Path(folder or "run").name.encode()[:200].decode(errors="ignore")  # whole characters only
+        base = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
         with self._run_dirs_lock:
             out, n = self.st.runs_dir / base, 2
             while out in self._run_dirs or out.exists():

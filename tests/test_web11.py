@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import shutil
+import shutil
 import socket
 import time
 
@@ -167,3 +168,16 @@ def test_the_app_runs_a_bounded_number_of_trainings_at_once(run, digits, tmp_pat
                 time.sleep(0.2)
     finally:
         app.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["n" * 250, "é" * 120])  # 250 and 240 bytes: the file system allows 255
+def test_a_folder_with_a_long_name_trains_into_a_run_named_after_its_start(served, digits, name):  # noqa: F811
+    """The run folder FOLDER-DATE passed 255 bytes: "File name too long", shown as a bug in vaekit."""
+    from gradio_client import Client
+
+    shutil.copytree(digits / "train", digits / name, dirs_exist_ok=True)
+    said = Client(served, verbose=False).predict(name, SIZE, 4, 1, api_name="/train")[0]
+    assert said.startswith("**Done**")
+    made = [p.name for p in (digits / "runs").iterdir() if p.name.startswith(name[:100])]
+    assert len(made) == 1 and len(made[0].encode()) <= 255
