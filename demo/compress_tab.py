@@ -14,6 +14,7 @@ from vaekit.codec import QUALITIES
 from vaekit.images.quality import SSIM_MISSING
 from vaekit_demo import handlers
 from vaekit_demo.context import Context, warn_skipped
+from vaekit_demo.security import html_text, md_code
 
 
 def layout(ctx: Context) -> SimpleNamespace:
@@ -77,7 +78,7 @@ def wire(w: SimpleNamespace, ctx: Context) -> None:
     def decompress(code_file, request: gr.Request = None):
         names, x = handlers.decompress(ctx.session(request).model, code_file)
         if not names:  # a valid file of no images: the gallery stayed empty without a word
-            gr.Warning(f"code file {Path(code_file).name} holds no images: nothing to decode")
+            gr.Warning(html_text(f"code file {Path(code_file).name} holds no images: nothing to decode"))
         return [(handlers.hwc(img), n) for img, n in zip(x, names)]
 
     @ctx.guard
@@ -131,7 +132,7 @@ def _vkc_summary(shown: list, level: int) -> str:
              + ("" if shown[0].ssim is not None else f" ({SSIM_MISSING})")]
     for v in shown[:10]:
         ssim = f", SSIM {v.ssim:.3f}" if v.ssim is not None else ""
-        lines.append(f"- `{v.name}`: .vkc **{v.bytes} bytes** ({v.bits_per_pixel:.2f} bits/px), PSNR "
+        lines.append(f"- {md_code(v.name)}: .vkc **{v.bytes} bytes** ({v.bits_per_pixel:.2f} bits/px), PSNR "
                      f"**{_shown_db(v.psnr)}**{ssim} · WebP quality {v.webp.quality}: {v.webp.bytes} bytes, "
                      f"{_shown_db(v.webp.psnr)} ({_gain(v)})")
     return "\n".join(lines)

@@ -14,8 +14,12 @@ import gradio as gr
 from vaekit.inference.engine import Model
 from vaekit_demo import figures, handlers
 from vaekit_demo.errors import guard_errors
-from vaekit_demo.security import public_path
+from vaekit_demo.security import html_text, public_path
 from vaekit_demo.sessions import Session, Sessions
+
+# Trainings the app runs at once, all sessions together (a REST call is a session of its own): each holds
+# its images and model in memory, and 8 at once at 128 px, latent 256, peaked at 4.0 GB (2026-12-05)
+MAX_TRAININGS = 4
 
 
 def data_folder(model: Model | None, data_root: Path) -> str:
@@ -39,6 +43,8 @@ class Context:
         self.sessions = Sessions(st)
         self._run_dirs: set[Path] = set()  # given to a Train press by this app
         self._run_dirs_lock = threading.Lock()
+        self.max_trainings = MAX_TRAININGS
+        self.trainings = threading.BoundedSemaphore(MAX_TRAININGS)  # a slot per running training's worker
 
     def session(self, request) -> Session:  # the session of a handler's `request: gr.Request`
         return self.sessions.get(request)
@@ -67,8 +73,10 @@ class Context:
 
     def new_run_dir(self, folder) -> Path:
         """Where a Train press writes: runs_dir/FOLDER-TIMESTAMP, with -2, -3 ... when taken (tabs train
-        side by side: two presses in one second got one folder, and the second "is in use")."""
-        base = f"{Path(folder or 'run').name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        side by side: two presses in one second got one folder, and the second "is in use"). FOLDER is cut
+        to 200 bytes: a folder name near the file system's 255 failed with "File name too long", shown as a bug."""
+        name = Path(folder or "run").name.encode()[:200].decode(errors="ignore")  # whole characters only
+        base = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
         with self._run_dirs_lock:
             out, n = self.st.runs_dir / base, 2
             while out in self._run_dirs or out.exists():
@@ -90,4 +98,4 @@ def warn_skipped(skipped) -> None:
     """A toast naming the first few uploads that could not be read (the rest of the request went on)."""
     if skipped:
         shown = "; ".join(f"{p.name}: {r}" for p, r in skipped[:3])
-        gr.Warning(f"skipped {len(skipped)} unreadable file(s): {shown}")
+        gr.Warning(html_text(f"skipped {len(skipped)} unreadable file(s): {shown}"))

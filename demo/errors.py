@@ -1,5 +1,5 @@
 """How the web app reports errors: a user's mistake (vaekit's own errors) as a message in the page,
-without server paths; a missing extra as the pip command; anything else as a bug, its traceback
+without server paths and as text (the toast renders HTML); a missing extra as the pip command; anything else as a bug, its traceback
 in the server's log and a request to report it in the page."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import gradio as gr
 
 from vaekit.errors import VaekitError, missing_extra
-from vaekit_demo.security import public_message
+from vaekit_demo.security import html_text, public_message
 
 # Mistakes a user can make (bad file, missing folder, wrong model): shown as a message. The two
 # built-in types stay until every module raises vaekit's own (vaekit/errors.py) for them.
@@ -32,7 +32,7 @@ def guard_errors(fn, roots: tuple[Path, ...] = ()):
         elif not isinstance(e, USER_ERRORS):
             traceback.print_exception(e)
             return gr.Error(BUG, print_exception=False)
-        return gr.Error(public_message(str(e) or type(e).__name__, list(roots)), print_exception=False)
+        return gr.Error(html_text(public_message(str(e) or type(e).__name__, list(roots))), print_exception=False)
 
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)

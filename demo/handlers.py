@@ -49,7 +49,7 @@ def need(model: Model | None) -> Model:
 def describe(model: Model | None, roots: Sequence[Path] = ()) -> str:
     """One line of Markdown naming the model and what it expects; its path relative to the first
     of `roots` it lies in, else its last part (the page shows no server folders)."""
-    from vaekit_demo.security import public_path
+    from vaekit_demo.security import md_code, public_path
 
     if model is None:
         return "**No model open.** Train one on the *Train* tab, or open a run directory or `.onnx` file."
@@ -57,7 +57,7 @@ def describe(model: Model | None, roots: Sequence[Path] = ()) -> str:
     kind = "gray" if i.channels == 1 else "RGB"
     thr = f"{i.threshold:.2f} {score_unit(i.score)}" if i.threshold is not None else "none stored"
     read = f" (images read at {i.read_size} px, in tiles)" if i.read_size > i.image_size else ""
-    return (f"**Model** `{public_path(i.source, list(roots))}` · {i.engine} engine · {i.image_size}×{i.image_size}{read} "
+    return (f"**Model** {md_code(public_path(i.source, list(roots)))} · {i.engine} engine · {i.image_size}×{i.image_size}{read} "
             f"{kind} · latent {i.latent_dim} · {i.likelihood} · anomaly threshold {thr}")
 
 
@@ -297,6 +297,7 @@ def train_events(
     latent_dim: int,
     epochs: int,
     stop: threading.Event,
+    slot: threading.Semaphore | None = None,
 ) -> Iterator[TrainEvent]:
     """Run `vaekit.training.job.train` in a worker thread and yield its progress as it comes.
 
@@ -304,7 +305,28 @@ def train_events(
     (`should_stop`; while images are still being decoded, the next progress report stops it):
     the run directory keeps its last epoch's checkpoint, so `vaekit train --resume` continues it.
     The last event is "done" (with the TrainResult) or "stopped"; errors are re-raised here.
+    `slot`, acquired by the caller, is released when the worker ends (or at once when it never starts).
     """
+    try:
+        worker = _train_worker(folder, out_dir, image_size, latent_dim, epochs, stop, slot)
+        worker.start()
+    except BaseException:
+        if slot is not None:
+            slot.release()
+        raise
+    events = worker.events
+    while True:
+        ev = events.get()
+        if isinstance(ev, BaseException):
+            raise ev
+        yield ev
+        if ev.phase in ("done", "stopped"):
+            return
+
+
+def _train_worker(folder, out_dir, image_size, latent_dim, epochs, stop: threading.Event,
+                  slot: threading.Semaphore | None) -> threading.Thread:
+    """The thread that trains (not started), its events in `.events`; the inputs checked first."""
     from vaekit.config import ModelConfig, TrainConfig
 
     if not folder:
@@ -332,14 +354,12 @@ def train_events(
             events.put(TrainEvent("stopped") if result.stopped else TrainEvent("done", result=result))
         except TrainingStopped:
             events.put(TrainEvent("stopped"))
-        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread below
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
             events.put(e)
+        finally:
+            if slot is not None:
+                slot.release()
 
-    threading.Thread(target=work, name="vaekit-demo-train", daemon=True).start()
-    while True:
-        ev = events.get()
-        if isinstance(ev, BaseException):
-            raise ev
-        yield ev
-        if ev.phase in ("done", "stopped"):
-            return
+    worker = threading.Thread(target=work, name="vaekit-demo-train", daemon=True)
+    worker.events = events
+    return worker

@@ -9,7 +9,8 @@ site (403), without any CORS header.
 
 Folders typed into the page (Train, Latent space, Open) are resolved inside one data root
 (`confine`), and switched off when the app listens beyond this machine unless allowed.
-Error messages shown in the page lose server paths (`public_message`).
+Error messages shown in the page lose server paths (`public_message`). A name the page shows
+(a folder, a run, an upload) is text, never Markdown or HTML (`md_code`, `html_text`).
 """
 
 from __future__ import annotations
@@ -78,10 +79,22 @@ def is_loopback(host: str) -> bool:
 
 
 def _hostname(value: str) -> str:
-    """The host name of a Host header ("a.b:80", "[::1]:80") or of an Origin URL, lowercased."""
+    """The host name of a Host header ("a.b:80", "[::1]:80") or of an Origin URL, lowercased ("" for
+    one with a user part: "evil.example@127.0.0.1" named 127.0.0.1)."""
+    if "@" in value:
+        return ""
     if "://" in value:
         return (urlsplit(value).hostname or "").lower()
     return (urlsplit(f"//{value}").hostname or "").lower()
+
+
+def _port(value: str, default: int = 80) -> int | None:
+    """The port of a Host header or an Origin URL (its scheme's when it names none); None if malformed."""
+    try:
+        parts = urlsplit(value if "://" in value else f"//{value}")
+        return parts.port or {"http": 80, "https": 443}.get(parts.scheme, default)
+    except ValueError:
+        return None
 
 
 class HostGuard:
@@ -112,7 +125,10 @@ class HostGuard:
         if not self.allowed(_hostname(headers.get(b"host", ""))):
             return await _refuse(scope, receive, send, 400, "unknown Host: this app answers only on its own address")
         origin = headers.get(b"origin")
-        if origin is not None and not self.allowed(_hostname(origin)):
+        # the same origin as the Host the browser asked for: a page another program serves on this
+        # machine (another port, or https) is another site, and got Gradio's CORS grant for localhost
+        if origin is not None and not (self.allowed(_hostname(origin)) and origin.lower().startswith("http://")
+                                       and _port(origin) == _port(headers.get(b"host", ""))):
             return await _refuse(scope, receive, send, 403, "cross-site request refused")
         await self.app(scope, receive, send)
 
@@ -202,3 +218,18 @@ def public_message(text: str, roots: list[Path]) -> str:
     for root in sorted((str(r.resolve()) for r in roots), key=len, reverse=True):
         text = text.replace(root.rstrip("/") + "/", "")
     return _ABSOLUTE.sub(lambda m: m.group(1) or "/", text)
+
+
+def md_code(text) -> str:
+    """`text` as a Markdown code span the page shows as it is: fenced by one more backtick than its
+    longest run of them (one backtick in a folder name closed the span, and the rest rendered as a
+    link or an image), line breaks shown as "\\uFFFD" (a new line ended the paragraph)."""
+    text = re.sub(r"[\r\n]", "\uFFFD", str(text))
+    fence = "`" * (max(map(len, re.findall("`+", text)), default=0) + 1)
+    pad = " " if "`" in text or text[:1] == " " or text[-1:] == " " else ""  # one space each side is dropped
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def html_text(text: str) -> str:
+    """A message for a toast (gr.Error, gr.Warning), which the page renders as HTML: shown as text."""
+    return text.replace("&", "&amp;").replace("<", "&lt;")

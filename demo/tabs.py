@@ -8,6 +8,7 @@ updates the Anomaly tab's threshold and the Latent tab's folder). `TABS` lists t
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,7 +20,7 @@ from vaekit.inference.engine import score_unit
 from vaekit.errors import BadInput
 from vaekit_demo import compress_tab, figures, handlers
 from vaekit_demo.context import Context, data_folder, warn_skipped
-from vaekit_demo.security import confine
+from vaekit_demo.security import confine, md_code
 
 
 def header(ctx: Context) -> SimpleNamespace:
@@ -69,21 +70,26 @@ def _train_tab(ctx: Context) -> SimpleNamespace:
 def _train_message(ev, rows: list[dict], n_epochs, out: Path, folder, ctx: Context) -> str | None:
     """What the Train tab says after event `ev` (None: nothing new to show)."""
     m, public = ev.metrics, ctx.public
+
+    def run(path) -> str:  # a path as Markdown code, shown as it is whatever its name holds
+        return md_code(public(path))
+
     if ev.phase == "plan":  # every "auto" decided, before the first step
         from vaekit.training.loop import plan_text
 
-        return f"Training `{public(out)}`: {plan_text(m)}"
+        return f"Training {run(out)}: {plan_text(m)}"
     if ev.phase == "epoch":
-        return f"Training `{public(out)}`: epoch {m['epoch']}/{n_epochs}, validation loss {m['val_loss']:.2f} nats/image"
+        return f"Training {run(out)}: epoch {m['epoch']}/{n_epochs}, validation loss {m['val_loss']:.2f} nats/image"
     if ev.phase == "stopped" and not rows:  # no checkpoint yet: --resume says "nothing to resume"
-        return f"**Stopped** before the first epoch ended: `{public(out)}` holds no checkpoint; press Train to start again."
+        return f"**Stopped** before the first epoch ended: {run(out)} holds no checkpoint; press Train to start again."
     if ev.phase == "stopped":
-        return (f"**Stopped** after {len(rows) // 2} epoch(s). `{public(out)}` keeps its last checkpoint: "
-                f"continue it with `vaekit train {public(folder)} --out {public(out)} --resume` "
+        resume = f"vaekit train {shlex.quote(public(folder))} --out {shlex.quote(public(out))} --resume"
+        return (f"**Stopped** after {len(rows) // 2} epoch(s). {run(out)} keeps its last checkpoint: "
+                f"continue it with {md_code(resume)} "
                 f"({_relative_to(out, ctx)}).")
     if ev.phase == "done":
         r = ev.result
-        return (f"**Done**: `{public(r.run_dir)}`, {r.epochs_done} epochs, trained in {r.seconds:.1f} s, best validation "
+        return (f"**Done**: {run(r.run_dir)}, {r.epochs_done} epochs, trained in {r.seconds:.1f} s, best validation "
                 f"loss {r.best_val:.2f} nats/image (epoch {r.best_epoch}); it is now this page's model.")
     return None
 
@@ -104,9 +110,13 @@ def _wire_train(w: SimpleNamespace, ctx: Context) -> None:
     @ctx.guard
     def train(folder, size, dim, n_epochs, request: gr.Request = None, progress=gr.Progress()):
         folder = confine(folder, [st.data_root], st.server_folders)
+        _refuse_a_folder_holding_the_runs(folder, ctx)
         session = ctx.session(request)
         session.begin_training()  # a second press while one runs is refused, not queued behind it
         try:
+            if not ctx.trainings.acquire(blocking=False):  # released by the worker when it ends
+                raise BadInput(f"the app is running {ctx.max_trainings} training(s) already, the most it runs at once (each "
+                               "holds its images and model in memory): wait for one to end, or use `vaekit train`")
             yield from _train_run(folder, size, dim, n_epochs, session, request, progress, ctx)
         finally:  # also when Gradio closes this generator (the page went away): its run stops too
             session.stop.set()
@@ -128,12 +138,25 @@ def _wire_train(w: SimpleNamespace, ctx: Context) -> None:
     w.stop_btn.click(stop, None, w.train_status, api_name="stop", queue=False)
 
 
+def _refuse_a_folder_holding_the_runs(folder: Path, ctx: Context) -> None:
+    """BadInput when the runs folder lies inside `folder` (the data root itself, with the default --runs-dir):
+    the library's refusal named an option the page has not ("--out runs-DATE is inside the input folder")."""
+    runs = ctx.st.runs_dir.resolve()
+    try:
+        runs.relative_to(folder)
+    except ValueError:
+        return
+    where = "is the app's runs folder" if runs == folder else f"holds the app's runs folder {md_code(ctx.public(runs) + '/')}"
+    raise BadInput(f"{md_code(ctx.public(folder))} {where}, and a run's files would become training images: "
+                   "give the folder of your images")
+
+
 def _train_run(folder, size, dim, n_epochs, session, request, progress, ctx: Context):
     """The Train button's updates for one run in `session` (stopped by its Stop button only)."""
     out = ctx.new_run_dir(folder)
     rows: list[dict] = []
     keep = (gr.skip(),) * len(ctx.model_widgets)
-    for ev in handlers.train_events(folder, out, size, dim, n_epochs, session.stop):
+    for ev in handlers.train_events(folder, out, size, dim, n_epochs, session.stop, slot=ctx.trainings):
         m = ev.metrics
         if ev.phase == "decode":
             progress((ev.done, ev.total), desc="decoding images", unit="images")
@@ -185,7 +208,7 @@ def _wire_anomaly(w: SimpleNamespace, ctx: Context) -> None:
         n_bad = int(r.anomalous.sum())
         unit = score_unit(model.info.score)
         lines = [f"**{n_bad} of {len(r.names)} anomalous** at threshold {r.threshold:.2f} {unit}"]
-        lines += [f"- `{n}`: score **{s:.2f}** {unit} → {'**anomalous**' if a else 'normal'}"
+        lines += [f"- {md_code(n)}: score **{s:.2f}** {unit} → {'**anomalous**' if a else 'normal'}"
                   for n, s, a in list(zip(r.names, r.scores, r.anomalous))[:10]]
         gallery = [(handlers.hwc(o), f"{n}: {s:.1f}") for o, n, s in zip(r.overlays, r.names, r.scores)]
         return "\n".join(lines), figures.model_histogram(model, r.threshold, r), gallery, r.table(), csv
