@@ -401,3 +401,25 @@ def test_interpolate_ends_at_the_reconstructions(model, src, names):
         codes.interpolate(model, a, src / "broken.png")
     with pytest.raises(ValueError, match="at least 2 steps"):
         codes.interpolate(model, a, b, n=1)
+
+
+@pytest.mark.parametrize("precision", ["q8", "f32"])
+def test_write_streamed_keeps_memory_bounded_by_a_chunk(tmp_path, precision):
+    # the finite-latents check of validate() dequantised the header probe of all n codes at once
+    # (2 x n x D float32: 1 GB at a million 128-dimensional codes), for a writer meant to hold one chunk
+    import tracemalloc
+
+    from vaekit.codes.writer import write_streamed
+
+    n, d, step = 100_000, 256, 5_000
+    rng = np.random.default_rng(0)
+    block = rng.normal(size=(step, d)).astype(np.float32)
+    tracemalloc.start()
+    try:
+        with open(tmp_path / "c.codes", "wb") as f:
+            write_streamed(f, lambda: (block for _ in range(n // step)), [f"{i}.png" for i in range(n)],
+                           np.full((n, 2), 28, np.int32), precision, "0" * 16, 28, 1, d)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < n * d * 2, f"peak {peak / 1e6:.0f} MB for {n * d * 4 / 1e6:.0f} MB of float32 codes"

@@ -75,3 +75,27 @@ def test_an_output_whose_journal_name_would_be_too_long_is_refused_before_any_wo
     assert one_line_refusal(r), r.output
     assert "would be a name of 258 bytes, more than the 255" in r.output, r.output
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_share_whose_journal_name_would_be_too_long_is_refused_by_every_share(parts, tmp_path):
+    # with 12 shares, share 1's journal (NAME.shard-1-of-12.partial) fits in 255 bytes and share 10's
+    # does not: share 1 said "cannot read ...: File name too long; ... run them as one user"
+    out = tmp_path / ("n" * 229 + ".csv")
+    for share in ("1/12", "10/12"):
+        r = invoke("anomaly-score", parts / "run", parts / "test" / "normal", "-o", out, "--shard", share)
+        assert one_line_refusal(r), r.output
+        assert "would be a name of 256 bytes, more than the 255" in r.output, r.output
+        assert "run them as one user" not in r.output, r.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_path_that_cannot_be_resolved_for_another_reason_is_not_called_a_loop(tmp_path, monkeypatch):
+    # Path.resolve's only OSError in non-strict mode but a loop's: the working folder removed
+    from vaekit.errors import BadInput
+    from vaekit.fileio import resolved
+
+    monkeypatch.chdir(tmp_path)
+    tmp_path.rmdir()
+    with pytest.raises(BadInput) as e:
+        resolved("out.csv")
+    assert "loop" not in str(e.value) and "No such file or directory" in str(e.value), e.value

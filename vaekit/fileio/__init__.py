@@ -308,8 +308,9 @@ def resolved(path) -> Path:
     Python 3.12, OSError in strict mode) is BadInput naming the path, not a traceback."""
     try:
         return Path(path).resolve()
-    except (RuntimeError, OSError) as e:
-        raise BadInput(f"{path} cannot be followed: a symbolic link loop on the way ({e})") from None
+    except (RuntimeError, OSError) as e:  # an OSError but ELOOP: the working folder removed (getcwd)
+        loop = isinstance(e, RuntimeError) or e.errno == errno.ELOOP
+        raise BadInput(f"{path} cannot be followed: {'a symbolic link loop on the way (' if loop else '('}{e})") from None
 
 
 def refuse_under_file(path: Path, what: str = "output") -> None:

@@ -58,6 +58,16 @@ def partial_path(out: Path) -> Path:
     return Path(out).with_name(Path(out).name + PARTIAL_SUFFIX)
 
 
+def check_journal_name(out: Path) -> None:
+    """BadInput when the journal beside `out` (OUT.partial) would pass MAX_NAME_BYTES: the OS said
+    only "File name too long" of a name that fits (of another share's journal: "run them as one user")."""
+    name = partial_path(out).name
+    if len(os.fsencode(name)) > MAX_NAME_BYTES:
+        raise BadInput(f"output {str(out)[:60]!r}...: its journal beside it, {name[:20]}...{PARTIAL_SUFFIX}, would be a "
+                       f"name of {len(os.fsencode(name))} bytes, more than the {MAX_NAME_BYTES} a file system holds; "
+                       "give a shorter name")
+
+
 _HEAD = b'{"vaekit_journal": '  # how every journal vaekit writes begins (dumps_json of its header)
 
 
@@ -91,10 +101,7 @@ class Journal:
                  row_check: RowCheck | None = None):
         self.out = Path(out)
         self.path = partial_path(self.out)
-        if len(os.fsencode(self.path.name)) > MAX_NAME_BYTES:  # the OS said "File name too long" of a name that fits
-            raise BadInput(f"output {str(self.out)[:60]!r}...: its journal beside it, {self.path.name[:20]}...{PARTIAL_SUFFIX}, "
-                           f"would be a name of {len(os.fsencode(self.path.name))} bytes, more than the {MAX_NAME_BYTES} a "
-                           "file system holds; give a shorter name")
+        check_journal_name(self.out)
         # the files whose rows this journal holds (its share's), as this machine sees them
         pinned = {} if layout is None else {"sources": sources(layout.paths[i] for b in layout.mine()
                                                                for i in layout.positions(b))}

@@ -25,7 +25,7 @@ from vaekit.stream.batches import Layout, RowCheck, changed, check_entry
 from vaekit.errors import BadInput, DamagedFile, InUse, VaekitError, cannot_write
 from vaekit.fileio import held_elsewhere, try_lock
 from vaekit.stream.files import LineTooLong, lines_reopened, open_regular, read_lines
-from vaekit.stream.journals import journal_header, parse, partial_path
+from vaekit.stream.journals import check_journal_name, journal_header, parse, partial_path
 
 MERGING = ".merging"
 _LOCK_TEXT = b"vaekit shard merge lock\n"  # what makes OUT.merging vaekit's own
@@ -93,7 +93,9 @@ class Shares:
 
     def check_headers(self) -> None:
         """Refuse now, before any work, when another share's journal was started by another job
-        (this share's own journal is checked when it is opened)."""
+        (this share's own journal is checked when it is opened), or when a share's journal name is too long."""
+        for j in range(self.count):  # each share's: not "cannot read" another's, blamed on its user or umask
+            check_journal_name(share_out(self.out, j, self.count))
         for j in range(self.count):
             if j == self.layout.index:
                 continue
