@@ -18,7 +18,7 @@ import pandas as pd
 import vaekit
 from vaekit.inference.engine import score_unit
 from vaekit.errors import BadInput
-from vaekit_demo import compress_tab, figures, handlers
+from vaekit_demo import compress_tab, figures, handlers, training
 from vaekit_demo.context import Context, data_folder, warn_skipped
 from vaekit_demo.security import confine, md_code
 
@@ -156,7 +156,7 @@ def _train_run(folder, size, dim, n_epochs, session, request, progress, ctx: Con
     out = ctx.new_run_dir(folder)
     rows: list[dict] = []
     keep = (gr.skip(),) * len(ctx.model_widgets)
-    for ev in handlers.train_events(folder, out, size, dim, n_epochs, session.stop, slot=ctx.trainings):
+    for ev in training.train_events(folder, out, size, dim, n_epochs, session.stop, slot=ctx.trainings):
         m = ev.metrics
         if ev.phase == "decode":
             progress((ev.done, ev.total), desc="decoding images", unit="images")

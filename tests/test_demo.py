@@ -19,7 +19,7 @@ from vaekit.images import quality
 from vaekit import images as imageio
 from vaekit.config import ModelConfig, TrainConfig
 from vaekit.sample_data import write_digits
-from vaekit_demo import handlers
+from vaekit_demo import handlers, training
 
 SIZE = 16
 
@@ -216,7 +216,7 @@ def test_latent_map_projects_codes_and_picks_by_range(model, data):
 
 @pytest.mark.slow
 def test_train_events_stream_epochs_then_the_result(data, tmp_path):
-    events = list(handlers.train_events(data / "train", tmp_path / "run", SIZE, 3, 2, threading.Event()))
+    events = list(training.train_events(data / "train", tmp_path / "run", SIZE, 3, 2, threading.Event()))
     assert [e.metrics["epoch"] for e in events if e.phase == "epoch"] == [1, 2]
     assert {e.phase for e in events[:-1]} <= {"decode", "plan", "train", "epoch", "crossfit"} and events[-1].phase == "done"
     plans = [e for e in events if e.phase == "plan"]  # once, before the first step, every "auto" decided
@@ -230,7 +230,7 @@ def test_train_events_stream_epochs_then_the_result(data, tmp_path):
 def test_stop_ends_training_and_keeps_the_checkpoint(data, tmp_path):
     stop = threading.Event()
     phases = []
-    for ev in handlers.train_events(data / "train", tmp_path / "run", SIZE, 3, 50, stop):
+    for ev in training.train_events(data / "train", tmp_path / "run", SIZE, 3, 50, stop):
         phases.append(ev.phase)
         if ev.phase == "epoch":
             stop.set()  # what the Stop button does
@@ -243,7 +243,7 @@ def test_stop_ends_training_and_keeps_the_checkpoint(data, tmp_path):
 
 def test_train_with_a_missing_folder_says_so(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such folder"):
-        next(handlers.train_events(tmp_path / "nope", tmp_path / "run", SIZE, 3, 1, threading.Event()))
+        next(training.train_events(tmp_path / "nope", tmp_path / "run", SIZE, 3, 1, threading.Event()))
 
 
 @pytest.mark.slow

@@ -208,10 +208,10 @@ def test_demo_handlers_skip_bad_uploads_and_keep_good_results(corpus, clean, run
 
 
 def test_demo_training_on_the_corpus_finishes(corpus, work):
-    from demo import handlers
+    from demo import training
 
     with hostile.unprivileged():
-        events = list(handlers.train_events(corpus.root, work / "demo-run", 16, 2, 1, threading.Event()))
+        events = list(training.train_events(corpus.root, work / "demo-run", 16, 2, 1, threading.Event()))
     assert events[-1].phase == "done"
     cfg = json.loads((work / "demo-run" / "config.json").read_text())
     skipped = dict(cfg["data"]["skipped"])

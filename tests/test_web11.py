@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import http.client
 import shutil
-import shutil
-import socket
 import time
 
 import pytest
 
+from test_web7 import serve_demo
+from test_web_safety import raw
 from test_webcli6 import SIZE, digits, run  # noqa: F401 - the tiny run inside the data root, as fixtures
 
 DEADLINE = 120.0  # seconds a test waits for the served app to get somewhere before it fails
@@ -19,36 +19,16 @@ DEADLINE = 120.0  # seconds a test waits for the served app to get somewhere bef
 HOSTILE = "x`[ln](http:\\\\evil.example)<img src=x id=pwn>`y"
 
 
-def _serve(run, digits, workdir):  # noqa: F811 - fixtures by value
-    from vaekit_demo.app import build_app, launch
-
-    app = build_app(run, runs_dir=digits / "runs", data_root=digits, workdir=workdir)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    _, url, _ = launch(app, port=port, prevent_thread_lock=True, quiet=True)
-    return app, url
-
-
 @pytest.fixture()
 def served(run, digits, tmp_path):  # noqa: F811
-    app, url = _serve(run, digits, tmp_path / "work")
+    app, url = serve_demo(run, digits, tmp_path / "work")
     yield url
     app.close()
 
 
 def _raw(url: str, headers: list[tuple[str, str]]) -> http.client.HTTPResponse:
-    """GET the API description with exactly these headers (http.client would add its own Host)."""
-    port = int(url.rstrip("/").rsplit(":", 1)[1])
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    conn.putrequest("GET", "/gradio_api/info", skip_host=True, skip_accept_encoding=True)
-    for k, v in headers:
-        conn.putheader(k, v)
-    conn.endheaders()
-    r = conn.getresponse()
-    r.read()
-    conn.close()
-    return r
+    """GET the API description with exactly these headers."""
+    return raw(url, "GET", "/gradio_api/info", dict(headers))
 
 
 def test_a_page_on_another_port_of_this_machine_is_another_site(served):
@@ -146,7 +126,7 @@ def test_the_app_runs_a_bounded_number_of_trainings_at_once(run, digits, tmp_pat
     from vaekit_demo import context
 
     monkeypatch.setattr(context, "MAX_TRAININGS", 1, raising=False)
-    app, url = _serve(run, digits, tmp_path / "work")
+    app, url = serve_demo(run, digits, tmp_path / "work")
     try:
         a, b = Client(url, verbose=False), Client(url, verbose=False)
         job = a.submit("train", SIZE, 4, 200, api_name="/train")

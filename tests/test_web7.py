@@ -127,7 +127,7 @@ def test_a_second_training_in_one_session_is_refused_and_a_stale_stop_is_not_kep
 
 # --- the served app, several clients at once ------------------------------------------------------
 
-def _serve(run, digits, workdir):  # noqa: F811 - fixtures by value
+def serve_demo(run, digits, workdir):  # noqa: F811 - fixtures by value
     from vaekit_demo.app import build_app, launch
 
     app = build_app(run, runs_dir=digits / "runs", data_root=digits, workdir=workdir)
@@ -140,7 +140,7 @@ def _serve(run, digits, workdir):  # noqa: F811 - fixtures by value
 
 @pytest.fixture()
 def served(run, digits, tmp_path):  # noqa: F811
-    app, url = _serve(run, digits, tmp_path / "work")
+    app, url = serve_demo(run, digits, tmp_path / "work")
     yield url, tmp_path / "work"
     app.close()
 

@@ -197,10 +197,10 @@ def test_a_code_file_that_is_a_folder_is_a_message(run, tmp_path):
 def test_train_tab_numbers_that_are_not_whole_are_bad_input_and_train_nothing(size, dim, epochs, digits, tmp_path):
     import threading
 
-    from vaekit_demo import handlers
+    from vaekit_demo import training
 
     with pytest.raises(BadInput, match="must be a whole number"):  # int(nan): ValueError, "a bug in vaekit"
-        next(handlers.train_events(digits / "train", tmp_path / "run", size, dim, epochs, threading.Event()))
+        next(training.train_events(digits / "train", tmp_path / "run", size, dim, epochs, threading.Event()))
     assert not (tmp_path / "run").exists()  # 16.5 was trained as 16
 
 

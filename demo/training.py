@@ -1,0 +1,103 @@
+"""The Train tab's work: `vaekit.training.job.train` in a worker thread, its progress as events.
+
+Like vaekit_demo.handlers, nothing here imports gradio, so tests call it directly.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from vaekit.errors import BadInput, NotFound
+from vaekit_demo.inputs import whole
+
+
+class TrainingStopped(Exception):
+    """Raised inside the training loop (through its progress callback) when Stop is pressed."""
+
+
+@dataclass
+class TrainEvent:
+    phase: str  # "decode", "plan", "train", "epoch" (as vaekit.training.job reports), then "done" or "stopped"
+    done: int = 0
+    total: int = 0
+    metrics: dict = field(default_factory=dict)
+    result: object = None  # "done": the TrainResult
+
+
+def train_events(
+    folder: str | Path,
+    out_dir: str | Path,
+    image_size: int,
+    latent_dim: int,
+    epochs: int,
+    stop: threading.Event,
+    slot: threading.Semaphore | None = None,
+) -> Iterator[TrainEvent]:
+    """Run `vaekit.training.job.train` in a worker thread and yield its progress as it comes.
+
+    Setting `stop` ends training after the current step (a `stop` already set stops it at once) through the library's stop hook
+    (`should_stop`; while images are still being decoded, the next progress report stops it):
+    the run directory keeps its last epoch's checkpoint, so `vaekit train --resume` continues it.
+    The last event is "done" (with the TrainResult) or "stopped"; errors are re-raised here.
+    `slot`, acquired by the caller, is released when the worker ends (or at once when it never starts).
+    """
+    try:
+        worker = _train_worker(folder, out_dir, image_size, latent_dim, epochs, stop, slot)
+        worker.start()
+    except BaseException:
+        if slot is not None:
+            slot.release()
+        raise
+    events = worker.events
+    while True:
+        ev = events.get()
+        if isinstance(ev, BaseException):
+            raise ev
+        yield ev
+        if ev.phase in ("done", "stopped"):
+            return
+
+
+def _train_worker(folder, out_dir, image_size, latent_dim, epochs, stop: threading.Event,
+                  slot: threading.Semaphore | None) -> threading.Thread:
+    """The thread that trains (not started), its events in `.events`; the inputs checked first."""
+    from vaekit.config import ModelConfig, TrainConfig
+
+    if not folder:
+        raise BadInput("no folder given: type the path of a folder of images on this machine")
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise NotFound(f"no such folder: {folder}")
+    # int(nan), from a request made by hand, raised ValueError: shown as a bug in vaekit
+    model_cfg = ModelConfig(image_size=whole(image_size, "the image size"),
+                            latent_dim=whole(latent_dim, "the latent dimensions"))
+    train_cfg = TrainConfig(epochs=whole(epochs, "the number of epochs"))
+    events: queue.Queue = queue.Queue()
+
+    def report(done: int, total: int, phase: str = "", **metrics) -> None:
+        if stop.is_set() and phase == "decode":  # before the loop, which asks should_stop itself
+            raise TrainingStopped
+        events.put(TrainEvent(phase, done, total, metrics))
+
+    def work() -> None:
+        from vaekit.training.job import train
+
+        try:
+            result, _ = train(folder, out_dir, model_cfg, train_cfg, channels="auto", progress=report,
+                              should_stop=stop.is_set)
+            events.put(TrainEvent("stopped") if result.stopped else TrainEvent("done", result=result))
+        except TrainingStopped:
+            events.put(TrainEvent("stopped"))
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+            events.put(e)
+        finally:
+            if slot is not None:
+                slot.release()
+
+    worker = threading.Thread(target=work, name="vaekit-demo-train", daemon=True)
+    worker.events = events
+    return worker
