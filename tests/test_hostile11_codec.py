@@ -147,6 +147,7 @@ def test_an_export_named_so_that_a_part_would_be_too_long_is_refused_in_one_line
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow  # a whole export: left out by `dev.py test --fast`, as tests/test_export.py is
 def test_an_export_named_near_the_length_limit_is_written(tmp_path):
     # a 230-byte name fits, and so do its parts (238 bytes), but its staging folder
     # (.NAME.vaekit-export-PID-TOKEN.tmp) did not: "cannot write ...: File name too long" after the trace

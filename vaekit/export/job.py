@@ -47,6 +47,7 @@ def _check_out(out: Path, run_dir: Path, overwrite: bool = False) -> Path:
     # run's, and its staging folder (.model.safetensors.onnx.vaekit-export-*.tmp) could match the run's own
     # temporary-file names, which training deletes as strays of its writes
     refuse_model_files(out, Path(run_dir), "output")
+    refuse_under_file(out)  # a file, a link loop or a read-only folder on its way: said before the trace
     for p in part_paths(out).values():  # the parts' names are longer than the one given (is_dir raised ENAMETOOLONG)
         if len(os.fsencode(p.name)) > MAX_NAME_BYTES:
             raise BadInput(f"output name {out.name[:40]!r}... is too long: its part {p.name[-16:]!r} would be named in "
