@@ -403,6 +403,7 @@ def test_interpolate_ends_at_the_reconstructions(model, src, names):
         codes.interpolate(model, a, b, n=1)
 
 
+@pytest.mark.slow  # 100 MB of codes under tracemalloc: left out by `dev.py test --fast`
 @pytest.mark.parametrize("precision", ["q8", "f32"])
 def test_write_streamed_keeps_memory_bounded_by_a_chunk(tmp_path, precision):
     # the finite-latents check of validate() dequantised the header probe of all n codes at once
