@@ -108,3 +108,22 @@ def test_a_job_naming_many_inputs_reads_its_own_long_header_back(setup, tmp_path
     r = CliRunner().invoke(app, list(map(str, args)), env={"COLUMNS": "300"})
     assert r.exit_code == 0 and out.exists(), r.output
     assert len(out.read_text().splitlines()) == 17  # a header and the 16 images, each once
+
+
+def test_an_encode_of_a_wide_latent_reads_back_its_own_journal(tmp_path, monkeypatch):
+    # encode's rows hold each file's latent means in base64 (a 512 px grid model's: 0.7 MB a file,
+    # over the 256 KiB a file the bound first allowed): the job refused its own journal as damaged
+    # when it read it back to write the code file. Here the bound's parts are made small instead of
+    # the latent huge; the means of a 512-dimensional latent still pass them only by row_bytes.
+    from export_support import random_run
+
+    monkeypatch.setattr(journal_lines, "MAX_HEADER_BYTES", 0)
+    monkeypatch.setattr(journal_lines, "MAX_FILE_BYTES", 1024)
+    _, data = random_job(tmp_path / "job", 8)
+    run = random_run(tmp_path / "wide", image_size=16, channels=1, latent_dim=512, base_channels=4)
+    args = ["--threads", "1", "encode", run, data, "-o", tmp_path / "c.codes", "--batch-size", "4"]
+    r = CliRunner().invoke(app, list(map(str, args)), env={"COLUMNS": "300"})
+    assert r.exit_code == 0, r.output
+    from vaekit import codes
+
+    assert codes.load(tmp_path / "c.codes").latents().shape == (8, 512)

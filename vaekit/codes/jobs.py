@@ -157,9 +157,10 @@ def encode_folder(
     settings = {"job": "encode", **model_settings(model), "batch_size": batch_size,
                 "files": len(found.paths), "file_list": digest(layout.paths), "inputs": [str(r) for r in found.roots],
                 "shard": [index, count]}
-    shares = Shares(out, settings, layout, _row_check(found.names, info.latent_dim))
+    mu_bytes = 4 * -(-4 * info.latent_dim // 3)  # a row's means in base64 (a 512 px grid model's: 0.7 MB)
+    shares = Shares(out, settings, layout, _row_check(found.names, info.latent_dim), row_bytes=mu_bytes)
     shares.check_headers()
-    journal = open_journal(share_out(out, index, count), settings, resume, layout, shares.row_check)
+    journal = open_journal(share_out(out, index, count), settings, resume, layout, shares.row_check, mu_bytes)
     try:
         resumed = len(journal.done)
         _encode_batches(model, found, journal, layout, workers, progress)

@@ -98,7 +98,7 @@ class Journal:
     (vaekit.stream.batches); without them only the shape of each line is checked."""
 
     def __init__(self, out: Path, settings: dict, resume: bool, layout: Layout | None = None,
-                 row_check: RowCheck | None = None):
+                 row_check: RowCheck | None = None, row_bytes: int = 0):
         self.out = Path(out)
         self.path = partial_path(self.out)
         check_journal_name(self.out)
@@ -107,7 +107,7 @@ class Journal:
                                                                for i in layout.positions(b))}
         self.settings = json.loads(dumps_json({**journal_header(settings), **pinned}, indent=None))
         self.layout, self.row_check = layout, row_check
-        self.limit = journal_lines.line_limit(None if layout is None else layout.batch_size, self.settings)
+        self.limit = journal_lines.line_limit(None if layout is None else layout.batch_size, self.settings, row_bytes)
         self.done: set[int] = set()
         self._part: tuple[int, list, list] | None = None  # a batch whose parts are not all in yet
         self._wrote = False  # a batch's own files (heat maps, PNGs) were begun: kept for --resume (`abandon`)
@@ -314,13 +314,13 @@ class Journal:
 
 
 def open_journal(out: Path, settings: dict, resume: bool, layout: Layout | None = None,
-                 row_check: RowCheck | None = None) -> Journal:
+                 row_check: RowCheck | None = None, row_bytes: int = 0) -> Journal:
     """A Journal for `out` (OUT.partial), its folder created; a write that fails (a full disk)
     names `out`."""
     out = Path(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        return Journal(out, settings, resume, layout, row_check)
+        return Journal(out, settings, resume, layout, row_check, row_bytes)
     except VaekitError:
         raise
     except OSError as e:

@@ -24,23 +24,26 @@ FIELD = "check"
 # The longest line vaekit writes, with a wide margin, so a reader never holds more (a foreign
 # file's line of gigabytes is refused after this many bytes, vaekit.stream.files.LineTooLong).
 # A file's part of a batch line holds at most four of its paths JSON-escaped (6 characters a byte
-# of 4095: 98 KB, its row's and a skipped file's path and reason), the 4096 means of the widest
-# latent in base64 (22 KB), and a few numbers; the header holds the settings (digests, and every
-# input the user named: as long as the job's own header, `header_bytes`, plus a margin).
+# of 4095: 98 KB, its row's and a skipped file's path and reason) and a few numbers, and in an
+# encode its latent's means in base64, which the job adds (`row_bytes`: up to 5.6 MB a file for a
+# 1024 px grid model); the header holds the settings (digests, and every input the user named: as
+# long as the job's own header, plus a margin).
 MAX_FILE_BYTES = 1 << 18  # 256 KiB
 MAX_HEADER_BYTES = 1 << 20
 UNSIZED_LIMIT = 1 << 26  # a journal read without its job's layout (its shape only checked)
 _TAIL = re.compile(rb', "check": "([0-9a-f]{16})"\}\n?\Z')
 
 
-def line_limit(batch_size: int | None, header: dict | None = None) -> int:
+def line_limit(batch_size: int | None, header: dict | None = None, row_bytes: int = 0) -> int:
     """The most bytes a journal line of a job with batches of `batch_size` files may hold; `header`:
     the job's own journal header, whose `inputs` list every file or folder named (thousands of
-    files from a shell glob), so a header as long as it is never refused."""
+    files from a shell glob), so a header as long as it is never refused; `row_bytes`: what a
+    file's row holds beyond MAX_FILE_BYTES (encode's latent means: a 512 px grid model's are 0.7 MB
+    of base64 a file)."""
     if batch_size is None:
         return UNSIZED_LIMIT
     own = 0 if header is None else len(dumps_json(header, indent=None).encode("utf-8", "surrogateescape"))
-    return MAX_HEADER_BYTES + own + batch_size * MAX_FILE_BYTES
+    return MAX_HEADER_BYTES + own + batch_size * (MAX_FILE_BYTES + row_bytes)
 
 
 def _sum(body: bytes) -> bytes:

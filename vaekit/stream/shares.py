@@ -39,11 +39,12 @@ def share_out(out: Path, index: int, count: int) -> Path:
 class Shares:
     """The n shares of a job writing `out`, as this share (`settings`, `layout`) expects them."""
 
-    def __init__(self, out: Path, settings: dict, layout: Layout, row_check: RowCheck | None = None):
+    def __init__(self, out: Path, settings: dict, layout: Layout, row_check: RowCheck | None = None,
+                 row_bytes: int = 0):
         self.out, self.layout, self.row_check = Path(out), layout, row_check
         self.settings = journal_header(settings)
         self.count = layout.count
-        self.limit = journal_lines.line_limit(layout.batch_size, self.settings)
+        self.limit = journal_lines.line_limit(layout.batch_size, self.settings, row_bytes)
         self._read: dict[int, tuple[int, int]] = {}  # share -> (device, inode) of the journal read for it
         self._polls: dict[int, _Read] = {}  # share -> how far `complete` has read its journal
 
