@@ -116,8 +116,10 @@ def test_a_skipped_files_bytes_are_not_read_for_the_journal(tmp_path, monkeypatc
     paths = [str(tmp_path / n) for n in ("a.png", "huge.png")]
     for p in paths:
         open(p, "wb").write(b"not an image")
-    read, real = [], batches._content
-    monkeypatch.setattr(batches, "_content", lambda p: read.append(p) or real(p))
+    from vaekit.fileio import digests
+
+    read, real = [], digests.file_sha256
+    monkeypatch.setattr(digests, "file_sha256", lambda p: read.append(p) or real(p))
     j = Journal(tmp_path / "out.csv", {"job": "test"}, False, batches.Layout(paths, 2))
     j.append(0, [{}], [(paths[1], "not an image")])
     j.close()

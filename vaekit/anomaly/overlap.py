@@ -4,14 +4,13 @@ and anomalous sets share an image, would measure nothing."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from vaekit.errors import BadInput
-from vaekit.fileio import NotRegularFile, open_regular_file
+from vaekit.fileio.digests import file_sha256
 
 
 def file_identity(path) -> tuple:
@@ -22,19 +21,6 @@ def file_identity(path) -> tuple:
         return ("inode", st.st_dev, st.st_ino)
     except OSError:
         return ("path", os.path.realpath(path))
-
-
-def _sha256(path) -> bytes | None:
-    """The sha256 of a regular file's bytes; None for anything else (a FIFO would block the open
-    forever, /dev/zero never ends) or a file that cannot be read."""
-    h = hashlib.sha256()
-    try:
-        with open_regular_file(Path(path)) as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    except (OSError, NotRegularFile):
-        return None
-    return h.digest()
 
 
 def first_shared(mine: Iterable, theirs: Iterable) -> tuple[Path, Path] | None:
@@ -71,8 +57,8 @@ def shared_files(mine: Iterable, theirs: Iterable) -> Iterator[tuple[Path, Path]
             continue
         if size in by_size:
             if size not in digests:  # each of theirs is read once, and only for a size of mine
-                digests[size] = {d: q for q in reversed(by_size[size]) if (d := _sha256(q)) is not None}
-            same = digests[size].get(_sha256(p))
+                digests[size] = {d: q for q in reversed(by_size[size]) if (d := file_sha256(q)) is not None}
+            same = digests[size].get(file_sha256(p))
             if same is not None:
                 yield Path(p), Path(same)
 

@@ -144,15 +144,9 @@ def _foreign_manifest(root: Path) -> list[Path]:
 
 def _sha256(path: Path) -> str | None:
     """The file's sha256; None for anything but a regular file (a link, a FIFO: never a sample's)."""
-    import hashlib  # here: the sample data's module imports only what it must
+    from vaekit.fileio.digests import file_sha256  # here: the sample data's module imports only what it must
 
-    if path.is_symlink() or not path.is_file():
-        return None
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+    return None if path.is_symlink() else file_sha256(path)
 
 
 def _foreign_readme(root: Path) -> list[Path]:

@@ -53,20 +53,9 @@ def contents(paths: Iterable, skipped: Container = ()) -> list[str]:
     not an image may be gigabytes, even a sparse terabyte). What a file IS, not where it lives:
     a resume whose `sources` differ (the folder copied with `cp -a`, a chmod) checks the
     finished batches' scored files against these, and goes on when their bytes are the same."""
-    return ["-" if p in skipped else _content(p) for p in paths]
+    from vaekit.fileio.digests import file_sha256  # here: vaekit.fileio is not needed to plan batches
 
-
-def _content(path) -> str:
-    from vaekit.fileio import open_regular_file  # here: vaekit.fileio is not needed to plan batches
-
-    h = hashlib.sha256()
-    try:
-        with open_regular_file(path) as f:
-            while chunk := f.read(1 << 20):  # bounded memory, whatever the file's size
-                h.update(chunk)
-    except (OSError, ValueError):  # gone, unreadable, a folder or a FIFO (NotRegularFile)
-        return "-"
-    return h.hexdigest()
+    return ["-" if p in skipped else file_sha256(p) or "-" for p in paths]
 
 
 def _pinned(paths: Iterable, stamp: Callable[[os.stat_result], str]) -> str:
