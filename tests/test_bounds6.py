@@ -31,7 +31,7 @@ def test_overlap_check_is_not_quadratic_in_same_size_files(tmp_path, monkeypatch
         folder.mkdir()
         for i in range(n):
             (folder / f"{i:04d}.bmp").write_bytes(tag + i.to_bytes(4, "big"))  # all 5 bytes, all different
-    monkeypatch.setattr(overlap, "_sha256", lambda p: _CountedDigest(open(p, "rb").read()))
+    monkeypatch.setattr(overlap, "file_sha256", lambda p: _CountedDigest(open(p, "rb").read()))
     _CountedDigest.compared = 0
     assert overlap.first_shared(sorted(mine.iterdir()), sorted(theirs.iterdir())) is None
     assert _CountedDigest.compared <= 2 * n  # was n * n = 22,500
