@@ -1,6 +1,6 @@
 """The defect reader alone on both texture generators, with its default fills or with an extra fill.
 
-    python benchmarks/reader_alt.py --work DIR [--textures brick,gravel] [--seeds 0,1] [--variant warp|faint]
+    python benchmarks/reader_alt.py --work DIR [--textures brick,gravel] [--seeds 0,1] [--variant warp|faint|opacity]
                                    [--arms base,VARIANT] [--out results.json]
 
 DIR is a benchmarks/textures.py work folder that holds data/NAME (texture_data.py) and
@@ -13,7 +13,8 @@ inside the defect's shape; measured and not kept in vaekit, docs/detection.md "A
 generator"), patched into vaekit.reader.synth for that reader's training only. With --variant faint the
 second reader is "faint" instead: vaekit.reader.synth's defects allowed to be fainter (the
 optional opacity factor drawn from 0.25-1 instead of 0.6-1, and MIN_VISIBLE 3 instead of 6;
-FAINT below), patched in the same way; also measured and not kept.
+FAINT below), patched in the same way; also measured and not kept. With --variant opacity it is
+"opacity": DRAEM's blend, the fill laid over the mask at a random opacity (OPACITY below).
 Each reads both generators' 120 normal + 120 defective test crops: image AUROC, pixel AUROC and
 image AUROC per defect kind. Results are written after every reader; a reader already in --out
 is not trained again.
@@ -75,12 +76,18 @@ class warp_patched:
 
 
 FAINT = {"opacity_low": 0.25, "min_visible": 3.0}  # today: 0.6 and synth.MIN_VISIBLE (6)
+# DRAEM's blend (Zavrtanik et al. 2021: the anomaly source is laid over the image with an opacity
+# beta drawn from [0.1, 1]): here, with probability 0.5, the fill is laid over the defect's mask
+# with its opacity times beta ~ uniform(0.2, 1); the label stays the whole mask; MIN_VISIBLE 3.
+OPACITY = {"opacity_low": 0.6, "min_visible": 3.0, "beta_p": 0.5, "beta_low": 0.2}
 
 
-def one_defect_with(opacity_low: float):
+def one_defect_with(opacity_low: float, beta_p: float = 0.0, beta_low: float = 1.0):
     """vaekit.reader.synth.one_defect line for line, except that the opacity factor drawn with
-    probability 0.3 is uniform(opacity_low, 1) (0.6 in vaekit). MIN_VISIBLE is read from synth
-    at call time, so the floor is whatever synth.MIN_VISIBLE holds then. Same draws, same order."""
+    probability 0.3 is uniform(opacity_low, 1) (0.6 in vaekit) and, when beta_p > 0, the blend
+    inside the mask is scaled by beta ~ uniform(beta_low, 1) with probability beta_p (one more
+    draw per try; none when beta_p is 0, so the draws are vaekit's). MIN_VISIBLE is read from
+    synth at call time, so the floor is whatever synth.MIN_VISIBLE holds then."""
     from vaekit.reader import synth
 
     def one_defect(img, donor, rng, shapes=synth.SHAPES, fills=synth.FILLS):
@@ -95,6 +102,8 @@ def one_defect_with(opacity_low: float):
             if mask.sum() < 2:
                 continue
             a = np.where(mask, alpha, 0.0)[None]
+            if beta_p > 0 and rng.random() < beta_p:
+                a = a * rng.uniform(beta_low, 1.0)
             f = synth.fill(fills[int(rng.integers(len(fills)))], x, donor.astype(np.float64), rng)
             out = np.clip(x * (1 - a) + f * a, 0, 255)
             if np.abs(np.rint(out) - x).max(0)[mask].mean() >= synth.MIN_VISIBLE:
@@ -108,14 +117,17 @@ class faint_patched:
     """Within the block, vaekit.reader.synth draws fainter defects (FAINT); make_defects (which
     the reader's training calls) looks one_defect and MIN_VISIBLE up in synth, so both apply."""
 
-    def __init__(self, opacity_low: float = FAINT["opacity_low"], min_visible: float = FAINT["min_visible"]):
+    def __init__(self, opacity_low: float = FAINT["opacity_low"], min_visible: float = FAINT["min_visible"],
+                 beta_p: float = 0.0, beta_low: float = 1.0):
         self.opacity_low, self.min_visible = opacity_low, min_visible
+        self.beta_p, self.beta_low = beta_p, beta_low
 
     def __enter__(self):
         from vaekit.reader import synth
 
         self.saved = synth.one_defect, synth.MIN_VISIBLE
-        synth.one_defect, synth.MIN_VISIBLE = one_defect_with(self.opacity_low), self.min_visible
+        synth.one_defect = one_defect_with(self.opacity_low, self.beta_p, self.beta_low)
+        synth.MIN_VISIBLE = self.min_visible
 
     def __exit__(self, *exc):
         from vaekit.reader import synth
@@ -123,7 +135,14 @@ class faint_patched:
         synth.one_defect, synth.MIN_VISIBLE = self.saved
 
 
-PATCHES = {"warp": warp_patched, "faint": faint_patched}
+class opacity_patched(faint_patched):
+    """Within the block, synth's defects are laid over with DRAEM's blend opacity (OPACITY)."""
+
+    def __init__(self):
+        super().__init__(**OPACITY)
+
+
+PATCHES = {"warp": warp_patched, "faint": faint_patched, "opacity": opacity_patched}
 
 
 def test_set(root: Path, channels: int):
