@@ -109,7 +109,7 @@ def _wire_train(w: SimpleNamespace, ctx: Context) -> None:
 
     @ctx.guard
     def train(folder, size, dim, n_epochs, request: gr.Request = None, progress=gr.Progress()):
-        folder = confine(folder, [st.data_root], st.server_folders)
+        folder = confine(folder, [st.data_root], st.server_folders, tree=True)
         _refuse_a_folder_holding_the_runs(folder, ctx)
         session = ctx.session(request)
         session.begin_training()  # a second press while one runs is refused, not queued behind it
@@ -283,7 +283,8 @@ def _wire_latent(w: SimpleNamespace, ctx: Context) -> None:
 
     @ctx.guard
     def latent(folder, how, n, request: gr.Request = None):
-        m = handlers.latent_map(ctx.session(request).model, confine(folder, [st.data_root], st.server_folders), how, n)
+        folder = confine(folder, [st.data_root], st.server_folders, tree=True)
+        m = handlers.latent_map(ctx.session(request).model, folder, how, n)
         df = pd.DataFrame({"x": m.xy[:, 0], "y": m.xy[:, 1], "score": m.scores, "file": m.names})
         return df, m, []
 

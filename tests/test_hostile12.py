@@ -5,6 +5,7 @@ links called files, a Train slot that leaked)."""
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from typer.testing import CliRunner
 from test_codec import _digits
 from vaekit.codec import container
 from vaekit.codec.header import Reader, pack, varint
+from vaekit.errors import BadInput, CannotWrite, VaekitError
 from vaekit_cli.main import app
 
 runner = CliRunner()
@@ -91,3 +93,69 @@ def test_a_chunk_table_forged_with_a_fitting_checksum_is_an_invalid_header(vkc, 
     r = invoke("decode", run, tmp_path / "f.vkc", "-o", tmp_path / "out")
     assert r.exit_code == 2 and "has an invalid header: it describes a file of" in r.output
     assert not (tmp_path / "out").exists()
+
+
+# --- 2. the web app reads no link that leads out of its data folder ---------------------------
+
+def _handler(app, api_name: str):
+    return next(f.fn for f in app.fns.values() if f.api_name == api_name)
+
+
+def _press(app, api_name: str, *args):
+    """A handler's answer as the page gets it: gr.Error's message, or the result."""
+    import gradio as gr
+
+    try:
+        got = _handler(app, api_name)(*args)
+        return list(got) if hasattr(got, "__next__") else got
+    except gr.Error as e:
+        return e.message
+
+
+@pytest.fixture()
+def data(tmp_path):
+    """data/cats (two images), data/dogs (one), and outside/ (a secret image) beside data/."""
+    from PIL import Image
+
+    for rel in ("data/cats/a.png", "data/cats/b.png", "data/dogs/c.png", "outside/secret.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("L", (16, 16), 90).save(tmp_path / rel)
+    return tmp_path
+
+
+@pytest.mark.parametrize("link, target", [("cats/evil.png", "outside/secret.png"), ("cats/out", "outside"),
+                                          ("cats/deep/evil.PNG", "outside/secret.png")])
+def test_a_link_in_a_train_folder_that_leads_outside_the_data_root_is_refused_by_name(data, link, target):
+    from vaekit_demo.app import build_app
+
+    (data / "data" / link).parent.mkdir(parents=True, exist_ok=True)
+    os.symlink(data / target, data / "data" / link)
+    app = build_app(None, runs_dir=data / "runs", workdir=data / "work", data_root=data / "data")
+    said = _press(app, "train", "cats", 16, 4, 1)
+    assert isinstance(said, str) and f"{link} is a symbolic link to outside the app's data folder" in said
+    assert str(data) not in said and "secret" not in said  # the page shows no server path, nor the target
+    assert not (data / "runs").exists()  # nothing begun
+
+
+def test_a_link_chain_through_an_inside_folder_to_outside_is_refused_and_inside_links_are_followed(data):
+    from vaekit_demo.security import confine
+
+    root = data / "data"
+    os.symlink(root / "dogs", root / "cats" / "dogs")  # stays inside: fine
+    os.symlink(root / "cats" / "a.png", root / "dogs" / "a_again.png")
+    os.symlink(root / "cats", root / "cats" / "loop")  # a loop inside: followed once
+    (root / "cats" / "notes.txt").symlink_to(data / "outside" / "secret.png")  # not an image name: never read
+    assert confine("cats", [root], True, tree=True) == (root / "cats").resolve()
+    os.symlink(data / "outside", root / "dogs" / "more")  # reached through cats/dogs
+    with pytest.raises(BadInput, match=r"^cats/dogs/more is a symbolic link to outside") as e:
+        confine("cats", [root], True, tree=True)
+    assert isinstance(e.value, VaekitError) and e.value.exit_code == 2
+
+
+def test_the_latent_tab_refuses_a_folder_with_a_link_out_too(data):
+    from vaekit_demo.app import build_app
+
+    os.symlink(data / "outside" / "secret.png", data / "data" / "dogs" / "x.jpg")
+    app = build_app(None, runs_dir=data / "runs", workdir=data / "work", data_root=data / "data")
+    said = _press(app, "latent", "dogs", "PCA", 10)
+    assert isinstance(said, str) and "dogs/x.jpg is a symbolic link to outside the app's data folder" in said
