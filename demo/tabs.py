@@ -152,8 +152,13 @@ def _refuse_a_folder_holding_the_runs(folder: Path, ctx: Context) -> None:
 
 
 def _train_run(folder, size, dim, n_epochs, session, request, progress, ctx: Context):
-    """The Train button's updates for one run in `session` (stopped by its Stop button only)."""
-    out = ctx.new_run_dir(folder)
+    """The Train button's updates for one run in `session` (stopped by its Stop button only).
+    The training slot `train` took is released by train_events' worker, or here when none starts."""
+    try:
+        out = ctx.new_run_dir(folder)
+    except BaseException:
+        ctx.trainings.release()  # else four failed presses left the app refusing every Train
+        raise
     rows: list[dict] = []
     keep = (gr.skip(),) * len(ctx.model_widgets)
     for ev in training.train_events(folder, out, size, dim, n_epochs, session.stop, slot=ctx.trainings):

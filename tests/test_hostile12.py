@@ -159,3 +159,20 @@ def test_the_latent_tab_refuses_a_folder_with_a_link_out_too(data):
     app = build_app(None, runs_dir=data / "runs", workdir=data / "work", data_root=data / "data")
     said = _press(app, "latent", "dogs", "PCA", 10)
     assert isinstance(said, str) and "dogs/x.jpg is a symbolic link to outside the app's data folder" in said
+
+
+# --- 6. a Train press whose run folder cannot be named gives its slot back ---------------------
+
+def test_a_train_press_failing_before_its_worker_starts_releases_its_slot(data, monkeypatch):
+    from vaekit_demo import context
+    from vaekit_demo.app import build_app
+
+    def no_run_dir(self, folder):
+        raise CannotWrite(f"cannot write {self.st.runs_dir}: No space left on device")
+
+    monkeypatch.setattr(context, "MAX_TRAININGS", 1)
+    monkeypatch.setattr(context.Context, "new_run_dir", no_run_dir)
+    app = build_app(None, runs_dir=data / "runs", workdir=data / "work", data_root=data / "data")
+    for _ in range(3):  # with the slot leaked, the second press said "the app is running 1 training(s) already"
+        said = _press(app, "train", "cats", 16, 4, 1)
+        assert isinstance(said, str) and "No space left on device" in said, said
