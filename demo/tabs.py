@@ -218,7 +218,9 @@ def _wire_anomaly(w: SimpleNamespace, ctx: Context) -> None:
         gallery = [(handlers.hwc(o), f"{n}: {s:.1f}") for o, n, s in zip(r.overlays, r.names, r.scores)]
         return "\n".join(lines), figures.model_histogram(model, r.threshold, r), gallery, r.table(), csv
 
+    @ctx.guard
     def rethreshold(files, thr, request: gr.Request = None):
+        thr = handlers.finite_threshold(thr)
         model = ctx.session(request).model
         if files and model is not None:  # its own folder: the slider's event can run beside the button's
             return anomaly(files, thr, request, "threshold")

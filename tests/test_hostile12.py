@@ -18,6 +18,7 @@ from vaekit.errors import BadInput, CannotWrite, VaekitError
 from vaekit_cli.main import app
 
 runner = CliRunner()
+GOLDEN = Path(__file__).parent / "golden"
 
 
 def invoke(*args):
@@ -176,3 +177,17 @@ def test_a_train_press_failing_before_its_worker_starts_releases_its_slot(data, 
     for _ in range(3):  # with the slot leaked, the second press said "the app is running 1 training(s) already"
         said = _press(app, "train", "cats", 16, 4, 1)
         assert isinstance(said, str) and "No space left on device" in said, said
+
+
+# --- 4. a threshold that is not a finite number is refused, never drawn -----------------------
+
+@pytest.mark.parametrize("thr", [float("nan"), float("inf"), -float("inf"), None, "0.5"])
+def test_the_threshold_slider_refuses_a_threshold_that_is_not_a_finite_number(tmp_path, thr):
+    # with no uploads the slider's handler only redraws the histogram: it drew "threshold nan" at NaN
+    from vaekit_demo.app import build_app
+
+    app = build_app(GOLDEN / "codec" / "run", runs_dir=tmp_path / "runs", workdir=tmp_path / "work", data_root=tmp_path)
+    said = _press(app, "threshold", None, thr)
+    assert said == f"invalid threshold {thr!r}: expected a finite number"
+    figure = _press(app, "threshold", None, 1.5)[1]
+    assert "threshold 1.50" in [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
