@@ -191,3 +191,37 @@ def test_the_threshold_slider_refuses_a_threshold_that_is_not_a_finite_number(tm
     assert said == f"invalid threshold {thr!r}: expected a finite number"
     figure = _press(app, "threshold", None, 1.5)[1]
     assert "threshold 1.50" in [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
+
+
+# --- 5. a link to a file is called one ----------------------------------------------------------
+
+def _link_to_a_file(tmp_path) -> Path:
+    (tmp_path / "notes.txt").write_text("mine")
+    os.symlink("notes.txt", tmp_path / "lnk")
+    return tmp_path / "lnk"
+
+
+@pytest.mark.parametrize("args", [["sample-data", "digits", "{lnk}/d"], ["sample-data", "digits", "{lnk}"],
+                                  ["train", "{data}", "--out", "{lnk}", "--epochs", "1"]])
+def test_an_output_under_a_link_to_a_file_names_the_link(tmp_path, args):
+    # was "lnk is a file, not a folder": the user looked for a file they never made
+    lnk = _link_to_a_file(tmp_path)
+    (tmp_path / "data").mkdir()
+    _digits(tmp_path / "data", 2)
+    r = invoke(*[a.format(lnk=lnk, data=tmp_path / "data") for a in args])
+    assert r.exit_code == 2 and f"{lnk} is a link to a file (notes.txt), not a folder" in r.output, r.output
+    assert r.output.strip().count("\n") == 0
+    assert (tmp_path / "notes.txt").read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "data", "lnk", "notes.txt"]
+
+
+def test_not_a_folder_tells_a_file_a_link_to_one_a_broken_link_and_a_loop_apart(tmp_path):
+    from vaekit.errors import not_a_folder
+
+    lnk = _link_to_a_file(tmp_path)
+    os.symlink("nowhere", tmp_path / "dangling")
+    os.symlink("loop", tmp_path / "loop")
+    assert not_a_folder(tmp_path / "notes.txt") == f"{tmp_path / 'notes.txt'} is a file, not a folder"
+    assert not_a_folder(lnk) == f"{lnk} is a link to a file (notes.txt), not a folder"
+    assert not_a_folder(tmp_path / "dangling") == f"{tmp_path / 'dangling'} is a link to nothing (nowhere)"
+    assert not_a_folder(tmp_path / "loop") == f"{tmp_path / 'loop'} is a symbolic link loop"
