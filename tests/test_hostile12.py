@@ -225,3 +225,22 @@ def test_not_a_folder_tells_a_file_a_link_to_one_a_broken_link_and_a_loop_apart(
     assert not_a_folder(lnk) == f"{lnk} is a link to a file (notes.txt), not a folder"
     assert not_a_folder(tmp_path / "dangling") == f"{tmp_path / 'dangling'} is a link to nothing (nowhere)"
     assert not_a_folder(tmp_path / "loop") == f"{tmp_path / 'loop'} is a symbolic link loop"
+
+
+# --- 3. the library and the CLI agree on image sizes (17 is taken by both) ------------------------
+
+@pytest.mark.parametrize("size, cli_says", [(15, "--image-size must be from 16 to 1024"), (17, "no image files found"),
+                                            (-16, "--image-size must be from 16 to 1024")])
+def test_the_cli_and_the_library_take_and_refuse_the_same_image_sizes(tmp_path, size, cli_says):
+    # reported as "the library accepts 17, the CLI refuses it": both take it (a model of 17 px
+    # trains); the CLI builds the library's ModelConfig, so the rule is one, in vaekit.config
+    from vaekit.config import ModelConfig
+
+    (tmp_path / "empty").mkdir()
+    r = invoke("train", tmp_path / "empty", "--image-size", size, "--out", tmp_path / "r")
+    assert r.exit_code == 2 and cli_says in r.output, r.output
+    if size >= 16:
+        assert ModelConfig(image_size=size).image_size == size
+    else:
+        with pytest.raises(BadInput, match=f"image size must be an integer from 16 to 1024 .or 0 for auto., got {size}"):
+            ModelConfig(image_size=size)
