@@ -8,6 +8,7 @@ Nothing here imports gradio, so tests call these functions directly.
 from __future__ import annotations
 
 import math
+import numbers
 import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -206,6 +207,14 @@ class AnomalyResult:
 ANOMALY_COLUMNS = ["file", "score", "bits/dim", "verdict"]
 
 
+def finite_threshold(threshold) -> float:
+    """The slider's threshold as a float; BadInput for NaN, infinity or none (a request made by hand:
+    the histogram drew its line at NaN)."""
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not math.isfinite(threshold):
+        raise BadInput(f"invalid threshold {threshold!r:.40}: expected a finite number")
+    return float(threshold)
+
+
 def anomaly(model: Model, paths: Sequence[str | Path], threshold: float, out_dir: Path) -> AnomalyResult:
     """Score uploads against `threshold` (`vaekit anomaly-score`), with heat maps and a CSV."""
     from vaekit import anomaly as detect
@@ -214,8 +223,7 @@ def anomaly(model: Model, paths: Sequence[str | Path], threshold: float, out_dir
 
     model = need(model)
     paths = upload_paths(paths, model.info.channels, model.info.read_size)
-    if threshold is None or not math.isfinite(threshold):
-        raise BadInput(f"invalid threshold {threshold!r}: expected a finite number")
+    threshold = finite_threshold(threshold)
     score = model.info.score
     try:
         report = detect.score_images(model, paths, score=score, threshold=float(threshold))

@@ -109,7 +109,7 @@ def _wire_train(w: SimpleNamespace, ctx: Context) -> None:
 
     @ctx.guard
     def train(folder, size, dim, n_epochs, request: gr.Request = None, progress=gr.Progress()):
-        folder = confine(folder, [st.data_root], st.server_folders)
+        folder = confine(folder, [st.data_root], st.server_folders, tree=True)
         _refuse_a_folder_holding_the_runs(folder, ctx)
         session = ctx.session(request)
         session.begin_training()  # a second press while one runs is refused, not queued behind it
@@ -152,8 +152,13 @@ def _refuse_a_folder_holding_the_runs(folder: Path, ctx: Context) -> None:
 
 
 def _train_run(folder, size, dim, n_epochs, session, request, progress, ctx: Context):
-    """The Train button's updates for one run in `session` (stopped by its Stop button only)."""
-    out = ctx.new_run_dir(folder)
+    """The Train button's updates for one run in `session` (stopped by its Stop button only).
+    The training slot `train` took is released by train_events' worker, or here when none starts."""
+    try:
+        out = ctx.new_run_dir(folder)
+    except BaseException:
+        ctx.trainings.release()  # else four failed presses left the app refusing every Train
+        raise
     rows: list[dict] = []
     keep = (gr.skip(),) * len(ctx.model_widgets)
     for ev in training.train_events(folder, out, size, dim, n_epochs, session.stop, slot=ctx.trainings):
@@ -213,7 +218,9 @@ def _wire_anomaly(w: SimpleNamespace, ctx: Context) -> None:
         gallery = [(handlers.hwc(o), f"{n}: {s:.1f}") for o, n, s in zip(r.overlays, r.names, r.scores)]
         return "\n".join(lines), figures.model_histogram(model, r.threshold, r), gallery, r.table(), csv
 
+    @ctx.guard
     def rethreshold(files, thr, request: gr.Request = None):
+        thr = handlers.finite_threshold(thr)
         model = ctx.session(request).model
         if files and model is not None:  # its own folder: the slider's event can run beside the button's
             return anomaly(files, thr, request, "threshold")
@@ -283,7 +290,8 @@ def _wire_latent(w: SimpleNamespace, ctx: Context) -> None:
 
     @ctx.guard
     def latent(folder, how, n, request: gr.Request = None):
-        m = handlers.latent_map(ctx.session(request).model, confine(folder, [st.data_root], st.server_folders), how, n)
+        folder = confine(folder, [st.data_root], st.server_folders, tree=True)
+        m = handlers.latent_map(ctx.session(request).model, folder, how, n)
         df = pd.DataFrame({"x": m.xy[:, 0], "y": m.xy[:, 1], "score": m.scores, "file": m.names})
         return df, m, []
 

@@ -82,13 +82,18 @@ def file_above(path) -> "Path | None":
 
 
 def not_a_folder(path) -> str:
-    """Why nothing can be made under `path`, in words: "P is a file, not a folder", or, for a
-    link that leads nowhere (where the OS says only "File exists"), a symbolic link loop or a
-    link to nothing."""
+    """Why nothing can be made under `path`, in words: "P is a file, not a folder", "P is a link
+    to a file (TARGET), not a folder", or, for a link that leads nowhere (where the OS says only
+    "File exists"), a symbolic link loop or a link to nothing."""
     import os
 
     p = Path(path)
-    if p.is_symlink() and not p.exists():
+    if p.is_symlink() and p.exists():  # "a file" sent the user looking for a file they never made
+        try:
+            return f"{p} is a link to a file ({os.readlink(p)}), not a folder"
+        except OSError:
+            return f"{p} is a link to a file, not a folder"
+    if p.is_symlink():
         try:
             os.stat(p)
         except OSError as e:

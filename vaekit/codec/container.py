@@ -118,38 +118,32 @@ def write(path: Path, header: Header, spill: Path, skip: int = 0) -> int:
 
 
 def read_header(path: Path, check: Callable[[Header], None] | None = None) -> tuple[Header, int]:
-    """Verify the whole file (length, checksum) and parse its header: (header, offset of the chunks).
+    """Verify the whole file's checksum, then parse its header: (header, offset of the chunks).
     `check(header)`, before the names are expanded (the header has none yet), may refuse the file
     cheaply: a foreign model's file costs nothing however many names it claims."""
     source = f"{path}"
     size = check_regular(path, ".vkc file").st_size
     with open(path, "rb") as f:
-        start = f.read(14)
-        if len(start) < 5 or start[:4] not in DIGESTS:
-            other = start[:3] == MAGIC[:3] and len(start) >= 4
+        start = f.read(4)
+        if len(start) < 4 or start not in DIGESTS:
+            other = start[:3] == MAGIC[:3] and len(start) == 4
             raise ArchiveError(f"{source} is not a .vkc file this vaekit reads" + (" (another format version)" if other else ""))
-        version, digest = start[3] - ord("0"), DIGESTS[start[:4]]
+        version, digest = start[3] - ord("0"), DIGESTS[start]
+        # the checksum sits at the file's end, so it is checked before any field is read: a damaged
+        # header length or chunk table was trusted to word the refusal ("truncated", when one bit of
+        # a word count had flipped)
+        _verify(f, size, source, digest)
         try:
-            r = Reader(start[4:])
-            n = r.varint(MAX_HEADER)
-        except ValueError:
-            raise ArchiveError(f"{source} is truncated or corrupt (an unreadable header length)") from None
-        offset = 4 + r.pos
-        if offset + n + digest > size:
-            raise ArchiveError(f"{source} is truncated or corrupt (a header of {n} bytes in a file of {size})")
-        f.seek(offset)
-        raw = f.read(n)
-        try:  # parsed before the checksum (bounded, no side effects) to tell a truncated file
-            header, blob = unpack_fixed(raw)
+            f.seek(4)
+            r = Reader(f.read(10))  # the header length, a varint of at most 10 bytes
+            n, offset = r.varint(min(MAX_HEADER, size - 4 - digest)), 4 + r.pos  # it fits before the checksum
+            f.seek(offset)
+            header, blob = unpack_fixed(f.read(n))
             expected = offset + n + 4 * sum(c[1] for c in header.chunks) + digest
         except (ValueError, TypeError, KeyError, IndexError) as e:
-            header, expected = None, str(e)
-        if header is not None and expected != size:
-            raise ArchiveError(f"{source} is {'truncated' if size < expected else 'longer than it says'} "
-                               f"({size} bytes, its header describes {expected})")
-        _verify(f, start[:offset] + raw, size, source, digest)
-    if header is None:
-        raise ArchiveError(f"{source} has an unreadable header: {expected}")
+            raise ArchiveError(f"{source} has an unreadable header: {e}") from None
+    if expected != size:  # a checksum that fits: written so, not damaged
+        raise ArchiveError(f"{source} has an invalid header: it describes a file of {expected} bytes, not {size}")
     if check is not None:
         check(header)
     try:
@@ -160,17 +154,19 @@ def read_header(path: Path, check: Callable[[Header], None] | None = None) -> tu
     return header, offset + n
 
 
-def _verify(f: BinaryIO, head: bytes, size: int, source: str, digest: int) -> None:
-    h = hashlib.sha256(head)
-    left = size - len(head) - digest
+def _verify(f: BinaryIO, size: int, source: str, digest: int) -> None:
+    """The sha256 of the file's bytes before its last `digest` against those bytes, streamed."""
+    f.seek(0)
+    h = hashlib.sha256()
+    left = size - digest
     while left > 0:
         block = f.read(min(left, 1 << 20))
         if not block:
-            raise ArchiveError(f"{source} is truncated")
+            break  # shrunk while read
         h.update(block)
         left -= len(block)
-    if f.read(digest) != h.digest()[:digest]:
-        raise ArchiveError(f"{source} is damaged or was modified: its checksum does not match its contents")
+    if left or size < 5 + digest or f.read(digest) != h.digest()[:digest]:
+        raise ArchiveError(f"{source} is truncated, damaged or was modified: its checksum does not match its contents")
 
 
 def iter_chunks(path: Path, header: Header, offset: int) -> Iterator[tuple[int, np.ndarray]]:

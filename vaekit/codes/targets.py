@@ -86,7 +86,7 @@ def check_targets(out_dir: Path, targets: Sequence[Path], overwrite: bool) -> No
             needed[p] = t
     for folder in sorted(needed, key=lambda p: len(p.parts)):
         if (folder.exists() or folder.is_symlink()) and not folder.is_dir():
-            raise BadInput(f"cannot write {needed[folder]}: {folder} is a file, not a folder; move it away")
+            raise BadInput(f"cannot write {needed[folder]}: {not_a_folder(folder)}; move it away")
     for t in targets:  # as written: inside decode's staging folder, under a temporary name (ENAMETOOLONG, exit 3)
         if len(os.fsencode(str(t))) + STAGED_BYTES > MAX_PATH_BYTES:
             raise BadInput(f"cannot write {str(t)[:60]!r}...: its path of {len(os.fsencode(str(t)))} bytes, written "

@@ -29,7 +29,7 @@ from safetensors.torch import save
 
 from vaekit.version import __version__
 from vaekit.config import from_stored_model
-from vaekit.errors import BadInput, DamagedFile, ForeignModel, OutputExists
+from vaekit.errors import BadInput, DamagedFile, ForeignModel, OutputExists, not_a_folder
 from vaekit.fileio import (atomic_write_bytes, atomic_write_json, loads_json, read_json, read_regular,
                            read_safetensors_header)
 
@@ -95,7 +95,7 @@ def prepare_out(out_dir: Path, overwrite: bool, write: bool = True) -> None:
     write=False only makes the checks (torchrun ranks other than 0)."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise BadInput(f"--out {out_dir} is a file, not a folder")
+        raise BadInput(f"--out {not_a_folder(out_dir)}")
     if out_dir.is_dir() and any(p.name != LOCK for p in out_dir.iterdir()):
         if not is_run_dir(out_dir):
             raise BadInput(f"{out_dir} holds files vaekit did not write; give --out an empty or new folder "
