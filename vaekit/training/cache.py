@@ -6,8 +6,10 @@ and the decode settings: <key>.u8 holds the raw uint8 (N, C, H, W) array and
 corrupted entry (a bad disk, a stray write) is rebuilt, never trained on. The JSON also
 pins the files' inode numbers and change times (vaekit.stream.batches.sources): a file
 replaced under the same name, size and mtime (which the key cannot tell) rebuilds the entry. The JSON is
-written last, so its presence marks a complete entry. Numpy only, no torch: the torch
-Dataset wraps what this returns.
+written last, so its presence marks a complete entry. The cache is bounded: each use marks its
+entry as used (the JSON's modification time), and entries not used for longest are removed while
+the cache holds more than VAEKIT_CACHE_MAX_GB (20 GB); the entry in use is never removed. Numpy
+only, no torch: the torch Dataset wraps what this returns.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -25,7 +28,7 @@ import numpy as np
 import PIL
 
 from vaekit import images
-from vaekit.errors import CannotWrite
+from vaekit.errors import BadInput, CannotWrite
 from vaekit.fileio import atomic_write_json, atomic_writer, check_regular, read_json
 from vaekit.stream.batches import identity
 
@@ -36,6 +39,11 @@ FORMAT_VERSION = 1
 # Decoded bytes loaded in memory instead when the cache cannot be written (a read-only or full disk):
 # past this, a full disk would turn into the whole folder in RAM (200k images of 256 px RGB: 39 GB)
 MEMORY_FALLBACK = 1 << 30
+# What the cache may hold before its least recently used entries go ($VAEKIT_CACHE_MAX_GB): a folder
+# retrained after images were added, or trained at another size, is a new entry, and the old ones
+# were kept for ever (the web app's Train tab made one per folder and size)
+DEFAULT_MAX_GB = 20.0
+ENTRY_NAME = re.compile(r"[0-9a-f]{24}")  # cache_key's 24 hex digits: nothing else there is an entry
 
 
 def default_cache_dir() -> Path:
@@ -102,18 +110,22 @@ def load_cached(
     before any decoding when the disk has less room free than the entry needs.
     """
     paths = [Path(p) for p in paths]
+    limit = max_cache_bytes()  # a bad setting is said before anything is decoded
     key, reals, pins = _fingerprint(paths, size, channels)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     found = _open_entry(root, key, size, channels, reals, paths, pins)
     if found is not None:
+        _used(root, key, limit)
         return found
     need = len(paths) * channels * size * size  # the entry's bytes when every file decodes
     try:
         free = _free_bytes(root)
-        if free is not None and need > free + _stale_bytes(root, key):
+        if free is not None and need > free + _entry_bytes(root, key):
             raise OSError(f"{free / 1e9:.1f} GB free")  # said before hours of decoding fill the disk
         _drop(root, key)
-        return _build(root, (key, pins), paths, reals, size, channels, progress, workers)
+        built = _build(root, (key, pins), paths, reals, size, channels, progress, workers)
+        _used(root, key, limit)
+        return built
     except OSError as e:  # only cache writes raise OSError here; unreadable images are skipped
         if need > MEMORY_FALLBACK:  # the folder in memory instead would be the same bytes in RAM
             raise CannotWrite(f"the pixel cache {root} cannot hold these images decoded ({need / 1e9:.1f} GB at "
@@ -134,9 +146,9 @@ def _mapped(data: Path, shape: tuple) -> np.memmap:
     return arr
 
 
-def _stale_bytes(root: Path, key: str) -> int:
-    """The bytes of an entry of `key` that was not used (stale: its files' inodes or change times
-    moved, or damaged): the rebuild gives them back first (`_drop`)."""
+def _entry_bytes(root: Path, key: str) -> int:
+    """The bytes of `key`'s pixel file, 0 when there is none. (Those of an entry that was not used,
+    stale or damaged, are what its rebuild gives back first: `_drop`.)"""
     try:
         return (root / f"{key}.u8").stat().st_size
     except OSError:
@@ -151,6 +163,57 @@ def _drop(root: Path, key: str) -> None:
             (root / name).unlink()
         except OSError:  # absent, or held open on a system that will not unlink it: the rename replaces it
             pass
+
+
+def max_cache_bytes() -> int:
+    """The bytes the pixel cache may hold: $VAEKIT_CACHE_MAX_GB (decimal GB, 0 keeps only the entry
+    in use), else DEFAULT_MAX_GB. BadInput for a setting that is not a number of GB."""
+    text = os.environ.get("VAEKIT_CACHE_MAX_GB", "").strip()
+    try:
+        gb = float(text) if text else DEFAULT_MAX_GB
+    except ValueError:
+        gb = math.nan
+    if not math.isfinite(gb) or gb < 0:
+        raise BadInput(f"VAEKIT_CACHE_MAX_GB={text[:40]!r}: expected the pixel cache's size limit in GB, a number >= 0")
+    return int(gb * 1e9)
+
+
+def _used(root: Path, key: str, limit: int) -> None:
+    """Mark `key`'s entry as just used, then remove the entries used longest ago while the cache
+    holds more than `limit` bytes. Never the entry in use, even when it alone is larger; never a
+    file vaekit did not write (an entry's JSON names its own key). A run elsewhere still reading a
+    removed entry keeps its open file (vaekit.training.crops.open_mapped); a folder that cannot be
+    written (read-only) is left as it is."""
+    try:
+        os.utime(root / f"{key}.json")
+    except OSError:
+        return
+    entries, total = [], 0
+    for meta in root.glob("*.json"):
+        if not ENTRY_NAME.fullmatch(meta.stem):
+            continue
+        try:
+            st = meta.stat()
+        except OSError:  # removed meanwhile by another run
+            continue
+        size = st.st_size + _entry_bytes(root, meta.stem)
+        total += size
+        if meta.stem != key:
+            entries.append((st.st_mtime_ns, meta.stem, size))
+    for _, old, size in sorted(entries):
+        if total <= limit:
+            break
+        if _is_entry(root, old):
+            _drop(root, old)
+            total -= size
+
+
+def _is_entry(root: Path, key: str) -> bool:
+    """Whether <key>.json is an entry vaekit wrote (it names its own key)."""
+    try:
+        return read_json(root / f"{key}.json", "cache entry").get("key") == key
+    except (OSError, ValueError):
+        return False
 
 
 def _free_bytes(root: Path) -> int | None:
