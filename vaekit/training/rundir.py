@@ -194,7 +194,9 @@ def read_config(run_dir: Path) -> dict:
         raise RunError(f"run directory not found: {run_dir}")
     try:
         cfg = read_json(run_dir / CONFIG, "run config")
-    except (FileNotFoundError, ValueError) as e:
+    except FileNotFoundError as e:
+        raise RunError(f"{e} (a model is a folder written by vaekit train, or an exported .onnx)") from None
+    except ValueError as e:
         raise RunError(str(e)) from None
     if cfg.get("format") != FORMAT or "model" not in cfg:
         raise ForeignRun(f"not a vaekit run directory (no vaekit config.json): {run_dir}")
