@@ -14,7 +14,8 @@ generator"), patched into vaekit.reader.synth for that reader's training only. W
 second reader is "faint" instead: vaekit.reader.synth's defects allowed to be fainter (the
 optional opacity factor drawn from 0.25-1 instead of 0.6-1, and MIN_VISIBLE 3 instead of 6;
 FAINT below), patched in the same way; also measured and not kept. With --variant opacity it is
-"opacity": DRAEM's blend, the fill laid over the mask at a random opacity (OPACITY below).
+"opacity": DRAEM's blend, the fill laid over the mask at a random opacity (OPACITY below);
+measured on four seeds and not kept either.
 Each reads both generators' 120 normal + 120 defective test crops: image AUROC, pixel AUROC and
 image AUROC per defect kind. Results are written after every reader; a reader already in --out
 is not trained again.
