@@ -29,25 +29,31 @@ def _fsync_checked_not_flushed(fd: int) -> None:
 os.fsync = _fsync_checked_not_flushed
 
 
-# The modules that import gradio (through the web app): `--dist loadscope` (dev.py test --fast)
-# gives them to one pytest-xdist worker, so that only one pays its ~2.5 s import.
-WEB_MODULES = {"test_demo.py", "test_web7.py", "test_web7_review.py", "test_web_stop.py", "test_webcli6.py"}
+# Modules that `--dist loadscope` (dev.py test --fast) gives to one pytest-xdist worker together:
+# those that import gradio (through the web app), so that only one worker pays its ~2.5 s import
+# and trains the web app's tiny run (tests/built_once.py); those that share test_codes.py's
+# trained runs (trained once per process).
+GROUPS = {
+    **dict.fromkeys(("test_demo.py", "test_web7.py", "test_web7_review.py", "test_web11.py", "test_web_stop.py",
+                     "test_webcli6.py"), "web"),
+    **dict.fromkeys(("test_codes.py", "test_cli_codec.py"), "codes"),
+}
 
 
 @pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: unknown, and never called, without it
 def pytest_xdist_make_scheduler(config, log):
     """Each module's tests on one worker, as `loadscope` has it (its trained model once), with
-    the web app's modules as one unit."""
+    the modules of a group in GROUPS as one unit."""
     if config.getvalue("dist") != "loadscope":
         return None
     from xdist.scheduler import LoadScopeScheduling
 
-    class WebTogether(LoadScopeScheduling):
+    class Grouped(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             scope = super()._split_scope(nodeid)
-            return "web" if scope.rsplit("/", 1)[-1] in WEB_MODULES else scope
+            return GROUPS.get(scope.rsplit("/", 1)[-1], scope)
 
-    return WebTogether(config, log)
+    return Grouped(config, log)
 
 
 @pytest.fixture(autouse=True, scope="session")
