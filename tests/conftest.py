@@ -36,7 +36,7 @@ os.fsync = _fsync_checked_not_flushed
 GROUPS = {
     **dict.fromkeys(("test_demo.py", "test_web7.py", "test_web7_review.py", "test_web11.py", "test_web_stop.py",
                      "test_webcli6.py"), "web"),
-    **dict.fromkeys(("test_codes.py", "test_cli_codec.py"), "codes"),
+    **dict.fromkeys(("test_codes.py", "test_cli_codec.py", "test_cli_guards.py"), "codes"),
 }
 
 
