@@ -14,9 +14,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from vaekit.config import ModelConfig, TrainConfig
-from vaekit.sample_data import write_shapes
-from vaekit.train import train
+import built_once
 from vaekit_cli.main import app
 
 runner = CliRunner()
@@ -27,18 +25,16 @@ def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
-def washer_run(root: Path) -> Path:
-    """A tiny run (root/run) on 16 px washers with masks (root/train, root/test); quality does not
-    matter here, only the plumbing. Also tests/test_hostile_review.py's."""
-    write_shapes(root, n_train=20, n_test_normal=4, n_test_anomalous=4, size=16, seed=1)
-    train(root / "train", root / "run", ModelConfig(image_size=16, latent_dim=4, base_channels=4),
-          TrainConfig(epochs=2, batch_size=8, device="cpu"))
-    return root
+def washer_run(tmp_path_factory, name: str) -> Path:
+    """A tiny run (ROOT/run) on 16 px washers with masks (ROOT/train, ROOT/test) in a new folder
+    ROOT; quality does not matter here, only the plumbing. Also tests/test_hostile_review.py's and
+    others': trained once per process, each module gets its own copy (tests/built_once.py)."""
+    return built_once.washers(tmp_path_factory, tmp_path_factory.mktemp(name))
 
 
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory):
-    return washer_run(tmp_path_factory.mktemp("cli-parts"))
+    return washer_run(tmp_path_factory, "cli-parts")
 
 
 def test_anomaly_score_prints_a_table_and_writes_csv_json_and_maps(parts, tmp_path):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import built_once
 import vaekit
 from vaekit import codes
 from vaekit.images import quality
@@ -31,12 +32,11 @@ def trained_run(tmp_path_factory, seed: int = 0, epochs: int = 30) -> Path:
 
     Its parent folder holds the digits (`digits/train`, `digits/test/...`) it was trained on."""
     from vaekit.config import ModelConfig, TrainConfig
-    from vaekit.sample_data import write_digits
     from vaekit.train import train
 
     if "root" not in _RUNS:
         _RUNS["root"] = tmp_path_factory.mktemp("codes-runs")
-        write_digits(_RUNS["root"] / "digits", size=16)
+        built_once.digits(tmp_path_factory, _RUNS["root"] / "digits")  # write_digits(..., size=16)
     root, key = _RUNS["root"], (seed, epochs)
     if key not in _RUNS:
         train(root / "digits" / "train", root / f"run-{seed}-{epochs}", ModelConfig(image_size=16, latent_dim=8, base_channels=8),

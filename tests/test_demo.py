@@ -12,13 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import built_once
 import vaekit
 from vaekit.inference.engine import score_unit
 from vaekit import codes
 from vaekit.images import quality
 from vaekit import images as imageio
-from vaekit.config import ModelConfig, TrainConfig
-from vaekit.sample_data import write_digits
 from vaekit_demo import handlers, training
 
 SIZE = 16
@@ -26,19 +25,16 @@ SIZE = 16
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("digits")
-    write_digits(root, size=SIZE)
-    return root
+    """What write_digits(ROOT, size=SIZE) writes, this module's own copy (tests/built_once.py)."""
+    return built_once.digits(tmp_path_factory, tmp_path_factory.mktemp("digits"))
 
 
 @pytest.fixture(scope="module")
 def run(data, tmp_path_factory) -> Path:
-    from vaekit.train import train
-
-    out = tmp_path_factory.mktemp("runs") / "tiny"
-    train(data / "train", out, ModelConfig(image_size=SIZE, latent_dim=4, base_channels=8),
-          TrainConfig(epochs=2, batch_size=32), cache_dir=tmp_path_factory.mktemp("cache"))
-    return out
+    """A tiny run on the digits (ModelConfig(image_size=SIZE, latent_dim=4, base_channels=8),
+    TrainConfig(epochs=2, batch_size=32)): trained once per process, this module's own copy."""
+    assert SIZE == built_once.DIGITS_SIZE
+    return built_once.digits_run(tmp_path_factory, data, tmp_path_factory.mktemp("runs") / "tiny")
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from vaekit_cli.main import app
 
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory):
-    return washer_run(tmp_path_factory.mktemp("hostile10"))
+    return washer_run(tmp_path_factory, "hostile10")
 
 
 @pytest.fixture

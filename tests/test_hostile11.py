@@ -24,7 +24,7 @@ from vaekit_cli.main import app
 
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory):
-    return washer_run(tmp_path_factory.mktemp("hostile11"))
+    return washer_run(tmp_path_factory, "hostile11")
 
 
 @pytest.fixture

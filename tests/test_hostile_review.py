@@ -20,7 +20,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory):
-    return washer_run(tmp_path_factory.mktemp("review-parts"))
+    return washer_run(tmp_path_factory, "review-parts")
 
 
 def _broken_copy(run, out):

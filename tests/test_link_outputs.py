@@ -19,7 +19,7 @@ from vaekit_cli.main import app
 
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory):
-    root = washer_run(tmp_path_factory.mktemp("links"))
+    root = washer_run(tmp_path_factory, "links")
     r = invoke("encode", root / "run", root / "test" / "normal", "-o", root / "normal.vkc", "--quality", 3)
     assert r.exit_code == 0, r.output
     return root

@@ -8,6 +8,7 @@ import socket
 import pytest
 from typer.testing import CliRunner
 
+import built_once
 from vaekit.errors import BadInput
 
 
@@ -86,22 +87,17 @@ SIZE = 16
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
-    from vaekit.sample_data import write_digits
-
-    root = tmp_path_factory.mktemp("digits")
-    write_digits(root, size=SIZE)
-    return root
+    """What write_digits(ROOT, size=SIZE) writes, this module's own copy (tests/built_once.py)."""
+    return built_once.digits(tmp_path_factory, tmp_path_factory.mktemp("digits"))
 
 
 @pytest.fixture(scope="module")
 def run(digits, tmp_path_factory):
-    from vaekit.config import ModelConfig, TrainConfig
-    from vaekit.train import train
-
-    out = digits / "runs" / "tiny"  # inside the app's data root, so Open takes it
-    train(digits / "train", out, ModelConfig(image_size=SIZE, latent_dim=4, base_channels=8),
-          TrainConfig(epochs=2, batch_size=32), cache_dir=tmp_path_factory.mktemp("cache"))
-    return out
+    """The tiny run trained on the digits (ModelConfig(image_size=SIZE, latent_dim=4,
+    base_channels=8), TrainConfig(epochs=2, batch_size=32)): trained once per process, this
+    module's copy lies inside the app's data root, so Open takes it."""
+    assert SIZE == built_once.DIGITS_SIZE
+    return built_once.digits_run(tmp_path_factory, digits, digits / "runs" / "tiny")
 
 
 @pytest.fixture()
