@@ -102,7 +102,7 @@ def encode(model, source: str | Path | Sequence[str | Path], out: str | Path, qu
             raise imageio.none_usable(f"in {source}", skipped)
         decodable(header.names, source)  # the images stored, when a skipped one changed the output names
         header.chunks = spill.chunks
-        size = container.write(out, header, spill.finish(), skip=spill.start)
+        size = container.write(out, header, spill.finish(), skip=spill.start, replace=overwrite)
     finally:
         spill.close()
     payload = 4 * sum(c[1] for c in header.chunks)

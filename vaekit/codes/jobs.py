@@ -169,7 +169,7 @@ def encode_folder(
         report = EncodeReport(out, 0, 0, 0, info.image_size, 0, precision, shard=(index, count), resumed=resumed,
                               repeated=found.repeated)
         report.merged, report.pending = finish_when_complete(
-            shares, torchrun, merge_timeout, progress, lambda: _write_code_file(shares, report, info, source))
+            shares, torchrun, merge_timeout, progress, lambda: _write_code_file(shares, report, info, source, overwrite))
         return report
     except BaseException:  # refused or failed before its first batch (a missing encoder file): no OUT.partial left
         journal.abandon()
@@ -228,7 +228,7 @@ def _encode_batches(model: "Model", found: stream.Inputs, journal, layout: Layou
             progress(done, total)
 
 
-def _write_code_file(shares, report: EncodeReport, info, source) -> None:
+def _write_code_file(shares, report: EncodeReport, info, source, overwrite: bool) -> None:
     """The code file from every share's journal, chunk by chunk, atomically; then the journals go."""
     kept, sizes, skipped = [], [], []
     for e in shares.merged():
@@ -253,7 +253,7 @@ def _write_code_file(shares, report: EncodeReport, info, source) -> None:
         if batch:
             yield np.stack(batch).astype(np.float32)
 
-    with atomic_writer(report.path) as f:
+    with atomic_writer(report.path, replace=overwrite) as f:  # not over a file put there while the job ran
         write_streamed(f, chunks, kept, sizes, report.precision, info.fingerprint, info.image_size, info.channels,
                        info.latent_dim)
     shares.remove()
