@@ -182,3 +182,26 @@ def test_a_file_put_at_a_vkcs_name_while_encode_ran_is_not_replaced(tmp_path, mo
     assert r.exit_code == 2 and "appeared while this job ran" in r.output and "Traceback" not in r.output, r.output
     assert out.read_bytes() == USERS
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.vkc", "run", "src"]  # no spill, no temporary file
+
+
+def test_a_file_put_at_a_decoded_pngs_name_while_decode_ran_is_not_replaced(setup, tmp_path, monkeypatch):
+    # decode stages its PNGs and moves them all at the end: that move replaced a file put there meanwhile
+    from vaekit.fileio import staging
+
+    run, data = setup
+    codes = tmp_path / "a.codes"
+    encode_folder(vaekit.load(run), data, codes, batch_size=4)
+    out = tmp_path / "dec"
+    late = out / "img007.png"
+    move_all = staging._move_all
+
+    def meanwhile(*a, **kw):
+        late.write_bytes(USERS)
+        return move_all(*a, **kw)
+
+    monkeypatch.setattr(staging, "_move_all", meanwhile)
+    r = invoke("decode", run, codes, "-o", out)
+    assert r.exit_code == 2 and "img007.png appeared while this job ran" in r.output, r.output
+    assert sorted(p.name for p in out.iterdir()) == ["img007.png"] and late.read_bytes() == USERS  # all or nothing
+    r = invoke("decode", run, codes, "-o", out, "--overwrite")
+    assert r.exit_code == 0 and late.read_bytes().startswith(b"\x89PNG"), r.output

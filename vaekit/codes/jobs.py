@@ -327,7 +327,7 @@ def decode_file(
     z, n = cf.latents(), len(targets)
     # staged as a .vkc's decode is: a Ctrl-C or a failure halfway left some PNGs, which the next
     # decode then refused as existing outputs
-    with staged(out_dir, targets) as paths:
+    with staged(out_dir, targets, replace=overwrite) as paths:
         for s in range(0, n, batch_size):
             x = imageio.to_uint8(model.decode(z[s : s + batch_size]))
             for i, img in enumerate(x, start=s):
