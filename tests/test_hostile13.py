@@ -131,7 +131,7 @@ def test_a_file_put_at_a_heat_maps_name_while_the_job_ran_is_not_replaced(setup,
         anomaly.score_to_file(model, data, out, maps, threshold=0.0, batch_size=4)
     assert late.read_bytes() == USERS and Path(f"{out}.partial").exists() and not out.exists()
     r = invoke("anomaly-score", run, data, "-o", out, "--maps", maps, "--batch-size", 4, "--threshold", 0, "--resume")
-    assert r.exit_code == 0, r.output  # that batch is the stopped one: its maps are the job's own, written again
+    assert r.exit_code == 0, r.output  # that batch is the stopped one: a --resume writes its maps again (documented)
     assert late.read_bytes().startswith(b"\x89PNG")
 
 

@@ -100,12 +100,17 @@ def put_in_place(tmp: Path, path: Path, replace: bool) -> None:
     try:
         os.link(tmp, path)  # tmp is the regular file just written
     except FileExistsError:
-        raise OutputExists(f"output {path} appeared while this job ran (it was not there when the job began); "
-                           "it is left as it is: move it away, or pass --overwrite to replace it") from None
+        raise appeared(path) from None
     except OSError:  # no hard links here (FAT, some network file systems)
         if os.path.lexists(path):
-            raise OutputExists(f"output {path} appeared while this job ran; it is left as it is: move it away, "
-                               "or pass --overwrite to replace it") from None
+            raise appeared(path) from None
         os.replace(tmp, path)
         return
     os.unlink(tmp)
+
+
+def appeared(path: Path) -> OutputExists:
+    """An output found at `path` as the job put its file there, though it was free when the job began."""
+    return OutputExists(f"output {path} appeared while this job ran (it was not there when the job began) and is "
+                        "left as it is; move it away and run the job again (with --resume if it kept an OUT.partial), "
+                        "or run it with --overwrite to replace it")

@@ -19,8 +19,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from vaekit.errors import OutputExists, cannot_write
+from vaekit.errors import cannot_write
 from vaekit.fileio.leftovers import mark_partial, remove_stale
+from vaekit.fileio.outputs import appeared
 
 STAGE = ".vaekit-decode-"  # the staging folder's name inside the output folder: STAGE + PID-TOKEN
 
@@ -67,8 +68,7 @@ def _move_all(out_dir: Path, paths: Sequence[Path], targets: Sequence[Path], rep
             if not (t.exists() or t.is_symlink()):
                 moved.append(t)  # before the move: an interrupt right after it still takes it back
             elif not replace:  # every target was free when the job began: this one was put there since
-                raise OutputExists(f"output {t} appeared while this job ran (it was not there when the job "
-                                   "began); it is left as it is: move it away, or pass --overwrite to replace it")
+                raise appeared(t)
             _move(s, t)
     except BaseException:
         for t in moved:
