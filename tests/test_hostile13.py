@@ -205,3 +205,25 @@ def test_a_file_put_at_a_decoded_pngs_name_while_decode_ran_is_not_replaced(setu
     assert sorted(p.name for p in out.iterdir()) == ["img007.png"] and late.read_bytes() == USERS  # all or nothing
     r = invoke("decode", run, codes, "-o", out, "--overwrite")
     assert r.exit_code == 0 and late.read_bytes().startswith(b"\x89PNG"), r.output
+
+
+@pytest.mark.parametrize("taken", [False, True])
+def test_a_file_system_without_hard_links_still_never_writes_over_a_file_that_appeared(tmp_path, monkeypatch, taken):
+    import errno
+    import os
+
+    from vaekit.fileio import atomic_write_bytes
+
+    def no_links(*a, **kw):
+        raise OSError(errno.EPERM, "Operation not permitted")  # vfat, some FUSE and SMB mounts
+
+    monkeypatch.setattr(os, "link", no_links)
+    out = tmp_path / "x.csv"
+    if taken:
+        out.write_bytes(USERS)
+        with pytest.raises(OutputExists, match="appeared while this job ran"):
+            atomic_write_bytes(out, b"new", replace=False)
+    else:
+        atomic_write_bytes(out, b"new", replace=False)
+    assert out.read_bytes() == (USERS if taken else b"new")
+    assert [p.name for p in tmp_path.iterdir()] == ["x.csv"]  # no temporary file left
