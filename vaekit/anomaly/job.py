@@ -164,12 +164,13 @@ def _texts(paths) -> list[str]:
     return texts if texts is not None else [str(p) for p in paths]
 
 
-def _check_maps(found: stream.Inputs, maps, layout: Layout, journal, overwrite: bool) -> tuple[list[str], int | None]:
-    """(each image's heat-map target, the batch whose maps are this job's own); refuses (before any work) a heat map that would replace a
-    file, unless `overwrite`. Resuming, the maps of the first unfinished batch may have been
-    written just before the stop (a batch's maps come before its journal line, in order): they
-    are this job's own, and are written again; any other file there is still refused; and each
-    map of a finished batch must still be there."""
+def _check_maps(found: stream.Inputs, maps, layout: Layout, journal,
+                overwrite: bool) -> tuple[list[str], int | None]:
+    """(each image's heat-map target, the batch whose maps are this job's own); refuses (before
+    any work) a heat map that would replace a file, unless `overwrite`. Resuming, the maps of the
+    first unfinished batch may have been written just before the stop (a batch's maps come before
+    its journal line, in order): they are this job's own, and are written again; any other file
+    there is still refused; and each map of a finished batch must still be there."""
     if maps is None:
         return [], None
     done, resumed = (journal.done, journal.resumed) if journal is not None else (frozenset(), False)

@@ -169,7 +169,8 @@ def encode_folder(
         report = EncodeReport(out, 0, 0, 0, info.image_size, 0, precision, shard=(index, count), resumed=resumed,
                               repeated=found.repeated)
         report.merged, report.pending = finish_when_complete(
-            shares, torchrun, merge_timeout, progress, lambda: _write_code_file(shares, report, info, source, overwrite))
+            shares, torchrun, merge_timeout, progress,
+            lambda: _write_code_file(shares, report, info, source, overwrite))
         return report
     except BaseException:  # refused or failed before its first batch (a missing encoder file): no OUT.partial left
         journal.abandon()

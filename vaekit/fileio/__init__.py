@@ -343,4 +343,5 @@ def refuse_inside(output: Path, inputs, what: str, folder: bool = False) -> None
                 raise BadInput(f"{what} {output} {relation} the input image {root}; write it somewhere else")
 
 
-from vaekit.fileio.outputs import put_in_place, refuse_existing, refuse_long_names  # noqa: E402  (a sibling; re-exported here)
+from vaekit.fileio.outputs import (  # noqa: E402  (a sibling; re-exported here)
+    put_in_place, refuse_existing, refuse_long_names)
