@@ -227,3 +227,28 @@ def test_a_file_system_without_hard_links_still_never_writes_over_a_file_that_ap
         atomic_write_bytes(out, b"new", replace=False)
     assert out.read_bytes() == (USERS if taken else b"new")
     assert [p.name for p in tmp_path.iterdir()] == ["x.csv"]  # no temporary file left
+
+
+# --- 2. encode's final write holds a bounded number of bytes of codes, not 4096 codes ----------
+
+def test_the_code_file_is_assembled_in_chunks_bounded_in_bytes_and_is_the_same_file(tmp_path, monkeypatch):
+    # a 512 px grid model's codes are 1 MB an image: 4096 of them (4 GB) were held three times
+    # over as the file was written (256 images of it: +1.1 GB at the end of a 0.8 GB job)
+    from export_support import random_run
+    from vaekit.codes import jobs
+
+    run = random_run(tmp_path / "run", image_size=32, channels=1, latent_dim=4, base_channels=4, layout="grid")
+    data = random_job(tmp_path / "j", 10)[1]
+    model = vaekit.load(run)
+    row = 4 * model.info.latent_dim
+    encode_folder(model, data, tmp_path / "whole.codes", batch_size=4)
+    seen, write = [], jobs.write_streamed
+
+    def recording(f, chunks, *a, **kw):
+        return write(f, lambda: (seen.append(z.nbytes) or z for z in chunks()), *a, **kw)
+
+    monkeypatch.setattr(jobs, "write_streamed", recording)
+    monkeypatch.setattr(jobs, "CHUNK_BYTES", 3 * row)
+    encode_folder(model, data, tmp_path / "chunked.codes", batch_size=4)
+    assert max(seen) == 3 * row and len(seen) > 3
+    assert (tmp_path / "chunked.codes").read_bytes() == (tmp_path / "whole.codes").read_bytes()

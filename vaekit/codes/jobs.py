@@ -33,7 +33,8 @@ if TYPE_CHECKING:  # the engine is passed in; importing it here would cost nothi
     from vaekit.inference.engine import Model
 
 BATCH_SIZE = 256  # images decoded and encoded at a time
-CHUNK = 4096  # codes assembled into the file at a time
+CHUNK = 4096  # codes assembled into the file at a time, at most
+CHUNK_BYTES = 64 << 20  # ... and at most this many bytes of them: a 512 px grid model's codes are 1 MB an image
 
 
 def original_size(path: Path) -> tuple[int, int]:
@@ -243,12 +244,14 @@ def _write_code_file(shares, report: EncodeReport, info, source, overwrite: bool
         raise imageio.none_usable(f"in {stream.named(source)}", skipped)
     sizes = np.array(sizes, dtype=np.int32).reshape(-1, 2)
 
+    rows = max(1, min(CHUNK, CHUNK_BYTES // (4 * info.latent_dim)))  # 4096 such codes were 4 GB, held 3 times
+
     def chunks() -> Iterator[np.ndarray]:
         batch = []
         for e in shares.merged():
             for r in e["rows"]:
                 batch.append(np.frombuffer(base64.b64decode(r["mu"]), "<f4"))
-                if len(batch) == CHUNK:
+                if len(batch) == rows:
                     yield np.stack(batch).astype(np.float32)
                     batch = []
         if batch:
