@@ -252,3 +252,23 @@ def test_the_code_file_is_assembled_in_chunks_bounded_in_bytes_and_is_the_same_f
     encode_folder(model, data, tmp_path / "chunked.codes", batch_size=4)
     assert max(seen) == 3 * row and len(seen) > 3
     assert (tmp_path / "chunked.codes").read_bytes() == (tmp_path / "whole.codes").read_bytes()
+
+
+def test_decode_dequantises_and_decodes_a_bounded_number_of_pixels_at_a_time(setup, tmp_path, monkeypatch):
+    # the whole file's codes were dequantised at once (three float32 copies of N x D) and decoded
+    # 256 at a time whatever the model's size: a 69 MB code file of a 512 px grid model peaked at 1.5 GB
+    from vaekit.codes import jobs
+
+    run, data = setup
+    codes = tmp_path / "a.codes"
+    encode_folder(vaekit.load(run), data, codes, batch_size=4)
+    assert invoke("decode", run, codes, "-o", tmp_path / "whole").exit_code == 0
+    model, seen = vaekit.load(run), []
+    decode = model.decode
+    model.decode = lambda z, **kw: (seen.append(len(z)), decode(z, **kw))[1]
+    monkeypatch.setattr(jobs, "BATCH_PIXELS", 5 * 16 * 16)  # five 16 px images
+    jobs.decode_file(model, codes, tmp_path / "parts")
+    assert seen == [5, 5, 2]
+    whole = sorted(p.name for p in (tmp_path / "whole").iterdir())
+    assert whole == sorted(p.name for p in (tmp_path / "parts").iterdir())
+    assert all((tmp_path / "whole" / n).read_bytes() == (tmp_path / "parts" / n).read_bytes() for n in whole)

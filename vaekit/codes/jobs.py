@@ -25,6 +25,7 @@ from vaekit.fileio import atomic_writer, refuse_existing, refuse_inside
 from vaekit.fileio.staging import staged
 from vaekit.inference.engine_onnx import refuse_model_files
 from vaekit.images.arrays import check_batch_size
+from vaekit.images.load import BATCH_PIXELS
 from vaekit.stream.journals import model_settings, naming_failed_writes, open_journal
 from vaekit.progress import Progress
 from vaekit.stream.shares import Shares, finish_when_complete, share_out
@@ -328,15 +329,15 @@ def decode_file(
     check_model(cf, model, f"code file {code_file}")
     targets = [out_dir / n for n in png_names(cf.names)]
     check_targets(out_dir, targets, overwrite)
-    z, n = cf.latents(), len(targets)
+    n, step = len(targets), max(1, min(batch_size, BATCH_PIXELS // model.info.image_size ** 2))  # bounded by pixels
     # staged as a .vkc's decode is: a Ctrl-C or a failure halfway left some PNGs, which the next
     # decode then refused as existing outputs
     with staged(out_dir, targets, replace=overwrite) as paths:
-        for s in range(0, n, batch_size):
-            x = imageio.to_uint8(model.decode(z[s : s + batch_size]))
+        for s in range(0, n, step):
+            x = imageio.to_uint8(model.decode(cf.latents(slice(s, s + step))))
             for i, img in enumerate(x, start=s):
                 imageio.save_png(img if size == "model" else restore_size(img, cf.orig_size[i]), paths[i])
             if progress:
-                progress(min(n, s + batch_size), n)
+                progress(min(n, s + step), n)
     return DecodeReport(out_dir, targets, size)
 
