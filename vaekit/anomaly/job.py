@@ -89,10 +89,10 @@ def score_to_file(
     shares, journal = _open(model, plan, found, layout, out, maps, resume) if out is not None else (None, None)
     done = frozenset(journal.done) if journal else frozenset()
     tally = _Tally(top)
-    sink = _Sink(journal, tally, None if maps is None else Path(maps), out)
+    sink = _Sink(journal, tally, None if maps is None else Path(maps), out, overwrite)
     positions = stream.shard(found.paths, index, count, batch_size) if count > 1 else None
     try:
-        sink.targets = _check_maps(found, maps, layout, journal, overwrite)
+        sink.targets, sink.own = _check_maps(found, maps, layout, journal, overwrite)
         with pipeline.WriteBehind(sink.write) as writer:
             for b in iter_scored(model, found, plan, maps=maps is not None, batch_size=batch_size,
                                  positions=positions, skip_batches=done, workers=workers, progress=progress):
@@ -105,7 +105,7 @@ def score_to_file(
             return tally.into(report)
         if count > 1:  # this share is written: its lock goes, another share's process may merge it
             _close(journal, out)
-        return _merge(model, plan, shares, report, tally, inputs, torchrun, merge_timeout, progress)
+        return _merge(model, plan, shares, report, tally, inputs, torchrun, merge_timeout, progress, overwrite)
     except BaseException:  # refused or failed before its first batch: no OUT.partial to block the next run
         _close(journal, out, abandon=True)
         raise
@@ -118,16 +118,19 @@ class _Sink:
     batch is scored: its heat maps, then its journal line (a batch in the journal is a batch
     done); without a journal, the tally."""
 
-    def __init__(self, journal, tally: "_Tally", maps: Path | None, out):
-        self.journal, self.tally, self.maps_dir, self.out = journal, tally, maps, out
+    def __init__(self, journal, tally: "_Tally", maps: Path | None, out, overwrite: bool = False):
+        self.journal, self.tally, self.maps_dir, self.out, self.overwrite = journal, tally, maps, out, overwrite
         self.targets: list[str] = []  # each image's heat-map path under maps_dir
+        self.own: int | None = None  # the batch a resumed job may have begun writing: its maps are replaced
         self.maps = 0  # heat maps written
 
     def write(self, b) -> None:
         if self.maps_dir is not None and b.rows:
             where = self.maps_dir  # a full disk is "cannot write MAPS" (exit 2), and the journal stays
             with self.journal.writing(where) if self.journal is not None else naming_failed_writes(where):
-                self.maps += len(save_maps(self.maps_dir, [self.targets[i] for i in b.positions], b.images, b.maps))
+                replace = self.overwrite or b.index == self.own  # not a file put there while the job ran
+                self.maps += len(save_maps(self.maps_dir, [self.targets[i] for i in b.positions], b.images, b.maps,
+                                           replace=replace))
         skipped = [(str(p), r) for p, r in b.skipped]
         if self.journal is not None:
             with naming_failed_writes(Path(self.out)):
@@ -161,14 +164,15 @@ def _texts(paths) -> list[str]:
     return texts if texts is not None else [str(p) for p in paths]
 
 
-def _check_maps(found: stream.Inputs, maps, layout: Layout, journal, overwrite: bool) -> list[str]:
-    """Each image's heat-map target; refuses (before any work) a heat map that would replace a
-    file, unless `overwrite`. Resuming, the maps of the first unfinished batch may have been
-    written just before the stop (a batch's maps come before its journal line, in order): they
-    are this job's own, and are written again; any other file there is still refused; and each
-    map of a finished batch must still be there."""
+def _check_maps(found: stream.Inputs, maps, layout: Layout, journal,
+                overwrite: bool) -> tuple[list[str], int | None]:
+    """(each image's heat-map target, the batch whose maps are this job's own); refuses (before
+    any work) a heat map that would replace a file, unless `overwrite`. Resuming, the maps of the
+    first unfinished batch may have been written just before the stop (a batch's maps come before
+    its journal line, in order): they are this job's own, and are written again; any other file
+    there is still refused; and each map of a finished batch must still be there."""
     if maps is None:
-        return []
+        return [], None
     done, resumed = (journal.done, journal.resumed) if journal is not None else (frozenset(), False)
     targets = map_targets(found.names)
     if resumed:
@@ -176,7 +180,7 @@ def _check_maps(found: stream.Inputs, maps, layout: Layout, journal, overwrite: 
     todo = [b for b in layout.mine() if b not in done]
     own = set(layout.positions(todo[0])) if resumed and todo else set()
     refuse_taken_maps(Path(maps), [targets[i] for b in todo for i in layout.positions(b) if i not in own], overwrite)
-    return targets
+    return targets, todo[0] if own else None
 
 
 def _refuse_lost_maps(journal, maps: Path, targets: list[str], layout: Layout) -> None:
@@ -192,10 +196,10 @@ def _refuse_lost_maps(journal, maps: Path, targets: list[str], layout: Layout) -
 
 
 def _merge(model, plan, shares: Shares, report: JobReport, tally: "_Tally", inputs, torchrun, timeout,
-           progress) -> JobReport:
+           progress, overwrite: bool = False) -> JobReport:
     """Write OUT when every share is complete (this one merges), else report this share alone."""
     report.merged, report.pending = finish_when_complete(
-        shares, torchrun, timeout, progress, lambda: _finish(shares, model, plan, tally, inputs))
+        shares, torchrun, timeout, progress, lambda: _finish(shares, model, plan, tally, inputs, overwrite))
     if report.merged:
         report.out = shares.out
         return tally.into(report)
@@ -247,8 +251,9 @@ def _decode(row: dict) -> dict:
     return {k: (float(v) if k in _FLOATS and isinstance(v, str) else v) for k, v in row.items()}
 
 
-def _finish(shares: Shares, model: Model, plan: Plan, tally: "_Tally", inputs) -> None:
-    """Write OUT from the journals, atomically, then remove them."""
+def _finish(shares: Shares, model: Model, plan: Plan, tally: "_Tally", inputs, overwrite: bool) -> None:
+    """Write OUT from the journals, atomically, then remove them; not over a file put at OUT
+    while the job ran, unless `overwrite` (its journals then stay for --resume)."""
     n = anomalous = 0
     for e in shares.merged():
         n += len(e["rows"])
@@ -268,7 +273,7 @@ def _finish(shares: Shares, model: Model, plan: Plan, tally: "_Tally", inputs) -
             yield from (_decode(r) for r in e["rows"])
 
     out = shares.out
-    with atomic_writer(out) as f:
+    with atomic_writer(out, replace=overwrite) as f:
         if output_format(out) == "csv":
             write_csv_rows(f, rows())
         else:

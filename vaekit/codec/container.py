@@ -99,12 +99,12 @@ def chunk_images(channels: int, image_size: int, chunk: int | None = None) -> in
     return fit if chunk is None else min(chunk, fit)
 
 
-def write(path: Path, header: Header, spill: Path, skip: int = 0) -> int:
+def write(path: Path, header: Header, spill: Path, skip: int = 0, replace: bool = True) -> int:
     """Write the .vkc at `path` atomically from the header and the spill file of chunk words
-    (which begin `skip` bytes into it)."""
+    (which begin `skip` bytes into it); replace=False: not over a file put there meanwhile."""
     head = pack(header)
     h = hashlib.sha256()
-    with atomic_writer(Path(path)) as f:
+    with atomic_writer(Path(path), replace=replace) as f:
         for part in (MAGIC, varint(len(head)), head):
             f.write(part)
             h.update(part)

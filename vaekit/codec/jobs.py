@@ -102,7 +102,7 @@ def encode(model, source: str | Path | Sequence[str | Path], out: str | Path, qu
             raise imageio.none_usable(f"in {source}", skipped)
         decodable(header.names, source)  # the images stored, when a skipped one changed the output names
         header.chunks = spill.chunks
-        size = container.write(out, header, spill.finish(), skip=spill.start)
+        size = container.write(out, header, spill.finish(), skip=spill.start, replace=overwrite)
     finally:
         spill.close()
     payload = 4 * sum(c[1] for c in header.chunks)
@@ -263,7 +263,7 @@ def decode(model, archive: str | Path, out_dir: str | Path, size: str = "model",
                                      f"tables have qualities 1 to {len(prior.steps)}")
     targets = [out_dir / n for n in png_names(header.names)]
     check_targets(out_dir, targets, overwrite)  # every one, before the first is written
-    with staged(out_dir, targets) as paths:
+    with staged(out_dir, targets, replace=overwrite) as paths:
         _decode_into(model, prior, header, archive, offset, paths, size, progress)
     return DecodeResult(out_dir, targets, header.mode, time.perf_counter() - t0)
 

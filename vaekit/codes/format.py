@@ -73,11 +73,11 @@ class CodeFile:
     def latent_dim(self) -> int:
         return int(self.codes.shape[1])
 
-    def latents(self) -> np.ndarray:
-        """The codes as float32 latents (N, D), dequantised for q8."""
+    def latents(self, rows: slice = slice(None)) -> np.ndarray:
+        """The codes (of `rows`) as float32 latents (N, D), dequantised for q8."""
         if self.precision == "q8":
-            return (self.offset + self.scale * self.codes.astype(np.float32)).astype(np.float32)
-        return self.codes.astype(np.float32)
+            return (self.offset + self.scale * self.codes[rows].astype(np.float32)).astype(np.float32)
+        return self.codes[rows].astype(np.float32)
 
 
 def quantize(z: np.ndarray, precision: str) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:

@@ -25,6 +25,7 @@ from vaekit.fileio import atomic_writer, refuse_existing, refuse_inside
 from vaekit.fileio.staging import staged
 from vaekit.inference.engine_onnx import refuse_model_files
 from vaekit.images.arrays import check_batch_size
+from vaekit.images.load import BATCH_PIXELS
 from vaekit.stream.journals import model_settings, naming_failed_writes, open_journal
 from vaekit.progress import Progress
 from vaekit.stream.shares import Shares, finish_when_complete, share_out
@@ -33,7 +34,8 @@ if TYPE_CHECKING:  # the engine is passed in; importing it here would cost nothi
     from vaekit.inference.engine import Model
 
 BATCH_SIZE = 256  # images decoded and encoded at a time
-CHUNK = 4096  # codes assembled into the file at a time
+CHUNK = 4096  # codes assembled into the file at a time, at most
+CHUNK_BYTES = 64 << 20  # ... and at most this many bytes of them: a 512 px grid model's codes are 1 MB an image
 
 
 def original_size(path: Path) -> tuple[int, int]:
@@ -169,7 +171,8 @@ def encode_folder(
         report = EncodeReport(out, 0, 0, 0, info.image_size, 0, precision, shard=(index, count), resumed=resumed,
                               repeated=found.repeated)
         report.merged, report.pending = finish_when_complete(
-            shares, torchrun, merge_timeout, progress, lambda: _write_code_file(shares, report, info, source))
+            shares, torchrun, merge_timeout, progress,
+            lambda: _write_code_file(shares, report, info, source, overwrite))
         return report
     except BaseException:  # refused or failed before its first batch (a missing encoder file): no OUT.partial left
         journal.abandon()
@@ -228,7 +231,7 @@ def _encode_batches(model: "Model", found: stream.Inputs, journal, layout: Layou
             progress(done, total)
 
 
-def _write_code_file(shares, report: EncodeReport, info, source) -> None:
+def _write_code_file(shares, report: EncodeReport, info, source, overwrite: bool) -> None:
     """The code file from every share's journal, chunk by chunk, atomically; then the journals go."""
     kept, sizes, skipped = [], [], []
     for e in shares.merged():
@@ -242,18 +245,20 @@ def _write_code_file(shares, report: EncodeReport, info, source) -> None:
         raise imageio.none_usable(f"in {stream.named(source)}", skipped)
     sizes = np.array(sizes, dtype=np.int32).reshape(-1, 2)
 
+    rows = max(1, min(CHUNK, CHUNK_BYTES // (4 * info.latent_dim)))  # 4096 such codes were 4 GB, held 3 times
+
     def chunks() -> Iterator[np.ndarray]:
         batch = []
         for e in shares.merged():
             for r in e["rows"]:
                 batch.append(np.frombuffer(base64.b64decode(r["mu"]), "<f4"))
-                if len(batch) == CHUNK:
+                if len(batch) == rows:
                     yield np.stack(batch).astype(np.float32)
                     batch = []
         if batch:
             yield np.stack(batch).astype(np.float32)
 
-    with atomic_writer(report.path) as f:
+    with atomic_writer(report.path, replace=overwrite) as f:  # not over a file put there while the job ran
         write_streamed(f, chunks, kept, sizes, report.precision, info.fingerprint, info.image_size, info.channels,
                        info.latent_dim)
     shares.remove()
@@ -324,15 +329,15 @@ def decode_file(
     check_model(cf, model, f"code file {code_file}")
     targets = [out_dir / n for n in png_names(cf.names)]
     check_targets(out_dir, targets, overwrite)
-    z, n = cf.latents(), len(targets)
+    n, step = len(targets), max(1, min(batch_size, BATCH_PIXELS // model.info.image_size ** 2))  # bounded by pixels
     # staged as a .vkc's decode is: a Ctrl-C or a failure halfway left some PNGs, which the next
     # decode then refused as existing outputs
-    with staged(out_dir, targets) as paths:
-        for s in range(0, n, batch_size):
-            x = imageio.to_uint8(model.decode(z[s : s + batch_size]))
+    with staged(out_dir, targets, replace=overwrite) as paths:
+        for s in range(0, n, step):
+            x = imageio.to_uint8(model.decode(cf.latents(slice(s, s + step))))
             for i, img in enumerate(x, start=s):
                 imageio.save_png(img if size == "model" else restore_size(img, cf.orig_size[i]), paths[i])
             if progress:
-                progress(min(n, s + batch_size), n)
+                progress(min(n, s + step), n)
     return DecodeReport(out_dir, targets, size)
 

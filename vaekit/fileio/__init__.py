@@ -65,8 +65,9 @@ def _named(e: OSError, path: Path) -> OSError:
 
 
 @contextmanager
-def atomic_writer(path: Path) -> Iterator[BinaryIO]:
-    """A binary file to write to, piece by piece, that appears at `path` only when complete."""
+def atomic_writer(path: Path, replace: bool = True) -> Iterator[BinaryIO]:
+    """A binary file to write to, piece by piece, that appears at `path` only when complete;
+    replace=False: only if nothing is at `path` by then (else OutputExists, vaekit.fileio.outputs)."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,19 +97,19 @@ def atomic_writer(path: Path) -> Iterator[BinaryIO]:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        put_in_place(tmp, path, replace)
     except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
-        if isinstance(e, OSError):
+        if isinstance(e, OSError) and not isinstance(e, BadInput):
             raise _named(e, path) from None
         raise
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    with atomic_writer(path) as f:
+def atomic_write_bytes(path: Path, data: bytes, replace: bool = True) -> None:
+    with atomic_writer(path, replace) as f:
         f.write(data)
 
 
@@ -342,4 +343,5 @@ def refuse_inside(output: Path, inputs, what: str, folder: bool = False) -> None
                 raise BadInput(f"{what} {output} {relation} the input image {root}; write it somewhere else")
 
 
-from vaekit.fileio.outputs import refuse_existing, refuse_long_names  # noqa: E402  (a sibling; re-exported here)
+from vaekit.fileio.outputs import (  # noqa: E402  (a sibling; re-exported here)
+    put_in_place, refuse_existing, refuse_long_names)

@@ -86,3 +86,31 @@ def refuse_existing(paths: Path | Sequence[Path], overwrite: bool, what: str = "
         raise OutputExists(f"{taken[0]} and {len(taken) - 1} more files already exist; pass --overwrite to replace them")
     if taken:
         raise OutputExists(f"{what} {taken[0]} already exists; pass --overwrite to replace it")
+
+
+def put_in_place(tmp: Path, path: Path, replace: bool) -> None:
+    """Move the finished temporary file `tmp` to `path`, atomically. replace=False (no --overwrite):
+    only when nothing is at `path` now, else OutputExists (`tmp` is left to the caller): a file
+    put there while a long job ran (its output was checked when the job began) is not replaced
+    unasked. A hard link is the atomic no-replace rename on POSIX and NTFS; a file system
+    without hard links gets a look before the rename instead."""
+    if replace:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)  # tmp is the regular file just written
+    except FileExistsError:
+        raise appeared(path) from None
+    except OSError:  # no hard links here (FAT, some network file systems)
+        if os.path.lexists(path):
+            raise appeared(path) from None
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
+
+
+def appeared(path: Path) -> OutputExists:
+    """An output found at `path` as the job put its file there, though it was free when the job began."""
+    return OutputExists(f"output {path} appeared while this job ran (it was not there when the job began) and is "
+                        "left as it is; move it away and run the job again (with --resume if it kept an OUT.partial), "
+                        "or run it with --overwrite to replace it")

@@ -21,14 +21,16 @@ from typing import Iterator, Sequence
 
 from vaekit.errors import cannot_write
 from vaekit.fileio.leftovers import mark_partial, remove_stale
+from vaekit.fileio.outputs import appeared
 
 STAGE = ".vaekit-decode-"  # the staging folder's name inside the output folder: STAGE + PID-TOKEN
 
 
 @contextmanager
-def staged(out_dir: Path, targets: Sequence[Path]) -> Iterator[list[Path]]:
-    """The paths to write each target to; on a clean exit they are moved onto `targets`. On an
-    error the staging folder goes, and so does `out_dir` where this created it (empty)."""
+def staged(out_dir: Path, targets: Sequence[Path], replace: bool = True) -> Iterator[list[Path]]:
+    """The paths to write each target to; on a clean exit they are moved onto `targets`
+    (replace=False, no --overwrite: none onto a file put there meanwhile, OutputExists, all
+    taken back). On an error the staging folder goes, and so does `out_dir` where this created it (empty)."""
     out_dir = Path(out_dir)
     created = not (out_dir.exists() or out_dir.is_symlink())
     try:
@@ -43,7 +45,7 @@ def staged(out_dir: Path, targets: Sequence[Path]) -> Iterator[list[Path]]:
         mark_partial(staging)
         paths = [staging / Path(t).relative_to(out_dir) for t in targets]
         yield paths
-        _move_all(out_dir, paths, [Path(t) for t in targets])
+        _move_all(out_dir, paths, [Path(t) for t in targets], replace)
         done = True
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -54,7 +56,7 @@ def staged(out_dir: Path, targets: Sequence[Path]) -> Iterator[list[Path]]:
                 pass
 
 
-def _move_all(out_dir: Path, paths: Sequence[Path], targets: Sequence[Path]) -> None:
+def _move_all(out_dir: Path, paths: Sequence[Path], targets: Sequence[Path], replace: bool = True) -> None:
     """Move every staged file onto its target; a Ctrl-C, SIGTERM or write error halfway takes
     back the targets that did not exist before, and the folders made for them, so the output is
     all or nothing (it was the first files moved: the next decode refused them as existing)."""
@@ -65,6 +67,8 @@ def _move_all(out_dir: Path, paths: Sequence[Path], targets: Sequence[Path]) -> 
         for s, t in zip(paths, targets):
             if not (t.exists() or t.is_symlink()):
                 moved.append(t)  # before the move: an interrupt right after it still takes it back
+            elif not replace:  # every target was free when the job began: this one was put there since
+                raise appeared(t)
             _move(s, t)
     except BaseException:
         for t in moved:

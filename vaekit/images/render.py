@@ -19,11 +19,12 @@ def _hwc(x: np.ndarray) -> np.ndarray:
     return x[0] if x.shape[0] == 1 else np.ascontiguousarray(x.transpose(1, 2, 0))
 
 
-def save_png(x: np.ndarray, path: Path) -> None:
-    """Save (C, H, W) uint8, or float in [0, 1], as a PNG; atomic, parent folders created."""
+def save_png(x: np.ndarray, path: Path, replace: bool = True) -> None:
+    """Save (C, H, W) uint8, or float in [0, 1], as a PNG; atomic, parent folders created;
+    replace=False: not over a file at `path` (OutputExists)."""
     buf = io.BytesIO()
     Image.fromarray(_hwc(x)).save(buf, format="PNG")
-    atomic_write_bytes(Path(path), buf.getvalue())
+    atomic_write_bytes(Path(path), buf.getvalue(), replace)
 
 
 def make_grid(xs: np.ndarray, ncol: int = 8, pad: int = 2) -> np.ndarray:

@@ -196,11 +196,13 @@ def reconstruct_to_folder(model: "Model", source: str | Path | Sequence[str | Pa
         refuse_existing([*taken, *([] if journal.resumed else [grid])], overwrite)
         report = ReconstructJob(out_dir, [], [], grid, np.zeros(0), None, shard=(index, count),
                                 resumed=len(journal.done), repeated=found.repeated)
-        _run(model, found, journal, layout, [out_dir / t for t in targets], workers, progress)
+        _run(model, found, journal, layout, [out_dir / t for t in targets], workers, progress,
+             (overwrite, todo[0] if own else None))
         if count > 1:  # this share is written: its lock goes, another share's process may merge it
             journal.close()
         report.merged, report.pending = finish_when_complete(
-            shares, torchrun, merge_timeout, progress, lambda: _finish(shares, report, model, out_dir, found, targets, grid_max))
+            shares, torchrun, merge_timeout, progress,
+            lambda: _finish(shares, report, model, out_dir, found, targets, grid_max, overwrite or journal.resumed))
         if not report.merged:
             _collect(shares.entries(index), report, out_dir, found, targets)
         return report
@@ -239,9 +241,10 @@ def _num(v: float) -> float | str:
 
 
 def _run(model: "Model", found: stream.Inputs, journal, layout: Layout, targets: list[Path], workers: int,
-         progress) -> None:
+         progress, replacing: tuple[bool, int | None] = (True, None)) -> None:
     """Reconstruct this share's unfinished batches; a batch's PNGs, then its journal line, are
-    written in a thread behind the reconstruction (in order)."""
+    written in a thread behind the reconstruction (in order). replacing: (--overwrite, the batch a
+    resumed job may have begun writing): no other PNG replaces a file put there while the job ran."""
     info = model.info
     positions = stream.shard(found.paths, layout.index, layout.count, layout.batch_size) if layout.count > 1 else None
     total = len(found.paths) if positions is None else len(positions)
@@ -252,7 +255,7 @@ def _run(model: "Model", found: stream.Inputs, journal, layout: Layout, targets:
         b, pngs, rows = item
         for img, path in pngs:
             with journal.writing(path):
-                imageio.save_png(img, path)
+                imageio.save_png(img, path, replacing[0] or b.index == replacing[1])
         with naming_failed_writes(journal.out):  # after its PNGs: a batch in the journal is a batch done
             journal.append(b.index, rows, [(str(p), r) for p, r in b.skipped])
 
@@ -301,7 +304,7 @@ def _collect(entries, report: ReconstructJob, out_dir: Path, found: stream.Input
 
 
 def _finish(shares: Shares, report: ReconstructJob, model: "Model", out_dir: Path, found: stream.Inputs,
-            targets: list[str], grid_max: int) -> None:
+            targets: list[str], grid_max: int, replace: bool = True) -> None:
     """The comparison grid from the first `grid_max` images (inputs decoded again, reconstructions
     read back from their PNGs), then the journals go."""
     at = _collect(shares.merged(), report, out_dir, found, targets)
@@ -312,5 +315,5 @@ def _finish(shares: Shares, report: ReconstructJob, model: "Model", out_dir: Pat
     for i, png in zip(at[:grid_max], report.written[:grid_max]):
         shown.append(imageio.load_image(found.paths[i], info.image_size, info.channels))
         shown.append(imageio.load_image(png, info.image_size, info.channels))
-    imageio.save_png(imageio.make_grid(np.stack(shown), ncol=8), report.grid)
+    imageio.save_png(imageio.make_grid(np.stack(shown), ncol=8), report.grid, replace)
     shares.remove()
