@@ -94,11 +94,11 @@ def _disk_full_at(n: int, monkeypatch) -> None:
 
     real, calls = imageio.save_png, []
 
-    def full(x, path):
+    def full(x, path, *rest, **kw):  # save_png's own arguments (replace) passed through
         calls.append(path)
         if len(calls) >= n:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(x, path)
+        return real(x, path, *rest, **kw)
 
     monkeypatch.setattr(imageio, "save_png", full)
 
