@@ -87,7 +87,10 @@ def encode(
     as_json: JsonOut = False,
     resume: Resume = False,
     shard: Shard = None,
-    batch_size: BatchSize = 256,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, max=4096, help="Files per batch, the journal's unit "
+                                                      "(default 256; fewer for a model whose codes would pass 64 MiB "
+                                                      "a batch); one over 4 M decoded pixels goes in parts.",
+                                                      show_default=False)] = None,
     workers: Workers = 0,
     device: DeviceOpt = Device.auto,
     quality: Annotated[Optional[int], typer.Option(min=1, max=8, help="Write an entropy-coded .vkc instead: 1 (smallest) "

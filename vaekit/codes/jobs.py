@@ -33,7 +33,8 @@ from vaekit.stream.shares import Shares, finish_when_complete, share_out
 if TYPE_CHECKING:  # the engine is passed in; importing it here would cost nothing but clarity
     from vaekit.inference.engine import Model
 
-BATCH_SIZE = 256  # images decoded and encoded at a time
+BATCH_SIZE = 256  # images decoded and encoded at a time, at most by default ...
+LINE_CODE_BYTES = 64 << 20  # ... and by default at most this many bytes of codes a journal line (base64)
 CHUNK = 4096  # codes assembled into the file at a time, at most
 CHUNK_BYTES = 64 << 20  # ... and at most this many bytes of them: a 512 px grid model's codes are 1 MB an image
 
@@ -132,7 +133,7 @@ def encode_folder(
     overwrite: bool = False,
     progress: Progress | None = None,
     resume: bool = False,
-    batch_size: int = BATCH_SIZE,
+    batch_size: int | None = None,
     workers: int = 0,
     shard: tuple[int, int] | None = None,
     merge_timeout: float | None = None,
@@ -141,10 +142,11 @@ def encode_folder(
 
     Each batch's codes go to `out.partial` as they are computed; `resume` continues a killed job.
     shard=(i, n) (or torchrun's RANK / WORLD_SIZE) encodes share i of n; the share that finds
-    all complete writes `out` (report.merged), the same file an unsharded run writes."""
+    all complete writes `out` (report.merged), the same file an unsharded run writes. batch_size
+    None: `default_batch_size` (a batch's codes are one journal line, held whole)."""
     out = Path(out)
     _check_precision(precision)
-    batch_size = check_batch_size(batch_size)
+    batch_size = check_batch_size(batch_size, default_batch_size(model.info.latent_dim))
     if out.is_dir():
         raise BadInput(f"output {out} is a folder; give a file name such as {out / 'images.codes'}")
     found = stream.find_inputs(source, once=True)
@@ -159,7 +161,7 @@ def encode_folder(
     settings = {"job": "encode", **model_settings(model), "batch_size": batch_size,
                 "files": len(found.paths), "file_list": digest(layout.paths), "inputs": [str(r) for r in found.roots],
                 "shard": [index, count]}
-    mu_bytes = 4 * -(-4 * info.latent_dim // 3)  # a row's means in base64 (a 512 px grid model's: 0.7 MB)
+    mu_bytes = _mu_bytes(info.latent_dim)
     shares = Shares(out, settings, layout, _row_check(found.names, info.latent_dim), row_bytes=mu_bytes)
     shares.check_headers()
     journal = open_journal(share_out(out, index, count), settings, resume, layout, shares.row_check, mu_bytes)
@@ -202,6 +204,17 @@ def _row_check(names: Sequence[str], latent_dim: int):
         return None
 
     return check
+
+
+def _mu_bytes(latent_dim: int) -> int:
+    """A journal row's latent means in base64 (a 512 px grid model's: 0.7 MB)."""
+    return 4 * -(-4 * latent_dim // 3)
+
+
+def default_batch_size(latent_dim: int) -> int:
+    """Files per batch when none is asked for: BATCH_SIZE, fewer where a batch's codes would pass
+    LINE_CODE_BYTES (256 codes of a 512 px grid model were a 180 MB journal line, 2.5 GB at its peak)."""
+    return max(1, min(BATCH_SIZE, LINE_CODE_BYTES // _mu_bytes(latent_dim)))
 
 
 def _encode_batches(model: "Model", found: stream.Inputs, journal, layout: Layout, workers: int,
