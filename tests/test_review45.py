@@ -66,3 +66,84 @@ def test_a_hit_read_while_another_run_removes_it_is_still_a_hit(tmp_path, monkey
     monkeypatch.setattr(cache, "_sha256", sha_then_other_run)
     got = cache.load_cached(paths, 16, 3, cache_dir=root)
     assert fired and got.hit and got.key == mine
+
+
+def test_a_staged_move_never_replaces_a_file_put_at_its_target_after_the_look(tmp_path, monkeypatch):
+    """decode without --overwrite (staged(replace=False)) looked at each target, then renamed onto
+    it: a file put there between the two was replaced, and then unlinked as 'ours' if a later
+    move failed. The move itself must refuse it (a hard link, as atomic_writer(replace=False))."""
+    import os
+    import pytest
+    from vaekit.errors import OutputExists
+    from vaekit.fileio import staging
+
+    out = tmp_path / "out"
+    targets = [out / "a.png", out / "b.png"]
+    users = b"the user's file"
+    real_replace, real_link = os.replace, os.link
+
+    def put_first(src, dst, *a, **kw):  # the user's file lands just after the look
+        if os.fspath(dst) == os.fspath(targets[1]) and not os.path.lexists(dst):
+            targets[1].write_bytes(users)
+        return (real_link if put_first.link else real_replace)(src, dst, *a, **kw)
+
+    monkeypatch.setattr(staging.os, "replace", lambda s, d, **kw: (setattr(put_first, "link", False),
+                                                                   put_first(s, d, **kw))[1])
+    monkeypatch.setattr(staging.os, "link", lambda s, d, **kw: (setattr(put_first, "link", True),
+                                                                put_first(s, d, **kw))[1])
+    with pytest.raises(OutputExists, match="b.png appeared while this job ran"):
+        with staging.staged(out, targets, replace=False) as paths:
+            for p in paths:
+                p.parent.mkdir(parents=True, exist_ok=True)
+                p.write_bytes(b"ours")
+    assert targets[1].read_bytes() == users
+    assert not targets[0].exists()  # all or nothing: the PNG moved before is taken back
+    assert sorted(q.name for q in out.iterdir()) == ["b.png"]  # no staging folder, no temporary file
+
+
+def test_a_staged_move_across_file_systems_still_lands_and_still_never_replaces(tmp_path, monkeypatch):
+    """EXDEV (a target folder on another file system): no hard link and no rename there, the copy
+    beside the target is put in place, and not over a file put there meanwhile either."""
+    import errno
+    import os
+    import pytest
+    from vaekit.errors import OutputExists
+    from vaekit.fileio import staging
+
+    real_replace, real_link = os.replace, os.link
+
+    def crossing(real):
+        def move(s, d, **kw):
+            if ".vaekit-decode-" in os.fspath(s) and ".vaekit-decode-" not in os.fspath(d):
+                raise OSError(errno.EXDEV, "Invalid cross-device link")
+            return real(s, d, **kw)
+        return move
+
+    monkeypatch.setattr(staging.os, "replace", crossing(real_replace))
+    monkeypatch.setattr(staging.os, "link", crossing(real_link))
+    out = tmp_path / "out"
+    targets = [out / "a.png", out / "sub" / "b.png"]
+    with staging.staged(out, targets, replace=False) as paths:
+        for p, data in zip(paths, (b"A", b"B")):
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(data)
+    assert [t.read_bytes() for t in targets] == [b"A", b"B"]
+    assert not [p for p in out.rglob(".*")]
+
+    out2 = tmp_path / "out2"
+    targets = [out2 / "a.png", out2 / "b.png"]
+    real_copy = staging.shutil.copyfile
+
+    def copy_then_user(src, dst):  # the user's file lands while the copy is made
+        r = real_copy(src, dst)
+        if "b.png" in os.fspath(dst):
+            targets[1].write_bytes(b"users")
+        return r
+
+    monkeypatch.setattr(staging.shutil, "copyfile", copy_then_user)
+    with pytest.raises(OutputExists, match="appeared while this job ran"):
+        with staging.staged(out2, targets, replace=False) as paths:
+            for p in paths:
+                p.write_bytes(b"ours")
+    assert targets[1].read_bytes() == b"users" and not targets[0].exists()
+    assert sorted(p.name for p in out2.iterdir()) == ["b.png"]
