@@ -147,3 +147,37 @@ def test_a_staged_move_across_file_systems_still_lands_and_still_never_replaces(
                 p.write_bytes(b"ours")
     assert targets[1].read_bytes() == b"users" and not targets[0].exists()
     assert sorted(p.name for p in out2.iterdir()) == ["b.png"]
+
+
+def test_encode_resumes_a_journal_its_default_batch_began_under_an_older_default(tmp_path_factory, tmp_path,
+                                                                                  monkeypatch):
+    """A journal begun with the old default (256 files, however large the codes) and resumed by the
+    same command once the default is bounded by code bytes: 'started with other settings
+    (batch_size 256 then, 95 now); use the same command' of the same command. Without --batch-size,
+    a resume goes on in the journal's batches."""
+    import built_once
+    import pytest
+    import vaekit
+    from vaekit.codes import jobs
+
+    washers = built_once.washers(tmp_path_factory, tmp_path_factory.mktemp("review45-washers"))
+    model = vaekit.load(washers / "run", device="cpu")
+    out = tmp_path / "x.codes"
+    monkeypatch.setattr(jobs, "BATCH_SIZE", 4)  # the old default: 4 files a batch, whatever their codes
+    real, calls = model.encode, []
+
+    def stopped(x, *a, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # killed in its third batch
+        return real(x, *a, **kw)
+
+    monkeypatch.setattr(model, "encode", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        jobs.encode_folder(model, washers / "train", out)
+    monkeypatch.setattr(model, "encode", real)
+    monkeypatch.setattr(jobs, "LINE_CODE_BYTES", 3 * jobs._mu_bytes(model.info.latent_dim) + 1)  # now: 3 a batch
+    report = jobs.encode_folder(model, washers / "train", out, resume=True)
+    assert report.resumed == 2 and report.count == 20
+    whole = jobs.encode_folder(model, washers / "train", tmp_path / "whole.codes", batch_size=256)
+    assert out.read_bytes() == (tmp_path / "whole.codes").read_bytes()
