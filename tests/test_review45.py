@@ -181,3 +181,61 @@ def test_encode_resumes_a_journal_its_default_batch_began_under_an_older_default
     assert report.resumed == 2 and report.count == 20
     whole = jobs.encode_folder(model, washers / "train", tmp_path / "whole.codes", batch_size=256)
     assert out.read_bytes() == (tmp_path / "whole.codes").read_bytes()
+
+
+def test_a_resume_does_not_replace_a_comparison_grid_the_job_did_not_write(tmp_path_factory, tmp_path):
+    """A file put at comparison.png while reconstruct ran stops the job ('appeared while this job
+    ran ... run the job again with --resume'); the --resume then wrote over it unasked (a resumed
+    job's grid was always replaced, as the job's own). Only the job's own grid (a run killed
+    between the grid and its journal's removal: the same bytes) is taken as such."""
+    import shutil
+    import sys
+    import pytest
+    import vaekit
+    from pathlib import Path
+    from vaekit.errors import OutputExists
+    from vaekit.inference import reconstruct as R
+    from vaekit.stream import shares as shares_mod
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from export_support import random_job
+
+    run, data = random_job(tmp_path_factory.mktemp("review45-rec"), 12)
+    out = tmp_path / "rec"
+    grid = out / "comparison.png"
+    model = vaekit.load(run)
+    real, calls = model.reconstruct, []
+
+    def meanwhile(x, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            out.mkdir(parents=True, exist_ok=True)
+            grid.write_bytes(b"the user's grid")
+        return real(x, **kw)
+
+    model.reconstruct = meanwhile
+    with pytest.raises(OutputExists, match="comparison.png appeared while this job ran"):
+        R.reconstruct_to_folder(model, data, out, batch_size=4)
+    with pytest.raises(OutputExists, match="comparison.png"):
+        R.reconstruct_to_folder(vaekit.load(run), data, out, batch_size=4, resume=True)
+    assert grid.read_bytes() == b"the user's grid"
+    grid.unlink()
+    R.reconstruct_to_folder(vaekit.load(run), data, out, batch_size=4, resume=True)  # moved away: it goes on
+    assert grid.read_bytes().startswith(b"\x89PNG")
+
+    # the job's own grid, left by a run killed just after writing it: a --resume finishes
+    shutil.rmtree(out)
+    real_remove = shares_mod.Shares.remove
+
+    def killed(self):
+        raise KeyboardInterrupt
+
+    shares_mod.Shares.remove = killed
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            R.reconstruct_to_folder(vaekit.load(run), data, out, batch_size=4)
+    finally:
+        shares_mod.Shares.remove = real_remove
+    assert grid.exists() and Path(f"{out}.partial").exists()
+    R.reconstruct_to_folder(vaekit.load(run), data, out, batch_size=4, resume=True)
+    assert not Path(f"{out}.partial").exists()
