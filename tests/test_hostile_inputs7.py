@@ -92,11 +92,11 @@ def test_a_move_interrupted_into_an_existing_folder_takes_back_only_its_own_file
     before = _files(out)
     real, calls = staging._move, {"n": 0}
 
-    def last_interrupts(s, t):
+    def last_interrupts(s, t, *rest):  # (_move gained replace=)
         calls["n"] += 1
         if calls["n"] == 3:  # img00, img01 moved; sub/ made for sub/img02 is not yet
             raise KeyboardInterrupt
-        return real(s, t)
+        return real(s, t, *rest)
 
     monkeypatch.setattr(staging, "_move", last_interrupts)
     r = invoke("decode", run, tmp_path / "n.codes", "-o", out)

@@ -21,12 +21,12 @@ from vaekit.stream.batches import Layout, digest
 from vaekit.codes.targets import check_targets, decodable, png_names  # noqa: F401  (png_names: re-exported)
 from vaekit.codes.writer import write_streamed
 from vaekit.errors import BadInput
-from vaekit.fileio import atomic_writer, refuse_existing, refuse_inside
+from vaekit.fileio import atomic_writer, open_regular_file, refuse_existing, refuse_inside
 from vaekit.fileio.staging import staged
 from vaekit.inference.engine_onnx import refuse_model_files
-from vaekit.images.arrays import check_batch_size
+from vaekit.images.arrays import MAX_BATCH_SIZE, check_batch_size
 from vaekit.images.load import BATCH_PIXELS
-from vaekit.stream.journals import model_settings, naming_failed_writes, open_journal
+from vaekit.stream.journals import model_settings, naming_failed_writes, open_journal, parse, partial_path
 from vaekit.progress import Progress
 from vaekit.stream.shares import Shares, finish_when_complete, share_out
 
@@ -143,9 +143,12 @@ def encode_folder(
     Each batch's codes go to `out.partial` as they are computed; `resume` continues a killed job.
     shard=(i, n) (or torchrun's RANK / WORLD_SIZE) encodes share i of n; the share that finds
     all complete writes `out` (report.merged), the same file an unsharded run writes. batch_size
-    None: `default_batch_size` (a batch's codes are one journal line, held whole)."""
+    None: `default_batch_size` (a batch's codes are one journal line, held whole); resuming, the
+    journal's own (`_journal_batch_size`)."""
     out = Path(out)
     _check_precision(precision)
+    if batch_size is None and resume:  # the batches the journal began in (an older default: 256 whatever their size)
+        batch_size = _journal_batch_size(out, shard)
     batch_size = check_batch_size(batch_size, default_batch_size(model.info.latent_dim))
     if out.is_dir():
         raise BadInput(f"output {out} is a folder; give a file name such as {out / 'images.codes'}")
@@ -209,6 +212,24 @@ def _row_check(names: Sequence[str], latent_dim: int):
 def _mu_bytes(latent_dim: int) -> int:
     """A journal row's latent means in base64 (a 512 px grid model's: 0.7 MB)."""
     return 4 * -(-4 * latent_dim // 3)
+
+
+def _journal_batch_size(out: Path, shard: tuple[int, int] | None) -> int | None:
+    """The batch size recorded in the header of a journal of the job writing `out` (this share's,
+    else another share's), None where there is none to read: a resume without --batch-size goes on
+    in the batches its journal began in, whatever the default is now (it was 256 however large the
+    codes). Anything unreadable is left to the journal's own checks."""
+    index, count = stream.check_shard(*(stream.env_shard() if shard is None else shard))
+    for j in [index, *(j for j in range(count) if j != index)]:
+        try:
+            with open_regular_file(partial_path(share_out(out, j, count))) as f:
+                header = parse(f.readline(1 << 20))
+        except (OSError, ValueError):
+            continue
+        size = header.get("batch_size") if isinstance(header, dict) and "vaekit_journal" in header else None
+        if isinstance(size, int) and not isinstance(size, bool) and 1 <= size <= MAX_BATCH_SIZE:
+            return size
+    return None
 
 
 def default_batch_size(latent_dim: int) -> int:

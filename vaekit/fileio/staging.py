@@ -19,9 +19,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from vaekit.errors import cannot_write
+from vaekit.errors import OutputExists, cannot_write
 from vaekit.fileio.leftovers import mark_partial, remove_stale
-from vaekit.fileio.outputs import appeared
+from vaekit.fileio.outputs import appeared, put_in_place
 
 STAGE = ".vaekit-decode-"  # the staging folder's name inside the output folder: STAGE + PID-TOKEN
 
@@ -69,7 +69,11 @@ def _move_all(out_dir: Path, paths: Sequence[Path], targets: Sequence[Path], rep
                 moved.append(t)  # before the move: an interrupt right after it still takes it back
             elif not replace:  # every target was free when the job began: this one was put there since
                 raise appeared(t)
-            _move(s, t)
+            try:
+                _move(s, t, replace)  # not replace: never onto a file put there since the look, either
+            except OutputExists:
+                moved.remove(t)  # the file there is not ours: it stays
+                raise
     except BaseException:
         for t in moved:
             t.unlink(missing_ok=True)
@@ -81,26 +85,28 @@ def _move_all(out_dir: Path, paths: Sequence[Path], targets: Sequence[Path], rep
         raise
 
 
-def _move(src: Path, dst: Path) -> None:
+def _move(src: Path, dst: Path, replace: bool = True) -> None:
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(src, dst)
+        put_in_place(src, dst, replace)
+    except OutputExists:
+        raise
     except OSError as e:
         if e.errno != errno.EXDEV:
             raise cannot_write(e, dst) from None
-        _copy_into_place(src, dst)
+        _copy_into_place(src, dst, replace)
 
 
-def _copy_into_place(src: Path, dst: Path) -> None:
+def _copy_into_place(src: Path, dst: Path, replace: bool = True) -> None:
     """A move across filesystems: copied beside `dst`, synced, then renamed onto it."""
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}-{os.urandom(3).hex()}.tmp")
     try:
         shutil.copyfile(src, tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, dst)
+        put_in_place(tmp, dst, replace)
     except BaseException as e:  # a Ctrl-C mid-copy too: no temporary file stays
         tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError):
+        if isinstance(e, OSError) and not isinstance(e, OutputExists):
             raise cannot_write(e, dst) from None
         raise

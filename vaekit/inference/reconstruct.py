@@ -21,8 +21,8 @@ import numpy as np
 
 from vaekit import images as imageio
 from vaekit import stream
-from vaekit.errors import BadInput
-from vaekit.fileio import refuse_existing, refuse_inside
+from vaekit.errors import BadInput, OutputExists
+from vaekit.fileio import open_regular_file, refuse_existing, refuse_inside
 from vaekit.inference.engine_onnx import refuse_model_files
 from vaekit.images.arrays import check_batch_size, check_int
 from vaekit.images.quality import SSIM_MISSING, psnr, ssim
@@ -202,7 +202,7 @@ def reconstruct_to_folder(model: "Model", source: str | Path | Sequence[str | Pa
             journal.close()
         report.merged, report.pending = finish_when_complete(
             shares, torchrun, merge_timeout, progress,
-            lambda: _finish(shares, report, model, out_dir, found, targets, grid_max, overwrite or journal.resumed))
+            lambda: _finish(shares, report, model, out_dir, found, targets, grid_max, overwrite, journal.resumed))
         if not report.merged:
             _collect(shares.entries(index), report, out_dir, found, targets)
         return report
@@ -304,9 +304,11 @@ def _collect(entries, report: ReconstructJob, out_dir: Path, found: stream.Input
 
 
 def _finish(shares: Shares, report: ReconstructJob, model: "Model", out_dir: Path, found: stream.Inputs,
-            targets: list[str], grid_max: int, replace: bool = True) -> None:
+            targets: list[str], grid_max: int, replace: bool = True, resumed: bool = False) -> None:
     """The comparison grid from the first `grid_max` images (inputs decoded again, reconstructions
-    read back from their PNGs), then the journals go."""
+    read back from their PNGs), then the journals go. Not over a file at the grid's name unless
+    `replace` (--overwrite); `resumed`, one with this very grid's bytes is the job's own (written
+    just before a stop, the journals not yet gone) and is kept as it is."""
     at = _collect(shares.merged(), report, out_dir, found, targets)
     if not report.names:
         shares.remove()
@@ -315,5 +317,28 @@ def _finish(shares: Shares, report: ReconstructJob, model: "Model", out_dir: Pat
     for i, png in zip(at[:grid_max], report.written[:grid_max]):
         shown.append(imageio.load_image(found.paths[i], info.image_size, info.channels))
         shown.append(imageio.load_image(png, info.image_size, info.channels))
-    imageio.save_png(imageio.make_grid(np.stack(shown), ncol=8), report.grid, replace)
+    image = imageio.make_grid(np.stack(shown), ncol=8)
+    try:
+        imageio.save_png(image, report.grid, replace)
+    except OutputExists:
+        if not (resumed and _same_png(image, report.grid)):  # a file put there while the job ran stays
+            raise
     shares.remove()
+
+
+def _same_png(image: np.ndarray, path: Path) -> bool:
+    """Whether the regular file at `path` holds the very bytes save_png writes for `image`."""
+    import io
+
+    from PIL import Image
+
+    from vaekit.images.render import _hwc
+
+    buf = io.BytesIO()
+    Image.fromarray(_hwc(image)).save(buf, format="PNG")  # as save_png encodes it
+    want = buf.getvalue()
+    try:
+        with open_regular_file(path) as f:
+            return f.read(len(want) + 1) == want
+    except (OSError, ValueError):
+        return False

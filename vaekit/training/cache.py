@@ -14,6 +14,7 @@ only, no torch: the torch Dataset wraps what this returns.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -29,7 +30,7 @@ import PIL
 
 from vaekit import images
 from vaekit.errors import BadInput, CannotWrite
-from vaekit.fileio import atomic_write_json, atomic_writer, check_regular, read_json
+from vaekit.fileio import atomic_write_json, atomic_writer, open_regular_file, read_json
 from vaekit.stream.batches import identity
 
 # Bump when decoding changes, so old entries are never read as new ones. (Not bumped when
@@ -135,13 +136,13 @@ def load_cached(
         return CachedImages(report.images, report.paths, report.skipped, key, hit=False)
 
 
-def _mapped(data: Path, shape: tuple) -> np.memmap:
-    """The entry's pixels, mapped read-only, pinned to the very file mapped (`pinned`: its device
-    and inode), so that reads by name (vaekit.training.crops.open_mapped) never take a file
-    rebuilt under the same name since."""
-    with open(data, "rb") as f:
-        arr = np.memmap(f, np.uint8, "r", shape=shape)
-        st = os.fstat(f.fileno())
+def _mapped(f, shape: tuple, data: Path) -> np.memmap:
+    """The entry's pixels in the open file `f`, mapped read-only, pinned to the very file mapped
+    (`pinned`: its device and inode), so that reads by name (vaekit.training.crops.open_mapped)
+    never take a file rebuilt under the same name since."""
+    arr = np.memmap(f, np.uint8, "r", shape=shape)
+    arr.filename = os.path.abspath(data)  # the name it is read by (`f` may know only its descriptor)
+    st = os.fstat(f.fileno())
     arr.pinned = (st.st_dev, st.st_ino)
     return arr
 
@@ -244,13 +245,16 @@ def _respell(recorded: list, reals: list[Path], paths: list[Path]) -> list[Path]
 
 
 def _open_entry(
-    root: Path, key: str, size: int, channels: int, reals: list[Path], paths: list[Path], pins: str
+    root: Path, key: str, size: int, channels: int, reals: list[Path], paths: list[Path], pins: str,
+    held=None,
 ) -> CachedImages | None:
-    """The entry for `key` if it is complete, consistent and of these very files (`pins`), else None."""
+    """The entry for `key` if it is complete, consistent and of these very files (`pins`), else None.
+    Its pixel file is opened once (`held`: already open), then checked and mapped through that one
+    descriptor: another run's bound (`_used`) may remove the entry meanwhile, and the run keeps
+    the file it checked (by name, a removal between the checksum and the mapping lost it)."""
     try:
         meta = read_json(root / f"{key}.json", "cache entry")
         shape = tuple(int(d) for d in meta["shape"])
-        data = root / f"{key}.u8"
         if (
             meta["version"] != FORMAT_VERSION
             or meta["dtype"] != "uint8"
@@ -258,12 +262,14 @@ def _open_entry(
             or len(shape) != 4
             or shape[1:] != (channels, size, size)
             or len(meta["paths"]) != shape[0]
-            or check_regular(data, "cache data").st_size != math.prod(shape)
-            or _sha256(data) != meta.get("sha256")
         ):
             return None
-        # mmap refuses empty files; an entry with no images is just an empty array
-        arr = _mapped(data, shape) if shape[0] else np.zeros(shape, np.uint8)
+        data = root / f"{key}.u8"
+        with open_regular_file(data) if held is None else contextlib.nullcontext(held) as f:
+            if os.fstat(f.fileno()).st_size != math.prod(shape) or _sha256(f) != meta.get("sha256"):
+                return None
+            # mmap refuses empty files; an entry with no images is just an empty array
+            arr = _mapped(f, shape, data) if shape[0] else np.zeros(shape, np.uint8)
         loaded = _respell(meta["paths"], reals, paths)
         reasons = [str(reason) for _, reason in meta["skipped"]]
         skipped = list(zip(_respell([p for p, _ in meta["skipped"]], reals, paths), reasons))
@@ -313,18 +319,21 @@ def _build(
         "paths": [str(p) for p in loaded],
         "skipped": [[str(p), r] for p, r in skipped],
     }
-    atomic_write_json(root / f"{key}.json", meta)
-    entry = _open_entry(root, key, size, channels, reals, paths, pins)
+    # opened before its JSON makes it an entry that another run's bound may remove (`_used`)
+    with open_regular_file(root / f"{key}.u8") as held:
+        atomic_write_json(root / f"{key}.json", meta)
+        entry = _open_entry(root, key, size, channels, reals, paths, pins, held)
     if entry is None:  # written but unreadable: a broken file system, not a user mistake
         raise OSError(f"cache entry {root / key} could not be read back")
     return CachedImages(entry.images, entry.paths, entry.skipped, key, hit=False)
 
 
-def _sha256(path: Path) -> str:
+def _sha256(f) -> str:
+    """The sha256 of the open file `f`, from its start."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
+    f.seek(0)
+    for chunk in iter(lambda: f.read(1 << 22), b""):
+        h.update(chunk)
     return h.hexdigest()
 
 
