@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 import built_once
 import vaekit
-from vaekit.codes import jobs
+from vaekit.codes import batch_size as batches, jobs
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +34,9 @@ def test_the_default_batch_holds_at_most_line_code_bytes_of_codes_and_writes_the
                                                                                             monkeypatch):
     model = vaekit.load(washers / "run", device="cpu")
     latent = model.info.latent_dim
-    assert jobs.default_batch_size(latent) == jobs.BATCH_SIZE  # a small model's codes: 256 a batch, as before
+    assert batches.default_batch_size(latent) == batches.BATCH_SIZE  # a small model's codes: 256 a batch, as before
     seen = journal_settings(monkeypatch)
-    monkeypatch.setattr(jobs, "LINE_CODE_BYTES", 3 * jobs._mu_bytes(latent) + 1)  # room for three codes a line
+    monkeypatch.setattr(batches, "LINE_CODE_BYTES", 3 * batches.mu_bytes(latent) + 1)  # room for three codes a line
     small = jobs.encode_folder(model, washers / "train", tmp_path / "small.codes")
     whole = jobs.encode_folder(model, washers / "train", tmp_path / "whole.codes", batch_size=256)
     assert [s["batch_size"] for s in seen] == [3, 256]
@@ -48,7 +48,7 @@ def test_the_cli_takes_the_bounded_default_and_an_explicit_batch_size(washers, t
     from cli.main import app
 
     seen = journal_settings(monkeypatch)
-    monkeypatch.setattr(jobs, "LINE_CODE_BYTES", 1)  # every code is over it: one file a batch
+    monkeypatch.setattr(batches, "LINE_CODE_BYTES", 1)  # every code is over it: one file a batch
     for extra in ([], ["--batch-size", "7"]):
         out = tmp_path / f"c{len(extra)}.codes"
         r = CliRunner().invoke(app, ["encode", str(washers / "run"), str(washers / "train"), "-o", str(out), *extra,

@@ -158,12 +158,12 @@ def test_encode_resumes_a_journal_its_default_batch_began_under_an_older_default
     import built_once
     import pytest
     import vaekit
-    from vaekit.codes import jobs
+    from vaekit.codes import batch_size as batches, jobs
 
     washers = built_once.washers(tmp_path_factory, tmp_path_factory.mktemp("review45-washers"))
     model = vaekit.load(washers / "run", device="cpu")
     out = tmp_path / "x.codes"
-    monkeypatch.setattr(jobs, "BATCH_SIZE", 4)  # the old default: 4 files a batch, whatever their codes
+    monkeypatch.setattr(batches, "BATCH_SIZE", 4)  # the old default: 4 files a batch, whatever their codes
     real, calls = model.encode, []
 
     def stopped(x, *a, **kw):
@@ -176,7 +176,7 @@ def test_encode_resumes_a_journal_its_default_batch_began_under_an_older_default
     with pytest.raises(KeyboardInterrupt):
         jobs.encode_folder(model, washers / "train", out)
     monkeypatch.setattr(model, "encode", real)
-    monkeypatch.setattr(jobs, "LINE_CODE_BYTES", 3 * jobs._mu_bytes(model.info.latent_dim) + 1)  # now: 3 a batch
+    monkeypatch.setattr(batches, "LINE_CODE_BYTES", 3 * batches.mu_bytes(model.info.latent_dim) + 1)  # now: 3 a batch
     report = jobs.encode_folder(model, washers / "train", out, resume=True)
     assert report.resumed == 2 and report.count == 20
     whole = jobs.encode_folder(model, washers / "train", tmp_path / "whole.codes", batch_size=256)

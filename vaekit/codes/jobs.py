@@ -16,25 +16,24 @@ import numpy as np
 
 from vaekit import images as imageio
 from vaekit import stream
+from vaekit.codes import batch_size as batches
 from vaekit.codes.format import PRECISIONS, CodeFile, FingerprintMismatch, validate, load, quantize
 from vaekit.stream.batches import Layout, digest
 from vaekit.codes.targets import check_targets, decodable, png_names  # noqa: F401  (png_names: re-exported)
 from vaekit.codes.writer import write_streamed
 from vaekit.errors import BadInput
-from vaekit.fileio import atomic_writer, open_regular_file, refuse_existing, refuse_inside
+from vaekit.fileio import atomic_writer, refuse_existing, refuse_inside
 from vaekit.fileio.staging import staged
 from vaekit.inference.engine_onnx import refuse_model_files
-from vaekit.images.arrays import MAX_BATCH_SIZE, check_batch_size
+from vaekit.images.arrays import check_batch_size
 from vaekit.images.load import BATCH_PIXELS
-from vaekit.stream.journals import model_settings, naming_failed_writes, open_journal, parse, partial_path
+from vaekit.stream.journals import model_settings, naming_failed_writes, open_journal
 from vaekit.progress import Progress
 from vaekit.stream.shares import Shares, finish_when_complete, share_out
 
 if TYPE_CHECKING:  # the engine is passed in; importing it here would cost nothing but clarity
     from vaekit.inference.engine import Model
 
-BATCH_SIZE = 256  # images decoded and encoded at a time, at most by default ...
-LINE_CODE_BYTES = 64 << 20  # ... and by default at most this many bytes of codes a journal line (base64)
 CHUNK = 4096  # codes assembled into the file at a time, at most
 CHUNK_BYTES = 64 << 20  # ... and at most this many bytes of them: a 512 px grid model's codes are 1 MB an image
 
@@ -143,13 +142,13 @@ def encode_folder(
     Each batch's codes go to `out.partial` as they are computed; `resume` continues a killed job.
     shard=(i, n) (or torchrun's RANK / WORLD_SIZE) encodes share i of n; the share that finds
     all complete writes `out` (report.merged), the same file an unsharded run writes. batch_size
-    None: `default_batch_size` (a batch's codes are one journal line, held whole); resuming, the
-    journal's own (`_journal_batch_size`)."""
+    None: `batch_size.default_batch_size` (a batch's codes are one journal line, held whole);
+    resuming, the journal's own (`batch_size.journal_batch_size`)."""
     out = Path(out)
     _check_precision(precision)
     if batch_size is None and resume:  # the batches the journal began in (an older default: 256 whatever their size)
-        batch_size = _journal_batch_size(out, shard)
-    batch_size = check_batch_size(batch_size, default_batch_size(model.info.latent_dim))
+        batch_size = batches.journal_batch_size(out, shard)
+    batch_size = check_batch_size(batch_size, batches.default_batch_size(model.info.latent_dim))
     if out.is_dir():
         raise BadInput(f"output {out} is a folder; give a file name such as {out / 'images.codes'}")
     found = stream.find_inputs(source, once=True)
@@ -164,7 +163,7 @@ def encode_folder(
     settings = {"job": "encode", **model_settings(model), "batch_size": batch_size,
                 "files": len(found.paths), "file_list": digest(layout.paths), "inputs": [str(r) for r in found.roots],
                 "shard": [index, count]}
-    mu_bytes = _mu_bytes(info.latent_dim)
+    mu_bytes = batches.mu_bytes(info.latent_dim)
     shares = Shares(out, settings, layout, _row_check(found.names, info.latent_dim), row_bytes=mu_bytes)
     shares.check_headers()
     journal = open_journal(share_out(out, index, count), settings, resume, layout, shares.row_check, mu_bytes)
@@ -207,35 +206,6 @@ def _row_check(names: Sequence[str], latent_dim: int):
         return None
 
     return check
-
-
-def _mu_bytes(latent_dim: int) -> int:
-    """A journal row's latent means in base64 (a 512 px grid model's: 0.7 MB)."""
-    return 4 * -(-4 * latent_dim // 3)
-
-
-def _journal_batch_size(out: Path, shard: tuple[int, int] | None) -> int | None:
-    """The batch size recorded in the header of a journal of the job writing `out` (this share's,
-    else another share's), None where there is none to read: a resume without --batch-size goes on
-    in the batches its journal began in, whatever the default is now (it was 256 however large the
-    codes). Anything unreadable is left to the journal's own checks."""
-    index, count = stream.check_shard(*(stream.env_shard() if shard is None else shard))
-    for j in [index, *(j for j in range(count) if j != index)]:
-        try:
-            with open_regular_file(partial_path(share_out(out, j, count))) as f:
-                header = parse(f.readline(1 << 20))
-        except (OSError, ValueError):
-            continue
-        size = header.get("batch_size") if isinstance(header, dict) and "vaekit_journal" in header else None
-        if isinstance(size, int) and not isinstance(size, bool) and 1 <= size <= MAX_BATCH_SIZE:
-            return size
-    return None
-
-
-def default_batch_size(latent_dim: int) -> int:
-    """Files per batch when none is asked for: BATCH_SIZE, fewer where a batch's codes would pass
-    LINE_CODE_BYTES (256 codes of a 512 px grid model were a 180 MB journal line, 2.5 GB at its peak)."""
-    return max(1, min(BATCH_SIZE, LINE_CODE_BYTES // _mu_bytes(latent_dim)))
 
 
 def _encode_batches(model: "Model", found: stream.Inputs, journal, layout: Layout, workers: int,

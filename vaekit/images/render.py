@@ -19,12 +19,17 @@ def _hwc(x: np.ndarray) -> np.ndarray:
     return x[0] if x.shape[0] == 1 else np.ascontiguousarray(x.transpose(1, 2, 0))
 
 
+def png_bytes(x: np.ndarray) -> bytes:
+    """(C, H, W) uint8, or float in [0, 1], as the bytes of a PNG file (what save_png writes)."""
+    buf = io.BytesIO()
+    Image.fromarray(_hwc(x)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def save_png(x: np.ndarray, path: Path, replace: bool = True) -> None:
     """Save (C, H, W) uint8, or float in [0, 1], as a PNG; atomic, parent folders created;
     replace=False: not over a file at `path` (OutputExists)."""
-    buf = io.BytesIO()
-    Image.fromarray(_hwc(x)).save(buf, format="PNG")
-    atomic_write_bytes(Path(path), buf.getvalue(), replace)
+    atomic_write_bytes(Path(path), png_bytes(x), replace)
 
 
 def make_grid(xs: np.ndarray, ncol: int = 8, pad: int = 2) -> np.ndarray:

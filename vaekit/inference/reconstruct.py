@@ -328,15 +328,9 @@ def _finish(shares: Shares, report: ReconstructJob, model: "Model", out_dir: Pat
 
 def _same_png(image: np.ndarray, path: Path) -> bool:
     """Whether the regular file at `path` holds the very bytes save_png writes for `image`."""
-    import io
+    from vaekit.images.render import png_bytes
 
-    from PIL import Image
-
-    from vaekit.images.render import _hwc
-
-    buf = io.BytesIO()
-    Image.fromarray(_hwc(image)).save(buf, format="PNG")  # as save_png encodes it
-    want = buf.getvalue()
+    want = png_bytes(image)  # as save_png encodes it
     try:
         with open_regular_file(path) as f:
             return f.read(len(want) + 1) == want

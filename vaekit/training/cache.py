@@ -6,10 +6,8 @@ and the decode settings: <key>.u8 holds the raw uint8 (N, C, H, W) array and
 corrupted entry (a bad disk, a stray write) is rebuilt, never trained on. The JSON also
 pins the files' inode numbers and change times (vaekit.stream.batches.sources): a file
 replaced under the same name, size and mtime (which the key cannot tell) rebuilds the entry. The JSON is
-written last, so its presence marks a complete entry. The cache is bounded: each use marks its
-entry as used (the JSON's modification time), and entries not used for longest are removed while
-the cache holds more than VAEKIT_CACHE_MAX_GB (20 GB); the entry in use is never removed. Numpy
-only, no torch: the torch Dataset wraps what this returns.
+written last, so its presence marks a complete entry. The cache is bounded (`_used`, by
+VAEKIT_CACHE_MAX_GB). Numpy only, no torch: the torch Dataset wraps what this returns.
 """
 
 from __future__ import annotations
