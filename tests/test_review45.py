@@ -5,17 +5,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from test_cache_limit import folder as _folder  # four 16 px RGB images, seeded
 from vaekit.training import cache
-
-
-def _folder(root, seed):
-    root.mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    paths = []
-    for i in range(4):
-        paths.append(root / f"img{i}.png")
-        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(paths[-1])
-    return paths
 
 
 def test_an_entry_just_built_is_not_lost_to_another_runs_bound_while_it_is_read_back(tmp_path, monkeypatch):
