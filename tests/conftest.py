@@ -35,8 +35,8 @@ os.fsync = _fsync_checked_not_flushed
 # and trains the web app's tiny run (tests/built_once.py); those that share test_codes.py's
 # trained runs (trained once per process).
 GROUPS = {
-    **dict.fromkeys(("test_demo.py", "test_hostile12.py", "test_web7.py", "test_web7_review.py", "test_web11.py",
-                     "test_web_safety.py", "test_web_stop.py", "test_webcli6.py"), "web"),
+    **dict.fromkeys(("test_demo.py", "test_web7.py", "test_web7_review.py", "test_web11.py", "test_web_stop.py",
+                     "test_webcli6.py"), "web"),
     **dict.fromkeys(("test_codes.py", "test_cli_codec.py", "test_cli_guards.py"), "codes"),
 }
 
