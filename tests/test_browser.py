@@ -13,10 +13,10 @@ import vaekit
 from vaekit.config import ModelConfig, TrainConfig
 from vaekit.inference.engine import score_unit
 from vaekit.sample_data import write_digits
+from browser_support import CHROMIUM  # Debian's, never `playwright install`
 
 pytestmark = pytest.mark.slow  # a real browser against a served app: left out by `dev.py test --fast`
 
-CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run"]
 SIZE = 16

@@ -52,52 +52,47 @@ def test_names_that_are_markdown_or_html_stay_text_on_the_page(served, digits, t
     """A folder or upload name was pasted into the page's Markdown inside one pair of backticks: a
     backtick in it closed the code span, and what followed rendered as a link and an image; an
     error message went into the toast as HTML."""
-    from playwright.sync_api import sync_playwright
+    from browser_support import chromium
 
     folder = digits / HOSTILE
     shutil.copytree(digits / "train", folder, dirs_exist_ok=True)
     upload = tmp_path / f"{HOSTILE}.png"
     shutil.copy(next((digits / "train").rglob("*.png")), upload)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
-                                    args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_page()
-            page.goto(served)
-            page.get_by_role("tab", name="Train").click()
-            # every state of the status line (the plan line shows only until the first epoch ends)
-            page.evaluate("""() => { window.seen = [];
-                new MutationObserver(() => window.seen.push(document.querySelector('#train-status').innerHTML))
-                    .observe(document.querySelector('#train-status'), {subtree: true, childList: true, characterData: true}); }""")
-            page.locator("#train-folder textarea").fill(HOSTILE)
-            for box, value in (("#train-size", SIZE), ("#train-epochs", 1)):
-                page.locator(f"{box} input[type=number]").fill(str(value))
-                page.locator(f"{box} input[type=number]").press("Enter")
-            page.locator("#train-btn").click()
-            page.locator("#train-status").get_by_text("Done").wait_for(timeout=DEADLINE * 1000)
-            seen = page.evaluate("window.seen")
-            assert any("images (" in s for s in seen), "the plan line was never shown"
-            for html in seen + [page.locator("#model-info").inner_html()]:
-                assert "<a " not in html and "<img" not in html, html
-            for box in ("#train-status", "#model-info"):
-                assert f"{HOSTILE}-" in page.locator(box).inner_text()  # the run's name, as it is
+    with chromium() as browser:
+        page = browser.new_page()
+        page.goto(served)
+        page.get_by_role("tab", name="Train").click()
+        # every state of the status line (the plan line shows only until the first epoch ends)
+        page.evaluate("""() => { window.seen = [];
+            new MutationObserver(() => window.seen.push(document.querySelector('#train-status').innerHTML))
+                .observe(document.querySelector('#train-status'), {subtree: true, childList: true, characterData: true}); }""")
+        page.locator("#train-folder textarea").fill(HOSTILE)
+        for box, value in (("#train-size", SIZE), ("#train-epochs", 1)):
+            page.locator(f"{box} input[type=number]").fill(str(value))
+            page.locator(f"{box} input[type=number]").press("Enter")
+        page.locator("#train-btn").click()
+        page.locator("#train-status").get_by_text("Done").wait_for(timeout=DEADLINE * 1000)
+        seen = page.evaluate("window.seen")
+        assert any("images (" in s for s in seen), "the plan line was never shown"
+        for html in seen + [page.locator("#model-info").inner_html()]:
+            assert "<a " not in html and "<img" not in html, html
+        for box in ("#train-status", "#model-info"):
+            assert f"{HOSTILE}-" in page.locator(box).inner_text()  # the run's name, as it is
 
-            page.get_by_role("tab", name="Anomaly").click()
-            page.locator("#anomaly-files input[type=file]").set_input_files(str(upload))
-            page.locator("#score-btn").click()
-            page.locator("#anomaly-summary").get_by_text("anomalous").first.wait_for(timeout=DEADLINE * 1000)
-            # Gradio's upload keeps only a file name's safe characters; the summary fences it all the same
-            assert page.locator("#anomaly-summary").locator("a, img").count() == 0
+        page.get_by_role("tab", name="Anomaly").click()
+        page.locator("#anomaly-files input[type=file]").set_input_files(str(upload))
+        page.locator("#score-btn").click()
+        page.locator("#anomaly-summary").get_by_text("anomalous").first.wait_for(timeout=DEADLINE * 1000)
+        # Gradio's upload keeps only a file name's safe characters; the summary fences it all the same
+        assert page.locator("#anomaly-summary").locator("a, img").count() == 0
 
-            page.get_by_role("tab", name="Train").click()
-            page.locator("#train-folder textarea").fill("<img src=x id=pwn>")  # no such folder: an error toast
-            page.locator("#train-btn").click()
-            toast = page.get_by_test_id("toast-text").filter(has_text="no such folder")
-            toast.wait_for(timeout=DEADLINE * 1000)
-            assert "<img src=x id=pwn>" in toast.inner_text()
-            assert page.locator("#pwn").count() == 0
-        finally:
-            browser.close()
+        page.get_by_role("tab", name="Train").click()
+        page.locator("#train-folder textarea").fill("<img src=x id=pwn>")  # no such folder: an error toast
+        page.locator("#train-btn").click()
+        toast = page.get_by_test_id("toast-text").filter(has_text="no such folder")
+        toast.wait_for(timeout=DEADLINE * 1000)
+        assert "<img src=x id=pwn>" in toast.inner_text()
+        assert page.locator("#pwn").count() == 0
 
 
 def test_training_on_the_folder_that_holds_the_runs_folder_says_so_in_the_pages_words(served, digits):  # noqa: F811

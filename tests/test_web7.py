@@ -304,31 +304,26 @@ def test_uploads_too_many_pixels_to_decode_are_refused_before_decoding(tmp_path,
 
 @pytest.mark.slow
 def test_in_the_browser_another_tabs_stop_leaves_a_training_run_alone(served):
-    from playwright.sync_api import sync_playwright
+    from browser_support import chromium
 
     url, _ = served
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
-                                    args=["--no-sandbox", "--disable-gpu"])
-        try:
-            a, b = browser.new_page(), browser.new_page()  # two tabs on the app
-            for page in (a, b):
-                page.goto(url)
-                page.get_by_role("tab", name="Train").click()
-            a.locator("#train-folder textarea, #train-folder input").first.fill("train")
-            epochs = a.locator("#train-epochs input[type=number]")
-            epochs.fill("200")
-            epochs.press("Enter")
-            a.locator("#train-btn").click()
-            a.locator("#train-status").get_by_text(re.compile(r"epoch 1/200")).wait_for(timeout=DEADLINE * 1000)
-            b.locator("#stop-btn").click()
-            b.locator("#train-status").get_by_text("nothing is training on this page").wait_for(timeout=DEADLINE * 1000)
-            # tab a trains on: was "Stopped after 1 epoch(s)"
-            a.locator("#train-status").get_by_text(re.compile(r"epoch [2-9]/200")).wait_for(timeout=DEADLINE * 1000)
-            a.locator("#stop-btn").click()
-            a.locator("#train-status").get_by_text("Stopped").wait_for(timeout=DEADLINE * 1000)
-        finally:
-            browser.close()
+    with chromium() as browser:
+        a, b = browser.new_page(), browser.new_page()  # two tabs on the app
+        for page in (a, b):
+            page.goto(url)
+            page.get_by_role("tab", name="Train").click()
+        a.locator("#train-folder textarea, #train-folder input").first.fill("train")
+        epochs = a.locator("#train-epochs input[type=number]")
+        epochs.fill("200")
+        epochs.press("Enter")
+        a.locator("#train-btn").click()
+        a.locator("#train-status").get_by_text(re.compile(r"epoch 1/200")).wait_for(timeout=DEADLINE * 1000)
+        b.locator("#stop-btn").click()
+        b.locator("#train-status").get_by_text("nothing is training on this page").wait_for(timeout=DEADLINE * 1000)
+        # tab a trains on: was "Stopped after 1 epoch(s)"
+        a.locator("#train-status").get_by_text(re.compile(r"epoch [2-9]/200")).wait_for(timeout=DEADLINE * 1000)
+        a.locator("#stop-btn").click()
+        a.locator("#train-status").get_by_text("Stopped").wait_for(timeout=DEADLINE * 1000)
 
 
 @pytest.mark.parametrize("temperature", [None, "hot", float("nan")])

@@ -135,28 +135,23 @@ def test_a_new_session_after_open_gets_the_open_models_widgets(empty_app, run, d
 
 @pytest.mark.slow
 def test_a_page_loaded_after_open_shows_the_model_and_its_threshold(empty_app, run):
-    from playwright.sync_api import sync_playwright
+    from browser_support import chromium
     from gradio_client import Client
 
     import vaekit
 
     Client(empty_app, verbose=False).predict("runs/tiny", api_name="/open_model")
     thr = vaekit.load(run).info.threshold
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
-                                    args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_page()
-            page.goto(empty_app)
-            page.locator("#model-info").get_by_text("runs/tiny").wait_for(timeout=30_000)  # was "No model open"
-            assert "No model open" not in page.locator("#model-info").inner_text()
-            page.get_by_role("tab", name="Anomaly").click()
-            box = page.locator("#threshold input[type=number]")
-            page.wait_for_function("v => Math.abs(Number(document.querySelector('#threshold input[type=number]').value)"
-                                   " - v) < 0.01", arg=thr, timeout=30_000)  # was 0, the no-model default
-            assert abs(float(box.input_value()) - thr) < 0.01
-        finally:
-            browser.close()
+    with chromium() as browser:
+        page = browser.new_page()
+        page.goto(empty_app)
+        page.locator("#model-info").get_by_text("runs/tiny").wait_for(timeout=30_000)  # was "No model open"
+        assert "No model open" not in page.locator("#model-info").inner_text()
+        page.get_by_role("tab", name="Anomaly").click()
+        box = page.locator("#threshold input[type=number]")
+        page.wait_for_function("v => Math.abs(Number(document.querySelector('#threshold input[type=number]').value)"
+                               " - v) < 0.01", arg=thr, timeout=30_000)  # was 0, the no-model default
+        assert abs(float(box.input_value()) - thr) < 0.01
 
 
 # --- handlers: what a crafted request can send is a message, never "internal error" -----------------
