@@ -27,17 +27,23 @@ def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """A logistic run with tables, its 12 source images (4 under sub/), a .vkc and a .codes of them."""
+def logistic_vkc(root: Path):
+    """(run, model, vkc) under root: a logistic run with tables, 12 source images in root/src (4
+    under sub/) and a lossy .vkc of them (quality 4)."""
     from export_support import random_run
 
-    root = tmp_path_factory.mktemp("hostile")
     run = random_run(root / "run", image_size=16, channels=1, latent_dim=4, base_channels=4, likelihood="logistic")
     x = _digits(root / "src", 12)
     model = vaekit.load(run)
     codec.save_prior(run, codec.fit_prior(model, x), model)
-    vkc = codec.encode(model, root / "src", root / "a.vkc", quality=4).path
+    return run, model, codec.encode(model, root / "src", root / "a.vkc", quality=4).path
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """logistic_vkc's run, model and .vkc, and a .codes of the same images."""
+    root = tmp_path_factory.mktemp("hostile")
+    run, model, vkc = logistic_vkc(root)
     codes.encode_folder(model, root / "src", root / "a.codes", precision="f32")
     return root, run, model, vkc, root / "a.codes"
 

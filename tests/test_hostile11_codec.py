@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import vaekit
-from test_codec import _digits
+from test_codec_hostile import logistic_vkc
 from vaekit import codec
 from vaekit.codec import container
 from vaekit.codec.header import pack, varint
@@ -19,14 +18,8 @@ from vaekit.codec.header import pack, varint
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """A logistic run with tables, 12 source images and a lossy .vkc of them."""
-    from export_support import random_run
-
     root = tmp_path_factory.mktemp("hostile11")
-    run = random_run(root / "run", image_size=16, channels=1, latent_dim=4, base_channels=4, likelihood="logistic")
-    x = _digits(root / "src", 12)
-    model = vaekit.load(run)
-    codec.save_prior(run, codec.fit_prior(model, x), model)
-    vkc = codec.encode(model, root / "src", root / "a.vkc", quality=4).path
+    _, model, vkc = logistic_vkc(root)
     return root, model, vkc
 
 
