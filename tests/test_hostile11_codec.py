@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import vaekit
 from test_codec_hostile import logistic_vkc
 from vaekit import codec
 from vaekit.codec import container
