@@ -31,7 +31,7 @@ from vaekit.codec.header import MODES, Header, Reader, expand, pack, unpack_fixe
 from vaekit.codes.format import MAX_ORIG_PIXELS, CodeFileError, FingerprintMismatch, check_name, too_elongated
 from vaekit.config import MAX_IMAGE_SIZE, MAX_Z_DIMS
 from vaekit.fileio import atomic_writer, check_regular
-from vaekit.fileio.outputs import MAX_NAME_BYTES
+from vaekit.fileio.outputs import cut_name
 from vaekit.fileio.leftovers import open_spill, partial_tag, remove_stale
 
 MAGIC = b"VKC3"
@@ -184,7 +184,7 @@ def _spill_name(out: Path) -> str:
     """The output's name as its spill file carries it: cut to leave room for the spill's own
     bytes (a process id, a token, .chunks), so any name a file system holds can be written (a
     250-byte one was refused: "cannot write .NAME.PID-TOKEN.chunks: File name too long")."""
-    return os.fsdecode(os.fsencode(out.name)[:MAX_NAME_BYTES - 48])
+    return cut_name(out.name, 48)
 
 
 class Spill:

@@ -20,7 +20,7 @@ from vaekit.export.metadata import metadata_for, sealed, set_metadata
 from vaekit.export.parity import Parity, check_parity, load_parity_images, require_parity, sample_inputs
 from vaekit.export.quantize import QUANTIZE, Quantization, calibration_feeds, quantize_int8
 from vaekit.fileio import refuse_existing, refuse_under_file
-from vaekit.fileio.outputs import MAX_NAME_BYTES
+from vaekit.fileio.outputs import MAX_NAME_BYTES, cut_name
 from vaekit.fileio.leftovers import mark_partial, remove_stale
 from vaekit.images.arrays import as_images
 from vaekit.progress import Progress
@@ -67,8 +67,7 @@ _STAGING_EXTRA = 64  # bytes _STAGING adds to a name, at most (a pid of 20 digit
 def _staging_name(out: Path) -> str:
     """The output's name as the staging folder carries it: cut to leave room for _STAGING's own
     bytes, so a name that fits a file system stages too (a 230-byte one did not)."""
-    name = os.fsencode(out.name)
-    return os.fsdecode(name[:MAX_NAME_BYTES - _STAGING_EXTRA])
+    return cut_name(out.name, _STAGING_EXTRA)
 
 
 def _remove_stale_staging(out: Path) -> None:

@@ -35,6 +35,12 @@ MAX_PATH_BYTES = 4095  # the longest path Linux takes (PATH_MAX, less its NUL)
 MAX_DEPTH = 256  # folders an output may lie under: mkdir(parents=True) recurses once per missing folder
 
 
+def cut_name(name: str, room: int) -> str:
+    """`name`'s first bytes, leaving `room` of MAX_NAME_BYTES for what a temporary name around it
+    adds (a process id, a token, a suffix), so any name a file system holds can be staged."""
+    return os.fsdecode(os.fsencode(name)[:MAX_NAME_BYTES - room])
+
+
 def refuse_long_names(sources: Iterable[str], targets: Iterable[str]) -> None:
     """BadInput naming the first of `targets` (relative posix paths, each named after its image
     in `sources`) with a part longer than MAX_NAME_BYTES, or itself longer than MAX_PATH_BYTES or
