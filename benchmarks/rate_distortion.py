@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/rate_distortion.py RUN --mnist ../shared/data/mnist.npz [--n 2000] [--out benchmarks/out]
     .venv/bin/python benchmarks/rate_distortion.py RUN --folder held_out/ [--fit train/]
 
-RUN is a trained run directory (lossless needs --likelihood logistic). Held-out images: the MNIST
+RUN is a trained run directory (lossless needs a logistic or Gaussian likelihood). Held-out images: the MNIST
 test set (--mnist) or any folder (--folder, at the model's size). The lossy tables are the run's
 own; with --fit (a folder, or the MNIST training set with --mnist) they are fitted again first.
 
@@ -90,7 +90,7 @@ def lossless_table(model, folder: Path, x: np.ndarray, work: Path) -> list[tuple
     raw = np.ascontiguousarray(x).tobytes()
     rows.append(("bz2 -9 (whole set)", 8 * len(bz2.compress(raw, 9)) / dims, "raw pixels, one stream"))
     rows.append(("xz -9e (whole set)", 8 * len(lzma.compress(raw, preset=9 | lzma.PRESET_EXTREME)) / dims, "raw pixels, one stream"))
-    if model.info.likelihood == "logistic":
+    if model.info.likelihood in ("logistic", "gaussian"):
         t = time.perf_counter()
         r = codec.encode(model, folder, work / "lossless.vkc", lossless=True, overwrite=True)
         te = time.perf_counter() - t

@@ -96,7 +96,7 @@ def encode(
     quality: Annotated[Optional[int], typer.Option(min=1, max=8, help="Write an entropy-coded .vkc instead: 1 (smallest) "
                                                    "to 8 (best, every pixel within 2 grey levels); see docs/codec.md.")] = None,
     lossless: Annotated[bool, typer.Option("--lossless", help="Write a lossless bits-back .vkc archive: every pixel "
-                                           "back (a --likelihood logistic model, images of its size).")] = False,
+                                           "back (images of the model's size; a --likelihood logistic model codes them smallest).")] = False,
     fit: Annotated[Optional[Path], typer.Option(help="With --quality: first fit the model's entropy-coding tables on "
                                                 "these training images and store them in the run.", exists=True)] = None,
 ) -> None:

@@ -163,13 +163,8 @@ def test_a_lossless_archive_from_the_other_engine_is_refused_up_front(coded, tmp
     assert not (tmp_path / "out").exists()
 
 
-def test_lossless_needs_the_discretised_likelihood_and_the_models_size(coded, tmp_path):
-    from export_support import random_run
-
+def test_lossless_needs_images_of_the_models_size(coded, tmp_path):
     model, src, _, _ = coded
-    gauss = vaekit.load(random_run(tmp_path / "g", image_size=16, latent_dim=3, base_channels=4, likelihood="gaussian"))
-    with pytest.raises(vaekit.errors.BadInput, match="logistic"):
-        codec.encode(gauss, src, tmp_path / "x.vkc", lossless=True)
     odd = tmp_path / "odd"
     odd.mkdir()
     Image.fromarray(np.zeros((20, 16), np.uint8)).save(odd / "a.png")
@@ -185,6 +180,32 @@ def test_lossless_needs_the_discretised_likelihood_and_the_models_size(coded, tm
         codec.encode(model, src, tmp_path / "z.vkc", quality=12)
     with pytest.raises(vaekit.errors.BadInput, match="either"):
         codec.encode(model, src, tmp_path / "z.vkc")
+
+
+@pytest.mark.parametrize("likelihood", ["gaussian", "bernoulli"])
+def test_every_model_writes_a_lossless_archive(coded, tmp_path, likelihood):
+    """A Gaussian (the default for grey photos) or Bernoulli model codes losslessly with a pixel
+    model fitted to the archive's first images, which its header carries: every pixel back."""
+    from export_support import random_run
+
+    from vaekit.codec import fitted, lossless
+
+    _, src, _, _ = coded
+    model = vaekit.load(random_run(tmp_path / "m", image_size=16, latent_dim=6, base_channels=4, likelihood=likelihood))
+    report = codec.encode(model, src, tmp_path / "m.vkc", lossless=True, chunk=16)
+    assert report.mode == "lossless" and report.count == 40 and not report.skipped
+    header = codec.read_info(report.path)
+    assert header.engine["pixels"]["kind"] == fitted.KIND
+    out = codec.decode(model, report.path, tmp_path / "back")
+    assert len(out.written) == 40
+    for p in out.written:
+        assert np.array_equal(_pixels([p]), _pixels([src / p.relative_to(tmp_path / "back")]))
+    header.engine["pixels"]["weights"][0][0] = 1.5  # what a crafted header could hold
+    with pytest.raises(container.ArchiveError, match="weights"):
+        lossless.pixel_model(header, model, report.path)
+    del header.engine["pixels"]
+    with pytest.raises(container.ArchiveError, match="pixel model is missing"):
+        lossless.pixel_model(header, model, report.path)
 
 
 def test_lossless_skips_images_whose_pixels_would_not_come_back_exactly(coded, tmp_path):

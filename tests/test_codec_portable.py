@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 import vaekit
 from vaekit import codec
-from vaekit.codec import container, jobs
+from vaekit.codec import container, jobs, lossless
 from vaekit.errors import BadInput
 
 from test_codec import _digits
@@ -82,7 +82,7 @@ def test_through_the_cli_with_other_threads_options(run, tmp_path, threads, monk
 def test_an_archive_written_before_the_pin_decodes_on_its_recorded_count(run, tmp_path, threads, monkeypatch):
     """vaekit < this fix coded on --threads; such a file records the count and still decodes."""
     _digits(tmp_path / "src", 20, seed=4)
-    monkeypatch.setattr(jobs, "CANONICAL_THREADS", 2)  # what `--threads 2` wrote then
+    monkeypatch.setattr(lossless, "CANONICAL_THREADS", 2)  # what `--threads 2` wrote then
     r = codec.encode(vaekit.load(run), tmp_path / "src", tmp_path / "old.vkc", lossless=True)
     monkeypatch.undo()
     assert codec.read_info(r.path).engine["threads"] == 2

@@ -8,7 +8,8 @@ runs the steps backwards and pushes z with q(z|x) again, which returns the borro
 Latents are discretised into 2**LATENT_BITS buckets of equal mass under the prior N(0, 1)
 (so p(z) is uniform: LATENT_BITS bits per value), z is the bucket's centre, and q(z|x) is the
 posterior's mass per bucket. Pixels use the discretised logistic's bins (vaekit.model.likelihood_np);
-a model with a pixel context codes them in groups whose neighbours are already decoded (`waves`).
+a model with a pixel context codes them in groups whose neighbours are already decoded (`waves`), and
+so does the pixel model fitted to the archive's images for a Gaussian or Bernoulli model (`fitted`).
 Every table is quantised to integers (vaekit.codec.tables) before it reaches the coder.
 
 Determinism: the tables come from network outputs, so the decoder must see the same floats the
@@ -28,7 +29,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from vaekit.codec import tables
+from vaekit.codec import fitted, tables
 from vaekit.errors import DamagedFile
 from vaekit.model.likelihood_np import LEVELS, logistic_cdf_edges
 
@@ -113,28 +114,38 @@ def _wave_tables(p: np.ndarray, x: np.ndarray, rows: np.ndarray, cols: np.ndarra
     return _bins(mean.ravel(), p[c:2 * c, rows, cols].ravel())
 
 
-def push_pixels(coder, x: np.ndarray, params: np.ndarray) -> None:
+def push_pixels(coder, x: np.ndarray, params: np.ndarray, pixels=None) -> None:
     """Push an image's pixels (C, H, W) with p(x|z): at once when they are independent given z
     (params of 2C maps), else one group of `waves` at a time, the last first, so that `pop_pixels`
-    can rebuild each group's tables from the groups before it."""
+    can rebuild each group's tables from the groups before it. `pixels`: a fitted pixel model
+    (vaekit.codec.fitted) for a model without a logistic likelihood, read group by group too."""
     c = x.shape[0]
-    if params.shape[0] == 2 * c:
+    if pixels is None and params.shape[0] == 2 * c:
         tables.push(coder, np.asarray(x).ravel(), pixel_tables(params))
         return
-    p = np.asarray(params, np.float64)  # once, not per group
+    group = _group_tables(params, pixels)
     for rows, cols in reversed(waves(*x.shape[1:])):
-        tables.push(coder, x[:, rows, cols].ravel(), _wave_tables(p, x, rows, cols))
+        tables.push(coder, x[:, rows, cols].ravel(), group(x, rows, cols))
 
 
-def pop_pixels(coder, params: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
-    """The image (C, H, W) uint8 that `push_pixels` pushed with these params."""
+def pop_pixels(coder, params: np.ndarray, shape: tuple[int, int, int], pixels=None) -> np.ndarray:
+    """The image (C, H, W) uint8 that `push_pixels` pushed with these params (and pixel model)."""
     c = shape[0]
-    if params.shape[0] == 2 * c:
+    if pixels is None and params.shape[0] == 2 * c:
         return tables.pop(coder, pixel_tables(params)).astype(np.uint8).reshape(shape)
-    x, p = np.zeros(shape, np.uint8), np.asarray(params, np.float64)
+    x, group = np.zeros(shape, np.uint8), _group_tables(params, pixels)
     for rows, cols in waves(*shape[1:]):
-        x[:, rows, cols] = tables.pop(coder, _wave_tables(p, x, rows, cols)).reshape(c, -1)
+        x[:, rows, cols] = tables.pop(coder, group(x, rows, cols)).reshape(c, -1)
     return x
+
+
+def _group_tables(params: np.ndarray, pixels):
+    """group(x, rows, cols) -> one group's tables: a logistic pixel context's or a fitted model's."""
+    if pixels is not None:
+        m = fitted.means(pixels.likelihood, params)  # once, not per group
+        return lambda x, rows, cols: pixels.tables(x, m, rows, cols)
+    p = np.asarray(params, np.float64)  # once, not per group
+    return lambda x, rows, cols: _wave_tables(p, x, rows, cols)
 
 
 def crc(x: np.ndarray) -> int:
@@ -159,7 +170,7 @@ def encode_chunk(net, images, bits: int = LATENT_BITS) -> tuple[np.ndarray, floa
     for x in images:
         mu, logvar = net.posterior(x)
         j = tables.pop(coder, posterior_tables(mu, logvar, bits))  # bits back: z ~ q(z|x)
-        push_pixels(coder, np.asarray(x), net.likelihood(latent_grid(bits)[1][j]))
+        push_pixels(coder, np.asarray(x), net.likelihood(latent_grid(bits)[1][j]), net.pixels)
         tables.push_uniform(coder, j, 1 << bits)  # p(z): uniform over equal-mass buckets
         tables.push_uniform(coder, np.array([crc(x)]), 1 << CHECK_BITS)
     words = np.asarray(coder.get_compressed(), dtype=np.uint32)
@@ -176,7 +187,7 @@ def decode_chunk(net, words: np.ndarray, count: int, bits: int = LATENT_BITS, so
         try:
             check = int(tables.pop_uniform(coder, 1, 1 << CHECK_BITS)[0])
             j = tables.pop_uniform(coder, net.latent_dim, 1 << bits)
-            x = pop_pixels(coder, net.likelihood(centres[j]), shape)
+            x = pop_pixels(coder, net.likelihood(centres[j]), shape, net.pixels)
         except (ValueError, RuntimeError, OverflowError) as e:  # the coder ran dry: wrong or damaged data
             raise Desynchronised(f"{source} cannot be decoded ({e}); it is damaged or was written by another engine") from None
         if crc(x) != check:

@@ -21,6 +21,7 @@ import numpy as np
 from vaekit import images as imageio
 from vaekit import stream
 from vaekit.codec import bitsback, container, lossy, residual, tables
+from vaekit.codec import lossless as lossless_job
 from vaekit.codec import prior as priors
 from vaekit.codec.net import CANONICAL_THREADS, Net
 from vaekit.codec.store import decoded, earlier_hashes, stored_prior
@@ -76,8 +77,8 @@ def encode(model, source: str | Path | Sequence[str | Path], out: str | Path, qu
            chunk: int = CHUNK, prior: priors.Prior | None = None) -> EncodeResult:
     """Encode every image under `source` into the .vkc `out`: lossy at `quality` (1..8, the
     model's stored tables, or `prior`, tables not stored yet: `encode --fit` stores them only
-    once the file is written), or `lossless` (a bits-back archive; needs a logistic-likelihood
-    model and images of exactly the model's size). progress(done, total) after each batch or image."""
+    once the file is written), or `lossless` (a bits-back archive of images of exactly the model's
+    size; vaekit.codec.lossless). progress(done, total) after each batch or image."""
     t0 = time.perf_counter()
     out = Path(out)
     found = check_encode(model, source, out, quality, lossless, overwrite, chunk)
@@ -96,7 +97,7 @@ def encode(model, source: str | Path | Sequence[str | Path], out: str | Path, qu
     out.parent.mkdir(parents=True, exist_ok=True)
     spill = container.Spill(out)
     try:
-        skipped, source_bytes = (_encode_lossless(model, found, header, spill, chunk, progress) if lossless else
+        skipped, source_bytes = (lossless_job.encode_folder(model, found, header, spill, chunk, progress) if lossless else
                                  _encode_lossy(model, prior, quality, found, header, spill, chunk, progress))
         if not header.names:
             raise imageio.none_usable(f"in {source}", skipped)
@@ -134,9 +135,7 @@ def check_encode(model, source, out: str | Path, quality: int | None = None, los
         raise BadInput("give either a quality (1..8) or lossless, not both and not neither")
     if not isinstance(chunk, int) or chunk < 1:
         raise BadInput(f"chunk must be a positive number of images, got {chunk!r}")
-    if lossless:
-        _check_lossless(model)
-    else:
+    if not lossless:
         priors.check_quality(quality)
     if out.is_dir():
         raise BadInput(f"output {out} is a folder; give a file name such as {out / 'images.vkc'}")
@@ -147,12 +146,6 @@ def check_encode(model, source, out: str | Path, quality: int | None = None, los
     refuse_model_files(out, model.info.source, "output")  # nor onto an export's part (with --overwrite)
     refuse_existing([out], overwrite)
     return found
-
-
-def _check_lossless(model) -> None:
-    if model.info.likelihood != "logistic":
-        raise BadInput(f"lossless archives need a model with the discretised likelihood (train with --likelihood "
-                       f"logistic); {model.info.source} has {model.info.likelihood!r}")
 
 
 def _encode_lossy(model, prior, quality, found, header, spill, chunk, progress):
@@ -185,49 +178,6 @@ def _flush_lossy(model, prior, quality, pending, spill, chunk):
     res = residual.quantise(x[:chunk].astype(np.int64) - decoded(model, z_hat), delta) if delta else None
     spill.add(len(sym), lossy.encode_chunk(prior, quality, sym, res))
     return [(z[chunk:], x[chunk:])] if len(z) > chunk else []
-
-
-def _encode_lossless(model, found, header, spill, chunk, progress):
-    net = Net(model)
-    with net.pinned(CANONICAL_THREADS):  # not --threads: the decoder must see the same floats (net.py)
-        header.engine = net.describe()
-        return _encode_images(net, found, header, spill, chunk, progress)
-
-
-def _encode_images(net, found, header, spill, chunk, progress):
-    info = net.model.info
-    want = (info.channels, info.image_size, info.image_size)
-    skipped, source_bytes, batch, total = [], 0, [], len(found.paths)
-    for k, (path, name) in enumerate(zip(found.paths, found.names)):
-        try:
-            inexact = imageio.not_exact(path, info.channels)  # only pixels that come back byte for byte
-            if inexact:
-                skipped.append((path, inexact))
-                continue
-            x = np.ascontiguousarray(imageio.decode(path, info.channels).transpose(2, 0, 1))  # (C, H, W) as stored
-        except imageio.ImageReadError as e:
-            skipped.append((path, e.reason))
-            continue
-        if x.shape != want:  # skipped and named, as every file it cannot hold exactly; the others go on
-            skipped.append((path, f"{x.shape[2]}x{x.shape[1]} pixels; a lossless archive holds images of exactly "
-                                  f"the model's size, {want[2]}x{want[1]}"))
-            continue
-        facts = source_facts(path)
-        if isinstance(facts, str):
-            skipped.append((path, facts))
-            continue
-        batch.append(x)
-        header.names.append(name)
-        header.orig_size.append([want[1], want[2]])
-        source_bytes += facts[1]
-        if len(batch) == chunk:
-            spill.add(len(batch), bitsback.encode_chunk(net, batch)[0])
-            batch = []
-        if progress:
-            progress(k + 1, total)
-    if batch:
-        spill.add(len(batch), bitsback.encode_chunk(net, batch)[0])
-    return skipped, source_bytes
 
 
 # --- decode ------------------------------------------------------------------------------------
@@ -281,7 +231,6 @@ def _check_model(header: container.Header, model, archive: Path) -> None:
     """What the archive needs of the model beyond its fingerprint (read_header's check, before the names)."""
     info = model.info
     if header.mode == "lossless":
-        _check_lossless(model)
         if header.tables != BITSBACK_TABLES:
             raise container.ArchiveError(f"{archive} was written with other bits-back settings than this vaekit's "
                                          f"({BITSBACK})")
@@ -308,6 +257,7 @@ def _check_quantization(header: container.Header, model, archive: Path) -> None:
 def _decode_into(model, prior, header, archive, offset, staged, size, progress) -> None:
     if header.mode == "lossless":
         net = Net(model)
+        net.pixels = lossless_job.pixel_model(header, model, archive)
         with net.pinned(_threads(header, archive)):  # the count the encoder's torch calls ran on
             _decode_chunks(model, prior, header, archive, offset, staged, size, progress, net)
     else:

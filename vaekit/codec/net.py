@@ -19,6 +19,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from vaekit import images as imageio
+from vaekit.codec.fitted import means
 from vaekit.errors import BadInput
 
 CANONICAL_THREADS = 1  # torch intra-op threads of every lossless encode (and decode of a file that records it)
@@ -33,6 +34,7 @@ class Net:
         self.engine = info.engine
         self.shape = (info.channels, info.image_size, info.image_size)
         self.latent_dim = info.latent_dim
+        self.pixels = None  # a fitted pixel model (vaekit.codec.fitted) where the likelihood has no 8-bit levels
         if self.engine == "torch":
             self._params = self._torch_params
         elif self.engine == "onnxruntime":
@@ -82,6 +84,11 @@ class Net:
     def likelihood(self, z: np.ndarray) -> np.ndarray:
         """Latent (D,) -> the decoder's parameters of p(x|z) (P, C, H, W), float32."""
         return np.asarray(self._params(np.ascontiguousarray(z, np.float32)[None]), np.float32)[0]
+
+    def mean_image(self, x: np.ndarray) -> np.ndarray:
+        """uint8 image (C, H, W) -> the decoder's mean at the posterior mean, float64 (C, H, W)."""
+        mu, _ = self.posterior(x)
+        return means(self.model.info.likelihood, self.likelihood(mu))
 
     def _torch_params(self, z: np.ndarray) -> np.ndarray:
         import torch

@@ -1,0 +1,86 @@
+"""The lossless half of `vaekit encode`: a folder onto a bits-back archive, image by image.
+
+Every image is read as stored (a file whose pixels would not come back byte for byte is skipped
+and named), coded one at a time on the canonical torch thread count (vaekit.codec.net) in chunks
+(vaekit.codec.bitsback). A logistic model codes pixels with its own likelihood; a Gaussian or
+Bernoulli model with a pixel model fitted to the archive's first images (vaekit.codec.fitted),
+which the header carries for the decoder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from vaekit import images as imageio
+from vaekit.codec import bitsback, container, fitted
+from vaekit.codec.net import CANONICAL_THREADS, Net
+from vaekit.codes.jobs import source_facts
+
+
+def encode_folder(model, found, header, spill, chunk, progress) -> tuple[list, int]:
+    """Every image of `found` onto the archive, chunk by chunk: (skipped (path, why), source bytes)."""
+    net = Net(model)
+    with net.pinned(CANONICAL_THREADS):  # not --threads: the decoder must see the same floats (net.py)
+        header.engine = net.describe()
+        return _encode_images(net, found, header, spill, chunk, progress)
+
+
+def _encode_images(net, found, header, spill, chunk, progress):
+    """Only files whose stored pixels come back byte for byte, of the model's size; others skipped, named."""
+    info = net.model.info
+    want = (info.channels, info.image_size, info.image_size)
+    skipped, source_bytes, batch, total = [], 0, [], len(found.paths)
+    for k, (path, name) in enumerate(zip(found.paths, found.names)):
+        try:
+            inexact = imageio.not_exact(path, info.channels)  # only pixels that come back byte for byte
+            if inexact:
+                skipped.append((path, inexact))
+                continue
+            x = np.ascontiguousarray(imageio.decode(path, info.channels).transpose(2, 0, 1))  # (C, H, W) as stored
+        except imageio.ImageReadError as e:
+            skipped.append((path, e.reason))
+            continue
+        if x.shape != want:  # skipped and named, as every file it cannot hold exactly; the others go on
+            skipped.append((path, f"{x.shape[2]}x{x.shape[1]} pixels; a lossless archive holds images of exactly "
+                                  f"the model's size, {want[2]}x{want[1]}"))
+            continue
+        facts = source_facts(path)
+        if isinstance(facts, str):
+            skipped.append((path, facts))
+            continue
+        batch.append(x)
+        header.names.append(name)
+        header.orig_size.append([want[1], want[2]])
+        source_bytes += facts[1]
+        if len(batch) == chunk:
+            _code_chunk(net, batch, spill, header)
+            batch = []
+        if progress:
+            progress(k + 1, total)
+    if batch:
+        _code_chunk(net, batch, spill, header)
+    return skipped, source_bytes
+
+
+def _code_chunk(net, batch, spill, header) -> None:
+    """One chunk onto the archive; the first one of a model without a logistic likelihood fits its
+    pixel model first (vaekit.codec.fitted), which the header keeps for the decoder."""
+    likelihood = net.model.info.likelihood
+    if net.pixels is None and likelihood != "logistic":
+        fit_on = batch[:fitted.FIT_IMAGES]
+        net.pixels = fitted.fit(likelihood, fit_on, [net.mean_image(x) for x in fit_on])
+        header.engine["pixels"] = net.pixels.to_json()
+    spill.add(len(batch), bitsback.encode_chunk(net, batch)[0])
+
+
+def pixel_model(header: container.Header, model, archive: Path):
+    """The fitted pixel model a lossless archive of a Gaussian or Bernoulli model carries."""
+    info = model.info
+    if info.likelihood == "logistic":
+        return None
+    try:
+        return fitted.PixelModel.from_json(header.engine.get("pixels"), info.likelihood, info.channels)
+    except ValueError as e:
+        raise container.ArchiveError(f"{archive} is damaged or foreign: {e}") from None
