@@ -20,6 +20,7 @@ from vaekit.codes import batch_size as batches
 from vaekit.codes.format import PRECISIONS, CodeFile, FingerprintMismatch, validate, load, quantize
 from vaekit.stream.batches import Layout, digest
 from vaekit.codes.targets import check_targets, decodable, png_names  # noqa: F401  (png_names: re-exported)
+from vaekit.codes.sizes import GONE, original_size, restore_size, source_facts  # noqa: F401  (re-exported)
 from vaekit.codes.writer import write_streamed
 from vaekit.errors import BadInput
 from vaekit.fileio import atomic_writer, refuse_existing, refuse_inside
@@ -36,31 +37,6 @@ if TYPE_CHECKING:  # the engine is passed in; importing it here would cost nothi
 
 CHUNK = 4096  # codes assembled into the file at a time, at most
 CHUNK_BYTES = 64 << 20  # ... and at most this many bytes of them: a 512 px grid model's codes are 1 MB an image
-
-
-def original_size(path: Path) -> tuple[int, int]:
-    """(height, width) of an image file as vaekit decodes it (EXIF rotation applied), header only."""
-    import warnings
-
-    with warnings.catch_warnings(), imageio.open_image(path) as img:
-        warnings.simplefilter("ignore")  # a big image's DecompressionBombWarning: we only read its header
-        w, h = img.size
-        orientation = imageio.exif_orientation(img)  # as decoding reads it, a broken EXIF block included
-    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
-
-
-GONE = "removed or replaced while the job ran"
-
-
-def source_facts(path: Path) -> tuple[tuple[int, int], int] | str:
-    """((height, width), bytes) of a source file decoded a moment ago, or why they cannot be had
-    now: a file removed or replaced since is skipped and named, as an unreadable one is (a folder
-    emptied by another process ended the whole job with '[Errno 2] No such file or directory')."""
-    try:
-        return original_size(path), path.stat().st_size
-    except (OSError, ValueError):  # not found, not an image any more (ImageReadError is a ValueError)
-        return GONE
-
 
 
 def _check_precision(precision: str) -> None:
@@ -280,25 +256,6 @@ def check_model(cf: CodeFile, model: "Model", source: str = "code file") -> None
         )
     if (cf.latent_dim, cf.image_size, cf.channels) != (info.latent_dim, info.image_size, info.channels):
         raise FingerprintMismatch(f"{source} does not match the shape of model {info.source}")
-
-
-def restore_size(x: np.ndarray, size: Sequence[int]) -> np.ndarray:
-    """Undo the model's preprocessing geometry: uint8 (C, s, s) -> (C, height, width).
-
-    The model saw the centre square of the source, its shorter side resized to s; that square
-    is resized back (bicubic) and put in the centre, and the margins the crop cut off, which no
-    code describes, repeat its edge pixels.
-    """
-    from PIL import Image
-
-    h, w = int(size[0]), int(size[1])
-    m = min(h, w)
-    img = Image.fromarray(x[0] if x.shape[0] == 1 else x.transpose(1, 2, 0))
-    y = np.asarray(img.resize((m, m), Image.Resampling.BICUBIC))
-    y = y[..., None] if y.ndim == 2 else y
-    top, left = (h - m) // 2, (w - m) // 2
-    y = np.pad(y, ((top, h - m - top), (left, w - m - left), (0, 0)), mode="edge")
-    return np.ascontiguousarray(y.transpose(2, 0, 1))
 
 
 @dataclass
