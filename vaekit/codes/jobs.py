@@ -272,14 +272,16 @@ def decode_file(
     size: str = "model",
     overwrite: bool = False,
     progress: Progress | None = None,
-    batch_size: int = 256,
+    batch_size: int | None = 256,
 ) -> DecodeReport:
     """Decode a code file into PNGs under `out_dir`, named after the source images (`vaekit decode`).
 
     size="model" writes the model's image_size × image_size; "original" each source's size.
     Every target is checked before the first file is written, and every PNG is written to a
     staging folder first (vaekit.fileio.staging): an interrupted decode leaves none of them.
+    batch_size: None is 256 (fewer where a batch's pixels would pass BATCH_PIXELS).
     """
+    batch_size = check_batch_size(batch_size, 256)
     if size not in ("model", "original"):
         raise BadInput(f"invalid size {size!r}: expected 'model' or 'original'")
     out_dir = Path(out_dir)

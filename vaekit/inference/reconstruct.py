@@ -102,15 +102,16 @@ def reconstruct_folder(
     overwrite: bool = False,
     grid_max: int = 32,
     progress: Progress | None = None,
-    batch_size: int = 256,
+    batch_size: int | None = BATCH_SIZE,
     workers: int = 0,
 ) -> ReconstructReport:
     """Reconstruct every image under `source` (z = posterior mean) into `out_dir` (`vaekit reconstruct`).
 
     Writes `<out_dir>/<name>.png` per image and `<out_dir>/comparison.png`: up to `grid_max`
     inputs, each followed by its reconstruction. Every target is checked before writing.
-    Streams: images are decoded, reconstructed and written a batch at a time.
+    Streams: images are decoded, reconstructed and written a batch at a time (batch_size None: 256).
     """
+    batch_size = check_batch_size(batch_size, BATCH_SIZE)
     out_dir = Path(out_dir)
     found, targets, grid = _targets(model, source, out_dir, overwrite, grid_max)
     info = model.info
@@ -157,7 +158,7 @@ class ReconstructJob(ReconstructReport):
 
 
 def reconstruct_to_folder(model: "Model", source: str | Path | Sequence[str | Path], out_dir: str | Path,
-                          overwrite: bool = False, grid_max: int = 32, progress=None, batch_size: int = BATCH_SIZE,
+                          overwrite: bool = False, grid_max: int = 32, progress=None, batch_size: int | None = BATCH_SIZE,
                           workers: int = 0, resume: bool = False, shard: tuple[int, int] | None = None,
                           merge_timeout: float | None = None) -> ReconstructJob:
     """Reconstruct every image under `source` (z = posterior mean) into `out_dir`, in bounded memory.
@@ -167,7 +168,7 @@ def reconstruct_to_folder(model: "Model", source: str | Path | Sequence[str | Pa
     own). shard: this process's share; None: torchrun's RANK / WORLD_SIZE, or all."""
     from vaekit.codes.targets import check_targets, png_names
 
-    grid_max, batch_size = check_int(grid_max, "grid_max", 1), check_batch_size(batch_size)
+    grid_max, batch_size = check_int(grid_max, "grid_max", 1), check_batch_size(batch_size, BATCH_SIZE)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise BadInput(f"output {out_dir} exists and is not a folder")

@@ -1,0 +1,77 @@
+"""The fourteenth hostile round, on journals, resume and outputs: what pass 3 left open. A job
+gives the file an uninterrupted job gives, or refuses with one line and exit 2; it never replaces
+a file it did not create unless --overwrite names it, and it knows its own finished output.
+
+Real components: an untrained 16 px model, noise PNGs in tmp_path, the library's jobs and the CLI.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import vaekit
+from export_support import random_job
+from vaekit.codes import decode_file, encode_folder
+from vaekit_cli.main import app
+
+torch.set_num_threads(1)
+USERS = b"a file of the user's, put at the output's name while the job ran\n"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    return random_job(tmp_path_factory.mktemp("hostile14"), 12)
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, ["--threads", "1", *map(str, args)], env={"COLUMNS": "300"})
+
+
+def _one_line_exit_2(r) -> str:
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output, r.output
+    return r.output
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+# --- 1. batch_size=None is the default batch in every library job that takes one ---------------
+
+def test_decode_file_with_batch_size_none_decodes_in_its_default_batches(setup, tmp_path):
+    # before: TypeError: '<' not supported between instances of 'int' and 'NoneType'
+    run, data = setup
+    model = vaekit.load(run)
+    codes = tmp_path / "a.codes"
+    encode_folder(model, data, codes, batch_size=4)
+    decode_file(model, codes, tmp_path / "default")
+    decode_file(model, codes, tmp_path / "none", batch_size=None)
+    assert _files(tmp_path / "none") == _files(tmp_path / "default") and len(_files(tmp_path / "none")) == 12
+
+
+@pytest.mark.parametrize("job", ["reconstruct_folder", "reconstruct_to_folder"])
+def test_reconstruct_with_batch_size_none_is_the_default_batch(setup, tmp_path, job):
+    # before: BadInput "batch_size must be an integer >= 1 ..., got None" (encode and score took None)
+    from vaekit.inference import reconstruct
+
+    run, data = setup
+    model = vaekit.load(run)
+    getattr(reconstruct, job)(model, data, tmp_path / "default")
+    getattr(reconstruct, job)(model, data, tmp_path / "none", batch_size=None)
+    assert _files(tmp_path / "none") == _files(tmp_path / "default") and len(_files(tmp_path / "none")) == 13
+
+
+def test_a_bad_batch_size_is_still_one_clear_bad_input(setup, tmp_path):
+    from vaekit.errors import BadInput
+
+    run, data = setup
+    model = vaekit.load(run)
+    codes = tmp_path / "a.codes"
+    encode_folder(model, data, codes, batch_size=4)
+    with pytest.raises(BadInput, match="batch_size must be an integer >= 1"):
+        decode_file(model, codes, tmp_path / "dec", batch_size=0)
+    assert not (tmp_path / "dec").exists()
