@@ -75,3 +75,27 @@ def test_a_bad_batch_size_is_still_one_clear_bad_input(setup, tmp_path):
     with pytest.raises(BadInput, match="batch_size must be an integer >= 1"):
         decode_file(model, codes, tmp_path / "dec", batch_size=0)
     assert not (tmp_path / "dec").exists()
+
+
+# --- 2. a line too long in another share's journal: the merge names the file and the line -----
+
+def _too_long(limit_batch: int = 4) -> bytes:
+    from vaekit.stream.lines import MAX_FILE_BYTES, MAX_HEADER_BYTES
+
+    return b"x" * (2 * MAX_HEADER_BYTES + limit_batch * MAX_FILE_BYTES)  # past any limit of batches of 4
+
+
+@pytest.mark.parametrize("line", [1, 3])
+def test_a_line_too_long_in_another_shares_journal_is_named_by_file_and_line(setup, tmp_path, line):
+    # before: "... .shard-0-of-2.partial is damaged: a line is longer than 2,097,680 bytes" (which line?)
+    run, data = setup
+    out = tmp_path / "s.csv"
+    args = ("anomaly-score", run, data, "-o", out, "--batch-size", 4, "--threshold", 0)
+    assert invoke(*args, "--shard", "0/2").exit_code == 0
+    other = Path(f"{out}.shard-0-of-2.partial")
+    kept = other.read_bytes().splitlines(keepends=True)[: line - 1]
+    other.write_bytes(b"".join(kept) + _too_long() + b"\n")
+    r = invoke(*args, "--shard", "1/2")
+    text = _one_line_exit_2(r)
+    assert f"{other} is damaged at line {line}: the line is longer than" in text
+    assert not out.exists() and other.read_bytes().endswith(b"x\n")  # refused, nothing changed

@@ -72,8 +72,9 @@ class Shares:
             try:
                 yield from (read_lines(fd, self.limit, start) if hold
                             else lines_reopened(self.journal(j), fd, self.limit))  # which closes fd
-            except LineTooLong as e:
-                raise DamagedFile(f"{self.journal(j)} is damaged: {e}; delete it and score that share again") from None
+            except LineTooLong as e:  # the line after the `at.n` read (entries counts each as it goes)
+                raise DamagedFile(f"{self.journal(j)} is damaged at line {at.n + 1}: {e}; delete it and score "
+                                  "that share again") from None
             except OSError as e:
                 if not held_elsewhere(e):
                     raise self._unreadable(j, e) from None
