@@ -99,3 +99,64 @@ def test_a_line_too_long_in_another_shares_journal_is_named_by_file_and_line(set
     text = _one_line_exit_2(r)
     assert f"{other} is damaged at line {line}: the line is longer than" in text
     assert not out.exists() and other.read_bytes().endswith(b"x\n")  # refused, nothing changed
+
+
+# --- 3. --resume with the same inputs spelled another way goes on ------------------------------
+
+def _spellings(tmp_path: Path, data: Path) -> dict[str, str]:
+    """The same folder named relative to tmp_path (the working folder), with ./ and a slash, absolute."""
+    rel = data.relative_to(tmp_path) if data.is_relative_to(tmp_path) else None
+    assert rel is not None
+    return {"relative": str(rel), "dotted": f"./{rel}/", "absolute": str(data.resolve())}
+
+
+@pytest.mark.parametrize("then,now", [("relative", "absolute"), ("absolute", "relative"), ("relative", "dotted")])
+def test_resume_with_the_inputs_spelled_another_way_finishes_the_same_file(setup, tmp_path, monkeypatch, then, now):
+    # before: "cannot resume ...: it was started with other settings (the input files changed ...;
+    # inputs ['images'] then, ['/tmp/.../images'] now)" for the very same folder
+    import shutil
+
+    from export_support import stopped_job
+
+    run, data = setup
+    shutil.copytree(data, tmp_path / "images")
+    monkeypatch.chdir(tmp_path)
+    named = _spellings(tmp_path, tmp_path / "images")
+    ref = invoke("anomaly-score", run, named[then], "-o", "ref.csv", "--batch-size", 4, "--threshold", 0)
+    assert ref.exit_code == 0, ref.output
+    stopped_job(run, named[then], Path("s.csv"), after=1)
+    r = invoke("anomaly-score", run, named[now], "-o", "s.csv", "--batch-size", 4, "--threshold", 0, "--resume")
+    assert r.exit_code == 0, r.output
+    assert Path("s.csv").read_bytes() == Path("ref.csv").read_bytes()  # the rows name the files as the first run did
+    assert not Path("s.csv.partial").exists()
+
+
+def test_shares_started_with_the_inputs_spelled_another_way_merge_into_the_same_file(setup, tmp_path, monkeypatch):
+    import shutil
+
+    run, data = setup
+    shutil.copytree(data, tmp_path / "images")
+    monkeypatch.chdir(tmp_path)
+    named = _spellings(tmp_path, tmp_path / "images")
+    assert invoke("encode", run, named["relative"], "-o", "ref.codes", "--batch-size", 4).exit_code == 0
+    assert invoke("encode", run, named["relative"], "-o", "a.codes", "--batch-size", 4, "--shard", "0/2").exit_code == 0
+    r = invoke("encode", run, named["absolute"], "-o", "a.codes", "--batch-size", 4, "--shard", "1/2")
+    assert r.exit_code == 0, r.output
+    assert Path("a.codes").read_bytes() == Path("ref.codes").read_bytes()
+
+
+def test_resume_with_another_folder_of_the_same_name_still_says_what_differs(setup, tmp_path, monkeypatch):
+    import shutil
+
+    from export_support import stopped_job
+
+    run, data = setup
+    for d in ("a", "b"):
+        shutil.copytree(data, tmp_path / d / "images")
+    (tmp_path / "b" / "images" / "img011.png").unlink()
+    monkeypatch.chdir(tmp_path)
+    stopped_job(run, "a/images", Path("s.csv"), after=1)
+    r = invoke("anomaly-score", run, tmp_path / "b" / "images", "-o", "s.csv", "--batch-size", 4, "--threshold", 0,
+               "--resume")
+    text = _one_line_exit_2(r)
+    assert "the input files changed" in text and "a/images" in text and str(tmp_path / "b" / "images") in text

@@ -29,6 +29,7 @@ from vaekit.errors import BadInput
 from vaekit.fileio import atomic_writer
 from vaekit.images.arrays import check_batch_size
 from vaekit.inference.tiled import tiled
+from vaekit.stream.headers import journaled_inputs
 from vaekit.stream.journals import model_settings, naming_failed_writes, open_journal
 from vaekit.progress import Progress
 from vaekit.stream.shares import Shares, finish_when_complete, share_out
@@ -79,6 +80,8 @@ def score_to_file(
     """
     plan = scoring_plan(model, samples, score, iwae, threshold)
     batch_size = check_batch_size(batch_size, default_batch(model))
+    if out is not None:  # the same files spelled another way than its journals do: as they do
+        inputs = journaled_inputs(inputs, Path(out), shard)
     found = stream.find_inputs(inputs, once=True)
     torchrun = shard is None and stream.env_shard()[1] > 1
     index, count = stream.check_shard(*(stream.env_shard() if shard is None else shard))

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vaekit import stream
-from vaekit.fileio import open_regular_file
 from vaekit.images.arrays import MAX_BATCH_SIZE
-from vaekit.stream.journals import parse, partial_path
-from vaekit.stream.shares import share_out
+from vaekit.stream.headers import headers
 
 BATCH_SIZE = 256  # images decoded and encoded at a time, at most by default ...
 LINE_CODE_BYTES = 64 << 20  # ... and by default at most this many bytes of codes a journal line (base64)
@@ -30,14 +27,8 @@ def journal_batch_size(out: Path, shard: tuple[int, int] | None) -> int | None:
     else another share's), None where there is none to read: a resume without --batch-size goes on
     in the batches its journal began in, whatever the default is now (it was 256 however large the
     codes). Anything unreadable is left to the journal's own checks."""
-    index, count = stream.check_shard(*(stream.env_shard() if shard is None else shard))
-    for j in [index, *(j for j in range(count) if j != index)]:
-        try:
-            with open_regular_file(partial_path(share_out(out, j, count))) as f:
-                header = parse(f.readline(1 << 20))
-        except (OSError, ValueError):
-            continue
-        size = header.get("batch_size") if isinstance(header, dict) and "vaekit_journal" in header else None
+    for header in headers(out, shard):
+        size = header.get("batch_size")
         if isinstance(size, int) and not isinstance(size, bool) and 1 <= size <= MAX_BATCH_SIZE:
             return size
     return None

@@ -28,6 +28,7 @@ from vaekit.fileio.staging import staged
 from vaekit.inference.engine_onnx import refuse_model_files
 from vaekit.images.arrays import check_batch_size
 from vaekit.images.load import BATCH_PIXELS
+from vaekit.stream.headers import journaled_inputs
 from vaekit.stream.journals import model_settings, naming_failed_writes, open_journal
 from vaekit.progress import Progress
 from vaekit.stream.shares import Shares, finish_when_complete, share_out
@@ -127,6 +128,7 @@ def encode_folder(
     batch_size = check_batch_size(batch_size, batches.default_batch_size(model.info.latent_dim))
     if out.is_dir():
         raise BadInput(f"output {out} is a folder; give a file name such as {out / 'images.codes'}")
+    source = journaled_inputs(source, out, shard)  # the same files spelled another way than its journals do
     found = stream.find_inputs(source, once=True)
     decodable(found.names, source)
     refuse_inside(out, [*found.sources, model.info.source], "output")  # nor into the model's run directory

@@ -29,6 +29,7 @@ from vaekit.images.quality import SSIM_MISSING, psnr, ssim
 from vaekit.progress import Progress
 from vaekit.stream import pipeline
 from vaekit.stream.batches import Layout, check_number, digest
+from vaekit.stream.headers import journaled_inputs
 from vaekit.stream.journals import model_settings, naming_failed_writes, open_journal
 from vaekit.stream.shares import Shares, finish_when_complete, share_out
 
@@ -172,6 +173,7 @@ def reconstruct_to_folder(model: "Model", source: str | Path | Sequence[str | Pa
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise BadInput(f"output {out_dir} exists and is not a folder")
+    source = journaled_inputs(source, out_dir, shard)  # the same files spelled another way than its journals do
     found = stream.find_inputs(source, once=True)  # a file named twice is one PNG, not a clash of two
     refuse_inside(out_dir, found.sources, "output folder", folder=True)  # its PNGs would be read back as inputs
     refuse_model_files(out_dir, model.info.source, "output folder")  # --overwrite would replace the run's files
