@@ -160,3 +160,64 @@ def test_resume_with_another_folder_of_the_same_name_still_says_what_differs(set
                "--resume")
     text = _one_line_exit_2(r)
     assert "the input files changed" in text and "a/images" in text and str(tmp_path / "b" / "images") in text
+
+
+# --- 4. a resume after "appeared while this job ran" on a heat map leaves that file alone --------
+
+def _stopped_on_a_foreign_map(setup, tmp_path) -> tuple[Path, Path, Path, dict]:
+    """A job stopped by the user's file at batch 2's second map (img009.png): (run, out, maps,
+    what the first run left in maps: name -> (bytes, inode))."""
+    from test_hostile13 import _appearing
+
+    from vaekit import anomaly
+    from vaekit.errors import OutputExists
+
+    run, data = setup
+    out, maps = tmp_path / "scores.csv", tmp_path / "maps"
+    model = _appearing(vaekit.load(run), maps / "img009.png")
+    with pytest.raises(OutputExists, match="img009.png appeared while this job ran"):
+        anomaly.score_to_file(model, data, out, maps, threshold=0.0, batch_size=4)
+    left = {p.name: (p.read_bytes(), p.stat().st_ino) for p in maps.iterdir()}
+    assert "img008.png" in left and left["img009.png"][0] == USERS  # batch 2's first map was written
+    return run, out, maps, left
+
+
+def test_resume_keeps_the_stopped_batchs_own_maps_and_refuses_the_foreign_one_again(setup, tmp_path):
+    # before: --resume wrote the stopped batch's maps again, the user's img009.png among them
+    run, out, maps, left = _stopped_on_a_foreign_map(setup, tmp_path)
+    r = invoke("anomaly-score", run, setup[1], "-o", out, "--maps", maps, "--batch-size", 4, "--threshold", 0,
+               "--resume")
+    text = _one_line_exit_2(r)
+    assert "img009.png appeared while this job ran" in text and "--overwrite" in text
+    assert {p.name: (p.read_bytes(), p.stat().st_ino) for p in maps.iterdir()} == left  # nothing touched
+    assert Path(f"{out}.partial").exists() and not out.exists()
+
+
+def test_once_the_foreign_map_is_moved_away_the_resume_finishes_the_same_maps(setup, tmp_path):
+    run, out, maps, left = _stopped_on_a_foreign_map(setup, tmp_path)
+    (maps / "img009.png").rename(tmp_path / "users.png")
+    args = ("--batch-size", 4, "--threshold", 0)
+    assert invoke("anomaly-score", run, setup[1], "-o", out, "--maps", maps, *args, "--resume").exit_code == 0
+    ref_maps = tmp_path / "ref-maps"
+    assert invoke("anomaly-score", run, setup[1], "-o", tmp_path / "ref.csv", "--maps", ref_maps, *args).exit_code == 0
+    assert _files(maps) == _files(ref_maps) and out.read_bytes() == (tmp_path / "ref.csv").read_bytes()
+    assert (maps / "img008.png").stat().st_ino == left["img008.png"][1]  # kept, not written again
+    assert (tmp_path / "users.png").read_bytes() == USERS
+
+
+def test_a_reconstruct_resume_leaves_a_foreign_png_in_the_stopped_batch(setup, tmp_path):
+    # the same rule for reconstruct's PNGs (its stopped batch's files were replaced the same way)
+    from test_hostile13 import _appearing
+
+    from vaekit.errors import OutputExists
+    from vaekit.inference.reconstruct import reconstruct_to_folder
+
+    run, data = setup
+    out = tmp_path / "rec"
+    model = _appearing(vaekit.load(run), out / "img009.png", "reconstruct")
+    with pytest.raises(OutputExists, match="img009.png appeared while this job ran"):
+        reconstruct_to_folder(model, data, out, batch_size=4)
+    left = {p.name: (p.read_bytes(), p.stat().st_ino) for p in out.iterdir()}
+    text = _one_line_exit_2(invoke("reconstruct", run, data, "-o", out, "--batch-size", 4, "--resume"))
+    assert "img009.png appeared while this job ran" in text
+    assert {p.name: (p.read_bytes(), p.stat().st_ino) for p in out.iterdir()} == left

@@ -124,16 +124,17 @@ class _Sink:
     def __init__(self, journal, tally: "_Tally", maps: Path | None, out, overwrite: bool = False):
         self.journal, self.tally, self.maps_dir, self.out, self.overwrite = journal, tally, maps, out, overwrite
         self.targets: list[str] = []  # each image's heat-map path under maps_dir
-        self.own: int | None = None  # the batch a resumed job may have begun writing: its maps are replaced
+        self.own: int | None = None  # the batch a resumed job may have begun writing (its maps: see write)
         self.maps = 0  # heat maps written
 
     def write(self, b) -> None:
         if self.maps_dir is not None and b.rows:
             where = self.maps_dir  # a full disk is "cannot write MAPS" (exit 2), and the journal stays
             with self.journal.writing(where) if self.journal is not None else naming_failed_writes(where):
-                replace = self.overwrite or b.index == self.own  # not a file put there while the job ran
+                # not over a file put there while the job ran; the stopped batch's maps written
+                # before the stop are this job's own when they hold the very bytes it writes
                 self.maps += len(save_maps(self.maps_dir, [self.targets[i] for i in b.positions], b.images, b.maps,
-                                           replace=replace))
+                                           replace=self.overwrite, own=b.index == self.own))
         skipped = [(str(p), r) for p, r in b.skipped]
         if self.journal is not None:
             with naming_failed_writes(Path(self.out)):

@@ -21,8 +21,8 @@ import numpy as np
 
 from vaekit import images as imageio
 from vaekit import stream
-from vaekit.errors import BadInput, OutputExists
-from vaekit.fileio import open_regular_file, refuse_existing, refuse_inside
+from vaekit.errors import BadInput
+from vaekit.fileio import refuse_existing, refuse_inside
 from vaekit.inference.engine_onnx import refuse_model_files
 from vaekit.images.arrays import check_batch_size, check_int
 from vaekit.images.quality import SSIM_MISSING, psnr, ssim
@@ -258,7 +258,7 @@ def _run(model: "Model", found: stream.Inputs, journal, layout: Layout, targets:
         b, pngs, rows = item
         for img, path in pngs:
             with journal.writing(path):
-                imageio.save_png(img, path, replacing[0] or b.index == replacing[1])
+                imageio.save_png(img, path, replacing[0], own=b.index == replacing[1])
         with naming_failed_writes(journal.out):  # after its PNGs: a batch in the journal is a batch done
             journal.append(b.index, rows, [(str(p), r) for p, r in b.skipped])
 
@@ -321,21 +321,6 @@ def _finish(shares: Shares, report: ReconstructJob, model: "Model", out_dir: Pat
         shown.append(imageio.load_image(found.paths[i], info.image_size, info.channels))
         shown.append(imageio.load_image(png, info.image_size, info.channels))
     image = imageio.make_grid(np.stack(shown), ncol=8)
-    try:
-        imageio.save_png(image, report.grid, replace)
-    except OutputExists:
-        if not (resumed and _same_png(image, report.grid)):  # a file put there while the job ran stays
-            raise
+    imageio.save_png(image, report.grid, replace, own=resumed)  # a file put there while the job ran stays
     shares.remove()
 
-
-def _same_png(image: np.ndarray, path: Path) -> bool:
-    """Whether the regular file at `path` holds the very bytes save_png writes for `image`."""
-    from vaekit.images.render import png_bytes
-
-    want = png_bytes(image)  # as save_png encodes it
-    try:
-        with open_regular_file(path) as f:
-            return f.read(len(want) + 1) == want
-    except (OSError, ValueError):
-        return False
