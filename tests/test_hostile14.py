@@ -221,3 +221,48 @@ def test_a_reconstruct_resume_leaves_a_foreign_png_in_the_stopped_batch(setup, t
     text = _one_line_exit_2(invoke("reconstruct", run, data, "-o", out, "--batch-size", 4, "--resume"))
     assert "img009.png appeared while this job ran" in text
     assert {p.name: (p.read_bytes(), p.stat().st_ino) for p in out.iterdir()} == left
+
+
+# --- 6. encode refuses a batch whose codes would be a journal line past the bound --------------
+
+def test_encode_refuses_a_batch_size_whose_journal_line_would_pass_the_bound(setup, tmp_path, monkeypatch):
+    # before: --batch-size 4096 on a 512 px grid model journaled 4096 codes of 1 MB as one line (4.3 GB)
+    from vaekit.codes import batch_size as batches
+
+    run, data = setup
+    row = batches.mu_bytes(vaekit.load(run).info.latent_dim)
+    monkeypatch.setattr(batches, "LINE_CODE_BYTES", 5 * row + 1)  # this model's codes: five fit in a line
+    out = tmp_path / "a.codes"
+    text = _one_line_exit_2(invoke("encode", run, data, "-o", out, "--batch-size", 6))
+    assert "batch size 6 is too large" in text and "--batch-size 5 or less" in text
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # refused before any work: no journal
+    assert invoke("encode", run, data, "-o", out, "--batch-size", 5).exit_code == 0
+    assert invoke("encode", run, data, "-o", tmp_path / "b.codes").exit_code == 0  # the default fits
+    assert out.read_bytes() == (tmp_path / "b.codes").read_bytes()
+
+
+@pytest.mark.parametrize("given", [[], ["--batch-size", 6]])
+def test_a_resume_goes_on_in_the_larger_batches_its_journal_began_in(setup, tmp_path, monkeypatch, given):
+    # a job begun before the bound (or under a larger one) is not stranded by it
+    from vaekit.codes import batch_size as batches
+
+    run, data = setup
+    out = tmp_path / "a.codes"
+    model = vaekit.load(run)
+    calls, real = [], model.encode
+
+    def stopped(x, *a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(x, *a, **kw)
+
+    model.encode = stopped
+    with pytest.raises(KeyboardInterrupt):
+        encode_folder(model, data, out, batch_size=6)
+    monkeypatch.setattr(batches, "LINE_CODE_BYTES", 5 * batches.mu_bytes(model.info.latent_dim) + 1)
+    r = invoke("encode", run, data, "-o", out, *given, "--resume")
+    assert r.exit_code == 0, r.output
+    monkeypatch.undo()
+    encode_folder(vaekit.load(run), data, tmp_path / "ref.codes", batch_size=6)
+    assert out.read_bytes() == (tmp_path / "ref.codes").read_bytes()

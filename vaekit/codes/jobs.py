@@ -120,12 +120,11 @@ def encode_folder(
     shard=(i, n) (or torchrun's RANK / WORLD_SIZE) encodes share i of n; the share that finds
     all complete writes `out` (report.merged), the same file an unsharded run writes. batch_size
     None: `batch_size.default_batch_size` (a batch's codes are one journal line, held whole);
-    resuming, the journal's own (`batch_size.journal_batch_size`)."""
+    resuming, the journal's own; one whose line would pass the bound is refused
+    (`batch_size.encode_batch_size`)."""
     out = Path(out)
     _check_precision(precision)
-    if batch_size is None and resume:  # the batches the journal began in (an older default: 256 whatever their size)
-        batch_size = batches.journal_batch_size(out, shard)
-    batch_size = check_batch_size(batch_size, batches.default_batch_size(model.info.latent_dim))
+    batch_size = batches.encode_batch_size(batch_size, model.info.latent_dim, out, shard, resume)
     if out.is_dir():
         raise BadInput(f"output {out} is a folder; give a file name such as {out / 'images.codes'}")
     source = journaled_inputs(source, out, shard)  # the same files spelled another way than its journals do
