@@ -223,6 +223,94 @@ def test_a_reconstruct_resume_leaves_a_foreign_png_in_the_stopped_batch(setup, t
     assert {p.name: (p.read_bytes(), p.stat().st_ino) for p in out.iterdir()} == left
 
 
+# --- 5. a merge that died after writing OUT: the next run knows OUT as its own -----------------
+
+def _killed(self):
+    raise KeyboardInterrupt  # the merging share dies after OUT is in place, before its journals go
+
+
+def _job(kind: str, run: Path, data: Path, out: Path, model=None, **kw):
+    from vaekit import anomaly
+
+    model = vaekit.load(run) if model is None else model
+    if kind == "anomaly-score":
+        return anomaly.score_to_file(model, data, out, threshold=0.0, batch_size=4, **kw)
+    return encode_folder(model, data, out, batch_size=4, **kw)
+
+
+def _reference(kind: str, setup, tmp_path: Path) -> tuple[Path, Path]:
+    """(OUT, the file an uninterrupted unsharded job writes there)."""
+    run, data = setup
+    out = tmp_path / ("s.csv" if kind == "anomaly-score" else "a.codes")
+    ref = tmp_path / f"ref{out.suffix}"
+    _job(kind, run, data, ref)
+    return out, ref
+
+
+@pytest.mark.parametrize("kind", ["anomaly-score", "encode"])
+@pytest.mark.parametrize("again", ["0/2", "1/2"])
+def test_a_resume_after_a_merge_died_past_its_output_keeps_it_and_finishes(setup, tmp_path, monkeypatch, kind, again):
+    # before: "output s.csv already exists; pass --overwrite to replace it", whichever share ran again
+    from vaekit.stream import shares
+
+    run, data = setup
+    out, ref = _reference(kind, setup, tmp_path)
+    _job(kind, run, data, out, shard=(0, 2))
+    with monkeypatch.context() as m:
+        m.setattr(shares.Shares, "remove", _killed)
+        with pytest.raises(KeyboardInterrupt):
+            _job(kind, run, data, out, shard=(1, 2))
+    assert out.read_bytes() == ref.read_bytes() and len(list(tmp_path.glob("*.partial"))) == 2
+    inode = out.stat().st_ino
+    extra = ("--threshold", 0) if kind == "anomaly-score" else ()
+    r = invoke(kind, run, data, "-o", out, "--batch-size", 4, *extra, "--shard", again, "--resume")
+    assert r.exit_code == 0, r.output
+    assert out.read_bytes() == ref.read_bytes() and out.stat().st_ino == inode  # kept, not written again
+    assert not list(tmp_path.glob("*.partial")) and not list(tmp_path.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("kind", ["anomaly-score", "encode"])
+def test_a_share_that_finds_the_merges_own_output_in_place_finishes_cleanly(setup, tmp_path, kind):
+    # another share merged (and died before removing the journals) while this one ran: its OUT
+    # is the very file this share's merge writes; before: "output ... appeared while this job ran"
+    from test_hostile13 import _appearing
+
+    run, data = setup
+    out, ref = _reference(kind, setup, tmp_path)
+    _job(kind, run, data, out, shard=(0, 2))
+    model = _appearing(vaekit.load(run), out, "score" if kind == "anomaly-score" else "encode", at=1)
+    import test_hostile13
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(test_hostile13, "USERS", ref.read_bytes())
+        report = _job(kind, run, data, out, model=model, shard=(1, 2))
+    assert report.merged and out.read_bytes() == ref.read_bytes()
+    assert not list(tmp_path.glob("*.partial")) and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_resume_still_refuses_an_output_that_is_not_its_own(setup, tmp_path, monkeypatch):
+    from export_support import stopped_job
+    from vaekit.stream import shares
+
+    run, data = setup
+    args = ("--batch-size", 4, "--threshold", 0, "--resume")
+    unfinished = tmp_path / "unfinished.csv"
+    stopped_job(run, data, unfinished, after=1)
+    unfinished.write_bytes(USERS)  # batches left to do: refused at the start, as ever
+    text = _one_line_exit_2(invoke("anomaly-score", run, data, "-o", unfinished, *args))
+    assert "already exists" in text and unfinished.read_bytes() == USERS
+    out = tmp_path / "s.csv"
+    _job("anomaly-score", run, data, out, shard=(0, 2))
+    with monkeypatch.context() as m:
+        m.setattr(shares.Shares, "remove", _killed)
+        with pytest.raises(KeyboardInterrupt):
+            _job("anomaly-score", run, data, out, shard=(1, 2))
+    out.write_bytes(USERS)  # every share complete, but OUT is not the merge's bytes
+    text = _one_line_exit_2(invoke("anomaly-score", run, data, "-o", out, *args, "--shard", "0/2"))
+    assert "appeared while this job ran" in text and out.read_bytes() == USERS
+    assert len(list(tmp_path.glob("s.csv.*.partial"))) == 2 and not list(tmp_path.glob(".*.tmp"))
+
+
 # --- 6. encode refuses a batch whose codes would be a journal line past the bound --------------
 
 def test_encode_refuses_a_batch_size_whose_journal_line_would_pass_the_bound(setup, tmp_path, monkeypatch):

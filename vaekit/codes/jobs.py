@@ -31,7 +31,7 @@ from vaekit.images.load import BATCH_PIXELS
 from vaekit.stream.headers import journaled_inputs
 from vaekit.stream.journals import model_settings, naming_failed_writes, open_journal
 from vaekit.progress import Progress
-from vaekit.stream.shares import Shares, finish_when_complete, share_out
+from vaekit.stream.shares import Shares, finish_when_complete, refuse_unfinished_output, share_out
 
 if TYPE_CHECKING:  # the engine is passed in; importing it here would cost nothing but clarity
     from vaekit.inference.engine import Model
@@ -132,7 +132,7 @@ def encode_folder(
     decodable(found.names, source)
     refuse_inside(out, [*found.sources, model.info.source], "output")  # nor into the model's run directory
     refuse_model_files(out, model.info.source, "output")  # nor onto an export's part (with --overwrite)
-    refuse_existing([out], overwrite)
+    refuse_existing([out], overwrite or resume)  # resuming: once its shares are read (below)
     torchrun = shard is None and stream.env_shard()[1] > 1
     index, count = stream.check_shard(*(stream.env_shard() if shard is None else shard))
     info = model.info
@@ -145,6 +145,7 @@ def encode_folder(
     shares.check_headers()
     journal = open_journal(share_out(out, index, count), settings, resume, layout, shares.row_check, mu_bytes)
     try:
+        refuse_unfinished_output(shares, resume, overwrite)
         resumed = len(journal.done)
         _encode_batches(model, found, journal, layout, workers, progress)
         if count > 1:  # this share is written: its lock goes, another share's process may merge it
@@ -239,7 +240,8 @@ def _write_code_file(shares, report: EncodeReport, info, source, overwrite: bool
         if batch:
             yield np.stack(batch).astype(np.float32)
 
-    with atomic_writer(report.path, replace=overwrite) as f:  # not over a file put there while the job ran
+    # not over a file put there while the job ran; one with these very bytes is a died merge's own: kept
+    with atomic_writer(report.path, replace=overwrite, keep_same=True) as f:
         write_streamed(f, chunks, kept, sizes, report.precision, info.fingerprint, info.image_size, info.channels,
                        info.latent_dim)
     shares.remove()

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vaekit.errors import BadInput, OutputExists
-from vaekit.fileio import atomic_write_bytes, open_regular_file
+from vaekit.errors import BadInput
+from vaekit.fileio import atomic_write_bytes
 from vaekit.images.read import to_uint8
 
 def _hwc(x: np.ndarray) -> np.ndarray:
@@ -30,23 +30,7 @@ def save_png(x: np.ndarray, path: Path, replace: bool = True, own: bool = False)
     """Save (C, H, W) uint8, or float in [0, 1], as a PNG; atomic, parent folders created;
     replace=False: not over a file at `path` (OutputExists), unless `own` and that file holds the
     very bytes this PNG has: a resumed job's own, written before its stop, kept as it is."""
-    data = png_bytes(x)
-    try:
-        atomic_write_bytes(Path(path), data, replace)
-    except OutputExists:
-        if not (own and holds(Path(path), data)):
-            raise
-
-
-def holds(path: Path, data: bytes) -> bool:
-    """Whether the regular file at `path` (not a link) holds exactly `data`."""
-    if path.is_symlink():
-        return False
-    try:
-        with open_regular_file(path) as f:
-            return f.read(len(data) + 1) == data
-    except (OSError, ValueError):
-        return False
+    atomic_write_bytes(Path(path), png_bytes(x), replace, keep_same=own)
 
 
 def make_grid(xs: np.ndarray, ncol: int = 8, pad: int = 2) -> np.ndarray:

@@ -205,7 +205,7 @@ def reconstruct_to_folder(model: "Model", source: str | Path | Sequence[str | Pa
             journal.close()
         report.merged, report.pending = finish_when_complete(
             shares, torchrun, merge_timeout, progress,
-            lambda: _finish(shares, report, model, out_dir, found, targets, grid_max, overwrite, journal.resumed))
+            lambda: _finish(shares, report, model, out_dir, found, targets, grid_max, overwrite))
         if not report.merged:
             _collect(shares.entries(index), report, out_dir, found, targets)
         return report
@@ -307,11 +307,11 @@ def _collect(entries, report: ReconstructJob, out_dir: Path, found: stream.Input
 
 
 def _finish(shares: Shares, report: ReconstructJob, model: "Model", out_dir: Path, found: stream.Inputs,
-            targets: list[str], grid_max: int, replace: bool = True, resumed: bool = False) -> None:
+            targets: list[str], grid_max: int, replace: bool = True) -> None:
     """The comparison grid from the first `grid_max` images (inputs decoded again, reconstructions
     read back from their PNGs), then the journals go. Not over a file at the grid's name unless
-    `replace` (--overwrite); `resumed`, one with this very grid's bytes is the job's own (written
-    just before a stop, the journals not yet gone) and is kept as it is."""
+    `replace` (--overwrite); one with this very grid's bytes is the job's own (a merge that died
+    before the journals went, this share's or another's) and is kept as it is."""
     at = _collect(shares.merged(), report, out_dir, found, targets)
     if not report.names:
         shares.remove()
@@ -321,6 +321,6 @@ def _finish(shares: Shares, report: ReconstructJob, model: "Model", out_dir: Pat
         shown.append(imageio.load_image(found.paths[i], info.image_size, info.channels))
         shown.append(imageio.load_image(png, info.image_size, info.channels))
     image = imageio.make_grid(np.stack(shown), ncol=8)
-    imageio.save_png(image, report.grid, replace, own=resumed)  # a file put there while the job ran stays
+    imageio.save_png(image, report.grid, replace, own=True)  # a file put there while the job ran stays
     shares.remove()
 

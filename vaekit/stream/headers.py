@@ -31,11 +31,14 @@ def headers(out: Path, shard: tuple[int, int] | None) -> Iterator[dict]:
             yield header
 
 
-def journaled_inputs(inputs, out: Path, shard: tuple[int, int] | None):
+def journaled_inputs(inputs, out: Path | None, shard: tuple[int, int] | None):
     """`inputs`, or the inputs as a journal of this job names them where both name the same files
     and folders, in the same order, spelled another way (`dir` and `/abs/dir`, a link to it): the
     rows then name the files as the rows already written do, and the file list is the journal's.
-    Anything else is returned as given, for the journal's checks to name what differs."""
+    Anything else (or no `out`, so no journal) is returned as given, for the journal's checks to
+    name what differs."""
+    if out is None:
+        return inputs
     items = [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs
     if not isinstance(items, (list, tuple)) or not all(isinstance(r, (str, os.PathLike)) for r in items):
         return inputs  # not paths: find_inputs says what it wants
