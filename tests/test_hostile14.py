@@ -288,6 +288,25 @@ def test_a_share_that_finds_the_merges_own_output_in_place_finishes_cleanly(setu
     assert not list(tmp_path.glob("*.partial")) and not list(tmp_path.glob(".*.tmp"))
 
 
+def test_a_reconstruct_share_that_finds_the_merges_own_grid_in_place_finishes_cleanly(setup, tmp_path):
+    # before: a share that had not resumed took a grid of the merge's very bytes for a file in its way
+    import test_hostile13
+    from test_hostile13 import _appearing
+
+    from vaekit.inference.reconstruct import reconstruct_to_folder
+
+    run, data = setup
+    ref, out = tmp_path / "ref", tmp_path / "rec"
+    reconstruct_to_folder(vaekit.load(run), data, ref, batch_size=4)
+    reconstruct_to_folder(vaekit.load(run), data, out, batch_size=4, shard=(0, 2))
+    model = _appearing(vaekit.load(run), out / "comparison.png", "reconstruct", at=1)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(test_hostile13, "USERS", (ref / "comparison.png").read_bytes())
+        report = reconstruct_to_folder(model, data, out, batch_size=4, shard=(1, 2))
+    assert report.merged and _files(out) == _files(ref)
+    assert not list(tmp_path.glob("*.partial")) and not list(out.glob(".*.tmp"))
+
+
 def test_a_resume_still_refuses_an_output_that_is_not_its_own(setup, tmp_path, monkeypatch):
     from export_support import stopped_job
     from vaekit.stream import shares
