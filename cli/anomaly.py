@@ -70,7 +70,8 @@ def anomaly_score(
     from vaekit import anomaly
 
     apply_threads()
-    anomaly.check_outputs(inputs, out, maps, overwrite, model)  # a bad or taken name fails now, not after scoring
+    # a bad or taken name fails now, not after scoring (resuming, a taken -o once its journals are read)
+    anomaly.check_outputs(inputs, out, maps, overwrite or resume, model)
     share = parse_share(shard)
     samples = samples or (64 if iwae else 0)
     m = load_model(model, device)

@@ -36,10 +36,10 @@ def test_the_default_batch_holds_at_most_line_code_bytes_of_codes_and_writes_the
     latent = model.info.latent_dim
     assert batches.default_batch_size(latent) == batches.BATCH_SIZE  # a small model's codes: 256 a batch, as before
     seen = journal_settings(monkeypatch)
+    whole = jobs.encode_folder(model, washers / "train", tmp_path / "whole.codes", batch_size=256)
     monkeypatch.setattr(batches, "LINE_CODE_BYTES", 3 * batches.mu_bytes(latent) + 1)  # room for three codes a line
     small = jobs.encode_folder(model, washers / "train", tmp_path / "small.codes")
-    whole = jobs.encode_folder(model, washers / "train", tmp_path / "whole.codes", batch_size=256)
-    assert [s["batch_size"] for s in seen] == [3, 256]
+    assert [s["batch_size"] for s in seen] == [256, 3]
     assert small.count == whole.count == 20
     assert (tmp_path / "small.codes").read_bytes() == (tmp_path / "whole.codes").read_bytes()
 
@@ -48,10 +48,11 @@ def test_the_cli_takes_the_bounded_default_and_an_explicit_batch_size(washers, t
     from cli.main import app
 
     seen = journal_settings(monkeypatch)
-    monkeypatch.setattr(batches, "LINE_CODE_BYTES", 1)  # every code is over it: one file a batch
-    for extra in ([], ["--batch-size", "7"]):
+    latent = vaekit.load(washers / "run", device="cpu").info.latent_dim
+    monkeypatch.setattr(batches, "LINE_CODE_BYTES", 8 * batches.mu_bytes(latent) + 1)  # eight codes a line
+    for extra in ([], ["--batch-size", "7"]):  # the bounded default, and a smaller one asked for
         out = tmp_path / f"c{len(extra)}.codes"
         r = CliRunner().invoke(app, ["encode", str(washers / "run"), str(washers / "train"), "-o", str(out), *extra,
                                      "--device", "cpu"])
         assert r.exit_code == 0, r.output
-    assert [s["batch_size"] for s in seen] == [1, 7]
+    assert [s["batch_size"] for s in seen] == [8, 7]

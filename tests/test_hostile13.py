@@ -130,8 +130,12 @@ def test_a_file_put_at_a_heat_maps_name_while_the_job_ran_is_not_replaced(setup,
     with pytest.raises(OutputExists, match="img009.png appeared while this job ran"):
         anomaly.score_to_file(model, data, out, maps, threshold=0.0, batch_size=4)
     assert late.read_bytes() == USERS and Path(f"{out}.partial").exists() and not out.exists()
-    r = invoke("anomaly-score", run, data, "-o", out, "--maps", maps, "--batch-size", 4, "--threshold", 0, "--resume")
-    assert r.exit_code == 0, r.output  # that batch is the stopped one: a --resume writes its maps again (documented)
+    args = ("anomaly-score", run, data, "-o", out, "--maps", maps, "--batch-size", 4, "--threshold", 0, "--resume")
+    r = invoke(*args)  # the stopped batch's maps are kept only where they are its own bytes (test_hostile14)
+    assert r.exit_code == 2 and "img009.png appeared while this job ran" in r.output, r.output
+    assert late.read_bytes() == USERS
+    r = invoke(*args, "--overwrite")
+    assert r.exit_code == 0, r.output
     assert late.read_bytes().startswith(b"\x89PNG")
 
 

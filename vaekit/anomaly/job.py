@@ -29,9 +29,10 @@ from vaekit.errors import BadInput
 from vaekit.fileio import atomic_writer
 from vaekit.images.arrays import check_batch_size
 from vaekit.inference.tiled import tiled
+from vaekit.stream.headers import journaled_inputs
 from vaekit.stream.journals import model_settings, naming_failed_writes, open_journal
 from vaekit.progress import Progress
-from vaekit.stream.shares import Shares, finish_when_complete, share_out
+from vaekit.stream.shares import Shares, finish_when_complete, refuse_unfinished_output, share_out
 
 _FLOATS = ("score", "bits_per_dim", "threshold", "neg_elbo", "recon", "kl", "excess")
 
@@ -79,14 +80,15 @@ def score_to_file(
     """
     plan = scoring_plan(model, samples, score, iwae, threshold)
     batch_size = check_batch_size(batch_size, default_batch(model))
+    inputs = journaled_inputs(inputs, out, shard)  # the same files spelled another way than its journals do
     found = stream.find_inputs(inputs, once=True)
     torchrun = shard is None and stream.env_shard()[1] > 1
     index, count = stream.check_shard(*(stream.env_shard() if shard is None else shard))
     if out is None and (resume or count > 1):
         raise BadInput("--resume and sharding need an output file (-o): the rows are kept there")
-    check_outputs(found.sources, out, maps, overwrite, model.info.source)
+    check_outputs(found.sources, out, maps, overwrite or resume, model.info.source)  # resuming: OUT in _open
     layout = Layout(_texts(found.paths), batch_size, index, count)
-    shares, journal = _open(model, plan, found, layout, out, maps, resume) if out is not None else (None, None)
+    shares, journal = _open(model, plan, found, layout, out, maps, resume, overwrite) if out is not None else (None, None)
     done = frozenset(journal.done) if journal else frozenset()
     tally = _Tally(top)
     sink = _Sink(journal, tally, None if maps is None else Path(maps), out, overwrite)
@@ -121,16 +123,17 @@ class _Sink:
     def __init__(self, journal, tally: "_Tally", maps: Path | None, out, overwrite: bool = False):
         self.journal, self.tally, self.maps_dir, self.out, self.overwrite = journal, tally, maps, out, overwrite
         self.targets: list[str] = []  # each image's heat-map path under maps_dir
-        self.own: int | None = None  # the batch a resumed job may have begun writing: its maps are replaced
+        self.own: int | None = None  # the batch a resumed job may have begun writing (its maps: see write)
         self.maps = 0  # heat maps written
 
     def write(self, b) -> None:
         if self.maps_dir is not None and b.rows:
             where = self.maps_dir  # a full disk is "cannot write MAPS" (exit 2), and the journal stays
             with self.journal.writing(where) if self.journal is not None else naming_failed_writes(where):
-                replace = self.overwrite or b.index == self.own  # not a file put there while the job ran
+                # not over a file put there while the job ran; the stopped batch's maps written
+                # before the stop are this job's own when they hold the very bytes it writes
                 self.maps += len(save_maps(self.maps_dir, [self.targets[i] for i in b.positions], b.images, b.maps,
-                                           replace=replace))
+                                           replace=self.overwrite, own=b.index == self.own))
         skipped = [(str(p), r) for p, r in b.skipped]
         if self.journal is not None:
             with naming_failed_writes(Path(self.out)):
@@ -139,14 +142,21 @@ class _Sink:
             self.tally.add((asdict(r) for r in b.rows), skipped)
 
 
-def _open(model: Model, plan: Plan, found: stream.Inputs, layout: Layout, out, maps, resume: bool):
+def _open(model: Model, plan: Plan, found: stream.Inputs, layout: Layout, out, maps, resume: bool,
+          overwrite: bool = False):
     """(Shares, Journal) of this share of the job writing `out`; shares of another job are
-    refused before any work."""
+    refused before any work, and so is, resuming, a file at `out` that cannot be the merge's own."""
     settings = _settings(model, plan, found, layout, maps)
     shares = Shares(Path(out), settings, layout, _row_check(layout.paths, plan.threshold))
     shares.check_headers()
-    return shares, open_journal(share_out(Path(out), layout.index, layout.count), settings, resume, layout,
-                                shares.row_check)
+    journal = open_journal(share_out(Path(out), layout.index, layout.count), settings, resume, layout,
+                           shares.row_check)
+    try:
+        refuse_unfinished_output(shares, resume, overwrite)
+    except BaseException:
+        _close(journal, out, abandon=True)
+        raise
+    return shares, journal
 
 
 def _close(journal, out, abandon: bool = False) -> None:
@@ -253,7 +263,8 @@ def _decode(row: dict) -> dict:
 
 def _finish(shares: Shares, model: Model, plan: Plan, tally: "_Tally", inputs, overwrite: bool) -> None:
     """Write OUT from the journals, atomically, then remove them; not over a file put at OUT
-    while the job ran, unless `overwrite` (its journals then stay for --resume)."""
+    while the job ran, unless `overwrite` (its journals then stay for --resume). One that holds
+    the very bytes written is this job's own (a merge that died before removing the journals): kept."""
     n = anomalous = 0
     for e in shares.merged():
         n += len(e["rows"])
@@ -273,7 +284,7 @@ def _finish(shares: Shares, model: Model, plan: Plan, tally: "_Tally", inputs, o
             yield from (_decode(r) for r in e["rows"])
 
     out = shares.out
-    with atomic_writer(out, replace=overwrite) as f:
+    with atomic_writer(out, replace=overwrite, keep_same=True) as f:  # one with these bytes: a died merge's
         if output_format(out) == "csv":
             write_csv_rows(f, rows())
         else:

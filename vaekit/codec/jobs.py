@@ -27,7 +27,8 @@ from vaekit.codec.net import CANONICAL_THREADS, Net
 from vaekit.codec.store import decoded, earlier_hashes, stored_prior
 from vaekit.fileio.staging import staged
 from vaekit.inference.engine_onnx import refuse_model_files
-from vaekit.codes.jobs import decodable, restore_size, source_facts
+from vaekit.codes.jobs import decodable
+from vaekit.codes.sizes import restore_size, source_facts
 from vaekit.codes.targets import check_targets, png_names
 from vaekit.errors import BadInput
 from vaekit.fileio import refuse_existing, refuse_inside, refuse_under_file

@@ -2,6 +2,7 @@
 
 - `format`: the file format (safetensors + JSON header + checksum), numpy only, no torch.
 - `writer`: the same format written from codes that come in chunks (large folders).
+- `sizes`: a source image's size, kept in the file and restored around the model's square.
 - `jobs`: `vaekit encode` (streamed, resumable) and `vaekit decode`.
 - `walk`: interpolations, grids and 2-D maps of the latent space.
 """

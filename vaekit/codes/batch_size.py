@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vaekit import stream
-from vaekit.fileio import open_regular_file
-from vaekit.images.arrays import MAX_BATCH_SIZE
-from vaekit.stream.journals import parse, partial_path
-from vaekit.stream.shares import share_out
+from vaekit.errors import BadInput
+from vaekit.images.arrays import MAX_BATCH_SIZE, check_batch_size
+from vaekit.stream.headers import headers
 
 BATCH_SIZE = 256  # images decoded and encoded at a time, at most by default ...
 LINE_CODE_BYTES = 64 << 20  # ... and by default at most this many bytes of codes a journal line (base64)
@@ -30,14 +28,28 @@ def journal_batch_size(out: Path, shard: tuple[int, int] | None) -> int | None:
     else another share's), None where there is none to read: a resume without --batch-size goes on
     in the batches its journal began in, whatever the default is now (it was 256 however large the
     codes). Anything unreadable is left to the journal's own checks."""
-    index, count = stream.check_shard(*(stream.env_shard() if shard is None else shard))
-    for j in [index, *(j for j in range(count) if j != index)]:
-        try:
-            with open_regular_file(partial_path(share_out(out, j, count))) as f:
-                header = parse(f.readline(1 << 20))
-        except (OSError, ValueError):
-            continue
-        size = header.get("batch_size") if isinstance(header, dict) and "vaekit_journal" in header else None
+    for header in headers(out, shard):
+        size = header.get("batch_size")
         if isinstance(size, int) and not isinstance(size, bool) and 1 <= size <= MAX_BATCH_SIZE:
             return size
     return None
+
+
+def encode_batch_size(batch_size: int | None, latent_dim: int, out: Path, shard: tuple[int, int] | None,
+                      resume: bool) -> int:
+    """An encode's batch size: `batch_size`, else (resuming) its journal's, else the default.
+    One whose codes would pass LINE_CODE_BYTES in a journal line is BadInput naming the largest
+    that fits (4096 codes of a 512 px grid model are a 4.3 GB line, held whole twice over), unless
+    it is the batch size of this job's journal: a job begun in larger batches goes on in them."""
+    journaled = journal_batch_size(out, shard) if resume else None
+    size = check_batch_size(journaled if batch_size is None else batch_size, default_batch_size(latent_dim))
+    row, most = mu_bytes(latent_dim), max(1, LINE_CODE_BYTES // mu_bytes(latent_dim))
+    if size > most and size != journaled:
+        raise BadInput(f"batch size {size} is too large for this model's codes: a batch's codes are one journal line, "
+                       f"{size} x {row:,} bytes = {_size(size * row)}, over the {LINE_CODE_BYTES >> 20} MiB a line may "
+                       f"hold; use --batch-size {most} or less (or leave it out)")
+    return size
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"

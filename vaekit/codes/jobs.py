@@ -20,6 +20,7 @@ from vaekit.codes import batch_size as batches
 from vaekit.codes.format import PRECISIONS, CodeFile, FingerprintMismatch, validate, load, quantize
 from vaekit.stream.batches import Layout, digest
 from vaekit.codes.targets import check_targets, decodable, png_names  # noqa: F401  (png_names: re-exported)
+from vaekit.codes.sizes import GONE, original_size, restore_size, source_facts  # noqa: F401  (re-exported)
 from vaekit.codes.writer import write_streamed
 from vaekit.errors import BadInput
 from vaekit.fileio import atomic_writer, refuse_existing, refuse_inside
@@ -27,40 +28,16 @@ from vaekit.fileio.staging import staged
 from vaekit.inference.engine_onnx import refuse_model_files
 from vaekit.images.arrays import check_batch_size
 from vaekit.images.load import BATCH_PIXELS
+from vaekit.stream.headers import journaled_inputs
 from vaekit.stream.journals import model_settings, naming_failed_writes, open_journal
 from vaekit.progress import Progress
-from vaekit.stream.shares import Shares, finish_when_complete, share_out
+from vaekit.stream.shares import Shares, finish_when_complete, refuse_unfinished_output, share_out
 
 if TYPE_CHECKING:  # the engine is passed in; importing it here would cost nothing but clarity
     from vaekit.inference.engine import Model
 
 CHUNK = 4096  # codes assembled into the file at a time, at most
 CHUNK_BYTES = 64 << 20  # ... and at most this many bytes of them: a 512 px grid model's codes are 1 MB an image
-
-
-def original_size(path: Path) -> tuple[int, int]:
-    """(height, width) of an image file as vaekit decodes it (EXIF rotation applied), header only."""
-    import warnings
-
-    with warnings.catch_warnings(), imageio.open_image(path) as img:
-        warnings.simplefilter("ignore")  # a big image's DecompressionBombWarning: we only read its header
-        w, h = img.size
-        orientation = imageio.exif_orientation(img)  # as decoding reads it, a broken EXIF block included
-    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
-
-
-GONE = "removed or replaced while the job ran"
-
-
-def source_facts(path: Path) -> tuple[tuple[int, int], int] | str:
-    """((height, width), bytes) of a source file decoded a moment ago, or why they cannot be had
-    now: a file removed or replaced since is skipped and named, as an unreadable one is (a folder
-    emptied by another process ended the whole job with '[Errno 2] No such file or directory')."""
-    try:
-        return original_size(path), path.stat().st_size
-    except (OSError, ValueError):  # not found, not an image any more (ImageReadError is a ValueError)
-        return GONE
-
 
 
 def _check_precision(precision: str) -> None:
@@ -143,19 +120,19 @@ def encode_folder(
     shard=(i, n) (or torchrun's RANK / WORLD_SIZE) encodes share i of n; the share that finds
     all complete writes `out` (report.merged), the same file an unsharded run writes. batch_size
     None: `batch_size.default_batch_size` (a batch's codes are one journal line, held whole);
-    resuming, the journal's own (`batch_size.journal_batch_size`)."""
+    resuming, the journal's own; one whose line would pass the bound is refused
+    (`batch_size.encode_batch_size`)."""
     out = Path(out)
     _check_precision(precision)
-    if batch_size is None and resume:  # the batches the journal began in (an older default: 256 whatever their size)
-        batch_size = batches.journal_batch_size(out, shard)
-    batch_size = check_batch_size(batch_size, batches.default_batch_size(model.info.latent_dim))
+    batch_size = batches.encode_batch_size(batch_size, model.info.latent_dim, out, shard, resume)
     if out.is_dir():
         raise BadInput(f"output {out} is a folder; give a file name such as {out / 'images.codes'}")
+    source = journaled_inputs(source, out, shard)  # the same files spelled another way than its journals do
     found = stream.find_inputs(source, once=True)
     decodable(found.names, source)
     refuse_inside(out, [*found.sources, model.info.source], "output")  # nor into the model's run directory
     refuse_model_files(out, model.info.source, "output")  # nor onto an export's part (with --overwrite)
-    refuse_existing([out], overwrite)
+    refuse_existing([out], overwrite or resume)  # resuming: once its shares are read (below)
     torchrun = shard is None and stream.env_shard()[1] > 1
     index, count = stream.check_shard(*(stream.env_shard() if shard is None else shard))
     info = model.info
@@ -168,6 +145,7 @@ def encode_folder(
     shares.check_headers()
     journal = open_journal(share_out(out, index, count), settings, resume, layout, shares.row_check, mu_bytes)
     try:
+        refuse_unfinished_output(shares, resume, overwrite)
         resumed = len(journal.done)
         _encode_batches(model, found, journal, layout, workers, progress)
         if count > 1:  # this share is written: its lock goes, another share's process may merge it
@@ -262,7 +240,8 @@ def _write_code_file(shares, report: EncodeReport, info, source, overwrite: bool
         if batch:
             yield np.stack(batch).astype(np.float32)
 
-    with atomic_writer(report.path, replace=overwrite) as f:  # not over a file put there while the job ran
+    # not over a file put there while the job ran; one with these very bytes is a died merge's own: kept
+    with atomic_writer(report.path, replace=overwrite, keep_same=True) as f:
         write_streamed(f, chunks, kept, sizes, report.precision, info.fingerprint, info.image_size, info.channels,
                        info.latent_dim)
     shares.remove()
@@ -282,25 +261,6 @@ def check_model(cf: CodeFile, model: "Model", source: str = "code file") -> None
         raise FingerprintMismatch(f"{source} does not match the shape of model {info.source}")
 
 
-def restore_size(x: np.ndarray, size: Sequence[int]) -> np.ndarray:
-    """Undo the model's preprocessing geometry: uint8 (C, s, s) -> (C, height, width).
-
-    The model saw the centre square of the source, its shorter side resized to s; that square
-    is resized back (bicubic) and put in the centre, and the margins the crop cut off, which no
-    code describes, repeat its edge pixels.
-    """
-    from PIL import Image
-
-    h, w = int(size[0]), int(size[1])
-    m = min(h, w)
-    img = Image.fromarray(x[0] if x.shape[0] == 1 else x.transpose(1, 2, 0))
-    y = np.asarray(img.resize((m, m), Image.Resampling.BICUBIC))
-    y = y[..., None] if y.ndim == 2 else y
-    top, left = (h - m) // 2, (w - m) // 2
-    y = np.pad(y, ((top, h - m - top), (left, w - m - left), (0, 0)), mode="edge")
-    return np.ascontiguousarray(y.transpose(2, 0, 1))
-
-
 @dataclass
 class DecodeReport:
     out_dir: Path
@@ -315,14 +275,16 @@ def decode_file(
     size: str = "model",
     overwrite: bool = False,
     progress: Progress | None = None,
-    batch_size: int = 256,
+    batch_size: int | None = 256,
 ) -> DecodeReport:
     """Decode a code file into PNGs under `out_dir`, named after the source images (`vaekit decode`).
 
     size="model" writes the model's image_size × image_size; "original" each source's size.
     Every target is checked before the first file is written, and every PNG is written to a
     staging folder first (vaekit.fileio.staging): an interrupted decode leaves none of them.
+    batch_size: None is 256 (fewer where a batch's pixels would pass BATCH_PIXELS).
     """
+    batch_size = check_batch_size(batch_size, 256)
     if size not in ("model", "original"):
         raise BadInput(f"invalid size {size!r}: expected 'model' or 'original'")
     out_dir = Path(out_dir)

@@ -65,9 +65,10 @@ def _named(e: OSError, path: Path) -> OSError:
 
 
 @contextmanager
-def atomic_writer(path: Path, replace: bool = True) -> Iterator[BinaryIO]:
+def atomic_writer(path: Path, replace: bool = True, keep_same: bool = False) -> Iterator[BinaryIO]:
     """A binary file to write to, piece by piece, that appears at `path` only when complete;
-    replace=False: only if nothing is at `path` by then (else OutputExists, vaekit.fileio.outputs)."""
+    replace=False: only if nothing is at `path` by then (else OutputExists), or, with keep_same,
+    a file with these very bytes, kept as it is (vaekit.fileio.outputs.put_in_place)."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -97,7 +98,7 @@ def atomic_writer(path: Path, replace: bool = True) -> Iterator[BinaryIO]:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        put_in_place(tmp, path, replace)
+        put_in_place(tmp, path, replace, keep_same)
     except BaseException as e:
         try:
             os.unlink(tmp)
@@ -108,8 +109,8 @@ def atomic_writer(path: Path, replace: bool = True) -> Iterator[BinaryIO]:
         raise
 
 
-def atomic_write_bytes(path: Path, data: bytes, replace: bool = True) -> None:
-    with atomic_writer(path, replace) as f:
+def atomic_write_bytes(path: Path, data: bytes, replace: bool = True, keep_same: bool = False) -> None:
+    with atomic_writer(path, replace, keep_same) as f:
         f.write(data)
 
 

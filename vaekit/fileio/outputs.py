@@ -94,25 +94,44 @@ def refuse_existing(paths: Path | Sequence[Path], overwrite: bool, what: str = "
         raise OutputExists(f"{what} {taken[0]} already exists; pass --overwrite to replace it")
 
 
-def put_in_place(tmp: Path, path: Path, replace: bool) -> None:
+def put_in_place(tmp: Path, path: Path, replace: bool, keep_same: bool = False) -> None:
     """Move the finished temporary file `tmp` to `path`, atomically. replace=False (no --overwrite):
     only when nothing is at `path` now, else OutputExists (`tmp` is left to the caller): a file
     put there while a long job ran (its output was checked when the job began) is not replaced
-    unasked. A hard link is the atomic no-replace rename on POSIX and NTFS; a file system
-    without hard links gets a look before the rename instead."""
+    unasked. keep_same: a regular file at `path` with `tmp`'s very bytes is the job's own (written
+    before a stop) and is kept as it is (`tmp` goes). A hard link is the atomic no-replace rename
+    on POSIX and NTFS; a file system without hard links gets a look before the rename instead."""
     if replace:
         os.replace(tmp, path)
         return
     try:
         os.link(tmp, path)  # tmp is the regular file just written
-    except FileExistsError:
-        raise appeared(path) from None
-    except OSError:  # no hard links here (FAT, some network file systems)
-        if os.path.lexists(path):
+    except OSError as e:
+        taken = isinstance(e, FileExistsError) or os.path.lexists(path)  # else: no hard links here (FAT, SMB)
+        if taken and not (keep_same and same_bytes(tmp, path)):
             raise appeared(path) from None
-        os.replace(tmp, path)
-        return
+        if not taken:
+            os.replace(tmp, path)
+            return
     os.unlink(tmp)
+
+
+def same_bytes(a: Path, b: Path) -> bool:
+    """Whether the regular file `b` (not a link) holds exactly the bytes of the file `a`, read a
+    MiB at a time (a code file may be gigabytes)."""
+    try:
+        st_a, st_b = os.stat(a), os.lstat(b)
+        if not stat.S_ISREG(st_b.st_mode) or st_a.st_size != st_b.st_size:
+            return False
+        with open(a, "rb") as fa, open(b, "rb") as fb:
+            while True:
+                x, y = fa.read(1 << 20), fb.read(1 << 20)
+                if x != y:
+                    return False
+                if not x:
+                    return True
+    except OSError:
+        return False
 
 
 def appeared(path: Path) -> OutputExists:

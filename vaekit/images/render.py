@@ -26,10 +26,11 @@ def png_bytes(x: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def save_png(x: np.ndarray, path: Path, replace: bool = True) -> None:
+def save_png(x: np.ndarray, path: Path, replace: bool = True, own: bool = False) -> None:
     """Save (C, H, W) uint8, or float in [0, 1], as a PNG; atomic, parent folders created;
-    replace=False: not over a file at `path` (OutputExists)."""
-    atomic_write_bytes(Path(path), png_bytes(x), replace)
+    replace=False: not over a file at `path` (OutputExists), unless `own` and that file holds the
+    very bytes this PNG has: a resumed job's own, written before its stop, kept as it is."""
+    atomic_write_bytes(Path(path), png_bytes(x), replace, keep_same=own)
 
 
 def make_grid(xs: np.ndarray, ncol: int = 8, pad: int = 2) -> np.ndarray:

@@ -21,14 +21,15 @@ import numpy as np
 
 from vaekit import images as imageio
 from vaekit import stream
-from vaekit.errors import BadInput, OutputExists
-from vaekit.fileio import open_regular_file, refuse_existing, refuse_inside
+from vaekit.errors import BadInput
+from vaekit.fileio import refuse_existing, refuse_inside
 from vaekit.inference.engine_onnx import refuse_model_files
 from vaekit.images.arrays import check_batch_size, check_int
 from vaekit.images.quality import SSIM_MISSING, psnr, ssim
 from vaekit.progress import Progress
 from vaekit.stream import pipeline
 from vaekit.stream.batches import Layout, check_number, digest
+from vaekit.stream.headers import journaled_inputs
 from vaekit.stream.journals import model_settings, naming_failed_writes, open_journal
 from vaekit.stream.shares import Shares, finish_when_complete, share_out
 
@@ -102,15 +103,16 @@ def reconstruct_folder(
     overwrite: bool = False,
     grid_max: int = 32,
     progress: Progress | None = None,
-    batch_size: int = 256,
+    batch_size: int | None = BATCH_SIZE,
     workers: int = 0,
 ) -> ReconstructReport:
     """Reconstruct every image under `source` (z = posterior mean) into `out_dir` (`vaekit reconstruct`).
 
     Writes `<out_dir>/<name>.png` per image and `<out_dir>/comparison.png`: up to `grid_max`
     inputs, each followed by its reconstruction. Every target is checked before writing.
-    Streams: images are decoded, reconstructed and written a batch at a time.
+    Streams: images are decoded, reconstructed and written a batch at a time (batch_size None: 256).
     """
+    batch_size = check_batch_size(batch_size, BATCH_SIZE)
     out_dir = Path(out_dir)
     found, targets, grid = _targets(model, source, out_dir, overwrite, grid_max)
     info = model.info
@@ -157,7 +159,7 @@ class ReconstructJob(ReconstructReport):
 
 
 def reconstruct_to_folder(model: "Model", source: str | Path | Sequence[str | Path], out_dir: str | Path,
-                          overwrite: bool = False, grid_max: int = 32, progress=None, batch_size: int = BATCH_SIZE,
+                          overwrite: bool = False, grid_max: int = 32, progress=None, batch_size: int | None = BATCH_SIZE,
                           workers: int = 0, resume: bool = False, shard: tuple[int, int] | None = None,
                           merge_timeout: float | None = None) -> ReconstructJob:
     """Reconstruct every image under `source` (z = posterior mean) into `out_dir`, in bounded memory.
@@ -167,10 +169,11 @@ def reconstruct_to_folder(model: "Model", source: str | Path | Sequence[str | Pa
     own). shard: this process's share; None: torchrun's RANK / WORLD_SIZE, or all."""
     from vaekit.codes.targets import check_targets, png_names
 
-    grid_max, batch_size = check_int(grid_max, "grid_max", 1), check_batch_size(batch_size)
+    grid_max, batch_size = check_int(grid_max, "grid_max", 1), check_batch_size(batch_size, BATCH_SIZE)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise BadInput(f"output {out_dir} exists and is not a folder")
+    source = journaled_inputs(source, out_dir, shard)  # the same files spelled another way than its journals do
     found = stream.find_inputs(source, once=True)  # a file named twice is one PNG, not a clash of two
     refuse_inside(out_dir, found.sources, "output folder", folder=True)  # its PNGs would be read back as inputs
     refuse_model_files(out_dir, model.info.source, "output folder")  # --overwrite would replace the run's files
@@ -202,7 +205,7 @@ def reconstruct_to_folder(model: "Model", source: str | Path | Sequence[str | Pa
             journal.close()
         report.merged, report.pending = finish_when_complete(
             shares, torchrun, merge_timeout, progress,
-            lambda: _finish(shares, report, model, out_dir, found, targets, grid_max, overwrite, journal.resumed))
+            lambda: _finish(shares, report, model, out_dir, found, targets, grid_max, overwrite))
         if not report.merged:
             _collect(shares.entries(index), report, out_dir, found, targets)
         return report
@@ -255,7 +258,7 @@ def _run(model: "Model", found: stream.Inputs, journal, layout: Layout, targets:
         b, pngs, rows = item
         for img, path in pngs:
             with journal.writing(path):
-                imageio.save_png(img, path, replacing[0] or b.index == replacing[1])
+                imageio.save_png(img, path, replacing[0], own=b.index == replacing[1])
         with naming_failed_writes(journal.out):  # after its PNGs: a batch in the journal is a batch done
             journal.append(b.index, rows, [(str(p), r) for p, r in b.skipped])
 
@@ -304,11 +307,11 @@ def _collect(entries, report: ReconstructJob, out_dir: Path, found: stream.Input
 
 
 def _finish(shares: Shares, report: ReconstructJob, model: "Model", out_dir: Path, found: stream.Inputs,
-            targets: list[str], grid_max: int, replace: bool = True, resumed: bool = False) -> None:
+            targets: list[str], grid_max: int, replace: bool = True) -> None:
     """The comparison grid from the first `grid_max` images (inputs decoded again, reconstructions
     read back from their PNGs), then the journals go. Not over a file at the grid's name unless
-    `replace` (--overwrite); `resumed`, one with this very grid's bytes is the job's own (written
-    just before a stop, the journals not yet gone) and is kept as it is."""
+    `replace` (--overwrite); one with this very grid's bytes is the job's own (a merge that died
+    before the journals went, this share's or another's) and is kept as it is."""
     at = _collect(shares.merged(), report, out_dir, found, targets)
     if not report.names:
         shares.remove()
@@ -318,21 +321,6 @@ def _finish(shares: Shares, report: ReconstructJob, model: "Model", out_dir: Pat
         shown.append(imageio.load_image(found.paths[i], info.image_size, info.channels))
         shown.append(imageio.load_image(png, info.image_size, info.channels))
     image = imageio.make_grid(np.stack(shown), ncol=8)
-    try:
-        imageio.save_png(image, report.grid, replace)
-    except OutputExists:
-        if not (resumed and _same_png(image, report.grid)):  # a file put there while the job ran stays
-            raise
+    imageio.save_png(image, report.grid, replace, own=True)  # a file put there while the job ran stays
     shares.remove()
 
-
-def _same_png(image: np.ndarray, path: Path) -> bool:
-    """Whether the regular file at `path` holds the very bytes save_png writes for `image`."""
-    from vaekit.images.render import png_bytes
-
-    want = png_bytes(image)  # as save_png encodes it
-    try:
-        with open_regular_file(path) as f:
-            return f.read(len(want) + 1) == want
-    except (OSError, ValueError):
-        return False

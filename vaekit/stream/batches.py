@@ -176,7 +176,24 @@ def changed(old: dict, new: dict, skip: Sequence[str] = ()) -> list[str]:
     keys = [k for k in {**old, **new} if k not in skip and old.get(k, _ABSENT) != new.get(k, _ABSENT)]
     if "sources" in keys and ("file_list" in keys or "vaekit_journal" in keys):
         keys.remove("sources")  # another list, or a journal format that pinned no sources: not a file replaced
-    return [_SAID.get(k) or f"{k} {show(old.get(k, _ABSENT))} then, {show(new.get(k, _ABSENT))} now" for k in keys]
+    return [_SAID.get(k) or (k == "inputs" and _inputs(old.get(k), new.get(k)))
+            or f"{k} {show(old.get(k, _ABSENT))} then, {show(new.get(k, _ABSENT))} now" for k in keys]
+
+
+def _inputs(old, new) -> str | None:
+    """The first input named that differs, whole (a path cut short hid which folder it was), with
+    where each leads; None where either is not a list of paths."""
+    if not (isinstance(old, list) and isinstance(new, list) and all(isinstance(p, str) for p in old + new)):
+        return None
+    i = next((i for i, (a, b) in enumerate(zip(old, new)) if a != b), min(len(old), len(new)))
+    def where(names: list) -> str:
+        if i >= len(names):
+            return "nothing"
+        real = os.path.realpath(names[i])
+        return repr(names[i]) + (f" (that is {real!r})" if real != names[i] else "")
+
+    lengths = f"; {len(old)} named then, {len(new)} now" if len(old) != len(new) else ""
+    return f"input {i + 1} was {where(old)} then, {where(new)} now{lengths}"
 
 
 _SAID = {"vaekit_journal": "it is in another journal format (an older vaekit's, whose lines carry no "

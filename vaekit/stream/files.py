@@ -67,7 +67,7 @@ class LineTooLong(DamagedFile):
     file. Raised before the line is held whole, so a line of gigabytes costs `limit` bytes of memory."""
 
     def __init__(self, limit: int):
-        super().__init__(f"a line is longer than {limit:,} bytes, more than vaekit writes in one")
+        super().__init__(f"the line is longer than {limit:,} bytes, more than vaekit writes in one")
 
 
 def _line(f, limit: int) -> bytes:

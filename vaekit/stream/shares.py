@@ -23,7 +23,7 @@ from typing import Iterator
 from vaekit.stream import lines as journal_lines
 from vaekit.stream.batches import Layout, RowCheck, changed, check_entry
 from vaekit.errors import BadInput, DamagedFile, InUse, VaekitError, cannot_write
-from vaekit.fileio import held_elsewhere, try_lock
+from vaekit.fileio import held_elsewhere, refuse_existing, try_lock
 from vaekit.stream.files import LineTooLong, lines_reopened, open_regular, read_lines
 from vaekit.stream.journals import check_journal_name, journal_header, parse, partial_path
 
@@ -72,8 +72,9 @@ class Shares:
             try:
                 yield from (read_lines(fd, self.limit, start) if hold
                             else lines_reopened(self.journal(j), fd, self.limit))  # which closes fd
-            except LineTooLong as e:
-                raise DamagedFile(f"{self.journal(j)} is damaged: {e}; delete it and score that share again") from None
+            except LineTooLong as e:  # the line after the `at.n` read (entries counts each as it goes)
+                raise DamagedFile(f"{self.journal(j)} is damaged at line {at.n + 1}: {e}; delete it and score "
+                                  "that share again") from None
             except OSError as e:
                 if not held_elsewhere(e):
                     raise self._unreadable(j, e) from None
@@ -291,6 +292,16 @@ def _open_lock(lock: Path) -> int:
         raise BadInput(f"{lock} exists and is not vaekit's shard merge lock; rename it, or write the output "
                        "elsewhere")
     return fd
+
+
+def refuse_unfinished_output(shares: Shares, resume: bool, overwrite: bool) -> None:
+    """OutputExists for a file at OUT when a resume (without --overwrite; the job let OUT through
+    at its start) finds a share with batches still to do: only the merge of a finished job writes
+    OUT, so it is not this job's. With every share complete it may be the merge's own, written
+    just before a stop that left the journals: the merge keeps it when it holds the very bytes it
+    writes (vaekit.fileio.atomic_writer keep_same)."""
+    if resume and not overwrite and (shares.out.exists() or shares.out.is_symlink()) and shares.pending():
+        refuse_existing(shares.out, overwrite=False)
 
 
 def finish_when_complete(shares: Shares, torchrun: bool, timeout: float | None, progress,

@@ -1,0 +1,57 @@
+"""What a job reads from its journals' headers before it opens its own: the batch size a resume
+goes on in, and the inputs as the job first spelled them.
+
+Each share's journal is read only as far as its header (one line, at most MAX_HEADER_BYTES);
+anything unreadable is skipped here and left to the journal's own checks when it is opened.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from vaekit.fileio import open_regular_file
+from vaekit.stream.inputs import check_shard, env_shard
+from vaekit.stream.journals import parse, partial_path
+from vaekit.stream.lines import MAX_HEADER_BYTES
+from vaekit.stream.shares import share_out
+
+
+def headers(out: Path, shard: tuple[int, int] | None) -> Iterator[dict]:
+    """The headers of the journals of the job writing `out`: this share's first, then the others'."""
+    index, count = check_shard(*(env_shard() if shard is None else shard))
+    for j in [index, *(j for j in range(count) if j != index)]:
+        try:
+            with open_regular_file(partial_path(share_out(Path(out), j, count))) as f:
+                header = parse(f.readline(MAX_HEADER_BYTES))
+        except (OSError, ValueError):
+            continue
+        if isinstance(header, dict) and "vaekit_journal" in header:
+            yield header
+
+
+def journaled_inputs(inputs, out: Path | None, shard: tuple[int, int] | None):
+    """`inputs`, or the inputs as a journal of this job names them where both name the same files
+    and folders, in the same order, spelled another way (`dir` and `/abs/dir`, a link to it): the
+    rows then name the files as the rows already written do, and the file list is the journal's.
+    Anything else (or no `out`, so no journal) is returned as given, for the journal's checks to
+    name what differs."""
+    if out is None:
+        return inputs
+    items = [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs
+    if not isinstance(items, (list, tuple)) or not all(isinstance(r, (str, os.PathLike)) for r in items):
+        return inputs  # not paths: find_inputs says what it wants
+    given = [str(Path(r)) for r in items]  # as the header holds them: `dir/` and `./dir` are `dir`
+    for header in headers(out, shard):
+        was = header.get("inputs")
+        if not isinstance(was, list) or not all(isinstance(r, str) and r for r in was):
+            continue
+        if was != given and _same_places(was, given):
+            return was
+        return inputs
+    return inputs
+
+
+def _same_places(a: Sequence[str], b: Sequence[str]) -> bool:
+    return len(a) == len(b) and all(os.path.realpath(x) == os.path.realpath(y) for x, y in zip(a, b))
