@@ -1,5 +1,7 @@
 """The fifteenth hostile round: the pixel cache makes room before it builds an entry (a disk full of
-its own old entries refused the build they would have made way for)."""
+its own old entries refused the build they would have made way for), and the web app's folders are
+checked for links out of --data-root in the very walk that lists their images (a link made between
+the app's walk and the library's was read)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from test_cache_limit import ENTRY, entries, folder, load
-from vaekit.errors import CannotWrite
+from test_hostile12 import GOLDEN, _press
+from vaekit.errors import BadInput, CannotWrite
+from vaekit.images import LinkOutside, find_images
 from vaekit.training import cache
 
 Usage = collections.namedtuple("Usage", "total used free")
@@ -92,3 +96,82 @@ def test_a_disk_too_small_even_without_old_entries_is_one_line_and_removes_nothi
     assert r.exit_code == 2 and "GB free" in r.output and "Traceback" not in r.output, r.output
     assert len(r.output.strip().splitlines()) == 1, r.output
     assert entries(root) - {FOREIGN} == old and not (tmp_path / "run").exists()
+
+
+# --- 2. the scan that lists a folder's images refuses links out of the folder it is confined to ----
+
+@pytest.fixture()
+def data(tmp_path):
+    """data/cats (two images), data/dogs (one), and outside/ (a secret image) beside data/."""
+    for rel in ("data/cats/a.png", "data/cats/b.png", "data/dogs/c.png", "outside/secret.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("L", (16, 16), 90).save(tmp_path / rel)
+    return tmp_path
+
+
+def test_a_confined_scan_follows_links_inside_and_refuses_one_out_by_name(data):
+    root = data / "data"
+    os.symlink(root / "dogs", root / "cats" / "dogs")  # a folder link inside
+    os.symlink(root / "dogs" / "c.png", root / "cats" / "c_again.png")  # a file link inside
+    os.symlink("../outside/secret.png", data / "notes.txt")  # not under the scan at all
+    found = [p.relative_to(root).as_posix() for p in find_images(root / "cats", confine_to=root)]
+    assert found == ["cats/a.png", "cats/b.png", "cats/c_again.png", "cats/dogs/c.png"]
+    for link, target in (("cats/dogs/evil.png", "outside/secret.png"), ("cats/out", "outside")):
+        os.symlink(data / target, root / link)
+        with pytest.raises(LinkOutside) as e:
+            find_images(root / "cats", confine_to=root)
+        assert str(e.value).startswith(f"{root / link} is a symbolic link to outside {root},")
+        assert e.value.link == root / link and e.value.exit_code == 2 and isinstance(e.value, BadInput)
+        assert "secret" not in str(e.value)  # the target is not shown
+        (root / link).unlink()
+    with pytest.raises(BadInput, match="is outside .*, where this scan is confined"):
+        find_images(data / "outside", confine_to=root)
+
+
+def test_an_unconfined_scan_follows_links_out_as_before(data):
+    # the CLI confines nothing: a folder of links to images elsewhere is an ordinary input
+    root = data / "data"
+    os.symlink(data / "outside", root / "cats" / "out")
+    found = [p.relative_to(root).as_posix() for p in find_images(root / "cats")]
+    assert found == ["cats/a.png", "cats/b.png", "cats/out/secret.png"]
+    from vaekit.stream import find_inputs
+
+    assert find_inputs(root / "cats").names == ["a.png", "b.png", "out/secret.png"]
+    with pytest.raises(LinkOutside):
+        find_inputs(root / "cats", confine_to=root)
+
+
+def _link_after_the_apps_check(monkeypatch, link: Path, target: Path) -> None:
+    """The link is made right after the app resolves the typed folder: where its own walk of the
+    folder ran, before the library's scan."""
+    from vaekit_demo import tabs
+
+    checked = tabs.confine
+
+    def confine_then_link(*args, **kwargs):
+        folder = checked(*args, **kwargs)
+        os.symlink(target, link)
+        return folder
+
+    monkeypatch.setattr(tabs, "confine", confine_then_link)
+
+
+def test_the_train_tab_refuses_a_link_out_made_after_the_folder_was_checked(data, monkeypatch):
+    from vaekit_demo.app import build_app
+
+    _link_after_the_apps_check(monkeypatch, data / "data" / "cats" / "evil.png", data / "outside" / "secret.png")
+    app = build_app(None, runs_dir=data / "runs", workdir=data / "work", data_root=data / "data")
+    said = _press(app, "train", "cats", 16, 4, 1)
+    assert isinstance(said, str) and "cats/evil.png is a symbolic link to outside the app's data folder" in said, said
+    assert str(data) not in said and "secret" not in said  # the page shows no server path, nor the target
+    assert not (data / "runs").exists()  # nothing trained on the secret
+
+
+def test_the_latent_tab_refuses_a_link_out_made_after_the_folder_was_checked(data, monkeypatch):
+    from vaekit_demo.app import build_app
+
+    _link_after_the_apps_check(monkeypatch, data / "data" / "dogs" / "out", data / "outside")
+    app = build_app(GOLDEN / "codec" / "run", runs_dir=data / "runs", workdir=data / "work", data_root=data / "data")
+    said = _press(app, "latent", "dogs", "PCA", 10)
+    assert isinstance(said, str) and "dogs/out is a symbolic link to outside the app's data folder" in said, said
+    assert str(data) not in said
