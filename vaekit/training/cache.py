@@ -149,7 +149,8 @@ def _make_room(root: Path, key: str, need: int, limit: int) -> None:
     free = _free_bytes(root)
     if free is not None:
         free += _entry_bytes(root, key)  # given back by the drop below
-        older = evict(root, key, lambda total, freed: False, remove=False)
+        # counted first (each entry's JSON read: only when the disk is short), so none goes for nothing
+        older = 0 if need <= free else evict(root, key, lambda total, freed: need <= free + freed, remove=False)
         if need > free + older:
             raise OSError(f"{free / 1e9:.1f} GB free" + (f", {older / 1e9:.1f} GB more in older entries" if older else ""))
     _drop(root, key)
