@@ -11,7 +11,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from vaekit.errors import VaekitError, missing_extra
+from vaekit.errors import BadInput, VaekitError, missing_extra
+from vaekit.images import LinkOutside
 from vaekit_demo.security import html_text, public_message
 
 # Mistakes a user can make (bad file, missing folder, wrong model): shown as a message. The two
@@ -29,6 +30,9 @@ def guard_errors(fn, roots: tuple[Path, ...] = ()):
     def error(e: BaseException) -> gr.Error:
         if isinstance(e, ModuleNotFoundError) and missing_extra(e) is not None:
             e = missing_extra(e)
+        elif isinstance(e, LinkOutside):  # the app confines scans to --data-root only: said as the page knows it
+            e = BadInput(f"{e.link} is a symbolic link to outside the app's data folder (--data-root), which the app "
+                         "does not read: remove the link, or copy its files into the data folder")
         elif not isinstance(e, USER_ERRORS):
             traceback.print_exception(e)
             return gr.Error(BUG, print_exception=False)

@@ -261,12 +261,14 @@ def interpolation_strip(model: Model, a: str | Path, b: str | Path, steps: int) 
 LatentMap = codes.LatentMap
 
 
-def latent_map(model: Model, folder: str | Path, method: str = "PCA", limit: int = 500) -> LatentMap:
-    """Encode up to `limit` images of a folder (spread evenly over it) and project their codes to 2-D."""
+def latent_map(model: Model, folder: str | Path, method: str = "PCA", limit: int = 500,
+               confine_to: Path | None = None) -> LatentMap:
+    """Encode up to `limit` images of a folder (spread evenly over it) and project their codes to 2-D;
+    with `confine_to`, refused when a link in it leads outside that folder."""
     model = need(model)
     if not folder:
         raise BadInput("no folder given: type the path of a folder of images on this machine")
-    return codes.latent_map(model, Path(folder).expanduser(), method, _whole(limit, "the number of images"))
+    return codes.latent_map(model, Path(folder).expanduser(), method, _whole(limit, "the number of images"), confine_to)
 
 
 def latent_pick(model: Model, m: LatentMap, x_lo: float, x_hi: float) -> list[tuple[np.ndarray, str]]:

@@ -8,7 +8,7 @@ a name of the bound address (400 otherwise), and refuses a request whose Origin 
 site (403), without any CORS header.
 
 Folders typed into the page (Train, Latent space, Open) are resolved inside one data root
-(`confine`), and switched off when the app listens beyond this machine unless allowed.
+(`confine`; the links in them are refused by vaekit's own scan, told `confine_to`), and switched off when the app listens beyond this machine unless allowed.
 Error messages shown in the page lose server paths (`public_message`). A name the page shows
 (a folder, a run, an upload) is text, never Markdown or HTML (`md_code`, `html_text`).
 """
@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import os
 import re
 import socket
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from vaekit.errors import BadInput
-from vaekit.images.find import IMAGE_SUFFIXES
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 # A request's uploads are decoded together, with their heat maps and overlays (~0.2 MB an upload
@@ -168,11 +166,12 @@ def guarded_gradio(host: str):
         App.create_app = original
 
 
-def confine(text: str, roots: list[Path], enabled: bool, what: str = "folder", tree: bool = False) -> Path:
+def confine(text: str, roots: list[Path], enabled: bool, what: str = "folder") -> Path:
     """A path typed into the page, resolved (a relative one against the first root that holds it, else
     the first) and required to lie inside one of `roots`; BadInput otherwise, or when server paths are
-    switched off. `tree`: a folder whose images are read (Train, Latent space) must also hold no link
-    that leads outside the roots (`refuse_links_out`)."""
+    switched off. The links in a folder whose images are read (Train, Latent space) are the library's
+    scan's to refuse, in the walk that lists the images (`confine_to`: a walk here first, then the
+    library's, missed a link made in between)."""
     if not enabled:
         raise BadInput(f"{what}s on the server are switched off: the app listens beyond this machine "
                        "(start it with --allow-server-folders to allow them)")
@@ -189,49 +188,11 @@ def confine(text: str, roots: list[Path], enabled: bool, what: str = "folder", t
         raise BadInput(f"that {what} path cannot be read: {getattr(e, 'strerror', None) or e}") from None
     if not _inside(p, roots):
         raise BadInput(f"that {what} is outside the app's data folder (--data-root); give a path inside it")
-    if tree and p.is_dir():
-        refuse_links_out(p, roots)
     return p
 
 
 def _inside(p: Path, roots: list[Path]) -> bool:
     return any(p.is_relative_to(root.resolve()) for root in roots)
-
-
-def refuse_links_out(folder: Path, roots: list[Path]) -> None:
-    """BadInput naming the first symbolic link under `folder` (a folder, or a file with an image
-    suffix: what vaekit's scan reads, vaekit.images.find) whose target lies outside `roots`: the
-    scan follows links, and a link to / or ~ read the server's files. Links that stay inside are
-    followed, each real folder once, as the scan does."""
-    seen: set[Path] = set()
-    stack = [folder]
-    while stack:
-        d = stack.pop()
-        if d.resolve() in seen:
-            continue
-        seen.add(d.resolve())
-        try:
-            entries = list(os.scandir(d))
-        except OSError:
-            continue  # the library names an unreadable folder itself
-        for e in entries:
-            if e.name.startswith("."):
-                continue  # never read (find_images skips hidden names)
-            try:
-                is_dir = e.is_dir()
-            except OSError:
-                is_dir = False
-            if e.is_symlink() and (is_dir or Path(e.name).suffix.lower() in IMAGE_SUFFIXES):
-                try:
-                    out = not _inside(Path(e.path).resolve(), roots)
-                except (OSError, RuntimeError):  # a link loop: loading skips it, with the reason
-                    out = False
-                if out:
-                    name = Path(e.path).relative_to(next(r.resolve() for r in roots if _inside(folder, [r])))
-                    raise BadInput(f"{name.as_posix()} is a symbolic link to outside the app's data folder (--data-root), "
-                                   "which the app does not read: remove the link, or copy its files into the data folder")
-            if is_dir:
-                stack.append(Path(e.path))
 
 
 def public_path(path: str | Path, roots: list[Path]) -> str:

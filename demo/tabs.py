@@ -109,7 +109,7 @@ def _wire_train(w: SimpleNamespace, ctx: Context) -> None:
 
     @ctx.guard
     def train(folder, size, dim, n_epochs, request: gr.Request = None, progress=gr.Progress()):
-        folder = confine(folder, [st.data_root], st.server_folders, tree=True)
+        folder = confine(folder, [st.data_root], st.server_folders)  # links in it: the library's scan, confine_to
         _refuse_a_folder_holding_the_runs(folder, ctx)
         session = ctx.session(request)
         session.begin_training()  # a second press while one runs is refused, not queued behind it
@@ -161,7 +161,8 @@ def _train_run(folder, size, dim, n_epochs, session, request, progress, ctx: Con
         raise
     rows: list[dict] = []
     keep = (gr.skip(),) * len(ctx.model_widgets)
-    for ev in training.train_events(folder, out, size, dim, n_epochs, session.stop, slot=ctx.trainings):
+    for ev in training.train_events(folder, out, size, dim, n_epochs, session.stop, slot=ctx.trainings,
+                                    confine_to=ctx.st.data_root):
         m = ev.metrics
         if ev.phase == "decode":
             progress((ev.done, ev.total), desc="decoding images", unit="images")
@@ -290,8 +291,8 @@ def _wire_latent(w: SimpleNamespace, ctx: Context) -> None:
 
     @ctx.guard
     def latent(folder, how, n, request: gr.Request = None):
-        folder = confine(folder, [st.data_root], st.server_folders, tree=True)
-        m = handlers.latent_map(ctx.session(request).model, folder, how, n)
+        folder = confine(folder, [st.data_root], st.server_folders)
+        m = handlers.latent_map(ctx.session(request).model, folder, how, n, confine_to=st.data_root)
         df = pd.DataFrame({"x": m.xy[:, 0], "y": m.xy[:, 1], "score": m.scores, "file": m.names})
         return df, m, []
 

@@ -36,6 +36,7 @@ def train_events(
     epochs: int,
     stop: threading.Event,
     slot: threading.Semaphore | None = None,
+    confine_to: Path | None = None,
 ) -> Iterator[TrainEvent]:
     """Run `vaekit.training.job.train` in a worker thread and yield its progress as it comes.
 
@@ -44,9 +45,10 @@ def train_events(
     the run directory keeps its last epoch's checkpoint, so `vaekit train --resume` continues it.
     The last event is "done" (with the TrainResult) or "stopped"; errors are re-raised here.
     `slot`, acquired by the caller, is released when the worker ends (or at once when it never starts).
+    `confine_to`: the library's scans of `folder` refuse a link leading outside it (the app's --data-root).
     """
     try:
-        worker = _train_worker(folder, out_dir, image_size, latent_dim, epochs, stop, slot)
+        worker = _train_worker(folder, out_dir, image_size, latent_dim, epochs, stop, slot, confine_to)
         worker.start()
     except BaseException:
         if slot is not None:
@@ -63,7 +65,7 @@ def train_events(
 
 
 def _train_worker(folder, out_dir, image_size, latent_dim, epochs, stop: threading.Event,
-                  slot: threading.Semaphore | None) -> threading.Thread:
+                  slot: threading.Semaphore | None, confine_to: Path | None = None) -> threading.Thread:
     """The thread that trains (not started), its events in `.events`; the inputs checked first."""
     from vaekit.config import ModelConfig, TrainConfig
 
@@ -88,7 +90,7 @@ def _train_worker(folder, out_dir, image_size, latent_dim, epochs, stop: threadi
 
         try:
             result, _ = train(folder, out_dir, model_cfg, train_cfg, channels="auto", progress=report,
-                              should_stop=stop.is_set)
+                              should_stop=stop.is_set, confine_to=confine_to)
             events.put(TrainEvent("stopped") if result.stopped else TrainEvent("done", result=result))
         except TrainingStopped:
             events.put(TrainEvent("stopped"))

@@ -45,7 +45,8 @@ class FakeTrain:
         self.go = [threading.Event(), threading.Event()]
         self.ended: list = []  # per run, in order: whether it ended because it was asked to stop
 
-    def __call__(self, folder, out_dir, model_cfg, train_cfg, channels, progress, should_stop):
+    def __call__(self, folder, out_dir, model_cfg, train_cfg, channels, progress, should_stop, confine_to):
+        assert confine_to is not None  # the app's scans stay in --data-root (test_hostile15)
         run = len(self.ended)
         self.ended.append(None)
         progress(1, train_cfg.epochs, phase="epoch", epoch=1, epochs=train_cfg.epochs, train_loss=1.0, val_loss=1.0)
@@ -166,7 +167,7 @@ def test_a_run_stopped_before_its_first_epoch_offers_no_resume(tmp_path, monkeyp
     from vaekit.training import job
     from vaekit_demo.app import build_app
 
-    def stopped_while_decoding(folder, out_dir, model_cfg, train_cfg, channels, progress, should_stop):
+    def stopped_while_decoding(folder, out_dir, model_cfg, train_cfg, channels, progress, should_stop, confine_to):
         return SimpleNamespace(stopped=True), None  # as the library: Stop pressed while decoding images
 
     monkeypatch.setattr(job, "train", stopped_while_decoding)
@@ -197,7 +198,7 @@ def test_a_stopped_runs_resume_command_says_what_its_paths_are_relative_to(tmp_p
     from vaekit.training import job
     from vaekit_demo.app import build_app
 
-    def one_epoch_then_stopped(folder, out_dir, model_cfg, train_cfg, channels, progress, should_stop):
+    def one_epoch_then_stopped(folder, out_dir, model_cfg, train_cfg, channels, progress, should_stop, confine_to):
         progress(1, train_cfg.epochs, phase="epoch", epoch=1, epochs=train_cfg.epochs, train_loss=1.0, val_loss=1.0)
         return SimpleNamespace(stopped=True), None
 

@@ -103,14 +103,16 @@ def project(mu: np.ndarray, method: str = "PCA") -> np.ndarray:
     return PCA(2, random_state=0).fit_transform(mu) if mu.shape[1] >= 2 else np.c_[mu[:, :1], np.zeros(len(mu))]
 
 
-def latent_map(model: "Model", folder: str | Path, method: str = "PCA", limit: int = 500) -> LatentMap:
-    """Encode up to `limit` images of a folder (spread evenly over it) and project their codes to 2-D."""
+def latent_map(model: "Model", folder: str | Path, method: str = "PCA", limit: int = 500,
+               confine_to: Path | None = None) -> LatentMap:
+    """Encode up to `limit` images of a folder (spread evenly over it) and project their codes to 2-D.
+    `confine_to`: the folder's links must stay inside it (images.find_images)."""
     if method not in PROJECTIONS:
         raise BadInput(f"invalid projection {method!r}: expected 'PCA' or 't-SNE'")
     folder = Path(folder)
     if not folder.is_dir():
         raise NotFound(f"no such folder: {folder}")
-    found = stream.find_inputs(folder)
+    found = stream.find_inputs(folder, confine_to=confine_to)
     step = math.ceil(len(found.paths) / max(1, int(limit)))
     paths, names = found.paths[::step], found.names[::step]
     report = model.load_images(paths)

@@ -5,7 +5,7 @@ Numpy and Pillow only, never torch. One file per step, read in this order:
 engines share), `load` (many files, in worker processes), `render` (PNGs, grids, heat maps).
 """
 
-from vaekit.images.find import IMAGE_SUFFIXES, NoImagesError, find_images, none_usable, scan_roots
+from vaekit.images.find import IMAGE_SUFFIXES, LinkOutside, NoImagesError, find_images, none_usable, scan_roots
 from vaekit.images.load import LoadReport, iter_load, load_images
 from vaekit.images.read import (FORMATS, MAX_RESIZE_PIXELS, ImageReadError, decode, exif_orientation, gray_mode,
                                 load_image, not_exact, open_image, resize, resize_pixels, resolve_channels, to_float,
@@ -13,7 +13,7 @@ from vaekit.images.read import (FORMATS, MAX_RESIZE_PIXELS, ImageReadError, deco
 from vaekit.images.render import heatmap_overlay, make_grid, save_png
 
 __all__ = [
-    "FORMATS", "IMAGE_SUFFIXES", "MAX_RESIZE_PIXELS", "ImageReadError", "LoadReport", "NoImagesError", "decode",
+    "FORMATS", "IMAGE_SUFFIXES", "MAX_RESIZE_PIXELS", "ImageReadError", "LinkOutside", "LoadReport", "NoImagesError", "decode",
     "exif_orientation", "find_images", "gray_mode", "heatmap_overlay", "iter_load", "load_image", "load_images",
     "make_grid", "none_usable", "not_exact", "open_image", "resize", "resize_pixels", "resolve_channels", "save_png",
     "scan_roots", "to_float", "to_uint8",

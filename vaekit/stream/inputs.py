@@ -91,8 +91,9 @@ def _named(inputs) -> list:
     return items
 
 
-def find_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike], once: bool = False) -> Inputs:
-    """The image files under `inputs` (see images.find_images) and their relative names.
+def find_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike], once: bool = False,
+                confine_to: Path | None = None) -> Inputs:
+    """The image files under `inputs` (see images.find_images, and its `confine_to`) and their relative names.
     Naming nothing, or folders that hold no image file, is BadInput (NoImagesError).
 
     once: each file once however often it is named (`a.png a.png`, `a.png ./a.png`, a file and
@@ -106,7 +107,7 @@ def find_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike], once: b
         raise BadInput("no inputs given: name image files or folders (an empty name is not the current folder)")
     roots = [Path(r) for r in items]
     linked: list[Path] = []
-    found = imageio.scan_roots(roots, linked)
+    found = imageio.scan_roots(roots, linked, confine_to)
     paths = [f for _, files in found for f in files]
     keep, repeated = _once(paths) if once and len(roots) > 1 else (None, [])
     if keep is not None:

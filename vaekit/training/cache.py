@@ -6,8 +6,8 @@ and the decode settings: <key>.u8 holds the raw uint8 (N, C, H, W) array and
 corrupted entry (a bad disk, a stray write) is rebuilt, never trained on. The JSON also
 pins the files' inode numbers and change times (vaekit.stream.batches.sources): a file
 replaced under the same name, size and mtime (which the key cannot tell) rebuilds the entry. The JSON is
-written last, so its presence marks a complete entry. The cache is bounded (`_used`, by
-VAEKIT_CACHE_MAX_GB). Numpy only, no torch: the torch Dataset wraps what this returns.
+written last, so its presence marks a complete entry. The cache is bounded (vaekit.training.cache_bound,
+by VAEKIT_CACHE_MAX_GB). Numpy only, no torch: the torch Dataset wraps what this returns.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import contextlib
 import hashlib
 import math
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -27,9 +26,13 @@ import numpy as np
 import PIL
 
 from vaekit import images
-from vaekit.errors import BadInput, CannotWrite
+from vaekit.errors import CannotWrite
 from vaekit.fileio import atomic_write_json, atomic_writer, open_regular_file, read_json
 from vaekit.stream.batches import identity
+from vaekit.training.cache_bound import DEFAULT_MAX_GB, ENTRY_NAME, evict, max_cache_bytes  # noqa: F401 - part of this face
+from vaekit.training.cache_bound import drop as _drop
+from vaekit.training.cache_bound import entry_bytes as _entry_bytes
+from vaekit.training.cache_bound import used as _used
 
 # Bump when decoding changes, so old entries are never read as new ones. (Not bumped when
 # entries gained their sha256: the version is part of every run's data fingerprint, which
@@ -38,11 +41,6 @@ FORMAT_VERSION = 1
 # Decoded bytes loaded in memory instead when the cache cannot be written (a read-only or full disk):
 # past this, a full disk would turn into the whole folder in RAM (200k images of 256 px RGB: 39 GB)
 MEMORY_FALLBACK = 1 << 30
-# What the cache may hold before its least recently used entries go ($VAEKIT_CACHE_MAX_GB): a folder
-# retrained after images were added, or trained at another size, is a new entry, and the old ones
-# were kept for ever (the web app's Train tab made one per folder and size)
-DEFAULT_MAX_GB = 20.0
-ENTRY_NAME = re.compile(r"[0-9a-f]{24}")  # cache_key's 24 hex digits: nothing else there is an entry
 
 
 def default_cache_dir() -> Path:
@@ -106,7 +104,8 @@ def load_cached(
     A missing, partial or corrupt entry is rebuilt. If the cache folder cannot be
     written, the images are loaded in memory instead (hit False), without failing,
     when they take at most MEMORY_FALLBACK bytes; more is CannotWrite (exit 2), also
-    before any decoding when the disk has less room free than the entry needs.
+    before any decoding when the disk has less room free than the entry needs, even with
+    the cache's other entries removed. Room is made before the build (`_make_room`).
     """
     paths = [Path(p) for p in paths]
     limit = max_cache_bytes()  # a bad setting is said before anything is decoded
@@ -118,10 +117,7 @@ def load_cached(
         return found
     need = len(paths) * channels * size * size  # the entry's bytes when every file decodes
     try:
-        free = _free_bytes(root)
-        if free is not None and need > free + _entry_bytes(root, key):
-            raise OSError(f"{free / 1e9:.1f} GB free")  # said before hours of decoding fill the disk
-        _drop(root, key)
+        _make_room(root, key, need, limit)  # said before hours of decoding fill the disk
         built = _build(root, (key, pins), paths, reals, size, channels, progress, workers)
         _used(root, key, limit)
         return built
@@ -145,74 +141,20 @@ def _mapped(f, shape: tuple, data: Path) -> np.memmap:
     return arr
 
 
-def _entry_bytes(root: Path, key: str) -> int:
-    """The bytes of `key`'s pixel file, 0 when there is none. (Those of an entry that was not used,
-    stale or damaged, are what its rebuild gives back first: `_drop`.)"""
-    try:
-        return (root / f"{key}.u8").stat().st_size
-    except OSError:
-        return 0
-
-
-def _drop(root: Path, key: str) -> None:
-    """Remove the unused entry of `key` before it is built again, so that a disk with room for one
-    entry holds the new one (a run still reading the old keeps its open file)."""
-    for name in (f"{key}.json", f"{key}.u8"):
-        try:
-            (root / name).unlink()
-        except OSError:  # absent, or held open on a system that will not unlink it: the rename replaces it
-            pass
-
-
-def max_cache_bytes() -> int:
-    """The bytes the pixel cache may hold: $VAEKIT_CACHE_MAX_GB (decimal GB, 0 keeps only the entry
-    in use), else DEFAULT_MAX_GB. BadInput for a setting that is not a number of GB."""
-    text = os.environ.get("VAEKIT_CACHE_MAX_GB", "").strip()
-    try:
-        gb = float(text) if text else DEFAULT_MAX_GB
-    except ValueError:
-        gb = math.nan
-    if not math.isfinite(gb) or gb < 0:
-        raise BadInput(f"VAEKIT_CACHE_MAX_GB={text[:40]!r}: expected the pixel cache's size limit in GB, a number >= 0")
-    return int(gb * 1e9)
-
-
-def _used(root: Path, key: str, limit: int) -> None:
-    """Mark `key`'s entry as just used, then remove the entries used longest ago while the cache
-    holds more than `limit` bytes. Never the entry in use, even when it alone is larger; never a
-    file vaekit did not write (an entry's JSON names its own key). A run elsewhere still reading a
-    removed entry keeps its open file (vaekit.training.crops.open_mapped); a folder that cannot be
-    written (read-only) is left as it is."""
-    try:
-        os.utime(root / f"{key}.json")
-    except OSError:
-        return
-    entries, total = [], 0
-    for meta in root.glob("*.json"):
-        if not ENTRY_NAME.fullmatch(meta.stem):
-            continue
-        try:
-            st = meta.stat()
-        except OSError:  # removed meanwhile by another run
-            continue
-        size = st.st_size + _entry_bytes(root, meta.stem)
-        total += size
-        if meta.stem != key:
-            entries.append((st.st_mtime_ns, meta.stem, size))
-    for _, old, size in sorted(entries):
-        if total <= limit:
-            break
-        if _is_entry(root, old):
-            _drop(root, old)
-            total -= size
-
-
-def _is_entry(root: Path, key: str) -> bool:
-    """Whether <key>.json is an entry vaekit wrote (it names its own key)."""
-    try:
-        return read_json(root / f"{key}.json", "cache entry").get("key") == key
-    except (OSError, ValueError):
-        return False
+def _make_room(root: Path, key: str, need: int, limit: int) -> None:
+    """Room for `key`'s new entry of `need` bytes: its unused old entry removed, then the entries used
+    longest ago while the cache would hold more than `limit` with it, or the disk has less than
+    `need` free (on a disk full of them the build failed, although they went right after it
+    anyway). OSError saying the room free, and nothing removed, when even all of them are not enough."""
+    free = _free_bytes(root)
+    if free is not None:
+        free += _entry_bytes(root, key)  # given back by the drop below
+        # counted first (each entry's JSON read: only when the disk is short), so none goes for nothing
+        older = 0 if need <= free else evict(root, key, lambda total, freed: need <= free + freed, remove=False)
+        if need > free + older:
+            raise OSError(f"{free / 1e9:.1f} GB free" + (f", {older / 1e9:.1f} GB more in older entries" if older else ""))
+    _drop(root, key)
+    evict(root, key, lambda total, freed: total + need <= limit and (free is None or need <= free + freed))
 
 
 def _free_bytes(root: Path) -> int | None:

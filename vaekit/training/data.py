@@ -41,13 +41,15 @@ def load_dataset(
     cache_dir: Path | None = None,
     workers: int = 0,
     progress: Progress | None = None,
+    confine_to: Path | None = None,
 ) -> Dataset:
-    """Find, decode (once; cached) and resize every image under `inputs`."""
+    """Find, decode (once; cached) and resize every image under `inputs`; with `confine_to`, no
+    link under `inputs` may lead outside that folder (images.find_images)."""
     from vaekit import images
     from vaekit.training import cache
 
     root = Path(inputs)
-    paths = images.find_images(root)
+    paths = images.find_images(root, confine_to)
     if not paths:
         raise images.NoImagesError(f"no image files found in {root}")
     n_channels = images.resolve_channels(paths, channels)

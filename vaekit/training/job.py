@@ -81,6 +81,7 @@ def train(
     resume_epochs: int | None = None,
     resume_changes: dict | None = None,
     should_stop: Callable[[], bool] | None = None,
+    confine_to: Path | None = None,
 ) -> tuple[TrainResult, Dataset]:
     """`vaekit train`: load the folder, then fit. `should_stop()`, asked after every step, ends
     training early and cleanly (see vaekit.training.loop.fit): the demo's Stop, the CLI's Ctrl-C.
@@ -92,7 +93,8 @@ def train(
 
     The output rule: `out_dir` must be new, empty or a vaekit run (replaced only with
     `overwrite`, and then only the files vaekit wrote), and not inside `data_dir`; it is
-    locked while training, so a second process on it gets InUse.
+    locked while training, so a second process on it gets InUse. `confine_to`: every scan of
+    `data_dir` refuses a link that leads outside that folder (images.find_images; the web app).
     """
     out_dir = Path(out_dir)
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
@@ -100,7 +102,7 @@ def train(
     with contextlib.ExitStack() as held:
         failed = None
         try:
-            refuse_inside(out_dir, [data_dir, *_linked_folders(data_dir)], "--out")
+            refuse_inside(out_dir, [data_dir, *_linked_folders(data_dir, confine_to)], "--out")
             if rank0:
                 held.enter_context(locked(out_dir, hint="another vaekit train; wait for it to finish or choose another --out"))
         except VaekitError as e:
@@ -119,7 +121,7 @@ def train(
         dist = init_distributed(pick_device(train_cfg.device))
         agree(dist, failed)
         return _train(data_dir, out_dir, dist, stored, model_cfg, train_cfg, channels, resume, overwrite, cache_dir,
-                      workers, progress, should_stop)
+                      workers, progress, should_stop, confine_to)
 
 
 def _checked(out_dir, model_cfg, train_cfg, channels, resume, overwrite, resume_epochs, resume_changes):
@@ -148,19 +150,19 @@ def _other_images(data: Dataset, out_dir: Path, root) -> str:
             "resume needs the same data")
 
 
-def _linked_folders(data_dir) -> list[Path]:
+def _linked_folders(data_dir, confine_to: Path | None = None) -> list[Path]:
     """The real folders the training folder reaches through folder links: inputs too, where no
     run may go (its preview.png would become training data)."""
     from vaekit import images
 
     linked: list[Path] = []
     if Path(data_dir).is_dir():
-        images.scan_roots([data_dir], linked)
+        images.scan_roots([data_dir], linked, confine_to)
     return linked
 
 
 def _train(data_dir, out_dir, dist, stored, model_cfg, train_cfg, channels, resume, overwrite, cache_dir, workers,
-           progress, should_stop=None):
+           progress, should_stop=None, confine_to=None):
     if not dist.main:
         progress = None
 
@@ -169,7 +171,7 @@ def _train(data_dir, out_dir, dist, stored, model_cfg, train_cfg, channels, resu
     if not model_cfg.image_size or (model_cfg.read_size and model_cfg.layout == "auto"):
         from vaekit import images
 
-        paths = images.find_images(data_dir)
+        paths = images.find_images(data_dir, confine_to)
         layout = model_cfg.layout
         if layout == "auto" and paths:
             layout = probe_layout(paths, images.resolve_channels(paths, channels))
@@ -183,12 +185,12 @@ def _train(data_dir, out_dir, dist, stored, model_cfg, train_cfg, channels, resu
     data, failed = None, None
     if dist.local_rank == 0:
         try:
-            data = load_dataset(data_dir, model_cfg.reads_at, channels, cache_dir, workers, progress)
+            data = load_dataset(data_dir, model_cfg.reads_at, channels, cache_dir, workers, progress, confine_to)
         except Exception as e:  # noqa: BLE001 - agree re-raises it here and tells the others
             failed = e
     agree(dist, failed)
     if data is None:
-        data = load_dataset(data_dir, model_cfg.reads_at, channels, cache_dir, workers)
+        data = load_dataset(data_dir, model_cfg.reads_at, channels, cache_dir, workers, confine_to=confine_to)
     if not resume and dist.main:  # once the images are known to be usable: a refused run writes nothing
         rundir.prepare_out(out_dir, overwrite)
     if resume and data.fingerprint != stored.get("data", {}).get("fingerprint"):
