@@ -133,7 +133,10 @@ def _array(value, channels: int, n: int, name: str) -> np.ndarray:
           and all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for r in value for v in r))
     if not ok:
         raise ValueError(f"its pixel model's {name} is not {channels} rows of {n} numbers")
-    return np.array([[np.nan if v is None else float(v) for v in r] for r in value], np.float64)
+    try:
+        return np.array([[np.nan if v is None else float(v) for v in r] for r in value], np.float64)
+    except OverflowError:  # JSON's integers have no bound; a float's do
+        raise ValueError(f"its pixel model's {name} holds a number beyond any float") from None
 
 
 def fit(likelihood: str, images: list[np.ndarray], mean_images: list[np.ndarray]) -> PixelModel:
