@@ -141,24 +141,44 @@ def _array(value, channels: int, n: int, name: str) -> np.ndarray:
 
 def fit(likelihood: str, images: list[np.ndarray], mean_images: list[np.ndarray]) -> PixelModel:
     """Fit the pixel model to images (each uint8 (C, H, W)) and their decoder means (float64, same shape)."""
-    c, h, w = images[0].shape
-    rows, cols = (a.ravel() for a in np.mgrid[:h, :w])
-    zero = np.zeros((c, 4))
-    ctx = [context(zero, x, m, rows, cols) for x, m in zip(images, mean_images)]
+    c = images[0].shape[0]
     level = np.concatenate([x.reshape(c, -1) for x in images], axis=1)  # (C, N)
-    m = np.concatenate([k.pred for k in ctx], axis=1)  # the means (no weights yet)
-    res = np.stack([np.concatenate([_neighbour_residual(x, mi, dy, dx) for x, mi in zip(images, mean_images)], axis=1)
-                    for dy, dx in NEIGHBOURS], axis=-1)  # (C, N, 4)
-    weights = np.stack([np.clip(np.linalg.lstsq(res[i], level[i] / (LEVELS - 1) - m[i], rcond=None)[0], -0.99, 0.99)
-                        for i in range(c)])
-    ctx = [context(weights, x, mi, rows, cols) for x, mi in zip(images, mean_images)]
-    pred, skey = (np.concatenate([getattr(k, f) for k in ctx], axis=1) for f in ("pred", "scale_key"))
-    k0, k255 = (np.concatenate([getattr(k, f) for k in ctx], axis=1) for f in ("key0", "key255"))
+    weights = _weights(images, mean_images)
+    pred, skey, k0, k255 = _contexts(weights, images, mean_images)
     log_scale = np.stack([_scales(level[i], pred[i], skey[i]) for i in range(c)])
     p0 = np.stack([_edge(level[i] == 0, k0[i]) for i in range(c)])
     p255 = np.stack([_edge(level[i] == LEVELS - 1, k255[i]) for i in range(c)])
     # stored as they are coded with, in few digits: the header of a one-image archive stays small
     return PixelModel(likelihood, np.round(weights, 4), log_scale, _digits(p0), _digits(p255))
+
+
+def _weights(images: list[np.ndarray], mean_images: list[np.ndarray]) -> np.ndarray:
+    """Each channel's least-squares weights (C, 4) of the causal neighbours' residuals for a pixel's
+    own residual (level - mean), clipped into (-1, 1): from the normal equations summed image by
+    image, so no (C, N, 4) array of every pixel's neighbours (32 bytes a sub-pixel) is built."""
+    c = images[0].shape[0]
+    ata, atb = np.zeros((c, 4, 4)), np.zeros((c, 4))
+    for x, m in zip(images, mean_images):
+        own = (x / (LEVELS - 1) - m).reshape(c, -1)  # (C, H*W)
+        res = np.stack([_neighbour_residual(x, m, dy, dx) for dy, dx in NEIGHBOURS], axis=-1)  # (C, H*W, 4)
+        ata += np.einsum("cnk,cnl->ckl", res, res)
+        atb += np.einsum("cnk,cn->ck", res, own)
+    # lstsq: the least-norm solution where the neighbours are collinear (an image of one level)
+    return np.stack([np.clip(np.linalg.lstsq(ata[i], atb[i], rcond=None)[0], -0.99, 0.99) for i in range(c)])
+
+
+def _contexts(weights: np.ndarray, images: list[np.ndarray], mean_images: list[np.ndarray]):
+    """Every pixel's context with these weights, the images side by side: (pred, scale_key, key0,
+    key255), each (C, N), filled image by image (no second copy of them all)."""
+    c, h, w = images[0].shape
+    rows, cols = (a.ravel() for a in np.mgrid[:h, :w])
+    n = h * w
+    out = (np.empty((c, n * len(images))),) + tuple(np.empty((c, n * len(images)), np.int16) for _ in range(3))  # keys < 96
+    for j, (x, m) in enumerate(zip(images, mean_images)):
+        ctx = context(weights, x, m, rows, cols)
+        for a, part in zip(out, (ctx.pred, ctx.scale_key, ctx.key0, ctx.key255)):
+            a[:, j * n:(j + 1) * n] = part
+    return out
 
 
 def _digits(p: np.ndarray, digits: int = 4) -> np.ndarray:
