@@ -7,7 +7,7 @@ own density, discretised, coded 1,000 held-out product photos at 3.12 bits/dim, 
 lossless; a Bernoulli model (black-and-white images) has no spread at all. Both still predict
 every pixel: the decoder's mean image. So their archives code pixels with a small context model
 around that mean (in the spirit of LOCO-I and CALIC), fitted to the first images of the archive
-and stored in its header (~6 kB of JSON a channel):
+and stored in its header (at most ~2.5 kB of JSON a channel):
 
 - prediction: the mean plus weights times the causal neighbours' residuals (bitsback.NEIGHBOURS,
   the pixel context a logistic model learns);

@@ -66,7 +66,8 @@ def _encode_images(net, found, header, spill, chunk, progress):
 
 def _code_chunk(net, batch, spill, header) -> None:
     """One chunk onto the archive; the first one of a model without a logistic likelihood fits its
-    pixel model first (vaekit.codec.fitted), which the header keeps for the decoder."""
+    pixel model first (vaekit.codec.fitted), which the header keeps for the decoder: on the chunk's
+    first FIT_IMAGES, fewer where the chunk is smaller (its bound on sub-pixels bounds the fit's memory)."""
     likelihood = net.model.info.likelihood
     if net.pixels is None and likelihood != "logistic":
         fit_on = batch[:fitted.FIT_IMAGES]
