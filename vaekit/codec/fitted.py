@@ -173,7 +173,8 @@ def _contexts(weights: np.ndarray, images: list[np.ndarray], mean_images: list[n
     c, h, w = images[0].shape
     rows, cols = (a.ravel() for a in np.mgrid[:h, :w])
     n = h * w
-    out = (np.empty((c, n * len(images))),) + tuple(np.empty((c, n * len(images)), np.int16) for _ in range(3))  # keys < 96
+    keys = tuple(np.empty((c, n * len(images)), np.int16) for _ in range(3))  # every key < 96
+    out = (np.empty((c, n * len(images))),) + keys
     for j, (x, m) in enumerate(zip(images, mean_images)):
         ctx = context(weights, x, m, rows, cols)
         for a, part in zip(out, (ctx.pred, ctx.scale_key, ctx.key0, ctx.key255)):
