@@ -4,11 +4,12 @@ Read in this order, one idea per file:
 - `tables`: integer probability tables and the one way they reach constriction's ANS coder.
 - `prior`: the lossy codec's learned prior, a factorized density per latent channel, per quality.
 - `lossy`: quantised posterior means coded with those tables.
-- `bitsback`: lossless BB-ANS over the discretised logistic likelihood.
+- `fitted`: a pixel model fitted to an archive's images, for a Gaussian or Bernoulli model.
+- `bitsback`: lossless BB-ANS over the discretised logistic likelihood, or that fitted model.
 - `net`: the network calls both make, one image at a time, on either engine.
 - `header`, `container`: the .vkc file (a compact header, chunks, checksum).
 - `store`: the tables as a run keeps them (fitted, stored, earlier sets kept for old files).
-- `jobs`: folders in, .vkc out, and back (what the CLI calls).
+- `jobs`: folders in, .vkc out, and back (what the CLI calls); `lossless`: its bits-back half.
 - `compare`: what it is measured against: one image as one Pillow file, WebP at a given size.
 Numpy, constriction and Pillow only: the onnxruntime path never imports torch. docs/codec.md.
 """

@@ -81,6 +81,7 @@ def context(weights: np.ndarray, x: np.ndarray, m: np.ndarray, rows: np.ndarray,
 
 @dataclass(frozen=True)
 class PixelModel:
+    """A fitted pixel model, per channel, as the archive's header keeps it (to_json, from_json)."""
     likelihood: str  # the model's: "gaussian" or "bernoulli"
     weights: np.ndarray  # (C, 4)
     log_scale: np.ndarray  # (C, MEAN_BINS * 6)
