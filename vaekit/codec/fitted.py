@@ -42,9 +42,12 @@ MIN_COUNT = 20  # pixels a context needs for its own scale or edge probability
 
 def means(likelihood: str, params: np.ndarray) -> np.ndarray:
     """The decoder's mean image (C, H, W), float64, from its parameters: a Gaussian's means as they
-    are, a Bernoulli's logits through the sigmoid."""
+    are, a Bernoulli's logits through the sigmoid; a value that is not finite (a diverged model's)
+    as mid-grey, 0 or 1, so the fit's least squares still solve and the archive is still exact, as
+    a logistic model's is."""
     p = np.asarray(params, np.float64)
-    return p if likelihood == "gaussian" else 0.5 * (1.0 + np.tanh(0.5 * p))
+    p = p if likelihood == "gaussian" else 0.5 * (1.0 + np.tanh(0.5 * p))
+    return np.nan_to_num(p, nan=0.5, posinf=1.0, neginf=0.0)
 
 
 @dataclass(frozen=True)
