@@ -16,7 +16,7 @@ import numpy as np
 from vaekit import images as imageio
 from vaekit.codec import bitsback, container, fitted
 from vaekit.codec.net import CANONICAL_THREADS, Net
-from vaekit.codes.jobs import source_facts
+from vaekit.codes.sizes import source_facts
 
 
 def encode_folder(model, found, header, spill, chunk, progress) -> tuple[list, int]:
