@@ -30,6 +30,7 @@ from statistics import NormalDist
 import numpy as np
 
 from vaekit.codec import fitted, tables
+from vaekit.codec.fitted import NEIGHBOURS  # (dy, dx) of a pixel context: vaekit.model.objective.causal_neighbours
 from vaekit.errors import DamagedFile
 from vaekit.model.likelihood_np import LEVELS, logistic_cdf_edges
 
@@ -86,7 +87,6 @@ def _bins(mean: np.ndarray, log_s: np.ndarray) -> np.ndarray:
     return tables.quantise(np.maximum(np.diff(cdf, axis=1, prepend=0.0, append=1.0), 0.0))
 
 
-NEIGHBOURS = ((0, -1), (-1, -1), (-1, 0), (-1, 1))  # (dy, dx) of a pixel context: vaekit.model.objective.causal_neighbours
 
 
 @lru_cache(maxsize=8)

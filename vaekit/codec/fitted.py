@@ -9,7 +9,7 @@ every pixel: the decoder's mean image. So their archives code pixels with a smal
 around that mean (in the spirit of LOCO-I and CALIC), fitted to the first images of the archive
 and stored in its header (at most ~2.5 kB of JSON a channel):
 
-- prediction: the mean plus weights times the causal neighbours' residuals (bitsback.NEIGHBOURS,
+- prediction: the mean plus weights times the causal neighbours' residuals (NEIGHBOURS,
   the pixel context a logistic model learns);
 - spread: a discretised logistic whose scale depends on the mean's level (16 bins) and the
   neighbours' mean absolute residual (6 bins), each the maximum-likelihood scale on a grid;
@@ -35,7 +35,8 @@ KIND = "context-1"  # what the header's "pixels" holds; another kind is refused
 FIT_IMAGES = 256  # the first images of an archive fit its pixel model
 MEAN_BINS = 16
 ACTIVITY_EDGES = (1.0, 3.0, 8.0, 20.0, 50.0)  # neighbours' mean |residual|, grey levels: 6 bins
-NEIGHBOURS = ((0, -1), (-1, -1), (-1, 0), (-1, 1))  # bitsback.NEIGHBOURS (left, up-left, up, up-right)
+NEIGHBOURS = ((0, -1), (-1, -1), (-1, 0), (-1, 1))  # left, up-left, up, up-right: a logistic model's pixel
+# context too (vaekit.model.objective.causal_neighbours); bitsback imports this one copy
 SCALE_GRID = np.linspace(LOGISTIC_LOG_SCALE_BOUNDS[0], 0.0, 57)
 MIN_COUNT = 20  # pixels a context needs for its own scale or edge probability
 
