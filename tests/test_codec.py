@@ -199,7 +199,7 @@ def test_a_fitted_pixel_model_codes_exactly_and_each_part_pays():
     on objects on black, with the decoder's mean a blurred copy of the image (as a VAE's is)."""
     from vaekit.codec import fitted
 
-    x = _objects_on_black(60)
+    x = _objects_on_black(48)  # 40 to fit on, 8 held out (each coded and decoded once per part)
     rng = np.random.default_rng(1)
     # a VAE's mean: blurred, the object's grey level off by a factor its own (which the neighbours
     # show), and exact 0 never predicted outright

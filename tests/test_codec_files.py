@@ -183,21 +183,24 @@ def test_lossless_needs_images_of_the_models_size(coded, tmp_path):
 
 
 @pytest.mark.parametrize("likelihood", ["gaussian", "bernoulli"])
-def test_every_model_writes_a_lossless_archive(coded, tmp_path, likelihood):
+def test_every_model_writes_a_lossless_archive(tmp_path, likelihood):
     """A Gaussian (the default for grey photos) or Bernoulli model codes losslessly with a pixel
     model fitted to the archive's first images, which its header carries: every pixel back."""
     from export_support import random_run
 
     from vaekit.codec import fitted, lossless
 
-    _, src, _, _ = coded
+    # 20 of _digits' images (some in a sub-folder) in chunks of 8: two full chunks and a part one,
+    # as `coded`'s 40 in chunks of 16, at half the coding time
+    src = tmp_path / "src"
+    _digits(src, 20)
     model = vaekit.load(random_run(tmp_path / "m", image_size=16, latent_dim=6, base_channels=4, likelihood=likelihood))
-    report = codec.encode(model, src, tmp_path / "m.vkc", lossless=True, chunk=16)
-    assert report.mode == "lossless" and report.count == 40 and not report.skipped
+    report = codec.encode(model, src, tmp_path / "m.vkc", lossless=True, chunk=8)
+    assert report.mode == "lossless" and report.count == 20 and not report.skipped
     header = codec.read_info(report.path)
     assert header.engine["pixels"]["kind"] == fitted.KIND
     out = codec.decode(model, report.path, tmp_path / "back")
-    assert len(out.written) == 40
+    assert len(out.written) == 20
     for p in out.written:
         assert np.array_equal(_pixels([p]), _pixels([src / p.relative_to(tmp_path / "back")]))
     header.engine["pixels"]["weights"][0][0] = 1.5  # what a crafted header could hold
