@@ -56,9 +56,23 @@ def stopped_after_its_epochs(data, out) -> None:
     assert result.stopped and checkpoint.load_checkpoint(out)[1]["epoch"] == 1
 
 
-def test_another_runs_weights_copied_in_before_the_resume_are_refused_not_calibrated(discs, tmp_path):
+@pytest.fixture(scope="module")
+def stopped_on_discs(discs, tmp_path_factory):
+    """`stopped_after_its_epochs(discs, ...)`, trained once for the module: read it, never change it."""
+    out = tmp_path_factory.mktemp("stopped") / "run"
+    stopped_after_its_epochs(discs, out)
+    return out
+
+
+@pytest.fixture()
+def stopped(stopped_on_discs, tmp_path):
+    """tmp_path/run: a copy of the stopped run (seeded: the files a stop of its own would leave, but
+    for run_id and creation time; its data.root is discs, as such a stop's is)."""
+    return shutil.copytree(stopped_on_discs, tmp_path / "run", symlinks=True)
+
+
+def test_another_runs_weights_copied_in_before_the_resume_are_refused_not_calibrated(discs, stopped, tmp_path):
     train(discs, tmp_path / "other", MODEL, tcfg(seed=1))
-    stopped_after_its_epochs(discs, tmp_path / "run")
     shutil.copy(tmp_path / "other" / "model.safetensors", tmp_path / "run" / "model.safetensors")
     with pytest.raises(DamagedFile, match="does not hold the weights of the run's best epoch"):
         train(discs, tmp_path / "run", MODEL, tcfg(), resume=True)
@@ -75,8 +89,7 @@ def test_an_untouched_stopped_run_still_resumes_to_the_uninterrupted_model(discs
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_a_resume_from_a_moved_copy_of_the_images_says_where_the_run_was_started(discs, tmp_path):
-    stopped_after_its_epochs(discs, tmp_path / "run")
+def test_a_resume_from_a_moved_copy_of_the_images_says_where_the_run_was_started(discs, stopped, tmp_path):
     copy = shutil.copytree(discs, tmp_path / "copy")  # the same names, sizes and modification times
     with pytest.raises(DamagedFile, match=re.escape(f"was started on the images in {discs}, not {copy}")):
         train(copy, tmp_path / "run", MODEL, tcfg(), resume=True)
@@ -87,8 +100,7 @@ def test_a_resume_from_a_moved_copy_of_the_images_says_where_the_run_was_started
     (lambda c: c["train"].update(seed=-1), "seed must be an integer >= 0"),
     (lambda c: c.pop("train"), "has no 'train' section"),
 ])
-def test_a_hand_edited_train_section_is_a_damaged_run_not_a_bug(discs, tmp_path, edit, said):
-    stopped_after_its_epochs(discs, tmp_path / "run")
+def test_a_hand_edited_train_section_is_a_damaged_run_not_a_bug(discs, stopped, tmp_path, edit, said):
     config = tmp_path / "run" / "config.json"
     cfg = json.loads(config.read_text())
     edit(cfg)
@@ -97,7 +109,7 @@ def test_a_hand_edited_train_section_is_a_damaged_run_not_a_bug(discs, tmp_path,
         train(discs, tmp_path / "run", MODEL, tcfg(), resume=True)
 
 
-def test_a_device_given_with_resume_is_the_one_used(discs, tmp_path, monkeypatch):
+def test_a_device_given_with_resume_is_the_one_used(discs, stopped, tmp_path, monkeypatch):
     # --device was left out of what a resume applies: `--resume --device cuda` on a machine without
     # CUDA went on with the run's stored device, exit 0 (and a run started with "auto" on a GPU
     # machine, resumed with `--device cpu`, would have trained on the GPU)
@@ -105,8 +117,7 @@ def test_a_device_given_with_resume_is_the_one_used(discs, tmp_path, monkeypatch
 
     from vaekit_cli.main import app
 
-    out = tmp_path / "run"
-    stopped_after_its_epochs(discs, out)
+    out = stopped  # tmp_path / "run"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     r = CliRunner().invoke(app, ["--threads", "1", "train", str(discs), "--out", str(out), "--resume", "--device", "cuda"])
     assert r.exit_code == 2 and "torch sees no CUDA device" in r.output, r.output
@@ -114,14 +125,13 @@ def test_a_device_given_with_resume_is_the_one_used(discs, tmp_path, monkeypatch
     assert r.exit_code == 0, r.output  # the device the run was started with, given again: it finishes
 
 
-def test_a_refused_switch_is_named_as_typed(discs, tmp_path):
+def test_a_refused_switch_is_named_as_typed(discs, stopped, tmp_path):
     # `--resume --no-reader` said "cannot change --reader False (the run has True)"
     from typer.testing import CliRunner
 
     from vaekit_cli.main import app
 
-    out = tmp_path / "run"
-    stopped_after_its_epochs(discs, out)
+    out = stopped  # tmp_path / "run"
     r = CliRunner().invoke(app, ["--threads", "1", "train", str(discs), "--out", str(out), "--resume", "--no-reader",
                                  "--latent-dim", "8"])
     assert r.exit_code == 2 and "--no-reader (the run has --reader)" in r.output, r.output
