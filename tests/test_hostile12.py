@@ -184,12 +184,20 @@ def test_a_train_press_failing_before_its_worker_starts_releases_its_slot(data, 
 
 # --- 4. a threshold that is not a finite number is refused, never drawn -----------------------
 
-@pytest.mark.parametrize("thr", [float("nan"), float("inf"), -float("inf"), None, "0.5"])
-def test_the_threshold_slider_refuses_a_threshold_that_is_not_a_finite_number(tmp_path, thr):
-    # with no uploads the slider's handler only redraws the histogram: it drew "threshold nan" at NaN
+@pytest.fixture(scope="module")
+def golden_app(tmp_path_factory):
+    """The app on the golden run, built once for the slider's cases: its handler keeps no state
+    (demo/tabs.py rethreshold: it reads the threshold it is given and draws)."""
     from vaekit_demo.app import build_app
 
-    app = build_app(GOLDEN / "codec" / "run", runs_dir=tmp_path / "runs", workdir=tmp_path / "work", data_root=tmp_path)
+    root = tmp_path_factory.mktemp("slider")
+    return build_app(GOLDEN / "codec" / "run", runs_dir=root / "runs", workdir=root / "work", data_root=root)
+
+
+@pytest.mark.parametrize("thr", [float("nan"), float("inf"), -float("inf"), None, "0.5"])
+def test_the_threshold_slider_refuses_a_threshold_that_is_not_a_finite_number(golden_app, thr):
+    # with no uploads the slider's handler only redraws the histogram: it drew "threshold nan" at NaN
+    app = golden_app
     said = _press(app, "threshold", None, thr)
     assert said == f"invalid threshold {thr!r}: expected a finite number"
     figure = _press(app, "threshold", None, 1.5)[1]
