@@ -14,7 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from test_cache_limit import ENTRY, entries, folder, load
-from test_hostile12 import GOLDEN, _press
+from test_hostile12 import GOLDEN, _press, data  # noqa: F401  (data: the fixture of both modules)
 from vaekit.errors import BadInput, CannotWrite
 from vaekit.images import LinkOutside, find_images
 from vaekit.training import cache
@@ -99,15 +99,6 @@ def test_a_disk_too_small_even_without_old_entries_is_one_line_and_removes_nothi
 
 
 # --- 2. the scan that lists a folder's images refuses links out of the folder it is confined to ----
-
-@pytest.fixture()
-def data(tmp_path):
-    """data/cats (two images), data/dogs (one), and outside/ (a secret image) beside data/."""
-    for rel in ("data/cats/a.png", "data/cats/b.png", "data/dogs/c.png", "outside/secret.png"):
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        Image.new("L", (16, 16), 90).save(tmp_path / rel)
-    return tmp_path
-
 
 def test_a_confined_scan_follows_links_inside_and_refuses_one_out_by_name(data):
     root = data / "data"
