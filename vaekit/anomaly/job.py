@@ -179,8 +179,9 @@ def _check_maps(found: stream.Inputs, maps, layout: Layout, journal,
     """(each image's heat-map target, the batch whose maps are this job's own); refuses (before
     any work) a heat map that would replace a file, unless `overwrite`. Resuming, the maps of the
     first unfinished batch may have been written just before the stop (a batch's maps come before
-    its journal line, in order): they are this job's own, and are written again; any other file
-    there is still refused; and each map of a finished batch must still be there."""
+    its journal line, in order), so they are not refused here: at the write, one that holds the very
+    bytes written is this job's own and is kept, any other file there is refused then (save_maps
+    `own`); and each map of a finished batch must still be there."""
     if maps is None:
         return [], None
     done, resumed = (journal.done, journal.resumed) if journal is not None else (frozenset(), False)

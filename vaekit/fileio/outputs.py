@@ -118,12 +118,17 @@ def put_in_place(tmp: Path, path: Path, replace: bool, keep_same: bool = False) 
 
 def same_bytes(a: Path, b: Path) -> bool:
     """Whether the regular file `b` (not a link) holds exactly the bytes of the file `a`, read a
-    MiB at a time (a code file may be gigabytes)."""
+    MiB at a time (a code file may be gigabytes). `b` is opened without following a link and
+    without blocking, then checked on the open file: one swapped for a link or a FIFO after a
+    look by name is never read through (a FIFO would block for ever)."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
-        st_a, st_b = os.stat(a), os.lstat(b)
-        if not stat.S_ISREG(st_b.st_mode) or st_a.st_size != st_b.st_size:
+        if stat.S_ISLNK(os.lstat(b).st_mode):  # where O_NOFOLLOW is missing (Windows)
             return False
-        with open(a, "rb") as fa, open(b, "rb") as fb:
+        with open(a, "rb") as fa, os.fdopen(os.open(b, flags), "rb") as fb:
+            st_a, st_b = os.fstat(fa.fileno()), os.fstat(fb.fileno())
+            if not stat.S_ISREG(st_b.st_mode) or st_a.st_size != st_b.st_size:
+                return False
             while True:
                 x, y = fa.read(1 << 20), fb.read(1 << 20)
                 if x != y:

@@ -189,11 +189,20 @@ def _inputs(old, new) -> str | None:
     def where(names: list) -> str:
         if i >= len(names):
             return "nothing"
-        real = os.path.realpath(names[i])
-        return repr(names[i]) + (f" (that is {real!r})" if real != names[i] else "")
+        real = real_place(names[i])
+        return repr(names[i]) + (f" (that is {real!r})" if real not in (None, names[i]) else "")
 
     lengths = f"; {len(old)} named then, {len(new)} now" if len(old) != len(new) else ""
     return f"input {i + 1} was {where(old)} then, {where(new)} now{lengths}"
+
+
+def real_place(name: str) -> str | None:
+    """os.path.realpath of an input as a journal's header names it; None for a name no path can be
+    (a NUL or an unpaired surrogate in a damaged or forged header: realpath raised ValueError)."""
+    try:
+        return os.path.realpath(name)
+    except (ValueError, OSError):
+        return None
 
 
 _SAID = {"vaekit_journal": "it is in another journal format (an older vaekit's, whose lines carry no "

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from vaekit.fileio import open_regular_file
+from vaekit.stream.batches import real_place
 from vaekit.stream.inputs import check_shard, env_shard
 from vaekit.stream.journals import parse, partial_path
 from vaekit.stream.lines import MAX_HEADER_BYTES
@@ -54,4 +55,5 @@ def journaled_inputs(inputs, out: Path | None, shard: tuple[int, int] | None):
 
 
 def _same_places(a: Sequence[str], b: Sequence[str]) -> bool:
-    return len(a) == len(b) and all(os.path.realpath(x) == os.path.realpath(y) for x, y in zip(a, b))
+    """Whether each name leads where the other's does; never for a name that is no path."""
+    return len(a) == len(b) and all(real_place(x) is not None and real_place(x) == real_place(y) for x, y in zip(a, b))
