@@ -112,3 +112,20 @@ def test_same_bytes_is_a_byte_comparison_of_regular_files(tmp_path):
     assert same_bytes(a, same)
     assert not same_bytes(a, other) and not same_bytes(a, link) and not same_bytes(a, fifo)
     assert not same_bytes(a, tmp_path / "absent")
+
+
+def test_a_kept_own_output_with_other_bytes_says_it_may_be_the_jobs_own_from_another_device(tmp_path):
+    """A resume counts a file at its output's name as its own only with the very bytes it writes;
+    other bytes are refused, and the message says they may be its own written elsewhere."""
+    from vaekit.errors import OutputExists
+    from vaekit.fileio.outputs import put_in_place
+
+    tmp, out = tmp_path / "out.csv.tmp", tmp_path / "out.csv"
+    tmp.write_bytes(b"a,b\n1,2\n")
+    out.write_bytes(b"a,b\n1,3\n")
+    with pytest.raises(OutputExists, match="appeared while this job ran.*another device") as e:
+        put_in_place(tmp, out, replace=False, keep_same=True)
+    assert "\n" not in str(e.value) and out.read_bytes() == b"a,b\n1,3\n" and tmp.exists()
+    with pytest.raises(OutputExists) as plain:
+        put_in_place(tmp, out, replace=False)
+    assert "another device" not in str(plain.value)

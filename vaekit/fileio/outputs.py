@@ -109,7 +109,7 @@ def put_in_place(tmp: Path, path: Path, replace: bool, keep_same: bool = False) 
     except OSError as e:
         taken = isinstance(e, FileExistsError) or os.path.lexists(path)  # else: no hard links here (FAT, SMB)
         if taken and not (keep_same and same_bytes(tmp, path)):
-            raise appeared(path) from None
+            raise appeared(path, keep_same) from None
         if not taken:
             os.replace(tmp, path)
             return
@@ -139,8 +139,12 @@ def same_bytes(a: Path, b: Path) -> bool:
         return False
 
 
-def appeared(path: Path) -> OutputExists:
-    """An output found at `path` as the job put its file there, though it was free when the job began."""
-    return OutputExists(f"output {path} appeared while this job ran (it was not there when the job began) and is "
-                        "left as it is; move it away and run the job again (with --resume if it kept an OUT.partial), "
-                        "or run it with --overwrite to replace it")
+def appeared(path: Path, own_checked: bool = False) -> OutputExists:
+    """An output found at `path` as the job put its file there, though it was free when the job began;
+    own_checked: it was compared with what the job writes (a resume's own file counts only with the
+    very same bytes, and one written on another device or vaekit version may differ)."""
+    why = ("appeared while this job ran (it was not there when the job began, or it holds other bytes than this "
+           "job writes: a file of this job's own from before a stop, written on another device or vaekit version, "
+           "may differ)" if own_checked else "appeared while this job ran (it was not there when the job began)")
+    return OutputExists(f"output {path} {why} and is left as it is; move it away and run the job again (with "
+                        "--resume if it kept an OUT.partial), or run it with --overwrite to replace it")
