@@ -87,8 +87,6 @@ def _bins(mean: np.ndarray, log_s: np.ndarray) -> np.ndarray:
     return tables.quantise(np.maximum(np.diff(cdf, axis=1, prepend=0.0, append=1.0), 0.0))
 
 
-
-
 @lru_cache(maxsize=8)
 def waves(h: int, w: int) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
     """The pixels (rows, cols) in groups t = col + 2 row: every causal neighbour of a group's pixels
