@@ -8,7 +8,8 @@ a name of the bound address (400 otherwise), and refuses a request whose Origin 
 site (403), without any CORS header.
 
 Folders typed into the page (Train, Latent space, Open) are resolved inside one data root
-(`confine`; the links in them are refused by vaekit's own scan, told `confine_to`), and switched off when the app listens beyond this machine unless allowed.
+(`confine`; the links in them are refused by vaekit's own scan, told `confine_to`), and switched
+off when the app listens beyond this machine unless allowed.
 Error messages shown in the page lose server paths (`public_message`). A name the page shows
 (a folder, a run, an upload) is text, never Markdown or HTML (`md_code`, `html_text`).
 """
