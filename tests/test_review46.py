@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 import vaekit
 from export_support import random_job
-from vaekit_cli.main import app
+from test_hostile14 import _one_line_exit_2, invoke
 
 torch.set_num_threads(1)
 
@@ -24,15 +23,6 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     return random_job(tmp_path_factory.mktemp("review46"), 5)
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, ["--threads", "1", *map(str, args)], env={"COLUMNS": "300"})
-
-
-def _one_line_exit_2(r) -> str:
-    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output, r.output
-    return r.output
 
 
 def _stopped_score(run: Path, images: Path, out: Path) -> Path:
