@@ -17,6 +17,7 @@ folder it made (docs/data-safety.md).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -233,6 +234,26 @@ def _strays(run_dir: Path) -> list[Path]:
     return [p for p in found if p.is_file() and not p.is_symlink()]
 
 
+_SHAPES: dict[tuple, dict[str, tuple[int, ...]]] = {}  # model config (each value with its type) -> shapes
+
+
+def _model_shapes(model_cfg) -> dict[str, tuple[int, ...]]:
+    """The weight shapes a model config gives, built on the meta device, which allocates nothing: a
+    config.json that names a huge model (latent_dim 4096, max_channels 4096) must not cost
+    gigabytes before the weights file, far smaller, shows it is not the model they belong to.
+    Once per config in a process: a meta build costs twice a small model's real one (~5 ms)."""
+    from vaekit.model.vae import ConvVAE
+
+    key = tuple((type(v), v) for v in dataclasses.astuple(model_cfg))  # 8.0 is not taken for 8
+    if key not in _SHAPES:
+        with torch.device("meta"):
+            shapes = {k: tuple(v.shape) for k, v in ConvVAE(model_cfg).state_dict().items()}
+        if len(_SHAPES) >= 64:
+            _SHAPES.clear()
+        _SHAPES[key] = shapes
+    return _SHAPES[key]
+
+
 def load_model(run_dir: Path, device: str | torch.device = "cpu"):
     """Rebuild the ConvVAE from config.json and load the best weights. Returns (model, config)."""
     from vaekit.model.vae import ConvVAE
@@ -245,11 +266,7 @@ def load_model(run_dir: Path, device: str | torch.device = "cpu"):
         raise RunError(f"run config has an invalid model section ({run_dir}): {e}") from None
     tensors, _ = load_tensors(run_dir / WEIGHTS, "model weights")
     try:
-        # first on the meta device, which allocates nothing: a config.json that names a huge
-        # model (latent_dim 4096, max_channels 4096) must not cost gigabytes before the
-        # weights file, far smaller, shows it is not the model they belong to
-        with torch.device("meta"):
-            shapes = {k: tuple(v.shape) for k, v in ConvVAE(model_cfg).state_dict().items()}
+        shapes = _model_shapes(model_cfg)  # first on the meta device, before a real build
         if shapes != {k: tuple(v.shape) for k, v in tensors.items()}:
             raise RunError(f"weights do not match the config in {run_dir}: "
                            f"{_shape_difference(shapes, {k: tuple(v.shape) for k, v in tensors.items()})}")
