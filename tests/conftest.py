@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import functools
 import gc
+import importlib.abc
+import importlib.util
 import os
+import sys
 
 import pytest
 import typer.testing
@@ -17,6 +20,33 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 # time). The tree holds no state between invocations (a click context is made per call), so
 # it is built once per app; a typer release that renames the hook fails here, loudly.
 typer.testing._get_command = functools.cache(typer.testing._get_command)
+
+
+class _NoGradioStubs(importlib.abc.MetaPathFinder):
+    """gradio, as it is imported, regenerates a .pyi stub file beside each of its ~80 component
+    classes in site-packages, parsing their sources (ComponentMeta.__new__ calls
+    create_or_modify_pyi): 1.5 of the 3.2 s its import takes (vaekit_demo.app), stubs that no test
+    reads. Made a no-op as gradio.component_meta is first imported, before any component class is
+    made; a gradio release without the hook fails here, loudly."""
+
+    def find_spec(self, name, path, target=None):
+        if name != "gradio.component_meta":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            assert callable(module.create_or_modify_pyi), "gradio no longer has create_or_modify_pyi"
+            module.create_or_modify_pyi = lambda *args, **kwargs: None
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+if "gradio" not in sys.modules:
+    sys.meta_path.insert(0, _NoGradioStubs())
 
 
 def _fsync_checked_not_flushed(fd: int) -> None:
