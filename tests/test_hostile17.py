@@ -2,7 +2,8 @@
 an export's metadata "vaekit.codec"; both reach vaekit.codec.prior.from_dict): a few hundred kB
 of zlib in a table's "data" inflated to 1 GB before its shape was compared (a hostile .onnx or
 run is a memory bomb for `decode`), and a scale of infinity (its hash recomputed, as anyone can)
-decoded to NaN latents behind a numpy RuntimeWarning, two lines more than the one-line refusal."""
+decoded to NaN latents behind a numpy RuntimeWarning, two lines more than the one-line refusal;
+and an output name longer than 255 bytes was a traceback (ENAMETOOLONG), exit 3, from every command."""
 
 from __future__ import annotations
 
@@ -146,3 +147,18 @@ def test_the_model_latent_shape_is_checked_before_any_table_is_inflated(lossy):
     finally:
         tracemalloc.stop()
     assert peak < 16 << 20, peak
+
+
+@pytest.mark.parametrize("command", ["encode", "encode-lossless", "decode", "decode-sub"])
+def test_an_output_name_longer_than_the_file_system_takes_is_one_line_exit_2(lossy, tmp_path, command):
+    """A 256-byte file or folder name in -o raised ENAMETOOLONG from the first stat of it: a
+    traceback and exit 3 ("a bug in vaekit") from encode, decode and export alike."""
+    run, vkc = lossy
+    long = "n" * 256
+    args = {"encode": ("encode", run, vkc.parent / "src", "-o", tmp_path / f"{long}.vkc", "--quality", "2"),
+            "encode-lossless": ("encode", run, vkc.parent / "src", "-o", tmp_path / long / "a.vkc", "--lossless"),
+            "decode": ("decode", run, vkc, "-o", tmp_path / long),
+            "decode-sub": ("decode", run, vkc, "-o", tmp_path / long / "sub")}[command]
+    out = _one_line_exit_2(invoke(*args))
+    assert "a name longer than the file system takes" in out
+    assert list(tmp_path.iterdir()) == []
