@@ -7,6 +7,7 @@ stderr and a documented exit code (see EXIT CODES below), never a traceback.
 
 from __future__ import annotations
 
+import errno
 import inspect
 import os
 import re
@@ -100,6 +101,7 @@ class GuardedGroup(TyperGroup):
                 from vaekit.errors import missing_extra
 
                 exc = missing_extra(exc) or exc
+            exc = _name_too_long(exc) or exc
             if not _classified(exc):  # a bug: keep its traceback, and say so
                 import traceback
 
@@ -112,6 +114,18 @@ class GuardedGroup(TyperGroup):
             err_console.print(f"[bold red]{label}:[/bold red] {shown(plain_paths(str(exc)) or exc.__class__.__name__)}",
                               highlight=False, soft_wrap=True)
             raise typer.Exit(code) from None
+
+
+def _name_too_long(exc: BaseException):
+    """A path the user named that the file system cannot take (ENAMETOOLONG, from any stat or
+    open: `-o` with a 256-byte name was a traceback, exit 3) as BadInput naming it; else None."""
+    if not (isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG):
+        return None
+    from vaekit.errors import BadInput
+
+    name = os.fsdecode(exc.filename) if exc.filename is not None else "a path"
+    return BadInput(f"{name}: a name longer than the file system takes (255 bytes a file or folder name, "
+                    f"4095 a path); give a shorter one")
 
 
 def _classified(exc: BaseException) -> bool:

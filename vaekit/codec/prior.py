@@ -125,7 +125,8 @@ def latents(prior: Prior, sym: np.ndarray, quality: int) -> np.ndarray:
     """Table indices (N, D) -> the latents they stand for, float32."""
     q = check_quality(quality, len(prior.steps))
     ch = prior.channel_of()
-    return ((sym + prior.lo[q - 1][ch]) * prior.step_of(q)).astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # a value beyond float32 is refused downstream, in one line
+        return ((sym + prior.lo[q - 1][ch]) * prior.step_of(q)).astype(np.float32)
 
 
 def row_tables(prior: Prior, quality: int) -> np.ndarray:
@@ -141,11 +142,29 @@ def _pack(a: np.ndarray, dtype: str) -> dict:
     return {"dtype": dtype, "shape": list(a.shape), "data": base64.b64encode(zlib.compress(a.tobytes(), 9)).decode()}
 
 
-def _unpack(d: dict) -> np.ndarray:
+def _unpack(d: dict, budget: list[int]) -> np.ndarray:
+    """An array stored by _pack, inflated to at most its shape's bytes and at most budget[0] bytes
+    (taken off it): a few kB of zlib expanded to 1 GB in a config.json or an export's metadata."""
     if d.get("dtype") not in ("<f4", "<i8", "<i4"):
         raise ValueError(f"dtype {d.get('dtype')!r}")
-    a = np.frombuffer(zlib.decompress(base64.b64decode(d["data"], validate=True), bufsize=1 << 16), d["dtype"])
-    return a.reshape([int(v) for v in d["shape"]]).astype(np.int64 if "i" in d["dtype"] else np.float32)
+    shape = d["shape"]
+    if not isinstance(shape, list) or not all(type(v) is int and v >= 0 for v in shape):
+        raise ValueError(f"shape {shape!r:.40}")
+    n = np.dtype(d["dtype"]).itemsize * int(np.prod(shape, dtype=object))  # Python ints: no overflow
+    if n > budget[0]:
+        raise ValueError(f"a table of {n} bytes, more than any vaekit writes for this latent")
+    budget[0] -= n
+    z = zlib.decompressobj()
+    raw = z.decompress(base64.b64decode(d["data"], validate=True), max(n, 1))  # 0 would mean unbounded
+    if len(raw) != n or not z.eof:
+        raise ValueError(f"a table's data does not fit its shape {shape}")
+    return np.frombuffer(raw, d["dtype"]).reshape(shape).astype(np.int64 if "i" in d["dtype"] else np.float32)
+
+
+def _budget(channels: int) -> list[int]:
+    """The bytes a table set of `channels` may unpack to: twice the qualities vaekit writes, each at
+    MAX_SYMBOLS int64 symbols a channel and a residual table, and 1 MiB of slack."""
+    return [2 * len(QUALITIES) * 8 * (channels * (MAX_SYMBOLS + 2 * MARGIN) + (1 << 16)) + (1 << 20)]
 
 
 def to_dict(prior: Prior) -> dict:
@@ -155,22 +174,28 @@ def to_dict(prior: Prior) -> dict:
             "deltas": _pack(prior.deltas, "<i8"), "residual": [_pack(w, "<i4") for w in prior.residual]}
 
 
-def from_dict(d, source: str = "the model") -> Prior:
-    """Rebuild and verify stored tables; anything damaged is ValueError naming `source`."""
+def from_dict(d, source: str = "the model", latent_shape=None) -> Prior:
+    """Rebuild and verify stored tables; anything damaged is ValueError naming `source`. Given the
+    model's `latent_shape`, other tables are refused before any is inflated."""
     try:
         if d.get("format") != FORMAT:
             raise ValueError(f"format {d.get('format')!r}, expected {FORMAT!r}")
         shape = d["latent_shape"]
         if not isinstance(shape, list) or not shape or not all(type(v) is int and v >= 1 for v in shape):
             raise ValueError(f"latent_shape {shape!r}, expected a list of positive integers")
-        prior = Prior(str(d["fingerprint"]), tuple(shape), _unpack(d["steps"]),
-                      _unpack(d["scale"]), _unpack(d["lo"]), [tables.check(_unpack(w)) for w in d["weights"]],
-                      _unpack(d["deltas"]), [_residual_table(_unpack(w)) for w in d["residual"]])
+        if latent_shape is not None and tuple(shape) != tuple(latent_shape):
+            raise ValueError(f"latent shape {shape}, but the model's is {list(latent_shape)}")
+        b = _budget(shape[0])  # a channel: a vector's dimension or a grid's latent channel
+        prior = Prior(str(d["fingerprint"]), tuple(shape), _unpack(d["steps"], b),
+                      _unpack(d["scale"], b), _unpack(d["lo"], b), [tables.check(_unpack(w, b)) for w in d["weights"]],
+                      _unpack(d["deltas"], b), [_residual_table(_unpack(w, b)) for w in d["residual"]])
         q = len(prior.steps)
         if prior.steps.shape != (q,) or prior.scale.shape != (prior.channels,) or len(prior.weights) != q or \
                 prior.lo.shape != (q, prior.channels) or len(prior.residual) != q or \
                 prior.deltas.shape != (q,) or any((dl > 0) != (r.size > 0) for dl, r in zip(prior.deltas, prior.residual)):
             raise ValueError("tables of the wrong shape")
+        if not (np.isfinite(prior.steps).all() and np.isfinite(prior.scale).all()):
+            raise ValueError("a quantisation step or scale that is not finite")
         if prior.hash != d["hash"]:
             raise ValueError("the tables do not match their hash")
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, zlib.error) as e:

@@ -56,7 +56,7 @@ def stored_prior(model, table_hash: str | None = None) -> priors.Prior | None:
         if section is None:
             return None
     try:
-        prior = priors.from_dict(section, str(model.info.source))
+        prior = priors.from_dict(section, str(model.info.source), model.info.latent_shape)
     except ValueError as e:
         raise container.ArchiveError(str(e)) from None
     if prior.latent_shape != tuple(model.info.latent_shape):
