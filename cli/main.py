@@ -84,6 +84,7 @@ class GuardedGroup(TyperGroup):
             if hasattr(stream, "reconfigure"):
                 stream.reconfigure(errors="surrogateescape")
         try:
+            _refuse_empty(ctx.args)
             return super().invoke(ctx)
         except (typer.Exit, typer.Abort, typer.TyperException):  # Typer's own usage errors (exit 2)
             raise
@@ -114,6 +115,23 @@ class GuardedGroup(TyperGroup):
             err_console.print(f"[bold red]{label}:[/bold red] {shown(plain_paths(str(exc)) or exc.__class__.__name__)}",
                               highlight=False, soft_wrap=True)
             raise typer.Exit(code) from None
+
+
+def _refuse_empty(args: list[str]) -> None:
+    """An empty argument ("" or --option=) as BadInput: a path is read as the current folder, so
+    `vaekit decode RUN F.vkc -o "$OUT"` with OUT unset would write into it, and `vaekit train ""`
+    would train on it. No option of vaekit's takes an empty value."""
+    after_dashes = False
+    for i, a in enumerate(args):
+        if a == "--" and not after_dashes:
+            after_dashes = True
+        elif a == "" or (not after_dashes and a.startswith("--") and a.endswith("=")):
+            from vaekit.errors import BadInput
+
+            where = f"{a[:-1]} is given an empty value" if a else \
+                f"{args[i - 1]} is given an empty value" if i and args[i - 1].startswith("-") and not after_dashes \
+                else "an argument is empty"
+            raise BadInput(f"{where}: name the path or value (a shell variable left unset?)")
 
 
 def _name_too_long(exc: BaseException):

@@ -1,0 +1,66 @@
+"""An empty argument is refused before any command runs: a path "" is read as the current folder,
+so `vaekit reconstruct RUN IMG -o "$OUT"` with OUT unset wrote into the folder the user stood in,
+and `vaekit anomaly-score RUN "$DIR"` scored whatever images lay there (exit 0)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from export_support import random_job
+from vaekit_cli.main import app
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture()
+def here(tmp_path, monkeypatch) -> tuple[Path, Path, Path]:
+    """(run, image, cwd): an untrained 16 px model, one image for it, and a current folder that
+    holds an image of its own (what an empty path would reach)."""
+    run, images = random_job(tmp_path / "job", 1)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    Image.fromarray(np.full((16, 16), 128, np.uint8)).save(cwd / "mine.png")
+    monkeypatch.chdir(cwd)
+    return run, sorted(images.iterdir())[0], cwd
+
+
+def _listing(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _refused(args, says: str) -> None:
+    r = CliRunner().invoke(app, ["--threads", "1", *map(str, args)], env={"COLUMNS": "300"})
+    lines = r.output.strip().splitlines()
+    assert r.exit_code == 2 and len(lines) == 1 and "Traceback" not in r.output, r.output
+    assert lines[0].startswith("error:") and says in lines[0], r.output
+
+
+def test_the_images_given_as_an_empty_argument_are_not_the_current_folder(here):
+    run, _, cwd = here
+    before = _listing(cwd)
+    _refused(["anomaly-score", run, ""], "an argument is empty")
+    _refused(["anomaly-score", run, "--", ""], "an argument is empty")  # after --, still a path
+    assert _listing(cwd) == before
+
+
+@pytest.mark.parametrize("how", [["-o", ""], ["--out="]])
+def test_an_empty_output_writes_nothing_into_the_current_folder(here, how):
+    run, image, cwd = here
+    before = _listing(cwd)
+    _refused(["reconstruct", run, image, *how], f"{how[0].rstrip('=')} is given an empty value")
+    assert _listing(cwd) == before
+
+
+def test_the_same_command_with_real_paths_still_runs(here, tmp_path):
+    """The check looks at empty arguments only: the very command with a named output works."""
+    run, image, cwd = here
+    r = CliRunner().invoke(app, ["--threads", "1", "reconstruct", str(run), str(image), "-o", str(tmp_path / "rec")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "rec" / image.name).is_file() and os.listdir(cwd) == ["mine.png"]
