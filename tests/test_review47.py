@@ -64,3 +64,34 @@ def test_the_same_command_with_real_paths_still_runs(here, tmp_path):
     r = CliRunner().invoke(app, ["--threads", "1", "reconstruct", str(run), str(image), "-o", str(tmp_path / "rec")])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "rec" / image.name).is_file() and os.listdir(cwd) == ["mine.png"]
+
+
+def _forged_device(vkc: Path, out: Path, device) -> Path:
+    """`vkc` with its header's engine naming another device (and a checksum that fits)."""
+    from test_hostile11_codec import _forge
+    from vaekit.codec import container
+
+    engine = dict(container.read_header(vkc)[0].engine, device=device)
+    return _forge(vkc, out, engine=engine)
+
+
+@pytest.mark.parametrize("device", ["cuda:0", "mps"])
+def test_a_lossless_archive_written_on_another_kind_of_device_is_refused_before_any_image(tmp_path, device):
+    """It was decoded on the CPU until the first image's checksum failed (the message then blamed a
+    damaged or desynchronised archive); now the header's device is compared first, and named."""
+    import vaekit
+    from vaekit import codec
+    from vaekit.codec import bitsback
+
+    run, images = random_job(tmp_path / "job", 3)
+    model = vaekit.load(run)
+    vkc = codec.encode(model, images, tmp_path / "a.vkc", lossless=True).path
+    assert codec.read_info(vkc).engine["device"] == "cpu"
+    codec.decode(model, vkc, tmp_path / "ok")  # the archive as written decodes
+    forged = _forged_device(vkc, tmp_path / "f.vkc", device)
+    with pytest.raises(bitsback.Desynchronised, match=f"written on {device}, but this decode runs on cpu; "
+                                                      f"decode it with --device {device.split(':')[0]}"):
+        codec.decode(model, forged, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(Exception, match="damaged or foreign: it names the device"):
+        codec.decode(model, _forged_device(vkc, tmp_path / "g.vkc", "cpu\x1b[2J"), tmp_path / "out")

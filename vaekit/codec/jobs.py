@@ -11,6 +11,7 @@ place only when every image decoded (and, lossless, passed its checksum): nothin
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,7 +242,23 @@ def _check_model(header: container.Header, model, archive: Path) -> None:
                 f"{archive} is a lossless archive written with the {wrote} engine; decode it with that engine "
                 f"({'the run directory' if wrote == 'torch' else 'the exported .onnx'}): the two engines' floats differ "
                 f"in the last bits, and bits-back decoding needs them identical")
+        _check_device(header, model, archive)
         _check_quantization(header, model, archive)
+
+
+def _check_device(header: container.Header, model, archive: Path) -> None:
+    """A torch archive decodes on the kind of device that wrote it (a GPU's floats are not the
+    CPU's): refused before any image, not at the first image's checksum."""
+    wrote = header.engine.get("device")
+    if header.engine.get("engine") != "torch" or wrote is None:  # onnxruntime's, or written before it was recorded
+        return
+    if not isinstance(wrote, str) or not re.fullmatch(r"[a-z]{1,16}(:[0-9]{1,4})?", wrote):
+        raise container.ArchiveError(f"{archive} is damaged or foreign: it names the device {wrote!r:.20}")
+    kind, have = wrote.split(":")[0], str(model.device)
+    if kind != have.split(":")[0]:
+        raise bitsback.Desynchronised(f"{archive} is a lossless archive written on {wrote}, but this decode runs on "
+                                      f"{have}; decode it with --device {kind}: the devices' floats differ in the "
+                                      "last bits, and bits-back decoding needs them identical")
 
 
 def _check_quantization(header: container.Header, model, archive: Path) -> None:
