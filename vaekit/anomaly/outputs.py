@@ -79,9 +79,13 @@ def rows_csv(rows: Sequence) -> str:
     through `csv_text`. Rows: ScoreRow or their dicts."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
+    # csv quotes a cell holding "\n" (the line end) but not one holding a carriage return, which
+    # every CSV reader takes for a line end too: a file name with one split its row in two
+    quoted = csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL)
     w.writerow(ROW_FIELDS)
     for r in rows:
-        w.writerow(_csv_cells(r if isinstance(r, dict) else asdict(r)))
+        cells = _csv_cells(r if isinstance(r, dict) else asdict(r))
+        (quoted if any("\r" in c for c in cells) else w).writerow(cells)
     return buf.getvalue()
 
 
