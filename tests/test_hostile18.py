@@ -1,6 +1,7 @@
 """The eighteenth hostile round, on journals, shares and resume: a file name holding a carriage
 return split its CSV row in two (csv quotes a cell with the line end, "\\n", but not one with "\\r",
-which every CSV reader takes for a line end too)."""
+which every CSV reader takes for a line end too); an OUT.partial that was a hard link of a user's
+empty file was taken for a journal, and the user's file filled with the job's rows."""
 
 from __future__ import annotations
 
@@ -76,3 +77,35 @@ def test_a_scored_folder_with_a_carriage_return_in_a_name_resumes_into_a_readabl
     r = invoke("anomaly-score", run, folder, "-o", out, "--threshold", "0", "--batch-size", "4", "--resume")
     assert r.exit_code == 0, r.output
     assert out.read_bytes() == whole.read_bytes()
+
+
+# --- 2. a journal that is a hard link of another file is not written ---------------------------
+
+def test_an_output_partial_hard_linked_to_a_users_empty_file_is_refused_and_left_empty(setup, tmp_path):
+    run, data = setup
+    notes, out = tmp_path / "notes.txt", tmp_path / "s.csv"
+    notes.write_bytes(b"")
+    Path(f"{out}.partial").hardlink_to(notes)
+    for resume in ([], ["--resume"]):
+        r = invoke("anomaly-score", run, data, "-o", out, "--score", "recon", *resume)
+        assert "hard link" in _one_line_exit_2(r)
+        assert notes.read_bytes() == b"" and Path(f"{out}.partial").exists() and not out.exists()
+
+
+def test_a_copy_of_the_journal_made_with_ln_is_not_appended_to(setup, tmp_path):
+    """`ln OUT.partial backup` before a resume: the backup is the same file, which the resume would
+    have finished and deleted under its other name, leaving the backup grown."""
+    from export_support import stopped_job
+
+    run, data = setup
+    out = tmp_path / "s.csv"
+    journal = stopped_job(run, data, out, after=1)
+    backup = tmp_path / "backup"
+    backup.hardlink_to(journal)
+    before = backup.read_bytes()
+    r = invoke("anomaly-score", run, data, "-o", out, "--threshold", "0", "--batch-size", "4", "--resume")
+    assert "hard link" in _one_line_exit_2(r)
+    assert backup.read_bytes() == before and not out.exists()
+    backup.unlink()
+    r = invoke("anomaly-score", run, data, "-o", out, "--threshold", "0", "--batch-size", "4", "--resume")
+    assert r.exit_code == 0 and out.exists(), r.output
