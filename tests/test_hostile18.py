@@ -109,3 +109,47 @@ def test_a_copy_of_the_journal_made_with_ln_is_not_appended_to(setup, tmp_path):
     backup.unlink()
     r = invoke("anomaly-score", run, data, "-o", out, "--threshold", "0", "--batch-size", "4", "--resume")
     assert r.exit_code == 0 and out.exists(), r.output
+
+
+# --- 3. encode shares asked for other precisions are another job --------------------------------
+
+def test_encode_shares_of_other_precisions_are_not_merged_at_the_last_ones(setup, tmp_path):
+    """Share 0 with --precision f32, share 1 with q8: the merge wrote every code at q8, the
+    precision of whichever share finished last; it is refused now, naming the precision."""
+    run, data = setup
+    out = tmp_path / "c.codes"
+    r = invoke("encode", run, data, "-o", out, "--batch-size", "2", "--shard", "0/2", "--precision", "f32")
+    assert r.exit_code == 0 and not out.exists(), r.output
+    r = invoke("encode", run, data, "-o", out, "--batch-size", "2", "--shard", "1/2", "--precision", "q8")
+    assert "precision 'f32' then, 'q8' now" in _one_line_exit_2(r) and not out.exists()
+    r = invoke("encode", run, data, "-o", out, "--batch-size", "2", "--shard", "1/2", "--precision", "f32")
+    assert r.exit_code == 0 and out.exists(), r.output
+    whole = tmp_path / "whole.codes"
+    r = invoke("encode", run, data, "-o", whole, "--batch-size", "2", "--precision", "f32")
+    assert r.exit_code == 0 and out.read_bytes() == whole.read_bytes(), r.output
+
+
+def test_an_unsharded_encode_resume_may_still_change_the_precision(setup, tmp_path):
+    from vaekit.codes import encode_folder
+    import vaekit
+
+    run, data = setup
+    out = tmp_path / "c.codes"
+    model, calls = vaekit.load(run), []
+    real = model.encode
+
+    def dying(x):
+        calls.append(len(x))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(x)
+
+    model.encode = dying
+    with pytest.raises(KeyboardInterrupt):
+        encode_folder(model, data, out, precision="q8", batch_size=2)
+    assert Path(f"{out}.partial").exists()
+    r = invoke("encode", run, data, "-o", out, "--batch-size", "2", "--precision", "f16", "--resume")
+    assert r.exit_code == 0, r.output
+    whole = tmp_path / "whole.codes"
+    assert invoke("encode", run, data, "-o", whole, "--batch-size", "2", "--precision", "f16").exit_code == 0
+    assert out.read_bytes() == whole.read_bytes()
