@@ -153,3 +153,59 @@ def test_an_unsharded_encode_resume_may_still_change_the_precision(setup, tmp_pa
     whole = tmp_path / "whole.codes"
     assert invoke("encode", run, data, "-o", whole, "--batch-size", "2", "--precision", "f16").exit_code == 0
     assert out.read_bytes() == whole.read_bytes()
+
+
+# --- 4. a journal moved away while its job ran is an error, not an exit 0 without OUT ----------
+
+def test_a_journal_moved_away_while_the_job_ran_is_an_error_and_the_resume_finishes(setup, tmp_path):
+    """The job wrote every batch into the file it holds open, then found no journal at its name to
+    merge: it said "share 0/1 scored; OUT is written when every share has finished" and exited 0
+    without OUT. It is InUse (exit 2) naming the journal; put back, the resume writes OUT."""
+    import vaekit
+    from vaekit import anomaly
+    from vaekit.errors import InUse
+
+    run, data = setup
+    out, moved = tmp_path / "s.csv", tmp_path / "moved"
+    journal = Path(f"{out}.partial")
+    model, calls = vaekit.load(run), []
+    real = model.score
+
+    def moving(x, **kw):
+        calls.append(len(x))
+        if len(calls) == 2:
+            journal.rename(moved)
+        return real(x, **kw)
+
+    model.score = moving
+    with pytest.raises(InUse, match="was moved, removed or replaced while this job ran"):
+        anomaly.score_to_file(model, data, out, threshold=0.0, batch_size=4)
+    assert not out.exists() and not journal.exists() and moved.exists()
+    moved.rename(journal)
+    r = invoke("anomaly-score", run, data, "-o", out, "--threshold", "0", "--batch-size", "4", "--resume")
+    assert r.exit_code == 0, r.output
+    whole = tmp_path / "whole.csv"
+    assert invoke("anomaly-score", run, data, "-o", whole, "--threshold", "0", "--batch-size", "4").exit_code == 0
+    assert out.read_bytes() == whole.read_bytes() and not journal.exists()
+
+
+def test_an_encode_whose_journal_was_removed_while_it_ran_exits_2(setup, tmp_path):
+    import vaekit
+    from vaekit.codes import encode_folder
+    from vaekit.errors import InUse
+
+    run, data = setup
+    out = tmp_path / "c.codes"
+    model, calls = vaekit.load(run), []
+    real = model.encode
+
+    def removing(x):
+        calls.append(len(x))
+        if len(calls) == 2:
+            Path(f"{out}.partial").unlink()
+        return real(x)
+
+    model.encode = removing
+    with pytest.raises(InUse, match="c.codes.partial was moved, removed or replaced"):
+        encode_folder(model, data, out, batch_size=2)
+    assert not out.exists()
