@@ -209,3 +209,24 @@ def test_an_encode_whose_journal_was_removed_while_it_ran_exits_2(setup, tmp_pat
     with pytest.raises(InUse, match="c.codes.partial was moved, removed or replaced"):
         encode_folder(model, data, out, batch_size=2)
     assert not out.exists()
+
+
+# --- 5. a heat-map folder at the output's or its journal's name is refused before any work -------
+
+@pytest.mark.parametrize("suffix", ["", ".partial", ".shard-0-of-2.partial", ".merging"])
+def test_maps_at_the_outputs_or_its_journals_name_is_refused_before_any_work(setup, tmp_path, suffix):
+    """`-o s.csv --maps s.csv` made the folder s.csv, scored and drew every file, then could not
+    write OUT over its own folder ("appeared while this job ran"); `--maps s.csv.partial` left a
+    journal of a job that never began. Both are refused first, leaving nothing."""
+    run, data = setup
+    out = tmp_path / "s.csv"
+    r = invoke("anomaly-score", run, data, "-o", out, "--score", "recon", "--maps", f"{out}{suffix}")
+    assert "heat maps a folder of their own" in _one_line_exit_2(r)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_maps_beside_the_output_under_another_name_still_works(setup, tmp_path):
+    run, data = setup
+    out = tmp_path / "s.csv"
+    r = invoke("anomaly-score", run, data, "-o", out, "--score", "recon", "--maps", tmp_path / "s.csv.maps")
+    assert r.exit_code == 0 and out.is_file() and len(list((tmp_path / "s.csv.maps").iterdir())) == 6, r.output
