@@ -1,7 +1,9 @@
 """The eighteenth hostile round, on journals, shares and resume: a file name holding a carriage
 return split its CSV row in two (csv quotes a cell with the line end, "\\n", but not one with "\\r",
 which every CSV reader takes for a line end too); an OUT.partial that was a hard link of a user's
-empty file was taken for a journal, and the user's file filled with the job's rows."""
+empty file was taken for a journal, and the user's file filled with the job's rows; encode shares
+of other --precision values merged at the last one's; a job whose journal was moved away while it
+ran exited 0 without OUT; `--maps` at the output's (or its journal's) name was taken as a folder."""
 
 from __future__ import annotations
 
