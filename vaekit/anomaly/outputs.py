@@ -9,6 +9,8 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
+import re
 from dataclasses import asdict
 from pathlib import Path
 from typing import BinaryIO, Iterable, Sequence
@@ -42,11 +44,24 @@ def check_outputs(inputs, out: str | Path | None = None, maps: str | Path | None
         refuse_existing(Path(out), overwrite)
     if maps is not None:
         maps = Path(maps)
+        if out is not None and _takes_outputs_name(Path(out), maps):
+            raise BadInput(f"--maps {maps} is the name of the output {Path(out).name} or of its journal; give the heat "
+                           "maps a folder of their own")
         if maps.exists() and not maps.is_dir():
             raise BadInput(f"--maps {maps} is a file; give a folder")
         refuse_inside(maps, roots, "--maps folder", folder=True)
         if model is not None:
             refuse_model_files(maps, model, "--maps folder")
+
+
+def _takes_outputs_name(out: Path, maps: Path) -> bool:
+    """Whether the heat-map folder would be OUT itself, OUT.partial, a share's journal or OUT.merging:
+    the job made that folder, scored every file, then could not write OUT (or opened no journal)."""
+    if os.path.realpath(maps.parent) != os.path.realpath(out.parent):
+        return False
+    name, base = maps.name, out.name
+    return name in (base, base + ".partial", base + ".merging") or bool(
+        re.fullmatch(re.escape(base) + r"\.shard-\d+-of-\d+\.partial", name))
 
 
 def csv_text(text: str) -> str:
@@ -79,9 +94,13 @@ def rows_csv(rows: Sequence) -> str:
     through `csv_text`. Rows: ScoreRow or their dicts."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
+    # csv quotes a cell holding "\n" (the line end) but not one holding a carriage return, which
+    # every CSV reader takes for a line end too: a file name with one split its row in two
+    quoted = csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL)
     w.writerow(ROW_FIELDS)
     for r in rows:
-        w.writerow(_csv_cells(r if isinstance(r, dict) else asdict(r)))
+        cells = _csv_cells(r if isinstance(r, dict) else asdict(r))
+        (quoted if any("\r" in c for c in cells) else w).writerow(cells)
     return buf.getvalue()
 
 

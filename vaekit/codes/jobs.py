@@ -139,7 +139,10 @@ def encode_folder(
     layout = Layout(getattr(found.paths, "texts", None) or [str(p) for p in found.paths], batch_size, index, count)
     settings = {"job": "encode", **model_settings(model), "batch_size": batch_size,
                 "files": len(found.paths), "file_list": digest(layout.paths), "inputs": [str(r) for r in found.roots],
-                "shard": [index, count]}
+                "shard": [index, count],
+                # the merge writes every share's codes at the merging share's precision: shares
+                # asked for another one are another job (a resume alone may change it, as ever)
+                **({"precision": precision} if count > 1 else {})}
     mu_bytes = batches.mu_bytes(info.latent_dim)
     shares = Shares(out, settings, layout, _row_check(found.names, info.latent_dim), row_bytes=mu_bytes)
     shares.check_headers()

@@ -119,7 +119,11 @@ class Journal:
         try:
             self._lock()
             locked = True
-            size = os.fstat(self._fd).st_size
+            st = os.fstat(self._fd)
+            size = st.st_size
+            if not created and st.st_nlink > 1:  # another name holds it too: writing would change that file
+                raise BadInput(f"{self.path} is a hard link (another name shares its contents: {st.st_nlink} names); "
+                               "vaekit writes its journal only to a file of its own: remove it, or write the output elsewhere")
             if size and not _begins_as_journal(self._fd):  # someone's own file: never touched
                 raise DamagedFile(f"{self.path} exists and is not a vaekit journal; vaekit leaves it as it is: move "
                                   "it away, or write the output elsewhere")

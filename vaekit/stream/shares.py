@@ -315,6 +315,8 @@ def finish_when_complete(shares: Shares, torchrun: bool, timeout: float | None, 
     index, count = shares.layout.index, shares.count
     if count > 1 and torchrun and index != 0:
         return False, []
+    if (count == 1 or torchrun) and not shares.complete(index):
+        raise _own_lost(shares, index)  # no other process merges it: nothing to wait for
     if torchrun:
         shares.wait(timeout, progress)
     pending = shares.pending()
@@ -329,3 +331,12 @@ def finish_when_complete(shares: Shares, torchrun: bool, timeout: float | None, 
             finish()
             return True, []
     return False, []
+
+
+def _own_lost(shares: Shares, index: int) -> InUse:
+    """This process's own journal, all its batches just written, is no longer at its name: moved,
+    removed or replaced while the job ran. Unsharded (or rank 0) nothing else would ever merge it:
+    an exit 0 without OUT (or a rank 0 waiting for ever) hid that; the rows are in the file moved."""
+    path = shares.journal(index)
+    return InUse(f"{path} was moved, removed or replaced while this job ran, so {shares.out} was not written; put "
+                 f"the journal back at {path.name} and run the same command with --resume")
