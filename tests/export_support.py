@@ -68,6 +68,24 @@ def random_job(root: Path, n_images: int) -> tuple[Path, Path]:
     return run, data
 
 
+def acting_model(run, method: str, at: int, action):
+    """vaekit.load(run) whose `method` (score, encode, reconstruct) calls `action()` as its call
+    number `at` begins (1-based), before the real call; an action that raises stops the job there."""
+    import vaekit
+
+    model, calls = vaekit.load(run), []
+    real = getattr(model, method)
+
+    def acting(x, **kw):
+        calls.append(len(x))
+        if len(calls) == at:
+            action()
+        return real(x, **kw)
+
+    setattr(model, method, acting)
+    return model
+
+
 def stopped_job(run, data, out, maps=None, after: int = 3, **kw) -> Path:
     """OUT.partial of an anomaly-score job stopped (Ctrl-C) in its batch `after` + 1: it holds
     `after` batches. `kw` goes to anomaly.score_to_file (overwrite=True over an earlier output)."""

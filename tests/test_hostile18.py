@@ -16,7 +16,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from export_support import random_job
+from export_support import acting_model, random_job
 from vaekit.anomaly import rows_csv
 from vaekit_cli.main import app
 
@@ -30,6 +30,10 @@ def setup(tmp_path_factory):
 
 def invoke(*args):
     return CliRunner().invoke(app, ["--threads", "1", *map(str, args)], env={"COLUMNS": "300"})
+
+
+def _interrupt() -> None:
+    raise KeyboardInterrupt
 
 
 def _one_line_exit_2(r) -> str:
@@ -133,20 +137,10 @@ def test_encode_shares_of_other_precisions_are_not_merged_at_the_last_ones(setup
 
 def test_an_unsharded_encode_resume_may_still_change_the_precision(setup, tmp_path):
     from vaekit.codes import encode_folder
-    import vaekit
 
     run, data = setup
     out = tmp_path / "c.codes"
-    model, calls = vaekit.load(run), []
-    real = model.encode
-
-    def dying(x):
-        calls.append(len(x))
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(x)
-
-    model.encode = dying
+    model = acting_model(run, "encode", 2, _interrupt)
     with pytest.raises(KeyboardInterrupt):
         encode_folder(model, data, out, precision="q8", batch_size=2)
     assert Path(f"{out}.partial").exists()
@@ -163,23 +157,13 @@ def test_a_journal_moved_away_while_the_job_ran_is_an_error_and_the_resume_finis
     """The job wrote every batch into the file it holds open, then found no journal at its name to
     merge: it said "share 0/1 scored; OUT is written when every share has finished" and exited 0
     without OUT. It is InUse (exit 2) naming the journal; put back, the resume writes OUT."""
-    import vaekit
     from vaekit import anomaly
     from vaekit.errors import InUse
 
     run, data = setup
     out, moved = tmp_path / "s.csv", tmp_path / "moved"
     journal = Path(f"{out}.partial")
-    model, calls = vaekit.load(run), []
-    real = model.score
-
-    def moving(x, **kw):
-        calls.append(len(x))
-        if len(calls) == 2:
-            journal.rename(moved)
-        return real(x, **kw)
-
-    model.score = moving
+    model = acting_model(run, "score", 2, lambda: journal.rename(moved))
     with pytest.raises(InUse, match="was moved, removed or replaced while this job ran"):
         anomaly.score_to_file(model, data, out, threshold=0.0, batch_size=4)
     assert not out.exists() and not journal.exists() and moved.exists()
@@ -192,22 +176,12 @@ def test_a_journal_moved_away_while_the_job_ran_is_an_error_and_the_resume_finis
 
 
 def test_an_encode_whose_journal_was_removed_while_it_ran_exits_2(setup, tmp_path):
-    import vaekit
     from vaekit.codes import encode_folder
     from vaekit.errors import InUse
 
     run, data = setup
     out = tmp_path / "c.codes"
-    model, calls = vaekit.load(run), []
-    real = model.encode
-
-    def removing(x):
-        calls.append(len(x))
-        if len(calls) == 2:
-            Path(f"{out}.partial").unlink()
-        return real(x)
-
-    model.encode = removing
+    model = acting_model(run, "encode", 2, Path(f"{out}.partial").unlink)
     with pytest.raises(InUse, match="c.codes.partial was moved, removed or replaced"):
         encode_folder(model, data, out, batch_size=2)
     assert not out.exists()
