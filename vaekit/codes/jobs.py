@@ -101,6 +101,17 @@ class EncodeReport:
 
 
 
+def _settings(model: "Model", found, layout: Layout, precision: str) -> dict:
+    """An encode job's journal header: what a resume or another share must share with it."""
+    index, count = layout.index, layout.count
+    return {"job": "encode", **model_settings(model), "batch_size": layout.batch_size,
+            "files": len(found.paths), "file_list": digest(layout.paths), "inputs": [str(r) for r in found.roots],
+            "shard": [index, count],
+            # the merge writes every share's codes at the merging share's precision: shares
+            # asked for another one are another job (a resume alone may change it, as ever)
+            **({"precision": precision} if count > 1 else {})}
+
+
 def encode_folder(
     model: "Model",
     source: str | Path | Sequence[str | Path],
@@ -137,12 +148,7 @@ def encode_folder(
     index, count = stream.check_shard(*(stream.env_shard() if shard is None else shard))
     info = model.info
     layout = Layout(getattr(found.paths, "texts", None) or [str(p) for p in found.paths], batch_size, index, count)
-    settings = {"job": "encode", **model_settings(model), "batch_size": batch_size,
-                "files": len(found.paths), "file_list": digest(layout.paths), "inputs": [str(r) for r in found.roots],
-                "shard": [index, count],
-                # the merge writes every share's codes at the merging share's precision: shares
-                # asked for another one are another job (a resume alone may change it, as ever)
-                **({"precision": precision} if count > 1 else {})}
+    settings = _settings(model, found, layout, precision)
     mu_bytes = batches.mu_bytes(info.latent_dim)
     shares = Shares(out, settings, layout, _row_check(found.names, info.latent_dim), row_bytes=mu_bytes)
     shares.check_headers()
