@@ -371,6 +371,8 @@ def test_a_chmod_of_an_input_resumes_to_the_uninterrupted_file(setup, data, tmp_
 
 def test_another_shares_sources_are_not_compared_at_the_merge(setup, data, tmp_path):
     # share 1 ran on another machine, reading its own copy of the files: other inodes, other change times
+    from vaekit.stream import lines
+
     run, _ = setup
     out = tmp_path / "s.csv"
     assert score(run, data, out).exit_code == 0
@@ -378,9 +380,11 @@ def test_another_shares_sources_are_not_compared_at_the_merge(setup, data, tmp_p
     out.unlink()
     assert score(run, data, out, "--shard", "1/2").exit_code == 0
     other = tmp_path / "s.csv.shard-1-of-2.partial"
-    header, rest = other.read_bytes().split(b"\n", 1)
-    elsewhere = {**json.loads(header), "sources": "0" * 64}
-    other.write_bytes(json.dumps(elsewhere).encode() + b"\n" + rest)
+    header, *rest = other.read_bytes().splitlines(keepends=True)
+    elsewhere = (json.dumps({**json.loads(header), "sources": "0" * 64}) + "\n").encode()
+    # as that machine wrote it: its lines keyed by its own header (vaekit.stream.lines)
+    entries = [lines.decode(line, lines.key(header))[0] for line in rest]
+    other.write_bytes(elsewhere + b"".join(lines.encode(e, lines.key(elsewhere)) for e in entries))
     r = score(run, data, out, "--shard", "0/2")
     assert r.exit_code == 0 and out.read_bytes() == whole, r.output
 
@@ -402,7 +406,7 @@ def test_waiting_for_shares_reads_each_journal_line_once_and_follows_a_replaced_
     shares = Shares(out, {"m": 1, "shard": [0, n]}, layout)
     decoded = []
     real = shares_module.journal_lines.decode
-    monkeypatch.setattr(shares_module.journal_lines, "decode", lambda line: decoded.append(line) or real(line))
+    monkeypatch.setattr(shares_module.journal_lines, "decode", lambda line, key: decoded.append(line) or real(line, key))
     assert shares.pending() == [1] and len(decoded) == 35
     assert shares.pending() == [1] and len(decoded) == 35  # nothing new: nothing read again
     for b in list(layout.share(1).mine())[15:]:

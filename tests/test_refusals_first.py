@@ -181,7 +181,8 @@ def _inflate(journal: Path, key: str) -> None:
     header, *entries = [json.loads(line) for line in journal.read_text().splitlines()]
     entries = [{k: v for k, v in e.items() if k != lines.FIELD} for e in entries]
     entries[0]["rows"][0][key] = 10**400
-    journal.write_bytes((json.dumps(header) + "\n").encode() + b"".join(map(lines.encode, entries)))
+    head = (json.dumps(header) + "\n").encode()
+    journal.write_bytes(head + b"".join(lines.encode(e, lines.key(head)) for e in entries))
 
 
 @pytest.mark.parametrize("key", ["score", "neg_elbo", "kl"])

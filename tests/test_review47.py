@@ -95,3 +95,34 @@ def test_a_lossless_archive_written_on_another_kind_of_device_is_refused_before_
     assert not (tmp_path / "out").exists()
     with pytest.raises(Exception, match="damaged or foreign: it names the device"):
         codec.decode(model, _forged_device(vkc, tmp_path / "g.vkc", "cpu\x1b[2J"), tmp_path / "out")
+
+
+def test_a_header_put_on_another_models_journal_leaves_its_lines_damaged(tmp_path):
+    """Each line's checksum covered its own bytes only, so this job's header on top of a journal
+    another model wrote for the same files resumed, and OUT mixed both models' rows. The lines are
+    keyed by their header now (journal format 5): such a journal is damaged at its first line."""
+    from export_support import acting_model, random_run
+    from vaekit import anomaly
+
+    _, images = random_job(tmp_path / "job", 12)
+    runs = [random_run(tmp_path / name, image_size=16, channels=1, latent_dim=d, base_channels=4)
+            for name, d in (("a", 4), ("b", 6))]
+    outs = [tmp_path / "a.csv", tmp_path / "b.csv"]
+    for run, out in zip(runs, outs):  # each job stopped in its second batch: one batch journaled
+        with pytest.raises(KeyboardInterrupt):
+            anomaly.score_to_file(acting_model(run, "score", 2, _interrupt), images, out, threshold=0.0, batch_size=4)
+    a, b = (Path(f"{o}.partial").read_bytes().splitlines(keepends=True) for o in outs)
+    assert len(a) == len(b) == 2 and a[0] != b[0]
+    Path(f"{outs[1]}.partial").write_bytes(b[0] + a[1])  # b's header on a's rows
+    r = CliRunner().invoke(app, ["--threads", "1", "anomaly-score", str(runs[1]), str(images), "-o", str(outs[1]),
+                                 "--threshold", "0", "--batch-size", "4", "--resume"], env={"COLUMNS": "300"})
+    assert r.exit_code == 2 and "is damaged at line 2" in r.output and "another journal's line" in r.output, r.output
+    assert not outs[1].exists()
+    Path(f"{outs[1]}.partial").write_bytes(b[0] + b[1])  # its own lines back: it resumes
+    r = CliRunner().invoke(app, ["--threads", "1", "anomaly-score", str(runs[1]), str(images), "-o", str(outs[1]),
+                                 "--threshold", "0", "--batch-size", "4", "--resume"], env={"COLUMNS": "300"})
+    assert r.exit_code == 0 and outs[1].exists(), r.output
+
+
+def _interrupt() -> None:
+    raise KeyboardInterrupt

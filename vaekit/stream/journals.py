@@ -4,7 +4,8 @@ Line 1 is the header: every setting that changes the output (the vaekit release,
 fingerprint, the score, the batch size, the digests of the input file list and of its files' inodes and
 change times (`sources`, vaekit.stream.batches), the heat-map folder, ...). Each
 further line is one finished batch, flushed as it is written, with a checksum of its own bytes
-(vaekit.stream.lines: a line edited or damaged while still valid JSON is refused). Reading a journal back (`--resume`)
+keyed by the header (vaekit.stream.lines: a line edited or damaged while still valid JSON is
+refused, and so is one under another journal's header). Reading a journal back (`--resume`)
 checks the header against the job's settings, and every line against the header
 (vaekit.stream.batches.check_entry): a journal started with other settings is refused naming each
 setting that differs, and a line that is not one of this job's batches is a damaged file
@@ -34,7 +35,8 @@ from vaekit.fileio.outputs import MAX_NAME_BYTES
 from vaekit.version import __version__
 
 PARTIAL_SUFFIX = ".partial"
-JOURNAL_VERSION = 4  # 3: batch lines carry a checksum (vaekit.stream.lines); 4: their files' sha256; older: refused
+JOURNAL_VERSION = 5  # 3: batch lines carry a checksum (vaekit.stream.lines); 4: their files' sha256;
+#                     5: the checksums keyed by the header (vaekit.stream.lines.key); older: refused
 SYNC_EVERY = 2.0  # seconds between a journal's fsyncs
 
 
@@ -109,6 +111,7 @@ class Journal:
         self.layout, self.row_check = layout, row_check
         self.limit = journal_lines.line_limit(None if layout is None else layout.batch_size, self.settings, row_bytes)
         self.done: set[int] = set()
+        self._key = b""  # the lines' key: the header's as written (`_start`) or read (`_read`)
         self._part: tuple[int, list, list] | None = None  # a batch whose parts are not all in yet
         self._wrote = False  # a batch's own files (heat maps, PNGs) were begun: kept for --resume (`abandon`)
         self.resumed = False  # True: continues an earlier run's journal
@@ -164,7 +167,9 @@ class Journal:
 
     def _start(self) -> None:
         os.ftruncate(self._fd, 0)
-        self._write((dumps_json(self.settings, indent=None) + "\n").encode("utf-8", "surrogateescape"))
+        header = (dumps_json(self.settings, indent=None) + "\n").encode("utf-8", "surrogateescape")
+        self._key = journal_lines.key(header)
+        self._write(header)
         os.fsync(self._fd)
 
     def _write(self, data: bytes) -> None:
@@ -182,8 +187,9 @@ class Journal:
             if header is None:
                 header = _parse_header(line)
                 self._check_header(header)
+                self._key = journal_lines.key(line)  # the header as it stands, `sources` of another machine too
             else:
-                entry, why = journal_lines.decode(line)
+                entry, why = journal_lines.decode(line, self._key)
                 why = why or check_entry(entry, self.layout, self.row_check, self.done)
                 if why is not None:
                     raise self._damaged(n, why)
@@ -242,7 +248,7 @@ class Journal:
             return
         sums = [] if self.layout is None else contents((self.layout.paths[i] for i in self.layout.positions(batch)),
                                                        {str(p) for p, _ in listed})
-        self._write(journal_lines.encode({"batch": batch, "rows": rows, "skipped": listed, "sha256": sums}))
+        self._write(journal_lines.encode({"batch": batch, "rows": rows, "skipped": listed, "sha256": sums}, self._key))
         self._dirty = True
         if time.monotonic() - self._synced > SYNC_EVERY:
             os.fsync(self._fd)
@@ -278,7 +284,7 @@ class Journal:
     def entries(self) -> Iterator[dict]:
         """Every batch entry, in the order written."""
         for n, (_, line) in self._numbered(1):  # past the settings
-            entry, why = journal_lines.decode(line)  # checked when read (`_read`) or written by this run,
+            entry, why = journal_lines.decode(line, self._key)  # checked when read (`_read`) or written by this run,
             if why is not None:  # unless the file was changed since
                 raise self._damaged(n, why)
             yield entry

@@ -1,16 +1,19 @@
-"""One batch line of a journal: a JSON object that carries a checksum of its own bytes.
+"""One batch line of a journal: a JSON object that carries a checksum of its own bytes, keyed by
+its journal's header.
 
 A line reads as it always did, one JSON object, with one more field at its end:
 
     {"batch": 3, "rows": [...], "skipped": [], "check": "9f2c0a51d3e87b64"}
 
-`check` is the first 16 hex digits of the sha256 of the line's bytes as they would read without
-that field (everything before `, "check"`, closed by `}`). Reading a line checks it against
-those bytes as written, not against a re-serialisation, so any change inside the line, even one
-that keeps the JSON valid and the row well-formed (bit rot in a digit, a score edited by hand),
-makes the line damaged. It guards against damage and edits, not against forgery: whoever
-rewrites a line can compute its checksum too. The header line has none: it must equal the job's
-settings field by field, which any edit already breaks.
+`check` is the first 16 hex digits of the sha256 of the journal's key (`key`: the sha256 of its
+header line) followed by the line's bytes as they would read without that field (everything
+before `, "check"`, closed by `}`). Reading a line checks it against those bytes as written, not
+against a re-serialisation, so any change inside the line, even one that keeps the JSON valid and
+the row well-formed (bit rot in a digit, a score edited by hand), makes the line damaged; and a
+line is another journal's once its header differs, so a header put on top of another job's lines
+(another model's rows for the same files) leaves every line damaged. It guards against damage and
+edits, not against forgery: whoever rewrites a line can compute its checksum too. The header line
+has none: it must equal the job's settings field by field, which any edit already breaks.
 """
 
 from __future__ import annotations
@@ -46,24 +49,31 @@ def line_limit(batch_size: int | None, header: dict | None = None, row_bytes: in
     return MAX_HEADER_BYTES + own + batch_size * (MAX_FILE_BYTES + row_bytes)
 
 
-def _sum(body: bytes) -> bytes:
-    return hashlib.sha256(body).hexdigest()[:16].encode()
+def key(header_line: bytes) -> bytes:
+    """The key of a journal's lines: the sha256 of its header line as written (newline excluded)."""
+    return hashlib.sha256(header_line[:-1] if header_line.endswith(b"\n") else header_line).digest()
 
 
-def encode(entry: dict) -> bytes:
-    """`entry` as one journal line (newline included), its checksum last."""
+def _sum(journal_key: bytes, body: bytes) -> bytes:
+    return hashlib.sha256(journal_key + body).hexdigest()[:16].encode()
+
+
+def encode(entry: dict, journal_key: bytes) -> bytes:
+    """`entry` as one line (newline included) of the journal keyed `journal_key`, its checksum last."""
     body = dumps_json(entry, indent=None).encode("utf-8", "surrogateescape")
-    return body[:-1] + b', "check": "' + _sum(body) + b'"}\n'
+    return body[:-1] + b', "check": "' + _sum(journal_key, body) + b'"}\n'
 
 
-def decode(line: bytes) -> tuple[object, str | None]:
-    """(the entry, without its checksum, None), or (None, what is wrong with the line)."""
+def decode(line: bytes, journal_key: bytes) -> tuple[object, str | None]:
+    """(the entry, without its checksum, None), or (None, what is wrong with the line) in the
+    journal keyed `journal_key`."""
     tail = _TAIL.search(line)
     if tail is None:
         return None, "it has no checksum at its end (edited by hand, or damaged)"
     body = line[: tail.start()] + b"}"
-    if _sum(body) != tail.group(1):
-        return None, "its checksum does not match its contents (edited by hand, or damaged)"
+    if _sum(journal_key, body) != tail.group(1):
+        return None, ("its checksum does not match its contents or its journal's header (edited by hand, damaged, "
+                      "or another journal's line)")
     try:
         return loads_json(body.decode("utf-8", "surrogateescape")), None
     except ValueError:

@@ -135,8 +135,9 @@ class Shares:
                 n, entry = at.n + 1, None
                 if n == 1:
                     self._check_header(j, line)
+                    at.key = journal_lines.key(line)
                 else:
-                    entry, why = journal_lines.decode(line)
+                    entry, why = journal_lines.decode(line, at.key)
                     why = why or check_entry(entry, layout, self.row_check, at.seen)
                     if why is not None:
                         raise DamagedFile(f"{self.journal(j)} is damaged at line {n}: {why}; delete it and score "
@@ -205,6 +206,7 @@ class _Read:
 
     def __init__(self, ident: tuple[int, int] | None = None):
         self.ident, self.offset, self.n, self.seen, self.last = ident, 0, 0, set(), b""
+        self.key = b""  # its lines' key (vaekit.stream.lines.key), once its header is read
 
 
 def _still(fd: int, at: _Read) -> bool:
