@@ -126,3 +126,29 @@ def test_a_header_put_on_another_models_journal_leaves_its_lines_damaged(tmp_pat
 
 def _interrupt() -> None:
     raise KeyboardInterrupt
+
+
+def test_a_resume_may_name_the_model_by_another_path_to_the_same_run(tmp_path, monkeypatch):
+    """The journal kept the model's path as first typed (`job/run`), and a resume naming it
+    `/abs/job/run` was refused ("model 'job/run' then, '/abs/job/run' now"), where inputs spelled
+    another way were already accepted. Another run at another path is still refused."""
+    from export_support import acting_model, random_run
+    from vaekit import anomaly
+
+    monkeypatch.chdir(tmp_path)
+    run, images = random_job(Path("job"), 12)
+    out = Path("s.csv")
+    with pytest.raises(KeyboardInterrupt):
+        anomaly.score_to_file(acting_model(run, "score", 2, _interrupt), images, out, threshold=0.0, batch_size=4)
+
+    def score(model, o, *more):
+        return CliRunner().invoke(app, ["--threads", "1", "anomaly-score", str(model), str(images), "-o", str(o),
+                                        "--threshold", "0", "--batch-size", "4", *more], env={"COLUMNS": "300"})
+
+    other = random_run(tmp_path / "other", image_size=16, channels=1, latent_dim=4, base_channels=4)  # same weights
+    r = score(other, out, "--resume")
+    assert r.exit_code == 2 and "model" in r.output and "then" in r.output, r.output
+    r = score(tmp_path / "job" / "run", out, "--resume")
+    assert r.exit_code == 0, r.output
+    assert score(run, "whole.csv").exit_code == 0
+    assert out.read_bytes() == Path("whole.csv").read_bytes()

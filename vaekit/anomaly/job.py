@@ -29,7 +29,7 @@ from vaekit.errors import BadInput
 from vaekit.fileio import atomic_writer
 from vaekit.images.arrays import check_batch_size
 from vaekit.inference.tiled import tiled
-from vaekit.stream.headers import journaled_inputs
+from vaekit.stream.headers import journaled_inputs, journaled_model
 from vaekit.stream.journals import model_settings, naming_failed_writes, open_journal
 from vaekit.progress import Progress
 from vaekit.stream.shares import Shares, finish_when_complete, refuse_unfinished_output, share_out
@@ -146,7 +146,7 @@ def _open(model: Model, plan: Plan, found: stream.Inputs, layout: Layout, out, m
           overwrite: bool = False):
     """(Shares, Journal) of this share of the job writing `out`; shares of another job are
     refused before any work, and so is, resuming, a file at `out` that cannot be the merge's own."""
-    settings = _settings(model, plan, found, layout, maps)
+    settings = _settings(model, plan, found, layout, maps, out)
     shares = Shares(Path(out), settings, layout, _row_check(layout.paths, plan.threshold))
     shares.check_headers()
     journal = open_journal(share_out(Path(out), layout.index, layout.count), settings, resume, layout,
@@ -217,10 +217,12 @@ def _merge(model, plan, shares: Shares, report: JobReport, tally: "_Tally", inpu
     return _own_share(report, shares, report.shard[0], tally)
 
 
-def _settings(model: Model, plan: Plan, found: stream.Inputs, layout: Layout, maps) -> dict:
-    """Every setting that changes the output file or where the job writes."""
+def _settings(model: Model, plan: Plan, found: stream.Inputs, layout: Layout, maps, out) -> dict:
+    """Every setting that changes the output file or where the job writes; the model's path as the
+    job's journal spells it when that is the same place (a resume may name it another way)."""
     info = model.info
-    return {"job": "anomaly-score", "model": str(info.source), **model_settings(model),
+    where = journaled_model(info.source, Path(out), (layout.index, layout.count))
+    return {"job": "anomaly-score", "model": where, **model_settings(model),
             "score": plan.score, "estimator": plan.estimator, "samples": plan.samples, "iwae": plan.iwae,
             "threshold": plan.threshold, "threshold_source": plan.source, "batch_size": layout.batch_size,
             "files": len(found.paths), "file_list": digest(layout.paths), "inputs": [str(r) for r in found.roots],

@@ -1,5 +1,5 @@
 """What a job reads from its journals' headers before it opens its own: the batch size a resume
-goes on in, and the inputs as the job first spelled them.
+goes on in, and the inputs and the model as the job first spelled them.
 
 Each share's journal is read only as far as its header (one line, at most MAX_HEADER_BYTES);
 anything unreadable is skipped here and left to the journal's own checks when it is opened.
@@ -57,3 +57,16 @@ def journaled_inputs(inputs, out: Path | None, shard: tuple[int, int] | None):
 def _same_places(a: Sequence[str], b: Sequence[str]) -> bool:
     """Whether each name leads where the other's does; never for a name that is no path."""
     return len(a) == len(b) and all(real_place(x) is not None and real_place(x) == real_place(y) for x, y in zip(a, b))
+
+
+def journaled_model(source: str | Path, out: Path | None, shard: tuple[int, int] | None) -> str:
+    """The model's path as a journal of this job names it, where that names the same place as
+    `source` spelled another way (`runs/m` then, `/abs/runs/m` now, or a link to it); else
+    `source` as given, for the journal's check to name what differs."""
+    given = str(source)
+    if out is None:
+        return given
+    for header in headers(out, shard):
+        was = header.get("model")
+        return was if isinstance(was, str) and was and _same_places([was], [given]) else given
+    return given
