@@ -68,6 +68,11 @@ def random_job(root: Path, n_images: int) -> tuple[Path, Path]:
     return run, data
 
 
+def interrupt() -> None:
+    """An action for acting_model: the Ctrl-C that stops a job."""
+    raise KeyboardInterrupt
+
+
 def acting_model(run, method: str, at: int, action):
     """vaekit.load(run) whose `method` (score, encode, reconstruct) calls `action()` as its call
     number `at` begins (1-based), before the real call; an action that raises stops the job there."""

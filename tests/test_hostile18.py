@@ -16,7 +16,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from export_support import acting_model, random_job
+from export_support import acting_model, interrupt, random_job
 from vaekit.anomaly import rows_csv
 from vaekit_cli.main import app
 
@@ -30,10 +30,6 @@ def setup(tmp_path_factory):
 
 def invoke(*args):
     return CliRunner().invoke(app, ["--threads", "1", *map(str, args)], env={"COLUMNS": "300"})
-
-
-def _interrupt() -> None:
-    raise KeyboardInterrupt
 
 
 def _one_line_exit_2(r) -> str:
@@ -140,7 +136,7 @@ def test_an_unsharded_encode_resume_may_still_change_the_precision(setup, tmp_pa
 
     run, data = setup
     out = tmp_path / "c.codes"
-    model = acting_model(run, "encode", 2, _interrupt)
+    model = acting_model(run, "encode", 2, interrupt)
     with pytest.raises(KeyboardInterrupt):
         encode_folder(model, data, out, precision="q8", batch_size=2)
     assert Path(f"{out}.partial").exists()

@@ -101,7 +101,7 @@ def test_a_header_put_on_another_models_journal_leaves_its_lines_damaged(tmp_pat
     """Each line's checksum covered its own bytes only, so this job's header on top of a journal
     another model wrote for the same files resumed, and OUT mixed both models' rows. The lines are
     keyed by their header now (journal format 5): such a journal is damaged at its first line."""
-    from export_support import acting_model, random_run
+    from export_support import acting_model, interrupt, random_run
     from vaekit import anomaly
 
     _, images = random_job(tmp_path / "job", 12)
@@ -110,7 +110,7 @@ def test_a_header_put_on_another_models_journal_leaves_its_lines_damaged(tmp_pat
     outs = [tmp_path / "a.csv", tmp_path / "b.csv"]
     for run, out in zip(runs, outs):  # each job stopped in its second batch: one batch journaled
         with pytest.raises(KeyboardInterrupt):
-            anomaly.score_to_file(acting_model(run, "score", 2, _interrupt), images, out, threshold=0.0, batch_size=4)
+            anomaly.score_to_file(acting_model(run, "score", 2, interrupt), images, out, threshold=0.0, batch_size=4)
     a, b = (Path(f"{o}.partial").read_bytes().splitlines(keepends=True) for o in outs)
     assert len(a) == len(b) == 2 and a[0] != b[0]
     Path(f"{outs[1]}.partial").write_bytes(b[0] + a[1])  # b's header on a's rows
@@ -124,22 +124,18 @@ def test_a_header_put_on_another_models_journal_leaves_its_lines_damaged(tmp_pat
     assert r.exit_code == 0 and outs[1].exists(), r.output
 
 
-def _interrupt() -> None:
-    raise KeyboardInterrupt
-
-
 def test_a_resume_may_name_the_model_by_another_path_to_the_same_run(tmp_path, monkeypatch):
     """The journal kept the model's path as first typed (`job/run`), and a resume naming it
     `/abs/job/run` was refused ("model 'job/run' then, '/abs/job/run' now"), where inputs spelled
     another way were already accepted. Another run at another path is still refused."""
-    from export_support import acting_model, random_run
+    from export_support import acting_model, interrupt, random_run
     from vaekit import anomaly
 
     monkeypatch.chdir(tmp_path)
     run, images = random_job(Path("job"), 12)
     out = Path("s.csv")
     with pytest.raises(KeyboardInterrupt):
-        anomaly.score_to_file(acting_model(run, "score", 2, _interrupt), images, out, threshold=0.0, batch_size=4)
+        anomaly.score_to_file(acting_model(run, "score", 2, interrupt), images, out, threshold=0.0, batch_size=4)
 
     def score(model, o, *more):
         return CliRunner().invoke(app, ["--threads", "1", "anomaly-score", str(model), str(images), "-o", str(o),

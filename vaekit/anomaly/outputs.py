@@ -23,6 +23,8 @@ from vaekit.inference.engine import Model
 from vaekit.errors import BadInput
 from vaekit.fileio import atomic_writer, dumps_json, refuse_existing, refuse_inside, refuse_long_names
 from vaekit.inference.engine_onnx import refuse_model_files
+from vaekit.stream.journals import PARTIAL_SUFFIX
+from vaekit.stream.shares import MERGING
 
 MAP_MIN_SIDE = 128  # heat maps are enlarged (nearest neighbour) to at least this many pixels
 # ... unless that makes more than this many pixels: a surface reads a 1 x 25,000 strip whole at
@@ -60,8 +62,8 @@ def _takes_outputs_name(out: Path, maps: Path) -> bool:
     if os.path.realpath(maps.parent) != os.path.realpath(out.parent):
         return False
     name, base = maps.name, out.name
-    return name in (base, base + ".partial", base + ".merging") or bool(
-        re.fullmatch(re.escape(base) + r"\.shard-\d+-of-\d+\.partial", name))
+    return name in (base, base + PARTIAL_SUFFIX, base + MERGING) or bool(  # shares.share_out's names
+        re.fullmatch(re.escape(base) + r"\.shard-\d+-of-\d+" + re.escape(PARTIAL_SUFFIX), name))
 
 
 def csv_text(text: str) -> str:
