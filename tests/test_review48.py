@@ -1,0 +1,54 @@
+"""The torch engine scores through a channels-last copy of its network on the CPU (faster NHWC
+convolutions), and encodes and decodes through the network itself: the scores must be the network's
+own up to float rounding, and code files and lossless archives must not move at all."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+
+import vaekit
+from export_support import random_run
+
+torch.set_num_threads(1)
+
+
+def _images(n: int = 6) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (n, 3, 16, 16), np.uint8)
+
+
+def _in_own_layout(model) -> dict:
+    """The model's scores with its network as loaded (contiguous), the reference."""
+    model._scorer = (model.net, model.net)
+    try:
+        parts = model.elbo_parts(_images())
+    finally:
+        model._scorer = None
+    return {"recon": parts.recon, "kl": parts.kl, "r_map": parts.r_map, "mu": parts.mu}
+
+
+def test_cpu_scores_are_the_networks_own_through_a_channels_last_copy(tmp_path):
+    model = vaekit.load(random_run(tmp_path / "run", image_size=16, channels=3, latent_dim=4, base_channels=4))
+    own = _in_own_layout(model)
+    scorer = model._scoring_net()
+    convs = [p for p in scorer.parameters() if p.ndim == 4 and p.shape[1] > 1]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous() for p in convs)
+    assert all(p.is_contiguous() for p in model.net.parameters()), "encode and decode keep the network's layout"
+    parts = model.elbo_parts(_images())
+    for name, ref in own.items():
+        np.testing.assert_allclose(getattr(parts, name), ref, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_a_network_put_in_place_of_the_loaded_one_is_the_one_that_scores(tmp_path):
+    model = vaekit.load(random_run(tmp_path / "run", image_size=16, channels=3, latent_dim=4, base_channels=4))
+    before = model.elbo_parts(_images()).recon
+    other = copy.deepcopy(model.net)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.mul_(1.5)
+    model.net = other
+    after = model.elbo_parts(_images()).recon
+    assert not np.allclose(before, after)
+    np.testing.assert_allclose(after, _in_own_layout(model)["recon"], rtol=1e-5, atol=1e-5)
