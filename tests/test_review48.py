@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import pytest
 import torch
 
 import vaekit
@@ -52,3 +53,45 @@ def test_a_network_put_in_place_of_the_loaded_one_is_the_one_that_scores(tmp_pat
     after = model.elbo_parts(_images()).recon
     assert not np.allclose(before, after)
     np.testing.assert_allclose(after, _in_own_layout(model)["recon"], rtol=1e-5, atol=1e-5)
+
+
+def test_a_reader_is_copied_for_reading_once_and_left_as_it_was():
+    from vaekit.reader.net import ReaderConfig, ReaderEnsemble, ReaderNet
+    from vaekit.reader.train import for_reading, read
+
+    torch.manual_seed(0)
+    net = ReaderEnsemble([ReaderNet(1, ReaderConfig(width=4)) for _ in range(3)]).train()
+    reading = for_reading(net)
+    assert reading is not net and not reading.training
+    assert net.training and all(p.is_contiguous() for p in net.parameters()), "the caller's net is untouched"
+    assert for_reading(reading) is reading, "a net already for reading is not copied again"
+    x = np.random.default_rng(1).integers(0, 256, (2, 1, 40, 40), np.uint8)
+    scores, maps = read(reading, x)
+    ref_scores, ref_maps = read(net.eval(), x)
+    np.testing.assert_allclose(scores, ref_scores, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(maps, ref_maps, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow  # trains its own surface model and readers
+def test_a_surface_model_copies_its_reader_once_however_many_batches_it_reads(tmp_path, monkeypatch):
+    from PIL import Image
+
+    import vaekit.reader.train as reader_train
+    from surface_support import train_surface
+
+    data = tmp_path / "train"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        Image.fromarray(rng.integers(60, 200, (32, 32), np.uint8)).save(data / f"s{i:02d}.png")
+    model = vaekit.load(train_surface(data, tmp_path / "run", epochs=1, reader_steps=5))
+    copies = []
+    real = reader_train.copy.deepcopy
+    monkeypatch.setattr(reader_train.copy, "deepcopy", lambda obj, *a: copies.append(obj) or real(obj, *a))
+    x = rng.integers(0, 256, (3, 1, 32, 32), np.uint8)
+    first = [model.score(x[i:i + 1]).score for i in range(3)]
+    readers = [c for c in copies if type(c).__name__ == "ReaderEnsemble"]  # deepcopy recurses into its parts too
+    assert len(readers) == 1, f"the reader was copied {len(readers)} times for 3 batches"
+    again = model.score(x)
+    assert again.name == "defect"
+    np.testing.assert_allclose(np.concatenate(first), again.score, rtol=1e-5)

@@ -61,9 +61,11 @@ class TorchModel(Model):
     def _read(self, x):
         """The defect reader's scores and maps of uint8 images, read on the CPU in tiles."""
         from vaekit.reader.score import READ_TILE
-        from vaekit.reader.train import read
+        from vaekit.reader.train import for_reading, read
 
-        return read(self.reader(), x, tile=READ_TILE)
+        if getattr(self, "_reading", None) is None:  # the reader never changes once loaded: copied once
+            self._reading = for_reading(self.reader())
+        return read(self._reading, x, tile=READ_TILE)
 
     def reader(self):
         """The run's defect reader (vaekit.reader.net.ReaderNet, eval mode), loaded once and checked."""
