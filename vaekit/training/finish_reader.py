@@ -39,7 +39,7 @@ def train_and_calibrate(out_dir, data, splits, train_cfg, tile: int, progress=No
     reader.safetensors, and score the held-out normal images (read whole, in `tile` px tiles, the
     model's size); None when asked to stop."""
     from vaekit.reader.net import ReaderConfig
-    from vaekit.reader.train import load_reader, train_reader
+    from vaekit.reader.train import for_reading, load_reader, train_reader
 
     if splits.crossfit:
         held, source = splits.folds[0], "held-out fold"
@@ -63,7 +63,7 @@ def train_and_calibrate(out_dir, data, splits, train_cfg, tile: int, progress=No
     if stopped["yes"]:
         return None
     rundir.save_tensors(out_dir / rundir.READER, state, {"format": "vaekit-reader/1"})
-    scores = read_scores(load_reader(state, cfg), data, held, tile)
+    scores = read_scores(for_reading(load_reader(state, cfg)), data, held, tile)  # copied once, read by chunks
     return TrainedReader(_json_config(cfg), scores, source, rundir.fingerprint(state))
 
 
