@@ -92,3 +92,58 @@ def test_a_journal_within_the_bound_still_resumes_in_its_own_batches(setup, tmp_
     monkeypatch.undo()
     encode_folder(vaekit.load(run), data, tmp_path / "ref.codes", batch_size=5)
     assert out.read_bytes() == (tmp_path / "ref.codes").read_bytes()
+
+
+# --- 2. a kill while the journal's header is written -------------------------------------------
+
+_KILLED_IN_HEADER = """
+import os, signal, sys
+from vaekit.stream import journals
+real = journals.Journal._write
+def cut(self, data):
+    if data.startswith(b'{"vaekit_journal": '):  # the header: half of it, then the kill
+        os.write(self._fd, data[: len(data) // 2])
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(self, data)
+journals.Journal._write = cut
+from vaekit_cli.main import main
+sys.argv = ["vaekit", *sys.argv[1:]]
+main()
+"""
+
+
+def _killed_in_header(tmp_path: Path, *args) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    r = subprocess.run([sys.executable, "-c", _KILLED_IN_HEADER, "--threads", "1", *map(str, args)],
+                       capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert r.returncode == -9, r.stderr
+
+
+@pytest.mark.parametrize("resume", [[], ["--resume"]])
+def test_a_journal_whose_header_a_kill_cut_short_is_begun_again(setup, tmp_path, resume):
+    """It held no work, and the next run said it "holds the rows of an unfinished job: pass
+    --resume". It is vaekit's by its first bytes and holds no batch: begun again, with or without --resume."""
+    run, data = setup
+    out = tmp_path / "s.csv"
+    _killed_in_header(tmp_path, "anomaly-score", run, data, "-o", out, "--threshold", "0", "--batch-size", 4)
+    journal = Path(f"{out}.partial").read_bytes()
+    assert journal.startswith(b'{"vaekit_journal": ') and b"\n" not in journal and not out.exists()
+    r = invoke("anomaly-score", run, data, "-o", out, "--threshold", "0", "--batch-size", 4, *resume)
+    assert r.exit_code == 0, r.output
+    assert invoke("anomaly-score", run, data, "-o", tmp_path / "whole.csv", "--threshold", "0",
+                  "--batch-size", 4).exit_code == 0
+    assert out.read_bytes() == (tmp_path / "whole.csv").read_bytes()
+    assert not Path(f"{out}.partial").exists()
+
+
+@pytest.mark.parametrize("resume", [[], ["--resume"]])
+@pytest.mark.parametrize("start", [b"{", b'{"vaekit'])
+def test_a_few_bytes_that_only_may_begin_a_header_are_left_as_they_are(setup, tmp_path, resume, start):
+    """A `{` at OUT.partial was taken for a journal's header cut short: --resume wrote over it. vaekit
+    cannot tell so few bytes from a file of the user's: refused, one line, and left as it is."""
+    run, data = setup
+    out = tmp_path / "s.csv"
+    Path(f"{out}.partial").write_bytes(start)
+    text = _one_line_exit_2(invoke("anomaly-score", run, data, "-o", out, "--threshold", "0", *resume))
+    assert "start of a journal's header" in text and "unfinished job" not in text, text
+    assert Path(f"{out}.partial").read_bytes() == start and not out.exists()
