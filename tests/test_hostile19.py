@@ -147,3 +147,31 @@ def test_a_few_bytes_that_only_may_begin_a_header_are_left_as_they_are(setup, tm
     text = _one_line_exit_2(invoke("anomaly-score", run, data, "-o", out, "--threshold", "0", *resume))
     assert "start of a journal's header" in text and "unfinished job" not in text, text
     assert Path(f"{out}.partial").read_bytes() == start and not out.exists()
+
+
+# --- 3. a bool or a fraction is no count ---------------------------------------------------------
+
+def test_codec_encode_refuses_a_bool_chunk(setup, tmp_path):
+    from vaekit import codec
+    from vaekit.errors import BadInput
+
+    run, data = setup
+    model = vaekit.load(run)
+    for chunk in (True, False, 2.0, "4"):
+        with pytest.raises(BadInput, match="chunk must be an integer"):
+            codec.encode(model, data, tmp_path / "x.vkc", lossless=True, chunk=chunk)
+    assert not list(tmp_path.iterdir())
+
+
+def test_score_to_file_refuses_a_top_that_is_no_count(setup, tmp_path):
+    from vaekit import anomaly
+    from vaekit.errors import BadInput
+
+    run, data = setup
+    model = vaekit.load(run)
+    for top in (True, 1.5, -1, "3"):
+        with pytest.raises(BadInput, match="top must be an integer"):
+            anomaly.score_to_file(model, data, tmp_path / "s.csv", threshold=0.0, top=top)
+    assert not list(tmp_path.iterdir())
+    report = anomaly.score_to_file(model, data, tmp_path / "s.csv", threshold=0.0, top=3)
+    assert len(report.top) == 3
