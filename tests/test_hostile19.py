@@ -175,3 +175,27 @@ def test_score_to_file_refuses_a_top_that_is_no_count(setup, tmp_path):
     assert not list(tmp_path.iterdir())
     report = anomaly.score_to_file(model, data, tmp_path / "s.csv", threshold=0.0, top=3)
     assert len(report.top) == 3
+
+
+# --- 4. a shard or a rank is written in ASCII digits -------------------------------------------
+
+@pytest.mark.parametrize("text", ["0/1_0", "\u0660/\u0662", "0/+2", "0/2.0"])
+def test_a_shard_int_reads_but_no_one_writes_is_refused(setup, tmp_path, text):
+    """int() read "0/1_0" as share 0 of 10 and Arabic-Indic digits as 0/2: the job ran as a share."""
+    run, data = setup
+    text_out = _one_line_exit_2(invoke("anomaly-score", run, data, "-o", tmp_path / "s.csv", "--threshold", "0",
+                                       "--shard", text))
+    assert "invalid shard" in text_out
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("rank, world", [("0", "0"), ("0", "-3"), ("1_0", "20"), ("1", "2_0")])
+def test_a_rank_or_world_size_no_launcher_sets_is_refused(setup, tmp_path, monkeypatch, rank, world):
+    """WORLD_SIZE 0 or -3 ran as one process, "1_0" as rank 10 and "2_0" as 20 processes (rank 0 of them
+    waited for ever for 19 ranks no one started)."""
+    run, data = setup
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setenv("WORLD_SIZE", world)
+    text = _one_line_exit_2(invoke("anomaly-score", run, data, "-o", tmp_path / "s.csv", "--threshold", "0"))
+    assert "WORLD_SIZE" in text
+    assert not list(tmp_path.iterdir())
