@@ -136,17 +136,19 @@ def test_a_journal_whose_header_a_kill_cut_short_is_begun_again(setup, tmp_path,
     assert not Path(f"{out}.partial").exists()
 
 
-@pytest.mark.parametrize("resume", [[], ["--resume"]])
 @pytest.mark.parametrize("start", [b"{", b'{"vaekit'])
-def test_a_few_bytes_that_only_may_begin_a_header_are_left_as_they_are(setup, tmp_path, resume, start):
-    """A `{` at OUT.partial was taken for a journal's header cut short: --resume wrote over it. vaekit
-    cannot tell so few bytes from a file of the user's: refused, one line, and left as it is."""
+def test_a_few_bytes_that_only_may_begin_a_header_are_begun_again_only_on_resume(setup, tmp_path, start):
+    """So few bytes vaekit cannot tell from a file of the user's: without --resume the message is
+    true now (it said "the rows of an unfinished job") and the file stays; --resume says it is the job's."""
     run, data = setup
     out = tmp_path / "s.csv"
     Path(f"{out}.partial").write_bytes(start)
-    text = _one_line_exit_2(invoke("anomaly-score", run, data, "-o", out, "--threshold", "0", *resume))
-    assert "start of a journal's header" in text and "unfinished job" not in text, text
+    text = _one_line_exit_2(invoke("anomaly-score", run, data, "-o", out, "--threshold", "0", "--batch-size", 4))
+    assert "start of a journal's header and no work" in text and "unfinished job" not in text, text
     assert Path(f"{out}.partial").read_bytes() == start and not out.exists()
+    r = invoke("anomaly-score", run, data, "-o", out, "--threshold", "0", "--batch-size", 4, "--resume")
+    assert r.exit_code == 0, r.output
+    assert out.exists() and not Path(f"{out}.partial").exists()
 
 
 # --- 3. a bool or a fraction is no count ---------------------------------------------------------

@@ -113,7 +113,7 @@ class Journal:
             if size and not journal_lines.begins_as_journal(os.read(self._fd, len(journal_lines.HEAD))):  # not ours
                 raise DamagedFile(f"{self.path} exists and is not a vaekit journal; vaekit leaves it as it is: move "
                                   "it away, or write the output elsewhere")
-            cut = size > 0 and self._header_cut(size)  # a kill as the job began: no work in it, begun again
+            cut = size > 0 and self._header_cut(size, resume)  # a kill as the job began: no work in it, begun again
             if size and not cut and not resume:
                 raise BadInput(f"{self.path} holds the rows of an unfinished job: pass --resume to continue it "
                                "(and --overwrite when the output it was writing exists too), or delete it to start again")
@@ -126,17 +126,17 @@ class Journal:
             self.close()
             raise
 
-    def _header_cut(self, size: int) -> bool:
+    def _header_cut(self, size: int, resume: bool) -> bool:
         """Whether the file holds no complete header line: a kill while its job wrote the header
         (the one write of the job's that is not a whole line yet). With the whole of its `HEAD` it is
-        vaekit's and holds no work, so it is begun again; fewer bytes (`{`, say) vaekit cannot tell
-        from a file of the user's, which is DamagedFile, left as it is."""
+        vaekit's and holds no work, so it is begun again; fewer bytes (`{`, say) are begun again only
+        on --resume, which says the file is the job's: else they might be a file of the user's (BadInput)."""
         with closing(self._numbered(0)) as lines:
             if next(lines, None) is not None:
                 return False
-        if size < len(journal_lines.HEAD):
-            raise DamagedFile(f"{self.path} holds only {size} byte(s), the start of a journal's header (a vaekit job "
-                              "killed as it began?) or a file of yours: vaekit leaves it as it is; delete it to start again")
+        if size < len(journal_lines.HEAD) and not resume:
+            raise BadInput(f"{self.path} holds only {size} byte(s), the start of a journal's header and no work (a vaekit "
+                           "job killed as it began?) or a file of yours: pass --resume to begin it again, or delete it")
         return True
 
     def _lock(self) -> None:
