@@ -2,7 +2,9 @@
 batch size whose codes pass the bound on a journal line was taken as the job's own (the bound held
 only for a batch size given now); a kill while a job wrote its journal's header left a file the
 next run called "the rows of an unfinished job", though it held none; `codec.encode(chunk=True)`
-coded one image a chunk, and `score_to_file(top=1.5)` ran, where bools and fractions are refused.
+coded one image a chunk, and `score_to_file(top=1.5)` ran, where bools and fractions are refused;
+`--shard 0/1_0` ran as share 0 of 10 (int() reads underscores and any script's digits); a share's
+journal replaced between two passes of a code file's merge gave a file corrupt from birth.
 
 Real components: an untrained 16 px model, noise PNGs in tmp_path, the library's jobs and the CLI.
 """
@@ -201,3 +203,39 @@ def test_a_rank_or_world_size_no_launcher_sets_is_refused(setup, tmp_path, monke
     text = _one_line_exit_2(invoke("anomaly-score", run, data, "-o", tmp_path / "s.csv", "--threshold", "0"))
     assert "WORLD_SIZE" in text
     assert not list(tmp_path.iterdir())
+
+
+# --- 5. a merge reads only the journals it found complete --------------------------------------
+
+def test_a_share_journal_replaced_between_two_passes_of_the_merge_is_not_merged(setup, tmp_path, monkeypatch):
+    """A code file's merge reads every share's journal four times (names, q8 range, checksum,
+    bytes), each pass opening it anew: a journal replaced between two passes by another of the same
+    job (its share run again elsewhere, with other floats) was read as well, and the file written
+    held one journal's checksum over the other's codes: corrupt from birth. Now: damaged, no OUT."""
+    from vaekit.codes import load
+    from vaekit.stream import shares as shares_mod
+
+    run, data = setup
+    out, other = tmp_path / "a" / "x.codes", tmp_path / "b" / "x.codes"
+    model = vaekit.load(run)
+    encode_folder(model, data, out, batch_size=4, shard=(1, 2))
+    real = model.encode
+    monkeypatch.setattr(model, "encode", lambda x, *a, **kw: tuple(v + 1 for v in real(x, *a, **kw)))
+    encode_folder(model, data, other, batch_size=4, shard=(1, 2))  # the same job's journal, other codes
+    monkeypatch.setattr(model, "encode", real)
+    journal = Path(f"{out}.shard-1-of-2.partial")
+    passes, merged = [], shares_mod.Shares.merged
+
+    def swapping(self):
+        passes.append(1)
+        if len(passes) == 4:  # before the bytes: the checksum was of the first journal's codes
+            os.replace(f"{other}.shard-1-of-2.partial", journal)
+        return merged(self)
+
+    monkeypatch.setattr(shares_mod.Shares, "merged", swapping)
+    with pytest.raises(vaekit.errors.DamagedFile, match="removed or replaced while it was being merged"):
+        encode_folder(model, data, out, batch_size=4, shard=(0, 2))
+    assert not out.exists() and journal.exists()
+    monkeypatch.setattr(shares_mod.Shares, "merged", merged)
+    report = encode_folder(model, data, out, batch_size=4, shard=(0, 2), resume=True)
+    assert report.merged and len(load(out).names) == 12
