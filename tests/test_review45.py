@@ -167,11 +167,9 @@ def test_encode_resumes_a_journal_its_default_batch_began_under_an_older_default
     with pytest.raises(KeyboardInterrupt):
         jobs.encode_folder(model, washers / "train", out)
     monkeypatch.setattr(model, "encode", real)
-    bound = batches.LINE_CODE_BYTES
-    monkeypatch.setattr(batches, "LINE_CODE_BYTES", 3 * batches.mu_bytes(model.info.latent_dim) + 1)  # now: 3 a batch
-    report = jobs.encode_folder(model, washers / "train", out, resume=True)
+    monkeypatch.setattr(batches, "BATCH_SIZE", 3)  # the default now: 3 a batch (a journal's batches past the
+    report = jobs.encode_folder(model, washers / "train", out, resume=True)  # line bound are damaged: test_hostile19)
     assert report.resumed == 2 and report.count == 20
-    monkeypatch.setattr(batches, "LINE_CODE_BYTES", bound)  # 256 a batch is refused under a bound of three codes
     whole = jobs.encode_folder(model, washers / "train", tmp_path / "whole.codes", batch_size=256)
     assert out.read_bytes() == (tmp_path / "whole.codes").read_bytes()
 

@@ -27,7 +27,7 @@ from vaekit.stream.batches import Layout, check_number, digest
 from vaekit.inference.engine import Model
 from vaekit.errors import BadInput
 from vaekit.fileio import atomic_writer
-from vaekit.images.arrays import check_batch_size
+from vaekit.images.arrays import check_batch_size, check_int
 from vaekit.inference.tiled import tiled
 from vaekit.stream.headers import journaled_inputs, journaled_model
 from vaekit.stream.journals import model_settings, naming_failed_writes, open_journal
@@ -79,7 +79,7 @@ def score_to_file(
     the other ranks' journals and merges them. progress(done, total, phase="score"|"merge").
     """
     plan = scoring_plan(model, samples, score, iwae, threshold)
-    batch_size = check_batch_size(batch_size, default_batch(model))
+    batch_size, top = check_batch_size(batch_size, default_batch(model)), check_int(top, "top")
     inputs = journaled_inputs(inputs, out, shard)  # the same files spelled another way than its journals do
     found = stream.find_inputs(inputs, once=True)
     torchrun = shard is None and stream.env_shard()[1] > 1

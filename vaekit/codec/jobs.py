@@ -27,6 +27,7 @@ from vaekit.codec import prior as priors
 from vaekit.codec.net import CANONICAL_THREADS, Net
 from vaekit.codec.store import decoded, earlier_hashes, stored_prior
 from vaekit.fileio.staging import staged
+from vaekit.images.arrays import check_int
 from vaekit.inference.engine_onnx import refuse_model_files
 from vaekit.codes.jobs import decodable
 from vaekit.codes.sizes import restore_size, source_facts
@@ -135,8 +136,7 @@ def check_encode(model, source, out: str | Path, quality: int | None = None, los
     out = Path(out)
     if lossless == (quality is not None):
         raise BadInput("give either a quality (1..8) or lossless, not both and not neither")
-    if not isinstance(chunk, int) or chunk < 1:
-        raise BadInput(f"chunk must be a positive number of images, got {chunk!r}")
+    check_int(chunk, "chunk", 1)  # True is no number of images (it was taken as 1)
     if not lossless:
         priors.check_quality(quality)
     if out.is_dir():

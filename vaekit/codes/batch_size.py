@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vaekit.errors import BadInput
+from vaekit.errors import BadInput, DamagedFile
 from vaekit.images.arrays import MAX_BATCH_SIZE, check_batch_size
 from vaekit.stream.headers import headers
+from vaekit.stream.journals import JOURNAL_VERSION
+from vaekit.version import __version__
 
 BATCH_SIZE = 256  # images decoded and encoded at a time, at most by default ...
 LINE_CODE_BYTES = 64 << 20  # ... and by default at most this many bytes of codes a journal line (base64)
@@ -26,10 +28,12 @@ def default_batch_size(latent_dim: int) -> int:
 def journal_batch_size(out: Path, shard: tuple[int, int] | None) -> int | None:
     """The batch size recorded in the header of a journal of the job writing `out` (this share's,
     else another share's), None where there is none to read: a resume without --batch-size goes on
-    in the batches its journal began in, whatever the default is now (it was 256 however large the
-    codes). Anything unreadable is left to the journal's own checks."""
+    in the batches its journal began in, whatever the default is now. Anything unreadable (or of
+    another journal format or vaekit release, which its own check refuses) is left to the journal's own checks."""
     for header in headers(out, shard):
         size = header.get("batch_size")
+        if (header.get("vaekit_journal"), header.get("vaekit")) != (JOURNAL_VERSION, __version__):
+            continue  # another format's or release's: refused as such when it is opened
         if isinstance(size, int) and not isinstance(size, bool) and 1 <= size <= MAX_BATCH_SIZE:
             return size
     return None
@@ -39,12 +43,18 @@ def encode_batch_size(batch_size: int | None, latent_dim: int, out: Path, shard:
                       resume: bool) -> int:
     """An encode's batch size: `batch_size`, else (resuming) its journal's, else the default.
     One whose codes would pass LINE_CODE_BYTES in a journal line is BadInput naming the largest
-    that fits (4096 codes of a 512 px grid model are a 4.3 GB line, held whole twice over), unless
-    it is the batch size of this job's journal: a job begun in larger batches goes on in them."""
+    that fits (4096 codes of a 512 px grid model are a 4.3 GB line, held whole twice over); a
+    journal whose header says such a batch size is DamagedFile: no vaekit of its journal format
+    wrote one (the bound is older than the format), so it was edited by hand or is damaged, and
+    its lines would be read and written under no bound."""
     journaled = journal_batch_size(out, shard) if resume else None
     size = check_batch_size(journaled if batch_size is None else batch_size, default_batch_size(latent_dim))
     row, most = mu_bytes(latent_dim), max(1, LINE_CODE_BYTES // mu_bytes(latent_dim))
-    if size > most and size != journaled:
+    if journaled is not None and journaled > most:
+        raise DamagedFile(f"the journal of {out} is damaged or edited: its header says batch size {journaled}, whose "
+                          f"codes ({_size(journaled * row)} a line) pass the {LINE_CODE_BYTES >> 20} MiB a journal line "
+                          "of this model may hold, which no vaekit writes; delete it to start again")
+    if size > most:
         raise BadInput(f"batch size {size} is too large for this model's codes: a batch's codes are one journal line, "
                        f"{size} x {row:,} bytes = {_size(size * row)}, over the {LINE_CODE_BYTES >> 20} MiB a line may "
                        f"hold; use --batch-size {most} or less (or leave it out)")

@@ -17,6 +17,7 @@ of them, and fixed batches of them decoded ahead of the consumer.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -175,11 +176,11 @@ def _name(path: Path, folders: list[tuple[Path, str]], n_roots: int) -> str:
 
 def parse_shard(text: str) -> tuple[int, int]:
     """"i/n" (0 <= i < n <= MAX_SHARDS) -> (i, n); anything else is BadInput naming the value."""
-    try:
-        i, n = (int(v) for v in str(text).split("/"))
-    except ValueError:
-        raise BadInput(f"invalid shard {text!r}: expected INDEX/COUNT such as 0/4") from None
-    return check_shard(i, n, text)
+    # ASCII digits only: int() also reads "1_0" as 10 and "٢" as 2
+    found = re.fullmatch(r"\s*([0-9]+)/([0-9]+)\s*", str(text))
+    if found is None:
+        raise BadInput(f"invalid shard {text!r}: expected INDEX/COUNT such as 0/4")
+    return check_shard(int(found[1]), int(found[2]), text)
 
 
 def check_shard(i, n, text=None) -> tuple[int, int]:
@@ -196,15 +197,17 @@ def check_shard(i, n, text=None) -> tuple[int, int]:
 
 def env_shard() -> tuple[int, int]:
     """(rank, world size) under torchrun, else (0, 1)."""
-    try:
-        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    except ValueError:
-        raise BadInput("RANK and WORLD_SIZE must be integers") from None
-    if not 0 <= rank < max(world, 1):
+    text = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")
+    if not all(re.fullmatch(r"\s*[0-9]+\s*", t) for t in text):  # as parse_shard: no "1_0", no "-3"
+        raise BadInput(f"RANK and WORLD_SIZE must be whole numbers, got RANK={text[0]!r:.20} WORLD_SIZE={text[1]!r:.20}")
+    rank, world = int(text[0]), int(text[1])
+    if world < 1:
+        raise BadInput(f"WORLD_SIZE {world} is no number of processes (1 or more)")
+    if not 0 <= rank < world:
         raise BadInput(f"RANK {rank} is not below WORLD_SIZE {world}")
     if world > MAX_SHARDS:
         raise BadInput(f"WORLD_SIZE {world} is more than {MAX_SHARDS} processes")
-    return rank, max(world, 1)
+    return rank, world
 
 
 def shard(paths: Sequence, index: int, count: int, batch_size: int) -> list[int]:

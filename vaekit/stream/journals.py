@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Sequence
 
@@ -70,26 +70,8 @@ def check_journal_name(out: Path) -> None:
                        "give a shorter name")
 
 
-_HEAD = b'{"vaekit_journal": '  # how every journal vaekit writes begins (dumps_json of its header)
-
-
-def _begins_as_journal(fd: int) -> bool:
-    """Whether the file's first bytes are (a prefix of) the start of a journal's header: even a
-    header a crash cut short is vaekit's, and anything else is a file vaekit did not write."""
-    os.lseek(fd, 0, os.SEEK_SET)  # (os.pread is not on Windows); every write seeks to the end itself
-    start = os.read(fd, len(_HEAD))
-    return _HEAD.startswith(start) if len(start) < len(_HEAD) else start == _HEAD
-
-
 def parse(line: bytes):
     return loads_json(line.decode("utf-8", "surrogateescape"))
-
-
-def _parse_header(line: bytes):
-    try:
-        return parse(line)
-    except ValueError:
-        return None
 
 
 class Journal:
@@ -127,13 +109,15 @@ class Journal:
             if not created and st.st_nlink > 1:  # another name holds it too: writing would change that file
                 raise BadInput(f"{self.path} is a hard link (another name shares its contents: {st.st_nlink} names); "
                                "vaekit writes its journal only to a file of its own: remove it, or write the output elsewhere")
-            if size and not _begins_as_journal(self._fd):  # someone's own file: never touched
+            os.lseek(self._fd, 0, os.SEEK_SET)  # (os.pread is not on Windows); every write seeks to the end itself
+            if size and not journal_lines.begins_as_journal(os.read(self._fd, len(journal_lines.HEAD))):  # not ours
                 raise DamagedFile(f"{self.path} exists and is not a vaekit journal; vaekit leaves it as it is: move "
                                   "it away, or write the output elsewhere")
-            if size and not resume:
+            cut = size > 0 and self._header_cut(size, resume)  # a kill as the job began: no work in it, begun again
+            if size and not cut and not resume:
                 raise BadInput(f"{self.path} holds the rows of an unfinished job: pass --resume to continue it "
                                "(and --overwrite when the output it was writing exists too), or delete it to start again")
-            self.resumed = size > 0 and self._read()
+            self.resumed = size > 0 and not cut and self._read()
             if not self.resumed:
                 self._start()
         except BaseException:
@@ -141,6 +125,19 @@ class Journal:
                 self.path.unlink(missing_ok=True)
             self.close()
             raise
+
+    def _header_cut(self, size: int, resume: bool) -> bool:
+        """Whether the file holds no complete header line: a kill while its job wrote the header
+        (the one write of the job's that is not a whole line yet). With the whole of its `HEAD` it is
+        vaekit's and holds no work, so it is begun again; fewer bytes (`{`, say) are begun again only
+        on --resume, which says the file is the job's: else they might be a file of the user's (BadInput)."""
+        with closing(self._numbered(0)) as lines:
+            if next(lines, None) is not None:
+                return False
+        if size < len(journal_lines.HEAD) and not resume:
+            raise BadInput(f"{self.path} holds only {size} byte(s), the start of a journal's header and no work (a vaekit "
+                           "job killed as it began?) or a file of yours: pass --resume to begin it again, or delete it")
+        return True
 
     def _lock(self) -> None:
         """Hold an exclusive lock on OUT.partial for the job's life (vaekit.fileio.try_lock): a
@@ -185,8 +182,7 @@ class Journal:
         keep, header = 0, None
         for n, (offset, line) in self._numbered(0):
             if header is None:
-                header = _parse_header(line)
-                self._check_header(header)
+                header = self._check_header(line)
                 self._key = journal_lines.key(line)  # the header as it stands, `sources` of another machine too
             else:
                 entry, why = journal_lines.decode(line, self._key)
@@ -215,7 +211,11 @@ class Journal:
     def _damaged(self, n: int, why: str) -> DamagedFile:
         return DamagedFile(f"{self.path} is damaged at line {n}: {why}; delete it to start again")
 
-    def _check_header(self, header) -> None:
+    def _check_header(self, line: bytes) -> dict:
+        try:
+            header = parse(line)
+        except ValueError:
+            header = None
         if not isinstance(header, dict) or "vaekit_journal" not in header:
             raise DamagedFile(f"{self.path} is not a vaekit journal; delete it to start again")
         # `sources` (inodes, change times) tell where the files live: when only they differ (the
@@ -225,6 +225,7 @@ class Journal:
             raise BadInput(f"cannot resume {self.path}: it was started with other settings ({'; '.join(diff)}); "
                            "use the same command, or delete it to start again")
         self._moved = header != self.settings
+        return header
 
     def _check_contents(self, entry: dict) -> None:
         """BadInput naming the first file of a finished batch whose bytes are not those it was scored from."""

@@ -1,5 +1,5 @@
 """One batch line of a journal: a JSON object that carries a checksum of its own bytes, keyed by
-its journal's header.
+its journal's header; and how a journal's header line begins (`HEAD`), which makes a file vaekit's.
 
 A line reads as it always did, one JSON object, with one more field at its end:
 
@@ -34,6 +34,7 @@ FIELD = "check"
 MAX_FILE_BYTES = 1 << 18  # 256 KiB
 MAX_HEADER_BYTES = 1 << 20
 UNSIZED_LIMIT = 1 << 26  # a journal read without its job's layout (its shape only checked)
+HEAD = b'{"vaekit_journal": '  # how every journal header vaekit writes begins (dumps_json of its header)
 _TAIL = re.compile(rb', "check": "([0-9a-f]{16})"\}\n?\Z')
 
 
@@ -47,6 +48,12 @@ def line_limit(batch_size: int | None, header: dict | None = None, row_bytes: in
         return UNSIZED_LIMIT
     own = 0 if header is None else len(dumps_json(header, indent=None).encode("utf-8", "surrogateescape"))
     return MAX_HEADER_BYTES + own + batch_size * (MAX_FILE_BYTES + row_bytes)
+
+
+def begins_as_journal(start: bytes) -> bool:
+    """Whether `start`, a file's first len(HEAD) bytes or fewer, is (a prefix of) the start of a
+    journal's header: even a header a crash cut short is vaekit's, anything else a file vaekit did not write."""
+    return HEAD.startswith(start) if len(start) < len(HEAD) else start == HEAD
 
 
 def key(header_line: bytes) -> bytes:

@@ -63,6 +63,11 @@ class Shares:
         ident = None if st is None else (st.st_dev, st.st_ino)
         if ident is None or ident != at.ident or st.st_size < at.offset or not _still(fd, at):
             at.__init__(ident)  # another file (an inode number used again, too), or cut: from its start
+        if not hold and j in self._polls and ident != self._polls[j].ident:  # a merge reads only the files found
+            if fd is not None:  # complete (several times: a code file's range, checksum, bytes), never another
+                os.close(fd)
+            raise DamagedFile(f"{self.journal(j)} was removed or replaced while it was being merged; run that share "
+                              "again with --resume to merge")  # as vaekit.stream.files.lines_reopened says
         if fd is None:
             return None
         self._read[j] = ident
