@@ -95,3 +95,25 @@ def test_a_surface_model_copies_its_reader_once_however_many_batches_it_reads(tm
     again = model.score(x)
     assert again.name == "defect"
     np.testing.assert_allclose(np.concatenate(first), again.score, rtol=1e-5)
+
+
+@pytest.mark.parametrize("call", ["digits normal", "digits n_anomalous", "digits seed", "digits size",
+                                  "shapes n_train", "shapes size", "shapes seed"])
+def test_sample_data_refuses_a_bool_for_a_count_or_a_seed(tmp_path, call):
+    from vaekit.errors import BadInput
+    from vaekit.sample_data import write_digits, write_shapes
+
+    kind, name = call.split()
+    write = write_digits if kind == "digits" else write_shapes
+    with pytest.raises(BadInput, match=name):
+        write(tmp_path / "out", **{name: True})
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.png"))
+
+
+def test_fit_prior_refuses_a_bool_number_of_residual_pixels(tmp_path):
+    from vaekit import codec
+    from vaekit.errors import BadInput
+
+    model = vaekit.load(random_run(tmp_path / "run", image_size=16, channels=3, latent_dim=4, base_channels=4))
+    with pytest.raises(BadInput, match="residual_pixels"):
+        codec.fit_prior(model, _images(2), residual_pixels=True)

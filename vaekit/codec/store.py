@@ -17,6 +17,7 @@ from vaekit import images as imageio
 from vaekit.codec import container, lossy, residual
 from vaekit.codec import prior as priors
 from vaekit.errors import BadInput
+from vaekit.images.arrays import check_int
 
 EARLIER = "earlier"  # the key, inside the codec section, of the table sets a refit replaced
 
@@ -80,6 +81,7 @@ def fit_prior(model, images: np.ndarray, steps: Sequence[float] | None = None,
     0.1% more bytes and saved 4.6 s of a 190 s training run, docs/codec.md)."""
     if len(images) == 0:
         raise BadInput("no image to fit the entropy-coding tables on")
+    check_int(residual_pixels, "residual_pixels", 1)  # True is no number of pixels
     mu, logvar = model.encode(images)
     prior = priors.fit(mu, logvar, model.info.latent_shape, model.info.fingerprint, steps, deltas)
     x = np.asarray(images)[: max(1, residual_pixels // int(np.prod(np.shape(images)[2:])))]

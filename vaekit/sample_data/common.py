@@ -25,9 +25,14 @@ class SampleDataReport:
     counts: dict[str, int]  # images written per sub-folder, e.g. {"train": 142, "test/normal": 36}
 
 
+def whole(value) -> bool:
+    """Whether `value` is an integer: a Python or numpy int, not a bool (True is no count or seed)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
 def check_seed(seed: int) -> None:
     """BadInput unless `seed` is a non-negative integer."""
-    if not isinstance(seed, (int, np.integer)) or seed < 0:
+    if not whole(seed) or seed < 0:
         raise BadInput(f"seed must be a non-negative integer, got {seed!r}")
 
 

@@ -10,7 +10,7 @@ from PIL import Image
 from vaekit.errors import BadInput, MissingExtra
 from vaekit.progress import Progress
 from vaekit.sample_data.common import (SampleDataReport, check_seed, prepare_folders, removed_if_stopped, to_uint8,
-                                      write_manifest)
+                                      whole, write_manifest)
 
 # digits
 
@@ -88,11 +88,11 @@ def write_digits(
 
 
 def _check(normal, size, test_fraction, seed) -> None:
-    if not isinstance(normal, (int, np.integer)) or not 0 <= normal <= 9:
+    if not whole(normal) or not 0 <= normal <= 9:
         raise BadInput(f"normal class must be 0..9, got {normal!r}")
     from vaekit.config import MAX_IMAGE_SIZE  # here: the module's own imports stay numpy and Pillow
 
-    if not isinstance(size, (int, np.integer)) or not 8 <= size <= MAX_IMAGE_SIZE:
+    if not whole(size) or not 8 <= size <= MAX_IMAGE_SIZE:
         raise BadInput(f"size must be an integer from 8 to {MAX_IMAGE_SIZE} (the digits are 8x8), got {size!r}")
     if not 0.0 < test_fraction < 1.0:
         raise BadInput(f"test_fraction must be strictly between 0 and 1, got {test_fraction!r}")
@@ -119,7 +119,7 @@ def _splits(labels: np.ndarray, normal: int, test_fraction: float, n_anomalous: 
     n_others = int(np.isin(labels, others).sum())
     if n_anomalous is None:
         n_anomalous = n_others
-    if not isinstance(n_anomalous, (int, np.integer)) or not 1 <= n_anomalous <= n_others:
+    if not whole(n_anomalous) or not 1 <= n_anomalous <= n_others:
         raise BadInput(
             f"n_anomalous must be None or between 1 and {n_others}, got {n_anomalous!r}"
         )

@@ -12,7 +12,7 @@ from PIL import Image
 from vaekit.errors import BadInput
 from vaekit.progress import Progress
 from vaekit.sample_data.common import (SampleDataReport, check_seed, prepare_folders, removed_if_stopped, to_uint8,
-                                      write_manifest)
+                                      whole, write_manifest)
 
 # shapes: synthetic metal washers on fabric, with defects
 #
@@ -236,11 +236,11 @@ def write_shapes(
     root = Path(root)
     for name, n in [("n_train", n_train), ("n_test_normal", n_test_normal),
                     ("n_test_anomalous", n_test_anomalous)]:  # fmt: skip
-        if not isinstance(n, (int, np.integer)) or n < 0:
+        if not whole(n) or n < 0:
             raise BadInput(f"{name} must be a non-negative integer, got {n!r}")
     from vaekit.config import MAX_IMAGE_SIZE
 
-    if not isinstance(size, (int, np.integer)) or not 16 <= size <= MAX_IMAGE_SIZE:
+    if not whole(size) or not 16 <= size <= MAX_IMAGE_SIZE:
         raise BadInput(f"size must be an integer from 16 to {MAX_IMAGE_SIZE} (defects need a few pixels), got {size!r}")
     check_seed(seed)
 
