@@ -113,6 +113,7 @@ def test_a_job_started_by_another_vaekit_release_does_not_resume_or_merge(setup,
     monkeypatch.setattr(journals, "__version__", "0.1.9", raising=False)
     r = score(run, data, tmp_path / "other.csv", "--resume")
     assert one_line_refusal(r) and "'0.1.9' now" in r.output, r.output
+    assert "finish it with the vaekit that began it" in r.output, r.output  # no command of this one resumes it
     assert journal.exists() and not out.exists() and not (tmp_path / "other.csv").exists()
 
 

@@ -35,15 +35,13 @@ from vaekit.fileio.outputs import MAX_NAME_BYTES
 from vaekit.version import __version__
 
 PARTIAL_SUFFIX = ".partial"
-JOURNAL_VERSION = 5  # 3: batch lines carry a checksum (vaekit.stream.lines); 4: their files' sha256;
-#                     5: the checksums keyed by the header (vaekit.stream.lines.key); older: refused
+JOURNAL_VERSION = 5  # 3: lines carry a checksum (stream.lines); 4: files' sha256; 5: keyed by the header
 SYNC_EVERY = 2.0  # seconds between a journal's fsyncs
 
 
 def journal_header(settings: dict) -> dict:
-    """A journal's first line: its format, the vaekit that wrote it (a release may change a
-    score's maths: a resume or a share under another vaekit is refused, never mixed), and the
-    job's settings."""
+    """A journal's first line: its format, the vaekit that wrote it (a release may change a score's
+    maths: a resume or a share under another vaekit is refused, never mixed), the job's settings."""
     return {"vaekit_journal": JOURNAL_VERSION, "vaekit": __version__, **settings}
 
 
@@ -221,9 +219,11 @@ class Journal:
         # `sources` (inodes, change times) tell where the files live: when only they differ (the
         # folder copied with `cp -a`, a chmod), the finished batches' bytes decide (`_check_contents`)
         diff = changed(header, self.settings, skip=("sources",))
-        if diff:
+        if diff:  # another release's journal: no command of this one resumes it
+            redo = "use the same command" if (header.get("vaekit"), header.get("vaekit_journal")) == (
+                __version__, JOURNAL_VERSION) else "finish it with the vaekit that began it"
             raise BadInput(f"cannot resume {self.path}: it was started with other settings ({'; '.join(diff)}); "
-                           "use the same command, or delete it to start again")
+                           f"{redo}, or delete it to start again")
         self._moved = header != self.settings
         return header
 
