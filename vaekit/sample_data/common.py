@@ -26,7 +26,9 @@ class SampleDataReport:
 
 
 def whole(value) -> bool:
-    """Whether `value` is an integer: a Python or numpy int, not a bool (True is no count or seed)."""
+    """Whether `value` is an integer: a Python or numpy int, not a bool (True is no count or seed).
+    vaekit.images.arrays.check_int asks the same; this package imports only numpy, Pillow and
+    vaekit.errors (tests/test_sample_data.py), so it keeps its own line."""
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
