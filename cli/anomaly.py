@@ -75,14 +75,15 @@ def anomaly_score(
     share = parse_share(shard)
     samples = samples or (64 if iwae else 0)
     m = load_model(model, device)
+    plan = anomaly.scoring_plan(m, samples, score.value if score else None, iwae, threshold)
+    if fail_on_anomaly and plan.threshold is None:  # known now, not after every image is scored
+        from vaekit.errors import BadInput
+
+        raise BadInput(f"--fail-on-anomaly needs a threshold, and there is {plan.source}")
     with _scoring_bar() as progress:
         report = anomaly.score_to_file(m, inputs, out, maps, samples=samples, score=score.value if score else None, iwae=iwae,
                                        threshold=threshold, overwrite=overwrite, resume=resume, shard=share,
                                        batch_size=batch_size, workers=workers, progress=progress, top=TABLE_ROWS)
-    if fail_on_anomaly and report.plan.threshold is None:
-        from vaekit.errors import BadInput
-
-        raise BadInput(f"--fail-on-anomaly needs a threshold, and there is {report.plan.source}")
     for path, reason in report.skipped:
         err_console.print(f"[yellow]skipped[/yellow] {shown(path)}: {shown(reason)}", highlight=False)
     note_repeated(report.repeated, "scored")

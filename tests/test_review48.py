@@ -117,3 +117,37 @@ def test_fit_prior_refuses_a_bool_number_of_residual_pixels(tmp_path):
     model = vaekit.load(random_run(tmp_path / "run", image_size=16, channels=3, latent_dim=4, base_channels=4))
     with pytest.raises(BadInput, match="residual_pixels"):
         codec.fit_prior(model, _images(2), residual_pixels=True)
+
+
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from vaekit_cli.main import app
+
+    return CliRunner().invoke(app, ["--threads", "1", *map(str, args)], env={"COLUMNS": "300"})
+
+
+@pytest.mark.parametrize("estimator", [[], ["--samples", "2"], ["--iwae", "--samples", "2"]])
+def test_fail_on_anomaly_without_a_threshold_is_refused_before_any_image_is_scored(tmp_path, estimator):
+    from export_support import random_job
+
+    run, images = random_job(tmp_path / "job", 3)  # an untrained run: no stored threshold for any score
+    out = tmp_path / "scores.csv"
+    r = _cli("anomaly-score", run, images, "-o", out, "--fail-on-anomaly", *estimator)
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    assert "--fail-on-anomaly needs a threshold" in r.output, r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["job"], "nothing written: the refusal came first"
+
+
+def test_heat_maps_enlarge_the_shorter_side_of_a_tall_image_as_of_a_wide_one(tmp_path):
+    from PIL import Image
+
+    run = random_run(tmp_path / "run", image_size=16, channels=1, latent_dim=4, base_channels=4, layout="grid")
+    rng = np.random.default_rng(0)
+    for name, (h, w) in {"tall": (40, 24), "wide": (24, 40)}.items():
+        Image.fromarray(rng.integers(0, 256, (h, w), np.uint8)).save(tmp_path / f"{name}.png")
+    r = _cli("anomaly-score", run, tmp_path / "tall.png", tmp_path / "wide.png", "--maps", tmp_path / "maps",
+             "--score", "neg_elbo", "--threshold", "0")
+    assert r.exit_code == 0, r.output
+    tall, wide = (Image.open(tmp_path / "maps" / f"{n}.png").size for n in ("tall", "wide"))  # (width, height)
+    assert tall == (wide[1], wide[0]) and min(tall) >= 128, (tall, wide)
