@@ -156,7 +156,8 @@ def plan_text(p: dict) -> str:
     if p["layout"] == "grid":
         crops = f" trained on {p['crop']} px crops" if p["crop"] else ""
         model = f"surface at {p['reads_at']} px, latent grid ({p['latent_dim']} per cell){crops}, {p['likelihood']}"
-    recipe = f"{p['epochs']} epochs, batch {p['batch_size']}" + (", warped copies" if p["augment"] == "on" else "")
+    recipe = (f"{p['epochs']} epoch{'s' if p['epochs'] != 1 else ''}, batch {p['batch_size']}"
+              + (", warped copies" if p["augment"] == "on" else ""))
     readers = f" · then {p['readers']} defect reader{'s' if p['readers'] > 1 else ''}" if p["readers"] else ""
     return f"{p['images']} images ({split}) · {model} · {recipe}{readers} · {p['device']}"
 
