@@ -198,6 +198,8 @@ def evaluate(
         anomaly.plot_roc(ev, plot, overwrite=overwrite)
     for path, reason in ev.skipped:
         err_console.print(f"[yellow]skipped[/yellow] {shown(path)}: {shown(reason)}", highlight=False)
+    if ev.note:
+        err_console.print(f"[yellow]note[/yellow]: {shown(ev.note)}", highlight=False)
     if as_json:
         typer.echo(dumps_json(ev.to_dict()))
         return
@@ -222,8 +224,7 @@ def _print_evaluation(ev) -> None:
         t.add_row("F1 at threshold", f"- ({shown(ev.threshold_source)})")
     else:
         t.add_row("F1 at threshold", f"{ev.f1_at_threshold:.4f} (threshold {number(ev.threshold)}, {shown(ev.threshold_source)})")
-        flagged = ev.recall_at_threshold > 0 or ev.fpr_at_threshold > 0  # precision of no flag is 0/0
-        precision = f"{ev.precision_at_threshold:.4f}" if flagged else "n/a (none flagged)"
+        precision = "n/a (none flagged)" if ev.precision_at_threshold is None else f"{ev.precision_at_threshold:.4f}"
         t.add_row("  precision / recall / FPR", f"{precision} / {ev.recall_at_threshold:.4f} / {ev.fpr_at_threshold:.4f}")
     if ev.pixel_auroc is not None:
         t.add_row("pixel AUROC", f"{ev.pixel_auroc:.4f} ({ev.n_masks} of {ev.n_anomalous} anomalous images have masks)")

@@ -164,7 +164,8 @@ def test_evaluate_with_samples_names_the_score_it_measured(parts):
     r = invoke("evaluate", parts / "run", "--normal", parts / "test" / "normal", "--anomalous",
                parts / "test" / "anomalous", "--samples", "2", "--json")
     assert r.exit_code == 0, r.output
-    assert json.loads(r.output)["score"] == "excess"
+    assert json.loads(r.stdout)["score"] == "excess"  # the JSON on stdout; why not atypicality, on stderr too
+    assert "posterior draws" in json.loads(r.stdout)["note"] and "posterior draws" in r.stderr, r.stderr
 
 
 def test_threshold_prints_the_unit_of_the_runs_score_and_the_rate_to_expect(parts):

@@ -151,3 +151,23 @@ def test_heat_maps_enlarge_the_shorter_side_of_a_tall_image_as_of_a_wide_one(tmp
     assert r.exit_code == 0, r.output
     tall, wide = (Image.open(tmp_path / "maps" / f"{n}.png").size for n in ("tall", "wide"))  # (width, height)
     assert tall == (wide[1], wide[0]) and min(tall) >= 128, (tall, wide)
+
+
+def test_evaluate_says_why_its_score_is_not_the_one_asked_for_and_gives_no_precision_of_no_flag(tmp_path):
+    import json
+
+    from export_support import random_job
+
+    run, normal = random_job(tmp_path / "job", 3)
+    anomalous = tmp_path / "anomalous"
+    anomalous.mkdir()
+    from PIL import Image
+
+    for i in range(3):
+        Image.fromarray(np.full((16, 16), 40 * i, np.uint8)).save(anomalous / f"a{i}.png")
+    r = _cli("evaluate", run, "--normal", normal, "--anomalous", anomalous, "--score", "defect", "--threshold", "1e9",
+             "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["precision_at_threshold"] is None and out["recall_at_threshold"] == 0.0, out  # nothing flagged
+    assert "no defect reader" in out["note"] and "no defect reader" in r.stderr, r.stderr

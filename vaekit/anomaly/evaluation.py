@@ -32,7 +32,7 @@ def image_metrics(labels: Sequence[int], scores: Sequence[float], threshold: flo
 
     auroc, auprc (average precision), fpr_at_95_tpr (the lowest false-positive rate with at
     least 95% of anomalies flagged), best_f1 and best_f1_threshold (flag score > it), and,
-    given a threshold (flag score > threshold): precision, recall, f1, fpr at it.
+    given a threshold (flag score > threshold): precision (None when it flags nothing), recall, f1, fpr at it.
     """
     from sklearn.metrics import average_precision_score, f1_score, precision_recall_curve, roc_auc_score, roc_curve
 
@@ -65,7 +65,7 @@ def image_metrics(labels: Sequence[int], scores: Sequence[float], threshold: flo
         pred = (s > threshold).astype(int)
         tp = int(((pred == 1) & (y == 1)).sum())
         out["f1"] = float(f1_score(y, pred, zero_division=0))
-        out["precision"] = tp / int(pred.sum()) if pred.sum() else 0.0
+        out["precision"] = tp / int(pred.sum()) if pred.sum() else None  # nothing flagged: 0/0, no number
         out["recall"] = tp / int((y == 1).sum())
         out["fpr"] = int(((pred == 1) & (y == 0)).sum()) / int((y == 0).sum())
     return out
@@ -117,6 +117,7 @@ class Evaluation:
     recall_at_threshold: float | None
     fpr_at_threshold: float | None
     pixel_auroc: float | None = None  # with masks: over normal images and masked anomalous ones
+    note: str | None = None  # why the score is not the one asked for (Model.effective_score), as anomaly-score says
     n_masks: int = 0  # anomalous images that had a mask
     skipped: list[tuple[str, str]] = field(default_factory=list)
     scores: dict[str, list[float]] = field(default_factory=dict)  # "normal" / "anomalous" -> scores
@@ -198,7 +199,7 @@ def evaluate(
         auroc=m["auroc"], auprc=m["auprc"], fpr_at_95_tpr=m["fpr_at_95_tpr"], best_f1=m["best_f1"],
         best_f1_threshold=m["best_f1_threshold"], threshold=plan.threshold, threshold_source=plan.source,
         f1_at_threshold=m["f1"], precision_at_threshold=m["precision"], recall_at_threshold=m["recall"],
-        fpr_at_threshold=m["fpr"], skipped=[(str(p), r) for p, r in skipped_good + skipped_bad],
+        fpr_at_threshold=m["fpr"], note=plan.note, skipped=[(str(p), r) for p, r in skipped_good + skipped_bad],
         scores={"normal": good, "anomalous": bad},
     )
     if roc is not None:
