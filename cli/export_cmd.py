@@ -10,6 +10,8 @@ import typer
 
 from vaekit_cli.output import apply_threads, console, err_console, shown, tidy_outputs
 
+INT8_NOTE_REL = 0.02  # a larger change of the default score by int8 gets a note on the fp32 threshold it keeps
+
 
 class Quantize(str, Enum):
     int8 = "int8"
@@ -66,6 +68,10 @@ def _print_report(report) -> None:
         console.print(f"quantised: {q.method}; default score vs fp32 ONNX: max rel change {q.score_max_rel:.2e}, "
                       f"mean {q.score_mean_rel:.2e}; size {q.bytes_before / 1e6:.2f} MB -> {q.bytes_after / 1e6:.2f} MB",
                       highlight=False)
+        if q.score_max_rel > INT8_NOTE_REL:  # the threshold is the fp32 model's: its promised rate may not hold
+            err_console.print(f"[yellow]note[/yellow]: int8 moves the default score by up to {q.score_max_rel:.0%}, and the "
+                              "stored threshold is the fp32 model's: check the int8 model's false-positive rate on normal "
+                              "images (`vaekit evaluate`), or score with --threshold", highlight=False)
     for role, path in report.files.items():
         console.print(f"wrote {shown(path)}  ({role}, {report.bytes[role] / 1e6:.2f} MB)", highlight=False, soft_wrap=True)
     console.print(f"[green]exported[/green] fingerprint {report.fingerprint}, opset {report.opset}, parity ok, "

@@ -267,6 +267,8 @@ def test_cli_export_int8_reports_parity_and_the_score_change(ex):
     assert "parity, onnxruntime vs torch" in r.output and "FAIL" not in r.output
     assert "quantised: int8 static QDQ" in r.output and "calibrated on your images" in squash(r.output)
     assert f"wrote {out} (scorer" in squash(r.output)
+    reported = float(__import__("re").search(r"max rel change ([0-9.e+-]+),", r.output)[1])
+    assert ("the stored threshold is the fp32 model's" in squash(r.output)) == (reported > 0.02), r.output
     for role in ("scorer", "encoder", "decoder"):
         p = {"scorer": out, "encoder": out.with_name("run.encoder.onnx"), "decoder": out.with_name("run.decoder.onnx")}[role]
         assert metadata(p)["vaekit.quantization"] == "int8-static-qdq"
