@@ -76,7 +76,7 @@ class GuardedGroup(TyperGroup):
         cmd = self.commands.get(name) if name and name != "train" else None
         if cmd is None or not any(p.name == "resume" for p in cmd.params):
             return ""
-        return ": its finished batches are kept; run the same command with --resume to go on from them"
+        return ": the batches it finished, if any, are kept; run the same command with --resume to go on from them"
 
     def invoke(self, ctx: typer.Context):
         # File names need not be UTF-8 on Linux; printing one must not crash under a strict locale.

@@ -775,4 +775,4 @@ def test_ctrl_c_in_a_scoring_job_says_how_to_go_on(run, images, work, monkeypatc
     monkeypatch.setattr(journals.Journal, "append", interrupted)
     r = invoke("anomaly-score", run, images, "-o", work / "s.csv")
     assert r.exit_code == 130, r.output
-    assert "interrupted: its finished batches are kept; run the same command with --resume" in r.output, r.output
+    assert "interrupted: the batches it finished, if any, are kept; run the same command with --resume" in r.output, r.output
