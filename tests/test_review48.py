@@ -171,3 +171,37 @@ def test_evaluate_says_why_its_score_is_not_the_one_asked_for_and_gives_no_preci
     out = json.loads(r.stdout)
     assert out["precision_at_threshold"] is None and out["recall_at_threshold"] == 0.0, out  # nothing flagged
     assert "no defect reader" in out["note"] and "no defect reader" in r.stderr, r.stderr
+
+
+def test_evaluate_notes_normal_images_the_model_trained_on(tmp_path):
+    import json
+
+    from export_support import random_job
+    from vaekit.training import rundir
+
+    run, images = random_job(tmp_path / "job", 3)
+    cfg = rundir.read_config(run)
+    rundir.write_config(run, {**cfg, "data": {"root": str(images)}})  # as training records its folder
+    r = _cli("evaluate", run, "--normal", images, "--anomalous", _anomalous(tmp_path), "--score", "neg_elbo",
+             "--threshold", "0", "--json")
+    assert r.exit_code == 0, r.output
+    assert "holds images the model trained on" in json.loads(r.stdout)["note"], r.stdout
+    assert "not held-out" in r.stderr, r.stderr
+    elsewhere = tmp_path / "new"
+    elsewhere.mkdir()
+    for p in images.iterdir():
+        (elsewhere / p.name).write_bytes(p.read_bytes())  # the same images elsewhere: no note (by folder, not bytes)
+    r = _cli("evaluate", run, "--normal", elsewhere, "--anomalous", _anomalous(tmp_path), "--score", "neg_elbo",
+             "--threshold", "0", "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["note"] is None, r.output
+
+
+def _anomalous(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "anomalous"
+    if not folder.exists():
+        folder.mkdir()
+        for i in range(3):
+            Image.fromarray(np.full((16, 16), 40 * i, np.uint8)).save(folder / f"a{i}.png")
+    return folder

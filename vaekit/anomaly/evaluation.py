@@ -1,9 +1,8 @@
 """Evaluation on labelled folders: image-level detection metrics, pixel AUROC from masks, ROC plots.
 
-scikit-learn and matplotlib are imported only by the functions that need them. Scoring
-streams (vaekit.anomaly.score): per-pixel maps are kept only when masks ask for them, and only
-for the images a mask covers (all normal images, the masked anomalous ones), as float32.
-"""
+scikit-learn and matplotlib are imported only by the functions that need them. Scoring streams
+(vaekit.anomaly.score): per-pixel maps are kept only for the images a mask covers (all normal
+images, the masked anomalous ones), as float32, and only when masks ask for them."""
 
 from __future__ import annotations
 
@@ -19,6 +18,7 @@ from vaekit import images as imageio
 from vaekit.anomaly.overlap import file_identity, refuse_copies
 from vaekit.anomaly.pixel_roc import PixelRoc
 from vaekit.anomaly.score import Progress, iter_scored, scoring_plan
+from vaekit.anomaly.threshold import trained_on_note
 from vaekit.anomaly.quantiles import check_threshold
 from vaekit.inference.tiled import tiled
 from vaekit.inference.engine import Model
@@ -117,7 +117,7 @@ class Evaluation:
     recall_at_threshold: float | None
     fpr_at_threshold: float | None
     pixel_auroc: float | None = None  # with masks: over normal images and masked anomalous ones
-    note: str | None = None  # why the score is not the one asked for (Model.effective_score), as anomaly-score says
+    note: str | None = None  # why the score is not the one asked for (Model.effective_score); training images among the normal
     n_masks: int = 0  # anomalous images that had a mask
     skipped: list[tuple[str, str]] = field(default_factory=list)
     scores: dict[str, list[float]] = field(default_factory=dict)  # "normal" / "anomalous" -> scores
@@ -199,9 +199,8 @@ def evaluate(
         auroc=m["auroc"], auprc=m["auprc"], fpr_at_95_tpr=m["fpr_at_95_tpr"], best_f1=m["best_f1"],
         best_f1_threshold=m["best_f1_threshold"], threshold=plan.threshold, threshold_source=plan.source,
         f1_at_threshold=m["f1"], precision_at_threshold=m["precision"], recall_at_threshold=m["recall"],
-        fpr_at_threshold=m["fpr"], note=plan.note, skipped=[(str(p), r) for p, r in skipped_good + skipped_bad],
-        scores={"normal": good, "anomalous": bad},
-    )
+        fpr_at_threshold=m["fpr"], skipped=[(str(p), r) for p, r in skipped_good + skipped_bad],
+        note="; ".join(filter(None, [plan.note, trained_on_note(model, normal)])) or None, scores={"normal": good, "anomalous": bad})
     if roc is not None:
         ev.pixel_auroc, ev.n_masks = _pixel_auroc(roc, masks), roc.masked
     return ev

@@ -8,6 +8,7 @@ target false-positive rate); `resolve_threshold` says which one applies to a sco
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -166,7 +167,7 @@ def threshold_from_normal(run_dir: str | Path, normal, quantile: float | None = 
         stored = old.get("threshold_quantile")
         quantile = stored if isinstance(stored, float) and 0 < stored < 1 and not old.get("fixed") else 0.99
     q = check_quantile(quantile, target_fpr)
-    roots = _training_roots(cfg, run_dir)
+    roots = training_roots(cfg, run_dir)
     for folder in [] if isinstance(normal, np.ndarray) else [normal] if isinstance(normal, (str, Path)) else normal:
         for root in roots:
             if is_inside(folder, root) or is_inside(root, folder):
@@ -194,7 +195,7 @@ def _refuse_training_copies(normal, roots: list[Path]) -> None:
                        "threshold needs normal images the model never saw")
 
 
-def _training_roots(cfg: dict, run_dir: Path) -> list[Path]:
+def training_roots(cfg: dict, run_dir: Path) -> list[Path]:
     """Where the run's training images were: config.json's data.root. Runs written before it was
     stored absolute hold the path as typed, relative to a working directory no longer known: both
     the current one and the run's parent are then taken for it."""
@@ -202,6 +203,23 @@ def _training_roots(cfg: dict, run_dir: Path) -> list[Path]:
     if not isinstance(root, str) or not root:
         return []
     return [Path(root)] if Path(root).is_absolute() else [Path.cwd() / root, run_dir.parent / root]
+
+
+def trained_on_note(model: Model, folders: str | Path | Sequence[str | Path]) -> str | None:
+    """A note when `folders` (or one of them) is, holds or lies inside the folder the model trained on
+    (config.json's data.root): images it trained on score lower than new ones, so a metric
+    measured on them is not a held-out one. None when they are apart, or the root is unknown."""
+    from vaekit.fileio import is_inside
+
+    cfg = getattr(model, "config", None)
+    source = getattr(model.info, "source", None)
+    if not isinstance(cfg, dict) or source is None:
+        return None
+    for folder in [folders] if isinstance(folders, (str, Path)) else folders:
+        for root in training_roots(cfg, Path(source)):
+            if is_inside(folder, root) or is_inside(root, folder):
+                return f"{folder} holds images the model trained on ({root}): the figures are not held-out ones"
+    return None
 
 
 def _new_normal_scores(run_dir: Path, normal, default: str, names: list[str]) -> dict[str, np.ndarray]:
