@@ -205,3 +205,27 @@ def _anomalous(tmp_path):
         for i in range(3):
             Image.fromarray(np.full((16, 16), 40 * i, np.uint8)).save(folder / f"a{i}.png")
     return folder
+
+
+def test_the_digits_read_from_scikit_learns_file_are_load_digits_own(tmp_path, monkeypatch):
+    from sklearn.datasets import load_digits
+
+    import vaekit.sample_data.digits as digits
+
+    images, labels = digits._load_digits()
+    ref = load_digits()
+    assert np.array_equal(images, ref.images) and np.array_equal(labels, ref.target) and labels.dtype == ref.target.dtype
+    monkeypatch.setattr(digits, "Path", lambda *a: tmp_path / "moved")  # no CSV where it was looked for
+    images, labels = digits._load_digits()  # scikit-learn's files laid out otherwise: through load_digits
+    assert np.array_equal(images, ref.images) and np.array_equal(labels, ref.target)
+
+
+def test_digits_without_scikit_learn_name_the_extra(tmp_path, monkeypatch):
+    import sys
+
+    from vaekit.errors import MissingExtra
+    from vaekit.sample_data import write_digits
+
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    with pytest.raises(MissingExtra, match="scikit-learn"):
+        write_digits(tmp_path / "digits")
