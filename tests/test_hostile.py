@@ -106,7 +106,8 @@ def _text(path: Path, root: Path) -> str:
 def _json_results(stdout: str, root: Path):
     def strip(o):
         if isinstance(o, dict):
-            return {k: strip(v) for k, v in o.items() if "skip" not in k}
+            # (evaluate's note says the clean folder is the one the run trained on: true of it alone)
+            return {k: strip(v) for k, v in o.items() if "skip" not in k and k != "note"}
         if isinstance(o, list):
             return [strip(v) for v in o]
         return o.replace(str(root), "<root>") if isinstance(o, str) else o
