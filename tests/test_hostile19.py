@@ -121,6 +121,7 @@ def _killed_in_header(tmp_path: Path, *args) -> None:
     assert r.returncode == -9, r.stderr
 
 
+@pytest.mark.slow  # kills a fresh `vaekit` process (torch and all) as it writes the header
 @pytest.mark.parametrize("resume", [[], ["--resume"]])
 def test_a_journal_whose_header_a_kill_cut_short_is_begun_again(setup, tmp_path, resume):
     """It held no work, and the next run said it "holds the rows of an unfinished job: pass
