@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from test_cli_anomaly import washer_run
 from vaekit_cli.main import app
+from cli_support import invoke, one_line_refusal
 
 
 @pytest.fixture(scope="module")
@@ -29,14 +30,6 @@ def run(parts, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(parts / "run", copy)
     return copy
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, ["--threads", "1", *map(str, args)], env={"COLUMNS": "300"})
-
-
-def one_line_refusal(r, code: int = 2) -> bool:
-    return r.exit_code == code and len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output
 
 
 @pytest.mark.parametrize("field", ["threshold", "threshold_quantile", "n"])

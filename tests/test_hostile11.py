@@ -16,10 +16,9 @@ import os
 import shutil
 
 import pytest
-from typer.testing import CliRunner
 
 from test_cli_anomaly import washer_run
-from vaekit_cli.main import app
+from cli_support import invoke, one_line_refusal
 
 
 @pytest.fixture(scope="module")
@@ -60,14 +59,6 @@ def read_only(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "access", access)
     yield folder
     folder.chmod(0o755)
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, ["--threads", "1", *map(str, args)], env={"COLUMNS": "300"})
-
-
-def one_line_refusal(r, code: int = 2) -> bool:
-    return r.exit_code == code and len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output
 
 
 def test_the_anomaly_table_names_its_verdict_column_as_the_file_does(parts, tmp_path):

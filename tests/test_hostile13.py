@@ -13,14 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 import vaekit
 from export_support import random_job
 from vaekit import anomaly
 from vaekit.codes import encode_folder
 from vaekit.errors import OutputExists
-from vaekit_cli.main import app
+from cli_support import invoke
 
 torch.set_num_threads(1)
 USERS = b"a file of the user's, put at the output's name while the job ran\n"
@@ -29,10 +28,6 @@ USERS = b"a file of the user's, put at the output's name while the job ran\n"
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     return random_job(tmp_path_factory.mktemp("hostile13"), 12)
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, ["--threads", "1", *map(str, args)], env={"COLUMNS": "300"})
 
 
 def _appearing(model, out: Path, method: str = "score", at: int = 2):

@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 import vaekit
 from export_support import random_job
 from vaekit.codes import decode_file, encode_folder
-from vaekit_cli.main import app
+from cli_support import invoke, one_line_exit_2
 
 torch.set_num_threads(1)
 USERS = b"a file of the user's, put at the output's name while the job ran\n"
@@ -25,15 +24,6 @@ USERS = b"a file of the user's, put at the output's name while the job ran\n"
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     return random_job(tmp_path_factory.mktemp("hostile14"), 12)
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, ["--threads", "1", *map(str, args)], env={"COLUMNS": "300"})
-
-
-def _one_line_exit_2(r) -> str:
-    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output, r.output
-    return r.output
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -96,7 +86,7 @@ def test_a_line_too_long_in_another_shares_journal_is_named_by_file_and_line(set
     kept = other.read_bytes().splitlines(keepends=True)[: line - 1]
     other.write_bytes(b"".join(kept) + _too_long() + b"\n")
     r = invoke(*args, "--shard", "1/2")
-    text = _one_line_exit_2(r)
+    text = one_line_exit_2(r)
     assert f"{other} is damaged at line {line}: the line is longer than" in text
     assert not out.exists() and other.read_bytes().endswith(b"x\n")  # refused, nothing changed
 
@@ -158,7 +148,7 @@ def test_resume_with_another_folder_of_the_same_name_still_says_what_differs(set
     stopped_job(run, "a/images", Path("s.csv"), after=1)
     r = invoke("anomaly-score", run, tmp_path / "b" / "images", "-o", "s.csv", "--batch-size", 4, "--threshold", 0,
                "--resume")
-    text = _one_line_exit_2(r)
+    text = one_line_exit_2(r)
     assert "the input files changed" in text and "a/images" in text and str(tmp_path / "b" / "images") in text
 
 
@@ -187,7 +177,7 @@ def test_resume_keeps_the_stopped_batchs_own_maps_and_refuses_the_foreign_one_ag
     run, out, maps, left = _stopped_on_a_foreign_map(setup, tmp_path)
     r = invoke("anomaly-score", run, setup[1], "-o", out, "--maps", maps, "--batch-size", 4, "--threshold", 0,
                "--resume")
-    text = _one_line_exit_2(r)
+    text = one_line_exit_2(r)
     assert "img009.png appeared while this job ran" in text and "--overwrite" in text
     assert {p.name: (p.read_bytes(), p.stat().st_ino) for p in maps.iterdir()} == left  # nothing touched
     assert Path(f"{out}.partial").exists() and not out.exists()
@@ -218,7 +208,7 @@ def test_a_reconstruct_resume_leaves_a_foreign_png_in_the_stopped_batch(setup, t
     with pytest.raises(OutputExists, match="img009.png appeared while this job ran"):
         reconstruct_to_folder(model, data, out, batch_size=4)
     left = {p.name: (p.read_bytes(), p.stat().st_ino) for p in out.iterdir()}
-    text = _one_line_exit_2(invoke("reconstruct", run, data, "-o", out, "--batch-size", 4, "--resume"))
+    text = one_line_exit_2(invoke("reconstruct", run, data, "-o", out, "--batch-size", 4, "--resume"))
     assert "img009.png appeared while this job ran" in text
     assert {p.name: (p.read_bytes(), p.stat().st_ino) for p in out.iterdir()} == left
 
@@ -316,7 +306,7 @@ def test_a_resume_still_refuses_an_output_that_is_not_its_own(setup, tmp_path, m
     unfinished = tmp_path / "unfinished.csv"
     stopped_job(run, data, unfinished, after=1)
     unfinished.write_bytes(USERS)  # batches left to do: refused at the start, as ever
-    text = _one_line_exit_2(invoke("anomaly-score", run, data, "-o", unfinished, *args))
+    text = one_line_exit_2(invoke("anomaly-score", run, data, "-o", unfinished, *args))
     assert "already exists" in text and unfinished.read_bytes() == USERS
     out = tmp_path / "s.csv"
     _job("anomaly-score", run, data, out, shard=(0, 2))
@@ -325,7 +315,7 @@ def test_a_resume_still_refuses_an_output_that_is_not_its_own(setup, tmp_path, m
         with pytest.raises(KeyboardInterrupt):
             _job("anomaly-score", run, data, out, shard=(1, 2))
     out.write_bytes(USERS)  # every share complete, but OUT is not the merge's bytes
-    text = _one_line_exit_2(invoke("anomaly-score", run, data, "-o", out, *args, "--shard", "0/2"))
+    text = one_line_exit_2(invoke("anomaly-score", run, data, "-o", out, *args, "--shard", "0/2"))
     assert "appeared while this job ran" in text and out.read_bytes() == USERS
     assert len(list(tmp_path.glob("s.csv.*.partial"))) == 2 and not list(tmp_path.glob(".*.tmp"))
 
@@ -340,7 +330,7 @@ def test_encode_refuses_a_batch_size_whose_journal_line_would_pass_the_bound(set
     row = batches.mu_bytes(vaekit.load(run).info.latent_dim)
     monkeypatch.setattr(batches, "LINE_CODE_BYTES", 5 * row + 1)  # this model's codes: five fit in a line
     out = tmp_path / "a.codes"
-    text = _one_line_exit_2(invoke("encode", run, data, "-o", out, "--batch-size", 6))
+    text = one_line_exit_2(invoke("encode", run, data, "-o", out, "--batch-size", 6))
     assert "batch size 6 is too large" in text and "--batch-size 5 or less" in text
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # refused before any work: no journal
     assert invoke("encode", run, data, "-o", out, "--batch-size", 5).exit_code == 0
@@ -370,6 +360,6 @@ def test_a_journal_in_batches_past_the_line_bound_is_refused_not_resumed(setup, 
         encode_folder(model, data, out, batch_size=6)
     monkeypatch.setattr(batches, "LINE_CODE_BYTES", 5 * batches.mu_bytes(model.info.latent_dim) + 1)
     before = Path(f"{out}.partial").read_bytes()
-    text = _one_line_exit_2(invoke("encode", run, data, "-o", out, *given, "--resume"))
+    text = one_line_exit_2(invoke("encode", run, data, "-o", out, *given, "--resume"))
     assert "damaged or edited" in text and "batch size 6" in text, text
     assert Path(f"{out}.partial").read_bytes() == before and not out.exists()

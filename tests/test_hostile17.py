@@ -18,21 +18,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
 from vaekit.codec import prior as priors
-from vaekit_cli.main import app
+from cli_support import invoke, one_line_exit_2
 
 torch.set_num_threads(1)
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, ["--threads", "1", *map(str, args)], env={"COLUMNS": "300"})
-
-
-def _one_line_exit_2(r) -> str:
-    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output, r.output
-    return r.output
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +94,7 @@ def test_decode_with_a_bombed_run_is_one_line_exit_2_and_writes_nothing(lossy, t
             (bad / p.name).write_bytes(p.read_bytes())
     cfg["codec"]["scale"]["data"] = _bomb(64)
     (bad / "config.json").write_text(json.dumps(cfg))
-    out = _one_line_exit_2(invoke("decode", bad, vkc, "-o", tmp_path / "out"))
+    out = one_line_exit_2(invoke("decode", bad, vkc, "-o", tmp_path / "out"))
     assert "damaged entropy-coding tables" in out
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
@@ -159,6 +149,6 @@ def test_an_output_name_longer_than_the_file_system_takes_is_one_line_exit_2(los
             "encode-lossless": ("encode", run, vkc.parent / "src", "-o", tmp_path / long / "a.vkc", "--lossless"),
             "decode": ("decode", run, vkc, "-o", tmp_path / long),
             "decode-sub": ("decode", run, vkc, "-o", tmp_path / long / "sub")}[command]
-    out = _one_line_exit_2(invoke(*args))
+    out = one_line_exit_2(invoke(*args))
     assert "a name longer than the file system takes" in out
     assert list(tmp_path.iterdir()) == []

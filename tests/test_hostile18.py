@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from export_support import acting_model, interrupt, random_job
 from vaekit.anomaly import rows_csv
-from vaekit_cli.main import app
+from cli_support import invoke, one_line_exit_2
 
 torch.set_num_threads(1)
 
@@ -26,15 +25,6 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     return random_job(tmp_path_factory.mktemp("hostile18"), 6)
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, ["--threads", "1", *map(str, args)], env={"COLUMNS": "300"})
-
-
-def _one_line_exit_2(r) -> str:
-    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output, r.output
-    return r.output
 
 
 def _csv_rows(data: bytes) -> list[list[str]]:
@@ -90,7 +80,7 @@ def test_an_output_partial_hard_linked_to_a_users_empty_file_is_refused_and_left
     Path(f"{out}.partial").hardlink_to(notes)
     for resume in ([], ["--resume"]):
         r = invoke("anomaly-score", run, data, "-o", out, "--score", "recon", *resume)
-        assert "hard link" in _one_line_exit_2(r)
+        assert "hard link" in one_line_exit_2(r)
         assert notes.read_bytes() == b"" and Path(f"{out}.partial").exists() and not out.exists()
 
 
@@ -106,7 +96,7 @@ def test_a_copy_of_the_journal_made_with_ln_is_not_appended_to(setup, tmp_path):
     backup.hardlink_to(journal)
     before = backup.read_bytes()
     r = invoke("anomaly-score", run, data, "-o", out, "--threshold", "0", "--batch-size", "4", "--resume")
-    assert "hard link" in _one_line_exit_2(r)
+    assert "hard link" in one_line_exit_2(r)
     assert backup.read_bytes() == before and not out.exists()
     backup.unlink()
     r = invoke("anomaly-score", run, data, "-o", out, "--threshold", "0", "--batch-size", "4", "--resume")
@@ -123,7 +113,7 @@ def test_encode_shares_of_other_precisions_are_not_merged_at_the_last_ones(setup
     r = invoke("encode", run, data, "-o", out, "--batch-size", "2", "--shard", "0/2", "--precision", "f32")
     assert r.exit_code == 0 and not out.exists(), r.output
     r = invoke("encode", run, data, "-o", out, "--batch-size", "2", "--shard", "1/2", "--precision", "q8")
-    assert "precision 'f32' then, 'q8' now" in _one_line_exit_2(r) and not out.exists()
+    assert "precision 'f32' then, 'q8' now" in one_line_exit_2(r) and not out.exists()
     r = invoke("encode", run, data, "-o", out, "--batch-size", "2", "--shard", "1/2", "--precision", "f32")
     assert r.exit_code == 0 and out.exists(), r.output
     whole = tmp_path / "whole.codes"
@@ -193,7 +183,7 @@ def test_maps_at_the_outputs_or_its_journals_name_is_refused_before_any_work(set
     run, data = setup
     out = tmp_path / "s.csv"
     r = invoke("anomaly-score", run, data, "-o", out, "--score", "recon", "--maps", f"{out}{suffix}")
-    assert "heat maps a folder of their own" in _one_line_exit_2(r)
+    assert "heat maps a folder of their own" in one_line_exit_2(r)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 

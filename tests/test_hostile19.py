@@ -19,12 +19,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 import vaekit
+from cli_support import invoke, one_line_exit_2
 from export_support import random_job
 from vaekit.codes import encode_folder
-from vaekit_cli.main import app
 
 torch.set_num_threads(1)
 
@@ -32,15 +31,6 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     return random_job(tmp_path_factory.mktemp("hostile19"), 12)
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, ["--threads", "1", *map(str, args)], env={"COLUMNS": "300"})
-
-
-def _one_line_exit_2(r) -> str:
-    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output, r.output
-    return r.output
 
 
 def _stopped_encode(run, data, out: Path, batch_size: int) -> Path:
@@ -76,7 +66,7 @@ def test_a_header_edited_to_a_batch_past_the_line_bound_is_a_damaged_journal(set
     journal.write_text(json.dumps({**header, "batch_size": 6}) + "\n")  # the header alone, edited
     before = journal.read_bytes()
     monkeypatch.setattr(batches, "LINE_CODE_BYTES", 5 * batches.mu_bytes(vaekit.load(run).info.latent_dim) + 1)
-    text = _one_line_exit_2(invoke("encode", run, data, "-o", out, *given, "--resume"))
+    text = one_line_exit_2(invoke("encode", run, data, "-o", out, *given, "--resume"))
     assert "damaged or edited" in text and "batch size 6" in text and "MiB" in text, text
     assert journal.read_bytes() == before and not out.exists()
 
@@ -146,7 +136,7 @@ def test_a_few_bytes_that_only_may_begin_a_header_are_begun_again_only_on_resume
     run, data = setup
     out = tmp_path / "s.csv"
     Path(f"{out}.partial").write_bytes(start)
-    text = _one_line_exit_2(invoke("anomaly-score", run, data, "-o", out, "--threshold", "0", "--batch-size", 4))
+    text = one_line_exit_2(invoke("anomaly-score", run, data, "-o", out, "--threshold", "0", "--batch-size", 4))
     assert "start of a journal's header and no work" in text and "unfinished job" not in text, text
     assert Path(f"{out}.partial").read_bytes() == start and not out.exists()
     r = invoke("anomaly-score", run, data, "-o", out, "--threshold", "0", "--batch-size", 4, "--resume")
@@ -188,7 +178,7 @@ def test_score_to_file_refuses_a_top_that_is_no_count(setup, tmp_path):
 def test_a_shard_int_reads_but_no_one_writes_is_refused(setup, tmp_path, text):
     """int() read "0/1_0" as share 0 of 10 and Arabic-Indic digits as 0/2: the job ran as a share."""
     run, data = setup
-    text_out = _one_line_exit_2(invoke("anomaly-score", run, data, "-o", tmp_path / "s.csv", "--threshold", "0",
+    text_out = one_line_exit_2(invoke("anomaly-score", run, data, "-o", tmp_path / "s.csv", "--threshold", "0",
                                        "--shard", text))
     assert "invalid shard" in text_out
     assert not list(tmp_path.iterdir())
@@ -201,7 +191,7 @@ def test_a_rank_or_world_size_no_launcher_sets_is_refused(setup, tmp_path, monke
     run, data = setup
     monkeypatch.setenv("RANK", rank)
     monkeypatch.setenv("WORLD_SIZE", world)
-    text = _one_line_exit_2(invoke("anomaly-score", run, data, "-o", tmp_path / "s.csv", "--threshold", "0"))
+    text = one_line_exit_2(invoke("anomaly-score", run, data, "-o", tmp_path / "s.csv", "--threshold", "0"))
     assert "WORLD_SIZE" in text
     assert not list(tmp_path.iterdir())
 

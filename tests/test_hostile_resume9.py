@@ -15,10 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from export_support import random_job, stopped_job
-from vaekit_cli.main import app
+from cli_support import invoke, one_line_refusal
 
 N_IMAGES = 24  # batch size 4: 6 batches
 
@@ -38,16 +37,8 @@ def data(setup, tmp_path):
     return copy
 
 
-def invoke(*args):
-    return CliRunner().invoke(app, ["--threads", "1", *map(str, args)], env={"COLUMNS": "300"})
-
-
 def score(run, data, out, *extra):
     return invoke("anomaly-score", run, data, "-o", out, "--batch-size", "4", "--threshold", "0", *extra)
-
-
-def one_line_refusal(r, code: int = 2) -> bool:
-    return r.exit_code == code and len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output
 
 
 def test_a_score_edited_by_hand_in_a_well_formed_line_is_refused(setup, data, tmp_path):

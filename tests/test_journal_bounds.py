@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from export_support import random_job, stopped_job
 from vaekit.stream import lines as journal_lines
 from vaekit_cli.main import app
+from cli_support import one_line_refusal
 
 torch.set_num_threads(1)
 TOO_LONG = 3 << 20  # bytes: more than line_limit(4), checked below
@@ -29,10 +30,6 @@ def setup(tmp_path_factory):
 def score(run, data, out, *extra):
     args = ["--threads", "1", "anomaly-score", run, data, "-o", out, "--batch-size", "4", "--threshold", "0", *extra]
     return CliRunner().invoke(app, list(map(str, args)), env={"COLUMNS": "300"})
-
-
-def one_line_refusal(r) -> bool:
-    return r.exit_code == 2 and len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output
 
 
 def _too_long() -> bytes:

@@ -11,10 +11,9 @@ from __future__ import annotations
 import os
 
 import pytest
-from typer.testing import CliRunner
 
 from test_cli_anomaly import washer_run
-from vaekit_cli.main import app
+from cli_support import invoke, one_line_refusal
 
 
 @pytest.fixture(scope="module")
@@ -23,14 +22,6 @@ def parts(tmp_path_factory):
     r = invoke("encode", root / "run", root / "test" / "normal", "-o", root / "normal.vkc", "--quality", 3)
     assert r.exit_code == 0, r.output
     return root
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, ["--threads", "1", *map(str, args)], env={"COLUMNS": "300"})
-
-
-def one_line_refusal(r) -> bool:
-    return r.exit_code == 2 and len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output
 
 
 def commands(parts, out):

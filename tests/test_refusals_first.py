@@ -12,7 +12,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 import vaekit
 from export_support import random_job, random_run
@@ -21,7 +20,7 @@ from vaekit import anomaly
 from vaekit.errors import BadInput, DamagedFile
 from vaekit.inference.engine_onnx import refuse_model_files
 from vaekit.inference import reconstruct
-from vaekit_cli.main import app
+from cli_support import invoke
 
 N_IMAGES = 10  # batch size 4: 3 batches
 
@@ -29,10 +28,6 @@ N_IMAGES = 10  # batch size 4: 3 batches
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     return random_job(tmp_path_factory.mktemp("refusals"), N_IMAGES)
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, ["--threads", "1", *map(str, args)], env={"COLUMNS": "300"})
 
 
 def said(r, text: str) -> bool:

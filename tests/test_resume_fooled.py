@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from export_support import random_job, stopped_job
-from vaekit_cli.main import app
+from cli_support import invoke, one_line_refusal
 
 N_IMAGES = 24  # batch size 4: 6 batches
 
@@ -27,16 +26,8 @@ def setup(tmp_path_factory):
     return random_job(tmp_path_factory.mktemp("fooled"), N_IMAGES)
 
 
-def invoke(*args):
-    return CliRunner().invoke(app, ["--threads", "1", *map(str, args)], env={"COLUMNS": "300"})
-
-
 def score(run, data, out, *extra):
     return invoke("anomaly-score", run, data, "-o", out, "--batch-size", "4", "--threshold", "0", *extra)
-
-
-def one_line_refusal(r) -> bool:
-    return r.exit_code == 2 and len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output
 
 
 @pytest.mark.parametrize("edit", ["swap", "drop"])

@@ -15,7 +15,7 @@ import torch
 
 import vaekit
 from export_support import random_job
-from test_hostile14 import _one_line_exit_2, invoke
+from cli_support import invoke, one_line_exit_2
 
 torch.set_num_threads(1)
 
@@ -54,7 +54,7 @@ def test_a_journal_naming_an_input_no_path_can_be_is_refused_in_one_line(setup, 
     journal.write_text("\n".join([json.dumps(header), *lines[1:]]))
     before = journal.read_bytes()
     r = invoke("anomaly-score", run, images, "-o", tmp_path / "s.csv", "--batch-size", 2, "--resume")
-    assert "cannot resume" in _one_line_exit_2(r) and "input 1 was" in r.output
+    assert "cannot resume" in one_line_exit_2(r) and "input 1 was" in r.output
     assert journal.read_bytes() == before and not (tmp_path / "s.csv").exists()
 
 

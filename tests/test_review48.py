@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import vaekit
+from cli_support import invoke
 from export_support import random_run
 
 torch.set_num_threads(1)
@@ -119,21 +120,13 @@ def test_fit_prior_refuses_a_bool_number_of_residual_pixels(tmp_path):
         codec.fit_prior(model, _images(2), residual_pixels=True)
 
 
-def _cli(*args):
-    from typer.testing import CliRunner
-
-    from vaekit_cli.main import app
-
-    return CliRunner().invoke(app, ["--threads", "1", *map(str, args)], env={"COLUMNS": "300"})
-
-
 @pytest.mark.parametrize("estimator", [[], ["--samples", "2"], ["--iwae", "--samples", "2"]])
 def test_fail_on_anomaly_without_a_threshold_is_refused_before_any_image_is_scored(tmp_path, estimator):
     from export_support import random_job
 
     run, images = random_job(tmp_path / "job", 3)  # an untrained run: no stored threshold for any score
     out = tmp_path / "scores.csv"
-    r = _cli("anomaly-score", run, images, "-o", out, "--fail-on-anomaly", *estimator)
+    r = invoke("anomaly-score", run, images, "-o", out, "--fail-on-anomaly", *estimator)
     assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
     assert "--fail-on-anomaly needs a threshold" in r.output, r.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["job"], "nothing written: the refusal came first"
@@ -146,7 +139,7 @@ def test_heat_maps_enlarge_the_shorter_side_of_a_tall_image_as_of_a_wide_one(tmp
     rng = np.random.default_rng(0)
     for name, (h, w) in {"tall": (40, 24), "wide": (24, 40)}.items():
         Image.fromarray(rng.integers(0, 256, (h, w), np.uint8)).save(tmp_path / f"{name}.png")
-    r = _cli("anomaly-score", run, tmp_path / "tall.png", tmp_path / "wide.png", "--maps", tmp_path / "maps",
+    r = invoke("anomaly-score", run, tmp_path / "tall.png", tmp_path / "wide.png", "--maps", tmp_path / "maps",
              "--score", "neg_elbo", "--threshold", "0")
     assert r.exit_code == 0, r.output
     tall, wide = (Image.open(tmp_path / "maps" / f"{n}.png").size for n in ("tall", "wide"))  # (width, height)
@@ -165,7 +158,7 @@ def test_evaluate_says_why_its_score_is_not_the_one_asked_for_and_gives_no_preci
 
     for i in range(3):
         Image.fromarray(np.full((16, 16), 40 * i, np.uint8)).save(anomalous / f"a{i}.png")
-    r = _cli("evaluate", run, "--normal", normal, "--anomalous", anomalous, "--score", "defect", "--threshold", "1e9",
+    r = invoke("evaluate", run, "--normal", normal, "--anomalous", anomalous, "--score", "defect", "--threshold", "1e9",
              "--json")
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
@@ -182,7 +175,7 @@ def test_evaluate_notes_normal_images_the_model_trained_on(tmp_path):
     run, images = random_job(tmp_path / "job", 3)
     cfg = rundir.read_config(run)
     rundir.write_config(run, {**cfg, "data": {"root": str(images)}})  # as training records its folder
-    r = _cli("evaluate", run, "--normal", images, "--anomalous", _anomalous(tmp_path), "--score", "neg_elbo",
+    r = invoke("evaluate", run, "--normal", images, "--anomalous", _anomalous(tmp_path), "--score", "neg_elbo",
              "--threshold", "0", "--json")
     assert r.exit_code == 0, r.output
     assert "holds images the model trained on" in json.loads(r.stdout)["note"], r.stdout
@@ -191,7 +184,7 @@ def test_evaluate_notes_normal_images_the_model_trained_on(tmp_path):
     elsewhere.mkdir()
     for p in images.iterdir():
         (elsewhere / p.name).write_bytes(p.read_bytes())  # the same images elsewhere: no note (by folder, not bytes)
-    r = _cli("evaluate", run, "--normal", elsewhere, "--anomalous", _anomalous(tmp_path), "--score", "neg_elbo",
+    r = invoke("evaluate", run, "--normal", elsewhere, "--anomalous", _anomalous(tmp_path), "--score", "neg_elbo",
              "--threshold", "0", "--json")
     assert r.exit_code == 0 and json.loads(r.stdout)["note"] is None, r.output
 

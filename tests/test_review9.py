@@ -11,12 +11,11 @@ import shutil
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 import vaekit
 from export_support import random_job, stopped_reconstruct
 from vaekit.inference.reconstruct import reconstruct_to_folder
-from vaekit_cli.main import app
+from cli_support import invoke, one_line_refusal
 
 N_IMAGES = 24  # batch size 4: 6 batches
 
@@ -33,14 +32,6 @@ def data(setup, tmp_path):
     copy = tmp_path / "images"
     shutil.copytree(setup[1], copy)
     return copy
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, ["--threads", "1", *map(str, args)], env={"COLUMNS": "300"})
-
-
-def one_line_refusal(r, code: int = 2) -> bool:
-    return r.exit_code == code and len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output
 
 
 def test_reconstruct_reads_a_file_named_twice_once(setup, data, tmp_path):

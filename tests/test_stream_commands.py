@@ -9,11 +9,10 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
 from export_support import random_run, stopped_reconstruct
 from hostile import flat, tree
-from vaekit_cli.main import app
+from cli_support import invoke
 
 N_IMAGES = 22  # batch size 4: 6 batches
 
@@ -29,10 +28,6 @@ def setup(tmp_path_factory):
         Image.fromarray(rng.integers(0, 256, (16 + i % 4, 16), np.uint8)).save(data / f"img{i:03d}.png")
     (data / "img005.png").write_bytes(b"broken")
     return run, data
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, ["--threads", "1", *map(str, args)], env={"COLUMNS": "300"})
 
 
 def test_encode_shards_merge_into_the_unsharded_code_file(setup, tmp_path):

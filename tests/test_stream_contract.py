@@ -18,13 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
 import vaekit
 from export_support import random_run, stopped_job as stopped
 from hostile import flat, tree
 from vaekit import codes
-from vaekit_cli.main import app
+from cli_support import invoke
 
 N_IMAGES = 30  # batch size 4: 8 batches, the last one short
 EXE = shutil.which("vaekit", path=str(Path(sys.executable).parent)) or "vaekit"
@@ -42,10 +41,6 @@ def setup(tmp_path_factory):
         Image.fromarray(rng.integers(0, 256, (16, 16 + i % 3), np.uint8)).save(data / f"img{i:03d}.png")
     (data / "img007.png").write_bytes(b"not a png")  # a skipped file in the second batch
     return run_a, run_b, data
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, ["--threads", "1", *map(str, args)], env={"COLUMNS": "300"})
 
 
 def said(r, text: str) -> bool:
