@@ -22,7 +22,7 @@ import torch
 
 import vaekit
 from cli_support import invoke, one_line_exit_2
-from export_support import random_job
+from export_support import acting_model, interrupt, random_job
 from vaekit.codes import encode_folder
 
 torch.set_num_threads(1)
@@ -35,18 +35,8 @@ def setup(tmp_path_factory):
 
 def _stopped_encode(run, data, out: Path, batch_size: int) -> Path:
     """OUT.partial of an encode stopped (Ctrl-C) in its second batch: its header and one batch."""
-    model, calls = vaekit.load(run), []
-    real = model.encode
-
-    def stopped(x, *a, **kw):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(x, *a, **kw)
-
-    model.encode = stopped
     with pytest.raises(KeyboardInterrupt):
-        encode_folder(model, data, out, batch_size=batch_size)
+        encode_folder(acting_model(run, "encode", 2, interrupt), data, out, batch_size=batch_size)
     return Path(f"{out}.partial")
 
 
