@@ -75,11 +75,8 @@ def anomaly_score(
     share = parse_share(shard)
     samples = samples or (64 if iwae else 0)
     m = load_model(model, device)
-    plan = anomaly.scoring_plan(m, samples, score.value if score else None, iwae, threshold)
-    if fail_on_anomaly and plan.threshold is None:  # known now, not after every image is scored
-        from vaekit.errors import BadInput
-
-        raise BadInput(f"--fail-on-anomaly needs a threshold, and there is {plan.source}")
+    if fail_on_anomaly:
+        _refuse_a_gate_without_threshold(anomaly.scoring_plan(m, samples, score.value if score else None, iwae, threshold))
     with _scoring_bar() as progress:
         report = anomaly.score_to_file(m, inputs, out, maps, samples=samples, score=score.value if score else None, iwae=iwae,
                                        threshold=threshold, overwrite=overwrite, resume=resume, shard=share,
@@ -100,6 +97,14 @@ def anomaly_score(
         console.print(f"wrote {report.maps} heat maps to {shown(maps)}", highlight=False)
     if fail_on_anomaly:
         _gate(report)
+
+
+def _refuse_a_gate_without_threshold(plan) -> None:
+    """--fail-on-anomaly with no threshold for the score: refused before any image is scored."""
+    if plan.threshold is None:
+        from vaekit.errors import BadInput
+
+        raise BadInput(f"--fail-on-anomaly needs a threshold, and there is {plan.source}")
 
 
 def _gate(report) -> None:
