@@ -123,7 +123,9 @@ def as_latents(z, latent_dim: int) -> np.ndarray:
         raise BadInput(f"latent codes must be real numbers, got dtype {a.dtype}")
     if a.ndim != 2 or a.shape[1] != latent_dim:
         raise BadInput(f"expected latent codes of shape (N, {latent_dim}), got {a.shape}")
-    a = a.astype(np.float32)
     if not np.isfinite(a).all():
         raise BadInput("latent codes must be finite, got NaN or infinity")
-    return a
+    big, most = float(np.abs(a).max(initial=0)), float(np.finfo(np.float32).max)
+    if big > most:  # finite, but the cast to float32 would make it infinite (a numpy warning)
+        raise BadInput(f"latent codes must fit in float32 (at most {most:.4g}), got {big:.4g}")
+    return a.astype(np.float32)
