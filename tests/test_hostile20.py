@@ -26,3 +26,55 @@ def test_latents_beyond_float32_are_refused_as_such_without_a_numpy_warning():
         with pytest.raises(BadInput, match="finite"):
             as_latents(np.full((1, 2), np.inf), 2)
         np.testing.assert_array_equal(as_latents([[3e38, -3e38]], 2), np.array([[3e38, -3e38]], np.float32))
+
+
+# --- a folder inside the output that is a link into an input folder or the run ----------------
+
+def _linked_job(tmp_path):
+    """(run, images, out): images/sub/img000.png and img001.png beside sub/, out/sub a link to images/sub."""
+    from export_support import random_job
+
+    run, images = random_job(tmp_path, 2)
+    (images / "sub").mkdir()
+    (images / "img000.png").rename(images / "sub" / "img000.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sub").symlink_to(images / "sub")
+    return run, images, out
+
+
+def test_reconstruct_overwrite_never_writes_an_input_through_a_link_in_the_output_folder(tmp_path):
+    from cli_support import invoke, one_line_exit_2
+
+    run, images, out = _linked_job(tmp_path)
+    before = (images / "sub" / "img000.png").read_bytes()
+    text = one_line_exit_2(invoke("reconstruct", run, images, "-o", out, "--overwrite"))
+    assert "input folder" in text and "sub" in text
+    assert (images / "sub" / "img000.png").read_bytes() == before  # was replaced by its reconstruction
+    assert sorted(p.name for p in out.iterdir()) == ["sub"]
+
+
+def test_heat_maps_never_replace_an_input_through_a_link_in_the_maps_folder(tmp_path):
+    from cli_support import invoke, one_line_exit_2
+
+    run, images, out = _linked_job(tmp_path)
+    before = (images / "sub" / "img000.png").read_bytes()
+    text = one_line_exit_2(invoke("anomaly-score", run, images, "--maps", out, "--threshold", 1, "--overwrite"))
+    assert "input folder" in text and "sub" in text
+    assert (images / "sub" / "img000.png").read_bytes() == before  # was replaced by its heat map
+
+
+def test_decode_never_writes_into_the_run_through_a_link_in_the_output_folder(tmp_path):
+    from cli_support import invoke, one_line_exit_2
+
+    run, images, out = _linked_job(tmp_path)
+    assert invoke("encode", run, images, "-o", tmp_path / "c.vkz").exit_code == 0
+    (out / "sub").unlink()
+    (out / "sub").symlink_to(run)  # decode would write run/img000.png
+    before = sorted(p.name for p in run.iterdir())
+    text = one_line_exit_2(invoke("decode", run, tmp_path / "c.vkz", "-o", out, "--overwrite"))
+    assert "run directory" in text
+    assert sorted(p.name for p in run.iterdir()) == before
+    (out / "sub").unlink()
+    assert invoke("decode", run, tmp_path / "c.vkz", "-o", out).exit_code == 0  # a real folder: as before
+    assert (out / "sub" / "img000.png").is_file() and (out / "img001.png").is_file()

@@ -22,6 +22,7 @@ from vaekit import stream
 from vaekit.stream import pipeline
 from vaekit.anomaly.outputs import (check_outputs, map_targets, output_format, refuse_taken_maps, save_maps,
                                     write_csv_rows, write_json_rows)
+from vaekit.codes.targets import refuse_linked
 from vaekit.anomaly.score import ROW_FIELDS, Plan, ScoreRow, default_batch, iter_scored, report_header, scoring_plan
 from vaekit.stream.batches import Layout, check_number, digest
 from vaekit.inference.engine import Model
@@ -94,7 +95,7 @@ def score_to_file(
     sink = _Sink(journal, tally, None if maps is None else Path(maps), out, overwrite)
     positions = stream.shard(found.paths, index, count, batch_size) if count > 1 else None
     try:
-        sink.targets, sink.own = _check_maps(found, maps, layout, journal, overwrite)
+        sink.targets, sink.own = _check_maps(found, maps, layout, journal, overwrite, model.info.source)
         with pipeline.WriteBehind(sink.write) as writer:
             for b in iter_scored(model, found, plan, maps=maps is not None, batch_size=batch_size,
                                  positions=positions, skip_batches=done, workers=workers, progress=progress):
@@ -175,7 +176,7 @@ def _texts(paths) -> list[str]:
 
 
 def _check_maps(found: stream.Inputs, maps, layout: Layout, journal,
-                overwrite: bool) -> tuple[list[str], int | None]:
+                overwrite: bool, model=None) -> tuple[list[str], int | None]:
     """(each image's heat-map target, the batch whose maps are this job's own); refuses (before
     any work) a heat map that would replace a file, unless `overwrite`. Resuming, the maps of the
     first unfinished batch may have been written just before the stop (a batch's maps come before
@@ -186,6 +187,7 @@ def _check_maps(found: stream.Inputs, maps, layout: Layout, journal,
         return [], None
     done, resumed = (journal.done, journal.resumed) if journal is not None else (frozenset(), False)
     targets = map_targets(found.names)
+    refuse_linked(Path(maps), [Path(maps) / t for t in targets], found.sources, model, "--maps folder", folder=True)
     if resumed:
         _refuse_lost_maps(journal, Path(maps), targets, layout)
     todo = [b for b in layout.mine() if b not in done]

@@ -21,6 +21,7 @@ from vaekit import images as imageio
 from vaekit.anomaly.score import ROW_FIELDS, ScoreReport, report_header
 from vaekit.inference.engine import Model
 from vaekit.errors import BadInput
+from vaekit.codes.targets import refuse_linked
 from vaekit.fileio import atomic_writer, dumps_json, refuse_existing, refuse_inside, refuse_long_names
 from vaekit.inference.engine_onnx import refuse_model_files
 from vaekit.stream.journals import PARTIAL_SUFFIX
@@ -215,5 +216,6 @@ def write_maps(out_dir: str | Path, report: ScoreReport, alpha: float = 0.5, ove
     out_dir = Path(out_dir)
     check_outputs(report.inputs, maps=out_dir, overwrite=overwrite)
     targets = map_targets(report.names)
+    refuse_linked(out_dir, [out_dir / t for t in targets], report.inputs, None, "--maps folder", folder=True)
     refuse_taken_maps(out_dir, targets, overwrite)
     return save_maps(out_dir, targets, report.images, report.pixel_maps, alpha)

@@ -214,7 +214,7 @@ def decode(model, archive: str | Path, out_dir: str | Path, size: str = "model",
         raise container.ArchiveError(f"{archive} is damaged or foreign: it names quality {header.quality}, but its "
                                      f"tables have qualities 1 to {len(prior.steps)}")
     targets = [out_dir / n for n in png_names(header.names)]
-    check_targets(out_dir, targets, overwrite)  # every one, before the first is written
+    check_targets(out_dir, targets, overwrite, model=model.info.source)  # every one, before the first is written
     with staged(out_dir, targets, replace=overwrite) as paths:
         _decode_into(model, prior, header, archive, offset, paths, size, progress)
     return DecodeResult(out_dir, targets, header.mode, time.perf_counter() - t0)

@@ -303,7 +303,7 @@ def decode_file(
     cf = load(code_file)
     check_model(cf, model, f"code file {code_file}")
     targets = [out_dir / n for n in png_names(cf.names)]
-    check_targets(out_dir, targets, overwrite)
+    check_targets(out_dir, targets, overwrite, model=model.info.source)
     n, step = len(targets), max(1, min(batch_size, BATCH_PIXELS // model.info.image_size ** 2))  # bounded by pixels
     # staged as a .vkc's decode is: a Ctrl-C or a failure halfway left some PNGs, which the next
     # decode then refused as existing outputs

@@ -68,9 +68,11 @@ def decodable(names: Sequence[str], source) -> None:
                        f"a .png suffix, or its whole name plus .png where two share one); rename one of them") from None
 
 
-def check_targets(out_dir: Path, targets: Sequence[Path], overwrite: bool) -> None:
+def check_targets(out_dir: Path, targets: Sequence[Path], overwrite: bool, inputs=(), model=None,
+                  folder: bool = False) -> None:
     """Every check of the files a job will write under `out_dir`, before the first is written:
-    no file above or in place of a folder they need, no folder where one must go, and (without
+    no file above or in place of a folder they need, no folder where one must go, no folder there
+    that a link takes into an input folder or the `model`'s run (`refuse_linked`), and (without
     `overwrite`) none there already. BadInput (OutputExists) naming the path."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -95,4 +97,26 @@ def check_targets(out_dir: Path, targets: Sequence[Path], overwrite: bool) -> No
     for t in targets:
         if Path(t).is_dir():
             raise BadInput(f"cannot write {t}: a folder of that name is in the way; move it away")
+    refuse_linked(out_dir, targets, inputs, model, "output folder", folder)
     refuse_existing(targets, overwrite)
+
+
+def refuse_linked(out_dir: Path, targets: Sequence[Path], inputs, model, what: str, folder: bool = False) -> None:
+    """BadInput when a folder below `out_dir` that a target goes in, and that is there already,
+    lies in an input folder (refuse_inside) or the `model`'s run (refuse_model_files): `out_dir`
+    itself is checked by the caller, but through a link in it (`OUT/sub -> IMGS/sub`)
+    `reconstruct --overwrite` replaced input images with their reconstructions, `anomaly-score
+    --maps --overwrite` with their heat maps, and `decode` wrote into the run."""
+    from vaekit.fileio import refuse_inside
+    from vaekit.inference.engine_onnx import refuse_model_files
+
+    out_dir, seen = Path(out_dir), set()
+    for t in targets:
+        for f in Path(t).parents:
+            if f == out_dir or f in seen or f in (Path("."), Path("/")):
+                break
+            seen.add(f)
+            if f.is_dir():
+                refuse_inside(f, inputs, what, folder=folder)
+                if model is not None:
+                    refuse_model_files(f, model, what)

@@ -92,7 +92,8 @@ def _targets(model: "Model", source, out_dir: Path, overwrite: bool, grid_max: i
     found = stream.find_inputs(source, once=True)
     targets = codes.png_names(found.names)
     grid = out_dir / grid_name(targets)
-    check_targets(out_dir, [*(out_dir / t for t in targets), grid], overwrite)
+    check_targets(out_dir, [*(out_dir / t for t in targets), grid], overwrite,
+                  inputs=found.sources, model=model.info.source, folder=True)
     return found, targets, grid
 
 
@@ -195,7 +196,8 @@ def reconstruct_to_folder(model: "Model", source: str | Path | Sequence[str | Pa
         todo = [b for b in layout.mine() if b not in journal.done]
         own = set(layout.positions(todo[0])) if journal.resumed and todo else set()  # see anomaly.job._check_maps
         taken = [out_dir / targets[i] for b in todo for i in layout.positions(b) if i not in own]
-        check_targets(out_dir, [*(out_dir / t for t in targets), grid], overwrite=True)  # in the way
+        check_targets(out_dir, [*(out_dir / t for t in targets), grid], overwrite=True,  # in the way
+                      inputs=found.sources, model=info.source, folder=True)
         refuse_existing([*taken, *([] if journal.resumed else [grid])], overwrite)
         report = ReconstructJob(out_dir, [], [], grid, np.zeros(0), None, shard=(index, count),
                                 resumed=len(journal.done), repeated=found.repeated)
