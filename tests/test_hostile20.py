@@ -6,7 +6,9 @@ documented exit code, nothing written that vaekit did not create.
 
 from __future__ import annotations
 
+import hashlib
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -78,3 +80,34 @@ def test_decode_never_writes_into_the_run_through_a_link_in_the_output_folder(tm
     (out / "sub").unlink()
     assert invoke("decode", run, tmp_path / "c.vkz", "-o", out).exit_code == 0  # a real folder: as before
     assert (out / "sub" / "img000.png").is_file() and (out / "img001.png").is_file()
+
+
+# --- a forged lossless .vkc --------------------------------------------------------------------
+
+def _resealed(vkc: Path, out: Path, payload: bytes) -> Path:
+    """`vkc` with other chunk words and a checksum that fits: a forged, not a damaged, file."""
+    from vaekit.codec import container
+
+    data = vkc.read_bytes()
+    offset = container.read_header(vkc)[1]
+    body = data[:offset] + payload
+    out.write_bytes(body + hashlib.sha256(body).digest()[:container.DIGESTS[container.MAGIC]])
+    return out
+
+
+def test_a_lossless_chunk_that_ends_in_a_zero_word_is_a_damaged_archive_not_a_bug(tmp_path):
+    # constriction refuses such words as it is handed them ("ANS compressed data never ends in a
+    # zero word"): that ValueError was raised outside the decoding's guard, exit 3 "a bug in vaekit"
+    from cli_support import invoke, one_line_exit_2
+    from test_codec_hostile import logistic_vkc
+    from vaekit import codec
+    from vaekit.codec import container
+
+    run, model, _ = logistic_vkc(tmp_path)
+    vkc = codec.encode(model, tmp_path / "src", tmp_path / "b.vkc", lossless=True).path
+    data = vkc.read_bytes()
+    words = data[container.read_header(vkc)[1]:len(data) - container.DIGESTS[container.MAGIC]]
+    forged = _resealed(vkc, tmp_path / "f.vkc", words[:-4] + bytes(4))
+    text = one_line_exit_2(invoke("decode", run, forged, "-o", tmp_path / "out"))
+    assert "f.vkc" in text and "damaged" in text
+    assert not (tmp_path / "out").exists()

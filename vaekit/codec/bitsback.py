@@ -178,7 +178,10 @@ def encode_chunk(net, images, bits: int = LATENT_BITS) -> tuple[np.ndarray, floa
 def decode_chunk(net, words: np.ndarray, count: int, bits: int = LATENT_BITS, source: str = "archive"):
     """Yield the chunk's `count` images, last encoded first, each (C, H, W) uint8; raise
     Desynchronised at the first image whose CRC fails, or if the stack does not end on its start."""
-    coder = tables.ans(words)
+    try:
+        coder = tables.ans(words)  # constriction refuses words that end in a zero word as it is handed them
+    except ValueError as e:
+        raise Desynchronised(f"{source} cannot be decoded ({e}); it is damaged or was written by another engine") from None
     _, centres = latent_grid(bits)
     shape = net.shape
     for i in range(count):
