@@ -111,3 +111,60 @@ def test_a_lossless_chunk_that_ends_in_a_zero_word_is_a_damaged_archive_not_a_bu
     text = one_line_exit_2(invoke("decode", run, forged, "-o", tmp_path / "out"))
     assert "f.vkc" in text and "damaged" in text
     assert not (tmp_path / "out").exists()
+
+
+# --- a stored name no file system can hold -----------------------------------------------------
+
+LONE = "\ud800.png"  # JSON's "\ud800": a lone surrogate, not one of surrogateescape's bytes (U+DC80..U+DCFF)
+
+
+def _code_file_naming(run: Path, images: Path, out: Path, name: str) -> Path:
+    """A code file of `images` (vaekit's own bytes: format, header, checksum) with its first name `name`."""
+    import vaekit
+    from vaekit.codes import format as fmt
+
+    cf = fmt.load(vaekit.codes.encode_folder(vaekit.load(run), images, out.with_suffix(".orig")).path)
+    cf.names[0] = name
+    header, tensors = fmt.header_json(cf), fmt._tensors(cf)
+    meta = {"format": fmt.FORMAT, "version": str(fmt.VERSION), "header": header,
+            "sha256": fmt._digest(str(fmt.VERSION), header, tensors)}
+    head, order = fmt.safetensors_layout(tensors, {k: list(v.shape) for k, v in tensors.items()}, meta)
+    out.write_bytes(head + b"".join(fmt.little_endian(tensors[k]) for k in order))
+    return out
+
+
+def test_a_code_file_naming_a_lone_surrogate_is_a_damaged_file_not_a_bug(tmp_path):
+    # os.fsencode raised UnicodeEncodeError in the check of the names' lengths: exit 3, "a bug in vaekit"
+    from cli_support import invoke, one_line_exit_2
+    from export_support import random_job
+
+    run, images = random_job(tmp_path, 2)
+    forged = _code_file_naming(run, images, tmp_path / "f.codes", LONE)
+    text = one_line_exit_2(invoke("decode", run, forged, "-o", tmp_path / "out"))
+    assert "f.codes" in text and "name" in text
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_format_2_vkc_naming_a_lone_surrogate_is_a_damaged_archive_not_a_bug(tmp_path):
+    import json
+
+    from cli_support import invoke, one_line_exit_2
+    from test_codec_hostile import logistic_vkc
+    from vaekit.codec import container
+    from vaekit.codec.header import MODES, _compress, varint
+
+    run, _, vkc = logistic_vkc(tmp_path)
+    h, offset = container.read_header(vkc)
+    data = vkc.read_bytes()
+    words = data[offset:len(data) - container.DIGESTS[container.MAGIC]]
+    blob = _compress(json.dumps({"names": [LONE, *h.names[1:]]}).encode())  # format 2: the names in the JSON
+    head = b"".join([bytes([MODES.index(h.mode), h.quality or 0, h.channels]), varint(h.image_size),
+                     varint(h.latent_dim), bytes.fromhex(h.fingerprint), bytes.fromhex(h.tables), varint(len(h.chunks)),
+                     *(varint(v) for c in h.chunks for v in c), varint(len(blob)), blob])
+    body = b"VKC2" + varint(len(head)) + head + words
+    forged = tmp_path / "f.vkc"
+    forged.write_bytes(body + hashlib.sha256(body).digest()[:container.DIGESTS[b"VKC2"]])
+    assert container.read_header(vkc)[0].names  # the file is read as far as its names
+    text = one_line_exit_2(invoke("decode", run, forged, "-o", tmp_path / "out"))
+    assert "f.vkc" in text and "name" in text
+    assert not (tmp_path / "out").exists()

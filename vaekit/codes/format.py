@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
@@ -308,6 +309,10 @@ def check_name(name: str, source: str = "code file") -> None:
     """A stored name must be a plain relative path: decoding writes files under it."""
     if not isinstance(name, str) or not name or "\\" in name or "\x00" in name:
         raise CodeFileError(f"{source} holds an unsafe image name {name!r}")
+    try:
+        os.fsencode(name)  # a name of a file's bytes (surrogateescape) is; JSON's "\ud800" is no file name
+    except UnicodeEncodeError:
+        raise CodeFileError(f"{source} holds an image name {name!r} that is no file name (a lone surrogate)") from None
     p = PurePosixPath(name)
     if p.is_absolute() or PureWindowsPath(name).drive or any(part in ("..", ".") for part in name.split("/")) or "" in name.split("/"):
         raise CodeFileError(f"{source} holds an unsafe image name {name!r} (absolute, or leaving the output folder)")
