@@ -168,3 +168,27 @@ def test_a_format_2_vkc_naming_a_lone_surrogate_is_a_damaged_archive_not_a_bug(t
     text = one_line_exit_2(invoke("decode", run, forged, "-o", tmp_path / "out"))
     assert "f.vkc" in text and "name" in text
     assert not (tmp_path / "out").exists()
+
+
+# --- a path with a NUL byte, through the Python API ---------------------------------------------
+
+def test_a_path_holding_a_nul_is_bad_input_not_a_bare_value_error(tmp_path):
+    # os.stat raised "ValueError: embedded null byte" from check_regular and refuse_existing (the
+    # inputs were already refused as "no such file or folder"); the CLI cannot pass a NUL, the API can
+    import vaekit
+    from export_support import random_job
+    from vaekit import anomaly, codes
+    from vaekit.errors import VaekitError
+
+    run, images = random_job(tmp_path, 2)
+    model = vaekit.load(run)
+    code_file = codes.encode_folder(model, images, tmp_path / "a.codes").path
+    calls = [lambda: codes.decode_file(model, str(code_file) + "\0", tmp_path / "out"),
+             lambda: codes.encode_folder(model, images, tmp_path / "b\0.codes"),
+             lambda: anomaly.score_to_file(model, images, tmp_path / "s\0.csv", threshold=1.0),
+             lambda: anomaly.score_to_file(model, images, tmp_path / "s.csv", maps=tmp_path / "m\0", threshold=1.0)]
+    for call in calls:
+        with pytest.raises(VaekitError, match="NUL") as e:
+            call()
+        assert "\n" not in str(e.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.codes", "images", "run"]

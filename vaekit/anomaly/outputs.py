@@ -23,6 +23,7 @@ from vaekit.inference.engine import Model
 from vaekit.errors import BadInput
 from vaekit.codes.targets import refuse_linked
 from vaekit.fileio import atomic_writer, dumps_json, refuse_existing, refuse_inside, refuse_long_names
+from vaekit.fileio.outputs import refuse_nul
 from vaekit.inference.engine_onnx import refuse_model_files
 from vaekit.stream.journals import PARTIAL_SUFFIX
 from vaekit.stream.shares import MERGING
@@ -46,6 +47,7 @@ def check_outputs(inputs, out: str | Path | None = None, maps: str | Path | None
             refuse_model_files(Path(out), model, "output")
         refuse_existing(Path(out), overwrite)
     if maps is not None:
+        refuse_nul(maps, "--maps folder")
         maps = Path(maps)
         if out is not None and _takes_outputs_name(Path(out), maps):
             raise BadInput(f"--maps {maps} is the name of the output {Path(out).name} or of its journal; give the heat "

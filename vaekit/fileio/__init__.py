@@ -210,6 +210,8 @@ def check_regular(path: Path, what: str, max_bytes: int | None = None) -> os.sta
         raise NotFound(f"{what} not found: {path}") from None
     except OSError as e:
         raise DamagedFile(f"{what} cannot be read ({path}): {e.strerror or e}") from None
+    except ValueError:  # "embedded null byte": the API's caller, never the shell
+        raise NotFound(f"{what} not found: {str(path)!r} holds a NUL byte, which no path can") from None
     if not stat.S_ISREG(st.st_mode):
         kind = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file (a FIFO, socket or device?)"
         raise DamagedFile(f"{what} is {kind}: {path}")

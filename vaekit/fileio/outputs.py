@@ -72,6 +72,13 @@ def _system_folder(path: Path) -> str | None:
     return None
 
 
+def refuse_nul(path, what: str = "output") -> None:
+    """BadInput for a path holding a NUL byte (os.stat's bare "ValueError: embedded null byte"):
+    the Python API's caller may give one, the shell never does."""
+    if "\0" in str(path):
+        raise BadInput(f"{what} {str(path)!r} holds a NUL byte, which no file name can")
+
+
 def refuse_existing(paths: Path | Sequence[Path], overwrite: bool, what: str = "output") -> None:
     """OutputExists when an output already exists (even as a broken link) and the user did not
     pass --overwrite; BadInput when one is a folder. `paths`: one file, or every file a job will
@@ -79,6 +86,7 @@ def refuse_existing(paths: Path | Sequence[Path], overwrite: bool, what: str = "
     many = not isinstance(paths, (str, os.PathLike))
     paths = [Path(p) for p in paths] if many else [Path(paths)]
     for path in paths:
+        refuse_nul(path, what)
         if path.is_dir():
             raise BadInput(f"{what} {path} is a folder; give a file name")
         special = _special_file(path) or _system_folder(path)
