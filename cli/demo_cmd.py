@@ -24,7 +24,7 @@ def demo(
     host: Annotated[str, typer.Option(help="Address to bind; the default keeps the app on this machine. "
                                            "0.0.0.0 exposes it to your network.")] = "127.0.0.1",
     share: Annotated[bool, typer.Option("--share", help="Also open a public gradio.live link (off by default).")] = False,
-    runs_dir: Annotated[Path, typer.Option(help="Where the Train tab writes new runs.")] = Path("runs"),
+    runs_dir: Annotated[Path, typer.Option(help="Where the Train tab writes new runs.", file_okay=False)] = Path("runs"),
     max_file_size: Annotated[str, typer.Option(help="Largest accepted upload, e.g. 25mb.")] = "25mb",
     data_root: Annotated[Optional[Path], typer.Option(help="Folders typed into the page (Train, Latent space, Open) "
                                                            "must lie inside this one. Default: the current folder.",

@@ -192,3 +192,20 @@ def test_a_path_holding_a_nul_is_bad_input_not_a_bare_value_error(tmp_path):
             call()
         assert "\n" not in str(e.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.codes", "images", "run"]
+
+
+# --- the web app's options ------------------------------------------------------------------------
+
+def test_demo_refuses_a_runs_dir_that_is_a_file_before_it_serves(tmp_path):
+    # it served, and the Train tab could then write no run under it; run in a process of its own
+    # with a timeout, since a demo that starts serves until it is stopped
+    import subprocess
+    import sys
+
+    note = tmp_path / "notes.txt"
+    note.write_text("mine\n")
+    r = subprocess.run([sys.executable, "-m", "vaekit", "demo", "--runs-dir", str(note), "--port", "1"],
+                       capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "runs-dir" in r.stderr and "is a file" in r.stderr
+    assert note.read_text() == "mine\n"
