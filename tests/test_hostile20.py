@@ -209,3 +209,18 @@ def test_demo_refuses_a_runs_dir_that_is_a_file_before_it_serves(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert "runs-dir" in r.stderr and "is a file" in r.stderr
     assert note.read_text() == "mine\n"
+
+
+def test_reconstruct_into_a_folder_holding_the_input_folder_never_replaces_an_input(tmp_path):
+    # `reconstruct OUT/IMGS -o OUT`: IMGS/IMGS/a.png is written to OUT/IMGS/a.png, itself an input
+    # (no link needed); --overwrite replaced it with the other image's reconstruction
+    from cli_support import invoke, one_line_exit_2
+    from export_support import random_job
+
+    run, images = random_job(tmp_path / "out", 2)  # out/images/img000.png, img001.png
+    (images / "images").mkdir()
+    (images / "img001.png").rename(images / "images" / "img000.png")
+    before = (images / "img000.png").read_bytes()
+    text = one_line_exit_2(invoke("reconstruct", run, images, "-o", tmp_path / "out", "--overwrite"))
+    assert "input folder" in text
+    assert (images / "img000.png").read_bytes() == before
