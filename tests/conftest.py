@@ -104,6 +104,20 @@ def pytest_collection_finish(session):
     (~4% of the fast suite's time was collector passes; a third of it goes). Garbage made from
     here on is collected as before."""
     gc.freeze()
+    _register_hypothesis_prng()
+
+
+def _register_hypothesis_prng():
+    """hypothesis, as the first of its tests begins, registers the PRNG it seeds for every test:
+    register_random runs gc.collect() and gc.get_referrers() over every object the collector
+    tracks (~2 s of CPU in a worker that had imported gradio by then; the fuzz test's 120 examples
+    take 0.6 s). Here, with everything made so far just frozen, both walk next to nothing. Once
+    registered it is never registered again; a hypothesis release without the hook fails here."""
+    if "hypothesis" in sys.modules:
+        from hypothesis.internal.entropy import deterministic_PRNG
+
+        with deterministic_PRNG():
+            pass
 
 
 @pytest.hookimpl(trylast=True)

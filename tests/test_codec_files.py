@@ -154,9 +154,12 @@ def test_decode_removes_the_staging_folder_a_killed_decode_left(coded, tmp_path)
 def test_a_lossless_archive_from_the_other_engine_is_refused_up_front(coded, tmp_path, monkeypatch):
     from vaekit.codec.net import Net
 
-    model, src, _, _ = coded
+    model, _, _, _ = coded
+    src = tmp_path / "src"
+    _digits(src, 6)  # two chunks of `coded`'s model: coding its 40 images took 2/3 s
     monkeypatch.setattr(Net, "describe", lambda self: {"engine": "onnxruntime"})
-    r = codec.encode(model, src, tmp_path / "o.vkc", lossless=True)
+    r = codec.encode(model, src, tmp_path / "o.vkc", lossless=True, chunk=4)
+    assert len(codec.read_info(r.path).chunks) == 2
     monkeypatch.undo()
     with pytest.raises(codec.Desynchronised, match="onnxruntime engine"):
         codec.decode(model, r.path, tmp_path / "out")

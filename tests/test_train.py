@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,21 @@ def tcfg(**kw):
 @pytest.fixture(scope="module")
 def blobs(tmp_path_factory):
     return make_blobs(tmp_path_factory.mktemp("blobs"))
+
+
+@pytest.fixture(scope="module")
+def _one_epoch(blobs, tmp_path_factory):
+    """train(blobs, run, MODEL, tcfg(epochs=1)), trained once for the module: read, never changed."""
+    run = tmp_path_factory.mktemp("one-epoch") / "run"
+    train(blobs, run, MODEL, tcfg(epochs=1))
+    return run
+
+
+@pytest.fixture()
+def one_epoch(_one_epoch):
+    """A fresh copy of that run, for a test to put at `dest`: the files its own training would
+    have written (the training is seeded; the data folder is the same), its run id aside."""
+    return lambda dest: shutil.copytree(_one_epoch, dest, symlinks=True)
 
 
 def test_run_directory_is_complete_and_self_describing(blobs, tmp_path):
@@ -214,8 +230,8 @@ def test_a_large_surface_under_uneven_light_is_still_a_surface(tmp_path):
     assert probe_layout(sorted(tmp_path.glob("*.png")), 1) == "grid"
 
 
-def test_an_existing_run_is_never_silently_replaced(blobs, tmp_path):
-    train(blobs, tmp_path / "run", MODEL, tcfg(epochs=1))
+def test_an_existing_run_is_never_silently_replaced(blobs, tmp_path, one_epoch):
+    one_epoch(tmp_path / "run")
     before = (tmp_path / "run" / "model.safetensors").read_bytes()
     with pytest.raises(FileExistsError, match="--resume"):
         train(blobs, tmp_path / "run", MODEL, tcfg(epochs=1))
@@ -234,8 +250,8 @@ def test_resume_refuses_changed_data_and_missing_state(blobs, tmp_path):
         train(other, tmp_path / "run", MODEL, tcfg(), resume=True, resume_epochs=2)
 
 
-def test_corrupt_or_foreign_files_are_clear_errors(blobs, tmp_path):
-    train(blobs, tmp_path / "run", MODEL, tcfg(epochs=1))
+def test_corrupt_or_foreign_files_are_clear_errors(tmp_path, one_epoch):
+    one_epoch(tmp_path / "run")
     weights = tmp_path / "run" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(rundir.RunError, match="corrupt"):
@@ -247,8 +263,8 @@ def test_corrupt_or_foreign_files_are_clear_errors(blobs, tmp_path):
         rundir.load_model(tmp_path / "missing")
 
 
-def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(blobs, tmp_path, monkeypatch):
-    train(blobs, tmp_path / "run", MODEL, tcfg(epochs=1))
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(blobs, tmp_path, monkeypatch, one_epoch):
+    one_epoch(tmp_path / "run")
     good = (tmp_path / "run" / "checkpoint" / "resume.json").read_text()
     import vaekit.training.trainer as t  # the training steps
 
@@ -367,8 +383,8 @@ def test_kl_warmup_ramps_linearly_to_beta():
     assert kl_weight(0, TrainConfig(beta=0.5)) == 0.5
 
 
-def test_resume_records_the_new_total_and_forgets_stale_thresholds(blobs, tmp_path):
-    train(blobs, tmp_path / "run", MODEL, tcfg(epochs=1))
+def test_resume_records_the_new_total_and_forgets_stale_thresholds(blobs, tmp_path, one_epoch):
+    one_epoch(tmp_path / "run")
     train(blobs, tmp_path / "run", MODEL, tcfg(), resume=True, resume_epochs=2)
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     assert cfg["train"]["epochs"] == 2 and "anomaly" in cfg
@@ -376,10 +392,10 @@ def test_resume_records_the_new_total_and_forgets_stale_thresholds(blobs, tmp_pa
         train(blobs, tmp_path / "run", MODEL, tcfg(), resume=True, resume_epochs=1)
 
 
-def test_torch_engine_refuses_weights_that_do_not_match_the_stored_threshold(blobs, tmp_path):
+def test_torch_engine_refuses_weights_that_do_not_match_the_stored_threshold(blobs, tmp_path, one_epoch):
     from vaekit.inference.engine_torch import TorchModel
 
-    train(blobs, tmp_path / "a", MODEL, tcfg(epochs=1))
+    one_epoch(tmp_path / "a")
     train(blobs, tmp_path / "b", MODEL, tcfg(epochs=1, seed=3))
     TorchModel(tmp_path / "a")  # consistent: opens
     # as after an interrupted resume: new weights, old config
@@ -478,7 +494,7 @@ def test_cross_fitting_trains_one_model_per_fold_but_the_first_which_is_the_runs
     assert len(made) == 4
 
 
-def test_few_aligned_images_train_on_warped_copies_and_the_run_records_it(blobs, tmp_path):
+def test_few_aligned_images_train_on_warped_copies_and_the_run_records_it(blobs, tmp_path, _one_epoch):
     from vaekit.training.augment import augment_on, warp_batch
 
     # auto: aligned objects below 50 training images; a surface's crops serve it already
@@ -510,19 +526,18 @@ def test_few_aligned_images_train_on_warped_copies_and_the_run_records_it(blobs,
     assert resolve_epochs(TrainConfig(), 32, 64, warped=True, models=5) == 230
     assert resolve_epochs(TrainConfig(), 32, 64, warped=True, models=2) == 549  # within the budget
     # the resolved setting is stored, so a resume warps exactly as the run did
-    train(blobs, tmp_path / "run", MODEL, tcfg(epochs=1))
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["augment"] == "on"
+    assert json.loads((_one_epoch / "config.json").read_text())["train"]["augment"] == "on"  # tcfg(epochs=1)
     train(blobs, tmp_path / "off", MODEL, tcfg(epochs=1, augment="off"))
     assert json.loads((tmp_path / "off" / "config.json").read_text())["train"]["augment"] == "off"
 
 
-def test_resuming_a_run_whose_model_trained_on_every_image_keeps_doing_so(blobs, tmp_path, monkeypatch):
+def test_resuming_a_run_whose_model_trained_on_every_image_keeps_doing_so(blobs, tmp_path, monkeypatch, one_epoch):
     # cross-fitted runs written before the run's model became the first fold's trained on all
     # images (config.json data.train_images == every image): a resume must not then score fold 1
     # with a model that saw it, so all five fold models train and the run keeps all its images
     from vaekit.training import trainer as trainer_module
 
-    train(blobs, tmp_path / "run", MODEL, tcfg(epochs=1))
+    one_epoch(tmp_path / "run")
     cfg_path = tmp_path / "run" / "config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["data"]["train_images"] = 24
