@@ -123,14 +123,11 @@ def _code_file_naming(run: Path, images: Path, out: Path, name: str) -> Path:
     import vaekit
     from vaekit.codes import format as fmt
 
+    from test_hostile11_codec import _forge_codes
+
     cf = fmt.load(vaekit.codes.encode_folder(vaekit.load(run), images, out.with_suffix(".orig")).path)
     cf.names[0] = name
-    header, tensors = fmt.header_json(cf), fmt._tensors(cf)
-    meta = {"format": fmt.FORMAT, "version": str(fmt.VERSION), "header": header,
-            "sha256": fmt._digest(str(fmt.VERSION), header, tensors)}
-    head, order = fmt.safetensors_layout(tensors, {k: list(v.shape) for k, v in tensors.items()}, meta)
-    out.write_bytes(head + b"".join(fmt.little_endian(tensors[k]) for k in order))
-    return out
+    return _forge_codes(cf, out)
 
 
 def test_a_code_file_naming_a_lone_surrogate_is_a_damaged_file_not_a_bug(tmp_path):
