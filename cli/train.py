@@ -236,7 +236,7 @@ class _Reporter:
                      "reader": "defect reader"}.get(
                 phase, f"epoch {m.get('epoch')}/{m.get('epochs')}")
             self.task, self.key = self.bars.add_task(desc, total=total, info=""), key
-            if phase in ("decode", "crossfit", "reader") and not self.bars.console.is_terminal:
+            if phase in ("crossfit", "reader") and not self.bars.console.is_terminal:
                 # no bar is drawn into a log or a pipe: say what the minutes after the epochs are for
                 self.bars.console.print(f"{desc} ...", highlight=False)
         info = ""

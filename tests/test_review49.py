@@ -13,7 +13,7 @@ def _printed(terminal: bool) -> str:
     console = Console(file=out, force_terminal=terminal, width=100)
     with Progress(console=console, transient=True) as bars:
         report = _Reporter(bars)
-        for phase in ("crossfit", "reader"):
+        for phase in ("decode", "crossfit", "reader"):
             for done in (0, 25, 50):
                 report(done, 50, phase=phase, loss=0.1)
     return out.getvalue()
@@ -24,6 +24,7 @@ def test_the_phases_after_the_epochs_are_named_once_in_a_log():
     # of the fold models and the defect reader
     text = _printed(terminal=False)
     assert text.count("fold models for the threshold ...") == 1 and text.count("defect reader ...") == 1
+    assert "decoding images" not in text  # it comes before the plan, which stays the first line
 
 
 def test_a_terminal_gets_the_bars_alone():
