@@ -29,3 +29,23 @@ def test_the_phases_after_the_epochs_are_named_once_in_a_log():
 
 def test_a_terminal_gets_the_bars_alone():
     assert "defect reader ..." not in _printed(terminal=True)
+
+
+def test_a_lossless_archive_says_what_coded_its_pixels(tmp_path):
+    # a default (Gaussian) model codes 9-10% larger than a logistic model's: the user is told
+    import json
+
+    from cli_support import invoke
+    from export_support import random_run
+    from test_codec import _digits
+
+    _digits(tmp_path / "src", 4)
+    for likelihood, says, key in (("gaussian", "--likelihood logistic codes 9-10% smaller", "fitted"),
+                                  ("logistic", "the model's own (discretised logistic)", "model")):
+        run = random_run(tmp_path / likelihood, image_size=16, channels=1, latent_dim=4, base_channels=4,
+                         likelihood=likelihood)
+        r = invoke("encode", run, tmp_path / "src", "-o", tmp_path / f"{likelihood}.vkc", "--lossless")
+        assert r.exit_code == 0, r.output
+        assert says in " ".join(r.output.replace("│", " ").split()), r.output
+        r = invoke("encode", run, tmp_path / "src", "-o", tmp_path / f"{likelihood}-2.vkc", "--lossless", "--json")
+        assert r.exit_code == 0 and json.loads(r.stdout)["pixel_model"] == key
