@@ -32,7 +32,7 @@ def test_a_terminal_gets_the_bars_alone():
 
 
 def test_a_lossless_archive_says_what_coded_its_pixels(tmp_path):
-    # a default (Gaussian) model codes 9-10% larger than a logistic model's: the user is told
+    # a default (Gaussian) model's archive is ~10% larger than a logistic model's: the user is told
     import json
 
     from cli_support import invoke
