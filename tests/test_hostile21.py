@@ -2,11 +2,17 @@
 
 - a VAEKIT_CACHE_DIR or XDG_CACHE_HOME naming the home folder of a user this machine does not know
   (`~nosuchuser/cache`) was a RuntimeError traceback and exit 3, not one line naming the setting;
+- an image replaced with a truncated file of the same size and modification time between a stop and
+  its --resume was skipped by the resumed session: 23 images split anew, so images held out for
+  validation and calibration were trained on, and config.json still said 24.
 
 Real components: a 16 px model trained through the CLI on generated images in tmp_path.
 """
 
 from __future__ import annotations
+
+import os
+import shutil
 
 import numpy as np
 import pytest
@@ -35,3 +41,26 @@ def test_a_cache_folder_under_an_unknown_users_home_is_one_line_naming_the_setti
     assert variable in one_line_exit_2(r)
     assert not (tmp_path / "run").exists()
 
+
+def test_a_resume_whose_image_no_longer_decodes_is_refused_not_split_anew(tmp_path, monkeypatch):
+    monkeypatch.setenv("VAEKIT_CACHE_DIR", str(tmp_path / "cache"))
+    data, run = write_images(tmp_path / "data"), tmp_path / "run"
+    assert invoke("train", data, "--out", run, *TINY).exit_code == 0
+    image = data / "05.png"
+    good = image.read_bytes()
+    stat = image.stat()
+    image.write_bytes(good[:50].ljust(len(good), b"\0"))  # same size, same time: the same fingerprint
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    before = {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".vaekit.lock"}
+
+    r = invoke("train", data, "--out", run, "--resume", *TINY[:1], "2", *TINY[2:])
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    said = r.output.strip().splitlines()[-1]  # after the decoding pass's progress line
+    assert said.startswith("error: ") and "05.png no longer decodes" in said, r.output
+    after = {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".vaekit.lock"}
+    assert after == before
+
+    image.write_bytes(good)  # the very file again: the resume goes on
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert invoke("train", data, "--out", run, "--resume", *TINY[:1], "2", *TINY[2:]).exit_code == 0
+    shutil.rmtree(tmp_path / "cache")

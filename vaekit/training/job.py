@@ -150,6 +150,19 @@ def _other_images(data: Dataset, out_dir: Path, root) -> str:
             "resume needs the same data")
 
 
+def _decoded_otherwise(data: Dataset, out_dir: Path, recorded: dict) -> str:
+    """Why a resume's images, with the run's fingerprint, are not the run's: a file replaced under
+    the same name, size and time no longer decodes (or now does). Trained on, it would split the
+    images anew, and those held out for validation and calibration would be trained on."""
+    was = {str(s[0]) for s in recorded.get("skipped") or [] if isinstance(s, list) and s}
+    new = [str(p) for p, _ in data.skipped if os.path.relpath(p, data.root) not in was]
+    what = (f"{', '.join(new[:3])}{' ...' if len(new) > 3 else ''} no longer decode{'s' if len(new) == 1 else ''}"
+            if new else "files that did not decode now do")
+    return (f"the images in {data.root} are not those {out_dir} was started on: {what} (replaced under the "
+            f"same size and modification time); {len(data.paths)} usable, the run had {recorded.get('images')}; "
+            "resume needs the same data")
+
+
 def _linked_folders(data_dir, confine_to: Path | None = None) -> list[Path]:
     """The real folders the training folder reaches through folder links: inputs too, where no
     run may go (its preview.png would become training data)."""
@@ -195,6 +208,8 @@ def _train(data_dir, out_dir, dist, stored, model_cfg, train_cfg, channels, resu
         rundir.prepare_out(out_dir, overwrite)
     if resume and data.fingerprint != stored.get("data", {}).get("fingerprint"):
         raise rundir.RunError(_other_images(data, out_dir, stored.get("data", {}).get("root")))
+    if resume and len(data.paths) != stored.get("data", {}).get("images"):
+        raise rundir.RunError(_decoded_otherwise(data, out_dir, stored.get("data", {})))
     model_cfg = replace(model_cfg, channels=int(data.images.shape[1]))
     if not model_cfg.resolved:  # the rest of "auto", from the decoded training pixels (the same on every rank)
         model_cfg = choose_model(model_cfg, image_statistics(data.images, np.arange(len(data.paths))))
