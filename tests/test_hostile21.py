@@ -5,6 +5,9 @@
 - an image replaced with a truncated file of the same size and modification time between a stop and
   its --resume was skipped by the resumed session: 23 images split anew, so images held out for
   validation and calibration were trained on, and config.json still said 24.
+- a folder made by hand at a name a run writes (model.safetensors, preview.png, .vaekit-run, ...):
+  `train --overwrite` deleted the run's files and trained, then stopped at the write with exit 2,
+  leaving a gutted run; `--resume` trained an epoch first, then stopped the same way.
 
 Real components: a 16 px model trained through the CLI on generated images in tmp_path.
 """
@@ -64,3 +67,22 @@ def test_a_resume_whose_image_no_longer_decodes_is_refused_not_split_anew(tmp_pa
     os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert invoke("train", data, "--out", run, "--resume", *TINY[:1], "2", *TINY[2:]).exit_code == 0
     shutil.rmtree(tmp_path / "cache")
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "metrics.jsonl", "preview.png", "checkpoint/resume.json",
+                                  ".vaekit-run"])
+@pytest.mark.parametrize("how", ["--overwrite", "--resume"])
+def test_a_folder_at_a_name_the_run_writes_is_refused_before_the_run_is_cleared_or_trained(tmp_path, monkeypatch,
+                                                                                          name, how):
+    monkeypatch.setenv("VAEKIT_CACHE_DIR", str(tmp_path / "cache"))
+    data, run = write_images(tmp_path / "data"), tmp_path / "run"
+    assert invoke("train", data, "--out", run, *TINY).exit_code == 0
+    (run / name).unlink()
+    (run / name).mkdir()
+    (run / name / "mine.txt").write_text("kept")
+    before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".vaekit.lock"}
+
+    r = invoke("train", data, "--out", run, how, *TINY[:1], "2", *TINY[2:])
+    assert name in one_line_exit_2(r) and "epoch" not in r.output  # not after an epoch was trained
+    after = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".vaekit.lock"}
+    assert after == before

@@ -131,6 +131,7 @@ def _checked(out_dir, model_cfg, train_cfg, channels, resume, overwrite, resume_
         rundir.prepare_out(out_dir, overwrite, write=False)
         return None, model_cfg, train_cfg, channels
     stored = rundir.read_config(out_dir)
+    rundir.refuse_blocked_names(out_dir)
     changes = dict(resume_changes or {})
     if resume_epochs:
         changes["epochs"] = resume_epochs
