@@ -8,6 +8,8 @@
 - a folder made by hand at a name a run writes (model.safetensors, preview.png, .vaekit-run, ...):
   `train --overwrite` deleted the run's files and trained, then stopped at the write with exit 2,
   leaving a gutted run; `--resume` trained an epoch first, then stopped the same way.
+- `vaekit threshold model.onnx` on an install without torch (the runtime extra only) said "this needs
+  torch, pip install vaekit[train]" instead of that an export's threshold is moved in its run.
 
 Real components: a 16 px model trained through the CLI on generated images in tmp_path.
 """
@@ -86,3 +88,27 @@ def test_a_folder_at_a_name_the_run_writes_is_refused_before_the_run_is_cleared_
     assert name in one_line_exit_2(r) and "epoch" not in r.output  # not after an epoch was trained
     after = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".vaekit.lock"}
     assert after == before
+
+
+NO_TORCH = """
+import sys
+class NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, NoTorch())
+sys.argv = ["vaekit", "--threads", "1", *sys.argv[1:]]
+from vaekit_cli.main import main
+main()
+"""
+
+
+def test_threshold_given_an_export_says_so_on_an_install_without_torch(tmp_path):
+    import subprocess
+    import sys
+
+    export = tmp_path / "model.onnx"
+    export.write_bytes(b"an export; threshold refuses any file before reading it")
+    r = subprocess.run([sys.executable, "-c", NO_TORCH, "threshold", str(export)], capture_output=True, text=True,
+                       timeout=120, env={**os.environ, "COLUMNS": "300"})
+    assert r.returncode == 2 and "is a file" in r.stderr and "torch" not in r.stderr, r.stderr
