@@ -10,6 +10,8 @@
   leaving a gutted run; `--resume` trained an epoch first, then stopped the same way.
 - `vaekit threshold model.onnx` on an install without torch (the runtime extra only) said "this needs
   torch, pip install vaekit[train]" instead of that an export's threshold is moved in its run.
+- the web app's Train tab on an install without torch (`vaekit demo model.onnx`) waited for ever:
+  its worker thread died importing torch before it could report, holding one of the four training slots.
 
 Real components: a 16 px model trained through the CLI on generated images in tmp_path.
 """
@@ -112,3 +114,31 @@ def test_threshold_given_an_export_says_so_on_an_install_without_torch(tmp_path)
     r = subprocess.run([sys.executable, "-c", NO_TORCH, "threshold", str(export)], capture_output=True, text=True,
                        timeout=120, env={**os.environ, "COLUMNS": "300"})
     assert r.returncode == 2 and "is a file" in r.stderr and "torch" not in r.stderr, r.stderr
+
+
+TRAIN_TAB_NO_TORCH = """
+import sys, threading
+class NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, NoTorch())
+from vaekit_demo.training import train_events
+slot = threading.Semaphore(1)
+slot.acquire()
+try:
+    list(train_events(sys.argv[1], sys.argv[2], 16, 4, 1, threading.Event(), slot))
+except ModuleNotFoundError as e:
+    print("raised", e.name)
+print("slot given back", slot.acquire(blocking=False))
+"""
+
+
+def test_the_train_tab_without_torch_says_so_and_gives_its_slot_back_instead_of_hanging(tmp_path):
+    import subprocess
+    import sys
+
+    data = write_images(tmp_path / "data", n=4)
+    r = subprocess.run([sys.executable, "-c", TRAIN_TAB_NO_TORCH, str(data), str(tmp_path / "run")],
+                       capture_output=True, text=True, timeout=30)  # it waited for ever for its worker
+    assert r.stdout.split("\n")[:2] == ["raised torch", "slot given back True"], r.stdout + r.stderr
