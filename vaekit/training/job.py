@@ -209,7 +209,8 @@ def _train(data_dir, out_dir, dist, stored, model_cfg, train_cfg, channels, resu
         rundir.prepare_out(out_dir, overwrite)
     if resume and data.fingerprint != stored.get("data", {}).get("fingerprint"):
         raise rundir.RunError(_other_images(data, out_dir, stored.get("data", {}).get("root")))
-    if resume and len(data.paths) != stored.get("data", {}).get("images"):
+    recorded = stored.get("data", {}).get("images") if resume else None
+    if isinstance(recorded, int) and len(data.paths) != recorded:  # same files, decoded otherwise: split anew
         raise rundir.RunError(_decoded_otherwise(data, out_dir, stored.get("data", {})))
     model_cfg = replace(model_cfg, channels=int(data.images.shape[1]))
     if not model_cfg.resolved:  # the rest of "auto", from the decoded training pixels (the same on every rank)
