@@ -247,9 +247,6 @@ def threshold(
                                                         "quantile or the one given.", exists=True)] = None,
 ) -> None:
     """Show the run's anomaly threshold and its held-out score quantiles, or move the threshold."""
-    from vaekit import anomaly
-    from vaekit.training import rundir
-
     if not run.is_dir():  # an export: its threshold is in its metadata, fixed when it was written
         from vaekit.errors import BadInput
 
@@ -260,6 +257,9 @@ def threshold(
         raise typer.BadParameter("give at most one of --quantile, --target-fpr, --value")
     if normal is not None and value is not None:
         raise typer.BadParameter("--value fixes the threshold; --normal sets it from images: give one of them")
+    from vaekit import anomaly
+    from vaekit.training import rundir  # after the refusals: it imports torch, which an install for exports lacks
+
     moving = normal is not None or any(v is not None for v in (quantile, target_fpr, value))
     before = (rundir.read_config(run).get("anomaly") or {}).get("threshold") if moving else None
     if normal is not None:

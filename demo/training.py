@@ -86,9 +86,9 @@ def _train_worker(folder, out_dir, image_size, latent_dim, epochs, stop: threadi
         events.put(TrainEvent(phase, done, total, metrics))
 
     def work() -> None:
-        from vaekit.training.job import train
+        try:  # the import too: without torch the page waited for ever, its training slot held
+            from vaekit.training.job import train
 
-        try:
             result, _ = train(folder, out_dir, model_cfg, train_cfg, channels="auto", progress=report,
                               should_stop=stop.is_set, confine_to=confine_to)
             events.put(TrainEvent("stopped") if result.stopped else TrainEvent("done", result=result))

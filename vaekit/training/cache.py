@@ -26,7 +26,7 @@ import numpy as np
 import PIL
 
 from vaekit import images
-from vaekit.errors import CannotWrite
+from vaekit.errors import BadInput, CannotWrite
 from vaekit.fileio import atomic_write_json, atomic_writer, open_regular_file, read_json
 from vaekit.stream.batches import identity
 from vaekit.training.cache_bound import DEFAULT_MAX_GB, ENTRY_NAME, evict, max_cache_bytes  # noqa: F401 - part of this face
@@ -44,12 +44,23 @@ MEMORY_FALLBACK = 1 << 30
 
 
 def default_cache_dir() -> Path:
-    """$VAEKIT_CACHE_DIR, else $XDG_CACHE_HOME/vaekit, else ~/.cache/vaekit."""
+    """$VAEKIT_CACHE_DIR, else $XDG_CACHE_HOME/vaekit, else ~/.cache/vaekit. BadInput for a `~user`
+    this machine does not know (pathlib's RuntimeError was a traceback and exit 3)."""
     if os.environ.get("VAEKIT_CACHE_DIR"):
-        return Path(os.environ["VAEKIT_CACHE_DIR"]).expanduser()
+        return _home_expanded("VAEKIT_CACHE_DIR")
     if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "vaekit"
-    return Path.home() / ".cache" / "vaekit"
+        return _home_expanded("XDG_CACHE_HOME") / "vaekit"
+    return _home_expanded(None) / ".cache" / "vaekit"
+
+
+def _home_expanded(variable: str | None) -> Path:
+    text = os.environ[variable] if variable else "~"
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:
+        said = f"{variable}={text[:80]!r}" if variable else "the pixel cache (~/.cache/vaekit)"
+        raise BadInput(f"{said}: no home folder found for it; set VAEKIT_CACHE_DIR to the folder "
+                       "the pixel cache should use") from None
 
 
 def cache_key(paths: Sequence[Path], size: int, channels: int) -> str:

@@ -131,6 +131,7 @@ def _checked(out_dir, model_cfg, train_cfg, channels, resume, overwrite, resume_
         rundir.prepare_out(out_dir, overwrite, write=False)
         return None, model_cfg, train_cfg, channels
     stored = rundir.read_config(out_dir)
+    rundir.refuse_blocked_names(out_dir)
     changes = dict(resume_changes or {})
     if resume_epochs:
         changes["epochs"] = resume_epochs
@@ -147,6 +148,19 @@ def _other_images(data: Dataset, out_dir: Path, root) -> str:
                 "trained on, in that folder (a moved or copied folder counts as other images)")
     return (f"the images in {data.root} are not those {out_dir} was started on (their names, sizes or modification "
             "times differ: a file added, removed, replaced or touched, or the folder copied without its times); "
+            "resume needs the same data")
+
+
+def _decoded_otherwise(data: Dataset, out_dir: Path, recorded: dict) -> str:
+    """Why a resume's images, with the run's fingerprint, are not the run's: a file replaced under
+    the same name, size and time no longer decodes (or now does). Trained on, it would split the
+    images anew, and those held out for validation and calibration would be trained on."""
+    was = {str(s[0]) for s in recorded.get("skipped") or [] if isinstance(s, list) and s}
+    new = [str(p) for p, _ in data.skipped if os.path.relpath(p, data.root) not in was]
+    what = (f"{', '.join(new[:3])}{' ...' if len(new) > 3 else ''} no longer decode{'s' if len(new) == 1 else ''}"
+            if new else "files that did not decode now do")
+    return (f"the images in {data.root} are not those {out_dir} was started on: {what} (replaced under the "
+            f"same size and modification time); {len(data.paths)} usable, the run had {recorded.get('images')}; "
             "resume needs the same data")
 
 
@@ -195,6 +209,9 @@ def _train(data_dir, out_dir, dist, stored, model_cfg, train_cfg, channels, resu
         rundir.prepare_out(out_dir, overwrite)
     if resume and data.fingerprint != stored.get("data", {}).get("fingerprint"):
         raise rundir.RunError(_other_images(data, out_dir, stored.get("data", {}).get("root")))
+    recorded = stored.get("data", {}).get("images") if resume else None
+    if isinstance(recorded, int) and len(data.paths) != recorded:  # same files, decoded otherwise: split anew
+        raise rundir.RunError(_decoded_otherwise(data, out_dir, stored.get("data", {})))
     model_cfg = replace(model_cfg, channels=int(data.images.shape[1]))
     if not model_cfg.resolved:  # the rest of "auto", from the decoded training pixels (the same on every rank)
         model_cfg = choose_model(model_cfg, image_statistics(data.images, np.arange(len(data.paths))))

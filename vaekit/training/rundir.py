@@ -79,6 +79,19 @@ def own_files(run_dir: Path) -> list[Path]:
     return [p for p in names + _strays(run_dir) if p.is_file() and not p.is_symlink()]
 
 
+def refuse_blocked_names(run_dir: Path) -> None:
+    """BadInput when something other than a file (a folder made by hand) stands at a name vaekit
+    writes in run_dir: said before the run is cleared or trained, not at its first write after an epoch."""
+    run_dir = Path(run_dir)
+    for name in (CONFIG, WEIGHTS, METRICS, PREVIEW, READER, MARKER, f"{CHECKPOINT_DIR}/{RESUME}"):
+        p = run_dir / name
+        if p.exists() and not p.is_file():
+            what = "a folder" if p.is_dir() else "not a regular file"
+            raise BadInput(f"{p} is {what}, where vaekit writes the run's {name}; move it out of the run")
+    if (run_dir / CHECKPOINT_DIR).exists() and not (run_dir / CHECKPOINT_DIR).is_dir():
+        raise BadInput(f"--out {not_a_folder(run_dir / CHECKPOINT_DIR)}; move it out of the run")
+
+
 def clear_run(run_dir: Path) -> None:
     """Delete what vaekit wrote in a run directory (for --overwrite); anything else stays."""
     for p in own_files(run_dir):
@@ -103,6 +116,7 @@ def prepare_out(out_dir: Path, overwrite: bool, write: bool = True) -> None:
                            "(vaekit never replaces files it did not create)")
         if (out_dir / CONFIG).exists() and not overwrite:
             raise OutputExists(f"{out_dir} already holds a run; pass --resume to continue it or --overwrite to replace it")
+        refuse_blocked_names(out_dir)
         if write:
             clear_run(out_dir)
     if write:
