@@ -40,7 +40,7 @@ def wire_open(w: SimpleNamespace, ctx: Context) -> None:
     def open_model(path, request: gr.Request = None):
         if not path:
             raise BadInput("type the path of a run directory or an exported .onnx file")
-        model = vaekit.load(confine(path, [st.data_root, st.runs_dir], st.server_folders, "model path"))
+        model = vaekit.load(confine(path, [st.data_root, st.runs_dir], st.server_folders, "model"))
         ctx.sessions.set_model(ctx.session(request), model)  # this page's, and pages opened from now on
         return ctx.model_outputs(request)
 

@@ -49,3 +49,20 @@ def test_a_lossless_archive_says_what_coded_its_pixels(tmp_path):
         assert says in " ".join(r.output.replace("│", " ").split()), r.output
         r = invoke("encode", run, tmp_path / "src", "-o", tmp_path / f"{likelihood}-2.vkc", "--lossless", "--json")
         assert r.exit_code == 0 and json.loads(r.stdout)["pixel_model"] == key
+
+
+def test_the_open_box_names_a_bad_path_without_saying_path_twice(tmp_path):
+    # helper-76: "that model path path cannot be read" / "that is not a model path path"
+    import gradio as gr
+
+    from test_web7_review import _handler, _req
+    from vaekit_demo.app import build_app
+
+    app = build_app(None, runs_dir=tmp_path / "runs", workdir=tmp_path / "work", data_root=tmp_path)
+    open_model = _handler(app, "open_model")
+    for typed in ("~nosuchuser/x", "x" * 5000):
+        try:
+            said = str(open_model(typed, request=_req("page")))
+        except gr.Error as e:
+            said = str(e)
+        assert "model path" in said and "path path" not in said, said
