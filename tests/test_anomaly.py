@@ -317,8 +317,8 @@ def test_twenty_scores_give_a_threshold_near_the_asked_rate_not_the_rate_of_thei
 
 def test_the_few_scores_warning_appears_only_where_the_rate_is_well_above_the_named_one():
     assert anomaly.few_scores_note(14, 0.99) == ("14 calibration scores are too few for a 1% false-positive rate "
-                                                 "by rank (that needs 99): the threshold extends their tail beyond "
-                                                 "the largest, expect at most 6.7% on average")
+                                                 "by rank (that needs 99): the threshold is the largest or, further, "
+                                                 "their fitted tail's quantile; expect at most 6.7% on average")
     assert anomaly.few_scores_note(1, 0.9, "training") == ("1 training score is too few for a 10% false-positive "
                                                            "rate by rank (that needs 9): the threshold is the largest, "
                                                            "expect 50%")

@@ -126,5 +126,5 @@ def few_scores_note(n: int, quantile: float | None, what: str = "calibration") -
             f"false-positive rate by rank (that needs {needed_scores(quantile)})")
     if n < TAIL_MIN:
         return f"{head}: the threshold is the largest, expect {100 * bound:.2g}%"
-    return (f"{head}: the threshold extends their tail beyond the largest, expect at most "
+    return (f"{head}: the threshold is the largest or, further, their fitted tail's quantile; expect at most "
             f"{100 * bound:.2g}% on average")
