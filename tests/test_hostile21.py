@@ -92,13 +92,16 @@ def test_a_folder_at_a_name_the_run_writes_is_refused_before_the_run_is_cleared_
     assert after == before
 
 
-NO_TORCH = """
+BLOCK_TORCH = """
 import sys
 class NoTorch:
     def find_spec(self, name, path=None, target=None):
         if name == "torch" or name.startswith("torch."):
             raise ModuleNotFoundError(f"No module named {name!r}", name=name)
 sys.meta_path.insert(0, NoTorch())
+"""  # a child Python on an install without torch
+
+NO_TORCH = BLOCK_TORCH + """
 sys.argv = ["vaekit", "--threads", "1", *sys.argv[1:]]
 from vaekit_cli.main import main
 main()
@@ -116,13 +119,8 @@ def test_threshold_given_an_export_says_so_on_an_install_without_torch(tmp_path)
     assert r.returncode == 2 and "is a file" in r.stderr and "torch" not in r.stderr, r.stderr
 
 
-TRAIN_TAB_NO_TORCH = """
-import sys, threading
-class NoTorch:
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-sys.meta_path.insert(0, NoTorch())
+TRAIN_TAB_NO_TORCH = BLOCK_TORCH + """
+import threading
 from vaekit_demo.training import train_events
 slot = threading.Semaphore(1)
 slot.acquire()
