@@ -169,9 +169,9 @@ def threshold_from_normal(run_dir: str | Path, normal, quantile: float | None = 
     q = check_quantile(quantile, target_fpr)
     roots = training_roots(cfg, run_dir)
     for folder in [] if isinstance(normal, np.ndarray) else [normal] if isinstance(normal, (str, Path)) else normal:
-        for root in roots:
-            if is_inside(folder, root) or is_inside(root, folder):
-                raise BadInput(f"{folder} holds images the model trained on ({root}); a threshold needs normal images it never saw")
+        hit = training_folder_of(folder, roots)
+        if hit is not None:
+            raise BadInput(f"{folder} holds images the model trained on ({hit}); a threshold needs normal images it never saw")
         if is_inside(run_dir, folder):
             raise BadInput(f"{folder} is or holds the run directory {run_dir}; give a folder of normal images only")
     _refuse_training_copies(normal, roots)
@@ -209,17 +209,23 @@ def trained_on_note(model: Model, folders: str | Path | Sequence[str | Path]) ->
     """A note when `folders` (or one of them) is, holds or lies inside the folder the model trained on
     (config.json's data.root): images it trained on score lower than new ones, so a metric
     measured on them is not a held-out one. None when they are apart, or the root is unknown."""
-    from vaekit.fileio import is_inside
-
     cfg = getattr(model, "config", None)
     source = getattr(model.info, "source", None)
     if not isinstance(cfg, dict) or source is None:
         return None
+    roots = training_roots(cfg, Path(source))
     for folder in [folders] if isinstance(folders, (str, Path)) else folders:
-        for root in training_roots(cfg, Path(source)):
-            if is_inside(folder, root) or is_inside(root, folder):
-                return f"{folder} holds images the model trained on ({root}): the figures are not held-out ones"
+        root = training_folder_of(folder, roots)
+        if root is not None:
+            return f"{folder} holds images the model trained on ({root}): the figures are not held-out ones"
     return None
+
+
+def training_folder_of(folder: str | Path, roots: Sequence[Path]) -> Path | None:
+    """The first training root that `folder` is, holds or lies inside; None when apart from all."""
+    from vaekit.fileio import is_inside
+
+    return next((root for root in roots if is_inside(folder, root) or is_inside(root, folder)), None)
 
 
 def _new_normal_scores(run_dir: Path, normal, default: str, names: list[str]) -> dict[str, np.ndarray]:
