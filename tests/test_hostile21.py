@@ -115,7 +115,7 @@ def test_threshold_given_an_export_says_so_on_an_install_without_torch(tmp_path)
     export = tmp_path / "model.onnx"
     export.write_bytes(b"an export; threshold refuses any file before reading it")
     r = subprocess.run([sys.executable, "-c", NO_TORCH, "threshold", str(export)], capture_output=True, text=True,
-                       timeout=120, env={**os.environ, "COLUMNS": "300"})
+                       timeout=300, env={**os.environ, "COLUMNS": "300"})
     assert r.returncode == 2 and "is a file" in r.stderr and "torch" not in r.stderr, r.stderr
 
 
@@ -138,5 +138,5 @@ def test_the_train_tab_without_torch_says_so_and_gives_its_slot_back_instead_of_
 
     data = write_images(tmp_path / "data", n=4)
     r = subprocess.run([sys.executable, "-c", TRAIN_TAB_NO_TORCH, str(data), str(tmp_path / "run")],
-                       capture_output=True, text=True, timeout=30)  # it waited for ever for its worker
+                       capture_output=True, text=True, timeout=300)  # it waited for ever for its worker
     assert r.stdout.split("\n")[:2] == ["raised torch", "slot given back True"], r.stdout + r.stderr
