@@ -202,7 +202,7 @@ def test_demo_refuses_a_runs_dir_that_is_a_file_before_it_serves(tmp_path):
     note = tmp_path / "notes.txt"
     note.write_text("mine\n")
     r = subprocess.run([sys.executable, "-m", "vaekit", "demo", "--runs-dir", str(note), "--port", "1"],
-                       capture_output=True, text=True, timeout=60, cwd=tmp_path)
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert "runs-dir" in r.stderr and "is a file" in r.stderr
     assert note.read_text() == "mine\n"
