@@ -189,7 +189,7 @@ def _encode_vkc(model, images, out, quality, lossless, fit, overwrite, as_json, 
             "bytes": r.file_bytes, "bytes_per_image": r.bytes_per_image, "bits_per_dim": r.bits_per_dim,
             "header_bytes": r.header_bytes, "source_bytes": r.source_bytes, "seconds": r.seconds}
     if lossless:
-        info["pixel_model"] = "model" if m.info.likelihood == "logistic" else "fitted"
+        info["pixel_model"] = r.pixel_model
     if as_json:
         return _print_json(info)
     from rich.table import Table
@@ -202,16 +202,19 @@ def _encode_vkc(model, images, out, quality, lossless, fit, overwrite, as_json, 
     if r.source_bytes:
         t.add_row("vs. sources", vs_sources(r.source_bytes, r.file_bytes))
     if lossless:
-        t.add_row("pixel model", pixel_model_text(m.info.likelihood))
+        t.add_row("pixel model", pixel_model_text(m.info.likelihood, r.pixel_model))
     console.print(t)
 
 
-def pixel_model_text(likelihood: str) -> str:
+def pixel_model_text(likelihood: str, kind: str) -> str:
     """What codes a lossless archive's pixels, and the smaller archive a user can have."""
-    if likelihood == "logistic":
+    if kind == "model":
         return "the model's own (discretised logistic): the archive costs about its -ELBO"
-    return (f"fitted to these images (a {likelihood} model has no 8-bit levels); a model trained with "
-            "--likelihood logistic codes 9-10% smaller (docs/codec.md)")
+    if kind == "learned":
+        return (f"a small network fitted to these images (a {likelihood} model has no 8-bit levels), "
+                "chosen because it measured smaller than the context model (docs/codec.md)")
+    return (f"a context model fitted to these images (a {likelihood} model has no 8-bit levels); a model trained "
+            "with --likelihood logistic codes 9-10% smaller (docs/codec.md)")
 
 
 def vs_sources(source_bytes: int, file_bytes: int) -> str:

@@ -4,14 +4,16 @@ Read in this order, one idea per file:
 - `tables`: integer probability tables and the one way they reach constriction's ANS coder.
 - `prior`: the lossy codec's learned prior, a factorized density per latent channel, per quality.
 - `lossy`: quantised posterior means coded with those tables.
-- `fitted`: a pixel model fitted to an archive's images, for a Gaussian or Bernoulli model.
+- `fitted`: a pixel model fitted to an archive's images, for a Gaussian or Bernoulli model;
+  `learned`: a small network that does the same job, `learned_fit` which of the two an archive keeps.
 - `bitsback`: lossless BB-ANS over the discretised logistic likelihood, or that fitted model.
 - `net`: the network calls both make, one image at a time, on either engine.
 - `header`, `container`: the .vkc file (a compact header, chunks, checksum).
 - `store`: the tables as a run keeps them (fitted, stored, earlier sets kept for old files).
 - `jobs`: folders in, .vkc out, and back (what the CLI calls); `lossless`: its bits-back half.
 - `compare`: what it is measured against: one image as one Pillow file, WebP at a given size.
-Numpy, constriction and Pillow only: the onnxruntime path never imports torch. docs/codec.md.
+Numpy, constriction and Pillow only: the onnxruntime path never imports torch (a torch model's
+archive trains its learned pixel model with torch). docs/codec.md.
 """
 
 from vaekit.codec.bitsback import Desynchronised

@@ -54,6 +54,7 @@ class EncodeResult:
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     source_bytes: int = 0  # the source files' total size
     seconds: float = 0.0
+    pixel_model: str | None = None  # lossless: "model" (a logistic model's own), "fitted" (context) or "learned"
 
     @property
     def bytes_per_image(self) -> float:
@@ -111,7 +112,7 @@ def encode(model, source: str | Path | Sequence[str | Path], out: str | Path, qu
         spill.close()
     payload = 4 * sum(c[1] for c in header.chunks)
     return EncodeResult(out, header.mode, quality, len(header.names), size, size - payload, info.dims, skipped,
-                        source_bytes, time.perf_counter() - t0)
+                        source_bytes, time.perf_counter() - t0, lossless_job.pixel_model_name(header) if lossless else None)
 
 
 def _no_tables(model) -> str:

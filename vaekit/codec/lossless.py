@@ -3,8 +3,9 @@
 Every image is read as stored (a file whose pixels would not come back byte for byte is skipped
 and named), coded one at a time on the canonical torch thread count (vaekit.codec.net) in chunks
 (vaekit.codec.bitsback). A logistic model codes pixels with its own likelihood; a Gaussian or
-Bernoulli model with a pixel model fitted to the archive's first images (vaekit.codec.fitted),
-which the header carries for the decoder.
+Bernoulli model with a pixel model fitted to the archive's first images (vaekit.codec.fitted's
+context model, or vaekit.codec.learned's network where it measures smaller), which the header
+carries for the decoder.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from vaekit import images as imageio
-from vaekit.codec import bitsback, container, fitted
+from vaekit.codec import bitsback, container, fitted, learned, learned_fit
 from vaekit.codec.net import CANONICAL_THREADS, Net
 from vaekit.codes.sizes import source_facts
 
@@ -55,33 +56,44 @@ def _encode_images(net, found, header, spill, chunk, progress):
         header.orig_size.append([want[1], want[2]])
         source_bytes += facts[1]
         if len(batch) == chunk:
-            _code_chunk(net, batch, spill, header)
+            _code_chunk(net, batch, spill, header, total * int(np.prod(want)))
             batch = []
         if progress:
             progress(k + 1, total)
     if batch:
-        _code_chunk(net, batch, spill, header)
+        _code_chunk(net, batch, spill, header, total * int(np.prod(want)))
     return skipped, source_bytes
 
 
-def _code_chunk(net, batch, spill, header) -> None:
+def _code_chunk(net, batch, spill, header, expected_subpixels: int) -> None:
     """One chunk onto the archive; the first one of a model without a logistic likelihood fits its
-    pixel model first (vaekit.codec.fitted), which the header keeps for the decoder: on the chunk's
+    pixel model first (vaekit.codec.learned_fit.choose: the context model or the learned one, for an
+    archive of about `expected_subpixels`), which the header keeps for the decoder: on the chunk's
     first FIT_IMAGES, fewer where the chunk is smaller (its bound on sub-pixels bounds the fit's memory)."""
     likelihood = net.model.info.likelihood
     if net.pixels is None and likelihood != "logistic":
         fit_on = batch[:fitted.FIT_IMAGES]
-        net.pixels = fitted.fit(likelihood, fit_on, [net.mean_image(x) for x in fit_on])
+        net.pixels = learned_fit.choose(likelihood, fit_on, [net.mean_image(x) for x in fit_on], expected_subpixels,
+                                        torch=net.engine == "torch")
         header.engine["pixels"] = net.pixels.to_json()
     spill.add(len(batch), bitsback.encode_chunk(net, batch)[0])
 
 
+def pixel_model_name(header: container.Header) -> str:
+    """What codes a written archive's pixels: "model" (a logistic model's own likelihood), "fitted"
+    (the context model) or "learned" (the network)."""
+    pixels = header.engine.get("pixels")
+    if pixels is None:
+        return "model"
+    return "learned" if pixels.get("kind") == learned.KIND else "fitted"
+
+
 def pixel_model(header: container.Header, model, archive: Path):
-    """The fitted pixel model a lossless archive of a Gaussian or Bernoulli model carries."""
+    """The fitted pixel model (context or learned) a lossless archive of a Gaussian or Bernoulli model carries."""
     info = model.info
     if info.likelihood == "logistic":
         return None
     try:
-        return fitted.PixelModel.from_json(header.engine.get("pixels"), info.likelihood, info.channels)
+        return learned.from_json(header.engine.get("pixels"), info.likelihood, info.channels)
     except ValueError as e:
         raise container.ArchiveError(f"{archive} is damaged or foreign: {e}") from None
