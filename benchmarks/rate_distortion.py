@@ -95,7 +95,7 @@ def lossless_table(model, folder: Path, x: np.ndarray, work: Path) -> list[tuple
     te = time.perf_counter() - t
     d = codec.decode(model, r.path, work / "restored", overwrite=True)
     exact = all(np.array_equal(np.asarray(Image.open(p)), np.asarray(Image.open(folder / p.name))) for p in d.written)
-    note = "fitted pixel model; "  # a Gaussian's or Bernoulli's -ELBO is no code length of 8-bit pixels
+    note = f"{r.pixel_model} pixel model; "  # a Gaussian's or Bernoulli's -ELBO is no code length of 8-bit pixels
     if model.info.likelihood == "logistic":
         elbo = model.score(x, samples=4, score="neg_elbo", maps=False).bits_per_dim.mean()
         note = f"-ELBO (4 draws) {elbo:.4f}; cost/ELBO {r.bits_per_dim / elbo:.4f}; "
