@@ -1,0 +1,123 @@
+"""Hostile inputs, pass 22: absurd numbers, switches that are not switches, a stale environment.
+
+- `vaekit train --epochs 99999999999` (or `--kl-warmup` of as many) was accepted and trained for
+  ever at a learning rate still warming up; now at most 1,000,000, refused before any work.
+- the Python API's switches took any value: `decode_file(..., overwrite="no")`, a truthy
+  string, replaced the files it meant to keep; now BadInput naming the switch.
+- `vaekit demo` stopped by Ctrl-C exited 0 (Gradio catches the interrupt): now 130, as every command.
+- RANK / WORLD_SIZE / LOCAL_RANK left over in a plain shell: `train` failed with torch's rendezvous
+  traceback (exit 3), `anomaly-score -o` scored one share of two, exited 0 and wrote no -o file.
+- a pixel cache (VAEKIT_CACHE_DIR, the API's cache_dir) inside the training folder: vaekit wrote
+  its entries among the user's images.
+- (a guard, never broken) a threshold, quantile or rate that is not a finite number in range is
+  one line, exit 2, and the run's config is left as it was.
+
+Real components: one 16 px model trained through the CLI on generated images in tmp_path.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cli_support import invoke, one_line_exit_2
+
+TINY = ["--epochs", "1", "--image-size", "16", "--workers", "0", "--layout", "vector", "--folds", "0",
+        "--base-channels", "4", "--latent-dim", "4", "--batch-size", "8", "--augment", "off"]
+
+
+def write_images(folder, n=24):
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray((rng.random((16, 16)) * 255).astype(np.uint8)).save(folder / f"{i:02d}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hostile22")
+    data, run = write_images(root / "data"), root / "run"
+    r = invoke("train", data, "--out", run, *TINY)
+    assert r.exit_code == 0, r.output
+    return run, data
+
+
+def files_of(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# --- 1. a threshold that is no finite number in range (a guard: refused before this pass too) ---
+
+@pytest.mark.parametrize("args", [("--value", "1e309"), ("--value", "inf"), ("--value", "-inf"), ("--value", "nan"),
+                                  ("--quantile", "nan"), ("--quantile", "1.5"), ("--target-fpr", "nan"),
+                                  ("--target-fpr", "-0.1")])
+def test_threshold_refuses_a_value_that_is_no_finite_number_in_range(trained, args):
+    run, _ = trained
+    before = files_of(run)
+    assert "must be" in one_line_exit_2(invoke("threshold", run, *args))
+    assert files_of(run) == before
+
+
+def test_anomaly_score_refuses_a_nan_threshold(trained, tmp_path):
+    run, data = trained
+    text = one_line_exit_2(invoke("anomaly-score", run, data, "--threshold", "nan", "-o", tmp_path / "s.csv"))
+    assert "finite number" in text and not list(tmp_path.iterdir())
+
+
+# --- 2. absurd numbers of epochs ---------------------------------------------------------------
+
+def no_training(monkeypatch):
+    """Training fails at once if it starts (it trained for ever before this pass's bound)."""
+    import vaekit.training.job
+
+    def started(*args, **kwargs):
+        raise RuntimeError("training started")
+
+    monkeypatch.setattr(vaekit.training.job, "_train", started)
+
+
+@pytest.mark.parametrize("option", ["--epochs", "--kl-warmup"])
+def test_train_refuses_an_absurd_number_of_epochs_before_any_work(trained, tmp_path, monkeypatch, option):
+    _, data = trained
+    monkeypatch.setenv("VAEKIT_CACHE_DIR", str(tmp_path / "cache"))
+    no_training(monkeypatch)
+    r = invoke("train", data, "--out", tmp_path / "run", *TINY, option, "99999999999")
+    assert "1,000,000" in one_line_exit_2(r) and "99999999999" in r.output
+    assert not list(tmp_path.iterdir())  # no run, no pixel cache: nothing was decoded
+
+
+def test_a_resume_to_an_absurd_number_of_epochs_is_refused_and_the_run_kept(trained, tmp_path, monkeypatch):
+    run, data = trained
+    no_training(monkeypatch)
+    shutil.copytree(run, tmp_path / "run")
+    before = files_of(tmp_path / "run")
+    r = invoke("train", data, "--out", tmp_path / "run", "--resume", *TINY[2:], "--epochs", "99999999999")
+    assert "1,000,000" in one_line_exit_2(r)
+    after = files_of(tmp_path / "run")
+    after.pop(".vaekit.lock", None)
+    before.pop(".vaekit.lock", None)
+    assert after == before
+
+
+@pytest.mark.parametrize("field", ["epochs", "kl_warmup", "checkpoint_every"])
+def test_the_api_bounds_epochs_too(field):
+    from vaekit.config import TrainConfig
+    from vaekit.errors import BadInput
+
+    assert getattr(TrainConfig(**{field: 1_000_000}), field) == 1_000_000
+    with pytest.raises(BadInput, match="from 0 to 1,000,000"):
+        TrainConfig(**{field: 1_000_001})
+
+
+def test_the_bounds_are_in_the_train_help():
+    from typer.testing import CliRunner
+
+    from vaekit_cli.main import app
+
+    text = " ".join(CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "400"}).output.replace("│", " ").split())
+    assert text.count("at most 1,000,000") == 2 and "at most 4096" in text and "1 to 4096" in text
+
