@@ -121,3 +121,42 @@ def test_the_bounds_are_in_the_train_help():
     text = " ".join(CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "400"}).output.replace("│", " ").split())
     assert text.count("at most 1,000,000") == 2 and "at most 4096" in text and "1 to 4096" in text
 
+
+# --- 7. torchrun's variables, left over in a plain shell -----------------------------------------
+
+def test_train_with_a_stale_rank_and_world_size_is_one_line_not_a_rendezvous(trained, tmp_path, monkeypatch):
+    _, data = trained
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    text = one_line_exit_2(invoke("train", data, "--out", tmp_path / "run", *TINY))
+    assert "RANK=1 WORLD_SIZE=2" in text and "torchrun" in text
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("env", [{"RANK": "1", "WORLD_SIZE": "2"}, {"RANK": "0", "WORLD_SIZE": "2"},
+                                 {"LOCAL_RANK": "3"}])
+def test_anomaly_score_with_stale_launcher_variables_scores_no_share_of_them(trained, tmp_path, monkeypatch, env):
+    from vaekit.stream.shares import Shares
+
+    def waited(self, timeout, progress=None):  # rank 0 of 2 waited for ever for a share no one scores
+        raise RuntimeError("waited for the other shares")
+
+    run, data = trained
+    monkeypatch.setattr(Shares, "wait", waited)
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    text = one_line_exit_2(invoke("anomaly-score", run, data, "--threshold", "0", "-o", tmp_path / "s.csv"))
+    assert "torchrun" in text and all(k in text for k in env)
+    assert not list(tmp_path.iterdir())  # no share's journal waiting for a merge no one will do
+
+
+def test_the_variables_of_a_world_of_one_are_taken_as_before(trained, tmp_path, monkeypatch):
+    run, data = trained
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    for k, v in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(k, v)
+    r = invoke("anomaly-score", run, data, "--threshold", "0", "-o", tmp_path / "s.csv")
+    assert r.exit_code == 0 and (tmp_path / "s.csv").is_file(), r.output
+

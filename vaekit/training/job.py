@@ -18,6 +18,7 @@ import numpy as np
 from vaekit.config import RESUMABLE, SESSION, ModelConfig, TrainConfig, from_dict, from_stored_model, surface_sizes
 from vaekit.errors import BadInput, VaekitError
 from vaekit.fileio import refuse_inside
+from vaekit.launch import launch_env
 from vaekit.progress import Progress
 from vaekit.training import rundir
 from vaekit.training.data import Dataset, auto_image_size, choose_model, image_statistics, load_dataset, probe_layout
@@ -97,8 +98,8 @@ def train(
     `data_dir` refuses a link that leads outside that folder (images.find_images; the web app).
     """
     out_dir = Path(out_dir)
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    rank0 = int(os.environ.get("RANK", "0") or 0) == 0  # torchrun: rank 0 holds the lock for all
+    rank, world, _ = launch_env()  # BadInput for a RANK / WORLD_SIZE left over in a shell, not torchrun's
+    rank0 = rank == 0  # torchrun: rank 0 holds the lock for all
     with contextlib.ExitStack() as held:
         failed = None
         try:
