@@ -160,3 +160,37 @@ def test_the_variables_of_a_world_of_one_are_taken_as_before(trained, tmp_path, 
     r = invoke("anomaly-score", run, data, "--threshold", "0", "-o", tmp_path / "s.csv")
     assert r.exit_code == 0 and (tmp_path / "s.csv").is_file(), r.output
 
+
+# --- 8. a pixel cache inside the training folder ---------------------------------------------------
+
+@pytest.mark.parametrize("where", ["sub", "", "sub/../x"])
+def test_train_refuses_a_pixel_cache_inside_the_training_folder(trained, tmp_path, monkeypatch, where):
+    _, data = trained
+    no_training(monkeypatch)
+    mine = tmp_path / "data"
+    shutil.copytree(data, mine)
+    before = files_of(mine)
+    monkeypatch.setenv("VAEKIT_CACHE_DIR", str(mine / where) if where else str(mine))
+    text = one_line_exit_2(invoke("train", mine, "--out", tmp_path / "run", *TINY))
+    assert "VAEKIT_CACHE_DIR" in text and "inside the training folder" in text
+    assert files_of(mine) == before and sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+def test_the_api_refuses_a_cache_dir_inside_the_training_folder_but_not_under_a_hidden_one(trained, tmp_path,
+                                                                                           monkeypatch):
+    from vaekit.config import ModelConfig, TrainConfig
+    from vaekit.errors import BadInput
+    from vaekit.train import train
+
+    _, data = trained
+    no_training(monkeypatch)
+    mine = tmp_path / "data"
+    shutil.copytree(data, mine)
+    model_cfg = ModelConfig(image_size=16, latent_dim=4, base_channels=4, layout="vector")
+    with pytest.raises(BadInput, match="cache_dir .* is inside the training folder"):
+        train(mine, tmp_path / "run", model_cfg, TrainConfig(epochs=1, folds=0, augment="off"), cache_dir=mine / "cache")
+    assert not (mine / "cache").exists() and not (tmp_path / "run").exists()
+    # a hidden folder there, as the image search skips it (~/.cache/vaekit when training on ~): as before
+    with pytest.raises(RuntimeError, match="training started"):
+        train(mine, tmp_path / "run", model_cfg, TrainConfig(epochs=1, folds=0, augment="off"),
+              cache_dir=mine / ".cache" / "vaekit")

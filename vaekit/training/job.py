@@ -103,7 +103,9 @@ def train(
     with contextlib.ExitStack() as held:
         failed = None
         try:
-            refuse_inside(out_dir, [data_dir, *_linked_folders(data_dir, confine_to)], "--out")
+            roots = [data_dir, *_linked_folders(data_dir, confine_to)]
+            refuse_inside(out_dir, roots, "--out")
+            _refuse_cache_inside(cache_dir, roots)
             if rank0:
                 held.enter_context(locked(out_dir, hint="another vaekit train; wait for it to finish or choose another --out"))
         except VaekitError as e:
@@ -138,6 +140,26 @@ def _checked(out_dir, model_cfg, train_cfg, channels, resume, overwrite, resume_
         changes["epochs"] = resume_epochs
     model_cfg, train_cfg = _resumed_configs(stored, out_dir, changes)
     return stored, model_cfg, train_cfg, model_cfg.channels
+
+
+def _refuse_cache_inside(cache_dir: Path | None, roots: list) -> None:
+    """BadInput when the pixel cache lies in a training folder: vaekit would write its entries
+    among the user's images. One under a hidden folder there is left alone, as the image search
+    is (~/.cache/vaekit, the default, when training on the home folder)."""
+    from vaekit.fileio import resolved
+    from vaekit.training.cache import default_cache_dir
+
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    what = "cache_dir" if cache_dir is not None else \
+        "the pixel cache (VAEKIT_CACHE_DIR)" if os.environ.get("VAEKIT_CACHE_DIR") else "the pixel cache"
+    for folder in (r for r in map(Path, roots) if r.is_dir()):
+        try:
+            below = resolved(root).relative_to(resolved(folder)).parts
+        except ValueError:
+            continue
+        if not any(part.startswith(".") for part in below):
+            raise BadInput(f"{what} {root} is inside the training folder {folder}: its files would be written among "
+                           "your images; set VAEKIT_CACHE_DIR to a folder elsewhere")
 
 
 def _other_images(data: Dataset, out_dir: Path, root) -> str:
