@@ -122,6 +122,68 @@ def test_the_bounds_are_in_the_train_help():
     assert text.count("at most 1,000,000") == 2 and "at most 4096" in text and "1 to 4096" in text
 
 
+# --- 3. the API's switches are True or False ------------------------------------------------------
+
+def test_decode_with_overwrite_given_a_truthy_string_leaves_the_files_it_would_replace(trained, tmp_path):
+    import vaekit
+    from vaekit.codes.jobs import decode_file, encode_folder
+    from vaekit.errors import BadInput
+
+    run, data = trained
+    model = vaekit.load(run, device="cpu")
+    encode_folder(model, data, tmp_path / "c.codes")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "00.png").write_bytes(b"mine")
+    with pytest.raises(BadInput, match="overwrite must be True or False, got 'no'"):
+        decode_file(model, tmp_path / "c.codes", out, overwrite="no")
+    assert files_of(out) == {"00.png": b"mine"}
+
+
+def _calls(run, data, tmp_path):
+    """API calls that take a switch, each given the truthy string "no"."""
+    import vaekit
+    from vaekit import anomaly, codec
+    from vaekit.codes.walk import write_grid
+    from vaekit.config import ModelConfig, TrainConfig
+    from vaekit.export import export
+    from vaekit.sample_data import write_shapes
+    from vaekit.train import train
+
+    model = vaekit.load(run, device="cpu")
+    taken = tmp_path / "taken.png"
+    return {
+        "codec.decode": lambda: codec.decode(model, tmp_path / "none.vkc", tmp_path, overwrite="no"),
+        "codec.encode": lambda: codec.encode(model, data, taken, lossless="no"),
+        "score_to_file": lambda: anomaly.score_to_file(model, data, taken, overwrite="no"),
+        "score_to_file resume": lambda: anomaly.score_to_file(model, data, tmp_path / "s.csv", resume="no"),
+        "score_images maps": lambda: anomaly.score_images(model, data, maps="no"),
+        "write_grid": lambda: write_grid(np.zeros((1, 1, 16, 16), np.float32), taken, overwrite="no"),
+        "export": lambda: export(run, taken.with_suffix(".onnx"), overwrite="no"),
+        "write_shapes": lambda: write_shapes(tmp_path, overwrite="no"),
+        "train": lambda: train(data, tmp_path / "r", ModelConfig(), TrainConfig(), overwrite="no"),
+        "TrainConfig amp": lambda: TrainConfig(amp="no"),
+    }
+
+
+NAMES = ["codec.decode", "codec.encode", "score_to_file", "score_to_file resume", "score_images maps", "write_grid",
+         "export", "write_shapes", "train", "TrainConfig amp"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_an_api_switch_that_is_not_true_or_false_is_bad_input_naming_it(trained, tmp_path, monkeypatch, name):
+    from vaekit.errors import BadInput
+
+    run, data = trained
+    no_training(monkeypatch)
+    (tmp_path / "taken.png").write_bytes(b"mine")
+    (tmp_path / "taken.onnx").write_bytes(b"mine")
+    call = _calls(run, data, tmp_path)[name]
+    with pytest.raises(BadInput, match=r"(overwrite|resume|lossless|maps|amp) must be True or False, got 'no'"):
+        call()
+    assert files_of(tmp_path) == {"taken.onnx": b"mine", "taken.png": b"mine"}
+
+
 # --- 7. torchrun's variables, left over in a plain shell -----------------------------------------
 
 def test_train_with_a_stale_rank_and_world_size_is_one_line_not_a_rendezvous(trained, tmp_path, monkeypatch):

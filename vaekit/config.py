@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
-from vaekit.errors import BadInput
+from vaekit.errors import BadInput, check_flags
 from vaekit.fileio import finite_number
 
 PIXEL_CONTEXT = 4  # causal neighbours of a logistic model's pixels (docs/codec.md#pixels-that-read-their-neighbours)
@@ -204,8 +204,7 @@ class TrainConfig:
         if isinstance(self.crop, bool) or not isinstance(self.crop, int) or not 0 <= self.crop <= MAX_IMAGE_SIZE \
                 or 0 < self.crop < 16:
             raise BadInput(f"crop must be 0 (auto) or 16 to {MAX_IMAGE_SIZE} pixels, got {self.crop!r}")
-        if not isinstance(self.reader, bool):
-            raise BadInput(f"reader must be true or false, got {self.reader!r}")
+        check_flags(amp=self.amp, channels_last=self.channels_last, compile=self.compile, reader=self.reader)
         if isinstance(self.folds, bool) or not isinstance(self.folds, int) or self.folds < -1 or self.folds == 1 \
                 or self.folds > 100:
             raise BadInput(f"folds must be -1 (auto), 0 (off) or 2 to 100, got {self.folds!r}")

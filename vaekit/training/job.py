@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from vaekit.config import RESUMABLE, SESSION, ModelConfig, TrainConfig, from_dict, from_stored_model, surface_sizes
-from vaekit.errors import BadInput, VaekitError
+from vaekit.errors import BadInput, VaekitError, check_flags
 from vaekit.fileio import refuse_inside
 from vaekit.launch import launch_env
 from vaekit.progress import Progress
@@ -97,6 +97,7 @@ def train(
     locked while training, so a second process on it gets InUse. `confine_to`: every scan of
     `data_dir` refuses a link that leads outside that folder (images.find_images; the web app).
     """
+    check_flags(resume=resume, overwrite=overwrite)
     out_dir = Path(out_dir)
     rank, world, _ = launch_env()  # BadInput for a RANK / WORLD_SIZE left over in a shell, not torchrun's
     rank0 = rank == 0  # torchrun: rank 0 holds the lock for all
