@@ -184,6 +184,47 @@ def test_an_api_switch_that_is_not_true_or_false_is_bad_input_naming_it(trained,
     assert files_of(tmp_path) == {"taken.onnx": b"mine", "taken.png": b"mine"}
 
 
+# --- 4. Ctrl-C stops the web app with 130 -------------------------------------------------------
+
+@pytest.mark.slow  # serves the web app in a process of its own
+def test_demo_stopped_by_ctrl_c_exits_130(trained, tmp_path):
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    run, _ = trained
+    with socket.socket() as s:  # a port free now
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    p = subprocess.Popen([sys.executable, "-m", "vaekit", "--threads", "1", "demo", str(run), "--port", str(port)],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path)
+    try:
+        said = p.stdout.readline()  # the app's address, printed before it serves
+        assert f"http://127.0.0.1:{port}" in said, said + p.stdout.read()
+        deadline = time.monotonic() + 300  # a guard against a server that never answers, not a timing
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and p.poll() is None, p.stdout.read()
+                time.sleep(0.2)
+        p.send_signal(signal.SIGINT)
+        rest = p.communicate(timeout=300)[0]
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 130, said + rest
+    assert "interrupted" in rest and "Traceback" not in rest
+
+
 # --- 7. torchrun's variables, left over in a plain shell -----------------------------------------
 
 def test_train_with_a_stale_rank_and_world_size_is_one_line_not_a_rendezvous(trained, tmp_path, monkeypatch):
