@@ -28,7 +28,7 @@ from vaekit import images as imageio
 from vaekit.stream import pipeline
 from vaekit.stream.batches import MAX_SHARDS
 from vaekit.errors import BadInput
-from vaekit.launch import launch_env
+from vaekit.training.launch import launch_env
 from vaekit.images.arrays import check_batch_size
 # decoded pixels in one Batch: a slice of the file list holding more comes in parts of at most this
 # many (or one file: a file read whole has at most vaekit.images.read.MAX_WHOLE_PIXELS)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 from vaekit.errors import BadInput
-from vaekit.launch import launch_env
+from vaekit.training.launch import launch_env
 
 
 def pick_device(name: str) -> torch.device:

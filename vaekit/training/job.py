@@ -18,11 +18,11 @@ import numpy as np
 from vaekit.config import RESUMABLE, SESSION, ModelConfig, TrainConfig, from_dict, from_stored_model, surface_sizes
 from vaekit.errors import BadInput, VaekitError, check_flags
 from vaekit.fileio import refuse_inside
-from vaekit.launch import launch_env
 from vaekit.progress import Progress
 from vaekit.training import rundir
 from vaekit.training.data import Dataset, auto_image_size, choose_model, image_statistics, load_dataset, probe_layout
 from vaekit.training.distributed import agree, init_distributed, pick_device
+from vaekit.training.launch import launch_env
 from vaekit.training.loop import TrainResult, fit
 from vaekit.training.runlock import locked
 
