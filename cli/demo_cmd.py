@@ -86,7 +86,9 @@ def _ctrl_c_noted():
     ever: Gradio's server loop catches it, closes the server and returns, and `vaekit demo`
     stopped by Ctrl-C exited 0, as if it had finished."""
     seen: list[int] = []
-    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+    # signals reach the main thread only; a SIGINT ignored (`nohup vaekit demo &`) stays ignored
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         yield seen
         return
 

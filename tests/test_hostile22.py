@@ -186,6 +186,13 @@ def test_an_api_switch_that_is_not_true_or_false_is_bad_input_naming_it(trained,
 
 # --- 4. Ctrl-C stops the web app with 130 -------------------------------------------------------
 
+def _sigint_default():
+    # a runner started in the background (nohup, `cmd &`) hands its children SIGINT ignored
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.slow  # serves the web app in a process of its own
 def test_demo_stopped_by_ctrl_c_exits_130(trained, tmp_path):
     import os
@@ -203,7 +210,8 @@ def test_demo_stopped_by_ctrl_c_exits_130(trained, tmp_path):
         port = s.getsockname()[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
     p = subprocess.Popen([sys.executable, "-m", "vaekit", "--threads", "1", "demo", str(run), "--port", str(port)],
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path)
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path,
+                         preexec_fn=_sigint_default)
     try:
         said = p.stdout.readline()  # the app's address, printed before it serves
         assert f"http://127.0.0.1:{port}" in said, said + p.stdout.read()
