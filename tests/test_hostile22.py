@@ -118,7 +118,8 @@ def test_the_bounds_are_in_the_train_help():
 
     from vaekit_cli.main import app
 
-    text = " ".join(CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "400"}).output.replace("│", " ").split())
+    shown = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "400"}).output
+    text = " ".join(shown.replace("│", " ").split())  # the help's boxes wrap a phrase over two lines
     assert text.count("at most 1,000,000") == 2 and "at most 4096" in text and "1 to 4096" in text
 
 
@@ -298,10 +299,10 @@ def test_the_api_refuses_a_cache_dir_inside_the_training_folder_but_not_under_a_
     mine = tmp_path / "data"
     shutil.copytree(data, mine)
     model_cfg = ModelConfig(image_size=16, latent_dim=4, base_channels=4, layout="vector")
+    train_cfg = TrainConfig(epochs=1, folds=0, augment="off")
     with pytest.raises(BadInput, match="cache_dir .* is inside the training folder"):
-        train(mine, tmp_path / "run", model_cfg, TrainConfig(epochs=1, folds=0, augment="off"), cache_dir=mine / "cache")
+        train(mine, tmp_path / "run", model_cfg, train_cfg, cache_dir=mine / "cache")
     assert not (mine / "cache").exists() and not (tmp_path / "run").exists()
     # a hidden folder there, as the image search skips it (~/.cache/vaekit when training on ~): as before
     with pytest.raises(RuntimeError, match="training started"):
-        train(mine, tmp_path / "run", model_cfg, TrainConfig(epochs=1, folds=0, augment="off"),
-              cache_dir=mine / ".cache" / "vaekit")
+        train(mine, tmp_path / "run", model_cfg, train_cfg, cache_dir=mine / ".cache" / "vaekit")

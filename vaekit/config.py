@@ -184,9 +184,10 @@ class TrainConfig:
         if self.grad_clip < 0 or self.spike_clip < 0:
             raise BadInput(f"grad clip and spike clip must be >= 0 (0: off), got {self.grad_clip!r} and {self.spike_clip!r}")
         for name in ("epochs", "kl_warmup", "checkpoint_every"):
-            if not _int_in(getattr(self, name), 0, MAX_EPOCHS):
-                what = {"epochs": "epochs", "kl_warmup": "KL warm-up epochs"}.get(name, name)
-                raise BadInput(f"{what} must be an integer from 0 to {MAX_EPOCHS:,} ({_ZERO[name]}), got {getattr(self, name)!r:.40}")
+            value = getattr(self, name)
+            if not _int_in(value, 0, MAX_EPOCHS):
+                what = {"kl_warmup": "KL warm-up epochs"}.get(name, name)
+                raise BadInput(f"{what} must be an integer from 0 to {MAX_EPOCHS:,} ({_ZERO[name]}), got {value!r:.40}")
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or not 0 <= self.batch_size <= MAX_BATCH_SIZE:
             raise BadInput(f"batch size must be an integer from 1 to {MAX_BATCH_SIZE} (or 0 for auto), got {self.batch_size!r:.40}")
         if self.schedule not in SCHEDULES:
