@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+import signal
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -71,9 +74,33 @@ def demo(
         check_address(host, port)
         output.console.print(f"vaekit demo on http://{'[' + host + ']' if ':' in host else host}:{port} "
                              "(Ctrl-C to stop)", highlight=False)
-    launch(app, port=port, share=share, max_file_size=max_file_size, host=host, auth=credentials, quiet=not share)
-    if output.terminated:  # Gradio takes the SIGTERM's interrupt, closes its server and returns
-        raise typer.Exit(output.EXIT_TERMINATED)
+    with _ctrl_c_noted() as ctrl_c:
+        launch(app, port=port, share=share, max_file_size=max_file_size, host=host, auth=credentials, quiet=not share)
+    if output.terminated or ctrl_c:  # Gradio takes the interrupt itself, closes its server and returns
+        raise typer.Exit(output.EXIT_TERMINATED) if output.terminated else KeyboardInterrupt()  # 130, as every command
+
+
+@contextmanager
+def _ctrl_c_noted():
+    """A list that a SIGINT arriving in the block is appended to, the KeyboardInterrupt raised as
+    ever: Gradio's server loop catches it, closes the server and returns, and `vaekit demo`
+    stopped by Ctrl-C exited 0, as if it had finished."""
+    seen: list[int] = []
+    # signals reach the main thread only; a SIGINT ignored (`nohup vaekit demo &`) stays ignored
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield seen
+        return
+
+    def note(signum, frame):
+        seen.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, note)
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def register(app: typer.Typer) -> None:

@@ -66,17 +66,17 @@ def train(
                                                  "objects; a surface keeps its own resolution (up to 3072: read "
                                                  "whole, in tiles of at most 1024).")] = 0,
     channels: Annotated[str, typer.Option(help="auto (grayscale if every image is stored gray), 1 or 3.")] = "auto",
-    latent_dim: Annotated[int, typer.Option(help="Latent dimensions (vector layout) or channels per cell (grid); 0 = auto: 16 / 8.")] = 0,
+    latent_dim: Annotated[int, typer.Option(help="Latent dimensions (vector layout) or channels per cell (grid), at most 4096; 0 = auto: 16 / 8.")] = 0,
     layout: Annotated[Layout, typer.Option(help="Latent layout: one vector per image, or a grid of cells (one per 4×4 pixels); "
                                                 "auto: a vector when the images are aligned objects, a grid for surfaces.")] = Layout.auto,
-    base_channels: Annotated[int, typer.Option(help="Feature maps of the first conv layer (doubles per stage).")] = 16,
+    base_channels: Annotated[int, typer.Option(help="Feature maps of the first conv layer (doubles per stage), 1 to 4096.")] = 16,
     likelihood: Annotated[Likelihood, typer.Option(help=LIKELIHOOD_HELP)] = Likelihood.auto,
-    epochs: Annotated[Optional[int], typer.Option(help="Epochs (default: auto, a fixed compute budget, ~1 min of one model's epochs on 2 cores; cross-fitting, below 200 images, trains five models on ~2 budgets, and a surface's defect readers add ~1.5-2 min; up to 4x, at most 20 epochs, for a logistic model with many images; with --resume: the new total).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs (default: auto, a fixed compute budget, ~1 min of one model's epochs on 2 cores; cross-fitting, below 200 images, trains five models on ~2 budgets, and a surface's defect readers add ~1.5-2 min; up to 4x, at most 20 epochs, for a logistic model with many images; with --resume: the new total); at most 1,000,000.")] = None,
     batch_size: Annotated[int, typer.Option(min=0, max=4096, help="Global batch size (split across torchrun ranks), at most 4096 "
                                                                   "as in the other commands; 0 = auto: 64 up to 32 px, else 32.")] = 0,
     lr: Annotated[float, typer.Option(help="AdamW peak learning rate (warm-up, then cosine decay).")] = 2e-3,
     beta: Annotated[float, typer.Option(help="Weight on the KL term (1 = the ELBO).")] = 1.0,
-    kl_warmup: Annotated[int, typer.Option(help="Epochs of linear KL warm-up up to beta (epoch e gets beta·(e+1)/(N+1)).")] = 0,
+    kl_warmup: Annotated[int, typer.Option(help="Epochs of linear KL warm-up up to beta (epoch e gets beta·(e+1)/(N+1)), at most 1,000,000.")] = 0,
     val_fraction: Annotated[float, typer.Option(help="Share of images held out to pick the best epoch and calibrate the "
                                                      "score (at least 20; below 200 images: cross-fitting or one held-out fold instead).")] = 0.1,
     calibration_fraction: Annotated[float, typer.Option(help="Share of images held out, apart from those, to set the "

@@ -121,3 +121,11 @@ def cannot_write(e: OSError, path) -> CannotWrite:
     err = _CANNOT_WRITE[kind](f"cannot write {path}: {reason}")
     err.errno = e.errno
     return err
+
+
+def check_flags(**flags) -> None:
+    """BadInput naming the first of `flags` (an API call's switches, by name) that is not True or
+    False: `overwrite="no"` is a truthy string, and replaced the very files it meant to keep."""
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise BadInput(f"{name} must be True or False, got {value!r:.40}")

@@ -26,7 +26,7 @@ from vaekit.codes.targets import refuse_linked
 from vaekit.anomaly.score import ROW_FIELDS, Plan, ScoreRow, default_batch, iter_scored, report_header, scoring_plan
 from vaekit.stream.batches import Layout, check_number, digest
 from vaekit.inference.engine import Model
-from vaekit.errors import BadInput
+from vaekit.errors import BadInput, check_flags
 from vaekit.fileio import atomic_writer
 from vaekit.images.arrays import check_batch_size, check_int
 from vaekit.inference.tiled import tiled
@@ -74,11 +74,11 @@ def score_to_file(
 ) -> JobReport:
     """Score every image under `inputs` in bounded memory; rows to `out` (.csv/.json), heat maps to `maps`.
 
-    score: None is the model's own (ModelInfo.score), as `vaekit anomaly-score` without --score.
-    shard: this process's share (index, count); None: torchrun's RANK / WORLD_SIZE, or all.
-    Under torchrun rank 0 waits (up to `merge_timeout` seconds, None: as long as it takes) for
-    the other ranks' journals and merges them. progress(done, total, phase="score"|"merge").
+    score: None is the model's own (ModelInfo.score); shard: this process's share (index, count),
+    None: torchrun's RANK / WORLD_SIZE, or all. Under torchrun rank 0 waits (up to `merge_timeout`
+    s; None: as long as it takes) for the others' journals and merges them. progress(done, total, phase).
     """
+    check_flags(overwrite=overwrite, resume=resume)
     plan = scoring_plan(model, samples, score, iwae, threshold)
     batch_size, top = check_batch_size(batch_size, default_batch(model)), check_int(top, "top")
     inputs = journaled_inputs(inputs, out, shard)  # the same files spelled another way than its journals do

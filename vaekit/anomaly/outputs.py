@@ -20,7 +20,7 @@ import numpy as np
 from vaekit import images as imageio
 from vaekit.anomaly.score import ROW_FIELDS, ScoreReport, report_header
 from vaekit.inference.engine import Model
-from vaekit.errors import BadInput
+from vaekit.errors import BadInput, check_flags
 from vaekit.codes.targets import refuse_linked
 from vaekit.fileio import atomic_writer, dumps_json, refuse_existing, refuse_inside, refuse_long_names
 from vaekit.fileio.outputs import refuse_nul
@@ -39,6 +39,7 @@ def check_outputs(inputs, out: str | Path | None = None, maps: str | Path | None
     """The output rule for scoring's files, checked before any scoring: no output inside
     an input folder or in the `model`'s files (its run directory, its .onnx), and an existing
     file only replaced with `overwrite`."""
+    check_flags(overwrite=overwrite)
     roots = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     if out is not None:
         output_format(out)
@@ -150,6 +151,7 @@ def write_scores(path: str | Path, report: ScoreReport, model: Model | None = No
     """Write the rows as CSV (.csv) or JSON (.json, with the settings and skipped files); atomic.
 
     An existing file is replaced only with `overwrite`; never inside a scored folder."""
+    check_flags(overwrite=overwrite)
     path = Path(path)
     check_outputs(report.inputs, out=path, overwrite=overwrite, model=None if model is None else model.info.source)
     rows = (asdict(r) for r in report.rows)
@@ -213,6 +215,7 @@ def write_maps(out_dir: str | Path, report: ScoreReport, alpha: float = 0.5, ove
     `out_dir` may not be (or be inside) a scored folder; existing files there are replaced
     only with `overwrite`, and all are checked before the first is written.
     """
+    check_flags(overwrite=overwrite)
     if report.images is None or report.pixel_maps is None:
         raise BadInput("this report carries no images or maps to draw (score with maps=True)")
     out_dir = Path(out_dir)

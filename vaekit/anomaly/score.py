@@ -21,7 +21,7 @@ from vaekit import stream
 from vaekit.anomaly.quantiles import check_threshold
 from vaekit.anomaly.threshold import resolve_threshold
 from vaekit.inference.engine import SCORES, Model, Scores
-from vaekit.errors import BadInput
+from vaekit.errors import BadInput, check_flags
 from vaekit.images.arrays import check_batch_size
 from vaekit.images.tiles import stacked
 from vaekit.inference.tiled import BATCH_PIXELS, file_batch, score_tiles, tiled  # noqa: F401  (BATCH_PIXELS: public here too)
@@ -209,6 +209,7 @@ def score_images(
     only: with samples > 0 or iwae there is none unless one is given. With maps=False the
     report carries neither images nor maps (for large folders, or use vaekit.anomaly.score_to_file).
     """
+    check_flags(maps=maps)
     plan = scoring_plan(model, samples, score, iwae, threshold)
     found = stream.find_inputs(inputs)
     rows, names, skipped, images, pmaps = [], [], [], [], []

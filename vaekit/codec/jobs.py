@@ -32,7 +32,7 @@ from vaekit.inference.engine_onnx import refuse_model_files
 from vaekit.codes.jobs import decodable
 from vaekit.codes.sizes import restore_size, source_facts
 from vaekit.codes.targets import check_targets, png_names
-from vaekit.errors import BadInput
+from vaekit.errors import BadInput, check_flags
 from vaekit.fileio import refuse_existing, refuse_inside, refuse_under_file
 
 from vaekit.progress import Progress  # noqa: E402  (the one alias)
@@ -134,6 +134,7 @@ def check_encode(model, source, out: str | Path, quality: int | None = None, los
     """Every check of `encode` that needs no tables (the options, the inputs, the output rule),
     so a caller that refits the tables first (`encode --fit`) changes nothing when one fails.
     Returns the inputs found."""
+    check_flags(lossless=lossless, overwrite=overwrite)
     out = Path(out)
     if lossless == (quality is not None):
         raise BadInput("give either a quality (1..8) or lossless, not both and not neither")
@@ -194,6 +195,7 @@ def decode(model, archive: str | Path, out_dir: str | Path, size: str = "model",
            progress: Progress | None = None) -> DecodeResult:
     """Decode a .vkc into one PNG per image under `out_dir`, named after the sources.
     size="original" restores each lossy image's source size (lossless images are the model's)."""
+    check_flags(overwrite=overwrite)
     t0 = time.perf_counter()
     if size not in ("model", "original"):
         raise BadInput(f"invalid size {size!r}: expected 'model' or 'original'")

@@ -22,7 +22,7 @@ from vaekit.stream.batches import Layout, digest
 from vaekit.codes.targets import check_targets, decodable, png_names  # noqa: F401  (png_names: re-exported)
 from vaekit.codes.sizes import GONE, original_size, restore_size, source_facts  # noqa: F401  (re-exported)
 from vaekit.codes.writer import write_streamed
-from vaekit.errors import BadInput
+from vaekit.errors import BadInput, check_flags
 from vaekit.fileio import atomic_writer, refuse_existing, refuse_inside
 from vaekit.fileio.staging import staged
 from vaekit.inference.engine_onnx import refuse_model_files
@@ -133,6 +133,7 @@ def encode_folder(
     None: `batch_size.default_batch_size` (a batch's codes are one journal line, held whole);
     resuming, the journal's own; one whose line would pass the bound is refused
     (`batch_size.encode_batch_size`)."""
+    check_flags(overwrite=overwrite, resume=resume)
     out = Path(out)
     _check_precision(precision)
     batch_size = batches.encode_batch_size(batch_size, model.info.latent_dim, out, shard, resume)
@@ -293,6 +294,7 @@ def decode_file(
     staging folder first (vaekit.fileio.staging): an interrupted decode leaves none of them.
     batch_size: None is 256 (fewer where a batch's pixels would pass BATCH_PIXELS).
     """
+    check_flags(overwrite=overwrite)
     batch_size = check_batch_size(batch_size, 256)
     if size not in ("model", "original"):
         raise BadInput(f"invalid size {size!r}: expected 'model' or 'original'")

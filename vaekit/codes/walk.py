@@ -11,7 +11,7 @@ import numpy as np
 
 from vaekit import images as imageio
 from vaekit import stream
-from vaekit.errors import BadInput, NotFound
+from vaekit.errors import BadInput, NotFound, check_flags
 from vaekit.fileio import refuse_existing, refuse_inside, refuse_under_file
 
 if TYPE_CHECKING:
@@ -39,6 +39,7 @@ def check_grid(n: int, image_size: int, what: str = "-n") -> None:
 def check_grid_output(path: str | Path, overwrite: bool = False, inputs: Sequence[str | Path] = ()) -> Path:
     """The grid's PNG path, checked before any work: a .png file name, not one of `inputs` (the
     images read, the model's run directory or .onnx) nor inside one, and new unless overwrite."""
+    check_flags(overwrite=overwrite)
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise BadInput(f"output {path} must be a .png file")
@@ -72,6 +73,7 @@ def write_grid(x: np.ndarray, path: str | Path, ncol: int = 8, overwrite: bool =
                inputs: Sequence[str | Path] = ()) -> Path:
     """Save images (N, C, H, W) as one PNG grid; refuses to replace a file unless overwrite, and
     to write one of `inputs` (or into one) at all (see check_grid_output)."""
+    check_flags(overwrite=overwrite)
     x = np.asarray(x)
     if x.ndim != 4 or len(x) == 0:
         raise BadInput(f"expected a non-empty (N, C, H, W) array, got shape {x.shape}")

@@ -8,7 +8,7 @@ import stat
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Sequence
 
-from vaekit.errors import BadInput, OutputExists
+from vaekit.errors import BadInput, OutputExists, check_flags
 
 
 def _special_file(path: Path) -> str | None:
@@ -82,7 +82,9 @@ def refuse_nul(path, what: str = "output") -> None:
 def refuse_existing(paths: Path | Sequence[Path], overwrite: bool, what: str = "output") -> None:
     """OutputExists when an output already exists (even as a broken link) and the user did not
     pass --overwrite; BadInput when one is a folder. `paths`: one file, or every file a job will
-    write (all checked before the first is written)."""
+    write (all checked before the first is written). BadInput for an `overwrite` that is not
+    True or False (an API caller's overwrite="no" replaced the file)."""
+    check_flags(overwrite=overwrite)
     many = not isinstance(paths, (str, os.PathLike))
     paths = [Path(p) for p in paths] if many else [Path(paths)]
     for path in paths:

@@ -21,7 +21,7 @@ import numpy as np
 
 from vaekit import images as imageio
 from vaekit import stream
-from vaekit.errors import BadInput
+from vaekit.errors import BadInput, check_flags
 from vaekit.fileio import refuse_existing, refuse_inside
 from vaekit.inference.engine_onnx import refuse_model_files
 from vaekit.images.arrays import check_batch_size, check_int
@@ -113,6 +113,7 @@ def reconstruct_folder(
     inputs, each followed by its reconstruction. Every target is checked before writing.
     Streams: images are decoded, reconstructed and written a batch at a time (batch_size None: 256).
     """
+    check_flags(overwrite=overwrite)
     batch_size = check_batch_size(batch_size, BATCH_SIZE)
     out_dir = Path(out_dir)
     found, targets, grid = _targets(model, source, out_dir, overwrite, grid_max)
@@ -168,6 +169,7 @@ def reconstruct_to_folder(model: "Model", source: str | Path | Sequence[str | Pa
     Writes `<out_dir>/<name>.png` per image and `<out_dir>/comparison.png`; every target is
     checked before the first is written (resuming, the PNGs of finished batches are this job's
     own). shard: this process's share; None: torchrun's RANK / WORLD_SIZE, or all."""
+    check_flags(overwrite=overwrite, resume=resume)
     from vaekit.codes.targets import check_targets, png_names
 
     grid_max, batch_size = check_int(grid_max, "grid_max", 1), check_batch_size(batch_size, BATCH_SIZE)

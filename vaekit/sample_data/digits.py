@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vaekit.errors import BadInput, MissingExtra
+from vaekit.errors import BadInput, MissingExtra, check_flags
 from vaekit.progress import Progress
 from vaekit.sample_data.common import (SampleDataReport, check_seed, prepare_folders, removed_if_stopped, to_uint8,
                                       whole, write_manifest)
@@ -56,6 +56,7 @@ def write_digits(
     (bicubic) from 8x8 to size x size. Raises FileExistsError if `root` already holds sample
     images, unless `overwrite` is true, and always if it holds images or a README.txt it did not write.
     """
+    check_flags(overwrite=overwrite)
     root = Path(root)
     _check(normal, size, test_fraction, seed)
     images, labels = _load_digits()  # (1797, 8, 8) values 0..16, (1797,)

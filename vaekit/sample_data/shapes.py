@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vaekit.errors import BadInput
+from vaekit.errors import BadInput, check_flags
 from vaekit.progress import Progress
 from vaekit.sample_data.common import (SampleDataReport, check_seed, prepare_folders, removed_if_stopped, to_uint8,
                                       whole, write_manifest)
@@ -233,6 +233,7 @@ def write_shapes(
     Raises FileExistsError if `root` already holds sample images, unless `overwrite` is true, and
     always if it holds images or a README.txt it did not write.
     """
+    check_flags(overwrite=overwrite)
     root = Path(root)
     for name, n in [("n_train", n_train), ("n_test_normal", n_test_normal),
                     ("n_test_anomalous", n_test_anomalous)]:  # fmt: skip

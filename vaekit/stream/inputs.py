@@ -28,6 +28,7 @@ from vaekit import images as imageio
 from vaekit.stream import pipeline
 from vaekit.stream.batches import MAX_SHARDS
 from vaekit.errors import BadInput
+from vaekit.training.launch import launch_env
 from vaekit.images.arrays import check_batch_size
 # decoded pixels in one Batch: a slice of the file list holding more comes in parts of at most this
 # many (or one file: a file read whole has at most vaekit.images.read.MAX_WHOLE_PIXELS)
@@ -196,15 +197,8 @@ def check_shard(i, n, text=None) -> tuple[int, int]:
 
 
 def env_shard() -> tuple[int, int]:
-    """(rank, world size) under torchrun, else (0, 1)."""
-    text = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")
-    if not all(re.fullmatch(r"\s*[0-9]+\s*", t) for t in text):  # as parse_shard: no "1_0", no "-3"
-        raise BadInput(f"RANK and WORLD_SIZE must be whole numbers, got RANK={text[0]!r:.20} WORLD_SIZE={text[1]!r:.20}")
-    rank, world = int(text[0]), int(text[1])
-    if world < 1:
-        raise BadInput(f"WORLD_SIZE {world} is no number of processes (1 or more)")
-    if not 0 <= rank < world:
-        raise BadInput(f"RANK {rank} is not below WORLD_SIZE {world}")
+    """(rank, world size) under torchrun, else (0, 1) (vaekit.launch)."""
+    rank, world, _ = launch_env()
     if world > MAX_SHARDS:
         raise BadInput(f"WORLD_SIZE {world} is more than {MAX_SHARDS} processes")
     return rank, world

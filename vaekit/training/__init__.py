@@ -10,6 +10,7 @@
 - `checkpoint`, `rundir`: the resumable state and the run directory it lives in.
 - `finish`, `finish_reader`, `crossfit`: what a run records at the end (the score's
   calibration, the threshold, the codec's tables, a surface's defect reader).
-- `distributed`: the device and torchrun's process group.
+- `distributed`: the device and torchrun's process group; `launch`: torchrun's environment
+  (RANK, WORLD_SIZE, LOCAL_RANK), read without torch, by the streaming jobs too.
 Nothing is imported here: the pixel cache and the run directory's readers need no torch.
 """

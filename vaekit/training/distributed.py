@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 from vaekit.errors import BadInput
+from vaekit.training.launch import launch_env
 
 
 def pick_device(name: str) -> torch.device:
@@ -22,7 +23,7 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and "LOCAL_RANK" in os.environ:
-        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        return torch.device("cuda", launch_env()[2])
     return torch.device(name)
 
 
@@ -43,7 +44,7 @@ def init_distributed(device: torch.device) -> Dist:
     NCCL between GPUs, gloo between CPU processes; torchrun's environment (RANK, WORLD_SIZE,
     MASTER_ADDR, ...) says where the others are. Calling it again returns the same group.
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    _, world, local_rank = launch_env()
     if world <= 1:
         return Dist()
     import torch.distributed as dist
@@ -52,7 +53,7 @@ def init_distributed(device: torch.device) -> Dist:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return Dist(dist.get_rank(), dist.get_world_size(), local_rank)
 
 
 def all_reduce_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:

@@ -16,12 +16,13 @@ from typing import Callable
 import numpy as np
 
 from vaekit.config import RESUMABLE, SESSION, ModelConfig, TrainConfig, from_dict, from_stored_model, surface_sizes
-from vaekit.errors import BadInput, VaekitError
+from vaekit.errors import BadInput, VaekitError, check_flags
 from vaekit.fileio import refuse_inside
 from vaekit.progress import Progress
 from vaekit.training import rundir
 from vaekit.training.data import Dataset, auto_image_size, choose_model, image_statistics, load_dataset, probe_layout
 from vaekit.training.distributed import agree, init_distributed, pick_device
+from vaekit.training.launch import launch_env
 from vaekit.training.loop import TrainResult, fit
 from vaekit.training.runlock import locked
 
@@ -96,13 +97,16 @@ def train(
     locked while training, so a second process on it gets InUse. `confine_to`: every scan of
     `data_dir` refuses a link that leads outside that folder (images.find_images; the web app).
     """
+    check_flags(resume=resume, overwrite=overwrite)
     out_dir = Path(out_dir)
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    rank0 = int(os.environ.get("RANK", "0") or 0) == 0  # torchrun: rank 0 holds the lock for all
+    rank, world, _ = launch_env()  # BadInput for a RANK / WORLD_SIZE left over in a shell, not torchrun's
+    rank0 = rank == 0  # torchrun: rank 0 holds the lock for all
     with contextlib.ExitStack() as held:
         failed = None
         try:
-            refuse_inside(out_dir, [data_dir, *_linked_folders(data_dir, confine_to)], "--out")
+            roots = [data_dir, *_linked_folders(data_dir, confine_to)]
+            refuse_inside(out_dir, roots, "--out")
+            _refuse_cache_inside(cache_dir, roots)
             if rank0:
                 held.enter_context(locked(out_dir, hint="another vaekit train; wait for it to finish or choose another --out"))
         except VaekitError as e:
@@ -137,6 +141,26 @@ def _checked(out_dir, model_cfg, train_cfg, channels, resume, overwrite, resume_
         changes["epochs"] = resume_epochs
     model_cfg, train_cfg = _resumed_configs(stored, out_dir, changes)
     return stored, model_cfg, train_cfg, model_cfg.channels
+
+
+def _refuse_cache_inside(cache_dir: Path | None, roots: list) -> None:
+    """BadInput when the pixel cache lies in a training folder: vaekit would write its entries
+    among the user's images. One under a hidden folder there is left alone, as the image search
+    is (~/.cache/vaekit, the default, when training on the home folder)."""
+    from vaekit.fileio import resolved
+    from vaekit.training.cache import default_cache_dir
+
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    what = "cache_dir" if cache_dir is not None else \
+        "the pixel cache (VAEKIT_CACHE_DIR)" if os.environ.get("VAEKIT_CACHE_DIR") else "the pixel cache"
+    for folder in (r for r in map(Path, roots) if r.is_dir()):
+        try:
+            below = resolved(root).relative_to(resolved(folder)).parts
+        except ValueError:
+            continue
+        if not any(part.startswith(".") for part in below):
+            raise BadInput(f"{what} {root} is inside the training folder {folder}: its files would be written among "
+                           "your images; set VAEKIT_CACHE_DIR to a folder elsewhere")
 
 
 def _other_images(data: Dataset, out_dir: Path, root) -> str:
