@@ -192,3 +192,24 @@ def test_a_forged_learned_model_is_a_damaged_archive_exit_2(archive, tmp_path):
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1, result.output
     assert "damaged or foreign" in result.output and "learned pixel model" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_an_archive_is_sized_by_the_images_it_takes_not_the_files_it_skips(quick, tmp_path, monkeypatch):
+    """The choice weighs the network's header against the archive's expected size: 20 images of the
+    model's size among 220 files are an archive of 20, too small to try a network for (the size
+    rule and the sample's floor lowered for the test, so that only the expected size decides)."""
+    import vaekit
+    from export_support import random_run
+
+    run = random_run(tmp_path / "run", image_size=16, channels=1, latent_dim=4, base_channels=4, likelihood="gaussian")
+    src = tmp_path / "src"
+    src.mkdir()
+    for i, xi in enumerate(_stripes(220)[0]):
+        Image.fromarray(xi[0] if i < 20 else np.tile(xi[0], (2, 2))).save(src / f"s{i:03d}.png")
+    monkeypatch.setattr(learned, "MIN_ARCHIVE", 21 * 256)
+    monkeypatch.setattr(learned, "MIN_HELD", 100)
+    trained = []
+    monkeypatch.setattr(learned_fit, "_train", lambda *a: trained.append(1) or 1 / 0)
+    report = vaekit.codec.encode(vaekit.load(run), src, tmp_path / "a.vkc", lossless=True)
+    assert report.count == 20 and len(report.skipped) == 200
+    assert report.pixel_model == "fitted" and not trained

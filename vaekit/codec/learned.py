@@ -35,6 +35,7 @@ SHIFT = 0.1  # the centre's learned shift is SHIFT * output, [0, 1] units
 STEPS, BATCH, LR = 6000, 2048, 0.03  # chosen on product photos' archives (docs/codec.md)
 FIT_SUBPIXELS = 1 << 18  # the training sample, drawn from the fit images: bounds the fit's memory
 HELD_OUT = 1 << 15  # sub-pixels the choice is measured on
+MIN_HELD = 1000  # fewer held-out sub-pixels than this measure nothing: the context model is kept
 MIN_ARCHIVE = 200_000  # sub-pixels an archive needs before a network is tried (its header is ~4 kB)
 
 

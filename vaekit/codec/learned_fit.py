@@ -27,7 +27,7 @@ def choose(likelihood: str, images: list[np.ndarray], mean_images: list[np.ndarr
     if expected_subpixels < learned.MIN_ARCHIVE or not torch:
         return context
     held, train = _positions(images)
-    if len(held) < 1000 or len(train) < 10 * learned.BATCH:
+    if len(held) < learned.MIN_HELD or len(train) < 10 * learned.BATCH:
         return context
     f, mean, level = _sample(images, mean_images, train)
     net = learned.LearnedPixels(likelihood, _train(f, mean, level, images[0].shape[0]))
