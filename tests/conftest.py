@@ -63,10 +63,11 @@ os.fsync = _fsync_checked_not_flushed
 # Modules that `--dist loadscope` (dev.py test --fast) gives to one pytest-xdist worker together:
 # those that import gradio (through the web app), so that only one worker pays its ~3.5 s import
 # (CPU, with vaekit_demo.app) and trains the web app's tiny run (tests/built_once.py); those that
-# share test_codes.py's trained runs (trained once per process).
+# share test_codes.py's trained runs (trained once per process). A module whose fast tests build
+# the web app belongs in "web" (test_review49.py's open-box test made the other worker import gradio).
 GROUPS = {
     **dict.fromkeys(("test_demo.py", "test_web7.py", "test_web7_review.py", "test_web11.py", "test_web_stop.py",
-                     "test_webcli6.py", "test_hostile12.py", "test_hostile15.py"), "web"),
+                     "test_webcli6.py", "test_hostile12.py", "test_hostile15.py", "test_review49.py"), "web"),
     **dict.fromkeys(("test_codes.py", "test_cli_codec.py", "test_cli_guards.py"), "codes"),
 }
 

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import built_once
 from cli_support import invoke, one_line_exit_2
 
 TINY = ["--epochs", "1", "--image-size", "16", "--workers", "0", "--layout", "vector", "--folds", "0",
@@ -73,14 +74,28 @@ def test_a_resume_whose_image_no_longer_decodes_is_refused_not_split_anew(tmp_pa
     shutil.rmtree(tmp_path / "cache")
 
 
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """data/ and the run/ that `train data --out run TINY` made of it, once for the module: copy, never change."""
+    root = tmp_path_factory.mktemp("tiny-run")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("VAEKIT_CACHE_DIR", str(root / "cache"))
+    try:
+        assert invoke("train", write_images(root / "data"), "--out", root / "run", *TINY).exit_code == 0
+    finally:
+        mp.undo()
+    return root
+
+
 @pytest.mark.parametrize("name", ["model.safetensors", "metrics.jsonl", "preview.png", "checkpoint/resume.json",
                                   ".vaekit-run"])
 @pytest.mark.parametrize("how", ["--overwrite", "--resume"])
 def test_a_folder_at_a_name_the_run_writes_is_refused_before_the_run_is_cleared_or_trained(tmp_path, monkeypatch,
-                                                                                          name, how):
+                                                                                          tiny_run, name, how):
     monkeypatch.setenv("VAEKIT_CACHE_DIR", str(tmp_path / "cache"))
-    data, run = write_images(tmp_path / "data"), tmp_path / "run"
-    assert invoke("train", data, "--out", run, *TINY).exit_code == 0
+    # the module's run, copied; its images are the module's own, which no test changes (a copy of them
+    # would be other images to --resume, which names each file by its real path)
+    data, run = tiny_run / "data", built_once.copy(tiny_run / "run", tmp_path / "run")
     (run / name).unlink()
     (run / name).mkdir()
     (run / name / "mine.txt").write_text("kept")

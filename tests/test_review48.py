@@ -43,6 +43,29 @@ def test_cpu_scores_are_the_networks_own_through_a_channels_last_copy(tmp_path):
         np.testing.assert_allclose(getattr(parts, name), ref, rtol=1e-5, atol=1e-5, err_msg=name)
 
 
+@pytest.mark.parametrize("likelihood", ["logistic", "gaussian", "bernoulli"])
+def test_the_scoring_copy_is_what_deepcopy_gave_and_shares_no_tensor(tmp_path, likelihood):
+    from vaekit.inference.engine_torch import channels_last_copy
+
+    model = vaekit.load(random_run(tmp_path / "run", image_size=16, channels=3, latent_dim=4, base_channels=4,
+                                   likelihood=likelihood))
+    net = model.net
+    ref, scorer = copy.deepcopy(net).to(memory_format=torch.channels_last), channels_last_copy(net)
+    assert [n for n, _ in scorer.named_modules()] == [n for n, _ in ref.named_modules()]
+    want, got, own = ref.state_dict(), scorer.state_dict(), {k: v.clone() for k, v in net.state_dict().items()}
+    assert list(got) == list(want)
+    for k in want:
+        assert got[k].dtype == want[k].dtype and got[k].stride() == want[k].stride() and torch.equal(got[k], want[k]), k
+        assert got[k].data_ptr() != net.state_dict()[k].data_ptr(), f"{k} is the network's own tensor"
+    x, eps = torch.from_numpy(_images()).float() / 255, torch.zeros(6, 4)
+    with torch.inference_mode():
+        for a, b in zip(scorer.score_parts(x, eps), ref.score_parts(x, eps)):
+            assert torch.equal(a, b)
+        for p in scorer.parameters():
+            p.zero_()
+    assert all(torch.equal(v, own[k]) for k, v in net.state_dict().items()), "the network is left as it was"
+
+
 def test_a_network_put_in_place_of_the_loaded_one_is_the_one_that_scores(tmp_path):
     model = vaekit.load(random_run(tmp_path / "run", image_size=16, channels=3, latent_dim=4, base_channels=4))
     before = model.elbo_parts(_images()).recon

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import numpy as np
@@ -125,7 +124,7 @@ class TorchModel(Model):
         if self.device.type != "cpu":
             return self.net
         if getattr(self, "_scorer", None) is None or self._scorer[0] is not self.net:
-            self._scorer = (self.net, copy.deepcopy(self.net).to(memory_format=torch.channels_last))
+            self._scorer = (self.net, channels_last_copy(self.net))
         return self._scorer[1]
 
     @torch.inference_mode()
@@ -133,3 +132,28 @@ class TorchModel(Model):
         recon, kl, pmap, mu, logvar, x_hat = self._scoring_net().score_parts(self._t(x), self._t(eps))
         return (recon.double().cpu().numpy(), kl.double().cpu().numpy(), pmap.cpu().numpy(), mu.cpu().numpy(),
                 logvar.cpu().numpy(), x_hat.cpu().numpy())
+
+
+def channels_last_copy(net: torch.nn.Module) -> torch.nn.Module:
+    """What copy.deepcopy(net).to(memory_format=torch.channels_last) gives for scoring, at a fifth of
+    its cost (~1 ms, not ~5 ms, for a small model: a model is loaded for every command): each module
+    copied with its own parameter and buffer tensors, the 4-D ones channels-last, the same values;
+    the modules' other attributes (config, sizes, hooks) copied one level deep, as nothing changes
+    them in scoring. A tensor the network holds twice is copied once."""
+    copies: dict[int, torch.Tensor] = {}
+
+    def tensor(t: torch.Tensor, parameter: bool) -> torch.Tensor:
+        if id(t) not in copies:
+            new = t.detach().clone(memory_format=torch.channels_last if t.dim() == 4 else torch.preserve_format)
+            copies[id(t)] = torch.nn.Parameter(new, t.requires_grad) if parameter else new
+        return copies[id(t)]
+
+    def module(m: torch.nn.Module) -> torch.nn.Module:
+        new = m.__class__.__new__(m.__class__)
+        new.__dict__.update({k: v.copy() if isinstance(v, (dict, list, set)) else v for k, v in m.__dict__.items()})
+        new._parameters = {k: None if p is None else tensor(p, True) for k, p in m._parameters.items()}
+        new._buffers = {k: None if b is None else tensor(b, False) for k, b in m._buffers.items()}
+        new._modules = {k: None if c is None else module(c) for k, c in m._modules.items()}
+        return new
+
+    return module(net)
