@@ -30,3 +30,31 @@ def test_the_choice_pays_the_networks_header_as_the_header_stores_it(monkeypatch
     assert isinstance(learned_fit.choose("gaussian", x, m, expected), fitted.PixelModel)
     saved_bits = 8 * 6000  # 6 kB pays for it
     assert isinstance(learned_fit.choose("gaussian", x, m, expected), learned.LearnedPixels)
+
+
+def test_the_choice_sizes_the_archive_by_the_images_it_holds_not_the_files_it_skips(tmp_path, monkeypatch):
+    """encode --lossless told choose() the archive would hold every file found, skipped ones too (a
+    size other than the model's, pixels that would not come back exactly): in a folder of 3 images
+    of the model's size among 30 files it weighed the network's longer header against ten times the
+    archive's real size. A single-chunk archive knows its size; a chunk before others counts the
+    images kept and the files not read yet."""
+    from PIL import Image
+
+    import vaekit
+    from export_support import random_run
+
+    run = random_run(tmp_path / "run", image_size=16, channels=1, latent_dim=4, base_channels=4, likelihood="gaussian")
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(30):
+        size = 16 if i % 10 == 0 else 20
+        Image.fromarray(rng.integers(0, 256, (size, size), np.uint8)).save(src / f"i{i:02d}.png")
+    sizes = []
+    real = learned_fit.choose
+    monkeypatch.setattr(learned_fit, "choose", lambda lk, x, m, n, torch: sizes.append(n) or real(lk, x, m, n, torch))
+    report = vaekit.codec.encode(vaekit.load(run), src, tmp_path / "a.vkc", lossless=True)
+    assert report.count == 3 and sizes == [3 * 256]
+    sizes.clear()
+    vaekit.codec.encode(vaekit.load(run), src, tmp_path / "b.vkc", lossless=True, chunk=2)
+    assert sizes == [(2 + 19) * 256]  # i00 and i10 kept when the first chunk fills at i10; i11..i29 not read

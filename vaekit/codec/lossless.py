@@ -55,13 +55,13 @@ def _encode_images(net, found, header, spill, chunk, progress):
         header.names.append(name)
         header.orig_size.append([want[1], want[2]])
         source_bytes += facts[1]
-        if len(batch) == chunk:
-            _code_chunk(net, batch, spill, header, total * int(np.prod(want)))
+        if len(batch) == chunk:  # the archive's size: the images kept so far and the files not read yet
+            _code_chunk(net, batch, spill, header, (len(header.names) + total - k - 1) * int(np.prod(want)))
             batch = []
         if progress:
             progress(k + 1, total)
     if batch:
-        _code_chunk(net, batch, spill, header, total * int(np.prod(want)))
+        _code_chunk(net, batch, spill, header, len(header.names) * int(np.prod(want)))
     return skipped, source_bytes
 
 
