@@ -55,8 +55,8 @@ def _encode_images(net, found, header, spill, chunk, progress):
         header.names.append(name)
         header.orig_size.append([want[1], want[2]])
         source_bytes += facts[1]
-        if len(batch) == chunk:  # the archive's expected size: the share of files taken so far, of them all
-            _code_chunk(net, batch, spill, header, len(header.names) * total // (k + 1) * int(np.prod(want)))
+        if len(batch) == chunk:  # the archive's size: the images kept so far and the files not read yet
+            _code_chunk(net, batch, spill, header, (len(header.names) + total - k - 1) * int(np.prod(want)))
             batch = []
         if progress:
             progress(k + 1, total)
