@@ -213,3 +213,20 @@ def test_an_archive_is_sized_by_the_images_it_takes_not_the_files_it_skips(quick
     report = vaekit.codec.encode(vaekit.load(run), src, tmp_path / "a.vkc", lossless=True)
     assert report.count == 20 and len(report.skipped) == 200
     assert report.pixel_model == "fitted" and not trained
+
+
+def test_training_the_network_leaves_the_callers_random_stream_alone_and_repeats(quick):
+    """A library call must not move the user's torch random stream (nor reseed a GPU's): the
+    network's initial weights and batches come from their own seeded generators, so two fits of
+    the same sample are the same network."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    f, mean, level = rng.normal(size=(4000, learned.width(1))), np.full(4000, 0.5), rng.integers(0, 256, 4000)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    first = learned_fit._train(f, mean, level, 1)
+    assert torch.equal(torch.rand(3), expected)
+    second = learned_fit._train(f, mean, level, 1)
+    assert all(np.array_equal(a, b) for a, b in zip(first, second))

@@ -82,13 +82,12 @@ def _train(f: np.ndarray, mean: np.ndarray, level: np.ndarray, channels: int) ->
     import torch
 
     gen = torch.Generator().manual_seed(0)
-    torch_state = torch.random.get_rng_state()
-    torch.manual_seed(0)  # the layers' initial weights
     shapes = learned.shapes(channels)
-    net = torch.nn.Sequential(torch.nn.Linear(shapes[0][1], learned.HIDDEN), torch.nn.Tanh(),
-                              torch.nn.Linear(learned.HIDDEN, learned.HIDDEN), torch.nn.Tanh(),
-                              torch.nn.Linear(learned.HIDDEN, 4))
-    torch.random.set_rng_state(torch_state)
+    with torch.random.fork_rng(devices=[]):  # the layers' initial weights, seeded; the caller's CPU
+        torch.random.default_generator.manual_seed(0)  # stream restored after, no GPU's reseeded
+        net = torch.nn.Sequential(torch.nn.Linear(shapes[0][1], learned.HIDDEN), torch.nn.Tanh(),
+                                  torch.nn.Linear(learned.HIDDEN, learned.HIDDEN), torch.nn.Tanh(),
+                                  torch.nn.Linear(learned.HIDDEN, 4))
     f, mean = (torch.from_numpy(np.ascontiguousarray(a, np.float32)) for a in (f, mean))
     level = torch.from_numpy(level.astype(np.int64))
     opt = torch.optim.Adam(net.parameters(), learned.LR)
