@@ -21,20 +21,9 @@ import shutil
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from cli_support import invoke, one_line_exit_2
-
-TINY = ["--epochs", "1", "--image-size", "16", "--workers", "0", "--layout", "vector", "--folds", "0",
-        "--base-channels", "4", "--latent-dim", "4", "--batch-size", "8", "--augment", "off"]
-
-
-def write_images(folder, n=24):
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        Image.fromarray((rng.random((16, 16)) * 255).astype(np.uint8)).save(folder / f"{i:02d}.png")
-    return folder
+from test_hostile21 import TINY, write_images  # the same tiny model on the same generated images
 
 
 @pytest.fixture(scope="module")
