@@ -85,10 +85,11 @@ class Net:
         """Latent (D,) -> the decoder's parameters of p(x|z) (P, C, H, W), float32."""
         return np.asarray(self._params(np.ascontiguousarray(z, np.float32)[None]), np.float32)[0]
 
-    def mean_image(self, x: np.ndarray) -> np.ndarray:
-        """uint8 image (C, H, W) -> the decoder's mean at the posterior mean, float64 (C, H, W)."""
-        mu, _ = self.posterior(x)
-        return means(self.model.info.likelihood, self.likelihood(mu))
+    def sampled_mean_image(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """uint8 image (C, H, W) -> the decoder's mean at a draw z ~ q(z|x), float64 (C, H, W): what
+        bits-back codes the pixels with (at its own draw), so what a pixel model is fitted to."""
+        mu, logvar = self.posterior(x)
+        return means(self.model.info.likelihood, self.likelihood(mu + np.exp(0.5 * logvar) * rng.standard_normal(mu.shape)))
 
     def _torch_params(self, z: np.ndarray) -> np.ndarray:
         import torch
