@@ -66,7 +66,7 @@ def features(x: np.ndarray, m: np.ndarray, rows: np.ndarray, cols: np.ndarray) -
         y, v = rows + dy, cols + dx
         inside = (y >= 0) & (y < h) & (v >= 0) & (v < w)
         out.append(np.where(inside, m[:, np.where(inside, y, 0), np.where(inside, v, 0)], 0.0))
-    out += list(np.broadcast_to(np.eye(c)[:, :, None], (c, c, len(rows))).transpose(1, 0, 2))
+    out += [np.broadcast_to(np.eye(c)[:, j:j + 1], (c, len(rows))) for j in range(c)]  # which channel
     return np.stack(out, axis=-1).reshape(c * len(rows), -1)
 
 
