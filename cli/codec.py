@@ -54,14 +54,18 @@ class Size(str, Enum):
     original = "original"
 
 
+LOSSLESS_PHASES = {"": "reading images", "fit": "fitting the pixel model", "code": "coding images"}
+
+
 @contextmanager
-def _progress(label: str, quiet: bool):
-    """A progress(done, total) callback drawing one rich bar on stderr (none with --json)."""
+def _progress(label: str, quiet: bool, phases: dict[str, str] | None = None):
+    """A progress(done, total) callback drawing rich bars on stderr (none with --json): one labelled
+    `label`, or one per phase that `phases` names (a lossless encode reads, fits, then codes)."""
     if quiet or not err_console.is_terminal:
         yield None
         return
     with progress_bar(transient=True) as bars:
-        yield image_rate(bars, {"": label})
+        yield image_rate(bars, phases or {"": label})
 
 
 TABLE_ROWS = 20  # reconstruct's table shows every image up to this many, else the worst this many
@@ -175,7 +179,7 @@ def _encode_vkc(model, images, out, quality, lossless, fit, overwrite, as_json, 
 
             raise none_usable(f"in {fit} to fit the tables on", loaded.skipped)
         prior = codec.fit_prior(m, loaded.images)
-    with _progress("coding images", as_json) as progress:
+    with _progress("coding images", as_json, LOSSLESS_PHASES if lossless else None) as progress:
         r = codec.encode(m, images, out, quality=quality, lossless=lossless, overwrite=overwrite, progress=progress,
                          prior=prior)
     if prior is not None:  # stored only once the file is written: a refused encode changes nothing

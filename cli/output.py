@@ -203,7 +203,8 @@ def image_rate(bars: Progress, labels: dict[str, str]):
             tasks[phase] = (bars.add_task(labels.get(phase, phase), total=total, info=""), time.monotonic(), done)
         task, start, first = tasks[phase]
         rate = (done - first) / max(time.monotonic() - start, 1e-9)
-        bars.update(task, completed=done, total=total, info=f"{rate:,.0f} img/s" if phase != "merge" else "")
+        shown_rate = phase not in ("merge", "fit") and done > first  # a fit has no rate; none before the first step
+        bars.update(task, completed=done, total=total, info=f"{rate:,.0f} img/s" if shown_rate else "")
 
     return progress
 

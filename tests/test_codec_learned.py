@@ -215,6 +215,30 @@ def test_an_archive_is_sized_by_the_images_it_takes_not_the_files_it_skips(quick
     assert report.pixel_model == "fitted" and not trained
 
 
+def test_a_lossless_encode_reports_the_fit_and_the_coding_after_the_reading(tmp_path):
+    """The reading reaches 100% before the pixel model is fitted and the images coded (20-60 s on
+    real folders): progress hears phase "fit" around the fit and phase "code" around the coding,
+    in that order, so a front end shows what it waits for."""
+    import vaekit
+    from export_support import random_run
+
+    run = random_run(tmp_path / "run", image_size=16, channels=1, latent_dim=4, base_channels=4, likelihood="gaussian")
+    src = tmp_path / "src"
+    src.mkdir()
+    for i, xi in enumerate(_stripes(12)[0]):
+        Image.fromarray(xi[0]).save(src / f"s{i:03d}.png")
+    calls = []
+    report = vaekit.codec.encode(vaekit.load(run), src, tmp_path / "a.vkc", lossless=True,
+                                 progress=lambda done, total, phase="", **_: calls.append((phase, done, total)))
+    assert report.count == 12
+    phases = [c[0] for c in calls]
+    assert calls[phases.index("")] == ("", 1, 12) and ("", 12, 12) in calls
+    assert phases.index("fit") > max(i for i, p in enumerate(phases) if p == "")  # after the reading
+    assert [c for c in calls if c[0] == "fit"] == [("fit", 0, 1), ("fit", 1, 1)]
+    assert [c for c in calls if c[0] == "code"] == [("code", 0, None), ("code", 12, None)]
+    assert phases.index("code") > max(i for i, p in enumerate(phases) if p == "fit")
+
+
 def test_training_the_network_leaves_the_callers_random_stream_alone_and_repeats(quick):
     """A library call must not move the user's torch random stream (nor reseed a GPU's): the
     network's initial weights and batches come from their own seeded generators, so two fits of

@@ -82,7 +82,8 @@ def encode(model, source: str | Path | Sequence[str | Path], out: str | Path, qu
     """Encode every image under `source` into the .vkc `out`: lossy at `quality` (1..8, the
     model's stored tables, or `prior`, tables not stored yet: `encode --fit` stores them only
     once the file is written), or `lossless` (a bits-back archive of images of exactly the model's
-    size; vaekit.codec.lossless). progress(done, total) after each batch or image."""
+    size; vaekit.codec.lossless). progress(done, total) after each batch or image (lossless: also
+    phase="fit" around the pixel model's fit and phase="code" around each chunk's coding)."""
     t0 = time.perf_counter()
     out = Path(out)
     found = check_encode(model, source, out, quality, lossless, overwrite, chunk)

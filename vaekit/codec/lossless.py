@@ -56,29 +56,40 @@ def _encode_images(net, found, header, spill, chunk, progress):
         header.orig_size.append([want[1], want[2]])
         source_bytes += facts[1]
         if len(batch) == chunk:  # the archive's size: the images kept so far and the files not read yet
-            _code_chunk(net, batch, spill, header, (len(header.names) + total - k - 1) * int(np.prod(want)))
+            _code_chunk(net, batch, spill, header, (len(header.names) + total - k - 1) * int(np.prod(want)), progress)
             batch = []
         if progress:
             progress(k + 1, total)
     if batch:
-        _code_chunk(net, batch, spill, header, len(header.names) * int(np.prod(want)))
+        _code_chunk(net, batch, spill, header, len(header.names) * int(np.prod(want)), progress)
     return skipped, source_bytes
 
 
-def _code_chunk(net, batch, spill, header, expected_subpixels: int) -> None:
+def _code_chunk(net, batch, spill, header, expected_subpixels: int, progress=None) -> None:
     """One chunk onto the archive; the first one of a model without a logistic likelihood fits its
     pixel model first (vaekit.codec.learned_fit.choose: the context model or the learned one, for an
     archive of about `expected_subpixels`), which the header keeps for the decoder: on the chunk's
-    first FIT_IMAGES, fewer where the chunk is smaller (its bound on sub-pixels bounds the fit's memory)."""
+    first FIT_IMAGES, fewer where the chunk is smaller (its bound on sub-pixels bounds the fit's memory).
+    progress (if any) hears phase "fit" before and after that fit, and phase "code" with the images
+    coded so far before and after the chunk, so that a front end does not sit on the reading's 100%."""
     likelihood = net.model.info.likelihood
+    coded = len(header.names) - len(batch)
     if net.pixels is None and likelihood != "logistic":
+        if progress:
+            progress(0, 1, phase="fit")
         fit_on = batch[:fitted.FIT_IMAGES]
         rng = np.random.default_rng(0)  # the decoder's means at a posterior draw, as bits-back codes with
         # (not at its mean: -1 % on product photos and on MNIST, docs/codec.md); seeded, so one folder one archive
         net.pixels = learned_fit.choose(likelihood, fit_on, [net.sampled_mean_image(x, rng) for x in fit_on],
                                         expected_subpixels, torch=net.engine == "torch")
         header.engine["pixels"] = net.pixels.to_json()
+        if progress:
+            progress(1, 1, phase="fit")
+    if progress:
+        progress(coded, None, phase="code")
     spill.add(len(batch), bitsback.encode_chunk(net, batch)[0])
+    if progress:
+        progress(coded + len(batch), None, phase="code")
 
 
 def pixel_model_name(header: container.Header) -> str:
