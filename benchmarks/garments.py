@@ -119,13 +119,13 @@ def _draw(polys, extras: dict, rng) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(mask, np.float32) / 255, np.asarray(lines, np.float32) / 255
 
 
-def garments(k: int, n: int, seed: int, photos: list[np.ndarray]) -> np.ndarray:
-    """n images (n, 28, 28) uint8 of class k."""
+def garments(k: int, n: int, seed: int, photos: list[np.ndarray], size: int = 28) -> np.ndarray:
+    """n images (n, size, size) uint8 of class k (drawn at S px, shrunk to `size`; S: as drawn)."""
     from PIL import Image
 
     rng = np.random.default_rng(seed * 10 + k)
     yy, xx = np.mgrid[0:S, 0:S] / (S - 1)
-    out = np.empty((n, 28, 28), np.uint8)
+    out = np.empty((n, size, size), np.uint8)
     for i in range(n):
         polys, extras = _outline(k, rng)
         mask, lines = _draw(polys, extras, rng)
@@ -143,8 +143,8 @@ def garments(k: int, n: int, seed: int, photos: list[np.ndarray]) -> np.ndarray:
             pattern = rng.uniform(0.1, 0.5) * (crop - crop.mean()) / (crop.std() + 1e-6) / 2
         detail = rng.choice([-0.35, 0.35]) * lines
         img = mask * np.clip(level * ramp * (1 + pattern) + detail * level, 0.03, 1.0)
-        small = Image.fromarray((img * 255).astype(np.uint8)).resize((28, 28), Image.BOX)
-        out[i] = np.asarray(small)
+        drawn = Image.fromarray((img * 255).astype(np.uint8))
+        out[i] = np.asarray(drawn if size == S else drawn.resize((size, size), Image.BOX))
     return out
 
 

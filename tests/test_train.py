@@ -224,8 +224,32 @@ def test_a_large_surface_under_uneven_light_is_still_a_surface(tmp_path):
     assert choose_layout(stats, side) == "grid" and choose_layout(stats) == "vector"
     ring = ((np.hypot(yy - 0.5, xx - 0.5) - 0.3) ** 2 < 0.003) * 120.0  # a part in a fixed place
     parts = np.clip(surface * 0.3 + ring, 0, 255).astype(np.uint8)
-    assert choose_layout(image_statistics(parts, np.arange(n)), side) == "vector"
+    many = image_statistics(np.concatenate([parts] * 5), np.arange(5 * n))  # 200 images: the statistic decides
+    assert many["images"] == 200 and choose_layout(many, side) == "vector"
     for i, img in enumerate(surface[:, 0]):  # through the files, as `vaekit train` probes them
+        Image.fromarray(img).save(tmp_path / f"{i:02d}.png")
+    assert probe_layout(sorted(tmp_path.glob("*.png")), 1) == "grid"
+
+
+def test_few_large_images_get_the_grid_even_when_aligned(tmp_path):
+    """Fewer than 200 images above 64 px get the grid and its defect reader whatever their mean
+    image (a vector model of them shrunk to 64 px lost on parts with small defects and on product
+    photos); at 64 px and below, or with 200 or more, aligned parts keep the vector."""
+    from PIL import Image
+
+    from vaekit.training.data import AUTO_MAX_SIZE, LAYOUT_ALIGNED, choose_layout, image_statistics, probe_layout
+
+    rng = np.random.default_rng(1)
+    n, side = 40, 128
+    yy, xx = np.mgrid[0:side, 0:side] / (side - 1)
+    ring = ((np.hypot(yy - 0.5, xx - 0.5) - 0.3) ** 2 < 0.003) * 160.0
+    parts = np.clip(rng.normal(40, 10, (n, 1, side, side)) + ring, 0, 255).astype(np.uint8)
+    stats = image_statistics(parts, np.arange(n))
+    assert stats["images"] == n and stats["aligned_unlit"] > 2 * LAYOUT_ALIGNED
+    assert choose_layout(stats, side) == "grid"
+    assert choose_layout(stats, AUTO_MAX_SIZE) == choose_layout(stats) == "vector"
+    assert choose_layout({**stats, "images": 200}, side) == "vector"
+    for i, img in enumerate(parts[:, 0]):  # through the files, as `vaekit train` probes them
         Image.fromarray(img).save(tmp_path / f"{i:02d}.png")
     assert probe_layout(sorted(tmp_path.glob("*.png")), 1) == "grid"
 

@@ -104,7 +104,8 @@ def probe_layout(paths: list[Path], channels: int) -> str:
     report = images.load_images(paths[:: max(1, len(paths) // PROBE)][:PROBE], side, channels)
     if not len(report.paths):
         return "vector"
-    return choose_layout(image_statistics(report.images, np.arange(len(report.paths))), native)
+    stats = image_statistics(report.images, np.arange(len(report.paths)))
+    return choose_layout({**stats, "images": len(paths)}, native)  # every file counts, not the probe's
 
 
 STATISTICS_SIDE = 1024  # image_statistics looks at images up to this side, larger ones at every k-th pixel
@@ -125,7 +126,8 @@ def image_statistics(images: np.ndarray, idx: np.ndarray) -> dict[str, float]:
       first. A lamp or a lens lights every image of a fixed camera the same uneven way, and that
       alone gives a surface a structured mean image (a 30% fall-off across 40 images of 256 px:
       0.17-0.44); what a shape leaves in the mean is not quadratic (MNIST 0.24-0.82, faces 0.11).
-    binary: share of values within 0.1 of black or white (0.9 for MNIST, ~0 for photographs)."""
+    binary: share of values within 0.1 of black or white (0.9 for MNIST, ~0 for photographs).
+    images: how many images `idx` holds (all of them, not the sample); variance: their mean per-pixel variance."""
     pick = np.sort(idx[:: max(1, len(idx) // SAMPLE)])
     step = -(-images.shape[-1] // STATISTICS_SIDE)  # every step-th pixel of images larger than that
     x = np.stack([gather(images, pick[i : i + 1])[0, :, ::step, ::step] for i in range(len(pick))])
@@ -135,7 +137,7 @@ def image_statistics(images: np.ndarray, idx: np.ndarray) -> dict[str, float]:
     mean = x.mean(0)
     return {"aligned": float(mean.var()) / variance - chance,
             "aligned_unlit": float(unlit(mean).var()) / variance - chance,
-            "binary": float(((x < 0.1) | (x > 0.9)).mean()), "variance": float(x.var(0).mean())}
+            "binary": float(((x < 0.1) | (x > 0.9)).mean()), "variance": float(x.var(0).mean()), "images": len(idx)}
 
 
 def unlit(mean: np.ndarray) -> np.ndarray:
@@ -152,10 +154,16 @@ def choose_layout(stats: dict[str, float], side: int | None = None) -> str:
     (no variance at all: nothing to tell apart) get the vector. Images larger than AUTO_MAX_SIZE
     (`side`, their median shorter side) are judged with the lighting taken off (aligned_unlit):
     that is where a fixed camera and lamp photograph a surface, and where a small defect needs the
-    grid's native resolution (docs/detection.md, "Objects or surface")."""
+    grid's native resolution (docs/detection.md, "Objects or surface"). Fewer than CROSSFIT_BELOW
+    of them (stats["images"]) get the grid and its defect reader whatever their mean image: with 40
+    images of 112-256 px a vector model of them shrunk to 64 px lost to it on aligned parts with
+    small defects and on three of four kinds of product photo, and took longer (five cross-fitted
+    models), while with 400-1,000 images it held its own (docs/detection.md, "Few large images")."""
     if stats.get("variance", 1.0) < 1e-8:
         return "vector"
     large = side is not None and side > AUTO_MAX_SIZE and "aligned_unlit" in stats
+    if large and stats.get("images", CROSSFIT_BELOW) < CROSSFIT_BELOW:
+        return "grid"
     return "vector" if stats["aligned_unlit" if large else "aligned"] >= LAYOUT_ALIGNED else "grid"
 
 
