@@ -16,8 +16,8 @@ def test_the_plan_names_the_splits_the_model_and_the_readers():
                                   "(16), bernoulli · 20 epochs, batch 64 · cuda:0")
     surface = _plan(images=40, train=32, val=0, cal=8, image_size=64, reads_at=256, layout="grid", latent_dim=8,
                     likelihood="gaussian", crop=64, epochs=300, batch_size=32, readers=3, device="cpu")
-    assert plan_text(surface) == ("40 images (32 train, 8 held out) · surface at 256 px, latent grid (8 per cell) "
+    assert plan_text(surface) == ("40 images (32 train, 8 held out) · 256 px, latent grid (8 per cell) "
                                   "trained on 64 px crops, gaussian · 300 epochs, batch 32 · then 3 defect readers · cpu")
     one = plan_text({**surface, "readers": 1, "crop": None, "reads_at": 64, "augment": "on"})
-    assert one.endswith("surface at 64 px, latent grid (8 per cell), gaussian · 300 epochs, batch 32, warped copies · "
+    assert one.endswith("· 64 px, latent grid (8 per cell), gaussian · 300 epochs, batch 32, warped copies · "
                         "then 1 defect reader · cpu")

@@ -155,7 +155,7 @@ def plan_text(p: dict) -> str:
     model = f"{p['image_size']} px, vector latent ({p['latent_dim']}), {p['likelihood']}"
     if p["layout"] == "grid":
         crops = f" trained on {p['crop']} px crops" if p["crop"] else ""
-        model = f"surface at {p['reads_at']} px, latent grid ({p['latent_dim']} per cell){crops}, {p['likelihood']}"
+        model = f"{p['reads_at']} px, latent grid ({p['latent_dim']} per cell){crops}, {p['likelihood']}"
     recipe = (f"{p['epochs']} epoch{'s' if p['epochs'] != 1 else ''}, batch {p['batch_size']}"
               + (", warped copies" if p["augment"] == "on" else ""))
     readers = f" · then {p['readers']} defect reader{'s' if p['readers'] > 1 else ''}" if p["readers"] else ""
