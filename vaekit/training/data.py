@@ -167,14 +167,17 @@ def choose_layout(stats: dict[str, float], side: int | None = None) -> str:
     return "vector" if stats["aligned_unlit" if large else "aligned"] >= LAYOUT_ALIGNED else "grid"
 
 
-def choose_model(cfg, stats: dict[str, float]):
+def choose_model(cfg, stats: dict[str, float], side: int | None = None):
     """Decide every "auto" of a ModelConfig from image_statistics (docs/detection.md has the
     measurements): a latent vector for aligned images, a latent grid for surfaces; Bernoulli for
     near-binary images (at least 80% black or white), else a Gaussian; 16 latent dimensions for a
-    vector, 8 channels per cell for a grid."""
+    vector, 8 channels per cell for a grid. `side`: the images' own median shorter side, which
+    choose_layout judges by where it is smaller than the size they are read at (28 px digits
+    read at 128 px are small images); None: that size."""
     from dataclasses import replace
 
-    layout = cfg.layout if cfg.layout != "auto" else choose_layout(stats, cfg.image_size)
+    at = cfg.image_size if side is None else min(side, cfg.image_size)
+    layout = cfg.layout if cfg.layout != "auto" else choose_layout(stats, at)
     likelihood = cfg.likelihood if cfg.likelihood != "auto" else ("bernoulli" if stats["binary"] >= 0.8 else "gaussian")
     latent_dim = cfg.latent_dim or (16 if layout == "vector" else 8)
     return replace(cfg, layout=layout, likelihood=likelihood, latent_dim=latent_dim)
