@@ -53,3 +53,17 @@ def test_few_large_aligned_images_get_the_grid_also_at_a_given_size(monkeypatch,
     _rings(tmp_path / "parts", 40, 96)
     assert _layout_of(monkeypatch, tmp_path, tmp_path / "parts") == "grid"
     assert _layout_of(monkeypatch, tmp_path, tmp_path / "parts", image_size=80) == "grid"
+
+
+def test_unreadable_files_do_not_count_as_images_for_the_rule(monkeypatch, tmp_path):
+    """195 aligned parts of 96 px and 10 damaged files: 195 images train, cross-fitted (fewer than
+    CROSSFIT_BELOW), so they are "fewer than 200 images larger than 64 px" and get the grid, as the
+    same folder does with the damaged files gone and as a given --image-size decides it."""
+    from vaekit.training.data import CROSSFIT_BELOW
+
+    _rings(tmp_path / "parts", 195, 96)
+    for i in range(10):
+        (tmp_path / "parts" / f"bad{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    assert 195 < CROSSFIT_BELOW <= 205
+    assert _layout_of(monkeypatch, tmp_path, tmp_path / "parts", image_size=96) == "grid"
+    assert _layout_of(monkeypatch, tmp_path, tmp_path / "parts") == "grid"

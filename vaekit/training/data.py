@@ -101,11 +101,15 @@ def probe_layout(paths: list[Path], channels: int) -> str:
 
     native = median_side(paths)
     side = min(AUTO_MAX_SIZE, max(16, native or AUTO_MAX_SIZE))
-    report = images.load_images(paths[:: max(1, len(paths) // PROBE)][:PROBE], side, channels)
+    probed = paths[:: max(1, len(paths) // PROBE)][:PROBE]
+    report = images.load_images(probed, side, channels)
     if not len(report.paths):
         return "vector"
     stats = image_statistics(report.images, np.arange(len(report.paths)))
-    return choose_layout({**stats, "images": len(paths)}, native)  # every file counts, not the probe's
+    # every file counts, not only the probe's, but not those that do not decode (they do not train):
+    # exact up to PROBE files, else the share of the probed ones that decoded
+    usable = round(len(paths) * len(report.paths) / len(probed))
+    return choose_layout({**stats, "images": usable}, native)
 
 
 STATISTICS_SIDE = 1024  # image_statistics looks at images up to this side, larger ones at every k-th pixel
