@@ -63,12 +63,13 @@ def train(
     image_size: Annotated[int, typer.Option(help="Images are resized to N×N (shorter side to N, centre crop); 16 <= N <= 1024; "
                                                  "a surface (--layout grid) up to 3072: read whole at N, in 1024 px tiles. "
                                                  "0 = auto: the images' median shorter side, at most 64 for aligned "
-                                                 "objects; a surface keeps its own resolution (up to 3072: read "
+                                                 "objects; a surface (or fewer than 200 images larger than 64 px) keeps its own resolution (up to 3072: read "
                                                  "whole, in tiles of at most 1024).")] = 0,
     channels: Annotated[str, typer.Option(help="auto (grayscale if every image is stored gray), 1 or 3.")] = "auto",
     latent_dim: Annotated[int, typer.Option(help="Latent dimensions (vector layout) or channels per cell (grid), at most 4096; 0 = auto: 16 / 8.")] = 0,
     layout: Annotated[Layout, typer.Option(help="Latent layout: one vector per image, or a grid of cells (one per 4×4 pixels); "
-                                                "auto: a vector when the images are aligned objects, a grid for surfaces.")] = Layout.auto,
+                                                "auto: a vector when the images are aligned objects, a grid for surfaces and "
+                                                "for fewer than 200 images larger than 64 px.")] = Layout.auto,
     base_channels: Annotated[int, typer.Option(help="Feature maps of the first conv layer (doubles per stage), 1 to 4096.")] = 16,
     likelihood: Annotated[Likelihood, typer.Option(help=LIKELIHOOD_HELP)] = Likelihood.auto,
     epochs: Annotated[Optional[int], typer.Option(help="Epochs (default: auto, a fixed compute budget, ~1 min of one model's epochs on 2 cores; cross-fitting, below 200 images, trains five models on ~2 budgets, and a surface's defect readers add ~1.5-2 min; up to 4x, at most 20 epochs, for a logistic model with many images; with --resume: the new total); at most 1,000,000.")] = None,

@@ -101,11 +101,15 @@ def probe_layout(paths: list[Path], channels: int) -> str:
 
     native = median_side(paths)
     side = min(AUTO_MAX_SIZE, max(16, native or AUTO_MAX_SIZE))
-    report = images.load_images(paths[:: max(1, len(paths) // PROBE)][:PROBE], side, channels)
+    probed = paths[:: max(1, len(paths) // PROBE)][:PROBE]
+    report = images.load_images(probed, side, channels)
     if not len(report.paths):
         return "vector"
     stats = image_statistics(report.images, np.arange(len(report.paths)))
-    return choose_layout({**stats, "images": len(paths)}, native)  # every file counts, not the probe's
+    # every file counts, not only the probe's, but not those that do not decode (they do not train):
+    # exact up to PROBE files, else the share of the probed ones that decoded
+    usable = round(len(paths) * len(report.paths) / len(probed))
+    return choose_layout({**stats, "images": usable}, native)
 
 
 STATISTICS_SIDE = 1024  # image_statistics looks at images up to this side, larger ones at every k-th pixel
@@ -167,14 +171,17 @@ def choose_layout(stats: dict[str, float], side: int | None = None) -> str:
     return "vector" if stats["aligned_unlit" if large else "aligned"] >= LAYOUT_ALIGNED else "grid"
 
 
-def choose_model(cfg, stats: dict[str, float]):
+def choose_model(cfg, stats: dict[str, float], side: int | None = None):
     """Decide every "auto" of a ModelConfig from image_statistics (docs/detection.md has the
     measurements): a latent vector for aligned images, a latent grid for surfaces; Bernoulli for
     near-binary images (at least 80% black or white), else a Gaussian; 16 latent dimensions for a
-    vector, 8 channels per cell for a grid."""
+    vector, 8 channels per cell for a grid. `side`: the images' own median shorter side, which
+    choose_layout judges by where it is smaller than the size they are read at (28 px digits
+    read at 128 px are small images); None: that size."""
     from dataclasses import replace
 
-    layout = cfg.layout if cfg.layout != "auto" else choose_layout(stats, cfg.image_size)
+    at = cfg.image_size if side is None else min(side, cfg.image_size)
+    layout = cfg.layout if cfg.layout != "auto" else choose_layout(stats, at)
     likelihood = cfg.likelihood if cfg.likelihood != "auto" else ("bernoulli" if stats["binary"] >= 0.8 else "gaussian")
     latent_dim = cfg.latent_dim or (16 if layout == "vector" else 8)
     return replace(cfg, layout=layout, likelihood=likelihood, latent_dim=latent_dim)

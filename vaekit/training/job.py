@@ -20,7 +20,8 @@ from vaekit.errors import BadInput, VaekitError, check_flags
 from vaekit.fileio import refuse_inside
 from vaekit.progress import Progress
 from vaekit.training import rundir
-from vaekit.training.data import Dataset, auto_image_size, choose_model, image_statistics, load_dataset, probe_layout
+from vaekit.training.data import (Dataset, auto_image_size, choose_model, image_statistics, load_dataset, median_side,
+                                  probe_layout)
 from vaekit.training.distributed import agree, init_distributed, pick_device
 from vaekit.training.launch import launch_env
 from vaekit.training.loop import TrainResult, fit
@@ -238,5 +239,7 @@ def _train(data_dir, out_dir, dist, stored, model_cfg, train_cfg, channels, resu
         raise rundir.RunError(_decoded_otherwise(data, out_dir, stored.get("data", {})))
     model_cfg = replace(model_cfg, channels=int(data.images.shape[1]))
     if not model_cfg.resolved:  # the rest of "auto", from the decoded training pixels (the same on every rank)
-        model_cfg = choose_model(model_cfg, image_statistics(data.images, np.arange(len(data.paths))))
+        # the layout by the images' own size, as the probe judges it: a given --image-size may enlarge small ones
+        native = median_side(data.paths) if model_cfg.layout == "auto" else None
+        model_cfg = choose_model(model_cfg, image_statistics(data.images, np.arange(len(data.paths))), native)
     return fit(data, out_dir, model_cfg, train_cfg, resume=resume, progress=progress, should_stop=should_stop), data
