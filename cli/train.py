@@ -35,6 +35,8 @@ class Augment(str, Enum):
     off = "off"
 
 
+LAYOUT_HELP = ("Latent layout: one vector per image, or a grid of cells (one per 4×4 pixels); auto: a vector when the "
+               "images are aligned objects, a grid for surfaces and for fewer than 200 images larger than 64 px.")
 LIKELIHOOD_HELP = ("Decoder distribution p(x|z); auto: Bernoulli for near-binary images, else Gaussian; logistic: "
                    "discretised, per pixel (-ELBO = code length of the 8-bit pixels).")
 FOLDS_HELP = ("Cross-fitting: -1 auto (5 fold models below 200 images, the run's own the first, so every image gets "
@@ -67,9 +69,7 @@ def train(
                                                  "whole, in tiles of at most 1024).")] = 0,
     channels: Annotated[str, typer.Option(help="auto (grayscale if every image is stored gray), 1 or 3.")] = "auto",
     latent_dim: Annotated[int, typer.Option(help="Latent dimensions (vector layout) or channels per cell (grid), at most 4096; 0 = auto: 16 / 8.")] = 0,
-    layout: Annotated[Layout, typer.Option(help="Latent layout: one vector per image, or a grid of cells (one per 4×4 pixels); "
-                                                "auto: a vector when the images are aligned objects, a grid for surfaces and "
-                                                "for fewer than 200 images larger than 64 px.")] = Layout.auto,
+    layout: Annotated[Layout, typer.Option(help=LAYOUT_HELP)] = Layout.auto,
     base_channels: Annotated[int, typer.Option(help="Feature maps of the first conv layer (doubles per stage), 1 to 4096.")] = 16,
     likelihood: Annotated[Likelihood, typer.Option(help=LIKELIHOOD_HELP)] = Likelihood.auto,
     epochs: Annotated[Optional[int], typer.Option(help="Epochs (default: auto, a fixed compute budget, ~1 min of one model's epochs on 2 cores; cross-fitting, below 200 images, trains five models on ~2 budgets, and a surface's defect readers add ~1.5-2 min; up to 4x, at most 20 epochs, for a logistic model with many images; with --resume: the new total); at most 1,000,000.")] = None,
