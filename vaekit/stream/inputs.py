@@ -197,7 +197,7 @@ def check_shard(i, n, text=None) -> tuple[int, int]:
 
 
 def env_shard() -> tuple[int, int]:
-    """(rank, world size) under torchrun, else (0, 1) (vaekit.launch)."""
+    """(rank, world size) under torchrun, else (0, 1) (vaekit.training.launch.launch_env)."""
     rank, world, _ = launch_env()
     if world > MAX_SHARDS:
         raise BadInput(f"WORLD_SIZE {world} is more than {MAX_SHARDS} processes")
