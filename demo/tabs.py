@@ -53,10 +53,12 @@ def _train_tab(ctx: Context) -> SimpleNamespace:
                 "When it finishes it becomes this page's model, and the model of pages opened after.")
     train_folder = gr.Textbox(label="Folder of training images (searched recursively)",
                               placeholder="/path/to/images", elem_id="train-folder")
+    gr.Markdown("A setting at 0 is chosen from the images as `vaekit train` chooses it (image size, latent, layout, "
+                "training budget): the page trains the model the command would.")
     with gr.Row():
-        image_size = gr.Slider(16, 256, value=64, step=8, label="Image size (pixels)", elem_id="train-size")
-        latent_dim = gr.Slider(2, 256, value=32, step=1, label="Latent dimensions")
-        epochs = gr.Slider(1, 200, value=20, step=1, label="Epochs", elem_id="train-epochs")
+        image_size = gr.Slider(0, 256, value=0, step=8, label="Image size (pixels; 0 = auto)", elem_id="train-size")
+        latent_dim = gr.Slider(0, 256, value=0, step=1, label="Latent dimensions (0 = auto)", elem_id="train-latent")
+        epochs = gr.Slider(0, 1000, value=0, step=1, label="Epochs (0 = auto)", elem_id="train-epochs")
     with gr.Row():
         train_btn = gr.Button("Train", variant="primary", elem_id="train-btn")
         stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn")
@@ -67,7 +69,7 @@ def _train_tab(ctx: Context) -> SimpleNamespace:
                            train_btn=train_btn, stop_btn=stop_btn, train_status=train_status, loss_plot=loss_plot)
 
 
-def _train_message(ev, rows: list[dict], n_epochs, out: Path, folder, ctx: Context) -> str | None:
+def _train_message(ev, rows: list[dict], out: Path, folder, ctx: Context) -> str | None:
     """What the Train tab says after event `ev` (None: nothing new to show)."""
     m, public = ev.metrics, ctx.public
 
@@ -78,19 +80,24 @@ def _train_message(ev, rows: list[dict], n_epochs, out: Path, folder, ctx: Conte
         from vaekit.training.loop import plan_text
 
         return f"Training {run(out)}: {plan_text(m)}"
-    if ev.phase == "epoch":
-        return f"Training {run(out)}: epoch {m['epoch']}/{n_epochs}, validation loss {m['val_loss']:.2f} nats/image"
+    if ev.phase == "epoch":  # ev.total: the epochs planned (the slider may say 0, auto)
+        which = "validation" if m.get("val_estimator", "z = mu") == "z = mu" else "training"
+        loss = m["val_loss"] if which == "validation" else m["train_loss"]
+        return f"Training {run(out)}: epoch {m['epoch']}/{ev.total}, {which} loss {loss:.2f} nats/image"
     if ev.phase == "stopped" and not rows:  # no checkpoint yet: --resume says "nothing to resume"
         return f"**Stopped** before the first epoch ended: {run(out)} holds no checkpoint; press Train to start again."
     if ev.phase == "stopped":
         resume = f"vaekit train {shlex.quote(public(folder))} --out {shlex.quote(public(out))} --resume"
-        return (f"**Stopped** after {len(rows) // 2} epoch(s). {run(out)} keeps its last checkpoint: "
+        return (f"**Stopped** after {rows[-1]['epoch']} epoch(s). {run(out)} keeps its last checkpoint: "
                 f"continue it with {md_code(resume)} "
                 f"({_relative_to(out, ctx)}).")
     if ev.phase == "done":
         r = ev.result
-        return (f"**Done**: {run(r.run_dir)}, {r.epochs_done} epochs, trained in {r.seconds:.1f} s, best validation "
-                f"loss {r.best_val:.2f} nats/image (epoch {r.best_epoch}); it is now this page's model.")
+        held_out = any(row["split"] == "validation" for row in rows)  # as `vaekit train` says it
+        loss = (f"best validation loss {r.best_val:.2f} nats/image (epoch {r.best_epoch})" if held_out
+                else f"training loss {r.best_val:.2f} nats/image (nothing held out for validation)")
+        return (f"**Done**: {run(r.run_dir)}, {r.epochs_done} epochs, trained in {r.seconds:.1f} s, {loss}; "
+                "it is now this page's model.")
     return None
 
 
@@ -171,12 +178,15 @@ def _train_run(folder, size, dim, n_epochs, session, request, progress, ctx: Con
                      unit="batches")
         elif ev.phase == "crossfit":  # a few images: one more model per fold, for out-of-sample scores
             progress((ev.done, ev.total), desc="training the fold models", unit="models")
-        elif ev.phase == "epoch":
-            rows += [{"epoch": m["epoch"], "loss": m["train_loss"], "split": "train"},
-                     {"epoch": m["epoch"], "loss": m["val_loss"], "split": "validation"}]
+        elif ev.phase == "reader":  # a surface: its defect readers train after the VAE
+            progress((ev.done, ev.total), desc="training the defect readers", unit="steps")
+        elif ev.phase == "epoch":  # no validation line when nothing is held out for it (it repeats the training loss)
+            rows += [{"epoch": m["epoch"], "loss": m["train_loss"], "split": "train"}]
+            if m.get("val_estimator", "z = mu") == "z = mu":
+                rows += [{"epoch": m["epoch"], "loss": m["val_loss"], "split": "validation"}]
         if ev.phase == "done":
             ctx.sessions.set_model(session, vaekit.load(ev.result.run_dir))
-        said = _train_message(ev, rows, n_epochs, out, folder, ctx)
+        said = _train_message(ev, rows, out, folder, ctx)
         if said is not None:
             yield said, pd.DataFrame(rows), *(ctx.model_outputs(request) if ev.phase == "done" else keep)
 

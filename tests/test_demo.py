@@ -465,3 +465,33 @@ def test_cli_demo_builds_and_launches_on_localhost(run, monkeypatch):
     # another address only when the user asks for it, with a warning
     result = CliRunner().invoke(app, ["demo", str(run), "--host", "0.0.0.0"])
     assert result.exit_code == 0 and seen["host"] == "0.0.0.0" and "reachable from other machines" in result.output
+
+
+class _Planned(Exception):
+    """Raised at the plan event: every automatic setting decided, nothing trained yet."""
+
+
+def test_the_train_tab_trains_what_vaekit_train_would_by_default(data, tmp_path, model):
+    """The page's sliders start at 0 (auto), and 0s plan the run the command plans: a fixed 64 px,
+    32-dimensional, 20-epoch model (the page's old defaults) skipped every automatic choice."""
+    from vaekit.config import ModelConfig, TrainConfig
+    from vaekit.training.job import train
+    from vaekit_demo.app import build_app
+
+    props = {c["props"].get("elem_id"): c["props"] for c in build_app(model, runs_dir=tmp_path / "runs").config["components"]}
+    assert [props[f"train-{k}"]["value"] for k in ("size", "latent", "epochs")] == [0, 0, 0]
+
+    stop, app_plan = threading.Event(), None
+    for ev in training.train_events(data / "train", tmp_path / "app", 0, 0, 0, stop):
+        if ev.phase == "plan":
+            app_plan = ev.metrics
+            stop.set()
+
+    def planned(done, total, phase="", **m):
+        if phase == "plan":
+            raise _Planned(m)
+
+    with pytest.raises(_Planned) as cli:
+        train(data / "train", tmp_path / "cli", ModelConfig(), TrainConfig(), progress=planned)  # what `vaekit train` passes
+    assert app_plan == cli.value.args[0]
+    assert (app_plan["image_size"], app_plan["latent_dim"]) == (SIZE, 16) and app_plan["epochs"] > 20
