@@ -203,3 +203,32 @@ def test_one_network_pass_holds_a_bounded_number_of_pixels_whatever_the_image_si
         assert len(parts.recon) == 9 and np.isfinite(parts.recon).all()
         assert max(seen) == min(per_pass, 9) and sum(seen) == 9
         assert max(seen) * side * side <= max(engine.batch_size * FORWARD_SIDE**2, side * side)
+
+
+def _error_parts(e_map: np.ndarray) -> Parts:
+    """An aligned object's parts around a given error map: the other tests read the same for every image."""
+    n = len(e_map)
+    zeros, mu = np.zeros(n), np.zeros((n, 2))
+    return Parts(zeros, zeros, zeros, e_map=e_map, entropy=np.full(n, 100.0), mu=mu)
+
+
+def test_an_aligned_objects_error_test_finds_a_small_defect_the_whole_images_error_hides():
+    """A 6 x 6 spot of error on a 32 px object whose whole error varies from image to image: summed over
+    the image (the first error test) it is inside the normal spread; in its worst window it is far out."""
+    from vaekit.inference.atypicality import OBJECT_TESTS
+
+    rng = np.random.default_rng(4)
+    normal = rng.random((200, 32, 32)) * rng.uniform(0.5, 1.5, (200, 1, 1))  # the whole error: 256-768 nats
+    spot = rng.random((50, 32, 32)) * 0.6
+    for img, (y, x) in zip(spot, rng.integers(0, 26, (50, 2))):
+        img[y:y + 6, x:x + 6] += 3.0  # +108 nats in one place
+    assert "error_local" in OBJECT_TESTS
+    scores = []
+    for tests in (("error_high", "code_far", "entropy_low"), OBJECT_TESTS):
+        cal = Calibration.empty(False, (), "floored", tests).with_codes(np.zeros((4, 2)))
+        fitted, test = _error_parts(normal[:100]), _error_parts(np.concatenate([normal[100:], spot]))
+        cal.fit_tests(cal.tests(fitted))
+        scores.append(cal.score(test)[0])
+    summed, local = scores
+    assert (summed[100:] > summed[:100].max()).mean() < 0.5  # hidden in the spread of the whole error
+    assert (local[100:] > local[:100].max()).all()  # every spot above every normal image
