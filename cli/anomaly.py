@@ -27,7 +27,7 @@ class Score(str, Enum):
 
 SCORE_HELP = ("Default: the model's own. defect (surfaces): the defect reader's largest smoothed defect probability. "
               "atypicality (objects): typicality tests against normal images, each a z-score z, max(z + 2, 0)² "
-              "added up (the simplicity test's at least 4; sd²): the reconstruction's error too high, the code too far from "
+              "added up (the simplicity test's at least 4; sd²): the reconstruction's error too high (over the image and in its worst 5×5 window), the code too far from "
               "the nearest training image's code, the image simpler than normal (for surfaces: reconstruction and KL too high or too "
               "low in any neighbourhood, the -ELBO too low); models from vaekit 0.1 score excess. excess: -ELBO minus "
               "the image's own floor; neg_elbo: the plain -ELBO; recon / kl: its two terms (nats). "

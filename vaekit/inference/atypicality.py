@@ -14,7 +14,7 @@ From those this module builds the parts of the -ELBO and the scores:
   the KL too high, or the whole -ELBO too low (a smudge that wipes out a texture's detail). With a latent grid the same tests run per neighbourhood, both ways, so
   local defects count. An aligned object's score adds up each test's squared distance from 2 sd
   below its normal mean, Σ max(z + 2, 0)², the image-too-simple test's from its mean at least
-  ("floored": a normal image scores ~13, a test 3 sd out adds 25); a surface's adds up the squares of the z-scores that point the anomalous way,
+  ("floored": a normal image scores ~16 with four tests, a test 3 sd out adds 25); a surface's adds up the squares of the z-scores that point the anomalous way,
   Σ max(z, 0)² ("sumsq": its eleven tests would each add ~5 from the shift).
 """
 
@@ -90,7 +90,7 @@ def window_mean(m: np.ndarray, w: int) -> np.ndarray:
 
 # A second error test reads the worst 5 x 5 window: a scratch on a part, or a stroke a digit lacks,
 # is a few windows' error, and summed over the image it drowned in the spread of every other
-# pixel's (docs/detection.md, "The error test, local": the sample shapes 0.916 -> 0.996)
+# pixel's (docs/detection.md, "The error test, local": the sample shapes 0.916 -> 1.000)
 LOCAL_WINDOW = 5
 
 ERROR_EPS = 1e-4  # reconstructions are clipped to [eps, 1 - eps] for the error map: one pixel adds <= ~9 nats
