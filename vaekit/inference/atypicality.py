@@ -8,8 +8,8 @@ From those this module builds the parts of the -ELBO and the scores:
 - `kl_map`: the KL of each latent cell spread over the pixels it decodes (flat for a vector z).
 - `Calibration`: the default score, "atypicality". Tests of the image are compared with the
   same tests on normal images the model was not trained on (z-scores). An aligned object: its
-  reconstruction's error too high, over the image and in its worst 5 x 5 window, its code too far from the nearest training code
-  (vaekit.inference.codebank), its own pixel entropy too LOW (Nalisnick et al. 2019: an image
+  reconstruction's error too high, over the image and in its worst 5 x 5 window, its code too
+  far from the nearest training code (vaekit.inference.codebank), its own pixel entropy too LOW (Nalisnick et al. 2019: an image
   simpler than any normal one, such as a "1" under a model of "8"s). A surface: R too high,
   the KL too high, or the whole -ELBO too low (a smudge that wipes out a texture's detail). With a latent grid the same tests run per neighbourhood, both ways, so
   local defects count. An aligned object's score adds up each test's squared distance from 2 sd
@@ -179,8 +179,9 @@ class Calibration:
     """The "atypicality" score: statistics of normal images, and the tests they standardise.
 
     Global tests (`TESTS`, the names stored in "global"): for an aligned object the error of its
-    reconstruction too high (summed over the image, and in its worst window since 2026-12-06), its code too far from the nearest training code (`codes`), the image simpler than
-    normal (`OBJECT_TESTS`); for a surface, and in runs of vaekit 0.2, R too high, the KL too
+    reconstruction too high (summed over the image, and in its worst window since 2026-12-06),
+    its code too far from the nearest training code (`codes`), the image simpler than normal
+    (`OBJECT_TESTS`); for a surface, and in runs of vaekit 0.2, R too high, the KL too
     high, the -ELBO too low (`GLOBAL_TESTS`). `local` (a latent grid) adds, for each window width in `windows` (pixels), the
     window means of the R and KL maps too high or too low anywhere (their largest z over the
     image), z-scored by statistics that depend on the distance to the edges only (`edge_class`).
