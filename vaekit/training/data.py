@@ -85,21 +85,23 @@ def median_side(paths: list[Path]) -> int | None:
     return int(np.median(sides)) if sides else None
 
 
-def auto_image_size(paths: list[Path], layout: str = "vector") -> int:
+def auto_image_size(paths: list[Path], layout: str = "vector", side: int | None = None) -> int:
     """The images' median shorter side: for aligned objects within [16, AUTO_MAX_SIZE] (28 px
     digits stay 28 px, and no more compute than 64 px when they are large); for surfaces
     ("grid") their own resolution up to SURFACE_MAX_SIZE, since a defect of 1% of a 512 px
     part is a few pixels at 64 px. A surface model trains on crops (TrainConfig.crop) and reads
-    whole images, so its compute per step does not grow with the size."""
-    side = median_side(paths) or AUTO_MAX_SIZE
+    whole images, so its compute per step does not grow with the size. `side`: median_side(paths)
+    when the caller has it already."""
+    side = side or median_side(paths) or AUTO_MAX_SIZE
     return int(min(SURFACE_MAX_SIZE if layout == "grid" else AUTO_MAX_SIZE, max(16, side)))
 
 
-def probe_layout(paths: list[Path], channels: int) -> str:
-    """vector or grid from up to PROBE files decoded at <= AUTO_MAX_SIZE (see image_statistics)."""
+def probe_layout(paths: list[Path], channels: int, native: int | None = None) -> str:
+    """vector or grid from up to PROBE files decoded at <= AUTO_MAX_SIZE (see image_statistics).
+    `native`: median_side(paths) when the caller has it already."""
     from vaekit import images
 
-    native = median_side(paths)
+    native = native or median_side(paths)
     side = min(AUTO_MAX_SIZE, max(16, native or AUTO_MAX_SIZE))
     probed = paths[:: max(1, len(paths) // PROBE)][:PROBE]
     report = images.load_images(probed, side, channels)

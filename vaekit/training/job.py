@@ -211,13 +211,13 @@ def _train(data_dir, out_dir, dist, stored, model_cfg, train_cfg, channels, resu
         from vaekit import images
 
         paths = images.find_images(data_dir, confine_to)
-        layout = model_cfg.layout
+        layout, native = model_cfg.layout, median_side(paths)  # the headers read once for both decisions
         if layout == "auto" and paths:
-            layout = probe_layout(paths, images.resolve_channels(paths, channels))
+            layout = probe_layout(paths, images.resolve_channels(paths, channels), native)
         if model_cfg.image_size:
             model_cfg = replace(model_cfg, layout=layout)  # BadInput if the images are aligned objects
         else:
-            side = auto_image_size(paths, layout)
+            side = auto_image_size(paths, layout, native)
             model_cfg = replace(model_cfg, layout=layout,
                                 **(surface_sizes(side) if layout == "grid" else {"image_size": side}))
     # The first rank on each machine fills the pixel cache; the others then find it there.
