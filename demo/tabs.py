@@ -69,6 +69,11 @@ def _train_tab(ctx: Context) -> SimpleNamespace:
                            train_btn=train_btn, stop_btn=stop_btn, train_status=train_status, loss_plot=loss_plot)
 
 
+def _validated(epoch_metrics: dict) -> bool:
+    """Whether an epoch's val_loss is a -ELBO of held-out images (else it repeats the training loss)."""
+    return epoch_metrics.get("val_estimator", "z = mu") == "z = mu"
+
+
 def _train_message(ev, rows: list[dict], out: Path, folder, ctx: Context) -> str | None:
     """What the Train tab says after event `ev` (None: nothing new to show)."""
     m, public = ev.metrics, ctx.public
@@ -81,7 +86,7 @@ def _train_message(ev, rows: list[dict], out: Path, folder, ctx: Context) -> str
 
         return f"Training {run(out)}: {plan_text(m)}"
     if ev.phase == "epoch":  # ev.total: the epochs planned (the slider may say 0, auto)
-        which = "validation" if m.get("val_estimator", "z = mu") == "z = mu" else "training"
+        which = "validation" if _validated(m) else "training"
         loss = m["val_loss"] if which == "validation" else m["train_loss"]
         return f"Training {run(out)}: epoch {m['epoch']}/{ev.total}, {which} loss {loss:.2f} nats/image"
     if ev.phase == "stopped" and not rows:  # no checkpoint yet: --resume says "nothing to resume"
@@ -182,7 +187,7 @@ def _train_run(folder, size, dim, n_epochs, session, request, progress, ctx: Con
             progress((ev.done, ev.total), desc="training the defect readers", unit="steps")
         elif ev.phase == "epoch":  # no validation line when nothing is held out for it (it repeats the training loss)
             rows += [{"epoch": m["epoch"], "loss": m["train_loss"], "split": "train"}]
-            if m.get("val_estimator", "z = mu") == "z = mu":
+            if _validated(m):
                 rows += [{"epoch": m["epoch"], "loss": m["val_loss"], "split": "validation"}]
         if ev.phase == "done":
             ctx.sessions.set_model(session, vaekit.load(ev.result.run_dir))
