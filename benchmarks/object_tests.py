@@ -85,12 +85,6 @@ def raw_tests(run: Path, test: Path) -> tuple[np.ndarray, np.ndarray, list[str],
     return np.concatenate(tests), np.concatenate(neg_elbo), cal.global_tests, np.asarray(t["mean"]), np.asarray(t["sd"])
 
 
-def floored(z: np.ndarray, names: list[str]) -> np.ndarray:
-    """vaekit's "floored" combination of standardised tests (the entropy test counts from its mean at least)."""
-    low = np.array([2.0 if n == "entropy_low" else 0.0 for n in names])
-    return (np.maximum(z + 2.0, low) ** 2).sum(1)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sets", required=True)
@@ -99,6 +93,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=None)
     args = ap.parse_args()
     from sklearn.metrics import roc_auc_score
+
+    from vaekit.inference.atypicality import Calibration
 
     tmp = None if args.work else tempfile.TemporaryDirectory(prefix="vaekit-objecttests-")
     work = args.work or Path(tmp.name)
@@ -113,8 +109,11 @@ def main() -> None:
         if res.returncode:
             raise SystemExit(f"vaekit train failed on {spec}:\n{res.stderr[-2000:]}")
         tests, neg_elbo, names, mean, sd = raw_tests(base / "run", base / "test")
-        z = (tests - mean) / sd
-        row = [roc_auc_score(anomalous, floored(z[:, [names.index(n) for n in arm]], arm)) for arm in ARMS.values()]
+        row = []
+        for arm in ARMS.values():  # vaekit's own "floored" combination of the arm's tests, at their stored statistics
+            i = [names.index(n) for n in arm]
+            cal = Calibration({"global": arm, "combine": "floored", "tests": {"mean": mean[i].tolist(), "sd": sd[i].tolist()}})
+            row.append(roc_auc_score(anomalous, cal.score_tests(tests[:, i])))
         row += [roc_auc_score(anomalous, neg_elbo), np.nan if pca is None else roc_auc_score(anomalous, pca)]
         print(f"{spec:15s}" + "".join(f"{v:21.4f}" for v in row[:len(ARMS)]) + "".join(f"{v:11.4f}" for v in row[len(ARMS):]),
               flush=True)
