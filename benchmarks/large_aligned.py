@@ -63,18 +63,16 @@ def build(spec: str, root: Path) -> Path:
 
 
 def pca_32(folder: Path) -> float:
+    """AUROC of PCA-32's reconstruction error (dev_sets.pca_scores) on the grey pixels."""
     from PIL import Image
-    from sklearn.decomposition import PCA
     from sklearn.metrics import roc_auc_score
 
     def grey(sub):
-        return np.stack([np.asarray(Image.open(p).convert("L"), np.float32).ravel() / 255
-                         for p in sorted((folder / sub).glob("*.png"))])
+        return np.stack([np.asarray(Image.open(p).convert("L")) for p in sorted((folder / sub).glob("*.png"))])
 
-    train, normal, bad = grey("train"), grey("normal"), grey("anomalous")
-    pca = PCA(min(32, len(train) - 1)).fit(train)
-    err = [((x - pca.inverse_transform(pca.transform(x))) ** 2).sum(1) for x in (normal, bad)]
-    return float(roc_auc_score(np.r_[np.zeros(len(normal)), np.ones(len(bad))], np.r_[err[0], err[1]]))
+    normal, bad = grey("normal"), grey("anomalous")
+    scores = dev_sets.pca_scores(grey("train"), np.concatenate([normal, bad]))
+    return float(roc_auc_score(np.r_[np.zeros(len(normal)), np.ones(len(bad))], scores))
 
 
 def run_set(folder: Path, threads: int) -> dict:
