@@ -101,9 +101,8 @@ def _anomaly(pg: _Page) -> None:
 def _generate(pg: _Page) -> None:
     pg.tab("Generate")
     pg.page.locator("#sample-btn").click()
-    pg.page.locator("#interp-a input[type=file]").set_input_files(str(pg.normal[0]))
-    pg.page.locator("#interp-b input[type=file]").set_input_files(str(pg.anomalous[0]))
-    pg.wait("#interp-b img")
+    pg.upload("#interp-a", pg.normal[:1])  # file boxes (demo/tabs.py): they show the file's name, no image
+    pg.upload("#interp-b", pg.anomalous[:1])
     pg.page.locator("#interp-btn").click()
     pg.wait("#samples img")
     pg.wait("#strip img")

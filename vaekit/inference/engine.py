@@ -22,7 +22,7 @@ from vaekit import images as imageio
 from vaekit.errors import BadInput
 from vaekit.images.arrays import as_images, as_latents, check_batch_size, check_int, user_images
 from vaekit.inference.info import DEFAULT_SCORE, SCORES, ModelInfo, score_unit, threshold_fields  # noqa: F401  (public here too)
-from vaekit.inference.estimate import Estimate, estimate, object_parts
+from vaekit.inference.estimate import Estimate, code_length, estimate, object_parts
 from vaekit.inference.tiled import file_batch, iter_scores as tiled_scores, score_files, tiled
 from vaekit.inference.atypicality import Calibration, Parts, kl_map, pixel_floor  # noqa: F401  (pixel_floor: public here too)
 from vaekit.progress import Progress
@@ -38,7 +38,7 @@ class Scores:
     recon: np.ndarray  # (N,) reconstruction NLL, nats
     kl: np.ndarray  # (N,) KL(q(z|x) || p(z)), nats
     pixel_map: np.ndarray | None  # (N, H, W) per-pixel reconstruction NLL over channels, nats; None unless maps=True
-    bits_per_dim: np.ndarray  # (N,) -ELBO / (C*H*W*ln 2)
+    bits_per_dim: np.ndarray  # (N,) the -ELBO (whatever the score) as a code length of the 8-bit pixels / (C*H*W*ln 2)
     excess: np.ndarray | None = None  # (N,) neg_elbo - floor, nats
     floor: np.ndarray | None = None  # (N,) NLL of a perfect reconstruction of the image, nats
     name: str = DEFAULT_SCORE  # which score `score` holds
@@ -213,12 +213,13 @@ class Model:
             return score_files(self, paths, samples=samples, score=score, iwae=iwae, maps=maps, progress=progress)
         x, paths, skipped = self._loaded(paths, arr)
         n, s = len(x), self.info.image_size
-        recon, kl, nll, floor, chosen = (np.zeros(n) for _ in range(5))
+        recon, kl, nll, floor, chosen, coded = (np.zeros(n) for _ in range(6))
         pmap = np.zeros((n, s, s), np.float32) if maps else None
         for sl in self._batches(n):
             xf = imageio.to_float(x[sl])
-            est = estimate(self._score_core, x[sl], xf, self.info.latent_dim, samples, iwae)
-            recon[sl], kl[sl], nll[sl] = est.recon, est.kl, est.nll
+            est = estimate(self._score_core, x[sl], xf, self.info.latent_dim, samples, iwae,
+                           code_length(self.info.likelihood, self.info.log_scale))
+            recon[sl], kl[sl], nll[sl], coded[sl] = est.recon, est.kl, est.nll, est.code
             fmap = self._floor_map(xf, score)
             floor[sl] = fmap.reshape(len(xf), -1).sum(1) if fmap is not None else np.nan
             batch_score, batch_map = self._batch_score(xf, est, fmap, score, maps)
@@ -236,8 +237,7 @@ class Model:
         elif score != "atypicality":
             chosen = {"excess": excess, "neg_elbo": nll, "recon": recon, "kl": kl}[score]
         estimator = "iwae" if iwae else ("samples" if samples else "mean")
-        # bits/dim is always the -ELBO's (or the IWAE estimate's), whatever score is chosen
-        return Scores(chosen, nll, recon, kl, pmap, nll / (self.info.dims * math.log(2)), excess=excess, floor=floor,
+        return Scores(chosen, nll, recon, kl, pmap, coded / (self.info.dims * math.log(2)), excess=excess, floor=floor,
                       name=score, estimator=estimator, paths=paths, skipped=skipped)
 
     def _requested(self, score: str | None, samples: int, iwae: bool) -> str:

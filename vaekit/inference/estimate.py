@@ -29,6 +29,7 @@ class Estimate:
     mu: np.ndarray  # (B, D) posterior mean
     logvar: np.ndarray  # (B, D)
     x_hat: np.ndarray | None  # (B, C, H, W) the engine's reconstruction of the last draw (None: old exports)
+    code: np.ndarray | None = None  # (B,) `nll` as a code length of the 8-bit pixels (see code_length), nats
 
 
 def image_seed(x: np.ndarray) -> int:
@@ -54,28 +55,47 @@ def log_mean_exp(a: np.ndarray) -> np.ndarray:
     return m + np.log(np.exp(a - m).mean(0))
 
 
+def code_length(likelihood: str, log_scale) -> Callable | None:
+    """What makes an estimate a code length of the 8-bit pixels, for `estimate(code=...)`: for a
+    Gaussian, its density discretised to the 256 levels ((xf, x_hat) -> (B,) nats,
+    vaekit.model.likelihood_np.gaussian_code_nll), since -log of a density goes below zero once
+    sigma is under a level; None for the other likelihoods, whose NLL is one already (the
+    logistic's; the Bernoulli's, of the image's bits) or has no level to discretise."""
+    if likelihood != "gaussian":
+        return None
+    from vaekit.model.likelihood_np import gaussian_code_nll
+
+    if log_scale is None:  # a run of vaekit < 0.3 that does not carry its sigma
+        return lambda xf, x_hat: np.full(len(xf), np.nan)
+    return lambda xf, x_hat: gaussian_code_nll(xf, x_hat, log_scale)
+
+
 def estimate(score_core: Callable, x: np.ndarray, xf: np.ndarray, latent_dim: int, samples: int = 0,
-             iwae: bool = False) -> Estimate:
+             iwae: bool = False, code: Callable | None = None) -> Estimate:
     """The -ELBO of one batch: uint8 images `x` (B, C, H, W) and the same as floats `xf` in [0, 1].
 
     samples=0 evaluates at z = mu; samples=K averages K draws seeded by each image's pixels;
-    iwae=True (K >= 1) makes `nll` the importance-weighted estimate of -log p(x)."""
+    iwae=True (K >= 1) makes `nll` the importance-weighted estimate of -log p(x). `code`
+    (`code_length`): the same estimate again with each draw's reconstruction NLL a code length
+    (Estimate.code; `nll` itself when None, NaN where an old export gives no reconstruction)."""
     b, k = len(xf), max(samples, 1)
     eps = posterior_noise(x, k, latent_dim) if samples else np.zeros((1, b, latent_dim), np.float32)
-    recon, kl, r_map, logw = np.zeros(b), np.zeros(b), np.zeros((b, *xf.shape[2:])), []
+    recon, kl, coded, r_map, logw, logw_code = np.zeros(b), np.zeros(b), np.zeros(b), np.zeros((b, *xf.shape[2:])), [], []
     for e in eps:
         _, q, m, mu, logvar, x_hat = score_core(xf, e)
         # sum the map in float64 here rather than take the engine's float32 sum: the excess
         # is a small difference of two large sums, and both engines then agree to the bit
         r = m.astype(np.float64).reshape(b, -1).sum(1)
-        recon += r / k
-        kl += q / k
-        r_map += m / k
+        c = r if code is None else (np.full(b, np.nan) if x_hat is None else code(xf, x_hat))
+        recon, kl, coded, r_map = recon + r / k, kl + q / k, coded + c / k, r_map + m / k
         if iwae:
             z = mu + np.exp(0.5 * logvar) * e
-            logw.append(-r + log_normal(z, 0.0 * z, 0.0 * z) - log_normal(z, mu, logvar))
-    nll = -log_mean_exp(np.stack(logw).astype(np.float64)) if iwae else recon + kl
-    return Estimate(recon, kl, nll, r_map, mu, logvar, x_hat)
+            ratio = log_normal(z, 0.0 * z, 0.0 * z) - log_normal(z, mu, logvar)
+            logw.append(-r + ratio)
+            logw_code.append(-c + ratio)
+    iw = lambda w: -log_mean_exp(np.stack(w).astype(np.float64))  # noqa: E731
+    nll, code_nll = (iw(logw), iw(logw_code)) if iwae else (recon + kl, coded + kl)
+    return Estimate(recon, kl, nll, r_map, mu, logvar, x_hat, code_nll)
 
 
 def object_parts(x: np.ndarray, x_hat: np.ndarray | None, mu: np.ndarray) -> dict:
