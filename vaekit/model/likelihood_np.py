@@ -72,28 +72,45 @@ _ERFC = (-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806, 0.2788680
          1.48851587, -0.82215223, 0.17087277)
 
 
+def _erfc_parts(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(t, exponent) with P(N(0, 1) > u) = t / 2 * exp(exponent), u >= 0 (inf: t = 0)."""
+    z = np.asarray(u, np.float64) * (1.0 / math.sqrt(2.0))
+    t = 1.0 / (1.0 + 0.5 * z)
+    poly = np.full_like(t, _ERFC[-1])
+    for c in reversed(_ERFC[:-1]):
+        poly *= t
+        poly += c
+    return t, poly - z * z
+
+
 def log_normal_tail(u: np.ndarray) -> np.ndarray:
     """log P(N(0, 1) > u) for u >= 0, float64, in numpy alone (the torch-free runtime has no scipy)."""
-    z = np.asarray(u, np.float64) / math.sqrt(2.0)
-    t = 1.0 / (1.0 + 0.5 * z)
-    poly = np.zeros_like(t)
-    for c in reversed(_ERFC):
-        poly = poly * t + c
+    t, exponent = _erfc_parts(u)
     with np.errstate(divide="ignore"):  # u = inf: log 0 = -inf, the empty tail it is
-        return math.log(0.5) + np.log(t) - z * z + poly
+        return math.log(0.5) + np.log(t) + exponent
+
+
+FAR = 20.0  # past this many sigmas a tail's mass is taken in logs (its difference of two tails, too)
 
 
 def _log_mass(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """log P(lo < N(0, 1) < hi), lo < hi (either may be infinite), accurate in both tails."""
-    flip = lo >= 0  # an interval in the lower tail is its mirror image in the upper one
-    a, b = np.where(flip, lo, -hi), np.where(flip, hi, -lo)  # now a < b, and a >= 0 or a < 0 < b
-    upper = a >= 0
-    log_a = log_normal_tail(np.where(upper, a, 0.0))
-    log_b = log_normal_tail(np.where(np.isfinite(b), np.maximum(b, 0.0), 0.0))
-    ratio = np.where(np.isfinite(b), np.exp(log_b - log_a), 0.0)
-    tails = np.exp(log_normal_tail(np.where(upper, 0.0, -a))) + np.where(np.isfinite(b), np.exp(log_b), 0.0)
-    with np.errstate(divide="ignore"):
-        return np.where(upper, log_a + np.log1p(-np.minimum(ratio, 1.0)), np.log1p(-np.minimum(tails, 1.0)))
+    """log P(lo < N(0, 1) < hi), lo < hi (either may be infinite), accurate in both tails: an
+    interval below 0 is mirrored above it, then it lies in the upper tail (lo >= 0) or spans 0."""
+    below = hi <= 0
+    a = np.abs(np.where(below, hi, lo))  # the edge nearer 0, mirrored
+    b = np.abs(np.where(below, lo, hi))
+    tail = below | (lo >= 0)
+    with np.errstate(invalid="ignore", divide="ignore"):  # infinite edges: 0 * exp(-inf) is 0 here
+        (ta, ea), (tb, eb) = _erfc_parts(a), _erfc_parts(b)
+        qa = np.where(ta > 0, 0.5 * ta * np.exp(ea), 0.0)
+        qb = np.where(tb > 0, 0.5 * tb * np.exp(eb), 0.0)
+        out = np.log(np.where(tail, qa - qb, 1.0 - qa - qb))
+    far = tail & (a > FAR)  # a mass of e^-200 or less: its digits kept in logs
+    if far.any():
+        la, lb = log_normal_tail(a[far]), log_normal_tail(b[far])
+        with np.errstate(divide="ignore"):
+            out[far] = la + np.log1p(-np.exp(lb - la))
+    return out
 
 
 def gaussian_code_nll(x: np.ndarray, mean: np.ndarray, log_scale) -> np.ndarray:
