@@ -111,7 +111,8 @@ def train(
                             seed=seed, val_fraction=val_fraction, calibration_fraction=calibration_fraction, device=device.value, amp=amp, compile=compile,
                             threshold_quantile=threshold_quantile, folds=folds, crop=crop, reader=reader,
                             augment=augment.value)
-    with progress_bar() as bars, _stop_on_ctrl_c() as stop:
+    bars = progress_bar()  # drawn from the first event on (_Reporter): a refused run prints its one line alone
+    with _drawn(bars), _stop_on_ctrl_c() as stop:
         reporter = _Reporter(bars)
         result, data = run_training(images, out, model_cfg, train_cfg, channels=ch, resume=resume, overwrite=overwrite,
                                     workers=workers, progress=reporter, resume_epochs=epochs,
@@ -209,6 +210,17 @@ def _epoch_line(m: dict) -> str:
     return line + f"  {m['images_per_s']:7.0f} img/s"
 
 
+@contextmanager
+def _drawn(bars):
+    """Stops the bars when training ends, however it ends, if they were ever drawn (an empty
+    display stopped prints a blank line, before a refused run's error)."""
+    try:
+        yield bars
+    finally:
+        if bars.live.is_started:
+            bars.stop()
+
+
 class _Reporter:
     """Feeds vaekit's progress(done, total, phase=..., **metrics) into rich bars."""
 
@@ -216,6 +228,8 @@ class _Reporter:
         self.bars, self.task, self.key = bars, None, None
 
     def __call__(self, done: int, total: int, phase: str = "", **m) -> None:
+        if not self.bars.live.is_started:
+            self.bars.start()
         if phase == "plan":  # every "auto" decided, before the first step
             from vaekit.training.loop import plan_text
 

@@ -5,8 +5,8 @@
 RUN is a trained run, DATA a sample-data folder (`vaekit sample-data shapes DATA`: train/,
 test/normal/, test/anomalous/), OUT the folder for train.png, compress.png, anomaly.png,
 generate.png and latent.png. The Train tab goes last: training makes its run the page's model.
-The README's set: `vaekit sample-data shapes data/shapes`, `vaekit train data/shapes/train --out
-runs/shapes --image-size 64 --latent-dim 16 --epochs 30`, then
+The README's set, every setting vaekit's own: `vaekit sample-data shapes data/shapes`, `vaekit
+train data/shapes/train --out runs/shapes`, then
 `python -m vaekit_demo.screenshots runs/shapes data/shapes docs/screenshots --runs-dir runs`.
 """
 
@@ -86,6 +86,8 @@ def _compress(pg: _Page) -> None:
     pg.page.locator("#compress-btn").click()
     pg.wait("#compress-summary", "bytes")
     pg.wait("#compress-gallery img")
+    pg.page.locator("#vkc-btn").click()  # the entropy-coded .vkc beside WebP at the same size
+    pg.wait("#vkc-gallery img")
     pg.shot("compress")
 
 
@@ -133,9 +135,7 @@ def _train(pg: _Page) -> None:
     page = pg.page
     pg.tab("Train")
     page.locator("#train-folder textarea, #train-folder input").first.fill(str(pg.data / "train"))
-    for elem, value in (("#train-size", "32"), ("#train-epochs", "8")):
-        page.locator(f"{elem} input[type=number]").fill(value)
-        page.locator(f"{elem} input[type=number]").press("Enter")
+    # every slider left at 0 (auto): the page trains what `vaekit train FOLDER` would (a minute or two)
     page.locator("#train-btn").click()
     pg.wait("#train-status", "Done", timeout=10 * WAIT)
     pg.shot("train")

@@ -271,3 +271,25 @@ def test_the_api_says_what_is_wrong_in_its_own_words(run, pair):
         model.sample(2, temperature=1e300)
     assert model.sample(2, temperature=np.float32(0.5), seed=1).shape[0] == 2
     assert len(anomaly.score_images(model, (str(pair[0]), pair[1])).rows) == 2  # a tuple of paths is fine
+
+
+def test_a_run_directory_named_as_the_images_is_refused_and_one_inside_a_folder_passed_over(run, pair, tmp_path):
+    """A run's preview.png passed for one image: `train RUN` trained on it, `anomaly-score RUN RUN`
+    scored it. Named as the images, a run is refused (exit 2, nothing written); inside a folder of
+    images it is passed over, so its preview is never taken for one of them."""
+    before = snapshot(run)
+    r = invoke("train", run, "--out", tmp_path / "new", "--epochs", 1)
+    refused(r, "is a vaekit run directory", "not a folder of images")
+    assert not (tmp_path / "new").exists()
+    r = invoke("anomaly-score", run, run, "-o", tmp_path / "s.csv")
+    refused(r, "is a vaekit run directory")
+    assert not (tmp_path / "s.csv").exists() and snapshot(run) == before
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    shutil.copy(pair[0], folder / "a.png")
+    shutil.copytree(run, folder / "old_run")
+    from vaekit.images import find_images
+    from vaekit.stream import find_inputs
+
+    assert [p.name for p in find_images(folder)] == ["a.png"]
+    assert find_inputs(folder).names == ["a.png"]

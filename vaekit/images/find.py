@@ -15,6 +15,7 @@ from pathlib import Path
 from vaekit.errors import BadInput, NotFound
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+RUN_MARKER = ".vaekit-run"  # the file every run directory holds (vaekit.training.rundir.MARKER): never images
 
 
 class NoImagesError(BadInput):
@@ -47,7 +48,9 @@ def find_images(inputs: str | Path | Sequence[str | Path], confine_to: Path | No
     device with one, is kept, so that loading reports it as skipped instead of it vanishing
     silently; so is a sub-folder that cannot be read, which loading reports as "unreadable
     folder".
-    Each root's files come sorted by their relative posix path, roots in the order given.
+    Each root's files come sorted by their relative posix path, roots in the order given. A run
+    directory (it holds RUN_MARKER) is no folder of images: named, it is BadInput; inside a folder,
+    it is passed over (its preview.png is vaekit's, not one of the user's images).
 
     `confine_to`: every input, and every link the scan would follow or keep (a folder, or a file
     with an image suffix), must lead inside this folder; LinkOutside names the first that does
@@ -76,6 +79,9 @@ def scan_roots(inputs: str | Path | Sequence[str | Path], linked: list[Path] | N
         if not root.is_dir():
             found.append((root, [str(root)]))
             continue
+        if (root / RUN_MARKER).is_file():  # its preview.png would pass for one image: a swapped argument
+            raise BadInput(f"{root} is a vaekit run directory (a trained model), not a folder of images: name the "
+                           "images' folder (a command takes the run first: vaekit anomaly-score RUN IMAGES)")
         rel: list[str] = []
         _scan(root, "", seen, rel, linked, inside)
         rel.sort()
@@ -125,6 +131,8 @@ def _scan(folder: Path, prefix: str, seen: set[Path], out: list[str], linked: li
         image = not is_dir and Path(e.name).suffix.lower() in IMAGE_SUFFIXES
         if inside is not None:
             inside.check(e, is_dir or image)
+        if is_dir and os.path.isfile(os.path.join(e.path, RUN_MARKER)):
+            continue  # a run directory inside the folder: the model's own files, not the user's images
         if is_dir:
             if linked is not None and e.is_symlink():
                 linked.append(Path(e.path).resolve())

@@ -31,6 +31,7 @@ from safetensors.torch import save
 from vaekit.version import __version__
 from vaekit.config import from_stored_model
 from vaekit.errors import BadInput, DamagedFile, ForeignModel, OutputExists, not_a_folder
+from vaekit.images.find import RUN_MARKER
 from vaekit.fileio import (atomic_write_bytes, atomic_write_json, loads_json, read_json, read_regular,
                            read_safetensors_header)
 
@@ -41,7 +42,7 @@ PREVIEW = "preview.png"
 READER = "reader.safetensors"  # a surface's defect reader (vaekit.reader), when it has one
 CHECKPOINT_DIR = "checkpoint"
 RESUME = "resume.json"
-MARKER = ".vaekit-run"
+MARKER = RUN_MARKER  # images.find passes over a folder that holds it
 LOCK = ".vaekit.lock"
 FORMAT = "vaekit-run/1"
 CHECKPOINT_NAME = re.compile(r"epoch-\d{4,9}\.safetensors")
