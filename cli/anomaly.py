@@ -300,10 +300,35 @@ def _print_threshold(run, section) -> None:
 
     parts = (number(section["threshold"]), score_unit(section.get("score", "")), threshold_origin(section))
     t.add_row("threshold", " ".join(p for p in parts if p))
+    which = _which_score(section)
+    if which:
+        t.add_row("which is", which)
     promise_rows(t, section)
-    for k, v in section.get("quantiles", {}).items():
-        t.add_row(f"calibration scores' quantile {shown(k)}", number(v))
+    for k, v in section.get("quantiles", {}).items():  # np.quantile's, between scores: not the rule above
+        t.add_row(f"scores' quantile {shown(k)}, interpolated", number(v))
     console.print(t)
+
+
+def _which_score(section) -> str:
+    """Which calibration score a quantile's threshold is, in words (empty for a fixed value): the
+    rank k = ceil((n + 1) q), the largest when k > n, or beyond the largest by their fitted tail;
+    the table's interpolated quantiles are another thing, and a tail far past the largest score
+    (a few scores of a bounded one) is worth seeing next to that largest."""
+    from vaekit.anomaly.quantiles import TAIL_MIN, conformal_rank
+
+    q, scores = section.get("threshold_quantile"), section.get("scores")
+    if section.get("fixed") or not isinstance(q, (int, float)) or not isinstance(scores, list) or not scores:
+        return ""
+    values = sorted(float(v) for v in scores if isinstance(v, (int, float)))
+    n, k = len(values), conformal_rank(len(values), q)
+    if not n:
+        return ""
+    if (n + 1) * q <= n + 1e-9:  # by rank
+        return f"rank ceil((n + 1) q) = {k} of the n = {n} calibration scores" + (", the largest" if k == n else "")
+    if n < TAIL_MIN or section["threshold"] <= values[-1] * (1 + 2e-5) + 1e-12:
+        return f"the largest of {n} calibration scores: too few for rank ceil((n + 1) q)"
+    return (f"beyond the largest of {n} calibration scores ({number(values[-1])}), at their fitted tail's "
+            "quantile; --quantile or --value sets a lower one")
 
 
 def number(x: float) -> str:
