@@ -115,24 +115,24 @@ def test_threshold_command_shows_and_moves_the_threshold(parts, tmp_path):
     assert r.exit_code == 2 and "trained on" in r.output
 
 
-def test_the_threshold_table_says_which_score_the_threshold_is():
+def test_the_threshold_table_sayswhich_score_the_threshold_is():
     """`vaekit threshold`'s table printed "threshold 0.88 (quantile 0.99)" beside "quantile 0.99
     0.35": the rule's and np.quantile's quantile under one name, with nothing to say that the
     threshold lay far past the largest of 15 scores. Now a row says which score it is."""
     from vaekit.anomaly.quantiles import threshold_of
-    from vaekit_cli.anomaly import _which_score
+    from vaekit_cli.threshold_cmd import which_score
 
     scores = [0.05 * i for i in range(1, 16)]  # 15 scores, the largest 0.75
     t = threshold_of(scores, 0.99)[0]
     assert t > 0.8
-    text = _which_score({"threshold_quantile": 0.99, "scores": scores, "threshold": t})
+    text = which_score({"threshold_quantile": 0.99, "scores": scores, "threshold": t})
     assert text.startswith("beyond the largest of 15 calibration scores (0.75)") and "--value" in text
-    assert _which_score({"threshold_quantile": 0.99, "scores": scores[:5], "threshold": threshold_of(scores[:5], 0.99)[0]}) \
+    assert which_score({"threshold_quantile": 0.99, "scores": scores[:5], "threshold": threshold_of(scores[:5], 0.99)[0]}) \
         == "the largest of 5 calibration scores: too few for rank ceil((n + 1) q)"
     many = list(range(199))
-    assert _which_score({"threshold_quantile": 0.99, "scores": many, "threshold": threshold_of(many, 0.99)[0]}) \
+    assert which_score({"threshold_quantile": 0.99, "scores": many, "threshold": threshold_of(many, 0.99)[0]}) \
         == "rank ceil((n + 1) q) = 198 of the n = 199 calibration scores"
-    assert _which_score({"threshold_quantile": 0.5, "scores": many, "threshold": 3.0, "fixed": True}) == ""
+    assert which_score({"threshold_quantile": 0.5, "scores": many, "threshold": 3.0, "fixed": True}) == ""
 
 
 @pytest.mark.parametrize(
