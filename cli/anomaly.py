@@ -10,7 +10,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from vaekit_cli.output import (DEVICE_HELP, Device, apply_threads, console, dumps_json, err_console, image_rate,
-                               load_model, note_repeated, parse_share, progress_bar, promise_rows, shown, tidy_outputs)
+                               load_model, note_repeated, parse_share, progress_bar, shown, tidy_outputs)
 
 MODEL_HELP = "A training run directory, or an exported .onnx model."
 TABLE_ROWS = 20  # the terminal shows at most this many images (the most anomalous); files get all
