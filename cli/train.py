@@ -260,6 +260,18 @@ class _Reporter:
         self.bars.update(self.task, completed=done, total=total, info=info)
 
 
+def _loss_unit(cfg: dict) -> str:
+    """What the training loss is per: an image, or for a surface model that trains on crops (a
+    512 px surface's loss was per 64 px crop, printed as per image) the crop."""
+    from vaekit.training.trainer import CROP
+
+    m = cfg.get("model") or {}
+    size = m.get("image_size") or 0
+    crop = min((cfg.get("train") or {}).get("crop") or CROP, size)
+    grid_crops = m.get("layout") == "grid" and crop < max(size, m.get("read_size") or 0)
+    return f"nats per {crop} px crop" if grid_crops else "nats/image"
+
+
 def _print_summary(result, data) -> None:
     from rich.table import Table
 
@@ -275,8 +287,8 @@ def _print_summary(result, data) -> None:
     # images', and no epoch was chosen on held-out images ("best" would mean the last)
     held_out = (cfg.get("data") or {}).get("val_images", 1)
     t.add_row("epochs", f"{result.epochs_done}" + (f" (best: epoch {result.best_epoch})" if held_out else ""))
-    t.add_row("best val -ELBO (z = μ)" if held_out else "-ELBO, training images (1 draw)", f"{result.best_val:.2f} nats/image")
     m = cfg.get("model") or {}
+    t.add_row("best val -ELBO (z = μ)" if held_out else "-ELBO, training images (1 draw)", f"{result.best_val:.2f} {_loss_unit(cfg)}")
     read = f" (tiles of images read at {m['read_size']} px)" if (m.get("read_size") or 0) > (m.get("image_size") or 0) else ""
     t.add_row("model", shown(f"{m.get('image_size')} px{read}, {m.get('layout', 'vector')} latent ({m.get('latent_dim')}), "
                              f"{m.get('likelihood')}"))

@@ -214,3 +214,15 @@ def test_epoch_lines_name_their_estimators_and_print_bits_only_for_a_code_length
     assert "900.00 nats = 1.6531 bits/dim" in logistic
     crossfit = _epoch_line({**row, "val_estimator": "1 draw (training images)"})
     assert "train loss (1 draw)" in crossfit and "val" not in crossfit
+
+
+def test_a_surface_trained_on_crops_says_its_loss_is_per_crop():
+    """A 512 px surface's training loss (per 64 px crop) was printed as nats/image, 1/64 of what
+    anomaly-score then gave the same images."""
+    from vaekit_cli.train import _loss_unit
+
+    grid = {"model": {"layout": "grid", "image_size": 512, "read_size": 0}, "train": {"crop": 0}}
+    assert _loss_unit(grid) == "nats per 64 px crop"
+    assert _loss_unit({**grid, "train": {"crop": 96}}) == "nats per 96 px crop"
+    assert _loss_unit({"model": {"layout": "grid", "image_size": 64, "read_size": 0}, "train": {"crop": 0}}) == "nats/image"
+    assert _loss_unit({"model": {"layout": "vector", "image_size": 64}, "train": {"crop": 0}}) == "nats/image"
