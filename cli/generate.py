@@ -54,7 +54,7 @@ def interpolate(
     inputs = [a, b, m.info.source]  # the two images and the run are never replaced, even with --overwrite
     check_grid_output(out, overwrite, inputs)
     path = write_grid(walk(m, a, b, n), out, ncol=n, overwrite=overwrite, inputs=inputs)
-    console.print(f"wrote a {n}-step interpolation from {shown(a.name)} to {shown(b.name)} to {shown(path)}", highlight=False, soft_wrap=True)
+    console.print(f"wrote an interpolation of {n} steps from {shown(a.name)} to {shown(b.name)} to {shown(path)}", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

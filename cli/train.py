@@ -299,7 +299,7 @@ def _print_summary(result, data) -> None:
         q, n, source = a.get("threshold_quantile"), a.get("n", 0), a.get("source", "calibration")
         from vaekit.anomaly.quantiles import quantile_text
 
-        where = f" (quantile {quantile_text(q)} of {n} {shown(source)} scores)" if q is not None else ""
+        where = f" (quantile {quantile_text(q)} of {n} {shown(source)} score{'s' if n != 1 else ''})" if q is not None else ""
         t.add_row("anomaly threshold", f"{shown(a.get('score'))} {result.threshold:.2f} {score_unit(a.get('score', ''))}{where}")
         promise_rows(t, a)
     t.add_row("time", f"{result.seconds:.1f} s ({result.epoch_seconds:.1f} s of them epochs)")

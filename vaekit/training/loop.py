@@ -159,7 +159,7 @@ def plan_text(p: dict) -> str:
     recipe = (f"{p['epochs']} epoch{'s' if p['epochs'] != 1 else ''}, batch {p['batch_size']}"
               + (", warped copies" if p["augment"] == "on" else ""))
     readers = f" · then {p['readers']} defect reader{'s' if p['readers'] > 1 else ''}" if p["readers"] else ""
-    return f"{p['images']} images ({split}) · {model} · {recipe}{readers} · {p['device']}"
+    return f"{p['images']} image{'s' if p['images'] != 1 else ''} ({split}) · {model} · {recipe}{readers} · {p['device']}"
 
 
 def _splits_trained_on(out_dir: Path, splits, n: int, plan: Callable[..., object]):
