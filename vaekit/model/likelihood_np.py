@@ -113,16 +113,48 @@ def _log_mass(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return out
 
 
+NARROW = 0.3  # a bin narrower than this many sigmas times its distance from the mean: the series below
+
+
 def gaussian_code_nll(x: np.ndarray, mean: np.ndarray, log_scale) -> np.ndarray:
     """-log P(x) in nats per image, (N, C, H, W) -> (N,): the Gaussian N(mean, sigma^2) (one log
     sigma per channel, [0, 1] pixel units) discretised to the 256 levels, each level taking the
     mass within half a level of it and levels 0 and 255 their tails, as the logistic's bins do.
     A code length of the 8-bit pixels, so never negative, where the density's -log p(x) is
-    negative whenever sigma is well under one level."""
+    negative whenever sigma is well under one level.
+
+    A level of width w sigmas centred u sigmas from the mean holds w phi(u) (1 + w^2 (u^2 - 1) / 24
+    + O(w^4 u^4)): where w (1 + |u|) < NARROW, as for most pixels of a model whose sigma spans a
+    few levels, that series (its next term under 4e-6 of the mass); elsewhere, and for levels 0
+    and 255, the masses from the tails (_log_mass). The series is ~4x cheaper."""
     x, mean = np.asarray(x, np.float64), np.asarray(mean, np.float64)
     sigma = np.exp(np.asarray(log_scale, np.float64)).reshape(1, -1, 1, 1)
-    level = np.rint(x * (LEVELS - 1))
-    half = 0.5 / (LEVELS - 1)
-    lo = np.where(level <= 0, -np.inf, (x - half - mean) / sigma)
-    hi = np.where(level >= LEVELS - 1, np.inf, (x + half - mean) / sigma)
-    return -_log_mass(lo, hi).reshape(len(x), -1).sum(1)
+    step = max(1, CHUNK_VALUES // max(1, x[0].size))  # images at a time: each temporary stays in cache
+    return np.concatenate([_code_nll(x[i:i + step], mean[i:i + step], sigma) for i in range(0, len(x), step)]
+                          or [np.zeros(0)])
+
+
+CHUNK_VALUES = 1 << 16  # ~20 temporaries of 512 kB each: 0.43 against 0.66 ms per 64 px RGB image whole-batch
+
+
+def _code_nll(x: np.ndarray, mean: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """gaussian_code_nll of a few images (sigma (1, C, 1, 1))."""
+    width = (1.0 / (LEVELS - 1)) / sigma  # (1, C, 1, 1): a bin, in sigmas
+    u = x - mean
+    u /= sigma
+    u2 = u * u
+    edge = 0.5 / (LEVELS - 1)
+    series = (x > edge) & (x < 1.0 - edge)  # levels 1..254
+    series &= u2 < (NARROW / width - 1.0) ** 2  # width (1 + |u|) < NARROW (a wider bin: none)
+    series &= width < NARROW
+    out = np.log1p((u2 - 1.0) * (width * width / 24.0))
+    out -= 0.5 * u2
+    out += np.log(width) - 0.5 * LOG_2PI
+    rest = ~series
+    if rest.any():
+        level = np.rint(x[rest] * (LEVELS - 1))
+        half = np.broadcast_to(0.5 * width, u.shape)[rest]
+        lo = np.where(level <= 0, -np.inf, u[rest] - half)
+        hi = np.where(level >= LEVELS - 1, np.inf, u[rest] + half)
+        out[rest] = _log_mass(lo, hi)
+    return -out.reshape(len(x), -1).sum(1)
