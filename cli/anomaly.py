@@ -10,7 +10,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from vaekit_cli.output import (DEVICE_HELP, Device, apply_threads, console, dumps_json, err_console, image_rate,
-                               load_model, note_repeated, parse_share, progress_bar, shown, tidy_outputs)
+                               load_model, note_repeated, number, parse_share, progress_bar, shown, tidy_outputs)
 
 MODEL_HELP = "A training run directory, or an exported .onnx model."
 TABLE_ROWS = 20  # the terminal shows at most this many images (the most anomalous); files get all
@@ -234,12 +234,6 @@ def _print_evaluation(ev) -> None:
     if ev.pixel_auroc is not None:
         t.add_row("pixel AUROC", f"{ev.pixel_auroc:.4f} ({ev.n_masks} of {ev.n_anomalous} anomalous images have masks)")
     console.print(t)
-
-
-def number(x: float) -> str:
-    """A threshold or score for people: two decimals, or four digits and an exponent from 1e15 on
-    (`vaekit threshold --value 1e308` printed all 309 digits, cut off in its table cell)."""
-    return f"{x:.2f}" if abs(x) < 1e15 else f"{x:.4g}"
 
 
 def register(app: typer.Typer) -> None:

@@ -221,3 +221,9 @@ def progress_bar(transient: bool = False) -> Progress:
         console=err_console,
         transient=transient,
     )
+
+
+def number(x: float) -> str:
+    """A threshold or score for people: two decimals, or four digits and an exponent from 1e15 on
+    (`vaekit threshold --value 1e308` printed all 309 digits, cut off in its table cell)."""
+    return f"{x:.2f}" if abs(x) < 1e15 else f"{x:.4g}"

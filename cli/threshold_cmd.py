@@ -7,8 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from vaekit_cli.anomaly import number
-from vaekit_cli.output import apply_threads, console, promise_rows, shown
+from vaekit_cli.output import apply_threads, console, number, promise_rows, shown
 
 
 def threshold(

@@ -13,7 +13,8 @@ from typing import Annotated, Optional
 import typer
 
 from vaekit_cli.output import (EXIT_TERMINATED, Device, Terminated, apply_threads, console, err_console, progress_bar,
-                               promise_rows, shown)
+                               shown)
+from vaekit_cli.train_summary import name_skipped, print_summary
 
 
 class Likelihood(str, Enum):
@@ -117,10 +118,10 @@ def train(
         result, data = run_training(images, out, model_cfg, train_cfg, channels=ch, resume=resume, overwrite=overwrite,
                                     workers=workers, progress=reporter, resume_epochs=epochs,
                                     resume_changes=changes if resume else None, should_stop=stop.asked)
-    _report(result, data, out, stop.code)
+    _report(result, data, out, stop.code, skipped_named=reporter.skipped_named)
 
 
-def _report(result, data, out: Path, code: int = 130) -> None:
+def _report(result, data, out: Path, code: int = 130, skipped_named: bool = False) -> None:
     """The summary of a finished run; a run stopped by Ctrl-C (or SIGTERM) says how to continue it
     (exit 130, or 143)."""
     if result.stopped:
@@ -133,7 +134,7 @@ def _report(result, data, out: Path, code: int = 130) -> None:
                               "again with `vaekit train ... --overwrite`", highlight=False, soft_wrap=True)
         raise typer.Exit(code)
     if result.rank == 0:  # under torchrun only rank 0 reports
-        _print_summary(result, data)
+        print_summary(result, data, skipped_named)
 
 
 class _Stop(threading.Event):
@@ -226,6 +227,7 @@ class _Reporter:
 
     def __init__(self, bars):
         self.bars, self.task, self.key = bars, None, None
+        self.skipped_named = False  # the plan named the files skipped; the summary does not again
 
     def __call__(self, done: int, total: int, phase: str = "", **m) -> None:
         if not self.bars.live.is_started:
@@ -235,6 +237,9 @@ class _Reporter:
 
             head = f"resuming after epoch {done} of {total}:" if done else "training"
             self.bars.console.print(f"{head} {shown(plan_text(m))}", soft_wrap=True, highlight=False)
+            if "skipped" in m:
+                name_skipped(m["skipped"])
+                self.skipped_named = True
             return
         if phase == "epoch":
             # long runs (small folders get up to 200 epochs) print ~30 lines, not one per epoch
@@ -258,52 +263,6 @@ class _Reporter:
         if phase == "train":
             info = f"loss {m['loss']:.2f} recon {m['recon']:.2f} kl {m['kl']:.2f} {m['images_per_s']:.0f} img/s"
         self.bars.update(self.task, completed=done, total=total, info=info)
-
-
-def _loss_unit(cfg: dict) -> str:
-    """What the training loss is per: an image, or for a surface model that trains on crops (a
-    512 px surface's loss was per 64 px crop, printed as per image) the crop."""
-    from vaekit.training.trainer import CROP
-
-    m = cfg.get("model") or {}
-    size = m.get("image_size") or 0
-    crop = min((cfg.get("train") or {}).get("crop") or CROP, size)
-    grid_crops = m.get("layout") == "grid" and crop < max(size, m.get("read_size") or 0)
-    return f"nats per {crop} px crop" if grid_crops else "nats/image"
-
-
-def _print_summary(result, data) -> None:
-    from rich.table import Table
-
-    for path, reason in data.skipped:
-        err_console.print(f"[yellow]skipped[/yellow] {shown(path)}: {shown(reason)}", highlight=False, soft_wrap=True)
-    t = Table(title=f"trained {shown(result.run_dir)}", show_header=False)
-    t.add_row("images", f"{len(data.paths)} used, {len(data.skipped)} skipped" + (" (pixel cache hit)" if data.cache_hit else ""))
-    t.add_row("device", result.device)
-    from vaekit.training import rundir
-
-    cfg = rundir.read_config(result.run_dir)
-    # no validation split (cross-fitted, one held-out fold, --val-fraction 0): the loss is the training
-    # images', and no epoch was chosen on held-out images ("best" would mean the last)
-    held_out = (cfg.get("data") or {}).get("val_images", 1)
-    t.add_row("epochs", f"{result.epochs_done}" + (f" (best: epoch {result.best_epoch})" if held_out else ""))
-    m = cfg.get("model") or {}
-    t.add_row("best val -ELBO (z = μ)" if held_out else "-ELBO, training images (1 draw)", f"{result.best_val:.2f} {_loss_unit(cfg)}")
-    read = f" (tiles of images read at {m['read_size']} px)" if (m.get("read_size") or 0) > (m.get("image_size") or 0) else ""
-    t.add_row("model", shown(f"{m.get('image_size')} px{read}, {m.get('layout', 'vector')} latent ({m.get('latent_dim')}), "
-                             f"{m.get('likelihood')}"))
-    if result.threshold is not None:
-        from vaekit.inference.engine import score_unit
-
-        a = cfg.get("anomaly") or {}
-        q, n, source = a.get("threshold_quantile"), a.get("n", 0), a.get("source", "calibration")
-        from vaekit.anomaly.quantiles import quantile_text
-
-        where = f" (quantile {quantile_text(q)} of {n} {shown(source)} score{'s' if n != 1 else ''})" if q is not None else ""
-        t.add_row("anomaly threshold", f"{shown(a.get('score'))} {result.threshold:.2f} {score_unit(a.get('score', ''))}{where}")
-        promise_rows(t, a)
-    t.add_row("time", f"{result.seconds:.1f} s ({result.epoch_seconds:.1f} s of them epochs)")
-    console.print(t)
 
 
 sample_data = typer.Typer(help="Write built-in sample image sets (no download).", no_args_is_help=True)

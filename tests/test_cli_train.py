@@ -219,10 +219,25 @@ def test_epoch_lines_name_their_estimators_and_print_bits_only_for_a_code_length
 def test_a_surface_trained_on_crops_says_its_loss_is_per_crop():
     """A 512 px surface's training loss (per 64 px crop) was printed as nats/image, 1/64 of what
     anomaly-score then gave the same images."""
-    from vaekit_cli.train import _loss_unit
+    from vaekit_cli.train_summary import loss_unit as _loss_unit
 
     grid = {"model": {"layout": "grid", "image_size": 512, "read_size": 0}, "train": {"crop": 0}}
     assert _loss_unit(grid) == "nats per 64 px crop"
     assert _loss_unit({**grid, "train": {"crop": 96}}) == "nats per 96 px crop"
     assert _loss_unit({"model": {"layout": "grid", "image_size": 64, "read_size": 0}, "train": {"crop": 0}}) == "nats/image"
     assert _loss_unit({"model": {"layout": "vector", "image_size": 64}, "train": {"crop": 0}}) == "nats/image"
+
+
+def test_files_skipped_are_named_before_the_training_not_after_it(tmp_path):
+    """A user learnt of a broken file only after minutes of training: the summary named it. Now
+    the plan line does, once, before the first epoch."""
+    make_blobs(tmp_path / "imgs", n=12)
+    (tmp_path / "imgs" / "broken.png").write_bytes(b"not a png")
+    r = invoke("--threads", 1, "train", tmp_path / "imgs", "--out", tmp_path / "run", "--image-size", 16,
+               "--latent-dim", 4, "--base-channels", 4, "--epochs", 1, "--batch-size", 4, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    named = [i for i, line in enumerate(lines) if line.startswith("skipped") and "broken.png" in line]
+    first_epoch = next(i for i, line in enumerate(lines) if line.startswith("epoch"))
+    assert len(named) == 1 and named[0] < first_epoch, r.output
+    assert "12 used, 1 skipped" in r.output

@@ -130,7 +130,8 @@ def fit(data: Dataset, out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCo
 def training_plan(trainer: Trainer, data: Dataset, splits) -> dict:
     """What this run trains, with every "auto" decided, for the progress event "plan" that comes
     before the first step (the CLI prints it as one line, the demo shows it): the images and how
-    they are split, the model, the recipe, the device, and how many defect readers follow."""
+    they are split, the model, the recipe, the device, how many defect readers follow, and the
+    files skipped (path, reason), so that they are named before the training, not after it."""
     from vaekit.reader.net import ReaderConfig
 
     cfg, m = trainer.cfg, trainer.model_cfg
@@ -139,7 +140,7 @@ def training_plan(trainer: Trainer, data: Dataset, splits) -> dict:
             "folds": len(splits.folds), "image_size": m.image_size, "reads_at": m.reads_at, "layout": m.layout,
             "latent_dim": m.latent_dim, "likelihood": m.likelihood, "crop": training_crop(cfg, m),
             "epochs": cfg.epochs, "batch_size": cfg.batch_size, "augment": cfg.augment, "readers": readers,
-            "device": str(trainer.device)}
+            "device": str(trainer.device), "skipped": [(str(path), str(why)) for path, why in data.skipped]}
 
 
 def plan_text(p: dict) -> str:
