@@ -228,6 +228,7 @@ def test_a_surface_trained_on_crops_says_its_loss_is_per_crop():
     assert _loss_unit({"model": {"layout": "vector", "image_size": 64}, "train": {"crop": 0}}) == "nats/image"
 
 
+@pytest.mark.slow  # trains a model in its body
 def test_files_skipped_are_named_before_the_training_not_after_it(tmp_path):
     """A user learnt of a broken file only after minutes of training: the summary named it. Now
     the plan line does, once, before the first epoch."""
