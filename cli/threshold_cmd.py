@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -91,17 +92,19 @@ def which_score(section) -> str:
     from vaekit.anomaly.quantiles import TAIL_MIN, conformal_rank
 
     q, scores = section.get("threshold_quantile"), section.get("scores")
-    if section.get("fixed") or not isinstance(q, (int, float)) or not isinstance(scores, list) or not scores:
+    if section.get("fixed") or not isinstance(q, (int, float)) or not isinstance(scores, list):
         return ""
-    values = sorted(float(v) for v in scores if isinstance(v, (int, float)))
-    n, k = len(values), conformal_rank(len(values), q)
+    values = sorted(float(v) for v in scores if isinstance(v, (int, float)) and math.isfinite(v))
+    n = len(values)
     if not n:
         return ""
+    k, what = conformal_rank(n, q), f"{shown(section.get('source', 'calibration'))} score{'s' if n != 1 else ''}"
     if (n + 1) * q <= n + 1e-9:  # by rank
-        return f"rank ceil((n + 1) q) = {k} of the n = {n} calibration scores" + (", the largest" if k == n else "")
-    if n < TAIL_MIN or section["threshold"] <= values[-1] * (1 + 2e-5) + 1e-12:
-        return f"the largest of {n} calibration scores: too few for rank ceil((n + 1) q)"
-    return (f"beyond the largest of {n} calibration scores ({number(values[-1])}), at their fitted tail's "
+        return f"rank ceil((n + 1) q) = {k} of the n = {n} {what}" + (", the largest" if k == n else "")
+    largest = values[-1]
+    if n < TAIL_MIN or section["threshold"] <= largest + 2e-5 * max(abs(largest), 1.0):  # its rounding margin
+        return f"the largest of {n} {what}: too few for rank ceil((n + 1) q)"
+    return (f"beyond the largest of {n} {what} ({number(largest)}), at their fitted tail's "
             "quantile; --quantile or --value sets a lower one")
 
 

@@ -104,10 +104,10 @@ def test_threshold_command_shows_and_moves_the_threshold(parts, tmp_path):
     r = invoke("threshold", run, "--normal", parts / "test" / "normal", "--quantile", 0.5)
     words = " ".join(r.output.replace("│", " ").split())
     assert r.exit_code == 0 and "4 new normal images" in words and "(quantile 0.5)" in words, r.output
-    assert "which is rank ceil((n + 1) q) = 3 of the n = 4 calibration scores" in words, r.output
+    assert "which is rank ceil((n + 1) q) = 3 of the n = 4 new normal scores" in words, r.output
     r = invoke("threshold", run, "--normal", parts / "test" / "normal", "--quantile", 0.99)
     words = " ".join(r.output.replace("│", " ").split())
-    assert "which is the largest of 4 calibration scores: too few for rank" in words, r.output
+    assert "which is the largest of 4 new normal scores: too few for rank" in words, r.output
     assert json.loads((run / "config.json").read_text())["anomaly"]["source"] == "new normal"
     r = invoke("threshold", run, "--normal", parts / "test" / "normal", "--value", 3)
     assert r.exit_code == 2 and "give one of them" in r.output
@@ -115,7 +115,7 @@ def test_threshold_command_shows_and_moves_the_threshold(parts, tmp_path):
     assert r.exit_code == 2 and "trained on" in r.output
 
 
-def test_the_threshold_table_sayswhich_score_the_threshold_is():
+def test_the_threshold_table_says_which_score_the_threshold_is():
     """`vaekit threshold`'s table printed "threshold 0.88 (quantile 0.99)" beside "quantile 0.99
     0.35": the rule's and np.quantile's quantile under one name, with nothing to say that the
     threshold lay far past the largest of 15 scores. Now a row says which score it is."""
@@ -125,14 +125,21 @@ def test_the_threshold_table_sayswhich_score_the_threshold_is():
     scores = [0.05 * i for i in range(1, 16)]  # 15 scores, the largest 0.75
     t = threshold_of(scores, 0.99)[0]
     assert t > 0.8
-    text = which_score({"threshold_quantile": 0.99, "scores": scores, "threshold": t})
-    assert text.startswith("beyond the largest of 15 calibration scores (0.75)") and "--value" in text
+    text = which_score({"threshold_quantile": 0.99, "scores": scores, "threshold": t, "source": "new normal"})
+    assert text.startswith("beyond the largest of 15 new normal scores (0.75)") and "--value" in text
     assert which_score({"threshold_quantile": 0.99, "scores": scores[:5], "threshold": threshold_of(scores[:5], 0.99)[0]}) \
         == "the largest of 5 calibration scores: too few for rank ceil((n + 1) q)"
     many = list(range(199))
     assert which_score({"threshold_quantile": 0.99, "scores": many, "threshold": threshold_of(many, 0.99)[0]}) \
         == "rank ceil((n + 1) q) = 198 of the n = 199 calibration scores"
     assert which_score({"threshold_quantile": 0.5, "scores": many, "threshold": 3.0, "fixed": True}) == ""
+    # a score below zero (a Gaussian's -ELBO in nats): its rounding margin points up, not down
+    low = [-7500.0, -7450.0, -7420.0, -7400.0, -7300.0]  # too few for a tail: the largest, a hair above
+    assert which_score({"threshold_quantile": 0.99, "scores": low, "threshold": threshold_of(low, 0.99)[0]}) \
+        == "the largest of 5 calibration scores: too few for rank ceil((n + 1) q)"
+    low = [-7500.0 + i for i in range(20)]  # a tail past the largest
+    assert which_score({"threshold_quantile": 0.99, "scores": low, "threshold": threshold_of(low, 0.99)[0]}) \
+        .startswith("beyond the largest of 20 calibration scores (-7481.00)")
 
 
 @pytest.mark.parametrize(

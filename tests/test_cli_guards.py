@@ -293,3 +293,8 @@ def test_a_run_directory_named_as_the_images_is_refused_and_one_inside_a_folder_
 
     assert [p.name for p in find_images(folder)] == ["a.png"]
     assert find_inputs(folder).names == ["a.png"]
+    # a run from before the marker: known by its config.json's format
+    (folder / "old_run" / ".vaekit-run").unlink()
+    assert [p.name for p in find_images(folder)] == ["a.png"]
+    r = invoke("threshold", run, "--normal", folder / "old_run")
+    refused(r, "is a vaekit run directory")

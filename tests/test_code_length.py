@@ -54,3 +54,14 @@ def test_a_sharp_density_below_zero_nats_still_codes_at_no_less_than_zero():
     # one level off: the nearest edge of its bin 16 sigmas out, -log P(N > 15.9) = 130 nats a value
     off = gaussian_code_nll(x, x + 1 / 255, [log_sigma])[0]
     assert math.isclose(off, -16 * float(torch.special.log_ndtr(torch.tensor(-0.5 / 255 / math.exp(log_sigma)))), rel_tol=1e-6)
+
+
+def test_a_reconstruction_that_is_not_a_number_codes_as_nan_and_an_empty_batch_as_nothing():
+    """A diverged decoder's NaN was billed as a sure level (0 nats): bits/dim looked fine while the
+    -ELBO was NaN."""
+    x = np.full((2, 1, 3, 3), 0.5)
+    mean = x.copy()
+    mean[1, 0, 1, 1] = np.nan
+    got = gaussian_code_nll(x, mean, [-3.0])
+    assert np.isfinite(got[0]) and np.isnan(got[1])
+    assert gaussian_code_nll(np.zeros((0, 3, 4, 4)), np.zeros((0, 3, 4, 4)), [-2.0] * 3).shape == (0,)

@@ -42,7 +42,7 @@ def default_batch(model: Model) -> int:
 class ScoreRow:
     path: str  # the file, as found under the inputs
     score: float  # the chosen score, in its unit (vaekit.inference.info.score_unit); higher = more anomalous
-    bits_per_dim: float  # score / (C*H*W*ln 2)
+    bits_per_dim: float  # the -ELBO as a code length of the 8-bit values, bits per sub-pixel (Scores.bits_per_dim)
     threshold: float | None  # None when no threshold applies
     anomalous: bool | None  # score > threshold; None without a threshold
     neg_elbo: float  # -ELBO (or the IWAE estimate of -log p(x)), nats

@@ -16,6 +16,24 @@ from vaekit.errors import BadInput, NotFound
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 RUN_MARKER = ".vaekit-run"  # the file every run directory holds (vaekit.training.rundir.MARKER): never images
+RUN_FORMAT = "vaekit-run/1"  # a run's config.json "format" (vaekit.training.rundir.FORMAT): runs from before the marker
+
+
+def is_run_folder(folder: str | Path) -> bool:
+    """Whether vaekit made this folder as a run directory: it holds RUN_MARKER, or (a run from
+    before the marker) a config.json of the run format. Never images, whatever it holds."""
+    if os.path.isfile(os.path.join(folder, RUN_MARKER)):
+        return True
+    config = os.path.join(folder, "config.json")
+    if not os.path.isfile(config) or os.path.getsize(config) > (64 << 20):
+        return False
+    import json
+
+    try:
+        with open(config, "rb") as f:
+            return json.loads(f.read()).get("format") == RUN_FORMAT
+    except (OSError, ValueError, AttributeError):  # unreadable, not JSON, not an object
+        return False
 
 
 class NoImagesError(BadInput):
@@ -49,7 +67,7 @@ def find_images(inputs: str | Path | Sequence[str | Path], confine_to: Path | No
     silently; so is a sub-folder that cannot be read, which loading reports as "unreadable
     folder".
     Each root's files come sorted by their relative posix path, roots in the order given. A run
-    directory (it holds RUN_MARKER) is no folder of images: named, it is BadInput; inside a folder,
+    directory (`is_run_folder`) is no folder of images: named, it is BadInput; inside a folder,
     it is passed over (its preview.png is vaekit's, not one of the user's images).
 
     `confine_to`: every input, and every link the scan would follow or keep (a folder, or a file
@@ -79,7 +97,7 @@ def scan_roots(inputs: str | Path | Sequence[str | Path], linked: list[Path] | N
         if not root.is_dir():
             found.append((root, [str(root)]))
             continue
-        if (root / RUN_MARKER).is_file():  # its preview.png would pass for one image: a swapped argument
+        if is_run_folder(root):  # its preview.png would pass for one image: a swapped argument
             raise BadInput(f"{root} is a vaekit run directory (a trained model), not a folder of images: name the "
                            "images' folder (a command takes the run first: vaekit anomaly-score RUN IMAGES)")
         rel: list[str] = []
@@ -131,7 +149,7 @@ def _scan(folder: Path, prefix: str, seen: set[Path], out: list[str], linked: li
         image = not is_dir and Path(e.name).suffix.lower() in IMAGE_SUFFIXES
         if inside is not None:
             inside.check(e, is_dir or image)
-        if is_dir and os.path.isfile(os.path.join(e.path, RUN_MARKER)):
+        if is_dir and is_run_folder(e.path):
             continue  # a run directory inside the folder: the model's own files, not the user's images
         if is_dir:
             if linked is not None and e.is_symlink():

@@ -129,7 +129,7 @@ def gaussian_code_nll(x: np.ndarray, mean: np.ndarray, log_scale) -> np.ndarray:
     and 255, the masses from the tails (_log_mass). The series is ~4x cheaper."""
     x, mean = np.asarray(x, np.float64), np.asarray(mean, np.float64)
     sigma = np.exp(np.asarray(log_scale, np.float64)).reshape(1, -1, 1, 1)
-    step = max(1, CHUNK_VALUES // max(1, x[0].size))  # images at a time: each temporary stays in cache
+    step = max(1, CHUNK_VALUES // max(1, x[0].size if len(x) else 1))  # images at a time: temporaries stay in cache
     return np.concatenate([_code_nll(x[i:i + step], mean[i:i + step], sigma) for i in range(0, len(x), step)]
                           or [np.zeros(0)])
 
@@ -147,7 +147,8 @@ def _code_nll(x: np.ndarray, mean: np.ndarray, sigma: np.ndarray) -> np.ndarray:
     series = (x > edge) & (x < 1.0 - edge)  # levels 1..254
     series &= u2 < (NARROW / width - 1.0) ** 2  # width (1 + |u|) < NARROW (a wider bin: none)
     series &= width < NARROW
-    out = np.log1p((u2 - 1.0) * (width * width / 24.0))
+    with np.errstate(invalid="ignore", over="ignore"):  # wide bins' series, replaced below
+        out = np.log1p((u2 - 1.0) * (width * width / 24.0))
     out -= 0.5 * u2
     out += np.log(width) - 0.5 * LOG_2PI
     rest = ~series
@@ -157,4 +158,5 @@ def _code_nll(x: np.ndarray, mean: np.ndarray, sigma: np.ndarray) -> np.ndarray:
         lo = np.where(level <= 0, -np.inf, u[rest] - half)
         hi = np.where(level >= LEVELS - 1, np.inf, u[rest] + half)
         out[rest] = _log_mass(lo, hi)
+    out[~np.isfinite(u)] = np.nan  # a reconstruction that is not a number codes nothing (its -ELBO is NaN too)
     return -out.reshape(len(x), -1).sum(1)

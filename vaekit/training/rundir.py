@@ -31,7 +31,7 @@ from safetensors.torch import save
 from vaekit.version import __version__
 from vaekit.config import from_stored_model
 from vaekit.errors import BadInput, DamagedFile, ForeignModel, OutputExists, not_a_folder
-from vaekit.images.find import RUN_MARKER
+from vaekit.images.find import RUN_FORMAT, RUN_MARKER
 from vaekit.fileio import (atomic_write_bytes, atomic_write_json, loads_json, read_json, read_regular,
                            read_safetensors_header)
 
@@ -44,7 +44,7 @@ CHECKPOINT_DIR = "checkpoint"
 RESUME = "resume.json"
 MARKER = RUN_MARKER  # images.find passes over a folder that holds it
 LOCK = ".vaekit.lock"
-FORMAT = "vaekit-run/1"
+FORMAT = RUN_FORMAT  # config.json's "format" (images.find knows a run by it, too)
 CHECKPOINT_NAME = re.compile(r"epoch-\d{4,9}\.safetensors")
 
 
