@@ -298,3 +298,17 @@ def test_a_run_directory_named_as_the_images_is_refused_and_one_inside_a_folder_
     assert [p.name for p in find_images(folder)] == ["a.png"]
     r = invoke("threshold", run, "--normal", folder / "old_run")
     refused(r, "is a vaekit run directory")
+
+
+def test_a_folder_whose_config_json_is_anything_else_is_still_a_folder_of_images(pair, tmp_path):
+    """Runs from before the marker are known by their config.json; anyone else's config.json, even
+    one nested past Python's recursion limit, leaves the folder a folder of images."""
+    from vaekit.images import find_images
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    shutil.copy(pair[0], folder / "a.png")
+    for text in ("[" * 100_000 + "]" * 100_000, '{"format": "something-else/1"}', "not json", '["a list"]'):
+        (folder / "config.json").write_text(text)
+        assert [p.name for p in find_images(folder)] == ["a.png"]
+        assert folder / "a.png" in find_images(tmp_path)  # and inside a folder it is scanned

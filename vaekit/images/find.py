@@ -32,7 +32,7 @@ def is_run_folder(folder: str | Path) -> bool:
     try:
         with open(config, "rb") as f:
             return json.loads(f.read()).get("format") == RUN_FORMAT
-    except (OSError, ValueError, AttributeError):  # unreadable, not JSON, not an object
+    except (OSError, ValueError, AttributeError, RecursionError):  # unreadable, not JSON, too deep, not an object
         return False
 
 
