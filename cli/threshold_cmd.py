@@ -89,7 +89,7 @@ def which_score(section) -> str:
     rank k = ceil((n + 1) q), the largest when k > n, or beyond the largest by their fitted tail;
     the table's interpolated quantiles are another thing, and a tail far past the largest score
     (a few scores of a bounded one) is worth seeing next to that largest."""
-    from vaekit.anomaly.quantiles import TAIL_MIN, conformal_rank
+    from vaekit.anomaly.quantiles import ROUNDING, TAIL_MIN, conformal_rank
 
     q, scores = section.get("threshold_quantile"), section.get("scores")
     if section.get("fixed") or not isinstance(q, (int, float)) or not isinstance(scores, list):
@@ -102,7 +102,7 @@ def which_score(section) -> str:
     if (n + 1) * q <= n + 1e-9:  # by rank
         return f"rank ceil((n + 1) q) = {k} of the n = {n} {what}" + (", the largest" if k == n else "")
     largest = values[-1]
-    if n < TAIL_MIN or section["threshold"] <= largest + 2e-5 * max(abs(largest), 1.0):  # its rounding margin
+    if n < TAIL_MIN or section["threshold"] <= largest + 2 * ROUNDING * max(abs(largest), 1.0):  # within its margin
         return f"the largest of {n} {what}: too few for rank ceil((n + 1) q)"
     return (f"beyond the largest of {n} {what} ({number(largest)}), at their fitted tail's "
             "quantile; --quantile or --value sets a lower one")

@@ -25,14 +25,13 @@ def is_run_folder(folder: str | Path) -> bool:
     if os.path.isfile(os.path.join(folder, RUN_MARKER)):
         return True
     config = os.path.join(folder, "config.json")
-    if not os.path.isfile(config) or os.path.getsize(config) > (64 << 20):
+    if not os.path.isfile(config):
         return False
-    import json
+    from vaekit.fileio import read_json  # bounded, regular files only, nesting too deep a ValueError
 
     try:
-        with open(config, "rb") as f:
-            return json.loads(f.read()).get("format") == RUN_FORMAT
-    except (OSError, ValueError, AttributeError, RecursionError):  # unreadable, not JSON, too deep, not an object
+        return read_json(Path(config), "run config").get("format") == RUN_FORMAT
+    except (OSError, ValueError):  # unreadable, not JSON, not an object: anyone else's config.json
         return False
 
 

@@ -94,7 +94,8 @@ def estimate(score_core: Callable, x: np.ndarray, xf: np.ndarray, latent_dim: in
             logw.append(-r + ratio)
             logw_code.append(-c + ratio)
     iw = lambda w: -log_mean_exp(np.stack(w).astype(np.float64))  # noqa: E731
-    nll, code_nll = (iw(logw), iw(logw_code)) if iwae else (recon + kl, coded + kl)
+    nll = iw(logw) if iwae else recon + kl
+    code_nll = nll if code is None else (iw(logw_code) if iwae else coded + kl)
     return Estimate(recon, kl, nll, r_map, mu, logvar, x_hat, code_nll)
 
 
