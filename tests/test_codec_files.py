@@ -291,8 +291,10 @@ def test_golden_bitstreams_decode_to_their_stored_pixels(tmp_path, fmt):
     assert np.abs(diff).max() <= 1  # the symbols are exact; the network's floats may differ in the last bits
     try:
         lossless = codec.decode(model, GOLDEN / f"lossless{fmt}.vkc", tmp_path / "lossless")
-    except codec.Desynchronised:  # another CPU's float rounding: refused, never wrong pixels
-        pytest.skip("this machine's network outputs differ from the golden archive's (refused, as designed)")
+    except codec.Desynchronised as e:  # another CPU's float rounding (seen on AVX-512 machines): refused,
+        assert "fails its checksum" in str(e), str(e)  # never wrong pixels, and nothing left
+        assert not (tmp_path / "lossless").exists() or not any((tmp_path / "lossless").iterdir())
+        return
     assert np.array_equal(_pixels(lossless.written), want["lossless"])
 
 

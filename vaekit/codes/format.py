@@ -109,10 +109,20 @@ def check_finite(z: np.ndarray) -> None:
 
 
 def q8_range(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(scale, offset) of q8 from each dimension's min and max over all codes."""
+    """(scale, offset) of q8 from each dimension's min and max over all codes.
+
+    Both ends are first widened to a grid of 1/256 to 1/512 of the range: a CPU kernel's rounding
+    can move a min or max in its last bit when images are encoded in batches of another size,
+    and the stored scale and offset then stay the same (unless an end lies within that last bit
+    of a grid point), so the file does too. The range grows by less than 1%."""
+    lo, hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
+    width = hi - lo
+    step = np.exp2(np.floor(np.log2(np.where(width > 0, width, 1.0))) - 8)
+    lo = np.where(width > 0, np.floor(lo / step) * step, lo).astype(np.float32)
+    hi = np.where(width > 0, np.ceil(hi / step) * step, hi).astype(np.float32)
     scale = ((hi - lo) / _LEVELS).astype(np.float32)
     scale[scale == 0] = 1.0  # a constant dimension: every code 0 decodes exactly to offset
-    return scale, np.asarray(lo, np.float32)
+    return scale, lo
 
 
 def store(z: np.ndarray, precision: str, scale, offset) -> np.ndarray:
