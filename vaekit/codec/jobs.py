@@ -21,7 +21,7 @@ import numpy as np
 
 from vaekit import images as imageio
 from vaekit import stream
-from vaekit.codec import bitsback, container, lossy, residual, tables
+from vaekit.codec import bitsback, container, lossy, tables
 from vaekit.codec import lossless as lossless_job
 from vaekit.codec import prior as priors
 from vaekit.codec.net import CANONICAL_THREADS, Net
@@ -180,7 +180,7 @@ def _flush_lossy(model, prior, quality, pending, spill, chunk):
     z, x = np.concatenate([m for m, _ in pending]), np.concatenate([i for _, i in pending])
     sym, z_hat = lossy.latent_symbols(prior, quality, z[:chunk])
     delta = int(prior.deltas[quality - 1])
-    res = residual.quantise(x[:chunk].astype(np.int64) - decoded(model, z_hat), delta) if delta else None
+    res = lossy.residual_symbols(prior, quality, x[:chunk].astype(np.int64) - decoded(model, z_hat)) if delta else None
     spill.add(len(sym), lossy.encode_chunk(prior, quality, sym, res))
     return [(z[chunk:], x[chunk:])] if len(z) > chunk else []
 
@@ -312,7 +312,7 @@ def _decode_chunks(model, prior, header, archive, offset, staged, size, progress
             delta = int(prior.deltas[header.quality - 1])
             for s in range(0, count, BATCH):
                 x = decoded(model, z[s:s + BATCH])
-                x = residual.reconstruct(x, res[s:s + BATCH], delta) if delta else x.astype(np.uint8)
+                x = lossy.with_residual(prior, header.quality, x, res[s:s + BATCH]) if delta else x.astype(np.uint8)
                 for i, img in enumerate(x, start=done + s):
                     imageio.save_png(img if size == "model" else restore_size(img, header.orig_size[i]), staged[i])
         done += count

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vaekit.codec import tables
+from vaekit.codec import residual, tables, transform
 from vaekit.errors import BadInput
 
 FORMAT = "vaekit-codec-prior/1"
@@ -47,6 +47,8 @@ class Prior:
     weights: list[np.ndarray]  # per quality: (C, K_q) int64 tables
     deltas: np.ndarray | None = None  # (Q,) int64: quality q's residual step in grey levels, 0 for none
     residual: list[np.ndarray] | None = None  # per quality: (CONTEXTS, K) tables of the residual, (0, 0) for none
+    transform: int = 0  # 0: the residual is coded per pixel (vaekit.codec.residual); 8 or 4: as block-DCT
+    # coefficients of that block side (vaekit.codec.transform), whose tables the residual list then holds
 
     def __post_init__(self) -> None:
         q = len(self.steps)
@@ -59,7 +61,8 @@ class Prior:
 
     @property
     def hash(self) -> str:
-        return tables.digest(self.steps, self.scale, self.lo, *self.weights, self.deltas, *self.residual)
+        extra = [np.array([self.transform], np.int64)] if self.transform else []  # older sets keep their hash
+        return tables.digest(self.steps, self.scale, self.lo, *self.weights, self.deltas, *self.residual, *extra)
 
     def channel_of(self) -> np.ndarray:
         """The channel of each flat latent value: (D,) int64."""
@@ -171,7 +174,8 @@ def to_dict(prior: Prior) -> dict:
     return {"format": FORMAT, "fingerprint": prior.fingerprint, "latent_shape": list(prior.latent_shape),
             "hash": prior.hash, "steps": _pack(prior.steps, "<f4"), "scale": _pack(prior.scale, "<f4"),
             "lo": _pack(prior.lo, "<i8"), "weights": [_pack(w, "<i4") for w in prior.weights],
-            "deltas": _pack(prior.deltas, "<i8"), "residual": [_pack(w, "<i4") for w in prior.residual]}
+            "deltas": _pack(prior.deltas, "<i8"), "residual": [_pack(w, "<i4") for w in prior.residual],
+            **({"transform": prior.transform} if prior.transform else {})}
 
 
 def from_dict(d, source: str = "the model", latent_shape=None) -> Prior:
@@ -188,12 +192,16 @@ def from_dict(d, source: str = "the model", latent_shape=None) -> Prior:
         b = _budget(shape[0])  # a channel: a vector's dimension or a grid's latent channel
         prior = Prior(str(d["fingerprint"]), tuple(shape), _unpack(d["steps"], b),
                       _unpack(d["scale"], b), _unpack(d["lo"], b), [tables.check(_unpack(w, b)) for w in d["weights"]],
-                      _unpack(d["deltas"], b), [_residual_table(_unpack(w, b)) for w in d["residual"]])
+                      _unpack(d["deltas"], b), [_residual_table(_unpack(w, b)) for w in d["residual"]],
+                      _transform(d.get("transform", 0)))
         q = len(prior.steps)
         if prior.steps.shape != (q,) or prior.scale.shape != (prior.channels,) or len(prior.weights) != q or \
                 prior.lo.shape != (q, prior.channels) or len(prior.residual) != q or \
                 prior.deltas.shape != (q,) or any((dl > 0) != (r.size > 0) for dl, r in zip(prior.deltas, prior.residual)):
             raise ValueError("tables of the wrong shape")
+        if any(r.size and (r.shape[0] not in residual_rows(prior.transform) or
+                           (prior.transform and r.shape[1] != 2 * transform.MAX_CLASS + 1)) for r in prior.residual):
+            raise ValueError("residual tables of the wrong shape")
         if not (np.isfinite(prior.steps).all() and np.isfinite(prior.scale).all()):
             raise ValueError("a quantisation step or scale that is not finite")
         if prior.hash != d["hash"]:
@@ -201,6 +209,20 @@ def from_dict(d, source: str = "the model", latent_shape=None) -> Prior:
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, zlib.error) as e:
         raise ValueError(f"{source} has damaged entropy-coding tables: {e}") from None
     return prior
+
+
+def _transform(t) -> int:
+    if type(t) is not int or t not in (0, *transform.BLOCKS):
+        raise ValueError(f"transform {t!r:.20}, expected 0 or one of {list(transform.BLOCKS)}")
+    return t
+
+
+def residual_rows(block: int) -> tuple[int, ...]:
+    """The row counts a residual table may have: the pixel coder's contexts, or the block
+    transform's rows for grey or colour images."""
+    if not block:
+        return (residual.CONTEXTS,)
+    return transform.rows_for(1, block), transform.rows_for(3, block)
 
 
 def _residual_table(w: np.ndarray) -> np.ndarray:

@@ -51,14 +51,18 @@ def contexts(above: np.ndarray) -> np.ndarray:
 
 def fit(sym: np.ndarray, delta: int) -> np.ndarray:
     """Integer tables (CONTEXTS, 2 * span + 1) from training images' residual symbols (n, C, H, W)."""
+    return fitted(sym, delta)[0]
+
+
+def fitted(sym: np.ndarray, delta: int) -> tuple[np.ndarray, float]:
+    """(the tables `fit` returns, the bits `push` spends on these very symbols under them)."""
     k, s = 2 * span(delta) + 1, span(delta)
     rows = _rows(np.asarray(sym, np.int64))
-    counts = np.full((CONTEXTS, k), SMOOTHING)
-    above = np.zeros_like(rows[:, 0])
-    for i in range(rows.shape[1]):
-        np.add.at(counts, (contexts(above).ravel(), rows[:, i].ravel() + s), 1.0)
-        above = rows[:, i]
-    return tables.quantise(counts)
+    above = np.concatenate([np.zeros_like(rows[:, :1]), rows[:, :-1]], axis=1)
+    at = contexts(above.reshape(-1, rows.shape[-1])).ravel() * k + rows.ravel() + s
+    seen = np.bincount(at, minlength=CONTEXTS * k).reshape(CONTEXTS, k)
+    w = tables.quantise(seen + SMOOTHING)
+    return w, float((seen * tables.code_lengths(w)).sum())
 
 
 def push(coder, sym: np.ndarray, w: np.ndarray) -> None:

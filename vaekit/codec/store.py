@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from vaekit import images as imageio
-from vaekit.codec import container, lossy, residual
+from vaekit.codec import container, lossy, residual, transform
 from vaekit.codec import prior as priors
 from vaekit.errors import BadInput
 from vaekit.images.arrays import check_int
@@ -63,6 +63,13 @@ def stored_prior(model, table_hash: str | None = None) -> priors.Prior | None:
     if prior.latent_shape != tuple(model.info.latent_shape):
         raise container.ArchiveError(f"{model.info.source} has damaged entropy-coding tables: latent shape "
                                      f"{list(prior.latent_shape)}, but the model's is {list(model.info.latent_shape)}")
+    if prior.transform:
+        shape = (model.info.channels, model.info.image_size, model.info.image_size)
+        try:
+            for q in np.flatnonzero(prior.deltas) + 1:
+                lossy.check_shape(prior, int(q), shape)
+        except ValueError as e:
+            raise container.ArchiveError(f"{model.info.source} has damaged entropy-coding tables: {e}") from None
     if prior.fingerprint != model.info.fingerprint:
         raise container.ArchiveModelMismatch(f"{model.info.source}: its entropy-coding tables were fitted for another "
                                              f"model ({prior.fingerprint}); fit them again")
@@ -73,23 +80,67 @@ RESIDUAL_PIXELS = 2_000 * 32 * 32  # pixels the residual tables are counted on (
 
 
 def fit_prior(model, images: np.ndarray, steps: Sequence[float] | None = None,
-              deltas: Sequence[int] | None = None, residual_pixels: int = RESIDUAL_PIXELS) -> priors.Prior:
+              deltas: Sequence[int] | None = None, residual_pixels: int = RESIDUAL_PIXELS,
+              residual_coder: str = "auto") -> priors.Prior:
     """Fit the lossy tables on uint8 images (N, C, H, W) of the training domain (the training
     split): the latent tables on all of them, the residual tables on the first images holding
     `residual_pixels` (at least one image; each is decoded once per quality, and the tables count
     symbols, so it is pixels that make them precise: 2,000 MNIST digits instead of 10,000 cost
-    0.1% more bytes and saved 4.6 s of a 190 s training run, docs/codec.md)."""
+    0.1% more bytes and saved 4.6 s of a 190 s training run, docs/codec.md).
+
+    `residual_coder`: "pixel" (vaekit.codec.residual), "dct" (vaekit.codec.transform; images whose
+    sides are multiples of 4), or "auto": both are fitted, and the one with more PSNR at equal
+    bytes on these images is kept (`dct_wins`)."""
+    if residual_coder not in ("auto", "pixel", "dct"):
+        raise BadInput(f"invalid residual_coder {residual_coder!r}: expected auto, pixel or dct")
     if len(images) == 0:
         raise BadInput("no image to fit the entropy-coding tables on")
     check_int(residual_pixels, "residual_pixels", 1)  # True is no number of pixels
     mu, logvar = model.encode(images)
     prior = priors.fit(mu, logvar, model.info.latent_shape, model.info.fingerprint, steps, deltas)
     x = np.asarray(images)[: max(1, residual_pixels // int(np.prod(np.shape(images)[2:])))]
+    block = 0 if residual_coder == "pixel" else transform.block_of(*x.shape[2:])
+    if residual_coder == "dct" and not block:
+        raise BadInput(f"the block-DCT residual needs images whose sides are multiples of 4, not {x.shape[2:]}")
+    pixel, dct = [], []  # per quality with a residual: (tables, bits per image, mean PSNR) of each coder
+    seen: dict[float, tuple] = {}  # latent step -> (x_hat, residual, its DCT): qualities 4-8 share one
+    for q, delta in ((q, int(d)) for q, d in enumerate(prior.deltas, start=1) if d):
+        step = float(prior.steps[q - 1])
+        if step not in seen:
+            x_hat = decoded(model, lossy.latent_symbols(prior, q, mu[: len(x)])[1])
+            r = x.astype(np.int64) - x_hat
+            seen = {step: (x_hat, r, transform.coefficients(r, block) if block else None)}
+        x_hat, r, co = seen[step]
+        if residual_coder != "dct":
+            pixel.append(_fitted(residual, residual.quantise(r, delta), x, x_hat, delta))
+        if block:
+            dct.append(_fitted(transform, transform.quantise_coefficients(co, delta), x, x_hat, delta))
+    use_dct = bool(dct) and (residual_coder == "dct" or dct_wins([p[1:] for p in pixel], [d[1:] for d in dct]))
+    prior.transform = block if use_dct else 0
+    fitted = iter(dct if use_dct else pixel)
     for q, delta in enumerate(prior.deltas, start=1):
         if delta:
-            x_hat = decoded(model, lossy.latent_symbols(prior, q, mu[: len(x)])[1])
-            prior.residual[q - 1] = residual.fit(residual.quantise(x.astype(np.int64) - x_hat, int(delta)), int(delta))
+            prior.residual[q - 1] = next(fitted)[0]
     return prior
+
+
+def _fitted(coder, sym: np.ndarray, x: np.ndarray, x_hat: np.ndarray, delta: int) -> tuple[np.ndarray, float, float]:
+    """(tables, ideal bits per image, mean PSNR) of a residual coder on the images it is fitted on."""
+    if coder is transform:
+        (w, bits), out = transform.fitted(sym), transform.reconstruct(x_hat, sym, delta)
+    else:
+        (w, bits), out = residual.fitted(sym, delta), residual.reconstruct(x_hat, sym, delta)
+    mse = ((out.astype(np.float64) - x) ** 2).reshape(len(x), -1).mean(1)
+    return w, bits / len(x), float(np.mean(10 * np.log10(255.0**2 / np.maximum(mse, 1e-10))))
+
+
+def dct_wins(pixel: list[tuple[float, float]], dct: list[tuple[float, float]]) -> bool:
+    """Whether the block-DCT residual gives more PSNR at equal bytes than the pixel residual, on
+    average over the pixel coder's qualities that fall within the DCT curve's range of bytes
+    ((bits, PSNR) per quality, on the fitting images). Fewer than two such points: the pixel coder."""
+    b, p = np.array(sorted(dct)).T
+    margins = [float(np.interp(bits, b, p)) - psnr for bits, psnr in pixel if b[0] <= bits <= b[-1]]
+    return len(margins) >= 2 and float(np.mean(margins)) > 0
 
 
 def decoded(model, z: np.ndarray) -> np.ndarray:

@@ -53,6 +53,12 @@ def bits(w: np.ndarray, symbols: np.ndarray) -> np.ndarray:
     return PRECISION - np.log2(f)
 
 
+def code_lengths(w: np.ndarray) -> np.ndarray:
+    """Each symbol's code length in bits under each row of `w` (..., K): index it with [row, symbol]
+    instead of gathering whole rows, which for millions of symbols is gigabytes."""
+    return PRECISION - np.log2(np.asarray(w, np.int64) + 1.0)
+
+
 def digest(*arrays: np.ndarray) -> str:
     """sha256 (first 16 hex) over arrays' dtypes, shapes and little-endian bytes: names a table set."""
     h = hashlib.sha256()

@@ -1,0 +1,153 @@
+"""The lossy residual as block-DCT coefficients: what photos and colour images need.
+
+vaekit.codec.residual codes the residual r = x - x_hat pixel by pixel, which suits sparse residuals
+(the edges of digits): most pixels round to 0. A photo's residual is texture and shading spread over
+every pixel, which a transform packs into a few coefficients (JPEG's and WebP's reason for one).
+Here r is taken, per block of B x B pixels (B = 8, or 4 where the image's sides are not multiples
+of 8), to an orthonormal colour basis (for RGB: the mean, red - blue, and red + blue - 2 green, so
+a tinted grey costs one channel, not three) and through an orthonormal 2-D DCT. Each coefficient c
+becomes the symbol sign(c) floor(|c| / step + THETA): THETA < 1/2 is a dead zone, which drops the
+coefficients that cost more bits than the error they remove (0.25-0.3 dB better at equal bytes on
+colour photo crops and the sample shapes, docs/codec.md).
+
+A symbol s is coded as its signed size class k = sign(s) bit_length(|s|) (JPEG's categories: 0,
+±1, ±2..3, ±4..7, ...) under the integer table of (channel, frequency band u + v, context), the
+context being residual.contexts of the same coefficient in the block above (its size class, and the
+larger of its neighbours'); the k - 1 bits below the top bit of |s| follow as uniform symbols. The
+tables count classes, so they stay small (25 symbols a row) at any step. Like the pixel residual,
+the symbols never depend on a network output: they decode identically everywhere, and the pixels
+round(x_hat + IDCT(step * s)) differ between engines only as x_hat does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vaekit.codec import residual, tables
+
+THETA = 0.25  # rounding offset of the quantiser: 0.5 would be nearest
+MAX_CLASS = 13  # |symbol| < 2**13 covers 255 * sqrt(3) * 8 / 1 (a step of one grey level)
+BLOCKS = (8, 4)
+_COLOUR = np.array([[1, 1, 1], [1, 0, -1], [1, -2, 1]], np.float64) / np.sqrt([[3.0], [2.0], [6.0]])
+
+
+def block_of(height: int, width: int) -> int:
+    """The block side for an image size: 8 or 4 where both sides are multiples, else 0 (none)."""
+    return next((b for b in BLOCKS if height % b == 0 and width % b == 0), 0)
+
+
+def rows_for(channels: int, block: int) -> int:
+    """Table rows of one quality: channels x bands (u + v) x residual.CONTEXTS."""
+    return channels * (2 * block - 1) * residual.CONTEXTS
+
+
+def _dct(b: int) -> np.ndarray:
+    k, i = np.arange(b)[:, None], np.arange(b)[None, :]
+    m = np.cos(np.pi * (2 * i + 1) * k / (2 * b)) * np.sqrt(2.0 / b)
+    m[0] /= np.sqrt(2.0)
+    return m
+
+
+def _colour(x: np.ndarray, inverse: bool = False) -> np.ndarray:
+    if x.shape[1] != 3:
+        return x
+    return np.einsum("kc,nkhw->nchw" if inverse else "ck,nkhw->nchw", _COLOUR, x)
+
+
+def coefficients(r: np.ndarray, b: int) -> np.ndarray:
+    """Residuals (n, C, H, W) -> DCT coefficients (n, C, b, b, H/b, W/b): (u, v) of block (y, x)."""
+    n, c, h, w = r.shape
+    x = _colour(np.asarray(r, np.float64)).reshape(n, c, h // b, b, w // b, b)
+    d = _dct(b)
+    return np.einsum("ui,ncyixj,vj->ncuvyx", d, x, d, optimize=True)
+
+
+def quantise_coefficients(co: np.ndarray, step: int) -> np.ndarray:
+    return (np.sign(co) * np.floor(np.abs(co) / step + THETA)).astype(np.int64)
+
+
+def quantise(r: np.ndarray, step: int, b: int) -> np.ndarray:
+    """Residuals (n, C, H, W) -> symbols (n, C, b, b, H/b, W/b) int64."""
+    return quantise_coefficients(coefficients(r, b), step)
+
+
+def reconstruct(x_hat: np.ndarray, sym: np.ndarray, step: int) -> np.ndarray:
+    """uint8 pixels from the decoder's reconstruction (n, C, H, W) and the symbols."""
+    n, c, b, _, ny, nx = sym.shape
+    d = _dct(b)
+    r = np.einsum("ui,ncuvyx,vj->ncyixj", d, sym.astype(np.float64) * step, d, optimize=True).reshape(n, c, ny * b, nx * b)
+    return np.clip(np.rint(x_hat + _colour(r, inverse=True)), 0, 255).astype(np.uint8)
+
+
+def _classes(sym: np.ndarray) -> np.ndarray:
+    mag = np.abs(sym)
+    k = np.zeros_like(mag)
+    nz = mag > 0
+    k[nz] = np.floor(np.log2(mag[nz])).astype(np.int64) + 1  # bit_length, exact below 2**52
+    return np.sign(sym) * k
+
+
+def _planes(sym: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(n, C, b, b, Y, X) -> (planes (n, C*b*b, Y, X), each plane's first table row (C*b*b,))."""
+    n, c, b, _, ny, nx = sym.shape
+    band = np.add.outer(np.arange(b), np.arange(b)).ravel()
+    first = ((np.arange(c)[:, None] * (2 * b - 1) + band[None, :]) * residual.CONTEXTS).ravel()
+    return sym.reshape(n, c * b * b, ny, nx), first
+
+
+def _rows(planes: np.ndarray, first: np.ndarray):
+    """(y, each symbol's table row (n, P, X)) for every block row y in coding order. The rows of
+    all planes go to the coder at once: a symbol's context is the block row above it, so a decoder
+    pops row y whole once it has row y - 1; the row above is read when it is reached."""
+    for y in range(planes.shape[2]):
+        above = planes[:, :, y - 1] if y else np.zeros_like(planes[:, :, 0])
+        yield y, first[None, :, None] + residual.contexts(above.reshape(-1, above.shape[-1])).reshape(above.shape)
+
+
+def fit(sym: np.ndarray) -> np.ndarray:
+    """Integer tables (rows_for(C, b), 2 * MAX_CLASS + 1) from training images' symbols (n, C, b, b, Y, X)."""
+    return fitted(sym)[0]
+
+
+def fitted(sym: np.ndarray) -> tuple[np.ndarray, float]:
+    """(the tables `fit` returns, the bits `push` spends on these very symbols under them)."""
+    sym = np.asarray(sym, np.int64)
+    cls = _classes(sym)
+    planes, first = _planes(cls)
+    above = np.concatenate([np.zeros_like(planes[:, :, :1]), planes[:, :, :-1]], axis=2)
+    ctx = residual.contexts(above.reshape(-1, above.shape[-1])).reshape(above.shape)
+    k, rows = 2 * MAX_CLASS + 1, rows_for(sym.shape[1], sym.shape[2])
+    at = (first[None, :, None, None] + ctx) * k + planes + MAX_CLASS
+    seen = np.bincount(at.ravel(), minlength=rows * k).reshape(rows, k)
+    w = tables.quantise(seen + residual.SMOOTHING)
+    return w, float((seen * tables.code_lengths(w)).sum() + np.maximum(np.abs(cls) - 1, 0).sum())
+
+
+def push(coder, sym: np.ndarray, w: np.ndarray) -> None:
+    """Push the symbols (n, C, b, b, Y, X) of a chunk; `pop` returns them."""
+    sym = np.asarray(sym, np.int64)
+    cls = _classes(sym)
+    planes, first = _planes(cls)
+    mag, k = np.abs(sym).ravel(), np.abs(cls).ravel()
+    for bits in range(MAX_CLASS, 1, -1):  # the bits under each top bit: pushed first, popped last
+        at = k == bits
+        if at.any():
+            tables.push_uniform(coder, mag[at] - (1 << (bits - 1)), 1 << (bits - 1))
+    for y, at in reversed(list(_rows(planes, first))):  # a stack: the last row first
+        tables.push(coder, planes[:, :, y].ravel() + MAX_CLASS, w[at.ravel()])
+
+
+def pop(coder, n: int, shape: tuple[int, int, int], b: int, w: np.ndarray) -> np.ndarray:
+    """Pop a chunk's symbols: (n, C, b, b, H/b, W/b) int64."""
+    c, h, width = shape
+    cls = np.zeros((n, c, b, b, h // b, width // b), np.int64)
+    planes, first = _planes(cls)  # a view: filling the planes fills cls
+    for y, at in _rows(planes, first):
+        planes[:, :, y] = tables.pop(coder, w[at.ravel()]).reshape(at.shape) - MAX_CLASS
+    k = np.abs(cls).ravel()
+    mag = np.where(k > 0, 1 << np.maximum(k - 1, 0), 0)
+    for bits in range(2, MAX_CLASS + 1):
+        at = np.flatnonzero(k == bits)
+        if len(at):
+            mag[at] += tables.pop_uniform(coder, len(at), 1 << (bits - 1))
+    return np.sign(cls) * mag.reshape(cls.shape)
