@@ -128,13 +128,36 @@ def push(coder, sym: np.ndarray, w: np.ndarray) -> None:
     sym = np.asarray(sym, np.int64)
     cls = _classes(sym)
     planes, first = _planes(cls)
-    mag, k = np.abs(sym).ravel(), np.abs(cls).ravel()
-    for bits in range(MAX_CLASS, 1, -1):  # the bits under each top bit: pushed first, popped last
+    k = np.abs(cls).ravel()
+    big = np.flatnonzero(k >= 2)  # the few symbols with bits under their top bit
+    mag, k = np.abs(sym).ravel()[big], k[big]
+    for bits in range(MAX_CLASS, 1, -1):  # pushed first, popped last
         at = k == bits
         if at.any():
             tables.push_uniform(coder, mag[at] - (1 << (bits - 1)), 1 << (bits - 1))
     for y, at in reversed(list(_rows(planes, first))):  # a stack: the last row first
-        tables.push(coder, planes[:, :, y].ravel() + MAX_CLASS, w[at.ravel()])
+        _push_grouped(coder, planes[:, :, y].ravel() + MAX_CLASS, at.ravel(), w)
+
+
+def _groups(rows: np.ndarray):
+    """(table row, the positions that use it) for each table row used, in increasing order."""
+    order = np.argsort(rows, kind="stable")
+    used, starts = np.unique(rows[order], return_index=True)
+    return zip(used, np.split(order, starts[1:]))
+
+
+def _push_grouped(coder, symbols: np.ndarray, rows: np.ndarray, w: np.ndarray) -> None:
+    """Push symbols each under its table row, one coder call per row used (gathering a table per
+    symbol costs 25 floats a symbol, hundreds of MB a chunk); `_pop_grouped` returns them."""
+    for row, at in reversed(list(_groups(rows))):
+        tables.push_iid(coder, symbols[at], w[row])
+
+
+def _pop_grouped(coder, rows: np.ndarray, w: np.ndarray) -> np.ndarray:
+    out = np.zeros(len(rows), np.int64)
+    for row, at in _groups(rows):
+        out[at] = tables.pop_iid(coder, w[row], len(at))
+    return out
 
 
 def pop(coder, n: int, shape: tuple[int, int, int], b: int, w: np.ndarray) -> np.ndarray:
@@ -143,11 +166,12 @@ def pop(coder, n: int, shape: tuple[int, int, int], b: int, w: np.ndarray) -> np
     cls = np.zeros((n, c, b, b, h // b, width // b), np.int64)
     planes, first = _planes(cls)  # a view: filling the planes fills cls
     for y, at in _rows(planes, first):
-        planes[:, :, y] = tables.pop(coder, w[at.ravel()]).reshape(at.shape) - MAX_CLASS
+        planes[:, :, y] = _pop_grouped(coder, at.ravel(), w).reshape(at.shape) - MAX_CLASS
     k = np.abs(cls).ravel()
     mag = np.where(k > 0, 1 << np.maximum(k - 1, 0), 0)
+    big = np.flatnonzero(k >= 2)
     for bits in range(2, MAX_CLASS + 1):
-        at = np.flatnonzero(k == bits)
+        at = big[k[big] == bits]
         if len(at):
             mag[at] += tables.pop_uniform(coder, len(at), 1 << (bits - 1))
     return np.sign(cls) * mag.reshape(cls.shape)
