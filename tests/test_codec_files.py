@@ -298,6 +298,38 @@ def test_golden_bitstreams_decode_to_their_stored_pixels(tmp_path, fmt):
     assert np.array_equal(_pixels(lossless.written), want["lossless"])
 
 
+def test_a_golden_dct_bitstream_decodes_to_its_stored_symbols_and_pixels(tmp_path):
+    """A quality-5 file whose residual is block-DCT coefficients (vaekit.codec.transform), written
+    once from the golden images with the golden model and tables fitted with residual_coder="dct"
+    (run_dct: the same weights; expected_dct.npz: what it decoded to then). The symbols must not
+    drift, on the torch-free runtime too; pixels within one grey level."""
+    want = np.load(GOLDEN / "expected_dct.npz")
+    lossy = codec.decode(vaekit.load(GOLDEN / "run_dct"), GOLDEN / "lossy_q5_dct.vkc", tmp_path / "out")
+    assert [str(p.relative_to(tmp_path / "out")) for p in lossy.written] == list(want["lossy_q5_names"])
+    assert np.abs(_pixels(lossy.written).astype(int) - want["lossy_q5"]).max() <= 1
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'torch': raise ImportError('torch is blocked')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import json, numpy as np\n"
+        "from vaekit.codec import container, lossy, prior\n"
+        f"root = {str(GOLDEN)!r}\n"
+        "h, off = container.read_header(root + '/lossy_q5_dct.vkc')\n"
+        "p = prior.from_dict(json.load(open(root + '/run_dct/config.json'))['codec'])\n"
+        "(n, w), = container.iter_chunks(root + '/lossy_q5_dct.vkc', h, off)\n"
+        "z, res = lossy.decode_chunk(p, h.quality, w, n, (1, 16, 16))\n"
+        "want = np.load(root + '/expected_dct.npz')\n"
+        "assert p.transform == 8 and res.shape == (12, 1, 8, 8, 2, 2) and np.abs(res).sum() > 0\n"
+        "assert np.array_equal(z, want['lossy_q5_latents']) and np.array_equal(res, want['lossy_q5_residual'])\n"
+        "assert 'torch' not in sys.modules\n"
+        "print('ok')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
 @pytest.mark.parametrize("fmt", ["", "_v2"])
 def test_golden_symbols_decode_without_torch(fmt):
     """The .vkc reader, the tables and the lossy decoder run on the torch-free runtime."""
