@@ -194,13 +194,15 @@ def _encode_vkc(model, images, out, quality, lossless, fit, overwrite, as_json, 
             "header_bytes": r.header_bytes, "source_bytes": r.source_bytes, "seconds": r.seconds}
     if lossless:
         info["pixel_model"] = r.pixel_model
+    else:
+        info["residual"] = r.residual
     if as_json:
         return _print_json(info)
     from rich.table import Table
 
     t = Table(title=f"encoded {shown(r.path)}", show_header=False)
     t.add_row("images", f"{r.count} encoded, {len(r.skipped)} skipped")
-    t.add_row("mode", "lossless (bits-back)" if lossless else f"lossy, quality {quality}")
+    t.add_row("mode", "lossless (bits-back)" if lossless else f"lossy, quality {quality}, " + RESIDUAL_TEXT[r.residual])
     t.add_row("file", f"{r.file_bytes:,} bytes ({r.header_bytes:,} of them header and checksum)")
     t.add_row("per image", f"{r.bytes_per_image:,.1f} bytes, {r.bits_per_dim:.4f} bits per sub-pixel")
     if r.source_bytes:
@@ -208,6 +210,10 @@ def _encode_vkc(model, images, out, quality, lossless, fit, overwrite, as_json, 
     if lossless:
         t.add_row("pixel model", pixel_model_text(m.info.likelihood, r.pixel_model))
     console.print(t)
+
+
+RESIDUAL_TEXT = {None: "latents only", "pixels": "latents + residual per pixel",
+                 "dct 8x8": "latents + residual in 8x8 DCT blocks", "dct 4x4": "latents + residual in 4x4 DCT blocks"}
 
 
 def pixel_model_text(likelihood: str, kind: str) -> str:

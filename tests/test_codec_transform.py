@@ -197,3 +197,28 @@ def test_fit_prior_keeps_the_pixel_coder_when_asked_and_refuses_sizes_without_bl
     assert codec.fit_prior(model, x).transform in (0, 8)  # auto: whichever measured better here
     with pytest.raises(vaekit.errors.BadInput, match="residual_coder"):
         codec.fit_prior(model, x, residual_coder="jpeg")
+
+
+def test_encode_says_how_the_residual_is_coded(colour_run, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    run, src, model, x = colour_run
+    codec.save_prior(run, codec.fit_prior(model, x, residual_coder="dct"), model)
+    said = {}
+    for q in (2, 6):
+        r = CliRunner().invoke(app, ["--threads", "1", "encode", str(run), str(src), "-o", str(tmp_path / f"{q}.vkc"),
+                                     "--quality", str(q), "--json"])
+        assert r.exit_code == 0, r.output
+        said[q] = json.loads(r.output)["residual"]
+    assert said == {2: None, 6: "dct 8x8"}
+    r = CliRunner().invoke(app, ["--threads", "1", "encode", str(run), str(src), "-o", str(tmp_path / "t.vkc"),
+                                 "--quality", "5"])
+    assert r.exit_code == 0 and "residual in 8x8 DCT blocks" in r.output
+    codec.save_prior(run, codec.fit_prior(model, x, residual_coder="pixel"), model)
+    r = CliRunner().invoke(app, ["--threads", "1", "encode", str(run), str(src), "-o", str(tmp_path / "p.vkc"),
+                                 "--quality", "5", "--json"])
+    assert json.loads(r.output)["residual"] == "pixels"

@@ -55,6 +55,7 @@ class EncodeResult:
     source_bytes: int = 0  # the source files' total size
     seconds: float = 0.0
     pixel_model: str | None = None  # lossless: "model" (a logistic model's own), "fitted" (context) or "learned"
+    residual: str | None = None  # lossy with a residual: "pixels" or "dct 8x8" / "dct 4x4" (vaekit.codec.transform)
 
     @property
     def bytes_per_image(self) -> float:
@@ -113,7 +114,15 @@ def encode(model, source: str | Path | Sequence[str | Path], out: str | Path, qu
         spill.close()
     payload = 4 * sum(c[1] for c in header.chunks)
     return EncodeResult(out, header.mode, quality, len(header.names), size, size - payload, info.dims, skipped,
-                        source_bytes, time.perf_counter() - t0, lossless_job.pixel_model_name(header) if lossless else None)
+                        source_bytes, time.perf_counter() - t0, lossless_job.pixel_model_name(header) if lossless else None,
+                        None if lossless else residual_name(prior, quality))
+
+
+def residual_name(prior: priors.Prior, quality: int) -> str | None:
+    """How a quality's residual is coded: None (latents only), "pixels", or "dct BxB"."""
+    if not prior.deltas[quality - 1]:
+        return None
+    return f"dct {prior.transform}x{prior.transform}" if prior.transform else "pixels"
 
 
 def _no_tables(model) -> str:
