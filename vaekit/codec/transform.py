@@ -14,7 +14,7 @@ A symbol s is coded as its signed size class k = sign(s) bit_length(|s|) (JPEG's
 ±1, ±2..3, ±4..7, ...) under the integer table of (channel, frequency band u + v, context), the
 context being residual.contexts of the same coefficient in the block above (its size class, and the
 larger of its neighbours'); the k - 1 bits below the top bit of |s| follow as uniform symbols. The
-tables count classes, so they stay small (25 symbols a row) at any step. Like the pixel residual,
+tables count classes, so they stay small (27 symbols a row) at any step. Like the pixel residual,
 the symbols never depend on a network output: they decode identically everywhere, and the pixels
 round(x_hat + IDCT(step * s)) differ between engines only as x_hat does.
 """
@@ -148,7 +148,7 @@ def _groups(rows: np.ndarray):
 
 def _push_grouped(coder, symbols: np.ndarray, rows: np.ndarray, w: np.ndarray) -> None:
     """Push symbols each under its table row, one coder call per row used (gathering a table per
-    symbol costs 25 floats a symbol, hundreds of MB a chunk); `_pop_grouped` returns them."""
+    symbol costs 27 floats a symbol, hundreds of MB a chunk); `_pop_grouped` returns them."""
     for row, at in reversed(list(_groups(rows))):
         tables.push_iid(coder, symbols[at], w[row])
 
