@@ -134,3 +134,21 @@ def stopped_reconstruct(run, data, out, after: int) -> None:
     model.reconstruct = dying
     with pytest.raises(KeyboardInterrupt):
         reconstruct_to_folder(model, data, out, batch_size=4)
+
+
+BLOCK_TORCH = (
+    "import sys\n"
+    "class Block:\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        if name.split('.')[0] == 'torch': raise ImportError('torch is blocked')\n"
+    "sys.meta_path.insert(0, Block())\n"
+)
+
+
+def run_without_torch(code: str, timeout: float = 120):
+    """Run `code` in a fresh Python in which any import of torch fails (the runtime install's
+    situation): the finished subprocess, its output captured as text."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", BLOCK_TORCH + code], capture_output=True, text=True, timeout=timeout)

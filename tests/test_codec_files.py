@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +12,7 @@ import vaekit
 from vaekit import codec
 from vaekit.codec import container
 
+from export_support import run_without_torch
 from test_codec import _digits
 
 GOLDEN = Path(__file__).parent / "golden" / "codec"
@@ -298,61 +297,40 @@ def test_golden_bitstreams_decode_to_their_stored_pixels(tmp_path, fmt):
     assert np.array_equal(_pixels(lossless.written), want["lossless"])
 
 
-def test_a_golden_dct_bitstream_decodes_to_its_stored_symbols_and_pixels(tmp_path):
+def test_a_golden_dct_bitstream_decodes_to_its_stored_pixels(tmp_path):
     """A quality-5 file whose residual is block-DCT coefficients (vaekit.codec.transform), written
     once from the golden images with the golden model and tables fitted with residual_coder="dct"
-    (run_dct: the same weights; expected_dct.npz: what it decoded to then). The symbols must not
-    drift, on the torch-free runtime too; pixels within one grey level."""
+    (run_dct: the same weights; expected_dct.npz: what it decoded to then): pixels within one grey
+    level (its symbols: the torch-free test below)."""
     want = np.load(GOLDEN / "expected_dct.npz")
     lossy = codec.decode(vaekit.load(GOLDEN / "run_dct"), GOLDEN / "lossy_q5_dct.vkc", tmp_path / "out")
     assert [str(p.relative_to(tmp_path / "out")) for p in lossy.written] == list(want["lossy_q5_names"])
     assert np.abs(_pixels(lossy.written).astype(int) - want["lossy_q5"]).max() <= 1
-    code = (
-        "import sys\n"
-        "class Block:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] == 'torch': raise ImportError('torch is blocked')\n"
-        "sys.meta_path.insert(0, Block())\n"
-        "import json, numpy as np\n"
-        "from vaekit.codec import container, lossy, prior\n"
-        f"root = {str(GOLDEN)!r}\n"
-        "h, off = container.read_header(root + '/lossy_q5_dct.vkc')\n"
-        "p = prior.from_dict(json.load(open(root + '/run_dct/config.json'))['codec'])\n"
-        "(n, w), = container.iter_chunks(root + '/lossy_q5_dct.vkc', h, off)\n"
-        "z, res = lossy.decode_chunk(p, h.quality, w, n, (1, 16, 16))\n"
-        "want = np.load(root + '/expected_dct.npz')\n"
-        "assert p.transform == 8 and res.shape == (12, 1, 8, 8, 2, 2) and np.abs(res).sum() > 0\n"
-        "assert np.array_equal(z, want['lossy_q5_latents']) and np.array_equal(res, want['lossy_q5_residual'])\n"
-        "assert 'torch' not in sys.modules\n"
-        "print('ok')\n"
-    )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
 
 
-@pytest.mark.parametrize("fmt", ["", "_v2"])
-def test_golden_symbols_decode_without_torch(fmt):
-    """The .vkc reader, the tables and the lossy decoder run on the torch-free runtime."""
+@pytest.mark.parametrize("fmt, run, expected, shape", [("", "run", "expected", (12, 1, 16, 16)),
+                                                      ("_v2", "run", "expected", (12, 1, 16, 16)),
+                                                      ("_dct", "run_dct", "expected_dct", (12, 1, 8, 8, 2, 2))])
+def test_golden_symbols_decode_without_torch(fmt, run, expected, shape):
+    """The .vkc reader, the tables and the lossy decoder run on the torch-free runtime, and the
+    symbols (latents; residual per pixel or as DCT coefficients) must not drift."""
     code = (
-        "import sys\n"
-        "class Block:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] == 'torch': raise ImportError('torch is blocked')\n"
-        "sys.meta_path.insert(0, Block())\n"
         "import json, numpy as np\n"
         "from vaekit.codec import container, lossy, prior\n"
         f"root = {str(GOLDEN)!r}\n"
         f"h, off = container.read_header(root + '/lossy_q5{fmt}.vkc')\n"
-        "p = prior.from_dict(json.load(open(root + '/run/config.json'))['codec'])\n"
+        f"p = prior.from_dict(json.load(open(root + '/{run}/config.json'))['codec'])\n"
         f"(n, w), = container.iter_chunks(root + '/lossy_q5{fmt}.vkc', h, off)\n"
         "z, res = lossy.decode_chunk(p, h.quality, w, n, (1, 16, 16))\n"
-        "want = np.load(root + '/expected.npz')\n"
+        f"want = np.load(root + '/{expected}.npz')\n"
+        f"assert res.shape == {shape} and np.abs(res).sum() > 0\n"
         "assert np.array_equal(z, want['lossy_q5_latents']) and np.array_equal(res, want['lossy_q5_residual'])\n"
         "assert 'torch' not in sys.modules\n"
         "print('ok')\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    r = run_without_torch(code)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
 
 
 @pytest.mark.slow
@@ -376,11 +354,6 @@ def test_the_onnx_export_decodes_what_torch_encoded(coded, tmp_path):
     own = codec.encode(onnx, src, tmp_path / "onnx.vkc", lossless=True)
     assert codec.read_info(own.path).engine["engine"] == "onnxruntime"
     code = (
-        "import sys\n"
-        "class Block:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] == 'torch': raise ImportError('torch is blocked')\n"
-        "sys.meta_path.insert(0, Block())\n"
         "import vaekit\n"
         "from vaekit import codec\n"
         f"m = vaekit.load({str(onnx_path)!r})\n"
@@ -389,7 +362,7 @@ def test_the_onnx_export_decodes_what_torch_encoded(coded, tmp_path):
         "assert 'torch' not in sys.modules\n"
         "print('ok')\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    r = run_without_torch(code, timeout=300)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
     for p in (tmp_path / "no_torch").rglob("*.png"):
         assert np.array_equal(np.asarray(Image.open(p)), np.asarray(Image.open(src / p.relative_to(tmp_path / "no_torch"))))

@@ -3,9 +3,6 @@ bits, bounded error, the choice between it and the pixel coder, and stored table
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 from PIL import Image
@@ -13,6 +10,8 @@ from PIL import Image
 import vaekit
 from vaekit import codec
 from vaekit.codec import lossy, prior as priors, residual, store, tables, transform
+
+from export_support import run_without_torch
 
 
 def _residuals(n: int, c: int, size: int, scale: float = 20.0, seed: int = 0) -> np.ndarray:
@@ -169,11 +168,6 @@ def test_a_colour_folder_codes_through_the_dct_and_decodes_without_torch(colour_
         errors.append(mse.mean())
     assert sizes == sorted(sizes) and errors == sorted(errors, reverse=True)
     code = (
-        "import sys\n"
-        "class Block:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] == 'torch': raise ImportError('torch is blocked')\n"
-        "sys.meta_path.insert(0, Block())\n"
         "import json, numpy as np\n"
         "from pathlib import Path\n"
         "from vaekit.codec import container, lossy, prior\n"
@@ -186,7 +180,7 @@ def test_a_colour_folder_codes_through_the_dct_and_decodes_without_torch(colour_
         "    res.append(b)\n"
         "print(p.transform, sum(len(b) for b in res), int(np.abs(np.concatenate(res)).sum() > 0))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    done = run_without_torch(code)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["8", "24", "1"]
 
