@@ -102,19 +102,7 @@ def fit_prior(model, images: np.ndarray, steps: Sequence[float] | None = None,
     block = 0 if residual_coder == "pixel" else transform.block_of(*x.shape[2:])
     if residual_coder == "dct" and not block:
         raise BadInput(f"the block-DCT residual needs images whose sides are multiples of 4, not {x.shape[2:]}")
-    pixel, dct = [], []  # per quality with a residual: (tables, bits per image, mean PSNR) of each coder
-    seen: dict[float, tuple] = {}  # latent step -> (x_hat, residual, its DCT): qualities 4-8 share one
-    for q, delta in ((q, int(d)) for q, d in enumerate(prior.deltas, start=1) if d):
-        step = float(prior.steps[q - 1])
-        if step not in seen:
-            x_hat = decoded(model, lossy.latent_symbols(prior, q, mu[: len(x)])[1])
-            r = x.astype(np.int64) - x_hat
-            seen = {step: (x_hat, r, transform.coefficients(r, block) if block else None)}
-        x_hat, r, co = seen[step]
-        if residual_coder != "dct":
-            pixel.append(_fitted(residual, residual.quantise(r, delta), x, x_hat, delta))
-        if block:
-            dct.append(_fitted(transform, transform.quantise_coefficients(co, delta), x, x_hat, delta))
+    pixel, dct = _residual_fits(model, prior, mu[: len(x)], x, block, pixel=residual_coder != "dct")
     use_dct = bool(dct) and (residual_coder == "dct" or dct_wins([p[1:] for p in pixel], [d[1:] for d in dct]))
     prior.transform = block if use_dct else 0
     fitted = iter(dct if use_dct else pixel)
@@ -122,6 +110,25 @@ def fit_prior(model, images: np.ndarray, steps: Sequence[float] | None = None,
         if delta:
             prior.residual[q - 1] = next(fitted)[0]
     return prior
+
+
+def _residual_fits(model, prior: priors.Prior, mu: np.ndarray, x: np.ndarray, block: int, pixel: bool):
+    """Each residual coder fitted on the images x at each quality that has a residual step:
+    ([(tables, bits per image, PSNR)] of the pixel coder (if `pixel`), the same of the DCT (if `block`))."""
+    pixels, dct = [], []
+    seen: dict[float, tuple] = {}  # latent step -> (x_hat, residual, its DCT): qualities 4-8 share one
+    for q, delta in ((q, int(d)) for q, d in enumerate(prior.deltas, start=1) if d):
+        step = float(prior.steps[q - 1])
+        if step not in seen:
+            x_hat = decoded(model, lossy.latent_symbols(prior, q, mu)[1])
+            r = x.astype(np.int64) - x_hat
+            seen = {step: (x_hat, r, transform.coefficients(r, block) if block else None)}
+        x_hat, r, co = seen[step]
+        if pixel:
+            pixels.append(_fitted(residual, residual.quantise(r, delta), x, x_hat, delta))
+        if block:
+            dct.append(_fitted(transform, transform.quantise_coefficients(co, delta), x, x_hat, delta))
+    return pixels, dct
 
 
 def _fitted(coder, sym: np.ndarray, x: np.ndarray, x_hat: np.ndarray, delta: int) -> tuple[np.ndarray, float, float]:
