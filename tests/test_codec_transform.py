@@ -216,3 +216,51 @@ def test_encode_says_how_the_residual_is_coded(colour_run, tmp_path):
     r = CliRunner().invoke(app, ["--threads", "1", "encode", str(run), str(src), "-o", str(tmp_path / "p.vkc"),
                                  "--quality", "5", "--json"])
     assert json.loads(r.output)["residual"] == "pixels"
+
+
+def test_a_dct_better_at_every_quality_wins_even_where_the_curves_do_not_overlap():
+    """Smooth images: the DCT's whole curve lies below the pixel coder's bytes and above its PSNR."""
+    pixel = [(3292.0, 23.7), (5000.0, 30.0), (17505.0, 47.0)]
+    assert store.dct_wins(pixel, [(371.0, 33.6), (800.0, 40.0), (1319.0, 51.2)])
+    assert not store.dct_wins(pixel, [(371.0, 20.0), (800.0, 21.0), (1319.0, 22.0)])  # cheaper, but worse
+    # one point of each in the other's range is enough when the margins agree
+    assert store.dct_wins([(1588.8, 26.26), (3581.6, 29.98), (6068.8, 35.13)],
+                          [(868.0, 28.55), (1679.2, 32.06), (3012.8, 36.15)])
+
+
+def test_ties_round_the_same_whatever_the_last_bits():
+    """A DC coefficient of exactly 3 at step 4 (0.75 + 0.25 = 1) is symbol 1, and a pixel of exactly
+    x.5 rounds one way, even where float summation lands a bit below."""
+    r = np.zeros((1, 1, 8, 8), np.int64)
+    r[0, 0, 0, :3] = 8  # a sum of 24: DC = 24 / 8 = 3
+    assert transform.quantise(r, 4, 8)[0, 0, 0, 0, 0, 0] == 1
+    assert np.array_equal(transform._snapped(np.array([0.49999999999999994, 0.5, 0.5000000000000001])), [0.5] * 3)
+    s = np.zeros((1, 1, 8, 8, 1, 1), np.int64)
+    s[0, 0, 0, 0] = 1  # every pixel + 0.5
+    assert (transform.reconstruct(np.full((1, 1, 8, 8), 100), s, 4) == 100).all()  # half to even
+
+
+@pytest.mark.parametrize("change", ["negative step", "narrow pixel table"])
+def test_forged_pixel_residual_tables_are_refused_in_one_line(change):
+    prior = _with_transform()
+    prior.transform = 0
+    prior.residual = [np.zeros((0, 0), np.int64)] * 3 + [
+        residual.fit(residual.quantise(_residuals(2, 3, 16), int(d)), int(d)) for d in prior.deltas[3:]]
+    if change == "negative step":
+        prior.deltas = np.array([0, 0, -1, 64, 32, 16, 8, 4])
+    else:
+        prior.residual[4] = tables.quantise(np.ones((residual.CONTEXTS, 3)))  # 3 symbols where step 32 needs 17
+    d = priors.to_dict(prior)
+    with pytest.raises(ValueError, match="damaged entropy-coding tables") as e:
+        priors.from_dict(d, "run x")
+    assert "\n" not in str(e.value)
+
+
+def test_encode_refuses_given_tables_that_cannot_code_the_models_images(colour_run, tmp_path):
+    run, src, model, x = colour_run
+    grey = _with_transform(channels=1)
+    grey.fingerprint = model.info.fingerprint
+    grey.latent_shape = tuple(model.info.latent_shape)
+    with pytest.raises(vaekit.errors.BadInput, match="cannot code this model's images"):
+        codec.encode(model, src, tmp_path / "x.vkc", quality=5, prior=grey)
+    assert not (tmp_path / "x.vkc").exists()

@@ -441,3 +441,11 @@ def test_write_streamed_keeps_memory_bounded_by_a_chunk(tmp_path, precision):
     finally:
         tracemalloc.stop()
     assert peak < n * d * 2, f"peak {peak / 1e6:.0f} MB for {n * d * 4 / 1e6:.0f} MB of float32 codes"
+
+
+def test_q8_range_near_the_float32_limit_stays_finite():
+    """Widening an end to the grid must not carry it past float32's largest value."""
+    z = np.array([[0.0, 1.0], [3.4e38, 2.0]], np.float32)
+    c, scale, offset = codes.quantize(z, "q8")
+    assert np.isfinite(scale).all() and np.isfinite(offset).all()
+    assert c[1, 0] == 255 and c[0, 0] == 0

@@ -25,7 +25,7 @@ from vaekit.codec import bitsback, container, lossy, tables
 from vaekit.codec import lossless as lossless_job
 from vaekit.codec import prior as priors
 from vaekit.codec.net import CANONICAL_THREADS, Net
-from vaekit.codec.store import decoded, earlier_hashes, stored_prior
+from vaekit.codec.store import decoded, earlier_hashes, shape_problem, stored_prior
 from vaekit.fileio.staging import staged
 from vaekit.images.arrays import check_int
 from vaekit.inference.engine_onnx import refuse_model_files
@@ -96,6 +96,9 @@ def encode(model, source: str | Path | Sequence[str | Path], out: str | Path, qu
         if prior is None:
             raise BadInput(_no_tables(model))
         priors.check_quality(quality, len(prior.steps))
+        problem = shape_problem(prior, model)
+        if problem:
+            raise BadInput(f"the lossy tables given cannot code this model's images: {problem}")
     info = model.info
     header = container.Header("lossless" if lossless else "lossy", info.fingerprint,
                               BITSBACK_TABLES if lossless else prior.hash, info.image_size, info.channels,

@@ -199,8 +199,10 @@ def from_dict(d, source: str = "the model", latent_shape=None) -> Prior:
                 prior.lo.shape != (q, prior.channels) or len(prior.residual) != q or \
                 prior.deltas.shape != (q,) or any((dl > 0) != (r.size > 0) for dl, r in zip(prior.deltas, prior.residual)):
             raise ValueError("tables of the wrong shape")
-        if any(r.size and (r.shape[0] not in residual_rows(prior.transform) or
-                           (prior.transform and r.shape[1] != 2 * transform.MAX_CLASS + 1)) for r in prior.residual):
+        if (prior.deltas < 0).any() or (prior.deltas > 255).any():
+            raise ValueError(f"residual steps {prior.deltas.tolist()}, expected 0 to 255 grey levels")
+        if any(r.size and r.shape != residual_shape(prior.transform, int(dl), r.shape[0])
+               for dl, r in zip(prior.deltas, prior.residual)):
             raise ValueError("residual tables of the wrong shape")
         if not (np.isfinite(prior.steps).all() and np.isfinite(prior.scale).all()):
             raise ValueError("a quantisation step or scale that is not finite")
@@ -223,6 +225,14 @@ def residual_rows(block: int) -> tuple[int, ...]:
     if not block:
         return (residual.CONTEXTS,)
     return transform.rows_for(1, block), transform.rows_for(3, block)
+
+
+def residual_shape(block: int, delta: int, rows: int) -> tuple[int, int] | None:
+    """The shape a residual table of `rows` rows must have at a step `delta`, or None if no
+    table has that many rows."""
+    if rows not in residual_rows(block):
+        return None
+    return rows, 2 * transform.MAX_CLASS + 1 if block else 2 * residual.span(delta) + 1
 
 
 def _residual_table(w: np.ndarray) -> np.ndarray:

@@ -63,17 +63,24 @@ def stored_prior(model, table_hash: str | None = None) -> priors.Prior | None:
     if prior.latent_shape != tuple(model.info.latent_shape):
         raise container.ArchiveError(f"{model.info.source} has damaged entropy-coding tables: latent shape "
                                      f"{list(prior.latent_shape)}, but the model's is {list(model.info.latent_shape)}")
-    if prior.transform:
-        shape = (model.info.channels, model.info.image_size, model.info.image_size)
-        try:
-            for q in np.flatnonzero(prior.deltas) + 1:
-                lossy.check_shape(prior, int(q), shape)
-        except ValueError as e:
-            raise container.ArchiveError(f"{model.info.source} has damaged entropy-coding tables: {e}") from None
+    problem = shape_problem(prior, model)
+    if problem:
+        raise container.ArchiveError(f"{model.info.source} has damaged entropy-coding tables: {problem}")
     if prior.fingerprint != model.info.fingerprint:
         raise container.ArchiveModelMismatch(f"{model.info.source}: its entropy-coding tables were fitted for another "
                                              f"model ({prior.fingerprint}); fit them again")
     return prior
+
+
+def shape_problem(prior: priors.Prior, model) -> str | None:
+    """Why a prior's residual tables cannot code the model's images, or None."""
+    shape = (model.info.channels, model.info.image_size, model.info.image_size)
+    try:
+        for q in np.flatnonzero(prior.deltas) + 1 if prior.transform else ():
+            lossy.check_shape(prior, int(q), shape)
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 RESIDUAL_PIXELS = 2_000 * 32 * 32  # pixels the residual tables are counted on (2,000 images of 32 px)
@@ -142,12 +149,18 @@ def _fitted(coder, sym: np.ndarray, x: np.ndarray, x_hat: np.ndarray, delta: int
 
 
 def dct_wins(pixel: list[tuple[float, float]], dct: list[tuple[float, float]]) -> bool:
-    """Whether the block-DCT residual gives more PSNR at equal bytes than the pixel residual, on
-    average over the pixel coder's qualities that fall within the DCT curve's range of bytes
-    ((bits, PSNR) per quality, on the fitting images). Fewer than two such points: the pixel coder."""
-    b, p = np.array(sorted(dct)).T
-    margins = [float(np.interp(bits, b, p)) - psnr for bits, psnr in pixel if b[0] <= bits <= b[-1]]
-    return len(margins) >= 2 and float(np.mean(margins)) > 0
+    """Whether the block-DCT residual gives more PSNR at equal bytes than the pixel residual
+    ((bits, PSNR) per quality, on the fitting images): the mean PSNR margin of the DCT over the
+    points of either curve that fall within the other's range of bytes. Where fewer than two
+    points do (the curves lie apart), the DCT wins if it reaches the pixel coder's lowest PSNR in
+    fewer bits than the pixel coder's smallest point, i.e. if its curve lies wholly to the left."""
+    pb, pp = np.array(sorted(pixel)).T
+    db, dp = np.array(sorted(dct)).T
+    margins = [float(np.interp(b, db, dp)) - p for b, p in zip(pb, pp) if db[0] <= b <= db[-1]]
+    margins += [p - float(np.interp(b, pb, pp)) for b, p in zip(db, dp) if pb[0] <= b <= pb[-1]]
+    if len(margins) >= 2:
+        return float(np.mean(margins)) > 0
+    return bool(db[-1] < pb[0] and dp[-1] >= pp.min())
 
 
 def decoded(model, z: np.ndarray) -> np.ndarray:

@@ -16,7 +16,8 @@ context being residual.contexts of the same coefficient in the block above (its 
 larger of its neighbours'); the k - 1 bits below the top bit of |s| follow as uniform symbols. The
 tables count classes, so they stay small (27 symbols a row) at any step. Like the pixel residual,
 the symbols never depend on a network output: they decode identically everywhere, and the pixels
-round(x_hat + IDCT(step * s)) differ between engines only as x_hat does.
+round(x_hat + IDCT(step * s)) differ between engines only as x_hat does (the transforms' outputs
+are put on a grid of 1/1024 first, so that their last bits do not decide a rounding).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from vaekit.codec import residual, tables
 THETA = 0.25  # rounding offset of the quantiser: 0.5 would be nearest
 MAX_CLASS = 13  # |symbol| < 2**13 covers 255 * sqrt(3) * 8 / 1 (a step of one grey level)
 BLOCKS = (8, 4)
+GRID = 1024.0  # coefficients and residuals are rounded to 1/GRID before they are rounded for good
 _COLOUR = np.array([[1, 1, 1], [1, 0, -1], [1, -2, 1]], np.float64) / np.sqrt([[3.0], [2.0], [6.0]])
 
 
@@ -59,7 +61,15 @@ def coefficients(r: np.ndarray, b: int) -> np.ndarray:
     n, c, h, w = r.shape
     x = _colour(np.asarray(r, np.float64)).reshape(n, c, h // b, b, w // b, b)
     d = _dct(b)
-    return np.einsum("ui,ncyixj,vj->ncuvyx", d, x, d, optimize=True)
+    return _snapped(np.einsum("ui,ncyixj,vj->ncuvyx", d, x, d, optimize=True))
+
+
+def _snapped(a: np.ndarray) -> np.ndarray:
+    """Values on a grid of 1/1024: a transform's float rounding differs between machines and
+    summation orders in the last bits, and a value that is mathematically a tie (a DC coefficient
+    of exactly 3 at step 4 and offset 0.25, a pixel of exactly x.5) would round either way; on
+    the grid it rounds the same everywhere."""
+    return np.rint(a * GRID) / GRID
 
 
 def quantise_coefficients(co: np.ndarray, step: int) -> np.ndarray:
@@ -76,7 +86,7 @@ def reconstruct(x_hat: np.ndarray, sym: np.ndarray, step: int) -> np.ndarray:
     n, c, b, _, ny, nx = sym.shape
     d = _dct(b)
     r = np.einsum("ui,ncuvyx,vj->ncyixj", d, sym.astype(np.float64) * step, d, optimize=True).reshape(n, c, ny * b, nx * b)
-    return np.clip(np.rint(x_hat + _colour(r, inverse=True)), 0, 255).astype(np.uint8)
+    return np.clip(np.rint(x_hat + _snapped(_colour(r, inverse=True))), 0, 255).astype(np.uint8)
 
 
 def _classes(sym: np.ndarray) -> np.ndarray:

@@ -114,13 +114,17 @@ def q8_range(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Both ends are first widened to a grid of 1/256 to 1/512 of the range: a CPU kernel's rounding
     can move a min or max in its last bit when images are encoded in batches of another size,
     and the stored scale and offset then stay the same (unless an end lies within that last bit
-    of a grid point), so the file does too. The range grows by less than 1%."""
+    of a grid point, or the range's width within that last bit of a power of two), so the file
+    does too. The range grows by less than 1%; an end that float32 cannot hold widened stays as it is."""
     lo, hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
     width = hi - lo
     step = np.exp2(np.floor(np.log2(np.where(width > 0, width, 1.0))) - 8)
-    lo = np.where(width > 0, np.floor(lo / step) * step, lo).astype(np.float32)
-    hi = np.where(width > 0, np.ceil(hi / step) * step, hi).astype(np.float32)
-    scale = ((hi - lo) / _LEVELS).astype(np.float32)
+    with np.errstate(over="ignore"):
+        wide_lo = np.where(width > 0, np.floor(lo / step) * step, lo).astype(np.float32)
+        wide_hi = np.where(width > 0, np.ceil(hi / step) * step, hi).astype(np.float32)
+    lo = np.where(np.isfinite(wide_lo), wide_lo, lo).astype(np.float32)
+    hi = np.where(np.isfinite(wide_hi), wide_hi, hi).astype(np.float32)
+    scale = ((hi.astype(np.float64) - lo) / _LEVELS).astype(np.float32)
     scale[scale == 0] = 1.0  # a constant dimension: every code 0 decodes exactly to offset
     return scale, lo
 
