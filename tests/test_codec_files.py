@@ -297,34 +297,38 @@ def test_golden_bitstreams_decode_to_their_stored_pixels(tmp_path, fmt):
     assert np.array_equal(_pixels(lossless.written), want["lossless"])
 
 
-def test_a_golden_dct_bitstream_decodes_to_its_stored_pixels(tmp_path):
-    """A quality-5 file whose residual is block-DCT coefficients (vaekit.codec.transform), written
-    once from the golden images with the golden model and tables fitted with residual_coder="dct"
-    (run_dct: the same weights; expected_dct.npz: what it decoded to then): pixels within one grey
-    level (its symbols: the torch-free test below)."""
-    want = np.load(GOLDEN / "expected_dct.npz")
-    lossy = codec.decode(vaekit.load(GOLDEN / "run_dct"), GOLDEN / "lossy_q5_dct.vkc", tmp_path / "out")
-    assert [str(p.relative_to(tmp_path / "out")) for p in lossy.written] == list(want["lossy_q5_names"])
-    assert np.abs(_pixels(lossy.written).astype(int) - want["lossy_q5"]).max() <= 1
+@pytest.mark.parametrize("name, run, q", [("dct", "run_dct", 5), ("dct_rgb", "run_dct_rgb", 6)])
+def test_golden_dct_bitstreams_decode_to_their_stored_pixels(tmp_path, name, run, q):
+    """Files whose residual is block-DCT coefficients (vaekit.codec.transform), written once and
+    checked in with what they decoded to then: grey 16 px images in 8 x 8 blocks (the golden
+    images, the golden weights with tables fitted with residual_coder="dct": run_dct), and colour
+    20 px images in 4 x 4 blocks through the colour basis (an untrained colour model: run_dct_rgb).
+    Pixels within one grey level (the symbols: the torch-free test below)."""
+    want = np.load(GOLDEN / f"expected_{name}.npz")
+    lossy = codec.decode(vaekit.load(GOLDEN / run), GOLDEN / f"lossy_q{q}_{name}.vkc", tmp_path / "out")
+    assert [str(p.relative_to(tmp_path / "out")) for p in lossy.written] == list(want[f"lossy_q{q}_names"])
+    assert np.abs(_pixels(lossy.written).astype(int) - want[f"lossy_q{q}"]).max() <= 1
 
 
-@pytest.mark.parametrize("fmt, run, expected, shape", [("", "run", "expected", (12, 1, 16, 16)),
-                                                      ("_v2", "run", "expected", (12, 1, 16, 16)),
-                                                      ("_dct", "run_dct", "expected_dct", (12, 1, 8, 8, 2, 2))])
-def test_golden_symbols_decode_without_torch(fmt, run, expected, shape):
+@pytest.mark.parametrize("file, run, expected, shape", [
+    ("lossy_q5", "run", "expected", (12, 1, 16, 16)), ("lossy_q5_v2", "run", "expected", (12, 1, 16, 16)),
+    ("lossy_q5_dct", "run_dct", "expected_dct", (12, 1, 8, 8, 2, 2)),
+    ("lossy_q6_dct_rgb", "run_dct_rgb", "expected_dct_rgb", (10, 3, 4, 4, 5, 5))])
+def test_golden_symbols_decode_without_torch(file, run, expected, shape):
     """The .vkc reader, the tables and the lossy decoder run on the torch-free runtime, and the
     symbols (latents; residual per pixel or as DCT coefficients) must not drift."""
     code = (
         "import json, numpy as np\n"
         "from vaekit.codec import container, lossy, prior\n"
         f"root = {str(GOLDEN)!r}\n"
-        f"h, off = container.read_header(root + '/lossy_q5{fmt}.vkc')\n"
+        f"h, off = container.read_header(root + '/{file}.vkc')\n"
         f"p = prior.from_dict(json.load(open(root + '/{run}/config.json'))['codec'])\n"
-        f"(n, w), = container.iter_chunks(root + '/lossy_q5{fmt}.vkc', h, off)\n"
-        "z, res = lossy.decode_chunk(p, h.quality, w, n, (1, 16, 16))\n"
+        f"(n, w), = container.iter_chunks(root + '/{file}.vkc', h, off)\n"
+        "z, res = lossy.decode_chunk(p, h.quality, w, n, (h.channels, h.image_size, h.image_size))\n"
         f"want = np.load(root + '/{expected}.npz')\n"
         f"assert res.shape == {shape} and np.abs(res).sum() > 0\n"
-        "assert np.array_equal(z, want['lossy_q5_latents']) and np.array_equal(res, want['lossy_q5_residual'])\n"
+        "q = f'lossy_q{h.quality}'\n"
+        "assert np.array_equal(z, want[q + '_latents']) and np.array_equal(res, want[q + '_residual'])\n"
         "assert 'torch' not in sys.modules\n"
         "print('ok')\n"
     )
