@@ -51,18 +51,17 @@ def contexts(above: np.ndarray) -> np.ndarray:
 
 def fit(sym: np.ndarray, delta: int) -> np.ndarray:
     """Integer tables (CONTEXTS, 2 * span + 1) from training images' residual symbols (n, C, H, W)."""
-    return fitted(sym, delta)[0]
+    return tables.quantise(counts(sym, delta)[0] + SMOOTHING)
 
 
-def fitted(sym: np.ndarray, delta: int) -> tuple[np.ndarray, float]:
-    """(the tables `fit` returns, the bits `push` spends on these very symbols under them)."""
+def counts(sym: np.ndarray, delta: int) -> tuple[np.ndarray, float]:
+    """(how often each symbol occurs in each context (CONTEXTS, 2 * span + 1), and the bits `push`
+    spends besides the tables' symbols: none here). Counts of images add up."""
     k, s = 2 * span(delta) + 1, span(delta)
     rows = _rows(np.asarray(sym, np.int64))
     above = np.concatenate([np.zeros_like(rows[:, :1]), rows[:, :-1]], axis=1)
     at = contexts(above.reshape(-1, rows.shape[-1])).ravel() * k + rows.ravel() + s
-    seen = np.bincount(at, minlength=CONTEXTS * k).reshape(CONTEXTS, k)
-    w = tables.quantise(seen + SMOOTHING)
-    return w, float((seen * tables.code_lengths(w)).sum())
+    return np.bincount(at, minlength=CONTEXTS * k).reshape(CONTEXTS, k), 0.0
 
 
 def push(coder, sym: np.ndarray, w: np.ndarray) -> None:

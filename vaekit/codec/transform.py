@@ -29,6 +29,8 @@ from vaekit.codec import residual, tables
 THETA = 0.25  # rounding offset of the quantiser: 0.5 would be nearest
 MAX_CLASS = 13  # |symbol| < 2**13 covers 255 * sqrt(3) * 8 / 1 (a step of one grey level)
 BLOCKS = (8, 4)
+NONZERO = (1, 3, 6)  # nonzero coefficients in the block's lower bands, in buckets: 0, 1-2, 3-5, 6 or more
+BUCKETS = len(NONZERO) + 1
 GRID = 1024.0  # coefficients and residuals are rounded to 1/GRID before they are rounded for good
 _COLOUR = np.array([[1, 1, 1], [1, 0, -1], [1, -2, 1]], np.float64) / np.sqrt([[3.0], [2.0], [6.0]])
 
@@ -39,8 +41,8 @@ def block_of(height: int, width: int) -> int:
 
 
 def rows_for(channels: int, block: int) -> int:
-    """Table rows of one quality: channels x bands (u + v) x residual.CONTEXTS."""
-    return channels * (2 * block - 1) * residual.CONTEXTS
+    """Table rows of one quality: channels x bands (u + v) x residual.CONTEXTS x BUCKETS."""
+    return channels * (2 * block - 1) * residual.CONTEXTS * BUCKETS
 
 
 def _dct(b: int) -> np.ndarray:
@@ -97,47 +99,68 @@ def _classes(sym: np.ndarray) -> np.ndarray:
     return np.sign(sym) * k
 
 
-def _planes(sym: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(n, C, b, b, Y, X) -> (planes (n, C*b*b, Y, X), each plane's first table row (C*b*b,))."""
+def _planes(sym: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(n, C, b, b, Y, X) -> (planes (n, C*b*b, Y, X), and per plane its first table row, its band
+    u + v and its channel, each (C*b*b,))."""
     n, c, b, _, ny, nx = sym.shape
-    band = np.add.outer(np.arange(b), np.arange(b)).ravel()
-    first = ((np.arange(c)[:, None] * (2 * b - 1) + band[None, :]) * residual.CONTEXTS).ravel()
-    return sym.reshape(n, c * b * b, ny, nx), first
+    band = np.tile(np.add.outer(np.arange(b), np.arange(b)).ravel(), c)
+    chan = np.repeat(np.arange(c), b * b)
+    first = (chan * (2 * b - 1) + band) * residual.CONTEXTS * BUCKETS
+    return sym.reshape(n, c * b * b, ny, nx), first, band, chan
 
 
-def _rows(planes: np.ndarray, first: np.ndarray):
-    """(y, each symbol's table row (n, P, X)) for every block row y in coding order. The rows of
-    all planes go to the coder at once: a symbol's context is the block row above it, so a decoder
-    pops row y whole once it has row y - 1; the row above is read when it is reached."""
-    for y in range(planes.shape[2]):
-        above = planes[:, :, y - 1] if y else np.zeros_like(planes[:, :, 0])
-        yield y, first[None, :, None] + residual.contexts(above.reshape(-1, above.shape[-1])).reshape(above.shape)
+def _above(rows: np.ndarray) -> np.ndarray:
+    """residual.contexts of every symbol from the block row above (..., X) -> (...) in 0..8."""
+    return residual.contexts(rows.reshape(-1, rows.shape[-1])).reshape(rows.shape)
+
+
+def _steps(planes: np.ndarray, first: np.ndarray, band: np.ndarray, chan: np.ndarray):
+    """(y, the planes of one band, each of their symbols' table row (n, planes, X)) in coding
+    order: block row by block row, and in a row band by band, low frequencies first. A symbol's
+    context is the same coefficient in the block above and how many of its own block's lower bands
+    are nonzero (high frequencies are rarely nonzero where the low ones are zero), so a decoder can
+    pop a band of every block of a row once it has the lower bands and the row above. The planes
+    are read when a step is reached: a decoder filling them gets what it has just decoded."""
+    n, _, ny, nx = planes.shape
+    channels = int(chan.max()) + 1
+    for y in range(ny):
+        count = np.zeros((n, channels, nx), np.int64)  # nonzero coefficients so far in each block
+        for b in range(int(band.max()) + 1):
+            idx = np.flatnonzero(band == b)
+            above = _above(planes[:, idx, y - 1]) if y else np.zeros((n, len(idx), nx), np.int64)
+            yield y, idx, first[idx][None, :, None] + above * BUCKETS + np.digitize(count[:, chan[idx]], NONZERO)
+            nonzero = planes[:, idx, y] != 0
+            for c in range(channels):
+                count[:, c] += nonzero[:, chan[idx] == c].sum(1)
 
 
 def fit(sym: np.ndarray) -> np.ndarray:
     """Integer tables (rows_for(C, b), 2 * MAX_CLASS + 1) from training images' symbols (n, C, b, b, Y, X)."""
-    return fitted(sym)[0]
+    return tables.quantise(counts(sym)[0] + residual.SMOOTHING)
 
 
-def fitted(sym: np.ndarray) -> tuple[np.ndarray, float]:
-    """(the tables `fit` returns, the bits `push` spends on these very symbols under them)."""
+def counts(sym: np.ndarray) -> tuple[np.ndarray, float]:
+    """(how often each size class occurs under each table row (rows_for(C, b), 2 * MAX_CLASS + 1),
+    and the bits `push` spends besides: the uniform low bits). Counts of images add up."""
     sym = np.asarray(sym, np.int64)
     cls = _classes(sym)
-    planes, first = _planes(cls)
-    above = np.concatenate([np.zeros_like(planes[:, :, :1]), planes[:, :, :-1]], axis=2)
-    ctx = residual.contexts(above.reshape(-1, above.shape[-1])).reshape(above.shape)
-    k, rows = 2 * MAX_CLASS + 1, rows_for(sym.shape[1], sym.shape[2])
-    at = (first[None, :, None, None] + ctx) * k + planes + MAX_CLASS
-    seen = np.bincount(at.ravel(), minlength=rows * k).reshape(rows, k)
-    w = tables.quantise(seen + residual.SMOOTHING)
-    return w, float((seen * tables.code_lengths(w)).sum() + np.maximum(np.abs(cls) - 1, 0).sum())
+    planes, first, band, chan = _planes(cls)
+    n, c, b = sym.shape[:3]
+    above = _above(np.concatenate([np.zeros_like(planes[:, :, :1]), planes[:, :, :-1]], axis=2))
+    per_band = np.zeros((n, c, 2 * b - 1, *planes.shape[2:]), np.int64)  # nonzeros of each band of each block
+    np.add.at(per_band, (slice(None), chan, band), (planes != 0).astype(np.int64))
+    lower = np.cumsum(per_band, axis=2) - per_band  # of the bands below
+    rows_at = first[None, :, None, None] + above * BUCKETS + np.digitize(lower[:, chan, band], NONZERO)
+    k, rows = 2 * MAX_CLASS + 1, rows_for(c, b)
+    seen = np.bincount((rows_at * k + planes + MAX_CLASS).ravel(), minlength=rows * k).reshape(rows, k)
+    return seen, float(np.maximum(np.abs(cls) - 1, 0).sum())
 
 
 def push(coder, sym: np.ndarray, w: np.ndarray) -> None:
     """Push the symbols (n, C, b, b, Y, X) of a chunk; `pop` returns them."""
     sym = np.asarray(sym, np.int64)
     cls = _classes(sym)
-    planes, first = _planes(cls)
+    planes, first, band, chan = _planes(cls)
     k = np.abs(cls).ravel()
     big = np.flatnonzero(k >= 2)  # the few symbols with bits under their top bit
     mag, k = np.abs(sym).ravel()[big], k[big]
@@ -145,8 +168,8 @@ def push(coder, sym: np.ndarray, w: np.ndarray) -> None:
         at = k == bits
         if at.any():
             tables.push_uniform(coder, mag[at] - (1 << (bits - 1)), 1 << (bits - 1))
-    for y, at in reversed(list(_rows(planes, first))):  # a stack: the last row first
-        _push_grouped(coder, planes[:, :, y].ravel() + MAX_CLASS, at.ravel(), w)
+    for y, idx, at in reversed(list(_steps(planes, first, band, chan))):  # a stack: the last step first
+        _push_grouped(coder, planes[:, idx, y].ravel() + MAX_CLASS, at.ravel(), w)
 
 
 def _groups(rows: np.ndarray):
@@ -174,9 +197,9 @@ def pop(coder, n: int, shape: tuple[int, int, int], b: int, w: np.ndarray) -> np
     """Pop a chunk's symbols: (n, C, b, b, H/b, W/b) int64."""
     c, h, width = shape
     cls = np.zeros((n, c, b, b, h // b, width // b), np.int64)
-    planes, first = _planes(cls)  # a view: filling the planes fills cls
-    for y, at in _rows(planes, first):
-        planes[:, :, y] = _pop_grouped(coder, at.ravel(), w).reshape(at.shape) - MAX_CLASS
+    planes, first, band, chan = _planes(cls)  # a view: filling the planes fills cls
+    for y, idx, at in _steps(planes, first, band, chan):
+        planes[:, idx, y] = _pop_grouped(coder, at.ravel(), w).reshape(at.shape) - MAX_CLASS
     k = np.abs(cls).ravel()
     mag = np.where(k > 0, 1 << np.maximum(k - 1, 0), 0)
     big = np.flatnonzero(k >= 2)
