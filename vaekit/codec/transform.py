@@ -13,8 +13,9 @@ colour photo crops and the sample shapes, docs/codec.md).
 A symbol s is coded as its signed size class k = sign(s) bit_length(|s|) (JPEG's categories: 0,
 ±1, ±2..3, ±4..7, ...) under the integer table of (channel, frequency band u + v, context), the
 context being residual.contexts of the same coefficient in the block above (its size class, and the
-larger of its neighbours'); the k - 1 bits below the top bit of |s| follow as uniform symbols. The
-tables count classes, so they stay small (27 symbols a row) at any step. Like the pixel residual,
+larger of its neighbours') and how many coefficients of the block's lower bands are nonzero
+(NONZERO's buckets); the k - 1 bits below the top bit of |s| follow as uniform symbols. The tables
+count classes, so they stay small (27 symbols a row) at any step. Like the pixel residual,
 the symbols never depend on a network output: they decode identically everywhere, and the pixels
 round(x_hat + IDCT(step * s)) differ between engines only as x_hat does (the transforms' outputs
 are put on a grid of 1/1024 first, so that their last bits do not decide a rounding).
