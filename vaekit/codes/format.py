@@ -109,13 +109,11 @@ def check_finite(z: np.ndarray) -> None:
 
 
 def q8_range(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(scale, offset) of q8 from each dimension's min and max over all codes.
-
-    Both ends are first widened to a grid of 1/256 to 1/512 of the range: a CPU kernel's rounding
-    can move a min or max in its last bit when images are encoded in batches of another size,
-    and the stored scale and offset then stay the same (unless an end lies within that last bit
-    of a grid point, or the range's width within that last bit of a power of two), so the file
-    does too. The range grows by less than 1%; an end that float32 cannot hold widened stays as it is."""
+    """(scale, offset) of q8 from each dimension's min and max over all codes. Both ends are first
+    widened to a grid of 1/256 to 1/512 of the range (under 1% more; an end float32 cannot hold so
+    stays): a CPU kernel's rounding can move a min or max in its last bit in batches of another
+    size, and the file stays the same unless an end, or the width against a power of two, lies
+    within that last bit of a grid point."""
     lo, hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
     width = hi - lo
     step = np.exp2(np.floor(np.log2(np.where(width > 0, width, 1.0))) - 8)
