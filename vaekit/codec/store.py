@@ -91,7 +91,7 @@ def fit_prior(model, images: np.ndarray, steps: Sequence[float] | None = None,
               residual_coder: str = "auto") -> priors.Prior:
     """Fit the lossy tables on uint8 images (N, C, H, W) of the training domain (the training
     split): the latent tables on all of them, the residual tables on the first images holding
-    `residual_pixels` (at least one image; each is decoded once per quality, and the tables count
+    `residual_pixels` (at least one image; each is decoded once per latent step, and the tables count
     symbols, so it is pixels that make them precise: 2,000 MNIST digits instead of 10,000 cost
     0.1% more bytes and saved 4.6 s of a 190 s training run, docs/codec.md).
 
@@ -141,7 +141,7 @@ def _residual_fits(model, prior: priors.Prior, mu: np.ndarray, x: np.ndarray, bl
 def _fitted(coder, sym: np.ndarray, x: np.ndarray, x_hat: np.ndarray, delta: int) -> tuple[np.ndarray, float, float]:
     """(tables, bits per image, mean PSNR) of a residual coder on the images it is fitted on. The
     bits are cross-fitted: each half of the images coded with the tables counted on the other, so
-    a coder with more table rows (the DCT's 60 to 1620 against the pixel coder's 9) gains nothing
+    a coder with more table rows (the DCT's 252 to 1,620 against the pixel coder's 9) gains nothing
     from tables that fit their own images, which a run of few images would show."""
     count = (lambda s: transform.counts(s)) if coder is transform else (lambda s: residual.counts(s, delta))
     half = max(1, len(sym) // 2)
