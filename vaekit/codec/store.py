@@ -8,6 +8,7 @@ archive records. Sets are kept once per hash, so refitting on the same images ad
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Sequence
 
@@ -143,7 +144,7 @@ def _fitted(coder, sym: np.ndarray, x: np.ndarray, x_hat: np.ndarray, delta: int
     bits are cross-fitted: each half of the images coded with the tables counted on the other, so
     a coder with more table rows (the DCT's 252 to 1,620 against the pixel coder's 9) gains nothing
     from tables that fit their own images, which a run of few images would show."""
-    count = (lambda s: transform.counts(s)) if coder is transform else (lambda s: residual.counts(s, delta))
+    count = transform.counts if coder is transform else partial(residual.counts, delta=delta)
     half = max(1, len(sym) // 2)
     (a, extra_a), (b, extra_b) = count(sym[:half]), count(sym[half:])
     smooth = residual.SMOOTHING

@@ -142,19 +142,16 @@ def fit(sym: np.ndarray) -> np.ndarray:
 
 def counts(sym: np.ndarray) -> tuple[np.ndarray, float]:
     """(how often each size class occurs under each table row (rows_for(C, b), 2 * MAX_CLASS + 1),
-    and the bits `push` spends besides: the uniform low bits). Counts of images add up."""
+    and the bits `push` spends besides: the uniform low bits). Counts of images add up; the table
+    rows are `_steps`', the very ones `push` and `pop` use."""
     sym = np.asarray(sym, np.int64)
     cls = _classes(sym)
     planes, first, band, chan = _planes(cls)
-    n, c, b = sym.shape[:3]
-    above = _above(np.concatenate([np.zeros_like(planes[:, :, :1]), planes[:, :, :-1]], axis=2))
-    per_band = np.zeros((n, c, 2 * b - 1, *planes.shape[2:]), np.int64)  # nonzeros of each band of each block
-    np.add.at(per_band, (slice(None), chan, band), (planes != 0).astype(np.int64))
-    lower = np.cumsum(per_band, axis=2) - per_band  # of the bands below
-    rows_at = first[None, :, None, None] + above * BUCKETS + np.digitize(lower[:, chan, band], NONZERO)
-    k, rows = 2 * MAX_CLASS + 1, rows_for(c, b)
-    seen = np.bincount((rows_at * k + planes + MAX_CLASS).ravel(), minlength=rows * k).reshape(rows, k)
-    return seen, float(np.maximum(np.abs(cls) - 1, 0).sum())
+    k, rows = 2 * MAX_CLASS + 1, rows_for(sym.shape[1], sym.shape[2])
+    seen = np.zeros(rows * k, np.int64)
+    for y, idx, at in _steps(planes, first, band, chan):
+        seen += np.bincount((at * k + planes[:, idx, y] + MAX_CLASS).ravel(), minlength=rows * k)
+    return seen.reshape(rows, k), float(np.maximum(np.abs(cls) - 1, 0).sum())
 
 
 def push(coder, sym: np.ndarray, w: np.ndarray) -> None:
