@@ -44,7 +44,8 @@ def anomaly_score(
     model: Annotated[Path, typer.Argument(help=MODEL_HELP, exists=True)],
     inputs: Annotated[List[Path], typer.Argument(help="Image files or folders (searched recursively).", exists=True)],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write every row to a .csv or .json file.")] = None,
-    maps: Annotated[Optional[Path], typer.Option(help="Folder for per-pixel anomaly heat maps (PNG over each image).")] = None,
+    maps: Annotated[Optional[Path], typer.Option(help="Folder for per-pixel anomaly heat maps (a PNG over each image, named after it: "
+                                                      "a.jpg -> a.png, or a.jpg.png where two inputs share a stem).")] = None,
     score: Annotated[Optional[Score], typer.Option(help=SCORE_HELP)] = None,
     samples: Annotated[int, typer.Option(min=0, max=4096, help=SAMPLES_HELP)] = 0,
     iwae: Annotated[bool, typer.Option("--iwae", help=IWAE_HELP)] = False,

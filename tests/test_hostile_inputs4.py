@@ -98,7 +98,7 @@ def test_outputs_named_beyond_the_length_limit_are_refused_before_anything_is_wr
             "encode": ["encode", run, src, "-o", out / "a.codes"],
             "vkc": ["encode", run, src, "-o", out / "a.vkc", "--quality", "4"]}[command]
     said = _one_line_error(invoke(*args))
-    too_long = f"{stem}-1.png" if command == "maps" else f"{stem}.jpg.png"  # maps are numbered instead
+    too_long = f"{stem}.jpg.png"  # each keeps its whole name, heat maps too
     assert too_long in said.replace("\n", "") and "255 bytes" in said
     assert not out.exists() or not [p for p in out.rglob("*") if p.is_file()]
 
@@ -184,9 +184,10 @@ def test_an_empty_file_is_not_called_a_copy_of_an_empty_training_file(run, tmp_p
 
 # --- heat-map names -----------------------------------------------------------------------------
 
-def test_a_heat_map_named_like_another_maps_folder_is_numbered_not_half_written(run, tmp_path):
+def test_a_heat_map_named_like_another_maps_folder_keeps_its_whole_name_not_half_written(run, tmp_path):
     """a.jpg's map is a.png, and a.png/b.png's map goes in a folder a.png: the job wrote a.png,
-    then stopped at the folder (exit 2, no CSV, one map left behind)."""
+    then stopped at the folder (exit 2, no CSV, one map left behind). Then it was numbered a-1.png,
+    which said nothing of whose it was; now it keeps its whole name."""
     src = _images(tmp_path / "src", 3)
     (src / "img00.png").rename(src / "a.jpg")
     (src / "a.png").mkdir()
@@ -194,5 +195,21 @@ def test_a_heat_map_named_like_another_maps_folder_is_numbered_not_half_written(
     r = invoke("anomaly-score", run, src, "-o", tmp_path / "s.csv", "--maps", tmp_path / "maps")
     assert r.exit_code == 0, r.output
     maps = sorted(p.relative_to(tmp_path / "maps").as_posix() for p in (tmp_path / "maps").rglob("*") if p.is_file())
-    assert maps == ["a-1.png", "a.png/b.png", "img02.png"]
+    assert maps == ["a.jpg.png", "a.png/b.png", "img02.png"]  # named as reconstruct names it
     assert (tmp_path / "s.csv").is_file()
+
+
+def test_heat_maps_of_inputs_that_share_a_stem_say_whose_they_are(run, tmp_path):
+    """x.png and x.jpg in one folder gave the maps x.png and x-1.png, and nothing said which was
+    whose; now each keeps its whole name, as reconstruct names its outputs."""
+    src = _images(tmp_path / "src", 3)
+    (src / "img00.png").rename(src / "x.png")
+    Image.open(src / "img01.png").save(src / "x.jpg")
+    (src / "img01.png").unlink()
+    r = invoke("anomaly-score", run, src, "-o", tmp_path / "s.csv", "--maps", tmp_path / "maps")
+    assert r.exit_code == 0, r.output
+    maps = sorted(p.name for p in (tmp_path / "maps").iterdir())
+    assert maps == ["img02.png", "x.jpg.png", "x.png.png"]
+    r = invoke("reconstruct", run, src, "-o", tmp_path / "rec")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "rec").iterdir() if p.name != "comparison.png") == maps

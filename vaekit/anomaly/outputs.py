@@ -21,7 +21,7 @@ from vaekit import images as imageio
 from vaekit.anomaly.score import ROW_FIELDS, ScoreReport, report_header
 from vaekit.inference.engine import Model
 from vaekit.errors import BadInput, check_flags
-from vaekit.codes.targets import refuse_linked
+from vaekit.codes.targets import png_targets, refuse_linked
 from vaekit.fileio import atomic_writer, dumps_json, refuse_existing, refuse_inside, refuse_long_names
 from vaekit.fileio.outputs import refuse_nul
 from vaekit.inference.engine_onnx import refuse_model_files
@@ -165,16 +165,21 @@ def write_scores(path: str | Path, report: ScoreReport, model: Model | None = No
 
 
 def map_targets(names: Sequence[str]) -> list[str]:
-    """Each heat map's path relative to the maps folder (posix text): the input name with .png,
-    numbered when two inputs would share one (a.jpg next to a.png, or two inputs with the same name)
-    or when it names a folder that another input's map goes in (a.jpg next to a.png/b.png).
-    BadInput for a name too long for a file system."""
+    """Each heat map's path relative to the maps folder (posix text), named as `reconstruct` and
+    `decode` name their outputs (codes.targets.png_targets): the input name with .png, or the
+    whole name plus .png where different inputs would share one (a.jpg next to a.png: a.jpg.png
+    and a.png.png) or where it names a folder that another input's map goes in (a.jpg next to
+    a.png/b.png: a.jpg.png). What is still taken (one name in two input folders) is numbered in
+    the inputs' order: a.png, a-1.png. BadInput for a name too long for a file system."""
     used = {p.as_posix() for name in names for p in Path(name).parents}  # folders: never a map's name
     targets = []
-    for name in names:
-        rel, n = Path(name).with_suffix(".png").as_posix(), 1
+    for name, rel in zip(names, png_targets(names)):
+        whole = name + ".png"
+        if rel in used and Path(name).suffix.lower() != ".png" and whole not in used:
+            rel = whole
+        base, n = rel, 1
         while rel in used:
-            rel, n = Path(name).with_name(f"{Path(name).stem}-{n}.png").as_posix(), n + 1
+            rel, n = Path(base).with_name(f"{Path(base).stem}-{n}.png").as_posix(), n + 1
         used.add(rel)
         targets.append(rel)
     refuse_long_names(names, targets)

@@ -19,6 +19,18 @@ from vaekit.fileio.outputs import MAX_PATH_BYTES
 STAGED_BYTES = 64  # what a target's path gains while written: /.vaekit-decode-PID-TOKEN and a temporary name
 
 
+def png_targets(names: Sequence[str]) -> list[str]:
+    """Each name with a .png suffix ("a/b.jpg" -> "a/b.png"), except where different names would
+    share one ("a.jpg", "a.png"): those keep their whole name ("a.jpg.png", "a.png.png"), so the
+    output says whose it is. The same name twice (one name in two input folders) keeps its one
+    target: `png_names` refuses it, heat maps number it."""
+    first = [PurePosixPath(n).with_suffix(".png").as_posix() for n in names]
+    sources: dict[str, set[str]] = {}
+    for n, f in zip(names, first):
+        sources.setdefault(f, set()).add(n)
+    return [f if len(sources[f]) == 1 else n + ".png" for n, f in zip(names, first)]
+
+
 def png_names(names: Sequence[str]) -> list[str]:
     """Output file names: each source name with a .png suffix ("a/b.jpg" -> "a/b.png").
 
@@ -26,11 +38,7 @@ def png_names(names: Sequence[str]) -> list[str]:
     BadInput when two would still meet, when one output would be the folder of another
     ("x.jpg" -> x.png, and "x.png/y.png"), or when a name would be too long for a file system.
     """
-    first = [PurePosixPath(n).with_suffix(".png").as_posix() for n in names]
-    counts: dict[str, int] = {}
-    for f in first:
-        counts[f] = counts.get(f, 0) + 1
-    out = [f if counts[f] == 1 else n + ".png" for n, f in zip(names, first)]
+    out = png_targets(names)
     if len(set(out)) != len(out):
         dup = next(o for o in out if out.count(o) > 1)
         raise BadInput(f"two images would be written to the same file {dup!r}")
