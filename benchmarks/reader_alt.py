@@ -1,6 +1,6 @@
 """The defect reader alone on both texture generators, with its default fills or with an extra fill.
 
-    python benchmarks/reader_alt.py --work DIR [--textures brick,gravel] [--seeds 0,1] [--variant warp|faint|opacity]
+    python benchmarks/reader_alt.py --work DIR [--textures brick,gravel] [--seeds 0,1] [--variant warp|foreign|faint|opacity]
                                    [--arms base,VARIANT] [--out results.json]
 
 DIR is a benchmarks/textures.py work folder that holds data/NAME (texture_data.py) and
@@ -15,7 +15,10 @@ second reader is "faint" instead: vaekit.reader.synth's defects allowed to be fa
 optional opacity factor drawn from 0.25-1 instead of 0.6-1, and MIN_VISIBLE 3 instead of 6;
 FAINT below), patched in the same way; also measured and not kept. With --variant opacity it is
 "opacity": DRAEM's blend, the fill laid over the mask at a random opacity (OPACITY below);
-measured on four seeds and not kept either.
+measured on four seeds and not kept either. With --variant foreign it is "foreign": DRAEM's
+anomaly source, a window of a photo that is not the surface (scikit-learn's two sample photos)
+as a sixth fill (foreign_fill below); measured on three seeds and not kept. --channels gives the
+textures' channels when WORK/runs holds no run of them.
 Each reads both generators' 120 normal + 120 defective test crops: image AUROC, pixel AUROC and
 image AUROC per defect kind. Results are written after every reader; a reader already in --out
 is not trained again.
@@ -55,9 +58,47 @@ def warp_fill(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
             + img[:, y1, x0] * fy * (1 - fx) + img[:, y1, x1] * fy * fx)
 
 
-class warp_patched:
-    """Within the block, vaekit.reader.synth knows the fill "warp" and the reader's training
-    draws from FILLS + ("warp",); everything else as before."""
+def _foreign_sources() -> tuple[np.ndarray, ...]:
+    """scikit-learn's two sample photos (a temple, a flower; shipped with the package) as float
+    (3, H, W) grey levels, loaded once."""
+    global _SOURCES
+    if _SOURCES is None:
+        from sklearn.datasets import load_sample_images
+
+        _SOURCES = tuple(np.moveaxis(np.asarray(im, np.float64), -1, 0) for im in load_sample_images().images)
+    return _SOURCES
+
+
+_SOURCES = None
+
+
+def foreign_fill(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """DRAEM's anomaly source (Zavrtanik et al. 2021 lay textures of another data set, DTD, into the
+    defect's shape): a window of a photo that is not the surface, 0.5-3 times the crop's side
+    (finer or coarser grain), turned by a multiple of 90 degrees, grey for a grey surface; with
+    probability 1/2 brought to the surface's own mean and spread per channel, so that only its
+    texture differs. (C, H, W) grey levels."""
+    c, h, w = img.shape
+    src = _foreign_sources()[int(rng.integers(2))]
+    f = rng.uniform(0.5, 3.0)
+    wh, ww = min(src.shape[1], max(2, round(h * f))), min(src.shape[2], max(2, round(w * f)))
+    y, x = int(rng.integers(0, src.shape[1] - wh + 1)), int(rng.integers(0, src.shape[2] - ww + 1))
+    p = src[:, y + np.arange(h) * wh // h][:, :, x + np.arange(w) * ww // w]
+    if h == w:
+        p = np.rot90(p, int(rng.integers(4)), axes=(1, 2))
+    if c != 3 or rng.random() < 0.5:
+        p = np.broadcast_to(np.tensordot([0.299, 0.587, 0.114], p, 1)[None], (c, h, w))
+    if rng.random() < 0.5:
+        m, s = p.mean((1, 2), keepdims=True), p.std((1, 2), keepdims=True) + 1e-6
+        p = (p - m) / s * img.std((1, 2), keepdims=True) + img.mean((1, 2), keepdims=True)
+    return np.ascontiguousarray(p, dtype=np.float64)
+
+
+class fill_patched:
+    """Within the block, vaekit.reader.synth knows one more fill (NAME, drawn by FN(img, rng)) and
+    the reader's training draws from FILLS + (NAME,); everything else as before."""
+
+    name, fn = "warp", staticmethod(warp_fill)
 
     def __enter__(self):
         import functools
@@ -65,9 +106,9 @@ class warp_patched:
         from vaekit.reader import synth, train
 
         self.saved = synth.FILLS, synth.fill, train.make_defects
-        fills, fill = synth.FILLS + ("warp",), synth.fill
+        fills, fill, name, fn = synth.FILLS + (self.name,), synth.fill, self.name, self.fn
         synth.FILLS = fills
-        synth.fill = lambda kind, img, donor, rng: warp_fill(img, rng) if kind == "warp" else fill(kind, img, donor, rng)
+        synth.fill = lambda kind, img, donor, rng: fn(img, rng) if kind == name else fill(kind, img, donor, rng)
         train.make_defects = functools.partial(synth.make_defects, fills=fills)
 
     def __exit__(self, *exc):
@@ -143,7 +184,17 @@ class opacity_patched(faint_patched):
         super().__init__(**OPACITY)
 
 
-PATCHES = {"warp": warp_patched, "faint": faint_patched, "opacity": opacity_patched}
+class warp_patched(fill_patched):
+    """The fill "warp" (warp_fill)."""
+
+
+class foreign_patched(fill_patched):
+    """The fill "foreign" (foreign_fill)."""
+
+    name, fn = "foreign", staticmethod(foreign_fill)
+
+
+PATCHES = {"warp": warp_patched, "foreign": foreign_patched, "faint": faint_patched, "opacity": opacity_patched}
 
 
 def test_set(root: Path, channels: int):
@@ -165,6 +216,8 @@ def main() -> None:
                     help="the extra reader next to base (default warp, as before)")
     ap.add_argument("--arms", default=None, help="comma list of base and/or the variant (default base,VARIANT)")
     ap.add_argument("--out", type=Path, default=Path("reader_alt.json"))
+    ap.add_argument("--channels", type=int, default=None,
+                    help="the textures' channels (1 grey, 3 colour); default: read from WORK/runs/NAME")
     args = ap.parse_args()
     arms = (args.arms or f"base,{args.variant}").split(",")
     if set(arms) - {"base", args.variant}:
@@ -181,7 +234,7 @@ def main() -> None:
     for name in args.textures.split(","):
         if not (args.work / "data_alt" / name / "test" / "masks").is_dir():
             texture_data_alt.build(name, args.work / "data_alt", train=False)
-        ch = vk.load(args.work / "runs" / name, device="cpu").net.cfg.channels
+        ch = args.channels or vk.load(args.work / "runs" / name, device="cpu").net.cfg.channels
         _, train_x = read_folder(args.work / "data" / name / "train", ch)
         sets = {g: test_set(args.work / d / name, ch) for g, d in (("bench", "data"), ("alt", "data_alt"))}
         for seed in map(int, args.seeds.split(",")):
