@@ -18,7 +18,9 @@ FAINT below), patched in the same way; also measured and not kept. With --varian
 measured on four seeds and not kept either. With --variant foreign it is "foreign": DRAEM's
 anomaly source, a window of a photo that is not the surface (scikit-learn's two sample photos)
 as a sixth fill (foreign_fill below); measured on three seeds and not kept. --channels gives the
-textures' channels when WORK/runs holds no run of them.
+textures' channels when WORK/runs holds no run of them. --variant clean50 and dice change the
+recipe instead (CONFIGS below: half of each batch without a defect instead of 30%; BCE + Dice
+instead of the focal loss).
 Each reads both generators' 120 normal + 120 defective test crops: image AUROC, pixel AUROC and
 image AUROC per defect kind. Results are written after every reader; a reader already in --out
 is not trained again.
@@ -195,6 +197,8 @@ class foreign_patched(fill_patched):
 
 
 PATCHES = {"warp": warp_patched, "foreign": foreign_patched, "faint": faint_patched, "opacity": opacity_patched}
+# variants of the training recipe rather than of the defects: ReaderConfig fields for that arm
+CONFIGS = {"clean50": {"clean_fraction": 0.5}, "dice": {"loss": "bce_dice"}}
 
 
 def test_set(root: Path, channels: int):
@@ -212,7 +216,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--textures", default="brick,gravel")
     ap.add_argument("--seeds", default="0,1")
-    ap.add_argument("--variant", choices=sorted(PATCHES), default="warp",
+    ap.add_argument("--variant", choices=sorted({**PATCHES, **CONFIGS}), default="warp",
                     help="the extra reader next to base (default warp, as before)")
     ap.add_argument("--arms", default=None, help="comma list of base and/or the variant (default base,VARIANT)")
     ap.add_argument("--out", type=Path, default=Path("reader_alt.json"))
@@ -242,9 +246,9 @@ def main() -> None:
                 key = f"{name}/{seed}/{arm}"
                 if key in results:
                     continue
-                cfg = ReaderConfig()
+                cfg = ReaderConfig(**CONFIGS.get(arm, {}))
                 t0 = time.perf_counter()
-                if arm != "base":
+                if arm in PATCHES:
                     with PATCHES[arm]():
                         state = train_reader(train_x, None, cfg, seed)
                 else:
