@@ -195,6 +195,19 @@ def test_fit_prior_keeps_the_pixel_coder_when_asked_and_refuses_sizes_without_bl
         codec.fit_prior(model, x, residual_coder="jpeg")
 
 
+@pytest.mark.parametrize("coder", ["auto", "pixel", "dct"])
+def test_tables_fit_on_one_image(colour_run, tmp_path, coder):
+    """A model of 1024 px or more fits its residual tables on one image (2,048,000 pixels' worth);
+    the pixel coder's held-out half was then empty and `vaekit train` ended in a traceback after
+    its last epoch. Fitted on one image, the tables code that image and others."""
+    run, src, model, x = colour_run
+    prior = codec.fit_prior(model, x, residual_pixels=1, residual_coder=coder)
+    assert prior.transform in ((0, 8) if coder == "auto" else (0,) if coder == "pixel" else (8,))
+    assert all(prior.residual[q - 1] is not None for q in (4, 8))
+    r = codec.encode(model, src, tmp_path / "a.vkc", quality=8, prior=prior)
+    assert r.count == len(x)
+
+
 def test_encode_says_how_the_residual_is_coded(colour_run, tmp_path):
     import json
 

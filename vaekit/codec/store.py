@@ -145,13 +145,14 @@ def _fitted(coder, sym: np.ndarray, x: np.ndarray, x_hat: np.ndarray, delta: int
     a coder with more table rows (the DCT's 252 to 1,620 against the pixel coder's 9) gains nothing
     from tables that fit their own images, which a run of few images would show."""
     count = transform.counts if coder is transform else partial(residual.counts, delta=delta)
-    half = max(1, len(sym) // 2)
-    (a, extra_a), (b, extra_b) = count(sym[:half]), count(sym[half:])
     smooth = residual.SMOOTHING
-    bits = extra_a + extra_b + float((b * tables.code_lengths(tables.quantise(a + smooth))).sum())
-    if len(sym) > 1:
-        bits += float((a * tables.code_lengths(tables.quantise(b + smooth))).sum())
-    else:  # one image: nothing to hold out; its own tables
+    half = len(sym) // 2
+    if half:
+        (a, extra_a), (b, extra_b) = count(sym[:half]), count(sym[half:])
+        bits = extra_a + extra_b + float((b * tables.code_lengths(tables.quantise(a + smooth))).sum()
+                                         + (a * tables.code_lengths(tables.quantise(b + smooth))).sum())
+    else:  # one image (a model of 1024 px or more fits on one): nothing to hold out; its own tables
+        (a, bits), b = count(sym), 0
         bits += float((a * tables.code_lengths(tables.quantise(a + smooth))).sum())
     out = transform.reconstruct(x_hat, sym, delta) if coder is transform else residual.reconstruct(x_hat, sym, delta)
     mse = ((out.astype(np.float64) - x) ** 2).reshape(len(x), -1).mean(1)
