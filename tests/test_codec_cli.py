@@ -214,3 +214,40 @@ def test_the_summary_says_larger_when_the_file_is_larger_than_its_sources():
     assert vs_sources(1124, 1352) == "1,124 bytes, 1.2× larger"
     assert vs_sources(5896, 92) == "5,896 bytes, 64.1× smaller"
     assert vs_sources(100, 100) == "100 bytes, 1.0× smaller"
+
+
+def test_train_resume_of_a_finished_run_keeps_the_tables_earlier_files_were_coded_with(tmp_path):
+    """`train --resume` of a finished run fits the codec tables again at its finish, and wrote
+    them over the section: the tables of an `encode --fit` and every earlier set were gone, and the
+    .vkc files coded with them were refused ("coded with tables X, but the run has Y")."""
+    _digits(tmp_path / "imgs", 12)
+    _digits(tmp_path / "other", 12, seed=5)
+    r = invoke("train", tmp_path / "imgs", "--out", tmp_path / "run", "--epochs", 2, "--batch-size", 4)
+    assert r.exit_code == 0, r.output
+    r = invoke("encode", tmp_path / "run", tmp_path / "other", "-o", tmp_path / "a.vkc", "--quality", "6",
+               "--fit", tmp_path / "other")
+    assert r.exit_code == 0, r.output
+    fitted = json.loads((tmp_path / "run" / "config.json").read_text())["codec"]["hash"]
+    r = invoke("decode", tmp_path / "run", tmp_path / "a.vkc", "-o", tmp_path / "before")
+    assert r.exit_code == 0, r.output
+    r = invoke("train", tmp_path / "imgs", "--out", tmp_path / "run", "--resume")
+    assert r.exit_code == 0, r.output
+    codec = json.loads((tmp_path / "run" / "config.json").read_text())["codec"]
+    assert codec["hash"] != fitted and fitted in [s["hash"] for s in codec["earlier"]]
+    r = invoke("decode", tmp_path / "run", tmp_path / "a.vkc", "-o", tmp_path / "after")
+    assert r.exit_code == 0, r.output
+    for p in sorted((tmp_path / "before").rglob("*.png")):
+        after = tmp_path / "after" / p.relative_to(tmp_path / "before")
+        assert np.array_equal(np.asarray(Image.open(p)), np.asarray(Image.open(after)))
+
+
+def test_earlier_table_sets_of_other_weights_are_not_kept():
+    """A resume that trains on changes the weights: tables of the old weights can decode nothing
+    (decode refuses a file of another fingerprint first), so they are dropped, not piled up."""
+    from vaekit.codec.store import with_earlier
+
+    old = {"fingerprint": "a", "hash": "1", "earlier": [{"fingerprint": "a", "hash": "0"}, {"fingerprint": "b", "hash": "9"}]}
+    assert with_earlier({"fingerprint": "a", "hash": "2"}, old)["earlier"] == [{"fingerprint": "a", "hash": "0"},
+                                                                              {"fingerprint": "a", "hash": "1"}]
+    assert with_earlier({"fingerprint": "c", "hash": "2"}, old) == {"fingerprint": "c", "hash": "2"}
+    assert with_earlier({"fingerprint": "a", "hash": "1"}, old)["earlier"] == [{"fingerprint": "a", "hash": "0"}]

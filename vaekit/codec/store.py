@@ -181,14 +181,16 @@ def decoded(model, z: np.ndarray) -> np.ndarray:
 
 def with_earlier(new: dict, old) -> dict:
     """The codec section `new`, keeping `old`'s current and earlier table sets (once per hash,
-    oldest first) under EARLIER, so that .vkc files coded with them still decode."""
+    oldest first) under EARLIER, so that .vkc files coded with them still decode. Sets of another
+    model fingerprint are dropped: the files they coded are of weights the run no longer has, and
+    decode refuses them by the fingerprint in their header before any table is looked at."""
     if not isinstance(old, dict):
         return new
     sets = [*(old.get(EARLIER) if isinstance(old.get(EARLIER), list) else []),
             {k: v for k, v in old.items() if k != EARLIER}]
     earlier, seen = [], {new.get("hash")}
     for s in sets:
-        if isinstance(s, dict) and s.get("hash") not in seen:
+        if isinstance(s, dict) and s.get("hash") not in seen and s.get("fingerprint") == new.get("fingerprint"):
             seen.add(s.get("hash"))
             earlier.append(s)
     return {**new, EARLIER: earlier} if earlier else new

@@ -137,7 +137,7 @@ def finish(out_dir, data, splits, train_cfg, device, crossfit=None, progress=Non
     if default == "defect":
         cfg["anomaly"]["source"] = reader.source
     cfg["fingerprint"] = rundir.fingerprint(model.state_dict())
-    cfg["codec"] = _codec_tables(engine, data, reference_idx)
+    cfg["codec"] = _codec_tables(engine, data, reference_idx, cfg.get("codec"))
     rundir.write_config(out_dir, cfg)
     _write_preview(out_dir / rundir.PREVIEW, model, data, splits.val if len(splits.val) else splits.train, device)
     return cfg["anomaly"]["threshold"]
@@ -157,13 +157,15 @@ def _with_codes(calibration, engine, data, idx):
     return calibration.with_codes(codes)
 
 
-def _codec_tables(engine, data, idx) -> dict:
+def _codec_tables(engine, data, idx, old) -> dict:
     """The entropy coder's tables (vaekit.codec), fitted once on training images, so that
-    `vaekit encode --quality` needs nothing more and decoding never refits them."""
+    `vaekit encode --quality` needs nothing more and decoding never refits them. A resumed run's
+    `old` tables of the same weights stay as earlier sets (store.with_earlier): `train --resume`
+    of a finished run fits them again, and the .vkc files coded before must still decode."""
     from vaekit.codec import prior as priors
-    from vaekit.codec.store import fit_prior
+    from vaekit.codec.store import fit_prior, with_earlier
 
-    return priors.to_dict(fit_prior(engine, model_tiles(data, idx, engine.info.image_size)))
+    return with_earlier(priors.to_dict(fit_prior(engine, model_tiles(data, idx, engine.info.image_size))), old)
 
 
 def _parts(engine, data, idx):
