@@ -98,7 +98,9 @@ def encode(
     workers: Workers = 0,
     device: DeviceOpt = Device.auto,
     quality: Annotated[Optional[int], typer.Option(min=1, max=8, help="Write an entropy-coded .vkc instead: 1 (smallest) "
-                                                   "to 8 (best, every pixel within 2 grey levels); see docs/codec.md.")] = None,
+                                                   "to 8 (best: the residual in steps of 4 grey levels; coded per pixel, every pixel comes back "
+                                                   "within 2 of its source; coded in DCT blocks (photos), the error is spread over "
+                                                   "each block and a pixel may be further off); see docs/codec.md.")] = None,
     lossless: Annotated[bool, typer.Option("--lossless", help="Write a lossless bits-back .vkc archive: every pixel "
                                            "back (images of the model's size; a --likelihood logistic model codes them smallest).")] = False,
     fit: Annotated[Optional[Path], typer.Option(help="With --quality: first fit the model's entropy-coding tables on "

@@ -114,6 +114,20 @@ def test_tables_with_an_infinite_scale_are_damaged_tables_not_a_numpy_warning(lo
             priors.from_dict(d, "run")
 
 
+@pytest.mark.parametrize("field, value", [("scale", 0.0), ("scale", -1.0), ("steps", 0.0), ("steps", -2.0)])
+def test_tables_with_a_step_or_scale_of_zero_or_below_are_damaged_tables(lossy, field, value):
+    """A step or scale of 0 (hash recomputed) passed the finite check: encode printed numpy's
+    divide-by-zero warnings and coded every latent as one symbol; a negative one flipped them."""
+    run, _ = lossy
+    prior = priors.from_dict(_section(run))
+    getattr(prior, field)[0] = value
+    d = priors.to_dict(prior)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match="damaged entropy-coding tables: .*not positive"):
+            priors.from_dict(d, "run")
+
+
 def test_latents_beyond_float32_give_no_numpy_warning(lossy):
     """A finite step whose latents overflow float32 (1e38 times a symbol) warned on stderr; the
     inf is refused downstream in one line ("latent codes must be finite")."""

@@ -206,6 +206,8 @@ def from_dict(d, source: str = "the model", latent_shape=None) -> Prior:
             raise ValueError("residual tables of the wrong shape")
         if not (np.isfinite(prior.steps).all() and np.isfinite(prior.scale).all()):
             raise ValueError("a quantisation step or scale that is not finite")
+        if (prior.steps <= 0).any() or (prior.scale <= 0).any():  # a latent divided by 0 or flipped
+            raise ValueError("a quantisation step or scale that is not positive")
         if prior.hash != d["hash"]:
             raise ValueError("the tables do not match their hash")
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, zlib.error) as e:
