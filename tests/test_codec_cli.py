@@ -251,3 +251,34 @@ def test_earlier_table_sets_of_other_weights_are_not_kept():
                                                                               {"fingerprint": "a", "hash": "1"}]
     assert with_earlier({"fingerprint": "c", "hash": "2"}, old) == {"fingerprint": "c", "hash": "2"}
     assert with_earlier({"fingerprint": "a", "hash": "1"}, old)["earlier"] == [{"fingerprint": "a", "hash": "0"}]
+
+
+def test_encode_fit_overwrite_keeps_the_old_file_when_the_tables_cannot_be_stored(setup, tmp_path, monkeypatch):
+    """With --fit --overwrite the new file replaced the old one before the tables were stored; when
+    storing them failed (another command holding the run's lock) the new file was deleted, and the
+    old one was already gone. Now the new file takes the old one's place only once its tables are
+    stored, and nothing of it is left behind."""
+    from vaekit import codec
+    from vaekit.errors import BadInput
+
+    root, run = setup
+    shutil.copytree(run, tmp_path / "run")
+    out = tmp_path / "out" / "a.vkc"
+    out.parent.mkdir()
+    out.write_bytes(b"mine")
+    before = (tmp_path / "run" / "config.json").read_bytes()
+
+    def locked(*_, **__):
+        raise BadInput("the run is locked: another vaekit command is writing it")
+
+    monkeypatch.setattr(codec, "save_prior", locked)
+    r = invoke("encode", tmp_path / "run", root / "src", "-o", out, "--quality", 5, "--fit", root / "train", "--overwrite")
+    assert r.exit_code == 2 and "locked" in r.output, r.output
+    assert out.read_bytes() == b"mine" and [p.name for p in out.parent.iterdir()] == ["a.vkc"]
+    assert (tmp_path / "run" / "config.json").read_bytes() == before
+    monkeypatch.undo()
+    r = invoke("encode", tmp_path / "run", root / "src", "-o", out, "--quality", 5, "--fit", root / "train", "--overwrite")
+    assert r.exit_code == 0, r.output
+    assert out.read_bytes()[:4] == b"VKC3" and [p.name for p in out.parent.iterdir()] == ["a.vkc"]
+    r = invoke("decode", tmp_path / "run", out, "-o", tmp_path / "dec")
+    assert r.exit_code == 0, r.output
