@@ -231,6 +231,19 @@ def test_a_large_surface_under_uneven_light_is_still_a_surface(tmp_path):
     assert probe_layout(sorted(tmp_path.glob("*.png")), 1) == "grid"
 
 
+def test_a_single_large_image_gets_the_grid_and_identical_images_the_vector():
+    """One image has no spread across images, and the rule for identical images gave a single
+    256 px surface a 64 px vector model, where fewer than 200 large images get the grid."""
+    from vaekit.training.data import choose_layout, image_statistics
+
+    one = np.random.default_rng(0).integers(0, 256, (1, 1, 256, 256), dtype=np.uint8)
+    assert choose_layout(image_statistics(one, np.arange(1)), 256) == "grid"
+    same = np.repeat(one, 5, axis=0)
+    assert choose_layout(image_statistics(same, np.arange(5)), 256) == "vector"
+    small = one[:, :, :32, :32]
+    assert choose_layout(image_statistics(small, np.arange(1)), 32) == "vector"
+
+
 def test_few_large_images_get_the_grid_even_when_aligned(tmp_path):
     """Fewer than 200 images above 64 px get the grid and its defect reader whatever their mean
     image (a vector model of them shrunk to 64 px lost on parts with small defects and on product

@@ -157,7 +157,8 @@ def unlit(mean: np.ndarray) -> np.ndarray:
 
 def choose_layout(stats: dict[str, float], side: int | None = None) -> str:
     """A latent vector for aligned images, a grid of latent cells for surfaces; identical images
-    (no variance at all: nothing to tell apart) get the vector. Images larger than AUTO_MAX_SIZE
+    (no variance at all: nothing to tell apart) get the vector, a single image is judged like
+    others of its size (one large image gets the grid, below). Images larger than AUTO_MAX_SIZE
     (`side`, their median shorter side) are judged with the lighting taken off (aligned_unlit):
     that is where a fixed camera and lamp photograph a surface, and where a small defect needs the
     grid's native resolution (docs/detection.md, "Objects or surface"). Fewer than CROSSFIT_BELOW
@@ -165,7 +166,7 @@ def choose_layout(stats: dict[str, float], side: int | None = None) -> str:
     images of 112-256 px a vector model of them shrunk to 64 px lost to it on aligned parts with
     small defects and on three of four kinds of product photo, and took longer (five cross-fitted
     models), while with 400-1,000 images it held its own (docs/detection.md, "Few large images")."""
-    if stats.get("variance", 1.0) < 1e-8:
+    if stats.get("variance", 1.0) < 1e-8 and stats.get("images", 2) > 1:  # one image has no spread to measure
         return "vector"
     large = side is not None and side > AUTO_MAX_SIZE and "aligned_unlit" in stats
     if large and stats.get("images", CROSSFIT_BELOW) < CROSSFIT_BELOW:
