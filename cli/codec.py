@@ -284,13 +284,15 @@ def decode(
             r = codec.decode(m, codes, out, size.value, overwrite=overwrite, progress=progress)
         if as_json:
             return _print_json({"out_dir": str(r.out_dir), "mode": r.mode, "files": [str(p) for p in r.written]})
-        return console.print(f"wrote {len(r.written)} images ({r.mode}) to {shown(r.out_dir)}", highlight=False,
+        n = len(r.written)
+        return console.print(f"wrote {n} image{'' if n == 1 else 's'} ({r.mode}) to {shown(r.out_dir)}", highlight=False,
                              soft_wrap=True)
     with _progress("decoding codes", as_json) as progress:
         report = decode_file(m, codes, out, size.value, overwrite=overwrite, progress=progress)
     if as_json:
         return _print_json({"out_dir": str(report.out_dir), "size": report.size, "files": [str(p) for p in report.written]})
-    console.print(f"wrote {len(report.written)} images ({report.size} size) to {shown(report.out_dir)}", highlight=False, soft_wrap=True)
+    n = len(report.written)
+    console.print(f"wrote {n} image{'' if n == 1 else 's'} ({report.size} size) to {shown(report.out_dir)}", highlight=False, soft_wrap=True)
 
 
 @tidy_outputs('out')

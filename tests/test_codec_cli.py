@@ -282,3 +282,14 @@ def test_encode_fit_overwrite_keeps_the_old_file_when_the_tables_cannot_be_store
     assert out.read_bytes()[:4] == b"VKC3" and [p.name for p in out.parent.iterdir()] == ["a.vkc"]
     r = invoke("decode", tmp_path / "run", out, "-o", tmp_path / "dec")
     assert r.exit_code == 0, r.output
+
+
+def test_decoding_one_image_says_image(setup, tmp_path):
+    root, run = setup
+    shutil.copytree(run, tmp_path / "run")
+    one = tmp_path / "one"
+    one.mkdir()
+    shutil.copy(next(iter(sorted((root / "src").glob("*.png")))), one)
+    assert invoke("encode", tmp_path / "run", one, "-o", tmp_path / "a.vkc", "--quality", 4).exit_code == 0
+    r = invoke("decode", tmp_path / "run", tmp_path / "a.vkc", "-o", tmp_path / "dec")
+    assert r.exit_code == 0 and "wrote 1 image (lossy)" in r.output, r.output
