@@ -380,6 +380,7 @@ def test_splits_are_seeded_disjoint_and_sized_for_what_they_do():
     assert plan_splits(3, 0.1, 0.1, 0).folds and not plan_splits(1, 0.1, 0.1, 0).folds  # leave-one-out; nothing
     # two images: one score per fold would standardise the other's; both train, and the run says so
     assert not plan_splits(2, 0.1, 0.1, 0).folds and len(plan_splits(2, 0.1, 0.1, 0).train) == 2
+    assert len(plan_splits(2, 0.1, 0.1, 0, folds=2).train) == 2  # --folds 2 too (it held one out, unsaid)
     assert not plan_splits(50, 0.1, 0.1, 0, folds=0).crossfit
     # a surface model with the reader: one fold held out for calibration, no fold models
     one = plan_splits(40, 0.1, 0.1, 0, one_fold=True)

@@ -260,7 +260,7 @@ def plan_splits(n: int, val_fraction: float, cal_fraction: float, seed: int, fol
             cal = parts[0] if len(parts[0]) >= min(min_cal, n // 2) else np.sort(order[:min(min_cal, n // 2)])
             return Splits(np.setdiff1d(np.arange(n), cal), np.zeros(0, np.int64), cal, [])
         return Splits(rest, np.zeros(0, np.int64), np.zeros(0, np.int64), parts)
-    if folds < 0 and val_fraction > 0 and cal_fraction > 0:
+    if (folds < 0 or k >= 2) and val_fraction > 0 and cal_fraction > 0:  # --folds K on 2 images: as auto, both train
         from vaekit.anomaly.quantiles import needed_scores
 
         most = int(0.3 * n)
