@@ -7,7 +7,6 @@ with either engine.
 
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 from dataclasses import replace
 from enum import Enum
@@ -183,23 +182,10 @@ def _encode_vkc(model, images, out, quality, lossless, fit, overwrite, as_json, 
 
             raise none_usable(f"in {fit} to fit the tables on", loaded.skipped)
         prior = codec.fit_prior(m, loaded.images)
-    # with --fit the file is written beside its name first: its tables are stored only once it is
-    # written (a refused encode changes nothing), and only then does it take the place of a file
-    # --overwrite replaces, which a failed store (the run locked by another command) leaves as it was
-    target = Path(out)
-    if prior is not None:
-        out = target.with_name(f".vaekit-fit-{os.getpid()}.vkc")  # short: any name of the target fits
-    with _progress("coding images", as_json, LOSSLESS_PHASES if lossless else None) as progress:
-        r = codec.encode(m, images, out, quality=quality, lossless=lossless, overwrite=overwrite, progress=progress,
-                         prior=prior)
-    if prior is not None:
-        try:
-            codec.save_prior(model, prior, m)
-            os.replace(r.path, target)
-        except BaseException:
-            r.path.unlink(missing_ok=True)  # its tables are nowhere: it would decode nothing
-            raise
-        r = replace(r, path=target)
+    with codec.staged_for_fit(out, prior, model, m) as path, \
+            _progress("coding images", as_json, LOSSLESS_PHASES if lossless else None) as progress:
+        r = replace(codec.encode(m, images, path, quality=quality, lossless=lossless, overwrite=overwrite,
+                                 progress=progress, prior=prior), path=Path(out))
     _skipped(r.skipped)
     info = {"file": str(r.path), "mode": r.mode, "quality": r.quality, "images": r.count, "skipped": len(r.skipped),
             "bytes": r.file_bytes, "bytes_per_image": r.bytes_per_image, "bits_per_dim": r.bits_per_dim,

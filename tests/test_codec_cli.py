@@ -258,7 +258,7 @@ def test_encode_fit_overwrite_keeps_the_old_file_when_the_tables_cannot_be_store
     storing them failed (another command holding the run's lock) the new file was deleted, and the
     old one was already gone. Now the new file takes the old one's place only once its tables are
     stored, and nothing of it is left behind."""
-    from vaekit import codec
+    from vaekit.codec import store
     from vaekit.errors import BadInput
 
     root, run = setup
@@ -271,7 +271,7 @@ def test_encode_fit_overwrite_keeps_the_old_file_when_the_tables_cannot_be_store
     def locked(*_, **__):
         raise BadInput("the run is locked: another vaekit command is writing it")
 
-    monkeypatch.setattr(codec, "save_prior", locked)
+    monkeypatch.setattr(store, "save_prior", locked)
     r = invoke("encode", tmp_path / "run", root / "src", "-o", out, "--quality", 5, "--fit", root / "train", "--overwrite")
     assert r.exit_code == 2 and "locked" in r.output, r.output
     assert out.read_bytes() == b"mine" and [p.name for p in out.parent.iterdir()] == ["a.vkc"]

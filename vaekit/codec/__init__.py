@@ -22,8 +22,8 @@ from vaekit.codec.container import ArchiveError, ArchiveModelMismatch
 from vaekit.codec.header import Header
 from vaekit.codec.jobs import DecodeResult, EncodeResult, check_encode, decode, encode, read_info
 from vaekit.codec.prior import QUALITIES, Prior
-from vaekit.codec.store import check_fit_target, fit_prior, save_prior, stored_prior
+from vaekit.codec.store import check_fit_target, fit_prior, save_prior, staged_for_fit, stored_prior
 
 __all__ = ["QUALITIES", "ArchiveError", "ArchiveModelMismatch", "DecodeResult", "Desynchronised", "EncodeResult",
            "Header", "PillowFile", "Prior", "check_encode", "check_fit_target", "decode", "encode", "fit_prior", "pillow_file", "read_info",
-           "save_prior", "stored_prior", "webp_at_size"]
+           "save_prior", "staged_for_fit", "stored_prior", "webp_at_size"]

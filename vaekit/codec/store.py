@@ -8,6 +8,8 @@ archive records. Sets are kept once per hash, so refitting on the same images ad
 
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Sequence
@@ -204,6 +206,27 @@ def check_fit_target(run_dir: str | Path) -> None:
     stopped = rundir.stopped_before_finish(Path(run_dir), rundir.read_config(Path(run_dir)))
     if stopped:
         raise BadInput(stopped)
+
+
+@contextmanager
+def staged_for_fit(target: str | Path, prior: priors.Prior | None, run_dir: str | Path, model=None):
+    """Where to encode a file coded with new tables `prior` (`encode --fit`): a hidden name beside
+    `target`. After the block the tables are stored in the run (save_prior), and only then does the
+    file take `target`'s place: a refused encode changes nothing, and a failed store (the run locked
+    by another command) leaves the run and a file at `target` that --overwrite would replace as they
+    were, with nothing of the new file left. Without new tables: `target` itself, nothing after."""
+    target = Path(target)
+    if prior is None:
+        yield target
+        return
+    staged = target.with_name(f".vaekit-fit-{os.getpid()}.vkc")  # short: any name of the target fits
+    try:
+        yield staged
+        save_prior(run_dir, prior, model)
+        os.replace(staged, target)
+    except BaseException:
+        staged.unlink(missing_ok=True)  # its tables are nowhere: it would decode nothing
+        raise
 
 
 def save_prior(run_dir: str | Path, prior: priors.Prior, model=None) -> None:
