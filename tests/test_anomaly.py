@@ -347,6 +347,16 @@ def test_the_few_scores_warning_appears_only_where_the_rate_is_well_above_the_na
     assert anomaly.few_scores_note(14, 1.0) is None  # a fixed value above every score: no quantile rate
 
 
+def test_a_threshold_from_the_training_images_own_scores_says_new_images_score_higher():
+    """With --val-fraction 0 --calibration-fraction 0 the threshold is a quantile of scores of the
+    images the model trained on, and the rate printed beside it held only for those."""
+    few = {"n": 9, "threshold_quantile": 0.99, "source": "training"}
+    assert anomaly.section_note(few).endswith("new normal images score higher: more of them will be flagged")
+    assert anomaly.section_note({**few, "n": 500}).startswith("These are scores of the images the model trained on")
+    assert anomaly.section_note({**few, "n": 500, "source": "calibration"}) is None
+    assert anomaly.section_note({**few, "fixed": True}) is None
+
+
 def test_a_threshold_from_few_scores_says_what_false_positive_rate_to_expect(parts, model, tmp_path):
     import shutil
 

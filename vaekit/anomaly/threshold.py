@@ -22,7 +22,14 @@ def section_note(section: dict) -> str | None:
     """`few_scores_note` for a run's stored `anomaly` section (none for a threshold set to a value)."""
     if section.get("fixed"):
         return None
-    return few_scores_note(section.get("n", 0), section.get("threshold_quantile"), section.get("source", "calibration"))
+    note = few_scores_note(section.get("n", 0), section.get("threshold_quantile"), section.get("source", "calibration"))
+    if section.get("source") != "training":
+        return note
+    # --val-fraction 0 --calibration-fraction 0 (or too few images to hold any out): the rate by
+    # rank holds for images like these, and new normal images score higher than the trained-on ones
+    caveat = ("these are scores of the images the model trained on, and new normal images score higher: "
+              "more of them will be flagged")
+    return f"{note}; {caveat}" if note else caveat[0].upper() + caveat[1:]
 
 
 def threshold_section(scores: dict[str, np.ndarray], quantile: float, source: str, default: str = DEFAULT_SCORE) -> dict:
