@@ -22,11 +22,16 @@ def section_note(section: dict) -> str | None:
     """`few_scores_note` for a run's stored `anomaly` section (none for a threshold set to a value)."""
     if section.get("fixed"):
         return None
-    note = few_scores_note(section.get("n", 0), section.get("threshold_quantile"), section.get("source", "calibration"))
-    if section.get("source") != "training":
+    source = section.get("source", "calibration")
+    return with_source_caveat(few_scores_note(section.get("n", 0), section.get("threshold_quantile"), source), source)
+
+
+def with_source_caveat(note: str | None, source: str) -> str | None:
+    """`note`, and where the scores are the training images' own (--val-fraction 0
+    --calibration-fraction 0, or too few images to hold any out), that new normal images score
+    higher than those: the rate by rank holds for the trained-on images only."""
+    if source != "training":
         return note
-    # --val-fraction 0 --calibration-fraction 0 (or too few images to hold any out): the rate by
-    # rank holds for images like these, and new normal images score higher than the trained-on ones
     caveat = ("these are scores of the images the model trained on, and new normal images score higher: "
               "more of them will be flagged")
     return f"{note}; {caveat}" if note else caveat[0].upper() + caveat[1:]
@@ -286,5 +291,5 @@ def resolve_threshold(model: Model, score: str, estimator: str, override: float 
     if info.threshold_fixed and score == info.score:  # a value, not a quantile: count the scores above it
         above = int(np.sum(np.asarray(info.val_scores) > t))
         return float(t), f"stored: a fixed value, {above} of {n} {info.threshold_from} scores above it"
-    note = None if info.threshold_fixed else few_scores_note(n, q, info.threshold_from)
+    note = None if info.threshold_fixed else with_source_caveat(few_scores_note(n, q, info.threshold_from), info.threshold_from)
     return float(t), f"stored: quantile {quantile_text(q)} of {n} {info.threshold_from} scores" + (f"; {note}" if note else "")
