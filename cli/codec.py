@@ -182,7 +182,7 @@ def _encode_vkc(model, images, out, quality, lossless, fit, overwrite, as_json, 
 
             raise none_usable(f"in {fit} to fit the tables on", loaded.skipped)
         prior = codec.fit_prior(m, loaded.images)
-    with codec.staged_for_fit(out, prior, model, m) as path, \
+    with codec.staged_for_fit(out, prior, model, m, overwrite) as path, \
             _progress("coding images", as_json, LOSSLESS_PHASES if lossless else None) as progress:
         r = replace(codec.encode(m, images, path, quality=quality, lossless=lossless, overwrite=overwrite,
                                  progress=progress, prior=prior), path=Path(out))

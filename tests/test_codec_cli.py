@@ -293,3 +293,31 @@ def test_decoding_one_image_says_image(setup, tmp_path):
     assert invoke("encode", tmp_path / "run", one, "-o", tmp_path / "a.vkc", "--quality", 4).exit_code == 0
     r = invoke("decode", tmp_path / "run", tmp_path / "a.vkc", "-o", tmp_path / "dec")
     assert r.exit_code == 0 and "wrote 1 image (lossy)" in r.output, r.output
+
+
+def test_a_file_put_at_the_target_while_encode_fit_codes_is_not_replaced(setup, tmp_path):
+    """`encode --fit` codes beside its target and moves the file there at the end; without
+    --overwrite a file that appeared there meanwhile was replaced by os.replace. Each staged file
+    has a name of its own, so one left by a killed run is never in the way."""
+    import vaekit
+    from vaekit.codec import store
+    from vaekit.errors import OutputExists
+
+    root, run = setup
+    shutil.copytree(run, tmp_path / "run")
+    model = vaekit.load(tmp_path / "run")
+    prior = store.fit_prior(model, model.load_images(root / "train").images)
+    before = (tmp_path / "run" / "config.json").read_bytes()
+    target = tmp_path / "out" / "a.vkc"
+    target.parent.mkdir()
+    with pytest.raises(OutputExists):
+        with store.staged_for_fit(target, prior, tmp_path / "run", model) as staged:
+            assert staged.parent == target.parent and staged.name.startswith(".vaekit-fit-")
+            staged.write_bytes(b"coded")
+            target.write_bytes(b"theirs")
+    assert target.read_bytes() == b"theirs" and [p.name for p in target.parent.iterdir()] == ["a.vkc"]
+    assert (tmp_path / "run" / "config.json").read_bytes() == before
+    with store.staged_for_fit(target, prior, tmp_path / "run", model, overwrite=True) as again:
+        assert again != staged
+        again.write_bytes(b"coded")
+    assert target.read_bytes() == b"coded" and [p.name for p in target.parent.iterdir()] == ["a.vkc"]

@@ -199,6 +199,16 @@ def test_a_heat_map_named_like_another_maps_folder_keeps_its_whole_name_not_half
     assert (tmp_path / "s.csv").is_file()
 
 
+def test_an_inputs_own_png_name_is_never_another_inputs_heat_map():
+    """a.jpg beside a.png keeps its whole name, a.jpg.png; where an input is itself named
+    a.jpg.png, that name is its map's, and a.jpg's map is numbered instead of taking it."""
+    from vaekit.anomaly import map_targets
+
+    assert map_targets(["a.jpg", "a.jpg.png", "a.png"]) == ["a.jpg-1.png", "a.jpg.png", "a.png.png"]
+    assert map_targets(["a.png", "a.jpg"]) == ["a.png.png", "a.jpg.png"]
+    assert map_targets(["a.png", "a.png"]) == ["a.png", "a-1.png"]  # one name in two input folders
+
+
 def test_heat_maps_of_inputs_that_share_a_stem_say_whose_they_are(run, tmp_path):
     """x.png and x.jpg in one folder gave the maps x.png and x-1.png, and nothing said which was
     whose; now each keeps its whole name, as reconstruct names its outputs."""

@@ -440,3 +440,24 @@ def test_a_journal_from_when_a_surface_read_centre_squares_is_not_resumed(model,
     partial.write_bytes(b"\n".join([json.dumps(header).encode(), *lines[1:]]))
     with pytest.raises(BadInput, match="read absent then, 'whole, in tiles' now"):
         anomaly.score_to_file(model, mixed, tmp_path / "s.csv", batch_size=2, resume=True)
+
+
+@pytest.mark.parametrize("setting, value", [("map_names", "whole name where two share one"), ("reader_windows", 1024)])
+def test_a_journal_from_before_the_map_names_or_the_reader_windows_changed_is_not_resumed(
+        model, mixed, tmp_path, setting, value):
+    """Heat maps named x.png / x-1.png (before 2026-12-06) and maps named as reconstruct names its
+    outputs, or defect scores read in 256 px windows and in 1024 px ones, must not mix in one job:
+    a journal whose settings lack the key (written before) is refused, naming it. Without the key
+    the resume looked for the maps of finished batches under their new names and said they were
+    gone, as if the user had removed them."""
+    from vaekit import anomaly
+    from vaekit.errors import BadInput
+
+    killed_at_batch(2, model, lambda: anomaly.score_to_file(model, mixed, tmp_path / "s.csv", tmp_path / "maps", batch_size=2))
+    partial = tmp_path / "s.csv.partial"
+    lines = partial.read_bytes().split(b"\n")
+    header = json.loads(lines[0])
+    assert header.pop(setting) == value
+    partial.write_bytes(b"\n".join([json.dumps(header).encode(), *lines[1:]]))
+    with pytest.raises(BadInput, match=f"{setting} absent then"):
+        anomaly.score_to_file(model, mixed, tmp_path / "s.csv", tmp_path / "maps", batch_size=2, resume=True)

@@ -30,6 +30,7 @@ from vaekit.errors import BadInput, check_flags
 from vaekit.fileio import atomic_writer
 from vaekit.images.arrays import check_batch_size, check_int
 from vaekit.inference.tiled import tiled
+from vaekit.reader.score import READ_TILE
 from vaekit.stream.headers import journaled_inputs, journaled_model
 from vaekit.stream.journals import model_settings, naming_failed_writes, open_journal
 from vaekit.progress import Progress
@@ -230,7 +231,11 @@ def _settings(model: Model, plan: Plan, found: stream.Inputs, layout: Layout, ma
             "threshold": plan.threshold, "threshold_source": plan.source, "batch_size": layout.batch_size,
             "files": len(found.paths), "file_list": digest(layout.paths), "inputs": [str(r) for r in found.roots],
             "maps": None if maps is None else str(Path(maps).resolve()), "shard": [layout.index, layout.count],
-            **({"reader": info.reader_fingerprint} if getattr(info, "reader_fingerprint", None) else {}),
+            # heat maps named as reconstruct names its outputs since 2026-12-06 (x.jpg.png beside x.png.png,
+            # not x.png and x-1.png), and the reader's windows of up to 1024 px (256 before): not to be mixed
+            **({"map_names": "whole name where two share one"} if maps is not None else {}),
+            **({"reader": info.reader_fingerprint, "reader_windows": READ_TILE}
+               if getattr(info, "reader_fingerprint", None) else {}),
             # a surface reads each file whole, in tiles (journals from before read its centre square)
             **({"read": "whole, in tiles" if info.read_size == info.image_size else
                 f"whole at {info.read_size} px, in {info.image_size} px tiles"} if tiled(model) else {})}

@@ -172,13 +172,19 @@ def map_targets(names: Sequence[str]) -> list[str]:
     a.png/b.png: a.jpg.png). What is still taken (one name in two input folders) is numbered in
     the inputs' order: a.png, a-1.png. BadInput for a name too long for a file system."""
     used = {p.as_posix() for name in names for p in Path(name).parents}  # folders: never a map's name
+    wanted = png_targets(names)
+    own = {rel for name, rel in zip(names, wanted) if rel == name}  # a.png's map is a.png, whoever comes first
+
+    def taken(rel: str, name: str) -> bool:
+        return rel in used or (rel in own and rel != name)
+
     targets = []
-    for name, rel in zip(names, png_targets(names)):
+    for name, rel in zip(names, wanted):
         whole = name + ".png"
-        if rel in used and Path(name).suffix.lower() != ".png" and whole not in used:
+        if taken(rel, name) and Path(name).suffix.lower() != ".png" and not taken(whole, name):
             rel = whole
         base, n = rel, 1
-        while rel in used:
+        while taken(rel, name):
             rel, n = Path(base).with_name(f"{Path(base).stem}-{n}.png").as_posix(), n + 1
         used.add(rel)
         targets.append(rel)

@@ -9,6 +9,7 @@ archive records. Sets are kept once per hash, so refitting on the same images ad
 from __future__ import annotations
 
 import os
+import secrets
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -20,6 +21,7 @@ from vaekit import images as imageio
 from vaekit.codec import container, lossy, residual, tables, transform
 from vaekit.codec import prior as priors
 from vaekit.errors import BadInput
+from vaekit.fileio import refuse_existing
 from vaekit.images.arrays import check_int
 
 EARLIER = "earlier"  # the key, inside the codec section, of the table sets a refit replaced
@@ -209,19 +211,23 @@ def check_fit_target(run_dir: str | Path) -> None:
 
 
 @contextmanager
-def staged_for_fit(target: str | Path, prior: priors.Prior | None, run_dir: str | Path, model=None):
-    """Where to encode a file coded with new tables `prior` (`encode --fit`): a hidden name beside
-    `target`. After the block the tables are stored in the run (save_prior), and only then does the
-    file take `target`'s place: a refused encode changes nothing, and a failed store (the run locked
-    by another command) leaves the run and a file at `target` that --overwrite would replace as they
-    were, with nothing of the new file left. Without new tables: `target` itself, nothing after."""
+def staged_for_fit(target: str | Path, prior: priors.Prior | None, run_dir: str | Path, model=None,
+                   overwrite: bool = False):
+    """Where to encode a file coded with new tables `prior` (`encode --fit`): a hidden name of its
+    own beside `target`. After the block the tables are stored in the run (save_prior), and only
+    then does the file take `target`'s place: a refused encode changes nothing, and a failed store
+    (the run locked by another command) leaves the run and a file at `target` that --overwrite
+    would replace as they were, with nothing of the new file left; without `overwrite`, a file put
+    at `target` while this one was coded is refused, not replaced. Without new tables: `target`
+    itself, nothing after."""
     target = Path(target)
     if prior is None:
         yield target
         return
-    staged = target.with_name(f".vaekit-fit-{os.getpid()}.vkc")  # short: any name of the target fits
+    staged = target.with_name(f".vaekit-fit-{os.getpid()}-{secrets.token_hex(4)}.vkc")  # short: any target name fits
     try:
         yield staged
+        refuse_existing(target, overwrite)
         save_prior(run_dir, prior, model)
         os.replace(staged, target)
     except BaseException:

@@ -29,10 +29,14 @@ def windows(n: int, tile: int) -> tuple[int, list[int]]:
     grid = ALIGN
     while grid > 1 and 4 * grid > tile:  # a small tile (a test's): the largest power of two a quarter of it holds
         grid //= 2
-    k = -(-(n - overlap - grid) // (tile - overlap - grid))  # a start moved down to the grid loses < grid px
-    side = min(tile, grid * -(-(n + (k - 1) * (overlap + grid)) // (grid * k)))
-    stride = (n - side) / max(1, k - 1)
-    return side, [grid * int(i * stride // grid) for i in range(k - 1)] + [n - side]
+    k = -(-(n - overlap) // (tile - overlap))
+    while True:  # the fewest windows whose starts, moved down to the grid, still overlap enough
+        for side in range(grid * -(-(n + (k - 1) * overlap) // (grid * k)), tile + 1, grid):
+            stride = (n - side) / (k - 1)
+            starts = [grid * int(i * stride // grid) for i in range(k - 1)] + [n - side]
+            if all(side - (b - a) >= overlap for a, b in zip(starts, starts[1:])):
+                return side, starts
+        k += 1
 
 
 def read_tiled(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, tile: int = READ_TILE) -> np.ndarray:
