@@ -232,3 +232,21 @@ def test_an_aligned_objects_error_test_finds_a_small_defect_the_whole_images_err
     summed, local = scores
     assert (summed[100:] > summed[:100].max()).mean() < 0.5  # hidden in the spread of the whole error
     assert (local[100:] > local[:100].max()).all()  # every spot above every normal image
+
+
+def test_copies_of_one_image_give_scores_in_units_of_each_tests_own_scale():
+    """Every held-out and training image alike: each test's spread is 0, and its sd falls to a floor in
+    the test's own units (0.1 nat; error_local's over its 5 x 5 window), not to 1e-6, which gave new
+    images scores of ~1e17 sd² ranked by whichever test's rounding was largest."""
+    from vaekit.inference.atypicality import OBJECT_TESTS
+
+    same = np.full((20, 28, 28), 0.02)
+    cal = Calibration.empty(False, (), "floored", OBJECT_TESTS).with_codes(np.zeros((20, 2)))
+    cal.fit_tests(cal.tests(_error_parts(same)), cal.tests(_error_parts(same)))
+    assert cal.stats["tests"]["sd"] == pytest.approx([0.1, 0.1, 0.1, 0.004])
+    assert cal.score(_error_parts(same[:1]))[0] == pytest.approx([16.0])  # (0 + 2)² four times
+    one_nat = same[:1].copy()
+    one_nat[0, 10, 10] += 1.0  # one nat more error, in one pixel: 10 sd on the whole error, 1 on the window's
+    z_whole, z_local = 1.0 / 0.1, (1.0 / 25) / 0.004
+    expected = (z_whole + 2) ** 2 + 4 + 4 + (z_local + 2) ** 2
+    assert cal.score(_error_parts(one_nat))[0] == pytest.approx([expected])

@@ -31,19 +31,21 @@ from vaekit.inference import codebank
 SOFT_SD = 0.1  # per-position sd is softened by this share of the mean sd: no division by ~0
 FLOOR_SHARE = 0.5  # a test's sd is at least this share of its spread over the reference (training) images
 CODE_SD_FLOOR = 1e-4  # the code test's sd is at least this share of d, the prior's mean squared distance from 0
+# Floors in each test's own units, for images that do not vary (copies of one image): a test in nats
+# 0.1 nat (error_local: over its window), the code test (a squared distance) 0.1, a local test (a
+# largest z) 1e-3 sd; below every spread measured on real sets (docs/thresholds.md)
+NATS_SD_FLOOR, LOCAL_SD_FLOOR = 0.1, 1e-3
 GLOBAL_TESTS = ("recon_high", "kl_high", "elbo_low")  # the global tests of a calibration that names none
 # A vector latent's heat map: the R map averaged over 5x5 pixels. On the shapes sample data the
 # pixel AUROC of the raw map is 0.967, averaged over 3 px 0.989, over 5 px 0.994 (docs/detection.md).
 MAP_WINDOW = 5
-# "shifted": each test counts from this many sd below its normal mean, so an image that is clearly
-# typical on one test no longer scores like one at its mean (Σ max(z, 0)² threw that away), while a
-# test far on the normal side still cannot cancel another's alarm (docs/detection.md: 15 of 15
-# choose-half classes of three digit sets went up, by 0.002-0.012 AUROC on average per set)
+# "shifted": each test counts from this many sd below its normal mean, so an image clearly typical on
+# one test no longer scores like one at its mean, while a test far on the normal side cannot cancel
+# another's alarm (docs/detection.md: 15 of 15 choose-half classes of three digit sets went up)
 COMBINE_SHIFT = 2.0
 # "floored": as "shifted", but a test whose anomalous side depends on the class never counts less
-# than at its normal mean. The image-too-simple test points the wrong way for the simplest class
-# (every other object of a "1"'s set is more complex): shifted, it added ~4 sd² to normal images
-# and none to complex anomalies; floored, both get at least 4 (docs/detection.md, Combining the tests)
+# than at its normal mean: the image-too-simple test points the wrong way for the simplest class (a
+# "1"'s set), where shifted it added ~4 sd² to normal images only (docs/detection.md, Combining the tests)
 FLOORED_TESTS = ("entropy_low",)
 
 
@@ -261,9 +263,13 @@ class Calibration:
         if "code_far" in self.global_tests:  # near-duplicate images: a spread of float rounding, not information
             i = self.global_tests.index("code_far")
             floor[i] = max(floor[i], CODE_SD_FLOOR * self.codes.shape[1])
-        sd = np.maximum(np.maximum(tests.std(0), floor), 1e-6)
+        sd = np.maximum(np.maximum(tests.std(0), floor), self._unit_floor(tests.shape[1]))
         self.stats["tests"] = {"mean": tests.mean(0).tolist(), "sd": sd.tolist()}
         return self
+
+    def _unit_floor(self, n: int) -> np.ndarray:
+        g = [NATS_SD_FLOOR / (LOCAL_WINDOW**2 if t == "error_local" else 1) for t in self.global_tests]
+        return np.array(g + [LOCAL_SD_FLOOR] * (n - len(g)))
 
     def _finish_profile(self) -> None:
         """Sums per edge class -> mean and sd (softened by SOFT_SD of the mean sd: no division by ~0)."""
