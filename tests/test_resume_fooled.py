@@ -56,14 +56,20 @@ def test_an_untouched_journal_still_resumes_to_the_uninterrupted_file(setup, tmp
 
 @pytest.fixture(scope="module")
 def exports(setup, tmp_path_factory):
-    """The same run exported twice: as float, and as int8 (which keeps the float model's fingerprint)."""
+    """The same run exported three times: as float, and as int8 (which keeps the float model's
+    fingerprint) calibrated on all the images and on a third of them."""
     from vaekit.export import export
 
     run, data = setup
     root = tmp_path_factory.mktemp("exports")
+    third = root / "third"
+    third.mkdir()
+    for path in sorted(Path(data).iterdir())[:N_IMAGES // 3]:
+        shutil.copy(path, third / path.name)
     export(run, root / "float" / "m.onnx", images=data)
     export(run, root / "int8" / "m.onnx", images=data, quantize="int8")
-    return root / "float", root / "int8"
+    export(run, root / "int8b" / "m.onnx", images=third, quantize="int8")
+    return root / "float", root / "int8", root / "int8b"
 
 
 @pytest.mark.slow  # exports twice (int8 calibration included)
@@ -86,6 +92,24 @@ def test_a_float_export_replaced_by_its_int8_export_does_not_resume_the_job(setu
     assert one_line_refusal(r) and "quantization" in r.output, r.output
     assert journal.read_bytes() == before
     assert command == "reconstruct" or not out.exists()  # (reconstruct's output is the folder of share 0's PNGs)
+
+
+@pytest.mark.slow  # exports three times (int8 calibration included)
+def test_an_int8_export_replaced_by_another_int8_export_of_the_run_does_not_resume_the_job(setup, exports, tmp_path):
+    # two int8 exports of one run, calibrated on other images: the same path, engine, fingerprint
+    # and quantisation, so the resume mixed the two models' rows with exit 0 (found by a helper's review)
+    _, data = setup
+    model = tmp_path / "model"
+    shutil.copytree(exports[1], model)
+    out = tmp_path / "scores.csv"
+    r = invoke("anomaly-score", model / "m.onnx", data, "-o", out, "--batch-size", "4", "--threshold", "0",
+               "--shard", "0/2")
+    assert r.exit_code == 0, r.output
+    shutil.copytree(exports[2], model, dirs_exist_ok=True)
+    r = invoke("anomaly-score", model / "m.onnx", data, "-o", out, "--batch-size", "4", "--threshold", "0",
+               "--shard", "0/2", "--resume")
+    assert one_line_refusal(r) and "export" in r.output, r.output
+    assert not out.exists()
 
 
 def test_a_job_started_by_another_vaekit_release_does_not_resume_or_merge(setup, tmp_path, monkeypatch):

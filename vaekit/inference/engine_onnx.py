@@ -228,6 +228,11 @@ class OnnxModel(Model):
         if list(eps_shape[1:]) != [latent_dim]:
             raise OnnxModelError(f"{p}: graph input eps has shape {eps_shape}, but its metadata says latent dim {latent_dim}")
 
+    @property
+    def export_digest(self) -> str:
+        """The main file's checksum: which export this is (two int8 exports of one run differ)."""
+        return str(self.metadata.get(CHECKSUM_KEY, ""))
+
     def _session(self, role: str):
         """The side files are opened on first use, and must match the main file."""
         if role not in self._sessions:

@@ -46,12 +46,12 @@ def journal_header(settings: dict) -> dict:
 
 
 def model_settings(model) -> dict:
-    """The header's fields that name the numbers a model computes: its engine, its weights'
-    fingerprint, and an int8 export's quantisation (it keeps its float model's fingerprint, but
-    its scores are another model's: a float export replaced by it must not resume the job)."""
+    """The header's fields that name the numbers a model computes: its engine, its weights' fingerprint,
+    and an int8 export's quantisation and file checksum (it keeps its float model's fingerprint, but its
+    scores are another model's, as are another int8 export's, calibrated on other images)."""
     info, quantization = model.info, model.config.get("quantization", "none")
-    return {"engine": info.engine, "fingerprint": info.fingerprint,
-            **({"quantization": quantization} if quantization != "none" else {})}
+    quantized = {"quantization": quantization, "export": model.export_digest} if quantization != "none" else {}
+    return {"engine": info.engine, "fingerprint": info.fingerprint, **quantized}
 
 
 def partial_path(out: Path) -> Path:
