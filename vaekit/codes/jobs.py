@@ -181,7 +181,7 @@ def _row_check(names: Sequence[str], latent_dim: int):
         if row["name"] != names[i]:
             return f"names {str(row['name'])[:80]!r}, not the batch's file {names[i]!r}"
         size, n = row["size"], row["bytes"]
-        if not (isinstance(size, list) and len(size) == 2 and all(type(v) is int and 0 < v <= 1 << 31 for v in size)):
+        if not (isinstance(size, list) and len(size) == 2 and all(type(v) is int and 0 < v < 1 << 31 for v in size)):
             return f"size {size!r:.40} is not [height, width]"
         if type(n) is not int or n < 0:
             return f"bytes {n!r:.40} is not a file size"
