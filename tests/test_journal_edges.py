@@ -8,8 +8,16 @@ Real components: an untrained model, noise PNGs in tmp_path, the CLI through Typ
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
+
+from cli_support import invoke, one_line_refusal
+from export_support import random_job
+
+torch.set_num_threads(1)
 
 
 def test_a_code_row_holds_only_sizes_a_code_file_can_store():
@@ -20,3 +28,34 @@ def test_a_code_row_holds_only_sizes_a_code_file_can_store():
     row = {"name": "a.png", "bytes": 10, "mu": base64.b64encode(np.zeros(2, "<f4").tobytes()).decode()}
     assert check({**row, "size": [(1 << 31) - 1, 5]}, 0) is None
     assert "is not [height, width]" in check({**row, "size": [1 << 31, 5]}, 0)
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    return random_job(tmp_path_factory.mktemp("edges"), 8)
+
+
+@pytest.mark.parametrize("spelling", [".", ".."])
+def test_reconstruct_into_a_folder_spelled_dot_or_dotdot_journals_beside_that_folder(job, tmp_path, monkeypatch, spelling):
+    # `-o .` raised ValueError (Path('.').with_name: exit 3, "a bug in vaekit"); `-o ..` ran with a
+    # journal named `...partial` in the current folder, where `-o ../NAME` would not find it
+    from vaekit.stream.names import partial_path, share_out
+
+    run, data = job
+    target = tmp_path / "rec"
+    here = target / "inner" if spelling == ".." else target
+    here.mkdir(parents=True)
+    monkeypatch.chdir(here)
+    assert partial_path(Path(spelling)) == tmp_path / "rec.partial" == partial_path(tmp_path / "rec")
+    assert share_out(Path(spelling), 1, 2) == tmp_path / "rec.shard-1-of-2"
+    r = invoke("reconstruct", run, data, "-o", spelling, "--batch-size", "4")
+    assert r.exit_code == 0, r.output
+    expected = sorted([f"img{i:03d}.png" for i in range(8)] + ["comparison.png"])
+    assert sorted(p.name for p in target.glob("*.png")) == expected
+    assert not list(tmp_path.rglob("*partial*"))
+
+
+def test_the_root_folder_is_refused_as_an_output_in_one_line(job):
+    run, data = job
+    r = invoke("reconstruct", run, data, "-o", "/", "--batch-size", "4")
+    assert one_line_refusal(r) and "root folder" in r.output, r.output

@@ -31,10 +31,9 @@ from vaekit.stream.files import LineTooLong, open_regular, read_lines, same_file
 from vaekit.stream.batches import Layout, RowCheck, changed, check_entry, contents, sources
 from vaekit.errors import BadInput, DamagedFile, InUse, VaekitError, cannot_write
 from vaekit.fileio import atomic_writer, dumps_json, loads_json, try_lock
-from vaekit.fileio.outputs import MAX_NAME_BYTES
+from vaekit.stream.names import PARTIAL_SUFFIX, check_journal_name, partial_path  # noqa: F401 (PARTIAL_SUFFIX: re-exported)
 from vaekit.version import __version__
 
-PARTIAL_SUFFIX = ".partial"
 JOURNAL_VERSION = 5  # 3: lines carry a checksum (stream.lines); 4: files' sha256; 5: keyed by the header
 SYNC_EVERY = 2.0  # seconds between a journal's fsyncs
 
@@ -54,20 +53,6 @@ def model_settings(model) -> dict:
     return {"engine": info.engine, "fingerprint": info.fingerprint, **quantized}
 
 
-def partial_path(out: Path) -> Path:
-    return Path(out).with_name(Path(out).name + PARTIAL_SUFFIX)
-
-
-def check_journal_name(out: Path) -> None:
-    """BadInput when the journal beside `out` (OUT.partial) would pass MAX_NAME_BYTES: the OS said
-    only "File name too long" of a name that fits (of another share's journal: "run them as one user")."""
-    name = partial_path(out).name
-    if len(os.fsencode(name)) > MAX_NAME_BYTES:
-        raise BadInput(f"output {str(out)[:60]!r}...: its journal beside it, {name[:20]}...{PARTIAL_SUFFIX}, would be a "
-                       f"name of {len(os.fsencode(name))} bytes, more than the {MAX_NAME_BYTES} a file system holds; "
-                       "give a shorter name")
-
-
 def parse(line: bytes):
     return loads_json(line.decode("utf-8", "surrogateescape"))
 
@@ -82,8 +67,8 @@ class Journal:
     def __init__(self, out: Path, settings: dict, resume: bool, layout: Layout | None = None,
                  row_check: RowCheck | None = None, row_bytes: int = 0):
         self.out = Path(out)
-        self.path = partial_path(self.out)
         check_journal_name(self.out)
+        self.path = partial_path(self.out)
         # the files whose rows this journal holds (its share's), as this machine sees them
         pinned = {} if layout is None else {"sources": sources(layout.paths[i] for b in layout.mine()
                                                                for i in layout.positions(b))}

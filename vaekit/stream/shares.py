@@ -25,15 +25,11 @@ from vaekit.stream.batches import Layout, RowCheck, changed, check_entry
 from vaekit.errors import BadInput, DamagedFile, InUse, VaekitError, cannot_write
 from vaekit.fileio import held_elsewhere, refuse_existing, try_lock
 from vaekit.stream.files import LineTooLong, lines_reopened, open_regular, read_lines
-from vaekit.stream.journals import check_journal_name, journal_header, parse, partial_path
+from vaekit.stream.journals import journal_header, parse
+from vaekit.stream.names import check_journal_name, partial_path, share_out  # noqa: F401 (share_out: re-exported)
 
 MERGING = ".merging"
 _LOCK_TEXT = b"vaekit shard merge lock\n"  # what makes OUT.merging vaekit's own
-
-
-def share_out(out: Path, index: int, count: int) -> Path:
-    """The file a share journals for (its journal is this name + .partial): OUT itself when unsharded."""
-    return out if count == 1 else out.with_name(f"{out.name}.shard-{index}-of-{count}")
 
 
 class Shares:

@@ -1,0 +1,40 @@
+"""The names a streaming job's files take beside its output OUT: its journal `OUT.partial`, and a
+share's `OUT.shard-I-of-N` (whose journal is that name + .partial). However OUT is spelled, `.` and
+`..` included, they lie beside the folder or file it names."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from vaekit.errors import BadInput
+from vaekit.fileio.outputs import MAX_NAME_BYTES
+
+PARTIAL_SUFFIX = ".partial"
+
+
+def partial_path(out: Path) -> Path:
+    """OUT.partial beside OUT, however OUT is spelled (`.` and `..` name the folders they stand for)."""
+    out = Path(os.path.abspath(out))
+    return out.with_name(out.name + PARTIAL_SUFFIX)
+
+
+def check_journal_name(out: Path) -> None:
+    """BadInput when the journal beside `out` (OUT.partial) would pass MAX_NAME_BYTES: the OS said
+    only "File name too long" of a name that fits (of another share's journal: "run them as one user"),
+    or when there is nothing to put it beside (the root folder: ValueError from Path.with_name)."""
+    if not Path(os.path.abspath(out)).name:
+        raise BadInput(f"output {out}: the root folder cannot be an output; give a folder below it")
+    name = partial_path(out).name
+    if len(os.fsencode(name)) > MAX_NAME_BYTES:
+        raise BadInput(f"output {str(out)[:60]!r}...: its journal beside it, {name[:20]}...{PARTIAL_SUFFIX}, would be a "
+                       f"name of {len(os.fsencode(name))} bytes, more than the {MAX_NAME_BYTES} a file system holds; "
+                       "give a shorter name")
+
+
+def share_out(out: Path, index: int, count: int) -> Path:
+    """The file a share journals for (its journal is this name + .partial): OUT itself when unsharded."""
+    if count == 1:
+        return out
+    out = Path(os.path.abspath(out))  # `.` and `..` name the folders they stand for
+    return out.with_name(f"{out.name}.shard-{index}-of-{count}")
