@@ -59,3 +59,34 @@ def test_the_root_folder_is_refused_as_an_output_in_one_line(job):
     run, data = job
     r = invoke("reconstruct", run, data, "-o", "/", "--batch-size", "4")
     assert one_line_refusal(r) and "root folder" in r.output, r.output
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "dangling_link", "unmakeable"])
+def test_a_refused_maps_folder_leaves_no_journal_to_block_the_next_run(job, tmp_path, where, monkeypatch):
+    # each refusal left OUT.partial holding only its header; the next run was told to --resume,
+    # and --resume was refused for another maps folder: the user had to delete it by hand
+    run, data = job
+    out = tmp_path / "scores.csv"
+    if where == "under_a_file":
+        (tmp_path / "afile").write_text("mine")
+        maps = tmp_path / "afile" / "m"
+    elif where == "dangling_link":
+        maps = tmp_path / "dang"
+        maps.symlink_to(tmp_path / "nowhere" / "dir")
+    else:  # the checks pass, and making the folder fails at the first batch (as in /proc)
+        maps = tmp_path / "maps"
+        real_mkdir = Path.mkdir
+
+        def failing(self, *a, **k):
+            if self == maps:
+                raise PermissionError(13, "Permission denied", str(self))
+            return real_mkdir(self, *a, **k)
+
+        monkeypatch.setattr(Path, "mkdir", failing)
+    r = invoke("anomaly-score", run, data, "-o", out, "--maps", maps, "--batch-size", "4", "--threshold", "0")
+    assert one_line_refusal(r), r.output
+    assert not list(tmp_path.glob("*.partial")) and not out.exists()
+    monkeypatch.undo()
+    r = invoke("anomaly-score", run, data, "-o", out, "--maps", tmp_path / "good", "--batch-size", "4", "--threshold", "0")
+    assert r.exit_code == 0, r.output
+    assert len(list((tmp_path / "good").glob("*.png"))) == 8

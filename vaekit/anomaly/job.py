@@ -131,6 +131,8 @@ class _Sink:
     def write(self, b) -> None:
         if self.maps_dir is not None and b.rows:
             where = self.maps_dir  # a full disk is "cannot write MAPS" (exit 2), and the journal stays
+            with naming_failed_writes(where):  # a folder that cannot be made holds no work: the journal goes
+                where.mkdir(parents=True, exist_ok=True)
             with self.journal.writing(where) if self.journal is not None else naming_failed_writes(where):
                 # not over a file put there while the job ran; the stopped batch's maps written
                 # before the stop are this job's own when they hold the very bytes it writes
