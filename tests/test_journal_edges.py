@@ -90,3 +90,26 @@ def test_a_refused_maps_folder_leaves_no_journal_to_block_the_next_run(job, tmp_
     r = invoke("anomaly-score", run, data, "-o", out, "--maps", tmp_path / "good", "--batch-size", "4", "--threshold", "0")
     assert r.exit_code == 0, r.output
     assert len(list((tmp_path / "good").glob("*.png"))) == 8
+
+
+def test_a_batchs_own_files_are_written_only_once_the_lines_before_them_are_on_disk(tmp_path, monkeypatch):
+    # lines were synced every 2 s while each heat map was synced as written: after a power cut
+    # several batches' maps outlived their lines, and --resume refused them as files in the way
+    import os
+
+    from vaekit.stream import journals
+
+    events = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(journals.os, "fsync", lambda fd: events.append("sync") or real_fsync(fd))
+    journal = journals.Journal(tmp_path / "out.csv", {"job": "test"}, resume=False)
+    try:
+        for batch in range(3):
+            with journal.writing(tmp_path):
+                events.append(f"files {batch}")
+            journal.append(batch, [{"row": batch}])
+            events.append(f"line {batch}")
+    finally:
+        journal.close()
+    for batch in (1, 2):  # the line before each batch's files synced between the two
+        assert "sync" in events[events.index(f"line {batch - 1}"):events.index(f"files {batch}")], events

@@ -223,8 +223,9 @@ class Journal:
 
     def append(self, batch: int, rows: list[dict], skipped: Sequence[tuple[str, str]] = ()) -> None:
         """One batch's line, written at once, unbuffered (a killed process loses nothing written);
-        synced to disk at most every SYNC_EVERY seconds and on close (a power cut loses at most
-        those batches, which --resume scores again). With a layout, a batch that came in parts
+        synced to disk at most every SYNC_EVERY seconds, on close and before the next batch's own
+        files are written (`writing`; a power cut loses at most those batches, which --resume scores
+        again, and files of no batch but the next). With a layout, a batch that came in parts
         (vaekit.stream.iter_batches bounds the pixels held at once) is appended part by part: its
         line is written once its rows and skipped files account for all its files."""
         if self._closed:
@@ -262,7 +263,11 @@ class Journal:
     def writing(self, where: Path) -> Iterator[None]:
         """Around the writing of a batch's own files (heat maps, PNGs), before its line: from then on
         the journal stays for --resume, which writes them again as its own, even if no line follows
-        (a stop between two parts, a full disk); an OSError inside is CannotWrite naming `where`."""
+        (a stop between two parts, a full disk); an OSError inside is CannotWrite naming `where`.
+        The lines before go to disk first: after a power cut only this batch's files can lack a line."""
+        if self._dirty:
+            os.fsync(self._fd)
+            self._synced, self._dirty = time.monotonic(), False
         self._wrote = True
         with naming_failed_writes(where):
             yield
