@@ -84,7 +84,16 @@ def _arm(plan: tuple | None):
 
         os.replace = replace
     elif kind == "partial":
-        real_fdopen = os.fdopen
+        from vaekit.fileio import atomic
+
+        real_fdopen, real_new_file, names = os.fdopen, atomic._unnamed_or_named, {}
+
+        def new_file(path, tmp):  # an unnamed file's /proc link names its folder only: remember its target
+            fd, named = real_new_file(path, tmp)
+            names[fd] = os.fspath(path)
+            return fd, named
+
+        atomic._unnamed_or_named = new_file
 
         class HalfWriter:
             def __init__(self, f):
@@ -108,7 +117,7 @@ def _arm(plan: tuple | None):
             f = real_fdopen(fd, *a, **k)
             if "w" not in (a[0] if a else k.get("mode", "r")):  # files are read through fdopen too
                 return f
-            return HalfWriter(f) if hit(os.readlink(f"/proc/self/fd/{fd}")) else f
+            return HalfWriter(f) if hit(names.pop(fd, None) or os.readlink(f"/proc/self/fd/{fd}")) else f
 
         os.fdopen = fdopen
 
@@ -436,9 +445,9 @@ def test_atomic_writes_honour_the_umask_and_keep_a_files_mode(tmp_path):
 
     old = os.umask(0o027)
     try:
-        import vaekit.fileio as fileio
+        from vaekit.fileio import atomic
 
-        fileio._umask.cache_clear()
+        atomic._umask.cache_clear()
         atomic_write_bytes(tmp_path / "new.bin", b"1")
         assert stat.S_IMODE((tmp_path / "new.bin").stat().st_mode) == 0o640  # not mkstemp's 0o600
         (tmp_path / "new.bin").chmod(0o604)
@@ -446,7 +455,7 @@ def test_atomic_writes_honour_the_umask_and_keep_a_files_mode(tmp_path):
         assert stat.S_IMODE((tmp_path / "new.bin").stat().st_mode) == 0o604
     finally:
         os.umask(old)
-        fileio._umask.cache_clear()
+        atomic._umask.cache_clear()
 
 
 @pytest.mark.parametrize("when", ["just created", "while writing"])

@@ -113,3 +113,19 @@ def test_a_batchs_own_files_are_written_only_once_the_lines_before_them_are_on_d
         journal.close()
     for batch in (1, 2):  # the line before each batch's files synced between the two
         assert "sync" in events[events.index(f"line {batch - 1}"):events.index(f"files {batch}")], events
+
+
+def test_a_process_killed_while_it_writes_a_file_leaves_no_temporary_file(tmp_path):
+    # a SIGKILL in the middle of a heat map, a PNG or a CSV left `.NAME.<random>.tmp` beside it, which
+    # no later run removed: the bytes now go to a file without a name until they are complete
+    import signal
+    import subprocess
+    import sys
+
+    (tmp_path / "old.png").write_bytes(b"old")
+    script = ("import os, signal, sys\nfrom vaekit.fileio import atomic_writer\n"
+              "with atomic_writer(sys.argv[1]) as f:\n    f.write(b'half' * 1000)\n    f.flush()\n"
+              "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    r = subprocess.run([sys.executable, "-c", script, str(tmp_path / "old.png")], capture_output=True)
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.png"] and (tmp_path / "old.png").read_bytes() == b"old"

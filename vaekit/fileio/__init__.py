@@ -1,10 +1,7 @@
 """Safe file I/O: crash-safe writes, reads that cannot hang, and the output rule.
 
-Writes go to a temporary name in the same folder, then rename. os.replace is atomic on
-POSIX and Windows, so a reader (or a resume after SIGKILL) sees either the old complete
-file or the new complete file, never half of one. A write that fails (a full disk, a
-read-only folder) removes its temporary file, leaves the old file as it was, and raises an
-OSError that names the file it was writing.
+Writes go to a temporary name in the same folder, then rename (vaekit.fileio.atomic): a reader,
+or a resume after SIGKILL, sees either the old complete file or the new one, never half of one.
 
 Reads first `stat` the path (following links) and require a regular file of bounded size,
 so a FIFO, a device or a folder named like a vaekit file is an error, never a hang.
@@ -34,90 +31,7 @@ from vaekit.errors import BadInput, DamagedFile, NotFound, cannot_write, file_ab
 MAX_JSON_BYTES = 64 << 20  # config.json, resume.json, metadata: a few KB in practice
 
 
-@functools.cache
-def _umask() -> int:
-    try:  # Linux says it without changing it
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)  # elsewhere the only way to read it is to set it
-    os.umask(mask)
-    return mask
-
-
-def _mode(path: Path) -> int:
-    """The mode a plain open() would give: an existing file's, else 0o666 less the umask.
-
-    (mkstemp creates its file 0o600, which would make every file vaekit writes private.)
-    """
-    try:
-        return stat.S_IMODE(path.stat().st_mode)
-    except OSError:
-        return 0o666 & ~_umask()
-
-
-def _named(e: OSError, path: Path) -> OSError:
-    """The same kind of OSError, saying which file could not be written (the temporary name
-    in the original message means nothing to a user); a vaekit CannotWrite (errors.py)."""
-    return cannot_write(e, path)
-
-
-@contextmanager
-def atomic_writer(path: Path, replace: bool = True, keep_same: bool = False) -> Iterator[BinaryIO]:
-    """A binary file to write to, piece by piece, that appears at `path` only when complete;
-    replace=False: only if nothing is at `path` by then (else OutputExists), or, with keep_same,
-    a file with these very bytes, kept as it is (vaekit.fileio.outputs.put_in_place)."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:  # named by vaekit.errors.cannot_write, which says which folder above is a file
-        raise _named(e, path) from None
-    # The temporary name is chosen before the file exists, and every exception from here on
-    # (a Ctrl-C between creating the file and using it included) removes it by that name:
-    # tempfile.mkstemp returns the name only after creating the file, which left an interrupt a
-    # window in which the file existed and nobody knew it.
-    # A name near the file system's 255-byte limit is valid, its temporary name 16 bytes longer
-    # would not be: a long one keeps only its first 50 characters (at most 200 bytes).
-    stem = path.name if len(os.fsencode(path.name)) <= 200 else path.name[:50]
-    tmp = path.parent / f".{stem}.{os.urandom(5).hex()}.tmp"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
-    except FileExistsError as e:  # another writer's file: 40 random bits met twice; never remove it
-        raise _named(e, path) from None
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise _named(e, path) from None
-        raise
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if hasattr(os, "fchmod"):
-                os.fchmod(f.fileno(), _mode(path))
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        put_in_place(tmp, path, replace, keep_same)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(e, OSError) and not isinstance(e, BadInput):
-            raise _named(e, path) from None
-        raise
-
-
-def atomic_write_bytes(path: Path, data: bytes, replace: bool = True, keep_same: bool = False) -> None:
-    with atomic_writer(path, replace, keep_same) as f:
-        f.write(data)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    # surrogateescape: a file name that is not UTF-8 (POSIX allows any bytes) is written back
-    # as the bytes it is made of, as `ls > list.txt` would, instead of failing the whole write
-    atomic_write_bytes(path, text.encode("utf-8", "surrogateescape"))
+from vaekit.fileio.atomic import atomic_write_bytes, atomic_write_text, atomic_writer  # noqa: E402,F401
 
 
 def finite_json(obj):
