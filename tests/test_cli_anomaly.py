@@ -70,6 +70,24 @@ def test_threshold_override_and_fail_on_anomaly_exit_codes(parts):
     assert r.exit_code == 0, r.output
 
 
+def test_a_score_just_over_the_threshold_never_prints_as_the_threshold(parts, tmp_path):
+    # "1514.92 ANOMALOUS" beside "at threshold 1514.92": two decimals hid which side it was on
+    import re
+
+    folder = parts / "test" / "anomalous"
+    assert invoke("anomaly-score", parts / "run", folder, "-o", tmp_path / "s.json").exit_code == 0
+    top = max(i["score"] for i in json.loads((tmp_path / "s.json").read_text())["images"])
+    for threshold in (top - 1e-6, top + 1e-6):
+        r = invoke("anomaly-score", parts / "run", folder, "--threshold", repr(threshold))
+        assert r.exit_code == 0, r.output
+        shown = re.search(r"anomalous at threshold (\S+)", r.output).group(1)
+        row = next(line for line in r.output.splitlines() if "ANOMALOUS" in line or "normal " in line)
+        score = row.split("│")[2].strip()
+        assert score != shown and (float(score) > float(shown)) == (threshold < top) == ("ANOMALOUS" in row), (shown, row)
+    r = invoke("anomaly-score", parts / "run", folder, "--threshold", repr(top - 1.0))
+    assert "anomalous at threshold " + f"{top - 1.0:.2f} " in r.output  # two decimals where they tell
+
+
 def test_evaluate_table_json_and_roc_plot(parts, tmp_path):
     args = ["evaluate", parts / "run", "--normal", parts / "test" / "normal", "--anomalous", parts / "test" / "anomalous"]
     r = invoke(*args, "--masks", parts / "test" / "masks", "--plot", tmp_path / "roc.png")
