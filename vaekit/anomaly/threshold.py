@@ -288,8 +288,9 @@ def resolve_threshold(model: Model, score: str, estimator: str, override: float 
     if q is None:
         return float(t), "stored"
     n = len(info.val_scores)
+    scores = "score" if n == 1 else "scores"
     if info.threshold_fixed and score == info.score:  # a value, not a quantile: count the scores above it
         above = int(np.sum(np.asarray(info.val_scores) > t))
-        return float(t), f"stored: a fixed value, {above} of {n} {info.threshold_from} scores above it"
+        return float(t), f"stored: a fixed value, {above} of {n} {info.threshold_from} {scores} above it"
     note = None if info.threshold_fixed else with_source_caveat(few_scores_note(n, q, info.threshold_from), info.threshold_from)
-    return float(t), f"stored: quantile {quantile_text(q)} of {n} {info.threshold_from} scores" + (f"; {note}" if note else "")
+    return float(t), f"stored: quantile {quantile_text(q)} of {n} {info.threshold_from} {scores}" + (f"; {note}" if note else "")
