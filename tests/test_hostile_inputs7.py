@@ -104,6 +104,39 @@ def test_a_move_interrupted_into_an_existing_folder_takes_back_only_its_own_file
     assert _files(out) == before and (out / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, OSError])
+def test_a_decode_with_overwrite_stopped_while_it_moves_puts_back_the_files_it_replaced(run, tmp_path, monkeypatch,
+                                                                                        stop):
+    # the files replaced before the stop kept the new decode: not all or nothing (a helper's review)
+    import vaekit.fileio.staging as staging
+
+    src = _images(tmp_path / "src", 3)
+    assert invoke("encode", run, src, "-o", tmp_path / "n.codes").exit_code == 0
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("img00.png", "img01.png", "img02.png"):
+        (out / name).write_bytes(b"the user's " + name.encode())
+    (out / "img00.png").chmod(0o640)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real, calls = staging._move, {"n": 0}
+
+    def third_fails(s, t, *rest):
+        calls["n"] += 1
+        if calls["n"] == 3:  # img00 and img01 already replaced
+            raise staging.cannot_write(OSError(28, "No space left on device"), t) if stop is OSError else stop
+        return real(s, t, *rest)
+
+    monkeypatch.setattr(staging, "_move", third_fails)
+    r = invoke("decode", run, tmp_path / "n.codes", "-o", out, "--overwrite")
+    assert r.exit_code == (130 if stop is KeyboardInterrupt else 2), r.output
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert oct((out / "img00.png").stat().st_mode & 0o777) == oct(0o640)
+    monkeypatch.undo()
+    r = invoke("decode", run, tmp_path / "n.codes", "-o", out, "--overwrite")
+    assert r.exit_code == 0 and all((out / n).read_bytes().startswith(b"\x89PNG") for n in before), r.output
+    assert sorted(p.name for p in out.iterdir()) == sorted(before)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["codes", "vkc"])
 def test_ctrl_c_on_a_decode_in_a_fresh_process_leaves_all_or_nothing(run, tmp_path, kind):

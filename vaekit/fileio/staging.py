@@ -45,7 +45,7 @@ def staged(out_dir: Path, targets: Sequence[Path], replace: bool = True) -> Iter
         mark_partial(staging)
         paths = [staging / Path(t).relative_to(out_dir) for t in targets]
         yield paths
-        _move_all(out_dir, paths, [Path(t) for t in targets], replace)
+        _move_all(out_dir, paths, [Path(t) for t in targets], replace, staging / ".replaced")
         done = True
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -56,19 +56,25 @@ def staged(out_dir: Path, targets: Sequence[Path], replace: bool = True) -> Iter
                 pass
 
 
-def _move_all(out_dir: Path, paths: Sequence[Path], targets: Sequence[Path], replace: bool = True) -> None:
+def _move_all(out_dir: Path, paths: Sequence[Path], targets: Sequence[Path], replace: bool = True,
+              keep: Path | None = None) -> None:
     """Move every staged file onto its target; a Ctrl-C, SIGTERM or write error halfway takes
-    back the targets that did not exist before, and the folders made for them, so the output is
-    all or nothing (it was the first files moved: the next decode refused them as existing)."""
+    back the targets that did not exist before, and the folders made for them, and puts back the
+    files it replaced (`replace`), kept as hard links in the folder `keep` until the end, so the
+    output is all or nothing (it was the first files moved: the next decode refused them as
+    existing; with --overwrite, the files replaced before the error held the new decode)."""
     new_dirs = sorted({d for t in targets for d in t.parents if d != out_dir and out_dir in d.parents
                        and not (d.exists() or d.is_symlink())}, key=lambda d: len(d.parts), reverse=True)
     moved: list[Path] = []
+    replaced: list[tuple[Path, Path]] = []  # (target, the old file's link in `keep`)
     try:
         for s, t in zip(paths, targets):
             if not (t.exists() or t.is_symlink()):
                 moved.append(t)  # before the move: an interrupt right after it still takes it back
             elif not replace:  # every target was free when the job began: this one was put there since
                 raise appeared(t)
+            elif keep is not None:
+                _keep_old(t, keep, len(replaced), replaced)
             try:
                 _move(s, t, replace)  # not replace: never onto a file put there since the look, either
             except OutputExists:
@@ -77,12 +83,30 @@ def _move_all(out_dir: Path, paths: Sequence[Path], targets: Sequence[Path], rep
     except BaseException:
         for t in moved:
             t.unlink(missing_ok=True)
+        for t, old in reversed(replaced):
+            try:
+                os.replace(old, t)
+            except OSError:
+                pass
         for d in new_dirs:  # deepest first; a folder something else now holds stays
             try:
                 d.rmdir()
             except OSError:
                 pass
         raise
+
+
+def _keep_old(target: Path, keep: Path, k: int, replaced: list) -> None:
+    """A hard link to the file (or link) at `target` in `keep`, noted in `replaced` once made, so
+    that a move that fails later can put it back. Where it cannot be made (the target's folder on
+    another file system, one without hard links), that file is replaced without a way back."""
+    old = keep / str(k)
+    try:
+        keep.mkdir(exist_ok=True)
+        os.link(target, old, follow_symlinks=False)
+    except OSError:
+        return
+    replaced.append((target, old))
 
 
 def _move(src: Path, dst: Path, replace: bool = True) -> None:
