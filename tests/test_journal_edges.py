@@ -129,3 +129,27 @@ def test_a_process_killed_while_it_writes_a_file_leaves_no_temporary_file(tmp_pa
     r = subprocess.run([sys.executable, "-c", script, str(tmp_path / "old.png")], capture_output=True)
     assert r.returncode == -signal.SIGKILL, r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["old.png"] and (tmp_path / "old.png").read_bytes() == b"old"
+
+
+def test_a_write_still_lands_where_the_folder_cannot_be_opened_to_link_into(tmp_path, monkeypatch):
+    # in a folder the process may write in but not list (mode 0733), opening it O_RDONLY to link
+    # the finished file failed, and every write there (a CSV, heat maps) was "Permission denied"
+    import errno
+    import os
+
+    from vaekit.fileio import atomic
+
+    real_open = os.open
+
+    unnamed = getattr(os, "O_TMPFILE", 0)
+
+    def no_folder(path, flags, *a, **k):  # the folder may hold a new unnamed file, but not be opened itself
+        if os.fspath(path) == os.fspath(tmp_path) and not (unnamed and flags & unnamed == unnamed):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+        return real_open(path, flags, *a, **k)
+
+    monkeypatch.setattr(atomic.os, "open", no_folder)
+    atomic.atomic_write_bytes(tmp_path / "scores.csv", b"rows\n")
+    monkeypatch.undo()
+    assert (tmp_path / "scores.csv").read_bytes() == b"rows\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scores.csv"]

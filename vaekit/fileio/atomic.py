@@ -68,16 +68,20 @@ def _link(fd: int, tmp: Path) -> None:
     which os.link asks for only when given a folder's descriptor (plain link(2) would link the
     /proc entry itself: EXDEV). Where that is refused (a file system, or a sandbox, without hard
     links), its bytes are copied to `tmp`, created by name; FileExistsError: another writer's."""
-    folder = os.open(tmp.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.link(f"/proc/self/fd/{fd}", tmp.name, dst_dir_fd=folder, follow_symlinks=True)
-        return
-    except FileExistsError:
-        raise
+    try:  # O_PATH: a folder this process may write in but not list (mode 0733) still gives one
+        folder = os.open(tmp.parent, getattr(os, "O_PATH", os.O_RDONLY) | getattr(os, "O_DIRECTORY", 0))
     except OSError:
-        pass
-    finally:
-        os.close(folder)
+        folder = None
+    if folder is not None:
+        try:
+            os.link(f"/proc/self/fd/{fd}", tmp.name, dst_dir_fd=folder, follow_symlinks=True)
+            return
+        except FileExistsError:
+            raise
+        except OSError:
+            pass
+        finally:
+            os.close(folder)
     out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(out, "wb") as f:
