@@ -39,7 +39,7 @@ def job(tmp_path_factory):
 def test_reconstruct_into_a_folder_spelled_dot_or_dotdot_journals_beside_that_folder(job, tmp_path, monkeypatch, spelling):
     # `-o .` raised ValueError (Path('.').with_name: exit 3, "a bug in vaekit"); `-o ..` ran with a
     # journal named `...partial` in the current folder, where `-o ../NAME` would not find it
-    from vaekit.stream.names import partial_path, share_out
+    from vaekit.stream.names import merging_path, partial_path, share_out
 
     run, data = job
     target = tmp_path / "rec"
@@ -48,8 +48,10 @@ def test_reconstruct_into_a_folder_spelled_dot_or_dotdot_journals_beside_that_fo
     monkeypatch.chdir(here)
     assert partial_path(Path(spelling)) == tmp_path / "rec.partial" == partial_path(tmp_path / "rec")
     assert share_out(Path(spelling), 1, 2) == tmp_path / "rec.shard-1-of-2"
-    r = invoke("reconstruct", run, data, "-o", spelling, "--batch-size", "4")
-    assert r.exit_code == 0, r.output
+    assert merging_path(Path(spelling)) == tmp_path / "rec.merging"
+    for share in ("0/2", "1/2"):  # the second merges: it raised ValueError naming OUT.merging
+        r = invoke("reconstruct", run, data, "-o", spelling, "--batch-size", "4", "--shard", share)
+        assert r.exit_code == 0, r.output
     expected = sorted([f"img{i:03d}.png" for i in range(8)] + ["comparison.png"])
     assert sorted(p.name for p in target.glob("*.png")) == expected
     assert not list(tmp_path.rglob("*partial*"))

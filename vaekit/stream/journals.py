@@ -266,7 +266,8 @@ class Journal:
         (a stop between two parts, a full disk); an OSError inside is CannotWrite naming `where`.
         The lines before go to disk first: after a power cut only this batch's files can lack a line."""
         if self._dirty:
-            os.fsync(self._fd)
+            with naming_failed_writes(self.path):
+                os.fsync(self._fd)
             self._synced, self._dirty = time.monotonic(), False
         self._wrote = True
         with naming_failed_writes(where):

@@ -1,6 +1,7 @@
-"""The names a streaming job's files take beside its output OUT: its journal `OUT.partial`, and a
-share's `OUT.shard-I-of-N` (whose journal is that name + .partial). However OUT is spelled, `.` and
-`..` included, they lie beside the folder or file it names."""
+"""The names a streaming job's files take beside its output OUT: its journal `OUT.partial`, a
+share's `OUT.shard-I-of-N` (whose journal is that name + .partial) and the merge's lock
+`OUT.merging`. However OUT is spelled, `.` and `..` included, they lie beside the folder or file
+it names."""
 
 from __future__ import annotations
 
@@ -11,12 +12,19 @@ from vaekit.errors import BadInput
 from vaekit.fileio.outputs import MAX_NAME_BYTES
 
 PARTIAL_SUFFIX = ".partial"
+MERGING = ".merging"  # the lock of the share that merges: OUT.merging
 
 
 def partial_path(out: Path) -> Path:
     """OUT.partial beside OUT, however OUT is spelled (`.` and `..` name the folders they stand for)."""
     out = Path(os.path.abspath(out))
     return out.with_name(out.name + PARTIAL_SUFFIX)
+
+
+def merging_path(out: Path) -> Path:
+    """OUT.merging beside OUT, however OUT is spelled."""
+    out = Path(os.path.abspath(out))
+    return out.with_name(out.name + MERGING)
 
 
 def check_journal_name(out: Path) -> None:

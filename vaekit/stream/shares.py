@@ -26,9 +26,9 @@ from vaekit.errors import BadInput, DamagedFile, InUse, VaekitError, cannot_writ
 from vaekit.fileio import held_elsewhere, refuse_existing, try_lock
 from vaekit.stream.files import LineTooLong, lines_reopened, open_regular, read_lines
 from vaekit.stream.journals import journal_header, parse
-from vaekit.stream.names import check_journal_name, partial_path, share_out  # noqa: F401 (share_out: re-exported)
+from vaekit.stream.names import (MERGING, check_journal_name, merging_path, partial_path,  # noqa: F401 (MERGING,
+                                 share_out)  # share_out: re-exported)
 
-MERGING = ".merging"
 _LOCK_TEXT = b"vaekit shard merge lock\n"  # what makes OUT.merging vaekit's own
 
 
@@ -231,7 +231,7 @@ def merge_lock(out: Path):
     OUT.merging is vaekit's when vaekit created it (it holds _LOCK_TEXT); a file of that name
     that is not is refused (BadInput), never used or deleted. The lock file goes when the merge
     is done, if it is still the one this process locked."""
-    lock = out.with_name(out.name + MERGING)
+    lock = merging_path(out)
     try:
         fd = _open_lock(lock)
     except OSError as e:
