@@ -218,11 +218,13 @@ def pixel_model_text(likelihood: str, kind: str) -> str:
     """What codes a lossless archive's pixels, and the smaller archive a user can have."""
     if kind == "model":
         return "the model's own (discretised logistic): the archive costs about its -ELBO"
+    kind, green = kind.removesuffix(" + subtract-green"), kind.endswith(" + subtract-green")
+    how = "; colour coded as G, R - G, B - G, which measured smaller" if green else ""
     if kind == "learned":
         return (f"a small network fitted to these images (a {likelihood} model has no 8-bit levels), "
-                "chosen because it measured smaller than the context model (docs/codec.md)")
-    return (f"a context model fitted to these images (a {likelihood} model has no 8-bit levels); a model trained "
-            "with --likelihood logistic codes 9-10% smaller (docs/codec.md)")
+                f"chosen because it measured smaller than the context model{how} (docs/codec.md)")
+    return (f"a context model fitted to these images (a {likelihood} model has no 8-bit levels){how}; a model "
+            "trained with --likelihood logistic codes 9-10% smaller (docs/codec.md)")
 
 
 def vs_sources(source_bytes: int, file_bytes: int) -> str:

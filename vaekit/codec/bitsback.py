@@ -29,7 +29,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from vaekit.codec import fitted, tables
+from vaekit.codec import colour, fitted, tables
 from vaekit.codec.fitted import NEIGHBOURS  # (dy, dx) of a pixel context: vaekit.model.objective.causal_neighbours
 from vaekit.errors import DamagedFile
 from vaekit.model.likelihood_np import LEVELS, logistic_cdf_edges
@@ -122,6 +122,7 @@ def push_pixels(coder, x: np.ndarray, params: np.ndarray, pixels=None) -> None:
         tables.push(coder, np.asarray(x).ravel(), pixel_tables(params))
         return
     group = _group_tables(params, pixels)
+    x = colour.forward(x) if isinstance(pixels, colour.Green) else x  # coded as G, R - G, B - G
     for rows, cols in reversed(waves(*x.shape[1:])):
         tables.push(coder, x[:, rows, cols].ravel(), group(x, rows, cols))
 
@@ -134,13 +135,14 @@ def pop_pixels(coder, params: np.ndarray, shape: tuple[int, int, int], pixels=No
     x, group = np.zeros(shape, np.uint8), _group_tables(params, pixels)
     for rows, cols in waves(*shape[1:]):
         x[:, rows, cols] = tables.pop(coder, group(x, rows, cols)).reshape(c, -1)
-    return x
+    return colour.inverse(x) if isinstance(pixels, colour.Green) else x
 
 
 def _group_tables(params: np.ndarray, pixels):
     """group(x, rows, cols) -> one group's tables: a logistic pixel context's or a fitted model's."""
     if pixels is not None:
         m = fitted.means(pixels.likelihood, params)  # once, not per group
+        m = colour.mean(m) if isinstance(pixels, colour.Green) else m
         return lambda x, rows, cols: pixels.tables(x, m, rows, cols)
     p = np.asarray(params, np.float64)  # once, not per group
     return lambda x, rows, cols: _wave_tables(p, x, rows, cols)

@@ -54,7 +54,8 @@ class EncodeResult:
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     source_bytes: int = 0  # the source files' total size
     seconds: float = 0.0
-    pixel_model: str | None = None  # lossless: "model" (a logistic model's own), "fitted" (context) or "learned"
+    pixel_model: str | None = None  # lossless: "model" (a logistic model's own), "fitted" (context) or "learned",
+    #                                 either with " + subtract-green" (colour coded as G, R - G, B - G)
     residual: str | None = None  # lossy with a residual: "pixels" or "dct 8x8" / "dct 4x4" (vaekit.codec.transform)
 
     @property

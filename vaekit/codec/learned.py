@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vaekit.codec import fitted, tables
+from vaekit.codec import colour, fitted, tables
 from vaekit.model.likelihood_np import LEVELS, LOGISTIC_LOG_SCALE_BOUNDS
 
 KIND = "learned-1"
@@ -129,7 +129,13 @@ class LearnedPixels:
 
 
 def from_json(meta, likelihood: str, channels: int):
-    """Either kind of fitted pixel model from an archive's header: ValueError if neither."""
+    """Either kind of fitted pixel model from an archive's header, or either one coding colour as
+    G, R - G, B - G (vaekit.codec.colour): ValueError if none."""
+    if isinstance(meta, dict) and meta.get("kind") == colour.KIND:
+        inner = meta.get("inner")
+        if channels != 3 or not isinstance(inner, dict) or inner.get("kind") == colour.KIND:
+            raise ValueError("its colour-transformed pixel model is not of a 3-channel model, or holds no pixel model")
+        return colour.Green(from_json(inner, likelihood, channels))
     if isinstance(meta, dict) and meta.get("kind") == KIND:
         return LearnedPixels.from_json(meta, likelihood, channels)
     return fitted.PixelModel.from_json(meta, likelihood, channels)

@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from vaekit.codec import fitted, header, learned, tables
+from vaekit.codec import colour, fitted, header, learned, tables
 from vaekit.model.likelihood_np import LEVELS, LOGISTIC_LOG_SCALE_BOUNDS
 
 
@@ -21,7 +21,20 @@ def choose(likelihood: str, images: list[np.ndarray], mean_images: list[np.ndarr
            torch: bool = True):
     """The pixel model an archive of about `expected_subpixels` sub-pixels codes with, fitted to
     `images` (uint8 (C, H, W)) and their decoder means (float64, same shape); `torch`: whether
-    torch may train a network (False on the onnxruntime engine)."""
+    torch may train a network (False on the onnxruntime engine). Colour images are coded as G,
+    R - G, B - G (vaekit.codec.colour) where the context model measures them smaller so."""
+    if images[0].shape[0] == 3:
+        green = [colour.forward(x) for x in images], [colour.mean(m) for m in mean_images]
+        held, _ = _positions(images)
+        rgb_bits = _bits(fitted.fit(likelihood, images, mean_images), images, mean_images, held)
+        if _bits(fitted.fit(likelihood, *green), *green, held) < rgb_bits:
+            return colour.Green(_choose(likelihood, *green, expected_subpixels, torch))
+    return _choose(likelihood, images, mean_images, expected_subpixels, torch)
+
+
+def _choose(likelihood: str, images: list[np.ndarray], mean_images: list[np.ndarray], expected_subpixels: int,
+            torch: bool) -> "fitted.PixelModel | learned.LearnedPixels":
+    """`choose` in the images' own colours: the context model, or the network where it measures smaller."""
     context = fitted.fit(likelihood, images, mean_images)
     if expected_subpixels < learned.MIN_ARCHIVE or not torch:
         return context

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from vaekit import images as imageio
-from vaekit.codec import bitsback, container, fitted, learned, learned_fit
+from vaekit.codec import bitsback, colour, container, fitted, learned, learned_fit
 from vaekit.codec.net import CANONICAL_THREADS, Net
 from vaekit.codes.sizes import source_facts
 
@@ -94,11 +94,14 @@ def _code_chunk(net, batch, spill, header, expected_subpixels: int, progress=Non
 
 def pixel_model_name(header: container.Header) -> str:
     """What codes a written archive's pixels: "model" (a logistic model's own likelihood), "fitted"
-    (the context model) or "learned" (the network)."""
+    (the context model) or "learned" (the network), "+ subtract-green" where colour is coded as
+    G, R - G, B - G (vaekit.codec.colour)."""
     pixels = header.engine.get("pixels")
     if pixels is None:
         return "model"
-    return "learned" if pixels.get("kind") == learned.KIND else "fitted"
+    green = pixels.get("kind") == colour.KIND
+    pixels = pixels.get("inner", {}) if green else pixels
+    return ("learned" if pixels.get("kind") == learned.KIND else "fitted") + (" + subtract-green" if green else "")
 
 
 def pixel_model(header: container.Header, model, archive: Path):
