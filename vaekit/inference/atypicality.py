@@ -31,10 +31,8 @@ from vaekit.inference import codebank
 SOFT_SD = 0.1  # per-position sd is softened by this share of the mean sd: no division by ~0
 FLOOR_SHARE = 0.5  # a test's sd is at least this share of its spread over the reference (training) images
 CODE_SD_FLOOR = 1e-4  # the code test's sd is at least this share of d, the prior's mean squared distance from 0
-# Floors in each test's own units, for images that do not vary (copies of one image): a test in nats
-# 0.1 nat (error_local: over its window), the code test (a squared distance) 0.1, a local test (a
-# largest z) 1e-3 sd; below every spread measured on real sets (docs/thresholds.md)
-NATS_SD_FLOOR, LOCAL_SD_FLOOR = 0.1, 1e-3
+# sd floors in each test's own units for images that do not vary: 0.1 nat (error_local: over its window),
+NATS_SD_FLOOR, LOCAL_SD_FLOOR = 0.1, 1e-3  # 0.1 the code distance, 1e-3 sd a local test (docs/thresholds.md)
 GLOBAL_TESTS = ("recon_high", "kl_high", "elbo_low")  # the global tests of a calibration that names none
 # A vector latent's heat map: the R map averaged over 5x5 pixels. On the shapes sample data the
 # pixel AUROC of the raw map is 0.967, averaged over 3 px 0.989, over 5 px 0.994 (docs/detection.md).
