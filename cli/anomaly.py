@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
@@ -133,15 +131,6 @@ def _scoring_bar():
         yield image_rate(bars, {"score": "scoring", "load": "reading images", "merge": "waiting for the other ranks"})
 
 
-def _decimals(scores, threshold) -> int:
-    """Two decimals, or as many more (up to 9) as it takes that no score shown prints as the
-    threshold it lies above or below ("1514.92 ANOMALOUS" at threshold 1514.92)."""
-    if threshold is None or not math.isfinite(threshold) or abs(threshold) >= 1e15:
-        return 2
-    return next((d for d in range(2, 9) if all(s == threshold or f"{s:.{d}f}" != f"{threshold:.{d}f}"
-                                                for s in scores)), 9)
-
-
 def _print_scores(report, inputs) -> None:
     from rich.table import Table
 
@@ -159,7 +148,9 @@ def _print_scores(report, inputs) -> None:
     est = {"mean": "z = μ", "samples": f"{plan.samples} draws", "iwae": f"IWAE, {plan.samples} draws"}.get(plan.estimator, plan.estimator)
     t.add_column(f"-ELBO\n({est})", justify="right")
     t.add_column("verdict", justify="left")  # the -o file's `anomalous` field (true / false), in words
-    d = _decimals([r.score for r in report.top], report.plan.threshold)
+    from vaekit.anomaly.quantiles import distinct_decimals
+
+    d = distinct_decimals([r.score for r in report.top], report.plan.threshold)
     for r in report.top:  # most anomalous first; a score that is not a number (a broken model) above all
         flag = "" if r.anomalous is None else ("[bold red]ANOMALOUS[/bold red]" if r.anomalous else "[green]normal[/green]")
         t.add_row(shown(relative_name(Path(r.path), inputs) if short else r.path), f"{r.score:.{d}f}",

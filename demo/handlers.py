@@ -199,8 +199,8 @@ class AnomalyResult:
     def anomalous(self) -> np.ndarray:
         return np.array([bool(r.anomalous) for r in self.rows])
 
-    def table(self) -> list[list]:
-        return [[r.path, round(r.score, 3), round(r.bits_per_dim, 5), "anomalous" if r.anomalous else "normal"]
+    def table(self, decimals: int = 3) -> list[list]:
+        return [[r.path, round(r.score, decimals), round(r.bits_per_dim, 5), "anomalous" if r.anomalous else "normal"]
                 for r in self.rows]
 
 

@@ -16,11 +16,14 @@ import gradio as gr
 import pandas as pd
 
 import vaekit
+from vaekit.anomaly.quantiles import distinct_decimals
 from vaekit.inference.engine import score_unit
 from vaekit.errors import BadInput
 from vaekit_demo import compress_tab, figures, handlers, training
 from vaekit_demo.context import Context, data_folder, warn_skipped
 from vaekit_demo.security import confine, md_code
+
+SUMMARY_ROWS = 10  # images the anomaly summary names; the table holds every one
 
 
 def header(ctx: Context) -> SimpleNamespace:
@@ -228,11 +231,15 @@ def _wire_anomaly(w: SimpleNamespace, ctx: Context) -> None:
         warn_skipped(r.skipped)
         n_bad = int(r.anomalous.sum())
         unit = score_unit(model.info.score)
-        lines = [f"**{n_bad} of {len(r.names)} anomalous** at threshold {r.threshold:.2f} {unit}"]
-        lines += [f"- {md_code(n)}: score **{s:.2f}** {unit} → {'**anomalous**' if a else 'normal'}"
-                  for n, s, a in list(zip(r.names, r.scores, r.anomalous))[:10]]
-        gallery = [(handlers.hwc(o), f"{n}: {s:.1f}") for o, n, s in zip(r.overlays, r.names, r.scores)]
-        return "\n".join(lines), figures.model_histogram(model, r.threshold, r), gallery, r.table(), csv
+        d = distinct_decimals(r.scores, r.threshold)  # no "8.05 anomalous" at threshold 8.05
+        lines = [f"**{n_bad} of {len(r.names)} anomalous** at threshold {r.threshold:.{d}f} {unit}"]
+        lines += [f"- {md_code(n)}: score **{s:.{d}f}** {unit} → {'**anomalous**' if a else 'normal'}"
+                  for n, s, a in list(zip(r.names, r.scores, r.anomalous))[:SUMMARY_ROWS]]
+        if len(r.names) > SUMMARY_ROWS:
+            lines.append(f"- … and {len(r.names) - SUMMARY_ROWS} more: the table below has every image")
+        caption = distinct_decimals(r.scores, r.threshold, least=1)
+        gallery = [(handlers.hwc(o), f"{n}: {s:.{caption}f}") for o, n, s in zip(r.overlays, r.names, r.scores)]
+        return "\n".join(lines), figures.model_histogram(model, r.threshold, r), gallery, r.table(max(3, d)), csv
 
     @ctx.guard
     def rethreshold(files, thr, request: gr.Request = None):

@@ -128,3 +128,13 @@ def few_scores_note(n: int, quantile: float | None, what: str = "calibration") -
         return f"{head}: the threshold is the largest, expect {100 * bound:.2g}%"
     return (f"{head}: the threshold is the largest or, further, their fitted tail's quantile; expect at most "
             f"{100 * bound:.2g}% on average")
+
+
+def distinct_decimals(scores, threshold, least: int = 2, most: int = 9) -> int:
+    """Decimals to print scores and their threshold with: `least`, or as many more (up to `most`)
+    as it takes that no score prints as the threshold it lies above or below ("8.05 anomalous" at
+    threshold 8.05). `least` where the threshold is no finite number below 1e15."""
+    if threshold is None or not math.isfinite(threshold) or abs(threshold) >= 1e15:
+        return least
+    return next((d for d in range(least, most) if all(s == threshold or f"{s:.{d}f}" != f"{threshold:.{d}f}"
+                                                      for s in scores)), most)
