@@ -137,6 +137,31 @@ def test_a_decode_with_overwrite_stopped_while_it_moves_puts_back_the_files_it_r
     assert sorted(p.name for p in out.iterdir()) == sorted(before)
 
 
+def test_a_ctrl_c_while_the_staging_folder_goes_still_removes_it(run, tmp_path, monkeypatch):
+    # after the last move, a Ctrl-C cut the removal of the staging folder short: it stayed, with
+    # hard links to every file --overwrite had replaced (a helper's review)
+    import shutil as shutil_module
+
+    import vaekit.fileio.staging as staging
+
+    src = _images(tmp_path / "src", 3)
+    assert invoke("encode", run, src, "-o", tmp_path / "n.codes").exit_code == 0
+    out = tmp_path / "out"
+    assert invoke("decode", run, tmp_path / "n.codes", "-o", out).exit_code == 0
+    real, calls = shutil_module.rmtree, {"n": 0}
+
+    def interrupted_once(path, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 1 and ".vaekit-decode-" in str(path):
+            raise KeyboardInterrupt
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(staging.shutil, "rmtree", interrupted_once)
+    r = invoke("decode", run, tmp_path / "n.codes", "-o", out, "--overwrite")
+    assert r.exit_code == 130, r.output
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in src.iterdir())  # no staging folder left
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["codes", "vkc"])
 def test_ctrl_c_on_a_decode_in_a_fresh_process_leaves_all_or_nothing(run, tmp_path, kind):

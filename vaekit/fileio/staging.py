@@ -48,12 +48,22 @@ def staged(out_dir: Path, targets: Sequence[Path], replace: bool = True) -> Iter
         _move_all(out_dir, paths, [Path(t) for t in targets], replace, staging / ".replaced")
         done = True
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        _remove(staging)
         if created and not done:
             try:
                 out_dir.rmdir()
             except OSError:
                 pass
+
+
+def _remove(staging: Path) -> None:
+    """The staging folder goes, with the replaced files' links: a Ctrl-C while it goes (after the
+    last move, with thousands of files) is raised once it is gone, not in its middle."""
+    try:
+        shutil.rmtree(staging, ignore_errors=True)
+    except KeyboardInterrupt:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def _move_all(out_dir: Path, paths: Sequence[Path], targets: Sequence[Path], replace: bool = True,
