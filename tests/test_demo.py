@@ -166,7 +166,7 @@ def test_anomaly_scores_judges_maps_and_writes_csv(model, uploads, tmp_path):
 def test_anomaly_skips_a_bad_upload_and_refuses_only_bad_ones(model, uploads, not_an_image, tmp_path):
     r = handlers.anomaly(model, [uploads[0], not_an_image], 1e9, tmp_path)
     assert r.names == [uploads[0].name] and [p.name for p, _ in r.skipped] == ["notes.png"]
-    with pytest.raises(imageio.NoImagesError, match="no usable image among the uploads .1 unreadable: notes.png: "):
+    with pytest.raises(imageio.NoImagesError, match="no usable image among the uploads .1 skipped: notes.png: "):
         handlers.anomaly(model, [not_an_image], 1e9, tmp_path)
     with pytest.raises(ValueError, match="invalid threshold nan"):
         handlers.anomaly(model, uploads, float("nan"), tmp_path)

@@ -52,7 +52,7 @@ def none_usable(where: str, skipped: Sequence[tuple]) -> NoImagesError:
     """The error for inputs whose every file failed to load: `where` ("in FOLDER", "among the
     uploads") and the first few (file, reason) of `skipped`."""
     reasons = "; ".join(f"{Path(p).name}: {r}" for p, r in skipped[:3])
-    return NoImagesError(f"no usable image {where} ({len(skipped)} unreadable: {reasons})")
+    return NoImagesError(f"no usable image {where} ({len(skipped)} skipped: {reasons})")
 
 
 def find_images(inputs: str | Path | Sequence[str | Path], confine_to: Path | None = None) -> list[Path]:
