@@ -21,20 +21,23 @@ def choose(likelihood: str, images: list[np.ndarray], mean_images: list[np.ndarr
            torch: bool = True):
     """The pixel model an archive of about `expected_subpixels` sub-pixels codes with, fitted to
     `images` (uint8 (C, H, W)) and their decoder means (float64, same shape); `torch`: whether
-    torch may train a network (False on the onnxruntime engine). Colour images are coded as G,
-    R - G, B - G (vaekit.codec.colour) where the context model measures them smaller so."""
-    if images[0].shape[0] == 3:
-        green = [colour.forward(x) for x in images], [colour.mean(m) for m in mean_images]
-        held, _ = _positions(images)
-        rgb_bits = _bits(fitted.fit(likelihood, images, mean_images), images, mean_images, held)
-        if _bits(fitted.fit(likelihood, *green), *green, held) < rgb_bits:
-            return colour.Green(_choose(likelihood, *green, expected_subpixels, torch))
-    return _choose(likelihood, images, mean_images, expected_subpixels, torch)
+    torch may train a network (False on the onnxruntime engine). Colour images are also fitted as
+    G, R - G, B - G (vaekit.codec.colour), and coded so where that measures smaller on the same
+    held-out sub-pixels, its header's extra bytes included over the archive's expected size."""
+    plain = _choose(likelihood, images, mean_images, expected_subpixels, torch)
+    held, _ = _positions(images)
+    if images[0].shape[0] != 3 or not len(held):
+        return plain
+    xs, ms = [colour.forward(x) for x in images], [colour.mean(m) for m in mean_images]
+    green = colour.Green(_choose(likelihood, xs, ms, expected_subpixels, torch))
+    saving = (_bits(plain, images, mean_images, held) - _bits(green.inner, xs, ms, held)) * expected_subpixels
+    extra = 8 * (header.stored_bytes(green.to_json()) - header.stored_bytes(plain.to_json()))
+    return green if saving > extra else plain
 
 
 def _choose(likelihood: str, images: list[np.ndarray], mean_images: list[np.ndarray], expected_subpixels: int,
             torch: bool) -> "fitted.PixelModel | learned.LearnedPixels":
-    """`choose` in the images' own colours: the context model, or the network where it measures smaller."""
+    """The context model, or the network where it measures smaller, for the images as given."""
     context = fitted.fit(likelihood, images, mean_images)
     if expected_subpixels < learned.MIN_ARCHIVE or not torch:
         return context
