@@ -8,6 +8,7 @@ updates the Anomaly tab's threshold and the Latent tab's folder). `TABS` lists t
 
 from __future__ import annotations
 
+import math
 import shlex
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,7 +24,7 @@ from vaekit_demo import compress_tab, figures, handlers, training
 from vaekit_demo.context import Context, data_folder, warn_skipped
 from vaekit_demo.security import confine, md_code
 
-SUMMARY_ROWS = 10  # images the anomaly summary names; the table holds every one
+SUMMARY_ROWS = 10  # images the anomaly summary names, highest scores first; the table holds every one
 
 
 def header(ctx: Context) -> SimpleNamespace:
@@ -233,10 +234,11 @@ def _wire_anomaly(w: SimpleNamespace, ctx: Context) -> None:
         unit = score_unit(model.info.score)
         d = distinct_decimals(r.scores, r.threshold)  # no "8.05 anomalous" at threshold 8.05
         lines = [f"**{n_bad} of {len(r.names)} anomalous** at threshold {r.threshold:.{d}f} {unit}"]
-        lines += [f"- {md_code(n)}: score **{s:.{d}f}** {unit} → {'**anomalous**' if a else 'normal'}"
-                  for n, s, a in list(zip(r.names, r.scores, r.anomalous))[:SUMMARY_ROWS]]
+        top = sorted(range(len(r.names)), key=lambda i: (not math.isnan(r.scores[i]), -r.scores[i]))  # NaN: first
+        lines += [f"- {md_code(r.names[i])}: score **{r.scores[i]:.{d}f}** {unit} → "
+                  f"{'**anomalous**' if r.anomalous[i] else 'normal'}" for i in top[:SUMMARY_ROWS]]
         if len(r.names) > SUMMARY_ROWS:
-            lines.append(f"- … and {len(r.names) - SUMMARY_ROWS} more: the table below has every image")
+            lines.append(f"- … and {len(r.names) - SUMMARY_ROWS} more, lower: the table below has every image")
         caption = distinct_decimals(r.scores, r.threshold, least=1)
         gallery = [(handlers.hwc(o), f"{n}: {s:.{caption}f}") for o, n, s in zip(r.overlays, r.names, r.scores)]
         return "\n".join(lines), figures.model_histogram(model, r.threshold, r), gallery, r.table(max(3, d)), csv

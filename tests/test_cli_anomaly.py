@@ -88,6 +88,15 @@ def test_a_score_just_over_the_threshold_never_prints_as_the_threshold(parts, tm
     assert "anomalous at threshold " + f"{top - 1.0:.2f} " in r.output  # two decimals where they tell
 
 
+def test_a_negative_score_beside_a_threshold_of_zero_is_printed_apart_from_it():
+    # "-0.00 normal" at threshold 0.00: the strings differed, the numbers they show did not
+    from vaekit.anomaly.quantiles import distinct_decimals
+
+    assert distinct_decimals([-1e-4], 0.0) == 4 and distinct_decimals([1e-3], -1e-3) == 3
+    assert distinct_decimals([5.0, 7.5], 6.0) == 2 and distinct_decimals([6.0], 6.0) == 2  # a tie: nothing to tell
+    assert distinct_decimals([1.0], None) == 2 and distinct_decimals([float("nan")], 1.0) == 2
+
+
 def test_evaluate_table_json_and_roc_plot(parts, tmp_path):
     args = ["evaluate", parts / "run", "--normal", parts / "test" / "normal", "--anomalous", parts / "test" / "anomalous"]
     r = invoke(*args, "--masks", parts / "test" / "masks", "--plot", tmp_path / "roc.png")

@@ -57,6 +57,19 @@ def test_reconstruct_into_a_folder_spelled_dot_or_dotdot_journals_beside_that_fo
     assert not list(tmp_path.rglob("*partial*"))
 
 
+def test_a_spelling_that_goes_up_through_a_link_journals_beside_the_folder_it_reaches(tmp_path, monkeypatch):
+    # `lnk/..` with lnk -> real/sub is the folder real, not the folder holding lnk
+    from vaekit.stream.names import merging_path, partial_path
+
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    (tmp_path / "here").mkdir()
+    (tmp_path / "here" / "lnk").symlink_to(tmp_path / "real" / "sub")
+    monkeypatch.chdir(tmp_path / "here")
+    assert partial_path(Path("lnk/..")) == tmp_path / "real.partial" == partial_path(tmp_path / "real")
+    assert merging_path(Path("lnk/..")) == tmp_path / "real.merging"
+    assert partial_path(Path("lnk/out.csv")) == tmp_path / "here" / "lnk" / "out.csv.partial"  # a name: as spelled
+
+
 def test_the_root_folder_is_refused_as_an_output_in_one_line(job):
     run, data = job
     r = invoke("reconstruct", run, data, "-o", "/", "--batch-size", "4")

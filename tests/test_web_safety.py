@@ -195,30 +195,34 @@ def test_uploaded_names_cannot_become_spreadsheet_formulas(served, run, tree, tm
 
 def test_the_anomaly_summary_never_prints_a_score_as_the_threshold_it_lies_on_the_other_side_of(served, run, tree,
                                                                                                   tmp_path):
-    # "score 8.05 → anomalous" at threshold 8.05: two decimals hid the side (a helper's review);
-    # and the summary named 10 of 12 images without saying there were more
+    # "score 8.05 → anomalous" at threshold 8.05: two decimals hid the side; and the summary named the
+    # first 10 of 12 uploads, whatever their scores, without saying there were more (helpers' reviews)
     import re
 
+    import vaekit
     from gradio_client import Client, handle_file
+    from vaekit_demo.figures import threshold_range
 
     ups = []
     for i in range(12):
         ups.append(tmp_path / f"u{i:02d}.png")
-        Image.open(tree / "data" / "images" / f"img_{i % 4}.png").rotate(7 * i).save(ups[-1])
+        Image.open(tree / "data" / "images" / f"img_{i % 8}.png").rotate(40 if i < 2 else 0).save(ups[-1])
     c = Client(served, verbose=False)
-    *_, csv_path = c.predict([handle_file(str(u)) for u in ups], 0.0, api_name="/anomaly")
-    import vaekit
-    from vaekit_demo.figures import threshold_range
-
-    span = threshold_range(vaekit.load(run))  # the slider's: a score inside it, and thresholds beside it
-    scores = [float(row["score"]) for row in csv.DictReader(Path(csv_path).read_text(encoding="utf-8").splitlines())]
-    top = max(v for v in scores if span["minimum"] + 1e-5 < v < span["maximum"] - 1e-5)
-    for threshold in (top - 1e-6, top + 1e-6):
+    summary, *_, csv_path = c.predict([handle_file(str(u)) for u in ups], 0.0, api_name="/anomaly")
+    scores = {row["path"]: float(row["score"])
+              for row in csv.DictReader(Path(csv_path).read_text(encoding="utf-8").splitlines())}
+    listed = re.findall(r"`([^`]+)`: score", summary)
+    assert sorted(listed, key=scores.get, reverse=True) == listed == sorted(scores, key=scores.get, reverse=True)[:10]
+    assert "and 2 more" in summary
+    span = threshold_range(vaekit.load(run))  # the slider's: a listed score inside it, thresholds beside it
+    name = next(n for n in listed if span["minimum"] + 1e-5 < scores[n] < span["maximum"] - 1e-5)
+    for threshold in (scores[name] - 1e-6, scores[name] + 1e-6):
         summary, *_ = c.predict([handle_file(str(u)) for u in ups], threshold, api_name="/anomaly")
         shown = re.search(r"at threshold (\S+)", summary).group(1)
-        scores = re.findall(r"score \*\*(\S+)\*\*", summary)
-        assert len(scores) == 10 and shown not in scores, summary
-        assert "and 2 more" in summary
+        line = next(line for line in summary.splitlines() if f"`{name}`" in line)
+        printed = re.search(r"score \*\*(\S+)\*\*", line).group(1)
+        assert printed != shown and (float(printed) > float(shown)) == (threshold < scores[name]), (shown, line)
+        assert ("**anomalous**" in line) == (threshold < scores[name])
 
 
 def test_uploaded_code_files_are_decoded_up_to_a_row_limit(served, run, tree, tmp_path, monkeypatch):

@@ -136,5 +136,6 @@ def distinct_decimals(scores, threshold, least: int = 2, most: int = 9) -> int:
     threshold 8.05). `least` where the threshold is no finite number below 1e15."""
     if threshold is None or not math.isfinite(threshold) or abs(threshold) >= 1e15:
         return least
-    return next((d for d in range(least, most) if all(s == threshold or f"{s:.{d}f}" != f"{threshold:.{d}f}"
+    shown = lambda v, d: float(f"{v:.{d}f}")  # noqa: E731 (as printed, read back: "-0.00" is "0.00")
+    return next((d for d in range(least, most) if all(s == threshold or shown(s, d) != shown(threshold, d)
                                                       for s in scores)), most)

@@ -48,7 +48,7 @@ def staged(out_dir: Path, targets: Sequence[Path], replace: bool = True) -> Iter
         _move_all(out_dir, paths, [Path(t) for t in targets], replace, staging / ".replaced")
         done = True
     finally:
-        _remove(staging)
+        _remove(staging, done)
         if created and not done:
             try:
                 out_dir.rmdir()
@@ -56,14 +56,16 @@ def staged(out_dir: Path, targets: Sequence[Path], replace: bool = True) -> Iter
                 pass
 
 
-def _remove(staging: Path) -> None:
-    """The staging folder goes, with the replaced files' links: a Ctrl-C while it goes (after the
-    last move, with thousands of files) is raised once it is gone, not in its middle."""
+def _remove(staging: Path, done: bool) -> None:
+    """The staging folder goes, with the replaced files' links: a Ctrl-C while it goes (thousands of
+    files) is raised once it is gone, not in its middle, and not at all after the last move (`done`):
+    the decode is complete, and exit 130 would say it was not."""
     try:
         shutil.rmtree(staging, ignore_errors=True)
     except KeyboardInterrupt:
         shutil.rmtree(staging, ignore_errors=True)
-        raise
+        if not done:
+            raise
 
 
 def _move_all(out_dir: Path, paths: Sequence[Path], targets: Sequence[Path], replace: bool = True,

@@ -15,15 +15,22 @@ PARTIAL_SUFFIX = ".partial"
 MERGING = ".merging"  # the lock of the share that merges: OUT.merging
 
 
+def _named(out: Path) -> Path:
+    """OUT as an absolute path with a name: `.`, `..` and a path ending in them as the folder they
+    stand for, through any link on the way (`link/..` is the link's target's parent)."""
+    out = Path(out)
+    return Path(os.path.realpath(out) if out.name in ("", ".", "..") else os.path.abspath(out))
+
+
 def partial_path(out: Path) -> Path:
-    """OUT.partial beside OUT, however OUT is spelled (`.` and `..` name the folders they stand for)."""
-    out = Path(os.path.abspath(out))
+    """OUT.partial beside OUT, however OUT is spelled."""
+    out = _named(out)
     return out.with_name(out.name + PARTIAL_SUFFIX)
 
 
 def merging_path(out: Path) -> Path:
     """OUT.merging beside OUT, however OUT is spelled."""
-    out = Path(os.path.abspath(out))
+    out = _named(out)
     return out.with_name(out.name + MERGING)
 
 
@@ -31,7 +38,7 @@ def check_journal_name(out: Path) -> None:
     """BadInput when the journal beside `out` (OUT.partial) would pass MAX_NAME_BYTES: the OS said
     only "File name too long" of a name that fits (of another share's journal: "run them as one user"),
     or when there is nothing to put it beside (the root folder: ValueError from Path.with_name)."""
-    if not Path(os.path.abspath(out)).name:
+    if not _named(out).name:
         raise BadInput(f"output {out}: the root folder cannot be an output; give a folder below it")
     name = partial_path(out).name
     if len(os.fsencode(name)) > MAX_NAME_BYTES:
@@ -44,5 +51,5 @@ def share_out(out: Path, index: int, count: int) -> Path:
     """The file a share journals for (its journal is this name + .partial): OUT itself when unsharded."""
     if count == 1:
         return out
-    out = Path(os.path.abspath(out))  # `.` and `..` name the folders they stand for
+    out = _named(out)
     return out.with_name(f"{out.name}.shard-{index}-of-{count}")
