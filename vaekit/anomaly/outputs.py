@@ -20,10 +20,10 @@ import numpy as np
 from vaekit import images as imageio
 from vaekit.anomaly.score import ROW_FIELDS, ScoreReport, report_header
 from vaekit.inference.engine import Model
-from vaekit.errors import BadInput, check_flags, not_a_folder
+from vaekit.errors import BadInput, check_flags
 from vaekit.codes.targets import png_targets, refuse_linked
 from vaekit.fileio import (atomic_writer, dumps_json, refuse_existing, refuse_inside, refuse_long_names,
-                           refuse_under_file)
+                           refuse_unmakeable_folder)
 from vaekit.fileio.outputs import refuse_nul
 from vaekit.inference.engine_onnx import refuse_model_files
 from vaekit.stream.journals import PARTIAL_SUFFIX
@@ -56,9 +56,7 @@ def check_outputs(inputs, out: str | Path | None = None, maps: str | Path | None
                            "maps a folder of their own")
         if maps.exists() and not maps.is_dir():
             raise BadInput(f"--maps {maps} is a file; give a folder")
-        if maps.is_symlink() and not maps.exists():  # a loop, or a link to nothing: no folder to write in
-            raise BadInput(f"--maps {not_a_folder(maps)}")
-        refuse_under_file(maps, "--maps folder")  # a file above it, or a folder this process cannot write in
+        refuse_unmakeable_folder(maps, "--maps folder")
         refuse_inside(maps, roots, "--maps folder", folder=True)
         if model is not None:
             refuse_model_files(maps, model, "--maps folder")

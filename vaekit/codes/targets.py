@@ -13,7 +13,7 @@ from pathlib import Path, PurePosixPath
 from typing import Sequence
 
 from vaekit.errors import BadInput, not_a_folder
-from vaekit.fileio import refuse_existing, refuse_long_names, refuse_under_file
+from vaekit.fileio import refuse_existing, refuse_long_names, refuse_unmakeable_folder
 from vaekit.fileio.outputs import MAX_PATH_BYTES
 
 STAGED_BYTES = 64  # what a target's path gains while written: /.vaekit-decode-PID-TOKEN and a temporary name
@@ -85,9 +85,7 @@ def check_targets(out_dir: Path, targets: Sequence[Path], overwrite: bool, input
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise BadInput(f"output {out_dir} exists and is not a folder")
-    if out_dir.is_symlink() and not out_dir.exists():  # a loop, or a link to nothing: no folder to write in
-        raise BadInput(f"output {not_a_folder(out_dir)}")
-    refuse_under_file(out_dir)
+    refuse_unmakeable_folder(out_dir)
     needed: dict[Path, Path] = {}
     for t in targets:
         for p in Path(t).parents:

@@ -231,6 +231,14 @@ def resolved(path) -> Path:
         raise BadInput(f"{path} cannot be followed: {'a symbolic link loop on the way (' if loop else '('}{e})") from None
 
 
+def refuse_unmakeable_folder(path: Path, what: str = "output") -> None:
+    """`refuse_under_file` for an output folder, and BadInput when `path` is a link to nothing or a
+    link loop: no folder can be made or written in there."""
+    if Path(path).is_symlink() and not Path(path).exists():
+        raise BadInput(f"{what} {not_a_folder(path)}")
+    refuse_under_file(path, what)
+
+
 def refuse_under_file(path: Path, what: str = "output") -> None:
     """BadInput when a file stands where a folder above `path` would have to be, or when the
     nearest folder that exists (`path` itself, or one above it) is one this process may not

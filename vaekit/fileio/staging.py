@@ -86,7 +86,7 @@ def _move_all(out_dir: Path, paths: Sequence[Path], targets: Sequence[Path], rep
             elif not replace:  # every target was free when the job began: this one was put there since
                 raise appeared(t)
             elif keep is not None:
-                _keep_old(t, keep, len(replaced), replaced)
+                _keep_old(t, keep, replaced)
             try:
                 _move(s, t, replace)  # not replace: never onto a file put there since the look, either
             except OutputExists:
@@ -108,11 +108,11 @@ def _move_all(out_dir: Path, paths: Sequence[Path], targets: Sequence[Path], rep
         raise
 
 
-def _keep_old(target: Path, keep: Path, k: int, replaced: list) -> None:
+def _keep_old(target: Path, keep: Path, replaced: list) -> None:
     """A hard link to the file (or link) at `target` in `keep`, noted in `replaced` once made, so
     that a move that fails later can put it back. Where it cannot be made (the target's folder on
     another file system, one without hard links), that file is replaced without a way back."""
-    old = keep / str(k)
+    old = keep / str(len(replaced))
     try:
         keep.mkdir(exist_ok=True)
         os.link(target, old, follow_symlinks=False)
