@@ -152,6 +152,60 @@ def test_truncated_file(tmp_path, suffix):
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False  # never flipped globally
 
 
+def _png(w: int, h: int, rows: bytes, depth: int = 8, colour: int = 0, interlace: int = 0) -> bytes:
+    """A PNG whose IDAT holds `rows` (filtered scanlines), whatever its header says."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    head = struct.pack(">IIBBBBB", w, h, depth, colour, 0, 0, interlace)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", head) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def test_png_with_fewer_rows_than_its_header(tmp_path):
+    # the zlib stream ends cleanly after 8 of 16 rows: Pillow fills the rest with black, no error
+    short = tmp_path / "short.png"
+    short.write_bytes(_png(16, 16, b"".join(b"\x00" + bytes([200] * 16) for _ in range(8))))
+    with Image.open(short) as img:
+        assert np.asarray(img)[12, 0] == 0  # what Pillow alone would have given
+    with pytest.raises(ImageReadError) as e:
+        images.decode(short, 1)
+    assert e.value.reason == "truncated or corrupt: its pixel data ends after 136 of the 272 bytes its header needs"
+    whole = tmp_path / "whole.png"
+    whole.write_bytes(_png(16, 16, b"".join(b"\x00" + bytes([200] * 16) for _ in range(16))))
+    assert (images.decode(whole, 1) == 200).all()
+
+
+@pytest.mark.parametrize("mode,interlace", [("L", False), ("RGB", True), ("RGBA", True), ("I;16", False),
+                                            ("1", True), ("P", True), ("LA", False)])
+def test_png_rows_check_passes_what_pillow_writes(tmp_path, mode, interlace):
+    # every row there, in every colour type, bit depth and interlacing: nothing refused; the
+    # same file re-packed with one byte less of pixel data (every chunk still whole): refused
+    import struct
+    import zlib
+
+    from vaekit.images.png_rows import missing_rows
+
+    a = noise(37, 23)
+    img = Image.fromarray(a[..., 0].astype(np.uint16) * 257) if mode == "I;16" else Image.fromarray(a).convert(mode)
+    path = save(img, tmp_path / "x.png", **({"interlace": 1} if interlace else {}))
+    with open(path, "rb") as f:
+        assert missing_rows(f) is None
+    assert images.decode(path, 3).shape == a.shape
+    data = path.read_bytes()
+    start, end = data.index(b"IDAT") - 4, data.index(b"IEND") - 4
+    assert data.count(b"IDAT") == 1
+    rows = zlib.decompress(data[start + 8 : start + 8 + int.from_bytes(data[start : start + 4], "big")])
+    body = zlib.compress(rows[:-1])
+    idat = struct.pack(">I", len(body)) + b"IDAT" + body + struct.pack(">I", zlib.crc32(b"IDAT" + body))
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(data[:start] + idat + data[end:])
+    with open(bad, "rb") as f:
+        assert missing_rows(f) == f"truncated or corrupt: its pixel data ends after {len(rows) - 1} of the {len(rows)} bytes its header needs"
+
+
 @pytest.mark.parametrize(
     "name,content,reason",
     [

@@ -285,9 +285,7 @@ def _read_mask(path: Path | None, name: str, size: int, crop: bool = True, image
 
 def _shown_size(path) -> tuple[int, int]:
     """(width, height) of an image file as vaekit reads it (EXIF rotation applied), from its header."""
-    from PIL import Image
-
-    with Image.open(path) as img:
+    with imageio.open_image(path) as img:
         w, h = img.size
         return (h, w) if imageio.exif_orientation(img) in (5, 6, 7, 8) else (w, h)
 

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from vaekit.config import MAX_READ_SIZE
-from vaekit.images import convert
+from vaekit.images import convert, png_rows
 from vaekit.errors import BadInput, DamagedFile
 from vaekit.fileio import NotRegularFile, open_regular_file
 
@@ -98,14 +98,19 @@ def _open_file(path: Path):
 
 
 @contextmanager
-def open_image(path: str | Path) -> Iterator[Image.Image]:
+def open_image(path: str | Path, check_rows: bool = False) -> Iterator[Image.Image]:
     """Image.open on a checked regular file (see _open_file), with only the FORMATS decoders
     allowed; the image and the file are closed on exit. Every image vaekit reads goes through
-    here."""
+    here. check_rows: once the caller's block has decoded the pixels, a PNG whose data ends
+    before its last row (which Pillow fills with black) raises ImageReadError."""
     f = _open_file(Path(path))
     try:
         with Image.open(f, formats=FORMATS) as img:
             yield img
+            if check_rows and img.format == "PNG":
+                f.seek(0)
+                if (why := png_rows.missing_rows(f)) is not None:
+                    raise ImageReadError(path, why)
     finally:
         f.close()
 
@@ -204,7 +209,7 @@ def _decode_full(path: Path, channels: int, draft: int | None = None,
     check_channels(channels)
     path = Path(path)
     try:
-        with open_image(path) as img:
+        with open_image(path, check_rows=True) as img:
             full = img.size
             if draft is not None and img.format == "JPEG":
                 # JPEG can decode at 1/2, 1/4 or 1/8 scale; draft keeps both sides >= draft.

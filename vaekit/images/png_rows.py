@@ -1,0 +1,72 @@
+"""Whether a PNG's pixel data holds every row its header promises.
+
+Pillow decodes a PNG whose compressed stream ends cleanly but early (fewer rows than the
+header's height) without an error and fills the missing rows with black; vaekit would then
+score or train on pixels the file does not hold. `missing_rows` inflates the IDAT chunks once
+more, a bounded buffer at a time, and counts the bytes against what the header's size, bit
+depth, colour type and interlacing need (PNG specification, sections 7-8).
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from typing import BinaryIO
+
+_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_SAMPLES = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> samples per pixel
+# Adam7 passes: first column, first row, column step, row step
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+_STEP = 1 << 20  # inflate at most this many bytes at a time
+
+
+def needed_bytes(width: int, height: int, depth: int, colour: int, interlaced: bool) -> int:
+    """Bytes of filtered scanlines (a filter byte per row) the IHDR fields call for."""
+    bits = depth * _SAMPLES[colour]
+
+    def rows(w: int, h: int) -> int:
+        return 0 if w == 0 or h == 0 else h * (1 + (w * bits + 7) // 8)
+
+    if not interlaced:
+        return rows(width, height)
+    return sum(rows(-(-(width - x0) // dx) if width > x0 else 0, -(-(height - y0) // dy) if height > y0 else 0)
+               for x0, y0, dx, dy in _ADAM7)
+
+
+def _chunks(f: BinaryIO):
+    while True:
+        head = f.read(8)
+        if len(head) < 8:
+            return
+        length, kind = struct.unpack(">I4s", head)
+        data = f.read(length)
+        f.read(4)  # CRC: Pillow has checked the chunks it read
+        yield kind, data
+        if kind == b"IEND" or len(data) < length:
+            return
+
+
+def missing_rows(f: BinaryIO) -> str | None:
+    """Why the PNG read from `f` (at its start) holds less pixel data than its header needs, or
+    None when it holds enough (or is not a PNG this check understands: Pillow judged it)."""
+    if f.read(8) != _SIGNATURE:
+        return None
+    need, got, inflate = None, 0, zlib.decompressobj()
+    for kind, data in _chunks(f):
+        if kind == b"IHDR" and len(data) >= 13:
+            w, h, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", data[:13])
+            if colour not in _SAMPLES:
+                return None
+            need = needed_bytes(w, h, depth, colour, interlace == 1)
+        elif kind == b"IDAT" and need is not None:
+            try:
+                while data and got < need:
+                    got += len(inflate.decompress(data, _STEP))
+                    data = inflate.unconsumed_tail
+            except zlib.error:
+                return None  # Pillow decoded it; a damaged stream is Pillow's to report
+            if got >= need:
+                return None
+    if need is None or got >= need:
+        return None
+    return f"truncated or corrupt: its pixel data ends after {got} of the {need} bytes its header needs"
