@@ -67,7 +67,60 @@ def test_a_spelling_that_goes_up_through_a_link_journals_beside_the_folder_it_re
     monkeypatch.chdir(tmp_path / "here")
     assert partial_path(Path("lnk/..")) == tmp_path / "real.partial" == partial_path(tmp_path / "real")
     assert merging_path(Path("lnk/..")) == tmp_path / "real.merging"
-    assert partial_path(Path("lnk/out.csv")) == tmp_path / "here" / "lnk" / "out.csv.partial"  # a name: as spelled
+    assert partial_path(Path("lnk/out.csv")) == tmp_path / "real" / "sub" / "out.csv.partial"  # where it is written
+
+
+def test_a_name_below_a_link_and_dotdot_journals_where_the_system_writes_it(job, tmp_path, monkeypatch):
+    # `-o L/../o.csv` (L -> other/sub) writes other/o.csv, but its journal and lock were ./o.csv.partial:
+    # a resume spelled so took over the `-o o.csv` job's journal in ., and two jobs writing
+    # other/o.csv at once (one spelled other/o.csv) were not told the output was in use
+    import shutil
+
+    from vaekit.stream.names import merging_path, partial_path
+
+    run, data = job
+    (tmp_path / "other" / "sub").mkdir(parents=True)
+    (tmp_path / "L").symlink_to(tmp_path / "other" / "sub")
+    monkeypatch.chdir(tmp_path)
+    assert partial_path(Path("L/../o.csv")) == tmp_path / "other" / "o.csv.partial" == partial_path(Path("other/o.csv"))
+    assert merging_path(Path("L/../o.csv")) == tmp_path / "other" / "o.csv.merging"
+    from export_support import stopped_job
+
+    journal = stopped_job(run, data, Path("o.csv"), after=1)  # the job of `-o o.csv`, here
+    kept = journal.read_bytes()
+    r = invoke("anomaly-score", run, data, "-o", "L/../o.csv", "--batch-size", "4", "--threshold", "0", "--resume")
+    assert r.exit_code == 0, r.output  # nothing of its own to resume: it scores everything, and takes no other journal
+    assert (tmp_path / "other" / "o.csv").exists() and journal.read_bytes() == kept
+    shutil.copy(journal, tmp_path / "other" / "o.csv.partial")  # now it is that output's journal
+    (tmp_path / "other" / "o.csv").unlink()
+    r = invoke("anomaly-score", run, data, "-o", "L/../o.csv", "--batch-size", "4", "--threshold", "0", "--resume")
+    assert r.exit_code == 0 and not (tmp_path / "other" / "o.csv.partial").exists(), r.output
+
+
+def test_a_file_skipped_when_its_batch_was_scored_and_mended_since_does_not_resume_as_skipped(job, tmp_path):
+    # a resume whose `sources` differ re-reads the finished batches' files, but not those they
+    # skipped: a damaged file put back whole (same name, size and time) stayed "skipped" (exit 0),
+    # one row short of an uninterrupted run's file
+    import os
+    import shutil
+
+    from export_support import stopped_job
+
+    run, data = job
+    folder = tmp_path / "images"
+    shutil.copytree(data, folder)
+    victim = folder / "img001.png"
+    good, st = victim.read_bytes(), victim.stat()
+    victim.write_bytes(bytes(len(good)))  # not an image: skipped in batch 0
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    out = tmp_path / "o.csv"
+    journal = stopped_job(run, folder, out, after=1)
+    assert "img001.png" in journal.read_text() and "not an image" in journal.read_text()
+    victim.write_bytes(good)  # mended: the same size and modification time as the damaged file
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    r = invoke("anomaly-score", run, folder, "-o", out, "--batch-size", "4", "--threshold", "0", "--resume")
+    assert one_line_refusal(r) and "img001.png was skipped" in r.output and "has changed since" in r.output, r.output
+    assert not out.exists() and journal.exists()
 
 
 def test_the_root_folder_is_refused_as_an_output_in_one_line(job):

@@ -9,6 +9,7 @@ Real components: an untrained 16 px model, noise PNGs in tmp_path, the CLI throu
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -107,22 +108,29 @@ def test_a_format_3_journal_is_refused_saying_what_the_format_lacks():
     assert len(said) == 1 and "another journal format" in said[0] and "sha256" in said[0], said
 
 
-def test_a_skipped_files_bytes_are_not_read_for_the_journal(tmp_path, monkeypatch):
+def test_a_large_skipped_files_bytes_are_not_read_for_the_journal(tmp_path, monkeypatch):
     # a file that is not an image may be gigabytes (a sparse terabyte named .png): it is skipped
-    # at once, and hashing it for the journal line read it all (an 8 GB one: 2 s of job, 22 s)
+    # at once, and hashing it for the journal line read it all (an 8 GB one: 2 s of job, 22 s).
+    # Since journal format 6 a skipped file is pinned (a resume must not keep one mended since as
+    # skipped): a small one by its bytes, one over SKIPPED_HASH_BYTES by its size and time, unread
+    import os
+
     from vaekit.stream import batches
     from vaekit.stream.journals import Journal
 
-    paths = [str(tmp_path / n) for n in ("a.png", "huge.png")]
+    paths = [str(tmp_path / n) for n in ("a.png", "small.png", "huge.png")]
     for p in paths:
         open(p, "wb").write(b"not an image")
+    os.truncate(paths[2], batches.SKIPPED_HASH_BYTES + 1)  # sparse: nothing written
     from vaekit.fileio import digests
 
     read, real = [], digests.file_sha256
     monkeypatch.setattr(digests, "file_sha256", lambda p: read.append(p) or real(p))
-    j = Journal(tmp_path / "out.csv", {"job": "test"}, False, batches.Layout(paths, 2))
-    j.append(0, [{}], [(paths[1], "not an image")])
+    j = Journal(tmp_path / "out.csv", {"job": "test"}, False, batches.Layout(paths, 3))
+    j.append(0, [{}], [(paths[1], "not an image"), (paths[2], "not an image")])
     j.close()
-    assert read == [paths[0]]
+    assert read == paths[:2]
     line = json.loads((tmp_path / "out.csv.partial").read_text().splitlines()[1])
-    assert line["sha256"][1] == "-" and len(line["sha256"][0]) == 64, line
+    st = os.stat(paths[2])
+    assert line["sha256"][1] == "skipped:" + hashlib.sha256(b"not an image").hexdigest(), line
+    assert line["sha256"][2] == f"skipped:{st.st_size}:{st.st_mtime_ns}" and len(line["sha256"][0]) == 64, line

@@ -49,13 +49,32 @@ def identity(st: os.stat_result) -> str:
 
 def contents(paths: Iterable, skipped: Container = ()) -> list[str]:
     """The sha256 of each file's bytes, as a journal line pins its batch's files ("-" for one
-    that cannot be read as a regular file, and for one of `skipped`, not read: a file that is
-    not an image may be gigabytes, even a sparse terabyte). What a file IS, not where it lives:
-    a resume whose `sources` differ (the folder copied with `cp -a`, a chmod) checks the
-    finished batches' scored files against these, and goes on when their bytes are the same."""
+    that cannot be read as a regular file). What a file IS, not where it lives: a resume whose
+    `sources` differ (the folder copied with `cp -a`, a chmod) checks the finished batches' files
+    against these, and goes on when their bytes are the same. A file of `skipped` gets
+    `skipped_stamp`'s, so that one that reads now (its permissions mended, the file put back) is
+    not kept as skipped."""
     from vaekit.fileio.digests import file_sha256  # here: vaekit.fileio is not needed to plan batches
 
-    return ["-" if p in skipped else file_sha256(p) or "-" for p in paths]
+    return [skipped_stamp(p) if p in skipped else file_sha256(p) or "-" for p in paths]
+
+
+SKIPPED_HASH_BYTES = 1 << 28  # a skipped file up to 256 MiB is pinned by its bytes, a larger one by size and time
+
+
+def skipped_stamp(path) -> str:
+    """What pins a skipped file: "skipped:" and its sha256, "unreadable" where it cannot be read
+    as a regular file, or its size and modification time where it is larger than
+    SKIPPED_HASH_BYTES (a file that is not an image may be gigabytes, even a sparse terabyte)."""
+    from vaekit.fileio.digests import file_sha256
+
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "skipped:unreadable"
+    if st.st_size > SKIPPED_HASH_BYTES:
+        return f"skipped:{st.st_size}:{st.st_mtime_ns}"
+    return "skipped:" + (file_sha256(path) or "unreadable")
 
 
 def _pinned(paths: Iterable, stamp: Callable[[os.stat_result], str]) -> str:

@@ -34,7 +34,8 @@ from vaekit.fileio import atomic_writer, dumps_json, loads_json, try_lock
 from vaekit.stream.names import PARTIAL_SUFFIX, check_journal_name, partial_path  # noqa: F401 (PARTIAL_SUFFIX: re-exported)
 from vaekit.version import __version__
 
-JOURNAL_VERSION = 5  # 3: lines carry a checksum (stream.lines); 4: files' sha256; 5: keyed by the header
+JOURNAL_VERSION = 6  # 3: lines carry a checksum (stream.lines); 4: files' sha256; 5: keyed by the header;
+# 6: skipped files pinned too (batches.skipped_stamp)
 SYNC_EVERY = 2.0  # seconds between a journal's fsyncs
 
 
@@ -213,13 +214,18 @@ class Journal:
         return header
 
     def _check_contents(self, entry: dict) -> None:
-        """BadInput naming the first file of a finished batch whose bytes are not those it was scored from."""
-        skipped = {str(s[0]) for s in entry["skipped"]}  # never read when written (`append`): not checked
+        """BadInput naming the first file of a finished batch whose bytes are not those it was
+        scored from, or that it skipped and that has changed since (it may read now)."""
+        skipped = {str(s[0]): s[1] for s in entry["skipped"]}
         names = [self.layout.paths[i] for i in self.layout.positions(entry["batch"])]
         for name, was, now in zip(names, entry["sha256"], contents(names, skipped)):
-            if name not in skipped and was != now:
-                raise BadInput(f"cannot resume {self.path}: the input {name} was replaced or rewritten since its "
-                               "batch was scored (its bytes differ); use the same files, or delete it to start again")
+            if was == now:
+                continue
+            if name in skipped:
+                raise BadInput(f"cannot resume {self.path}: the input {name} was skipped when its batch was scored "
+                               f"({skipped[name]}) and has changed since; delete it to start again and score it")
+            raise BadInput(f"cannot resume {self.path}: the input {name} was replaced or rewritten since its "
+                           "batch was scored (its bytes differ); use the same files, or delete it to start again")
 
     def append(self, batch: int, rows: list[dict], skipped: Sequence[tuple[str, str]] = ()) -> None:
         """One batch's line, written at once, unbuffered (a killed process loses nothing written);

@@ -16,10 +16,14 @@ MERGING = ".merging"  # the lock of the share that merges: OUT.merging
 
 
 def _named(out: Path) -> Path:
-    """OUT as an absolute path with a name: `.`, `..` and a path ending in them as the folder they
-    stand for, through any link on the way (`link/..` is the link's target's parent)."""
+    """OUT as an absolute path with a name, in the folder the system resolves it to: `.`, `..` and
+    a path ending in them as the folder they stand for, and the folder above OUT through any link
+    on the way (`link/..` is the link's target's parent, as the kernel has it, where a textual
+    normalisation would take the link's own parent: another folder, another journal and lock)."""
     out = Path(out)
-    return Path(os.path.realpath(out) if out.name in ("", ".", "..") else os.path.abspath(out))
+    if out.name in ("", ".", ".."):
+        return Path(os.path.realpath(out))
+    return Path(os.path.realpath(out.parent)) / out.name
 
 
 def partial_path(out: Path) -> Path:
