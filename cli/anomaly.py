@@ -33,8 +33,9 @@ SCORE_HELP = ("Default: the model's own. defect (surfaces): the defect reader's 
               "the image's own floor; neg_elbo: the plain -ELBO; recon / kl: its two terms (nats). "
               "Higher = more anomalous.")
 SAMPLES_HELP = ("0: evaluate at the posterior mean (deterministic, the default). K: average K posterior draws, "
-                "each image's noise seeded by its pixels, so still the same on every run; the score is then "
-                "excess (nats), which the stored threshold is not of: pass --threshold.")
+                "each image's noise seeded by its pixels, so still the same on every run; the atypicality is then "
+                "excess (nats), which the stored threshold is not of: pass --threshold. A surface's defect score "
+                "does not change, nor its threshold.")
 IWAE_HELP = ("Estimate -log p(x) with the importance-weighted bound over --samples draws (64 if not given): "
              "tighter than the ELBO (Burda et al. 2016). Stored thresholds do not apply; pass --threshold.")
 

@@ -65,11 +65,11 @@ def _print_report(report) -> None:
     console.print(t)
     q = report.quantization
     if q is not None:
-        console.print(f"quantised: {q.method}; default score vs fp32 ONNX: max rel change {q.score_max_rel:.2e}, "
+        console.print(f"quantised: {q.method}; {q.score} vs fp32 ONNX: max rel change {q.score_max_rel:.2e}, "
                       f"mean {q.score_mean_rel:.2e}; size {q.bytes_before / 1e6:.2f} MB -> {q.bytes_after / 1e6:.2f} MB",
-                      highlight=False)
+                      highlight=False, soft_wrap=True)
         if q.score_max_rel > INT8_NOTE_REL:  # the threshold is the fp32 model's: its promised rate may not hold
-            err_console.print(f"[yellow]note[/yellow]: int8 moves the default score by up to {q.score_max_rel:.0%}, and the "
+            err_console.print(f"[yellow]note[/yellow]: int8 moves {q.score} by up to {q.score_max_rel:.0%}, and its "
                               "stored threshold is the fp32 model's: check the int8 model's false-positive rate on normal "
                               "images (`vaekit evaluate`), or score with --threshold", highlight=False)
     for role, path in report.files.items():

@@ -371,14 +371,19 @@ def test_a_threshold_from_few_scores_says_what_false_positive_rate_to_expect(par
     fixed = vaekit.load(run)
     _, source = anomaly.resolve_threshold(fixed, fixed.info.score, "mean", None)
     assert source == "stored: a fixed value, 0 of 5 calibration scores above it"
-    # the other scores' thresholds sit at the same quantile of their own scores
+    # the other scores keep their thresholds, at the quantile they had (they were refitted at the
+    # fixed value's share: a value below every score put them at quantile "0", flagging every image)
     assert fixed.info.score != "excess"
-    _, source = anomaly.resolve_threshold(fixed, "excess", "mean", None)
-    assert source == "stored: quantile 1 of 5 calibration scores"
+    t_excess, before = anomaly.resolve_threshold(model, "excess", "mean", None)
+    assert anomaly.resolve_threshold(fixed, "excess", "mean", None) == (t_excess, before)
     anomaly.set_threshold(run, value=-5.0)  # below every score: all five above, not "quantile 0"
     fixed = vaekit.load(run)
     _, source = anomaly.resolve_threshold(fixed, fixed.info.score, "mean", None)
     assert source == "stored: a fixed value, 5 of 5 calibration scores above it"
+    assert anomaly.resolve_threshold(fixed, "excess", "mean", None) == (t_excess, before)
+    anomaly.set_threshold(run, quantile=0.5)  # a quantile moves every score again
+    moved = vaekit.load(run)
+    assert moved.info.thresholds["excess"] < t_excess and not moved.info.threshold_fixed
 
 
 def test_score_images_flags_against_the_threshold(parts, model):

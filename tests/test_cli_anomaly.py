@@ -236,3 +236,13 @@ def test_rates_print_as_plain_percentages():
     from vaekit_cli.output import percent
 
     assert [percent(r) for r in (0.0476, 0.0052, 0.0, 0.999, 1.0)] == ["4.8%", "0.52%", "0%", "100%", "100%"]
+
+
+def test_thresholds_of_probabilities_print_with_the_digits_that_tell_them_apart():
+    # `vaekit threshold --value 0.3185` printed "0.35 -> 0.32", and evaluate "best F1 (threshold 0.32)"
+    # beside "F1 at threshold (threshold 0.32)" for 0.3163 and 0.3185: two decimals for every number
+    from vaekit_cli.output import number
+
+    assert (number(0.3185), number(0.31629), number(0.75)) == ("0.3185", "0.3163", "0.75")
+    assert (number(110.314), number(0.0), number(-0.004), number(1e308)) == ("110.31", "0.00", "-0.004", "1e+308")
+    assert number(2.5e-7) == "2.5e-07" and number(float("nan")) == "nan"

@@ -268,7 +268,8 @@ def test_cli_export_int8_reports_parity_and_the_score_change(ex):
     assert "quantised: int8 static QDQ" in r.output and "calibrated on your images" in squash(r.output)
     assert f"wrote {out} (scorer" in squash(r.output)
     reported = float(__import__("re").search(r"max rel change ([0-9.e+-]+),", r.output)[1])
-    assert ("the stored threshold is the fp32 model's" in squash(r.output)) == (reported > 0.02), r.output
+    assert "; the default score vs fp32 ONNX: max rel change" in squash(r.output)
+    assert ("stored threshold is the fp32 model's" in squash(r.output)) == (reported > 0.02), r.output
     for role in ("scorer", "encoder", "decoder"):
         p = {"scorer": out, "encoder": out.with_name("run.encoder.onnx"), "decoder": out.with_name("run.decoder.onnx")}[role]
         assert metadata(p)["vaekit.quantization"] == "int8-static-qdq"
@@ -284,6 +285,11 @@ def test_cli_export_int8_reports_parity_and_the_score_change(ex):
     change = np.abs(m.score(x).neg_elbo / fp32.score(x).neg_elbo - 1)
     assert 0 < change.max() < 0.02  # quantised for real, and still close
     assert m.info.fingerprint == fp32.info.fingerprint  # the same weights, so code files interchange
+    # scoring says the threshold it applies was set on the float32 model (it said nothing)
+    from vaekit.anomaly.threshold import resolve_threshold
+
+    assert "set on the float32 model" in resolve_threshold(m, m.info.score, "mean", None)[1]
+    assert "float32" not in resolve_threshold(fp32, fp32.info.score, "mean", None)[1]
 
 
 def test_cli_export_errors_are_one_line_and_exit_2(ex, tmp_path):

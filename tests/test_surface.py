@@ -61,6 +61,39 @@ def test_the_default_score_is_the_readers_with_maps_at_the_images_size(surface):
     np.testing.assert_allclose(s.neg_elbo, other.neg_elbo)  # the ELBO columns do not depend on the score
 
 
+def test_posterior_draws_leave_the_defect_score_and_its_stored_threshold(surface, tmp_path):
+    # --samples K gave the same defect scores with no threshold (the stored ones "are for the
+    # deterministic score"): --fail-on-anomaly refused, and no row said anomalous
+    from cli_support import invoke
+
+    plain, drawn = tmp_path / "plain.json", tmp_path / "drawn.json"
+    assert invoke("anomaly-score", surface / "run", surface / "train", "-o", plain).exit_code == 0
+    r = invoke("anomaly-score", surface / "run", surface / "train", "-o", drawn, "--samples", "2")
+    assert r.exit_code == 0, r.output
+    a, b = json.loads(plain.read_text()), json.loads(drawn.read_text())
+    assert a["score"] == b["score"] == "defect" and b["samples"] == 2
+    assert b["threshold"] is not None and b["threshold"] == a["threshold"], b["threshold_source"]
+    assert [r["score"] for r in a["images"]] == [r["score"] for r in b["images"]]
+    assert [r["anomalous"] for r in a["images"]] == [r["anomalous"] for r in b["images"]]
+    assert all(isinstance(r["anomalous"], bool) for r in b["images"])
+
+
+def test_an_int8_surface_export_names_the_score_int8_moves(surface, tmp_path):
+    # the report said "default score vs fp32 ONNX" of the atypicality's change (the reader, whose
+    # score is the default, stays float32), and scoring said nothing of the fp32 threshold
+    from cli_support import invoke
+
+    from vaekit.anomaly.threshold import resolve_threshold
+
+    out = tmp_path / "s8.onnx"
+    r = invoke("export", surface / "run", "-o", out, "--quantize", "int8", "--images", surface / "train")
+    words = " ".join(r.output.split())
+    assert r.exit_code == 0 and "; the atypicality (the default defect score stays float32) vs fp32 ONNX" in words, r.output
+    m = vaekit.load(out)
+    assert m.info.score == "defect" and "float32" not in resolve_threshold(m, "defect", "mean", None)[1]
+    assert "set on the float32 model" in resolve_threshold(m, "atypicality", "mean", None)[1]
+
+
 def test_a_run_whose_reader_is_gone_is_refused_not_scored_otherwise(surface, tmp_path):
     import shutil
 

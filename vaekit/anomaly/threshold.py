@@ -89,8 +89,9 @@ def set_threshold(run_dir: str | Path, quantile: float | None = None, target_fpr
     """Move a run's stored threshold; returns the new `anomaly` section.
 
     Give one of: `quantile` of the stored validation scores, `target_fpr` (the same as
-    quantile 1 - target_fpr), or a fixed `value` in nats (its quantile is then the share of
-    validation scores at or below it). Applies to every score name the run stores.
+    quantile 1 - target_fpr), which applies to every score name the run stores, or a fixed
+    `value` of the default score, in its unit (its quantile is then the share of validation
+    scores at or below it), which leaves the other scores at the quantile they had.
     """
     from vaekit.training import rundir
     from vaekit.training.runlock import refuse_in_use
@@ -117,7 +118,11 @@ def set_threshold(run_dir: str | Path, quantile: float | None = None, target_fpr
     if value is not None:
         value = check_threshold(value)
         q = float(np.mean(scores[default] <= value))
-        section = threshold_section(scores, min(max(q, 1e-9), 1 - 1e-9), old.get("source", "validation"), default)
+        # the other scores keep the quantile they had: a value below every stored score (q = 0)
+        # must not move their thresholds below theirs, flagging every normal image
+        others = others_quantile(old)
+        section = threshold_section(scores, others, old.get("source", "validation"), default)
+        section["others_quantile"] = others
         section["threshold"] = float(value)
         section["by_score"][default]["threshold"] = float(value)
         section["threshold_quantile"] = q
@@ -125,10 +130,17 @@ def set_threshold(run_dir: str | Path, quantile: float | None = None, target_fpr
         # a new normal score lands above `value` about as often as the stored ones did, counted
         # conformally (the new one among n + 1): (1 + #{s > value}) / (n + 1)
         section["expected_fpr"] = float((1 + np.sum(scores[default] > value)) / (len(scores[default]) + 1))
-        section["fixed"] = True  # the other scores' thresholds sit at the same validation quantile
+        section["fixed"] = True
     else:
         section = threshold_section(scores, check_quantile(quantile, target_fpr), old.get("source", "validation"), default)
     return _store(Path(run_dir), cfg, old, section)
+
+
+def others_quantile(section: dict) -> float:
+    """The quantile the scores other than the default sit at: the section's own, or where the
+    default's threshold is a fixed value, the one they kept (0.99 for a section of before)."""
+    q = section.get("others_quantile") if section.get("fixed") else section.get("threshold_quantile")
+    return float(q) if isinstance(q, (int, float)) and not isinstance(q, bool) and 0 < q < 1 else 0.99
 
 
 def _store(run_dir: Path, cfg: dict, old: dict, section: dict) -> dict:
@@ -272,11 +284,21 @@ def _new_normal_scores(run_dir: Path, normal, default: str, names: list[str]) ->
 
 
 def resolve_threshold(model: Model, score: str, estimator: str, override: float | None) -> tuple[float | None, str]:
-    """The threshold that applies to this score and estimator, and where it comes from."""
+    """The threshold that applies to this score and estimator, and where it comes from (an int8
+    export's stored thresholds are its float model's, which the VAE's scores may have moved from)."""
     if override is not None:
         return check_threshold(override), "given"
+    t, source = _stored_threshold(model, score, estimator)
+    int8 = (getattr(model, "config", None) or {}).get("quantization", "none") not in ("none", None)
+    if t is not None and int8 and score != "defect":  # the reader stays float32
+        source += ("; set on the float32 model, and int8 moves this score: check the rate with `vaekit "
+                   "evaluate` on normal images, or pass --threshold")
+    return t, source
+
+
+def _stored_threshold(model: Model, score: str, estimator: str) -> tuple[float | None, str]:
     info = model.info
-    if estimator != "mean":
+    if estimator != "mean" and score != "defect":  # the reader's score reads the image alone: no estimator moves it
         return None, ("none: the stored thresholds are for the deterministic score (no --samples/--iwae); "
                       "pass --threshold")
     t = info.thresholds.get(score)
@@ -284,13 +306,13 @@ def resolve_threshold(model: Model, score: str, estimator: str, override: float 
         t = info.threshold
     if t is None:
         return None, f"none: the model stores no threshold for the {score!r} score; pass --threshold"
-    q = info.threshold_quantile
-    if q is None:
-        return float(t), "stored"
     n = len(info.val_scores)
     scores = "score" if n == 1 else "scores"
     if info.threshold_fixed and score == info.score:  # a value, not a quantile: count the scores above it
         above = int(np.sum(np.asarray(info.val_scores) > t))
         return float(t), f"stored: a fixed value, {above} of {n} {info.threshold_from} {scores} above it"
-    note = None if info.threshold_fixed else with_source_caveat(few_scores_note(n, q, info.threshold_from), info.threshold_from)
+    q = info.others_quantile if info.threshold_fixed else info.threshold_quantile  # the others kept theirs
+    if q is None:
+        return float(t), "stored"
+    note = with_source_caveat(few_scores_note(n, q, info.threshold_from), info.threshold_from)
     return float(t), f"stored: quantile {quantile_text(q)} of {n} {info.threshold_from} {scores}" + (f"; {note}" if note else "")

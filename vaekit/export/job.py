@@ -226,7 +226,8 @@ class _Job:
         return quantized, Quantization(
             f"int8 static QDQ (int8 per-channel weights, uint8 activations, calibrated on {source})"
             + ("; the defect reader stays float32, the score change is the atypicality's" if which else ""),
-            float(rel.max()), float(rel.mean()), vae_bytes(fp32), vae_bytes(quantized))
+            float(rel.max()), float(rel.mean()), vae_bytes(fp32), vae_bytes(quantized),
+            "the atypicality (the default defect score stays float32)" if which else "the default score")
 
 
 def _publish(staged: dict[str, Path], out: Path) -> dict[str, Path]:

@@ -19,10 +19,11 @@ QUANTIZE = ("int8",)
 @dataclass
 class Quantization:
     method: str  # what was done, in words
-    score_max_rel: float  # max relative change of the default score vs the fp32 ONNX model
+    score_max_rel: float  # max relative change of `score` vs the fp32 ONNX model
     score_mean_rel: float
     bytes_before: int
     bytes_after: int
+    score: str = "the default score"  # which score moved, in words (a surface's default, the reader's, does not)
 
 
 def quantize_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> None:

@@ -37,6 +37,7 @@ class ModelInfo:
     thresholds: dict[str, float] = field(default_factory=dict)  # score name -> threshold, every score
     threshold_from: str = "validation"  # whose scores the stored threshold is a quantile of ("training" without a split)
     threshold_fixed: bool = False  # set to a value (`vaekit threshold --value`), not a quantile
+    others_quantile: float | None = None  # with a fixed value: the quantile the other scores' thresholds kept
     latent_shape: tuple[int, ...] = ()  # (D,) for a vector latent, (C, G, G) for a grid; () = (latent_dim,)
     calibration: dict | None = None  # the atypicality score's statistics of normal images (vaekit/inference/atypicality.py)
     reader: dict | None = None  # the defect reader's config, when the run has one (vaekit.reader)
@@ -98,6 +99,9 @@ def threshold_fields(anomaly, source: str | Path = "the model", required: bool =
         if not (0.0 <= quantile <= 1.0 if fixed else 0.0 < quantile < 1.0):  # a hand edit: "quantile 2"
             raise damaged(f"'threshold_quantile' is {anomaly['threshold_quantile']!r:.40}, "
                           f"not in {'[0, 1]' if fixed else '(0, 1)'}")
+    others = anomaly.get("others_quantile")  # written with a fixed value since 2026-12-07
+    if others is not None and not (finite_number(others) and 0.0 < others < 1.0):
+        raise damaged(f"'others_quantile' is {others!r:.40}, not in (0, 1)")
     quantiles, val_scores = anomaly.get("quantiles", {}), anomaly.get("scores", [])
     if not isinstance(quantiles, dict) or not isinstance(val_scores, list):
         raise damaged("'quantiles' or 'scores' has the wrong type")
@@ -110,5 +114,6 @@ def threshold_fields(anomaly, source: str | Path = "the model", required: bool =
         "score": score, "thresholds": thresholds,
         "threshold_from": source_kind if isinstance(source_kind, str) else "validation",
         "threshold_fixed": anomaly.get("fixed") is True,
+        "others_quantile": None if others is None else float(others),
         "calibration": anomaly.get("calibration"),
     }
