@@ -21,6 +21,7 @@ import pytest
 from PIL import Image
 
 from export_support import random_run
+from vaekit import images
 
 SIDE = 3000  # 9 M pixels: 36 MB as RGBA
 PER_CHANNEL = 5  # bytes per channel per pixel allowed above the process's baseline
@@ -95,3 +96,55 @@ def test_anomaly_score_on_a_large_rgba_png_stays_within_the_bound(tmp_path):
         assert r.returncode == 0, r.stderr
         peaks.append(int(r.stdout.split()[-1]))
     assert peaks[1] - peaks[0] <= PER_CHANNEL * SIDE * SIDE * 4, f"{(peaks[1] - peaks[0]) / SIDE**2:.1f} bytes per pixel"
+
+
+STRIP = 9_000_000  # pixels of a 1-pixel-high 16-bit strip: 18 MB as Pillow holds it
+
+MEASURE_STRIP = MEASURE.split("images.load_image(sys.argv[3]")[0] + r"""
+images.decode(sys.argv[2], 1)  # warm up
+before = peak()
+x = images.decode(sys.argv[1], 1)
+grew = peak() - before
+assert x.shape == (1, int(sys.argv[3]), 1) and x.dtype == np.uint8 and int(x.max()) == 156
+print(grew)
+"""
+
+
+@pytest.mark.slow  # a fresh interpreter's peak memory
+def test_a_row_wider_than_a_strip_is_converted_in_pieces(tmp_path):
+    # a strip was converted a row at a time, and one row of 89 M 16-bit pixels went through five
+    # float64 copies: 2.5 GB for a 170 kB file (a helper's review, 2026-12-07)
+    strip = tmp_path / "strip.png"
+    Image.fromarray(np.full((1, STRIP), 40000, np.uint16)).save(strip)
+    tiny = tmp_path / "tiny.png"
+    Image.new("L", (20, 20), 9).save(tiny)
+    r = subprocess.run([sys.executable, "-c", MEASURE_STRIP, str(strip), str(tiny), str(STRIP)], capture_output=True,
+                       text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    grew = int(r.stdout.split()[-1])
+    # Pillow's own copy (2 bytes a pixel), its PNG decoder's two rows of filtered bytes (4), the
+    # uint8 result (1); the row converted whole took ~28
+    assert grew <= 8 * STRIP, f"{grew / STRIP:.1f} bytes per pixel"
+
+
+def test_a_strip_that_cannot_be_resized_is_refused_from_its_header(tmp_path, monkeypatch):
+    # the aspect-ratio refusal came after the whole strip was decoded
+    from vaekit.images import convert
+
+    strip = tmp_path / "strip.png"
+    Image.fromarray(np.full((1, 300_000), 7, np.uint8)).save(strip)
+    monkeypatch.setattr(convert, "to_uint8", lambda *a: pytest.fail("decoded before it was refused"))
+    with pytest.raises(images.ImageReadError, match="aspect ratio too extreme: 300000x1"):
+        images.load_image(strip, 32, 1)
+
+
+def test_wide_pieces_cover_the_image_once():
+    from vaekit.images.convert import STRIP_PIXELS, _boxes
+
+    for w, h in [(5, 3), (STRIP_PIXELS, 2), (STRIP_PIXELS * 2 + 7, 3), (1, 10**6)]:
+        seen = np.zeros((h, w), np.uint8) if w * h < 10**7 else None
+        for x0, y0, x1, y1 in _boxes(w, h):
+            assert (x1 - x0) * (y1 - y0) <= STRIP_PIXELS
+            if seen is not None:
+                seen[y0:y1, x0:x1] += 1
+        assert seen is None or (seen == 1).all()

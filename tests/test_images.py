@@ -62,6 +62,18 @@ def test_float_mode(tmp_path):
     assert images.decode(p2, 1)[..., 0].tolist() == [[0, 100, 255, 0]]
 
 
+def test_float_infinities_neither_set_the_range_nor_warn(tmp_path):
+    # one +inf made an image of [0, 1] values read as 0-255 (nearly black); -inf in such an
+    # image printed numpy's "overflow encountered in multiply" with vaekit's source line
+    import warnings
+
+    unit = np.array([[0.0, 0.25, 1.0, np.inf, -np.inf, np.nan]], np.float32)
+    p = save(Image.fromarray(unit), tmp_path / "u.tif")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert images.decode(p, 1)[..., 0].tolist() == [[0, 64, 255, 255, 0, 0]]
+
+
 def test_bilevel_mode(tmp_path):
     img = Image.new("1", (4, 2), 0)
     img.putpixel((1, 0), 1)

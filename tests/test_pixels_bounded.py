@@ -114,7 +114,7 @@ def test_the_journal_writes_a_slice_once_all_its_parts_are_in(tmp_path):
     lines = [json.loads(x) for x in j.path.read_text().splitlines()[1:]]
     assert [len(x.pop("check")) for x in lines] == [16]  # each line's checksum (vaekit.stream.lines)
     assert lines == [{"batch": 0, "rows": [{"path": "f0"}, {"path": "f2"}, {"path": "f3"}], "skipped": [["f1", "broken"]],
-                      "sha256": ["-"] * 4}]  # no such files: their digests say so
+                      "sha256": ["-", "skipped:unreadable", "-", "-"]}]  # no such files: their digests say so
     again = stream.Journal(tmp_path / "o.csv", {"m": 1}, resume=True, layout=layout)  # the line reads back
     assert again.done == {0}
     again.close()

@@ -30,18 +30,30 @@ def to_uint8(img: Image.Image, channels: int) -> np.ndarray:
     mode, (w, h) = img.mode, img.size
     c = 1 if is_gray(mode) or channels == 1 else 3
     out = np.empty((h, w, c), np.uint8)
-    step = max(1, STRIP_PIXELS // max(w, 1))
-    strips = [(y, min(h, y + step)) for y in range(0, h, step)]
-    peak = max((_strip_max(img.crop((0, a, w, b)), mode) for a, b in strips), default=0.0) if mode in ("I", "F") else 0.0
-    for a, b in strips:
-        x = _strip(img.crop((0, a, w, b)), mode, peak if h * w else np.inf)
-        out[a:b] = luma(x) if c == 1 and x.shape[-1] == 3 else x
+    boxes = _boxes(w, h)
+    peak = max((_strip_max(img.crop(box), mode) for box in boxes), default=0.0) if mode in ("I", "F") else 0.0
+    for x0, y0, x1, y1 in boxes:
+        x = _strip(img.crop((x0, y0, x1, y1)), mode, peak if h * w else np.inf)
+        out[y0:y1, x0:x1] = luma(x) if c == 1 and x.shape[-1] == 3 else x
     return out
 
 
+def _boxes(w: int, h: int) -> list[tuple[int, int, int, int]]:
+    """(left, top, right, bottom) pieces of at most STRIP_PIXELS pixels covering a w x h image:
+    strips of whole rows, and a row wider than that in pieces of its own (a 1 x 89 M 16-bit
+    strip was one piece, and its float64 copies took 2.5 GB)."""
+    if w <= STRIP_PIXELS:
+        step = max(1, STRIP_PIXELS // max(w, 1))
+        return [(0, y, w, min(h, y + step)) for y in range(0, h, step)]
+    return [(x, y, min(w, x + STRIP_PIXELS), y + 1) for y in range(h) for x in range(0, w, STRIP_PIXELS)]
+
+
 def _strip_max(s: Image.Image, mode: str) -> float:
+    """The strip's largest finite value (0 for none): one +inf pixel must not make an image of
+    values in [0, 1] read as 0 to 255, nearly black."""
     a = np.asarray(s, dtype=np.float64)
-    return float(np.nan_to_num(a, nan=0.0).max()) if a.size else 0.0
+    a = a[np.isfinite(a)]
+    return float(a.max()) if a.size else 0.0
 
 
 def _strip(s: Image.Image, mode: str, peak: float) -> np.ndarray:
@@ -57,7 +69,8 @@ def _strip(s: Image.Image, mode: str, peak: float) -> np.ndarray:
             a = np.clip(a, 0, 65535) / 257
         x = np.rint(np.clip(a, 0, 255)).astype(np.uint8)
     elif mode == "F":
-        a = np.nan_to_num(np.asarray(s, dtype=np.float64), nan=0.0)
+        a = np.asarray(s, dtype=np.float64)
+        a = np.where(np.isnan(a), 0.0, a)  # NaN is black; +inf is white and -inf black, by the clip
         x = np.rint(np.clip(a * 255 if peak <= 1.0 else a, 0, 255)).astype(np.uint8)
     elif mode in _ALPHA_MODES:
         a = np.asarray(s).astype(np.uint32)

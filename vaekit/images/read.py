@@ -16,7 +16,7 @@ from __future__ import annotations
 import errno
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -202,10 +202,11 @@ def _decode(path: Path, channels: int, draft: int | None = None, expand: bool = 
     return _decode_full(path, channels, draft, expand)[0]
 
 
-def _decode_full(path: Path, channels: int, draft: int | None = None,
-                 expand: bool = True) -> tuple[np.ndarray, tuple[int, int]]:
+def _decode_full(path: Path, channels: int, draft: int | None = None, expand: bool = True,
+                 before: Callable[[tuple[int, int]], None] | None = None) -> tuple[np.ndarray, tuple[int, int]]:
     """`_decode`, and the (H, W) of the whole image at full resolution, rotated alike: a JPEG
-    decoded at 1/8 scale rounds its sides up, so its aspect ratio is read from this."""
+    decoded at 1/8 scale rounds its sides up, so its aspect ratio is read from this. `before`
+    gets the (H, W) from the header (not rotated) and may raise before anything is decoded."""
     check_channels(channels)
     path = Path(path)
     try:
@@ -219,6 +220,8 @@ def _decode_full(path: Path, channels: int, draft: int | None = None,
             limit, (w, h) = Image.MAX_IMAGE_PIXELS, img.size
             if limit is not None and w * h > limit:
                 raise ImageReadError(path, f"decompression bomb: {w * h} pixels > limit {limit}")
+            if before is not None:  # judged from the header, before a pixel is decoded
+                before((full[1], full[0]))
             img.load()  # first frame: a freshly opened animation sits on frame 0
             orientation = exif_orientation(img)
             x = convert.to_uint8(img, channels)
@@ -277,14 +280,19 @@ def load_image(path: Path, size: int, channels: int, crop: bool = True) -> np.nd
     bicubic resize, which is much faster and keeps the same shorter-side-then-crop policy.
     """
     check_size(size)
-    x, full = _decode_full(path, channels, draft=size, expand=False)  # gray stays one channel until resized
-    need = resize_pixels(*full, size)
-    if need > MAX_RESIZE_PIXELS:  # judged before anything is allocated for it
-        raise ImageReadError(path, f"aspect ratio too extreme: {full[1]}x{full[0]} resized to {size} would "
-                                   f"take {need} pixels, at most {MAX_RESIZE_PIXELS}")
-    if not crop and need > MAX_WHOLE_PIXELS:
-        raise ImageReadError(path, f"too elongated to score whole: {full[1]}x{full[0]} at the model's {size} px "
-                                   f"would be {need} pixels, at most {MAX_WHOLE_PIXELS}; cut it into shorter pieces")
+
+    def resizable(full: tuple[int, int]) -> None:  # from the header: a 1 x 89 M strip is never decoded
+        need = resize_pixels(*full, size)  # the same either way round
+        if need > MAX_RESIZE_PIXELS:
+            raise ImageReadError(path, f"aspect ratio too extreme: {full[1]}x{full[0]} resized to {size} would "
+                                       f"take {need} pixels, at most {MAX_RESIZE_PIXELS}")
+        if not crop and need > MAX_WHOLE_PIXELS:
+            raise ImageReadError(path, f"too elongated to score whole: {full[1]}x{full[0]} at the model's {size} "
+                                       f"px would be {need} pixels, at most {MAX_WHOLE_PIXELS}; cut it into shorter pieces")
+
+    # gray stays one channel until resized
+    x, full = _decode_full(path, channels, draft=size, expand=False, before=resizable)
+    resizable(full)  # rotated: the sides the message names
     try:
         # whole, the full image's aspect ratio; the centre square as vaekit always cut it (the
         # pixel cache's entries and every run's data fingerprint depend on it)
