@@ -74,6 +74,22 @@ def test_float_infinities_neither_set_the_range_nor_warn(tmp_path):
         assert images.decode(p, 1)[..., 0].tolist() == [[0, 64, 255, 255, 0, 0]]
 
 
+def test_a_16_bit_grey_png_with_alpha_counts_as_grey(tmp_path):
+    # Pillow opens it as RGBA, and --channels auto took a folder of them for colour
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\x00" + b"\x80\x00\xff\xff" * 4 for _ in range(4))  # grey 0x8000, opaque
+    p = tmp_path / "la16.png"
+    p.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 4, 16, 4, 0, 0, 0))
+                  + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    assert stored(p) == "RGBA" and images.gray_mode(p)
+    assert images.resolve_channels([p], "auto") == 1 and (images.decode(p, 1) == 128).all()
+
+
 def test_bilevel_mode(tmp_path):
     img = Image.new("1", (4, 2), 0)
     img.putpixel((1, 0), 1)

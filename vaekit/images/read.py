@@ -147,7 +147,9 @@ def gray_mode(path: Path) -> bool:
     """Whether `path` is stored as grayscale; reads the header only."""
     try:
         with open_image(path) as img:
-            return convert.is_gray(img.mode)
+            # Pillow opens a 16-bit grey-and-alpha PNG as RGBA (R = G = B): its raw mode says grey
+            raw = img.tile[0].args if img.format == "PNG" and img.tile else None
+            return convert.is_gray(img.mode) or (isinstance(raw, str) and raw.startswith("LA;16"))
     except ImageReadError:
         raise
     except Exception as exc:
