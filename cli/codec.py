@@ -103,7 +103,8 @@ def encode(
                                                    "within 2 of its source; coded in DCT blocks (photos), the error is spread over "
                                                    "each block and a pixel may be further off); see docs/codec.md.")] = None,
     lossless: Annotated[bool, typer.Option("--lossless", help="Write a lossless bits-back .vkc archive: every pixel "
-                                           "back (images of the model's size; a --likelihood logistic model codes them smallest).")] = False,
+                                           "back (images of the model's size; the pixels coded with a model's own logistic "
+                                           "likelihood, or one fitted to the archive: docs/codec.md says which is smaller).")] = False,
     fit: Annotated[Optional[Path], typer.Option(help="With --quality: first fit the model's entropy-coding tables on "
                                                 "these training images and store them in the run.", exists=True)] = None,
 ) -> None:
