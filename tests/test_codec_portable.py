@@ -92,16 +92,20 @@ def test_an_archive_written_before_the_pin_decodes_on_its_recorded_count(run, tm
     assert all(np.array_equal(got[k], want[k]) for k in want)
 
 
-def test_a_nonsense_thread_count_in_the_header_is_refused_up_front(run, tmp_path, monkeypatch):
+@pytest.mark.parametrize("threads", [0, 65])
+def test_a_nonsense_thread_count_in_the_header_is_refused_up_front(run, tmp_path, monkeypatch, threads):
+    # 65 and more: a forged 4096 pinned torch to 4096 threads for the whole decode
     from vaekit.codec.net import Net
 
     _digits(tmp_path / "src", 3)
-    monkeypatch.setattr(Net, "describe", lambda self: {"engine": "torch", "threads": 0})
+    monkeypatch.setattr(Net, "describe", lambda self: {"engine": "torch", "threads": threads})
     r = codec.encode(vaekit.load(run), tmp_path / "src", tmp_path / "x.vkc", lossless=True)
     monkeypatch.undo()
-    with pytest.raises(container.ArchiveError, match="names 0 torch threads") as e:
+    before = torch.get_num_threads()
+    with pytest.raises(container.ArchiveError, match=f"names {threads} torch threads") as e:
         codec.decode(vaekit.load(run), r.path, tmp_path / "out")
     assert e.value.exit_code == 2 and "\n" not in str(e.value) and not (tmp_path / "out").exists()
+    assert torch.get_num_threads() == before
 
 
 @pytest.mark.parametrize("mode", [{"quality": 6}, {"lossless": True}])

@@ -148,3 +148,27 @@ def test_wide_pieces_cover_the_image_once():
             if seen is not None:
                 seen[y0:y1, x0:x1] += 1
         assert seen is None or (seen == 1).all()
+
+
+MEASURE_RESTORE = MEASURE.split("images.load_image(sys.argv[3]")[0] + r"""
+from vaekit.codes import sizes
+from vaekit.images.render import png_bytes
+x = np.random.default_rng(0).integers(0, 256, (3, 32, 32), dtype=np.uint8)
+png_bytes(sizes.restore_image(x, (40, 64)))  # warm up
+before = peak()
+h, w = int(sys.argv[1]), int(sys.argv[2])
+png_bytes(sizes.restore_image(x, (h, w)))
+print(peak() - before)
+"""
+
+
+@pytest.mark.slow  # a fresh interpreter's peak memory
+def test_decoding_at_the_original_size_holds_the_image_about_twice(tmp_path):
+    # a forged 184-byte .vkc asked for three images of 13375 x 13375: numpy's padded and
+    # transposed copies held each 4-5 times (2 GB); Pillow builds it holding the square and the whole
+    h, w = 3000, 4500
+    r = subprocess.run([sys.executable, "-c", MEASURE_RESTORE, str(h), str(w)], capture_output=True, text=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    grew = int(r.stdout.split()[-1])
+    assert grew <= 2.9 * 3 * h * w, f"{grew / (3 * h * w):.1f} bytes per sub-pixel"  # the arrays: 3.3

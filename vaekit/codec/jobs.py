@@ -30,7 +30,7 @@ from vaekit.fileio.staging import staged
 from vaekit.images.arrays import check_int
 from vaekit.inference.engine_onnx import refuse_model_files
 from vaekit.codes.jobs import decodable
-from vaekit.codes.sizes import restore_size, source_facts
+from vaekit.codes.sizes import restore_image, source_facts
 from vaekit.codes.targets import check_targets, png_names
 from vaekit.errors import BadInput, check_flags
 from vaekit.fileio import refuse_existing, refuse_inside, refuse_under_file
@@ -305,9 +305,15 @@ def _threads(header: container.Header, archive: Path) -> int:
     threads = header.engine.get("threads", CANONICAL_THREADS)
     if header.engine.get("engine") != "torch":
         return CANONICAL_THREADS  # unused: onnxruntime's threads are its session's (and did not matter)
-    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 4096:
-        raise container.ArchiveError(f"{archive} is damaged or foreign: it names {threads!r:.20} torch threads")
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_ARCHIVE_THREADS:
+        raise container.ArchiveError(f"{archive} is damaged or foreign: it names {threads!r:.20} torch threads "
+                                     f"(vaekit writes 1, and wrote at most {MAX_ARCHIVE_THREADS})")
     return threads
+
+
+# the most threads an archive may pin a decode to: vaekit has written 1 since it pinned them, and a
+# file of before recorded the user's --threads; a forged 4096 set torch to 4096 threads
+MAX_ARCHIVE_THREADS = 64
 
 
 def _decode_chunks(model, prior, header, archive, offset, staged, size, progress, net) -> None:
@@ -327,7 +333,7 @@ def _decode_chunks(model, prior, header, archive, offset, staged, size, progress
                 x = decoded(model, z[s:s + BATCH])
                 x = lossy.with_residual(prior, header.quality, x, res[s:s + BATCH]) if delta else x.astype(np.uint8)
                 for i, img in enumerate(x, start=done + s):
-                    imageio.save_png(img if size == "model" else restore_size(img, header.orig_size[i]), staged[i])
+                    imageio.save_png(img if size == "model" else restore_image(img, header.orig_size[i]), staged[i])
         done += count
         if progress:
             progress(done, n)

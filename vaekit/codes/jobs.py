@@ -20,7 +20,7 @@ from vaekit.codes import batch_size as batches
 from vaekit.codes.format import PRECISIONS, CodeFile, FingerprintMismatch, validate, load, quantize
 from vaekit.stream.batches import Layout, digest
 from vaekit.codes.targets import check_targets, decodable, png_names  # noqa: F401  (png_names: re-exported)
-from vaekit.codes.sizes import GONE, original_size, restore_size, source_facts  # noqa: F401  (re-exported)
+from vaekit.codes.sizes import GONE, original_size, restore_image, restore_size, source_facts  # noqa: F401  (re-exported)
 from vaekit.codes.writer import write_streamed
 from vaekit.errors import BadInput, check_flags
 from vaekit.fileio import atomic_writer, refuse_existing, refuse_inside
@@ -313,7 +313,7 @@ def decode_file(
         for s in range(0, n, step):
             x = imageio.to_uint8(model.decode(cf.latents(slice(s, s + step))))
             for i, img in enumerate(x, start=s):
-                imageio.save_png(img if size == "model" else restore_size(img, cf.orig_size[i]), paths[i])
+                imageio.save_png(img if size == "model" else restore_image(img, cf.orig_size[i]), paths[i])
             if progress:
                 progress(min(n, s + step), n)
     return DecodeReport(out_dir, targets, size)

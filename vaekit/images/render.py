@@ -19,15 +19,16 @@ def _hwc(x: np.ndarray) -> np.ndarray:
     return x[0] if x.shape[0] == 1 else np.ascontiguousarray(x.transpose(1, 2, 0))
 
 
-def png_bytes(x: np.ndarray) -> bytes:
-    """(C, H, W) uint8, or float in [0, 1], as the bytes of a PNG file (what save_png writes)."""
+def png_bytes(x) -> bytes:
+    """(C, H, W) uint8, or float in [0, 1], or a Pillow image, as the bytes of a PNG file (what
+    save_png writes)."""
     buf = io.BytesIO()
-    Image.fromarray(_hwc(x)).save(buf, format="PNG")
+    (x if isinstance(x, Image.Image) else Image.fromarray(_hwc(x))).save(buf, format="PNG")
     return buf.getvalue()
 
 
-def save_png(x: np.ndarray, path: Path, replace: bool = True, own: bool = False) -> None:
-    """Save (C, H, W) uint8, or float in [0, 1], as a PNG; atomic, parent folders created;
+def save_png(x, path: Path, replace: bool = True, own: bool = False) -> None:
+    """Save (C, H, W) uint8, or float in [0, 1], or a Pillow image, as a PNG; atomic, parent folders created;
     replace=False: not over a file at `path` (OutputExists), unless `own` and that file holds the
     very bytes this PNG has: a resumed job's own, written before its stop, kept as it is."""
     atomic_write_bytes(Path(path), png_bytes(x), replace, keep_same=own)
