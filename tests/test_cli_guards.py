@@ -112,8 +112,8 @@ def test_decode_codes_never_writes_into_the_run(run, pair, tmp_path):
     assert r.exit_code == 0, r.output
     before = snapshot(run)
     for out in (run, run / "decoded"):
-        refused(invoke("decode", run, tmp_path / "x.codes", "-o", out, "--overwrite"), "inside the input folder")
-    refused(invoke("encode", run, src, "-o", run / "x.codes", "--overwrite"), "inside the input folder")
+        refused(invoke("decode", run, tmp_path / "x.codes", "-o", out, "--overwrite"), "inside the model's run directory")
+    refused(invoke("encode", run, src, "-o", run / "x.codes", "--overwrite"), "inside the model's run directory")
     assert snapshot(run) == before
     assert invoke("decode", run, tmp_path / "x.codes", "-o", tmp_path / "dec").exit_code == 0
 

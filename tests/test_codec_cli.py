@@ -168,7 +168,7 @@ def test_no_codec_output_goes_into_the_run_directory(setup, tmp_path, command, t
     else:
         r = invoke("encode", run, root / "src", "-o", out, "--quality", 3, "--overwrite")
     flat = "".join(r.output.replace("│", " ").split())
-    assert r.exit_code == 2 and "isinsidetheinputfolder" in flat, r.output
+    assert r.exit_code == 2 and "isinsidethemodel'srundirectory" in flat, r.output
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
 

@@ -160,7 +160,8 @@ def check_encode(model, source, out: str | Path, quality: int | None = None, los
     refuse_under_file(out)
     found = stream.find_inputs(source)
     decodable(found.names, source)
-    refuse_inside(out, [*found.sources, model.info.source], "output")  # nor into the model's run directory
+    refuse_inside(out, found.sources, "output")
+    refuse_inside(out, model.info.source, "output", kind="the model's run directory")
     refuse_model_files(out, model.info.source, "output")  # nor onto an export's part (with --overwrite)
     refuse_existing([out], overwrite)
     return found
@@ -217,7 +218,7 @@ def decode(model, archive: str | Path, out_dir: str | Path, size: str = "model",
     if out_dir.exists() and not out_dir.is_dir():
         raise BadInput(f"output {out_dir} exists and is not a folder")
     refuse_under_file(out_dir)
-    refuse_inside(out_dir, model.info.source, "output folder")  # --overwrite would replace the run's own files
+    refuse_inside(out_dir, model.info.source, "output folder", kind="the model's run directory")  # --overwrite would replace its files
     header, offset = container.read_header(archive, lambda h: _check_fingerprint(h, model, archive))  # names after
     _check_model(header, model, archive)
     prior = stored_prior(model, header.tables) if header.mode == "lossy" else None

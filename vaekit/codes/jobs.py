@@ -142,7 +142,8 @@ def encode_folder(
     source = journaled_inputs(source, out, shard)  # the same files spelled another way than its journals do
     found = stream.find_inputs(source, once=True)
     decodable(found.names, source)
-    refuse_inside(out, [*found.sources, model.info.source], "output")  # nor into the model's run directory
+    refuse_inside(out, found.sources, "output")
+    refuse_inside(out, model.info.source, "output", kind="the model's run directory")
     refuse_model_files(out, model.info.source, "output")  # nor onto an export's part (with --overwrite)
     refuse_existing([out], overwrite or resume)  # resuming: once its shares are read (below)
     torchrun = shard is None and stream.env_shard()[1] > 1
@@ -301,7 +302,7 @@ def decode_file(
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise BadInput(f"output {out_dir} exists and is not a folder")
-    refuse_inside(out_dir, model.info.source, "output folder")  # --overwrite would replace the run's own files
+    refuse_inside(out_dir, model.info.source, "output folder", kind="the model's run directory")  # --overwrite would replace its files
     cf = load(code_file)
     check_model(cf, model, f"code file {code_file}")
     targets = [out_dir / n for n in png_names(cf.names)]

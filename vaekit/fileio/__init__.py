@@ -252,7 +252,7 @@ def refuse_under_file(path: Path, what: str = "output") -> None:
         raise BadInput(f"{what} {path}: cannot write in {folder} (permission denied or a read-only file system)")
 
 
-def refuse_inside(output: Path, inputs, what: str, folder: bool = False) -> None:
+def refuse_inside(output: Path, inputs, what: str, folder: bool = False, kind: str = "the input folder") -> None:
     """BadInput when `output` is, or lies inside, an input folder: an output there would be
     read back as input next time, or replace the user's files. Inputs given as image files:
     `output` may not be one of them, and an output `folder` (whose files are named after the
@@ -261,7 +261,7 @@ def refuse_inside(output: Path, inputs, what: str, folder: bool = False) -> None
     for root in map(Path, roots):
         if root.is_dir():
             if is_inside(output, root):
-                raise BadInput(f"{what} {output} is inside the input folder {root}; write it somewhere else")
+                raise BadInput(f"{what} {output} is inside {kind} {root}; write it somewhere else")
         elif root.exists():
             relation = "is" if is_inside(output, root) else "holds" if folder and is_inside(root, output) else None
             if relation:
