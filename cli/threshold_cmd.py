@@ -115,7 +115,7 @@ def threshold_origin(section) -> str:
     scores = section.get("scores")
     if section.get("fixed") and isinstance(scores, list):
         above = sum(1 for s in scores if isinstance(s, (int, float)) and s > section["threshold"])
-        return f"(fixed; {above} of {len(scores)} calibration scores above)"
+        return f"(fixed; {above} of {len(scores)} {shown(section.get('source', 'calibration'))} scores above)"
     from vaekit.anomaly.quantiles import quantile_text
 
     return f"(quantile {quantile_text(q)})" if isinstance(q, (int, float)) else ""

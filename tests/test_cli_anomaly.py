@@ -125,7 +125,7 @@ def test_threshold_command_shows_and_moves_the_threshold(parts, tmp_path):
     n = len(stored["scores"])
     r = invoke("threshold", run, "--value", -5)  # below every score: not "quantile 0"
     words = " ".join(r.output.replace("│", " ").split())
-    assert r.exit_code == 0 and f"(fixed; {n} of {n} calibration scores above)" in words, r.output
+    assert r.exit_code == 0 and f"(fixed; {n} of {n} cross-fitted scores above)" in words, r.output
     assert "(quantile" not in words
     # from new normal images: the thresholds come from their scores, at the quantile given
     r = invoke("threshold", run, "--normal", parts / "test" / "normal", "--quantile", 0.5)

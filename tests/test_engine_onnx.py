@@ -302,3 +302,17 @@ def test_cli_sample_and_interpolate_same_images(ex, tmp_path):
     for name in ("s.png", "i.png"):
         t, o = (np.asarray(Image.open(tmp_path / kind / name), dtype=np.int16) for kind in ("torch", "onnx"))
         assert t.shape == o.shape and np.abs(t - o).max() <= 1
+
+
+def test_an_export_without_onnxruntime_installed_names_the_extra(ex, monkeypatch):
+    # `vaekit[train]` has no onnxruntime: the export was called "not a readable ONNX model
+    # (not ONNX, truncated or corrupt): No module named 'onnxruntime'"
+    import sys
+
+    import vaekit
+    from vaekit.errors import MissingExtra
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` fails as when not installed
+    with pytest.raises(MissingExtra, match=r"pip install 'vaekit\[runtime\]'") as e:
+        vaekit.load(ex.onnx)
+    assert "corrupt" not in str(e.value)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from vaekit.inference.engine import Model, ModelInfo, threshold_fields
-from vaekit.errors import BadInput, DamagedFile, ForeignModel, NotFound, VaekitError
+from vaekit.errors import BadInput, DamagedFile, ForeignModel, NotFound, VaekitError, missing_extra
 from vaekit.fileio import check_regular, finite_number, is_inside, loads_json
 
 CHECKSUM_KEY = "vaekit.sha256"  # sha256 of the file, computed with CHECKSUM_PLACEHOLDER in its place
@@ -112,6 +112,8 @@ def _open(path: Path, role: str, threads: int | None, device: str = "cpu"):
         sess = graph_session(data, role, threads, device)
     except VaekitError:  # ours (--device cuda without onnxruntime-gpu) says what is wrong; the file may be fine
         raise
+    except ModuleNotFoundError as e:  # onnxruntime not installed (`vaekit[train]` has none): not the file's fault
+        raise (missing_extra(e) or e) from None
     except Exception as e:  # onnxruntime raises its own zoo of types for unreadable files
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise OnnxModelError(f"{path} is not a readable ONNX model (not ONNX, truncated or corrupt): {reason}") from None

@@ -63,7 +63,7 @@ def prepare_folders(root: Path, folders: list[str], overwrite: bool) -> None:
     if existing and not overwrite:
         raise OutputExists(
             f"{root} already holds sample images (e.g. {existing[0]}); "
-            "pass --overwrite (overwrite=True) to replace them"
+            "pass --overwrite to replace them (overwrite=True in Python)"
         )
     # Only the files this module writes are removed, so a user's other files survive; the old
     # set's README and manifest go with its images (a call stopped before its own would leave them)
