@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from vaekit_cli.output import (EXIT_TERMINATED, Device, Terminated, apply_threads, console, err_console, progress_bar,
-                               shown)
+                               number, shown)
 from vaekit_cli.train_summary import name_skipped, print_summary
 
 
@@ -133,7 +133,11 @@ def _report(result, data, out: Path, code: int = 130, skipped_named: bool = Fals
             err_console.print(f"{what} before the first epoch ended: {shown(out)} holds nothing to resume; start it "
                               "again with `vaekit train ... --overwrite`", highlight=False, soft_wrap=True)
         raise typer.Exit(code)
-    if result.rank == 0:  # under torchrun only rank 0 reports
+    if result.complete and result.rank == 0:
+        console.print(f"{shown(out)} had trained all {result.epochs_done} epochs and finished: nothing to resume "
+                      f"(its threshold {number(result.threshold)} stands); `--resume --epochs N` trains on",
+                      highlight=False, soft_wrap=True)
+    elif result.rank == 0:  # under torchrun only rank 0 reports
         print_summary(result, data, skipped_named)
 
 

@@ -43,6 +43,16 @@ def test_train_prints_epochs_and_a_summary(tmp_path):
     assert r.exit_code == 0, r.output
     assert "epoch   3" in r.output and "epoch   1 " not in r.output
     assert r.output.splitlines()[0].startswith("resuming after epoch 2 of 3: 12 images (5 folds")
+    # a resume with no epoch left redoes nothing: it retrained every fold model and moved the threshold
+    run = tmp_path / "run"
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    r = invoke("train", tmp_path / "imgs", "--out", run, "--resume")
+    assert r.exit_code == 0 and "had trained all 3 epochs and finished: nothing to resume" in " ".join(r.output.split())
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    cfg = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if k != "anomaly"}))
+    r = invoke("train", tmp_path / "imgs", "--out", run, "--resume")  # killed while finishing: finished now
+    assert r.exit_code == 0 and "anomaly threshold" in r.output and "nothing to resume" not in r.output, r.output
 
 
 def test_unreadable_files_are_skipped_and_named(tmp_path):

@@ -48,6 +48,7 @@ class TrainResult:
     epoch_seconds: float = 0.0  # the epochs alone
     rank: int = 0  # torchrun rank of this process; only rank 0 writes (and should print)
     stopped: bool = False  # asked to stop (should_stop): no threshold yet; --resume continues
+    complete: bool = False  # a --resume of a run that had trained every epoch and finished: nothing done
 
     def __post_init__(self) -> None:
         self.seconds = self.seconds or self.epoch_seconds  # until the finish step adds its time
@@ -119,12 +120,30 @@ def fit(data: Dataset, out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCo
 
     result = TrainResult(out_dir, str(device), len(history), best["epoch"] + 1, best["val"], history, rank=dist.rank,
                          stopped=stopped, epoch_seconds=time.perf_counter() - t_start)
-    if dist.main and not stopped:
+    if dist.main and not stopped and resume and start_epoch == train_cfg.epochs and _finished(out_dir):
+        result.threshold, result.complete = rundir.read_config(out_dir)["anomaly"]["threshold"], True
+    elif dist.main and not stopped:
         result.threshold = _finish(out_dir, data, splits, model_cfg, train_cfg, device, progress, should_stop, best)
         result.stopped = result.threshold is None  # asked to stop while cross-fitting: --resume does it again
         result.seconds = time.perf_counter() - t_start
     barrier(dist)  # the run directory is complete when any rank returns
     return result
+
+
+def _finished(out_dir: Path) -> bool:
+    """Whether the run's finishing step (fold models, readers, thresholds, codec tables) completed
+    for the weights it holds: the config it writes last names them. A resume with no epoch left
+    to train then redoes nothing (it retrained every fold model, and moved the threshold)."""
+    cfg = rundir.read_config(out_dir)
+    anomaly = cfg.get("anomaly")
+    if not isinstance(anomaly, dict) or not isinstance(anomaly.get("threshold"), (int, float)):
+        return False
+    try:
+        from safetensors.torch import load_file
+
+        return cfg.get("fingerprint") == rundir.fingerprint(load_file(out_dir / rundir.WEIGHTS))
+    except (OSError, ValueError, RuntimeError):  # no weights, or damaged: finish again
+        return False
 
 
 def training_plan(trainer: Trainer, data: Dataset, splits) -> dict:
