@@ -15,6 +15,7 @@ import numpy as np
 
 from vaekit.inference.engine import Model, ModelInfo, threshold_fields
 from vaekit.errors import BadInput, DamagedFile, ForeignModel, NotFound, VaekitError, missing_extra
+from vaekit.inference.onnx_session import NCHWC_SLOW_OPS, graph_session, providers, session_options  # noqa: F401
 from vaekit.fileio import check_regular, finite_number, is_inside, loads_json
 
 CHECKSUM_KEY = "vaekit.sha256"  # sha256 of the file, computed with CHECKSUM_PLACEHOLDER in its place
@@ -54,55 +55,6 @@ def refuse_model_files(output: Path, model: Path, what: str) -> None:
         raise BadInput(f"{what} {output} is a file of the model {model}; write it somewhere else")
 
 
-def providers(device: str = "auto") -> list[str]:
-    """onnxruntime execution providers for a device: CUDA first when onnxruntime-gpu is
-    installed and asked for ("auto" or "cuda"), the CPU always as the fallback."""
-    import onnxruntime as ort
-
-    have = ort.get_available_providers()
-    if device in ("auto", "cuda") and "CUDAExecutionProvider" in have:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    if device == "cuda":
-        raise BadInput("--device cuda needs the onnxruntime-gpu package (onnxruntime has no CUDA provider here)")
-    return ["CPUExecutionProvider"]
-
-
-# ops that the NCHWc layout (ORT_ENABLE_ALL) has no kernel for, so it wraps each in layout reorders:
-# a graph holding one keeps ORT_ENABLE_EXTENDED (arch v1's ConvTranspose decoders; int8 QDQ graphs)
-NCHWC_SLOW_OPS = (b"ConvTranspose", b"QuantizeLinear")
-
-
-def session_options(role: str = "scorer", threads: int | None = None, nchwc: bool | None = None):
-    """onnxruntime settings, chosen by measurement (benchmarks/inference_speed.py).
-
-    What mattered: the graph optimisation level. ORT_ENABLE_ALL adds the NCHWc layout
-    transform, whose convolution kernels ran arch v2's graphs (convolutions and nearest
-    resizes only) 1.37-1.45x faster than ORT_ENABLE_EXTENDED (64 px vector and 128 px grid
-    models, batch 1 and 64, one thread; docs/benchmarks.md). For arch v1's ConvTranspose
-    decoders (no NCHWc kernel, so each one wrapped in layout reorders) it made the decoder
-    ~1.1-1.2x and the scorer up to 1.7x slower, and for int8 graphs 0-15% slower, so a graph
-    holding one of NCHWC_SLOW_OPS keeps EXTENDED (`nchwc=False`; None: by role, the encoder
-    always NCHWc). A fixed thread count (`threads`, from --threads) and sequential execution
-    (each graph is a single chain) do the rest.
-    """
-    import onnxruntime as ort
-
-    threads = threads or 0
-    so = ort.SessionOptions()
-    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if nchwc or role == "encoder"
-                                   else ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.intra_op_num_threads = max(0, threads)  # 0: onnxruntime's default (one per physical core)
-    so.inter_op_num_threads = 1
-    # fatal only: its warnings about unused initialisers are noise to a user, and an error it logs (a foreign
-    # file's external data, say) is raised as well, which vaekit turns into one line: logged, it made two
-    so.log_severity_level = 4
-    # worker threads that spin between ops steal the cores from whatever else runs (the same
-    # collapse as torch's OpenMP spinning beside a busy process, docs/scaling.md): they sleep
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return so
-
-
 def _open(path: Path, role: str, threads: int | None, device: str = "cpu"):
     """One onnxruntime session and its vaekit metadata; clear errors for anything else."""
     # a FIFO or device named .onnx is refused, never opened; a 30 GB file is not read into memory
@@ -137,16 +89,6 @@ def _open(path: Path, role: str, threads: int | None, device: str = "cpu"):
         raise OnnxModelError(f"{path} does not have the {role} graph's inputs/outputs "
                              f"(has {sorted(names_in)} -> {sorted(names_out)})")
     return sess, meta
-
-
-def graph_session(data: bytes, role: str, threads: int | None = None, device: str = "cpu"):
-    """An onnxruntime session of one exported graph (the file's bytes) with vaekit's settings: the
-    NCHWc layout unless the graph holds one of NCHWC_SLOW_OPS (an op type is a plain string in
-    the protobuf). No checks of what the graph is: `vaekit.load` makes those."""
-    import onnxruntime as ort
-
-    nchwc = not any(op in data for op in NCHWC_SLOW_OPS)
-    return ort.InferenceSession(data, session_options(role, threads, nchwc), providers=providers(device))
 
 
 def _verify_checksum(path: Path, meta: dict, data: bytes) -> None:
@@ -212,9 +154,11 @@ class OnnxModel(Model):
             stored = from_stored_model(self.config["model"])
         except (ValueError, TypeError) as e:
             raise OnnxModelError(f"{p} has corrupt vaekit metadata 'vaekit.model': {e}") from None
-        if (stored.image_size, stored.channels, stored.z_dims) != (image_size, channels, latent_dim):
+        if (stored.image_size, stored.channels, stored.z_dims, stored.likelihood) != (image_size, channels, latent_dim,
+                                                                                       likelihood):
             raise OnnxModelError(f"{p}: vaekit metadata disagree (model {stored.image_size}/{stored.channels}/"
-                                 f"{stored.z_dims}, header {image_size}/{channels}/{latent_dim})")
+                                 f"{stored.z_dims}/{stored.likelihood}, header {image_size}/{channels}/{latent_dim}/"
+                                 f"{likelihood})")
         self.info = ModelInfo(
             image_size=image_size, channels=channels, latent_dim=latent_dim, likelihood=likelihood,
             latent_shape=stored.latent_shape, read_size=stored.reads_at,
@@ -291,14 +235,13 @@ class OnnxModel(Model):
         from vaekit import images as imageio
         from vaekit.reader.score import maps_and_scores, read_tiled
 
-        sess = self._session("reader")
         if getattr(self, "_reader_smooth", None) is None:
             cfg = _json(self._reader_meta(), "vaekit.reader", self.parts["reader"])
             smooth = [cfg.get(k) if isinstance(cfg, dict) else None for k in ("smooth", "map_smooth")]
             if not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 64 for v in smooth):
                 raise OnnxModelError(f"{self.parts['reader']} has corrupt vaekit metadata 'vaekit.reader' ({cfg!r})")
             self._reader_smooth = smooth
-        run = lambda v: sess.run(["logits"], {"x": v})[0]  # noqa: E731
+        run = lambda v: self._run("reader", ["logits"], {"x": v}, [(len(v), v.shape[-2], v.shape[-1])])[0]  # noqa: E731
         scores, maps = [], []
         for i in range(0, len(x), 16):
             s, m = maps_and_scores(read_tiled(run, imageio.to_float(x[i:i + 16])), *self._reader_smooth)
@@ -310,17 +253,41 @@ class OnnxModel(Model):
         self._session("reader")
         return dict(self._sessions["reader"].get_modelmeta().custom_metadata_map)
 
+    def _run(self, role: str, names: list[str], feeds: dict, shapes: list) -> list[np.ndarray]:
+        """One graph's outputs, each of the shape the engine's maths needs (a tuple; an int n: the
+        codes of n images): a graph that fails to run, or gives other shapes (a forged file,
+        re-sealed), is one line naming the file, never numpy's error from deep inside the scoring."""
+        path = self.path if role == "scorer" else self.parts[role]
+        sess = self._scorer if role == "scorer" else self._session(role)
+        try:
+            out = sess.run(names, feeds)
+        except Exception as e:  # onnxruntime's own types: a bad allocation, a node that cannot run
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise OnnxModelError(f"{path} failed to run: {reason[:300]}") from None
+        for name, a, want in zip(names, out, shapes):
+            codes = isinstance(want, int)  # codes of `want` images: latent_dim values each, flat or a grid
+            if (a.shape[:1] != (want,) or int(np.prod(a.shape[1:])) != self.info.latent_dim) if codes else (
+                    a.ndim != len(want) or any(w is not None and n != w for n, w in zip(a.shape, want))):
+                expected = f"{want} codes of {self.info.latent_dim} values" if codes else str(want)
+                raise OnnxModelError(f"{path} is not a graph of this model: its output {name!r} has shape "
+                                     f"{tuple(a.shape)}, expected {expected}")
+        return out
+
     def _encode(self, x):
-        mu, logvar = self._session("encoder").run(["mu", "logvar"], {"x": self._f32(x)})
+        mu, logvar = self._run("encoder", ["mu", "logvar"], {"x": self._f32(x)}, [len(x), len(x)])
         return mu, logvar
 
     def _decode(self, z):
-        return self._session("decoder").run(["image"], {"z": self._f32(z)})[0]
+        i = self.info
+        return self._run("decoder", ["image"], {"z": self._f32(z)}, [(len(z), i.channels, i.image_size, i.image_size)])[0]
 
     def _score_core(self, x, eps):
         names = list(_OUTPUTS["scorer"])
         with_x_hat = "x_hat" in {o.name for o in self._scorer.get_outputs()}  # exports of vaekit < 0.3 lack it
-        out = self._scorer.run(names + ["x_hat"] * with_x_hat, {"x": self._f32(x), "eps": self._f32(eps)})
+        n = len(x)
+        shapes = [(n,), (n,), (n, x.shape[-2], x.shape[-1]), n, n, (n, *x.shape[1:])]
+        out = self._run("scorer", names + ["x_hat"] * with_x_hat, {"x": self._f32(x), "eps": self._f32(eps)},
+                        shapes[:len(names) + with_x_hat])
         recon, kl, pmap, mu, logvar = out[:5]
         # the torch engine sums in float32 and hands back float64; so do we
         return recon.astype(np.float64), kl.astype(np.float64), pmap, mu, logvar, out[5] if with_x_hat else None
