@@ -284,6 +284,14 @@ def test_thresholds_set_anew_from_new_normal_images(parts, tmp_path):
     with pytest.raises(ValueError, match="cannot read .*broken.png"):
         anomaly.threshold_from_normal(run, tmp_path / "bad")
     assert (run / "config.json").read_bytes() == stored
+    # a generator of folders was used up by the checks ("no inputs given"), a list of arrays taken
+    # for folders (a raw TypeError): both give the thresholds a folder gives
+    again = anomaly.threshold_from_normal(run, (p for p in [normal]), quantile=0.5)
+    assert again["threshold"] == pytest.approx(new["threshold"])
+    arrays = anomaly.threshold_from_normal(run, list(m.load_images(normal).images), quantile=0.5)
+    assert arrays["threshold"] == pytest.approx(new["threshold"], rel=1e-5)
+    with pytest.raises(ValueError, match="maps must be True or False"):
+        m.score(normal, maps="no")
 
 
 def test_an_older_runs_relative_training_folder_is_still_refused_from_another_directory(parts, tmp_path, monkeypatch):

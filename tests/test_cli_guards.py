@@ -147,6 +147,28 @@ def test_interpolate_api_bounds_n(run, pair):
     m = vaekit.load(run, device="cpu")
     with pytest.raises(BadInput, match="too many for one grid"):
         codes.interpolate(m, *pair, n=codes.MAX_GRID_IMAGES + 1)
+    # a folder for a: its first two images were taken for a and b, exit 0 (a helper's review)
+    for a, b in ((pair[0].parent, pair[1]), (pair[0], pair[1].parent), ("", pair[1])):
+        with pytest.raises(BadInput, match="interpolate needs two image files"):
+            codes.interpolate(m, a, b, n=4)
+
+
+def test_decoding_into_an_empty_name_is_refused(run, pair, tmp_path, monkeypatch):
+    # Path("") is the current folder: codes.decode_file and codec.decode wrote their PNGs there
+    import vaekit
+    from vaekit import codec
+
+    m = vaekit.load(run, device="cpu")
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(pair[0], src / "x.png")
+    codes.encode_folder(m, src, tmp_path / "x.codes")
+    codec.encode(m, src, tmp_path / "x.vkc", quality=3)
+    monkeypatch.chdir(tmp_path / "src")
+    for decode, file in ((codes.decode_file, tmp_path / "x.codes"), (codec.decode, tmp_path / "x.vkc")):
+        with pytest.raises(BadInput, match="an empty name is not the current folder"):
+            decode(m, file, "")
+    assert sorted(p.name for p in (tmp_path / "src").iterdir()) == ["x.png"]
 
 
 # --- 5. evaluate on sets that share files ---------------------------------------------------------

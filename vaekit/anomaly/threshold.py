@@ -192,7 +192,12 @@ def threshold_from_normal(run_dir: str | Path, normal, quantile: float | None = 
         quantile = stored if isinstance(stored, float) and 0 < stored < 1 and not old.get("fixed") else 0.99
     q = check_quantile(quantile, target_fpr)
     roots = training_roots(cfg, run_dir)
-    for folder in [] if isinstance(normal, np.ndarray) else [normal] if isinstance(normal, (str, Path)) else normal:
+    if not isinstance(normal, (np.ndarray, str, Path)):  # a generator is read once: by the checks, then the scores
+        normal = list(normal)
+        if normal and all(isinstance(v, np.ndarray) for v in normal):  # images in memory, one array each
+            normal = np.stack([np.asarray(v) for v in normal]) if len({v.shape for v in normal}) == 1 else normal
+    for folder in [] if isinstance(normal, np.ndarray) else [normal] if isinstance(normal, (str, Path)) else [
+            v for v in normal if isinstance(v, (str, Path))]:
         hit = training_folder_of(folder, roots)
         if hit is not None:
             raise BadInput(f"{folder} holds images the model trained on ({hit}); a threshold needs normal images it never saw")
@@ -211,9 +216,11 @@ def _refuse_training_copies(normal, roots: list[Path]) -> None:
     from vaekit.stream import find_inputs
 
     there = [r for r in roots if r.is_dir()]
-    if not there or isinstance(normal, np.ndarray):  # the training folder is gone, or images in memory
+    names = [] if isinstance(normal, np.ndarray) else [normal] if isinstance(normal, (str, Path)) else [
+        v for v in normal if isinstance(v, (str, Path))]
+    if not there or not names:  # the training folder is gone, or images in memory
         return
-    shared = first_shared(find_inputs(normal).paths, find_inputs(there).paths)
+    shared = first_shared(find_inputs(names).paths, find_inputs(there).paths)
     if shared:
         raise BadInput(f"{shared[0]} is a training image ({shared[1]}, the same file or the same bytes); a "
                        "threshold needs normal images the model never saw")

@@ -33,7 +33,7 @@ from vaekit.codes.jobs import decodable
 from vaekit.codes.sizes import restore_image, source_facts
 from vaekit.codes.targets import check_targets, png_names
 from vaekit.errors import BadInput, check_flags
-from vaekit.fileio import refuse_existing, refuse_inside, refuse_under_file
+from vaekit.fileio import named_path, refuse_existing, refuse_inside, refuse_under_file
 
 from vaekit.progress import Progress  # noqa: E402  (the one alias)
 CHUNK = container.CHUNK  # images per ANS stream, at most container.CHUNK_SUBPIXELS sub-pixels
@@ -214,7 +214,7 @@ def decode(model, archive: str | Path, out_dir: str | Path, size: str = "model",
     t0 = time.perf_counter()
     if size not in ("model", "original"):
         raise BadInput(f"invalid size {size!r}: expected 'model' or 'original'")
-    archive, out_dir = Path(archive), Path(out_dir)
+    archive, out_dir = named_path(archive, "archive"), named_path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise BadInput(f"output {out_dir} exists and is not a folder")
     refuse_under_file(out_dir)

@@ -23,7 +23,7 @@ from vaekit.codes.targets import check_targets, decodable, png_names  # noqa: F4
 from vaekit.codes.sizes import GONE, original_size, restore_image, restore_size, source_facts  # noqa: F401  (re-exported)
 from vaekit.codes.writer import write_streamed
 from vaekit.errors import BadInput, check_flags
-from vaekit.fileio import atomic_writer, refuse_existing, refuse_inside
+from vaekit.fileio import atomic_writer, named_path, refuse_existing, refuse_inside
 from vaekit.fileio.staging import staged
 from vaekit.inference.engine_onnx import refuse_model_files
 from vaekit.images.arrays import check_batch_size
@@ -299,7 +299,7 @@ def decode_file(
     batch_size = check_batch_size(batch_size, 256)
     if size not in ("model", "original"):
         raise BadInput(f"invalid size {size!r}: expected 'model' or 'original'")
-    out_dir = Path(out_dir)
+    out_dir = named_path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise BadInput(f"output {out_dir} exists and is not a folder")
     refuse_inside(out_dir, model.info.source, "output folder", kind="the model's run directory")  # --overwrite would replace its files

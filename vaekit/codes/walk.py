@@ -60,10 +60,15 @@ def interpolate(model: "Model", a: str | Path, b: str | Path, n: int = 8) -> np.
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
         raise BadInput(f"invalid n {n!r}: need at least 2 steps")
     check_grid(n, model.info.image_size, "n")
+    for end in (a, b):  # a folder was read whole, and its first two images taken for a and b
+        if not isinstance(end, (str, Path)) or not str(end) or Path(end).is_dir():
+            raise BadInput(f"interpolate needs two image files, got {end!r:.200}")
     report = model.load_images([Path(a), Path(b)])
     if report.skipped:
         p, why = report.skipped[0]
         raise BadInput(f"cannot read {p}: {why}")
+    if len(report.images) != 2:
+        raise BadInput(f"interpolate needs two image files, got {len(report.images)} images from {a} and {b}")
     mu, _ = model.encode(report.images)
     t = np.linspace(0.0, 1.0, n, dtype=np.float32)[:, None]
     return model.decode((1 - t) * mu[0] + t * mu[1])

@@ -239,6 +239,14 @@ def refuse_unmakeable_folder(path: Path, what: str = "output") -> None:
     refuse_under_file(path, what)
 
 
+def named_path(value, what: str = "output folder") -> Path:
+    """`value` as a Path; BadInput for an empty name (Path("") is the current folder, where a
+    decode into "" wrote its PNGs) or a value that is no path at all."""
+    if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
+        raise BadInput(f"no {what} given: {value!r:.60} (an empty name is not the current folder)")
+    return Path(value)
+
+
 def refuse_under_file(path: Path, what: str = "output") -> None:
     """BadInput when a file stands where a folder above `path` would have to be, or when the
     nearest folder that exists (`path` itself, or one above it) is one this process may not

@@ -207,7 +207,7 @@ class Model:
         reconstruction NLL above each pixel's floor, so a perfectly reconstructed pixel is 0;
         otherwise the per-pixel reconstruction NLL.
         """
-        score = self._requested(score, samples, iwae)
+        score = self._requested(score, samples, iwae, maps)
         paths, arr = user_images(x, self.info.channels, self.info.image_size)  # read once: x may be a generator
         if arr is None and tiled(self):  # whole files, tiled
             return score_files(self, paths, samples=samples, score=score, iwae=iwae, maps=maps, progress=progress)
@@ -240,17 +240,17 @@ class Model:
         return Scores(chosen, nll, recon, kl, pmap, coded / (self.info.dims * math.log(2)), excess=excess, floor=floor,
                       name=score, estimator=estimator, paths=paths, skipped=skipped)
 
-    def _requested(self, score: str | None, samples: int, iwae: bool) -> str:
+    def _requested(self, score: str | None, samples: int, iwae: bool, maps: bool = False) -> str:
         """The score a request computes (effective_score), once the estimator's settings are checked."""
         if not isinstance(samples, (int, np.integer)) or isinstance(samples, bool) or not 0 <= samples <= MAX_SAMPLES:
             raise BadInput(f"samples must be an integer from 0 to {MAX_SAMPLES}, got {samples!r}")
-        if not isinstance(iwae, (bool, np.bool_)):
-            raise BadInput(f"iwae must be True or False, got {iwae!r:.40}")
+        for name, flag in (("iwae", iwae), ("maps", maps)):  # maps="no" is truthy: it computed the maps
+            if not isinstance(flag, (bool, np.bool_)):
+                raise BadInput(f"{name} must be True or False, got {flag!r:.40}")
         score = self.effective_score(score, samples, iwae)[0]
-        if iwae and samples < 1:
-            raise BadInput(f"the IWAE estimate needs samples >= 1, got {samples}")
-        if iwae and score not in ("neg_elbo", "excess"):
-            raise BadInput(f"the IWAE estimate bounds -log p(x) as a whole; use score neg_elbo or excess, not {score!r}")
+        if iwae and (samples < 1 or score not in ("neg_elbo", "excess")):
+            raise BadInput(f"the IWAE estimate needs samples >= 1, got {samples}" if samples < 1 else "the IWAE estimate "
+                           f"bounds -log p(x) as a whole; use score neg_elbo or excess, not {score!r}")
         return score
 
     def _floor_map(self, xf: np.ndarray, score: str) -> np.ndarray | None:
