@@ -26,6 +26,7 @@ from vaekit.training import checkpoint
 torch.set_num_threads(1)
 
 MODEL = ModelConfig(image_size=16, channels=1, latent_dim=4, base_channels=4)
+VECTOR = ModelConfig(image_size=16, channels=1, latent_dim=4, base_channels=4, layout="vector")  # no readers to train
 
 
 def tcfg(**kw) -> TrainConfig:
@@ -136,3 +137,34 @@ def test_a_refused_switch_is_named_as_typed(discs, stopped, tmp_path):
                                  "--latent-dim", "8"])
     assert r.exit_code == 2 and "--no-reader (the run has --reader)" in r.output, r.output
     assert "--latent-dim 8 (the run has 4)" in r.output, r.output
+
+
+def test_an_image_replaced_under_the_same_name_size_and_time_does_not_resume(tmp_path):
+    # the data fingerprint is names, sizes and modification times: two BMPs of one size swapped
+    # (each given back its own mtime) resumed, the later epochs trained on other pixels, exit 0
+    import os
+
+    from vaekit.training.rundir import RunError
+
+    folder = tmp_path / "bmp"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 256, (16, 16), np.uint8)).save(folder / f"i{i:02d}.bmp")
+    a, b = folder / "i00.bmp", folder / "i01.bmp"
+    assert a.stat().st_size == b.stat().st_size  # a fixed-size format
+    train(folder, tmp_path / "run", VECTOR, tcfg(folds=0), cache_dir=tmp_path / "cache")
+    ta, tb = a.stat().st_mtime_ns, b.stat().st_mtime_ns
+    pa, pb = a.read_bytes(), b.read_bytes()
+    a.write_bytes(pb)
+    b.write_bytes(pa)
+    os.utime(a, ns=(ta, ta))
+    os.utime(b, ns=(tb, tb))
+    with pytest.raises(RunError, match="decode to other pixels"):
+        train(folder, tmp_path / "run", VECTOR, tcfg(folds=0), resume=True, resume_epochs=3, cache_dir=tmp_path / "cache")
+    a.write_bytes(pa)  # put back: the same pixels, resumed (new change times, a fresh decode)
+    b.write_bytes(pb)
+    os.utime(a, ns=(ta, ta))
+    os.utime(b, ns=(tb, tb))
+    train(folder, tmp_path / "run", VECTOR, tcfg(folds=0), resume=True, resume_epochs=3, cache_dir=tmp_path / "cache")
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["epochs"] == 3

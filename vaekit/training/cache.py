@@ -100,6 +100,7 @@ class CachedImages:
     skipped: list[tuple[Path, str]]  # (file, reason) for each file that could not be decoded
     key: str  # the cache key; entry files are <key>.u8 and <key>.json
     hit: bool  # True when read from an existing entry without decoding anything
+    sha256: str = ""  # of the pixels, as the entry stores it: what the images ARE (a run pins it)
 
 
 def load_cached(
@@ -138,7 +139,8 @@ def load_cached(
                               f"{size} px; {getattr(e, 'strerror', None) or e}): make room there, or set "
                               "VAEKIT_CACHE_DIR to a folder on a disk that has it") from None
         report = images.load_images(paths, size, channels, progress, workers)
-        return CachedImages(report.images, report.paths, report.skipped, key, hit=False)
+        return CachedImages(report.images, report.paths, report.skipped, key, hit=False,
+                            sha256=hashlib.sha256(np.ascontiguousarray(report.images)).hexdigest())
 
 
 def _mapped(f, shape: tuple, data: Path) -> np.memmap:
@@ -224,7 +226,7 @@ def _open_entry(
         loaded = _respell(meta["paths"], reals, paths)
         reasons = [str(reason) for _, reason in meta["skipped"]]
         skipped = list(zip(_respell([p for p, _ in meta["skipped"]], reals, paths), reasons))
-        return CachedImages(arr, loaded, skipped, key, hit=True)
+        return CachedImages(arr, loaded, skipped, key, hit=True, sha256=meta["sha256"])
     except (OSError, ValueError, KeyError, TypeError):  # missing or corrupt: rebuild
         return None
 
@@ -276,7 +278,7 @@ def _build(
         entry = _open_entry(root, key, size, channels, reals, paths, pins, held)
     if entry is None:  # written but unreadable: a broken file system, not a user mistake
         raise OSError(f"cache entry {root / key} could not be read back")
-    return CachedImages(entry.images, entry.paths, entry.skipped, key, hit=False)
+    return CachedImages(entry.images, entry.paths, entry.skipped, key, hit=False, sha256=entry.sha256)
 
 
 def _sha256(f) -> str:

@@ -32,6 +32,7 @@ class Dataset:
     root: Path  # folder the paths are reported relative to
     fingerprint: str  # names the exact decoded pixels (file list, sizes, mtimes, size, channels)
     cache_hit: bool = False
+    pixels: str = ""  # sha256 of the decoded pixels: a file replaced under the same name, size and time changes it
 
 
 def load_dataset(
@@ -62,7 +63,7 @@ def load_dataset(
     if len(cached.paths) == 0:
         raise images.none_usable(f"in {root}", cached.skipped)
     base = root if root.is_dir() else root.parent
-    return Dataset(cached.images, cached.paths, cached.skipped, base, cached.key, cached.hit)
+    return Dataset(cached.images, cached.paths, cached.skipped, base, cached.key, cached.hit, cached.sha256)
 
 
 AUTO_MAX_SIZE = 64  # --image-size auto for aligned objects: the images' own size, at most this (and at least 16)

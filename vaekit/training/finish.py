@@ -38,6 +38,7 @@ def write_run_config(out_dir, data, model_cfg, train_cfg, device, n_train, n_val
             "image_size": model_cfg.image_size,
             "read_size": model_cfg.reads_at,
             "fingerprint": data.fingerprint,
+            "pixels": data.pixels,  # sha256 of the decoded pixels, which a resume compares
             "preprocessing": ("shorter side resized to read_size (bicubic), the whole image in image_size tiles; "
                               "pixels / 255") if model_cfg.reads_at > model_cfg.image_size else
                              "shorter side resized to image_size (bicubic), centre crop; pixels / 255",

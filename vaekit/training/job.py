@@ -234,6 +234,11 @@ def _train(data_dir, out_dir, dist, stored, model_cfg, train_cfg, channels, resu
         rundir.prepare_out(out_dir, overwrite)
     if resume and data.fingerprint != stored.get("data", {}).get("fingerprint"):
         raise rundir.RunError(_other_images(data, out_dir, stored.get("data", {}).get("root")))
+    pixels = stored.get("data", {}).get("pixels") if resume else None  # runs of before 2026-12-07 hold none
+    if pixels and data.pixels and pixels != data.pixels:  # the same names, sizes and times, other pixels
+        raise rundir.RunError(f"the images in {data.root} decode to other pixels than {out_dir} was started on "
+                              "(a file replaced under the same name, size and modification time); resume needs "
+                              "the same data")
     recorded = stored.get("data", {}).get("images") if resume else None
     if isinstance(recorded, int) and len(data.paths) != recorded:  # same files, decoded otherwise: split anew
         raise rundir.RunError(_decoded_otherwise(data, out_dir, stored.get("data", {})))
