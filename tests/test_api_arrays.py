@@ -136,3 +136,49 @@ def test_model_iter_scores_takes_an_array_in_batches(model):
     parts = list(model.iter_scores(x, batch_size=2))
     assert [len(p.score) for p in parts] == [2, 2, 1]
     np.testing.assert_allclose(np.concatenate([p.score for p in parts]), model.score(x, maps=False).score, rtol=1e-5)
+
+
+def test_arguments_of_the_wrong_kind_are_refused_before_anything_is_written(tmp_path):
+    # a helper's review, 2026-12-07: train(progress=1) raised TypeError after making the run
+    # folder (which only --overwrite then cleared); a dict for a config was an AttributeError;
+    # workers=1.5 trained; score(progress=5) and a run's path given as the model were TypeErrors
+    from vaekit import codec
+    from vaekit.config import ModelConfig, TrainConfig
+    from vaekit.train import train
+
+    from export_support import random_run
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(4):
+        images.save_png(np.full((1, 16, 16), 40 * i, np.uint8), folder / f"{i}.png")
+    cfg, tcfg = ModelConfig(image_size=16), TrainConfig(epochs=1)
+    for kw, said in (({"progress": 1}, "progress must be a function"), ({"should_stop": True}, "should_stop must be"),
+                     ({"workers": 1.5}, "workers must be an integer")):
+        refused(lambda: train(folder, tmp_path / "run", cfg, tcfg, **kw), match=said)
+    refused(lambda: train(folder, tmp_path / "run", {"image_size": 16}, tcfg), match="must be vaekit.config.ModelConfig")
+    refused(lambda: train(None, tmp_path / "run", cfg, tcfg), match="data_dir must be a folder's path")
+    assert not (tmp_path / "run").exists()
+    import vaekit
+
+    run = random_run(tmp_path / "r", image_size=16, channels=1, latent_dim=4, base_channels=4)
+    m = vaekit.load(run)
+    refused(lambda: m.score(folder, progress=5), match="progress must be a function")
+    refused(lambda: m.load_images(folder, progress=1), match="progress must be a function")
+    refused(lambda: codec.encode(str(run), folder, tmp_path / "x.vkc", quality=3), match="must be a loaded model")
+    refused(lambda: codec.decode(str(run), tmp_path / "x.vkc", tmp_path / "out"), match="must be a loaded model")
+
+
+def test_a_grid_of_pixels_out_of_range_is_refused_not_saturated(tmp_path):
+    # floats of 0..255 and int32 arrays were written with every tile 0 or 255, NaN as black
+    from vaekit import codes
+
+    x = np.random.default_rng(0).integers(0, 256, (2, 1, 16, 16))
+    for bad, said in ((x.astype(np.float32), "floats must be finite numbers in \\[0, 1\\]"),
+                      (np.full((2, 1, 16, 16), np.nan), "floats must be"), (x > 9, "must be uint8"),
+                      (x - 300, "integers must lie in 0..255")):
+        refused(lambda: codes.write_grid(bad, tmp_path / "g.png"), match=said)
+    assert not (tmp_path / "g.png").exists()
+    codes.write_grid(x.astype(np.int32), tmp_path / "g.png")  # in range: the same as uint8
+    codes.write_grid(x.astype(np.uint8), tmp_path / "h.png")
+    assert (tmp_path / "g.png").read_bytes() == (tmp_path / "h.png").read_bytes()

@@ -129,3 +129,11 @@ def check_flags(**flags) -> None:
     for name, value in flags.items():
         if not isinstance(value, bool):
             raise BadInput(f"{name} must be True or False, got {value!r:.40}")
+
+
+def check_callbacks(**callbacks) -> None:
+    """BadInput naming the first of `callbacks` (an API call's progress or should_stop) that is
+    neither None nor callable: `progress=1` was a TypeError deep in a job, after its outputs began."""
+    for name, value in callbacks.items():
+        if value is not None and not callable(value):
+            raise BadInput(f"{name} must be a function or None, got {value!r:.40}")

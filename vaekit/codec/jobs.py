@@ -143,13 +143,22 @@ def _no_tables(model) -> str:
             "IMAGES, or vaekit.codec.fit_prior + save_prior) or write fixed-length codes (a .codes file)")
 
 
+def loaded_model(model) -> None:
+    """BadInput unless `model` is a loaded model: a run's path given instead was an AttributeError."""
+    from vaekit.inference.engine import Model
+
+    if not isinstance(model, Model):
+        raise BadInput(f"model must be a loaded model (vaekit.load(RUN or .onnx)), got {model!r:.60}")
+
+
 def check_encode(model, source, out: str | Path, quality: int | None = None, lossless: bool = False,
                  overwrite: bool = False, chunk: int = CHUNK) -> stream.Inputs:
     """Every check of `encode` that needs no tables (the options, the inputs, the output rule),
     so a caller that refits the tables first (`encode --fit`) changes nothing when one fails.
     Returns the inputs found."""
     check_flags(lossless=lossless, overwrite=overwrite)
-    out = Path(out)
+    loaded_model(model)
+    out = named_path(out, "output file")
     if lossless == (quality is not None):
         raise BadInput("give either a quality (1..8) or lossless, not both and not neither")
     check_int(chunk, "chunk", 1)  # True is no number of images (it was taken as 1)
@@ -211,6 +220,7 @@ def decode(model, archive: str | Path, out_dir: str | Path, size: str = "model",
     """Decode a .vkc into one PNG per image under `out_dir`, named after the sources.
     size="original" restores each lossy image's source size (lossless images are the model's)."""
     check_flags(overwrite=overwrite)
+    loaded_model(model)
     t0 = time.perf_counter()
     if size not in ("model", "original"):
         raise BadInput(f"invalid size {size!r}: expected 'model' or 'original'")

@@ -74,12 +74,26 @@ def interpolate(model: "Model", a: str | Path, b: str | Path, n: int = 8) -> np.
     return model.decode((1 - t) * mu[0] + t * mu[1])
 
 
+def _grid_pixels(x: np.ndarray) -> np.ndarray:
+    """uint8, or floats in [0, 1], as the PNG writer takes them; other integers in 0..255 as uint8.
+    Floats of 0..255, or int arrays, were written saturated (every tile 0 or 255), NaN as black."""
+    if x.dtype.kind == "f":
+        if not (np.isfinite(x).all() and x.min(initial=0) >= 0 and x.max(initial=0) <= 1):
+            raise BadInput("images as floats must be finite numbers in [0, 1] (uint8 for 0..255)")
+        return x
+    if x.dtype.kind not in "iu" or x.dtype == np.bool_:
+        raise BadInput(f"images must be uint8, or floats in [0, 1], got {x.dtype}")
+    if x.size and (x.min() < 0 or x.max() > 255):
+        raise BadInput(f"images as integers must lie in 0..255, got {x.min()}..{x.max()}")
+    return x.astype(np.uint8, copy=False)
+
+
 def write_grid(x: np.ndarray, path: str | Path, ncol: int = 8, overwrite: bool = False,
                inputs: Sequence[str | Path] = ()) -> Path:
     """Save images (N, C, H, W) as one PNG grid; refuses to replace a file unless overwrite, and
     to write one of `inputs` (or into one) at all (see check_grid_output)."""
     check_flags(overwrite=overwrite)
-    x = np.asarray(x)
+    x = _grid_pixels(np.asarray(x))
     if x.ndim != 4 or len(x) == 0:
         raise BadInput(f"expected a non-empty (N, C, H, W) array, got shape {x.shape}")
     check_grid(len(x), max(x.shape[2:]), "number of images")

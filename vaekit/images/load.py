@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vaekit.errors import BadInput
+from vaekit.errors import BadInput, check_callbacks
 from vaekit.images.read import ImageReadError, check_channels, check_size, load_image
 
 @dataclass
@@ -126,6 +126,7 @@ def load_images(
     workers: int = 0,
 ) -> LoadReport:
     """Load every file with `load_image`, skipping (and recording) the unreadable ones."""
+    check_callbacks(progress=progress)
     results = iter_load(paths, size, channels, workers)  # checks the arguments first
     total = len(paths)
     out = np.empty((total, channels, size, size), np.uint8)

@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from vaekit import images as imageio
-from vaekit.errors import BadInput
+from vaekit.errors import BadInput, check_callbacks
 from vaekit.images.arrays import as_images, as_latents, check_batch_size, check_int, user_images
 from vaekit.inference.info import DEFAULT_SCORE, SCORES, ModelInfo, score_unit, threshold_fields  # noqa: F401  (public here too)
 from vaekit.inference.estimate import Estimate, code_length, estimate, object_parts
@@ -195,9 +195,8 @@ class Model:
         parts against normal images (vaekit/inference/atypicality.py, Calibration); a model
         trained before it existed has no calibration and scores "excess" instead (Scores.name
         says which).
-        "excess" is the -ELBO minus the image's floor (`pixel_floor`), i.e. the nats by which the
-        model falls short of a perfect reconstruction plus the KL. "neg_elbo" is the plain -ELBO;
-        "recon" and "kl" its two terms.
+        "excess" is the -ELBO minus the image's floor (`pixel_floor`): the nats by which the model falls
+        short of a perfect reconstruction plus the KL. "neg_elbo" is the plain -ELBO; "recon", "kl" its terms.
         Estimators, all deterministic: the same image gets the same score in every run, and in
         any batch (up to float32 rounding, ~1e-7 relative, where kernels sum in another order):
         samples=0 (default) evaluates at the posterior mean z = mu; samples=K averages K
@@ -207,7 +206,7 @@ class Model:
         reconstruction NLL above each pixel's floor, so a perfectly reconstructed pixel is 0;
         otherwise the per-pixel reconstruction NLL.
         """
-        score = self._requested(score, samples, iwae, maps)
+        score, _ = self._requested(score, samples, iwae, maps), check_callbacks(progress=progress)
         paths, arr = user_images(x, self.info.channels, self.info.image_size)  # read once: x may be a generator
         if arr is None and tiled(self):  # whole files, tiled
             return score_files(self, paths, samples=samples, score=score, iwae=iwae, maps=maps, progress=progress)

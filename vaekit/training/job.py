@@ -16,7 +16,9 @@ from typing import Callable
 import numpy as np
 
 from vaekit.config import RESUMABLE, SESSION, ModelConfig, TrainConfig, from_dict, from_stored_model, surface_sizes
-from vaekit.errors import BadInput, VaekitError, check_flags
+from vaekit.errors import BadInput, VaekitError, check_callbacks, check_flags
+from vaekit.images.arrays import check_int
+from vaekit.images.load import MAX_WORKERS
 from vaekit.fileio import refuse_inside
 from vaekit.progress import Progress
 from vaekit.training import rundir
@@ -99,6 +101,8 @@ def train(
     `data_dir` refuses a link that leads outside that folder (images.find_images; the web app).
     """
     check_flags(resume=resume, overwrite=overwrite)
+    check_callbacks(progress=progress, should_stop=should_stop)
+    _check_arguments(data_dir, out_dir, model_cfg, train_cfg, workers)
     out_dir = Path(out_dir)
     rank, world, _ = launch_env()  # BadInput for a RANK / WORLD_SIZE left over in a shell, not torchrun's
     rank0 = rank == 0  # torchrun: rank 0 holds the lock for all
@@ -127,6 +131,18 @@ def train(
         agree(dist, failed)
         return _train(data_dir, out_dir, dist, stored, model_cfg, train_cfg, channels, resume, overwrite, cache_dir,
                       workers, progress, should_stop, confine_to)
+
+
+def _check_arguments(data_dir, out_dir, model_cfg, train_cfg, workers) -> None:
+    """BadInput for arguments of the wrong kind, before the run folder is made (a dict for a
+    config was an AttributeError; workers=1.5 trained)."""
+    for name, value in (("data_dir", data_dir), ("out_dir", out_dir)):
+        if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
+            raise BadInput(f"{name} must be a folder's path, got {value!r:.60}")
+    if not isinstance(model_cfg, ModelConfig) or not isinstance(train_cfg, TrainConfig):
+        raise BadInput(f"model_cfg and train_cfg must be vaekit.config.ModelConfig and TrainConfig, got "
+                       f"{type(model_cfg).__name__} and {type(train_cfg).__name__}")
+    check_int(workers, "workers", 0, MAX_WORKERS)
 
 
 def _checked(out_dir, model_cfg, train_cfg, channels, resume, overwrite, resume_epochs, resume_changes):
