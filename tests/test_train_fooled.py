@@ -110,6 +110,21 @@ def test_a_hand_edited_train_section_is_a_damaged_run_not_a_bug(discs, stopped, 
         train(discs, tmp_path / "run", MODEL, tcfg(), resume=True)
 
 
+@pytest.mark.parametrize("edit", [{"seed": 2}, {"batch_size": 4}, {"val_fraction": 0.2}, {"kl_warmup": 1}])
+def test_a_train_section_edited_between_a_stop_and_its_resume_is_refused(discs, stopped, tmp_path, edit):
+    # valid values: the edited seed or fractions planned other splits (images trained on went to
+    # calibration), the batch size and warm-up changed half-way; all applied silently, exit 0
+    from vaekit.training.rundir import RunError
+
+    config = tmp_path / "run" / "config.json"
+    cfg = json.loads(config.read_text())
+    assert all(k in cfg["train"] and cfg["train"][k] != v for k, v in edit.items())
+    cfg["train"].update(edit)
+    config.write_text(json.dumps(cfg))
+    with pytest.raises(RunError, match="settings are not those its checkpoint trained with"):
+        train(discs, tmp_path / "run", MODEL, tcfg(**edit), resume=True)
+
+
 def test_a_device_given_with_resume_is_the_one_used(discs, stopped, tmp_path, monkeypatch):
     # --device was left out of what a resume applies: `--resume --device cuda` on a machine without
     # CUDA went on with the run's stored device, exit 0 (and a run started with "auto" on a GPU

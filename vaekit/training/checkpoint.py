@@ -92,10 +92,24 @@ def _check_checkpoint_meta(meta: dict, path: Path) -> None:
         raise bad("'scaler' must be an object or null")
 
 
+def settings_digest(model_cfg, train_cfg) -> str:
+    """sha256 of the settings a checkpoint trained under that a --resume may not change (all but
+    config.RESUMABLE and SESSION): config.json is read back on resume, and an edit of its seed,
+    batch size or fractions between a stop and the resume was applied, unseen (a helper's review)."""
+    from dataclasses import asdict
+
+    from vaekit.config import RESUMABLE, SESSION
+
+    train = {k: v for k, v in asdict(train_cfg).items() if k not in RESUMABLE + SESSION}
+    return hashlib.sha256(json.dumps({"model": asdict(model_cfg), "train": train}, sort_keys=True,
+                                     default=str).encode()).hexdigest()
+
+
 def pack_state(model, optimizer, scaler, epoch: int, best: dict, history_len: int,
-               copy: bool = False, history: list[dict] | None = None) -> tuple[dict, dict]:
+               copy: bool = False, history: list[dict] | None = None, settings: str | None = None) -> tuple[dict, dict]:
     """What a checkpoint holds, (tensors, meta): the weights, the optimiser's state, the RNG states
-    and the loop's bookkeeping; `copy`: tensors cloned, to be written later (the state moves on)."""
+    and the loop's bookkeeping (`settings`: settings_digest); `copy`: tensors cloned, to be
+    written later (the state moves on)."""
     keep = (lambda t: t.detach().clone()) if copy else (lambda t: t)  # noqa: E731
     tensors = {f"model.{k}": keep(v) for k, v in model.state_dict().items()}
     opt = optimizer.state_dict()
@@ -114,6 +128,7 @@ def pack_state(model, optimizer, scaler, epoch: int, best: dict, history_len: in
         "history_sha256": None if history is None else history_digest(history[:history_len]),
         "param_groups": opt["param_groups"],
         "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+        "settings": settings,
     }
     return tensors, meta
 

@@ -114,7 +114,8 @@ def fit(data: Dataset, out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCo
         if dist.main:
             _save_epoch(trainer, out_dir, epoch, best, history, improved, resume and epoch == start_epoch, saving)
             pending = None if saving else (epoch, *pack_state(trainer.model, trainer.optimizer, trainer.scaler, epoch, best,
-                                                               len(history), copy=True, history=history), list(history))
+                                                               len(history), copy=True, history=history,
+                                                               settings=_settings(trainer)), list(history))
         if progress and dist.main:
             progress(epoch + 1, train_cfg.epochs, phase="epoch", **row)
 
@@ -247,6 +248,9 @@ def _begin(trainer: Trainer, out_dir: Path, data: Dataset, splits, resume: bool)
                              len(splits.val), len(splits.cal), len(splits.folds))
         return 0, {"epoch": -1, "val": math.inf}, []
     tensors, meta = checkpoint.load_checkpoint(out_dir)
+    if meta.get("settings") not in (None, _settings(trainer)):  # checkpoints of before 2026-12-07 hold none
+        raise rundir.RunError(f"{out_dir / rundir.CONFIG}'s settings are not those its checkpoint trained with "
+                              "(edited since it stopped?); put them back, or start again with --overwrite")
     try:
         unpack_state(tensors, meta, trainer.model, trainer.optimizer, trainer.scaler)
     except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
@@ -273,6 +277,10 @@ def checkpoint_due(epoch: int, cfg: TrainConfig, steps_per_epoch: int) -> bool:
     return epoch == 0 or epoch == cfg.epochs - 1 or (epoch + 1) % every == 0
 
 
+def _settings(trainer: Trainer) -> str:
+    return checkpoint.settings_digest(trainer.model_cfg, trainer.cfg)
+
+
 def _save_epoch(trainer: Trainer, out_dir: Path, epoch: int, best: dict, history: list, improved: bool,
                 first_resumed: bool, saving: bool = True) -> None:
     """The best weights of a finished epoch; at a checkpoint, the metrics and the checkpoint."""
@@ -293,7 +301,7 @@ def _save_epoch(trainer: Trainer, out_dir: Path, epoch: int, best: dict, history
         rundir.save_tensors(out_dir / rundir.WEIGHTS, trainer.model.state_dict(), {"epoch": epoch})
     if saving:
         tensors, meta = pack_state(trainer.model, trainer.optimizer, trainer.scaler, epoch, best, len(history),
-                                   history=history)
+                                   history=history, settings=_settings(trainer))
         _write_state(out_dir, epoch, tensors, meta, history)
 
 
