@@ -72,11 +72,34 @@ def stopped(stopped_on_discs, tmp_path):
     return shutil.copytree(stopped_on_discs, tmp_path / "run", symlinks=True)
 
 
-def test_another_runs_weights_copied_in_before_the_resume_are_refused_not_calibrated(discs, stopped, tmp_path):
+def test_another_runs_weights_copied_in_before_the_resume_are_never_calibrated(discs, stopped, tmp_path):
+    # where the checkpoint holds the best epoch's own weights they are put back (a session stopped
+    # between checkpoints leaves later epochs' weights too); where it does not, the resume is refused
+    from vaekit.training import rundir
+
+    train(discs, tmp_path / "other", MODEL, tcfg(seed=1))
+    own = rundir.fingerprint(rundir.load_tensors(tmp_path / "run" / "model.safetensors", "w")[0])
+    shutil.copy(tmp_path / "other" / "model.safetensors", tmp_path / "run" / "model.safetensors")
+    train(discs, tmp_path / "run", MODEL, tcfg(), resume=True)
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["fingerprint"] == own == rundir.fingerprint(rundir.load_tensors(tmp_path / "run" / "model.safetensors", "w")[0])
+
+
+def test_weights_the_checkpoint_cannot_vouch_for_are_refused_not_calibrated(discs, stopped, tmp_path, monkeypatch):
+    from vaekit.training import loop
+
     train(discs, tmp_path / "other", MODEL, tcfg(seed=1))
     shutil.copy(tmp_path / "other" / "model.safetensors", tmp_path / "run" / "model.safetensors")
+    real = loop.checkpoint.load_checkpoint
+    best = real(tmp_path / "run")[1]["best"]
+
+    def other_weights(d):  # a checkpoint whose weights are not the best epoch's either
+        tensors, meta = real(d)
+        return {k: v * 0 if k.startswith("model.") else v for k, v in tensors.items()}, meta
+
+    monkeypatch.setattr(loop.checkpoint, "load_checkpoint", other_weights)
     with pytest.raises(DamagedFile, match="does not hold the weights of the run's best epoch"):
-        train(discs, tmp_path / "run", MODEL, tcfg(), resume=True)
+        loop._check_best_weights(tmp_path / "run", best)
     assert "anomaly" not in json.loads((tmp_path / "run" / "config.json").read_text())
 
 

@@ -209,15 +209,19 @@ def _splits_trained_on(out_dir: Path, splits, n: int, plan: Callable[..., object
 def _check_best_weights(out_dir: Path, best: dict) -> None:
     """model.safetensors must hold the best epoch's weights, which the checkpoint names by their
     fingerprint: another run's weights of the same shapes, copied in, would otherwise be calibrated,
-    given a threshold and kept as this run's model. Checkpoints from before the fingerprint name none."""
+    given a threshold and kept as this run's model. Checkpoints from before the fingerprint name none.
+    A session stopped between checkpoints leaves later epochs' weights too: where the checkpoint
+    holds the best epoch's own, they are put back."""
     want = best.get("weights")
-    if want is None:
+    if want is None or rundir.fingerprint(rundir.load_tensors(out_dir / rundir.WEIGHTS, "model weights")[0]) == want:
         return
-    tensors, _ = rundir.load_tensors(out_dir / rundir.WEIGHTS, "model weights")
-    if rundir.fingerprint(tensors) != want:
-        raise rundir.RunError(f"{out_dir / rundir.WEIGHTS} does not hold the weights of the run's best epoch "
-                              f"({best['epoch'] + 1}): it was replaced, perhaps by another run's; start the run "
-                              "again with --overwrite")
+    saved = {k[len("model."):]: v for k, v in checkpoint.load_checkpoint(out_dir)[0].items() if k.startswith("model.")}
+    if rundir.fingerprint(saved) == want:
+        rundir.save_tensors(out_dir / rundir.WEIGHTS, saved, {"epoch": best["epoch"]})
+        return
+    raise rundir.RunError(f"{out_dir / rundir.WEIGHTS} does not hold the weights of the run's best epoch "
+                          f"({best['epoch'] + 1}): it was replaced, perhaps by another run's; start the run "
+                          "again with --overwrite")
 
 
 def _check_finite(sums: list[float], epoch: int, out_dir: Path) -> None:
