@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import math
-
 import functools
+import math
 import os
 import re
 import sys

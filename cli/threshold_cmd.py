@@ -16,7 +16,8 @@ def threshold(
     quantile: Annotated[Optional[float], typer.Option(help="Threshold = this quantile of the held-out (calibration) scores.")] = None,
     target_fpr: Annotated[Optional[float], typer.Option(help="Aim for this false-positive rate on normal images "
                                                              "(= quantile 1 - rate).")] = None,
-    value: Annotated[Optional[float], typer.Option(help="A fixed threshold of the run's default score, in its unit (the other scores keep theirs).")] = None,
+    value: Annotated[Optional[float], typer.Option(help="A fixed threshold of the run's default score, in its unit "
+                                                        "(the other scores keep theirs).")] = None,
     normal: Annotated[Optional[Path], typer.Option(help="Set the thresholds anew from this folder of normal images the "
                                                         "model never saw (of the kind met in use), at the stored "
                                                         "quantile or the one given.", exists=True)] = None,

@@ -228,7 +228,8 @@ def decode(model, archive: str | Path, out_dir: str | Path, size: str = "model",
     if out_dir.exists() and not out_dir.is_dir():
         raise BadInput(f"output {out_dir} exists and is not a folder")
     refuse_under_file(out_dir)
-    refuse_inside(out_dir, model.info.source, "output folder", kind="the model's run directory")  # --overwrite would replace its files
+    # --overwrite would replace the run's own files
+    refuse_inside(out_dir, model.info.source, "output folder", kind="the model's run directory")
     header, offset = container.read_header(archive, lambda h: _check_fingerprint(h, model, archive))  # names after
     _check_model(header, model, archive)
     prior = stored_prior(model, header.tables) if header.mode == "lossy" else None
@@ -322,9 +323,7 @@ def _threads(header: container.Header, archive: Path) -> int:
     return threads
 
 
-# the most threads an archive may pin a decode to: vaekit has written 1 since it pinned them, and a
-# file of before recorded the user's --threads; a forged 4096 set torch to 4096 threads
-MAX_ARCHIVE_THREADS = 64
+MAX_ARCHIVE_THREADS = 64  # vaekit writes 1 (files of before: the user's --threads); a forged 4096 set 4096
 
 
 def _decode_chunks(model, prior, header, archive, offset, staged, size, progress, net) -> None:

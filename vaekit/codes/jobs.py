@@ -302,7 +302,8 @@ def decode_file(
     out_dir = named_path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise BadInput(f"output {out_dir} exists and is not a folder")
-    refuse_inside(out_dir, model.info.source, "output folder", kind="the model's run directory")  # --overwrite would replace its files
+    # --overwrite would replace the run's own files
+    refuse_inside(out_dir, model.info.source, "output folder", kind="the model's run directory")
     cf = load(code_file)
     check_model(cf, model, f"code file {code_file}")
     targets = [out_dir / n for n in png_names(cf.names)]
