@@ -71,8 +71,7 @@ def threshold_fields(anomaly, source: str | Path = "the model", required: bool =
             raise damaged(f"{what} is {v!r:.40}, not a finite number")
         return float(v)
 
-    if anomaly is None:
-        anomaly = {}
+    anomaly = {} if anomaly is None else anomaly
     if not isinstance(anomaly, dict):
         raise damaged(f"expected an object, got {type(anomaly).__name__}")
     score = anomaly.get("score", "neg_elbo")  # runs written before "excess" existed scored -ELBO
@@ -99,9 +98,7 @@ def threshold_fields(anomaly, source: str | Path = "the model", required: bool =
         if not (0.0 <= quantile <= 1.0 if fixed else 0.0 < quantile < 1.0):  # a hand edit: "quantile 2"
             raise damaged(f"'threshold_quantile' is {anomaly['threshold_quantile']!r:.40}, "
                           f"not in {'[0, 1]' if fixed else '(0, 1)'}")
-    others = anomaly.get("others_quantile")  # written with a fixed value since 2026-12-07
-    if others is not None and not (finite_number(others) and 0.0 < others < 1.0):
-        raise damaged(f"'others_quantile' is {others!r:.40}, not in (0, 1)")
+    others = _others_quantile(anomaly.get("others_quantile"), damaged)
     quantiles, val_scores = anomaly.get("quantiles", {}), anomaly.get("scores", [])
     if not isinstance(quantiles, dict) or not isinstance(val_scores, list):
         raise damaged("'quantiles' or 'scores' has the wrong type")
@@ -114,6 +111,14 @@ def threshold_fields(anomaly, source: str | Path = "the model", required: bool =
         "score": score, "thresholds": thresholds,
         "threshold_from": source_kind if isinstance(source_kind, str) else "validation",
         "threshold_fixed": anomaly.get("fixed") is True,
-        "others_quantile": None if others is None else float(others),
+        "others_quantile": others,
         "calibration": anomaly.get("calibration"),
     }
+
+
+def _others_quantile(value, damaged) -> float | None:
+    """The quantile the other scores kept where the default's threshold is a fixed value (written
+    since 2026-12-07; None before); `damaged(what)` makes the error for a value out of (0, 1)."""
+    if value is not None and not (finite_number(value) and 0.0 < value < 1.0):
+        raise damaged(f"'others_quantile' is {value!r:.40}, not in (0, 1)")
+    return None if value is None else float(value)

@@ -72,8 +72,8 @@ def fit(data: Dataset, out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCo
 
     With few images (vaekit.training.data.Splits) the run's model is the first fold's, and one
     model per other fold is trained after it, for out-of-sample scores of every image
-    (vaekit.training.crossfit), unless the model is a
-    surface with a defect reader (one held-out fold). `should_stop()` is asked
+    (vaekit.training.crossfit), unless the model is a surface with a defect reader (one held-out
+    fold). `should_stop()` is asked
     after every optimizer step (the demo's Stop button, the CLI's Ctrl-C): when it says True
     the loop ends there and returns with `stopped` set, the run directory holding the last
     finished epoch's checkpoint, ready for `--resume`."""
@@ -91,9 +91,8 @@ def fit(data: Dataset, out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCo
     start_epoch, best, history = _begin(trainer, out_dir, data, splits, resume)
     if progress and dist.main:
         progress(start_epoch, train_cfg.epochs, phase="plan", **training_plan(trainer, data, splits))
-    # No validation split (cross-fitting, one held-out fold, --val-fraction 0): keep the last epoch, as the
-    # fold models do (the learning rate has decayed to 0; validating on training images cost a pass an epoch)
-    keep_last = splits.crossfit or not len(splits.val)
+    # No validation split (cross-fitting, one held-out fold, --val-fraction 0): keep the last epoch, as the fold
+    keep_last = splits.crossfit or not len(splits.val)  # models do (validating on training images cost a pass)
     t_start, stopped, pending = time.perf_counter(), False, None
     for epoch in range(start_epoch, train_cfg.epochs):
         t0 = time.perf_counter()
@@ -113,38 +112,20 @@ def fit(data: Dataset, out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCo
             best = {"epoch": epoch, "val": row["val_loss"], "weights": rundir.fingerprint(trainer.model.state_dict())}
         if dist.main:
             _save_epoch(trainer, out_dir, epoch, best, history, improved, resume and epoch == start_epoch, saving)
-            pending = None if saving else (epoch, *pack_state(trainer.model, trainer.optimizer, trainer.scaler, epoch, best,
-                                                               len(history), copy=True, history=history,
-                                                               settings=_settings(trainer)), list(history))
+            pending = None if saving else _pending(trainer, epoch, best, history)
         if progress and dist.main:
             progress(epoch + 1, train_cfg.epochs, phase="epoch", **row)
 
     result = TrainResult(out_dir, str(device), len(history), best["epoch"] + 1, best["val"], history, rank=dist.rank,
                          stopped=stopped, epoch_seconds=time.perf_counter() - t_start)
-    if dist.main and not stopped and resume and start_epoch == train_cfg.epochs and _finished(out_dir):
-        result.threshold, result.complete = rundir.read_config(out_dir)["anomaly"]["threshold"], True
-    elif dist.main and not stopped:
-        result.threshold = _finish(out_dir, data, splits, model_cfg, train_cfg, device, progress, should_stop, best)
+    if dist.main and not stopped:
+        result.complete = resume and start_epoch == train_cfg.epochs and rundir.finished(out_dir)
+        result.threshold = rundir.read_config(out_dir)["anomaly"]["threshold"] if result.complete else _finish(
+            out_dir, data, splits, model_cfg, train_cfg, device, progress, should_stop, best)
         result.stopped = result.threshold is None  # asked to stop while cross-fitting: --resume does it again
         result.seconds = time.perf_counter() - t_start
     barrier(dist)  # the run directory is complete when any rank returns
     return result
-
-
-def _finished(out_dir: Path) -> bool:
-    """Whether the run's finishing step (fold models, readers, thresholds, codec tables) completed
-    for the weights it holds: the config it writes last names them. A resume with no epoch left
-    to train then redoes nothing (it retrained every fold model, and moved the threshold)."""
-    cfg = rundir.read_config(out_dir)
-    anomaly = cfg.get("anomaly")
-    if not isinstance(anomaly, dict) or not isinstance(anomaly.get("threshold"), (int, float)):
-        return False
-    try:
-        from safetensors.torch import load_file
-
-        return cfg.get("fingerprint") == rundir.fingerprint(load_file(out_dir / rundir.WEIGHTS))
-    except (OSError, ValueError, RuntimeError):  # no weights, or damaged: finish again
-        return False
 
 
 def training_plan(trainer: Trainer, data: Dataset, splits) -> dict:
@@ -283,6 +264,13 @@ def checkpoint_due(epoch: int, cfg: TrainConfig, steps_per_epoch: int) -> bool:
 
 def _settings(trainer: Trainer) -> str:
     return checkpoint.settings_digest(trainer.model_cfg, trainer.cfg)
+
+
+def _pending(trainer: Trainer, epoch: int, best: dict, history: list) -> tuple:
+    """A finished epoch's state between checkpoints, copied: written if a stop comes before the next."""
+    tensors, meta = pack_state(trainer.model, trainer.optimizer, trainer.scaler, epoch, best, len(history), copy=True,
+                               history=history, settings=_settings(trainer))
+    return epoch, tensors, meta, list(history)
 
 
 def _save_epoch(trainer: Trainer, out_dir: Path, epoch: int, best: dict, history: list, improved: bool,

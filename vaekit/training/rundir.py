@@ -327,3 +327,17 @@ def read_metrics(run_dir: Path) -> list[dict]:
 def write_metrics(run_dir: Path, rows: list[dict]) -> None:
     text = "".join(json.dumps(r) + "\n" for r in rows)
     atomic_write_bytes(Path(run_dir) / METRICS, text.encode())
+
+
+def finished(out_dir: Path) -> bool:
+    """Whether the run's finishing step (fold models, readers, thresholds, codec tables) completed
+    for the weights it holds: the config it writes last names them. A resume with no epoch left
+    to train then redoes nothing (it retrained every fold model, and moved the threshold)."""
+    cfg = read_config(out_dir)
+    anomaly = cfg.get("anomaly")
+    if not isinstance(anomaly, dict) or not isinstance(anomaly.get("threshold"), (int, float)):
+        return False
+    try:
+        return cfg.get("fingerprint") == fingerprint(load_tensors(Path(out_dir) / WEIGHTS, "model weights")[0])
+    except (OSError, ValueError, RuntimeError):  # no weights, or damaged (RunError): finish again
+        return False
