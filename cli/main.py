@@ -7,19 +7,27 @@ stderr and a documented exit code (see EXIT CODES below), never a traceback.
 
 from __future__ import annotations
 
-import errno
-import inspect
 import os
-import re
 import signal
-import sys
 import threading
 
-import typer
+# A Ctrl-C while the CLI imports its libraries (the first ~0.3 s) printed a traceback from deep in
+# them, exit 1: until the imports are done it ends the process at once, exit 130 (restored below).
+_QUIET_START = (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler)  # not where it is ignored
+if _QUIET_START:
+    signal.signal(signal.SIGINT, lambda *_: os._exit(130))
+
+import errno  # noqa: E402
+import inspect  # noqa: E402
+import re  # noqa: E402
+import sys  # noqa: E402
+
+import typer  # noqa: E402
 from rich.markup import escape
 from typer.core import TyperGroup
 
-from vaekit_cli import output
+from vaekit_cli import output  # noqa: E402
 from vaekit_cli.output import EXIT_BROKEN_PIPE, EXIT_TERMINATED, Terminated, err_console, shown
 
 EXIT_OK, EXIT_ANOMALOUS, EXIT_BAD_INPUT, EXIT_FAILURE = 0, 1, 2, 3
@@ -63,6 +71,25 @@ def exit_code_for(exc: BaseException) -> int:
     return EXIT_FAILURE  # a bug
 
 
+def _journal_left(args: list[str]) -> bool:
+    """Whether the command's output (`-o`/`--out` among `args`) has a journal beside it to resume."""
+    import glob
+
+    from vaekit.stream.names import PARTIAL_SUFFIX, partial_path
+
+    outs = [v.split("=", 1)[1] for v in args if v.startswith("--out=")]
+    outs += [args[i + 1] for i, v in enumerate(args[:-1]) if v in ("-o", "--out")]
+    for out in outs:
+        try:
+            journal = partial_path(out)
+            shares = glob.escape(journal.name[: -len(PARTIAL_SUFFIX)]) + ".shard-*" + PARTIAL_SUFFIX
+            if journal.exists() or any(journal.parent.glob(shares)):
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
 class GuardedGroup(TyperGroup):
     """Turns exceptions from any command into one clear line and an exit code."""
 
@@ -74,8 +101,8 @@ class GuardedGroup(TyperGroup):
         `train` says its own."""
         name = ctx.invoked_subcommand
         cmd = self.commands.get(name) if name and name != "train" else None
-        if cmd is None or not any(p.name == "resume" for p in cmd.params):
-            return ""
+        if cmd is None or not any(p.name == "resume" for p in cmd.params) or not _journal_left(getattr(self, "_args", [])):
+            return ""  # rows to stdout, or the job ended before a journal (or after its output was written)
         return ": the batches it finished, if any, are kept; run the same command with --resume to go on from them"
 
     def invoke(self, ctx: typer.Context):
@@ -85,6 +112,7 @@ class GuardedGroup(TyperGroup):
                 stream.reconfigure(errors="surrogateescape")
         try:
             _refuse_empty(ctx.args)
+            self._args = [*getattr(ctx, "protected_args", []), *ctx.args]  # the command's, which invoke consumes
             return super().invoke(ctx)
         except (typer.Exit, typer.Abort, typer.TyperException):  # Typer's own usage errors (exit 2)
             raise
@@ -204,13 +232,19 @@ def _reflowed(doc: str) -> str:
 
 
 _register()
+if _QUIET_START:  # imported: a Ctrl-C is a KeyboardInterrupt again, which the commands turn into 130
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def main() -> None:
     try:
         code = app(prog_name="vaekit", standalone_mode=False)
     except SystemExit:
+        _quiet_exit()
         raise
+    except KeyboardInterrupt:  # before or after a command ran (GuardedGroup says the rest)
+        err_console.print("[red]interrupted[/red]", highlight=False)
+        sys.exit(130)
     except typer.TyperException as exc:  # Typer's (vendored click's) usage errors
         if type(exc).__name__ == "NoArgsIsHelpError":  # `vaekit` alone: the help, as before
             exc.show()
@@ -228,7 +262,15 @@ def main() -> None:
         else:
             err_console.print(f"[bold red]error:[/bold red] {shown(plain_paths(str(exc)))}", highlight=False)
         sys.exit(exit_code_for(exc))
+    _quiet_exit()
     sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+def _quiet_exit() -> None:
+    """The command is done: a Ctrl-C while the interpreter shuts down (torch's exit handlers) is
+    ignored, where it printed their traceback after a complete, successful job."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def usage_line(exc) -> str:

@@ -63,7 +63,10 @@ def read_ahead(items: Iterator, depth: int = DEPTH, init: Callable[[], None] | N
                 yield item
         finally:
             stop.set()
-            worker.join(timeout=5)
+            try:
+                worker.join(timeout=5)
+            except KeyboardInterrupt:  # a second Ctrl-C while the first one's clean-up runs: that one exits
+                pass
 
     return consume()
 
