@@ -250,14 +250,14 @@ def _train(data_dir, out_dir, dist, stored, model_cfg, train_cfg, channels, resu
         rundir.prepare_out(out_dir, overwrite)
     if resume and data.fingerprint != stored.get("data", {}).get("fingerprint"):
         raise rundir.RunError(_other_images(data, out_dir, stored.get("data", {}).get("root")))
+    recorded = stored.get("data", {}).get("images") if resume else None
+    if isinstance(recorded, int) and len(data.paths) != recorded:  # same files, decoded otherwise: split anew
+        raise rundir.RunError(_decoded_otherwise(data, out_dir, stored.get("data", {})))
     pixels = stored.get("data", {}).get("pixels") if resume else None  # runs of before 2026-12-07 hold none
     if pixels and data.pixels and pixels != data.pixels:  # the same names, sizes and times, other pixels
         raise rundir.RunError(f"the images in {data.root} decode to other pixels than {out_dir} was started on "
                               "(a file replaced under the same name, size and modification time); resume needs "
                               "the same data")
-    recorded = stored.get("data", {}).get("images") if resume else None
-    if isinstance(recorded, int) and len(data.paths) != recorded:  # same files, decoded otherwise: split anew
-        raise rundir.RunError(_decoded_otherwise(data, out_dir, stored.get("data", {})))
     model_cfg = replace(model_cfg, channels=int(data.images.shape[1]))
     if not model_cfg.resolved:  # the rest of "auto", from the decoded training pixels (the same on every rank)
         # the layout by the images' own size, as the probe judges it: a given --image-size may enlarge small ones
