@@ -50,6 +50,20 @@ print(grew)
 """
 
 
+def _grew(tmp_path: Path, code: str, *args) -> int:
+    """Bytes the peak RSS of a fresh interpreter running `code` (with `args`) grew by, as it prints."""
+    r = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    return int(r.stdout.split()[-1])
+
+
+def _tiny(tmp_path: Path) -> Path:
+    tiny = tmp_path / "tiny.png"
+    Image.new("L", (20, 20), 9).save(tiny)
+    return tiny
+
+
 def _big(tmp_path: Path, mode: str) -> Path:
     if mode == "RGBA":
         img = Image.new("RGBA", (SIDE, SIDE), (200, 100, 50, 128))
@@ -65,12 +79,7 @@ def _big(tmp_path: Path, mode: str) -> Path:
                                                          ("I;16", 3, 1)])
 def test_decoding_a_large_image_costs_a_few_bytes_per_channel(tmp_path, mode, channels, file_channels):
     big = _big(tmp_path, mode)
-    tiny = tmp_path / "tiny.png"
-    Image.new("L", (20, 20), 9).save(tiny)
-    r = subprocess.run([sys.executable, "-c", MEASURE, str(big), str(channels), str(tiny)], capture_output=True,
-                       text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300, cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    grew = int(r.stdout.split()[-1])
+    grew = _grew(tmp_path, MEASURE, big, channels, _tiny(tmp_path))
     assert grew <= PER_CHANNEL * SIDE * SIDE * file_channels, f"{grew / SIDE**2:.1f} bytes per pixel"
 
 
@@ -116,12 +125,7 @@ def test_a_row_wider_than_a_strip_is_converted_in_pieces(tmp_path):
     # float64 copies: 2.5 GB for a 170 kB file (a helper's review, 2026-12-07)
     strip = tmp_path / "strip.png"
     Image.fromarray(np.full((1, STRIP), 40000, np.uint16)).save(strip)
-    tiny = tmp_path / "tiny.png"
-    Image.new("L", (20, 20), 9).save(tiny)
-    r = subprocess.run([sys.executable, "-c", MEASURE_STRIP, str(strip), str(tiny), str(STRIP)], capture_output=True,
-                       text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300, cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    grew = int(r.stdout.split()[-1])
+    grew = _grew(tmp_path, MEASURE_STRIP, strip, _tiny(tmp_path), STRIP)
     # Pillow's own copy (2 bytes a pixel), its PNG decoder's two rows of filtered bytes (4), the
     # uint8 result (1); the row converted whole took ~28
     assert grew <= 8 * STRIP, f"{grew / STRIP:.1f} bytes per pixel"
@@ -167,8 +171,5 @@ def test_decoding_at_the_original_size_holds_the_image_about_twice(tmp_path):
     # a forged 184-byte .vkc asked for three images of 13375 x 13375: numpy's padded and
     # transposed copies held each 4-5 times (2 GB); Pillow builds it holding the square and the whole
     h, w = 3000, 4500
-    r = subprocess.run([sys.executable, "-c", MEASURE_RESTORE, str(h), str(w)], capture_output=True, text=True,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300, cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    grew = int(r.stdout.split()[-1])
+    grew = _grew(tmp_path, MEASURE_RESTORE, h, w)
     assert grew <= 2.9 * 3 * h * w, f"{grew / (3 * h * w):.1f} bytes per sub-pixel"  # the arrays: 3.3
