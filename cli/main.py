@@ -18,17 +18,29 @@ _QUIET_START = (threading.current_thread() is threading.main_thread()
 if _QUIET_START:
     signal.signal(signal.SIGINT, lambda *_: os._exit(130))
 
-import errno  # noqa: E402
-import inspect  # noqa: E402
-import re  # noqa: E402
-import sys  # noqa: E402
 
-import typer  # noqa: E402
-from rich.markup import escape
-from typer.core import TyperGroup
+def _restore_ctrl_c() -> None:
+    """A Ctrl-C is a KeyboardInterrupt again (the commands turn it into 130), also where an import
+    failed and the importer goes on."""
+    if _QUIET_START:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
-from vaekit_cli import output  # noqa: E402
-from vaekit_cli.output import EXIT_BROKEN_PIPE, EXIT_TERMINATED, Terminated, err_console, shown
+
+try:
+    import errno
+    import inspect
+    import re
+    import sys
+
+    import typer
+    from rich.markup import escape
+    from typer.core import TyperGroup
+
+    from vaekit_cli import output
+    from vaekit_cli.output import EXIT_BROKEN_PIPE, EXIT_TERMINATED, Terminated, err_console, shown
+except BaseException:
+    _restore_ctrl_c()
+    raise
 
 EXIT_OK, EXIT_ANOMALOUS, EXIT_BAD_INPUT, EXIT_FAILURE = 0, 1, 2, 3
 EPILOG = (
@@ -231,9 +243,10 @@ def _reflowed(doc: str) -> str:
     return escape("\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in doc.split("\n\n")))
 
 
-_register()
-if _QUIET_START:  # imported: a Ctrl-C is a KeyboardInterrupt again, which the commands turn into 130
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+try:
+    _register()
+finally:  # imported (or failed to): a Ctrl-C is a KeyboardInterrupt again
+    _restore_ctrl_c()
 
 
 def main() -> None:

@@ -135,8 +135,8 @@ def _report(result, data, out: Path, code: int = 130, skipped_named: bool = Fals
         raise typer.Exit(code)
     if result.complete and result.rank == 0:
         console.print(f"{shown(out)} had trained all {result.epochs_done} epochs and finished: nothing to resume "
-                      f"(its threshold {number(result.threshold)} stands); `--resume --epochs N` trains on",
-                      highlight=False, soft_wrap=True)
+                      f"(its threshold {number(result.threshold)} stands; --lr and --beta apply to epochs still to "
+                      "train); `--resume --epochs N` trains on", highlight=False, soft_wrap=True)
     elif result.rank == 0:  # under torchrun only rank 0 reports
         print_summary(result, data, skipped_named)
 

@@ -292,6 +292,10 @@ def test_thresholds_set_anew_from_new_normal_images(parts, tmp_path):
     assert arrays["threshold"] == pytest.approx(new["threshold"], rel=1e-5)
     with pytest.raises(ValueError, match="maps must be True or False"):
         m.score(normal, maps="no")
+    # after a fixed value, new normal images set the thresholds at the quantile the others kept (it was 0.99)
+    anomaly.set_threshold(run, quantile=0.5)
+    anomaly.set_threshold(run, value=float(scores.score.max()) + 1)
+    assert anomaly.threshold_from_normal(run, normal)["threshold_quantile"] == 0.5
 
 
 def test_an_older_runs_relative_training_folder_is_still_refused_from_another_directory(parts, tmp_path, monkeypatch):

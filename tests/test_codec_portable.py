@@ -92,9 +92,10 @@ def test_an_archive_written_before_the_pin_decodes_on_its_recorded_count(run, tm
     assert all(np.array_equal(got[k], want[k]) for k in want)
 
 
-@pytest.mark.parametrize("threads", [0, 65])
+@pytest.mark.parametrize("threads", [0, 1025])
 def test_a_nonsense_thread_count_in_the_header_is_refused_up_front(run, tmp_path, monkeypatch, threads):
-    # 65 and more: a forged 4096 pinned torch to 4096 threads for the whole decode
+    # above the CLI's own --threads bound (1024), which files of before recorded: a forged 4096 pinned
+    # torch to 4096 threads for the whole decode
     from vaekit.codec.net import Net
 
     _digits(tmp_path / "src", 3)

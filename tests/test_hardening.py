@@ -833,3 +833,15 @@ def test_a_second_ctrl_c_while_reading_ahead_stops_is_not_printed(monkeypatch):
         raised = False
     monkeypatch.undo()
     assert not raised
+
+
+def test_an_import_of_the_cli_that_fails_leaves_ctrl_c_as_it_was(tmp_path):
+    # the handler that ends the process at once stayed installed: a notebook that caught the
+    # ImportError was then killed outright by its next Ctrl-C
+    import subprocess
+    import sys
+
+    code = ("import signal, sys\nsys.modules['typer'] = None\ntry:\n    import vaekit_cli.main\n"
+            "except ImportError:\n    pass\nprint(signal.getsignal(signal.SIGINT) is signal.default_int_handler)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip() == "True", r.stdout + r.stderr

@@ -90,6 +90,27 @@ def test_a_16_bit_grey_png_with_alpha_counts_as_grey(tmp_path):
     assert images.resolve_channels([p], "auto") == 1 and (images.decode(p, 1) == 128).all()
 
 
+def test_grey_alpha_16_bit_is_told_with_pillow_10s_plain_tuples(tmp_path, monkeypatch):
+    # Pillow 10.x (allowed: pillow>=10.3) keeps tile entries as plain tuples, without `.args`:
+    # gray_mode failed on every PNG and --channels auto trained grey folders as colour
+    from contextlib import contextmanager
+
+    from vaekit.images import read
+
+    p = tmp_path / "g.png"
+    Image.fromarray(np.full((4, 4), 77, np.uint8)).save(p)
+    real = read.open_image
+
+    @contextmanager
+    def plain(path, check_rows=False):
+        with real(path, check_rows) as img:
+            img.tile = [tuple(t) for t in img.tile]
+            yield img
+
+    monkeypatch.setattr(read, "open_image", plain)
+    assert read.gray_mode(p)
+
+
 def test_bilevel_mode(tmp_path):
     img = Image.new("1", (4, 2), 0)
     img.putpixel((1, 0), 1)
@@ -204,6 +225,31 @@ def test_png_with_fewer_rows_than_its_header(tmp_path):
     whole = tmp_path / "whole.png"
     whole.write_bytes(_png(16, 16, b"".join(b"\x00" + bytes([200] * 16) for _ in range(16))))
     assert (images.decode(whole, 1) == 200).all()
+
+
+def test_the_png_rows_check_reads_a_bounded_piece_at_a_time(tmp_path):
+    # it read each IDAT chunk whole: one whose length field claims 800 MB (a sparse file) doubled
+    # the memory and time Pillow itself spends on it (a helper's review)
+    import io
+    import struct
+    import zlib
+
+    from vaekit.images import png_rows
+
+    rows = b"".join(b"\x00" + bytes(range(64)) for _ in range(64))
+    body = zlib.compress(rows) + bytes(5 * png_rows._STEP)  # the rows, then megabytes of padding
+    data = (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + struct.pack(">IIBBBBB", 64, 64, 8, 0, 0, 0, 0)
+            + b"\0" * 4 + struct.pack(">I", len(body)) + b"IDAT" + body + b"\0" * 4)
+    reads = []
+
+    class Recorded(io.BytesIO):
+        def read(self, n=-1):
+            out = super().read(n)
+            reads.append(len(out))
+            return out
+
+    assert png_rows.missing_rows(Recorded(data)) is None
+    assert max(reads) <= png_rows._STEP and sum(reads) <= 2 * png_rows._STEP  # stopped once the rows were there
 
 
 @pytest.mark.parametrize("mode,interlace", [("L", False), ("RGB", True), ("RGBA", True), ("I;16", False),

@@ -187,9 +187,8 @@ def threshold_from_normal(run_dir: str | Path, normal, quantile: float | None = 
     old = cfg.get("anomaly")
     if not old or not isinstance(old.get("by_score"), dict) or old.get("score") not in old["by_score"]:
         raise rundir.RunError(f"{run_dir} stores no anomaly section to set thresholds in (train it again)")
-    if quantile is None and target_fpr is None:  # the stored quantile (0.99 after a fixed value)
-        stored = old.get("threshold_quantile")
-        quantile = stored if isinstance(stored, float) and 0 < stored < 1 and not old.get("fixed") else 0.99
+    if quantile is None and target_fpr is None:  # the stored quantile (after a fixed value, the one the others kept)
+        quantile = others_quantile(old)
     q = check_quantile(quantile, target_fpr)
     roots = training_roots(cfg, run_dir)
     if not isinstance(normal, (np.ndarray, str, Path)):  # a generator is read once: by the checks, then the scores

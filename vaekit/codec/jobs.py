@@ -323,7 +323,7 @@ def _threads(header: container.Header, archive: Path) -> int:
     return threads
 
 
-MAX_ARCHIVE_THREADS = 64  # vaekit writes 1 (files of before: the user's --threads); a forged 4096 set 4096
+MAX_ARCHIVE_THREADS = 1024  # the CLI's --threads bound: files of before recorded it (vaekit writes 1 now)
 
 
 def _decode_chunks(model, prior, header, archive, offset, staged, size, progress, net) -> None:

@@ -34,39 +34,56 @@ def needed_bytes(width: int, height: int, depth: int, colour: int, interlaced: b
 
 
 def _chunks(f: BinaryIO):
+    """(kind, reader of its data in pieces) per chunk: a chunk's data (up to 4 GiB by its length
+    field) is never held whole; what a reader leaves unread is skipped."""
     while True:
         head = f.read(8)
         if len(head) < 8:
             return
         length, kind = struct.unpack(">I4s", head)
-        data = f.read(length)
-        f.read(4)  # CRC: Pillow has checked the chunks it read
-        yield kind, data
-        if kind == b"IEND" or len(data) < length:
+        start = f.tell()
+        yield kind, _pieces(f, length)
+        f.seek(start + length + 4)  # past the data and its CRC (Pillow has checked what it read)
+        if kind == b"IEND":
             return
+
+
+def _pieces(f: BinaryIO, length: int):
+    left = length
+    while left > 0:
+        piece = f.read(min(left, _STEP))
+        if not piece:
+            return
+        left -= len(piece)
+        yield piece
 
 
 def missing_rows(f: BinaryIO) -> str | None:
     """Why the PNG read from `f` (at its start) holds less pixel data than its header needs, or
-    None when it holds enough (or is not a PNG this check understands: Pillow judged it)."""
+    None when it holds enough (or is not a PNG this check understands: Pillow judged it). Stops
+    reading as soon as the rows are all there."""
     if f.read(8) != _SIGNATURE:
         return None
     need, got, inflate = None, 0, zlib.decompressobj()
-    for kind, data in _chunks(f):
-        if kind == b"IHDR" and len(data) >= 13:
+    for kind, pieces in _chunks(f):
+        if kind == b"IHDR":
+            data = b"".join(pieces)
+            if len(data) < 13:
+                return None
             w, h, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", data[:13])
             if colour not in _SAMPLES:
                 return None
             need = needed_bytes(w, h, depth, colour, interlace == 1)
         elif kind == b"IDAT" and need is not None:
             try:
-                while data and got < need:
-                    got += len(inflate.decompress(data, _STEP))
-                    data = inflate.unconsumed_tail
+                for piece in pieces:
+                    while piece and got < need:
+                        got += len(inflate.decompress(piece, _STEP))
+                        piece = inflate.unconsumed_tail
+                    if got >= need:
+                        return None
             except zlib.error:
                 return None  # Pillow decoded it; a damaged stream is Pillow's to report
-            if got >= need:
-                return None
     if need is None or got >= need:
         return None
     return f"truncated or corrupt: its pixel data ends after {got} of the {need} bytes its header needs"

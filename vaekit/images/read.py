@@ -148,7 +148,7 @@ def gray_mode(path: Path) -> bool:
     try:
         with open_image(path) as img:
             # Pillow opens a 16-bit grey-and-alpha PNG as RGBA (R = G = B): its raw mode says grey
-            raw = img.tile[0].args if img.format == "PNG" and img.tile else None
+            raw = img.tile[0][3] if img.format == "PNG" and img.tile else None  # a plain tuple before Pillow 11
             return convert.is_gray(img.mode) or (isinstance(raw, str) and raw.startswith("LA;16"))
     except ImageReadError:
         raise
