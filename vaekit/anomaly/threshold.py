@@ -193,10 +193,7 @@ def threshold_from_normal(run_dir: str | Path, normal, quantile: float | None = 
     roots = training_roots(cfg, run_dir)
     if not isinstance(normal, (np.ndarray, str, Path)):  # a generator is read once: by the checks, then the scores
         normal = list(normal)
-        if normal and all(isinstance(v, np.ndarray) for v in normal):  # images in memory, one array each
-            normal = np.stack([np.asarray(v) for v in normal]) if len({v.shape for v in normal}) == 1 else normal
-    for folder in [] if isinstance(normal, np.ndarray) else [normal] if isinstance(normal, (str, Path)) else [
-            v for v in normal if isinstance(v, (str, Path))]:
+    for folder in _named(normal):
         hit = training_folder_of(folder, roots)
         if hit is not None:
             raise BadInput(f"{folder} holds images the model trained on ({hit}); a threshold needs normal images it never saw")
@@ -207,6 +204,14 @@ def threshold_from_normal(run_dir: str | Path, normal, quantile: float | None = 
     return _store(run_dir, cfg, old, threshold_section(scores, q, NEW_NORMAL, old["score"]))
 
 
+def _named(normal) -> list:
+    """The files and folders among `normal` (an array, a name, or a list of either): what the
+    checks against the training images look at; images in memory have no name to check."""
+    if isinstance(normal, np.ndarray):
+        return []
+    return [normal] if isinstance(normal, (str, Path)) else [v for v in normal if isinstance(v, (str, Path))]
+
+
 def _refuse_training_copies(normal, roots: list[Path]) -> None:
     """BadInput when an image under `normal` is one the model trained on under another name: a
     hard link, or a copy (the same bytes). Their scores are lower than new images', and a
@@ -214,9 +219,7 @@ def _refuse_training_copies(normal, roots: list[Path]) -> None:
     from vaekit.anomaly.overlap import first_shared
     from vaekit.stream import find_inputs
 
-    there = [r for r in roots if r.is_dir()]
-    names = [] if isinstance(normal, np.ndarray) else [normal] if isinstance(normal, (str, Path)) else [
-        v for v in normal if isinstance(v, (str, Path))]
+    there, names = [r for r in roots if r.is_dir()], _named(normal)
     if not there or not names:  # the training folder is gone, or images in memory
         return
     shared = first_shared(find_inputs(names).paths, find_inputs(there).paths)

@@ -206,7 +206,7 @@ class Model:
         reconstruction NLL above each pixel's floor, so a perfectly reconstructed pixel is 0;
         otherwise the per-pixel reconstruction NLL.
         """
-        score, _ = self._requested(score, samples, iwae, maps), check_callbacks(progress=progress)
+        score = self._requested(score, samples, iwae, maps, progress)
         paths, arr = user_images(x, self.info.channels, self.info.image_size)  # read once: x may be a generator
         if arr is None and tiled(self):  # whole files, tiled
             return score_files(self, paths, samples=samples, score=score, iwae=iwae, maps=maps, progress=progress)
@@ -239,8 +239,9 @@ class Model:
         return Scores(chosen, nll, recon, kl, pmap, coded / (self.info.dims * math.log(2)), excess=excess, floor=floor,
                       name=score, estimator=estimator, paths=paths, skipped=skipped)
 
-    def _requested(self, score: str | None, samples: int, iwae: bool, maps: bool = False) -> str:
-        """The score a request computes (effective_score), once the estimator's settings are checked."""
+    def _requested(self, score: str | None, samples: int, iwae: bool, maps: bool = False, progress=None) -> str:
+        """The score a request computes (effective_score), once its settings are checked."""
+        check_callbacks(progress=progress)
         if not isinstance(samples, (int, np.integer)) or isinstance(samples, bool) or not 0 <= samples <= MAX_SAMPLES:
             raise BadInput(f"samples must be an integer from 0 to {MAX_SAMPLES}, got {samples!r}")
         for name, flag in (("iwae", iwae), ("maps", maps)):  # maps="no" is truthy: it computed the maps
