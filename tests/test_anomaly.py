@@ -598,3 +598,13 @@ def test_a_normal_image_scored_again_is_not_flagged_where_the_calibration_scores
     t = anomaly.threshold_of(tie, 0.99)[0]
     assert 12.0 + 1e-5 < t < 12.0 + 1e-3  # above what a batch size moves a score (1.2e-6 relative)
     assert anomaly.threshold_of(np.full(30, -500.0), 0.9)[0] > -500.0 + 1e-9  # negative nats too
+
+
+@pytest.mark.parametrize("scores", [[], [1.0, float("nan")], [[1.0, 2.0]], ["a"], [1.0, float("inf")]])
+def test_a_threshold_of_no_or_unusable_scores_is_bad_input_not_an_index_error(scores):
+    from vaekit.errors import BadInput
+
+    with pytest.raises(BadInput, match="non-empty list of finite numbers"):
+        anomaly.threshold_of(scores, 0.99)
+    with pytest.raises(BadInput, match="quantile"):
+        anomaly.threshold_of([1.0, 2.0], 1.5)

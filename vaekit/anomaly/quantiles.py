@@ -93,7 +93,13 @@ def threshold_of(scores, quantile: float) -> tuple[float, float, float]:
     the rate, but by how much depends on a tail that few scores cannot show (1 - quantile for
     simulated light tails; 1.5-16% measured on three 20-image MNIST runs where it promised 1%:
     docs/detection.md), so the rate it promises stays the largest score's bound."""
-    v = np.sort(np.asarray(scores, dtype=np.float64))
+    quantile = check_quantile(quantile)
+    try:
+        v = np.sort(np.asarray(scores, dtype=np.float64))
+    except (TypeError, ValueError):
+        v = None
+    if v is None or v.ndim != 1 or len(v) == 0 or not np.isfinite(v).all():
+        raise BadInput("calibration scores must be a non-empty list of finite numbers")
     n = len(v)
     k = conformal_rank(n, quantile)
     bound = expected_fpr(n, quantile)

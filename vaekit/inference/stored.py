@@ -9,6 +9,7 @@ import numpy as np
 from vaekit.fileio import finite_number
 from vaekit.inference import codebank
 
+VERSION = 2  # the calibration section's format ("version"), as Calibration.empty writes it
 COMBINES = ("max", "sumsq", "shifted", "floored")  # the rules a calibration may name (vaekit.inference.atypicality.Calibration)
 
 
@@ -17,6 +18,8 @@ def damage(stats, size: int, tests, default_tests, latent_dim: int | None = None
     `tests`: the test names a section may hold; `default_tests`: those of a section that names none."""
     if not isinstance(stats, dict) or not isinstance(stats.get("tests"), dict):
         return "expected an object with 'tests'"
+    if stats.get("version", VERSION) != VERSION:  # vaekit 0.2's sections carry none
+        return f"version {stats['version']!r:.20}; this vaekit reads version {VERSION}"
     if stats.get("combine", "max") not in COMBINES:
         return "combine"
     windows = stats.get("windows") if stats.get("local") else []
