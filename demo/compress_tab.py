@@ -115,8 +115,12 @@ def _shown_db(v: float) -> str:
 
 
 def _gain(v: handlers.VkcImage) -> str:
+    """The .vkc's PSNR against WebP's, with the two files' sizes beside it where they differ by
+    more than a tenth: outside WebP's range its closest file is no file of the same size."""
+    ratio = v.bytes / v.webp.bytes if v.webp.bytes else math.inf
+    sizes = "" if abs(ratio - 1) <= 0.1 else f", the .vkc {ratio:.2f}× WebP's bytes"
     if math.isfinite(v.psnr) and math.isfinite(v.webp.psnr):
-        return f"{v.psnr - v.webp.psnr:+.2f} dB for the .vkc"
+        return f"{v.psnr - v.webp.psnr:+.2f} dB for the .vkc{sizes}"
     return "both exact" if v.psnr == v.webp.psnr else (".vkc exact" if not math.isfinite(v.psnr) else "WebP exact")
 
 

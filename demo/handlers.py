@@ -94,8 +94,14 @@ def compress(model: Model, paths: Sequence[str | Path], out_dir: Path, precision
     """Encode uploads into one code file (`vaekit encode`); reconstruct from exactly what the file stores."""
     model = need(model)
     report = load_uploads(model, paths)  # the inputs shown next to their reconstructions
-    enc = codes.encode_folder(model, report.paths, _new_file(out_dir, "images.codes"), precision)
-    x, x_hat = report.images, imageio.to_uint8(model.decode(codes.load(enc.path).latents()))
+    # the code file holds each file once (an image uploaded twice is one server path): every row
+    # shown is reconstructed from its file's one stored code
+    row = {}
+    for p in report.paths:
+        row.setdefault(p, len(row))
+    enc = codes.encode_folder(model, list(row), _new_file(out_dir, "images.codes"), precision)
+    x_hat = imageio.to_uint8(model.decode(codes.load(enc.path).latents()))[[row[p] for p in report.paths]]
+    x = report.images
     pairs = [imageio.make_grid(np.stack([a, b]), ncol=2) for a, b in zip(x, x_hat)]
     names = [p.name for p in report.paths]
     return CompressResult(names, pairs, quality.psnr(x, x_hat), quality.ssim(x, x_hat), replace(enc, skipped=report.skipped))

@@ -22,7 +22,7 @@ from vaekit.inference.engine import score_unit
 from vaekit.errors import BadInput
 from vaekit_demo import compress_tab, figures, handlers, training
 from vaekit_demo.context import Context, data_folder, warn_skipped
-from vaekit_demo.security import confine, md_code
+from vaekit_demo.security import confine, html_text, md_code
 
 SUMMARY_ROWS = 10  # images the anomaly summary names, highest scores first; the table holds every one
 
@@ -106,8 +106,17 @@ def _train_message(ev, rows: list[dict], out: Path, folder, ctx: Context) -> str
         loss = (f"best validation loss {r.best_val:.2f} nats/image (epoch {r.best_epoch})" if held_out
                 else f"training loss {r.best_val:.2f} nats/image (nothing held out for validation)")
         return (f"**Done**: {run(r.run_dir)}, {r.epochs_done} epochs, trained in {r.seconds:.1f} s, {loss}; "
-                "it is now this page's model.")
+                f"it is now this page's model.{_skipped_text(m.get('skipped'))}")
     return None
+
+
+def _skipped_text(skipped) -> str:
+    """What `vaekit train` says of the files it could not read: their count and the first few."""
+    if not skipped:
+        return ""
+    shown = "; ".join(f"{md_code(p.name)}: {html_text(reason)}" for p, reason in skipped[:3])
+    more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+    return f" Skipped {len(skipped)} unreadable file(s): {shown}{more}."
 
 
 def _relative_to(out: Path, ctx: Context) -> str:

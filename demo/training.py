@@ -89,9 +89,10 @@ def _train_worker(folder, out_dir, image_size, latent_dim, epochs, stop: threadi
         try:  # the import too: without torch the page waited for ever, its training slot held
             from vaekit.training.job import train
 
-            result, _ = train(folder, out_dir, model_cfg, train_cfg, channels="auto", progress=report,
-                              should_stop=stop.is_set, confine_to=confine_to)
-            events.put(TrainEvent("stopped") if result.stopped else TrainEvent("done", result=result))
+            result, data = train(folder, out_dir, model_cfg, train_cfg, channels="auto", progress=report,
+                                 should_stop=stop.is_set, confine_to=confine_to)
+            skipped = {"skipped": list(data.skipped)}  # the files `vaekit train` names as skipped
+            events.put(TrainEvent("stopped") if result.stopped else TrainEvent("done", metrics=skipped, result=result))
         except TrainingStopped:
             events.put(TrainEvent("stopped"))
         except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
