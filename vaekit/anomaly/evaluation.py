@@ -286,8 +286,7 @@ def _read_mask(path: Path | None, name: str, size: int, crop: bool = True, image
 def _shown_size(path) -> tuple[int, int]:
     """(width, height) of an image file as vaekit reads it (EXIF rotation applied), from its header."""
     with imageio.open_image(path) as img:
-        w, h = img.size
-        return (h, w) if imageio.exif_orientation(img) in (5, 6, 7, 8) else (w, h)
+        return imageio.shown_size(img)
 
 
 MASK_ASPECT_SLACK = 0.03  # a mask's aspect ratio may differ from its image's by this much (rounding, JPEG draft)

@@ -17,9 +17,8 @@ def original_size(path: Path) -> tuple[int, int]:
 
     with warnings.catch_warnings(), imageio.open_image(path) as img:
         warnings.simplefilter("ignore")  # a big image's DecompressionBombWarning: we only read its header
-        w, h = img.size
-        orientation = imageio.exif_orientation(img)  # as decoding reads it, a broken EXIF block included
-    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+        w, h = imageio.shown_size(img)  # as decoding reads it, a broken EXIF block included
+    return h, w
 
 
 GONE = "removed or replaced while the job ran"

@@ -81,7 +81,21 @@ def _strip(s: Image.Image, mode: str, peak: float) -> np.ndarray:
         x = np.asarray(s)
     else:  # CMYK, YCbCr, LAB, HSV, and any other colour mode Pillow can convert
         x = np.asarray(s.convert("RGB"))
-    return x[..., None] if x.ndim == 2 else x
+    x = x[..., None] if x.ndim == 2 else x
+    return _keyed_out(s, mode, x)
+
+
+def _keyed_out(s: Image.Image, mode: str, x: np.ndarray) -> np.ndarray:
+    """`x` with the pixels of a PNG's colour key (tRNS in an L, RGB or 16-bit grey image: that one
+    value is transparent, as PNG optimisers write binary alpha) black, composited as alpha is."""
+    key = s.info.get("transparency") if mode in ("L", "RGB", "I") or mode.startswith("I;16") else None
+    if isinstance(key, int) and not isinstance(key, bool):
+        hit = np.asarray(s) == key
+    elif isinstance(key, tuple) and len(key) == 3 and mode == "RGB":
+        hit = (np.asarray(s) == np.asarray(key)).all(-1)
+    else:
+        return x
+    return np.where(hit[..., None], np.uint8(0), x)
 
 
 def luma(rgb: np.ndarray) -> np.ndarray:

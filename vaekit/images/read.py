@@ -124,6 +124,25 @@ def exif_orientation(img: Image.Image) -> int:
         return 1
 
 
+def shown_size(img: Image.Image) -> tuple[int, int]:
+    """(width, height) of an opened image as decoding gives it, EXIF rotation applied, from the
+    header. Pillow reports a rotated TIFF's shown size at open already (and drops the tag on load):
+    its stored size, from its own tags, tells whether the sides were swapped."""
+    w, h = img.size
+    if exif_orientation(img) not in (5, 6, 7, 8):
+        return w, h
+    stored = (img.tag_v2.get(256), img.tag_v2.get(257)) if img.format == "TIFF" else (w, h)
+    return (w, h) if stored != (w, h) else (h, w)
+
+
+def raw_mode(img: Image.Image) -> str:
+    """The raw mode of an opened image's first tile ("RGB;16B" for a 16-bit RGB PNG that Pillow
+    opens as mode RGB), or "" where it has none; a plain tuple before Pillow 11, args a tuple in TIFFs."""
+    args = img.tile[0][3] if img.tile else ""
+    args = args[0] if isinstance(args, tuple) and args else args
+    return args if isinstance(args, str) else ""
+
+
 def check_channels(channels: int) -> None:
     """BadInput unless `channels` is 1 (gray) or 3 (RGB)."""
     if channels not in (1, 3) or isinstance(channels, bool):
@@ -148,8 +167,7 @@ def gray_mode(path: Path) -> bool:
     try:
         with open_image(path) as img:
             # Pillow opens a 16-bit grey-and-alpha PNG as RGBA (R = G = B): its raw mode says grey
-            raw = img.tile[0][3] if img.format == "PNG" and img.tile else None  # a plain tuple before Pillow 11
-            return convert.is_gray(img.mode) or (isinstance(raw, str) and raw.startswith("LA;16"))
+            return convert.is_gray(img.mode) or (img.format == "PNG" and raw_mode(img).startswith("LA;16"))
     except ImageReadError:
         raise
     except Exception as exc:
@@ -165,13 +183,15 @@ def not_exact(path: Path, channels: int) -> str | None:
     try:
         with open_image(path) as img:
             mode, frames = img.mode, getattr(img, "n_frames", 1)
-            transparent = "transparency" in img.info
+            transparent, raw = "transparency" in img.info, raw_mode(img)
     except ImageReadError:
         raise
     except Exception as exc:
         raise ImageReadError(path, _reason(exc, Path(path))) from exc
     if mode != want:
         return f"stored as Pillow mode {mode!r}, not 8-bit {want!r}: its pixels would not come back exactly"
+    if ";16" in raw or ";32" in raw:  # Pillow opens 16-bit RGB as 'RGB', its low bytes dropped
+        return f"stored with {raw!r} samples, not 8-bit {want!r}: its pixels would not come back exactly"
     if transparent:
         return "has transparency: its alpha would not come back"
     if frames > 1:

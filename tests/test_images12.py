@@ -1,0 +1,69 @@
+"""How files are read, as a helper's attack of 2026-12-07 found them: a PNG's colour key, 16-bit
+RGB in a lossless archive, and the shown size of a TIFF turned by its EXIF orientation."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vaekit import images as vi
+
+
+def _rgba_and_keyed(tmp_path):
+    a = np.zeros((32, 32, 4), np.uint8)
+    a[..., :3] = 255
+    a[8:24, 8:24] = [200, 30, 30, 255]
+    Image.fromarray(a, "RGBA").save(tmp_path / "rgba.png")
+    # what PNG optimisers write for binary alpha: RGB with one colour (tRNS) transparent
+    Image.fromarray(np.ascontiguousarray(a[..., :3])).save(tmp_path / "keyed.png", transparency=(255, 255, 255))
+    return tmp_path / "rgba.png", tmp_path / "keyed.png"
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_a_colour_key_is_transparent_as_alpha_is(tmp_path, channels):
+    rgba, keyed = _rgba_and_keyed(tmp_path)
+    assert vi.decode(keyed, channels)[0, 0].max() == 0  # was white: the key read as an opaque colour
+    np.testing.assert_array_equal(vi.decode(keyed, channels), vi.decode(rgba, channels))
+    g = np.full((16, 16), 255, np.uint8)
+    g[4:12, 4:12] = 90
+    Image.fromarray(g).save(tmp_path / "grey.png", transparency=255)
+    x = vi.decode(tmp_path / "grey.png", 1)[..., 0]
+    assert x[0, 0] == 0 and x[8, 8] == 90
+
+
+def _rgb16_png(path, a: np.ndarray) -> None:
+    raw = b"".join(b"\0" + r.astype(">u2").tobytes() for r in a)
+    chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))  # noqa: E731
+    ihdr = struct.pack(">IIBBBBB", a.shape[1], a.shape[0], 16, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def test_a_lossless_archive_refuses_16_bit_rgb_which_pillow_opens_as_rgb(tmp_path):
+    a = np.random.default_rng(1).integers(0, 65536, (8, 8, 3)).astype(np.uint16)
+    _rgb16_png(tmp_path / "rgb16.png", a)
+    with Image.open(tmp_path / "rgb16.png") as im:
+        assert im.mode == "RGB"  # what let it through: the mode alone looks like 8-bit RGB
+    assert "RGB;16B" in vi.not_exact(tmp_path / "rgb16.png", 3)
+    np.testing.assert_array_equal(vi.decode(tmp_path / "rgb16.png", 3), (a >> 8).astype(np.uint8))  # read, scaled
+    Image.fromarray((a >> 8).astype(np.uint8)).save(tmp_path / "rgb8.png")
+    assert vi.not_exact(tmp_path / "rgb8.png", 3) is None
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".jpg", ".png"])
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+def test_the_shown_size_is_the_decoded_one_whatever_the_format(tmp_path, suffix, orientation):
+    from vaekit.anomaly.evaluation import _shown_size
+    from vaekit.codes.sizes import original_size
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / f"turned{suffix}"
+    Image.fromarray(np.zeros((48, 64), np.uint8)).save(path, exif=exif)
+    h, w = vi.decode(path, 1).shape[:2]
+    assert (h, w) == ((64, 48) if orientation in (6, 8) else (48, 64))
+    assert original_size(path) == (h, w)  # a TIFF's sides were swapped twice: Pillow had already
+    assert _shown_size(path) == (w, h)
