@@ -15,7 +15,8 @@ from vaekit_cli import output
 from vaekit_cli.output import apply_threads, err_console, shown
 
 DEFAULT_RUN = Path("runs/latest")  # where `vaekit train` writes when given no --out
-FILE_SIZE = re.compile(r"\s*0*[1-9][0-9]*\s*(b|kb|mb|gb|tb)\s*", re.IGNORECASE)  # Gradio's max_file_size, above 0
+FILE_SIZE = re.compile(r"\s*0*([1-9][0-9]*)\s*(b|kb|mb|gb|tb)\s*", re.IGNORECASE)  # Gradio's max_file_size, above 0
+MAX_FILE_SIZE_TB = 1000  # a larger limit is none; 2**64 bytes and more failed in Gradio (exit 3)
 
 
 def demo(
@@ -47,17 +48,7 @@ def demo(
 
     from vaekit_demo.security import is_loopback
 
-    if not host.strip():
-        raise typer.BadParameter("expected an address such as 127.0.0.1 or 0.0.0.0, got ''", param_hint="--host")
-    if not FILE_SIZE.fullmatch(max_file_size):  # Gradio's own parse failed with a traceback (exit 3)
-        raise typer.BadParameter(f"expected a size above 0 with a unit b, kb, mb, gb or tb, such as 25mb, got "
-                                 f"{shown(max_file_size)}", param_hint="--max-file-size")
-    credentials = None
-    if auth is not None:
-        user, sep, password = auth.partition(":")
-        if not sep or not user or not password:
-            raise typer.BadParameter("expected USER:PASSWORD", param_hint="--auth")
-        credentials = (user, password)
+    credentials = _checked(host, max_file_size, auth)
     apply_threads()
     if model is None and (DEFAULT_RUN / "config.json").is_file():
         model = DEFAULT_RUN
@@ -78,6 +69,27 @@ def demo(
         launch(app, port=port, share=share, max_file_size=max_file_size, host=host, auth=credentials, quiet=not share)
     if output.terminated or ctrl_c:  # Gradio takes the interrupt itself, closes its server and returns
         raise typer.Exit(output.EXIT_TERMINATED) if output.terminated else KeyboardInterrupt()  # 130, as every command
+
+
+def _checked(host: str, max_file_size: str, auth: str | None) -> tuple[str, str] | None:
+    """The options Gradio would take badly, checked before anything is served; the credentials."""
+    if not host.strip():
+        raise typer.BadParameter("expected an address such as 127.0.0.1 or 0.0.0.0, got ''", param_hint="--host")
+    if ":" in host:  # Gradio builds its own URL from the host unbracketed: an IPv6 literal was a traceback
+        raise typer.BadParameter(f"{shown(host)} is an IPv6 address, which the web app's server (Gradio) cannot "
+                                 "serve on; use 127.0.0.1, 0.0.0.0 or a host name", param_hint="--host")
+    size = FILE_SIZE.fullmatch(max_file_size)  # Gradio's own parse failed with a traceback (exit 3)
+    units = {"b": 0, "kb": 1, "mb": 2, "gb": 3, "tb": 4}
+    if not size or int(size[1]) * 1000 ** units[size[2].lower()] > MAX_FILE_SIZE_TB * 1000**4:
+        raise typer.BadParameter(f"expected a size above 0 and at most {MAX_FILE_SIZE_TB}tb with a unit b, kb, mb, "
+                                 f"gb or tb, such as 25mb, got {shown(max_file_size)}", param_hint="--max-file-size")
+    credentials = None
+    if auth is not None:
+        user, sep, password = auth.partition(":")
+        if not sep or not user or not password:
+            raise typer.BadParameter("expected USER:PASSWORD", param_hint="--auth")
+        credentials = (user, password)
+    return credentials
 
 
 @contextmanager

@@ -34,7 +34,7 @@ def max_cache_bytes() -> int:
         gb = math.nan
     if not math.isfinite(gb) or gb < 0:
         raise BadInput(f"VAEKIT_CACHE_MAX_GB={text[:40]!r}: expected the pixel cache's size limit in GB, a number >= 0")
-    return int(gb * 1e9)
+    return int(min(gb * 1e9, 2.0**62))  # 1e308 GB: no limit, not an OverflowError
 
 
 def entry_bytes(root: Path, key: str) -> int:

@@ -154,7 +154,8 @@ def _with_codes(calibration, engine, data, idx):
     codes = engine.encode(gather(data.images, _at_most(idx, codebank.BANK_SIZE)))[0]  # aligned objects only
     if not np.isfinite(codes).all():  # trained to weights that overflow (a huge --lr): no model to keep
         raise TrainingFailed("the trained model's codes of its training images are not finite numbers: "
-                             "training diverged; try a lower --lr")
+                             "training diverged, and its saved weights with it: start the run again with a "
+                             "lower --lr and --overwrite (a --resume goes on from those weights)")
     return calibration.with_codes(codes)
 
 
