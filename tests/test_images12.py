@@ -56,7 +56,7 @@ def test_a_lossless_archive_refuses_16_bit_rgb_which_pillow_opens_as_rgb(tmp_pat
 @pytest.mark.parametrize("suffix", [".tif", ".jpg", ".png"])
 @pytest.mark.parametrize("orientation", [1, 3, 6, 8])
 def test_the_shown_size_is_the_decoded_one_whatever_the_format(tmp_path, suffix, orientation):
-    from vaekit.anomaly.evaluation import _shown_size
+    from vaekit.anomaly.masks import file_shown_size as _shown_size
     from vaekit.codes.sizes import original_size
 
     exif = Image.Exif()
@@ -67,3 +67,33 @@ def test_the_shown_size_is_the_decoded_one_whatever_the_format(tmp_path, suffix,
     assert (h, w) == ((64, 48) if orientation in (6, 8) else (48, 64))
     assert original_size(path) == (h, w)  # a TIFF's sides were swapped twice: Pillow had already
     assert _shown_size(path) == (w, h)
+
+
+def test_which_mask_is_an_images(tmp_path):
+    from vaekit.anomaly.masks import mask_index, masks_for
+    from vaekit.errors import BadInput
+
+    from types import SimpleNamespace
+
+    model = SimpleNamespace(info=SimpleNamespace(image_size=16, read_size=16, latent_shape=(4,)))  # an object model
+    root = tmp_path / "masks"
+    root.mkdir()
+    for name in ("x_mask.png", "y.png", "z_mask.png"):
+        Image.fromarray(np.full((16, 16), 255, np.uint8)).save(root / name)
+    index = mask_index(root)
+    exact, stripped, _ = index
+    assert set(exact) == {"x_mask", "y", "z_mask"} and set(stripped) == {"x", "z"}
+    # an image named x_mask.png finds the mask at its own path (it was left without one); z finds z_mask
+    import vaekit.anomaly.masks as masks
+
+    real = masks.read_mask
+    masks.read_mask = lambda path, name, *a, **k: path
+    try:
+        mask_of = masks_for(model, index, ["x_mask.png", "y.png", "z.png"])
+        paths = {n: mask_of(n, None) for n in ("x_mask.png", "y.png", "z.png")}
+        assert paths == {"x_mask.png": root / "x_mask.png", "y.png": root / "y.png", "z.png": root / "z_mask.png"}
+        Image.fromarray(np.zeros((16, 16), np.uint8)).save(root / "y_mask.png")  # a second mask for y
+        with pytest.raises(BadInput, match="2 masks for the anomalous image y.png: y.png, y_mask.png; keep one"):
+            masks_for(model, mask_index(root), ["y.png"])
+    finally:
+        masks.read_mask = real

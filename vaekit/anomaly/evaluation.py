@@ -7,7 +7,6 @@ images, the masked anomalous ones), as float32, and only when masks ask for them
 from __future__ import annotations
 
 import io
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -16,11 +15,11 @@ import numpy as np
 
 from vaekit import images as imageio
 from vaekit.anomaly.overlap import file_identity, refuse_copies
+from vaekit.anomaly.masks import fit_mask, mask_index, masks_for
 from vaekit.anomaly.pixel_roc import PixelRoc
 from vaekit.anomaly.score import Progress, iter_scored, scoring_plan
 from vaekit.anomaly.threshold import trained_on_note
 from vaekit.anomaly.quantiles import check_threshold
-from vaekit.inference.tiled import tiled
 from vaekit.inference.engine import Model
 from vaekit.errors import BadInput, MissingExtra, NotFound
 from vaekit.fileio import atomic_write_bytes, refuse_existing
@@ -185,9 +184,9 @@ def evaluate(
     The two sets may not share a file, nor two files the same bytes (BadInput)."""
     if masks is not None and not Path(masks).is_dir():
         raise NotFound(f"masks folder not found: {masks}")
-    index = None if masks is None else _mask_index(Path(masks))  # a folder without masks: said first
+    index = None if masks is None else mask_index(Path(masks))  # a folder without masks: said first
     found_good, found_bad = _labelled_inputs(normal, anomalous, [] if index is None else index[0].values())
-    roc, mask_of = (None, None) if masks is None else (PixelRoc(), _masks_for(model, index, found_bad.names))
+    roc, mask_of = (None, None) if masks is None else (PixelRoc(), masks_for(model, index, found_bad.names))
     plan, good, skipped_good = _scores_and_maps(
         model, normal, found_good, samples, score, iwae, threshold, progress, None if roc is None else _counter(roc))
     _, bad, skipped_bad = _scores_and_maps(
@@ -206,26 +205,6 @@ def evaluate(
     return ev
 
 
-def _masks_for(model, index, names: Sequence[str]):
-    """name -> the anomalous image's mask at its map's geometry, or None. A mask is an image's by
-    its relative path, else by its name alone when neither another mask nor another anomalous image
-    has that name and no image claims the mask by path: crack/000.png without a mask must not take
-    crack/000's for hole/000.png."""
-    by_path, by_stem = index
-    keys = {n: Path(n).with_suffix("").as_posix() for n in names}
-    stems = Counter(k.rsplit("/", 1)[-1] for k in keys.values())
-    claimed = {by_path[k] for k in keys.values() if k in by_path}
-    paths = {}
-    for name, key in keys.items():
-        stem = key.rsplit("/", 1)[-1]
-        if key in by_path:
-            paths[name] = by_path[key]
-        elif stems[stem] == 1 and len(by_stem.get(stem, [])) == 1 and by_stem[stem][0] not in claimed:
-            paths[name] = by_stem[stem][0]
-    size = model.info.read_size if tiled(model) else model.info.image_size
-    return lambda name, image: _read_mask(paths.get(name), name, size, crop=not tiled(model), image=image)
-
-
 def _counter(roc: PixelRoc, mask_of=None):
     """on_map for _scores_and_maps: every pixel of a normal image (mask_of None) counts as normal;
     an anomalous image counts with its mask, and without one it is left out."""
@@ -235,7 +214,7 @@ def _counter(roc: PixelRoc, mask_of=None):
             return
         mask = mask_of(name, image)
         if mask is not None:
-            roc.add(m, _fit_mask(mask, m.shape, name))
+            roc.add(m, fit_mask(mask, m.shape, name))
     return count
 
 
@@ -249,62 +228,6 @@ def _pixel_auroc(roc: PixelRoc, masks) -> float:
     if 0 in roc.counts():
         raise BadInput("the masks must mark some pixels anomalous and leave some normal")
     return roc.auroc()
-
-
-def _mask_index(root: Path) -> tuple[dict[str, Path], dict[str, list[Path]]]:
-    """Masks under `root` by relative path without suffix (and `_mask`), and by file stem;
-    BadInput when the folder holds no image file."""
-    index: dict[str, Path] = {}
-    by_stem: dict[str, list[Path]] = {}
-    for p in imageio.find_images(root):
-        key = p.relative_to(root).with_suffix("").as_posix()
-        key = key[: -len("_mask")] if key.endswith("_mask") else key
-        index[key] = p
-        by_stem.setdefault(key.rsplit("/", 1)[-1], []).append(p)
-    if not index:
-        raise BadInput(f"no mask in {root} matches an anomalous image (the folder holds no image file)")
-    return index, by_stem
-
-
-def _read_mask(path: Path | None, name: str, size: int, crop: bool = True, image: str | None = None) -> np.ndarray | None:
-    """The mask at `path` (size, size) bool, of the anomalous image `name`, at the model's geometry,
-    or None without a path (crop=False: the whole mask, its shorter side `size`, as a tiled model's maps)."""
-    if path is None:
-        return None
-    try:
-        # the same shorter-side resize and centre crop as the images, so pixels line up
-        mask = imageio.load_image(path, size, 1, crop)[0] > 127
-    except imageio.ImageReadError as e:
-        raise BadInput(f"mask {e.path} cannot be read: {e.reason}") from None
-    if crop and image is not None:  # the centre crop would hide another aspect ratio, and its pixels miss the image's
-        (mw, mh), (w, h) = _shown_size(path), _shown_size(image)
-        if abs((mw / mh) / (w / h) - 1) > MASK_ASPECT_SLACK:
-            raise BadInput(f"the mask of {name} is {mw}x{mh}, its image {w}x{h}: a mask must have its image's aspect ratio")
-    return mask
-
-
-def _shown_size(path) -> tuple[int, int]:
-    """(width, height) of an image file as vaekit reads it (EXIF rotation applied), from its header."""
-    with imageio.open_image(path) as img:
-        return imageio.shown_size(img)
-
-
-MASK_ASPECT_SLACK = 0.03  # a mask's aspect ratio may differ from its image's by this much (rounding, JPEG draft)
-
-
-def _fit_mask(mask: np.ndarray, shape: tuple[int, int], name: str) -> np.ndarray:
-    """The mask at its image's map shape: a surface's map has the image's own shape, which a mask
-    of another resolution (or a JPEG decoded at reduced scale) misses by a pixel; a mask of
-    another aspect ratio is refused."""
-    if mask.shape == shape:
-        return mask
-    (mh, mw), (h, w) = mask.shape, shape
-    if abs((mw / mh) / (w / h) - 1) > MASK_ASPECT_SLACK:
-        raise BadInput(f"the mask of {name} is {mw}x{mh} at the model's scale, its image {w}x{h}: "
-                       "a mask must have its image's aspect ratio")
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((w, h), Image.Resampling.NEAREST)) > 127
 
 
 def check_plot_name(path: str | Path) -> None:
