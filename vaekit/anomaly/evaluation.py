@@ -185,7 +185,8 @@ def evaluate(
     if masks is not None and not Path(masks).is_dir():
         raise NotFound(f"masks folder not found: {masks}")
     index = None if masks is None else mask_index(Path(masks))  # a folder without masks: said first
-    found_good, found_bad = _labelled_inputs(normal, anomalous, [] if index is None else index[0].values())
+    mask_files = [] if index is None else [p for ps in index[0].values() for p in ps]
+    found_good, found_bad = _labelled_inputs(normal, anomalous, mask_files)
     roc, mask_of = (None, None) if masks is None else (PixelRoc(), masks_for(model, index, found_bad.names))
     plan, good, skipped_good = _scores_and_maps(
         model, normal, found_good, samples, score, iwae, threshold, progress, None if roc is None else _counter(roc))
