@@ -203,7 +203,9 @@ def _encode_vkc(model, images, out, quality, lossless, fit, overwrite, as_json, 
     t.add_row("images", f"{r.count} encoded, {len(r.skipped)} skipped")
     t.add_row("mode", "lossless (bits-back)" if lossless else f"lossy, quality {quality}, " + RESIDUAL_TEXT[r.residual])
     t.add_row("file", f"{r.file_bytes:,} bytes ({r.header_bytes:,} of them header and checksum)")
-    t.add_row("per image", f"{r.bytes_per_image:,.1f} bytes, {r.bits_per_dim:.4f} bits per sub-pixel")
+    size, channels = m.info.image_size, m.info.channels  # what bits_per_dim counts: the model's pixels, not the sources'
+    t.add_row("per image", f"{r.bytes_per_image:,.1f} bytes, {r.bits_per_dim:.4f} bits per sub-pixel "
+                           f"(of the model's {size}×{size}×{channels})")
     if r.source_bytes:
         t.add_row("vs. sources", vs_sources(r.source_bytes, r.file_bytes))
     if lossless:

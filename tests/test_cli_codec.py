@@ -165,6 +165,17 @@ def test_sample_and_interpolate(run, source, tmp_path):
     r = invoke("interpolate", run, src / names[0], src / names[-1], "-n", 5, "-o", tmp_path / "path.png")
     assert r.exit_code == 0, r.output
     assert Image.open(tmp_path / "path.png").size == (5 * 18 + 2, 18 + 2)
+    r = invoke("sample", run, "-n", 2, "-o", run / "s.png", "--overwrite")
+    assert r.exit_code == 2 and "inside the model's run directory" in " ".join(r.output.split())  # was "the input folder"
+    assert not (run / "s.png").exists()
+
+
+def test_a_vkc_says_whose_sub_pixels_its_bits_count(run, source, tmp_path):
+    src, _ = source
+    r = invoke("encode", run, src, "-o", tmp_path / "a.vkc", "--quality", 4)
+    assert r.exit_code == 0, r.output
+    info = json.loads(invoke("encode", run, src, "-o", tmp_path / "b.vkc", "--quality", 4, "--json").stdout)
+    assert f"{info['bits_per_dim']:.4f} bits per sub-pixel (of the model's 16×16×1)" in " ".join(r.output.split())
 
 
 @pytest.mark.slow

@@ -45,7 +45,11 @@ def check_grid_output(path: str | Path, overwrite: bool = False, inputs: Sequenc
         raise BadInput(f"output {path} must be a .png file")
     if path.is_dir():
         raise BadInput(f"output {path} is a folder")
-    refuse_inside(path, list(inputs), "output")  # --overwrite must never replace an input or the run's files
+    from vaekit.images.find import RUN_MARKER
+
+    runs = [i for i in inputs if (Path(i) / RUN_MARKER).is_file()]  # --overwrite must never replace an input
+    refuse_inside(path, [i for i in inputs if i not in runs], "output")  # or the run's files
+    refuse_inside(path, runs, "output", kind="the model's run directory")
     refuse_under_file(path)  # a file above it, or a folder this process may not write in
     refuse_existing([path], overwrite)
     return path
