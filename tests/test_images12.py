@@ -97,3 +97,17 @@ def test_which_mask_is_an_images(tmp_path):
             masks_for(model, mask_index(root), ["y.png"])
     finally:
         masks.read_mask = real
+
+
+def test_a_multi_picture_jpeg_is_decoded_at_reduced_scale_as_a_jpeg_is(tmp_path, monkeypatch):
+    from PIL import JpegImagePlugin
+
+    frames = [Image.fromarray(np.full((512, 512, 3), v, np.uint8)) for v in (40, 200)]
+    frames[0].save(tmp_path / "camera.mpo", format="MPO", save_all=True, append_images=frames[1:])
+    with Image.open(tmp_path / "camera.mpo") as im:
+        assert im.format == "MPO"
+    drafts = []
+    real = JpegImagePlugin.JpegImageFile.draft
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", lambda self, *a: drafts.append(a) or real(self, *a))
+    x = vi.load_image(tmp_path / "camera.mpo", 64, 3)
+    assert drafts and x.shape == (3, 64, 64) and abs(int(x.mean()) - 40) <= 1  # the first frame, read at 1/8 scale

@@ -234,7 +234,7 @@ def _decode_full(path: Path, channels: int, draft: int | None = None, expand: bo
     try:
         with open_image(path, check_rows=True) as img:
             full = img.size
-            if draft is not None and img.format == "JPEG":
+            if draft is not None and img.format in ("JPEG", "MPO"):
                 # JPEG can decode at 1/2, 1/4 or 1/8 scale; draft keeps both sides >= draft.
                 # It only sets the scale, so the check below judges what is really decoded:
                 # a 100-megapixel photo read at 1/8 scale is no bomb.
