@@ -111,3 +111,29 @@ def test_a_multi_picture_jpeg_is_decoded_at_reduced_scale_as_a_jpeg_is(tmp_path,
     monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", lambda self, *a: drafts.append(a) or real(self, *a))
     x = vi.load_image(tmp_path / "camera.mpo", 64, 3)
     assert drafts and x.shape == (3, 64, 64) and abs(int(x.mean()) - 40) <= 1  # the first frame, read at 1/8 scale
+
+
+def _png_with_exif_after_pixels(path, orientation: int) -> None:
+    """A 64 x 48 grey PNG whose eXIf chunk (orientation) follows its pixel data, as some writers put it."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    raw = b"".join(b"\0" + bytes(64) for _ in range(48))
+    chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))  # noqa: E731
+    ihdr = struct.pack(">IIBBBBB", 64, 48, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw))
+                     + chunk(b"eXIf", exif.tobytes()[6:]) + chunk(b"IEND", b""))  # tobytes() starts "Exif\0\0"
+
+
+def test_a_pngs_shown_size_is_read_without_decoding_it_unless_exif_follows_its_pixels(tmp_path, monkeypatch):
+    from PIL import PngImagePlugin
+
+    from vaekit.codes.sizes import original_size
+
+    Image.fromarray(np.zeros((48, 64), np.uint8)).save(tmp_path / "plain.png")
+    _png_with_exif_after_pixels(tmp_path / "late.png", 6)
+    assert vi.decode(tmp_path / "late.png", 1).shape[:2] == (64, 48)  # Pillow finds the late eXIf when it decodes
+    loads = []
+    real = PngImagePlugin.PngImageFile.load
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", lambda self: loads.append(1) or real(self))
+    assert original_size(tmp_path / "plain.png") == (48, 64) and loads == []  # was a whole decode to find no EXIF
+    assert original_size(tmp_path / "late.png") == (64, 48) and loads  # a chunk after the pixels: read as decoding does

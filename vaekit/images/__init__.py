@@ -7,9 +7,9 @@ engines share), `load` (many files, in worker processes), `render` (PNGs, grids,
 
 from vaekit.images.find import IMAGE_SUFFIXES, LinkOutside, NoImagesError, find_images, none_usable, scan_roots
 from vaekit.images.load import LoadReport, iter_load, load_images
-from vaekit.images.read import (FORMATS, MAX_RESIZE_PIXELS, ImageReadError, decode, exif_orientation, gray_mode,
-                                load_image, not_exact, open_image, resize, resize_pixels, resolve_channels, shown_size,
-                                to_float, to_uint8)
+from vaekit.images.header import exif_orientation, shown_size
+from vaekit.images.read import (FORMATS, MAX_RESIZE_PIXELS, ImageReadError, decode, gray_mode, load_image, not_exact,
+                                open_image, resize, resize_pixels, resolve_channels, to_float, to_uint8)
 from vaekit.images.render import heatmap_overlay, make_grid, save_png
 
 __all__ = [

@@ -87,3 +87,18 @@ def missing_rows(f: BinaryIO) -> str | None:
     if need is None or got >= need:
         return None
     return f"truncated or corrupt: its pixel data ends after {got} of the {need} bytes its header needs"
+
+
+def chunks_after_pixels(f: BinaryIO) -> bool:
+    """Whether the PNG read from `f` (at its start) has chunks other than IDAT and IEND after its
+    first IDAT: what Pillow reads only when it decodes the pixels (an eXIf or text chunk there).
+    Reads chunk headers only; True where the file is not a PNG this check understands."""
+    if f.read(8) != _SIGNATURE:
+        return True
+    seen_pixels = False
+    for kind, _ in _chunks(f):
+        if kind == b"IDAT":
+            seen_pixels = True
+        elif seen_pixels and kind != b"IEND":
+            return True
+    return False

@@ -25,6 +25,7 @@ from PIL import Image, UnidentifiedImageError
 
 from vaekit.config import MAX_READ_SIZE
 from vaekit.images import convert, png_rows
+from vaekit.images.header import exif_orientation, raw_mode
 from vaekit.errors import BadInput, DamagedFile
 from vaekit.fileio import NotRegularFile, open_regular_file
 
@@ -113,34 +114,6 @@ def open_image(path: str | Path, check_rows: bool = False) -> Iterator[Image.Ima
                     raise ImageReadError(path, why)
     finally:
         f.close()
-
-
-def exif_orientation(img: Image.Image) -> int:
-    """The EXIF orientation (1-8) decoding applies to `img`; 1 when there is none or it is broken.
-    Every reader of an image's displayed size asks here, so sizes and pixels cannot disagree."""
-    try:
-        return int(img.getexif().get(0x0112, 1))
-    except Exception:  # broken EXIF should not cost us good pixels
-        return 1
-
-
-def shown_size(img: Image.Image) -> tuple[int, int]:
-    """(width, height) of an opened image as decoding gives it, EXIF rotation applied, from the
-    header. Pillow reports a rotated TIFF's shown size at open already (and drops the tag on load):
-    its stored size, from its own tags, tells whether the sides were swapped."""
-    w, h = img.size
-    if exif_orientation(img) not in (5, 6, 7, 8):
-        return w, h
-    stored = (img.tag_v2.get(256), img.tag_v2.get(257)) if img.format == "TIFF" else (w, h)
-    return (w, h) if stored != (w, h) else (h, w)
-
-
-def raw_mode(img: Image.Image) -> str:
-    """The raw mode of an opened image's first tile ("RGB;16B" for a 16-bit RGB PNG that Pillow
-    opens as mode RGB), or "" where it has none; a plain tuple before Pillow 11, args a tuple in TIFFs."""
-    args = img.tile[0][3] if img.tile else ""
-    args = args[0] if isinstance(args, tuple) and args else args
-    return args if isinstance(args, str) else ""
 
 
 def check_channels(channels: int) -> None:
