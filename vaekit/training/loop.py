@@ -139,6 +139,7 @@ def training_plan(trainer: Trainer, data: Dataset, splits) -> dict:
     readers = ReaderConfig().members if m.layout == "grid" and cfg.reader else 0
     return {"images": len(data.paths), "train": len(splits.train), "val": len(splits.val), "cal": len(splits.cal),
             "folds": len(splits.folds), "image_size": m.image_size, "reads_at": m.reads_at, "layout": m.layout,
+            "channels": m.channels,
             "latent_dim": m.latent_dim, "likelihood": m.likelihood, "crop": training_crop(cfg, m),
             "epochs": cfg.epochs, "batch_size": cfg.batch_size, "augment": cfg.augment, "readers": readers,
             "device": str(trainer.device), "skipped": [(str(path), str(why)) for path, why in data.skipped]}
@@ -154,10 +155,12 @@ def plan_text(p: dict) -> str:
         split = f"{p['train']} train, {p['cal']} held out"
     else:
         split = f"{p['train']} train, {p['val']} validation, {p['cal']} calibration"
-    model = f"{p['image_size']} px, vector latent ({p['latent_dim']}), {p['likelihood']}"
+    colour = {1: " gray", 3: " RGB"}.get(p.get("channels"), "")  # --channels auto decided (older events: none)
+    model = f"{p['image_size']} px{colour}, vector latent ({p['latent_dim']}), {p['likelihood']}"
     if p["layout"] == "grid":
         crops = f" trained on {p['crop']} px crops" if p["crop"] else ""
-        model = f"{p['reads_at']} px, latent grid ({p['latent_dim']} per cell){crops}, {p['likelihood']}"
+        tiles = f" in {p['image_size']} px tiles" if p["reads_at"] > p["image_size"] else ""  # as the summary says
+        model = f"{p['reads_at']} px{colour}{tiles}, latent grid ({p['latent_dim']} per cell){crops}, {p['likelihood']}"
     recipe = (f"{p['epochs']} epoch{'s' if p['epochs'] != 1 else ''}, batch {p['batch_size']}"
               + (", warped copies" if p["augment"] == "on" else ""))
     readers = f" · then {p['readers']} defect reader{'s' if p['readers'] > 1 else ''}" if p["readers"] else ""
