@@ -20,7 +20,7 @@ from vaekit.export.metadata import metadata_for, sealed, set_metadata
 from vaekit.export.parity import Parity, check_parity, load_parity_images, require_parity, sample_inputs
 from vaekit.export.quantize import QUANTIZE, Quantization, calibration_feeds, quantize_int8
 from vaekit.fileio import refuse_existing, refuse_under_file
-from vaekit.fileio.outputs import MAX_NAME_BYTES, cut_name
+from vaekit.fileio.outputs import MAX_NAME_BYTES, appeared, cut_name, put_in_place
 from vaekit.fileio.leftovers import mark_partial, remove_stale
 from vaekit.images.arrays import as_images
 from vaekit.progress import Progress
@@ -130,7 +130,7 @@ def export(
         if quantize == "int8":
             staged, quant = job.int8(staging, out.name, staged, candidate, user_images, images)
         step(4, "write")
-        final = _publish(staged, out)
+        final = _publish(staged, out, overwrite)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     step(5, "write")
@@ -230,19 +230,29 @@ class _Job:
             "the atypicality (the default defect score stays float32)" if which else "the default score")
 
 
-def _publish(staged: dict[str, Path], out: Path) -> dict[str, Path]:
+def _publish(staged: dict[str, Path], out: Path, overwrite: bool) -> dict[str, Path]:
     """Move the staged files to their names: side files first, the main file last, so a reader
     never pairs a new main file with old parts unnoticed (the fingerprints would differ, and
-    load says so)."""
-    final = part_paths(out)
-    for role in ("encoder", "decoder", "reader", "scorer"):
-        if role not in staged:
-            # a reader file from an earlier export at this name (replaced only with --overwrite,
-            # which _check_out required) would not belong to this model
-            final[role].unlink(missing_ok=True)
-            del final[role]
-            continue
-        with open(staged[role], "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(staged[role], final[role])
+    load says so). Without `overwrite` a file that appeared at a name while the export ran (another
+    export's, a user's) is left as it is and nothing of this export stays (OutputExists)."""
+    final, moved = part_paths(out), []
+    try:
+        for role in ("encoder", "decoder", "reader", "scorer"):
+            if role not in staged:
+                # a reader file from an earlier export at this name (replaced only with --overwrite,
+                # which _check_out required) would not belong to this model
+                if overwrite:
+                    final[role].unlink(missing_ok=True)
+                elif os.path.lexists(final[role]):
+                    raise appeared(final[role])
+                del final[role]
+                continue
+            with open(staged[role], "rb") as f:
+                os.fsync(f.fileno())
+            put_in_place(staged[role], final[role], replace=overwrite)
+            moved.append(final[role])
+    except BaseException:
+        for p in [] if overwrite else moved:  # this export's own, moved a moment ago: no half export stays
+            p.unlink(missing_ok=True)
+        raise
     return final

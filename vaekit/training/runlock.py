@@ -10,6 +10,7 @@ names the holding process; it goes with the process, even on SIGKILL.
 from __future__ import annotations
 
 import os
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -39,7 +40,7 @@ def locked(run_dir: Path, hint: str = "another vaekit command is writing it; wai
     except OSError as e:
         raise BadInput(f"cannot create or lock the run directory {run_dir}: {e.filename or path} {e.strerror or e}") from None
     try:
-        if not try_lock(fd):
+        if not _lock_past_probes(fd):
             raise InUse(f"{run_dir} is in use by process {_holder(fd)} ({hint})")
         try:  # a Ctrl-C while the holder is written is cleaned up too
             os.ftruncate(fd, 0)
@@ -71,11 +72,26 @@ def refuse_in_use(run_dir: Path) -> None:
     except OSError:  # no lock file (a run no training is writing), or one that cannot be opened
         return
     try:
-        if not try_lock(fd):
+        if not _lock_past_probes(fd):
             raise InUse(f"{run_dir} is in use by process {_holder(fd)} (a vaekit train, threshold or encode --fit "
                         "is writing it); wait for it to finish")
     finally:
         os.close(fd)
+
+
+PROBE_GRACE = 0.5  # seconds a lock is tried for: another reader's probe holds it for microseconds
+
+
+def _lock_past_probes(fd: int) -> bool:
+    """try_lock, tried again for up to PROBE_GRACE seconds: a probe takes the lock too, and eight
+    processes loading one run at the same instant refused each other as "in use" (by a process
+    long gone, the lock file's last writer). A writer holds it for minutes and is still refused."""
+    deadline = time.monotonic() + PROBE_GRACE
+    while not try_lock(fd):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def _holder(fd: int) -> str:
