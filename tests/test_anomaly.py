@@ -367,6 +367,11 @@ def test_a_threshold_from_the_training_images_own_scores_says_new_images_score_h
     assert anomaly.section_note({**few, "n": 500}).startswith("These are scores of the images the model trained on")
     assert anomaly.section_note({**few, "n": 500, "source": "calibration"}) is None
     assert anomaly.section_note({**few, "fixed": True}) is None
+    # --calibration-fraction 0: validation images fitted the atypicality's statistics and set its
+    # threshold (one image: its every z 0, its score exactly 16; 90% of new normal images flagged)
+    val = {**few, "n": 500, "source": "validation", "score": "atypicality"}
+    assert anomaly.section_note(val).startswith("The atypicality's statistics were fitted on these same validation")
+    assert anomaly.section_note({**val, "score": "neg_elbo"}) is None  # out of sample for the model itself
 
 
 def test_a_threshold_from_few_scores_says_what_false_positive_rate_to_expect(parts, model, tmp_path):

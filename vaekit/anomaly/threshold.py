@@ -23,17 +23,22 @@ def section_note(section: dict) -> str | None:
     if section.get("fixed"):
         return None
     source = section.get("source", "calibration")
-    return with_source_caveat(few_scores_note(section.get("n", 0), section.get("threshold_quantile"), source), source)
+    note = few_scores_note(section.get("n", 0), section.get("threshold_quantile"), source)
+    return with_source_caveat(note, source, section.get("score"))
 
 
-def with_source_caveat(note: str | None, source: str) -> str | None:
+def with_source_caveat(note: str | None, source: str, score: str | None = None) -> str | None:
     """`note`, and where the scores are the training images' own (--val-fraction 0
     --calibration-fraction 0, or too few images to hold any out), that new normal images score
-    higher than those: the rate by rank holds for the trained-on images only."""
-    if source != "training":
+    higher than those: the rate by rank holds for the trained-on images only. So it is with the
+    atypicality of validation images (--calibration-fraction 0): they fitted its statistics too."""
+    if source == "training":
+        caveat = "these are scores of the images the model trained on"
+    elif source == "validation" and score == "atypicality":
+        caveat = "the atypicality's statistics were fitted on these same validation images"
+    else:
         return note
-    caveat = ("these are scores of the images the model trained on, and new normal images score higher: "
-              "more of them will be flagged")
+    caveat += ", and new normal images score higher: more of them will be flagged"
     return f"{note}; {caveat}" if note else caveat[0].upper() + caveat[1:]
 
 
@@ -323,5 +328,5 @@ def _stored_threshold(model: Model, score: str, estimator: str) -> tuple[float |
     q = info.others_quantile if info.threshold_fixed else info.threshold_quantile  # the others kept theirs
     if q is None:
         return float(t), "stored"
-    note = with_source_caveat(few_scores_note(n, q, info.threshold_from), info.threshold_from)
+    note = with_source_caveat(few_scores_note(n, q, info.threshold_from), info.threshold_from, score)
     return float(t), f"stored: quantile {quantile_text(q)} of {n} {info.threshold_from} {scores}" + (f"; {note}" if note else "")
