@@ -357,6 +357,12 @@ def test_the_few_scores_warning_appears_only_where_the_rate_is_well_above_the_na
     assert anomaly.few_scores_note(1000, 0.99) is None and anomaly.few_scores_note(14, 0.5) is None
     assert anomaly.few_scores_note(0, 0.99) is None and anomaly.few_scores_note(14, None) is None
     assert anomaly.few_scores_note(14, 1.0) is None  # a fixed value above every score: no quantile rate
+    # five cross-fitted scores: each from a fold model of four images, and 28-66% of new normal
+    # digits were flagged where 17% was printed (a helper's measurement, 2026-12-07)
+    assert anomaly.few_scores_note(5, 0.99, "cross-fitted").endswith(
+        "expect 17%; each fold model trained on fewer images still, and new normal images score higher under "
+        "the run's model: expect more")
+    assert anomaly.few_scores_note(5, 0.99, "calibration").endswith("expect 17%")
 
 
 def test_a_threshold_from_the_training_images_own_scores_says_new_images_score_higher():
