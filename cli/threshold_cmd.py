@@ -44,6 +44,9 @@ def threshold(
     elif quantile is None and target_fpr is None and value is None:
         from vaekit.inference.engine import threshold_fields
 
+        from vaekit.training.runlock import refuse_in_use
+
+        refuse_in_use(run)  # a training (or a resume) writing it has no threshold yet: "in use", not "did not finish"
         section = rundir.read_config(run).get("anomaly")
         if not section:
             raise rundir.RunError(f"{run} stores no anomaly threshold (training did not finish)")

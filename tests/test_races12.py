@@ -48,3 +48,15 @@ def test_a_readers_probe_does_not_make_another_reader_or_a_writer_refuse_the_run
     monkeypatch.setattr(runlock, "try_lock", lambda fd: False)  # a training holds it: still refused
     with pytest.raises(InUse, match="is in use by process"):
         runlock.refuse_in_use(ex.run)
+
+
+def test_showing_the_threshold_of_a_run_being_trained_says_it_is_in_use(ex):
+    from typer.testing import CliRunner
+
+    from vaekit.training.runlock import locked
+    from vaekit_cli.main import app
+
+    with locked(ex.run):  # a train --resume writing it (its threshold is taken out while it runs)
+        r = CliRunner().invoke(app, ["threshold", str(ex.run)])
+    assert r.exit_code == 2 and "in use by process" in " ".join(r.output.split())  # was "training did not finish"
+    assert CliRunner().invoke(app, ["threshold", str(ex.run)]).exit_code == 0
