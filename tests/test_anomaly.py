@@ -619,3 +619,11 @@ def test_a_threshold_of_no_or_unusable_scores_is_bad_input_not_an_index_error(sc
         anomaly.threshold_of(scores, 0.99)
     with pytest.raises(BadInput, match="quantile"):
         anomaly.threshold_of([1.0, 2.0], 1.5)
+
+
+def test_the_auprc_of_a_perfect_ranking_is_one_not_a_rounding_above_it():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    labels, scores = np.r_[np.zeros(6), np.ones(9)], np.r_[rng.random(6), 2 + rng.random(9)]
+    assert anomaly.image_metrics(labels, scores)["auprc"] == 1.0  # sklearn's sum gave 1.0000000000000002

@@ -53,7 +53,7 @@ def image_metrics(labels: Sequence[int], scores: Sequence[float], threshold: flo
     best = int(np.argmax(f1))
     out = {
         "auroc": float(roc_auc_score(y, s)),
-        "auprc": float(average_precision_score(y, s)),
+        "auprc": min(1.0, float(average_precision_score(y, s))),  # its sum of steps can round to 1 + 2e-16
         "fpr_at_95_tpr": float(fpr[np.searchsorted(tpr, 0.95, side="left")]),
         "best_f1": float(f1[best]),
         "best_f1_threshold": _strictly_below(s, pr_thresholds[best]),
