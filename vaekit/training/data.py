@@ -133,7 +133,8 @@ def image_statistics(images: np.ndarray, idx: np.ndarray) -> dict[str, float]:
       first. A lamp or a lens lights every image of a fixed camera the same uneven way, and that
       alone gives a surface a structured mean image (a 30% fall-off across 40 images of 256 px:
       0.17-0.44); what a shape leaves in the mean is not quadratic (MNIST 0.24-0.82, faces 0.11).
-    binary: share of values within 0.1 of black or white (0.9 for MNIST, ~0 for photographs).
+    binary: share of values within 0.1 of black or white (0.9 for MNIST, ~0 for photographs);
+      ends: the smaller of the two shares (MNIST 0.05-0.13: ink and paper; a dark photo 0).
     images: how many images `idx` holds (all of them, not the sample); variance: their mean per-pixel variance."""
     pick = np.sort(idx[:: max(1, len(idx) // SAMPLE)])
     step = -(-images.shape[-1] // STATISTICS_SIDE)  # every step-th pixel of images larger than that
@@ -142,9 +143,10 @@ def image_statistics(images: np.ndarray, idx: np.ndarray) -> dict[str, float]:
     variance = max(float(x.var(0).mean()), 1e-12)
     chance = 1.0 / (len(x) - 1) if len(x) > 1 else 0.0
     mean = x.mean(0)
+    dark, light = float((x < 0.1).mean()), float((x > 0.9).mean())
     return {"aligned": float(mean.var()) / variance - chance,
             "aligned_unlit": float(unlit(mean).var()) / variance - chance,
-            "binary": float(((x < 0.1) | (x > 0.9)).mean()), "variance": float(x.var(0).mean()), "images": len(idx)}
+            "binary": dark + light, "ends": min(dark, light), "variance": float(x.var(0).mean()), "images": len(idx)}
 
 
 def unlit(mean: np.ndarray) -> np.ndarray:
@@ -175,10 +177,14 @@ def choose_layout(stats: dict[str, float], side: int | None = None) -> str:
     return "vector" if stats["aligned_unlit" if large else "aligned"] >= LAYOUT_ALIGNED else "grid"
 
 
+BINARY_ENDS = 0.03  # share of pixels near black, and near white, a Bernoulli folder needs (docs/model.md)
+
+
 def choose_model(cfg, stats: dict[str, float], side: int | None = None):
     """Decide every "auto" of a ModelConfig from image_statistics (docs/detection.md has the
     measurements): a latent vector for aligned images, a latent grid for surfaces; Bernoulli for
-    near-binary images (at least 80% black or white), else a Gaussian; 16 latent dimensions for a
+    near-binary images (at least 80% black or white, and at least BINARY_ENDS of each: a dark photo
+    is all near black and no ink on paper), else a Gaussian; 16 latent dimensions for a
     vector, 8 channels per cell for a grid. `side`: the images' own median shorter side, which
     choose_layout judges by where it is smaller than the size they are read at (28 px digits
     read at 128 px are small images); None: that size."""
@@ -186,7 +192,8 @@ def choose_model(cfg, stats: dict[str, float], side: int | None = None):
 
     at = cfg.image_size if side is None else min(side, cfg.image_size)
     layout = cfg.layout if cfg.layout != "auto" else choose_layout(stats, at)
-    likelihood = cfg.likelihood if cfg.likelihood != "auto" else ("bernoulli" if stats["binary"] >= 0.8 else "gaussian")
+    binary = stats["binary"] >= 0.8 and stats.get("ends", 1.0) >= BINARY_ENDS
+    likelihood = cfg.likelihood if cfg.likelihood != "auto" else ("bernoulli" if binary else "gaussian")
     latent_dim = cfg.latent_dim or (16 if layout == "vector" else 8)
     return replace(cfg, layout=layout, likelihood=likelihood, latent_dim=latent_dim)
 
