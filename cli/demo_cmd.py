@@ -76,8 +76,9 @@ def _checked(host: str, max_file_size: str, auth: str | None) -> tuple[str, str]
     if not host.strip():
         raise typer.BadParameter("expected an address such as 127.0.0.1 or 0.0.0.0, got ''", param_hint="--host")
     if ":" in host:  # Gradio builds its own URL from the host unbracketed: an IPv6 literal was a traceback
-        raise typer.BadParameter(f"{shown(host)} is an IPv6 address, which the web app's server (Gradio) cannot "
-                                 "serve on; use 127.0.0.1, 0.0.0.0 or a host name", param_hint="--host")
+        raise typer.BadParameter(f"{shown(host)} is not an address the web app's server (Gradio) can serve on (an "
+                                 "IPv6 address, or HOST:PORT: give the port with --port); use 127.0.0.1, 0.0.0.0 or a "
+                                 "host name", param_hint="--host")
     size = FILE_SIZE.fullmatch(max_file_size)  # Gradio's own parse failed with a traceback (exit 3)
     units = {"b": 0, "kb": 1, "mb": 2, "gb": 3, "tb": 4}
     if not size or int(size[1]) * 1000 ** units[size[2].lower()] > MAX_FILE_SIZE_TB * 1000**4:

@@ -22,7 +22,7 @@ from vaekit.inference.engine import score_unit
 from vaekit.errors import BadInput
 from vaekit_demo import compress_tab, figures, handlers, training
 from vaekit_demo.context import Context, data_folder, warn_skipped
-from vaekit_demo.security import confine, html_text, md_code
+from vaekit_demo.security import confine, md_code
 
 SUMMARY_ROWS = 10  # images the anomaly summary names, highest scores first; the table holds every one
 
@@ -114,7 +114,7 @@ def _skipped_text(skipped) -> str:
     """What `vaekit train` says of the files it could not read: their count and the first few."""
     if not skipped:
         return ""
-    shown = "; ".join(f"{md_code(p.name)}: {html_text(reason)}" for p, reason in skipped[:3])
+    shown = "; ".join(f"{md_code(p.name)}: {md_code(reason)}" for p, reason in skipped[:3])  # no Markdown of theirs
     more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
     return f" Skipped {len(skipped)} unreadable file(s): {shown}{more}."
 

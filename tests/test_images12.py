@@ -137,3 +137,21 @@ def test_a_pngs_shown_size_is_read_without_decoding_it_unless_exif_follows_its_p
     monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", lambda self: loads.append(1) or real(self))
     assert original_size(tmp_path / "plain.png") == (48, 64) and loads == []  # was a whole decode to find no EXIF
     assert original_size(tmp_path / "late.png") == (64, 48) and loads  # a chunk after the pixels: read as decoding does
+
+
+def _png(path, w, h, depth, colour, rows: bytes, trns: bytes) -> None:
+    chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))  # noqa: E731
+    ihdr = struct.pack(">IIBBBBB", w, h, depth, colour, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"tRNS", trns)
+                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def test_a_colour_key_is_matched_at_the_files_own_bit_depth(tmp_path):
+    # 16-bit RGB is read at its high byte: its key (255, 255, 255) is not the 8-bit white of 65535
+    # (an opaque white turned black when the key was compared with the 8-bit pixels)
+    _png(tmp_path / "rgb16.png", 2, 1, 16, 2, b"\0" + np.array([[65535] * 3, [255] * 3], ">u2").tobytes(),
+         struct.pack(">HHH", 255, 255, 255))
+    assert vi.decode(tmp_path / "rgb16.png", 3).tolist() == [[[255, 255, 255], [0, 0, 0]]]
+    # a 2-bit grey key of 3 is the pixel read as 255 (it matched nothing, the key compared unscaled)
+    _png(tmp_path / "grey2.png", 4, 1, 2, 0, b"\0" + bytes([0b00011011]), struct.pack(">H", 3))
+    assert vi.decode(tmp_path / "grey2.png", 1)[..., 0].tolist() == [[0, 85, 170, 0]]

@@ -29,7 +29,7 @@ def test_an_export_leaves_a_file_that_appeared_at_its_names_while_it_ran(ex, tmp
         return real(*a, **k)
 
     monkeypatch.setattr(job, "require_parity", parity_then_a_file_appears)
-    with pytest.raises(OutputExists, match="appeared while this job ran"):
+    with pytest.raises(OutputExists, match="appeared while the export ran and is left as it is; nothing of this export"):
         job.export(ex.run, out)
     assert names[which].read_text() == "my notes"  # was replaced by the export, exit 0
     assert sorted(p.name for p in tmp_path.iterdir()) == [names[which].name]  # nothing half-published, no staging

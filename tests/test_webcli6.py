@@ -25,7 +25,7 @@ def _cli(*args: str):
     (["--max-file-size", "abc"], "such as 25mb"), (["--max-file-size", "25"], "such as 25mb"),
     (["--max-file-size", "0mb"], "such as 25mb"), (["--host", ""], "--host"),
     (["--max-file-size", "18446744073709551616b"], "1000tb"),  # 2**64 bytes: a traceback in Gradio
-    (["--max-file-size", "1001tb"], "1000tb"), (["--host", "::1"], "IPv6"),  # ::1: Gradio's URL a traceback
+    (["--max-file-size", "1001tb"], "1000tb"), (["--host", "::1"], "IPv6"), (["--host", "127.0.0.1:8080"], "HOST:PORT"),  # ::1: Gradio's URL a traceback
 ])
 def test_demo_refuses_bad_options_with_exit_2_and_serves_nothing(args, said, tmp_path, monkeypatch):
     import vaekit_demo.app as demo_app

@@ -14,13 +14,13 @@ from typing import Sequence
 import numpy as np
 
 from vaekit.inference.engine_onnx import part_paths, refuse_model_files
-from vaekit.errors import BadInput
+from vaekit.errors import BadInput, OutputExists
 from vaekit.export.graphs import OPSET, ROLES, export_graphs, export_reader
 from vaekit.export.metadata import metadata_for, sealed, set_metadata
 from vaekit.export.parity import Parity, check_parity, load_parity_images, require_parity, sample_inputs
 from vaekit.export.quantize import QUANTIZE, Quantization, calibration_feeds, quantize_int8
 from vaekit.fileio import refuse_existing, refuse_under_file
-from vaekit.fileio.outputs import MAX_NAME_BYTES, appeared, cut_name, put_in_place
+from vaekit.fileio.outputs import MAX_NAME_BYTES, cut_name, put_in_place
 from vaekit.fileio.leftovers import mark_partial, remove_stale
 from vaekit.images.arrays import as_images
 from vaekit.progress import Progress
@@ -235,24 +235,28 @@ def _publish(staged: dict[str, Path], out: Path, overwrite: bool) -> dict[str, P
     never pairs a new main file with old parts unnoticed (the fingerprints would differ, and
     load says so). Without `overwrite` a file that appeared at a name while the export ran (another
     export's, a user's) is left as it is and nothing of this export stays (OutputExists)."""
-    final, moved = part_paths(out), []
+    final, moved, at = part_paths(out), [], out
     try:
         for role in ("encoder", "decoder", "reader", "scorer"):
+            at = final[role]
             if role not in staged:
                 # a reader file from an earlier export at this name (replaced only with --overwrite,
                 # which _check_out required) would not belong to this model
                 if overwrite:
-                    final[role].unlink(missing_ok=True)
-                elif os.path.lexists(final[role]):
-                    raise appeared(final[role])
+                    at.unlink(missing_ok=True)
+                elif os.path.lexists(at):
+                    raise OutputExists(f"output {at} appeared")
                 del final[role]
                 continue
             with open(staged[role], "rb") as f:
                 os.fsync(f.fileno())
-            put_in_place(staged[role], final[role], replace=overwrite)
-            moved.append(final[role])
-    except BaseException:
+            put_in_place(staged[role], at, replace=overwrite)
+            moved.append(at)
+    except BaseException as e:
         for p in [] if overwrite else moved:  # this export's own, moved a moment ago: no half export stays
             p.unlink(missing_ok=True)
+        if isinstance(e, OutputExists):  # put_in_place's words are a streaming job's (--resume, OUT.partial)
+            raise OutputExists(f"output {at} appeared while the export ran and is left as it is; nothing of this "
+                               "export was kept: move it away and export again, or pass --overwrite") from None
         raise
     return final

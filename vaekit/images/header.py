@@ -52,3 +52,17 @@ def raw_mode(img: Image.Image) -> str:
     args = img.tile[0][3] if img.tile else ""
     args = args[0] if isinstance(args, tuple) and args else args
     return args if isinstance(args, str) else ""
+
+
+def key_at_8_bits(img: Image.Image) -> None:
+    """A PNG's colour key (tRNS) as the 8-bit pixels decoding gives: a 1-, 2- or 4-bit grey key
+    scaled as its pixels are; a 16-bit RGB key dropped, since those pixels are read at their high
+    byte and no 8-bit value tells the key's from others (an opaque 255-white matched a key of 255)."""
+    key, raw = img.info.get("transparency"), raw_mode(img)
+    if key is None or img.mode not in ("L", "RGB"):
+        return
+    if ";16" in raw:
+        del img.info["transparency"]
+    elif raw in ("L;1", "L;2", "L;4") and isinstance(key, int):
+        bits = int(raw[-1])
+        img.info["transparency"] = key * 255 // (2**bits - 1)

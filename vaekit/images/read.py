@@ -25,7 +25,7 @@ from PIL import Image, UnidentifiedImageError
 
 from vaekit.config import MAX_READ_SIZE
 from vaekit.images import convert, png_rows
-from vaekit.images.header import exif_orientation, raw_mode
+from vaekit.images.header import exif_orientation, key_at_8_bits, raw_mode
 from vaekit.errors import BadInput, DamagedFile
 from vaekit.fileio import NotRegularFile, open_regular_file
 
@@ -217,6 +217,7 @@ def _decode_full(path: Path, channels: int, draft: int | None = None, expand: bo
                 raise ImageReadError(path, f"decompression bomb: {w * h} pixels > limit {limit}")
             if before is not None:  # judged from the header, before a pixel is decoded
                 before((full[1], full[0]))
+            key_at_8_bits(img)  # before load, which forgets the raw mode
             img.load()  # first frame: a freshly opened animation sits on frame 0
             orientation = exif_orientation(img)
             x = convert.to_uint8(img, channels)

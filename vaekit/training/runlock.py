@@ -64,8 +64,9 @@ def locked(run_dir: Path, hint: str = "another vaekit command is writing it; wai
 
 def refuse_in_use(run_dir: Path) -> None:
     """InUse when a training (or a threshold) holds the run's lock (`locked`): its weights and config.json are
-    still changing, so a model read from it now would be half-trained. Probed without waiting;
-    the probe's own lock is let go at once."""
+    still changing, so a model read from it now would be half-trained. Probed for up to
+    PROBE_GRACE seconds (another reader's probe holds it for a moment); the probe's own lock is
+    let go at once."""
     path = Path(run_dir) / LOCK
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
