@@ -91,7 +91,7 @@ def _train_worker(folder, out_dir, image_size, latent_dim, epochs, stop: threadi
 
             result, data = train(folder, out_dir, model_cfg, train_cfg, channels="auto", progress=report,
                                  should_stop=stop.is_set, confine_to=confine_to)
-            skipped = {"skipped": list(data.skipped)}  # the files `vaekit train` names as skipped
+            skipped = {"skipped": list(getattr(data, "skipped", None) or [])}  # those `vaekit train` names
             events.put(TrainEvent("stopped") if result.stopped else TrainEvent("done", metrics=skipped, result=result))
         except TrainingStopped:
             events.put(TrainEvent("stopped"))

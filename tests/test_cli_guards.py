@@ -89,7 +89,7 @@ def test_grid_never_written_into_the_run(run, pair, command):
     before = snapshot(run)
     extra = [*pair] if command == "interpolate" else []
     for name in ("grid.png", "sub/grid.png"):
-        refused(invoke(command, run, *extra, "-o", run / name, "--overwrite"), "inside the input folder")
+        refused(invoke(command, run, *extra, "-o", run / name, "--overwrite"), "inside the model's run directory")
     assert snapshot(run) == before
 
 
