@@ -8,11 +8,18 @@ from its parent fail with EXDEV). Its name starts with a dot, so `find_inputs` n
 image folder, and it carries the partial tag (vaekit.fileio.leftovers) by which the next decode into
 the same folder knows a killed one's and removes it. A target whose own folder is on yet another
 filesystem (a link inside the output folder) is copied, synced, then renamed into place.
+
+The moves are journalled (`.moves` in the staging folder, a line before each move), so a decode
+killed while it moves its files (SIGKILL: nothing of it runs again) is taken back by the next
+decode into the same folder: every file of it that is still where it was moved (the same inode,
+size and mtime)
+goes, every file it replaced comes back, every folder it made and left empty goes.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 from contextlib import contextmanager
@@ -24,6 +31,7 @@ from vaekit.fileio.leftovers import mark_partial, remove_stale
 from vaekit.fileio.outputs import appeared, put_in_place
 
 STAGE = ".vaekit-decode-"  # the staging folder's name inside the output folder: STAGE + PID-TOKEN
+JOURNAL = ".moves"  # in the staging folder: the moves begun, one JSON line each (vaekit.fileio.staging)
 
 
 @contextmanager
@@ -37,7 +45,7 @@ def staged(out_dir: Path, targets: Sequence[Path], replace: bool = True) -> Iter
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise cannot_write(e, out_dir) from None
-    remove_stale(out_dir, STAGE)  # a killed decode's
+    remove_stale(out_dir, STAGE, before=lambda old: _take_back(out_dir, old))  # a killed decode's
     remove_stale(out_dir.parent, f".{out_dir.name}.vkc-")  # one left beside it by an earlier vaekit (staged beside)
     staging = out_dir / f"{STAGE}{os.getpid()}-{os.urandom(3).hex()}"
     done = False
@@ -45,7 +53,8 @@ def staged(out_dir: Path, targets: Sequence[Path], replace: bool = True) -> Iter
         mark_partial(staging)
         paths = [staging / Path(t).relative_to(out_dir) for t in targets]
         yield paths
-        _move_all(out_dir, paths, [Path(t) for t in targets], replace, staging / ".replaced")
+        with open(staging / JOURNAL, "w", encoding="ascii") as journal:
+            _move_all(out_dir, paths, [Path(t) for t in targets], replace, staging / ".replaced", journal)
         done = True
     finally:
         _remove(staging, done)
@@ -69,24 +78,28 @@ def _remove(staging: Path, done: bool) -> None:
 
 
 def _move_all(out_dir: Path, paths: Sequence[Path], targets: Sequence[Path], replace: bool = True,
-              keep: Path | None = None) -> None:
+              keep: Path | None = None, journal=None) -> None:
     """Move every staged file onto its target; a Ctrl-C, SIGTERM or write error halfway takes
     back the targets that did not exist before, and the folders made for them, and puts back the
     files it replaced (`replace`), kept as hard links in the folder `keep` until the end, so the
     output is all or nothing (it was the first files moved: the next decode refused them as
-    existing; with --overwrite, the files replaced before the error held the new decode)."""
+    existing; with --overwrite, the files replaced before the error held the new decode).
+    `journal` (a text file) gets the folders it makes and, before each move, the move (`_note`)."""
     new_dirs = sorted({d for t in targets for d in t.parents if d != out_dir and out_dir in d.parents
                        and not (d.exists() or d.is_symlink())}, key=lambda d: len(d.parts), reverse=True)
     moved: list[Path] = []
     replaced: list[tuple[Path, Path]] = []  # (target, the old file's link in `keep`)
+    _note(journal, out_dir, dirs=new_dirs)
     try:
         for s, t in zip(paths, targets):
+            old = None
             if not (t.exists() or t.is_symlink()):
                 moved.append(t)  # before the move: an interrupt right after it still takes it back
             elif not replace:  # every target was free when the job began: this one was put there since
                 raise appeared(t)
-            elif keep is not None:
-                _keep_old(t, keep, replaced)
+            elif keep is not None and _keep_old(t, keep, replaced):
+                old = replaced[-1][1]
+            _note(journal, out_dir, s, t, old)
             try:
                 _move(s, t, replace)  # not replace: never onto a file put there since the look, either
             except OutputExists:
@@ -108,17 +121,77 @@ def _move_all(out_dir: Path, paths: Sequence[Path], targets: Sequence[Path], rep
         raise
 
 
-def _keep_old(target: Path, keep: Path, replaced: list) -> None:
+def _keep_old(target: Path, keep: Path, replaced: list) -> bool:
     """A hard link to the file (or link) at `target` in `keep`, noted in `replaced` once made, so
     that a move that fails later can put it back. Where it cannot be made (the target's folder on
-    another file system, one without hard links), that file is replaced without a way back."""
+    another file system, one without hard links), that file is replaced without a way back (False)."""
     old = keep / str(len(replaced))
     try:
         keep.mkdir(exist_ok=True)
         os.link(target, old, follow_symlinks=False)
     except OSError:
-        return
+        return False
     replaced.append((target, old))
+    return True
+
+
+def _rel(path: Path, out_dir: Path) -> str:
+    """A path under `out_dir` as the journal keeps it: its bytes relative to `out_dir`, in hex
+    (any name, newlines and bytes that are not UTF-8 included, fits on one line)."""
+    return os.fsencode(os.path.relpath(path, out_dir)).hex()
+
+
+def _note(journal, out_dir: Path, staged: Path | None = None, target: Path | None = None,
+          old: Path | None = None, dirs: Sequence[Path] = ()) -> None:
+    """One line of the move journal: the folders the moves will make, or a move about to be
+    made, with the staged file's identity (`_identity`) and where the file it replaces is kept.
+    Flushed, not synced: a killed process's writes are on disk; a lost machine loses the decode."""
+    if journal is None or (staged is None and not dirs):
+        return
+    if staged is None:
+        entry = {"dirs": [_rel(d, out_dir) for d in dirs]}
+    else:
+        st = os.lstat(staged)
+        entry = {"to": _rel(target, out_dir), "id": _identity(st), "old": old.name if old is not None else None}
+    journal.write(json.dumps(entry) + "\n")
+    journal.flush()
+
+
+def _identity(st: os.stat_result) -> list[int]:
+    """What tells the staged file at its target from any other (a rename keeps all four; a file
+    written there since may reuse the freed inode, but not with the same size and nanosecond mtime)."""
+    return [st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns]
+
+
+def _take_back(out_dir: Path, staging: Path) -> None:
+    """Undo what a killed decode's journal says it moved (before its staging folder goes): a file
+    still at its target as it was staged is removed, or replaced by the file it replaced; the
+    folders it made go where empty. A file anyone put there since (another identity) stays."""
+    try:
+        lines = (staging / JOURNAL).read_text(encoding="ascii").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return
+    dirs: list[str] = []
+    for line in reversed(lines):
+        try:
+            entry = json.loads(line)
+            if "dirs" in entry:
+                dirs = entry["dirs"]
+                continue
+            target = out_dir / os.fsdecode(bytes.fromhex(entry["to"]))
+            if _identity(os.lstat(target)) != entry["id"]:
+                continue
+            if entry["old"] is not None:
+                os.replace(staging / ".replaced" / str(int(entry["old"])), target)
+            else:
+                target.unlink()
+        except (ValueError, KeyError, TypeError, OSError):  # a line a kill cut short; a file gone since
+            continue
+    for d in dirs:  # deepest first, as written
+        try:
+            (out_dir / os.fsdecode(bytes.fromhex(d))).rmdir()
+        except (ValueError, OSError):
+            pass
 
 
 def _move(src: Path, dst: Path, replace: bool = True) -> None:
