@@ -81,16 +81,15 @@ def _in_the_way(out: Path, kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", ["file", "folder"])
-@pytest.mark.parametrize("job", ["vkc", "codes", "reconstruct", "reconstruct_to_folder"])
+@pytest.mark.parametrize("job", ["vkc", "codes", "reconstruct_to_folder"])
 def test_a_refused_decode_or_reconstruct_writes_nothing(setup, tmp_path, job, kind):
-    from vaekit.inference.reconstruct import reconstruct_folder, reconstruct_to_folder
+    from vaekit.inference.reconstruct import reconstruct_to_folder
 
     root, run, model, vkc, cf = setup
     out = tmp_path / "out"
     _in_the_way(out, kind)
     before = sorted(p.name for p in out.iterdir())
     call = {"vkc": lambda: codec.decode(model, vkc, out), "codes": lambda: codes.decode_file(model, cf, out),
-            "reconstruct": lambda: reconstruct_folder(model, root / "src", out),
             "reconstruct_to_folder": lambda: reconstruct_to_folder(model, root / "src", out)}[job]
     with pytest.raises(BadInput, match=f"{'sub' if kind == 'file' else 'img001.png'}"):
         call()

@@ -318,7 +318,7 @@ def test_encoding_is_deterministic(model, src, encoded, tmp_path):
 
 
 def test_round_trip_reproduces_reconstruct(model, src, names, encoded, tmp_path):
-    rec = reconstruct.reconstruct_folder(model, src, tmp_path / "rec")
+    rec = reconstruct.reconstruct_to_folder(model, src, tmp_path / "rec")
     assert rec.names == names
     expected = np.stack([np.asarray(Image.open(p)) for p in rec.written])[:, None]  # (N, 1, 16, 16)
     x = model.load_images([src / n for n in names]).images
@@ -386,7 +386,7 @@ def test_existing_outputs_are_kept_unless_overwrite(model, src, names, encoded, 
     with pytest.raises(FileExistsError, match="comparison.png already exists"):
         (tmp_path / "rec").mkdir()
         (tmp_path / "rec" / "comparison.png").write_bytes(b"x")
-        reconstruct.reconstruct_folder(model, src, tmp_path / "rec")
+        reconstruct.reconstruct_to_folder(model, src, tmp_path / "rec")
     assert [p.name for p in (tmp_path / "rec").iterdir()] == ["comparison.png"]
 
 

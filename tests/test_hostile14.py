@@ -43,15 +43,14 @@ def test_decode_file_with_batch_size_none_decodes_in_its_default_batches(setup, 
     assert _files(tmp_path / "none") == _files(tmp_path / "default") and len(_files(tmp_path / "none")) == 12
 
 
-@pytest.mark.parametrize("job", ["reconstruct_folder", "reconstruct_to_folder"])
-def test_reconstruct_with_batch_size_none_is_the_default_batch(setup, tmp_path, job):
+def test_reconstruct_with_batch_size_none_is_the_default_batch(setup, tmp_path):
     # before: BadInput "batch_size must be an integer >= 1 ..., got None" (encode and score took None)
     from vaekit.inference import reconstruct
 
     run, data = setup
     model = vaekit.load(run)
-    getattr(reconstruct, job)(model, data, tmp_path / "default")
-    getattr(reconstruct, job)(model, data, tmp_path / "none", batch_size=None)
+    reconstruct.reconstruct_to_folder(model, data, tmp_path / "default")
+    reconstruct.reconstruct_to_folder(model, data, tmp_path / "none", batch_size=None)
     assert _files(tmp_path / "none") == _files(tmp_path / "default") and len(_files(tmp_path / "none")) == 13
 
 

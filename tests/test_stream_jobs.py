@@ -279,6 +279,6 @@ def test_no_job_decodes_or_scores_the_whole_folder_at_once(setup, tmp_path, monk
         setattr(model, name, lambda x, _real=real, **kw: seen.append(len(x)) or _real(x, **kw))
     anomaly.score_to_file(model, data, tmp_path / "s.json", tmp_path / "maps", threshold=0.0, batch_size=4)
     codes.encode_folder(model, data, tmp_path / "c.codes", batch_size=4)
-    reconstruct.reconstruct_folder(model, data, tmp_path / "rec", batch_size=4)
+    reconstruct.reconstruct_to_folder(model, data, tmp_path / "rec", batch_size=4)
     anomaly.score_to_file(model, data, batch_size=4)
     assert seen and max(seen) <= 4

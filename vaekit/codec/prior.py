@@ -132,12 +132,6 @@ def latents(prior: Prior, sym: np.ndarray, quality: int) -> np.ndarray:
         return ((sym + prior.lo[q - 1][ch]) * prior.step_of(q)).astype(np.float32)
 
 
-def row_tables(prior: Prior, quality: int) -> np.ndarray:
-    """The table of every flat latent value at a quality: (D, K) int64."""
-    q = check_quality(quality, len(prior.steps))
-    return prior.weights[q - 1][prior.channel_of()]
-
-
 # --- storage: one JSON object (config.json "codec", ONNX metadata "vaekit.codec") ----------------
 
 def _pack(a: np.ndarray, dtype: str) -> dict:

@@ -7,7 +7,7 @@ continues with `resume=True` and a share (`shard=(i, n)`) journals on its own. W
 share is complete, one process writes `OUT/comparison.png` (`grid_name`: comparison-1.png when an
 input's reconstruction takes that name; the first `grid_max` inputs beside
 their reconstructions, read back from the PNGs, so it is the same whichever process wrote
-them) and removes the journals. `reconstruct_folder` is the same in one process, not journalled.
+them) and removes the journals.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from vaekit.fileio import refuse_existing, refuse_inside
 from vaekit.inference.engine_onnx import refuse_model_files
 from vaekit.images.arrays import check_batch_size, check_int
 from vaekit.images.quality import SSIM_MISSING, psnr, ssim
-from vaekit.progress import Progress
 from vaekit.stream import pipeline
 from vaekit.stream.batches import Layout, check_number, digest
 from vaekit.stream.headers import journaled_inputs
@@ -75,81 +74,6 @@ class ReconstructReport:
             "ssim_note": None if self.ssim is not None else SSIM_MISSING,
             "skipped": [{"file": str(p), "reason": r} for p, r in self.skipped],
         }
-
-
-def _targets(model: "Model", source, out_dir: Path, overwrite: bool, grid_max: int):
-    """(the inputs, each one's PNG name relative to out_dir, the comparison grid's path), every
-    target checked by the output rule before anything is read."""
-    from vaekit import codes
-    from vaekit.codes.targets import check_targets
-
-    if not isinstance(grid_max, int) or isinstance(grid_max, bool) or grid_max < 1:
-        raise BadInput(f"invalid grid_max {grid_max!r}: expected an integer >= 1")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise BadInput(f"output {out_dir} exists and is not a folder")
-    refuse_inside(out_dir, source, "output folder", folder=True)  # its PNGs would be read back as inputs
-    refuse_model_files(out_dir, model.info.source, "output folder")  # --overwrite would replace the run's files
-    found = stream.find_inputs(source, once=True)
-    targets = codes.png_names(found.names)
-    grid = out_dir / grid_name(targets)
-    check_targets(out_dir, [*(out_dir / t for t in targets), grid], overwrite,
-                  inputs=found.sources, model=model.info.source, folder=True)
-    return found, targets, grid
-
-
-def reconstruct_folder(
-    model: "Model",
-    source: str | Path,
-    out_dir: str | Path,
-    overwrite: bool = False,
-    grid_max: int = 32,
-    progress: Progress | None = None,
-    batch_size: int | None = BATCH_SIZE,
-    workers: int = 0,
-) -> ReconstructReport:
-    """Reconstruct every image under `source` (z = posterior mean) into `out_dir` (`vaekit reconstruct`).
-
-    Writes `<out_dir>/<name>.png` per image and `<out_dir>/comparison.png`: up to `grid_max`
-    inputs, each followed by its reconstruction. Every target is checked before writing.
-    Streams: images are decoded, reconstructed and written a batch at a time (batch_size None: 256).
-    """
-    check_flags(overwrite=overwrite)
-    batch_size = check_batch_size(batch_size, BATCH_SIZE)
-    out_dir = Path(out_dir)
-    found, targets, grid = _targets(model, source, out_dir, overwrite, grid_max)
-    info = model.info
-    kept, written, psnrs, ssims, shown, skipped, done = [], [], [], [], [], [], 0
-
-    def save(pngs) -> None:  # in a writing thread, while the next batch is reconstructed
-        for img, path in pngs:
-            imageio.save_png(img, path)
-
-    with pipeline.WriteBehind(save) as writer:
-        for b in stream.iter_batches(found.paths, info.image_size, info.channels, batch_size, workers):
-            skipped += b.skipped
-            done += len(b.paths) + len(b.skipped)
-            if len(b.paths):
-                x = b.images
-                x_hat = imageio.to_uint8(model.reconstruct(x))
-                paths = [out_dir / targets[i] for i in b.positions]
-                writer.put(list(zip(x_hat, paths)))
-                kept += [found.names[i] for i in b.positions]
-                written += paths
-                psnrs.append(psnr(x, x_hat))
-                try:
-                    ssims.append(None if ssims and ssims[-1] is None else ssim(x, x_hat))
-                except ImportError:  # a vaekit[runtime] box: PSNR only, and the CLI says why
-                    ssims.append(None)
-                room = grid_max - sum(len(p) for p in shown) // 2
-                if room > 0:
-                    shown.append(np.stack([x[:room], x_hat[:room]], axis=1).reshape(-1, *x.shape[1:]))  # input, recon, ...
-            if progress:
-                progress(done, len(found.paths))
-    if not kept:
-        raise imageio.none_usable(f"in {source}", skipped)
-    imageio.save_png(imageio.make_grid(np.concatenate(shown), ncol=8), grid)
-    similarity = None if any(s is None for s in ssims) else np.concatenate(ssims)
-    return ReconstructReport(out_dir, kept, written, grid, np.concatenate(psnrs), similarity, skipped, found.repeated)
 
 
 @dataclass
