@@ -192,3 +192,28 @@ def test_maps_beside_the_output_under_another_name_still_works(setup, tmp_path):
     out = tmp_path / "s.csv"
     r = invoke("anomaly-score", run, data, "-o", out, "--score", "recon", "--maps", tmp_path / "s.csv.maps")
     assert r.exit_code == 0 and out.is_file() and len(list((tmp_path / "s.csv.maps").iterdir())) == 6, r.output
+
+
+def test_an_explicit_share_whose_journal_was_moved_while_it_ran_exits_2(setup, tmp_path):
+    """Share 0 of 2 (share 1 done first) found no journal at its name when it finished: it listed
+    itself as pending ("waiting for 0"), counted 0 of 0 images and exited 0; OUT could never be
+    written. It is InUse naming the journal, as unsharded; put back, the resume merges OUT."""
+    from vaekit import anomaly
+    from vaekit.errors import InUse
+
+    run, data = setup
+    out, moved = tmp_path / "s.csv", tmp_path / "moved"
+    journal = Path(f"{out}.shard-0-of-2.partial")
+    args = ("anomaly-score", run, data, "-o", out, "--threshold", "0", "--batch-size", "2")
+    r = invoke(*args, "--shard", "1/2")
+    assert r.exit_code == 0 and "waiting for 0" in r.output, r.output
+    model = acting_model(run, "score", 1, lambda: journal.rename(moved))
+    with pytest.raises(InUse, match="shard-0-of-2.partial was moved, removed or replaced while this job ran"):
+        anomaly.score_to_file(model, data, out, threshold=0.0, batch_size=2, shard=(0, 2))
+    assert not out.exists() and moved.exists()
+    moved.rename(journal)
+    r = invoke(*args, "--shard", "0/2", "--resume")
+    assert r.exit_code == 0 and out.exists(), r.output
+    whole = tmp_path / "whole.csv"
+    assert invoke("anomaly-score", run, data, "-o", whole, "--threshold", "0", "--batch-size", "2").exit_code == 0
+    assert out.read_bytes() == whole.read_bytes()

@@ -316,10 +316,12 @@ def finish_when_complete(shares: Shares, torchrun: bool, timeout: float | None, 
     Under torchrun only rank 0 merges, after waiting for the others; with explicit shards
     whichever share sees them all complete first takes OUT.merging's lock and merges."""
     index, count = shares.layout.index, shares.count
+    if not shares.complete(index):  # nothing else would ever merge its rows (an explicit share's
+        if count > 1 and _merged_elsewhere(shares):  # too: it listed itself as pending, exit 0, OUT
+            return False, []  # never written), unless another share's process merged them already
+        raise _own_lost(shares, index)
     if count > 1 and torchrun and index != 0:
         return False, []
-    if (count == 1 or torchrun) and not shares.complete(index):
-        raise _own_lost(shares, index)  # no other process merges it: nothing to wait for
     if torchrun:
         shares.wait(timeout, progress)
     pending = shares.pending()
@@ -336,10 +338,24 @@ def finish_when_complete(shares: Shares, torchrun: bool, timeout: float | None, 
     return False, []
 
 
+def _merged_elsewhere(shares: Shares) -> bool:
+    """Whether another share's process merged every journal (its own finished as this one's last
+    line was written): OUT is there and no share's journal is. A journal moved away leaves the
+    others' in place, since no share can merge without it. A merge removes them one by one after
+    writing OUT: for up to a second, OUT there with some journals left is one still removing them."""
+    for _ in range(20):
+        if not shares.out.exists():
+            return False
+        if not any(os.path.lexists(shares.journal(j)) for j in range(shares.count)):
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def _own_lost(shares: Shares, index: int) -> InUse:
     """This process's own journal, all its batches just written, is no longer at its name: moved,
-    removed or replaced while the job ran. Unsharded (or rank 0) nothing else would ever merge it:
-    an exit 0 without OUT (or a rank 0 waiting for ever) hid that; the rows are in the file moved."""
+    removed or replaced while the job ran. Nothing else would ever merge it: an exit 0 without OUT
+    (a share "waiting for" itself, a rank 0 waiting for ever) hid that; the rows are in the file moved."""
     path = shares.journal(index)
     return InUse(f"{path} was moved, removed or replaced while this job ran, so {shares.out} was not written; put "
                  f"the journal back at {path.name} and run the same command with --resume")
