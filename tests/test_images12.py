@@ -56,7 +56,7 @@ def test_a_lossless_archive_refuses_16_bit_rgb_which_pillow_opens_as_rgb(tmp_pat
 @pytest.mark.parametrize("suffix", [".tif", ".jpg", ".png"])
 @pytest.mark.parametrize("orientation", [1, 3, 6, 8])
 def test_the_shown_size_is_the_decoded_one_whatever_the_format(tmp_path, suffix, orientation):
-    from vaekit.anomaly.masks import file_shown_size as _shown_size
+    from vaekit.images import file_shown_size as _shown_size
     from vaekit.codes.sizes import original_size
 
     exif = Image.Exif()

@@ -71,16 +71,10 @@ def read_mask(path: Path | None, name: str, size: int, crop: bool = True, image:
     except imageio.ImageReadError as e:
         raise BadInput(f"mask {e.path} cannot be read: {e.reason}") from None
     if crop and image is not None:  # the centre crop would hide another aspect ratio, and its pixels miss the image's
-        (mw, mh), (w, h) = file_shown_size(path), file_shown_size(image)
+        (mw, mh), (w, h) = imageio.file_shown_size(path), imageio.file_shown_size(image)
         if abs((mw / mh) / (w / h) - 1) > MASK_ASPECT_SLACK:
             raise BadInput(f"the mask of {name} is {mw}x{mh}, its image {w}x{h}: a mask must have its image's aspect ratio")
     return mask
-
-
-def file_shown_size(path) -> tuple[int, int]:
-    """(width, height) of an image file as vaekit reads it (EXIF rotation applied), from its header."""
-    with imageio.open_image(path) as img:
-        return imageio.shown_size(img)
 
 
 MASK_ASPECT_SLACK = 0.03  # a mask's aspect ratio may differ from its image's by this much (rounding, JPEG draft)

@@ -25,7 +25,7 @@ from PIL import Image, UnidentifiedImageError
 
 from vaekit.config import MAX_READ_SIZE
 from vaekit.images import convert, png_rows
-from vaekit.images.header import exif_orientation, key_at_8_bits, raw_mode
+from vaekit.images.header import exif_orientation, key_at_8_bits, raw_mode, shown_size
 from vaekit.errors import BadInput, DamagedFile
 from vaekit.fileio import NotRegularFile, open_regular_file
 
@@ -114,6 +114,13 @@ def open_image(path: str | Path, check_rows: bool = False) -> Iterator[Image.Ima
                     raise ImageReadError(path, why)
     finally:
         f.close()
+
+
+def file_shown_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) of an image file as decoding gives it (EXIF rotation applied), from its
+    header: no pixel is decoded (a big image's DecompressionBombWarning is ignored, above)."""
+    with open_image(path) as img:
+        return shown_size(img)
 
 
 def check_channels(channels: int) -> None:
