@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, List, Optional
 
 import typer
 
-from vaekit_cli.output import (DEVICE_HELP, Device, apply_threads, console, dumps_json, err_console, image_rate,
-                               load_model, note_repeated, number, parse_share, progress_bar, shown, tidy_outputs)
+from vaekit_cli.output import (DEVICE_HELP, Device, apply_threads, console, dumps_json, err_console,
+                               load_model, note_repeated, number, parse_share, progress_bars, shown, tidy_outputs)
 
 MODEL_HELP = "A training run directory, or an exported .onnx model."
 TABLE_ROWS = 20  # the terminal shows at most this many images (the most anomalous); files get all
@@ -121,15 +120,8 @@ def _gate(report) -> None:
         raise typer.Exit(1)
 
 
-@contextmanager
 def _scoring_bar():
-    """A progress(done, total) callback drawing rich bars on stderr; None when stderr is not a
-    terminal, where a stopped bar still prints a blank line before an error's one line."""
-    if not err_console.is_terminal:
-        yield None
-        return
-    with progress_bar(transient=True) as bars:
-        yield image_rate(bars, {"score": "scoring", "load": "reading images", "merge": "waiting for the other ranks"})
+    return progress_bars({"score": "scoring", "load": "reading images", "merge": "waiting for the other ranks"})
 
 
 def _print_scores(report, inputs) -> None:

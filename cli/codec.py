@@ -16,7 +16,7 @@ from typing import Annotated, Optional
 import typer
 
 from vaekit_cli.output import (DEVICE_HELP, EXIT_TERMINATED, Device, Terminated, apply_threads, console, dumps_json,
-                               err_console, image_rate, load_model, note_repeated, parse_share, progress_bar, shown,
+                               err_console, load_model, note_repeated, parse_share, progress_bars, shown,
                                tidy_outputs)
 
 ModelArg = Annotated[Path, typer.Argument(help="Run directory or exported .onnx file.", exists=True)]
@@ -58,15 +58,10 @@ class Size(str, Enum):
 LOSSLESS_PHASES = {"": "reading images", "fit": "fitting the pixel model", "code": "coding images"}
 
 
-@contextmanager
 def _progress(label: str, quiet: bool, phases: dict[str, str] | None = None):
-    """A progress(done, total) callback drawing rich bars on stderr (none with --json): one labelled
-    `label`, or one per phase that `phases` names (a lossless encode reads, fits, then codes)."""
-    if quiet or not err_console.is_terminal:
-        yield None
-        return
-    with progress_bar(transient=True) as bars:
-        yield image_rate(bars, phases or {"": label})
+    """Bars on stderr (none with --json): one labelled `label`, or one per phase that `phases`
+    names (a lossless encode reads, fits, then codes)."""
+    return progress_bars(phases or {"": label}, quiet)
 
 
 TABLE_ROWS = 20  # reconstruct's table shows every image up to this many, else the worst this many

@@ -7,6 +7,7 @@ import math
 import os
 import re
 import sys
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 
@@ -208,6 +209,18 @@ def image_rate(bars: Progress, labels: dict[str, str]):
         bars.update(task, completed=done, total=total, info=f"{rate:,.0f} img/s" if shown_rate else "")
 
     return progress
+
+
+@contextmanager
+def progress_bars(labels: dict[str, str], quiet: bool = False):
+    """A progress(done, total, phase="") callback drawing rich bars on stderr, one per phase that
+    `labels` names (`image_rate`); None with `quiet` (--json) or where stderr is not a terminal,
+    where a stopped bar would still print a blank line before an error's one line."""
+    if quiet or not err_console.is_terminal:
+        yield None
+        return
+    with progress_bar(transient=True) as bars:
+        yield image_rate(bars, labels)
 
 
 def progress_bar(transient: bool = False) -> Progress:
