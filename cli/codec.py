@@ -233,11 +233,14 @@ def vs_sources(source_bytes: int, file_bytes: int) -> str:
 
 
 def _is_vkc(path: Path) -> bool:
+    """A .vkc by its first bytes, or by its name where they are not a code file's (safetensors: a
+    header length, then "{"): an empty or damaged .vkc is refused as one, not as "a code file"."""
     from vaekit.fileio import check_regular, open_regular_file
 
     check_regular(path, "code file")  # a FIFO or device is exit 2, never waited on
     with open_regular_file(path) as f:
-        return f.read(3) == b"VKC"
+        head = f.read(9)
+    return head[:3] == b"VKC" or (path.suffix.lower() == ".vkc" and head[8:9] != b"{")
 
 
 def _share_pending(report, out, as_json: bool) -> None:

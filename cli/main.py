@@ -138,9 +138,9 @@ class GuardedGroup(TyperGroup):
         except Exception as exc:  # noqa: BLE001 - this is the top-level handler
             if debug():
                 raise
-            if isinstance(exc, ModuleNotFoundError):
-                from vaekit.errors import missing_extra
+            from vaekit.errors import VaekitError, missing_extra
 
+            if isinstance(exc, ImportError) and not isinstance(exc, VaekitError):
                 exc = missing_extra(exc) or exc
             exc = _name_too_long(exc) or exc
             if not _classified(exc):  # a bug: keep its traceback, and say so

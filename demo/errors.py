@@ -28,7 +28,7 @@ def guard_errors(fn, roots: tuple[Path, ...] = ()):
     Anything else is a bug: its traceback goes to the server's log, the page asks to report it."""
 
     def error(e: BaseException) -> gr.Error:
-        if isinstance(e, ModuleNotFoundError) and missing_extra(e) is not None:
+        if isinstance(e, ImportError) and not isinstance(e, VaekitError) and missing_extra(e) is not None:
             e = missing_extra(e)
         elif isinstance(e, LinkOutside):  # the app confines scans to --data-root only: said as the page knows it
             e = BadInput(f"{e.link} is a symbolic link to outside the app's data folder (--data-root), which the app "

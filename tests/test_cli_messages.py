@@ -86,6 +86,20 @@ def test_a_missing_gradio_is_the_missing_extra_message_and_exit_2(tmp_path):
     assert "pip install 'vaekit[demo]'" in r.stderr and "Traceback" not in r.stderr and "bug" not in r.stderr
 
 
+@pytest.mark.slow  # starts the installed vaekit in a fresh process
+def test_a_torch_that_is_installed_but_fails_to_import_is_one_line_and_exit_2(tmp_path):
+    """A broken install (a shared library missing) raises a plain ImportError inside torch: only a
+    ModuleNotFoundError was told apart, so this printed a traceback and "a bug in vaekit"."""
+    (tmp_path / "torch.py").write_text("raise ImportError('libtorch_cpu.so: cannot open shared object file')\n")
+    (tmp_path / "data").mkdir()
+    r = subprocess.run([EXE, "train", "data", "--out", "run"], capture_output=True, text=True, timeout=120,
+                       cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert r.returncode == 2, r.stderr
+    assert "torch is installed but cannot be imported (libtorch_cpu.so" in r.stderr, r.stderr
+    assert "pip install --force-reinstall 'vaekit[train]'" in r.stderr
+    assert "Traceback" not in r.stderr and "bug" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("command, said", [
     (["export"], 'They run with `pip install "vaekit[runtime]"`, no torch.'),
     (["reconstruct"], "(SSIM needs vaekit[metrics])."),

@@ -321,3 +321,19 @@ def test_a_file_put_at_the_target_while_encode_fit_codes_is_not_replaced(setup, 
         assert again != staged
         again.write_bytes(b"coded")
     assert target.read_bytes() == b"coded" and [p.name for p in target.parent.iterdir()] == ["a.vkc"]
+
+
+@pytest.mark.parametrize("content", [b"", b"XKC3" + b"\0" * 60])
+def test_an_empty_or_damaged_vkc_is_refused_as_a_vkc(tmp_path, content):
+    """An empty .vkc, or one whose first byte was damaged, went to the code-file reader: "code file
+    x.vkc is corrupt ... not a safetensors file" (or a header of 4e17 bytes)."""
+    from typer.testing import CliRunner
+
+    from export_support import random_run
+    from vaekit_cli.main import app
+
+    run = random_run(tmp_path / "run", image_size=16, channels=1, latent_dim=4, base_channels=4)
+    (tmp_path / "x.vkc").write_bytes(content)
+    r = CliRunner().invoke(app, ["decode", str(run), str(tmp_path / "x.vkc"), "-o", str(tmp_path / "out")])
+    assert r.exit_code == 2 and "is not a .vkc file" in r.output and "code file" not in r.output, r.output
+    assert not (tmp_path / "out").exists()

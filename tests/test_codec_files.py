@@ -394,3 +394,21 @@ def test_colour_images_and_a_latent_grid(tmp_path):
     d = codec.decode(model, r.path, tmp_path / "exact")
     y = np.stack([np.asarray(Image.open(tmp_path / "exact" / f"{i}.png")).transpose(2, 0, 1) for i in range(8)])
     assert np.array_equal(y, x)
+
+
+def test_a_lossless_decode_names_the_models_own_refusal_not_damage(coded, tmp_path, monkeypatch):
+    """An export whose decoder part is missing (or foreign) refused inside the decoding loop, and the
+    loop reworded it "all.vkc cannot be decoded (...); it is damaged or was written by another
+    engine": a user could throw a good archive away. The model's own message comes through."""
+    from vaekit.codec.net import Net
+    from vaekit.errors import DamagedFile
+
+    model, _, _, lossless = coded
+
+    def missing(self, z):
+        raise DamagedFile("m.decoder.onnx is missing: decode needs it beside m.onnx")
+
+    monkeypatch.setattr(Net, "likelihood", missing)
+    with pytest.raises(DamagedFile, match="^m.decoder.onnx is missing") as e:
+        codec.decode(model, lossless.path, tmp_path / "out")
+    assert "damaged or was written by another engine" not in str(e.value) and not (tmp_path / "out").exists()

@@ -51,13 +51,22 @@ EXTRAS = {"torch": "train", "sklearn": "metrics", "onnx": "onnx", "onnxscript": 
           "skimage": "metrics", "matplotlib": "plot", "gradio": "demo", "gradio_client": "demo"}
 
 
-def missing_extra(exc: ModuleNotFoundError) -> MissingExtra | None:
-    """The MissingExtra naming the extra that installs the module `exc` lacks; None for a module
-    no extra provides (then the import error is a bug)."""
-    extra = EXTRAS.get((exc.name or "").split(".")[0])
-    if extra is None:
+def missing_extra(exc: ImportError) -> MissingExtra | None:
+    """The MissingExtra naming the extra that installs the module `exc` lacks, or the extra's
+    package that is installed but fails to import (a broken install, a missing shared library:
+    the error raised inside that package); None otherwise (then the import error is a bug)."""
+    extra = EXTRAS.get((exc.name or "").split(".")[0]) if isinstance(exc, ModuleNotFoundError) else None
+    if extra is not None:
+        return MissingExtra(f"this needs {exc.name}, which is not installed: pip install 'vaekit[{extra}]'")
+    broken, tb = None, exc.__traceback__
+    while tb is not None:  # the innermost frame of an extra's package the error came through
+        package = str(tb.tb_frame.f_globals.get("__name__", "")).split(".")[0]
+        broken = package if package in EXTRAS else broken
+        tb = tb.tb_next
+    if broken is None:
         return None
-    return MissingExtra(f"this needs {exc.name}, which is not installed: pip install 'vaekit[{extra}]'")
+    return MissingExtra(f"{broken} is installed but cannot be imported ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+                        f"reinstall it: pip install --force-reinstall 'vaekit[{EXTRAS[broken]}]'")
 
 
 class TrainingFailed(VaekitError, RuntimeError):

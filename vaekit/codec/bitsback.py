@@ -31,7 +31,7 @@ import numpy as np
 
 from vaekit.codec import colour, fitted, tables
 from vaekit.codec.fitted import NEIGHBOURS  # (dy, dx) of a pixel context: vaekit.model.objective.causal_neighbours
-from vaekit.errors import DamagedFile
+from vaekit.errors import DamagedFile, VaekitError
 from vaekit.model.likelihood_np import LEVELS, logistic_cdf_edges
 
 LATENT_BITS = 10  # buckets per latent value: 2**10 (docs/codec.md: 8, 10 and 12 measured)
@@ -191,6 +191,8 @@ def decode_chunk(net, words: np.ndarray, count: int, bits: int = LATENT_BITS, so
             check = int(tables.pop_uniform(coder, 1, 1 << CHECK_BITS)[0])
             j = tables.pop_uniform(coder, net.latent_dim, 1 << bits)
             x = pop_pixels(coder, net.likelihood(centres[j]), shape, net.pixels)
+        except VaekitError:  # the model's own refusal (an export's part missing or foreign), not the archive's
+            raise
         except (ValueError, RuntimeError, OverflowError) as e:  # the coder ran dry: wrong or damaged data
             raise Desynchronised(f"{source} cannot be decoded ({e}); it is damaged or was written by another engine") from None
         if crc(x) != check:
