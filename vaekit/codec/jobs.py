@@ -29,7 +29,7 @@ from vaekit.codec.store import decoded, earlier_hashes, shape_problem, stored_pr
 from vaekit.fileio.staging import staged
 from vaekit.images.arrays import check_int
 from vaekit.inference.engine_onnx import refuse_model_files
-from vaekit.codes.jobs import decodable
+from vaekit.codes.jobs import check_model, decodable
 from vaekit.codes.sizes import restore_image, source_facts
 from vaekit.codes.targets import check_targets, png_names
 from vaekit.errors import BadInput, check_flags
@@ -230,7 +230,7 @@ def decode(model, archive: str | Path, out_dir: str | Path, size: str = "model",
     refuse_under_file(out_dir)
     # --overwrite would replace the run's own files
     refuse_inside(out_dir, model.info.source, "output folder", kind="the model's run directory")
-    header, offset = container.read_header(archive, lambda h: _check_fingerprint(h, model, archive))  # names after
+    header, offset = container.read_header(archive, lambda h: check_model(h, model, str(archive), container.ArchiveModelMismatch))  # names after
     _check_model(header, model, archive)
     prior = stored_prior(model, header.tables) if header.mode == "lossy" else None
     if header.mode == "lossy" and prior is None:
@@ -247,15 +247,6 @@ def decode(model, archive: str | Path, out_dir: str | Path, size: str = "model",
     with staged(out_dir, targets, replace=overwrite) as paths:
         _decode_into(model, prior, header, archive, offset, paths, size, progress)
     return DecodeResult(out_dir, targets, header.mode, time.perf_counter() - t0)
-
-
-def _check_fingerprint(header: container.Header, model, archive: Path) -> None:
-    info = model.info
-    if header.fingerprint != info.fingerprint:
-        raise container.ArchiveModelMismatch(f"{archive} was encoded by model {header.fingerprint}, but {info.source} "
-                                             f"is model {info.fingerprint}; decode with the model that encoded it")
-    if (header.image_size, header.channels, header.latent_dim) != (info.image_size, info.channels, info.latent_dim):
-        raise container.ArchiveModelMismatch(f"{archive} does not match the shape of model {info.source}")
 
 
 def _check_model(header: container.Header, model, archive: Path) -> None:

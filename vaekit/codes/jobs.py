@@ -260,16 +260,17 @@ def _write_code_file(shares, report: EncodeReport, info, source, overwrite: bool
     report.source_pixels = int(sizes.astype(np.int64).prod(1).sum())
 
 
-def check_model(cf: CodeFile, model: "Model", source: str = "code file") -> None:
-    """Raise FingerprintMismatch unless `model` is the one that wrote `cf`."""
+def check_model(cf, model: "Model", source: str = "code file", error: type = FingerprintMismatch) -> None:
+    """Raise `error` unless `model` is the one that wrote `cf` (a CodeFile, or a .vkc's header:
+    anything with its fingerprint, latent_dim, image_size and channels)."""
     info = model.info
     if cf.fingerprint != info.fingerprint:
-        raise FingerprintMismatch(
+        raise error(
             f"{source} was encoded by model {cf.fingerprint}, but {info.source} is model {info.fingerprint}; "
             "decode with the model that encoded it"
         )
     if (cf.latent_dim, cf.image_size, cf.channels) != (info.latent_dim, info.image_size, info.channels):
-        raise FingerprintMismatch(f"{source} does not match the shape of model {info.source}")
+        raise error(f"{source} does not match the shape of model {info.source}")
 
 
 @dataclass
