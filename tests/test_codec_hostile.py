@@ -187,6 +187,26 @@ def test_a_fit_is_stored_once_the_file_is_written_and_decodes(setup, tmp_path):
     assert len(codec.decode(model, tmp_path / "x.vkc", tmp_path / "out").written) == 12
 
 
+def test_a_fit_encode_does_not_replace_a_file_put_at_its_output_while_it_stored_the_tables(setup, tmp_path, monkeypatch):
+    """encode --fit looked for a file at OUT, stored the tables, then renamed its file onto OUT: one put
+    there in between (another encode, a user's) was replaced, exit 0. It is refused and kept."""
+    from vaekit.codec import store
+
+    root, run, *_ = setup
+    shutil.copytree(run, tmp_path / "run")
+    out, real = tmp_path / "x.vkc", store.save_prior
+
+    def storing(*a, **kw):
+        out.write_bytes(b"put there meanwhile")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(store, "save_prior", storing)
+    r = invoke("--threads", 1, "encode", tmp_path / "run", root / "src", "-o", out, "--quality", 3, "--fit", root / "src")
+    assert r.exit_code == 2 and "x.vkc" in r.output, r.output
+    assert out.read_bytes() == b"put there meanwhile"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "x.vkc"]
+
+
 @pytest.mark.parametrize("mode", [["--quality", "3"], ["--lossless"]])
 def test_precision_with_a_vkc_is_refused(setup, tmp_path, mode):
     root, run, *_ = setup

@@ -22,6 +22,7 @@ from vaekit.codec import container, lossy, residual, tables, transform
 from vaekit.codec import prior as priors
 from vaekit.errors import BadInput
 from vaekit.fileio import refuse_existing
+from vaekit.fileio.outputs import put_in_place
 from vaekit.images.arrays import check_int
 
 EARLIER = "earlier"  # the key, inside the codec section, of the table sets a refit replaced
@@ -218,8 +219,9 @@ def staged_for_fit(target: str | Path, prior: priors.Prior | None, run_dir: str 
     then does the file take `target`'s place: a refused encode changes nothing, and a failed store
     (the run locked by another command) leaves the run and a file at `target` that --overwrite
     would replace as they were, with nothing of the new file left; without `overwrite`, a file put
-    at `target` while this one was coded is refused, not replaced. Without new tables: `target`
-    itself, nothing after."""
+    at `target` while this one was coded is refused, not replaced (one put there while the tables
+    were stored, too: they stay stored, beside the earlier ones, which still decode their files).
+    Without new tables: `target` itself, nothing after."""
     target = Path(target)
     if prior is None:
         yield target
@@ -229,7 +231,7 @@ def staged_for_fit(target: str | Path, prior: priors.Prior | None, run_dir: str 
         yield staged
         refuse_existing(target, overwrite)
         save_prior(run_dir, prior, model)
-        os.replace(staged, target)
+        put_in_place(staged, target, overwrite)  # not onto a file put there while the tables were stored
     except BaseException:
         staged.unlink(missing_ok=True)  # its tables are nowhere: it would decode nothing
         raise
