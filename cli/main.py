@@ -27,7 +27,6 @@ def _restore_ctrl_c() -> None:
 
 
 try:
-    import errno
     import inspect
     import re
     import sys
@@ -138,12 +137,10 @@ class GuardedGroup(TyperGroup):
         except Exception as exc:  # noqa: BLE001 - this is the top-level handler
             if debug():
                 raise
-            from vaekit.errors import VaekitError, missing_extra
+            from vaekit.errors import as_user_sees_it, is_user_error
 
-            if isinstance(exc, ImportError) and not isinstance(exc, VaekitError):
-                exc = missing_extra(exc) or exc
-            exc = _name_too_long(exc) or exc
-            if not _classified(exc):  # a bug: keep its traceback, and say so
+            exc = as_user_sees_it(exc)
+            if not is_user_error(exc):  # a bug: keep its traceback, and say so
                 import traceback
 
                 traceback.print_exception(exc)
@@ -172,24 +169,6 @@ def _refuse_empty(args: list[str]) -> None:
                 f"{args[i - 1]} is given an empty value" if i and args[i - 1].startswith("-") and not after_dashes \
                 else "an argument is empty"
             raise BadInput(f"{where}: name the path or value (a shell variable left unset?)")
-
-
-def _name_too_long(exc: BaseException):
-    """A path the user named that the file system cannot take (ENAMETOOLONG, from any stat or
-    open: `-o` with a 256-byte name was a traceback, exit 3) as BadInput naming it; else None."""
-    if not (isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG):
-        return None
-    from vaekit.errors import BadInput
-
-    name = os.fsdecode(exc.filename) if exc.filename is not None else "a path"
-    return BadInput(f"{name}: a name longer than the file system takes (255 bytes a file or folder name, "
-                    f"4095 a path); give a shorter one")
-
-
-def _classified(exc: BaseException) -> bool:
-    from vaekit.errors import VaekitError
-
-    return isinstance(exc, (VaekitError, FileNotFoundError, FileExistsError))
 
 
 app = typer.Typer(

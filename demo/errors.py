@@ -11,13 +11,10 @@ from pathlib import Path
 
 import gradio as gr
 
-from vaekit.errors import BadInput, VaekitError, missing_extra
+from vaekit.errors import BadInput, as_user_sees_it, is_user_error
 from vaekit.images import LinkOutside
 from vaekit_demo.security import html_text, public_message
 
-# Mistakes a user can make (bad file, missing folder, wrong model): shown as a message. The two
-# built-in types stay until every module raises vaekit's own (vaekit/errors.py) for them.
-USER_ERRORS = (VaekitError, FileNotFoundError, FileExistsError)
 BUG = ("internal error: this is a bug in vaekit, not a problem with your input; please report it "
        "with the traceback printed in the server's log")
 
@@ -28,12 +25,11 @@ def guard_errors(fn, roots: tuple[Path, ...] = ()):
     Anything else is a bug: its traceback goes to the server's log, the page asks to report it."""
 
     def error(e: BaseException) -> gr.Error:
-        if isinstance(e, ImportError) and not isinstance(e, VaekitError) and missing_extra(e) is not None:
-            e = missing_extra(e)
-        elif isinstance(e, LinkOutside):  # the app confines scans to --data-root only: said as the page knows it
+        e = as_user_sees_it(e)  # a missing extra as its pip command, a name too long as the name
+        if isinstance(e, LinkOutside):  # the app confines scans to --data-root only: said as the page knows it
             e = BadInput(f"{e.link} is a symbolic link to outside the app's data folder (--data-root), which the app "
                          "does not read: remove the link, or copy its files into the data folder")
-        elif not isinstance(e, USER_ERRORS):
+        elif not is_user_error(e):
             traceback.print_exception(e)
             return gr.Error(BUG, print_exception=False)
         return gr.Error(html_text(public_message(str(e) or type(e).__name__, list(roots))), print_exception=False)

@@ -8,6 +8,7 @@ code the CLI documents. Anything that is not a VaekitError is a bug and keeps it
 from __future__ import annotations
 
 import errno
+import os
 from pathlib import Path
 
 
@@ -146,3 +147,23 @@ def check_callbacks(**callbacks) -> None:
     for name, value in callbacks.items():
         if value is not None and not callable(value):
             raise BadInput(f"{name} must be a function or None, got {value!r:.40}")
+
+
+def as_user_sees_it(exc: BaseException) -> BaseException:
+    """The error a front end (CLI, web app) reports for `exc`: a missing or broken extra as the
+    MissingExtra naming its install, a name longer than the file system takes as BadInput naming it,
+    anything else as it is (then `is_user_error` says whether it is a mistake or a bug)."""
+    if isinstance(exc, ImportError) and not isinstance(exc, VaekitError):
+        return missing_extra(exc) or exc
+    if isinstance(exc, OSError) and not isinstance(exc, VaekitError) and exc.errno == errno.ENAMETOOLONG:
+        # from any stat or open: `-o` with a 256-byte name was a traceback, exit 3
+        name = os.fsdecode(exc.filename) if exc.filename is not None else "a path"
+        return BadInput(f"{name}: a name longer than the file system takes (255 bytes a file or folder name, "
+                        f"4095 a path); give a shorter one")
+    return exc
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """A mistake a user can make (bad file, missing folder, wrong model), reported as its message;
+    anything else is a bug. The two built-in types stay until every module raises vaekit's own."""
+    return isinstance(exc, (VaekitError, FileNotFoundError, FileExistsError))
