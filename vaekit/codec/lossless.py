@@ -39,12 +39,15 @@ def _encode_images(net, found, header, spill, chunk, progress):
             if inexact:
                 skipped.append((path, inexact))
                 continue
-            x = np.ascontiguousarray(imageio.decode(path, info.channels).transpose(2, 0, 1))  # (C, H, W) as stored
+            shown = _shown_size(path)  # from the header: a 9400 px file is not decoded to be refused
+            if shown == (want[2], want[1]):
+                x = np.ascontiguousarray(imageio.decode(path, info.channels).transpose(2, 0, 1))  # (C, H, W) as stored
+                shown = (x.shape[2], x.shape[1])
         except imageio.ImageReadError as e:
             skipped.append((path, e.reason))
             continue
-        if x.shape != want:  # skipped and named, as every file it cannot hold exactly; the others go on
-            skipped.append((path, f"{x.shape[2]}x{x.shape[1]} pixels; a lossless archive holds images of exactly "
+        if shown != (want[2], want[1]):  # skipped and named, as every file it cannot hold exactly; the others go on
+            skipped.append((path, f"{shown[0]}x{shown[1]} pixels; a lossless archive holds images of exactly "
                                   f"the model's size, {want[2]}x{want[1]}"))
             continue
         facts = source_facts(path)
@@ -63,6 +66,17 @@ def _encode_images(net, found, header, spill, chunk, progress):
     if batch:
         _code_chunk(net, batch, spill, header, len(header.names) * int(np.prod(want)), progress)
     return skipped, source_bytes
+
+
+def _shown_size(path) -> tuple[int, int]:
+    """(width, height) from the file's header; ImageReadError where it cannot be read (it was,
+    a moment ago, by not_exact: a file replaced since)."""
+    try:
+        return imageio.file_shown_size(path)
+    except imageio.ImageReadError:
+        raise
+    except (OSError, ValueError) as e:
+        raise imageio.ImageReadError(path, f"unreadable: {e}") from None
 
 
 def _code_chunk(net, batch, spill, header, expected_subpixels: int, progress=None) -> None:

@@ -5,7 +5,8 @@ float64 arrays took ten times that. Here each mode is converted a strip of rows 
 (STRIP_PIXELS pixels) into one uint8 array of the image's size, colour turned to gray (luma)
 in the same pass when the model wants gray, and EXIF rotation applied to the uint8 result as
 a view. Peak memory for one image is Pillow's own copy plus the uint8 result: about two bytes
-per channel per pixel. The numbers are those the whole-image conversion gave, bit for bit.
+per channel per pixel (a WebP's decoder alone holds ~15 bytes a pixel, hence its lower pixel
+limit: vaekit.images.read.pixel_limit). The numbers are those the whole-image conversion gave, bit for bit.
 """
 
 from __future__ import annotations

@@ -204,6 +204,15 @@ def _decode(path: Path, channels: int, draft: int | None = None, expand: bool = 
     return _decode_full(path, channels, draft, expand)[0]
 
 
+def pixel_limit(fmt: str | None) -> int | None:
+    """The most pixels a file of format `fmt` may declare before it is refused undecoded: Pillow's
+    decompression-bomb limit (`Image.MAX_IMAGE_PIXELS`; None: none), half of it for WebP, whose
+    decoding holds ~15 bytes a pixel (libwebp's two canvases of 4, Pillow's copy of the frame and
+    its own image: 1.6 GB at 9400 x 9400 px, where a PNG of that size peaks at 0.7 GB)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    return limit // 2 if limit is not None and fmt == "WEBP" else limit
+
+
 def _decode_full(path: Path, channels: int, draft: int | None = None, expand: bool = True,
                  before: Callable[[tuple[int, int]], None] | None = None) -> tuple[np.ndarray, tuple[int, int]]:
     """`_decode`, and the (H, W) of the whole image at full resolution, rotated alike: a JPEG
@@ -219,9 +228,10 @@ def _decode_full(path: Path, channels: int, draft: int | None = None, expand: bo
                 # It only sets the scale, so the check below judges what is really decoded:
                 # a 100-megapixel photo read at 1/8 scale is no bomb.
                 img.draft(None, (draft, draft))
-            limit, (w, h) = Image.MAX_IMAGE_PIXELS, img.size
+            limit, (w, h) = pixel_limit(img.format), img.size
             if limit is not None and w * h > limit:
-                raise ImageReadError(path, f"decompression bomb: {w * h} pixels > limit {limit}")
+                raise ImageReadError(path, f"decompression bomb: {w * h} pixels > limit {limit}"
+                                           + (" (a WebP's limit is half the others')" if img.format == "WEBP" else ""))
             if before is not None:  # judged from the header, before a pixel is decoded
                 before((full[1], full[0]))
             key_at_8_bits(img)  # before load, which forgets the raw mode

@@ -68,13 +68,17 @@ def train_and_calibrate(out_dir, data, splits, train_cfg, tile: int, progress=No
 
 
 def training_images(data, idx, tile: int, seed: int) -> np.ndarray:
-    """What the reader trains on (it draws its crops from them): the training images as cached, or,
-    when they are cached larger than the model's `tile` and hold more than READER_PIXELS in all (a
-    surface read at its own large size), WINDOW px windows drawn at random from every one of them,
-    as many as fit."""
+    """What the reader trains on (it draws its crops from them): the training images as cached, at
+    most READER_PIXELS of them (its 450 steps draw ~22,000 crops in all; a copy of every image held
+    3,000 of 256 px in RAM, and grew with the folder), or, when they are cached larger than the
+    model's `tile` and hold more than that (a surface read at its own large size), WINDOW px windows
+    drawn at random from every one of them, as many as fit."""
     n, side = len(idx), data.images.shape[-1]
-    if side <= tile or n * side**2 <= READER_PIXELS or side <= WINDOW:
+    if n * side**2 <= READER_PIXELS:
         return np.asarray(gather(data.images, idx))
+    if side <= tile or side <= WINDOW:  # a seeded subset, in folder order
+        keep = np.sort(np.random.default_rng(seed).choice(n, max(1, READER_PIXELS // side**2), replace=False))
+        return np.asarray(gather(data.images, np.asarray(idx)[keep]))
     k, rng = max(1, READER_PIXELS // (n * WINDOW**2)), np.random.default_rng(seed)
     out = []
     for i in idx:
