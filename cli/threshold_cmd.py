@@ -93,7 +93,7 @@ def which_score(section) -> str:
     rank k = ceil((n + 1) q), the largest when k > n, or beyond the largest by their fitted tail;
     the table's interpolated quantiles are another thing, and a tail far past the largest score
     (a few scores of a bounded one) is worth seeing next to that largest."""
-    from vaekit.anomaly.quantiles import ROUNDING, TAIL_MIN, conformal_rank
+    from vaekit.anomaly.quantiles import ROUNDING, TAIL_MIN, by_rank, conformal_rank
 
     q, scores = section.get("threshold_quantile"), section.get("scores")
     if section.get("fixed") or not isinstance(q, (int, float)) or not isinstance(scores, list):
@@ -103,7 +103,7 @@ def which_score(section) -> str:
     if not n:
         return ""
     k, what = conformal_rank(n, q), f"{shown(section.get('source', 'calibration'))} score{'s' if n != 1 else ''}"
-    if (n + 1) * q <= n + 1e-9:  # by rank
+    if by_rank(n, q):
         return f"rank ceil((n + 1) q) = {k} of the n = {n} {what}" + (", the largest" if k == n else "")
     largest = values[-1]
     if n < TAIL_MIN or section["threshold"] <= largest + 2 * ROUNDING * max(abs(largest), 1.0):  # within its margin

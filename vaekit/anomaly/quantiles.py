@@ -54,6 +54,12 @@ def conformal_rank(n: int, quantile: float) -> int:
     return int(min(n, max(1, math.ceil((n + 1) * quantile - 1e-9))))
 
 
+def by_rank(n: int, quantile: float) -> bool:
+    """Whether n scores are enough for the quantile's conformal rank, ceil((n + 1) q) <= n (else
+    the threshold is the largest score, or beyond it by a fitted tail: `threshold_of`)."""
+    return math.ceil((n + 1) * quantile - 1e-9) <= n
+
+
 def expected_fpr(n: int, quantile: float) -> float:
     """The false-positive rate on new normal images of the threshold `conformal_rank` picks.
 
@@ -103,7 +109,7 @@ def threshold_of(scores, quantile: float) -> tuple[float, float, float]:
     n = len(v)
     k = conformal_rank(n, quantile)
     bound = expected_fpr(n, quantile)
-    if math.ceil((n + 1) * quantile - 1e-9) <= n or n < TAIL_MIN:
+    if by_rank(n, quantile) or n < TAIL_MIN:
         return _over_rounding(float(v[k - 1])), bound, bound
     median = float(np.median(v))
     over = v[v > median] - median
