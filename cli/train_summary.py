@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vaekit_cli.output import console, err_console, promise_rows, shown
+from vaekit_cli.output import console, err_console, number, promise_rows, shown
 
 
 def name_skipped(skipped) -> None:
@@ -51,7 +51,7 @@ def print_summary(result, data, skipped_named: bool = False) -> None:
         from vaekit.anomaly.quantiles import quantile_text
 
         where = f" (quantile {quantile_text(q)} of {n} {shown(source)} score{'s' if n != 1 else ''})" if q is not None else ""
-        t.add_row("anomaly threshold", f"{shown(a.get('score'))} {result.threshold:.2f} {score_unit(a.get('score', ''))}{where}")
+        t.add_row("anomaly threshold", f"{shown(a.get('score'))} {number(result.threshold)} {score_unit(a.get('score', ''))}{where}")
         promise_rows(t, a)
     t.add_row("time", f"{result.seconds:.1f} s ({result.epoch_seconds:.1f} s of them epochs)")
     console.print(t)

@@ -8,6 +8,7 @@ import io
 import json
 import math
 import os
+import re
 
 import numpy as np
 import pytest
@@ -627,3 +628,26 @@ def test_the_auprc_of_a_perfect_ranking_is_one_not_a_rounding_above_it():
     rng = np.random.default_rng(0)
     labels, scores = np.r_[np.zeros(6), np.ones(9)], np.r_[rng.random(6), 2 + rng.random(9)]
     assert anomaly.image_metrics(labels, scores)["auprc"] == 1.0  # sklearn's sum gave 1.0000000000000002
+
+
+@pytest.mark.parametrize("value, flags", [(1e9, "no image"), (-0.5, "every image")])
+def test_a_defect_threshold_outside_0_to_1_is_refused(parts, tmp_path, value, flags):
+    """The reader's defect score is a probability: `threshold --value 1e9` was stored, exit 0, and
+    printed "expected false positives 7.7%" for a threshold nothing can pass."""
+    import json
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(parts[0] / "run", run)
+    cfg = rundir.read_config(run)
+    a = cfg["anomaly"]
+    old = a["score"]
+    s = np.array(a["by_score"][old]["scores"])
+    a["by_score"]["defect"] = {**a["by_score"][old], "scores": list((s - s.min()) / (np.ptp(s) + 1))}
+    a["score"] = "defect"
+    (run / rundir.CONFIG).write_text(json.dumps(cfg))
+    before = (run / rundir.CONFIG).read_bytes()
+    with pytest.raises(ValueError, match=re.escape(f"the defect score is a probability, from 0 to 1: a threshold of {value:g} would flag {flags}")):
+        anomaly.set_threshold(run, value=value)
+    assert (run / rundir.CONFIG).read_bytes() == before
+    assert anomaly.set_threshold(run, value=0.5)["threshold"] == 0.5

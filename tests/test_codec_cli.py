@@ -211,9 +211,10 @@ def test_a_decode_under_a_file_is_one_line_saying_so(setup, tmp_path):
 def test_the_summary_says_larger_when_the_file_is_larger_than_its_sources():
     from vaekit_cli.codec import vs_sources
 
-    assert vs_sources(1124, 1352) == "1,124 bytes, 1.2× larger"
+    assert vs_sources(1124, 1352) == "1,124 bytes, 1.20× larger"
     assert vs_sources(5896, 92) == "5,896 bytes, 64.1× smaller"
-    assert vs_sources(100, 100) == "100 bytes, 1.0× smaller"
+    assert vs_sources(100, 100) == "100 bytes, 1.00× smaller"
+    assert vs_sources(1265950, 1326900) == "1,265,950 bytes, 1.05× larger"  # was "1.0× smaller" for 0.954
 
 
 def test_train_resume_of_a_finished_run_keeps_the_tables_earlier_files_were_coded_with(tmp_path):
