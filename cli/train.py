@@ -112,6 +112,8 @@ def train(
                             seed=seed, val_fraction=val_fraction, calibration_fraction=calibration_fraction, device=device.value, amp=amp, compile=compile,
                             threshold_quantile=threshold_quantile, folds=folds, crop=crop, reader=reader,
                             augment=augment.value)
+    if resume and epochs:
+        _note_extending(out, epochs)
     bars = progress_bar()  # drawn from the first event on (_Reporter): a refused run prints its one line alone
     with _drawn(bars), _stop_on_ctrl_c() as stop:
         reporter = _Reporter(bars)
@@ -119,6 +121,24 @@ def train(
                                     workers=workers, progress=reporter, resume_epochs=epochs,
                                     resume_changes=changes if resume else None, should_stop=stop.asked)
     _report(result, data, out, stop.code, skipped_named=reporter.skipped_named)
+
+
+def _note_extending(out: Path, epochs: int) -> None:
+    """Before a finished run trains on (`--resume --epochs N` beyond its own): its weights are
+    replaced in place, so what was written with them (lossless archives, code files, .vkc files)
+    decodes only with a copy made before, and a threshold set by `vaekit threshold` is computed anew."""
+    from vaekit.training import rundir
+
+    try:
+        cfg = rundir.read_config(out)
+        finished, trained = cfg.get("fingerprint"), int(cfg["train"]["epochs"])
+    except Exception:  # noqa: BLE001 - the library refuses a run it cannot resume, in its own words
+        return
+    if finished and epochs > trained:
+        err_console.print(f"[yellow]note[/yellow]: {shown(out)} had finished (model {shown(finished)}); training it on "
+                          "replaces that model: files encoded with it (lossless archives above all) decode only with a "
+                          "copy of the run made before, and its threshold is computed anew (a `vaekit threshold` "
+                          "setting is not kept)", highlight=False, soft_wrap=True)
 
 
 def _report(result, data, out: Path, code: int = 130, skipped_named: bool = False) -> None:
