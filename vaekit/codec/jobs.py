@@ -57,6 +57,9 @@ class EncodeResult:
     pixel_model: str | None = None  # lossless: "model" (a logistic model's own), "fitted" (context) or "learned",
     #                                 either with " + subtract-green" (colour coded as G, R - G, B - G)
     residual: str | None = None  # lossy with a residual: "pixels" or "dct 8x8" / "dct 4x4" (vaekit.codec.transform)
+    psnr: float | None = None  # lossy: mean PSNR (dB) of the images as the file decodes, at the model's size,
+    #                            over those not decoded exactly (None where all are)
+    exact: int = 0  # lossy: images the file decodes to exactly (at the model's size)
 
     @property
     def bytes_per_image(self) -> float:
@@ -105,10 +108,10 @@ def encode(model, source: str | Path | Sequence[str | Path], out: str | Path, qu
                               BITSBACK_TABLES if lossless else prior.hash, info.image_size, info.channels,
                               info.latent_dim, [], [], quality=quality)
     out.parent.mkdir(parents=True, exist_ok=True)
-    spill = container.Spill(out)
+    spill, errors = container.Spill(out), []  # lossy: each image's squared error, as the file decodes
     try:
         skipped, source_bytes = (lossless_job.encode_folder(model, found, header, spill, chunk, progress) if lossless else
-                                 _encode_lossy(model, prior, quality, found, header, spill, chunk, progress))
+                                 _encode_lossy(model, prior, quality, found, header, spill, chunk, progress, errors))
         if not header.names:
             raise imageio.none_usable(f"in {source}", skipped)
         decodable(header.names, source)  # the images stored, when a skipped one changed the output names
@@ -119,7 +122,16 @@ def encode(model, source: str | Path | Sequence[str | Path], out: str | Path, qu
     payload = 4 * sum(c[1] for c in header.chunks)
     return EncodeResult(out, header.mode, quality, len(header.names), size, size - payload, info.dims, skipped,
                         source_bytes, time.perf_counter() - t0, lossless_job.pixel_model_name(header) if lossless else None,
-                        None if lossless else residual_name(prior, quality))
+                        None if lossless else residual_name(prior, quality), *_mean_psnr(errors))
+
+
+def _mean_psnr(errors: list) -> tuple[float | None, int]:
+    """(mean PSNR in dB over the images not decoded exactly, or None; how many are exact) from
+    each image's mean squared error in 8-bit levels."""
+    mse = np.concatenate(errors) if errors else np.zeros(0)
+    inexact = mse[mse > 0]
+    psnr = float(np.mean(10 * np.log10(255.0**2 / inexact))) if len(inexact) else None
+    return psnr, int(len(mse) - len(inexact))
 
 
 def residual_name(prior: priors.Prior, quality: int) -> str | None:
@@ -176,7 +188,7 @@ def check_encode(model, source, out: str | Path, quality: int | None = None, los
     return found
 
 
-def _encode_lossy(model, prior, quality, found, header, spill, chunk, progress):
+def _encode_lossy(model, prior, quality, found, header, spill, chunk, progress, errors: list):
     skipped, source_bytes, pending, total, done = [], 0, [], len(found.paths), 0
     for b in stream.iter_batches(found.paths, model.info.image_size, model.info.channels, BATCH):
         skipped += b.skipped
@@ -190,21 +202,24 @@ def _encode_lossy(model, prior, quality, found, header, spill, chunk, progress):
                 header.orig_size.append(list(f[0]))
                 source_bytes += f[1]
         while sum(len(m) for m, _ in pending) >= chunk:
-            pending = _flush_lossy(model, prior, quality, pending, spill, chunk)
+            pending = _flush_lossy(model, prior, quality, pending, spill, chunk, errors)
         done += len(b.paths) + len(b.skipped)
         if progress:
             progress(done, total)
     while pending:
-        pending = _flush_lossy(model, prior, quality, pending, spill, chunk)
+        pending = _flush_lossy(model, prior, quality, pending, spill, chunk, errors)
     return skipped, source_bytes
 
 
-def _flush_lossy(model, prior, quality, pending, spill, chunk):
+def _flush_lossy(model, prior, quality, pending, spill, chunk, errors: list):
+    """One chunk onto the spill; each of its images' squared error as the file decodes onto `errors`."""
     z, x = np.concatenate([m for m, _ in pending]), np.concatenate([i for _, i in pending])
     sym, z_hat = lossy.latent_symbols(prior, quality, z[:chunk])
-    delta = int(prior.deltas[quality - 1])
-    res = lossy.residual_symbols(prior, quality, x[:chunk].astype(np.int64) - decoded(model, z_hat)) if delta else None
+    delta, x_hat = int(prior.deltas[quality - 1]), decoded(model, z_hat)
+    res = lossy.residual_symbols(prior, quality, x[:chunk].astype(np.int64) - x_hat) if delta else None
     spill.add(len(sym), lossy.encode_chunk(prior, quality, sym, res))
+    back = lossy.with_residual(prior, quality, x_hat, res) if delta else x_hat
+    errors.append(((np.asarray(back, np.float64) - x[:chunk]) ** 2).reshape(len(sym), -1).mean(1))
     return [(z[chunk:], x[chunk:])] if len(z) > chunk else []
 
 
