@@ -267,6 +267,15 @@ def test_thresholds_set_anew_from_new_normal_images(parts, tmp_path):
     # the score itself is unchanged: its statistics stay
     assert rundir.read_config(run)["anomaly"]["calibration"] == before["calibration"]
     np.testing.assert_array_equal(vaekit.load(run).score(normal, maps=False).score, scores.score)
+    # evaluate on the very images that set it says its FPR there is by construction (it printed
+    # 'FPR at threshold 0.0000' and note null), also after the threshold moved by quantile; not
+    # with a threshold given, nor on other images
+    anomaly.set_threshold(run, quantile=0.6)
+    said = "the stored threshold was set on the images in"
+    ev = anomaly.evaluate(vaekit.load(run), normal, parts[0] / "test" / "anomalous")
+    assert said in ev.note and "by construction" in ev.note, ev.note
+    assert said not in (anomaly.evaluate(vaekit.load(run), normal, parts[0] / "test" / "anomalous", threshold=1.0).note or "")
+    assert said not in (anomaly.evaluate(vaekit.load(run), parts[0] / "test" / "anomalous", normal).note or "")
     # images the model trained on, or a folder holding the run, are refused; nothing is written
     stored = (run / "config.json").read_bytes()
     with pytest.raises(ValueError, match="holds images the model trained on"):

@@ -18,7 +18,7 @@ from vaekit.anomaly.overlap import file_identity, refuse_copies
 from vaekit.anomaly.masks import fit_mask, mask_index, masks_for
 from vaekit.anomaly.pixel_roc import PixelRoc
 from vaekit.anomaly.score import Progress, iter_scored, scoring_plan
-from vaekit.anomaly.threshold import trained_on_note
+from vaekit.anomaly.threshold import threshold_set_on_note, trained_on_note
 from vaekit.anomaly.quantiles import check_threshold
 from vaekit.inference.engine import Model
 from vaekit.errors import BadInput, MissingExtra, NotFound
@@ -200,7 +200,8 @@ def evaluate(
         best_f1_threshold=m["best_f1_threshold"], threshold=plan.threshold, threshold_source=plan.source,
         f1_at_threshold=m["f1"], precision_at_threshold=m["precision"], recall_at_threshold=m["recall"],
         fpr_at_threshold=m["fpr"], skipped=[(str(p), r) for p, r in skipped_good + skipped_bad],
-        note="; ".join(filter(None, [plan.note, trained_on_note(model, normal)])) or None, scores={"normal": good, "anomalous": bad})
+        note="; ".join(filter(None, [plan.note, trained_on_note(model, normal),
+                                     threshold_set_on_note(model, normal) if plan.source != "given" else None])) or None, scores={"normal": good, "anomalous": bad})
     if roc is not None:
         ev.pixel_auroc, ev.n_masks = _pixel_auroc(roc, masks), roc.masked
     return ev

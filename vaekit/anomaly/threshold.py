@@ -7,6 +7,8 @@ target false-positive rate); `resolve_threshold` says which one applies to a sco
 
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 from typing import Sequence
 
@@ -141,6 +143,8 @@ def set_threshold(run_dir: str | Path, quantile: float | None = None, target_fpr
         section["fixed"] = True
     else:
         section = threshold_section(scores, check_quantile(quantile, target_fpr), old.get("source", "validation"), default)
+    if SET_ON in old:  # the same scores, moved: still set on those images
+        section[SET_ON] = old[SET_ON]
     return _store(Path(run_dir), cfg, old, section)
 
 
@@ -172,6 +176,7 @@ def _store(run_dir: Path, cfg: dict, old: dict, section: dict) -> dict:
 
 
 NEW_NORMAL = "new normal"  # the `source` of a threshold set from a folder of new normal images
+SET_ON = "normal_folders"  # where it was set from: the files and folders named, absolute
 
 
 def threshold_from_normal(run_dir: str | Path, normal, quantile: float | None = None,
@@ -209,7 +214,9 @@ def threshold_from_normal(run_dir: str | Path, normal, quantile: float | None = 
             raise BadInput(f"{folder} is or holds the run directory {run_dir}; give a folder of normal images only")
     _refuse_training_copies(normal, roots)
     scores = _new_normal_scores(run_dir, normal, old["score"], list(old["by_score"]))
-    return _store(run_dir, cfg, old, threshold_section(scores, q, NEW_NORMAL, old["score"]))
+    section = threshold_section(scores, q, NEW_NORMAL, old["score"])
+    section[SET_ON] = [os.path.abspath(f) for f in _named(normal)]  # evaluate notes a --normal among them
+    return _store(run_dir, cfg, old, section)
 
 
 def _named(normal) -> list:
@@ -259,6 +266,24 @@ def trained_on_note(model: Model, folders: str | Path | Sequence[str | Path]) ->
         root = training_folder_of(folder, roots)
         if root is not None:
             return f"{folder} holds images the model trained on ({root}): the figures are not held-out ones"
+    return None
+
+
+def threshold_set_on_note(model: Model, folders: str | Path | Sequence[str | Path]) -> str | None:
+    """A note when the stored threshold was set from images under `folders` (`vaekit threshold
+    --normal`): its false-positive rate there is its quantile by construction, not a measurement."""
+    cfg = getattr(model, "config", None)
+    section = cfg.get("anomaly") if isinstance(cfg, dict) else None
+    set_on = section.get(SET_ON) if isinstance(section, dict) else None
+    if not isinstance(set_on, list):
+        return None
+    from vaekit.fileio import is_inside
+
+    for folder in [folders] if isinstance(folders, (str, Path)) else folders:
+        hit = next((s for s in set_on if isinstance(s, str) and (is_inside(s, folder) or is_inside(folder, s))), None)
+        if hit is not None:
+            return (f"the stored threshold was set on the images in {hit} (vaekit threshold --normal), which {folder} "
+                    "holds or lies in: its false-positive rate there is its quantile by construction, not a measurement")
     return None
 
 
