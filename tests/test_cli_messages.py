@@ -118,3 +118,13 @@ def test_help_shows_brackets_and_reflows_each_paragraph(command, said):
     assert said in text, text
     lines = [ln.strip() for ln in r.output.splitlines() if ln.strip() and not ln.strip().startswith(("│", "╭", "╰"))]
     assert all(len(ln.split()) > 1 for ln in lines[1:]), lines  # no stray one-word line under the usage
+
+
+def test_no_usable_image_names_three_and_counts_the_rest():
+    """'(62 skipped: a: ...; b: ...; c: ...)' read as if three were all; the rest are counted."""
+    from vaekit.images import none_usable
+
+    many = [(f"d/{i}.png", "not an image") for i in range(5)]
+    assert str(none_usable("in d", many)) == ("no usable image in d (5 skipped: 0.png: not an image; 1.png: not an image; "
+                                               "2.png: not an image; and 2 more)")
+    assert str(none_usable("in d", many[:2])).endswith("1.png: not an image)")

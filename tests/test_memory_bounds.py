@@ -62,3 +62,4 @@ def test_a_lossless_encode_refuses_an_oversize_file_from_its_header(tmp_path, mo
     assert "big.png" not in decoded and len(decoded) == 3
     assert [(p.name, why) for p, why in r.skipped] == [
         ("big.png", "200x300 pixels; a lossless archive holds images of exactly the model's size, 16x16")]
+

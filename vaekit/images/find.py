@@ -52,7 +52,8 @@ def none_usable(where: str, skipped: Sequence[tuple]) -> NoImagesError:
     """The error for inputs whose every file failed to load: `where` ("in FOLDER", "among the
     uploads") and the first few (file, reason) of `skipped`."""
     reasons = "; ".join(f"{Path(p).name}: {r}" for p, r in skipped[:3])
-    return NoImagesError(f"no usable image {where} ({len(skipped)} skipped: {reasons})")
+    more = f"; and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+    return NoImagesError(f"no usable image {where} ({len(skipped)} skipped: {reasons}{more})")
 
 
 def find_images(inputs: str | Path | Sequence[str | Path], confine_to: Path | None = None) -> list[Path]:
