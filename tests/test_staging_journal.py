@@ -87,3 +87,21 @@ def test_a_journal_line_cut_short_or_a_kill_before_any_move_takes_back_nothing_e
     (out / "keep.png").write_bytes(b"K")
     _decode(out, {"z.png": b"Z"})
     assert _tree(out) == {"keep.png": b"K", "z.png": b"Z"}
+
+
+def test_a_journal_edited_to_point_outside_the_output_folder_takes_back_nothing_there(tmp_path):
+    """A killed decode's journal names paths under its output folder only: one edited to name a
+    file elsewhere (its identity copied from a stat anyone may take) removes nothing."""
+    import json
+
+    out, victim = tmp_path / "out", tmp_path / "elsewhere.png"
+    out.mkdir()
+    victim.write_bytes(b"not the decode's")
+    _killed_while_moving(out, {"a.png": b"A", "b.png": b"B"}, kill_before=1)
+    (stale,) = [p for p in out.iterdir() if p.name.startswith(staging.STAGE)]
+    st = os.lstat(victim)
+    with open(stale / staging.JOURNAL, "a") as f:
+        for rel in ("../elsewhere.png", str(victim)):
+            f.write(json.dumps({"to": os.fsencode(rel).hex(), "id": staging._identity(st), "old": None}) + "\n")
+    _decode(out, {"z.png": b"Z"})
+    assert victim.read_bytes() == b"not the decode's" and _tree(out) == {"z.png": b"Z"}

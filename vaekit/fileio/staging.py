@@ -166,10 +166,14 @@ def _identity(st: os.stat_result) -> list[int]:
 def _take_back(out_dir: Path, staging: Path) -> None:
     """Undo what a killed decode's journal says it moved (before its staging folder goes): a file
     still at its target as it was staged is removed, or replaced by the file it replaced; the
-    folders it made go where empty. A file anyone put there since (another identity) stays."""
+    folders it made go where empty. A file anyone put there since (another identity) stays. Only a
+    journal of this user's, and only paths inside `out_dir`: an edited journal takes back nothing else."""
+    journal = staging / JOURNAL
     try:
-        lines = (staging / JOURNAL).read_text(encoding="ascii").splitlines()
-    except (OSError, UnicodeDecodeError):
+        if journal.is_symlink() or journal.stat().st_uid != os.getuid():
+            return
+        lines = journal.read_text(encoding="ascii").splitlines()
+    except (OSError, UnicodeDecodeError, AttributeError):  # AttributeError: no getuid (Windows)
         return
     dirs: list[str] = []
     for line in reversed(lines):
@@ -178,8 +182,8 @@ def _take_back(out_dir: Path, staging: Path) -> None:
             if "dirs" in entry:
                 dirs = entry["dirs"]
                 continue
-            target = out_dir / os.fsdecode(bytes.fromhex(entry["to"]))
-            if _identity(os.lstat(target)) != entry["id"]:
+            target = _inside(out_dir, entry["to"])
+            if target is None or _identity(os.lstat(target)) != entry["id"]:
                 continue
             if entry["old"] is not None:
                 os.replace(staging / ".replaced" / str(int(entry["old"])), target)
@@ -189,9 +193,21 @@ def _take_back(out_dir: Path, staging: Path) -> None:
             continue
     for d in dirs:  # deepest first, as written
         try:
-            (out_dir / os.fsdecode(bytes.fromhex(d))).rmdir()
-        except (ValueError, OSError):
+            folder = _inside(out_dir, d)
+            if folder is not None:
+                folder.rmdir()
+        except (ValueError, TypeError, OSError):
             pass
+
+
+def _inside(out_dir: Path, rel_hex: str) -> Path | None:
+    """The journal's path (`_rel`) under `out_dir`, or None for one that would leave it (absolute,
+    or with a `..`): what a decode moved is always below its output folder."""
+    rel = os.fsdecode(bytes.fromhex(rel_hex))
+    parts = Path(rel).parts
+    if not parts or Path(rel).is_absolute() or ".." in parts:
+        return None
+    return out_dir / rel
 
 
 def _move(src: Path, dst: Path, replace: bool = True) -> None:
