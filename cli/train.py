@@ -112,33 +112,34 @@ def train(
                             seed=seed, val_fraction=val_fraction, calibration_fraction=calibration_fraction, device=device.value, amp=amp, compile=compile,
                             threshold_quantile=threshold_quantile, folds=folds, crop=crop, reader=reader,
                             augment=augment.value)
-    if resume and epochs:
-        _note_extending(out, epochs)
+    note = _extending_note(out, epochs) if resume and epochs else None
     bars = progress_bar()  # drawn from the first event on (_Reporter): a refused run prints its one line alone
     with _drawn(bars), _stop_on_ctrl_c() as stop:
-        reporter = _Reporter(bars)
+        reporter = _Reporter(bars, note)
         result, data = run_training(images, out, model_cfg, train_cfg, channels=ch, resume=resume, overwrite=overwrite,
                                     workers=workers, progress=reporter, resume_epochs=epochs,
                                     resume_changes=changes if resume else None, should_stop=stop.asked)
     _report(result, data, out, stop.code, skipped_named=reporter.skipped_named)
 
 
-def _note_extending(out: Path, epochs: int) -> None:
-    """Before a finished run trains on (`--resume --epochs N` beyond its own): its weights are
-    replaced in place, so what was written with them (lossless archives, code files, .vkc files)
-    decodes only with a copy made before, and a threshold set by `vaekit threshold` is computed anew."""
+def _extending_note(out: Path, epochs: int) -> str | None:
+    """What to say when a finished run trains on (`--resume --epochs N` beyond its own), after the
+    plan (a resume the library refuses prints its one line alone): its weights are replaced in
+    place, so what was written with them (lossless archives, code files, .vkc files) decodes only
+    with a copy made before, and a threshold set by `vaekit threshold` is computed anew."""
     from vaekit.training import rundir
 
     try:
         cfg = rundir.read_config(out)
         finished, trained = cfg.get("fingerprint"), int(cfg["train"]["epochs"])
     except Exception:  # noqa: BLE001 - the library refuses a run it cannot resume, in its own words
-        return
-    if finished and epochs > trained:
-        err_console.print(f"[yellow]note[/yellow]: {shown(out)} had finished (model {shown(finished)}); training it on "
-                          "replaces that model: files encoded with it (lossless archives above all) decode only with a "
-                          "copy of the run made before, and its threshold is computed anew (a `vaekit threshold` "
-                          "setting is not kept)", highlight=False, soft_wrap=True)
+        return None
+    if not (finished and epochs > trained):
+        return None
+    return (f"[yellow]note[/yellow]: {shown(out)} had finished (model {shown(finished)}); training it on "
+            "replaces that model: files encoded with it (lossless archives above all) decode only with a "
+            "copy of the run made before, and its threshold is computed anew (a `vaekit threshold` "
+            "setting is not kept)")
 
 
 def _report(result, data, out: Path, code: int = 130, skipped_named: bool = False) -> None:
@@ -249,8 +250,8 @@ def _drawn(bars):
 class _Reporter:
     """Feeds vaekit's progress(done, total, phase=..., **metrics) into rich bars."""
 
-    def __init__(self, bars):
-        self.bars, self.task, self.key = bars, None, None
+    def __init__(self, bars, note: str | None = None):
+        self.bars, self.task, self.key, self.note = bars, None, None, note  # note: printed after the plan
         self.skipped_named = False  # the plan named the files skipped; the summary does not again
 
     def __call__(self, done: int, total: int, phase: str = "", **m) -> None:
@@ -261,6 +262,8 @@ class _Reporter:
 
             head = f"resuming after epoch {done} of {total}:" if done else "training"
             self.bars.console.print(f"{head} {shown(plan_text(m))}", soft_wrap=True, highlight=False)
+            if self.note:
+                self.bars.console.print(self.note, soft_wrap=True, highlight=False)
             if "skipped" in m:
                 name_skipped(m["skipped"])
                 self.skipped_named = True

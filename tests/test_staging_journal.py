@@ -105,3 +105,69 @@ def test_a_journal_edited_to_point_outside_the_output_folder_takes_back_nothing_
             f.write(json.dumps({"to": os.fsencode(rel).hex(), "id": staging._identity(st), "old": None}) + "\n")
     _decode(out, {"z.png": b"Z"})
     assert victim.read_bytes() == b"not the decode's" and _tree(out) == {"z.png": b"Z"}
+
+
+def test_a_file_replaced_without_a_way_back_keeps_its_new_version(tmp_path, monkeypatch):
+    """Where no hard link keeps the file a move replaces (FAT, SMB, protected hard links), the
+    journal said 'old: null' as for a new file, and the take-back removed the new version too."""
+    out = tmp_path / "out"
+    out.mkdir()
+    for n in ("a.png", "b.png"):
+        (out / n).write_bytes(b"old " + n.encode())
+
+    def no_links(*a, **kw):
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)  # the forked decode has none either
+    _killed_while_moving(out, {"a.png": b"new a", "b.png": b"new b"}, kill_before=1)
+    monkeypatch.undo()
+    _decode(out, {"z.png": b"Z"})
+    assert _tree(out) == {"a.png": b"new a", "b.png": b"old b.png", "z.png": b"Z"}
+
+
+def test_the_same_decode_run_again_is_not_refused_by_the_killed_ones_files(tmp_path):
+    """The take-back ran inside the staging step, after the outputs were checked: the killed
+    decode's own PNGs made the same command exit 2 ("already exist; pass --overwrite")."""
+    from vaekit.codes.targets import check_targets
+
+    out = tmp_path / "out"
+    files = {"a.png": b"A", "b.png": b"B", "c.png": b"C"}
+    _killed_while_moving(out, files, kill_before=2)
+    staging.recover(out)
+    check_targets(out, [out / n for n in files], False)  # nothing in the way any more
+    _decode(out, files, replace=False)
+    assert _tree(out) == files
+
+
+def test_two_killed_decodes_give_back_the_users_file(tmp_path):
+    """A replaced the user's a.png and was killed; B replaced A's and was killed. Replayed in any
+    order, one folder at a time, the user's file went with A's folder half the time."""
+    import time
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.png").write_bytes(b"the user's")
+    _killed_while_moving(out, {"a.png": b"from A", "x.png": b"X"}, kill_before=1)
+    time.sleep(0.01)  # the journals' times tell which moved last
+    _killed_while_moving(out, {"a.png": b"from B", "y.png": b"Y"}, kill_before=1)
+    assert (out / "a.png").read_bytes() == b"from B"
+    _decode(out, {"z.png": b"Z"})
+    assert _tree(out) == {"a.png": b"the user's", "z.png": b"Z"}
+
+
+@pytest.mark.parametrize("bad", ['{"dirs": 5}', '{"dirs": [5]}', "[" * 200000, '{"to": 7, "id": 1}', "fifo"])
+def test_a_damaged_journal_is_passed_over(tmp_path, bad):
+    """A journal of another shape gave a traceback on every later decode into the folder (TypeError,
+    RecursionError), and a FIFO in its place hung it."""
+    out = tmp_path / "out"
+    out.mkdir()
+    _killed_while_moving(out, {"a.png": b"A", "b.png": b"B"}, kill_before=1)
+    (stale,) = [p for p in out.iterdir() if p.name.startswith(staging.STAGE)]
+    if bad == "fifo":
+        (stale / staging.JOURNAL).unlink()
+        os.mkfifo(stale / staging.JOURNAL)
+    else:
+        with open(stale / staging.JOURNAL, "a") as f:
+            f.write(bad + "\n")
+    _decode(out, {"z.png": b"Z"})
+    assert "z.png" in _tree(out) and not stale.exists()

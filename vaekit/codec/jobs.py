@@ -26,7 +26,7 @@ from vaekit.codec import lossless as lossless_job
 from vaekit.codec import prior as priors
 from vaekit.codec.net import CANONICAL_THREADS, Net
 from vaekit.codec.store import decoded, earlier_hashes, shape_problem, stored_prior
-from vaekit.fileio.staging import staged
+from vaekit.fileio.staging import recover, staged
 from vaekit.images.arrays import check_int
 from vaekit.inference.engine_onnx import refuse_model_files
 from vaekit.codes.jobs import check_model, decodable
@@ -258,6 +258,7 @@ def decode(model, archive: str | Path, out_dir: str | Path, size: str = "model",
         raise container.ArchiveError(f"{archive} is damaged or foreign: it names quality {header.quality}, but its "
                                      f"tables have qualities 1 to {len(prior.steps)}")
     targets = [out_dir / n for n in png_names(header.names)]
+    recover(out_dir)  # a decode killed while moving its PNGs here: its files are not in the way
     check_targets(out_dir, targets, overwrite, model=model.info.source)  # every one, before the first is written
     with staged(out_dir, targets, replace=overwrite) as paths:
         _decode_into(model, prior, header, archive, offset, paths, size, progress)

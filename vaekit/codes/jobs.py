@@ -24,7 +24,7 @@ from vaekit.codes.sizes import GONE, original_size, restore_image, restore_size,
 from vaekit.codes.writer import write_streamed
 from vaekit.errors import BadInput, check_flags
 from vaekit.fileio import atomic_writer, named_path, refuse_existing, refuse_inside
-from vaekit.fileio.staging import staged
+from vaekit.fileio.staging import recover, staged
 from vaekit.inference.engine_onnx import refuse_model_files
 from vaekit.images.arrays import check_batch_size
 from vaekit.images.load import BATCH_PIXELS
@@ -308,6 +308,7 @@ def decode_file(
     cf = load(code_file)
     check_model(cf, model, f"code file {code_file}")
     targets = [out_dir / n for n in png_names(cf.names)]
+    recover(out_dir)  # a decode killed while moving its PNGs here: its files are not in the way
     check_targets(out_dir, targets, overwrite, model=model.info.source)
     n, step = len(targets), max(1, min(batch_size, BATCH_PIXELS // model.info.image_size ** 2))  # bounded by pixels
     # staged as a .vkc's decode is: a Ctrl-C or a failure halfway left some PNGs, which the next

@@ -81,13 +81,13 @@ def open_spill(path: Path):
     return f
 
 
-def remove_stale(parent: Path, prefix: str, suffix: str = "", folders: bool = True, before=None) -> None:
-    """Remove what killed vaekit processes left in `parent`: folders (or, folders=False, files)
-    named PREFIX + PID[-TOKEN] + SUFFIX whose process is gone (a SIGKILL cleans nothing up),
-    and only those that carry this machine's partial_tag of that process (a staging folder its
+def stale(parent: Path, prefix: str, suffix: str = "", folders: bool = True) -> list[Path]:
+    """What killed vaekit processes left in `parent`: folders (or, folders=False, files) named
+    PREFIX + PID[-TOKEN] + SUFFIX whose process is gone (a SIGKILL cleans nothing up), and only
+    those that carry this machine's partial_tag of that process (a staging folder its
     PARTIAL_MARK file, a spill file its first bytes): a user's file or folder that merely has
-    such a name, a link, another machine's and a live process's leftovers are left alone.
-    `before(path)`, if given, is called on each leftover before it is removed."""
+    such a name, a link, another machine's and a live process's leftovers are never listed."""
+    out = []
     for old in Path(parent).glob(f"{glob.escape(prefix)}*{glob.escape(suffix)}"):
         pid = old.name[len(prefix):len(old.name) - len(suffix)].split("-")[0]
         if old.is_symlink() or not (old.is_dir() if folders else old.is_file()) or not process_gone(pid):
@@ -102,8 +102,13 @@ def remove_stale(parent: Path, prefix: str, suffix: str = "", folders: bool = Tr
                     continue
         except OSError:
             continue
-        if before is not None:
-            before(old)
+        out.append(old)
+    return out
+
+
+def remove_stale(parent: Path, prefix: str, suffix: str = "", folders: bool = True) -> None:
+    """Remove what killed vaekit processes left in `parent` (`stale`)."""
+    for old in stale(parent, prefix, suffix, folders):
         if folders:
             shutil.rmtree(old, ignore_errors=True)
         else:

@@ -27,11 +27,12 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from vaekit.errors import OutputExists, cannot_write
-from vaekit.fileio.leftovers import mark_partial, remove_stale
+from vaekit.fileio.leftovers import mark_partial, remove_stale, stale
 from vaekit.fileio.outputs import appeared, put_in_place
 
 STAGE = ".vaekit-decode-"  # the staging folder's name inside the output folder: STAGE + PID-TOKEN
 JOURNAL = ".moves"  # in the staging folder: the moves begun, one JSON line each (vaekit.fileio.staging)
+JOURNAL_MAX = 1 << 28  # bytes of a journal read back (~130 bytes a move: two million moves)
 
 
 @contextmanager
@@ -45,7 +46,7 @@ def staged(out_dir: Path, targets: Sequence[Path], replace: bool = True) -> Iter
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise cannot_write(e, out_dir) from None
-    remove_stale(out_dir, STAGE, before=lambda old: _take_back(out_dir, old))  # a killed decode's
+    recover(out_dir)  # a killed decode's
     remove_stale(out_dir.parent, f".{out_dir.name}.vkc-")  # one left beside it by an earlier vaekit (staged beside)
     staging = out_dir / f"{STAGE}{os.getpid()}-{os.urandom(3).hex()}"
     done = False
@@ -92,14 +93,15 @@ def _move_all(out_dir: Path, paths: Sequence[Path], targets: Sequence[Path], rep
     _note(journal, out_dir, dirs=new_dirs)
     try:
         for s, t in zip(paths, targets):
-            old = None
+            old, new = None, False
             if not (t.exists() or t.is_symlink()):
                 moved.append(t)  # before the move: an interrupt right after it still takes it back
+                new = True
             elif not replace:  # every target was free when the job began: this one was put there since
                 raise appeared(t)
             elif keep is not None and _keep_old(t, keep, replaced):
                 old = replaced[-1][1]
-            _note(journal, out_dir, s, t, old)
+            _note(journal, out_dir, s, t, old, new)
             try:
                 _move(s, t, replace)  # not replace: never onto a file put there since the look, either
             except OutputExists:
@@ -142,7 +144,7 @@ def _rel(path: Path, out_dir: Path) -> str:
 
 
 def _note(journal, out_dir: Path, staged: Path | None = None, target: Path | None = None,
-          old: Path | None = None, dirs: Sequence[Path] = ()) -> None:
+          old: Path | None = None, new: bool = False, dirs: Sequence[Path] = ()) -> None:
     """One line of the move journal: the folders the moves will make, or a move about to be
     made, with the staged file's identity (`_identity`) and where the file it replaces is kept.
     Flushed, not synced: a killed process's writes are on disk; a lost machine loses the decode."""
@@ -152,7 +154,8 @@ def _note(journal, out_dir: Path, staged: Path | None = None, target: Path | Non
         entry = {"dirs": [_rel(d, out_dir) for d in dirs]}
     else:
         st = os.lstat(staged)
-        entry = {"to": _rel(target, out_dir), "id": _identity(st), "old": old.name if old is not None else None}
+        entry = {"to": _rel(target, out_dir), "id": _identity(st), "old": old.name if old is not None else None,
+                 "new": new}
     journal.write(json.dumps(entry) + "\n")
     journal.flush()
 
@@ -163,34 +166,48 @@ def _identity(st: os.stat_result) -> list[int]:
     return [st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns]
 
 
-def _take_back(out_dir: Path, staging: Path) -> None:
-    """Undo what a killed decode's journal says it moved (before its staging folder goes): a file
-    still at its target as it was staged is removed, or replaced by the file it replaced; the
-    folders it made go where empty. A file anyone put there since (another identity) stays. Only a
-    journal of this user's, and only paths inside `out_dir`: an edited journal takes back nothing else."""
-    journal = staging / JOURNAL
-    try:
-        if journal.is_symlink() or journal.stat().st_uid != os.getuid():
-            return
-        lines = journal.read_text(encoding="ascii").splitlines()
-    except (OSError, UnicodeDecodeError, AttributeError):  # AttributeError: no getuid (Windows)
+def recover(out_dir: Path) -> None:
+    """Take back what decodes killed while moving their PNGs into `out_dir` left there (`_take_back`,
+    every journal before any staging folder goes, the newest first: the file a later one replaced
+    is kept in its own folder), then remove their staging folders. Called before a decode checks its
+    outputs: re-running the killed decode must not be refused by the killed one's files."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
         return
-    dirs: list[str] = []
-    for line in reversed(lines):
+    found = stale(out_dir, STAGE)
+    for old in sorted(found, key=_journal_time, reverse=True):
+        _take_back(out_dir, old)
+    for old in found:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _journal_time(staging: Path) -> int:
+    try:
+        return os.lstat(staging / JOURNAL).st_mtime_ns
+    except OSError:
+        return 0
+
+
+def _take_back(out_dir: Path, staging: Path) -> None:
+    """Undo what a killed decode's journal says it moved: a file still at its target as it was
+    staged is removed where the move made it (`new`), or replaced by the file it replaced; the
+    folders it made go where empty. A file anyone put there since (another identity) stays, and
+    so does one it replaced without a way back (no hard link: its new file is all there is). Only a
+    journal of this user's, and only paths inside `out_dir`: an edited journal takes back nothing else."""
+    for entry in reversed(_journal(staging)):
         try:
-            entry = json.loads(line)
             if "dirs" in entry:
-                dirs = entry["dirs"]
                 continue
             target = _inside(out_dir, entry["to"])
             if target is None or _identity(os.lstat(target)) != entry["id"]:
                 continue
-            if entry["old"] is not None:
+            if entry.get("old") is not None:
                 os.replace(staging / ".replaced" / str(int(entry["old"])), target)
-            else:
+            elif entry.get("new") is True:
                 target.unlink()
-        except (ValueError, KeyError, TypeError, OSError):  # a line a kill cut short; a file gone since
+        except (ValueError, KeyError, TypeError, OSError):  # a file gone since; a line of another shape
             continue
+    dirs = next((e["dirs"] for e in _journal(staging) if isinstance(e.get("dirs"), list)), [])
     for d in dirs:  # deepest first, as written
         try:
             folder = _inside(out_dir, d)
@@ -200,14 +217,39 @@ def _take_back(out_dir: Path, staging: Path) -> None:
             pass
 
 
-def _inside(out_dir: Path, rel_hex: str) -> Path | None:
+def _journal(staging: Path) -> list[dict]:
+    """The journal's entries (JSON objects; a line a kill cut short, or any other, left out): none
+    unless it is a regular file of this user's, at most JOURNAL_MAX bytes."""
+    from vaekit.fileio import open_regular_file
+
+    try:
+        if staging.lstat().st_uid != os.getuid():
+            return []
+        with open_regular_file(staging / JOURNAL) as f:  # never a link or a FIFO
+            raw = f.read(JOURNAL_MAX + 1)
+    except (OSError, AttributeError, ValueError):  # AttributeError: no getuid (Windows)
+        return []
+    entries = []
+    for line in raw[:JOURNAL_MAX].decode("ascii", "replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(entry, dict):
+            entries.append(entry)
+    return entries
+
+
+def _inside(out_dir: Path, rel_hex) -> Path | None:
     """The journal's path (`_rel`) under `out_dir`, or None for one that would leave it (absolute,
-    or with a `..`): what a decode moved is always below its output folder."""
+    with a `..`, or through a link to a folder elsewhere): what a decode moved is below its output folder."""
     rel = os.fsdecode(bytes.fromhex(rel_hex))
     parts = Path(rel).parts
     if not parts or Path(rel).is_absolute() or ".." in parts:
         return None
-    return out_dir / rel
+    target = out_dir / rel
+    real, top = os.path.realpath(target.parent), os.path.realpath(out_dir)
+    return target if real == top or real.startswith(top + os.sep) else None
 
 
 def _move(src: Path, dst: Path, replace: bool = True) -> None:
