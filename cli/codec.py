@@ -189,7 +189,7 @@ def _encode_vkc(model, images, out, quality, lossless, fit, overwrite, as_json, 
     if lossless:
         info["pixel_model"] = r.pixel_model
     else:
-        info.update(residual=r.residual, psnr_db=r.psnr, exact=r.exact)
+        info.update(residual=r.residual, psnr_db=r.psnr, exact=r.exact, psnr_images=r.psnr_images)
     if as_json:
         return _print_json(info)
     from rich.table import Table
@@ -204,19 +204,18 @@ def _encode_vkc(model, images, out, quality, lossless, fit, overwrite, as_json, 
     if r.source_bytes:
         t.add_row("vs. sources", vs_sources(r.source_bytes, r.file_bytes))
     if not lossless:
-        t.add_row("quality", psnr_text(r.psnr, r.exact, r.count, size, channels))
+        t.add_row("quality", psnr_text(r.psnr, r.exact, r.psnr_images, size, channels))
     if lossless:
         t.add_row("pixel model", pixel_model_text(m.info.likelihood, r.pixel_model))
     console.print(t)
 
 
-def psnr_text(psnr: float | None, exact: int, count: int, size: int, channels: int) -> str:
+def psnr_text(psnr: float | None, exact: int, measured: int, size: int, channels: int) -> str:
     """What the lossy file gives back, as the decoder will (±1 level on the other engine)."""
-    exactly = f"{exact} of {count} exact" if exact else ""
     if psnr is None:
-        return f"every image decodes exactly at the model's {size}×{size}×{channels}"
-    return (f"PSNR {psnr:.2f} dB (mean over the images, as they decode at the model's {size}×{size}×{channels}"
-            + (f"; {exactly}" if exactly else "") + ")")
+        return f"all {measured} images measured decode exactly at the model's {size}×{size}×{channels}"
+    return (f"PSNR {psnr:.2f} dB, the mean over {measured - exact} of {measured} images as they decode at the model's "
+            f"{size}×{size}×{channels}" + (f" ({exact} decode exactly)" if exact else ""))
 
 
 RESIDUAL_TEXT = {None: "latents only", "pixels": "latents + residual per pixel",

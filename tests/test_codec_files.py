@@ -425,4 +425,18 @@ def test_a_lossy_encode_reports_the_psnr_its_file_decodes_to(coded, tmp_path):
     y = np.stack([np.asarray(Image.open(p)) for p in back.written])[:, None] / 255.0
     each = psnr(x, y)
     assert lossy.exact == int(np.isinf(each).sum()) and lossy.psnr == pytest.approx(float(each[np.isfinite(each)].mean()), abs=1e-6)
-    assert 5 < lossy.psnr < 60 and codec.encode(model, src, tmp_path / "l.vkc", lossless=True).psnr is None
+    assert 5 < lossy.psnr < 60 and lossy.psnr_images == lossy.count == 40
+    assert codec.encode(model, src, tmp_path / "l.vkc", lossless=True).psnr is None
+
+
+def test_a_latents_only_encode_measures_its_psnr_on_its_first_images(coded, tmp_path, monkeypatch):
+    """Without a residual the decoder's pass is made for the PSNR alone: it doubled such an encode's
+    time, so it is made for the first PSNR_IMAGES images only, and the count is reported."""
+    from vaekit.codec import jobs
+
+    model, src, _, _ = coded
+    prior = codec.stored_prior(model)
+    q = next(q for q in range(1, len(prior.steps) + 1) if not prior.deltas[q - 1])  # a quality of latents only
+    monkeypatch.setattr(jobs, "PSNR_IMAGES", 16)
+    r = codec.encode(model, src, tmp_path / "a.vkc", quality=q, chunk=16)
+    assert r.count == 40 and r.psnr_images == 16 and r.psnr is not None

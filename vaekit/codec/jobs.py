@@ -38,6 +38,7 @@ from vaekit.fileio import named_path, refuse_existing, refuse_inside, refuse_und
 from vaekit.progress import Progress  # noqa: E402  (the one alias)
 CHUNK = container.CHUNK  # images per ANS stream, at most container.CHUNK_SUBPIXELS sub-pixels
 BATCH = 256  # images through the network at a time (lossy)
+PSNR_IMAGES = 1024  # a latents-only encode measures its PSNR on the first this many images
 BITSBACK = f"bbans:latent{bitsback.LATENT_BITS}:crc{bitsback.CHECK_BITS}:p{tables.PRECISION}"
 BITSBACK_TABLES = hashlib.sha256(BITSBACK.encode()).hexdigest()[:16]  # what a lossless header names
 
@@ -58,8 +59,9 @@ class EncodeResult:
     #                                 either with " + subtract-green" (colour coded as G, R - G, B - G)
     residual: str | None = None  # lossy with a residual: "pixels" or "dct 8x8" / "dct 4x4" (vaekit.codec.transform)
     psnr: float | None = None  # lossy: mean PSNR (dB) of the images as the file decodes, at the model's size,
-    #                            over those not decoded exactly (None where all are)
-    exact: int = 0  # lossy: images the file decodes to exactly (at the model's size)
+    #                            over those not decoded exactly (None where all are); see psnr_images
+    exact: int = 0  # lossy: of those, images the file decodes to exactly (at the model's size)
+    psnr_images: int = 0  # lossy: images the PSNR was measured on (all, or the first PSNR_IMAGES without a residual)
 
     @property
     def bytes_per_image(self) -> float:
@@ -125,13 +127,13 @@ def encode(model, source: str | Path | Sequence[str | Path], out: str | Path, qu
                         None if lossless else residual_name(prior, quality), *_mean_psnr(errors))
 
 
-def _mean_psnr(errors: list) -> tuple[float | None, int]:
-    """(mean PSNR in dB over the images not decoded exactly, or None; how many are exact) from
-    each image's mean squared error in 8-bit levels."""
+def _mean_psnr(errors: list) -> tuple[float | None, int, int]:
+    """(mean PSNR in dB over the images not decoded exactly, or None; how many are exact; how many
+    were measured) from each image's mean squared error in 8-bit levels."""
     mse = np.concatenate(errors) if errors else np.zeros(0)
     inexact = mse[mse > 0]
     psnr = float(np.mean(10 * np.log10(255.0**2 / inexact))) if len(inexact) else None
-    return psnr, int(len(mse) - len(inexact))
+    return psnr, int(len(mse) - len(inexact)), int(len(mse))
 
 
 def residual_name(prior: priors.Prior, quality: int) -> str | None:
@@ -215,11 +217,16 @@ def _flush_lossy(model, prior, quality, pending, spill, chunk, errors: list):
     """One chunk onto the spill; each of its images' squared error as the file decodes onto `errors`."""
     z, x = np.concatenate([m for m, _ in pending]), np.concatenate([i for _, i in pending])
     sym, z_hat = lossy.latent_symbols(prior, quality, z[:chunk])
-    delta, x_hat = int(prior.deltas[quality - 1]), decoded(model, z_hat)
+    delta = int(prior.deltas[quality - 1])
+    # the decoder's pass: for the residual, and for the PSNR (where there is no residual, on the
+    # first PSNR_IMAGES images only: that pass would double a latents-only encode's time)
+    measured = sum(len(e) for e in errors)
+    x_hat = decoded(model, z_hat) if delta or measured < PSNR_IMAGES else None
     res = lossy.residual_symbols(prior, quality, x[:chunk].astype(np.int64) - x_hat) if delta else None
     spill.add(len(sym), lossy.encode_chunk(prior, quality, sym, res))
-    back = lossy.with_residual(prior, quality, x_hat, res) if delta else x_hat
-    errors.append(((np.asarray(back, np.float64) - x[:chunk]) ** 2).reshape(len(sym), -1).mean(1))
+    if x_hat is not None:
+        back = lossy.with_residual(prior, quality, x_hat, res) if delta else x_hat
+        errors.append(np.array([np.mean((back[i].astype(np.float64) - x[i]) ** 2) for i in range(len(sym))]))
     return [(z[chunk:], x[chunk:])] if len(z) > chunk else []
 
 
