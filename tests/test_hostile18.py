@@ -217,3 +217,19 @@ def test_an_explicit_share_whose_journal_was_moved_while_it_ran_exits_2(setup, t
     whole = tmp_path / "whole.csv"
     assert invoke("anomaly-score", run, data, "-o", whole, "--threshold", "0", "--batch-size", "2").exit_code == 0
     assert out.read_bytes() == whole.read_bytes()
+
+
+def test_an_older_output_is_not_taken_for_another_shares_merge(setup, tmp_path):
+    """With an OUT from before (--overwrite) and no other share's journal yet, a share whose own
+    journal was moved took the old OUT for a merge another share had made: exit 0, OUT unchanged."""
+    from vaekit import anomaly
+    from vaekit.errors import InUse
+
+    run, data = setup
+    out, moved = tmp_path / "s.csv", tmp_path / "moved"
+    out.write_text("an older output\n")
+    journal = Path(f"{out}.shard-0-of-2.partial")
+    model = acting_model(run, "score", 1, lambda: journal.rename(moved))
+    with pytest.raises(InUse, match="shard-0-of-2.partial was moved, removed or replaced while this job ran"):
+        anomaly.score_to_file(model, data, out, threshold=0.0, batch_size=2, shard=(0, 2), overwrite=True)
+    assert out.read_text() == "an older output\n"

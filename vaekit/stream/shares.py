@@ -43,6 +43,7 @@ class Shares:
         self.limit = journal_lines.line_limit(layout.batch_size, self.settings, row_bytes)
         self._read: dict[int, tuple[int, int]] = {}  # share -> (device, inode) of the journal read for it
         self._polls: dict[int, _Read] = {}  # share -> how far `complete` has read its journal
+        self.out_before = _file_identity(self.out)  # OUT as the job began: a merge writes another
 
     def journal(self, j: int) -> Path:
         return partial_path(share_out(self.out, j, self.count))
@@ -340,16 +341,26 @@ def finish_when_complete(shares: Shares, torchrun: bool, timeout: float | None, 
 
 def _merged_elsewhere(shares: Shares) -> bool:
     """Whether another share's process merged every journal (its own finished as this one's last
-    line was written): OUT is there and no share's journal is. A journal moved away leaves the
+    line was written): a new OUT is there (not the one there when the job began) and no share's journal is. A journal moved away leaves the
     others' in place, since no share can merge without it. A merge removes them one by one after
     writing OUT: for up to a second, OUT there with some journals left is one still removing them."""
     for _ in range(20):
-        if not shares.out.exists():
+        now = _file_identity(shares.out)
+        if now is None or now == shares.out_before:  # none, or the one there before (--overwrite)
             return False
         if not any(os.path.lexists(shares.journal(j)) for j in range(shares.count)):
             return True
         time.sleep(0.05)
     return False
+
+
+def _file_identity(path: Path) -> tuple[int, int, int] | None:
+    """(device, inode, mtime ns) of the file at `path`, or None: a merge puts a new file there."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_mtime_ns
 
 
 def _own_lost(shares: Shares, index: int) -> InUse:
