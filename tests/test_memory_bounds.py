@@ -63,3 +63,17 @@ def test_a_lossless_encode_refuses_an_oversize_file_from_its_header(tmp_path, mo
     assert [(p.name, why) for p, why in r.skipped] == [
         ("big.png", "200x300 pixels; a lossless archive holds images of exactly the model's size, 16x16")]
 
+
+
+def test_the_readers_windows_stay_within_the_budget_however_many_images(monkeypatch):
+    """Images larger than the model: one window each at least, so 2,000 of 600 px gave 3.9x the
+    budget, growing with the folder. Past the budget, windows come from a seeded subset."""
+    from vaekit.training import finish_reader
+
+    monkeypatch.setattr(finish_reader, "READER_PIXELS", 6 * 8 * 8)
+    monkeypatch.setattr(finish_reader, "WINDOW", 8)
+    data = SimpleNamespace(images=np.broadcast_to(np.arange(40, dtype=np.uint8)[:, None, None, None], (40, 1, 24, 24)).copy())
+    out = finish_reader.training_images(data, np.arange(40), tile=16, seed=1)
+    assert out.shape == (6, 1, 8, 8) and len({int(o[0, 0, 0]) for o in out}) == 6
+    few = finish_reader.training_images(data, np.arange(3), tile=16, seed=1)  # 3 images: 2 windows of each
+    assert few.shape == (6, 1, 8, 8) and sorted({int(o[0, 0, 0]) for o in few}) == [0, 1, 2]

@@ -72,20 +72,29 @@ def training_images(data, idx, tile: int, seed: int) -> np.ndarray:
     most READER_PIXELS of them (its 450 steps draw ~22,000 crops in all; a copy of every image held
     3,000 of 256 px in RAM, and grew with the folder), or, when they are cached larger than the
     model's `tile` and hold more than that (a surface read at its own large size), WINDOW px windows
-    drawn at random from every one of them, as many as fit."""
+    drawn at random from each of them, as many as fit (from a seeded subset of them where even one
+    window each would not)."""
     n, side = len(idx), data.images.shape[-1]
     if n * side**2 <= READER_PIXELS:
         return np.asarray(gather(data.images, idx))
-    if side <= tile or side <= WINDOW:  # a seeded subset, in folder order
-        keep = np.sort(np.random.default_rng(seed).choice(n, max(1, READER_PIXELS // side**2), replace=False))
-        return np.asarray(gather(data.images, np.asarray(idx)[keep]))
-    k, rng = max(1, READER_PIXELS // (n * WINDOW**2)), np.random.default_rng(seed)
-    out = []
-    for i in idx:
+    if side <= tile or side <= WINDOW:
+        return np.asarray(gather(data.images, _subset(idx, READER_PIXELS // side**2, seed)))
+    idx = _subset(idx, READER_PIXELS // WINDOW**2, seed)
+    k, rng = max(1, READER_PIXELS // (len(idx) * WINDOW**2)), np.random.default_rng(seed)
+    out = np.empty((len(idx) * k, data.images.shape[1], WINDOW, WINDOW), data.images.dtype)
+    for j, i in enumerate(idx):
         x = gather(data.images, np.array([i]))[0]
-        for y0, x0 in rng.integers(0, side - WINDOW + 1, (k, 2)):
-            out.append(x[:, y0 : y0 + WINDOW, x0 : x0 + WINDOW])
-    return np.stack(out)
+        for m, (y0, x0) in enumerate(rng.integers(0, side - WINDOW + 1, (k, 2))):
+            out[j * k + m] = x[:, y0 : y0 + WINDOW, x0 : x0 + WINDOW]
+    return out
+
+
+def _subset(idx, most: int, seed: int) -> np.ndarray:
+    """At most `most` (at least 1) of the images `idx`, drawn with `seed`, in folder order."""
+    idx = np.asarray(idx)
+    if len(idx) <= most:
+        return idx
+    return idx[np.sort(np.random.default_rng(seed).choice(len(idx), max(1, most), replace=False))]
 
 
 def read_scores(net, data, idx, tile: int) -> np.ndarray:
