@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from export_support import random_run
 from hostile import flat
@@ -128,3 +129,38 @@ def test_no_usable_image_names_three_and_counts_the_rest():
     assert str(none_usable("in d", many)) == ("no usable image in d (5 skipped: 0.png: not an image; 1.png: not an image; "
                                                "2.png: not an image; and 2 more)")
     assert str(none_usable("in d", many[:2])).endswith("1.png: not an image)")
+
+
+def test_an_import_error_raised_in_code_torch_calls_is_not_called_a_broken_install():
+    """Any ImportError that passed through a torch frame was blamed on torch ("reinstall it"),
+    hiding a bug of vaekit's raised in a forward that torch calls."""
+    import torch
+
+    from vaekit.errors import missing_extra
+
+    class Net(torch.nn.Module):
+        def forward(self, x):
+            from vaekit.codec.prior import no_such_name  # noqa: F401
+
+    try:
+        Net()(torch.zeros(1))
+    except ImportError as e:
+        assert missing_extra(e) is None
+    else:
+        raise AssertionError("the forward imported a name that does not exist")
+
+
+@pytest.mark.slow  # starts the installed vaekit in a fresh process
+def test_a_broken_onnxruntime_is_not_blamed_on_the_model_file(tmp_path):
+    """An onnxruntime whose shared library is missing raised ImportError, which the model loader
+    reported as "m.onnx is not a readable ONNX model": a user could throw a good model away."""
+    pkg = tmp_path / "onnxruntime"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("raise ImportError('libonnxruntime_providers_shared.so: cannot open shared object file')\n")
+    (tmp_path / "m.onnx").write_bytes(b"\x08\x07")
+    (tmp_path / "imgs").mkdir()
+    Image.new("L", (16, 16)).save(tmp_path / "imgs" / "a.png")
+    r = subprocess.run([EXE, "anomaly-score", "m.onnx", "imgs"], capture_output=True, text=True, timeout=120,
+                       cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert r.returncode == 2, r.stderr
+    assert "onnxruntime is installed but cannot be imported" in r.stderr and "not a readable ONNX model" not in r.stderr

@@ -60,10 +60,11 @@ def missing_extra(exc: ImportError) -> MissingExtra | None:
     if extra is not None:
         return MissingExtra(f"this needs {exc.name}, which is not installed: pip install 'vaekit[{extra}]'")
     broken, tb = None, exc.__traceback__
-    while tb is not None:  # the innermost frame of an extra's package the error came through
-        package = str(tb.tb_frame.f_globals.get("__name__", "")).split(".")[0]
-        broken = package if package in EXTRAS else broken
-        tb = tb.tb_next
+    while tb is not None:  # the innermost frame of an extra's package the error came through,
+        package = str(tb.tb_frame.f_globals.get("__name__", "")).split(".")[0]  # while it was being
+        if package in EXTRAS:  # imported (module-level code): an ImportError of vaekit's raised in
+            broken = package if tb.tb_frame.f_code.co_name == "<module>" else None  # code torch calls
+        tb = tb.tb_next  # (a forward, a Dataset) is vaekit's bug, not a broken install
     if broken is None:
         return None
     return MissingExtra(f"{broken} is installed but cannot be imported ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "

@@ -64,7 +64,7 @@ def _open(path: Path, role: str, threads: int | None, device: str = "cpu"):
         sess = graph_session(data, role, threads, device)
     except VaekitError:  # ours (--device cuda without onnxruntime-gpu) says what is wrong; the file may be fine
         raise
-    except ModuleNotFoundError as e:  # onnxruntime not installed (`vaekit[train]` has none): not the file's fault
+    except ImportError as e:  # onnxruntime not installed (`vaekit[train]` has none), or broken: not the file's fault
         raise (missing_extra(e) or e) from None
     except Exception as e:  # onnxruntime raises its own zoo of types for unreadable files
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
