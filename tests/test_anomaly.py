@@ -276,6 +276,8 @@ def test_thresholds_set_anew_from_new_normal_images(parts, tmp_path):
     assert said in ev.note and "by construction" in ev.note, ev.note
     assert said not in (anomaly.evaluate(vaekit.load(run), normal, parts[0] / "test" / "anomalous", threshold=1.0).note or "")
     assert said not in (anomaly.evaluate(vaekit.load(run), parts[0] / "test" / "anomalous", normal).note or "")
+    anomaly.set_threshold(run, value=float(np.median(scores.score)))  # set by hand: no longer those images' quantile
+    assert said not in (anomaly.evaluate(vaekit.load(run), normal, parts[0] / "test" / "anomalous").note or "")
     # images the model trained on, or a folder holding the run, are refused; nothing is written
     stored = (run / "config.json").read_bytes()
     with pytest.raises(ValueError, match="holds images the model trained on"):

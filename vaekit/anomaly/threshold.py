@@ -143,7 +143,7 @@ def set_threshold(run_dir: str | Path, quantile: float | None = None, target_fpr
         section["fixed"] = True
     else:
         section = threshold_section(scores, check_quantile(quantile, target_fpr), old.get("source", "validation"), default)
-    if SET_ON in old:  # the same scores, moved: still set on those images
+    if SET_ON in old and value is None:  # the same scores at another quantile: still set on those images
         section[SET_ON] = old[SET_ON]
     return _store(Path(run_dir), cfg, old, section)
 
