@@ -112,10 +112,9 @@ def train(
                             seed=seed, val_fraction=val_fraction, calibration_fraction=calibration_fraction, device=device.value, amp=amp, compile=compile,
                             threshold_quantile=threshold_quantile, folds=folds, crop=crop, reader=reader,
                             augment=augment.value)
-    note = _extending_note(out, epochs) if resume and epochs else None
     bars = progress_bar()  # drawn from the first event on (_Reporter): a refused run prints its one line alone
     with _drawn(bars), _stop_on_ctrl_c() as stop:
-        reporter = _Reporter(bars, note)
+        reporter = _Reporter(bars, _extending_note(out, epochs) if resume and epochs else None)
         result, data = run_training(images, out, model_cfg, train_cfg, channels=ch, resume=resume, overwrite=overwrite,
                                     workers=workers, progress=reporter, resume_epochs=epochs,
                                     resume_changes=changes if resume else None, should_stop=stop.asked)

@@ -432,11 +432,11 @@ def test_a_lossy_encode_reports_the_psnr_its_file_decodes_to(coded, tmp_path):
 def test_a_latents_only_encode_measures_its_psnr_on_its_first_images(coded, tmp_path, monkeypatch):
     """Without a residual the decoder's pass is made for the PSNR alone: it doubled such an encode's
     time, so it is made for the first PSNR_IMAGES images only, and the count is reported."""
-    from vaekit.codec import jobs
+    from vaekit.codec import lossy_job
 
     model, src, _, _ = coded
     prior = codec.stored_prior(model)
     q = next(q for q in range(1, len(prior.steps) + 1) if not prior.deltas[q - 1])  # a quality of latents only
-    monkeypatch.setattr(jobs, "PSNR_IMAGES", 16)
+    monkeypatch.setattr(lossy_job, "PSNR_IMAGES", 16)
     r = codec.encode(model, src, tmp_path / "a.vkc", quality=q, chunk=16)
     assert r.count == 40 and r.psnr_images == 16 and r.psnr is not None

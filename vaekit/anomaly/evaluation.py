@@ -18,7 +18,7 @@ from vaekit.anomaly.overlap import file_identity, refuse_copies
 from vaekit.anomaly.masks import fit_mask, mask_index, masks_for
 from vaekit.anomaly.pixel_roc import PixelRoc
 from vaekit.anomaly.score import Progress, iter_scored, scoring_plan
-from vaekit.anomaly.threshold import threshold_set_on_note, trained_on_note
+from vaekit.anomaly.held_out import threshold_set_on_note, trained_on_note
 from vaekit.anomaly.quantiles import check_threshold
 from vaekit.inference.engine import Model
 from vaekit.errors import BadInput, MissingExtra, NotFound

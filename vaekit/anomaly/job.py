@@ -34,7 +34,8 @@ from vaekit.reader.score import READ_TILE
 from vaekit.stream.headers import journaled_inputs, journaled_model
 from vaekit.stream.journals import model_settings, naming_failed_writes, open_journal
 from vaekit.progress import Progress
-from vaekit.stream.shares import Shares, finish_when_complete, refuse_unfinished_output, share_out
+from vaekit.stream.finish import finish_when_complete, refuse_unfinished_output
+from vaekit.stream.shares import Shares, share_out
 
 _FLOATS = ("score", "bits_per_dim", "threshold", "neg_elbo", "recon", "kl", "excess")
 

@@ -8,9 +8,7 @@ target false-positive rate); `resolve_threshold` says which one applies to a sco
 from __future__ import annotations
 
 import os
-
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -18,6 +16,7 @@ from vaekit.inference.engine import DEFAULT_SCORE, Model
 from vaekit.inference.tiled import tiled
 from vaekit.anomaly.quantiles import (QUANTILES, check_quantile, check_threshold, few_scores_note, quantile_text,
                                      threshold_of)
+from vaekit.anomaly.held_out import SET_ON, training_folder_of, training_roots
 from vaekit.errors import BadInput, InUse
 
 def section_note(section: dict) -> str | None:
@@ -176,7 +175,6 @@ def _store(run_dir: Path, cfg: dict, old: dict, section: dict) -> dict:
 
 
 NEW_NORMAL = "new normal"  # the `source` of a threshold set from a folder of new normal images
-SET_ON = "normal_folders"  # where it was set from: the files and folders named, absolute
 
 
 def threshold_from_normal(run_dir: str | Path, normal, quantile: float | None = None,
@@ -241,57 +239,6 @@ def _refuse_training_copies(normal, roots: list[Path]) -> None:
     if shared:
         raise BadInput(f"{shared[0]} is a training image ({shared[1]}, the same file or the same bytes); a "
                        "threshold needs normal images the model never saw")
-
-
-def training_roots(cfg: dict, run_dir: Path) -> list[Path]:
-    """Where the run's training images were: config.json's data.root. Runs written before it was
-    stored absolute hold the path as typed, relative to a working directory no longer known: both
-    the current one and the run's parent are then taken for it."""
-    root = (cfg.get("data") or {}).get("root")
-    if not isinstance(root, str) or not root:
-        return []
-    return [Path(root)] if Path(root).is_absolute() else [Path.cwd() / root, run_dir.parent / root]
-
-
-def trained_on_note(model: Model, folders: str | Path | Sequence[str | Path]) -> str | None:
-    """A note when `folders` (or one of them) is, holds or lies inside the folder the model trained on
-    (config.json's data.root): images it trained on score lower than new ones, so a metric
-    measured on them is not a held-out one. None when they are apart, or the root is unknown."""
-    cfg = getattr(model, "config", None)
-    source = getattr(model.info, "source", None)
-    if not isinstance(cfg, dict) or source is None:
-        return None
-    roots = training_roots(cfg, Path(source))
-    for folder in [folders] if isinstance(folders, (str, Path)) else folders:
-        root = training_folder_of(folder, roots)
-        if root is not None:
-            return f"{folder} holds images the model trained on ({root}): the figures are not held-out ones"
-    return None
-
-
-def threshold_set_on_note(model: Model, folders: str | Path | Sequence[str | Path]) -> str | None:
-    """A note when the stored threshold was set from images under `folders` (`vaekit threshold
-    --normal`): its false-positive rate there is its quantile by construction, not a measurement."""
-    cfg = getattr(model, "config", None)
-    section = cfg.get("anomaly") if isinstance(cfg, dict) else None
-    set_on = section.get(SET_ON) if isinstance(section, dict) else None
-    if not isinstance(set_on, list):
-        return None
-    from vaekit.fileio import is_inside
-
-    for folder in [folders] if isinstance(folders, (str, Path)) else folders:
-        hit = next((s for s in set_on if isinstance(s, str) and (is_inside(s, folder) or is_inside(folder, s))), None)
-        if hit is not None:
-            return (f"the stored threshold was set on the images in {hit} (vaekit threshold --normal), which {folder} "
-                    "holds or lies in: its false-positive rate there is its quantile by construction, not a measurement")
-    return None
-
-
-def training_folder_of(folder: str | Path, roots: Sequence[Path]) -> Path | None:
-    """The first training root that `folder` is, holds or lies inside; None when apart from all."""
-    from vaekit.fileio import is_inside
-
-    return next((root for root in roots if is_inside(folder, root) or is_inside(root, folder)), None)
 
 
 def _new_normal_scores(run_dir: Path, normal, default: str, names: list[str]) -> dict[str, np.ndarray]:

@@ -23,6 +23,8 @@ from vaekit import images as imageio
 from vaekit import stream
 from vaekit.codec import bitsback, container, lossy, tables
 from vaekit.codec import lossless as lossless_job
+from vaekit.codec import lossy_job
+from vaekit.codec.lossy_job import BATCH
 from vaekit.codec import prior as priors
 from vaekit.codec.net import CANONICAL_THREADS, Net
 from vaekit.codec.store import decoded, earlier_hashes, shape_problem, stored_prior
@@ -30,15 +32,13 @@ from vaekit.fileio.staging import recover, staged
 from vaekit.images.arrays import check_int
 from vaekit.inference.engine_onnx import refuse_model_files
 from vaekit.codes.jobs import check_model, decodable
-from vaekit.codes.sizes import restore_image, source_facts
+from vaekit.codes.sizes import restore_image
 from vaekit.codes.targets import check_targets, png_names
 from vaekit.errors import BadInput, check_flags
 from vaekit.fileio import named_path, refuse_existing, refuse_inside, refuse_under_file
 
 from vaekit.progress import Progress  # noqa: E402  (the one alias)
 CHUNK = container.CHUNK  # images per ANS stream, at most container.CHUNK_SUBPIXELS sub-pixels
-BATCH = 256  # images through the network at a time (lossy)
-PSNR_IMAGES = 1024  # a latents-only encode measures its PSNR on the first this many images
 BITSBACK = f"bbans:latent{bitsback.LATENT_BITS}:crc{bitsback.CHECK_BITS}:p{tables.PRECISION}"
 BITSBACK_TABLES = hashlib.sha256(BITSBACK.encode()).hexdigest()[:16]  # what a lossless header names
 
@@ -113,7 +113,8 @@ def encode(model, source: str | Path | Sequence[str | Path], out: str | Path, qu
     spill, errors = container.Spill(out), []  # lossy: each image's squared error, as the file decodes
     try:
         skipped, source_bytes = (lossless_job.encode_folder(model, found, header, spill, chunk, progress) if lossless else
-                                 _encode_lossy(model, prior, quality, found, header, spill, chunk, progress, errors))
+                                 lossy_job.encode_folder(model, prior, quality, found, header, spill, chunk, progress,
+                                                         errors))
         if not header.names:
             raise imageio.none_usable(f"in {source}", skipped)
         decodable(header.names, source)  # the images stored, when a skipped one changed the output names
@@ -124,16 +125,7 @@ def encode(model, source: str | Path | Sequence[str | Path], out: str | Path, qu
     payload = 4 * sum(c[1] for c in header.chunks)
     return EncodeResult(out, header.mode, quality, len(header.names), size, size - payload, info.dims, skipped,
                         source_bytes, time.perf_counter() - t0, lossless_job.pixel_model_name(header) if lossless else None,
-                        None if lossless else residual_name(prior, quality), *_mean_psnr(errors))
-
-
-def _mean_psnr(errors: list) -> tuple[float | None, int, int]:
-    """(mean PSNR in dB over the images not decoded exactly, or None; how many are exact; how many
-    were measured) from each image's mean squared error in 8-bit levels."""
-    mse = np.concatenate(errors) if errors else np.zeros(0)
-    inexact = mse[mse > 0]
-    psnr = float(np.mean(10 * np.log10(255.0**2 / inexact))) if len(inexact) else None
-    return psnr, int(len(mse) - len(inexact)), int(len(mse))
+                        None if lossless else residual_name(prior, quality), *lossy_job.mean_psnr(errors))
 
 
 def residual_name(prior: priors.Prior, quality: int) -> str | None:
@@ -188,46 +180,6 @@ def check_encode(model, source, out: str | Path, quality: int | None = None, los
     refuse_model_files(out, model.info.source, "output")  # nor onto an export's part (with --overwrite)
     refuse_existing([out], overwrite)
     return found
-
-
-def _encode_lossy(model, prior, quality, found, header, spill, chunk, progress, errors: list):
-    skipped, source_bytes, pending, total, done = [], 0, [], len(found.paths), 0
-    for b in stream.iter_batches(found.paths, model.info.image_size, model.info.channels, BATCH):
-        skipped += b.skipped
-        facts = [source_facts(p) for p in b.paths]
-        keep = np.array([not isinstance(f, str) for f in facts], dtype=bool)
-        skipped += [(p, f) for p, f in zip(b.paths, facts) if isinstance(f, str)]
-        if keep.any():
-            pending.append((model.encode(b.images[keep])[0], b.images[keep]))
-            for i, f in zip(np.asarray(b.positions)[keep], [f for f in facts if not isinstance(f, str)]):
-                header.names.append(found.names[i])
-                header.orig_size.append(list(f[0]))
-                source_bytes += f[1]
-        while sum(len(m) for m, _ in pending) >= chunk:
-            pending = _flush_lossy(model, prior, quality, pending, spill, chunk, errors)
-        done += len(b.paths) + len(b.skipped)
-        if progress:
-            progress(done, total)
-    while pending:
-        pending = _flush_lossy(model, prior, quality, pending, spill, chunk, errors)
-    return skipped, source_bytes
-
-
-def _flush_lossy(model, prior, quality, pending, spill, chunk, errors: list):
-    """One chunk onto the spill; each of its images' squared error as the file decodes onto `errors`."""
-    z, x = np.concatenate([m for m, _ in pending]), np.concatenate([i for _, i in pending])
-    sym, z_hat = lossy.latent_symbols(prior, quality, z[:chunk])
-    delta = int(prior.deltas[quality - 1])
-    # the decoder's pass: for the residual, and for the PSNR (where there is no residual, on the
-    # first PSNR_IMAGES images only: that pass would double a latents-only encode's time)
-    measured = sum(len(e) for e in errors)
-    x_hat = decoded(model, z_hat) if delta or measured < PSNR_IMAGES else None
-    res = lossy.residual_symbols(prior, quality, x[:chunk].astype(np.int64) - x_hat) if delta else None
-    spill.add(len(sym), lossy.encode_chunk(prior, quality, sym, res))
-    if x_hat is not None:
-        back = lossy.with_residual(prior, quality, x_hat, res) if delta else x_hat
-        errors.append(np.array([np.mean((back[i].astype(np.float64) - x[i]) ** 2) for i in range(len(sym))]))
-    return [(z[chunk:], x[chunk:])] if len(z) > chunk else []
 
 
 # --- decode ------------------------------------------------------------------------------------

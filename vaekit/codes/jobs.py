@@ -31,7 +31,8 @@ from vaekit.images.load import BATCH_PIXELS
 from vaekit.stream.headers import journaled_inputs
 from vaekit.stream.journals import model_settings, naming_failed_writes, open_journal
 from vaekit.progress import Progress
-from vaekit.stream.shares import Shares, finish_when_complete, refuse_unfinished_output, share_out
+from vaekit.stream.finish import finish_when_complete, refuse_unfinished_output
+from vaekit.stream.shares import Shares, share_out
 
 if TYPE_CHECKING:  # the engine is passed in; importing it here would cost nothing but clarity
     from vaekit.inference.engine import Model

@@ -30,7 +30,8 @@ from vaekit.stream import pipeline
 from vaekit.stream.batches import Layout, check_number, digest
 from vaekit.stream.headers import journaled_inputs
 from vaekit.stream.journals import model_settings, naming_failed_writes, open_journal
-from vaekit.stream.shares import Shares, finish_when_complete, share_out
+from vaekit.stream.finish import finish_when_complete
+from vaekit.stream.shares import Shares, share_out
 
 if TYPE_CHECKING:
     from vaekit.inference.engine import Model

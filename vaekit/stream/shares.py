@@ -23,7 +23,7 @@ from typing import Iterator
 from vaekit.stream import lines as journal_lines
 from vaekit.stream.batches import Layout, RowCheck, changed, check_entry
 from vaekit.errors import BadInput, DamagedFile, InUse, VaekitError, cannot_write
-from vaekit.fileio import held_elsewhere, refuse_existing, try_lock
+from vaekit.fileio import held_elsewhere, try_lock
 from vaekit.stream.files import LineTooLong, lines_reopened, open_regular, read_lines
 from vaekit.stream.journals import journal_header, parse
 from vaekit.stream.names import (MERGING, check_journal_name, merging_path, partial_path,  # noqa: F401 (MERGING,
@@ -43,7 +43,7 @@ class Shares:
         self.limit = journal_lines.line_limit(layout.batch_size, self.settings, row_bytes)
         self._read: dict[int, tuple[int, int]] = {}  # share -> (device, inode) of the journal read for it
         self._polls: dict[int, _Read] = {}  # share -> how far `complete` has read its journal
-        self.out_before = _file_identity(self.out)  # OUT as the job began: a merge writes another
+        self.out_before = file_identity(self.out)  # OUT as the job began: a merge writes another
 
     def journal(self, j: int) -> Path:
         return partial_path(share_out(self.out, j, self.count))
@@ -298,75 +298,10 @@ def _open_lock(lock: Path) -> int:
     return fd
 
 
-def refuse_unfinished_output(shares: Shares, resume: bool, overwrite: bool) -> None:
-    """OutputExists for a file at OUT when a resume (without --overwrite; the job let OUT through
-    at its start) finds a share with batches still to do: only the merge of a finished job writes
-    OUT, so it is not this job's. With every share complete it may be the merge's own, written
-    just before a stop that left the journals: the merge keeps it when it holds the very bytes it
-    writes (vaekit.fileio.atomic_writer keep_same)."""
-    if resume and not overwrite and (shares.out.exists() or shares.out.is_symlink()) and shares.pending():
-        refuse_existing(shares.out, overwrite=False)
-
-
-def finish_when_complete(shares: Shares, torchrun: bool, timeout: float | None, progress,
-                         finish) -> tuple[bool, list[int]]:
-    """Call `finish()` (write OUT from `shares.merged()`, then `shares.remove()`) when every share
-    is complete and this process is the one to merge: (merged, shares still pending).
-
-    Unsharded, the caller still holds its journal's lock, so no other process can be merging.
-    Under torchrun only rank 0 merges, after waiting for the others; with explicit shards
-    whichever share sees them all complete first takes OUT.merging's lock and merges."""
-    index, count = shares.layout.index, shares.count
-    if not shares.complete(index):  # nothing else would ever merge its rows (an explicit share's
-        if count > 1 and _merged_elsewhere(shares):  # too: it listed itself as pending, exit 0, OUT
-            return False, []  # never written), unless another share's process merged them already
-        raise _own_lost(shares, index)
-    if count > 1 and torchrun and index != 0:
-        return False, []
-    if torchrun:
-        shares.wait(timeout, progress)
-    pending = shares.pending()
-    if pending:
-        return False, pending
-    if count == 1:
-        finish()
-        return True, []
-    with merge_lock(shares.out) as mine:
-        # checked again under the lock: a share that finished at the same time may have merged
-        if mine and not shares.pending():
-            finish()
-            return True, []
-    return False, []
-
-
-def _merged_elsewhere(shares: Shares) -> bool:
-    """Whether another share's process merged every journal (its own finished as this one's last
-    line was written): a new OUT is there (not the one there when the job began) and no share's journal is. A journal moved away leaves the
-    others' in place, since no share can merge without it. A merge removes them one by one after
-    writing OUT: for up to a second, OUT there with some journals left is one still removing them."""
-    for _ in range(20):
-        now = _file_identity(shares.out)
-        if now is None or now == shares.out_before:  # none, or the one there before (--overwrite)
-            return False
-        if not any(os.path.lexists(shares.journal(j)) for j in range(shares.count)):
-            return True
-        time.sleep(0.05)
-    return False
-
-
-def _file_identity(path: Path) -> tuple[int, int, int] | None:
+def file_identity(path: Path) -> tuple[int, int, int] | None:
     """(device, inode, mtime ns) of the file at `path`, or None: a merge puts a new file there."""
     try:
         st = os.stat(path)
     except OSError:
         return None
     return st.st_dev, st.st_ino, st.st_mtime_ns
-
-
-def _own_lost(shares: Shares, index: int) -> InUse:
-    """This process's own journal, all its batches just written, is no longer at its name: moved,
-    removed or replaced while the job ran. Nothing else would ever merge it: an exit 0 without OUT
-    (a share "waiting for" itself, a rank 0 waiting for ever) hid that; the rows are in the file moved."""
-    path = shares.journal(index)
-    return InUse(f"{path} was moved, removed or replaced while this job ran, so {shares.out} was not written; put "
-                 f"the journal back at {path.name} and run the same command with --resume")

@@ -1,0 +1,35 @@
+"""What the codec commands print about a file: its quality, residual, pixel model and size."""
+
+from __future__ import annotations
+
+
+def psnr_text(psnr: float | None, exact: int, measured: int, size: int, channels: int) -> str:
+    """What the lossy file gives back, as the decoder will (±1 level on the other engine)."""
+    if psnr is None:
+        return f"all {measured} images measured decode exactly at the model's {size}×{size}×{channels}"
+    return (f"PSNR {psnr:.2f} dB, the mean over {measured - exact} of {measured} images as they decode at the model's "
+            f"{size}×{size}×{channels}" + (f" ({exact} decode exactly)" if exact else ""))
+
+
+RESIDUAL_TEXT = {None: "latents only", "pixels": "latents + residual per pixel",
+                 "dct 8x8": "latents + residual in 8x8 DCT blocks", "dct 4x4": "latents + residual in 4x4 DCT blocks"}
+
+
+def pixel_model_text(likelihood: str, kind: str) -> str:
+    """What codes a lossless archive's pixels, and the smaller archive a user can have."""
+    if kind == "model":
+        return "the model's own (discretised logistic): the archive costs about its -ELBO"
+    kind, green = kind.removesuffix(" + subtract-green"), kind.endswith(" + subtract-green")
+    how = "; colour coded as G, R - G, B - G, which measured smaller" if green else ""
+    if kind == "learned":
+        return (f"a small network fitted to these images (a {likelihood} model has no 8-bit levels), "
+                f"chosen because it measured smaller than the context model{how} (docs/codec.md)")
+    return (f"a context model fitted to these images (a {likelihood} model has no 8-bit levels){how}; a model "
+            "trained with --likelihood logistic codes 9-10% smaller (docs/codec.md)")
+
+
+def vs_sources(source_bytes: int, file_bytes: int) -> str:
+    """The sources' size and how much smaller (or larger) the written file is: two decimals below
+    10× (a file 4.6% larger than its sources was "1.0× smaller")."""
+    ratio, word = (source_bytes / file_bytes, "smaller") if source_bytes >= file_bytes else (file_bytes / source_bytes, "larger")
+    return f"{source_bytes:,} bytes, {ratio:.{2 if ratio < 10 else 1}f}× {word}"
