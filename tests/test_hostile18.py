@@ -233,3 +233,24 @@ def test_an_older_output_is_not_taken_for_another_shares_merge(setup, tmp_path):
     with pytest.raises(InUse, match="shard-0-of-2.partial was moved, removed or replaced while this job ran"):
         anomaly.score_to_file(model, data, out, threshold=0.0, batch_size=2, shard=(0, 2), overwrite=True)
     assert out.read_text() == "an older output\n"
+
+
+def test_a_share_whose_rows_another_share_just_merged_does_not_wait_for_itself(setup, tmp_path, monkeypatch):
+    """Share 0 saw its journal complete; share 1 then merged every journal and removed them before
+    share 0 listed the pending shares: it said "waiting for 0, 1" while OUT was written."""
+    import vaekit
+    from vaekit import anomaly
+    from vaekit.stream.shares import Shares
+
+    run, data = setup
+    out = tmp_path / "s.csv"
+    real, merged = Shares.pending, []
+
+    def pending(self):
+        if self.layout.index == 0 and not merged:  # share 1 runs to its end here, and merges
+            merged.append(anomaly.score_to_file(vaekit.load(run), data, out, threshold=0.0, batch_size=2, shard=(1, 2)))
+        return real(self)
+
+    monkeypatch.setattr(Shares, "pending", pending)
+    mine = anomaly.score_to_file(vaekit.load(run), data, out, threshold=0.0, batch_size=2, shard=(0, 2))
+    assert merged[0].merged and out.exists() and not mine.merged and mine.pending == []

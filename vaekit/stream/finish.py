@@ -39,8 +39,8 @@ def finish_when_complete(shares: Shares, torchrun: bool, timeout: float | None, 
     if torchrun:
         shares.wait(timeout, progress)
     pending = shares.pending()
-    if pending:
-        return False, pending
+    if pending:  # or merged by another share since this one's journal was seen complete
+        return False, [] if count > 1 and _merged_elsewhere(shares) else pending
     if count == 1:
         finish()
         return True, []
