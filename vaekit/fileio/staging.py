@@ -12,8 +12,7 @@ filesystem (a link inside the output folder) is copied, synced, then renamed int
 The moves are journalled (`.moves` in the staging folder, a line before each move), so a decode
 killed while it moves its files (SIGKILL: nothing of it runs again) is taken back by the next
 decode into the same folder: every file of it that is still where it was moved (the same inode,
-size and mtime)
-goes, every file it replaced comes back, every folder it made and left empty goes.
+size and mtime) goes, every file it replaced comes back, every folder it made and left empty goes.
 """
 
 from __future__ import annotations
@@ -156,8 +155,11 @@ def _note(journal, out_dir: Path, staged: Path | None = None, target: Path | Non
         st = os.lstat(staged)
         entry = {"to": _rel(target, out_dir), "id": _identity(st), "old": old.name if old is not None else None,
                  "new": new}
-    journal.write(json.dumps(entry) + "\n")
-    journal.flush()
+    try:
+        journal.write(json.dumps(entry) + "\n")
+        journal.flush()
+    except OSError as e:  # a full disk: one line naming the journal, and the moves so far taken back
+        raise cannot_write(e, Path(journal.name)) from None
 
 
 def _identity(st: os.stat_result) -> list[int]:
