@@ -327,7 +327,7 @@ def test_in_the_browser_another_tabs_stop_leaves_a_training_run_alone(served):
         b.locator("#stop-btn").click()
         b.locator("#train-status").get_by_text("nothing is training on this page").wait_for(timeout=DEADLINE * 1000)
         # tab a trains on: was "Stopped after 1 epoch(s)"
-        shows(r"epoch [2-9]/200")
+        shows(r"epoch ([2-9]|[1-9][0-9]+)/200")  # any epoch after the first (a fast box is past 9 by then)
         a.locator("#stop-btn").click()
         a.locator("#train-status").get_by_text("Stopped").wait_for(timeout=DEADLINE * 1000)
 
