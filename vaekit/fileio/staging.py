@@ -196,7 +196,8 @@ def _take_back(out_dir: Path, staging: Path) -> None:
     folders it made go where empty. A file anyone put there since (another identity) stays, and
     so does one it replaced without a way back (no hard link: its new file is all there is). Only a
     journal of this user's, and only paths inside `out_dir`: an edited journal takes back nothing else."""
-    for entry in reversed(_journal(staging)):
+    entries = _journal(staging)
+    for entry in reversed(entries):
         try:
             if "dirs" in entry:
                 continue
@@ -209,7 +210,7 @@ def _take_back(out_dir: Path, staging: Path) -> None:
                 target.unlink()
         except (ValueError, KeyError, TypeError, OSError):  # a file gone since; a line of another shape
             continue
-    dirs = next((e["dirs"] for e in _journal(staging) if isinstance(e.get("dirs"), list)), [])
+    dirs = next((e["dirs"] for e in entries if isinstance(e.get("dirs"), list)), [])
     for d in dirs:  # deepest first, as written
         try:
             folder = _inside(out_dir, d)
