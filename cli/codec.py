@@ -204,10 +204,10 @@ def _encode_vkc(model, images, out, quality, lossless, fit, overwrite, as_json, 
                            f"(of the model's {size}×{size}×{channels})")
     if r.source_bytes:
         t.add_row("vs. sources", vs_sources(r.source_bytes, r.file_bytes))
-    if not lossless:
-        t.add_row("quality", psnr_text(r.psnr, r.exact, r.psnr_images, size, channels))
     if lossless:
         t.add_row("pixel model", pixel_model_text(m.info.likelihood, r.pixel_model))
+    else:
+        t.add_row("quality", psnr_text(r.psnr, r.exact, r.psnr_images, size, channels))
     console.print(t)
 
 
