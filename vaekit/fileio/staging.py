@@ -169,34 +169,31 @@ def _identity(st: os.stat_result) -> list[int]:
 
 
 def recover(out_dir: Path) -> None:
-    """Take back what decodes killed while moving their PNGs into `out_dir` left there (`_take_back`,
-    every journal before any staging folder goes, the newest first: the file a later one replaced
-    is kept in its own folder), then remove their staging folders. Called before a decode checks its
-    outputs: re-running the killed decode must not be refused by the killed one's files."""
+    """Take back what decodes killed while moving their PNGs into `out_dir` left there (`_take_back`),
+    then remove their staging folders. Every journal is replayed, pass after pass, until a pass
+    undoes nothing, before any folder goes: where two killed decodes replaced one file, the earlier
+    one's move is undone only once the later one's has put its file back (no order of files' times
+    needed). Called before a decode checks its outputs: re-running the killed decode must not be
+    refused by the killed one's files."""
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         return
     found = stale(out_dir, STAGE)
-    for old in sorted(found, key=_journal_time, reverse=True):
-        _take_back(out_dir, old)
+    for _ in range(len(found)):  # each pass undoes at least one more decode's move, or ends it
+        if not sum(_take_back(out_dir, old) for old in found):
+            break
     for old in found:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _journal_time(staging: Path) -> int:
-    try:
-        return os.lstat(staging / JOURNAL).st_mtime_ns
-    except OSError:
-        return 0
-
-
-def _take_back(out_dir: Path, staging: Path) -> None:
+def _take_back(out_dir: Path, staging: Path) -> int:
     """Undo what a killed decode's journal says it moved: a file still at its target as it was
     staged is removed where the move made it (`new`), or replaced by the file it replaced; the
     folders it made go where empty. A file anyone put there since (another identity) stays, and
     so does one it replaced without a way back (no hard link: its new file is all there is). Only a
-    journal of this user's, and only paths inside `out_dir`: an edited journal takes back nothing else."""
-    entries = _journal(staging)
+    journal of this user's, and only paths inside `out_dir`: an edited journal takes back nothing else.
+    Returns how many moves it undid (a move undone once no longer matches: replaying is harmless)."""
+    entries, undone = _journal(staging), 0
     for entry in reversed(entries):
         try:
             if "dirs" in entry:
@@ -206,8 +203,10 @@ def _take_back(out_dir: Path, staging: Path) -> None:
                 continue
             if entry.get("old") is not None:
                 os.replace(staging / ".replaced" / str(int(entry["old"])), target)
+                undone += 1
             elif entry.get("new") is True:
                 target.unlink()
+                undone += 1
         except (ValueError, KeyError, TypeError, OSError):  # a file gone since; a line of another shape
             continue
     dirs = next((e["dirs"] for e in entries if isinstance(e.get("dirs"), list)), [])
@@ -218,6 +217,7 @@ def _take_back(out_dir: Path, staging: Path) -> None:
                 folder.rmdir()
         except (ValueError, TypeError, OSError):
             pass
+    return undone
 
 
 def _journal(staging: Path) -> list[dict]:
