@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 import built_once
 import vaekit
 from vaekit.codes import batch_size as batches, jobs
+from vaekit.stream import job
 
 
 @pytest.fixture(scope="module")
@@ -20,13 +21,13 @@ def washers(tmp_path_factory) -> Path:
 
 def journal_settings(monkeypatch) -> list[dict]:
     """The settings each encode opens its journal with, as they are recorded."""
-    seen, real = [], jobs.open_journal
+    seen, real = [], job.open_journal
 
     def spy(out, settings, *rest, **kw):
         seen.append(dict(settings))
         return real(out, settings, *rest, **kw)
 
-    monkeypatch.setattr(jobs, "open_journal", spy)
+    monkeypatch.setattr(job, "open_journal", spy)  # every streaming job opens its journal there
     return seen
 
 

@@ -19,7 +19,7 @@ from typing import Sequence
 
 from vaekit import images as imageio
 from vaekit import stream
-from vaekit.stream import pipeline
+from vaekit.stream import job, pipeline
 from vaekit.anomaly.outputs import (check_outputs, map_targets, output_format, refuse_taken_maps, save_maps,
                                     write_csv_rows, write_json_rows)
 from vaekit.codes.targets import refuse_linked
@@ -31,11 +31,10 @@ from vaekit.fileio import atomic_writer
 from vaekit.images.arrays import check_batch_size, check_int
 from vaekit.inference.tiled import tiled
 from vaekit.reader.score import READ_TILE
-from vaekit.stream.headers import journaled_inputs, journaled_model
-from vaekit.stream.journals import model_settings, naming_failed_writes, open_journal
+from vaekit.stream.headers import journaled_model
+from vaekit.stream.journals import model_settings, naming_failed_writes
 from vaekit.progress import Progress
-from vaekit.stream.finish import finish_when_complete, refuse_unfinished_output
-from vaekit.stream.shares import Shares, share_out
+from vaekit.stream.shares import Shares
 
 _FLOATS = ("score", "bits_per_dim", "threshold", "neg_elbo", "recon", "kl", "excess")
 
@@ -83,20 +82,20 @@ def score_to_file(
     check_flags(overwrite=overwrite, resume=resume)
     plan = scoring_plan(model, samples, score, iwae, threshold)
     batch_size, top = check_batch_size(batch_size, default_batch(model)), check_int(top, "top")
-    inputs = journaled_inputs(inputs, out, shard)  # the same files spelled another way than its journals do
-    found = stream.find_inputs(inputs, once=True)
-    torchrun = shard is None and stream.env_shard()[1] > 1
-    index, count = stream.check_shard(*(stream.env_shard() if shard is None else shard))
+    share = job.start(inputs, out, shard, batch_size)
+    found, layout, (index, count) = share.found, share.layout, (share.layout.index, share.layout.count)
     if out is None and (resume or count > 1):
         raise BadInput("--resume and sharding need an output file (-o): the rows are kept there")
-    check_outputs(found.sources, out, maps, overwrite or resume, model.info.source)  # resuming: OUT in _open
-    layout = Layout(_texts(found.paths), batch_size, index, count)
-    shares, journal = _open(model, plan, found, layout, out, maps, resume, overwrite) if out is not None else (None, None)
+    check_outputs(found.sources, out, maps, overwrite or resume, model.info.source)  # resuming: OUT in open_share
+    shares, journal = None, None
+    if out is not None:
+        shares, journal = job.open_share(out, _settings(model, plan, found, layout, maps, out), layout,
+                                         _row_check(layout.paths, plan.threshold), resume, overwrite)
     done = frozenset(journal.done) if journal else frozenset()
     tally = _Tally(top)
     sink = _Sink(journal, tally, None if maps is None else Path(maps), out, overwrite)
     positions = stream.shard(found.paths, index, count, batch_size) if count > 1 else None
-    try:
+    with job.held(journal, out):  # unsharded, the journal's lock goes after the merge
         sink.targets, sink.own = _check_maps(found, maps, layout, journal, overwrite, model.info.source)
         with pipeline.WriteBehind(sink.write) as writer:
             for b in iter_scored(model, found, plan, maps=maps is not None, batch_size=batch_size,
@@ -106,16 +105,15 @@ def score_to_file(
                            repeated=found.repeated)
         if journal is None:
             if not tally.count:
-                raise imageio.none_usable(f"in {stream.named(inputs)}", tally.skipped)
+                raise imageio.none_usable(f"in {stream.named(share.inputs)}", tally.skipped)
             return tally.into(report)
-        if count > 1:  # this share is written: its lock goes, another share's process may merge it
-            _close(journal, out)
-        return _merge(model, plan, shares, report, tally, inputs, torchrun, merge_timeout, progress, overwrite)
-    except BaseException:  # refused or failed before its first batch: no OUT.partial to block the next run
-        _close(journal, out, abandon=True)
-        raise
-    finally:  # done, or stopped (the writer has ended): the journal's lock goes (unsharded: after the merge)
-        _close(journal, out)
+        report.merged, report.pending = job.end(
+            journal, shares, share.torchrun, merge_timeout, progress,
+            lambda: _finish(shares, model, plan, tally, share.inputs, overwrite))
+        if report.merged:
+            report.out = shares.out
+            return tally.into(report)
+        return _own_share(report, shares, index, tally)
 
 
 class _Sink:
@@ -145,38 +143,6 @@ class _Sink:
                 self.journal.append(b.index, [_encode(asdict(r)) for r in b.rows], skipped)
         else:
             self.tally.add((asdict(r) for r in b.rows), skipped)
-
-
-def _open(model: Model, plan: Plan, found: stream.Inputs, layout: Layout, out, maps, resume: bool,
-          overwrite: bool = False):
-    """(Shares, Journal) of this share of the job writing `out`; shares of another job are
-    refused before any work, and so is, resuming, a file at `out` that cannot be the merge's own."""
-    settings = _settings(model, plan, found, layout, maps, out)
-    shares = Shares(Path(out), settings, layout, _row_check(layout.paths, plan.threshold))
-    shares.check_headers()
-    journal = open_journal(share_out(Path(out), layout.index, layout.count), settings, resume, layout,
-                           shares.row_check)
-    try:
-        refuse_unfinished_output(shares, resume, overwrite)
-    except BaseException:
-        _close(journal, out, abandon=True)
-        raise
-    return shares, journal
-
-
-def _close(journal, out, abandon: bool = False) -> None:
-    """Release the journal's lock; `abandon`: remove it first if this run started it and wrote no batch."""
-    if journal is None:
-        return
-    with naming_failed_writes(Path(out)):
-        if abandon:
-            journal.abandon()
-        journal.close()
-
-
-def _texts(paths) -> list[str]:
-    texts = getattr(paths, "texts", None)
-    return texts if texts is not None else [str(p) for p in paths]
 
 
 def _check_maps(found: stream.Inputs, maps, layout: Layout, journal,
@@ -210,17 +176,6 @@ def _refuse_lost_maps(journal, maps: Path, targets: list[str], layout: Layout) -
             if not (t.exists() or t.is_symlink()):
                 raise BadInput(f"cannot resume {journal.path}: the heat map {t} of a finished batch is gone (removed "
                                "since the job stopped?); put it back, or delete the journal to start again")
-
-
-def _merge(model, plan, shares: Shares, report: JobReport, tally: "_Tally", inputs, torchrun, timeout,
-           progress, overwrite: bool = False) -> JobReport:
-    """Write OUT when every share is complete (this one merges), else report this share alone."""
-    report.merged, report.pending = finish_when_complete(
-        shares, torchrun, timeout, progress, lambda: _finish(shares, model, plan, tally, inputs, overwrite))
-    if report.merged:
-        report.out = shares.out
-        return tally.into(report)
-    return _own_share(report, shares, report.shard[0], tally)
 
 
 def _settings(model: Model, plan: Plan, found: stream.Inputs, layout: Layout, maps, out) -> dict:

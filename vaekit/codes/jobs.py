@@ -16,6 +16,7 @@ import numpy as np
 
 from vaekit import images as imageio
 from vaekit import stream
+from vaekit.stream import job
 from vaekit.codes import batch_size as batches
 from vaekit.codes.format import PRECISIONS, CodeFile, FingerprintMismatch, validate, load, quantize
 from vaekit.stream.batches import Layout, digest
@@ -28,11 +29,9 @@ from vaekit.fileio.staging import recover, staged
 from vaekit.inference.engine_onnx import refuse_model_files
 from vaekit.images.arrays import check_batch_size
 from vaekit.images.load import BATCH_PIXELS
-from vaekit.stream.headers import journaled_inputs
-from vaekit.stream.journals import model_settings, naming_failed_writes, open_journal
+from vaekit.stream.journals import model_settings, naming_failed_writes
 from vaekit.progress import Progress
-from vaekit.stream.finish import finish_when_complete, refuse_unfinished_output
-from vaekit.stream.shares import Shares, share_out
+from vaekit.stream.shares import Shares
 
 if TYPE_CHECKING:  # the engine is passed in; importing it here would cost nothing but clarity
     from vaekit.inference.engine import Model
@@ -140,39 +139,26 @@ def encode_folder(
     batch_size = batches.encode_batch_size(batch_size, model.info.latent_dim, out, shard, resume)
     if out.is_dir():
         raise BadInput(f"output {out} is a folder; give a file name such as {out / 'images.codes'}")
-    source = journaled_inputs(source, out, shard)  # the same files spelled another way than its journals do
-    found = stream.find_inputs(source, once=True)
-    decodable(found.names, source)
+    share = job.start(source, out, shard, batch_size)
+    found, layout, (index, count) = share.found, share.layout, (share.layout.index, share.layout.count)
+    decodable(found.names, share.inputs)
     refuse_inside(out, found.sources, "output")
     refuse_inside(out, model.info.source, "output", kind="the model's run directory")
     refuse_model_files(out, model.info.source, "output")  # nor onto an export's part (with --overwrite)
-    refuse_existing([out], overwrite or resume)  # resuming: once its shares are read (below)
-    torchrun = shard is None and stream.env_shard()[1] > 1
-    index, count = stream.check_shard(*(stream.env_shard() if shard is None else shard))
+    refuse_existing([out], overwrite or resume)  # resuming: once its shares are read (open_share)
     info = model.info
-    layout = Layout(getattr(found.paths, "texts", None) or [str(p) for p in found.paths], batch_size, index, count)
-    settings = _settings(model, found, layout, precision)
     mu_bytes = batches.mu_bytes(info.latent_dim)
-    shares = Shares(out, settings, layout, _row_check(found.names, info.latent_dim), row_bytes=mu_bytes)
-    shares.check_headers()
-    journal = open_journal(share_out(out, index, count), settings, resume, layout, shares.row_check, mu_bytes)
-    try:
-        refuse_unfinished_output(shares, resume, overwrite)
+    shares, journal = job.open_share(out, _settings(model, found, layout, precision), layout,
+                                     _row_check(found.names, info.latent_dim), resume, overwrite, mu_bytes)
+    with job.held(journal, out):
         resumed = len(journal.done)
         _encode_batches(model, found, journal, layout, workers, progress)
-        if count > 1:  # this share is written: its lock goes, another share's process may merge it
-            journal.close()
         report = EncodeReport(out, 0, 0, 0, info.image_size, 0, precision, shard=(index, count), resumed=resumed,
                               repeated=found.repeated)
-        report.merged, report.pending = finish_when_complete(
-            shares, torchrun, merge_timeout, progress,
-            lambda: _write_code_file(shares, report, info, source, overwrite))
+        report.merged, report.pending = job.end(
+            journal, shares, share.torchrun, merge_timeout, progress,
+            lambda: _write_code_file(shares, report, info, share.inputs, overwrite))
         return report
-    except BaseException:  # refused or failed before its first batch (a missing encoder file): no OUT.partial left
-        journal.abandon()
-        raise
-    finally:  # done, or stopped: the journal's lock goes at once (resumable in this process)
-        journal.close()
 
 
 def _row_check(names: Sequence[str], latent_dim: int):
@@ -225,7 +211,7 @@ def _encode_batches(model: "Model", found: stream.Inputs, journal, layout: Layou
             progress(done, total)
 
 
-def _write_code_file(shares, report: EncodeReport, info, source, overwrite: bool) -> None:
+def _write_code_file(shares: Shares, report: EncodeReport, info, source, overwrite: bool) -> None:
     """The code file from every share's journal, chunk by chunk, atomically; then the journals go."""
     kept, sizes, skipped = [], [], []
     for e in shares.merged():

@@ -26,12 +26,10 @@ from vaekit.fileio import refuse_existing, refuse_inside
 from vaekit.inference.engine_onnx import refuse_model_files
 from vaekit.images.arrays import check_batch_size, check_int
 from vaekit.images.quality import SSIM_MISSING, psnr, ssim
-from vaekit.stream import pipeline
+from vaekit.stream import job, pipeline
 from vaekit.stream.batches import Layout, check_number, digest
-from vaekit.stream.headers import journaled_inputs
-from vaekit.stream.journals import model_settings, naming_failed_writes, open_journal
-from vaekit.stream.finish import finish_when_complete
-from vaekit.stream.shares import Shares, share_out
+from vaekit.stream.journals import model_settings, naming_failed_writes
+from vaekit.stream.shares import Shares
 
 if TYPE_CHECKING:
     from vaekit.inference.engine import Model
@@ -101,23 +99,19 @@ def reconstruct_to_folder(model: "Model", source: str | Path | Sequence[str | Pa
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise BadInput(f"output {out_dir} exists and is not a folder")
-    source = journaled_inputs(source, out_dir, shard)  # the same files spelled another way than its journals do
-    found = stream.find_inputs(source, once=True)  # a file named twice is one PNG, not a clash of two
+    share = job.start(source, out_dir, shard, batch_size)  # a file named twice is one PNG, not a clash of two
+    found, layout, (index, count) = share.found, share.layout, (share.layout.index, share.layout.count)
     refuse_inside(out_dir, found.sources, "output folder", folder=True)  # its PNGs would be read back as inputs
     refuse_model_files(out_dir, model.info.source, "output folder")  # --overwrite would replace the run's files
     targets = png_names(found.names)  # relative to out_dir
     grid = out_dir / grid_name(targets)
-    torchrun = shard is None and stream.env_shard()[1] > 1
-    index, count = stream.check_shard(*(stream.env_shard() if shard is None else shard))
     info = model.info
-    layout = Layout(getattr(found.paths, "texts", None) or [str(p) for p in found.paths], batch_size, index, count)
     settings = {"job": "reconstruct", **model_settings(model),
                 "batch_size": batch_size, "files": len(found.paths), "file_list": digest(layout.paths),
                 "inputs": [str(r) for r in found.roots], "grid_max": grid_max, "shard": [index, count]}
-    shares = Shares(out_dir, settings, layout, _row_check(found.names))
-    shares.check_headers()
-    journal = open_journal(share_out(out_dir, index, count), settings, resume, layout, shares.row_check)
-    try:
+    shares, journal = job.open_share(out_dir, settings, layout, _row_check(found.names), resume, overwrite,
+                                     folder=True)
+    with job.held(journal, out_dir):
         if journal.resumed:
             _refuse_lost_pngs(journal, out_dir, found.names, targets, layout)
         todo = [b for b in layout.mine() if b not in journal.done]
@@ -130,19 +124,12 @@ def reconstruct_to_folder(model: "Model", source: str | Path | Sequence[str | Pa
                                 resumed=len(journal.done), repeated=found.repeated)
         _run(model, found, journal, layout, [out_dir / t for t in targets], workers, progress,
              (overwrite, todo[0] if own else None))
-        if count > 1:  # this share is written: its lock goes, another share's process may merge it
-            journal.close()
-        report.merged, report.pending = finish_when_complete(
-            shares, torchrun, merge_timeout, progress,
+        report.merged, report.pending = job.end(
+            journal, shares, share.torchrun, merge_timeout, progress,
             lambda: _finish(shares, report, model, out_dir, found, targets, grid_max, overwrite))
         if not report.merged:
             _collect(shares.entries(index), report, out_dir, found, targets)
         return report
-    except BaseException:  # refused or failed before its first batch: no OUT.partial to block the next run
-        journal.abandon()
-        raise
-    finally:  # done, or stopped: the journal's lock goes at once (resumable in this process)
-        journal.close()
 
 
 def _refuse_lost_pngs(journal, out_dir: Path, names: list[str], targets: list[str], layout: Layout) -> None:

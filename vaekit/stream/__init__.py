@@ -1,6 +1,7 @@
 """Streaming folder jobs: decoded batches in, per-image rows out, in bounded memory and resumable.
 
 What every folder command (anomaly-score, encode, reconstruct, the codec) and the demo stand on:
+- `job`: the frame of a journalled job (its share of the files, its journal held, its end).
 - `inputs`: the image files under what the user named, this process's share of them
   (`--shard i/n` or torchrun's ranks), and fixed batches of them decoded ahead of the consumer.
 - `batches`: which batches a job has, which files each covers, and the check of a journal line.
