@@ -9,6 +9,7 @@ from pathlib import Path, PurePosixPath
 from typing import Iterable, Sequence
 
 from vaekit.errors import BadInput, OutputExists, check_flags
+from vaekit.fileio import NO_FOLLOW_NO_BLOCK
 
 
 def _special_file(path: Path) -> str | None:
@@ -131,7 +132,7 @@ def same_bytes(a: Path, b: Path) -> bool:
     MiB at a time (a code file may be gigabytes). `b` is opened without following a link and
     without blocking, then checked on the open file: one swapped for a link or a FIFO after a
     look by name is never read through (a FIFO would block for ever)."""
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    flags = os.O_RDONLY | NO_FOLLOW_NO_BLOCK
     try:
         if stat.S_ISLNK(os.lstat(b).st_mode):  # where O_NOFOLLOW is missing (Windows)
             return False

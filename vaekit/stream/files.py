@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Iterator
 
 from vaekit.errors import BadInput, DamagedFile
+from vaekit.fileio import NO_FOLLOW_NO_BLOCK
 
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 
 
 def _kind(mode: int) -> str:
@@ -44,7 +43,7 @@ def open_regular(path: Path, write: bool, what: str = "journal") -> int | None:
         return None
     if st is not None and not stat.S_ISREG(st.st_mode):
         raise BadInput(refuse.format(_kind(st.st_mode)))
-    flags = (os.O_RDWR | os.O_CREAT if write else os.O_RDONLY) | _NOFOLLOW | _NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    flags = (os.O_RDWR | os.O_CREAT if write else os.O_RDONLY) | NO_FOLLOW_NO_BLOCK
     try:
         fd = os.open(path, flags, 0o666)
     except FileNotFoundError:

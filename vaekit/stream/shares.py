@@ -23,7 +23,7 @@ from typing import Iterator
 from vaekit.stream import lines as journal_lines
 from vaekit.stream.batches import Layout, RowCheck, changed, check_entry
 from vaekit.errors import BadInput, DamagedFile, InUse, VaekitError, cannot_write
-from vaekit.fileio import held_elsewhere, try_lock
+from vaekit.fileio import NO_FOLLOW_NO_BLOCK, held_elsewhere, try_lock
 from vaekit.stream.files import LineTooLong, lines_reopened, open_regular, read_lines
 from vaekit.stream.journals import journal_header, parse
 from vaekit.stream.names import (MERGING, check_journal_name, merging_path, partial_path,  # noqa: F401 (MERGING,
@@ -268,7 +268,7 @@ def _lstat(path: Path):
 
 
 def _open_lock(lock: Path) -> int:
-    flags = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    flags = os.O_RDWR | NO_FOLLOW_NO_BLOCK
     try:
         fd = os.open(lock, flags | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:

@@ -28,6 +28,7 @@ import PIL
 from vaekit import images
 from vaekit.errors import BadInput, CannotWrite
 from vaekit.fileio import atomic_write_json, atomic_writer, open_regular_file, read_json
+from vaekit.fileio.digests import open_file_sha256
 from vaekit.stream.batches import identity
 from vaekit.training.cache_bound import DEFAULT_MAX_GB, ENTRY_NAME, evict, max_cache_bytes  # noqa: F401 - part of this face
 from vaekit.training.cache_bound import drop as _drop
@@ -219,7 +220,7 @@ def _open_entry(
             return None
         data = root / f"{key}.u8"
         with open_regular_file(data) if held is None else contextlib.nullcontext(held) as f:
-            if os.fstat(f.fileno()).st_size != math.prod(shape) or _sha256(f) != meta.get("sha256"):
+            if os.fstat(f.fileno()).st_size != math.prod(shape) or open_file_sha256(f) != meta.get("sha256"):
                 return None
             # mmap refuses empty files; an entry with no images is just an empty array
             arr = _mapped(f, shape, data) if shape[0] else np.zeros(shape, np.uint8)
@@ -279,15 +280,6 @@ def _build(
     if entry is None:  # written but unreadable: a broken file system, not a user mistake
         raise OSError(f"cache entry {root / key} could not be read back")
     return CachedImages(entry.images, entry.paths, entry.skipped, key, hit=False, sha256=entry.sha256)
-
-
-def _sha256(f) -> str:
-    """The sha256 of the open file `f`, from its start."""
-    h = hashlib.sha256()
-    f.seek(0)
-    for chunk in iter(lambda: f.read(1 << 22), b""):
-        h.update(chunk)
-    return h.hexdigest()
 
 
 # A partial entry left by a process that was killed (SIGKILL, out of memory) can be as large as

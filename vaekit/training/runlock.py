@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from vaekit.errors import BadInput, InUse, not_a_folder
-from vaekit.fileio import refuse_under_file, try_lock
+from vaekit.fileio import NO_FOLLOW_NO_BLOCK, refuse_under_file, try_lock
 from vaekit.training.rundir import LOCK, MARKER
 
 
@@ -36,7 +36,7 @@ def locked(run_dir: Path, hint: str = "another vaekit command is writing it; wai
     made_lock = not path.exists()
     try:  # either can fail on a read-only file system or a full disk
         run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0), 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | NO_FOLLOW_NO_BLOCK, 0o644)
     except OSError as e:
         raise BadInput(f"cannot create or lock the run directory {run_dir}: {e.filename or path} {e.strerror or e}") from None
     try:
@@ -69,7 +69,7 @@ def refuse_in_use(run_dir: Path) -> None:
     let go at once."""
     path = Path(run_dir) / LOCK
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        fd = os.open(path, os.O_RDONLY | NO_FOLLOW_NO_BLOCK)
     except OSError:  # no lock file (a run no training is writing), or one that cannot be opened
         return
     try:
