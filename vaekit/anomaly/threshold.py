@@ -211,6 +211,7 @@ def threshold_from_normal(run_dir: str | Path, normal, quantile: float | None = 
         if is_inside(run_dir, folder):
             raise BadInput(f"{folder} is or holds the run directory {run_dir}; give a folder of normal images only")
     _refuse_training_copies(normal, roots)
+    _refuse_unreadable(normal)
     scores = _new_normal_scores(run_dir, normal, old["score"], list(old["by_score"]))
     section = threshold_section(scores, q, NEW_NORMAL, old["score"])
     section[SET_ON] = [os.path.abspath(f) for f in _named(normal)]  # evaluate notes a --normal among them
@@ -239,6 +240,20 @@ def _refuse_training_copies(normal, roots: list[Path]) -> None:
     if shared:
         raise BadInput(f"{shared[0]} is a training image ({shared[1]}, the same file or the same bytes); a "
                        "threshold needs normal images the model never saw")
+
+
+def _refuse_unreadable(normal) -> None:
+    """BadInput naming the first file under `normal` whose header does not read as an image, before
+    any is scored (scoring a large folder first took minutes and gigabytes to end in this refusal);
+    one whose body is damaged is refused when the scoring reaches it."""
+    from vaekit.images.read import header_problem
+    from vaekit.stream import find_inputs
+
+    names = _named(normal)
+    for path in find_inputs(names).paths if names else []:
+        why = header_problem(path)
+        if why is not None:
+            raise BadInput(f"cannot read {path} ({why}); every new normal image must be readable")
 
 
 def _new_normal_scores(run_dir: Path, normal, default: str, names: list[str]) -> dict[str, np.ndarray]:

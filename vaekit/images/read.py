@@ -123,6 +123,23 @@ def file_shown_size(path: str | Path) -> tuple[int, int]:
         return shown_size(img)
 
 
+def header_problem(path: str | Path) -> str | None:
+    """Why the file at `path` cannot be read as an image, judged from its header alone (not a
+    regular file, empty, not an image of FORMATS, a decompression bomb); None when its header reads.
+    A damaged body is found only when the pixels are decoded."""
+    path = Path(path)
+    try:
+        with open_image(path) as img:
+            limit, (w, h) = pixel_limit(img.format), img.size
+            if limit is not None and w * h > limit:
+                return f"decompression bomb: {w * h} pixels > limit {limit}"
+    except ImageReadError as e:
+        return e.reason
+    except Exception as exc:  # Pillow's zoo, as in _decode_full
+        return _reason(exc, path)
+    return None
+
+
 def check_channels(channels: int) -> None:
     """BadInput unless `channels` is 1 (gray) or 3 (RGB)."""
     if channels not in (1, 3) or isinstance(channels, bool):
