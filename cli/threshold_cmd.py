@@ -42,15 +42,7 @@ def threshold(
         apply_threads()
         section = anomaly.threshold_from_normal(run, normal, quantile=quantile, target_fpr=target_fpr)
     elif quantile is None and target_fpr is None and value is None:
-        from vaekit.inference.engine import threshold_fields
-
-        from vaekit.training.runlock import refuse_in_use
-
-        refuse_in_use(run)  # a training (or a resume) writing it has no threshold yet: "in use", not "did not finish"
-        section = rundir.read_config(run).get("anomaly")
-        if not section:
-            raise rundir.RunError(f"{run} stores no anomaly threshold (training did not finish)")
-        threshold_fields(section, run / rundir.CONFIG, required=True)  # a damaged section is an error, not a printout
+        section = anomaly.stored_threshold(run)
     else:
         section = anomaly.set_threshold(run, quantile=quantile, target_fpr=target_fpr, value=value)
     _print_threshold(run, section)

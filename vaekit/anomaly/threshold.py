@@ -90,6 +90,23 @@ def _without_thresholds(section: dict) -> dict:
     return {k: v for k, v in {**section, "by_score": fixed}.items() if k != "threshold"}
 
 
+def stored_threshold(run_dir: str | Path) -> dict:
+    """A run's stored `anomaly` section, checked (`vaekit threshold` without a setting shows it):
+    InUse while a training (or a resume) writes the run, which has no threshold yet; RunError when
+    none is stored; DamagedFile when the section is not what vaekit writes."""
+    from vaekit.inference.engine import threshold_fields
+    from vaekit.training import rundir
+    from vaekit.training.runlock import refuse_in_use
+
+    run_dir = Path(run_dir)
+    refuse_in_use(run_dir)
+    section = rundir.read_config(run_dir).get("anomaly")
+    if not section:
+        raise rundir.RunError(f"{run_dir} stores no anomaly threshold (training did not finish)")
+    threshold_fields(section, run_dir / rundir.CONFIG, required=True)
+    return section
+
+
 def set_threshold(run_dir: str | Path, quantile: float | None = None, target_fpr: float | None = None,
                   value: float | None = None) -> dict:
     """Move a run's stored threshold; returns the new `anomaly` section.
