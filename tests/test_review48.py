@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+from PIL import Image
 import pytest
 import torch
 
@@ -206,7 +207,13 @@ def test_evaluate_notes_normal_images_the_model_trained_on(tmp_path):
     elsewhere = tmp_path / "new"
     elsewhere.mkdir()
     for p in images.iterdir():
-        (elsewhere / p.name).write_bytes(p.read_bytes())  # the same images elsewhere: no note (by folder, not bytes)
+        (elsewhere / p.name).write_bytes(p.read_bytes())  # copies of the training images elsewhere
+    r = invoke("evaluate", run, "--normal", elsewhere, "--anomalous", _anomalous(tmp_path), "--score", "neg_elbo",
+             "--threshold", "0", "--json")
+    # noted as `threshold --normal` refuses them: by bytes too, not by folder alone (it said nothing)
+    assert r.exit_code == 0 and "is the training image" in json.loads(r.stdout)["note"], r.output
+    for p in elsewhere.iterdir():  # new images: no note
+        Image.fromarray(np.random.default_rng(len(p.name)).integers(0, 256, (16, 16), np.uint8)).save(p)
     r = invoke("evaluate", run, "--normal", elsewhere, "--anomalous", _anomalous(tmp_path), "--score", "neg_elbo",
              "--threshold", "0", "--json")
     assert r.exit_code == 0 and json.loads(r.stdout)["note"] is None, r.output

@@ -31,11 +31,34 @@ def trained_on_note(model: Model, folders: str | Path | Sequence[str | Path]) ->
     if not isinstance(cfg, dict) or source is None:
         return None
     roots = training_roots(cfg, Path(source))
-    for folder in [folders] if isinstance(folders, (str, Path)) else folders:
+    named = [folders] if isinstance(folders, (str, Path)) else list(folders)
+    for folder in named:
         root = training_folder_of(folder, roots)
         if root is not None:
             return f"{folder} holds images the model trained on ({root}): the figures are not held-out ones"
+    copy = training_copy(named, roots)
+    if copy is not None:
+        return (f"{copy[0]} is the training image {copy[1]} (the same file or the same bytes): the figures are not "
+                "held-out ones")
     return None
+
+
+def training_copy(named: Sequence[str | Path], roots: Sequence[Path]) -> tuple[Path, Path] | None:
+    """(an image under `named`, the training image it is) for the first image under the files and
+    folders `named` that is one the model trained on under another name: a link, or a copy of its
+    bytes (such images score lower than new ones). None when they share none, or the training
+    folder is gone."""
+    from vaekit.anomaly.overlap import first_shared
+    from vaekit.errors import VaekitError
+    from vaekit.stream import find_inputs
+
+    there = [r for r in roots if r.is_dir()]
+    if not there or not named:
+        return None
+    try:
+        return first_shared(find_inputs(named).paths, find_inputs(there).paths)
+    except VaekitError:  # the training folder holds no image now
+        return None
 
 
 def threshold_set_on_note(model: Model, folders: str | Path | Sequence[str | Path]) -> str | None:

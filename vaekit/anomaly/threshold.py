@@ -16,7 +16,7 @@ from vaekit.inference.engine import DEFAULT_SCORE, Model
 from vaekit.inference.tiled import tiled
 from vaekit.anomaly.quantiles import (QUANTILES, check_quantile, check_threshold, few_scores_note, quantile_text,
                                      threshold_of)
-from vaekit.anomaly.held_out import SET_ON, training_folder_of, training_roots
+from vaekit.anomaly.held_out import SET_ON, training_copy, training_folder_of, training_roots
 from vaekit.errors import BadInput, InUse
 
 def section_note(section: dict) -> str | None:
@@ -247,13 +247,7 @@ def _refuse_training_copies(normal, roots: list[Path]) -> None:
     """BadInput when an image under `normal` is one the model trained on under another name: a
     hard link, or a copy (the same bytes). Their scores are lower than new images', and a
     threshold from them flags more than it promises."""
-    from vaekit.anomaly.overlap import first_shared
-    from vaekit.stream import find_inputs
-
-    there, names = [r for r in roots if r.is_dir()], _named(normal)
-    if not there or not names:  # the training folder is gone, or images in memory
-        return
-    shared = first_shared(find_inputs(names).paths, find_inputs(there).paths)
+    shared = training_copy(_named(normal), roots)
     if shared:
         raise BadInput(f"{shared[0]} is a training image ({shared[1]}, the same file or the same bytes); a "
                        "threshold needs normal images the model never saw")
