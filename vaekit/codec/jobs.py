@@ -247,7 +247,7 @@ def _check_device(header: container.Header, model, archive: Path) -> None:
     wrote = header.engine.get("device")
     if header.engine.get("engine") != "torch" or wrote is None:  # onnxruntime's, or written before it was recorded
         return
-    if not isinstance(wrote, str) or not re.fullmatch(r"[a-z]{1,16}(:[0-9]{1,4})?", wrote):
+    if not isinstance(wrote, str) or not re.fullmatch(r"(cpu|cuda)(:[0-9]{1,4})?", wrote):  # the devices vaekit runs on
         raise container.ArchiveError(f"{archive} is damaged or foreign: it names the device {wrote!r:.20}")
     kind, have = wrote.split(":")[0], str(model.device)
     if kind != have.split(":")[0]:
