@@ -224,17 +224,21 @@ def _collect(entries, report: ReconstructJob, out_dir: Path, found: stream.Input
 
 def _finish(shares: Shares, report: ReconstructJob, model: "Model", out_dir: Path, found: stream.Inputs,
             targets: list[str], grid_max: int, replace: bool = True) -> None:
-    """The comparison grid from the first `grid_max` images (inputs decoded again, reconstructions
-    read back from their PNGs), then the journals go. Not over a file at the grid's name unless
-    `replace` (--overwrite); one with this very grid's bytes is the job's own (a merge that died
-    before the journals went, this share's or another's) and is kept as it is."""
+    """The comparison grid from the first `grid_max` images (inputs decoded again, grey where one
+    can no longer be read; reconstructions read back from their PNGs), then the journals go. Not
+    over a file at the grid's name unless `replace` (--overwrite); one with this very grid's bytes
+    is the job's own (a merge that died before the journals went, this share's or another's) and
+    is kept as it is."""
     at = _collect(shares.merged(), report, out_dir, found, targets)
     if not report.names:
         shares.remove()
         raise imageio.none_usable(f"in {stream.named(found.roots)}", report.skipped)
     info, shown = model.info, []
     for i, png in zip(at[:grid_max], report.written[:grid_max]):
-        shown.append(imageio.load_image(found.paths[i], info.image_size, info.channels))
+        try:
+            shown.append(imageio.load_image(found.paths[i], info.image_size, info.channels))
+        except imageio.ImageReadError:  # removed or damaged since its batch: a grey tile, not a failed job
+            shown.append(np.full((info.channels, info.image_size, info.image_size), 128, np.uint8))
         shown.append(imageio.load_image(png, info.image_size, info.channels))
     image = imageio.make_grid(np.stack(shown), ncol=8)
     imageio.save_png(image, report.grid, replace, own=True)  # a file put there while the job ran stays
