@@ -28,3 +28,50 @@ def test_an_input_removed_after_its_batch_leaves_a_grey_tile_in_the_grid_not_a_f
     assert (tile == 128).all()
     again = np.asarray(Image.open(tmp_path / "out" / "img000.png"))
     np.testing.assert_array_equal(grid[2:18, 20:36], again)  # its reconstruction beside it
+
+
+def test_a_share_opening_the_merge_lock_while_another_creates_it_never_finds_it_empty(tmp_path, monkeypatch):
+    """OUT.merging was created, then written: a share that opened it in between read an empty file
+    and refused it as "not vaekit's shard merge lock" (4 of 300 two-share races), and a SIGKILL
+    there left an empty one that every later share refused. The name now appears only written."""
+    import os
+
+    from vaekit.stream import shares
+
+    out, real_write, seen = tmp_path / "out.csv", os.write, []
+    lock = shares.merging_path(out)
+
+    def write(fd, data):
+        if data == shares._LOCK_TEXT:  # a share about to write its lock's text: not yet under the name
+            seen.append(os.path.lexists(lock) and os.stat(lock).st_ino == os.fstat(fd).st_ino)
+            if len(seen) == 1:
+                with shares.merge_lock(out) as mine:  # the second share, in that very instant
+                    seen.append(mine)
+        return real_write(fd, data)
+
+    monkeypatch.setattr(shares.os, "write", write)
+    with shares.merge_lock(out) as first:
+        assert seen == [False, False, True] and first  # the second merged and let go; then the first took it
+        assert lock.read_bytes() == shares._LOCK_TEXT
+    assert not os.path.lexists(lock)
+
+
+def test_where_the_lock_cannot_be_linked_in_whole_it_is_created_then_written(tmp_path, monkeypatch):
+    """No /proc, or a file system that refuses linkat: the lock is made as before, created then written."""
+    import os
+
+    from vaekit.stream import shares
+
+    out, real_link = tmp_path / "out.csv", os.link
+
+    def link(src, dst, *a, **k):
+        if str(src).startswith("/proc/self/fd/"):
+            raise PermissionError(1, "linkat refused")
+        return real_link(src, dst, *a, **k)
+
+    monkeypatch.setattr(shares.os, "link", link)
+    with shares.merge_lock(out) as mine:
+        assert mine and shares.merging_path(out).read_bytes() == shares._LOCK_TEXT
+        with shares.merge_lock(out) as other:  # another share meanwhile: vaekit's lock, held
+            assert other is False
+    assert not os.path.lexists(shares.merging_path(out)) and sorted(os.listdir(tmp_path)) == []

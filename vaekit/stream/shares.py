@@ -268,18 +268,8 @@ def _lstat(path: Path):
 
 
 def _open_lock(lock: Path) -> int:
-    flags = os.O_RDWR | NO_FOLLOW_NO_BLOCK
-    try:
-        fd = os.open(lock, flags | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        fd = None
+    fd = _new_lock(lock)
     if fd is not None:
-        try:
-            os.write(fd, _LOCK_TEXT)
-        except OSError:  # a full disk: no empty lock left behind for every later merge to refuse
-            os.close(fd)
-            lock.unlink(missing_ok=True)
-            raise
         return fd
     fd = open_regular(lock, write=False, what="shard merge lock")
     if fd is None:  # removed since: a merge just finished; the next look finds the shares merged
@@ -296,6 +286,56 @@ def _open_lock(lock: Path) -> int:
         raise BadInput(f"{lock} exists and is not vaekit's shard merge lock; rename it, or write the output "
                        "elsewhere")
     return fd
+
+
+def _new_lock(lock: Path) -> int | None:
+    """A descriptor on a new OUT.merging holding _LOCK_TEXT; None when one is there. On Linux the
+    file is written unnamed (O_TMPFILE) and linked in whole, so its name never holds an empty or
+    half-written file: a share opening it in that instant refused it as not vaekit's, and a SIGKILL
+    there left one that blocked every later merge. Elsewhere it is created, then written."""
+    flags = os.O_RDWR | NO_FOLLOW_NO_BLOCK
+    linked = _linked_whole(lock)
+    if linked != -1:
+        return linked
+    try:
+        fd = os.open(lock, flags | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return None
+    try:
+        os.write(fd, _LOCK_TEXT)
+    except OSError:  # a full disk: no empty lock left behind for every later merge to refuse
+        os.close(fd)
+        lock.unlink(missing_ok=True)
+        raise
+    return fd
+
+
+def _linked_whole(lock: Path) -> int | None:
+    """_new_lock's Linux way: the file written unnamed (O_TMPFILE), then given the name whole
+    (linkat with AT_SYMLINK_FOLLOW on /proc/self/fd, as open(2) shows; a plain link() does not
+    follow that link). -1 where this system or file system cannot: the caller's way then."""
+    if not hasattr(os, "O_TMPFILE") or not os.path.isdir("/proc/self/fd"):
+        return -1
+    try:
+        folder = os.open(lock.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return -1
+    fd = None
+    try:
+        fd = os.open(lock.parent, os.O_TMPFILE | os.O_RDWR | getattr(os, "O_CLOEXEC", 0), 0o644)
+        os.write(fd, _LOCK_TEXT)
+        # a directory descriptor makes os.link call linkat, which alone can follow the link
+        os.link(f"/proc/self/fd/{fd}", lock.name, dst_dir_fd=folder, follow_symlinks=True)
+        fd, mine = None, fd
+        return mine
+    except FileExistsError:
+        return None
+    except OSError:  # no O_TMPFILE on this file system, or linkat refused
+        return -1
+    finally:
+        if fd is not None:
+            os.close(fd)
+        os.close(folder)
 
 
 def file_identity(path: Path) -> tuple[int, int, int] | None:
