@@ -75,3 +75,31 @@ def test_where_the_lock_cannot_be_linked_in_whole_it_is_created_then_written(tmp
         with shares.merge_lock(out) as other:  # another share meanwhile: vaekit's lock, held
             assert other is False
     assert not os.path.lexists(shares.merging_path(out)) and sorted(os.listdir(tmp_path)) == []
+
+
+def test_reader_members_trained_side_by_side_are_the_members_trained_one_after_another():
+    """The members now train in threads of their own, one torch thread each, when torch has more
+    than one: the weights are those of the one-thread run, member for member, and torch's thread
+    count is set back afterwards."""
+    import torch
+
+    from vaekit.reader.net import ReaderConfig
+    from vaekit.reader.train import train_reader
+
+    crops = np.random.default_rng(0).integers(0, 256, (40, 1, 32, 32), dtype=np.uint8)
+    cfg = ReaderConfig(steps=12, members=3, batch=4, width=4, depth=2)
+    seen, before = [], torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = train_reader(crops, None, cfg, seed=5)
+        torch.set_num_threads(2)
+        beside = train_reader(crops, None, cfg, seed=5, progress=lambda d, t, **m: seen.append((d, t)))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert alone.keys() == beside.keys()
+    for k in alone:
+        torch.testing.assert_close(alone[k], beside[k], rtol=0, atol=0)
+    assert sorted(seen)[-1] == (36, 36) and len(seen) == 3  # each member's last step, counted over all
+    first = [k for k in alone if k.startswith("members.0.") and alone[k].is_floating_point() and alone[k].ndim == 4][0]
+    assert not torch.equal(alone[first], alone[first.replace("members.0.", "members.1.")])  # their own seeds

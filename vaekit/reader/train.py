@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import threading
 from dataclasses import replace
 from typing import Callable
 
@@ -89,26 +90,50 @@ def train_reader(crops: np.ndarray, features: Features | None, cfg: ReaderConfig
     (N, C, h, w) with synthetic defects; return its state_dict (rebuild with `load_reader`).
     `features(x)` maps (B, C, h', w') in [0, 1] to the VAE's per-pixel outputs (B, F, h', w')
     (see vaekit.reader.features); None: the reader reads the image alone (the measured default,
-    see ReaderConfig). `progress(done, total, loss=...)` is called every 25 steps, counted over
-    all members; `should_stop()`, asked every step, ends training early with the weights as they
-    are (members not begun are trained for no steps)."""
+    see ReaderConfig). `progress(done, total, loss=...)` is called every 25 steps of a member,
+    `done` counted over all members; `should_stop()`, asked every step, ends training early with
+    the weights as they are (members not begun are trained for no steps).
+
+    Reading the image alone, the members train side by side, one torch thread each, as many at a
+    time as torch has threads (vaekit.reader.members): a member's small convolutions gain nothing
+    from a second thread, so on two cores three members took three members' time. A member's
+    weights are the same either way, and whatever the thread count: each is a one-thread run."""
+    from vaekit.reader.members import one_thread, train_members
+
     _check(crops, cfg)
     total = cfg.steps * cfg.members
-    nets = []
-    for k in range(cfg.members):
-        report = None if progress is None else (lambda done, _, k=k, **m: progress(k * cfg.steps + done, total, **m))
-        nets.append(_train_one(crops, features, cfg, seed + 1000 * k, report, should_stop))
+    done, lock = [0] * cfg.members, threading.Lock()
+
+    def report_of(k: int):
+        def report(d, _, **m):
+            with lock:
+                done[k] = d
+                progress(sum(done), total, **m)
+        return None if progress is None else report
+
+    with one_thread() as threads:  # every member a one-thread run, its statistics too
+        starts = [_start_one(crops, features, cfg, seed + 1000 * k)  # in turn: torch's seed is the process's
+                  for k in range(cfg.members)]
+        nets = train_members([lambda stop, k=k: _train_one(*starts[k], cfg, report_of(k), stop)
+                              for k in range(cfg.members)], should_stop, threads if features is None else 1)
     return {k: v.detach().clone() for k, v in ReaderEnsemble(nets).state_dict().items()}
 
 
-def _train_one(crops, features, cfg: ReaderConfig, seed: int, progress, should_stop) -> ReaderNet:
-    """One member of the ensemble, in eval mode."""
+def _start_one(crops, features, cfg: ReaderConfig, seed: int):
+    """(crops, features, the member's new net, its crop size, its numpy Generator), its weights
+    and input statistics drawn from `seed`."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     size = min(cfg.crop, *crops.shape[2:])
     probe = _inputs(crops[:1, :, :size, :size], features)
     net = ReaderNet(probe.shape[1], cfg)
     _normalise(net, crops, features, size, rng)
+    return crops, features, net, size, rng
+
+
+def _train_one(crops, features, net: ReaderNet, size: int, rng, cfg: ReaderConfig, progress,
+               should_stop) -> ReaderNet:
+    """One member of the ensemble, trained from its start (_start_one); in eval mode."""
     net = net.to(memory_format=torch.channels_last)  # NHWC trains ~1.2x faster on one grey channel
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     loss_fn = focal_loss if cfg.loss == "focal" else bce_dice_loss
