@@ -103,3 +103,30 @@ def test_reader_members_trained_side_by_side_are_the_members_trained_one_after_a
     assert sorted(seen)[-1] == (36, 36) and len(seen) == 3  # each member's last step, counted over all
     first = [k for k in alone if k.startswith("members.0.") and alone[k].is_floating_point() and alone[k].ndim == 4][0]
     assert not torch.equal(alone[first], alone[first.replace("members.0.", "members.1.")])  # their own seeds
+
+
+def test_a_run_directory_removed_while_training_is_not_made_again(tmp_path):
+    """`rm -rf runs/x` (or `mv`) while `vaekit train` ran: the next epoch's writes made the folder
+    again, holding a checkpoint, metrics and weights but no config.json or marker, so the job then
+    failed with "run config not found" and `--overwrite` refused the folder as not vaekit's. Now
+    the first write after it is refused, naming what happened, and nothing is made again."""
+    import shutil
+
+    import pytest
+
+    from vaekit.config import ModelConfig, TrainConfig
+    from vaekit.errors import InUse
+    from vaekit.sample_data import write_digits
+    from vaekit.train import train
+
+    write_digits(tmp_path / "digits", size=16, n_anomalous=4)
+    out = tmp_path / "run"
+
+    def progress(done, total, phase=None, **m):
+        if phase == "epoch" and done == 1 and out.exists():
+            shutil.rmtree(out)
+
+    with pytest.raises(InUse, match="was removed or moved while this process wrote it"):
+        train(tmp_path / "digits" / "train", out, ModelConfig(image_size=16, latent_dim=4, base_channels=4),
+              TrainConfig(epochs=4, device="cpu"), cache_dir=tmp_path / "cache", progress=progress)
+    assert not out.exists()

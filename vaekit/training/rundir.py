@@ -9,10 +9,9 @@
       .vaekit-run          marker: vaekit made this folder (runs from before it have a vaekit config.json)
       .vaekit.lock         locked by the process training here (vaekit.training.runlock), and names it
 
-Every file is written to a temporary name and renamed. resume.json is written last and
-names its checkpoint and that file's sha256, so a crash at any instant leaves a complete,
-verifiable state to resume from. vaekit replaces or deletes only these files, and only in a
-folder it made (docs/data-safety.md).
+Every file is written to a temporary name and renamed. resume.json is written last and names its
+checkpoint and that file's sha256, so a crash at any instant leaves a complete, verifiable state to
+resume from. vaekit replaces or deletes only these files, only in a folder it made (data-safety.md).
 """
 
 from __future__ import annotations
@@ -152,6 +151,7 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | 
     unsigned = save(tensors, metadata=meta)
     meta["data_sha256"] = hashlib.sha256(unsigned[read_safetensors_header(unsigned).start:]).hexdigest()
     data = save(tensors, metadata=meta)
+    _in_place(path.parent, path.parent.parent)
     atomic_write_bytes(path, data)
     return hashlib.sha256(data).hexdigest()
 
@@ -225,6 +225,7 @@ def read_config(run_dir: Path) -> dict:
 
 
 def write_config(run_dir: Path, cfg: dict) -> None:
+    _in_place(run_dir)
     remove_strays(run_dir)  # written at a run's start and end: no other write is under way
     atomic_write_json(Path(run_dir) / CONFIG, {"format": FORMAT, **{k: v for k, v in cfg.items() if k != "format"}})
 
@@ -326,7 +327,13 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 def write_metrics(run_dir: Path, rows: list[dict]) -> None:
     text = "".join(json.dumps(r) + "\n" for r in rows)
+    _in_place(run_dir)
     atomic_write_bytes(Path(run_dir) / METRICS, text.encode())
+
+
+def _in_place(*folders: Path) -> None:  # a run this process writes is still there (runlock reads this module)
+    from vaekit.training.runlock import require_in_place
+    require_in_place(*folders)
 
 
 def finished(out_dir: Path) -> bool:
