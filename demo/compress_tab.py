@@ -13,7 +13,7 @@ import numpy as np
 from vaekit.codec import QUALITIES
 from vaekit.images.quality import SSIM_MISSING
 from vaekit_demo import handlers
-from vaekit_demo.context import Context, warn_skipped
+from vaekit_demo.context import DECODING, Context, skipped_note, warn_skipped
 from vaekit_demo.security import html_text, md_code
 
 
@@ -68,7 +68,7 @@ def wire(w: SimpleNamespace, ctx: Context) -> None:
         summary = (f"**{e.count} image(s)** → code file of **{e.file_bytes} bytes** ({e.bytes_per_image:.1f} "
                    f"bytes/image, **{e.bits_per_pixel:.3f} bpp** at {e.image_size}×{e.image_size}; "
                    f"the uploads were {e.source_bytes} bytes). Mean PSNR {_mean_db(r.psnr)}, "
-                   f"SSIM {r.ssim.mean():.3f}.")
+                   f"SSIM {r.ssim.mean():.3f}.") + skipped_note(e.skipped, "compressed")
         warn_skipped(e.skipped)
         table = [[n, _db(float(p)), round(float(s), 4)] for n, p, s in zip(r.names, r.psnr, r.ssim)]
         gallery = [(handlers.hwc(x), n) for x, n in zip(r.pairs, r.names)]
@@ -88,13 +88,13 @@ def wire(w: SimpleNamespace, ctx: Context) -> None:
             vkc = [ctx.served(w.vkc_files, v.file) for v in shown]
         warn_skipped(skipped)
         gallery = [(handlers.hwc(v.shown), f"{v.name}: .vkc {v.bytes} B | WebP {v.webp.bytes} B") for v in shown]
-        return gallery, _vkc_summary(shown, int(level)), vkc, [_vkc_row(v) for v in shown]
+        return gallery, _vkc_summary(shown, int(level)) + skipped_note(skipped, "encoded"), vkc, [_vkc_row(v) for v in shown]
 
     w.comp_btn.click(compress, [w.comp_files, w.precision], [w.comp_gallery, w.comp_summary, w.code_out, w.comp_table],
-                     api_name="compress")
-    w.decode_btn.click(decompress, w.code_in, w.decoded, api_name="decompress")
+                     api_name="compress", **DECODING)
+    w.decode_btn.click(decompress, w.code_in, w.decoded, api_name="decompress", **DECODING)
     w.vkc_btn.click(encode_vkc, [w.comp_files, w.vkc_quality], [w.vkc_gallery, w.vkc_summary, w.vkc_files, w.vkc_table],
-                    api_name="encode_vkc")
+                    api_name="encode_vkc", **DECODING)
 
 
 def _db(v: float) -> float | str:

@@ -14,7 +14,7 @@ import gradio as gr
 from vaekit.inference.engine import Model
 from vaekit_demo import figures, handlers
 from vaekit_demo.errors import guard_errors
-from vaekit_demo.security import html_text, public_path
+from vaekit_demo.security import html_text, md_code, public_path
 from vaekit_demo.sessions import Session, Sessions
 
 # Trainings the app runs at once, all sessions together (a REST call is a session of its own): each holds
@@ -92,6 +92,23 @@ class Context:
         rng = figures.threshold_range(model)
         return (handlers.describe(model, self.roots), gr.Slider(**rng),
                 figures.model_histogram(model, rng["value"]), data_folder(model, self.st.data_root))
+
+
+# The events that decode uploads or a folder take turns, across tabs and sessions: each alone had
+# Gradio's limit of one at a time, so ten sessions' 9000 px uploads to five tabs decoded five
+# images at once (3.3 GB). One at a time in all keeps the app's memory that of one request.
+DECODING = {"concurrency_id": "decoding", "concurrency_limit": 1}
+SHOWN_SKIPPED = 5  # unreadable uploads named in a summary; the rest counted
+
+
+def skipped_note(skipped, what: str) -> str:
+    """A Markdown paragraph for a summary, counting the uploads that could not be read and naming
+    the first few with why ("" when none): a toast goes away, and a script never sees it."""
+    if not skipped:
+        return ""
+    named = "; ".join(f"{md_code(p.name)} ({md_code(why)})" for p, why in skipped[:SHOWN_SKIPPED])
+    more = f"; and {len(skipped) - SHOWN_SKIPPED} more" if len(skipped) > SHOWN_SKIPPED else ""
+    return f"\n\n**{len(skipped)} upload{'' if len(skipped) == 1 else 's'} unreadable**, not {what}: {named}{more}"
 
 
 def warn_skipped(skipped) -> None:

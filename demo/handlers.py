@@ -206,8 +206,9 @@ class AnomalyResult:
         return np.array([bool(r.anomalous) for r in self.rows])
 
     def table(self, decimals: int = 3) -> list[list]:
-        return [[r.path, round(r.score, decimals), round(r.bits_per_dim, 5), "anomalous" if r.anomalous else "normal"]
-                for r in self.rows]
+        """A row per upload: the scored ones, then the unreadable ones with why (no score)."""
+        return ([[r.path, round(r.score, decimals), round(r.bits_per_dim, 5), "anomalous" if r.anomalous else "normal"]
+                 for r in self.rows] + [[p.name, None, None, f"unreadable: {why}"] for p, why in self.skipped])
 
 
 ANOMALY_COLUMNS = ["file", "score", "bits/dim", "verdict"]

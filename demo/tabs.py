@@ -21,7 +21,7 @@ from vaekit.anomaly.quantiles import distinct_decimals
 from vaekit.inference.engine import score_unit
 from vaekit.errors import BadInput
 from vaekit_demo import compress_tab, figures, handlers, training
-from vaekit_demo.context import Context, data_folder, warn_skipped
+from vaekit_demo.context import DECODING, Context, data_folder, skipped_note, warn_skipped
 from vaekit_demo.security import confine, md_code
 
 SUMMARY_ROWS = 10  # images the anomaly summary names, highest scores first; the table holds every one
@@ -248,6 +248,7 @@ def _wire_anomaly(w: SimpleNamespace, ctx: Context) -> None:
                   f"{'**anomalous**' if r.anomalous[i] else 'normal'}" for i in top[:SUMMARY_ROWS]]
         if len(r.names) > SUMMARY_ROWS:
             lines.append(f"- … and {len(r.names) - SUMMARY_ROWS} more, lower: the table below has every image")
+        lines.append(skipped_note(r.skipped, "scored"))
         caption = distinct_decimals(r.scores, r.threshold, least=1)
         gallery = [(handlers.hwc(o), f"{n}: {s:.{caption}f}") for o, n, s in zip(r.overlays, r.names, r.scores)]
         return "\n".join(lines), figures.model_histogram(model, r.threshold, r), gallery, r.table(max(3, d)), csv
@@ -261,8 +262,8 @@ def _wire_anomaly(w: SimpleNamespace, ctx: Context) -> None:
         return gr.skip(), figures.model_histogram(model, thr), gr.skip(), gr.skip(), gr.skip()
 
     outputs = [w.anom_summary, w.hist, w.overlays, w.anom_table, w.csv_out]
-    w.anom_btn.click(anomaly, [w.anom_files, w.threshold], outputs, api_name="anomaly")
-    w.threshold.release(rethreshold, [w.anom_files, w.threshold], outputs, api_name="threshold")
+    w.anom_btn.click(anomaly, [w.anom_files, w.threshold], outputs, api_name="anomaly", **DECODING)
+    w.threshold.release(rethreshold, [w.anom_files, w.threshold], outputs, api_name="threshold", **DECODING)
 
 
 def _generate_tab(ctx: Context) -> SimpleNamespace:
@@ -299,7 +300,7 @@ def _wire_generate(w: SimpleNamespace, ctx: Context) -> None:
         return handlers.hwc(handlers.interpolation_strip(ctx.session(request).model, a, b, n))
 
     w.sample_btn.click(sample, [w.n_samples, w.temperature, w.seed], w.samples, api_name="sample")
-    w.interp_btn.click(interpolate, [w.img_a, w.img_b, w.steps], w.strip, api_name="interpolate")
+    w.interp_btn.click(interpolate, [w.img_a, w.img_b, w.steps], w.strip, api_name="interpolate", **DECODING)
 
 
 def _latent_tab(ctx: Context) -> SimpleNamespace:
@@ -335,7 +336,7 @@ def _wire_latent(w: SimpleNamespace, ctx: Context) -> None:
             return []
         return [(handlers.hwc(x), c) for x, c in handlers.latent_pick(ctx.session(request).model, m, *evt.index[:2])]
 
-    w.lat_btn.click(latent, [w.lat_folder, w.method, w.limit], [w.scatter, w.lat_state, w.picked], api_name="latent")
+    w.lat_btn.click(latent, [w.lat_folder, w.method, w.limit], [w.scatter, w.lat_state, w.picked], api_name="latent", **DECODING)
     w.scatter.select(latent_select, w.lat_state, w.picked, api_visibility="private")
 
 
