@@ -133,8 +133,9 @@ def promise_rows(table, section: dict) -> None:
     from vaekit.anomaly import section_note
 
     fpr = section.get("expected_fpr")
-    if isinstance(fpr, (int, float)):
-        table.add_row("expected false positives", f"{percent(fpr)} of normal images")
+    if isinstance(fpr, (int, float)):  # from the training images' own scores: a floor, not a rate
+        floor = "at least " if section.get("source") == "training" else ""
+        table.add_row("expected false positives", f"{floor}{percent(fpr)} of normal images")
     note = section_note(section)
     if note:
         table.add_row("", f"[yellow]{shown(note)}[/yellow]")

@@ -130,3 +130,19 @@ def test_a_run_directory_removed_while_training_is_not_made_again(tmp_path):
         train(tmp_path / "digits" / "train", out, ModelConfig(image_size=16, latent_dim=4, base_channels=4),
               TrainConfig(epochs=4, device="cpu"), cache_dir=tmp_path / "cache", progress=progress)
     assert not out.exists()
+
+
+def test_a_threshold_set_on_the_training_images_own_scores_promises_a_floor_not_a_rate(tmp_path):
+    """One training image: nothing is held out, the threshold is its own score's, and the summary
+    said "expected false positives 50%" while every new digit was flagged. It says "at least" now;
+    a run with held-out images keeps its rate."""
+    from cli_support import invoke
+
+    folder = tmp_path / "one"
+    folder.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16), np.uint8)).save(folder / "a.png")
+    r = invoke("train", folder, "--out", tmp_path / "run", "--epochs", "1")
+    assert r.exit_code == 0, r.output
+    assert "at least 50% of normal images" in " ".join(r.output.split()), r.output
+    shown = invoke("threshold", tmp_path / "run")
+    assert shown.exit_code == 0 and "at least 50%" in " ".join(shown.output.split()), shown.output
