@@ -146,3 +146,32 @@ def test_a_threshold_set_on_the_training_images_own_scores_promises_a_floor_not_
     assert "at least 50% of normal images" in " ".join(r.output.split()), r.output
     shown = invoke("threshold", tmp_path / "run")
     assert shown.exit_code == 0 and "at least 50%" in " ".join(shown.output.split()), shown.output
+
+
+def test_two_trainings_at_once_leave_torch_at_the_thread_count_they_found():
+    """The web app trains tabs side by side, and the readers' training sets torch's (process-wide)
+    thread count to one meanwhile: two overlapping trainings must not leave it at one."""
+    import torch
+
+    from vaekit.reader.members import one_thread
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        first = one_thread()
+        assert first.__enter__() == 2 and torch.get_num_threads() == 1
+        with one_thread() as second:  # begins while the first runs, ends before it
+            assert second == 2
+        assert torch.get_num_threads() == 1  # the first is still inside
+        first.__exit__(None, None, None)
+        assert torch.get_num_threads() == 2
+        first = one_thread()
+        first.__enter__()
+        second = one_thread()
+        second.__enter__()
+        first.__exit__(None, None, None)  # the first ends before the second
+        assert torch.get_num_threads() == 1
+        second.__exit__(None, None, None)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -17,15 +17,28 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 
+_ONE = threading.Lock()
+_HOLDERS = [0, 0]  # callers inside one_thread, and torch's thread count before the first of them
+
+
 @contextmanager
 def one_thread() -> Iterator[int]:
-    """torch at one thread inside (set back after); yields the count it had."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    """torch at one thread inside; yields the count it had before. The count is the process's: two
+    trainings at once (the web app's tabs) each inside would set back each other's 1, so the first
+    caller in keeps the count and the last one out sets it back."""
+    with _ONE:
+        if _HOLDERS[0] == 0:
+            _HOLDERS[1] = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _HOLDERS[0] += 1
+        threads = _HOLDERS[1]
     try:
         yield threads
     finally:
-        torch.set_num_threads(threads)
+        with _ONE:
+            _HOLDERS[0] -= 1
+            if _HOLDERS[0] == 0:
+                torch.set_num_threads(_HOLDERS[1])
 
 
 def train_members(jobs: Sequence[Callable], should_stop: Callable[[], bool] | None, threads: int) -> list:
