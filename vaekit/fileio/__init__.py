@@ -29,9 +29,6 @@ from typing import BinaryIO
 from vaekit.errors import BadInput, DamagedFile, NotFound, cannot_write, file_above, not_a_folder
 
 MAX_JSON_BYTES = 64 << 20  # config.json, resume.json, metadata: a few KB in practice
-# how vaekit opens a file it shares with other processes or finds in its way (a lock, a journal,
-# a file compared with its own): never through a link, never waiting on a FIFO, never inherited
-NO_FOLLOW_NO_BLOCK = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 from vaekit.fileio.atomic import atomic_write_bytes, atomic_write_text, atomic_writer  # noqa: E402,F401
@@ -280,4 +277,4 @@ def refuse_inside(output: Path, inputs, what: str, folder: bool = False, kind: s
 
 
 from vaekit.fileio.outputs import (  # noqa: E402  (a sibling; re-exported here)
-    put_in_place, refuse_existing, refuse_long_names)
+    NO_FOLLOW_NO_BLOCK, put_in_place, refuse_existing, refuse_long_names)

@@ -9,7 +9,10 @@ from pathlib import Path, PurePosixPath
 from typing import Iterable, Sequence
 
 from vaekit.errors import BadInput, OutputExists, check_flags
-from vaekit.fileio import NO_FOLLOW_NO_BLOCK
+
+# how vaekit opens a file it shares with other processes or finds in its way (a lock, a journal,
+# a file compared with its own): never through a link, never waiting on a FIFO, never inherited
+NO_FOLLOW_NO_BLOCK = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 def _special_file(path: Path) -> str | None:

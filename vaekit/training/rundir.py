@@ -33,6 +33,7 @@ from vaekit.errors import BadInput, DamagedFile, ForeignModel, OutputExists, not
 from vaekit.images.find import RUN_FORMAT, RUN_MARKER
 from vaekit.fileio import (atomic_write_bytes, atomic_write_json, loads_json, read_json, read_regular,
                            read_safetensors_header)
+from vaekit.training import held
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -151,7 +152,7 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | 
     unsigned = save(tensors, metadata=meta)
     meta["data_sha256"] = hashlib.sha256(unsigned[read_safetensors_header(unsigned).start:]).hexdigest()
     data = save(tensors, metadata=meta)
-    _in_place(path.parent, path.parent.parent)
+    held.require_in_place(path.parent, path.parent.parent)  # the run this process writes is still there
     atomic_write_bytes(path, data)
     return hashlib.sha256(data).hexdigest()
 
@@ -225,7 +226,7 @@ def read_config(run_dir: Path) -> dict:
 
 
 def write_config(run_dir: Path, cfg: dict) -> None:
-    _in_place(run_dir)
+    held.require_in_place(run_dir)
     remove_strays(run_dir)  # written at a run's start and end: no other write is under way
     atomic_write_json(Path(run_dir) / CONFIG, {"format": FORMAT, **{k: v for k, v in cfg.items() if k != "format"}})
 
@@ -327,13 +328,9 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 def write_metrics(run_dir: Path, rows: list[dict]) -> None:
     text = "".join(json.dumps(r) + "\n" for r in rows)
-    _in_place(run_dir)
+    held.require_in_place(run_dir)
     atomic_write_bytes(Path(run_dir) / METRICS, text.encode())
 
-
-def _in_place(*folders: Path) -> None:  # a run this process writes is still there (runlock reads this module)
-    from vaekit.training.runlock import require_in_place
-    require_in_place(*folders)
 
 
 def finished(out_dir: Path) -> bool:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from vaekit.errors import BadInput, InUse, not_a_folder
 from vaekit.fileio import NO_FOLLOW_NO_BLOCK, refuse_under_file, try_lock
+from vaekit.training import held
 from vaekit.training.rundir import LOCK, MARKER
 
 
@@ -46,7 +47,7 @@ def locked(run_dir: Path, hint: str = "another vaekit command is writing it; wai
             os.ftruncate(fd, 0)
             os.lseek(fd, 0, os.SEEK_SET)
             os.write(fd, f"{os.getpid()}\n".encode())
-            _HELD[os.path.abspath(run_dir)] = fd
+            held.hold(run_dir, fd, path)
             yield
         except BaseException:
             # refused or interrupted before anything was written: leave no trace, least of all a
@@ -60,35 +61,8 @@ def locked(run_dir: Path, hint: str = "another vaekit command is writing it; wai
                         break
             raise
     finally:
-        if _HELD.get(os.path.abspath(run_dir)) == fd:
-            del _HELD[os.path.abspath(run_dir)]
+        held.release(run_dir, fd)
         os.close(fd)  # releases the lock
-
-
-_HELD: dict[str, int] = {}  # the run directories this process holds `locked`, and their lock files
-
-
-def require_in_place(*run_dirs: Path) -> None:
-    """InUse when this process holds a `run_dirs` lock (`locked`) and the run's lock file is no
-    longer at its name: the folder was removed or moved while the run was written. Every write
-    into a run asks this first; the next would have made the folder again (atomic writes make
-    their folders), a folder of a few files without config.json that no command accepts, and
-    `--overwrite` refused as not vaekit's. Nothing for a folder this process does not lock."""
-    for run_dir in run_dirs:
-        fd = _HELD.get(os.path.abspath(run_dir))
-        if fd is not None:
-            _same_lock(Path(run_dir), os.fstat(fd))
-
-
-def _same_lock(run_dir: Path, held: os.stat_result) -> None:
-    try:
-        here = os.lstat(Path(run_dir) / LOCK)
-    except OSError:
-        here = None
-    if here is None or (here.st_dev, here.st_ino) != (held.st_dev, held.st_ino):
-        raise InUse(f"{run_dir} was removed or moved while this process wrote it; nothing more is written there. "
-                    "A run moved elsewhere goes on from its new place with `vaekit train IMAGES --out NEW_PLACE "
-                    "--resume`")
 
 
 def refuse_in_use(run_dir: Path) -> None:
