@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
+import pytest
 from PIL import Image
 
 from export_support import acting_model, random_job
@@ -30,6 +33,7 @@ def test_an_input_removed_after_its_batch_leaves_a_grey_tile_in_the_grid_not_a_f
     np.testing.assert_array_equal(grid[2:18, 20:36], again)  # its reconstruction beside it
 
 
+@pytest.mark.skipif(not hasattr(os, "O_TMPFILE"), reason="no unnamed files here: the lock is created, then written")
 def test_a_share_opening_the_merge_lock_while_another_creates_it_never_finds_it_empty(tmp_path, monkeypatch):
     """OUT.merging was created, then written: a share that opened it in between read an empty file
     and refused it as "not vaekit's shard merge lock" (4 of 300 two-share races), and a SIGKILL
@@ -175,3 +179,32 @@ def test_two_trainings_at_once_leave_torch_at_the_thread_count_they_found():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_member_that_fails_stops_the_others_at_their_next_step():
+    """Its error waited for the members before it to train every step (an out-of-memory error
+    surfaced a member's whole training late)."""
+    import time
+
+    import pytest
+
+    from vaekit.reader.members import train_members
+
+    steps = [0, 0]
+
+    def steady(k):
+        def job(stop):
+            for _ in range(400):  # 2 s of steps: the failure beside it is seen long before
+                if stop():
+                    break
+                steps[k] += 1
+                time.sleep(0.005)
+            return k
+        return job
+
+    def failing(stop):
+        raise MemoryError("a member ran out of memory")
+
+    with pytest.raises(MemoryError, match="ran out of memory"):
+        train_members([steady(0), failing, steady(1)], None, threads=2)
+    assert steps[0] < 400 and steps[1] < 400, steps  # both stopped: the first did not run to its end

@@ -10,7 +10,7 @@ many run beside it, nor on the thread count: each is a one-thread run.
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from typing import Callable, Iterator, Sequence
 
@@ -59,6 +59,10 @@ def train_members(jobs: Sequence[Callable], should_stop: Callable[[], bool] | No
     with ThreadPoolExecutor(max_workers=min(len(jobs), threads), thread_name_prefix="vaekit-reader") as pool:
         futures = [pool.submit(job, stop) for job in jobs]
         try:
+            wait(futures, return_when=FIRST_EXCEPTION)  # a failed member is seen at once, not after those before it
+            for f in futures:
+                if f.done() and f.exception() is not None:
+                    f.result()
             return [f.result() for f in futures]
         except BaseException:
             halt.set()  # the rest stop at their next step; the pool's exit waits for them

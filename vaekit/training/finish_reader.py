@@ -52,8 +52,9 @@ def train_and_calibrate(out_dir, data, splits, train_cfg, tile: int, progress=No
     cfg = ReaderConfig()
     stopped = {"yes": False}
 
-    def stop() -> bool:
-        stopped["yes"] = bool(should_stop and should_stop())
+    def stop() -> bool:  # asked from the members' threads at once: once True, True
+        if should_stop is not None and should_stop():
+            stopped["yes"] = True
         return stopped["yes"]
 
     report = (lambda done, total, **m: progress(done, total, phase="reader", **m)) if progress else None
