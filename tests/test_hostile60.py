@@ -208,3 +208,68 @@ def test_a_member_that_fails_stops_the_others_at_their_next_step():
     with pytest.raises(MemoryError, match="ran out of memory"):
         train_members([steady(0), failing, steady(1)], None, threads=2)
     assert steps[0] < 400 and steps[1] < 400, steps  # both stopped: the first did not run to its end
+
+
+def test_a_run_that_failed_before_its_first_checkpoint_is_not_served_as_finished(tmp_path, monkeypatch):
+    """A full disk at the first checkpoint left weights and config.json but no resume.json and no
+    threshold: anomaly-score then scored with it (exit 0, "threshold: none") and export wrote it."""
+    import errno
+
+    from cli_support import invoke
+    from vaekit.config import ModelConfig, TrainConfig
+    from vaekit.sample_data import write_digits
+    from vaekit.train import train
+    from vaekit.training import checkpoint
+
+    write_digits(tmp_path / "digits", size=16, n_anomalous=4)
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save_checkpoint", full)
+    with pytest.raises(OSError):
+        train(tmp_path / "digits" / "train", tmp_path / "run", ModelConfig(image_size=16, latent_dim=4, base_channels=4),
+              TrainConfig(epochs=2, device="cpu"), cache_dir=tmp_path / "cache")
+    monkeypatch.undo()
+    assert (tmp_path / "run" / "model.safetensors").exists()
+    for args in (("anomaly-score", tmp_path / "run", tmp_path / "digits" / "test" / "normal"),
+                 ("export", tmp_path / "run", "-o", tmp_path / "m.onnx")):
+        r = invoke(*args)
+        assert r.exit_code == 2 and "stopped before its first checkpoint" in r.output, r.output
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_full_disk_anywhere_is_one_line_and_exit_2_not_a_traceback(tmp_path, monkeypatch):
+    """sample-data, export, a .vkc's spill and decode's move journal wrote without naming their
+    failures: a full disk there was a traceback and exit 3."""
+    import errno
+
+    from cli_support import invoke
+    from vaekit.sample_data import digits
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(digits, "write_manifest", full)
+    r = invoke("sample-data", "digits", tmp_path / "d")
+    assert r.exit_code == 2 and "No space left on device" in r.output and "Traceback" not in r.output, r.output
+
+
+def test_a_shard_of_five_thousand_digits_is_a_bad_value_not_a_traceback():
+    from cli_support import invoke
+
+    from vaekit.errors import BadInput
+    from vaekit.stream import parse_shard
+
+    with pytest.raises(BadInput, match="invalid shard"):
+        parse_shard("0/" + "9" * 5000)  # int() refuses more than 4,300 digits: a ValueError, exit 3
+    r = invoke("anomaly-score", "no-such-run", ".", "--shard", "0/" + "9" * 5000)
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+
+
+def test_an_image_whose_path_is_too_long_is_not_called_corrupt():
+    from vaekit.images.read import _reason
+
+    import errno
+
+    assert _reason(OSError(errno.ENAMETOOLONG, "File name too long")) == "its path is longer than the file system takes"

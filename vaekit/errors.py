@@ -161,7 +161,14 @@ def as_user_sees_it(exc: BaseException) -> BaseException:
         name = os.fsdecode(exc.filename) if exc.filename is not None else "a path"
         return BadInput(f"{name}: a name longer than the file system takes (255 bytes a file or folder name, "
                         f"4095 a path); give a shorter one")
+    if isinstance(exc, OSError) and not isinstance(exc, VaekitError) and exc.errno in _FULL:
+        # a full disk or a file size limit met outside atomic_writer (a .vkc's spill, export's
+        # staging, sample-data's files, decode's move journal) was a traceback, exit 3
+        return cannot_write(exc, os.fsdecode(exc.filename) if exc.filename is not None else "the output")
     return exc
+
+
+_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 
 def is_user_error(exc: BaseException) -> bool:

@@ -74,6 +74,8 @@ def _reason(exc: BaseException, path: Path | None = None) -> str:
         return "is a folder, not a file"
     if isinstance(exc, OSError) and exc.errno == errno.ELOOP:
         return "symbolic link loop"
+    if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:
+        return "its path is longer than the file system takes"
     if isinstance(exc, FileNotFoundError):
         return "broken symbolic link" if path is not None and path.is_symlink() else "file not found"
     return f"truncated or corrupt: {str(exc) or type(exc).__name__}"

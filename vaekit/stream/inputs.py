@@ -178,9 +178,9 @@ def _name(path: Path, folders: list[tuple[Path, str]], n_roots: int) -> str:
 def parse_shard(text: str) -> tuple[int, int]:
     """"i/n" (0 <= i < n <= MAX_SHARDS) -> (i, n); anything else is BadInput naming the value."""
     # ASCII digits only: int() also reads "1_0" as 10 and "٢" as 2
-    found = re.fullmatch(r"\s*([0-9]+)/([0-9]+)\s*", str(text))
+    found = re.fullmatch(r"\s*([0-9]{1,12})/([0-9]{1,12})\s*", str(text))  # int() of 5,000 digits raises
     if found is None:
-        raise BadInput(f"invalid shard {text!r}: expected INDEX/COUNT such as 0/4")
+        raise BadInput(f"invalid shard {str(text)[:40]!r}: expected INDEX/COUNT such as 0/4")
     return check_shard(int(found[1]), int(found[2]), text)
 
 

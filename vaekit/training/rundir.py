@@ -192,13 +192,16 @@ def load_tensors(path: Path, what: str) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def stopped_before_finish(run_dir: Path, cfg: dict) -> str | None:
-    """Why a run cannot serve yet, when its training stopped (Ctrl-C, SIGTERM, a kill) after its
-    epochs began but before the finish stored the threshold, the score's calibration and the
-    coding tables; None for a finished run (and for a config written by hand, without a train
-    section). Its weights load, but they are not the finished model's promise."""
+    """Why a run cannot serve yet, when its training stopped (Ctrl-C, SIGTERM, a kill, a full disk)
+    before the finish stored the threshold, the score's calibration and the coding tables; None for
+    a finished run (and a config written by hand). Its weights load, but are not the finished model's."""
     run_dir = Path(run_dir)
-    if "anomaly" in cfg or not isinstance(cfg.get("train"), dict) or not (run_dir / CHECKPOINT_DIR / RESUME).is_file():
+    if "anomaly" in cfg or not isinstance(cfg.get("train"), dict):
         return None
+    if not (run_dir / CHECKPOINT_DIR / RESUME).is_file():  # before its first checkpoint (no resume), or by hand
+        return None if not (run_dir / MARKER).is_file() else (
+            f"the training of {run_dir} stopped before its first checkpoint (no threshold, score calibration or "
+            "coding tables stored); train it again with --overwrite")
     data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
     images = data.get("root") if isinstance(data.get("root"), str) else "IMAGES"
     return (f"the training of {run_dir} stopped before it finished (no threshold, score calibration or coding "
