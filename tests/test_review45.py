@@ -18,7 +18,7 @@ def test_an_entry_just_built_is_not_lost_to_another_runs_bound_while_it_is_read_
     other = cache.load_cached(_folder(tmp_path / "b", 1), 16, 3, cache_dir=root).key
     monkeypatch.setenv("VAEKIT_CACHE_MAX_GB", "0")
     monkeypatch.setattr(cache, "MEMORY_FALLBACK", 0)  # as for any entry over 1 GB
-    real = cache._sha256
+    real = cache.open_file_sha256
     fired = []
 
     def sha_then_other_run(path):
@@ -28,7 +28,7 @@ def test_an_entry_just_built_is_not_lost_to_another_runs_bound_while_it_is_read_
             cache._used(root, other, 0)
         return digest
 
-    monkeypatch.setattr(cache, "_sha256", sha_then_other_run)
+    monkeypatch.setattr(cache, "open_file_sha256", sha_then_other_run)
     paths = _folder(tmp_path / "a", 2)
     got = cache.load_cached(paths, 16, 3, cache_dir=root)
     assert fired and got.images.shape == (4, 3, 16, 16)
@@ -44,7 +44,7 @@ def test_a_hit_read_while_another_run_removes_it_is_still_a_hit(tmp_path, monkey
     other = cache.load_cached(_folder(tmp_path / "b", 1), 16, 3, cache_dir=root).key
     import os
     os.utime(root / f"{mine}.json", (1000, 1000))  # A's entry used longest ago
-    real = cache._sha256
+    real = cache.open_file_sha256
     fired = []
 
     def sha_then_other_run(path):
@@ -54,7 +54,7 @@ def test_a_hit_read_while_another_run_removes_it_is_still_a_hit(tmp_path, monkey
             cache._used(root, other, 0)
         return digest
 
-    monkeypatch.setattr(cache, "_sha256", sha_then_other_run)
+    monkeypatch.setattr(cache, "open_file_sha256", sha_then_other_run)
     got = cache.load_cached(paths, 16, 3, cache_dir=root)
     assert fired and got.hit and got.key == mine
 
