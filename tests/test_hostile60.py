@@ -273,3 +273,24 @@ def test_an_image_whose_path_is_too_long_is_not_called_corrupt():
     import errno
 
     assert _reason(OSError(errno.ENAMETOOLONG, "File name too long")) == "its path is longer than the file system takes"
+
+
+def test_a_read_only_run_is_named_as_the_run_not_as_an_out_option_never_given(tmp_path, tmp_path_factory,
+                                                                             monkeypatch):
+    """`vaekit threshold RUN` on a run it may not write said "--out RUN: cannot write in ...": the
+    run was the command's argument, and threshold has no --out."""
+    import shutil
+
+    from cli_support import invoke
+    from export_support import exported
+
+    import vaekit.fileio as fileio
+
+    run = tmp_path / "run"
+    shutil.copytree(exported(tmp_path_factory).run, run)  # a trained run, with its threshold
+    real = fileio.os.access
+    monkeypatch.setattr(fileio.os, "access",  # read-only for writing: what a read-only mount says
+                        lambda p, mode, **k: False if mode & os.W_OK and str(p) == str(run.absolute()) else real(p, mode, **k))
+    r = invoke("threshold", run, "--quantile", "0.9")
+    assert r.exit_code == 2 and "cannot write in" in r.output and "--out" not in r.output, r.output
+    assert f"the run {run}" in " ".join(r.output.split()), r.output

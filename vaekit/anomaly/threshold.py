@@ -182,7 +182,8 @@ def _store(run_dir: Path, cfg: dict, old: dict, section: dict) -> dict:
 
     if "calibration" in old:
         section["calibration"] = old["calibration"]
-    with locked(run_dir, hint="another vaekit command writes it; set the threshold again when it is done"):
+    with locked(run_dir, hint="another vaekit command writes it; set the threshold again when it is done",
+                what="the run"):
         now = rundir.read_config(run_dir)
         if now.get("fingerprint") != cfg.get("fingerprint"):
             raise InUse(f"{run_dir} was trained again while its threshold was set; set the threshold again")

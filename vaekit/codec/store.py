@@ -244,7 +244,8 @@ def save_prior(run_dir: str | Path, prior: priors.Prior, model=None) -> None:
     from vaekit.training import rundir
     from vaekit.training.runlock import locked
 
-    with locked(Path(run_dir), hint="another vaekit command is writing it; run encode --fit again when it is done"):
+    with locked(Path(run_dir), hint="another vaekit command is writing it; run encode --fit again when it is done",
+                what="the run"):
         check_fit_target(run_dir)
         cfg = rundir.read_config(Path(run_dir))
         if cfg.get("fingerprint") not in (None, prior.fingerprint):

@@ -21,7 +21,8 @@ from vaekit.training.rundir import LOCK, MARKER
 
 
 @contextmanager
-def locked(run_dir: Path, hint: str = "another vaekit command is writing it; wait for it to finish"):
+def locked(run_dir: Path, hint: str = "another vaekit command is writing it; wait for it to finish",
+           what: str = "--out"):
     """Hold an exclusive lock on a run directory (its lock file, vaekit.fileio.try_lock) while training there.
 
     A second vaekit process on the same folder gets InUse naming the process that holds it (and
@@ -30,8 +31,8 @@ def locked(run_dir: Path, hint: str = "another vaekit command is writing it; wai
     """
     run_dir = Path(run_dir)
     if (run_dir.exists() or run_dir.is_symlink()) and not run_dir.is_dir():  # a link to nowhere too
-        raise BadInput(f"--out {not_a_folder(run_dir)}")
-    refuse_under_file(run_dir, "--out")
+        raise BadInput(f"{what} {not_a_folder(run_dir)}")
+    refuse_under_file(run_dir, what)  # `what`: how the user named it (train's --out, or the run given)
     created = [d for d in (run_dir, *run_dir.parents) if not d.exists()]  # innermost first
     path = run_dir / LOCK
     made_lock = not path.exists()
