@@ -26,7 +26,9 @@ def one_thread() -> Iterator[int]:
     """torch at one thread inside; yields the count it had before. The count is the process's: two
     trainings at once (the web app's tabs) each inside would set back each other's 1, so the first
     caller in keeps the count and the last one out sets it back. Other work of the process in that
-    time (another tab's scores) runs on one thread too: slower for a minute, the same numbers."""
+    time (another tab's scores) runs on one thread too: slower for a minute, the same numbers.
+    OpenMP also keeps a count per thread: a caller that leaves while another is still inside stays
+    at one thread itself (in the web app, the rest of that training: its thread ends with it)."""
     with _ONE:
         if _HOLDERS[0] == 0:
             _HOLDERS[1] = torch.get_num_threads()
