@@ -255,6 +255,63 @@ def test_a_full_disk_anywhere_is_one_line_and_exit_2_not_a_traceback(tmp_path, m
     assert r.exit_code == 2 and "No space left on device" in r.output and "Traceback" not in r.output, r.output
 
 
+def test_a_full_disk_names_the_output_the_user_gave(tmp_path, monkeypatch):
+    """Where the file's own write failed (the manifest, a .vkc's spill, export's graphs), the
+    message said "cannot write the output": Python names no file on a failed write."""
+    import errno
+    from pathlib import Path
+
+    from cli_support import invoke
+    from export_support import random_job
+
+    from vaekit.codec import container
+
+    run, images = random_job(tmp_path / "job", 3)
+    real = Path.write_text
+
+    def full_text(self, *a, **k):
+        if self.name == "vaekit-sample-data.sha256":
+            raise OSError(errno.EFBIG, "File too large")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "write_text", full_text)
+    r = invoke("sample-data", "digits", tmp_path / "d")
+    assert r.exit_code == 2 and "vaekit-sample-data.sha256: File too large" in r.output, r.output
+    monkeypatch.undo()
+
+    class Full:  # a spill file on a full disk
+        closed = False
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def close(self):
+            self.closed = True
+
+    real_init = container.Spill.__init__
+
+    def spill(self, out):
+        real_init(self, out)
+        self._f.close()
+        self._f = Full()
+
+    monkeypatch.setattr(container.Spill, "__init__", spill)
+    r = invoke("encode", run, images, "-o", tmp_path / "a.vkc", "--lossless")
+    assert r.exit_code == 2 and f"cannot write {tmp_path / 'a.vkc'}" in " ".join(r.output.split()), r.output
+    monkeypatch.undo()
+    real_bytes = Path.write_bytes
+
+    def full_bytes(self, *a, **k):
+        if self.suffix == ".onnx":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_bytes(self, *a, **k)
+
+    monkeypatch.setattr(Path, "write_bytes", full_bytes)
+    r = invoke("export", run, "-o", tmp_path / "m.onnx")
+    assert r.exit_code == 2 and f"cannot write {tmp_path / 'm.onnx'}" in " ".join(r.output.split()), r.output
+    assert not list(tmp_path.glob(".m.onnx.vaekit-export-*"))  # its staging folder went
+
+
 def test_a_shard_of_five_thousand_digits_is_a_bad_value_not_a_traceback():
     from cli_support import invoke
 

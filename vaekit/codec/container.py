@@ -30,6 +30,7 @@ import numpy as np
 from vaekit.codec.header import MODES, Header, Reader, expand, pack, unpack_fixed, varint
 from vaekit.codes.format import MAX_ORIG_PIXELS, CodeFileError, FingerprintMismatch, check_name, too_elongated
 from vaekit.config import MAX_IMAGE_SIZE, MAX_Z_DIMS
+from vaekit.errors import cannot_write
 from vaekit.fileio import atomic_writer, check_regular
 from vaekit.fileio.outputs import cut_name
 from vaekit.fileio.leftovers import open_spill, partial_tag, remove_stale
@@ -191,6 +192,7 @@ class Spill:
     """The chunk words of a .vkc being written, in a temporary file beside it (removed on close)."""
 
     def __init__(self, out: Path):
+        self.out = Path(out)  # what a failed write names: the .vkc, not this temporary file
         name = _spill_name(Path(out))
         self.path = Path(out).with_name(f".{name}.{os.getpid()}-{os.urandom(3).hex()}.chunks")
         remove_stale(self.path.parent, f".{name}.", ".chunks", folders=False)  # a killed encode's
@@ -199,7 +201,10 @@ class Spill:
         self.start = len(partial_tag())
 
     def add(self, count: int, words: np.ndarray) -> None:
-        self._f.write(np.ascontiguousarray(words, "<u4").tobytes())
+        try:
+            self._f.write(np.ascontiguousarray(words, "<u4").tobytes())
+        except OSError as e:
+            raise cannot_write(e, self.out) from None
         self.chunks.append([int(count), int(len(words))])
 
     def finish(self) -> Path:

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from vaekit.inference.engine_onnx import part_paths, refuse_model_files
-from vaekit.errors import BadInput, OutputExists
+from vaekit.errors import BadInput, OutputExists, cannot_write
 from vaekit.export.graphs import OPSET, ROLES, export_graphs, export_reader
 from vaekit.export.metadata import metadata_for, sealed, set_metadata
 from vaekit.export.parity import Parity, check_parity, load_parity_images, require_parity, sample_inputs
@@ -185,11 +185,15 @@ class _Job:
         return protos
 
     def write(self, protos: dict, paths: dict[str, Path], quantization: str) -> dict[str, Path]:
-        """Each role's graph, with vaekit's metadata and its seal, to paths[role]."""
+        """Each role's graph, with vaekit's metadata and its seal, to paths[role] (in the staging
+        folder; a full disk names the file it stands for, beside the output)."""
         for role, proto in protos.items():
             set_metadata(proto, metadata_for(role, self.cfg, self.fingerprint, self.info.log_scale,
                                              "none" if role == "reader" else quantization))
-            paths[role].write_bytes(sealed(proto))
+            try:
+                paths[role].write_bytes(sealed(proto))
+            except OSError as e:
+                raise cannot_write(e, paths[role].parent.parent / paths[role].name) from None
         return {role: paths[role] for role in protos}
 
     def int8(self, staging: Path, name: str, fp32: dict[str, Path], candidate, user_images, images):

@@ -111,7 +111,12 @@ def write_manifest(root: Path, written: list[Path]) -> None:
     manifest goes into `written` first, so a call stopped while writing it removes it too."""
     lines = [f"{_sha256(p)}  {p.relative_to(root).as_posix()}\n" for p in written if p.suffix == ".png"]
     written.append(root / MANIFEST)
-    written[-1].write_text("".join(lines))
+    try:
+        written[-1].write_text("".join(lines))
+    except OSError as e:
+        from vaekit.errors import cannot_write
+
+        raise cannot_write(e, written[-1]) from None
 
 
 def _unlisted(root: Path, existing: list[Path]) -> list[Path]:
