@@ -267,14 +267,18 @@ def test_a_full_disk_names_the_output_the_user_gave(tmp_path, monkeypatch):
     from vaekit.codec import container
 
     run, images = random_job(tmp_path / "job", 3)
-    real = Path.write_text
 
-    def full_text(self, *a, **k):
-        if self.name == "vaekit-sample-data.sha256":
-            raise OSError(errno.EFBIG, "File too large")
-        return real(self, *a, **k)
+    def full(method: str, hit) -> None:  # Path.<method> fails as a full disk for the paths `hit` takes
+        real = getattr(Path, method)
 
-    monkeypatch.setattr(Path, "write_text", full_text)
+        def write(self, *a, **k):
+            if hit(self):
+                raise OSError(errno.EFBIG, "File too large")
+            return real(self, *a, **k)
+
+        monkeypatch.setattr(Path, method, write)
+
+    full("write_text", lambda p: p.name == "vaekit-sample-data.sha256")
     r = invoke("sample-data", "digits", tmp_path / "d")
     assert r.exit_code == 2 and "vaekit-sample-data.sha256: File too large" in r.output, r.output
     monkeypatch.undo()
@@ -299,14 +303,7 @@ def test_a_full_disk_names_the_output_the_user_gave(tmp_path, monkeypatch):
     r = invoke("encode", run, images, "-o", tmp_path / "a.vkc", "--lossless")
     assert r.exit_code == 2 and f"cannot write {tmp_path / 'a.vkc'}" in " ".join(r.output.split()), r.output
     monkeypatch.undo()
-    real_bytes = Path.write_bytes
-
-    def full_bytes(self, *a, **k):
-        if self.suffix == ".onnx":
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_bytes(self, *a, **k)
-
-    monkeypatch.setattr(Path, "write_bytes", full_bytes)
+    full("write_bytes", lambda p: p.suffix == ".onnx")
     r = invoke("export", run, "-o", tmp_path / "m.onnx")
     assert r.exit_code == 2 and f"cannot write {tmp_path / 'm.onnx'}" in " ".join(r.output.split()), r.output
     assert not list(tmp_path.glob(".m.onnx.vaekit-export-*"))  # its staging folder went
