@@ -132,14 +132,11 @@ def header_problem(path: str | Path) -> str | None:
     path = Path(path)
     try:
         with open_image(path) as img:
-            limit, (w, h) = pixel_limit(img.format), img.size
-            if limit is not None and w * h > limit:
-                return f"decompression bomb: {w * h} pixels > limit {limit}"
+            return bomb(img)
     except ImageReadError as e:
         return e.reason
     except Exception as exc:  # Pillow's zoo, as in _decode_full
         return _reason(exc, path)
-    return None
 
 
 def check_channels(channels: int) -> None:
@@ -232,6 +229,15 @@ def pixel_limit(fmt: str | None) -> int | None:
     return limit // 2 if limit is not None and fmt == "WEBP" else limit
 
 
+def bomb(img: Image.Image) -> str | None:
+    """Why an opened image is refused undecoded (more pixels than `pixel_limit`), or None."""
+    limit, (w, h) = pixel_limit(img.format), img.size
+    if limit is None or w * h <= limit:
+        return None
+    return f"decompression bomb: {w * h} pixels > limit {limit}" + (
+        " (a WebP's limit is half the others')" if img.format == "WEBP" else "")
+
+
 def _decode_full(path: Path, channels: int, draft: int | None = None, expand: bool = True,
                  before: Callable[[tuple[int, int]], None] | None = None) -> tuple[np.ndarray, tuple[int, int]]:
     """`_decode`, and the (H, W) of the whole image at full resolution, rotated alike: a JPEG
@@ -247,10 +253,8 @@ def _decode_full(path: Path, channels: int, draft: int | None = None, expand: bo
                 # It only sets the scale, so the check below judges what is really decoded:
                 # a 100-megapixel photo read at 1/8 scale is no bomb.
                 img.draft(None, (draft, draft))
-            limit, (w, h) = pixel_limit(img.format), img.size
-            if limit is not None and w * h > limit:
-                raise ImageReadError(path, f"decompression bomb: {w * h} pixels > limit {limit}"
-                                           + (" (a WebP's limit is half the others')" if img.format == "WEBP" else ""))
+            if (why := bomb(img)) is not None:
+                raise ImageReadError(path, why)
             if before is not None:  # judged from the header, before a pixel is decoded
                 before((full[1], full[0]))
             key_at_8_bits(img)  # before load, which forgets the raw mode
