@@ -102,7 +102,7 @@ def fit(data: Dataset, out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCo
             if pending is not None and dist.main:  # asked to stop: keep the last finished epoch
                 _write_state(out_dir, *pending)
             break
-        _check_finite(sums, epoch, out_dir)
+        _check_finite(sums, epoch, out_dir, train_cfg.beta)
         row = _epoch_row(epoch, kl_weight(epoch, train_cfg), sums, time.perf_counter() - t0, trainer.model, data,
                          splits.val, device, dist, train_cfg, keep_last)
         history.append(row)
@@ -208,11 +208,12 @@ def _check_best_weights(out_dir: Path, best: dict) -> None:
                           "again with --overwrite")
 
 
-def _check_finite(sums: list[float], epoch: int, out_dir: Path) -> None:
+def _check_finite(sums: list[float], epoch: int, out_dir: Path, beta: float = 1.0) -> None:
     if not math.isfinite(sums[2]):
+        hint = "try a lower --lr" if beta <= 1 else f"try a lower --beta (it is {beta:.3g}) or --lr"
         kept = (f"the last good checkpoint (epoch {epoch}) is kept in {out_dir}; resume with --resume"
                 if epoch > 0 else "nothing was saved yet; start again with --overwrite")
-        raise TrainingError(f"loss became {sums[2]} in epoch {epoch + 1}; try a lower --lr. {kept}")
+        raise TrainingError(f"loss became {sums[2]} in epoch {epoch + 1}; {hint}. {kept}")
 
 
 def _finish(out_dir, data, splits, model_cfg, train_cfg, device, progress, should_stop, best: dict) -> float | None:
