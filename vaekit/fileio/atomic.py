@@ -112,7 +112,10 @@ def _unnamed_or_named(path: Path, tmp: Path) -> tuple[int, bool]:
     except FileExistsError as e:  # another writer's file: 40 random bits met twice; never remove it
         raise cannot_write(e, path) from None
     except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
+        try:  # the name the file system refused to create (EILSEQ, EINVAL) it refuses to look up too
+            Path(tmp).unlink(missing_ok=True)
+        except OSError:
+            pass
         if isinstance(e, OSError):
             raise cannot_write(e, path) from None
         raise
