@@ -5,9 +5,12 @@ from __future__ import annotations
 import errno
 import os
 
+import numpy as np
 import pytest
 
 from vaekit.errors import VaekitError
+
+from export_support import random_job
 
 
 def test_a_loss_that_overflows_under_a_huge_beta_names_beta_not_only_the_learning_rate(tmp_path):
@@ -47,3 +50,80 @@ def test_a_name_the_file_system_refuses_is_one_line_not_a_traceback_from_removin
     with pytest.raises(VaekitError) as e:
         atomic_write_bytes(tmp_path / "a\udcff.png", b"x")
     assert "a\\xff.png" in str(e.value) or "a\udcff.png" in str(e.value)
+
+
+def _case_pair(folder):
+    """Case.png and case.png (two files here), and x.png."""
+    from PIL import Image
+
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for name in ("Case.png", "case.png", "x.png"):
+        Image.fromarray(rng.integers(0, 256, (16, 16), np.uint8)).save(folder / name)
+    return folder
+
+
+def test_the_probe_finds_this_file_system_tells_case_and_accents_apart_and_leaves_nothing(tmp_path):
+    """Linux's file systems keep Case.png and case.png apart: nothing is folded, and the probe's
+    files (in the folder, or in its nearest parent while it is not there) are gone after it."""
+    from vaekit.fileio import folding
+
+    assert folding.folds(tmp_path) == (False, False) and folding.name_key(tmp_path) is None
+    assert folding.folds(tmp_path / "not" / "yet") == (False, False)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def folding_disk(monkeypatch):
+    """A file system that takes names differing in case or accents for one (exFAT, APFS, NTFS):
+    the probe's answer, since the test's own disk keeps them apart."""
+    from vaekit.fileio import folding
+
+    monkeypatch.setattr(folding, "folds", lambda folder: (True, True))
+
+
+def test_decode_to_a_case_folding_disk_refuses_two_names_it_would_hold_as_one_before_writing(tmp_path, folding_disk):
+    """Decoding Case.png and case.png onto an exFAT stick: the second PNG replaced the first
+    in the staging folder, and the decode failed with a raw "No such file or directory" naming
+    that staging folder (or, without --overwrite, with "case.png appeared while this job ran").
+    Now one line names both, before anything is written."""
+    from vaekit import load
+    from vaekit.codes.jobs import decode_file, encode_folder
+    from vaekit.errors import BadInput
+
+    run, _ = random_job(tmp_path / "job", 1)
+    model = load(run, device="cpu")
+    encode_folder(model, _case_pair(tmp_path / "imgs"), tmp_path / "c.codes")
+    with pytest.raises(BadInput, match=r"the images 'Case.png' and 'case.png' would be written to one file: .*out "
+                                       r"holds 'Case.png' and 'case.png' as one, its file system takes names "
+                                       r"that differ only in upper and lower case"):
+        decode_file(model, tmp_path / "c.codes", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_reconstruct_to_a_case_folding_disk_refuses_and_heat_maps_are_numbered(tmp_path, folding_disk):
+    """reconstruct and --maps exited 0 with one file fewer than the images: case.png's output
+    replaced Case.png's. Reconstruct now refuses (its outputs keep the inputs' names); heat maps,
+    which number names that are taken, number the folded ones too (the accents' two spellings as well)."""
+    from vaekit import load
+    from vaekit.anomaly import map_targets
+    from vaekit.errors import BadInput
+    from vaekit.inference.reconstruct import reconstruct_to_folder
+
+    run, _ = random_job(tmp_path / "job", 1)
+    with pytest.raises(BadInput, match="the images 'Case.png' and 'case.png' would be written to one file"):
+        reconstruct_to_folder(load(run, device="cpu"), _case_pair(tmp_path / "imgs"), tmp_path / "out", workers=0)
+    assert not list((tmp_path / "out").glob("*.png")) if (tmp_path / "out").exists() else True
+    names = ["Case.png", "case.png", "caf\u00e9.png", "cafe\u0301.png", "A.JPG", "a.png"]
+    assert map_targets(names, tmp_path) == ["Case.png", "case-1.png", "caf\u00e9.png", "cafe\u0301-1.png",
+                                            "A.JPG.png", "a.png.png"]
+    assert map_targets(names) == names[:4] + ["A.png", "a.png"]  # no folder: names as they are
+
+
+def test_the_comparison_grid_never_takes_the_name_of_an_image_that_differs_from_it_in_case():
+    """An input called Comparison.png: on a disk that folds case the grid replaced its reconstruction."""
+    from vaekit.inference.reconstruct import grid_name
+
+    assert grid_name(["Comparison.png", "a.png"]) == "comparison-1.png"
+    assert grid_name(["COMPARISON.PNG/x.png"]) == "comparison-1.png"
+    assert grid_name(["a.png"]) == "comparison.png"

@@ -156,7 +156,7 @@ def _check_maps(found: stream.Inputs, maps, layout: Layout, journal,
     if maps is None:
         return [], None
     done, resumed = (journal.done, journal.resumed) if journal is not None else (frozenset(), False)
-    targets = map_targets(found.names)
+    targets = map_targets(found.names, Path(maps))
     refuse_linked(Path(maps), [Path(maps) / t for t in targets], found.sources, model, "--maps folder", folder=True)
     if resumed:
         _refuse_lost_maps(journal, Path(maps), targets, layout)

@@ -24,6 +24,7 @@ from vaekit.errors import BadInput, check_flags
 from vaekit.codes.targets import png_targets, refuse_linked
 from vaekit.fileio import (atomic_writer, dumps_json, refuse_existing, refuse_inside, refuse_long_names,
                            refuse_unmakeable_folder)
+from vaekit.fileio.folding import name_key
 from vaekit.fileio.outputs import refuse_nul
 from vaekit.inference.engine_onnx import refuse_model_files
 from vaekit.stream.journals import PARTIAL_SUFFIX
@@ -166,19 +167,22 @@ def write_scores(path: str | Path, report: ScoreReport, model: Model | None = No
     return path
 
 
-def map_targets(names: Sequence[str]) -> list[str]:
+def map_targets(names: Sequence[str], out_dir: Path | None = None) -> list[str]:
     """Each heat map's path relative to the maps folder (posix text), named as `reconstruct` and
     `decode` name their outputs (codes.targets.png_targets): the input name with .png, or the
     whole name plus .png where different inputs would share one (a.jpg next to a.png: a.jpg.png
     and a.png.png) or where it names a folder that another input's map goes in (a.jpg next to
     a.png/b.png: a.jpg.png). What is still taken (one name in two input folders) is numbered in
-    the inputs' order: a.png, a-1.png. BadInput for a name too long for a file system."""
-    used = {p.as_posix() for name in names for p in Path(name).parents}  # folders: never a map's name
-    wanted = png_targets(names)
-    own = {rel for name, rel in zip(names, wanted) if rel == name}  # a.png's map is a.png, whoever comes first
+    the inputs' order: a.png, a-1.png. BadInput for a name too long for a file system. `out_dir`:
+    the maps folder, whose file system may take two names for one (Case.png and case.png: then
+    numbered; fileio.folding); None: names are compared as they are."""
+    fold = (name_key(out_dir) if out_dir is not None else None) or (lambda n: n)
+    used = {fold(p.as_posix()) for name in names for p in Path(name).parents}  # folders: never a map's name
+    wanted = png_targets(names, fold)
+    own = {fold(rel) for name, rel in zip(names, wanted) if rel == name}  # a.png's map is a.png, whoever comes first
 
     def taken(rel: str, name: str) -> bool:
-        return rel in used or (rel in own and rel != name)
+        return fold(rel) in used or (fold(rel) in own and rel != name)
 
     targets = []
     for name, rel in zip(names, wanted):
@@ -188,7 +192,7 @@ def map_targets(names: Sequence[str]) -> list[str]:
         base, n = rel, 1
         while taken(rel, name):
             rel, n = Path(base).with_name(f"{Path(base).stem}-{n}.png").as_posix(), n + 1
-        used.add(rel)
+        used.add(fold(rel))
         targets.append(rel)
     refuse_long_names(names, targets)
     return targets
@@ -233,7 +237,7 @@ def write_maps(out_dir: str | Path, report: ScoreReport, alpha: float = 0.5, ove
         raise BadInput("this report carries no images or maps to draw (score with maps=True)")
     out_dir = Path(out_dir)
     check_outputs(report.inputs, maps=out_dir, overwrite=overwrite)
-    targets = map_targets(report.names)
+    targets = map_targets(report.names, out_dir)
     refuse_linked(out_dir, [out_dir / t for t in targets], report.inputs, None, "--maps folder", folder=True)
     refuse_taken_maps(out_dir, targets, overwrite)
     return save_maps(out_dir, targets, report.images, report.pixel_maps, alpha)

@@ -216,7 +216,7 @@ def decode(model, archive: str | Path, out_dir: str | Path, size: str = "model",
     if prior is not None and not 1 <= header.quality <= len(prior.steps):
         raise container.ArchiveError(f"{archive} is damaged or foreign: it names quality {header.quality}, but its "
                                      f"tables have qualities 1 to {len(prior.steps)}")
-    targets = [out_dir / n for n in png_names(header.names)]
+    targets = [out_dir / n for n in png_names(header.names, out_dir)]
     recover(out_dir)  # a decode killed while moving its PNGs here: its files are not in the way
     check_targets(out_dir, targets, overwrite, model=model.info.source)  # every one, before the first is written
     with staged(out_dir, targets, replace=overwrite) as paths:

@@ -294,7 +294,7 @@ def decode_file(
     refuse_inside(out_dir, model.info.source, "output folder", kind="the model's run directory")
     cf = load(code_file)
     check_model(cf, model, f"code file {code_file}")
-    targets = [out_dir / n for n in png_names(cf.names)]
+    targets = [out_dir / n for n in png_names(cf.names, out_dir)]
     recover(out_dir)  # a decode killed while moving its PNGs here: its files are not in the way
     check_targets(out_dir, targets, overwrite, model=model.info.source)
     n, step = len(targets), max(1, min(batch_size, BATCH_PIXELS // model.info.image_size ** 2))  # bounded by pixels

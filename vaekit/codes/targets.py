@@ -10,43 +10,66 @@ from __future__ import annotations
 
 import os
 from pathlib import Path, PurePosixPath
-from typing import Sequence
+from typing import Callable, Sequence
 
 from vaekit.errors import BadInput, not_a_folder
 from vaekit.fileio import refuse_existing, refuse_long_names, refuse_unmakeable_folder
+from vaekit.fileio.folding import FOLDED, name_key
 from vaekit.fileio.outputs import MAX_PATH_BYTES
 
 STAGED_BYTES = 64  # what a target's path gains while written: /.vaekit-decode-PID-TOKEN and a temporary name
 
 
-def png_targets(names: Sequence[str]) -> list[str]:
+def png_targets(names: Sequence[str], key: Callable[[str], str] | None = None) -> list[str]:
     """Each name with a .png suffix ("a/b.jpg" -> "a/b.png"), except where different names would
     share one ("a.jpg", "a.png"): those keep their whole name ("a.jpg.png", "a.png.png"), so the
     output says whose it is. The same name twice (one name in two input folders) keeps its one
-    target: `png_names` refuses it, heat maps number it."""
+    target: `png_names` refuses it, heat maps number it. `key`: how the output folder tells
+    names apart where it folds case or accents (fileio.folding.name_key); None: as they are."""
+    key = key or _same
     first = [PurePosixPath(n).with_suffix(".png").as_posix() for n in names]
     sources: dict[str, set[str]] = {}
     for n, f in zip(names, first):
-        sources.setdefault(f, set()).add(n)
-    return [f if len(sources[f]) == 1 else n + ".png" for n, f in zip(names, first)]
+        sources.setdefault(key(f), set()).add(n)
+
+    def target(n: str, f: str) -> str:
+        group = sources[key(f)]
+        if len(group) == 1 or sum(key(m) == key(n) for m in group) > 1:  # folded, the whole names meet too
+            return f
+        return n + ".png"
+
+    return [target(n, f) for n, f in zip(names, first)]
 
 
-def png_names(names: Sequence[str]) -> list[str]:
+def _same(name: str) -> str:
+    return name
+
+
+def png_names(names: Sequence[str], out_dir: Path | None = None) -> list[str]:
     """Output file names: each source name with a .png suffix ("a/b.jpg" -> "a/b.png").
 
     Two sources that would share a name ("a.jpg", "a.png") keep their whole name ("a.jpg.png").
     BadInput when two would still meet, when one output would be the folder of another
     ("x.jpg" -> x.png, and "x.png/y.png"), or when a name would be too long for a file system.
+    `out_dir`: where they go, whose file system may take two names for one (Case.png, case.png:
+    fileio.folding); None: names are compared as they are.
     """
-    out = png_targets(names)
-    if len(set(out)) != len(out):
-        dup = next(o for o in out if out.count(o) > 1)
-        raise BadInput(f"two images would be written to the same file {dup!r}")
+    key = name_key(out_dir) if out_dir is not None else None
+    out = png_targets(names, key)
+    keyed = [key(o) for o in out] if key else out
+    seen: dict[str, tuple[str, str]] = {}
+    for n, o, k in zip(names, out, keyed):
+        if k in seen and o != seen[k][1]:
+            raise BadInput(f"the images {seen[k][0]!r} and {n!r} would be written to one file: {Path(out_dir)} "
+                           f"holds {seen[k][1]!r} and {o!r} as one, {FOLDED}; write to a folder on another disk")
+        if k in seen:
+            raise BadInput(f"two images would be written to the same file {o!r}")
+        seen[k] = n, o
     refuse_long_names(names, out)
-    folders = {str(p): n for n, o in zip(names, out) for p in PurePosixPath(o).parents if str(p) != "."}
-    for n, o in zip(names, out):
-        if o in folders:
-            raise BadInput(f"the image {n!r} would be written to the file {o!r}, which the image {folders[o]!r} "
+    folders = {(key or _same)(str(p)): n for n, o in zip(names, out) for p in PurePosixPath(o).parents if str(p) != "."}
+    for n, o, k in zip(names, out, keyed):
+        if k in folders:
+            raise BadInput(f"the image {n!r} would be written to the file {o!r}, which the image {folders[k]!r} "
                            "needs as a folder")
     return out
 

@@ -41,8 +41,9 @@ GRID = "comparison.png"
 def grid_name(targets: Sequence[str]) -> str:
     """The comparison grid's name in the output folder: GRID, or comparison-1.png (-2, ...) when
     an input's reconstruction takes that name (an image called comparison.png) or a folder of them
-    does: a user's image is never refused for its name, nor its reconstruction replaced."""
-    taken = set(targets) | {p.as_posix() for t in targets for p in PurePosixPath(t).parents}
+    does: a user's image is never refused for its name, nor its reconstruction replaced. Compared
+    in lower case, as a disk that folds case (exFAT, APFS, NTFS) would: Comparison.png is taken too."""
+    taken = {t.lower() for t in targets} | {p.as_posix().lower() for t in targets for p in PurePosixPath(t).parents}
     name, n = GRID, 1
     while name in taken:
         name, n = f"comparison-{n}.png", n + 1
@@ -103,7 +104,7 @@ def reconstruct_to_folder(model: "Model", source: str | Path | Sequence[str | Pa
     found, layout, (index, count) = share.found, share.layout, (share.layout.index, share.layout.count)
     refuse_inside(out_dir, found.sources, "output folder", folder=True)  # its PNGs would be read back as inputs
     refuse_model_files(out_dir, model.info.source, "output folder")  # --overwrite would replace the run's files
-    targets = png_names(found.names)  # relative to out_dir
+    targets = png_names(found.names, out_dir)  # relative to out_dir
     grid = out_dir / grid_name(targets)
     info = model.info
     settings = {"job": "reconstruct", **model_settings(model),
