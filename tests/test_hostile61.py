@@ -127,3 +127,29 @@ def test_the_comparison_grid_never_takes_the_name_of_an_image_that_differs_from_
     assert grid_name(["Comparison.png", "a.png"]) == "comparison-1.png"
     assert grid_name(["COMPARISON.PNG/x.png"]) == "comparison-1.png"
     assert grid_name(["a.png"]) == "comparison.png"
+
+
+def test_one_mask_is_never_two_images_and_whole_name_masks_tell_dup_png_from_dup_jpg(tmp_path, monkeypatch):
+    """Anomalous dup.png and dup.jpg, one mask dup_mask.png: evaluate took it for both (n_masks 3
+    from 2 masks) and scored one image against the other's defect. Now that is refused, and each
+    can have its own mask named after its whole name (dup.jpg_mask.png)."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    import vaekit.anomaly.masks as masks
+    from vaekit.errors import BadInput
+
+    model = SimpleNamespace(info=SimpleNamespace(image_size=16, read_size=16, latent_shape=(4,)))  # an object model
+    root = tmp_path / "masks"
+    root.mkdir()
+    for name in ("dup_mask.png", "other_mask.png"):
+        Image.fromarray(np.full((16, 16), 255, np.uint8)).save(root / name)
+    monkeypatch.setattr(masks, "read_mask", lambda path, name, *a, **k: path)
+    with pytest.raises(BadInput, match=r"the mask dup_mask.png matches both anomalous images dup.png and dup.jpg; "
+                                       r"name each image's mask after its whole name \(dup.jpg_mask.png\)"):
+        masks.masks_for(model, masks.mask_index(root), ["dup.png", "dup.jpg", "other.png"])
+    Image.fromarray(np.full((16, 16), 255, np.uint8)).save(root / "dup.jpg_mask.png")
+    mask_of = masks.masks_for(model, masks.mask_index(root), ["dup.png", "dup.jpg", "other.png"])
+    assert [mask_of(n, None) for n in ("dup.png", "dup.jpg", "other.png")] == [
+        root / "dup_mask.png", root / "dup.jpg_mask.png", root / "other_mask.png"]

@@ -1,6 +1,7 @@
 """Which mask is an anomalous image's, read at its map's geometry (`vaekit evaluate --masks`): by
-relative path (NAME or NAME_mask, any image suffix), else by file name where that is unambiguous;
-a mask of another aspect ratio than its image, or two masks for one image, are refused."""
+relative path (NAME or NAME_mask, any image suffix; NAME with its own suffix first, so that dup.jpg
+and dup.png can each have one), else by file name where that is unambiguous; a mask of another
+aspect ratio than its image, two masks for one image, or one mask for two, are refused."""
 
 from __future__ import annotations
 
@@ -32,7 +33,11 @@ def masks_for(model, index, names: Sequence[str]):
                            f"{', '.join(p.name for p in found[:3])}; keep one")
         return found[0] if found else None
 
-    paths = {name: p for name, key in keys.items() if (p := by_path(name, key)) is not None}
+    def own(name: str, key: str) -> Path | None:  # dup.jpg's mask may be named after its whole name
+        return by_path(name, Path(name).as_posix()) or by_path(name, key)
+
+    paths = {name: p for name, key in keys.items() if (p := own(name, key)) is not None}
+    _refuse_shared(paths)
     claimed = set(paths.values())
     for name, key in keys.items():
         stem = key.rsplit("/", 1)[-1]
@@ -40,6 +45,17 @@ def masks_for(model, index, names: Sequence[str]):
             paths[name] = by_stem[stem][0]
     size = model.info.read_size if tiled(model) else model.info.image_size
     return lambda name, image: read_mask(paths.get(name), name, size, crop=not tiled(model), image=image)
+
+
+def _refuse_shared(paths: dict[str, Path]) -> None:
+    """BadInput when one mask is two images' (dup.png and dup.jpg both take dup_mask.png): the
+    pixel AUROC would score one of them against the other's defect."""
+    seen: dict[Path, str] = {}
+    for name, p in paths.items():
+        if p in seen:
+            raise BadInput(f"the mask {p.name} matches both anomalous images {seen[p]} and {name}; name each "
+                           f"image's mask after its whole name ({name}_mask.png) or rename one of them")
+        seen[p] = name
 
 
 def mask_index(root: Path) -> tuple[dict, dict, dict]:
