@@ -68,9 +68,9 @@ def _progress(label: str, quiet: bool, phases: dict[str, str] | None = None):
 TABLE_ROWS = 20  # reconstruct's table shows every image up to this many, else the worst this many
 
 
-def _skipped(skipped) -> None:
+def _skipped(skipped, what: str = "") -> None:
     for path, reason in skipped:
-        err_console.print(f"[yellow]skipped[/yellow] {shown(path)}: {shown(reason)}", highlight=False, soft_wrap=True)
+        err_console.print(f"[yellow]skipped{what}[/yellow] {shown(path)}: {shown(reason)}", highlight=False, soft_wrap=True)
 
 
 def _print_json(obj) -> None:
@@ -164,7 +164,7 @@ def _encode_vkc(model, images, out, quality, lossless, fit, overwrite, as_json, 
     from vaekit import codec
     from vaekit.fileio import is_inside
 
-    m, prior = load_model(model, device), None
+    m, prior, fit_skipped = load_model(model, device), None, []
     if fit is not None:
         if m.info.engine != "torch":
             raise typer.BadParameter("--fit stores the tables in a run directory: give the run (then export it again)")
@@ -178,7 +178,8 @@ def _encode_vkc(model, images, out, quality, lossless, fit, overwrite, as_json, 
             from vaekit.images import none_usable
 
             raise none_usable(f"in {fit} to fit the tables on", loaded.skipped)
-        prior = codec.fit_prior(m, loaded.images)
+        prior, fit_skipped = codec.fit_prior(m, loaded.images), list(loaded.skipped)
+        _skipped(fit_skipped, " (not fitted on)")
     with codec.staged_for_fit(out, prior, model, m, overwrite) as path, \
             _progress("coding images", as_json, LOSSLESS_PHASES if lossless else None) as progress:
         r = replace(codec.encode(m, images, path, quality=quality, lossless=lossless, overwrite=overwrite,
@@ -187,6 +188,8 @@ def _encode_vkc(model, images, out, quality, lossless, fit, overwrite, as_json, 
     info = {"file": str(r.path), "mode": r.mode, "quality": r.quality, "images": r.count, "skipped": len(r.skipped),
             "bytes": r.file_bytes, "bytes_per_image": r.bytes_per_image, "bits_per_dim": r.bits_per_dim,
             "header_bytes": r.header_bytes, "source_bytes": r.source_bytes, "seconds": r.seconds}
+    if fit is not None:
+        info["fit_skipped"] = len(fit_skipped)  # the --fit images that could not be read (each named on stderr)
     if lossless:
         info["pixel_model"] = r.pixel_model
     else:

@@ -153,3 +153,25 @@ def test_one_mask_is_never_two_images_and_whole_name_masks_tell_dup_png_from_dup
     mask_of = masks.masks_for(model, masks.mask_index(root), ["dup.png", "dup.jpg", "other.png"])
     assert [mask_of(n, None) for n in ("dup.png", "dup.jpg", "other.png")] == [
         root / "dup_mask.png", root / "dup.jpg_mask.png", root / "other_mask.png"]
+
+
+def test_encode_fit_names_the_fit_images_it_could_not_read(tmp_path):
+    """`encode --quality N --fit DIR` dropped DIR's unreadable files without a word (the table's
+    "0 skipped" counts the encoded images): each is now named on stderr, and --json counts them."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from export_support import random_run
+    from test_codec import _digits
+    from vaekit_cli.main import app
+
+    run = random_run(tmp_path / "run", image_size=16, channels=1, latent_dim=4, base_channels=4, likelihood="logistic")
+    _digits(tmp_path / "train", 20, seed=1)
+    _digits(tmp_path / "src", 4)
+    (tmp_path / "train" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not a png")
+    r = CliRunner().invoke(app, [str(a) for a in ("encode", run, tmp_path / "src", "-o", tmp_path / "a.vkc",
+                                                  "--quality", 4, "--fit", tmp_path / "train", "--json")])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["fit_skipped"] == 1 and json.loads(r.stdout)["skipped"] == 0
+    assert "skipped (not fitted on)" in r.stderr and "broken.png" in r.stderr
