@@ -83,10 +83,11 @@ def on_sigterm(signum, frame) -> None:
     raise Terminated()
 
 # C0 and C1 controls (ESC starts terminal commands: ESC]52 writes the clipboard, ESC[2J clears
-# the screen), the bidirectional overrides that make a name display as another, and the bytes of
+# the screen), the line and paragraph separators (U+2028, U+2029: a line break in most terminals),
+# the bidirectional overrides that make a name display as another, and the bytes of
 # a name that is not UTF-8 (Python holds them as surrogates; printed, each became "?", so two
 # names differing only there looked the same): shown as \xNN, as the CSV writes them
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\udc80-\udcff]")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028-\u202e\u2066-\u2069\udc80-\udcff]")
 
 
 def _escaped(c: str) -> str:

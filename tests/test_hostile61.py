@@ -175,3 +175,10 @@ def test_encode_fit_names_the_fit_images_it_could_not_read(tmp_path):
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["fit_skipped"] == 1 and json.loads(r.stdout)["skipped"] == 0
     assert "skipped (not fitted on)" in r.stderr and "broken.png" in r.stderr
+
+
+def test_line_and_paragraph_separators_in_a_name_are_shown_escaped():
+    """U+2028 and U+2029 break the line in most terminals: printed raw in the tables."""
+    from vaekit_cli.output import safe_text
+
+    assert safe_text("a\u2028b\u2029c.png") == "a\\u2028b\\u2029c.png"
