@@ -1,9 +1,8 @@
 """Decoding one image file: open safely, convert any Pillow mode to uint8, resize to the model.
 
-Numpy and Pillow only, never torch: training (through the pixel cache) and the
-onnxruntime engine both preprocess with `load_image`, so the two cannot drift.
-Each Pillow pitfall we know of (16-bit, palette transparency, EXIF rotation,
-truncated files, decompression bombs) is handled once, here.
+Numpy and Pillow only, never torch: training (through the pixel cache) and the onnxruntime engine
+both preprocess with `load_image`, so the two cannot drift. Each Pillow pitfall we know of (16-bit,
+palette transparency, EXIF rotation, truncated files, decompression bombs) is handled once, here.
 
 Every file is opened the same way (`open_image`): `stat` first (following links) and only a
 regular file goes on, opened non-blocking, so a FIFO or device named x.png is skipped,
