@@ -156,7 +156,8 @@ def _report(result, data, out: Path, code: int = 130, skipped_named: bool = Fals
     if result.complete and result.rank == 0:
         console.print(f"{shown(out)} had trained all {result.epochs_done} epochs and finished: nothing to resume "
                       f"(its threshold {number(result.threshold)} stands; --lr and --beta apply to epochs still to "
-                      "train); `--resume --epochs N` trains on", highlight=False, soft_wrap=True)
+                      f"train); `--resume --epochs N` with N above {result.epochs_done} trains it longer",
+                      highlight=False, soft_wrap=True)
     elif result.rank == 0:  # under torchrun only rank 0 reports
         print_summary(result, data, skipped_named)
 
@@ -259,6 +260,8 @@ class _Reporter:
         if phase == "plan":  # every "auto" decided, before the first step
             from vaekit.training.loop import plan_text
 
+            if m.get("finished"):  # a finished run resumed: _report says there is nothing to resume
+                return
             head = f"resuming after epoch {done} of {total}:" if done else "training"
             self.bars.console.print(f"{head} {shown(plan_text(m))}", soft_wrap=True, highlight=False)
             if self.note:

@@ -53,6 +53,8 @@ def test_train_prints_epochs_and_a_summary(tmp_path):
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     r = invoke("train", tmp_path / "imgs", "--out", run, "--resume")
     assert r.exit_code == 0 and "had trained all 3 epochs and finished: nothing to resume" in " ".join(r.output.split())
+    assert "resuming after" not in r.output  # it said "resuming after epoch 3 of 3", then that nothing was to resume
+    assert "`--resume --epochs N` with N above 3 trains it longer" in " ".join(r.output.split())
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
     cfg = json.loads((run / "config.json").read_text())
     (run / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if k != "anomaly"}))

@@ -90,7 +90,8 @@ def fit(data: Dataset, out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCo
     trainer = Trainer(model_cfg, train_cfg, device, dist)
     start_epoch, best, history = _begin(trainer, out_dir, data, splits, resume)
     if progress and dist.main:
-        progress(start_epoch, train_cfg.epochs, phase="plan", **training_plan(trainer, data, splits))
+        done = resume and start_epoch == train_cfg.epochs and rundir.finished(out_dir)  # nothing will train
+        progress(start_epoch, train_cfg.epochs, phase="plan", finished=done, **training_plan(trainer, data, splits))
     # No validation split (cross-fitting, one held-out fold, --val-fraction 0): keep the last epoch, as the fold
     keep_last = splits.crossfit or not len(splits.val)  # models do (validating on training images cost a pass)
     t_start, stopped, pending = time.perf_counter(), False, None
