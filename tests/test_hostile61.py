@@ -182,3 +182,22 @@ def test_line_and_paragraph_separators_in_a_name_are_shown_escaped():
     from vaekit_cli.output import safe_text
 
     assert safe_text("a\u2028b\u2029c.png") == "a\\u2028b\\u2029c.png"
+
+
+def test_pillows_own_bomb_refusal_is_worded_as_vaekits_with_the_limit_vaekit_applies(tmp_path, monkeypatch):
+    """Past twice the limit Pillow refuses the file itself, worded its own way and naming twice
+    the limit ("exceeds limit of 178956970 pixels, could be decompression bomb DOS attack"), where
+    vaekit's own check says "N pixels > limit 89478485": one rule, one wording."""
+    from PIL import Image
+
+    from vaekit.images import ImageReadError, load_image
+
+    Image.new("L", (40, 40)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 700)  # 1,600 pixels: past twice the limit
+    with pytest.raises(ImageReadError) as e:
+        load_image(tmp_path / "big.png", 16, 1)
+    assert e.value.reason == "decompression bomb: 1600 pixels > limit 700"
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # under twice: vaekit's own check
+    with pytest.raises(ImageReadError) as e:
+        load_image(tmp_path / "big.png", 16, 1)
+    assert e.value.reason == "decompression bomb: 1600 pixels > limit 1000"

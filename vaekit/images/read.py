@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -38,9 +39,8 @@ warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL(\.|$)")
 # The only decoders Pillow may pick, whatever a file's bytes claim: the formats vaekit documents.
 # (Pillow's EPS plugin alone would run Ghostscript on a PostScript file named .png.)
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
-# The resize works on the image scaled so its shorter side is `size`: a 1 x 1,000,000 strip
-# would become 64 x 64,000,000 pixels first. Files needing more than this are skipped.
-MAX_RESIZE_PIXELS = 1 << 26  # 67 M pixels, ~200 MB for RGB
+MAX_RESIZE_PIXELS = 1 << 26  # 67 M px (~200 MB RGB); a file needing more to resize is skipped: the resize works on
+# the image scaled so its shorter side is `size`, and a 1 x 1,000,000 strip would be 64 x 64,000,000 px first
 # A surface model reads a whole image (crop=False) and keeps it, its tiles and their maps at once:
 # at most 16 tiles of 1024 px (256 of 256 px); a longer strip is skipped, with that reason.
 MAX_WHOLE_PIXELS = 1 << 24
@@ -59,10 +59,10 @@ class ImageReadError(DamagedFile):
         return f"{self.path}: {self.reason}"
 
 
-
 def _reason(exc: BaseException, path: Path | None = None) -> str:
-    if isinstance(exc, Image.DecompressionBombError):  # not an OSError
-        return f"decompression bomb: {exc}"
+    if isinstance(exc, Image.DecompressionBombError):  # not an OSError; Pillow's, at open, past twice the limit
+        n = re.search(r"\((\d+) pixels\)", str(exc))  # worded as `bomb` words the limit vaekit applies
+        return f"decompression bomb: {n[1]} pixels > limit {Image.MAX_IMAGE_PIXELS}" if n else f"decompression bomb: {exc}"
     if isinstance(exc, UnidentifiedImageError):  # an OSError, so test it before those below
         return "not an image"  # or not one of FORMATS
     if isinstance(exc, MemoryError):
