@@ -201,3 +201,31 @@ def test_pillows_own_bomb_refusal_is_worded_as_vaekits_with_the_limit_vaekit_app
     with pytest.raises(ImageReadError) as e:
         load_image(tmp_path / "big.png", 16, 1)
     assert e.value.reason == "decompression bomb: 1600 pixels > limit 1000"
+
+
+def test_a_file_given_in_the_wrong_place_is_named_for_what_it_is(tmp_path):
+    """A code file given as the model was "not a readable ONNX model ... INVALID_PROTOBUF", a PNG
+    given as the code file "not a vaekit code file (header of 727905341920923785 bytes ...)":
+    now each says what the file is."""
+    from PIL import Image
+
+    import vaekit
+    from vaekit.codes import CodeFileError, encode_images, load, save
+    from vaekit.inference.engine_onnx import OnnxModelError
+
+    run, images = random_job(tmp_path / "job", 2)
+    model = vaekit.load(run, device="cpu")
+    x = model.load_images(images).images
+    save(encode_images(model, x, ["a.png", "b.png"], np.full((2, 2), 16), "q8"), tmp_path / "a.codes")
+    Image.new("L", (8, 8)).save(tmp_path / "x.png")
+    Image.new("L", (8, 8)).save(tmp_path / "x.jpg")
+    for given, kind in [("a.codes", "a vaekit code file"), ("x.png", "a PNG image"), ("x.jpg", "a JPEG image")]:
+        with pytest.raises(OnnxModelError, match=f"{given} is {kind}.*, not a model"):
+            vaekit.load(tmp_path / given)
+    with pytest.raises(OnnxModelError, match=r"model.safetensors is a safetensors file \(a run's weights\? give the run's"):
+        vaekit.load(run / "model.safetensors")
+    with pytest.raises(CodeFileError, match="x.png is a PNG image, not a vaekit code file"):
+        load(tmp_path / "x.png")
+    (tmp_path / "cut.codes").write_bytes((tmp_path / "a.codes").read_bytes()[:6])  # a damaged one stays so
+    with pytest.raises(CodeFileError, match="corrupt, truncated or not a vaekit code file"):
+        load(tmp_path / "cut.codes")

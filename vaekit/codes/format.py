@@ -32,7 +32,7 @@ import numpy as np
 from vaekit import __version__
 from vaekit.config import MAX_IMAGE_SIZE
 from vaekit.errors import BadInput, DamagedFile, ForeignModel
-from vaekit.fileio import atomic_write_bytes, loads_json, read_regular, read_safetensors_header
+from vaekit.fileio import atomic_write_bytes, kind_of, loads_json, read_regular, read_safetensors_header
 
 FORMAT = "vaekit-codes"
 VERSION = 1
@@ -236,6 +236,8 @@ def _safetensors_header(data: bytes, source: str) -> tuple[dict, int]:
     try:
         h = read_safetensors_header(data)
     except ValueError as e:
+        if (kind := kind_of(data[:4096])) is not None and "safetensors" not in kind and "code file" not in kind:
+            raise CodeFileError(f"{source} is {kind}, not a vaekit code file") from None
         raise CodeFileError(f"{source} is corrupt, truncated or not a vaekit code file ({e})") from None
     return h.metadata, h.end
 

@@ -34,6 +34,26 @@ MAX_JSON_BYTES = 64 << 20  # config.json, resume.json, metadata: a few KB in pra
 from vaekit.fileio.atomic import atomic_write_bytes, atomic_write_text, atomic_writer  # noqa: E402,F401
 
 
+_KINDS = ((b"VKC", "a .vkc file (decode it with `vaekit decode MODEL FILE`)"),
+          (b"\x89PNG\r\n\x1a\n", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+          (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"), (b"PK\x03\x04", "a zip archive"))
+
+
+def kind_of(head: bytes) -> str | None:
+    """What a file is by its first bytes (up to 4 kB), for an error about a file given in the wrong
+    place: a .vkc, an image, a vaekit code file, a safetensors file (a run's weights); None: not known."""
+    for magic, kind in _KINDS:
+        if head.startswith(magic):
+            return kind
+    if head[8:9] == b"{" and b'"vaekit-codes"' in head[:4096]:
+        return "a vaekit code file (decode it with `vaekit decode MODEL FILE`)"
+    if head[8:10] == b'{"':  # a safetensors header's length, then its JSON
+        return "a safetensors file (a run's weights? give the run's folder)"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "a WebP image"
+    return None
+
+
 def finite_json(obj):
     """`obj` with every float that is not finite replaced by None: JSON has no NaN or Infinity,
     and Python's bare `NaN` breaks every other parser."""

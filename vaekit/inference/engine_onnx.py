@@ -16,7 +16,7 @@ import numpy as np
 from vaekit.inference.engine import Model, ModelInfo, threshold_fields
 from vaekit.errors import BadInput, DamagedFile, ForeignModel, NotFound, VaekitError, missing_extra
 from vaekit.inference.onnx_session import NCHWC_SLOW_OPS, graph_session, providers, session_options  # noqa: F401
-from vaekit.fileio import check_regular, finite_number, is_inside, loads_json
+from vaekit.fileio import check_regular, finite_number, is_inside, kind_of, loads_json
 
 CHECKSUM_KEY = "vaekit.sha256"  # sha256 of the file, computed with CHECKSUM_PLACEHOLDER in its place
 CHECKSUM_PLACEHOLDER = "0" * 64
@@ -67,6 +67,8 @@ def _open(path: Path, role: str, threads: int | None, device: str = "cpu"):
     except ImportError as e:  # onnxruntime not installed (`vaekit[train]` has none), or broken: not the file's fault
         raise (missing_extra(e) or e) from None
     except Exception as e:  # onnxruntime raises its own zoo of types for unreadable files
+        if (kind := kind_of(data[:4096])) is not None:  # a file given in the wrong place: say what it is
+            raise OnnxModelError(f"{path} is {kind}, not a model (a run directory or an exported .onnx)") from None
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise OnnxModelError(f"{path} is not a readable ONNX model (not ONNX, truncated or corrupt): {reason}") from None
     meta = dict(sess.get_modelmeta().custom_metadata_map)
