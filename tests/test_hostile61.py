@@ -229,3 +229,18 @@ def test_a_file_given_in_the_wrong_place_is_named_for_what_it_is(tmp_path):
     (tmp_path / "cut.codes").write_bytes((tmp_path / "a.codes").read_bytes()[:6])  # a damaged one stays so
     with pytest.raises(CodeFileError, match="corrupt, truncated or not a vaekit code file"):
         load(tmp_path / "cut.codes")
+
+
+def test_train_resume_where_no_run_is_says_there_is_nothing_to_resume(tmp_path):
+    """`train DATA --out new --resume` said "run config not found: new/config.json (a model is a
+    folder written by vaekit train, or an exported .onnx)", the wording for a model given wrong;
+    and nothing is left behind (the lock's folder is removed)."""
+    from typer.testing import CliRunner
+
+    from vaekit_cli.main import app
+
+    _, images = random_job(tmp_path / "job", 2)
+    r = CliRunner().invoke(app, ["train", str(images), "--out", str(tmp_path / "runs" / "new"), "--resume"])
+    assert r.exit_code == 2
+    assert "nothing to resume: " in r.output and "holds no run; leave out --resume to start one there" in r.output
+    assert not (tmp_path / "runs").exists()

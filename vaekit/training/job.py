@@ -151,6 +151,8 @@ def _checked(out_dir, model_cfg, train_cfg, channels, resume, overwrite, resume_
     if not resume:
         rundir.prepare_out(out_dir, overwrite, write=False)
         return None, model_cfg, train_cfg, channels
+    if _no_run(Path(out_dir)):  # read_config would say "run config not found", as of a folder given as a model
+        raise rundir.RunError(f"nothing to resume: {out_dir} holds no run; leave out --resume to start one there")
     stored = rundir.read_config(out_dir)
     rundir.refuse_blocked_names(out_dir)
     changes = dict(resume_changes or {})
@@ -158,6 +160,16 @@ def _checked(out_dir, model_cfg, train_cfg, channels, resume, overwrite, resume_
         changes["epochs"] = resume_epochs
     model_cfg, train_cfg = _resumed_configs(stored, out_dir, changes)
     return stored, model_cfg, train_cfg, model_cfg.channels
+
+
+def _no_run(out_dir: Path) -> bool:
+    """Whether `out_dir` is not there, or holds nothing but the lock this train just took there."""
+    try:
+        return {p.name for p in out_dir.iterdir()} <= {rundir.LOCK}
+    except FileNotFoundError:
+        return True
+    except OSError:  # not a folder, unreadable: read_config says what
+        return False
 
 
 def _refuse_cache_inside(cache_dir: Path | None, roots: list) -> None:
