@@ -30,7 +30,7 @@ def test_train_prints_epochs_and_a_summary(tmp_path):
     assert "epoch   2" in r.output and "anomaly threshold" in r.output and "12 used, 0 skipped" in r.output
     # first the plan, every "auto" decided (under 50 aligned images: warped copies)
     assert r.output.splitlines()[0] == ("training 12 images (5 folds, cross-fitted) · 16 px gray, vector latent (4), "
-                                        "gaussian · 2 epochs, batch 4, warped copies · cpu")
+                                        "gaussian · 2 epochs, batch 4, warped copies · then 4 fold models for the threshold · cpu")
     assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["epochs"] == 2
     # 12 images are cross-fitted: no validation split, and the summary does not pretend one
     assert "-ELBO, training images" in r.output and "best val -ELBO" not in r.output

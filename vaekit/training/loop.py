@@ -165,6 +165,8 @@ def plan_text(p: dict) -> str:
     recipe = (f"{p['epochs']} epoch{'s' if p['epochs'] != 1 else ''}, batch {p['batch_size']}"
               + (", warped copies" if p["augment"] == "on" else ""))
     readers = f" · then {p['readers']} defect reader{'s' if p['readers'] > 1 else ''}" if p["readers"] else ""
+    if p["folds"]:  # the run's model holds one fold out; a model per other fold follows, each as long as it
+        readers += f" · then {p['folds'] - 1} fold models for the threshold"
     return f"{p['images']} image{'s' if p['images'] != 1 else ''} ({split}) · {model} · {recipe}{readers} · {p['device']}"
 
 
