@@ -8,6 +8,7 @@ stderr and a documented exit code (see EXIT CODES below), never a traceback.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 
@@ -265,10 +266,24 @@ def _quiet_exit() -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+_VALIDATION_WORDS = (
+    (r"\bValue error, ", ""),
+    (r"Input should be a valid number, unable to parse string as a number", "not a number"),
+    (r"Input should be a valid integer, unable to parse string as an integer", "not a whole number"),
+    (r"Input should be a valid integer, got a number with a fractional part", "not a whole number"),
+    (r"Input should be greater than or equal to ", "it must be at least "),
+    (r"Input should be less than or equal to ", "it must be at most "),
+    (r"Input should be greater than ", "it must be above "),
+    (r"Input should be less than ", "it must be below "),
+)
+
+
 def usage_line(exc) -> str:
     """A usage error as one line, with where to read the usage: "Invalid value for '--quality':
     0 is not in the range 1<=x<=8 (see `vaekit encode --help`)"."""
     text = " ".join(str(exc.format_message()).split()).rstrip(".")
+    for pattern, plain in _VALIDATION_WORDS:  # the validation library's own phrasing, said plainly
+        text = re.sub(pattern, plain, text)
     ctx = getattr(exc, "ctx", None)
     return f"{text} (see `{ctx.command_path} --help`)" if ctx is not None else text
 

@@ -244,3 +244,23 @@ def test_train_resume_where_no_run_is_says_there_is_nothing_to_resume(tmp_path):
     assert r.exit_code == 2
     assert "nothing to resume: " in r.output and "holds no run; leave out --resume to start one there" in r.output
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_bad_option_value_is_said_plainly_not_in_the_validation_librarys_words(tmp_path):
+    """`sample -n 0` said "Input should be greater than or equal to 1", `--threshold abc` "Input
+    should be a valid number, unable to parse string as a number", `decode --size huge` "Value
+    error, 'huge' is not one of ...": the validation library's phrasing, said plainly now."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = str(Path(sys.executable).with_name("vaekit"))
+    cases = [(["sample", str(tmp_path), "-n", "0", "-o", "s.png"], "Invalid value for '-n': it must be at least 1 "),
+             (["anomaly-score", str(tmp_path), str(tmp_path), "-o", "s.csv", "--threshold", "abc"],
+              "Invalid value for '--threshold': not a number "),
+             (["decode", str(tmp_path), str(tmp_path), "-o", "d", "--size", "huge"],
+              "Invalid value for '--size': 'huge' is not one of 'model', 'original' ")]
+    for args, said in cases:
+        r = subprocess.run([exe, *args], capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert r.returncode == 2 and r.stderr == f"error: {said}(see `vaekit {args[0]} --help`)\n", r.stderr
