@@ -19,7 +19,7 @@ class Quantize(str, Enum):
 
 @tidy_outputs('out')
 def export(
-    run_dir: Annotated[Path, typer.Argument(help="Run directory written by `vaekit train`.", exists=True, file_okay=False)],
+    run_dir: Annotated[Path, typer.Argument(help="Run directory written by `vaekit train`.", exists=True)],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Main ONNX file to write (default: RUN_DIR's name + .onnx, next to it). "
                                                 "NAME.encoder.onnx and NAME.decoder.onnx are written beside it "
                                                 "(and NAME.reader.onnx for a surface model's defect reader).")] = None,
@@ -42,6 +42,9 @@ def export(
     from vaekit.errors import BadInput
     from vaekit.export import export as run_export
 
+    if not run_dir.is_dir():
+        what = "an export already" if run_dir.suffix.lower() == ".onnx" else "a file"
+        raise BadInput(f"{run_dir} is {what}; `vaekit export` takes the run directory `vaekit train` wrote")
     apply_threads()
     if out is None:
         if not run_dir.resolve().name:  # the root folder: nothing to name the export after, nowhere beside it

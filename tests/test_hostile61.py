@@ -264,3 +264,15 @@ def test_a_bad_option_value_is_said_plainly_not_in_the_validation_librarys_words
         r = subprocess.run([exe, *args], capture_output=True, text=True, cwd=tmp_path, timeout=120,
                            env={**os.environ, "OMP_NUM_THREADS": "1"})
         assert r.returncode == 2 and r.stderr == f"error: {said}(see `vaekit {args[0]} --help`)\n", r.stderr
+
+
+def test_export_of_an_export_says_it_takes_a_run_directory(tmp_path):
+    """`export digits.onnx` said "Invalid value for 'run_dir': dir 'digits.onnx' is a file"."""
+    from typer.testing import CliRunner
+
+    from vaekit_cli.main import app
+
+    (tmp_path / "digits.onnx").write_bytes(b"x")
+    r = CliRunner().invoke(app, ["export", str(tmp_path / "digits.onnx"), "-o", str(tmp_path / "y.onnx")])
+    assert r.exit_code == 2 and "digits.onnx is an export already; `vaekit export` takes the run directory" in r.output
+    assert not (tmp_path / "y.onnx").exists()
