@@ -271,10 +271,31 @@ def test_names_that_claim_millions_of_images_expand_to_at_most_a_multiple_of_the
     root, run, model, *_ = setup
     seen = []
     real = header._inflate
-    monkeypatch.setattr(header, "_inflate", lambda blob, limit: (seen.append(limit), real(blob, limit))[1])
+    monkeypatch.setattr(header, "_inflate", lambda blob, limit, *rest: (seen.append(limit), real(blob, limit, *rest))[1])
     bomb = _bomb(tmp_path / "bomb.vkc", model.info.fingerprint, 24_000_000, 2_000_000)
     size = bomb.stat().st_size
     with pytest.raises(codec.ArchiveError, match="larger than"):
         codec.read_info(bomb)
     assert seen == [max(1 << 20, header.EXPANSION * size)] and seen[0] < 48_000_000
     assert header.names_limit(2_000_000) == header.MAX_META  # what the chunk table alone allowed
+
+
+def test_a_table_of_millions_of_tiny_names_is_refused_before_one_str_is_built(setup, tmp_path, monkeypatch):
+    """The byte bound let 2-byte names through: a 260 KB file of "a\\0" * 10**8 (LZMA'd) under a
+    chunk table claiming 2**31 images built a Python str per name (~55 bytes each) before any
+    count was checked, past 4 GB of memory (found by h3). The names are now counted as they are
+    inflated, at most 16 per byte of the file, and against the chunk table before any str."""
+    from vaekit.codec import header
+
+    root, run, model, *_ = setup
+    built = []
+    real = header._split_names
+    monkeypatch.setattr(header, "_split_names", lambda *a: (built.append(1), real(*a))[1])
+    bomb = _bomb(tmp_path / "tiny.vkc", model.info.fingerprint, 3_000_000, 2**31 - 1)
+    assert bomb.stat().st_size < 3_000_000 // 16  # the file cannot hold that many names
+    with pytest.raises(codec.ArchiveError, match=r"larger than the file can hold \(\d+ names at most\)"):
+        codec.read_info(bomb)
+    equal = _bomb(tmp_path / "count.vkc", model.info.fingerprint, 1000, 999)  # one name more than images
+    with pytest.raises(codec.ArchiveError, match="it names 1000 images, but its chunks hold 999"):
+        codec.read_info(equal)
+    assert not built

@@ -23,6 +23,11 @@ NAME_BYTES = 4096  # the longest stored name, in bytes (Linux's PATH_MAX)
 # besides its compressed name; 20,000 names under one 3,000-byte folder path expand 1,650 times
 # their LZMA'd bytes (docs/codec.md), and a real file holds more than its names
 EXPANSION = 4096
+# the most names per byte of the whole file: each name becomes a Python str (~50-60 bytes) before
+# anything else is checked, so a byte bound alone let 3-byte names ("ab\0" * N, LZMA'd) build
+# ~20 bytes of objects per expanded byte (a 260 KB file passed 4 GB of RSS); vaekit's densest names
+# (10,000 numbered ones, LZMA2) take ~0.3 bytes each
+NAMES_PER_BYTE = 16
 # a file name that is not UTF-8 (POSIX allows any bytes) is a surrogate-escaped str in Python: its
 # bytes are stored as they are and come back as the same str, so decode writes the same file name
 NAMES = "surrogateescape"
@@ -98,28 +103,49 @@ def _compress(raw: bytes) -> bytes:
     return min(options, key=len)
 
 
-def _decompress(blob: bytes, limit: int = MAX_META) -> bytes:
+def _decompress(blob: bytes, limit: int = MAX_META, max_nuls: int | None = None) -> bytes:
     try:
-        return _inflate(blob, limit)
+        return _inflate(blob, limit, max_nuls)
     except (lzma.LZMAError, zlib.error) as e:
         raise ValueError(f"the header's names are damaged ({e})") from None
 
 
-def _inflate(blob: bytes, limit: int) -> bytes:
+PIECE = 1 << 20  # bytes inflated at a time: the names are counted as they come, not once all are there
+
+
+def _inflate(blob: bytes, limit: int, max_nuls: int | None = None) -> bytes:
+    """The variable part, inflated PIECE bytes at a time to at most `limit` bytes and (given
+    `max_nuls`) at most that many NUL bytes (a name's separator): a table of millions of tiny
+    names is refused when its count passes what the file can hold, before the rest is inflated."""
     method, body = blob[:1], blob[1:]
     if method == b"\0":
+        if max_nuls is not None and body.count(b"\0") > max_nuls:
+            raise ValueError(f"the header's names are larger than the file can hold ({max_nuls - 1} names at most)")
         return body
     if method == b"\1":
         d = zlib.decompressobj(-15)
-        out = d.decompress(body, limit)
+        step = lambda: d.decompress(d.unconsumed_tail, min(PIECE, limit - size))  # noqa: E731
+        first = d.decompress(body, min(PIECE, limit))
     elif method == b"\2":
         d = lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=_LZMA2)
-        out = d.decompress(body, max_length=limit)
+        step = lambda: d.decompress(b"", max_length=min(PIECE, limit - size))  # noqa: E731
+        first = d.decompress(body, max_length=min(PIECE, limit))
     else:
         raise ValueError(f"unknown compression {method!r}")
+    pieces, size, nuls = [first], len(first), first.count(b"\0")
+    while not d.eof and size < limit:
+        if max_nuls is not None and nuls > max_nuls:
+            break
+        piece = step()
+        if not piece:
+            break
+        pieces.append(piece)
+        size, nuls = size + len(piece), nuls + piece.count(b"\0")
+    if max_nuls is not None and nuls > max_nuls:
+        raise ValueError(f"the header's names are larger than the file can hold ({max_nuls - 1} names at most)")
     if not d.eof:
         raise ValueError(f"the header's names are truncated or larger than its {limit} bytes for its images")
-    return out
+    return b"".join(pieces)
 
 
 def names_limit(images: int, file_bytes: int | None = None) -> int:
@@ -155,10 +181,15 @@ def _pack_names(h: Header) -> bytes:
     return raw + (b"\0\0" + json.dumps(extras, separators=(",", ":")).encode() if extras else b"")
 
 
-def _unpack_names(raw: bytes) -> dict:
+def _unpack_names(raw: bytes, images: int | None = None, file_bytes: int | None = None) -> dict:
     from vaekit.fileio import loads_json
 
     end = raw.find(b"\0\0")
+    count = raw.count(b"\0", 0, end if end >= 0 else len(raw)) + 1 if raw else 0  # before any str is built
+    if images is not None and count != images:
+        raise ValueError(f"it names {count} images, but its chunks hold {images}")
+    if file_bytes is not None and count > max(1024, NAMES_PER_BYTE * file_bytes):
+        raise ValueError(f"{count} names in a file of {file_bytes} bytes")
     meta = loads_json(raw[end + 2:]) if end >= 0 else {}
     if not isinstance(meta, dict) or "names" in meta:
         raise ValueError("the header's extra fields are not an object")
@@ -218,8 +249,10 @@ def expand(h: Header, blob: bytes, version: int = 3, file_bytes: int | None = No
     at most names_limit(the images its chunk table holds, the file's size)."""
     from vaekit.fileio import loads_json
 
-    raw = _decompress(blob, names_limit(sum(c[0] for c in h.chunks), file_bytes))
-    meta = loads_json(raw) if version == 2 else _unpack_names(raw)
+    images = sum(c[0] for c in h.chunks)
+    most = images if file_bytes is None else min(images, max(1024, NAMES_PER_BYTE * file_bytes))
+    raw = _decompress(blob, names_limit(images, file_bytes), None if version == 2 else most + 1)
+    meta = loads_json(raw) if version == 2 else _unpack_names(raw, images, file_bytes)
     if not isinstance(meta, dict):
         raise ValueError("the header's variable part is not an object")
     names = meta["names"]
