@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -63,14 +64,24 @@ def _case_pair(folder):
     return folder
 
 
-def test_the_probe_finds_this_file_system_tells_case_and_accents_apart_and_leaves_nothing(tmp_path):
-    """Linux's file systems keep Case.png and case.png apart: nothing is folded, and the probe's
-    files (in the folder, or in its nearest parent while it is not there) are gone after it."""
+def test_the_probe_runs_only_where_names_could_meet_and_leaves_nothing(tmp_path, monkeypatch):
+    """The probe creates two files of its own and removes them, in the folder or in its nearest
+    parent while it is not there, never in /dev; and only for names that a folding disk could take
+    for one (Case.png, case.png), so every other job's names and files are as they were."""
     from vaekit.fileio import folding
 
-    assert folding.folds(tmp_path) == (False, False) and folding.name_key(tmp_path) is None
-    assert folding.folds(tmp_path / "not" / "yet") == (False, False)
-    assert list(tmp_path.iterdir()) == []
+    assert folding.folds(tmp_path) == (False, False)  # the test's Linux disk keeps them apart
+    assert folding.name_key(tmp_path, ["Case.png", "case.png"]) is None
+    made = []
+    real = folding._takes_for
+    monkeypatch.setattr(folding, "_takes_for", lambda where, a, b: (made.append(where), real(where, a, b))[1])
+    assert folding.name_key(tmp_path, ["a.png", "b/c.jpg", "b.png", "a.jpg"]) is None and made == []
+    assert folding.name_key(tmp_path / "not" / "yet", ["Sub/a.png", "sub/b.png"]) is None and made == [tmp_path] * 2
+    assert folding.name_key(Path("/dev/shm/x"), ["A.png", "a.png"]) is None and len(made) == 2  # never probed there
+    monkeypatch.setattr(folding.os.path, "lexists", lambda p: True)  # a disk that folds both
+    key = folding.name_key(tmp_path, ["\u03c3.png", "\u03c2.png"])  # sigma and final sigma: exFAT takes one for the other
+    assert key("\u03a3.PNG") == key("\u03c2.png") == key("\u03c3.png") and key("cafe\u0301") == key("CAF\u00c9")
+    assert list(tmp_path.iterdir()) == []  # the probe's files are removed, found or not
 
 
 @pytest.fixture
@@ -118,6 +129,19 @@ def test_reconstruct_to_a_case_folding_disk_refuses_and_heat_maps_are_numbered(t
     assert map_targets(names, tmp_path) == ["Case.png", "case-1.png", "caf\u00e9.png", "cafe\u0301-1.png",
                                             "A.JPG.png", "a.png.png"]
     assert map_targets(names) == names[:4] + ["A.png", "a.png"]  # no folder: names as they are
+    assert map_targets(["\u03c3.png", "\u03c2.png"], tmp_path) == ["\u03c3.png", "\u03c2-1.png"]  # casefolded
+
+
+def test_case_variants_still_decode_to_two_files_on_a_disk_that_keeps_them_apart(tmp_path):
+    """On Linux's disks the probe finds no folding: Case.png and case.png are both written."""
+    from vaekit import load
+    from vaekit.codes.jobs import decode_file, encode_folder
+
+    run, _ = random_job(tmp_path / "job", 1)
+    model = load(run, device="cpu")
+    encode_folder(model, _case_pair(tmp_path / "imgs"), tmp_path / "c.codes")
+    decode_file(model, tmp_path / "c.codes", tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["Case.png", "case.png", "x.png"]
 
 
 def test_the_comparison_grid_never_takes_the_name_of_an_image_that_differs_from_it_in_case():
@@ -184,6 +208,7 @@ def test_line_and_paragraph_separators_in_a_name_are_shown_escaped():
     assert safe_text("a\u2028b\u2029c.png") == "a\\u2028b\\u2029c.png"
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 def test_pillows_own_bomb_refusal_is_worded_as_vaekits_with_the_limit_vaekit_applies(tmp_path, monkeypatch):
     """Past twice the limit Pillow refuses the file itself, worded its own way and naming twice
     the limit ("exceeds limit of 178956970 pixels, could be decompression bomb DOS attack"), where
@@ -201,6 +226,11 @@ def test_pillows_own_bomb_refusal_is_worded_as_vaekits_with_the_limit_vaekit_app
     with pytest.raises(ImageReadError) as e:
         load_image(tmp_path / "big.png", 16, 1)
     assert e.value.reason == "decompression bomb: 1600 pixels > limit 1000"
+    Image.new("L", (40, 40)).save(tmp_path / "big.webp")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 700)  # a WebP's limit is half: 350, as vaekit's own check says
+    with pytest.raises(ImageReadError) as e:
+        load_image(tmp_path / "big.webp", 16, 1)
+    assert e.value.reason == "decompression bomb: 1600 pixels > limit 350 (a WebP's limit is half the others')"
 
 
 def test_a_file_given_in_the_wrong_place_is_named_for_what_it_is(tmp_path):

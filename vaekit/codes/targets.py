@@ -54,7 +54,7 @@ def png_names(names: Sequence[str], out_dir: Path | None = None) -> list[str]:
     `out_dir`: where they go, whose file system may take two names for one (Case.png, case.png:
     fileio.folding); None: names are compared as they are.
     """
-    key = name_key(out_dir) if out_dir is not None else None
+    key = name_key(out_dir, names) if out_dir is not None else None
     out = png_targets(names, key)
     keyed = [key(o) for o in out] if key else out
     seen: dict[str, tuple[str, str]] = {}

@@ -9,10 +9,15 @@ second image replaced the first's file (exit 0, one output fewer), or the job re
 had itself just written as one that "appeared while it ran".
 
 The folder is probed, not guessed from the platform: a Linux box mounts exFAT sticks and SMB
-shares, and macOS can format a disk case-sensitive. The probe creates one empty file of its own
-(O_EXCL, a random name) in the folder, or in its nearest existing parent where the folder is not
-there yet, looks the other spellings up, and removes it; where nothing can be created there, the
-names are compared as they are (the job's own writes then fail with their own message).
+shares, and macOS can format a disk case-sensitive. It is probed only where two of the names could
+meet on such a disk (they differ only in case or accents: almost never), so a job's names and its
+side effects are the same as without the probe everywhere else. The probe creates two empty files
+of its own in turn (O_EXCL, random names: "...-A", then an "é" spelled as "e" and an accent) in
+the folder, or in its nearest existing parent where the folder is not there yet, looks each one's
+other spelling up, and removes it; never in /dev, /proc or /sys, which no output may be in. Where
+nothing can be created, the names are compared as they are (the writes then fail with their own
+message). A folding disk's names are compared casefolded, which folds more than some disks do
+(ß and ss): a name that might meet another is refused or numbered, never replaced.
 """
 
 from __future__ import annotations
@@ -20,8 +25,10 @@ from __future__ import annotations
 import os
 import secrets
 import unicodedata
-from pathlib import Path
-from typing import Callable
+from pathlib import Path, PurePosixPath
+from typing import Callable, Iterable, Iterator
+
+from vaekit.fileio.outputs import _system_folder
 
 
 def _nearest_folder(folder: Path) -> Path | None:
@@ -51,7 +58,7 @@ def folds(folder: Path) -> tuple[bool, bool]:
     """(case, accents): whether the file system at `folder` takes names that differ only in
     upper and lower case, or only in Unicode normalisation (NFC against NFD), for one."""
     where = _nearest_folder(folder)
-    if where is None:
+    if where is None or _system_folder(where) or _system_folder(Path(os.path.realpath(where))):
         return False, False
     stem = f".vaekit-names-{os.getpid()}-{secrets.token_hex(5)}-"
     case = bool(_takes_for(where, stem + "A", stem + "a"))
@@ -59,9 +66,19 @@ def folds(folder: Path) -> tuple[bool, bool]:
     return case, accents
 
 
-def name_key(folder: Path) -> Callable[[str], str] | None:
-    """What tells output names apart in `folder`: None where the names themselves do (most Linux
-    file systems), else a function to the form the file system compares."""
+def broadest(name: str) -> str:
+    """`name` as the most folding disk would compare it: NFC, casefolded, NFC again (casefold may
+    decompose)."""
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", name).casefold())
+
+
+def name_key(folder: Path, names: Iterable[str] = ()) -> Callable[[str], str] | None:
+    """What tells the output names `names` (and the folders they go in) apart in `folder`: None
+    where the names themselves do (most Linux file systems, or no two of them that any disk could
+    take for one), else a function to the form the folder's file system compares."""
+    seen: dict[str, str] = {}
+    if not any(seen.setdefault(broadest(n), n) != n for n in _spellings(names)):
+        return None  # no two could meet anywhere: nothing to probe
     case, accents = folds(folder)
     if not (case or accents):
         return None
@@ -69,9 +86,19 @@ def name_key(folder: Path) -> Callable[[str], str] | None:
     def key(name: str) -> str:
         if accents:
             name = unicodedata.normalize("NFC", name)
-        return name.lower() if case else name
+        return unicodedata.normalize("NFC", name.casefold()) if case else name
 
     return key
+
+
+def _spellings(names: Iterable[str]) -> Iterator[str]:
+    """Every output name the inputs `names` may be given (NAME.png, NAME + .png) and every folder
+    above them: what could meet on a folding disk."""
+    for name in names:
+        p = PurePosixPath(name)
+        yield p.with_suffix(".png").as_posix()
+        yield name + ".png"
+        yield from (q.as_posix() for q in p.parents if q.as_posix() != ".")
 
 
 FOLDED = ("its file system takes names that differ only in upper and lower case, or in how an accent "

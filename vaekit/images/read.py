@@ -45,6 +45,8 @@ MAX_RESIZE_PIXELS = 1 << 26  # 67 M px (~200 MB RGB); a file needing more to res
 # at most 16 tiles of 1024 px (256 of 256 px); a longer strip is skipped, with that reason.
 MAX_WHOLE_PIXELS = 1 << 24
 _CHANNELS = ("auto", 1, 3, "1", "3")
+_PLAIN_REASONS = ((MemoryError, "not enough memory to decode it"), (PermissionError, "permission denied"),
+                  (IsADirectoryError, "is a folder, not a file"))
 
 
 class ImageReadError(DamagedFile):
@@ -61,16 +63,14 @@ class ImageReadError(DamagedFile):
 
 def _reason(exc: BaseException, path: Path | None = None) -> str:
     if isinstance(exc, Image.DecompressionBombError):  # not an OSError; Pillow's, at open, past twice the limit
-        n = re.search(r"\((\d+) pixels\)", str(exc))  # worded as `bomb` words the limit vaekit applies
-        return f"decompression bomb: {n[1]} pixels > limit {Image.MAX_IMAGE_PIXELS}" if n else f"decompression bomb: {exc}"
+        n, webp = re.search(r"\((\d+) pixels\)", str(exc)), path is not None and path.suffix.lower() == ".webp"
+        return (f"decompression bomb: {n[1]} pixels > limit {pixel_limit('WEBP' if webp else None)}"  # as `bomb` says it
+                + (" (a WebP's limit is half the others')" if webp else "")) if n else f"decompression bomb: {exc}"
     if isinstance(exc, UnidentifiedImageError):  # an OSError, so test it before those below
         return "not an image"  # or not one of FORMATS
-    if isinstance(exc, MemoryError):
-        return "not enough memory to decode it"
-    if isinstance(exc, PermissionError):
-        return "permission denied"
-    if isinstance(exc, IsADirectoryError):
-        return "is a folder, not a file"
+    for kind, reason in _PLAIN_REASONS:
+        if isinstance(exc, kind):
+            return reason
     if isinstance(exc, OSError) and exc.errno == errno.ELOOP:
         return "symbolic link loop"
     if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:
