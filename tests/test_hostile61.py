@@ -272,8 +272,13 @@ def test_train_resume_where_no_run_is_says_there_is_nothing_to_resume(tmp_path):
     _, images = random_job(tmp_path / "job", 2)
     r = CliRunner().invoke(app, ["train", str(images), "--out", str(tmp_path / "runs" / "new"), "--resume"])
     assert r.exit_code == 2
-    assert "nothing to resume: " in r.output and "holds no run; leave out --resume to start one there" in r.output
+    assert "nothing to resume: " in r.output and "holds no run (no config.json); leave out --resume to start one" in r.output
     assert not (tmp_path / "runs").exists()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "notes.txt").write_text("mine")  # a folder of the user's, no run
+    r = CliRunner().invoke(app, ["train", str(images), "--out", str(tmp_path / "notes"), "--resume"])
+    assert r.exit_code == 2 and "holds no run (no config.json)" in " ".join(r.output.split())
+    assert sorted(p.name for p in (tmp_path / "notes").iterdir()) == ["notes.txt"]
 
 
 def test_a_bad_option_value_is_said_plainly_not_in_the_validation_librarys_words(tmp_path):

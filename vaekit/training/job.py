@@ -152,7 +152,8 @@ def _checked(out_dir, model_cfg, train_cfg, channels, resume, overwrite, resume_
         rundir.prepare_out(out_dir, overwrite, write=False)
         return None, model_cfg, train_cfg, channels
     if _no_run(Path(out_dir)):  # read_config would say "run config not found", as of a folder given as a model
-        raise rundir.RunError(f"nothing to resume: {out_dir} holds no run; leave out --resume to start one there")
+        raise rundir.RunError(f"nothing to resume: {out_dir} holds no run (no {rundir.CONFIG}); leave out --resume "
+                              "to start one")
     stored = rundir.read_config(out_dir)
     rundir.refuse_blocked_names(out_dir)
     changes = dict(resume_changes or {})
@@ -163,12 +164,11 @@ def _checked(out_dir, model_cfg, train_cfg, channels, resume, overwrite, resume_
 
 
 def _no_run(out_dir: Path) -> bool:
-    """Whether `out_dir` is not there, or holds nothing but the lock this train just took there."""
+    """Whether `out_dir` holds no run's config (not there, or the lock this train just took
+    there); False where it cannot tell (not a folder, unreadable: read_config says what)."""
     try:
-        return {p.name for p in out_dir.iterdir()} <= {rundir.LOCK}
-    except FileNotFoundError:
-        return True
-    except OSError:  # not a folder, unreadable: read_config says what
+        return out_dir.is_dir() and not os.path.lexists(out_dir / rundir.CONFIG)
+    except OSError:
         return False
 
 
