@@ -36,7 +36,8 @@ from vaekit.fileio.atomic import atomic_write_bytes, atomic_write_text, atomic_w
 
 _KINDS = ((b"VKC", "a .vkc file (decode it with `vaekit decode MODEL FILE`)"),
           (b"\x89PNG\r\n\x1a\n", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
-          (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"), (b"PK\x03\x04", "a zip archive"))
+          (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"), (b"PK\x03\x04", "a zip archive"),
+          (b"BM", "a BMP image"))  # last: two letters
 
 
 def kind_of(head: bytes) -> str | None:
