@@ -299,3 +299,39 @@ def test_a_table_of_millions_of_tiny_names_is_refused_before_one_str_is_built(se
     with pytest.raises(codec.ArchiveError, match="it names 1000 images, but its chunks hold 999"):
         codec.read_info(equal)
     assert not built
+
+
+def _named(path: Path, fingerprint: str, names: list[str], mode: int) -> Path:
+    """A .vkc (checksum right) of `mode` (0 lossy, 1 lossless) naming `names`, LZMA'd, over one
+    chunk of that many images and one word."""
+    import hashlib
+    import lzma
+
+    from vaekit.codec import header as H
+
+    raw = "\0".join(names).encode()
+    blob = b"\2" + lzma.compress(raw, lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2, "preset": 6}])
+    head = b"".join([bytes([mode, 5 if mode == 0 else 0, 1]), H.varint(16), H.varint(4), bytes.fromhex(fingerprint),
+                     bytes(8), H.varint(1), H.varint(len(names)), H.varint(1), H.varint(len(blob)), blob])
+    data = b"VKC3" + H.varint(len(head)) + head + bytes(4)  # the chunk's one word
+    path.write_bytes(data + hashlib.sha256(data).digest()[:8])
+    return path
+
+
+def test_distinct_names_beyond_what_the_file_could_pay_for_are_refused_before_the_targets(setup, tmp_path):
+    """A lossless archive's chunk may claim any number of images: 472 KB of LZMA'd distinct names
+    claimed 2,000,000, and decode built and checked every target (1.2 GB, minutes) before the
+    first image's CRC failed (found by h3). An honest file pays for each image (0.5 bytes at
+    least lossy, 3.4 lossless: names included), so it names at most 8 (lossy) or 1 (lossless)
+    per byte of the file; more is refused as the header is read."""
+    root, run, model, *_ = setup
+    names = [f"{i}.png" for i in range(60_000)]
+    lossless = _named(tmp_path / "ll.vkc", model.info.fingerprint, names, 1)
+    assert 1024 < lossless.stat().st_size < len(names) < 8 * lossless.stat().st_size
+    with pytest.raises(codec.ArchiveError, match=r"larger than the file can hold \(\d+ names at most\)"):
+        codec.decode(model, lossless, tmp_path / "out")
+    lossy = _named(tmp_path / "ly.vkc", model.info.fingerprint, names, 0)  # the same table may be honest lossy
+    with pytest.raises(codec.ArchiveError) as e:
+        codec.decode(model, lossy, tmp_path / "out")
+    assert "larger than the file can hold" not in str(e.value)
+    assert not (tmp_path / "out").exists()

@@ -26,8 +26,12 @@ EXPANSION = 4096
 # the most names per byte of the whole file: each name becomes a Python str (~50-60 bytes) before
 # anything else is checked, so a byte bound alone let 3-byte names ("ab\0" * N, LZMA'd) build
 # ~20 bytes of objects per expanded byte (a 260 KB file passed 4 GB of RSS); vaekit's densest names
-# (10,000 numbered ones, LZMA2) take ~0.3 bytes each
-NAMES_PER_BYTE = 16
+# (10,000 numbered ones, LZMA2) take ~0.3 bytes each. And every image costs payload: 5,000 blank
+# 32 px images take 0.50 bytes each at quality 1 (names included), 3.4 bytes lossless (its 16-bit
+# CRC alone is 2), so a file of N bytes honestly names at most ~2N (lossy) or ~0.3N (lossless)
+# images; the bounds leave four and three times that, and a forged table of distinct names (a
+# Python str, a Path and a staging path each, ~500 bytes) gains at most that much over an honest one
+NAMES_PER_BYTE = {"lossy": 8, "lossless": 1}
 # a file name that is not UTF-8 (POSIX allows any bytes) is a surrogate-escaped str in Python: its
 # bytes are stored as they are and come back as the same str, so decode writes the same file name
 NAMES = "surrogateescape"
@@ -181,15 +185,15 @@ def _pack_names(h: Header) -> bytes:
     return raw + (b"\0\0" + json.dumps(extras, separators=(",", ":")).encode() if extras else b"")
 
 
-def _unpack_names(raw: bytes, images: int | None = None, file_bytes: int | None = None) -> dict:
+def _unpack_names(raw: bytes, images: int | None = None, most: int | None = None) -> dict:
     from vaekit.fileio import loads_json
 
     end = raw.find(b"\0\0")
     count = raw.count(b"\0", 0, end if end >= 0 else len(raw)) + 1 if raw else 0  # before any str is built
     if images is not None and count != images:
         raise ValueError(f"it names {count} images, but its chunks hold {images}")
-    if file_bytes is not None and count > max(1024, NAMES_PER_BYTE * file_bytes):
-        raise ValueError(f"{count} names in a file of {file_bytes} bytes")
+    if most is not None and count > most:
+        raise ValueError(f"the header's names are larger than the file can hold ({most} names at most)")
     meta = loads_json(raw[end + 2:]) if end >= 0 else {}
     if not isinstance(meta, dict) or "names" in meta:
         raise ValueError("the header's extra fields are not an object")
@@ -250,9 +254,9 @@ def expand(h: Header, blob: bytes, version: int = 3, file_bytes: int | None = No
     from vaekit.fileio import loads_json
 
     images = sum(c[0] for c in h.chunks)
-    most = images if file_bytes is None else min(images, max(1024, NAMES_PER_BYTE * file_bytes))
+    most = images if file_bytes is None else min(images, max(1024, NAMES_PER_BYTE[h.mode] * file_bytes))
     raw = _decompress(blob, names_limit(images, file_bytes), None if version == 2 else most + 1)
-    meta = loads_json(raw) if version == 2 else _unpack_names(raw, images, file_bytes)
+    meta = loads_json(raw) if version == 2 else _unpack_names(raw, images, most)
     if not isinstance(meta, dict):
         raise ValueError("the header's variable part is not an object")
     names = meta["names"]
