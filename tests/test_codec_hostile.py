@@ -335,3 +335,29 @@ def test_distinct_names_beyond_what_the_file_could_pay_for_are_refused_before_th
         codec.decode(model, lossy, tmp_path / "out")
     assert "larger than the file can hold" not in str(e.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_format_2_file_of_millions_of_tiny_json_names_is_refused_as_they_inflate(setup, tmp_path, monkeypatch):
+    """Format 2 keeps the names in JSON: ["a","a",...] LZMA'd is the same bomb as format 3's
+    NUL-separated table, json.loads building a str per name. Its quotes are counted as it inflates."""
+    import hashlib
+    import json
+    import lzma
+
+    from vaekit.codec import container, header as H
+
+    root, run, model, *_ = setup
+    import vaekit.fileio as fio
+
+    parsed, real = [], fio.loads_json
+    monkeypatch.setattr(fio, "loads_json", lambda *a, **k: (parsed.append(1), real(*a, **k))[1])
+    raw = json.dumps({"names": ["a"] * 3_000_000}).encode()
+    blob = b"\2" + lzma.compress(raw, lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2, "preset": 1}])
+    head = b"".join([bytes([0, 5, 1]), H.varint(16), H.varint(4), bytes.fromhex(model.info.fingerprint), bytes(8),
+                     H.varint(1), H.varint(3_000_000), H.varint(0), H.varint(len(blob)), blob])
+    body = b"VKC2" + H.varint(len(head)) + head
+    bomb = tmp_path / "v2.vkc"
+    bomb.write_bytes(body + hashlib.sha256(body).digest()[:container.DIGESTS[b"VKC2"]])
+    with pytest.raises(codec.ArchiveError, match=r"larger than the file can hold \(\d+ names at most\)"):
+        codec.read_info(bomb)
+    assert not parsed

@@ -32,6 +32,7 @@ EXPANSION = 4096
 # images; the bounds leave four and three times that, and a forged table of distinct names (a
 # Python str, a Path and a staging path each, ~500 bytes) gains at most that much over an honest one
 NAMES_PER_BYTE = {"lossy": 8, "lossless": 1}
+V2_QUOTES = 4096  # quotes a version-2 file's JSON may hold besides its names' (keys, the engine record)
 # a file name that is not UTF-8 (POSIX allows any bytes) is a surrogate-escaped str in Python: its
 # bytes are stored as they are and come back as the same str, so decode writes the same file name
 NAMES = "surrogateescape"
@@ -107,9 +108,9 @@ def _compress(raw: bytes) -> bytes:
     return min(options, key=len)
 
 
-def _decompress(blob: bytes, limit: int = MAX_META, max_nuls: int | None = None) -> bytes:
+def _decompress(blob: bytes, limit: int = MAX_META, names: tuple[bytes, int, int] | None = None) -> bytes:
     try:
-        return _inflate(blob, limit, max_nuls)
+        return _inflate(blob, limit, names)
     except (lzma.LZMAError, zlib.error) as e:
         raise ValueError(f"the header's names are damaged ({e})") from None
 
@@ -117,14 +118,20 @@ def _decompress(blob: bytes, limit: int = MAX_META, max_nuls: int | None = None)
 PIECE = 1 << 20  # bytes inflated at a time: the names are counted as they come, not once all are there
 
 
-def _inflate(blob: bytes, limit: int, max_nuls: int | None = None) -> bytes:
-    """The variable part, inflated PIECE bytes at a time to at most `limit` bytes and (given
-    `max_nuls`) at most that many NUL bytes (a name's separator): a table of millions of tiny
-    names is refused when its count passes what the file can hold, before the rest is inflated."""
+def _inflate(blob: bytes, limit: int, names: tuple[bytes, int, int] | None = None) -> bytes:
+    """The variable part, inflated PIECE bytes at a time to at most `limit` bytes and, given
+    `names` = (mark, most marks, most names), at most that many of the byte `mark` (a name's
+    separator, NUL; in a version-2 file's JSON, a quote): a table of millions of tiny names is
+    refused when its count passes what the file can hold, before the rest is inflated."""
+    mark, most, shown = names or (b"\0", -1, 0)
+
+    def refuse_many(count: int) -> None:
+        if names is not None and count > most:
+            raise ValueError(f"the header's names are larger than the file can hold ({shown} names at most)")
+
     method, body = blob[:1], blob[1:]
     if method == b"\0":
-        if max_nuls is not None and body.count(b"\0") > max_nuls:
-            raise ValueError(f"the header's names are larger than the file can hold ({max_nuls - 1} names at most)")
+        refuse_many(body.count(mark))
         return body
     if method == b"\1":
         d = zlib.decompressobj(-15)
@@ -136,17 +143,11 @@ def _inflate(blob: bytes, limit: int, max_nuls: int | None = None) -> bytes:
         first = d.decompress(body, max_length=min(PIECE, limit))
     else:
         raise ValueError(f"unknown compression {method!r}")
-    pieces, size, nuls = [first], len(first), first.count(b"\0")
-    while not d.eof and size < limit:
-        if max_nuls is not None and nuls > max_nuls:
-            break
-        piece = step()
-        if not piece:
-            break
+    pieces, size, count = [first], len(first), first.count(mark)
+    while not d.eof and size < limit and (names is None or count <= most) and (piece := step()):
         pieces.append(piece)
-        size, nuls = size + len(piece), nuls + piece.count(b"\0")
-    if max_nuls is not None and nuls > max_nuls:
-        raise ValueError(f"the header's names are larger than the file can hold ({max_nuls - 1} names at most)")
+        size, count = size + len(piece), count + piece.count(mark)
+    refuse_many(count)
     if not d.eof:
         raise ValueError(f"the header's names are truncated or larger than its {limit} bytes for its images")
     return b"".join(pieces)
@@ -255,7 +256,10 @@ def expand(h: Header, blob: bytes, version: int = 3, file_bytes: int | None = No
 
     images = sum(c[0] for c in h.chunks)
     most = images if file_bytes is None else min(images, max(1024, NAMES_PER_BYTE[h.mode] * file_bytes))
-    raw = _decompress(blob, names_limit(images, file_bytes), None if version == 2 else most + 1)
+    # a name is a NUL-separated field (version 3) or a JSON string, two quotes (version 2; the JSON's
+    # keys and engine record take a few hundred more)
+    raw = _decompress(blob, names_limit(images, file_bytes),
+                      (b'"', 2 * most + V2_QUOTES, most) if version == 2 else (b"\0", most + 1, most))
     meta = loads_json(raw) if version == 2 else _unpack_names(raw, images, most)
     if not isinstance(meta, dict):
         raise ValueError("the header's variable part is not an object")
