@@ -231,14 +231,13 @@ def from_bytes(data: bytes, source: str = "code file") -> CodeFile:
 
 
 def _safetensors_header(data: bytes, source: str) -> tuple[dict, int]:
-    """(metadata, expected file length) from the file's safetensors header (fileio's one reader),
-    so that a non-safetensors or truncated file gets a clear message instead of a parser's."""
+    """(metadata, expected length) from the safetensors header (fileio's reader): a clear message, not a parser's."""
     try:
         h = read_safetensors_header(data)
     except ValueError as e:
-        if (kind := kind_of(data[:4096])) is not None and "safetensors" not in kind and "code file" not in kind:
-            raise CodeFileError(f"{source} is {kind}, not a vaekit code file") from None
-        raise CodeFileError(f"{source} is corrupt, truncated or not a vaekit code file ({e})") from None
+        kind = kind_of(data[:4096]) or "safetensors"  # an image, a .vkc: named; a damaged code file: as it is
+        raise CodeFileError(f"{source} is corrupt, truncated or not a vaekit code file ({e})" if "safetensors" in kind
+                            or "code file" in kind else f"{source} is {kind}, not a vaekit code file") from None
     return h.metadata, h.end
 
 

@@ -77,8 +77,7 @@ def fit(data: Dataset, out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCo
     after every optimizer step (the demo's Stop button, the CLI's Ctrl-C): when it says True
     the loop ends there and returns with `stopped` set, the run directory holding the last
     finished epoch's checkpoint, ready for `--resume`."""
-    out_dir = Path(out_dir)
-    device = pick_device(train_cfg.device)
+    out_dir, device = Path(out_dir), pick_device(train_cfg.device)
     dist = init_distributed(device)
     plan = partial(plan_splits, len(data.paths), train_cfg.val_fraction, train_cfg.calibration_fraction,
                    train_cfg.seed, train_cfg.folds, train_cfg.threshold_quantile,
@@ -89,9 +88,9 @@ def fit(data: Dataset, out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCo
     train_cfg = resolved_train_config(train_cfg, model_cfg, len(splits.train), models=len(splits.folds) or 1)
     trainer = Trainer(model_cfg, train_cfg, device, dist)
     start_epoch, best, history = _begin(trainer, out_dir, data, splits, resume)
+    complete = resume and start_epoch == train_cfg.epochs and rundir.finished(out_dir)  # nothing will train
     if progress and dist.main:
-        done = resume and start_epoch == train_cfg.epochs and rundir.finished(out_dir)  # nothing will train
-        progress(start_epoch, train_cfg.epochs, phase="plan", finished=done, **training_plan(trainer, data, splits))
+        progress(start_epoch, train_cfg.epochs, phase="plan", finished=complete, **training_plan(trainer, data, splits))
     # No validation split (cross-fitting, one held-out fold, --val-fraction 0): keep the last epoch, as the fold
     keep_last = splits.crossfit or not len(splits.val)  # models do (validating on training images cost a pass)
     t_start, stopped, pending = time.perf_counter(), False, None
@@ -120,7 +119,7 @@ def fit(data: Dataset, out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCo
     result = TrainResult(out_dir, str(device), len(history), best["epoch"] + 1, best["val"], history, rank=dist.rank,
                          stopped=stopped, epoch_seconds=time.perf_counter() - t_start)
     if dist.main and not stopped:
-        result.complete = resume and start_epoch == train_cfg.epochs and rundir.finished(out_dir)
+        result.complete = complete
         result.threshold = rundir.read_config(out_dir)["anomaly"]["threshold"] if result.complete else _finish(
             out_dir, data, splits, model_cfg, train_cfg, device, progress, should_stop, best)
         result.stopped = result.threshold is None  # asked to stop while cross-fitting: --resume does it again
