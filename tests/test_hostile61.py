@@ -311,3 +311,26 @@ def test_export_of_an_export_says_it_takes_a_run_directory(tmp_path):
     r = CliRunner().invoke(app, ["export", str(tmp_path / "digits.onnx"), "-o", str(tmp_path / "y.onnx")])
     assert r.exit_code == 2 and "digits.onnx is an export already; `vaekit export` takes the run directory" in r.output
     assert not (tmp_path / "y.onnx").exists()
+
+
+def test_the_plan_says_when_images_are_not_square_and_what_the_model_never_sees(tmp_path):
+    """Labels of 200 x 64 px: an object model learned and scored their centre square (32% of each),
+    so an image and its copy with a defect at the edge scored the same, bit for bit, and nothing
+    said so; a surface model learned the centre square and scored the whole strip (h7)."""
+    from PIL import Image
+
+    from vaekit.training.coverage import crop_note, kept_shares
+
+    (tmp_path / "wide").mkdir()
+    (tmp_path / "square").mkdir()
+    for i in range(20):
+        Image.new("L", (200, 64)).save(tmp_path / "wide" / f"{i}.png")
+        Image.new("L", (64, 66)).save(tmp_path / "square" / f"{i}.png")  # 3% off: square enough
+    wide, square = sorted((tmp_path / "wide").iterdir()), sorted((tmp_path / "square").iterdir())
+    np.testing.assert_allclose(kept_shares(wide), 0.32)
+    assert crop_note(square, "vector") is None and crop_note(square + wide[:1], "vector") is None  # 1 of 21
+    note = crop_note(wide, "vector")
+    assert note.startswith("20 of 20 images are not square: the model learns from and scores the centre square "
+                           "of each (a median 32% of it); a defect outside it is never seen")
+    assert "scores the whole image, so what lies outside that square is judged by a model that never saw it" in \
+        crop_note(wide, "grid")

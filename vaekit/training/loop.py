@@ -134,6 +134,7 @@ def training_plan(trainer: Trainer, data: Dataset, splits) -> dict:
     they are split, the model, the recipe, the device, how many defect readers follow, and the
     files skipped (path, reason), so that they are named before the training, not after it."""
     from vaekit.reader.net import ReaderConfig
+    from vaekit.training.coverage import crop_note
 
     cfg, m = trainer.cfg, trainer.model_cfg
     readers = ReaderConfig().members if m.layout == "grid" and cfg.reader else 0
@@ -142,7 +143,8 @@ def training_plan(trainer: Trainer, data: Dataset, splits) -> dict:
             "channels": m.channels,
             "latent_dim": m.latent_dim, "likelihood": m.likelihood, "crop": training_crop(cfg, m),
             "epochs": cfg.epochs, "batch_size": cfg.batch_size, "augment": cfg.augment, "readers": readers,
-            "device": str(trainer.device), "skipped": [(str(path), str(why)) for path, why in data.skipped]}
+            "device": str(trainer.device), "skipped": [(str(path), str(why)) for path, why in data.skipped],
+            "cropped": crop_note(data.paths, m.layout)}  # images that are not square: what the model never sees
 
 
 def plan_text(p: dict) -> str:
