@@ -361,3 +361,35 @@ def test_a_format_2_file_of_millions_of_tiny_json_names_is_refused_as_they_infla
     with pytest.raises(codec.ArchiveError, match=r"larger than the file can hold \(\d+ names at most\)"):
         codec.read_info(bomb)
     assert not parsed
+
+
+def test_a_format_2_file_whose_names_hold_quotes_is_read(setup):
+    """Format 2's JSON escapes a quote in a name as \\": 3,000 names of two quotes each held 12,002
+    quote bytes, past 2 per name + V2_QUOTES, and an honest file was refused (review by h6)."""
+    import json
+
+    from vaekit.codec import header as H
+
+    names = [f'"{i}".png' for i in range(3000)]
+    blob = H._compress(json.dumps({"names": names}, separators=(",", ":")).encode())
+    h = H.Header("lossy", "00" * 8, "00" * 8, 16, 1, 1, [], [], [[3000, 1]], 4)
+    H.expand(h, blob, 2, 400_000)
+    assert h.names == names
+
+
+def test_encode_never_writes_a_file_that_decode_would_refuse_for_its_count_of_names(setup, tmp_path, monkeypatch):
+    """The bound on names per byte is checked as the file is written too (review by h6: a bound of 8
+    refused an honest file of 200,000 blank images that encode had written). Here the bound is
+    lowered so that 1,030 images pass it: encode refuses and writes nothing."""
+    from PIL import Image
+
+    from vaekit.codec import container
+
+    root, run, model, *_ = setup
+    (tmp_path / "blank").mkdir()
+    for i in range(1030):
+        Image.new("L", (16, 16)).save(tmp_path / "blank" / f"{i}.png")
+    monkeypatch.setattr(container, "NAMES_PER_BYTE", {"lossy": 0, "lossless": 0})
+    with pytest.raises(ValueError, match=r"1030 images in \d+ bytes are more than a .vkc may name"):
+        codec.encode(model, tmp_path / "blank", tmp_path / "b.vkc", quality=1)
+    assert not (tmp_path / "b.vkc").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["blank"]

@@ -334,3 +334,14 @@ def test_the_plan_says_when_images_are_not_square_and_what_the_model_never_sees(
                            "of each (a median 32% of it); a defect outside it is never seen")
     assert "scores the whole image, so what lies outside that square is judged by a model that never saw it" in \
         crop_note(wide, "grid")
+
+
+def test_a_numbered_heat_map_never_meets_an_input_that_differs_from_it_in_case(tmp_path, monkeypatch):
+    """a.png twice is numbered a-1.png, which a folding disk takes for A-1.png: the gate must see
+    the numbered names, not only the inputs' own spellings (review by h6)."""
+    from vaekit.anomaly.outputs import map_targets
+    from vaekit.fileio import folding
+
+    monkeypatch.setattr(folding, "folds", lambda folder: (True, True))
+    out = map_targets(["a.png", "a.png", "A-1.png"], tmp_path)
+    assert len({folding.broadest(t) for t in out}) == 3, out

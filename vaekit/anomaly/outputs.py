@@ -13,7 +13,7 @@ import os
 import re
 from dataclasses import asdict
 from pathlib import Path
-from typing import BinaryIO, Iterable, Sequence
+from typing import BinaryIO, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -176,7 +176,17 @@ def map_targets(names: Sequence[str], out_dir: Path | None = None) -> list[str]:
     the inputs' order: a.png, a-1.png. BadInput for a name too long for a file system. `out_dir`:
     the maps folder, whose file system may take two names for one (Case.png and case.png: then
     numbered; fileio.folding); None: names are compared as they are."""
-    fold = (name_key(out_dir, names) if out_dir is not None else None) or (lambda n: n)
+    targets = _map_targets(names, _same)
+    # numbered targets (a-1.png) are not among the names' own spellings: gate on what is written
+    fold = name_key(out_dir, [*names, *targets]) if out_dir is not None else None
+    return targets if fold is None else _map_targets(names, fold)
+
+
+def _same(name: str) -> str:
+    return name
+
+
+def _map_targets(names: Sequence[str], fold: Callable[[str], str]) -> list[str]:
     used = {fold(p.as_posix()) for name in names for p in Path(name).parents}  # folders: never a map's name
     wanted = png_targets(names, fold)
     own = {fold(rel) for name, rel in zip(names, wanted) if rel == name}  # a.png's map is a.png, whoever comes first

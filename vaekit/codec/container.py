@@ -27,7 +27,7 @@ from typing import BinaryIO, Callable, Iterator
 
 import numpy as np
 
-from vaekit.codec.header import MODES, Header, Reader, expand, pack, unpack_fixed, varint
+from vaekit.codec.header import MODES, NAMES_PER_BYTE, Header, Reader, expand, pack, unpack_fixed, varint
 from vaekit.codes.format import MAX_ORIG_PIXELS, CodeFileError, FingerprintMismatch, check_name, too_elongated
 from vaekit.config import MAX_IMAGE_SIZE, MAX_Z_DIMS
 from vaekit.errors import cannot_write
@@ -104,6 +104,13 @@ def write(path: Path, header: Header, spill: Path, skip: int = 0, replace: bool 
     """Write the .vkc at `path` atomically from the header and the spill file of chunk words
     (which begin `skip` bytes into it); replace=False: not over a file put there meanwhile."""
     head = pack(header)
+    size = len(MAGIC) + len(varint(len(head))) + len(head) + os.path.getsize(spill) - skip + DIGESTS[MAGIC]
+    if len(header.names) > max(1024, NAMES_PER_BYTE[header.mode] * size):  # what read_header refuses
+        from vaekit.errors import BadInput
+
+        raise BadInput(f"{len(header.names)} images in {size} bytes are more than a .vkc may name (at most "
+                       f"{NAMES_PER_BYTE[header.mode]} a byte, so that a forged file cannot claim millions for "
+                       "nothing): encode them at a higher quality")
     h = hashlib.sha256()
     with atomic_writer(Path(path), replace=replace) as f:
         for part in (MAGIC, varint(len(head)), head):

@@ -25,13 +25,12 @@ NAME_BYTES = 4096  # the longest stored name, in bytes (Linux's PATH_MAX)
 EXPANSION = 4096
 # the most names per byte of the whole file: each name becomes a Python str (~50-60 bytes) before
 # anything else is checked, so a byte bound alone let 3-byte names ("ab\0" * N, LZMA'd) build
-# ~20 bytes of objects per expanded byte (a 260 KB file passed 4 GB of RSS); vaekit's densest names
-# (10,000 numbered ones, LZMA2) take ~0.3 bytes each. And every image costs payload: 5,000 blank
-# 32 px images take 0.50 bytes each at quality 1 (names included), 3.4 bytes lossless (its 16-bit
-# CRC alone is 2), so a file of N bytes honestly names at most ~2N (lossy) or ~0.3N (lossless)
-# images; the bounds leave four and three times that, and a forged table of distinct names (a
-# Python str, a Path and a staging path each, ~500 bytes) gains at most that much over an honest one
-NAMES_PER_BYTE = {"lossy": 8, "lossless": 1}
+# ~20 bytes of objects per expanded byte (a 260 KB file passed 4 GB of RSS). An honest lossless
+# image pays its 16-bit CRC at least (2,000 blank 16 px images: 2.54 bytes each); an honest lossy
+# one may cost almost nothing but its name: 200,000 blank images in 200 folders of 1,000, quality 1,
+# latent-dim 1, took 0.107 bytes each (9.3 a byte; 1,000 x 1,000 numbered names LZMA to 0.077
+# each). The bounds leave about three times the densest honest file; encode refuses to write past them
+NAMES_PER_BYTE = {"lossy": 32, "lossless": 1}
 V2_QUOTES = 4096  # quotes a version-2 file's JSON may hold besides its names' (keys, the engine record)
 # a file name that is not UTF-8 (POSIX allows any bytes) is a surrogate-escaped str in Python: its
 # bytes are stored as they are and come back as the same str, so decode writes the same file name
@@ -131,7 +130,7 @@ def _inflate(blob: bytes, limit: int, names: tuple[bytes, int, int] | None = Non
 
     method, body = blob[:1], blob[1:]
     if method == b"\0":
-        refuse_many(body.count(mark))
+        refuse_many(_marks(body, mark, b""))
         return body
     if method == b"\1":
         d = zlib.decompressobj(-15)
@@ -143,14 +142,25 @@ def _inflate(blob: bytes, limit: int, names: tuple[bytes, int, int] | None = Non
         first = d.decompress(body, max_length=min(PIECE, limit))
     else:
         raise ValueError(f"unknown compression {method!r}")
-    pieces, size, count = [first], len(first), first.count(mark)
+    pieces, size, count = [first], len(first), _marks(first, mark, b"")
     while not d.eof and size < limit and (names is None or count <= most) and (piece := step()):
+        count += _marks(piece, mark, pieces[-1][-1:])
         pieces.append(piece)
-        size, count = size + len(piece), count + piece.count(mark)
+        size += len(piece)
     refuse_many(count)
     if not d.eof:
         raise ValueError(f"the header's names are truncated or larger than its {limit} bytes for its images")
     return b"".join(pieces)
+
+
+def _marks(piece: bytes, mark: bytes, before: bytes) -> int:
+    """The bytes `mark` in `piece` not escaped by a backslash (a quote in a JSON string is \\"; a
+    name holding a quote must not count as more names): `before`, the byte before the piece. An
+    escaped backslash before a string's closing quote is taken for an escape, so a string counts
+    one quote at least: never more names than counted."""
+    if mark == b"\0":
+        return piece.count(mark)
+    return piece.count(mark) - piece.count(b"\\" + mark) - (before == b"\\" and piece[:1] == mark)
 
 
 def names_limit(images: int, file_bytes: int | None = None) -> int:
