@@ -345,3 +345,19 @@ def test_a_numbered_heat_map_never_meets_an_input_that_differs_from_it_in_case(t
     monkeypatch.setattr(folding, "folds", lambda folder: (True, True))
     out = map_targets(["a.png", "a.png", "A-1.png"], tmp_path)
     assert len({folding.broadest(t) for t in out}) == 3, out
+
+
+def test_a_folder_on_the_way_that_cannot_be_searched_leaves_the_names_as_they_are(tmp_path, monkeypatch):
+    """Path.is_dir raises PermissionError (not False) below a folder that cannot be searched: the
+    probe was a traceback there; now the names are compared as they are, and the job's own checks
+    of the output say what is wrong."""
+    from pathlib import Path as P
+
+    from vaekit.fileio import folding
+
+    def refused(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(P, "is_dir", refused)
+    assert folding.folds(tmp_path / "locked" / "out") == (False, False)
+    assert folding.name_key(tmp_path / "locked" / "out", ["A.png", "a.png"]) is None

@@ -32,9 +32,12 @@ from vaekit.fileio.outputs import _system_folder
 
 
 def _nearest_folder(folder: Path) -> Path | None:
-    for p in [Path(folder), *Path(folder).absolute().parents]:
-        if p.is_dir():
-            return p
+    try:
+        for p in [Path(folder), *Path(folder).absolute().parents]:
+            if p.is_dir():
+                return p
+    except OSError:  # a folder on the way that cannot be searched: the job's own checks say so
+        pass
     return None
 
 
