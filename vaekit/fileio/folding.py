@@ -28,7 +28,7 @@ import unicodedata
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from vaekit.fileio.outputs import _system_folder
+from vaekit.fileio.outputs import system_folder
 
 
 def _nearest_folder(folder: Path) -> Path | None:
@@ -61,7 +61,7 @@ def folds(folder: Path) -> tuple[bool, bool]:
     """(case, accents): whether the file system at `folder` takes names that differ only in
     upper and lower case, or only in Unicode normalisation (NFC against NFD), for one."""
     where = _nearest_folder(folder)
-    if where is None or _system_folder(where) or _system_folder(Path(os.path.realpath(where))):
+    if where is None or system_folder(where) or system_folder(Path(os.path.realpath(where))):
         return False, False
     stem = f".vaekit-names-{os.getpid()}-{secrets.token_hex(5)}-"
     case = bool(_takes_for(where, stem + "A", stem + "a"))

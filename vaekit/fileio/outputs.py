@@ -65,7 +65,7 @@ def refuse_long_names(sources: Iterable[str], targets: Iterable[str]) -> None:
 _SYSTEM = ("/dev", "/proc", "/sys")  # folders of devices and kernel files: /dev/stdout, /proc/self/fd/1
 
 
-def _system_folder(path: Path) -> str | None:
+def system_folder(path: Path) -> str | None:
     """'in /dev' (or /proc, /sys) for an output there, whatever it is now: /dev/stdout is a link to
     /proc/self/fd/1, which a redirected command sees as a regular file, and replacing it breaks
     the system."""
@@ -95,7 +95,7 @@ def refuse_existing(paths: Path | Sequence[Path], overwrite: bool, what: str = "
         refuse_nul(path, what)
         if path.is_dir():
             raise BadInput(f"{what} {path} is a folder; give a file name")
-        special = _special_file(path) or _system_folder(path)
+        special = _special_file(path) or system_folder(path)
         if special:  # --overwrite would replace /dev/null (as root) or a user's pipe by a file
             raise BadInput(f"{what} {path} is {special}, not a file of yours; vaekit writes only regular files: give a "
                            "file name")
