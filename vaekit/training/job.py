@@ -167,7 +167,7 @@ def _no_run(out_dir: Path) -> bool:
     """Whether `out_dir` holds no run's config (not there, or the lock this train just took
     there); False where it cannot tell (not a folder, unreadable: read_config says what)."""
     try:
-        return out_dir.is_dir() and not os.path.lexists(out_dir / rundir.CONFIG)
+        return not os.path.lexists(out_dir / rundir.CONFIG) and (out_dir.is_dir() or not os.path.lexists(out_dir))
     except OSError:
         return False
 
