@@ -21,7 +21,7 @@ from vaekit import images as imageio
 from vaekit.anomaly.score import ROW_FIELDS, ScoreReport, report_header
 from vaekit.inference.engine import Model
 from vaekit.errors import BadInput, check_flags
-from vaekit.codes.targets import png_targets, refuse_linked
+from vaekit.codes.targets import as_given, png_targets, refuse_linked
 from vaekit.fileio import (atomic_writer, dumps_json, refuse_existing, refuse_inside, refuse_long_names,
                            refuse_unmakeable_folder)
 from vaekit.fileio.folding import name_key
@@ -176,14 +176,10 @@ def map_targets(names: Sequence[str], out_dir: Path | None = None) -> list[str]:
     the inputs' order: a.png, a-1.png. BadInput for a name too long for a file system. `out_dir`:
     the maps folder, whose file system may take two names for one (Case.png and case.png: then
     numbered; fileio.folding); None: names are compared as they are."""
-    targets = _map_targets(names, _same)
+    targets = _map_targets(names, as_given)
     # numbered targets (a-1.png) are not among the names' own spellings: gate on what is written
     fold = name_key(out_dir, [*names, *targets]) if out_dir is not None else None
     return targets if fold is None else _map_targets(names, fold)
-
-
-def _same(name: str) -> str:
-    return name
 
 
 def _map_targets(names: Sequence[str], fold: Callable[[str], str]) -> list[str]:

@@ -26,7 +26,7 @@ def png_targets(names: Sequence[str], key: Callable[[str], str] | None = None) -
     output says whose it is. The same name twice (one name in two input folders) keeps its one
     target: `png_names` refuses it, heat maps number it. `key`: how the output folder tells
     names apart where it folds case or accents (fileio.folding.name_key); None: as they are."""
-    key = key or _same
+    key = key or as_given
     first = [PurePosixPath(n).with_suffix(".png").as_posix() for n in names]
     sources: dict[str, set[str]] = {}
     for n, f in zip(names, first):
@@ -41,7 +41,8 @@ def png_targets(names: Sequence[str], key: Callable[[str], str] | None = None) -
     return [target(n, f) for n, f in zip(names, first)]
 
 
-def _same(name: str) -> str:
+def as_given(name: str) -> str:
+    """A name as it is: the key of a file system that tells every two names apart."""
     return name
 
 
@@ -66,7 +67,7 @@ def png_names(names: Sequence[str], out_dir: Path | None = None) -> list[str]:
             raise BadInput(f"two images would be written to the same file {o!r}")
         seen[k] = n, o
     refuse_long_names(names, out)
-    folders = {(key or _same)(str(p)): n for n, o in zip(names, out) for p in PurePosixPath(o).parents if str(p) != "."}
+    folders = {(key or as_given)(str(p)): n for n, o in zip(names, out) for p in PurePosixPath(o).parents if str(p) != "."}
     for n, o, k in zip(names, out, keyed):
         if k in folders:
             raise BadInput(f"the image {n!r} would be written to the file {o!r}, which the image {folders[k]!r} "
