@@ -4,8 +4,8 @@
     python3 dev.py quickstart   # venv + install, then the whole pipeline on built-in digits
     python3 dev.py test         # venv + dev install (+ Chromium for the browser test), then pytest
     python3 dev.py test --fast  # the same without the slow tests (training, export, torchrun,
-                                # browser, web server), on two workers: feedback in about a
-                                # minute; CI runs all, one at a time
+                                # browser, web server): feedback in about a minute; both
+                                # run on two pytest-xdist workers where there are 2+ cores
 
 torch: the package asks for `torch>=2.4`; this script pins the release we test
 (TORCH_SPEC below, override with VAEKIT_TORCH_SPEC). pip then takes a CPU wheel where one
@@ -89,10 +89,12 @@ def test(pytest_args: list[str]) -> int:
     setup("dev")
     if "--fast" in pytest_args:  # tests marked slow (pyproject.toml) are left out
         pytest_args = ["-m", "not slow", *(a for a in pytest_args if a != "--fast")]
-        if (os.cpu_count() or 1) >= 2 and not any(a == "-n" or a.startswith("-n") for a in pytest_args):
-            pytest_args = ["-n", "2", "--dist", "loadscope", *pytest_args]  # two workers; a module's trained model once
     else:
         ensure_chromium()
+    if (os.cpu_count() or 1) >= 2 and not any(a == "-n" or a.startswith("-n") for a in pytest_args):
+        # two workers, each module's tests on one (its trained model built once): the whole suite
+        # in 9m56s on this 2-core box where one worker took 19m30s (2026-12-07)
+        pytest_args = ["-n", "2", "--dist", "loadscope", *pytest_args]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     # Python's own bytecode cache, even where the shell turns it off: a second run collects the
     # (assertion-rewritten) tests in half the time; __pycache__/ is ignored by git

@@ -309,9 +309,14 @@ def test_encode_quality_uses_tables_fit_on_tiles(large, tmp_path):
 def test_image_size_above_the_limit_on_aligned_objects_with_auto_layout(tmp_path, monkeypatch):
     """--image-size 96 (above the 48 px limit), layout auto, on aligned objects (a disc in the centre):
     either a surface model or a one-line refusal that leaves no run directory."""
+    import functools
+
     import vaekit.config
+    import vaekit.reader.net as net
 
     monkeypatch.setattr(vaekit.config, "MAX_IMAGE_SIZE", 48)
+    # the sizes are what is tested: the defect readers a few images of 96 px get train a few steps
+    monkeypatch.setattr(net, "ReaderConfig", functools.partial(net.ReaderConfig, steps=20, batch=8, crop=32))
     d = tmp_path / "objs"
     d.mkdir()
     yy, xx = np.mgrid[:96, :96]
