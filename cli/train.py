@@ -266,8 +266,8 @@ class _Reporter:
             self.bars.console.print(f"{head} {shown(plan_text(m))}", soft_wrap=True, highlight=False)
             if self.note:
                 self.bars.console.print(self.note, soft_wrap=True, highlight=False)
-            if m.get("cropped"):
-                self.bars.console.print(f"[yellow]note[/yellow]: {shown(m['cropped'])}", soft_wrap=True, highlight=False)
+            for note in m.get("notes") or ():
+                self.bars.console.print(f"[yellow]note[/yellow]: {shown(note)}", soft_wrap=True, highlight=False)
             if "skipped" in m:
                 name_skipped(m["skipped"])
                 self.skipped_named = True

@@ -131,10 +131,11 @@ def fit(data: Dataset, out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCo
 def training_plan(trainer: Trainer, data: Dataset, splits) -> dict:
     """What this run trains, with every "auto" decided, for the progress event "plan" that comes
     before the first step (the CLI prints it as one line, the demo shows it): the images and how
-    they are split, the model, the recipe, the device, how many defect readers follow, and the
-    files skipped (path, reason), so that they are named before the training, not after it."""
+    they are split, the model, the recipe, the device, how many defect readers follow, the
+    files skipped (path, reason), so that they are named before the training, not after it, and
+    notes on what the model cannot learn from them (vaekit.training.coverage)."""
     from vaekit.reader.net import ReaderConfig
-    from vaekit.training.coverage import crop_note
+    from vaekit.training.coverage import crop_note, pixel_notes
 
     cfg, m = trainer.cfg, trainer.model_cfg
     readers = ReaderConfig().members if m.layout == "grid" and cfg.reader else 0
@@ -144,7 +145,7 @@ def training_plan(trainer: Trainer, data: Dataset, splits) -> dict:
             "latent_dim": m.latent_dim, "likelihood": m.likelihood, "crop": training_crop(cfg, m),
             "epochs": cfg.epochs, "batch_size": cfg.batch_size, "augment": cfg.augment, "readers": readers,
             "device": str(trainer.device), "skipped": [(str(path), str(why)) for path, why in data.skipped],
-            "cropped": crop_note(data.paths, m.layout)}  # images that are not square: what the model never sees
+            "notes": [note for note in (crop_note(data.paths, m.layout), *pixel_notes(data.images)) if note]}
 
 
 def plan_text(p: dict) -> str:

@@ -1,0 +1,69 @@
+"""What the plan line says about the training images' pixels (vaekit.training.coverage): exact
+copies, which make the threshold promise too little, and images too dark to hold more than a few
+grey levels (12-bit camera data in 16-bit files, read as value / 257)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def test_survey_counts_exact_copies_and_the_brightest_pixel_across_chunks(monkeypatch):
+    from vaekit.training import coverage
+
+    monkeypatch.setattr(coverage, "CHUNK", 3)  # copies found across chunk borders too
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 200, (10, 1, 8, 8), dtype=np.uint8)
+    assert coverage.survey(x) == (0, int(x.max()))
+    x[7] = x[1]
+    x[9] = x[1]
+    x[8] = x[2]
+    x[4, 0, 3, 3] = 250
+    assert coverage.survey(x) == (3, 250)
+    almost = x.copy()
+    almost[9, 0, 0, 0] ^= 1  # one grey level apart: not a copy
+    assert coverage.survey(almost)[0] == 2
+
+
+def test_the_notes_name_copies_and_dark_images_and_stay_quiet_otherwise():
+    from vaekit.training.coverage import pixel_notes
+
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, (20, 1, 16, 16), dtype=np.uint8)
+    assert pixel_notes(x) == []
+    x[5] = x[0]
+    (note,) = pixel_notes(x)
+    assert note.startswith("1 of 20 images are exact copies of another (as the model sees them, at 16 px)")
+    dark = (rng.random((20, 1, 16, 16)) * 16).astype(np.uint8)  # 12-bit data read as 16-bit: 0 to 15
+    (note,) = pixel_notes(dark)
+    assert note.startswith(f"the brightest pixel of all 20 images is {dark.max()} of 255, so the model sees at most "
+                           f"{dark.max() + 1} grey levels")
+    assert pixel_notes(np.full((3, 1, 4, 4), 64, np.uint8)) == ["2 of 3 images are exact copies of another (as the "
+                                                                 "model sees them, at 4 px): a copy held out for the "
+                                                                 "threshold while its twin trains is an image the model "
+                                                                 "knows, so the threshold comes out too low and flags more "
+                                                                 "new normal images than it promises; remove the copies"]
+
+
+@pytest.mark.slow  # trains a model
+def test_vaekit_train_prints_both_notes_under_its_plan_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from vaekit_cli.main import app
+
+    rng = np.random.default_rng(2)
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(24):  # 12-bit data in 16-bit PNGs, and four files twice
+        a = (rng.random((32, 32)) * 4095).astype(np.uint16)
+        Image.fromarray(a).save(images / f"p{i:02d}.png")
+        if i < 4:
+            Image.fromarray(a).save(images / f"p{i:02d}_again.png")
+    r = CliRunner().invoke(app, ["--threads", "1", "train", str(images), "--out", str(tmp_path / "run"), "--epochs", "1",
+                                 "--layout", "grid", "--no-reader", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    assert "note: 4 of 28 images are exact copies of another (as the model sees them, at 32 px)" in text
+    assert "note: the brightest pixel of all 28 images is 16 of 255, so the model sees at most 17 grey levels" in text
+    assert text.index("training 28 images") < text.index("note: 4 of 28") < text.index("epoch 1")
