@@ -9,7 +9,6 @@ updates the Anomaly tab's threshold and the Latent tab's folder). `TABS` lists t
 from __future__ import annotations
 
 import math
-import shlex
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -73,62 +72,6 @@ def _train_tab(ctx: Context) -> SimpleNamespace:
                            train_btn=train_btn, stop_btn=stop_btn, train_status=train_status, loss_plot=loss_plot)
 
 
-def _validated(epoch_metrics: dict) -> bool:
-    """Whether an epoch's val_loss is a -ELBO of held-out images (else it repeats the training loss)."""
-    return epoch_metrics.get("val_estimator", "z = mu") == "z = mu"
-
-
-def _train_message(ev, rows: list[dict], out: Path, folder, ctx: Context) -> str | None:
-    """What the Train tab says after event `ev` (None: nothing new to show)."""
-    m, public = ev.metrics, ctx.public
-
-    def run(path) -> str:  # a path as Markdown code, shown as it is whatever its name holds
-        return md_code(public(path))
-
-    if ev.phase == "plan":  # every "auto" decided, before the first step
-        from vaekit.training.loop import plan_text
-
-        return f"Training {run(out)}: {plan_text(m)}"
-    if ev.phase == "epoch":  # ev.total: the epochs planned (the slider may say 0, auto)
-        which = "validation" if _validated(m) else "training"
-        loss = m["val_loss"] if which == "validation" else m["train_loss"]
-        return f"Training {run(out)}: epoch {m['epoch']}/{ev.total}, {which} loss {loss:.2f} nats/image"
-    if ev.phase == "stopped" and not rows:  # no checkpoint yet: --resume says "nothing to resume"
-        return f"**Stopped** before the first epoch ended: {run(out)} holds no checkpoint; press Train to start again."
-    if ev.phase == "stopped":
-        resume = f"vaekit train {shlex.quote(public(folder))} --out {shlex.quote(public(out))} --resume"
-        return (f"**Stopped** after {rows[-1]['epoch']} epoch(s). {run(out)} keeps its last checkpoint: "
-                f"continue it with {md_code(resume)} "
-                f"({_relative_to(out, ctx)}).")
-    if ev.phase == "done":
-        r = ev.result
-        held_out = any(row["split"] == "validation" for row in rows)  # as `vaekit train` says it
-        loss = (f"best validation loss {r.best_val:.2f} nats/image (epoch {r.best_epoch})" if held_out
-                else f"training loss {r.best_val:.2f} nats/image (nothing held out for validation)")
-        return (f"**Done**: {run(r.run_dir)}, {r.epochs_done} epochs, trained in {r.seconds:.1f} s, {loss}; "
-                f"it is now this page's model.{_skipped_text(m.get('skipped'))}")
-    return None
-
-
-def _skipped_text(skipped) -> str:
-    """What `vaekit train` says of the files it could not read: their count and the first few."""
-    if not skipped:
-        return ""
-    shown = "; ".join(f"{md_code(p.name)}: {md_code(reason)}" for p, reason in skipped[:3])  # no Markdown of theirs
-    more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
-    return f" Skipped {len(skipped)} unreadable file(s): {shown}{more}."
-
-
-def _relative_to(out: Path, ctx: Context) -> str:
-    """What the paths of a resume command are relative to (`public` shows a run in --runs-dir outside the
-    data folder relative to the runs folder: "relative to the data folder" sent the command elsewhere)."""
-    try:
-        out.resolve().relative_to(ctx.st.data_root.resolve())
-        return "paths relative to the data folder"
-    except ValueError:
-        return "the images' path relative to the data folder, the run's to the runs folder (--runs-dir)"
-
-
 def _wire_train(w: SimpleNamespace, ctx: Context) -> None:
     st = ctx.st
 
@@ -185,6 +128,7 @@ def _train_run(folder, size, dim, n_epochs, session, request, progress, ctx: Con
         ctx.trainings.release()  # else four failed presses left the app refusing every Train
         raise
     rows: list[dict] = []
+    notes: list[str] = []
     keep = (gr.skip(),) * len(ctx.model_widgets)
     for ev in training.train_events(folder, out, size, dim, n_epochs, session.stop, slot=ctx.trainings,
                                     confine_to=ctx.st.data_root):
@@ -200,11 +144,13 @@ def _train_run(folder, size, dim, n_epochs, session, request, progress, ctx: Con
             progress((ev.done, ev.total), desc="training the defect readers", unit="steps")
         elif ev.phase == "epoch":  # no validation line when nothing is held out for it (it repeats the training loss)
             rows += [{"epoch": m["epoch"], "loss": m["train_loss"], "split": "train"}]
-            if _validated(m):
+            if training.validated(m):
                 rows += [{"epoch": m["epoch"], "loss": m["val_loss"], "split": "validation"}]
         if ev.phase == "done":
             ctx.sessions.set_model(session, vaekit.load(ev.result.run_dir))
-        said = _train_message(ev, rows, out, folder, ctx)
+        if ev.phase == "plan":  # its notes are said under every message after it
+            notes = m.get("notes") or []
+        said = training.message(ev, rows, out, folder, ctx, notes)
         if said is not None:
             yield said, pd.DataFrame(rows), *(ctx.model_outputs(request) if ev.phase == "done" else keep)
 

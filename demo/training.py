@@ -6,13 +6,16 @@ Like vaekit_demo.handlers, nothing here imports gradio, so tests call it directl
 from __future__ import annotations
 
 import queue
+import shlex
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 from vaekit.errors import BadInput, NotFound
 from vaekit_demo.inputs import whole
+from vaekit_demo.security import md_code
 
 
 class TrainingStopped(Exception):
@@ -104,3 +107,65 @@ def _train_worker(folder, out_dir, image_size, latent_dim, epochs, stop: threadi
     worker = threading.Thread(target=work, name="vaekit-demo-train", daemon=True)
     worker.events = events
     return worker
+
+
+def validated(epoch_metrics: dict) -> bool:
+    """Whether an epoch's val_loss is a -ELBO of held-out images (else it repeats the training loss)."""
+    return epoch_metrics.get("val_estimator", "z = mu") == "z = mu"
+
+
+def message(ev, rows: list[dict], out: Path, folder, ctx, notes: Sequence[str] = ()) -> str | None:
+    """What the Train tab says after event `ev` (None: nothing new to show), with the plan's `notes`
+    on what the model cannot learn from the images (vaekit.training.coverage) under it."""
+    said = _message(ev, rows, out, folder, ctx)
+    return None if said is None else said + "".join(f"\n\n**Note**: {note}" for note in notes)
+
+
+def _message(ev, rows: list[dict], out: Path, folder, ctx) -> str | None:
+    m, public = ev.metrics, ctx.public
+
+    def run(path) -> str:  # a path as Markdown code, shown as it is whatever its name holds
+        return md_code(public(path))
+
+    if ev.phase == "plan":  # every "auto" decided, before the first step
+        from vaekit.training.loop import plan_text
+
+        return f"Training {run(out)}: {plan_text(m)}"
+    if ev.phase == "epoch":  # ev.total: the epochs planned (the slider may say 0, auto)
+        which = "validation" if validated(m) else "training"
+        loss = m["val_loss"] if which == "validation" else m["train_loss"]
+        return f"Training {run(out)}: epoch {m['epoch']}/{ev.total}, {which} loss {loss:.2f} nats/image"
+    if ev.phase == "stopped" and not rows:  # no checkpoint yet: --resume says "nothing to resume"
+        return f"**Stopped** before the first epoch ended: {run(out)} holds no checkpoint; press Train to start again."
+    if ev.phase == "stopped":
+        resume = f"vaekit train {shlex.quote(public(folder))} --out {shlex.quote(public(out))} --resume"
+        return (f"**Stopped** after {rows[-1]['epoch']} epoch(s). {run(out)} keeps its last checkpoint: "
+                f"continue it with {md_code(resume)} "
+                f"({_relative_to(out, ctx)}).")
+    if ev.phase == "done":
+        r = ev.result
+        held_out = any(row["split"] == "validation" for row in rows)  # as `vaekit train` says it
+        loss = (f"best validation loss {r.best_val:.2f} nats/image (epoch {r.best_epoch})" if held_out
+                else f"training loss {r.best_val:.2f} nats/image (nothing held out for validation)")
+        return (f"**Done**: {run(r.run_dir)}, {r.epochs_done} epochs, trained in {r.seconds:.1f} s, {loss}; "
+                f"it is now this page's model.{_skipped_text(m.get('skipped'))}")
+    return None
+
+
+def _skipped_text(skipped) -> str:
+    """What `vaekit train` says of the files it could not read: their count and the first few."""
+    if not skipped:
+        return ""
+    shown = "; ".join(f"{md_code(p.name)}: {md_code(reason)}" for p, reason in skipped[:3])  # no Markdown of theirs
+    more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+    return f" Skipped {len(skipped)} unreadable file(s): {shown}{more}."
+
+
+def _relative_to(out: Path, ctx) -> str:
+    """What the paths of a resume command are relative to (`public` shows a run in --runs-dir outside the
+    data folder relative to the runs folder: "relative to the data folder" sent the command elsewhere)."""
+    try:
+        out.resolve().relative_to(ctx.st.data_root.resolve())
+        return "paths relative to the data folder"
+    except ValueError:
+        return "the images' path relative to the data folder, the run's to the runs folder (--runs-dir)"

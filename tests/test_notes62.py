@@ -67,3 +67,25 @@ def test_vaekit_train_prints_both_notes_under_its_plan_line(tmp_path):
     assert "note: 4 of 28 images are exact copies of another (as the model sees them, at 32 px)" in text
     assert "note: the brightest pixel of all 28 images is 16 of 255, so the model sees at most 17 grey levels" in text
     assert text.index("training 28 images") < text.index("note: 4 of 28") < text.index("epoch 1")
+
+
+def test_the_web_apps_train_tab_says_the_plans_notes_under_every_message_after_it(tmp_path):
+    """The Train tab showed the plan line and then replaced it with each epoch's: the notes
+    `vaekit train` prints under its plan line were never seen in the app."""
+    from types import SimpleNamespace
+
+    from vaekit_demo import training
+    from vaekit_demo.training import TrainEvent
+
+    ctx = SimpleNamespace(public=lambda p: str(p))
+    plan = TrainEvent("plan", 0, 3, {"images": 3, "train": 2, "val": 0, "cal": 1, "folds": 0, "image_size": 16,
+                                     "reads_at": 16, "layout": "vector", "channels": 1, "latent_dim": 4,
+                                     "likelihood": "gaussian", "crop": None, "epochs": 3, "batch_size": 2,
+                                     "augment": "off", "readers": 0, "device": "cpu",
+                                     "notes": ["1 of 3 images are exact copies of another"]})
+    epoch = TrainEvent("epoch", 1, 3, {"epoch": 1, "train_loss": 2.0, "val_loss": 2.0})
+    notes = plan.metrics["notes"]
+    for ev in (plan, epoch):
+        said = training.message(ev, [], tmp_path / "run", tmp_path, ctx, notes)
+        assert said.endswith("\n\n**Note**: 1 of 3 images are exact copies of another"), said
+    assert "**Note**" not in training.message(epoch, [], tmp_path / "run", tmp_path, ctx)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import built_once
-from vaekit_demo import compress_tab, handlers, tabs, training
+from vaekit_demo import compress_tab, handlers, training
 
 SIZE = 16
 
@@ -60,5 +60,5 @@ def test_the_train_tab_names_the_files_training_skipped(data, tmp_path):
     done = events[-1]
     assert done.phase == "done" and [p.name for p, _ in done.metrics["skipped"]] == ["broken.png"]
     ctx = SimpleNamespace(public=lambda p: Path(p).name)
-    said = tabs._train_message(done, [], tmp_path / "run", folder, ctx)
+    said = training.message(done, [], tmp_path / "run", folder, ctx)
     assert said.startswith("**Done**") and "Skipped 1 unreadable file(s): `broken.png`: " in said
