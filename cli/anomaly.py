@@ -89,8 +89,11 @@ def anomaly_score(
     if report.plan.note:
         err_console.print(f"[yellow]note[/yellow]: {shown(report.plan.note)}", highlight=False)
     _print_scores(report, inputs)
-    if report.out is not None:
-        console.print(f"wrote {shown(report.out)}", highlight=False)
+    if report.out is not None:  # the CSV's header says "score": which one, and in what
+        from vaekit.inference.info import score_unit
+
+        console.print(f"wrote {shown(report.out)} (score: {report.plan.score}, {score_unit(report.plan.score)})",
+                      highlight=False)
     elif out is not None:
         i, n = report.shard
         console.print(f"share {i}/{n} scored; {shown(out)} is written when every share has finished "

@@ -45,6 +45,7 @@ def test_anomaly_score_prints_a_table_and_writes_csv_json_and_maps(parts, tmp_pa
     assert "(z = μ)" in r.output and "bits/dim" not in r.output  # the ELBO column names its estimator
     rows = list(csv.DictReader(io.StringIO((tmp_path / "s.csv").read_text())))
     assert len(rows) == 8 and {"path", "score", "bits_per_dim", "threshold", "anomalous"} <= set(rows[0])
+    assert f"wrote {tmp_path / 's.csv'} (score: atypicality, sd²)" in " ".join(r.output.split())  # which score the column holds
     assert all(row["anomalous"] == str(float(row["score"]) > float(row["threshold"])).lower() for row in rows)
     maps = sorted(p.relative_to(tmp_path / "maps").as_posix() for p in (tmp_path / "maps").rglob("*.png"))
     assert maps == [f"{d}/part_000{i}.png" for d in ("anomalous", "normal") for i in range(4)]
@@ -52,6 +53,7 @@ def test_anomaly_score_prints_a_table_and_writes_csv_json_and_maps(parts, tmp_pa
     assert r.exit_code == 0, r.output
     doc = json.loads((tmp_path / "s.json").read_text())
     assert doc["score"] == "neg_elbo" and len(doc["images"]) == 4
+    assert "(score: neg_elbo, nats)" in " ".join(r.output.split())
     assert all(i["score"] == i["neg_elbo"] for i in doc["images"])
 
 
