@@ -128,7 +128,9 @@ class _Sink:
         self.maps = 0  # heat maps written
 
     def write(self, b) -> None:
+        digests = None
         if self.maps_dir is not None and b.rows:
+            digests = []
             where = self.maps_dir  # a full disk is "cannot write MAPS" (exit 2), and the journal stays
             with naming_failed_writes(where):  # a folder that cannot be made holds no work: the journal goes
                 where.mkdir(parents=True, exist_ok=True)
@@ -136,11 +138,12 @@ class _Sink:
                 # not over a file put there while the job ran; the stopped batch's maps written
                 # before the stop are this job's own when they hold the very bytes it writes
                 self.maps += len(save_maps(self.maps_dir, [self.targets[i] for i in b.positions], b.images, b.maps,
-                                           replace=self.overwrite, own=b.index == self.own))
+                                           replace=self.overwrite, own=b.index == self.own, digests=digests))
         skipped = [(str(p), r) for p, r in b.skipped]
         if self.journal is not None:
             with naming_failed_writes(Path(self.out)):
-                self.journal.append(b.index, [_encode(asdict(r)) for r in b.rows], skipped)
+                self.journal.append(b.index, [_encode(asdict(r)) for r in b.rows], skipped,
+                                    None if self.maps_dir is None else (digests or []))
         else:
             self.tally.add((asdict(r) for r in b.rows), skipped)
 
@@ -167,15 +170,23 @@ def _check_maps(found: stream.Inputs, maps, layout: Layout, journal,
 
 
 def _refuse_lost_maps(journal, maps: Path, targets: list[str], layout: Layout) -> None:
-    """BadInput naming the first heat map of a finished batch that is gone since the stop: the
-    resume would write only the others' and call the job done."""
+    """BadInput naming the first heat map of a finished batch that is gone since the stop (the
+    resume would write only the others' and call the job done), or that holds other bytes than
+    the job wrote there (another job's, written over it since: the resume kept it, a folder of
+    two models' maps beside one model's rows)."""
+    from vaekit.fileio.digests import file_sha256
+
     for e in journal.entries():
         at = {layout.paths[i]: i for i in layout.positions(e["batch"])}
-        for r in e["rows"]:
+        for k, r in enumerate(e["rows"]):
             t = maps / targets[at[r["path"]]]
             if not (t.exists() or t.is_symlink()):
                 raise BadInput(f"cannot resume {journal.path}: the heat map {t} of a finished batch is gone (removed "
                                "since the job stopped?); put it back, or delete the journal to start again")
+            if "outputs" in e and (t.is_symlink() or file_sha256(t) != e["outputs"][k]):
+                raise BadInput(f"cannot resume {journal.path}: the heat map {t} of a finished batch holds other bytes "
+                               "than this job wrote there (written over since the job stopped, by another job?); put "
+                               "back the job's own, or delete the journal to start again")
 
 
 def _settings(model: Model, plan: Plan, found: stream.Inputs, layout: Layout, maps, out) -> dict:

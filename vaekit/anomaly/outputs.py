@@ -215,7 +215,8 @@ def refuse_taken_maps(out_dir: Path, targets: Iterable[str], overwrite: bool) ->
 
 
 def save_maps(out_dir: Path, targets: Sequence[str], images: np.ndarray, maps: np.ndarray,
-              alpha: float = 0.5, replace: bool = True, own: bool = False) -> list[Path]:
+              alpha: float = 0.5, replace: bool = True, own: bool = False,
+              digests: list[str] | None = None) -> list[Path]:
     """One PNG per image: its per-pixel map as a heat map over it, its shorter side enlarged to MAP_MIN_SIDE;
     replace=False: none over a file (OutputExists), but with `own` one that holds this very
     map's bytes (a resumed job's own, written before its stop) is kept as it is."""
@@ -224,7 +225,9 @@ def save_maps(out_dir: Path, targets: Sequence[str], images: np.ndarray, maps: n
         overlay = imageio.heatmap_overlay(x, heat, alpha=alpha)  # (3, H, W) uint8
         h, w = overlay.shape[1:]
         k = max(1, min(-(-MAP_MIN_SIDE // min(h, w)), math.isqrt(MAP_MAX_ENLARGED // (h * w))))  # the shorter side
-        imageio.save_png(overlay.repeat(k, axis=1).repeat(k, axis=2), out_dir / rel, replace, own)
+        digest = imageio.save_png(overlay.repeat(k, axis=1).repeat(k, axis=2), out_dir / rel, replace, own)
+        if digests is not None:  # the journal line pins each heat map by its bytes (a resume checks them)
+            digests.append(digest)
         written.append(out_dir / rel)
     return written
 

@@ -27,11 +27,16 @@ def png_bytes(x) -> bytes:
     return buf.getvalue()
 
 
-def save_png(x, path: Path, replace: bool = True, own: bool = False) -> None:
+def save_png(x, path: Path, replace: bool = True, own: bool = False) -> str:
     """Save (C, H, W) uint8, or float in [0, 1], or a Pillow image, as a PNG; atomic, parent folders created;
     replace=False: not over a file at `path` (OutputExists), unless `own` and that file holds the
-    very bytes this PNG has: a resumed job's own, written before its stop, kept as it is."""
-    atomic_write_bytes(Path(path), png_bytes(x), replace, keep_same=own)
+    very bytes this PNG has: a resumed job's own, written before its stop, kept as it is.
+    Returns the sha256 of the PNG's bytes (what a streaming job's journal pins its outputs by)."""
+    import hashlib
+
+    data = png_bytes(x)
+    atomic_write_bytes(Path(path), data, replace, keep_same=own)
+    return hashlib.sha256(data).hexdigest()
 
 
 def make_grid(xs: np.ndarray, ncol: int = 8, pad: int = 2) -> np.ndarray:

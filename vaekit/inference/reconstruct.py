@@ -135,14 +135,21 @@ def reconstruct_to_folder(model: "Model", source: str | Path | Sequence[str | Pa
 
 def _refuse_lost_pngs(journal, out_dir: Path, names: list[str], targets: list[str], layout: Layout) -> None:
     """BadInput naming the first reconstruction of a finished batch that is gone since the stop:
-    the resume would write only the others' and call the job done (as anomaly.job's heat maps)."""
+    the resume would write only the others' and call the job done (as anomaly.job's heat maps);
+    or one that holds other bytes than the job wrote there (another job's, written over it since)."""
+    from vaekit.fileio.digests import file_sha256
+
     for e in journal.entries():
         at = {names[i]: i for i in layout.positions(e["batch"])}
-        for r in e["rows"]:
+        for k, r in enumerate(e["rows"]):
             t = out_dir / targets[at[r["name"]]]
             if not (t.exists() or t.is_symlink()):
                 raise BadInput(f"cannot resume {journal.path}: the reconstruction {t} of a finished batch is gone "
                                "(removed since the job stopped?); put it back, or delete the journal to start again")
+            if "outputs" in e and (t.is_symlink() or file_sha256(t) != e["outputs"][k]):
+                raise BadInput(f"cannot resume {journal.path}: the reconstruction {t} of a finished batch holds other "
+                               "bytes than this job wrote there (written over since the job stopped, by another job?); "
+                               "put back the job's own, or delete the journal to start again")
 
 
 def _row_check(names: Sequence[str]):
@@ -173,11 +180,12 @@ def _run(model: "Model", found: stream.Inputs, journal, layout: Layout, targets:
 
     def write(item) -> None:
         b, pngs, rows = item
+        digests = []
         for img, path in pngs:
             with journal.writing(path):
-                imageio.save_png(img, path, replacing[0], own=b.index == replacing[1])
+                digests.append(imageio.save_png(img, path, replacing[0], own=b.index == replacing[1]))
         with naming_failed_writes(journal.out):  # after its PNGs: a batch in the journal is a batch done
-            journal.append(b.index, rows, [(str(p), r) for p, r in b.skipped])
+            journal.append(b.index, rows, [(str(p), r) for p, r in b.skipped], digests)
 
     with pipeline.WriteBehind(write) as writer:
         for b in stream.iter_batches(found.paths, info.image_size, info.channels, layout.batch_size, workers,

@@ -123,8 +123,8 @@ def _number(v) -> bool:
 def check_entry(entry, layout: Layout | None, row_check: RowCheck | None, seen: set[int]) -> str | None:
     """What is wrong with one journal line (parsed JSON), or None. Without a layout only its
     shape is checked (a batch number >= 0 not seen before, rows a list of objects)."""
-    if not isinstance(entry, dict) or set(entry) != {"batch", "rows", "skipped", "sha256"}:
-        return "not a batch entry (expected the fields batch, rows, skipped, sha256)"
+    if not isinstance(entry, dict) or set(entry) - {"outputs"} != {"batch", "rows", "skipped", "sha256"}:
+        return "not a batch entry (expected the fields batch, rows, skipped, sha256 and maybe outputs)"
     b, rows, skipped = entry["batch"], entry["rows"], entry["skipped"]
     if type(b) is not int:  # not a bool, a float or text
         return f"batch number {b!r} is not an integer"
@@ -145,6 +145,10 @@ def check_entry(entry, layout: Layout | None, row_check: RowCheck | None, seen: 
     sums, n = entry["sha256"], None if layout is None else len(layout.positions(b))
     if not (isinstance(sums, list) and all(isinstance(v, str) for v in sums) and len(sums) == (n or 0)):
         return f"batch {b}: sha256 must list one digest per file of the batch"
+    outputs = entry.get("outputs", [])
+    if "outputs" in entry and not (isinstance(outputs, list) and len(outputs) == len(rows) and all(
+            isinstance(v, str) and len(v) == 64 for v in outputs)):
+        return f"batch {b}: outputs must list one sha256 per row"
     if layout is None:
         return None if all(isinstance(r, dict) for r in rows) else f"batch {b}: a row is not an object"
     return _accounts(b, rows, skipped, layout, row_check)

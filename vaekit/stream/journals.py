@@ -34,8 +34,9 @@ from vaekit.fileio import atomic_writer, dumps_json, loads_json, try_lock
 from vaekit.stream.names import PARTIAL_SUFFIX, check_journal_name, partial_path  # noqa: F401 (PARTIAL_SUFFIX: re-exported)
 from vaekit.version import __version__
 
-JOURNAL_VERSION = 6  # 3: lines carry a checksum (stream.lines); 4: files' sha256; 5: keyed by the header;
-# 6: skipped files pinned too (batches.skipped_stamp)
+JOURNAL_VERSION = 7  # 3: lines carry a checksum (stream.lines); 4: files' sha256; 5: keyed by the header;
+# 6: skipped files pinned too (batches.skipped_stamp); 7: a batch's own files (heat maps, PNGs) pinned
+# by their sha256 (`outputs`), so a resume never keeps another job's in a finished batch
 SYNC_EVERY = 2.0  # seconds between a journal's fsyncs
 
 
@@ -78,7 +79,7 @@ class Journal:
         self.limit = journal_lines.line_limit(None if layout is None else layout.batch_size, self.settings, row_bytes)
         self.done: set[int] = set()
         self._key = b""  # the lines' key: the header's as written (`_start`) or read (`_read`)
-        self._part: tuple[int, list, list] | None = None  # a batch whose parts are not all in yet
+        self._part: tuple[int, list, list, list | None] | None = None  # a batch whose parts are not all in yet
         self._wrote = False  # a batch's own files (heat maps, PNGs) were begun: kept for --resume (`abandon`)
         self.resumed = False  # True: continues an earlier run's journal
         self._moved = False  # the header's `sources` differ: finished batches' files are checked by content
@@ -228,43 +229,51 @@ class Journal:
             raise BadInput(f"cannot resume {self.path}: the input {name} was replaced or rewritten since its "
                            "batch was scored (its bytes differ); use the same files, or delete it to start again")
 
-    def append(self, batch: int, rows: list[dict], skipped: Sequence[tuple[str, str]] = ()) -> None:
+    def append(self, batch: int, rows: list[dict], skipped: Sequence[tuple[str, str]] = (),
+               outputs: Sequence[str] | None = None) -> None:
         """One batch's line, written at once, unbuffered (a killed process loses nothing written);
         synced to disk at most every SYNC_EVERY seconds, on close and before the next batch's own
         files are written (`writing`; a power cut loses at most those batches, which --resume scores
         again, and files of no batch but the next). With a layout, a batch that came in parts
         (vaekit.stream.iter_batches bounds the pixels held at once) is appended part by part: its
-        line is written once its rows and skipped files account for all its files."""
+        line is written once its rows and skipped files account for all its files. `outputs`: the
+        sha256 of the file each row wrote (a heat map, a reconstruction), one a row, in order."""
         if self._closed:
             raise RuntimeError(f"{self.path} is closed: no more rows can be added to it")
-        rows, listed = self._gathered(batch, list(rows), [[str(p), r] for p, r in skipped])
+        rows, listed, outputs = self._gathered(batch, list(rows), [[str(p), r] for p, r in skipped],
+                                               None if outputs is None else list(outputs))
         if rows is None:
             return
         sums = [] if self.layout is None else contents((self.layout.paths[i] for i in self.layout.positions(batch)),
                                                        {str(p) for p, _ in listed})
-        self._write(journal_lines.encode({"batch": batch, "rows": rows, "skipped": listed, "sha256": sums}, self._key))
+        entry = {"batch": batch, "rows": rows, "skipped": listed, "sha256": sums}
+        if outputs is not None:
+            entry["outputs"] = outputs
+        self._write(journal_lines.encode(entry, self._key))
         self._dirty = True
         if time.monotonic() - self._synced > SYNC_EVERY:
             os.fsync(self._fd)
             self._synced, self._dirty = time.monotonic(), False
         self.done.add(batch)
 
-    def _gathered(self, batch: int, rows: list, skipped: list) -> tuple[list | None, list | None]:
-        """The batch's rows and skipped files with those of its earlier parts, or (None, None)
-        while some of its files are still to come. Only rows wait here (a few numbers a file),
-        never pixels; a part of another batch before this one is whole is a bug of the caller."""
+    def _gathered(self, batch: int, rows: list, skipped: list,
+                  outputs: list | None) -> tuple[list | None, list | None, list | None]:
+        """The batch's rows, skipped files and outputs with those of its earlier parts, or (None,
+        None, None) while some of its files are still to come. Only rows wait here (a few numbers a
+        file), never pixels; a part of another batch before this one is whole is a bug of the caller."""
         if self.layout is None:
-            return rows, skipped
+            return rows, skipped, outputs
         if self._part is not None:
-            b, r, s = self._part
+            b, r, s, o = self._part
             if b != batch:
                 raise RuntimeError(f"batch {batch} appended while batch {b} still misses some of its files")
             rows, skipped = r + rows, s + skipped
+            outputs = None if o is None and outputs is None else (o or []) + (outputs or [])
         if len(rows) + len(skipped) < len(self.layout.positions(batch)):
-            self._part = (batch, rows, skipped)
-            return None, None
+            self._part = (batch, rows, skipped, outputs)
+            return None, None, None
         self._part = None
-        return rows, skipped
+        return rows, skipped, outputs
 
     @contextmanager
     def writing(self, where: Path) -> Iterator[None]:

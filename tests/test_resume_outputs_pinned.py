@@ -1,0 +1,63 @@
+"""A resume keeps a finished batch's heat maps and reconstructions only when they are the job's own.
+
+A job stopped after some batches, then another job (another model) writing over those batches'
+heat maps or PNGs in the same folder (a second job with --overwrite, itself stopped early; the
+folder reached through a link): the resume kept them, since it checked only that they exist, and
+ended with exit 0 on a folder of two models' files beside one model's rows. Each journal line now
+pins its batch's own files by their sha256 (journal format 7), and the resume checks them.
+
+Real components: an untrained 16 px model, noise PNGs in tmp_path, the CLI through Typer's runner.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from cli_support import invoke, one_line_refusal
+from export_support import random_job, stopped_job, stopped_reconstruct
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    return random_job(tmp_path_factory.mktemp("pinned"), 24)
+
+
+def test_a_finished_heat_map_written_over_since_the_stop_is_refused_not_kept(setup, tmp_path):
+    run, data = setup
+    out, maps = tmp_path / "scores.csv", tmp_path / "maps"
+    stopped_job(run, data, out, maps)
+    taken = sorted(maps.iterdir())[1]
+    taken.write_bytes(sorted(maps.iterdir())[0].read_bytes())  # another image's map, as another job would leave
+    r = invoke("anomaly-score", run, data, "-o", out, "--batch-size", "4", "--threshold", "0", "--maps", maps,
+               "--resume")
+    assert one_line_refusal(r) and taken.name in r.output and "other bytes" in r.output, r.output
+    assert not out.exists() and Path(f"{out}.partial").exists()
+
+
+def test_untouched_heat_maps_and_reconstructions_still_resume(setup, tmp_path):
+    run, data = setup
+    out, maps = tmp_path / "scores.csv", tmp_path / "maps"
+    stopped_job(run, data, out, maps)
+    r = invoke("anomaly-score", run, data, "-o", out, "--batch-size", "4", "--threshold", "0", "--maps", maps,
+               "--resume")
+    assert r.exit_code == 0 and out.exists(), r.output
+    rec = tmp_path / "rec"
+    stopped_reconstruct(run, data, rec, after=2)
+    r = invoke("reconstruct", run, data, "-o", rec, "--batch-size", "4", "--resume")
+    assert r.exit_code == 0 and not Path(f"{rec}.partial").exists(), r.output
+
+
+def test_a_finished_reconstruction_written_over_since_the_stop_is_refused(setup, tmp_path):
+    run, data = setup
+    rec = tmp_path / "rec"
+    stopped_reconstruct(run, data, rec, after=2)
+    pngs = sorted(p for p in rec.iterdir() if p.suffix == ".png")
+    shutil.copyfile(pngs[1], pngs[0])
+    r = invoke("reconstruct", run, data, "-o", rec, "--batch-size", "4", "--resume")
+    assert one_line_refusal(r) and pngs[0].name in r.output and "other bytes" in r.output, r.output
