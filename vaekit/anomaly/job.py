@@ -32,7 +32,8 @@ from vaekit.images.arrays import check_batch_size, check_int
 from vaekit.inference.tiled import tiled
 from vaekit.reader.score import READ_TILE
 from vaekit.stream.headers import journaled_model
-from vaekit.stream.journals import model_settings, naming_failed_writes
+from vaekit.stream.headers import model_settings
+from vaekit.stream.journals import naming_failed_writes
 from vaekit.progress import Progress
 from vaekit.stream.shares import Shares
 

@@ -29,7 +29,8 @@ from vaekit.fileio.staging import recover, staged
 from vaekit.inference.engine_onnx import refuse_model_files
 from vaekit.images.arrays import check_batch_size
 from vaekit.images.load import BATCH_PIXELS
-from vaekit.stream.journals import model_settings, naming_failed_writes
+from vaekit.stream.headers import model_settings
+from vaekit.stream.journals import naming_failed_writes
 from vaekit.progress import Progress
 from vaekit.stream.shares import Shares
 

@@ -28,7 +28,8 @@ from vaekit.images.arrays import check_batch_size, check_int
 from vaekit.images.quality import SSIM_MISSING, psnr, ssim
 from vaekit.stream import job, pipeline
 from vaekit.stream.batches import Layout, check_number, digest
-from vaekit.stream.journals import model_settings, naming_failed_writes
+from vaekit.stream.headers import model_settings
+from vaekit.stream.journals import naming_failed_writes
 from vaekit.stream.shares import Shares
 
 if TYPE_CHECKING:

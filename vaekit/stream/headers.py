@@ -1,5 +1,6 @@
 """What a job reads from its journals' headers before it opens its own: the batch size a resume
-goes on in, and the inputs and the model as the job first spelled them.
+goes on in, and the inputs and the model as the job first spelled them; and the header's fields
+that name the model (`model_settings`).
 
 Each share's journal is read only as far as its header (one line, at most MAX_HEADER_BYTES);
 anything unreadable is skipped here and left to the journal's own checks when it is opened.
@@ -17,6 +18,15 @@ from vaekit.stream.inputs import check_shard, env_shard
 from vaekit.stream.journals import parse, partial_path
 from vaekit.stream.lines import MAX_HEADER_BYTES
 from vaekit.stream.shares import share_out
+
+
+def model_settings(model) -> dict:
+    """The header's fields that name the numbers a model computes: its engine, its weights' fingerprint,
+    and an int8 export's quantisation and file checksum (it keeps its float model's fingerprint, but its
+    scores are another model's, as are another int8 export's, calibrated on other images)."""
+    info, quantization = model.info, model.config.get("quantization", "none")
+    quantized = {"quantization": quantization, "export": model.export_digest} if quantization != "none" else {}
+    return {"engine": info.engine, "fingerprint": info.fingerprint, **quantized}
 
 
 def headers(out: Path, shard: tuple[int, int] | None) -> Iterator[dict]:

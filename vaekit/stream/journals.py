@@ -46,15 +46,6 @@ def journal_header(settings: dict) -> dict:
     return {"vaekit_journal": JOURNAL_VERSION, "vaekit": __version__, **settings}
 
 
-def model_settings(model) -> dict:
-    """The header's fields that name the numbers a model computes: its engine, its weights' fingerprint,
-    and an int8 export's quantisation and file checksum (it keeps its float model's fingerprint, but its
-    scores are another model's, as are another int8 export's, calibrated on other images)."""
-    info, quantization = model.info, model.config.get("quantization", "none")
-    quantized = {"quantization": quantization, "export": model.export_digest} if quantization != "none" else {}
-    return {"engine": info.engine, "fingerprint": info.fingerprint, **quantized}
-
-
 def parse(line: bytes):
     return loads_json(line.decode("utf-8", "surrogateescape"))
 
