@@ -61,3 +61,22 @@ def test_a_finished_reconstruction_written_over_since_the_stop_is_refused(setup,
     shutil.copyfile(pngs[1], pngs[0])
     r = invoke("reconstruct", run, data, "-o", rec, "--batch-size", "4", "--resume")
     assert one_line_refusal(r) and pngs[0].name in r.output and "other bytes" in r.output, r.output
+
+
+def test_an_output_folder_reached_through_a_link_has_the_folders_own_journal_and_lock(setup, tmp_path):
+    """`reconstruct -o r2` with r2 -> r1 journaled to r2.partial and locked r2's, while writing into
+    r1: a job on r1 and one on r2 did not exclude each other (13 of 37 files of one model's folder
+    were the other's), and a resume through the other spelling did not find the journal."""
+    from vaekit.stream.names import merging_path, partial_path, share_out
+
+    run, data = setup
+    real, link = tmp_path / "r1", tmp_path / "r2"
+    real.mkdir()
+    link.symlink_to(real, target_is_directory=True)
+    assert partial_path(link) == partial_path(real) == tmp_path / "r1.partial"
+    assert merging_path(link) == merging_path(real) and share_out(link, 0, 2) == share_out(real, 0, 2)
+    stopped_reconstruct(run, data, real, after=2)
+    r = invoke("reconstruct", run, data, "-o", link, "--batch-size", "4", "--resume")  # the other spelling
+    assert r.exit_code == 0 and not (tmp_path / "r1.partial").exists(), r.output
+    assert not (tmp_path / "r2.partial").exists()
+    assert len([p for p in real.iterdir() if p.suffix == ".png"]) == 24 + 1  # and comparison.png
