@@ -57,7 +57,7 @@ def anomaly_score(
                                                       "last share to finish merges them into -o.")] = None,
     device: Annotated[Device, typer.Option(help=DEVICE_HELP)] = Device.auto,
     batch_size: Annotated[Optional[int], typer.Option(min=1, max=4096, help="Files per batch, the journal's unit "
-                                                      "(default: 64, fewer for models over 256 px); a batch over 4 M decoded pixels is "
+                                                      "(default: 64, fewer for models over 256 px; --resume: the journal's); a batch over 4 M decoded pixels is "
                                                       "scored in parts, so memory is bounded whatever its size.")] = None,
     workers: Annotated[int, typer.Option(min=0, max=256, help="Processes decoding images ahead (0 or 1: a thread of this one, overlapping scoring).")] = 0,
 ) -> None:

@@ -27,7 +27,8 @@ DeviceOpt = Annotated[Device, typer.Option(help=DEVICE_HELP)]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue a killed job from OUT.partial (same command).")]
 Shard = Annotated[Optional[str], typer.Option(help="Process only share INDEX/COUNT of the files (e.g. 0/4); the last "
                                                     "share to finish merges them into -o.")]
-BatchSize = Annotated[int, typer.Option(min=1, max=4096, help="Files per batch, the journal's unit; one over 4 M decoded pixels goes in parts.")]
+BatchSize = Annotated[Optional[int], typer.Option(min=1, max=4096, help="Files per batch, the journal's unit (default: 256; "
+                                                  "--resume: the journal's); one over 4 M decoded pixels goes in parts.")]
 Workers = Annotated[int, typer.Option(min=0, max=256, help="Processes decoding images ahead (0 or 1: a thread of "
                                                            "this one, overlapping the model).")]
 
@@ -276,7 +277,7 @@ def reconstruct(
     as_json: JsonOut = False,
     resume: Resume = False,
     shard: Shard = None,
-    batch_size: BatchSize = 256,
+    batch_size: BatchSize = None,
     workers: Workers = 0,
     device: DeviceOpt = Device.auto,
 ) -> None:

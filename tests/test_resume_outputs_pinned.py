@@ -80,3 +80,22 @@ def test_an_output_folder_reached_through_a_link_has_the_folders_own_journal_and
     assert r.exit_code == 0 and not (tmp_path / "r1.partial").exists(), r.output
     assert not (tmp_path / "r2.partial").exists()
     assert len([p for p in real.iterdir() if p.suffix == ".png"]) == 24 + 1  # and comparison.png
+
+
+def test_a_resume_without_batch_size_goes_on_in_the_batches_its_journal_began_in(setup, tmp_path):
+    """`anomaly-score --resume` and `reconstruct --resume` without --batch-size were refused
+    ("batch_size 4 then, 64 now") where `encode --resume` took its journal's: the same command
+    that started the job, less the option, now resumes it, and ends where an unbroken job does."""
+    run, data = setup
+    out, whole = tmp_path / "scores.csv", tmp_path / "whole.csv"
+    stopped_job(run, data, out)
+    r = invoke("anomaly-score", run, data, "-o", out, "--threshold", "0", "--resume")
+    assert r.exit_code == 0 and not Path(f"{out}.partial").exists(), r.output
+    assert invoke("anomaly-score", run, data, "-o", whole, "--threshold", "0", "--batch-size", "4").exit_code == 0
+    assert out.read_bytes() == whole.read_bytes()
+    rec = tmp_path / "rec"
+    stopped_reconstruct(run, data, rec, after=2)
+    r = invoke("reconstruct", run, data, "-o", rec, "--resume")
+    assert r.exit_code == 0 and not Path(f"{rec}.partial").exists(), r.output
+    r = invoke("anomaly-score", run, data, "-o", tmp_path / "new.csv", "--threshold", "0", "--resume")
+    assert r.exit_code == 0, r.output  # nothing to resume: the job starts, in the default batches

@@ -5,10 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from vaekit.errors import BadInput, DamagedFile
-from vaekit.images.arrays import MAX_BATCH_SIZE, check_batch_size
-from vaekit.stream.headers import headers
-from vaekit.stream.journals import JOURNAL_VERSION
-from vaekit.version import __version__
+from vaekit.images.arrays import check_batch_size
+from vaekit.stream.headers import journal_batch_size
 
 BATCH_SIZE = 256  # images decoded and encoded at a time, at most by default ...
 LINE_CODE_BYTES = 64 << 20  # ... and by default at most this many bytes of codes a journal line (base64)
@@ -23,20 +21,6 @@ def default_batch_size(latent_dim: int) -> int:
     """Files per batch when none is asked for: BATCH_SIZE, fewer where a batch's codes would pass
     LINE_CODE_BYTES (256 codes of a 512 px grid model were a 180 MB journal line, 2.5 GB at its peak)."""
     return max(1, min(BATCH_SIZE, LINE_CODE_BYTES // mu_bytes(latent_dim)))
-
-
-def journal_batch_size(out: Path, shard: tuple[int, int] | None) -> int | None:
-    """The batch size recorded in the header of a journal of the job writing `out` (this share's,
-    else another share's), None where there is none to read: a resume without --batch-size goes on
-    in the batches its journal began in, whatever the default is now. Anything unreadable (or of
-    another journal format or vaekit release, which its own check refuses) is left to the journal's own checks."""
-    for header in headers(out, shard):
-        size = header.get("batch_size")
-        if (header.get("vaekit_journal"), header.get("vaekit")) != (JOURNAL_VERSION, __version__):
-            continue  # another format's or release's: refused as such when it is opened
-        if isinstance(size, int) and not isinstance(size, bool) and 1 <= size <= MAX_BATCH_SIZE:
-            return size
-    return None
 
 
 def encode_batch_size(batch_size: int | None, latent_dim: int, out: Path, shard: tuple[int, int] | None,

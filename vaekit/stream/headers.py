@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from vaekit.fileio import open_regular_file
+from vaekit.images.arrays import MAX_BATCH_SIZE
 from vaekit.stream.batches import real_place
 from vaekit.stream.inputs import check_shard, env_shard
-from vaekit.stream.journals import parse, partial_path
+from vaekit.stream.journals import JOURNAL_VERSION, parse, partial_path
 from vaekit.stream.lines import MAX_HEADER_BYTES
 from vaekit.stream.shares import share_out
+from vaekit.version import __version__
 
 
 def model_settings(model) -> dict:
@@ -80,3 +82,17 @@ def journaled_model(source: str | Path, out: Path | None, shard: tuple[int, int]
         was = header.get("model")
         return was if isinstance(was, str) and was and _same_places([was], [given]) else given
     return given
+
+
+def journal_batch_size(out: Path, shard: tuple[int, int] | None) -> int | None:
+    """The batch size recorded in the header of a journal of the job writing `out` (this share's,
+    else another share's), None where there is none to read: a resume without --batch-size goes on
+    in the batches its journal began in, whatever the default is now. Anything unreadable (or of
+    another journal format or vaekit release, which its own check refuses) is left to the journal's own checks."""
+    for header in headers(out, shard):
+        size = header.get("batch_size")
+        if (header.get("vaekit_journal"), header.get("vaekit")) != (JOURNAL_VERSION, __version__):
+            continue  # another format's or release's: refused as such when it is opened
+        if isinstance(size, int) and not isinstance(size, bool) and 1 <= size <= MAX_BATCH_SIZE:
+            return size
+    return None
