@@ -91,7 +91,9 @@ def test(pytest_args: list[str]) -> int:
         pytest_args = ["-m", "not slow", *(a for a in pytest_args if a != "--fast")]
     else:
         ensure_chromium()
-    if (os.cpu_count() or 1) >= 2 and not any(a == "-n" or a.startswith("-n") for a in pytest_args):
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    serial = {"--pdb", "--trace", "no:xdist", "-pno:xdist"}  # xdist refuses --pdb ("incompatible with distributing")
+    if cores >= 2 and not any(a == "-n" or a.startswith("-n") or a in serial for a in pytest_args):
         # two workers, each module's tests on one (its trained model built once): the whole suite
         # in 9m56s on this 2-core box where one worker took 19m30s (2026-12-07)
         pytest_args = ["-n", "2", "--dist", "loadscope", *pytest_args]

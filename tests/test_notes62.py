@@ -39,11 +39,26 @@ def test_the_notes_name_copies_and_dark_images_and_stay_quiet_otherwise():
     (note,) = pixel_notes(dark)
     assert note.startswith(f"the brightest pixel of all 20 images is {dark.max()} of 255, so the model sees at most "
                            f"{dark.max() + 1} grey levels")
-    assert pixel_notes(np.full((3, 1, 4, 4), 64, np.uint8)) == ["2 of 3 images are exact copies of another (as the "
+    assert pixel_notes(np.full((3, 1, 4, 4), 65, np.uint8)) == ["2 of 3 images are exact copies of another (as the "
                                                                  "model sees them, at 4 px): a copy held out for the "
                                                                  "threshold while its twin trains is an image the model "
                                                                  "knows, so the threshold comes out too low and flags more "
                                                                  "new normal images than it promises; remove the copies"]
+
+
+def test_full_range_14_bit_data_in_16_bit_files_is_noted_too(tmp_path):
+    """A 16-bit file is read as rint(value / 257): 14-bit data at full scale (16383) is 64, which a
+    bound of 63 left unsaid."""
+    from vaekit.images.read import load_image
+    from vaekit.training.coverage import pixel_notes
+
+    a = np.zeros((16, 16), np.uint16)
+    a[4:12, 4:12] = 16383
+    Image.fromarray(a).save(tmp_path / "p.png")
+    x = load_image(tmp_path / "p.png", 16, 1)
+    assert int(x.max()) == 64
+    images = np.stack([x, x // 2, x // 3])
+    assert any(n.startswith("the brightest pixel of all 3 images is 64 of 255") for n in pixel_notes(images))
 
 
 @pytest.mark.slow  # trains a model
@@ -89,3 +104,47 @@ def test_the_web_apps_train_tab_says_the_plans_notes_under_every_message_after_i
         said = training.message(ev, [], tmp_path / "run", tmp_path, ctx, notes)
         assert said.endswith("\n\n**Note**: 1 of 3 images are exact copies of another"), said
     assert "**Note**" not in training.message(epoch, [], tmp_path / "run", tmp_path, ctx)
+
+
+@pytest.mark.slow  # builds the web app
+def test_the_train_tab_passes_the_plans_notes_from_the_training_to_its_messages(tmp_path, monkeypatch):
+    """Through the app's own Train handler: the notes a plan event carries reach the page's status
+    under the plan and under the epochs that follow it."""
+    from types import SimpleNamespace
+
+    from vaekit.training import job
+    from vaekit_demo.app import build_app
+
+    plan = {"images": 3, "train": 2, "val": 0, "cal": 1, "folds": 0, "image_size": 16, "reads_at": 16,
+            "layout": "vector", "channels": 1, "latent_dim": 4, "likelihood": "gaussian", "crop": None, "epochs": 1,
+            "batch_size": 2, "augment": "off", "readers": 0, "device": "cpu", "skipped": [],
+            "notes": ["2 of 3 images are exact copies of another"]}
+
+    def planned_then_stopped(folder, out_dir, model_cfg, train_cfg, channels, progress, should_stop, confine_to):
+        progress(0, 1, phase="plan", finished=False, **plan)
+        progress(1, 1, phase="epoch", epoch=1, epochs=1, train_loss=1.0, val_loss=1.0)
+        return SimpleNamespace(stopped=True), None
+
+    monkeypatch.setattr(job, "train", planned_then_stopped)
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    app = build_app(None, runs_dir=tmp_path / "data" / "runs", workdir=tmp_path / "work", data_root=tmp_path / "data")
+    train = next(f.fn for f in app.fns.values() if f.api_name == "train")
+    said = [o[0] for o in train("images", 16, 2, 1, request=SimpleNamespace(session_hash="p"),
+                                progress=lambda *a, **k: None)]
+    assert said[0].startswith("Training") and "1 epoch" in said[0]
+    assert all(s.endswith("**Note**: 2 of 3 images are exact copies of another") for s in said), said
+
+
+def test_the_16_bit_explanation_comes_only_with_16_bit_files(tmp_path):
+    """A folder of dark 8-bit images is told it is dark, not that its 16-bit files are read / 257."""
+    from vaekit.training.coverage import pixel_notes
+
+    rng = np.random.default_rng(3)
+    dark = rng.integers(0, 40, (4, 1, 16, 16), dtype=np.uint8)
+    eight, sixteen = tmp_path / "a.png", tmp_path / "b.png"
+    Image.fromarray(dark[0, 0]).save(eight)
+    Image.fromarray((dark[0, 0].astype(np.uint16) * 257)).save(sixteen)
+    (plain,) = pixel_notes(dark, [eight])
+    assert plain.endswith(f"so the model sees at most {dark.max() + 1} grey levels"), plain
+    (told,) = pixel_notes(dark, [eight, sixteen])
+    assert told.startswith(plain) and "a 16-bit file is read as value / 257" in told

@@ -99,3 +99,22 @@ def test_a_resume_without_batch_size_goes_on_in_the_batches_its_journal_began_in
     assert r.exit_code == 0 and not Path(f"{rec}.partial").exists(), r.output
     r = invoke("anomaly-score", run, data, "-o", tmp_path / "new.csv", "--threshold", "0", "--resume")
     assert r.exit_code == 0, r.output  # nothing to resume: the job starts, in the default batches
+
+
+def test_a_linked_output_folder_whose_own_folder_cannot_be_written_journals_beside_the_link(tmp_path, monkeypatch):
+    """~/out -> /scratch/me with /scratch the system's: the journal cannot be made beside the real
+    folder, so it stays beside the link, as before links to folders were followed (the job failed
+    with "Permission denied" instead)."""
+    import os
+
+    from vaekit.stream import names
+
+    scratch = tmp_path / "scratch"
+    (scratch / "me").mkdir(parents=True)
+    link = tmp_path / "home" / "out"
+    link.parent.mkdir()
+    link.symlink_to(scratch / "me", target_is_directory=True)
+    assert names.partial_path(link) == scratch / "me.partial"
+    real_access = os.access
+    monkeypatch.setattr(names.os, "access", lambda p, mode: Path(p) != scratch and real_access(p, mode))
+    assert names.partial_path(link) == link.parent / "out.partial"

@@ -185,11 +185,12 @@ def _refuse_lost_maps(journal, maps: Path, targets: list[str], layout: Layout) -
             t = maps / targets[at[r["path"]]]
             if not (t.exists() or t.is_symlink()):
                 raise BadInput(f"cannot resume {journal.path}: the heat map {t} of a finished batch is gone (removed "
-                               "since the job stopped?); put it back, or delete the journal to start again")
+                               "since the job stopped?); put it back, or delete the journal and run the job again "
+                               "with --overwrite")
             if "outputs" in e and (t.is_symlink() or file_sha256(t) != e["outputs"][k]):
                 raise BadInput(f"cannot resume {journal.path}: the heat map {t} of a finished batch holds other bytes "
-                               "than this job wrote there (written over since the job stopped, by another job?); put "
-                               "back the job's own, or delete the journal to start again")
+                               "than this job wrote there (written over since the job stopped, by another job?); "
+                               "delete the journal and run the job again with --overwrite")
 
 
 def _settings(model: Model, plan: Plan, found: stream.Inputs, layout: Layout, maps, out) -> dict:

@@ -148,11 +148,12 @@ def _refuse_lost_pngs(journal, out_dir: Path, names: list[str], targets: list[st
             t = out_dir / targets[at[r["name"]]]
             if not (t.exists() or t.is_symlink()):
                 raise BadInput(f"cannot resume {journal.path}: the reconstruction {t} of a finished batch is gone "
-                               "(removed since the job stopped?); put it back, or delete the journal to start again")
+                               "(removed since the job stopped?); put it back, or delete the journal and run the job "
+                               "again with --overwrite")
             if "outputs" in e and (t.is_symlink() or file_sha256(t) != e["outputs"][k]):
                 raise BadInput(f"cannot resume {journal.path}: the reconstruction {t} of a finished batch holds other "
                                "bytes than this job wrote there (written over since the job stopped, by another job?); "
-                               "put back the job's own, or delete the journal to start again")
+                               "delete the journal and run the job again with --overwrite")
 
 
 def _row_check(names: Sequence[str]):

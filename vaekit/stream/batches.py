@@ -229,7 +229,8 @@ def real_place(name: str) -> str | None:
 
 
 _SAID = {"vaekit_journal": "it is in another journal format (an older vaekit's, whose lines carry no "
-                           "checksum, no sha256 of their files or a checksum not keyed by its header, or a newer one's)",
+                           "checksum, no sha256 of their files, a checksum not keyed by its header, or no sha256 "
+                           "of the files a batch skipped or of the heat maps and PNGs it wrote; or a newer one's)",
          "sources": "an input file was replaced or rewritten since, keeping its name, size and modification time "
                     "(its inode or change time differs; a chmod, a chown or a copy of the folder changes them too)",
          "file_list": "the input files changed (a file added, removed, renamed, or replaced: another size or "

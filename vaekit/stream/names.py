@@ -17,14 +17,20 @@ MERGING = ".merging"  # the lock of the share that merges: OUT.merging
 
 def _named(out: Path) -> Path:
     """OUT as an absolute path with a name, in the folder the system resolves it to: `.`, `..` and
-    a path ending in them, or a link to a folder, as the folder they stand for, and the folder above
-    OUT through any link on the way (`link/..` is the link's target's parent, as the kernel has it, where a textual
-    normalisation would take the link's own parent: another folder, another journal and lock)."""
+    a path ending in them, or a link to a folder (where its own folder can be written), as the
+    folder they stand for, and the folder above OUT through any link on the way (`link/..` is the
+    link's target's parent, as the kernel has it, where a textual normalisation would take the
+    link's own parent: another folder, another journal and lock)."""
     out = Path(out)
-    if out.name in ("", ".", "..") or (out.is_symlink() and out.is_dir()):
-        # an output folder reached through a link is written through it: its journal and lock lie
-        # beside the folder itself, or two spellings of it were two jobs writing one folder unlocked
+    if out.name in ("", ".", ".."):
         return Path(os.path.realpath(out))
+    if out.is_symlink() and out.is_dir():
+        # an output folder reached through a link is written through it: its journal and lock lie
+        # beside the folder itself (two spellings of it were two jobs writing one folder unlocked),
+        # unless nothing can be made there (~/out -> /scratch/me, /scratch the system's): beside the link
+        real = Path(os.path.realpath(out))
+        if real.name and os.access(real.parent, os.W_OK | os.X_OK):
+            return real
     return Path(os.path.realpath(out.parent)) / out.name
 
 

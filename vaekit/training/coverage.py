@@ -9,8 +9,8 @@ line), where nothing said so before:
 - Exact copies: a copy held out for the threshold while its twin trains is an image the model
   knows, so the threshold comes out too low and flags more new normal images than it promises
   (100 copies of one part promised at most 9.1% and flagged 88% of new normal parts).
-- Dark images: a 16-bit file is read as value / 257, so 12-bit camera data stored in 16 bits
-  trains on 16 grey levels (0 to 15) and nothing said so.
+- Dark images: a 16-bit file is read as value / 257, rounded, so 12-bit camera data stored in 16
+  bits trains on 17 grey levels (0 to 16) and nothing said so.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ import numpy as np
 SAMPLE = 512  # files whose headers are read, evenly spaced
 KEPT = 0.9  # an image whose centre square holds less of it than this counts as cut
 NOTED = 0.1  # the share of such images from which the plan says so
-DARK = 63  # the brightest pixel of every image at most this: a note (14-bit data read as 16-bit gives 63)
-CHUNK = 256  # cached images read at a time for the survey
+DARK = 64  # the brightest pixel of every image at most this: a note (14-bit data read as 16-bit: rint(16383 / 257) = 64)
+CHUNK = 256  # cached images read at a time for the survey, at most ...
+CHUNK_BYTES = 64 << 20  # ... this many bytes of them (256 RGB images of 1024 px were 805 MB)
 
 
 def kept_shares(paths: Sequence[Path]) -> np.ndarray:
@@ -70,8 +71,9 @@ def survey(images: np.ndarray) -> tuple[int, int]:
 
     seen: set[bytes] = set()
     copies = brightest = 0
-    for start in range(0, len(images), CHUNK):
-        block = gather(images, np.arange(start, min(start + CHUNK, len(images))))
+    step = max(1, min(CHUNK, CHUNK_BYTES // max(1, images[:1].nbytes)))
+    for start in range(0, len(images), step):
+        block = gather(images, np.arange(start, min(start + step, len(images))))
         brightest = max(brightest, int(block.max()))
         for row in block.reshape(len(block), -1):
             digest = hashlib.blake2b(row.tobytes(), digest_size=16).digest()
@@ -80,9 +82,25 @@ def survey(images: np.ndarray) -> tuple[int, int]:
     return copies, brightest
 
 
-def pixel_notes(images: np.ndarray) -> list[str]:
+def sixteen_bit(paths: Sequence[Path]) -> bool:
+    """Whether any of (up to SAMPLE of) the files is stored with 16-bit or wider grey samples, from
+    their headers; unreadable files are left out."""
+    from vaekit.images import open_image
+    from vaekit.images.header import raw_mode
+
+    for p in list(paths)[:: max(1, len(paths) // SAMPLE)]:
+        try:
+            with open_image(p) as img:
+                if img.mode.startswith("I") or ";16" in raw_mode(img):
+                    return True
+        except Exception:  # noqa: BLE001 - unreadable files are skipped, and reported, by the decoding pass
+            continue
+    return False
+
+
+def pixel_notes(images: np.ndarray, paths: Sequence[Path] = ()) -> list[str]:
     """Sentences for the plan about the cached images: exact copies, and images too dark to hold
-    more than DARK + 1 grey levels; [] when neither."""
+    more than DARK + 1 grey levels (with why, where `paths` holds 16-bit files); [] when neither."""
     n = len(images)
     if not n:
         return []
@@ -94,7 +112,8 @@ def pixel_notes(images: np.ndarray) -> list[str]:
                      "the threshold comes out too low and flags more new normal images than it promises; "
                      "remove the copies")
     if brightest <= DARK:
+        why = ("; a 16-bit file is read as value / 257, so 10- to 14-bit camera data stored in 16 bits keeps 5 to 65 "
+               "levels: scale such images to their full range first") if sixteen_bit(paths) else ""
         notes.append(f"the brightest pixel of all {n} images is {brightest} of 255, so the model sees at most "
-                     f"{brightest + 1} grey levels; a 16-bit file is read as value / 257, so 10- to 14-bit "
-                     "camera data stored in 16 bits keeps 4 to 64 levels: scale such images to their full range first")
+                     f"{brightest + 1} grey levels{why}")
     return notes

@@ -90,7 +90,8 @@ def fit(data: Dataset, out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCo
     start_epoch, best, history = _begin(trainer, out_dir, data, splits, resume)
     complete = resume and start_epoch == train_cfg.epochs and rundir.finished(out_dir)  # nothing will train
     if progress and dist.main:
-        progress(start_epoch, train_cfg.epochs, phase="plan", finished=complete, **training_plan(trainer, data, splits))
+        progress(start_epoch, train_cfg.epochs, phase="plan", finished=complete,
+                 **training_plan(trainer, data, splits, notes=not complete))  # a finished run: nothing to say
     # No validation split (cross-fitting, one held-out fold, --val-fraction 0): keep the last epoch, as the fold
     keep_last = splits.crossfit or not len(splits.val)  # models do (validating on training images cost a pass)
     t_start, stopped, pending = time.perf_counter(), False, None
@@ -128,7 +129,7 @@ def fit(data: Dataset, out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCo
     return result
 
 
-def training_plan(trainer: Trainer, data: Dataset, splits) -> dict:
+def training_plan(trainer: Trainer, data: Dataset, splits, notes: bool = True) -> dict:
     """What this run trains, with every "auto" decided, for the progress event "plan" that comes
     before the first step (the CLI prints it as one line, the demo shows it): the images and how
     they are split, the model, the recipe, the device, how many defect readers follow, the
@@ -145,7 +146,8 @@ def training_plan(trainer: Trainer, data: Dataset, splits) -> dict:
             "latent_dim": m.latent_dim, "likelihood": m.likelihood, "crop": training_crop(cfg, m),
             "epochs": cfg.epochs, "batch_size": cfg.batch_size, "augment": cfg.augment, "readers": readers,
             "device": str(trainer.device), "skipped": [(str(path), str(why)) for path, why in data.skipped],
-            "notes": [note for note in (crop_note(data.paths, m.layout), *pixel_notes(data.images)) if note]}
+            "notes": [note for note in (crop_note(data.paths, m.layout), *pixel_notes(data.images, data.paths))
+                      if note] if notes else []}
 
 
 def plan_text(p: dict) -> str:
