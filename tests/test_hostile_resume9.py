@@ -451,7 +451,7 @@ def test_a_resume_whose_finished_heat_maps_are_gone_is_refused_not_silently_shor
     gone = sorted(maps.iterdir())[2]
     gone.unlink()
     r = score(run, data, out, "--maps", maps, "--resume")
-    assert one_line_refusal(r) and gone.name in r.output and "to start again" in r.output, r.output
+    assert one_line_refusal(r) and gone.name in r.output and "run the job again with --overwrite" in " ".join(r.output.split()), r.output
     assert not out.exists() and Path(f"{out}.partial").exists()
 
 
