@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from vaekit_cli.codec_text import RESIDUAL_TEXT, pixel_model_text, psnr_text, vs_sources  # noqa: F401 (re-exported)
+from vaekit_cli.codec_text import RESIDUAL_TEXT, int8_note, pixel_model_text, psnr_text, vs_sources  # noqa: F401 (re-exported)
 from vaekit_cli.output import (DEVICE_HELP, EXIT_TERMINATED, Device, Terminated, apply_threads, console, dumps_json,
                                err_console, load_model, note_repeated, parse_share, progress_bars, shown,
                                tidy_outputs)
@@ -69,6 +69,11 @@ def _progress(label: str, quiet: bool, phases: dict[str, str] | None = None):
 TABLE_ROWS = 20  # reconstruct's table shows every image up to this many, else the worst this many
 
 
+def _note(note: str | None) -> None:
+    if note:
+        err_console.print(f"[yellow]note[/yellow]: {shown(note)}", highlight=False, soft_wrap=True)
+
+
 def _skipped(skipped, what: str = "") -> None:
     for path, reason in skipped:
         err_console.print(f"[yellow]skipped{what}[/yellow] {shown(path)}: {shown(reason)}", highlight=False, soft_wrap=True)
@@ -120,6 +125,7 @@ def encode(
                                batch_size=batch_size, workers=workers, shard=share)
     _skipped(report.skipped)
     note_repeated(report.repeated, "encoded")
+    _note(int8_note(m, "encodes"))
     if not report.merged:
         return _share_pending(report, out, as_json)
     if as_json:
@@ -186,6 +192,7 @@ def _encode_vkc(model, images, out, quality, lossless, fit, overwrite, as_json, 
         r = replace(codec.encode(m, images, path, quality=quality, lossless=lossless, overwrite=overwrite,
                                  progress=progress, prior=prior), path=Path(out))
     _skipped(r.skipped)
+    _note(None if lossless else int8_note(m, "encodes"))
     info = {"file": str(r.path), "mode": r.mode, "quality": r.quality, "images": r.count, "skipped": len(r.skipped),
             "bytes": r.file_bytes, "bytes_per_image": r.bytes_per_image, "bits_per_dim": r.bits_per_dim,
             "header_bytes": r.header_bytes, "source_bytes": r.source_bytes, "seconds": r.seconds}
@@ -254,6 +261,7 @@ def decode(
 
         with _progress("decoding images", as_json) as progress:
             r = codec.decode(m, codes, out, size.value, overwrite=overwrite, progress=progress)
+        _note(None if r.mode == "lossless" else int8_note(m, "decodes"))
         if as_json:
             return _print_json({"out_dir": str(r.out_dir), "mode": r.mode, "files": [str(p) for p in r.written]})
         n = len(r.written)
@@ -261,6 +269,7 @@ def decode(
                              soft_wrap=True)
     with _progress("decoding codes", as_json) as progress:
         report = decode_file(m, codes, out, size.value, overwrite=overwrite, progress=progress)
+    _note(int8_note(m, "decodes"))
     if as_json:
         return _print_json({"out_dir": str(report.out_dir), "size": report.size, "files": [str(p) for p in report.written]})
     n = len(report.written)

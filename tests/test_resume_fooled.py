@@ -145,3 +145,27 @@ def test_an_output_beside_an_unfinished_journal_names_both_options(setup, tmp_pa
     assert out.read_bytes() == before
     assert score(run, data, out, "--resume", "--overwrite").exit_code == 0
     assert out.read_bytes() == before and not Path(f"{out}.partial").exists()
+
+
+@pytest.mark.slow  # exports twice (int8 calibration included)
+def test_an_int8_export_says_its_lossy_pixels_are_not_the_float_models(setup, tmp_path):
+    """An int8 export decoded a torch-written .vkc with exit 0 and nothing said, its pixels up to
+    121 grey levels from the run's (h8, a 32 px RGB model): encode and decode with it now say so
+    on stderr; the float export and the run say nothing."""
+    from vaekit.export import export
+
+    run, data = setup
+    run = Path(shutil.copytree(run, tmp_path / "run"))
+    vkc = tmp_path / "x.vkc"
+    r = invoke("encode", run, data, "-o", vkc, "--quality", "4", "--fit", data)  # the tables, then the file
+    assert r.exit_code == 0, r.output
+    export(run, tmp_path / "float" / "m.onnx", images=data)
+    export(run, tmp_path / "int8" / "m.onnx", images=data, quantize="int8")
+    said = "is an int8 export: it decodes lossy images with quantised networks"
+    r = invoke("decode", tmp_path / "int8" / "m.onnx", vkc, "-o", tmp_path / "int8-out")
+    assert r.exit_code == 0 and said in " ".join(r.output.split()), r.output
+    for model, name in ((tmp_path / "float" / "m.onnx", "float-out"), (run, "run-out")):
+        r = invoke("decode", model, vkc, "-o", tmp_path / name)
+        assert r.exit_code == 0 and "int8 export" not in r.output, r.output
+    r = invoke("encode", tmp_path / "int8" / "m.onnx", data, "-o", tmp_path / "y.codes")
+    assert r.exit_code == 0 and "is an int8 export: it encodes lossy images" in " ".join(r.output.split()), r.output
