@@ -24,7 +24,7 @@ from vaekit.anomaly.outputs import (check_outputs, map_targets, output_format, r
                                     write_csv_rows, write_json_rows)
 from vaekit.codes.targets import refuse_linked
 from vaekit.anomaly.score import ROW_FIELDS, Plan, ScoreRow, default_batch, iter_scored, report_header, scoring_plan
-from vaekit.stream.batches import Layout, check_number, digest
+from vaekit.stream.batches import Layout, check_number, digest, refuse_changed_outputs
 from vaekit.inference.engine import Model
 from vaekit.errors import BadInput, check_flags
 from vaekit.fileio import atomic_writer
@@ -173,24 +173,13 @@ def _check_maps(found: stream.Inputs, maps, layout: Layout, journal,
 
 
 def _refuse_lost_maps(journal, maps: Path, targets: list[str], layout: Layout) -> None:
-    """BadInput naming the first heat map of a finished batch that is gone since the stop (the
-    resume would write only the others' and call the job done), or that holds other bytes than
-    the job wrote there (another job's, written over it since: the resume kept it, a folder of
-    two models' maps beside one model's rows)."""
-    from vaekit.fileio.digests import file_sha256
+    """A finished batch's heat maps must be there, as the job wrote them (stream.batches)."""
 
-    for e in journal.entries():
+    def files(e: dict) -> list[Path]:
         at = {layout.paths[i]: i for i in layout.positions(e["batch"])}
-        for k, r in enumerate(e["rows"]):
-            t = maps / targets[at[r["path"]]]
-            if not (t.exists() or t.is_symlink()):
-                raise BadInput(f"cannot resume {journal.path}: the heat map {t} of a finished batch is gone (removed "
-                               "since the job stopped?); put it back, or delete the journal and run the job again "
-                               "with --overwrite")
-            if "outputs" in e and (t.is_symlink() or file_sha256(t) != e["outputs"][k]):
-                raise BadInput(f"cannot resume {journal.path}: the heat map {t} of a finished batch holds other bytes "
-                               "than this job wrote there (written over since the job stopped, by another job?); "
-                               "delete the journal and run the job again with --overwrite")
+        return [maps / targets[at[r["path"]]] for r in e["rows"]]
+
+    refuse_changed_outputs(journal, files, "heat map")
 
 
 def _settings(model: Model, plan: Plan, found: stream.Inputs, layout: Layout, maps, out) -> dict:

@@ -27,7 +27,7 @@ from vaekit.inference.engine_onnx import refuse_model_files
 from vaekit.images.arrays import check_batch_size, check_int
 from vaekit.images.quality import SSIM_MISSING, psnr, ssim
 from vaekit.stream import job, pipeline
-from vaekit.stream.batches import Layout, check_number, digest
+from vaekit.stream.batches import Layout, check_number, digest, refuse_changed_outputs
 from vaekit.stream.headers import journal_batch_size, model_settings
 from vaekit.stream.journals import naming_failed_writes
 from vaekit.stream.shares import Shares
@@ -137,23 +137,13 @@ def reconstruct_to_folder(model: "Model", source: str | Path | Sequence[str | Pa
 
 
 def _refuse_lost_pngs(journal, out_dir: Path, names: list[str], targets: list[str], layout: Layout) -> None:
-    """BadInput naming the first reconstruction of a finished batch that is gone since the stop:
-    the resume would write only the others' and call the job done (as anomaly.job's heat maps);
-    or one that holds other bytes than the job wrote there (another job's, written over it since)."""
-    from vaekit.fileio.digests import file_sha256
+    """A finished batch's reconstructions must be there, as the job wrote them (stream.batches)."""
 
-    for e in journal.entries():
+    def files(e: dict) -> list[Path]:
         at = {names[i]: i for i in layout.positions(e["batch"])}
-        for k, r in enumerate(e["rows"]):
-            t = out_dir / targets[at[r["name"]]]
-            if not (t.exists() or t.is_symlink()):
-                raise BadInput(f"cannot resume {journal.path}: the reconstruction {t} of a finished batch is gone "
-                               "(removed since the job stopped?); put it back, or delete the journal and run the job "
-                               "again with --overwrite")
-            if "outputs" in e and (t.is_symlink() or file_sha256(t) != e["outputs"][k]):
-                raise BadInput(f"cannot resume {journal.path}: the reconstruction {t} of a finished batch holds other "
-                               "bytes than this job wrote there (written over since the job stopped, by another job?); "
-                               "delete the journal and run the job again with --overwrite")
+        return [out_dir / targets[at[r["name"]]] for r in e["rows"]]
+
+    refuse_changed_outputs(journal, files, "reconstruction")
 
 
 def _row_check(names: Sequence[str]):

@@ -238,3 +238,24 @@ _SAID = {"vaekit_journal": "it is in another journal format (an older vaekit's, 
 
 
 _ABSENT = object()
+
+
+def refuse_changed_outputs(journal, files: Callable[[dict], list], what: str) -> None:
+    """BadInput naming the first file a finished batch wrote (`files(entry)`: its rows' heat maps or
+    reconstructions, in order) that is gone since the stop, where the resume would write only the
+    other batches' and call the job done, or that holds other bytes than the job wrote there
+    (another job's, written over it since: kept, it left two models' files beside one model's rows;
+    journal format 7 pins each by its sha256)."""
+    from vaekit.errors import BadInput
+    from vaekit.fileio.digests import file_sha256
+
+    for e in journal.entries():
+        for k, t in enumerate(files(e)):
+            if not (t.exists() or t.is_symlink()):
+                why = "is gone (removed since the job stopped?); put it back, or"
+            elif "outputs" in e and (t.is_symlink() or file_sha256(t) != e["outputs"][k]):
+                why = "holds other bytes than this job wrote there (written over since the job stopped, by another job?);"
+            else:
+                continue
+            raise BadInput(f"cannot resume {journal.path}: the {what} {t} of a finished batch {why} delete the journal "
+                           "and run the job again with --overwrite")
