@@ -148,3 +148,22 @@ def test_the_16_bit_explanation_comes_only_with_16_bit_files(tmp_path):
     assert plain.endswith(f"so the model sees at most {dark.max() + 1} grey levels"), plain
     (told,) = pixel_notes(dark, [eight, sixteen])
     assert told.startswith(plain) and "a 16-bit file is read as value / 257" in told
+
+
+def test_a_folder_stored_mostly_grey_is_told_when_a_few_colour_files_make_the_model_rgb(tmp_path):
+    """One colour file among grey ones made `--channels auto` train an RGB model (a .vkc ~1.6x the
+    grey model's, decoded with a tint) and nothing said so (h7)."""
+    from vaekit.training.coverage import colour_note
+
+    rng = np.random.default_rng(4)
+    paths = []
+    for i in range(9):
+        paths.append(tmp_path / f"g{i}.png")
+        Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(paths[-1])
+    paths.append(tmp_path / "c.png")
+    Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(paths[-1])
+    note = colour_note(paths, "auto", 3)
+    assert note.startswith("1 of 10 images are stored in colour and the rest grey, so the model is RGB"), note
+    assert colour_note(paths, 3, 3) is None and colour_note(paths, "auto", 1) is None  # asked for, or grey
+    assert colour_note(paths[-1:] * 3 + paths[:2], "auto", 3) is None  # mostly colour: RGB is what they are
+    assert colour_note(paths[:9], "auto", 3) is None

@@ -98,6 +98,27 @@ def sixteen_bit(paths: Sequence[Path]) -> bool:
     return False
 
 
+def colour_note(paths: Sequence[Path], asked: str | int, channels: int) -> str | None:
+    """A sentence for the plan when `--channels auto` chose RGB for a folder stored mostly grey
+    (sampled headers; one colour file among thousands of grey ones makes the model RGB: a .vkc
+    ~1.6x a grey model's, decoded with a tint), else None."""
+    from vaekit.images import ImageReadError, gray_mode
+
+    if asked != "auto" or channels != 3:
+        return None
+    grey = colour = 0
+    for p in list(paths)[:: max(1, len(paths) // SAMPLE)]:
+        try:
+            grey, colour = (grey + 1, colour) if gray_mode(p) else (grey, colour + 1)
+        except (ImageReadError, OSError):
+            continue
+    if not colour or grey < colour:
+        return None
+    what = f"{colour} of {grey + colour} images{' sampled' if len(paths) > grey + colour else ''} are stored in colour"
+    return (f"{what} and the rest grey, so the model is RGB for all of them; if colour does not matter, "
+            "--channels 1 trains a grey model (a colour image is then read by its luma)")
+
+
 def pixel_notes(images: np.ndarray, paths: Sequence[Path] = ()) -> list[str]:
     """Sentences for the plan about the cached images: exact copies, and images too dark to hold
     more than DARK + 1 grey levels (with why, where `paths` holds 16-bit files); [] when neither."""

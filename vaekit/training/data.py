@@ -33,6 +33,7 @@ class Dataset:
     fingerprint: str  # names the exact decoded pixels (file list, sizes, mtimes, size, channels)
     cache_hit: bool = False
     pixels: str = ""  # sha256 of the decoded pixels: a file replaced under the same name, size and time changes it
+    asked_channels: str | int = "auto"  # what the caller asked for (the images' channels decided "auto")
 
 
 def load_dataset(
@@ -63,7 +64,7 @@ def load_dataset(
     if len(cached.paths) == 0:
         raise images.none_usable(f"in {root}", cached.skipped)
     base = root if root.is_dir() else root.parent
-    return Dataset(cached.images, cached.paths, cached.skipped, base, cached.key, cached.hit, cached.sha256)
+    return Dataset(cached.images, cached.paths, cached.skipped, base, cached.key, cached.hit, cached.sha256, channels)
 
 
 AUTO_MAX_SIZE = 64  # --image-size auto for aligned objects: the images' own size, at most this (and at least 16)

@@ -136,7 +136,7 @@ def training_plan(trainer: Trainer, data: Dataset, splits, notes: bool = True) -
     files skipped (path, reason), so that they are named before the training, not after it, and
     notes on what the model cannot learn from them (vaekit.training.coverage)."""
     from vaekit.reader.net import ReaderConfig
-    from vaekit.training.coverage import crop_note, pixel_notes
+    from vaekit.training.coverage import colour_note, crop_note, pixel_notes
 
     cfg, m = trainer.cfg, trainer.model_cfg
     readers = ReaderConfig().members if m.layout == "grid" and cfg.reader else 0
@@ -146,8 +146,9 @@ def training_plan(trainer: Trainer, data: Dataset, splits, notes: bool = True) -
             "latent_dim": m.latent_dim, "likelihood": m.likelihood, "crop": training_crop(cfg, m),
             "epochs": cfg.epochs, "batch_size": cfg.batch_size, "augment": cfg.augment, "readers": readers,
             "device": str(trainer.device), "skipped": [(str(path), str(why)) for path, why in data.skipped],
-            "notes": [note for note in (crop_note(data.paths, m.layout), *pixel_notes(data.images, data.paths))
-                      if note] if notes else []}
+            "notes": [note for note in (crop_note(data.paths, m.layout), colour_note(data.paths, data.asked_channels,
+                                                                                     m.channels),
+                                        *pixel_notes(data.images, data.paths)) if note] if notes else []}
 
 
 def plan_text(p: dict) -> str:
