@@ -83,6 +83,13 @@ def anomaly_score(
         report = anomaly.score_to_file(m, inputs, out, maps, samples=samples, score=score.value if score else None, iwae=iwae,
                                        threshold=threshold, overwrite=overwrite, resume=resume, shard=share,
                                        batch_size=batch_size, workers=workers, progress=progress, top=TABLE_ROWS)
+    _say(report, inputs, out, maps)
+    if fail_on_anomaly:
+        _gate(report)
+
+
+def _say(report, inputs, out, maps) -> None:
+    """What a scoring job prints: files skipped, notes, the table, and what it wrote."""
     for path, reason in report.skipped:
         err_console.print(f"[yellow]skipped[/yellow] {shown(path)}: {shown(reason)}", highlight=False)
     note_repeated(report.repeated, "scored")
@@ -100,8 +107,6 @@ def anomaly_score(
                       f"(waiting for {', '.join(map(str, report.pending)) or 'the merge'})", highlight=False)
     if maps is not None:
         console.print(f"wrote {report.maps} heat maps to {shown(maps)}", highlight=False)
-    if fail_on_anomaly:
-        _gate(report)
 
 
 def _refuse_a_gate_without_threshold(plan) -> None:

@@ -32,7 +32,7 @@ from vaekit.images.arrays import check_batch_size, check_int
 from vaekit.inference.tiled import tiled
 from vaekit.reader.score import READ_TILE
 from vaekit.stream.headers import journaled_model
-from vaekit.stream.headers import journal_batch_size, model_settings
+from vaekit.stream.headers import model_settings, resumed_batch_size
 from vaekit.stream.journals import naming_failed_writes
 from vaekit.progress import Progress
 from vaekit.stream.shares import Shares
@@ -82,9 +82,8 @@ def score_to_file(
     """
     check_flags(overwrite=overwrite, resume=resume)
     plan = scoring_plan(model, samples, score, iwae, threshold)
-    if batch_size is None and resume and out is not None:  # the batches its journal began in, as encode does
-        batch_size = journal_batch_size(out, shard)
-    batch_size, top = check_batch_size(batch_size, default_batch(model)), check_int(top, "top")
+    batch_size = check_batch_size(resumed_batch_size(batch_size, resume, out, shard), default_batch(model))
+    top = check_int(top, "top")
     share = job.start(inputs, out, shard, batch_size)
     found, layout, (index, count) = share.found, share.layout, (share.layout.index, share.layout.count)
     if out is None and (resume or count > 1):

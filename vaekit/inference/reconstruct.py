@@ -28,7 +28,7 @@ from vaekit.images.arrays import check_batch_size, check_int
 from vaekit.images.quality import SSIM_MISSING, psnr, ssim
 from vaekit.stream import job, pipeline
 from vaekit.stream.batches import Layout, check_number, digest, refuse_changed_outputs
-from vaekit.stream.headers import journal_batch_size, model_settings
+from vaekit.stream.headers import model_settings, resumed_batch_size
 from vaekit.stream.journals import naming_failed_writes
 from vaekit.stream.shares import Shares
 
@@ -97,9 +97,8 @@ def reconstruct_to_folder(model: "Model", source: str | Path | Sequence[str | Pa
     check_flags(overwrite=overwrite, resume=resume)
     from vaekit.codes.targets import check_targets, png_names
 
-    if batch_size is None and resume:  # the batches its journal began in, as encode does
-        batch_size = journal_batch_size(out_dir, shard)
-    grid_max, batch_size = check_int(grid_max, "grid_max", 1), check_batch_size(batch_size, BATCH_SIZE)
+    batch_size = check_batch_size(resumed_batch_size(batch_size, resume, out_dir, shard), BATCH_SIZE)
+    grid_max = check_int(grid_max, "grid_max", 1)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise BadInput(f"output {out_dir} exists and is not a folder")

@@ -96,3 +96,12 @@ def journal_batch_size(out: Path, shard: tuple[int, int] | None) -> int | None:
         if isinstance(size, int) and not isinstance(size, bool) and 1 <= size <= MAX_BATCH_SIZE:
             return size
     return None
+
+
+def resumed_batch_size(batch_size: int | None, resume: bool, out: Path | None,
+                       shard: tuple[int, int] | None) -> int | None:
+    """`batch_size` as given, else (resuming a job with an output) the batches its journal began in;
+    None leaves the job's default."""
+    if batch_size is None and resume and out is not None:
+        return journal_batch_size(out, shard)
+    return batch_size

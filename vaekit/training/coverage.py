@@ -29,21 +29,36 @@ CHUNK = 256  # cached images read at a time for the survey, at most ...
 CHUNK_BYTES = 64 << 20  # ... this many bytes of them (256 RGB images of 1024 px were 805 MB)
 
 
+def _sampled(paths: Sequence[Path], read) -> list:
+    """read(path) of up to SAMPLE evenly spaced files; those that cannot be read are left out (the
+    decoding pass skips and names them)."""
+    out = []
+    for p in list(paths)[:: max(1, len(paths) // SAMPLE)]:
+        try:
+            out.append(read(p))
+        except Exception:  # noqa: BLE001 - Pillow raises a zoo of types on a damaged header
+            continue
+    return out
+
+
+def _header(path: Path, what):
+    """what(img) of the file at `path`, opened as every image is (vaekit.images.open_image)."""
+    from vaekit.images import open_image
+
+    with open_image(path) as img:
+        return what(img)
+
+
 def kept_shares(paths: Sequence[Path]) -> np.ndarray:
     """The share of each (sampled) image its centre square holds: min(w, h)**2 / (w * h), from
     the headers (as shown, EXIF rotation applied); unreadable files are left out."""
-    from vaekit.images import open_image
     from vaekit.images.header import shown_size
 
-    shares = []
-    for p in list(paths)[:: max(1, len(paths) // SAMPLE)]:
-        try:
-            with open_image(p) as img:
-                w, h = shown_size(img)
-            shares.append(min(w, h) / max(w, h))
-        except Exception:  # noqa: BLE001 - unreadable files are skipped, and reported, by the decoding pass
-            continue
-    return np.asarray(shares, float)
+    def share(img) -> float:
+        w, h = shown_size(img)
+        return min(w, h) / max(w, h)
+
+    return np.asarray(_sampled(paths, lambda p: _header(p, share)), float)
 
 
 def crop_note(paths: Sequence[Path], layout: str) -> str | None:
@@ -85,33 +100,21 @@ def survey(images: np.ndarray) -> tuple[int, int]:
 def sixteen_bit(paths: Sequence[Path]) -> bool:
     """Whether any of (up to SAMPLE of) the files is stored with 16-bit or wider grey samples, from
     their headers; unreadable files are left out."""
-    from vaekit.images import open_image
     from vaekit.images.header import raw_mode
 
-    for p in list(paths)[:: max(1, len(paths) // SAMPLE)]:
-        try:
-            with open_image(p) as img:
-                if img.mode.startswith("I") or ";16" in raw_mode(img):
-                    return True
-        except Exception:  # noqa: BLE001 - unreadable files are skipped, and reported, by the decoding pass
-            continue
-    return False
+    return any(_sampled(paths, lambda p: _header(p, lambda img: img.mode.startswith("I") or ";16" in raw_mode(img))))
 
 
 def colour_note(paths: Sequence[Path], asked: str | int, channels: int) -> str | None:
     """A sentence for the plan when `--channels auto` chose RGB for a folder stored mostly grey
     (sampled headers; one colour file among thousands of grey ones makes the model RGB: a .vkc
     ~1.6x a grey model's, decoded with a tint), else None."""
-    from vaekit.images import ImageReadError, gray_mode
+    from vaekit.images import gray_mode
 
     if asked != "auto" or channels != 3:
         return None
-    grey = colour = 0
-    for p in list(paths)[:: max(1, len(paths) // SAMPLE)]:
-        try:
-            grey, colour = (grey + 1, colour) if gray_mode(p) else (grey, colour + 1)
-        except (ImageReadError, OSError):
-            continue
+    greys = _sampled(paths, gray_mode)
+    grey, colour = sum(greys), len(greys) - sum(greys)
     if not colour or grey < colour:
         return None
     what = f"{colour} of {grey + colour} images{' sampled' if len(paths) > grey + colour else ''} are stored in colour"
@@ -138,3 +141,11 @@ def pixel_notes(images: np.ndarray, paths: Sequence[Path] = ()) -> list[str]:
         notes.append(f"the brightest pixel of all {n} images is {brightest} of 255, so the model sees at most "
                      f"{brightest + 1} grey levels{why}")
     return notes
+
+
+def plan_notes(data, model_cfg) -> list[str]:
+    """Every note for the plan of a run of `model_cfg` on `data` (a training Dataset), in order:
+    images not square, a few colour files among grey ones, exact copies, images too dark."""
+    notes = [crop_note(data.paths, model_cfg.layout), colour_note(data.paths, data.asked_channels, model_cfg.channels),
+             *pixel_notes(data.images, data.paths)]
+    return [note for note in notes if note]

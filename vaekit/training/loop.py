@@ -79,12 +79,7 @@ def fit(data: Dataset, out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCo
     finished epoch's checkpoint, ready for `--resume`."""
     out_dir, device = Path(out_dir), pick_device(train_cfg.device)
     dist = init_distributed(device)
-    plan = partial(plan_splits, len(data.paths), train_cfg.val_fraction, train_cfg.calibration_fraction,
-                   train_cfg.seed, train_cfg.folds, train_cfg.threshold_quantile,
-                   one_fold=model_cfg.layout == "grid" and train_cfg.reader)
-    splits = plan()
-    if resume:
-        splits = _splits_trained_on(out_dir, splits, len(data.paths), plan)
+    splits = _run_splits(len(data.paths), out_dir, model_cfg, train_cfg, resume)
     train_cfg = resolved_train_config(train_cfg, model_cfg, len(splits.train), models=len(splits.folds) or 1)
     trainer = Trainer(model_cfg, train_cfg, device, dist)
     start_epoch, best, history = _begin(trainer, out_dir, data, splits, resume)
@@ -129,6 +124,14 @@ def fit(data: Dataset, out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCo
     return result
 
 
+def _run_splits(n: int, out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, resume: bool):
+    """The splits of this run's n images; a resumed run's, those its checkpoint trained on."""
+    plan = partial(plan_splits, n, train_cfg.val_fraction, train_cfg.calibration_fraction, train_cfg.seed,
+                   train_cfg.folds, train_cfg.threshold_quantile, one_fold=model_cfg.layout == "grid" and train_cfg.reader)
+    splits = plan()
+    return _splits_trained_on(out_dir, splits, n, plan) if resume else splits
+
+
 def training_plan(trainer: Trainer, data: Dataset, splits, notes: bool = True) -> dict:
     """What this run trains, with every "auto" decided, for the progress event "plan" that comes
     before the first step (the CLI prints it as one line, the demo shows it): the images and how
@@ -136,19 +139,16 @@ def training_plan(trainer: Trainer, data: Dataset, splits, notes: bool = True) -
     files skipped (path, reason), so that they are named before the training, not after it, and
     notes on what the model cannot learn from them (vaekit.training.coverage)."""
     from vaekit.reader.net import ReaderConfig
-    from vaekit.training.coverage import colour_note, crop_note, pixel_notes
+    from vaekit.training.coverage import plan_notes
 
     cfg, m = trainer.cfg, trainer.model_cfg
     readers = ReaderConfig().members if m.layout == "grid" and cfg.reader else 0
     return {"images": len(data.paths), "train": len(splits.train), "val": len(splits.val), "cal": len(splits.cal),
             "folds": len(splits.folds), "image_size": m.image_size, "reads_at": m.reads_at, "layout": m.layout,
-            "channels": m.channels,
-            "latent_dim": m.latent_dim, "likelihood": m.likelihood, "crop": training_crop(cfg, m),
+            "channels": m.channels, "latent_dim": m.latent_dim, "likelihood": m.likelihood, "crop": training_crop(cfg, m),
             "epochs": cfg.epochs, "batch_size": cfg.batch_size, "augment": cfg.augment, "readers": readers,
             "device": str(trainer.device), "skipped": [(str(path), str(why)) for path, why in data.skipped],
-            "notes": [note for note in (crop_note(data.paths, m.layout), colour_note(data.paths, data.asked_channels,
-                                                                                     m.channels),
-                                        *pixel_notes(data.images, data.paths)) if note] if notes else []}
+            "notes": plan_notes(data, m) if notes else []}
 
 
 def plan_text(p: dict) -> str:
