@@ -12,7 +12,7 @@ from vaekit.config import ModelConfig, TrainConfig
 from vaekit.train import train
 
 
-def train_surface(data: Path, out: Path, epochs: int = 3, reader_steps: int = 40, **train_kw) -> Path:
+def train_surface(data: Path, out: Path, epochs: int = 3, reader_steps: int = 40, progress=None, **train_kw) -> Path:
     """`vaekit.train` of a 4-channel grid model on 32 px crops, its readers (three, as by
     default) half as wide and shortened to `reader_steps` steps of batch 8; returns `out`."""
     import vaekit.reader.net as net
@@ -20,7 +20,7 @@ def train_surface(data: Path, out: Path, epochs: int = 3, reader_steps: int = 40
     mp = pytest.MonkeyPatch()
     mp.setattr(net, "ReaderConfig", functools.partial(net.ReaderConfig, steps=reader_steps, batch=8, crop=32, width=8))
     try:
-        train(data, out, ModelConfig(base_channels=4), TrainConfig(epochs=epochs, crop=32, device="cpu", **train_kw))
+        train(data, out, ModelConfig(base_channels=4), TrainConfig(epochs=epochs, crop=32, device="cpu", **train_kw), progress=progress)
     finally:
         mp.undo()
     return out

@@ -33,7 +33,7 @@ def test_the_reader_trains_on_at_most_its_pixel_budget_of_images(monkeypatch):
     from vaekit.training import finish_reader
 
     monkeypatch.setattr(finish_reader, "READER_PIXELS", 10 * 16 * 16)
-    data = SimpleNamespace(images=np.broadcast_to(np.arange(50, dtype=np.uint8)[:, None, None, None], (50, 1, 16, 16)).copy())
+    data = SimpleNamespace(images=np.broadcast_to(np.arange(50, dtype=np.uint8)[:, None, None, None], (50, 1, 16, 16)).copy(), wide=None)
     idx = np.arange(5, 45)
     out = finish_reader.training_images(data, idx, tile=64, seed=3)
     assert out.shape == (10, 1, 16, 16)
@@ -72,7 +72,7 @@ def test_the_readers_windows_stay_within_the_budget_however_many_images(monkeypa
 
     monkeypatch.setattr(finish_reader, "READER_PIXELS", 6 * 8 * 8)
     monkeypatch.setattr(finish_reader, "WINDOW", 8)
-    data = SimpleNamespace(images=np.broadcast_to(np.arange(40, dtype=np.uint8)[:, None, None, None], (40, 1, 24, 24)).copy())
+    data = SimpleNamespace(images=np.broadcast_to(np.arange(40, dtype=np.uint8)[:, None, None, None], (40, 1, 24, 24)).copy(), wide=None)
     out = finish_reader.training_images(data, np.arange(40), tile=16, seed=1)
     assert out.shape == (6, 1, 8, 8) and len({int(o[0, 0, 0]) for o in out}) == 6
     few = finish_reader.training_images(data, np.arange(3), tile=16, seed=1)  # 3 images: 2 windows of each

@@ -119,7 +119,7 @@ def test_the_reader_trains_on_windows_of_images_too_large_to_hold(monkeypatch):
     import vaekit.training.finish_reader as fr
 
     images = np.random.default_rng(0).integers(0, 256, (4, 1, 96, 96), dtype=np.uint8)
-    data = SimpleNamespace(images=images)
+    data = SimpleNamespace(images=images, wide=None)
     np.testing.assert_array_equal(fr.training_images(data, np.arange(4), 48, 0), images)  # small enough: as they are
     monkeypatch.setattr(fr, "READER_PIXELS", 96 * 96)  # two images hold twice that
     monkeypatch.setattr(fr, "WINDOW", 32)

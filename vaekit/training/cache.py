@@ -29,6 +29,7 @@ from vaekit import images
 from vaekit.errors import BadInput, CannotWrite
 from vaekit.fileio import atomic_write_json, atomic_writer, open_regular_file, read_json
 from vaekit.fileio.digests import open_file_sha256
+from vaekit.images.tiles import tiling
 from vaekit.stream.batches import identity
 from vaekit.training.cache_bound import DEFAULT_MAX_GB, ENTRY_NAME, evict, max_cache_bytes  # noqa: F401 - part of this face
 from vaekit.training.cache_bound import drop as _drop
@@ -64,22 +65,22 @@ def _home_expanded(variable: str | None) -> Path:
                        "the pixel cache should use") from None
 
 
-def cache_key(paths: Sequence[Path], size: int, channels: int) -> str:
+def cache_key(paths: Sequence[Path], size: int, channels: int, whole: bool = False) -> str:
     """24 hex digits of sha256 over the settings and each file's real path, byte size and mtime.
 
     Any change, addition, removal or reordering of files gives a new key. The Pillow version
     is part of it too, since a new Pillow may decode or resample differently.
     """
-    return _fingerprint(paths, size, channels)[0]
+    return _fingerprint(paths, size, channels, whole)[0]
 
 
-def _fingerprint(paths: Sequence[Path], size: int, channels: int) -> tuple[str, list[Path], str]:
+def _fingerprint(paths: Sequence[Path], size: int, channels: int, whole: bool = False) -> tuple[str, list[Path], str]:
     """The key, each file's resolved path (which an entry records, so it holds from any cwd), and
     the sha256 of the files' inodes and change times. Those are kept out of the key on purpose: the
     key is training's data fingerprint, which `train --resume` compares, and a chmod or a copy of
     the folder (a new inode and change time, the same pixels) must not refuse a resume; a stale
     entry costs only a decode."""
-    h = hashlib.sha256(f"vaekit {FORMAT_VERSION} {PIL.__version__} {size} {channels}\n".encode())
+    h = hashlib.sha256(f"vaekit {FORMAT_VERSION} {PIL.__version__} {size} {channels}{' whole' * whole}\n".encode())
     # os.path.realpath, not Path.resolve: the latter raises RuntimeError on a symlink loop
     reals = [Path(os.path.realpath(p)) for p in paths]
     pins = hashlib.sha256()
@@ -102,6 +103,7 @@ class CachedImages:
     key: str  # the cache key; entry files are <key>.u8 and <key>.json
     hit: bool  # True when read from an existing entry without decoding anything
     sha256: str = ""  # of the pixels, as the entry stores it: what the images ARE (a run pins it)
+    counts: list[int] | None = None  # whole=True: how many rows (square tiles) each of `paths` has
 
 
 def load_cached(
@@ -111,8 +113,13 @@ def load_cached(
     cache_dir: Path | None = None,
     progress: Callable[..., None] | None = None,
     workers: int = 0,
+    whole: bool = False,
 ) -> CachedImages:
     """`images.load_images`, but decoded at most once per unchanged set of files.
+
+    whole=True: each image whole, its shorter side `size`, cut into the fewest `size` px squares
+    that cover it (vaekit.images.tiles), a row each; `counts` says how many each image has. Such
+    an entry is never held in memory instead: a cache that cannot be written is CannotWrite.
 
     A missing, partial or corrupt entry is rebuilt. If the cache folder cannot be
     written, the images are loaded in memory instead (hit False), without failing,
@@ -122,20 +129,20 @@ def load_cached(
     """
     paths = [Path(p) for p in paths]
     limit = max_cache_bytes()  # a bad setting is said before anything is decoded
-    key, reals, pins = _fingerprint(paths, size, channels)
+    key, reals, pins = _fingerprint(paths, size, channels, whole)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     found = _open_entry(root, key, size, channels, reals, paths, pins)
     if found is not None:
         _used(root, key, limit)
         return found
-    need = len(paths) * channels * size * size  # the entry's bytes when every file decodes
+    need = len(paths) * channels * size * size * (whole_rows(paths) if whole else 1)  # every file decoding
     try:
         _make_room(root, key, need, limit)  # said before hours of decoding fill the disk
-        built = _build(root, (key, pins), paths, reals, size, channels, progress, workers)
+        built = _build(root, (key, pins), paths, reals, (size, whole), channels, progress, workers)
         _used(root, key, limit)
         return built
     except OSError as e:  # only cache writes raise OSError here; unreadable images are skipped
-        if need > MEMORY_FALLBACK:  # the folder in memory instead would be the same bytes in RAM
+        if need > MEMORY_FALLBACK or whole:  # the folder in memory instead would be the same bytes in RAM
             raise CannotWrite(f"the pixel cache {root} cannot hold these images decoded ({need / 1e9:.1f} GB at "
                               f"{size} px; {getattr(e, 'strerror', None) or e}): make room there, or set "
                               "VAEKIT_CACHE_DIR to a folder on a disk that has it") from None
@@ -209,13 +216,15 @@ def _open_entry(
     try:
         meta = read_json(root / f"{key}.json", "cache entry")
         shape = tuple(int(d) for d in meta["shape"])
+        counts = None if meta.get("counts") is None else [int(k) for k in meta["counts"]]
         if (
             meta["version"] != FORMAT_VERSION
             or meta["dtype"] != "uint8"
             or meta.get("sources") != pins  # an entry from before it was recorded is rebuilt too
             or len(shape) != 4
             or shape[1:] != (channels, size, size)
-            or len(meta["paths"]) != shape[0]
+            or len(meta["paths"]) != (shape[0] if counts is None else len(counts))
+            or (counts is not None and sum(counts) != shape[0])
         ):
             return None
         data = root / f"{key}.u8"
@@ -227,7 +236,7 @@ def _open_entry(
         loaded = _respell(meta["paths"], reals, paths)
         reasons = [str(reason) for _, reason in meta["skipped"]]
         skipped = list(zip(_respell([p for p, _ in meta["skipped"]], reals, paths), reasons))
-        return CachedImages(arr, loaded, skipped, key, hit=True, sha256=meta["sha256"])
+        return CachedImages(arr, loaded, skipped, key, hit=True, sha256=meta["sha256"], counts=counts)
     except (OSError, ValueError, KeyError, TypeError):  # missing or corrupt: rebuild
         return None
 
@@ -237,14 +246,15 @@ def _build(
     named: tuple[str, str],  # (key, pins): see _fingerprint
     paths: list[Path],
     reals: list[Path],
-    size: int,
+    sized: tuple[int, bool],  # (size, whole): see load_cached
     channels: int,
     progress: Callable[..., None] | None,
     workers: int,
 ) -> CachedImages:
-    key, pins = named
-    results = images.iter_load(paths, size, channels, workers)  # checks the arguments first
+    (key, pins), (size, whole) = named, sized
+    results = images.iter_load(paths, size, channels, workers, crop=not whole)  # checks the arguments first
     loaded: list[Path] = []  # resolved, as the entry records them
+    counts: list[int] = []  # rows of each loaded image
     skipped: list[tuple[Path, str]] = []
     total, every = len(paths), max(1, len(paths) // 100)
     _remove_strays(root, key)
@@ -255,6 +265,8 @@ def _build(
             if x is None:
                 skipped.append((reals[done - 1], reason or ""))
             else:
+                x = tiling(x, size).cut(x) if whole else x
+                counts.append(len(x) if whole else 1)
                 chunk = memoryview(np.ascontiguousarray(x)).cast("B")
                 f.write(chunk)
                 digest.update(chunk)
@@ -264,7 +276,8 @@ def _build(
     meta = {
         "version": FORMAT_VERSION,
         "key": key,
-        "shape": [len(loaded), channels, size, size],
+        "shape": [sum(counts), channels, size, size],
+        "counts": counts if whole else None,
         "dtype": "uint8",
         "sha256": digest.hexdigest(),
         "sources": pins,
@@ -279,7 +292,17 @@ def _build(
         entry = _open_entry(root, key, size, channels, reals, paths, pins, held)
     if entry is None:  # written but unreadable: a broken file system, not a user mistake
         raise OSError(f"cache entry {root / key} could not be read back")
-    return CachedImages(entry.images, entry.paths, entry.skipped, key, hit=False, sha256=entry.sha256)
+    return CachedImages(entry.images, entry.paths, entry.skipped, key, hit=False, sha256=entry.sha256,
+                        counts=entry.counts)
+
+
+def whole_rows(paths: Sequence[Path]) -> float:
+    """The mean number of square tiles per image whole (from up to 512 headers): what a whole=True
+    entry needs over a square one, for the room it asks for before decoding."""
+    from vaekit.training.coverage import kept_shares
+
+    shares = kept_shares(paths)
+    return float(np.mean(np.ceil(1 / np.maximum(shares, 1e-3) - 1e-9))) if len(shares) else 1.0
 
 
 # A partial entry left by a process that was killed (SIGKILL, out of memory) can be as large as

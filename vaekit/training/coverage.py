@@ -61,19 +61,33 @@ def kept_shares(paths: Sequence[Path]) -> np.ndarray:
     return np.asarray(_sampled(paths, lambda p: _header(p, share)), float)
 
 
-def crop_note(paths: Sequence[Path], layout: str) -> str | None:
-    """One sentence for the plan when at least NOTED of the images lose more than 1 - KEPT of their
-    area to the centre square, else None."""
+def _cut(paths: Sequence[Path]) -> tuple[np.ndarray, np.ndarray]:
+    """(the sampled images' kept_shares, those of them that lose more than 1 - KEPT of their area
+    to the centre square), the latter empty unless they are at least NOTED of the former."""
     shares = kept_shares(paths)
     cut = shares[shares < KEPT]
-    if not len(shares) or len(cut) < NOTED * len(shares):
+    return shares, cut if len(shares) and len(cut) >= NOTED * len(shares) else cut[:0]
+
+
+def is_wide(paths: Sequence[Path]) -> bool:
+    """Whether enough images are not square for a surface model to learn from them whole
+    (vaekit.training.wide) rather than from their centre squares: the crop note's rule."""
+    return bool(len(_cut(paths)[1]))
+
+
+def crop_note(paths: Sequence[Path], layout: str, whole: bool = False) -> str | None:
+    """One sentence for the plan when at least NOTED of the images lose more than 1 - KEPT of their
+    area to the centre square, else None; None too for a surface model that learns from them
+    whole (`whole`: vaekit.training.wide)."""
+    shares, cut = _cut(paths)
+    if not len(cut) or (whole and layout == "grid"):
         return None
     kept = f"{np.median(cut):.0%}"
     what = f"{len(cut)} of {len(shares)} images{' sampled' if len(paths) > len(shares) else ''} are not square"
     if layout == "grid":
         return (f"{what}: the model learns from the centre square of each (a median {kept} of it) and scores "
-                "the whole image, so what lies outside that square is judged by a model that never saw it; "
-                "crop the images square, or cut them into square tiles, to train on all of them")
+                "the whole image, so what lies outside that square is judged by a model that never saw it (the "
+                "pixel cache could not hold them whole); crop the images square, or cut them into square tiles")
     return (f"{what}: the model learns from and scores the centre square of each (a median {kept} of it); "
             "a defect outside it is never seen; crop the images to what matters, or cut them into square tiles")
 
@@ -146,6 +160,6 @@ def pixel_notes(images: np.ndarray, paths: Sequence[Path] = ()) -> list[str]:
 def plan_notes(data, model_cfg) -> list[str]:
     """Every note for the plan of a run of `model_cfg` on `data` (a training Dataset), in order:
     images not square, a few colour files among grey ones, exact copies, images too dark."""
-    notes = [crop_note(data.paths, model_cfg.layout), colour_note(data.paths, data.asked_channels, model_cfg.channels),
+    notes = [crop_note(data.paths, model_cfg.layout, data.wide is not None), colour_note(data.paths, data.asked_channels, model_cfg.channels),
              *pixel_notes(data.images, data.paths)]
     return [note for note in notes if note]

@@ -53,7 +53,7 @@ def crossfit_scores(data: Dataset, splits: Splits, model_cfg: ModelConfig, train
             # the run's model by the images it leaves out, not by chance
             trainer = Trainer(model_cfg, train_cfg, device, Dist())
             for epoch in range(train_cfg.epochs):
-                if trainer.epoch(data.images, rest, epoch, should_stop=should_stop) is None:
+                if trainer.epoch(data.images, rest, epoch, should_stop=should_stop, wide=data.wide) is None:
                     return None
             engine = TorchModel.from_net(trainer.model, device)
         summary = summarise(engine, rest)

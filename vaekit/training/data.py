@@ -34,6 +34,7 @@ class Dataset:
     cache_hit: bool = False
     pixels: str = ""  # sha256 of the decoded pixels: a file replaced under the same name, size and time changes it
     asked_channels: str | int = "auto"  # what the caller asked for (the images' channels decided "auto")
+    wide: object = None  # a surface's images whole, in squares, to train on (vaekit.training.wide.WideImages)
 
 
 def load_dataset(

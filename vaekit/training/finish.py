@@ -39,6 +39,8 @@ def write_run_config(out_dir, data, model_cfg, train_cfg, device, n_train, n_val
             "read_size": model_cfg.reads_at,
             "fingerprint": data.fingerprint,
             "pixels": data.pixels,  # sha256 of the decoded pixels, which a resume compares
+            # a surface's images not square, learned from whole: their squares (vaekit.training.wide); else 0
+            "whole_squares": 0 if data.wide is None else len(data.wide.tiles),
             "preprocessing": ("shorter side resized to read_size (bicubic), the whole image in image_size tiles; "
                               "pixels / 255") if model_cfg.reads_at > model_cfg.image_size else
                              "shorter side resized to image_size (bicubic), centre crop; pixels / 255",

@@ -74,17 +74,21 @@ def training_images(data, idx, tile: int, seed: int) -> np.ndarray:
     3,000 of 256 px in RAM, and grew with the folder), or, when they are cached larger than the
     model's `tile` and hold more than that (a surface read at its own large size), WINDOW px windows
     drawn at random from each of them, as many as fit (from a seeded subset of them where even one
-    window each would not)."""
-    n, side = len(idx), data.images.shape[-1]
+    window each would not). A surface learning from its images whole (vaekit.training.wide) gives
+    their squares instead, every square of each training image counting as an image here."""
+    images = data.images
+    if data.wide is not None:
+        images, idx = data.wide.tiles, data.wide.rows(idx)
+    n, side = len(idx), images.shape[-1]
     if n * side**2 <= READER_PIXELS:
-        return np.asarray(gather(data.images, idx))
+        return np.asarray(gather(images, idx))
     if side <= tile or side <= WINDOW:
-        return np.asarray(gather(data.images, _subset(idx, READER_PIXELS // side**2, seed)))
+        return np.asarray(gather(images, _subset(idx, READER_PIXELS // side**2, seed)))
     idx = _subset(idx, READER_PIXELS // WINDOW**2, seed)
     k, rng = max(1, READER_PIXELS // (len(idx) * WINDOW**2)), np.random.default_rng(seed)
-    out = np.empty((len(idx) * k, data.images.shape[1], WINDOW, WINDOW), data.images.dtype)
+    out = np.empty((len(idx) * k, images.shape[1], WINDOW, WINDOW), images.dtype)
     for j, i in enumerate(idx):
-        x = gather(data.images, np.array([i]))[0]
+        x = gather(images, np.array([i]))[0]
         for m, (y0, x0) in enumerate(rng.integers(0, side - WINDOW + 1, (k, 2))):
             out[j * k + m] = x[:, y0 : y0 + WINDOW, x0 : x0 + WINDOW]
     return out

@@ -217,6 +217,23 @@ def _decoded_otherwise(data: Dataset, out_dir: Path, recorded: dict) -> str:
             "resume needs the same data")
 
 
+def _whole(data: Dataset, size: int, dist, cached) -> Dataset:
+    """`data` with its images whole in squares (vaekit.training.wide), when they are wide; the
+    first rank on each machine fills that cache entry, the others then find it."""
+    from vaekit.training.wide import load_wide
+
+    wide, failed = None, None
+    if dist.local_rank == 0:
+        try:
+            wide = load_wide(data, size, *cached)
+        except Exception as e:  # noqa: BLE001 - agree re-raises it here and tells the others
+            failed = e
+    agree(dist, failed)
+    if dist.local_rank != 0:
+        wide = load_wide(data, size, *cached[:2])
+    return replace(data, wide=wide)
+
+
 def _linked_folders(data_dir, confine_to: Path | None = None) -> list[Path]:
     """The real folders the training folder reaches through folder links: inputs too, where no
     run may go (its preview.png would become training data)."""
@@ -275,4 +292,6 @@ def _train(data_dir, out_dir, dist, stored, model_cfg, train_cfg, channels, resu
         # the layout by the images' own size, as the probe judges it: a given --image-size may enlarge small ones
         native = median_side(data.paths) if model_cfg.layout == "auto" else None
         model_cfg = choose_model(model_cfg, image_statistics(data.images, np.arange(len(data.paths))), native)
+    if model_cfg.layout == "grid":  # a surface learns from the whole of images that are not square
+        data = _whole(data, model_cfg.reads_at, dist, (cache_dir, workers, progress))
     return fit(data, out_dir, model_cfg, train_cfg, resume=resume, progress=progress, should_stop=should_stop), data

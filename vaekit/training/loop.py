@@ -92,7 +92,7 @@ def fit(data: Dataset, out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCo
     t_start, stopped, pending = time.perf_counter(), False, None
     for epoch in range(start_epoch, train_cfg.epochs):
         t0 = time.perf_counter()
-        sums = trainer.epoch(data.images, splits.train, epoch, progress if dist.main else None, should_stop)
+        sums = trainer.epoch(data.images, splits.train, epoch, progress if dist.main else None, should_stop, data.wide)
         if sums is None:
             stopped = True
             if pending is not None and dist.main:  # asked to stop: keep the last finished epoch

@@ -140,9 +140,11 @@ class Trainer:
         return math.ceil(n_train / self.cfg.batch_size)
 
     def epoch(self, images: np.ndarray, train_idx: np.ndarray, epoch: int, progress: Progress | None = None,
-              should_stop: Callable[[], bool] | None = None) -> list[float] | None:
+              should_stop: Callable[[], bool] | None = None, wide=None) -> list[float] | None:
         """One pass over `train_idx`: [recon, kl, total, images] summed over all ranks, or None
-        when `should_stop()` said so (the epoch is then not finished).
+        when `should_stop()` said so (the epoch is then not finished). With `wide`
+        (vaekit.training.wide.WideImages), each image of a batch is one of its whole image's
+        squares, drawn anew at every step, instead of its centre square in `images`.
 
         Not DistributedSampler: it deals each rank its own slice of the epoch (padded to equal
         length), so the global batches, and with them the losses, differ from a single-process
@@ -156,8 +158,12 @@ class Trainer:
         # a fresh generator per epoch: the shuffle needs no saved state to resume exactly
         perm = train_idx[np.random.default_rng([cfg.seed, epoch]).permutation(len(train_idx))]
         shares = [_share(perm[s * cfg.batch_size : (s + 1) * cfg.batch_size], dist) for s in range(steps)]
-        reader = read_ahead(images, (mine for mine, _, _ in shares), device, crop=self.crop,
-                            seeds=([cfg.seed, epoch, step] for step in range(steps)))
+        batches = (mine for mine, _, _ in shares)
+        if wide is not None:
+            images = wide.tiles
+            batches = (wide.pick(mine, rows.numpy(), n, [cfg.seed, epoch, step, 3])
+                       for step, (mine, rows, n) in enumerate(shares))
+        reader = read_ahead(images, batches, device, crop=self.crop, seeds=([cfg.seed, epoch, step] for step in range(steps)))
         sums = torch.zeros(3, device=device, dtype=torch.float64)  # recon, kl, total
         count, report_every = 0, max(1, steps // 50)
         try:
