@@ -279,12 +279,12 @@ class _Reporter:
                 return
             self.bars.console.print(_epoch_line(m), soft_wrap=True, highlight=False)
             return
-        key = (phase, m.get("epoch"))
+        key = (phase, m.get("epoch"), m.get("whole"))
         if key != self.key:
             if self.task is not None:
                 self.bars.remove_task(self.task)
-            desc = {"decode": "decoding images", "crossfit": "fold models for the threshold",
-                     "reader": "defect reader"}.get(
+            desc = {"decode": "decoding images whole" if m.get("whole") else "decoding images",
+                    "crossfit": "fold models for the threshold", "reader": "defect reader"}.get(
                 phase, f"epoch {m.get('epoch')}/{m.get('epochs')}")
             self.task, self.key = self.bars.add_task(desc, total=total, info=""), key
             if phase in ("crossfit", "reader") and not self.bars.console.is_terminal:

@@ -12,15 +12,18 @@ from vaekit.config import ModelConfig, TrainConfig
 from vaekit.train import train
 
 
-def train_surface(data: Path, out: Path, epochs: int = 3, reader_steps: int = 40, progress=None, **train_kw) -> Path:
+def train_surface(data: Path, out: Path, epochs: int = 3, reader_steps: int = 40, progress=None, resume_epochs=None,
+                  **train_kw) -> Path:
     """`vaekit.train` of a 4-channel grid model on 32 px crops, its readers (three, as by
-    default) half as wide and shortened to `reader_steps` steps of batch 8; returns `out`."""
+    default) half as wide and shortened to `reader_steps` steps of batch 8; returns `out`.
+    `resume_epochs`: resume the run at `out` to that many epochs instead."""
     import vaekit.reader.net as net
 
     mp = pytest.MonkeyPatch()
     mp.setattr(net, "ReaderConfig", functools.partial(net.ReaderConfig, steps=reader_steps, batch=8, crop=32, width=8))
     try:
-        train(data, out, ModelConfig(base_channels=4), TrainConfig(epochs=epochs, crop=32, device="cpu", **train_kw), progress=progress)
+        train(data, out, ModelConfig(base_channels=4), TrainConfig(epochs=epochs, crop=32, device="cpu", **train_kw), progress=progress,
+              resume=resume_epochs is not None, resume_epochs=resume_epochs)
     finally:
         mp.undo()
     return out

@@ -118,17 +118,8 @@ def test_the_vae_and_its_readers_learn_from_the_ends_the_centre_square_never_hol
 
 
 def test_where_the_cache_cannot_hold_them_whole_the_centre_squares_train_and_the_plan_says_so(tmp_path, monkeypatch):
-    from vaekit.errors import CannotWrite
-
     _wide_texture(tmp_path / "train", n=12)
-    load = cache.load_cached
-
-    def refuse_whole(*a, whole=False, **kw):
-        if whole:
-            raise CannotWrite("no room")
-        return load(*a, **kw)
-
-    monkeypatch.setattr(cache, "load_cached", refuse_whole)
+    monkeypatch.setattr(cache, "load_cached", _refusing_whole(cache.load_cached))
     monkeypatch.setenv("VAEKIT_CACHE_DIR", str(tmp_path / "cache"))
     plans = []
     train_surface(tmp_path / "train", tmp_path / "run", epochs=1, reader_steps=2,
@@ -137,3 +128,80 @@ def test_where_the_cache_cannot_hold_them_whole_the_centre_squares_train_and_the
     assert "the pixel cache could not hold them whole" in note
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     assert cfg["anomaly"]["score"] == "defect" and cfg["data"]["whole_squares"] == 0
+
+
+def _dark_windows(monkeypatch) -> list:
+    """The share of each VAE training batch's windows that lie mostly on the dark band, recorded."""
+    import vaekit.training.crops as crops
+
+    shares, gather = [], crops.gather_crops
+
+    def spy(images, idx, crop, seed):
+        x = gather(images, idx, crop, seed)
+        shares.append(float(((x.numpy() < 60).mean(axis=(1, 2, 3)) > 0.5).mean()))
+        return x
+
+    monkeypatch.setattr(crops, "gather_crops", spy)
+    return shares
+
+
+def test_a_resume_trains_on_what_the_run_began_with(tmp_path, monkeypatch):
+    """Whole images when the run began whole; the centre squares for a run begun before this change
+    (its config.json has no whole_squares), so a resumed run is the run it would have been."""
+    from vaekit.errors import VaekitError
+
+    _wide_texture(tmp_path / "train", n=12)
+    monkeypatch.setenv("VAEKIT_CACHE_DIR", str(tmp_path / "cache"))
+    run = train_surface(tmp_path / "train", tmp_path / "run", epochs=1, reader_steps=2)
+    shares = _dark_windows(monkeypatch)
+    train_surface(tmp_path / "train", run, reader_steps=2, resume_epochs=8)
+    assert np.mean(shares) > 0.1  # 7 more epochs on the whole images
+    config = run / "config.json"
+    cfg = json.loads(config.read_text())
+    del cfg["data"]["whole_squares"]  # as a run begun by vaekit 0.3.0 wrote it
+    config.write_text(json.dumps(cfg))
+    shares.clear()
+    train_surface(tmp_path / "train", run, reader_steps=2, resume_epochs=12)
+    assert shares and max(shares) == 0  # its centre squares, as it began
+
+    cfg["data"]["whole_squares"] = 36
+    config.write_text(json.dumps(cfg))
+    monkeypatch.setattr(cache, "load_cached", _refusing_whole(cache.load_cached))
+    with pytest.raises(VaekitError, match="trained on its images whole, in 36 squares, which the pixel cache cannot hold now"):
+        train_surface(tmp_path / "train", run, reader_steps=2, resume_epochs=16)
+
+
+def test_the_whole_entry_asks_for_the_room_of_its_squares_before_decoding(tmp_path, monkeypatch):
+    """Three squares an image take three times a centre square's bytes: a disk with room for one
+    is said to be short before any decoding (CannotWrite), never held in memory instead."""
+    from vaekit.errors import CannotWrite
+    from vaekit.training.wide import load_wide
+
+    paths = _wide_texture(tmp_path / "wide", n=4)
+    monkeypatch.setattr(cache, "_free_bytes", lambda root: 4 * 48 * 48 + 100)  # room for the centre squares
+    with pytest.raises(CannotWrite, match="cannot hold these images decoded"):
+        cache.load_cached(paths, 48, 1, tmp_path / "cache", whole=True, rows_per_image=3)
+    assert not list((tmp_path / "cache").glob("*.u8"))
+    data = cache.load_cached(paths, 48, 1, tmp_path / "cache2")  # fits
+    assert load_wide(type("D", (), {"paths": data.paths, "images": data.images})(), 48, tmp_path / "cache") is None
+
+
+def test_a_finished_runs_resume_needs_no_squares(tmp_path, monkeypatch):
+    """Nothing is left to train: the resume neither decodes the images whole again nor refuses
+    when the cache cannot hold them."""
+    _wide_texture(tmp_path / "train", n=12)
+    monkeypatch.setenv("VAEKIT_CACHE_DIR", str(tmp_path / "cache"))
+    run = train_surface(tmp_path / "train", tmp_path / "run", epochs=2, reader_steps=2)
+    before = (run / "config.json").read_bytes()
+    monkeypatch.setattr(cache, "load_cached", _refusing_whole(cache.load_cached))
+    train_surface(tmp_path / "train", run, reader_steps=2, resume_epochs=2)
+    assert (run / "config.json").read_bytes() == before
+
+
+def _refusing_whole(load):
+    def refuse(*a, whole=False, **kw):
+        if whole:
+            raise OSError("no room")
+        return load(*a, **kw)
+
+    return refuse

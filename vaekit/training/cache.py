@@ -114,12 +114,14 @@ def load_cached(
     progress: Callable[..., None] | None = None,
     workers: int = 0,
     whole: bool = False,
+    rows_per_image: float = 1.0,
 ) -> CachedImages:
     """`images.load_images`, but decoded at most once per unchanged set of files.
 
     whole=True: each image whole, its shorter side `size`, cut into the fewest `size` px squares
     that cover it (vaekit.images.tiles), a row each; `counts` says how many each image has. Such
     an entry is never held in memory instead: a cache that cannot be written is CannotWrite.
+    `rows_per_image`: about how many squares an image has, for the room asked for before decoding.
 
     A missing, partial or corrupt entry is rebuilt. If the cache folder cannot be
     written, the images are loaded in memory instead (hit False), without failing,
@@ -135,7 +137,7 @@ def load_cached(
     if found is not None:
         _used(root, key, limit)
         return found
-    need = len(paths) * channels * size * size * (whole_rows(paths) if whole else 1)  # every file decoding
+    need = round(len(paths) * channels * size * size * rows_per_image)  # the entry's bytes, every file decoding
     try:
         _make_room(root, key, need, limit)  # said before hours of decoding fill the disk
         built = _build(root, (key, pins), paths, reals, (size, whole), channels, progress, workers)
@@ -294,15 +296,6 @@ def _build(
         raise OSError(f"cache entry {root / key} could not be read back")
     return CachedImages(entry.images, entry.paths, entry.skipped, key, hit=False, sha256=entry.sha256,
                         counts=entry.counts)
-
-
-def whole_rows(paths: Sequence[Path]) -> float:
-    """The mean number of square tiles per image whole (from up to 512 headers): what a whole=True
-    entry needs over a square one, for the room it asks for before decoding."""
-    from vaekit.training.coverage import kept_shares
-
-    shares = kept_shares(paths)
-    return float(np.mean(np.ceil(1 / np.maximum(shares, 1e-3) - 1e-9))) if len(shares) else 1.0
 
 
 # A partial entry left by a process that was killed (SIGKILL, out of memory) can be as large as

@@ -1,11 +1,13 @@
 """What a model can learn from the training images, said before it trains (notes under the plan
 line), where nothing said so before:
 
-- The pixel cache holds each image's centre square (its shorter side), so a model trains on that
-  square alone. An object model also scores that square alone, so a defect outside it is never
-  seen; a surface model scores the whole image, so what lies outside the square is judged by a
-  model that never learned it (measured on a folder of 400 x 40 strips with dark ends: a surface
-  model's normal strips lit up at both ends, recall 0 at its threshold).
+- The pixel cache holds each image's centre square (its shorter side), so an object model trains
+  on that square alone and scores it alone: a defect outside it is never seen. A surface model
+  scores the whole image, and learns from the whole of it too (vaekit.training.wide, by the same
+  rule as this note: `is_wide`), except where the cache cannot hold the images whole; it then
+  learns the centre square, and what lies outside it is judged by a model that never saw it
+  (measured on a folder of 400 x 40 strips with dark ends: normal strips lit up at both ends,
+  recall 0 at the threshold), which the note says.
 - Exact copies: a copy held out for the threshold while its twin trains is an image the model
   knows, so the threshold comes out too low and flags more new normal images than it promises
   (100 copies of one part promised at most 9.1% and flagged 88% of new normal parts).

@@ -292,6 +292,12 @@ def _train(data_dir, out_dir, dist, stored, model_cfg, train_cfg, channels, resu
         # the layout by the images' own size, as the probe judges it: a given --image-size may enlarge small ones
         native = median_side(data.paths) if model_cfg.layout == "auto" else None
         model_cfg = choose_model(model_cfg, image_statistics(data.images, np.arange(len(data.paths))), native)
-    if model_cfg.layout == "grid":  # a surface learns from the whole of images that are not square
+    squares = stored.get("data", {}).get("whole_squares") if resume else None  # none: a run of before 2026-12-07
+    done = resume and train_cfg.epochs == stored.get("train", {}).get("epochs") and rundir.finished(out_dir)
+    if model_cfg.layout == "grid" and (not resume or (squares and not done)):  # a surface learns wide images whole
         data = _whole(data, model_cfg.reads_at, dist, (cache_dir, workers, progress))
+        if resume and (data.wide is None or len(data.wide.tiles) != squares):
+            raise rundir.RunError(f"{out_dir} trained on its images whole, in {squares} squares, which the pixel cache "
+                                  f"{'cannot hold now' if data.wide is None else 'now cuts otherwise'}; make room "
+                                  "there (or set VAEKIT_CACHE_DIR), or start again with --overwrite")
     return fit(data, out_dir, model_cfg, train_cfg, resume=resume, progress=progress, should_stop=should_stop), data
