@@ -73,13 +73,17 @@ def test_a_tile_is_drawn_per_image_the_same_on_any_number_of_ranks():
     np.testing.assert_array_equal(wide.rows(np.array([0, 2])), [0, 1, 2, 4, 5, 6, 7, 8])
 
 
+def _plans_into(plans: list):
+    """A progress callback that keeps the metrics of each "plan" event in `plans`."""
+    return lambda done, total, **m: plans.append(m) if m.get("phase") == "plan" else None
+
+
 @pytest.fixture(scope="module")
 def spied(tmp_path_factory):
     """A surface trained on 2:1 stripes with a dark left end, the VAE's training windows and the
     readers' training images recorded on the way."""
     import vaekit.reader.train as reader_train
     import vaekit.training.crops as crops
-    from vaekit.train import train  # noqa: F401 - imported as the other tests do
 
     root = tmp_path_factory.mktemp("wide")
     _wide_texture(root / "train")
@@ -100,7 +104,7 @@ def spied(tmp_path_factory):
     mp.setattr(reader_train, "train_reader", reader_spy)
     mp.setenv("VAEKIT_CACHE_DIR", str(root / "cache"))
     try:
-        train_surface(root / "train", root / "run", progress=lambda d, t, **m: plans.append(m) if m.get("phase") == "plan" else None)
+        train_surface(root / "train", root / "run", progress=_plans_into(plans))
     finally:
         mp.undo()
     return root, np.concatenate(windows), np.concatenate(reader_images), plans
@@ -122,8 +126,7 @@ def test_where_the_cache_cannot_hold_them_whole_the_centre_squares_train_and_the
     monkeypatch.setattr(cache, "load_cached", _refusing_whole(cache.load_cached))
     monkeypatch.setenv("VAEKIT_CACHE_DIR", str(tmp_path / "cache"))
     plans = []
-    train_surface(tmp_path / "train", tmp_path / "run", epochs=1, reader_steps=2,
-                  progress=lambda d, t, **m: plans.append(m) if m.get("phase") == "plan" else None)
+    train_surface(tmp_path / "train", tmp_path / "run", epochs=1, reader_steps=2, progress=_plans_into(plans))
     (note,) = [n for n in plans[0]["notes"] if "not square" in n]
     assert "the pixel cache could not hold them whole" in note
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
@@ -167,7 +170,7 @@ def test_a_resume_trains_on_what_the_run_began_with(tmp_path, monkeypatch):
     cfg["data"]["whole_squares"] = 36
     config.write_text(json.dumps(cfg))
     monkeypatch.setattr(cache, "load_cached", _refusing_whole(cache.load_cached))
-    with pytest.raises(VaekitError, match="trained on its images whole, in 36 squares, which the pixel cache cannot hold now"):
+    with pytest.raises(VaekitError, match="whole, in 36 squares, which the pixel cache cannot hold now"):
         train_surface(tmp_path / "train", run, reader_steps=2, resume_epochs=16)
 
 

@@ -162,6 +162,6 @@ def pixel_notes(images: np.ndarray, paths: Sequence[Path] = ()) -> list[str]:
 def plan_notes(data, model_cfg) -> list[str]:
     """Every note for the plan of a run of `model_cfg` on `data` (a training Dataset), in order:
     images not square, a few colour files among grey ones, exact copies, images too dark."""
-    notes = [crop_note(data.paths, model_cfg.layout, data.wide is not None), colour_note(data.paths, data.asked_channels, model_cfg.channels),
-             *pixel_notes(data.images, data.paths)]
+    notes = [crop_note(data.paths, model_cfg.layout, data.wide is not None),
+             colour_note(data.paths, data.asked_channels, model_cfg.channels), *pixel_notes(data.images, data.paths)]
     return [note for note in notes if note]
