@@ -48,6 +48,25 @@ def test_the_whole_entry_holds_each_images_tiles_and_is_found_again(tmp_path):
     assert not square.hit and square.counts is None and square.images.shape == (5, 1, 48, 48)
 
 
+def test_a_file_too_elongated_to_read_whole_gives_its_centre_square_and_the_rest_train_whole(tmp_path, monkeypatch):
+    """One strip past the limit of a whole read (read.MAX_WHOLE_PIXELS) was left out of the whole
+    entry, and that turned every image of the folder back to its centre square, the plan blaming
+    the pixel cache (h1)."""
+    import vaekit.images.read as read
+    from vaekit.training.wide import load_wide
+
+    _wide_texture(tmp_path / "wide", n=4)
+    Image.new("L", (48 * 12, 48), 90).save(tmp_path / "wide" / "zz_strip.png")
+    paths = sorted((tmp_path / "wide").iterdir())
+    monkeypatch.setattr(read, "MAX_WHOLE_PIXELS", 48 * 48 * 6)  # 3 squares read whole, not 12
+    got = cache.load_cached(paths, 48, 1, tmp_path / "cache", whole=True)
+    assert got.counts == [3, 3, 3, 3, 1] and not got.skipped
+    np.testing.assert_array_equal(got.images[-1], np.full((1, 48, 48), 90, np.uint8))
+    data = cache.load_cached(paths, 48, 1, tmp_path / "cache")
+    wide = load_wide(type("D", (), {"paths": data.paths, "images": data.images})(), 48, tmp_path / "cache")
+    assert wide is not None and len(wide.tiles) == 13
+
+
 def test_an_entry_whose_counts_do_not_add_up_is_rebuilt(tmp_path):
     paths = _wide_texture(tmp_path / "wide", n=2)
     got = cache.load_cached(paths, 48, 1, tmp_path / "cache", whole=True)
@@ -71,6 +90,29 @@ def test_a_tile_is_drawn_per_image_the_same_on_any_number_of_ranks():
     drawn = np.concatenate([wide.pick(np.array([2]), np.array([0]), 1, [k]) for k in range(200)])
     assert set(drawn) == {4, 5, 6, 7, 8}  # every tile of image 2, in time
     np.testing.assert_array_equal(wide.rows(np.array([0, 2])), [0, 1, 2, 4, 5, 6, 7, 8])
+
+
+def test_a_crop_is_placed_the_same_on_any_number_of_ranks(tmp_path):
+    """Each rank's windows of a global batch are those one process places on the same images
+    (vaekit.training.trainer: their places in the sorted global batch), so torchrun trains the
+    model one process does; they were drawn by a rank's own count, and differed (h1)."""
+    import torch
+
+    from vaekit.training.data import read_ahead
+    from vaekit.training.distributed import Dist
+    from vaekit.training.trainer import _share
+
+    images = np.random.default_rng(0).integers(0, 256, (12, 1, 40, 40), np.uint8)
+    np.save(tmp_path / "x.npy", images)
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
+    batch, seed = np.array([7, 2, 9, 0, 4]), [3, 1, 0]
+    (one,) = read_ahead(mapped, iter([np.sort(batch)]), torch.device("cpu"), crop=16, seeds=iter([seed]))
+    for world in (2, 3):
+        for rank in range(world):
+            mine, _, n = _share(batch, Dist(rank=rank, world=world, local_rank=rank))
+            places = np.searchsorted(np.sort(batch), mine)
+            (got,) = read_ahead(mapped, iter([mine]), torch.device("cpu"), crop=16, seeds=iter([(seed, places, n)]))
+            assert torch.equal(got, one[places])
 
 
 def _plans_into(plans: list):

@@ -119,7 +119,8 @@ def load_cached(
     """`images.load_images`, but decoded at most once per unchanged set of files.
 
     whole=True: each image whole, its shorter side `size`, cut into the fewest `size` px squares
-    that cover it (vaekit.images.tiles), a row each; `counts` says how many each image has. Such
+    that cover it (vaekit.images.tiles), a row each (its centre square alone where it cannot be
+    read whole: too elongated); `counts` says how many each image has. Such
     an entry is never held in memory instead: a cache that cannot be written is CannotWrite.
     `rows_per_image`: about how many squares an image has, for the room asked for before decoding.
 
@@ -264,6 +265,8 @@ def _build(
     # Each image goes straight to disk, so memory stays flat however large the folder.
     with atomic_writer(root / f"{key}.u8") as f:
         for done, (_, x, reason) in enumerate(results, 1):
+            if x is None and whole:  # too elongated to read whole (the limit of a score): its centre square, as
+                x = _centre_square(paths[done - 1], size, channels)  # anomaly-score's calibration cuts it
             if x is None:
                 skipped.append((reals[done - 1], reason or ""))
             else:
@@ -296,6 +299,16 @@ def _build(
         raise OSError(f"cache entry {root / key} could not be read back")
     return CachedImages(entry.images, entry.paths, entry.skipped, key, hit=False, sha256=entry.sha256,
                         counts=entry.counts)
+
+
+def _centre_square(path: Path, size: int, channels: int) -> np.ndarray | None:
+    """The file's centre square (C, size, size), for a whole entry where it cannot be read whole;
+    None where it cannot be read at all. Without it, the one file left out of the whole entry
+    made every image of the folder train on its centre square (vaekit.training.wide.load_wide)."""
+    try:
+        return images.load_image(path, size, channels)
+    except (images.ImageReadError, MemoryError):  # as images.iter_load skips a file
+        return None
 
 
 # A partial entry left by a process that was killed (SIGKILL, out of memory) can be as large as

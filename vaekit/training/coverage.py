@@ -89,7 +89,8 @@ def crop_note(paths: Sequence[Path], layout: str, whole: bool = False) -> str | 
     if layout == "grid":
         return (f"{what}: the model learns from the centre square of each (a median {kept} of it) and scores "
                 "the whole image, so what lies outside that square is judged by a model that never saw it (the "
-                "pixel cache could not hold them whole); crop the images square, or cut them into square tiles")
+                "pixel cache could not hold them whole, or the run began on centre squares); crop the images "
+                "square, or cut them into square tiles")
     return (f"{what}: the model learns from and scores the centre square of each (a median {kept} of it); "
             "a defect outside it is never seen; crop the images to what matters, or cut them into square tiles")
 

@@ -17,35 +17,37 @@ import torch
 from vaekit.errors import DamagedFile
 
 
-def crop_places(n: int, shape: tuple[int, int], crop: int, seed) -> tuple[np.ndarray, np.ndarray]:
-    """Top-left corners (ys, xs) of n crop x crop windows of (H, W) images, placed by `seed`."""
+def crop_places(n: int, shape: tuple[int, int], crop: int, seed, at=None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-left corners (ys, xs) of n crop x crop windows of (H, W) images, placed by `seed`;
+    with `at`, those of them at these places (a rank's images of a global batch of n, by their
+    places in it sorted: the same windows on any number of ranks)."""
     rng = np.random.default_rng(seed)
     ys = rng.integers(0, shape[0] - crop + 1, n)
     xs = rng.integers(0, shape[1] - crop + 1, n)
-    return ys, xs
+    return (ys, xs) if at is None else (ys[np.asarray(at, np.int64)], xs[np.asarray(at, np.int64)])
 
 
-def crop_batch(x: torch.Tensor, crop: int | None, seed) -> torch.Tensor:
-    """Random crop x crop windows of a uint8 batch (B, C, H, W), placed by `seed`."""
+def crop_batch(x: torch.Tensor, crop: int | None, seed, at=None, n: int | None = None) -> torch.Tensor:
+    """Random crop x crop windows of a uint8 batch (B, C, H, W), placed by `seed` (`at`, `n`: crop_places)."""
     if crop is None:
         return x
-    ys, xs = crop_places(len(x), x.shape[-2:], crop, seed)
+    ys, xs = crop_places(len(x) if n is None else n, x.shape[-2:], crop, seed, at)
     return torch.stack([x[i, :, y : y + crop, c : c + crop] for i, (y, c) in enumerate(zip(ys.tolist(), xs.tolist()))])
 
 
-def gather_crops(images: np.ndarray, idx: np.ndarray, crop: int, seed) -> torch.Tensor:
-    """crop_batch(images[idx], crop, seed) as a uint8 tensor (B, C, crop, crop), reading from the
+def gather_crops(images: np.ndarray, idx: np.ndarray, crop: int, seed, at=None, n: int | None = None) -> torch.Tensor:
+    """crop_batch(images[idx], crop, seed, at, n) as a uint8 tensor (B, C, crop, crop), reading from the
     pixel cache only the rows of each window (with pread, as vaekit.training.data.gather, so the
     mapping's pages never count toward the process's memory)."""
     idx = np.asarray(idx, dtype=np.int64)
-    whole = lambda: crop_batch(torch.from_numpy(np.ascontiguousarray(images[idx])), crop, seed)  # noqa: E731
+    whole = lambda: crop_batch(torch.from_numpy(np.ascontiguousarray(images[idx])), crop, seed, at, n)  # noqa: E731
     if not _preadable(images) or not len(idx):  # in memory, a view of a memmap, or no preadv (Windows)
         return whole()
     if idx.min() < 0 or idx.max() >= len(images):
         raise IndexError(f"image index out of range for {len(images)} images")
-    n, (c, h, w) = len(idx), images.shape[1:]
-    ys, xs = crop_places(n, (h, w), crop, seed)
-    rows = np.empty((n, c, crop, w), np.uint8)  # each window's rows, whole width
+    (c, h, w) = images.shape[1:]
+    ys, xs = crop_places(len(idx) if n is None else n, (h, w), crop, seed, at)
+    rows = np.empty((len(idx), c, crop, w), np.uint8)  # each window's rows, whole width
     fd = open_mapped(images)
     if fd is None:
         return whole()

@@ -339,7 +339,9 @@ def read_ahead(images: np.ndarray, batches: Iterator[np.ndarray], device: torch.
     cuda = device.type == "cuda"
 
     def load(idx: np.ndarray, seed=None) -> torch.Tensor:
-        x = torch.from_numpy(gather(images, idx)) if crop is None else gather_crops(images, idx, crop, seed)
+        # a seed, or (seed, places, n): a rank's share of a global batch of n (crops.crop_places)
+        placed = seed if isinstance(seed, tuple) else (seed,)
+        x = torch.from_numpy(gather(images, idx)) if crop is None else gather_crops(images, idx, crop, *placed)
         return x.pin_memory() if cuda else x
 
     init = None

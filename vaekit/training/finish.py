@@ -42,7 +42,7 @@ def write_run_config(out_dir, data, model_cfg, train_cfg, device, n_train, n_val
             # a surface's images not square, learned from whole: their squares (vaekit.training.wide); else 0
             "whole_squares": 0 if data.wide is None else len(data.wide.tiles),
             "preprocessing": ("shorter side resized to read_size (bicubic), the whole image in image_size tiles; "
-                              "pixels / 255") if model_cfg.reads_at > model_cfg.image_size else
+                              "pixels / 255") if model_cfg.layout == "grid" else
                              "shorter side resized to image_size (bicubic), centre crop; pixels / 255",
         },
         "device": str(device),

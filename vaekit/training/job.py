@@ -231,6 +231,12 @@ def _whole(data: Dataset, size: int, dist, cached) -> Dataset:
     agree(dist, failed)
     if dist.local_rank != 0:
         wide = load_wide(data, size, *cached[:2])
+    if dist.world > 1:  # a rank without them (its machine's cache full meanwhile): none trains on them
+        import torch.distributed
+
+        said = [None] * dist.world
+        torch.distributed.all_gather_object(said, None if wide is None else len(wide.tiles))
+        wide = wide if len(set(said)) == 1 else None
     return replace(data, wide=wide)
 
 
@@ -297,7 +303,7 @@ def _train(data_dir, out_dir, dist, stored, model_cfg, train_cfg, channels, resu
     if model_cfg.layout == "grid" and (not resume or (squares and not done)):  # a surface learns wide images whole
         data = _whole(data, model_cfg.reads_at, dist, (cache_dir, workers, progress))
         if resume and (data.wide is None or len(data.wide.tiles) != squares):
+            now = "cannot hold now (its disk full, or not writable)" if data.wide is None else "now cuts otherwise"
             raise rundir.RunError(f"{out_dir} trained on its images whole, in {squares} squares, which the pixel cache "
-                                  f"{'cannot hold now' if data.wide is None else 'now cuts otherwise'}; make room "
-                                  "there (or set VAEKIT_CACHE_DIR), or start again with --overwrite")
+                                  f"{now}; make room there (or set VAEKIT_CACHE_DIR), or start again with --overwrite")
     return fit(data, out_dir, model_cfg, train_cfg, resume=resume, progress=progress, should_stop=should_stop), data

@@ -157,13 +157,17 @@ class Trainer:
         self.model.train()
         # a fresh generator per epoch: the shuffle needs no saved state to resume exactly
         perm = train_idx[np.random.default_rng([cfg.seed, epoch]).permutation(len(train_idx))]
-        shares = [_share(perm[s * cfg.batch_size : (s + 1) * cfg.batch_size], dist) for s in range(steps)]
+        batches_global = [perm[s * cfg.batch_size : (s + 1) * cfg.batch_size] for s in range(steps)]
+        shares = [_share(batch, dist) for batch in batches_global]
         batches = (mine for mine, _, _ in shares)
         if wide is not None:
             images = wide.tiles
             batches = (wide.pick(mine, rows.numpy(), n, [cfg.seed, epoch, step, 3])
                        for step, (mine, rows, n) in enumerate(shares))
-        reader = read_ahead(images, batches, device, crop=self.crop, seeds=([cfg.seed, epoch, step] for step in range(steps)))
+        # each window placed by its image's place in the sorted global batch: the same on any number of ranks
+        seeds = (([cfg.seed, epoch, step], np.searchsorted(np.sort(batch), mine), len(batch)) if dist.world > 1
+                 else [cfg.seed, epoch, step] for step, (batch, (mine, _, _)) in enumerate(zip(batches_global, shares)))
+        reader = read_ahead(images, batches, device, crop=self.crop, seeds=seeds)
         sums = torch.zeros(3, device=device, dtype=torch.float64)  # recon, kl, total
         count, report_every = 0, max(1, steps // 50)
         try:

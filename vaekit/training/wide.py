@@ -46,8 +46,9 @@ class WideImages:
 def load_wide(data, size: int, cache_dir=None, workers: int = 0, progress=None) -> WideImages | None:
     """The whole-image tiles of `data`'s images at the read size `size`, when they are wide enough
     to matter (vaekit.training.coverage.is_wide); else None, and None also when the cache cannot
-    hold them or a file decodes otherwise than it did a moment ago (the centre squares then train,
-    as before, and the plan's note says so)."""
+    hold them (its disk full or not writable) or other files decode than did a moment ago (the
+    centre squares then train, as before, and the plan's note says so). A file too elongated to be
+    read whole gives its centre square as its one square (vaekit.training.cache, whole=True)."""
     from vaekit.training import cache
     from vaekit.training.coverage import is_wide, kept_shares
 
