@@ -9,7 +9,7 @@ retina join the confirm half), each texture trained by `vaekit train` at default
 surface VAE and its three readers); with --work the data, runs and each texture's results
 (WORK/patch_distance/NAME-bankB.json; --fresh measures again) are kept and reused.
 
-Per texture, from the run's own splits of its training crops (vaekit.training.data.plan_splits,
+Per texture, from the run's own splits of its training crops (vaekit.training.splits.plan_splits,
 re-drawn from the run's stored settings): the memory bank is built from the crops the VAE and the
 reader trained on; the calibration crops (trained on by neither) are the held-out normal images
 that put every score on its own scale. Nearest-patch distance (Roth et al. 2022, "Towards total
@@ -58,7 +58,7 @@ SMOOTH = 5  # px, the map's mean filter (the reader's map_smooth)
 def run_splits(run: Path, root: Path) -> tuple[np.ndarray, np.ndarray]:
     """(training, calibration) indices into the sorted training files, as `vaekit train` drew them."""
     from vaekit.images.find import find_images
-    from vaekit.training.data import plan_splits
+    from vaekit.training.splits import plan_splits
 
     t = json.loads((run / "config.json").read_text())["train"]
     n = len(find_images(root))

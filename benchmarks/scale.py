@@ -138,7 +138,7 @@ def main() -> None:
 def report(rows: list[dict], sizes: list[int], args) -> None:
     """The table, the memory ratio and a linear fit of CPU time to the number of images."""
     from vaekit.config import TrainConfig
-    from vaekit.training.data import plan_splits
+    from vaekit.training.splits import plan_splits
 
     cfg = TrainConfig()  # the images an epoch trains on, as `vaekit train` splits them by default
     n_train = {n: len(plan_splits(n, cfg.val_fraction, cfg.calibration_fraction, cfg.seed, cfg.folds,

@@ -28,7 +28,8 @@ from PIL import Image
 from vaekit.config import ModelConfig, TrainConfig
 from vaekit.model.vae import ConvVAE
 from vaekit.model.objective import negative_elbo
-from vaekit.training.data import choose_model, image_statistics, load_dataset, plan_splits
+from vaekit.training.data import choose_model, image_statistics, load_dataset
+from vaekit.training.splits import plan_splits
 from vaekit.training.distributed import pick_device
 from vaekit.training.loop import fit
 

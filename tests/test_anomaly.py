@@ -23,7 +23,7 @@ from vaekit.config import ModelConfig, TrainConfig
 from vaekit.inference.engine import pixel_floor
 from vaekit.sample_data import write_shapes
 from vaekit.train import train
-from vaekit.training.data import split3
+from vaekit.training.splits import split3
 
 SIZE = 32
 

@@ -59,7 +59,7 @@ def test_unreadable_files_do_not_count_as_images_for_the_rule(monkeypatch, tmp_p
     """195 aligned parts of 96 px and 10 damaged files: 195 images train, cross-fitted (fewer than
     CROSSFIT_BELOW), so they are "fewer than 200 images larger than 64 px" and get the grid, as the
     same folder does with the damaged files gone and as a given --image-size decides it."""
-    from vaekit.training.data import CROSSFIT_BELOW
+    from vaekit.training.splits import CROSSFIT_BELOW
 
     _rings(tmp_path / "parts", 195, 96)
     for i in range(10):

@@ -385,7 +385,7 @@ def test_a_gradient_spike_is_clipped_to_a_few_times_the_running_norm(monkeypatch
 
 
 def test_splits_are_seeded_disjoint_and_sized_for_what_they_do():
-    from vaekit.training.data import plan_splits
+    from vaekit.training.splits import plan_splits
 
     a, b, c = (plan_splits(400, 0.1, 0.1, seed) for seed in (1, 1, 2))
     assert not a.crossfit and len(a.val) == 40 and len(a.cal) == 99  # as many as the 0.99 quantile needs
@@ -409,7 +409,7 @@ def test_splits_are_seeded_disjoint_and_sized_for_what_they_do():
     assert len(plan_splits(400, 0.1, 0.1, 0, one_fold=True).val) == 40  # many images: as before
     # the held-out fold holds at least 8 images (a tail can be fitted to 8 scores) while half train
     from vaekit.anomaly.quantiles import TAIL_MIN
-    from vaekit.training.data import ONE_FOLD_MIN
+    from vaekit.training.splits import ONE_FOLD_MIN
 
     assert ONE_FOLD_MIN == TAIL_MIN
     for n, cal in ((20, 8), (16, 8), (10, 5), (3, 1)):
@@ -421,17 +421,17 @@ def test_splits_are_seeded_disjoint_and_sized_for_what_they_do():
 def test_a_surface_run_from_before_the_larger_fold_resumes_on_the_images_it_trained_on(tmp_path, monkeypatch):
     from functools import partial
 
-    from vaekit.training import loop
-    from vaekit.training.data import plan_splits
+    from vaekit.training import splits
+    from vaekit.training.splits import plan_splits
 
     plan = partial(plan_splits, 20, 0.1, 0.1, 0, one_fold=True)
     now, before = plan(), plan(min_cal=0)
     stored = {"data": {"train_images": 16}}  # what a run of 20 surface images recorded then
-    monkeypatch.setattr(loop.rundir, "read_config", lambda out_dir: stored)
-    got = loop._splits_trained_on(tmp_path, now, 20, plan)
+    monkeypatch.setattr(splits.rundir, "read_config", lambda out_dir: stored)
+    got = splits.trained_on(tmp_path, now, 20, plan)
     assert got.train.tolist() == before.train.tolist() and got.cal.tolist() == before.cal.tolist()
     stored["data"]["train_images"] = 12  # a run of this version resumes on its own split
-    assert loop._splits_trained_on(tmp_path, now, 20, plan) is now
+    assert splits.trained_on(tmp_path, now, 20, plan) is now
 
 
 def test_kl_warmup_ramps_linearly_to_beta():

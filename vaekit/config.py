@@ -168,7 +168,7 @@ class TrainConfig:
     crop: int = 0  # a grid (surface) model trains on random crops of this many pixels; 0 = auto (64 when larger)
     checkpoint_every: int = 0  # epochs between checkpoints (the first and last always); 0 = auto (~50 steps apart)
     reader: bool = True  # a surface (grid) model also trains a defect reader (vaekit.reader), its default score
-    # cross-fitting (vaekit.training.data.plan_splits): -1 auto (5 folds below 200 images; a surface
+    # cross-fitting (vaekit.training.splits.plan_splits): -1 auto (5 folds below 200 images; a surface
     # model with its reader holds out one fold instead), 0 off, K >= 2 folds
     folds: int = -1
     # small random warps of the training images (vaekit.training.augment): "auto" (aligned objects,

@@ -3,7 +3,7 @@
 A threshold (or a score's statistics) fitted on images the model trained on is biased: those
 images score lower than new normal ones, so more new normal images than promised end up above
 it (28.8% instead of 1% with 20 images, in vaekit 0.2). Holding images out costs what few
-images cannot spare. Instead, with K folds (vaekit.training.data.Splits), one extra model per fold is
+images cannot spare. Instead, with K folds (vaekit.training.splits.Splits), one extra model per fold is
 trained on the other folds by the run's own recipe (vaekit.training.trainer.Trainer) and scores its fold's
 images: every image gets parts from a model that never saw it, as new images will from the
 run's model. The run's own model trains on every fold but the first, so it is the first fold's model.
@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from vaekit.config import ModelConfig, TrainConfig
-from vaekit.training.data import Dataset, Splits, gather
+from vaekit.training.data import Dataset, gather
+from vaekit.training.splits import Splits
 from vaekit.training.whole import iter_whole_tiles
 from vaekit.training.distributed import Dist
 from vaekit.inference.atypicality import Parts
@@ -35,7 +36,7 @@ def crossfit_scores(data: Dataset, splits: Splits, model_cfg: ModelConfig, train
     pixel-bounded chunk at a time and summarised at once (no maps are kept); None when
     `should_stop()` ended it. The fold models follow the run's resolved recipe (the same batch
     size, epochs and seed), so a resumed run fits the same ones. The run's own model trained on
-    every fold but the first (vaekit.training.data.plan_splits), so it is the first fold's model:
+    every fold but the first (vaekit.training.splits.plan_splits), so it is the first fold's model:
     `run_engine` scores that fold, and the others train."""
     from vaekit.inference.engine_torch import TorchModel
     from vaekit.training.finish import CHUNK_PIXELS, Scored, parts_of

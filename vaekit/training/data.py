@@ -21,6 +21,7 @@ import torch
 from vaekit.errors import DamagedFile
 from vaekit.progress import Progress
 from vaekit.training.crops import open_mapped
+from vaekit.training.splits import CROSSFIT_BELOW
 
 
 
@@ -198,85 +199,6 @@ def choose_model(cfg, stats: dict[str, float], side: int | None = None):
     likelihood = cfg.likelihood if cfg.likelihood != "auto" else ("bernoulli" if binary else "gaussian")
     latent_dim = cfg.latent_dim or (16 if layout == "vector" else 8)
     return replace(cfg, layout=layout, likelihood=likelihood, latent_dim=latent_dim)
-
-
-def split3(n: int, val_fraction: float, cal_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Seeded train / validation / calibration split of n indices. Validation picks the best
-    epoch and calibrates the score; calibration, which did neither, sets the threshold.
-    Each held-out split gets round(n * fraction), at least 1 while 3 images or more remain."""
-    order = np.random.default_rng(seed).permutation(n)
-    n_val = 0 if val_fraction <= 0 or n < 2 else min(n - 1, max(1, round(n * val_fraction)))
-    n_cal = 0 if cal_fraction <= 0 or n - n_val < 2 else min(n - n_val - 1, max(1, round(n * cal_fraction)))
-    return np.sort(order[n_val + n_cal:]), np.sort(order[:n_val]), np.sort(order[n_val:n_val + n_cal])
-
-
-CROSSFIT_BELOW = 200  # fewer images than this: cross-fitting instead of held-out splits (auto)
-CROSSFIT_FOLDS = 5
-MIN_VAL = 20  # a held-out split smaller than this fits the score's statistics on too few images
-# a surface's held-out fold holds at least this many images (while half the images still train): the
-# largest of 4 scores flags a fifth of new normal images, and 8 are the fewest that
-# vaekit.anomaly.quantiles fits a tail beyond the largest to (TAIL_MIN; docs/thresholds.md)
-ONE_FOLD_MIN = 8
-
-
-@dataclass
-class Splits:
-    """Which images train the model, fit the score's statistics and set the threshold.
-
-    Many images: three disjoint splits (train, validation, calibration). Few, for a surface
-    model with its defect reader: one fold held out as the calibration split. Few otherwise: `folds`
-    partitions them for cross-fitting: a model per fold, trained on the other folds, scores the
-    fold's images as images it never saw, and the run's model is the first fold's (it trains on
-    folds 2..K), so that all n images give out-of-sample scores for the statistics and the
-    threshold of the very kind of model new images meet (Barber et al.
-    2021's cross-conformal idea): with 20 images the threshold can then promise 1 / 21, where a
-    held-out split of 2 could promise only 1 / 3."""
-
-    train: np.ndarray
-    val: np.ndarray
-    cal: np.ndarray
-    folds: list[np.ndarray]
-
-    @property
-    def crossfit(self) -> bool:
-        return bool(self.folds)
-
-
-def plan_splits(n: int, val_fraction: float, cal_fraction: float, seed: int, folds: int = -1,
-                quantile: float = 0.99, one_fold: bool = False, min_cal: int = ONE_FOLD_MIN) -> Splits:
-    """The splits for n images (see Splits).
-
-    folds=-1 (auto): cross-fit with CROSSFIT_FOLDS folds below CROSSFIT_BELOW images; above,
-    hold out a validation and a calibration split of at least `val_fraction` and
-    `cal_fraction` of the images, at least MIN_VAL each, and for calibration as many as the
-    threshold's quantile needs (99 for 0.99), each at most 30% of the images. folds=0: hold
-    out by the fractions alone; K >= 2: cross-fit with K folds. Fractions of 0 turn the
-    held-out splits (and cross-fitting) off: the threshold then comes from training images.
-
-    `one_fold`: where auto would cross-fit, hold out the first fold as the calibration split
-    instead and train on the others, with no fold models (a surface model whose default score,
-    the defect reader's, is calibrated on one held-out fold anyway: five more VAEs would only
-    serve its fallback score, at five times the training time). That fold holds at least
-    `min_cal` images while half the images still train: with 20 images, 8 instead of 4 (see
-    ONE_FOLD_MIN)."""
-    k = min(n, (CROSSFIT_FOLDS if n < CROSSFIT_BELOW else 0) if folds < 0 else folds)
-    # a fold of one image: leave-one-out, from 3 images (with 2, each fold's statistics would come
-    # from one score: a spread of 0 and thresholds of 1e16; they train on both and say so instead)
-    if k >= 2 and n >= 3 and val_fraction + cal_fraction > 0:
-        order = np.random.default_rng(seed).permutation(n)
-        parts = [np.sort(order[i::k]) for i in range(k)]
-        rest = np.sort(np.concatenate(parts[1:]))
-        if one_fold and folds < 0:
-            cal = parts[0] if len(parts[0]) >= min(min_cal, n // 2) else np.sort(order[:min(min_cal, n // 2)])
-            return Splits(np.setdiff1d(np.arange(n), cal), np.zeros(0, np.int64), cal, [])
-        return Splits(rest, np.zeros(0, np.int64), np.zeros(0, np.int64), parts)
-    if (folds < 0 or k >= 2) and val_fraction > 0 and cal_fraction > 0:  # --folds K on 2 images: as auto, both train
-        from vaekit.anomaly.quantiles import needed_scores
-
-        most = int(0.3 * n)
-        val_fraction = min(most, max(round(n * val_fraction), MIN_VAL)) / n
-        cal_fraction = min(most, max(round(n * cal_fraction), MIN_VAL, needed_scores(quantile))) / n
-    return Splits(*split3(n, val_fraction, cal_fraction, seed), [])
 
 
 def to_input(images: np.ndarray, idx: np.ndarray, device: torch.device, channels_last: bool = False) -> torch.Tensor:

@@ -5,7 +5,7 @@ the training images, to point at what does not belong (DRAEM-style). On the deve
 textures it beat the VAE's atypicality on both halves (docs/detection.md), so it gives a
 surface's default score, "defect": the largest smoothed defect probability in the image. Its
 threshold must come from images it never trained on: with held-out splits, the calibration
-split (with few images, one held-out fold: vaekit.training.data.plan_splits); when a run is
+split (with few images, one held-out fold: vaekit.training.splits.plan_splits); when a run is
 cross-fitted (asked for with --folds), the reader leaves out one fold and calibrates on it,
 since a reader per fold would cost five more trainings.
 """

@@ -15,7 +15,6 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
 from vaekit.config import RESUMABLE, ModelConfig, TrainConfig
@@ -23,7 +22,8 @@ from vaekit.errors import BadInput, TrainingFailed
 from vaekit.progress import Progress
 from vaekit.training import checkpoint, rundir
 from vaekit.training.checkpoint import pack_state, unpack_state
-from vaekit.training.data import Dataset, plan_splits
+from vaekit.training.data import Dataset
+from vaekit.training.splits import run_splits
 from vaekit.training.distributed import all_reduce_sum, barrier, init_distributed, pick_device
 from vaekit.training.finish import finish, write_run_config
 from vaekit.training.recipe import kl_weight, resolve_batch_size, resolve_epochs
@@ -70,7 +70,7 @@ def fit(data: Dataset, out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCo
         progress: Progress | None = None, should_stop: Callable[[], bool] | None = None) -> TrainResult:
     """Train, checkpoint every epoch, keep the best-on-validation weights, set the threshold.
 
-    With few images (vaekit.training.data.Splits) the run's model is the first fold's, and one
+    With few images (vaekit.training.splits.Splits) the run's model is the first fold's, and one
     model per other fold is trained after it, for out-of-sample scores of every image
     (vaekit.training.crossfit), unless the model is a surface with a defect reader (one held-out
     fold). `should_stop()` is asked
@@ -79,7 +79,7 @@ def fit(data: Dataset, out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCo
     finished epoch's checkpoint, ready for `--resume`."""
     out_dir, device = Path(out_dir), pick_device(train_cfg.device)
     dist = init_distributed(device)
-    splits = _run_splits(len(data.paths), out_dir, model_cfg, train_cfg, resume)
+    splits = run_splits(len(data.paths), out_dir, model_cfg, train_cfg, resume)
     train_cfg = resolved_train_config(train_cfg, model_cfg, len(splits.train), models=len(splits.folds) or 1)
     trainer = Trainer(model_cfg, train_cfg, device, dist)
     start_epoch, best, history = _begin(trainer, out_dir, data, splits, resume)
@@ -124,14 +124,6 @@ def fit(data: Dataset, out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCo
     return result
 
 
-def _run_splits(n: int, out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, resume: bool):
-    """The splits of this run's n images; a resumed run's, those its checkpoint trained on."""
-    plan = partial(plan_splits, n, train_cfg.val_fraction, train_cfg.calibration_fraction, train_cfg.seed,
-                   train_cfg.folds, train_cfg.threshold_quantile, one_fold=model_cfg.layout == "grid" and train_cfg.reader)
-    splits = plan()
-    return _splits_trained_on(out_dir, splits, n, plan) if resume else splits
-
-
 def training_plan(trainer: Trainer, data: Dataset, splits, notes: bool = True) -> dict:
     """What this run trains, with every "auto" decided, for the progress event "plan" that comes
     before the first step (the CLI prints it as one line, the demo shows it): the images and how
@@ -173,29 +165,6 @@ def plan_text(p: dict) -> str:
     if p["folds"]:  # the run's model holds one fold out; a model per other fold follows, each as long as it
         readers += f" · then {p['folds'] - 1} fold models for the threshold"
     return f"{p['images']} image{'s' if p['images'] != 1 else ''} ({split}) · {model} · {recipe}{readers} · {p['device']}"
-
-
-def _splits_trained_on(out_dir: Path, splits, n: int, plan: Callable[..., object]):
-    """The splits a resumed run's checkpoint trained on (`plan(**kw)`: plan_splits for this run).
-    A cross-fitted run written before the run's model became the first fold's (vaekit 0.3.dev,
-    config.json data.train_images == every image) trained on all n images: it goes on doing so,
-    and its fold models score every fold (crossfit reuses the run's model only when it trained on
-    exactly the other folds). A surface run written before its held-out fold held at least
-    ONE_FOLD_MIN images keeps the fold it trained without."""
-
-    def stored() -> int | None:  # the number of images the checkpoint trained on, as config.json says
-        return (rundir.read_config(out_dir).get("data") or {}).get("train_images")
-
-    if splits.crossfit and len(splits.train) != n:
-        if stored() == n:
-            return replace(splits, train=np.arange(n))
-    elif not splits.crossfit and len(splits.cal) and not len(splits.val):  # one held-out fold
-        trained = stored()
-        if trained not in (None, len(splits.train)):
-            before = plan(min_cal=0)
-            if len(before.train) == trained:
-                return before
-    return splits
 
 
 def _check_best_weights(out_dir: Path, best: dict) -> None:
