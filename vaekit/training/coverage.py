@@ -95,23 +95,29 @@ def crop_note(paths: Sequence[Path], layout: str, whole: bool = False) -> str | 
             "a defect outside it is never seen; crop the images to what matters, or cut them into square tiles")
 
 
-def survey(images: np.ndarray) -> tuple[int, int]:
-    """(copies, brightest) of the cached images (N, C, H, W) uint8: how many are exact copies of
-    an earlier one, and the brightest value of any pixel. Read CHUNK images at a time (with the
-    pixel cache's pread, so a large cache is never all resident)."""
+def scan(images: np.ndarray) -> tuple[np.ndarray, int]:
+    """(groups, brightest) of the cached images (N, C, H, W) uint8: groups[i] numbers the distinct
+    image that image i is an exact copy of (0, 1, ... in order of first appearance), and the
+    brightest value of any pixel. Read CHUNK images at a time (with the pixel cache's pread, so a
+    large cache is never all resident)."""
     from vaekit.training.data import gather
 
-    seen: set[bytes] = set()
-    copies = brightest = 0
+    seen: dict[bytes, int] = {}
+    groups, brightest = np.empty(len(images), np.int64), 0
     step = max(1, min(CHUNK, CHUNK_BYTES // max(1, images[:1].nbytes)))
     for start in range(0, len(images), step):
         block = gather(images, np.arange(start, min(start + step, len(images))))
         brightest = max(brightest, int(block.max()))
-        for row in block.reshape(len(block), -1):
-            digest = hashlib.blake2b(row.tobytes(), digest_size=16).digest()
-            copies += digest in seen
-            seen.add(digest)
-    return copies, brightest
+        for k, row in enumerate(block.reshape(len(block), -1), start):
+            groups[k] = seen.setdefault(hashlib.blake2b(row.tobytes(), digest_size=16).digest(), len(seen))
+    return groups, brightest
+
+
+def survey(images: np.ndarray) -> tuple[int, int]:
+    """(copies, brightest): how many of the cached images are exact copies of an earlier one, and
+    the brightest value of any pixel (`scan`)."""
+    groups, brightest = scan(images)
+    return len(groups) - len(np.unique(groups)), brightest
 
 
 def sixteen_bit(paths: Sequence[Path]) -> bool:
@@ -139,17 +145,22 @@ def colour_note(paths: Sequence[Path], asked: str | int, channels: int) -> str |
             "--channels 1 trains a grey model (a colour image is then read by its luma)")
 
 
-def pixel_notes(images: np.ndarray, paths: Sequence[Path] = ()) -> list[str]:
+def pixel_notes(images: np.ndarray, paths: Sequence[Path] = (), scanned: tuple[np.ndarray, int] | None = None) -> list[str]:
     """Sentences for the plan about the cached images: exact copies, and images too dark to hold
-    more than DARK + 1 grey levels (with why, where `paths` holds 16-bit files); [] when neither."""
+    more than DARK + 1 grey levels (with why, where `paths` holds 16-bit files); [] when neither.
+    `scanned`: scan(images) where the run's splits keep each image's copies together (a run begun
+    before 2026-12-07 does not), else None."""
     n = len(images)
     if not n:
         return []
-    copies, brightest = survey(images)
-    notes = []
-    if copies:
-        notes.append(f"{copies} of {n} images are exact copies of another (as the model sees them, at {images.shape[-1]} px): "
-                     "a copy held out for the threshold while its twin trains is an image the model knows, so "
+    groups, brightest = scan(images) if scanned is None else scanned
+    copies, notes = n - len(np.unique(groups)), []
+    what = f"{copies} of {n} images are exact copies of another (as the model sees them, at {images.shape[-1]} px)"
+    if copies and scanned is not None:
+        notes.append(f"{what}: each is kept in its twin's split, so none is held out for the threshold while its "
+                     "twin trains, but every copy trains as one more image; remove the copies unless that is meant")
+    elif copies:
+        notes.append(f"{what}: a copy held out for the threshold while its twin trains is an image the model knows, so "
                      "the threshold comes out too low and flags more new normal images than it promises; "
                      "remove the copies")
     if brightest <= DARK:
@@ -160,9 +171,11 @@ def pixel_notes(images: np.ndarray, paths: Sequence[Path] = ()) -> list[str]:
     return notes
 
 
-def plan_notes(data, model_cfg) -> list[str]:
+def plan_notes(data, model_cfg, scanned: tuple[np.ndarray, int] | None = None) -> list[str]:
     """Every note for the plan of a run of `model_cfg` on `data` (a training Dataset), in order:
-    images not square, a few colour files among grey ones, exact copies, images too dark."""
+    images not square, a few colour files among grey ones, exact copies, images too dark
+    (`scanned`: pixel_notes)."""
     notes = [crop_note(data.paths, model_cfg.layout, data.wide is not None),
-             colour_note(data.paths, data.asked_channels, model_cfg.channels), *pixel_notes(data.images, data.paths)]
+             colour_note(data.paths, data.asked_channels, model_cfg.channels),
+             *pixel_notes(data.images, data.paths, scanned)]
     return [note for note in notes if note]

@@ -18,7 +18,7 @@ from vaekit.training.whole import iter_whole_tiles, model_tiles, per_image_max
 from vaekit.version import __version__
 
 
-def write_run_config(out_dir, data, model_cfg, train_cfg, device, n_train, n_val, n_cal=0, n_folds=0) -> None:
+def write_run_config(out_dir, data, model_cfg, train_cfg, device, n_train, n_val, n_cal=0, n_folds=0, copies=0) -> None:
     rundir.write_config(out_dir, {
         "vaekit_version": __version__,
         "torch_version": torch.__version__,
@@ -39,6 +39,7 @@ def write_run_config(out_dir, data, model_cfg, train_cfg, device, n_train, n_val
             "read_size": model_cfg.reads_at,
             "fingerprint": data.fingerprint,
             "pixels": data.pixels,  # sha256 of the decoded pixels, which a resume compares
+            "exact_copies": copies,  # images that are exact copies of another, kept in its split (splits.plan_splits)
             # a surface's images not square, learned from whole: their squares (vaekit.training.wide); else 0
             "whole_squares": 0 if data.wide is None else len(data.wide.tiles),
             "preprocessing": ("shorter side resized to read_size (bicubic), the whole image in image_size tiles; "

@@ -15,6 +15,7 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from vaekit.config import RESUMABLE, ModelConfig, TrainConfig
@@ -79,14 +80,15 @@ def fit(data: Dataset, out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCo
     finished epoch's checkpoint, ready for `--resume`."""
     out_dir, device = Path(out_dir), pick_device(train_cfg.device)
     dist = init_distributed(device)
-    splits = run_splits(len(data.paths), out_dir, model_cfg, train_cfg, resume)
+    scanned = _scanned(out_dir, data, resume)  # each image's exact copies, kept in one split
+    splits = run_splits(len(data.paths), out_dir, model_cfg, train_cfg, resume, scanned and scanned[0])
     train_cfg = resolved_train_config(train_cfg, model_cfg, len(splits.train), models=len(splits.folds) or 1)
     trainer = Trainer(model_cfg, train_cfg, device, dist)
-    start_epoch, best, history = _begin(trainer, out_dir, data, splits, resume)
+    start_epoch, best, history = _begin(trainer, out_dir, data, splits, resume, scanned)
     complete = resume and start_epoch == train_cfg.epochs and rundir.finished(out_dir)  # nothing will train
     if progress and dist.main:
-        progress(start_epoch, train_cfg.epochs, phase="plan", finished=complete,
-                 **training_plan(trainer, data, splits, notes=not complete))  # a finished run: nothing to say
+        progress(start_epoch, train_cfg.epochs, phase="plan", finished=complete,  # a finished run: nothing to say
+                 **training_plan(trainer, data, splits, notes=not complete, scanned=scanned))
     # No validation split (cross-fitting, one held-out fold, --val-fraction 0): keep the last epoch, as the fold
     keep_last = splits.crossfit or not len(splits.val)  # models do (validating on training images cost a pass)
     t_start, stopped, pending = time.perf_counter(), False, None
@@ -124,7 +126,7 @@ def fit(data: Dataset, out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCo
     return result
 
 
-def training_plan(trainer: Trainer, data: Dataset, splits, notes: bool = True) -> dict:
+def training_plan(trainer: Trainer, data: Dataset, splits, notes: bool = True, scanned=None) -> dict:
     """What this run trains, with every "auto" decided, for the progress event "plan" that comes
     before the first step (the CLI prints it as one line, the demo shows it): the images and how
     they are split, the model, the recipe, the device, how many defect readers follow, the
@@ -140,7 +142,7 @@ def training_plan(trainer: Trainer, data: Dataset, splits, notes: bool = True) -
             "channels": m.channels, "latent_dim": m.latent_dim, "likelihood": m.likelihood, "crop": training_crop(cfg, m),
             "epochs": cfg.epochs, "batch_size": cfg.batch_size, "augment": cfg.augment, "readers": readers,
             "device": str(trainer.device), "skipped": [(str(path), str(why)) for path, why in data.skipped],
-            "notes": plan_notes(data, m) if notes else []}
+            "notes": plan_notes(data, m, scanned) if notes else []}
 
 
 def plan_text(p: dict) -> str:
@@ -204,14 +206,26 @@ def _finish(out_dir, data, splits, model_cfg, train_cfg, device, progress, shoul
     return finish(out_dir, data, splits, train_cfg, device, crossfit, progress, should_stop)
 
 
-def _begin(trainer: Trainer, out_dir: Path, data: Dataset, splits, resume: bool) -> tuple[int, dict, list]:
+def _scanned(out_dir: Path, data: Dataset, resume: bool) -> tuple | None:
+    """vaekit.training.coverage.scan of the run's images (which are exact copies of which), for a
+    run that keeps each image's copies in one split: a new one, or one begun so (its config.json
+    counts its exact_copies); None for a run begun before 2026-12-07, whose splits stay as they were."""
+    from vaekit.training.coverage import scan
+
+    if resume and "exact_copies" not in (rundir.read_config(out_dir).get("data") or {}):
+        return None
+    return scan(data.images)
+
+
+def _begin(trainer: Trainer, out_dir: Path, data: Dataset, splits, resume: bool, scanned) -> tuple[int, dict, list]:
     """(first epoch, best so far, history): a new run writes its config; a resumed one reloads
     the exact state of its last finished epoch."""
     cfg = trainer.cfg
     if not resume:
         if trainer.dist.main:
+            copies = len(data.paths) - len(np.unique(scanned[0]))
             write_run_config(out_dir, data, trainer.model_cfg, cfg, trainer.device, len(splits.train),
-                             len(splits.val), len(splits.cal), len(splits.folds))
+                             len(splits.val), len(splits.cal), len(splits.folds), copies)
         return 0, {"epoch": -1, "val": math.inf}, []
     tensors, meta = checkpoint.load_checkpoint(out_dir)
     if meta.get("settings") not in (None, _settings(trainer)):  # checkpoints of before 2026-12-07 hold none

@@ -58,8 +58,15 @@ class Splits:
 
 
 def plan_splits(n: int, val_fraction: float, cal_fraction: float, seed: int, folds: int = -1,
-                quantile: float = 0.99, one_fold: bool = False, min_cal: int = ONE_FOLD_MIN) -> Splits:
+                quantile: float = 0.99, one_fold: bool = False, min_cal: int = ONE_FOLD_MIN,
+                groups: np.ndarray | None = None) -> Splits:
     """The splits for n images (see Splits).
+
+    `groups` (vaekit.training.coverage.scan): exact copies of one image are kept in one split. The
+    splits are planned for the distinct images, each then standing for all its copies: a copy held
+    out for the threshold while its twin trained was an image the model knew, and 100 copies of one
+    part set a threshold that flagged 88% of new parts where it promised 9.1%. Without copies the
+    splits are those planned without `groups`.
 
     folds=-1 (auto): cross-fit with CROSSFIT_FOLDS folds below CROSSFIT_BELOW images; above,
     hold out a validation and a calibration split of at least `val_fraction` and
@@ -74,6 +81,11 @@ def plan_splits(n: int, val_fraction: float, cal_fraction: float, seed: int, fol
     serve its fallback score, at five times the training time). That fold holds at least
     `min_cal` images while half the images still train: with 20 images, 8 instead of 4 (see
     ONE_FOLD_MIN)."""
+    if groups is not None and len(groups) and len(distinct := np.unique(groups)) < n:
+        s = plan_splits(len(distinct), val_fraction, cal_fraction, seed, folds, quantile, one_fold, min_cal)
+        of = np.searchsorted(distinct, groups)  # each image's distinct image, numbered 0 .. len(distinct) - 1
+        members = lambda idx: np.flatnonzero(np.isin(of, idx))  # noqa: E731 - the images of distinct images idx
+        return Splits(members(s.train), members(s.val), members(s.cal), [members(f) for f in s.folds])
     k = min(n, (CROSSFIT_FOLDS if n < CROSSFIT_BELOW else 0) if folds < 0 else folds)
     # a fold of one image: leave-one-out, from 3 images (with 2, each fold's statistics would come
     # from one score: a spread of 0 and thresholds of 1e16; they train on both and say so instead)
@@ -94,10 +106,13 @@ def plan_splits(n: int, val_fraction: float, cal_fraction: float, seed: int, fol
     return Splits(*split3(n, val_fraction, cal_fraction, seed), [])
 
 
-def run_splits(n: int, out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, resume: bool):
-    """The splits of this run's n images; a resumed run's, those its checkpoint trained on."""
+def run_splits(n: int, out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, resume: bool,
+               groups: np.ndarray | None = None):
+    """The splits of this run's n images, each image's exact copies together (`groups`: plan_splits);
+    a resumed run's, those its checkpoint trained on."""
     plan = partial(plan_splits, n, train_cfg.val_fraction, train_cfg.calibration_fraction, train_cfg.seed,
-                   train_cfg.folds, train_cfg.threshold_quantile, one_fold=model_cfg.layout == "grid" and train_cfg.reader)
+                   train_cfg.folds, train_cfg.threshold_quantile, one_fold=model_cfg.layout == "grid" and train_cfg.reader,
+                   groups=groups)
     splits = plan()
     return trained_on(out_dir, splits, n, plan) if resume else splits
 
