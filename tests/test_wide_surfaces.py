@@ -11,6 +11,7 @@ from PIL import Image
 
 from surface_support import train_surface
 from vaekit.training import cache
+from vaekit.training.loop import plan_text
 from vaekit.training.wide import WideImages
 
 
@@ -160,6 +161,7 @@ def test_the_vae_and_its_readers_learn_from_the_ends_the_centre_square_never_hol
     assert dark(reader_images).mean() > 0.2
     (plan,) = plans
     assert not any("not square" in n for n in plan["notes"])  # nothing left unseen to say
+    assert "latent grid (8 per cell) trained on 32 px crops of each whole image" in plan_text(plan)
     assert json.loads((root / "run" / "config.json").read_text())["data"]["whole_squares"] == 24 * 3
 
 

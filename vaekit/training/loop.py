@@ -142,6 +142,7 @@ def training_plan(trainer: Trainer, data: Dataset, splits, notes: bool = True, s
             "channels": m.channels, "latent_dim": m.latent_dim, "likelihood": m.likelihood, "crop": training_crop(cfg, m),
             "epochs": cfg.epochs, "batch_size": cfg.batch_size, "augment": cfg.augment, "readers": readers,
             "device": str(trainer.device), "skipped": [(str(path), str(why)) for path, why in data.skipped],
+            "whole": data.wide is not None,  # a surface learning from each whole image (vaekit.training.wide)
             "notes": plan_notes(data, m, scanned) if notes else []}
 
 
@@ -159,6 +160,8 @@ def plan_text(p: dict) -> str:
     model = f"{p['image_size']} px{colour}, vector latent ({p['latent_dim']}), {p['likelihood']}"
     if p["layout"] == "grid":
         crops = f" trained on {p['crop']} px crops" if p["crop"] else ""
+        if p.get("whole"):  # learned from every whole image, not from its centre square
+            crops = f"{crops} of each whole image" if crops else " trained on each whole image"
         tiles = f" in {p['image_size']} px tiles" if p["reads_at"] > p["image_size"] else ""  # as the summary says
         model = f"{p['reads_at']} px{colour}{tiles}, latent grid ({p['latent_dim']} per cell){crops}, {p['likelihood']}"
     recipe = (f"{p['epochs']} epoch{'s' if p['epochs'] != 1 else ''}, batch {p['batch_size']}"
