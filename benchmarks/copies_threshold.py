@@ -18,17 +18,14 @@ threshold came from, vaekit.anomaly.expected_fpr), and the AUROC. What decided t
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cli_runner import vaekit  # noqa: E402
+from cli_runner import set_arguments, trained_and_evaluated  # noqa: E402
 
 
 def _write(folder: Path, images, names) -> None:
@@ -66,33 +63,22 @@ def build(spec: str, root: Path) -> Path:
 
 
 def run_set(folder: Path, threads: int) -> dict:
-    run, t0, out = folder / "run", time.perf_counter(), {}
-    if not (run / "config.json").is_file():
-        vaekit(threads, "train", folder / "train", "--out", run, "--overwrite")
-        out["train s"] = time.perf_counter() - t0
-    ev = json.loads(vaekit(threads, "evaluate", run, "--normal", folder / "normal", "--anomalous",
-                           folder / "anomalous", "--json"))
     from vaekit.anomaly import expected_fpr
 
+    got, run = trained_and_evaluated(folder, threads)
     cfg = json.loads((run / "config.json").read_text())
-    out.update(auroc=ev["auroc"], fpr=ev["fpr_at_threshold"], normal=len(list((folder / "normal").iterdir())),
-               promised=expected_fpr(cfg["anomaly"]["n"], cfg["train"]["threshold_quantile"]))
-    return out
+    return {"auroc": got[None]["auroc"], "fpr": got[None]["fpr_at_threshold"], "train s": got["train s"],
+            "normal": len(list((folder / "normal").iterdir())),
+            "promised": expected_fpr(cfg["anomaly"]["n"], cfg["train"]["threshold_quantile"])}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--sets", default="twice,one100")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--work", type=Path, default=None)
-    args = ap.parse_args()
-    work = args.work or Path(tempfile.mkdtemp(prefix="copies_threshold_"))
-    print(f"work folder: {work}")
+    args, work = set_arguments(__doc__, "twice,one100", "copies_threshold_")
     print("| set | AUROC | FPR at the threshold (held-out normal) | promised | train s |\n|---|---|---|---|---|")
     for spec in args.sets.split(","):
         r = run_set(build(spec, work), args.threads)
         print(f"| {spec} | {r['auroc']:.4f} | {r['fpr']:.3f} (of {r['normal']}) | {r['promised']:.3f} | "
-              f"{r.get('train s', float('nan')):.0f} |", flush=True)
+              f"{r['train s']:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -17,17 +17,13 @@ on these sets; they measure one change (docs/preprocessing.md, "Wide images").
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cli_runner import vaekit  # noqa: E402
+from cli_runner import set_arguments, trained_and_evaluated  # noqa: E402
 
 SIDE = 256
 
@@ -65,32 +61,21 @@ def build(spec: str, root: Path) -> Path:
 
 
 def run_set(folder: Path, threads: int) -> dict:
-    run, t0, out = folder / "run", time.perf_counter(), {}
-    if not (run / "config.json").is_file():
-        vaekit(threads, "train", folder / "train", "--out", run, "--overwrite")
-        out["train s"] = time.perf_counter() - t0
-    for score in ("default", "neg_elbo"):
-        extra = [] if score == "default" else ["--score", score]
-        ev = json.loads(vaekit(threads, "evaluate", run, "--normal", folder / "normal", "--anomalous",
-                               folder / "anomalous", *extra, "--json"))
-        out[f"{score} AUROC"], out[f"{score} FPR"] = ev["auroc"], ev["fpr_at_threshold"]
+    got, _ = trained_and_evaluated(folder, threads, (None, "neg_elbo"))
+    out = {"train s": got["train s"]}
+    for score, name in ((None, "default"), ("neg_elbo", "neg_elbo")):
+        out[f"{name} AUROC"], out[f"{name} FPR"] = got[score]["auroc"], got[score]["fpr_at_threshold"]
     return out
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--sets", default="pairs:0:40,pairs:1:40")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--work", type=Path, default=None)
-    args = ap.parse_args()
-    work = args.work or Path(tempfile.mkdtemp(prefix="wide_surfaces_"))
-    print(f"work folder: {work}")
+    args, work = set_arguments(__doc__, "pairs:0:40,pairs:1:40", "wide_surfaces_")
     cols = ["default AUROC", "default FPR", "neg_elbo AUROC", "neg_elbo FPR", "train s"]
     print("| set | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols))
     for spec in args.sets.split(","):
         r = run_set(build(spec, work), args.threads)
-        print(f"| {spec} | " + " | ".join(f"{r.get(c, float('nan')):.4f}" if "s" != c[-1] else f"{r.get(c, float('nan')):.0f}"
-                                          for c in cols) + " |", flush=True)
+        print(f"| {spec} | " + " | ".join(f"{r[c]:.0f}" if c == "train s" else f"{r[c]:.4f}" for c in cols) + " |",
+              flush=True)
 
 
 if __name__ == "__main__":
