@@ -31,6 +31,10 @@ def test_copies_land_in_one_split_and_without_copies_nothing_changes(n, one_fold
         for other in parts:
             if other is not part:
                 assert not set(groups[part]) & set(groups[other])
+    for part in parts:  # a threshold counts each distinct image once
+        once = part[s.distinct(part)]
+        assert sorted(groups[once].tolist()) == sorted(set(groups[part].tolist()))
+    np.testing.assert_array_equal(plain.distinct(plain.cal), np.arange(len(plain.cal)))  # no copies: all of them
 
 
 def test_scan_numbers_each_distinct_image_in_order_of_first_appearance():
@@ -59,7 +63,8 @@ def test_a_run_records_its_copies_and_the_plan_says_they_stay_together(tmp_path,
     monkeypatch.setattr(loop, "run_splits", lambda *a: grouped.append(a[-1] is not None) or run_splits(*a))
 
     def fit(epochs, resume=False):
-        train(tmp_path / "images", tmp_path / "run", ModelConfig(base_channels=4), TrainConfig(epochs=epochs, device="cpu"),
+        train(tmp_path / "images", tmp_path / "run", ModelConfig(base_channels=4, layout="vector"),
+              TrainConfig(epochs=epochs, device="cpu"),
               cache_dir=tmp_path / "cache", resume=resume, resume_epochs=epochs if resume else None,
               progress=lambda d, t, **m: plans.append(m) if m.get("phase") == "plan" else None)
 
@@ -67,6 +72,7 @@ def test_a_run_records_its_copies_and_the_plan_says_they_stay_together(tmp_path,
     config = tmp_path / "run" / "config.json"
     cfg = json.loads(config.read_text())
     assert cfg["data"]["exact_copies"] == 3 and cfg["data"]["images"] == 19 and grouped == [True]
+    assert cfg["anomaly"]["n"] == 16 and cfg["anomaly"]["source"] == "cross-fitted"  # each distinct image once
     (note,) = [n for n in plans[0]["notes"] if "exact copies" in n]
     assert note.startswith("3 of 19 images are exact copies of another (as the model sees them, at 16 px): each is "
                            "kept in its twin's split, so none is held out for the threshold while its twin trains")

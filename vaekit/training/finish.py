@@ -123,6 +123,7 @@ def finish(out_dir, data, splits, train_cfg, device, crossfit=None, progress=Non
         if folds is None:
             return None
         scores, source = _crossfitted(calibration, folds, reference), "cross-fitted"
+        scores = {k: v[splits.distinct(np.arange(len(v)))] for k, v in scores.items()}  # copies counted once
     else:
         scores, source = _held_out(engine, data, splits, calibration, reference)
     default = "atypicality"
@@ -202,6 +203,7 @@ def _held_out(engine, data, splits, calibration, reference: Scored):
         eval_idx, source = splits.cal, "calibration"
     else:
         eval_idx, source = (splits.val, "validation") if len(splits.val) else (splits.train, "training")
+    eval_idx = eval_idx[splits.distinct(eval_idx)]  # a copy's score counted once
     if engine.net.cfg.layout == "grid":  # a surface model scores each file whole, in tiles
         return _whole_scores(engine, data, eval_idx, calibration), source
     held = _scored(engine, data, eval_idx, calibration)

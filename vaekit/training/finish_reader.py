@@ -49,6 +49,7 @@ def train_and_calibrate(out_dir, data, splits, train_cfg, tile: int, progress=No
         train_idx = splits.train
     if len(held) == 0:  # nothing held out at all: the training images, as the other scores do
         held, source = splits.train, "training"
+    held = held[splits.distinct(held)]  # a copy's score counted once
     cfg = ReaderConfig()
     stopped = {"yes": False}
 

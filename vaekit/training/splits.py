@@ -51,10 +51,19 @@ class Splits:
     val: np.ndarray
     cal: np.ndarray
     folds: list[np.ndarray]
+    groups: np.ndarray | None = None  # which distinct image each image is (plan_splits), where some are copies
 
     @property
     def crossfit(self) -> bool:
         return bool(self.folds)
+
+    def distinct(self, idx: np.ndarray) -> np.ndarray:
+        """The positions in `idx` of one image of each distinct image it holds (its first), in order:
+        a threshold counts the scores of copies once, since a copy is not a new image (the k-th
+        smallest of n scores promises 1 / (n + 1) only when the n images are exchangeable)."""
+        if self.groups is None:
+            return np.arange(len(idx))
+        return np.sort(np.unique(self.groups[np.asarray(idx, np.int64)], return_index=True)[1])
 
 
 def plan_splits(n: int, val_fraction: float, cal_fraction: float, seed: int, folds: int = -1,
@@ -85,7 +94,7 @@ def plan_splits(n: int, val_fraction: float, cal_fraction: float, seed: int, fol
         s = plan_splits(len(distinct), val_fraction, cal_fraction, seed, folds, quantile, one_fold, min_cal)
         of = np.searchsorted(distinct, groups)  # each image's distinct image, numbered 0 .. len(distinct) - 1
         members = lambda idx: np.flatnonzero(np.isin(of, idx))  # noqa: E731 - the images of distinct images idx
-        return Splits(members(s.train), members(s.val), members(s.cal), [members(f) for f in s.folds])
+        return Splits(members(s.train), members(s.val), members(s.cal), [members(f) for f in s.folds], of)
     k = min(n, (CROSSFIT_FOLDS if n < CROSSFIT_BELOW else 0) if folds < 0 else folds)
     # a fold of one image: leave-one-out, from 3 images (with 2, each fold's statistics would come
     # from one score: a spread of 0 and thresholds of 1e16; they train on both and say so instead)
