@@ -8,9 +8,10 @@ line), where nothing said so before:
   learns the centre square, and what lies outside it is judged by a model that never saw it
   (measured on a folder of 400 x 40 strips with dark ends: normal strips lit up at both ends,
   recall 0 at the threshold), which the note says.
-- Exact copies: a copy held out for the threshold while its twin trains is an image the model
-  knows, so the threshold comes out too low and flags more new normal images than it promises
-  (100 copies of one part promised at most 9.1% and flagged 88% of new normal parts).
+- Exact copies: a copy held out for the threshold while its twin trained was an image the model
+  knew, so the threshold came out too low (100 copies of one part promised at most 9.1% and
+  flagged 88% of new normal parts). `scan` numbers the distinct images, and the splits keep each
+  image's copies together (vaekit.training.splits); the note says that every copy still trains.
 - Dark images: a 16-bit file is read as value / 257, rounded, so 12-bit camera data stored in 16
   bits trains on 17 grey levels (0 to 16) and nothing said so.
 """
