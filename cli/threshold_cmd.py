@@ -80,7 +80,7 @@ def _print_threshold(run, section) -> None:
     console.print(t)
 
 
-def which_score(section) -> str:
+def which_score(section, lower: str = "--quantile or --value sets a lower one") -> str:
     """Which calibration score a quantile's threshold is, in words (empty for a fixed value): the
     rank k = ceil((n + 1) q), the largest when k > n, or beyond the largest by their fitted tail;
     the table's interpolated quantiles are another thing, and a tail far past the largest score
@@ -100,8 +100,7 @@ def which_score(section) -> str:
     largest = values[-1]
     if n < TAIL_MIN or section["threshold"] <= largest + 2 * ROUNDING * max(abs(largest), 1.0):  # within its margin
         return f"the largest of {n} {what}: too few for rank ceil((n + 1) q)"
-    return (f"beyond the largest of {n} {what} ({number(largest)}), at their fitted tail's "
-            "quantile; --quantile or --value sets a lower one")
+    return f"beyond the largest of {n} {what} ({number(largest)}), at their fitted tail's quantile; {lower}"
 
 
 def threshold_origin(section) -> str:

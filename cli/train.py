@@ -73,7 +73,7 @@ def train(
     layout: Annotated[Layout, typer.Option(help=LAYOUT_HELP)] = Layout.auto,
     base_channels: Annotated[int, typer.Option(help="Feature maps of the first conv layer (doubles per stage), 1 to 4096.")] = 16,
     likelihood: Annotated[Likelihood, typer.Option(help=LIKELIHOOD_HELP)] = Likelihood.auto,
-    epochs: Annotated[Optional[int], typer.Option(help="Epochs (default, or 0: auto, a fixed compute budget, ~1 min of one model's epochs on 2 cores; cross-fitting, below 200 images, trains five models on ~2 budgets, and a surface's defect readers add ~1.5-2 min; up to 4x, at most 20 epochs, for a logistic model with many images; with --resume: the new total); at most 1,000,000.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs (default, or 0: auto, a fixed compute budget, ~1-3 min of one model's epochs on 2 cores; cross-fitting, below 200 images, trains five models on ~2 budgets, and a surface's defect readers add ~1.5-2 min; up to 4x, at most 20 epochs, for a logistic model with many images; with --resume: the new total); at most 1,000,000.")] = None,
     batch_size: Annotated[int, typer.Option(min=0, max=4096, help="Global batch size (split across torchrun ranks), at most 4096 "
                                                                   "as in the other commands; 0 = auto: 64 up to 32 px, else 32.")] = 0,
     lr: Annotated[float, typer.Option(help="AdamW peak learning rate (warm-up, then cosine decay).")] = 2e-3,

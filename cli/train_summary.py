@@ -49,9 +49,13 @@ def print_summary(result, data, skipped_named: bool = False) -> None:
         a = cfg.get("anomaly") or {}
         q, n, source = a.get("threshold_quantile"), a.get("n", 0), a.get("source", "calibration")
         from vaekit.anomaly.quantiles import quantile_text
+        from vaekit_cli.threshold_cmd import which_score
 
         where = f" (quantile {quantile_text(q)} of {n} {shown(source)} score{'s' if n != 1 else ''})" if q is not None else ""
         t.add_row("anomaly threshold", f"{shown(a.get('score'))} {number(result.threshold)} {score_unit(a.get('score', ''))}{where}")
+        which = which_score(a, f"`vaekit threshold {shown(result.run_dir)} --normal MORE_GOOD/` sets it from more images")
+        if which.startswith("beyond"):  # a threshold above every score it came from is worth seeing beside the largest
+            t.add_row("which is", which)
         promise_rows(t, a)
     t.add_row("time", f"{result.seconds:.1f} s ({result.epoch_seconds:.1f} s of them epochs)")
     console.print(t)

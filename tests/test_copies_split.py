@@ -59,20 +59,22 @@ def test_a_run_records_its_copies_and_the_plan_says_they_stay_together(tmp_path,
         Image.fromarray(a).save(tmp_path / "images" / f"p{i:02d}.png")
         if i < 3:
             Image.fromarray(a).save(tmp_path / "images" / f"p{i:02d}_again.png")
-    plans, grouped, run_splits = [], [], loop.run_splits
+    plans, folds, grouped, run_splits = [], [], [], loop.run_splits
     monkeypatch.setattr(loop, "run_splits", lambda *a: grouped.append(a[-1] is not None) or run_splits(*a))
 
     def fit(epochs, resume=False):
         train(tmp_path / "images", tmp_path / "run", ModelConfig(base_channels=4, layout="vector"),
               TrainConfig(epochs=epochs, device="cpu"),
               cache_dir=tmp_path / "cache", resume=resume, resume_epochs=epochs if resume else None,
-              progress=lambda d, t, **m: plans.append(m) if m.get("phase") == "plan" else None)
+              progress=lambda d, t, **m: plans.append(m) if m.get("phase") == "plan" else
+              folds.append((d, t)) if m.get("phase") == "crossfit" else None)
 
     fit(1)
     config = tmp_path / "run" / "config.json"
     cfg = json.loads(config.read_text())
     assert cfg["data"]["exact_copies"] == 3 and cfg["data"]["images"] == 19 and grouped == [True]
     assert cfg["anomaly"]["n"] == 16 and cfg["anomaly"]["source"] == "cross-fitted"  # each distinct image once
+    assert folds == [(1, 4), (2, 4), (3, 4), (4, 4)]  # the 4 fold models the plan names, not the run's own
     (note,) = [n for n in plans[0]["notes"] if "exact copies" in n]
     assert note.startswith("3 of 19 images are exact copies of another (as the model sees them, at 16 px): each is "
                            "kept in its twin's split, so none is held out for the threshold while its twin trains")

@@ -45,9 +45,11 @@ def crossfit_scores(data: Dataset, splits: Splits, model_cfg: ModelConfig, train
     out = []
     step = max(1, CHUNK_PIXELS // model_cfg.image_size**2)
     every = np.sort(np.concatenate(splits.folds))
+    reused = [run_engine is not None and np.array_equal(np.setdiff1d(every, held), splits.train)
+              for held in splits.folds]  # the run's own model is the first fold's: scored, not trained
     for i, held in enumerate(splits.folds):
         rest = np.setdiff1d(every, held)
-        if run_engine is not None and np.array_equal(rest, splits.train):
+        if reused[i]:
             engine = run_engine
         else:
             # the run's own seed (initial weights, shuffles, noise): a fold model then differs from
@@ -68,6 +70,6 @@ def crossfit_scores(data: Dataset, splits: Splits, model_cfg: ModelConfig, train
             chunks = [summary(engine.elbo_parts(gather(data.images, held[j : j + step])))
                       for j in range(0, len(held), step)]
         out.append((held, Scored.cat(chunks), counts))
-        if progress:
-            progress(i + 1, len(splits.folds), phase="crossfit")
+        if progress and not reused[i]:  # the fold models trained, as the plan counts them (not the run's own)
+            progress(i + 1 - sum(reused[: i + 1]), len(reused) - sum(reused), phase="crossfit")
     return out

@@ -13,7 +13,7 @@ from vaekit.config import TrainConfig
 
 # The automatic training length is a compute budget: about this many pixel-visits (images x
 # pixels per image over all steps), ~1400 steps of 64 at 28 px, ~550 steps of 32 at 64 px:
-# about two minutes of training on two shared CPU cores (a full MNIST class, 2026-12-04).
+# one to three minutes of training on two shared CPU cores (a full MNIST class, 2026-12-04).
 # Measured in docs/detection.md: longer keeps helping a little, shorter hurts quickly.
 AUTO_PIXEL_VISITS = 72_000_000
 AUTO_MIN_STEPS, AUTO_MAX_STEPS, AUTO_MAX_EPOCHS = 300, 3000, 300
