@@ -99,8 +99,11 @@ def _say(report, inputs, out, maps) -> None:
     if report.out is not None:  # the CSV's header says "score": which one, and in what
         from vaekit.inference.info import score_unit
 
-        console.print(f"wrote {shown(report.out)} (score: {report.plan.score}, {score_unit(report.plan.score)})",
-                      highlight=False)
+        unread = len(report.skipped)  # a CSV has a row per scored image only; JSON lists them under "skipped"
+        left = (f"; {unread} file{'s' if unread != 1 else ''} that could not be read, not in it (named above)"
+                if unread and str(report.out).lower().endswith(".csv") else "")
+        console.print(f"wrote {shown(report.out)} (score: {report.plan.score}, {score_unit(report.plan.score)}){left}",
+                      highlight=False, soft_wrap=True)
     elif out is not None:
         i, n = report.shard
         console.print(f"share {i}/{n} scored; {shown(out)} is written when every share has finished "

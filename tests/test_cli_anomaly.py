@@ -248,3 +248,20 @@ def test_thresholds_of_probabilities_print_with_the_digits_that_tell_them_apart(
     assert (number(0.3185), number(0.31629), number(0.75)) == ("0.3185", "0.3163", "0.75")
     assert (number(110.314), number(0.0), number(-0.004), number(1e308)) == ("110.31", "0.00", "-0.004", "1e+308")
     assert number(2.5e-7) == "2.5e-07" and number(float("nan")) == "nan"
+
+
+def test_a_csv_says_which_files_it_does_not_hold(parts, tmp_path):
+    """A CSV has a row per scored image; a job that relied on it lost the unreadable files without a
+    word beyond stderr's (h2). The line that names the CSV now counts them."""
+    import shutil
+
+    folder = tmp_path / "in"
+    shutil.copytree(parts / "test" / "normal", folder)
+    (folder / "broken.png").write_bytes(b"not an image")
+    r = invoke("--threads", 1, "anomaly-score", parts / "run", folder, "-o", tmp_path / "s.csv")
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    assert "(score: atypicality, sd²); 1 file that could not be read, not in it (named above)" in text
+    assert len(list(csv.DictReader(io.StringIO((tmp_path / "s.csv").read_text())))) == 4
+    r = invoke("--threads", 1, "anomaly-score", parts / "run", folder, "-o", tmp_path / "s.json")
+    assert "not in it" not in " ".join(r.output.split())  # JSON lists them under "skipped"
