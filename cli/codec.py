@@ -216,7 +216,7 @@ def _encode_vkc(model, images, out, quality, lossless, fit, overwrite, as_json, 
     if r.source_bytes:
         t.add_row("vs. sources", vs_sources(r.source_bytes, r.file_bytes))
     if lossless:
-        t.add_row("pixel model", pixel_model_text(m.info.likelihood, r.pixel_model))
+        t.add_row("pixel model", pixel_model_text(m.info.likelihood, r.pixel_model, m.info.engine))
     else:
         t.add_row("quality", psnr_text(r.psnr, r.exact, r.psnr_images, size, channels))
     console.print(t)

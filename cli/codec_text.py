@@ -15,7 +15,7 @@ RESIDUAL_TEXT = {None: "latents only", "pixels": "latents + residual per pixel",
                  "dct 8x8": "latents + residual in 8x8 DCT blocks", "dct 4x4": "latents + residual in 4x4 DCT blocks"}
 
 
-def pixel_model_text(likelihood: str, kind: str) -> str:
+def pixel_model_text(likelihood: str, kind: str, engine: str = "torch") -> str:
     """What codes a lossless archive's pixels, and the smaller archive a user can have."""
     if kind == "model":
         return "the model's own (discretised logistic): the archive costs about its -ELBO"
@@ -24,6 +24,10 @@ def pixel_model_text(likelihood: str, kind: str) -> str:
     if kind == "learned":
         return (f"a small network fitted to these images (a {likelihood} model has no 8-bit levels), "
                 f"chosen because it measured smaller than the context model{how} (docs/codec.md)")
+    if engine == "onnxruntime":  # the exported model never trains the network (it would need torch)
+        return (f"a context model fitted to these images (a {likelihood} model has no 8-bit levels){how}; the "
+                "run directory instead of its export may fit a small network, smaller on 256 images or more, and "
+                "a model trained with --likelihood logistic codes 9-10% smaller (docs/codec.md)")
     return (f"a context model fitted to these images (a {likelihood} model has no 8-bit levels){how}; a model "
             "trained with --likelihood logistic codes 9-10% smaller (docs/codec.md)")
 

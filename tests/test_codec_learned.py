@@ -164,6 +164,9 @@ def test_an_archive_with_the_learned_model_decodes_through_the_cli(archive, tmp_
     from vaekit_cli.main import app
 
     assert "network" in pixel_model_text("gaussian", "learned") and "9-10%" not in pixel_model_text("gaussian", "learned")
+    onnx = pixel_model_text("gaussian", "fitted", "onnxruntime")  # an export never fits the network (h2)
+    assert "the run directory instead of its export may fit a small network" in onnx
+    assert "run directory" not in pixel_model_text("gaussian", "fitted", "torch")
 
     run, src, vkc = archive
     h, _ = container.read_header(vkc)
