@@ -64,25 +64,25 @@ def kept_shares(paths: Sequence[Path]) -> np.ndarray:
     return np.asarray(_sampled(paths, lambda p: _header(p, share)), float)
 
 
-def _cut(paths: Sequence[Path]) -> tuple[np.ndarray, np.ndarray]:
-    """(the sampled images' kept_shares, those of them that lose more than 1 - KEPT of their area
-    to the centre square), the latter empty unless they are at least NOTED of the former."""
-    shares = kept_shares(paths)
+def _cut(shares: np.ndarray) -> np.ndarray:
+    """Those of the sampled images' kept_shares that lose more than 1 - KEPT of their area to the
+    centre square; empty unless they are at least NOTED of them all."""
     cut = shares[shares < KEPT]
-    return shares, cut if len(shares) and len(cut) >= NOTED * len(shares) else cut[:0]
+    return cut if len(shares) and len(cut) >= NOTED * len(shares) else cut[:0]
 
 
-def is_wide(paths: Sequence[Path]) -> bool:
-    """Whether enough images are not square for a surface model to learn from them whole
-    (vaekit.training.wide) rather than from their centre squares: the crop note's rule."""
-    return bool(len(_cut(paths)[1]))
+def is_wide(shares: np.ndarray) -> bool:
+    """Whether enough images (their kept_shares) are not square for a surface model to learn from
+    them whole (vaekit.training.wide) rather than from their centre squares: the crop note's rule."""
+    return bool(len(_cut(shares)))
 
 
 def crop_note(paths: Sequence[Path], layout: str, whole: bool = False) -> str | None:
     """One sentence for the plan when at least NOTED of the images lose more than 1 - KEPT of their
     area to the centre square, else None; None too for a surface model that learns from them
     whole (`whole`: vaekit.training.wide)."""
-    shares, cut = _cut(paths)
+    shares = kept_shares(paths)
+    cut = _cut(shares)
     if not len(cut) or (whole and layout == "grid"):
         return None
     kept = f"{np.median(cut):.0%}"

@@ -47,6 +47,7 @@ def crossfit_scores(data: Dataset, splits: Splits, model_cfg: ModelConfig, train
     every = np.sort(np.concatenate(splits.folds))
     reused = [run_engine is not None and np.array_equal(np.setdiff1d(every, held), splits.train)
               for held in splits.folds]  # the run's own model is the first fold's: scored, not trained
+    trained = 0
     for i, held in enumerate(splits.folds):
         rest = np.setdiff1d(every, held)
         if reused[i]:
@@ -71,5 +72,6 @@ def crossfit_scores(data: Dataset, splits: Splits, model_cfg: ModelConfig, train
                       for j in range(0, len(held), step)]
         out.append((held, Scored.cat(chunks), counts))
         if progress and not reused[i]:  # the fold models trained, as the plan counts them (not the run's own)
-            progress(i + 1 - sum(reused[: i + 1]), len(reused) - sum(reused), phase="crossfit")
+            trained += 1
+            progress(trained, len(reused) - sum(reused), phase="crossfit")
     return out

@@ -57,16 +57,20 @@ def load_dataset(
     if not paths:
         raise images.NoImagesError(f"no image files found in {root}")
     n_channels = images.resolve_channels(paths, channels)
-
-    def decode_progress(done, total, **kw):
-        if progress:
-            progress(done, total, phase="decode", **kw)
-
-    cached = cache.load_cached(paths, image_size, n_channels, cache_dir=cache_dir, progress=decode_progress, workers=workers)
+    cached = cache.load_cached(paths, image_size, n_channels, cache_dir=cache_dir, progress=decoding(progress),
+                               workers=workers)
     if len(cached.paths) == 0:
         raise images.none_usable(f"in {root}", cached.skipped)
     base = root if root.is_dir() else root.parent
     return Dataset(cached.images, cached.paths, cached.skipped, base, cached.key, cached.hit, cached.sha256, channels)
+
+
+def decoding(progress: Progress | None, **extra):
+    """The pixel cache's progress callback: `progress`'s, each call a phase="decode" event (with
+    `extra`), or None without one."""
+    if progress is None:
+        return None
+    return lambda done, total, **kw: progress(done, total, phase="decode", **extra, **kw)
 
 
 AUTO_MAX_SIZE = 64  # --image-size auto for aligned objects: the images' own size, at most this (and at least 16)

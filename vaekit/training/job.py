@@ -217,20 +217,26 @@ def _decoded_otherwise(data: Dataset, out_dir: Path, recorded: dict) -> str:
             "resume needs the same data")
 
 
-def _whole(data: Dataset, size: int, dist, cached) -> Dataset:
-    """`data` with its images whole in squares (vaekit.training.wide), when they are wide; the
-    first rank on each machine fills that cache entry, the others then find it."""
-    from vaekit.training.wide import load_wide
-
-    wide, failed = None, None
+def _first_rank_first(dist, load, progress):
+    """load(progress) on the first rank of each machine, which fills the pixel cache; then
+    load(None) on the others, which find it there. A failure on any rank is raised on all (agree)."""
+    got, failed = None, None
     if dist.local_rank == 0:
         try:
-            wide = load_wide(data, size, *cached)
+            got = load(progress)
         except Exception as e:  # noqa: BLE001 - agree re-raises it here and tells the others
             failed = e
     agree(dist, failed)
-    if dist.local_rank != 0:
-        wide = load_wide(data, size, *cached[:2])
+    return got if dist.local_rank == 0 else load(None)
+
+
+def _whole(data: Dataset, size: int, dist, cached) -> Dataset:
+    """`data` with its images whole in squares (vaekit.training.wide), when they are wide (the
+    first rank on each machine fills that cache entry); None on every rank unless all have them."""
+    from vaekit.training.wide import load_wide
+
+    cache_dir, workers, progress = cached
+    wide = _first_rank_first(dist, lambda report: load_wide(data, size, cache_dir, workers, report), progress)
     if dist.world > 1:  # a rank without them (its machine's cache full meanwhile): none trains on them
         import torch.distributed
 
@@ -271,16 +277,8 @@ def _train(data_dir, out_dir, dist, stored, model_cfg, train_cfg, channels, resu
             side = auto_image_size(paths, layout, native)
             model_cfg = replace(model_cfg, layout=layout,
                                 **(surface_sizes(side) if layout == "grid" else {"image_size": side}))
-    # The first rank on each machine fills the pixel cache; the others then find it there.
-    data, failed = None, None
-    if dist.local_rank == 0:
-        try:
-            data = load_dataset(data_dir, model_cfg.reads_at, channels, cache_dir, workers, progress, confine_to)
-        except Exception as e:  # noqa: BLE001 - agree re-raises it here and tells the others
-            failed = e
-    agree(dist, failed)
-    if data is None:
-        data = load_dataset(data_dir, model_cfg.reads_at, channels, cache_dir, workers, confine_to=confine_to)
+    data = _first_rank_first(dist, lambda report: load_dataset(data_dir, model_cfg.reads_at, channels, cache_dir,
+                                                               workers, report, confine_to), progress)
     if not resume and dist.main:  # once the images are known to be usable: a refused run writes nothing
         rundir.prepare_out(out_dir, overwrite)
     if resume and data.fingerprint != stored.get("data", {}).get("fingerprint"):

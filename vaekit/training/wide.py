@@ -51,19 +51,15 @@ def load_wide(data, size: int, cache_dir=None, workers: int = 0, progress=None) 
     read whole gives its centre square as its one square (vaekit.training.cache, whole=True)."""
     from vaekit.training import cache
     from vaekit.training.coverage import is_wide, kept_shares
+    from vaekit.training.data import decoding
 
-    if not is_wide(data.paths):
+    shares = kept_shares(data.paths)  # headers of up to 512 files
+    if not is_wide(shares):
         return None
-    shares = kept_shares(data.paths)  # the squares of an image: about 1 / share (headers of up to 512 files)
-    rows = float(np.mean(np.ceil(1 / np.maximum(shares, 1e-3) - 1e-9))) if len(shares) else 1.0
-
-    def decode_progress(done, total, **kw):
-        if progress:
-            progress(done, total, phase="decode", whole=True, **kw)
-
+    rows = float(np.mean(np.ceil(1 / np.maximum(shares, 1e-3) - 1e-9)))  # the squares of an image: about 1 / share
     try:
-        cached = cache.load_cached(data.paths, size, int(data.images.shape[1]), cache_dir, decode_progress, workers,
-                                   whole=True, rows_per_image=rows)
+        cached = cache.load_cached(data.paths, size, int(data.images.shape[1]), cache_dir,
+                                   decoding(progress, whole=True), workers, whole=True, rows_per_image=rows)
     except (CannotWrite, OSError):
         return None
     if cached.counts is None or [str(p) for p in cached.paths] != [str(p) for p in data.paths]:
