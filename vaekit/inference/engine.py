@@ -25,12 +25,12 @@ from vaekit.inference.info import DEFAULT_SCORE, SCORES, ModelInfo, score_unit, 
 from vaekit.inference.estimate import Estimate, code_length, estimate, object_parts
 from vaekit.inference.tiled import file_batch, iter_scores as tiled_scores, score_files, tiled
 from vaekit.inference.atypicality import Calibration, Parts, kl_map, pixel_floor  # noqa: F401  (pixel_floor: public here too)
+from vaekit.inference import frame
 from vaekit.progress import Progress
 
-# "atypicality" (the default; vaekit/inference/atypicality.py): how far the image's most atypical
-# part of the -ELBO lies from normal images, in standard deviations. "excess" is the -ELBO minus the image's
-# own floor, the NLL a perfect reconstruction would get (see `pixel_floor`); the others are the
-# -ELBO and its two terms.
+# "atypicality" (vaekit/inference/atypicality.py): how far the image's most atypical part of the -ELBO
+# lies from normal images, in sd. "excess": the -ELBO minus the image's own floor, the NLL a perfect
+# reconstruction would get (`pixel_floor`); the others are the -ELBO and its two terms.
 @dataclass
 class Scores:
     score: np.ndarray  # (N,) the chosen score, in its unit (score_unit(name)); higher = more anomalous
@@ -230,7 +230,7 @@ class Model:
                 progress(sl.stop, n)
         excess = nll - floor
         if score == "defect":  # the reader concatenates its batches: an empty one has none to read
-            chosen, defect_map = self._read(x) if n else (chosen, pmap)
+            chosen, defect_map = frame.checked(self.calibration(), x, *self._read(x)) if n else (chosen, pmap)
             if maps:
                 pmap = defect_map.astype(np.float32)
         elif score != "atypicality":

@@ -31,7 +31,7 @@ class ModelInfo:
     threshold: float | None = None  # anomaly threshold on the default score, in its unit (score_unit)
     threshold_quantile: float | None = None
     quantiles: dict[str, float] = field(default_factory=dict)  # quantiles of the held-out (calibration) scores
-    val_scores: list[float] = field(default_factory=list)  # the held-out (calibration) scores, for histograms
+    val_scores: list[float] = field(default_factory=list, repr=False)  # the held-out (calibration) scores, for histograms
     log_scale: list[float] | None = None  # gaussian: per-channel log sigma (needed by "excess"); bernoulli: None
     score: str = DEFAULT_SCORE  # the score `threshold`, `quantiles` and `val_scores` are about
     thresholds: dict[str, float] = field(default_factory=dict)  # score name -> threshold, every score
@@ -39,7 +39,8 @@ class ModelInfo:
     threshold_fixed: bool = False  # set to a value (`vaekit threshold --value`), not a quantile
     others_quantile: float | None = None  # with a fixed value: the quantile the other scores' thresholds kept
     latent_shape: tuple[int, ...] = ()  # (D,) for a vector latent, (C, G, G) for a grid; () = (latent_dim,)
-    calibration: dict | None = None  # the atypicality score's statistics of normal images (vaekit/inference/atypicality.py)
+    # the atypicality score's statistics of normal images (vaekit/inference/atypicality.py): kB to MB, so not in repr()
+    calibration: dict | None = field(default=None, repr=False)
     reader: dict | None = None  # the defect reader's config, when the run has one (vaekit.reader)
     reader_fingerprint: str | None = None  # its weights' fingerprint (runs from before: None, unchecked)
     read_size: int = 0  # files' shorter side when read whole (a surface read larger than its tiles); 0 = image_size

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from vaekit.fileio import finite_number
-from vaekit.inference import codebank
+from vaekit.inference import codebank, frame
 
 VERSION = 2  # the calibration section's format ("version"), as Calibration.empty writes it
 COMBINES = ("max", "sumsq", "shifted", "floored")  # the rules a calibration may name (vaekit.inference.atypicality.Calibration)
@@ -41,6 +41,8 @@ def damage(stats, size: int, tests, default_tests, latent_dim: int | None = None
         # an sd of 0 divides to inf, a negative one flips every z-score: an anomaly would read as normal
         if not (isinstance(v, list) and len(v) == n_tests and all(_finite(x) and (key == "mean" or x > 0) for x in v)):
             return f"tests.{key}"
+    if "frame" in stats and frame.damage(stats["frame"]):  # the frame check's range (a surface with readers)
+        return frame.damage(stats["frame"])
     if "maps" in stats:  # vaekit 0.2: per position, at the model's size
         shape, table = (size, size), stats.get("maps")
     else:

@@ -14,7 +14,7 @@ import torch
 from vaekit.errors import TrainingFailed
 from vaekit.training import rundir
 from vaekit.training.data import gather, to_device
-from vaekit.training.whole import iter_whole_tiles, model_tiles, per_image_max
+from vaekit.training.whole import frame_stats, iter_whole_tiles, model_tiles, per_image_max
 from vaekit.version import __version__
 
 
@@ -135,6 +135,7 @@ def finish(out_dir, data, splits, train_cfg, device, crossfit=None, progress=Non
             return None
         cfg["reader"], scores["defect"], default = reader.config, reader.scores, "defect"
         cfg["reader_fingerprint"] = reader.fingerprint  # the reader its threshold is of
+        calibration.stats["frame"] = frame_stats(data, size, CHUNK_PIXELS)  # frames wrong everywhere score 1
         # a threshold per score, each from images its score never trained on; "defect" from the
         # reader's own held-out images, which may be fewer than the others'
     cfg["anomaly"] = {**threshold_section(scores, train_cfg.threshold_quantile, source, default=default),

@@ -35,13 +35,30 @@ def whole_tiles(data: Dataset, i: int, tile: int) -> np.ndarray:
 def model_tiles(data: Dataset, idx, tile: int) -> np.ndarray:
     """The cached (centre square) images `idx` as the model sees them: as they are when cached at
     its size, else each cut into its `tile` px tiles (a surface read at a larger size)."""
+    return _tiles(gather(data.images, np.asarray(idx)), tile)
+
+
+def _tiles(images: np.ndarray, tile: int) -> np.ndarray:
+    """Square images (N, C, S, S), each cut into its `tile` px tiles (as they are when S is `tile`)."""
     from vaekit.images.tiles import Tiling
 
-    images = gather(data.images, np.asarray(idx))
     if images.shape[-1] == tile:
         return images
     cut = Tiling(images.shape[-2:], tile)
     return np.concatenate([cut.cut(x) for x in images]) if len(images) else images[:, :, :tile, :tile]
+
+
+def frame_stats(data: Dataset, tile: int, pixels: int) -> dict | None:
+    """The frame check's section (vaekit.inference.frame) of every image of `data`, held-out ones
+    too: the sharpness range of their tiles as the model scores them (their whole squares when
+    the surface learns from its images whole, vaekit.training.wide), `pixels` at a time."""
+    from vaekit.inference.frame import Range
+
+    found, images = Range(), data.wide.tiles if data.wide is not None else data.images
+    step = max(1, pixels // images.shape[-1] ** 2)
+    for i in range(0, len(images), step):
+        found.add(_tiles(np.asarray(images[i : i + step]), tile))
+    return found.stats()
 
 
 def iter_whole_tiles(data: Dataset, idx, pixels: int, tile: int) -> Iterator[tuple[np.ndarray, list[int]]]:

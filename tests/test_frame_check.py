@@ -1,0 +1,141 @@
+"""The frame check (vaekit/inference/frame.py): a surface model flags frames that are wrong
+everywhere, a blank, black or out-of-focus frame, which its defect readers can score as normal."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+import vaekit
+from vaekit.errors import DamagedFile
+from vaekit.inference import frame
+
+from surface_support import train_surface
+
+
+def _stripes(n: int, seed: int, size: int = 48) -> np.ndarray:
+    """Noisy stripes, a surface: uint8 (n, 1, size, size)."""
+    rng = np.random.default_rng(seed)
+    xx = np.mgrid[:size, :size][1]
+    out = [128 + 60 * np.sin(xx / 2.0 + rng.uniform(0, 6.3)) + rng.normal(0, 12, (size, size)) for _ in range(n)]
+    return np.clip(out, 0, 255).astype(np.uint8)[:, None]
+
+
+def _save(folder: Path, images: np.ndarray, prefix: str = "s") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, x in enumerate(images):
+        Image.fromarray(x[0]).save(folder / f"{prefix}_{i:03d}.png")
+    return folder
+
+
+def _wrong_frames(normal: np.ndarray) -> dict[str, np.ndarray]:
+    x = normal[0, 0]
+    blurred = np.asarray(Image.fromarray(x).filter(ImageFilter.GaussianBlur(3)))
+    return {"black": np.zeros_like(x), "grey": np.full_like(x, 128), "white": np.full_like(x, 255),
+            "blurred": blurred, "noise": np.random.default_rng(5).integers(0, 256, x.shape).astype(np.uint8)}
+
+
+@pytest.fixture(scope="module")
+def surface(tmp_path_factory):
+    root = tmp_path_factory.mktemp("frame")
+    train_surface(_save(root / "train", _stripes(24, 0)), root / "run")
+    return root
+
+
+def test_the_run_stores_the_sharpness_range_of_its_images(surface):
+    cal = json.loads((surface / "run" / "config.json").read_text())["anomaly"]["calibration"]
+    lo, hi = cal["frame"]["sharpness"]
+    s = frame.sharpness(_stripes(24, 0))  # the very training images (held-out ones included)
+    assert lo == pytest.approx(s.min()) and hi == pytest.approx(s.max())
+    assert cal["frame"]["factor"] == frame.FACTOR and cal["frame"]["margin"] == frame.MARGIN
+
+
+def test_frames_wrong_everywhere_score_one_and_new_normal_images_are_left_alone(surface):
+    m = vaekit.load(surface / "run")
+    normal = _stripes(10, 7)
+    frames = _wrong_frames(normal)
+    s = m.score(np.stack(list(frames.values()))[:, None])
+    assert np.all(s.score == 1.0) and np.all(s.pixel_map == 1.0)
+    assert np.all(s.score > m.info.threshold)
+    plain = m.score(normal)
+    assert np.all(plain.score < 1.0)
+    unchecked = frame.checked(None, normal, plain.score, plain.pixel_map)  # no range: as the reader scored
+    np.testing.assert_array_equal(unchecked[0], plain.score)
+    # the reader alone, before the check, missed some of them: what the check is for
+    reader, _ = m._read(np.stack(list(frames.values()))[:, None])
+    assert np.any(reader < m.info.threshold), reader
+
+
+def test_a_model_from_before_the_check_scores_as_it_did(surface, tmp_path):
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(surface / "run", old)
+    cfg = json.loads((old / "config.json").read_text())
+    del cfg["anomaly"]["calibration"]["frame"]
+    (old / "config.json").write_text(json.dumps(cfg))
+    x = np.full((1, 1, 48, 48), 128, np.uint8)
+    before, now = vaekit.load(old).score(x), vaekit.load(surface / "run").score(x)
+    assert before.score[0] < 1.0 and now.score[0] == 1.0
+
+
+def test_the_onnx_engine_checks_frames_as_the_run_does(surface, tmp_path):
+    from typer.testing import CliRunner
+
+    from vaekit_cli.main import app
+
+    r = CliRunner().invoke(app, ["export", str(surface / "run"), "-o", str(tmp_path / "s.onnx")])
+    assert r.exit_code == 0, r.output
+    frames = np.stack(list(_wrong_frames(_stripes(2, 3)).values()))[:, None]
+    x = np.concatenate([frames, _stripes(4, 9)])
+    want, got = vaekit.load(surface / "run").score(x), vaekit.load(tmp_path / "s.onnx").score(x)
+    np.testing.assert_allclose(got.score, want.score, atol=1e-5)
+    assert np.all(got.score[: len(frames)] == 1.0) and np.all(got.score[len(frames):] < 1.0)
+
+
+def test_anomaly_score_flags_a_blank_frame_in_a_folder(surface, tmp_path):
+    from typer.testing import CliRunner
+
+    from vaekit_cli.main import app
+
+    folder = _save(tmp_path / "in", _stripes(3, 11))
+    Image.fromarray(np.zeros((48, 48), np.uint8)).save(folder / "blank.png")
+    out = tmp_path / "scores.csv"
+    r = CliRunner().invoke(app, ["anomaly-score", str(surface / "run"), str(folder), "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    import csv
+
+    rows = {Path(row["path"]).name: row for row in csv.DictReader(out.open())}
+    assert rows["blank.png"]["anomalous"] in ("1", "True", "true") and float(rows["blank.png"]["score"]) == 1.0
+
+
+@pytest.mark.parametrize("section", [{"sharpness": [5.0, 1.0], "factor": 2.0, "margin": 1.0},
+                                     {"sharpness": [1.0, 5.0], "factor": -2.0, "margin": 1.0},
+                                     {"sharpness": [1.0, float("nan")], "factor": 2.0, "margin": 1.0},
+                                     "wide"])
+def test_a_damaged_range_is_refused_in_one_line(surface, tmp_path, section):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(surface / "run", bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["anomaly"]["calibration"]["frame"] = section
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(DamagedFile, match="calibration is damaged .frame"):
+        vaekit.load(bad).score(_stripes(1, 2))
+
+
+def test_nearly_flat_training_tiles_keep_sensor_noise_from_raising_an_alarm():
+    rng = np.random.default_rng(0)
+    flat = lambda sd: np.clip(100 + rng.normal(0, sd, (4, 1, 32, 32)), 0, 255).astype(np.uint8)  # noqa: E731
+    found = frame.Range()
+    found.add(flat(0.6))  # a plain background: sharpness well under a grey level
+    stats = found.stats()
+    assert stats["sharpness"][1] < 1.0
+    assert not frame.outside(flat(0.0), stats).any()  # flatter still, but within the margin
+    assert frame.outside(flat(30.0), stats).all()  # a textured frame under a model of flat ones
+    assert frame.Range().stats() is None
