@@ -128,16 +128,10 @@ def finish(out_dir, data, splits, train_cfg, device, crossfit=None, progress=Non
         scores, source = _held_out(engine, data, splits, calibration, reference)
     default = "atypicality"
     if grid and train_cfg.reader:
-        from vaekit.training.finish_reader import train_and_calibrate
-
-        reader = train_and_calibrate(out_dir, data, splits, train_cfg, size, progress, should_stop)
+        reader = _with_reader(out_dir, data, splits, train_cfg, cfg, scores, calibration, progress, should_stop)
         if reader is None:
             return None
-        cfg["reader"], scores["defect"], default = reader.config, reader.scores, "defect"
-        cfg["reader_fingerprint"] = reader.fingerprint  # the reader its threshold is of
-        calibration.stats["frame"] = frame_stats(data, size, CHUNK_PIXELS)  # frames wrong everywhere score 1
-        # a threshold per score, each from images its score never trained on; "defect" from the
-        # reader's own held-out images, which may be fewer than the others'
+        default = "defect"
     cfg["anomaly"] = {**threshold_section(scores, train_cfg.threshold_quantile, source, default=default),
                       "calibration": calibration.stats}
     if default == "defect":
@@ -147,6 +141,21 @@ def finish(out_dir, data, splits, train_cfg, device, crossfit=None, progress=Non
     rundir.write_config(out_dir, cfg)
     _write_preview(out_dir / rundir.PREVIEW, model, data, splits.val if len(splits.val) else splits.train, device)
     return cfg["anomaly"]["threshold"]
+
+
+def _with_reader(out_dir, data, splits, train_cfg, cfg, scores, calibration, progress, should_stop):
+    """Train a surface's defect reader (vaekit.training.finish_reader) and record it: its config and
+    the fingerprint of the weights its threshold is of in `cfg`, its scores of its own held-out
+    images (which may be fewer than the other scores') as scores["defect"], and the frame check's
+    range (vaekit.inference.frame) in `calibration`. The reader, or None when asked to stop."""
+    from vaekit.training.finish_reader import train_and_calibrate
+
+    size = cfg["model"]["image_size"]
+    reader = train_and_calibrate(out_dir, data, splits, train_cfg, size, progress, should_stop)
+    if reader is not None:
+        cfg["reader"], cfg["reader_fingerprint"], scores["defect"] = reader.config, reader.fingerprint, reader.scores
+        calibration.stats["frame"] = frame_stats(data, size, CHUNK_PIXELS)
+    return reader
 
 
 def _with_codes(calibration, engine, data, idx):
