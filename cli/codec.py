@@ -139,7 +139,8 @@ def encode(
     t.add_row("per image", f"{report.bytes_per_image:,.1f} bytes")
     t.add_row("bits per pixel", f"{report.bits_per_pixel:.4f} (of {report.image_size}×{report.image_size}); "
                                 f"{report.bits_per_source_pixel:.4f} (of the originals)")
-    t.add_row("vs. sources", vs_sources(report.source_bytes, report.file_bytes))
+    t.add_row("vs. sources", vs_sources(report.source_bytes, report.file_bytes,
+                                        report.source_pixels != report.count * report.image_size**2, report.image_size))
     console.print(t)
 
 
@@ -195,7 +196,7 @@ def _encode_vkc(model, images, out, quality, lossless, fit, overwrite, as_json, 
     _note(None if lossless else int8_note(m, "encodes"))
     info = {"file": str(r.path), "mode": r.mode, "quality": r.quality, "images": r.count, "skipped": len(r.skipped),
             "bytes": r.file_bytes, "bytes_per_image": r.bytes_per_image, "bits_per_dim": r.bits_per_dim,
-            "header_bytes": r.header_bytes, "source_bytes": r.source_bytes, "seconds": r.seconds}
+            "header_bytes": r.header_bytes, "source_bytes": r.source_bytes, "resized": r.resized, "seconds": r.seconds}
     if fit is not None:
         info["fit_skipped"] = len(fit_skipped)  # the --fit images that could not be read (each named on stderr)
     if lossless:
@@ -214,7 +215,7 @@ def _encode_vkc(model, images, out, quality, lossless, fit, overwrite, as_json, 
     t.add_row("per image", f"{r.bytes_per_image:,.1f} bytes, {r.bits_per_dim:.4f} bits per sub-pixel "
                            f"(of the model's {size}×{size}×{channels})")
     if r.source_bytes:
-        t.add_row("vs. sources", vs_sources(r.source_bytes, r.file_bytes))
+        t.add_row("vs. sources", vs_sources(r.source_bytes, r.file_bytes, r.resized > 0, size))
     if lossless:
         t.add_row("pixel model", pixel_model_text(m.info.likelihood, r.pixel_model, m.info.engine))
     else:

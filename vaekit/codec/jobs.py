@@ -62,6 +62,7 @@ class EncodeResult:
     #                            over those not decoded exactly (None where all are); see psnr_images
     exact: int = 0  # lossy: of those, images the file decodes to exactly (at the model's size)
     psnr_images: int = 0  # lossy: images the PSNR was measured on (all, or the first PSNR_IMAGES without a residual)
+    resized: int = 0  # images whose source is not the model's size: the file holds them at the model's size
 
     @property
     def bytes_per_image(self) -> float:
@@ -125,7 +126,8 @@ def encode(model, source: str | Path | Sequence[str | Path], out: str | Path, qu
     payload = 4 * sum(c[1] for c in header.chunks)
     return EncodeResult(out, header.mode, quality, len(header.names), size, size - payload, info.dims, skipped,
                         source_bytes, time.perf_counter() - t0, lossless_job.pixel_model_name(header) if lossless else None,
-                        None if lossless else residual_name(prior, quality), *lossy_job.mean_psnr(errors))
+                        None if lossless else residual_name(prior, quality), *lossy_job.mean_psnr(errors),
+                        resized=sum(list(hw) != [info.image_size] * 2 for hw in header.orig_size))
 
 
 def residual_name(prior: priors.Prior, quality: int) -> str | None:
