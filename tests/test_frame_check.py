@@ -4,6 +4,7 @@ everywhere, a blank, black or out-of-focus frame, which its defect readers can s
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +112,10 @@ def test_anomaly_score_flags_a_blank_frame_in_a_folder(surface, tmp_path):
 
     rows = {Path(row["path"]).name: row for row in csv.DictReader(out.open())}
     assert rows["blank.png"]["anomalous"] in ("1", "True", "true") and float(rows["blank.png"]["score"]) == 1.0
+    assert "exactly 1 is the frame check's" in " ".join(r.output.split())  # and the output says what 1 means
+    os.remove(folder / "blank.png")
+    r = CliRunner().invoke(app, ["anomaly-score", str(surface / "run"), str(folder)])
+    assert r.exit_code == 0 and "frame check" not in r.output
 
 
 @pytest.mark.parametrize("section", [{"sharpness": [5.0, 1.0], "factor": 2.0, "margin": 1.0},
