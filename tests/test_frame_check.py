@@ -144,3 +144,69 @@ def test_nearly_flat_training_tiles_keep_sensor_noise_from_raising_an_alarm():
     assert not frame.outside(flat(0.0), stats).any()  # flatter still, but within the margin
     assert frame.outside(flat(30.0), stats).all()  # a textured frame under a model of flat ones
     assert frame.Range().stats() is None
+
+
+def test_a_file_not_square_among_square_ones_is_in_the_range_as_it_is_scored(tmp_path):
+    """Too few files not square for the surface to learn them whole (vaekit.training.wide): the
+    range was of their centre squares, yet they are scored whole, so a normal training photo
+    whose ends were a little softer scored 1 (above the threshold it was held out for)."""
+    folder = _save(tmp_path / "train", _stripes(24, 0))
+    rng = np.random.default_rng(50)
+    for i in range(2):  # 3:1 photos of the surface, their outer thirds a little out of focus
+        xx = np.mgrid[:48, :144][1]
+        x = np.clip(128 + 60 * np.sin(xx / 2.0 + rng.uniform(0, 6.3)) + rng.normal(0, 12, (48, 144)), 0, 255).astype(np.uint8)
+        soft = np.asarray(Image.fromarray(x).filter(ImageFilter.GaussianBlur(1.2)))
+        x[:, :48], x[:, 96:] = soft[:, :48], soft[:, 96:]
+        Image.fromarray(x).save(folder / f"wide_{i}.png")
+    run = train_surface(folder, tmp_path / "run")
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["data"]["whole_squares"] == 0  # learned from centre squares
+    s = vaekit.load(run).score([folder / "wide_0.png", folder / "wide_1.png"])
+    assert np.all(s.score < 1.0), s.score
+
+
+def test_a_threshold_from_new_normal_images_holds_them_in_the_range(surface, tmp_path):
+    """`vaekit threshold --normal` with new normal images a little softer than the training ones:
+    the check scored a fifth of them 1, and the threshold came out above 1, where nothing, a
+    blank frame or a defect, is flagged any more. The range now grows to hold them."""
+    import shutil
+
+    from vaekit import anomaly
+
+    run = tmp_path / "run"
+    shutil.copytree(surface / "run", run)
+    new = [np.asarray(Image.fromarray(x[0]).filter(ImageFilter.GaussianBlur(1.0 if i < 32 else 1.6)))
+           for i, x in enumerate(_stripes(40, 21))]
+    folder = _save(tmp_path / "new", np.stack(new)[:, None])
+    section = anomaly.threshold_from_normal(run, folder)
+    assert section["threshold"] < 1.0
+    lo = section["calibration"]["frame"]["sharpness"][0]
+    assert lo == pytest.approx(frame.sharpness(np.stack(new)[:, None]).min())
+    m = vaekit.load(run)
+    assert m.info.calibration["frame"]["sharpness"][0] == lo
+    assert m.score(np.zeros((1, 1, 48, 48), np.uint8)).score[0] > m.info.threshold  # blank frames still flagged
+
+
+def test_shares_scored_under_another_frame_section_are_not_merged(surface, tmp_path):
+    """docs/detection.md invites raising the factor in config.json: a share (or a --resume) scored
+    before that edit was merged with rows scored after it, a blurred frame flagged in one half only."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from vaekit_cli.main import app
+
+    run = tmp_path / "run"
+    shutil.copytree(surface / "run", run)
+    blurred = np.stack([np.asarray(Image.fromarray(x[0]).filter(ImageFilter.GaussianBlur(2))) for x in _stripes(4, 9)])
+    folder = _save(tmp_path / "in", blurred[:, None], "blur")
+    out = tmp_path / "scores.csv"
+    args = ["anomaly-score", str(run), str(folder), "-o", str(out), "--batch-size", "1", "--shard"]
+    r = CliRunner().invoke(app, [*args, "0/2"])
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["anomaly"]["calibration"]["frame"]["factor"] = 4.0
+    (run / "config.json").write_text(json.dumps(cfg))
+    r = CliRunner().invoke(app, [*args, "1/2"])
+    assert r.exit_code != 0 and "other settings (frame" in r.output, r.output
+    assert not out.exists()

@@ -197,9 +197,21 @@ def _settings(model: Model, plan: Plan, found: stream.Inputs, layout: Layout, ma
             **({"map_names": "whole name where two share one"} if maps is not None else {}),
             **({"reader": info.reader_fingerprint, "reader_windows": READ_TILE}
                if getattr(info, "reader_fingerprint", None) else {}),
+            # the frame check's range, factor and margin (docs/detection.md invites editing the factor or
+            # dropping the section): rows scored under another were not to be mixed with these
+            **({"frame": _frame_setting(info.calibration["frame"])}
+               if plan.score == "defect" and "frame" in (info.calibration or {}) else {}),
             # a surface reads each file whole, in tiles (journals from before read its centre square)
             **({"read": "whole, in tiles" if info.read_size == info.image_size else
                 f"whole at {info.read_size} px, in {info.image_size} px tiles"} if tiled(model) else {})}
+
+
+def _frame_setting(stats) -> str:
+    """A stored frame check as a journal's header names it, what an edit changes first (its factor)."""
+    if not isinstance(stats, dict):  # damaged: the engine refuses it when it scores
+        return repr(stats)[:80]
+    lo, hi = (list(stats.get("sharpness") or []) + [None, None])[:2]
+    return f"factor {stats.get('factor')!r}, margin {stats.get('margin')!r}, sharpness {lo!r} to {hi!r}"
 
 
 def _row_check(paths: Sequence[str], threshold: float | None):

@@ -204,7 +204,8 @@ def threshold_from_normal(run_dir: str | Path, normal, quantile: float | None = 
     batch of parts, or held-out images that overlap the training images, as crops of one large
     photo do), score a folder of new normal images of the kind met in use instead: every stored
     score's threshold becomes the quantile (the stored one unless given) of their scores, by the
-    same rule as at training (`threshold_section`). The scores' statistics do not change.
+    same rule as at training (`threshold_section`). The scores' statistics do not change, but for
+    a surface's frame check's range, which grows to hold the new normal images' tiles (`_widened_frame`).
     BadInput when `normal` holds the training images or the run, or an image that cannot be read."""
     from vaekit.fileio import is_inside
     from vaekit.training import rundir
@@ -230,8 +231,10 @@ def threshold_from_normal(run_dir: str | Path, normal, quantile: float | None = 
             raise BadInput(f"{folder} is or holds the run directory {run_dir}; give a folder of normal images only")
     _refuse_training_copies(normal, roots)
     _refuse_unreadable(normal)
-    scores = _new_normal_scores(run_dir, normal, old["score"], list(old["by_score"]))
+    scores, widened = _new_normal_scores(run_dir, normal, old["score"], list(old["by_score"]))
     section = threshold_section(scores, q, NEW_NORMAL, old["score"])
+    if widened is not None:  # the frame check's range holds every normal image's tiles, these too
+        old = {**old, "calibration": {**old["calibration"], "frame": widened}}
     section[SET_ON] = [os.path.abspath(f) for f in _named(normal)]  # evaluate notes a --normal among them
     return _store(run_dir, cfg, old, section)
 
@@ -268,11 +271,14 @@ def _refuse_unreadable(normal) -> None:
             raise BadInput(f"cannot read {path} ({why}); every new normal image must be readable")
 
 
-def _new_normal_scores(run_dir: Path, normal, default: str, names: list[str]) -> dict[str, np.ndarray]:
+def _new_normal_scores(run_dir: Path, normal, default: str, names: list[str]) -> tuple[dict[str, np.ndarray], dict | None]:
     """Every stored score's values on the images under `normal` (the model's default score, and
     the atypicality in a second pass when the default is the reader's). A surface's image scores
     are its most anomalous tile's, whichever score, so its nats columns are taken that way
-    (tiled.merge, nats="max"): the same two passes, not one per score."""
+    (tiled.merge, nats="max"): the same two passes, not one per score. With them the frame check's
+    section widened to hold these normal images' tiles (vaekit.inference.frame; None when the model
+    has none), which scores them: else a new normal image beyond the training images' range scored
+    1, and a few such gave a threshold of 1 or more, which no image passes."""
     import vaekit
     from vaekit.images.arrays import user_images
     from vaekit.inference.tiled import file_batch, iter_scores
@@ -282,6 +288,7 @@ def _new_normal_scores(run_dir: Path, normal, default: str, names: list[str]) ->
     passes = [None] + (["atypicality"] if "atypicality" in names and model.info.score != "atypicality" else [])
     paths, arr = user_images(normal, model.info.channels, model.info.image_size)
     whole = tiled(model) and arr is None  # an array of the model's size is scored as given
+    widened = _widened_frame(model, paths, arr, whole)
     for score in passes:
         batches = (iter_scores(model, paths, file_batch(model, model.batch_size), nats="max", score=score) if whole
                    else model.iter_scores(normal if arr is None else arr, score=score))
@@ -296,7 +303,35 @@ def _new_normal_scores(run_dir: Path, normal, default: str, names: list[str]) ->
                     out[k].append(np.asarray(v, dtype=np.float64))
     if not sum(map(len, out[default])):
         raise BadInput(f"no image in {normal} to set a threshold from")
-    return {k: np.concatenate(v) for k, v in out.items() if v}
+    return {k: np.concatenate(v) for k, v in out.items() if v}, widened
+
+
+def _widened_frame(model, paths, arr, whole: bool) -> dict | None:
+    """The model's frame check section with its range grown by the tiles of the new normal images
+    (files read whole in tiles, as scoring reads them; an array as given), put in force on `model`
+    for the scores that follow; None when the model has no such section (or its default score is
+    not the reader's)."""
+    from vaekit.inference.frame import Range
+    from vaekit.inference.tiled import file_batch
+
+    cal = model.calibration()  # checked: a damaged section is refused here, in one line
+    stats = None if cal is None else cal.stats.get("frame")
+    if stats is None or model.info.score != "defect":
+        return None
+    found = Range()
+    found.lo, found.hi = (float(v) for v in stats["sharpness"])
+    if arr is not None:
+        found.add(arr)
+    elif whole:
+        from vaekit.stream import find_inputs, iter_batches
+
+        info = model.info
+        for b in iter_batches(find_inputs(paths).paths, info.read_size, info.channels,
+                              file_batch(model, model.batch_size), 0, tiles=info.image_size):
+            found.add(b.images)
+    widened = {**stats, "sharpness": [found.lo, found.hi]}
+    cal.stats["frame"] = widened
+    return widened
 
 
 def resolve_threshold(model: Model, score: str, estimator: str, override: float | None) -> tuple[float | None, str]:

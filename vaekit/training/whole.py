@@ -54,8 +54,15 @@ def frame_stats(data: Dataset, tile: int, pixels: int) -> dict | None:
     the surface learns from its images whole, vaekit.training.wide), `pixels` at a time."""
     from vaekit.inference.frame import Range
 
-    found, images = Range(), data.wide.tiles if data.wide is not None else data.images
-    step = max(1, pixels // images.shape[-1] ** 2)
+    found = Range()
+    if data.wide is None:  # the files read whole as scoring reads them (`whole_tiles`): a file not square
+        # among square ones is learned from its centre square, yet scored whole, and its other
+        # tiles must be inside the range too, as its held-out threshold scores are
+        for tiles, _ in iter_whole_tiles(data, np.arange(len(data.paths)), pixels, tile):
+            found.add(tiles)
+        return found.stats()
+    images = data.wide.tiles
+    step = max(1, pixels // (images.shape[1] * images.shape[-1] ** 2))
     for i in range(0, len(images), step):
         found.add(_tiles(np.asarray(images[i : i + step]), tile))
     return found.stats()
