@@ -65,14 +65,11 @@ def wrong_frames(normal: Path, other: Path, out: Path) -> list[Path]:
 def training_range(run: Path, train: Path) -> dict:
     """The frame section `vaekit train` stores, from the training images' tiles as scoring reads them."""
     import vaekit
-    from vaekit.inference.frame import Range
-    from vaekit.stream import find_inputs, iter_batches
+    from vaekit.inference import frame
+    from vaekit.inference.tiled import file_tiles
 
-    info = vaekit.load(run).info
-    found = Range()
-    for b in iter_batches(find_inputs([train]).paths, info.read_size, info.channels, 8, 0, tiles=info.image_size):
-        found.add(b.images)
-    return found.stats()
+    return frame.grown({"sharpness": [np.inf, -np.inf], "factor": frame.FACTOR, "margin": frame.MARGIN},
+                       file_tiles(vaekit.load(run), [train]), variants=True)
 
 
 def with_factor(run: Path, section: dict, factor, out: Path) -> Path:

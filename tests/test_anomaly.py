@@ -619,7 +619,7 @@ def test_a_new_normal_folder_with_an_unreadable_file_is_refused_before_any_image
     (18.7 s and 1.7 GB on a folder beside a 12000 px BMP); the headers are read first now."""
     import shutil
 
-    from vaekit.anomaly import threshold as threshold_mod
+    from vaekit.anomaly import new_normal as threshold_mod
 
     new = tmp_path / "new"
     shutil.copytree(parts[0] / "test" / "normal", new)

@@ -179,7 +179,7 @@ def test_a_journal_of_the_same_weights_read_at_another_size_is_not_resumed(large
 
 def test_threshold_from_new_normal_images_reads_them_at_the_read_size(large, tmp_path):
     from vaekit.anomaly import score_images
-    from vaekit.anomaly.threshold import threshold_from_normal
+    from vaekit.anomaly.new_normal import threshold_from_normal
 
     run = tmp_path / "run"
     shutil.copytree(large / "run", run)

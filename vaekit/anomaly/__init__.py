@@ -15,8 +15,9 @@ from vaekit.anomaly.score import (BATCH_SIZE, ROW_FIELDS, Plan, ScoredBatch, Sco
                                   score_images, scoring_plan)
 from vaekit.anomaly.quantiles import (QUANTILES, check_quantile, conformal_rank, expected_fpr, few_scores_note,
                                       needed_scores, threshold_of)
+from vaekit.anomaly.new_normal import threshold_from_normal
 from vaekit.anomaly.threshold import (resolve_threshold, section_note, set_threshold, stored_threshold,
-                                      threshold_from_normal, threshold_section)
+                                      threshold_section)
 
 __all__ = [
     "BATCH_SIZE", "MAP_MIN_SIDE", "QUANTILES", "ROW_FIELDS", "Evaluation", "JobReport", "Plan", "ScoreReport",

@@ -1,16 +1,21 @@
 """The frame check: a surface model's guard against frames that are wrong everywhere.
 
 A surface's default score, the defect readers' (vaekit.reader), looks for something out of place
-in part of an image. A frame wrong everywhere, a blank or black one, one out of focus, a
-photograph of another surface, holds nothing out of place against its own surroundings and can
-score as normal (docs/detection.md, "Frames wrong everywhere"). The check compares one number of
-each tile with the training images' tiles: its sharpness, the mean absolute difference between
-neighbouring pixels in grey levels. A tile is wrong everywhere when its sharpness lies beyond
-the training tiles' range by more than a factor FACTOR and by more than MARGIN grey levels
-(the margin keeps training tiles that are nearly flat, a plain background, from turning
-sensor noise into an alarm). Such a tile scores 1, the largest defect probability, over its
-whole map. The range is fitted on every normal image of the run, held-out ones too, so that no
-image behind the stored threshold is flagged by it. Numpy only: both engines run it.
+in part of an image. A frame wrong everywhere, a blank or black one, one far out of focus, noise,
+a photograph of another surface, holds nothing out of place against its own surroundings and
+can score as normal (docs/detection.md, "Frames wrong everywhere"). The check compares one number
+of each tile with the training images' tiles: its sharpness, the mean absolute difference
+between neighbouring pixels in grey levels.
+
+The range it is compared with is not the training tiles' alone but that of what a camera could
+make of them (`camera_variants`): sensor noise, a little blur, 2x2 binning, a median filter,
+sharpening, another gain or black level. Sharpness measures the finest scale, where such changes
+act most (on a smooth surface sensor noise doubles it; on a noisy one binning halves it), and a
+normal image taken with another camera setting is not a wrong frame. A tile is wrong everywhere
+when its sharpness lies beyond that range by more than a factor FACTOR and by more than MARGIN
+grey levels. Such a tile scores 1, the largest defect probability, over its whole map. The range
+is fitted on every normal image of the run, held-out ones too, so that no image behind the
+stored threshold is flagged by it. Numpy only: both engines run it.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ import numpy as np
 from vaekit.fileio import finite_number
 
 FACTOR = 2.0  # how far beyond the training range, as a ratio (chosen: docs/detection.md, "The frame check")
-MARGIN = 1.0  # ... and at least this many grey levels beyond it
+MARGIN = 0.25  # ... and at least this many grey levels beyond it (two flat tiles differ by nothing)
+VARIANT_VALUES = 1 << 20  # pixel values a time whose camera variants are made (~40 MB of float copies)
 
 
 def sharpness(x: np.ndarray) -> np.ndarray:
@@ -33,22 +39,81 @@ def sharpness(x: np.ndarray) -> np.ndarray:
     return (across + down) / 2.0
 
 
+def _blur(x: np.ndarray, sigma: float) -> np.ndarray:
+    """A Gaussian blur of float images (N, C, H, W), separable, edges repeated."""
+    r = int(3 * sigma)
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    k /= k.sum()
+    for axis in (2, 3):
+        pad = [(0, 0)] * 4
+        pad[axis] = (r, r)
+        xp, n = np.pad(x, pad, mode="edge"), x.shape[axis]
+        x = sum(w * np.take(xp, np.arange(i, i + n), axis=axis) for i, w in enumerate(k))
+    return x
+
+
+def _median3(x: np.ndarray) -> np.ndarray:
+    h, w = x.shape[2:]
+    xp = np.pad(x, [(0, 0), (0, 0), (1, 1), (1, 1)], mode="edge")
+    return np.median(np.stack([xp[:, :, i : i + h, j : j + w] for i in range(3) for j in range(3)]), axis=0)
+
+
+def _binned(x: np.ndarray) -> np.ndarray:
+    """2x2 binning shown at the original size (each bin's mean repeated): a camera's binned mode."""
+    h, w = x.shape[2:]
+    hh, ww = h - h % 2, w - w % 2
+    if hh == 0 or ww == 0:
+        return x
+    y = x.copy()
+    b = x[:, :, :hh, :ww].reshape(*x.shape[:2], hh // 2, 2, ww // 2, 2).mean((3, 5))
+    y[:, :, :hh, :ww] = b.repeat(2, axis=2).repeat(2, axis=3)
+    return y
+
+
+def camera_variants(tiles: np.ndarray, seed: int = 0):
+    """What a camera could make of normal uint8 tiles (N, C, H, W), one uint8 array at a time:
+    the tiles themselves, with sensor noise (sd 3 grey levels), a Gaussian blur of sd 1 px, 2x2
+    binning, a 3x3 median filter, sharpening (an unsharp mask of sd 2 px at 150%), gain 0.7 and
+    1.4, and black level -20 and +20 grey levels (clipped as a sensor clips)."""
+    x = tiles.astype(np.float32)
+    yield tiles
+    for f in (lambda v: v + np.random.default_rng(seed).normal(0, 3, v.shape).astype(np.float32),
+              lambda v: _blur(v, 1.0), _binned, _median3, lambda v: v + 1.5 * (v - _blur(v, 2.0)),
+              lambda v: v * 0.7, lambda v: v * 1.4, lambda v: v - 20, lambda v: v + 20):
+        yield np.clip(np.rint(f(x)), 0, 255).astype(np.uint8)
+
+
 class Range:
-    """The training tiles' sharpness range, grown a chunk at a time (`add`), then `stats`."""
+    """The sharpness range of normal tiles, grown a chunk at a time (`add`), then `stats`."""
 
     def __init__(self) -> None:
         self.lo, self.hi = np.inf, -np.inf
 
-    def add(self, tiles: np.ndarray) -> None:
-        if len(tiles):
-            s = sharpness(tiles)
-            self.lo, self.hi = min(self.lo, float(s.min())), max(self.hi, float(s.max()))
+    def add(self, tiles: np.ndarray, variants: bool = False) -> None:
+        """Grow the range by `tiles` (uint8 (N, C, H, W)); with `variants`, by their `camera_variants`
+        too, VARIANT_VALUES at a time (the median filter holds nine float copies of what it filters)."""
+        step = max(1, VARIANT_VALUES // max(1, int(np.prod(tiles.shape[1:])))) if variants else max(1, len(tiles))
+        for i in range(0, len(tiles), step):
+            for x in camera_variants(tiles[i : i + step]) if variants else [tiles[i : i + step]]:
+                s = sharpness(x)
+                self.lo, self.hi = min(self.lo, float(s.min())), max(self.hi, float(s.max()))
 
     def stats(self) -> dict | None:
         """The section stored in the calibration ("frame"); None when no tile was seen."""
         if self.lo > self.hi:
             return None
         return {"sharpness": [self.lo, self.hi], "factor": FACTOR, "margin": MARGIN}
+
+
+def grown(stats: dict, batches, variants: bool = False) -> dict:
+    """A stored section with its range grown to hold the sharpness of every image of `batches`
+    (uint8 (N, C, H, W) arrays, tiles of the model's size), and of their camera variants with
+    `variants` (as training fits it; new normal images, real ones, count as they are)."""
+    found = Range()
+    found.lo, found.hi = (float(v) for v in stats["sharpness"])
+    for tiles in batches:
+        found.add(tiles, variants)
+    return {**stats, "sharpness": [found.lo, found.hi]}
 
 
 def outside(x: np.ndarray, stats: dict) -> np.ndarray:

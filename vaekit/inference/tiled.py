@@ -99,6 +99,19 @@ def iter_scores(model, paths: Sequence, batch_size: int, workers: int = 0, nats:
         yield out
 
 
+def file_tiles(model, paths: Sequence) -> Iterator[np.ndarray]:
+    """The tiles of the image files under `paths` as a surface model scores them (each read whole
+    at its read size, in square tiles of its size), a batch of files at a time; unreadable files
+    are left out."""
+    from vaekit.stream import find_inputs, iter_batches
+
+    info = model.info
+    for b in iter_batches(find_inputs(paths).paths, info.read_size, info.channels, file_batch(model, model.batch_size), 0,
+                          tiles=info.image_size):
+        if len(b.paths):
+            yield b.images
+
+
 def score_files(model, paths: Sequence, progress=None, **kw):
     """`Model.score` of files for a tiled model: the batches of `iter_scores` joined. pixel_map
     is one array when every image has the same shape, else a list of (H, W) arrays.

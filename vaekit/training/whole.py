@@ -59,12 +59,12 @@ def frame_stats(data: Dataset, tile: int, pixels: int) -> dict | None:
         # among square ones is learned from its centre square, yet scored whole, and its other
         # tiles must be inside the range too, as its held-out threshold scores are
         for tiles, _ in iter_whole_tiles(data, np.arange(len(data.paths)), pixels, tile):
-            found.add(tiles)
+            found.add(tiles, variants=True)
         return found.stats()
     images = data.wide.tiles
     step = max(1, pixels // (images.shape[1] * images.shape[-1] ** 2))
     for i in range(0, len(images), step):
-        found.add(_tiles(np.asarray(images[i : i + step]), tile))
+        found.add(_tiles(np.asarray(images[i : i + step]), tile), variants=True)
     return found.stats()
 
 
