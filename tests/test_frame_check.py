@@ -241,3 +241,21 @@ def test_shares_scored_under_another_frame_section_are_not_merged(surface, tmp_p
     r = CliRunner().invoke(app, [*args, "1/2"])
     assert r.exit_code != 0 and "other settings (frame" in r.output, r.output
     assert not out.exists()
+
+
+def test_a_bright_surface_washed_out_by_a_variant_keeps_its_blank_frames_flagged():
+    """Gain 1.4 leaves a bright surface (white paper, mean 215) all 255, black level -20 a dark one
+    all 0: a flat variant took the range's low end to 0 and switched the low side off, so a blank
+    frame of the surface's own grey passed. A variant that washes a tile out is not counted; one
+    that leaves part of it (a dark sky under black level -20) still is."""
+    rng = np.random.default_rng(0)
+    surface = lambda mean, sd: np.clip(mean + rng.normal(0, sd, (8, 1, 32, 32)), 0, 255).astype(np.uint8)  # noqa: E731
+    for train in (surface(215, 6), surface(8, 3)):
+        found = frame.Range()
+        found.add(train, variants=True)
+        blank = np.stack([np.full((1, 32, 32), v, np.uint8) for v in (0, 128, 255, int(train.mean()))])
+        assert found.lo > frame.MARGIN and frame.outside(blank, found.stats()).all()
+    dark = surface(12, 8)  # black level -20 leaves about a tenth of it off 0: counted
+    with_dark, shifted = frame.Range(), np.clip(dark.astype(np.int16) - 20, 0, 255).astype(np.uint8)
+    with_dark.add(dark, variants=True)
+    assert with_dark.lo <= frame.sharpness(shifted).min() + 1e-9
