@@ -34,11 +34,13 @@ UNCLIPPED = 0.05  # a camera variant leaving less of a tile than this off 0 and 
 def sharpness(x: np.ndarray) -> np.ndarray:
     """Each image's mean absolute difference between neighbouring pixels, across and down, over
     its channels, in grey levels: uint8 (N, C, H, W) -> (N,). 0 for a flat frame."""
-    x = np.asarray(x, np.int16)  # uint8 differences would wrap around
-    n = len(x)
-    across = np.abs(np.diff(x, axis=3)).reshape(n, -1).mean(1) if x.shape[3] > 1 else np.zeros(n)
-    down = np.abs(np.diff(x, axis=2)).reshape(n, -1).mean(1) if x.shape[2] > 1 else np.zeros(n)
-    return (across + down) / 2.0
+    out = np.zeros(len(x))
+    for i, one in enumerate(x):  # an image at a time: its int16 copies stay a few times its size
+        one = np.asarray(one, np.int16)  # uint8 differences would wrap around
+        across = np.abs(np.diff(one, axis=2)).mean() if one.shape[2] > 1 else 0.0
+        down = np.abs(np.diff(one, axis=1)).mean() if one.shape[1] > 1 else 0.0
+        out[i] = (across + down) / 2.0
+    return out
 
 
 def _blur(x: np.ndarray, sigma: float) -> np.ndarray:
