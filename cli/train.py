@@ -284,10 +284,11 @@ class _Reporter:
             if self.task is not None:
                 self.bars.remove_task(self.task)
             desc = {"decode": "decoding images whole" if m.get("whole") else "decoding images",
-                    "crossfit": "fold models for the threshold", "reader": "defect reader"}.get(
+                    "crossfit": "fold models for the threshold", "reader": "defect reader",
+                    "frame": "the frame check's range"}.get(
                 phase, f"epoch {m.get('epoch')}/{m.get('epochs')}")
             self.task, self.key = self.bars.add_task(desc, total=total, info=""), key
-            if phase in ("crossfit", "reader") and not self.bars.console.is_terminal:
+            if phase in ("crossfit", "reader", "frame") and not self.bars.console.is_terminal:
                 # no bar is drawn into a log or a pipe: say what the minutes after the epochs are for
                 self.bars.console.print(f"{desc} ...", highlight=False)
         info = ""

@@ -259,3 +259,15 @@ def test_a_bright_surface_washed_out_by_a_variant_keeps_its_blank_frames_flagged
     with_dark, shifted = frame.Range(), np.clip(dark.astype(np.int16) - 20, 0, 255).astype(np.uint8)
     with_dark.add(dark, variants=True)
     assert with_dark.lo <= frame.sharpness(shifted).min() + 1e-9
+
+
+def test_training_reports_the_range_fit_as_a_phase_of_its_own(tmp_path):
+    """The range is fitted over every image and its camera variants after the readers: minutes on
+    a large colour folder, which showed as a hang. It is a progress phase that counts images."""
+    calls = []
+    train_surface(_save(tmp_path / "train", _stripes(12, 4)), tmp_path / "run",
+                  progress=lambda done, total, phase="", **m: calls.append((phase, done, total)))
+    frame_calls = [(d, t) for p, d, t in calls if p == "frame"]
+    assert frame_calls and frame_calls[-1] == (12, 12)
+    assert all(a[0] <= b[0] for a, b in zip(frame_calls, frame_calls[1:]))  # counts up
+    assert [p for p, _, _ in calls].index("frame") > [p for p, _, _ in calls].index("reader")

@@ -154,7 +154,7 @@ def _with_reader(out_dir, data, splits, train_cfg, cfg, scores, calibration, pro
     reader = train_and_calibrate(out_dir, data, splits, train_cfg, size, progress, should_stop)
     if reader is not None:
         cfg["reader"], cfg["reader_fingerprint"], scores["defect"] = reader.config, reader.fingerprint, reader.scores
-        calibration.stats["frame"] = frame_stats(data, size, CHUNK_PIXELS)
+        calibration.stats["frame"] = frame_stats(data, size, CHUNK_PIXELS, progress)
     return reader
 
 

@@ -48,24 +48,35 @@ def _tiles(images: np.ndarray, tile: int) -> np.ndarray:
     return np.concatenate([cut.cut(x) for x in images]) if len(images) else images[:, :, :tile, :tile]
 
 
-def frame_stats(data: Dataset, tile: int, pixels: int) -> dict | None:
+def frame_stats(data: Dataset, tile: int, pixels: int, progress=None) -> dict | None:
     """The frame check's section (vaekit.inference.frame) of every image of `data`, held-out ones
-    too: the sharpness range of their tiles as the model scores them (their whole squares when
-    the surface learns from its images whole, vaekit.training.wide), `pixels` at a time."""
+    too: the sharpness range of their tiles as the model scores them, and of their camera
+    variants, `pixels` at a time. progress(done, total, phase="frame") counts images."""
     from vaekit.inference.frame import Range
 
-    found = Range()
-    if data.wide is None:  # the files read whole as scoring reads them (`whole_tiles`): a file not square
-        # among square ones is learned from its centre square, yet scored whole, and its other
-        # tiles must be inside the range too, as its held-out threshold scores are
-        for tiles, _ in iter_whole_tiles(data, np.arange(len(data.paths)), pixels, tile):
-            found.add(tiles, variants=True)
-        return found.stats()
-    images = data.wide.tiles
+    found, n = Range(), len(data.paths)
+    for done, tiles in _frame_chunks(data, n, tile, pixels):
+        found.add(tiles, variants=True)
+        if progress:
+            progress(done, n, phase="frame")
+    return found.stats()
+
+
+def _frame_chunks(data: Dataset, n: int, tile: int, pixels: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(images done, their tiles) a chunk at a time: the files read whole as scoring reads them
+    (`whole_tiles`: a file not square among square ones is learned from its centre square, yet
+    scored whole, and its other tiles must be inside the range too, as its held-out threshold
+    scores are), or the whole squares a surface learning from its images whole holds (vaekit.training.wide)."""
+    if data.wide is None:
+        done = 0
+        for tiles, counts in iter_whole_tiles(data, np.arange(n), pixels, tile):
+            done += len(counts)
+            yield done, tiles
+        return
+    images, ends = data.wide.tiles, data.wide.first[1:]  # image i's squares end before row ends[i]
     step = max(1, pixels // (images.shape[1] * images.shape[-1] ** 2))
     for i in range(0, len(images), step):
-        found.add(_tiles(np.asarray(images[i : i + step]), tile), variants=True)
-    return found.stats()
+        yield int(np.searchsorted(ends, i + step, "right")), _tiles(np.asarray(images[i : i + step]), tile)
 
 
 def iter_whole_tiles(data: Dataset, idx, pixels: int, tile: int) -> Iterator[tuple[np.ndarray, list[int]]]:
