@@ -164,9 +164,9 @@ def _print_scores(report, inputs) -> None:
         console.print(f"... and {report.count - len(report.top)} more (the {len(report.top)} highest shown; -o writes all)",
                       highlight=False)
     if report.plan.score == "defect" and any(r.score == 1.0 for r in report.top):
-        console.print("a defect score of exactly 1 is the frame check's (the frame's sharpness lies far outside the "
-                      "training images': blank, out of focus, noise or another surface; docs/detection.md), or a "
-                      "defect the readers are certain of", highlight=False, soft_wrap=True)
+        from vaekit.inference.frame import SCORE_ONE
+
+        console.print(SCORE_ONE, highlight=False, soft_wrap=True)
     skipped = f"; {len(report.skipped)} skipped (unreadable, named above)" if report.skipped else ""
     if report.plan.threshold is None:
         console.print(f"threshold: {shown(report.plan.source)}{skipped}", highlight=False)

@@ -177,6 +177,25 @@ def _anomaly_tab(ctx: Context) -> SimpleNamespace:
                            hist=hist, overlays=overlays, anom_table=anom_table, csv_out=csv_out)
 
 
+def anomaly_summary(model, r) -> str:
+    """The Detect tab's summary of a scoring (handlers.AnomalyResult `r`): how many are anomalous,
+    the highest scores, files skipped, and what a defect score of exactly 1 means where one is shown."""
+    from vaekit.inference.frame import SCORE_ONE
+
+    unit = score_unit(model.info.score)
+    d = distinct_decimals(r.scores, r.threshold)  # no "8.05 anomalous" at threshold 8.05
+    lines = [f"**{int(r.anomalous.sum())} of {len(r.names)} anomalous** at threshold {r.threshold:.{d}f} {unit}"]
+    top = sorted(range(len(r.names)), key=lambda i: (not math.isnan(r.scores[i]), -r.scores[i]))  # NaN: first
+    lines += [f"- {md_code(r.names[i])}: score **{r.scores[i]:.{d}f}** {unit} → "
+              f"{'**anomalous**' if r.anomalous[i] else 'normal'}" for i in top[:SUMMARY_ROWS]]
+    if len(r.names) > SUMMARY_ROWS:
+        lines.append(f"- … and {len(r.names) - SUMMARY_ROWS} more, lower: the table below has every image")
+    if r.score == "defect" and any(r.scores[i] == 1.0 for i in top[:SUMMARY_ROWS]):
+        lines.append(f"\n{SCORE_ONE[0].upper()}{SCORE_ONE[1:]}.")
+    lines.append(skipped_note(r.skipped, "scored"))
+    return "\n".join(lines)
+
+
 def _wire_anomaly(w: SimpleNamespace, ctx: Context) -> None:
     @ctx.guard
     def anomaly(files, thr, request: gr.Request = None, button: str = "anomaly"):
@@ -185,19 +204,9 @@ def _wire_anomaly(w: SimpleNamespace, ctx: Context) -> None:
             r = handlers.anomaly(model, files, thr, out)
             csv = ctx.served(w.csv_out, r.csv)
         warn_skipped(r.skipped)
-        n_bad = int(r.anomalous.sum())
-        unit = score_unit(model.info.score)
-        d = distinct_decimals(r.scores, r.threshold)  # no "8.05 anomalous" at threshold 8.05
-        lines = [f"**{n_bad} of {len(r.names)} anomalous** at threshold {r.threshold:.{d}f} {unit}"]
-        top = sorted(range(len(r.names)), key=lambda i: (not math.isnan(r.scores[i]), -r.scores[i]))  # NaN: first
-        lines += [f"- {md_code(r.names[i])}: score **{r.scores[i]:.{d}f}** {unit} → "
-                  f"{'**anomalous**' if r.anomalous[i] else 'normal'}" for i in top[:SUMMARY_ROWS]]
-        if len(r.names) > SUMMARY_ROWS:
-            lines.append(f"- … and {len(r.names) - SUMMARY_ROWS} more, lower: the table below has every image")
-        lines.append(skipped_note(r.skipped, "scored"))
-        caption = distinct_decimals(r.scores, r.threshold, least=1)
+        caption, d = distinct_decimals(r.scores, r.threshold, least=1), distinct_decimals(r.scores, r.threshold)
         gallery = [(handlers.hwc(o), f"{n}: {s:.{caption}f}") for o, n, s in zip(r.overlays, r.names, r.scores)]
-        return "\n".join(lines), figures.model_histogram(model, r.threshold, r), gallery, r.table(max(3, d)), csv
+        return anomaly_summary(model, r), figures.model_histogram(model, r.threshold, r), gallery, r.table(max(3, d)), csv
 
     @ctx.guard
     def rethreshold(files, thr, request: gr.Request = None):

@@ -271,3 +271,20 @@ def test_training_reports_the_range_fit_as_a_phase_of_its_own(tmp_path):
     assert frame_calls and frame_calls[-1] == (12, 12)
     assert all(a[0] <= b[0] for a, b in zip(frame_calls, frame_calls[1:]))  # counts up
     assert [p for p, _, _ in calls].index("frame") > [p for p, _, _ in calls].index("reader")
+
+
+def test_the_web_apps_detect_summary_says_what_a_score_of_one_means(surface, tmp_path):
+    """The Detect tab (vaekit_demo) scores through the same library: a blank upload scores 1, and
+    its summary says, as `anomaly-score` does, what 1 means; a summary without one says nothing."""
+    from vaekit_demo import handlers
+    from vaekit_demo.tabs import anomaly_summary
+
+    m = vaekit.load(surface / "run")
+    folder = _save(tmp_path / "up", _stripes(2, 13))
+    Image.fromarray(np.zeros((48, 48), np.uint8)).save(folder / "blank.png")
+    files = sorted(str(p) for p in folder.glob("*.png"))
+    r = handlers.anomaly(m, files, m.info.threshold, tmp_path / "out")
+    assert dict(zip(r.names, r.scores))["blank.png"] == 1.0
+    assert "exactly 1 is the frame check's" in anomaly_summary(m, r)
+    r = handlers.anomaly(m, files[1:], m.info.threshold, tmp_path / "out2")  # the normal ones alone
+    assert "blank.png" not in r.names and "frame check" not in anomaly_summary(m, r)

@@ -26,6 +26,10 @@ from vaekit.fileio import finite_number
 
 FACTOR = 2.0  # how far beyond the training range, as a ratio (chosen: docs/detection.md, "The frame check")
 MARGIN = 0.25  # ... and at least this many grey levels beyond it (two flat tiles differ by nothing)
+# what a score of 1 means, said under a scoring job's table (`anomaly-score`, the web app's Detect tab)
+SCORE_ONE = ("a defect score of exactly 1 is the frame check's (the frame's sharpness lies far outside the training "
+             "images': blank, out of focus, noise or another surface; docs/detection.md), or a defect the readers "
+             "are certain of")
 VARIANT_VALUES = 1 << 20  # pixel values a time whose camera variants are made (tens of MB of float copies;
 # a larger tile alone: a few float copies of it, 12 MB each for 1024 x 1024 RGB)
 UNCLIPPED = 0.05  # a camera variant leaving less of a tile than this off 0 and 255 (the tile more) is not counted
