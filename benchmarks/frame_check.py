@@ -68,8 +68,10 @@ def training_range(run: Path, train: Path) -> dict:
     from vaekit.inference import frame
     from vaekit.inference.tiled import file_tiles
 
-    return frame.grown({"sharpness": [np.inf, -np.inf], "factor": frame.FACTOR, "margin": frame.MARGIN},
-                       file_tiles(vaekit.load(run), [train]), variants=True)
+    found = frame.Range()
+    for tiles in file_tiles(vaekit.load(run), [train]):
+        found.add(tiles, variants=True)
+    return found.stats()
 
 
 def with_factor(run: Path, section: dict, factor, out: Path) -> Path:
