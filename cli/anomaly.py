@@ -15,6 +15,11 @@ MODEL_HELP = "A training run directory, or an exported .onnx model."
 TABLE_ROWS = 20  # the terminal shows at most this many images (the most anomalous); files get all
 
 
+class MapFormat(str, Enum):
+    png = "png"
+    npy = "npy"
+
+
 class Score(str, Enum):
     atypicality = "atypicality"
     defect = "defect"
@@ -46,6 +51,9 @@ def anomaly_score(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write every row to a .csv or .json file.")] = None,
     maps: Annotated[Optional[Path], typer.Option(help="Folder for per-pixel anomaly heat maps (a PNG over each image, named after it: "
                                                       "a.jpg -> a.png, or a.jpg.png where two inputs share a stem).")] = None,
+    map_format: Annotated[MapFormat, typer.Option(help="png: a heat map over each image (colours scaled per image); npy: the map's "
+                                                        "own values, float32 in the score's unit, at the size the model reads "
+                                                        "the image (numpy.load; a.jpg -> a.npy).")] = MapFormat.png,
     score: Annotated[Optional[Score], typer.Option(help=SCORE_HELP)] = None,
     samples: Annotated[int, typer.Option(min=0, max=4096, help=SAMPLES_HELP)] = 0,
     iwae: Annotated[bool, typer.Option("--iwae", help=IWAE_HELP)] = False,
@@ -82,13 +90,14 @@ def anomaly_score(
     with _scoring_bar() as progress:
         report = anomaly.score_to_file(m, inputs, out, maps, samples=samples, score=score.value if score else None, iwae=iwae,
                                        threshold=threshold, overwrite=overwrite, resume=resume, shard=share,
-                                       batch_size=batch_size, workers=workers, progress=progress, top=TABLE_ROWS)
-    _say(report, inputs, out, maps)
+                                       batch_size=batch_size, workers=workers, progress=progress, top=TABLE_ROWS,
+                                       map_format=map_format.value)
+    _say(report, inputs, out, maps, map_format.value)
     if fail_on_anomaly:
         _gate(report)
 
 
-def _say(report, inputs, out, maps) -> None:
+def _say(report, inputs, out, maps, map_format: str = "png") -> None:
     """What a scoring job prints: files skipped, notes, the table, and what it wrote."""
     for path, reason in report.skipped:
         err_console.print(f"[yellow]skipped[/yellow] {shown(path)}: {shown(reason)}", highlight=False)
@@ -109,7 +118,8 @@ def _say(report, inputs, out, maps) -> None:
         console.print(f"share {i}/{n} scored; {shown(out)} is written when every share has finished "
                       f"(waiting for {', '.join(map(str, report.pending)) or 'the merge'})", highlight=False)
     if maps is not None:
-        console.print(f"wrote {report.maps} heat maps to {shown(maps)}", highlight=False)
+        what = "heat maps" if map_format == "png" else "raw maps (.npy)"
+        console.print(f"wrote {report.maps} {what} to {shown(maps)}", highlight=False)
 
 
 def _refuse_a_gate_without_threshold(plan) -> None:

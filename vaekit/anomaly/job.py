@@ -20,7 +20,7 @@ from typing import Sequence
 from vaekit import images as imageio
 from vaekit import stream
 from vaekit.stream import job, pipeline
-from vaekit.anomaly.outputs import (check_outputs, map_targets, output_format, refuse_taken_maps, save_maps,
+from vaekit.anomaly.outputs import (check_map_format, check_outputs, map_targets, output_format, refuse_taken_maps, save_maps,
                                     write_csv_rows, write_json_rows)
 from vaekit.codes.targets import refuse_linked
 from vaekit.anomaly.score import ROW_FIELDS, Plan, ScoreRow, default_batch, iter_scored, report_header, scoring_plan
@@ -73,14 +73,17 @@ def score_to_file(
     progress: Progress | None = None,
     top: int = 20,
     merge_timeout: float | None = None,
+    map_format: str = "png",
 ) -> JobReport:
     """Score every image under `inputs` in bounded memory; rows to `out` (.csv/.json), heat maps to `maps`.
 
     score: None is the model's own (ModelInfo.score); shard: this process's share (index, count),
     None: torchrun's RANK / WORLD_SIZE, or all. Under torchrun rank 0 waits (up to `merge_timeout`
     s; None: as long as it takes) for the others' journals and merges them. progress(done, total, phase).
+    map_format: "png", heat maps over the images, or "npy", the maps' values (outputs.save_maps).
     """
     check_flags(overwrite=overwrite, resume=resume)
+    check_map_format(map_format)
     plan = scoring_plan(model, samples, score, iwae, threshold)
     batch_size = check_batch_size(resumed_batch_size(batch_size, resume, out, shard), default_batch(model))
     top = check_int(top, "top")
@@ -91,14 +94,14 @@ def score_to_file(
     check_outputs(found.sources, out, maps, overwrite or resume, model.info.source)  # resuming: OUT in open_share
     shares, journal = None, None
     if out is not None:
-        shares, journal = job.open_share(out, _settings(model, plan, found, layout, maps, out), layout,
+        shares, journal = job.open_share(out, _settings(model, plan, found, layout, maps, out, map_format), layout,
                                          _row_check(layout.paths, plan.threshold), resume, overwrite)
     done = frozenset(journal.done) if journal else frozenset()
     tally = _Tally(top)
-    sink = _Sink(journal, tally, None if maps is None else Path(maps), out, overwrite)
+    sink = _Sink(journal, tally, None if maps is None else Path(maps), out, overwrite, map_format)
     positions = stream.shard(found.paths, index, count, batch_size) if count > 1 else None
     with job.held(journal, out):  # unsharded, the journal's lock goes after the merge
-        sink.targets, sink.own = _check_maps(found, maps, layout, journal, overwrite, model.info.source)
+        sink.targets, sink.own = _check_maps(found, maps, layout, journal, overwrite, model.info.source, map_format)
         with pipeline.WriteBehind(sink.write) as writer:
             for b in iter_scored(model, found, plan, maps=maps is not None, batch_size=batch_size,
                                  positions=positions, skip_batches=done, workers=workers, progress=progress):
@@ -123,8 +126,9 @@ class _Sink:
     batch is scored: its heat maps, then its journal line (a batch in the journal is a batch
     done); without a journal, the tally."""
 
-    def __init__(self, journal, tally: "_Tally", maps: Path | None, out, overwrite: bool = False):
+    def __init__(self, journal, tally: "_Tally", maps: Path | None, out, overwrite: bool = False, fmt: str = "png"):
         self.journal, self.tally, self.maps_dir, self.out, self.overwrite = journal, tally, maps, out, overwrite
+        self.fmt = fmt  # heat maps (png) or their values (npy)
         self.targets: list[str] = []  # each image's heat-map path under maps_dir
         self.own: int | None = None  # the batch a resumed job may have begun writing (its maps: see write)
         self.maps = 0  # heat maps written
@@ -140,7 +144,8 @@ class _Sink:
                 # not over a file put there while the job ran; the stopped batch's maps written
                 # before the stop are this job's own when they hold the very bytes it writes
                 self.maps += len(save_maps(self.maps_dir, [self.targets[i] for i in b.positions], b.images, b.maps,
-                                           replace=self.overwrite, own=b.index == self.own, digests=digests))
+                                           replace=self.overwrite, own=b.index == self.own, digests=digests,
+                                           fmt=self.fmt))
         skipped = [(str(p), r) for p, r in b.skipped]
         if self.journal is not None:
             with naming_failed_writes(Path(self.out)):
@@ -151,7 +156,7 @@ class _Sink:
 
 
 def _check_maps(found: stream.Inputs, maps, layout: Layout, journal,
-                overwrite: bool, model=None) -> tuple[list[str], int | None]:
+                overwrite: bool, model=None, fmt: str = "png") -> tuple[list[str], int | None]:
     """(each image's heat-map target, the batch whose maps are this job's own); refuses (before
     any work) a heat map that would replace a file, unless `overwrite`. Resuming, the maps of the
     first unfinished batch may have been written just before the stop (a batch's maps come before
@@ -161,7 +166,7 @@ def _check_maps(found: stream.Inputs, maps, layout: Layout, journal,
     if maps is None:
         return [], None
     done, resumed = (journal.done, journal.resumed) if journal is not None else (frozenset(), False)
-    targets = map_targets(found.names, Path(maps))
+    targets = map_targets(found.names, Path(maps), fmt)
     refuse_linked(Path(maps), [Path(maps) / t for t in targets], found.sources, model, "--maps folder", folder=True)
     if resumed:
         _refuse_lost_maps(journal, Path(maps), targets, layout)
@@ -181,7 +186,7 @@ def _refuse_lost_maps(journal, maps: Path, targets: list[str], layout: Layout) -
     refuse_changed_outputs(journal, files, "heat map")
 
 
-def _settings(model: Model, plan: Plan, found: stream.Inputs, layout: Layout, maps, out) -> dict:
+def _settings(model: Model, plan: Plan, found: stream.Inputs, layout: Layout, maps, out, map_format: str = "png") -> dict:
     """Every setting that changes the output file or where the job writes; the model's path as the
     job's journal spells it when that is the same place (a resume may name it another way)."""
     info = model.info
@@ -195,6 +200,7 @@ def _settings(model: Model, plan: Plan, found: stream.Inputs, layout: Layout, ma
             # heat maps named as reconstruct names its outputs since 2026-12-06 (x.jpg.png beside x.png.png,
             # not x.png and x-1.png), and the reader's windows of up to 1024 px (256 before): not to be mixed
             **({"map_names": "whole name where two share one"} if maps is not None else {}),
+            **({"map_format": map_format} if maps is not None and map_format != "png" else {}),  # png: as before
             **({"reader": info.reader_fingerprint, "reader_windows": READ_TILE}
                if getattr(info, "reader_fingerprint", None) else {}),
             # the frame check's range, factor and margin (docs/detection.md invites editing the factor or

@@ -7,6 +7,7 @@ without holding them all; the bytes are the same as writing a whole report at on
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import math
 import os
@@ -18,11 +19,12 @@ from typing import BinaryIO, Callable, Iterable, Sequence
 import numpy as np
 
 from vaekit import images as imageio
+from vaekit.images.render import png_bytes
 from vaekit.anomaly.score import ROW_FIELDS, ScoreReport, report_header
 from vaekit.inference.engine import Model
 from vaekit.errors import BadInput, check_flags
 from vaekit.codes.targets import as_given, png_targets, refuse_linked
-from vaekit.fileio import (atomic_writer, dumps_json, refuse_existing, refuse_inside, refuse_long_names,
+from vaekit.fileio import (atomic_write_bytes, atomic_writer, dumps_json, refuse_existing, refuse_inside, refuse_long_names,
                            refuse_unmakeable_folder)
 from vaekit.fileio.folding import name_key
 from vaekit.fileio.outputs import refuse_nul
@@ -167,7 +169,7 @@ def write_scores(path: str | Path, report: ScoreReport, model: Model | None = No
     return path
 
 
-def map_targets(names: Sequence[str], out_dir: Path | None = None) -> list[str]:
+def map_targets(names: Sequence[str], out_dir: Path | None = None, fmt: str = "png") -> list[str]:
     """Each heat map's path relative to the maps folder (posix text), named as `reconstruct` and
     `decode` name their outputs (codes.targets.png_targets): the input name with .png, or the
     whole name plus .png where different inputs would share one (a.jpg next to a.png: a.jpg.png
@@ -175,16 +177,18 @@ def map_targets(names: Sequence[str], out_dir: Path | None = None) -> list[str]:
     a.png/b.png: a.jpg.png). What is still taken (one name in two input folders) is numbered in
     the inputs' order: a.png, a-1.png. BadInput for a name too long for a file system. `out_dir`:
     the maps folder, whose file system may take two names for one (Case.png and case.png: then
-    numbered; fileio.folding); None: names are compared as they are."""
-    targets = _map_targets(names, as_given)
+    numbered; fileio.folding); None: names are compared as they are. `fmt` "npy" (the raw maps):
+    the same names with .npy for .png."""
+    suffix = "." + check_map_format(fmt)
+    targets = _map_targets(names, as_given, suffix)
     # numbered targets (a-1.png) are not among the names' own spellings: gate on what is written
     fold = name_key(out_dir, [*names, *targets]) if out_dir is not None else None
-    return targets if fold is None else _map_targets(names, fold)
+    return targets if fold is None else _map_targets(names, fold, suffix)
 
 
-def _map_targets(names: Sequence[str], fold: Callable[[str], str]) -> list[str]:
+def _map_targets(names: Sequence[str], fold: Callable[[str], str], suffix: str) -> list[str]:
     used = {fold(p.as_posix()) for name in names for p in Path(name).parents}  # folders: never a map's name
-    wanted = png_targets(names, fold)
+    wanted = png_targets(names, fold, suffix)
     own = {fold(rel) for name, rel in zip(names, wanted) if rel == name}  # a.png's map is a.png, whoever comes first
 
     def taken(rel: str, name: str) -> bool:
@@ -192,12 +196,12 @@ def _map_targets(names: Sequence[str], fold: Callable[[str], str]) -> list[str]:
 
     targets = []
     for name, rel in zip(names, wanted):
-        whole = name + ".png"
-        if taken(rel, name) and Path(name).suffix.lower() != ".png" and not taken(whole, name):
+        whole = name + suffix
+        if taken(rel, name) and Path(name).suffix.lower() != suffix and not taken(whole, name):
             rel = whole
         base, n = rel, 1
         while taken(rel, name):
-            rel, n = Path(base).with_name(f"{Path(base).stem}-{n}.png").as_posix(), n + 1
+            rel, n = Path(base).with_name(f"{Path(base).stem}-{n}{suffix}").as_posix(), n + 1
         used.add(fold(rel))
         targets.append(rel)
     refuse_long_names(names, targets)
@@ -214,39 +218,65 @@ def refuse_taken_maps(out_dir: Path, targets: Iterable[str], overwrite: bool) ->
                        "pass --overwrite to replace them")
 
 
+MAP_FORMATS = ("png", "npy")  # a heat map over the image, or the map's own values (float32, the score's unit)
+
+
+def check_map_format(fmt: str) -> str:
+    if fmt not in MAP_FORMATS:
+        raise BadInput(f"map format must be one of {', '.join(MAP_FORMATS)}, got {fmt!r}")
+    return fmt
+
+
 def save_maps(out_dir: Path, targets: Sequence[str], images: np.ndarray, maps: np.ndarray,
               alpha: float = 0.5, replace: bool = True, own: bool = False,
-              digests: list[str] | None = None) -> list[Path]:
-    """One PNG per image: its per-pixel map as a heat map over it, its shorter side enlarged to MAP_MIN_SIDE;
+              digests: list[str] | None = None, fmt: str = "png") -> list[Path]:
+    """One file per image: "png", its per-pixel map as a heat map over it, its shorter side enlarged
+    to MAP_MIN_SIDE; "npy", the map's values as they are (float32 (H, W), numpy's .npy format).
     replace=False: none over a file (OutputExists), but with `own` one that holds this very
     map's bytes (a resumed job's own, written before its stop) is kept as it is."""
+    check_map_format(fmt)
     written = []
     for rel, x, heat in zip(targets, images, maps):
-        overlay = imageio.heatmap_overlay(x, heat, alpha=alpha)  # (3, H, W) uint8
-        h, w = overlay.shape[1:]
-        k = max(1, min(-(-MAP_MIN_SIDE // min(h, w)), math.isqrt(MAP_MAX_ENLARGED // (h * w))))  # the shorter side
-        digest = imageio.save_png(overlay.repeat(k, axis=1).repeat(k, axis=2), out_dir / rel, replace, own)
+        data = _png_map(x, heat, alpha) if fmt == "png" else _npy_map(heat)
+        atomic_write_bytes(out_dir / rel, data, replace, keep_same=own)
         if digests is not None:  # the journal line pins each heat map by its bytes (a resume checks them)
-            digests.append(digest)
+            digests.append(hashlib.sha256(data).hexdigest())
         written.append(out_dir / rel)
     return written
 
 
-def write_maps(out_dir: str | Path, report: ScoreReport, alpha: float = 0.5, overwrite: bool = False) -> list[Path]:
-    """One PNG per image: its per-pixel anomaly map as a heat map over the image.
+def _png_map(x: np.ndarray, heat: np.ndarray, alpha: float) -> bytes:
+    overlay = imageio.heatmap_overlay(x, heat, alpha=alpha)  # (3, H, W) uint8
+    h, w = overlay.shape[1:]
+    k = max(1, min(-(-MAP_MIN_SIDE // min(h, w)), math.isqrt(MAP_MAX_ENLARGED // (h * w))))  # the shorter side
+    return png_bytes(overlay.repeat(k, axis=1).repeat(k, axis=2))
 
-    Files mirror the input names under `out_dir` (suffix .png). Colours are scaled per image
-    (0 to that image's maximum), so compare the scores, not the colours, across images. Small
-    models' images are enlarged (nearest neighbour) to at least MAP_MIN_SIDE pixels.
+
+def _npy_map(heat: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(heat, dtype=np.float32), allow_pickle=False)
+    return buf.getvalue()
+
+
+def write_maps(out_dir: str | Path, report: ScoreReport, alpha: float = 0.5, overwrite: bool = False,
+               fmt: str = "png") -> list[Path]:
+    """One file per image: its per-pixel anomaly map as a PNG heat map over the image, or with
+    fmt="npy" the map's values (float32, the score's unit: `np.load`).
+
+    Files mirror the input names under `out_dir` (suffix .png or .npy). A PNG's colours are scaled per
+    image (0 to that image's maximum), so compare the scores, not the colours, across images. Small
+    models' images are enlarged (nearest neighbour) to at least MAP_MIN_SIDE pixels; raw maps keep
+    the size the model reads an image at.
     `out_dir` may not be (or be inside) a scored folder; existing files there are replaced
     only with `overwrite`, and all are checked before the first is written.
     """
     check_flags(overwrite=overwrite)
+    check_map_format(fmt)
     if report.images is None or report.pixel_maps is None:
         raise BadInput("this report carries no images or maps to draw (score with maps=True)")
     out_dir = Path(out_dir)
     check_outputs(report.inputs, maps=out_dir, overwrite=overwrite)
-    targets = map_targets(report.names, out_dir)
+    targets = map_targets(report.names, out_dir, fmt)
     refuse_linked(out_dir, [out_dir / t for t in targets], report.inputs, None, "--maps folder", folder=True)
     refuse_taken_maps(out_dir, targets, overwrite)
-    return save_maps(out_dir, targets, report.images, report.pixel_maps, alpha)
+    return save_maps(out_dir, targets, report.images, report.pixel_maps, alpha, fmt=fmt)

@@ -20,14 +20,15 @@ from vaekit.fileio.outputs import MAX_PATH_BYTES
 STAGED_BYTES = 64  # what a target's path gains while written: /.vaekit-decode-PID-TOKEN and a temporary name
 
 
-def png_targets(names: Sequence[str], key: Callable[[str], str] | None = None) -> list[str]:
+def png_targets(names: Sequence[str], key: Callable[[str], str] | None = None, suffix: str = ".png") -> list[str]:
     """Each name with a .png suffix ("a/b.jpg" -> "a/b.png"), except where different names would
     share one ("a.jpg", "a.png"): those keep their whole name ("a.jpg.png", "a.png.png"), so the
     output says whose it is. The same name twice (one name in two input folders) keeps its one
     target: `png_names` refuses it, heat maps number it. `key`: how the output folder tells
-    names apart where it folds case or accents (fileio.folding.name_key); None: as they are."""
+    names apart where it folds case or accents (fileio.folding.name_key); None: as they are.
+    `suffix`: another than .png (raw heat maps: .npy), by the same rule."""
     key = key or as_given
-    first = [PurePosixPath(n).with_suffix(".png").as_posix() for n in names]
+    first = [PurePosixPath(n).with_suffix(suffix).as_posix() for n in names]
     sources: dict[str, set[str]] = {}
     for n, f in zip(names, first):
         sources.setdefault(key(f), set()).add(n)
@@ -36,7 +37,7 @@ def png_targets(names: Sequence[str], key: Callable[[str], str] | None = None) -
         group = sources[key(f)]
         if len(group) == 1 or sum(key(m) == key(n) for m in group) > 1:  # folded, the whole names meet too
             return f
-        return n + ".png"
+        return n + suffix
 
     return [target(n, f) for n, f in zip(names, first)]
 
