@@ -40,13 +40,13 @@ def test_a_share_opening_the_merge_lock_while_another_creates_it_never_finds_it_
     there left an empty one that every later share refused. The name now appears only written."""
     import os
 
-    from vaekit.stream import shares
+    from vaekit.stream import merge_lock as shares
 
     out, real_write, seen = tmp_path / "out.csv", os.write, []
     lock = shares.merging_path(out)
 
     def write(fd, data):
-        if data == shares._LOCK_TEXT:  # a share about to write its lock's text: not yet under the name
+        if data == shares.LOCK_TEXT:  # a share about to write its lock's text: not yet under the name
             seen.append(os.path.lexists(lock) and os.stat(lock).st_ino == os.fstat(fd).st_ino)
             if len(seen) == 1:
                 with shares.merge_lock(out) as mine:  # the second share, in that very instant
@@ -56,7 +56,7 @@ def test_a_share_opening_the_merge_lock_while_another_creates_it_never_finds_it_
     monkeypatch.setattr(shares.os, "write", write)
     with shares.merge_lock(out) as first:
         assert seen == [False, False, True] and first  # the second merged and let go; then the first took it
-        assert lock.read_bytes() == shares._LOCK_TEXT
+        assert lock.read_bytes() == shares.LOCK_TEXT
     assert not os.path.lexists(lock)
 
 
@@ -64,7 +64,7 @@ def test_where_the_lock_cannot_be_linked_in_whole_it_is_created_then_written(tmp
     """No /proc, or a file system that refuses linkat: the lock is made as before, created then written."""
     import os
 
-    from vaekit.stream import shares
+    from vaekit.stream import merge_lock as shares
 
     out, real_link = tmp_path / "out.csv", os.link
 
@@ -75,7 +75,7 @@ def test_where_the_lock_cannot_be_linked_in_whole_it_is_created_then_written(tmp
 
     monkeypatch.setattr(shares.os, "link", link)
     with shares.merge_lock(out) as mine:
-        assert mine and shares.merging_path(out).read_bytes() == shares._LOCK_TEXT
+        assert mine and shares.merging_path(out).read_bytes() == shares.LOCK_TEXT
         with shares.merge_lock(out) as other:  # another share meanwhile: vaekit's lock, held
             assert other is False
     assert not os.path.lexists(shares.merging_path(out)) and sorted(os.listdir(tmp_path)) == []

@@ -330,7 +330,7 @@ def test_another_shares_journal_this_user_cannot_read_is_one_line_not_a_tracebac
 def test_a_merge_lock_this_user_cannot_open_is_one_line_and_the_share_resumes(setup, data, tmp_path):
     # another user's merge (or its leftover, umask 077): the PermissionError was a traceback
     from hostile import unprivileged
-    from vaekit.stream.shares import _LOCK_TEXT
+    from vaekit.stream.merge_lock import LOCK_TEXT as _LOCK_TEXT
 
     run, _ = setup
     out = tmp_path / "s.csv"

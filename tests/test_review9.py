@@ -102,12 +102,12 @@ def test_a_full_disk_as_the_merge_lock_is_made_leaves_no_lock_and_says_so(tmp_pa
     import os
 
     from vaekit.errors import CannotWrite
-    from vaekit.stream import shares
+    from vaekit.stream import merge_lock as shares
 
     real = os.write
 
     def full(fd, data):
-        if data == shares._LOCK_TEXT:
+        if data == shares.LOCK_TEXT:
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(fd, data)
 

@@ -102,6 +102,8 @@ def score_to_file(
     positions = stream.shard(found.paths, index, count, batch_size) if count > 1 else None
     with job.held(journal, out):  # unsharded, the journal's lock goes after the merge
         sink.targets, sink.own = _check_maps(found, maps, layout, journal, overwrite, model.info.source, map_format)
+        if shares is not None and maps is not None:  # the merge checks the other shares' maps as a resume does
+            shares.outputs = (_map_files(Path(maps), sink.targets, layout), "heat map")
         with pipeline.WriteBehind(sink.write) as writer:
             for b in iter_scored(model, found, plan, maps=maps is not None, batch_size=batch_size,
                                  positions=positions, skip_batches=done, workers=workers, progress=progress):
@@ -179,11 +181,17 @@ def _check_maps(found: stream.Inputs, maps, layout: Layout, journal,
 def _refuse_lost_maps(journal, maps: Path, targets: list[str], layout: Layout) -> None:
     """A finished batch's heat maps must be there, as the job wrote them (stream.batches)."""
 
+    refuse_changed_outputs(journal, _map_files(maps, targets, layout), "heat map")
+
+
+def _map_files(maps: Path, targets: list[str], layout: Layout):
+    """A journal line's heat maps, in the order its `outputs` pin them."""
+
     def files(e: dict) -> list[Path]:
         at = {layout.paths[i]: i for i in layout.positions(e["batch"])}
         return [maps / targets[at[r["path"]]] for r in e["rows"]]
 
-    refuse_changed_outputs(journal, files, "heat map")
+    return files
 
 
 def _settings(model: Model, plan: Plan, found: stream.Inputs, layout: Layout, maps, out, map_format: str = "png") -> dict:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from vaekit.errors import BadInput, cannot_write
-from vaekit.fileio.outputs import put_in_place
+from vaekit.fileio.outputs import appeared, put_in_place, same_bytes
 
 
 @functools.cache
@@ -97,6 +97,31 @@ def _link(fd: int, tmp: Path) -> None:
         raise
 
 
+def _link_in_place(fd: int, path: Path, keep_same: bool) -> bool:
+    """A write that may not replace anything (replace=False): give the unnamed file `fd` its final
+    name at once. linkat(2) fails where anything is at `path` (a link included), the same atomic
+    no-replace as os.link of a named temporary file, but no temporary name ever exists: a SIGKILL
+    between linking `.NAME.xxxx.tmp` and unlinking it left that name (a hard link of the output,
+    or a whole copy of it beside no output) for good. True when `path` now holds the bytes (or,
+    keep_same, already held these very bytes); False where the link is not to be had here (the
+    caller takes the temporary name); OutputExists where `path` is another file."""
+    try:
+        folder = os.open(path.parent, getattr(os, "O_PATH", os.O_RDONLY) | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return False
+    try:
+        os.link(f"/proc/self/fd/{fd}", path.name, dst_dir_fd=folder, follow_symlinks=True)
+        return True
+    except FileExistsError:
+        if keep_same and same_bytes(Path(f"/proc/self/fd/{fd}"), path):
+            return True
+        raise appeared(path, keep_same) from None
+    except OSError:
+        return False
+    finally:
+        os.close(folder)
+
+
 def _unnamed_or_named(path: Path, tmp: Path) -> tuple[int, bool]:
     """(descriptor, named) of a new file for `path`'s bytes: an unnamed one, or, where there is
     none, `tmp` created by name (O_EXCL: never another writer's). An interrupt after `tmp` was
@@ -140,6 +165,7 @@ def atomic_writer(path: Path, replace: bool = True, keep_same: bool = False) -> 
     stem = path.name if len(os.fsencode(path.name)) <= 200 else path.name[:50]
     tmp = path.parent / f".{stem}.{os.urandom(5).hex()}.tmp"
     fd, named = _unnamed_or_named(path, tmp)  # named: `tmp` exists, and is this write's to remove
+    placed = False  # the unnamed file linked at `path` itself (replace=False): no temporary name at all
     try:
         with os.fdopen(fd, "wb") as f:
             if hasattr(os, "fchmod"):
@@ -147,10 +173,13 @@ def atomic_writer(path: Path, replace: bool = True, keep_same: bool = False) -> 
             yield f
             f.flush()
             os.fsync(f.fileno())
-            if not named:  # complete: now it gets a name (FileExistsError: another writer's, 40 bits met twice)
+            if not named and not replace:
+                placed = _link_in_place(f.fileno(), path, keep_same)
+            if not named and not placed:  # complete: now it gets a name (FileExistsError: another writer's, 40 bits met twice)
                 _link(f.fileno(), tmp)
                 named = True
-        put_in_place(tmp, path, replace, keep_same)
+        if not placed:
+            put_in_place(tmp, path, replace, keep_same)
     except BaseException as e:
         if named:
             try:

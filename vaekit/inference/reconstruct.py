@@ -114,6 +114,7 @@ def reconstruct_to_folder(model: "Model", source: str | Path | Sequence[str | Pa
                 "inputs": [str(r) for r in found.roots], "grid_max": grid_max, "shard": [index, count]}
     shares, journal = job.open_share(out_dir, settings, layout, _row_check(found.names), resume, overwrite,
                                      folder=True)
+    shares.outputs = (_png_files(out_dir, found.names, targets, layout), "reconstruction")  # checked at the merge too
     with job.held(journal, out_dir):
         if journal.resumed:
             _refuse_lost_pngs(journal, out_dir, found.names, targets, layout)
@@ -138,11 +139,17 @@ def reconstruct_to_folder(model: "Model", source: str | Path | Sequence[str | Pa
 def _refuse_lost_pngs(journal, out_dir: Path, names: list[str], targets: list[str], layout: Layout) -> None:
     """A finished batch's reconstructions must be there, as the job wrote them (stream.batches)."""
 
+    refuse_changed_outputs(journal, _png_files(out_dir, names, targets, layout), "reconstruction")
+
+
+def _png_files(out_dir: Path, names: list[str], targets: list[str], layout: Layout):
+    """A journal line's reconstructions, in the order its `outputs` pin them."""
+
     def files(e: dict) -> list[Path]:
         at = {names[i]: i for i in layout.positions(e["batch"])}
         return [out_dir / targets[at[r["name"]]] for r in e["rows"]]
 
-    refuse_changed_outputs(journal, files, "reconstruction")
+    return files
 
 
 def _row_check(names: Sequence[str]):

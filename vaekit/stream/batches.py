@@ -247,15 +247,24 @@ def refuse_changed_outputs(journal, files: Callable[[dict], list], what: str) ->
     (another job's, written over it since: kept, it left two models' files beside one model's rows;
     journal format 7 pins each by its sha256)."""
     from vaekit.errors import BadInput
-    from vaekit.fileio.digests import file_sha256
 
     for e in journal.entries():
-        for k, t in enumerate(files(e)):
-            if not (t.exists() or t.is_symlink()):
-                why = "is gone (removed since the job stopped?); put it back, or"
-            elif "outputs" in e and (t.is_symlink() or file_sha256(t) != e["outputs"][k]):
-                why = "holds other bytes than this job wrote there (written over since the job stopped, by another job?);"
-            else:
-                continue
+        lost = changed_output(e, files)
+        if lost is not None:
+            t, why = lost
             raise BadInput(f"cannot resume {journal.path}: the {what} {t} of a finished batch {why} delete the journal "
                            "and run the job again with --overwrite")
+
+
+def changed_output(e: dict, files: Callable[[dict], list]):
+    """(file, why) of the first file the batch `e` wrote that is gone or holds other bytes than
+    it wrote there (its line's `outputs`), or None (refuse_changed_outputs; a merge checks the
+    other shares' batches so, vaekit.stream.shares)."""
+    from vaekit.fileio.digests import file_sha256
+
+    for k, t in enumerate(files(e)):
+        if not (t.exists() or t.is_symlink()):
+            return t, "is gone (removed since the job stopped?); put it back, or"
+        if "outputs" in e and (t.is_symlink() or file_sha256(t) != e["outputs"][k]):
+            return t, "holds other bytes than this job wrote there (written over since the job stopped, by another job?);"
+    return None

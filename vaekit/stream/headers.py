@@ -2,8 +2,10 @@
 goes on in, and the inputs and the model as the job first spelled them; and the header's fields
 that name the model (`model_settings`).
 
-Each share's journal is read only as far as its header (one line, at most MAX_HEADER_BYTES);
-anything unreadable is skipped here and left to the journal's own checks when it is opened.
+Each share's journal is read only as far as its header (one line, at most UNSIZED_LIMIT: a header
+names every input given, thousands of files from a shell glob, and passes MAX_HEADER_BYTES with
+some 10,000 of them); anything unreadable is skipped here and left to the journal's own checks when
+it is opened.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from vaekit.images.arrays import MAX_BATCH_SIZE
 from vaekit.stream.batches import real_place
 from vaekit.stream.inputs import check_shard, env_shard
 from vaekit.stream.journals import JOURNAL_VERSION, parse, partial_path
-from vaekit.stream.lines import MAX_HEADER_BYTES
+from vaekit.stream.lines import UNSIZED_LIMIT
 from vaekit.stream.shares import share_out
 from vaekit.version import __version__
 
@@ -37,7 +39,9 @@ def headers(out: Path, shard: tuple[int, int] | None) -> Iterator[dict]:
     for j in [index, *(j for j in range(count) if j != index)]:
         try:
             with open_regular_file(partial_path(share_out(Path(out), j, count))) as f:
-                header = parse(f.readline(MAX_HEADER_BYTES))
+                # not MAX_HEADER_BYTES: a longer header (many inputs named) was skipped, so its resume
+                # lost the journal's batch size and spellings and was refused ("batch_size 8 then, 64 now")
+                header = parse(f.readline(UNSIZED_LIMIT))
         except (OSError, ValueError):
             continue
         if isinstance(header, dict) and "vaekit_journal" in header:

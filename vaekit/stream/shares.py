@@ -12,24 +12,22 @@ instead of being merged into one file.
 
 from __future__ import annotations
 
-import errno
 import heapq
 import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from vaekit.stream import lines as journal_lines
-from vaekit.stream.batches import Layout, RowCheck, changed, check_entry
-from vaekit.errors import BadInput, DamagedFile, InUse, VaekitError, cannot_write
-from vaekit.fileio import NO_FOLLOW_NO_BLOCK, held_elsewhere, try_lock
+from vaekit.stream.batches import Layout, RowCheck, changed, changed_output, check_entry, contents, sources
+from vaekit.errors import BadInput, DamagedFile, InUse, VaekitError
+from vaekit.fileio import held_elsewhere
 from vaekit.stream.files import LineTooLong, lines_reopened, open_regular, read_lines
 from vaekit.stream.journals import journal_header, parse
-from vaekit.stream.names import (MERGING, check_journal_name, merging_path, partial_path,  # noqa: F401 (MERGING,
+from vaekit.stream.merge_lock import merge_lock  # noqa: F401 (re-exported)
+from vaekit.stream.names import (MERGING, check_journal_name, partial_path,  # noqa: F401 (MERGING,
                                  share_out)  # share_out: re-exported)
-
-_LOCK_TEXT = b"vaekit shard merge lock\n"  # what makes OUT.merging vaekit's own
 
 
 class Shares:
@@ -44,6 +42,10 @@ class Shares:
         self._read: dict[int, tuple[int, int]] = {}  # share -> (device, inode) of the journal read for it
         self._polls: dict[int, _Read] = {}  # share -> how far `complete` has read its journal
         self.out_before = file_identity(self.out)  # OUT as the job began: a merge writes another
+        self._verified: set[int] = set()  # shares whose files the merge has found as they were scored
+        # (files(entry), what): the files each batch wrote (heat maps, reconstructions), set by the job
+        # that writes them; the merge holds the other shares' to the bytes their lines pin, as a resume does
+        self.outputs: "tuple[Callable[[dict], list], str] | None" = None
 
     def journal(self, j: int) -> Path:
         return partial_path(share_out(self.out, j, self.count))
@@ -169,12 +171,61 @@ class Shares:
 
     def _whole(self, j: int) -> Iterator[dict]:
         at = _Read()
-        yield from self.entries(j, hold=False, at=at)
+        check = j != self.layout.index and j not in self._verified and self._moved(j)
+        for entry in self.entries(j, hold=False, at=at):
+            if check:
+                self._check_contents(j, entry)
+            if self.outputs is not None and j != self.layout.index and j not in self._verified:
+                self._check_outputs(j, entry)
+            yield entry
+        self._verified.add(j)
         missing = set(self.layout.share(j).mine()) - at.seen
         if missing or at.n < 1:
             lost = f"batch {min(missing)}" if missing else "its header"
             raise InUse(f"{self.journal(j)} changed while the shares were being merged (it no longer holds {lost}): "
                         "another process is writing it; run that share again with --resume")
+
+    def _moved(self, j: int) -> bool:
+        """Whether share j's files are not, as this machine sees them, the ones its journal's header
+        pinned (`sources`: inode numbers and change times). Its own --resume checks that, but a share
+        merged as it is was trusted on its file list alone (names, sizes, times): a file of its
+        batches replaced under the same name, size and time after it finished, on the very machine
+        that merges, kept the old file's rows in OUT. Then, as a resume does, the bytes decide
+        (`_check_contents`): another machine's own copy of the files (other inodes) merges when
+        they are the same, at the cost of reading that share's files once."""
+        lines = self._lines(j, True, _Read())
+        if lines is None:
+            return False  # no journal: the merge itself says so
+        with _closing(lines):
+            first = next(lines, None)
+        try:
+            header = parse(first[1]) if first is not None else None
+        except ValueError:
+            return False  # damaged: the merge's own checks name it
+        if not isinstance(header, dict) or "sources" not in header:
+            return False
+        layout = self.layout.share(j)
+        return header["sources"] != sources(layout.paths[i] for b in layout.mine() for i in layout.positions(b))
+
+    def _check_contents(self, j: int, entry: dict) -> None:
+        """BadInput naming the first file of share j's batch whose bytes are not those it was scored from."""
+        skipped = {str(s[0]): s[1] for s in entry["skipped"]}
+        names = [self.layout.paths[i] for i in self.layout.positions(entry["batch"])]
+        for name, was, now in zip(names, entry["sha256"], contents(names, skipped)):
+            if was != now:
+                raise BadInput(f"cannot merge share {j}/{self.count} ({self.journal(j).name}): the input {name} was "
+                               "replaced or rewritten since its batch was scored (its bytes differ, though its name, "
+                               "size and modification time are the same); delete that journal and score its share again")
+
+    def _check_outputs(self, j: int, entry: dict) -> None:
+        """BadInput naming the first file share j's batch wrote that is gone or written over since:
+        a merge kept it, and OUT's rows stood beside another job's heat map or none."""
+        files, what = self.outputs
+        lost = changed_output(entry, files)
+        if lost is not None:
+            t, why = lost
+            raise BadInput(f"cannot merge share {j}/{self.count} ({self.journal(j).name}): the {what} {t} of its finished "
+                           f"batch {why} delete that journal and score its share again with --overwrite")
 
     def remove(self) -> None:
         """Delete the journals merged: each only if it is still the file read (not one put at its name since)."""
@@ -223,119 +274,6 @@ def _closing(gen):
         yield gen
     finally:
         gen.close()
-
-
-@contextmanager
-def merge_lock(out: Path):
-    """True when this process may merge: it holds the lock of OUT.merging (vaekit.fileio.try_lock).
-
-    OUT.merging is vaekit's when vaekit created it (it holds _LOCK_TEXT); a file of that name
-    that is not is refused (BadInput), never used or deleted. The lock file goes when the merge
-    is done, if it is still the one this process locked."""
-    lock = merging_path(out)
-    try:
-        fd = _open_lock(lock)
-    except OSError as e:
-        if isinstance(e, VaekitError):
-            raise
-        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):  # not another user's: this disk's
-            raise cannot_write(e, lock) from None
-        raise BadInput(f"cannot open {lock}, the lock of the shard merge: {e.strerror or e} (another user's merge, "
-                       "or its leftover); once it is gone, run any share again with --resume to merge") from None
-    try:
-        try:
-            mine = try_lock(fd)
-        except OSError:  # a file system without locks: leave the merge to a later look
-            mine = False
-        if not mine:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            st, here = os.fstat(fd), _lstat(lock)
-            if here is not None and (here.st_dev, here.st_ino) == (st.st_dev, st.st_ino):
-                lock.unlink(missing_ok=True)
-    finally:
-        os.close(fd)
-
-
-def _lstat(path: Path):
-    try:
-        return os.lstat(path)
-    except FileNotFoundError:
-        return None
-
-
-def _open_lock(lock: Path) -> int:
-    fd = _new_lock(lock)
-    if fd is not None:
-        return fd
-    fd = open_regular(lock, write=False, what="shard merge lock")
-    if fd is None:  # removed since: a merge just finished; the next look finds the shares merged
-        return _open_lock(lock)
-    try:
-        text = os.read(fd, len(_LOCK_TEXT) + 1)
-    except OSError as e:
-        if not held_elsewhere(e):
-            os.close(fd)
-            raise
-        return fd  # Windows: a merging process holds it, so it is vaekit's
-    if text != _LOCK_TEXT:
-        os.close(fd)
-        raise BadInput(f"{lock} exists and is not vaekit's shard merge lock; rename it, or write the output "
-                       "elsewhere")
-    return fd
-
-
-def _new_lock(lock: Path) -> int | None:
-    """A descriptor on a new OUT.merging holding _LOCK_TEXT; None when one is there. On Linux the
-    file is written unnamed (O_TMPFILE) and linked in whole, so its name never holds an empty or
-    half-written file: a share opening it in that instant refused it as not vaekit's, and a SIGKILL
-    there left one that blocked every later merge. Elsewhere it is created, then written."""
-    flags = os.O_RDWR | NO_FOLLOW_NO_BLOCK
-    linked = _linked_whole(lock)
-    if linked != -1:
-        return linked
-    try:
-        fd = os.open(lock, flags | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        return None
-    try:
-        os.write(fd, _LOCK_TEXT)
-    except OSError:  # a full disk: no empty lock left behind for every later merge to refuse
-        os.close(fd)
-        lock.unlink(missing_ok=True)
-        raise
-    return fd
-
-
-def _linked_whole(lock: Path) -> int | None:
-    """_new_lock's Linux way: the file written unnamed (O_TMPFILE), then given the name whole
-    (linkat with AT_SYMLINK_FOLLOW on /proc/self/fd, as open(2) shows; a plain link() does not
-    follow that link). -1 where this system or file system cannot: the caller's way then."""
-    if not hasattr(os, "O_TMPFILE") or not os.path.isdir("/proc/self/fd"):
-        return -1
-    try:
-        folder = os.open(lock.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
-        return -1
-    fd = None
-    try:
-        fd = os.open(lock.parent, os.O_TMPFILE | os.O_RDWR | getattr(os, "O_CLOEXEC", 0), 0o644)
-        os.write(fd, _LOCK_TEXT)
-        # a directory descriptor makes os.link call linkat, which alone can follow the link
-        os.link(f"/proc/self/fd/{fd}", lock.name, dst_dir_fd=folder, follow_symlinks=True)
-        fd, mine = None, fd
-        return mine
-    except FileExistsError:
-        return None
-    except OSError:  # no O_TMPFILE on this file system, or linkat refused
-        return -1
-    finally:
-        if fd is not None:
-            os.close(fd)
-        os.close(folder)
 
 
 def file_identity(path: Path) -> tuple[int, int, int] | None:
