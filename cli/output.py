@@ -135,8 +135,11 @@ def promise_rows(table, section: dict) -> None:
 
     fpr = section.get("expected_fpr")
     if isinstance(fpr, (int, float)):  # from the training images' own scores: a floor, not a rate
-        floor = "at least " if section.get("source") == "training" else ""
-        table.add_row("expected false positives", f"{floor}{percent(fpr)} of normal images")
+        q = section.get("threshold_quantile")
+        few = isinstance(q, (int, float)) and fpr > (1 - q) * (1 + 1e-9)  # the largest score's rate, or less
+        bound = "at least " if section.get("source") == "training" else "at most " if few else ""
+        table.add_row("expected false positives", f"{bound}{percent(fpr)} of normal images" + (" on average" if few and
+                                                                                                 bound == "at most " else ""))
     note = section_note(section)
     if note:
         table.add_row("", f"[yellow]{shown(note)}[/yellow]")
