@@ -58,7 +58,7 @@ class Journal:
     (vaekit.stream.batches); without them only the shape of each line is checked."""
 
     def __init__(self, out: Path, settings: dict, resume: bool, layout: Layout | None = None,
-                 row_check: RowCheck | None = None, row_bytes: int = 0):
+                 row_check: RowCheck | None = None, row_bytes: int = 0, fresh: bool = False):
         self.out = Path(out)
         check_journal_name(self.out)
         self.path = partial_path(self.out)
@@ -90,11 +90,10 @@ class Journal:
                 raise DamagedFile(f"{self.path} exists and is not a vaekit journal; vaekit leaves it as it is: move "
                                   "it away, or write the output elsewhere")
             cut = size > 0 and self._header_cut(size, resume)  # a kill as the job began: no work in it, begun again
-            if size and not cut and not resume:
+            if size and not cut and not resume and not fresh:  # fresh (--overwrite): vaekit's journal, begun again
                 raise BadInput(f"{self.path} holds an unfinished job (its settings, and any batches it finished): pass "
-                               "--resume to continue it (and --overwrite when the output it was writing exists too), "
-                               "or delete it to start again")
-            self.resumed = size > 0 and not cut and self._read()
+                               "--resume to continue it, or --overwrite to start again (its work is lost)")
+            self.resumed = size > 0 and not cut and resume and self._read()
             if not self.resumed:
                 self._start()
         except BaseException:
@@ -323,13 +322,14 @@ class Journal:
 
 
 def open_journal(out: Path, settings: dict, resume: bool, layout: Layout | None = None,
-                 row_check: RowCheck | None = None, row_bytes: int = 0) -> Journal:
+                 row_check: RowCheck | None = None, row_bytes: int = 0, fresh: bool = False) -> Journal:
     """A Journal for `out` (OUT.partial), its folder created; a write that fails (a full disk)
-    names `out`."""
+    names `out`. `fresh` (--overwrite without --resume): an unfinished job's journal there is
+    begun again instead of refused."""
     out = Path(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        return Journal(out, settings, resume, layout, row_check, row_bytes)
+        return Journal(out, settings, resume, layout, row_check, row_bytes, fresh)
     except VaekitError:
         raise
     except OSError as e:
