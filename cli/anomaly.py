@@ -9,7 +9,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from vaekit_cli.output import (DEVICE_HELP, Device, apply_threads, console, dumps_json, err_console,
-                               load_model, note_repeated, number, parse_share, progress_bars, shown, tidy_outputs)
+                               load_model, note_hidden, note_repeated, number, parse_share, progress_bars, shown, tidy_outputs)
 
 MODEL_HELP = "A training run directory, or an exported .onnx model."
 TABLE_ROWS = 20  # the terminal shows at most this many images (the most anomalous); files get all
@@ -102,6 +102,7 @@ def _say(report, inputs, out, maps, map_format: str = "png") -> None:
     for path, reason in report.skipped:
         err_console.print(f"[yellow]skipped[/yellow] {shown(path)}: {shown(reason)}", highlight=False)
     note_repeated(report.repeated, "scored")
+    note_hidden(report.hidden)
     if report.plan.note:
         err_console.print(f"[yellow]note[/yellow]: {shown(report.plan.note)}", highlight=False)
     _print_scores(report, inputs)

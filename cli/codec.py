@@ -17,7 +17,7 @@ import typer
 
 from vaekit_cli.codec_text import RESIDUAL_TEXT, int8_note, pixel_model_text, psnr_text, vs_sources  # noqa: F401 (re-exported)
 from vaekit_cli.output import (DEVICE_HELP, EXIT_TERMINATED, Device, Terminated, apply_threads, console, dumps_json,
-                               err_console, load_model, note_repeated, parse_share, progress_bars, shown,
+                               err_console, load_model, note_hidden, note_repeated, parse_share, progress_bars, shown,
                                tidy_outputs)
 
 ModelArg = Annotated[Path, typer.Argument(help="Run directory or exported .onnx file.", exists=True)]
@@ -125,6 +125,7 @@ def encode(
                                batch_size=batch_size, workers=workers, shard=share)
     _skipped(report.skipped)
     note_repeated(report.repeated, "encoded")
+    note_hidden(report.hidden)
     _note(int8_note(m, "encodes"))
     if not report.merged:
         return _share_pending(report, out, as_json)
@@ -193,6 +194,7 @@ def _encode_vkc(model, images, out, quality, lossless, fit, overwrite, as_json, 
         r = replace(codec.encode(m, images, path, quality=quality, lossless=lossless, overwrite=overwrite,
                                  progress=progress, prior=prior), path=Path(out))
     _skipped(r.skipped)
+    note_hidden(r.hidden)
     _note(None if lossless else int8_note(m, "encodes"))
     info = {"file": str(r.path), "mode": r.mode, "quality": r.quality, "images": r.count, "skipped": len(r.skipped),
             "bytes": r.file_bytes, "bytes_per_image": r.bytes_per_image, "bits_per_dim": r.bits_per_dim,
@@ -301,6 +303,7 @@ def reconstruct(
         report = reconstruct_to_folder(m, images, out, overwrite=overwrite, progress=progress, batch_size=batch_size,
                                        workers=workers, resume=resume, shard=share)
     note_repeated(report.repeated, "reconstructed")
+    note_hidden(report.hidden)
     if not report.merged:
         _skipped(report.skipped)
         return _share_pending(report, out, as_json)

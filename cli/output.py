@@ -123,6 +123,15 @@ def note_repeated(repeated, did: str) -> None:
                           f"mention were {did} once: {names}", highlight=False, soft_wrap=True)
 
 
+def note_hidden(hidden) -> None:
+    """A note naming the dot-named folders and image files the scan passed over (a folder archived
+    and then deleted lost them with nothing said)."""
+    if hidden:
+        names = ", ".join(shown(p) for p in hidden[:5]) + (f" and {len(hidden) - 5} more" if len(hidden) > 5 else "")
+        err_console.print(f"[yellow]note[/yellow]: {len(hidden)} hidden folder(s) or image file(s) (names beginning "
+                          f"with '.') were not read: {names}", highlight=False, soft_wrap=True)
+
+
 def percent(rate: float) -> str:
     """A rate in [0, 1] as a short percentage: '4.8%', '0.52%', '100%' (not '1e+02%')."""
     return f"{100 * rate:.2g}%" if 100 * rate < 99.5 else f"{100 * rate:.0f}%"

@@ -54,6 +54,7 @@ class JobReport:
     resumed: int = 0  # batches a previous run had finished
     pending: list[int] = field(default_factory=list)  # shares whose journal is not complete yet
     repeated: list[str] = field(default_factory=list)  # files named again after their first time, scored once
+    hidden: list[str] = field(default_factory=list)  # dot-named folders and image files in the inputs: not read
 
 
 def score_to_file(
@@ -109,7 +110,7 @@ def score_to_file(
                                  positions=positions, skip_batches=done, workers=workers, progress=progress):
                 writer.put(b)
         report = JobReport(None, 0, 0, [], [], plan, (index, count), False, sink.maps, len(done),
-                           repeated=found.repeated)
+                           repeated=found.repeated, hidden=found.hidden)
         if journal is None:
             if not tally.count:
                 raise imageio.none_usable(f"in {stream.named(share.inputs)}", tally.skipped)

@@ -63,6 +63,7 @@ class EncodeResult:
     exact: int = 0  # lossy: of those, images the file decodes to exactly (at the model's size)
     psnr_images: int = 0  # lossy: images the PSNR was measured on (all, or the first PSNR_IMAGES without a residual)
     resized: int = 0  # images whose source is not the model's size: the file holds them at the model's size
+    hidden: list[str] = field(default_factory=list)  # dot-named folders and image files in the inputs: not read
 
     @property
     def bytes_per_image(self) -> float:
@@ -127,7 +128,7 @@ def encode(model, source: str | Path | Sequence[str | Path], out: str | Path, qu
     return EncodeResult(out, header.mode, quality, len(header.names), size, size - payload, info.dims, skipped,
                         source_bytes, time.perf_counter() - t0, lossless_job.pixel_model_name(header) if lossless else None,
                         None if lossless else residual_name(prior, quality), *lossy_job.mean_psnr(errors),
-                        resized=sum(list(hw) != [info.image_size] * 2 for hw in header.orig_size))
+                        resized=sum(list(hw) != [info.image_size] * 2 for hw in header.orig_size), hidden=found.hidden)
 
 
 def residual_name(prior: priors.Prior, quality: int) -> str | None:

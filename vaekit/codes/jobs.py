@@ -73,6 +73,7 @@ class EncodeReport:
     pending: list[int] = field(default_factory=list)  # shares not complete yet (merged False)
     resumed: int = 0  # batches a previous run had finished
     repeated: list[str] = field(default_factory=list)  # files named again after their first time, encoded once
+    hidden: list[str] = field(default_factory=list)  # dot-named folders and image files in the inputs: not read
 
     @property
     def bytes_per_image(self) -> float:
@@ -155,7 +156,7 @@ def encode_folder(
         resumed = len(journal.done)
         _encode_batches(model, found, journal, layout, workers, progress)
         report = EncodeReport(out, 0, 0, 0, info.image_size, 0, precision, shard=(index, count), resumed=resumed,
-                              repeated=found.repeated)
+                              repeated=found.repeated, hidden=found.hidden)
         report.merged, report.pending = job.end(
             journal, shares, share.torchrun, merge_timeout, progress,
             lambda: _write_code_file(shares, report, info, share.inputs, overwrite))

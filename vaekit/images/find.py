@@ -79,12 +79,12 @@ def find_images(inputs: str | Path | Sequence[str | Path], confine_to: Path | No
 
 
 def scan_roots(inputs: str | Path | Sequence[str | Path], linked: list[Path] | None = None,
-               confine_to: Path | None = None) -> list[tuple[Path, list[str]]]:
+               confine_to: Path | None = None, hidden: list[str] | None = None) -> list[tuple[Path, list[str]]]:
     """(root, the image files found under it as path strings) for each root, in order; a root
     that is a file holds just itself. See find_images (and its `confine_to`). Text, not Path
     objects: about a fifth of the memory, for folders of millions of files. `linked`, when given,
     gets the real folder of every folder link followed under the roots: inputs too, where no
-    output may go."""
+    output may go; `hidden`, the dot-named folders and image-suffixed files passed over (as paths)."""
     roots = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     found: list[tuple[Path, list[str]]] = []
     seen: set[Path] = set()
@@ -101,11 +101,23 @@ def scan_roots(inputs: str | Path | Sequence[str | Path], linked: list[Path] | N
             raise BadInput(f"{root} is a vaekit run directory (a trained model), not a folder of images: name the "
                            "images' folder (a command takes the run first: vaekit anomaly-score RUN IMAGES)")
         rel: list[str] = []
-        _scan(root, "", seen, rel, linked, inside)
+        dots: list[str] | None = None if hidden is None else []
+        _scan(root, "", seen, rel, linked, inside, dots)
         rel.sort()
         base = "" if str(root) == "." else str(root).rstrip("/") + "/"  # str(root / r), without a Path per file
+        if hidden is not None:
+            hidden += sorted(base + r for r in dots)
         found.append((root, [base + r for r in rel]))
     return found
+
+
+def _hidden_images(e: os.DirEntry) -> bool:
+    """Whether a dot-named entry the scan passes over could hold images: a folder, or a file with an
+    image suffix (macOS's ._x.png companions too: they are not images, and are not read either)."""
+    try:
+        return e.is_dir() or Path(e.name).suffix.lower() in IMAGE_SUFFIXES
+    except OSError:
+        return False
 
 
 class _Confined:
@@ -127,7 +139,7 @@ class _Confined:
 
 
 def _scan(folder: Path, prefix: str, seen: set[Path], out: list[str], linked: list[Path] | None = None,
-          inside: _Confined | None = None) -> None:
+          inside: _Confined | None = None, hidden: list[str] | None = None) -> None:
     real = folder.resolve()
     if real in seen:
         return
@@ -141,6 +153,8 @@ def _scan(folder: Path, prefix: str, seen: set[Path], out: list[str], linked: li
         return
     for e in entries:
         if e.name.startswith("."):
+            if hidden is not None and _hidden_images(e):
+                hidden.append(prefix + e.name)  # not read, but named: an archive of the folder would lack it
             continue
         try:
             is_dir = e.is_dir()  # follows symlinks; `seen` stops loops
@@ -154,7 +168,7 @@ def _scan(folder: Path, prefix: str, seen: set[Path], out: list[str], linked: li
         if is_dir:
             if linked is not None and e.is_symlink():
                 linked.append(Path(e.path).resolve())
-            _scan(Path(e.path), f"{prefix}{e.name}/", seen, out, linked, inside)
+            _scan(Path(e.path), f"{prefix}{e.name}/", seen, out, linked, inside, hidden)
         elif image:
             # a file; or a link that leads nowhere, a FIFO, socket or device: named on load as
             # skipped, with the reason (loading never opens what is not a regular file)

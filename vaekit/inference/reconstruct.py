@@ -61,6 +61,7 @@ class ReconstructReport:
     ssim: np.ndarray | None  # (N,); None where scikit-image is not installed
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     repeated: list[str] = field(default_factory=list)  # files named again after their first time, read once
+    hidden: list[str] = field(default_factory=list)  # dot-named folders and image files in the inputs: not read
 
     def to_dict(self) -> dict:
         def num(v: float) -> float | None:  # JSON has no infinity
@@ -125,7 +126,7 @@ def reconstruct_to_folder(model: "Model", source: str | Path | Sequence[str | Pa
                       inputs=found.sources, model=info.source, folder=True)
         refuse_existing([*taken, *([] if journal.resumed else [grid])], overwrite)
         report = ReconstructJob(out_dir, [], [], grid, np.zeros(0), None, shard=(index, count),
-                                resumed=len(journal.done), repeated=found.repeated)
+                                resumed=len(journal.done), repeated=found.repeated, hidden=found.hidden)
         _run(model, found, journal, layout, [out_dir / t for t in targets], workers, progress,
              (overwrite, todo[0] if own else None))
         report.merged, report.pending = job.end(

@@ -72,6 +72,7 @@ class Inputs:
     names: list[str]  # each file's name relative to the root it was found under
     linked: list[Path] = field(default_factory=list)  # real folders reached through folder links under them
     repeated: list[str] = field(default_factory=list)  # files named again after their first time, left out
+    hidden: list[str] = field(default_factory=list)  # dot-named folders and image files in the folders: not read
 
     @property
     def sources(self) -> list[Path]:
@@ -109,21 +110,24 @@ def find_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike], once: b
         raise BadInput("no inputs given: name image files or folders (an empty name is not the current folder)")
     roots = [Path(r) for r in items]
     linked: list[Path] = []
-    found = imageio.scan_roots(roots, linked, confine_to)
+    hidden: list[str] = []
+    found = imageio.scan_roots(roots, linked, confine_to, hidden)
     paths = [f for _, files in found for f in files]
     keep, repeated = _once(paths) if once and len(roots) > 1 else (None, [])
     if keep is not None:
         paths = [paths[i] for i in keep]
     if not paths:
         where = roots[0] if len(roots) == 1 else ", ".join(map(str, roots))
-        raise imageio.NoImagesError(f"no image files found in {where}")
+        dots = (f" ({len(hidden)} hidden folder(s) or image file(s), names beginning with '.', are not read: "
+                f"{hidden[0]}{', ...' if len(hidden) > 1 else ''})") if hidden else ""
+        raise imageio.NoImagesError(f"no image files found in {where}{dots}")
     folders = _folders(roots)
     if len(roots) == 1 and folders:  # the common case, without a Path per file
         cut = len(paths[0]) - len(Path(paths[0]).relative_to(roots[0]).as_posix())
         names = [f[cut:] for f in paths]
     else:
         names = [_name(Path(f), folders, len(roots)) for f in paths]
-    return Inputs(roots, PathList(paths), names, linked, repeated)
+    return Inputs(roots, PathList(paths), names, linked, repeated, hidden)
 
 
 def _once(paths: list[str]) -> tuple[list[int] | None, list[str]]:
