@@ -54,3 +54,27 @@ def test_a_rate_from_too_few_scores_is_printed_as_the_bound_it_is():
     assert "expected false positives 0.99% of normal images " in _promise(enough)
     own = {"expected_fpr": 0.5, "threshold_quantile": 0.99, "source": "training", "n": 1}
     assert "expected false positives at least 50% of normal images " in _promise(own)
+
+
+def test_a_resume_from_another_folder_says_where_the_job_began(tmp_path, monkeypatch):
+    """A job begun as `anomaly-score R in -o o.csv` and resumed from another folder (the same files
+    named by absolute paths) was refused with "the input files changed", though nothing had:
+    the journal names them relative to the folder it was begun in, and now says so."""
+    import pytest
+
+    from export_support import random_job, stopped_job
+    from vaekit import anomaly
+    import vaekit
+    from vaekit.errors import BadInput
+
+    run, data = random_job(tmp_path, 10)
+    monkeypatch.chdir(tmp_path)
+    stopped_job(run.name, data.name, "o.csv", after=1)
+    monkeypatch.chdir(tmp_path / "run")
+    with pytest.raises(BadInput) as e:
+        anomaly.score_to_file(vaekit.load(run), data, tmp_path / "o.csv", threshold=0.0, batch_size=4, resume=True)
+    assert "from the folder it was begun in" in str(e.value) and "--overwrite to start again" in str(e.value)
+    monkeypatch.chdir(tmp_path)  # from there the same resume goes on
+    report = anomaly.score_to_file(vaekit.load(run.name), data.name, "o.csv", threshold=0.0, batch_size=4,
+                                   resume=True)
+    assert report.resumed == 1 and report.count == 10
