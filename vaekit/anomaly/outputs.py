@@ -19,7 +19,6 @@ from typing import BinaryIO, Callable, Iterable, Sequence
 import numpy as np
 
 from vaekit import images as imageio
-from vaekit.images.render import png_bytes
 from vaekit.anomaly.score import ROW_FIELDS, ScoreReport, report_header
 from vaekit.inference.engine import Model
 from vaekit.errors import BadInput, check_flags
@@ -237,25 +236,29 @@ def save_maps(out_dir: Path, targets: Sequence[str], images: np.ndarray, maps: n
     check_map_format(fmt)
     written = []
     for rel, x, heat in zip(targets, images, maps):
-        data = _png_map(x, heat, alpha) if fmt == "png" else _npy_map(heat)
-        atomic_write_bytes(out_dir / rel, data, replace, keep_same=own)
+        if fmt == "png":
+            digest = imageio.save_png(_overlay(x, heat, alpha), out_dir / rel, replace, own)
+        else:
+            digest = _save_npy(heat, out_dir / rel, replace, own)
         if digests is not None:  # the journal line pins each heat map by its bytes (a resume checks them)
-            digests.append(hashlib.sha256(data).hexdigest())
+            digests.append(digest)
         written.append(out_dir / rel)
     return written
 
 
-def _png_map(x: np.ndarray, heat: np.ndarray, alpha: float) -> bytes:
+def _overlay(x: np.ndarray, heat: np.ndarray, alpha: float) -> np.ndarray:
     overlay = imageio.heatmap_overlay(x, heat, alpha=alpha)  # (3, H, W) uint8
     h, w = overlay.shape[1:]
     k = max(1, min(-(-MAP_MIN_SIDE // min(h, w)), math.isqrt(MAP_MAX_ENLARGED // (h * w))))  # the shorter side
-    return png_bytes(overlay.repeat(k, axis=1).repeat(k, axis=2))
+    return overlay.repeat(k, axis=1).repeat(k, axis=2)
 
 
-def _npy_map(heat: np.ndarray) -> bytes:
+def _save_npy(heat: np.ndarray, path: Path, replace: bool, own: bool) -> str:
+    """The map's values as a .npy file, atomic (as save_png); the sha256 of its bytes."""
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(heat, dtype=np.float32), allow_pickle=False)
-    return buf.getvalue()
+    atomic_write_bytes(path, buf.getvalue(), replace, keep_same=own)
+    return hashlib.sha256(buf.getvalue()).hexdigest()
 
 
 def write_maps(out_dir: str | Path, report: ScoreReport, alpha: float = 0.5, overwrite: bool = False,
