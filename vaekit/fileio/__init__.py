@@ -288,7 +288,7 @@ def refuse_inside(output: Path, inputs, what: str, folder: bool = False, kind: s
     inputs) may not hold one."""
     roots = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     for root in map(Path, roots):
-        if root.is_dir() or not os.path.lexists(root):  # nothing there yet: where a dangling link leads
+        if root.is_dir():
             if is_inside(output, root):
                 raise BadInput(f"{what} {output} is inside {kind} {root}; write it somewhere else")
         elif root.exists():

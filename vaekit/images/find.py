@@ -165,11 +165,9 @@ def _scan(folder: Path, prefix: str, seen: set[Path], out: list[str], linked: li
             inside.check(e, is_dir or image)
         if is_dir and is_run_folder(e.path):
             continue  # a run directory inside the folder: the model's own files, not the user's images
-        if linked is not None and e.is_symlink() and (is_dir or not os.path.exists(e.path)):
-            # a link that leads nowhere yet may lead to an output's folder once it is made: that
-            # output would then lie inside the input, and the next run would read it as images
-            linked.append(Path(os.path.realpath(e.path)))
         if is_dir:
+            if linked is not None and e.is_symlink():
+                linked.append(Path(e.path).resolve())
             _scan(Path(e.path), f"{prefix}{e.name}/", seen, out, linked, inside, hidden)
         elif image:
             # a file; or a link that leads nowhere, a FIFO, socket or device: named on load as
