@@ -144,8 +144,10 @@ def promise_rows(table, section: dict) -> None:
 
     fpr = section.get("expected_fpr")
     if isinstance(fpr, (int, float)):  # from the training images' own scores: a floor, not a rate
-        q = section.get("threshold_quantile")
-        few = isinstance(q, (int, float)) and fpr > (1 - q) * (1 + 1e-9)  # the largest score's rate, or less
+        from vaekit.anomaly.quantiles import few_scores_note
+
+        n, q = section.get("n", 0), section.get("threshold_quantile")  # too few: the largest score's rate, or less
+        few = not section.get("fixed") and isinstance(n, int) and few_scores_note(n, q) is not None
         bound = "at least " if section.get("source") == "training" else "at most " if few else ""
         table.add_row("expected false positives", f"{bound}{percent(fpr)} of normal images" + (" on average" if few and
                                                                                                  bound == "at most " else ""))

@@ -54,6 +54,8 @@ def test_a_rate_from_too_few_scores_is_printed_as_the_bound_it_is():
     assert "expected false positives 0.99% of normal images " in _promise(enough)
     own = {"expected_fpr": 0.5, "threshold_quantile": 0.99, "source": "training", "n": 1}
     assert "expected false positives at least 50% of normal images " in _promise(own)
+    fixed = {"expected_fpr": 0.27, "threshold_quantile": 0.73, "source": "calibration", "n": 10, "fixed": True}
+    assert "expected false positives 27% of normal images " in _promise(fixed)  # `threshold --value`: a count
 
 
 def test_a_resume_from_another_folder_says_where_the_job_began(tmp_path, monkeypatch):
@@ -73,7 +75,7 @@ def test_a_resume_from_another_folder_says_where_the_job_began(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path / "run")
     with pytest.raises(BadInput) as e:
         anomaly.score_to_file(vaekit.load(run), data, tmp_path / "o.csv", threshold=0.0, batch_size=4, resume=True)
-    assert "from the folder it was begun in" in str(e.value) and "--overwrite to start again" in str(e.value)
+    assert "from the folder it was begun in" in str(e.value) and "delete it to start again" in str(e.value)
     monkeypatch.chdir(tmp_path)  # from there the same resume goes on
     report = anomaly.score_to_file(vaekit.load(run.name), data.name, "o.csv", threshold=0.0, batch_size=4,
                                    resume=True)

@@ -57,7 +57,7 @@ def open_share(out: str | Path, settings: dict, layout: Layout, row_check: RowCh
     shares = Shares(out, settings, layout, row_check, row_bytes=row_bytes)
     shares.check_headers()
     journal = open_journal(share_out(out, layout.index, layout.count), settings, resume, layout,
-                           shares.row_check, row_bytes, fresh=overwrite and not resume)
+                           shares.row_check, row_bytes)
     if not folder:
         with held(journal, out, close=False):
             refuse_unfinished_output(shares, resume, overwrite)

@@ -58,7 +58,7 @@ class Journal:
     (vaekit.stream.batches); without them only the shape of each line is checked."""
 
     def __init__(self, out: Path, settings: dict, resume: bool, layout: Layout | None = None,
-                 row_check: RowCheck | None = None, row_bytes: int = 0, fresh: bool = False):
+                 row_check: RowCheck | None = None, row_bytes: int = 0):
         self.out = Path(out)
         check_journal_name(self.out)
         self.path = partial_path(self.out)
@@ -90,10 +90,11 @@ class Journal:
                 raise DamagedFile(f"{self.path} exists and is not a vaekit journal; vaekit leaves it as it is: move "
                                   "it away, or write the output elsewhere")
             cut = size > 0 and self._header_cut(size, resume)  # a kill as the job began: no work in it, begun again
-            if size and not cut and not resume and not fresh:  # fresh (--overwrite): vaekit's journal, begun again
+            if size and not cut and not resume:
                 raise BadInput(f"{self.path} holds an unfinished job (its settings, and any batches it finished): pass "
-                               "--resume to continue it, or --overwrite to start again (its work is lost)")
-            self.resumed = size > 0 and not cut and resume and self._read()
+                               "--resume to continue it (and --overwrite when the output it was writing exists too), "
+                               "or delete it to start again")
+            self.resumed = size > 0 and not cut and self._read()
             if not self.resumed:
                 self._start()
         except BaseException:
@@ -203,7 +204,7 @@ class Journal:
             if _relative_then(header, self.settings):  # a resume from another folder read them elsewhere
                 redo += " from the folder it was begun in (it names its model and inputs by relative paths)"
             raise BadInput(f"cannot resume {self.path}: it was started with other settings ({'; '.join(diff)}); "
-                           f"{redo}, or run it without --resume and with --overwrite to start again")
+                           f"{redo}, or delete it to start again")
         self._moved = header != self.settings
         return header
 
@@ -331,14 +332,13 @@ def _relative_then(header: dict, settings: dict) -> bool:
 
 
 def open_journal(out: Path, settings: dict, resume: bool, layout: Layout | None = None,
-                 row_check: RowCheck | None = None, row_bytes: int = 0, fresh: bool = False) -> Journal:
+                 row_check: RowCheck | None = None, row_bytes: int = 0) -> Journal:
     """A Journal for `out` (OUT.partial), its folder created; a write that fails (a full disk)
-    names `out`. `fresh` (--overwrite without --resume): an unfinished job's journal there is
-    begun again instead of refused."""
+    names `out`."""
     out = Path(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        return Journal(out, settings, resume, layout, row_check, row_bytes, fresh)
+        return Journal(out, settings, resume, layout, row_check, row_bytes)
     except VaekitError:
         raise
     except OSError as e:
