@@ -80,6 +80,10 @@ def anomaly_score(
     from vaekit import anomaly
 
     apply_threads()
+    if map_format is not MapFormat.png and maps is None:  # else nothing would say no maps were written
+        from vaekit.errors import BadInput
+
+        raise BadInput("--map-format npy needs --maps DIR, the folder the maps go in")
     # a bad or taken name fails now, not after scoring (resuming, a taken -o once its journals are read)
     anomaly.check_outputs(inputs, out, maps, overwrite or resume, model)
     share = parse_share(shard)

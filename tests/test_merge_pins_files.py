@@ -100,3 +100,21 @@ def test_untouched_shares_with_maps_merge_as_one_run(setup, data, tmp_path):
         assert score(run, data, out, "--maps", maps, "--shard", s).exit_code == 0
     assert out.read_bytes() == whole.read_bytes()
     assert {p.name: p.read_bytes() for p in maps.iterdir()} == {p.name: p.read_bytes() for p in whole_maps.iterdir()}
+
+
+def test_a_share_that_saw_its_own_copy_merges_without_its_heat_maps_here(setup, data, tmp_path):
+    """Shares on several machines, each reading its own copy of the files (other inodes: other
+    `sources`) and writing its heat maps to its own disk: the merging machine has none of the other
+    share's maps, and merged such shares before 2026-12-07. Their inputs are checked by content, as
+    above; their maps, which may be on another disk, are not (h4's review)."""
+    run, _ = setup
+    out, maps, whole = tmp_path / "s.csv", tmp_path / "maps", tmp_path / "whole.csv"
+    assert score(run, data, whole).exit_code == 0
+    assert score(run, data, out, "--maps", tmp_path / "node0", "--shard", "0/2").exit_code == 0
+    shutil.rmtree(tmp_path / "node0")  # that machine's disk, not this one's
+    shutil.copytree(data, tmp_path / "moved", copy_function=shutil.copy2)  # this machine's copy
+    shutil.rmtree(data)
+    (tmp_path / "moved").rename(data)
+    r = score(run, data, out, "--maps", tmp_path / "node0", "--shard", "1/2")
+    assert r.exit_code == 0, r.output
+    assert out.read_bytes() == whole.read_bytes()

@@ -79,3 +79,10 @@ def test_a_bad_map_format_is_one_line_exit_2(job, tmp_path):
     r = invoke("anomaly-score", run, data, "--maps", tmp_path / "m", "--map-format", "tif")
     assert r.exit_code == 2 and "Traceback" not in r.output
     assert not (tmp_path / "m").exists()
+
+
+def test_a_map_format_without_a_maps_folder_is_refused(job, tmp_path):
+    run, data = job
+    r = invoke("anomaly-score", run, data, "-o", tmp_path / "s.csv", "--map-format", "npy")
+    assert r.exit_code == 2 and "--map-format npy needs --maps DIR" in r.output, r.output
+    assert not (tmp_path / "s.csv").exists()

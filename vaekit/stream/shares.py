@@ -171,11 +171,14 @@ class Shares:
 
     def _whole(self, j: int) -> Iterator[dict]:
         at = _Read()
-        check = j != self.layout.index and j not in self._verified and self._moved(j)
+        other = j != self.layout.index and j not in self._verified
+        moved = other and self._moved(j)
         for entry in self.entries(j, hold=False, at=at):
-            if check:
+            if moved:
                 self._check_contents(j, entry)
-            if self.outputs is not None and j != self.layout.index and j not in self._verified:
+            elif other and self.outputs is not None:
+                # its files as it saw them (this machine, or one file system): so should its heat maps be.
+                # Where it saw others (its own machine), they may be on that machine's disk: not checked
                 self._check_outputs(j, entry)
             yield entry
         self._verified.add(j)
