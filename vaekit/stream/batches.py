@@ -203,6 +203,14 @@ def changed(old: dict, new: dict, skip: Sequence[str] = ()) -> list[str]:
             or f"{k} {show(old.get(k, _ABSENT))} then, {show(new.get(k, _ABSENT))} now" for k in keys]
 
 
+def relative_then(header: dict, settings: dict) -> bool:
+    """Whether a journal's header named its model or an input by a relative path, and the names
+    differ now: a resume from another folder reads them elsewhere."""
+    was = [header.get("model"), *(header.get("inputs") or [])] if isinstance(header.get("inputs"), list) else []
+    now = [settings.get("model"), *(settings.get("inputs") or [])] if isinstance(settings.get("inputs"), list) else []
+    return was != now and any(isinstance(p, str) and p and not os.path.isabs(p) for p in was)
+
+
 def _inputs(old, new) -> str | None:
     """The first input named that differs, whole (a path cut short hid which folder it was), with
     where each leads; None where either is not a list of paths."""

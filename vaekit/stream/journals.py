@@ -28,7 +28,7 @@ from typing import BinaryIO, Callable, Iterator, Sequence
 
 from vaekit.stream import lines as journal_lines
 from vaekit.stream.files import LineTooLong, open_regular, read_lines, same_file
-from vaekit.stream.batches import Layout, RowCheck, changed, check_entry, contents, sources
+from vaekit.stream.batches import Layout, RowCheck, changed, check_entry, contents, relative_then, sources
 from vaekit.errors import BadInput, DamagedFile, InUse, VaekitError, cannot_write
 from vaekit.fileio import atomic_writer, dumps_json, loads_json, try_lock
 from vaekit.stream.names import PARTIAL_SUFFIX, check_journal_name, partial_path  # noqa: F401 (PARTIAL_SUFFIX: re-exported)
@@ -201,7 +201,7 @@ class Journal:
         if diff:  # another release's journal: no command of this one resumes it
             redo = "use the same command" if (header.get("vaekit"), header.get("vaekit_journal")) == (
                 __version__, JOURNAL_VERSION) else "finish it with the vaekit that began it"
-            if _relative_then(header, self.settings):  # a resume from another folder read them elsewhere
+            if relative_then(header, self.settings):  # a resume from another folder read them elsewhere
                 redo += " from the folder it was begun in (it names its model and inputs by relative paths)"
             raise BadInput(f"cannot resume {self.path}: it was started with other settings ({'; '.join(diff)}); "
                            f"{redo}, or delete it to start again")
@@ -322,13 +322,6 @@ class Journal:
         if self._fd is not None and same_file(self._fd, self.path):
             self.path.unlink(missing_ok=True)
         self.close()
-
-
-def _relative_then(header: dict, settings: dict) -> bool:
-    """Whether the journal named its model or an input by a relative path, and names differ now."""
-    was = [header.get("model"), *(header.get("inputs") or [])] if isinstance(header.get("inputs"), list) else []
-    now = [settings.get("model"), *(settings.get("inputs") or [])] if isinstance(settings.get("inputs"), list) else []
-    return was != now and any(isinstance(p, str) and p and not os.path.isabs(p) for p in was)
 
 
 def open_journal(out: Path, settings: dict, resume: bool, layout: Layout | None = None,
