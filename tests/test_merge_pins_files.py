@@ -18,7 +18,7 @@ import torch
 
 from export_support import random_job
 from cli_support import invoke, one_line_refusal
-from test_hostile_resume9 import _replace
+from test_hostile_resume9 import _replace, data, score  # noqa: F401 (data: a fixture, a copy of the images)
 
 torch.set_num_threads(1)
 
@@ -26,17 +26,6 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     return random_job(tmp_path_factory.mktemp("mergepins"), 16)
-
-
-@pytest.fixture
-def data(setup, tmp_path):
-    copy = tmp_path / "images"
-    shutil.copytree(setup[1], copy)
-    return copy
-
-
-def score(run, data, out, *extra):
-    return invoke("anomaly-score", run, data, "-o", out, "--batch-size", "4", "--threshold", "0", *extra)
 
 
 @pytest.mark.parametrize("how", ["renamed over", "rewritten in place"])

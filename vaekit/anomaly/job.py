@@ -93,18 +93,13 @@ def score_to_file(
     if out is None and (resume or count > 1):
         raise BadInput("--resume and sharding need an output file (-o): the rows are kept there")
     check_outputs(found.sources, out, maps, overwrite or resume, model.info.source)  # resuming: OUT in open_share
-    shares, journal = None, None
-    if out is not None:
-        shares, journal = job.open_share(out, _settings(model, plan, found, layout, maps, out, map_format), layout,
-                                         _row_check(layout.paths, plan.threshold), resume, overwrite)
+    shares, journal = _open_journal(model, plan, found, layout, maps, out, map_format, resume, overwrite)
     done = frozenset(journal.done) if journal else frozenset()
     tally = _Tally(top)
     sink = _Sink(journal, tally, None if maps is None else Path(maps), out, overwrite, map_format)
     positions = stream.shard(found.paths, index, count, batch_size) if count > 1 else None
     with job.held(journal, out):  # unsharded, the journal's lock goes after the merge
-        sink.targets, sink.own = _check_maps(found, maps, layout, journal, overwrite, model.info.source, map_format)
-        if shares is not None and maps is not None:  # the merge checks the other shares' maps as a resume does
-            shares.outputs = (_map_files(Path(maps), sink.targets, layout), "heat map")
+        _ready_maps(sink, shares, found, maps, layout, journal, overwrite, model.info.source)
         with pipeline.WriteBehind(sink.write) as writer:
             for b in iter_scored(model, found, plan, maps=maps is not None, batch_size=batch_size,
                                  positions=positions, skip_batches=done, workers=workers, progress=progress):
@@ -122,6 +117,23 @@ def score_to_file(
             report.out = shares.out
             return tally.into(report)
         return _own_share(report, shares, index, tally)
+
+
+def _open_journal(model: Model, plan: Plan, found, layout: Layout, maps, out, map_format: str, resume: bool,
+                  overwrite: bool):
+    """(Shares, Journal) of a job with an output file; (None, None) without one."""
+    if out is None:
+        return None, None
+    return job.open_share(out, _settings(model, plan, found, layout, maps, out, map_format), layout,
+                          _row_check(layout.paths, plan.threshold), resume, overwrite)
+
+
+def _ready_maps(sink: "_Sink", shares, found, maps, layout: Layout, journal, overwrite: bool, model) -> None:
+    """Each image's map target on `sink`, every one checked before any work (_check_maps); the merge
+    checks the other shares' maps as a resume does."""
+    sink.targets, sink.own = _check_maps(found, maps, layout, journal, overwrite, model, sink.fmt)
+    if shares is not None and maps is not None:
+        shares.outputs = (_map_files(Path(maps), sink.targets, layout), "heat map")
 
 
 class _Sink:
