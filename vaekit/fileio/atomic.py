@@ -63,25 +63,31 @@ def _unnamed(folder: Path) -> int | None:
         raise
 
 
-def _link(fd: int, tmp: Path) -> None:
-    """Give the unnamed file `fd` the name `tmp`: linkat(2) through /proc with AT_SYMLINK_FOLLOW,
-    which os.link asks for only when given a folder's descriptor (plain link(2) would link the
-    /proc entry itself: EXDEV). Where that is refused (a file system, or a sandbox, without hard
-    links), its bytes are copied to `tmp`, created by name; FileExistsError: another writer's."""
+def link_unnamed(fd: int, path: Path) -> bool:
+    """Give the unnamed (O_TMPFILE) file `fd` the name `path`, whole: linkat(2) through /proc with
+    AT_SYMLINK_FOLLOW, which os.link asks for only when given a folder's descriptor (plain link(2)
+    would link the /proc entry itself: EXDEV). False where that is refused (a file system, or a
+    sandbox, without hard links); FileExistsError where anything is at `path`."""
     try:  # O_PATH: a folder this process may write in but not list (mode 0733) still gives one
-        folder = os.open(tmp.parent, getattr(os, "O_PATH", os.O_RDONLY) | getattr(os, "O_DIRECTORY", 0))
+        folder = os.open(path.parent, getattr(os, "O_PATH", os.O_RDONLY) | getattr(os, "O_DIRECTORY", 0))
     except OSError:
-        folder = None
-    if folder is not None:
-        try:
-            os.link(f"/proc/self/fd/{fd}", tmp.name, dst_dir_fd=folder, follow_symlinks=True)
-            return
-        except FileExistsError:
-            raise
-        except OSError:
-            pass
-        finally:
-            os.close(folder)
+        return False
+    try:
+        os.link(f"/proc/self/fd/{fd}", path.name, dst_dir_fd=folder, follow_symlinks=True)
+        return True
+    except FileExistsError:
+        raise
+    except OSError:
+        return False
+    finally:
+        os.close(folder)
+
+
+def _link(fd: int, tmp: Path) -> None:
+    """Give the unnamed file `fd` the name `tmp` (link_unnamed); where that is refused, its bytes
+    are copied to `tmp`, created by name; FileExistsError: another writer's."""
+    if link_unnamed(fd, tmp):
+        return
     out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(out, "wb") as f:
@@ -106,20 +112,11 @@ def _link_in_place(fd: int, path: Path, keep_same: bool) -> bool:
     keep_same, already held these very bytes); False where the link is not to be had here (the
     caller takes the temporary name); OutputExists where `path` is another file."""
     try:
-        folder = os.open(path.parent, getattr(os, "O_PATH", os.O_RDONLY) | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return False
-    try:
-        os.link(f"/proc/self/fd/{fd}", path.name, dst_dir_fd=folder, follow_symlinks=True)
-        return True
+        return link_unnamed(fd, path)
     except FileExistsError:
         if keep_same and same_bytes(Path(f"/proc/self/fd/{fd}"), path):
             return True
         raise appeared(path, keep_same) from None
-    except OSError:
-        return False
-    finally:
-        os.close(folder)
 
 
 def _unnamed_or_named(path: Path, tmp: Path) -> tuple[int, bool]:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from vaekit.errors import BadInput, VaekitError, cannot_write
 from vaekit.fileio import NO_FOLLOW_NO_BLOCK, held_elsewhere, try_lock
+from vaekit.fileio.atomic import link_unnamed
 from vaekit.stream.files import open_regular
 from vaekit.stream.names import merging_path
 
@@ -103,27 +104,21 @@ def _new_lock(lock: Path) -> int | None:
 
 def _linked_whole(lock: Path) -> int | None:
     """_new_lock's Linux way: the file written unnamed (O_TMPFILE), then given the name whole
-    (linkat with AT_SYMLINK_FOLLOW on /proc/self/fd, as open(2) shows; a plain link() does not
-    follow that link). -1 where this system or file system cannot: the caller's way then."""
+    (fileio.atomic.link_unnamed). -1 where this system or file system cannot: the caller's way then."""
     if not hasattr(os, "O_TMPFILE") or not os.path.isdir("/proc/self/fd"):
-        return -1
-    try:
-        folder = os.open(lock.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
         return -1
     fd = None
     try:
         fd = os.open(lock.parent, os.O_TMPFILE | os.O_RDWR | getattr(os, "O_CLOEXEC", 0), 0o644)
         os.write(fd, LOCK_TEXT)
-        # a directory descriptor makes os.link call linkat, which alone can follow the link
-        os.link(f"/proc/self/fd/{fd}", lock.name, dst_dir_fd=folder, follow_symlinks=True)
+        if not link_unnamed(fd, lock):  # linkat refused
+            return -1
         fd, mine = None, fd
         return mine
     except FileExistsError:
         return None
-    except OSError:  # no O_TMPFILE on this file system, or linkat refused
+    except OSError:  # no O_TMPFILE on this file system
         return -1
     finally:
         if fd is not None:
             os.close(fd)
-        os.close(folder)
