@@ -251,12 +251,10 @@ def _print_evaluation(ev) -> None:
     t = Table(title=f"{ev.n_normal} normal, {ev.n_anomalous} anomalous images; score {ev.score}", show_header=False,
               title_justify="left")
     t.add_row("AUROC", f(ev.auroc))
-    share = ev.n_anomalous / (ev.n_normal + ev.n_anomalous)  # AUPRC by chance; F1 of flagging every image
-    t.add_row("AUPRC", f"{f(ev.auprc)} (by chance {share:.4f}, the share of anomalous images)")
+    t.add_row("AUPRC", f"{f(ev.auprc)} (by chance {ev.auprc_by_chance:.4f}, the share of anomalous images)")
     t.add_row("FPR at 95% TPR", f(ev.fpr_at_95_tpr))
-    every = abs(ev.best_f1 - 2 * share / (1 + share)) < 1e-9
     t.add_row("best F1", f"{ev.best_f1:.4f} (threshold {number(ev.best_f1_threshold)}"
-                         + ("; flagging every image scores the same)" if every else ")"))
+                         + ("; flagging every image scores the same)" if ev.best_f1_is_flag_all else ")"))
     if ev.threshold is None:
         t.add_row("F1 at threshold", f"- ({shown(ev.threshold_source)})")
     else:

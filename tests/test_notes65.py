@@ -3,18 +3,20 @@ the threshold rows say where their numbers read better than they are."""
 
 from __future__ import annotations
 
+import json
 import re
-from types import SimpleNamespace
 
 from rich.console import Console
 from rich.table import Table
 
+from vaekit.anomaly.evaluation import Evaluation
 
-def _evaluation(n_normal: int, n_anomalous: int, best_f1: float) -> SimpleNamespace:
-    return SimpleNamespace(n_normal=n_normal, n_anomalous=n_anomalous, score="defect", auroc=0.54, auprc=0.85,
-                           fpr_at_95_tpr=0.96, best_f1=best_f1, best_f1_threshold=0.473, threshold=0.6666,
-                           threshold_source="stored", f1_at_threshold=0.0, precision_at_threshold=None,
-                           recall_at_threshold=0.0, fpr_at_threshold=0.0, pixel_auroc=None)
+
+def _evaluation(n_normal: int, n_anomalous: int, best_f1: float) -> Evaluation:
+    return Evaluation(n_normal=n_normal, n_anomalous=n_anomalous, score="defect", estimator="plug-in", samples=0,
+                      auroc=0.54, auprc=0.85, fpr_at_95_tpr=0.96, best_f1=best_f1, best_f1_threshold=0.473,
+                      threshold=0.6666, threshold_source="stored", f1_at_threshold=0.0, precision_at_threshold=None,
+                      recall_at_threshold=0.0, fpr_at_threshold=0.0)
 
 
 def _printed(monkeypatch, ev) -> str:
@@ -34,6 +36,14 @@ def test_evaluate_says_what_chance_gives_and_when_the_best_f1_flags_every_image(
     assert "best F1 0.8889 (threshold 0.473; flagging every image scores the same)" in out
     out = _printed(monkeypatch, _evaluation(25, 100, 0.95))  # a real operating point: no such words
     assert "best F1 0.9500 (threshold 0.473) " in out and "flagging every image" not in out
+
+
+def test_evaluate_json_carries_what_chance_gives_too():
+    """`evaluate --json` had neither: a script reading auprc 0.85 could not tell it from a good score."""
+    d = json.loads(json.dumps(_evaluation(25, 100, 2 * 0.8 / 1.8).to_dict()))
+    assert d["auprc_by_chance"] == 0.8 and d["best_f1_is_flag_all"] is True
+    d = _evaluation(25, 100, 0.95).to_dict()
+    assert d["auprc_by_chance"] == 0.8 and d["best_f1_is_flag_all"] is False
 
 
 def _promise(section: dict) -> str:

@@ -121,8 +121,22 @@ class Evaluation:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     scores: dict[str, list[float]] = field(default_factory=dict)  # "normal" / "anomalous" -> scores
 
+    @property
+    def auprc_by_chance(self) -> float:
+        """The AUPRC of a score that knows nothing: the share of anomalous images."""
+        return self.n_anomalous / (self.n_normal + self.n_anomalous)
+
+    @property
+    def best_f1_is_flag_all(self) -> bool:
+        """Whether the best F1 is that of flagging every image (2p / (1 + p), p the share of
+        anomalous images): then it is no operating point of the score."""
+        p = self.auprc_by_chance
+        return abs(self.best_f1 - 2 * p / (1 + p)) < 1e-9
+
     def to_dict(self, with_scores: bool = False) -> dict:
         d = asdict(self)
+        d["auprc_by_chance"] = self.auprc_by_chance
+        d["best_f1_is_flag_all"] = self.best_f1_is_flag_all
         d["skipped"] = [{"path": p, "reason": r} for p, r in self.skipped]
         if not with_scores:
             d.pop("scores")
