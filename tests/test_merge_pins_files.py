@@ -39,6 +39,23 @@ def test_a_finished_shares_file_replaced_before_the_merge_is_refused(setup, data
     assert not out.exists()
 
 
+def test_a_finished_shares_skipped_file_that_reads_now_is_named_as_skipped(setup, data, tmp_path):
+    """The merge said "its bytes differ, though its name, size and modification time are the same"
+    of a file its share had skipped as unreadable and that now reads: say what happened."""
+    run, _ = setup
+    out, first = tmp_path / "s.csv", data / "img001.png"  # batch 0: share 0's
+    st = os.stat(first)
+    first.write_bytes(bytes(st.st_size))  # not an image: skipped
+    os.utime(first, ns=(st.st_atime_ns, st.st_mtime_ns))
+    r = score(run, data, out, "--shard", "0/2")
+    assert r.exit_code == 0 and "img001.png" in r.output, r.output
+    _replace(first, "rewritten in place")  # an image now, under the same name, size and time
+    r = score(run, data, out, "--shard", "1/2")
+    assert one_line_refusal(r) and "cannot merge share 0/2" in r.output, r.output
+    assert "img001.png was skipped when its batch was scored" in " ".join(r.output.split()), r.output
+    assert not out.exists()
+
+
 def test_the_same_bytes_elsewhere_still_merge_as_one_run(setup, data, tmp_path):
     run, _ = setup
     out, whole = tmp_path / "s.csv", tmp_path / "whole.csv"

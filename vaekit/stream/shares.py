@@ -215,10 +215,13 @@ class Shares:
         skipped = {str(s[0]): s[1] for s in entry["skipped"]}
         names = [self.layout.paths[i] for i in self.layout.positions(entry["batch"])]
         for name, was, now in zip(names, entry["sha256"], contents(names, skipped)):
-            if was != now:
-                raise BadInput(f"cannot merge share {j}/{self.count} ({self.journal(j).name}): the input {name} was "
-                               "replaced or rewritten since its batch was scored (its bytes differ, though its name, "
-                               "size and modification time are the same); delete that journal and score its share again")
+            if was == now:
+                continue
+            why = (f"was skipped when its batch was scored ({skipped[name]}) and has changed since" if name in skipped
+                   else "was replaced or rewritten since its batch was scored (its bytes differ, though its name, "
+                        "size and modification time are the same)")
+            raise BadInput(f"cannot merge share {j}/{self.count} ({self.journal(j).name}): the input {name} {why}; "
+                           "delete that journal and score its share again")
 
     def _check_outputs(self, j: int, entry: dict) -> None:
         """BadInput naming the first file share j's batch wrote that is gone or written over since:
