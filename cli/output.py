@@ -132,25 +132,14 @@ def note_hidden(hidden) -> None:
                           f"with '.') were not read: {names}", highlight=False, soft_wrap=True)
 
 
-def percent(rate: float) -> str:
-    """A rate in [0, 1] as a short percentage: '4.8%', '0.52%', '100%' (not '1e+02%')."""
-    return f"{100 * rate:.2g}%" if 100 * rate < 99.5 else f"{100 * rate:.0f}%"
-
-
 def promise_rows(table, section: dict) -> None:
     """The rows below a threshold in a table: the false-positive rate it promises, and its note
     (few calibration images, a tail beyond the largest) where there is one."""
-    from vaekit.anomaly import section_note
+    from vaekit.anomaly import promised_rate, section_note
 
-    fpr = section.get("expected_fpr")
-    if isinstance(fpr, (int, float)):  # from the training images' own scores: a floor, not a rate
-        from vaekit.anomaly.quantiles import few_scores_note
-
-        n, q = section.get("n", 0), section.get("threshold_quantile")  # too few: the largest score's rate, or less
-        few = not section.get("fixed") and isinstance(n, int) and few_scores_note(n, q) is not None
-        bound = "at least " if section.get("source") == "training" else "at most " if few else ""
-        table.add_row("expected false positives", f"{bound}{percent(fpr)} of normal images" + (" on average" if few and
-                                                                                                 bound == "at most " else ""))
+    rate = promised_rate(section)
+    if rate is not None:
+        table.add_row("expected false positives", rate)
     note = section_note(section)
     if note:
         table.add_row("", f"[yellow]{shown(note)}[/yellow]")

@@ -222,6 +222,20 @@ def finite_threshold(threshold) -> float:
     return float(threshold)
 
 
+def _refuse_unfinished(model: Model) -> None:
+    """BadInput for a run whose training stopped before its finish (a Stop in the Train tab, a Ctrl-C):
+    it stores no threshold or calibration, and the page named its score explicitly, which passed the
+    library's refusal: it scored the -ELBO against the slider's 0 and called every image anomalous."""
+    run = model.info.source
+    if not (isinstance(getattr(model, "config", None), dict) and Path(run).is_dir()):
+        return  # an export (vaekit export refuses an unfinished run)
+    from vaekit.training.rundir import stopped_before_finish
+
+    why = stopped_before_finish(Path(run), model.config)
+    if why:
+        raise BadInput(f"{why}; then open it again to score images")
+
+
 def anomaly(model: Model, paths: Sequence[str | Path], threshold: float, out_dir: Path) -> AnomalyResult:
     """Score uploads against `threshold` (`vaekit anomaly-score`), with heat maps and a CSV."""
     from vaekit import anomaly as detect
@@ -229,6 +243,7 @@ def anomaly(model: Model, paths: Sequence[str | Path], threshold: float, out_dir
     from vaekit_demo.security import upload_paths
 
     model = need(model)
+    _refuse_unfinished(model)
     paths = upload_paths(paths, model.info.channels, model.info.read_size)
     threshold = finite_threshold(threshold)
     score = model.info.score

@@ -213,13 +213,17 @@ def public_path(path: str | Path, roots: list[Path]) -> str:
 
 
 _ABSOLUTE = re.compile(r"(?<![\w.~])/(?:[^\s/'\"`(),;:]+/)*([^\s/'\"`(),;:]*)")
+_ABSOLUTE_START = re.compile(r"(?<![\w.~])/(?=[^\s/'\"`(),;:])")  # the leading slash of an absolute path
 
 
 def public_message(text: str, roots: list[Path]) -> str:
     """An error message for the page: paths under `roots` made relative, and any other
     absolute path cut to its last part, so the page never shows the server's folders."""
     for root in sorted((str(r.resolve()) for r in roots), key=len, reverse=True):
-        text = text.replace(root.rstrip("/") + "/", "")
+        if root == "/":  # --data-root /: replacing "/" took every slash out ("workh2dataone"), relative paths too
+            text = _ABSOLUTE_START.sub("", text)
+        else:
+            text = text.replace(root.rstrip("/") + "/", "")
     return _ABSOLUTE.sub(lambda m: m.group(1) or "/", text)
 
 

@@ -148,8 +148,28 @@ def _message(ev, rows: list[dict], out: Path, folder, ctx) -> str | None:
         loss = (f"best validation loss {r.best_val:.2f} nats/image (epoch {r.best_epoch})" if held_out
                 else f"training loss {r.best_val:.2f} nats/image (nothing held out for validation)")
         return (f"**Done**: {run(r.run_dir)}, {r.epochs_done} epochs, trained in {r.seconds:.1f} s, {loss}; "
-                f"it is now this page's model.{_skipped_text(m.get('skipped'))}")
+                f"it is now this page's model.{_threshold_text(r.run_dir)}{_skipped_text(m.get('skipped'))}")
     return None
+
+
+def _threshold_text(run_dir) -> str:
+    """What `vaekit train` says of the threshold the run stored: the false-positive rate it promises and
+    its note (too few scores; the training images' own). The page said only "Done": a model of one image,
+    whose threshold flags at least half of all normal images, read as ready to use."""
+    from vaekit.anomaly import promised_rate, section_note
+    from vaekit.inference.info import score_unit
+    from vaekit.training.rundir import read_config
+
+    try:
+        a = read_config(Path(run_dir)).get("anomaly")
+    except Exception:  # noqa: BLE001 - the run opened as the page's model; its message only loses this line
+        return ""
+    if not isinstance(a, dict) or not isinstance(a.get("threshold"), (int, float)):
+        return ""
+    said = f" Anomaly threshold: {a.get('score')} {a['threshold']:.4g} {score_unit(str(a.get('score', '')))}"
+    rate, note = promised_rate(a), section_note(a)
+    said += f", expected false positives {rate}." if rate else "."
+    return said + (f" {note[0].upper()}{note[1:]}." if note else "")
 
 
 def _skipped_text(skipped) -> str:

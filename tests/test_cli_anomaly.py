@@ -235,7 +235,7 @@ def test_threshold_prints_the_unit_of_the_runs_score_and_the_rate_to_expect(part
 
 
 def test_rates_print_as_plain_percentages():
-    from vaekit_cli.output import percent
+    from vaekit.anomaly.threshold import percent
 
     assert [percent(r) for r in (0.0476, 0.0052, 0.0, 0.999, 1.0)] == ["4.8%", "0.52%", "0%", "100%", "100%"]
 

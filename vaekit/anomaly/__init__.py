@@ -16,13 +16,13 @@ from vaekit.anomaly.score import (BATCH_SIZE, ROW_FIELDS, Plan, ScoredBatch, Sco
 from vaekit.anomaly.quantiles import (QUANTILES, check_quantile, conformal_rank, expected_fpr, few_scores_note,
                                       needed_scores, threshold_of)
 from vaekit.anomaly.new_normal import threshold_from_normal
-from vaekit.anomaly.threshold import (resolve_threshold, section_note, set_threshold, stored_threshold,
+from vaekit.anomaly.threshold import (promised_rate, resolve_threshold, section_note, set_threshold, stored_threshold,
                                       threshold_section)
 
 __all__ = [
     "BATCH_SIZE", "MAP_MIN_SIDE", "QUANTILES", "ROW_FIELDS", "Evaluation", "JobReport", "Plan", "ScoreReport",
     "ScoreRow", "ScoredBatch", "check_outputs", "check_quantile", "conformal_rank", "csv_text", "evaluate", "expected_fpr",
     "few_scores_note", "image_metrics", "iter_scored", "map_targets", "needed_scores", "output_format", "pixel_auroc", "plot_roc",
-    "resolve_threshold", "rows_csv", "score_images", "score_to_file", "scoring_plan", "section_note",
+    "promised_rate", "resolve_threshold", "rows_csv", "score_images", "score_to_file", "scoring_plan", "section_note",
     "set_threshold", "stored_threshold", "threshold_from_normal", "threshold_of", "threshold_section", "write_maps", "write_scores",
 ]

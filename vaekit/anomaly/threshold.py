@@ -17,6 +17,24 @@ from vaekit.anomaly.quantiles import (QUANTILES, check_quantile, check_threshold
 from vaekit.anomaly.held_out import SET_ON
 from vaekit.errors import BadInput, InUse
 
+def percent(rate: float) -> str:
+    """A rate in [0, 1] as a short percentage: '4.8%', '0.52%', '100%' (not '1e+02%')."""
+    return f"{100 * rate:.2g}%" if 100 * rate < 99.5 else f"{100 * rate:.0f}%"
+
+
+def promised_rate(section: dict) -> str | None:
+    """The false-positive rate a run's stored `anomaly` section promises, as words ("4.8% of normal
+    images", "at most 11% of normal images on average" from too few calibration scores, "at least
+    50% ..." from the training images' own): what `vaekit train` and the web app's Train tab say."""
+    fpr = section.get("expected_fpr")
+    if not isinstance(fpr, (int, float)) or isinstance(fpr, bool):
+        return None
+    n, q = section.get("n", 0), section.get("threshold_quantile")  # too few: the largest score's rate, or less
+    few = not section.get("fixed") and isinstance(n, int) and few_scores_note(n, q) is not None
+    bound = "at least " if section.get("source") == "training" else "at most " if few else ""
+    return f"{bound}{percent(fpr)} of normal images" + (" on average" if few and bound == "at most " else "")
+
+
 def section_note(section: dict) -> str | None:
     """`few_scores_note` for a run's stored `anomaly` section (none for a threshold set to a value)."""
     if section.get("fixed"):

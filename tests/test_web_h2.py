@@ -1,0 +1,94 @@
+"""The web app, a new user's round (h2): a run whose training was stopped before its finish, opened
+in the page. `vaekit anomaly-score` refuses its default score and names the --resume; the Anomaly
+tab scored it with the -ELBO against the slider's made-up threshold of 0 nats and called every
+image anomalous ("2 of 2 anomalous at threshold 0.00 nats")."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from test_hostile_inputs4 import _images, tiny_rgb_run
+
+pytest.importorskip("gradio")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return tiny_rgb_run(tmp_path_factory.mktemp("web_h2"))
+
+
+def _stopped_before_finish(run: Path, dest: Path) -> Path:
+    """A copy of `run` as a Stop or Ctrl-C during training leaves it (config.json without anomaly,
+    fingerprint, codec; the checkpoint kept), as test_hostile_inputs7 makes one."""
+    stopped = Path(shutil.copytree(run, dest))
+    cfg = json.loads((stopped / "config.json").read_text())
+    for key in ("anomaly", "fingerprint", "codec"):
+        cfg.pop(key, None)
+    (stopped / "config.json").write_text(json.dumps(cfg))
+    return stopped
+
+
+def test_the_anomaly_tab_refuses_a_run_stopped_before_its_finish(run, tmp_path):
+    import vaekit
+    from vaekit.errors import BadInput
+    from vaekit_demo import figures, handlers
+
+    stopped = _stopped_before_finish(run, tmp_path / "stopped")
+    model = vaekit.load(stopped)  # it opens: Compress, Generate and Latent space use its weights as they are
+    assert model.info.threshold is None
+    slider = figures.threshold_range(model)["value"]  # what the page sends with Score: 0.0
+    src = sorted(_images(tmp_path / "src", 2).iterdir())
+    with pytest.raises(BadInput, match="stopped before it finished") as e:
+        handlers.anomaly(model, src, slider, tmp_path / "out")
+    assert "--resume" in str(e.value) and "--score neg_elbo" not in str(e.value)  # the page has no --score
+    assert not (tmp_path / "out").exists()  # no CSV of verdicts against a threshold nobody set
+    r = handlers.anomaly(vaekit.load(run), src, vaekit.load(run).info.threshold, tmp_path / "out")  # a finished run scores
+    assert len(r.rows) == 2 and r.csv.is_file()
+
+
+def test_the_latent_tab_shows_as_many_images_as_asked_when_the_folder_has_more(run, tmp_path):
+    """"At most this many images" took every ceil(n / limit)-th file: 11 images at a limit of 10 showed
+    6, and 2100 at the slider's 2000 would show 1050. Now `limit` of them, spread evenly, first and last kept."""
+    import vaekit
+    from vaekit_demo import handlers
+
+    folder = _images(tmp_path / "eleven", 11)
+    m = handlers.latent_map(vaekit.load(run), folder, "PCA", 10)
+    assert len(m.names) == 10 and m.names[0] == "img00.png" and m.names[-1] == "img10.png"
+    assert len(set(m.names)) == 10
+    assert len(handlers.latent_map(vaekit.load(run), folder, "PCA", 500).names) == 11  # all of a smaller folder
+
+
+def test_the_train_tabs_done_says_what_the_threshold_promises(tmp_path):
+    """`vaekit train` of one image prints "expected false positives at least 50% of normal images" and why;
+    the Train tab said only "Done ... it is now this page's model", and the page then flagged images
+    against that threshold as if it were any other."""
+    import threading
+    from types import SimpleNamespace
+
+    from vaekit_demo import training
+
+    folder = _images(tmp_path / "one", 1)
+    events = list(training.train_events(folder, tmp_path / "run", 16, 4, 1, threading.Event()))
+    done = events[-1]
+    assert done.phase == "done"
+    said = training.message(done, [], tmp_path / "run", folder, SimpleNamespace(public=lambda p: Path(p).name))
+    assert said.startswith("**Done**") and "expected false positives at least 50% of normal images" in said, said
+    assert "scores of the images the model trained on" in said, said
+
+
+def test_messages_keep_their_slashes_when_the_data_root_is_the_root_folder():
+    """With --data-root / every message lost every slash: "run config not found: workh2bademptyconfig.json",
+    "need at least 3 readable images in workh2dataone", and the relative paths of a resume command too."""
+    from vaekit_demo.security import public_message
+
+    roots = [Path("/"), Path("/srv/runs"), Path("/tmp/vaekit-demo-x")]
+    said = public_message("run config not found: /home/me/bad/config.json (a model is a folder)", roots)
+    assert said == "run config not found: home/me/bad/config.json (a model is a folder)"
+    said = public_message("finish it first: vaekit train data/vec/train --out /srv/runs/r1 --resume", roots)
+    assert said == "finish it first: vaekit train data/vec/train --out r1 --resume"
+    assert public_message("/tmp/vaekit-demo-x/ab12/scores.csv is gone", roots) == "ab12/scores.csv is gone"
