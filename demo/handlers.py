@@ -99,12 +99,39 @@ def compress(model: Model, paths: Sequence[str | Path], out_dir: Path, precision
     row = {}
     for p in report.paths:
         row.setdefault(p, len(row))
-    enc = codes.encode_folder(model, list(row), _new_file(out_dir, "images.codes"), precision)
+    target = _new_file(out_dir, "images.codes")
+    named = _named_once(list(row), target.parent / "uploads")
+    enc = codes.encode_folder(model, named, target, precision)
     x_hat = imageio.to_uint8(model.decode(codes.load(enc.path).latents()))[[row[p] for p in report.paths]]
     x = report.images
     pairs = [imageio.make_grid(np.stack([a, b]), ncol=2) for a, b in zip(x, x_hat)]
-    names = [p.name for p in report.paths]
+    names = [named[row[p]].name for p in report.paths]
     return CompressResult(names, pairs, quality.psnr(x, x_hat), quality.ssim(x, x_hat), replace(enc, skipped=report.skipped))
+
+
+def _named_once(paths: list[Path], folder: Path) -> list[Path]:
+    """`paths` as the code file will name them, each name once. Uploads from two folders may share a
+    name (two `a.png`), and a code file names every image by its file name: Compress refused them with
+    "rename one", which a page cannot do. Then every upload is linked (or copied) into `folder` under
+    a name of its own, "a.png" and "a (2).png"."""
+    if len({p.name for p in paths}) == len(paths):
+        return paths
+    import shutil
+
+    folder.mkdir()
+    taken, out = set(), []
+    for p in paths:
+        name, k = p.name, 1
+        while name in taken:
+            k += 1
+            name = f"{p.stem} ({k}){p.suffix}"
+        taken.add(name)
+        try:
+            (folder / name).hardlink_to(p)
+        except OSError:  # another file system
+            shutil.copyfile(p, folder / name)
+        out.append(folder / name)
+    return out
 
 
 def decompress(model: Model, code_file: str | Path) -> tuple[list[str], np.ndarray]:

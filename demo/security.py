@@ -218,8 +218,10 @@ _ABSOLUTE_START = re.compile(r"(?<![\w.~])/(?=[^\s/'\"`(),;:])")  # the leading 
 
 def public_message(text: str, roots: list[Path]) -> str:
     """An error message for the page: paths under `roots` made relative, and any other
-    absolute path cut to its last part, so the page never shows the server's folders."""
-    for root in sorted((str(r.resolve()) for r in roots), key=len, reverse=True):
+    absolute path cut to its last part, so the page never shows the server's folders. Each path is
+    made relative to the first of `roots` it lies in, as `public_path` shows it: the runs folder
+    inside the data folder made a resume command's `--out runs/r1` read `--out r1`."""
+    for root in (str(r.resolve()) for r in roots):
         if root == "/":  # --data-root /: replacing "/" took every slash out ("workh2dataone"), relative paths too
             text = _ABSOLUTE_START.sub("", text)
         else:

@@ -90,5 +90,42 @@ def test_messages_keep_their_slashes_when_the_data_root_is_the_root_folder():
     said = public_message("run config not found: /home/me/bad/config.json (a model is a folder)", roots)
     assert said == "run config not found: home/me/bad/config.json (a model is a folder)"
     said = public_message("finish it first: vaekit train data/vec/train --out /srv/runs/r1 --resume", roots)
-    assert said == "finish it first: vaekit train data/vec/train --out r1 --resume"
-    assert public_message("/tmp/vaekit-demo-x/ab12/scores.csv is gone", roots) == "ab12/scores.csv is gone"
+    assert said == "finish it first: vaekit train data/vec/train --out srv/runs/r1 --resume"
+
+
+def test_messages_name_a_path_as_the_page_shows_it(tmp_path):
+    """The runs folder inside the data folder: the header showed `runs/r1` (relative to the data folder,
+    what the path boxes take back) and a message `r1` (relative to the longest root), so the resume
+    command it gave, run from the data folder, missed the run."""
+    from vaekit_demo.security import public_message, public_path
+
+    data = tmp_path / "data"
+    roots = [data, data / "runs", tmp_path / "work"]
+    for p in (data / "runs" / "r1", data / "imgs" / "a.png", tmp_path / "work" / "ab" / "s.csv"):
+        assert public_message(f"see {p} now", roots) == f"see {public_path(p, roots)} now"
+    assert public_path(data / "runs" / "r1", roots) == "runs/r1"
+
+
+def test_compress_takes_two_uploads_of_one_name(run, tmp_path):
+    """Two `a.png` from different folders: Compress refused both with "two images would be written to
+    the same file ... rename one", which a page cannot do. Now the code file names them a.png and a (2).png,
+    and each row shows its own upload's reconstruction."""
+    import numpy as np
+
+    import vaekit
+    from vaekit_demo import handlers
+
+    src = sorted(_images(tmp_path / "src", 2).iterdir())
+    ups = []
+    for i, p in enumerate(src):
+        (tmp_path / f"up{i}").mkdir()
+        ups.append((tmp_path / f"up{i}" / "a.png"))
+        ups[-1].write_bytes(p.read_bytes())
+    model = vaekit.load(run)
+    r = handlers.compress(model, ups, tmp_path / "out", "q8")
+    assert r.names == ["a.png", "a (2).png"]
+    names, decoded = handlers.decompress(model, r.report.path)
+    assert names == r.names and r.report.count == 2
+    alone = handlers.compress(model, [ups[1]], tmp_path / "out")  # the second upload on its own
+    assert np.array_equal(alone.pairs[0], r.pairs[1]) and not np.array_equal(r.pairs[0], r.pairs[1])
+    assert ups[0].read_bytes() == src[0].read_bytes()  # the uploads untouched
