@@ -24,8 +24,9 @@ def export(
                                                 "NAME.encoder.onnx and NAME.decoder.onnx are written beside it "
                                                 "(and NAME.reader.onnx for a surface model's defect reader).")] = None,
     images: Annotated[Optional[Path], typer.Option(help="Images (file or folder; the first 64) to check parity on. "
-                                                   "Default: the model's own samples, noise and flat images.", exists=True)] = None,
-    quantize: Annotated[Optional[Quantize], typer.Option(help="Write int8 models (static QDQ, calibrated on --images or the model's own samples). "
+                                                   "Default: the model's own samples, noise and flat images (with --quantize int8: 64 of the run's "
+                                                   "training images).", exists=True)] = None,
+    quantize: Annotated[Optional[Quantize], typer.Option(help="Write int8 models (static QDQ, calibrated on --images, else on the run's training images). "
                                                              "The score change is reported; the stored threshold is the fp32 one.")] = None,
     rtol: Annotated[float, typer.Option(help="Parity tolerance, relative to torch's value.")] = 1e-4,
     atol: Annotated[float, typer.Option(help="Parity tolerance, absolute.")] = 1e-4,

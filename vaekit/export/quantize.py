@@ -62,11 +62,10 @@ def quantize_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> N
         pre.unlink(missing_ok=True)
 
 
-def calibration_feeds(reference, images: np.ndarray | None, n: int = 64, batch: int = 16) -> dict[str, list[dict]]:
-    """Inputs each graph sees in use: the user's images, else the model's own prior samples
-    (never the parity set's noise and flat images, which would stretch the int8 ranges)."""
-    if images is None:
-        images = np.rint(reference.sample(n, seed=1) * 255).astype(np.uint8)
+def calibration_feeds(reference, images: np.ndarray, n: int = 64, batch: int = 16) -> dict[str, list[dict]]:
+    """Inputs each graph sees in use, from real images: the user's, or the run's training images
+    (never the parity set's noise and flat images, which would stretch the int8 ranges, nor the
+    model's own samples, darker and flatter than real images: vaekit.export.job.training_images)."""
     from vaekit import images as imageio
 
     feeds: dict[str, list[dict]] = {role: [] for role in ROLES}
