@@ -6,6 +6,7 @@ threads; gr.Plot renders it as an image.
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
@@ -68,9 +69,18 @@ def threshold_range(model) -> dict:
     thr = info.threshold if info and info.threshold is not None else (max(vals) if vals else 0.0)
     thr = float(np.clip(thr, -SHOWN, SHOWN))
     lo, hi = min([thr, *vals]), max([thr, *vals])
-    span = max(hi - lo, abs(hi) * 0.1, 1.0)
+    bounded = info is not None and info.score == "defect"  # a probability
+    span = max(hi - lo, abs(hi) * 0.1, 0.01 if bounded else 1.0)
+    # a step fine enough for the scores' spread: a defect score's held-out scores lie within 0.01 of
+    # each other, and a fixed step of 0.01 on a slider of -0.5 to 3.5 could not set a threshold among them
+    step = min(0.01, 10.0 ** math.floor(math.log10(span / 1000)))
+    low, high = max(lo - span, -4 * SHOWN), min(hi + 3 * span, 4 * SHOWN)
+    if bounded:
+        low, high = max(low, 0.0), min(high, 1.0)
     unit = score_unit(info.score) if info else "score units"
-    return {"minimum": round(max(lo - span, -4 * SHOWN), 2), "maximum": round(min(hi + 3 * span, 4 * SHOWN), 2),
+    digits = -math.floor(math.log10(step))
+    return {"minimum": round(math.floor(low / step) * step, digits), "maximum": round(math.ceil(high / step) * step, digits),
+            "step": step,
             "value": thr, "label": f"Threshold ({unit}): a score above it is anomalous"}
 
 

@@ -161,7 +161,7 @@ def _anomaly_tab(ctx: Context) -> SimpleNamespace:
         with gr.Column():
             anom_files = gr.File(label="Images to score", file_count="multiple", file_types=["image"],
                                  elem_id="anomaly-files")
-            threshold = gr.Slider(step=0.01, elem_id="threshold", **figures.threshold_range(model))
+            threshold = gr.Slider(elem_id="threshold", **figures.threshold_range(model))
             anom_btn = gr.Button("Score", variant="primary", elem_id="score-btn")
         with gr.Column():
             anom_summary = gr.Markdown(elem_id="anomaly-summary")

@@ -129,3 +129,22 @@ def test_compress_takes_two_uploads_of_one_name(run, tmp_path):
     alone = handlers.compress(model, [ups[1]], tmp_path / "out")  # the second upload on its own
     assert np.array_equal(alone.pairs[0], r.pairs[1]) and not np.array_equal(r.pairs[0], r.pairs[1])
     assert ups[0].read_bytes() == src[0].read_bytes()  # the uploads untouched
+
+
+def test_the_threshold_slider_can_set_a_threshold_among_defect_scores():
+    """A surface's defect scores of normal images lay within 0.01 of each other (0.49-0.50); the slider ran
+    from -0.5 to 3.51 in steps of 0.01, so a nudge moved the threshold past all of them."""
+    from types import SimpleNamespace
+
+    import gradio as gr
+
+    from vaekit_demo.figures import threshold_range
+
+    info = SimpleNamespace(val_scores=[0.4912, 0.4950, 0.4999], threshold=0.5056, score="defect")
+    rng = threshold_range(SimpleNamespace(info=info))
+    assert 0 <= rng["minimum"] < 0.4912 and 0.5056 < rng["maximum"] <= 1  # a probability's range
+    assert rng["step"] <= 1e-4 and (0.4999 - 0.4912) / rng["step"] >= 50
+    gr.Slider(**rng)
+    info = SimpleNamespace(val_scores=[1.0, 5.0, 80.0], threshold=110.49, score="atypicality")
+    rng = threshold_range(SimpleNamespace(info=info))
+    assert rng["step"] == 0.01 and rng["minimum"] < 1.0 and rng["maximum"] > 110.49  # as before
