@@ -41,7 +41,7 @@ def test_scan_numbers_each_distinct_image_in_order_of_first_appearance():
     x = np.zeros((5, 1, 2, 2), np.uint8)
     x[1], x[3] = 7, 9
     x[4] = x[1]
-    groups, brightest = scan(x)
+    groups, brightest, _ = scan(x)
     assert groups.tolist() == [0, 1, 0, 2, 1] and brightest == 9
 
 

@@ -96,28 +96,29 @@ def crop_note(paths: Sequence[Path], layout: str, whole: bool = False) -> str | 
             "a defect outside it is never seen; crop the images to what matters, or cut them into square tiles")
 
 
-def scan(images: np.ndarray) -> tuple[np.ndarray, int]:
-    """(groups, brightest) of the cached images (N, C, H, W) uint8: groups[i] numbers the distinct
-    image that image i is an exact copy of (0, 1, ... in order of first appearance), and the
-    brightest value of any pixel. Read CHUNK images at a time (with the pixel cache's pread, so a
-    large cache is never all resident)."""
+def scan(images: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """(groups, brightest, dark) of the cached images (N, C, H, W) uint8: groups[i] numbers the distinct
+    image that image i is an exact copy of (0, 1, ... in order of first appearance), the
+    brightest value of any pixel, and how many images have no pixel brighter than DARK. Read CHUNK
+    images at a time (with the pixel cache's pread, so a large cache is never all resident)."""
     from vaekit.training.data import gather
 
     seen: dict[bytes, int] = {}
-    groups, brightest = np.empty(len(images), np.int64), 0
+    groups, brightest, dark = np.empty(len(images), np.int64), 0, 0
     step = max(1, min(CHUNK, CHUNK_BYTES // max(1, images[:1].nbytes)))
     for start in range(0, len(images), step):
         block = gather(images, np.arange(start, min(start + step, len(images))))
         brightest = max(brightest, int(block.max()))
+        dark += int((block.reshape(len(block), -1).max(axis=1) <= DARK).sum())
         for k, row in enumerate(block.reshape(len(block), -1), start):
             groups[k] = seen.setdefault(hashlib.blake2b(row.tobytes(), digest_size=16).digest(), len(seen))
-    return groups, brightest
+    return groups, brightest, dark
 
 
 def survey(images: np.ndarray) -> tuple[int, int]:
     """(copies, brightest): how many of the cached images are exact copies of an earlier one, and
     the brightest value of any pixel (`scan`)."""
-    groups, brightest = scan(images)
+    groups, brightest, _ = scan(images)
     return len(groups) - len(np.unique(groups)), brightest
 
 
@@ -154,7 +155,7 @@ def pixel_notes(images: np.ndarray, paths: Sequence[Path] = (), scanned: tuple[n
     n = len(images)
     if not n:
         return []
-    groups, brightest = scan(images) if scanned is None else scanned
+    groups, brightest, dark = scan(images) if scanned is None else scanned
     copies, notes = n - len(np.unique(groups)), []
     what = f"{copies} of {n} images are exact copies of another (as the model sees them, at {images.shape[-1]} px)"
     if copies and scanned is not None:
@@ -164,11 +165,15 @@ def pixel_notes(images: np.ndarray, paths: Sequence[Path] = (), scanned: tuple[n
         notes.append(f"{what}: a copy held out for the threshold while its twin trains is an image the model knows, so "
                      "the threshold comes out too low and flags more new normal images than it promises; "
                      "remove the copies")
+    wide = sixteen_bit(paths) if brightest <= DARK or dark >= NOTED * n else False
+    why = ("; a 16-bit file is read as value / 257, so 10- to 14-bit camera data stored in 16 bits keeps 5 to 65 "
+           "levels: scale such images to their full range first") if wide else ""
     if brightest <= DARK:
-        why = ("; a 16-bit file is read as value / 257, so 10- to 14-bit camera data stored in 16 bits keeps 5 to 65 "
-               "levels: scale such images to their full range first") if sixteen_bit(paths) else ""
         notes.append(f"the brightest pixel of all {n} images is {brightest} of 255, so the model sees at most "
                      f"{brightest + 1} grey levels{why}")
+    elif wide and dark >= NOTED * n:  # 12-bit files among 8-bit (or full-range 16-bit) ones: said too
+        notes.append(f"{dark} of {n} images have no pixel brighter than {DARK} of 255, so the model sees at most "
+                     f"{DARK + 1} grey levels of them{why}")
     return notes
 
 
