@@ -193,3 +193,15 @@ def test_12_bit_files_among_8_bit_ones_are_noted_too(tmp_path):
     for i, p in enumerate(eight):
         Image.fromarray((rng.random((16, 16)) * (40 if i < 5 else 255)).astype(np.uint8)).save(p)
     assert pixel_notes(np.stack([load_image(p, 16, 1) for p in eight]), eight) == []
+
+
+def test_jpeg_files_named_jfif_or_jpe_are_images(tmp_path):
+    """Browsers save JPEGs as .jfif, old cameras as .jpe: such files were neither read nor named as
+    skipped (h3), so a folder of them was "no image files found"."""
+    from vaekit.images import find_images, load_images
+
+    for i, suffix in enumerate((".jfif", ".JPE", ".jpg")):
+        Image.fromarray(np.full((16, 16, 3), 60 * i, np.uint8)).save(tmp_path / f"a{i}{suffix}", "JPEG")
+    found = find_images(tmp_path)
+    assert sorted(p.name for p in found) == ["a0.jfif", "a1.JPE", "a2.jpg"]
+    assert len(load_images(found, 16, 3).images) == 3

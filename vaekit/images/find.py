@@ -14,7 +14,7 @@ from pathlib import Path
 
 from vaekit.errors import BadInput, NotFound
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 RUN_MARKER = ".vaekit-run"  # the file every run directory holds (vaekit.training.rundir.MARKER): never images
 RUN_FORMAT = "vaekit-run/1"  # a run's config.json "format" (vaekit.training.rundir.FORMAT): runs from before the marker
 
