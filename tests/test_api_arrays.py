@@ -64,6 +64,24 @@ def test_shapes_are_checked_with_a_hint_for_one_image():
     refused(as_images, [np.zeros((C, S, S), np.uint8), np.zeros((C, 8, 8), np.uint8)], C, S, match="differ in shape")
 
 
+def test_latent_codes_or_nhwc_floats_given_as_images_are_told_their_shape():
+    # the shape is checked before the values: reconstruct(z) was told its floats lie outside [0, 1]
+    # and to pass x.astype(np.uint8), which the next call then refused for its shape
+    z = np.full((2, 4), -0.15, np.float32)  # what Model.encode returns
+    msg = refused(as_images, z, C, S, match=r"shape \(N, 1, 16, 16\), got \(2, 4\)")
+    assert "astype" not in msg
+    nhwc = np.full((2, S, S, 3), 200.0)  # 0..255 floats, channels last
+    refused(as_images, nhwc, 3, S, match=r"got \(2, 16, 16, 3\)")
+
+
+def test_a_float_just_outside_0_1_is_named_as_it_is():
+    x = np.zeros((1, C, S, S), np.float32)
+    x[0, 0, 0, 0] = np.nextafter(np.float32(1), np.float32(2))  # 1.0000001: .4g printed it "1", in range
+    assert "got 0..1.0000001;" in refused(as_images, x, C, S, match=r"\[0, 1\]")
+    x[0, 0, 0, 0] = 255  # whole numbers still read as such
+    assert "got 0..255;" in refused(as_images, x, C, S, match=r"\[0, 1\]")
+
+
 def test_user_images_tells_paths_from_arrays(tmp_path):
     x = np.zeros((2, C, S, S), np.uint8)
     assert user_images(x, C, S)[0] is None and user_images(x, C, S)[1] is x

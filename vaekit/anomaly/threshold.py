@@ -226,9 +226,7 @@ def _stored_threshold(model: Model, score: str, estimator: str) -> tuple[float |
     if estimator != "mean" and score != "defect":  # the reader's score reads the image alone: no estimator moves it
         return None, ("none: the stored thresholds are for the deterministic score (no --samples/--iwae); "
                       "pass --threshold")
-    t = info.thresholds.get(score)
-    if t is None and score == info.score:
-        t = info.threshold
+    t = info.threshold_for(score, estimator)
     if t is None:
         return None, f"none: the model stores no threshold for the {score!r} score; pass --threshold"
     n = len(info.val_scores)

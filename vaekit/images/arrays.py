@@ -86,31 +86,39 @@ def as_images(x, channels: int, size: int) -> np.ndarray:
         a = np.asarray(x)
     except (ValueError, TypeError, RuntimeError) as e:  # RuntimeError: a torch tensor that needs grad
         raise BadInput(f"images cannot be read as one array ({e}); expected {want}") from None
-    a = _as_uint8(a)
+    _check_kind(a)  # the shape before the values: latent codes given as images (reconstruct(z)) were told
+    # their floats lie outside [0, 1] and to pass x.astype(np.uint8), not that they are no images
     if a.ndim == 3 and a.shape == (channels, size, size):
         raise BadInput(f"expected a batch of images {want}, got one image {a.shape}: pass x[None]")
     if a.ndim != 4 or a.shape[1:] != (channels, size, size):
         raise BadInput(f"expected images of shape {want}, got {a.shape}")
-    return a
+    return _as_uint8(a)
+
+
+def _check_kind(a: np.ndarray) -> None:
+    """BadInput for a dtype that never holds images (bool, complex, text, bytes, object)."""
+    kind = a.dtype.kind
+    if kind not in "iuf":
+        names = {"b": "bool", "c": "complex", "U": "text", "S": "bytes", "O": "object"}
+        raise BadInput(f"images of dtype {a.dtype} ({names.get(kind, kind)}) are not accepted; expected {WHAT}")
 
 
 def _as_uint8(a: np.ndarray) -> np.ndarray:
-    kind = a.dtype.kind
+    _check_kind(a)
     if a.dtype == np.uint8:
         return a
-    if kind in "iu":
+    if a.dtype.kind in "iu":
         if a.size and (a.min() < 0 or a.max() > 255):
             raise BadInput(f"{a.dtype} images must hold values in 0..255, got {a.min()}..{a.max()}")
         return a.astype(np.uint8)
-    if kind == "f":
-        if not np.isfinite(a).all():
-            raise BadInput("float images must be finite, got NaN or infinity")
-        if a.size and (a.min() < 0 or a.max() > 1):
-            raise BadInput(f"float images must lie in [0, 1] (as Model.decode returns them), got "
-                           f"{float(a.min()):.4g}..{float(a.max()):.4g}; for 0..255 data pass x.astype(np.uint8)")
-        return np.rint(a * 255).astype(np.uint8)  # as images.to_uint8 does
-    names = {"b": "bool", "c": "complex", "U": "text", "S": "bytes", "O": "object"}
-    raise BadInput(f"images of dtype {a.dtype} ({names.get(kind, kind)}) are not accepted; expected {WHAT}")
+    if not np.isfinite(a).all():  # floats
+        raise BadInput("float images must be finite, got NaN or infinity")
+    if a.size and (a.min() < 0 or a.max() > 1):
+        # each end as its dtype's shortest exact text: 1.0000001 at .4g read "got 0..1", values in range
+        lo, hi = (str(v).removesuffix(".0") for v in (a.min(), a.max()))
+        raise BadInput(f"float images must lie in [0, 1] (as Model.decode returns them), got {lo}..{hi}; "
+                       f"for 0..255 data pass x.astype(np.uint8)")
+    return np.rint(a * 255).astype(np.uint8)  # as images.to_uint8 does
 
 
 def as_latents(z, latent_dim: int) -> np.ndarray:

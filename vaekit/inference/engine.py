@@ -12,7 +12,6 @@ engines cannot drift apart.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -21,31 +20,12 @@ import numpy as np
 from vaekit import images as imageio
 from vaekit.errors import BadInput, check_callbacks
 from vaekit.images.arrays import as_images, as_latents, check_batch_size, check_int, user_images
-from vaekit.inference.info import DEFAULT_SCORE, SCORES, ModelInfo, score_unit, threshold_fields  # noqa: F401  (public here too)
+from vaekit.inference.info import DEFAULT_SCORE, SCORES, ModelInfo, Scores, score_unit, threshold_fields  # noqa: F401  (public here too)
 from vaekit.inference.estimate import Estimate, code_length, estimate, object_parts
 from vaekit.inference.tiled import file_batch, iter_scores as tiled_scores, score_files, tiled
 from vaekit.inference.atypicality import Calibration, Parts, kl_map, pixel_floor  # noqa: F401  (pixel_floor: public here too)
 from vaekit.inference import frame
 from vaekit.progress import Progress
-
-# "atypicality" (vaekit/inference/atypicality.py): how far the image's most atypical part of the -ELBO
-# lies from normal images, in sd. "excess": the -ELBO minus the image's own floor, the NLL a perfect
-# reconstruction would get (`pixel_floor`); the others are the -ELBO and its two terms.
-@dataclass
-class Scores:
-    score: np.ndarray  # (N,) the chosen score, in its unit (score_unit(name)); higher = more anomalous
-    neg_elbo: np.ndarray  # (N,) -ELBO estimate, nats (with iwae: the IWAE estimate of -log p(x))
-    recon: np.ndarray  # (N,) reconstruction NLL, nats
-    kl: np.ndarray  # (N,) KL(q(z|x) || p(z)), nats
-    pixel_map: np.ndarray | None  # (N, H, W) per-pixel reconstruction NLL over channels, nats; None unless maps=True
-    bits_per_dim: np.ndarray  # (N,) the -ELBO (whatever the score) as a code length of the 8-bit pixels / (C*H*W*ln 2)
-    excess: np.ndarray | None = None  # (N,) neg_elbo - floor, nats
-    floor: np.ndarray | None = None  # (N,) NLL of a perfect reconstruction of the image, nats
-    name: str = DEFAULT_SCORE  # which score `score` holds
-    estimator: str = "mean"  # "mean" (z = mu), "samples" (average over K draws) or "iwae"
-    paths: list[Path] | None = None  # scored from files: the file behind each row
-    skipped: list[tuple[Path, str]] = field(default_factory=list)  # scored from files: those that failed, and why
-
 
 FORWARD_SIDE = 64  # one network pass: <= batch_size x FORWARD_SIDE**2 pixels (docs/scaling.md, large images)
 MAX_SAMPLES = 4096  # posterior draws per image: each batch holds samples x its pixels at once
@@ -72,8 +52,9 @@ class Model:
 
     # --- preprocessing ---------------------------------------------------------------------
     def load_images(self, inputs: str | Path | Sequence[str | Path], progress: Progress | None = None) -> imageio.LoadReport:
-        """Find and decode images with the model's own preprocessing (size, channels), all at
-        once; `iter_batches` streams instead."""
+        """Find and decode images at the model's size and channels, all at once; `iter_batches`
+        streams instead. A surface model (a latent grid) scores files whole, in tiles: these
+        arrays are each file's centre square resized to one tile, so score the files themselves."""
         from vaekit.stream import find_inputs
 
         paths = find_inputs(inputs).paths
@@ -164,13 +145,14 @@ class Model:
                 yield self.score(arr[sl : sl + batch_size], samples=samples, score=score, iwae=iwae, maps=maps)
             return
         if tiled(self):
-            yield from tiled_scores(self, paths, batch_size, workers, samples=samples, score=score, iwae=iwae, maps=maps)
+            for part in tiled_scores(self, paths, batch_size, workers, samples=samples, score=score, iwae=iwae, maps=maps):
+                yield self._labelled(part, score, samples, iwae)
             return
         for batch in self.iter_batches(paths, batch_size, workers):
             if len(batch.paths):
                 out = self.score(batch.images, samples=samples, score=score, iwae=iwae, maps=maps)
             else:
-                out = self.empty_scores(score)
+                out = self._labelled(self.empty_scores(self._requested(score, samples, iwae)), score, samples, iwae)
             out.paths, out.skipped = batch.paths, batch.skipped
             yield out
 
@@ -206,10 +188,23 @@ class Model:
         reconstruction NLL above each pixel's floor, so a perfectly reconstructed pixel is 0;
         otherwise the per-pixel reconstruction NLL.
         """
-        score = self._requested(score, samples, iwae, maps, progress)
+        asked, score = score, self._requested(score, samples, iwae, maps, progress)
         paths, arr = user_images(x, self.info.channels, self.info.image_size)  # read once: x may be a generator
         if arr is None and tiled(self):  # whole files, tiled
-            return score_files(self, paths, samples=samples, score=score, iwae=iwae, maps=maps, progress=progress)
+            got = score_files(self, paths, samples=samples, score=score, iwae=iwae, maps=maps, progress=progress)
+            return self._labelled(got, asked, samples, iwae)
+        return self._labelled(self._scored(paths, arr, samples, score, iwae, maps, progress), asked, samples, iwae)
+
+    def _labelled(self, s: Scores, asked: str | None, samples: int, iwae: bool) -> Scores:
+        """`s` with the stored threshold that applies to it and the note of a score other than the one
+        asked for: `samples=8` scores the excess (nats), and `s.score > model.info.threshold` (an
+        atypicality, sd²) flagged every image."""
+        s.threshold = self.info.threshold_for(s.name, s.estimator)
+        s.note = self.effective_score(asked, samples, iwae)[1]
+        return s
+
+    def _scored(self, paths, arr, samples: int, score: str, iwae: bool, maps: bool, progress) -> Scores:
+        """Model.score of images at the model's size (the score already checked)."""
         x, paths, skipped = self._loaded(paths, arr)
         n, s = len(x), self.info.image_size
         recon, kl, nll, floor, chosen, coded = (np.zeros(n) for _ in range(6))

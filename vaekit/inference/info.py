@@ -1,10 +1,12 @@
-"""What a model is and what its stored anomaly section says: ModelInfo, the score names, and the
-one reader of the `anomaly` section that both engines use (config.json or ONNX metadata)."""
+"""What a model is and what its stored anomaly section says: ModelInfo, the score names, a
+model's Scores, and the one reader of the `anomaly` section that both engines use (config.json or ONNX metadata)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from vaekit.errors import DamagedFile
 from vaekit.fileio import finite_number
@@ -48,6 +50,15 @@ class ModelInfo:
     @property
     def dims(self) -> int:
         return self.channels * self.image_size * self.image_size
+
+    def threshold_for(self, score: str, estimator: str = "mean") -> float | None:
+        """The stored threshold that applies to `score` computed by `estimator`, or None: the stored
+        thresholds are quantiles of deterministic scores (z = mu), so posterior draws and the IWAE
+        bound have none, except the defect reader's, which reads the image alone."""
+        if estimator != "mean" and score != "defect":
+            return None
+        t = self.thresholds.get(score)
+        return self.threshold if t is None and score == self.score else t
 
     def __post_init__(self) -> None:
         if not self.latent_shape:
@@ -123,3 +134,24 @@ def _others_quantile(value, damaged) -> float | None:
     if value is not None and not (finite_number(value) and 0.0 < value < 1.0):
         raise damaged(f"'others_quantile' is {value!r:.40}, not in (0, 1)")
     return None if value is None else float(value)
+
+
+# "atypicality" (vaekit/inference/atypicality.py): how far the image's most atypical part of the -ELBO
+# lies from normal images, in sd. "excess": the -ELBO minus the image's own floor, the NLL a perfect
+# reconstruction would get (`pixel_floor`); the others are the -ELBO and its two terms.
+@dataclass
+class Scores:
+    score: np.ndarray  # (N,) the chosen score, in its unit (score_unit(name)); higher = more anomalous
+    neg_elbo: np.ndarray  # (N,) -ELBO estimate, nats (with iwae: the IWAE estimate of -log p(x))
+    recon: np.ndarray  # (N,) reconstruction NLL, nats
+    kl: np.ndarray  # (N,) KL(q(z|x) || p(z)), nats
+    pixel_map: np.ndarray | None  # (N, H, W) per-pixel reconstruction NLL over channels, nats; None unless maps=True
+    bits_per_dim: np.ndarray  # (N,) the -ELBO (whatever the score) as a code length of the 8-bit pixels / (C*H*W*ln 2)
+    excess: np.ndarray | None = None  # (N,) neg_elbo - floor, nats
+    floor: np.ndarray | None = None  # (N,) NLL of a perfect reconstruction of the image, nats
+    name: str = DEFAULT_SCORE  # which score `score` holds
+    estimator: str = "mean"  # "mean" (z = mu), "samples" (average over K draws) or "iwae"
+    paths: list[Path] | None = None  # scored from files: the file behind each row
+    skipped: list[tuple[Path, str]] = field(default_factory=list)  # scored from files: those that failed, and why
+    threshold: float | None = None  # the stored threshold for `name` and `estimator` (None: none applies)
+    note: str | None = None  # why `name` is not the score asked for (Model.effective_score)
