@@ -234,8 +234,14 @@ class AnomalyResult:
 
     def table(self, decimals: int = 3) -> list[list]:
         """A row per upload: the scored ones, then the unreadable ones with why (no score)."""
-        return ([[r.path, round(r.score, decimals), round(r.bits_per_dim, 5), "anomalous" if r.anomalous else "normal"]
+        return ([[r.path, _shown(r.score, decimals), _shown(r.bits_per_dim, 5), "anomalous" if r.anomalous else "normal"]
                  for r in self.rows] + [[p.name, None, None, f"unreadable: {why}"] for p, why in self.skipped])
+
+
+def _shown(v: float, decimals: int) -> float | None:
+    """A table cell: None (an empty cell) where the number is not finite, as a Bernoulli model's bits of
+    an image with grey pixels (no code length) or a broken model's score: NaN is no JSON."""
+    return round(v, decimals) if math.isfinite(v) else None
 
 
 ANOMALY_COLUMNS = ["file", "score", "bits/dim", "verdict"]

@@ -214,7 +214,9 @@ def _settings(model: Model, plan: Plan, found: stream.Inputs, layout: Layout, ma
     where = journaled_model(info.source, Path(out), (layout.index, layout.count))
     return {"job": "anomaly-score", "model": where, **model_settings(model),
             "score": plan.score, "estimator": plan.estimator, "samples": plan.samples, "iwae": plan.iwae,
-            "bits_per_dim": "code length",  # a Gaussian's was its density's until 2026-12-06: not to be mixed
+            # a Gaussian's was its density's until 2026-12-06, a Bernoulli's of a grey image its cross-entropy
+            # until 2026-12-08 (NaN since: no code length of 8-bit levels): not to be mixed
+            "bits_per_dim": "code length" + (", black-and-white images only" if info.likelihood == "bernoulli" else ""),
             "threshold": plan.threshold, "threshold_source": plan.source, "batch_size": layout.batch_size,
             "files": len(found.paths), "file_list": digest(layout.paths), "inputs": [str(r) for r in found.roots],
             "maps": None if maps is None else str(Path(maps).resolve()), "shard": [layout.index, layout.count],

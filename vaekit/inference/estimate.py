@@ -55,12 +55,22 @@ def log_mean_exp(a: np.ndarray) -> np.ndarray:
     return m + np.log(np.exp(a - m).mean(0))
 
 
+def BINARY_ONLY(xf: np.ndarray, x_hat) -> np.ndarray:  # noqa: N802  (a marker `estimate` knows)
+    """NaN for the images of `xf` with a pixel neither 0 nor 1, else 0 (`estimate` adds the draw's NLL)."""
+    grey = ((xf > 0) & (xf < 1)).reshape(len(xf), -1).any(1)
+    return np.where(grey, np.nan, 0.0)
+
+
 def code_length(likelihood: str, log_scale) -> Callable | None:
     """What makes an estimate a code length of the 8-bit pixels, for `estimate(code=...)`: for a
     Gaussian, its density discretised to the 256 levels ((xf, x_hat) -> (B,) nats,
     vaekit.model.likelihood_np.gaussian_code_nll), since -log of a density goes below zero once
-    sigma is under a level; None for the other likelihoods, whose NLL is one already (the
-    logistic's; the Bernoulli's, of the image's bits) or has no level to discretise."""
+    sigma is under a level; for a Bernoulli, `BINARY_ONLY`: its NLL is a code length of black-and-white
+    images alone (the cross-entropy of a grey level is no probability of it: the 256 levels'
+    "probabilities" sum to far more than one), so an image with a grey pixel gets NaN; None for the
+    logistic, whose NLL is one already."""
+    if likelihood == "bernoulli":
+        return BINARY_ONLY
     if likelihood != "gaussian":
         return None
     from vaekit.model.likelihood_np import gaussian_code_nll
@@ -86,7 +96,8 @@ def estimate(score_core: Callable, x: np.ndarray, xf: np.ndarray, latent_dim: in
         # sum the map in float64 here rather than take the engine's float32 sum: the excess
         # is a small difference of two large sums, and both engines then agree to the bit
         r = m.astype(np.float64).reshape(b, -1).sum(1)
-        c = r if code is None else (np.full(b, np.nan) if x_hat is None else code(xf, x_hat))
+        c = (r if code is None else r + BINARY_ONLY(xf, None) if code is BINARY_ONLY
+             else np.full(b, np.nan) if x_hat is None else code(xf, x_hat))
         recon, kl, coded, r_map = recon + r / k, kl + q / k, coded + c / k, r_map + m / k
         if iwae:
             z = mu + np.exp(0.5 * logvar) * e

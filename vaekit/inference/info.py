@@ -146,7 +146,8 @@ class Scores:
     recon: np.ndarray  # (N,) reconstruction NLL, nats
     kl: np.ndarray  # (N,) KL(q(z|x) || p(z)), nats
     pixel_map: np.ndarray | None  # (N, H, W) per-pixel reconstruction NLL over channels, nats; None unless maps=True
-    bits_per_dim: np.ndarray  # (N,) the -ELBO (whatever the score) as a code length of the 8-bit pixels / (C*H*W*ln 2)
+    bits_per_dim: np.ndarray  # (N,) the -ELBO (whatever the score) as a code length of the 8-bit pixels / (C*H*W*ln 2);
+    #                           NaN for a Bernoulli model's image with a grey pixel (estimate.BINARY_ONLY)
     excess: np.ndarray | None = None  # (N,) neg_elbo - floor, nats
     floor: np.ndarray | None = None  # (N,) NLL of a perfect reconstruction of the image, nats
     name: str = DEFAULT_SCORE  # which score `score` holds
