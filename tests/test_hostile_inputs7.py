@@ -290,7 +290,7 @@ def test_evaluate_never_plots_into_the_run(run, tmp_path):
 
 # --- a run whose training was stopped before its finish ------------------------------------------
 
-def _stopped_before_finish(run: Path, dest: Path) -> Path:
+def stopped_copy(run: Path, dest: Path) -> Path:
     """A copy of `run` as a Ctrl-C during the fold models leaves it (measured: every epoch's
     checkpoint and model.safetensors written; config.json without anomaly, fingerprint, codec)."""
     import json
@@ -307,7 +307,7 @@ def test_a_run_stopped_before_its_finish_is_not_exported_or_coded(run, tmp_path)
     """export wrote an .onnx of it, 'parity ok', exit 0, with no threshold and no coding tables;
     encode --quality told a command-line user to call vaekit.codec.fit_prior + save_prior. Both now
     say the training did not finish and give the --resume that finishes it."""
-    stopped = _stopped_before_finish(run, tmp_path / "stopped")
+    stopped = stopped_copy(run, tmp_path / "stopped")
     src = _images(tmp_path / "src", 2)
     for args in (["export", stopped, "-o", tmp_path / "s.onnx"], ["encode", stopped, src, "-o", tmp_path / "s.vkc", "--quality", "3"]):
         said = _one_line_error(invoke(*args)).replace("\n", "")
@@ -319,7 +319,7 @@ def test_tables_are_not_fitted_into_a_run_stopped_before_its_finish(run, tmp_pat
     """encode --fit stored its tables in such a run and wrote the .vkc; `train --resume` then
     finished the run, whose finish stores freshly fitted tables in their place (no earlier set
     kept), and the .vkc decoded no more ('coded with tables X, but RUN has Y')."""
-    stopped = _stopped_before_finish(run, tmp_path / "stopped")
+    stopped = stopped_copy(run, tmp_path / "stopped")
     before = (stopped / "config.json").read_bytes()
     src = _images(tmp_path / "src", 2)
     said = _one_line_error(invoke("encode", stopped, src, "-o", tmp_path / "s.vkc", "--quality", "3", "--fit", src))
@@ -332,7 +332,7 @@ def test_the_default_score_of_a_run_stopped_before_its_finish_is_refused_a_named
     no threshold for the neg_elbo score', not a word of the training that did not finish. The
     default score (and evaluate's) now says so and names the --resume; --score neg_elbo still
     scores its weights as they are."""
-    stopped = _stopped_before_finish(run, tmp_path / "stopped")
+    stopped = stopped_copy(run, tmp_path / "stopped")
     src, other = _images(tmp_path / "src", 2), _images(tmp_path / "other", 2, seed=1)  # not copies of src
     for args in (["anomaly-score", stopped, src, "-o", tmp_path / "s.csv"],
                  ["evaluate", stopped, "--normal", src, "--anomalous", other]):

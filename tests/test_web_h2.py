@@ -5,13 +5,12 @@ image anomalous ("2 of 2 anomalous at threshold 0.00 nats")."""
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import pytest
 
 from test_hostile_inputs4 import _images, tiny_rgb_run
+from test_hostile_inputs7 import stopped_copy
 
 pytest.importorskip("gradio")
 
@@ -21,23 +20,12 @@ def run(tmp_path_factory):
     return tiny_rgb_run(tmp_path_factory.mktemp("web_h2"))
 
 
-def _stopped_before_finish(run: Path, dest: Path) -> Path:
-    """A copy of `run` as a Stop or Ctrl-C during training leaves it (config.json without anomaly,
-    fingerprint, codec; the checkpoint kept), as test_hostile_inputs7 makes one."""
-    stopped = Path(shutil.copytree(run, dest))
-    cfg = json.loads((stopped / "config.json").read_text())
-    for key in ("anomaly", "fingerprint", "codec"):
-        cfg.pop(key, None)
-    (stopped / "config.json").write_text(json.dumps(cfg))
-    return stopped
-
-
 def test_the_anomaly_tab_refuses_a_run_stopped_before_its_finish(run, tmp_path):
     import vaekit
     from vaekit.errors import BadInput
     from vaekit_demo import figures, handlers
 
-    stopped = _stopped_before_finish(run, tmp_path / "stopped")
+    stopped = stopped_copy(run, tmp_path / "stopped")
     model = vaekit.load(stopped)  # it opens: Compress, Generate and Latent space use its weights as they are
     assert model.info.threshold is None
     slider = figures.threshold_range(model)["value"]  # what the page sends with Score: 0.0
