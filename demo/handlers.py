@@ -119,18 +119,26 @@ def _named_once(paths: list[Path], folder: Path) -> list[Path]:
     import shutil
 
     folder.mkdir()
-    taken, out = set(), []
-    for p in paths:
-        name, k = p.name, 1
-        while name in taken:
-            k += 1
-            name = f"{p.stem} ({k}){p.suffix}"
-        taken.add(name)
+    out = [folder / f"{stem}{p.suffix}" for p, stem in zip(paths, _distinct([p.stem for p in paths], [p.suffix for p in paths]))]
+    for p, q in zip(paths, out):
         try:
-            (folder / name).hardlink_to(p)
+            q.hardlink_to(p)
         except OSError:  # another file system
-            shutil.copyfile(p, folder / name)
-        out.append(folder / name)
+            shutil.copyfile(p, q)
+    return out
+
+
+def _distinct(stems: list[str], suffixes: Sequence[str] | None = None) -> list[str]:
+    """The stems with " (2)", " (3)" ... added where a name (stem + suffix) would repeat an earlier one."""
+    suffixes = suffixes or [""] * len(stems)
+    taken, out = set(), []
+    for stem, suffix in zip(stems, suffixes):
+        name, k = stem, 1
+        while name + suffix in taken:
+            k += 1
+            name = f"{stem} ({k})"
+        taken.add(name + suffix)
+        out.append(name)
     return out
 
 
@@ -190,9 +198,9 @@ def encode_vkc(model: Model, paths: Sequence[str | Path], out_dir: Path,
     if isinstance(level, float) and level.is_integer():  # a slider's 6.0
         level = int(level)
     report = load_uploads(model, paths)
-    shown = []
-    for path, x in zip(report.paths, report.images):
-        enc = codec.encode(model, [path], _new_file(out_dir, f"{path.stem}.vkc"), quality=level)
+    shown, stems = [], _distinct([p.stem for p in report.paths])  # a.png and a.jpg: a.vkc and a (2).vkc
+    for path, x, stem in zip(report.paths, report.images, stems):
+        enc = codec.encode(model, [path], _new_file(out_dir, f"{stem}.vkc"), quality=level)
         dec = codec.decode(model, enc.path, enc.path.parent / "decoded")
         y = imageio.decode(dec.written[0], model.info.channels).transpose(2, 0, 1)  # (C, H, W) as the file holds it
         webp = webp_at_size(x, enc.file_bytes)

@@ -136,3 +136,19 @@ def test_the_threshold_slider_can_set_a_threshold_among_defect_scores():
     info = SimpleNamespace(val_scores=[1.0, 5.0, 80.0], threshold=110.49, score="atypicality")
     rng = threshold_range(SimpleNamespace(info=info))
     assert rng["step"] == 0.01 and rng["minimum"] < 1.0 and rng["maximum"] > 110.49  # as before
+
+
+def test_encode_vkc_names_each_uploads_file_apart(run, tmp_path):
+    """a.png and a.jpg (or two a.png) were offered as downloads all named a.vkc."""
+    import vaekit
+    from vaekit_demo import handlers
+
+    src = sorted(_images(tmp_path / "src", 2).iterdir())
+    (tmp_path / "up").mkdir()
+    ups = [tmp_path / "up" / "a.png", tmp_path / "up" / "a.bmp"]
+    ups[0].write_bytes(src[0].read_bytes())
+    from PIL import Image
+
+    Image.open(src[1]).save(ups[1])
+    shown, skipped = handlers.encode_vkc(vaekit.load(run), ups, tmp_path / "out", 6)
+    assert [v.file.name for v in shown] == ["a.vkc", "a (2).vkc"] and not skipped
