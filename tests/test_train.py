@@ -223,6 +223,33 @@ def test_a_few_images_of_a_surface_do_not_look_aligned_by_chance(n):
     assert choose_layout(image_statistics(objects.astype(np.uint8), np.arange(n))) == "vector"
 
 
+def test_image_statistics_memory_does_not_grow_with_the_images_sampled():
+    """The automatic settings look at up to SAMPLE images: they were stacked as float32 (~8 bytes a
+    sampled pixel, 4 GB for 512 grey images of 1024 px, 10 GB RGB) before any training. Summed one
+    image at a time, the peak is one image's maps whatever the count, and the statistics the same."""
+    import tracemalloc
+
+    from vaekit.training.data import image_statistics
+
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, (64, 3, 128, 128), dtype=np.uint8)
+    x[:, :, :20] = 0  # some black, some white: the binary shares count
+    x[:, :, -10:] = 255
+    peaks = {}
+    for n in (8, 64):
+        tracemalloc.start()
+        stats = image_statistics(x[:n], np.arange(n))
+        peaks[n] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peaks[64] < 1.5 * peaks[8], peaks  # was 7.6x: the 64 images' float maps held at once
+    g = x.astype(np.float32).mean(1) / 255.0  # the statistics as they were computed, all at once
+    assert stats["variance"] == pytest.approx(float(g.var(0).mean()), rel=1e-5)
+    assert stats["binary"] == pytest.approx(float((g < 0.1).mean() + (g > 0.9).mean()), rel=1e-9)
+    assert stats["aligned"] == pytest.approx(float(g.mean(0).var()) / float(g.var(0).mean()) - 1 / 63, rel=1e-4, abs=1e-7)
+    same = np.repeat(x[:1], 5, axis=0)  # identical images: exactly no spread, as before
+    assert image_statistics(same, np.arange(5))["variance"] == 0.0
+
+
 def test_a_large_surface_under_uneven_light_is_still_a_surface(tmp_path):
     """A fixed lamp darkens every image of a surface towards one side: its mean image is then a
     ramp, which the plain statistic takes for an aligned object. Large images are judged with

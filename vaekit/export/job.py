@@ -39,6 +39,18 @@ class ExportReport:
     bytes: dict[str, int] = field(default_factory=dict)
 
 
+def _checked(out, run_dir, overwrite: bool, images, quantize, rtol: float, atol: float) -> Path:
+    """`out` checked (`_check_out`), and the other arguments: BadInput before any work."""
+    out = _check_out(out, run_dir, overwrite)
+    if images is not None and not isinstance(images, np.ndarray):  # the parity images are inputs too
+        refuse_inside(out, [images] if isinstance(images, (str, os.PathLike)) else images, "output")
+    if quantize is not None and quantize not in QUANTIZE:
+        raise BadInput(f"quantize must be one of {QUANTIZE} or None, got {quantize!r}")
+    if not (0 <= rtol < math.inf and 0 <= atol < math.inf):  # inf * 0 is NaN: no tolerance could pass
+        raise BadInput(f"tolerances must be finite numbers >= 0, got rtol={rtol}, atol={atol}")
+    return out
+
+
 def _check_out(out: Path, run_dir: Path, overwrite: bool = False) -> Path:
     out = Path(out)
     if not out.name.endswith(".onnx") or out.name == ".onnx":
@@ -102,13 +114,7 @@ def export(
     from vaekit.inference.engine_onnx import OnnxModel
 
     t0 = time.perf_counter()
-    out = _check_out(out, run_dir, overwrite)
-    if images is not None and not isinstance(images, np.ndarray):  # the parity images are inputs too
-        refuse_inside(out, [images] if isinstance(images, (str, os.PathLike)) else images, "output")
-    if quantize is not None and quantize not in QUANTIZE:
-        raise BadInput(f"quantize must be one of {QUANTIZE} or None, got {quantize!r}")
-    if not (0 <= rtol < math.inf and 0 <= atol < math.inf):  # inf * 0 is NaN: no tolerance could pass
-        raise BadInput(f"tolerances must be finite numbers >= 0, got rtol={rtol}, atol={atol}")
+    out = _checked(out, run_dir, overwrite, images, quantize, rtol, atol)
 
     def step(done: int, what: str) -> None:
         if progress:

@@ -145,15 +145,27 @@ def image_statistics(images: np.ndarray, idx: np.ndarray) -> dict[str, float]:
     images: how many images `idx` holds (all of them, not the sample); variance: their mean per-pixel variance."""
     pick = np.sort(idx[:: max(1, len(idx) // SAMPLE)])
     step = -(-images.shape[-1] // STATISTICS_SIDE)  # every step-th pixel of images larger than that
-    x = np.stack([gather(images, pick[i : i + 1])[0, :, ::step, ::step] for i in range(len(pick))])
-    x = x.astype(np.float32).mean(1) / 255.0  # (n, H, W) grey
-    variance = max(float(x.var(0).mean()), 1e-12)
-    chance = 1.0 / (len(x) - 1) if len(x) > 1 else 0.0
-    mean = x.mean(0)
-    dark, light = float((x < 0.1).mean()), float((x > 0.9).mean())
+    # one image at a time, summed per pixel (float64): memory is one image's pixels, not the sample's
+    # (stacking up to 512 images of 1024 px as float32 took ~8 bytes a sampled pixel: 4 GB grey, 10 GB RGB)
+    # (Welford's running mean and sum of squared deviations: identical images have exactly 0 variance)
+    mean = spread = None
+    dark = light = 0
+    for k, i in enumerate(pick, start=1):
+        g = gather(images, np.array([i]))[0, :, ::step, ::step].astype(np.float32).mean(0) / 255.0  # (H, W) grey
+        if mean is None:
+            mean, spread = np.zeros(g.shape), np.zeros(g.shape)
+        d = g - mean
+        mean += d / k
+        spread += d * (g - mean)
+        dark, light = dark + int(np.count_nonzero(g < 0.1)), light + int(np.count_nonzero(g > 0.9))
+    n = len(pick)
+    per_pixel = float((spread / n).mean())  # each pixel's variance over the images, averaged
+    variance = max(per_pixel, 1e-12)
+    chance = 1.0 / (n - 1) if n > 1 else 0.0
+    dark, light = dark / (n * mean.size), light / (n * mean.size)
     return {"aligned": float(mean.var()) / variance - chance,
             "aligned_unlit": float(unlit(mean).var()) / variance - chance,
-            "binary": dark + light, "ends": min(dark, light), "variance": float(x.var(0).mean()), "images": len(idx)}
+            "binary": dark + light, "ends": min(dark, light), "variance": per_pixel, "images": len(idx)}
 
 
 def unlit(mean: np.ndarray) -> np.ndarray:
