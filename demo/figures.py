@@ -62,14 +62,14 @@ def threshold_range(model) -> dict:
     surface model opened after a vector one, "score units" for a model trained in the app)."""
     from vaekit.inference.engine import score_unit
 
-    info = model.info if model else None
+    score, vals, thr = page_score(model)
     # Gradio takes log10(max - min), which overflowed for a threshold set with `vaekit threshold --value
     # 1.7e308`; the slider holds ±1e300 at most, which flags nothing (or everything) as that one did
-    vals = [float(np.clip(v, -SHOWN, SHOWN)) for v in (info.val_scores if info else [])]
-    thr = info.threshold if info and info.threshold is not None else (max(vals) if vals else 0.0)
+    vals = [float(np.clip(v, -SHOWN, SHOWN)) for v in vals]
+    thr = thr if thr is not None else (max(vals) if vals else 0.0)
     thr = float(np.clip(thr, -SHOWN, SHOWN))
     lo, hi = min([thr, *vals]), max([thr, *vals])
-    bounded = info is not None and info.score == "defect"  # a probability
+    bounded = score == "defect"  # a probability
     span = max(hi - lo, abs(hi) * 0.1, 0.01 if bounded else 1.0)
     # a step fine enough for the scores' spread: a defect score's held-out scores lie within 0.01 of
     # each other, and a fixed step of 0.01 on a slider of -0.5 to 3.5 could not set a threshold among them
@@ -77,16 +77,30 @@ def threshold_range(model) -> dict:
     low, high = max(lo - span, -4 * SHOWN), min(hi + 3 * span, 4 * SHOWN)
     if bounded:
         low, high = max(low, 0.0), min(high, 1.0)
-    unit = score_unit(info.score) if info else "score units"
+    unit = score_unit(score) if score else "score units"
     digits = -math.floor(math.log10(step))
     return {"minimum": round(math.floor(low / step) * step, digits), "maximum": round(math.ceil(high / step) * step, digits),
             "step": step,
             "value": thr, "label": f"Threshold ({unit}): a score above it is anomalous"}
 
 
+def page_score(model) -> tuple[str | None, list[float], float | None]:
+    """(the score the page computes, the held-out scores of it, its stored threshold). An export
+    without its NAME.reader.onnx scores the atypicality where the model's own score is the defect
+    reader's: the slider was then bounded to the defect's 0-1 and set at its threshold, while the
+    page scored sd² (every normal image flagged); its held-out scores are the defect's, not shown."""
+    if model is None:
+        return None, [], None
+    info, score = model.info, model.effective_score(None)[0]
+    if score == info.score:
+        return score, list(info.val_scores), info.threshold
+    return score, [], info.threshold_for(score)
+
+
 def model_histogram(model, threshold: float | None, result=None):
     """The held-out-score histogram of `model` at `threshold`, with a scored batch (AnomalyResult) over it."""
+    score, vals, _ = page_score(model)
     if model is None:
         return score_histogram([], threshold)
     done = (result.scores, result.anomalous) if result else ((), ())
-    return score_histogram(model.info.val_scores, threshold, *done, score=model.info.score)
+    return score_histogram(vals, threshold, *done, score=score)

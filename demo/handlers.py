@@ -287,7 +287,7 @@ def anomaly(model: Model, paths: Sequence[str | Path], threshold: float, out_dir
     _refuse_unfinished(model)
     paths = upload_paths(paths, model.info.channels, model.info.read_size)
     threshold = finite_threshold(threshold)
-    score = model.info.score
+    score = model.effective_score(None)[0]  # an export without its reader scores the atypicality: named so
     try:
         report = detect.score_images(model, paths, score=score, threshold=float(threshold))
     except imageio.NoImagesError:

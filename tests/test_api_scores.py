@@ -28,3 +28,23 @@ def test_scores_carry_the_threshold_that_applies_and_why_the_score_changed(ex, e
     assert parts.threshold == model.info.thresholds["neg_elbo"] and parts.note is None
     for part in model.iter_scores(normal, batch_size=4, samples=4):
         assert part.threshold is None and "posterior draws" in part.note
+
+
+def test_a_batch_of_unreadable_files_carries_what_its_request_scores(ex, tmp_path):
+    """iter_scores' batch whose every file was skipped named the score at z = mu: with samples=4 it
+    carried the excess's stored threshold (the other batches None), and a surface model's was
+    named None."""
+    from export_support import random_run
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for name in ("x.png", "y.png"):
+        (bad / name).write_bytes(b"not an image")
+    model = vaekit.load(ex.run)
+    for kw, estimator in (({"samples": 4}, "samples"), ({}, "mean")):
+        (part,) = list(model.iter_scores(bad, batch_size=4, **kw))
+        full = model.score(ex.digits / "test" / "normal", maps=False, **kw)
+        assert len(part.skipped) == 2 and (part.name, part.estimator, part.threshold) == (full.name, estimator, full.threshold)
+    grid = vaekit.load(random_run(tmp_path / "grid", image_size=16, channels=1, latent_dim=4, base_channels=4, layout="grid"))
+    (part,) = list(grid.iter_scores(bad, batch_size=4, samples=2))
+    assert part.name == grid.effective_score(None, 2)[0] is not None and part.estimator == "samples"

@@ -223,3 +223,21 @@ def test_int8_without_images_calibrates_on_the_runs_training_images_or_refuses(t
     assert not (tmp_path / "q2").exists()
     rep = export(run, tmp_path / "q3" / "m.onnx", quantize="int8", images=tmp_path / "moved")
     assert "calibrated on your images" in rep.quantization.method
+
+
+def test_int8_calibration_says_when_the_training_folder_is_not_what_the_run_read(tmp_path, monkeypatch):
+    """A run trained on one file stores that file's folder as data.root: int8 calibrated on every
+    image beside it, unsaid. And a root stored relative (older runs) is found beside the run, as
+    vaekit.anomaly.held_out finds it, not only under the working directory."""
+    import json
+
+    from export_support import random_job
+    from vaekit.export import export
+
+    run, data = random_job(tmp_path, 12)
+    cfg = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**cfg, "data": {"root": data.name, "images": 1, "skipped": []}}))
+    monkeypatch.chdir(tmp_path / "run")  # not where the relative root lies
+    rep = export(run, tmp_path / "q" / "m.onnx", quantize="int8")
+    assert "calibrated on the run's training images" in rep.quantization.method
+    assert "the 12 images now under" in rep.quantization.method and "read 1" in rep.quantization.method

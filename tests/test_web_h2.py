@@ -128,14 +128,23 @@ def test_the_threshold_slider_can_set_a_threshold_among_defect_scores():
 
     from vaekit_demo.figures import threshold_range
 
-    info = SimpleNamespace(val_scores=[0.4912, 0.4950, 0.4999], threshold=0.5056, score="defect")
-    rng = threshold_range(SimpleNamespace(info=info))
+    from vaekit.inference.info import ModelInfo
+
+    def model(score, vals, threshold, reader=True):
+        info = ModelInfo(16, 1, 4, "gaussian", "f", "onnxruntime", Path("m.onnx"), threshold=threshold, val_scores=vals,
+                         score=score, thresholds={score: threshold, "atypicality": 21.5})
+        computes = score if reader or score != "defect" else "atypicality"
+        return SimpleNamespace(info=info, effective_score=lambda s, *a: (computes, None))
+
+    rng = threshold_range(model("defect", [0.4912, 0.4950, 0.4999], 0.5056))
     assert 0 <= rng["minimum"] < 0.4912 and 0.5056 < rng["maximum"] <= 1  # a probability's range
     assert rng["step"] <= 1e-4 and (0.4999 - 0.4912) / rng["step"] >= 50
     gr.Slider(**rng)
-    info = SimpleNamespace(val_scores=[1.0, 5.0, 80.0], threshold=110.49, score="atypicality")
-    rng = threshold_range(SimpleNamespace(info=info))
+    rng = threshold_range(model("atypicality", [1.0, 5.0, 80.0], 110.49))
     assert rng["step"] == 0.01 and rng["minimum"] < 1.0 and rng["maximum"] > 110.49  # as before
+    # an export without its reader scores the atypicality: the slider at its threshold, in sd², not 0-1
+    rng = threshold_range(model("defect", [0.4912, 0.4950, 0.4999], 0.5056, reader=False))
+    assert rng["value"] == 21.5 and rng["maximum"] > 21.5 and "sd²" in rng["label"]
 
 
 def test_encode_vkc_names_each_uploads_file_apart(run, tmp_path):
@@ -152,3 +161,12 @@ def test_encode_vkc_names_each_uploads_file_apart(run, tmp_path):
     Image.open(src[1]).save(ups[1])
     shown, skipped = handlers.encode_vkc(vaekit.load(run), ups, tmp_path / "out", 6)
     assert [v.file.name for v in shown] == ["a.vkc", "a (2).vkc"] and not skipped
+
+
+def test_a_message_path_that_only_contains_a_roots_name_is_not_cut_inside():
+    """A root was replaced wherever its text occurred: /backup/data/img.png under --data-root /data
+    read "backupimg.png", a file the page never had."""
+    from vaekit_demo.security import public_message
+
+    got = public_message("cannot read /backup/data/img.png nor /data/sub/b.png", [Path("/data")])
+    assert got == "cannot read img.png nor sub/b.png", got

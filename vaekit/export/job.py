@@ -121,7 +121,7 @@ def export(
             progress(done, 5, phase=what)
 
     job = _Job(run_dir, rtol, atol)
-    user_images, images = job.parity_images(images if images is not None or quantize != "int8" else job.training_images())
+    user_images, images = job.parity_images(images) if images is not None or quantize != "int8" else job.int8_images()
     step(0, "export")
     protos = job.graphs()
     step(1, "export")
@@ -176,17 +176,32 @@ class _Job:
         images: calibrated on them, an int8 encoder clipped real pixels (one code for every image of a
         surface, normal images at 72-83 sd² where fp32 gave 0.1-4.9) and the score change reported
         on those samples was 7%."""
-        root = (self.cfg.get("data") or {}).get("root")
-        if isinstance(root, str) and Path(root).is_dir():
+        from vaekit.anomaly.held_out import training_roots
+
+        data = self.cfg.get("data") or {}
+        root = data.get("root")
+        # a root stored relative (runs of before it was stored absolute) is tried where held_out tries it
+        there = [r for r in training_roots(self.cfg, Path(self.reference.info.source)) if r.is_dir()]
+        if there:
             from vaekit import images as imageio
 
-            found = imageio.find_images(root)
+            found = imageio.find_images(there[0])
             if found:
                 take = np.linspace(0, len(found) - 1, min(64, len(found))).round().astype(int)
                 self.calibrated_on = "the run's training images"
+                read = data.get("images")  # a run trained on one file stores that file's folder as its root
+                if isinstance(read, int) and not isinstance(read, bool) and read + len(data.get("skipped") or []) < len(found):
+                    self.calibrated_on += (f" (taken from the {len(found)} images now under {there[0]}, where the run "
+                                           f"read {read}; pass --images if those are not like the ones it will score)")
                 return load_parity_images(self.reference, [found[i] for i in take])
         raise BadInput(f"--quantize int8 calibrates on images like those the model will score, and the run's training "
                        f"folder {root or '(not recorded)'} is gone or holds none: pass --images DIR")
+
+    def int8_images(self) -> tuple[np.ndarray, np.ndarray]:
+        """`parity_images` of an int8 export given no images: the run's training images calibrate it,
+        and parity runs on them and on the model's own samples, noise and flat images, as without int8."""
+        user_images, images = self.parity_images(self.training_images())
+        return user_images, np.concatenate([images, sample_inputs(self.reference)])
 
     def parity_images(self, images) -> tuple[np.ndarray | None, np.ndarray]:
         """(the caller's images, which also calibrate int8, or None; the images parity runs on)."""

@@ -152,14 +152,17 @@ class Model:
             if len(batch.paths):
                 out = self.score(batch.images, samples=samples, score=score, iwae=iwae, maps=maps)
             else:
-                out = self._labelled(self.empty_scores(self._requested(score, samples, iwae)), score, samples, iwae)
+                empty = self.empty_scores(self._requested(score, samples, iwae), samples, iwae)
+                out = self._labelled(empty, score, samples, iwae)
             out.paths, out.skipped = batch.paths, batch.skipped
             yield out
 
-    def empty_scores(self, score: str) -> Scores:
-        """The Scores of a batch whose every file was skipped."""
+    def empty_scores(self, score: str | None, samples: int = 0, iwae: bool = False) -> Scores:
+        """The Scores of a batch whose every file was skipped: named as a batch of the same request
+        would be (its score and estimator), so it carries the same threshold (None with samples)."""
         e = np.zeros(0)
-        return Scores(e, e, e, e, None, e, excess=e, floor=e, name=score)
+        return Scores(e, e, e, e, None, e, excess=e, floor=e, name=self.effective_score(score, samples, iwae)[0],
+                      estimator="iwae" if iwae else ("samples" if samples else "mean"))
 
     def score(self, x, samples: int = 0, score: str | None = None, iwae: bool = False,
               progress: Progress | None = None, maps: bool = True) -> Scores:

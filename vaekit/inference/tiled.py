@@ -94,7 +94,7 @@ def iter_scores(model, paths: Sequence, batch_size: int, workers: int = 0, nats:
         if len(b.paths):
             out = score_tiles(model, b.images, b.tilings, nats, **kw)[0]
         else:
-            out = model.empty_scores(kw.get("score"))
+            out = model.empty_scores(kw.get("score"), kw.get("samples", 0), kw.get("iwae", False))
         out.paths, out.skipped = b.paths, b.skipped
         yield out
 
