@@ -48,3 +48,15 @@ def test_a_batch_of_unreadable_files_carries_what_its_request_scores(ex, tmp_pat
     grid = vaekit.load(random_run(tmp_path / "grid", image_size=16, channels=1, latent_dim=4, base_channels=4, layout="grid"))
     (part,) = list(grid.iter_scores(bad, batch_size=4, samples=2))
     assert part.name == grid.effective_score(None, 2)[0] is not None and part.estimator == "samples"
+
+
+def test_an_int8_exports_scores_say_their_threshold_is_the_float_models(ex, tmp_path):
+    """anomaly-score says beside an int8 export's threshold that it was set on the float32 model; the
+    API's Scores carried that threshold with no note."""
+    from vaekit.export import export
+
+    q = tmp_path / "q" / "m.onnx"
+    export(ex.run, q, quantize="int8", images=ex.digits / "train")
+    s = vaekit.load(q).score(ex.digits / "test" / "normal", maps=False)
+    assert s.threshold is not None and "set on the float32 model" in s.note
+    assert vaekit.load(ex.onnx).score(ex.digits / "test" / "normal", maps=False).note is None  # float32: none

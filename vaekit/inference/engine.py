@@ -158,8 +158,7 @@ class Model:
             yield out
 
     def empty_scores(self, score: str | None, samples: int = 0, iwae: bool = False) -> Scores:
-        """The Scores of a batch whose every file was skipped: named as a batch of the same request
-        would be (its score and estimator), so it carries the same threshold (None with samples)."""
+        """The Scores of a batch whose every file was skipped, named as the request's other batches are."""
         e = np.zeros(0)
         return Scores(e, e, e, e, None, e, excess=e, floor=e, name=self.effective_score(score, samples, iwae)[0],
                       estimator="iwae" if iwae else ("samples" if samples else "mean"))
@@ -199,11 +198,14 @@ class Model:
         return self._labelled(self._scored(paths, arr, samples, score, iwae, maps, progress), asked, samples, iwae)
 
     def _labelled(self, s: Scores, asked: str | None, samples: int, iwae: bool) -> Scores:
-        """`s` with the stored threshold that applies to it and the note of a score other than the one
-        asked for: `samples=8` scores the excess (nats), and `s.score > model.info.threshold` (an
-        atypicality, sd²) flagged every image."""
-        s.threshold = self.info.threshold_for(s.name, s.estimator)
-        s.note = self.effective_score(asked, samples, iwae)[1]
+        """`s` with the stored threshold that applies to it, and its note (a score other than the one asked for:
+        `samples=8` scores the excess, nats, where `model.info.threshold` is an atypicality's, sd²)."""
+        s.threshold, notes = self.info.threshold_for(s.name, s.estimator), [self.effective_score(asked, samples, iwae)[1]]
+        int8 = (getattr(self, "config", None) or {}).get("quantization", "none") != "none"
+        if int8 and s.threshold is not None and s.name != "defect":
+            notes.append("the threshold was set on the float32 model, and int8 moves this score: check the rate on "
+                         "normal images (vaekit evaluate)")  # the reader stays float32
+        s.note = "; ".join(n for n in notes if n) or None
         return s
 
     def _scored(self, paths, arr, samples: int, score: str, iwae: bool, maps: bool, progress) -> Scores:
