@@ -217,6 +217,7 @@ def test_int8_without_images_calibrates_on_the_runs_training_images_or_refuses(t
     (run / "config.json").write_text(json.dumps({**cfg, "data": {"root": str(data)}}))
     rep = export(run, tmp_path / "q" / "m.onnx", quantize="int8")
     assert "calibrated on the run's training images" in rep.quantization.method, rep.quantization
+    assert "the score change measured on 6 others of them" in rep.quantization.method  # not in-sample
     data.rename(tmp_path / "moved")
     with pytest.raises(BadInput, match="pass --images"):
         export(run, tmp_path / "q2" / "m.onnx", quantize="int8")
