@@ -91,7 +91,13 @@ def page_score(model) -> tuple[str | None, list[float], float | None]:
     page scored sd² (every normal image flagged); its held-out scores are the defect's, not shown."""
     if model is None:
         return None, [], None
-    info, score = model.info, model.effective_score(None)[0]
+    from vaekit.errors import DamagedFile
+
+    info = model.info
+    try:
+        score = model.effective_score(None)[0]
+    except DamagedFile:  # a damaged calibration: the page shows the stored score, and scoring refuses it
+        return info.score, list(info.val_scores), info.threshold
     if score == info.score:
         return score, list(info.val_scores), info.threshold
     return score, [], info.threshold_for(score)

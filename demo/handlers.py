@@ -48,9 +48,14 @@ def describe(model: Model | None, roots: Sequence[Path] = ()) -> str:
 
     if model is None:
         return "**No model open.** Train one on the *Train* tab, or open a run directory or `.onnx` file."
+    from vaekit_demo.figures import page_score
+
     i = model.info
     kind = "gray" if i.channels == 1 else "RGB"
-    thr = f"{i.threshold:.2f} {score_unit(i.score)}" if i.threshold is not None else "none stored"
+    score, _, t = page_score(model)  # an export without its reader: the atypicality it scores, and why
+    thr = f"{t:.2f} {score_unit(score)}" if t is not None else "none stored"
+    if score != i.score:
+        thr += f" ({score}: {model.effective_score(None)[1]})"
     read = f" (images read at {i.read_size} px, in tiles)" if i.read_size > i.image_size else ""
     return (f"**Model** {md_code(public_path(i.source, list(roots)))} · {i.engine} engine · {i.image_size}×{i.image_size}{read} "
             f"{kind} · latent {i.latent_dim} · {i.likelihood} · anomaly threshold {thr}")

@@ -225,8 +225,8 @@ def public_message(text: str, roots: list[Path]) -> str:
         if root == "/":  # --data-root /: replacing "/" took every slash out ("workh2dataone"), relative paths too
             text = _ABSOLUTE_START.sub("", text)
         else:
-            # only where a path starts: "/backup/data/a.png" does not lie in /data (it read "/backupa.png")
-            text = re.sub(r"(?<![\w.~/])" + re.escape(root.rstrip("/")) + "/", "", text)
+            # only where a path starts: "/backup/data/a.png" does not lie in /data (it read "/backupa.png"), nor "/srv/a-/data/a.png"
+            text = re.sub(r"(?<![^\s'\"`(),;:=])" + re.escape(root.rstrip("/")) + "/", "", text)
     return _ABSOLUTE.sub(lambda m: m.group(1) or "/", text)
 
 

@@ -182,7 +182,7 @@ def anomaly_summary(model, r) -> str:
     the highest scores, files skipped, and what a defect score of exactly 1 means where one is shown."""
     from vaekit.inference.frame import SCORE_ONE
 
-    unit = score_unit(model.info.score)
+    unit = score_unit(r.score)  # the score computed: an export without its reader scores the atypicality, sd²
     d = distinct_decimals(r.scores, r.threshold)  # no "8.05 anomalous" at threshold 8.05
     lines = [f"**{int(r.anomalous.sum())} of {len(r.names)} anomalous** at threshold {r.threshold:.{d}f} {unit}"]
     top = sorted(range(len(r.names)), key=lambda i: (not math.isnan(r.scores[i]), -r.scores[i]))  # NaN: first

@@ -242,3 +242,16 @@ def test_int8_calibration_says_when_the_training_folder_is_not_what_the_run_read
     rep = export(run, tmp_path / "q" / "m.onnx", quantize="int8")
     assert "calibrated on the run's training images" in rep.quantization.method
     assert "the 12 images now under" in rep.quantization.method and "read 1" in rep.quantization.method
+
+
+def test_int8_on_few_training_images_says_its_change_is_measured_in_sample(tmp_path):
+    import json
+
+    from export_support import random_job
+    from vaekit.export import export
+
+    run, data = random_job(tmp_path, 6)
+    cfg = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**cfg, "data": {"root": str(data), "images": 6}}))
+    rep = export(run, tmp_path / "q" / "m.onnx", quantize="int8")
+    assert "measured on these same images" in rep.quantization.method, rep.quantization.method

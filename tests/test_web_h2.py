@@ -145,6 +145,10 @@ def test_the_threshold_slider_can_set_a_threshold_among_defect_scores():
     # an export without its reader scores the atypicality: the slider at its threshold, in sd², not 0-1
     rng = threshold_range(model("defect", [0.4912, 0.4950, 0.4999], 0.5056, reader=False))
     assert rng["value"] == 21.5 and rng["maximum"] > 21.5 and "sd²" in rng["label"]
+    from vaekit_demo.handlers import describe
+
+    assert "anomaly threshold 21.50 sd² (atypicality" in describe(model("defect", [0.5], 0.5056, reader=False))
+    assert "anomaly threshold 0.51 probability" in describe(model("defect", [0.5], 0.5056))
 
 
 def test_encode_vkc_names_each_uploads_file_apart(run, tmp_path):
@@ -170,3 +174,39 @@ def test_a_message_path_that_only_contains_a_roots_name_is_not_cut_inside():
 
     got = public_message("cannot read /backup/data/img.png nor /data/sub/b.png", [Path("/data")])
     assert got == "cannot read img.png nor sub/b.png", got
+
+
+def test_a_message_path_whose_parent_ends_in_punctuation_is_not_cut_inside():
+    """The root was cut after any character but a word's, a dot, ~ or /: /srv/a-/data/img.png read "a-img.png"."""
+    from vaekit_demo.security import public_message
+
+    got = public_message("cannot read /srv/a-/data/img.png nor '/data/b.png' (--data-root=/data/c.png)", [Path("/data")])
+    assert got == "cannot read img.png nor 'b.png' (--data-root=c.png)", got
+
+
+def test_the_page_opens_a_model_whose_calibration_is_damaged_and_the_summary_names_the_computed_unit():
+    """page_score asked effective_score, which checks the calibration: a damaged one raised at Open and
+    at every page load after it (the app's model was set), and `vaekit web --model` failed to build. The
+    Detect summary gave the unit of the model's score (probability) where an export without its reader
+    computed the atypicality (sd²)."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from vaekit.errors import DamagedFile
+    from vaekit.inference.info import ModelInfo
+    from vaekit_demo.figures import model_histogram, threshold_range
+    from vaekit_demo.tabs import anomaly_summary
+
+    info = ModelInfo(16, 1, 4, "gaussian", "f", "torch", Path("run"), threshold=9.0, val_scores=[1.0, 2.0], score="atypicality")
+
+    def damaged(*a):
+        raise DamagedFile("run: the stored score calibration is damaged")
+
+    model = SimpleNamespace(info=info, effective_score=damaged)
+    assert threshold_range(model)["value"] == 9.0 and model_histogram(model, 9.0) is not None
+    r = SimpleNamespace(scores=np.array([30.0]), anomalous=np.array([True]), threshold=21.5, names=["a.png"],
+                        score="atypicality", skipped=[])
+    text = anomaly_summary(SimpleNamespace(info=replace(info, score="defect")), r)
+    assert "sd²" in text and "probability" not in text, text

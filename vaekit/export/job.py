@@ -195,6 +195,7 @@ class _Job:
                                            f"read {read}; pass --images if those are not like the ones it will score)")
                 loaded = load_parity_images(self.reference, [found[i] for i in take], limit=len(take))
                 if len(loaded) < 10:
+                    self.calibrated_on += "; the score change measured on these same images, too few to keep some apart"
                     return loaded
                 # every other one judges the score change: measured on the images that calibrated it, it read low
                 self.judge_images, self.calibrated_on = loaded[1::2], self.calibrated_on + (
