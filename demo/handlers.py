@@ -252,8 +252,7 @@ class AnomalyResult:
 
 
 def _shown(v: float, decimals: int) -> float | None:
-    """A table cell: None (an empty cell) where the number is not finite, as a Bernoulli model's bits of
-    an image with grey pixels (no code length) or a broken model's score: NaN is no JSON."""
+    """A table cell, empty (None) for a number that is not finite (NaN is no JSON): Bernoulli bits of grey images."""
     return round(v, decimals) if math.isfinite(v) else None
 
 
