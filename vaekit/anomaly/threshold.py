@@ -17,6 +17,7 @@ from vaekit.anomaly.quantiles import (QUANTILES, check_quantile, check_threshold
 from vaekit.anomaly.held_out import SET_ON
 from vaekit.errors import BadInput, InUse
 
+
 def percent(rate: float) -> str:
     """A rate in [0, 1] as a short percentage: '4.8%', '0.52%', '100%' (not '1e+02%')."""
     return f"{100 * rate:.2g}%" if 100 * rate < 99.5 else f"{100 * rate:.0f}%"

@@ -172,10 +172,10 @@ class _Job:
 
     def training_images(self) -> np.ndarray:
         """int8's calibration images when none are given: 64 of the run's training images, spread
-        over its folder (and 64 others, where there are, to measure the score change on). The model's own samples, used before, are darker and flatter than real
-        images: calibrated on them, an int8 encoder clipped real pixels (one code for every image of a
-        surface, normal images at 72-83 sd² where fp32 gave 0.1-4.9) and the score change reported
-        on those samples was 7%."""
+        over its folder (and 64 others, where there are, to measure the score change on). The
+        model's own samples, used before, are darker and flatter than real images: calibrated on
+        them, an int8 encoder clipped real pixels (one code for every image of a surface, normal
+        images at 72-83 sd² where fp32 gave 0.1-4.9) and the change reported on them was 7%."""
         from vaekit.anomaly.held_out import training_roots
 
         data = self.cfg.get("data") or {}
