@@ -152,8 +152,7 @@ class Model:
             if len(batch.paths):
                 out = self.score(batch.images, samples=samples, score=score, iwae=iwae, maps=maps)
             else:
-                empty = self.empty_scores(self._requested(score, samples, iwae), samples, iwae)
-                out = self._labelled(empty, score, samples, iwae)
+                out = self._labelled(self.empty_scores(score, samples, iwae), score, samples, iwae)
             out.paths, out.skipped = batch.paths, batch.skipped
             yield out
 

@@ -147,7 +147,7 @@ def colour_note(paths: Sequence[Path], asked: str | int, channels: int) -> str |
             "--channels 1 trains a grey model (a colour image is then read by its luma)")
 
 
-def pixel_notes(images: np.ndarray, paths: Sequence[Path] = (), scanned: tuple[np.ndarray, int] | None = None) -> list[str]:
+def pixel_notes(images: np.ndarray, paths: Sequence[Path] = (), scanned: tuple[np.ndarray, int, int] | None = None) -> list[str]:
     """Sentences for the plan about the cached images: exact copies, and images too dark to hold
     more than DARK + 1 grey levels (with why, where `paths` holds 16-bit files); [] when neither.
     `scanned`: scan(images) where the run's splits keep each image's copies together (a run begun
@@ -177,7 +177,7 @@ def pixel_notes(images: np.ndarray, paths: Sequence[Path] = (), scanned: tuple[n
     return notes
 
 
-def plan_notes(data, model_cfg, scanned: tuple[np.ndarray, int] | None = None) -> list[str]:
+def plan_notes(data, model_cfg, scanned: tuple[np.ndarray, int, int] | None = None) -> list[str]:
     """Every note for the plan of a run of `model_cfg` on `data` (a training Dataset), in order:
     images not square, a few colour files among grey ones, exact copies, images too dark
     (`scanned`: pixel_notes)."""
