@@ -156,6 +156,35 @@ def test_model_iter_scores_takes_an_array_in_batches(model):
     np.testing.assert_allclose(np.concatenate([p.score for p in parts]), model.score(x, maps=False).score, rtol=1e-5)
 
 
+def test_model_iter_scores_reads_a_generator_a_batch_at_a_time(model, tmp_path):
+    # h5, 2026-12-07: iter_scores(generator) held the whole generator before the first batch
+    x = np.random.default_rng(4).integers(0, 256, (5, C, S, S), dtype=np.uint8)
+    drawn = []
+
+    def images_one_by_one():
+        for i, image in enumerate(x):
+            drawn.append(i)
+            yield image
+
+    parts = model.iter_scores(images_one_by_one(), batch_size=2)
+    first = next(parts)
+    assert len(first.score) == 2 and drawn == [0, 1]
+    rest = list(parts)
+    assert [len(p.score) for p in rest] == [2, 1] and drawn == [0, 1, 2, 3, 4]
+    got = np.concatenate([first.score] + [p.score for p in rest])
+    np.testing.assert_allclose(got, model.score(x, maps=False).score, rtol=1e-5)
+    files = []
+    for i in range(3):
+        images.save_png(x[i], tmp_path / f"{i}.png")
+        files.append(tmp_path / f"{i}.png")
+    by_name = list(model.iter_scores(iter(files), batch_size=2))  # a generator of paths reads as a list of them
+    assert [p.name for part in by_name for p in part.paths] == ["0.png", "1.png", "2.png"]
+    for bad, said in ((iter([x[0], files[0]]), "only paths or only arrays"), (iter([]), "no images given"),
+                      (iter([x[0], np.zeros((C, 8, 8), np.uint8)]), "differ in shape")):
+        with pytest.raises(BadInput, match=said):
+            list(model.iter_scores(bad, batch_size=4))
+
+
 def test_arguments_of_the_wrong_kind_are_refused_before_anything_is_written(tmp_path):
     # a helper's review, 2026-12-07: train(progress=1) raised TypeError after making the run
     # folder (which only --overwrite then cleared); a dict for a config was an AttributeError;

@@ -16,7 +16,8 @@ what is allowed. Numpy only, no torch: both engines use it.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from itertools import chain, islice
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +73,31 @@ def user_images(x, channels: int, size: int) -> tuple[list[Path] | None, np.ndar
     if any(paths):
         raise BadInput("a list of images must hold only paths or only arrays, not both")
     return None, as_images(items, channels, size)
+
+
+_NONE = object()
+
+
+def user_batches(x, channels: int, size: int, batch_size: int) -> tuple[list[Path] | None, Iterator[np.ndarray] | None]:
+    """`user_images` for a caller who reads the images `batch_size` at a time (`Model.iter_scores`):
+    (paths, None) as there; else (None, uint8 batches). A one-pass iterator of arrays (a generator)
+    is read one batch at a time, never held whole; each batch is checked as `as_images` checks."""
+    if not isinstance(x, Iterator):
+        paths, arr = user_images(x, channels, size)
+        return paths, None if arr is None else (arr[i : i + batch_size] for i in range(0, len(arr), batch_size))
+    first = next(x, _NONE)
+    if first is _NONE:
+        raise BadInput(f"no images given (an empty {type(x).__name__}); expected {WHAT}")
+    if _is_path(first):
+        return user_images([first, *x], channels, size)
+    return None, _batches(chain([first], x), channels, size, batch_size)
+
+
+def _batches(items: Iterator, channels: int, size: int, batch_size: int) -> Iterator[np.ndarray]:
+    while batch := list(islice(items, batch_size)):
+        if any(_is_path(v) for v in batch):
+            raise BadInput("a list of images must hold only paths or only arrays, not both")
+        yield as_images(batch, channels, size)
 
 
 def as_images(x, channels: int, size: int) -> np.ndarray:

@@ -19,7 +19,7 @@ import numpy as np
 
 from vaekit import images as imageio
 from vaekit.errors import BadInput, check_callbacks
-from vaekit.images.arrays import as_images, as_latents, check_batch_size, check_int, user_images
+from vaekit.images.arrays import as_images, as_latents, check_batch_size, check_int, user_batches, user_images
 from vaekit.inference.info import DEFAULT_SCORE, SCORES, ModelInfo, Scores, score_unit, threshold_fields  # noqa: F401  (public here too)
 from vaekit.inference.estimate import Estimate, code_length, estimate, object_parts
 from vaekit.inference.tiled import file_batch, iter_scores as tiled_scores, score_files, tiled
@@ -139,10 +139,10 @@ class Model:
         and the files it `skipped`), decoded and scored in turn: for folders too large for memory.
         An array is scored in slices of `batch_size` images."""
         batch_size = check_batch_size(batch_size, file_batch(self, self.batch_size) if tiled(self) else self.batch_size)
-        paths, arr = user_images(inputs, self.info.channels, self.info.image_size)
-        if arr is not None:
-            for sl in range(0, len(arr), batch_size):
-                yield self.score(arr[sl : sl + batch_size], samples=samples, score=score, iwae=iwae, maps=maps)
+        paths, batches = user_batches(inputs, self.info.channels, self.info.image_size, batch_size)
+        if batches is not None:  # array data, a generator of images read a batch at a time
+            for images in batches:
+                yield self.score(images, samples=samples, score=score, iwae=iwae, maps=maps)
             return
         if tiled(self):
             for part in tiled_scores(self, paths, batch_size, workers, samples=samples, score=score, iwae=iwae, maps=maps):
