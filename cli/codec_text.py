@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from vaekit.codes.jobs import against_sources
+
 
 def psnr_text(psnr: float | None, exact: int, measured: int, size: int, channels: int) -> str:
     """What the lossy file gives back, as the decoder will (±1 level on the other engine)."""
@@ -33,12 +35,10 @@ def pixel_model_text(likelihood: str, kind: str, engine: str = "torch") -> str:
 
 
 def vs_sources(source_bytes: int, file_bytes: int, resized: bool = False, size: int = 0) -> str:
-    """The sources' size and how much smaller (or larger) the written file is: two decimals below
-    10× (a file 4.6% larger than its sources was "1.0× smaller"). `resized`: some sources are not
-    the model's `size`, so the file holds other pixels than they do, and the line says so (a folder
-    of 1024 px photos coded at 64 px read "800× smaller")."""
-    ratio, word = (source_bytes / file_bytes, "smaller") if source_bytes >= file_bytes else (file_bytes / source_bytes, "larger")
-    text = f"{source_bytes:,} bytes, {ratio:.{2 if ratio < 10 else 1}f}× {word}"
+    """The sources' size and how much smaller (or larger) the written file is (`against_sources`).
+    `resized`: some sources are not the model's `size`, so the file holds other pixels than they do,
+    and the line says so (a folder of 1024 px photos coded at 64 px read "800× smaller")."""
+    text = f"{source_bytes:,} bytes, {against_sources(source_bytes, file_bytes)}"
     return text + (f" (the file holds the images at the model's {size}×{size} px, not at the sources' sizes)" if resized else "")
 
 

@@ -67,7 +67,7 @@ def wire(w: SimpleNamespace, ctx: Context) -> None:
         e = r.report
         summary = (f"**{e.count} image(s)** → code file of **{e.file_bytes} bytes** ({e.bytes_per_image:.1f} "
                    f"bytes/image, **{e.bits_per_pixel:.3f} bpp** at {e.image_size}×{e.image_size}; "
-                   f"the uploads were {e.source_bytes} bytes). Mean PSNR {_mean_db(r.psnr)}, "
+                   f"the uploads were {e.source_bytes} bytes: {e.against_sources}). Mean PSNR {_mean_db(r.psnr)}, "
                    f"SSIM {r.ssim.mean():.3f}.") + skipped_note(e.skipped, "compressed")
         warn_skipped(e.skipped)
         table = [[n, _db(float(p)), round(float(s), 4)] for n, p, s in zip(r.names, r.psnr, r.ssim)]

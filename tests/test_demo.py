@@ -16,6 +16,7 @@ import built_once
 import vaekit
 from vaekit.inference.engine import score_unit
 from vaekit import codes
+from vaekit.codes.jobs import against_sources
 from vaekit.images import quality
 from vaekit import images as imageio
 from vaekit_demo import handlers, training
@@ -317,6 +318,8 @@ def test_client_compress_then_decompress(client, model, uploads):
     assert [g["caption"] for g in gallery] == [p.name for p in uploads]
     cf = codes.load(code_path)
     assert f"{Path(code_path).stat().st_size} bytes" in summary and cf.names == [p.name for p in uploads]
+    sources, written = sum(p.stat().st_size for p in uploads), Path(code_path).stat().st_size
+    assert f"{sources} bytes: {against_sources(sources, written)})" in summary  # h2, 2026-12-07: "larger" went unsaid
     assert [row[0] for row in table["data"]] == [p.name for p in uploads]
     # the PNG the page shows holds the exact pixels (no lossy WebP): right half = decoded codes
     pair = np.asarray(Image.open(gallery[0]["image"]))

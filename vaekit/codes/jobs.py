@@ -58,6 +58,13 @@ def encode_images(model: "Model", x: np.ndarray, names: list[str], orig_size: np
     return cf
 
 
+def against_sources(source_bytes: int, file_bytes: int) -> str:
+    """How much smaller (or larger) a written file is than its sources, "2.35× smaller" or "1.33×
+    larger": two decimals below 10× (a file 4.6% larger than its sources read "1.0× smaller")."""
+    ratio, word = (source_bytes / file_bytes, "smaller") if source_bytes >= file_bytes else (file_bytes / source_bytes, "larger")
+    return f"{ratio:.{2 if ratio < 10 else 1}f}× {word}"
+
+
 @dataclass
 class EncodeReport:
     path: Path  # the code file written
@@ -92,6 +99,10 @@ class EncodeReport:
     def ratio(self) -> float:
         """Source files' total size / code file size."""
         return self.source_bytes / self.file_bytes
+
+    @property
+    def against_sources(self) -> str:
+        return against_sources(self.source_bytes, self.file_bytes)
 
     def to_dict(self) -> dict:
         return {
