@@ -149,6 +149,15 @@ def test_model_refuses_bad_arguments_with_one_line(model, call):
     assert "\n" not in str(e.value)
 
 
+def test_masked_images_are_refused_unless_nothing_is_masked():
+    x = np.random.default_rng(5).integers(0, 256, (2, C, S, S), dtype=np.uint8)
+    hidden = np.ma.masked_array(x, mask=np.zeros_like(x, bool))
+    np.testing.assert_array_equal(as_images(hidden, C, S), x)  # a mask that hides nothing reads as the data
+    hidden.mask[0, 0, 3, 3] = True
+    refused(as_images, hidden, C, S, match="masked pixels")
+    refused(as_images, [hidden[0], x[1]], C, S, match="masked pixels")
+
+
 def test_model_iter_scores_takes_an_array_in_batches(model):
     x = np.random.default_rng(3).integers(0, 256, (5, C, S, S), dtype=np.uint8)
     parts = list(model.iter_scores(x, batch_size=2))

@@ -108,6 +108,9 @@ def as_images(x, channels: int, size: int) -> np.ndarray:
         if len(shapes) > 1:
             raise BadInput(f"the images differ in shape ({', '.join(map(str, sorted(shapes)[:3]))}); "
                            f"every image must be ({channels}, {size}, {size})")
+    if any(np.ma.is_masked(v) for v in (x if isinstance(x, (list, tuple)) else [x])):
+        # np.asarray drops the mask: the hidden values were scored as if they were pixels (h5, 2026-12-07)
+        raise BadInput("images with masked pixels are not accepted (every pixel is read); pass x.filled(value)")
     try:
         a = np.asarray(x)
     except (ValueError, TypeError, RuntimeError) as e:  # RuntimeError: a torch tensor that needs grad
