@@ -243,6 +243,32 @@ def test_shares_scored_under_another_frame_section_are_not_merged(surface, tmp_p
     assert not out.exists()
 
 
+def test_a_resume_after_the_atypicality_statistics_changed_is_refused(surface, tmp_path):
+    """The journal pinned the weights, the threshold and the frame check, not the atypicality's
+    statistics: a config.json whose z-score means were edited between a stop and its --resume (same
+    weights, same threshold) resumed with exit 0, one file of rows scored two ways."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from vaekit_cli.main import app
+
+    run = tmp_path / "run"
+    shutil.copytree(surface / "run", run)
+    folder = _save(tmp_path / "in", _stripes(4, 9))
+    out = tmp_path / "scores.csv"
+    args = ["anomaly-score", str(run), str(folder), "-o", str(out), "--batch-size", "1", "--score", "atypicality",
+            "--threshold", "20", "--shard"]
+    r = CliRunner().invoke(app, [*args, "0/2"])
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["anomaly"]["calibration"]["tests"]["mean"][0] += 3.0
+    (run / "config.json").write_text(json.dumps(cfg))
+    r = CliRunner().invoke(app, [*args, "1/2"])
+    assert r.exit_code == 2 and "other settings (calibration" in r.output, r.output
+    assert not out.exists()
+
+
 def test_a_bright_surface_washed_out_by_a_variant_keeps_its_blank_frames_flagged():
     """Gain 1.4 leaves a bright surface (white paper, mean 215) all 255, black level -20 a dark one
     all 0: a flat variant took the range's low end to 0 and switched the low side off, so a blank

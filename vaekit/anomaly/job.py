@@ -10,7 +10,9 @@ heat-map folder), and every row read back is checked against it. A share of the 
 
 from __future__ import annotations
 
+import hashlib
 import heapq
+import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -230,9 +232,20 @@ def _settings(model: Model, plan: Plan, found: stream.Inputs, layout: Layout, ma
             # dropping the section): rows scored under another were not to be mixed with these
             **({"frame": _frame_setting(info.calibration["frame"])}
                if plan.score == "defect" and "frame" in (info.calibration or {}) else {}),
+            # the atypicality's statistics (z-scores' means and sds, profile maps, reference codes): a
+            # config.json edited between a stop and its --resume kept every other field (h1, 2026-12-08)
+            **({"calibration": _calibration_setting(info.calibration)}
+               if plan.score == "atypicality" and isinstance(info.calibration, dict) else {}),
             # a surface reads each file whole, in tiles (journals from before read its centre square)
             **({"read": "whole, in tiles" if info.read_size == info.image_size else
                 f"whole at {info.read_size} px, in {info.image_size} px tiles"} if tiled(model) else {})}
+
+
+def _calibration_setting(calibration: dict) -> str:
+    """The atypicality's stored statistics as a journal's header names them: a digest of the section
+    (its frame check left out: the defect score's, named by its own field)."""
+    body = json.dumps({k: v for k, v in calibration.items() if k != "frame"}, sort_keys=True, default=repr)
+    return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 
 def _frame_setting(stats) -> str:
