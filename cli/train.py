@@ -200,7 +200,7 @@ def _stop_on_ctrl_c():
 # options that set a config field, for --resume to check against the run's own settings
 _CONFIG_OPTIONS = ("image_size", "latent_dim", "layout", "base_channels", "likelihood", "batch_size", "lr", "beta", "kl_warmup",
                    "val_fraction", "calibration_fraction", "threshold_quantile", "seed", "folds", "crop", "reader",
-                   "augment", "device")
+                   "augment", "device", "amp", "compile")  # amp, compile: a resume ignored them (h1, 2026-12-08)
 
 
 def _given(ctx: typer.Context, channels) -> dict:
