@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import math
 import os
 import re
 import sys
@@ -243,14 +242,7 @@ def progress_bar(transient: bool = False) -> Progress:
 
 
 def number(x: float) -> str:
-    """A threshold or score for people: at least four significant digits, two decimals where
-    those are more (a reader's probability threshold 0.3185 printed as 0.32, the same as 0.3163),
-    and four digits with an exponent from 1e15 on (`vaekit threshold --value 1e308` printed all
-    309 digits, cut off in its table cell)."""
-    if not math.isfinite(x) or abs(x) >= 1e15 or 0 < abs(x) < 1e-4:
-        return f"{x:.4g}"
-    decimals = 2 if abs(x) >= 10 or x == 0 else min(9, max(2, 3 - math.floor(math.log10(abs(x)))))
-    text = f"{x:.{decimals}f}"
-    while decimals > 2 and text.endswith("0"):  # 0.75, not 0.7500
-        text, decimals = text[:-1], decimals - 1
-    return text
+    """A threshold or score for people (vaekit.anomaly.threshold.number: the web app says it alike)."""
+    from vaekit.anomaly.threshold import number as said
+
+    return said(x)

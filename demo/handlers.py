@@ -19,6 +19,7 @@ import numpy as np
 from vaekit import codes, fileio
 from vaekit.images import quality
 from vaekit import images as imageio
+from vaekit.anomaly.threshold import number
 from vaekit.inference.engine import Model, score_unit
 from vaekit.codec.compare import PillowFile, webp_at_size
 from vaekit.errors import BadInput, MissingExtra
@@ -44,16 +45,15 @@ def need(model: Model | None) -> Model:
 def describe(model: Model | None, roots: Sequence[Path] = ()) -> str:
     """One line of Markdown naming the model and what it expects; its path relative to the first
     of `roots` it lies in, else its last part (the page shows no server folders)."""
+    from vaekit_demo.figures import page_score
     from vaekit_demo.security import md_code, public_path
 
     if model is None:
         return "**No model open.** Train one on the *Train* tab, or open a run directory or `.onnx` file."
-    from vaekit_demo.figures import page_score
-
     i = model.info
     kind = "gray" if i.channels == 1 else "RGB"
     score, _, t = page_score(model)  # an export without its reader: the atypicality it scores, and why
-    thr = f"{t:.2f} {score_unit(score)}" if t is not None else "none stored"
+    thr = f"{number(t)} {score_unit(score)}" if t is not None else "none stored"  # as `vaekit threshold` says it
     if score != i.score:
         thr += f" ({score}: {model.effective_score(None)[1]})"
     read = f" (images read at {i.read_size} px, in tiles)" if i.read_size > i.image_size else ""

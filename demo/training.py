@@ -157,6 +157,7 @@ def _threshold_text(run_dir) -> str:
     its note (too few scores; the training images' own). The page said only "Done": a model of one image,
     whose threshold flags at least half of all normal images, read as ready to use."""
     from vaekit.anomaly import promised_rate, section_note
+    from vaekit.anomaly.threshold import number
     from vaekit.inference.info import score_unit
     from vaekit.training.rundir import read_config
 
@@ -166,7 +167,7 @@ def _threshold_text(run_dir) -> str:
         return ""
     if not isinstance(a, dict) or not isinstance(a.get("threshold"), (int, float)):
         return ""
-    said = f" Anomaly threshold: {a.get('score')} {a['threshold']:.4g} {score_unit(str(a.get('score', '')))}"
+    said = f" Anomaly threshold: {a.get('score')} {number(a['threshold'])} {score_unit(str(a.get('score', '')))}"
     rate, note = promised_rate(a), section_note(a)
     said += f", expected false positives {rate}." if rate else "."
     return said + (f" {note[0].upper()}{note[1:]}." if note else "")

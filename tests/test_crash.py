@@ -27,7 +27,7 @@ from PIL import Image
 from safetensors.numpy import load_file
 
 from vaekit.training import checkpoint
-from vaekit.training import rundir
+from vaekit.training import metrics, rundir
 from vaekit.config import ModelConfig, TrainConfig
 
 MODEL = ModelConfig(image_size=16, channels=1, latent_dim=4, base_channels=4)
@@ -176,8 +176,8 @@ def assert_same_run(run: Path, reference: Path) -> None:
         for k in a:
             if not k.startswith("rng"):
                 np.testing.assert_array_equal(a[k], b[k], err_msg=f"{name}: {k}")
-    rows = [(r["train_loss"], r["val_loss"]) for r in rundir.read_metrics(run)]
-    assert rows == [(r["train_loss"], r["val_loss"]) for r in rundir.read_metrics(reference)]
+    rows = [(r["train_loss"], r["val_loss"]) for r in metrics.read_metrics(run)]
+    assert rows == [(r["train_loss"], r["val_loss"]) for r in metrics.read_metrics(reference)]
     assert rundir.read_config(run)["anomaly"] == rundir.read_config(reference)["anomaly"]
     assert json.loads((run / "checkpoint" / "resume.json").read_text())["epoch"] == EPOCHS - 1
     assert sorted(p.name for p in (run / "checkpoint").iterdir()) == [last, rundir.RESUME]

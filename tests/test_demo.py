@@ -233,9 +233,9 @@ def test_stop_ends_training_and_keeps_the_checkpoint(data, tmp_path):
             stop.set()  # what the Stop button does
     assert phases[-1] == "stopped" and phases.count("epoch") == 1
     assert (tmp_path / "run" / "checkpoint" / "resume.json").is_file()
-    from vaekit.training import rundir
+    from vaekit.training import metrics
 
-    assert rundir.read_metrics(tmp_path / "run")[-1]["epoch"] == 1
+    assert metrics.read_metrics(tmp_path / "run")[-1]["epoch"] == 1
 
 
 def test_train_with_a_missing_folder_says_so(tmp_path):

@@ -148,7 +148,7 @@ def test_the_threshold_slider_can_set_a_threshold_among_defect_scores():
     from vaekit_demo.handlers import describe
 
     assert "anomaly threshold 21.50 sd² (atypicality" in describe(model("defect", [0.5], 0.5056, reader=False))
-    assert "anomaly threshold 0.51 probability" in describe(model("defect", [0.5], 0.5056))
+    assert "anomaly threshold 0.5056 probability" in describe(model("defect", [0.5], 0.5056))
 
 
 def test_encode_vkc_names_each_uploads_file_apart(run, tmp_path):

@@ -7,6 +7,7 @@ target false-positive rate); `resolve_threshold` says which one applies to a sco
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,20 @@ from vaekit.errors import BadInput, InUse
 def percent(rate: float) -> str:
     """A rate in [0, 1] as a short percentage: '4.8%', '0.52%', '100%' (not '1e+02%')."""
     return f"{100 * rate:.2g}%" if 100 * rate < 99.5 else f"{100 * rate:.0f}%"
+
+
+def number(x: float) -> str:
+    """A threshold or score for people: at least four significant digits, two decimals where
+    those are more (a reader's probability threshold 0.3185 printed as 0.32, the same as 0.3163),
+    and four digits with an exponent from 1e15 on (`vaekit threshold --value 1e308` printed all
+    309 digits, cut off in its table cell)."""
+    if not math.isfinite(x) or abs(x) >= 1e15 or 0 < abs(x) < 1e-4:
+        return f"{x:.4g}"
+    decimals = 2 if abs(x) >= 10 or x == 0 else min(9, max(2, 3 - math.floor(math.log10(abs(x)))))
+    text = f"{x:.{decimals}f}"
+    while decimals > 2 and text.endswith("0"):  # 0.75, not 0.7500
+        text, decimals = text[:-1], decimals - 1
+    return text
 
 
 def promised_rate(section: dict) -> str | None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from vaekit.fileio import atomic_write_json, read_json, read_regular
+from vaekit.training.metrics import history_digest
 from vaekit.training.rundir import (CHECKPOINT_DIR, CONFIG, RESUME, CHECKPOINT_NAME, RunError, load_tensors,
                                    remove_strays, save_tensors)
 
@@ -131,11 +132,6 @@ def pack_state(model, optimizer, scaler, epoch: int, best: dict, history_len: in
         "settings": settings,
     }
     return tensors, meta
-
-
-def history_digest(rows: list[dict]) -> str:
-    """sha256 of metric rows as metrics.jsonl holds them (one JSON object a line)."""
-    return hashlib.sha256("".join(json.dumps(r) + "\n" for r in rows).encode()).hexdigest()
 
 
 def resumed_history(rows: list[dict], meta: dict, path: Path) -> list[dict]:

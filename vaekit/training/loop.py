@@ -21,7 +21,7 @@ import torch
 from vaekit.config import RESUMABLE, ModelConfig, TrainConfig
 from vaekit.errors import BadInput, TrainingFailed
 from vaekit.progress import Progress
-from vaekit.training import checkpoint, rundir
+from vaekit.training import checkpoint, metrics, rundir
 from vaekit.training.checkpoint import pack_state, unpack_state
 from vaekit.training.data import Dataset
 from vaekit.training.splits import run_splits
@@ -244,7 +244,7 @@ def _begin(trainer: Trainer, out_dir: Path, data: Dataset, splits, resume: bool,
     start_epoch = meta["epoch"] + 1
     if cfg.epochs < start_epoch:
         raise BadInput(f"{out_dir} has already trained {start_epoch} epochs; --epochs {cfg.epochs} would go back")
-    return start_epoch, meta["best"], checkpoint.resumed_history(rundir.read_metrics(out_dir), meta,
+    return start_epoch, meta["best"], checkpoint.resumed_history(metrics.read_metrics(out_dir), meta,
                                                                  out_dir / rundir.METRICS)
 
 
@@ -296,7 +296,7 @@ def _save_epoch(trainer: Trainer, out_dir: Path, epoch: int, best: dict, history
 
 
 def _write_state(out_dir: Path, epoch: int, tensors: dict, meta: dict, history: list) -> None:
-    rundir.write_metrics(out_dir, history)
+    metrics.write_metrics(out_dir, history)
     checkpoint.save_checkpoint(out_dir, epoch, tensors, meta)
 
 

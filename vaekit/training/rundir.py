@@ -313,29 +313,6 @@ def _shape_difference(want: dict, got: dict) -> str:
     return f"{k} has shape {list(got[k])}, the config needs {list(want[k])}"
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / METRICS
-    if not path.exists():
-        return []
-    out = []
-    try:
-        for line in read_regular(path, "training metrics").decode("utf-8").splitlines():
-            if line.strip():
-                out.append(loads_json(line))
-                if not isinstance(out[-1], dict):
-                    raise ValueError(f"line {len(out)} is not a JSON object")
-    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, too deep, not a regular file
-        raise RunError(f"training metrics are corrupt ({path}): {e}") from None
-    return out
-
-
-def write_metrics(run_dir: Path, rows: list[dict]) -> None:
-    text = "".join(json.dumps(r) + "\n" for r in rows)
-    held.require_in_place(run_dir)
-    atomic_write_bytes(Path(run_dir) / METRICS, text.encode())
-
-
-
 def finished(out_dir: Path) -> bool:
     """Whether the run's finishing step (fold models, readers, thresholds, codec tables) completed
     for the weights it holds: the config it writes last names them. A resume with no epoch left
