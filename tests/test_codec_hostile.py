@@ -137,6 +137,28 @@ def test_decode_across_filesystems_copies_instead_of_failing(setup, tmp_path, mo
     assert not [p for p in (tmp_path / "out").rglob(".*")]
 
 
+def test_decode_across_filesystems_keeps_a_name_near_the_limit(setup, tmp_path, monkeypatch):
+    """The cross-filesystem copy's temporary name was the output's name plus ~20 bytes: an image
+    named near the 255-byte limit failed to decode there (h3, 2026-12-08)."""
+    root, run, model, *_ = setup
+    long = "n" * 246 + ".png"  # 250 bytes: a valid name, its old temporary one was not
+    (tmp_path / "src").mkdir()
+    shutil.copy(next((root / "src").glob("*.png")), tmp_path / "src" / long)
+    vkc = codec.encode(model, tmp_path / "src", tmp_path / "long.vkc", quality=4).path
+
+    def crossing(real):
+        def cross(s, t, **kw):
+            if ".vaekit-decode-" in str(s) and ".vaekit-decode-" not in str(t):  # staging -> target
+                raise OSError(errno.EXDEV, "Invalid cross-device link")
+            return real(s, t, **kw)
+        return cross
+
+    monkeypatch.setattr(os, "replace", crossing(os.replace))
+    monkeypatch.setattr(os, "link", crossing(os.link))  # a new file is linked in place, not renamed
+    r = codec.decode(model, vkc, tmp_path / "out")
+    assert [p.name for p in r.written] == [long] and not [p for p in (tmp_path / "out").rglob(".*")]
+
+
 def test_decode_through_a_link_to_another_filesystem(setup, tmp_path):
     root, run, model, vkc, cf = setup
     # /dev/shm is a tmpfs on Linux machines and containers; where it is missing the link still

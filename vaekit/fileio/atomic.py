@@ -143,6 +143,14 @@ def _unnamed_or_named(path: Path, tmp: Path) -> tuple[int, bool]:
         raise
 
 
+def temp_name(path: Path) -> Path:
+    """A hidden temporary name beside `path`, unique to this write. A name near the file system's
+    255-byte limit is valid, its temporary name 16 bytes longer would not be: a long one keeps only
+    its first 50 characters (at most 200 bytes)."""
+    stem = path.name if len(os.fsencode(path.name)) <= 200 else path.name[:50]
+    return path.parent / f".{stem}.{os.urandom(5).hex()}.tmp"
+
+
 @contextmanager
 def atomic_writer(path: Path, replace: bool = True, keep_same: bool = False) -> Iterator[BinaryIO]:
     """A binary file to write to, piece by piece, that appears at `path` only when complete;
@@ -157,10 +165,7 @@ def atomic_writer(path: Path, replace: bool = True, keep_same: bool = False) -> 
     # (a Ctrl-C between creating the file and using it included) removes the file by that name
     # once it has it: tempfile.mkstemp returns the name only after creating the file, which left an
     # interrupt a window in which the file existed and nobody knew it.
-    # A name near the file system's 255-byte limit is valid, its temporary name 16 bytes longer
-    # would not be: a long one keeps only its first 50 characters (at most 200 bytes).
-    stem = path.name if len(os.fsencode(path.name)) <= 200 else path.name[:50]
-    tmp = path.parent / f".{stem}.{os.urandom(5).hex()}.tmp"
+    tmp = temp_name(path)
     fd, named = _unnamed_or_named(path, tmp)  # named: `tmp` exists, and is this write's to remove
     placed = False  # the unnamed file linked at `path` itself (replace=False): no temporary name at all
     try:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from vaekit.errors import OutputExists, cannot_write
+from vaekit.fileio.atomic import temp_name
 from vaekit.fileio.leftovers import mark_partial, remove_stale, stale
 from vaekit.fileio.outputs import appeared, put_in_place
 
@@ -252,7 +253,7 @@ def _inside(out_dir: Path, rel_hex) -> Path | None:
         return None
     target = out_dir / rel
     real, top = os.path.realpath(target.parent), os.path.realpath(out_dir)
-    return target if real == top or real.startswith(top + os.sep) else None
+    return target if os.path.commonpath([real, top]) == top else None  # top + os.sep was "//" for "/"
 
 
 def _move(src: Path, dst: Path, replace: bool = True) -> None:
@@ -269,7 +270,7 @@ def _move(src: Path, dst: Path, replace: bool = True) -> None:
 
 def _copy_into_place(src: Path, dst: Path, replace: bool = True) -> None:
     """A move across filesystems: copied beside `dst`, synced, then renamed onto it."""
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}-{os.urandom(3).hex()}.tmp")
+    tmp = temp_name(dst)  # a name near 255 bytes was 20 bytes too long for its temporary one
     try:
         shutil.copyfile(src, tmp)
         with open(tmp, "rb+") as f:
