@@ -14,13 +14,13 @@ def name_skipped(skipped) -> None:
 def loss_unit(cfg: dict) -> str:
     """What the training loss is per: an image, or for a surface model that trains on crops (a
     512 px surface's loss was per 64 px crop, printed as per image) the crop."""
-    from vaekit.training.trainer import CROP
+    from vaekit.training.trainer import CROP, loss_unit as unit
 
     m = cfg.get("model") or {}
     size = m.get("image_size") or 0
     crop = min((cfg.get("train") or {}).get("crop") or CROP, size)
     grid_crops = m.get("layout") == "grid" and crop < max(size, m.get("read_size") or 0)
-    return f"nats per {crop} px crop" if grid_crops else "nats/image"
+    return unit(crop if grid_crops else None)
 
 
 def print_summary(result, data, skipped_named: bool = False) -> None:

@@ -114,14 +114,15 @@ def validated(epoch_metrics: dict) -> bool:
     return epoch_metrics.get("val_estimator", "z = mu") == "z = mu"
 
 
-def message(ev, rows: list[dict], out: Path, folder, ctx, notes: Sequence[str] = ()) -> str | None:
+def message(ev, rows: list[dict], out: Path, folder, ctx, notes: Sequence[str] = (), unit: str = "nats/image") -> str | None:
     """What the Train tab says after event `ev` (None: nothing new to show), with the plan's `notes`
-    on what the model cannot learn from the images (vaekit.training.coverage) under it."""
-    said = _message(ev, rows, out, folder, ctx)
+    on what the model cannot learn from the images (vaekit.training.coverage) under it; `unit`: what
+    the loss is per (the plan's `loss_unit`: a surface's is per crop)."""
+    said = _message(ev, rows, out, folder, ctx, unit)
     return None if said is None else said + "".join(f"\n\n**Note**: {note}" for note in notes)
 
 
-def _message(ev, rows: list[dict], out: Path, folder, ctx) -> str | None:
+def _message(ev, rows: list[dict], out: Path, folder, ctx, unit: str) -> str | None:
     m, public = ev.metrics, ctx.public
 
     def run(path) -> str:  # a path as Markdown code, shown as it is whatever its name holds
@@ -134,7 +135,7 @@ def _message(ev, rows: list[dict], out: Path, folder, ctx) -> str | None:
     if ev.phase == "epoch":  # ev.total: the epochs planned (the slider may say 0, auto)
         which = "validation" if validated(m) else "training"
         loss = m["val_loss"] if which == "validation" else m["train_loss"]
-        return f"Training {run(out)}: epoch {m['epoch']}/{ev.total}, {which} loss {loss:.2f} nats/image"
+        return f"Training {run(out)}: epoch {m['epoch']}/{ev.total}, {which} loss {loss:.2f} {unit}"
     if ev.phase == "stopped" and not rows:  # no checkpoint yet: --resume says "nothing to resume"
         return f"**Stopped** before the first epoch ended: {run(out)} holds no checkpoint; press Train to start again."
     if ev.phase == "stopped":
@@ -145,8 +146,8 @@ def _message(ev, rows: list[dict], out: Path, folder, ctx) -> str | None:
     if ev.phase == "done":
         r = ev.result
         held_out = any(row["split"] == "validation" for row in rows)  # as `vaekit train` says it
-        loss = (f"best validation loss {r.best_val:.2f} nats/image (epoch {r.best_epoch})" if held_out
-                else f"training loss {r.best_val:.2f} nats/image (nothing held out for validation)")
+        loss = (f"best validation loss {r.best_val:.2f} {unit} (epoch {r.best_epoch})" if held_out
+                else f"training loss {r.best_val:.2f} {unit} (nothing held out for validation)")
         return (f"**Done**: {run(r.run_dir)}, {r.epochs_done} epochs, trained in {r.seconds:.1f} s, {loss}; "
                 f"it is now this page's model.{_threshold_text(r.run_dir)}{_skipped_text(m.get('skipped'))}")
     return None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from test_hostile_inputs4 import _images, tiny_rgb_run
@@ -67,6 +68,33 @@ def test_the_train_tabs_done_says_what_the_threshold_promises(tmp_path):
     said = training.message(done, [], tmp_path / "run", folder, SimpleNamespace(public=lambda p: Path(p).name))
     assert said.startswith("**Done**") and "expected false positives at least 50% of normal images" in said, said
     assert "scores of the images the model trained on" in said, said
+
+
+def test_the_train_tab_says_a_surfaces_loss_per_crop(tmp_path):
+    """`vaekit train` says a surface's loss is per 64 px crop; the Train tab said "nats/image" (h3, 2026-12-08)."""
+    import threading
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from vaekit.training.trainer import loss_unit
+    from vaekit_demo import training
+
+    folder = tmp_path / "large"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):  # few images larger than 64 px: a latent grid on 64 px crops
+        Image.fromarray(rng.integers(0, 256, (96, 96), np.uint8)).save(folder / f"{i}.png")
+    stop = threading.Event()
+    for ev in training.train_events(folder, tmp_path / "run", 0, 4, 1, stop):
+        if ev.phase == "plan":
+            plan = ev.metrics
+            stop.set()
+    assert plan["layout"] == "grid" and loss_unit(plan["crop"]) == "nats per 64 px crop", plan
+    epoch = training.TrainEvent("epoch", total=1, metrics={"epoch": 1, "train_loss": 5.0, "val_loss": 4.0})
+    said = training.message(epoch, [], tmp_path / "run", folder, SimpleNamespace(public=lambda p: Path(p).name),
+                            unit=loss_unit(plan["crop"]))
+    assert said.endswith("validation loss 4.00 nats per 64 px crop"), said
 
 
 def test_messages_keep_their_slashes_when_the_data_root_is_the_root_folder():

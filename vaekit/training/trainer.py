@@ -38,6 +38,12 @@ def training_crop(train_cfg: TrainConfig, model_cfg: ModelConfig) -> int | None:
     return c if c < model_cfg.reads_at else None
 
 
+def loss_unit(crop: int | None) -> str:
+    """What a training loss is per, given `training_crop`: an image, or the crop a surface model
+    trains on (a 512 px surface's loss was per 64 px crop, printed as per image)."""
+    return f"nats per {crop} px crop" if crop else "nats/image"
+
+
 @torch.no_grad()
 def deterministic_scores(model: ConvVAE, images: np.ndarray, idx: np.ndarray, device: torch.device, batch_size: int = 256,
                          crop: int | None = None) -> np.ndarray:
