@@ -79,14 +79,30 @@ def _check(h: Header, source: str) -> None:
     if hit is not None:  # decode --size original would build it whole: a forged strip was Pillow's MemoryError
         bad(f"original size {h.orig_size[hit[0]]} is too elongated for an image vaekit encodes ({hit[1]} pixels "
             f"at {h.image_size} px)")
+    if sum(c[0] for c in h.chunks) != len(h.names):
+        bad("its chunks hold another number of images than it names")
+    if len(set(h.names)) != len(h.names):  # before each name's path checks (~25 us a name): a forged
+        # table of millions of one name took minutes to reach "two images would be written to the same file"
+        seen: set[str] = set()
+        twice = next(n for n in h.names if n in seen or seen.add(n))
+        bad(f"it names the image {twice!r:.80} more than once (vaekit writes each name once)")
     for name in h.names:
         check_name(name, source)
+
+
+def _check_chunks(h: Header, source: str) -> None:
+    """The chunk table's own bounds, before any name is expanded: a forged table of one huge lossy
+    chunk built millions of names (seconds, hundreds of MB) before this refused it."""
+    def bad(why: str):
+        raise ArchiveError(f"{source} has an invalid header: {why}")
+
+    for name, v, lo, hi in (("image size", h.image_size, 16, MAX_IMAGE_SIZE), ("channels", h.channels, 1, 3)):
+        if not lo <= v <= hi:  # as _check says it; chunk_images divides by them
+            bad(f"{name} {v!r}")
     if not h.chunks:
         bad("it holds no image (vaekit writes none such)")
     if any(c[0] < 1 or c[1] < 1 for c in h.chunks):  # each still walked every residual context: a DoS
         bad("an empty chunk (no images or no words; vaekit writes none)")
-    if sum(c[0] for c in h.chunks) != len(h.names):
-        bad("its chunks hold another number of images than it names")
     most = max(CHUNK, chunk_images(h.channels, h.image_size))  # what any vaekit wrote (1024 before the bound)
     if h.mode == "lossy" and any(c[0] > most for c in h.chunks):
         bad(f"a chunk of {max(c[0] for c in h.chunks)} images; vaekit writes at most {most} at "
@@ -154,6 +170,7 @@ def read_header(path: Path, check: Callable[[Header], None] | None = None) -> tu
         raise ArchiveError(f"{source} has an invalid header: it describes a file of {expected} bytes, not {size}")
     if check is not None:
         check(header)
+    _check_chunks(header, source)  # before the names: the table alone says a forged file is no vaekit file
     try:
         expand(header, blob, version, size)
     except (ValueError, TypeError, KeyError, IndexError) as e:

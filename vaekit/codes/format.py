@@ -216,6 +216,8 @@ def from_bytes(data: bytes, source: str = "code file") -> CodeFile:
         raise CodeFileError(f"{source} is damaged or was modified: its checksum does not match its contents")
     try:
         h = loads_json(header)
+        if not isinstance(h, dict):  # "[1, 2]" was "list indices must be integers or slices, not str"
+            raise ValueError("it is not a JSON object")
         cf = CodeFile(
             codes=tensors["codes"], names=list(h["names"]), orig_size=tensors["orig_size"],
             precision=h["precision"], fingerprint=h["fingerprint"], image_size=h["image_size"],

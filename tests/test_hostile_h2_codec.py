@@ -1,0 +1,68 @@
+"""What helper h2's hostile round found in the .vkc reader: a forged chunk table or a table of one
+name repeated was refused only after every name was built and checked (seconds to minutes, GBs)."""
+
+from __future__ import annotations
+
+import pytest
+
+from test_codec_hostile import logistic_vkc
+from test_hostile11_codec import _forge
+from vaekit import codec
+from vaekit.codec import container
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hostile_h2")
+    _, model, vkc = logistic_vkc(root)
+    return root, model, vkc
+
+
+def test_a_lossy_chunk_beyond_any_vaekit_writes_is_refused_before_the_names_are_expanded(setup, tmp_path, monkeypatch):
+    # a 450 KB file naming 2,000,000 images in one lossy chunk built every name (12 s, +270 MB)
+    # before "a chunk of 2000000 images" refused it: the chunk table alone says so
+    root, model, vkc = setup
+    header, _ = container.read_header(vkc)
+    n = 20_000  # > max(CHUNK, chunk_images(1, 16)) = 12,288
+    forged = _forge(vkc, tmp_path / "f.vkc", names=[f"{i}.png" for i in range(n)], orig_size=[[16, 16]] * n,
+                    chunks=[[n, header.chunks[0][1]]])
+    calls = []
+    real = container.expand
+    monkeypatch.setattr(container, "expand", lambda *a: (calls.append(1), real(*a))[1])
+    with pytest.raises(container.ArchiveError, match=f"a chunk of {n} images"):
+        codec.decode(model, forged, tmp_path / "out")
+    assert not calls and not (tmp_path / "out").exists()
+
+
+def test_a_name_repeated_is_refused_before_each_names_path_checks(setup, tmp_path, monkeypatch):
+    # 10 million copies of "a" in 814 legal chunks (a 318 KB file, within 32 names a byte) took
+    # 92 s and 1.2 GB to reach "two images would be written to the same file 'a.png'"
+    root, model, vkc = setup
+    header, _ = container.read_header(vkc)
+    names = list(header.names)
+    names[1] = names[0]
+    forged = _forge(vkc, tmp_path / "f.vkc", names=names)
+    checked = []
+    real = container.check_name
+    monkeypatch.setattr(container, "check_name", lambda *a: (checked.append(1), real(*a))[1])
+    with pytest.raises(container.ArchiveError, match=f"names the image '{names[0]}' more than once") as e:
+        codec.decode(model, forged, tmp_path / "out")
+    assert e.value.exit_code == 2 and not checked and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("header", ["[1, 2]", '"text"', "7"])
+def test_a_code_file_whose_header_is_no_object_is_named_so(tmp_path, header):
+    # was "has an invalid header: list indices must be integers or slices, not str" (Python's words)
+    import numpy as np
+
+    from vaekit.codes import format as F
+
+    cf = F.CodeFile(np.zeros((1, 4), np.float32), ["a.png"], np.array([[16, 16]], np.int32), "f32", "0" * 16, 16, 1)
+    tensors = F._tensors(cf)
+    meta = {"format": F.FORMAT, "version": "1", "header": header, "sha256": F._digest("1", header, tensors)}
+    head, order = F.safetensors_layout(tensors, {k: list(v.shape) for k, v in tensors.items()}, meta)
+    path = tmp_path / "x.codes"
+    path.write_bytes(head + b"".join(F.little_endian(tensors[k]) for k in order))
+    with pytest.raises(F.CodeFileError, match="has an invalid header: it is not a JSON object") as e:
+        F.load(path)
+    assert e.value.exit_code == 2
