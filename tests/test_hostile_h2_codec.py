@@ -1,13 +1,19 @@
 """What helper h2's hostile round found in the .vkc reader: a forged chunk table or a table of one
-name repeated was refused only after every name was built and checked (seconds to minutes, GBs)."""
+name repeated was refused only after every name was built and checked (seconds to minutes, GBs),
+and `decode --overwrite` replaced the very code file it decoded."""
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
+from typer.testing import CliRunner
 
 from test_codec_hostile import logistic_vkc
 from test_hostile11_codec import _forge
-from vaekit import codec
+from vaekit import codec, codes
+from vaekit_cli.main import app
 from vaekit.codec import container
 
 
@@ -66,3 +72,29 @@ def test_a_code_file_whose_header_is_no_object_is_named_so(tmp_path, header):
     with pytest.raises(F.CodeFileError, match="has an invalid header: it is not a JSON object") as e:
         F.load(path)
     assert e.value.exit_code == 2
+
+
+@pytest.fixture(scope="module")
+def decodable(tmp_path_factory):
+    """(run, a .vkc, a .codes) of the same 12 images."""
+    root = tmp_path_factory.mktemp("decodable")
+    run, model, vkc = logistic_vkc(root)
+    return run, vkc, codes.encode_folder(model, root / "src", root / "a.codes", precision="f32").path
+
+
+@pytest.mark.parametrize("kind", ["vkc", "codes"])
+def test_decode_overwrite_never_replaces_the_file_it_decodes(decodable, tmp_path, kind):
+    """A code file named img000.png decoded into its own folder with --overwrite was replaced by the
+    PNG of its first image (exit 0; h2, 2026-12-08)."""
+    run, vkc, cf = decodable
+    folder = tmp_path / "here"
+    folder.mkdir()
+    first = vkc if kind == "vkc" else cf
+    names = codec.read_info(vkc).names if kind == "vkc" else codes.load(cf).names
+    own = folder / Path(names[0]).with_suffix(".png")
+    own.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(first, own)
+    before = own.read_bytes()
+    r = CliRunner().invoke(app, ["--threads", "1", "decode", str(run), str(own), "-o", str(folder), "--overwrite"])
+    assert r.exit_code == 2 and "it is the file being decoded" in " ".join(r.output.split()), r.output
+    assert own.read_bytes() == before and sorted(p for p in folder.rglob("*") if p.is_file()) == [own]

@@ -221,7 +221,7 @@ def decode(model, archive: str | Path, out_dir: str | Path, size: str = "model",
                                      f"tables have qualities 1 to {len(prior.steps)}")
     targets = [out_dir / n for n in png_names(header.names, out_dir)]
     recover(out_dir)  # a decode killed while moving its PNGs here: its files are not in the way
-    check_targets(out_dir, targets, overwrite, model=model.info.source)  # every one, before the first is written
+    check_targets(out_dir, targets, overwrite, model=model.info.source, source=archive)  # every one, before the first is written
     with staged(out_dir, targets, replace=overwrite) as paths:
         _decode_into(model, prior, header, archive, offset, paths, size, progress)
     return DecodeResult(out_dir, targets, header.mode, time.perf_counter() - t0)

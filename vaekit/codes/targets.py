@@ -102,11 +102,12 @@ def decodable(names: Sequence[str], source) -> None:
 
 
 def check_targets(out_dir: Path, targets: Sequence[Path], overwrite: bool, inputs=(), model=None,
-                  folder: bool = False) -> None:
+                  folder: bool = False, source: Path | None = None) -> None:
     """Every check of the files a job will write under `out_dir`, before the first is written:
     no file above or in place of a folder they need, no folder where one must go, no folder there
-    that a link takes into an input folder or the `model`'s run (`refuse_linked`), and (without
-    `overwrite`) none there already. BadInput (OutputExists) naming the path."""
+    that a link takes into an input folder or the `model`'s run (`refuse_linked`), none that is
+    the file the job reads (`source`, decode's code file), and (without `overwrite`) none there
+    already. BadInput (OutputExists) naming the path."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise BadInput(f"output {out_dir} exists and is not a folder")
@@ -129,7 +130,23 @@ def check_targets(out_dir: Path, targets: Sequence[Path], overwrite: bool, input
         if Path(t).is_dir():
             raise BadInput(f"cannot write {t}: a folder of that name is in the way; move it away")
     refuse_linked(out_dir, targets, inputs, model, "output folder", folder)
+    if source is not None and overwrite:  # `decode x.png -o . --overwrite` replaced the archive by its own PNG (h2)
+        _refuse_source(targets, Path(source))
     refuse_existing(targets, overwrite)
+
+
+def _refuse_source(targets: Sequence[Path], source: Path) -> None:
+    try:
+        read = os.stat(source)
+    except OSError:
+        return
+    for t in targets:
+        try:
+            here = os.lstat(t)
+        except OSError:
+            continue
+        if os.path.samestat(here, read):
+            raise BadInput(f"cannot write {t}: it is the file being decoded; write into another folder")
 
 
 def refuse_linked(out_dir: Path, targets: Sequence[Path], inputs, model, what: str, folder: bool = False) -> None:
