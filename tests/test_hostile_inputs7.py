@@ -361,6 +361,9 @@ def test_a_name_decode_could_not_write_is_named_with_the_files_given_not_their_l
     said = str(e.value)
     assert said.startswith("cannot encode 2 files: the file name 'a\\\\b.png' holds a backslash"), said
     assert "PosixPath" not in said and not (tmp_path / "x.codes").exists()
+    odd.rename(src / "a:b.png")  # a plain Linux name that reads as drive a: on Windows (h2, 2026-12-08: "a backslash")
+    with pytest.raises(BadInput, match="'a:b.png' holds a backslash, begins like a Windows drive"):
+        codes.encode_folder(vaekit.load(run), src, tmp_path / "x.codes")
 
 
 @pytest.mark.parametrize("how", [["--quality", "4"], ["--lossless"]])

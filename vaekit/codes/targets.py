@@ -91,9 +91,9 @@ def decodable(names: Sequence[str], source) -> None:
         try:
             check_name(name)
         except CodeFileError:
-            raise BadInput(f"cannot encode {source}: the file name {name!r} holds a backslash or is not a plain "
-                           f"relative path, which decode would refuse to write back; rename it or move it out of "
-                           f"the folder") from None
+            raise BadInput(f"cannot encode {source}: the file name {name!r} holds a backslash, begins like a Windows "
+                           f"drive ('a:') or is not a plain relative path, which decode would refuse to write back; "
+                           f"rename it or move it out of the folder") from None
     try:
         png_names(names)
     except BadInput as e:
