@@ -91,9 +91,9 @@ class Journal:
                                   "it away, or write the output elsewhere")
             cut = size > 0 and self._header_cut(size, resume)  # a kill as the job began: no work in it, begun again
             if size and not cut and not resume:
-                raise BadInput(f"{self.path} holds an unfinished job (its settings, and any batches it finished): pass "
-                               "--resume to continue it (and --overwrite when the output it was writing exists too), "
-                               "or delete it to start again")
+                raise BadInput(f"{self.path} holds the journal of an earlier run of a job (its settings and the batches "
+                               "it finished; a share's waits there for its merge): pass --resume to continue it (and "
+                               "--overwrite when the output it was writing exists too), or delete it to start again")
             self.resumed = size > 0 and not cut and self._read()
             if not self.resumed:
                 self._start()
