@@ -52,7 +52,7 @@ def test_a_finished_shares_skipped_file_that_reads_now_is_named_as_skipped(setup
     _replace(first, "rewritten in place")  # an image now, under the same name, size and time
     r = score(run, data, out, "--shard", "1/2")
     assert one_line_refusal(r) and "cannot merge share 0/2" in r.output, r.output
-    assert "img001.pngwasskippedwhenitsbatchwasscored" in "".join(r.output.split()), r.output
+    assert "img001.pngwasskippedwhenitsbatchwasread" in "".join(r.output.split()), r.output
     assert not out.exists()
 
 

@@ -77,7 +77,7 @@ class Shares:
                 yield from (read_lines(fd, self.limit, start) if hold
                             else lines_reopened(self.journal(j), fd, self.limit))  # which closes fd
             except LineTooLong as e:  # the line after the `at.n` read (entries counts each as it goes)
-                raise DamagedFile(f"{self.journal(j)} is damaged at line {at.n + 1}: {e}; delete it and score "
+                raise DamagedFile(f"{self.journal(j)} is damaged at line {at.n + 1}: {e}; delete it and run "
                                   "that share again") from None
             except OSError as e:
                 if not held_elsewhere(e):
@@ -118,13 +118,13 @@ class Shares:
         except ValueError:
             header = None
         if not isinstance(header, dict) or "vaekit_journal" not in header:
-            raise DamagedFile(f"{self.journal(j)} is not a vaekit journal; delete it and score that share again")
+            raise DamagedFile(f"{self.journal(j)} is not a vaekit journal; delete it and run that share again")
         # `sources` is the files as that share's machine saw them (its own copy, maybe): its own resume checks it
         diff = changed(header, self.settings, skip=("shard", "sources"))
         if diff or header.get("shard") != [j, self.count]:
             raise BadInput(f"cannot merge share {j}/{self.count} ({self.journal(j).name}): it was started with "
                            f"other settings ({'; '.join(diff) or 'shard'}); run every share with the same "
-                           "command, or delete that journal and score its share again")
+                           "command, or delete that journal and run its share again")
 
     def entries(self, j: int, hold: bool = True, at: "_Read | None" = None) -> Iterator[dict]:
         """Share j's batch entries, each checked (header first): complete lines only (hold: see
@@ -144,7 +144,7 @@ class Shares:
                     entry, why = journal_lines.decode(line, at.key)
                     why = why or check_entry(entry, layout, self.row_check, at.seen)
                     if why is not None:
-                        raise DamagedFile(f"{self.journal(j)} is damaged at line {n}: {why}; delete it and score "
+                        raise DamagedFile(f"{self.journal(j)} is damaged at line {n}: {why}; delete it and run "
                                           "that share again")
                     at.seen.add(entry["batch"])
                 at.n, at.offset, at.last = n, offset, line
@@ -217,11 +217,11 @@ class Shares:
         for name, was, now in zip(names, entry["sha256"], contents(names, skipped)):
             if was == now:
                 continue
-            why = (f"was skipped when its batch was scored ({skipped[name]}) and has changed since" if name in skipped
-                   else "was replaced or rewritten since its batch was scored (its bytes differ, though its name, "
+            why = (f"was skipped when its batch was read ({skipped[name]}) and has changed since" if name in skipped
+                   else "was replaced or rewritten since its batch was read (its bytes differ, though its name, "
                         "size and modification time are the same)")
             raise BadInput(f"cannot merge share {j}/{self.count} ({self.journal(j).name}): the input {name} {why}; "
-                           "delete that journal and score its share again")
+                           "delete that journal and run its share again")
 
     def _check_outputs(self, j: int, entry: dict) -> None:
         """BadInput naming the first file share j's batch wrote that is gone or written over since:
@@ -231,7 +231,7 @@ class Shares:
         if lost is not None:
             t, why = lost
             raise BadInput(f"cannot merge share {j}/{self.count} ({self.journal(j).name}): the {what} {t} of its finished "
-                           f"batch {why} delete that journal and score its share again with --overwrite")
+                           f"batch {why} delete that journal and run its share again with --overwrite")
 
     def remove(self) -> None:
         """Delete the journals merged: each only if it is still the file read (not one put at its name since)."""
