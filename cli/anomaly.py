@@ -262,7 +262,10 @@ def _print_evaluation(ev) -> None:
         precision = "n/a (none flagged)" if ev.precision_at_threshold is None else f"{ev.precision_at_threshold:.4f}"
         t.add_row("  precision / recall / FPR", f"{precision} / {ev.recall_at_threshold:.4f} / {ev.fpr_at_threshold:.4f}")
     if ev.pixel_auroc is not None:
-        t.add_row("pixel AUROC", f"{ev.pixel_auroc:.4f} ({ev.n_masks} of {ev.n_anomalous} anomalous images have masks)")
+        empty = (f"; {len(ev.empty_masks)} of them mark{'s' if len(ev.empty_masks) == 1 else ''} no pixel, all counted normal ({shown(', '.join(ev.empty_masks[:3]))}"
+                 f"{', ...' if len(ev.empty_masks) > 3 else ''}): a defect pixel is above 127 of 255 in grey"
+                 if ev.empty_masks else "")
+        t.add_row("pixel AUROC", f"{ev.pixel_auroc:.4f} ({ev.n_masks} of {ev.n_anomalous} anomalous images have masks{empty})")
     console.print(t)
 
 

@@ -74,6 +74,10 @@ def _print_threshold(run, section) -> None:
     which = which_score(section)
     if which:
         t.add_row("which is", which)
+    if section.get("exact_copies"):  # set from new normal images among which some were copies
+        copies = section["exact_copies"]
+        t.add_row("exact copies", f"{shown(copies)} of the new normal images {'was a copy' if copies == 1 else 'were copies'} "
+                                  f"(the same bytes) of another: each image counted once")
     promise_rows(t, section)
     for k, v in section.get("quantiles", {}).items():  # np.quantile's, between scores: not the rule above
         t.add_row(f"scores' quantile {shown(k)}, interpolated", number(v))

@@ -310,6 +310,32 @@ def test_thresholds_set_anew_from_new_normal_images(parts, tmp_path):
     assert anomaly.threshold_from_normal(run, normal)["threshold_quantile"] == 0.5
 
 
+def test_copies_among_new_normal_images_are_counted_once(parts, tmp_path):
+    """30 copies of one normal image set a threshold "from 30 new normal scores", at most 3.2%
+    promised, which flagged 72% of new normal digits (their largest is one image's score); as in
+    training, each distinct image counts once, and the table says how many were copies."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(parts[0] / "run", run)
+    normal = sorted((parts[0] / "test" / "normal").glob("*.png"))
+    folder = tmp_path / "new"
+    folder.mkdir()
+    for i in range(30):
+        shutil.copyfile(normal[0], folder / f"copy{i:02d}.png")
+    one = anomaly.threshold_from_normal(run, folder)
+    assert one["n"] == 1 and one["exact_copies"] == 29 and one["expected_fpr"] == pytest.approx(0.5)
+    assert all(len(v["scores"]) == 1 for v in one["by_score"].values())
+    for p in normal[1:4]:
+        shutil.copyfile(p, folder / p.name)
+    four = anomaly.threshold_from_normal(run, folder, quantile=0.5)
+    assert four["n"] == 4 and four["exact_copies"] == 29
+    distinct = anomaly.threshold_from_normal(run, parts[0] / "test" / "normal", quantile=0.5)
+    assert "exact_copies" not in distinct and distinct["n"] == len(normal)
+    arrays = vaekit.load(run).load_images(folder).images  # in memory: the same pixels are one image too
+    assert anomaly.threshold_from_normal(run, list(arrays), quantile=0.5)["n"] == 4
+
+
 def test_an_older_runs_relative_training_folder_is_still_refused_from_another_directory(parts, tmp_path, monkeypatch):
     import json
     import shutil
@@ -587,6 +613,27 @@ def test_masks_match_by_name_with_or_without_a_mask_suffix(parts, model, tmp_pat
         anomaly.evaluate(model, root / "test" / "normal", root / "test" / "anomalous", masks=tmp_path / "empty")
 
 
+def test_a_mask_that_marks_no_pixel_is_named_not_counted_silently(parts, model, tmp_path):
+    """A red mask (255, 0, 0: grey 76) or a 0/1 label mask among 0/255 ones marks no pixel: its
+    image's pixels all counted as normal while evaluate said "12 of 12 anomalous images have masks"
+    and printed another pixel AUROC than the right masks give, without a word."""
+    root = parts[0]
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    sources = sorted((root / "test" / "masks").glob("*.png"))
+    for p in sources:
+        (masks / p.name).write_bytes(p.read_bytes())
+    m = np.asarray(Image.open(sources[0]).convert("L")) > 127
+    Image.fromarray(np.stack([m * 255, m * 0, m * 0], -1).astype(np.uint8)).save(masks / sources[0].name)
+    Image.fromarray(m.astype(np.uint8)).save(masks / sources[1].name)  # 0/1
+    ev = anomaly.evaluate(model, root / "test" / "normal", root / "test" / "anomalous", masks=masks)
+    assert ev.n_masks == 12
+    assert sorted(ev.empty_masks) == sorted(p.name for p in sources[:2])
+    assert ev.to_dict()["empty_masks"] == ev.empty_masks
+    right = anomaly.evaluate(model, root / "test" / "normal", root / "test" / "anomalous", masks=root / "test" / "masks")
+    assert right.empty_masks == []
+
+
 def test_roc_plot_is_a_png(parts, model, tmp_path):
     root = parts[0]
     ev = anomaly.evaluate(model, root / "test" / "normal", root / "test" / "anomalous")
@@ -661,10 +708,11 @@ def test_the_auprc_of_a_perfect_ranking_is_one_not_a_rounding_above_it():
     assert anomaly.image_metrics(labels, scores)["auprc"] == 1.0  # sklearn's sum gave 1.0000000000000002
 
 
-@pytest.mark.parametrize("value, flags", [(1e9, "no image"), (-0.5, "every image")])
+@pytest.mark.parametrize("value, flags", [(1e9, "no image"), (1.0, "no image"), (-0.5, "every image")])
 def test_a_defect_threshold_outside_0_to_1_is_refused(parts, tmp_path, value, flags):
     """The reader's defect score is a probability: `threshold --value 1e9` was stored, exit 0, and
-    printed "expected false positives 7.7%" for a threshold nothing can pass."""
+    printed "expected false positives 7.7%" for a threshold nothing can pass; so did `--value 1`
+    (an image is flagged above it: a blank frame, whose frame check scores exactly 1, read normal)."""
     import json
     import shutil
 

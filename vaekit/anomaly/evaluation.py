@@ -118,6 +118,7 @@ class Evaluation:
     pixel_auroc: float | None = None  # with masks: over normal images and masked anomalous ones
     note: str | None = None  # why the score is not the one asked for (Model.effective_score); training images among the normal
     n_masks: int = 0  # anomalous images that had a mask
+    empty_masks: list[str] = field(default_factory=list)  # of those, the ones whose mask marks no pixel
     skipped: list[tuple[str, str]] = field(default_factory=list)
     scores: dict[str, list[float]] = field(default_factory=dict)  # "normal" / "anomalous" -> scores
 
@@ -202,11 +203,12 @@ def evaluate(
     mask_files = [] if index is None else [p for ps in index[0].values() for p in ps]
     found_good, found_bad = _labelled_inputs(normal, anomalous, mask_files)
     roc, mask_of = (None, None) if masks is None else (PixelRoc(), masks_for(model, index, found_bad.names))
+    empty: list[str] = []
     plan, good, skipped_good = _scores_and_maps(
         model, normal, found_good, samples, score, iwae, threshold, progress, None if roc is None else _counter(roc))
     _, bad, skipped_bad = _scores_and_maps(
         model, anomalous, found_bad, samples, score, iwae, threshold, progress,
-        None if roc is None else _counter(roc, mask_of))
+        None if roc is None else _counter(roc, mask_of, empty))
     m = image_metrics([0] * len(good) + [1] * len(bad), good + bad, plan.threshold)
     ev = Evaluation(
         n_normal=len(good), n_anomalous=len(bad), score=plan.score, estimator=plan.estimator, samples=samples,
@@ -217,20 +219,25 @@ def evaluate(
         note="; ".join(filter(None, [plan.note, trained_on_note(model, normal),
                                      threshold_set_on_note(model, normal) if plan.source != "given" else None])) or None, scores={"normal": good, "anomalous": bad})
     if roc is not None:
-        ev.pixel_auroc, ev.n_masks = _pixel_auroc(roc, masks), roc.masked
+        ev.pixel_auroc, ev.n_masks, ev.empty_masks = _pixel_auroc(roc, masks), roc.masked, empty
     return ev
 
 
-def _counter(roc: PixelRoc, mask_of=None):
+def _counter(roc: PixelRoc, mask_of=None, empty: list[str] | None = None):
     """on_map for _scores_and_maps: every pixel of a normal image (mask_of None) counts as normal;
-    an anomalous image counts with its mask, and without one it is left out."""
+    an anomalous image counts with its mask, and without one it is left out. The names of anomalous
+    images whose mask marks no pixel go to `empty`: their pixels all count as normal, which a red
+    (colour) mask, a 0/1 label mask among 0/255 ones or a 16-bit 0/255 one does without a word."""
     def count(name: str, m: np.ndarray, image: str) -> None:
         if mask_of is None:
             roc.add(m)
             return
         mask = mask_of(name, image)
         if mask is not None:
-            roc.add(m, fit_mask(mask, m.shape, name))
+            fitted = fit_mask(mask, m.shape, name)
+            roc.add(m, fitted)
+            if empty is not None and not fitted.any():
+                empty.append(name)
     return count
 
 

@@ -55,8 +55,14 @@ def threshold_from_normal(run_dir: str | Path, normal, quantile: float | None = 
             raise BadInput(f"{folder} is or holds the run directory {run_dir}; give a folder of normal images only")
     _refuse_training_copies(normal, roots)
     _refuse_unreadable(normal)
-    scores, widened = _new_normal_scores(run_dir, normal, old["score"], list(old["by_score"]))
+    scores, widened, keys = _new_normal_scores(run_dir, normal, old["score"], list(old["by_score"]))
+    keep = _distinct(keys)  # a copy's score is its twin's: counted n times it promised a rate n images cannot
+    if len(keep) and len(keys) != len(scores[old["score"]]):  # the keys did not follow the rows: count them all
+        keep = np.arange(len(scores[old["score"]]))
+    scores = {k: v[keep] for k, v in scores.items()}
     section = threshold_section(scores, q, NEW_NORMAL, old["score"])
+    if len(keys) > len(keep):
+        section["exact_copies"] = len(keys) - len(keep)
     if widened is not None:  # the frame check's range holds every normal image's tiles, these too
         old = {**old, "calibration": {**old["calibration"], "frame": widened}}
     section[SET_ON] = [os.path.abspath(f) for f in _named(normal)]  # evaluate notes a --normal among them
@@ -95,20 +101,34 @@ def _refuse_unreadable(normal) -> None:
             raise BadInput(f"cannot read {path} ({why}); every new normal image must be readable")
 
 
-def _new_normal_scores(run_dir: Path, normal, default: str, names: list[str]) -> tuple[dict[str, np.ndarray], dict | None]:
+def _distinct(keys: list) -> np.ndarray:
+    """The indices of the first image of each distinct key (its bytes' digest), in order: a folder
+    of 30 copies of one image set a threshold "from 30 new normal scores" that promised at most 3.2%
+    and flagged 72% of new normal digits; training counts each distinct image once too."""
+    seen: set = set()
+    first = [i for i, k in enumerate(keys) if k is None or not (k in seen or seen.add(k))]
+    return np.asarray(first, dtype=np.int64)
+
+
+def _new_normal_scores(run_dir: Path, normal, default: str, names: list[str]) -> tuple[dict[str, np.ndarray], dict | None, list]:
     """Every stored score's values on the images under `normal` (the model's default score, and
     the atypicality in a second pass when the default is the reader's). A surface's image scores
     are its most anomalous tile's, whichever score, so its nats columns are taken that way
     (tiled.merge, nats="max"): the same two passes, not one per score. With them the frame check's
     section widened to hold these normal images' tiles (vaekit.inference.frame; None when the model
     has none), which scores them: else a new normal image beyond the training images' range scored
-    1, and a few such gave a threshold of 1 or more, which no image passes."""
+    1, and a few such gave a threshold of 1 or more, which no image passes. And each image's key,
+    in the scores' order: the digest of its file's bytes (of its pixels for arrays), None unknown."""
+    import hashlib
+
     import vaekit
+    from vaekit.fileio.digests import file_sha256
     from vaekit.images.arrays import user_images
     from vaekit.inference.tiled import file_batch, iter_scores
 
     model = vaekit.load(run_dir, device="cpu")
     out: dict[str, list] = {k: [] for k in names}
+    keys: list = []
     passes = [None] + (["atypicality"] if "atypicality" in names and model.info.score != "atypicality" else [])
     paths, arr = user_images(normal, model.info.channels, model.info.image_size)
     whole = tiled(model) and arr is None  # an array of the model's size is scored as given
@@ -120,6 +140,9 @@ def _new_normal_scores(run_dir: Path, normal, default: str, names: list[str]) ->
             if s.skipped:
                 path, why = s.skipped[0]
                 raise BadInput(f"cannot read {path} ({why}); every new normal image must be readable")
+            if score is None:
+                keys += ([file_sha256(p) for p in s.paths] if s.paths is not None
+                         else [None] * len(np.atleast_1d(s.score)))
             columns = {s.name: s.score} if score else {s.name: s.score, "excess": s.excess,
                                                        "neg_elbo": s.neg_elbo, "recon": s.recon, "kl": s.kl}
             for k, v in columns.items():
@@ -127,7 +150,9 @@ def _new_normal_scores(run_dir: Path, normal, default: str, names: list[str]) ->
                     out[k].append(np.asarray(v, dtype=np.float64))
     if not sum(map(len, out[default])):
         raise BadInput(f"no image in {normal} to set a threshold from")
-    return {k: np.concatenate(v) for k, v in out.items() if v}, widened
+    if arr is not None:
+        keys = [hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest() for a in arr]
+    return {k: np.concatenate(v) for k, v in out.items() if v}, widened, keys
 
 
 def _widened_frame(model, paths, arr, whole: bool) -> dict | None:

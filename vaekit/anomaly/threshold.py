@@ -172,9 +172,11 @@ def set_threshold(run_dir: str | Path, quantile: float | None = None, target_fpr
         raise rundir.RunError(f"{where}: the stored anomaly section is damaged ({e})") from None
     if value is not None:
         value = check_threshold(value)
-        if default == "defect" and not 0.0 <= value <= 1.0:  # stored and shown as a promise it cannot keep
+        # stored and shown as a promise it cannot keep: an image is flagged above the threshold, and a
+        # probability is never above 1 (the frame check's 1, a blank frame, would read normal)
+        if default == "defect" and not 0.0 <= value < 1.0:
             raise BadInput(f"the defect score is a probability, from 0 to 1: a threshold of {value:g} would flag "
-                           f"{'no image' if value > 1 else 'every image'}")
+                           f"{'no image' if value >= 1 else 'every image'}")
         q = float(np.mean(scores[default] <= value))
         # the other scores keep the quantile they had: a value below every stored score (q = 0)
         # must not move their thresholds below theirs, flagging every normal image

@@ -215,15 +215,13 @@ def from_bytes(data: bytes, source: str = "code file") -> CodeFile:
     if meta.get("sha256") != _digest(meta["version"], header, tensors):
         raise CodeFileError(f"{source} is damaged or was modified: its checksum does not match its contents")
     try:
-        h = loads_json(header)
-        if not isinstance(h, dict):  # "[1, 2]" was "list indices must be integers or slices, not str"
+        if not isinstance(h := loads_json(header), dict):  # "[1, 2]": "list indices must be integers or slices"
             raise ValueError("it is not a JSON object")
         cf = CodeFile(
             codes=tensors["codes"], names=list(h["names"]), orig_size=tensors["orig_size"],
             precision=h["precision"], fingerprint=h["fingerprint"], image_size=h["image_size"],
             channels=h["channels"], scale=tensors.get("scale"), offset=tensors.get("offset"),
-            vaekit_version=h.get("vaekit_version", "?"),
-        )
+            vaekit_version=h.get("vaekit_version", "?"))
         if h["latent_dim"] != cf.latent_dim or h["count"] != len(cf.names):
             raise ValueError("header does not match the tensors")  # caught just below
     except (KeyError, TypeError, ValueError, IndexError) as e:
