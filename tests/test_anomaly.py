@@ -234,6 +234,7 @@ def test_set_threshold_by_quantile_fpr_or_value(parts, tmp_path):
     stored = rundir.read_config(run)["anomaly"]
     assert stored["threshold"] == float(np.sort(scores)[1]) and stored["threshold_quantile"] == pytest.approx(2 / 5)
     assert stored["expected_fpr"] == pytest.approx(4 / 6)  # 3 of 5 above it, and the new one: (1 + 3) / 6
+    assert "fpr_bound" not in stored  # the quantile's bound (1/6) stayed beside a value's 4/6 (h4, 2026-12-08)
     # the threshold moved, the score did not: the atypicality keeps its statistics (they were dropped once)
     after = vaekit.load(run).score(x)
     assert after.name == before.name == "atypicality"

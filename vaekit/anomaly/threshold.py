@@ -191,6 +191,7 @@ def set_threshold(run_dir: str | Path, quantile: float | None = None, target_fpr
         # conformally (the new one among n + 1): (1 + #{s > value}) / (n + 1)
         section["expected_fpr"] = float((1 + np.sum(scores[default] > value)) / (len(scores[default]) + 1))
         section["fixed"] = True
+        section.pop("fpr_bound", None)  # the bound of the `others` quantile's threshold, not of this value (h4)
     else:
         section = threshold_section(scores, check_quantile(quantile, target_fpr), old.get("source", "validation"), default)
     if SET_ON in old and value is None:  # the same scores at another quantile: still set on those images
