@@ -199,7 +199,7 @@ class Journal:
         # folder copied with `cp -a`, a chmod), the finished batches' bytes decide (`_check_contents`)
         diff = changed(header, self.settings, skip=("sources",))
         if diff:  # another release's journal: no command of this one resumes it
-            redo = "use the same command" if (header.get("vaekit"), header.get("vaekit_journal")) == (
+            redo = "use the same command, with the model as it was then" if (header.get("vaekit"), header.get("vaekit_journal")) == (
                 __version__, JOURNAL_VERSION) else "finish it with the vaekit that began it"
             if relative_then(header, self.settings):  # a resume from another folder read them elsewhere
                 redo += " from the folder it was begun in (it names its model and inputs by relative paths)"
