@@ -128,8 +128,7 @@ def _train_run(folder, size, dim, n_epochs, session, request, progress, ctx: Con
         ctx.trainings.release()  # else four failed presses left the app refusing every Train
         raise
     rows: list[dict] = []
-    notes: list[str] = []
-    unit = "nats/image"
+    plan: dict | None = None
     keep = (gr.skip(),) * len(ctx.model_widgets)
     for ev in training.train_events(folder, out, size, dim, n_epochs, session.stop, slot=ctx.trainings,
                                     confine_to=ctx.st.data_root):
@@ -149,11 +148,9 @@ def _train_run(folder, size, dim, n_epochs, session, request, progress, ctx: Con
                 rows += [{"epoch": m["epoch"], "loss": m["val_loss"], "split": "validation"}]
         if ev.phase == "done":
             ctx.sessions.set_model(session, vaekit.load(ev.result.run_dir))
-        if ev.phase == "plan":  # its notes are said under every message after it
-            from vaekit.training.trainer import loss_unit  # torch, there once a training plans
-
-            notes, unit = m.get("notes") or [], loss_unit(m.get("crop"))
-        said = training.message(ev, rows, out, folder, ctx, notes, unit)
+        if ev.phase == "plan":  # its notes are said under every message after it, its loss unit in them
+            plan = m
+        said = training.message(ev, rows, out, folder, ctx, plan)
         if said is not None:
             yield said, pd.DataFrame(rows), *(ctx.model_outputs(request) if ev.phase == "done" else keep)
 

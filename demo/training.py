@@ -114,11 +114,18 @@ def validated(epoch_metrics: dict) -> bool:
     return epoch_metrics.get("val_estimator", "z = mu") == "z = mu"
 
 
-def message(ev, rows: list[dict], out: Path, folder, ctx, notes: Sequence[str] = (), unit: str = "nats/image") -> str | None:
-    """What the Train tab says after event `ev` (None: nothing new to show), with the plan's `notes`
-    on what the model cannot learn from the images (vaekit.training.coverage) under it; `unit`: what
-    the loss is per (the plan's `loss_unit`: a surface's is per crop)."""
+def message(ev, rows: list[dict], out: Path, folder, ctx, plan: dict | None = None) -> str | None:
+    """What the Train tab says after event `ev` (None: nothing new to show), given the run's `plan`
+    (the "plan" event's metrics, None before it): its losses per image, or per crop for a surface
+    that trains on crops, and its notes on what the model cannot learn from the images
+    (vaekit.training.coverage) under it."""
+    unit = "nats/image"
+    if plan is not None:
+        from vaekit.training.trainer import loss_unit  # torch, there once a training plans
+
+        unit = loss_unit(plan.get("crop"))
     said = _message(ev, rows, out, folder, ctx, unit)
+    notes = (plan or {}).get("notes") or []
     return None if said is None else said + "".join(f"\n\n**Note**: {note}" for note in notes)
 
 

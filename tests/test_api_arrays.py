@@ -156,6 +156,7 @@ def test_masked_images_are_refused_unless_nothing_is_masked():
     hidden.mask[0, 0, 3, 3] = True
     refused(as_images, hidden, C, S, match="masked pixels")
     refused(as_images, [hidden[0], x[1]], C, S, match="masked pixels")
+    refused(as_images, [[hidden[0, 0]], [x[1, 0]]], C, S, match="masked pixels")  # a list of channels (h5)
 
 
 def test_model_iter_scores_takes_an_array_in_batches(model):
@@ -188,6 +189,9 @@ def test_model_iter_scores_reads_a_generator_a_batch_at_a_time(model, tmp_path):
         files.append(tmp_path / f"{i}.png")
     by_name = list(model.iter_scores(iter(files), batch_size=2))  # a generator of paths reads as a list of them
     assert [p.name for part in by_name for p in part.paths] == ["0.png", "1.png", "2.png"]
+    mixed = iter([x[0] / 255, x[1] / 255, x[2], x[3]])  # a float batch, then a uint8 one (h5, 2026-12-08)
+    with pytest.raises(BadInput, match="not all of one kind"):
+        list(model.iter_scores(mixed, batch_size=2))
     for bad, said in ((iter([x[0], files[0]]), "only paths or only arrays"), (iter([]), "no images given"),
                       (iter([x[0], np.zeros((C, 8, 8), np.uint8)]), "differ in shape")):
         with pytest.raises(BadInput, match=said):

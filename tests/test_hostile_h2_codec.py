@@ -98,3 +98,29 @@ def test_decode_overwrite_never_replaces_the_file_it_decodes(decodable, tmp_path
     r = CliRunner().invoke(app, ["--threads", "1", "decode", str(run), str(own), "-o", str(folder), "--overwrite"])
     assert r.exit_code == 2 and "it is the file being decoded" in " ".join(r.output.split()), r.output
     assert own.read_bytes() == before and sorted(p for p in folder.rglob("*") if p.is_file()) == [own]
+
+
+@pytest.mark.parametrize("odd", [["a"], {"a": 1}])
+def test_a_format_2_name_that_is_no_text_is_refused_not_a_traceback(setup, tmp_path, odd):
+    # h5, 2026-12-08: the repeated names' check hashed every name first, and a forged format-2 file's
+    # JSON names [["a"], ["b"]] raised "TypeError: unhashable type: 'list'" (decode: exit 3, "a bug in vaekit")
+    import hashlib
+    import json
+    import lzma
+
+    from vaekit.codec import header as H
+    from vaekit.codes.format import CodeFileError
+
+    root, model, vkc = setup
+    real = codec.read_info(vkc)
+    blob = b"\2" + lzma.compress(json.dumps({"names": [odd, "b.png"]}).encode(), lzma.FORMAT_RAW,
+                                 filters=[{"id": lzma.FILTER_LZMA2, "preset": 1}])
+    head = b"".join([bytes([0, real.quality, real.channels]), H.varint(real.image_size), H.varint(real.latent_dim),
+                     bytes.fromhex(real.fingerprint), bytes.fromhex(real.tables), H.varint(1), H.varint(2), H.varint(1),
+                     H.varint(len(blob)), blob])
+    body = b"VKC2" + H.varint(len(head)) + head + bytes(4)
+    forged = tmp_path / "v2.vkc"
+    forged.write_bytes(body + hashlib.sha256(body).digest()[:container.DIGESTS[b"VKC2"]])
+    with pytest.raises(CodeFileError, match="holds an unsafe image name") as e:
+        codec.decode(model, forged, tmp_path / "out")
+    assert e.value.exit_code == 2 and not (tmp_path / "out").exists()

@@ -99,9 +99,8 @@ def test_the_web_apps_train_tab_says_the_plans_notes_under_every_message_after_i
                                      "augment": "off", "readers": 0, "device": "cpu",
                                      "notes": ["1 of 3 images are exact copies of another"]})
     epoch = TrainEvent("epoch", 1, 3, {"epoch": 1, "train_loss": 2.0, "val_loss": 2.0})
-    notes = plan.metrics["notes"]
     for ev in (plan, epoch):
-        said = training.message(ev, [], tmp_path / "run", tmp_path, ctx, notes)
+        said = training.message(ev, [], tmp_path / "run", tmp_path, ctx, plan.metrics)
         assert said.endswith("\n\n**Note**: 1 of 3 images are exact copies of another"), said
     assert "**Note**" not in training.message(epoch, [], tmp_path / "run", tmp_path, ctx)
 

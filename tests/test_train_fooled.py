@@ -177,7 +177,7 @@ def test_a_refused_switch_is_named_as_typed(discs, stopped, tmp_path):
     assert "--latent-dim 8 (the run has 4)" in r.output, r.output
     # --no-amp and --compile were neither refused nor applied nor recorded (h1, 2026-12-08): a resume
     # past an fp16 NaN with --no-amp trained under autocast again
-    for switch, said in (("--no-amp", "--no-amp (the run has --amp)"), ("--compile", "--compile (the run has --no-compile)")):
+    for switch, said in (("--no-amp", "--no-amp (the run has --amp)"), ("--compile", "--compile (the run has no --compile)")):
         r = CliRunner().invoke(app, ["--threads", "1", "train", str(discs), "--out", str(out), "--resume", switch])
         assert r.exit_code == 2 and said in "".join(r.output.split("\n")), r.output
 

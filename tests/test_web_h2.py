@@ -92,8 +92,7 @@ def test_the_train_tab_says_a_surfaces_loss_per_crop(tmp_path):
             stop.set()
     assert plan["layout"] == "grid" and loss_unit(plan["crop"]) == "nats per 64 px crop", plan
     epoch = training.TrainEvent("epoch", total=1, metrics={"epoch": 1, "train_loss": 5.0, "val_loss": 4.0})
-    said = training.message(epoch, [], tmp_path / "run", folder, SimpleNamespace(public=lambda p: Path(p).name),
-                            unit=loss_unit(plan["crop"]))
+    said = training.message(epoch, [], tmp_path / "run", folder, SimpleNamespace(public=lambda p: Path(p).name), plan)
     assert said.endswith("validation loss 4.00 nats per 64 px crop"), said
 
 

@@ -81,6 +81,9 @@ def _check(h: Header, source: str) -> None:
             f"at {h.image_size} px)")
     if sum(c[0] for c in h.chunks) != len(h.names):
         bad("its chunks hold another number of images than it names")
+    for name in h.names:  # a format-2 file's JSON may name a list or an object, which set() below cannot hash
+        if not isinstance(name, str):
+            check_name(name, source)  # "holds an unsafe image name", as it said before the repeated names' check
     if len(set(h.names)) != len(h.names):  # before each name's path checks (~25 us a name): a forged
         # table of millions of one name took minutes to reach "two images would be written to the same file"
         seen: set[str] = set()

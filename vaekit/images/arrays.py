@@ -94,10 +94,22 @@ def user_batches(x, channels: int, size: int, batch_size: int) -> tuple[list[Pat
 
 
 def _batches(items: Iterator, channels: int, size: int, batch_size: int) -> Iterator[np.ndarray]:
+    """Each batch checked by `as_images`, and all of one kind (uint8, other integers, floats): a list
+    mixing them is refused whole, so a stream that changes kind is refused at the change (h5)."""
+    first = None
     while batch := list(islice(items, batch_size)):
         if any(_is_path(v) for v in batch):
             raise BadInput("a list of images must hold only paths or only arrays, not both")
+        kinds = {_kind(np.asarray(v).dtype) for v in batch}
+        first = first or kinds
+        if len(kinds | first) > 1:
+            raise BadInput(f"the images are not all of one kind ({', '.join(sorted(kinds | first))}): give them all "
+                           "as uint8, or all as floats in [0, 1]")
         yield as_images(batch, channels, size)
+
+
+def _kind(dtype: np.dtype) -> str:
+    return "uint8" if dtype == np.uint8 else {"f": "float", "i": "integer", "u": "integer"}.get(dtype.kind, str(dtype))
 
 
 def as_images(x, channels: int, size: int) -> np.ndarray:
@@ -108,7 +120,7 @@ def as_images(x, channels: int, size: int) -> np.ndarray:
         if len(shapes) > 1:
             raise BadInput(f"the images differ in shape ({', '.join(map(str, sorted(shapes)[:3]))}); "
                            f"every image must be ({channels}, {size}, {size})")
-    if any(np.ma.is_masked(v) for v in (x if isinstance(x, (list, tuple)) else [x])):
+    if _masked(x):
         # np.asarray drops the mask: the hidden values were scored as if they were pixels (h5, 2026-12-07)
         raise BadInput("images with masked pixels are not accepted (every pixel is read); pass x.filled(value)")
     try:
@@ -122,6 +134,14 @@ def as_images(x, channels: int, size: int) -> np.ndarray:
     if a.ndim != 4 or a.shape[1:] != (channels, size, size):
         raise BadInput(f"expected images of shape {want}, got {a.shape}")
     return _as_uint8(a)
+
+
+def _masked(x, depth: int = 0) -> bool:
+    """Whether `x` holds a masked array with a pixel masked: itself, or an image or channel of a
+    list of them ([[channel]] too: np.asarray dropped the masks of a list's channels as well)."""
+    if isinstance(x, np.ma.MaskedArray):
+        return bool(np.ma.is_masked(x))
+    return depth < 2 and isinstance(x, (list, tuple)) and any(_masked(v, depth + 1) for v in x)
 
 
 def _check_kind(a: np.ndarray) -> None:

@@ -137,7 +137,8 @@ class Model:
                     workers: int = 0):
         """Scores of the images under `inputs`, one `Scores` per batch or part of one (with its `paths`
         and the files it `skipped`), decoded and scored in turn: for folders too large for memory.
-        An array is scored in slices of `batch_size` images."""
+        An array is scored in slices of `batch_size` images; a generator of images is read
+        `batch_size` at a time, each batch checked on its own (`user_batches`)."""
         batch_size = check_batch_size(batch_size, file_batch(self, self.batch_size) if tiled(self) else self.batch_size)
         paths, batches = user_batches(inputs, self.info.channels, self.info.image_size, batch_size)
         if batches is not None:  # array data, a generator of images read a batch at a time

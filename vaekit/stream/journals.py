@@ -217,10 +217,10 @@ class Journal:
             if was == now:
                 continue
             if name in skipped:
-                raise BadInput(f"cannot resume {self.path}: the input {name} was skipped when its batch was scored "
-                               f"({skipped[name]}) and has changed since; delete it to start again and score it")
+                raise BadInput(f"cannot resume {self.path}: the input {name} was skipped when its batch was read "
+                               f"({skipped[name]}) and has changed since; delete it to start again and read it")
             raise BadInput(f"cannot resume {self.path}: the input {name} was replaced or rewritten since its "
-                           "batch was scored (its bytes differ); use the same files, or delete it to start again")
+                           "batch was read (its bytes differ); use the same files, or delete it to start again")
 
     def append(self, batch: int, rows: list[dict], skipped: Sequence[tuple[str, str]] = (),
                outputs: Sequence[str] | None = None) -> None:

@@ -66,9 +66,11 @@ def _resumed_configs(stored: dict, out_dir: Path, changes: dict) -> tuple[ModelC
 
 
 def _option(name: str, value) -> str:
-    """An option as typed: --image-size 64; a switch as --reader or --no-reader."""
+    """An option as typed: --image-size 64; a switch as --reader or --no-reader (--compile, which has
+    no --no- form, as "no --compile")."""
     flag = "--" + name.replace("_", "-")
-    return (flag if value else "--no-" + flag[2:]) if isinstance(value, bool) else f"{flag} {value}"
+    off = "no " + flag if name == "compile" else "--no-" + flag[2:]
+    return (flag if value else off) if isinstance(value, bool) else f"{flag} {value}"
 
 
 def train(
