@@ -100,7 +100,10 @@ def _batches(items: Iterator, channels: int, size: int, batch_size: int) -> Iter
     while batch := list(islice(items, batch_size)):
         if any(_is_path(v) for v in batch):
             raise BadInput("a list of images must hold only paths or only arrays, not both")
-        kinds = {_kind(np.asarray(v).dtype) for v in batch}
+        try:
+            kinds = {_kind(np.asarray(v).dtype) for v in batch}
+        except (ValueError, TypeError, RuntimeError):  # ragged, or a tensor that needs grad: as_images says which
+            kinds = first or set()
         first = first or kinds
         if len(kinds | first) > 1:
             raise BadInput(f"the images are not all of one kind ({', '.join(sorted(kinds | first))}): give them all "
