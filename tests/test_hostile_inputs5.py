@@ -157,6 +157,11 @@ def test_label_masks_of_zeros_and_ones_are_told_what_a_mask_pixel_must_be(run, t
         Image.fromarray(m).save(tmp_path / "masks" / f"{name}.png")
     out = _one_line_error(invoke("evaluate", run, "--normal", normal, "--anomalous", bad, "--masks", tmp_path / "masks"))
     assert "above 127 of 255" in out
+    for name in ("img00", "img01"):  # 16-bit 0/255 masks read as 0/1: the refusal said only "scale 0/1 masks" (h4)
+        Image.fromarray((np.asarray(Image.open(tmp_path / "masks" / f"{name}.png")) * 255).astype(np.uint16)).save(
+            tmp_path / "masks" / f"{name}.png")
+    out = _one_line_error(invoke("evaluate", run, "--normal", normal, "--anomalous", bad, "--masks", tmp_path / "masks"))
+    assert "a 16-bit mask is read as value / 257" in out, out
 
 
 def _forged_part(real: Path, dst: Path, latent: int) -> None:

@@ -247,7 +247,8 @@ def _pixel_auroc(roc: PixelRoc, masks) -> float:
                        "(expected the same relative path or name, optionally with a _mask suffix)")
     if not roc.counts()[0]:  # 0/1 label masks read as all normal: say what a mask pixel must be
         raise BadInput(f"the masks in {masks} mark no pixel anomalous: a mask pixel is anomalous above "
-                       "127 of 255 (scale 0/1 label masks to 0/255)")
+                       "127 of 255 in grey (scale 0/1 label masks to 0/255; a 16-bit mask is read as value / 257, "
+                       "a colour one by its brightness: pure red is 76)")
     if 0 in roc.counts():
         raise BadInput("the masks must mark some pixels anomalous and leave some normal")
     return roc.auroc()
