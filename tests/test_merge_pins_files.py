@@ -124,3 +124,28 @@ def test_a_share_that_saw_its_own_copy_merges_without_its_heat_maps_here(setup, 
     r = score(run, data, out, "--maps", tmp_path / "node0", "--shard", "1/2")
     assert r.exit_code == 0, r.output
     assert out.read_bytes() == whole.read_bytes()
+
+
+def test_a_finished_share_run_again_is_not_called_an_unfinished_job(setup, data, tmp_path):
+    """A share that finished keeps its journal for the merge; running it again without --resume said
+    the file "holds an unfinished job" (h1, 2026-12-08)."""
+    run, _ = setup
+    out = tmp_path / "s.csv"
+    assert score(run, data, out, "--shard", "0/2").exit_code == 0
+    r = score(run, data, out, "--shard", "0/2")
+    said = " ".join(r.output.split())
+    assert one_line_refusal(r) and "holds the journal of an earlier run of a job" in said, r.output
+    assert "a share's waits there for its merge" in said and "unfinished job" not in said, r.output
+
+
+
+def test_a_resume_refused_for_other_settings_says_the_model_must_be_as_it_was(setup, data, tmp_path):
+    """It said "use the same command", which a user whose run's threshold had moved since (`vaekit
+    threshold`) had used (h4, 2026-12-08). Here the threshold is given, then another."""
+    run, _ = setup
+    out = tmp_path / "s.csv"
+    assert score(run, data, out, "--shard", "0/2", "--threshold", "5").exit_code == 0
+    r = score(run, data, out, "--shard", "0/2", "--threshold", "6", "--resume")
+    said = " ".join(r.output.split())
+    assert one_line_refusal(r) and "other settings (threshold" in said, r.output
+    assert "use the same command, with the model as it was then" in said, r.output
