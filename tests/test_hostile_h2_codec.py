@@ -124,3 +124,16 @@ def test_a_format_2_name_that_is_no_text_is_refused_not_a_traceback(setup, tmp_p
     with pytest.raises(CodeFileError, match="holds an unsafe image name") as e:
         codec.decode(model, forged, tmp_path / "out")
     assert e.value.exit_code == 2 and not (tmp_path / "out").exists()
+
+
+def test_a_code_file_of_no_image_is_refused_as_a_vkc_of_none_is(decodable, tmp_path):
+    """A forged .codes with 0 images decoded to an empty folder, exit 0, "wrote 0 images" (h2, 2026-12-08)."""
+    import dataclasses
+
+    run, vkc, cf = decodable
+    real = codes.load(cf)
+    empty = dataclasses.replace(real, codes=real.codes[:0], names=[], orig_size=real.orig_size[:0])
+    codes.save(empty, tmp_path / "none.codes")
+    r = CliRunner().invoke(app, ["--threads", "1", "decode", str(run), str(tmp_path / "none.codes"), "-o", str(tmp_path / "out")])
+    assert r.exit_code == 2 and "holds no image" in " ".join(r.output.split()), r.output
+    assert not (tmp_path / "out").exists()

@@ -18,7 +18,7 @@ from vaekit import images as imageio
 from vaekit import stream
 from vaekit.stream import job
 from vaekit.codes import batch_size as batches
-from vaekit.codes.format import PRECISIONS, CodeFile, FingerprintMismatch, validate, load, quantize
+from vaekit.codes.format import PRECISIONS, CodeFile, CodeFileError, FingerprintMismatch, validate, load, quantize
 from vaekit.stream.batches import Layout, digest
 from vaekit.codes.targets import check_targets, decodable, png_names  # noqa: F401  (png_names: re-exported)
 from vaekit.codes.sizes import GONE, original_size, restore_image, restore_size, source_facts  # noqa: F401  (re-exported)
@@ -307,6 +307,8 @@ def decode_file(
     refuse_inside(out_dir, model.info.source, "output folder", kind="the model's run directory")
     cf = load(code_file)
     check_model(cf, model, f"code file {code_file}")
+    if not cf.names:  # as a .vkc of none is refused: "wrote 0 images" made an empty folder, exit 0 (h2)
+        raise CodeFileError(f"code file {code_file} holds no image (vaekit encode writes none such): nothing to decode")
     targets = [out_dir / n for n in png_names(cf.names, out_dir)]
     recover(out_dir)  # a decode killed while moving its PNGs here: its files are not in the way
     check_targets(out_dir, targets, overwrite, model=model.info.source, source=Path(code_file))
