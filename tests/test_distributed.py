@@ -142,6 +142,48 @@ def test_torchrun_resumes_a_single_process_run(setup):
     assert_same_training(run, ref.run_dir)
 
 
+# Run as `torchrun ... THIS_SCRIPT train ...`: rank 1 adds a file to the folder just before it scans
+# it, after rank 0 has read the folder, as a file arriving while a torchrun job starts would.
+ADD_BETWEEN_RANKS = """
+import os, shutil, sys
+import vaekit.training.job as job
+first = job._first_rank_first
+def racing(dist, load, progress):
+    def late(report):
+        shutil.copy(os.environ["RACE_SRC"], os.environ["RACE_DST"])
+        return load(report)
+    return first(dist, late if dist.local_rank else load, progress)
+job._first_rank_first = racing
+from vaekit_cli.main import main
+sys.argv = ["vaekit", *sys.argv[1:]]
+main()
+"""
+
+
+def test_torchrun_refuses_a_folder_that_changed_between_the_ranks_reads(setup, tmp_path):
+    """Rank 1 scans the folder after rank 0 (which fills the pixel cache): a file added in
+    between gave the ranks different images. With the same number of steps the run trained on
+    each rank's own splits and exited 0 (another model, recorded as rank 0's images); now every
+    rank says so in one line, exit 2, and nothing is written."""
+    root, data, ref, env = setup
+    folder = tmp_path / "images"
+    shutil.copytree(data, folder)
+    script = tmp_path / "race.py"
+    script.write_text(ADD_BETWEEN_RANKS)
+    env = {**env, "RACE_SRC": str(folder / "rect000.png"), "RACE_DST": str(folder / "zz_added.png")}
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+           "--threads", "1", "train", str(folder), "--out", str(run), "--epochs", "1", *ARGS]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 2 and lines[0] == lines[1], done.stderr
+    assert "changed while the 2 processes read them" in lines[0] and "rank 0: 31, rank 1: 32" in lines[0]
+    assert "bug in vaekit" not in done.stderr
+    assert re.search(r"exitcode\s*:\s*2\b", done.stderr), done.stderr
+    assert not run.exists()
+
+
 def test_every_image_gets_the_same_noise_row_on_any_number_of_ranks():
     batch = np.random.default_rng(1).permutation(50)[:13]
     single, rows, n = _share(batch, Dist())

@@ -248,6 +248,25 @@ def _whole(data: Dataset, size: int, dist, cached) -> Dataset:
     return replace(data, wide=wide)
 
 
+def _same_images_everywhere(data: Dataset, dist) -> None:
+    """BadInput on every rank when the ranks did not read the same images: each scans the folder
+    in turn (_first_rank_first), so a file added, removed or touched in between gave rank 1 another
+    file list than rank 0's. Trained on, each rank took its share of other batches and splits
+    (a different model than any single process trains, recorded as rank 0's images), or the
+    ranks' collectives no longer matched and gloo aborted with a traceback."""
+    if dist.world <= 1:
+        return
+    import torch.distributed
+
+    said = [None] * dist.world
+    torch.distributed.all_gather_object(said, (data.fingerprint, data.pixels, len(data.paths)))
+    if len(set(said)) > 1:
+        counts = ", ".join(f"rank {r}: {n}" for r, (_, _, n) in enumerate(said))
+        raise BadInput(f"the images in {data.root} changed while the {dist.world} processes read them in turn "
+                       f"(files added, removed or replaced; images seen by {counts}); run again once the folder "
+                       "no longer changes")
+
+
 def _linked_folders(data_dir, confine_to: Path | None = None) -> list[Path]:
     """The real folders the training folder reaches through folder links: inputs too, where no
     run may go (its preview.png would become training data)."""
@@ -281,6 +300,7 @@ def _train(data_dir, out_dir, dist, stored, model_cfg, train_cfg, channels, resu
                                 **(surface_sizes(side) if layout == "grid" else {"image_size": side}))
     data = _first_rank_first(dist, lambda report: load_dataset(data_dir, model_cfg.reads_at, channels, cache_dir,
                                                                workers, report, confine_to), progress)
+    _same_images_everywhere(data, dist)
     if not resume and dist.main:  # once the images are known to be usable: a refused run writes nothing
         rundir.prepare_out(out_dir, overwrite)
     if resume and data.fingerprint != stored.get("data", {}).get("fingerprint"):
