@@ -8,7 +8,6 @@ from __future__ import annotations
 import queue
 import shlex
 import threading
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
